@@ -1,0 +1,174 @@
+"""One TOML file configures every tool; environment variables override it.
+
+An override is named ``HAKURIVER_<SECTION>__<KEY>``, e.g. ``HAKURIVER_NETWORK__HOST_PORT=9000``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
+
+
+class NetworkConfig(BaseModel):
+    host_bind_ip: str = Field("127.0.0.1", description="Address the Host's gRPC server binds.")
+    host_port: int = Field(8000, description="Port of the Host's gRPC API (clients and runners).")
+    host_ssh_proxy_port: int = Field(8002, description="Port of the Host's SSH proxy.")
+    host_reachable_address: str = Field(
+        "127.0.0.1", description="Address runners and clients use to reach the Host."
+    )
+    metrics_port: int = Field(8001, description="Port of the Host's Prometheus /metrics.")
+    metrics_bind_ip: str = Field("127.0.0.1", description="Address /metrics binds.")
+
+
+class PathsConfig(BaseModel):
+    shared_dir: Path = Field(
+        Path("/mnt/cluster-share"), description="Shared storage seen by the Host and every runner."
+    )
+    local_temp_dir: Path = Field(
+        Path("/tmp/hakuriver"), description="Runner-local scratch space, mounted at /local_temp."
+    )
+    numactl_path: str = Field("numactl", description="numactl binary for NUMA-bound host tasks.")
+    host_log_file: Path | None = Field(None, description="Host log file; console when unset.")
+    runner_log_file: Path | None = Field(None, description="Runner log file; console when unset.")
+
+
+class DatabaseConfig(BaseModel):
+    db_file: Path = Field(
+        Path("~/.hakuriver/cluster.db"), description="SQLite file of the Host's state."
+    )
+    url: str = Field(
+        "", description="SQLAlchemy URL (e.g. postgresql+psycopg://...); overrides db_file."
+    )
+
+    def sqlalchemy_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"sqlite:///{self.db_file.expanduser()}"
+
+
+class TimingConfig(BaseModel):
+    heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between runner heartbeats.")
+    heartbeat_timeout_factor: float = Field(
+        6.0, gt=1, description="A runner silent this many intervals is offline, its tasks lost."
+    )
+    cleanup_check_interval: float = Field(
+        10.0, gt=0, description="Seconds between the Host's checks for silent runners."
+    )
+    kill_grace_seconds: float = Field(
+        5.0, ge=0, description="SIGTERM-to-SIGKILL grace period when a task is killed."
+    )
+
+    @property
+    def runner_timeout(self) -> float:
+        return self.heartbeat_interval * self.heartbeat_timeout_factor
+
+
+class EnvironmentConfig(BaseModel):
+    runner_user: str = Field("", description="User the runner runs as (systemd units).")
+
+
+class RunnerConfig(BaseModel):
+    name: str = Field("", description="Name the runner registers under; the hostname if empty.")
+    reconnect_max_seconds: float = Field(
+        10.0, gt=0, description="Upper bound of the reconnect backoff."
+    )
+
+
+class DockerConfig(BaseModel):
+    container_dir: str = Field(
+        "hakuriver-containers", description="Folder under shared_dir holding environment tarballs."
+    )
+    default_container_name: str = Field(
+        "hakuriver-base", description="Environment used when a task names none."
+    )
+    initial_base_image: str = Field(
+        "busybox:latest", description="Local image the default environment is created from."
+    )
+    tasks_privileged: bool = Field(False, description="Run every task container privileged.")
+    additional_mounts: list[str] = Field(
+        default_factory=list, description="Extra HOST_PATH:CONTAINER_PATH mounts for every task."
+    )
+
+
+class Config(BaseSettings):
+    """Every tool's configuration; sections mirror the TOML file."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HAKURIVER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    network: NetworkConfig = Field(default_factory=NetworkConfig)  # type: ignore[arg-type]
+    paths: PathsConfig = Field(default_factory=PathsConfig)  # type: ignore[arg-type]
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)  # type: ignore[arg-type]
+    timing: TimingConfig = Field(default_factory=TimingConfig)  # type: ignore[arg-type]
+    environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)  # type: ignore[arg-type]
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)  # type: ignore[arg-type]
+    docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
+
+    _toml_path: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    @property
+    def host_target(self) -> str:
+        """gRPC address clients and runners dial."""
+        return f"{self.network.host_reachable_address}:{self.network.host_port}"
+
+    @property
+    def task_outputs_dir(self) -> Path:
+        return self.paths.shared_dir / "task_outputs"
+
+    @property
+    def task_errors_dir(self) -> Path:
+        return self.paths.shared_dir / "task_errors"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing or invalid."""
+
+
+def resolve_config_path(path: Path | None) -> Path | None:
+    """The explicit path, else $HAKURIVER_CONFIG, else the default path if it exists."""
+    if path is not None:
+        return path
+    env = os.environ.get("HAKURIVER_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(path: Path | None = None, **overrides: Any) -> Config:
+    """Load the TOML file (if any) under environment overrides."""
+    resolved = resolve_config_path(path)
+    if resolved is not None and not resolved.is_file():
+        raise ConfigError(f"config file {resolved} does not exist (create one: hakuriver.init config)")
+    Config._toml_path = resolved
+    try:
+        return Config(**overrides)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config {resolved}: {exc}") from exc
+    finally:
+        Config._toml_path = None

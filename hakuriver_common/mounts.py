@@ -1,0 +1,27 @@
+"""The ``HOST_PATH:CONTAINER_PATH[:ro]`` mount syntax of --mount and additional_mounts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    host_path: str
+    container_path: str
+    read_only: bool = False
+
+
+def parse_mount(text: str) -> MountSpec:
+    parts = text.split(":")
+    read_only = False
+    if len(parts) == 3 and parts[2] in ("ro", "rw"):
+        read_only = parts[2] == "ro"
+        parts = parts[:2]
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise ValueError(f"mount {text!r}: expected HOST_PATH:CONTAINER_PATH[:ro]")
+    host_path, container_path = parts
+    for label, path in (("host path", host_path), ("container path", container_path)):
+        if not path.startswith("/"):
+            raise ValueError(f"mount {text!r}: {label} must be absolute")
+    return MountSpec(host_path, container_path, read_only)

@@ -1,0 +1,1 @@
+"""The HakuRiver Host: coordinator, state and public gRPC API."""

@@ -1,0 +1,3 @@
+from hakuriver_host.main import run
+
+run()

@@ -1,0 +1,673 @@
+"""The Host's coordinator: nodes, tasks, placement and the runners' streams.
+
+All state changes happen on the event loop; the database and files are reached through
+their adapters (store, log_store), which run off the loop. Every task status change goes
+through ``_move``, which asks the state machine first and persists before anyone is told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hakuriver_common.config import Config
+from hakuriver_common.ids import IdGenerator
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    runner_service_pb2 as rpb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.units import parse_size
+from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from hakuriver_host.log_store import STDERR, STDOUT, LogStore
+from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.models import NodeRecord, TaskRecord, utcnow
+from hakuriver_host.scheduler import Request, Scheduler
+from hakuriver_host.store import Store
+from hakuriver_host.task_machine import (
+    FINAL_STATUSES,
+    KILLABLE,
+    PLACED_STATUSES,
+    TaskStatus,
+    exit_status,
+    transition,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATUSES = [s.value for s in TaskStatus if not s.is_final]
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CONTROL_TIMEOUT = 10.0
+NULL_CONTAINER = "NULL"
+
+
+def image_for(container_name: str) -> str:
+    """The local image an environment name resolves to."""
+    return f"hakuriver/{container_name}:base"
+
+
+class RunnerSession:
+    """One open Connect stream; messages to the runner queue in its outbox."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
+
+    def send(self, message: rpb.ConnectResponse) -> None:
+        self.outbox.put_nowait(message)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+@dataclass
+class NodeView:
+    hostname: str
+    total_cores: int
+    total_memory_bytes: int
+    numa_nodes: list[dict[str, Any]] = field(default_factory=list)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    online: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+    last_heartbeat: datetime | None = None
+    session: RunnerSession | None = None
+    health: node_pb2.Health | None = None
+    environments: set[str] = field(default_factory=set)
+
+
+def _request_of(task: TaskRecord) -> Request:
+    return Request(
+        task_id=task.task_id,
+        cores=task.required_cores,
+        memory_bytes=task.required_memory_bytes,
+        target=task.target_hostname,
+        priority=task.priority,
+    )
+
+
+class Cluster:
+    def __init__(self, config: Config, store: Store, logs: LogStore, metrics: HostMetrics) -> None:
+        self.config = config
+        self.store = store
+        self.logs = logs
+        self.metrics = metrics
+        self.scheduler = Scheduler()
+        self.ids = IdGenerator()
+        self.nodes: dict[str, NodeView] = {}
+        self.tasks: dict[int, TaskRecord] = {}
+        self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
+        self._kick = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+
+    # ----- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.run(self.store.create_schema)
+        for record in await self.store.run(self.store.load_nodes):
+            self.nodes[record.hostname] = NodeView(
+                hostname=record.hostname,
+                total_cores=record.total_cores,
+                total_memory_bytes=record.total_memory_bytes,
+                numa_nodes=record.numa_nodes,
+                gpus=record.gpus,
+                last_heartbeat=record.last_heartbeat,
+            )
+            self.scheduler.upsert_node(
+                record.hostname, record.total_cores, record.total_memory_bytes
+            )
+            self.scheduler.set_online(record.hostname, False)
+        for task in await self.store.run(self.store.load_tasks_in, ACTIVE_STATUSES):
+            self.tasks[task.task_id] = task
+            if TaskStatus(task.status) in PLACED_STATUSES and task.assigned_node in self.nodes:
+                self.scheduler.allocate(task.assigned_node, _request_of(task))
+        for status, count in (await self.store.run(self.store.count_tasks_by_status)).items():
+            self.metrics.tasks.labels(status=status).set(count)
+        self._update_node_metrics()
+        log.info("loaded %d nodes and %d active tasks", len(self.nodes), len(self.tasks))
+        self._background = [
+            asyncio.create_task(self._placement_loop(), name="placement"),
+            asyncio.create_task(self._monitor_loop(), name="runner-monitor"),
+        ]
+        self.kick()
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for node in self.nodes.values():
+            if node.session is not None:
+                node.session.close()
+
+    # ----- persistence and the state machine --------------------------------------------
+
+    async def _persist(self, tasks: list[TaskRecord], events: list[dict[str, Any]]) -> None:
+        await self.store.run(self.store.save_tasks, [t.model_dump() for t in tasks], events)
+
+    async def _move(
+        self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
+    ) -> None:
+        old = TaskStatus(task.status)
+        transition(old, new)
+        for name, value in fields.items():
+            setattr(task, name, value)
+        task.status = new.value
+        now = utcnow()
+        if new is TaskStatus.RUNNING and task.started_at is None:
+            task.started_at = now
+        if new.is_final and task.completed_at is None:
+            task.completed_at = now
+        if new.is_final:
+            self.tasks.pop(task.task_id, None)
+            if task.assigned_node:
+                self.scheduler.release(task.assigned_node, task.task_id)
+        event = {"task_id": task.task_id, "status": new.value, "at": now, "detail": detail}
+        await self._persist([task], [event])
+        self.metrics.task_moved(old, new)
+        if new.is_final:
+            self.logs.close(task.task_id)
+            self.kick()
+        for queue in self._watchers.get(task.task_id, ()):
+            queue.put_nowait(task)
+
+    # ----- queries ----------------------------------------------------------------------
+
+    async def get_task(self, task_id: int) -> TaskRecord:
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task
+        record, _ = await self.store.run(self.store.get_task, task_id)
+        if record is None:
+            raise NotFound(f"task_id: task {task_id} not found")
+        return record
+
+    async def get_task_with_events(self, task_id: int) -> tuple[TaskRecord, list[Any]]:
+        record, events = await self.store.run(self.store.get_task, task_id)
+        if record is None:
+            raise NotFound(f"task_id: task {task_id} not found")
+        return self.tasks.get(task_id, record), events
+
+    async def watch(self, task_id: int) -> AsyncIterator[TaskRecord]:
+        """Yield the task now and after every status change, until it is final."""
+        queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
+        self._watchers.setdefault(task_id, set()).add(queue)
+        try:
+            task = await self.get_task(task_id)
+            yield task
+            last = task.status
+            while TaskStatus(task.status) not in FINAL_STATUSES:
+                task = await queue.get()
+                if task.status != last:
+                    last = task.status
+                    yield task
+        finally:
+            watchers = self._watchers.get(task_id)
+            if watchers is not None:
+                watchers.discard(queue)
+                if not watchers:
+                    del self._watchers[task_id]
+
+    async def _wait_until(
+        self, task_id: int, done: Callable[[TaskRecord], bool], timeout: float
+    ) -> TaskRecord | None:
+        async def waiter() -> TaskRecord | None:
+            async for task in self.watch(task_id):
+                if done(task):
+                    return task
+            return None
+
+        try:
+            return await asyncio.wait_for(waiter(), timeout)
+        except TimeoutError:
+            return None
+
+    # ----- submission -------------------------------------------------------------------
+
+    def known_environments(self) -> set[str]:
+        names: set[str] = set()
+        for node in self.nodes.values():
+            names |= node.environments
+        tar_dir = self.config.paths.shared_dir / self.config.docker.container_dir
+        if tar_dir.is_dir():
+            for tarball in tar_dir.glob("*-*.tar"):
+                names.add(tarball.stem.rsplit("-", 1)[0])
+        return names
+
+    def _validate_target(self, target: task_pb2.Target) -> None:
+        node = self.nodes.get(target.hostname)
+        if node is None:
+            known = ", ".join(sorted(self.nodes)) or "none registered"
+            raise NotFound(f"target: unknown host {target.hostname!r} (known: {known})")
+        if target.HasField("numa_node_id"):
+            numa_ids = sorted(int(n["id"]) for n in node.numa_nodes)
+            if target.numa_node_id not in numa_ids:
+                raise NotFound(
+                    f"target: {target.hostname} has no NUMA node {target.numa_node_id} "
+                    f"(NUMA ids: {numa_ids or 'none'})"
+                )
+        gpu_ids = sorted(int(g["index"]) for g in node.gpus)
+        for gpu in target.gpu_ids:
+            if gpu not in gpu_ids:
+                raise NotFound(
+                    f"target: {target.hostname} has no GPU {gpu} (GPU ids: {gpu_ids or 'none'})"
+                )
+
+    def _validate_submit(self, req: tpb.SubmitTaskRequest) -> tuple[int, int, str]:
+        if req.kind not in (task_pb2.TASK_KIND_UNSPECIFIED, task_pb2.TASK_KIND_COMMAND):
+            raise InvalidArgument("kind: only command tasks can be submitted here")
+        if not req.command.strip():
+            raise InvalidArgument("command: must not be empty")
+        cores = req.cores if req.HasField("cores") else 1
+        if cores < 1:
+            raise InvalidArgument(f"cores: must be at least 1, got {cores}")
+        memory = 0
+        if req.memory:
+            try:
+                memory = parse_size(req.memory)
+            except ValueError as exc:
+                raise InvalidArgument(f"memory: {exc}") from None
+            if memory <= 0:
+                raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
+        for key in req.env:
+            if not ENV_KEY_RE.match(key):
+                raise InvalidArgument(f"env: invalid variable name {key!r}")
+        for mount in req.mounts:
+            if not mount.host_path.startswith("/") or not mount.container_path.startswith("/"):
+                raise InvalidArgument(
+                    f"mounts: paths must be absolute, got {mount.host_path}:{mount.container_path}"
+                )
+        container = req.container_name or self.config.docker.default_container_name
+        if container == NULL_CONTAINER:
+            raise InvalidArgument(
+                "container_name: NULL (run on the runner host without Docker) is not supported yet"
+            )
+        for target in req.targets:
+            self._validate_target(target)
+        environments = self.known_environments()
+        if container not in environments:
+            available = ", ".join(sorted(environments)) or "none"
+            raise NotFound(
+                f"container_name: environment {container!r} not found: no runner has image "
+                f"{image_for(container)} and no tarball exists (available: {available})"
+            )
+        for target in req.targets or [None]:
+            problem = self.scheduler.never_fits(
+                Request(0, cores, memory, target.hostname if target else None)
+            )
+            if problem:
+                raise InvalidArgument(problem)
+        return cores, memory, container
+
+    async def submit(self, req: tpb.SubmitTaskRequest) -> tuple[list[TaskRecord], int]:
+        cores, memory, container = self._validate_submit(req)
+        targets: list[task_pb2.Target | None] = list(req.targets) or [None]
+        batch_id = self.ids.next_id() if len(targets) > 1 else 0
+        records: list[TaskRecord] = []
+        now = utcnow()
+        for target in targets:
+            task_id = self.ids.next_id()
+            records.append(
+                TaskRecord(
+                    task_id=task_id,
+                    kind="command",
+                    batch_id=batch_id,
+                    command=req.command,
+                    arguments=list(req.arguments),
+                    env=dict(req.env),
+                    status=TaskStatus.PENDING.value,
+                    target_hostname=target.hostname if target else None,
+                    required_cores=cores,
+                    required_memory_bytes=memory,
+                    required_gpus=list(target.gpu_ids) if target else [],
+                    target_numa_node_id=(
+                        target.numa_node_id
+                        if target is not None and target.HasField("numa_node_id")
+                        else None
+                    ),
+                    container_name=container,
+                    privileged=req.privileged or self.config.docker.tasks_privileged,
+                    mounts=[
+                        {
+                            "host_path": m.host_path,
+                            "container_path": m.container_path,
+                            "read_only": m.read_only,
+                        }
+                        for m in req.mounts
+                    ],
+                    priority=req.priority,
+                    submitted_at=now,
+                    stdout_path=str(self.logs.path(task_id, STDOUT)),
+                    stderr_path=str(self.logs.path(task_id, STDERR)),
+                )
+            )
+        for record in records:
+            await self.logs.create(record.task_id)
+        events = [
+            {"task_id": r.task_id, "status": r.status, "at": now, "detail": "submitted"}
+            for r in records
+        ]
+        await self._persist(records, events)
+        for record in records:
+            self.tasks[record.task_id] = record
+            self.metrics.task_moved(None, TaskStatus.PENDING)
+            self.metrics.tasks_submitted.inc()
+        self.kick()
+        return records, batch_id
+
+    # ----- placement --------------------------------------------------------------------
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def _placement_loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            try:
+                await self._place_pending()
+            except Exception:
+                log.exception("placement failed")
+
+    async def _place_pending(self) -> None:
+        pending = [_request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING]
+        if not pending:
+            return
+        for request, hostname in self.scheduler.plan(pending):
+            task = self.tasks.get(request.task_id)
+            if task is None or task.status != TaskStatus.PENDING:
+                self.scheduler.release(hostname, request.task_id)
+                continue
+            await self._move(
+                task, TaskStatus.ASSIGNING, detail=f"placed on {hostname}", assigned_node=hostname
+            )
+            self._dispatch(task)
+
+    def _dispatch(self, task: TaskRecord) -> None:
+        node = self.nodes.get(task.assigned_node or "")
+        if node is None or node.session is None:
+            return
+        node.session.send(
+            rpb.ConnectResponse(
+                dispatch=rpb.DispatchCommand(
+                    task_id=task.task_id,
+                    kind=task_pb2.TASK_KIND_COMMAND,
+                    image=image_for(task.container_name),
+                    command=task.command,
+                    arguments=task.arguments,
+                    env=task.env,
+                    cores=task.required_cores,
+                    memory_bytes=task.required_memory_bytes,
+                    mounts=[task_pb2.Mount(**m) for m in task.mounts],
+                    privileged=task.privileged,
+                    container_name=task.container_name,
+                )
+            )
+        )
+
+    # ----- control ----------------------------------------------------------------------
+
+    async def _active_task(self, task_id: int, action: str, allowed: frozenset[TaskStatus]) -> TaskRecord:
+        task = await self.get_task(task_id)
+        if TaskStatus(task.status) not in allowed:
+            names = ", ".join(sorted(s.value for s in allowed))
+            raise FailedPrecondition(
+                f"task {task_id} is {task.status}: only {names} tasks can be {action}"
+            )
+        return task
+
+    def _session_of(self, task: TaskRecord) -> RunnerSession | None:
+        node = self.nodes.get(task.assigned_node or "")
+        return node.session if node is not None else None
+
+    async def kill(self, task_id: int) -> TaskRecord:
+        task = await self._active_task(task_id, "killed", KILLABLE)
+        if task.status == TaskStatus.PENDING:
+            await self._move(task, TaskStatus.KILLED, detail="killed while pending")
+            return task
+        task.kill_requested = True
+        await self._persist([task], [])
+        session = self._session_of(task)
+        grace = self.config.timing.kill_grace_seconds
+        if session is not None:
+            session.send(rpb.ConnectResponse(kill=rpb.KillCommand(task_id=task_id, grace_seconds=grace)))
+            await self._wait_until(
+                task_id, lambda t: TaskStatus(t.status).is_final, grace + CONTROL_TIMEOUT
+            )
+        if not TaskStatus(task.status).is_final:
+            why = "runner did not confirm" if session is not None else "runner not connected"
+            await self._move(task, TaskStatus.KILLED, detail=f"killed ({why})")
+        return task
+
+    async def _control(
+        self,
+        task_id: int,
+        action: str,
+        allowed: TaskStatus,
+        goal: TaskStatus,
+        message: rpb.ConnectResponse,
+    ) -> TaskRecord:
+        task = await self._active_task(task_id, action, frozenset({allowed}))
+        session = self._session_of(task)
+        if session is None:
+            raise Unavailable(f"runner {task.assigned_node} is not connected; try again later")
+        session.send(message)
+        await self._wait_until(task_id, lambda t: t.status != allowed, CONTROL_TIMEOUT)
+        if task.status != goal:
+            raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
+        return task
+
+    async def pause(self, task_id: int) -> TaskRecord:
+        message = rpb.ConnectResponse(pause=rpb.PauseCommand(task_id=task_id))
+        return await self._control(task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, message)
+
+    async def resume(self, task_id: int) -> TaskRecord:
+        message = rpb.ConnectResponse(resume=rpb.ResumeCommand(task_id=task_id))
+        return await self._control(task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, message)
+
+    # ----- runners ----------------------------------------------------------------------
+
+    async def register(self, reg: rpb.RegisterRunner) -> tuple[RunnerSession, rpb.RegisterAck]:
+        hostname = reg.hostname
+        if not hostname:
+            raise InvalidArgument("register: hostname must not be empty")
+        node = self.nodes.get(hostname)
+        if node is not None and node.session is not None:
+            log.info("runner %s reconnected; closing its previous stream", hostname)
+            node.session.close()
+            self.metrics.runners_connected.dec()
+        numa = [
+            {"id": n.id, "cpus": list(n.cpus), "memory_bytes": n.memory_bytes}
+            for n in reg.numa_nodes
+        ]
+        gpus = [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in reg.gpus]
+        if node is None:
+            node = NodeView(hostname, reg.total_cores, reg.total_memory_bytes)
+            self.nodes[hostname] = node
+        node.total_cores = reg.total_cores
+        node.total_memory_bytes = reg.total_memory_bytes
+        node.numa_nodes = numa
+        node.gpus = gpus
+        node.environments = set(reg.environments)
+        node.last_heartbeat = utcnow()
+        await self.store.run(
+            self.store.save_node,
+            NodeRecord(
+                hostname=hostname,
+                total_cores=reg.total_cores,
+                total_memory_bytes=reg.total_memory_bytes,
+                numa_nodes=numa,
+                gpus=gpus,
+                last_heartbeat=node.last_heartbeat,
+            ).model_dump(),
+        )
+        session = RunnerSession(hostname)
+        node.session = session
+        node.online = True
+        node.last_seen = time.monotonic()
+        self.scheduler.upsert_node(hostname, reg.total_cores, reg.total_memory_bytes)
+        self.scheduler.set_online(hostname, True)
+        self.metrics.runners_connected.inc()
+        self._update_node_metrics()
+
+        known = set(reg.known_task_ids)
+        ack = rpb.RegisterAck(heartbeat_interval_seconds=self.config.timing.heartbeat_interval)
+        for task_id in sorted(known):
+            task = self.tasks.get(task_id)
+            if (
+                task is not None
+                and task.assigned_node == hostname
+                and TaskStatus(task.status) in PLACED_STATUSES
+            ):
+                ack.adopt.append(
+                    rpb.AdoptTask(
+                        task_id=task_id,
+                        stdout_offset=await self.logs.size(task_id, STDOUT),
+                        stderr_offset=await self.logs.size(task_id, STDERR),
+                    )
+                )
+            else:
+                ack.discard_task_ids.append(task_id)
+        for task in list(self.tasks.values()):
+            if task.assigned_node != hostname or task.task_id in known:
+                continue
+            if task.status == TaskStatus.ASSIGNING:
+                self._dispatch(task)
+            elif TaskStatus(task.status) in PLACED_STATUSES:
+                await self._move(
+                    task,
+                    TaskStatus.LOST,
+                    detail="container missing after runner reconnect",
+                    error_message=f"runner {hostname} came back without the task's container",
+                )
+        log.info(
+            "runner %s registered: %d cores, %d adopted, %d discarded",
+            hostname,
+            reg.total_cores,
+            len(ack.adopt),
+            len(ack.discard_task_ids),
+        )
+        self.kick()
+        return session, ack
+
+    def runner_gone(self, session: RunnerSession) -> None:
+        node = self.nodes.get(session.hostname)
+        if node is None or node.session is not session:
+            return
+        node.session = None
+        self.scheduler.set_online(session.hostname, False)
+        self.metrics.runners_connected.dec()
+        log.info("runner %s disconnected", session.hostname)
+
+    async def handle_runner_message(self, session: RunnerSession, msg: rpb.ConnectRequest) -> None:
+        node = self.nodes[session.hostname]
+        node.last_seen = time.monotonic()
+        kind = msg.WhichOneof("payload")
+        if kind == "log_chunk":
+            chunk = msg.log_chunk
+            stream = STDOUT if chunk.stream == task_pb2.LOG_STREAM_STDOUT else STDERR
+            await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
+            self.metrics.log_bytes.inc(len(chunk.data))
+        elif kind == "heartbeat":
+            node.health = msg.heartbeat.health
+            node.last_heartbeat = utcnow()
+            node.environments = set(msg.heartbeat.environments)
+            if not node.online:
+                node.online = True
+                self._update_node_metrics()
+        elif kind == "task_state":
+            await self._on_task_state(session, msg.task_state)
+        else:
+            log.warning("runner %s sent unexpected %s", session.hostname, kind)
+
+    async def _on_task_state(self, session: RunnerSession, report: rpb.TaskStateReport) -> None:
+        finished = report.state in (
+            rpb.RUNNER_TASK_STATE_EXITED,
+            rpb.RUNNER_TASK_STATE_START_FAILED,
+        )
+        task = self.tasks.get(report.task_id)
+        if task is None or task.assigned_node != session.hostname:
+            if finished:
+                session.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id)))
+            return
+        status = TaskStatus(task.status)
+        if report.state == rpb.RUNNER_TASK_STATE_RUNNING:
+            if status is TaskStatus.ASSIGNING:
+                started = (
+                    report.started_at.ToDatetime() if report.HasField("started_at") else utcnow()
+                )
+                await self._move(task, TaskStatus.RUNNING, detail="container started", started_at=started)
+                self.metrics.submit_to_running.observe(
+                    max(0.0, (utcnow() - task.submitted_at).total_seconds())
+                )
+            elif status is TaskStatus.PAUSED:
+                await self._move(task, TaskStatus.RUNNING, detail="resumed")
+        elif report.state == rpb.RUNNER_TASK_STATE_PAUSED:
+            if status is TaskStatus.RUNNING:
+                await self._move(task, TaskStatus.PAUSED, detail="paused")
+        elif report.state == rpb.RUNNER_TASK_STATE_EXITED:
+            exit_code = report.exit_code if report.HasField("exit_code") else None
+            final = exit_status(exit_code, report.oom_killed, task.kill_requested)
+            error = report.error_message
+            if final is TaskStatus.KILLED_OOM and not error:
+                error = f"killed by the kernel: memory limit of {task.required_memory_bytes} bytes exceeded"
+            finished_at = report.finished_at.ToDatetime() if report.HasField("finished_at") else None
+            await self._move(
+                task,
+                final,
+                detail=f"exited with code {exit_code}",
+                exit_code=exit_code,
+                error_message=error,
+                completed_at=finished_at,
+            )
+        elif report.state == rpb.RUNNER_TASK_STATE_START_FAILED:
+            await self._move(
+                task, TaskStatus.FAILED, detail="could not start", error_message=report.error_message
+            )
+        if finished:
+            session.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id)))
+
+    # ----- silent runners ---------------------------------------------------------------
+
+    def _update_node_metrics(self) -> None:
+        online = sum(1 for n in self.nodes.values() if n.online)
+        self.metrics.nodes.labels(status="online").set(online)
+        self.metrics.nodes.labels(status="offline").set(len(self.nodes) - online)
+
+    async def _monitor_loop(self) -> None:
+        timing = self.config.timing
+        interval = min(timing.cleanup_check_interval, timing.heartbeat_interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_silent_runners()
+            except Exception:
+                log.exception("runner check failed")
+
+    async def check_silent_runners(self) -> None:
+        timeout = self.config.timing.runner_timeout
+        now = time.monotonic()
+        for node in list(self.nodes.values()):
+            if now - node.last_seen <= timeout:
+                continue
+            if node.online:
+                log.warning("runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen)
+                node.online = False
+                self._update_node_metrics()
+            if node.session is not None:
+                node.session.close()
+            for task in list(self.tasks.values()):
+                if task.assigned_node == node.hostname and TaskStatus(task.status) in PLACED_STATUSES:
+                    await self._move(
+                        task,
+                        TaskStatus.LOST,
+                        detail="runner silent",
+                        error_message=(
+                            f"runner {node.hostname} was silent for more than {timeout:g}s"
+                        ),
+                    )

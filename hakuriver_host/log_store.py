@@ -1,0 +1,168 @@
+"""Command task output: appended to shared_dir files and fanned out to live followers.
+
+Runners tag every chunk with its byte offset, so a chunk sent twice (after a reconnect or a
+restart) is written once. Followers get chunks through bounded queues; a follower that falls
+behind is not waited for: it is flagged and catches up from the file, which always holds
+every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STDOUT = "stdout"
+STDERR = "stderr"
+READ_CHUNK = 64 * 1024
+FOLLOWER_QUEUE = 256
+
+
+class Follower:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(FOLLOWER_QUEUE)
+        self.lagging = False
+        self.closed = False
+
+
+class LogStore:
+    def __init__(self, outputs_dir: Path, errors_dir: Path) -> None:
+        self._dirs = {STDOUT: outputs_dir, STDERR: errors_dir}
+        for directory in self._dirs.values():
+            directory.mkdir(parents=True, exist_ok=True)
+        self._sizes: dict[tuple[int, str], int] = {}
+        self._followers: dict[tuple[int, str], set[Follower]] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-logs")
+        self.bytes_written = 0
+
+    def path(self, task_id: int, stream: str) -> Path:
+        suffix = ".out" if stream == STDOUT else ".err"
+        return self._dirs[stream] / f"{task_id}{suffix}"
+
+    async def _io(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _stat_size(self, path: Path) -> int:
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def size(self, task_id: int, stream: str) -> int:
+        key = (task_id, stream)
+        if key not in self._sizes:
+            self._sizes[key] = await self._io(self._stat_size, self.path(task_id, stream))
+        return self._sizes[key]
+
+    def _pwrite(self, path: Path, offset: int, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+
+    def _touch(self, path: Path) -> None:
+        path.touch(exist_ok=True)
+
+    async def create(self, task_id: int) -> None:
+        """Create empty output files so readers find them before the first byte."""
+        for stream in (STDOUT, STDERR):
+            await self._io(self._touch, self.path(task_id, stream))
+
+    async def append(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
+        size = await self.size(task_id, stream)
+        if offset + len(data) <= size:
+            return
+        if offset < size:
+            data = data[size - offset :]
+            offset = size
+        elif offset > size:
+            log.warning("task %s %s: gap of %d bytes in output", task_id, stream, offset - size)
+        self._sizes[(task_id, stream)] = offset + len(data)
+        await self._io(self._pwrite, self.path(task_id, stream), offset, data)
+        self.bytes_written += len(data)
+        for follower in self._followers.get((task_id, stream), ()):
+            if follower.lagging:
+                continue
+            try:
+                follower.queue.put_nowait((offset, data))
+            except asyncio.QueueFull:
+                follower.lagging = True
+
+    def close(self, task_id: int) -> None:
+        """The task is final and all its output is stored: end every follower."""
+        for stream in (STDOUT, STDERR):
+            for follower in self._followers.pop((task_id, stream), set()):
+                follower.closed = True
+                try:
+                    follower.queue.put_nowait(None)
+                except asyncio.QueueFull:
+                    follower.lagging = True
+            self._sizes.pop((task_id, stream), None)
+
+    def _read(self, path: Path, offset: int) -> bytes:
+        try:
+            with path.open("rb") as f:
+                f.seek(offset)
+                return f.read(READ_CHUNK)
+        except FileNotFoundError:
+            return b""
+
+    async def _read_to_end(self, task_id: int, stream: str, offset: int) -> AsyncIterator[bytes]:
+        path = self.path(task_id, stream)
+        while True:
+            data = await self._io(self._read, path, offset)
+            if not data:
+                return
+            yield data
+            offset += len(data)
+
+    async def read(
+        self, task_id: int, stream: str, offset: int, follow: bool, is_final: bool
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Yield (offset, data) from ``offset``; with follow, until the task is closed."""
+        follower: Follower | None = None
+        if follow and not is_final:
+            follower = Follower()
+            self._followers.setdefault((task_id, stream), set()).add(follower)
+        try:
+            async for data in self._read_to_end(task_id, stream, offset):
+                yield offset, data
+                offset += len(data)
+            if follower is None:
+                return
+            while True:
+                if follower.lagging:
+                    follower.lagging = False
+                    while not follower.queue.empty():
+                        follower.queue.get_nowait()
+                    async for data in self._read_to_end(task_id, stream, offset):
+                        yield offset, data
+                        offset += len(data)
+                    if follower.closed:
+                        return
+                    continue
+                item = await follower.queue.get()
+                if item is None:
+                    async for data in self._read_to_end(task_id, stream, offset):
+                        yield offset, data
+                        offset += len(data)
+                    return
+                chunk_offset, data = item
+                if chunk_offset + len(data) <= offset:
+                    continue
+                if chunk_offset < offset:
+                    data = data[offset - chunk_offset :]
+                elif chunk_offset > offset:
+                    follower.lagging = True
+                    continue
+                yield offset, data
+                offset += len(data)
+        finally:
+            if follower is not None:
+                self._followers.get((task_id, stream), set()).discard(follower)

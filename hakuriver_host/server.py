@@ -1,0 +1,162 @@
+"""Assembles the Host: gRPC server (API, runner streams, health, reflection) and /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram, start_http_server
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2,
+    log_service_pb2_grpc,
+    node_service_pb2,
+    node_service_pb2_grpc,
+    runner_service_pb2,
+    runner_service_pb2_grpc,
+    task_service_pb2,
+    task_service_pb2_grpc,
+)
+from hakuriver_host.cluster import Cluster
+from hakuriver_host.log_store import LogStore
+from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.services import LogService, NodeService, RunnerService, TaskService
+from hakuriver_host.store import Store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SERVICE_NAMES = (
+    task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
+    log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
+    node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+)
+
+
+class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times unary requests by method; logs failures."""
+
+    def __init__(self, requests: Counter, latency: Histogram) -> None:
+        self.requests = requests
+        self.latency = latency
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method
+        inner = handler.unary_unary
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await inner(request, context)
+            except BaseException:
+                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+                raise
+            finally:
+                self.requests.labels(method=method, code=code).inc()
+                self.latency.labels(method=method).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class HostServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = HostMetrics()
+        self.store = Store(config.database.sqlalchemy_url())
+        self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
+        self.cluster = Cluster(config, self.store, self.logs, self.metrics)
+        requests = Counter(
+            "hakuriver_grpc_requests_total",
+            "gRPC requests by method and status code.",
+            ["method", "code"],
+            registry=self.metrics.registry,
+        )
+        latency = Histogram(
+            "hakuriver_grpc_request_duration_seconds",
+            "gRPC request handling time by method.",
+            ["method"],
+            registry=self.metrics.registry,
+        )
+        self.server = grpc.aio.server(
+            interceptors=[RequestMetricsInterceptor(requests, latency)],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            ],
+        )
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(self.cluster), self.server)
+        log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(self.cluster), self.server)
+        node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(self.cluster), self.server)
+        runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
+            RunnerService(self.cluster), self.server
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = 0
+        self._http: Any = None
+
+    async def start(self) -> None:
+        await self.cluster.start()
+        net = self.config.network
+        self.port = self.server.add_insecure_port(f"{net.host_bind_ip}:{net.host_port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind gRPC port {net.host_bind_ip}:{net.host_port}")
+        await self.server.start()
+        self._http, _thread = start_http_server(
+            net.metrics_port, addr=net.metrics_bind_ip, registry=self.metrics.registry
+        )
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "host serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
+            net.host_bind_ip,
+            self.port,
+            net.metrics_bind_ip,
+            net.metrics_port,
+        )
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.cluster.stop()
+        await self.server.stop(SHUTDOWN_GRACE_SECONDS)
+        if self._http is not None:
+            self._http.shutdown()
+        self.store.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down (grace %.0fs)", SHUTDOWN_GRACE_SECONDS)
+        await self.stop()

@@ -1,0 +1,123 @@
+"""The database adapter: every call runs on one dedicated thread, off the event loop.
+
+One writer thread keeps SQLite happy and orders writes exactly as the Host issued them.
+SQLite runs in WAL mode with synchronous=NORMAL: a committed write survives a crash of the
+Host process (power loss may drop the last transactions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, func
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from hakuriver_host.models import NodeRecord, TaskEventRecord, TaskRecord
+
+T = TypeVar("T")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.engine.dispose()
+
+    # Everything below runs on the store thread through ``run``.
+
+    def create_schema(self) -> None:
+        SQLModel.metadata.create_all(self.engine)
+
+    def load_nodes(self) -> list[NodeRecord]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(select(NodeRecord)))
+
+    def load_tasks_in(self, statuses: Sequence[str]) -> list[TaskRecord]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(TaskRecord).where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
+            return list(session.exec(query))
+
+    def count_tasks_by_status(self) -> dict[str, int]:
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(TaskRecord.status, func.count()).group_by(TaskRecord.status)
+            )
+            return {status: count for status, count in rows}
+
+    def save_node(self, fields: dict[str, Any]) -> None:
+        with Session(self.engine) as session:
+            session.merge(NodeRecord(**fields))
+            session.commit()
+
+    def save_tasks(self, rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+        """Write task rows and their timeline events in one transaction."""
+        with Session(self.engine) as session:
+            for row in rows:
+                session.merge(TaskRecord(**row))
+            for ev in events:
+                session.add(TaskEventRecord(**ev))
+            session.commit()
+
+    def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            task = session.get(TaskRecord, task_id)
+            events = list(
+                session.exec(
+                    select(TaskEventRecord)
+                    .where(TaskEventRecord.task_id == task_id)
+                    .order_by(TaskEventRecord.id)  # type: ignore[arg-type]
+                )
+            )
+            return task, events
+
+    def list_tasks(
+        self,
+        statuses: Sequence[str],
+        node: str,
+        batch_id: int,
+        limit: int,
+        before_task_id: int,
+    ) -> list[TaskRecord]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(TaskRecord)
+            if statuses:
+                query = query.where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
+            if node:
+                query = query.where(TaskRecord.assigned_node == node)
+            if batch_id:
+                query = query.where(TaskRecord.batch_id == batch_id)
+            if before_task_id:
+                query = query.where(TaskRecord.task_id < before_task_id)
+            query = query.order_by(TaskRecord.task_id.desc()).limit(limit)  # type: ignore[attr-defined]
+            return list(session.exec(query))

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -406,6 +406,7 @@ class Cluster:
                     mounts=[task_pb2.Mount(**m) for m in task.mounts],
                     privileged=task.privileged,
                     container_name=task.container_name,
+                    gpu_ids=task.required_gpus,
                 )
             )
         )
@@ -415,7 +416,7 @@ class Cluster:
     async def _active_task(self, task_id: int, action: str, allowed: frozenset[TaskStatus]) -> TaskRecord:
         task = await self.get_task(task_id)
         if TaskStatus(task.status) not in allowed:
-            names = ", ".join(sorted(s.value for s in allowed))
+            names = ", ".join(s.value for s in TaskStatus if s in allowed)
             raise FailedPrecondition(
                 f"task {task_id} is {task.status}: only {names} tasks can be {action}"
             )
@@ -599,7 +600,7 @@ class Cluster:
         if report.state == rpb.RUNNER_TASK_STATE_RUNNING:
             if status is TaskStatus.ASSIGNING:
                 started = (
-                    report.started_at.ToDatetime() if report.HasField("started_at") else utcnow()
+                    report.started_at.ToDatetime(tzinfo=UTC) if report.HasField("started_at") else utcnow()
                 )
                 await self._move(task, TaskStatus.RUNNING, detail="container started", started_at=started)
                 self.metrics.submit_to_running.observe(
@@ -616,7 +617,7 @@ class Cluster:
             error = report.error_message
             if final is TaskStatus.KILLED_OOM and not error:
                 error = f"killed by the kernel: memory limit of {task.required_memory_bytes} bytes exceeded"
-            finished_at = report.finished_at.ToDatetime() if report.HasField("finished_at") else None
+            finished_at = report.finished_at.ToDatetime(tzinfo=UTC) if report.HasField("finished_at") else None
             await self._move(
                 task,
                 final,

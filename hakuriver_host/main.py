@@ -8,11 +8,15 @@ from typing import Annotated
 
 import typer
 
-from hakuriver_common.config import ConfigError, load_config
+from hakuriver_common.config import Config, ConfigError, load_config
 from hakuriver_common.logging_setup import setup_logging
 from hakuriver_host.server import HostServer
 
 app = typer.Typer(add_completion=False, help="Start the HakuRiver Host.")
+
+
+async def _serve(cfg: Config) -> None:
+    await HostServer(cfg).serve_forever()
 
 
 @app.command()
@@ -29,7 +33,7 @@ def main(
         raise typer.Exit(2) from None
     setup_logging(cfg.paths.host_log_file)
     try:
-        asyncio.run(HostServer(cfg).serve_forever())
+        asyncio.run(_serve(cfg))
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

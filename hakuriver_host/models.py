@@ -1,4 +1,4 @@
-"""Database tables of the Host (SQLModel). Times are naive UTC."""
+"""Database tables of the Host (SQLModel). Times are timezone-aware UTC."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 class NodeRecord(SQLModel, table=True):

@@ -382,6 +382,7 @@ class DispatchCommand(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     CONTAINER_NAME_FIELD_NUMBER: _builtins.int
+    GPU_IDS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     image: _builtins.str
@@ -398,6 +399,10 @@ class DispatchCommand(_message.Message):
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Mount]: ...
+    @_builtins.property
+    def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """GPU indices to expose to the container."""
+
     def __init__(
         self,
         *,
@@ -412,10 +417,11 @@ class DispatchCommand(_message.Message):
         mounts: _abc.Iterable[_task_pb2.Mount] | None = ...,
         privileged: _builtins.bool = ...,
         container_name: _builtins.str = ...,
+        gpu_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "privileged", b"privileged", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "privileged", b"privileged", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,1 @@
+"""Typed command-line clients of the Host's public gRPC API."""

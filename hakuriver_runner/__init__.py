@@ -1,0 +1,1 @@
+"""The HakuRiver Runner: dials the Host and runs tasks in Docker containers."""

@@ -1,0 +1,3 @@
+from hakuriver_runner.main import run
+
+run()

@@ -1,0 +1,365 @@
+"""The runner agent: one outbound Connect stream to the Host, re-established on loss.
+
+The runner keeps no state of its own: on every (re)connection it lists its labelled
+containers, tells the Host, and the Host answers which to keep (with the byte offsets of
+output it already has) and which to discard. Log followers replay a container's output from
+Docker and skip what the Host has, so nothing is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hakuriver_common import __version__
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    runner_service_pb2 as rpb,
+    runner_service_pb2_grpc,
+    task_pb2,
+)
+from hakuriver_runner.backoff import backoff_delay
+from hakuriver_runner.executor import DockerExecutor, LogFollow, StartError
+from hakuriver_runner.system_info import (
+    GpuProbe,
+    read_numa_topology,
+    sample_health,
+    total_cores,
+    total_memory_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+OUTBOX_SIZE = 1024
+EMIT_POLL_SECONDS = 0.5
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class _Cancelled(Exception):
+    """Raised in a log thread when its follower was cancelled while waiting for room."""
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _report(task_id: int, state: int, **fields: Any) -> rpb.ConnectRequest:
+    return rpb.ConnectRequest(task_state=rpb.TaskStateReport(task_id=task_id, state=state, **fields))  # type: ignore[arg-type]
+
+
+class Agent:
+    def __init__(self, config: Config, executor: DockerExecutor | None = None) -> None:
+        self.config = config
+        self.name = config.runner.name or socket.gethostname()
+        self.executor = executor or DockerExecutor(config, self.name)
+        self.gpus = GpuProbe()
+        self._pool = ThreadPoolExecutor(max_workers=128, thread_name_prefix="runner-docker")
+        self._outbox: asyncio.Queue[rpb.ConnectRequest] | None = None
+        self._containers: dict[int, Any] = {}
+        self._supervisors: dict[int, asyncio.Task[None]] = {}
+        self._task_locks: dict[int, asyncio.Lock] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _send(self, message: rpb.ConnectRequest) -> None:
+        if self._outbox is not None:
+            await self._outbox.put(message)
+
+    # ----- connection -------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected to the Host until ``stop`` is set."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                if await self._session(stop):
+                    attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("connection to host %s: %s", self.config.host_target, exc.code().name)
+            except Exception:
+                log.exception("runner session failed")
+            if stop.is_set():
+                break
+            delay = backoff_delay(attempt, cap=self.config.runner.reconnect_max_seconds)
+            attempt += 1
+            log.info("reconnecting in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _register_message(self) -> rpb.ConnectRequest:
+        self._containers = await self._blocking(self.executor.task_containers)
+        environments = await self._blocking(self.executor.environments)
+        numa = await self._blocking(read_numa_topology)
+        gpus = await self._blocking(self.gpus.sample)
+        return rpb.ConnectRequest(
+            register=rpb.RegisterRunner(
+                hostname=self.name,
+                total_cores=total_cores(),
+                total_memory_bytes=total_memory_bytes(),
+                numa_nodes=[
+                    node_pb2.NumaNode(id=n.id, cpus=n.cpus, memory_bytes=n.memory_bytes)
+                    for n in numa
+                ],
+                gpus=gpus,
+                environments=environments,
+                known_task_ids=sorted(self._containers),
+                version=__version__,
+            )
+        )
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One connection; returns True if it got as far as registering."""
+        register = await self._register_message()
+        async with grpc.aio.insecure_channel(self.config.host_target, options=CHANNEL_OPTIONS) as channel:
+            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+            await call.write(register)
+            first = await call.read()
+            if first is grpc.aio.EOF or first.WhichOneof("payload") != "registered":
+                raise ConnectionError("host closed the stream before acknowledging registration")
+            ack = first.registered
+            log.info(
+                "registered with host %s as %s: adopting %d, discarding %d",
+                self.config.host_target,
+                self.name,
+                len(ack.adopt),
+                len(ack.discard_task_ids),
+            )
+            self._outbox = asyncio.Queue(OUTBOX_SIZE)
+            for task_id in ack.discard_task_ids:
+                self._containers.pop(task_id, None)
+                await self._blocking(self.executor.remove, task_id)
+            for adopt in ack.adopt:
+                container = self._containers.get(adopt.task_id)
+                if container is not None:
+                    self._supervise(adopt.task_id, container, adopt.stdout_offset, adopt.stderr_offset)
+            loops = [
+                asyncio.create_task(self._write_loop(call)),
+                asyncio.create_task(self._read_loop(call)),
+                asyncio.create_task(self._heartbeat_loop(ack.heartbeat_interval_seconds or 5.0)),
+                asyncio.create_task(stop.wait()),
+            ]
+            try:
+                done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not finished.cancelled() and finished.exception() is not None:
+                        log.warning("stream loop ended: %r", finished.exception())
+            finally:
+                for loop_task in loops:
+                    loop_task.cancel()
+                await self._stop_supervisors()
+                self._outbox = None
+                call.cancel()
+        return True
+
+    async def _write_loop(self, call: Any) -> None:
+        assert self._outbox is not None
+        outbox = self._outbox
+        while True:
+            await call.write(await outbox.get())
+
+    async def _read_loop(self, call: Any) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                log.warning("host closed the stream")
+                return
+            handler = asyncio.create_task(self._handle(message))
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        while True:
+            health = await self._blocking(sample_health, self.gpus)
+            environments = await self._blocking(self.executor.environments)
+            await self._send(
+                rpb.ConnectRequest(
+                    heartbeat=rpb.Heartbeat(health=health, environments=environments)
+                )
+            )
+            await asyncio.sleep(interval)
+
+    async def _stop_supervisors(self) -> None:
+        for handler in list(self._handlers):
+            handler.cancel()
+        supervisors = list(self._supervisors.values())
+        for supervisor in supervisors:
+            supervisor.cancel()
+        await asyncio.gather(*supervisors, *self._handlers, return_exceptions=True)
+        self._supervisors.clear()
+
+    # ----- commands from the host -------------------------------------------------------
+
+    async def _handle(self, message: rpb.ConnectResponse) -> None:
+        kind = message.WhichOneof("payload")
+        command = getattr(message, kind) if kind else None
+        if command is None:
+            return
+        lock = self._task_locks.setdefault(command.task_id, asyncio.Lock())
+        async with lock:
+            try:
+                if kind == "dispatch":
+                    await self._on_dispatch(message.dispatch)
+                elif kind == "kill":
+                    await self._on_kill(message.kill)
+                elif kind == "pause":
+                    await self._on_pause(message.pause.task_id, pause=True)
+                elif kind == "resume":
+                    await self._on_pause(message.resume.task_id, pause=False)
+                elif kind == "release":
+                    await self._on_release(message.release.task_id)
+                else:
+                    log.warning("unexpected %s from host", kind)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("handling %s for task %s failed", kind, command.task_id)
+
+    async def _on_dispatch(self, dispatch: rpb.DispatchCommand) -> None:
+        task_id = dispatch.task_id
+        if task_id in self._supervisors:
+            return
+        try:
+            container = await self._blocking(self.executor.start, dispatch)
+        except StartError as exc:
+            log.warning("task %s could not start: %s", task_id, exc)
+            await self._send(
+                _report(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
+            )
+            return
+        self._containers[task_id] = container
+        self._supervise(task_id, container, 0, 0)
+
+    async def _on_kill(self, kill: rpb.KillCommand) -> None:
+        container = self._containers.get(kill.task_id)
+        if container is None:
+            await self._send(
+                _report(
+                    kill.task_id,
+                    rpb.RUNNER_TASK_STATE_EXITED,
+                    error_message="no container on the runner",
+                )
+            )
+            return
+        await self._blocking(self.executor.stop, container, kill.grace_seconds)
+
+    async def _on_pause(self, task_id: int, pause: bool) -> None:
+        container = self._containers.get(task_id)
+        if container is None:
+            return
+        if pause:
+            await self._blocking(self.executor.pause, container)
+            await self._send(_report(task_id, rpb.RUNNER_TASK_STATE_PAUSED))
+        else:
+            await self._blocking(self.executor.resume, container)
+            await self._send(_report(task_id, rpb.RUNNER_TASK_STATE_RUNNING))
+
+    async def _on_release(self, task_id: int) -> None:
+        supervisor = self._supervisors.pop(task_id, None)
+        if supervisor is not None and not supervisor.done():
+            supervisor.cancel()
+        self._containers.pop(task_id, None)
+        self._task_locks.pop(task_id, None)
+        await self._blocking(self.executor.remove, task_id)
+
+    # ----- supervision ------------------------------------------------------------------
+
+    def _supervise(self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int) -> None:
+        current = self._supervisors.get(task_id)
+        if current is not None and not current.done():
+            return
+        self._supervisors[task_id] = asyncio.create_task(
+            self._supervise_task(task_id, container, stdout_offset, stderr_offset),
+            name=f"task-{task_id}",
+        )
+
+    def _emitter(self, task_id: int, stream: int, follow: LogFollow) -> Callable[[int, bytes], None]:
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        assert outbox is not None
+
+        def emit(offset: int, data: bytes) -> None:
+            message = rpb.ConnectRequest(
+                log_chunk=rpb.LogChunk(task_id=task_id, stream=stream, offset=offset, data=data)  # type: ignore[arg-type]
+            )
+            future = asyncio.run_coroutine_threadsafe(outbox.put(message), loop)
+            while True:
+                try:
+                    future.result(EMIT_POLL_SECONDS)
+                    return
+                except concurrent.futures.TimeoutError:
+                    if follow.cancelled:
+                        future.cancel()
+                        raise _Cancelled from None
+
+        return emit
+
+    async def _supervise_task(
+        self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        follows = (LogFollow(), LogFollow())
+        try:
+            status, started_at = await self._blocking(self.executor.state, container)
+            if status in ("running", "paused", "restarting"):
+                state = rpb.RUNNER_TASK_STATE_PAUSED if status == "paused" else rpb.RUNNER_TASK_STATE_RUNNING
+                await self._send(_report(task_id, state, started_at=_timestamp(started_at)))
+            streams = (
+                (follows[0], True, stdout_offset, task_pb2.LOG_STREAM_STDOUT),
+                (follows[1], False, stderr_offset, task_pb2.LOG_STREAM_STDERR),
+            )
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        self._pool,
+                        follow.run,
+                        container,
+                        is_stdout,
+                        offset,
+                        self._emitter(task_id, stream, follow),
+                    )
+                    for follow, is_stdout, offset, stream in streams
+                )
+            )
+            info = await self._blocking(self.executor.wait, container)
+            await self._send(
+                _report(
+                    task_id,
+                    rpb.RUNNER_TASK_STATE_EXITED,
+                    exit_code=info.exit_code,
+                    oom_killed=info.oom_killed,
+                    error_message=info.error,
+                    started_at=_timestamp(info.started_at),
+                    finished_at=_timestamp(info.finished_at),
+                )
+            )
+        except asyncio.CancelledError:
+            for follow in follows:
+                follow.cancel()
+            raise
+        except _Cancelled:
+            return

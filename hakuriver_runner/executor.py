@@ -1,0 +1,242 @@
+"""The Docker adapter: blocking docker-py calls, always run off the event loop.
+
+Every task container carries labels (runner, task id, kind) so a restarted runner finds it
+again: Docker itself is the runner's record of what it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import DeviceRequest, Mount
+
+from hakuriver_common.config import Config
+from hakuriver_common.mounts import parse_mount
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+
+log = logging.getLogger(__name__)
+
+LABEL_RUNNER = "hakuriver.runner"
+LABEL_TASK = "hakuriver.task_id"
+LABEL_KIND = "hakuriver.kind"
+LABEL_ENV = "hakuriver.environment"
+IMAGE_PREFIX = "hakuriver/"
+IMAGE_TAG = "base"
+
+
+class StartError(Exception):
+    """The container could not be created or started."""
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int | None
+    oom_killed: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+
+
+def _parse_docker_time(text: str | None) -> datetime | None:
+    if not text or text.startswith("0001-"):
+        return None
+    # Docker gives RFC 3339 with nanoseconds: trim to microseconds for fromisoformat.
+    main, _, frac = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{main}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
+
+
+class LogFollow:
+    """Follows one output stream of a container from a byte offset, on the calling thread."""
+
+    def __init__(self) -> None:
+        self._stream: Any = None
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                log.debug("closing log stream failed", exc_info=True)
+
+    def run(
+        self,
+        container: Any,
+        stdout: bool,
+        skip: int,
+        emit: Callable[[int, bytes], None],
+    ) -> int:
+        """Emit (offset, data) for every byte past ``skip``; return the stream's total size."""
+        self._stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+        offset = 0
+        try:
+            for data in self._stream:
+                if self._cancelled.is_set():
+                    break
+                end = offset + len(data)
+                if end > skip:
+                    start = max(skip - offset, 0)
+                    emit(offset + start, data[start:])
+                offset = end
+        except Exception:
+            if not self._cancelled.is_set():
+                raise
+        return offset
+
+
+class DockerExecutor:
+    def __init__(self, config: Config, runner_name: str) -> None:
+        self.config = config
+        self.runner_name = runner_name
+        self.client = docker.from_env(timeout=120)
+
+    @staticmethod
+    def environment_of(image_tag: str) -> str | None:
+        if image_tag.startswith(IMAGE_PREFIX) and image_tag.endswith(f":{IMAGE_TAG}"):
+            return image_tag[len(IMAGE_PREFIX) : -len(IMAGE_TAG) - 1]
+        return None
+
+    def environments(self) -> list[str]:
+        names: set[str] = set()
+        for image in self.client.images.list():
+            for tag in image.tags:
+                name = self.environment_of(tag)
+                if name:
+                    names.add(name)
+        return sorted(names)
+
+    def task_containers(self) -> dict[int, Any]:
+        """This runner's task containers, running or exited, by task id."""
+        found: dict[int, Any] = {}
+        for container in self.client.containers.list(
+            all=True, filters={"label": f"{LABEL_RUNNER}={self.runner_name}"}
+        ):
+            try:
+                found[int(container.labels[LABEL_TASK])] = container
+            except (KeyError, ValueError):
+                continue
+        return found
+
+    def container_name(self, task_id: int) -> str:
+        return f"hakuriver-{self.runner_name}-task-{task_id}"
+
+    def _mounts(self, dispatch: rpb.DispatchCommand) -> list[Mount]:
+        paths = self.config.paths
+        shared_data = paths.shared_dir / "shared_data"
+        local_temp = paths.local_temp_dir
+        for directory in (shared_data, local_temp):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+        mounts = [
+            Mount("/shared", str(shared_data), type="bind"),
+            Mount("/local_temp", str(local_temp), type="bind"),
+        ]
+        for text in self.config.docker.additional_mounts:
+            spec = parse_mount(text)
+            mounts.append(Mount(spec.container_path, spec.host_path, type="bind", read_only=spec.read_only))
+        for m in dispatch.mounts:
+            mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
+        return mounts
+
+    def start(self, dispatch: rpb.DispatchCommand) -> Any:
+        """Create and start the task's container; idempotent by task id."""
+        name = self.container_name(dispatch.task_id)
+        try:
+            existing = self.client.containers.get(name)
+            log.info("task %s: container already exists, adopting it", dispatch.task_id)
+            return existing
+        except docker.errors.NotFound:
+            pass
+        try:
+            self.client.images.get(dispatch.image)
+        except docker.errors.ImageNotFound:
+            raise StartError(
+                f"environment {dispatch.container_name!r} is not loaded on runner "
+                f"{self.runner_name}: image {dispatch.image} not found"
+            ) from None
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "command": [dispatch.command, *dispatch.arguments],
+            "detach": True,
+            "init": True,
+            "labels": {
+                LABEL_RUNNER: self.runner_name,
+                LABEL_TASK: str(dispatch.task_id),
+                LABEL_KIND: "command",
+                LABEL_ENV: dispatch.container_name,
+            },
+            "environment": {
+                **dict(dispatch.env),
+                "HAKURIVER_TASK_ID": str(dispatch.task_id),
+            },
+            "mounts": self._mounts(dispatch),
+            "network_mode": "host",
+            "nano_cpus": int(dispatch.cores * 1e9),
+            "privileged": dispatch.privileged,
+        }
+        if dispatch.memory_bytes > 0:
+            kwargs["mem_limit"] = dispatch.memory_bytes
+            kwargs["memswap_limit"] = dispatch.memory_bytes
+        gpus = [str(g) for g in dispatch.gpu_ids]
+        if gpus:
+            kwargs["device_requests"] = [DeviceRequest(device_ids=gpus, capabilities=[["gpu"]])]
+        try:
+            return self.client.containers.run(dispatch.image, **kwargs)
+        except docker.errors.APIError as exc:
+            self._remove_quietly(name)
+            raise StartError(f"docker could not start the container: {exc.explanation or exc}") from None
+
+    def _remove_quietly(self, name: str) -> None:
+        try:
+            self.client.containers.get(name).remove(force=True)
+        except docker.errors.DockerException:
+            pass
+
+    def state(self, container: Any) -> tuple[str, datetime | None]:
+        container.reload()
+        state = container.attrs["State"]
+        return container.status, _parse_docker_time(state.get("StartedAt"))
+
+    def wait(self, container: Any) -> ExitInfo:
+        result = container.wait()
+        container.reload()
+        state = container.attrs["State"]
+        error = (result.get("Error") or {}).get("Message", "") if result else ""
+        return ExitInfo(
+            exit_code=int(state.get("ExitCode", result.get("StatusCode", -1))),
+            oom_killed=bool(state.get("OOMKilled")),
+            started_at=_parse_docker_time(state.get("StartedAt")),
+            finished_at=_parse_docker_time(state.get("FinishedAt")),
+            error=error or state.get("Error", ""),
+        )
+
+    def stop(self, container: Any, grace: float) -> None:
+        try:
+            container.reload()
+            if container.status == "paused":
+                container.unpause()
+            container.stop(timeout=max(0, int(round(grace))))
+        except docker.errors.NotFound:
+            pass
+
+    def pause(self, container: Any) -> None:
+        container.pause()
+
+    def resume(self, container: Any) -> None:
+        container.unpause()
+
+    def remove(self, task_id: int) -> None:
+        self._remove_quietly(self.container_name(task_id))

@@ -166,3 +166,7 @@ def command(
 
 def run() -> None:
     app()
+
+
+if __name__ == "__main__":
+    run()

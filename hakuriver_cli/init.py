@@ -69,3 +69,7 @@ def config(
 
 def run() -> None:
     app()
+
+
+if __name__ == "__main__":
+    run()

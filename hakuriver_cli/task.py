@@ -250,3 +250,7 @@ def wait_task(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOp
 
 def run() -> None:
     app()
+
+
+if __name__ == "__main__":
+    run()

@@ -252,7 +252,7 @@ class Agent:
             )
             return
         self._containers[task_id] = container
-        self._supervise(task_id, container, 0, 0)
+        self._supervise(task_id, container, 0, 0, started=True)
 
     async def _on_kill(self, kill: rpb.KillCommand) -> None:
         container = self._containers.get(kill.task_id)
@@ -288,12 +288,23 @@ class Agent:
 
     # ----- supervision ------------------------------------------------------------------
 
-    def _supervise(self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int) -> None:
+    def _supervise(
+        self,
+        task_id: int,
+        container: Any,
+        stdout_offset: int,
+        stderr_offset: int,
+        started: bool = False,
+    ) -> None:
+        """Follow a container's output and report its exit.
+
+        ``started``: this runner just started it, so it ran even if it has already exited.
+        """
         current = self._supervisors.get(task_id)
         if current is not None and not current.done():
             return
         self._supervisors[task_id] = asyncio.create_task(
-            self._supervise_task(task_id, container, stdout_offset, stderr_offset),
+            self._supervise_task(task_id, container, stdout_offset, stderr_offset, started),
             name=f"task-{task_id}",
         )
 
@@ -319,13 +330,13 @@ class Agent:
         return emit
 
     async def _supervise_task(
-        self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int
+        self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int, started: bool
     ) -> None:
         loop = asyncio.get_running_loop()
         follows = (LogFollow(), LogFollow())
         try:
             status, started_at = await self._blocking(self.executor.state, container)
-            if status in ("running", "paused", "restarting"):
+            if started or status in ("running", "paused", "restarting"):
                 state = rpb.RUNNER_TASK_STATE_PAUSED if status == "paused" else rpb.RUNNER_TASK_STATE_RUNNING
                 await self._send(_report(task_id, state, started_at=_timestamp(started_at)))
             streams = (

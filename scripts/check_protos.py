@@ -1,0 +1,44 @@
+"""Fail when the committed generated code differs from what the protos generate."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GENERATED = Path("hakuriver_common/proto")
+
+
+def buf() -> str:
+    candidate = Path(sys.executable).parent / "buf"
+    return str(candidate) if candidate.exists() else "buf"
+
+
+def differences(left: Path, right: Path) -> list[str]:
+    cmp = filecmp.dircmp(left, right, ignore=["__pycache__"])
+    found = [f"only in committed: {n}" for n in cmp.left_only]
+    found += [f"only in generated: {n}" for n in cmp.right_only]
+    found += [f"differs: {n}" for n in cmp.diff_files]
+    for sub in cmp.common_dirs:
+        found += differences(left / sub, right / sub)
+    return found
+
+
+def main() -> int:
+    subprocess.run([buf(), "lint"], cwd=ROOT, check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([buf(), "generate", "-o", tmp], cwd=ROOT, check=True)
+        problems = differences(ROOT / GENERATED, Path(tmp) / GENERATED)
+    if problems:
+        print("generated code is out of date with protos/ (run `make protos`):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (Python packages, Docker, the base image),
+# then runs lint, the generated-code drift check and the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/python-env.sh
+
+echo "==> lint"
+scripts/lint.sh
+echo "==> generated code up to date"
+"$PY" scripts/check_protos.py
+
+scripts/ensure-docker.sh
+scripts/build-base-image.sh hakuriver-base
+
+echo "==> tests"
+exec "$PY" -m pytest -p no:cacheprovider "$@"

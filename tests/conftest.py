@@ -1,0 +1,55 @@
+"""Fixtures: Docker availability and real clusters.
+
+Tests that need Docker fail when it is missing in CI (CI=true); on a developer machine
+without Docker they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.harness import BASE_ENV, Cluster, running_cluster
+
+
+def _docker_problem() -> str | None:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:
+        return f"no Docker daemon ({exc.__class__.__name__}); run scripts/ensure-docker.sh"
+    try:
+        client.images.get(f"hakuriver/{BASE_ENV}:base")
+    except docker.errors.ImageNotFound:
+        return f"image hakuriver/{BASE_ENV}:base missing; run scripts/build-base-image.sh"
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Docker is required in CI: {problem}")
+    pytest.skip(f"Docker tests skipped outside CI: {problem}")
+
+
+@pytest.fixture(scope="module")
+def cluster(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One Host and two Runners shared by a test module."""
+    with running_cluster(tmp_path_factory.mktemp("cluster"), runner_count=2) as c:
+        yield c
+
+
+@pytest.fixture
+def fresh_cluster(docker_ready: None, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of one Runner of the test's own, for tests that kill processes."""
+    with running_cluster(tmp_path, runner_count=1) as c:
+        yield c

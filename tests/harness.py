@@ -1,0 +1,235 @@
+"""A real HakuRiver cluster on loopback for tests: one Host and N Runners as processes.
+
+Processes (not in-process servers) so tests can SIGKILL and restart either side, exactly as
+a crash would. Modelled on dask's gen_cluster: start, hand out, tear down cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2 as lpb,
+    log_service_pb2_grpc,
+    node_pb2,
+    node_service_pb2 as npb,
+    node_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
+
+T = TypeVar("T")
+BASE_ENV = "hakuriver-base"
+FINAL = {
+    task_pb2.TASK_STATUS_COMPLETED,
+    task_pb2.TASK_STATUS_FAILED,
+    task_pb2.TASK_STATUS_KILLED,
+    task_pb2.TASK_STATUS_KILLED_OOM,
+    task_pb2.TASK_STATUS_LOST,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except grpc.RpcError as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Cluster:
+    def __init__(
+        self,
+        root: Path,
+        runner_count: int = 1,
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout_factor: float = 20,
+    ) -> None:
+        self.root = root
+        self.tag = uuid.uuid4().hex[:6]
+        self.runner_names = [f"r{self.tag}-{i}" for i in range(runner_count)]
+        self.host_port = free_port()
+        self.metrics_port = free_port()
+        self.shared_dir = root / "shared"
+        self.config_path = root / "config.toml"
+        self.config_path.write_text(
+            f"""
+[network]
+host_bind_ip = "127.0.0.1"
+host_reachable_address = "127.0.0.1"
+host_port = {self.host_port}
+metrics_port = {self.metrics_port}
+
+[paths]
+shared_dir = "{self.shared_dir}"
+local_temp_dir = "{root / "local_temp"}"
+
+[database]
+db_file = "{root / "host.db"}"
+
+[timing]
+heartbeat_interval = {heartbeat_interval}
+heartbeat_timeout_factor = {heartbeat_timeout_factor}
+cleanup_check_interval = {heartbeat_interval}
+kill_grace_seconds = 1
+
+[runner]
+reconnect_max_seconds = 1.0
+
+[docker]
+default_container_name = "{BASE_ENV}"
+"""
+        )
+        self.host: subprocess.Popen[bytes] | None = None
+        self.runners: dict[str, subprocess.Popen[bytes]] = {}
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.host_port}")
+        self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)
+        self.nodes = node_service_pb2_grpc.NodeServiceStub(self.channel)
+        self.logs = log_service_pb2_grpc.LogServiceStub(self.channel)
+        self.docker = docker.from_env()
+
+    # ----- processes --------------------------------------------------------------------
+
+    def _spawn(self, module: str, log_name: str, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+        env = {**os.environ, **extra_env}
+        log_file = (self.root / log_name).open("ab")
+        return subprocess.Popen(
+            [sys.executable, "-m", module, "--config", str(self.config_path)],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+    def start_host(self) -> None:
+        self.host = self._spawn("hakuriver_host", "host.log", {})
+        health = health_pb2_grpc.HealthStub(self.channel)
+
+        def serving() -> bool:
+            assert self.host is not None and self.host.poll() is None, self.log("host.log")
+            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        wait_for(serving, what="host to serve")
+
+    def start_runner(self, name: str | None = None, wait: bool = True) -> str:
+        name = name or self.runner_names[0]
+        self.runners[name] = self._spawn(
+            "hakuriver_runner", f"runner-{name}.log", {"HAKURIVER_RUNNER__NAME": name}
+        )
+        if wait:
+            wait_for(lambda: self.node_online(name), what=f"runner {name} online")
+        return name
+
+    def start(self) -> Cluster:
+        self.start_host()
+        for name in self.runner_names:
+            self.start_runner(name, wait=False)
+        for name in self.runner_names:
+            wait_for(lambda n=name: self.node_online(n), what=f"runner {name} online")  # type: ignore[misc]
+        return self
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill_host(self, sig: int = signal.SIGKILL) -> None:
+        self._end(self.host, sig)
+
+    def kill_runner(self, name: str | None = None, sig: int = signal.SIGKILL) -> None:
+        self._end(self.runners.get(name or self.runner_names[0]), sig)
+
+    def stop(self) -> None:
+        for proc in self.runners.values():
+            self._end(proc, signal.SIGTERM)
+        self._end(self.host, signal.SIGTERM)
+        self.channel.close()
+        for container in self.docker.containers.list(all=True, filters={"label": "hakuriver.runner"}):
+            if container.labels.get("hakuriver.runner") in self.runner_names:
+                container.remove(force=True)
+        self.docker.close()
+
+    def log(self, name: str) -> str:
+        path = self.root / name
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    # ----- API helpers ------------------------------------------------------------------
+
+    def node_online(self, name: str) -> bool:
+        nodes = self.nodes.ListNodes(npb.ListNodesRequest(), timeout=2).nodes
+        return any(n.hostname == name and n.status == node_pb2.NODE_STATUS_ONLINE for n in nodes)
+
+    def submit(self, argv: list[str], **fields: Any) -> task_pb2.Task:
+        request = tpb.SubmitTaskRequest(command=argv[0], arguments=argv[1:], **fields)
+        return self.tasks.SubmitTask(request, timeout=10).tasks[0]
+
+    def get(self, task_id: int) -> task_pb2.Task:
+        return self.tasks.GetTask(tpb.GetTaskRequest(task_id=task_id), timeout=10).task
+
+    def wait_status(self, task_id: int, statuses: set[int], timeout: float = 30) -> task_pb2.Task:
+        def reached() -> task_pb2.Task | None:
+            task = self.get(task_id)
+            return task if task.status in statuses else None
+
+        return wait_for(reached, timeout, what=f"task {task_id} to reach {statuses}")
+
+    def wait_final(self, task_id: int, timeout: float = 60) -> task_pb2.Task:
+        return self.wait_status(task_id, FINAL, timeout)
+
+    def read_log(self, task_id: int, stream: int = task_pb2.LOG_STREAM_STDOUT) -> bytes:
+        request = lpb.ReadLogRequest(task_id=task_id, stream=stream)  # type: ignore[arg-type]
+        return b"".join(chunk.data for chunk in self.logs.ReadLog(request, timeout=10))
+
+    def cli(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run a CLI tool (client, task, init) as a user would, against this cluster."""
+        return subprocess.run(
+            [sys.executable, "-m", f"hakuriver_cli.{tool}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "HAKURIVER_CONFIG": str(self.config_path), "COLUMNS": "200"},
+        )
+
+
+@contextmanager
+def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
+    cluster = Cluster(root, **kwargs)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -1,0 +1,106 @@
+"""Crash safety: SIGKILL the Host or a Runner mid-task; nothing is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
+from tests.harness import Cluster, running_cluster, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def _gated_task(cluster: Cluster, gate: str) -> task_pb2.Task:
+    """A task that prints, waits for /shared/<gate>, prints more and exits 7."""
+    (cluster.shared_dir / "shared_data").mkdir(parents=True, exist_ok=True)
+    script = (
+        "for i in 1 2 3; do echo before $i; done; echo err-before >&2; "
+        f"while [ ! -e /shared/{gate} ]; do sleep 0.05; done; "
+        "for i in 1 2 3; do echo after $i; done; echo err-after >&2; exit 7"
+    )
+    task = cluster.submit(["sh", "-c", script])
+    wait_for(
+        lambda: cluster.read_log(task.task_id).count(b"before") == 3,
+        what="output before the crash",
+    )
+    return task
+
+
+def _open_gate(cluster: Cluster, gate: str) -> None:
+    (cluster.shared_dir / "shared_data" / gate).touch()
+
+
+def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
+    found = cluster.docker.containers.list(all=True, filters={"label": f"hakuriver.task_id={task_id}"})
+    return found[0] if found else None
+
+
+EXPECTED_OUT = b"before 1\nbefore 2\nbefore 3\nafter 1\nafter 2\nafter 3\n"
+EXPECTED_ERR = b"err-before\nerr-after\n"
+
+
+def _assert_complete(cluster: Cluster, task_id: int) -> None:
+    final = cluster.wait_final(task_id)
+    assert final.status == task_pb2.TASK_STATUS_FAILED
+    assert final.exit_code == 7
+    assert cluster.read_log(task_id) == EXPECTED_OUT
+    assert cluster.read_log(task_id, task_pb2.LOG_STREAM_STDERR) == EXPECTED_ERR
+    out_file = cluster.shared_dir / "task_outputs" / f"{task_id}.out"
+    assert out_file.read_bytes() == EXPECTED_OUT
+    wait_for(lambda: _container(cluster, task_id) is None, what="container removal after release")
+
+
+def test_host_sigkill_while_task_runs(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    task = _gated_task(cluster, "host-gate")
+    cluster.kill_host()
+    # The task finishes and writes more output while the Host is down.
+    _open_gate(cluster, "host-gate")
+    container = _container(cluster, task.task_id)
+    wait_for(lambda: (container.reload(), container.status == "exited")[1], what="task exit")
+    cluster.start_host()
+    _assert_complete(cluster, task.task_id)
+
+
+def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    task = _gated_task(cluster, "host-gate-2")
+    cluster.kill_host()
+    cluster.start_host()
+    wait_for(lambda: cluster.node_online(cluster.runner_names[0]), what="runner reconnect")
+    assert cluster.get(task.task_id).status == task_pb2.TASK_STATUS_RUNNING
+    _open_gate(cluster, "host-gate-2")
+    _assert_complete(cluster, task.task_id)
+
+
+def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    task = _gated_task(cluster, "runner-gate")
+    cluster.kill_runner()
+    container = _container(cluster, task.task_id)
+    container.reload()
+    assert container.status == "running", "the container must outlive its runner"
+    _open_gate(cluster, "runner-gate")
+    cluster.start_runner()
+    _assert_complete(cluster, task.task_id)
+
+
+def test_silent_runner_goes_offline_and_its_tasks_are_lost(
+    docker_ready: None, tmp_path: Path
+) -> None:
+    with running_cluster(tmp_path, heartbeat_interval=0.5, heartbeat_timeout_factor=4) as cluster:
+        name = cluster.runner_names[0]
+        task = cluster.submit(["sleep", "600"])
+        cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+        cluster.kill_runner()
+        final = cluster.wait_final(task.task_id, timeout=20)
+        assert final.status == task_pb2.TASK_STATUS_LOST
+        assert "silent" in final.error_message
+        nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
+        assert [n.status for n in nodes if n.hostname == name] == [node_pb2.NODE_STATUS_OFFLINE]
+        # When the runner returns, the Host tells it to discard the lost task's container.
+        cluster.start_runner()
+        wait_for(lambda: _container(cluster, task.task_id) is None, what="discard of lost container")
+        assert cluster.get(task.task_id).status == task_pb2.TASK_STATUS_LOST

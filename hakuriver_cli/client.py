@@ -33,7 +33,9 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect and control the cluster.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Inspect and control the cluster."
+)
 
 
 @app.command()
@@ -48,8 +50,16 @@ def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
         return
     table(
         "nodes",
-        ("hostname", "status", "cores (free/total)", "memory (free/total)", "numa", "gpus",
-         "tasks", "last_heartbeat"),
+        (
+            "hostname",
+            "status",
+            "cores (free/total)",
+            "memory (free/total)",
+            "numa",
+            "gpus",
+            "tasks",
+            "last_heartbeat",
+        ),
         [
             [
                 n.hostname,
@@ -95,7 +105,8 @@ def health(
                 n.hostname,
                 node_status_name(n.status),
                 f"{h.cpu_percent:.1f}%",
-                f"{h.memory_percent:.1f}% ({memory(h.memory_used_bytes)}/{memory(h.memory_total_bytes)})",
+                f"{h.memory_percent:.1f}% "
+                f"({memory(h.memory_used_bytes)}/{memory(h.memory_total_bytes)})",
                 _temp(h.current_avg_temp, h.HasField("current_avg_temp")),
                 _temp(h.current_max_temp, h.HasField("current_max_temp")),
                 "; ".join(

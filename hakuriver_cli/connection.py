@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml).", show_default=False),
+    typer.Option(
+        "--config", help="Config TOML (default ~/.hakuriver/config.toml).", show_default=False
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TaskIdArgument = Annotated[str, typer.Argument(help="Task id (decimal).", show_default=False)]
@@ -50,7 +52,9 @@ def task_id_or_fail(text: str) -> int:
 def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE and ("connect" in (details or "").lower() or not details):
+    if code == grpc.StatusCode.UNAVAILABLE and (
+        "connect" in (details or "").lower() or not details
+    ):
         return f"cannot reach the host at {target} (is hakuriver.host running?)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the host at {target} did not answer in time"

@@ -35,7 +35,7 @@ def render_default_config() -> str:
         "# HAKURIVER_<SECTION>__<KEY>, e.g. HAKURIVER_NETWORK__HOST_PORT=9000.",
     ]
     defaults = Config()
-    for section, field in Config.model_fields.items():
+    for section in Config.model_fields:
         model: BaseModel = getattr(defaults, section)
         lines += ["", f"[{section}]"]
         for key, info in type(model).model_fields.items():

@@ -31,7 +31,9 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.targets import parse_target
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Submit and follow command tasks.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Submit and follow command tasks."
+)
 
 FINAL = {
     task_pb2.TASK_STATUS_COMPLETED,
@@ -97,11 +99,14 @@ def _wait_final(channel: grpc.Channel, task_id: int) -> task_pb2.Task:
 @app.command(context_settings={"allow_interspersed_args": False})
 def submit(
     command: Annotated[
-        list[str] | None, typer.Argument(help="Command and arguments, after --.", show_default=False)
+        list[str] | None,
+        typer.Argument(help="Command and arguments, after --.", show_default=False),
     ] = None,
     target: Annotated[
         list[str] | None,
-        typer.Option("--target", help="HOST[:NUMA_ID][::GPU_ID,...]; repeat for one task per target."),
+        typer.Option(
+            "--target", help="HOST[:NUMA_ID][::GPU_ID,...]; repeat for one task per target."
+        ),
     ] = None,
     cores: Annotated[int | None, typer.Option(help="CPU cores to reserve (default 1).")] = None,
     memory: Annotated[str, typer.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
@@ -222,19 +227,25 @@ FollowOption = Annotated[
 
 
 @app.command()
-def stdout(task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None) -> None:
+def stdout(
+    task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
+) -> None:
     """Print a command task's standard output."""
     _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDOUT, follow)
 
 
 @app.command()
-def stderr(task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None) -> None:
+def stderr(
+    task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
+) -> None:
     """Print a command task's standard error."""
     _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDERR, follow)
 
 
 @app.command("wait")
-def wait_task(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
+def wait_task(
+    task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
     """Wait until a task finishes; exit 0 only if it completed."""
     cfg = config_or_fail(config)
     tid = task_id_or_fail(task_id)

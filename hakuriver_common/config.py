@@ -164,7 +164,9 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     """Load the TOML file (if any) under environment overrides."""
     resolved = resolve_config_path(path)
     if resolved is not None and not resolved.is_file():
-        raise ConfigError(f"config file {resolved} does not exist (create one: hakuriver.init config)")
+        raise ConfigError(
+            f"config file {resolved} does not exist (create one: hakuriver.init config)"
+        )
     Config._toml_path = resolved
     try:
         return Config(**overrides)

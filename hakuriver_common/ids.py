@@ -36,9 +36,11 @@ class IdGenerator:
             else:
                 self._sequence = 0
             self._last_ms = now
-            return (now << (GENERATOR_BITS + SEQUENCE_BITS)) | (
-                self._generator_id << SEQUENCE_BITS
-            ) | self._sequence
+            return (
+                (now << (GENERATOR_BITS + SEQUENCE_BITS))
+                | (self._generator_id << SEQUENCE_BITS)
+                | self._sequence
+            )
 
 
 def id_timestamp_ms(task_id: int) -> int:

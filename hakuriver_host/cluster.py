@@ -214,7 +214,7 @@ class Cluster:
                     del self._watchers[task_id]
 
     async def _wait_until(
-        self, task_id: int, done: Callable[[TaskRecord], bool], timeout: float
+        self, task_id: int, done: Callable[[TaskRecord], bool], seconds: float
     ) -> TaskRecord | None:
         async def waiter() -> TaskRecord | None:
             async for task in self.watch(task_id):
@@ -223,7 +223,7 @@ class Cluster:
             return None
 
         try:
-            return await asyncio.wait_for(waiter(), timeout)
+            return await asyncio.wait_for(waiter(), seconds)
         except TimeoutError:
             return None
 
@@ -296,10 +296,9 @@ class Cluster:
                 f"container_name: environment {container!r} not found: no runner has image "
                 f"{image_for(container)} and no tarball exists (available: {available})"
             )
-        for target in req.targets or [None]:
-            problem = self.scheduler.never_fits(
-                Request(0, cores, memory, target.hostname if target else None)
-            )
+        hostnames: list[str | None] = [t.hostname for t in req.targets] or [None]
+        for hostname in hostnames:
+            problem = self.scheduler.never_fits(Request(0, cores, memory, hostname))
             if problem:
                 raise InvalidArgument(problem)
         return cores, memory, container
@@ -413,7 +412,9 @@ class Cluster:
 
     # ----- control ----------------------------------------------------------------------
 
-    async def _active_task(self, task_id: int, action: str, allowed: frozenset[TaskStatus]) -> TaskRecord:
+    async def _active_task(
+        self, task_id: int, action: str, allowed: frozenset[TaskStatus]
+    ) -> TaskRecord:
         task = await self.get_task(task_id)
         if TaskStatus(task.status) not in allowed:
             names = ", ".join(s.value for s in TaskStatus if s in allowed)
@@ -436,7 +437,9 @@ class Cluster:
         session = self._session_of(task)
         grace = self.config.timing.kill_grace_seconds
         if session is not None:
-            session.send(rpb.ConnectResponse(kill=rpb.KillCommand(task_id=task_id, grace_seconds=grace)))
+            session.send(
+                rpb.ConnectResponse(kill=rpb.KillCommand(task_id=task_id, grace_seconds=grace))
+            )
             await self._wait_until(
                 task_id, lambda t: TaskStatus(t.status).is_final, grace + CONTROL_TIMEOUT
             )
@@ -465,11 +468,15 @@ class Cluster:
 
     async def pause(self, task_id: int) -> TaskRecord:
         message = rpb.ConnectResponse(pause=rpb.PauseCommand(task_id=task_id))
-        return await self._control(task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, message)
+        return await self._control(
+            task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, message
+        )
 
     async def resume(self, task_id: int) -> TaskRecord:
         message = rpb.ConnectResponse(resume=rpb.ResumeCommand(task_id=task_id))
-        return await self._control(task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, message)
+        return await self._control(
+            task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, message
+        )
 
     # ----- runners ----------------------------------------------------------------------
 
@@ -594,15 +601,21 @@ class Cluster:
         task = self.tasks.get(report.task_id)
         if task is None or task.assigned_node != session.hostname:
             if finished:
-                session.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id)))
+                session.send(
+                    rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id))
+                )
             return
         status = TaskStatus(task.status)
         if report.state == rpb.RUNNER_TASK_STATE_RUNNING:
             if status is TaskStatus.ASSIGNING:
                 started = (
-                    report.started_at.ToDatetime(tzinfo=UTC) if report.HasField("started_at") else utcnow()
+                    report.started_at.ToDatetime(tzinfo=UTC)
+                    if report.HasField("started_at")
+                    else utcnow()
                 )
-                await self._move(task, TaskStatus.RUNNING, detail="container started", started_at=started)
+                await self._move(
+                    task, TaskStatus.RUNNING, detail="container started", started_at=started
+                )
                 self.metrics.submit_to_running.observe(
                     max(0.0, (utcnow() - task.submitted_at).total_seconds())
                 )
@@ -616,8 +629,13 @@ class Cluster:
             final = exit_status(exit_code, report.oom_killed, task.kill_requested)
             error = report.error_message
             if final is TaskStatus.KILLED_OOM and not error:
-                error = f"killed by the kernel: memory limit of {task.required_memory_bytes} bytes exceeded"
-            finished_at = report.finished_at.ToDatetime(tzinfo=UTC) if report.HasField("finished_at") else None
+                limit = task.required_memory_bytes
+                error = f"killed by the kernel: memory limit of {limit} bytes exceeded"
+            finished_at = (
+                report.finished_at.ToDatetime(tzinfo=UTC)
+                if report.HasField("finished_at")
+                else None
+            )
             await self._move(
                 task,
                 final,
@@ -628,7 +646,10 @@ class Cluster:
             )
         elif report.state == rpb.RUNNER_TASK_STATE_START_FAILED:
             await self._move(
-                task, TaskStatus.FAILED, detail="could not start", error_message=report.error_message
+                task,
+                TaskStatus.FAILED,
+                detail="could not start",
+                error_message=report.error_message,
             )
         if finished:
             session.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id)))
@@ -657,13 +678,18 @@ class Cluster:
             if now - node.last_seen <= timeout:
                 continue
             if node.online:
-                log.warning("runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen)
+                log.warning(
+                    "runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen
+                )
                 node.online = False
                 self._update_node_metrics()
             if node.session is not None:
                 node.session.close()
             for task in list(self.tasks.values()):
-                if task.assigned_node == node.hostname and TaskStatus(task.status) in PLACED_STATUSES:
+                if (
+                    task.assigned_node == node.hostname
+                    and TaskStatus(task.status) in PLACED_STATUSES
+                ):
                     await self._move(
                         task,
                         TaskStatus.LOST,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STDOUT = "stdout"
 STDERR = "stderr"
@@ -44,7 +46,7 @@ class LogStore:
         suffix = ".out" if stream == STDOUT else ".err"
         return self._dirs[stream] / f"{task_id}{suffix}"
 
-    async def _io(self, fn, *args):  # type: ignore[no-untyped-def]
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _stat_size(self, path: Path) -> int:

@@ -22,7 +22,8 @@ async def _serve(cfg: Config) -> None:
 @app.command()
 def main(
     config: Annotated[
-        Path | None, typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml).")
+        Path | None,
+        typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml)."),
     ] = None,
 ) -> None:
     """Run the Host until SIGINT or SIGTERM."""

@@ -39,8 +39,8 @@ class HostMetrics:
         )
         for status in TaskStatus:
             self.tasks.labels(status=status.value).set(0)
-        for status in ("online", "offline"):
-            self.nodes.labels(status=status).set(0)
+        for node_status in ("online", "offline"):
+            self.nodes.labels(status=node_status).set(0)
 
     def task_moved(self, old: TaskStatus | None, new: TaskStatus) -> None:
         if old is not None:

@@ -79,8 +79,7 @@ class Scheduler:
         if request.memory_bytes > max_mem:
             where = request.target or "any node"
             return (
-                f"memory: {request.memory_bytes} bytes requested but {where} has at most "
-                f"{max_mem}"
+                f"memory: {request.memory_bytes} bytes requested but {where} has at most {max_mem}"
             )
         return None
 

@@ -52,22 +52,22 @@ class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Any:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
 
-        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def timed(request: Any, context: Any) -> Any:
             start = time.perf_counter()
             code = "OK"
             try:
                 return await inner(request, context)
             except BaseException:
-                code = context.code().name if context.code() else "UNKNOWN"  # type: ignore[union-attr]
+                code = context.code().name if context.code() else "UNKNOWN"
                 raise
             finally:
                 self.requests.labels(method=method, code=code).inc()
@@ -109,9 +109,13 @@ class HostServer:
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ],
         )
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(TaskService(self.cluster), self.server)
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(
+            TaskService(self.cluster), self.server
+        )
         log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(self.cluster), self.server)
-        node_service_pb2_grpc.add_NodeServiceServicer_to_server(NodeService(self.cluster), self.server)
+        node_service_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeService(self.cluster), self.server
+        )
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerService(self.cluster), self.server
         )

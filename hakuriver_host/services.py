@@ -67,7 +67,12 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             statuses.append(TASK_STATUS_NAME[status])
         store = self.cluster.store
         records = await store.run(
-            store.list_tasks, statuses, request.node, request.batch_id, limit, request.before_task_id
+            store.list_tasks,
+            statuses,
+            request.node,
+            request.batch_id,
+            limit,
+            request.before_task_id,
         )
         live = self.cluster.tasks
         return tpb.ListTasksResponse(tasks=[task_to_pb(live.get(r.task_id, r)) for r in records])

@@ -70,9 +70,7 @@ class Store:
 
     def count_tasks_by_status(self) -> dict[str, int]:
         with Session(self.engine) as session:
-            rows = session.exec(
-                select(TaskRecord.status, func.count()).group_by(TaskRecord.status)
-            )
+            rows = session.exec(select(TaskRecord.status, func.count()).group_by(TaskRecord.status))
             return {status: count for status, count in rows}
 
     def save_node(self, fields: dict[str, Any]) -> None:

@@ -45,12 +45,8 @@ ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.ASSIGNING: frozenset(
         {TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}
     ),
-    TaskStatus.RUNNING: frozenset(
-        {TaskStatus.PAUSED, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}
-    ),
-    TaskStatus.PAUSED: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}
-    ),
+    TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
+    TaskStatus.PAUSED: frozenset({TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
     TaskStatus.COMPLETED: frozenset(),
     TaskStatus.FAILED: frozenset(),
     TaskStatus.KILLED: frozenset(),

@@ -65,8 +65,12 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def _report(task_id: int, state: int, **fields: Any) -> rpb.ConnectRequest:
-    return rpb.ConnectRequest(task_state=rpb.TaskStateReport(task_id=task_id, state=state, **fields))  # type: ignore[arg-type]
+def _report(
+    task_id: int, state: rpb.RunnerTaskState.ValueType, **fields: Any
+) -> rpb.ConnectRequest:
+    return rpb.ConnectRequest(
+        task_state=rpb.TaskStateReport(task_id=task_id, state=state, **fields)
+    )
 
 
 class Agent:
@@ -135,11 +139,13 @@ class Agent:
     async def _session(self, stop: asyncio.Event) -> bool:
         """One connection; returns True if it got as far as registering."""
         register = await self._register_message()
-        async with grpc.aio.insecure_channel(self.config.host_target, options=CHANNEL_OPTIONS) as channel:
+        async with grpc.aio.insecure_channel(
+            self.config.host_target, options=CHANNEL_OPTIONS
+        ) as channel:
             call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
             await call.write(register)
             first = await call.read()
-            if first is grpc.aio.EOF or first.WhichOneof("payload") != "registered":
+            if not isinstance(first, rpb.ConnectResponse) or not first.HasField("registered"):
                 raise ConnectionError("host closed the stream before acknowledging registration")
             ack = first.registered
             log.info(
@@ -156,7 +162,9 @@ class Agent:
             for adopt in ack.adopt:
                 container = self._containers.get(adopt.task_id)
                 if container is not None:
-                    self._supervise(adopt.task_id, container, adopt.stdout_offset, adopt.stderr_offset)
+                    self._supervise(
+                        adopt.task_id, container, adopt.stdout_offset, adopt.stderr_offset
+                    )
             loops = [
                 asyncio.create_task(self._write_loop(call)),
                 asyncio.create_task(self._read_loop(call)),
@@ -308,7 +316,9 @@ class Agent:
             name=f"task-{task_id}",
         )
 
-    def _emitter(self, task_id: int, stream: int, follow: LogFollow) -> Callable[[int, bytes], None]:
+    def _emitter(
+        self, task_id: int, stream: int, follow: LogFollow
+    ) -> Callable[[int, bytes], None]:
         loop = asyncio.get_running_loop()
         outbox = self._outbox
         assert outbox is not None
@@ -337,7 +347,11 @@ class Agent:
         try:
             status, started_at = await self._blocking(self.executor.state, container)
             if started or status in ("running", "paused", "restarting"):
-                state = rpb.RUNNER_TASK_STATE_PAUSED if status == "paused" else rpb.RUNNER_TASK_STATE_RUNNING
+                state = (
+                    rpb.RUNNER_TASK_STATE_PAUSED
+                    if status == "paused"
+                    else rpb.RUNNER_TASK_STATE_RUNNING
+                )
                 await self._send(_report(task_id, state, started_at=_timestamp(started_at)))
             streams = (
                 (follows[0], True, stdout_offset, task_pb2.LOG_STREAM_STDOUT),

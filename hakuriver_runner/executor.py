@@ -6,6 +6,7 @@ again: Docker itself is the runner's record of what it runs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -146,7 +147,9 @@ class DockerExecutor:
         ]
         for text in self.config.docker.additional_mounts:
             spec = parse_mount(text)
-            mounts.append(Mount(spec.container_path, spec.host_path, type="bind", read_only=spec.read_only))
+            mounts.append(
+                Mount(spec.container_path, spec.host_path, type="bind", read_only=spec.read_only)
+            )
         for m in dispatch.mounts:
             mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
         return mounts
@@ -197,13 +200,13 @@ class DockerExecutor:
             return self.client.containers.run(dispatch.image, **kwargs)
         except docker.errors.APIError as exc:
             self._remove_quietly(name)
-            raise StartError(f"docker could not start the container: {exc.explanation or exc}") from None
+            raise StartError(
+                f"docker could not start the container: {exc.explanation or exc}"
+            ) from None
 
     def _remove_quietly(self, name: str) -> None:
-        try:
+        with contextlib.suppress(docker.errors.DockerException):
             self.client.containers.get(name).remove(force=True)
-        except docker.errors.DockerException:
-            pass
 
     def state(self, container: Any) -> tuple[str, datetime | None]:
         container.reload()
@@ -228,7 +231,7 @@ class DockerExecutor:
             container.reload()
             if container.status == "paused":
                 container.unpause()
-            container.stop(timeout=max(0, int(round(grace))))
+            container.stop(timeout=max(0, round(grace)))
         except docker.errors.NotFound:
             pass
 

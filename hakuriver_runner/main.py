@@ -31,7 +31,8 @@ async def _serve(agent: Agent) -> None:
 @app.command()
 def main(
     config: Annotated[
-        Path | None, typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml).")
+        Path | None,
+        typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml)."),
     ] = None,
 ) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""

@@ -119,7 +119,9 @@ default_container_name = "{BASE_ENV}"
 
     # ----- processes --------------------------------------------------------------------
 
-    def _spawn(self, module: str, log_name: str, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, module: str, log_name: str, extra_env: dict[str, str]
+    ) -> subprocess.Popen[bytes]:
         env = {**os.environ, **extra_env}
         log_file = (self.root / log_name).open("ab")
         return subprocess.Popen(
@@ -179,7 +181,9 @@ default_container_name = "{BASE_ENV}"
             self._end(proc, signal.SIGTERM)
         self._end(self.host, signal.SIGTERM)
         self.channel.close()
-        for container in self.docker.containers.list(all=True, filters={"label": "hakuriver.runner"}):
+        for container in self.docker.containers.list(
+            all=True, filters={"label": "hakuriver.runner"}
+        ):
             if container.labels.get("hakuriver.runner") in self.runner_names:
                 container.remove(force=True)
         self.docker.close()

@@ -101,7 +101,9 @@ CLI_CASES = [
 
 
 @pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
-def test_cli_prints_one_line_and_exits_nonzero(cluster: Cluster, args: list[str], message: str) -> None:
+def test_cli_prints_one_line_and_exits_nonzero(
+    cluster: Cluster, args: list[str], message: str
+) -> None:
     before = _task_count(cluster)
     result = cluster.cli(*args)
     assert result.returncode != 0
@@ -116,4 +118,7 @@ def test_cli_reports_unreachable_host(cluster: Cluster, tmp_path, monkeypatch) -
     monkeypatch.setenv("HAKURIVER_NETWORK__HOST_PORT", "1")
     result = cluster.cli("client", "nodes")
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: cannot reach the host at 127.0.0.1:1 (is hakuriver.host running?)"
+    assert (
+        result.stderr.strip()
+        == "error: cannot reach the host at 127.0.0.1:1 (is hakuriver.host running?)"
+    )

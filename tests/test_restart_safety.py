@@ -33,7 +33,9 @@ def _open_gate(cluster: Cluster, gate: str) -> None:
 
 
 def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
-    found = cluster.docker.containers.list(all=True, filters={"label": f"hakuriver.task_id={task_id}"})
+    found = cluster.docker.containers.list(
+        all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+    )
     return found[0] if found else None
 
 
@@ -102,5 +104,7 @@ def test_silent_runner_goes_offline_and_its_tasks_are_lost(
         assert [n.status for n in nodes if n.hostname == name] == [node_pb2.NODE_STATUS_OFFLINE]
         # When the runner returns, the Host tells it to discard the lost task's container.
         cluster.start_runner()
-        wait_for(lambda: _container(cluster, task.task_id) is None, what="discard of lost container")
+        wait_for(
+            lambda: _container(cluster, task.task_id) is None, what="discard of lost container"
+        )
         assert cluster.get(task.task_id).status == task_pb2.TASK_STATUS_LOST

@@ -111,8 +111,10 @@ def test_kill_pause_and_resume(cluster: Cluster) -> None:
     assert killed.status == task_pb2.TASK_STATUS_KILLED
     assert b"tick\n" in cluster.read_log(task.task_id)
     wait_for(
-        lambda: not cluster.docker.containers.list(
-            all=True, filters={"label": f"hakuriver.task_id={task.task_id}"}
+        lambda: (
+            not cluster.docker.containers.list(
+                all=True, filters={"label": f"hakuriver.task_id={task.task_id}"}
+            )
         ),
         what="the killed task's container to be removed",
     )
@@ -124,7 +126,9 @@ def test_follow_streams_lines_while_task_runs(cluster: Cluster) -> None:
     # The task prints a first line, then waits for the test to release it.
     script = f"echo first; while [ ! -e /shared/{marker.name} ]; do sleep 0.05; done; echo second"
     task = cluster.submit(["sh", "-c", script])
-    request = lpb.ReadLogRequest(task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, follow=True)
+    request = lpb.ReadLogRequest(
+        task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, follow=True
+    )
     received: list[bytes] = []
     first_seen = threading.Event()
 
@@ -190,7 +194,9 @@ def test_repeated_targets_make_a_batch(cluster: Cluster) -> None:
         final = cluster.wait_final(int(task["task_id"]))
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
         assert final.assigned_node == task["target_hostname"]
-    listed = cluster.tasks.ListTasks(tpb.ListTasksRequest(batch_id=int(body["batch_id"])), timeout=5)
+    listed = cluster.tasks.ListTasks(
+        tpb.ListTasksRequest(batch_id=int(body["batch_id"])), timeout=5
+    )
     assert len(listed.tasks) == 2
 
 

@@ -1,0 +1,92 @@
+"""What runners report: NUMA topology from sysfs fixtures, GPUs through a fake NVML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from hakuriver_runner.system_info import GpuProbe, NumaInfo, parse_cpulist, read_numa_topology
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_parse_cpulist() -> None:
+    assert parse_cpulist("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+    assert parse_cpulist("") == []
+
+
+def test_numa_topology_from_sysfs_with_several_nodes() -> None:
+    nodes = read_numa_topology(FIXTURES / "numa")
+    assert nodes == [
+        NumaInfo(0, (0, 1, 2, 3, 8, 9, 10, 11), 16318412 * 1024),
+        NumaInfo(1, (4, 5, 6, 7, 12, 13, 14, 15), 16512000 * 1024),
+        NumaInfo(10, (), 0),
+    ]
+
+
+def test_no_numa_directory_means_no_nodes(tmp_path: Path) -> None:
+    assert read_numa_topology(tmp_path / "missing") == []
+
+
+class FakeNvml:
+    """Stands in for the NVML library: the one piece of hardware we cannot have here."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "550.54"
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"NVIDIA A100"
+
+    def nvmlDeviceGetUUID(self, handle: int) -> str:
+        return f"GPU-{handle}"
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        return SimpleNamespace(total=40 * 10**9, used=handle * 10**9)
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        return SimpleNamespace(gpu=50 + handle, memory=10)
+
+    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
+        return 60
+
+    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
+        raise RuntimeError("not supported")
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
+        return 250_000
+
+
+class BrokenNvml(FakeNvml):
+    def nvmlInit(self) -> None:
+        raise OSError("libnvidia-ml.so.1 not found")
+
+
+def test_gpus_reported_through_nvml() -> None:
+    gpus = GpuProbe(FakeNvml(2)).sample()
+    assert [(g.index, g.uuid, g.name, g.driver_version) for g in gpus] == [
+        (0, "GPU-0", "NVIDIA A100", "550.54"),
+        (1, "GPU-1", "NVIDIA A100", "550.54"),
+    ]
+    assert gpus[1].memory_used_bytes == 10**9 and gpus[1].utilization_gpu_percent == 51
+    assert gpus[0].temperature_celsius == 60
+    assert not gpus[0].HasField("power_draw_watts")  # unsupported reading: unknown, not an error
+    assert gpus[0].power_limit_watts == 250.0
+
+
+def test_absent_nvml_means_no_gpus() -> None:
+    probe = GpuProbe(BrokenNvml(1))
+    assert probe.available is False
+    assert probe.sample() == []

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_quickstart_starts_a_cluster_and_runs_a_sample_task(docker_ready: None, tmp_path: Path) -> None:
+def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
+    docker_ready: None, tmp_path: Path
+) -> None:
     port = free_port()
     env = {
         **os.environ,

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Benchmarks: they print figures against baselines measured in the same run; no assertions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/python-env.sh
+scripts/ensure-docker.sh
+scripts/build-base-image.sh hakuriver-base
+"$PY" -m bench.bench_dispatch

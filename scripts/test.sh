@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Python packages, Docker, the base image),
-# then runs lint, the generated-code drift check and the test suite. Extra arguments go to pytest.
+# The test command: installs what the tests need (Python packages, Docker, the base image,
+# PostgreSQL), then runs lint, the generated-code drift check and the test suite.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/python-env.sh
@@ -12,6 +13,8 @@ echo "==> generated code up to date"
 
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
+HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"
+export HAKURIVER_TEST_POSTGRES_URL
 
 echo "==> tests"
 exec "$PY" -m pytest -p no:cacheprovider "$@"

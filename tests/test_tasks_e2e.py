@@ -86,6 +86,11 @@ def test_container_gets_limits_env_mounts_and_labels(cluster: Cluster, tmp_path)
     assert attrs["HostConfig"]["Memory"] == 256_000_000
     assert attrs["Config"]["Labels"]["hakuriver.runner"] in cluster.runner_names
     assert attrs["Config"]["Image"] == "hakuriver/hakuriver-base:base"
+    assert attrs["HostConfig"]["Privileged"] is False
+    binds = {m["Destination"]: m["Source"] for m in attrs["Mounts"]}
+    assert binds["/shared"] == str(cluster.shared_dir / "shared_data")
+    assert binds["/local_temp"] == str(cluster.root / "local_temp")
+    assert binds["/data"] == str(host_dir)
     wait_for(
         lambda: cluster.read_log(task.task_id) == b"from the host\nshared\nhi\n",
         what="output of the mounted files",
@@ -226,3 +231,25 @@ def test_runner_without_the_environment_fails_the_task_clearly(cluster: Cluster)
     assert final.status == task_pb2.TASK_STATUS_FAILED
     assert "hakuriver/ghost:base not found" in final.error_message
     assert not final.HasField("exit_code")
+
+
+def test_privileged_task(cluster: Cluster) -> None:
+    """--privileged reaches Docker.
+
+    Sandboxes without full capabilities refuse privileged containers ("unable to apply
+    caps"); there the task must fail with Docker's reason, which only a privileged request
+    produces (the same task unprivileged runs fine).
+    """
+    task = cluster.submit(["sh", "-c", "sleep 30"], privileged=True)
+    reached = cluster.wait_status(
+        task.task_id, {task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_FAILED}
+    )
+    assert reached.privileged
+    if reached.status == task_pb2.TASK_STATUS_FAILED:
+        assert "apply caps" in reached.error_message, reached.error_message
+        return
+    [container] = cluster.docker.containers.list(
+        filters={"label": f"hakuriver.task_id={task.task_id}"}
+    )
+    assert container.attrs["HostConfig"]["Privileged"] is True
+    cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)

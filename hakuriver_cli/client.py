@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from hakuriver_cli.connection import (
-    ConfigOption,
     JsonOption,
     TaskIdArgument,
     config_or_fail,
@@ -32,6 +31,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.service import ConfigOption
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Inspect and control the cluster."

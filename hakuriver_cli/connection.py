@@ -13,17 +13,12 @@ from typing import Annotated, NoReturn, TypeVar
 import grpc
 import typer
 
-from hakuriver_common.config import Config, ConfigError, load_config
+from hakuriver_common.config import Config
 from hakuriver_common.ids import parse_task_id
+from hakuriver_common.service import config_or_exit
 
 T = TypeVar("T")
 
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", help="Config TOML (default ~/.hakuriver/config.toml).", show_default=False
-    ),
-]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TaskIdArgument = Annotated[str, typer.Argument(help="Task id (decimal).", show_default=False)]
 
@@ -36,10 +31,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def config_or_fail(path: Path | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(str(exc), code=2)
+    return config_or_exit(path)
 
 
 def task_id_or_fail(text: str) -> int:

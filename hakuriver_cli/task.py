@@ -10,7 +10,6 @@ import grpc
 import typer
 
 from hakuriver_cli.connection import (
-    ConfigOption,
     JsonOption,
     TaskIdArgument,
     config_or_fail,
@@ -29,19 +28,13 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.service import ConfigOption
+from hakuriver_common.statuses import FINAL_TASK_STATUSES
 from hakuriver_common.targets import parse_target
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Submit and follow command tasks."
 )
-
-FINAL = {
-    task_pb2.TASK_STATUS_COMPLETED,
-    task_pb2.TASK_STATUS_FAILED,
-    task_pb2.TASK_STATUS_KILLED,
-    task_pb2.TASK_STATUS_KILLED_OOM,
-    task_pb2.TASK_STATUS_LOST,
-}
 
 
 def _targets(values: list[str]) -> list[task_pb2.Target]:
@@ -91,7 +84,7 @@ def _wait_final(channel: grpc.Channel, task_id: int) -> task_pb2.Task:
     task = None
     for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
         task = update.task
-    if task is None or task.status not in FINAL:
+    if task is None or task.status not in FINAL_TASK_STATUSES:
         fail(f"lost track of task {task_id} before it finished")
     return task
 

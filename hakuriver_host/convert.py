@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.cluster import NodeView
 from hakuriver_host.models import TaskEventRecord, TaskRecord
 from hakuriver_host.scheduler import NodeCapacity
@@ -26,14 +23,6 @@ TASK_STATUS_NAME = {value: name for name, value in TASK_STATUS_PB.items()}
 TASK_KIND_PB = {"command": task_pb2.TASK_KIND_COMMAND, "vps": task_pb2.TASK_KIND_VPS}
 
 
-def timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
 def task_to_pb(task: TaskRecord) -> task_pb2.Task:
     message = task_pb2.Task(
         task_id=task.task_id,
@@ -51,9 +40,9 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         container_name=task.container_name,
         privileged=task.privileged,
         mounts=[task_pb2.Mount(**m) for m in task.mounts],
-        submitted_at=timestamp(task.submitted_at),
-        started_at=timestamp(task.started_at),
-        completed_at=timestamp(task.completed_at),
+        submitted_at=to_timestamp(task.submitted_at),
+        started_at=to_timestamp(task.started_at),
+        completed_at=to_timestamp(task.completed_at),
         exit_code=task.exit_code,
         error_message=task.error_message,
         ssh_port=task.ssh_port,
@@ -67,7 +56,7 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
 
 def event_to_pb(event: TaskEventRecord) -> task_pb2.TaskEvent:
     return task_pb2.TaskEvent(
-        status=TASK_STATUS_PB[event.status], at=timestamp(event.at), detail=event.detail
+        status=TASK_STATUS_PB[event.status], at=to_timestamp(event.at), detail=event.detail
     )
 
 
@@ -83,7 +72,7 @@ def node_to_pb(node: NodeView, capacity: NodeCapacity | None, active_tasks: int)
         available_memory_bytes=free_memory,
         numa_nodes=[node_pb2.NumaNode(**n) for n in node.numa_nodes],
         gpus=[node_pb2.Gpu(**g) for g in node.gpus],
-        last_heartbeat=timestamp(node.last_heartbeat),
+        last_heartbeat=to_timestamp(node.last_heartbeat),
         environments=sorted(node.environments),
         active_tasks=active_tasks,
         health=node.health,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2,
     task_service_pb2_grpc,
 )
+from hakuriver_common.service import stop_on_signals
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -157,10 +156,6 @@ class HostServer:
 
     async def serve_forever(self) -> None:
         await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await stop_on_signals().wait()
         log.info("shutting down (grace %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await self.stop()

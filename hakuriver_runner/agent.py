@@ -15,11 +15,9 @@ import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_common import __version__
 from hakuriver_common.config import Config
@@ -29,6 +27,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     runner_service_pb2_grpc,
     task_pb2,
 )
+from hakuriver_common.timestamps import to_timestamp
 from hakuriver_runner.backoff import backoff_delay
 from hakuriver_runner.executor import DockerExecutor, LogFollow, StartError
 from hakuriver_runner.system_info import (
@@ -55,14 +54,6 @@ CHANNEL_OPTIONS = [
 
 class _Cancelled(Exception):
     """Raised in a log thread when its follower was cancelled while waiting for room."""
-
-
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
 
 
 def _report(
@@ -352,7 +343,7 @@ class Agent:
                     if status == "paused"
                     else rpb.RUNNER_TASK_STATE_RUNNING
                 )
-                await self._send(_report(task_id, state, started_at=_timestamp(started_at)))
+                await self._send(_report(task_id, state, started_at=to_timestamp(started_at)))
             streams = (
                 (follows[0], True, stdout_offset, task_pb2.LOG_STREAM_STDOUT),
                 (follows[1], False, stderr_offset, task_pb2.LOG_STREAM_STDERR),
@@ -378,8 +369,8 @@ class Agent:
                     exit_code=info.exit_code,
                     oom_killed=info.oom_killed,
                     error_message=info.error,
-                    started_at=_timestamp(info.started_at),
-                    finished_at=_timestamp(info.finished_at),
+                    started_at=to_timestamp(info.started_at),
+                    finished_at=to_timestamp(info.finished_at),
                 )
             )
         except asyncio.CancelledError:

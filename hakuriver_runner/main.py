@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-from pathlib import Path
-from typing import Annotated
 
 import docker.errors
 import typer
 
-from hakuriver_common.config import ConfigError, load_config
-from hakuriver_common.logging_setup import setup_logging
+from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
 from hakuriver_runner.agent import Agent
 
 app = typer.Typer(add_completion=False, help="Start a HakuRiver Runner.")
@@ -20,28 +16,14 @@ log = logging.getLogger(__name__)
 
 
 async def _serve(agent: Agent) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await agent.run(stop)
+    await agent.run(stop_on_signals())
     log.info("runner stopped; task containers keep running and are re-adopted on restart")
 
 
 @app.command()
-def main(
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", help="Config TOML (default ~/.hakuriver/config.toml)."),
-    ] = None,
-) -> None:
+def main(config: ConfigOption = None) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""
-    try:
-        cfg = load_config(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    setup_logging(cfg.paths.runner_log_file)
+    cfg = start_daemon(config, lambda c: c.paths.runner_log_file)
     try:
         agent = Agent(cfg)
     except docker.errors.DockerException as exc:

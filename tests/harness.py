@@ -32,16 +32,11 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.statuses import FINAL_TASK_STATUSES
 
 T = TypeVar("T")
 BASE_ENV = "hakuriver-base"
-FINAL = {
-    task_pb2.TASK_STATUS_COMPLETED,
-    task_pb2.TASK_STATUS_FAILED,
-    task_pb2.TASK_STATUS_KILLED,
-    task_pb2.TASK_STATUS_KILLED_OOM,
-    task_pb2.TASK_STATUS_LOST,
-}
+FINAL = FINAL_TASK_STATUSES
 
 
 def free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -26,6 +27,7 @@ from hakuriver_cli.render import (
     to_dict,
 )
 from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
     task_service_pb2 as tpb,
@@ -55,25 +57,67 @@ def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
             "status",
             "cores (free/total)",
             "memory (free/total)",
+            "gpus (free/total)",
             "numa",
-            "gpus",
             "tasks",
             "last_heartbeat",
         ),
         [
             [
                 n.hostname,
-                node_status_name(n.status),
+                node_status_name(n.status) + (" (draining)" if n.draining else ""),
                 f"{n.available_cores}/{n.total_cores}",
                 f"{memory(n.available_memory_bytes)}/{memory(n.total_memory_bytes)}",
+                _gpu_summary(n),
                 ", ".join(f"{x.id}:{len(x.cpus)}cpu" for x in n.numa_nodes) or "-",
-                ", ".join(f"{g.index}:{g.name}" for g in n.gpus) or "-",
                 str(n.active_tasks),
                 age(n.last_heartbeat, n.HasField("last_heartbeat")),
             ]
             for n in response.nodes
         ],
     )
+
+
+def _gpu_summary(node: node_pb2.Node) -> str:
+    if not node.gpus:
+        return "-"
+    free = len(node.gpus) - len(node.allocated_gpus)
+    names = sorted({g.name for g in node.gpus})
+    return f"{free}/{len(node.gpus)} ({', '.join(names)})"
+
+
+def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> None:
+    cfg = config_or_fail(config)
+    with host_channel(cfg) as channel:
+        stub = node_service_pb2_grpc.NodeServiceStub(channel)
+        if draining:
+            node = unary(stub.DrainNode, npb.DrainNodeRequest(hostname=hostname)).node
+        else:
+            node = unary(stub.UndrainNode, npb.UndrainNodeRequest(hostname=hostname)).node
+    if json:
+        print_json(to_dict(node))
+        return
+    state = "draining: no new tasks" if node.draining else "accepting tasks"
+    typer.echo(f"node {node.hostname}: {state} ({node.active_tasks} active)")
+
+
+HostnameArgument = Annotated[str, typer.Argument(help="Node hostname.", show_default=False)]
+
+
+@app.command()
+def drain(
+    hostname: HostnameArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
+    """Stop placing new tasks on a node; its running tasks continue."""
+    _drain(hostname, True, config, json)
+
+
+@app.command()
+def undrain(
+    hostname: HostnameArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
+    """Let a drained node receive tasks again."""
+    _drain(hostname, False, config, json)
 
 
 def _temp(value: float, present: bool) -> str:

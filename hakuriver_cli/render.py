@@ -66,10 +66,11 @@ def task_rows(tasks: Iterable[task_pb2.Task]) -> list[list[str]]:
     return [
         [
             str(t.task_id),
-            status_name(t.status),
+            status_name(t.status) + (f" #{t.queue_position}" if t.queue_position else ""),
             t.assigned_node or "-",
             str(t.required_cores),
             memory(t.required_memory_bytes),
+            ",".join(map(str, t.required_gpus)) or (f"{t.gpu_count} any" if t.gpu_count else "-"),
             t.container_name,
             when(t.submitted_at, t.HasField("submitted_at")),
             " ".join([t.command, *t.arguments])[:60],
@@ -78,7 +79,17 @@ def task_rows(tasks: Iterable[task_pb2.Task]) -> list[list[str]]:
     ]
 
 
-TASK_COLUMNS = ("task_id", "status", "node", "cores", "memory", "container", "submitted", "command")
+TASK_COLUMNS = (
+    "task_id",
+    "status (#queue)",
+    "node",
+    "cores",
+    "memory",
+    "gpus",
+    "container",
+    "submitted",
+    "command",
+)
 
 
 def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent]) -> None:
@@ -94,6 +105,8 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("required_cores", str(task.required_cores)),
         ("required_memory_bytes", str(task.required_memory_bytes)),
         ("required_gpus", ",".join(map(str, task.required_gpus)) or "-"),
+        ("assigned_cpus", ",".join(map(str, task.assigned_cpus)) or "-"),
+        ("queue_position", str(task.queue_position) if task.queue_position else "-"),
         (
             "target_numa_node_id",
             str(task.target_numa_node_id) if task.HasField("target_numa_node_id") else "-",

@@ -103,6 +103,9 @@ def submit(
     ] = None,
     cores: Annotated[int | None, typer.Option(help="CPU cores to reserve (default 1).")] = None,
     memory: Annotated[str, typer.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
+    gpus: Annotated[
+        int, typer.Option(help="Number of GPUs on any node (or name ids in --target).")
+    ] = 0,
     env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE; repeatable.")] = None,
     container: Annotated[
         str, typer.Option(help="Container environment (default from config).")
@@ -134,6 +137,7 @@ def submit(
         privileged=privileged,
         mounts=_mounts(mount or []),
         priority=priority,
+        gpus=gpus,
     )
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
@@ -142,7 +146,10 @@ def submit(
         if not json:
             for task in tasks:
                 where = f" on {task.target_hostname}" if task.target_hostname else ""
-                typer.echo(f"submitted task {task.task_id}{where} ({status_name(task.status)})")
+                queued = f", queue position {task.queue_position}" if task.queue_position else ""
+                typer.echo(
+                    f"submitted task {task.task_id}{where} ({status_name(task.status)}{queued})"
+                )
             if response.batch_id:
                 typer.echo(f"batch {response.batch_id}")
         if wait:

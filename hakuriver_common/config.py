@@ -85,6 +85,14 @@ class RunnerConfig(BaseModel):
     )
 
 
+class SchedulingConfig(BaseModel):
+    starvation_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A queued task waiting this long reserves a node against smaller tasks.",
+    )
+
+
 class DockerConfig(BaseModel):
     container_dir: str = Field(
         "hakuriver-containers", description="Folder under shared_dir holding environment tarballs."
@@ -96,6 +104,11 @@ class DockerConfig(BaseModel):
         "busybox:latest", description="Local image the default environment is created from."
     )
     tasks_privileged: bool = Field(False, description="Run every task container privileged.")
+    keep_failed_containers: bool = Field(
+        False,
+        description="Keep containers that failed to start, for docker inspect (until removed "
+        "by hand or the runner restarts).",
+    )
     additional_mounts: list[str] = Field(
         default_factory=list, description="Extra HOST_PATH:CONTAINER_PATH mounts for every task."
     )
@@ -114,6 +127,7 @@ class Config(BaseSettings):
     timing: TimingConfig = Field(default_factory=TimingConfig)  # type: ignore[arg-type]
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)  # type: ignore[arg-type]
     runner: RunnerConfig = Field(default_factory=RunnerConfig)  # type: ignore[arg-type]
+    scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)  # type: ignore[arg-type]
     docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
 
     _toml_path: ClassVar[Path | None] = None

@@ -29,7 +29,7 @@ from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound,
 from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import NodeRecord, TaskRecord, utcnow
-from hakuriver_host.scheduler import Request, Scheduler
+from hakuriver_host.scheduler import Allocation, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.task_machine import (
     FINAL_STATUSES,
@@ -80,6 +80,7 @@ class NodeView:
     session: RunnerSession | None = None
     health: node_pb2.Health | None = None
     environments: set[str] = field(default_factory=set)
+    draining: bool = False
 
 
 def _request_of(task: TaskRecord) -> Request:
@@ -88,7 +89,21 @@ def _request_of(task: TaskRecord) -> Request:
         cores=task.required_cores,
         memory_bytes=task.required_memory_bytes,
         target=task.target_hostname,
+        numa_node=task.target_numa_node_id,
+        gpu_ids=() if task.gpu_count else tuple(task.required_gpus or ()),
+        gpu_count=task.gpu_count,
         priority=task.priority,
+    )
+
+
+def _allocation_of(task: TaskRecord) -> Allocation:
+    """What a placed task holds, as stored in its row."""
+    return Allocation(
+        hostname=task.assigned_node or "",
+        cpus=tuple(task.assigned_cpus or ()),
+        memory_bytes=task.required_memory_bytes,
+        gpus=tuple(task.required_gpus or ()),
+        numa_node=task.target_numa_node_id,
     )
 
 
@@ -98,7 +113,7 @@ class Cluster:
         self.store = store
         self.logs = logs
         self.metrics = metrics
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(config.scheduling.starvation_seconds)
         self.ids = IdGenerator()
         self.nodes: dict[str, NodeView] = {}
         self.tasks: dict[int, TaskRecord] = {}
@@ -118,15 +133,14 @@ class Cluster:
                 numa_nodes=record.numa_nodes,
                 gpus=record.gpus,
                 last_heartbeat=record.last_heartbeat,
+                draining=record.draining,
             )
-            self.scheduler.upsert_node(
-                record.hostname, record.total_cores, record.total_memory_bytes
-            )
+            self._sync_capacity(self.nodes[record.hostname])
             self.scheduler.set_online(record.hostname, False)
         for task in await self.store.run(self.store.load_tasks_in, ACTIVE_STATUSES):
             self.tasks[task.task_id] = task
             if TaskStatus(task.status) in PLACED_STATUSES and task.assigned_node in self.nodes:
-                self.scheduler.allocate(task.assigned_node, _request_of(task))
+                self.scheduler.allocate(task.task_id, _allocation_of(task))
         for status, count in (await self.store.run(self.store.count_tasks_by_status)).items():
             self.metrics.tasks.labels(status=status).set(count)
         self._update_node_metrics()
@@ -144,6 +158,33 @@ class Cluster:
         for node in self.nodes.values():
             if node.session is not None:
                 node.session.close()
+
+    def _sync_capacity(self, node: NodeView) -> None:
+        """Tell the scheduler a node's hardware: CPU ids per NUMA node, memory, GPU ids."""
+        numa = {int(n["id"]): tuple(int(c) for c in n["cpus"]) for n in node.numa_nodes}
+        cpus = tuple(sorted({c for group in numa.values() for c in group}))
+        if not cpus:
+            cpus = tuple(range(node.total_cores))
+        gpus = tuple(sorted(int(g["index"]) for g in node.gpus))
+        self.scheduler.upsert_node(node.hostname, cpus, node.total_memory_bytes, numa, gpus)
+        self.scheduler.set_draining(node.hostname, node.draining)
+
+    def queue_positions(self) -> dict[int, int]:
+        """1-based queue position of every pending task."""
+        pending = [_request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING]
+        return {r.task_id: i for i, r in enumerate(self.scheduler.ranked(pending), start=1)}
+
+    async def set_draining(self, hostname: str, draining: bool) -> NodeView:
+        node = self.nodes.get(hostname)
+        if node is None:
+            raise NotFound(f"hostname: unknown node {hostname!r}")
+        node.draining = draining
+        await self.store.run(self.store.set_draining, hostname, draining)
+        self.scheduler.set_draining(hostname, draining)
+        log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
+        if not draining:
+            self.kick()
+        return node
 
     # ----- persistence and the state machine --------------------------------------------
 
@@ -259,6 +300,10 @@ class Cluster:
                 )
 
     def _validate_submit(self, req: tpb.SubmitTaskRequest) -> tuple[int, int, str]:
+        if req.gpus < 0:
+            raise InvalidArgument(f"gpus: must not be negative, got {req.gpus}")
+        if req.gpus and any(t.gpu_ids for t in req.targets):
+            raise InvalidArgument("gpus: give a GPU count or GPU ids in targets, not both")
         if req.kind not in (task_pb2.TASK_KIND_UNSPECIFIED, task_pb2.TASK_KIND_COMMAND):
             raise InvalidArgument("kind: only command tasks can be submitted here")
         if not req.command.strip():
@@ -296,9 +341,20 @@ class Cluster:
                 f"container_name: environment {container!r} not found: no runner has image "
                 f"{image_for(container)} and no tarball exists (available: {available})"
             )
-        hostnames: list[str | None] = [t.hostname for t in req.targets] or [None]
-        for hostname in hostnames:
-            problem = self.scheduler.never_fits(Request(0, cores, memory, hostname))
+        optional_targets: list[task_pb2.Target | None] = list(req.targets) or [None]
+        for maybe in optional_targets:
+            request = Request(
+                0,
+                cores,
+                memory,
+                target=maybe.hostname if maybe else None,
+                numa_node=(
+                    maybe.numa_node_id if maybe and maybe.HasField("numa_node_id") else None
+                ),
+                gpu_ids=tuple(maybe.gpu_ids) if maybe else (),
+                gpu_count=req.gpus,
+            )
+            problem = self.scheduler.never_fits(request)
             if problem:
                 raise InvalidArgument(problem)
         return cores, memory, container
@@ -324,6 +380,7 @@ class Cluster:
                     required_cores=cores,
                     required_memory_bytes=memory,
                     required_gpus=list(target.gpu_ids) if target else [],
+                    gpu_count=req.gpus,
                     target_numa_node_id=(
                         target.numa_node_id
                         if target is not None and target.HasField("numa_node_id")
@@ -377,13 +434,19 @@ class Cluster:
         pending = [_request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING]
         if not pending:
             return
-        for request, hostname in self.scheduler.plan(pending):
+        now_ms = time.time_ns() // 1_000_000
+        for request, allocation in self.scheduler.plan(pending, now_ms):
             task = self.tasks.get(request.task_id)
             if task is None or task.status != TaskStatus.PENDING:
-                self.scheduler.release(hostname, request.task_id)
+                self.scheduler.release(allocation.hostname, request.task_id)
                 continue
             await self._move(
-                task, TaskStatus.ASSIGNING, detail=f"placed on {hostname}", assigned_node=hostname
+                task,
+                TaskStatus.ASSIGNING,
+                detail=f"placed on {allocation.hostname}",
+                assigned_node=allocation.hostname,
+                assigned_cpus=list(allocation.cpus),
+                required_gpus=list(allocation.gpus),
             )
             self._dispatch(task)
 
@@ -406,6 +469,8 @@ class Cluster:
                     privileged=task.privileged,
                     container_name=task.container_name,
                     gpu_ids=task.required_gpus,
+                    cpus=task.assigned_cpus,
+                    numa_node_id=task.target_numa_node_id,
                 )
             )
         )
@@ -502,6 +567,7 @@ class Cluster:
         node.numa_nodes = numa
         node.gpus = gpus
         node.environments = set(reg.environments)
+        self._sync_capacity(node)
         node.last_heartbeat = utcnow()
         await self.store.run(
             self.store.save_node,
@@ -512,13 +578,13 @@ class Cluster:
                 numa_nodes=numa,
                 gpus=gpus,
                 last_heartbeat=node.last_heartbeat,
+                draining=node.draining,
             ).model_dump(),
         )
         session = RunnerSession(hostname)
         node.session = session
         node.online = True
         node.last_seen = time.monotonic()
-        self.scheduler.upsert_node(hostname, reg.total_cores, reg.total_memory_bytes)
         self.scheduler.set_online(hostname, True)
         self.metrics.runners_connected.inc()
         self._update_node_metrics()

@@ -6,7 +6,7 @@ from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.cluster import NodeView
 from hakuriver_host.models import TaskEventRecord, TaskRecord
-from hakuriver_host.scheduler import NodeCapacity
+from hakuriver_host.scheduler import NodeResources
 
 TASK_STATUS_PB = {
     "pending": task_pb2.TASK_STATUS_PENDING,
@@ -23,8 +23,8 @@ TASK_STATUS_NAME = {value: name for name, value in TASK_STATUS_PB.items()}
 TASK_KIND_PB = {"command": task_pb2.TASK_KIND_COMMAND, "vps": task_pb2.TASK_KIND_VPS}
 
 
-def task_to_pb(task: TaskRecord) -> task_pb2.Task:
-    message = task_pb2.Task(
+def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
+    return task_pb2.Task(
         task_id=task.task_id,
         kind=TASK_KIND_PB[task.kind],
         batch_id=task.batch_id,
@@ -50,8 +50,10 @@ def task_to_pb(task: TaskRecord) -> task_pb2.Task:
         stderr_path=task.stderr_path,
         target_hostname=task.target_hostname or "",
         priority=task.priority,
+        assigned_cpus=task.assigned_cpus or [],
+        queue_position=queue_position,
+        gpu_count=task.gpu_count,
     )
-    return message
 
 
 def event_to_pb(event: TaskEventRecord) -> task_pb2.TaskEvent:
@@ -60,7 +62,7 @@ def event_to_pb(event: TaskEventRecord) -> task_pb2.TaskEvent:
     )
 
 
-def node_to_pb(node: NodeView, capacity: NodeCapacity | None, active_tasks: int) -> node_pb2.Node:
+def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int) -> node_pb2.Node:
     free_cores = capacity.free_cores if capacity else node.total_cores
     free_memory = capacity.free_memory_bytes if capacity else node.total_memory_bytes
     return node_pb2.Node(
@@ -76,4 +78,6 @@ def node_to_pb(node: NodeView, capacity: NodeCapacity | None, active_tasks: int)
         environments=sorted(node.environments),
         active_tasks=active_tasks,
         health=node.health,
+        draining=node.draining,
+        allocated_gpus=sorted(set(capacity.gpus) - capacity.free_gpus) if capacity else [],
     )

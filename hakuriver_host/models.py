@@ -23,6 +23,7 @@ class NodeRecord(SQLModel, table=True):
     gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime | None = None
+    draining: bool = False
 
 
 class TaskRecord(SQLModel, table=True):
@@ -54,6 +55,8 @@ class TaskRecord(SQLModel, table=True):
     stdout_path: str = ""
     stderr_path: str = ""
     kill_requested: bool = False
+    assigned_cpus: list[int] = Field(default_factory=list, sa_column=Column(JSON))
+    gpu_count: int = 0
 
 
 class TaskEventRecord(SQLModel, table=True):

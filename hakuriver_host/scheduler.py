@@ -1,36 +1,36 @@
-"""Placement of tasks on nodes: pure bookkeeping of cores and memory, no I/O.
+"""Placement of tasks on nodes: pure bookkeeping of CPU ids, memory and GPU ids, no I/O.
 
-Policy: an explicit target must fit on that node; otherwise the online node with the fewest
-free cores that still fits (best fit) is chosen, ties broken by least free memory, then name,
-to keep large holes free for large tasks. Pending tasks are tried in (priority desc, id asc)
-order; a task that does not fit is skipped so smaller tasks behind it can start.
+Policy (docs/scheduling.md):
+- A request names cores, memory, and optionally a target host, a NUMA node on it, explicit
+  GPU ids on it, or a number of GPUs anywhere.
+- Cores are specific CPU ids, so two tasks never share pinned CPUs. A NUMA-targeted request
+  takes CPUs of that NUMA node only; others prefer CPUs of a single NUMA node, lowest ids
+  first.
+- Without a target the node with the fewest free cores that fits is chosen (best fit), ties
+  broken by free memory, free GPUs and name, to keep large holes for large requests.
+- Pending requests are tried by priority (higher first), then submission order (ids are
+  time-ordered). One that does not fit is passed over so smaller ones can start, unless it
+  has waited ``starvation_seconds``: then it reserves the node it is closest to fitting on,
+  and nothing ranked below it is placed there until it starts.
+- Offline and draining nodes receive nothing new.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hakuriver_common.ids import id_timestamp_ms
 
-@dataclass
-class NodeCapacity:
+
+@dataclass(frozen=True)
+class Allocation:
+    """What one task holds on one node."""
+
     hostname: str
-    total_cores: int
-    total_memory_bytes: int
-    online: bool = True
-    used_cores: int = 0
-    used_memory_bytes: int = 0
-    holders: dict[int, tuple[int, int]] = field(default_factory=dict)
-
-    @property
-    def free_cores(self) -> int:
-        return self.total_cores - self.used_cores
-
-    @property
-    def free_memory_bytes(self) -> int:
-        return self.total_memory_bytes - self.used_memory_bytes
-
-    def fits(self, cores: int, memory_bytes: int) -> bool:
-        return self.free_cores >= cores and self.free_memory_bytes >= memory_bytes
+    cpus: tuple[int, ...]
+    memory_bytes: int
+    gpus: tuple[int, ...] = ()
+    numa_node: int | None = None
 
 
 @dataclass(frozen=True)
@@ -39,91 +39,237 @@ class Request:
     cores: int
     memory_bytes: int
     target: str | None = None
+    numa_node: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+    gpu_count: int = 0
     priority: int = 0
+
+    @property
+    def gpus_wanted(self) -> int:
+        return len(self.gpu_ids) or self.gpu_count
+
+
+@dataclass
+class NodeResources:
+    hostname: str
+    cpus: tuple[int, ...]
+    memory_bytes: int
+    numa: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    gpus: tuple[int, ...] = ()
+    online: bool = True
+    draining: bool = False
+    free_cpus: set[int] = field(default_factory=set)
+    used_memory_bytes: int = 0
+    free_gpus: set[int] = field(default_factory=set)
+    holders: dict[int, Allocation] = field(default_factory=dict)
+
+    @property
+    def total_cores(self) -> int:
+        return len(self.cpus)
+
+    @property
+    def free_cores(self) -> int:
+        return len(self.free_cpus)
+
+    @property
+    def free_memory_bytes(self) -> int:
+        return self.memory_bytes - self.used_memory_bytes
+
+    @property
+    def accepts_work(self) -> bool:
+        return self.online and not self.draining
+
+    def _cpu_pool(self, numa_node: int | None) -> list[int]:
+        if numa_node is None:
+            return sorted(self.free_cpus)
+        return sorted(self.free_cpus & set(self.numa.get(numa_node, ())))
+
+    def pick_cpus(self, request: Request) -> tuple[int, ...] | None:
+        """CPU ids for the request, or None if they are not free now."""
+        if request.numa_node is not None:
+            pool = self._cpu_pool(request.numa_node)
+            return tuple(pool[: request.cores]) if len(pool) >= request.cores else None
+        for numa_id in sorted(self.numa):
+            local = self._cpu_pool(numa_id)
+            if len(local) >= request.cores:
+                return tuple(local[: request.cores])
+        pool = self._cpu_pool(None)
+        return tuple(pool[: request.cores]) if len(pool) >= request.cores else None
+
+    def pick_gpus(self, request: Request) -> tuple[int, ...] | None:
+        if request.gpu_ids:
+            return request.gpu_ids if set(request.gpu_ids) <= self.free_gpus else None
+        if request.gpu_count > len(self.free_gpus):
+            return None
+        return tuple(sorted(self.free_gpus)[: request.gpu_count])
+
+    def fit(self, request: Request) -> Allocation | None:
+        if request.memory_bytes > self.free_memory_bytes:
+            return None
+        gpus = self.pick_gpus(request)
+        if gpus is None:
+            return None
+        cpus = self.pick_cpus(request)
+        if cpus is None:
+            return None
+        return Allocation(self.hostname, cpus, request.memory_bytes, gpus, request.numa_node)
+
+    def could_ever_fit(self, request: Request) -> bool:
+        cores = (
+            len(self.numa.get(request.numa_node, ()))
+            if request.numa_node is not None
+            else len(self.cpus)
+        )
+        return (
+            request.cores <= cores
+            and request.memory_bytes <= self.memory_bytes
+            and request.gpus_wanted <= len(self.gpus)
+            and set(request.gpu_ids) <= set(self.gpus)
+        )
 
 
 class Scheduler:
-    """Tracks what every node has reserved and decides where tasks go."""
+    """Tracks what every node holds and decides where tasks go."""
 
-    def __init__(self) -> None:
-        self.nodes: dict[str, NodeCapacity] = {}
+    def __init__(self, starvation_seconds: float = 300.0) -> None:
+        self.nodes: dict[str, NodeResources] = {}
+        self.starvation_ms = starvation_seconds * 1000
 
-    def upsert_node(self, hostname: str, total_cores: int, total_memory_bytes: int) -> None:
+    def upsert_node(
+        self,
+        hostname: str,
+        cpus: tuple[int, ...],
+        memory_bytes: int,
+        numa: dict[int, tuple[int, ...]] | None = None,
+        gpus: tuple[int, ...] = (),
+    ) -> NodeResources:
+        """Add a node or update its hardware, keeping what tasks hold on it."""
         node = self.nodes.get(hostname)
         if node is None:
-            self.nodes[hostname] = NodeCapacity(hostname, total_cores, total_memory_bytes)
-        else:
-            node.total_cores = total_cores
-            node.total_memory_bytes = total_memory_bytes
+            node = NodeResources(hostname, cpus, memory_bytes)
+            self.nodes[hostname] = node
+        node.cpus = tuple(cpus)
+        node.memory_bytes = memory_bytes
+        node.numa = dict(numa or {})
+        node.gpus = tuple(gpus)
+        held = node.holders.values()
+        node.free_cpus = set(cpus) - {c for a in held for c in a.cpus}
+        node.free_gpus = set(gpus) - {g for a in held for g in a.gpus}
+        node.used_memory_bytes = sum(a.memory_bytes for a in held)
+        return node
 
     def set_online(self, hostname: str, online: bool) -> None:
         if hostname in self.nodes:
             self.nodes[hostname].online = online
 
+    def set_draining(self, hostname: str, draining: bool) -> None:
+        if hostname in self.nodes:
+            self.nodes[hostname].draining = draining
+
     def never_fits(self, request: Request) -> str | None:
-        """Why a request can never be placed, or None when some node could hold it."""
-        candidates = (
-            [self.nodes[request.target]]
-            if request.target is not None and request.target in self.nodes
-            else list(self.nodes.values())
-        )
-        if request.target is not None and request.target not in self.nodes:
-            return f"target: unknown host {request.target!r}"
+        """Why a request can never be placed, naming the limit; None if some node could."""
+        if request.target is not None:
+            node = self.nodes.get(request.target)
+            if node is None:
+                return f"target: unknown host {request.target!r}"
+            candidates = [node]
+            where = request.target
+        else:
+            candidates = list(self.nodes.values())
+            where = "any node"
         if not candidates:
             return "no runner has registered yet"
+        if request.numa_node is not None:
+            sizes = [len(n.numa.get(request.numa_node, ())) for n in candidates]
+            if request.cores > max(sizes):
+                return (
+                    f"cores: {request.cores} requested but NUMA node {request.numa_node} of "
+                    f"{where} has {max(sizes)} CPUs"
+                )
         max_cores = max(n.total_cores for n in candidates)
         if request.cores > max_cores:
-            where = request.target or "any node"
             return f"cores: {request.cores} requested but {where} has at most {max_cores}"
-        max_mem = max(n.total_memory_bytes for n in candidates)
-        if request.memory_bytes > max_mem:
-            where = request.target or "any node"
+        max_memory = max(n.memory_bytes for n in candidates)
+        if request.memory_bytes > max_memory:
             return (
-                f"memory: {request.memory_bytes} bytes requested but {where} has at most {max_mem}"
+                f"memory: {request.memory_bytes} bytes requested but {where} has at most "
+                f"{max_memory}"
+            )
+        max_gpus = max(len(n.gpus) for n in candidates)
+        if request.gpus_wanted > max_gpus:
+            return f"gpus: {request.gpus_wanted} requested but {where} has at most {max_gpus}"
+        if not any(n.could_ever_fit(request) for n in candidates):
+            return (
+                f"request fits no single node: {request.cores} cores, "
+                f"{request.memory_bytes} bytes, {request.gpus_wanted} GPUs together"
             )
         return None
 
-    def choose(self, request: Request) -> str | None:
-        """Node to place the request on now, or None if nothing fits right now."""
+    def _candidates(self, request: Request) -> list[NodeResources]:
         if request.target is not None:
             node = self.nodes.get(request.target)
-            if node and node.online and node.fits(request.cores, request.memory_bytes):
-                return node.hostname
-            return None
-        fitting = [
-            n
-            for n in self.nodes.values()
-            if n.online and n.fits(request.cores, request.memory_bytes)
-        ]
-        if not fitting:
-            return None
-        best = min(fitting, key=lambda n: (n.free_cores, n.free_memory_bytes, n.hostname))
-        return best.hostname
+            return [node] if node is not None else []
+        return list(self.nodes.values())
 
-    def allocate(self, hostname: str, request: Request) -> None:
-        node = self.nodes[hostname]
-        if request.task_id in node.holders:
+    def choose(self, request: Request, excluded: set[str] | None = None) -> Allocation | None:
+        """Where the request goes now, or None if nothing fits right now."""
+        best: tuple[tuple[int, int, int, str], Allocation] | None = None
+        for node in self._candidates(request):
+            if not node.accepts_work or (excluded and node.hostname in excluded):
+                continue
+            allocation = node.fit(request)
+            if allocation is None:
+                continue
+            key = (node.free_cores, node.free_memory_bytes, len(node.free_gpus), node.hostname)
+            if best is None or key < best[0]:
+                best = (key, allocation)
+        return best[1] if best else None
+
+    def allocate(self, task_id: int, allocation: Allocation) -> None:
+        """Record that a task holds ``allocation`` (also used to restore state on start)."""
+        node = self.nodes[allocation.hostname]
+        if task_id in node.holders:
             return
-        node.holders[request.task_id] = (request.cores, request.memory_bytes)
-        node.used_cores += request.cores
-        node.used_memory_bytes += request.memory_bytes
+        node.holders[task_id] = allocation
+        node.free_cpus -= set(allocation.cpus)
+        node.free_gpus -= set(allocation.gpus)
+        node.used_memory_bytes += allocation.memory_bytes
 
     def release(self, hostname: str, task_id: int) -> bool:
-        """Free a task's reservation; False when it held none (release is idempotent)."""
+        """Free a task's holding; False when it held none (release is idempotent)."""
         node = self.nodes.get(hostname)
         if node is None or task_id not in node.holders:
             return False
-        cores, memory = node.holders.pop(task_id)
-        node.used_cores -= cores
-        node.used_memory_bytes -= memory
+        allocation = node.holders.pop(task_id)
+        node.free_cpus |= set(allocation.cpus) & set(node.cpus)
+        node.free_gpus |= set(allocation.gpus) & set(node.gpus)
+        node.used_memory_bytes -= allocation.memory_bytes
         return True
 
-    def plan(self, pending: list[Request]) -> list[tuple[Request, str]]:
-        """Place as many pending requests as fit, in priority then submission order."""
-        placed: list[tuple[Request, str]] = []
-        for request in sorted(pending, key=lambda r: (-r.priority, r.task_id)):
-            hostname = self.choose(request)
-            if hostname is not None:
-                self.allocate(hostname, request)
-                placed.append((request, hostname))
+    def _reserve_for(self, request: Request) -> str | None:
+        """The node a starving request waits for: the one it is closest to fitting on."""
+        usable = [
+            n for n in self._candidates(request) if n.accepts_work and n.could_ever_fit(request)
+        ]
+        if not usable:
+            return None
+        return max(usable, key=lambda n: (n.free_cores, n.free_memory_bytes, n.hostname)).hostname
+
+    def ranked(self, pending: list[Request]) -> list[Request]:
+        """Queue order: priority (higher first), then submission order."""
+        return sorted(pending, key=lambda r: (-r.priority, r.task_id))
+
+    def plan(self, pending: list[Request], now_ms: int) -> list[tuple[Request, Allocation]]:
+        """Place as many pending requests as fit now, in queue order."""
+        placed: list[tuple[Request, Allocation]] = []
+        reserved: set[str] = set()
+        for request in self.ranked(pending):
+            allocation = self.choose(request, excluded=reserved)
+            if allocation is not None:
+                self.allocate(request.task_id, allocation)
+                placed.append((request, allocation))
+            elif now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
+                hostname = self._reserve_for(request)
+                if hostname is not None:
+                    reserved.add(hostname)
         return placed

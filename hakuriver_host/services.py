@@ -11,6 +11,7 @@ import grpc
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
+    node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
     runner_service_pb2 as rpb,
@@ -44,14 +45,20 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: tpb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.SubmitTaskResponse:
         tasks, batch_id = await self.cluster.submit(request)
-        return tpb.SubmitTaskResponse(tasks=[task_to_pb(t) for t in tasks], batch_id=batch_id)
+        positions = self.cluster.queue_positions()
+        return tpb.SubmitTaskResponse(
+            tasks=[task_to_pb(t, positions.get(t.task_id, 0)) for t in tasks], batch_id=batch_id
+        )
 
     @reports_api_errors
     async def GetTask(
         self, request: tpb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.GetTaskResponse:
         task, events = await self.cluster.get_task_with_events(_require_id(request.task_id))
-        return tpb.GetTaskResponse(task=task_to_pb(task), events=[event_to_pb(e) for e in events])
+        position = self.cluster.queue_positions().get(task.task_id, 0)
+        return tpb.GetTaskResponse(
+            task=task_to_pb(task, position), events=[event_to_pb(e) for e in events]
+        )
 
     @reports_api_errors
     async def ListTasks(
@@ -75,7 +82,10 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             request.before_task_id,
         )
         live = self.cluster.tasks
-        return tpb.ListTasksResponse(tasks=[task_to_pb(live.get(r.task_id, r)) for r in records])
+        positions = self.cluster.queue_positions()
+        return tpb.ListTasksResponse(
+            tasks=[task_to_pb(live.get(r.task_id, r), positions.get(r.task_id, 0)) for r in records]
+        )
 
     @reports_api_errors
     async def KillTask(
@@ -158,6 +168,27 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
                 for name, node in sorted(self.cluster.nodes.items())
             ]
         )
+
+    def _node_pb(self, hostname: str) -> node_pb2.Node:
+        return node_to_pb(
+            self.cluster.nodes[hostname],
+            self.cluster.scheduler.nodes.get(hostname),
+            self._active_counts().get(hostname, 0),
+        )
+
+    @reports_api_errors
+    async def DrainNode(
+        self, request: npb.DrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> npb.DrainNodeResponse:
+        node = await self.cluster.set_draining(request.hostname, True)
+        return npb.DrainNodeResponse(node=self._node_pb(node.hostname))
+
+    @reports_api_errors
+    async def UndrainNode(
+        self, request: npb.UndrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> npb.UndrainNodeResponse:
+        node = await self.cluster.set_draining(request.hostname, False)
+        return npb.UndrainNodeResponse(node=self._node_pb(node.hostname))
 
     @reports_api_errors
     async def GetHealth(

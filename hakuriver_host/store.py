@@ -8,18 +8,20 @@ Host process (power loss may drop the last transactions).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func
+from sqlalchemy import event, func, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from hakuriver_host.models import NodeRecord, TaskEventRecord, TaskRecord
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -28,6 +30,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _column_default(column: Any) -> str:
+    """SQL DEFAULT clause for a column added to an existing table."""
+    default = getattr(column.default, "arg", None)
+    if isinstance(default, bool):
+        return f" NOT NULL DEFAULT {'TRUE' if default else 'FALSE'}"
+    if isinstance(default, int | float):
+        return f" NOT NULL DEFAULT {default}"
+    if isinstance(default, str):
+        return " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
+    return ""
 
 
 def make_engine(url: str) -> Engine:
@@ -57,7 +71,21 @@ class Store:
     # Everything below runs on the store thread through ``run``.
 
     def create_schema(self) -> None:
+        """Create missing tables, then add columns that newer versions introduced."""
         SQLModel.metadata.create_all(self.engine)
+        existing = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                present = {c["name"] for c in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in present:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = _column_default(column)
+                    log.info("adding column %s.%s", table.name, column.name)
+                    conn.execute(
+                        text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}")
+                    )
 
     def load_nodes(self) -> list[NodeRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -72,6 +100,14 @@ class Store:
         with Session(self.engine) as session:
             rows = session.exec(select(TaskRecord.status, func.count()).group_by(TaskRecord.status))
             return {status: count for status, count in rows}
+
+    def set_draining(self, hostname: str, draining: bool) -> None:
+        with Session(self.engine) as session:
+            node = session.get(NodeRecord, hostname)
+            if node is not None:
+                node.draining = draining
+                session.add(node)
+                session.commit()
 
     def save_node(self, fields: dict[str, Any]) -> None:
         with Session(self.engine) as session:

@@ -34,8 +34,8 @@ from hakuriver_runner.system_info import (
     GpuProbe,
     read_numa_topology,
     sample_health,
-    total_cores,
     total_memory_bytes,
+    usable_cpus,
 )
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,17 @@ class Agent:
         self._containers = await self._blocking(self.executor.task_containers)
         environments = await self._blocking(self.executor.environments)
         numa = await self._blocking(read_numa_topology)
+        cpus = usable_cpus()
         gpus = await self._blocking(self.gpus.sample)
         return rpb.ConnectRequest(
             register=rpb.RegisterRunner(
                 hostname=self.name,
-                total_cores=total_cores(),
+                total_cores=len(cpus),
                 total_memory_bytes=total_memory_bytes(),
                 numa_nodes=[
-                    node_pb2.NumaNode(id=n.id, cpus=n.cpus, memory_bytes=n.memory_bytes)
+                    node_pb2.NumaNode(
+                        id=n.id, cpus=[c for c in n.cpus if c in cpus], memory_bytes=n.memory_bytes
+                    )
                     for n in numa
                 ],
                 gpus=gpus,

@@ -54,6 +54,10 @@ def _parse_docker_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(f"{main}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
 
 
+def _why(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc)
+
+
 class LogFollow:
     """Follows one output stream of a container from a byte offset, on the calling thread."""
 
@@ -104,6 +108,8 @@ class DockerExecutor:
         self.config = config
         self.runner_name = runner_name
         self.client = docker.from_env(timeout=120)
+        # Task ids whose failed containers are kept for inspection (keep_failed_containers).
+        self.kept: set[int] = set()
 
     @staticmethod
     def environment_of(image_tag: str) -> str | None:
@@ -173,7 +179,6 @@ class DockerExecutor:
         kwargs: dict[str, Any] = {
             "name": name,
             "command": [dispatch.command, *dispatch.arguments],
-            "detach": True,
             "init": True,
             "labels": {
                 LABEL_RUNNER: self.runner_name,
@@ -181,10 +186,7 @@ class DockerExecutor:
                 LABEL_KIND: "command",
                 LABEL_ENV: dispatch.container_name,
             },
-            "environment": {
-                **dict(dispatch.env),
-                "HAKURIVER_TASK_ID": str(dispatch.task_id),
-            },
+            "environment": {**dict(dispatch.env), **self._task_env(dispatch)},
             "mounts": self._mounts(dispatch),
             "network_mode": "host",
             "nano_cpus": int(dispatch.cores * 1e9),
@@ -193,16 +195,37 @@ class DockerExecutor:
         if dispatch.memory_bytes > 0:
             kwargs["mem_limit"] = dispatch.memory_bytes
             kwargs["memswap_limit"] = dispatch.memory_bytes
+        if dispatch.cpus:
+            kwargs["cpuset_cpus"] = ",".join(str(c) for c in dispatch.cpus)
+        if dispatch.HasField("numa_node_id"):
+            kwargs["cpuset_mems"] = str(dispatch.numa_node_id)
         gpus = [str(g) for g in dispatch.gpu_ids]
         if gpus:
             kwargs["device_requests"] = [DeviceRequest(device_ids=gpus, capabilities=[["gpu"]])]
         try:
-            return self.client.containers.run(dispatch.image, **kwargs)
+            container = self.client.containers.create(dispatch.image, **kwargs)
         except docker.errors.APIError as exc:
-            self._remove_quietly(name)
-            raise StartError(
-                f"docker could not start the container: {exc.explanation or exc}"
-            ) from None
+            raise StartError(f"docker could not create the container: {_why(exc)}") from None
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            if self.config.docker.keep_failed_containers:
+                self.kept.add(dispatch.task_id)
+            else:
+                self._remove_quietly(name)
+            raise StartError(f"docker could not start the container: {_why(exc)}") from None
+        return container
+
+    @staticmethod
+    def _task_env(dispatch: rpb.DispatchCommand) -> dict[str, str]:
+        """Variables every task sees. Inside the container its GPUs are numbered from 0."""
+        env = {"HAKURIVER_TASK_ID": str(dispatch.task_id)}
+        if dispatch.gpu_ids:
+            env["HAKURIVER_GPU_IDS"] = ",".join(str(g) for g in dispatch.gpu_ids)
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(dispatch.gpu_ids)))
+        if dispatch.cpus:
+            env["HAKURIVER_CPUS"] = ",".join(str(c) for c in dispatch.cpus)
+        return env
 
     def _remove_quietly(self, name: str) -> None:
         with contextlib.suppress(docker.errors.DockerException):
@@ -242,4 +265,7 @@ class DockerExecutor:
         container.unpause()
 
     def remove(self, task_id: int) -> None:
+        if task_id in self.kept:
+            log.info("task %s: keeping its failed container for inspection", task_id)
+            return
         self._remove_quietly(self.container_name(task_id))

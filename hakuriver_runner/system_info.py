@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,12 @@ def sample_health(gpus: GpuProbe) -> node_pb2.Health:
     )
 
 
-def total_cores() -> int:
-    return psutil.cpu_count(logical=True) or 1
+def usable_cpus() -> list[int]:
+    """CPU ids this process may run on (cgroup/cpuset aware); tasks are pinned within them."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(psutil.cpu_count(logical=True) or 1))
 
 
 def total_memory_bytes() -> int:

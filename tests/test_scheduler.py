@@ -1,80 +1,216 @@
-"""Placement bookkeeping: best fit, priorities, never-fits messages, release."""
+"""Placement: CPU ids, NUMA, GPUs, best fit, queue order, starvation guard, drain."""
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
-from hakuriver_host.scheduler import Request, Scheduler
+from hakuriver_common.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
+from hakuriver_host.scheduler import Allocation, Request, Scheduler
+
+NOW = EPOCH_MS + 10_000_000
 
 
-def make(*nodes: tuple[str, int, int]) -> Scheduler:
-    scheduler = Scheduler()
-    for name, cores, memory in nodes:
-        scheduler.upsert_node(name, cores, memory)
+def task_id(submitted_ms: int, seq: int = 0) -> int:
+    """An id as the Host would have issued it at ``submitted_ms``."""
+    return ((submitted_ms - EPOCH_MS) << (GENERATOR_BITS + SEQUENCE_BITS)) | seq
+
+
+def two_numa_node(name: str = "a", gpus: tuple[int, ...] = ()) -> Scheduler:
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node(name, tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, gpus)
     return scheduler
 
 
+def test_cpus_are_specific_ids_preferring_one_numa_node() -> None:
+    scheduler = two_numa_node()
+    first = scheduler.choose(Request(1, 3, 0))
+    assert first is not None and first.cpus == (0, 1, 2)
+    scheduler.allocate(1, first)
+    # Two more do not fit in NUMA 0 (one CPU left there): they come from NUMA 1 together.
+    second = scheduler.choose(Request(2, 2, 0))
+    assert second is not None and second.cpus == (4, 5)
+
+
+def test_numa_target_takes_cpus_of_that_node_only() -> None:
+    scheduler = two_numa_node()
+    allocation = scheduler.choose(Request(1, 2, 0, target="a", numa_node=1))
+    assert allocation == Allocation("a", (4, 5), 0, (), 1)
+    scheduler.allocate(1, allocation)
+    assert scheduler.choose(Request(2, 3, 0, target="a", numa_node=1)) is None
+    assert scheduler.choose(Request(3, 3, 0, target="a", numa_node=0)) is not None
+
+
+def test_gpu_ids_are_exclusive() -> None:
+    scheduler = two_numa_node(gpus=(0, 1, 2))
+    a = scheduler.choose(Request(1, 1, 0, target="a", gpu_ids=(1,)))
+    assert a is not None and a.gpus == (1,)
+    scheduler.allocate(1, a)
+    assert scheduler.choose(Request(2, 1, 0, target="a", gpu_ids=(1, 2))) is None
+    counted = scheduler.choose(Request(3, 1, 0, gpu_count=2))
+    assert counted is not None and counted.gpus == (0, 2)
+    scheduler.release("a", 1)
+    assert scheduler.choose(Request(2, 1, 0, target="a", gpu_ids=(1, 2))) is not None
+
+
 def test_best_fit_prefers_the_tightest_node() -> None:
-    scheduler = make(("big", 16, 64), ("small", 4, 64))
-    assert scheduler.choose(Request(1, 2, 0)) == "small"
-    assert scheduler.choose(Request(2, 8, 0)) == "big"
+    scheduler = Scheduler()
+    scheduler.upsert_node("big", tuple(range(16)), 64)
+    scheduler.upsert_node("small", tuple(range(4)), 64)
+    assert scheduler.choose(Request(1, 2, 0)).hostname == "small"  # type: ignore[union-attr]
+    assert scheduler.choose(Request(2, 8, 0)).hostname == "big"  # type: ignore[union-attr]
 
 
-def test_offline_nodes_and_targets() -> None:
-    scheduler = make(("a", 4, 10), ("b", 4, 10))
+def test_offline_and_draining_nodes_get_nothing_new() -> None:
+    scheduler = Scheduler()
+    for name in ("a", "b", "c"):
+        scheduler.upsert_node(name, (0, 1), 10)
     scheduler.set_online("a", False)
-    assert scheduler.choose(Request(1, 1, 0)) == "b"
-    assert scheduler.choose(Request(2, 1, 0, target="a")) is None
+    scheduler.set_draining("b", True)
+    assert scheduler.choose(Request(1, 1, 0)).hostname == "c"  # type: ignore[union-attr]
+    assert scheduler.choose(Request(2, 1, 0, target="b")) is None
+    scheduler.set_draining("b", False)
+    assert scheduler.choose(Request(2, 1, 0, target="b")) is not None
 
 
-def test_plan_orders_by_priority_then_id_and_skips_what_does_not_fit() -> None:
-    scheduler = make(("a", 4, 100))
-    placed = scheduler.plan(
-        [Request(3, 2, 0), Request(1, 4, 0), Request(2, 2, 0, priority=5), Request(4, 2, 0)]
-    )
-    assert [(r.task_id, h) for r, h in placed] == [(2, "a"), (3, "a")]
-    assert scheduler.nodes["a"].free_cores == 0
+def test_queue_order_is_priority_then_submission() -> None:
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1, 2, 3), 100)
+    requests = [
+        Request(task_id(NOW, 3), 2, 0),
+        Request(task_id(NOW, 1), 4, 0),
+        Request(task_id(NOW, 2), 2, 0, priority=5),
+        Request(task_id(NOW, 4), 2, 0),
+    ]
+    placed = scheduler.plan(requests, now_ms=NOW)
+    assert [r.task_id for r, _ in placed] == [task_id(NOW, 2), task_id(NOW, 3)]
+
+
+def test_starving_large_task_reserves_a_node_against_small_ones() -> None:
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node("a", (0, 1, 2, 3), 100)
+    scheduler.allocate(1, Allocation("a", (0, 1), 0))
+    big = Request(task_id(NOW - 120_000), 4, 0)  # waited two minutes
+    small = Request(task_id(NOW, 1), 1, 0)
+    assert scheduler.plan([big, small], now_ms=NOW) == []
+    # Not yet starving: the small one is let through (backfill).
+    young_big = Request(task_id(NOW - 1_000), 4, 0)
+    assert [r for r, _ in scheduler.plan([young_big, small], now_ms=NOW)] == [small]
+    # Once the running task ends the big one starts.
+    scheduler.release("a", small.task_id)
+    scheduler.release("a", 1)
+    assert [r for r, _ in scheduler.plan([big], now_ms=NOW)] == [big]
 
 
 def test_never_fits_names_the_limit() -> None:
-    scheduler = make(("a", 4, 1000))
-    assert scheduler.never_fits(Request(1, 8, 0)) == "cores: 8 requested but any node has at most 4"
-    assert scheduler.never_fits(Request(1, 1, 5000, target="a")).startswith("memory: 5000")
+    scheduler = two_numa_node(gpus=(0,))
+    assert scheduler.never_fits(Request(1, 9, 0)) == "cores: 9 requested but any node has at most 8"
+    assert scheduler.never_fits(Request(1, 5, 0, target="a", numa_node=0)) == (
+        "cores: 5 requested but NUMA node 0 of a has 4 CPUs"
+    )
+    assert scheduler.never_fits(Request(1, 1, 65, target="a")) == (
+        "memory: 65 bytes requested but a has at most 64"
+    )
+    assert scheduler.never_fits(Request(1, 1, 0, gpu_count=2)) == (
+        "gpus: 2 requested but any node has at most 1"
+    )
     assert scheduler.never_fits(Request(1, 1, 0, target="zz")) == "target: unknown host 'zz'"
-    assert scheduler.never_fits(Request(1, 4, 1000)) is None
+    assert scheduler.never_fits(Request(1, 8, 64, gpu_count=1)) is None
 
 
-def test_release_is_idempotent() -> None:
-    scheduler = make(("a", 4, 100))
-    scheduler.allocate("a", Request(1, 2, 50))
-    scheduler.allocate("a", Request(1, 2, 50))
-    assert scheduler.nodes["a"].free_cores == 2
+def test_release_is_idempotent_and_restores_everything() -> None:
+    scheduler = two_numa_node(gpus=(0, 1))
+    allocation = scheduler.choose(Request(1, 3, 50, gpu_count=1))
+    assert allocation is not None
+    scheduler.allocate(1, allocation)
+    scheduler.allocate(1, allocation)
+    node = scheduler.nodes["a"]
+    assert (node.free_cores, node.free_memory_bytes, len(node.free_gpus)) == (5, 14, 1)
     assert scheduler.release("a", 1) is True
     assert scheduler.release("a", 1) is False
-    assert (scheduler.nodes["a"].free_cores, scheduler.nodes["a"].free_memory_bytes) == (4, 100)
+    assert (node.free_cores, node.free_memory_bytes, len(node.free_gpus)) == (8, 64, 2)
 
 
+def test_hardware_update_keeps_holdings() -> None:
+    scheduler = two_numa_node()
+    scheduler.allocate(1, Allocation("a", (0, 1), 10))
+    scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)})
+    assert scheduler.nodes["a"].free_cpus == set(range(2, 8))
+    assert scheduler.nodes["a"].used_memory_bytes == 10
+
+
+request_strategy = st.builds(
+    Request,
+    task_id=st.just(0),
+    cores=st.integers(1, 6),
+    memory_bytes=st.integers(0, 40),
+    target=st.sampled_from([None, "a", "b"]),
+    numa_node=st.sampled_from([None, 0, 1]),
+    gpu_ids=st.sampled_from([(), (0,), (1,), (0, 1)]),
+    gpu_count=st.integers(0, 2),
+    priority=st.integers(-1, 1),
+)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.integers(1, 8), st.integers(0, 64), st.integers(-2, 2), st.booleans()),
-        max_size=40,
+        st.tuples(
+            request_strategy, st.integers(0, 200_000), st.lists(st.integers(0, 30), max_size=3)
+        ),
+        max_size=30,
     )
 )
-def test_resources_never_overcommitted_and_fully_returned(
-    ops: list[tuple[int, int, int, bool]],
+def test_nothing_is_ever_held_twice_and_everything_is_released_once(
+    steps: list[tuple[Request, int, list[int]]],
 ) -> None:
-    scheduler = make(("a", 8, 64), ("b", 6, 48))
-    running: dict[int, str] = {}
-    for task_id, (cores, memory, priority, finish_one) in enumerate(ops, start=1):
-        for request, host in scheduler.plan([Request(task_id, cores, memory, priority=priority)]):
-            running[request.task_id] = host
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, (0, 1))
+    scheduler.upsert_node("b", tuple(range(4)), 32, {0: (0, 1, 2, 3)}, (0, 1))
+    pending: list[Request] = []
+    holding: dict[int, Allocation] = {}
+    for seq, (template, age_ms, finish) in enumerate(steps):
+        request = Request(
+            task_id=task_id(NOW - age_ms, seq),
+            cores=template.cores,
+            memory_bytes=template.memory_bytes,
+            target=template.target,
+            numa_node=template.numa_node,
+            gpu_ids=template.gpu_ids if template.target else (),
+            gpu_count=0 if template.gpu_ids and template.target else template.gpu_count,
+            priority=template.priority,
+        )
+        if scheduler.never_fits(request) is None:
+            pending.append(request)
+        for placed, allocation in scheduler.plan(pending, now_ms=NOW):
+            pending.remove(placed)
+            assert placed.task_id not in holding
+            holding[placed.task_id] = allocation
+            assert len(allocation.cpus) == placed.cores
+            if placed.numa_node is not None:
+                assert set(allocation.cpus) <= set(
+                    scheduler.nodes[allocation.hostname].numa[placed.numa_node]
+                )
+            if placed.gpu_ids:
+                assert allocation.gpus == placed.gpu_ids
         for node in scheduler.nodes.values():
-            assert 0 <= node.used_cores <= node.total_cores
-            assert 0 <= node.used_memory_bytes <= node.total_memory_bytes
-        if finish_one and running:
-            done = min(running)
-            assert scheduler.release(running.pop(done), done)
-    for task_id, host in running.items():
-        assert scheduler.release(host, task_id)
+            held = [a for a in holding.values() if a.hostname == node.hostname]
+            cpus = [c for a in held for c in a.cpus]
+            gpus = [g for a in held for g in a.gpus]
+            assert len(cpus) == len(set(cpus)), "a CPU is held twice"
+            assert len(gpus) == len(set(gpus)), "a GPU is held twice"
+            assert set(cpus) | node.free_cpus == set(node.cpus)
+            assert not set(cpus) & node.free_cpus
+            assert set(gpus) | node.free_gpus == set(node.gpus)
+            assert sum(a.memory_bytes for a in held) == node.used_memory_bytes <= node.memory_bytes
+        for index in finish:
+            if holding:
+                victim = sorted(holding)[index % len(holding)]
+                allocation = holding.pop(victim)
+                assert scheduler.release(allocation.hostname, victim) is True
+                assert scheduler.release(allocation.hostname, victim) is False
+    for victim, allocation in holding.items():
+        assert scheduler.release(allocation.hostname, victim) is True
     for node in scheduler.nodes.values():
-        assert (node.used_cores, node.used_memory_bytes) == (0, 0)
+        assert node.free_cpus == set(node.cpus)
+        assert node.free_gpus == set(node.gpus)
+        assert node.used_memory_bytes == 0

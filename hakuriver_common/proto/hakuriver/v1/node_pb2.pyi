@@ -212,6 +212,8 @@ class Node(_message.Message):
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     ACTIVE_TASKS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
+    ALLOCATED_GPUS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: Global___NodeStatus.ValueType
     total_cores: _builtins.int
@@ -222,6 +224,8 @@ class Node(_message.Message):
     """Memory not reserved by tasks."""
     active_tasks: _builtins.int
     """Tasks placed on this node and not yet finished."""
+    draining: _builtins.bool
+    """A draining node gets no new tasks; its running tasks continue."""
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumaNode]: ...
     @_builtins.property
@@ -235,6 +239,10 @@ class Node(_message.Message):
     @_builtins.property
     def health(self) -> Global___Health:
         """The most recent health sample."""
+
+    @_builtins.property
+    def allocated_gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """GPU indices held by tasks."""
 
     def __init__(
         self,
@@ -251,10 +259,12 @@ class Node(_message.Message):
         environments: _abc.Iterable[_builtins.str] | None = ...,
         active_tasks: _builtins.int = ...,
         health: Global___Health | None = ...,
+        draining: _builtins.bool = ...,
+        allocated_gpus: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

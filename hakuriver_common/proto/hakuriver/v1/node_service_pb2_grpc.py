@@ -45,6 +45,16 @@ class NodeServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_node__service__pb2.GetHealthRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_node__service__pb2.GetHealthResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/hakuriver.v1.NodeService/DrainNode',
+                request_serializer=hakuriver_dot_v1_dot_node__service__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_node__service__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/hakuriver.v1.NodeService/UndrainNode',
+                request_serializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -65,6 +75,20 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DrainNode(self, request, context):
+        """DrainNode stops new placements on a node; its running tasks continue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainNode(self, request, context):
+        """UndrainNode lets a drained node receive tasks again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +101,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetHealth,
                     request_deserializer=hakuriver_dot_v1_dot_node__service__pb2.GetHealthRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_node__service__pb2.GetHealthResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=hakuriver_dot_v1_dot_node__service__pb2.DrainNodeRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_node__service__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +168,60 @@ class NodeService:
             '/hakuriver.v1.NodeService/GetHealth',
             hakuriver_dot_v1_dot_node__service__pb2.GetHealthRequest.SerializeToString,
             hakuriver_dot_v1_dot_node__service__pb2.GetHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.NodeService/DrainNode',
+            hakuriver_dot_v1_dot_node__service__pb2.DrainNodeRequest.SerializeToString,
+            hakuriver_dot_v1_dot_node__service__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.NodeService/UndrainNode',
+            hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.SerializeToString,
+            hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class NodeServiceStub:
     """ListNodes returns every node that has ever registered."""
     GetHealth: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.GetHealthRequest, _node_service_pb2.GetHealthResponse]
     """GetHealth returns the latest health sample of one node or of all nodes."""
+    DrainNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.DrainNodeRequest, _node_service_pb2.DrainNodeResponse]
+    """DrainNode stops new placements on a node; its running tasks continue."""
+    UndrainNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]
+    """UndrainNode lets a drained node receive tasks again."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -47,6 +51,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """ListNodes returns every node that has ever registered."""
     GetHealth: _aio.UnaryUnaryMultiCallable[_node_service_pb2.GetHealthRequest, _node_service_pb2.GetHealthResponse]  # type: ignore[assignment]
     """GetHealth returns the latest health sample of one node or of all nodes."""
+    DrainNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.DrainNodeRequest, _node_service_pb2.DrainNodeResponse]  # type: ignore[assignment]
+    """DrainNode stops new placements on a node; its running tasks continue."""
+    UndrainNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]  # type: ignore[assignment]
+    """UndrainNode lets a drained node receive tasks again."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService lists runner nodes and their health."""
@@ -66,5 +74,21 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_service_pb2.GetHealthResponse, _abc.Awaitable[_node_service_pb2.GetHealthResponse]]:
         """GetHealth returns the latest health sample of one node or of all nodes."""
+
+    @_abc_1.abstractmethod
+    def DrainNode(
+        self,
+        request: _node_service_pb2.DrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_service_pb2.DrainNodeResponse, _abc.Awaitable[_node_service_pb2.DrainNodeResponse]]:
+        """DrainNode stops new placements on a node; its running tasks continue."""
+
+    @_abc_1.abstractmethod
+    def UndrainNode(
+        self,
+        request: _node_service_pb2.UndrainNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_service_pb2.UndrainNodeResponse, _abc.Awaitable[_node_service_pb2.UndrainNodeResponse]]:
+        """UndrainNode lets a drained node receive tasks again."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

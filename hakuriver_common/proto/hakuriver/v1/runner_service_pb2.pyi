@@ -383,6 +383,8 @@ class DispatchCommand(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     CONTAINER_NAME_FIELD_NUMBER: _builtins.int
     GPU_IDS_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
+    NUMA_NODE_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     image: _builtins.str
@@ -393,6 +395,8 @@ class DispatchCommand(_message.Message):
     privileged: _builtins.bool
     container_name: _builtins.str
     """Container environment name the image belongs to."""
+    numa_node_id: _builtins.int
+    """NUMA node whose memory the task is bound to; unset means no binding."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -402,6 +406,10 @@ class DispatchCommand(_message.Message):
     @_builtins.property
     def gpu_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """GPU indices to expose to the container."""
+
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """CPU ids the task is pinned to."""
 
     def __init__(
         self,
@@ -418,12 +426,16 @@ class DispatchCommand(_message.Message):
         privileged: _builtins.bool = ...,
         container_name: _builtins.str = ...,
         gpu_ids: _abc.Iterable[_builtins.int] | None = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
+        numa_node_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "numa_node_id", b"numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "privileged", b"privileged", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "cpus", b"cpus", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "numa_node_id", b"numa_node_id", "privileged", b"privileged", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__numa_node_id: _TypeAlias = _typing.Literal["numa_node_id"]  # noqa: Y015
+    _WhichOneofArgType__numa_node_id: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__numa_node_id) -> _WhichOneofReturnType__numa_node_id | None: ...
 
 Global___DispatchCommand: _TypeAlias = DispatchCommand  # noqa: Y015
 

@@ -54,6 +54,7 @@ class SubmitTaskRequest(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     MOUNTS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     """COMMAND for now; VPS submission arrives with the VPS feature."""
     command: _builtins.str
@@ -69,6 +70,8 @@ class SubmitTaskRequest(_message.Message):
     privileged: _builtins.bool
     priority: _builtins.int
     """Higher priority tasks are placed first; default 0."""
+    gpus: _builtins.int
+    """Number of GPUs on any node, when no GPU ids are named in a target."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -93,10 +96,11 @@ class SubmitTaskRequest(_message.Message):
         privileged: _builtins.bool = ...,
         mounts: _abc.Iterable[_task_pb2.Mount] | None = ...,
         priority: _builtins.int = ...,
+        gpus: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "cores", b"cores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cores: _TypeAlias = _typing.Literal["cores"]  # noqa: Y015
     _WhichOneofArgType__cores: _TypeAlias = _typing.Literal["_cores", b"_cores"]  # noqa: Y015

@@ -68,6 +68,7 @@ class Cluster:
         runner_count: int = 1,
         heartbeat_interval: float = 0.5,
         heartbeat_timeout_factor: float = 20,
+        extra_config: str = "",
     ) -> None:
         self.root = root
         self.tag = uuid.uuid4().hex[:6]
@@ -102,6 +103,7 @@ reconnect_max_seconds = 1.0
 
 [docker]
 default_container_name = "{BASE_ENV}"
+{extra_config}
 """
         )
         self.host: subprocess.Popen[bytes] | None = None
@@ -137,10 +139,16 @@ default_container_name = "{BASE_ENV}"
 
         wait_for(serving, what="host to serve")
 
-    def start_runner(self, name: str | None = None, wait: bool = True) -> str:
+    def start_runner(
+        self, name: str | None = None, wait: bool = True, env: dict[str, str] | None = None
+    ) -> str:
         name = name or self.runner_names[0]
+        if name not in self.runner_names:
+            self.runner_names.append(name)
         self.runners[name] = self._spawn(
-            "hakuriver_runner", f"runner-{name}.log", {"HAKURIVER_RUNNER__NAME": name}
+            "hakuriver_runner",
+            f"runner-{name}.log",
+            {"HAKURIVER_RUNNER__NAME": name, **(env or {})},
         )
         if wait:
             wait_for(lambda: self.node_online(name), what=f"runner {name} online")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 from hakuriver_runner.system_info import GpuProbe, NumaInfo, parse_cpulist, read_numa_topology
+from tests.fake_nvml.pynvml import FakeNvml
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -27,46 +26,6 @@ def test_numa_topology_from_sysfs_with_several_nodes() -> None:
 
 def test_no_numa_directory_means_no_nodes(tmp_path: Path) -> None:
     assert read_numa_topology(tmp_path / "missing") == []
-
-
-class FakeNvml:
-    """Stands in for the NVML library: the one piece of hardware we cannot have here."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def nvmlInit(self) -> None:
-        pass
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "550.54"
-
-    def nvmlDeviceGetCount(self) -> int:
-        return self.count
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetName(self, handle: int) -> bytes:
-        return b"NVIDIA A100"
-
-    def nvmlDeviceGetUUID(self, handle: int) -> str:
-        return f"GPU-{handle}"
-
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
-        return SimpleNamespace(total=40 * 10**9, used=handle * 10**9)
-
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
-        return SimpleNamespace(gpu=50 + handle, memory=10)
-
-    def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
-        return 60
-
-    def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
-        raise RuntimeError("not supported")
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
-        return 250_000
 
 
 class BrokenNvml(FakeNvml):

@@ -1,0 +1,165 @@
+"""Scheduling through a real Host and Runners: queueing, priorities, pinning, drain, GPUs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_service_pb2 as npb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from tests.harness import Cluster, running_cluster
+
+pytestmark = pytest.mark.docker
+FAKE_NVML = str(Path(__file__).parent / "fake_nvml")
+RUNNING = {task_pb2.TASK_STATUS_RUNNING}
+
+
+@pytest.fixture(scope="module")
+def sched(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One ordinary Runner, plus one with two fake GPUs added by the GPU test."""
+    root = tmp_path_factory.mktemp("sched")
+    with running_cluster(root, runner_count=1, extra_config="keep_failed_containers = true") as c:
+        yield c
+
+
+def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
+    found = cluster.docker.containers.list(
+        all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+    )
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _kill(cluster: Cluster, *task_ids: int) -> None:
+    for task_id in task_ids:
+        cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=30)
+
+
+def _node_cores(cluster: Cluster, name: str) -> int:
+    nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
+    return next(n.total_cores for n in nodes if n.hostname == name)
+
+
+def test_busy_node_queues_and_starts_tasks_in_priority_order(sched: Cluster) -> None:
+    name = sched.runner_names[0]
+    target = [task_pb2.Target(hostname=name)]
+    cores = _node_cores(sched, name)
+    blocker = sched.submit(["sleep", "600"], cores=cores, targets=target)
+    sched.wait_status(blocker.task_id, RUNNING)
+    low = sched.submit(["sleep", "600"], cores=cores, targets=target)
+    high = sched.submit(["sleep", "600"], cores=cores, targets=target, priority=5)
+    assert low.status == task_pb2.TASK_STATUS_PENDING
+    assert sched.get(high.task_id).queue_position == 1
+    assert sched.get(low.task_id).queue_position == 2
+    listed = sched.cli("task", "list", "--status", "pending")
+    assert "pending #1" in listed.stdout and "pending #2" in listed.stdout
+    _kill(sched, blocker.task_id)
+    sched.wait_status(high.task_id, RUNNING)
+    assert sched.get(low.task_id).status == task_pb2.TASK_STATUS_PENDING
+    _kill(sched, high.task_id)
+    sched.wait_status(low.task_id, RUNNING)
+    _kill(sched, low.task_id)
+
+
+def test_tasks_are_pinned_to_distinct_cpus_and_numa_memory(sched: Cluster) -> None:
+    name = sched.runner_names[0]
+    cores = _node_cores(sched, name)
+    tasks = [
+        sched.submit(["sleep", "600"], targets=[task_pb2.Target(hostname=name, numa_node_id=0)])
+        for _ in range(cores)
+    ]
+    pinned = []
+    for task in tasks:
+        running = sched.wait_status(task.task_id, RUNNING)
+        assert len(running.assigned_cpus) == 1
+        attrs = _container(sched, task.task_id).attrs
+        assert attrs["HostConfig"]["CpusetCpus"] == str(running.assigned_cpus[0])
+        assert attrs["HostConfig"]["CpusetMems"] == "0"
+        pinned.append(running.assigned_cpus[0])
+    assert len(set(pinned)) == cores, "two tasks share a pinned CPU"
+    # Every CPU is taken: the next one waits.
+    extra = sched.submit(["true"], targets=[task_pb2.Target(hostname=name)])
+    assert sched.get(extra.task_id).status == task_pb2.TASK_STATUS_PENDING
+    _kill(sched, *(t.task_id for t in tasks))
+    assert sched.wait_final(extra.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+
+
+def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: Cluster) -> None:
+    name = sched.runner_names[0]
+    running = sched.submit(["sleep", "600"], targets=[task_pb2.Target(hostname=name)])
+    sched.wait_status(running.task_id, RUNNING)
+    drained = sched.cli("client", "drain", name)
+    assert drained.returncode == 0, drained.stderr
+    assert "draining" in drained.stdout
+    waiting = sched.submit(["true"], targets=[task_pb2.Target(hostname=name)])
+    nodes = json.loads(sched.cli("client", "nodes", "--json").stdout)
+    assert [n.get("draining") for n in nodes if n["hostname"] == name] == [True]
+    assert sched.get(waiting.task_id).status == task_pb2.TASK_STATUS_PENDING
+    assert sched.get(running.task_id).status == task_pb2.TASK_STATUS_RUNNING
+    assert sched.cli("client", "undrain", name).returncode == 0
+    assert sched.wait_final(waiting.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    _kill(sched, running.task_id)
+    unknown = sched.cli("client", "drain", "no-such-node")
+    assert unknown.returncode == 1 and "unknown node 'no-such-node'" in unknown.stderr
+
+
+def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Cluster) -> None:
+    name = sched.runner_names[0]
+    cores = _node_cores(sched, name)
+    invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+    here = [task_pb2.Target(hostname=name)]
+    cases = [
+        (dict(cores=cores + 1, targets=here), invalid, f"has at most {cores}"),
+        (dict(targets=[task_pb2.Target(hostname=name, numa_node_id=7)]), missing, "no NUMA node 7"),
+        (dict(targets=[task_pb2.Target(hostname=name, gpu_ids=[3])]), missing, "no GPU 3"),
+        (dict(gpus=64), invalid, "gpus: 64 requested"),
+        (dict(memory="1000T"), invalid, "memory: 1000000000000000 bytes requested"),
+    ]
+    for fields, code, message in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            sched.submit(["true"], **fields)
+        assert caught.value.code() == code, fields
+        assert message in caught.value.details(), caught.value.details()
+
+
+def test_gpu_task_gets_exactly_its_devices(sched: Cluster) -> None:
+    gpu_runner = sched.start_runner(
+        f"{sched.runner_names[0]}-gpu",
+        env={
+            "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+            "HAKURIVER_FAKE_GPUS": "2",
+        },
+    )
+    nodes = json.loads(sched.cli("client", "nodes", "--json").stdout)
+    [node] = [n for n in nodes if n["hostname"] == gpu_runner]
+    assert [g.get("index", 0) for g in node["gpus"]] == [0, 1]  # JSON omits zero values
+    assert node["gpus"][0]["name"] == "NVIDIA A100"
+
+    task = sched.submit(["true"], targets=[task_pb2.Target(hostname=gpu_runner, gpu_ids=[1])])
+    final = sched.wait_final(task.task_id)
+    assert list(final.required_gpus) == [1]
+    config = _container(sched, task.task_id).attrs
+    [request] = config["HostConfig"]["DeviceRequests"]
+    assert request["DeviceIDs"] == ["1"]
+    assert request["Capabilities"] == [["gpu"]]
+    env = dict(item.split("=", 1) for item in config["Config"]["Env"])
+    assert env["CUDA_VISIBLE_DEVICES"] == "0"
+    assert env["HAKURIVER_GPU_IDS"] == "1"
+    if final.status == task_pb2.TASK_STATUS_FAILED:
+        # No NVIDIA runtime on this machine: Docker refuses GPU containers, and says so.
+        assert "could not select device driver" in final.error_message, final.error_message
+    else:
+        assert final.status == task_pb2.TASK_STATUS_COMPLETED
+
+    counted = sched.submit(["true"], gpus=2)
+    placed = sched.wait_final(counted.task_id)
+    assert placed.assigned_node == gpu_runner
+    assert sorted(placed.required_gpus) == [0, 1]

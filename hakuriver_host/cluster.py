@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hakuriver_common.config import Config
+from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.ids import IdGenerator
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
@@ -45,12 +46,6 @@ log = logging.getLogger(__name__)
 ACTIVE_STATUSES = [s.value for s in TaskStatus if not s.is_final]
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_TIMEOUT = 10.0
-NULL_CONTAINER = "NULL"
-
-
-def image_for(container_name: str) -> str:
-    """The local image an environment name resolves to."""
-    return f"hakuriver/{container_name}:base"
 
 
 class RunnerSession:
@@ -328,14 +323,15 @@ class Cluster:
                     f"mounts: paths must be absolute, got {mount.host_path}:{mount.container_path}"
                 )
         container = req.container_name or self.config.docker.default_container_name
-        if container == NULL_CONTAINER:
+        if container == NULL_CONTAINER and (req.mounts or req.privileged):
             raise InvalidArgument(
-                "container_name: NULL (run on the runner host without Docker) is not supported yet"
+                "container_name: NULL tasks run on the runner host: --mount and --privileged "
+                "do not apply"
             )
         for target in req.targets:
             self._validate_target(target)
         environments = self.known_environments()
-        if container not in environments:
+        if container != NULL_CONTAINER and container not in environments:
             available = ", ".join(sorted(environments)) or "none"
             raise NotFound(
                 f"container_name: environment {container!r} not found: no runner has image "
@@ -387,7 +383,8 @@ class Cluster:
                         else None
                     ),
                     container_name=container,
-                    privileged=req.privileged or self.config.docker.tasks_privileged,
+                    privileged=container != NULL_CONTAINER
+                    and (req.privileged or self.config.docker.tasks_privileged),
                     mounts=[
                         {
                             "host_path": m.host_path,
@@ -459,7 +456,11 @@ class Cluster:
                 dispatch=rpb.DispatchCommand(
                     task_id=task.task_id,
                     kind=task_pb2.TASK_KIND_COMMAND,
-                    image=image_for(task.container_name),
+                    image=(
+                        ""
+                        if task.container_name == NULL_CONTAINER
+                        else image_for(task.container_name)
+                    ),
                     command=task.command,
                     arguments=task.arguments,
                     env=task.env,
@@ -616,8 +617,11 @@ class Cluster:
                 await self._move(
                     task,
                     TaskStatus.LOST,
-                    detail="container missing after runner reconnect",
-                    error_message=f"runner {hostname} came back without the task's container",
+                    detail="gone after runner reconnect",
+                    error_message=(
+                        f"runner {hostname} came back without the task: its container or "
+                        "process could not be re-adopted"
+                    ),
                 )
         log.info(
             "runner %s registered: %d cores, %d adopted, %d discarded",

@@ -1,9 +1,10 @@
 """The runner agent: one outbound Connect stream to the Host, re-established on loss.
 
-The runner keeps no state of its own: on every (re)connection it lists its labelled
-containers, tells the Host, and the Host answers which to keep (with the byte offsets of
-output it already has) and which to discard. Log followers replay a container's output from
-Docker and skip what the Host has, so nothing is lost or written twice.
+The runner keeps no state of its own: on every (re)connection it lists its tasks (labelled
+containers, spooled host processes), tells the Host, and the Host answers which to keep
+(with the byte offsets of output it already has) and which to discard. Output followers
+replay a task's output from the start and skip what the Host has, so nothing is lost or
+written twice.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 
 from hakuriver_common import __version__
 from hakuriver_common.config import Config
+from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
@@ -28,8 +30,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
 )
 from hakuriver_common.timestamps import to_timestamp
+from hakuriver_runner.backend import LogFollow, StartError, TaskBackend
 from hakuriver_runner.backoff import backoff_delay
-from hakuriver_runner.executor import DockerExecutor, LogFollow, StartError
+from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.system_info import (
     GpuProbe,
     read_numa_topology,
@@ -65,14 +69,16 @@ def _report(
 
 
 class Agent:
-    def __init__(self, config: Config, executor: DockerExecutor | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.name = config.runner.name or socket.gethostname()
-        self.executor = executor or DockerExecutor(config, self.name)
+        self.docker = DockerBackend(config, self.name)
+        self.processes = ProcessBackend(config, self.name)
         self.gpus = GpuProbe()
         self._pool = ThreadPoolExecutor(max_workers=128, thread_name_prefix="runner-docker")
         self._outbox: asyncio.Queue[rpb.ConnectRequest] | None = None
-        self._containers: dict[int, Any] = {}
+        # Every task this runner supervises: its backend and the backend's handle.
+        self._handles: dict[int, tuple[TaskBackend, Any]] = {}
         self._supervisors: dict[int, asyncio.Task[None]] = {}
         self._task_locks: dict[int, asyncio.Lock] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -107,8 +113,12 @@ class Agent:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _register_message(self) -> rpb.ConnectRequest:
-        self._containers = await self._blocking(self.executor.task_containers)
-        environments = await self._blocking(self.executor.environments)
+        self._handles = {
+            task_id: (backend, handle)
+            for backend in (self.docker, self.processes)
+            for task_id, handle in (await self._blocking(backend.tasks)).items()
+        }
+        environments = await self._blocking(self.docker.environments)
         numa = await self._blocking(read_numa_topology)
         cpus = usable_cpus()
         gpus = await self._blocking(self.gpus.sample)
@@ -125,7 +135,7 @@ class Agent:
                 ],
                 gpus=gpus,
                 environments=environments,
-                known_task_ids=sorted(self._containers),
+                known_task_ids=sorted(self._handles),
                 version=__version__,
             )
         )
@@ -151,14 +161,10 @@ class Agent:
             )
             self._outbox = asyncio.Queue(OUTBOX_SIZE)
             for task_id in ack.discard_task_ids:
-                self._containers.pop(task_id, None)
-                await self._blocking(self.executor.remove, task_id)
+                await self._discard(task_id)
             for adopt in ack.adopt:
-                container = self._containers.get(adopt.task_id)
-                if container is not None:
-                    self._supervise(
-                        adopt.task_id, container, adopt.stdout_offset, adopt.stderr_offset
-                    )
+                if adopt.task_id in self._handles:
+                    self._supervise(adopt.task_id, adopt.stdout_offset, adopt.stderr_offset)
             loops = [
                 asyncio.create_task(self._write_loop(call)),
                 asyncio.create_task(self._read_loop(call)),
@@ -197,7 +203,7 @@ class Agent:
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
             health = await self._blocking(sample_health, self.gpus)
-            environments = await self._blocking(self.executor.environments)
+            environments = await self._blocking(self.docker.environments)
             await self._send(
                 rpb.ConnectRequest(
                     heartbeat=rpb.Heartbeat(health=health, environments=environments)
@@ -245,60 +251,71 @@ class Agent:
         task_id = dispatch.task_id
         if task_id in self._supervisors:
             return
+        backend: TaskBackend = (
+            self.processes if dispatch.container_name == NULL_CONTAINER else self.docker
+        )
         try:
-            container = await self._blocking(self.executor.start, dispatch)
+            handle = await self._blocking(backend.start, dispatch)
         except StartError as exc:
             log.warning("task %s could not start: %s", task_id, exc)
             await self._send(
                 _report(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
             )
             return
-        self._containers[task_id] = container
-        self._supervise(task_id, container, 0, 0, started=True)
+        self._handles[task_id] = (backend, handle)
+        self._supervise(task_id, 0, 0, started=True)
 
     async def _on_kill(self, kill: rpb.KillCommand) -> None:
-        container = self._containers.get(kill.task_id)
-        if container is None:
+        found = self._handles.get(kill.task_id)
+        if found is None:
             await self._send(
                 _report(
                     kill.task_id,
                     rpb.RUNNER_TASK_STATE_EXITED,
-                    error_message="no container on the runner",
+                    error_message="nothing of the task is left on the runner",
                 )
             )
             return
-        await self._blocking(self.executor.stop, container, kill.grace_seconds)
+        backend, handle = found
+        await self._blocking(backend.stop, handle, kill.grace_seconds)
 
     async def _on_pause(self, task_id: int, pause: bool) -> None:
-        container = self._containers.get(task_id)
-        if container is None:
+        found = self._handles.get(task_id)
+        if found is None:
             return
+        backend, handle = found
         if pause:
-            await self._blocking(self.executor.pause, container)
+            await self._blocking(backend.pause, handle)
             await self._send(_report(task_id, rpb.RUNNER_TASK_STATE_PAUSED))
         else:
-            await self._blocking(self.executor.resume, container)
+            await self._blocking(backend.resume, handle)
             await self._send(_report(task_id, rpb.RUNNER_TASK_STATE_RUNNING))
 
     async def _on_release(self, task_id: int) -> None:
         supervisor = self._supervisors.pop(task_id, None)
         if supervisor is not None and not supervisor.done():
             supervisor.cancel()
-        self._containers.pop(task_id, None)
         self._task_locks.pop(task_id, None)
-        await self._blocking(self.executor.remove, task_id)
+        await self._discard(task_id)
+
+    async def _discard(self, task_id: int) -> None:
+        """Stop and remove whatever is left of a task the Host is done with."""
+        found = self._handles.pop(task_id, None)
+        if found is None:
+            for each in (self.docker, self.processes):
+                await self._blocking(each.remove, task_id)
+            return
+        backend, handle = found
+        if backend is self.processes:
+            await self._blocking(backend.stop, handle, 0)
+        await self._blocking(backend.remove, task_id)
 
     # ----- supervision ------------------------------------------------------------------
 
     def _supervise(
-        self,
-        task_id: int,
-        container: Any,
-        stdout_offset: int,
-        stderr_offset: int,
-        started: bool = False,
+        self, task_id: int, stdout_offset: int, stderr_offset: int, started: bool = False
     ) -> None:
-        """Follow a container's output and report its exit.
+        """Follow a task's output and report its exit.
 
         ``started``: this runner just started it, so it ran even if it has already exited.
         """
@@ -306,7 +323,7 @@ class Agent:
         if current is not None and not current.done():
             return
         self._supervisors[task_id] = asyncio.create_task(
-            self._supervise_task(task_id, container, stdout_offset, stderr_offset, started),
+            self._supervise_task(task_id, stdout_offset, stderr_offset, started),
             name=f"task-{task_id}",
         )
 
@@ -334,13 +351,14 @@ class Agent:
         return emit
 
     async def _supervise_task(
-        self, task_id: int, container: Any, stdout_offset: int, stderr_offset: int, started: bool
+        self, task_id: int, stdout_offset: int, stderr_offset: int, started: bool
     ) -> None:
         loop = asyncio.get_running_loop()
+        backend, handle = self._handles[task_id]
         follows = (LogFollow(), LogFollow())
         try:
-            status, started_at = await self._blocking(self.executor.state, container)
-            if started or status in ("running", "paused", "restarting"):
+            status, started_at = await self._blocking(backend.state, handle)
+            if started or status in ("running", "paused"):
                 state = (
                     rpb.RUNNER_TASK_STATE_PAUSED
                     if status == "paused"
@@ -355,16 +373,17 @@ class Agent:
                 *(
                     loop.run_in_executor(
                         self._pool,
-                        follow.run,
-                        container,
+                        backend.follow,
+                        handle,
                         is_stdout,
                         offset,
                         self._emitter(task_id, stream, follow),
+                        follow,
                     )
                     for follow, is_stdout, offset, stream in streams
                 )
             )
-            info = await self._blocking(self.executor.wait, container)
+            info = await self._blocking(backend.wait, handle)
             await self._send(
                 _report(
                     task_id,

@@ -3,6 +3,7 @@
 # image registry: a root filesystem of busybox and its applets, loaded by `docker import`.
 # Idempotent: an existing image is kept.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 NAME="${1:-hakuriver-base}"
 IMAGE="hakuriver/${NAME}:base"
 
@@ -11,20 +12,13 @@ if docker image inspect "$IMAGE" >/dev/null 2>&1; then
 fi
 BUSYBOX=""
 for candidate in /bin/busybox /usr/bin/busybox; do
-    if [ -x "$candidate" ] && file -L "$candidate" 2>/dev/null | grep -q "statically linked"; then
+    if [ -x "$candidate" ] && ! ldd "$candidate" >/dev/null 2>&1; then
         BUSYBOX="$candidate"
     fi
 done
 if [ -z "$BUSYBOX" ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "==> installing busybox-static"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static file >/dev/null
-        BUSYBOX=/bin/busybox
-    else
-        echo "error: need a statically linked busybox (Debian: apt-get install busybox-static)" >&2
-        exit 1
-    fi
+    apt_install busybox-static
+    BUSYBOX=/bin/busybox
 fi
 echo "==> building $IMAGE from $BUSYBOX"
 ROOT="$(mktemp -d)"

@@ -2,6 +2,7 @@
 # Make sure a Docker daemon answers: install Debian's docker.io and start dockerd when absent.
 # Needs root for the install and the start; otherwise it only checks.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 
 if docker info >/dev/null 2>&1; then
     exit 0
@@ -11,9 +12,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 if ! command -v dockerd >/dev/null; then
-    echo "==> installing docker.io"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    apt_install docker.io
 fi
 if ! docker info >/dev/null 2>&1; then
     echo "==> starting dockerd (log: /var/log/hakuriver-dockerd.log)"

@@ -3,15 +3,10 @@
 # starting its cluster when needed, as root), with a role and database for the tests.
 # Prints the SQLAlchemy URL on stdout.
 set -euo pipefail
+source "$(dirname "$0")/lib/apt.sh"
 DB=hakuriver_test
 if ! command -v pg_lsclusters >/dev/null; then
-    if [ "$(id -u)" != 0 ]; then
-        echo "error: PostgreSQL is not installed and this is not root" >&2
-        exit 1
-    fi
-    echo "==> installing postgresql" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    apt_install postgresql >&2
 fi
 read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters --no-header | head -1)
 if [ "$STATUS" != "online" ]; then

@@ -11,6 +11,8 @@ scripts/lint.sh
 echo "==> generated code up to date"
 "$PY" scripts/check_protos.py
 
+source scripts/lib/apt.sh
+command -v numactl >/dev/null || apt_install numactl
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"

@@ -1,4 +1,4 @@
-"""The Docker adapter: blocking docker-py calls, always run off the event loop.
+"""Tasks in Docker containers: blocking docker-py calls, always run off the event loop.
 
 Every task container carries labels (runner, task id, kind) so a restarted runner finds it
 again: Docker itself is the runner's record of what it runs.
@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,8 +17,10 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from hakuriver_common.config import Config
+from hakuriver_common.environments import environment_of
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +28,6 @@ LABEL_RUNNER = "hakuriver.runner"
 LABEL_TASK = "hakuriver.task_id"
 LABEL_KIND = "hakuriver.kind"
 LABEL_ENV = "hakuriver.environment"
-IMAGE_PREFIX = "hakuriver/"
-IMAGE_TAG = "base"
-
-
-class StartError(Exception):
-    """The container could not be created or started."""
-
-
-@dataclass(frozen=True)
-class ExitInfo:
-    exit_code: int | None
-    oom_killed: bool
-    started_at: datetime | None
-    finished_at: datetime | None
-    error: str
 
 
 def _parse_docker_time(text: str | None) -> datetime | None:
@@ -58,52 +42,7 @@ def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
 
 
-class LogFollow:
-    """Follows one output stream of a container from a byte offset, on the calling thread."""
-
-    def __init__(self) -> None:
-        self._stream: Any = None
-        self._cancelled = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        stream = self._stream
-        if stream is not None:
-            try:
-                stream.close()
-            except Exception:
-                log.debug("closing log stream failed", exc_info=True)
-
-    def run(
-        self,
-        container: Any,
-        stdout: bool,
-        skip: int,
-        emit: Callable[[int, bytes], None],
-    ) -> int:
-        """Emit (offset, data) for every byte past ``skip``; return the stream's total size."""
-        self._stream = container.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
-        offset = 0
-        try:
-            for data in self._stream:
-                if self._cancelled.is_set():
-                    break
-                end = offset + len(data)
-                if end > skip:
-                    start = max(skip - offset, 0)
-                    emit(offset + start, data[start:])
-                offset = end
-        except Exception:
-            if not self._cancelled.is_set():
-                raise
-        return offset
-
-
-class DockerExecutor:
+class DockerBackend:
     def __init__(self, config: Config, runner_name: str) -> None:
         self.config = config
         self.runner_name = runner_name
@@ -111,22 +50,26 @@ class DockerExecutor:
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
 
-    @staticmethod
-    def environment_of(image_tag: str) -> str | None:
-        if image_tag.startswith(IMAGE_PREFIX) and image_tag.endswith(f":{IMAGE_TAG}"):
-            return image_tag[len(IMAGE_PREFIX) : -len(IMAGE_TAG) - 1]
-        return None
-
     def environments(self) -> list[str]:
         names: set[str] = set()
         for image in self.client.images.list():
             for tag in image.tags:
-                name = self.environment_of(tag)
+                name = environment_of(tag)
                 if name:
                     names.add(name)
         return sorted(names)
 
-    def task_containers(self) -> dict[int, Any]:
+    def follow(self, handle: Any, stdout: bool, skip: int, emit: Emit, follow: LogFollow) -> int:
+        stream = handle.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+        follow.on_cancel(stream.close)
+        try:
+            return emit_past(stream, skip, emit, follow)
+        except Exception:
+            if not follow.cancelled:
+                raise
+            return 0
+
+    def tasks(self) -> dict[int, Any]:
         """This runner's task containers, running or exited, by task id."""
         found: dict[int, Any] = {}
         for container in self.client.containers.list(
@@ -234,7 +177,8 @@ class DockerExecutor:
     def state(self, container: Any) -> tuple[str, datetime | None]:
         container.reload()
         state = container.attrs["State"]
-        return container.status, _parse_docker_time(state.get("StartedAt"))
+        status = container.status if container.status in ("running", "paused") else "exited"
+        return status, _parse_docker_time(state.get("StartedAt"))
 
     def wait(self, container: Any) -> ExitInfo:
         result = container.wait()

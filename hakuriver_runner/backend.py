@@ -1,0 +1,99 @@
+"""What the agent needs from a way of running tasks: Docker containers or host processes.
+
+All methods block; the agent calls them off the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[int, bytes], None]
+
+
+class StartError(Exception):
+    """The task could not be started; the message says why."""
+
+
+@dataclass(frozen=True)
+class ExitInfo:
+    exit_code: int | None
+    oom_killed: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str
+
+
+class LogFollow:
+    """Cancellation handle of one output-following thread."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._closer: Callable[[], None] | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def on_cancel(self, closer: Callable[[], None]) -> None:
+        self._closer = closer
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._closer is not None:
+            try:
+                self._closer()
+            except Exception:
+                log.debug("closing an output stream failed", exc_info=True)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True if cancelled meanwhile."""
+        return self._cancelled.wait(seconds)
+
+
+def emit_past(chunks: Any, skip: int, emit: Emit, follow: LogFollow) -> int:
+    """Emit (offset, data) of every byte of ``chunks`` past ``skip``; return the total size."""
+    offset = 0
+    for data in chunks:
+        if follow.cancelled:
+            break
+        end = offset + len(data)
+        if end > skip:
+            start = max(skip - offset, 0)
+            emit(offset + start, data[start:])
+        offset = end
+    return offset
+
+
+class TaskBackend(Protocol):
+    def start(self, dispatch: rpb.DispatchCommand) -> Any: ...
+
+    def tasks(self) -> dict[int, Any]:
+        """This runner's tasks of this backend that still exist, by task id."""
+        ...
+
+    def state(self, handle: Any) -> tuple[str, datetime | None]:
+        """("running" | "paused" | "exited", started_at)."""
+        ...
+
+    def follow(self, handle: Any, stdout: bool, skip: int, emit: Emit, follow: LogFollow) -> int:
+        """Emit output past ``skip`` until the task ends or ``follow`` is cancelled."""
+        ...
+
+    def wait(self, handle: Any) -> ExitInfo: ...
+
+    def stop(self, handle: Any, grace: float) -> None: ...
+
+    def pause(self, handle: Any) -> None: ...
+
+    def resume(self, handle: Any) -> None: ...
+
+    def remove(self, task_id: int) -> None: ...

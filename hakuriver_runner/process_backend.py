@@ -1,0 +1,245 @@
+"""Tasks run directly on the runner host (``--container NULL``), without Docker.
+
+With systemd as PID 1 the command runs in a transient scope (``systemd-run --scope``) with
+CPUQuota, MemoryMax and AllowedCPUs, so systemd enforces the limits. Otherwise it runs as a
+supervised process group pinned to its CPU ids (sched_setaffinity) and, for a NUMA target,
+bound with ``numactl --cpunodebind --membind``; memory is then not enforced.
+
+Output and the exit code go to files in a spool folder under ``local_temp_dir``, so a
+restarted runner re-adopts a task whose process is still alive (checked by PID and start
+time) and resumes following its output; one it cannot re-adopt ends with a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.02
+READ_CHUNK = 64 * 1024
+# Runs the command, then records its exit code atomically next to its output.
+WRAPPER = '"$@"; code=$?; echo $code > "$0.tmp" && mv "$0.tmp" "$0"; exit $code'
+
+
+def systemd_is_init() -> bool:
+    return Path("/run/systemd/system").is_dir()
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Kernel start time of a process (field 22 of /proc/PID/stat), to detect PID reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+@dataclass
+class HostProcess:
+    task_id: int
+    spool: Path
+    pid: int
+    start_time: str
+    started_at: datetime
+    popen: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return _proc_start_time(self.pid) == self.start_time
+
+    def exit_code(self) -> int | None:
+        if self.popen is not None:
+            code = self.popen.wait()
+            return 128 - code if code < 0 else code
+        try:
+            return int((self.spool / "exit_code").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class ProcessBackend:
+    def __init__(self, config: Config, runner_name: str) -> None:
+        self.config = config
+        self.root = config.paths.local_temp_dir / "hakuriver-tasks" / runner_name
+
+    def _spool(self, task_id: int) -> Path:
+        return self.root / str(task_id)
+
+    def _argv(self, dispatch: rpb.DispatchCommand, exit_file: Path) -> list[str]:
+        command = [dispatch.command, *dispatch.arguments]
+        if dispatch.HasField("numa_node_id"):
+            numactl = shutil.which(self.config.paths.numactl_path)
+            if numactl is None:
+                raise StartError(
+                    f"numactl not found ({self.config.paths.numactl_path!r}): needed to bind "
+                    f"the task to NUMA node {dispatch.numa_node_id}"
+                )
+            node = str(dispatch.numa_node_id)
+            command = [numactl, f"--cpunodebind={node}", f"--membind={node}", "--", *command]
+        argv = ["/bin/sh", "-c", WRAPPER, str(exit_file), *command]
+        if systemd_is_init():
+            properties = [f"CPUQuota={dispatch.cores * 100}%"]
+            if dispatch.memory_bytes:
+                properties.append(f"MemoryMax={dispatch.memory_bytes}")
+            if dispatch.cpus:
+                properties.append("AllowedCPUs=" + ",".join(str(c) for c in dispatch.cpus))
+            scope = [
+                "systemd-run",
+                "--scope",
+                "--quiet",
+                f"--unit=hakuriver-task-{dispatch.task_id}",
+            ]
+            argv = [*scope, *(f"--property={p}" for p in properties), "--", *argv]
+        return argv
+
+    def _env(self, dispatch: rpb.DispatchCommand) -> dict[str, str]:
+        env = {**os.environ, **dict(dispatch.env), "HAKURIVER_TASK_ID": str(dispatch.task_id)}
+        if dispatch.gpu_ids:
+            ids = ",".join(str(g) for g in dispatch.gpu_ids)
+            env["CUDA_VISIBLE_DEVICES"] = env["HAKURIVER_GPU_IDS"] = ids
+        if dispatch.cpus:
+            env["HAKURIVER_CPUS"] = ",".join(str(c) for c in dispatch.cpus)
+        return env
+
+    def start(self, dispatch: rpb.DispatchCommand) -> HostProcess:
+        existing = self.tasks().get(dispatch.task_id)
+        if existing is not None:
+            return existing
+        spool = self._spool(dispatch.task_id)
+        spool.mkdir(parents=True, exist_ok=True)
+        argv = self._argv(dispatch, spool / "exit_code")
+        cpus = set(dispatch.cpus)
+
+        def pin() -> None:
+            if cpus:
+                os.sched_setaffinity(0, cpus)
+
+        workdir = self.config.paths.local_temp_dir
+        with (spool / "stdout").open("wb") as out, (spool / "stderr").open("wb") as err:
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    env=self._env(dispatch),
+                    cwd=workdir,
+                    start_new_session=True,
+                    preexec_fn=pin if cpus and not systemd_is_init() else None,
+                )
+            except OSError as exc:
+                shutil.rmtree(spool, ignore_errors=True)
+                raise StartError(
+                    f"cannot start {shlex.join(argv[-len(dispatch.arguments) - 1 :])}: {exc}"
+                ) from None
+        started = datetime.now(UTC)
+        process = HostProcess(
+            dispatch.task_id, spool, popen.pid, _proc_start_time(popen.pid) or "", started, popen
+        )
+        meta = {
+            "pid": process.pid,
+            "start_time": process.start_time,
+            "started_at": started.isoformat(),
+        }
+        (spool / "process.json").write_text(json.dumps(meta))
+        return process
+
+    def tasks(self) -> dict[int, HostProcess]:
+        found: dict[int, HostProcess] = {}
+        if not self.root.is_dir():
+            return found
+        for spool in self.root.iterdir():
+            try:
+                meta = json.loads((spool / "process.json").read_text())
+                task_id = int(spool.name)
+            except (OSError, ValueError):
+                continue
+            found[task_id] = HostProcess(
+                task_id,
+                spool,
+                int(meta["pid"]),
+                str(meta["start_time"]),
+                datetime.fromisoformat(meta["started_at"]),
+            )
+        return found
+
+    def state(self, handle: HostProcess) -> tuple[str, datetime | None]:
+        if not handle.alive():
+            return "exited", handle.started_at
+        return ("paused" if handle.paused else "running"), handle.started_at
+
+    def follow(
+        self, handle: HostProcess, stdout: bool, skip: int, emit: Emit, follow: LogFollow
+    ) -> int:
+        path = handle.spool / ("stdout" if stdout else "stderr")
+
+        def chunks() -> Any:
+            with path.open("rb") as f:
+                while True:
+                    data = f.read(READ_CHUNK)
+                    if data:
+                        yield data
+                        continue
+                    if not handle.alive():
+                        rest = f.read()
+                        if rest:
+                            yield rest
+                        return
+                    if follow.wait(POLL_SECONDS):
+                        return
+
+        return emit_past(chunks(), skip, emit, follow)
+
+    def wait(self, handle: HostProcess) -> ExitInfo:
+        while handle.alive():
+            time.sleep(POLL_SECONDS)
+        code = handle.exit_code()
+        error = (
+            ""
+            if code is not None
+            else "the process ended while the runner was down; exit code unknown"
+        )
+        return ExitInfo(code, False, handle.started_at, datetime.now(UTC), error)
+
+    def _signal(self, handle: HostProcess, sig: int) -> None:
+        if handle.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.pid, sig)
+
+    def stop(self, handle: HostProcess, grace: float) -> None:
+        self._signal(handle, signal.SIGCONT)
+        self._signal(handle, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while handle.alive() and time.monotonic() < deadline:
+            time.sleep(POLL_SECONDS)
+        self._signal(handle, signal.SIGKILL)
+
+    def pause(self, handle: HostProcess) -> None:
+        self._signal(handle, signal.SIGSTOP)
+        handle.paused = True
+
+    def resume(self, handle: HostProcess) -> None:
+        self._signal(handle, signal.SIGCONT)
+        handle.paused = False
+
+    def remove(self, task_id: int) -> None:
+        shutil.rmtree(self._spool(task_id), ignore_errors=True)

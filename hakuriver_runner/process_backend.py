@@ -2,8 +2,9 @@
 
 With systemd as PID 1 the command runs in a transient scope (``systemd-run --scope``) with
 CPUQuota, MemoryMax and AllowedCPUs, so systemd enforces the limits. Otherwise it runs as a
-supervised process group pinned to its CPU ids (sched_setaffinity) and, for a NUMA target,
-bound with ``numactl --cpunodebind --membind``; memory is then not enforced.
+supervised process group pinned to its CPU ids (``taskset``, or for a NUMA target
+``numactl --physcpubind --membind``, which also binds its memory to the node); memory size
+is then not enforced.
 
 Output and the exit code go to files in a spool folder under ``local_temp_dir``, so a
 restarted runner re-adopts a task whose process is still alive (checked by PID and start
@@ -93,8 +94,17 @@ class ProcessBackend:
                     f"numactl not found ({self.config.paths.numactl_path!r}): needed to bind "
                     f"the task to NUMA node {dispatch.numa_node_id}"
                 )
-            node = str(dispatch.numa_node_id)
-            command = [numactl, f"--cpunodebind={node}", f"--membind={node}", "--", *command]
+            binding = [f"--membind={dispatch.numa_node_id}"]
+            if dispatch.cpus:
+                binding.insert(0, "--physcpubind=" + ",".join(str(c) for c in dispatch.cpus))
+            else:
+                binding.insert(0, f"--cpunodebind={dispatch.numa_node_id}")
+            command = [numactl, *binding, "--", *command]
+        elif dispatch.cpus and not systemd_is_init():
+            taskset = shutil.which("taskset")
+            if taskset is None:
+                raise StartError("taskset not found: needed to pin the task to its CPUs")
+            command = [taskset, "--cpu-list", ",".join(str(c) for c in dispatch.cpus), *command]
         argv = ["/bin/sh", "-c", WRAPPER, str(exit_file), *command]
         if systemd_is_init():
             properties = [f"CPUQuota={dispatch.cores * 100}%"]
@@ -127,12 +137,6 @@ class ProcessBackend:
         spool = self._spool(dispatch.task_id)
         spool.mkdir(parents=True, exist_ok=True)
         argv = self._argv(dispatch, spool / "exit_code")
-        cpus = set(dispatch.cpus)
-
-        def pin() -> None:
-            if cpus:
-                os.sched_setaffinity(0, cpus)
-
         workdir = self.config.paths.local_temp_dir
         with (spool / "stdout").open("wb") as out, (spool / "stderr").open("wb") as err:
             try:
@@ -144,7 +148,6 @@ class ProcessBackend:
                     env=self._env(dispatch),
                     cwd=workdir,
                     start_new_session=True,
-                    preexec_fn=pin if cpus and not systemd_is_init() else None,
                 )
             except OSError as exc:
                 shutil.rmtree(spool, ignore_errors=True)

@@ -114,6 +114,8 @@ class Cluster:
         self.tasks: dict[int, TaskRecord] = {}
         self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
         self._kick = asyncio.Event()
+        self._positions: dict[int, int] | None = None
+        self._tarballs: tuple[int, set[str]] | None = None
         self._background: list[asyncio.Task[None]] = []
 
     # ----- life cycle -------------------------------------------------------------------
@@ -164,10 +166,29 @@ class Cluster:
         self.scheduler.upsert_node(node.hostname, cpus, node.total_memory_bytes, numa, gpus)
         self.scheduler.set_draining(node.hostname, node.draining)
 
+    def queue_position(self, task: TaskRecord) -> int:
+        """1-based queue position of one task (0 unless pending), without ranking the queue."""
+        if task.status != TaskStatus.PENDING:
+            return 0
+        if self._positions is not None:
+            return self._positions.get(task.task_id, 0)
+        mine = (-task.priority, task.task_id)
+        ahead = sum(
+            1
+            for t in self.tasks.values()
+            if t.status == TaskStatus.PENDING and (-t.priority, t.task_id) < mine
+        )
+        return ahead + 1
+
     def queue_positions(self) -> dict[int, int]:
-        """1-based queue position of every pending task."""
-        pending = [_request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING]
-        return {r.task_id: i for i, r in enumerate(self.scheduler.ranked(pending), start=1)}
+        """1-based queue position of every pending task (recomputed only after changes)."""
+        if self._positions is None:
+            pending = [
+                _request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING
+            ]
+            ranked = self.scheduler.ranked(pending)
+            self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
+        return self._positions
 
     async def set_draining(self, hostname: str, draining: bool) -> NodeView:
         node = self.nodes.get(hostname)
@@ -184,13 +205,15 @@ class Cluster:
     # ----- persistence and the state machine --------------------------------------------
 
     async def _persist(self, tasks: list[TaskRecord], events: list[dict[str, Any]]) -> None:
-        await self.store.run(self.store.save_tasks, [t.model_dump() for t in tasks], events)
+        await self.store.write(updates=[t.model_dump() for t in tasks], events=events)
 
     async def _move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
     ) -> None:
         old = TaskStatus(task.status)
         transition(old, new)
+        if TaskStatus.PENDING in (old, new):
+            self._positions = None
         for name, value in fields.items():
             setattr(task, name, value)
         task.status = new.value
@@ -265,14 +288,22 @@ class Cluster:
 
     # ----- submission -------------------------------------------------------------------
 
+    def _tarball_environments(self) -> set[str]:
+        """Environments with a tarball in container_dir, re-read when the folder changes."""
+        tar_dir = self.config.paths.shared_dir / self.config.docker.container_dir
+        try:
+            mtime = tar_dir.stat().st_mtime_ns
+        except OSError:
+            return set()
+        if self._tarballs is None or self._tarballs[0] != mtime:
+            names = {t.stem.rsplit("-", 1)[0] for t in tar_dir.glob("*-*.tar")}
+            self._tarballs = (mtime, names)
+        return self._tarballs[1]
+
     def known_environments(self) -> set[str]:
-        names: set[str] = set()
+        names = set(self._tarball_environments())
         for node in self.nodes.values():
             names |= node.environments
-        tar_dir = self.config.paths.shared_dir / self.config.docker.container_dir
-        if tar_dir.is_dir():
-            for tarball in tar_dir.glob("*-*.tar"):
-                names.add(tarball.stem.rsplit("-", 1)[0])
         return names
 
     def _validate_target(self, target: task_pb2.Target) -> None:
@@ -397,6 +428,8 @@ class Cluster:
                     submitted_at=now,
                     stdout_path=str(self.logs.path(task_id, STDOUT)),
                     stderr_path=str(self.logs.path(task_id, STDERR)),
+                    # Given explicitly: resolving a default_factory per instance is slow.
+                    assigned_cpus=[],
                 )
             )
         for record in records:
@@ -405,7 +438,8 @@ class Cluster:
             {"task_id": r.task_id, "status": r.status, "at": now, "detail": "submitted"}
             for r in records
         ]
-        await self._persist(records, events)
+        await self.store.write(inserts=[r.model_dump() for r in records], events=events)
+        self._positions = None
         for record in records:
             self.tasks[record.task_id] = record
             self.metrics.task_moved(None, TaskStatus.PENDING)
@@ -432,20 +466,25 @@ class Cluster:
         if not pending:
             return
         now_ms = time.time_ns() // 1_000_000
+        placements = []
         for request, allocation in self.scheduler.plan(pending, now_ms):
             task = self.tasks.get(request.task_id)
             if task is None or task.status != TaskStatus.PENDING:
                 self.scheduler.release(allocation.hostname, request.task_id)
                 continue
-            await self._move(
-                task,
-                TaskStatus.ASSIGNING,
-                detail=f"placed on {allocation.hostname}",
-                assigned_node=allocation.hostname,
-                assigned_cpus=list(allocation.cpus),
-                required_gpus=list(allocation.gpus),
-            )
-            self._dispatch(task)
+            placements.append(self._assign(task, allocation))
+        await asyncio.gather(*placements)
+
+    async def _assign(self, task: TaskRecord, allocation: Allocation) -> None:
+        await self._move(
+            task,
+            TaskStatus.ASSIGNING,
+            detail=f"placed on {allocation.hostname}",
+            assigned_node=allocation.hostname,
+            assigned_cpus=list(allocation.cpus),
+            required_gpus=list(allocation.gpus),
+        )
+        self._dispatch(task)
 
     def _dispatch(self, task: TaskRecord) -> None:
         node = self.nodes.get(task.assigned_node or "")

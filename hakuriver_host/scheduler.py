@@ -103,8 +103,16 @@ class NodeResources:
             return None
         return tuple(sorted(self.free_gpus)[: request.gpu_count])
 
+    def has_room(self, request: Request) -> bool:
+        """Cheap necessary condition for ``fit``: enough free cores, memory and GPUs."""
+        return (
+            self.free_cores >= request.cores
+            and self.free_memory_bytes >= request.memory_bytes
+            and len(self.free_gpus) >= request.gpus_wanted
+        )
+
     def fit(self, request: Request) -> Allocation | None:
-        if request.memory_bytes > self.free_memory_bytes:
+        if not self.has_room(request):
             return None
         gpus = self.pick_gpus(request)
         if gpus is None:
@@ -212,18 +220,23 @@ class Scheduler:
         return list(self.nodes.values())
 
     def choose(self, request: Request, excluded: set[str] | None = None) -> Allocation | None:
-        """Where the request goes now, or None if nothing fits right now."""
-        best: tuple[tuple[int, int, int, str], Allocation] | None = None
-        for node in self._candidates(request):
-            if not node.accepts_work or (excluded and node.hostname in excluded):
-                continue
+        """Where the request goes now, or None if nothing fits right now.
+
+        Nodes are ranked by the best-fit key using only counts; the exact CPU and GPU ids
+        are worked out for the best-ranked node first, falling back in rank order when its
+        free CPUs do not suit a NUMA constraint or its free GPUs miss named ids.
+        """
+        roomy = [
+            n
+            for n in self._candidates(request)
+            if n.accepts_work and not (excluded and n.hostname in excluded) and n.has_room(request)
+        ]
+        roomy.sort(key=lambda n: (n.free_cores, n.free_memory_bytes, len(n.free_gpus), n.hostname))
+        for node in roomy:
             allocation = node.fit(request)
-            if allocation is None:
-                continue
-            key = (node.free_cores, node.free_memory_bytes, len(node.free_gpus), node.hostname)
-            if best is None or key < best[0]:
-                best = (key, allocation)
-        return best[1] if best else None
+            if allocation is not None:
+                return allocation
+        return None
 
     def allocate(self, task_id: int, allocation: Allocation) -> None:
         """Record that a task holds ``allocation`` (also used to restore state on start)."""

@@ -45,9 +45,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: tpb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.SubmitTaskResponse:
         tasks, batch_id = await self.cluster.submit(request)
-        positions = self.cluster.queue_positions()
         return tpb.SubmitTaskResponse(
-            tasks=[task_to_pb(t, positions.get(t.task_id, 0)) for t in tasks], batch_id=batch_id
+            tasks=[task_to_pb(t, self.cluster.queue_position(t)) for t in tasks],
+            batch_id=batch_id,
         )
 
     @reports_api_errors
@@ -55,7 +55,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: tpb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.GetTaskResponse:
         task, events = await self.cluster.get_task_with_events(_require_id(request.task_id))
-        position = self.cluster.queue_positions().get(task.task_id, 0)
+        position = self.cluster.queue_position(task)
         return tpb.GetTaskResponse(
             task=task_to_pb(task, position), events=[event_to_pb(e) for e in events]
         )

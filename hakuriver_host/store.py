@@ -1,8 +1,10 @@
 """The database adapter: every call runs on one dedicated thread, off the event loop.
 
-One writer thread keeps SQLite happy and orders writes exactly as the Host issued them.
-SQLite runs in WAL mode with synchronous=NORMAL: a committed write survives a crash of the
-Host process (power loss may drop the last transactions).
+One thread keeps SQLite happy and orders writes exactly as the Host issued them. Writes are
+group-committed: while one transaction is being written, the writes that arrive queue up
+and go together in the next one; every caller still waits until its own write is
+committed. SQLite runs in WAL mode with synchronous=NORMAL: a committed write survives a
+crash of the Host process (power loss may drop the last transactions).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func, inspect, text
+from sqlalchemy import event, func, insert, inspect, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -55,14 +58,66 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+@dataclass(frozen=True)
+class TaskWrite:
+    inserts: list[dict[str, Any]]
+    updates: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
+        self._queued: list[tuple[TaskWrite, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def write(
+        self,
+        inserts: list[dict[str, Any]] | None = None,
+        updates: list[dict[str, Any]] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Insert new task rows, replace existing ones (by task_id), append timeline events;
+        return once committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((TaskWrite(inserts or [], updates or [], events or []), done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        await done
+
+    async def _write_queued(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                await self.run(self._apply, [write for write, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    def _apply(self, writes: list[TaskWrite]) -> None:
+        """One transaction, one statement per kind. Inserts go first: a task is only ever
+        updated after its insert was committed. Within a kind, order is arrival order."""
+        inserts = [row for w in writes for row in w.inserts]
+        updates = [row for w in writes for row in w.updates]
+        events = [row for w in writes for row in w.events]
+        with Session(self.engine) as session:
+            if inserts:
+                session.execute(insert(TaskRecord), inserts)
+            if updates:
+                session.execute(update(TaskRecord), updates)
+            if events:
+                session.execute(insert(TaskEventRecord), events)
+            session.commit()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
@@ -112,15 +167,6 @@ class Store:
     def save_node(self, fields: dict[str, Any]) -> None:
         with Session(self.engine) as session:
             session.merge(NodeRecord(**fields))
-            session.commit()
-
-    def save_tasks(self, rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
-        """Write task rows and their timeline events in one transaction."""
-        with Session(self.engine) as session:
-            for row in rows:
-                session.merge(TaskRecord(**row))
-            for ev in events:
-                session.add(TaskEventRecord(**ev))
             session.commit()
 
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:

@@ -6,3 +6,4 @@ source scripts/lib/python-env.sh
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 "$PY" -m bench.bench_dispatch
+"$PY" -m bench.bench_scheduler

@@ -1,0 +1,174 @@
+"""Scheduler throughput: a real Host, N simulated Runners (in-process, no Docker), M tasks.
+
+Each simulated Runner speaks the real Connect protocol: it registers, heartbeats, and answers
+every dispatch at once with "running" then "exited 0". Submitters keep a bounded number of
+SubmitTask calls in flight. Prints tasks placed per second end to end (submit to completed)
+and submit-to-running latency percentiles, against the design target (> 2,000 tasks/s with
+100 runners). Asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    runner_service_pb2 as rpb,
+    runner_service_pb2_grpc,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
+from tests.harness import free_port
+
+RUNNERS = int(os.environ.get("HAKURIVER_BENCH_RUNNERS", "100"))
+TASKS = int(os.environ.get("HAKURIVER_BENCH_TASKS", "2000"))
+IN_FLIGHT = int(os.environ.get("HAKURIVER_BENCH_IN_FLIGHT", "64"))
+ENV = "bench"
+# e.g. "py-spy record -o profile.svg --" to profile the Host under this load.
+HOST_PREFIX = os.environ.get("HAKURIVER_BENCH_HOST_PREFIX", "").split()
+
+
+class SimRunner:
+    def __init__(
+        self, name: str, target: str, running_at: dict[int, float], done: asyncio.Queue[int]
+    ) -> None:
+        self.name = name
+        self.target = target
+        self.running_at = running_at
+        self.done = done
+
+    async def run(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        async with grpc.aio.insecure_channel(self.target) as channel:
+            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+            await call.write(
+                rpb.ConnectRequest(
+                    register=rpb.RegisterRunner(
+                        hostname=self.name,
+                        total_cores=64,
+                        total_memory_bytes=256 * 10**9,
+                        numa_nodes=[
+                            node_pb2.NumaNode(id=0, cpus=range(64), memory_bytes=256 * 10**9)
+                        ],
+                        environments=[ENV],
+                    )
+                )
+            )
+            await call.read()
+            ready.set()
+            reader = asyncio.create_task(self._serve(call))
+            await stop.wait()
+            reader.cancel()
+            call.cancel()
+
+    async def _serve(self, call: grpc.aio.StreamStreamCall) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            if message.HasField("dispatch"):
+                task_id = message.dispatch.task_id
+                self.running_at[task_id] = time.perf_counter()
+                await call.write(
+                    rpb.ConnectRequest(
+                        task_state=rpb.TaskStateReport(
+                            task_id=task_id, state=rpb.RUNNER_TASK_STATE_RUNNING
+                        )
+                    )
+                )
+                await call.write(
+                    rpb.ConnectRequest(
+                        task_state=rpb.TaskStateReport(
+                            task_id=task_id, state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0
+                        )
+                    )
+                )
+            elif message.HasField("release"):
+                self.done.put_nowait(message.release.task_id)
+
+
+async def bench(target: str, host_pid: int) -> None:
+    running_at: dict[int, float] = {}
+    submitted_at: dict[int, float] = {}
+    done: asyncio.Queue[int] = asyncio.Queue()
+    stop = asyncio.Event()
+    readies = [asyncio.Event() for _ in range(RUNNERS)]
+    runners = [
+        asyncio.create_task(
+            SimRunner(f"sim-{i:03d}", target, running_at, done).run(readies[i], stop)
+        )
+        for i in range(RUNNERS)
+    ]
+    await asyncio.gather(*(r.wait() for r in readies))
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        slots = asyncio.Semaphore(IN_FLIGHT)
+
+        async def submit() -> None:
+            async with slots:
+                sent = time.perf_counter()
+                reply = await stub.SubmitTask(
+                    tpb.SubmitTaskRequest(command="true", container_name=ENV)
+                )
+                submitted_at[reply.tasks[0].task_id] = sent
+
+        host_cpu = psutil.Process(host_pid).cpu_times()
+        own_cpu = psutil.Process().cpu_times()
+        start = time.perf_counter()
+        await asyncio.gather(*(submit() for _ in range(TASKS)))
+        submit_seconds = time.perf_counter() - start
+        finished = 0
+        while finished < TASKS:
+            await asyncio.wait_for(done.get(), 120)
+            finished += 1
+        total = time.perf_counter() - start
+        host_used = sum(psutil.Process(host_pid).cpu_times()[:2]) - sum(host_cpu[:2])
+        own_used = sum(psutil.Process().cpu_times()[:2]) - sum(own_cpu[:2])
+    stop.set()
+    await asyncio.gather(*runners, return_exceptions=True)
+    latencies = sorted(running_at[t] - submitted_at[t] for t in submitted_at if t in running_at)
+    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    print(f"scheduler: {RUNNERS} simulated runners, {TASKS} tasks, {IN_FLIGHT} submits in flight")
+    print(f"  submitted at   {TASKS / submit_seconds:8.0f} tasks/s")
+    print(f"  placed, ran and completed end to end at {TASKS / total:8.0f} tasks/s (target > 2000)")
+    print(f"  submit -> running  p50 {p(0.5) * 1000:7.1f} ms  p99 {p(0.99) * 1000:7.1f} ms")
+    print(
+        f"  CPU: Host {host_used / total:.0%} of a core, "
+        f"load generator and simulated runners {own_used / total:.0%} of a core"
+    )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        port, metrics = free_port(), free_port()
+        config = root / "config.toml"
+        config.write_text(
+            f"[network]\nhost_port = {port}\nmetrics_port = {metrics}\n"
+            f'[paths]\nshared_dir = "{root / "shared"}"\n'
+            f'[database]\ndb_file = "{root / "host.db"}"\n'
+            f"[timing]\nheartbeat_interval = 5\n"
+        )
+        host = subprocess.Popen(
+            [*HOST_PREFIX, sys.executable, "-m", "hakuriver_host", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "host.log").open("wb"),
+        )
+        try:
+            time.sleep(1.5)
+            asyncio.run(bench(f"127.0.0.1:{port}", host.pid))
+        finally:
+            host.terminate()
+            host.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,6 +136,10 @@ class NodeResources:
         )
 
 
+def _fit_key(node: NodeResources) -> tuple[int, int, int, str]:
+    return (node.free_cores, node.free_memory_bytes, len(node.free_gpus), node.hostname)
+
+
 class Scheduler:
     """Tracks what every node holds and decides where tasks go."""
 
@@ -231,8 +235,13 @@ class Scheduler:
             for n in self._candidates(request)
             if n.accepts_work and not (excluded and n.hostname in excluded) and n.has_room(request)
         ]
-        roomy.sort(key=lambda n: (n.free_cores, n.free_memory_bytes, len(n.free_gpus), n.hostname))
-        for node in roomy:
+        if not roomy:
+            return None
+        best = min(roomy, key=_fit_key)
+        allocation = best.fit(request)
+        if allocation is not None:
+            return allocation
+        for node in sorted(roomy, key=_fit_key):
             allocation = node.fit(request)
             if allocation is not None:
                 return allocation

@@ -97,7 +97,10 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("task_id", str(task.task_id)),
         ("task_type", task_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()),
         ("batch_id", str(task.batch_id) if task.batch_id else "-"),
-        ("status", status_name(task.status)),
+        (
+            "status",
+            status_name(task.status) + (f" ({task.status_detail})" if task.status_detail else ""),
+        ),
         ("command", task.command),
         ("arguments", " ".join(task.arguments) or "-"),
         ("env", ", ".join(f"{k}={v}" for k, v in sorted(task.env.items())) or "-"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
 # The environment name that runs a command directly on the runner host, without Docker.
 NULL_CONTAINER = "NULL"
 IMAGE_PREFIX = "hakuriver/"
@@ -18,3 +22,49 @@ def environment_of(image_tag: str) -> str | None:
     if image_tag.startswith(IMAGE_PREFIX) and image_tag.endswith(f":{IMAGE_TAG}"):
         return image_tag[len(IMAGE_PREFIX) : -len(IMAGE_TAG) - 1]
     return None
+
+
+# Label on an environment image: the Unix timestamp of the tarball it was saved as.
+TIMESTAMP_LABEL = "hakuriver.tarball_timestamp"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TARBALL_RE = re.compile(r"^(?P<name>.+)-(?P<ts>\d+)\.tar$")
+
+
+@dataclass(frozen=True)
+class TarballFile:
+    name: str
+    timestamp: int
+    path: Path
+
+
+def check_environment_name(name: str) -> str | None:
+    """Why ``name`` is not a valid environment name, or None."""
+    if name == NULL_CONTAINER:
+        return f"{NULL_CONTAINER!r} is reserved for tasks without a container"
+    if not _NAME_RE.match(name):
+        return (
+            f"invalid environment name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return None
+
+
+def tarball_path(directory: Path, name: str, timestamp: int) -> Path:
+    return directory / f"{name}-{timestamp}.tar"
+
+
+def list_tarballs(directory: Path) -> list[TarballFile]:
+    """Complete tarballs in ``directory`` (temporary files are hidden), oldest first."""
+    found: list[TarballFile] = []
+    if not directory.is_dir():
+        return found
+    for path in directory.iterdir():
+        match = _TARBALL_RE.match(path.name)
+        if match and path.is_file():
+            found.append(TarballFile(match["name"], int(match["ts"]), path))
+    return sorted(found, key=lambda t: (t.name, t.timestamp))
+
+
+def newest_tarball(directory: Path, name: str) -> TarballFile | None:
+    mine = [t for t in list_tarballs(directory) if t.name == name]
+    return mine[-1] if mine else None

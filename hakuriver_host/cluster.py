@@ -76,6 +76,8 @@ class NodeView:
     health: node_pb2.Health | None = None
     environments: set[str] = field(default_factory=set)
     draining: bool = False
+    # Tarball timestamp of each environment the Runner loaded from a tarball.
+    loaded: dict[str, int] = field(default_factory=dict)
 
 
 def _request_of(task: TaskRecord) -> Request:
@@ -214,6 +216,7 @@ class Cluster:
         transition(old, new)
         if TaskStatus.PENDING in (old, new):
             self._positions = None
+        task.status_detail = ""
         for name, value in fields.items():
             setattr(task, name, value)
         task.status = new.value
@@ -694,6 +697,7 @@ class Cluster:
             node.health = msg.heartbeat.health
             node.last_heartbeat = utcnow()
             node.environments = set(msg.heartbeat.environments)
+            node.loaded = {e.name: e.tarball_timestamp for e in msg.heartbeat.loaded}
             if not node.online:
                 node.online = True
                 self._update_node_metrics()
@@ -730,6 +734,16 @@ class Cluster:
                 )
             elif status is TaskStatus.PAUSED:
                 await self._move(task, TaskStatus.RUNNING, detail="resumed")
+        elif report.state == rpb.RUNNER_TASK_STATE_PREPARING:
+            if status is TaskStatus.ASSIGNING:
+                task.status_detail = report.detail
+                event = {
+                    "task_id": task.task_id,
+                    "status": task.status,
+                    "at": utcnow(),
+                    "detail": report.detail,
+                }
+                await self._persist([task], [event])
         elif report.state == rpb.RUNNER_TASK_STATE_PAUSED:
             if status is TaskStatus.RUNNING:
                 await self._move(task, TaskStatus.PAUSED, detail="paused")

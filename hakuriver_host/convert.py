@@ -53,6 +53,7 @@ def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
         assigned_cpus=task.assigned_cpus or [],
         queue_position=queue_position,
         gpu_count=task.gpu_count,
+        status_detail=task.status_detail or "",
     )
 
 

@@ -57,6 +57,7 @@ class TaskRecord(SQLModel, table=True):
     kill_requested: bool = False
     assigned_cpus: list[int] = Field(default_factory=list, sa_column=Column(JSON))
     gpu_count: int = 0
+    status_detail: str = ""
 
 
 class TaskEventRecord(SQLModel, table=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -14,17 +15,23 @@ from prometheus_client import Counter, Histogram, start_http_server
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import (
+    environment_service_pb2,
+    environment_service_pb2_grpc,
     log_service_pb2,
     log_service_pb2_grpc,
     node_service_pb2,
     node_service_pb2_grpc,
     runner_service_pb2,
     runner_service_pb2_grpc,
+    shell_service_pb2,
+    shell_service_pb2_grpc,
     task_service_pb2,
     task_service_pb2_grpc,
 )
 from hakuriver_common.service import stop_on_signals
 from hakuriver_host.cluster import Cluster
+from hakuriver_host.environment_services import EnvironmentService, ShellService
+from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.services import LogService, NodeService, RunnerService, TaskService
@@ -39,6 +46,8 @@ SERVICE_NAMES = (
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
     node_service_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
+    environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
+    shell_service_pb2.DESCRIPTOR.services_by_name["ShellService"].full_name,
 )
 
 
@@ -118,6 +127,13 @@ class HostServer:
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerService(self.cluster), self.server
         )
+        self.environments = EnvironmentManager(config)
+        environment_service_pb2_grpc.add_EnvironmentServiceServicer_to_server(
+            EnvironmentService(self.environments, self.cluster), self.server
+        )
+        shell_service_pb2_grpc.add_ShellServiceServicer_to_server(
+            ShellService(self.environments), self.server
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -138,6 +154,7 @@ class HostServer:
         )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._default_env = asyncio.create_task(self._ensure_default_environment())
         log.info(
             "host serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
             net.host_bind_ip,
@@ -145,6 +162,12 @@ class HostServer:
             net.metrics_bind_ip,
             net.metrics_port,
         )
+
+    async def _ensure_default_environment(self) -> None:
+        try:
+            await asyncio.to_thread(self.environments.ensure_default)
+        except Exception as exc:
+            log.warning("could not prepare the default environment: %s", exc)
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()

@@ -82,6 +82,8 @@ class Agent:
         self._supervisors: dict[int, asyncio.Task[None]] = {}
         self._task_locks: dict[int, asyncio.Lock] = {}
         self._handlers: set[asyncio.Task[None]] = set()
+        # One docker load per environment at a time; concurrent tasks wait for the same one.
+        self._loads: dict[str, asyncio.Future[None]] = {}
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -204,9 +206,17 @@ class Agent:
         while True:
             health = await self._blocking(sample_health, self.gpus)
             environments = await self._blocking(self.docker.environments)
+            loaded = await self._blocking(self.docker.loaded)
             await self._send(
                 rpb.ConnectRequest(
-                    heartbeat=rpb.Heartbeat(health=health, environments=environments)
+                    heartbeat=rpb.Heartbeat(
+                        health=health,
+                        environments=environments,
+                        loaded=[
+                            rpb.LoadedEnvironment(name=n, tarball_timestamp=t)
+                            for n, t in sorted(loaded.items())
+                        ],
+                    )
                 )
             )
             await asyncio.sleep(interval)
@@ -255,6 +265,8 @@ class Agent:
             self.processes if dispatch.container_name == NULL_CONTAINER else self.docker
         )
         try:
+            if backend is self.docker:
+                await self._ensure_environment(dispatch)
             handle = await self._blocking(backend.start, dispatch)
         except StartError as exc:
             log.warning("task %s could not start: %s", task_id, exc)
@@ -264,6 +276,26 @@ class Agent:
             return
         self._handles[task_id] = (backend, handle)
         self._supervise(task_id, 0, 0, started=True)
+
+    async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
+        """Load the environment's newest tarball first if it is newer than the image here."""
+        name = dispatch.container_name
+        tarball = await self._blocking(self.docker.tarball_to_load, name)
+        if tarball is None:
+            return
+        await self._send(
+            _report(
+                dispatch.task_id,
+                rpb.RUNNER_TASK_STATE_PREPARING,
+                detail=f"loading environment {name} from {tarball.path.name}",
+            )
+        )
+        load = self._loads.get(name)
+        if load is None:
+            load = asyncio.ensure_future(self._blocking(self.docker.load, tarball))
+            self._loads[name] = load
+            load.add_done_callback(lambda _: self._loads.pop(name, None))
+        await asyncio.shield(load)
 
     async def _on_kill(self, kill: rpb.KillCommand) -> None:
         found = self._handles.get(kill.task_id)

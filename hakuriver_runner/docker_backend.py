@@ -17,7 +17,13 @@ import docker.errors
 from docker.types import DeviceRequest, Mount
 
 from hakuriver_common.config import Config
-from hakuriver_common.environments import environment_of
+from hakuriver_common.environments import (
+    TIMESTAMP_LABEL,
+    TarballFile,
+    environment_of,
+    image_for,
+    newest_tarball,
+)
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
@@ -46,9 +52,71 @@ class DockerBackend:
     def __init__(self, config: Config, runner_name: str) -> None:
         self.config = config
         self.runner_name = runner_name
-        self.client = docker.from_env(timeout=120)
+        self.client = docker.from_env(timeout=600)
+        self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
+
+    def _image_timestamp(self, name: str) -> tuple[Any, int]:
+        """The loaded image of an environment and the tarball timestamp it came from."""
+        try:
+            image = self.client.images.get(image_for(name))
+        except docker.errors.ImageNotFound:
+            return None, -1
+        labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+        try:
+            return image, int(labels.get(TIMESTAMP_LABEL, 0))
+        except ValueError:
+            return image, 0
+
+    def tarball_to_load(self, name: str) -> TarballFile | None:
+        """The newest tarball of an environment when it is newer than the loaded image."""
+        newest = newest_tarball(self.tarball_dir, name)
+        if newest is None:
+            return None
+        _, loaded = self._image_timestamp(name)
+        return newest if newest.timestamp > loaded else None
+
+    def load(self, tarball: TarballFile) -> None:
+        """docker load a tarball; keep the previous image if anything goes wrong.
+
+        The previous image of the environment is removed afterwards unless a container
+        still uses it.
+        """
+        previous, _ = self._image_timestamp(tarball.name)
+        try:
+            with tarball.path.open("rb") as data:
+                self.client.images.load(data)
+        except (OSError, docker.errors.DockerException) as exc:
+            reason = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
+            raise StartError(
+                f"environment {tarball.name!r}: cannot load {tarball.path}: {reason}; the "
+                "previously loaded image is kept"
+            ) from None
+        current, timestamp = self._image_timestamp(tarball.name)
+        if timestamp != tarball.timestamp:
+            raise StartError(
+                f"environment {tarball.name!r}: {tarball.path} did not contain image "
+                f"{image_for(tarball.name)} of that time"
+            )
+        log.info("loaded environment %s from %s", tarball.name, tarball.path)
+        if previous is not None and current is not None and previous.id != current.id:
+            try:
+                self.client.images.remove(previous.id)
+            except docker.errors.APIError as exc:
+                log.info("kept the previous image of %s: %s", tarball.name, exc.explanation)
+
+    def loaded(self) -> dict[str, int]:
+        """Tarball timestamp of every environment image that came from a tarball."""
+        found: dict[str, int] = {}
+        for image in self.client.images.list():
+            labels = (image.attrs.get("Config") or {}).get("Labels") or {}
+            for tag in image.tags:
+                name = environment_of(tag)
+                if name and TIMESTAMP_LABEL in labels:
+                    with contextlib.suppress(ValueError):
+                        found[name] = int(labels[TIMESTAMP_LABEL])
+        return found
 
     def environments(self) -> list[str]:
         names: set[str] = set()

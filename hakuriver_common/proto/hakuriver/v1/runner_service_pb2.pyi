@@ -35,6 +35,8 @@ class _RunnerTaskStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Runne
     """The container exited; all of its output has been sent before this report."""
     RUNNER_TASK_STATE_START_FAILED: _RunnerTaskState.ValueType  # 4
     """The container could not be started; see error_message."""
+    RUNNER_TASK_STATE_PREPARING: _RunnerTaskState.ValueType  # 5
+    """Still preparing (see detail), e.g. loading the environment's tarball."""
 
 class RunnerTaskState(_RunnerTaskState, metaclass=_RunnerTaskStateEnumTypeWrapper):
     """RunnerTaskState is what a runner observed of a task's container."""
@@ -46,6 +48,8 @@ RUNNER_TASK_STATE_EXITED: RunnerTaskState.ValueType  # 3
 """The container exited; all of its output has been sent before this report."""
 RUNNER_TASK_STATE_START_FAILED: RunnerTaskState.ValueType  # 4
 """The container could not be started; see error_message."""
+RUNNER_TASK_STATE_PREPARING: RunnerTaskState.ValueType  # 5
+"""Still preparing (see detail), e.g. loading the environment's tarball."""
 Global___RunnerTaskState: _TypeAlias = RunnerTaskState  # noqa: Y015
 
 @_typing.final
@@ -250,25 +254,56 @@ class Heartbeat(_message.Message):
 
     HEALTH_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
+    LOADED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def health(self) -> _node_pb2.Health: ...
     @_builtins.property
     def environments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Container environments loaded on this runner now."""
 
+    @_builtins.property
+    def loaded(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedEnvironment]:
+        """Tarball timestamp of each loaded environment that came from a tarball."""
+
     def __init__(
         self,
         *,
         health: _node_pb2.Health | None = ...,
         environments: _abc.Iterable[_builtins.str] | None = ...,
+        loaded: _abc.Iterable[Global___LoadedEnvironment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "health", b"health"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "health", b"health", "loaded", b"loaded"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class LoadedEnvironment(_message.Message):
+    """LoadedEnvironment names the tarball a Runner's environment image was loaded from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TARBALL_TIMESTAMP_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    tarball_timestamp: _builtins.int
+    """Unix seconds of the tarball; 0 when the image did not come from a tarball."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        tarball_timestamp: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "tarball_timestamp", b"tarball_timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoadedEnvironment: _TypeAlias = LoadedEnvironment  # noqa: Y015
 
 @_typing.final
 class TaskStateReport(_message.Message):
@@ -283,12 +318,15 @@ class TaskStateReport(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     state: Global___RunnerTaskState.ValueType
     exit_code: _builtins.int
     oom_killed: _builtins.bool
     """The kernel killed the container for exceeding its memory limit."""
     error_message: _builtins.str
+    detail: _builtins.str
+    """What the Runner is doing for the task before it runs, e.g. loading its environment."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -303,10 +341,11 @@ class TaskStateReport(_message.Message):
         error_message: _builtins.str = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "error_message", b"error_message", "exit_code", b"exit_code", "finished_at", b"finished_at", "oom_killed", b"oom_killed", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_message", b"error_message", "exit_code", b"exit_code", "finished_at", b"finished_at", "oom_killed", b"oom_killed", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

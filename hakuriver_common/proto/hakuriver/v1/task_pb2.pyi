@@ -230,6 +230,7 @@ class Task(_message.Message):
     ASSIGNED_CPUS_FIELD_NUMBER: _builtins.int
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     GPU_COUNT_FIELD_NUMBER: _builtins.int
+    STATUS_DETAIL_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """64-bit time-ordered id; printed as a decimal string."""
     kind: Global___TaskKind.ValueType
@@ -268,6 +269,8 @@ class Task(_message.Message):
     """Position in the queue (1 = next) while pending; 0 otherwise."""
     gpu_count: _builtins.int
     """Number of GPUs asked for without naming ids; 0 when ids were named or none asked."""
+    status_detail: _builtins.str
+    """What is happening now within the status, e.g. "loading environment base"."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Arguments passed to the command."""
@@ -325,10 +328,11 @@ class Task(_message.Message):
         assigned_cpus: _abc.Iterable[_builtins.int] | None = ...,
         queue_position: _builtins.int = ...,
         gpu_count: _builtins.int = ...,
+        status_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "completed_at", b"completed_at", "exit_code", b"exit_code", "started_at", b"started_at", "submitted_at", b"submitted_at", "target_numa_node_id", b"target_numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "status_detail", b"status_detail", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

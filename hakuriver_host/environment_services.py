@@ -1,0 +1,248 @@
+"""gRPC servicers for environments and the host-side shell: adapters to EnvironmentManager."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from docker.utils.socket import frames_iter
+
+from hakuriver_common.environments import TarballFile
+from hakuriver_common.proto.hakuriver.v1 import (
+    environment_service_pb2 as epb,
+    environment_service_pb2_grpc,
+    shell_service_pb2 as spb,
+    shell_service_pb2_grpc,
+)
+from hakuriver_host.cluster import Cluster
+from hakuriver_host.environments import EnvironmentManager
+from hakuriver_host.errors import ApiError, InvalidArgument, reports_api_errors
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_SECONDS = 0.2
+
+
+def _container_pb(fields: dict[str, str]) -> epb.EnvironmentContainer:
+    return epb.EnvironmentContainer(**fields)
+
+
+class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer):
+    def __init__(self, manager: EnvironmentManager, cluster: Cluster) -> None:
+        self.manager = manager
+        self.cluster = cluster
+
+    def _tarball_pb(self, tarball: TarballFile) -> epb.Tarball:
+        loaded_on = sorted(
+            node.hostname
+            for node in self.cluster.nodes.values()
+            if node.loaded.get(tarball.name) == tarball.timestamp
+        )
+        try:
+            size = tarball.path.stat().st_size
+        except OSError:
+            size = 0
+        return epb.Tarball(
+            name=tarball.name,
+            timestamp=tarball.timestamp,
+            size_bytes=size,
+            path=str(tarball.path),
+            loaded_on=loaded_on,
+        )
+
+    @reports_api_errors
+    async def CreateContainer(
+        self, request: epb.CreateContainerRequest, context: grpc.aio.ServicerContext
+    ) -> epb.CreateContainerResponse:
+        if not request.image:
+            raise InvalidArgument("image: must not be empty")
+        fields = await asyncio.to_thread(self.manager.create_container, request.image, request.name)
+        return epb.CreateContainerResponse(container=_container_pb(fields))
+
+    @reports_api_errors
+    async def ListContainers(
+        self, request: epb.ListContainersRequest, context: grpc.aio.ServicerContext
+    ) -> epb.ListContainersResponse:
+        found = await asyncio.to_thread(self.manager.list_containers)
+        return epb.ListContainersResponse(containers=[_container_pb(f) for f in found])
+
+    @reports_api_errors
+    async def StartContainer(
+        self, request: epb.StartContainerRequest, context: grpc.aio.ServicerContext
+    ) -> epb.StartContainerResponse:
+        fields = await asyncio.to_thread(self.manager.start_container, request.name)
+        return epb.StartContainerResponse(container=_container_pb(fields))
+
+    @reports_api_errors
+    async def StopContainer(
+        self, request: epb.StopContainerRequest, context: grpc.aio.ServicerContext
+    ) -> epb.StopContainerResponse:
+        fields = await asyncio.to_thread(self.manager.stop_container, request.name)
+        return epb.StopContainerResponse(container=_container_pb(fields))
+
+    @reports_api_errors
+    async def DeleteContainer(
+        self, request: epb.DeleteContainerRequest, context: grpc.aio.ServicerContext
+    ) -> epb.DeleteContainerResponse:
+        await asyncio.to_thread(self.manager.delete_container, request.name)
+        return epb.DeleteContainerResponse()
+
+    async def _with_progress(self, work: Any, *args: Any) -> AsyncIterator[Any]:
+        """Run blocking ``work(*args, progress)``; yield byte counts, then its result."""
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[int] = asyncio.Queue()
+        last = [0.0]
+
+        def progress(written: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_SECONDS:
+                last[0] = now
+                loop.call_soon_threadsafe(updates.put_nowait, written)
+
+        job = loop.run_in_executor(None, functools.partial(work, *args, progress))
+        while not job.done():
+            getter = asyncio.ensure_future(updates.get())
+            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        yield job.result()
+
+    async def CreateTar(
+        self, request: epb.CreateTarRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[epb.CreateTarResponse]:
+        try:
+            async for item in self._with_progress(self.manager.create_tar, request.name):
+                if isinstance(item, int):
+                    yield epb.CreateTarResponse(bytes_written=item)
+                else:
+                    yield epb.CreateTarResponse(done=self._tarball_pb(item))
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+
+    @reports_api_errors
+    async def ListTars(
+        self, request: epb.ListTarsRequest, context: grpc.aio.ServicerContext
+    ) -> epb.ListTarsResponse:
+        tarballs = await asyncio.to_thread(self.manager.tarballs)
+        return epb.ListTarsResponse(tarballs=[self._tarball_pb(t) for t in tarballs])
+
+    @reports_api_errors
+    async def DeleteTar(
+        self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
+    ) -> epb.DeleteTarResponse:
+        removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
+        return epb.DeleteTarResponse(removed=removed)
+
+    async def ImportRootfs(
+        self,
+        request_iterator: AsyncIterator[epb.ImportRootfsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> epb.ImportRootfsResponse:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await anext(requests)
+            if first.WhichOneof("payload") != "name":
+                raise InvalidArgument("name: the first message must name the environment")
+            upload = await asyncio.to_thread(self.manager.upload_path, first.name)
+            with upload.open("wb") as out:
+                async for message in requests:
+                    await asyncio.to_thread(out.write, message.chunk)
+            async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
+                if isinstance(item, TarballFile):
+                    return epb.ImportRootfsResponse(tarball=self._tarball_pb(item))
+            raise ApiError("import ended without a tarball")
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+
+
+class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
+    """A process in a Host environment container, bridged to one bidirectional stream."""
+
+    def __init__(self, manager: EnvironmentManager) -> None:
+        self.manager = manager
+
+    async def Shell(
+        self,
+        request_iterator: AsyncIterator[spb.ShellRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[spb.ShellResponse]:
+        requests = request_iterator.__aiter__()
+        try:
+            first = await anext(requests)
+            if first.WhichOneof("payload") != "start":
+                raise InvalidArgument("start: the first message must be start")
+            start = first.start
+            container = await asyncio.to_thread(self.manager.running_container, start.name)
+        except ApiError as exc:
+            await context.abort(exc.code, exc.message)
+            return
+        api = self.manager.client.api
+        exec_id = await asyncio.to_thread(
+            api.exec_create,
+            container.id,
+            list(start.command) or ["/bin/sh"],
+            stdin=True,
+            tty=start.tty,
+            environment=dict(start.env),
+        )
+        sock = await asyncio.to_thread(api.exec_start, exec_id, socket=True, tty=start.tty)
+        raw: socket.socket = getattr(sock, "_sock", sock)
+        if start.tty and start.size.rows:
+            await asyncio.to_thread(
+                api.exec_resize, exec_id, height=start.size.rows, width=start.size.cols
+            )
+        loop = asyncio.get_running_loop()
+        outputs: asyncio.Queue[spb.ShellOutput | None] = asyncio.Queue(256)
+
+        def pump() -> None:
+            try:
+                for stream, data in frames_iter(sock, start.tty):
+                    message = spb.ShellOutput(
+                        stream=spb.OUTPUT_STREAM_STDERR
+                        if stream == 2
+                        else spb.OUTPUT_STREAM_STDOUT,
+                        data=data,
+                    )
+                    asyncio.run_coroutine_threadsafe(outputs.put(message), loop).result()
+            except OSError:
+                pass
+            finally:
+                asyncio.run_coroutine_threadsafe(outputs.put(None), loop).result()
+
+        async def feed() -> None:
+            async for message in requests:
+                kind = message.WhichOneof("payload")
+                if kind == "stdin":
+                    await asyncio.to_thread(raw.sendall, message.stdin)
+                elif kind == "resize":
+                    await asyncio.to_thread(
+                        api.exec_resize,
+                        exec_id,
+                        height=message.resize.rows,
+                        width=message.resize.cols,
+                    )
+                elif kind == "close_stdin":
+                    with contextlib.suppress(OSError):
+                        raw.shutdown(socket.SHUT_WR)
+
+        reader = asyncio.ensure_future(asyncio.to_thread(pump))
+        feeder = asyncio.create_task(feed())
+        try:
+            while (output := await outputs.get()) is not None:
+                yield spb.ShellResponse(output=output)
+            await reader
+            info = await asyncio.to_thread(api.exec_inspect, exec_id)
+            yield spb.ShellResponse(exit_code=int(info.get("ExitCode") or 0))
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(OSError):
+                raw.close()

@@ -1,0 +1,258 @@
+"""Container environments on the Host: persistent containers and their tarballs.
+
+Blocking docker-py and file work; the servicer runs it off the event loop. Tarballs are
+written to a hidden temporary file in the same folder, fsynced and renamed, so a Runner
+never sees a half-written one; only then are older tarballs of the environment removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from hakuriver_common.config import Config
+from hakuriver_common.environments import (
+    IMAGE_PREFIX,
+    IMAGE_TAG,
+    TIMESTAMP_LABEL,
+    TarballFile,
+    check_environment_name,
+    image_for,
+    list_tarballs,
+    tarball_path,
+)
+from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+ENV_LABEL = "hakuriver.env"
+KEEP_ALIVE = ["tail", "-f", "/dev/null"]
+
+
+class EnvironmentManager:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.directory = config.paths.shared_dir / config.docker.container_dir
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            try:
+                self._client = docker.from_env(timeout=300)
+            except docker.errors.DockerException as exc:
+                raise Unavailable(f"Docker is not available on the Host: {exc}") from None
+        return self._client
+
+    @staticmethod
+    def container_name(name: str) -> str:
+        return f"hakuriver-env-{name}"
+
+    @staticmethod
+    def _valid(name: str) -> str:
+        problem = check_environment_name(name)
+        if problem:
+            raise InvalidArgument(f"name: {problem}")
+        return name
+
+    def _container(self, name: str) -> Any:
+        try:
+            return self.client.containers.get(self.container_name(self._valid(name)))
+        except docker.errors.NotFound:
+            raise NotFound(
+                f"name: no environment container {name!r} (create it: "
+                f"hakuriver.docker create-container IMAGE {name})"
+            ) from None
+
+    def describe(self, container: Any) -> dict[str, str]:
+        return {
+            "name": container.labels.get(ENV_LABEL, ""),
+            "container_name": container.name,
+            "image": container.labels.get("hakuriver.env_image", ""),
+            "status": container.status,
+        }
+
+    def _local_image(self, image: str) -> Any:
+        try:
+            return self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise NotFound(
+                f"image: {image!r} is not a local image, and HakuRiver never pulls; load or "
+                "import it first (docker load, docker import, or hakuriver.docker import-rootfs)"
+            ) from None
+
+    # ----- containers -------------------------------------------------------------------
+
+    def create_container(self, image: str, name: str) -> dict[str, str]:
+        self._valid(name)
+        self._local_image(image)
+        try:
+            self.client.containers.get(self.container_name(name))
+        except docker.errors.NotFound:
+            pass
+        else:
+            raise FailedPrecondition(f"name: environment container {name!r} already exists")
+        try:
+            container = self.client.containers.run(
+                image,
+                KEEP_ALIVE,
+                name=self.container_name(name),
+                detach=True,
+                init=True,
+                network_mode="host",
+                labels={ENV_LABEL: name, "hakuriver.env_image": image},
+            )
+        except docker.errors.APIError as exc:
+            raise FailedPrecondition(f"docker could not start {image}: {exc.explanation}") from None
+        container.reload()
+        return self.describe(container)
+
+    def list_containers(self) -> list[dict[str, str]]:
+        found = self.client.containers.list(all=True, filters={"label": ENV_LABEL})
+        return sorted((self.describe(c) for c in found), key=lambda c: c["name"])
+
+    def start_container(self, name: str) -> dict[str, str]:
+        container = self._container(name)
+        container.start()
+        container.reload()
+        return self.describe(container)
+
+    def stop_container(self, name: str) -> dict[str, str]:
+        container = self._container(name)
+        container.stop(timeout=5)
+        container.reload()
+        return self.describe(container)
+
+    def delete_container(self, name: str) -> None:
+        self._container(name).remove(force=True)
+
+    def running_container(self, name: str) -> Any:
+        container = self._container(name)
+        if container.status != "running":
+            raise FailedPrecondition(
+                f"name: environment container {name!r} is {container.status}; start it first"
+            )
+        return container
+
+    # ----- tarballs ---------------------------------------------------------------------
+
+    def _next_timestamp(self, name: str) -> int:
+        """Now, but strictly after any existing tarball of ``name`` (newer always wins)."""
+        existing = [t.timestamp for t in list_tarballs(self.directory) if t.name == name]
+        return max([int(time.time()), *(t + 1 for t in existing)])
+
+    def _save(
+        self, image: Any, name: str, timestamp: int, progress: Callable[[int], None]
+    ) -> TarballFile:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        final = tarball_path(self.directory, name, timestamp)
+        partial = self.directory / f".{final.name}.partial"
+        written = 0
+        try:
+            with partial.open("wb") as out:
+                for chunk in image.save(named=image_for(name)):
+                    out.write(chunk)
+                    written += len(chunk)
+                    progress(written)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        for older in list_tarballs(self.directory):
+            if older.name == name and older.timestamp < timestamp:
+                older.path.unlink(missing_ok=True)
+        log.info("saved environment %s as %s (%d bytes)", name, final, written)
+        return TarballFile(name, timestamp, final)
+
+    def create_tar(self, name: str, progress: Callable[[int], None]) -> TarballFile:
+        container = self._container(name)
+        timestamp = self._next_timestamp(name)
+        source = self.client.images.get(container.image.id)
+        changes = [f"LABEL {TIMESTAMP_LABEL}={timestamp}"]
+        cmd = (source.attrs.get("Config") or {}).get("Cmd")
+        if cmd:
+            changes.append(f"CMD {json.dumps(cmd)}")
+        image = container.commit(
+            repository=IMAGE_PREFIX + name, tag=IMAGE_TAG, changes=changes, pause=True
+        )
+        return self._save(image, name, timestamp, progress)
+
+    def tarballs(self) -> list[TarballFile]:
+        return list_tarballs(self.directory)
+
+    def delete_tar(self, name: str) -> list[str]:
+        self._valid(name)
+        removed = []
+        for tarball in list_tarballs(self.directory):
+            if tarball.name == name:
+                tarball.path.unlink(missing_ok=True)
+                removed.append(str(tarball.path))
+        if not removed:
+            raise NotFound(f"name: no tarball of environment {name!r}")
+        return removed
+
+    def upload_path(self, name: str) -> Path:
+        """Where an uploaded root filesystem is kept until imported (hidden, same folder)."""
+        self._valid(name)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return self.directory / f".import-{name}-{os.getpid()}-{time.time_ns()}.partial"
+
+    def import_rootfs(
+        self, name: str, upload: Path, progress: Callable[[int], None]
+    ) -> TarballFile:
+        """A root filesystem tarball becomes image hakuriver/NAME:base and its tarball."""
+        self._valid(name)
+        try:
+            timestamp = self._next_timestamp(name)
+            try:
+                self.client.api.import_image_from_file(
+                    str(upload),
+                    repository=IMAGE_PREFIX + name,
+                    tag=IMAGE_TAG,
+                    changes=[f"LABEL {TIMESTAMP_LABEL}={timestamp}", 'CMD ["/bin/sh"]'],
+                )
+            except docker.errors.APIError as exc:
+                raise InvalidArgument(
+                    f"rootfs: docker could not import it as a root filesystem: {exc.explanation}"
+                ) from None
+        finally:
+            upload.unlink(missing_ok=True)
+        return self._save(self.client.images.get(image_for(name)), name, timestamp, progress)
+
+    def ensure_default(self) -> None:
+        """On first start: give the default environment a tarball if it has none."""
+        name = self.config.docker.default_container_name
+        if any(t.name == name for t in list_tarballs(self.directory)):
+            return
+        base = self.config.docker.initial_base_image
+        try:
+            self._local_image(base)
+            self.client.containers.get(self.container_name(name))
+        except docker.errors.NotFound:
+            self.create_container(base, name)
+        except (NotFound, Unavailable):
+            log.warning(
+                "default environment %r has no tarball and %r is not a local image; create "
+                "one with: hakuriver.docker import-rootfs ROOTFS.tar %s  (or: docker load/import "
+                "an image, then hakuriver.docker create-container IMAGE %s && "
+                "hakuriver.docker create-tar %s)",
+                name,
+                base,
+                name,
+                name,
+                name,
+            )
+            return
+        tarball = self.create_tar(name, lambda _: None)
+        log.info("created default environment %r from %r: %s", name, base, tarball.path)

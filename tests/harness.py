@@ -102,8 +102,8 @@ kill_grace_seconds = 1
 reconnect_max_seconds = 1.0
 
 [docker]
-default_container_name = "{BASE_ENV}"
 {extra_config}
+{"" if "default_container_name" in extra_config else f'default_container_name = "{BASE_ENV}"'}
 """
         )
         self.host: subprocess.Popen[bytes] | None = None
@@ -225,7 +225,7 @@ default_container_name = "{BASE_ENV}"
     def cli(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a CLI tool (client, task, init) as a user would, against this cluster."""
         return subprocess.run(
-            [sys.executable, "-m", f"hakuriver_cli.{tool}", *args],
+            [sys.executable, "-m", f"hakuriver_cli.{tool.replace('-', '_')}", *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -1,0 +1,220 @@
+"""Container environments: prepare on the Host, distribute by tarball, no registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from tests.harness import BASE_ENV, Cluster, running_cluster, wait_for
+
+pytestmark = pytest.mark.docker
+BASE_IMAGE = f"hakuriver/{BASE_ENV}:base"
+
+
+@pytest.fixture
+def env_name(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh environment name; its container, images and tarballs are removed afterwards."""
+    name = f"e{cluster.tag}-{request.node.name[5:25].replace('_', '-')}"
+    yield name
+    cluster.cli("docker", "delete-container", name)
+    cluster.cli("docker", "delete-tar", name)
+    for image in cluster.docker.images.list(name=f"hakuriver/{name}"):
+        for tag in image.tags:
+            cluster.docker.images.remove(tag, force=True)
+
+
+def _ok(result) -> str:  # type: ignore[no-untyped-def]
+    assert result.returncode == 0, result.stdout + result.stderr
+    return str(result.stdout)
+
+
+def _tar_dir(cluster: Cluster) -> Path:
+    return cluster.shared_dir / "hakuriver-containers"
+
+
+def _forget_image(cluster: Cluster, name: str) -> None:
+    """Make the shared Docker daemon look like a Runner that never saw the environment."""
+    cluster.docker.images.remove(f"hakuriver/{name}:base", force=True)
+
+
+def _loads_since(cluster: Cluster, since: float) -> int:
+    events = cluster.docker.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        filters={"type": "image", "event": "load"},
+        decode=True,
+    )
+    return sum(1 for _ in events)
+
+
+def test_prepare_on_host_then_every_runner_gets_it(cluster: Cluster, env_name: str) -> None:
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    listed = json.loads(_ok(cluster.cli("docker", "list-containers", "--json")))
+    assert [c["status"] for c in listed if c["name"] == env_name] == ["running"]
+    shell = cluster.cli(
+        "docker-shell", env_name, "--", "sh", "-c", "echo prepared > /marker; echo e >&2; exit 3"
+    )
+    assert shell.returncode == 3 and shell.stderr == "e\n"
+    first = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
+    second = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
+    assert int(second["timestamp"]) > int(first["timestamp"])
+    files = sorted(p.name for p in _tar_dir(cluster).iterdir() if p.name.startswith(env_name))
+    assert files == [f"{env_name}-{second['timestamp']}.tar"], (
+        "older tarball kept or partial file left"
+    )
+
+    _forget_image(cluster, env_name)
+    runner = cluster.runner_names[0]
+    task = cluster.submit(
+        ["cat", "/marker"], container_name=env_name, targets=[task_pb2.Target(hostname=runner)]
+    )
+    final = cluster.wait_final(task.task_id)
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED, final.error_message
+    assert cluster.read_log(task.task_id) == b"prepared\n"
+    events = cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=5).events
+    assert any(f"loading environment {env_name}" in e.detail for e in events)
+
+    def loaded_on() -> list[str]:
+        tars = json.loads(_ok(cluster.cli("docker", "list-tars", "--json")))
+        return [r for t in tars if t["name"] == env_name for r in t.get("loaded_on", [])]
+
+    wait_for(lambda: runner in loaded_on(), what="list-tars to show the runner")
+
+
+def test_two_tasks_at_once_trigger_one_load(cluster: Cluster, env_name: str) -> None:
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    _ok(cluster.cli("docker", "create-tar", env_name))
+    _forget_image(cluster, env_name)
+    since = time.time() - 1
+    target = [task_pb2.Target(hostname=cluster.runner_names[0])]
+    tasks = [cluster.submit(["true"], container_name=env_name, targets=target) for _ in range(2)]
+    for task in tasks:
+        assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    assert _loads_since(cluster, since) == 1
+
+
+def test_truncated_tarball_fails_clearly_and_keeps_the_old_image(
+    cluster: Cluster, env_name: str
+) -> None:
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    good = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
+    old_image = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
+    data = Path(good["path"]).read_bytes()
+    broken = _tar_dir(cluster) / f"{env_name}-{int(good['timestamp']) + 10}.tar"
+    broken.write_bytes(data[: len(data) // 3])
+    target = [task_pb2.Target(hostname=cluster.runner_names[0])]
+    failed = cluster.wait_final(
+        cluster.submit(["true"], container_name=env_name, targets=target).task_id
+    )
+    assert failed.status == task_pb2.TASK_STATUS_FAILED
+    assert f"environment '{env_name}': cannot load {broken}" in failed.error_message
+    assert "previously loaded image is kept" in failed.error_message
+    assert cluster.docker.images.get(f"hakuriver/{env_name}:base").id == old_image
+    broken.unlink()
+    ok = cluster.wait_final(
+        cluster.submit(["true"], container_name=env_name, targets=target).task_id
+    )
+    assert ok.status == task_pb2.TASK_STATUS_COMPLETED
+
+
+def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
+    cluster: Cluster, env_name: str
+) -> None:
+    runner = [task_pb2.Target(hostname=cluster.runner_names[0])]
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    _ok(cluster.cli("docker", "create-tar", env_name))
+    in_use = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
+    holder = cluster.submit(["sleep", "600"], container_name=env_name, targets=runner)
+    cluster.wait_status(holder.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    _ok(cluster.cli("docker", "create-tar", env_name))
+    # Put the older image back under the tag, as on a Runner that has only loaded the first.
+    cluster.docker.images.get(in_use).tag(f"hakuriver/{env_name}", "base")
+    cluster.wait_final(cluster.submit(["true"], container_name=env_name, targets=runner).task_id)
+    cluster.docker.images.get(in_use)  # still there: a running task uses it
+    cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=holder.task_id), timeout=30)
+
+    unused = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
+    _ok(cluster.cli("docker", "create-tar", env_name))
+    cluster.docker.images.get(unused).tag(f"hakuriver/{env_name}", "base")
+    cluster.wait_final(cluster.submit(["true"], container_name=env_name, targets=runner).task_id)
+    with pytest.raises(docker.errors.ImageNotFound):
+        cluster.docker.images.get(unused)
+
+
+def test_import_rootfs_creates_an_environment(
+    cluster: Cluster, env_name: str, tmp_path: Path
+) -> None:
+    exported = cluster.docker.containers.create(BASE_IMAGE, ["true"])
+    rootfs = tmp_path / "rootfs.tar"
+    try:
+        with rootfs.open("wb") as out:
+            for chunk in exported.export():
+                out.write(chunk)
+    finally:
+        exported.remove()
+    tarball = json.loads(
+        _ok(cluster.cli("docker", "import-rootfs", str(rootfs), env_name, "--json"))
+    )
+    assert Path(tarball["path"]).is_file()
+    _forget_image(cluster, env_name)
+    task = cluster.submit(["sh", "-c", "echo imported"], container_name=env_name)
+    assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    assert cluster.read_log(task.task_id) == b"imported\n"
+    bad = tmp_path / "not-a-tar"
+    bad.write_bytes(b"garbage" * 100)
+    refused = cluster.cli("docker", "import-rootfs", str(bad), env_name)
+    assert refused.returncode == 1 and "could not import" in refused.stderr
+
+
+def test_container_lifecycle_and_errors(cluster: Cluster, env_name: str) -> None:
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    again = cluster.cli("docker", "create-container", BASE_IMAGE, env_name)
+    assert again.returncode == 1 and "already exists" in again.stderr
+    assert "exited" in _ok(cluster.cli("docker", "stop-container", env_name))
+    stopped_shell = cluster.cli("docker-shell", env_name, "--", "true")
+    assert stopped_shell.returncode == 1 and "start it first" in stopped_shell.stderr
+    assert "running" in _ok(cluster.cli("docker", "start-container", env_name))
+    _ok(cluster.cli("docker", "delete-container", env_name))
+    cases = [
+        (("docker", "create-container", "no/such:image", env_name), "never pulls"),
+        (("docker", "create-container", BASE_IMAGE, "bad name!"), "invalid environment name"),
+        (("docker", "create-tar", "nothing-here"), "no environment container 'nothing-here'"),
+        (("docker", "delete-tar", "nothing-here"), "no tarball of environment 'nothing-here'"),
+        (("docker-shell", "nothing-here", "--", "true"), "no environment container"),
+    ]
+    for args, message in cases:
+        result = cluster.cli(*args)
+        assert result.returncode == 1, args
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_first_host_start_creates_the_default_environment(
+    docker_ready: None, tmp_path: Path
+) -> None:
+    name = f"first-{int(time.time() * 1000) % 10**8}"
+    extra = f'initial_base_image = "{BASE_IMAGE}"\ndefault_container_name = "{name}"'
+    cluster = running_cluster(tmp_path, runner_count=1, extra_config=extra)
+    try:
+        with cluster as c:
+            made = wait_for(
+                lambda: [p for p in (c.shared_dir / "hakuriver-containers").glob(f"{name}-*.tar")],
+                what="the default environment's tarball",
+            )
+            assert len(made) == 1
+            task = c.submit(["echo", "default"])
+            assert c.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    finally:
+        client = docker.from_env()
+        for container in client.containers.list(
+            all=True, filters={"name": f"hakuriver-env-{name}"}
+        ):
+            container.remove(force=True)
+        for image in client.images.list(name=f"hakuriver/{name}"):
+            client.images.remove(image.id, force=True)
+        client.close()

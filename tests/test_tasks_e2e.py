@@ -221,15 +221,18 @@ def test_nodes_and_health_commands(cluster: Cluster) -> None:
     assert table.returncode == 0 and cluster.runner_names[0] in table.stdout
 
 
-def test_runner_without_the_environment_fails_the_task_clearly(cluster: Cluster) -> None:
-    # A tarball makes the environment known to the Host, but no Runner has loaded its image.
+def test_runner_without_a_usable_environment_fails_the_task_clearly(cluster: Cluster) -> None:
+    # The tarball makes the environment known to the Host, but it is empty: no Runner can
+    # load it, and none has the image.
     tar_dir = cluster.shared_dir / "hakuriver-containers"
     tar_dir.mkdir(parents=True, exist_ok=True)
-    (tar_dir / "ghost-1700000000.tar").write_bytes(b"")
+    tarball = tar_dir / "ghost-1700000000.tar"
+    tarball.write_bytes(b"")
     task = cluster.submit(["true"], container_name="ghost")
     final = cluster.wait_final(task.task_id)
+    tarball.unlink()
     assert final.status == task_pb2.TASK_STATUS_FAILED
-    assert "hakuriver/ghost:base not found" in final.error_message
+    assert f"environment 'ghost': cannot load {tarball}" in final.error_message
     assert not final.HasField("exit_code")
 
 

@@ -37,7 +37,7 @@ app = typer.Typer(
 )
 
 
-def _targets(values: list[str]) -> list[task_pb2.Target]:
+def parse_targets(values: list[str]) -> list[task_pb2.Target]:
     targets = []
     for text in values:
         try:
@@ -62,7 +62,7 @@ def _env(values: list[str]) -> dict[str, str]:
     return env
 
 
-def _mounts(values: list[str]) -> list[task_pb2.Mount]:
+def parse_mounts(values: list[str]) -> list[task_pb2.Mount]:
     mounts = []
     for text in values:
         try:
@@ -132,10 +132,10 @@ def submit(
         env=_env(env or []),
         cores=cores,
         memory=memory,
-        targets=_targets(target or []),
+        targets=parse_targets(target or []),
         container_name=container,
         privileged=privileged,
-        mounts=_mounts(mount or []),
+        mounts=parse_mounts(mount or []),
         priority=priority,
         gpus=gpus,
     )

@@ -30,6 +30,7 @@ from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound,
 from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import NodeRecord, TaskRecord, utcnow
+from hakuriver_host.runner_session import RunnerSession
 from hakuriver_host.scheduler import Allocation, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.task_machine import (
@@ -40,26 +41,13 @@ from hakuriver_host.task_machine import (
     exit_status,
     transition,
 )
+from hakuriver_host.tunnels import TunnelHub
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = [s.value for s in TaskStatus if not s.is_final]
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_TIMEOUT = 10.0
-
-
-class RunnerSession:
-    """One open Connect stream; messages to the runner queue in its outbox."""
-
-    def __init__(self, hostname: str) -> None:
-        self.hostname = hostname
-        self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
-
-    def send(self, message: rpb.ConnectResponse) -> None:
-        self.outbox.put_nowait(message)
-
-    def close(self) -> None:
-        self.outbox.put_nowait(None)
 
 
 @dataclass
@@ -117,6 +105,7 @@ class Cluster:
         self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
         self._kick = asyncio.Event()
         self._positions: dict[int, int] | None = None
+        self.tunnels = TunnelHub()
         self._tarballs: tuple[int, set[str]] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -329,17 +318,34 @@ class Cluster:
                 )
 
     def _validate_submit(self, req: tpb.SubmitTaskRequest) -> tuple[int, int, str]:
+        if req.kind not in (
+            task_pb2.TASK_KIND_UNSPECIFIED,
+            task_pb2.TASK_KIND_COMMAND,
+            task_pb2.TASK_KIND_VPS,
+        ):
+            raise InvalidArgument(f"kind: unknown task kind {req.kind}")
+        vps = req.kind == task_pb2.TASK_KIND_VPS
+        if vps:
+            key = req.ssh_public_key.strip()
+            if not key:
+                raise InvalidArgument("ssh_public_key: a VPS needs a public key to log in with")
+            if "\n" in key or not key.split()[0].startswith(("ssh-", "ecdsa-", "sk-")):
+                raise InvalidArgument(
+                    "ssh_public_key: expected one OpenSSH public key line, "
+                    "e.g. 'ssh-ed25519 AAAA...'"
+                )
+            if len(req.targets) > 1:
+                raise InvalidArgument("targets: a VPS takes at most one target")
         if req.gpus < 0:
             raise InvalidArgument(f"gpus: must not be negative, got {req.gpus}")
         if req.gpus and any(t.gpu_ids for t in req.targets):
             raise InvalidArgument("gpus: give a GPU count or GPU ids in targets, not both")
-        if req.kind not in (task_pb2.TASK_KIND_UNSPECIFIED, task_pb2.TASK_KIND_COMMAND):
-            raise InvalidArgument("kind: only command tasks can be submitted here")
-        if not req.command.strip():
+        if not vps and not req.command.strip():
             raise InvalidArgument("command: must not be empty")
-        cores = req.cores if req.HasField("cores") else 1
-        if cores < 1:
-            raise InvalidArgument(f"cores: must be at least 1, got {cores}")
+        cores = req.cores if req.HasField("cores") else (0 if vps else 1)
+        if cores < (0 if vps else 1):
+            low = "0 for a VPS" if vps else "1"
+            raise InvalidArgument(f"cores: must be at least {low}, got {cores}")
         memory = 0
         if req.memory:
             try:
@@ -357,6 +363,8 @@ class Cluster:
                     f"mounts: paths must be absolute, got {mount.host_path}:{mount.container_path}"
                 )
         container = req.container_name or self.config.docker.default_container_name
+        if container == NULL_CONTAINER and vps:
+            raise InvalidArgument("container_name: a VPS needs a container environment with sshd")
         if container == NULL_CONTAINER and (req.mounts or req.privileged):
             raise InvalidArgument(
                 "container_name: NULL tasks run on the runner host: --mount and --privileged "
@@ -391,6 +399,7 @@ class Cluster:
 
     async def submit(self, req: tpb.SubmitTaskRequest) -> tuple[list[TaskRecord], int]:
         cores, memory, container = self._validate_submit(req)
+        vps = req.kind == task_pb2.TASK_KIND_VPS
         targets: list[task_pb2.Target | None] = list(req.targets) or [None]
         batch_id = self.ids.next_id() if len(targets) > 1 else 0
         records: list[TaskRecord] = []
@@ -400,9 +409,10 @@ class Cluster:
             records.append(
                 TaskRecord(
                     task_id=task_id,
-                    kind="command",
+                    kind="vps" if vps else "command",
                     batch_id=batch_id,
-                    command=req.command,
+                    command="" if vps else req.command,
+                    ssh_public_key=req.ssh_public_key.strip() if vps else "",
                     arguments=list(req.arguments),
                     env=dict(req.env),
                     status=TaskStatus.PENDING.value,
@@ -429,14 +439,15 @@ class Cluster:
                     ],
                     priority=req.priority,
                     submitted_at=now,
-                    stdout_path=str(self.logs.path(task_id, STDOUT)),
-                    stderr_path=str(self.logs.path(task_id, STDERR)),
+                    stdout_path="" if vps else str(self.logs.path(task_id, STDOUT)),
+                    stderr_path="" if vps else str(self.logs.path(task_id, STDERR)),
                     # Given explicitly: resolving a default_factory per instance is slow.
                     assigned_cpus=[],
                 )
             )
         for record in records:
-            await self.logs.create(record.task_id)
+            if not vps:
+                await self.logs.create(record.task_id)
         events = [
             {"task_id": r.task_id, "status": r.status, "at": now, "detail": "submitted"}
             for r in records
@@ -497,7 +508,10 @@ class Cluster:
             rpb.ConnectResponse(
                 dispatch=rpb.DispatchCommand(
                     task_id=task.task_id,
-                    kind=task_pb2.TASK_KIND_COMMAND,
+                    kind=task_pb2.TASK_KIND_VPS
+                    if task.kind == "vps"
+                    else task_pb2.TASK_KIND_COMMAND,
+                    ssh_public_key=task.ssh_public_key,
                     image=(
                         ""
                         if task.container_name == NULL_CONTAINER
@@ -680,6 +694,7 @@ class Cluster:
         if node is None or node.session is not session:
             return
         node.session = None
+        self.tunnels.session_gone(session)
         self.scheduler.set_online(session.hostname, False)
         self.metrics.runners_connected.dec()
         log.info("runner %s disconnected", session.hostname)
@@ -703,6 +718,8 @@ class Cluster:
                 self._update_node_metrics()
         elif kind == "task_state":
             await self._on_task_state(session, msg.task_state)
+        elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
+            self.tunnels.on_message(msg)
         else:
             log.warning("runner %s sent unexpected %s", session.hostname, kind)
 
@@ -726,8 +743,15 @@ class Cluster:
                     if report.HasField("started_at")
                     else utcnow()
                 )
+                ready = (
+                    f"sshd on port {report.ssh_port}" if report.ssh_port else "container started"
+                )
                 await self._move(
-                    task, TaskStatus.RUNNING, detail="container started", started_at=started
+                    task,
+                    TaskStatus.RUNNING,
+                    detail=ready,
+                    started_at=started,
+                    ssh_port=report.ssh_port or task.ssh_port,
                 )
                 self.metrics.submit_to_running.observe(
                     max(0.0, (utcnow() - task.submitted_at).total_seconds())

@@ -58,6 +58,7 @@ class TaskRecord(SQLModel, table=True):
     assigned_cpus: list[int] = Field(default_factory=list, sa_column=Column(JSON))
     gpu_count: int = 0
     status_detail: str = ""
+    ssh_public_key: str = ""
 
 
 class TaskEventRecord(SQLModel, table=True):

@@ -35,6 +35,7 @@ from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.services import LogService, NodeService, RunnerService, TaskService
+from hakuriver_host.ssh_proxy import SshProxy
 from hakuriver_host.store import Store
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class HostServer:
             RunnerService(self.cluster), self.server
         )
         self.environments = EnvironmentManager(config)
+        self.ssh_proxy = SshProxy(self.cluster)
         environment_service_pb2_grpc.add_EnvironmentServiceServicer_to_server(
             EnvironmentService(self.environments, self.cluster), self.server
         )
@@ -155,6 +157,8 @@ class HostServer:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._default_env = asyncio.create_task(self._ensure_default_environment())
+        self.ssh_proxy_port = await self.ssh_proxy.start(net.host_bind_ip, net.host_ssh_proxy_port)
+        log.info("SSH proxy on %s:%d", net.host_bind_ip, self.ssh_proxy_port)
         log.info(
             "host serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
             net.host_bind_ip,
@@ -171,6 +175,7 @@ class HostServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        await self.ssh_proxy.stop()
         await self.cluster.stop()
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         if self._http is not None:

@@ -72,6 +72,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             if status not in TASK_STATUS_NAME:
                 raise InvalidArgument(f"statuses: unknown status value {status}")
             statuses.append(TASK_STATUS_NAME[status])
+        kind = {task_pb2.TASK_KIND_COMMAND: "command", task_pb2.TASK_KIND_VPS: "vps"}.get(
+            request.kind, ""
+        )
         store = self.cluster.store
         records = await store.run(
             store.list_tasks,
@@ -80,6 +83,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             request.batch_id,
             limit,
             request.before_task_id,
+            kind,
         )
         live = self.cluster.tasks
         positions = self.cluster.queue_positions()
@@ -247,7 +251,7 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
         reader = asyncio.create_task(read_loop(), name=f"runner-{session.hostname}")
         try:
             while True:
-                message = await session.outbox.get()
+                message = await session.next()
                 if message is None:
                     break
                 yield message

@@ -188,6 +188,7 @@ class Store:
         batch_id: int,
         limit: int,
         before_task_id: int,
+        kind: str = "",
     ) -> list[TaskRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(TaskRecord)
@@ -199,5 +200,7 @@ class Store:
                 query = query.where(TaskRecord.batch_id == batch_id)
             if before_task_id:
                 query = query.where(TaskRecord.task_id < before_task_id)
+            if kind:
+                query = query.where(TaskRecord.kind == kind)
             query = query.order_by(TaskRecord.task_id.desc()).limit(limit)  # type: ignore[attr-defined]
             return list(session.exec(query))

@@ -14,8 +14,10 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -32,7 +34,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_runner.backend import LogFollow, StartError, TaskBackend
 from hakuriver_runner.backoff import backoff_delay
-from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.docker_backend import DockerBackend, ssh_port_of
 from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.system_info import (
     GpuProbe,
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 OUTBOX_SIZE = 1024
+TUNNEL_CHUNK = 64 * 1024
+SSHD_READY_SECONDS = 60.0
 EMIT_POLL_SECONDS = 0.5
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
@@ -84,6 +88,8 @@ class Agent:
         self._handlers: set[asyncio.Task[None]] = set()
         # One docker load per environment at a time; concurrent tasks wait for the same one.
         self._loads: dict[str, asyncio.Future[None]] = {}
+        # SSH tunnels to VPS containers: id -> (writer to sshd, task pumping sshd's output).
+        self._tunnels: dict[int, tuple[asyncio.StreamWriter, asyncio.Task[None]]] = {}
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
@@ -198,6 +204,9 @@ class Agent:
             if message is grpc.aio.EOF:
                 log.warning("host closed the stream")
                 return
+            if message.WhichOneof("payload") in ("tunnel_open", "tunnel_data", "tunnel_close"):
+                self._on_tunnel(message)
+                continue
             handler = asyncio.create_task(self._handle(message))
             self._handlers.add(handler)
             handler.add_done_callback(self._handlers.discard)
@@ -221,7 +230,65 @@ class Agent:
             )
             await asyncio.sleep(interval)
 
+    # ----- SSH tunnels ------------------------------------------------------------------
+
+    def _on_tunnel(self, message: rpb.ConnectResponse) -> None:
+        """Tunnel messages are handled in arrival order, on the read loop itself."""
+        kind = message.WhichOneof("payload")
+        if kind == "tunnel_open":
+            opening = asyncio.create_task(self._open_tunnel(message.tunnel_open))
+            self._handlers.add(opening)
+            opening.add_done_callback(self._handlers.discard)
+        elif kind == "tunnel_data":
+            entry = self._tunnels.get(message.tunnel_data.tunnel_id)
+            if entry is not None:
+                entry[0].write(message.tunnel_data.data)
+        elif kind == "tunnel_close":
+            entry = self._tunnels.pop(message.tunnel_close.tunnel_id, None)
+            if entry is not None:
+                entry[1].cancel()
+                entry[0].close()
+
+    async def _open_tunnel(self, request: rpb.TunnelOpen) -> None:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", request.port), 5
+            )
+        except (OSError, TimeoutError) as exc:
+            await self._send(
+                rpb.ConnectRequest(
+                    tunnel_close=rpb.TunnelClose(
+                        tunnel_id=request.tunnel_id,
+                        error=f"cannot reach the SSH server of task {request.task_id}: {exc}",
+                    )
+                )
+            )
+            return
+        pump = asyncio.create_task(self._pump_tunnel(request.tunnel_id, reader, writer))
+        self._tunnels[request.tunnel_id] = (writer, pump)
+        await self._send(
+            rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=request.tunnel_id))
+        )
+
+    async def _pump_tunnel(
+        self, tunnel_id: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while data := await reader.read(TUNNEL_CHUNK):
+                await self._send(
+                    rpb.ConnectRequest(tunnel_data=rpb.TunnelData(tunnel_id=tunnel_id, data=data))
+                )
+        except OSError:
+            pass
+        if self._tunnels.pop(tunnel_id, None) is not None:
+            writer.close()
+            await self._send(rpb.ConnectRequest(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel_id)))
+
     async def _stop_supervisors(self) -> None:
+        for writer, pump in self._tunnels.values():
+            pump.cancel()
+            writer.close()
+        self._tunnels.clear()
         for handler in list(self._handlers):
             handler.cancel()
         supervisors = list(self._supervisors.values())
@@ -382,6 +449,61 @@ class Agent:
 
         return emit
 
+    async def _sshd_ready(self, handle: Any, port: int) -> bool:
+        """Wait until the VPS's sshd greets on its port; False if the container ends first."""
+        deadline = time.monotonic() + SSHD_READY_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 1
+                )
+                try:
+                    greeting = await asyncio.wait_for(reader.read(4), 2)
+                finally:
+                    writer.close()
+                if greeting == b"SSH-":
+                    return True
+            except (OSError, TimeoutError):
+                pass
+            status, _ = await self._blocking(self.docker.state, handle)
+            if status == "exited":
+                return False
+            await asyncio.sleep(0.1)
+        return False
+
+    async def _supervise_vps(
+        self, task_id: int, handle: Any, port: int, started_at: datetime | None
+    ) -> None:
+        """A VPS is running once its sshd accepts connections; it writes no log files."""
+        ready = await self._sshd_ready(handle, port)
+        if ready:
+            await self._send(
+                _report(
+                    task_id,
+                    rpb.RUNNER_TASK_STATE_RUNNING,
+                    started_at=to_timestamp(started_at),
+                    ssh_port=port,
+                )
+            )
+        else:
+            await self._blocking(self.docker.stop, handle, 0)
+        info = await self._blocking(self.docker.wait, handle)
+        error = info.error
+        if not ready:
+            tail = await self._blocking(self.docker.last_output, handle)
+            error = f"the VPS never accepted SSH connections: {tail or 'no output'}"
+        await self._send(
+            _report(
+                task_id,
+                rpb.RUNNER_TASK_STATE_EXITED,
+                exit_code=info.exit_code,
+                oom_killed=info.oom_killed,
+                error_message=error,
+                started_at=to_timestamp(info.started_at),
+                finished_at=to_timestamp(info.finished_at),
+            )
+        )
+
     async def _supervise_task(
         self, task_id: int, stdout_offset: int, stderr_offset: int, started: bool
     ) -> None:
@@ -390,6 +512,10 @@ class Agent:
         follows = (LogFollow(), LogFollow())
         try:
             status, started_at = await self._blocking(backend.state, handle)
+            port = ssh_port_of(handle) if backend is self.docker else 0
+            if port:
+                await self._supervise_vps(task_id, handle, port, started_at)
+                return
             if started or status in ("running", "paused"):
                 state = (
                     rpb.RUNNER_TASK_STATE_PAUSED

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from hakuriver_common.environments import (
     newest_tarball,
 )
 from hakuriver_common.mounts import parse_mount
-from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,34 @@ def _parse_docker_time(text: str | None) -> datetime | None:
     # Docker gives RFC 3339 with nanoseconds: trim to microseconds for fromisoformat.
     main, _, frac = text.rstrip("Z").partition(".")
     return datetime.fromisoformat(f"{main}.{(frac + '000000')[:6]}").replace(tzinfo=UTC)
+
+
+LABEL_SSH_PORT = "hakuriver.ssh_port"
+# A VPS container: the key for root, host keys, then sshd in the foreground on loopback only
+# (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
+VPS_SCRIPT = """
+if [ ! -x /usr/sbin/sshd ]; then
+  echo "this environment has no SSH server (/usr/sbin/sshd): install openssh-server in it" >&2
+  exit 127
+fi
+mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh
+printf '%s\\n' "$HAKURIVER_SSH_KEY" > /root/.ssh/authorized_keys
+chmod 600 /root/.ssh/authorized_keys
+ssh-keygen -A >/dev/null
+exec /usr/sbin/sshd -D -e -p "$HAKURIVER_SSH_PORT" -o ListenAddress=127.0.0.1 \\
+  -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
+"""
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ssh_port_of(container: Any) -> int:
+    """The sshd port of a VPS container; 0 for other containers."""
+    return int(container.labels.get(LABEL_SSH_PORT, "0"))
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -187,17 +216,27 @@ class DockerBackend:
                 f"environment {dispatch.container_name!r} is not loaded on runner "
                 f"{self.runner_name}: image {dispatch.image} not found"
             ) from None
+        labels = {
+            LABEL_RUNNER: self.runner_name,
+            LABEL_TASK: str(dispatch.task_id),
+            LABEL_KIND: "command",
+            LABEL_ENV: dispatch.container_name,
+        }
+        environment = {**dict(dispatch.env), **self._task_env(dispatch)}
+        command = [dispatch.command, *dispatch.arguments]
+        if dispatch.kind == task_pb2.TASK_KIND_VPS:
+            port = free_loopback_port()
+            labels[LABEL_KIND] = "vps"
+            labels[LABEL_SSH_PORT] = str(port)
+            environment["HAKURIVER_SSH_KEY"] = dispatch.ssh_public_key
+            environment["HAKURIVER_SSH_PORT"] = str(port)
+            command = ["/bin/sh", "-c", VPS_SCRIPT]
         kwargs: dict[str, Any] = {
             "name": name,
-            "command": [dispatch.command, *dispatch.arguments],
+            "command": command,
             "init": True,
-            "labels": {
-                LABEL_RUNNER: self.runner_name,
-                LABEL_TASK: str(dispatch.task_id),
-                LABEL_KIND: "command",
-                LABEL_ENV: dispatch.container_name,
-            },
-            "environment": {**dict(dispatch.env), **self._task_env(dispatch)},
+            "labels": labels,
+            "environment": environment,
             "mounts": self._mounts(dispatch),
             "network_mode": "host",
             "nano_cpus": int(dispatch.cores * 1e9),
@@ -260,6 +299,14 @@ class DockerBackend:
             finished_at=_parse_docker_time(state.get("FinishedAt")),
             error=error or state.get("Error", ""),
         )
+
+    def last_output(self, container: Any) -> str:
+        """The container's last few lines of output, in one line."""
+        try:
+            text = container.logs(tail=5).decode(errors="replace")
+        except docker.errors.DockerException:
+            return ""
+        return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
     def stop(self, container: Any, grace: float) -> None:
         try:

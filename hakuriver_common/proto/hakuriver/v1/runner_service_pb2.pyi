@@ -62,6 +62,9 @@ class ConnectRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TASK_STATE_FIELD_NUMBER: _builtins.int
     LOG_CHUNK_FIELD_NUMBER: _builtins.int
+    TUNNEL_OPENED_FIELD_NUMBER: _builtins.int
+    TUNNEL_DATA_FIELD_NUMBER: _builtins.int
+    TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterRunner: ...
     @_builtins.property
@@ -70,6 +73,12 @@ class ConnectRequest(_message.Message):
     def task_state(self) -> Global___TaskStateReport: ...
     @_builtins.property
     def log_chunk(self) -> Global___LogChunk: ...
+    @_builtins.property
+    def tunnel_opened(self) -> Global___TunnelOpened: ...
+    @_builtins.property
+    def tunnel_data(self) -> Global___TunnelData: ...
+    @_builtins.property
+    def tunnel_close(self) -> Global___TunnelClose: ...
     def __init__(
         self,
         *,
@@ -77,12 +86,15 @@ class ConnectRequest(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         task_state: Global___TaskStateReport | None = ...,
         log_chunk: Global___LogChunk | None = ...,
+        tunnel_opened: Global___TunnelOpened | None = ...,
+        tunnel_data: Global___TunnelData | None = ...,
+        tunnel_close: Global___TunnelClose | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["register", "heartbeat", "task_state", "log_chunk"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["register", "heartbeat", "task_state", "log_chunk", "tunnel_opened", "tunnel_data", "tunnel_close"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -100,6 +112,9 @@ class ConnectResponse(_message.Message):
     PAUSE_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    TUNNEL_OPEN_FIELD_NUMBER: _builtins.int
+    TUNNEL_DATA_FIELD_NUMBER: _builtins.int
+    TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___RegisterAck: ...
     @_builtins.property
@@ -112,6 +127,12 @@ class ConnectResponse(_message.Message):
     def resume(self) -> Global___ResumeCommand: ...
     @_builtins.property
     def release(self) -> Global___ReleaseCommand: ...
+    @_builtins.property
+    def tunnel_open(self) -> Global___TunnelOpen: ...
+    @_builtins.property
+    def tunnel_data(self) -> Global___TunnelData: ...
+    @_builtins.property
+    def tunnel_close(self) -> Global___TunnelClose: ...
     def __init__(
         self,
         *,
@@ -121,12 +142,15 @@ class ConnectResponse(_message.Message):
         pause: Global___PauseCommand | None = ...,
         resume: Global___ResumeCommand | None = ...,
         release: Global___ReleaseCommand | None = ...,
+        tunnel_open: Global___TunnelOpen | None = ...,
+        tunnel_data: Global___TunnelData | None = ...,
+        tunnel_close: Global___TunnelClose | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -319,6 +343,7 @@ class TaskStateReport(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    SSH_PORT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     state: Global___RunnerTaskState.ValueType
     exit_code: _builtins.int
@@ -327,6 +352,8 @@ class TaskStateReport(_message.Message):
     error_message: _builtins.str
     detail: _builtins.str
     """What the Runner is doing for the task before it runs, e.g. loading its environment."""
+    ssh_port: _builtins.int
+    """VPS: the port its SSH server listens on (on the Runner's loopback)."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -342,10 +369,11 @@ class TaskStateReport(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         detail: _builtins.str = ...,
+        ssh_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_message", b"error_message", "exit_code", b"exit_code", "finished_at", b"finished_at", "oom_killed", b"oom_killed", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "detail", b"detail", "error_message", b"error_message", "exit_code", b"exit_code", "finished_at", b"finished_at", "oom_killed", b"oom_killed", "ssh_port", b"ssh_port", "started_at", b"started_at", "state", b"state", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -424,6 +452,7 @@ class DispatchCommand(_message.Message):
     GPU_IDS_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
     NUMA_NODE_ID_FIELD_NUMBER: _builtins.int
+    SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     image: _builtins.str
@@ -436,6 +465,8 @@ class DispatchCommand(_message.Message):
     """Container environment name the image belongs to."""
     numa_node_id: _builtins.int
     """NUMA node whose memory the task is bound to; unset means no binding."""
+    ssh_public_key: _builtins.str
+    """VPS: the public key allowed to log in as root."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -467,10 +498,11 @@ class DispatchCommand(_message.Message):
         gpu_ids: _abc.Iterable[_builtins.int] | None = ...,
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         numa_node_id: _builtins.int | None = ...,
+        ssh_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "numa_node_id", b"numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "cpus", b"cpus", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "numa_node_id", b"numa_node_id", "privileged", b"privileged", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "cpus", b"cpus", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "numa_node_id", b"numa_node_id", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__numa_node_id: _TypeAlias = _typing.Literal["numa_node_id"]  # noqa: Y015
     _WhichOneofArgType__numa_node_id: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id"]  # noqa: Y015
@@ -566,3 +598,103 @@ class ReleaseCommand(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseCommand: _TypeAlias = ReleaseCommand  # noqa: Y015
+
+@_typing.final
+class TunnelOpen(_message.Message):
+    """TunnelOpen asks a Runner to connect to a VPS's SSH server for a client of the Host's
+    SSH proxy. Bytes then flow as TunnelData both ways on the Connect stream.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.int
+    """Chosen by the Host, unique per Connect stream."""
+    task_id: _builtins.int
+    port: _builtins.int
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.int = ...,
+        task_id: _builtins.int = ...,
+        port: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "task_id", b"task_id", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelOpen: _TypeAlias = TunnelOpen  # noqa: Y015
+
+@_typing.final
+class TunnelOpened(_message.Message):
+    """TunnelOpened confirms the Runner reached the SSH server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelOpened: _TypeAlias = TunnelOpened  # noqa: Y015
+
+@_typing.final
+class TunnelData(_message.Message):
+    """TunnelData carries bytes of one tunnel, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.int
+    data: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelData: _TypeAlias = TunnelData  # noqa: Y015
+
+@_typing.final
+class TunnelClose(_message.Message):
+    """TunnelClose ends a tunnel from either side."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TUNNEL_ID_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    tunnel_id: _builtins.int
+    error: _builtins.str
+    """Why, when it ended abnormally (e.g. the SSH server is unreachable)."""
+    def __init__(
+        self,
+        *,
+        tunnel_id: _builtins.int = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TunnelClose: _TypeAlias = TunnelClose  # noqa: Y015

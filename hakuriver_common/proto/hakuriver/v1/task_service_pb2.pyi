@@ -55,12 +55,15 @@ class SubmitTaskRequest(_message.Message):
     MOUNTS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
+    SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
-    """COMMAND for now; VPS submission arrives with the VPS feature."""
+    """COMMAND (default) or VPS."""
     command: _builtins.str
-    """Executable to run; required for command tasks."""
+    """Executable to run; required for command tasks, ignored for VPS tasks."""
     cores: _builtins.int
-    """CPU cores to reserve; unset means 1. Must be at least 1."""
+    """CPU cores to reserve; unset means 1 for a command task and 0 (no reservation, no
+    limit) for a VPS. Must be at least 1 for command tasks.
+    """
     memory: _builtins.str
     """Memory limit such as "512M" or "4G" (1000-based; Ki/Mi/Gi are 1024-based); empty means
     no limit.
@@ -72,13 +75,17 @@ class SubmitTaskRequest(_message.Message):
     """Higher priority tasks are placed first; default 0."""
     gpus: _builtins.int
     """Number of GPUs on any node, when no GPU ids are named in a target."""
+    ssh_public_key: _builtins.str
+    """VPS only: the OpenSSH public key allowed to log in as root."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Target]:
-        """One task is created per target; none lets the Host choose a node."""
+        """One task is created per target; none lets the Host choose a node. A VPS takes at most
+        one target.
+        """
 
     @_builtins.property
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Mount]: ...
@@ -97,10 +104,11 @@ class SubmitTaskRequest(_message.Message):
         mounts: _abc.Iterable[_task_pb2.Mount] | None = ...,
         priority: _builtins.int = ...,
         gpus: _builtins.int = ...,
+        ssh_public_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "cores", b"cores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cores: _TypeAlias = _typing.Literal["cores"]  # noqa: Y015
     _WhichOneofArgType__cores: _TypeAlias = _typing.Literal["_cores", b"_cores"]  # noqa: Y015
@@ -188,6 +196,7 @@ class ListTasksRequest(_message.Message):
     BATCH_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     BEFORE_TASK_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Only tasks placed on this node."""
     batch_id: _builtins.int
@@ -196,6 +205,8 @@ class ListTasksRequest(_message.Message):
     """At most this many tasks; 0 means 100."""
     before_task_id: _builtins.int
     """Only tasks with an id below this one (for paging); 0 means no bound."""
+    kind: _task_pb2.TaskKind.ValueType
+    """Only tasks of this kind; unspecified means all."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
         """Only tasks in these statuses; empty means all."""
@@ -208,10 +219,11 @@ class ListTasksRequest(_message.Message):
         batch_id: _builtins.int = ...,
         limit: _builtins.int = ...,
         before_task_id: _builtins.int = ...,
+        kind: _task_pb2.TaskKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "limit", b"limit", "node", b"node", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "statuses", b"statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,193 @@
+"""``hakuriver.ssh TASK_ID``: SSH into a VPS through the Host's SSH proxy.
+
+Default: checks the task, opens a local listener that forwards each connection through the
+proxy, and runs the system ``ssh`` against it. ``--proxy-command`` instead relays stdin and
+stdout, for use as an OpenSSH ProxyCommand (so scp, rsync -e ssh and VS Code Remote work):
+
+    ssh -o ProxyCommand='hakuriver.ssh --proxy-command %h' root@TASK_ID
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from typing import Annotated
+
+import typer
+
+from hakuriver_cli.connection import config_or_fail, fail, host_channel, task_id_or_fail, unary
+from hakuriver_cli.render import status_name
+from hakuriver_common.proto.hakuriver.v1 import (
+    task_pb2,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
+from hakuriver_common.service import ConfigOption
+
+app = typer.Typer(add_completion=False)
+CHUNK = 64 * 1024
+
+
+class ProxyRefused(Exception):
+    """The Host's SSH proxy answered ERROR."""
+
+
+def open_tunnel(host: str, port: int, task_id: int) -> socket.socket:
+    """A socket connected through the Host's proxy to the VPS's sshd."""
+    sock = socket.create_connection((host, port), timeout=15)
+    sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
+    answer = b""
+    while not answer.endswith(b"\n"):
+        data = sock.recv(1)
+        if not data:
+            break
+        answer += data
+    text = answer.decode(errors="replace").strip()
+    if text != "SUCCESS":
+        sock.close()
+        raise ProxyRefused(text.removeprefix("ERROR ").strip() or "the proxy closed the connection")
+    sock.settimeout(None)
+    return sock
+
+
+def _copy(read: socket.socket | int, write: socket.socket | int) -> None:
+    """Copy bytes until EOF, then half-close the other side."""
+    try:
+        while True:
+            data = read.recv(CHUNK) if isinstance(read, socket.socket) else os.read(read, CHUNK)
+            if not data:
+                break
+            if isinstance(write, socket.socket):
+                write.sendall(data)
+            else:
+                os.write(write, data)
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if isinstance(write, socket.socket):
+                write.shutdown(socket.SHUT_WR)
+            else:
+                os.close(write)
+
+
+def _relay(a: socket.socket, b: socket.socket) -> None:
+    back = threading.Thread(target=_copy, args=(b, a), daemon=True)
+    back.start()
+    _copy(a, b)
+    back.join()
+    a.close()
+    b.close()
+
+
+def _serve_local(listener: socket.socket, host: str, port: int, task_id: int) -> None:
+    while True:
+        try:
+            client, _ = listener.accept()
+        except OSError:
+            return
+        try:
+            upstream = open_tunnel(host, port, task_id)
+        except (OSError, ProxyRefused) as exc:
+            print(f"hakuriver.ssh: {exc}", file=sys.stderr)
+            client.close()
+            continue
+        threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
+
+
+# ssh(1) options that take a value.
+VALUE_OPTIONS = set("BbcDEeFIiJLlmOoPpQRSWw")
+
+
+def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
+    """(options, remote command): ssh wants options before the destination."""
+    if args and args[0] == "--":
+        args = args[1:]
+    options: list[str] = []
+    index = 0
+    while index < len(args) and args[index].startswith("-") and args[index] != "--":
+        option = args[index]
+        options.append(option)
+        index += 1
+        if len(option) == 2 and option[1] in VALUE_OPTIONS and index < len(args):
+            options.append(args[index])
+            index += 1
+    if index < len(args) and args[index] == "--":
+        index += 1
+    return options, args[index:]
+
+
+def _check_task(task_id: int, config: ConfigOption) -> None:
+    cfg = config_or_fail(config)
+    with host_channel(cfg) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        task = unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id)).task
+    if task.kind != task_pb2.TASK_KIND_VPS:
+        fail(f"task {task_id} is not a VPS task")
+    if task.status != task_pb2.TASK_STATUS_RUNNING:
+        fail(f"task {task_id} is {status_name(task.status)}, not running")
+
+
+@app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+def main(
+    task_id: Annotated[str, typer.Argument(help="VPS task id.", show_default=False)],
+    ssh_args: Annotated[list[str] | None, typer.Argument(help="Extra arguments for ssh.")] = None,
+    host: Annotated[str, typer.Option("--host", help="Host address (default from config).")] = "",
+    proxy_port: Annotated[int, typer.Option(help="Host SSH proxy port (default from config).")] = 0,
+    local_port: Annotated[int, typer.Option(help="Local listener port (0 = any free).")] = 0,
+    user: Annotated[str, typer.Option(help="User to log in as.")] = "root",
+    proxy_command: Annotated[
+        bool, typer.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """SSH into a running VPS task through the Host."""
+    cfg = config_or_fail(config)
+    tid = task_id_or_fail(task_id)
+    address = host or cfg.network.host_reachable_address
+    port = proxy_port or cfg.network.host_ssh_proxy_port
+    if proxy_command:
+        try:
+            sock = open_tunnel(address, port, tid)
+        except (OSError, ProxyRefused) as exc:
+            fail(f"cannot open a tunnel to task {tid}: {exc}")
+        stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+        threading.Thread(target=_copy, args=(stdin, sock), daemon=True).start()
+        _copy(sock, stdout)
+        return
+    _check_task(tid, config)
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        fail("no ssh client found (install openssh-client)")
+    listener = socket.create_server(("127.0.0.1", local_port))
+    listen_port = listener.getsockname()[1]
+    threading.Thread(target=_serve_local, args=(listener, address, port, tid), daemon=True).start()
+    options, remote = split_ssh_args(ssh_args or [])
+    argv = [
+        ssh,
+        "-p",
+        str(listen_port),
+        "-o",
+        f"HostKeyAlias=hakuriver-task-{tid}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        *options,
+        f"{user}@127.0.0.1",
+        *remote,
+    ]
+    code = subprocess.call(argv)
+    listener.close()
+    raise typer.Exit(code)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

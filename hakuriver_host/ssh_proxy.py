@@ -1,0 +1,110 @@
+"""The Host's SSH proxy: TCP clients reach a VPS's sshd through its Runner's Connect stream.
+
+A client connects to ``host_ssh_proxy_port`` and sends ``REQUEST_TUNNEL <task_id>\\n``. The
+Host checks the task is a running VPS, asks the Runner (on the stream the Runner opened) to
+connect to the sshd, answers ``SUCCESS\\n`` or ``ERROR <reason>\\n``, then relays bytes both
+ways. The Host never dials a Runner; SSH authentication stays between ssh and sshd.
+
+A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
+behind, so it never stalls the Runner's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from hakuriver_common.ids import parse_task_id
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_host.cluster import Cluster
+from hakuriver_host.errors import ApiError
+from hakuriver_host.runner_session import RunnerSession
+from hakuriver_host.task_machine import TaskStatus
+from hakuriver_host.tunnels import Tunnel
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0
+OPEN_TIMEOUT = 10.0
+CHUNK = 64 * 1024
+
+
+class SshProxy:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        self.server = await asyncio.start_server(self._serve, host, port)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _target(self, line: bytes) -> tuple[RunnerSession, int, int]:
+        parts = line.decode(errors="replace").split()
+        if len(parts) != 2 or parts[0] != "REQUEST_TUNNEL":
+            raise ValueError("expected: REQUEST_TUNNEL <task_id>")
+        task_id = parse_task_id(parts[1])
+        task = await self.cluster.get_task(task_id)
+        if task.kind != "vps":
+            raise ValueError(f"task {task_id} is not a VPS task")
+        if task.status != TaskStatus.RUNNING:
+            raise ValueError(f"task {task_id} is {task.status}, not running")
+        node = self.cluster.nodes.get(task.assigned_node or "")
+        if node is None or node.session is None:
+            raise ValueError(f"runner {task.assigned_node} of task {task_id} is not connected")
+        return node.session, task_id, task.ssh_port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hub = self.cluster.tunnels
+        tunnel: Tunnel | None = None
+        try:
+            try:
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+                session, task_id, port = await self._target(line)
+                tunnel = hub.open(session, task_id, port)
+                await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
+            except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
+                reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
+                writer.write(f"ERROR {reason}\n".encode())
+                await writer.drain()
+                return
+            writer.write(b"SUCCESS\n")
+            await writer.drain()
+            await self._relay(reader, writer, tunnel)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if tunnel is not None:
+                hub.close(tunnel)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _relay(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel
+    ) -> None:
+        async def upstream() -> None:
+            while data := await reader.read(CHUNK):
+                await tunnel.session.room()
+                tunnel.session.send(
+                    rpb.ConnectResponse(
+                        tunnel_data=rpb.TunnelData(tunnel_id=tunnel.tunnel_id, data=data)
+                    )
+                )
+
+        async def downstream() -> None:
+            while (data := await tunnel.incoming.get()) is not None:
+                writer.write(data)
+                await writer.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()

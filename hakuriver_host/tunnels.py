@@ -1,0 +1,87 @@
+"""SSH tunnels multiplexed on Runners' Connect streams, by id.
+
+Fed by the Runners' streams, drained by the SSH proxy's client connections. A client that
+falls more than TUNNEL_BUFFER chunks behind is cut off rather than stalling the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_host.runner_session import RunnerSession
+
+log = logging.getLogger(__name__)
+TUNNEL_BUFFER = 512
+
+
+@dataclass
+class Tunnel:
+    tunnel_id: int
+    session: RunnerSession
+    opened: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    incoming: asyncio.Queue[bytes | None] = field(
+        default_factory=lambda: asyncio.Queue(TUNNEL_BUFFER)
+    )
+
+
+class TunnelHub:
+    """Tunnels by id; fed by the Runners' streams, drained by proxy connections."""
+
+    def __init__(self) -> None:
+        self._tunnels: dict[int, Tunnel] = {}
+        self._ids = itertools.count(1)
+
+    def open(self, session: RunnerSession, task_id: int, port: int) -> Tunnel:
+        tunnel = Tunnel(next(self._ids), session)
+        self._tunnels[tunnel.tunnel_id] = tunnel
+        session.send(
+            rpb.ConnectResponse(
+                tunnel_open=rpb.TunnelOpen(tunnel_id=tunnel.tunnel_id, task_id=task_id, port=port)
+            )
+        )
+        return tunnel
+
+    def close(self, tunnel: Tunnel) -> None:
+        if self._tunnels.pop(tunnel.tunnel_id, None) is not None:
+            tunnel.session.send(
+                rpb.ConnectResponse(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel.tunnel_id))
+            )
+
+    def _end(self, tunnel: Tunnel, error: str) -> None:
+        self._tunnels.pop(tunnel.tunnel_id, None)
+        if not tunnel.opened.done():
+            tunnel.opened.set_exception(ConnectionError(error or "closed"))
+        with contextlib.suppress(asyncio.QueueFull):
+            tunnel.incoming.put_nowait(None)
+
+    def on_message(self, message: rpb.ConnectRequest) -> None:
+        kind = message.WhichOneof("payload")
+        if kind == "tunnel_opened":
+            tunnel = self._tunnels.get(message.tunnel_opened.tunnel_id)
+            if tunnel is not None and not tunnel.opened.done():
+                tunnel.opened.set_result(None)
+        elif kind == "tunnel_data":
+            tunnel = self._tunnels.get(message.tunnel_data.tunnel_id)
+            if tunnel is None:
+                return
+            try:
+                tunnel.incoming.put_nowait(message.tunnel_data.data)
+            except asyncio.QueueFull:
+                log.warning("ssh client of tunnel %d too slow: disconnecting", tunnel.tunnel_id)
+                self.close(tunnel)
+                self._end(tunnel, "client too slow")
+        elif kind == "tunnel_close":
+            tunnel = self._tunnels.get(message.tunnel_close.tunnel_id)
+            if tunnel is not None:
+                self._end(tunnel, message.tunnel_close.error)
+
+    def session_gone(self, session: RunnerSession) -> None:
+        for tunnel in [t for t in self._tunnels.values() if t.session is session]:
+            self._end(tunnel, "runner disconnected")

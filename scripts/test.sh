@@ -15,6 +15,7 @@ source scripts/lib/apt.sh
 command -v numactl >/dev/null || apt_install numactl
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
+scripts/build-sshd-image.sh hakuriver-sshd
 HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"
 export HAKURIVER_TEST_POSTGRES_URL
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.harness import BASE_ENV, Cluster, running_cluster
+from tests.harness import BASE_ENV, SSHD_ENV, Cluster, running_cluster
 
 
 def _docker_problem() -> str | None:
@@ -39,6 +39,22 @@ def docker_ready() -> None:
     if os.environ.get("CI"):
         pytest.fail(f"Docker is required in CI: {problem}")
     pytest.skip(f"Docker tests skipped outside CI: {problem}")
+
+
+@pytest.fixture(scope="session")
+def sshd_image(docker_ready: None) -> str:
+    """An environment with openssh-server (scripts/build-sshd-image.sh)."""
+    client = docker.from_env()
+    try:
+        client.images.get(f"hakuriver/{SSHD_ENV}:base")
+    except docker.errors.ImageNotFound:
+        problem = f"image hakuriver/{SSHD_ENV}:base missing; run scripts/build-sshd-image.sh"
+        if os.environ.get("CI"):
+            pytest.fail(f"required in CI: {problem}")
+        pytest.skip(problem)
+    finally:
+        client.close()
+    return SSHD_ENV
 
 
 @pytest.fixture(scope="module")

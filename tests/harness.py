@@ -36,6 +36,7 @@ from hakuriver_common.statuses import FINAL_TASK_STATUSES
 
 T = TypeVar("T")
 BASE_ENV = "hakuriver-base"
+SSHD_ENV = "hakuriver-sshd"
 FINAL = FINAL_TASK_STATUSES
 
 
@@ -75,6 +76,7 @@ class Cluster:
         self.runner_names = [f"r{self.tag}-{i}" for i in range(runner_count)]
         self.host_port = free_port()
         self.metrics_port = free_port()
+        self.ssh_proxy_port = free_port()
         self.shared_dir = root / "shared"
         self.config_path = root / "config.toml"
         self.config_path.write_text(
@@ -84,6 +86,7 @@ host_bind_ip = "127.0.0.1"
 host_reachable_address = "127.0.0.1"
 host_port = {self.host_port}
 metrics_port = {self.metrics_port}
+host_ssh_proxy_port = {self.ssh_proxy_port}
 
 [paths]
 shared_dir = "{self.shared_dir}"
@@ -222,10 +225,14 @@ reconnect_max_seconds = 1.0
         request = lpb.ReadLogRequest(task_id=task_id, stream=stream)  # type: ignore[arg-type]
         return b"".join(chunk.data for chunk in self.logs.ReadLog(request, timeout=10))
 
+    @staticmethod
+    def cli_argv(tool: str) -> list[str]:
+        return [sys.executable, "-m", f"hakuriver_cli.{tool.replace('-', '_')}"]
+
     def cli(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run a CLI tool (client, task, init) as a user would, against this cluster."""
         return subprocess.run(
-            [sys.executable, "-m", f"hakuriver_cli.{tool.replace('-', '_')}", *args],
+            [*self.cli_argv(tool), *args],
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib/python-env.sh
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
+scripts/build-sshd-image.sh hakuriver-sshd
 "$PY" -m bench.bench_dispatch
 "$PY" -m bench.bench_scheduler
+"$PY" -m bench.bench_ssh

@@ -1,0 +1,80 @@
+"""SSH proxy throughput: a bulk copy through the Host's proxy vs directly to the same sshd.
+
+Starts a real cluster and a VPS (hakuriver/hakuriver-sshd:base), then streams N bytes from
+the VPS to the client over SSH, once connected directly to sshd on loopback and once through
+the proxy (Host -> Runner stream -> sshd). Prints both rates and their ratio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import asyncssh
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from tests.harness import SSHD_ENV, Cluster, running_cluster
+
+BYTES = int(os.environ.get("HAKURIVER_BENCH_SSH_BYTES", str(200 * 10**6)))
+ROUNDS = 3
+
+
+def proxied_socket(cluster: Cluster, task_id: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", cluster.ssh_proxy_port))
+    sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
+    answer = b""
+    while not answer.endswith(b"\n"):
+        answer += sock.recv(1)
+    assert answer == b"SUCCESS\n", answer
+    return sock
+
+
+async def copy_rate(key: asyncssh.SSHKey, **where: object) -> float:
+    async with asyncssh.connect(
+        username="root", client_keys=[key], known_hosts=None, **where
+    ) as conn:  # type: ignore[arg-type]
+        start = time.perf_counter()
+        process = await conn.create_process(f"head -c {BYTES} /dev/zero", encoding=None)
+        received = 0
+        while chunk := await process.stdout.read(1 << 20):
+            received += len(chunk)
+        await process.wait()
+        elapsed = time.perf_counter() - start
+    assert received == BYTES, received
+    return BYTES / elapsed
+
+
+async def measure(cluster: Cluster, task_id: int, port: int, key: asyncssh.SSHKey) -> None:
+    direct, proxied = [], []
+    for _ in range(ROUNDS):
+        direct.append(await copy_rate(key, host="127.0.0.1", port=port))
+        proxied.append(await copy_rate(key, sock=proxied_socket(cluster, task_id)))
+    best_direct, best_proxied = max(direct), max(proxied)
+    print(f"ssh bulk copy of {BYTES / 1e6:.0f} MB, best of {ROUNDS}:")
+    print(f"  direct to sshd on loopback   {best_direct / 1e6:8.1f} MB/s")
+    print(f"  through the Host's proxy     {best_proxied / 1e6:8.1f} MB/s")
+    print(f"  ratio proxied/direct         {best_proxied / best_direct:8.2f}")
+
+
+def main() -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    with tempfile.TemporaryDirectory() as tmp, running_cluster(Path(tmp)) as cluster:
+        reply = cluster.tasks.SubmitTask(
+            tpb.SubmitTaskRequest(
+                kind=task_pb2.TASK_KIND_VPS,
+                container_name=SSHD_ENV,
+                ssh_public_key=key.export_public_key().decode(),
+            ),
+            timeout=10,
+        )
+        task_id = reply.tasks[0].task_id
+        task = cluster.wait_status(task_id, {task_pb2.TASK_STATUS_RUNNING}, timeout=60)
+        asyncio.run(measure(cluster, task_id, task.ssh_port, key))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ echo "==> generated code up to date"
 
 source scripts/lib/apt.sh
 command -v numactl >/dev/null || apt_install numactl
+command -v scp >/dev/null || apt_install openssh-client
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 scripts/build-sshd-image.sh hakuriver-sshd

@@ -275,3 +275,36 @@ def test_vps_survives_a_runner_restart_on_the_same_port(
     assert asyncio.run(again()) == "still-here\n"
     status = json.loads(vps_cluster.cli("vps", "status", "--json").stdout)
     assert [t["ssh_port"] for t in status if int(t["task_id"]) == vps] == [before.ssh_port]
+
+
+def _sshd_sessions(port: int) -> int:
+    """Established TCP connections whose local port is the VPS's sshd port (host networking)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    count += 1
+    return count
+
+
+def test_dropped_clients_free_their_sessions(
+    vps_cluster: Cluster, vps: int, key: asyncssh.SSHKey
+) -> None:
+    port = vps_cluster.get(vps).ssh_port
+    baseline = _sshd_sessions(port)
+
+    async def scenario() -> None:
+        connections = [await connect(vps_cluster, vps, key) for _ in range(3)]
+        assert _sshd_sessions(port) == baseline + 3
+        for conn in connections[:2]:
+            conn.abort()  # the client vanishes without a goodbye
+        await asyncio.to_thread(
+            wait_for, lambda: _sshd_sessions(port) == baseline + 1, 20, "sshd sessions to close"
+        )
+        connections[2].close()
+        await connections[2].wait_closed()
+
+    asyncio.run(scenario())
+    wait_for(lambda: _sshd_sessions(port) == baseline, what="the last session to close")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.live import Live
+from rich.table import Table
 
 from hakuriver_cli.connection import (
     JsonOption,
@@ -18,6 +22,7 @@ from hakuriver_cli.connection import (
 )
 from hakuriver_cli.render import (
     age,
+    console,
     memory,
     node_status_name,
     print_json,
@@ -25,6 +30,7 @@ from hakuriver_cli.render import (
     status_name,
     table,
     to_dict,
+    to_json_line,
 )
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
@@ -124,44 +130,102 @@ def _temp(value: float, present: bool) -> str:
     return f"{value:.1f}C" if present else "unknown"
 
 
+SPARK = "▁▂▃▄▅▆▇█"
+TREND_POINTS = 30
+
+
+def sparkline(values: list[float], top: float = 100.0) -> str:
+    """The last TREND_POINTS values (0..top) as block characters."""
+    recent = values[-TREND_POINTS:]
+    last = len(SPARK) - 1
+    return "".join(SPARK[min(last, max(0, round(v / top * last)))] for v in recent)
+
+
+@dataclass
+class NodeTrend:
+    status: int
+    samples: list[node_pb2.Health] = field(default_factory=list)
+
+
+def _health_table(trends: dict[str, NodeTrend]) -> Table:
+    out = Table(title="health", title_justify="left")
+    for column in ("node", "status", "cpu", "cpu trend", "memory", "memory trend", "avg/max temp"):
+        out.add_column(column)
+    for hostname, trend in sorted(trends.items()):
+        if not trend.samples:
+            out.add_row(hostname, node_status_name(trend.status), *["-"] * 5)
+            continue
+        h = trend.samples[-1]
+        temps = (
+            f"{_temp(h.current_avg_temp, h.HasField('current_avg_temp'))}/"
+            f"{_temp(h.current_max_temp, h.HasField('current_max_temp'))}"
+        )
+        out.add_row(
+            hostname,
+            node_status_name(trend.status),
+            f"{h.cpu_percent:5.1f}%",
+            sparkline([x.cpu_percent for x in trend.samples]),
+            f"{h.memory_percent:5.1f}% "
+            f"({memory(h.memory_used_bytes)}/{memory(h.memory_total_bytes)})",
+            sparkline([x.memory_percent for x in trend.samples]),
+            temps,
+        )
+        for g in h.gpus:
+            history = [x for s in trend.samples for x in s.gpus if x.index == g.index]
+            power = f"{g.power_draw_watts:.0f}W" if g.HasField("power_draw_watts") else "-"
+            out.add_row(
+                f"  gpu {g.index}",
+                g.name,
+                f"{g.utilization_gpu_percent:5.1f}%",
+                sparkline([x.utilization_gpu_percent for x in history]),
+                f"{memory(g.memory_used_bytes)}/{memory(g.memory_total_bytes)}",
+                sparkline([x.utilization_memory_percent for x in history]),
+                f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
+            )
+    return out
+
+
 @app.command()
 def health(
     hostname: Annotated[str, typer.Argument(help="Only this node.")] = "",
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep updating as samples arrive.")
+    ] = False,
+    count: Annotated[int, typer.Option(help="With --watch: stop after this many samples.")] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Show the latest CPU, memory, temperature and GPU readings of nodes."""
+    """CPU, memory, temperature and GPU readings of nodes, with recent trends."""
     cfg = config_or_fail(config)
     with host_channel(cfg) as channel:
         stub = node_service_pb2_grpc.NodeServiceStub(channel)
-        response = unary(stub.GetHealth, npb.GetHealthRequest(hostname=hostname))
-    if json:
-        print_json([to_dict(n) for n in response.nodes])
-        return
-    rows = []
-    for n in response.nodes:
-        h = n.current
-        if not n.HasField("current"):
-            rows.append([n.hostname, node_status_name(n.status), "-", "-", "-", "-", "-"])
-            continue
-        rows.append(
-            [
-                n.hostname,
-                node_status_name(n.status),
-                f"{h.cpu_percent:.1f}%",
-                f"{h.memory_percent:.1f}% "
-                f"({memory(h.memory_used_bytes)}/{memory(h.memory_total_bytes)})",
-                _temp(h.current_avg_temp, h.HasField("current_avg_temp")),
-                _temp(h.current_max_temp, h.HasField("current_max_temp")),
-                "; ".join(
-                    f"{g.index}:{g.name} {g.utilization_gpu_percent:.0f}% "
-                    f"{memory(g.memory_used_bytes)}/{memory(g.memory_total_bytes)}"
-                    for g in h.gpus
-                )
-                or "-",
-            ]
+        response = unary(
+            stub.GetHealth, npb.GetHealthRequest(hostname=hostname, include_history=True)
         )
-    table("health", ("hostname", "status", "cpu", "memory", "avg_temp", "max_temp", "gpus"), rows)
+        trends = {n.hostname: NodeTrend(n.status, list(n.history)) for n in response.nodes}
+        if not watch:
+            if json:
+                print_json([to_dict(n) for n in response.nodes])
+            else:
+                console.print(_health_table(trends))
+            return
+        updates = stub.WatchHealth(npb.WatchHealthRequest(hostname=hostname))
+        seen = 0
+        live = contextlib.nullcontext() if json else Live(_health_table(trends), console=console)
+        with live as screen:
+            for update in updates:
+                node = update.node
+                trend = trends.setdefault(node.hostname, NodeTrend(node.status))
+                trend.status = node.status
+                trend.samples.append(node.current)
+                if json:
+                    print(to_json_line(node), flush=True)
+                elif screen is not None:
+                    screen.update(_health_table(trends))
+                seen += 1
+                if count and seen >= count:
+                    updates.cancel()
+                    break
 
 
 @app.command()

@@ -36,7 +36,9 @@ def render_default_config() -> str:
     ]
     defaults = Config()
     for section in Config.model_fields:
-        model: BaseModel = getattr(defaults, section)
+        model = getattr(defaults, section)
+        if not isinstance(model, BaseModel):
+            continue
         lines += ["", f"[{section}]"]
         for key, info in type(model).model_fields.items():
             value = getattr(model, key)
@@ -46,6 +48,15 @@ def render_default_config() -> str:
                 lines.append(f"# {key} = ")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
+    lines += [
+        "",
+        "# Webhooks: a JSON POST per event, retried with backoff. Repeat the table for more.",
+        "# Events: task.completed, task.failed, task.killed, task.killed_oom, task.lost,",
+        "# node.offline, node.online, or * for all.",
+        "# [[webhooks]]",
+        '# url = "http://127.0.0.1:9000/hakuriver"',
+        '# events = ["task.failed", "task.killed_oom", "task.lost", "node.offline"]',
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -24,6 +24,10 @@ def to_dict(message: Message) -> dict[str, object]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
+def to_json_line(message: Message) -> str:
+    return json.dumps(to_dict(message), sort_keys=True)
+
+
 def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
@@ -97,10 +101,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("task_id", str(task.task_id)),
         ("task_type", task_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()),
         ("batch_id", str(task.batch_id) if task.batch_id else "-"),
-        (
-            "status",
-            status_name(task.status) + (f" ({task.status_detail})" if task.status_detail else ""),
-        ),
+        ("status", status_name(task.status)),
         ("command", task.command),
         ("arguments", " ".join(task.arguments) or "-"),
         ("env", ", ".join(f"{k}={v}" for k, v in sorted(task.env.items())) or "-"),
@@ -122,6 +123,9 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("completed_at", when(task.completed_at, task.HasField("completed_at"))),
         ("exit_code", str(task.exit_code) if task.HasField("exit_code") else "-"),
         ("error_message", task.error_message or "-"),
+        ("ssh_port", str(task.ssh_port) if task.ssh_port else "-"),
+        ("status_detail", task.status_detail or "-"),
+        ("priority", str(task.priority)),
         ("stdout_path", task.stdout_path or "-"),
         ("stderr_path", task.stderr_path or "-"),
     ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated
 
 import grpc
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_cli.connection import (
     JsonOption,
@@ -165,6 +167,28 @@ def submit(
         raise typer.Exit(1)
 
 
+class KindFilter(StrEnum):
+    command = "command"
+    vps = "vps"
+
+
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _since(text: str) -> Timestamp:
+    """A Timestamp from '30m', '2h', '7d' ago, or from an ISO 8601 time."""
+    stamp = Timestamp()
+    if text[:-1].isdigit() and text[-1] in _AGO:
+        stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _AGO[text[-1]]))
+        return stamp
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--since {text!r}: use 30m, 2h, 7d or an ISO time like 2026-11-22T08:00", code=2)
+    stamp.FromDatetime(moment if moment.tzinfo else moment.astimezone())
+    return stamp
+
+
 class StatusFilter(StrEnum):
     pending = "pending"
     assigning = "assigning"
@@ -186,6 +210,10 @@ def list_tasks(
     batch: Annotated[str, typer.Option(help="Only tasks of this batch id.")] = "",
     limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
     before: Annotated[str, typer.Option(help="Only tasks older than this id (paging).")] = "",
+    kind: Annotated[KindFilter | None, typer.Option(help="Only command or vps tasks.")] = None,
+    since: Annotated[
+        str, typer.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
+    ] = "",
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -197,6 +225,14 @@ def list_tasks(
         batch_id=task_id_or_fail(batch) if batch else 0,
         limit=limit,
         before_task_id=task_id_or_fail(before) if before else 0,
+        kind=task_pb2.TASK_KIND_VPS
+        if kind is KindFilter.vps
+        else (
+            task_pb2.TASK_KIND_COMMAND
+            if kind is KindFilter.command
+            else task_pb2.TASK_KIND_UNSPECIFIED
+        ),
+        submitted_after=_since(since) if since else None,
     )
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)

@@ -114,6 +114,20 @@ class DockerConfig(BaseModel):
     )
 
 
+class WebhookConfig(BaseModel):
+    url: str = Field(description="URL that receives a JSON POST per event.")
+    events: list[str] = Field(
+        default_factory=lambda: ["task.failed", "task.killed_oom", "task.lost", "node.offline"],
+        description="task.<final status> (completed, failed, killed, killed_oom, lost), "
+        "node.offline, node.online, or * for all.",
+    )
+    timeout_seconds: float = Field(5.0, gt=0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(5, ge=1, description="Attempts before an event is dropped.")
+    retry_base_seconds: float = Field(
+        1.0, gt=0, description="First retry delay; doubles with each attempt."
+    )
+
+
 class Config(BaseSettings):
     """Every tool's configuration; sections mirror the TOML file."""
 
@@ -128,6 +142,7 @@ class Config(BaseSettings):
     environment: EnvironmentConfig = Field(default_factory=EnvironmentConfig)  # type: ignore[arg-type]
     runner: RunnerConfig = Field(default_factory=RunnerConfig)  # type: ignore[arg-type]
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)  # type: ignore[arg-type]
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
     docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
 
     _toml_path: ClassVar[Path | None] = None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,12 +44,16 @@ from hakuriver_host.task_machine import (
     transition,
 )
 from hakuriver_host.tunnels import TunnelHub
+from hakuriver_host.webhooks import Notifier
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = [s.value for s in TaskStatus if not s.is_final]
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 CONTROL_TIMEOUT = 10.0
+HISTORY_SECONDS = 600.0
+HISTORY_MIN_POINTS = 120
+HEALTH_WATCH_QUEUE = 1024
 
 
 @dataclass
@@ -66,6 +72,8 @@ class NodeView:
     draining: bool = False
     # Tarball timestamp of each environment the Runner loaded from a tarball.
     loaded: dict[str, int] = field(default_factory=dict)
+    # Recent health samples, oldest first (bounded; see Cluster.history_length).
+    history: deque[node_pb2.Health] = field(default_factory=deque)
 
 
 def _request_of(task: TaskRecord) -> Request:
@@ -106,6 +114,14 @@ class Cluster:
         self._kick = asyncio.Event()
         self._positions: dict[int, int] | None = None
         self.tunnels = TunnelHub()
+        self.notifier = Notifier(config.webhooks)
+        # At least HISTORY_SECONDS of samples at heartbeat resolution.
+        self.history_length = max(
+            HISTORY_MIN_POINTS,
+            math.ceil(HISTORY_SECONDS / config.timing.heartbeat_interval) + 1,
+        )
+        self._placed_at: dict[int, datetime] = {}
+        self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health]]] = set()
         self._tarballs: tuple[int, set[str]] | None = None
         self._background: list[asyncio.Task[None]] = []
 
@@ -129,10 +145,13 @@ class Cluster:
             self.tasks[task.task_id] = task
             if TaskStatus(task.status) in PLACED_STATUSES and task.assigned_node in self.nodes:
                 self.scheduler.allocate(task.task_id, _allocation_of(task))
-        for status, count in (await self.store.run(self.store.count_tasks_by_status)).items():
-            self.metrics.tasks.labels(status=status).set(count)
+        for (status, kind), count in (await self.store.run(self.store.count_tasks)).items():
+            self.metrics.tasks.labels(status=status, kind=kind).set(count)
+            if status == TaskStatus.PENDING:
+                self.metrics.queue_depth.inc(count)
         self._update_node_metrics()
         log.info("loaded %d nodes and %d active tasks", len(self.nodes), len(self.tasks))
+        self.notifier.start()
         self._background = [
             asyncio.create_task(self._placement_loop(), name="placement"),
             asyncio.create_task(self._monitor_loop(), name="runner-monitor"),
@@ -140,6 +159,7 @@ class Cluster:
         self.kick()
 
     async def stop(self) -> None:
+        await self.notifier.stop()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -216,14 +236,27 @@ class Cluster:
             task.completed_at = now
         if new.is_final:
             self.tasks.pop(task.task_id, None)
+            self._placed_at.pop(task.task_id, None)
             if task.assigned_node:
                 self.scheduler.release(task.assigned_node, task.task_id)
         event = {"task_id": task.task_id, "status": new.value, "at": now, "detail": detail}
         await self._persist([task], [event])
-        self.metrics.task_moved(old, new)
+        self.metrics.task_moved(old, new, task.kind)
         if new.is_final:
             self.logs.close(task.task_id)
             self.kick()
+            self.notifier.notify(
+                f"task.{new.value}",
+                task={
+                    "task_id": str(task.task_id),
+                    "kind": task.kind,
+                    "status": new.value,
+                    "assigned_node": task.assigned_node,
+                    "exit_code": task.exit_code,
+                    "error_message": task.error_message,
+                    "command": task.command,
+                },
+            )
         for queue in self._watchers.get(task.task_id, ()):
             queue.put_nowait(task)
 
@@ -456,8 +489,8 @@ class Cluster:
         self._positions = None
         for record in records:
             self.tasks[record.task_id] = record
-            self.metrics.task_moved(None, TaskStatus.PENDING)
-            self.metrics.tasks_submitted.inc()
+            self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
+            self.metrics.tasks_submitted.labels(kind=record.kind).inc()
         self.kick()
         return records, batch_id
 
@@ -498,6 +531,7 @@ class Cluster:
             assigned_cpus=list(allocation.cpus),
             required_gpus=list(allocation.gpus),
         )
+        self._placed_at[task.task_id] = utcnow()
         self._dispatch(task)
 
     def _dispatch(self, task: TaskRecord) -> None:
@@ -640,6 +674,8 @@ class Cluster:
         )
         session = RunnerSession(hostname)
         node.session = session
+        if not node.online:
+            self.notifier.notify("node.online", node=hostname)
         node.online = True
         node.last_seen = time.monotonic()
         self.scheduler.set_online(hostname, True)
@@ -710,12 +746,21 @@ class Cluster:
             self.metrics.log_bytes.inc(len(chunk.data))
         elif kind == "heartbeat":
             node.health = msg.heartbeat.health
+            node.history.append(node.health)
+            while len(node.history) > self.history_length:
+                node.history.popleft()
+            self.metrics.node_health(node.hostname, node.health)
+            for queue in self._health_watchers:
+                if queue.full():
+                    queue.get_nowait()
+                queue.put_nowait((node.hostname, node.health))
             node.last_heartbeat = utcnow()
             node.environments = set(msg.heartbeat.environments)
             node.loaded = {e.name: e.tarball_timestamp for e in msg.heartbeat.loaded}
             if not node.online:
                 node.online = True
                 self._update_node_metrics()
+                self.notifier.notify("node.online", node=node.hostname)
         elif kind == "task_state":
             await self._on_task_state(session, msg.task_state)
         elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
@@ -738,6 +783,7 @@ class Cluster:
         status = TaskStatus(task.status)
         if report.state == rpb.RUNNER_TASK_STATE_RUNNING:
             if status is TaskStatus.ASSIGNING:
+                placed_at = self._placed_at.pop(task.task_id, None)
                 started = (
                     report.started_at.ToDatetime(tzinfo=UTC)
                     if report.HasField("started_at")
@@ -753,9 +799,14 @@ class Cluster:
                     started_at=started,
                     ssh_port=report.ssh_port or task.ssh_port,
                 )
+                now = utcnow()
                 self.metrics.submit_to_running.observe(
-                    max(0.0, (utcnow() - task.submitted_at).total_seconds())
+                    max(0.0, (now - task.submitted_at).total_seconds())
                 )
+                if placed_at is not None:
+                    self.metrics.dispatch_latency.observe(
+                        max(0.0, (now - placed_at).total_seconds())
+                    )
             elif status is TaskStatus.PAUSED:
                 await self._move(task, TaskStatus.RUNNING, detail="resumed")
         elif report.state == rpb.RUNNER_TASK_STATE_PREPARING:
@@ -801,9 +852,21 @@ class Cluster:
         if finished:
             session.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=report.task_id)))
 
+    async def watch_health(self) -> AsyncIterator[tuple[str, node_pb2.Health]]:
+        """Every new health sample; a watcher that falls behind loses its oldest ones."""
+        queue: asyncio.Queue[tuple[str, node_pb2.Health]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
+        self._health_watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._health_watchers.discard(queue)
+
     # ----- silent runners ---------------------------------------------------------------
 
     def _update_node_metrics(self) -> None:
+        for node in self.nodes.values():
+            self.metrics.node_up.labels(node=node.hostname).set(1 if node.online else 0)
         online = sum(1 for n in self.nodes.values() if n.online)
         self.metrics.nodes.labels(status="online").set(online)
         self.metrics.nodes.labels(status="offline").set(len(self.nodes) - online)
@@ -830,6 +893,7 @@ class Cluster:
                 )
                 node.online = False
                 self._update_node_metrics()
+                self.notifier.notify("node.offline", node=node.hostname)
             if node.session is not None:
                 node.session.close()
             for task in list(self.tasks.values()):

@@ -1,48 +1,140 @@
-"""Prometheus metrics of the Host, in a registry of its own (one per Host instance)."""
+"""Prometheus metrics of the Host, in a registry of its own (one per Host instance).
+
+Names follow Prometheus conventions: ``hakuriver_`` prefix, base units (bytes, seconds,
+degrees Celsius, watts, ratios 0-1), ``_total`` for counters.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from hakuriver_host.task_machine import TaskStatus
+from hakuriver_common.proto.hakuriver.v1 import node_pb2
+from hakuriver_host.task_machine import FINAL_STATUSES, TaskStatus
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+KINDS = ("command", "vps")
 
 
 class HostMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.nodes = Gauge(
-            "hakuriver_nodes", "Runner nodes by status.", ["status"], registry=self.registry
+        r = self.registry = CollectorRegistry()
+        self.nodes = Gauge("hakuriver_nodes", "Runner nodes by status.", ["status"], registry=r)
+        self.node_up = Gauge(
+            "hakuriver_node_up",
+            "1 while a runner node is online, 0 when offline.",
+            ["node"],
+            registry=r,
         )
         self.tasks = Gauge(
-            "hakuriver_tasks", "Tasks by status.", ["status"], registry=self.registry
+            "hakuriver_tasks", "Tasks by status and kind.", ["status", "kind"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "hakuriver_queue_depth", "Tasks waiting to be placed (pending).", registry=r
         )
         self.runners_connected = Gauge(
-            "hakuriver_runners_connected",
-            "Runners with an open Connect stream.",
-            registry=self.registry,
+            "hakuriver_runners_connected", "Runners with an open Connect stream.", registry=r
         )
         self.submit_to_running = Histogram(
             "hakuriver_task_submit_to_running_seconds",
             "Time from submission to the runner reporting the task running.",
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=r,
+        )
+        self.dispatch_latency = Histogram(
+            "hakuriver_task_dispatch_seconds",
+            "Time from placing a task on a node to its runner reporting it running.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.tasks_submitted = Counter(
-            "hakuriver_tasks_submitted_total", "Tasks accepted.", registry=self.registry
+            "hakuriver_tasks_submitted_total", "Tasks accepted.", ["kind"], registry=r
+        )
+        self.tasks_finished = Counter(
+            "hakuriver_tasks_finished_total",
+            "Tasks that reached a final status, by outcome.",
+            ["status", "kind"],
+            registry=r,
         )
         self.log_bytes = Counter(
-            "hakuriver_log_bytes_received_total",
-            "Task output bytes stored.",
-            registry=self.registry,
+            "hakuriver_log_bytes_received_total", "Task output bytes stored.", registry=r
+        )
+        node = ["node"]
+        gpu = ["node", "gpu"]
+        self.node_cpu = Gauge(
+            "hakuriver_node_cpu_utilization_ratio", "CPU utilisation (0-1).", node, registry=r
+        )
+        self.node_memory_used = Gauge(
+            "hakuriver_node_memory_used_bytes", "Memory in use.", node, registry=r
+        )
+        self.node_memory_total = Gauge(
+            "hakuriver_node_memory_total_bytes", "Memory installed.", node, registry=r
+        )
+        self.node_temperature = Gauge(
+            "hakuriver_node_temperature_celsius",
+            "Sensor temperature: average and maximum over the node's sensors.",
+            ["node", "stat"],
+            registry=r,
+        )
+        self.gpu_utilization = Gauge(
+            "hakuriver_gpu_utilization_ratio", "GPU utilisation (0-1).", gpu, registry=r
+        )
+        self.gpu_memory_utilization = Gauge(
+            "hakuriver_gpu_memory_utilization_ratio",
+            "GPU memory controller utilisation (0-1).",
+            gpu,
+            registry=r,
+        )
+        self.gpu_memory_used = Gauge(
+            "hakuriver_gpu_memory_used_bytes", "GPU memory in use.", gpu, registry=r
+        )
+        self.gpu_memory_total = Gauge(
+            "hakuriver_gpu_memory_total_bytes", "GPU memory installed.", gpu, registry=r
+        )
+        self.gpu_temperature = Gauge(
+            "hakuriver_gpu_temperature_celsius", "GPU temperature.", gpu, registry=r
+        )
+        self.gpu_power = Gauge("hakuriver_gpu_power_watts", "GPU power draw.", gpu, registry=r)
+        self.gpu_power_limit = Gauge(
+            "hakuriver_gpu_power_limit_watts", "GPU power limit.", gpu, registry=r
         )
         for status in TaskStatus:
-            self.tasks.labels(status=status.value).set(0)
+            for kind in KINDS:
+                self.tasks.labels(status=status.value, kind=kind).set(0)
+                if status in FINAL_STATUSES:
+                    self.tasks_finished.labels(status=status.value, kind=kind)
+        for kind in KINDS:
+            self.tasks_submitted.labels(kind=kind)
         for node_status in ("online", "offline"):
             self.nodes.labels(status=node_status).set(0)
 
-    def task_moved(self, old: TaskStatus | None, new: TaskStatus) -> None:
+    def task_moved(self, old: TaskStatus | None, new: TaskStatus, kind: str) -> None:
         if old is not None:
-            self.tasks.labels(status=old.value).dec()
-        self.tasks.labels(status=new.value).inc()
+            self.tasks.labels(status=old.value, kind=kind).dec()
+        self.tasks.labels(status=new.value, kind=kind).inc()
+        if old is TaskStatus.PENDING:
+            self.queue_depth.dec()
+        if new is TaskStatus.PENDING:
+            self.queue_depth.inc()
+        if new in FINAL_STATUSES:
+            self.tasks_finished.labels(status=new.value, kind=kind).inc()
+
+    def node_health(self, node: str, health: node_pb2.Health) -> None:
+        self.node_cpu.labels(node=node).set(health.cpu_percent / 100)
+        self.node_memory_used.labels(node=node).set(health.memory_used_bytes)
+        self.node_memory_total.labels(node=node).set(health.memory_total_bytes)
+        if health.HasField("current_avg_temp"):
+            self.node_temperature.labels(node=node, stat="avg").set(health.current_avg_temp)
+        if health.HasField("current_max_temp"):
+            self.node_temperature.labels(node=node, stat="max").set(health.current_max_temp)
+        for g in health.gpus:
+            labels = {"node": node, "gpu": str(g.index)}
+            self.gpu_utilization.labels(**labels).set(g.utilization_gpu_percent / 100)
+            self.gpu_memory_utilization.labels(**labels).set(g.utilization_memory_percent / 100)
+            self.gpu_memory_used.labels(**labels).set(g.memory_used_bytes)
+            self.gpu_memory_total.labels(**labels).set(g.memory_total_bytes)
+            if g.HasField("temperature_celsius"):
+                self.gpu_temperature.labels(**labels).set(g.temperature_celsius)
+            if g.HasField("power_draw_watts"):
+                self.gpu_power.labels(**labels).set(g.power_draw_watts)
+            if g.HasField("power_limit_watts"):
+                self.gpu_power_limit.labels(**labels).set(g.power_limit_watts)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC
 
 import grpc
 
@@ -20,7 +21,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_host.cluster import Cluster
+from hakuriver_host.cluster import Cluster, NodeView
 from hakuriver_host.convert import TASK_STATUS_NAME, event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument, NotFound, reports_api_errors
 from hakuriver_host.log_store import STDERR, STDOUT
@@ -84,6 +85,9 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             limit,
             request.before_task_id,
             kind,
+            request.submitted_after.ToDatetime(tzinfo=UTC)
+            if request.HasField("submitted_after")
+            else None,
         )
         live = self.cluster.tasks
         positions = self.cluster.queue_positions()
@@ -149,6 +153,10 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
             yield lpb.ReadLogResponse(offset=offset, data=data)
 
 
+def _node_status(node: NodeView) -> node_pb2.NodeStatus.ValueType:
+    return node_pb2.NODE_STATUS_ONLINE if node.online else node_pb2.NODE_STATUS_OFFLINE
+
+
 class NodeService(node_service_pb2_grpc.NodeServiceServicer):
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -204,13 +212,27 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         selected = [nodes[request.hostname]] if request.hostname else list(nodes.values())
         response = npb.GetHealthResponse()
         for node in sorted(selected, key=lambda n: n.hostname):
-            entry = response.nodes.add(
-                hostname=node.hostname,
-                status=node_to_pb(node, None, 0).status,
-            )
+            entry = response.nodes.add(hostname=node.hostname, status=_node_status(node))
             if node.health is not None:
                 entry.current.CopyFrom(node.health)
+            if request.include_history:
+                entry.history.extend(node.history)
         return response
+
+    async def WatchHealth(
+        self, request: npb.WatchHealthRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[npb.WatchHealthResponse]:
+        if request.hostname and request.hostname not in self.cluster.nodes:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"hostname: unknown node {request.hostname!r}"
+            )
+        async for hostname, health in self.cluster.watch_health():
+            if request.hostname and hostname != request.hostname:
+                continue
+            node = self.cluster.nodes[hostname]
+            yield npb.WatchHealthResponse(
+                node=npb.NodeHealth(hostname=hostname, status=_node_status(node), current=health)
+            )
 
 
 class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):

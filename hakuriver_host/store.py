@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -151,10 +152,13 @@ class Store:
             query = select(TaskRecord).where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
             return list(session.exec(query))
 
-    def count_tasks_by_status(self) -> dict[str, int]:
+    def count_tasks(self) -> dict[tuple[str, str], int]:
+        """Number of tasks by (status, kind)."""
         with Session(self.engine) as session:
-            rows = session.exec(select(TaskRecord.status, func.count()).group_by(TaskRecord.status))
-            return {status: count for status, count in rows}
+            query = select(TaskRecord.status, TaskRecord.kind, func.count()).group_by(
+                TaskRecord.status, TaskRecord.kind
+            )
+            return {(status, kind): count for status, kind, count in session.exec(query)}
 
     def set_draining(self, hostname: str, draining: bool) -> None:
         with Session(self.engine) as session:
@@ -189,6 +193,7 @@ class Store:
         limit: int,
         before_task_id: int,
         kind: str = "",
+        submitted_after: datetime | None = None,
     ) -> list[TaskRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(TaskRecord)
@@ -202,5 +207,7 @@ class Store:
                 query = query.where(TaskRecord.task_id < before_task_id)
             if kind:
                 query = query.where(TaskRecord.kind == kind)
+            if submitted_after is not None:
+                query = query.where(TaskRecord.submitted_at >= submitted_after)
             query = query.order_by(TaskRecord.task_id.desc()).limit(limit)  # type: ignore[attr-defined]
             return list(session.exec(query))

@@ -105,8 +105,8 @@ kill_grace_seconds = 1
 reconnect_max_seconds = 1.0
 
 [docker]
-{extra_config}
 {"" if "default_container_name" in extra_config else f'default_container_name = "{BASE_ENV}"'}
+{extra_config}
 """
         )
         self.host: subprocess.Popen[bytes] | None = None

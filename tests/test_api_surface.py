@@ -56,16 +56,18 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
 
 def test_metrics_scrape(cluster: Cluster) -> None:
     before = scrape(cluster)
-    completed_before = value(before, "hakuriver_tasks", status="completed")
+    completed_before = value(before, "hakuriver_tasks", status="completed", kind="command")
     task = cluster.submit(["sh", "-c", "echo metrics"])
     assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
     after = scrape(cluster)
-    assert value(after, "hakuriver_tasks", status="completed") == completed_before + 1
+    assert (
+        value(after, "hakuriver_tasks", status="completed", kind="command") == completed_before + 1
+    )
     assert value(after, "hakuriver_nodes", status="online") == len(cluster.runner_names)
     assert value(after, "hakuriver_runners_connected") == len(cluster.runner_names)
     assert value(after, "hakuriver_task_submit_to_running_seconds_count") >= 1
     assert value(after, "hakuriver_log_bytes_received_total") >= len(b"metrics\n")
-    assert value(after, "hakuriver_tasks_submitted_total") >= 1
+    assert value(after, "hakuriver_tasks_submitted_total", kind="command") >= 1
     submits = [
         s for s in after["hakuriver_grpc_requests_total"]
         if s.labels["method"].endswith("/SubmitTask") and s.labels["code"] == "OK"

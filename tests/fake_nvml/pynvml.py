@@ -43,7 +43,9 @@ class FakeNvml:
         return 60
 
     def nvmlDeviceGetPowerUsage(self, handle: int) -> int:
-        raise RuntimeError("not supported")
+        if handle == 0:
+            raise RuntimeError("not supported")  # a reading some boards lack: must be "unknown"
+        return 180_000
 
     def nvmlDeviceGetEnforcedPowerLimit(self, handle: int) -> int:
         return 250_000

@@ -55,6 +55,11 @@ class NodeServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.FromString,
                 _registered_method=True)
+        self.WatchHealth = channel.unary_stream(
+                '/hakuriver.v1.NodeService/WatchHealth',
+                request_serializer=hakuriver_dot_v1_dot_node__service__pb2.WatchHealthRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_node__service__pb2.WatchHealthResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -89,6 +94,13 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchHealth(self, request, context):
+        """WatchHealth sends every new health sample as Runners report them, until cancelled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +123,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.UndrainNode,
                     request_deserializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.SerializeToString,
+            ),
+            'WatchHealth': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchHealth,
+                    request_deserializer=hakuriver_dot_v1_dot_node__service__pb2.WatchHealthRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_node__service__pb2.WatchHealthResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class NodeService:
             '/hakuriver.v1.NodeService/UndrainNode',
             hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeRequest.SerializeToString,
             hakuriver_dot_v1_dot_node__service__pb2.UndrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hakuriver.v1.NodeService/WatchHealth',
+            hakuriver_dot_v1_dot_node__service__pb2.WatchHealthRequest.SerializeToString,
+            hakuriver_dot_v1_dot_node__service__pb2.WatchHealthResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class NodeServiceStub:
     """DrainNode stops new placements on a node; its running tasks continue."""
     UndrainNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]
     """UndrainNode lets a drained node receive tasks again."""
+    WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
+    """WatchHealth sends every new health sample as Runners report them, until cancelled."""
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -55,6 +57,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """DrainNode stops new placements on a node; its running tasks continue."""
     UndrainNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]  # type: ignore[assignment]
     """UndrainNode lets a drained node receive tasks again."""
+    WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
+    """WatchHealth sends every new health sample as Runners report them, until cancelled."""
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService lists runner nodes and their health."""
@@ -90,5 +94,13 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_node_service_pb2.UndrainNodeResponse, _abc.Awaitable[_node_service_pb2.UndrainNodeResponse]]:
         """UndrainNode lets a drained node receive tasks again."""
+
+    @_abc_1.abstractmethod
+    def WatchHealth(
+        self,
+        request: _node_service_pb2.WatchHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
+        """WatchHealth sends every new health sample as Runners report them, until cancelled."""
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from hakuriver_common.proto.hakuriver.v1 import task_pb2 as _task_pb2
 import builtins as _builtins
@@ -197,6 +198,7 @@ class ListTasksRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     BEFORE_TASK_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AFTER_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Only tasks placed on this node."""
     batch_id: _builtins.int
@@ -211,6 +213,10 @@ class ListTasksRequest(_message.Message):
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
         """Only tasks in these statuses; empty means all."""
 
+    @_builtins.property
+    def submitted_after(self) -> _timestamp_pb2.Timestamp:
+        """Only tasks submitted at or after this time; unset means no bound."""
+
     def __init__(
         self,
         *,
@@ -220,10 +226,11 @@ class ListTasksRequest(_message.Message):
         limit: _builtins.int = ...,
         before_task_id: _builtins.int = ...,
         kind: _task_pb2.TaskKind.ValueType = ...,
+        submitted_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_after", b"submitted_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "statuses", b"statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

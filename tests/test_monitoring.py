@@ -1,0 +1,228 @@
+"""Monitoring: health history and watch, Prometheus metrics and rules, task history, webhooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from tests.harness import Cluster, free_port, running_cluster, wait_for
+
+pytestmark = pytest.mark.docker
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "monitoring"
+FAKE_NVML = str(Path(__file__).parent / "fake_nvml")
+
+
+class Receiver:
+    """A webhook receiver on loopback that fails its first request, then records events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.failures_left = 1
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.failures_left > 0:
+                    receiver.failures_left -= 1
+                    self.send_response(500)
+                else:
+                    receiver.events.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def of(self, event: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mon(
+    docker_ready: None, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    extra = f'[[webhooks]]\nurl = "{receiver.url}"\nevents = ["*"]\nretry_base_seconds = 0.2\n'
+    root = tmp_path_factory.mktemp("mon")
+    with running_cluster(root, runner_count=1, heartbeat_timeout_factor=4, extra_config=extra) as c:
+        c.start_runner(
+            f"{c.runner_names[0]}-gpu",
+            env={
+                "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+                "HAKURIVER_FAKE_GPUS": "2",
+            },
+        )
+        yield c
+
+
+def scrape(cluster: Cluster) -> dict[str, list[Any]]:
+    url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
+    found = [
+        s.value
+        for s in samples.get(name, [])
+        if all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert len(found) == 1, (name, labels, samples.get(name))
+    return float(found[0])
+
+
+def test_health_history_trend_and_watch(mon: Cluster) -> None:
+    name = mon.runner_names[0]
+
+    def history() -> list[Any]:
+        [entry] = json.loads(mon.cli("client", "health", name, "--json").stdout)
+        return entry.get("history", [])
+
+    assert (
+        len(wait_for(lambda: len(history()) >= 3 and history(), what="three samples of history"))
+        >= 3
+    )
+    table = mon.cli("client", "health")
+    assert table.returncode == 0
+    assert re.search("[▁▂▃▄▅▆▇█]", table.stdout), table.stdout
+    assert "gpu 0" in table.stdout and "NVIDIA A100" in table.stdout
+    watched = mon.cli("client", "health", name, "--watch", "--count", "3", "--json", timeout=30)
+    assert watched.returncode == 0, watched.stderr
+    lines = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(lines) == 3 and {line["hostname"] for line in lines} == {name}
+    assert all(int(line["current"]["memory_total_bytes"]) > 0 for line in lines)
+
+
+def test_prometheus_metrics_from_a_live_host(mon: Cluster) -> None:
+    gpu_node = mon.runner_names[1]
+    failed = mon.submit(["sh", "-c", "exit 2"])
+    assert mon.wait_final(failed.task_id).status == task_pb2.TASK_STATUS_FAILED
+
+    def scraped() -> dict[str, list[Any]] | None:
+        samples = scrape(mon)
+        return samples if "hakuriver_gpu_temperature_celsius" in samples else None
+
+    samples = wait_for(scraped, what="GPU metrics")
+    for node in mon.runner_names:
+        assert value(samples, "hakuriver_node_up", node=node) == 1
+        assert value(samples, "hakuriver_node_memory_total_bytes", node=node) > 0
+        assert 0 <= value(samples, "hakuriver_node_cpu_utilization_ratio", node=node) <= 1
+    assert value(samples, "hakuriver_gpu_utilization_ratio", node=gpu_node, gpu="1") == 0.51
+    assert value(samples, "hakuriver_gpu_temperature_celsius", node=gpu_node, gpu="0") == 60
+    assert value(samples, "hakuriver_gpu_power_limit_watts", node=gpu_node, gpu="0") == 250
+    assert value(samples, "hakuriver_gpu_memory_total_bytes", node=gpu_node, gpu="0") == 40e9
+    assert value(samples, "hakuriver_tasks_finished_total", status="failed", kind="command") >= 1
+    assert value(samples, "hakuriver_tasks", status="failed", kind="command") >= 1
+    assert value(samples, "hakuriver_queue_depth") == 0
+    assert value(samples, "hakuriver_task_dispatch_seconds_count") >= 1
+    assert value(samples, "hakuriver_runners_connected") == 2
+
+
+def _metric_names(expression: str) -> set[str]:
+    return set(re.findall(r"\b(hakuriver_[a-z0-9_]+)\b", expression))
+
+
+def test_alert_rules_and_dashboard_use_real_metrics(mon: Cluster) -> None:
+    names = set(
+        wait_for(
+            lambda: scrape(mon) if "hakuriver_gpu_temperature_celsius" in scrape(mon) else None,
+            what="a full scrape",
+        )
+    )
+    rules = yaml.safe_load((DOCS / "prometheus-alerts.yml").read_text())
+    alerts = {r["alert"]: r for group in rules["groups"] for r in group["rules"]}
+    assert {
+        "HakuRiverNodeOffline",
+        "HakuRiverGpuOverheating",
+        "HakuRiverTaskFailureRateHigh",
+        "HakuRiverQueueLong",
+    } <= set(alerts)
+    for alert, rule in alerts.items():
+        used = _metric_names(rule["expr"])
+        assert used, alert
+        assert used <= names, (alert, used - names)
+        assert rule["labels"]["severity"] in ("warning", "critical")
+    dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            used = _metric_names(target["expr"])
+            assert used and used <= names, (panel["title"], used - names)
+
+
+def test_task_history_filters(mon: Cluster) -> None:
+    task = mon.submit(["true"], targets=[task_pb2.Target(hostname=mon.runner_names[0])])
+    mon.wait_final(task.task_id)
+
+    def ids(*args: str) -> list[str]:
+        result = mon.cli("task", "list", "--json", *args)
+        assert result.returncode == 0, result.stderr
+        return [t["task_id"] for t in json.loads(result.stdout)]
+
+    assert str(task.task_id) in ids("--kind", "command", "--since", "10m")
+    assert str(task.task_id) not in ids("--kind", "vps")
+    assert str(task.task_id) not in ids("--since", "2999-01-01T00:00")
+    assert str(task.task_id) in ids("--node", mon.runner_names[0], "--status", "completed")
+    assert str(task.task_id) not in ids("--node", mon.runner_names[1])
+    page = ids("--limit", "1")
+    assert len(page) == 1 and ids("--limit", "1", "--before", page[0]) != page
+    bad = mon.cli("task", "list", "--since", "yesterday")
+    assert bad.returncode == 2 and "--since 'yesterday'" in bad.stderr
+    detail = mon.cli("client", "status", str(task.task_id))
+    for field in ("task_type", "assigned_cpus", "ssh_port", "exit_code", "timeline:"):
+        assert field in detail.stdout
+
+
+def test_webhooks_retry_and_report_tasks_and_nodes(mon: Cluster, receiver: Receiver) -> None:
+    failed = mon.submit(["sh", "-c", "exit 9"])
+    mon.wait_final(failed.task_id)
+    event = wait_for(
+        lambda: [
+            e for e in receiver.of("task.failed") if e["task"]["task_id"] == str(failed.task_id)
+        ],
+        what="the task.failed webhook",
+    )[0]
+    assert event["task"]["exit_code"] == 9 and event["task"]["kind"] == "command"
+    assert receiver.failures_left == 0, "the first delivery should have failed and been retried"
+    gpu_node = mon.runner_names[1]
+    mon.kill_runner(gpu_node)
+    wait_for(
+        lambda: any(e["node"] == gpu_node for e in receiver.of("node.offline")), what="node.offline"
+    )
+    mon.start_runner(
+        gpu_node,
+        env={
+            "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+            "HAKURIVER_FAKE_GPUS": "2",
+        },
+    )
+    wait_for(
+        lambda: any(e["node"] == gpu_node for e in receiver.of("node.online")), what="node.online"
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -114,6 +115,16 @@ class DockerConfig(BaseModel):
     )
 
 
+WEBHOOK_EVENTS = frozenset(
+    {
+        "*",
+        "node.offline",
+        "node.online",
+        *(f"task.{s}" for s in ("completed", "failed", "killed", "killed_oom", "lost")),
+    }
+)
+
+
 class WebhookConfig(BaseModel):
     url: str = Field(description="URL that receives a JSON POST per event.")
     events: list[str] = Field(
@@ -126,6 +137,25 @@ class WebhookConfig(BaseModel):
     retry_base_seconds: float = Field(
         1.0, gt=0, description="First retry delay; doubles with each attempt."
     )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook url {url!r} must be an http:// or https:// URL")
+        return url
+
+    @field_validator("events")
+    @classmethod
+    def _known_events(cls, events: list[str]) -> list[str]:
+        unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown webhook event(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(WEBHOOK_EVENTS))}"
+            )
+        return events
 
 
 class Config(BaseSettings):

@@ -893,6 +893,7 @@ class Cluster:
                 )
                 node.online = False
                 self._update_node_metrics()
+                self.metrics.node_offline(node.hostname)
                 self.notifier.notify("node.offline", node=node.hostname)
             if node.session is not None:
                 node.session.close()

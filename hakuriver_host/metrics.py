@@ -97,6 +97,17 @@ class HostMetrics:
         self.gpu_power_limit = Gauge(
             "hakuriver_gpu_power_limit_watts", "GPU power limit.", gpu, registry=r
         )
+        self._gpu_gauges = (
+            self.gpu_utilization,
+            self.gpu_memory_utilization,
+            self.gpu_memory_used,
+            self.gpu_memory_total,
+            self.gpu_temperature,
+            self.gpu_power,
+            self.gpu_power_limit,
+        )
+        # GPU indices seen per node, to remove their series when the node goes offline.
+        self._gpus: dict[str, set[str]] = {}
         for status in TaskStatus:
             for kind in KINDS:
                 self.tasks.labels(status=status.value, kind=kind).set(0)
@@ -106,6 +117,16 @@ class HostMetrics:
             self.tasks_submitted.labels(kind=kind)
         for node_status in ("online", "offline"):
             self.nodes.labels(status=node_status).set(0)
+
+    def node_offline(self, node: str) -> None:
+        """Drop an offline node's readings so alerts never fire on stale values."""
+        for gauge in (self.node_cpu, self.node_memory_used, self.node_memory_total):
+            gauge.remove(node)
+        for stat in ("avg", "max"):
+            self.node_temperature.remove(node, stat)
+        for gpu in self._gpus.pop(node, set()):
+            for gauge in self._gpu_gauges:
+                gauge.remove(node, gpu)
 
     def task_moved(self, old: TaskStatus | None, new: TaskStatus, kind: str) -> None:
         if old is not None:
@@ -128,6 +149,7 @@ class HostMetrics:
             self.node_temperature.labels(node=node, stat="max").set(health.current_max_temp)
         for g in health.gpus:
             labels = {"node": node, "gpu": str(g.index)}
+            self._gpus.setdefault(node, set()).add(str(g.index))
             self.gpu_utilization.labels(**labels).set(g.utilization_gpu_percent / 100)
             self.gpu_memory_utilization.labels(**labels).set(g.utilization_memory_percent / 100)
             self.gpu_memory_used.labels(**labels).set(g.memory_used_bytes)

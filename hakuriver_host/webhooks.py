@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +46,7 @@ class Webhook:
                 try:
                     await asyncio.to_thread(self._post, payload)
                     break
-                except (OSError, urllib.error.URLError) as exc:
+                except Exception as exc:  # one bad delivery must not end the worker
                     if attempt == self.config.max_attempts:
                         log.warning(
                             "webhook %s: giving up on %s after %d attempts: %s",

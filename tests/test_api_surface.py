@@ -73,3 +73,8 @@ def test_metrics_scrape(cluster: Cluster) -> None:
         if s.labels["method"].endswith("/SubmitTask") and s.labels["code"] == "OK"
     ]  # fmt: skip
     assert submits and submits[0].value >= 1
+    latencies = [
+        s for s in after["hakuriver_grpc_request_duration_seconds_count"]
+        if s.labels["method"].endswith("/SubmitTask")
+    ]  # fmt: skip
+    assert latencies and latencies[0].value >= 1

@@ -44,3 +44,17 @@ def test_init_config_writes_a_loadable_commented_default(tmp_path: Path) -> None
     assert load_config(target) == Config()
     again = subprocess.run(run, capture_output=True, text=True)
     assert again.returncode == 1 and "exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ('url = "ftp://example.invalid/x"', "http:// or https://"),
+        ('url = "http://127.0.0.1:9/x"\nevents = ["task.exploded"]', "task.exploded"),
+    ],
+)
+def test_bad_webhooks_are_refused_at_load(tmp_path: Path, hook: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[[webhooks]]\n{hook}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

@@ -200,7 +200,7 @@ def test_task_history_filters(mon: Cluster) -> None:
         assert field in detail.stdout
 
 
-def test_webhooks_retry_and_report_tasks_and_nodes(mon: Cluster, receiver: Receiver) -> None:
+def test_webhooks_and_metrics_follow_nodes_and_tasks(mon: Cluster, receiver: Receiver) -> None:
     failed = mon.submit(["sh", "-c", "exit 9"])
     mon.wait_final(failed.task_id)
     event = wait_for(
@@ -216,6 +216,13 @@ def test_webhooks_retry_and_report_tasks_and_nodes(mon: Cluster, receiver: Recei
     wait_for(
         lambda: any(e["node"] == gpu_node for e in receiver.of("node.offline")), what="node.offline"
     )
+    offline = scrape(mon)
+    assert value(offline, "hakuriver_node_up", node=gpu_node) == 0
+    stale = [
+        s for s in offline.get("hakuriver_gpu_temperature_celsius", [])
+        if s.labels["node"] == gpu_node
+    ]  # fmt: skip
+    assert not stale, "an offline node's readings must not linger (alerts would fire on them)"
     mon.start_runner(
         gpu_node,
         env={

@@ -117,7 +117,14 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ),
         ("container_name", task.container_name),
         ("privileged", str(task.privileged).lower()),
-        ("mounts", ", ".join(f"{m.host_path}:{m.container_path}" for m in task.mounts) or "-"),
+        (
+            "mounts",
+            ", ".join(
+                f"{m.host_path}:{m.container_path}{':ro' if m.read_only else ''}"
+                for m in task.mounts
+            )
+            or "-",
+        ),
         ("submitted_at", when(task.submitted_at, task.HasField("submitted_at"))),
         ("started_at", when(task.started_at, task.HasField("started_at"))),
         ("completed_at", when(task.completed_at, task.HasField("completed_at"))),

@@ -177,8 +177,15 @@ def test_alert_rules_and_dashboard_use_real_metrics(mon: Cluster) -> None:
             assert used and used <= names, (panel["title"], used - names)
 
 
-def test_task_history_filters(mon: Cluster) -> None:
-    task = mon.submit(["true"], targets=[task_pb2.Target(hostname=mon.runner_names[0])])
+def test_task_history_filters_and_detail(mon: Cluster, tmp_path: Path) -> None:
+    task = mon.submit(
+        ["sh", "-c", "exit 0", "first-arg"],
+        targets=[task_pb2.Target(hostname=mon.runner_names[0])],
+        env={"COLOUR": "blue"},
+        cores=1,
+        memory="64M",
+        mounts=[task_pb2.Mount(host_path=str(tmp_path), container_path="/data", read_only=True)],
+    )
     mon.wait_final(task.task_id)
 
     def ids(*args: str) -> list[str]:
@@ -196,8 +203,42 @@ def test_task_history_filters(mon: Cluster) -> None:
     bad = mon.cli("task", "list", "--since", "yesterday")
     assert bad.returncode == 2 and "--since 'yesterday'" in bad.stderr
     detail = mon.cli("client", "status", str(task.task_id))
-    for field in ("task_type", "assigned_cpus", "ssh_port", "exit_code", "timeline:"):
-        assert field in detail.stdout
+    assert detail.returncode == 0, detail.stderr
+    shown = dict(
+        line.split(None, 1) if " " in line.strip() else (line.strip(), "")
+        for line in detail.stdout.split("\ntimeline:")[0].splitlines()
+        if line.strip()
+    )
+    expected = {
+        "task_id": str(task.task_id),
+        "task_type": "command",
+        "status": "completed",
+        "command": "sh",
+        "arguments": "-c exit 0 first-arg",
+        "env": "COLOUR=blue",
+        "assigned_node": mon.runner_names[0],
+        "required_cores": "1",
+        "required_memory_bytes": str(64_000_000),
+        "required_gpus": "-",
+        "target_numa_node_id": "-",
+        "batch_id": "-",  # a single-target submission has no batch
+        "privileged": "false",
+        "mounts": f"{tmp_path}:/data:ro",
+        "exit_code": "0",
+        "error_message": "-",
+        "ssh_port": "-",
+    }
+    assert {k: shown.get(k, "").strip() for k in expected} == expected, detail.stdout
+    for field in ("container_name", "submitted_at", "started_at", "completed_at"):
+        assert shown.get(field, "-").strip() != "-", (field, detail.stdout)
+    assert shown["stdout_path"].strip().endswith(f"{task.task_id}.out")
+    assert shown["stderr_path"].strip().endswith(f"{task.task_id}.err")
+    timeline = [
+        line.split()[2] for line in detail.stdout.split("timeline:")[1].splitlines() if line.strip()
+    ]
+    assert timeline[0] == "pending" and timeline[-1] == "completed" and "running" in timeline, (
+        timeline
+    )
 
 
 def test_webhooks_and_metrics_follow_nodes_and_tasks(mon: Cluster, receiver: Receiver) -> None:

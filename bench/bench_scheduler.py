@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -33,8 +34,8 @@ RUNNERS = int(os.environ.get("HAKURIVER_BENCH_RUNNERS", "100"))
 TASKS = int(os.environ.get("HAKURIVER_BENCH_TASKS", "2000"))
 IN_FLIGHT = int(os.environ.get("HAKURIVER_BENCH_IN_FLIGHT", "64"))
 ENV = "bench"
-# e.g. "py-spy record -o profile.svg --" to profile the Host under this load.
-HOST_PREFIX = os.environ.get("HAKURIVER_BENCH_HOST_PREFIX", "").split()
+# A path: profile the Host under this load with py-spy (must be installed) into that file.
+PROFILE = os.environ.get("HAKURIVER_BENCH_PROFILE", "")
 
 
 class SimRunner:
@@ -158,14 +159,23 @@ def main() -> None:
             f"[timing]\nheartbeat_interval = 5\n"
         )
         host = subprocess.Popen(
-            [*HOST_PREFIX, sys.executable, "-m", "hakuriver_host", "--config", str(config)],
+            [sys.executable, "-m", "hakuriver_host", "--config", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=(root / "host.log").open("wb"),
         )
+        profiler = None
         try:
             time.sleep(1.5)
+            if PROFILE:
+                profiler = subprocess.Popen(
+                    ["py-spy", "record", "--nonblocking", "-f", "raw", "-o", PROFILE]
+                    + ["--pid", str(host.pid)]
+                )
             asyncio.run(bench(f"127.0.0.1:{port}", host.pid))
         finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(30)
             host.terminate()
             host.wait(10)
 

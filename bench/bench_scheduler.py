@@ -167,10 +167,8 @@ def main() -> None:
         try:
             time.sleep(1.5)
             if PROFILE:
-                profiler = subprocess.Popen(
-                    ["py-spy", "record", "--nonblocking", "-f", "raw", "-o", PROFILE]
-                    + ["--pid", str(host.pid)]
-                )
+                spy = ["py-spy", "record", "--nonblocking", "-f", "raw", "-o", PROFILE]
+                profiler = subprocess.Popen([*spy, "--pid", str(host.pid)])
             asyncio.run(bench(f"127.0.0.1:{port}", host.pid))
         finally:
             if profiler is not None:

@@ -110,6 +110,8 @@ class Cluster:
         self.ids = IdGenerator()
         self.nodes: dict[str, NodeView] = {}
         self.tasks: dict[int, TaskRecord] = {}
+        # The pending subset of ``tasks`` (nothing moves back to pending).
+        self._pending: dict[int, TaskRecord] = {}
         self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
         self._kick = asyncio.Event()
         self._positions: dict[int, int] | None = None
@@ -143,6 +145,8 @@ class Cluster:
             self.scheduler.set_online(record.hostname, False)
         for task in await self.store.run(self.store.load_tasks_in, ACTIVE_STATUSES):
             self.tasks[task.task_id] = task
+            if task.status == TaskStatus.PENDING:
+                self._pending[task.task_id] = task
             if TaskStatus(task.status) in PLACED_STATUSES and task.assigned_node in self.nodes:
                 self.scheduler.allocate(task.task_id, _allocation_of(task))
         for (status, kind), count in (await self.store.run(self.store.count_tasks)).items():
@@ -184,19 +188,13 @@ class Cluster:
         if self._positions is not None:
             return self._positions.get(task.task_id, 0)
         mine = (-task.priority, task.task_id)
-        ahead = sum(
-            1
-            for t in self.tasks.values()
-            if t.status == TaskStatus.PENDING and (-t.priority, t.task_id) < mine
-        )
+        ahead = sum(1 for t in self._pending.values() if (-t.priority, t.task_id) < mine)
         return ahead + 1
 
     def queue_positions(self) -> dict[int, int]:
         """1-based queue position of every pending task (recomputed only after changes)."""
         if self._positions is None:
-            pending = [
-                _request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING
-            ]
+            pending = [_request_of(t) for t in self._pending.values()]
             ranked = self.scheduler.ranked(pending)
             self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
         return self._positions
@@ -215,32 +213,37 @@ class Cluster:
 
     # ----- persistence and the state machine --------------------------------------------
 
-    async def _persist(self, tasks: list[TaskRecord], events: list[dict[str, Any]]) -> None:
-        await self.store.write(updates=[t.model_dump() for t in tasks], events=events)
+    async def _persist(
+        self, task: TaskRecord, events: list[dict[str, Any]], **changes: Any
+    ) -> None:
+        """Set ``changes`` on the task and write just those columns (and the events)."""
+        for name, value in changes.items():
+            setattr(task, name, value)
+        await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
 
     async def _move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
     ) -> None:
         old = TaskStatus(task.status)
         transition(old, new)
-        if TaskStatus.PENDING in (old, new):
+        if old is TaskStatus.PENDING:
             self._positions = None
-        task.status_detail = ""
-        for name, value in fields.items():
-            setattr(task, name, value)
-        task.status = new.value
+            self._pending.pop(task.task_id, None)
         now = utcnow()
+        changes: dict[str, Any] = {"status": new.value, "status_detail": "", **fields}
         if new is TaskStatus.RUNNING and task.started_at is None:
-            task.started_at = now
+            changes.setdefault("started_at", now)
         if new.is_final and task.completed_at is None:
-            task.completed_at = now
+            changes["completed_at"] = now
+        for name, value in changes.items():
+            setattr(task, name, value)
         if new.is_final:
             self.tasks.pop(task.task_id, None)
             self._placed_at.pop(task.task_id, None)
             if task.assigned_node:
                 self.scheduler.release(task.assigned_node, task.task_id)
         event = {"task_id": task.task_id, "status": new.value, "at": now, "detail": detail}
-        await self._persist([task], [event])
+        await self._persist(task, [event], **changes)
         self.metrics.task_moved(old, new, task.kind)
         if new.is_final:
             self.logs.close(task.task_id)
@@ -478,9 +481,8 @@ class Cluster:
                     assigned_cpus=[],
                 )
             )
-        for record in records:
-            if not vps:
-                await self.logs.create(record.task_id)
+        if not vps:
+            await self.logs.create([r.task_id for r in records])
         events = [
             {"task_id": r.task_id, "status": r.status, "at": now, "detail": "submitted"}
             for r in records
@@ -489,6 +491,7 @@ class Cluster:
         self._positions = None
         for record in records:
             self.tasks[record.task_id] = record
+            self._pending[record.task_id] = record
             self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
             self.metrics.tasks_submitted.labels(kind=record.kind).inc()
         self.kick()
@@ -509,7 +512,7 @@ class Cluster:
                 log.exception("placement failed")
 
     async def _place_pending(self) -> None:
-        pending = [_request_of(t) for t in self.tasks.values() if t.status == TaskStatus.PENDING]
+        pending = [_request_of(t) for t in self._pending.values()]
         if not pending:
             return
         now_ms = time.time_ns() // 1_000_000
@@ -588,8 +591,7 @@ class Cluster:
         if task.status == TaskStatus.PENDING:
             await self._move(task, TaskStatus.KILLED, detail="killed while pending")
             return task
-        task.kill_requested = True
-        await self._persist([task], [])
+        await self._persist(task, [], kill_requested=True)
         session = self._session_of(task)
         grace = self.config.timing.kill_grace_seconds
         if session is not None:
@@ -811,14 +813,13 @@ class Cluster:
                 await self._move(task, TaskStatus.RUNNING, detail="resumed")
         elif report.state == rpb.RUNNER_TASK_STATE_PREPARING:
             if status is TaskStatus.ASSIGNING:
-                task.status_detail = report.detail
                 event = {
                     "task_id": task.task_id,
                     "status": task.status,
                     "at": utcnow(),
                     "detail": report.detail,
                 }
-                await self._persist([task], [event])
+                await self._persist(task, [event], status_detail=report.detail)
         elif report.state == rpb.RUNNER_TASK_STATE_PAUSED:
             if status is TaskStatus.RUNNING:
                 await self._move(task, TaskStatus.PAUSED, detail="paused")

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hakuriver_host.group_commit import GroupCommit
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -40,6 +42,7 @@ class LogStore:
         self._sizes: dict[tuple[int, str], int] = {}
         self._followers: dict[tuple[int, str], set[Follower]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-logs")
+        self._creates = GroupCommit(self._create_files, self._executor)
         self.bytes_written = 0
 
     def path(self, task_id: int, stream: str) -> Path:
@@ -68,13 +71,19 @@ class LogStore:
         finally:
             os.close(fd)
 
-    def _touch(self, path: Path) -> None:
-        path.touch(exist_ok=True)
+    @staticmethod
+    def _create_files(paths: list[Path]) -> None:
+        for path in paths:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
 
-    async def create(self, task_id: int) -> None:
+    async def create(self, task_ids: list[int]) -> None:
         """Create empty output files so readers find them before the first byte."""
-        for stream in (STDOUT, STDERR):
-            await self._io(self._touch, self.path(task_id, stream))
+        await self._creates.submit(
+            [self.path(task_id, stream) for task_id in task_ids for stream in (STDOUT, STDERR)]
+        )
+        for task_id in task_ids:
+            for stream in (STDOUT, STDERR):
+                self._sizes.setdefault((task_id, stream), 0)
 
     async def append(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
         size = await self.size(task_id, stream)

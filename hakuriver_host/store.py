@@ -22,6 +22,7 @@ from sqlalchemy import event, func, insert, inspect, text, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import NodeRecord, TaskEventRecord, TaskRecord
 
 T = TypeVar("T")
@@ -70,8 +71,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
-        self._queued: list[tuple[TaskWrite, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writes = GroupCommit(self._apply, self._executor)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -83,33 +83,21 @@ class Store:
         updates: list[dict[str, Any]] | None = None,
         events: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Insert new task rows, replace existing ones (by task_id), append timeline events;
-        return once committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.append((TaskWrite(inserts or [], updates or [], events or []), done))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_queued())
-        await done
-
-    async def _write_queued(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued, []
-            try:
-                await self.run(self._apply, [write for write, _ in batch])
-            except Exception as exc:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
+        """Insert new task rows, update existing ones (by task_id; only the columns given),
+        append timeline events; return once committed."""
+        await self._writes.submit([TaskWrite(inserts or [], updates or [], events or [])])
 
     def _apply(self, writes: list[TaskWrite]) -> None:
         """One transaction, one statement per kind. Inserts go first: a task is only ever
         updated after its insert was committed. Within a kind, order is arrival order."""
         inserts = [row for w in writes for row in w.inserts]
-        updates = [row for w in writes for row in w.updates]
+        # Several updates of one task in a batch merge into one row (later values win);
+        # rows with the same columns then go in one executemany.
+        merged: dict[int, dict[str, Any]] = {}
+        for w in writes:
+            for row in w.updates:
+                merged.setdefault(row["task_id"], {}).update(row)
+        updates = sorted(merged.values(), key=lambda row: sorted(row))
         events = [row for w in writes for row in w.events]
         with Session(self.engine) as session:
             if inserts:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
@@ -96,6 +97,21 @@ class SimRunner:
                 self.done.put_nowait(message.release.task_id)
 
 
+async def unary_floor(channel: grpc.aio.Channel) -> float:
+    """Calls/s of the cheapest unary RPC (health Check) at the same concurrency: the most
+    one-call-per-task submission could reach on this machine."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    slots = asyncio.Semaphore(IN_FLIGHT)
+
+    async def check() -> None:
+        async with slots:
+            await stub.Check(health_pb2.HealthCheckRequest())
+
+    start = time.perf_counter()
+    await asyncio.gather(*(check() for _ in range(TASKS)))
+    return TASKS / (time.perf_counter() - start)
+
+
 async def bench(target: str, host_pid: int) -> None:
     running_at: dict[int, float] = {}
     submitted_at: dict[int, float] = {}
@@ -121,6 +137,7 @@ async def bench(target: str, host_pid: int) -> None:
                 )
                 submitted_at[reply.tasks[0].task_id] = sent
 
+        baseline = await unary_floor(channel)
         host_cpu = psutil.Process(host_pid).cpu_times()
         own_cpu = psutil.Process().cpu_times()
         start = time.perf_counter()
@@ -140,6 +157,10 @@ async def bench(target: str, host_pid: int) -> None:
     print(f"scheduler: {RUNNERS} simulated runners, {TASKS} tasks, {IN_FLIGHT} submits in flight")
     print(f"  submitted at   {TASKS / submit_seconds:8.0f} tasks/s")
     print(f"  placed, ran and completed end to end at {TASKS / total:8.0f} tasks/s (target > 2000)")
+    print(
+        f"  baseline: bare gRPC health checks to the same Host at {baseline:8.0f} calls/s; "
+        f"end to end is {TASKS / total / baseline:.2f}x that"
+    )
     print(f"  submit -> running  p50 {p(0.5) * 1000:7.1f} ms  p99 {p(0.99) * 1000:7.1f} ms")
     print(
         f"  CPU: Host {host_used / total:.0%} of a core, "
@@ -167,7 +188,7 @@ def main() -> None:
         try:
             time.sleep(1.5)
             if PROFILE:
-                spy = ["py-spy", "record", "--nonblocking", "-f", "raw", "-o", PROFILE]
+                spy = ["py-spy", "record", "--gil", "--nonblocking", "-f", "raw", "-o", PROFILE]
                 profiler = subprocess.Popen([*spy, "--pid", str(host.pid)])
             asyncio.run(bench(f"127.0.0.1:{port}", host.pid))
         finally:

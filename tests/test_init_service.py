@@ -1,0 +1,120 @@
+"""hakuriver.init service: systemd units that start a working Host and Runner.
+
+systemd is not PID 1 here, so the units are run the way systemd would run them: their
+ExecStart in their WorkingDirectory with their Environment, stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from tests.harness import Cluster, wait_for
+
+INIT = [sys.executable, "-m", "hakuriver_cli.init", "service"]
+
+
+def parse_unit(path: Path) -> dict[str, list[str]]:
+    """Key -> values of a unit file (keys may repeat, as Environment= does)."""
+    values: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def start_unit(unit: dict[str, list[str]], log: Path, **env: str) -> subprocess.Popen[bytes]:
+    environment = dict(shlex.split(e)[0].split("=", 1) for e in unit["Environment"])
+    return subprocess.Popen(
+        shlex.split(unit["ExecStart"][0]),
+        cwd=unit["WorkingDirectory"][0],
+        env={**environment, **env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def test_units_start_a_working_cluster(docker_ready: None, tmp_path: Path) -> None:
+    (tmp_path / "c").mkdir()
+    cluster = Cluster(tmp_path / "c")
+    out = tmp_path / "units"
+    made = subprocess.run(
+        [*INIT, "--config", str(cluster.config_path), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    host_unit = parse_unit(out / "hakuriver-host.service")
+    runner_unit = parse_unit(out / "hakuriver-runner.service")
+    for unit, module in ((host_unit, "hakuriver_host"), (runner_unit, "hakuriver_runner")):
+        argv = shlex.split(unit["ExecStart"][0])
+        assert argv == [sys.executable, "-m", module, "--config", str(cluster.config_path)]
+        assert unit["Restart"] == ["on-failure"] and unit["WantedBy"] == ["multi-user.target"]
+        assert "User" not in unit
+    assert "docker.service" in runner_unit["After"][0]
+    try:
+        cluster.host = start_unit(host_unit, tmp_path / "c" / "host.log")
+        health = health_pb2_grpc.HealthStub(cluster.channel)
+        wait_for(
+            lambda: (
+                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                == health_pb2.HealthCheckResponse.SERVING
+            ),
+            what="the host started from its unit",
+        )
+        name = cluster.runner_names[0]
+        cluster.runners[name] = start_unit(
+            runner_unit, tmp_path / "c" / f"runner-{name}.log", HAKURIVER_RUNNER__NAME=name
+        )
+        wait_for(lambda: cluster.node_online(name), what="the runner started from its unit")
+        task = cluster.submit(["echo", "from a unit"])
+        assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+        for proc in (cluster.runners[name], cluster.host):
+            proc.send_signal(signal.SIGTERM)  # what KillMode=mixed sends first
+            assert proc.wait(30) == 0
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text('[environment]\nrunner_user = "hakuriver"\n')
+    return path
+
+
+def test_runner_user_one_role_and_no_overwrite(config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "units"
+    runner_only = [*INIT, "--runner", "--config", str(config), "--output-dir", str(out)]
+    assert subprocess.run(runner_only, capture_output=True).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["hakuriver-runner.service"]
+    assert parse_unit(out / "hakuriver-runner.service")["User"] == ["hakuriver"]
+    again = subprocess.run(runner_only, capture_output=True, text=True)
+    assert again.returncode == 1 and "--force" in again.stderr
+    both = subprocess.run(
+        [*INIT, "--all", "--config", str(config), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert both.returncode == 1, "an existing unit must stop the whole write"
+    assert not (out / "hakuriver-host.service").exists()
+    forced = subprocess.run([*runner_only, "--force"], capture_output=True)
+    assert forced.returncode == 0
+
+
+def test_missing_config_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*INIT, "--config", str(tmp_path / "none.toml"), "--output-dir", str(tmp_path / "u")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    assert not (tmp_path / "u").exists()

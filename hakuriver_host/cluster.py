@@ -662,8 +662,7 @@ class Cluster:
         node.environments = set(reg.environments)
         self._sync_capacity(node)
         node.last_heartbeat = utcnow()
-        await self.store.run(
-            self.store.save_node,
+        await self.store.save_node(
             NodeRecord(
                 hostname=hostname,
                 total_cores=reg.total_cores,
@@ -682,7 +681,7 @@ class Cluster:
         node.last_seen = time.monotonic()
         self.scheduler.set_online(hostname, True)
         self.metrics.runners_connected.inc()
-        self._update_node_metrics()
+        self._update_node_metrics(node)
 
         known = set(reg.known_task_ids)
         ack = rpb.RegisterAck(heartbeat_interval_seconds=self.config.timing.heartbeat_interval)
@@ -761,7 +760,7 @@ class Cluster:
             node.loaded = {e.name: e.tarball_timestamp for e in msg.heartbeat.loaded}
             if not node.online:
                 node.online = True
-                self._update_node_metrics()
+                self._update_node_metrics(node)
                 self.notifier.notify("node.online", node=node.hostname)
         elif kind == "task_state":
             await self._on_task_state(session, msg.task_state)
@@ -865,8 +864,9 @@ class Cluster:
 
     # ----- silent runners ---------------------------------------------------------------
 
-    def _update_node_metrics(self) -> None:
-        for node in self.nodes.values():
+    def _update_node_metrics(self, changed: NodeView | None = None) -> None:
+        """Refresh node_up for ``changed`` (every node when None) and the online counts."""
+        for node in self.nodes.values() if changed is None else (changed,):
             self.metrics.node_up.labels(node=node.hostname).set(1 if node.online else 0)
         online = sum(1 for n in self.nodes.values() if n.online)
         self.metrics.nodes.labels(status="online").set(online)
@@ -893,7 +893,7 @@ class Cluster:
                     "runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen
                 )
                 node.online = False
-                self._update_node_metrics()
+                self._update_node_metrics(node)
                 self.metrics.node_offline(node.hostname)
                 self.notifier.notify("node.offline", node=node.hostname)
             if node.session is not None:

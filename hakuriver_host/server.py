@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# Calls the server may hold before the application takes them (see the server options).
+MAX_PENDING_CALLS = 20_000
 SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
@@ -116,6 +118,11 @@ class HostServer:
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # gRPC cancels calls that arrive faster than the server takes them beyond
+                # 1,000 waiting (randomly, up to 3,000): a whole cluster of Runners
+                # reconnecting at once after a Host restart would lose some. Allow bursts.
+                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
             ],
         )
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(

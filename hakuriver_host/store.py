@@ -72,6 +72,7 @@ class Store:
         self.engine = make_engine(url)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
         self._writes = GroupCommit(self._apply, self._executor)
+        self._node_writes = GroupCommit(self._save_nodes, self._executor)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -86,6 +87,17 @@ class Store:
         """Insert new task rows, update existing ones (by task_id; only the columns given),
         append timeline events; return once committed."""
         await self._writes.submit([TaskWrite(inserts or [], updates or [], events or [])])
+
+    async def save_node(self, fields: dict[str, Any]) -> None:
+        """Insert or replace a node row; return once committed (group-committed, so a
+        whole cluster registering at once costs a few transactions)."""
+        await self._node_writes.submit([fields])
+
+    def _save_nodes(self, rows: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as session:
+            for fields in rows:
+                session.merge(NodeRecord(**fields))
+            session.commit()
 
     def _apply(self, writes: list[TaskWrite]) -> None:
         """One transaction, one statement per kind. Inserts go first: a task is only ever
@@ -155,11 +167,6 @@ class Store:
                 node.draining = draining
                 session.add(node)
                 session.commit()
-
-    def save_node(self, fields: dict[str, Any]) -> None:
-        with Session(self.engine) as session:
-            session.merge(NodeRecord(**fields))
-            session.commit()
 
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:
         with Session(self.engine, expire_on_commit=False) as session:

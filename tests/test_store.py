@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -42,8 +43,10 @@ def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
         assert task is not None and task.status == "completed" and events == []
         assert task.gpu_count == 0
         assert not task.assigned_cpus
-        store.save_node(
-            {"hostname": "n1", "total_cores": 2, "total_memory_bytes": 1, "draining": True}
+        asyncio.run(
+            store.save_node(
+                {"hostname": "n1", "total_cores": 2, "total_memory_bytes": 1, "draining": True}
+            )
         )
         assert [n.draining for n in store.load_nodes()] == [True]
     finally:

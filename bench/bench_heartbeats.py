@@ -14,21 +14,17 @@ import asyncio
 import contextlib
 import os
 import random
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import psutil
 
+from bench.host_process import bench_host
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
     runner_service_pb2_grpc,
 )
-from tests.harness import free_port
 
 RUNNERS = int(os.environ.get("HAKURIVER_BENCH_HB_RUNNERS", "5000"))
 INTERVAL = float(os.environ.get("HAKURIVER_BENCH_HB_INTERVAL", "5"))
@@ -127,27 +123,8 @@ async def bench(target: str, host: psutil.Process) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        port, metrics = free_port(), free_port()
-        config = root / "config.toml"
-        config.write_text(
-            f"[network]\nhost_port = {port}\nmetrics_port = {metrics}\n"
-            f'[paths]\nshared_dir = "{root / "shared"}"\n'
-            f'[database]\ndb_file = "{root / "host.db"}"\n'
-            f"[timing]\nheartbeat_interval = {INTERVAL}\n"
-        )
-        host = subprocess.Popen(
-            [sys.executable, "-m", "hakuriver_host", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(root / "host.log").open("wb"),
-        )
-        try:
-            time.sleep(1.5)
-            asyncio.run(bench(f"127.0.0.1:{port}", psutil.Process(host.pid)))
-        finally:
-            host.terminate()
-            host.wait(30)
+    with bench_host(INTERVAL) as (target, host):
+        asyncio.run(bench(target, psutil.Process(host.pid)))
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.host_process import bench_host
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
@@ -29,7 +27,6 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from tests.harness import free_port
 
 RUNNERS = int(os.environ.get("HAKURIVER_BENCH_RUNNERS", "100"))
 TASKS = int(os.environ.get("HAKURIVER_BENCH_TASKS", "2000"))
@@ -169,34 +166,17 @@ async def bench(target: str, host_pid: int) -> None:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        port, metrics = free_port(), free_port()
-        config = root / "config.toml"
-        config.write_text(
-            f"[network]\nhost_port = {port}\nmetrics_port = {metrics}\n"
-            f'[paths]\nshared_dir = "{root / "shared"}"\n'
-            f'[database]\ndb_file = "{root / "host.db"}"\n'
-            f"[timing]\nheartbeat_interval = 5\n"
-        )
-        host = subprocess.Popen(
-            [sys.executable, "-m", "hakuriver_host", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=(root / "host.log").open("wb"),
-        )
+    with bench_host() as (target, host):
         profiler = None
+        if PROFILE:
+            spy = ["py-spy", "record", "--gil", "--nonblocking", "-f", "raw", "-o", PROFILE]
+            profiler = subprocess.Popen([*spy, "--pid", str(host.pid)])
         try:
-            time.sleep(1.5)
-            if PROFILE:
-                spy = ["py-spy", "record", "--gil", "--nonblocking", "-f", "raw", "-o", PROFILE]
-                profiler = subprocess.Popen([*spy, "--pid", str(host.pid)])
-            asyncio.run(bench(f"127.0.0.1:{port}", host.pid))
+            asyncio.run(bench(target, host.pid))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(30)
-            host.terminate()
-            host.wait(10)
 
 
 if __name__ == "__main__":

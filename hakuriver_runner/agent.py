@@ -126,7 +126,7 @@ class Agent:
             for backend in (self.docker, self.processes)
             for task_id, handle in (await self._blocking(backend.tasks)).items()
         }
-        environments = await self._blocking(self.docker.environments)
+        environments, _ = await self._blocking(self.docker.inventory)
         numa = await self._blocking(read_numa_topology)
         cpus = usable_cpus()
         gpus = await self._blocking(self.gpus.sample)
@@ -214,8 +214,7 @@ class Agent:
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
             health = await self._blocking(sample_health, self.gpus)
-            environments = await self._blocking(self.docker.environments)
-            loaded = await self._blocking(self.docker.loaded)
+            environments, loaded = await self._blocking(self.docker.inventory)
             await self._send(
                 rpb.ConnectRequest(
                     heartbeat=rpb.Heartbeat(

@@ -9,4 +9,6 @@ scripts/build-sshd-image.sh hakuriver-sshd
 "$PY" -m bench.bench_dispatch
 "$PY" -m bench.bench_scheduler
 "$PY" -m bench.bench_heartbeats
+"$PY" -m bench.bench_restart
+"$PY" -m bench.bench_runner_footprint
 "$PY" -m bench.bench_ssh

@@ -1,15 +1,115 @@
-"""Task statuses as the public API spells them."""
+"""The words of the task and node vocabulary, defined once, with their proto enums beside them.
+
+Users (CLI tables, ``--json``, webhooks, metrics labels, the database) see the lowercase
+names (``completed``, ``killed_oom``, ``online``); the wire carries the proto enums. Every
+other module converts through here.
+"""
 
 from __future__ import annotations
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from enum import StrEnum
 
-FINAL_TASK_STATUSES = frozenset(
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    ASSIGNING = "assigning"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    KILLED = "killed"
+    KILLED_OOM = "killed_oom"
+    LOST = "lost"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @property
+    def pb(self) -> task_pb2.TaskStatus.ValueType:
+        return _TASK_STATUS_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> TaskStatus:
+        """The status of a proto enum value; ValueError for UNSPECIFIED or unknown values."""
+        try:
+            return _TASK_STATUS_OF_PB[value]
+        except KeyError:
+            raise ValueError(f"unknown task status value {value}") from None
+
+
+class TaskKind(StrEnum):
+    COMMAND = "command"
+    VPS = "vps"
+
+    @property
+    def pb(self) -> task_pb2.TaskKind.ValueType:
+        return _TASK_KIND_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> TaskKind:
+        """The kind of a proto enum value; ValueError for UNSPECIFIED or unknown values."""
+        try:
+            return _TASK_KIND_OF_PB[value]
+        except KeyError:
+            raise ValueError(f"unknown task kind value {value}") from None
+
+
+class NodeStatus(StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+    @property
+    def pb(self) -> node_pb2.NodeStatus.ValueType:
+        return _NODE_STATUS_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> NodeStatus:
+        try:
+            return _NODE_STATUS_OF_PB[value]
+        except KeyError:
+            raise ValueError(f"unknown node status value {value}") from None
+
+    @classmethod
+    def of(cls, online: bool) -> NodeStatus:
+        return cls.ONLINE if online else cls.OFFLINE
+
+
+FINAL_STATUSES = frozenset(
     {
-        task_pb2.TASK_STATUS_COMPLETED,
-        task_pb2.TASK_STATUS_FAILED,
-        task_pb2.TASK_STATUS_KILLED,
-        task_pb2.TASK_STATUS_KILLED_OOM,
-        task_pb2.TASK_STATUS_LOST,
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.KILLED,
+        TaskStatus.KILLED_OOM,
+        TaskStatus.LOST,
     }
 )
+ACTIVE_STATUSES = frozenset(s for s in TaskStatus if s not in FINAL_STATUSES)
+
+_TASK_STATUS_PB: dict[TaskStatus, task_pb2.TaskStatus.ValueType] = {
+    TaskStatus.PENDING: task_pb2.TASK_STATUS_PENDING,
+    TaskStatus.ASSIGNING: task_pb2.TASK_STATUS_ASSIGNING,
+    TaskStatus.RUNNING: task_pb2.TASK_STATUS_RUNNING,
+    TaskStatus.PAUSED: task_pb2.TASK_STATUS_PAUSED,
+    TaskStatus.COMPLETED: task_pb2.TASK_STATUS_COMPLETED,
+    TaskStatus.FAILED: task_pb2.TASK_STATUS_FAILED,
+    TaskStatus.KILLED: task_pb2.TASK_STATUS_KILLED,
+    TaskStatus.KILLED_OOM: task_pb2.TASK_STATUS_KILLED_OOM,
+    TaskStatus.LOST: task_pb2.TASK_STATUS_LOST,
+}
+_TASK_STATUS_OF_PB = {pb: status for status, pb in _TASK_STATUS_PB.items()}
+_TASK_KIND_PB: dict[TaskKind, task_pb2.TaskKind.ValueType] = {
+    TaskKind.COMMAND: task_pb2.TASK_KIND_COMMAND,
+    TaskKind.VPS: task_pb2.TASK_KIND_VPS,
+}
+_TASK_KIND_OF_PB = {pb: kind for kind, pb in _TASK_KIND_PB.items()}
+_NODE_STATUS_PB: dict[NodeStatus, node_pb2.NodeStatus.ValueType] = {
+    NodeStatus.ONLINE: node_pb2.NODE_STATUS_ONLINE,
+    NodeStatus.OFFLINE: node_pb2.NODE_STATUS_OFFLINE,
+}
+_NODE_STATUS_OF_PB = {pb: status for status, pb in _NODE_STATUS_PB.items()}
+
+# Proto values of the final statuses, for clients that compare wire messages.
+FINAL_TASK_STATUSES = frozenset(s.pb for s in FINAL_STATUSES)

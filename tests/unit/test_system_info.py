@@ -7,7 +7,7 @@ from pathlib import Path
 from hakuriver_runner.system_info import GpuProbe, NumaInfo, parse_cpulist, read_numa_topology
 from tests.fake_nvml.pynvml import FakeNvml
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
 def test_parse_cpulist() -> None:

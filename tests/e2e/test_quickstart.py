@@ -12,7 +12,7 @@ import pytest
 from tests.harness import free_port
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_starts_a_cluster_and_runs_a_sample_task(

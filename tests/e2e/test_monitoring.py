@@ -20,8 +20,8 @@ from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from tests.harness import Cluster, free_port, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "monitoring"
-FAKE_NVML = str(Path(__file__).parent / "fake_nvml")
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
+FAKE_NVML = str(Path(__file__).parent.parent / "fake_nvml")
 
 
 class Receiver:

@@ -18,7 +18,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from tests.harness import Cluster, running_cluster
 
 pytestmark = pytest.mark.docker
-FAKE_NVML = str(Path(__file__).parent / "fake_nvml")
+FAKE_NVML = str(Path(__file__).parent.parent / "fake_nvml")
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
 
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import BASE_ENV, FINAL, Cluster, running_cluster
+from tests.e2e.harness import BASE_ENV, FINAL, ProcessCluster, running_cluster
 
 IMAGE = f"hakuriver/{BASE_ENV}:base"
 RUNS = int(os.environ.get("HAKURIVER_BENCH_RUNS", "15"))
@@ -31,7 +31,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
 
-def submit_to_completed(cluster: Cluster) -> float:
+def submit_to_completed(cluster: ProcessCluster) -> float:
     start = time.perf_counter()
     task = cluster.submit(["true"])
     for update in cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=60):
@@ -41,13 +41,13 @@ def submit_to_completed(cluster: Cluster) -> float:
     return time.perf_counter() - start
 
 
-def bare_docker_run(cluster: Cluster) -> float:
+def bare_docker_run(cluster: ProcessCluster) -> float:
     start = time.perf_counter()
     cluster.docker.containers.run(IMAGE, ["true"], remove=True, network_mode="host")
     return time.perf_counter() - start
 
 
-def dispatch_overhead(cluster: Cluster) -> None:
+def dispatch_overhead(cluster: ProcessCluster) -> None:
     submit_to_completed(cluster)
     bare_docker_run(cluster)
     ours, bare = [], []
@@ -68,7 +68,7 @@ def _docker_time(stamp: str) -> float:
     return whole + float("0." + (frac or "0"))
 
 
-def log_latency(cluster: Cluster) -> None:
+def log_latency(cluster: ProcessCluster) -> None:
     script = (
         f"i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); usleep 100000; done; sleep 3"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.harness import running_cluster
+from tests.e2e.harness import running_cluster
 
 WINDOW = float(os.environ.get("HAKURIVER_BENCH_IDLE_WINDOW", "30"))
 SETTLE = 10.0

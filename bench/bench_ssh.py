@@ -17,13 +17,13 @@ from pathlib import Path
 import asyncssh
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import SSHD_ENV, Cluster, running_cluster
+from tests.e2e.harness import SSHD_ENV, ProcessCluster, running_cluster
 
 BYTES = int(os.environ.get("HAKURIVER_BENCH_SSH_BYTES", str(200 * 10**6)))
 ROUNDS = 3
 
 
-def proxied_socket(cluster: Cluster, task_id: int) -> socket.socket:
+def proxied_socket(cluster: ProcessCluster, task_id: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", cluster.ssh_proxy_port))
     sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
     answer = b""
@@ -48,7 +48,7 @@ async def copy_rate(key: asyncssh.SSHKey, **where: object) -> float:
     return BYTES / elapsed
 
 
-async def measure(cluster: Cluster, task_id: int, port: int, key: asyncssh.SSHKey) -> None:
+async def measure(cluster: ProcessCluster, task_id: int, port: int, key: asyncssh.SSHKey) -> None:
     direct, proxied = [], []
     for _ in range(ROUNDS):
         direct.append(await copy_rate(key, host="127.0.0.1", port=port))

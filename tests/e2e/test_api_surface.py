@@ -10,19 +10,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.harness import Cluster
+from tests.e2e.harness import ProcessCluster
 
 pytestmark = pytest.mark.docker
 
 
-def test_health_service_reports_serving(cluster: Cluster) -> None:
+def test_health_service_reports_serving(cluster: ProcessCluster) -> None:
     stub = health_pb2_grpc.HealthStub(cluster.channel)
     for service in ("", "hakuriver.v1.TaskService", "hakuriver.v1.RunnerService"):
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_the_public_services(cluster: Cluster) -> None:
+def test_reflection_lists_the_public_services(cluster: ProcessCluster) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(cluster.channel)
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     [reply] = list(stub.ServerReflectionInfo(iter([request]), timeout=5))
@@ -36,7 +36,7 @@ def test_reflection_lists_the_public_services(cluster: Cluster) -> None:
     } <= names
 
 
-def scrape(cluster: Cluster) -> dict[str, list]:
+def scrape(cluster: ProcessCluster) -> dict[str, list]:
     with urllib.request.urlopen(f"http://127.0.0.1:{cluster.metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     samples: dict[str, list] = {}
@@ -54,7 +54,7 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
     return matching[0]
 
 
-def test_metrics_scrape(cluster: Cluster) -> None:
+def test_metrics_scrape(cluster: ProcessCluster) -> None:
     before = scrape(cluster)
     completed_before = value(before, "hakuriver_tasks", status="completed", kind="command")
     task = cluster.submit(["sh", "-c", "echo metrics"])

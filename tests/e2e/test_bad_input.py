@@ -6,16 +6,16 @@ import grpc
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import Cluster
+from tests.e2e.harness import ProcessCluster
 
 pytestmark = pytest.mark.docker
 
 
-def _task_count(cluster: Cluster) -> int:
+def _task_count(cluster: ProcessCluster) -> int:
     return len(cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=1000), timeout=5).tasks)
 
 
-def _files(cluster: Cluster) -> set[str]:
+def _files(cluster: ProcessCluster) -> set[str]:
     outputs = cluster.shared_dir / "task_outputs"
     return {p.name for p in outputs.iterdir()} if outputs.exists() else set()
 
@@ -52,7 +52,7 @@ SUBMIT_CASES = [
     ids=[case[0] for case in SUBMIT_CASES],
 )
 def test_bad_submit_is_refused_and_stores_nothing(
-    cluster: Cluster, fields: dict, code: grpc.StatusCode, field: str
+    cluster: ProcessCluster, fields: dict, code: grpc.StatusCode, field: str
 ) -> None:
     before, files_before = _task_count(cluster), _files(cluster)
     with pytest.raises(grpc.RpcError) as caught:
@@ -63,7 +63,7 @@ def test_bad_submit_is_refused_and_stores_nothing(
     assert _files(cluster) == files_before
 
 
-def test_nonexistent_task_is_not_found(cluster: Cluster) -> None:
+def test_nonexistent_task_is_not_found(cluster: ProcessCluster) -> None:
     for call, request in (
         (cluster.tasks.GetTask, tpb.GetTaskRequest(task_id=12345)),
         (cluster.tasks.KillTask, tpb.KillTaskRequest(task_id=12345)),
@@ -75,7 +75,7 @@ def test_nonexistent_task_is_not_found(cluster: Cluster) -> None:
         assert "12345" in caught.value.details()
 
 
-def test_kill_of_finished_task_is_failed_precondition(cluster: Cluster) -> None:
+def test_kill_of_finished_task_is_failed_precondition(cluster: ProcessCluster) -> None:
     task = cluster.submit(["true"])
     final = cluster.wait_final(task.task_id)
     with pytest.raises(grpc.RpcError) as caught:
@@ -102,7 +102,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize(("args", "message"), CLI_CASES, ids=[" ".join(c[0]) for c in CLI_CASES])
 def test_cli_prints_one_line_and_exits_nonzero(
-    cluster: Cluster, args: list[str], message: str
+    cluster: ProcessCluster, args: list[str], message: str
 ) -> None:
     before = _task_count(cluster)
     result = cluster.cli(*args)
@@ -114,7 +114,7 @@ def test_cli_prints_one_line_and_exits_nonzero(
     assert _task_count(cluster) == before
 
 
-def test_cli_reports_unreachable_host(cluster: Cluster, tmp_path, monkeypatch) -> None:
+def test_cli_reports_unreachable_host(cluster: ProcessCluster, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HAKURIVER_NETWORK__HOST_PORT", "1")
     result = cluster.cli("client", "nodes")
     assert result.returncode == 1

@@ -19,7 +19,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     runner_service_pb2 as rpb,
     runner_service_pb2_grpc,
 )
-from tests.harness import running_cluster
+from tests.e2e.harness import running_cluster
 
 BURST = 2000
 STREAMS_PER_CONNECTION = 100

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import BASE_ENV, Cluster
+from tests.e2e.harness import BASE_ENV, ProcessCluster
 
 pytestmark = pytest.mark.docker
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.docker
 class Terminal:
     """The user's side of a pty running the CLI."""
 
-    def __init__(self, cluster: Cluster, name: str) -> None:
+    def __init__(self, cluster: ProcessCluster, name: str) -> None:
         self.master, self.slave = pty.openpty()
         self.set_size(24, 80)
         self.before = termios.tcgetattr(self.slave)
@@ -67,7 +67,7 @@ class Terminal:
 
 
 @pytest.fixture
-def shell_env(cluster: Cluster) -> Iterator[str]:
+def shell_env(cluster: ProcessCluster) -> Iterator[str]:
     name = f"tty{cluster.tag}"
     result = cluster.cli("docker", "create-container", f"hakuriver/{BASE_ENV}:base", name)
     assert result.returncode == 0, result.stderr
@@ -75,7 +75,7 @@ def shell_env(cluster: Cluster) -> Iterator[str]:
     cluster.cli("docker", "delete-container", name)
 
 
-def test_interactive_shell_through_a_pty(cluster: Cluster, shell_env: str) -> None:
+def test_interactive_shell_through_a_pty(cluster: ProcessCluster, shell_env: str) -> None:
     term = Terminal(cluster, shell_env)
     try:
         term.send(b"echo ready-$((6*7))\r")

@@ -11,14 +11,14 @@ import docker
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import BASE_ENV, Cluster, running_cluster, wait_for
+from tests.e2e.harness import BASE_ENV, ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 BASE_IMAGE = f"hakuriver/{BASE_ENV}:base"
 
 
 @pytest.fixture
-def env_name(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+def env_name(cluster: ProcessCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh environment name; its container, images and tarballs are removed afterwards."""
     name = f"e{cluster.tag}-{request.node.name[5:25].replace('_', '-')}"
     yield name
@@ -34,16 +34,16 @@ def _ok(result) -> str:  # type: ignore[no-untyped-def]
     return str(result.stdout)
 
 
-def _tar_dir(cluster: Cluster) -> Path:
+def _tar_dir(cluster: ProcessCluster) -> Path:
     return cluster.shared_dir / "hakuriver-containers"
 
 
-def _forget_image(cluster: Cluster, name: str) -> None:
+def _forget_image(cluster: ProcessCluster, name: str) -> None:
     """Make the shared Docker daemon look like a Runner that never saw the environment."""
     cluster.docker.images.remove(f"hakuriver/{name}:base", force=True)
 
 
-def _loads_since(cluster: Cluster, since: float) -> int:
+def _loads_since(cluster: ProcessCluster, since: float) -> int:
     events = cluster.docker.events(
         since=int(since),
         until=int(time.time()) + 1,
@@ -53,7 +53,7 @@ def _loads_since(cluster: Cluster, since: float) -> int:
     return sum(1 for _ in events)
 
 
-def test_prepare_on_host_then_every_runner_gets_it(cluster: Cluster, env_name: str) -> None:
+def test_prepare_on_host_then_every_runner_gets_it(cluster: ProcessCluster, env_name: str) -> None:
     _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
     listed = json.loads(_ok(cluster.cli("docker", "list-containers", "--json")))
     assert [c["status"] for c in listed if c["name"] == env_name] == ["running"]
@@ -87,7 +87,7 @@ def test_prepare_on_host_then_every_runner_gets_it(cluster: Cluster, env_name: s
     wait_for(lambda: runner in loaded_on(), what="list-tars to show the runner")
 
 
-def test_two_tasks_at_once_trigger_one_load(cluster: Cluster, env_name: str) -> None:
+def test_two_tasks_at_once_trigger_one_load(cluster: ProcessCluster, env_name: str) -> None:
     _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
     _ok(cluster.cli("docker", "create-tar", env_name))
     _forget_image(cluster, env_name)
@@ -100,7 +100,7 @@ def test_two_tasks_at_once_trigger_one_load(cluster: Cluster, env_name: str) -> 
 
 
 def test_truncated_tarball_fails_clearly_and_keeps_the_old_image(
-    cluster: Cluster, env_name: str
+    cluster: ProcessCluster, env_name: str
 ) -> None:
     _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
     good = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
@@ -124,7 +124,7 @@ def test_truncated_tarball_fails_clearly_and_keeps_the_old_image(
 
 
 def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
-    cluster: Cluster, env_name: str
+    cluster: ProcessCluster, env_name: str
 ) -> None:
     runner = [task_pb2.Target(hostname=cluster.runner_names[0])]
     _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
@@ -148,7 +148,7 @@ def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
 
 
 def test_import_rootfs_creates_an_environment(
-    cluster: Cluster, env_name: str, tmp_path: Path
+    cluster: ProcessCluster, env_name: str, tmp_path: Path
 ) -> None:
     exported = cluster.docker.containers.create(BASE_IMAGE, ["true"])
     rootfs = tmp_path / "rootfs.tar"
@@ -172,7 +172,7 @@ def test_import_rootfs_creates_an_environment(
     assert refused.returncode == 1 and "could not import" in refused.stderr
 
 
-def test_container_lifecycle_and_errors(cluster: Cluster, env_name: str) -> None:
+def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) -> None:
     _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
     again = cluster.cli("docker", "create-container", BASE_IMAGE, env_name)
     assert again.returncode == 1 and "already exists" in again.stderr

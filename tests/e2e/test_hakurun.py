@@ -10,7 +10,7 @@ import pytest
 
 from hakuriver_cli.hakurun import SpanError, expand, expand_arg
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.harness import Cluster
+from tests.e2e.harness import ProcessCluster
 
 HAKURUN = [sys.executable, "-m", "hakuriver_cli.hakurun"]
 
@@ -93,7 +93,7 @@ def test_missing_program_is_127() -> None:
     assert result.returncode == 127 and "2 of 2 failed" in result.stderr
 
 
-def test_hakurun_inside_a_task(cluster: Cluster) -> None:
+def test_hakurun_inside_a_task(cluster: ProcessCluster) -> None:
     task = cluster.submit(
         [*HAKURUN, "echo", "lr", "span:[0.1,0.01]", "seed", "span:{1..2}"],
         container_name="NULL",

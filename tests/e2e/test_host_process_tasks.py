@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import Cluster, wait_for
+from tests.e2e.harness import ProcessCluster, wait_for
 
 pytestmark = pytest.mark.docker
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
 SHOW_BINDING = "grep -E '^(Cpus|Mems)_allowed_list' /proc/self/status"
 
 
-def _spool(cluster: Cluster, task_id: int) -> Path:
+def _spool(cluster: ProcessCluster, task_id: int) -> Path:
     name = cluster.runner_names[0]
     return cluster.root / "local_temp" / "hakuriver-tasks" / name / str(task_id)
 
 
-def _pid(cluster: Cluster, task_id: int) -> int:
+def _pid(cluster: ProcessCluster, task_id: int) -> int:
     path = _spool(cluster, task_id) / "process.json"
     wait_for(path.exists, what="the task's process record")
     return int(json.loads(path.read_text())["pid"])
@@ -37,7 +37,7 @@ def _proc_state(pid: int) -> str:
         return "gone"
 
 
-def test_null_task_runs_on_the_host_pinned_to_its_cpus(cluster: Cluster) -> None:
+def test_null_task_runs_on_the_host_pinned_to_its_cpus(cluster: ProcessCluster) -> None:
     task = cluster.submit(
         ["sh", "-c", f"echo task $HAKURIVER_TASK_ID; {SHOW_BINDING}; echo oops >&2; exit 3"],
         container_name="NULL",
@@ -54,7 +54,7 @@ def test_null_task_runs_on_the_host_pinned_to_its_cpus(cluster: Cluster) -> None
 
 
 @pytest.mark.skipif(shutil.which("numactl") is None, reason="numactl not installed")
-def test_null_task_on_a_numa_node_is_bound_with_numactl(cluster: Cluster) -> None:
+def test_null_task_on_a_numa_node_is_bound_with_numactl(cluster: ProcessCluster) -> None:
     target = task_pb2.Target(hostname=cluster.runner_names[0], numa_node_id=0)
     task = cluster.submit(["sh", "-c", SHOW_BINDING], container_name="NULL", targets=[target])
     final = cluster.wait_final(task.task_id)
@@ -62,7 +62,7 @@ def test_null_task_on_a_numa_node_is_bound_with_numactl(cluster: Cluster) -> Non
     assert "Mems_allowed_list:\t0\n" in cluster.read_log(task.task_id).decode()
 
 
-def test_null_task_pause_resume_and_kill_signal_the_process_group(cluster: Cluster) -> None:
+def test_null_task_pause_resume_and_kill_signal_the_process_group(cluster: ProcessCluster) -> None:
     task = cluster.submit(
         ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"], container_name="NULL"
     )
@@ -77,13 +77,13 @@ def test_null_task_pause_resume_and_kill_signal_the_process_group(cluster: Clust
     wait_for(lambda: _proc_state(pid) in ("gone", "Z"), what="the process to end")
 
 
-def test_mount_and_privileged_do_not_apply_to_null_tasks(cluster: Cluster) -> None:
+def test_mount_and_privileged_do_not_apply_to_null_tasks(cluster: ProcessCluster) -> None:
     result = cluster.cli("task", "submit", "--container", "NULL", "--privileged", "--", "true")
     assert result.returncode == 1
     assert "--mount and --privileged do not apply" in result.stderr
 
 
-def test_runner_restart_readopts_a_running_host_process(fresh_cluster: Cluster) -> None:
+def test_runner_restart_readopts_a_running_host_process(fresh_cluster: ProcessCluster) -> None:
     cluster = fresh_cluster
     gate = cluster.root / "gate"
     script = f"echo before; while [ ! -e {gate} ]; do sleep 0.05; done; echo after; exit 5"
@@ -99,7 +99,7 @@ def test_runner_restart_readopts_a_running_host_process(fresh_cluster: Cluster) 
     assert cluster.read_log(task.task_id) == b"before\nafter\n"
 
 
-def test_runner_that_cannot_readopt_reports_the_task_lost(fresh_cluster: Cluster) -> None:
+def test_runner_that_cannot_readopt_reports_the_task_lost(fresh_cluster: ProcessCluster) -> None:
     cluster = fresh_cluster
     task = cluster.submit(["sleep", "600"], container_name="NULL")
     cluster.wait_status(task.task_id, RUNNING)

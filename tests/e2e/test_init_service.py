@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.harness import Cluster, wait_for
+from tests.e2e.harness import ProcessCluster, wait_for
 
 INIT = [sys.executable, "-m", "hakuriver_cli.init", "service"]
 
@@ -44,7 +44,7 @@ def start_unit(unit: dict[str, list[str]], log: Path, **env: str) -> subprocess.
 
 def test_units_start_a_working_cluster(docker_ready: None, tmp_path: Path) -> None:
     (tmp_path / "c").mkdir()
-    cluster = Cluster(tmp_path / "c")
+    cluster = ProcessCluster(tmp_path / "c")
     out = tmp_path / "units"
     made = subprocess.run(
         [*INIT, "--config", str(cluster.config_path), "--output-dir", str(out)],

@@ -17,7 +17,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.harness import Cluster, free_port, running_cluster, wait_for
+from tests.e2e.harness import ProcessCluster, free_port, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "monitoring"
@@ -64,7 +64,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def mon(
     docker_ready: None, receiver: Receiver, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
+) -> Iterator[ProcessCluster]:
     extra = f'[[webhooks]]\nurl = "{receiver.url}"\nevents = ["*"]\nretry_base_seconds = 0.2\n'
     root = tmp_path_factory.mktemp("mon")
     with running_cluster(root, runner_count=1, heartbeat_timeout_factor=4, extra_config=extra) as c:
@@ -78,7 +78,7 @@ def mon(
         yield c
 
 
-def scrape(cluster: Cluster) -> dict[str, list[Any]]:
+def scrape(cluster: ProcessCluster) -> dict[str, list[Any]]:
     url = f"http://127.0.0.1:{cluster.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
         text = response.read().decode()
@@ -99,7 +99,7 @@ def value(samples: dict[str, list[Any]], name: str, **labels: str) -> float:
     return float(found[0])
 
 
-def test_health_history_trend_and_watch(mon: Cluster) -> None:
+def test_health_history_trend_and_watch(mon: ProcessCluster) -> None:
     name = mon.runner_names[0]
 
     def history() -> list[Any]:
@@ -121,7 +121,7 @@ def test_health_history_trend_and_watch(mon: Cluster) -> None:
     assert all(int(line["current"]["memory_total_bytes"]) > 0 for line in lines)
 
 
-def test_prometheus_metrics_from_a_live_host(mon: Cluster) -> None:
+def test_prometheus_metrics_from_a_live_host(mon: ProcessCluster) -> None:
     gpu_node = mon.runner_names[1]
     failed = mon.submit(["sh", "-c", "exit 2"])
     assert mon.wait_final(failed.task_id).status == task_pb2.TASK_STATUS_FAILED
@@ -150,7 +150,7 @@ def _metric_names(expression: str) -> set[str]:
     return set(re.findall(r"\b(hakuriver_[a-z0-9_]+)\b", expression))
 
 
-def test_alert_rules_and_dashboard_use_real_metrics(mon: Cluster) -> None:
+def test_alert_rules_and_dashboard_use_real_metrics(mon: ProcessCluster) -> None:
     names = set(
         wait_for(
             lambda: scrape(mon) if "hakuriver_gpu_temperature_celsius" in scrape(mon) else None,
@@ -177,7 +177,7 @@ def test_alert_rules_and_dashboard_use_real_metrics(mon: Cluster) -> None:
             assert used and used <= names, (panel["title"], used - names)
 
 
-def test_task_history_filters_and_detail(mon: Cluster, tmp_path: Path) -> None:
+def test_task_history_filters_and_detail(mon: ProcessCluster, tmp_path: Path) -> None:
     task = mon.submit(
         ["sh", "-c", "exit 0", "first-arg"],
         targets=[task_pb2.Target(hostname=mon.runner_names[0])],
@@ -241,7 +241,9 @@ def test_task_history_filters_and_detail(mon: Cluster, tmp_path: Path) -> None:
     )
 
 
-def test_webhooks_and_metrics_follow_nodes_and_tasks(mon: Cluster, receiver: Receiver) -> None:
+def test_webhooks_and_metrics_follow_nodes_and_tasks(
+    mon: ProcessCluster, receiver: Receiver
+) -> None:
     failed = mon.submit(["sh", "-c", "exit 9"])
     mon.wait_final(failed.task_id)
     event = wait_for(

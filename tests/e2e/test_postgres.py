@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 
 import hakuriver_host.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.harness import running_cluster
+from tests.e2e.harness import running_cluster
 
 pytestmark = pytest.mark.docker
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
+from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
-from tests.harness import Cluster, running_cluster, wait_for
+from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 
 
-def _gated_task(cluster: Cluster, gate: str) -> task_pb2.Task:
+def _gated_task(cluster: ProcessCluster, gate: str) -> task_pb2.Task:
     """A task that prints, waits for /shared/<gate>, prints more and exits 7."""
     (cluster.shared_dir / "shared_data").mkdir(parents=True, exist_ok=True)
     script = (
@@ -28,11 +28,11 @@ def _gated_task(cluster: Cluster, gate: str) -> task_pb2.Task:
     return task
 
 
-def _open_gate(cluster: Cluster, gate: str) -> None:
+def _open_gate(cluster: ProcessCluster, gate: str) -> None:
     (cluster.shared_dir / "shared_data" / gate).touch()
 
 
-def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
+def _container(cluster: ProcessCluster, task_id: int):  # type: ignore[no-untyped-def]
     found = cluster.docker.containers.list(
         all=True, filters={"label": f"hakuriver.task_id={task_id}"}
     )
@@ -43,7 +43,7 @@ EXPECTED_OUT = b"before 1\nbefore 2\nbefore 3\nafter 1\nafter 2\nafter 3\n"
 EXPECTED_ERR = b"err-before\nerr-after\n"
 
 
-def _assert_complete(cluster: Cluster, task_id: int) -> None:
+def _assert_complete(cluster: ProcessCluster, task_id: int) -> None:
     final = cluster.wait_final(task_id)
     assert final.status == task_pb2.TASK_STATUS_FAILED
     assert final.exit_code == 7
@@ -54,7 +54,7 @@ def _assert_complete(cluster: Cluster, task_id: int) -> None:
     wait_for(lambda: _container(cluster, task_id) is None, what="container removal after release")
 
 
-def test_host_sigkill_while_task_runs(fresh_cluster: Cluster) -> None:
+def test_host_sigkill_while_task_runs(fresh_cluster: ProcessCluster) -> None:
     cluster = fresh_cluster
     task = _gated_task(cluster, "host-gate")
     cluster.kill_host()
@@ -66,7 +66,7 @@ def test_host_sigkill_while_task_runs(fresh_cluster: Cluster) -> None:
     _assert_complete(cluster, task.task_id)
 
 
-def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: Cluster) -> None:
+def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: ProcessCluster) -> None:
     cluster = fresh_cluster
     task = _gated_task(cluster, "host-gate-2")
     cluster.kill_host()
@@ -77,7 +77,7 @@ def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: Cluster) -
     _assert_complete(cluster, task.task_id)
 
 
-def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: Cluster) -> None:
+def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: ProcessCluster) -> None:
     cluster = fresh_cluster
     task = _gated_task(cluster, "runner-gate")
     cluster.kill_runner()

@@ -15,7 +15,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from tests.harness import Cluster, running_cluster
+from tests.e2e.harness import ProcessCluster, running_cluster
 
 pytestmark = pytest.mark.docker
 FAKE_NVML = str(Path(__file__).parent.parent / "fake_nvml")
@@ -23,14 +23,14 @@ RUNNING = {task_pb2.TASK_STATUS_RUNNING}
 
 
 @pytest.fixture(scope="module")
-def sched(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def sched(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessCluster]:
     """One ordinary Runner, plus one with two fake GPUs added by the GPU test."""
     root = tmp_path_factory.mktemp("sched")
     with running_cluster(root, runner_count=1, extra_config="keep_failed_containers = true") as c:
         yield c
 
 
-def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
+def _container(cluster: ProcessCluster, task_id: int):  # type: ignore[no-untyped-def]
     found = cluster.docker.containers.list(
         all=True, filters={"label": f"hakuriver.task_id={task_id}"}
     )
@@ -38,17 +38,17 @@ def _container(cluster: Cluster, task_id: int):  # type: ignore[no-untyped-def]
     return found[0]
 
 
-def _kill(cluster: Cluster, *task_ids: int) -> None:
+def _kill(cluster: ProcessCluster, *task_ids: int) -> None:
     for task_id in task_ids:
         cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=30)
 
 
-def _node_cores(cluster: Cluster, name: str) -> int:
+def _node_cores(cluster: ProcessCluster, name: str) -> int:
     nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
     return next(n.total_cores for n in nodes if n.hostname == name)
 
 
-def test_busy_node_queues_and_starts_tasks_in_priority_order(sched: Cluster) -> None:
+def test_busy_node_queues_and_starts_tasks_in_priority_order(sched: ProcessCluster) -> None:
     name = sched.runner_names[0]
     target = [task_pb2.Target(hostname=name)]
     cores = _node_cores(sched, name)
@@ -69,7 +69,7 @@ def test_busy_node_queues_and_starts_tasks_in_priority_order(sched: Cluster) -> 
     _kill(sched, low.task_id)
 
 
-def test_tasks_are_pinned_to_distinct_cpus_and_numa_memory(sched: Cluster) -> None:
+def test_tasks_are_pinned_to_distinct_cpus_and_numa_memory(sched: ProcessCluster) -> None:
     name = sched.runner_names[0]
     cores = _node_cores(sched, name)
     tasks = [
@@ -92,7 +92,7 @@ def test_tasks_are_pinned_to_distinct_cpus_and_numa_memory(sched: Cluster) -> No
     assert sched.wait_final(extra.task_id).status == task_pb2.TASK_STATUS_COMPLETED
 
 
-def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: Cluster) -> None:
+def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: ProcessCluster) -> None:
     name = sched.runner_names[0]
     running = sched.submit(["sleep", "600"], targets=[task_pb2.Target(hostname=name)])
     sched.wait_status(running.task_id, RUNNING)
@@ -111,7 +111,7 @@ def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: Cluste
     assert unknown.returncode == 1 and "unknown node 'no-such-node'" in unknown.stderr
 
 
-def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Cluster) -> None:
+def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: ProcessCluster) -> None:
     name = sched.runner_names[0]
     cores = _node_cores(sched, name)
     invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -130,7 +130,7 @@ def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Cluster
         assert message in caught.value.details(), caught.value.details()
 
 
-def test_gpu_task_gets_exactly_its_devices(sched: Cluster) -> None:
+def test_gpu_task_gets_exactly_its_devices(sched: ProcessCluster) -> None:
     gpu_runner = sched.start_runner(
         f"{sched.runner_names[0]}-gpu",
         env={

@@ -13,12 +13,12 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from tests.harness import Cluster, wait_for
+from tests.e2e.harness import ProcessCluster, wait_for
 
 pytestmark = pytest.mark.docker
 
 
-def test_task_runs_in_container_and_output_lands_in_shared_dir(cluster: Cluster) -> None:
+def test_task_runs_in_container_and_output_lands_in_shared_dir(cluster: ProcessCluster) -> None:
     task = cluster.submit(["sh", "-c", "echo hello from $HAKURIVER_TASK_ID; echo warn >&2"])
     final = cluster.wait_final(task.task_id)
     assert final.status == task_pb2.TASK_STATUS_COMPLETED
@@ -34,14 +34,14 @@ def test_task_runs_in_container_and_output_lands_in_shared_dir(cluster: Cluster)
     assert cluster.read_log(task.task_id, task_pb2.LOG_STREAM_STDERR) == b"warn\n"
 
 
-def test_nonzero_exit_is_failed_with_exit_code(cluster: Cluster) -> None:
+def test_nonzero_exit_is_failed_with_exit_code(cluster: ProcessCluster) -> None:
     task = cluster.submit(["sh", "-c", "exit 7"])
     final = cluster.wait_final(task.task_id)
     assert final.status == task_pb2.TASK_STATUS_FAILED
     assert final.exit_code == 7
 
 
-def test_status_timeline_follows_the_state_machine(cluster: Cluster) -> None:
+def test_status_timeline_follows_the_state_machine(cluster: ProcessCluster) -> None:
     task = cluster.submit(["true"])
     cluster.wait_final(task.task_id)
     reply = cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=5)
@@ -54,7 +54,7 @@ def test_status_timeline_follows_the_state_machine(cluster: Cluster) -> None:
     assert reply.task.HasField("started_at") and reply.task.HasField("completed_at")
 
 
-def test_memory_limit_exceeded_is_killed_oom(cluster: Cluster) -> None:
+def test_memory_limit_exceeded_is_killed_oom(cluster: ProcessCluster) -> None:
     # Holding 64 MB in a shell variable under a 16 MB limit.
     script = 'x=$(head -c 64000000 /dev/zero | tr "\\0" a); echo survived'
     task = cluster.submit(["sh", "-c", script], memory="16M")
@@ -63,7 +63,7 @@ def test_memory_limit_exceeded_is_killed_oom(cluster: Cluster) -> None:
     assert "memory" in final.error_message
 
 
-def test_container_gets_limits_env_mounts_and_labels(cluster: Cluster, tmp_path) -> None:
+def test_container_gets_limits_env_mounts_and_labels(cluster: ProcessCluster, tmp_path) -> None:
     host_dir = tmp_path / "data"
     host_dir.mkdir()
     (host_dir / "input.txt").write_text("from the host\n")
@@ -98,7 +98,7 @@ def test_container_gets_limits_env_mounts_and_labels(cluster: Cluster, tmp_path)
     cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
 
 
-def test_kill_pause_and_resume(cluster: Cluster) -> None:
+def test_kill_pause_and_resume(cluster: ProcessCluster) -> None:
     task = cluster.submit(["sh", "-c", "while true; do echo tick; sleep 0.2; done"])
     cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
     paused = cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=task.task_id), timeout=20).task
@@ -125,7 +125,7 @@ def test_kill_pause_and_resume(cluster: Cluster) -> None:
     )
 
 
-def test_follow_streams_lines_while_task_runs(cluster: Cluster) -> None:
+def test_follow_streams_lines_while_task_runs(cluster: ProcessCluster) -> None:
     marker = cluster.root / f"go-{time.time_ns()}"
     (cluster.shared_dir / "shared_data").mkdir(parents=True, exist_ok=True)
     # The task prints a first line, then waits for the test to release it.
@@ -154,7 +154,7 @@ def test_follow_streams_lines_while_task_runs(cluster: Cluster) -> None:
     assert b"".join(received) == b"first\nsecond\n"
 
 
-def test_cli_submit_wait_stdout_status_and_list(cluster: Cluster) -> None:
+def test_cli_submit_wait_stdout_status_and_list(cluster: ProcessCluster) -> None:
     result = cluster.cli(
         "task", "submit", "--wait", "--json", "--env", "WHO=cli", "--", "sh", "-c", "echo hi $WHO"
     )
@@ -179,14 +179,14 @@ def test_cli_submit_wait_stdout_status_and_list(cluster: Cluster) -> None:
     assert "failed, exit code 4" in failing.stdout
 
 
-def test_cli_follow_prints_until_the_task_ends(cluster: Cluster) -> None:
+def test_cli_follow_prints_until_the_task_ends(cluster: ProcessCluster) -> None:
     task = cluster.submit(["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.2; done"])
     result = cluster.cli("task", "stdout", str(task.task_id), "--follow")
     assert result.returncode == 0
     assert result.stdout == "line 1\nline 2\nline 3\n"
 
 
-def test_repeated_targets_make_a_batch(cluster: Cluster) -> None:
+def test_repeated_targets_make_a_batch(cluster: ProcessCluster) -> None:
     args = []
     for name in cluster.runner_names:
         args += ["--target", name]
@@ -205,7 +205,7 @@ def test_repeated_targets_make_a_batch(cluster: Cluster) -> None:
     assert len(listed.tasks) == 2
 
 
-def test_nodes_and_health_commands(cluster: Cluster) -> None:
+def test_nodes_and_health_commands(cluster: ProcessCluster) -> None:
     nodes = cluster.cli("client", "nodes", "--json")
     assert nodes.returncode == 0
     by_name = {n["hostname"]: n for n in json.loads(nodes.stdout)}
@@ -221,7 +221,9 @@ def test_nodes_and_health_commands(cluster: Cluster) -> None:
     assert table.returncode == 0 and cluster.runner_names[0] in table.stdout
 
 
-def test_runner_without_a_usable_environment_fails_the_task_clearly(cluster: Cluster) -> None:
+def test_runner_without_a_usable_environment_fails_the_task_clearly(
+    cluster: ProcessCluster,
+) -> None:
     # The tarball makes the environment known to the Host, but it is empty: no Runner can
     # load it, and none has the image.
     tar_dir = cluster.shared_dir / "hakuriver-containers"
@@ -236,7 +238,7 @@ def test_runner_without_a_usable_environment_fails_the_task_clearly(cluster: Clu
     assert not final.HasField("exit_code")
 
 
-def test_privileged_task(cluster: Cluster) -> None:
+def test_privileged_task(cluster: ProcessCluster) -> None:
     """--privileged reaches Docker.
 
     Sandboxes without full capabilities refuse privileged containers ("unable to apply

@@ -17,13 +17,13 @@ import grpc
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.harness import Cluster, running_cluster, wait_for
+from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
 
 
-def tunnel(cluster: Cluster, task_id: int | str) -> tuple[socket.socket | None, str]:
+def tunnel(cluster: ProcessCluster, task_id: int | str) -> tuple[socket.socket | None, str]:
     """Speak the proxy protocol: the connected socket on SUCCESS, else None and the answer."""
     sock = socket.create_connection(("127.0.0.1", cluster.ssh_proxy_port), timeout=10)
     sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
@@ -42,7 +42,7 @@ def tunnel(cluster: Cluster, task_id: int | str) -> tuple[socket.socket | None, 
 
 
 async def connect(
-    cluster: Cluster, task_id: int, key: asyncssh.SSHKey
+    cluster: ProcessCluster, task_id: int, key: asyncssh.SSHKey
 ) -> asyncssh.SSHClientConnection:
     sock, answer = tunnel(cluster, task_id)
     assert sock is not None, answer
@@ -52,7 +52,9 @@ async def connect(
 
 
 @pytest.fixture(scope="module")
-def vps_cluster(sshd_image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def vps_cluster(
+    sshd_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessCluster]:
     with running_cluster(tmp_path_factory.mktemp("vps"), runner_count=1) as c:
         yield c
 
@@ -72,7 +74,7 @@ def key_files(key: asyncssh.SSHKey, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def vps(vps_cluster: Cluster, key_files: Path, sshd_image: str) -> int:
+def vps(vps_cluster: ProcessCluster, key_files: Path, sshd_image: str) -> int:
     result = vps_cluster.cli(
         "vps",
         "submit",
@@ -90,7 +92,7 @@ def vps(vps_cluster: Cluster, key_files: Path, sshd_image: str) -> int:
 
 
 def test_asyncssh_runs_commands_and_copies_files(
-    vps_cluster: Cluster, vps: int, key: asyncssh.SSHKey, tmp_path: Path
+    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey, tmp_path: Path
 ) -> None:
     async def scenario() -> None:
         async with await connect(vps_cluster, vps, key) as conn:
@@ -106,7 +108,7 @@ def test_asyncssh_runs_commands_and_copies_files(
     asyncio.run(scenario())
 
 
-def test_many_sessions_at_once(vps_cluster: Cluster, vps: int, key: asyncssh.SSHKey) -> None:
+def test_many_sessions_at_once(vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey) -> None:
     async def one(i: int) -> str:
         async with await connect(vps_cluster, vps, key) as conn:
             return (await conn.run(f"echo session-{i}", check=True)).stdout
@@ -118,7 +120,7 @@ def test_many_sessions_at_once(vps_cluster: Cluster, vps: int, key: asyncssh.SSH
 
 
 def test_system_ssh_and_scp_through_the_proxy(
-    vps_cluster: Cluster, vps: int, key_files: Path, tmp_path: Path
+    vps_cluster: ProcessCluster, vps: int, key_files: Path, tmp_path: Path
 ) -> None:
     env = {**os.environ, "HAKURIVER_CONFIG": str(vps_cluster.config_path), "HOME": str(tmp_path)}
     identity = ["-i", str(key_files / "id"), "-o", "BatchMode=yes"]
@@ -156,13 +158,13 @@ def test_system_ssh_and_scp_through_the_proxy(
     assert check.stdout == "copied with scp\n", check.stderr
 
 
-def test_wrong_key_is_refused_by_sshd(vps_cluster: Cluster, vps: int) -> None:
+def test_wrong_key_is_refused_by_sshd(vps_cluster: ProcessCluster, vps: int) -> None:
     stranger = asyncssh.generate_private_key("ssh-ed25519")
     with pytest.raises(asyncssh.PermissionDenied):
         asyncio.run(connect(vps_cluster, vps, stranger))
 
 
-def test_proxy_refuses_bad_requests_clearly(vps_cluster: Cluster) -> None:
+def test_proxy_refuses_bad_requests_clearly(vps_cluster: ProcessCluster) -> None:
     command = vps_cluster.submit(["true"])
     vps_cluster.wait_final(command.task_id)
     assert tunnel(vps_cluster, 12345) == (None, "ERROR task_id: task 12345 not found")
@@ -178,7 +180,7 @@ def test_proxy_refuses_bad_requests_clearly(vps_cluster: Cluster) -> None:
 
 
 def test_submit_errors(
-    vps_cluster: Cluster, key_files: Path, sshd_image: str, tmp_path: Path
+    vps_cluster: ProcessCluster, key_files: Path, sshd_image: str, tmp_path: Path
 ) -> None:
     name = vps_cluster.runner_names[0]
     two = [task_pb2.Target(hostname=name), task_pb2.Target(hostname=name)]
@@ -204,7 +206,9 @@ def test_submit_errors(
     assert result.returncode == 2 and "no public key" in result.stderr
 
 
-def test_environment_without_sshd_fails_clearly(vps_cluster: Cluster, key_files: Path) -> None:
+def test_environment_without_sshd_fails_clearly(
+    vps_cluster: ProcessCluster, key_files: Path
+) -> None:
     result = vps_cluster.cli(
         "vps", "submit", "--public-key-file", str(key_files / "id.pub"), "--json"
     )
@@ -215,7 +219,7 @@ def test_environment_without_sshd_fails_clearly(vps_cluster: Cluster, key_files:
 
 
 def test_pause_stalls_resume_continues_kill_ends(
-    vps_cluster: Cluster, key_files: Path, key: asyncssh.SSHKey, sshd_image: str
+    vps_cluster: ProcessCluster, key_files: Path, key: asyncssh.SSHKey, sshd_image: str
 ) -> None:
     reply = vps_cluster.tasks.SubmitTask(
         tpb.SubmitTaskRequest(
@@ -252,7 +256,7 @@ def test_pause_stalls_resume_continues_kill_ends(
 
 
 def test_vps_survives_a_runner_restart_on_the_same_port(
-    vps_cluster: Cluster, vps: int, key: asyncssh.SSHKey
+    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey
 ) -> None:
     before = vps_cluster.get(vps)
     vps_cluster.kill_runner()
@@ -290,7 +294,7 @@ def _sshd_sessions(port: int) -> int:
 
 
 def test_dropped_clients_free_their_sessions(
-    vps_cluster: Cluster, vps: int, key: asyncssh.SSHKey
+    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey
 ) -> None:
     port = vps_cluster.get(vps).ssh_port
     baseline = _sshd_sessions(port)

@@ -13,7 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.harness import BASE_ENV, SSHD_ENV, Cluster, running_cluster
+from tests.e2e.harness import BASE_ENV, SSHD_ENV, ProcessCluster, running_cluster
 
 
 def _docker_problem() -> str | None:
@@ -58,14 +58,16 @@ def sshd_image(docker_ready: None) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(
+    docker_ready: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProcessCluster]:
     """One Host and two Runners shared by a test module."""
     with running_cluster(tmp_path_factory.mktemp("cluster"), runner_count=2) as c:
         yield c
 
 
 @pytest.fixture
-def fresh_cluster(docker_ready: None, tmp_path: Path) -> Iterator[Cluster]:
+def fresh_cluster(docker_ready: None, tmp_path: Path) -> Iterator[ProcessCluster]:
     """A cluster of one Runner of the test's own, for tests that kill processes."""
     with running_cluster(tmp_path, runner_count=1) as c:
         yield c

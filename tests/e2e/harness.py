@@ -62,7 +62,7 @@ def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "conditi
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-class Cluster:
+class ProcessCluster:
     def __init__(
         self,
         root: Path,
@@ -157,7 +157,7 @@ reconnect_max_seconds = 1.0
             wait_for(lambda: self.node_online(name), what=f"runner {name} online")
         return name
 
-    def start(self) -> Cluster:
+    def start(self) -> ProcessCluster:
         self.start_host()
         for name in self.runner_names:
             self.start_runner(name, wait=False)
@@ -241,8 +241,8 @@ reconnect_max_seconds = 1.0
 
 
 @contextmanager
-def running_cluster(root: Path, **kwargs: Any) -> Iterator[Cluster]:
-    cluster = Cluster(root, **kwargs)
+def running_cluster(root: Path, **kwargs: Any) -> Iterator[ProcessCluster]:
+    cluster = ProcessCluster(root, **kwargs)
     try:
         yield cluster.start()
     finally:

@@ -4,19 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import docker.errors
 import typer
 
+from hakuriver_common.config import Config
 from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
-from hakuriver_runner.agent import Agent
+from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.outbox import Outbox
+from hakuriver_runner.pool import BlockingPool
+from hakuriver_runner.process_backend import ProcessBackend
+from hakuriver_runner.session import Session
+from hakuriver_runner.supervisor import Supervisor
 
 app = typer.Typer(add_completion=False, help="Start a HakuRiver Runner.")
 log = logging.getLogger(__name__)
 
 
-async def _serve(agent: Agent) -> None:
-    await agent.run(stop_on_signals())
+def _runner(config: Config) -> Session:
+    """Put a Runner together; raises DockerException when the Docker daemon is unreachable."""
+    name = config.runner.name or socket.gethostname()
+    docker_backend = DockerBackend(config, name)
+    outbox, pool = Outbox(), BlockingPool()
+    supervisor = Supervisor(docker_backend, ProcessBackend(config, name), outbox, pool)
+    return Session(config, name, docker_backend, supervisor, outbox, pool)
+
+
+async def _serve(session: Session) -> None:
+    await session.run(stop_on_signals())
     log.info("runner stopped; task containers keep running and are re-adopted on restart")
 
 
@@ -25,11 +41,11 @@ def main(config: ConfigOption = None) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""
     cfg = start_daemon(config, lambda c: c.paths.runner_log_file)
     try:
-        agent = Agent(cfg)
+        session = _runner(cfg)
     except docker.errors.DockerException as exc:
         typer.echo(f"error: cannot reach the Docker daemon: {exc}", err=True)
         raise typer.Exit(1) from None
-    asyncio.run(_serve(agent))
+    asyncio.run(_serve(session))
 
 
 def run() -> None:

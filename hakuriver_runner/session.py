@@ -1,0 +1,239 @@
+"""The Runner's one outbound Connect stream to the Host, re-established on loss.
+
+It owns the connection: registering, reconnecting with backoff, the loops that write the
+outbox, read the Host's messages and send heartbeats, and handing each message to the
+supervisor or the tunnels.
+
+The runner keeps no state of its own: on every (re)connection it lists its tasks (labelled
+containers, spooled host processes), tells the Host, and the Host answers which to keep
+(with the byte offsets of output it already has) and which to discard. Output followers
+replay a task's output from the start and skip what the Host has, so nothing is lost or
+written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    runner_service_pb2 as rpb,
+    runner_service_pb2_grpc,
+)
+from hakuriver_runner.backoff import backoff_delay
+from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.outbox import Outbox
+from hakuriver_runner.pool import BlockingPool
+from hakuriver_runner.supervisor import Supervisor
+from hakuriver_runner.system_info import (
+    GpuProbe,
+    read_numa_topology,
+    sample_health,
+    total_memory_bytes,
+    usable_cpus,
+)
+from hakuriver_runner.tunnels import Tunnels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_SECONDS = 5.0
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class Session:
+    def __init__(
+        self,
+        config: Config,
+        name: str,
+        docker: DockerBackend,
+        supervisor: Supervisor,
+        outbox: Outbox,
+        pool: BlockingPool,
+    ) -> None:
+        self.config = config
+        self.name = name
+        self.docker = docker
+        self.supervisor = supervisor
+        self.tunnels = Tunnels(outbox)
+        self.gpus = GpuProbe()
+        self._outbox = outbox
+        self._pool = pool
+        # Tasks handling the Host's commands and tunnel openings of the current stream.
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._commands: dict[str, Callable[[Any], Awaitable[None]]] = {
+            "dispatch": supervisor.dispatch,
+            "kill": supervisor.kill,
+            "pause": supervisor.pause,
+            "resume": supervisor.resume,
+            "release": supervisor.release,
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Stay connected to the Host until ``stop`` is set."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                if await self._connect(stop):
+                    attempt = 0
+            except grpc.aio.AioRpcError as exc:
+                log.warning("connection to host %s: %s", self.config.host_target, exc.code().name)
+            except Exception:
+                log.exception("runner session failed")
+            if stop.is_set():
+                break
+            delay = backoff_delay(attempt, cap=self.config.runner.reconnect_max_seconds)
+            attempt += 1
+            log.info("reconnecting in %.1fs", delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        self._pool.shutdown()
+
+    async def _register_message(self) -> rpb.ConnectRequest:
+        known_task_ids = await self.supervisor.scan()
+        environments, _ = await self._pool.run(self.docker.inventory)
+        numa = await self._pool.run(read_numa_topology)
+        cpus = usable_cpus()
+        gpus = await self._pool.run(self.gpus.sample)
+        return rpb.ConnectRequest(
+            register=rpb.RegisterRunner(
+                hostname=self.name,
+                total_cores=len(cpus),
+                total_memory_bytes=total_memory_bytes(),
+                numa_nodes=[
+                    node_pb2.NumaNode(
+                        id=n.id, cpus=[c for c in n.cpus if c in cpus], memory_bytes=n.memory_bytes
+                    )
+                    for n in numa
+                ],
+                gpus=gpus,
+                environments=environments,
+                known_task_ids=known_task_ids,
+            )
+        )
+
+    async def _connect(self, stop: asyncio.Event) -> bool:
+        """One connection; returns True if it got as far as registering."""
+        register = await self._register_message()
+        async with grpc.aio.insecure_channel(
+            self.config.host_target, options=CHANNEL_OPTIONS
+        ) as channel:
+            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+            await call.write(register)
+            first = await call.read()
+            if not isinstance(first, rpb.ConnectResponse) or not first.HasField("registered"):
+                raise ConnectionError("host closed the stream before acknowledging registration")
+            ack = first.registered
+            log.info(
+                "registered with host %s as %s: adopting %d, discarding %d",
+                self.config.host_target,
+                self.name,
+                len(ack.adopt),
+                len(ack.discard_task_ids),
+            )
+            queue = self._outbox.open()
+            await self.supervisor.reconcile(ack)
+            loops = [
+                asyncio.create_task(self._write_loop(call, queue)),
+                asyncio.create_task(self._read_loop(call)),
+                asyncio.create_task(
+                    self._heartbeat_loop(
+                        ack.heartbeat_interval_seconds or DEFAULT_HEARTBEAT_SECONDS
+                    )
+                ),
+                asyncio.create_task(stop.wait()),
+            ]
+            try:
+                done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    if not finished.cancelled() and finished.exception() is not None:
+                        log.warning("stream loop ended: %r", finished.exception())
+            finally:
+                for loop_task in loops:
+                    loop_task.cancel()
+                await self._end_stream()
+                call.cancel()
+        return True
+
+    async def _end_stream(self) -> None:
+        """Stop everything tied to the stream; tasks keep running, to be re-adopted."""
+        self.tunnels.close_all()
+        for handler in list(self._handlers):
+            handler.cancel()
+        watchers = self.supervisor.stop_watching()
+        await asyncio.gather(*watchers, *self._handlers, return_exceptions=True)
+        self._outbox.close()
+
+    async def _write_loop(self, call: Any, queue: asyncio.Queue[rpb.ConnectRequest]) -> None:
+        while True:
+            await call.write(await queue.get())
+
+    async def _read_loop(self, call: Any) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                log.warning("host closed the stream")
+                return
+            self._route(message)
+
+    def _route(self, message: rpb.ConnectResponse) -> None:
+        """Tunnel messages are handled here, in arrival order; commands each in a task."""
+        kind = message.WhichOneof("payload")
+        if kind == "tunnel_open":
+            self._spawn(self.tunnels.open(message.tunnel_open))
+        elif kind == "tunnel_data":
+            self.tunnels.write(message.tunnel_data)
+        elif kind == "tunnel_close":
+            self.tunnels.close(message.tunnel_close.tunnel_id)
+        else:
+            self._spawn(self._handle(message))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        handler = asyncio.create_task(work)
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, message: rpb.ConnectResponse) -> None:
+        kind = message.WhichOneof("payload")
+        if kind is None:
+            return
+        command = getattr(message, kind)
+        handler = self._commands.get(kind)
+        if handler is None:
+            log.warning("unexpected %s from host", kind)
+            return
+        async with self.supervisor.lock(command.task_id):
+            try:
+                await handler(command)
+            except Exception:
+                log.exception("handling %s for task %s failed", kind, command.task_id)
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        while True:
+            health = await self._pool.run(sample_health, self.gpus)
+            environments, loaded = await self._pool.run(self.docker.inventory)
+            await self._outbox.send(
+                rpb.ConnectRequest(
+                    heartbeat=rpb.Heartbeat(
+                        health=health,
+                        environments=environments,
+                        loaded=[
+                            rpb.LoadedEnvironment(name=n, tarball_timestamp=t)
+                            for n, t in sorted(loaded.items())
+                        ],
+                    )
+                )
+            )
+            await asyncio.sleep(interval)

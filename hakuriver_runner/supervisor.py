@@ -1,0 +1,308 @@
+"""Task supervision: the commands the Host sends about tasks, and one watcher per task.
+
+It starts tasks (loading an environment's newer tarball first), kills, pauses, resumes and
+removes them, and watches each one: its state, its output from the offsets the Host already
+has, a VPS's sshd coming up, and its exit. The Runner keeps no records of its own: the
+backends list the tasks that exist, and the Host says which of them to keep.
+
+A task's exit is reported from one place, ``_report_exit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from hakuriver_common.environments import NULL_CONTAINER
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.timestamps import to_timestamp
+from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, TaskBackend
+from hakuriver_runner.docker_backend import DockerBackend, ssh_port_of
+from hakuriver_runner.outbox import Outbox, SendCancelled
+from hakuriver_runner.pool import BlockingPool
+from hakuriver_runner.process_backend import ProcessBackend
+
+log = logging.getLogger(__name__)
+
+SSHD_READY_SECONDS = 60.0
+NOTHING_LEFT = ExitInfo(None, False, None, None, "nothing of the task is left on the runner")
+
+
+def _state(task_id: int, state: rpb.RunnerTaskState.ValueType, **fields: Any) -> rpb.ConnectRequest:
+    return rpb.ConnectRequest(
+        task_state=rpb.TaskStateReport(task_id=task_id, state=state, **fields)
+    )
+
+
+class Supervisor:
+    def __init__(
+        self, docker: DockerBackend, processes: ProcessBackend, outbox: Outbox, pool: BlockingPool
+    ) -> None:
+        self.docker = docker
+        self.processes = processes
+        self._outbox = outbox
+        self._pool = pool
+        # Every task this runner supervises: its backend and the backend's handle.
+        self._handles: dict[int, tuple[TaskBackend, Any]] = {}
+        self._watchers: dict[int, asyncio.Task[None]] = {}
+        self._locks: dict[int, asyncio.Lock] = {}
+        # One docker load per environment at a time; concurrent tasks wait for the same one.
+        self._loads: dict[str, asyncio.Future[None]] = {}
+
+    def lock(self, task_id: int) -> asyncio.Lock:
+        """Commands about one task run one at a time, in arrival order."""
+        return self._locks.setdefault(task_id, asyncio.Lock())
+
+    async def scan(self) -> list[int]:
+        """Find this runner's tasks again (containers, spooled processes); their ids."""
+        self._handles = {
+            task_id: (backend, handle)
+            for backend in (self.docker, self.processes)
+            for task_id, handle in (await self._pool.run(backend.tasks)).items()
+        }
+        return sorted(self._handles)
+
+    async def reconcile(self, ack: rpb.RegisterAck) -> None:
+        """Drop the tasks the Host is done with; watch the others from the Host's offsets."""
+        for task_id in ack.discard_task_ids:
+            await self._discard(task_id)
+        for adopt in ack.adopt:
+            if adopt.task_id in self._handles:
+                self._watch(adopt.task_id, adopt.stdout_offset, adopt.stderr_offset)
+
+    def stop_watching(self) -> list[asyncio.Task[None]]:
+        """Cancel every watcher (the stream is gone); the tasks themselves keep running."""
+        watchers = list(self._watchers.values())
+        for watcher in watchers:
+            watcher.cancel()
+        self._watchers.clear()
+        return watchers
+
+    # ----- commands from the Host -------------------------------------------------------
+
+    async def dispatch(self, dispatch: rpb.DispatchCommand) -> None:
+        task_id = dispatch.task_id
+        if task_id in self._watchers:
+            return
+        backend: TaskBackend = (
+            self.processes if dispatch.container_name == NULL_CONTAINER else self.docker
+        )
+        try:
+            if backend is self.docker:
+                await self._ensure_environment(dispatch)
+            handle = await self._pool.run(backend.start, dispatch)
+        except StartError as exc:
+            log.warning("task %s could not start: %s", task_id, exc)
+            await self._outbox.send(
+                _state(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
+            )
+            return
+        self._handles[task_id] = (backend, handle)
+        self._watch(task_id, 0, 0, started=True)
+
+    async def kill(self, kill: rpb.KillCommand) -> None:
+        found = self._handles.get(kill.task_id)
+        if found is None:
+            await self._report_exit(kill.task_id, NOTHING_LEFT)
+            return
+        backend, handle = found
+        await self._pool.run(backend.stop, handle, kill.grace_seconds)
+
+    async def pause(self, pause: rpb.PauseCommand) -> None:
+        await self._freeze(pause.task_id, frozen=True)
+
+    async def resume(self, resume: rpb.ResumeCommand) -> None:
+        await self._freeze(resume.task_id, frozen=False)
+
+    async def release(self, release: rpb.ReleaseCommand) -> None:
+        task_id = release.task_id
+        watcher = self._watchers.pop(task_id, None)
+        if watcher is not None and not watcher.done():
+            watcher.cancel()
+        self._locks.pop(task_id, None)
+        await self._discard(task_id)
+
+    async def _freeze(self, task_id: int, frozen: bool) -> None:
+        found = self._handles.get(task_id)
+        if found is None:
+            return
+        backend, handle = found
+        await self._pool.run(backend.pause if frozen else backend.resume, handle)
+        state = rpb.RUNNER_TASK_STATE_PAUSED if frozen else rpb.RUNNER_TASK_STATE_RUNNING
+        await self._outbox.send(_state(task_id, state))
+
+    async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
+        """Load the environment's newest tarball first if it is newer than the image here."""
+        name = dispatch.container_name
+        tarball = await self._pool.run(self.docker.tarball_to_load, name)
+        if tarball is None:
+            return
+        await self._outbox.send(
+            _state(
+                dispatch.task_id,
+                rpb.RUNNER_TASK_STATE_PREPARING,
+                detail=f"loading environment {name} from {tarball.path.name}",
+            )
+        )
+        load = self._loads.get(name)
+        if load is None:
+            load = self._pool.run(self.docker.load, tarball)
+            self._loads[name] = load
+            load.add_done_callback(lambda _: self._loads.pop(name, None))
+        await asyncio.shield(load)
+
+    async def _discard(self, task_id: int) -> None:
+        """Stop and remove whatever is left of a task the Host is done with."""
+        found = self._handles.pop(task_id, None)
+        if found is None:
+            for each in (self.docker, self.processes):
+                await self._pool.run(each.remove, task_id)
+            return
+        backend, handle = found
+        if backend is self.processes:
+            await self._pool.run(backend.stop, handle, 0)
+        await self._pool.run(backend.remove, task_id)
+
+    # ----- watching a task --------------------------------------------------------------
+
+    def _watch(
+        self, task_id: int, stdout_offset: int, stderr_offset: int, started: bool = False
+    ) -> None:
+        """Follow a task's output and report its exit.
+
+        ``started``: this runner just started it, so it ran even if it has already exited.
+        """
+        current = self._watchers.get(task_id)
+        if current is not None and not current.done():
+            return
+        self._watchers[task_id] = asyncio.create_task(
+            self._watch_task(task_id, (stdout_offset, stderr_offset), started),
+            name=f"task-{task_id}",
+        )
+
+    async def _watch_task(self, task_id: int, offsets: Sequence[int], started: bool) -> None:
+        backend, handle = self._handles[task_id]
+        try:
+            status, started_at = await self._pool.run(backend.state, handle)
+            port = ssh_port_of(handle) if backend is self.docker else 0
+            if port:
+                info = await self._watch_vps(task_id, handle, port, started_at)
+            else:
+                if started or status in ("running", "paused"):
+                    state = (
+                        rpb.RUNNER_TASK_STATE_PAUSED
+                        if status == "paused"
+                        else rpb.RUNNER_TASK_STATE_RUNNING
+                    )
+                    await self._outbox.send(
+                        _state(task_id, state, started_at=to_timestamp(started_at))
+                    )
+                await self._follow_output(task_id, backend, handle, offsets)
+                info = await self._pool.run(backend.wait, handle)
+            await self._report_exit(task_id, info)
+        except SendCancelled:
+            return
+
+    async def _report_exit(self, task_id: int, info: ExitInfo) -> None:
+        await self._outbox.send(
+            _state(
+                task_id,
+                rpb.RUNNER_TASK_STATE_EXITED,
+                exit_code=info.exit_code,
+                oom_killed=info.oom_killed,
+                error_message=info.error,
+                started_at=to_timestamp(info.started_at),
+                finished_at=to_timestamp(info.finished_at),
+            )
+        )
+
+    async def _follow_output(
+        self, task_id: int, backend: TaskBackend, handle: Any, offsets: Sequence[int]
+    ) -> None:
+        """Send stdout and stderr past the Host's offsets until the task ends."""
+        streams = (
+            (True, task_pb2.LOG_STREAM_STDOUT, LogFollow()),
+            (False, task_pb2.LOG_STREAM_STDERR, LogFollow()),
+        )
+        try:
+            await asyncio.gather(
+                *(
+                    self._pool.run(
+                        backend.follow,
+                        handle,
+                        is_stdout,
+                        offset,
+                        self._emitter(task_id, stream, follow),
+                        follow,
+                    )
+                    for (is_stdout, stream, follow), offset in zip(streams, offsets, strict=True)
+                )
+            )
+        except asyncio.CancelledError:
+            for _, _, follow in streams:
+                follow.cancel()
+            raise
+
+    def _emitter(
+        self, task_id: int, stream: task_pb2.LogStream.ValueType, follow: LogFollow
+    ) -> Emit:
+        send = self._outbox.thread_sender(lambda: follow.cancelled)
+
+        def emit(offset: int, data: bytes) -> None:
+            send(
+                rpb.ConnectRequest(
+                    log_chunk=rpb.LogChunk(task_id=task_id, stream=stream, offset=offset, data=data)
+                )
+            )
+
+        return emit
+
+    async def _watch_vps(
+        self, task_id: int, handle: Any, port: int, started_at: datetime | None
+    ) -> ExitInfo:
+        """A VPS is running once its sshd accepts connections; it writes no log files."""
+        ready = await self._sshd_ready(handle, port)
+        if ready:
+            await self._outbox.send(
+                _state(
+                    task_id,
+                    rpb.RUNNER_TASK_STATE_RUNNING,
+                    started_at=to_timestamp(started_at),
+                    ssh_port=port,
+                )
+            )
+        else:
+            await self._pool.run(self.docker.stop, handle, 0)
+        info = await self._pool.run(self.docker.wait, handle)
+        if ready:
+            return info
+        tail = await self._pool.run(self.docker.last_output, handle)
+        error = f"the VPS never accepted SSH connections: {tail or 'no output'}"
+        return dataclasses.replace(info, error=error)
+
+    async def _sshd_ready(self, handle: Any, port: int) -> bool:
+        """Wait until the VPS's sshd greets on its port; False if the container ends first."""
+        deadline = time.monotonic() + SSHD_READY_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 1
+                )
+                try:
+                    greeting = await asyncio.wait_for(reader.read(4), 2)
+                finally:
+                    writer.close()
+                if greeting == b"SSH-":
+                    return True
+            except (OSError, TimeoutError):
+                pass
+            status, _ = await self._pool.run(self.docker.state, handle)
+            if status == "exited":
+                return False
+            await asyncio.sleep(0.1)
+        return False

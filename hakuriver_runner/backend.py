@@ -1,13 +1,13 @@
-"""What the agent needs from a way of running tasks: Docker containers or host processes.
+"""What the supervisor needs from a way of running tasks: Docker containers or host processes.
 
-All methods block; the agent calls them off the event loop.
+All methods block; the supervisor calls them on the runner's thread pool, off the event loop.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -71,6 +71,25 @@ def emit_past(chunks: Any, skip: int, emit: Emit, follow: LogFollow) -> int:
             emit(offset + start, data[start:])
         offset = end
     return offset
+
+
+def id_list(ids: Iterable[int]) -> str:
+    """CPU or GPU ids the way cpusets, tools and variables take them: "0,2,3"."""
+    return ",".join(str(i) for i in ids)
+
+
+def task_variables(dispatch: rpb.DispatchCommand, cuda_devices: Iterable[int]) -> dict[str, str]:
+    """Variables every task sees, set over its own environment.
+
+    ``cuda_devices``: its GPUs as CUDA numbers them where it runs (in a container, from 0).
+    """
+    env = {"HAKURIVER_TASK_ID": str(dispatch.task_id)}
+    if dispatch.gpu_ids:
+        env["HAKURIVER_GPU_IDS"] = id_list(dispatch.gpu_ids)
+        env["CUDA_VISIBLE_DEVICES"] = id_list(cuda_devices)
+    if dispatch.cpus:
+        env["HAKURIVER_CPUS"] = id_list(dispatch.cpus)
+    return env
 
 
 class TaskBackend(Protocol):

@@ -27,7 +27,15 @@ from hakuriver_common.environments import (
 )
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
-from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
+from hakuriver_runner.backend import (
+    Emit,
+    ExitInfo,
+    LogFollow,
+    StartError,
+    emit_past,
+    id_list,
+    task_variables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +227,10 @@ class DockerBackend:
             LABEL_KIND: "command",
             LABEL_ENV: dispatch.container_name,
         }
-        environment = {**dict(dispatch.env), **self._task_env(dispatch)}
+        environment = {
+            **dict(dispatch.env),
+            **task_variables(dispatch, range(len(dispatch.gpu_ids))),
+        }
         command = [dispatch.command, *dispatch.arguments]
         if dispatch.kind == task_pb2.TASK_KIND_VPS:
             port = free_loopback_port()
@@ -243,7 +254,7 @@ class DockerBackend:
             kwargs["mem_limit"] = dispatch.memory_bytes
             kwargs["memswap_limit"] = dispatch.memory_bytes
         if dispatch.cpus:
-            kwargs["cpuset_cpus"] = ",".join(str(c) for c in dispatch.cpus)
+            kwargs["cpuset_cpus"] = id_list(dispatch.cpus)
         if dispatch.HasField("numa_node_id"):
             kwargs["cpuset_mems"] = str(dispatch.numa_node_id)
         gpus = [str(g) for g in dispatch.gpu_ids]
@@ -262,17 +273,6 @@ class DockerBackend:
                 self._remove_quietly(name)
             raise StartError(f"docker could not start the container: {_why(exc)}") from None
         return container
-
-    @staticmethod
-    def _task_env(dispatch: rpb.DispatchCommand) -> dict[str, str]:
-        """Variables every task sees. Inside the container its GPUs are numbered from 0."""
-        env = {"HAKURIVER_TASK_ID": str(dispatch.task_id)}
-        if dispatch.gpu_ids:
-            env["HAKURIVER_GPU_IDS"] = ",".join(str(g) for g in dispatch.gpu_ids)
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(len(dispatch.gpu_ids)))
-        if dispatch.cpus:
-            env["HAKURIVER_CPUS"] = ",".join(str(c) for c in dispatch.cpus)
-        return env
 
     def _remove_quietly(self, name: str) -> None:
         with contextlib.suppress(docker.errors.DockerException):

@@ -29,7 +29,15 @@ from typing import Any
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, emit_past
+from hakuriver_runner.backend import (
+    Emit,
+    ExitInfo,
+    LogFollow,
+    StartError,
+    emit_past,
+    id_list,
+    task_variables,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +104,7 @@ class ProcessBackend:
                 )
             binding = [f"--membind={dispatch.numa_node_id}"]
             if dispatch.cpus:
-                binding.insert(0, "--physcpubind=" + ",".join(str(c) for c in dispatch.cpus))
+                binding.insert(0, "--physcpubind=" + id_list(dispatch.cpus))
             else:
                 binding.insert(0, f"--cpunodebind={dispatch.numa_node_id}")
             command = [numactl, *binding, "--", *command]
@@ -104,14 +112,14 @@ class ProcessBackend:
             taskset = shutil.which("taskset")
             if taskset is None:
                 raise StartError("taskset not found: needed to pin the task to its CPUs")
-            command = [taskset, "--cpu-list", ",".join(str(c) for c in dispatch.cpus), *command]
+            command = [taskset, "--cpu-list", id_list(dispatch.cpus), *command]
         argv = ["/bin/sh", "-c", WRAPPER, str(exit_file), *command]
         if systemd_is_init():
             properties = [f"CPUQuota={dispatch.cores * 100}%"]
             if dispatch.memory_bytes:
                 properties.append(f"MemoryMax={dispatch.memory_bytes}")
             if dispatch.cpus:
-                properties.append("AllowedCPUs=" + ",".join(str(c) for c in dispatch.cpus))
+                properties.append("AllowedCPUs=" + id_list(dispatch.cpus))
             scope = [
                 "systemd-run",
                 "--scope",
@@ -120,15 +128,6 @@ class ProcessBackend:
             ]
             argv = [*scope, *(f"--property={p}" for p in properties), "--", *argv]
         return argv
-
-    def _env(self, dispatch: rpb.DispatchCommand) -> dict[str, str]:
-        env = {**os.environ, **dict(dispatch.env), "HAKURIVER_TASK_ID": str(dispatch.task_id)}
-        if dispatch.gpu_ids:
-            ids = ",".join(str(g) for g in dispatch.gpu_ids)
-            env["CUDA_VISIBLE_DEVICES"] = env["HAKURIVER_GPU_IDS"] = ids
-        if dispatch.cpus:
-            env["HAKURIVER_CPUS"] = ",".join(str(c) for c in dispatch.cpus)
-        return env
 
     def start(self, dispatch: rpb.DispatchCommand) -> HostProcess:
         existing = self.tasks().get(dispatch.task_id)
@@ -145,7 +144,11 @@ class ProcessBackend:
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
-                    env=self._env(dispatch),
+                    env={
+                        **os.environ,
+                        **dict(dispatch.env),
+                        **task_variables(dispatch, dispatch.gpu_ids),
+                    },
                     cwd=workdir,
                     start_new_session=True,
                 )

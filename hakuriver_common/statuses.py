@@ -99,17 +99,17 @@ _TASK_STATUS_PB: dict[TaskStatus, task_pb2.TaskStatus.ValueType] = {
     TaskStatus.KILLED_OOM: task_pb2.TASK_STATUS_KILLED_OOM,
     TaskStatus.LOST: task_pb2.TASK_STATUS_LOST,
 }
-_TASK_STATUS_OF_PB = {pb: status for status, pb in _TASK_STATUS_PB.items()}
+_TASK_STATUS_OF_PB: dict[int, TaskStatus] = {pb: status for status, pb in _TASK_STATUS_PB.items()}
 _TASK_KIND_PB: dict[TaskKind, task_pb2.TaskKind.ValueType] = {
     TaskKind.COMMAND: task_pb2.TASK_KIND_COMMAND,
     TaskKind.VPS: task_pb2.TASK_KIND_VPS,
 }
-_TASK_KIND_OF_PB = {pb: kind for kind, pb in _TASK_KIND_PB.items()}
+_TASK_KIND_OF_PB: dict[int, TaskKind] = {pb: kind for kind, pb in _TASK_KIND_PB.items()}
 _NODE_STATUS_PB: dict[NodeStatus, node_pb2.NodeStatus.ValueType] = {
     NodeStatus.ONLINE: node_pb2.NODE_STATUS_ONLINE,
     NodeStatus.OFFLINE: node_pb2.NODE_STATUS_OFFLINE,
 }
-_NODE_STATUS_OF_PB = {pb: status for status, pb in _NODE_STATUS_PB.items()}
+_NODE_STATUS_OF_PB: dict[int, NodeStatus] = {pb: status for status, pb in _NODE_STATUS_PB.items()}
 
 # Proto values of the final statuses, for clients that compare wire messages.
 FINAL_TASK_STATUSES = frozenset(s.pb for s in FINAL_STATUSES)

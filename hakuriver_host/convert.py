@@ -1,37 +1,30 @@
-"""Database records and in-memory views to their public proto messages."""
+"""Records to proto messages and back: tasks, events, nodes, dispatches, and the rows of a
+plan admitted from a SubmitTaskRequest."""
 
 from __future__ import annotations
 
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
-from hakuriver_common.timestamps import to_timestamp
-from hakuriver_host.cluster import NodeView
-from hakuriver_host.models import TaskEventRecord, TaskRecord
-from hakuriver_host.scheduler import NodeResources
+from collections.abc import Callable
+from datetime import datetime
 
-TASK_STATUS_PB = {
-    "pending": task_pb2.TASK_STATUS_PENDING,
-    "assigning": task_pb2.TASK_STATUS_ASSIGNING,
-    "running": task_pb2.TASK_STATUS_RUNNING,
-    "paused": task_pb2.TASK_STATUS_PAUSED,
-    "completed": task_pb2.TASK_STATUS_COMPLETED,
-    "failed": task_pb2.TASK_STATUS_FAILED,
-    "killed": task_pb2.TASK_STATUS_KILLED,
-    "killed_oom": task_pb2.TASK_STATUS_KILLED_OOM,
-    "lost": task_pb2.TASK_STATUS_LOST,
-}
-TASK_STATUS_NAME = {value: name for name, value in TASK_STATUS_PB.items()}
-TASK_KIND_PB = {"command": task_pb2.TASK_KIND_COMMAND, "vps": task_pb2.TASK_KIND_VPS}
+from hakuriver_common.environments import NULL_CONTAINER, image_for
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.statuses import NodeStatus, TaskKind, TaskStatus
+from hakuriver_common.timestamps import to_timestamp
+from hakuriver_host.admission import Plan
+from hakuriver_host.models import TaskEventRecord, TaskRecord
+from hakuriver_host.nodes import NodeView
+from hakuriver_host.scheduler import NodeResources
 
 
 def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
     return task_pb2.Task(
         task_id=task.task_id,
-        kind=TASK_KIND_PB[task.kind],
+        kind=TaskKind(task.kind).pb,
         batch_id=task.batch_id,
         command=task.command,
         arguments=task.arguments,
         env=task.env,
-        status=TASK_STATUS_PB[task.status],
+        status=TaskStatus(task.status).pb,
         assigned_node=task.assigned_node or "",
         required_cores=task.required_cores,
         required_memory_bytes=task.required_memory_bytes,
@@ -59,7 +52,7 @@ def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
 
 def event_to_pb(event: TaskEventRecord) -> task_pb2.TaskEvent:
     return task_pb2.TaskEvent(
-        status=TASK_STATUS_PB[event.status], at=to_timestamp(event.at), detail=event.detail
+        status=TaskStatus(event.status).pb, at=to_timestamp(event.at), detail=event.detail
     )
 
 
@@ -68,7 +61,7 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
     free_memory = capacity.free_memory_bytes if capacity else node.total_memory_bytes
     return node_pb2.Node(
         hostname=node.hostname,
-        status=node_pb2.NODE_STATUS_ONLINE if node.online else node_pb2.NODE_STATUS_OFFLINE,
+        status=NodeStatus.of(node.online).pb,
         total_cores=node.total_cores,
         available_cores=free_cores,
         total_memory_bytes=node.total_memory_bytes,
@@ -82,3 +75,62 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
         draining=node.draining,
         allocated_gpus=sorted(set(capacity.gpus) - capacity.free_gpus) if capacity else [],
     )
+
+
+def dispatch_of(task: TaskRecord) -> rpb.DispatchCommand:
+    """What a Runner needs to start a placed task."""
+    return rpb.DispatchCommand(
+        task_id=task.task_id,
+        kind=TaskKind(task.kind).pb,
+        ssh_public_key=task.ssh_public_key,
+        image="" if task.container_name == NULL_CONTAINER else image_for(task.container_name),
+        command=task.command,
+        arguments=task.arguments,
+        env=task.env,
+        cores=task.required_cores,
+        memory_bytes=task.required_memory_bytes,
+        mounts=[task_pb2.Mount(**m) for m in task.mounts],
+        privileged=task.privileged,
+        container_name=task.container_name,
+        gpu_ids=task.required_gpus,
+        cpus=task.assigned_cpus,
+        numa_node_id=task.target_numa_node_id,
+    )
+
+
+def records_of(
+    plan: Plan,
+    task_ids: list[int],
+    batch_id: int,
+    now: datetime,
+    output_paths: Callable[[int], tuple[str, str]],
+) -> list[TaskRecord]:
+    """One pending task row per placement of an admitted plan."""
+    return [
+        TaskRecord(
+            task_id=task_id,
+            kind=plan.kind.value,
+            batch_id=batch_id,
+            command=plan.command,
+            ssh_public_key=plan.ssh_public_key,
+            arguments=list(plan.arguments),
+            env=dict(plan.env),
+            status=TaskStatus.PENDING.value,
+            target_hostname=placement.hostname,
+            required_cores=plan.cores,
+            required_memory_bytes=plan.memory_bytes,
+            required_gpus=list(placement.gpu_ids),
+            gpu_count=plan.gpu_count,
+            target_numa_node_id=placement.numa_node,
+            container_name=plan.container,
+            privileged=plan.privileged,
+            mounts=[dict(m) for m in plan.mounts],
+            priority=plan.priority,
+            submitted_at=now,
+            stdout_path=output_paths(task_id)[0],
+            stderr_path=output_paths(task_id)[1],
+            # Given explicitly: resolving a default_factory per instance is slow.
+            assigned_cpus=[],
+        )
+        for task_id, placement in zip(task_ids, plan.placements, strict=True)
+    ]

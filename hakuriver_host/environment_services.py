@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from docker.utils.socket import frames_iter
 
 from hakuriver_common.environments import TarballFile
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -23,7 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.environments import EnvironmentManager
-from hakuriver_host.errors import ApiError, InvalidArgument, reports_api_errors
+from hakuriver_host.errors import ApiError, InvalidArgument
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.2
@@ -39,11 +36,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         self.cluster = cluster
 
     def _tarball_pb(self, tarball: TarballFile) -> epb.Tarball:
-        loaded_on = sorted(
-            node.hostname
-            for node in self.cluster.nodes.values()
-            if node.loaded.get(tarball.name) == tarball.timestamp
-        )
+        loaded_on = self.cluster.environment_loaded_on(tarball.name, tarball.timestamp)
         try:
             size = tarball.path.stat().st_size
         except OSError:
@@ -56,7 +49,6 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
             loaded_on=loaded_on,
         )
 
-    @reports_api_errors
     async def CreateContainer(
         self, request: epb.CreateContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.CreateContainerResponse:
@@ -65,28 +57,24 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         fields = await asyncio.to_thread(self.manager.create_container, request.image, request.name)
         return epb.CreateContainerResponse(container=_container_pb(fields))
 
-    @reports_api_errors
     async def ListContainers(
         self, request: epb.ListContainersRequest, context: grpc.aio.ServicerContext
     ) -> epb.ListContainersResponse:
         found = await asyncio.to_thread(self.manager.list_containers)
         return epb.ListContainersResponse(containers=[_container_pb(f) for f in found])
 
-    @reports_api_errors
     async def StartContainer(
         self, request: epb.StartContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.StartContainerResponse:
         fields = await asyncio.to_thread(self.manager.start_container, request.name)
         return epb.StartContainerResponse(container=_container_pb(fields))
 
-    @reports_api_errors
     async def StopContainer(
         self, request: epb.StopContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.StopContainerResponse:
         fields = await asyncio.to_thread(self.manager.stop_container, request.name)
         return epb.StopContainerResponse(container=_container_pb(fields))
 
-    @reports_api_errors
     async def DeleteContainer(
         self, request: epb.DeleteContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteContainerResponse:
@@ -118,23 +106,18 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def CreateTar(
         self, request: epb.CreateTarRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[epb.CreateTarResponse]:
-        try:
-            async for item in self._with_progress(self.manager.create_tar, request.name):
-                if isinstance(item, int):
-                    yield epb.CreateTarResponse(bytes_written=item)
-                else:
-                    yield epb.CreateTarResponse(done=self._tarball_pb(item))
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
+        async for item in self._with_progress(self.manager.create_tar, request.name):
+            if isinstance(item, int):
+                yield epb.CreateTarResponse(bytes_written=item)
+            else:
+                yield epb.CreateTarResponse(done=self._tarball_pb(item))
 
-    @reports_api_errors
     async def ListTars(
         self, request: epb.ListTarsRequest, context: grpc.aio.ServicerContext
     ) -> epb.ListTarsResponse:
         tarballs = await asyncio.to_thread(self.manager.tarballs)
         return epb.ListTarsResponse(tarballs=[self._tarball_pb(t) for t in tarballs])
 
-    @reports_api_errors
     async def DeleteTar(
         self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteTarResponse:
@@ -147,21 +130,17 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         context: grpc.aio.ServicerContext,
     ) -> epb.ImportRootfsResponse:
         requests = request_iterator.__aiter__()
-        try:
-            first = await anext(requests)
-            if first.WhichOneof("payload") != "name":
-                raise InvalidArgument("name: the first message must name the environment")
-            upload = await asyncio.to_thread(self.manager.upload_path, first.name)
-            with upload.open("wb") as out:
-                async for message in requests:
-                    await asyncio.to_thread(out.write, message.chunk)
-            async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
-                if isinstance(item, TarballFile):
-                    return epb.ImportRootfsResponse(tarball=self._tarball_pb(item))
-            raise ApiError("import ended without a tarball")
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
-            raise
+        first = await anext(requests)
+        if first.WhichOneof("payload") != "name":
+            raise InvalidArgument("name: the first message must name the environment")
+        upload = await asyncio.to_thread(self.manager.upload_path, first.name)
+        with upload.open("wb") as out:
+            async for message in requests:
+                await asyncio.to_thread(out.write, message.chunk)
+        async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
+            if isinstance(item, TarballFile):
+                return epb.ImportRootfsResponse(tarball=self._tarball_pb(item))
+        raise ApiError("import ended without a tarball")
 
 
 class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
@@ -176,45 +155,28 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[spb.ShellResponse]:
         requests = request_iterator.__aiter__()
-        try:
-            first = await anext(requests)
-            if first.WhichOneof("payload") != "start":
-                raise InvalidArgument("start: the first message must be start")
-            start = first.start
-            container = await asyncio.to_thread(self.manager.running_container, start.name)
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
-            return
-        api = self.manager.client.api
-        exec_id = await asyncio.to_thread(
-            api.exec_create,
-            container.id,
-            list(start.command) or ["/bin/sh"],
-            stdin=True,
-            tty=start.tty,
-            environment=dict(start.env),
+        first = await anext(requests)
+        if first.WhichOneof("payload") != "start":
+            raise InvalidArgument("start: the first message must be start")
+        start = first.start
+        shell = await asyncio.to_thread(
+            self.manager.open_shell,
+            start.name,
+            list(start.command),
+            start.tty,
+            dict(start.env),
+            start.size.rows,
+            start.size.cols,
         )
-        sock = await asyncio.to_thread(api.exec_start, exec_id, socket=True, tty=start.tty)
-        raw: socket.socket = getattr(sock, "_sock", sock)
-        if start.tty and start.size.rows:
-            await asyncio.to_thread(
-                api.exec_resize, exec_id, height=start.size.rows, width=start.size.cols
-            )
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue[spb.ShellOutput | None] = asyncio.Queue(256)
 
         def pump() -> None:
             try:
-                for stream, data in frames_iter(sock, start.tty):
-                    message = spb.ShellOutput(
-                        stream=spb.OUTPUT_STREAM_STDERR
-                        if stream == 2
-                        else spb.OUTPUT_STREAM_STDOUT,
-                        data=data,
-                    )
+                for is_stderr, data in shell.output():
+                    stream = spb.OUTPUT_STREAM_STDERR if is_stderr else spb.OUTPUT_STREAM_STDOUT
+                    message = spb.ShellOutput(stream=stream, data=data)
                     asyncio.run_coroutine_threadsafe(outputs.put(message), loop).result()
-            except OSError:
-                pass
             finally:
                 asyncio.run_coroutine_threadsafe(outputs.put(None), loop).result()
 
@@ -222,17 +184,11 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
             async for message in requests:
                 kind = message.WhichOneof("payload")
                 if kind == "stdin":
-                    await asyncio.to_thread(raw.sendall, message.stdin)
+                    await asyncio.to_thread(shell.write, message.stdin)
                 elif kind == "resize":
-                    await asyncio.to_thread(
-                        api.exec_resize,
-                        exec_id,
-                        height=message.resize.rows,
-                        width=message.resize.cols,
-                    )
+                    await asyncio.to_thread(shell.resize, message.resize.rows, message.resize.cols)
                 elif kind == "close_stdin":
-                    with contextlib.suppress(OSError):
-                        raw.shutdown(socket.SHUT_WR)
+                    shell.close_stdin()
 
         reader = asyncio.ensure_future(asyncio.to_thread(pump))
         feeder = asyncio.create_task(feed())
@@ -240,9 +196,7 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
             while (output := await outputs.get()) is not None:
                 yield spb.ShellResponse(output=output)
             await reader
-            info = await asyncio.to_thread(api.exec_inspect, exec_id)
-            yield spb.ShellResponse(exit_code=int(info.get("ExitCode") or 0))
+            yield spb.ShellResponse(exit_code=await asyncio.to_thread(shell.exit_code))
         finally:
             feeder.cancel()
-            with contextlib.suppress(OSError):
-                raw.close()
+            shell.close()

@@ -30,6 +30,7 @@ from hakuriver_common.environments import (
     list_tarballs,
     tarball_path,
 )
+from hakuriver_host.environment_shell import ShellProcess
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,18 @@ class EnvironmentManager:
     def delete_container(self, name: str) -> None:
         self._container(name).remove(force=True)
 
-    def running_container(self, name: str) -> Any:
+    def open_shell(
+        self, name: str, command: list[str], tty: bool, env: dict[str, str], rows: int, cols: int
+    ) -> ShellProcess:
+        """A process in the running environment container, attached for a session."""
         container = self._container(name)
         if container.status != "running":
             raise FailedPrecondition(
                 f"name: environment container {name!r} is {container.status}; start it first"
             )
-        return container
+        shell = ShellProcess(self.client.api, container.id, command or ["/bin/sh"], tty, env)
+        shell.resize(rows, cols)
+        return shell
 
     # ----- tarballs ---------------------------------------------------------------------
 

@@ -1,18 +1,14 @@
-"""Errors the API reports to clients, each with its gRPC status code."""
+"""Domain errors of the Host core: what went wrong, in words that name the field.
+
+The core raises these without knowing about gRPC; ``interceptors.py`` maps each class to
+its status code in one place.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-import grpc
-
-R = TypeVar("R")
-
 
 class ApiError(Exception):
-    code = grpc.StatusCode.INTERNAL
+    """A request the Host refuses; ``message`` is shown to the caller as is."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -20,36 +16,16 @@ class ApiError(Exception):
 
 
 class InvalidArgument(ApiError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request itself is wrong (a bad value, a missing field)."""
 
 
 class NotFound(ApiError):
-    code = grpc.StatusCode.NOT_FOUND
+    """The request names a task, node or environment that does not exist."""
 
 
 class FailedPrecondition(ApiError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The request is fine but the thing it acts on is in the wrong state."""
 
 
 class Unavailable(ApiError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class Unimplemented(ApiError):
-    code = grpc.StatusCode.UNIMPLEMENTED
-
-
-def reports_api_errors(
-    method: Callable[..., Awaitable[R]],
-) -> Callable[..., Awaitable[R]]:
-    """Turn an ApiError raised by a unary servicer method into its gRPC status."""
-
-    @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
-            return await method(self, request, context)
-        except ApiError as exc:
-            await context.abort(exc.code, exc.message)
-            raise  # unreachable: abort raises
-
-    return wrapper
+    """A part the request needs (a Runner, Docker) cannot be reached now; retry later."""

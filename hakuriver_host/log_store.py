@@ -124,14 +124,41 @@ class LogStore:
         except FileNotFoundError:
             return b""
 
-    async def _read_to_end(self, task_id: int, stream: str, offset: int) -> AsyncIterator[bytes]:
+    async def _from_file(
+        self, task_id: int, stream: str, offset: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
         path = self.path(task_id, stream)
-        while True:
-            data = await self._io(self._read, path, offset)
-            if not data:
-                return
-            yield data
+        while data := await self._io(self._read, path, offset):
+            yield offset, data
             offset += len(data)
+
+    async def _follow(
+        self, follower: Follower, task_id: int, stream: str, offset: int
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Live chunks as they are stored; from the file again whenever the follower fell
+        behind (or a chunk left a gap), and once more at the end."""
+        while True:
+            if follower.lagging:
+                follower.lagging = False
+                while not follower.queue.empty():
+                    follower.queue.get_nowait()
+                async for piece in self._from_file(task_id, stream, offset):
+                    yield piece
+                    offset = piece[0] + len(piece[1])
+                if follower.closed:
+                    return
+                continue
+            item = await follower.queue.get()
+            if item is None:
+                async for piece in self._from_file(task_id, stream, offset):
+                    yield piece
+                return
+            chunk_offset, data = item
+            if chunk_offset > offset:
+                follower.lagging = True
+            elif chunk_offset + len(data) > offset:
+                yield offset, data[offset - chunk_offset :]
+                offset = chunk_offset + len(data)
 
     async def read(
         self, task_id: int, stream: str, offset: int, follow: bool, is_final: bool
@@ -142,38 +169,12 @@ class LogStore:
             follower = Follower()
             self._followers.setdefault((task_id, stream), set()).add(follower)
         try:
-            async for data in self._read_to_end(task_id, stream, offset):
-                yield offset, data
-                offset += len(data)
-            if follower is None:
-                return
-            while True:
-                if follower.lagging:
-                    follower.lagging = False
-                    while not follower.queue.empty():
-                        follower.queue.get_nowait()
-                    async for data in self._read_to_end(task_id, stream, offset):
-                        yield offset, data
-                        offset += len(data)
-                    if follower.closed:
-                        return
-                    continue
-                item = await follower.queue.get()
-                if item is None:
-                    async for data in self._read_to_end(task_id, stream, offset):
-                        yield offset, data
-                        offset += len(data)
-                    return
-                chunk_offset, data = item
-                if chunk_offset + len(data) <= offset:
-                    continue
-                if chunk_offset < offset:
-                    data = data[offset - chunk_offset :]
-                elif chunk_offset > offset:
-                    follower.lagging = True
-                    continue
-                yield offset, data
-                offset += len(data)
+            async for piece in self._from_file(task_id, stream, offset):
+                yield piece
+                offset = piece[0] + len(piece[1])
+            if follower is not None:
+                async for piece in self._follow(follower, task_id, stream, offset):
+                    yield piece
         finally:
             if follower is not None:
                 self._followers.get((task_id, stream), set()).discard(follower)

@@ -9,10 +9,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2
-from hakuriver_host.task_machine import FINAL_STATUSES, TaskStatus
+from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskKind, TaskStatus
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-KINDS = ("command", "vps")
 
 
 class HostMetrics:
@@ -53,6 +52,18 @@ class HostMetrics:
             "hakuriver_tasks_finished_total",
             "Tasks that reached a final status, by outcome.",
             ["status", "kind"],
+            registry=r,
+        )
+        self.grpc_requests = Counter(
+            "hakuriver_grpc_requests_total",
+            "gRPC requests by method and status code (streams count when they end).",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "hakuriver_grpc_request_duration_seconds",
+            "gRPC request handling time by method (streams: their whole duration).",
+            ["method"],
             registry=r,
         )
         self.log_bytes = Counter(
@@ -109,13 +120,13 @@ class HostMetrics:
         # GPU indices seen per node, to remove their series when the node goes offline.
         self._gpus: dict[str, set[str]] = {}
         for status in TaskStatus:
-            for kind in KINDS:
+            for kind in TaskKind:
                 self.tasks.labels(status=status.value, kind=kind).set(0)
                 if status in FINAL_STATUSES:
                     self.tasks_finished.labels(status=status.value, kind=kind)
-        for kind in KINDS:
+        for kind in TaskKind:
             self.tasks_submitted.labels(kind=kind)
-        for node_status in ("online", "offline"):
+        for node_status in NodeStatus:
             self.nodes.labels(status=node_status).set(0)
 
     def node_offline(self, node: str) -> None:

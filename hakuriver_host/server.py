@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -32,6 +30,7 @@ from hakuriver_common.service import stop_on_signals
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
+from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.services import LogService, NodeService, RunnerService, TaskService
@@ -54,64 +53,18 @@ SERVICE_NAMES = (
 )
 
 
-class RequestMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times unary requests by method; logs failures."""
-
-    def __init__(self, requests: Counter, latency: Histogram) -> None:
-        self.requests = requests
-        self.latency = latency
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        method = handler_call_details.method
-        inner = handler.unary_unary
-
-        async def timed(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
-            code = "OK"
-            try:
-                return await inner(request, context)
-            except BaseException:
-                code = context.code().name if context.code() else "UNKNOWN"
-                raise
-            finally:
-                self.requests.labels(method=method, code=code).inc()
-                self.latency.labels(method=method).observe(time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(
-            timed,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-
-
 class HostServer:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, prepare_default_environment: bool = True) -> None:
+        """``prepare_default_environment``: build the default environment's tarball on start
+        when it has none (needs Docker; in-process tests without Docker turn it off)."""
         self.config = config
+        self.prepare_default_environment = prepare_default_environment
         self.metrics = HostMetrics()
         self.store = Store(config.database.sqlalchemy_url())
         self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
         self.cluster = Cluster(config, self.store, self.logs, self.metrics)
-        requests = Counter(
-            "hakuriver_grpc_requests_total",
-            "gRPC requests by method and status code.",
-            ["method", "code"],
-            registry=self.metrics.registry,
-        )
-        latency = Histogram(
-            "hakuriver_grpc_request_duration_seconds",
-            "gRPC request handling time by method.",
-            ["method"],
-            registry=self.metrics.registry,
-        )
         self.server = grpc.aio.server(
-            interceptors=[RequestMetricsInterceptor(requests, latency)],
+            interceptors=[ApiInterceptor(self.metrics)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -163,7 +116,8 @@ class HostServer:
         )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self._default_env = asyncio.create_task(self._ensure_default_environment())
+        if self.prepare_default_environment:
+            self._default_env = asyncio.create_task(self._ensure_default_environment())
         self.ssh_proxy_port = await self.ssh_proxy.start(net.host_bind_ip, net.host_ssh_proxy_port)
         log.info("SSH proxy on %s:%d", net.host_bind_ip, self.ssh_proxy_port)
         log.info(

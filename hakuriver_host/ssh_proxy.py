@@ -19,8 +19,6 @@ from hakuriver_common.ids import parse_task_id
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError
-from hakuriver_host.runner_session import RunnerSession
-from hakuriver_host.task_machine import TaskStatus
 from hakuriver_host.tunnels import Tunnel
 
 log = logging.getLogger(__name__)
@@ -44,20 +42,11 @@ class SshProxy:
             self.server.close()
             await self.server.wait_closed()
 
-    async def _target(self, line: bytes) -> tuple[RunnerSession, int, int]:
+    async def _open(self, line: bytes) -> Tunnel:
         parts = line.decode(errors="replace").split()
         if len(parts) != 2 or parts[0] != "REQUEST_TUNNEL":
             raise ValueError("expected: REQUEST_TUNNEL <task_id>")
-        task_id = parse_task_id(parts[1])
-        task = await self.cluster.get_task(task_id)
-        if task.kind != "vps":
-            raise ValueError(f"task {task_id} is not a VPS task")
-        if task.status != TaskStatus.RUNNING:
-            raise ValueError(f"task {task_id} is {task.status}, not running")
-        node = self.cluster.nodes.get(task.assigned_node or "")
-        if node is None or node.session is None:
-            raise ValueError(f"runner {task.assigned_node} of task {task_id} is not connected")
-        return node.session, task_id, task.ssh_port
+        return await self.cluster.open_tunnel(parse_task_id(parts[1]))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hub = self.cluster.tunnels
@@ -65,8 +54,7 @@ class SshProxy:
         try:
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-                session, task_id, port = await self._target(line)
-                tunnel = hub.open(session, task_id, port)
+                tunnel = await self._open(line)
                 await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
@@ -90,8 +78,8 @@ class SshProxy:
     ) -> None:
         async def upstream() -> None:
             while data := await reader.read(CHUNK):
-                await tunnel.session.room()
-                tunnel.session.send(
+                await tunnel.link.room()
+                tunnel.link.send(
                     rpb.ConnectResponse(
                         tunnel_data=rpb.TunnelData(tunnel_id=tunnel.tunnel_id, data=data)
                     )

@@ -1,62 +1,39 @@
-"""The task state machine: every status change in the Host goes through ``transition``.
+"""The task state machine: which status changes are allowed, and what a Runner's report means.
 
-Pure: no I/O. See docs/tasks.md for the diagram.
+Pure: no I/O, no clock but the report's own times. ``transition`` guards every status change
+in the Host; ``on_report`` turns a Runner's TaskStateReport into the new status, the fields
+to store and the effects the coordinator must carry out. See docs/tasks.md for the diagram.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-
-class TaskStatus(StrEnum):
-    PENDING = "pending"
-    ASSIGNING = "assigning"
-    RUNNING = "running"
-    PAUSED = "paused"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    KILLED = "killed"
-    KILLED_OOM = "killed_oom"
-    LOST = "lost"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset(
-    {
-        TaskStatus.COMPLETED,
-        TaskStatus.FAILED,
-        TaskStatus.KILLED,
-        TaskStatus.KILLED_OOM,
-        TaskStatus.LOST,
-    }
-)
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 
 # Statuses in which a task holds resources on a node.
 PLACED_STATUSES = frozenset({TaskStatus.ASSIGNING, TaskStatus.RUNNING, TaskStatus.PAUSED})
+KILLABLE = frozenset({TaskStatus.PENDING, *PLACED_STATUSES})
 
 _EXITS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.KILLED_OOM})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED, TaskStatus.FAILED}),
+    TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED}),
     # A fast task can exit before its runner's "running" report is processed.
     TaskStatus.ASSIGNING: frozenset(
         {TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}
     ),
     TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
     TaskStatus.PAUSED: frozenset({TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
-    TaskStatus.COMPLETED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.KILLED: frozenset(),
-    TaskStatus.KILLED_OOM: frozenset(),
-    TaskStatus.LOST: frozenset(),
+    **{final: frozenset() for final in FINAL_STATUSES},
 }
 
-KILLABLE = frozenset(
-    {TaskStatus.PENDING, TaskStatus.ASSIGNING, TaskStatus.RUNNING, TaskStatus.PAUSED}
-)
+_FINISHED_REPORTS = frozenset({rpb.RUNNER_TASK_STATE_EXITED, rpb.RUNNER_TASK_STATE_START_FAILED})
 
 
 class IllegalTransition(Exception):
@@ -82,3 +59,102 @@ def exit_status(exit_code: int | None, oom_killed: bool, kill_requested: bool) -
     if oom_killed:
         return TaskStatus.KILLED_OOM
     return TaskStatus.COMPLETED if exit_code == 0 else TaskStatus.FAILED
+
+
+class Effect(enum.Enum):
+    """What the coordinator must do besides storing the outcome."""
+
+    # Tell the Runner the Host has the final state: it may remove the container.
+    RELEASE = "release"
+    # The task started: observe submit->running and dispatch latency.
+    STARTED = "started"
+    # Record the report's detail as an event without a status change.
+    NOTE_DETAIL = "note_detail"
+
+
+@dataclass(frozen=True)
+class TaskFacts:
+    """What the machine needs to know of a task to interpret a report about it."""
+
+    status: TaskStatus
+    kill_requested: bool = False
+    memory_bytes: int = 0
+    ssh_port: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of a report: a new status (None: unchanged), its event detail, the task
+    fields to store, and the effects to carry out."""
+
+    status: TaskStatus | None = None
+    detail: str = ""
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    effects: frozenset[Effect] = frozenset()
+
+
+def _time(
+    report: rpb.TaskStateReport, name: Literal["started_at", "finished_at"]
+) -> datetime | None:
+    return getattr(report, name).ToDatetime(tzinfo=UTC) if report.HasField(name) else None
+
+
+def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
+    if facts.status is TaskStatus.ASSIGNING:
+        ready = f"sshd on port {report.ssh_port}" if report.ssh_port else "container started"
+        fields: dict[str, Any] = {"ssh_port": report.ssh_port or facts.ssh_port}
+        started = _time(report, "started_at")
+        if started is not None:
+            fields["started_at"] = started
+        return Outcome(TaskStatus.RUNNING, ready, fields, frozenset({Effect.STARTED}))
+    if facts.status is TaskStatus.PAUSED:
+        return Outcome(TaskStatus.RUNNING, "resumed")
+    return Outcome()
+
+
+def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
+    exit_code = report.exit_code if report.HasField("exit_code") else None
+    final = exit_status(exit_code, report.oom_killed, facts.kill_requested)
+    error = report.error_message
+    if final is TaskStatus.KILLED_OOM and not error:
+        error = f"killed by the kernel: memory limit of {facts.memory_bytes} bytes exceeded"
+    fields: dict[str, Any] = {"exit_code": exit_code, "error_message": error}
+    finished = _time(report, "finished_at")
+    if finished is not None:
+        fields["completed_at"] = finished
+    return Outcome(final, f"exited with code {exit_code}", fields)
+
+
+def _interpret(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
+    state = report.state
+    if state == rpb.RUNNER_TASK_STATE_RUNNING:
+        return _running(facts, report)
+    if state == rpb.RUNNER_TASK_STATE_PREPARING and facts.status is TaskStatus.ASSIGNING:
+        return Outcome(None, report.detail, effects=frozenset({Effect.NOTE_DETAIL}))
+    if state == rpb.RUNNER_TASK_STATE_PAUSED and facts.status is TaskStatus.RUNNING:
+        return Outcome(TaskStatus.PAUSED, "paused")
+    if state == rpb.RUNNER_TASK_STATE_EXITED:
+        return _exited(facts, report)
+    if state == rpb.RUNNER_TASK_STATE_START_FAILED:
+        return Outcome(
+            TaskStatus.FAILED, "could not start", {"error_message": report.error_message}
+        )
+    return Outcome()
+
+
+def on_report(facts: TaskFacts | None, report: rpb.TaskStateReport) -> Outcome:
+    """What a Runner's report about a task means.
+
+    ``facts`` is None when the task is not (or no longer) this Runner's active task: a
+    report of its end is then only answered with a release, so the Runner cleans up.
+    A report that would be an illegal transition (e.g. "running" after "exited") changes
+    nothing.
+    """
+    finished = report.state in _FINISHED_REPORTS
+    release = frozenset({Effect.RELEASE}) if finished else frozenset()
+    if facts is None or facts.status in FINAL_STATUSES:
+        return Outcome(effects=release)
+    outcome = _interpret(facts, report)
+    if outcome.status is not None and outcome.status not in ALLOWED[facts.status]:
+        return Outcome(effects=release)
+    return Outcome(outcome.status, outcome.detail, outcome.fields, outcome.effects | release)

@@ -2,6 +2,7 @@
 
 Fed by the Runners' streams, drained by the SSH proxy's client connections. A client that
 falls more than TUNNEL_BUFFER chunks behind is cut off rather than stalling the stream.
+A Runner's tunnel messages only reach tunnels opened on that Runner's own link.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_host.runner_session import RunnerSession
+from hakuriver_host.runner_link import RunnerLink
 
 log = logging.getLogger(__name__)
 TUNNEL_BUFFER = 512
@@ -22,7 +23,7 @@ TUNNEL_BUFFER = 512
 @dataclass
 class Tunnel:
     tunnel_id: int
-    session: RunnerSession
+    link: RunnerLink
     opened: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -38,10 +39,10 @@ class TunnelHub:
         self._tunnels: dict[int, Tunnel] = {}
         self._ids = itertools.count(1)
 
-    def open(self, session: RunnerSession, task_id: int, port: int) -> Tunnel:
-        tunnel = Tunnel(next(self._ids), session)
+    def open(self, link: RunnerLink, task_id: int, port: int) -> Tunnel:
+        tunnel = Tunnel(next(self._ids), link)
         self._tunnels[tunnel.tunnel_id] = tunnel
-        session.send(
+        link.send(
             rpb.ConnectResponse(
                 tunnel_open=rpb.TunnelOpen(tunnel_id=tunnel.tunnel_id, task_id=task_id, port=port)
             )
@@ -50,7 +51,7 @@ class TunnelHub:
 
     def close(self, tunnel: Tunnel) -> None:
         if self._tunnels.pop(tunnel.tunnel_id, None) is not None:
-            tunnel.session.send(
+            tunnel.link.send(
                 rpb.ConnectResponse(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel.tunnel_id))
             )
 
@@ -61,14 +62,18 @@ class TunnelHub:
         with contextlib.suppress(asyncio.QueueFull):
             tunnel.incoming.put_nowait(None)
 
-    def on_message(self, message: rpb.ConnectRequest) -> None:
+    def _of(self, link: RunnerLink, tunnel_id: int) -> Tunnel | None:
+        tunnel = self._tunnels.get(tunnel_id)
+        return tunnel if tunnel is not None and tunnel.link is link else None
+
+    def on_message(self, link: RunnerLink, message: rpb.ConnectRequest) -> None:
         kind = message.WhichOneof("payload")
         if kind == "tunnel_opened":
-            tunnel = self._tunnels.get(message.tunnel_opened.tunnel_id)
+            tunnel = self._of(link, message.tunnel_opened.tunnel_id)
             if tunnel is not None and not tunnel.opened.done():
                 tunnel.opened.set_result(None)
         elif kind == "tunnel_data":
-            tunnel = self._tunnels.get(message.tunnel_data.tunnel_id)
+            tunnel = self._of(link, message.tunnel_data.tunnel_id)
             if tunnel is None:
                 return
             try:
@@ -78,10 +83,10 @@ class TunnelHub:
                 self.close(tunnel)
                 self._end(tunnel, "client too slow")
         elif kind == "tunnel_close":
-            tunnel = self._tunnels.get(message.tunnel_close.tunnel_id)
+            tunnel = self._of(link, message.tunnel_close.tunnel_id)
             if tunnel is not None:
                 self._end(tunnel, message.tunnel_close.error)
 
-    def session_gone(self, session: RunnerSession) -> None:
-        for tunnel in [t for t in self._tunnels.values() if t.session is session]:
+    def link_gone(self, link: RunnerLink) -> None:
+        for tunnel in [t for t in self._tunnels.values() if t.link is link]:
             self._end(tunnel, "runner disconnected")

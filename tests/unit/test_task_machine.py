@@ -1,4 +1,4 @@
-"""The task state machine, exhaustively."""
+"""The task state machine, exhaustively: its edges, and what every Runner report means."""
 
 from __future__ import annotations
 
@@ -6,19 +6,25 @@ import itertools
 
 import pytest
 
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given, strategies as st
+
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 from hakuriver_host.task_machine import (
     ALLOWED,
-    FINAL_STATUSES,
     KILLABLE,
+    Effect,
     IllegalTransition,
-    TaskStatus,
+    TaskFacts,
     exit_status,
+    on_report,
     transition,
 )
 
 S = TaskStatus
 EXPECTED_EDGES = {
-    (S.PENDING, S.ASSIGNING), (S.PENDING, S.KILLED), (S.PENDING, S.FAILED),
+    (S.PENDING, S.ASSIGNING), (S.PENDING, S.KILLED),
     (S.ASSIGNING, S.RUNNING), (S.ASSIGNING, S.KILLED), (S.ASSIGNING, S.LOST),
     (S.ASSIGNING, S.COMPLETED), (S.ASSIGNING, S.FAILED), (S.ASSIGNING, S.KILLED_OOM),
     (S.RUNNING, S.PAUSED), (S.RUNNING, S.KILLED), (S.RUNNING, S.LOST),
@@ -62,3 +68,115 @@ def test_kill_applies_to_active_statuses_only() -> None:
 )
 def test_exit_status(exit_code: int | None, oom: bool, kill: bool, expected: S) -> None:
     assert exit_status(exit_code, oom, kill) is expected
+
+
+R = rpb.TaskStateReport
+STATES = [
+    rpb.RUNNER_TASK_STATE_RUNNING,
+    rpb.RUNNER_TASK_STATE_PAUSED,
+    rpb.RUNNER_TASK_STATE_EXITED,
+    rpb.RUNNER_TASK_STATE_START_FAILED,
+    rpb.RUNNER_TASK_STATE_PREPARING,
+    rpb.RUNNER_TASK_STATE_UNSPECIFIED,
+]
+FINISHED = {rpb.RUNNER_TASK_STATE_EXITED, rpb.RUNNER_TASK_STATE_START_FAILED}
+
+
+def _stamp(seconds: int) -> Timestamp:
+    return Timestamp(seconds=seconds)
+
+
+@pytest.mark.parametrize(
+    ("status", "report", "new", "detail", "effects"),
+    [
+        (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_RUNNING), S.RUNNING, "container started",
+         {Effect.STARTED}),
+        (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_RUNNING, ssh_port=2222), S.RUNNING,
+         "sshd on port 2222", {Effect.STARTED}),
+        (S.PAUSED, R(state=rpb.RUNNER_TASK_STATE_RUNNING), S.RUNNING, "resumed", set()),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_RUNNING), None, "", set()),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_PAUSED), S.PAUSED, "paused", set()),
+        (S.PAUSED, R(state=rpb.RUNNER_TASK_STATE_PAUSED), None, "", set()),
+        (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_PREPARING, detail="loading env"), None,
+         "loading env", {Effect.NOTE_DETAIL}),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_PREPARING, detail="late"), None, "", set()),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0), S.COMPLETED,
+         "exited with code 0", {Effect.RELEASE}),
+        (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=3), S.FAILED,
+         "exited with code 3", {Effect.RELEASE}),
+        (S.PAUSED, R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=137, oom_killed=True),
+         S.KILLED_OOM, "exited with code 137", {Effect.RELEASE}),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_EXITED), S.FAILED, "exited with code None",
+         {Effect.RELEASE}),
+        (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_START_FAILED, error_message="no image"),
+         S.FAILED, "could not start", {Effect.RELEASE}),
+        (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_UNSPECIFIED), None, "", set()),
+    ],
+)  # fmt: skip
+def test_each_report_means_one_outcome(
+    status: S, report: rpb.TaskStateReport, new: S | None, detail: str, effects: set[Effect]
+) -> None:
+    outcome = on_report(TaskFacts(status, memory_bytes=10**9), report)
+    assert outcome.status is new
+    assert outcome.detail == detail
+    assert outcome.effects == effects
+
+
+def test_exit_report_carries_its_fields() -> None:
+    report = R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=137, oom_killed=True,
+               finished_at=_stamp(1_800_000_000))  # fmt: skip
+    fields = on_report(TaskFacts(S.RUNNING, memory_bytes=512), report).fields
+    assert fields["exit_code"] == 137
+    assert fields["error_message"] == "killed by the kernel: memory limit of 512 bytes exceeded"
+    assert fields["completed_at"].timestamp() == 1_800_000_000
+    killed = on_report(TaskFacts(S.RUNNING, kill_requested=True), report)
+    assert killed.status is S.KILLED
+
+
+def test_running_report_keeps_start_time_and_port() -> None:
+    report = R(state=rpb.RUNNER_TASK_STATE_RUNNING, started_at=_stamp(1_700_000_000))
+    fields = on_report(TaskFacts(S.ASSIGNING, ssh_port=2200), report).fields
+    assert fields["started_at"].timestamp() == 1_700_000_000
+    assert fields["ssh_port"] == 2200
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_reports_about_tasks_not_active_here_only_release(state: int) -> None:
+    for facts in (None, *(TaskFacts(s) for s in FINAL_STATUSES)):
+        outcome = on_report(facts, R(task_id=1, state=state))  # type: ignore[arg-type]
+        assert outcome.status is None
+        assert outcome.effects == ({Effect.RELEASE} if state in FINISHED else set())
+
+
+reports = st.builds(
+    R,
+    state=st.sampled_from(STATES),
+    exit_code=st.one_of(st.none(), st.integers(-1, 255)),
+    oom_killed=st.booleans(),
+    ssh_port=st.integers(0, 65535),
+)
+
+
+@given(
+    start=st.sampled_from(list(S)),
+    kill_requested=st.booleans(),
+    sequence=st.lists(reports, max_size=12),
+)
+def test_any_report_sequence_follows_the_machine(
+    start: S, kill_requested: bool, sequence: list[rpb.TaskStateReport]
+) -> None:
+    """Whatever a Runner sends, in any order: only allowed edges are taken, a final status
+    is never left, every end report is answered with a release, and a task the Host asked
+    to kill ends as killed."""
+    status = start
+    for report in sequence:
+        outcome = on_report(TaskFacts(status, kill_requested=kill_requested), report)
+        if report.state in FINISHED:
+            assert Effect.RELEASE in outcome.effects
+        if outcome.status is None:
+            continue
+        assert outcome.status in ALLOWED[status]
+        assert status not in FINAL_STATUSES
+        if kill_requested and outcome.status in FINAL_STATUSES:
+            assert outcome.status in (S.KILLED, S.FAILED)
+        status = outcome.status

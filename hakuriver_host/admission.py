@@ -1,0 +1,226 @@
+"""Admission of a submission: a SubmitTaskRequest and a view of the cluster give a plan or an
+error that names the field and what is allowed.
+
+Pure: the view answers every question about the cluster (nodes, environments, whether a
+request could ever fit), so the rules here are tested table-driven without a server.
+Nothing is written for a refused request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hakuriver_common.environments import NULL_CONTAINER, image_for
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.statuses import TaskKind
+from hakuriver_common.units import parse_size
+from hakuriver_host.errors import InvalidArgument, NotFound
+from hakuriver_host.scheduler import Request
+
+ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SSH_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
+
+
+@dataclass(frozen=True)
+class NodeShape:
+    """What admission needs to know of a node: its NUMA and GPU ids."""
+
+    numa_ids: frozenset[int]
+    gpu_ids: frozenset[int]
+
+
+class ClusterView(Protocol):
+    """The questions admission asks of the cluster."""
+
+    default_container: str
+    tasks_privileged: bool
+
+    def node(self, hostname: str) -> NodeShape | None: ...
+
+    def node_names(self) -> list[str]: ...
+
+    def has_environment(self, name: str) -> bool: ...
+
+    def environment_names(self) -> list[str]: ...
+
+    def never_fits(self, request: Request) -> str | None: ...
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one task of the plan may go: any node (hostname None) or a named one."""
+
+    hostname: str | None = None
+    numa_node: int | None = None
+    gpu_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """An accepted submission: one task per placement, all alike otherwise."""
+
+    kind: TaskKind
+    command: str
+    arguments: list[str]
+    env: dict[str, str]
+    cores: int
+    memory_bytes: int
+    gpu_count: int
+    container: str
+    privileged: bool
+    mounts: list[dict[str, Any]]
+    priority: int
+    ssh_public_key: str
+    placements: Sequence[Placement]
+
+
+def _kind(req: tpb.SubmitTaskRequest) -> TaskKind:
+    if req.kind == task_pb2.TASK_KIND_UNSPECIFIED:
+        return TaskKind.COMMAND
+    try:
+        return TaskKind.from_pb(req.kind)
+    except ValueError:
+        raise InvalidArgument(f"kind: unknown task kind {req.kind}") from None
+
+
+def _ssh_key(req: tpb.SubmitTaskRequest, kind: TaskKind) -> str:
+    if kind is not TaskKind.VPS:
+        return ""
+    key = req.ssh_public_key.strip()
+    if not key:
+        raise InvalidArgument("ssh_public_key: a VPS needs a public key to log in with")
+    if "\n" in key or not key.split()[0].startswith(SSH_KEY_PREFIXES):
+        raise InvalidArgument(
+            "ssh_public_key: expected one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA...'"
+        )
+    return key
+
+
+def _cores(req: tpb.SubmitTaskRequest, kind: TaskKind) -> int:
+    low = 0 if kind is TaskKind.VPS else 1
+    cores = req.cores if req.HasField("cores") else low
+    if cores < low:
+        at_least = "0 for a VPS" if kind is TaskKind.VPS else "1"
+        raise InvalidArgument(f"cores: must be at least {at_least}, got {cores}")
+    return cores
+
+
+def _memory(req: tpb.SubmitTaskRequest) -> int:
+    if not req.memory:
+        return 0
+    try:
+        memory = parse_size(req.memory)
+    except ValueError as exc:
+        raise InvalidArgument(f"memory: {exc}") from None
+    if memory <= 0:
+        raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
+    return memory
+
+
+def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
+    if kind is TaskKind.VPS and len(req.targets) > 1:
+        raise InvalidArgument("targets: a VPS takes at most one target")
+    if req.gpus < 0:
+        raise InvalidArgument(f"gpus: must not be negative, got {req.gpus}")
+    if req.gpus and any(t.gpu_ids for t in req.targets):
+        raise InvalidArgument("gpus: give a GPU count or GPU ids in targets, not both")
+    if kind is TaskKind.COMMAND and not req.command.strip():
+        raise InvalidArgument("command: must not be empty")
+    for key in req.env:
+        if not ENV_KEY_RE.match(key):
+            raise InvalidArgument(f"env: invalid variable name {key!r}")
+    for mount in req.mounts:
+        if not mount.host_path.startswith("/") or not mount.container_path.startswith("/"):
+            raise InvalidArgument(
+                f"mounts: paths must be absolute, got {mount.host_path}:{mount.container_path}"
+            )
+
+
+def _container(req: tpb.SubmitTaskRequest, kind: TaskKind, view: ClusterView) -> str:
+    container = req.container_name or view.default_container
+    if container != NULL_CONTAINER:
+        return container
+    if kind is TaskKind.VPS:
+        raise InvalidArgument("container_name: a VPS needs a container environment with sshd")
+    if req.mounts or req.privileged:
+        raise InvalidArgument(
+            "container_name: NULL tasks run on the runner host: --mount and --privileged "
+            "do not apply"
+        )
+    return container
+
+
+def _check_environment(container: str, view: ClusterView) -> None:
+    if container == NULL_CONTAINER or view.has_environment(container):
+        return
+    available = ", ".join(sorted(view.environment_names())) or "none"
+    raise NotFound(
+        f"container_name: environment {container!r} not found: no runner has image "
+        f"{image_for(container)} and no tarball exists (available: {available})"
+    )
+
+
+def _placement(target: task_pb2.Target, view: ClusterView) -> Placement:
+    node = view.node(target.hostname)
+    if node is None:
+        known = ", ".join(sorted(view.node_names())) or "none registered"
+        raise NotFound(f"target: unknown host {target.hostname!r} (known: {known})")
+    numa = target.numa_node_id if target.HasField("numa_node_id") else None
+    if numa is not None and numa not in node.numa_ids:
+        raise NotFound(
+            f"target: {target.hostname} has no NUMA node {numa} "
+            f"(NUMA ids: {sorted(node.numa_ids) or 'none'})"
+        )
+    for gpu in target.gpu_ids:
+        if gpu not in node.gpu_ids:
+            raise NotFound(
+                f"target: {target.hostname} has no GPU {gpu} "
+                f"(GPU ids: {sorted(node.gpu_ids) or 'none'})"
+            )
+    return Placement(target.hostname, numa, tuple(target.gpu_ids))
+
+
+def admit(req: tpb.SubmitTaskRequest, view: ClusterView) -> Plan:
+    """Check a submission against the rules and the cluster; the plan, or ApiError."""
+    kind = _kind(req)
+    ssh_key = _ssh_key(req, kind)
+    _check_shape(req, kind)
+    cores = _cores(req, kind)
+    memory = _memory(req)
+    container = _container(req, kind, view)
+    placements = [_placement(t, view) for t in req.targets] or [Placement()]
+    _check_environment(container, view)
+    for placement in placements:
+        request = Request(
+            0,
+            cores,
+            memory,
+            target=placement.hostname,
+            numa_node=placement.numa_node,
+            gpu_ids=placement.gpu_ids,
+            gpu_count=req.gpus,
+        )
+        problem = view.never_fits(request)
+        if problem:
+            raise InvalidArgument(problem)
+    return Plan(
+        kind=kind,
+        command="" if kind is TaskKind.VPS else req.command,
+        arguments=list(req.arguments),
+        env=dict(req.env),
+        cores=cores,
+        memory_bytes=memory,
+        gpu_count=req.gpus,
+        container=container,
+        privileged=container != NULL_CONTAINER and (req.privileged or view.tasks_privileged),
+        mounts=[
+            {"host_path": m.host_path, "container_path": m.container_path, "read_only": m.read_only}
+            for m in req.mounts
+        ],
+        priority=req.priority,
+        ssh_public_key=ssh_key,
+        placements=placements,
+    )

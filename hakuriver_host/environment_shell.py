@@ -1,0 +1,54 @@
+"""A process inside a Host environment container, attached for an interactive session.
+
+The environment layer's interface for ``docker-shell``: blocking calls (run them off the
+event loop) over one ``docker exec`` with its raw socket, so the servicer never touches
+docker-py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from docker.utils.socket import frames_iter
+
+STDERR_FRAME = 2
+
+
+class ShellProcess:
+    def __init__(
+        self, api: Any, container_id: str, command: list[str], tty: bool, env: dict[str, str]
+    ) -> None:
+        self._api = api
+        self.tty = tty
+        self._exec_id = api.exec_create(container_id, command, stdin=True, tty=tty, environment=env)
+        self._sock = api.exec_start(self._exec_id, socket=True, tty=tty)
+        self._raw: socket.socket = getattr(self._sock, "_sock", self._sock)
+
+    def output(self) -> Iterator[tuple[bool, bytes]]:
+        """(is_stderr, data) as the process writes, until it closes its output."""
+        try:
+            for stream, data in frames_iter(self._sock, self.tty):
+                yield stream == STDERR_FRAME, data
+        except OSError:
+            return
+
+    def write(self, data: bytes) -> None:
+        self._raw.sendall(data)
+
+    def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_WR)
+
+    def resize(self, rows: int, cols: int) -> None:
+        if self.tty and rows:
+            self._api.exec_resize(self._exec_id, height=rows, width=cols)
+
+    def exit_code(self) -> int:
+        return int(self._api.exec_inspect(self._exec_id).get("ExitCode") or 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._raw.close()

@@ -1,0 +1,256 @@
+"""The Runner nodes as the Host knows them: hardware, link, health history, online state.
+
+NodeTable owns the node views and keeps the scheduler's picture of each node's capacity,
+the node metrics, the health watchers and the node webhooks in step with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
+from hakuriver_host.admission import NodeShape
+from hakuriver_host.errors import NotFound
+from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.models import NodeRecord, utcnow
+from hakuriver_host.runner_link import RunnerLink
+from hakuriver_host.scheduler import Scheduler
+from hakuriver_host.webhooks import Notifier
+
+log = logging.getLogger(__name__)
+
+HISTORY_SECONDS = 600.0
+HISTORY_MIN_POINTS = 120
+HEALTH_WATCH_QUEUE = 1024
+
+
+@dataclass
+class NodeView:
+    hostname: str
+    total_cores: int
+    total_memory_bytes: int
+    numa_nodes: list[dict[str, Any]] = field(default_factory=list)
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    online: bool = False
+    last_seen: float = field(default_factory=time.monotonic)
+    last_heartbeat: datetime | None = None
+    link: RunnerLink | None = None
+    health: node_pb2.Health | None = None
+    environments: set[str] = field(default_factory=set)
+    draining: bool = False
+    # Tarball timestamp of each environment the Runner loaded from a tarball.
+    loaded: dict[str, int] = field(default_factory=dict)
+    # Recent health samples, oldest first (bounded; see NodeTable.history_length).
+    history: deque[node_pb2.Health] = field(default_factory=deque)
+
+    def record(self) -> dict[str, Any]:
+        """The node's database row."""
+        return NodeRecord(
+            hostname=self.hostname,
+            total_cores=self.total_cores,
+            total_memory_bytes=self.total_memory_bytes,
+            numa_nodes=self.numa_nodes,
+            gpus=self.gpus,
+            last_heartbeat=self.last_heartbeat,
+            draining=self.draining,
+        ).model_dump()
+
+
+class NodeTable:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        metrics: HostMetrics,
+        notifier: Notifier,
+        heartbeat_interval: float,
+    ) -> None:
+        self.scheduler = scheduler
+        self.metrics = metrics
+        self.notifier = notifier
+        self.nodes: dict[str, NodeView] = {}
+        # At least HISTORY_SECONDS of samples at heartbeat resolution.
+        self.history_length = max(
+            HISTORY_MIN_POINTS, math.ceil(HISTORY_SECONDS / heartbeat_interval) + 1
+        )
+        self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health]]] = set()
+
+    def get(self, hostname: str) -> NodeView:
+        node = self.nodes.get(hostname)
+        if node is None:
+            raise NotFound(f"hostname: unknown node {hostname!r}")
+        return node
+
+    def link_of(self, hostname: str | None) -> RunnerLink | None:
+        node = self.nodes.get(hostname or "")
+        return node.link if node is not None else None
+
+    def load(self, records: list[NodeRecord]) -> None:
+        """Nodes from the database, offline until their Runners connect."""
+        for record in records:
+            node = NodeView(
+                hostname=record.hostname,
+                total_cores=record.total_cores,
+                total_memory_bytes=record.total_memory_bytes,
+                numa_nodes=record.numa_nodes,
+                gpus=record.gpus,
+                last_heartbeat=record.last_heartbeat,
+                draining=record.draining,
+            )
+            self.nodes[node.hostname] = node
+            self._sync_capacity(node)
+            self.scheduler.set_online(node.hostname, False)
+        self.update_metrics()
+
+    def _sync_capacity(self, node: NodeView) -> None:
+        """Tell the scheduler a node's hardware: CPU ids per NUMA node, memory, GPU ids."""
+        numa = {int(n["id"]): tuple(int(c) for c in n["cpus"]) for n in node.numa_nodes}
+        cpus = tuple(sorted({c for group in numa.values() for c in group}))
+        if not cpus:
+            cpus = tuple(range(node.total_cores))
+        gpus = tuple(sorted(int(g["index"]) for g in node.gpus))
+        self.scheduler.upsert_node(node.hostname, cpus, node.total_memory_bytes, numa, gpus)
+        self.scheduler.set_draining(node.hostname, node.draining)
+
+    # ----- links ------------------------------------------------------------------------
+
+    def connect(self, reg: rpb.RegisterRunner) -> tuple[NodeView, RunnerLink]:
+        """A Runner registered: its hardware as it reports it now, and a new link."""
+        node = self.nodes.get(reg.hostname)
+        if node is None:
+            node = NodeView(reg.hostname, reg.total_cores, reg.total_memory_bytes)
+            self.nodes[reg.hostname] = node
+        elif node.link is not None:
+            log.info("runner %s reconnected; closing its previous stream", reg.hostname)
+            self.disconnect(node.link)
+        node.total_cores = reg.total_cores
+        node.total_memory_bytes = reg.total_memory_bytes
+        node.numa_nodes = [
+            {"id": n.id, "cpus": list(n.cpus), "memory_bytes": n.memory_bytes}
+            for n in reg.numa_nodes
+        ]
+        node.gpus = [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in reg.gpus]
+        node.environments = set(reg.environments)
+        node.last_heartbeat = utcnow()
+        self._sync_capacity(node)
+        node.link = RunnerLink(reg.hostname)
+        self._seen(node)
+        self.scheduler.set_online(node.hostname, True)
+        self.metrics.runners_connected.inc()
+        return node, node.link
+
+    def disconnect(self, link: RunnerLink) -> bool:
+        """The link's stream ended; False if the node has a newer link already."""
+        link.close()
+        node = self.nodes.get(link.hostname)
+        if node is None or node.link is not link:
+            return False
+        node.link = None
+        self.scheduler.set_online(link.hostname, False)
+        self.metrics.runners_connected.dec()
+        return True
+
+    def _seen(self, node: NodeView) -> None:
+        node.last_seen = time.monotonic()
+        if not node.online:
+            node.online = True
+            self.update_metrics(node)
+            self.notifier.notify("node.online", node=node.hostname)
+
+    def touch(self, hostname: str) -> None:
+        self.nodes[hostname].last_seen = time.monotonic()
+
+    def silent(self, timeout: float) -> list[NodeView]:
+        """Nodes not heard from for ``timeout`` seconds: marked offline, links closed."""
+        now = time.monotonic()
+        found = []
+        for node in self.nodes.values():
+            if now - node.last_seen <= timeout:
+                continue
+            found.append(node)
+            if node.online:
+                log.warning(
+                    "runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen
+                )
+                node.online = False
+                self.update_metrics(node)
+                self.metrics.node_offline(node.hostname)
+                self.notifier.notify("node.offline", node=node.hostname)
+            if node.link is not None:
+                node.link.close()
+        return found
+
+    def set_draining(self, hostname: str, draining: bool) -> NodeView:
+        node = self.get(hostname)
+        node.draining = draining
+        self.scheduler.set_draining(hostname, draining)
+        return node
+
+    # ----- health -----------------------------------------------------------------------
+
+    def heartbeat(self, hostname: str, beat: rpb.Heartbeat) -> None:
+        node = self.nodes[hostname]
+        node.health = beat.health
+        node.history.append(beat.health)
+        while len(node.history) > self.history_length:
+            node.history.popleft()
+        self.metrics.node_health(hostname, beat.health)
+        for queue in self._health_watchers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((hostname, beat.health))
+        node.last_heartbeat = utcnow()
+        node.environments = set(beat.environments)
+        node.loaded = {e.name: e.tarball_timestamp for e in beat.loaded}
+        self._seen(node)
+
+    async def watch_health(self, hostname: str = "") -> AsyncIterator[NodeView]:
+        """Every node that sends a new health sample; a watcher that falls behind loses its
+        oldest ones."""
+        if hostname:
+            self.get(hostname)
+        queue: asyncio.Queue[tuple[str, node_pb2.Health]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
+        self._health_watchers.add(queue)
+        try:
+            while True:
+                name, _health = await queue.get()
+                if not hostname or name == hostname:
+                    yield self.nodes[name]
+        finally:
+            self._health_watchers.discard(queue)
+
+    def update_metrics(self, changed: NodeView | None = None) -> None:
+        """Refresh node_up for ``changed`` (every node when None) and the online counts."""
+        for node in self.nodes.values() if changed is None else (changed,):
+            self.metrics.node_up.labels(node=node.hostname).set(1 if node.online else 0)
+        online = sum(1 for n in self.nodes.values() if n.online)
+        self.metrics.nodes.labels(status="online").set(online)
+        self.metrics.nodes.labels(status="offline").set(len(self.nodes) - online)
+
+    # ----- what admission and environments ask -------------------------------------------
+
+    def shape(self, hostname: str) -> NodeShape | None:
+        node = self.nodes.get(hostname)
+        if node is None:
+            return None
+        return NodeShape(
+            numa_ids=frozenset(int(n["id"]) for n in node.numa_nodes),
+            gpu_ids=frozenset(int(g["index"]) for g in node.gpus),
+        )
+
+    def has_environment(self, name: str) -> bool:
+        return any(name in node.environments for node in self.nodes.values())
+
+    def environment_names(self) -> set[str]:
+        return {name for node in self.nodes.values() for name in node.environments}
+
+    def loaded_on(self, name: str, timestamp: int) -> list[str]:
+        """Nodes whose Runner loaded this tarball of an environment."""
+        return sorted(n.hostname for n in self.nodes.values() if n.loaded.get(name) == timestamp)

@@ -1,0 +1,74 @@
+"""The Host's side of one connected Runner: its Connect stream's outbox, the commands sent on
+it, the dispatches it has not yet acknowledged, and the SSH tunnels it carries.
+
+One RunnerLink exists per open stream; a Runner that reconnects gets a new one, so nothing
+sent to or expected from the old stream leaks into the new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+
+# Above this many queued messages, bulk senders (SSH tunnels) wait; control messages never do.
+HIGH_WATER = 256
+
+
+class RunnerLink:
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+        # Dispatched task ids -> when, until the Runner reports each running.
+        self._unacknowledged: dict[int, float] = {}
+        self.closed = False
+
+    def send(self, message: rpb.ConnectResponse) -> None:
+        self.outbox.put_nowait(message)
+        if self.outbox.qsize() > HIGH_WATER:
+            self._room.clear()
+
+    async def next(self) -> rpb.ConnectResponse | None:
+        """The next message to write to the stream (None: close it)."""
+        message = await self.outbox.get()
+        if self.outbox.qsize() <= HIGH_WATER:
+            self._room.set()
+        return message
+
+    async def room(self) -> None:
+        """Wait until the outbox is below its high-water mark."""
+        await self._room.wait()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+    # ----- commands ---------------------------------------------------------------------
+
+    def dispatch(self, command: rpb.DispatchCommand) -> None:
+        self._unacknowledged[command.task_id] = time.monotonic()
+        self.send(rpb.ConnectResponse(dispatch=command))
+
+    def started(self, task_id: int) -> float | None:
+        """Seconds from dispatching the task on this link to its Runner reporting it running
+        (None if it was not dispatched here, e.g. re-adopted)."""
+        sent = self._unacknowledged.pop(task_id, None)
+        return None if sent is None else time.monotonic() - sent
+
+    def kill(self, task_id: int, grace_seconds: float) -> None:
+        self.send(
+            rpb.ConnectResponse(kill=rpb.KillCommand(task_id=task_id, grace_seconds=grace_seconds))
+        )
+
+    def pause(self, task_id: int) -> None:
+        self.send(rpb.ConnectResponse(pause=rpb.PauseCommand(task_id=task_id)))
+
+    def resume(self, task_id: int) -> None:
+        self.send(rpb.ConnectResponse(resume=rpb.ResumeCommand(task_id=task_id)))
+
+    def release(self, task_id: int) -> None:
+        self.send(rpb.ConnectResponse(release=rpb.ReleaseCommand(task_id=task_id)))

@@ -1,0 +1,178 @@
+"""What the Host does with its Runners: registration and reconciliation of their tasks,
+their reports (interpreted by the task machine), output, heartbeats, and silence.
+
+RunnerGateway is the runner-facing half of the core; Cluster is the client-facing half.
+Both change tasks only through the TaskBook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.convert import dispatch_of
+from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.log_store import STDERR, STDOUT, LogStore
+from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.models import TaskRecord, utcnow
+from hakuriver_host.nodes import NodeTable
+from hakuriver_host.runner_link import RunnerLink
+from hakuriver_host.store import Store
+from hakuriver_host.task_book import TaskBook
+from hakuriver_host.task_machine import PLACED_STATUSES, Effect, TaskFacts, on_report
+from hakuriver_host.tunnels import TunnelHub
+
+log = logging.getLogger(__name__)
+
+LOG_STREAMS: dict[int, str] = {
+    task_pb2.LOG_STREAM_STDOUT: STDOUT,
+    task_pb2.LOG_STREAM_STDERR: STDERR,
+}
+
+
+class RunnerGateway:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        logs: LogStore,
+        metrics: HostMetrics,
+        nodes: NodeTable,
+        book: TaskBook,
+        tunnels: TunnelHub,
+        kick: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.logs = logs
+        self.metrics = metrics
+        self.nodes = nodes
+        self.book = book
+        self.tunnels = tunnels
+        self.kick = kick
+
+    async def run_monitor(self) -> None:
+        """Check for silent Runners, forever."""
+        timing = self.config.timing
+        interval = min(timing.cleanup_check_interval, timing.heartbeat_interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_silent_runners()
+            except Exception:
+                log.exception("runner check failed")
+
+    async def connect(self, reg: rpb.RegisterRunner) -> tuple[RunnerLink, rpb.RegisterAck]:
+        """A Runner registered: reconcile its tasks with ours, and open its link."""
+        if not reg.hostname:
+            raise InvalidArgument("register: hostname must not be empty")
+        node, link = self.nodes.connect(reg)
+        await self.store.save_node(node.record())
+        ack = rpb.RegisterAck(heartbeat_interval_seconds=self.config.timing.heartbeat_interval)
+        known = set(reg.known_task_ids)
+        for task_id in sorted(known):
+            task = self.book.active.get(task_id)
+            if task is None or task.assigned_node != reg.hostname:
+                ack.discard_task_ids.append(task_id)
+                continue
+            ack.adopt.append(
+                rpb.AdoptTask(
+                    task_id=task_id,
+                    stdout_offset=await self.logs.size(task_id, STDOUT),
+                    stderr_offset=await self.logs.size(task_id, STDERR),
+                )
+            )
+        for task in self.book.on_node(reg.hostname):
+            if task.task_id in known:
+                continue
+            if task.status == TaskStatus.ASSIGNING:
+                link.dispatch(dispatch_of(task))
+            else:
+                await self.book.move(
+                    task,
+                    TaskStatus.LOST,
+                    detail="gone after runner reconnect",
+                    error_message=(
+                        f"runner {reg.hostname} came back without the task: its container or "
+                        "process could not be re-adopted"
+                    ),
+                )
+        log.info(
+            "runner %s registered: %d cores, %d adopted, %d discarded",
+            reg.hostname,
+            reg.total_cores,
+            len(ack.adopt),
+            len(ack.discard_task_ids),
+        )
+        self.kick()
+        return link, ack
+
+    def gone(self, link: RunnerLink) -> None:
+        self.tunnels.link_gone(link)
+        if self.nodes.disconnect(link):
+            log.info("runner %s disconnected", link.hostname)
+
+    async def on_message(self, link: RunnerLink, msg: rpb.ConnectRequest) -> None:
+        self.nodes.touch(link.hostname)
+        kind = msg.WhichOneof("payload")
+        if kind == "log_chunk":
+            chunk = msg.log_chunk
+            stream = LOG_STREAMS.get(chunk.stream, STDERR)
+            await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
+            self.metrics.log_bytes.inc(len(chunk.data))
+        elif kind == "heartbeat":
+            self.nodes.heartbeat(link.hostname, msg.heartbeat)
+        elif kind == "task_state":
+            await self._on_task_state(link, msg.task_state)
+        elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
+            self.tunnels.on_message(link, msg)
+        else:
+            log.warning("runner %s sent unexpected %s", link.hostname, kind)
+
+    async def _on_task_state(self, link: RunnerLink, report: rpb.TaskStateReport) -> None:
+        task = self.book.active.get(report.task_id)
+        if task is not None and task.assigned_node != link.hostname:
+            task = None
+        facts = None
+        if task is not None:
+            facts = TaskFacts(
+                TaskStatus(task.status),
+                task.kill_requested,
+                task.required_memory_bytes,
+                task.ssh_port,
+            )
+        outcome = on_report(facts, report)
+        if task is not None:
+            if Effect.NOTE_DETAIL in outcome.effects:
+                await self.book.persist(task, outcome.detail, status_detail=outcome.detail)
+            if outcome.status is not None:
+                await self.book.move(task, outcome.status, outcome.detail, **outcome.fields)
+            if Effect.STARTED in outcome.effects:
+                self._observe_started(link, task)
+        if Effect.RELEASE in outcome.effects:
+            link.release(report.task_id)
+
+    def _observe_started(self, link: RunnerLink, task: TaskRecord) -> None:
+        now = utcnow()
+        self.metrics.submit_to_running.observe(max(0.0, (now - task.submitted_at).total_seconds()))
+        dispatched = link.started(task.task_id)
+        if dispatched is not None:
+            self.metrics.dispatch_latency.observe(dispatched)
+
+    async def check_silent_runners(self) -> None:
+        timeout = self.config.timing.runner_timeout
+        for node in self.nodes.silent(timeout):
+            for task in self.book.on_node(node.hostname):
+                if TaskStatus(task.status) in PLACED_STATUSES:
+                    await self.book.move(
+                        task,
+                        TaskStatus.LOST,
+                        detail="runner silent",
+                        error_message=(
+                            f"runner {node.hostname} was silent for more than {timeout:g}s"
+                        ),
+                    )

@@ -1,0 +1,209 @@
+"""The Host's active tasks and the one path by which a task's status changes.
+
+TaskBook holds every task that is not final (final ones live only in the database), the
+pending queue's order, and the watchers of each task. ``move`` asks the state machine,
+persists the change before anyone hears of it, then updates metrics, output files,
+webhooks and watchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
+from hakuriver_host.errors import NotFound
+from hakuriver_host.log_store import LogStore
+from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
+from hakuriver_host.scheduler import Request, Scheduler
+from hakuriver_host.store import Store
+from hakuriver_host.task_machine import transition
+from hakuriver_host.webhooks import Notifier
+
+
+def request_of(task: TaskRecord) -> Request:
+    """What the scheduler needs to place a task."""
+    return Request(
+        task_id=task.task_id,
+        cores=task.required_cores,
+        memory_bytes=task.required_memory_bytes,
+        target=task.target_hostname,
+        numa_node=task.target_numa_node_id,
+        gpu_ids=() if task.gpu_count else tuple(task.required_gpus or ()),
+        gpu_count=task.gpu_count,
+        priority=task.priority,
+    )
+
+
+def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
+    return {"task_id": task_id, "status": status, "at": at, "detail": detail}
+
+
+class TaskBook:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogStore,
+        metrics: HostMetrics,
+        notifier: Notifier,
+        scheduler: Scheduler,
+        on_final: Callable[[TaskRecord], None],
+    ) -> None:
+        self.store = store
+        self.logs = logs
+        self.metrics = metrics
+        self.notifier = notifier
+        self.scheduler = scheduler
+        self._on_final = on_final
+        self.active: dict[int, TaskRecord] = {}
+        # The pending subset of ``active`` (nothing moves back to pending).
+        self.pending: dict[int, TaskRecord] = {}
+        self._positions: dict[int, int] | None = None
+        self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
+
+    def load(self, tasks: list[TaskRecord]) -> None:
+        for task in tasks:
+            self.active[task.task_id] = task
+            if task.status == TaskStatus.PENDING:
+                self.pending[task.task_id] = task
+
+    async def add(self, records: list[TaskRecord], detail: str) -> None:
+        """New pending tasks: stored with their first event, then queued."""
+        now = records[0].submitted_at if records else utcnow()
+        events = [_event(r.task_id, r.status, now, detail) for r in records]
+        await self.store.write(inserts=[r.model_dump() for r in records], events=events)
+        self._positions = None
+        for record in records:
+            self.active[record.task_id] = record
+            self.pending[record.task_id] = record
+            self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
+            self.metrics.tasks_submitted.labels(kind=record.kind).inc()
+
+    async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
+        """Store ``changes`` (just those columns), with an event of the current status when
+        ``detail`` is given."""
+        for name, value in changes.items():
+            setattr(task, name, value)
+        events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
+        await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
+
+    async def move(
+        self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
+    ) -> None:
+        """Change a task's status through the state machine; IllegalTransition if refused."""
+        old = TaskStatus(task.status)
+        transition(old, new)
+        if old is TaskStatus.PENDING:
+            self._positions = None
+            self.pending.pop(task.task_id, None)
+        now = utcnow()
+        changes: dict[str, Any] = {"status": new.value, "status_detail": "", **fields}
+        if new is TaskStatus.RUNNING and task.started_at is None:
+            changes.setdefault("started_at", now)
+        if new.is_final and task.completed_at is None:
+            changes.setdefault("completed_at", now)
+        for name, value in changes.items():
+            setattr(task, name, value)
+        if new.is_final:
+            self.active.pop(task.task_id, None)
+            if task.assigned_node:
+                self.scheduler.release(task.assigned_node, task.task_id)
+        await self.store.write(
+            updates=[{"task_id": task.task_id, **changes}],
+            events=[_event(task.task_id, new.value, now, detail)],
+        )
+        self.metrics.task_moved(old, new, task.kind)
+        if new.is_final:
+            self.logs.close(task.task_id)
+            self._notify_final(task)
+            self._on_final(task)
+        for queue in self._watchers.get(task.task_id, ()):
+            queue.put_nowait(task)
+
+    def _notify_final(self, task: TaskRecord) -> None:
+        self.notifier.notify(
+            f"task.{task.status}",
+            task={
+                "task_id": str(task.task_id),
+                "kind": task.kind,
+                "status": task.status,
+                "assigned_node": task.assigned_node,
+                "exit_code": task.exit_code,
+                "error_message": task.error_message,
+                "command": task.command,
+            },
+        )
+
+    # ----- queries ----------------------------------------------------------------------
+
+    async def get(self, task_id: int) -> TaskRecord:
+        task = self.active.get(task_id)
+        if task is not None:
+            return task
+        record, _ = await self.store.run(self.store.get_task, task_id)
+        if record is None:
+            raise NotFound(f"task_id: task {task_id} not found")
+        return record
+
+    async def get_with_events(self, task_id: int) -> tuple[TaskRecord, list[TaskEventRecord]]:
+        record, events = await self.store.run(self.store.get_task, task_id)
+        if record is None:
+            raise NotFound(f"task_id: task {task_id} not found")
+        return self.active.get(task_id, record), events
+
+    def on_node(self, hostname: str) -> list[TaskRecord]:
+        return [t for t in self.active.values() if t.assigned_node == hostname]
+
+    def queue_position(self, task: TaskRecord) -> int:
+        """1-based queue position of one task (0 unless pending), without ranking the queue."""
+        if task.status != TaskStatus.PENDING:
+            return 0
+        if self._positions is not None:
+            return self._positions.get(task.task_id, 0)
+        mine = (-task.priority, task.task_id)
+        ahead = sum(1 for t in self.pending.values() if (-t.priority, t.task_id) < mine)
+        return ahead + 1
+
+    def queue_positions(self) -> dict[int, int]:
+        """1-based queue position of every pending task (recomputed only after changes)."""
+        if self._positions is None:
+            ranked = self.scheduler.ranked([request_of(t) for t in self.pending.values()])
+            self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
+        return self._positions
+
+    async def watch(self, task_id: int) -> AsyncIterator[TaskRecord]:
+        """Yield the task now and after every status change, until it is final."""
+        queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
+        self._watchers.setdefault(task_id, set()).add(queue)
+        try:
+            task = await self.get(task_id)
+            yield task
+            last = task.status
+            while TaskStatus(task.status) not in FINAL_STATUSES:
+                task = await queue.get()
+                if task.status != last:
+                    last = task.status
+                    yield task
+        finally:
+            watchers = self._watchers.get(task_id)
+            if watchers is not None:
+                watchers.discard(queue)
+                if not watchers:
+                    del self._watchers[task_id]
+
+    async def wait_until(
+        self, task_id: int, done: Callable[[TaskRecord], bool], seconds: float
+    ) -> TaskRecord | None:
+        async def waiter() -> TaskRecord | None:
+            async for task in self.watch(task_id):
+                if done(task):
+                    return task
+            return None
+
+        try:
+            return await asyncio.wait_for(waiter(), seconds)
+        except TimeoutError:
+            return None

@@ -169,12 +169,9 @@ class RegisterRunner(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     KNOWN_TASK_IDS_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     total_cores: _builtins.int
     total_memory_bytes: _builtins.int
-    version: _builtins.str
-    """Version of the runner software."""
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.NumaNode]: ...
     @_builtins.property
@@ -197,11 +194,10 @@ class RegisterRunner(_message.Message):
         gpus: _abc.Iterable[_node_pb2.Gpu] | None = ...,
         environments: _abc.Iterable[_builtins.str] | None = ...,
         known_task_ids: _abc.Iterable[_builtins.int] | None = ...,
-        version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

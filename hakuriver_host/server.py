@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from typing import Any
 
 import grpc
@@ -53,6 +55,15 @@ SERVICE_NAMES = (
 )
 
 
+class ListenError(OSError):
+    """A port the Host must listen on is taken or not available."""
+
+    def __init__(self, what: str, host: str, port: int, reason: object) -> None:
+        code = getattr(reason, "errno", None)
+        why = os.strerror(code) if code else str(reason)
+        super().__init__(f"cannot listen on {host}:{port} for the {what}: {why}")
+
+
 class HostServer:
     def __init__(self, config: Config, prepare_default_environment: bool = True) -> None:
         """``prepare_default_environment``: build the default environment's tarball on start
@@ -76,6 +87,8 @@ class HostServer:
                 # reconnecting at once after a Host restart would lose some. Allow bursts.
                 ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+                # A second Host on the same port must fail, not share it.
+                ("grpc.so_reuseport", 0),
             ],
         )
         task_service_pb2_grpc.add_TaskServiceServicer_to_server(
@@ -102,30 +115,54 @@ class HostServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.port = 0
+        self.metrics_port = 0
+        self.ssh_proxy_port = 0
         self._http: Any = None
 
+    def _listen_grpc(self, host: str, port: int) -> int:
+        # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
+        # bind first gives the reason in one line.
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((host, port))
+            return self.server.add_insecure_port(f"{host}:{port}")
+        except OSError as exc:
+            raise ListenError("gRPC API", host, port, exc) from None
+        except RuntimeError:
+            raise ListenError("gRPC API", host, port, "address in use or not available") from None
+
     async def start(self) -> None:
-        await self.cluster.start()
+        """Listen on every port first, so a port that is taken stops the Host before it
+        has started anything; then load the state and serve."""
         net = self.config.network
-        self.port = self.server.add_insecure_port(f"{net.host_bind_ip}:{net.host_port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {net.host_bind_ip}:{net.host_port}")
+        self.port = self._listen_grpc(net.host_bind_ip, net.host_port)
+        try:
+            self._http, _thread = start_http_server(
+                net.metrics_port, addr=net.metrics_bind_ip, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise ListenError("metrics", net.metrics_bind_ip, net.metrics_port, exc) from None
+        self.metrics_port = int(self._http.server_port)
+        try:
+            self.ssh_proxy_port = await self.ssh_proxy.start(
+                net.host_bind_ip, net.host_ssh_proxy_port
+            )
+        except OSError as exc:
+            raise ListenError("SSH proxy", net.host_bind_ip, net.host_ssh_proxy_port, exc) from None
+        await self.cluster.start()
         await self.server.start()
-        self._http, _thread = start_http_server(
-            net.metrics_port, addr=net.metrics_bind_ip, registry=self.metrics.registry
-        )
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.prepare_default_environment:
             self._default_env = asyncio.create_task(self._ensure_default_environment())
-        self.ssh_proxy_port = await self.ssh_proxy.start(net.host_bind_ip, net.host_ssh_proxy_port)
-        log.info("SSH proxy on %s:%d", net.host_bind_ip, self.ssh_proxy_port)
         log.info(
-            "host serving gRPC on %s:%d, metrics on http://%s:%d/metrics",
+            "host serving gRPC on %s:%d, SSH proxy on port %d, metrics on http://%s:%d/metrics",
             net.host_bind_ip,
             self.port,
+            self.ssh_proxy_port,
             net.metrics_bind_ip,
-            net.metrics_port,
+            self.metrics_port,
         )
 
     async def _ensure_default_environment(self) -> None:
@@ -144,7 +181,11 @@ class HostServer:
         self.store.close()
 
     async def serve_forever(self) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         await stop_on_signals().wait()
         log.info("shutting down (grace %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await self.stop()

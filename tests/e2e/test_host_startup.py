@@ -1,0 +1,70 @@
+"""A Host that cannot listen on one of its ports exits non-zero with one line naming the
+address, and starts nothing; a second Host on a port in use fails instead of sharing it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import ProcessCluster
+
+PORT_KEYS = {
+    "host_port": "gRPC API",
+    "metrics_port": "metrics",
+    "host_ssh_proxy_port": "SSH proxy",
+}
+
+
+def _config(root: Path, **ports: int) -> Path:
+    path = root / "config.toml"
+    lines = ["[network]", 'host_bind_ip = "127.0.0.1"']
+    lines += [f"{key} = {ports.get(key, 0)}" for key in PORT_KEYS]
+    lines += [
+        "[paths]",
+        f'shared_dir = "{root / "shared"}"',
+        f'local_temp_dir = "{root / "tmp"}"',
+        "[database]",
+        f'db_file = "{root / "host.db"}"',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _run_host(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hakuriver_host", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(("key", "what"), list(PORT_KEYS.items()))
+def test_a_taken_port_is_one_line_and_a_non_zero_exit(tmp_path: Path, key: str, what: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run_host(_config(tmp_path, **{key: port}))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port} for the {what}: Address already in use"
+    ], result.stderr
+    assert not (tmp_path / "host.db").exists(), "nothing is started before every port is held"
+
+
+def test_a_second_host_on_the_same_port_fails(tmp_path: Path) -> None:
+    (tmp_path / "first").mkdir()
+    first = ProcessCluster(tmp_path / "first", runner_count=0)
+    first.start_host()
+    try:
+        result = _run_host(_config(tmp_path, host_port=first.host_port))
+        assert result.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.host_port} for the gRPC API" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        first.stop()

@@ -180,13 +180,16 @@ class TaskBook:
         self._watchers.setdefault(task_id, set()).add(queue)
         try:
             task = await self.get(task_id)
-            yield task
-            last = task.status
-            while TaskStatus(task.status) not in FINAL_STATUSES:
-                task = await queue.get()
+            last = ""
+            while True:
+                # ``task`` is the live record: compare what it is now with what was sent,
+                # so a change made while the consumer held the last yield is not missed.
                 if task.status != last:
                     last = task.status
                     yield task
+                if TaskStatus(last) in FINAL_STATUSES:
+                    return
+                task = await queue.get()
         finally:
             watchers = self._watchers.get(task_id)
             if watchers is not None:

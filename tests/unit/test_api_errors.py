@@ -1,0 +1,121 @@
+"""One interceptor for every RPC: domain errors become their status codes on unary and
+streaming calls alike, and every call (streams too) is counted in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2 as lpb,
+    node_pb2,
+    node_service_pb2 as npb,
+    runner_service_pb2 as rpb,
+    runner_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import exit_with
+from tests.unit.local_cluster import LocalCluster
+
+CODE = grpc.StatusCode
+
+
+async def _status_of_stream(call: grpc.aio.UnaryStreamCall) -> tuple[CODE, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in call:
+            pass
+    return raised.value.code(), raised.value.details() or ""
+
+
+async def _requests(cluster: LocalCluster) -> dict[tuple[str, str], float]:
+    assert cluster.server is not None
+    url = f"http://127.0.0.1:{cluster.server.metrics_port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    counts = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "hakuriver_grpc_requests":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+    return counts
+
+
+async def test_streaming_rpcs_report_domain_errors_with_their_codes(
+    local_cluster: LocalCluster,
+) -> None:
+    tasks, logs, nodes = local_cluster.tasks, local_cluster.logs, local_cluster.nodes
+    assert await _status_of_stream(tasks.WatchTask(tpb.WatchTaskRequest(task_id=0))) == (
+        CODE.INVALID_ARGUMENT,
+        "task_id: must be a positive integer, got 0",
+    )
+    assert await _status_of_stream(tasks.WatchTask(tpb.WatchTaskRequest(task_id=42))) == (
+        CODE.NOT_FOUND,
+        "task_id: task 42 not found",
+    )
+    assert await _status_of_stream(nodes.WatchHealth(npb.WatchHealthRequest(hostname="x"))) == (
+        CODE.NOT_FOUND,
+        "hostname: unknown node 'x'",
+    )
+    await local_cluster.add_runner("a", answer=exit_with(0, stdout=b"hi\n"))
+    task = await local_cluster.submit("echo")
+    bad_stream = lpb.ReadLogRequest(task_id=task.task_id, stream=task_pb2.LOG_STREAM_UNSPECIFIED)
+    assert await _status_of_stream(logs.ReadLog(bad_stream)) == (
+        CODE.INVALID_ARGUMENT,
+        "stream: must be STDOUT or STDERR",
+    )
+    negative = lpb.ReadLogRequest(
+        task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, offset=-1
+    )
+    assert await _status_of_stream(logs.ReadLog(negative)) == (
+        CODE.INVALID_ARGUMENT,
+        "offset: must not be negative, got -1",
+    )
+
+
+async def test_runner_stream_must_start_with_register(local_cluster: LocalCluster) -> None:
+    async with grpc.aio.insecure_channel(local_cluster.target) as channel:
+        call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+        await call.write(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=node_pb2.Health())))
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call.read()
+    assert raised.value.code() == CODE.INVALID_ARGUMENT
+    assert raised.value.details() == "register: the first message must be register"
+
+
+async def test_unary_rpcs_report_domain_errors_with_their_codes(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", answer=exit_with(0))
+    task = await local_cluster.submit("true")
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    with pytest.raises(grpc.aio.AioRpcError) as finished:
+        await local_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id))
+    assert finished.value.code() == CODE.FAILED_PRECONDITION
+    assert finished.value.details() == (
+        f"task {task.task_id} is completed: only pending, assigning, running, paused tasks "
+        "can be killed"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=7))
+    assert unknown.value.code() == CODE.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=5000))
+    assert bad.value.code() == CODE.INVALID_ARGUMENT
+
+
+async def test_every_call_is_counted_by_method_and_code(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=exit_with(0, stdout=b"out\n"))
+    task = await local_cluster.submit("echo")
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    assert await local_cluster.read_log(task.task_id) == b"out\n"
+    await _status_of_stream(local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=99)))
+    counts = await _requests(local_cluster)
+    assert counts[("/hakuriver.v1.TaskService/SubmitTask", "OK")] == 1
+    assert counts[("/hakuriver.v1.LogService/ReadLog", "OK")] == 1
+    assert counts[("/hakuriver.v1.TaskService/WatchTask", "NOT_FOUND")] == 1

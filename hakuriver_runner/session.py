@@ -209,11 +209,11 @@ class Session:
         kind = message.WhichOneof("payload")
         if kind is None:
             return
-        command = getattr(message, kind)
         handler = self._commands.get(kind)
         if handler is None:
             log.warning("unexpected %s from host", kind)
             return
+        command = getattr(message, kind)
         async with self.supervisor.lock(command.task_id):
             try:
                 await handler(command)

@@ -14,7 +14,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -185,7 +184,7 @@ class Supervisor:
             name=f"task-{task_id}",
         )
 
-    async def _watch_task(self, task_id: int, offsets: Sequence[int], started: bool) -> None:
+    async def _watch_task(self, task_id: int, offsets: tuple[int, int], started: bool) -> None:
         backend, handle = self._handles[task_id]
         try:
             status, started_at = await self._pool.run(backend.state, handle)
@@ -222,12 +221,13 @@ class Supervisor:
         )
 
     async def _follow_output(
-        self, task_id: int, backend: TaskBackend, handle: Any, offsets: Sequence[int]
+        self, task_id: int, backend: TaskBackend, handle: Any, offsets: tuple[int, int]
     ) -> None:
         """Send stdout and stderr past the Host's offsets until the task ends."""
+        stdout_offset, stderr_offset = offsets
         streams = (
-            (True, task_pb2.LOG_STREAM_STDOUT, LogFollow()),
-            (False, task_pb2.LOG_STREAM_STDERR, LogFollow()),
+            (True, stdout_offset, task_pb2.LOG_STREAM_STDOUT, LogFollow()),
+            (False, stderr_offset, task_pb2.LOG_STREAM_STDERR, LogFollow()),
         )
         try:
             await asyncio.gather(
@@ -240,11 +240,11 @@ class Supervisor:
                         self._emitter(task_id, stream, follow),
                         follow,
                     )
-                    for (is_stdout, stream, follow), offset in zip(streams, offsets, strict=True)
+                    for is_stdout, offset, stream, follow in streams
                 )
             )
         except asyncio.CancelledError:
-            for _, _, follow in streams:
+            for *_, follow in streams:
                 follow.cancel()
             raise
 

@@ -6,6 +6,7 @@ Every RPC of every service passes through it, unary and streaming alike, so serv
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -40,30 +41,24 @@ def status_code(error: ApiError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-class _Call:
-    """Bookkeeping of one RPC: its outcome code and duration, recorded when it ends."""
-
-    def __init__(self, metrics: HostMetrics, method: str, context: Any) -> None:
-        self.metrics = metrics
-        self.method = method
-        self.context = context
-        self.start = time.perf_counter()
-
-    async def abort(self, exc: ApiError) -> None:
-        await self.context.abort(status_code(exc), exc.message)
-
-    def finish(self, exc: BaseException | None) -> None:
-        if exc is None:
-            code = "OK"
-        elif isinstance(exc, ApiError):
-            code = status_code(exc).name
-        else:
-            found = self.context.code()
-            code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
-        self.metrics.grpc_requests.labels(method=self.method, code=code).inc()
-        self.metrics.grpc_latency.labels(method=self.method).observe(
-            time.perf_counter() - self.start
-        )
+@contextlib.asynccontextmanager
+async def _handled(metrics: HostMetrics, method: str, context: Any) -> AsyncIterator[None]:
+    """Around one RPC: a domain error becomes its status; the outcome code and duration
+    are recorded when it ends."""
+    start = time.perf_counter()
+    code = "OK"
+    try:
+        yield
+    except ApiError as exc:
+        code = status_code(exc).name
+        await context.abort(status_code(exc), exc.message)
+    except BaseException:
+        found = context.code()
+        code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+        raise
+    finally:
+        metrics.grpc_requests.labels(method=method, code=code).inc()
+        metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - start)
 
 
 Behaviour = Callable[[Any, Any], Any]
@@ -108,18 +103,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
     def _unary(self, method: str, inner: Behaviour) -> Behaviour:
         async def call(request: Any, context: Any) -> Any:
-            record = _Call(self.metrics, method, context)
-            error: BaseException | None = None
-            try:
+            async with _handled(self.metrics, method, context):
                 return await inner(request, context)
-            except ApiError as exc:
-                error = exc
-                await record.abort(exc)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                record.finish(error)
 
         return call
 
@@ -129,18 +114,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return self._unary(method, inner)
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            record = _Call(self.metrics, method, context)
-            error: BaseException | None = None
-            try:
+            async with _handled(self.metrics, method, context):
                 async for response in inner(request, context):
                     yield response
-            except ApiError as exc:
-                error = exc
-                await record.abort(exc)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                record.finish(error)
 
         return stream

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, strategies as st
 

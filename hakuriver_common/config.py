@@ -18,6 +18,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus
+
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
 
 
@@ -118,9 +120,8 @@ class DockerConfig(BaseModel):
 WEBHOOK_EVENTS = frozenset(
     {
         "*",
-        "node.offline",
-        "node.online",
-        *(f"task.{s}" for s in ("completed", "failed", "killed", "killed_oom", "lost")),
+        *(f"node.{s}" for s in NodeStatus),
+        *(f"task.{s}" for s in FINAL_STATUSES),
     }
 )
 

@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, Column
 from sqlmodel import Field, SQLModel
 
+from hakuriver_common.statuses import TaskKind
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -30,7 +32,7 @@ class TaskRecord(SQLModel, table=True):
     __tablename__ = "tasks"
 
     task_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
-    kind: str = "command"
+    kind: str = TaskKind.COMMAND.value
     batch_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, index=True))
     command: str
     arguments: list[str] = Field(default_factory=list, sa_column=Column(JSON))

@@ -27,6 +27,7 @@ from hakuriver_common.environments import (
 )
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.statuses import TaskKind
 from hakuriver_runner.backend import (
     Emit,
     ExitInfo,
@@ -224,7 +225,7 @@ class DockerBackend:
         labels = {
             LABEL_RUNNER: self.runner_name,
             LABEL_TASK: str(dispatch.task_id),
-            LABEL_KIND: "command",
+            LABEL_KIND: TaskKind.COMMAND.value,
             LABEL_ENV: dispatch.container_name,
         }
         environment = {
@@ -234,7 +235,7 @@ class DockerBackend:
         command = [dispatch.command, *dispatch.arguments]
         if dispatch.kind == task_pb2.TASK_KIND_VPS:
             port = free_loopback_port()
-            labels[LABEL_KIND] = "vps"
+            labels[LABEL_KIND] = TaskKind.VPS.value
             labels[LABEL_SSH_PORT] = str(port)
             environment["HAKURIVER_SSH_KEY"] = dispatch.ssh_public_key
             environment["HAKURIVER_SSH_PORT"] = str(port)

@@ -64,6 +64,36 @@ def _announce(index: int, total: int, command: list[str]) -> None:
     print(f"hakurun: [{index + 1}/{total}] {shlex.join(command)}", file=sys.stderr, flush=True)
 
 
+def _start(command: list[str]) -> subprocess.Popen[bytes] | int:
+    """The started process, or 127 when the program cannot be started."""
+    try:
+        return subprocess.Popen(command)
+    except OSError as exc:
+        print(f"hakurun: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+
+
+def _reap(running: dict[int, subprocess.Popen[bytes]], codes: dict[int, int], block: bool) -> None:
+    """Move the exit codes of finished processes from ``running`` to ``codes``."""
+    for index, proc in list(running.items()):
+        code = proc.wait() if block else proc.poll()
+        if code is not None:
+            codes[index] = code
+            del running[index]
+
+
+def _summary(commands: list[list[str]], codes: dict[int, int]) -> int:
+    """List the failures on stderr; the exit code of the first, 0 when none failed."""
+    failed = [(i, c) for i, c in sorted(codes.items()) if c != 0]
+    for index, code in failed:
+        print(f"hakurun: {shlex.join(commands[index])}: exit {code}", file=sys.stderr)
+    if not failed:
+        return 0
+    print(f"hakurun: {len(failed)} of {len(commands)} failed", file=sys.stderr)
+    first = failed[0][1]
+    return first if 0 < first < 256 else 1
+
+
 def run_all(commands: list[list[str]], jobs: int) -> int:
     """Run the commands, at most ``jobs`` at a time; 0 if all succeeded, else the exit
     code of the first (in order) that failed."""
@@ -84,27 +114,17 @@ def run_all(commands: list[list[str]], jobs: int) -> int:
             while pending and len(running) < jobs:
                 index, command = pending.pop(0)
                 _announce(index, len(commands), command)
-                try:
-                    running[index] = subprocess.Popen(command)
-                except OSError as exc:
-                    print(f"hakurun: {command[0]}: {exc.strerror}", file=sys.stderr)
-                    codes[index] = 127
-            for index, proc in list(running.items()):
-                code = proc.wait() if jobs == 1 else proc.poll()
-                if code is not None:
-                    codes[index] = code
-                    del running[index]
+                started = _start(command)
+                if isinstance(started, int):
+                    codes[index] = started
+                else:
+                    running[index] = started
+            _reap(running, codes, block=jobs == 1)
             if running:
                 time.sleep(0.02)
     except KeyboardInterrupt:
         stop_children(signal.SIGINT, None)
-    failed = [(i, c) for i, c in sorted(codes.items()) if c != 0]
-    for index, code in failed:
-        print(f"hakurun: {shlex.join(commands[index])}: exit {code}", file=sys.stderr)
-    if failed:
-        print(f"hakurun: {len(failed)} of {len(commands)} failed", file=sys.stderr)
-        return failed[0][1] if 0 < failed[0][1] < 256 else 1
-    return 0
+    return _summary(commands, codes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+
 
 @dataclass(frozen=True)
 class MountSpec:
     host_path: str
     container_path: str
     read_only: bool = False
+
+    def pb(self) -> task_pb2.Mount:
+        return task_pb2.Mount(
+            host_path=self.host_path, container_path=self.container_path, read_only=self.read_only
+        )
+
+    @classmethod
+    def from_pb(cls, mount: task_pb2.Mount) -> MountSpec:
+        return cls(mount.host_path, mount.container_path, mount.read_only)
 
 
 def parse_mount(text: str) -> MountSpec:
@@ -25,3 +36,7 @@ def parse_mount(text: str) -> MountSpec:
         if not path.startswith("/"):
             raise ValueError(f"mount {text!r}: {label} must be absolute")
     return MountSpec(host_path, container_path, read_only)
+
+
+def format_mount(spec: MountSpec) -> str:
+    return f"{spec.host_path}:{spec.container_path}{':ro' if spec.read_only else ''}"

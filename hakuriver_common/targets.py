@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+
 SYNTAX = "HOST[:NUMA_ID][::GPU_ID,GPU_ID...]"
 
 
@@ -12,6 +14,11 @@ class TargetSpec:
     hostname: str
     numa_node_id: int | None = None
     gpu_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def pb(self) -> task_pb2.Target:
+        return task_pb2.Target(
+            hostname=self.hostname, numa_node_id=self.numa_node_id, gpu_ids=self.gpu_ids
+        )
 
 
 def _non_negative_int(text: str, what: str, whole: str) -> int:

@@ -13,8 +13,8 @@ from rich.live import Live
 from rich.table import Table
 
 from hakuriver_cli.connection import (
-    JsonOption,
     TaskIdArgument,
+    ask,
     config_or_fail,
     host_channel,
     task_id_or_fail,
@@ -27,8 +27,8 @@ from hakuriver_cli.render import (
     node_status_name,
     print_json,
     print_task_detail,
+    show_list,
     status_name,
-    table,
     to_dict,
     to_json_line,
 )
@@ -36,52 +36,49 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
+    task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Inspect and control the cluster."
+app = tool_app("Inspect and control the cluster.")
+
+
+NODE_COLUMNS = (
+    "hostname",
+    "status",
+    "cores (free/total)",
+    "memory (free/total)",
+    "gpus (free/total)",
+    "numa",
+    "tasks",
+    "last_heartbeat",
 )
+
+
+def _node_row(n: node_pb2.Node) -> list[str]:
+    return [
+        n.hostname,
+        node_status_name(n.status) + (" (draining)" if n.draining else ""),
+        f"{n.available_cores}/{n.total_cores}",
+        f"{memory(n.available_memory_bytes)}/{memory(n.total_memory_bytes)}",
+        _gpu_summary(n),
+        ", ".join(f"{x.id}:{len(x.cpus)}cpu" for x in n.numa_nodes) or "-",
+        str(n.active_tasks),
+        age(n.last_heartbeat, n.HasField("last_heartbeat")),
+    ]
 
 
 @app.command()
 def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List runner nodes with their resources and last heartbeat."""
-    cfg = config_or_fail(config)
-    with host_channel(cfg) as channel:
-        stub = node_service_pb2_grpc.NodeServiceStub(channel)
-        response = unary(stub.ListNodes, npb.ListNodesRequest())
-    if json:
-        print_json([to_dict(n) for n in response.nodes])
-        return
-    table(
-        "nodes",
-        (
-            "hostname",
-            "status",
-            "cores (free/total)",
-            "memory (free/total)",
-            "gpus (free/total)",
-            "numa",
-            "tasks",
-            "last_heartbeat",
-        ),
-        [
-            [
-                n.hostname,
-                node_status_name(n.status) + (" (draining)" if n.draining else ""),
-                f"{n.available_cores}/{n.total_cores}",
-                f"{memory(n.available_memory_bytes)}/{memory(n.total_memory_bytes)}",
-                _gpu_summary(n),
-                ", ".join(f"{x.id}:{len(x.cpus)}cpu" for x in n.numa_nodes) or "-",
-                str(n.active_tasks),
-                age(n.last_heartbeat, n.HasField("last_heartbeat")),
-            ]
-            for n in response.nodes
-        ],
+    response = ask(
+        config,
+        node_service_pb2_grpc.NodeServiceStub,
+        lambda stub: unary(stub.ListNodes, npb.ListNodesRequest()),
     )
+    show_list(json, response.nodes, "nodes", NODE_COLUMNS, _node_row)
 
 
 def _gpu_summary(node: node_pb2.Node) -> str:
@@ -93,13 +90,15 @@ def _gpu_summary(node: node_pb2.Node) -> str:
 
 
 def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> None:
-    cfg = config_or_fail(config)
-    with host_channel(cfg) as channel:
-        stub = node_service_pb2_grpc.NodeServiceStub(channel)
-        if draining:
-            node = unary(stub.DrainNode, npb.DrainNodeRequest(hostname=hostname)).node
-        else:
-            node = unary(stub.UndrainNode, npb.UndrainNodeRequest(hostname=hostname)).node
+    node = ask(
+        config,
+        node_service_pb2_grpc.NodeServiceStub,
+        lambda stub: (
+            unary(stub.DrainNode, npb.DrainNodeRequest(hostname=hostname)).node
+            if draining
+            else unary(stub.UndrainNode, npb.UndrainNodeRequest(hostname=hostname)).node
+        ),
+    )
     if json:
         print_json(to_dict(node))
         return
@@ -242,45 +241,47 @@ def status(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOptio
     print_task_detail(response.task, response.events)
 
 
-@app.command()
-def kill(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Kill a pending, assigning, running or paused task."""
-    cfg = config_or_fail(config)
-    tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        response = unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid))
-    if json:
-        print_json(to_dict(response.task))
-        return
-    typer.echo(f"task {tid}: {status_name(response.task.status)}")
-
-
 class Action(StrEnum):
     pause = "pause"
     resume = "resume"
 
 
-@app.command()
-def command(
-    task_id: TaskIdArgument,
-    action: Annotated[Action, typer.Argument(help="pause or resume.")],
-    config: ConfigOption = None,
-    json: JsonOption = False,
-) -> None:
-    """Pause or resume a task."""
-    cfg = config_or_fail(config)
+def _control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -> task_pb2.Task:
+    if verb == Action.pause:
+        return unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid)).task
+    if verb == Action.resume:
+        return unary(stub.ResumeTask, tpb.ResumeTaskRequest(task_id=tid)).task
+    return unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid)).task
+
+
+def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> None:
+    """Kill, pause or resume a task, then print its status (or it as JSON)."""
     tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        if action is Action.pause:
-            task = unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid)).task
-        else:
-            task = unary(stub.ResumeTask, tpb.ResumeTaskRequest(task_id=tid)).task
+    task = ask(config, task_service_pb2_grpc.TaskServiceStub, lambda s: _control(s, tid, verb))
     if json:
         print_json(to_dict(task))
         return
     typer.echo(f"task {tid}: {status_name(task.status)}")
+
+
+ActionArgument = Annotated[Action, typer.Argument(help="pause or resume.")]
+
+
+@app.command()
+def kill(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Kill a pending, assigning, running or paused task."""
+    control_task(task_id, "kill", config, json)
+
+
+@app.command()
+def command(
+    task_id: TaskIdArgument,
+    action: ActionArgument,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Pause or resume a task."""
+    control_task(task_id, action, config, json)
 
 
 def run() -> None:

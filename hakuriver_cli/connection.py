@@ -5,7 +5,7 @@ Every failure ends as one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
@@ -18,8 +18,8 @@ from hakuriver_common.ids import parse_task_id
 from hakuriver_common.service import config_or_exit
 
 T = TypeVar("T")
+S = TypeVar("S")
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TaskIdArgument = Annotated[str, typer.Argument(help="Task id (decimal).", show_default=False)]
 
 RPC_TIMEOUT_SECONDS = 30.0
@@ -34,11 +34,17 @@ def config_or_fail(path: Path | None) -> Config:
     return config_or_exit(path)
 
 
-def task_id_or_fail(text: str) -> int:
+def parsed(values: Iterable[str], parse: Callable[[str], T]) -> list[T]:
+    """Every value through ``parse``; a ValueError ends the tool with its message (exit 2)."""
     try:
-        return parse_task_id(text)
+        return [parse(value) for value in values]
     except ValueError as exc:
         fail(str(exc), code=2)
+
+
+def task_id_or_fail(text: str) -> int:
+    [task_id] = parsed([text], parse_task_id)
+    return task_id
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
@@ -54,8 +60,18 @@ def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
 
 
 @contextmanager
-def host_channel(config: Config) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(config.host_target) as channel:
+def host_channel(config: Config, reconnect_seconds: float = 0.0) -> Iterator[grpc.Channel]:
+    """A channel to the Host; ``reconnect_seconds`` caps the wait between reconnect attempts
+    after the Host went away (gRPC's own backoff grows to minutes)."""
+    options = []
+    if reconnect_seconds > 0:
+        backoff_ms = max(1, int(reconnect_seconds * 1000))
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", backoff_ms),
+            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+        ]
+    with grpc.insecure_channel(config.host_target, options=options) as channel:
         try:
             yield channel
         except grpc.RpcError as exc:
@@ -65,3 +81,9 @@ def host_channel(config: Config) -> Iterator[grpc.Channel]:
 def unary(fn: Callable[..., T], request: object, timeout: float = RPC_TIMEOUT_SECONDS) -> T:
     """Call a unary RPC with a deadline; errors propagate to ``host_channel``."""
     return fn(request, timeout=timeout)
+
+
+def ask(config: Path | None, stub: Callable[[grpc.Channel], S], call: Callable[[S], T]) -> T:
+    """``call`` on a stub of a channel to the Host named by ``config``; one error line if not."""
+    with host_channel(config_or_fail(config)) as channel:
+        return call(stub(channel))

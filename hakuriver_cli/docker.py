@@ -3,39 +3,40 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import grpc
 import typer
 from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
-from hakuriver_cli.connection import (
-    JsonOption,
-    config_or_fail,
-    fail,
-    host_channel,
-    unary,
-)
-from hakuriver_cli.render import console, print_json, table, to_dict
+from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
+from hakuriver_cli.render import console, print_json, show_list, to_dict
 from hakuriver_common.proto.hakuriver.v1 import (
     environment_service_pb2 as epb,
     environment_service_pb2_grpc,
 )
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Manage container environments.")
+app = tool_app("Manage container environments.")
+T = TypeVar("T")
+Stub = environment_service_pb2_grpc.EnvironmentServiceStub
 
 NameArgument = Annotated[str, typer.Argument(help="Environment name.", show_default=False)]
 UPLOAD_CHUNK = 1024 * 1024
 LONG_RPC_SECONDS = 3600.0
 
 
-def _stub(channel: grpc.Channel) -> environment_service_pb2_grpc.EnvironmentServiceStub:
+def _stub(channel: grpc.Channel) -> Stub:
     return environment_service_pb2_grpc.EnvironmentServiceStub(channel)
+
+
+def _ask(config: Path | None, call: Callable[[Stub], T]) -> T:
+    """One call to the Host's EnvironmentService."""
+    return ask(config, _stub, call)
 
 
 def _show_container(container: epb.EnvironmentContainer, json: bool) -> None:
@@ -54,28 +55,34 @@ def create_container(
     json: JsonOption = False,
 ) -> None:
     """Start a persistent container NAME on the Host from IMAGE, to prepare an environment."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(
-            _stub(channel).CreateContainer,
-            epb.CreateContainerRequest(image=image, name=name),
-            LONG_RPC_SECONDS,
-        )
+    request = epb.CreateContainerRequest(image=image, name=name)
+    reply = _ask(config, lambda stub: unary(stub.CreateContainer, request, LONG_RPC_SECONDS))
     _show_container(reply.container, json)
 
 
 @app.command("list-containers")
 def list_containers(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List the Host's environment containers."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(_stub(channel).ListContainers, epb.ListContainersRequest())
-    if json:
-        print_json([to_dict(c) for c in reply.containers])
-        return
-    table(
+    reply = _ask(config, lambda stub: unary(stub.ListContainers, epb.ListContainersRequest()))
+    show_list(
+        json,
+        reply.containers,
         "environment containers",
         ("name", "status", "container", "image"),
-        [[c.name, c.status, c.container_name, c.image] for c in reply.containers],
+        lambda c: [c.name, c.status, c.container_name, c.image],
     )
+
+
+def _start_or_stop(name: str, start: bool, config: Path | None, json: bool) -> None:
+    reply = _ask(
+        config,
+        lambda stub: (
+            unary(stub.StartContainer, epb.StartContainerRequest(name=name))
+            if start
+            else unary(stub.StopContainer, epb.StopContainerRequest(name=name))
+        ),
+    )
+    _show_container(reply.container, json)
 
 
 @app.command("start-container")
@@ -83,9 +90,7 @@ def start_container(
     name: NameArgument, config: ConfigOption = None, json: JsonOption = False
 ) -> None:
     """Start a stopped environment container."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(_stub(channel).StartContainer, epb.StartContainerRequest(name=name))
-    _show_container(reply.container, json)
+    _start_or_stop(name, True, config, json)
 
 
 @app.command("stop-container")
@@ -93,16 +98,13 @@ def stop_container(
     name: NameArgument, config: ConfigOption = None, json: JsonOption = False
 ) -> None:
     """Stop an environment container."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(_stub(channel).StopContainer, epb.StopContainerRequest(name=name))
-    _show_container(reply.container, json)
+    _start_or_stop(name, False, config, json)
 
 
 @app.command("delete-container")
 def delete_container(name: NameArgument, config: ConfigOption = None) -> None:
     """Remove an environment container (its tarballs stay)."""
-    with host_channel(config_or_fail(config)) as channel:
-        unary(_stub(channel).DeleteContainer, epb.DeleteContainerRequest(name=name))
+    _ask(config, lambda stub: unary(stub.DeleteContainer, epb.DeleteContainerRequest(name=name)))
     typer.echo(f"deleted environment container {name}")
 
 
@@ -146,23 +148,18 @@ def create_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption
 @app.command("list-tars")
 def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List environment tarballs and which Runners have each loaded."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(_stub(channel).ListTars, epb.ListTarsRequest())
-    if json:
-        print_json([to_dict(t) for t in reply.tarballs])
-        return
-    table(
+    reply = _ask(config, lambda stub: unary(stub.ListTars, epb.ListTarsRequest()))
+    show_list(
+        json,
+        reply.tarballs,
         "environment tarballs",
         ("name", "timestamp", "created", "size", "loaded on"),
-        [
-            [
-                t.name,
-                str(t.timestamp),
-                datetime.fromtimestamp(t.timestamp, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S"),
-                format_size(t.size_bytes),
-                ", ".join(t.loaded_on) or "-",
-            ]
-            for t in reply.tarballs
+        lambda t: [
+            t.name,
+            str(t.timestamp),
+            datetime.fromtimestamp(t.timestamp, UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S"),
+            format_size(t.size_bytes),
+            ", ".join(t.loaded_on) or "-",
         ],
     )
 
@@ -170,8 +167,7 @@ def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
 @app.command("delete-tar")
 def delete_tar(name: NameArgument, config: ConfigOption = None) -> None:
     """Remove every tarball of an environment."""
-    with host_channel(config_or_fail(config)) as channel:
-        reply = unary(_stub(channel).DeleteTar, epb.DeleteTarRequest(name=name))
+    reply = _ask(config, lambda stub: unary(stub.DeleteTar, epb.DeleteTarRequest(name=name)))
     for path in reply.removed:
         typer.echo(f"removed {path}")
 
@@ -196,8 +192,9 @@ def import_rootfs(
     """Create environment NAME from a root filesystem tarball (no registry needed)."""
     if source != "-" and not Path(source).is_file():
         fail(f"{source}: no such file", code=2)
-    with host_channel(config_or_fail(config)) as channel:
-        reply = _stub(channel).ImportRootfs(_upload(name, source), timeout=LONG_RPC_SECONDS)
+    reply = _ask(
+        config, lambda stub: stub.ImportRootfs(_upload(name, source), timeout=LONG_RPC_SECONDS)
+    )
     _show_tarball(reply.tarball, json)
 
 

@@ -13,14 +13,9 @@ import typer
 from pydantic import BaseModel
 
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
-from hakuriver_common.service import config_or_exit
+from hakuriver_common.service import ConfigOption, config_or_exit, tool_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Set up HakuRiver.")
-
-
-@app.callback()
-def _group() -> None:
-    """Set up HakuRiver."""
+app = tool_app("Set up HakuRiver.", json=False)
 
 
 def _toml_value(value: Any) -> str:
@@ -137,13 +132,13 @@ def service(
     output_dir: Annotated[
         Path, typer.Option("--output-dir", help="Folder to write the .service files to.")
     ] = Path("."),
-    config: Annotated[
-        Path | None,
-        typer.Option(help="Config file the services use (default ~/.hakuriver/config.toml)."),
-    ] = None,
+    config: ConfigOption = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing unit files.")] = False,
 ) -> None:
-    """Write systemd units for the Host and/or Runner of this installation."""
+    """Write systemd units for the Host and/or Runner of this installation.
+
+    The services run with the config file given by --config (else $HAKURIVER_CONFIG, else
+    the default path), which must exist."""
     resolved = resolve_config_path(config)
     if resolved is None:
         typer.echo(

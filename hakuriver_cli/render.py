@@ -1,11 +1,18 @@
-"""Human tables and JSON for the CLI's read commands."""
+"""Human tables and JSON for the CLI's read commands.
+
+Task statuses, task kinds and node statuses appear in the user's words (``completed``,
+``vps``, ``online``, from ``hakuriver_common.statuses``) in tables and in ``--json`` alike;
+only the wire carries the proto enums.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -13,15 +20,60 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
+from hakuriver_common.mounts import MountSpec, format_mount
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+from hakuriver_common.statuses import NodeStatus, TaskKind, TaskStatus
 from hakuriver_common.units import format_size
 
 # Piped output keeps whole rows instead of the 80-column fallback.
 console = Console() if sys.stdout.isatty() else Console(width=240)
 
+# Proto enum type -> its words, for every enum field of every message printed as JSON.
+_VOCABULARY: dict[str, Callable[[int], StrEnum]] = {
+    task_pb2.TaskStatus.DESCRIPTOR.full_name: TaskStatus.from_pb,
+    task_pb2.TaskKind.DESCRIPTOR.full_name: TaskKind.from_pb,
+    node_pb2.NodeStatus.DESCRIPTOR.full_name: NodeStatus.from_pb,
+}
 
-def to_dict(message: Message) -> dict[str, object]:
-    return MessageToDict(message, preserving_proto_field_name=True)
+
+def _word(of_pb: Callable[[int], StrEnum], value: int) -> str:
+    try:
+        return of_pb(value).value
+    except ValueError:
+        return "unspecified" if value == 0 else f"unknown({value})"
+
+
+def status_name(status: int) -> str:
+    return _word(TaskStatus.from_pb, status)
+
+
+def kind_name(kind: int) -> str:
+    return _word(TaskKind.from_pb, kind)
+
+
+def node_status_name(status: int) -> str:
+    return _word(NodeStatus.from_pb, status)
+
+
+def _in_words(message: Message, out: dict[str, Any]) -> None:
+    """Replace the proto enum names MessageToDict wrote for vocabulary fields, recursively."""
+    for field, value in message.ListFields():
+        written: Any = out.get(field.name)
+        many = isinstance(written, list)
+        if field.enum_type is not None:
+            of_pb = _VOCABULARY.get(field.enum_type.full_name)
+            if of_pb is not None:
+                out[field.name] = [_word(of_pb, v) for v in value] if many else _word(of_pb, value)
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            for sub, sub_out in zip(value, written, strict=True) if many else [(value, written)]:
+                if isinstance(sub_out, dict):
+                    _in_words(sub, sub_out)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    out = MessageToDict(message, preserving_proto_field_name=True)
+    _in_words(message, out)
+    return out
 
 
 def to_json_line(message: Message) -> str:
@@ -30,14 +82,6 @@ def to_json_line(message: Message) -> str:
 
 def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
-
-
-def status_name(status: int) -> str:
-    return task_pb2.TaskStatus.Name(status).removeprefix("TASK_STATUS_").lower()  # type: ignore[arg-type]
-
-
-def node_status_name(status: int) -> str:
-    return node_pb2.NodeStatus.Name(status).removeprefix("NODE_STATUS_").lower()  # type: ignore[arg-type]
 
 
 def when(ts: Timestamp, present: bool) -> str:
@@ -62,24 +106,38 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> 
     console.print(out)
 
 
+M = TypeVar("M", bound=Message)
+
+
+def show_list(
+    json: bool,
+    items: Sequence[M],
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[M], Sequence[str]],
+) -> None:
+    """The messages as a JSON list, or as a table of one ``row`` each."""
+    if json:
+        print_json([to_dict(item) for item in items])
+    else:
+        table(title, columns, [row(item) for item in items])
+
+
 def memory(num_bytes: int) -> str:
     return format_size(num_bytes) if num_bytes else "-"
 
 
-def task_rows(tasks: Iterable[task_pb2.Task]) -> list[list[str]]:
+def task_row(t: task_pb2.Task) -> list[str]:
     return [
-        [
-            str(t.task_id),
-            status_name(t.status) + (f" #{t.queue_position}" if t.queue_position else ""),
-            t.assigned_node or "-",
-            str(t.required_cores),
-            memory(t.required_memory_bytes),
-            ",".join(map(str, t.required_gpus)) or (f"{t.gpu_count} any" if t.gpu_count else "-"),
-            t.container_name,
-            when(t.submitted_at, t.HasField("submitted_at")),
-            " ".join([t.command, *t.arguments])[:60],
-        ]
-        for t in tasks
+        str(t.task_id),
+        status_name(t.status) + (f" #{t.queue_position}" if t.queue_position else ""),
+        t.assigned_node or "-",
+        str(t.required_cores),
+        memory(t.required_memory_bytes),
+        ",".join(map(str, t.required_gpus)) or (f"{t.gpu_count} any" if t.gpu_count else "-"),
+        t.container_name,
+        when(t.submitted_at, t.HasField("submitted_at")),
+        " ".join([t.command, *t.arguments])[:60],
     ]
 
 
@@ -99,7 +157,7 @@ TASK_COLUMNS = (
 def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent]) -> None:
     fields = [
         ("task_id", str(task.task_id)),
-        ("task_type", task_pb2.TaskKind.Name(task.kind).removeprefix("TASK_KIND_").lower()),
+        ("task_type", kind_name(task.kind)),
         ("batch_id", str(task.batch_id) if task.batch_id else "-"),
         ("status", status_name(task.status)),
         ("command", task.command),
@@ -119,11 +177,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("privileged", str(task.privileged).lower()),
         (
             "mounts",
-            ", ".join(
-                f"{m.host_path}:{m.container_path}{':ro' if m.read_only else ''}"
-                for m in task.mounts
-            )
-            or "-",
+            ", ".join(format_mount(MountSpec.from_pb(m)) for m in task.mounts) or "-",
         ),
         ("submitted_at", when(task.submitted_at, task.HasField("submitted_at"))),
         ("started_at", when(task.started_at, task.HasField("started_at"))),
@@ -147,3 +201,16 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
                 highlight=False,
                 markup=False,
             )
+
+
+def submitted_line(task: task_pb2.Task, what: str = "task") -> str:
+    """A just-submitted task: where it was placed, or that and why it waits in the queue."""
+    if task.queue_position:
+        aimed = f" for {task.target_hostname}" if task.target_hostname else ""
+        why = task.status_detail or "waiting for resources"
+        state = f"queued at position {task.queue_position}{aimed}: {why}"
+    elif task.assigned_node:
+        state = f"{status_name(task.status)} on {task.assigned_node}"
+    else:
+        state = status_name(task.status)
+    return f"submitted {what} {task.task_id} ({state})"

@@ -16,18 +16,16 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from hakuriver_cli.connection import config_or_fail, fail, host_channel, task_id_or_fail, unary
 from hakuriver_cli.render import status_name
-from hakuriver_common.proto.hakuriver.v1 import (
-    task_pb2,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
+from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 from hakuriver_common.service import ConfigOption
+from hakuriver_common.statuses import TaskKind, TaskStatus
 
 app = typer.Typer(add_completion=False)
 CHUNK = 64 * 1024
@@ -122,14 +120,14 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
     return options, args[index:]
 
 
-def _check_task(task_id: int, config: ConfigOption) -> None:
+def _check_task(task_id: int, config: Path | None) -> None:
     cfg = config_or_fail(config)
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         task = unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id)).task
-    if task.kind != task_pb2.TASK_KIND_VPS:
+    if task.kind != TaskKind.VPS.pb:
         fail(f"task {task_id} is not a VPS task")
-    if task.status != task_pb2.TASK_STATUS_RUNNING:
+    if task.status != TaskStatus.RUNNING.pb:
         fail(f"task {task_id} is {status_name(task.status)}, not running")
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Annotated
 
 import grpc
@@ -12,15 +12,23 @@ import typer
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_cli.connection import (
-    JsonOption,
     TaskIdArgument,
     config_or_fail,
     fail,
     host_channel,
+    parsed,
     task_id_or_fail,
     unary,
 )
-from hakuriver_cli.render import TASK_COLUMNS, print_json, status_name, table, task_rows, to_dict
+from hakuriver_cli.render import (
+    TASK_COLUMNS,
+    print_json,
+    show_list,
+    status_name,
+    submitted_line,
+    task_row,
+    to_dict,
+)
 from hakuriver_common.config import Config
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -30,65 +38,84 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_common.service import ConfigOption
-from hakuriver_common.statuses import FINAL_TASK_STATUSES
+from hakuriver_common.service import ConfigOption, JsonOption, tool_app
+from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskStatus
 from hakuriver_common.targets import parse_target
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Submit and follow command tasks."
-)
+app = tool_app("Submit and follow command tasks.")
 
 
-def parse_targets(values: list[str]) -> list[task_pb2.Target]:
-    targets = []
-    for text in values:
+def target_pbs(values: list[str]) -> list[task_pb2.Target]:
+    return [spec.pb() for spec in parsed(values, parse_target)]
+
+
+def mount_pbs(values: list[str]) -> list[task_pb2.Mount]:
+    return [spec.pb() for spec in parsed(values, parse_mount)]
+
+
+def _env_pair(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--env {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+# The Host went away (stopped, restarting, network): the stream broke or ended early.
+_HOST_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> task_pb2.Task | None:
+    """Follow the task's WatchTask stream; its final state, or None if the Host went away."""
+    try:
+        for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
+            if update.task.status in FINAL_TASK_STATUSES:
+                return update.task
+    except grpc.RpcError as exc:
+        if exc.code() not in _HOST_GONE:
+            raise
+    return None
+
+
+def _until_host_answers(
+    stub: task_service_pb2_grpc.TaskServiceStub, task_id: int, poll_interval: float
+) -> None:
+    while True:
+        time.sleep(poll_interval)
         try:
-            spec = parse_target(text)
-        except ValueError as exc:
-            fail(str(exc), code=2)
-        targets.append(
-            task_pb2.Target(
-                hostname=spec.hostname, numa_node_id=spec.numa_node_id, gpu_ids=spec.gpu_ids
-            )
-        )
-    return targets
+            unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id), timeout=poll_interval + 5)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in (*_HOST_GONE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
 
 
-def _env(values: list[str]) -> dict[str, str]:
-    env = {}
-    for text in values:
-        key, sep, value = text.partition("=")
-        if not sep or not key:
-            fail(f"--env {text!r}: expected KEY=VALUE", code=2)
-        env[key] = value
-    return env
-
-
-def parse_mounts(values: list[str]) -> list[task_pb2.Mount]:
-    mounts = []
-    for text in values:
-        try:
-            spec = parse_mount(text)
-        except ValueError as exc:
-            fail(str(exc), code=2)
-        mounts.append(
-            task_pb2.Mount(
-                host_path=spec.host_path,
-                container_path=spec.container_path,
-                read_only=spec.read_only,
-            )
-        )
-    return mounts
-
-
-def _wait_final(channel: grpc.Channel, task_id: int) -> task_pb2.Task:
+def wait_final(
+    channel: grpc.Channel, target: str, task_id: int, poll_interval: float
+) -> task_pb2.Task:
+    """The task once final. While the Host is unreachable, retry every ``poll_interval``
+    seconds for as long as it takes, saying so on stderr when it goes and when it is back."""
     stub = task_service_pb2_grpc.TaskServiceStub(channel)
-    task = None
-    for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
-        task = update.task
-    if task is None or task.status not in FINAL_TASK_STATUSES:
-        fail(f"lost track of task {task_id} before it finished")
+    try:
+        while (task := _watch_once(stub, task_id)) is None:
+            typer.echo(
+                f"lost the host at {target}; retrying every {poll_interval:g}s "
+                "until it answers (Ctrl-C to stop waiting)",
+                err=True,
+            )
+            _until_host_answers(stub, task_id, poll_interval)
+            typer.echo(f"the host at {target} answers again; waiting for task {task_id}", err=True)
+    except KeyboardInterrupt:
+        fail(f"stopped waiting; task {task_id} carries on (hakuriver.task wait {task_id})", 130)
     return task
+
+
+PollIntervalOption = Annotated[
+    float,
+    typer.Option(
+        min=0.1,
+        help="While waiting, seconds between attempts to reach the Host again after losing it.",
+    ),
+]
 
 
 @app.command(context_settings={"allow_interspersed_args": False})
@@ -118,9 +145,7 @@ def submit(
     privileged: Annotated[bool, typer.Option(help="Run the container privileged.")] = False,
     priority: Annotated[int, typer.Option(help="Higher runs first when queued.")] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until every task finishes.")] = False,
-    poll_interval: Annotated[
-        float, typer.Option(help="Accepted for compatibility; --wait streams status changes.")
-    ] = 1.0,
+    poll_interval: PollIntervalOption = 1.0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -128,34 +153,30 @@ def submit(
     cfg = config_or_fail(config)
     argv = list(command or [])
     request = tpb.SubmitTaskRequest(
-        kind=task_pb2.TASK_KIND_COMMAND,
+        kind=TaskKind.COMMAND.pb,
         command=argv[0] if argv else "",
         arguments=argv[1:],
-        env=_env(env or []),
+        env=dict(parsed(env or [], _env_pair)),
         cores=cores,
         memory=memory,
-        targets=parse_targets(target or []),
+        targets=target_pbs(target or []),
         container_name=container,
         privileged=privileged,
-        mounts=parse_mounts(mount or []),
+        mounts=mount_pbs(mount or []),
         priority=priority,
         gpus=gpus,
     )
-    with host_channel(cfg) as channel:
+    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         response = unary(stub.SubmitTask, request)
         tasks = list(response.tasks)
         if not json:
             for task in tasks:
-                where = f" on {task.target_hostname}" if task.target_hostname else ""
-                queued = f", queue position {task.queue_position}" if task.queue_position else ""
-                typer.echo(
-                    f"submitted task {task.task_id}{where} ({status_name(task.status)}{queued})"
-                )
+                typer.echo(submitted_line(task))
             if response.batch_id:
                 typer.echo(f"batch {response.batch_id}")
         if wait:
-            tasks = [_wait_final(channel, t.task_id) for t in tasks]
+            tasks = [wait_final(channel, cfg.host_target, t.task_id, poll_interval) for t in tasks]
     if json:
         print_json({"batch_id": str(response.batch_id), "tasks": [to_dict(t) for t in tasks]})
     elif wait:
@@ -163,13 +184,8 @@ def submit(
             code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
             error = f": {task.error_message}" if task.error_message else ""
             typer.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
-    if wait and any(t.status != task_pb2.TASK_STATUS_COMPLETED for t in tasks):
+    if wait and any(t.status != TaskStatus.COMPLETED.pb for t in tasks):
         raise typer.Exit(1)
-
-
-class KindFilter(StrEnum):
-    command = "command"
-    vps = "vps"
 
 
 _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -189,28 +205,16 @@ def _since(text: str) -> Timestamp:
     return stamp
 
 
-class StatusFilter(StrEnum):
-    pending = "pending"
-    assigning = "assigning"
-    running = "running"
-    paused = "paused"
-    completed = "completed"
-    failed = "failed"
-    killed = "killed"
-    killed_oom = "killed_oom"
-    lost = "lost"
-
-
 @app.command("list")
 def list_tasks(
     status: Annotated[
-        list[StatusFilter] | None, typer.Option("--status", help="Only these statuses; repeatable.")
+        list[TaskStatus] | None, typer.Option("--status", help="Only these statuses; repeatable.")
     ] = None,
     node: Annotated[str, typer.Option(help="Only tasks placed on this node.")] = "",
     batch: Annotated[str, typer.Option(help="Only tasks of this batch id.")] = "",
     limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
     before: Annotated[str, typer.Option(help="Only tasks older than this id (paging).")] = "",
-    kind: Annotated[KindFilter | None, typer.Option(help="Only command or vps tasks.")] = None,
+    kind: Annotated[TaskKind | None, typer.Option(help="Only command or vps tasks.")] = None,
     since: Annotated[
         str, typer.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
     ] = "",
@@ -220,27 +224,18 @@ def list_tasks(
     """List tasks, newest first."""
     cfg = config_or_fail(config)
     request = tpb.ListTasksRequest(
-        statuses=[getattr(task_pb2, f"TASK_STATUS_{s.value.upper()}") for s in status or []],
+        statuses=[s.pb for s in status or []],
         node=node,
         batch_id=task_id_or_fail(batch) if batch else 0,
         limit=limit,
         before_task_id=task_id_or_fail(before) if before else 0,
-        kind=task_pb2.TASK_KIND_VPS
-        if kind is KindFilter.vps
-        else (
-            task_pb2.TASK_KIND_COMMAND
-            if kind is KindFilter.command
-            else task_pb2.TASK_KIND_UNSPECIFIED
-        ),
+        kind=kind.pb if kind is not None else task_pb2.TASK_KIND_UNSPECIFIED,
         submitted_after=_since(since) if since else None,
     )
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         response = unary(stub.ListTasks, request)
-    if json:
-        print_json([to_dict(t) for t in response.tasks])
-        return
-    table("tasks", TASK_COLUMNS, task_rows(response.tasks))
+    show_list(json, response.tasks, "tasks", TASK_COLUMNS, task_row)
 
 
 def _print_log(cfg: Config, task_id: str, stream: int, follow: bool) -> None:
@@ -280,18 +275,21 @@ def stderr(
 
 @app.command("wait")
 def wait_task(
-    task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False
+    task_id: TaskIdArgument,
+    poll_interval: PollIntervalOption = 1.0,
+    config: ConfigOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Wait until a task finishes; exit 0 only if it completed."""
     cfg = config_or_fail(config)
     tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        task = _wait_final(channel, tid)
+    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
+        task = wait_final(channel, cfg.host_target, tid, poll_interval)
     if json:
         print_json(to_dict(task))
     else:
         typer.echo(f"task {tid}: {status_name(task.status)}")
-    if task.status != task_pb2.TASK_STATUS_COMPLETED:
+    if task.status != TaskStatus.COMPLETED.pb:
         raise typer.Exit(1)
 
 

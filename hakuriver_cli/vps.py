@@ -7,39 +7,29 @@ from typing import Annotated
 
 import typer
 
-from hakuriver_cli.connection import (
-    JsonOption,
-    TaskIdArgument,
-    config_or_fail,
-    fail,
-    host_channel,
-    task_id_or_fail,
-    unary,
-)
+from hakuriver_cli import client
+from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
 from hakuriver_cli.render import (
     memory as show_memory,
     print_json,
+    show_list,
     status_name,
-    table,
+    submitted_line,
     to_dict,
     when,
 )
-from hakuriver_cli.task import parse_mounts, parse_targets
+from hakuriver_cli.task import mount_pbs, target_pbs
 from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, JsonOption, tool_app
+from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Manage VPS tasks.")
+app = tool_app("Manage VPS tasks.")
 DEFAULT_KEYS = (Path("~/.ssh/id_ed25519.pub"), Path("~/.ssh/id_rsa.pub"))
-ACTIVE = [
-    task_pb2.TASK_STATUS_PENDING,
-    task_pb2.TASK_STATUS_ASSIGNING,
-    task_pb2.TASK_STATUS_RUNNING,
-    task_pb2.TASK_STATUS_PAUSED,
-]
+ACTIVE = sorted(s.pb for s in ACTIVE_STATUSES)
 
 
 def public_key(text: str, path: Path | None) -> str:
@@ -86,14 +76,14 @@ def submit(
     """Start a VPS: a container running sshd, with your key for root."""
     cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
-        kind=task_pb2.TASK_KIND_VPS,
+        kind=TaskKind.VPS.pb,
         cores=cores,
         memory=memory,
         gpus=gpus,
-        targets=parse_targets([target] if target else []),
+        targets=target_pbs([target] if target else []),
         container_name=container,
         ssh_public_key=public_key(public_key_string, public_key_file),
-        mounts=parse_mounts(mount or []),
+        mounts=mount_pbs(mount or []),
         privileged=privileged,
     )
     with host_channel(cfg) as channel:
@@ -102,82 +92,52 @@ def submit(
     if json:
         print_json(to_dict(task))
         return
-    typer.echo(f"submitted VPS task {task.task_id} ({status_name(task.status)})")
+    typer.echo(submitted_line(task, "VPS task"))
     typer.echo(f"connect when running: hakuriver.ssh {task.task_id}")
+
+
+VPS_COLUMNS = (
+    "task_id",
+    "status",
+    "node",
+    "cores",
+    "memory",
+    "gpus",
+    "submitted",
+    "started",
+    "ssh_port",
+)
+
+
+def _vps_row(t: task_pb2.Task) -> list[str]:
+    return [
+        str(t.task_id),
+        status_name(t.status),
+        t.assigned_node or "-",
+        str(t.required_cores) if t.required_cores else "auto",
+        show_memory(t.required_memory_bytes),
+        ",".join(map(str, t.required_gpus)) or "-",
+        when(t.submitted_at, t.HasField("submitted_at")),
+        when(t.started_at, t.HasField("started_at")),
+        str(t.ssh_port) if t.ssh_port else "-",
+    ]
 
 
 @app.command()
 def status(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List active VPS tasks (pending, assigning, running, paused)."""
-    cfg = config_or_fail(config)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        reply = unary(
-            stub.ListTasks,
-            tpb.ListTasksRequest(kind=task_pb2.TASK_KIND_VPS, statuses=ACTIVE, limit=1000),
-        )
-    if json:
-        print_json([to_dict(t) for t in reply.tasks])
-        return
-    table(
-        "VPS tasks",
-        (
-            "task_id",
-            "status",
-            "node",
-            "cores",
-            "memory",
-            "gpus",
-            "submitted",
-            "started",
-            "ssh_port",
-        ),
-        [
-            [
-                str(t.task_id),
-                status_name(t.status),
-                t.assigned_node or "-",
-                str(t.required_cores) if t.required_cores else "auto",
-                show_memory(t.required_memory_bytes),
-                ",".join(map(str, t.required_gpus)) or "-",
-                when(t.submitted_at, t.HasField("submitted_at")),
-                when(t.started_at, t.HasField("started_at")),
-                str(t.ssh_port) if t.ssh_port else "-",
-            ]
-            for t in reply.tasks
-        ],
+    request = tpb.ListTasksRequest(kind=TaskKind.VPS.pb, statuses=ACTIVE, limit=1000)
+    reply = ask(
+        config,
+        task_service_pb2_grpc.TaskServiceStub,
+        lambda stub: unary(stub.ListTasks, request),
     )
+    show_list(json, reply.tasks, "VPS tasks", VPS_COLUMNS, _vps_row)
 
 
-@app.command()
-def kill(task_id: TaskIdArgument, config: ConfigOption = None) -> None:
-    """Stop a VPS."""
-    cfg = config_or_fail(config)
-    tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        task = unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid)).task
-    typer.echo(f"task {tid}: {status_name(task.status)}")
-
-
-@app.command()
-def command(
-    task_id: TaskIdArgument,
-    action: Annotated[str, typer.Argument(help="pause or resume.")],
-    config: ConfigOption = None,
-) -> None:
-    """Pause or resume a VPS."""
-    if action not in ("pause", "resume"):
-        fail(f"action must be pause or resume, got {action!r}", code=2)
-    cfg = config_or_fail(config)
-    tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        if action == "pause":
-            task = unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid)).task
-        else:
-            task = unary(stub.ResumeTask, tpb.ResumeTaskRequest(task_id=tid)).task
-    typer.echo(f"task {tid}: {status_name(task.status)}")
+# The same commands as hakuriver.client's, worded for a VPS.
+app.command("kill", help="Stop a VPS.")(client.kill)
+app.command("command", help="Pause or resume a VPS.")(client.command)
 
 
 def run() -> None:

@@ -1,24 +1,99 @@
-"""What every command-line tool and daemon shares: the --config option, start-up, signals."""
+"""What every command-line tool and daemon shares: --config and --json, start-up, signals.
+
+A multi-command tool (``tool_app``) takes ``--config`` and ``--json`` before its subcommand
+as well as after it. The subcommand's own option wins, then the one before it, then
+``$HAKURIVER_CONFIG``, then the default path.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from hakuriver_common.config import Config, ConfigError, load_config
 from hakuriver_common.logging_setup import setup_logging
 
+_CONFIG_HELP = "Config TOML (default $HAKURIVER_CONFIG, else ~/.hakuriver/config.toml)."
+_JSON_HELP = "Print JSON instead of a table."
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """The --config and --json given before a tool's subcommand."""
+
+    config: Path | None = None
+    json: bool = False
+
+
+def _before(ctx: typer.Context) -> GlobalOptions:
+    return ctx.find_object(GlobalOptions) or GlobalOptions()
+
+
+def _config_after_or_before(ctx: typer.Context, value: Path | None) -> Path | None:
+    return value if value is not None else _before(ctx).config
+
+
+def _json_after_or_before(ctx: typer.Context, value: bool) -> bool:
+    return value or _before(ctx).json
+
+
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", help="Config TOML (default ~/.hakuriver/config.toml).", show_default=False
+        "--config", help=_CONFIG_HELP, show_default=False, callback=_config_after_or_before
     ),
 ]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help=_JSON_HELP, callback=_json_after_or_before)
+]
+_ConfigBefore = Annotated[
+    Path | None, typer.Option("--config", help=_CONFIG_HELP, show_default=False)
+]
+_JsonBefore = Annotated[
+    bool, typer.Option("--json", help=_JSON_HELP + " For subcommands that take --json.")
+]
+
+
+def _keep_before(ctx: typer.Context, given: GlobalOptions) -> None:
+    """Store the options for the subcommand; refuse one the subcommand does not take."""
+    command = (
+        ctx.command.get_command(ctx, ctx.invoked_subcommand)
+        if isinstance(ctx.command, TyperGroup) and ctx.invoked_subcommand
+        else None
+    )
+    takes = {p.name for p in command.params} if command is not None else set()
+    for name, present in (("config", given.config is not None), ("json", given.json)):
+        if present and name not in takes:
+            typer.echo(
+                f"error: --{name} does not apply to the {ctx.invoked_subcommand} command", err=True
+            )
+            raise typer.Exit(2)
+    ctx.obj = given
+
+
+def _with_config(ctx: typer.Context, config: _ConfigBefore = None) -> None:
+    _keep_before(ctx, GlobalOptions(config))
+
+
+def _with_config_and_json(
+    ctx: typer.Context, config: _ConfigBefore = None, json: _JsonBefore = False
+) -> None:
+    _keep_before(ctx, GlobalOptions(config, json))
+
+
+def tool_app(help: str, json: bool = True) -> typer.Typer:
+    """A multi-command tool; ``--config`` (and ``--json`` when ``json``) also before the
+    subcommand. Its commands take ``ConfigOption`` / ``JsonOption``, which resolve both."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help=help)
+    app.callback()(_with_config_and_json if json else _with_config)
+    return app
 
 
 def config_or_exit(path: Path | None) -> Config:

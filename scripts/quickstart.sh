@@ -4,7 +4,8 @@
 # task and show its output. `scripts/quickstart.sh stop` stops the cluster again.
 #
 # Settings (environment): HAKURIVER_QUICKSTART_DIR (default .quickstart in the checkout),
-# HAKURIVER_QUICKSTART_PORT (gRPC, default 8000; /metrics is the next port).
+# HAKURIVER_QUICKSTART_PORT (gRPC, default 8000; /metrics is the next port, the SSH proxy the
+# one after), so two quickstart clusters on one machine need ports at least 3 apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="$(realpath -m "${HAKURIVER_QUICKSTART_DIR:-.quickstart}")"
@@ -41,6 +42,7 @@ host_bind_ip = "127.0.0.1"
 host_reachable_address = "127.0.0.1"
 host_port = $PORT
 metrics_port = $((PORT + 1))
+host_ssh_proxy_port = $((PORT + 2))
 
 [paths]
 shared_dir = "$DIR/shared"
@@ -62,12 +64,12 @@ nohup "$PY" -m hakuriver_runner >>"$DIR/runner.out" 2>&1 &
 echo $! >"$DIR/runner.pid"
 
 for _ in $(seq 1 100); do
-    if "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q NODE_STATUS_ONLINE; then
+    if "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q '"status": "online"'; then
         break
     fi
     sleep 0.2
 done
-if ! "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q NODE_STATUS_ONLINE; then
+if ! "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q '"status": "online"'; then
     echo "error: the cluster did not come up; logs: $DIR/host.log $DIR/runner.log" >&2
     stop
     exit 1
@@ -84,7 +86,8 @@ echo "==> its output (hakuriver.task stdout $TASK_ID)"
 
 cat <<MSG
 
-The cluster is running (Host on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$((PORT + 1))/metrics).
+The cluster is running (Host on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$((PORT + 1))/metrics,
+SSH proxy on 127.0.0.1:$((PORT + 2))).
 Submit more:
     export HAKURIVER_CONFIG=$CONFIG
     export PATH=$(dirname "$PY"):\$PATH

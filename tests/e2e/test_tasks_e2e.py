@@ -161,7 +161,7 @@ def test_cli_submit_wait_stdout_status_and_list(cluster: ProcessCluster) -> None
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     [task] = body["tasks"]
-    assert task["status"] == "TASK_STATUS_COMPLETED"
+    assert task["status"] == "completed"
     task_id = task["task_id"]
 
     out = cluster.cli("task", "stdout", task_id)
@@ -210,7 +210,7 @@ def test_nodes_and_health_commands(cluster: ProcessCluster) -> None:
     assert nodes.returncode == 0
     by_name = {n["hostname"]: n for n in json.loads(nodes.stdout)}
     for name in cluster.runner_names:
-        assert by_name[name]["status"] == "NODE_STATUS_ONLINE"
+        assert by_name[name]["status"] == "online"
         assert by_name[name]["total_cores"] >= 1
         assert "hakuriver-base" in by_name[name]["environments"]
     health = cluster.cli("client", "health", cluster.runner_names[0], "--json")

@@ -1,0 +1,485 @@
+"""A Runner that speaks the real runner protocol (``RunnerService.Connect``) with no Docker.
+
+Tests and benchmarks use it to drive a real Host: it registers with the hardware it is given,
+heartbeats, answers dispatches as the test chooses (run and exit at once, hold the task
+running until the test finishes it, fail to start, or say nothing), obeys kill, pause,
+resume and release, and can drop its stream and come back (with or without the tasks it
+holds) or go silent without closing the stream.
+
+    runner = FakeRunner(target, "node-a", cores=4, answer=HOLD)
+    await runner.start()
+    ...                                # a task is dispatched and reported running
+    runner.finish(task_id, exit_code=3)  # it exits; the Host marks it failed
+    await runner.stop()
+
+Commands are answered the moment they are read, in order, on the stream's reader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import grpc
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    runner_service_pb2 as rpb,
+    runner_service_pb2_grpc,
+    task_pb2,
+)
+
+T = TypeVar("T")
+STDOUT = task_pb2.LOG_STREAM_STDOUT
+STDERR = task_pb2.LOG_STREAM_STDERR
+# What a task killed with SIGTERM exits with inside a container with an init process.
+KILLED_EXIT_CODE = 143
+GIB = 2**30
+
+
+async def eventually(
+    check: Callable[[], T | Awaitable[T]], within: float = 5.0, what: str = "condition"
+) -> T:
+    """Poll ``check`` (sync or async) until it returns something truthy; fail after
+    ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        try:
+            last = check()
+            if asyncio.iscoroutine(last):
+                last = await last
+        except grpc.aio.AioRpcError as exc:
+            last = exc
+        if last and not isinstance(last, grpc.aio.AioRpcError):
+            return last  # type: ignore[no-any-return]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what} (last: {last!r})")
+        await asyncio.sleep(0.01)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a FakeRunner does with a dispatched task.
+
+    By default it reports the task running, sends ``stdout``/``stderr`` and reports it
+    exited with ``exit_code``; ``exit_code=None`` holds it running until ``finish``.
+    ``start_error`` reports that it could not start; ``ignore`` answers nothing at all.
+    """
+
+    exit_code: int | None = 0
+    stdout: bytes = b""
+    stderr: bytes = b""
+    start_error: str = ""
+    ignore: bool = False
+
+
+RUN_AND_EXIT = Answer()
+HOLD = Answer(exit_code=None)
+NO_ANSWER = Answer(ignore=True)
+
+
+def exit_with(code: int, stdout: bytes = b"", stderr: bytes = b"") -> Answer:
+    return Answer(exit_code=code, stdout=stdout, stderr=stderr)
+
+
+def start_failure(message: str) -> Answer:
+    return Answer(start_error=message)
+
+
+@dataclass
+class FakeTask:
+    """A task the fake holds: its container 'exists' until the Host releases it."""
+
+    task_id: int
+    dispatch: rpb.DispatchCommand | None = None
+    state: rpb.RunnerTaskState.ValueType = rpb.RUNNER_TASK_STATE_RUNNING
+    exit_code: int | None = None
+    output: dict[int, bytearray] = field(
+        default_factory=lambda: {STDOUT: bytearray(), STDERR: bytearray()}
+    )
+
+
+def _report(task_id: int, state: rpb.RunnerTaskState.ValueType, **fields: Any) -> Any:
+    return rpb.ConnectRequest(
+        task_state=rpb.TaskStateReport(task_id=task_id, state=state, **fields)
+    )
+
+
+class FakeRunner:
+    """One simulated Runner; see the module docstring.
+
+    ``channel``: share a caller's channel (many runners on few connections) instead of
+    opening one per connection. ``reconnect``: when the Host ends the stream (not the test),
+    register again every ``reconnect_delay`` seconds until it answers, naming the tasks held.
+    ``heartbeat_interval``: None uses what the Host asks in its RegisterAck.
+    ``on_dispatch``/``on_adopt``/``on_release``: called with the task id after the fake
+    handled the command (after an adoption it has resent output and the task's state).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        hostname: str,
+        *,
+        cores: int = 4,
+        memory_bytes: int = 8 * GIB,
+        numa_nodes: Sequence[node_pb2.NumaNode] | None = None,
+        gpus: Sequence[node_pb2.Gpu] = (),
+        environments: Iterable[str] = ("hakuriver-base",),
+        known_task_ids: Iterable[int] = (),
+        answer: Answer | Callable[[rpb.DispatchCommand], Answer] = RUN_AND_EXIT,
+        answer_kills: bool = True,
+        channel: grpc.aio.Channel | None = None,
+        reconnect: bool = True,
+        reconnect_delay: float = 0.05,
+        heartbeats: bool = True,
+        heartbeat_interval: float | None = None,
+        first_heartbeat_delay: float = 0.0,
+        health: Callable[[], node_pb2.Health] | None = None,
+        on_dispatch: Callable[[int], None] | None = None,
+        on_adopt: Callable[[int], None] | None = None,
+        on_release: Callable[[int], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.hostname = hostname
+        self.cores = cores
+        self.memory_bytes = memory_bytes
+        self.numa_nodes = list(
+            numa_nodes
+            if numa_nodes is not None
+            else [node_pb2.NumaNode(id=0, cpus=range(cores), memory_bytes=memory_bytes)]
+        )
+        self.gpus = list(gpus)
+        self.environments = list(environments)
+        self.answer = answer
+        self.answer_kills = answer_kills
+        self.reconnect = reconnect
+        self.reconnect_delay = reconnect_delay
+        self.heartbeats = heartbeats
+        self.heartbeat_interval = heartbeat_interval
+        self.first_heartbeat_delay = first_heartbeat_delay
+        self.health = health or self._idle_health
+        self.on_dispatch = on_dispatch
+        self.on_adopt = on_adopt
+        self.on_release = on_release
+        self._shared_channel = channel
+
+        # Tasks held (dispatched or known, not yet released), by id.
+        self.tasks: dict[int, FakeTask] = {tid: FakeTask(tid) for tid in known_task_ids}
+        # Every dispatch received, in order (repeats included), and when.
+        self.dispatched: list[int] = []
+        self.dispatched_at: dict[int, float] = {}
+        # kill / pause / resume / release commands received, in order: (kind, task_id).
+        self.commands: list[tuple[str, int]] = []
+        self.released: list[int] = []
+        self.discarded: list[int] = []
+        self.ack: rpb.RegisterAck | None = None
+        self.registrations = 0
+        self.heartbeats_sent = 0
+        self.silent = False
+        self.connected = asyncio.Event()
+        self._outbox: asyncio.Queue[Any] | None = None
+        self._life: asyncio.Task[None] | None = None
+
+    # ----- life cycle -------------------------------------------------------------------
+
+    async def start(self) -> FakeRunner:
+        """Register (raising the Host's error if it refuses) and start serving."""
+        await self.connect()
+        return self
+
+    async def connect(self, known_task_ids: Iterable[int] | None = None) -> rpb.RegisterAck:
+        """(Re)connect, after dropping any open stream. ``known_task_ids`` None names the
+        tasks held; a list claims exactly those, forgetting any other (as a Runner whose
+        containers vanished would)."""
+        await self.drop()
+        self.silent = False
+        if known_task_ids is not None:
+            known = list(known_task_ids)
+            self.tasks = {tid: self.tasks.get(tid) or FakeTask(tid) for tid in known}
+        session = await self._register()
+        self._life = asyncio.create_task(self._live(session), name=f"fake-{self.hostname}")
+        assert self.ack is not None
+        return self.ack
+
+    async def drop(self) -> None:
+        """Close the stream (as a crash or network cut would) without reconnecting."""
+        life, self._life = self._life, None
+        if life is not None:
+            life.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await life
+        self.connected.clear()
+
+    async def stop(self) -> None:
+        await self.drop()
+
+    def go_silent(self) -> None:
+        """Stop heartbeating and answering, but keep the stream open (a hung machine)."""
+        self.silent = True
+
+    # ----- what the test makes the tasks do --------------------------------------------
+
+    def write(self, task_id: int, data: bytes, stream: int = STDOUT) -> None:
+        """The task prints ``data``: sent as a log chunk at the stream's next offset."""
+        buffer = self.tasks[task_id].output[stream]
+        offset = len(buffer)
+        buffer.extend(data)
+        self._send(
+            rpb.ConnectRequest(
+                log_chunk=rpb.LogChunk(task_id=task_id, stream=stream, offset=offset, data=data)  # type: ignore[arg-type]
+            )
+        )
+
+    def finish(
+        self,
+        task_id: int,
+        exit_code: int = 0,
+        *,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+        oom_killed: bool = False,
+        error: str = "",
+    ) -> None:
+        """The task exits. Disconnected, the exit is reported when the Host adopts it."""
+        if stdout:
+            self.write(task_id, stdout, STDOUT)
+        if stderr:
+            self.write(task_id, stderr, STDERR)
+        task = self.tasks[task_id]
+        task.state = rpb.RUNNER_TASK_STATE_EXITED
+        task.exit_code = exit_code
+        self._send(
+            _report(
+                task_id,
+                task.state,
+                exit_code=exit_code,
+                oom_killed=oom_killed,
+                error_message=error,
+            )
+        )
+
+    @property
+    def running(self) -> list[int]:
+        """Ids of held tasks that are running (not paused, not exited)."""
+        return [t.task_id for t in self.tasks.values() if t.state == rpb.RUNNER_TASK_STATE_RUNNING]
+
+    # ----- the stream -------------------------------------------------------------------
+
+    def _send(self, message: Any) -> None:
+        """Queue a message for the stream; dropped while disconnected or silent."""
+        if self._outbox is not None and not self.silent:
+            self._outbox.put_nowait(message)
+
+    def _register_message(self) -> rpb.ConnectRequest:
+        return rpb.ConnectRequest(
+            register=rpb.RegisterRunner(
+                hostname=self.hostname,
+                total_cores=self.cores,
+                total_memory_bytes=self.memory_bytes,
+                numa_nodes=self.numa_nodes,
+                gpus=self.gpus,
+                environments=self.environments,
+                known_task_ids=sorted(self.tasks),
+            )
+        )
+
+    async def _register(self) -> tuple[Any, grpc.aio.Channel | None]:
+        """Open a stream and register; returns the call and the channel it owns (if any)."""
+        owned = None if self._shared_channel else grpc.aio.insecure_channel(self.target)
+        channel = self._shared_channel or owned
+        assert channel is not None
+        call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+        try:
+            await call.write(self._register_message())
+            first = await call.read()
+            if first is grpc.aio.EOF or not first.HasField("registered"):
+                raise ConnectionError("the Host closed the stream before acknowledging")
+        except BaseException:
+            call.cancel()
+            if owned is not None:
+                await owned.close()
+            raise
+        self.ack = first.registered
+        self.registrations += 1
+        self._outbox = asyncio.Queue()
+        for task_id in self.ack.discard_task_ids:
+            if self.tasks.pop(task_id, None) is not None:
+                self.discarded.append(task_id)
+        for adopt in self.ack.adopt:
+            self._adopt(adopt)
+        self.connected.set()
+        return call, owned
+
+    def _adopt(self, adopt: rpb.AdoptTask) -> None:
+        """Resend the output the Host lacks and the task's state, as the real Runner does."""
+        task = self.tasks.get(adopt.task_id)
+        if task is None:
+            return
+        for stream, offset in ((STDOUT, adopt.stdout_offset), (STDERR, adopt.stderr_offset)):
+            missing = bytes(task.output[stream][offset:])
+            if missing:
+                chunk = rpb.LogChunk(
+                    task_id=task.task_id,
+                    stream=stream,  # type: ignore[arg-type]
+                    offset=offset,
+                    data=missing,
+                )
+                self._send(rpb.ConnectRequest(log_chunk=chunk))
+        if task.state == rpb.RUNNER_TASK_STATE_EXITED:
+            self._send(_report(task.task_id, task.state, exit_code=task.exit_code))
+        else:
+            self._send(_report(task.task_id, task.state))
+        if self.on_adopt is not None:
+            self.on_adopt(task.task_id)
+
+    async def _live(self, session: tuple[Any, grpc.aio.Channel | None]) -> None:
+        """Serve the stream; when the Host ends it, register again (unless told not to)."""
+        while True:
+            call, owned = session
+            try:
+                await self._serve(call)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError):
+                pass
+            finally:
+                self._outbox = None
+                self.connected.clear()
+                call.cancel()
+                if owned is not None:
+                    await owned.close()
+            if self.silent or not self.reconnect:
+                return
+            while True:
+                await asyncio.sleep(self.reconnect_delay)
+                try:
+                    session = await self._register()
+                    break
+                except (grpc.aio.AioRpcError, ConnectionError):
+                    continue
+
+    async def _serve(self, call: Any) -> None:
+        assert self._outbox is not None and self.ack is not None
+        loops = [
+            asyncio.create_task(self._read_loop(call)),
+            asyncio.create_task(self._write_loop(call, self._outbox)),
+        ]
+        if self.heartbeats:
+            interval = self.heartbeat_interval or self.ack.heartbeat_interval_seconds or 5.0
+            loops.append(asyncio.create_task(self._heartbeat_loop(interval)))
+        try:
+            done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+    async def _write_loop(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+        while True:
+            await call.write(await outbox.get())
+
+    async def _read_loop(self, call: Any) -> None:
+        while True:
+            message = await call.read()
+            if message is grpc.aio.EOF:
+                return
+            if not self.silent:
+                self._handle(message)
+
+    async def _heartbeat_loop(self, interval: float) -> None:
+        await asyncio.sleep(self.first_heartbeat_delay)
+        while True:
+            if not self.silent:
+                beat = rpb.Heartbeat(health=self.health(), environments=self.environments)
+                self._send(rpb.ConnectRequest(heartbeat=beat))
+                self.heartbeats_sent += 1
+            await asyncio.sleep(interval)
+
+    def _idle_health(self) -> node_pb2.Health:
+        health = node_pb2.Health(
+            cpu_percent=1.0,
+            memory_percent=10.0,
+            memory_used_bytes=self.memory_bytes // 10,
+            memory_total_bytes=self.memory_bytes,
+        )
+        health.sampled_at.GetCurrentTime()
+        return health
+
+    # ----- commands from the Host -------------------------------------------------------
+
+    def _handle(self, message: rpb.ConnectResponse) -> None:
+        kind = message.WhichOneof("payload")
+        if kind == "dispatch":
+            self._on_dispatch(message.dispatch)
+            return
+        if kind not in ("kill", "pause", "resume", "release"):
+            return  # tunnels: a fake has no SSH server to reach
+        task_id = getattr(message, kind).task_id
+        self.commands.append((kind, task_id))
+        task = self.tasks.get(task_id)
+        if kind == "kill":
+            self._on_kill(task_id, task)
+        elif kind == "release":
+            self.tasks.pop(task_id, None)
+            self.released.append(task_id)
+            if self.on_release is not None:
+                self.on_release(task_id)
+        elif task is not None:
+            self._on_pause(task, pause=kind == "pause")
+
+    def _on_dispatch(self, dispatch: rpb.DispatchCommand) -> None:
+        task_id = dispatch.task_id
+        self.dispatched.append(task_id)
+        if task_id in self.tasks:
+            return  # idempotent, like the real Runner
+        self.dispatched_at[task_id] = time.perf_counter()
+        answer = self.answer(dispatch) if callable(self.answer) else self.answer
+        if answer.ignore:
+            return
+        if answer.start_error:
+            self._send(
+                _report(
+                    task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=answer.start_error
+                )
+            )
+            return
+        self.tasks[task_id] = FakeTask(task_id, dispatch)
+        self._send(_report(task_id, rpb.RUNNER_TASK_STATE_RUNNING))
+        if answer.stdout:
+            self.write(task_id, answer.stdout, STDOUT)
+        if answer.stderr:
+            self.write(task_id, answer.stderr, STDERR)
+        if answer.exit_code is not None:
+            self.finish(task_id, answer.exit_code)
+        if self.on_dispatch is not None:
+            self.on_dispatch(task_id)
+
+    def _on_kill(self, task_id: int, task: FakeTask | None) -> None:
+        if not self.answer_kills:
+            return
+        if task is None:
+            self._send(
+                _report(
+                    task_id,
+                    rpb.RUNNER_TASK_STATE_EXITED,
+                    error_message="nothing of the task is left on the runner",
+                )
+            )
+        elif task.state != rpb.RUNNER_TASK_STATE_EXITED:
+            self.finish(task_id, KILLED_EXIT_CODE)
+
+    def _on_pause(self, task: FakeTask, pause: bool) -> None:
+        before, after = (
+            (rpb.RUNNER_TASK_STATE_RUNNING, rpb.RUNNER_TASK_STATE_PAUSED)
+            if pause
+            else (rpb.RUNNER_TASK_STATE_PAUSED, rpb.RUNNER_TASK_STATE_RUNNING)
+        )
+        if task.state == before:
+            task.state = after
+            self._send(_report(task.task_id, after))

@@ -1,0 +1,47 @@
+"""Fixtures of the unit tier: a real Host in the test's event loop with FakeRunners.
+
+No Docker and no subprocess: ``local_cluster`` is a HostServer on loopback ports with its
+SQLite database and shared folder in ``tmp_path`` (see tests/unit/local_cluster.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.local_cluster import LocalCluster, local_config
+
+MakeCluster = Callable[..., Awaitable[LocalCluster]]
+
+
+@pytest.fixture
+async def make_local_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
+    """Start LocalClusters with config sections changed, e.g.
+    ``await make_local_cluster(scheduling={"starvation_seconds": 0})``; all are closed after
+    the test, which fails if anything it started is still running then."""
+    made: list[LocalCluster] = []
+
+    async def make(**sections: dict[str, Any]) -> LocalCluster:
+        cluster = LocalCluster(local_config(tmp_path / f"cluster-{len(made)}", **sections))
+        made.append(cluster)
+        await cluster.start_host()
+        return cluster
+
+    yield make
+    for cluster in made:
+        await cluster.close()
+    leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if leftover:
+        await asyncio.sleep(0.1)  # let cancelled tasks finish unwinding
+        leftover = [t for t in leftover if not t.done()]
+    assert not leftover, f"tasks still running after teardown: {leftover}"
+
+
+@pytest.fixture
+async def local_cluster(make_local_cluster: MakeCluster) -> LocalCluster:
+    """A Host with the default test config and no runners yet (``add_runner`` starts them)."""
+    return await make_local_cluster()

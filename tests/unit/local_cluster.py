@@ -1,0 +1,200 @@
+"""A real Host server inside the test's event loop, with FakeRunners: the unit tier's cluster.
+
+Modelled on dask's ``gen_cluster``: the real scheduler (here the Host, ``HostServer``) runs
+in-process on loopback ports with its database and shared folder in a temporary directory;
+the workers are FakeRunners speaking the real runner protocol. Tests reach it only through
+the public gRPC API and the runner protocol, so Host internals may change freely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2 as lpb,
+    log_service_pb2_grpc,
+    node_pb2,
+    node_service_pb2 as npb,
+    node_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
+from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskStatus
+from hakuriver_host.server import HostServer
+from tests.fake_runner import FakeRunner, eventually
+
+DEFAULT_ENV = "hakuriver-base"
+# Fast enough for unit speed, slow enough that a busy test machine does not miss heartbeats:
+# a runner is silent (offline, its tasks lost) after 0.2 s x 5 = 1 s.
+TIMING = {
+    "heartbeat_interval": 0.2,
+    "heartbeat_timeout_factor": 5,
+    "cleanup_check_interval": 0.1,
+    "kill_grace_seconds": 0.2,
+}
+
+
+def local_config(root: Path, **sections: dict[str, Any]) -> Config:
+    """A Host config on 127.0.0.1 with OS-chosen ports and all its state under ``root``.
+
+    ``sections`` update the defaults per TOML section, e.g. ``timing={"kill_grace_seconds": 1}``.
+    Every key that could reach outside ``root`` is given, so no HAKURIVER_* variable does.
+    """
+    defaults: dict[str, dict[str, Any]] = {
+        "network": {
+            "host_bind_ip": "127.0.0.1",
+            "host_reachable_address": "127.0.0.1",
+            "host_port": 0,
+            "metrics_bind_ip": "127.0.0.1",
+            "metrics_port": 0,
+            "host_ssh_proxy_port": 0,
+        },
+        "paths": {"shared_dir": root / "shared", "local_temp_dir": root / "local_temp"},
+        "database": {"db_file": root / "host.db", "url": ""},
+        "timing": dict(TIMING),
+        "docker": {"default_container_name": DEFAULT_ENV},
+    }
+    for name, values in sections.items():
+        defaults.setdefault(name, {}).update(values)
+    return Config(webhooks=[], **defaults)
+
+
+def status_of(task: task_pb2.Task) -> TaskStatus:
+    return TaskStatus.from_pb(task.status)
+
+
+class LocalCluster:
+    """One in-process Host and the FakeRunners a test starts against it.
+
+    ``tasks``, ``nodes``, ``logs``: grpc.aio stubs of the public services (replaced by
+    ``restart_host``, so always reach them through this object).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server: HostServer | None = None
+        self.runners: list[FakeRunner] = []
+        self._channel: grpc.aio.Channel | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.config.network.host_port}"
+
+    # ----- the Host ---------------------------------------------------------------------
+
+    async def start_host(self) -> None:
+        """Start a Host on the config; the first start fixes the port later starts reuse."""
+        server = HostServer(self.config, prepare_default_environment=False)
+        await server.start()
+        self.server = server
+        self.config.network.host_port = server.port
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self.tasks = task_service_pb2_grpc.TaskServiceStub(self._channel)
+        self.nodes = node_service_pb2_grpc.NodeServiceStub(self._channel)
+        self.logs = log_service_pb2_grpc.LogServiceStub(self._channel)
+
+    async def stop_host(self) -> None:
+        """Stop the Host as SIGTERM would; Runners keep trying to reconnect."""
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop()
+
+    async def restart_host(self, wait_runners: bool = True) -> None:
+        """A new Host on the same config, database and shared folder. ``wait_runners``:
+        return once every Runner connected before has registered with the new Host."""
+        back = {r: r.registrations for r in self.runners if r.connected.is_set() and r.reconnect}
+        await self.stop_host()
+        await self.start_host()
+        if wait_runners:
+            await eventually(
+                lambda: all(r.registrations > n for r, n in back.items()),
+                what="runners to register with the restarted Host",
+            )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(runner.stop() for runner in self.runners))
+        await self.stop_host()
+
+    # ----- runners ----------------------------------------------------------------------
+
+    async def add_runner(self, hostname: str | None = None, **options: Any) -> FakeRunner:
+        """Start a FakeRunner (see its options) and wait until it has registered."""
+        name = hostname or f"node-{len(self.runners)}"
+        runner = FakeRunner(self.target, name, **options)
+        self.runners.append(runner)
+        await runner.start()
+        return runner
+
+    # ----- the public API ---------------------------------------------------------------
+
+    async def submit(self, command: str = "job", *arguments: str, **fields: Any) -> task_pb2.Task:
+        """Submit one task (``fields`` as in SubmitTaskRequest); returns it as stored."""
+        request = tpb.SubmitTaskRequest(command=command, arguments=arguments, **fields)
+        reply = await self.tasks.SubmitTask(request, timeout=5)
+        return reply.tasks[0]
+
+    async def submit_running(
+        self, count: int = 1, command: str = "long", **fields: Any
+    ) -> list[task_pb2.Task]:
+        """Submit ``count`` tasks and wait until each is running (as a HOLD runner keeps
+        them)."""
+        submitted = [await self.submit(command, **fields) for _ in range(count)]
+        return [await self.wait_status(t.task_id, TaskStatus.RUNNING) for t in submitted]
+
+    async def get(self, task_id: int) -> task_pb2.Task:
+        return (await self.tasks.GetTask(tpb.GetTaskRequest(task_id=task_id), timeout=5)).task
+
+    async def events(self, task_id: int) -> list[tuple[TaskStatus, str]]:
+        """The task's timeline: (status, detail) per change."""
+        reply = await self.tasks.GetTask(tpb.GetTaskRequest(task_id=task_id), timeout=5)
+        return [(TaskStatus.from_pb(e.status), e.detail) for e in reply.events]
+
+    async def wait_status(
+        self, task_id: int, *statuses: TaskStatus, within: float = 5.0
+    ) -> task_pb2.Task:
+        """Poll GetTask until the task reaches one of ``statuses`` (default: any final
+        status); fail after ``within`` seconds."""
+        wanted = {s.pb for s in (statuses or FINAL_STATUSES)}
+
+        async def reached() -> task_pb2.Task | None:
+            task = await self.get(task_id)
+            return task if task.status in wanted else None
+
+        names = sorted(str(s) for s in statuses) or "a final status"
+        return await eventually(reached, within, what=f"task {task_id} to reach {names}")
+
+    async def kill(self, task_id: int) -> task_pb2.Task:
+        return (await self.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=5)).task
+
+    async def read_log(self, task_id: int, stream: int = task_pb2.LOG_STREAM_STDOUT) -> bytes:
+        request = lpb.ReadLogRequest(task_id=task_id, stream=stream)  # type: ignore[arg-type]
+        return b"".join([chunk.data async for chunk in self.logs.ReadLog(request, timeout=5)])
+
+    async def node(self, hostname: str) -> node_pb2.Node:
+        nodes = (await self.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+        for node in nodes:
+            if node.hostname == hostname:
+                return node
+        raise AssertionError(f"no node {hostname!r} in {[n.hostname for n in nodes]}")
+
+    async def wait_node(
+        self, hostname: str, status: NodeStatus, within: float = 5.0
+    ) -> node_pb2.Node:
+        async def reached() -> node_pb2.Node | None:
+            node = await self.node(hostname)
+            return node if node.status == status.pb else None
+
+        return await eventually(reached, within, what=f"node {hostname} {status}")
+
+    async def queue_positions(self, task_ids: Iterable[int]) -> list[int]:
+        return [(await self.get(task_id)).queue_position for task_id in task_ids]

@@ -1,0 +1,46 @@
+"""Config file and environment overrides (loading only; hakuriver.init config is in e2e)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hakuriver_common.config import ConfigError, load_config
+
+
+def test_toml_values_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[network]\nhost_port = 9100\n[timing]\nheartbeat_interval = 2\n")
+    assert load_config(path).network.host_port == 9100
+    monkeypatch.setenv("HAKURIVER_NETWORK__HOST_PORT", "9200")
+    config = load_config(path)
+    assert config.network.host_port == 9200
+    assert config.timing.runner_timeout == 12.0
+
+
+def test_missing_and_invalid_files_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[timing]\nheartbeat_interval = -1\n")
+    with pytest.raises(ConfigError, match="heartbeat_interval"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[nonsense]\nx = 1\n")
+    with pytest.raises(ConfigError, match="nonsense"):
+        load_config(unknown)
+
+
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ('url = "ftp://example.invalid/x"', "http:// or https://"),
+        ('url = "http://127.0.0.1:9/x"\nevents = ["task.exploded"]', "task.exploded"),
+    ],
+)
+def test_bad_webhooks_are_refused_at_load(tmp_path: Path, hook: str, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[[webhooks]]\n{hook}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

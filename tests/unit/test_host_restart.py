@@ -1,0 +1,74 @@
+"""A Host restarted on the same database and shared folder carries on where it stopped:
+queued tasks stay queued, running ones are adopted from their reconnecting Runner and end
+with their own exit code and every byte of output; drain is kept."""
+
+from __future__ import annotations
+
+from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
+from hakuriver_common.statuses import NodeStatus, TaskStatus
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import LocalCluster, status_of
+
+
+async def test_pending_and_running_tasks_survive_a_restart(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [running] = await local_cluster.submit_running()
+    runner.write(running.task_id, b"before\n")
+    await eventually(lambda: local_cluster.read_log(running.task_id), what="output to land")
+    queued = await local_cluster.submit("next", priority=1)
+    later = await local_cluster.submit("later")
+
+    await local_cluster.restart_host()
+
+    assert runner.registrations == 2
+    assert [a.task_id for a in runner.ack.adopt] == [running.task_id]  # type: ignore[union-attr]
+    assert status_of(await local_cluster.get(running.task_id)) is TaskStatus.RUNNING
+    assert await local_cluster.queue_positions([queued.task_id, later.task_id]) == [1, 2]
+    assert runner.dispatched == [running.task_id]
+
+    runner.finish(running.task_id, 5, stdout=b"after\n")
+    ended = await local_cluster.wait_status(running.task_id)
+    assert status_of(ended) is TaskStatus.FAILED and ended.exit_code == 5
+    assert await local_cluster.read_log(running.task_id) == b"before\nafter\n"
+
+    # The queue carries on in the order it had before the restart.
+    await local_cluster.wait_status(queued.task_id, TaskStatus.RUNNING)
+    runner.finish(queued.task_id, 0)
+    assert status_of(await local_cluster.wait_status(queued.task_id)) is TaskStatus.COMPLETED
+    await local_cluster.wait_status(later.task_id, TaskStatus.RUNNING)
+    assert runner.dispatched == [running.task_id, queued.task_id, later.task_id]
+
+
+async def test_task_that_ends_while_the_host_is_down_is_final_after_restart(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    ok, bad = await local_cluster.submit_running(2)
+
+    await local_cluster.stop_host()
+    runner.finish(ok.task_id, 0, stdout=b"finished alone\n")
+    runner.finish(bad.task_id, 9)
+    await local_cluster.start_host()
+    await eventually(lambda: runner.registrations == 2, what="the runner to register again")
+
+    done = await local_cluster.wait_status(ok.task_id)
+    assert status_of(done) is TaskStatus.COMPLETED and done.exit_code == 0
+    assert await local_cluster.read_log(ok.task_id) == b"finished alone\n"
+    failed = await local_cluster.wait_status(bad.task_id)
+    assert status_of(failed) is TaskStatus.FAILED and failed.exit_code == 9
+    await eventually(
+        lambda: sorted(runner.released) == sorted([ok.task_id, bad.task_id]),
+        what="both tasks released",
+    )
+
+
+async def test_drain_survives_a_restart(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+
+    await local_cluster.restart_host()
+
+    node = await local_cluster.wait_node("a", NodeStatus.ONLINE)
+    assert node.draining
+    task = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="a")])
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.PENDING

@@ -1,0 +1,122 @@
+"""The queue, through the public API of an in-process Host with FakeRunners: waiting for room,
+priority order, drain, and killing a task that never left the queue."""
+
+from __future__ import annotations
+
+from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import LocalCluster, status_of
+
+
+async def test_task_that_does_not_fit_waits_and_runs_when_cores_free(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    [big] = await local_cluster.submit_running(cores=2)
+    first = await local_cluster.submit("small", cores=1)
+    second = await local_cluster.submit("small", cores=1)
+
+    for task, position in ((first, 1), (second, 2)):
+        stored = await local_cluster.get(task.task_id)
+        assert status_of(stored) is TaskStatus.PENDING
+        assert stored.queue_position == position and stored.assigned_node == ""
+    assert runner.dispatched == [big.task_id]
+    assert (await local_cluster.node("a")).available_cores == 0
+
+    runner.finish(big.task_id)
+    for task in (first, second):
+        running = await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+        assert running.queue_position == 0 and running.assigned_node == "a"
+    assert sorted(runner.dispatched[1:]) == sorted([first.task_id, second.task_id])
+    assert (await local_cluster.node("a")).available_cores == 0
+
+
+async def test_higher_priority_first_then_submission_order(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [blocker] = await local_cluster.submit_running()
+    low_1 = await local_cluster.submit("low-1", priority=0)
+    high_1 = await local_cluster.submit("high-1", priority=5)
+    low_2 = await local_cluster.submit("low-2", priority=0)
+    high_2 = await local_cluster.submit("high-2", priority=5)
+    expected = [high_1, high_2, low_1, low_2]
+
+    positions = await local_cluster.queue_positions(t.task_id for t in expected)
+    assert positions == [1, 2, 3, 4]
+
+    # One core: each task starts only when the one before it ends, in queue order.
+    running = blocker
+    for task in expected:
+        runner.finish(running.task_id)
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+        running = task
+    runner.finish(running.task_id)
+    await local_cluster.wait_status(running.task_id, TaskStatus.COMPLETED)
+    assert runner.dispatched == [blocker.task_id, *(t.task_id for t in expected)]
+
+
+async def test_drained_node_takes_nothing_new_and_its_running_task_continues(
+    local_cluster: LocalCluster,
+) -> None:
+    a = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    b = await local_cluster.add_runner("b", cores=4, answer=HOLD)
+    [on_a] = await local_cluster.submit_running(targets=[task_pb2.Target(hostname="a")])
+
+    drained = await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+    assert drained.node.draining
+    assert (await local_cluster.node("a")).draining
+
+    anywhere = [await local_cluster.submit("any") for _ in range(3)]
+    for task in anywhere:
+        placed = await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+        assert placed.assigned_node == "b"
+    wants_a = await local_cluster.submit("wants-a", targets=[task_pb2.Target(hostname="a")])
+    waiting = await local_cluster.get(wants_a.task_id)
+    assert status_of(waiting) is TaskStatus.PENDING and waiting.queue_position == 1
+    assert a.dispatched == [on_a.task_id]
+
+    a.finish(on_a.task_id, stdout=b"done\n")
+    done = await local_cluster.wait_status(on_a.task_id)
+    assert status_of(done) is TaskStatus.COMPLETED
+    assert await local_cluster.read_log(on_a.task_id) == b"done\n"
+    assert status_of(await local_cluster.get(wants_a.task_id)) is TaskStatus.PENDING
+
+    undrained = await local_cluster.nodes.UndrainNode(
+        npb.UndrainNodeRequest(hostname="a"), timeout=5
+    )
+    assert not undrained.node.draining
+    placed = await local_cluster.wait_status(wants_a.task_id, TaskStatus.RUNNING)
+    assert placed.assigned_node == "a" and a.dispatched[-1] == wants_a.task_id
+    assert len(b.dispatched) == 3
+
+
+async def test_killing_a_queued_task_touches_no_runner_and_holds_nothing(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [running] = await local_cluster.submit_running()
+    queued = await local_cluster.submit("queued")
+    assert (await local_cluster.get(queued.task_id)).queue_position == 1
+
+    killed = await local_cluster.kill(queued.task_id)
+    assert status_of(killed) is TaskStatus.KILLED
+    stored = await local_cluster.get(queued.task_id)
+    assert status_of(stored) is TaskStatus.KILLED and stored.queue_position == 0
+    assert stored.assigned_node == "" and list(stored.assigned_cpus) == []
+    assert [s for s, _ in await local_cluster.events(queued.task_id)] == [
+        TaskStatus.PENDING,
+        TaskStatus.KILLED,
+    ]
+
+    # The core frees when the running task ends, and nothing takes it.
+    runner.finish(running.task_id)
+    await local_cluster.wait_status(running.task_id, TaskStatus.COMPLETED)
+    node = await eventually(lambda: _idle(local_cluster, "a"), what="node a to have its core back")
+    assert node.available_cores == 1 and node.active_tasks == 0
+    assert runner.dispatched == [running.task_id]
+    assert all(task_id != queued.task_id for _, task_id in runner.commands)
+
+
+async def _idle(cluster: LocalCluster, hostname: str) -> object:
+    node = await cluster.node(hostname)
+    return node if node.active_tasks == 0 else None

@@ -1,0 +1,200 @@
+"""What the Host does with its Runners, seen through the public API of an in-process Host:
+exit codes and output, kill/pause/resume through the runner, runners that go silent, drop
+their stream, come back with or without their tasks, or are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    runner_service_pb2 as rpb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.statuses import NodeStatus, TaskStatus
+from tests.fake_runner import (
+    HOLD,
+    KILLED_EXIT_CODE,
+    NO_ANSWER,
+    Answer,
+    FakeRunner,
+    eventually,
+    exit_with,
+    start_failure,
+)
+from tests.unit.local_cluster import LocalCluster, status_of
+
+
+def by_command(dispatch: rpb.DispatchCommand) -> Answer:
+    return {
+        "ok": exit_with(0, stdout=b"all good\n"),
+        "bad": exit_with(3, stderr=b"no such file\n"),
+        "broken": start_failure("image hakuriver/nope:base not found"),
+    }[dispatch.command]
+
+
+async def test_exit_code_output_and_start_failure_decide_the_final_status(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=by_command)
+    ok, bad, broken = [await local_cluster.submit(c) for c in ("ok", "bad", "broken")]
+
+    done = await local_cluster.wait_status(ok.task_id)
+    assert status_of(done) is TaskStatus.COMPLETED and done.exit_code == 0
+    assert await local_cluster.read_log(ok.task_id) == b"all good\n"
+
+    failed = await local_cluster.wait_status(bad.task_id)
+    assert status_of(failed) is TaskStatus.FAILED and failed.exit_code == 3
+    assert await local_cluster.read_log(bad.task_id, task_pb2.LOG_STREAM_STDERR) == (
+        b"no such file\n"
+    )
+
+    unstarted = await local_cluster.wait_status(broken.task_id)
+    assert status_of(unstarted) is TaskStatus.FAILED and not unstarted.HasField("exit_code")
+    assert unstarted.error_message == "image hakuriver/nope:base not found"
+
+    # Once a final status is stored, the Host releases what the Runner kept of the task.
+    await eventually(
+        lambda: sorted(runner.released) == sorted([ok.task_id, bad.task_id, broken.task_id]),
+        what="the Host to release all three tasks",
+    )
+
+
+async def test_kill_pause_and_resume_go_through_the_runner(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    tasks = local_cluster.tasks
+
+    paused = (await tasks.PauseTask(tpb.PauseTaskRequest(task_id=task.task_id), timeout=5)).task
+    assert status_of(paused) is TaskStatus.PAUSED
+    assert runner.commands == [("pause", task.task_id)] and runner.running == []
+
+    resumed = (await tasks.ResumeTask(tpb.ResumeTaskRequest(task_id=task.task_id), timeout=5)).task
+    assert status_of(resumed) is TaskStatus.RUNNING
+    assert runner.running == [task.task_id]
+
+    killed = await local_cluster.kill(task.task_id)
+    assert status_of(killed) is TaskStatus.KILLED and killed.exit_code == KILLED_EXIT_CODE
+    assert runner.commands[:3] == [
+        ("pause", task.task_id),
+        ("resume", task.task_id),
+        ("kill", task.task_id),
+    ]
+    await eventually(lambda: runner.released == [task.task_id], what="release after the kill")
+
+    with pytest.raises(grpc.aio.AioRpcError) as again:
+        await local_cluster.kill(task.task_id)
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_silent_runner_loses_its_tasks_and_goes_offline(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+
+    runner.go_silent()
+    silent_at = time.monotonic()
+    lost = await local_cluster.wait_status(task.task_id, TaskStatus.LOST)
+    # The timeout is heartbeat_interval x heartbeat_timeout_factor = 1 s; the last message
+    # may have arrived up to one interval before the silence began.
+    assert time.monotonic() - silent_at >= 0.7
+    assert "silent" in lost.error_message and "runner a" in lost.error_message
+    await local_cluster.wait_node("a", NodeStatus.OFFLINE)
+
+    # When it comes back still holding the task, the Host tells it to discard the task.
+    await runner.connect()
+    await local_cluster.wait_node("a", NodeStatus.ONLINE)
+    assert runner.discarded == [task.task_id] and runner.tasks == {}
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.LOST
+
+
+async def test_runner_that_reconnects_with_its_tasks_keeps_them(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    first, second = await local_cluster.submit_running(2)
+    runner.write(first.task_id, b"before the cut\n")
+    await eventually(
+        lambda: local_cluster.read_log(first.task_id), what="output before the cut to land"
+    )
+
+    await runner.drop()
+    runner.write(first.task_id, b"while cut off\n")  # not sent: the stream is gone
+    ack = await runner.connect()
+
+    adopted = {a.task_id: a.stdout_offset for a in ack.adopt}
+    assert adopted == {first.task_id: len(b"before the cut\n"), second.task_id: 0}
+    assert list(ack.discard_task_ids) == []
+    runner.finish(first.task_id, 0, stdout=b"after\n")
+    runner.finish(second.task_id, 4)
+    assert status_of(await local_cluster.wait_status(first.task_id)) is TaskStatus.COMPLETED
+    assert (await local_cluster.wait_status(second.task_id)).exit_code == 4
+    assert await local_cluster.read_log(first.task_id) == b"before the cut\nwhile cut off\nafter\n"
+    for task in (first, second):
+        statuses = [s for s, _ in await local_cluster.events(task.task_id)]
+        assert TaskStatus.LOST not in statuses and statuses.count(TaskStatus.RUNNING) == 1
+
+
+async def test_runner_that_comes_back_without_its_tasks_has_them_marked_lost(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+
+    await runner.drop()
+    await runner.connect(known_task_ids=[])
+
+    lost = await local_cluster.wait_status(task.task_id, TaskStatus.LOST)
+    assert "came back without the task" in lost.error_message
+    node = await local_cluster.wait_node("a", NodeStatus.ONLINE)
+    assert node.available_cores == runner.cores and node.active_tasks == 0
+
+
+async def test_dispatch_lost_with_the_stream_is_sent_again(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=NO_ANSWER)
+    task = await local_cluster.submit("job")
+    await eventually(lambda: runner.dispatched == [task.task_id], what="the first dispatch")
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.ASSIGNING
+
+    runner.answer = HOLD
+    await runner.drop()
+    await runner.connect()  # it never started the task, so it names none
+
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert runner.dispatched == [task.task_id, task.task_id]
+
+
+async def test_a_runner_with_no_hostname_is_refused(local_cluster: LocalCluster) -> None:
+    runner = FakeRunner(local_cluster.target, "", reconnect=False)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await runner.start()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "hostname" in (refused.value.details() or "")
+    await runner.stop()
+
+
+async def test_every_watch_ends_with_the_final_status(local_cluster: LocalCluster) -> None:
+    """Watchers opened just before a task ends each get its final status last. The task
+    ends at varying moments after the watches open, so that some of them end it while the
+    Host sends the first message (a change made then was once missed)."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    endings: list[list[TaskStatus]] = []
+    for delay in range(0, 40, 2):
+        [task] = await local_cluster.submit_running()
+        request = tpb.WatchTaskRequest(task_id=task.task_id)
+
+        async def watch(request: tpb.WatchTaskRequest = request) -> list[TaskStatus]:
+            call = local_cluster.tasks.WatchTask(request, timeout=5)
+            return [status_of(reply.task) async for reply in call]
+
+        watches = [asyncio.create_task(watch()) for _ in range(10)]
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        runner.finish(task.task_id)
+        endings += await asyncio.gather(*watches)
+    assert [seen for seen in endings if seen[-1:] != [TaskStatus.COMPLETED]] == []

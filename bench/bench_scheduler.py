@@ -1,10 +1,10 @@
 """Scheduler throughput: a real Host, N simulated Runners (in-process, no Docker), M tasks.
 
-Each simulated Runner speaks the real Connect protocol: it registers, heartbeats, and answers
-every dispatch at once with "running" then "exited 0". Submitters keep a bounded number of
-SubmitTask calls in flight. Prints tasks placed per second end to end (submit to completed)
-and submit-to-running latency percentiles, against the design target (> 2,000 tasks/s with
-100 runners). Asserts nothing about time.
+Each simulated Runner is a FakeRunner (tests/fake_runner.py), the real Connect protocol: it
+registers, heartbeats, and answers every dispatch at once with "running" then "exited 0".
+Submitters keep a bounded number of SubmitTask calls in flight. Prints tasks placed per
+second end to end (submit to completed) and submit-to-running latency percentiles, against
+the design target (> 2,000 tasks/s with 100 runners). Asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -20,13 +20,8 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.host_process import bench_host
-from hakuriver_common.proto.hakuriver.v1 import (
-    node_pb2,
-    runner_service_pb2 as rpb,
-    runner_service_pb2_grpc,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
+from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+from tests.fake_runner import FakeRunner
 
 RUNNERS = int(os.environ.get("HAKURIVER_BENCH_RUNNERS", "100"))
 TASKS = int(os.environ.get("HAKURIVER_BENCH_TASKS", "2000"))
@@ -34,64 +29,6 @@ IN_FLIGHT = int(os.environ.get("HAKURIVER_BENCH_IN_FLIGHT", "64"))
 ENV = "bench"
 # A path: profile the Host under this load with py-spy (must be installed) into that file.
 PROFILE = os.environ.get("HAKURIVER_BENCH_PROFILE", "")
-
-
-class SimRunner:
-    def __init__(
-        self, name: str, target: str, running_at: dict[int, float], done: asyncio.Queue[int]
-    ) -> None:
-        self.name = name
-        self.target = target
-        self.running_at = running_at
-        self.done = done
-
-    async def run(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self.target) as channel:
-            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
-            await call.write(
-                rpb.ConnectRequest(
-                    register=rpb.RegisterRunner(
-                        hostname=self.name,
-                        total_cores=64,
-                        total_memory_bytes=256 * 10**9,
-                        numa_nodes=[
-                            node_pb2.NumaNode(id=0, cpus=range(64), memory_bytes=256 * 10**9)
-                        ],
-                        environments=[ENV],
-                    )
-                )
-            )
-            await call.read()
-            ready.set()
-            reader = asyncio.create_task(self._serve(call))
-            await stop.wait()
-            reader.cancel()
-            call.cancel()
-
-    async def _serve(self, call: grpc.aio.StreamStreamCall) -> None:
-        while True:
-            message = await call.read()
-            if message is grpc.aio.EOF:
-                return
-            if message.HasField("dispatch"):
-                task_id = message.dispatch.task_id
-                self.running_at[task_id] = time.perf_counter()
-                await call.write(
-                    rpb.ConnectRequest(
-                        task_state=rpb.TaskStateReport(
-                            task_id=task_id, state=rpb.RUNNER_TASK_STATE_RUNNING
-                        )
-                    )
-                )
-                await call.write(
-                    rpb.ConnectRequest(
-                        task_state=rpb.TaskStateReport(
-                            task_id=task_id, state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0
-                        )
-                    )
-                )
-            elif message.HasField("release"):
-                self.done.put_nowait(message.release.task_id)
 
 
 async def unary_floor(channel: grpc.aio.Channel) -> float:
@@ -110,18 +47,20 @@ async def unary_floor(channel: grpc.aio.Channel) -> float:
 
 
 async def bench(target: str, host_pid: int) -> None:
-    running_at: dict[int, float] = {}
     submitted_at: dict[int, float] = {}
     done: asyncio.Queue[int] = asyncio.Queue()
-    stop = asyncio.Event()
-    readies = [asyncio.Event() for _ in range(RUNNERS)]
     runners = [
-        asyncio.create_task(
-            SimRunner(f"sim-{i:03d}", target, running_at, done).run(readies[i], stop)
+        FakeRunner(
+            target,
+            f"sim-{i:03d}",
+            cores=64,
+            memory_bytes=256 * 10**9,
+            environments=[ENV],
+            on_release=done.put_nowait,
         )
         for i in range(RUNNERS)
     ]
-    await asyncio.gather(*(r.wait() for r in readies))
+    await asyncio.gather(*(r.start() for r in runners))
     async with grpc.aio.insecure_channel(target) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         slots = asyncio.Semaphore(IN_FLIGHT)
@@ -147,8 +86,8 @@ async def bench(target: str, host_pid: int) -> None:
         total = time.perf_counter() - start
         host_used = sum(psutil.Process(host_pid).cpu_times()[:2]) - sum(host_cpu[:2])
         own_used = sum(psutil.Process().cpu_times()[:2]) - sum(own_cpu[:2])
-    stop.set()
-    await asyncio.gather(*runners, return_exceptions=True)
+    await asyncio.gather(*(r.stop() for r in runners))
+    running_at = {t: at for r in runners for t, at in r.dispatched_at.items()}
     latencies = sorted(running_at[t] - submitted_at[t] for t in submitted_at if t in running_at)
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     print(f"scheduler: {RUNNERS} simulated runners, {TASKS} tasks, {IN_FLIGHT} submits in flight")

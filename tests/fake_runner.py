@@ -483,3 +483,29 @@ class FakeRunner:
         if task.state == before:
             task.state = after
             self._send(_report(task.task_id, after))
+
+
+class Fleet:
+    """``count`` FakeRunners named ``name.format(index)`` whose streams share connections,
+    ``per_channel`` streams each (as HTTP/2 allows). Each channel is a connection of its own,
+    as separate Runner machines would have (equal channels would otherwise share one).
+    ``options`` go to every FakeRunner."""
+
+    def __init__(
+        self, target: str, count: int, name: str, per_channel: int = 100, **options: Any
+    ) -> None:
+        self.channels = [
+            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range((count + per_channel - 1) // per_channel)
+        ]
+        self.runners = [
+            FakeRunner(
+                target, name.format(index), channel=self.channels[index // per_channel], **options
+            )
+            for index in range(count)
+        ]
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(runner.stop() for runner in self.runners))
+        for channel in self.channels:
+            await channel.close()

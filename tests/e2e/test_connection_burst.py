@@ -1,8 +1,8 @@
 """A whole cluster reconnecting at once (as after a Host restart) is accepted in full.
 
 gRPC's defaults cancel calls at random once more than 1,000 wait for the server to take
-them; the Host raises that limit. The Runners here are protocol clients on loopback: this
-checks the Host's capacity, not the Runner agent.
+them; the Host raises that limit. The Runners here are FakeRunners (protocol clients on
+loopback): this checks the Host's capacity, not the Runner agent.
 """
 
 from __future__ import annotations
@@ -13,66 +13,51 @@ from pathlib import Path
 
 import grpc
 
-from hakuriver_common.proto.hakuriver.v1 import (
-    node_pb2,
-    node_service_pb2 as npb,
-    runner_service_pb2 as rpb,
-    runner_service_pb2_grpc,
-)
+from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 from tests.e2e.harness import running_cluster
+from tests.fake_runner import FakeRunner, Fleet
 
 BURST = 2000
 STREAMS_PER_CONNECTION = 100
 
 
 async def _connect_all(target: str) -> tuple[int, list[str]]:
-    channels = [
-        grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(BURST // STREAMS_PER_CONNECTION)
-    ]
+    fleet = Fleet(
+        target,
+        BURST,
+        "burst-{:04d}",
+        STREAMS_PER_CONNECTION,
+        cores=4,
+        memory_bytes=8 * 10**9,
+        environments=[],
+        reconnect=False,
+        heartbeats=False,
+    )
     registered = 0
     errors: list[str] = []
     all_in = asyncio.Event()
 
-    def settled() -> None:
+    async def register(runner: FakeRunner) -> None:
+        """Register and keep the stream open (until stopped below)."""
+        nonlocal registered
+        try:
+            await runner.start()
+            registered += 1
+        except grpc.aio.AioRpcError as exc:
+            errors.append(f"{exc.code().name}: {exc.details()}")
+        except ConnectionError as exc:
+            errors.append(str(exc))
         if registered + len(errors) == BURST:
             all_in.set()
 
-    async def runner(index: int) -> None:
-        nonlocal registered
-        stub = runner_service_pb2_grpc.RunnerServiceStub(channels[index // STREAMS_PER_CONNECTION])
-        call = stub.Connect()
-        try:
-            await call.write(
-                rpb.ConnectRequest(
-                    register=rpb.RegisterRunner(
-                        hostname=f"burst-{index:04d}",
-                        total_cores=4,
-                        total_memory_bytes=8 * 10**9,
-                        numa_nodes=[node_pb2.NumaNode(id=0, cpus=range(4), memory_bytes=8 * 10**9)],
-                    )
-                )
-            )
-            reply = await call.read()
-            assert reply is not grpc.aio.EOF and reply.HasField("registered")
-            registered += 1
-            settled()
-            await asyncio.sleep(120)
-        except grpc.aio.AioRpcError as exc:
-            errors.append(f"{exc.code().name}: {exc.details()}")
-            settled()
-        finally:
-            call.cancel()
-
-    tasks = [asyncio.create_task(runner(i)) for i in range(BURST)]
+    tasks = [asyncio.create_task(register(runner)) for runner in fleet.runners]
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(all_in.wait(), 90)
     count = registered
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    for channel in channels:
-        await channel.close()
+    await fleet.stop()
     return count, errors
 
 

@@ -121,10 +121,13 @@ class HostServer:
 
     def _listen_grpc(self, host: str, port: int) -> int:
         # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
-        # bind first gives the reason in one line.
+        # bind first gives the reason in one line. SO_REUSEADDR as a server has it: the
+        # connections of a Host that just stopped (TIME_WAIT) must not block its restart,
+        # while a live listener still does.
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
             return self.server.add_insecure_port(f"{host}:{port}")
         except OSError as exc:

@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: protos protos-check lint test bench quickstart
+.PHONY: protos protos-check lint test test-unit bench quickstart
 
 protos:  ## regenerate Python, gRPC and mypy stubs from protos/
 	buf lint
@@ -13,8 +13,12 @@ protos-check:  ## fail if generated code is out of date
 lint:  ## ruff and mypy
 	./scripts/lint.sh
 
-test:  ## the full suite, installing what it needs
+test:  ## lint, then the unit tier, then the e2e tier (installing what it needs)
 	./scripts/test.sh
+
+test-unit:  ## the unit tier only: in-process, no Docker, under a minute
+	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
+		exec "$$PY" -m pytest -p no:cacheprovider tests/unit'
 
 bench:  ## benchmarks; they print figures, they do not assert times
 	./scripts/bench.sh

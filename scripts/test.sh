@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (Python packages, Docker, the base image,
-# PostgreSQL), then runs lint, the generated-code drift check and the test suite.
-# Extra arguments go to pytest.
+# The test command: lint and the generated-code drift check, then the two test tiers:
+#   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, < 1 minute;
+#   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
+# The unit tier runs first, before anything else is installed; the e2e tier after the
+# installs it needs (Docker, the base and sshd images, PostgreSQL).
+# Extra arguments go to pytest in both tiers (e.g. -x, -k NAME); a tier where they select
+# nothing is not a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/python-env.sh
+
+tier() {
+    local status=0
+    "$PY" -m pytest -p no:cacheprovider "$@" || status=$?
+    # 5: no tests collected (the extra arguments select none in this tier).
+    if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then
+        exit "$status"
+    fi
+}
 
 echo "==> lint"
 scripts/lint.sh
 echo "==> generated code up to date"
 "$PY" scripts/check_protos.py
+
+echo "==> unit tests (tests/unit)"
+tier tests/unit "$@"
 
 source scripts/lib/apt.sh
 command -v numactl >/dev/null || apt_install numactl
@@ -20,5 +36,5 @@ scripts/build-sshd-image.sh hakuriver-sshd
 HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"
 export HAKURIVER_TEST_POSTGRES_URL
 
-echo "==> tests"
-exec "$PY" -m pytest -p no:cacheprovider "$@"
+echo "==> end-to-end tests (tests/e2e)"
+tier tests/e2e "$@"

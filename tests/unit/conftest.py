@@ -7,15 +7,32 @@ SQLite database and shared folder in ``tmp_path`` (see tests/unit/local_cluster.
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import docker
 import pytest
 
 from tests.unit.local_cluster import LocalCluster, local_config
 
 MakeCluster = Callable[..., Awaitable[LocalCluster]]
+
+
+@pytest.fixture(autouse=True)
+def no_docker_and_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit tier runs anywhere: reaching for Docker or a subprocess fails the test."""
+
+    def refuse(what: str) -> Callable[..., NoReturn]:
+        def refused(*args: Any, **kwargs: Any) -> NoReturn:
+            raise AssertionError(f"unit tests must not use {what}; put this test in tests/e2e")
+
+        return refused
+
+    monkeypatch.setattr(docker, "from_env", refuse("Docker"))
+    monkeypatch.setattr(docker, "DockerClient", refuse("Docker"))
+    monkeypatch.setattr(subprocess, "Popen", refuse("a subprocess"))
 
 
 @pytest.fixture

@@ -63,14 +63,22 @@ echo $! >"$DIR/host.pid"
 nohup "$PY" -m hakuriver_runner >>"$DIR/runner.out" 2>&1 &
 echo $! >"$DIR/runner.pid"
 
+# The whole answer is read before matching: `| grep -q` would close the pipe at the first
+# match, and the client's broken pipe would fail the pipeline under pipefail.
+node_online() {
+    local nodes
+    nodes="$("$PY" -m hakuriver_cli.client nodes --json 2>/dev/null)" || return 1
+    [[ $nodes == *'"status": "online"'* ]]
+}
 for _ in $(seq 1 100); do
-    if "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q '"status": "online"'; then
+    if node_online; then
         break
     fi
     sleep 0.2
 done
-if ! "$PY" -m hakuriver_cli.client nodes --json 2>/dev/null | grep -q '"status": "online"'; then
+if ! node_online; then
     echo "error: the cluster did not come up; logs: $DIR/host.log $DIR/runner.log" >&2
+    tail -n 3 "$DIR/host.out" "$DIR/runner.out" >&2 2>/dev/null || true
     stop
     exit 1
 fi

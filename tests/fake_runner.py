@@ -39,6 +39,14 @@ STDERR = task_pb2.LOG_STREAM_STDERR
 # What a task killed with SIGTERM exits with inside a container with an init process.
 KILLED_EXIT_CODE = 143
 GIB = 2**30
+# How a stream the Host ended (or never answered on) shows: an error status, a write after
+# the call finished (the reader has not seen the end yet), or an EOF before the RegisterAck.
+STREAM_GONE = (
+    grpc.aio.AioRpcError,
+    grpc.aio.UsageError,
+    asyncio.InvalidStateError,
+    ConnectionError,
+)
 
 
 async def eventually(
@@ -344,7 +352,7 @@ class FakeRunner:
             call, owned = session
             try:
                 await self._serve(call)
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, ConnectionError):
+            except STREAM_GONE:
                 pass
             finally:
                 self._outbox = None
@@ -359,7 +367,7 @@ class FakeRunner:
                 try:
                     session = await self._register()
                     break
-                except (grpc.aio.AioRpcError, ConnectionError):
+                except STREAM_GONE:
                     continue
 
     async def _serve(self, call: Any) -> None:

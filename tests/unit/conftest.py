@@ -49,8 +49,10 @@ async def make_local_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
         return cluster
 
     yield make
-    for cluster in made:
-        await cluster.close()
+    closed = await asyncio.gather(*(cluster.close() for cluster in made), return_exceptions=True)
+    for outcome in closed:
+        if isinstance(outcome, BaseException):
+            raise outcome
     leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     if leftover:
         await asyncio.sleep(0.1)  # let cancelled tasks finish unwinding

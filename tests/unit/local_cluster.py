@@ -122,8 +122,16 @@ class LocalCluster:
             )
 
     async def close(self) -> None:
-        await asyncio.gather(*(runner.stop() for runner in self.runners))
-        await self.stop_host()
+        """Stop every Runner, then the Host (even if a Runner fails to stop: it raises)."""
+        try:
+            stopped = await asyncio.gather(
+                *(runner.stop() for runner in self.runners), return_exceptions=True
+            )
+        finally:
+            await self.stop_host()
+        for outcome in stopped:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     # ----- runners ----------------------------------------------------------------------
 

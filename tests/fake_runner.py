@@ -192,6 +192,8 @@ class FakeRunner:
         self.silent = False
         self.connected = asyncio.Event()
         self._outbox: asyncio.Queue[Any] | None = None
+        # The open stream and the channel this runner opened for it (None when shared).
+        self._session: tuple[Any, grpc.aio.Channel | None] | None = None
         self._life: asyncio.Task[None] | None = None
 
     # ----- life cycle -------------------------------------------------------------------
@@ -210,8 +212,8 @@ class FakeRunner:
         if known_task_ids is not None:
             known = list(known_task_ids)
             self.tasks = {tid: self.tasks.get(tid) or FakeTask(tid) for tid in known}
-        session = await self._register()
-        self._life = asyncio.create_task(self._live(session), name=f"fake-{self.hostname}")
+        await self._register()
+        self._life = asyncio.create_task(self._live(), name=f"fake-{self.hostname}")
         assert self.ack is not None
         return self.ack
 
@@ -222,7 +224,7 @@ class FakeRunner:
             life.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await life
-        self.connected.clear()
+        await self._close_session()  # in case the loop was cancelled before it began
 
     async def stop(self) -> None:
         await self.drop()
@@ -297,8 +299,8 @@ class FakeRunner:
             )
         )
 
-    async def _register(self) -> tuple[Any, grpc.aio.Channel | None]:
-        """Open a stream and register; returns the call and the channel it owns (if any)."""
+    async def _register(self) -> None:
+        """Open a stream and register on it; it becomes the open session."""
         owned = None if self._shared_channel else grpc.aio.insecure_channel(self.target)
         channel = self._shared_channel or owned
         assert channel is not None
@@ -321,8 +323,8 @@ class FakeRunner:
                 self.discarded.append(task_id)
         for adopt in self.ack.adopt:
             self._adopt(adopt)
+        self._session = (call, owned)
         self.connected.set()
-        return call, owned
 
     def _adopt(self, adopt: rpb.AdoptTask) -> None:
         """Resend the output the Host lacks and the task's state, as the real Runner does."""
@@ -346,26 +348,32 @@ class FakeRunner:
         if self.on_adopt is not None:
             self.on_adopt(task.task_id)
 
-    async def _live(self, session: tuple[Any, grpc.aio.Channel | None]) -> None:
-        """Serve the stream; when the Host ends it, register again (unless told not to)."""
-        while True:
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        self._outbox = None
+        self.connected.clear()
+        if session is not None:
             call, owned = session
+            call.cancel()
+            if owned is not None:
+                await owned.close()
+
+    async def _live(self) -> None:
+        """Serve the open stream; when the Host ends it, register again (unless told not to)."""
+        while True:
+            assert self._session is not None
             try:
-                await self._serve(call)
+                await self._serve(self._session[0])
             except STREAM_GONE:
                 pass
             finally:
-                self._outbox = None
-                self.connected.clear()
-                call.cancel()
-                if owned is not None:
-                    await owned.close()
+                await self._close_session()
             if self.silent or not self.reconnect:
                 return
             while True:
                 await asyncio.sleep(self.reconnect_delay)
                 try:
-                    session = await self._register()
+                    await self._register()
                     break
                 except STREAM_GONE:
                     continue

@@ -3,7 +3,7 @@ priority order, drain, and killing a task that never left the queue."""
 
 from __future__ import annotations
 
-from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
@@ -120,3 +120,38 @@ async def test_killing_a_queued_task_touches_no_runner_and_holds_nothing(
 async def _idle(cluster: LocalCluster, hostname: str) -> object:
     node = await cluster.node(hostname)
     return node if node.active_tasks == 0 else None
+
+
+async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: LocalCluster) -> None:
+    gib = 2**30
+    runner = await local_cluster.add_runner(
+        "a",
+        cores=8,
+        memory_bytes=16 * gib,
+        numa_nodes=[
+            node_pb2.NumaNode(id=0, cpus=range(4), memory_bytes=8 * gib),
+            node_pb2.NumaNode(id=1, cpus=range(4, 8), memory_bytes=8 * gib),
+        ],
+        gpus=[node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(2)],
+        answer=HOLD,
+    )
+    [pinned] = await local_cluster.submit_running(
+        cores=2, targets=[task_pb2.Target(hostname="a", numa_node_id=1)]
+    )
+    first_gpu, second_gpu = await local_cluster.submit_running(2, gpus=1)
+    third_gpu = await local_cluster.submit("gpu", gpus=1)
+
+    dispatches = {t: task.dispatch for t, task in runner.tasks.items() if task.dispatch is not None}
+    numa = dispatches[pinned.task_id]
+    assert numa.numa_node_id == 1 and set(numa.cpus) <= {4, 5, 6, 7}
+    assert len(numa.cpus) == 2 and list(pinned.assigned_cpus) == list(numa.cpus)
+    gpu_ids = [list(dispatches[t.task_id].gpu_ids) for t in (first_gpu, second_gpu)]
+    assert sorted(gpu_ids) == [[0], [1]]
+    held = [set(d.cpus) for d in dispatches.values()]
+    assert sum(len(c) for c in held) == len(set().union(*held)), "no CPU is held twice"
+    waiting = await local_cluster.get(third_gpu.task_id)
+    assert status_of(waiting) is TaskStatus.PENDING and waiting.queue_position == 1
+
+    runner.finish(first_gpu.task_id)
+    started = await local_cluster.wait_status(third_gpu.task_id, TaskStatus.RUNNING)
+    assert list(started.required_gpus) == gpu_ids[0]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC
+from typing import Any
 
 from hakuriver_common.config import Config
 from hakuriver_common.ids import IdGenerator
@@ -312,39 +313,50 @@ class Cluster:
             await self._kick.wait()
             self._kick.clear()
             waiters, self._pass_waiters = self._pass_waiters, []
+            stores: list[Coroutine[Any, Any, None]] = []
             try:
-                await self._place_pending()
+                stores = self._place_pending()
             except Exception:
                 log.exception("placement failed")
             finally:
+                # Decided: each submitter's tasks are assigning or known to wait.
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
+            try:
+                await asyncio.gather(*stores)
+            except Exception:
+                log.exception("storing placements failed")
 
-    async def _place_pending(self) -> None:
+    def _place_pending(self) -> list[Coroutine[Any, Any, None]]:
+        """Place what fits now, in memory; the coroutines store each placement and then
+        dispatch it."""
         pending = [request_of(t) for t in self.book.pending.values()]
         if not pending:
-            return
-        placements = []
+            return []
+        stores = []
         for request, allocation in self.scheduler.plan(pending, time.time_ns() // 1_000_000):
             task = self.book.active.get(request.task_id)
             if task is None or task.status != TaskStatus.PENDING:
                 self.scheduler.release(allocation.hostname, request.task_id)
                 continue
-            placements.append(self._assign(task, allocation))
-        await asyncio.gather(*placements)
+            stored = self.book.apply(
+                task,
+                TaskStatus.ASSIGNING,
+                detail=f"placed on {allocation.hostname}",
+                assigned_node=allocation.hostname,
+                assigned_cpus=list(allocation.cpus),
+                required_gpus=list(allocation.gpus),
+            )
+            stores.append(self._dispatch_when_stored(task, stored))
+        return stores
 
-    async def _assign(self, task: TaskRecord, allocation: Allocation) -> None:
-        await self.book.move(
-            task,
-            TaskStatus.ASSIGNING,
-            detail=f"placed on {allocation.hostname}",
-            assigned_node=allocation.hostname,
-            assigned_cpus=list(allocation.cpus),
-            required_gpus=list(allocation.gpus),
-        )
-        link = self.nodes.link_of(allocation.hostname)
-        if link is not None:
+    async def _dispatch_when_stored(
+        self, task: TaskRecord, stored: Coroutine[Any, Any, None]
+    ) -> None:
+        await stored
+        link = self.nodes.link_of(task.assigned_node)
+        if link is not None and task.status == TaskStatus.ASSIGNING:
             link.dispatch(dispatch_of(task))
 
     # ----- nodes ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ webhooks and watchers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -93,7 +93,16 @@ class TaskBook:
     async def move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
     ) -> None:
-        """Change a task's status through the state machine; IllegalTransition if refused."""
+        """Change a task's status through the state machine; IllegalTransition if refused.
+        Returns once the change is stored and everyone was told."""
+        await self.apply(task, new, detail, **fields)
+
+    def apply(
+        self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
+    ) -> Coroutine[Any, Any, None]:
+        """The first half of ``move``: the change is made in memory now (so placement can
+        decide many tasks in one pass); the returned coroutine stores it and only then
+        tells metrics, webhooks and watchers. Await it."""
         old = TaskStatus(task.status)
         transition(old, new)
         if old is TaskStatus.PENDING:
@@ -111,10 +120,17 @@ class TaskBook:
             self.active.pop(task.task_id, None)
             if task.assigned_node:
                 self.scheduler.release(task.assigned_node, task.task_id)
-        await self.store.write(
-            updates=[{"task_id": task.task_id, **changes}],
-            events=[_event(task.task_id, new.value, now, detail)],
-        )
+        return self._record(task, old, new, [_event(task.task_id, new.value, now, detail)], changes)
+
+    async def _record(
+        self,
+        task: TaskRecord,
+        old: TaskStatus,
+        new: TaskStatus,
+        events: list[dict[str, Any]],
+        changes: dict[str, Any],
+    ) -> None:
+        await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
         self.metrics.task_moved(old, new, task.kind)
         if new.is_final:
             self.logs.close(task.task_id)

@@ -31,10 +31,10 @@ from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
-from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
+from hakuriver_host.scheduler import NodeResources, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
-from hakuriver_host.task_book import TaskBook, request_of
+from hakuriver_host.task_book import TaskBook, allocation_of, request_of
 from hakuriver_host.task_machine import (
     KILLABLE,
     PLACED_STATUSES,
@@ -46,17 +46,6 @@ log = logging.getLogger(__name__)
 
 CONTROL_TIMEOUT = 10.0
 MAX_LIST_LIMIT = 1000
-
-
-def _allocation_of(task: TaskRecord) -> Allocation:
-    """What a placed task holds, as stored in its row."""
-    return Allocation(
-        hostname=task.assigned_node or "",
-        cpus=tuple(task.assigned_cpus or ()),
-        memory_bytes=task.required_memory_bytes,
-        gpus=tuple(task.required_gpus or ()),
-        numa_node=task.target_numa_node_id,
-    )
 
 
 def require_task_id(task_id: int) -> int:
@@ -125,7 +114,7 @@ class Cluster:
                 TaskStatus(task.status) in PLACED_STATUSES
                 and task.assigned_node in self.nodes.nodes
             ):
-                self.scheduler.allocate(task.task_id, _allocation_of(task))
+                self.scheduler.allocate(task.task_id, allocation_of(task))
         for (status, kind), count in (await self.store.run(self.store.count_tasks)).items():
             self.metrics.tasks.labels(status=status, kind=kind).set(count)
             if status == TaskStatus.PENDING:

@@ -41,7 +41,7 @@ class HostMetrics:
         )
         self.dispatch_latency = Histogram(
             "hakuriver_task_dispatch_seconds",
-            "Time from placing a task on a node to its runner reporting it running.",
+            "Time from dispatching a task to its runner to the runner reporting it running.",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

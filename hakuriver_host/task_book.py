@@ -18,7 +18,7 @@ from hakuriver_host.errors import NotFound
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
-from hakuriver_host.scheduler import Request, Scheduler
+from hakuriver_host.scheduler import Allocation, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.task_machine import transition
 from hakuriver_host.webhooks import Notifier
@@ -35,6 +35,17 @@ def request_of(task: TaskRecord) -> Request:
         gpu_ids=() if task.gpu_count else tuple(task.required_gpus or ()),
         gpu_count=task.gpu_count,
         priority=task.priority,
+    )
+
+
+def allocation_of(task: TaskRecord) -> Allocation:
+    """What a placed task holds, as stored in its row."""
+    return Allocation(
+        hostname=task.assigned_node or "",
+        cpus=tuple(task.assigned_cpus or ()),
+        memory_bytes=task.required_memory_bytes,
+        gpus=tuple(task.required_gpus or ()),
+        numa_node=task.target_numa_node_id,
     )
 
 

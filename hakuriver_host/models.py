@@ -26,6 +26,8 @@ class NodeRecord(SQLModel, table=True):
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime | None = None
     draining: bool = False
+    # Container environments the Runner had loaded when last heard from.
+    environments: list[str] = Field(default_factory=list, sa_column=Column(JSON))
 
 
 class TaskRecord(SQLModel, table=True):

@@ -61,6 +61,7 @@ class NodeView:
             gpus=self.gpus,
             last_heartbeat=self.last_heartbeat,
             draining=self.draining,
+            environments=sorted(self.environments),
         ).model_dump()
 
 
@@ -103,6 +104,9 @@ class NodeTable:
                 gpus=record.gpus,
                 last_heartbeat=record.last_heartbeat,
                 draining=record.draining,
+                # Known before the Runner reconnects, so a restarted Host accepts tasks for
+                # environments that exist only as images on Runners.
+                environments=set(record.environments or ()),
             )
             self.nodes[node.hostname] = node
             self._sync_capacity(node)
@@ -195,7 +199,8 @@ class NodeTable:
 
     # ----- health -----------------------------------------------------------------------
 
-    def heartbeat(self, hostname: str, beat: rpb.Heartbeat) -> None:
+    def heartbeat(self, hostname: str, beat: rpb.Heartbeat) -> bool:
+        """Record a heartbeat; True if the node's environments changed (its row is stale)."""
         node = self.nodes[hostname]
         node.health = beat.health
         node.history.append(beat.health)
@@ -207,9 +212,12 @@ class NodeTable:
                 queue.get_nowait()
             queue.put_nowait((hostname, beat.health))
         node.last_heartbeat = utcnow()
-        node.environments = set(beat.environments)
+        environments = set(beat.environments)
+        changed = environments != node.environments
+        node.environments = environments
         node.loaded = {e.name: e.tarball_timestamp for e in beat.loaded}
         self._seen(node)
+        return changed
 
     async def watch_health(self, hostname: str = "") -> AsyncIterator[NodeView]:
         """Every node that sends a new health sample; a watcher that falls behind loses its

@@ -125,7 +125,8 @@ class RunnerGateway:
             await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
             self.metrics.log_bytes.inc(len(chunk.data))
         elif kind == "heartbeat":
-            self.nodes.heartbeat(link.hostname, msg.heartbeat)
+            if self.nodes.heartbeat(link.hostname, msg.heartbeat):
+                await self.store.save_node(self.nodes.nodes[link.hostname].record())
         elif kind == "task_state":
             await self._on_task_state(link, msg.task_state)
         elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):

@@ -72,3 +72,20 @@ async def test_drain_survives_a_restart(local_cluster: LocalCluster) -> None:
     assert node.draining
     task = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="a")])
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.PENDING
+
+
+async def test_environments_of_runners_are_known_before_they_reconnect(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", environments=["only-on-runners"])
+    runner.environments = ["only-on-runners", "loaded-later"]
+
+    async def reported() -> bool:
+        return "loaded-later" in (await local_cluster.node("a")).environments
+
+    await eventually(reported, what="a heartbeat with the new environment")
+    await runner.stop()
+    await local_cluster.restart_host(wait_runners=False)
+    for environment in ("only-on-runners", "loaded-later"):
+        task = await local_cluster.submit("job", container_name=environment)
+        assert status_of(task) is TaskStatus.PENDING, environment

@@ -71,6 +71,12 @@ class TimingConfig(BaseModel):
     kill_grace_seconds: float = Field(
         5.0, ge=0, description="SIGTERM-to-SIGKILL grace period when a task is killed."
     )
+    control_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a Runner has to confirm pause or resume (kill: after the grace) "
+        "before the Host stops waiting.",
+    )
 
     @property
     def runner_timeout(self) -> float:

@@ -44,7 +44,6 @@ from hakuriver_host.webhooks import Notifier
 
 log = logging.getLogger(__name__)
 
-CONTROL_TIMEOUT = 10.0
 MAX_LIST_LIMIT = 1000
 
 
@@ -246,7 +245,9 @@ class Cluster:
         if link is not None:
             link.kill(task_id, grace)
             await self.book.wait_until(
-                task_id, lambda t: TaskStatus(t.status).is_final, grace + CONTROL_TIMEOUT
+                task_id,
+                lambda t: TaskStatus(t.status).is_final,
+                grace + self.config.timing.control_timeout_seconds,
             )
         if not TaskStatus(task.status).is_final:
             why = "runner did not confirm" if link is not None else "runner not connected"
@@ -266,7 +267,9 @@ class Cluster:
         if link is None:
             raise Unavailable(f"runner {task.assigned_node} is not connected; try again later")
         send(link, task_id)
-        await self.book.wait_until(task_id, lambda t: t.status != allowed, CONTROL_TIMEOUT)
+        await self.book.wait_until(
+            task_id, lambda t: t.status != allowed, self.config.timing.control_timeout_seconds
+        )
         if task.status != goal:
             raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
         return task

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -198,3 +199,25 @@ async def test_every_watch_ends_with_the_final_status(local_cluster: LocalCluste
         runner.finish(task.task_id)
         endings += await asyncio.gather(*watches)
     assert [seen for seen in endings if seen[-1:] != [TaskStatus.COMPLETED]] == []
+
+
+async def test_a_runner_that_does_not_confirm_is_not_waited_for_forever(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    cluster = await make_local_cluster(timing={"control_timeout_seconds": 0.3})
+    runner = await cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    [paused_one, killed_one] = await cluster.submit_running(count=2)
+
+    runner.go_silent()
+    with pytest.raises(grpc.aio.AioRpcError) as unconfirmed:
+        await cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=paused_one.task_id))
+    assert unconfirmed.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert unconfirmed.value.details() == "runner a did not confirm; task is running"
+
+    started = time.monotonic()
+    killed = await cluster.kill(killed_one.task_id)
+    assert time.monotonic() - started < 5
+    assert status_of(killed) is TaskStatus.KILLED
+    assert (TaskStatus.KILLED, "killed (runner did not confirm)") in await cluster.events(
+        killed_one.task_id
+    )

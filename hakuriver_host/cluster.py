@@ -133,6 +133,10 @@ class Cluster:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        # Submitters still waiting for a pass answer now: their tasks are stored, pending.
+        for waiter in self._pass_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
         for node in self.nodes.nodes.values():
             if node.link is not None:
                 node.link.close()

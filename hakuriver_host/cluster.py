@@ -18,6 +18,7 @@ from typing import Any
 from hakuriver_common.config import Config
 from hakuriver_common.ids import IdGenerator
 from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
     task_pb2,
     task_service_pb2 as tpb,
 )
@@ -99,6 +100,7 @@ class Cluster:
         self._kick = asyncio.Event()
         # Submitters waiting for the next placement pass to finish.
         self._pass_waiters: list[asyncio.Future[None]] = []
+        self._stopped = False
         self._background: list[asyncio.Task[None]] = []
 
     # ----- life cycle -------------------------------------------------------------------
@@ -129,6 +131,7 @@ class Cluster:
         self.kick()
 
     async def stop(self) -> None:
+        self._stopped = True
         await self.notifier.stop()
         for task in self._background:
             task.cancel()
@@ -295,10 +298,16 @@ class Cluster:
 
     def _finished(self, task: TaskRecord) -> None:
         """A task reached a final status: its resources are free for the queue."""
+        link = self.nodes.link_of(task.assigned_node)
+        if link is not None:
+            link.forget(task.task_id)
         self.kick()
 
     async def _placement_pass(self) -> None:
-        """Wait until a placement pass that starts from now has finished."""
+        """Wait until a placement pass that starts from now has finished (at once when the
+        Host is stopping: the tasks are stored and stay pending)."""
+        if self._stopped:
+            return
         done = asyncio.get_running_loop().create_future()
         self._pass_waiters.append(done)
         self.kick()
@@ -309,20 +318,15 @@ class Cluster:
             await self._kick.wait()
             self._kick.clear()
             waiters, self._pass_waiters = self._pass_waiters, []
-            stores: list[Coroutine[Any, Any, None]] = []
             try:
-                stores = self._place_pending()
+                await asyncio.gather(*self._place_pending())
             except Exception:
                 log.exception("placement failed")
             finally:
-                # Decided: each submitter's tasks are assigning or known to wait.
+                # Each submitter's tasks are now stored as assigning, or known to wait.
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
-            try:
-                await asyncio.gather(*stores)
-            except Exception:
-                log.exception("storing placements failed")
 
     def _place_pending(self) -> list[Coroutine[Any, Any, None]]:
         """Place what fits now, in memory; the coroutines store each placement and then
@@ -386,7 +390,7 @@ class Cluster:
     def health(self, hostname: str = "") -> list[NodeView]:
         return [node for node, _, _ in self.node_summaries(hostname)]
 
-    def watch_health(self, hostname: str = "") -> AsyncIterator[NodeView]:
+    def watch_health(self, hostname: str = "") -> AsyncIterator[tuple[NodeView, node_pb2.Health]]:
         return self.nodes.watch_health(hostname)
 
     def environment_loaded_on(self, name: str, timestamp: int) -> list[str]:

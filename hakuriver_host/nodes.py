@@ -219,18 +219,20 @@ class NodeTable:
         self._seen(node)
         return changed
 
-    async def watch_health(self, hostname: str = "") -> AsyncIterator[NodeView]:
-        """Every node that sends a new health sample; a watcher that falls behind loses its
-        oldest ones."""
+    async def watch_health(
+        self, hostname: str = ""
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health]]:
+        """Every new health sample, in order, with its node; a watcher that falls behind
+        loses its oldest ones."""
         if hostname:
             self.get(hostname)
         queue: asyncio.Queue[tuple[str, node_pb2.Health]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
         self._health_watchers.add(queue)
         try:
             while True:
-                name, _health = await queue.get()
+                name, health = await queue.get()
                 if not hostname or name == hostname:
-                    yield self.nodes[name]
+                    yield self.nodes[name], health
         finally:
             self._health_watchers.discard(queue)
 

@@ -59,6 +59,10 @@ class RunnerLink:
         sent = self._unacknowledged.pop(task_id, None)
         return None if sent is None else time.monotonic() - sent
 
+    def forget(self, task_id: int) -> None:
+        """The task is final: stop expecting its first report."""
+        self._unacknowledged.pop(task_id, None)
+
     def kill(self, task_id: int, grace_seconds: float) -> None:
         self.send(
             rpb.ConnectResponse(kill=rpb.KillCommand(task_id=task_id, grace_seconds=grace_seconds))

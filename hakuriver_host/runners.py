@@ -71,7 +71,26 @@ class RunnerGateway:
         if not reg.hostname:
             raise InvalidArgument("register: hostname must not be empty")
         node, link = self.nodes.connect(reg)
-        await self.store.save_node(node.record())
+        try:
+            await self.store.save_node(node.record())
+            ack = await self._reconcile(link, reg)
+        except BaseException:
+            self.gone(link)
+            raise
+        log.info(
+            "runner %s registered: %d cores, %d adopted, %d discarded",
+            reg.hostname,
+            reg.total_cores,
+            len(ack.adopt),
+            len(ack.discard_task_ids),
+        )
+        self.kick()
+        return link, ack
+
+    async def _reconcile(self, link: RunnerLink, reg: rpb.RegisterRunner) -> rpb.RegisterAck:
+        """Which of its tasks the Runner keeps (with the output offsets we have) or discards;
+        ours it did not report are dispatched again (assigning) or lost. Statuses are read
+        afresh after every await: a task may end meanwhile."""
         ack = rpb.RegisterAck(heartbeat_interval_seconds=self.config.timing.heartbeat_interval)
         known = set(reg.known_task_ids)
         for task_id in sorted(known):
@@ -87,29 +106,22 @@ class RunnerGateway:
                 )
             )
         for task in self.book.on_node(reg.hostname):
-            if task.task_id in known:
+            status = TaskStatus(task.status)
+            if task.task_id in known or status not in PLACED_STATUSES:
                 continue
-            if task.status == TaskStatus.ASSIGNING:
+            if status is TaskStatus.ASSIGNING:
                 link.dispatch(dispatch_of(task))
-            else:
-                await self.book.move(
-                    task,
-                    TaskStatus.LOST,
-                    detail="gone after runner reconnect",
-                    error_message=(
-                        f"runner {reg.hostname} came back without the task: its container or "
-                        "process could not be re-adopted"
-                    ),
-                )
-        log.info(
-            "runner %s registered: %d cores, %d adopted, %d discarded",
-            reg.hostname,
-            reg.total_cores,
-            len(ack.adopt),
-            len(ack.discard_task_ids),
-        )
-        self.kick()
-        return link, ack
+                continue
+            await self.book.move(
+                task,
+                TaskStatus.LOST,
+                detail="gone after runner reconnect",
+                error_message=(
+                    f"runner {reg.hostname} came back without the task: its container or "
+                    "process could not be re-adopted"
+                ),
+            )
+        return ack
 
     def gone(self, link: RunnerLink) -> None:
         self.tunnels.link_gone(link)

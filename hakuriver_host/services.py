@@ -101,10 +101,10 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
             yield lpb.ReadLogResponse(offset=offset, data=data)
 
 
-def _node_health(node: NodeView) -> npb.NodeHealth:
+def _node_health(node: NodeView, health: node_pb2.Health | None) -> npb.NodeHealth:
     entry = npb.NodeHealth(hostname=node.hostname, status=NodeStatus.of(node.online).pb)
-    if node.health is not None:
-        entry.current.CopyFrom(node.health)
+    if health is not None:
+        entry.current.CopyFrom(health)
     return entry
 
 
@@ -139,7 +139,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
     ) -> npb.GetHealthResponse:
         response = npb.GetHealthResponse()
         for node in self.cluster.health(request.hostname):
-            entry = _node_health(node)
+            entry = _node_health(node, node.health)
             if request.include_history:
                 entry.history.extend(node.history)
             response.nodes.append(entry)
@@ -148,8 +148,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
     async def WatchHealth(
         self, request: npb.WatchHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[npb.WatchHealthResponse]:
-        async for node in self.cluster.watch_health(request.hostname):
-            yield npb.WatchHealthResponse(node=_node_health(node))
+        async for node, health in self.cluster.watch_health(request.hostname):
+            yield npb.WatchHealthResponse(node=_node_health(node, health))
 
 
 class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):

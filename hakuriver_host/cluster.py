@@ -318,15 +318,22 @@ class Cluster:
             await self._kick.wait()
             self._kick.clear()
             waiters, self._pass_waiters = self._pass_waiters, []
+            stores: list[Coroutine[Any, Any, None]] = []
             try:
-                await asyncio.gather(*self._place_pending())
+                stores = self._place_pending()
             except Exception:
                 log.exception("placement failed")
             finally:
-                # Each submitter's tasks are now stored as assigning, or known to wait.
+                # Decided: each submitter's tasks are assigning or known to wait. Their
+                # submission is stored already; the placement is stored next (a Host that
+                # crashes first places them again after its restart).
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
+            try:
+                await asyncio.gather(*stores)
+            except Exception:
+                log.exception("storing placements failed")
 
     def _place_pending(self) -> list[Coroutine[Any, Any, None]]:
         """Place what fits now, in memory; the coroutines store each placement and then

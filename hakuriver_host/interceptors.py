@@ -6,7 +6,6 @@ Every RPC of every service passes through it, unary and streaming alike, so serv
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import time
@@ -41,24 +40,26 @@ def status_code(error: ApiError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-@contextlib.asynccontextmanager
-async def _handled(metrics: HostMetrics, method: str, context: Any) -> AsyncIterator[None]:
-    """Around one RPC: a domain error becomes its status; the outcome code and duration
-    are recorded when it ends."""
-    start = time.perf_counter()
-    code = "OK"
-    try:
-        yield
-    except ApiError as exc:
-        code = status_code(exc).name
-        await context.abort(status_code(exc), exc.message)
-    except BaseException:
-        found = context.code()
-        code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
-        raise
-    finally:
-        metrics.grpc_requests.labels(method=method, code=code).inc()
-        metrics.grpc_latency.labels(method=method).observe(time.perf_counter() - start)
+class _Method:
+    """The metric series of one method, looked up once (labels() costs more than the call)."""
+
+    def __init__(self, metrics: HostMetrics, method: str) -> None:
+        self._requests = metrics.grpc_requests
+        self._method = method
+        self._ok = metrics.grpc_requests.labels(method=method, code="OK")
+        self._latency = metrics.grpc_latency.labels(method=method)
+
+    def record(self, start: float, exc: BaseException | None, context: Any) -> None:
+        if exc is None:
+            self._ok.inc()
+        else:
+            if isinstance(exc, ApiError):
+                code = status_code(exc).name
+            else:
+                found = context.code()
+                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+            self._requests.labels(method=self._method, code=code).inc()
+        self._latency.observe(time.perf_counter() - start)
 
 
 Behaviour = Callable[[Any, Any], Any]
@@ -67,6 +68,13 @@ Behaviour = Callable[[Any, Any], Any]
 class ApiInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: HostMetrics) -> None:
         self.metrics = metrics
+        self._series: dict[str, _Method] = {}
+
+    def _series_of(self, method: str) -> _Method:
+        series = self._series.get(method)
+        if series is None:
+            series = self._series[method] = _Method(self.metrics, method)
+        return series
 
     async def intercept_service(
         self,
@@ -102,9 +110,21 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         )
 
     def _unary(self, method: str, inner: Behaviour) -> Behaviour:
+        series = self._series_of(method)
+
         async def call(request: Any, context: Any) -> Any:
-            async with _handled(self.metrics, method, context):
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
                 return await inner(request, context)
+            except ApiError as exc:
+                error = exc
+                await context.abort(status_code(exc), exc.message)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                series.record(start, error, context)
 
         return call
 
@@ -112,10 +132,21 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if not inspect.isasyncgenfunction(inner):
             # Handlers that write with ``context.write`` (the standard health service).
             return self._unary(method, inner)
+        series = self._series_of(method)
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            async with _handled(self.metrics, method, context):
+            start = time.perf_counter()
+            error: BaseException | None = None
+            try:
                 async for response in inner(request, context):
                     yield response
+            except ApiError as exc:
+                error = exc
+                await context.abort(status_code(exc), exc.message)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                series.record(start, error, context)
 
         return stream

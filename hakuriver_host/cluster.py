@@ -22,7 +22,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from hakuriver_common.statuses import TaskKind, TaskStatus
+from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind, TaskStatus
 from hakuriver_host.admission import NodeShape, admit
 from hakuriver_host.convert import dispatch_of, records_of
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -108,7 +108,7 @@ class Cluster:
     async def start(self) -> None:
         await self.store.run(self.store.create_schema)
         self.nodes.load(await self.store.run(self.store.load_nodes))
-        active = [s.value for s in TaskStatus if not s.is_final]
+        active = [s.value for s in ACTIVE_STATUSES]
         self.book.load(await self.store.run(self.store.load_tasks_in, active))
         for task in self.book.active.values():
             if (
@@ -379,11 +379,11 @@ class Cluster:
         self, hostname: str = ""
     ) -> list[tuple[NodeView, NodeResources | None, int]]:
         """Each node (or just ``hostname``) with its free capacity and active task count."""
+        selected = self.nodes.selected(hostname)
         counts = self._active_counts()
-        selected = [self.nodes.get(hostname)] if hostname else list(self.nodes.nodes.values())
         return [
             (node, self.scheduler.nodes.get(node.hostname), counts.get(node.hostname, 0))
-            for node in sorted(selected, key=lambda n: n.hostname)
+            for node in selected
         ]
 
     async def set_draining(self, hostname: str, draining: bool) -> NodeView:
@@ -395,7 +395,7 @@ class Cluster:
         return node
 
     def health(self, hostname: str = "") -> list[NodeView]:
-        return [node for node, _, _ in self.node_summaries(hostname)]
+        return self.nodes.selected(hostname)
 
     def watch_health(self, hostname: str = "") -> AsyncIterator[tuple[NodeView, node_pb2.Health]]:
         return self.nodes.watch_health(hostname)

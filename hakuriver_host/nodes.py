@@ -89,6 +89,11 @@ class NodeTable:
             raise NotFound(f"hostname: unknown node {hostname!r}")
         return node
 
+    def selected(self, hostname: str = "") -> list[NodeView]:
+        """``hostname``'s node (NotFound if unknown), or every node; sorted by name."""
+        nodes = [self.get(hostname)] if hostname else list(self.nodes.values())
+        return sorted(nodes, key=lambda n: n.hostname)
+
     def link_of(self, hostname: str | None) -> RunnerLink | None:
         node = self.nodes.get(hostname or "")
         return node.link if node is not None else None

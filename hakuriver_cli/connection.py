@@ -13,7 +13,9 @@ from typing import Annotated, NoReturn, TypeVar
 import grpc
 import typer
 
+from hakuriver_common.channels import TlsSetupError, open_channel
 from hakuriver_common.config import Config
+from hakuriver_common.credentials import CredentialsError, api_token
 from hakuriver_common.ids import parse_task_id
 from hakuriver_common.service import config_or_exit
 
@@ -47,13 +49,42 @@ def task_id_or_fail(text: str) -> int:
     return task_id
 
 
-def describe_rpc_error(exc: grpc.RpcError, target: str) -> str:
+def _transport_problem(details: str, config: Config | None) -> str | None:
+    """A TLS mismatch in words, from gRPC's connection error."""
+    lowered = details.lower()
+    target = config.host_target if config is not None else "the host"
+    plaintext = config is not None and config.tls.plaintext
+    if plaintext and "socket closed" in lowered:
+        return (
+            f"the host at {target} did not answer plaintext gRPC: it expects TLS "
+            "(remove tls.plaintext from the config and set tls.ca_file)"
+        )
+    if "wrong_version_number" in lowered:
+        return (
+            f"the host at {target} does not speak TLS: set tls.plaintext = true "
+            "(only for a Host on a loopback address)"
+        )
+    if "certificate" in lowered or "handshake" in lowered or "ssl" in lowered:
+        return (
+            f"TLS with the host at {target} failed: its certificate is not signed by "
+            "tls.ca_file or does not name this address (tls.server_name)"
+        )
+    return None
+
+
+def describe_rpc_error(exc: grpc.RpcError, target: str, config: Config | None = None) -> str:
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        problem = _transport_problem(details or "", config)
+        if problem is not None:
+            return problem
     if code == grpc.StatusCode.UNAVAILABLE and (
         "connect" in (details or "").lower() or not details
     ):
         return f"cannot reach the host at {target} (is hakuriver.host running?)"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"the host refused the API token: {details}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"the host at {target} did not answer in time"
     return f"{details} ({code.name if code else 'UNKNOWN'})"
@@ -71,11 +102,15 @@ def host_channel(config: Config, reconnect_seconds: float = 0.0) -> Iterator[grp
             ("grpc.min_reconnect_backoff_ms", backoff_ms),
             ("grpc.max_reconnect_backoff_ms", backoff_ms),
         ]
-    with grpc.insecure_channel(config.host_target, options=options) as channel:
+    try:
+        channel = open_channel(config, api_token(config), options)
+    except (CredentialsError, TlsSetupError, OSError) as exc:
+        fail(str(exc), code=2)
+    with channel:
         try:
             yield channel
         except grpc.RpcError as exc:
-            fail(describe_rpc_error(exc, config.host_target))
+            fail(describe_rpc_error(exc, config.host_target, config))
 
 
 def unary(fn: Callable[..., T], request: object, timeout: float = RPC_TIMEOUT_SECONDS) -> T:

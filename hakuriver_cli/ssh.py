@@ -1,5 +1,8 @@
 """``hakuriver.ssh TASK_ID``: SSH into a VPS through the Host's SSH proxy.
 
+Every connection through the proxy presents a one-time ticket the tool first gets through
+the authenticated API (only the VPS's owner, or an operator, gets one).
+
 Default: checks the task, opens a local listener that forwards each connection through the
 proxy, and runs the system ``ssh`` against it. ``--proxy-command`` instead relays stdin and
 stdout, for use as an OpenSSH ProxyCommand (so scp, rsync -e ssh and VS Code Remote work):
@@ -19,11 +22,25 @@ import threading
 from pathlib import Path
 from typing import Annotated
 
+import grpc
 import typer
 
-from hakuriver_cli.connection import config_or_fail, fail, host_channel, task_id_or_fail, unary
+from hakuriver_cli.connection import (
+    config_or_fail,
+    describe_rpc_error,
+    fail,
+    host_channel,
+    task_id_or_fail,
+    unary,
+)
 from hakuriver_cli.render import status_name
-from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import (
+    ssh_service_pb2 as spb,
+    ssh_service_pb2_grpc,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
 from hakuriver_common.service import ConfigOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
@@ -35,10 +52,16 @@ class ProxyRefused(Exception):
     """The Host's SSH proxy answered ERROR."""
 
 
-def open_tunnel(host: str, port: int, task_id: int) -> socket.socket:
-    """A socket connected through the Host's proxy to the VPS's sshd."""
+def ticket_for(channel: grpc.Channel, task_id: int) -> str:
+    """A one-time ticket for a tunnel to the VPS (raises grpc.RpcError when refused)."""
+    stub = ssh_service_pb2_grpc.SshServiceStub(channel)
+    return unary(stub.CreateSshTicket, spb.CreateSshTicketRequest(task_id=task_id)).ticket
+
+
+def open_tunnel(host: str, port: int, ticket: str) -> socket.socket:
+    """A socket connected through the Host's proxy to the sshd of the ticket's VPS."""
     sock = socket.create_connection((host, port), timeout=15)
-    sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
+    sock.sendall(f"TICKET {ticket}\n".encode())
     answer = b""
     while not answer.endswith(b"\n"):
         data = sock.recv(1)
@@ -83,19 +106,35 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
     b.close()
 
 
-def _serve_local(listener: socket.socket, host: str, port: int, task_id: int) -> None:
-    while True:
-        try:
-            client, _ = listener.accept()
-        except OSError:
-            return
-        try:
-            upstream = open_tunnel(host, port, task_id)
-        except (OSError, ProxyRefused) as exc:
-            print(f"hakuriver.ssh: {exc}", file=sys.stderr)
-            client.close()
-            continue
-        threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
+def _serve_local(listener: socket.socket, host: str, port: int, task_id: int, cfg: Config) -> None:
+    with host_channel(cfg) as channel:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            _forward(client, channel, host, port, task_id, cfg)
+
+
+def _forward(
+    client: socket.socket,
+    channel: grpc.Channel,
+    host: str,
+    port: int,
+    task_id: int,
+    cfg: Config,
+) -> None:
+    try:
+        upstream = open_tunnel(host, port, ticket_for(channel, task_id))
+    except grpc.RpcError as exc:
+        print(f"hakuriver.ssh: {describe_rpc_error(exc, cfg.host_target, cfg)}", file=sys.stderr)
+        client.close()
+        return
+    except (OSError, ProxyRefused) as exc:
+        print(f"hakuriver.ssh: {exc}", file=sys.stderr)
+        client.close()
+        return
+    threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
 
 
 # ssh(1) options that take a value.
@@ -150,8 +189,10 @@ def main(
     address = host or cfg.network.host_reachable_address
     port = proxy_port or cfg.network.host_ssh_proxy_port
     if proxy_command:
+        with host_channel(cfg) as channel:
+            ticket = ticket_for(channel, tid)
         try:
-            sock = open_tunnel(address, port, tid)
+            sock = open_tunnel(address, port, ticket)
         except (OSError, ProxyRefused) as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
         stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
@@ -164,7 +205,9 @@ def main(
         fail("no ssh client found (install openssh-client)")
     listener = socket.create_server(("127.0.0.1", local_port))
     listen_port = listener.getsockname()[1]
-    threading.Thread(target=_serve_local, args=(listener, address, port, tid), daemon=True).start()
+    threading.Thread(
+        target=_serve_local, args=(listener, address, port, tid, cfg), daemon=True
+    ).start()
     options, remote = split_ssh_args(ssh_args or [])
     argv = [
         ssh,

@@ -18,7 +18,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus
+from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
 
@@ -89,6 +89,10 @@ class EnvironmentConfig(BaseModel):
 
 class RunnerConfig(BaseModel):
     name: str = Field("", description="Name the runner registers under; the hostname if empty.")
+    state_dir: Path = Field(
+        Path("~/.hakuriver/runner"),
+        description="Runner state: the credential received on its first join (kept 0600).",
+    )
     reconnect_max_seconds: float = Field(
         10.0, gt=0, description="Upper bound of the reconnect backoff."
     )
@@ -132,8 +136,93 @@ WEBHOOK_EVENTS = frozenset(
 )
 
 
+class TlsConfig(BaseModel):
+    plaintext: bool = Field(
+        False,
+        description="Serve and dial gRPC without TLS. Refused unless the Host binds a "
+        "loopback address.",
+    )
+    ca_file: Path = Field(
+        Path("~/.hakuriver/tls/ca.pem"),
+        description="CA certificate Runners and clients trust (hakuriver.init tls creates it).",
+    )
+    cert_file: Path = Field(
+        Path("~/.hakuriver/tls/host.pem"), description="The Host's certificate (Host only)."
+    )
+    key_file: Path = Field(
+        Path("~/.hakuriver/tls/host.key"), description="The Host's private key (Host only)."
+    )
+    server_name: str = Field(
+        "",
+        description="Name to expect in the Host's certificate when it is not the address "
+        "dialled (host_reachable_address).",
+    )
+
+    def path(self, name: str) -> Path:
+        return Path(getattr(self, name)).expanduser()
+
+
+TASK_NETWORKS = tuple(TaskNetwork)
+
+
+class AuthConfig(BaseModel):
+    token: str = Field(
+        "",
+        description="API token the command-line tools send ($HAKURIVER_TOKEN wins; prefer "
+        "credentials_file).",
+    )
+    credentials_file: Path = Field(
+        Path("~/.hakuriver/credentials"),
+        description="File holding the API token; must not be readable by others. The Host "
+        "writes the first admin's token here on its first start.",
+    )
+    join_token: str = Field(
+        "",
+        description="Secret a new Runner joins with (Host: what it accepts; Runner: what it "
+        "presents). Empty on the Host: no new Runner can join.",
+    )
+    bootstrap_admin: str = Field(
+        "admin", description="Name of the admin the Host creates on its first start."
+    )
+    authentication: bool = Field(
+        True,
+        description="false: every caller acts as an admin (benchmarks, development). Refused "
+        "unless the Host binds a loopback address.",
+    )
+    metrics_token: str = Field(
+        "", description="Bearer token /metrics requires; empty: /metrics is open."
+    )
+    user_mount_roots: list[str] = Field(
+        default_factory=list,
+        description="Host paths under which plain users may bind-mount (operators: anywhere).",
+    )
+    default_task_network: str = Field(
+        "host",
+        description="Network of a task that names none: host (the node's) or none (isolated).",
+    )
+
+    @field_validator("default_task_network")
+    @classmethod
+    def _known_network(cls, value: str) -> str:
+        if value not in TASK_NETWORKS:
+            raise ValueError(f"default_task_network must be one of {', '.join(TASK_NETWORKS)}")
+        return value
+
+    @field_validator("user_mount_roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        relative = [r for r in roots if not r.startswith("/")]
+        if relative:
+            raise ValueError(f"user_mount_roots must be absolute paths, got {relative}")
+        return roots
+
+
 class WebhookConfig(BaseModel):
     url: str = Field(description="URL that receives a JSON POST per event.")
+    secret: str = Field(
+        "",
+        description="Key of the X-HakuRiver-Signature HMAC-SHA256 header; empty: unsigned.",
+    )
     events: list[str] = Field(
         default_factory=lambda: ["task.failed", "task.killed_oom", "task.lost", "node.offline"],
         description="task.<final status> (completed, failed, killed, killed_oom, lost), "
@@ -181,6 +270,8 @@ class Config(BaseSettings):
     scheduling: SchedulingConfig = Field(default_factory=SchedulingConfig)  # type: ignore[arg-type]
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
+    tls: TlsConfig = Field(default_factory=TlsConfig)  # type: ignore[arg-type]
+    auth: AuthConfig = Field(default_factory=AuthConfig)  # type: ignore[arg-type]
 
     _toml_path: ClassVar[Path | None] = None
 

@@ -77,6 +77,24 @@ class NodeStatus(StrEnum):
         return cls.ONLINE if online else cls.OFFLINE
 
 
+class TaskNetwork(StrEnum):
+    """The network of a task's container (config ``auth.default_task_network``)."""
+
+    HOST = "host"
+    NONE = "none"
+
+    @property
+    def pb(self) -> task_pb2.TaskNetwork.ValueType:
+        return _TASK_NETWORK_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> TaskNetwork:
+        for network, pb in _TASK_NETWORK_PB.items():
+            if pb == value:
+                return network
+        raise ValueError(f"unknown task network value {value}")
+
+
 FINAL_STATUSES = frozenset(
     {
         TaskStatus.COMPLETED,
@@ -105,6 +123,10 @@ _TASK_KIND_PB: dict[TaskKind, task_pb2.TaskKind.ValueType] = {
     TaskKind.VPS: task_pb2.TASK_KIND_VPS,
 }
 _TASK_KIND_OF_PB: dict[int, TaskKind] = {pb: kind for kind, pb in _TASK_KIND_PB.items()}
+_TASK_NETWORK_PB: dict[TaskNetwork, task_pb2.TaskNetwork.ValueType] = {
+    TaskNetwork.HOST: task_pb2.TASK_NETWORK_HOST,
+    TaskNetwork.NONE: task_pb2.TASK_NETWORK_NONE,
+}
 _NODE_STATUS_PB: dict[NodeStatus, node_pb2.NodeStatus.ValueType] = {
     NodeStatus.ONLINE: node_pb2.NODE_STATUS_ONLINE,
     NodeStatus.OFFLINE: node_pb2.NODE_STATUS_OFFLINE,

@@ -8,6 +8,7 @@ Nothing is written for a refused request.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from typing import Any, Protocol
 
 from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from hakuriver_common.statuses import TaskKind
+from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
-from hakuriver_host.errors import InvalidArgument, NotFound
+from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied
 from hakuriver_host.scheduler import Request
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -32,11 +33,22 @@ class NodeShape:
     gpu_ids: frozenset[int]
 
 
+@dataclass(frozen=True)
+class Rights:
+    """What the submitter may ask for beyond a plain container task."""
+
+    # Operators and admins: host-process and privileged tasks, mounts anywhere.
+    elevated: bool
+    # Host paths under which a plain user may bind-mount.
+    mount_roots: tuple[str, ...] = ()
+
+
 class ClusterView(Protocol):
     """The questions admission asks of the cluster."""
 
     default_container: str
     tasks_privileged: bool
+    default_network: TaskNetwork
 
     def node(self, hostname: str) -> NodeShape | None: ...
 
@@ -75,6 +87,7 @@ class Plan:
     priority: int
     ssh_public_key: str
     placements: Sequence[Placement]
+    network: TaskNetwork = TaskNetwork.HOST
 
 
 def _kind(req: tpb.SubmitTaskRequest) -> TaskKind:
@@ -153,6 +166,53 @@ def _container(req: tpb.SubmitTaskRequest, kind: TaskKind, view: ClusterView) ->
     return container
 
 
+def _within(path: str, roots: tuple[str, ...]) -> bool:
+    path = posixpath.normpath(path)
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def _check_rights(req: tpb.SubmitTaskRequest, container: str, rights: Rights) -> None:
+    """Refuse what only operators may ask for, naming it (PermissionDenied)."""
+    if rights.elevated:
+        return
+    if container == NULL_CONTAINER:
+        raise PermissionDenied(
+            "container_name: host-process (NULL) tasks run as the runner's user on the node "
+            "and need the operator role"
+        )
+    if req.privileged:
+        raise PermissionDenied("privileged: privileged containers need the operator role")
+    roots = tuple(posixpath.normpath(r) for r in rights.mount_roots)
+    for mount in req.mounts:
+        if not _within(mount.host_path, roots):
+            allowed = ", ".join(roots) or "none (auth.user_mount_roots is empty)"
+            raise PermissionDenied(
+                f"mounts: {mount.host_path} is outside the paths users may mount "
+                f"(allowed: {allowed}); operators may mount anywhere"
+            )
+
+
+def _network(
+    req: tpb.SubmitTaskRequest, kind: TaskKind, container: str, view: ClusterView
+) -> TaskNetwork:
+    if req.network == task_pb2.TASK_NETWORK_UNSPECIFIED:
+        network = view.default_network
+        # A VPS's sshd is reached through the node's loopback; a host process has no
+        # container network to choose.
+        if kind is TaskKind.VPS or container == NULL_CONTAINER:
+            return TaskNetwork.HOST
+        return network
+    try:
+        network = TaskNetwork.from_pb(req.network)
+    except ValueError:
+        raise InvalidArgument(f"network: unknown network {req.network}") from None
+    if network is TaskNetwork.NONE and kind is TaskKind.VPS:
+        raise InvalidArgument("network: a VPS needs the host network (sshd is reached through it)")
+    if network is TaskNetwork.NONE and container == NULL_CONTAINER:
+        raise InvalidArgument("network: a host-process (NULL) task always has the node's network")
+    return network
+
+
 def _check_environment(container: str, view: ClusterView) -> None:
     if container == NULL_CONTAINER or view.has_environment(container):
         return
@@ -183,14 +243,17 @@ def _placement(target: task_pb2.Target, view: ClusterView) -> Placement:
     return Placement(target.hostname, numa, tuple(target.gpu_ids))
 
 
-def admit(req: tpb.SubmitTaskRequest, view: ClusterView) -> Plan:
-    """Check a submission against the rules and the cluster; the plan, or ApiError."""
+def admit(req: tpb.SubmitTaskRequest, view: ClusterView, rights: Rights) -> Plan:
+    """Check a submission against the rules, the submitter's rights and the cluster; the
+    plan, or ApiError."""
     kind = _kind(req)
     ssh_key = _ssh_key(req, kind)
     _check_shape(req, kind)
     cores = _cores(req, kind)
     memory = _memory(req)
     container = _container(req, kind, view)
+    _check_rights(req, container, rights)
+    network = _network(req, kind, container, view)
     placements = [_placement(t, view) for t in req.targets] or [Placement()]
     _check_environment(container, view)
     for placement in placements:
@@ -223,4 +286,5 @@ def admit(req: tpb.SubmitTaskRequest, view: ClusterView) -> Plan:
         priority=req.priority,
         ssh_public_key=ssh_key,
         placements=placements,
+        network=network,
     )

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -22,10 +22,13 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind, TaskStatus
-from hakuriver_host.admission import NodeShape, admit
+from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind, TaskNetwork, TaskStatus
+from hakuriver_host.access import Access
+from hakuriver_host.admission import NodeShape, Rights, admit
+from hakuriver_host.audit import AuditLog
 from hakuriver_host.convert import dispatch_of, records_of
-from hakuriver_host.errors import FailedPrecondition, InvalidArgument, Unavailable
+from hakuriver_host.errors import FailedPrecondition, Hidden, InvalidArgument, Unavailable
+from hakuriver_host.identity import Principal
 from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
@@ -33,6 +36,7 @@ from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import NodeResources, Request, Scheduler
+from hakuriver_host.ssh_tickets import SshTickets
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
 from hakuriver_host.task_book import TaskBook, allocation_of, request_of
@@ -61,6 +65,7 @@ class _AdmissionView:
         docker = cluster.config.docker
         self.default_container = docker.default_container_name
         self.tasks_privileged = docker.tasks_privileged
+        self.default_network = TaskNetwork(cluster.config.auth.default_task_network)
         self._nodes = cluster.nodes
         self._tarballs = cluster.tarballs
         self.never_fits: Callable[[Request], str | None] = cluster.scheduler.never_fits
@@ -87,6 +92,9 @@ class Cluster:
         self.scheduler = Scheduler(config.scheduling.starvation_seconds)
         self.notifier = Notifier(config.webhooks)
         self.ids = IdGenerator()
+        self.access = Access(config, store)
+        self.audit = AuditLog(store)
+        self.ssh_tickets = SshTickets()
         self.nodes = NodeTable(
             self.scheduler, metrics, self.notifier, config.timing.heartbeat_interval
         )
@@ -94,7 +102,16 @@ class Cluster:
         self.tarballs = TarballIndex(config.paths.shared_dir / config.docker.container_dir)
         self.tunnels = TunnelHub()
         self.runners = RunnerGateway(
-            config, store, logs, metrics, self.nodes, self.book, self.tunnels, self.kick
+            config,
+            store,
+            logs,
+            metrics,
+            self.nodes,
+            self.book,
+            self.tunnels,
+            self.kick,
+            self.access,
+            self.audit,
         )
         self._admission = _AdmissionView(self)
         self._kick = asyncio.Event()
@@ -107,6 +124,7 @@ class Cluster:
 
     async def start(self) -> None:
         await self.store.run(self.store.create_schema)
+        await self.access.load()
         self.nodes.load(await self.store.run(self.store.load_nodes))
         active = [s.value for s in ACTIVE_STATUSES]
         self.book.load(await self.store.run(self.store.load_tasks_in, active))
@@ -143,13 +161,20 @@ class Cluster:
         for node in self.nodes.nodes.values():
             if node.link is not None:
                 node.link.close()
+        await self.audit.wait_written()
 
     # ----- tasks ------------------------------------------------------------------------
 
-    async def submit(self, req: tpb.SubmitTaskRequest) -> tuple[list[TaskRecord], int]:
-        """Admit, store and queue the tasks of a submission; answer after the placement pass
-        that considered them, so each is either placed or known to wait."""
-        plan = admit(req, self._admission)
+    def _rights(self, who: Principal) -> Rights:
+        return Rights(who.sees_all_tasks, tuple(self.config.auth.user_mount_roots))
+
+    async def submit(
+        self, req: tpb.SubmitTaskRequest, who: Principal
+    ) -> tuple[list[TaskRecord], int]:
+        """Admit, store and queue the tasks of a submission, owned by ``who``; answer after
+        the placement pass that considered them, so each is either placed or known to
+        wait."""
+        plan = admit(req, self._admission, self._rights(who))
         task_ids = [self.ids.next_id() for _ in plan.placements]
         batch_id = self.ids.next_id() if len(task_ids) > 1 else 0
         vps = plan.kind is TaskKind.VPS
@@ -159,27 +184,39 @@ class Cluster:
                 return "", ""
             return str(self.logs.path(task_id, STDOUT)), str(self.logs.path(task_id, STDERR))
 
-        records = records_of(plan, task_ids, batch_id, utcnow(), output_paths)
+        records = records_of(plan, task_ids, batch_id, utcnow(), output_paths, who.name)
         if not vps:
             await self.logs.create(task_ids)
-        await self.book.add(records, "submitted")
+        await self.book.add(records, f"submitted by {who.actor}")
+        self.audit.record(who, "task.submit", ",".join(map(str, task_ids)))
         await self._placement_pass()
         return records, batch_id
 
     def queue_position(self, task: TaskRecord) -> int:
         return self.book.queue_position(task)
 
-    async def get_task(self, task_id: int) -> TaskRecord:
-        return await self.book.get(require_task_id(task_id))
+    @staticmethod
+    def _visible(task: TaskRecord, who: Principal) -> TaskRecord:
+        """The task, if ``who`` may see it; otherwise exactly the answer for a missing one."""
+        if not who.owns(task.owner):
+            raise Hidden(f"task_id: task {task.task_id} not found")
+        return task
+
+    async def get_task(self, task_id: int, who: Principal) -> TaskRecord:
+        return self._visible(await self.book.get(require_task_id(task_id)), who)
 
     async def get_task_with_events(
-        self, task_id: int
+        self, task_id: int, who: Principal
     ) -> tuple[TaskRecord, int, list[TaskEventRecord]]:
         task, events = await self.book.get_with_events(require_task_id(task_id))
+        self._visible(task, who)
         return task, self.book.queue_position(task), events
 
-    async def list_tasks(self, req: tpb.ListTasksRequest) -> list[tuple[TaskRecord, int]]:
-        """Tasks matching the filters, newest first, each with its queue position."""
+    async def list_tasks(
+        self, req: tpb.ListTasksRequest, who: Principal
+    ) -> list[tuple[TaskRecord, int]]:
+        """Tasks matching the filters, newest first, each with its queue position; a user
+        sees only their own."""
         limit = req.limit or 100
         if not 0 < limit <= MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
@@ -194,6 +231,7 @@ class Cluster:
         after = (
             req.submitted_after.ToDatetime(tzinfo=UTC) if req.HasField("submitted_after") else None
         )
+        owner = req.owner if who.sees_all_tasks else who.name
         records = await self.store.run(
             self.store.list_tasks,
             statuses,
@@ -203,22 +241,24 @@ class Cluster:
             req.before_task_id,
             kind,
             after,
+            owner,
         )
         positions = self.book.queue_positions()
         live = self.book.active
         return [(live.get(r.task_id, r), positions.get(r.task_id, 0)) for r in records]
 
-    async def watch(self, task_id: int) -> AsyncIterator[TaskRecord]:
+    async def watch(self, task_id: int, who: Principal) -> AsyncIterator[TaskRecord]:
         """The task now and after every status change, until it is final."""
-        async for task in self.book.watch(require_task_id(task_id)):
+        await self.get_task(task_id, who)
+        async for task in self.book.watch(task_id):
             yield task
 
     async def read_log(
-        self, task_id: int, stream: int, offset: int, follow: bool
+        self, task_id: int, stream: int, offset: int, follow: bool, who: Principal
     ) -> AsyncIterator[tuple[int, bytes]]:
         """(offset, bytes) of a task's output from ``offset``; with ``follow``, until the
         task ends."""
-        task = await self.get_task(task_id)
+        task = await self.get_task(task_id, who)
         name = LOG_STREAMS.get(stream)
         if name is None:
             raise InvalidArgument("stream: must be STDOUT or STDERR")
@@ -231,9 +271,9 @@ class Cluster:
     # ----- control ----------------------------------------------------------------------
 
     async def _active_task(
-        self, task_id: int, action: str, allowed: frozenset[TaskStatus]
+        self, task_id: int, action: str, allowed: frozenset[TaskStatus], who: Principal
     ) -> TaskRecord:
-        task = await self.get_task(task_id)
+        task = await self.get_task(task_id, who)
         if TaskStatus(task.status) not in allowed:
             names = ", ".join(s.value for s in TaskStatus if s in allowed)
             raise FailedPrecondition(
@@ -241,8 +281,9 @@ class Cluster:
             )
         return task
 
-    async def kill(self, task_id: int) -> TaskRecord:
-        task = await self._active_task(task_id, "killed", KILLABLE)
+    async def kill(self, task_id: int, who: Principal) -> TaskRecord:
+        task = await self._active_task(task_id, "killed", KILLABLE, who)
+        self.audit.record(who, "task.kill", task_id)
         if task.status == TaskStatus.PENDING:
             await self.book.move(task, TaskStatus.KILLED, detail="killed while pending")
             return task
@@ -268,8 +309,10 @@ class Cluster:
         allowed: TaskStatus,
         goal: TaskStatus,
         send: Callable[[RunnerLink, int], None],
+        who: Principal,
     ) -> TaskRecord:
-        task = await self._active_task(task_id, action, frozenset({allowed}))
+        task = await self._active_task(task_id, action, frozenset({allowed}), who)
+        self.audit.record(who, f"task.{send.__name__}", task_id)
         link = self.nodes.link_of(task.assigned_node)
         if link is None:
             raise Unavailable(f"runner {task.assigned_node} is not connected; try again later")
@@ -281,14 +324,14 @@ class Cluster:
             raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
         return task
 
-    async def pause(self, task_id: int) -> TaskRecord:
+    async def pause(self, task_id: int, who: Principal) -> TaskRecord:
         return await self._control(
-            task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, RunnerLink.pause
+            task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, RunnerLink.pause, who
         )
 
-    async def resume(self, task_id: int) -> TaskRecord:
+    async def resume(self, task_id: int, who: Principal) -> TaskRecord:
         return await self._control(
-            task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, RunnerLink.resume
+            task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, RunnerLink.resume, who
         )
 
     # ----- placement --------------------------------------------------------------------
@@ -386,9 +429,10 @@ class Cluster:
             for node in selected
         ]
 
-    async def set_draining(self, hostname: str, draining: bool) -> NodeView:
+    async def set_draining(self, hostname: str, draining: bool, who: Principal) -> NodeView:
         node = self.nodes.set_draining(hostname, draining)
         await self.store.run(self.store.set_draining, hostname, draining)
+        self.audit.record(who, "node.drain" if draining else "node.undrain", hostname)
         log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
         if not draining:
             self.kick()
@@ -405,13 +449,26 @@ class Cluster:
 
     # ----- SSH tunnels ------------------------------------------------------------------
 
-    async def open_tunnel(self, task_id: int) -> Tunnel:
-        """A tunnel to a running VPS's sshd through its Runner's link."""
-        task = await self.get_task(task_id)
+    async def _running_vps(self, task_id: int, who: Principal) -> TaskRecord:
+        task = await self.get_task(task_id, who)
         if task.kind != TaskKind.VPS:
             raise FailedPrecondition(f"task {task_id} is not a VPS task")
         if task.status != TaskStatus.RUNNING:
             raise FailedPrecondition(f"task {task_id} is {task.status}, not running")
+        return task
+
+    async def create_ssh_ticket(self, task_id: int, who: Principal) -> tuple[str, datetime]:
+        """A one-time ticket for the SSH proxy port to a running VPS ``who`` may reach."""
+        await self._running_vps(task_id, who)
+        self.audit.record(who, "ssh.ticket", task_id)
+        return self.ssh_tickets.issue(task_id, who)
+
+    async def open_tunnel(self, ticket: str) -> Tunnel:
+        """A tunnel to the sshd of the VPS a ticket was issued for, through its Runner's
+        link (the holder's right to it is checked again)."""
+        held = self.ssh_tickets.redeem(ticket)
+        task_id = held.task_id
+        task = await self._running_vps(task_id, held.who)
         link = self.nodes.link_of(task.assigned_node)
         if link is None:
             raise Unavailable(f"runner {task.assigned_node} of task {task_id} is not connected")

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb, task_pb2
-from hakuriver_common.statuses import NodeStatus, TaskKind, TaskStatus
+from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.admission import Plan
 from hakuriver_host.models import TaskEventRecord, TaskRecord
@@ -47,6 +47,8 @@ def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
         queue_position=queue_position,
         gpu_count=task.gpu_count,
         status_detail=task.status_detail or "",
+        owner=task.owner,
+        network=TaskNetwork(task.network).pb,
     )
 
 
@@ -95,6 +97,7 @@ def dispatch_of(task: TaskRecord) -> rpb.DispatchCommand:
         gpu_ids=task.required_gpus,
         cpus=task.assigned_cpus,
         numa_node_id=task.target_numa_node_id,
+        network=TaskNetwork(task.network).pb,
     )
 
 
@@ -104,8 +107,9 @@ def records_of(
     batch_id: int,
     now: datetime,
     output_paths: Callable[[int], tuple[str, str]],
+    owner: str,
 ) -> list[TaskRecord]:
-    """One pending task row per placement of an admitted plan."""
+    """One pending task row per placement of an admitted plan, owned by ``owner``."""
     return [
         TaskRecord(
             task_id=task_id,
@@ -131,6 +135,8 @@ def records_of(
             stderr_path=output_paths(task_id)[1],
             # Given explicitly: resolving a default_factory per instance is slow.
             assigned_cpus=[],
+            owner=owner,
+            network=plan.network.value,
         )
         for task_id, placement in zip(task_ids, plan.placements, strict=True)
     ]

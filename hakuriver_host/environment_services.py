@@ -18,9 +18,11 @@ from hakuriver_common.proto.hakuriver.v1 import (
     shell_service_pb2 as spb,
     shell_service_pb2_grpc,
 )
+from hakuriver_host.audit import AuditLog
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import ApiError, InvalidArgument
+from hakuriver_host.identity import caller
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.2
@@ -34,6 +36,9 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     def __init__(self, manager: EnvironmentManager, cluster: Cluster) -> None:
         self.manager = manager
         self.cluster = cluster
+
+    def _audit(self, action: str, target: str) -> None:
+        self.cluster.audit.record(caller(), f"environment.{action}", target)
 
     def _tarball_pb(self, tarball: TarballFile) -> epb.Tarball:
         loaded_on = self.cluster.environment_loaded_on(tarball.name, tarball.timestamp)
@@ -54,6 +59,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     ) -> epb.CreateContainerResponse:
         if not request.image:
             raise InvalidArgument("image: must not be empty")
+        self._audit("create", f"{request.name or request.image} from {request.image}")
         fields = await asyncio.to_thread(self.manager.create_container, request.image, request.name)
         return epb.CreateContainerResponse(container=_container_pb(fields))
 
@@ -66,18 +72,21 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def StartContainer(
         self, request: epb.StartContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.StartContainerResponse:
+        self._audit("start", request.name)
         fields = await asyncio.to_thread(self.manager.start_container, request.name)
         return epb.StartContainerResponse(container=_container_pb(fields))
 
     async def StopContainer(
         self, request: epb.StopContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.StopContainerResponse:
+        self._audit("stop", request.name)
         fields = await asyncio.to_thread(self.manager.stop_container, request.name)
         return epb.StopContainerResponse(container=_container_pb(fields))
 
     async def DeleteContainer(
         self, request: epb.DeleteContainerRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteContainerResponse:
+        self._audit("delete", request.name)
         await asyncio.to_thread(self.manager.delete_container, request.name)
         return epb.DeleteContainerResponse()
 
@@ -106,6 +115,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def CreateTar(
         self, request: epb.CreateTarRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[epb.CreateTarResponse]:
+        self._audit("create_tar", request.name)
         async for item in self._with_progress(self.manager.create_tar, request.name):
             if isinstance(item, int):
                 yield epb.CreateTarResponse(bytes_written=item)
@@ -121,6 +131,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def DeleteTar(
         self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteTarResponse:
+        self._audit("delete_tar", request.name)
         removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
         return epb.DeleteTarResponse(removed=removed)
 
@@ -133,6 +144,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         first = await anext(requests)
         if first.WhichOneof("payload") != "name":
             raise InvalidArgument("name: the first message must name the environment")
+        self._audit("import_rootfs", first.name)
         upload = await asyncio.to_thread(self.manager.upload_path, first.name)
         with upload.open("wb") as out:
             async for message in requests:
@@ -146,8 +158,9 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
 class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
     """A process in a Host environment container, bridged to one bidirectional stream."""
 
-    def __init__(self, manager: EnvironmentManager) -> None:
+    def __init__(self, manager: EnvironmentManager, audit: AuditLog) -> None:
         self.manager = manager
+        self.audit = audit
 
     async def Shell(
         self,
@@ -159,6 +172,7 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
         if first.WhichOneof("payload") != "start":
             raise InvalidArgument("start: the first message must be start")
         start = first.start
+        self.audit.record(caller(), "environment.shell", start.name)
         shell = await asyncio.to_thread(
             self.manager.open_shell,
             start.name,

@@ -23,9 +23,22 @@ class NotFound(ApiError):
     """The request names a task, node or environment that does not exist."""
 
 
+class Hidden(NotFound):
+    """Something exists but the caller may not see it (another user's task): answered
+    exactly as a missing one, and audited as a refusal."""
+
+
 class FailedPrecondition(ApiError):
     """The request is fine but the thing it acts on is in the wrong state."""
 
 
 class Unavailable(ApiError):
     """A part the request needs (a Runner, Docker) cannot be reached now; retry later."""
+
+
+class Unauthenticated(ApiError):
+    """The call carries no valid credential (none, unknown, expired or revoked)."""
+
+
+class PermissionDenied(ApiError):
+    """The caller is known but their role does not allow this; the message names what."""

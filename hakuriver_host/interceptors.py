@@ -1,4 +1,5 @@
-"""The one server interceptor: domain errors to gRPC status codes, and request metrics.
+"""The one server interceptor: who is calling and may they, domain errors to gRPC status
+codes, refusals to the audit log, and request metrics.
 
 Every RPC of every service passes through it, unary and streaming alike, so servicers raise
 ``ApiError`` subclasses and never call ``context.abort`` themselves.
@@ -14,13 +15,20 @@ from typing import Any
 
 import grpc
 
+from hakuriver_host.access import Access
+from hakuriver_host.audit import AuditLog, Outcome
+from hakuriver_host.authorization import RIGHTS, Right, refusal
 from hakuriver_host.errors import (
     ApiError,
     FailedPrecondition,
+    Hidden,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
+from hakuriver_host.identity import ANONYMOUS, Principal, set_caller
 from hakuriver_host.metrics import HostMetrics
 
 log = logging.getLogger(__name__)
@@ -30,6 +38,8 @@ STATUS_CODES: dict[type[ApiError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -65,9 +75,23 @@ class _Method:
 Behaviour = Callable[[Any, Any], Any]
 
 
+def _bearer(details: grpc.HandlerCallDetails) -> str:
+    for key, value in details.invocation_metadata or ():
+        if key == "authorization":
+            text = value if isinstance(value, str) else value.decode()
+            scheme, _, secret = text.partition(" ")
+            return secret.strip() if scheme.lower() == "bearer" else ""
+    return ""
+
+
 class ApiInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: HostMetrics) -> None:
+    """Authenticates and authorises every call (authorization.RIGHTS), hands the principal
+    to the servicer (identity.caller), maps domain errors, audits refusals, counts calls."""
+
+    def __init__(self, metrics: HostMetrics, access: Access, audit: AuditLog) -> None:
         self.metrics = metrics
+        self.access = access
+        self.audit = audit
         self._series: dict[str, _Method] = {}
 
     def _series_of(self, method: str) -> _Method:
@@ -75,6 +99,24 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if series is None:
             series = self._series[method] = _Method(self.metrics, method)
         return series
+
+    def _authorise(self, details: grpc.HandlerCallDetails) -> tuple[Principal, ApiError | None]:
+        method = details.method
+        if RIGHTS.get(method) is Right.PUBLIC:
+            return ANONYMOUS, None
+        if self.access.open:
+            return self.access.anyone, None
+        try:
+            who = self.access.authenticate(_bearer(details))
+        except Unauthenticated as exc:
+            return ANONYMOUS, exc
+        why = refusal(method, who)
+        return who, None if why is None else PermissionDenied(why)
+
+    def _refused(self, who: Principal, method: str, exc: ApiError, context: Any) -> None:
+        self.audit.record(
+            who, "rpc", method, Outcome.REFUSED, f"{type(exc).__name__}: {exc}", context.peer()
+        )
 
     async def intercept_service(
         self,
@@ -85,68 +127,92 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        who, refused = self._authorise(handler_call_details)
+        call = _Call(self, method, who, refused)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                call.unary(handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary),
+                call.unary(handler.stream_unary),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._streaming(method, handler.unary_stream),
+                call.streaming(handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._streaming(method, handler.stream_stream),
+            call.streaming(handler.stream_stream),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, method: str, inner: Behaviour) -> Behaviour:
-        series = self._series_of(method)
 
+class _Call:
+    """One call: its principal (or why it is refused) around the servicer's behaviour."""
+
+    def __init__(
+        self, owner: ApiInterceptor, method: str, who: Principal, refused: ApiError | None
+    ) -> None:
+        self.owner = owner
+        self.method = method
+        self.who = who
+        self.refused = refused
+        self.series = owner._series_of(method)
+
+    def _enter(self) -> None:
+        if self.refused is not None:
+            raise self.refused
+        set_caller(self.who)
+
+    async def _fail(self, exc: ApiError, context: Any) -> None:
+        if isinstance(exc, Unauthenticated | PermissionDenied | Hidden):
+            self.owner._refused(self.who, self.method, exc, context)
+        await context.abort(status_code(exc), exc.message)
+
+    def unary(self, inner: Behaviour) -> Behaviour:
         async def call(request: Any, context: Any) -> Any:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
+                self._enter()
                 return await inner(request, context)
             except ApiError as exc:
                 error = exc
-                await context.abort(status_code(exc), exc.message)
+                await self._fail(exc, context)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                series.record(start, error, context)
+                self.series.record(start, error, context)
 
         return call
 
-    def _streaming(self, method: str, inner: Behaviour) -> Behaviour:
+    def streaming(self, inner: Behaviour) -> Behaviour:
         if not inspect.isasyncgenfunction(inner):
             # Handlers that write with ``context.write`` (the standard health service).
-            return self._unary(method, inner)
-        series = self._series_of(method)
+            return self.unary(inner)
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
+                self._enter()
                 async for response in inner(request, context):
                     yield response
             except ApiError as exc:
                 error = exc
-                await context.abort(status_code(exc), exc.message)
+                await self._fail(exc, context)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
-                series.record(start, error, context)
+                self.series.record(start, error, context)
 
         return stream

@@ -63,6 +63,9 @@ class TaskRecord(SQLModel, table=True):
     gpu_count: int = 0
     status_detail: str = ""
     ssh_public_key: str = ""
+    # The user who submitted it ("" for tasks from before identities existed).
+    owner: str = Field(default="", index=True)
+    network: str = "host"
 
 
 class TaskEventRecord(SQLModel, table=True):
@@ -73,3 +76,50 @@ class TaskEventRecord(SQLModel, table=True):
     status: str
     at: datetime = Field(default_factory=utcnow)
     detail: str = ""
+
+
+class UserRecord(SQLModel, table=True):
+    __tablename__ = "users"
+
+    name: str = Field(primary_key=True)
+    role: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiTokenRecord(SQLModel, table=True):
+    """An API token; only the SHA-256 of its secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    token_id: str = Field(primary_key=True)
+    secret_hash: str = Field(unique=True)
+    user: str = Field(index=True)
+    description: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class RunnerCredentialRecord(SQLModel, table=True):
+    """The credential a Runner received on its first join; only its SHA-256 is kept."""
+
+    __tablename__ = "runner_credentials"
+
+    hostname: str = Field(primary_key=True)
+    secret_hash: str = Field(unique=True)
+    issued_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class AuditRecord(SQLModel, table=True):
+    __tablename__ = "audit_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = Field(index=True)
+    role: str = ""
+    action: str = Field(index=True)
+    target: str = ""
+    outcome: str
+    detail: str = ""
+    peer: str = ""

@@ -24,6 +24,8 @@ class RunnerLink:
         self._room.set()
         # Dispatched task ids -> when, until the Runner reports each running.
         self._unacknowledged: dict[int, float] = {}
+        # Tasks not its own this Runner reported on (audited once each).
+        self._foreign: set[int] = set()
         self.closed = False
 
     def send(self, message: rpb.ConnectResponse) -> None:
@@ -46,6 +48,13 @@ class RunnerLink:
         if not self.closed:
             self.closed = True
             self.outbox.put_nowait(None)
+
+    def first_foreign(self, task_id: int) -> bool:
+        """True the first time this link reports on ``task_id`` that is not its own."""
+        if task_id in self._foreign or len(self._foreign) >= 1000:
+            return False
+        self._foreign.add(task_id)
+        return True
 
     # ----- commands ---------------------------------------------------------------------
 

@@ -14,8 +14,11 @@ from collections.abc import Callable
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.access import Access
+from hakuriver_host.audit import AuditLog, Outcome
 from hakuriver_host.convert import dispatch_of
-from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.errors import InvalidArgument, PermissionDenied
+from hakuriver_host.identity import Kind, Principal
 from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskRecord, utcnow
@@ -45,6 +48,8 @@ class RunnerGateway:
         book: TaskBook,
         tunnels: TunnelHub,
         kick: Callable[[], None],
+        access: Access,
+        audit: AuditLog,
     ) -> None:
         self.config = config
         self.store = store
@@ -54,6 +59,8 @@ class RunnerGateway:
         self.book = book
         self.tunnels = tunnels
         self.kick = kick
+        self.access = access
+        self.audit = audit
 
     async def run_monitor(self) -> None:
         """Check for silent Runners, forever."""
@@ -66,14 +73,42 @@ class RunnerGateway:
             except Exception:
                 log.exception("runner check failed")
 
-    async def connect(self, reg: rpb.RegisterRunner) -> tuple[RunnerLink, rpb.RegisterAck]:
-        """A Runner registered: reconcile its tasks with ours, and open its link."""
+    async def _admit(self, hostname: str, who: Principal, peer: str) -> str:
+        """May ``who`` register as ``hostname``? A new credential's secret when it joined
+        with the join token; PermissionDenied (audited) when it may not."""
+        why = ""
+        if who.kind is Kind.RUNNER and who.name != hostname:
+            why = f"register: this credential belongs to runner {who.name}, not {hostname}"
+        elif who.kind is Kind.JOINING and self.access.runner_registered(hostname):
+            why = (
+                f"register: runner {hostname} is registered with its own credential; the "
+                "join token cannot take its place (an admin can revoke it: "
+                f"hakuriver.admin runner revoke {hostname})"
+            )
+        elif who.kind not in (Kind.RUNNER, Kind.JOINING, Kind.USER):
+            why = "register: a runner credential or the join token is needed"
+        if why:
+            self.audit.record(who, "runner.register", hostname, Outcome.REFUSED, why, peer)
+            raise PermissionDenied(why)
+        if who.kind is not Kind.JOINING:
+            return ""
+        secret = await self.access.issue_runner_credential(hostname)
+        self.audit.record(who, "runner.join", hostname, peer=peer, detail="credential issued")
+        return secret
+
+    async def connect(
+        self, reg: rpb.RegisterRunner, who: Principal, peer: str = ""
+    ) -> tuple[RunnerLink, rpb.RegisterAck]:
+        """A Runner registered: check who it is, reconcile its tasks with ours, and open its
+        link."""
         if not reg.hostname:
             raise InvalidArgument("register: hostname must not be empty")
+        credential = await self._admit(reg.hostname, who, peer)
         node, link = self.nodes.connect(reg)
         try:
             await self.store.save_node(node.record())
             ack = await self._reconcile(link, reg)
+            ack.runner_credential = credential
         except BaseException:
             self.gone(link)
             raise
@@ -133,6 +168,8 @@ class RunnerGateway:
         kind = msg.WhichOneof("payload")
         if kind == "log_chunk":
             chunk = msg.log_chunk
+            if not self._owns(link, chunk.task_id, "log chunk"):
+                return
             stream = LOG_STREAMS.get(chunk.stream, STDERR)
             await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
             self.metrics.log_bytes.inc(len(chunk.data))
@@ -146,9 +183,26 @@ class RunnerGateway:
         else:
             log.warning("runner %s sent unexpected %s", link.hostname, kind)
 
+    def _owns(self, link: RunnerLink, task_id: int, what: str) -> bool:
+        """Is the task active and placed on this link's Runner? A Runner reports only on
+        its own tasks; anything else is dropped (and audited once per task and link)."""
+        task = self.book.active.get(task_id)
+        if task is not None and task.assigned_node == link.hostname:
+            return True
+        if link.first_foreign(task_id):
+            self.audit.record(
+                Principal(Kind.RUNNER, link.hostname),
+                "runner.report",
+                task_id,
+                Outcome.REFUSED,
+                f"{what} for a task not running on {link.hostname}",
+            )
+        return False
+
     async def _on_task_state(self, link: RunnerLink, report: rpb.TaskStateReport) -> None:
         task = self.book.active.get(report.task_id)
         if task is not None and task.assigned_node != link.hostname:
+            self._owns(link, report.task_id, "state report")
             task = None
         facts = None
         if task is not None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
-from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2,
+    access_service_pb2_grpc,
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     environment_service_pb2,
     environment_service_pb2_grpc,
     log_service_pb2,
@@ -25,17 +29,27 @@ from hakuriver_common.proto.hakuriver.v1 import (
     runner_service_pb2_grpc,
     shell_service_pb2,
     shell_service_pb2_grpc,
+    ssh_service_pb2,
+    ssh_service_pb2_grpc,
     task_service_pb2,
     task_service_pb2_grpc,
 )
 from hakuriver_common.service import stop_on_signals
+from hakuriver_host.access_services import AccessService, AuditService
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.services import LogService, NodeService, RunnerService, TaskService
+from hakuriver_host.metrics_http import serve_metrics
+from hakuriver_host.services import (
+    LogService,
+    NodeService,
+    RunnerService,
+    SshService,
+    TaskService,
+)
 from hakuriver_host.ssh_proxy import SshProxy
 from hakuriver_host.store import Store
 
@@ -52,6 +66,9 @@ SERVICE_NAMES = (
     runner_service_pb2.DESCRIPTOR.services_by_name["RunnerService"].full_name,
     environment_service_pb2.DESCRIPTOR.services_by_name["EnvironmentService"].full_name,
     shell_service_pb2.DESCRIPTOR.services_by_name["ShellService"].full_name,
+    access_service_pb2.DESCRIPTOR.services_by_name["AccessService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    ssh_service_pb2.DESCRIPTOR.services_by_name["SshService"].full_name,
 )
 
 
@@ -62,6 +79,53 @@ class ListenError(OSError):
         code = getattr(reason, "errno", None)
         why = os.strerror(code) if code else str(reason)
         super().__init__(f"cannot listen on {host}:{port} for the {what}: {why}")
+
+
+class SecurityConfigError(OSError):
+    """The config asks for something the Host refuses to run with (a one-line reason)."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_security(config: Config) -> None:
+    """Plaintext and open (unauthenticated) Hosts only on a loopback address."""
+    bind = config.network.host_bind_ip
+    if _is_loopback(bind):
+        return
+    if config.tls.plaintext:
+        raise SecurityConfigError(
+            f"tls.plaintext = true is allowed only on a loopback address, not {bind}: "
+            "create certificates with hakuriver.init tls"
+        )
+    if not config.auth.authentication:
+        raise SecurityConfigError(
+            f"auth.authentication = false is allowed only on a loopback address, not {bind}"
+        )
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """The Host's TLS identity; None for plaintext. One clear line when files are missing."""
+    if config.tls.plaintext:
+        return None
+    tls = config.tls
+    pems = []
+    for key in ("key_file", "cert_file"):
+        path = tls.path(key)
+        try:
+            pems.append(path.read_bytes())
+        except OSError as exc:
+            raise SecurityConfigError(
+                f"cannot read tls.{key} {path}: {exc.strerror} (create it with "
+                "hakuriver.init tls, or set tls.plaintext = true on a loopback address)"
+            ) from None
+    return grpc.ssl_server_credentials([(pems[0], pems[1])])
 
 
 class HostServer:
@@ -75,7 +139,7 @@ class HostServer:
         self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
         self.cluster = Cluster(config, self.store, self.logs, self.metrics)
         self.server = grpc.aio.server(
-            interceptors=[ApiInterceptor(self.metrics)],
+            interceptors=[ApiInterceptor(self.metrics, self.cluster.access, self.cluster.audit)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -107,8 +171,15 @@ class HostServer:
             EnvironmentService(self.environments, self.cluster), self.server
         )
         shell_service_pb2_grpc.add_ShellServiceServicer_to_server(
-            ShellService(self.environments), self.server
+            ShellService(self.environments, self.cluster.audit), self.server
         )
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(
+            AccessService(self.cluster), self.server
+        )
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditService(self.cluster.audit), self.server
+        )
+        ssh_service_pb2_grpc.add_SshServiceServicer_to_server(SshService(self.cluster), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -117,9 +188,9 @@ class HostServer:
         self.port = 0
         self.metrics_port = 0
         self.ssh_proxy_port = 0
-        self._http: Any = None
+        self._http: WSGIServer | None = None
 
-    def _listen_grpc(self, host: str, port: int) -> int:
+    def _listen_grpc(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
         # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
         # bind first gives the reason in one line. SO_REUSEADDR as a server has it: the
         # connections of a Host that just stopped (TIME_WAIT) must not block its restart,
@@ -129,7 +200,9 @@ class HostServer:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((host, port))
-            return self.server.add_insecure_port(f"{host}:{port}")
+            if credentials is None:
+                return self.server.add_insecure_port(f"{host}:{port}")
+            return self.server.add_secure_port(f"{host}:{port}", credentials)
         except OSError as exc:
             raise ListenError("gRPC API", host, port, exc) from None
         except RuntimeError:
@@ -139,10 +212,15 @@ class HostServer:
         """Listen on every port first, so a port that is taken stops the Host before it
         has started anything; then load the state and serve."""
         net = self.config.network
-        self.port = self._listen_grpc(net.host_bind_ip, net.host_port)
+        check_security(self.config)
+        credentials = server_credentials(self.config)
+        self.port = self._listen_grpc(net.host_bind_ip, net.host_port, credentials)
         try:
-            self._http, _thread = start_http_server(
-                net.metrics_port, addr=net.metrics_bind_ip, registry=self.metrics.registry
+            self._http = serve_metrics(
+                self.metrics.registry,
+                net.metrics_bind_ip,
+                net.metrics_port,
+                self.config.auth.metrics_token,
             )
         except OSError as exc:
             raise ListenError("metrics", net.metrics_bind_ip, net.metrics_port, exc) from None
@@ -160,7 +238,8 @@ class HostServer:
         if self.prepare_default_environment:
             self._default_env = asyncio.create_task(self._ensure_default_environment())
         log.info(
-            "host serving gRPC on %s:%d, SSH proxy on port %d, metrics on http://%s:%d/metrics",
+            "host serving gRPC (%s) on %s:%d, SSH proxy on port %d, metrics on http://%s:%d/metrics",
+            "plaintext" if credentials is None else "TLS",
             net.host_bind_ip,
             self.port,
             self.ssh_proxy_port,

@@ -20,14 +20,18 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_service_pb2_grpc,
     runner_service_pb2 as rpb,
     runner_service_pb2_grpc,
+    ssh_service_pb2 as spb,
+    ssh_service_pb2_grpc,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
 from hakuriver_common.statuses import NodeStatus
+from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.identity import Principal, caller
 from hakuriver_host.models import TaskRecord
 from hakuriver_host.nodes import NodeView
 
@@ -41,7 +45,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def SubmitTask(
         self, request: tpb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.SubmitTaskResponse:
-        tasks, batch_id = await self.cluster.submit(request)
+        tasks, batch_id = await self.cluster.submit(request, caller())
         return tpb.SubmitTaskResponse(
             tasks=[task_to_pb(t, self.cluster.queue_position(t)) for t in tasks],
             batch_id=batch_id,
@@ -50,7 +54,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def GetTask(
         self, request: tpb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.GetTaskResponse:
-        task, position, events = await self.cluster.get_task_with_events(request.task_id)
+        task, position, events = await self.cluster.get_task_with_events(request.task_id, caller())
         return tpb.GetTaskResponse(
             task=task_to_pb(task, position), events=[event_to_pb(e) for e in events]
         )
@@ -58,13 +62,13 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTasks(
         self, request: tpb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> tpb.ListTasksResponse:
-        found = await self.cluster.list_tasks(request)
+        found = await self.cluster.list_tasks(request, caller())
         return tpb.ListTasksResponse(tasks=[task_to_pb(t, p) for t, p in found])
 
     async def _act(
-        self, action: Callable[[int], Awaitable[TaskRecord]], task_id: int
+        self, action: Callable[[int, Principal], Awaitable[TaskRecord]], task_id: int
     ) -> task_pb2.Task:
-        return task_to_pb(await action(task_id))
+        return task_to_pb(await action(task_id, caller()))
 
     async def KillTask(
         self, request: tpb.KillTaskRequest, context: grpc.aio.ServicerContext
@@ -84,7 +88,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def WatchTask(
         self, request: tpb.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tpb.WatchTaskResponse]:
-        async for task in self.cluster.watch(request.task_id):
+        async for task in self.cluster.watch(request.task_id, caller()):
             yield tpb.WatchTaskResponse(task=task_to_pb(task))
 
 
@@ -96,7 +100,7 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
         self, request: lpb.ReadLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lpb.ReadLogResponse]:
         async for offset, data in self.cluster.read_log(
-            request.task_id, request.stream, request.offset, request.follow
+            request.task_id, request.stream, request.offset, request.follow, caller()
         ):
             yield lpb.ReadLogResponse(offset=offset, data=data)
 
@@ -120,7 +124,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         )
 
     async def _drain(self, hostname: str, draining: bool) -> node_pb2.Node:
-        node = await self.cluster.set_draining(hostname, draining)
+        node = await self.cluster.set_draining(hostname, draining, caller())
         (summary,) = self.cluster.node_summaries(node.hostname)
         return node_to_pb(*summary)
 
@@ -168,7 +172,7 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
             return
         if first.WhichOneof("payload") != "register":
             raise InvalidArgument("register: the first message must be register")
-        link, ack = await self.runners.connect(first.register)
+        link, ack = await self.runners.connect(first.register, caller(), context.peer())
         yield rpb.ConnectResponse(registered=ack)
 
         async def read_loop() -> None:
@@ -189,3 +193,14 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
         finally:
             reader.cancel()
             self.runners.gone(link)
+
+
+class SshService(ssh_service_pb2_grpc.SshServiceServicer):
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    async def CreateSshTicket(
+        self, request: spb.CreateSshTicketRequest, context: grpc.aio.ServicerContext
+    ) -> spb.CreateSshTicketResponse:
+        ticket, expires = await self.cluster.create_ssh_ticket(request.task_id, caller())
+        return spb.CreateSshTicketResponse(ticket=ticket, expires_at=to_timestamp(expires))

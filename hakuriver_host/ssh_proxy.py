@@ -1,9 +1,12 @@
 """The Host's SSH proxy: TCP clients reach a VPS's sshd through its Runner's Connect stream.
 
-A client connects to ``host_ssh_proxy_port`` and sends ``REQUEST_TUNNEL <task_id>\\n``. The
-Host checks the task is a running VPS, asks the Runner (on the stream the Runner opened) to
-connect to the sshd, answers ``SUCCESS\\n`` or ``ERROR <reason>\\n``, then relays bytes both
-ways. The Host never dials a Runner; SSH authentication stays between ssh and sshd.
+A client first gets a one-time ticket through the authenticated API
+(SshService.CreateSshTicket: only the VPS's owner or an operator gets one), connects to
+``host_ssh_proxy_port`` and sends ``TICKET <ticket>\\n``. The Host redeems the ticket, checks
+the task is still a running VPS its holder may reach, asks the Runner (on the stream the
+Runner opened) to connect to that VPS's sshd, and nothing else, answers ``SUCCESS\\n`` or
+``ERROR <reason>\\n``, then relays bytes both ways. The Host never dials a Runner; SSH
+authentication stays between ssh and sshd.
 
 A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
 behind, so it never stalls the Runner's stream.
@@ -15,7 +18,6 @@ import asyncio
 import contextlib
 import logging
 
-from hakuriver_common.ids import parse_task_id
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError
@@ -44,9 +46,9 @@ class SshProxy:
 
     async def _open(self, line: bytes) -> Tunnel:
         parts = line.decode(errors="replace").split()
-        if len(parts) != 2 or parts[0] != "REQUEST_TUNNEL":
-            raise ValueError("expected: REQUEST_TUNNEL <task_id>")
-        return await self.cluster.open_tunnel(parse_task_id(parts[1]))
+        if len(parts) != 2 or parts[0] != "TICKET":
+            raise ValueError("expected: TICKET <ticket> (get one with SshService.CreateSshTicket)")
+        return await self.cluster.open_tunnel(parts[1])
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hub = self.cluster.tunnels

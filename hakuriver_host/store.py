@@ -70,13 +70,13 @@ class TaskWrite:
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
-        self._writes = GroupCommit(self._apply, self._executor)
-        self._node_writes = GroupCommit(self._save_nodes, self._executor)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
+        self._writes = GroupCommit(self._apply, self.executor)
+        self._node_writes = GroupCommit(self._save_nodes, self.executor)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self.executor, fn, *args)
 
     async def write(
         self,
@@ -121,7 +121,7 @@ class Store:
             session.commit()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self.executor.shutdown(wait=True)
         self.engine.dispose()
 
     # Everything below runs on the store thread through ``run``.
@@ -189,6 +189,7 @@ class Store:
         before_task_id: int,
         kind: str = "",
         submitted_after: datetime | None = None,
+        owner: str = "",
     ) -> list[TaskRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(TaskRecord)
@@ -204,5 +205,7 @@ class Store:
                 query = query.where(TaskRecord.kind == kind)
             if submitted_after is not None:
                 query = query.where(TaskRecord.submitted_at >= submitted_after)
+            if owner:
+                query = query.where(TaskRecord.owner == owner)
             query = query.order_by(TaskRecord.task_id.desc()).limit(limit)  # type: ignore[attr-defined]
             return list(session.exec(query))

@@ -247,7 +247,7 @@ class DockerBackend:
             "labels": labels,
             "environment": environment,
             "mounts": self._mounts(dispatch),
-            "network_mode": "host",
+            "network_mode": "none" if dispatch.network == task_pb2.TASK_NETWORK_NONE else "host",
             "nano_cpus": int(dispatch.cores * 1e9),
             "privileged": dispatch.privileged,
         }

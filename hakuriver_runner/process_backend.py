@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from hakuriver_common.config import Config
+from hakuriver_common.credentials import without_secrets
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.backend import (
     Emit,
@@ -145,7 +146,7 @@ class ProcessBackend:
                     stdout=out,
                     stderr=err,
                     env={
-                        **os.environ,
+                        **without_secrets(dict(os.environ)),
                         **dict(dispatch.env),
                         **task_variables(dispatch, dispatch.gpu_ids),
                     },

@@ -21,13 +21,16 @@ from typing import Any
 
 import grpc
 
+from hakuriver_common.channels import bearer, open_aio_channel
 from hakuriver_common.config import Config
+from hakuriver_common.credentials import CredentialsError
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
     runner_service_pb2_grpc,
 )
 from hakuriver_runner.backoff import backoff_delay
+from hakuriver_runner.credential import RunnerIdentity
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
@@ -67,8 +70,9 @@ class Session:
         self.name = name
         self.docker = docker
         self.supervisor = supervisor
-        self.tunnels = Tunnels(outbox)
+        self.tunnels = Tunnels(outbox, supervisor.ssh_port)
         self.gpus = GpuProbe()
+        self.identity = RunnerIdentity(config)
         self._outbox = outbox
         self._pool = pool
         # Tasks handling the Host's commands and tunnel openings of the current stream.
@@ -89,7 +93,9 @@ class Session:
                 if await self._connect(stop):
                     attempt = 0
             except grpc.aio.AioRpcError as exc:
-                log.warning("connection to host %s: %s", self.config.host_target, exc.code().name)
+                self._log_refusal(exc)
+            except CredentialsError as exc:
+                log.error("cannot join: %s", exc)
             except Exception:
                 log.exception("runner session failed")
             if stop.is_set():
@@ -100,6 +106,13 @@ class Session:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
         self._pool.shutdown()
+
+    def _log_refusal(self, exc: grpc.aio.AioRpcError) -> None:
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            log.error("the host refused this runner: %s (%s)", exc.details(), code.name)
+        else:
+            log.warning("connection to host %s: %s", self.config.host_target, code.name)
 
     async def _register_message(self) -> rpb.ConnectRequest:
         known_task_ids = await self.supervisor.scan()
@@ -127,15 +140,18 @@ class Session:
     async def _connect(self, stop: asyncio.Event) -> bool:
         """One connection; returns True if it got as far as registering."""
         register = await self._register_message()
-        async with grpc.aio.insecure_channel(
-            self.config.host_target, options=CHANNEL_OPTIONS
-        ) as channel:
-            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+        secret = self.identity.secret()
+        async with open_aio_channel(self.config, options=CHANNEL_OPTIONS) as channel:
+            call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect(
+                metadata=bearer(secret)
+            )
             await call.write(register)
             first = await call.read()
             if not isinstance(first, rpb.ConnectResponse) or not first.HasField("registered"):
                 raise ConnectionError("host closed the stream before acknowledging registration")
             ack = first.registered
+            if ack.runner_credential:
+                self.identity.keep(ack.runner_credential)
             log.info(
                 "registered with host %s as %s: adopting %d, discarding %d",
                 self.config.host_target,

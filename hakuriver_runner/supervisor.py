@@ -112,6 +112,13 @@ class Supervisor:
         backend, handle = found
         await self._pool.run(backend.stop, handle, kill.grace_seconds)
 
+    def ssh_port(self, task_id: int) -> int:
+        """The sshd port of a VPS task running here; 0 for anything else."""
+        found = self._handles.get(task_id)
+        if found is None or found[0] is not self.docker:
+            return 0
+        return ssh_port_of(found[1])
+
     async def pause(self, pause: rpb.PauseCommand) -> None:
         await self._freeze(pause.task_id, frozen=True)
 

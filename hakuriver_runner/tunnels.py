@@ -8,6 +8,7 @@ arrival order, which keeps each tunnel's bytes in order.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
@@ -32,11 +33,20 @@ def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
 
 
 class Tunnels:
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(self, outbox: Outbox, ssh_port: Callable[[int], int]) -> None:
+        """``ssh_port``: the sshd port of a VPS task running here (0: none)."""
         self._outbox = outbox
+        self._ssh_port = ssh_port
         self._open: dict[int, _Tunnel] = {}
 
     async def open(self, request: rpb.TunnelOpen) -> None:
+        """Connect to the sshd of a VPS running here, and only that: whatever the Host
+        asks, no tunnel leads anywhere else on this node."""
+        port = self._ssh_port(request.task_id)
+        if not port or port != request.port:
+            error = f"task {request.task_id} is not a VPS with sshd on port {request.port} here"
+            await self._outbox.send(_closed(request.tunnel_id, error))
+            return
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", request.port), CONNECT_SECONDS

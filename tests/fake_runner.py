@@ -6,13 +6,17 @@ running until the test finishes it, fail to start, or say nothing), obeys kill, 
 resume and release, and can drop its stream and come back (with or without the tasks it
 holds) or go silent without closing the stream.
 
-    runner = FakeRunner(target, "node-a", cores=4, answer=HOLD)
+    runner = FakeRunner(host_config, "node-a", cores=4, answer=HOLD)
     await runner.start()
     ...                                # a task is dispatched and reported running
     runner.finish(task_id, exit_code=3)  # it exits; the Host marks it failed
     await runner.stop()
 
 Commands are answered the moment they are read, in order, on the stream's reader.
+
+It dials the Host as the real Runner does (``host_config``: address, TLS, join token):
+with the join token on its first registration, then with the credential it received
+(``credential`` gives one, e.g. to impersonate a node).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from typing import Any, TypeVar
 
 import grpc
 
+from hakuriver_common.channels import bearer, open_aio_channel
+from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
@@ -131,9 +137,10 @@ class FakeRunner:
 
     def __init__(
         self,
-        target: str,
+        host_config: Config,
         hostname: str,
         *,
+        credential: str = "",
         cores: int = 4,
         memory_bytes: int = 8 * GIB,
         numa_nodes: Sequence[node_pb2.NumaNode] | None = None,
@@ -153,7 +160,9 @@ class FakeRunner:
         on_adopt: Callable[[int], None] | None = None,
         on_release: Callable[[int], None] | None = None,
     ) -> None:
-        self.target = target
+        self.host_config = host_config
+        # What it presents: its credential once it has one, else the join token.
+        self.credential = credential
         self.hostname = hostname
         self.cores = cores
         self.memory_bytes = memory_bytes
@@ -301,10 +310,11 @@ class FakeRunner:
 
     async def _register(self) -> None:
         """Open a stream and register on it; it becomes the open session."""
-        owned = None if self._shared_channel else grpc.aio.insecure_channel(self.target)
+        owned = None if self._shared_channel else open_aio_channel(self.host_config)
         channel = self._shared_channel or owned
         assert channel is not None
-        call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+        secret = self.credential or self.host_config.auth.join_token
+        call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect(metadata=bearer(secret))
         try:
             await call.write(self._register_message())
             first = await call.read()
@@ -316,6 +326,8 @@ class FakeRunner:
                 await owned.close()
             raise
         self.ack = first.registered
+        if self.ack.runner_credential:
+            self.credential = self.ack.runner_credential
         self.registrations += 1
         self._outbox = asyncio.Queue()
         for task_id in self.ack.discard_task_ids:
@@ -508,15 +520,18 @@ class Fleet:
     ``options`` go to every FakeRunner."""
 
     def __init__(
-        self, target: str, count: int, name: str, per_channel: int = 100, **options: Any
+        self, host_config: Config, count: int, name: str, per_channel: int = 100, **options: Any
     ) -> None:
         self.channels = [
-            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+            open_aio_channel(host_config, options=[("grpc.use_local_subchannel_pool", 1)])
             for _ in range((count + per_channel - 1) // per_channel)
         ]
         self.runners = [
             FakeRunner(
-                target, name.format(index), channel=self.channels[index // per_channel], **options
+                host_config,
+                name.format(index),
+                channel=self.channels[index // per_channel],
+                **options,
             )
             for index in range(count)
         ]

@@ -9,14 +9,20 @@ the public gRPC API and the runner protocol, so Host internals may change freely
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.config import Config
+from hakuriver_common.credentials import read_secret
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    access_service_pb2_grpc,
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
     node_pb2,
@@ -26,9 +32,11 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskStatus
 from hakuriver_host.server import HostServer
 from tests.fake_runner import FakeRunner, eventually
+from tests.tls import tls_section
 
 DEFAULT_ENV = "hakuriver-base"
 # Fast enough for unit speed, slow enough that a busy test machine does not miss heartbeats:
@@ -60,6 +68,12 @@ def local_config(root: Path, **sections: dict[str, Any]) -> Config:
         "database": {"db_file": root / "host.db", "url": ""},
         "timing": dict(TIMING),
         "docker": {"default_container_name": DEFAULT_ENV},
+        "tls": tls_section(),
+        "auth": {
+            "token": "",
+            "credentials_file": root / "credentials",
+            "join_token": "hkrj_" + secrets.token_urlsafe(16),
+        },
     }
     for name, values in sections.items():
         defaults.setdefault(name, {}).update(values)
@@ -68,6 +82,21 @@ def local_config(root: Path, **sections: dict[str, Any]) -> Config:
 
 def status_of(task: task_pb2.Task) -> TaskStatus:
     return TaskStatus.from_pb(task.status)
+
+
+@dataclass
+class Client:
+    """Stubs of the public services on a channel that sends one user's token."""
+
+    name: str
+    token: str
+    channel: grpc.aio.Channel
+
+    def __post_init__(self) -> None:
+        self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)
+        self.nodes = node_service_pb2_grpc.NodeServiceStub(self.channel)
+        self.logs = log_service_pb2_grpc.LogServiceStub(self.channel)
+        self.access = access_service_pb2_grpc.AccessServiceStub(self.channel)
 
 
 class LocalCluster:
@@ -82,6 +111,8 @@ class LocalCluster:
         self.server: HostServer | None = None
         self.runners: list[FakeRunner] = []
         self._channel: grpc.aio.Channel | None = None
+        self._clients: list[Client] = []
+        self.admin_token = ""
 
     @property
     def target(self) -> str:
@@ -95,16 +126,22 @@ class LocalCluster:
         await server.start()
         self.server = server
         self.config.network.host_port = server.port
-        self._channel = grpc.aio.insecure_channel(self.target)
+        if not self.admin_token and self.config.auth.authentication:
+            self.admin_token = read_secret(self.config.auth.credentials_file)
+        self._channel = open_aio_channel(self.config, self.admin_token)
         self.tasks = task_service_pb2_grpc.TaskServiceStub(self._channel)
         self.nodes = node_service_pb2_grpc.NodeServiceStub(self._channel)
         self.logs = log_service_pb2_grpc.LogServiceStub(self._channel)
+        self.access = access_service_pb2_grpc.AccessServiceStub(self._channel)
 
     async def stop_host(self) -> None:
         """Stop the Host as SIGTERM would; Runners keep trying to reconnect."""
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+        for client in self._clients:
+            await client.channel.close()
+        self._clients.clear()
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
@@ -138,10 +175,24 @@ class LocalCluster:
     async def add_runner(self, hostname: str | None = None, **options: Any) -> FakeRunner:
         """Start a FakeRunner (see its options) and wait until it has registered."""
         name = hostname or f"node-{len(self.runners)}"
-        runner = FakeRunner(self.target, name, **options)
+        runner = FakeRunner(self.config, name, **options)
         self.runners.append(runner)
         await runner.start()
         return runner
+
+    # ----- identities -------------------------------------------------------------------
+
+    def client(self, token: str, name: str = "") -> Client:
+        """Stubs that call with ``token`` (closed with the Host)."""
+        client = Client(name, token, open_aio_channel(self.config, token))
+        self._clients.append(client)
+        return client
+
+    async def add_user(self, name: str, role: Role = Role.USER) -> Client:
+        """A new user with a fresh token, and stubs that call as them."""
+        await self.access.CreateUser(apb.CreateUserRequest(name=name, role=role.pb), timeout=5)
+        reply = await self.access.CreateToken(apb.CreateTokenRequest(user=name), timeout=5)
+        return self.client(reply.secret, name)
 
     # ----- the public API ---------------------------------------------------------------
 

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from hakuriver_common.statuses import TaskKind
-from hakuriver_host.admission import NodeShape, Placement, admit
-from hakuriver_host.errors import ApiError, InvalidArgument, NotFound
+from hakuriver_common.statuses import TaskKind, TaskNetwork
+from hakuriver_host.admission import NodeShape, Placement, Rights, admit
+from hakuriver_host.errors import ApiError, InvalidArgument, NotFound, PermissionDenied
 from hakuriver_host.scheduler import Scheduler
 
+OPERATOR = Rights(elevated=True)
+USER = Rights(elevated=False, mount_roots=("/data", "/scratch/"))
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5 user@lab"
 
 
@@ -32,6 +34,7 @@ class View:
 
     default_container: str = "base"
     tasks_privileged: bool = False
+    default_network: TaskNetwork = TaskNetwork.HOST
     environments: set[str] = field(default_factory=lambda: {"base", "sshd"})
     scheduler: Scheduler = field(default_factory=_scheduler)
 
@@ -119,13 +122,13 @@ def test_bad_input_is_refused_naming_the_field(
     request_: tpb.SubmitTaskRequest, error: type[ApiError], message: str
 ) -> None:
     with pytest.raises(error) as raised:
-        admit(request_, View())
+        admit(request_, View(), OPERATOR)
     assert type(raised.value) is error
     assert raised.value.message.startswith(message)
 
 
 def test_command_plan_has_the_defaults() -> None:
-    plan = admit(cmd(arguments=["hi"], env={"N": "3"}, priority=5), View())
+    plan = admit(cmd(arguments=["hi"], env={"N": "3"}, priority=5), View(), OPERATOR)
     assert plan.kind is TaskKind.COMMAND
     assert (plan.command, plan.arguments, plan.env) == ("echo", ["hi"], {"N": "3"})
     assert (plan.cores, plan.memory_bytes, plan.gpu_count, plan.priority) == (1, 0, 0, 5)
@@ -135,32 +138,32 @@ def test_command_plan_has_the_defaults() -> None:
 
 
 def test_unspecified_kind_is_a_command_and_memory_is_parsed() -> None:
-    plan = admit(tpb.SubmitTaskRequest(command="true", memory="512M", cores=2), View())
+    plan = admit(tpb.SubmitTaskRequest(command="true", memory="512M", cores=2), View(), OPERATOR)
     assert plan.kind is TaskKind.COMMAND
     assert (plan.cores, plan.memory_bytes) == (2, 512 * 10**6)
 
 
 def test_one_placement_per_target() -> None:
-    plan = admit(cmd(targets=[target("a", numa=1, gpus=(1,)), target("b")]), View())
+    plan = admit(cmd(targets=[target("a", numa=1, gpus=(1,)), target("b")]), View(), OPERATOR)
     assert plan.placements == [Placement("a", 1, (1,)), Placement("b", None, ())]
 
 
 def test_vps_plan_keeps_the_key_and_drops_the_command() -> None:
-    plan = admit(vps(command="ignored", ssh_public_key=f"  {KEY}  "), View())
+    plan = admit(vps(command="ignored", ssh_public_key=f"  {KEY}  "), View(), OPERATOR)
     assert plan.kind is TaskKind.VPS
     assert (plan.command, plan.cores, plan.ssh_public_key) == ("", 0, KEY)
 
 
 def test_null_container_runs_unprivileged_even_when_the_config_says_privileged() -> None:
     view = View(tasks_privileged=True)
-    assert not admit(cmd(container_name="NULL"), view).privileged
-    assert admit(cmd(), view).privileged
-    assert admit(cmd(privileged=True), View()).privileged
+    assert not admit(cmd(container_name="NULL"), view, OPERATOR).privileged
+    assert admit(cmd(), view, OPERATOR).privileged
+    assert admit(cmd(privileged=True), View(), OPERATOR).privileged
 
 
 def test_mounts_are_kept_with_their_mode() -> None:
     request = cmd(mounts=[task_pb2.Mount(host_path="/d", container_path="/data", read_only=True)])
-    assert admit(request, View()).mounts == [
+    assert admit(request, View(), OPERATOR).mounts == [
         {"host_path": "/d", "container_path": "/data", "read_only": True}
     ]
 
@@ -168,4 +171,55 @@ def test_mounts_are_kept_with_their_mode() -> None:
 def test_with_no_runner_every_submission_is_refused() -> None:
     view = View(scheduler=Scheduler(starvation_seconds=600))
     with pytest.raises(InvalidArgument, match="no runner has registered yet"):
-        admit(cmd(), view)
+        admit(cmd(), view, OPERATOR)
+
+
+def mount(host_path: str) -> task_pb2.Mount:
+    return task_pb2.Mount(host_path=host_path, container_path="/m")
+
+
+USER_REFUSED = [
+    (cmd(container_name="NULL"), "container_name: host-process (NULL) tasks run as the runner's "
+     "user on the node and need the operator role"),
+    (cmd(privileged=True), "privileged: privileged containers need the operator role"),
+    (cmd(mounts=[mount("/etc")]), "mounts: /etc is outside the paths users may mount "
+     "(allowed: /data, /scratch); operators may mount anywhere"),
+    (cmd(mounts=[mount("/data/../etc")]), "mounts: /data/../etc is outside"),
+    (cmd(mounts=[mount("/database")]), "mounts: /database is outside"),
+    (cmd(mounts=[mount("/data/x"), mount("/")]), "mounts: / is outside"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("request_", "message"), USER_REFUSED)
+def test_plain_users_are_refused_what_needs_an_operator(
+    request_: tpb.SubmitTaskRequest, message: str
+) -> None:
+    with pytest.raises(PermissionDenied) as raised:
+        admit(request_, View(), USER)
+    assert raised.value.message.startswith(message)
+    admit(request_, View(), OPERATOR)
+
+
+def test_plain_users_mount_under_the_allowed_roots_only() -> None:
+    plan = admit(cmd(mounts=[mount("/data"), mount("/scratch/a/b")]), View(), USER)
+    assert [m["host_path"] for m in plan.mounts] == ["/data", "/scratch/a/b"]
+    with pytest.raises(PermissionDenied, match="allowed: none"):
+        admit(cmd(mounts=[mount("/data")]), View(), Rights(elevated=False))
+
+
+def test_the_network_is_chosen_per_task_with_the_admins_default() -> None:
+    none = task_pb2.TASK_NETWORK_NONE
+    assert admit(cmd(), View(), USER).network is TaskNetwork.HOST
+    isolated = View(default_network=TaskNetwork.NONE)
+    assert admit(cmd(), isolated, USER).network is TaskNetwork.NONE
+    assert (
+        admit(cmd(network=task_pb2.TASK_NETWORK_HOST), isolated, USER).network is TaskNetwork.HOST
+    )
+    assert admit(cmd(network=none), View(), USER).network is TaskNetwork.NONE
+    # A VPS is reached through the node's network; a host process has no other.
+    assert admit(vps(), isolated, USER).network is TaskNetwork.HOST
+    assert admit(cmd(container_name="NULL"), isolated, OPERATOR).network is TaskNetwork.HOST
+    with pytest.raises(InvalidArgument, match="network: a VPS needs the host network"):
+        admit(vps(network=none), View(), USER)
+    with pytest.raises(InvalidArgument, match="network: a host-process"):
+        admit(cmd(container_name="NULL", network=none), View(), OPERATOR)

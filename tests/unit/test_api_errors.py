@@ -10,6 +10,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from hakuriver_common.channels import bearer, open_aio_channel
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     node_pb2,
@@ -79,8 +80,9 @@ async def test_streaming_rpcs_report_domain_errors_with_their_codes(
 
 
 async def test_runner_stream_must_start_with_register(local_cluster: LocalCluster) -> None:
-    async with grpc.aio.insecure_channel(local_cluster.target) as channel:
-        call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect()
+    async with open_aio_channel(local_cluster.config) as channel:
+        stub = runner_service_pb2_grpc.RunnerServiceStub(channel)
+        call = stub.Connect(metadata=bearer(local_cluster.config.auth.join_token))
         await call.write(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=node_pb2.Health())))
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await call.read()

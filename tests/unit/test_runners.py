@@ -171,7 +171,7 @@ async def test_dispatch_lost_with_the_stream_is_sent_again(local_cluster: LocalC
 
 
 async def test_a_runner_with_no_hostname_is_refused(local_cluster: LocalCluster) -> None:
-    runner = FakeRunner(local_cluster.target, "", reconnect=False)
+    runner = FakeRunner(local_cluster.config, "", reconnect=False)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await runner.start()
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

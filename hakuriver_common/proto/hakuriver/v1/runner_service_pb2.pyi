@@ -241,8 +241,13 @@ class RegisterAck(_message.Message):
     ADOPT_FIELD_NUMBER: _builtins.int
     DISCARD_TASK_IDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    RUNNER_CREDENTIAL_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
     """Seconds between heartbeats."""
+    runner_credential: _builtins.str
+    """Issued when the Runner joined with the join token: it presents this secret from now
+    on (keep it 0600). Empty when the Runner presented its credential.
+    """
     @_builtins.property
     def adopt(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdoptTask]:
         """Tasks to keep supervising."""
@@ -257,10 +262,11 @@ class RegisterAck(_message.Message):
         adopt: _abc.Iterable[Global___AdoptTask] | None = ...,
         discard_task_ids: _abc.Iterable[_builtins.int] | None = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
+        runner_credential: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopt", b"adopt", "discard_task_ids", b"discard_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopt", b"adopt", "discard_task_ids", b"discard_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "runner_credential", b"runner_credential"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -449,6 +455,7 @@ class DispatchCommand(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     NUMA_NODE_ID_FIELD_NUMBER: _builtins.int
     SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     image: _builtins.str
@@ -463,6 +470,7 @@ class DispatchCommand(_message.Message):
     """NUMA node whose memory the task is bound to; unset means no binding."""
     ssh_public_key: _builtins.str
     """VPS: the public key allowed to log in as root."""
+    network: _task_pb2.TaskNetwork.ValueType
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -495,10 +503,11 @@ class DispatchCommand(_message.Message):
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         numa_node_id: _builtins.int | None = ...,
         ssh_public_key: _builtins.str = ...,
+        network: _task_pb2.TaskNetwork.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "numa_node_id", b"numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "cpus", b"cpus", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "numa_node_id", b"numa_node_id", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "cpus", b"cpus", "env", b"env", "gpu_ids", b"gpu_ids", "image", b"image", "kind", b"kind", "memory_bytes", b"memory_bytes", "mounts", b"mounts", "network", b"network", "numa_node_id", b"numa_node_id", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__numa_node_id: _TypeAlias = _typing.Literal["numa_node_id"]  # noqa: Y015
     _WhichOneofArgType__numa_node_id: _TypeAlias = _typing.Literal["_numa_node_id", b"_numa_node_id"]  # noqa: Y015

@@ -52,7 +52,9 @@ class RunnerServiceServicer:
 
     def Connect(self, request_iterator, context):
         """Connect: the runner's first message must be `register`; the Host answers with
-        `registered`, then both sides send as they please.
+        `registered`, then both sides send as they please. The call carries
+        "authorization: Bearer <secret>": the Runner's credential, or on its first join the
+        cluster's join token (see docs/security.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,9 @@ class RunnerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RunnerServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_runner_service_pb2.ConnectRequest, _runner_service_pb2.ConnectResponse]
     """Connect: the runner's first message must be `register`; the Host answers with
-    `registered`, then both sides send as they please.
+    `registered`, then both sides send as they please. The call carries
+    "authorization: Bearer <secret>": the Runner's credential, or on its first join the
+    cluster's join token (see docs/security.md).
     """
 
 @_typing.type_check_only
@@ -51,7 +53,9 @@ class RunnerServiceAsyncStub(RunnerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_runner_service_pb2.ConnectRequest, _runner_service_pb2.ConnectResponse]  # type: ignore[assignment]
     """Connect: the runner's first message must be `register`; the Host answers with
-    `registered`, then both sides send as they please.
+    `registered`, then both sides send as they please. The call carries
+    "authorization: Bearer <secret>": the Runner's credential, or on its first join the
+    cluster's join token (see docs/security.md).
     """
 
 class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,7 +71,9 @@ class RunnerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_runner_service_pb2.ConnectResponse], _abc.AsyncIterator[_runner_service_pb2.ConnectResponse]]:
         """Connect: the runner's first message must be `register`; the Host answers with
-        `registered`, then both sides send as they please.
+        `registered`, then both sides send as they please. The call carries
+        "authorization: Bearer <secret>": the Runner's credential, or on its first join the
+        cluster's join token (see docs/security.md).
         """
 
 def add_RunnerServiceServicer_to_server(servicer: RunnerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

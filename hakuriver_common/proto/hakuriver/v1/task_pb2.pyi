@@ -94,6 +94,32 @@ TASK_KIND_VPS: TaskKind.ValueType  # 2
 """A long-lived container with an SSH server."""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
+class _TaskNetwork:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskNetworkEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskNetwork.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_NETWORK_UNSPECIFIED: _TaskNetwork.ValueType  # 0
+    """The Host's default (config security.default_task_network)."""
+    TASK_NETWORK_HOST: _TaskNetwork.ValueType  # 1
+    """The node's own network, as a process on the node (reaches everything the node reaches)."""
+    TASK_NETWORK_NONE: _TaskNetwork.ValueType  # 2
+    """No network: only the container's own loopback. Not for VPS or host-process tasks."""
+
+class TaskNetwork(_TaskNetwork, metaclass=_TaskNetworkEnumTypeWrapper):
+    """LogStream names one of a command task's two output streams.
+    TaskNetwork is the network a task's container joins.
+    """
+
+TASK_NETWORK_UNSPECIFIED: TaskNetwork.ValueType  # 0
+"""The Host's default (config security.default_task_network)."""
+TASK_NETWORK_HOST: TaskNetwork.ValueType  # 1
+"""The node's own network, as a process on the node (reaches everything the node reaches)."""
+TASK_NETWORK_NONE: TaskNetwork.ValueType  # 2
+"""No network: only the container's own loopback. Not for VPS or host-process tasks."""
+Global___TaskNetwork: _TypeAlias = TaskNetwork  # noqa: Y015
+
 class _LogStream:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -104,8 +130,7 @@ class _LogStreamEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LogStream.V
     LOG_STREAM_STDOUT: _LogStream.ValueType  # 1
     LOG_STREAM_STDERR: _LogStream.ValueType  # 2
 
-class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper):
-    """LogStream names one of a command task's two output streams."""
+class LogStream(_LogStream, metaclass=_LogStreamEnumTypeWrapper): ...
 
 LOG_STREAM_UNSPECIFIED: LogStream.ValueType  # 0
 LOG_STREAM_STDOUT: LogStream.ValueType  # 1
@@ -231,6 +256,8 @@ class Task(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _builtins.int
     GPU_COUNT_FIELD_NUMBER: _builtins.int
     STATUS_DETAIL_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """64-bit time-ordered id; printed as a decimal string."""
     kind: Global___TaskKind.ValueType
@@ -271,6 +298,9 @@ class Task(_message.Message):
     """Number of GPUs asked for without naming ids; 0 when ids were named or none asked."""
     status_detail: _builtins.str
     """What is happening now within the status, e.g. "loading environment base"."""
+    owner: _builtins.str
+    """The user who submitted it; only they (and operators) see it."""
+    network: Global___TaskNetwork.ValueType
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Arguments passed to the command."""
@@ -329,10 +359,12 @@ class Task(_message.Message):
         queue_position: _builtins.int = ...,
         gpu_count: _builtins.int = ...,
         status_detail: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        network: Global___TaskNetwork.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "completed_at", b"completed_at", "exit_code", b"exit_code", "started_at", b"started_at", "submitted_at", b"submitted_at", "target_numa_node_id", b"target_numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "status_detail", b"status_detail", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "network", b"network", "owner", b"owner", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "status_detail", b"status_detail", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

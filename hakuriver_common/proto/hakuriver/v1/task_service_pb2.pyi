@@ -57,6 +57,7 @@ class SubmitTaskRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     """COMMAND (default) or VPS."""
     command: _builtins.str
@@ -78,6 +79,8 @@ class SubmitTaskRequest(_message.Message):
     """Number of GPUs on any node, when no GPU ids are named in a target."""
     ssh_public_key: _builtins.str
     """VPS only: the OpenSSH public key allowed to log in as root."""
+    network: _task_pb2.TaskNetwork.ValueType
+    """The container's network; unspecified means the Host's default."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -106,10 +109,11 @@ class SubmitTaskRequest(_message.Message):
         priority: _builtins.int = ...,
         gpus: _builtins.int = ...,
         ssh_public_key: _builtins.str = ...,
+        network: _task_pb2.TaskNetwork.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "cores", b"cores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "network", b"network", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cores: _TypeAlias = _typing.Literal["cores"]  # noqa: Y015
     _WhichOneofArgType__cores: _TypeAlias = _typing.Literal["_cores", b"_cores"]  # noqa: Y015
@@ -199,6 +203,7 @@ class ListTasksRequest(_message.Message):
     BEFORE_TASK_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     SUBMITTED_AFTER_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Only tasks placed on this node."""
     batch_id: _builtins.int
@@ -209,6 +214,8 @@ class ListTasksRequest(_message.Message):
     """Only tasks with an id below this one (for paging); 0 means no bound."""
     kind: _task_pb2.TaskKind.ValueType
     """Only tasks of this kind; unspecified means all."""
+    owner: _builtins.str
+    """Only tasks of this user (operators; a user always sees only their own)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
         """Only tasks in these statuses; empty means all."""
@@ -227,10 +234,11 @@ class ListTasksRequest(_message.Message):
         before_task_id: _builtins.int = ...,
         kind: _task_pb2.TaskKind.ValueType = ...,
         submitted_after: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_after", b"submitted_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "owner", b"owner", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,51 @@
+"""Who may do what: the three user roles, in order, with their proto enum beside them.
+
+Each role includes the rights of the ones before it: a user < an operator < an admin.
+docs/security.md has the table of what each may call.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from hakuriver_common.proto.hakuriver.v1 import access_pb2
+
+
+class Role(StrEnum):
+    USER = "user"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def includes(self, other: Role) -> bool:
+        """True when this role has every right of ``other``."""
+        return self.rank >= other.rank
+
+    @property
+    def pb(self) -> access_pb2.Role.ValueType:
+        return _PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> Role:
+        """The role of a proto enum value; ValueError for UNSPECIFIED or unknown values."""
+        for role, pb in _PB.items():
+            if pb == value:
+                return role
+        raise ValueError(f"unknown role value {value}")
+
+
+_RANK = {Role.USER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
+_PB = {
+    Role.USER: access_pb2.ROLE_USER,
+    Role.OPERATOR: access_pb2.ROLE_OPERATOR,
+    Role.ADMIN: access_pb2.ROLE_ADMIN,
+}
+
+# Prefixes of the secrets the Host issues: which kind a leaked string is shows at a glance
+# (and to secret scanners), and the Host tells them apart before looking anything up.
+API_TOKEN_PREFIX = "hkrt_"
+RUNNER_CREDENTIAL_PREFIX = "hkrr_"
+JOIN_TOKEN_PREFIX = "hkrj_"

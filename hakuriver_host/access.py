@@ -1,0 +1,269 @@
+"""Users, API tokens and Runner credentials: who a secret belongs to, and managing them.
+
+Secrets are random (256 bits), shown once, and kept only as their SHA-256 (a hash of a
+high-entropy secret needs no slow KDF). Everything is also held in memory, indexed by hash,
+so authenticating a call is one hash and one dict lookup; changes are written to the
+database before they take effect in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from hakuriver_common.config import Config
+from hakuriver_common.credentials import write_secret
+from hakuriver_common.roles import (
+    API_TOKEN_PREFIX,
+    JOIN_TOKEN_PREFIX,
+    RUNNER_CREDENTIAL_PREFIX,
+    Role,
+)
+from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from hakuriver_host.identity import JOINING, Kind, Principal
+from hakuriver_host.models import ApiTokenRecord, RunnerCredentialRecord, UserRecord, utcnow
+from hakuriver_host.store import Store
+
+log = logging.getLogger(__name__)
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NO_CREDENTIAL = (
+    "no credential: send 'authorization: Bearer <token>' (the CLI reads $HAKURIVER_TOKEN, "
+    "auth.token or auth.credentials_file)"
+)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def new_join_token() -> str:
+    return new_secret(JOIN_TOKEN_PREFIX)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    record: ApiTokenRecord
+    secret: str
+
+
+class Access:
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.users: dict[str, UserRecord] = {}
+        self._tokens: dict[str, ApiTokenRecord] = {}  # by secret hash
+        self._runners: dict[str, RunnerCredentialRecord] = {}  # by hostname
+        self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
+        auth = config.auth
+        # auth.authentication = false: nobody is asked, everybody is ``anyone``, an admin.
+        self.open = not auth.authentication
+        self.anyone = Principal(Kind.USER, auth.bootstrap_admin, Role.ADMIN)
+
+    # ----- start ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        users, tokens, runners = await self.store.run(self._load)
+        self.users = {u.name: u for u in users}
+        self._tokens = {t.secret_hash: t for t in tokens}
+        self._runners = {r.hostname: r for r in runners}
+        self._runner_hashes = {r.secret_hash: r.hostname for r in runners}
+        if not self.users and not self.open:
+            await self._bootstrap()
+
+    def _load(
+        self,
+    ) -> tuple[list[UserRecord], list[ApiTokenRecord], list[RunnerCredentialRecord]]:
+        with Session(self.store.engine, expire_on_commit=False) as session:
+            return (
+                list(session.exec(select(UserRecord))),
+                list(session.exec(select(ApiTokenRecord))),
+                list(session.exec(select(RunnerCredentialRecord))),
+            )
+
+    async def _bootstrap(self) -> None:
+        """The first start: an admin and their token, written to the credentials file (or
+        beside it, when that file exists already)."""
+        name = self.config.auth.bootstrap_admin
+        await self.create_user(name, Role.ADMIN)
+        issued = await self.create_token(name, "created on the Host's first start", None)
+        path = self.config.auth.credentials_file.expanduser()
+        if path.exists():
+            path = path.with_name(path.name + ".new")
+        write_secret(path, issued.secret)
+        log.warning("first start: created admin %r; their API token is in %s (0600)", name, path)
+
+    # ----- authentication ---------------------------------------------------------------
+
+    def authenticate(self, secret: str) -> Principal:
+        """The principal a bearer secret stands for; Unauthenticated saying why not."""
+        if not secret:
+            raise Unauthenticated(NO_CREDENTIAL)
+        join = self.config.auth.join_token
+        if join and hmac.compare_digest(secret.encode(), join.encode()):
+            return JOINING
+        hashed = digest(secret)
+        if secret.startswith(RUNNER_CREDENTIAL_PREFIX):
+            return self._runner(hashed)
+        token = self._tokens.get(hashed)
+        if token is None or token.user not in self.users:
+            raise Unauthenticated("unknown API token")
+        if token.revoked_at is not None:
+            raise Unauthenticated(f"API token {token.token_id} was revoked")
+        if token.expires_at is not None and token.expires_at <= utcnow():
+            raise Unauthenticated(f"API token {token.token_id} expired at {token.expires_at:%c}")
+        user = self.users[token.user]
+        return Principal(Kind.USER, user.name, Role(user.role), token.token_id)
+
+    def _runner(self, hashed: str) -> Principal:
+        hostname = self._runner_hashes.get(hashed)
+        credential = self._runners.get(hostname) if hostname else None
+        if credential is None or credential.secret_hash != hashed:
+            raise Unauthenticated("unknown runner credential")
+        if credential.revoked_at is not None:
+            raise Unauthenticated(
+                f"the credential of runner {hostname} was revoked: remove it from the "
+                "runner's state_dir and join again with the join token"
+            )
+        return Principal(Kind.RUNNER, credential.hostname)
+
+    # ----- users ------------------------------------------------------------------------
+
+    async def create_user(self, name: str, role: Role) -> UserRecord:
+        if not USER_NAME_RE.match(name):
+            raise InvalidArgument(
+                f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
+        if name in self.users:
+            raise FailedPrecondition(f"name: user {name!r} exists already")
+        record = UserRecord(name=name, role=role.value, created_at=utcnow())
+        await self.store.run(self._merge, record)
+        self.users[name] = record
+        return record
+
+    def user(self, name: str) -> UserRecord:
+        record = self.users.get(name)
+        if record is None:
+            raise NotFound(f"user {name!r} not found")
+        return record
+
+    async def delete_user(self, name: str) -> int:
+        """Remove a user and revoke their tokens; how many tokens were revoked."""
+        record = self.user(name)
+        admins = [u for u in self.users.values() if u.role == Role.ADMIN]
+        if record.role == Role.ADMIN and len(admins) == 1:
+            raise FailedPrecondition(f"name: {name!r} is the last admin")
+        revoked = [t for t in self._tokens.values() if t.user == name and t.revoked_at is None]
+        now = utcnow()
+        for token in revoked:
+            token.revoked_at = now
+        await self.store.run(self._delete_user, record, revoked)
+        del self.users[name]
+        return len(revoked)
+
+    # ----- API tokens -------------------------------------------------------------------
+
+    async def create_token(
+        self, user: str, description: str, expires_at: datetime | None
+    ) -> IssuedToken:
+        self.user(user)
+        if expires_at is not None and expires_at <= utcnow():
+            raise InvalidArgument("expires_at: must be in the future")
+        secret = new_secret(API_TOKEN_PREFIX)
+        record = ApiTokenRecord(
+            token_id=secrets.token_hex(6),
+            secret_hash=digest(secret),
+            user=user,
+            description=description,
+            created_at=utcnow(),
+            expires_at=expires_at,
+        )
+        await self.store.run(self._merge, record)
+        self._tokens[record.secret_hash] = record
+        return IssuedToken(record, secret)
+
+    def tokens(self, user: str | None, include_inactive: bool) -> list[ApiTokenRecord]:
+        """Tokens of ``user`` (None: everybody's), oldest first."""
+        now = utcnow()
+        found = [
+            t
+            for t in self._tokens.values()
+            if (user is None or t.user == user)
+            and (
+                include_inactive
+                or (t.revoked_at is None and (t.expires_at is None or t.expires_at > now))
+            )
+        ]
+        return sorted(found, key=lambda t: t.created_at)
+
+    def token(self, token_id: str) -> ApiTokenRecord:
+        for record in self._tokens.values():
+            if record.token_id == token_id:
+                return record
+        raise NotFound(f"token_id: token {token_id!r} not found")
+
+    async def revoke_token(self, record: ApiTokenRecord) -> ApiTokenRecord:
+        if record.revoked_at is None:
+            record.revoked_at = utcnow()
+            await self.store.run(self._merge, record)
+        return record
+
+    # ----- Runner credentials -----------------------------------------------------------
+
+    def runner_registered(self, hostname: str) -> bool:
+        """True when ``hostname`` holds a credential that was not revoked."""
+        credential = self._runners.get(hostname)
+        return credential is not None and credential.revoked_at is None
+
+    async def issue_runner_credential(self, hostname: str) -> str:
+        """A new credential for ``hostname`` (replacing a revoked one); its secret."""
+        secret = new_secret(RUNNER_CREDENTIAL_PREFIX)
+        record = RunnerCredentialRecord(
+            hostname=hostname, secret_hash=digest(secret), issued_at=utcnow()
+        )
+        await self.store.run(self._merge, record)
+        old = self._runners.get(hostname)
+        if old is not None:
+            self._runner_hashes.pop(old.secret_hash, None)
+        self._runners[hostname] = record
+        self._runner_hashes[record.secret_hash] = hostname
+        return secret
+
+    def runner_credentials(self) -> list[RunnerCredentialRecord]:
+        return sorted(self._runners.values(), key=lambda r: r.hostname)
+
+    async def revoke_runner(self, hostname: str) -> RunnerCredentialRecord:
+        credential = self._runners.get(hostname)
+        if credential is None:
+            raise NotFound(f"hostname: runner {hostname!r} holds no credential")
+        if credential.revoked_at is None:
+            credential.revoked_at = utcnow()
+            await self.store.run(self._merge, credential)
+        return credential
+
+    # ----- on the store thread ----------------------------------------------------------
+
+    def _merge(self, record: UserRecord | ApiTokenRecord | RunnerCredentialRecord) -> None:
+        with Session(self.store.engine) as session:
+            session.merge(record)
+            session.commit()
+
+    def _delete_user(self, record: UserRecord, revoked: list[ApiTokenRecord]) -> None:
+        with Session(self.store.engine) as session:
+            for token in revoked:
+                session.merge(token)
+            found = session.get(UserRecord, record.name)
+            if found is not None:
+                session.delete(found)
+            session.commit()

@@ -1,0 +1,63 @@
+"""Who is calling: the principal the interceptor authenticated, for the call's duration.
+
+The interceptor sets it in a context variable (each RPC runs in its own task); servicers
+read it with ``caller()`` and hand it to the core explicitly, so the core never looks at
+gRPC metadata.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hakuriver_common.roles import Role
+
+
+class Kind(StrEnum):
+    ANONYMOUS = "anonymous"
+    USER = "user"
+    # A Runner holding its credential (hostname known) or the join token (not yet).
+    RUNNER = "runner"
+    JOINING = "joining"
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: Kind
+    name: str
+    role: Role | None = None
+    token_id: str = ""
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names it."""
+        if self.kind is Kind.RUNNER:
+            return f"runner:{self.name}"
+        return self.name
+
+    def has(self, role: Role) -> bool:
+        return self.kind is Kind.USER and self.role is not None and self.role.includes(role)
+
+    @property
+    def sees_all_tasks(self) -> bool:
+        """Operators and admins act on every user's tasks; users on their own only."""
+        return self.has(Role.OPERATOR)
+
+    def owns(self, owner: str) -> bool:
+        return self.sees_all_tasks or (self.kind is Kind.USER and owner == self.name)
+
+
+ANONYMOUS = Principal(Kind.ANONYMOUS, "anonymous")
+JOINING = Principal(Kind.JOINING, "joining")
+
+_caller: ContextVar[Principal] = ContextVar("hakuriver_caller", default=ANONYMOUS)
+
+
+def caller() -> Principal:
+    """The principal of the RPC being served."""
+    return _caller.get()
+
+
+def set_caller(principal: Principal) -> None:
+    _caller.set(principal)

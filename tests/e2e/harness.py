@@ -22,7 +22,12 @@ import docker
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hakuriver_common.channels import open_channel
+from hakuriver_common.config import Config, load_config
+from hakuriver_common.credentials import read_secret
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    access_service_pb2_grpc,
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
     node_pb2,
@@ -32,7 +37,9 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import FINAL_TASK_STATUSES
+from tests.tls import tls_files
 
 T = TypeVar("T")
 BASE_ENV = "hakuriver-base"
@@ -63,6 +70,9 @@ def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "conditi
 
 
 class ProcessCluster:
+    """Host and Runners over TLS with the test CA; the Host's first start writes the admin's
+    token to ``credentials`` beside the config, which the CLI tools then use."""
+
     def __init__(
         self,
         root: Path,
@@ -79,6 +89,9 @@ class ProcessCluster:
         self.ssh_proxy_port = free_port()
         self.shared_dir = root / "shared"
         self.config_path = root / "config.toml"
+        self.credentials = root / "credentials"
+        self.join_token = "hkrj_" + uuid.uuid4().hex
+        tls = tls_files()
         self.config_path.write_text(
             f"""
 [network]
@@ -104,6 +117,15 @@ kill_grace_seconds = 1
 [runner]
 reconnect_max_seconds = 1.0
 
+[tls]
+ca_file = "{tls.ca_cert}"
+cert_file = "{tls.host_cert}"
+key_file = "{tls.host_key}"
+
+[auth]
+credentials_file = "{self.credentials}"
+join_token = "{self.join_token}"
+
 [docker]
 {"" if "default_container_name" in extra_config else f'default_container_name = "{BASE_ENV}"'}
 {extra_config}
@@ -111,11 +133,32 @@ reconnect_max_seconds = 1.0
         )
         self.host: subprocess.Popen[bytes] | None = None
         self.runners: dict[str, subprocess.Popen[bytes]] = {}
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.host_port}")
+        self.client_config: Config = load_config(self.config_path)
+        self.admin_token = ""
+        self.channel: grpc.Channel | None = None
+        self._user_channels: list[grpc.Channel] = []
+        self.docker = docker.from_env()
+
+    def _open_admin_channel(self) -> None:
+        if self.channel is not None:
+            return
+        self.admin_token = read_secret(self.credentials)
+        self.channel = open_channel(self.client_config, self.admin_token)
         self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)
         self.nodes = node_service_pb2_grpc.NodeServiceStub(self.channel)
         self.logs = log_service_pb2_grpc.LogServiceStub(self.channel)
-        self.docker = docker.from_env()
+        self.access = access_service_pb2_grpc.AccessServiceStub(self.channel)
+
+    def add_user(self, name: str, role: Role = Role.USER) -> str:
+        """Create a user with a fresh API token; returns the token."""
+        self.access.CreateUser(apb.CreateUserRequest(name=name, role=role.pb), timeout=10)
+        return self.access.CreateToken(apb.CreateTokenRequest(user=name), timeout=10).secret
+
+    def user_channel(self, token: str) -> grpc.Channel:
+        """A channel calling with ``token`` (closed with the cluster)."""
+        channel = open_channel(self.client_config, token)
+        self._user_channels.append(channel)
+        return channel
 
     # ----- processes --------------------------------------------------------------------
 
@@ -133,14 +176,20 @@ reconnect_max_seconds = 1.0
 
     def start_host(self) -> None:
         self.host = self._spawn("hakuriver_host", "host.log", {})
-        health = health_pb2_grpc.HealthStub(self.channel)
+        with open_channel(self.client_config, "") as probe:
+            health = health_pb2_grpc.HealthStub(probe)
 
-        def serving() -> bool:
-            assert self.host is not None and self.host.poll() is None, self.log("host.log")
-            reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            def serving() -> bool:
+                assert self.host is not None and self.host.poll() is None, self.log("host.log")
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-        wait_for(serving, what="host to serve")
+            wait_for(serving, what="host to serve")
+        self._open_admin_channel()
+
+    def runner_state_dir(self, name: str) -> Path:
+        """Where runner ``name`` keeps its credential."""
+        return self.root / "runner-state" / name
 
     def start_runner(
         self, name: str | None = None, wait: bool = True, env: dict[str, str] | None = None
@@ -151,7 +200,11 @@ reconnect_max_seconds = 1.0
         self.runners[name] = self._spawn(
             "hakuriver_runner",
             f"runner-{name}.log",
-            {"HAKURIVER_RUNNER__NAME": name, **(env or {})},
+            {
+                "HAKURIVER_RUNNER__NAME": name,
+                "HAKURIVER_RUNNER__STATE_DIR": str(self.runner_state_dir(name)),
+                **(env or {}),
+            },
         )
         if wait:
             wait_for(lambda: self.node_online(name), what=f"runner {name} online")
@@ -186,7 +239,9 @@ reconnect_max_seconds = 1.0
         for proc in self.runners.values():
             self._end(proc, signal.SIGTERM)
         self._end(self.host, signal.SIGTERM)
-        self.channel.close()
+        for channel in [self.channel, *self._user_channels]:
+            if channel is not None:
+                channel.close()
         for container in self.docker.containers.list(
             all=True, filters={"label": "hakuriver.runner"}
         ):

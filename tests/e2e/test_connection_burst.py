@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 
+from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 from tests.e2e.harness import running_cluster
 from tests.fake_runner import FakeRunner, Fleet
@@ -21,9 +22,9 @@ BURST = 2000
 STREAMS_PER_CONNECTION = 100
 
 
-async def _connect_all(target: str) -> tuple[int, list[str]]:
+async def _connect_all(host_config: Config) -> tuple[int, list[str]]:
     fleet = Fleet(
-        target,
+        host_config,
         BURST,
         "burst-{:04d}",
         STREAMS_PER_CONNECTION,
@@ -63,7 +64,7 @@ async def _connect_all(target: str) -> tuple[int, list[str]]:
 
 def test_a_burst_of_runner_connections_is_accepted(docker_ready: None, tmp_path: Path) -> None:
     with running_cluster(tmp_path, runner_count=0, heartbeat_timeout_factor=1000) as cluster:
-        count, errors = asyncio.run(_connect_all(f"127.0.0.1:{cluster.host_port}"))
+        count, errors = asyncio.run(_connect_all(cluster.client_config))
         assert errors == [] and count == BURST, (count, sorted(set(errors)))
         nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=30).nodes
         assert len(nodes) == BURST

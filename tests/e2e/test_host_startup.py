@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.harness import ProcessCluster
+from tests.tls import tls_files
 
 PORT_KEYS = {
     "host_port": "gRPC API",
@@ -19,9 +20,10 @@ PORT_KEYS = {
 }
 
 
-def _config(root: Path, **ports: int) -> Path:
+def _config(root: Path, bind: str = "127.0.0.1", plaintext: bool = False, **ports: int) -> Path:
     path = root / "config.toml"
-    lines = ["[network]", 'host_bind_ip = "127.0.0.1"']
+    tls = tls_files()
+    lines = ["[network]", f'host_bind_ip = "{bind}"']
     lines += [f"{key} = {ports.get(key, 0)}" for key in PORT_KEYS]
     lines += [
         "[paths]",
@@ -29,6 +31,13 @@ def _config(root: Path, **ports: int) -> Path:
         f'local_temp_dir = "{root / "tmp"}"',
         "[database]",
         f'db_file = "{root / "host.db"}"',
+        "[tls]",
+        f"plaintext = {'true' if plaintext else 'false'}",
+        f'ca_file = "{tls.ca_cert}"',
+        f'cert_file = "{tls.host_cert}"',
+        f'key_file = "{tls.host_key}"',
+        "[auth]",
+        f'credentials_file = "{root / "credentials"}"',
     ]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -68,3 +77,25 @@ def test_a_second_host_on_the_same_port_fails(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
     finally:
         first.stop()
+
+
+def test_plaintext_is_refused_off_loopback_and_missing_certificates_are_named(
+    tmp_path: Path,
+) -> None:
+    """Plaintext only on loopback; a Host without its key says which file and how to make it."""
+    result = _run_host(_config(tmp_path, bind="0.0.0.0", plaintext=True))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: tls.plaintext = true is allowed only on a loopback address, not 0.0.0.0: "
+        "create certificates with hakuriver.init tls"
+    ], result.stderr
+    config = _config(tmp_path)
+    missing = tmp_path / "nowhere.key"
+    config.write_text(config.read_text().replace(str(tls_files().host_key), str(missing)))
+    result = _run_host(config)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: cannot read tls.key_file {missing}: No such file or directory (create it "
+        "with hakuriver.init tls, or set tls.plaintext = true on a loopback address)"
+    ], result.stderr
+    assert not (tmp_path / "host.db").exists()

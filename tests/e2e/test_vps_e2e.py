@@ -1,4 +1,8 @@
-"""VPS tasks and SSH through the Host's proxy, with a real sshd in a real container."""
+"""VPS tasks and SSH through the Host's proxy, with a real sshd in a real container.
+
+The proxy port takes ``TICKET <ticket>\\n``; a ticket comes from SshService.CreateSshTicket,
+which only the VPS's owner (or an operator) gets, and it opens one tunnel, once.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,50 @@ import asyncio
 import hashlib
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
 import grpc
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    ssh_service_pb2 as spb,
+    ssh_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.roles import Role
 from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
+REFUSED_TICKET = "ERROR unknown, used or expired ticket (ask for a new one)"
 
 
-def tunnel(cluster: ProcessCluster, task_id: int | str) -> tuple[socket.socket | None, str]:
-    """Speak the proxy protocol: the connected socket on SUCCESS, else None and the answer."""
+@dataclass(frozen=True)
+class Person:
+    """A user of the cluster: their token and a channel calling with it."""
+
+    token: str
+    channel: grpc.Channel
+
+
+def ticket(channel: grpc.Channel, task_id: int) -> spb.CreateSshTicketResponse:
+    stub = ssh_service_pb2_grpc.SshServiceStub(channel)
+    return stub.CreateSshTicket(spb.CreateSshTicketRequest(task_id=task_id), timeout=10)
+
+
+def present(cluster: ProcessCluster, line: str) -> tuple[socket.socket | None, str]:
+    """Send one request line to the proxy port: the socket on SUCCESS, else None and the answer."""
     sock = socket.create_connection(("127.0.0.1", cluster.ssh_proxy_port), timeout=10)
-    sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
+    sock.sendall(f"{line}\n".encode())
     answer = b""
     while not answer.endswith(b"\n"):
         data = sock.recv(1)
@@ -41,13 +68,41 @@ def tunnel(cluster: ProcessCluster, task_id: int | str) -> tuple[socket.socket |
     return sock, text
 
 
+def tunnel(
+    cluster: ProcessCluster, channel: grpc.Channel, task_id: int
+) -> tuple[socket.socket | None, str]:
+    """A fresh ticket through ``channel``, presented on the proxy port."""
+    return present(cluster, f"TICKET {ticket(channel, task_id).ticket}")
+
+
 async def connect(
-    cluster: ProcessCluster, task_id: int, key: asyncssh.SSHKey
+    cluster: ProcessCluster, channel: grpc.Channel, task_id: int, key: asyncssh.SSHKey
 ) -> asyncssh.SSHClientConnection:
-    sock, answer = tunnel(cluster, task_id)
+    sock, answer = await asyncio.to_thread(tunnel, cluster, channel, task_id)
     assert sock is not None, answer
     return await asyncssh.connect(
         sock=sock, username="root", client_keys=[key], known_hosts=None, connect_timeout=20
+    )
+
+
+def cli_as(
+    cluster: ProcessCluster, token: str, home: Path, tool: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """A CLI tool run with ``token`` in HAKURIVER_TOKEN (it wins over the credentials file)."""
+    env = {
+        **os.environ,
+        "HAKURIVER_CONFIG": str(cluster.config_path),
+        "HAKURIVER_TOKEN": token,
+        "HOME": str(home),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [*cluster.cli_argv(tool), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -57,6 +112,20 @@ def vps_cluster(
 ) -> Iterator[ProcessCluster]:
     with running_cluster(tmp_path_factory.mktemp("vps"), runner_count=1) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def owner(vps_cluster: ProcessCluster) -> Person:
+    """A plain user who owns the module's VPS."""
+    token = vps_cluster.add_user("alice")
+    return Person(token, vps_cluster.user_channel(token))
+
+
+@pytest.fixture(scope="module")
+def stranger(vps_cluster: ProcessCluster) -> Person:
+    """Another plain user."""
+    token = vps_cluster.add_user("bob")
+    return Person(token, vps_cluster.user_channel(token))
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +143,19 @@ def key_files(key: asyncssh.SSHKey, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def vps(vps_cluster: ProcessCluster, key_files: Path, sshd_image: str) -> int:
-    result = vps_cluster.cli(
+def vps(
+    vps_cluster: ProcessCluster,
+    owner: Person,
+    key_files: Path,
+    sshd_image: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> int:
+    """A running VPS submitted by ``owner`` with the CLI."""
+    home = tmp_path_factory.mktemp("home")
+    result = cli_as(
+        vps_cluster,
+        owner.token,
+        home,
         "vps",
         "submit",
         "--container",
@@ -88,14 +168,27 @@ def vps(vps_cluster: ProcessCluster, key_files: Path, sshd_image: str) -> int:
     task_id = int(json.loads(result.stdout)["task_id"])
     running = vps_cluster.wait_status(task_id, RUNNING, timeout=60)
     assert running.ssh_port > 0 and running.kind == task_pb2.TASK_KIND_VPS
+    assert running.owner == "alice"
     return task_id
 
 
+@pytest.fixture(scope="module")
+def early_ticket(owner: Person, vps: int) -> spb.CreateSshTicketResponse:
+    """A ticket taken when the module's first test runs and presented by its last one, after
+    it expired (the tests in between take about as long as a ticket lives)."""
+    return ticket(owner.channel, vps)
+
+
 def test_asyncssh_runs_commands_and_copies_files(
-    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey, tmp_path: Path
+    vps_cluster: ProcessCluster,
+    owner: Person,
+    vps: int,
+    key: asyncssh.SSHKey,
+    tmp_path: Path,
+    early_ticket: spb.CreateSshTicketResponse,
 ) -> None:
     async def scenario() -> None:
-        async with await connect(vps_cluster, vps, key) as conn:
+        async with await connect(vps_cluster, owner.channel, vps, key) as conn:
             result = await conn.run("echo hello $(id -u)", check=True)
             assert result.stdout == "hello 0\n"
             local = tmp_path / "payload.bin"
@@ -108,9 +201,11 @@ def test_asyncssh_runs_commands_and_copies_files(
     asyncio.run(scenario())
 
 
-def test_many_sessions_at_once(vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey) -> None:
+def test_many_sessions_at_once(
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key: asyncssh.SSHKey
+) -> None:
     async def one(i: int) -> str:
-        async with await connect(vps_cluster, vps, key) as conn:
+        async with await connect(vps_cluster, owner.channel, vps, key) as conn:
             return (await conn.run(f"echo session-{i}", check=True)).stdout
 
     async def scenario() -> list[str]:
@@ -119,16 +214,13 @@ def test_many_sessions_at_once(vps_cluster: ProcessCluster, vps: int, key: async
     assert asyncio.run(scenario()) == [f"session-{i}\n" for i in range(6)]
 
 
-def test_system_ssh_and_scp_through_the_proxy(
-    vps_cluster: ProcessCluster, vps: int, key_files: Path, tmp_path: Path
-) -> None:
-    env = {**os.environ, "HAKURIVER_CONFIG": str(vps_cluster.config_path), "HOME": str(tmp_path)}
-    identity = ["-i", str(key_files / "id"), "-o", "BatchMode=yes"]
-    direct = vps_cluster.cli("ssh", str(vps), "--", *identity, "echo via-hakuriver-ssh")
-    assert direct.returncode == 0 and direct.stdout == "via-hakuriver-ssh\n", direct.stderr
+def _proxy_ssh_options(key_files: Path) -> list[str]:
     proxy = f"{sys.executable} -m hakuriver_cli.ssh --proxy-command %h"
-    common = [
-        *identity,
+    return [
+        "-i",
+        str(key_files / "id"),
+        "-o",
+        "BatchMode=yes",
         "-o",
         f"ProxyCommand={proxy}",
         "-o",
@@ -138,6 +230,26 @@ def test_system_ssh_and_scp_through_the_proxy(
         "-o",
         "LogLevel=ERROR",
     ]
+
+
+def test_owner_uses_hakuriver_ssh_ssh_and_scp(
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
+) -> None:
+    identity = ["-i", str(key_files / "id"), "-o", "BatchMode=yes"]
+    direct = cli_as(
+        vps_cluster, owner.token, tmp_path, "ssh", str(vps), "--", *identity, "echo via-ssh"
+    )
+    assert direct.returncode == 0 and direct.stdout == "via-ssh\n", direct.stderr
+    quiet = cli_as(vps_cluster, owner.token, tmp_path, "ssh", str(vps), "--", *identity, "true")
+    assert quiet.returncode == 0, quiet.stderr
+
+    env = {
+        **os.environ,
+        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
+        "HAKURIVER_TOKEN": owner.token,
+        "HOME": str(tmp_path),
+    }
+    common = _proxy_ssh_options(key_files)
     source = tmp_path / "notes.txt"
     source.write_text("copied with scp\n")
     copy = subprocess.run(
@@ -158,25 +270,74 @@ def test_system_ssh_and_scp_through_the_proxy(
     assert check.stdout == "copied with scp\n", check.stderr
 
 
-def test_wrong_key_is_refused_by_sshd(vps_cluster: ProcessCluster, vps: int) -> None:
+def test_another_user_cannot_reach_the_vps(
+    vps_cluster: ProcessCluster, stranger: Person, vps: int, key_files: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(grpc.RpcError) as theirs:
+        ticket(stranger.channel, vps)
+    with pytest.raises(grpc.RpcError) as missing:
+        ticket(stranger.channel, 12345)
+    assert theirs.value.code() == missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert theirs.value.details() == f"task_id: task {vps} not found"
+    assert missing.value.details() == "task_id: task 12345 not found"
+
+    listed = cli_as(vps_cluster, stranger.token, tmp_path, "vps", "status", "--json")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+    for args in (
+        [str(vps), "--", "-i", str(key_files / "id"), "-o", "BatchMode=yes", "true"],
+        ["--proxy-command", str(vps)],
+    ):
+        refused = cli_as(vps_cluster, stranger.token, tmp_path, "ssh", *args)
+        assert refused.returncode != 0 and refused.stdout == ""
+        assert refused.stderr.strip() == f"error: task_id: task {vps} not found (NOT_FOUND)"
+
+
+def test_an_operator_gets_a_ticket_for_any_vps(vps_cluster: ProcessCluster, vps: int) -> None:
+    """Operators (and admins) reach every VPS's sshd; logging in still needs a key it takes."""
+    operator = vps_cluster.user_channel(vps_cluster.add_user("olga", Role.OPERATOR))
+    for channel in (operator, vps_cluster.channel):
+        assert channel is not None
+        sock, answer = tunnel(vps_cluster, channel, vps)
+        assert sock is not None, answer
+        with sock:
+            assert sock.recv(4) == b"SSH-"
+
+
+def test_a_ticket_opens_one_tunnel_once(
+    vps_cluster: ProcessCluster, owner: Person, vps: int
+) -> None:
+    issued = ticket(owner.channel, vps)
+    assert issued.expires_at.seconds > time.time()
+    sock, answer = present(vps_cluster, f"TICKET {issued.ticket}")
+    assert sock is not None, answer
+    sock.close()
+    assert present(vps_cluster, f"TICKET {issued.ticket}") == (None, REFUSED_TICKET)
+    forged = secrets.token_urlsafe(32)
+    assert present(vps_cluster, f"TICKET {forged}") == (None, REFUSED_TICKET)
+
+
+def test_wrong_key_is_refused_by_sshd(vps_cluster: ProcessCluster, owner: Person, vps: int) -> None:
     stranger = asyncssh.generate_private_key("ssh-ed25519")
     with pytest.raises(asyncssh.PermissionDenied):
-        asyncio.run(connect(vps_cluster, vps, stranger))
+        asyncio.run(connect(vps_cluster, owner.channel, vps, stranger))
 
 
 def test_proxy_refuses_bad_requests_clearly(vps_cluster: ProcessCluster) -> None:
+    admin = vps_cluster.channel
+    assert admin is not None
     command = vps_cluster.submit(["true"])
     vps_cluster.wait_final(command.task_id)
-    assert tunnel(vps_cluster, 12345) == (None, "ERROR task_id: task 12345 not found")
-    assert tunnel(vps_cluster, command.task_id) == (
-        None,
-        f"ERROR task {command.task_id} is not a VPS task",
-    )
-    assert tunnel(vps_cluster, "abc")[1] == "ERROR task id must be a decimal integer, got 'abc'"
-    sock = socket.create_connection(("127.0.0.1", vps_cluster.ssh_proxy_port), timeout=10)
-    sock.sendall(b"HELLO\n")
-    assert sock.recv(200) == b"ERROR expected: REQUEST_TUNNEL <task_id>\n"
-    sock.close()
+    with pytest.raises(grpc.RpcError) as missing:
+        ticket(admin, 12345)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    assert missing.value.details() == "task_id: task 12345 not found"
+    with pytest.raises(grpc.RpcError) as not_vps:
+        ticket(admin, command.task_id)
+    assert not_vps.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert not_vps.value.details() == f"task {command.task_id} is not a VPS task"
+    expected = "ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)"
+    for line in ("HELLO", "TICKET", "TICKET a b", f"REQUEST_TUNNEL {command.task_id}"):
+        assert present(vps_cluster, line) == (None, expected)
 
 
 def test_submit_errors(
@@ -221,6 +382,8 @@ def test_environment_without_sshd_fails_clearly(
 def test_pause_stalls_resume_continues_kill_ends(
     vps_cluster: ProcessCluster, key_files: Path, key: asyncssh.SSHKey, sshd_image: str
 ) -> None:
+    admin = vps_cluster.channel
+    assert admin is not None
     reply = vps_cluster.tasks.SubmitTask(
         tpb.SubmitTaskRequest(
             kind=task_pb2.TASK_KIND_VPS,
@@ -231,9 +394,10 @@ def test_pause_stalls_resume_continues_kill_ends(
     )
     task_id = reply.tasks[0].task_id
     vps_cluster.wait_status(task_id, RUNNING, timeout=60)
+    unused = ticket(admin, task_id)
 
     async def scenario() -> None:
-        conn = await connect(vps_cluster, task_id, key)
+        conn = await connect(vps_cluster, admin, task_id, key)
         assert (await conn.run("echo before", check=True)).stdout == "before\n"
         await asyncio.to_thread(
             vps_cluster.tasks.PauseTask, tpb.PauseTaskRequest(task_id=task_id), timeout=20
@@ -252,11 +416,17 @@ def test_pause_stalls_resume_continues_kill_ends(
         await asyncio.wait_for(conn.wait_closed(), 20)
 
     asyncio.run(scenario())
-    assert tunnel(vps_cluster, task_id)[1] == f"ERROR task {task_id} is killed, not running"
+    not_running = f"task {task_id} is killed, not running"
+    # A ticket issued before the kill no longer opens anything: the proxy checks again.
+    assert present(vps_cluster, f"TICKET {unused.ticket}") == (None, f"ERROR {not_running}")
+    with pytest.raises(grpc.RpcError) as caught:
+        ticket(admin, task_id)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.details() == not_running
 
 
 def test_vps_survives_a_runner_restart_on_the_same_port(
-    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key: asyncssh.SSHKey, tmp_path: Path
 ) -> None:
     before = vps_cluster.get(vps)
     vps_cluster.kill_runner()
@@ -265,7 +435,7 @@ def test_vps_survives_a_runner_restart_on_the_same_port(
     assert after.ssh_port == before.ssh_port
 
     def reconnected() -> bool:
-        sock, _ = tunnel(vps_cluster, vps)
+        sock, _ = tunnel(vps_cluster, owner.channel, vps)
         if sock is not None:
             sock.close()
         return sock is not None
@@ -273,12 +443,14 @@ def test_vps_survives_a_runner_restart_on_the_same_port(
     wait_for(reconnected, what="the proxy to reach the VPS again")
 
     async def again() -> str:
-        async with await connect(vps_cluster, vps, key) as conn:
+        async with await connect(vps_cluster, owner.channel, vps, key) as conn:
             return (await conn.run("echo still-here", check=True)).stdout
 
     assert asyncio.run(again()) == "still-here\n"
-    status = json.loads(vps_cluster.cli("vps", "status", "--json").stdout)
-    assert [t["ssh_port"] for t in status if int(t["task_id"]) == vps] == [before.ssh_port]
+    status = cli_as(vps_cluster, owner.token, tmp_path, "vps", "status", "--json")
+    assert [t["ssh_port"] for t in json.loads(status.stdout) if int(t["task_id"]) == vps] == [
+        before.ssh_port
+    ]
 
 
 def _sshd_sessions(port: int) -> int:
@@ -294,13 +466,13 @@ def _sshd_sessions(port: int) -> int:
 
 
 def test_dropped_clients_free_their_sessions(
-    vps_cluster: ProcessCluster, vps: int, key: asyncssh.SSHKey
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key: asyncssh.SSHKey
 ) -> None:
     port = vps_cluster.get(vps).ssh_port
     baseline = _sshd_sessions(port)
 
     async def scenario() -> None:
-        connections = [await connect(vps_cluster, vps, key) for _ in range(3)]
+        connections = [await connect(vps_cluster, owner.channel, vps, key) for _ in range(3)]
         assert _sshd_sessions(port) == baseline + 3
         for conn in connections[:2]:
             conn.abort()  # the client vanishes without a goodbye
@@ -312,3 +484,13 @@ def test_dropped_clients_free_their_sessions(
 
     asyncio.run(scenario())
     wait_for(lambda: _sshd_sessions(port) == baseline, what="the last session to close")
+
+
+def test_an_expired_ticket_is_refused(
+    vps_cluster: ProcessCluster, vps: int, early_ticket: spb.CreateSshTicketResponse
+) -> None:
+    """Taken by the first test; by now (or after a short wait) it has expired unused."""
+    expires = early_ticket.expires_at.ToDatetime().timestamp()
+    time.sleep(max(0.0, expires + 1 - time.time()))
+    assert vps_cluster.get(vps).status == task_pb2.TASK_STATUS_RUNNING
+    assert present(vps_cluster, f"TICKET {early_ticket.ticket}") == (None, REFUSED_TICKET)

@@ -80,7 +80,10 @@ class ProcessCluster:
         heartbeat_interval: float = 0.5,
         heartbeat_timeout_factor: float = 20,
         extra_config: str = "",
+        extra_sections: dict[str, str] | None = None,
     ) -> None:
+        """``extra_config``: lines for [docker]; ``extra_sections``: lines for other sections
+        by name, e.g. ``{"auth": 'default_task_network = "none"'}`` (added if missing)."""
         self.root = root
         self.tag = uuid.uuid4().hex[:6]
         self.runner_names = [f"r{self.tag}-{i}" for i in range(runner_count)]
@@ -92,8 +95,7 @@ class ProcessCluster:
         self.credentials = root / "credentials"
         self.join_token = "hkrj_" + uuid.uuid4().hex
         tls = tls_files()
-        self.config_path.write_text(
-            f"""
+        text = f"""
 [network]
 host_bind_ip = "127.0.0.1"
 host_reachable_address = "127.0.0.1"
@@ -130,7 +132,13 @@ join_token = "{self.join_token}"
 {"" if "default_container_name" in extra_config else f'default_container_name = "{BASE_ENV}"'}
 {extra_config}
 """
-        )
+        for section, lines in (extra_sections or {}).items():
+            header = f"\n[{section}]\n"
+            if header in text:
+                text = text.replace(header, header + lines + "\n", 1)
+            else:
+                text += header + lines + "\n"
+        self.config_path.write_text(text)
         self.host: subprocess.Popen[bytes] | None = None
         self.runners: dict[str, subprocess.Popen[bytes]] = {}
         self.client_config: Config = load_config(self.config_path)

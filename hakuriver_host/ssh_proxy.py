@@ -19,8 +19,10 @@ import contextlib
 import logging
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_host.audit import Outcome
 from hakuriver_host.cluster import Cluster
-from hakuriver_host.errors import ApiError
+from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
+from hakuriver_host.identity import ANONYMOUS
 from hakuriver_host.tunnels import Tunnel
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ class SshProxy:
                 await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
+                if isinstance(exc, Unauthenticated | Hidden):
+                    peer = writer.get_extra_info("peername")
+                    self.cluster.audit.record(
+                        ANONYMOUS, "ssh.tunnel", "", Outcome.REFUSED, reason, str(peer or "")
+                    )
                 writer.write(f"ERROR {reason}\n".encode())
                 await writer.drain()
                 return

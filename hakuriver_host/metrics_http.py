@@ -7,6 +7,8 @@ config. Served from a thread, like prometheus_client's own server, off the event
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -17,14 +19,24 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+log = logging.getLogger(__name__)
+POLL_SECONDS = 0.05
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
-    expected = f"Bearer {token}".encode()
+    expected = token.encode()
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        given = environ.get("HTTP_AUTHORIZATION", "").encode()
-        if hmac.compare_digest(given, expected):
+        # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+        scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return app(environ, start_response)
         start_response(
             "401 Unauthorized",
@@ -37,14 +49,25 @@ def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
 
 def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str) -> WSGIServer:
     """Serve ``registry`` on host:port (token: required as a bearer token); returns the
-    server, whose ``shutdown`` stops it."""
+    server, whose ``shutdown`` stops it and closes its socket."""
 
     class _Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
 
+        def shutdown(self) -> None:
+            super().shutdown()
+            self.server_close()  # free the port now, not when the object is collected
+
     app: WsgiApp = make_wsgi_app(registry)
     if token:
         app = _bearer_only(app, token)
+    elif not _is_loopback(host):
+        log.warning(
+            "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host
+        )
     server = make_server(host, port, app, _Server, handler_class=_SilentHandler)
-    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
+    # shutdown() waits for the serving loop's next poll: a short poll keeps a Host's stop quick.
+    threading.Thread(
+        target=server.serve_forever, args=(POLL_SECONDS,), name="metrics-http", daemon=True
+    ).start()
     return server

@@ -3,14 +3,24 @@
 ``notify`` never blocks: events go to a bounded queue (the oldest is dropped, with a
 warning, if a receiver is down for long). One worker per webhook delivers in order, in a
 thread, retrying with exponential backoff up to ``max_attempts``.
+
+With a ``secret`` every request is signed, GitHub/Stripe style, so a receiver can tell a
+delivery from this Host from a forged or replayed one: ``X-HakuRiver-Signature:
+sha256=<hex HMAC-SHA256, key secret, of b"<X-HakuRiver-Timestamp>." + body>``. The
+timestamp is taken per attempt (a receiver rejects old ones); the event id is the same on
+every attempt and every receiver (a receiver drops repeats).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import time
 import urllib.request
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +28,26 @@ from hakuriver_common.config import WebhookConfig
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000
+TIMESTAMP_HEADER = "X-HakuRiver-Timestamp"
+SIGNATURE_HEADER = "X-HakuRiver-Signature"
+EVENT_ID_HEADER = "X-HakuRiver-Event-Id"
+
+
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-HakuRiver-Signature value of ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A 3xx is a failed attempt, as documented: a POST must not turn into a GET
+    elsewhere, nor a signed delivery go to another address."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
 
 
 class Webhook:
@@ -30,13 +60,18 @@ class Webhook:
         return event in self.events or "*" in self.events
 
     def _post(self, payload: dict[str, Any]) -> None:
-        request = urllib.request.Request(
-            self.config.url,
-            data=json.dumps(payload).encode(),
-            headers={"Content-Type": "application/json", "User-Agent": "hakuriver"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:
+        body = json.dumps(payload).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "hakuriver",
+            EVENT_ID_HEADER: payload["id"],
+        }
+        if self.config.secret:
+            timestamp = str(int(time.time()))
+            headers[TIMESTAMP_HEADER] = timestamp
+            headers[SIGNATURE_HEADER] = signature(self.config.secret, timestamp, body)
+        request = urllib.request.Request(self.config.url, data=body, headers=headers)
+        with _opener.open(request, timeout=self.config.timeout_seconds) as response:
             response.read()
 
     async def run(self) -> None:
@@ -73,7 +108,14 @@ class Notifier:
         await asyncio.gather(*self._workers, return_exceptions=True)
 
     def notify(self, event: str, **details: Any) -> None:
-        payload = {"event": event, "at": datetime.now(UTC).isoformat(), **details}
+        if not self.hooks:
+            return
+        payload = {
+            "event": event,
+            "id": str(uuid.uuid4()),
+            "at": datetime.now(UTC).isoformat(),
+            **details,
+        }
         for hook in self.hooks:
             if not hook.wants(event):
                 continue

@@ -1,0 +1,60 @@
+"""/metrics behind auth.metrics_token, on a real in-process Host: Prometheus's bearer
+token opens it, anything else gets 401; with no token configured it stays open."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.unit.local_cluster import LocalCluster
+
+TOKEN = "metrics-" + "x" * 40
+
+
+def _get(port: int, authorization: str | None) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, dict(refused.headers), refused.read().decode()
+
+
+async def scrape(
+    cluster: LocalCluster, authorization: str | None = None
+) -> tuple[int, dict[str, str], str]:
+    """GET /metrics from a thread: the Host serving it runs on this event loop's thread."""
+    assert cluster.server is not None
+    return await asyncio.to_thread(_get, cluster.server.metrics_port, authorization)
+
+
+def metric_names(text: str) -> set[str]:
+    return {family.name for family in text_string_to_metric_families(text)}
+
+
+async def test_a_metrics_token_is_required_as_a_bearer_token(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    cluster = await make_local_cluster(auth={"metrics_token": TOKEN})
+    for refused in (None, "Bearer wrong-token", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN):
+        status, headers, body = await scrape(cluster, refused)
+        assert status == 401, refused
+        assert headers["WWW-Authenticate"].startswith("Bearer"), headers
+        assert "hakuriver_" not in body, "a refused scrape must not see any metric"
+    for accepted in (f"Bearer {TOKEN}", f"bearer {TOKEN}"):
+        status, headers, body = await scrape(cluster, accepted)
+        assert status == 200, accepted
+        assert headers["Content-Type"].startswith("text/plain"), headers
+        assert {"hakuriver_queue_depth", "hakuriver_runners_connected"} <= metric_names(body)
+
+
+async def test_without_a_metrics_token_metrics_are_open(local_cluster: LocalCluster) -> None:
+    status, _, body = await scrape(local_cluster)
+    assert status == 200
+    assert "hakuriver_queue_depth" in metric_names(body)

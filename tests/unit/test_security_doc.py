@@ -1,0 +1,18 @@
+"""docs/security.md keeps the authorisation table: it must say exactly what the code does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from hakuriver_host.authorization import RIGHTS
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+ROW = re.compile(r"^\| `(/[^`]+)` \| (\w+) \|$")
+
+
+def test_the_documented_table_is_the_table_the_interceptor_reads() -> None:
+    documented = {
+        match[1]: match[2] for line in DOC.read_text().splitlines() if (match := ROW.match(line))
+    }
+    assert documented == {method: right.value for method, right in RIGHTS.items()}

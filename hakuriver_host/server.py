@@ -259,7 +259,7 @@ class HostServer:
         await self.cluster.stop()
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         if self._http is not None:
-            self._http.shutdown()
+            await asyncio.to_thread(self._http.shutdown)
         self.store.close()
 
     async def serve_forever(self) -> None:

@@ -1,9 +1,11 @@
-"""``hakuriver.init``: write a commented default config, and systemd units."""
+"""``hakuriver.init``: a commented default config, the cluster's TLS files, systemd units."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
+import socket
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +14,10 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
+from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
+from hakuriver_common.credentials import write_secret
+from hakuriver_common.roles import JOIN_TOKEN_PREFIX
 from hakuriver_common.service import ConfigOption, config_or_exit, tool_app
 
 app = tool_app("Set up HakuRiver.", json=False)
@@ -28,13 +33,18 @@ def _toml_value(value: Any) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_default_config() -> str:
-    """The default config as TOML, every key with its description."""
+def new_join_token() -> str:
+    """A random join token (256 bits) for Runners to join with."""
+    return JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def render_default_config(values: Config | None = None) -> str:
+    """The config as TOML (default: the defaults), every key with its description."""
     lines = [
         "# HakuRiver configuration. Every key can be overridden by an environment variable",
         "# HAKURIVER_<SECTION>__<KEY>, e.g. HAKURIVER_NETWORK__HOST_PORT=9000.",
     ]
-    defaults = Config()
+    defaults = values if values is not None else Config()
     for section in Config.model_fields:
         model = getattr(defaults, section)
         if not isinstance(model, BaseModel):
@@ -67,15 +77,97 @@ def config(
     ] = DEFAULT_CONFIG_PATH,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented default config file."""
+    """Write a commented default config file with a new random auth.join_token (the file is
+    0600: it holds that secret)."""
     if output.exists() and not force:
         typer.echo(f"error: {output} exists (use --force to overwrite)", err=True)
         raise typer.Exit(1)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_suffix(output.suffix + ".tmp")
-    tmp.write_text(render_default_config())
-    tmp.replace(output)
-    typer.echo(f"wrote {output}")
+    defaults = Config()
+    auth = defaults.auth.model_copy(update={"join_token": new_join_token()})
+    values = defaults.model_copy(update={"auth": auth})
+    write_secret(output, render_default_config(values).rstrip("\n"))
+    typer.echo(f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
+    typer.echo(f"next, on the Host: hakuriver.init tls --config {output}")
+
+
+def _host_names(config: Config, extra: list[str]) -> list[str]:
+    """The names the Host certificate must hold besides localhost and the loopback IPs."""
+    names = [config.network.host_reachable_address, socket.gethostname(), *extra]
+    return [n for n in dict.fromkeys(n.strip() for n in names) if n]
+
+
+def _tls_settings_hint(config: Config, files: TlsFiles) -> str | None:
+    """The [tls] lines to put in the config when it does not point at ``files`` already."""
+    wanted = {"ca_file": files.ca_cert, "cert_file": files.host_cert, "key_file": files.host_key}
+    differ = {k: v for k, v in wanted.items() if config.tls.path(k).absolute() != v}
+    if not differ:
+        return None
+    return "\n".join(
+        ["set in the Host's config:", "  [tls]"] + [f'  {k} = "{v}"' for k, v in differ.items()]
+    )
+
+
+@app.command()
+def tls(
+    name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--name",
+            help="Another DNS name or IP address the Host is reached by; repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            help="Folder for ca.pem, ca.key, host.pem, host.key (default: the folder of the "
+            "config's tls.ca_file).",
+            show_default=False,
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Make a new CA even if one exists (every copy of ca.pem must be replaced)."
+        ),
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create the cluster's CA (kept if it exists) and a new Host certificate signed by it.
+
+    The certificate names network.host_reachable_address, this machine's hostname, every
+    --name, localhost, 127.0.0.1 and ::1."""
+    cfg = config_or_exit(config)
+    folder = (output_dir or cfg.tls.path("ca_file").parent).expanduser().absolute()
+    files = TlsFiles.in_folder(folder)
+    has_ca = files.ca_cert.exists() and files.ca_key.exists()
+    if files.ca_cert.exists() and not files.ca_key.exists() and not force:
+        typer.echo(
+            f"error: {files.ca_cert} exists without its key {files.ca_key}: cannot sign a Host "
+            "certificate with it (use --force to make a new CA)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    try:
+        if force or not has_ca:
+            make_ca(files)
+            typer.echo(f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
+        else:
+            typer.echo(f"kept the existing CA: {files.ca_cert}")
+        names = issue_host_certificate(files, _host_names(cfg, name or []))
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote the Host certificate {files.host_cert} (key {files.host_key}, 0600)")
+    typer.echo(f"  valid for: {', '.join(names)}")
+    hint = _tls_settings_hint(cfg, files)
+    if hint:
+        typer.echo(hint)
+    typer.echo(
+        f"copy {files.ca_cert} (only it) to every Runner and client and point tls.ca_file "
+        "at it; never copy ca.key or host.key"
+    )
 
 
 class Role(StrEnum):

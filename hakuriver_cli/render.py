@@ -1,8 +1,8 @@
 """Human tables and JSON for the CLI's read commands.
 
-Task statuses, task kinds and node statuses appear in the user's words (``completed``,
-``vps``, ``online``, from ``hakuriver_common.statuses``) in tables and in ``--json`` alike;
-only the wire carries the proto enums.
+Task statuses, kinds and networks, node statuses, roles and audit outcomes appear in the
+user's words (``completed``, ``vps``, ``none``, ``online``, ``operator``, ``refused``) in
+tables and in ``--json`` alike; only the wire carries the proto enums.
 """
 
 from __future__ import annotations
@@ -21,18 +21,51 @@ from rich.console import Console
 from rich.table import Table
 
 from hakuriver_common.mounts import MountSpec, format_mount
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
-from hakuriver_common.statuses import NodeStatus, TaskKind, TaskStatus
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_pb2,
+    audit_service_pb2 as aupb,
+    node_pb2,
+    task_pb2,
+)
+from hakuriver_common.roles import Role
+from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.units import format_size
 
 # Piped output keeps whole rows instead of the 80-column fallback.
 console = Console() if sys.stdout.isatty() else Console(width=240)
 
+
+class Outcome(StrEnum):
+    """How an audited action ended."""
+
+    ALLOWED = "allowed"
+    REFUSED = "refused"
+
+    @property
+    def pb(self) -> aupb.AuditOutcome.ValueType:
+        return _OUTCOME_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> Outcome:
+        for outcome, pb in _OUTCOME_PB.items():
+            if pb == value:
+                return outcome
+        raise ValueError(f"unknown audit outcome value {value}")
+
+
+_OUTCOME_PB = {
+    Outcome.ALLOWED: aupb.AUDIT_OUTCOME_ALLOWED,
+    Outcome.REFUSED: aupb.AUDIT_OUTCOME_REFUSED,
+}
+
 # Proto enum type -> its words, for every enum field of every message printed as JSON.
 _VOCABULARY: dict[str, Callable[[int], StrEnum]] = {
     task_pb2.TaskStatus.DESCRIPTOR.full_name: TaskStatus.from_pb,
     task_pb2.TaskKind.DESCRIPTOR.full_name: TaskKind.from_pb,
+    task_pb2.TaskNetwork.DESCRIPTOR.full_name: TaskNetwork.from_pb,
     node_pb2.NodeStatus.DESCRIPTOR.full_name: NodeStatus.from_pb,
+    access_pb2.Role.DESCRIPTOR.full_name: Role.from_pb,
+    aupb.AuditOutcome.DESCRIPTOR.full_name: Outcome.from_pb,
 }
 
 
@@ -53,6 +86,18 @@ def kind_name(kind: int) -> str:
 
 def node_status_name(status: int) -> str:
     return _word(NodeStatus.from_pb, status)
+
+
+def network_name(network: int) -> str:
+    return _word(TaskNetwork.from_pb, network)
+
+
+def role_name(role: int) -> str:
+    return _word(Role.from_pb, role)
+
+
+def outcome_name(outcome: int) -> str:
+    return _word(Outcome.from_pb, outcome)
 
 
 def _in_words(message: Message, out: dict[str, Any]) -> None:
@@ -130,6 +175,7 @@ def memory(num_bytes: int) -> str:
 def task_row(t: task_pb2.Task) -> list[str]:
     return [
         str(t.task_id),
+        t.owner or "-",
         status_name(t.status) + (f" #{t.queue_position}" if t.queue_position else ""),
         t.assigned_node or "-",
         str(t.required_cores),
@@ -143,6 +189,7 @@ def task_row(t: task_pb2.Task) -> list[str]:
 
 TASK_COLUMNS = (
     "task_id",
+    "owner",
     "status (#queue)",
     "node",
     "cores",
@@ -159,6 +206,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("task_id", str(task.task_id)),
         ("task_type", kind_name(task.kind)),
         ("batch_id", str(task.batch_id) if task.batch_id else "-"),
+        ("owner", task.owner or "-"),
         ("status", status_name(task.status)),
         ("command", task.command),
         ("arguments", " ".join(task.arguments) or "-"),
@@ -175,6 +223,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ),
         ("container_name", task.container_name),
         ("privileged", str(task.privileged).lower()),
+        ("network", network_name(task.network) if task.network else "-"),
         (
             "mounts",
             ", ".join(format_mount(MountSpec.from_pb(m)) for m in task.mounts) or "-",

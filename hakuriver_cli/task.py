@@ -39,7 +39,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
-from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskStatus
+from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.targets import parse_target
 
 app = tool_app("Submit and follow command tasks.")
@@ -143,6 +143,14 @@ def submit(
         list[str] | None, typer.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro]; repeatable.")
     ] = None,
     privileged: Annotated[bool, typer.Option(help="Run the container privileged.")] = False,
+    network: Annotated[
+        TaskNetwork | None,
+        typer.Option(
+            help="The container's network: host (the node's) or none (isolated); "
+            "default: the Host's auth.default_task_network.",
+            show_default=False,
+        ),
+    ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first when queued.")] = 0,
     wait: Annotated[bool, typer.Option(help="Wait until every task finishes.")] = False,
     poll_interval: PollIntervalOption = 1.0,
@@ -165,6 +173,7 @@ def submit(
         mounts=mount_pbs(mount or []),
         priority=priority,
         gpus=gpus,
+        network=network.pb if network is not None else task_pb2.TASK_NETWORK_UNSPECIFIED,
     )
     with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
@@ -215,6 +224,9 @@ def list_tasks(
     limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
     before: Annotated[str, typer.Option(help="Only tasks older than this id (paging).")] = "",
     kind: Annotated[TaskKind | None, typer.Option(help="Only command or vps tasks.")] = None,
+    owner: Annotated[
+        str, typer.Option(help="Only this user's tasks (operators; users see only their own).")
+    ] = "",
     since: Annotated[
         str, typer.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
     ] = "",
@@ -231,6 +243,7 @@ def list_tasks(
         before_task_id=task_id_or_fail(before) if before else 0,
         kind=kind.pb if kind is not None else task_pb2.TASK_KIND_UNSPECIFIED,
         submitted_after=_since(since) if since else None,
+        owner=owner,
     )
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)

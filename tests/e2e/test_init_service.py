@@ -6,6 +6,7 @@ ExecStart in their WorkingDirectory with their Environment, stopped with SIGTERM
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_common.channels import open_channel
 from tests.e2e.harness import ProcessCluster, wait_for
 
 INIT = [sys.executable, "-m", "hakuriver_cli.init", "service"]
@@ -62,21 +63,35 @@ def test_units_start_a_working_cluster(docker_ready: None, tmp_path: Path) -> No
     assert "docker.service" in runner_unit["After"][0]
     try:
         cluster.host = start_unit(host_unit, tmp_path / "c" / "host.log")
-        health = health_pb2_grpc.HealthStub(cluster.channel)
-        wait_for(
-            lambda: (
-                health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                == health_pb2.HealthCheckResponse.SERVING
-            ),
-            what="the host started from its unit",
-        )
+        with open_channel(cluster.client_config, "") as probe:
+            health = health_pb2_grpc.HealthStub(probe)
+            wait_for(
+                lambda: (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ),
+                what="the host started from its unit",
+            )
         name = cluster.runner_names[0]
         cluster.runners[name] = start_unit(
-            runner_unit, tmp_path / "c" / f"runner-{name}.log", HAKURIVER_RUNNER__NAME=name
+            runner_unit,
+            tmp_path / "c" / f"runner-{name}.log",
+            HAKURIVER_RUNNER__NAME=name,
+            HAKURIVER_RUNNER__STATE_DIR=str(cluster.runner_state_dir(name)),
         )
-        wait_for(lambda: cluster.node_online(name), what="the runner started from its unit")
-        task = cluster.submit(["echo", "from a unit"])
-        assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+
+        def online() -> bool:
+            listed = cluster.cli("client", "nodes", "--json")
+            assert listed.returncode == 0, listed.stderr
+            return any(
+                n["hostname"] == name and n["status"] == "online" for n in json.loads(listed.stdout)
+            )
+
+        # The CLI reaches the Host over TLS as the admin the Host made on its first start.
+        wait_for(online, what="the runner started from its unit")
+        ran = cluster.cli("task", "submit", "--wait", "--", "echo", "from a unit")
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert "completed, exit code 0" in ran.stdout
         for proc in (cluster.runners[name], cluster.host):
             proc.send_signal(signal.SIGTERM)  # what KillMode=mixed sends first
             assert proc.wait(30) == 0

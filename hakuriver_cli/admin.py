@@ -1,0 +1,380 @@
+"""``hakuriver.admin``: users, API tokens, runner credentials and the audit log.
+
+Every command is one call of AccessService or AuditService; the Host decides who may make it
+(docs/security.md). A token's secret is printed once, when it is created: the Host keeps
+only its hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hakuriver_cli.connection import ask, fail, parsed, unary
+from hakuriver_cli.render import (
+    Outcome,
+    outcome_name,
+    print_json,
+    role_name,
+    show_list,
+    to_dict,
+    when,
+)
+from hakuriver_common.credentials import TOKEN_ENV, write_secret
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_pb2,
+    access_service_pb2 as apb,
+    access_service_pb2_grpc,
+    audit_service_pb2 as aupb,
+    audit_service_pb2_grpc,
+)
+from hakuriver_common.roles import Role
+from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
+
+T = TypeVar("T")
+
+app = tool_app("Users, API tokens, runner credentials and the audit log.")
+user_app = typer.Typer(no_args_is_help=True)
+token_app = typer.Typer(no_args_is_help=True)
+runner_app = typer.Typer(no_args_is_help=True)
+
+
+def _group(ctx: typer.Context, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Hand --config and --json given before the group's command on to it."""
+    ctx.obj = GlobalOptions(config, json)
+
+
+for _sub, _name, _help in (
+    (user_app, "user", "Users and their roles (admin)."),
+    (token_app, "token", "API tokens: create, list, revoke (your own; an admin: anybody's)."),
+    (runner_app, "runner", "Credentials Runners received on joining (admin)."),
+):
+    _sub.callback()(_group)
+    app.add_typer(_sub, name=_name, help=_help)
+
+
+def _access(
+    config: Path | None, call: Callable[[access_service_pb2_grpc.AccessServiceStub], T]
+) -> T:
+    return ask(config, access_service_pb2_grpc.AccessServiceStub, call)
+
+
+def _stamp(moment: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _is_set(message: Message, field: str) -> bool:
+    return message.HasField(field)
+
+
+# ----- whoami -------------------------------------------------------------------------
+
+
+@app.command()
+def whoami(config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Who the Host takes you for: your user name, role and token id."""
+    me: apb.WhoAmIResponse = _access(config, lambda s: unary(s.WhoAmI, apb.WhoAmIRequest()))
+    if json:
+        print_json(to_dict(me))
+        return
+    typer.echo(f"{me.user} ({role_name(me.role)}), token {me.token_id or '-'}")
+
+
+# ----- users --------------------------------------------------------------------------
+
+NameArgument = Annotated[str, typer.Argument(help="User name.", show_default=False)]
+
+
+@user_app.command("add")
+def user_add(
+    name: NameArgument,
+    role: Annotated[Role, typer.Option(help="user, operator or admin.")] = Role.USER,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Add a user with a role; give them a token with: token create --user NAME."""
+    request = apb.CreateUserRequest(name=name, role=role.pb)
+    user = _access(config, lambda s: unary(s.CreateUser, request).user)
+    if json:
+        print_json(to_dict(user))
+        return
+    typer.echo(f"added user {user.name} ({role_name(user.role)})")
+    typer.echo(f"give them a token: hakuriver.admin token create --user {user.name} --save PATH")
+
+
+def _user_row(user: access_pb2.User) -> list[str]:
+    return [user.name, role_name(user.role), when(user.created_at, _is_set(user, "created_at"))]
+
+
+@user_app.command("list")
+def user_list(config: ConfigOption = None, json: JsonOption = False) -> None:
+    """List users and their roles."""
+    users = _access(config, lambda s: unary(s.ListUsers, apb.ListUsersRequest()).users)
+    show_list(json, users, "users", ("name", "role", "created"), _user_row)
+
+
+@user_app.command("remove")
+def user_remove(name: NameArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Remove a user and revoke their tokens; their tasks keep running."""
+    request = apb.DeleteUserRequest(name=name)
+    revoked = _access(config, lambda s: unary(s.DeleteUser, request).revoked_tokens)
+    if json:
+        print_json({"user": name, "revoked_tokens": revoked})
+        return
+    typer.echo(f"removed user {name}; revoked {revoked} token(s)")
+
+
+# ----- tokens -------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """When a token made now expires: '90s', '12h', '30d' from now, or an ISO date/time
+    (local time unless it names a zone)."""
+    now = now or datetime.now(UTC)
+    if text[:-1].isdigit() and text[-1] in _UNITS:
+        return now + timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--expires {text!r}: use 90s, 12h, 30d or an ISO date like 2027-01-31"
+        ) from None
+    moment = moment if moment.tzinfo else moment.astimezone()
+    if moment <= now:
+        raise ValueError(f"--expires {text!r} is in the past")
+    return moment
+
+
+def _token_state(token: access_pb2.ApiToken) -> str:
+    if _is_set(token, "revoked_at"):
+        return "revoked"
+    if _is_set(token, "expires_at") and token.expires_at.ToDatetime(tzinfo=UTC) <= datetime.now(
+        UTC
+    ):
+        return "expired"
+    return "active"
+
+
+def _expires(token: access_pb2.ApiToken) -> str:
+    return when(token.expires_at, True) if _is_set(token, "expires_at") else "never"
+
+
+def _save_target(save: Path | None) -> Path | None:
+    """Where --save writes; refused before the token is made if a file is there already."""
+    if save is None:
+        return None
+    path = save.expanduser()
+    if path.exists():
+        fail(f"{path} exists: --save writes a new file (remove it or choose another path)", 2)
+    return path
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[
+        str, typer.Option(help="Whose token (default: yours; another's needs admin).")
+    ] = "",
+    description: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    expires: Annotated[
+        str,
+        typer.Option(
+            help="Expire after 90s, 12h, 30d, or at an ISO date/time (default: never).",
+            show_default=False,
+        ),
+    ] = "",
+    save: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write the secret to this new file (mode 0600) instead of printing it.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Create an API token. Its secret is shown (or saved) only now: the Host keeps a hash."""
+    request = apb.CreateTokenRequest(user=user, description=description)
+    if expires:
+        [moment] = parsed([expires], parse_expiry)
+        request.expires_at.CopyFrom(_stamp(moment))
+    target = _save_target(save)
+    made: apb.CreateTokenResponse = _access(config, lambda s: unary(s.CreateToken, request))
+    token = made.token
+    about = f"token {token.token_id} for {token.user} (expires: {_expires(token)})"
+    if target is not None:
+        try:
+            write_secret(target, made.secret)
+        except OSError as exc:
+            fail(
+                f"cannot write {target}: {exc.strerror}; {about} was made but is lost: "
+                f"revoke it (hakuriver.admin token revoke {token.token_id})"
+            )
+    if json:
+        body: dict[str, Any] = {"token": to_dict(token)}
+        body.update({"saved_to": str(target)} if target else {"secret": made.secret})
+        print_json(body)
+    elif target is not None:
+        typer.echo(f"saved {about} to {target} (mode 0600)")
+    else:
+        typer.echo(made.secret)
+    if target is None:
+        typer.echo(
+            f"warning: {about} is shown only now; keep it in ~/.hakuriver/credentials "
+            f"(chmod 600) or ${TOKEN_ENV}",
+            err=True,
+        )
+    else:
+        typer.echo(
+            f"{token.user} keeps it in ~/.hakuriver/credentials (chmod 600) or ${TOKEN_ENV}",
+            err=True,
+        )
+
+
+TOKEN_COLUMNS = ("token_id", "user", "state", "description", "created", "expires")
+
+
+def _token_row(token: access_pb2.ApiToken) -> list[str]:
+    return [
+        token.token_id,
+        token.user,
+        _token_state(token),
+        token.description or "-",
+        when(token.created_at, _is_set(token, "created_at")),
+        _expires(token),
+    ]
+
+
+@token_app.command("list")
+def token_list(
+    user: Annotated[str, typer.Option(help="Only this user's tokens (admin).")] = "",
+    all_: Annotated[bool, typer.Option("--all", help="Everybody's tokens (admin).")] = False,
+    include_inactive: Annotated[
+        bool, typer.Option("--include-inactive", help="Also revoked and expired tokens.")
+    ] = False,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """List API tokens (yours unless --user or --all), never their secrets."""
+    if user and all_:
+        fail("--user and --all exclude each other", 2)
+    request = apb.ListTokensRequest(user="*" if all_ else user, include_inactive=include_inactive)
+    tokens = _access(config, lambda s: unary(s.ListTokens, request).tokens)
+    show_list(json, tokens, "tokens", TOKEN_COLUMNS, _token_row)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="Token id (token list).", show_default=False)],
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Revoke an API token: the Host refuses it from now on."""
+    request = apb.RevokeTokenRequest(token_id=token_id)
+    token = _access(config, lambda s: unary(s.RevokeToken, request).token)
+    if json:
+        print_json(to_dict(token))
+        return
+    typer.echo(f"revoked token {token.token_id} of {token.user}")
+
+
+# ----- runner credentials -------------------------------------------------------------
+
+
+def _runner_row(credential: access_pb2.RunnerCredential) -> list[str]:
+    revoked = _is_set(credential, "revoked_at")
+    return [
+        credential.hostname,
+        "revoked" if revoked else "active",
+        when(credential.issued_at, _is_set(credential, "issued_at")),
+        when(credential.revoked_at, revoked),
+    ]
+
+
+@runner_app.command("list")
+def runner_list(config: ConfigOption = None, json: JsonOption = False) -> None:
+    """List the credentials Runners received on their first join."""
+    request = apb.ListRunnerCredentialsRequest()
+    credentials = _access(config, lambda s: unary(s.ListRunnerCredentials, request).credentials)
+    show_list(json, credentials, "runners", ("hostname", "state", "issued", "revoked"), _runner_row)
+
+
+@runner_app.command("revoke")
+def runner_revoke(
+    hostname: Annotated[str, typer.Argument(help="Node hostname.", show_default=False)],
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Revoke a Runner's credential and close its stream; it may join again only with the
+    join token."""
+    request = apb.RevokeRunnerCredentialRequest(hostname=hostname)
+    credential = _access(config, lambda s: unary(s.RevokeRunnerCredential, request).credential)
+    if json:
+        print_json(to_dict(credential))
+        return
+    typer.echo(
+        f"revoked the credential of runner {credential.hostname}; to join again it needs the "
+        "join token (and its old credential removed from its state_dir)"
+    )
+
+
+# ----- audit --------------------------------------------------------------------------
+
+AUDIT_COLUMNS = ("id", "at", "actor", "role", "action", "target", "outcome", "detail", "peer")
+
+
+def _audit_row(event: aupb.AuditEvent) -> list[str]:
+    return [
+        str(event.id),
+        when(event.at, _is_set(event, "at")),
+        event.actor,
+        role_name(event.role) if event.role else "-",
+        event.action,
+        event.target or "-",
+        outcome_name(event.outcome),
+        event.detail or "-",
+        event.peer or "-",
+    ]
+
+
+@app.command()
+def audit(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many events.")] = 100,
+    actor: Annotated[str, typer.Option(help="Only this actor (user or runner:HOST).")] = "",
+    action: Annotated[str, typer.Option(help="Only this action, e.g. task.submit.")] = "",
+    refused: Annotated[bool, typer.Option("--refused", help="Only refusals.")] = False,
+    before: Annotated[int, typer.Option(help="Only events older than this id (paging).")] = 0,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """The audit log, newest first: who did what, and every refusal."""
+    request = aupb.ListAuditEventsRequest(
+        limit=limit,
+        before_id=before,
+        actor=actor,
+        action=action,
+        outcome=Outcome.REFUSED.pb if refused else aupb.AUDIT_OUTCOME_UNSPECIFIED,
+    )
+    events = ask(
+        config,
+        audit_service_pb2_grpc.AuditServiceStub,
+        lambda s: unary(s.ListAuditEvents, request).events,
+    )
+    show_list(json, events, "audit", AUDIT_COLUMNS, _audit_row)
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

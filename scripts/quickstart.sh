@@ -2,6 +2,8 @@
 # Start a working one-machine HakuRiver cluster on 127.0.0.1: a Host and one Runner, SQLite,
 # shared storage in a local folder, the base environment built if missing; then run a sample
 # task and show its output. `scripts/quickstart.sh stop` stops the cluster again.
+# Secure as any cluster: TLS with its own CA (in $DIR/tls), a random join token for the
+# Runner, and the first admin's API token, which the Host writes to $DIR/credentials (0600).
 #
 # Settings (environment): HAKURIVER_QUICKSTART_DIR (default .quickstart in the checkout),
 # HAKURIVER_QUICKSTART_PORT (gRPC, default 8000; /metrics is the next port, the SSH proxy the
@@ -36,7 +38,17 @@ if [ -f "$DIR/host.pid" ] && kill -0 "$(cat "$DIR/host.pid")" 2>/dev/null; then
     exit 1
 fi
 mkdir -p "$DIR/shared" "$DIR/local_temp"
-cat >"$CONFIG" <<TOML
+# The admin token in $DIR/credentials belongs to the database it was made for: without that
+# database the Host makes a new admin and token on its first start, written there.
+if [ ! -f "$DIR/cluster.db" ]; then
+    rm -f "$DIR/credentials"
+fi
+JOIN_TOKEN="$("$PY" -c 'import secrets
+from hakuriver_common.roles import JOIN_TOKEN_PREFIX
+print(JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32))')"
+# The config holds the join token: created 0600, never readable by others.
+rm -f "$CONFIG"
+(umask 077 && cat >"$CONFIG") <<TOML
 [network]
 host_bind_ip = "127.0.0.1"
 host_reachable_address = "127.0.0.1"
@@ -55,8 +67,20 @@ db_file = "$DIR/cluster.db"
 
 [runner]
 name = "$(hostname)"
+state_dir = "$DIR/runner-state"
+
+[tls]
+ca_file = "$DIR/tls/ca.pem"
+cert_file = "$DIR/tls/host.pem"
+key_file = "$DIR/tls/host.key"
+
+[auth]
+credentials_file = "$DIR/credentials"
+join_token = "$JOIN_TOKEN"
 TOML
 export HAKURIVER_CONFIG="$CONFIG"
+# The cluster's CA (kept from an earlier run) and a Host certificate for 127.0.0.1.
+"$PY" -m hakuriver_cli.init tls --output-dir "$DIR/tls" >"$DIR/tls.out"
 
 nohup "$PY" -m hakuriver_host >>"$DIR/host.out" 2>&1 &
 echo $! >"$DIR/host.pid"
@@ -64,9 +88,11 @@ nohup "$PY" -m hakuriver_runner >>"$DIR/runner.out" 2>&1 &
 echo $! >"$DIR/runner.pid"
 
 # The whole answer is read before matching: `| grep -q` would close the pipe at the first
-# match, and the client's broken pipe would fail the pipeline under pipefail.
+# match, and the client's broken pipe would fail the pipeline under pipefail. The CLI uses
+# the admin token the Host writes on its first start.
 node_online() {
     local nodes
+    [ -f "$DIR/credentials" ] || return 1
     nodes="$("$PY" -m hakuriver_cli.client nodes --json 2>/dev/null)" || return 1
     [[ $nodes == *'"status": "online"'* ]]
 }
@@ -96,12 +122,18 @@ cat <<MSG
 
 The cluster is running (Host on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$((PORT + 1))/metrics,
 SSH proxy on 127.0.0.1:$((PORT + 2))).
+TLS with the CA $DIR/tls/ca.pem; you are its admin (API token in $DIR/credentials, 0600).
 Submit more:
     export HAKURIVER_CONFIG=$CONFIG
     export PATH=$(dirname "$PY"):\$PATH
     hakuriver.task submit --wait -- sh -c 'echo hi'
     hakuriver.task list
     hakuriver.client nodes
+Add a user and give them a token (shown once; --save writes it to a new 0600 file):
+    hakuriver.admin user add alice --role user
+    hakuriver.admin token create --user alice --save alice.token
+  alice keeps it in ~/.hakuriver/credentials (chmod 600) or in \$HAKURIVER_TOKEN, with a
+  config like $CONFIG without [auth] (tls.ca_file pointing at a copy of ca.pem).
 Stop it:
     scripts/quickstart.sh stop
 MSG

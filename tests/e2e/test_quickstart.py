@@ -1,9 +1,11 @@
-"""The README's one-command cluster: it starts, runs a sample task, shows its output, stops."""
+"""The README's one-command cluster: it starts over TLS with an admin token, runs a sample
+task, shows its output and how to add a user, stops, and starts again with the same state."""
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,35 +16,76 @@ from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = str(ROOT / "scripts" / "quickstart.sh")
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _tool(tool: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"hakuriver_cli.{tool}", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
     docker_ready: None, tmp_path: Path
 ) -> None:
     port = free_port()
+    qs = tmp_path / "qs"
     env = {
         **os.environ,
         "HAKURIVER_PYTHON": sys.executable,
-        "HAKURIVER_QUICKSTART_DIR": str(tmp_path / "qs"),
+        "HAKURIVER_QUICKSTART_DIR": str(qs),
         "HAKURIVER_QUICKSTART_PORT": str(port),
     }
-    script = str(ROOT / "scripts" / "quickstart.sh")
+    env.pop("HAKURIVER_TOKEN", None)
+    cli_env = {**env, "HAKURIVER_CONFIG": str(qs / "config.toml")}
     try:
-        started = subprocess.run([script], env=env, capture_output=True, text=True, timeout=120)
+        started = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
         assert "completed, exit code 0" in started.stdout
         assert "Hello from HakuRiver, task " in started.stdout
         assert "hakuriver.task submit" in started.stdout
-        client = [sys.executable, "-m", "hakuriver_cli.task", "list", "--json"]
-        listed = subprocess.run(
-            client,
-            env={**env, "HAKURIVER_CONFIG": str(tmp_path / "qs" / "config.toml")},
-            capture_output=True,
-            text=True,
+        assert "hakuriver.admin user add alice --role user" in started.stdout
+        assert "hakuriver.admin token create --user alice --save" in started.stdout
+        # Secrets only for the owner; the CA's key stays beside the Host.
+        for secret in ("config.toml", "credentials", "tls/ca.key", "tls/host.key"):
+            assert _mode(qs / secret) == 0o600, secret
+        assert _mode(qs / "runner-state" / "credential") == 0o600
+        assert 'join_token = "hkrj_' in (qs / "config.toml").read_text()
+
+        # The message's steps work as written: the CLI is the admin without further setup.
+        added = _tool("admin", "user", "add", "alice", "--role", "user", env=cli_env)
+        assert added.returncode == 0, added.stderr
+        saved = tmp_path / "alice.token"
+        made = _tool(
+            "admin", "token", "create", "--user", "alice", "--save", str(saved), env=cli_env
         )
-        assert listed.returncode == 0, listed.stderr
-        assert "completed" in [t["status"] for t in json.loads(listed.stdout)]
+        assert made.returncode == 0, made.stderr
+        assert _mode(saved) == 0o600
+        alice = {**cli_env, "HAKURIVER_TOKEN": saved.read_text().strip()}
+        assert _tool("admin", "--json", "whoami", env=alice).stdout.count('"alice"') == 1
+        listed = _tool("task", "list", "--json", env=alice)
+        assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stderr
+
+        stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
+        assert stopped.returncode == 0
+        # Again: the same CA, admin token and Runner credential; the history is kept.
+        ca = (qs / "tls" / "ca.pem").read_bytes()
+        again = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert (qs / "tls" / "ca.pem").read_bytes() == ca
+        tasks = _tool("task", "list", "--json", env=cli_env)
+        assert tasks.returncode == 0, tasks.stderr
+        assert [t["status"] for t in json.loads(tasks.stdout)] == ["completed", "completed"]
+        assert {t["owner"] for t in json.loads(tasks.stdout)} == {"admin"}
     finally:
-        stopped = subprocess.run([script, "stop"], env=env, capture_output=True, text=True)
+        stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
     assert stopped.returncode == 0
-    assert not (tmp_path / "qs" / "host.pid").exists()
+    assert not (qs / "host.pid").exists()

@@ -10,6 +10,7 @@ import docker.errors
 import typer
 
 from hakuriver_common.config import Config
+from hakuriver_common.credentials import CredentialsError
 from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
@@ -45,7 +46,10 @@ def main(config: ConfigOption = None) -> None:
     except docker.errors.DockerException as exc:
         typer.echo(f"error: cannot reach the Docker daemon: {exc}", err=True)
         raise typer.Exit(1) from None
-    asyncio.run(_serve(session))
+    try:
+        asyncio.run(_serve(session))
+    except CredentialsError:
+        raise typer.Exit(1) from None  # logged by the session
 
 
 def run() -> None:

@@ -86,26 +86,33 @@ class Session:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Stay connected to the Host until ``stop`` is set."""
+        """Stay connected to the Host until ``stop`` is set.
+
+        CredentialsError (nothing to present, or a credential file others can read) ends
+        the Runner: retrying cannot help. A refusal by the Host is retried, since an admin
+        can resolve it (revoking the name's credential lets the join token in again)."""
         attempt = 0
-        while not stop.is_set():
-            try:
-                if await self._connect(stop):
-                    attempt = 0
-            except grpc.aio.AioRpcError as exc:
-                self._log_refusal(exc)
-            except CredentialsError as exc:
-                log.error("cannot join: %s", exc)
-            except Exception:
-                log.exception("runner session failed")
-            if stop.is_set():
-                break
-            delay = backoff_delay(attempt, cap=self.config.runner.reconnect_max_seconds)
-            attempt += 1
-            log.info("reconnecting in %.1fs", delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-        self._pool.shutdown()
+        try:
+            while not stop.is_set():
+                try:
+                    if await self._connect(stop):
+                        attempt = 0
+                except grpc.aio.AioRpcError as exc:
+                    self._log_refusal(exc)
+                except CredentialsError as exc:
+                    log.error("cannot join the cluster: %s", exc)
+                    raise
+                except Exception:
+                    log.exception("runner session failed")
+                if stop.is_set():
+                    break
+                delay = backoff_delay(attempt, cap=self.config.runner.reconnect_max_seconds)
+                attempt += 1
+                log.info("reconnecting in %.1fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            self._pool.shutdown()
 
     def _log_refusal(self, exc: grpc.aio.AioRpcError) -> None:
         code = exc.code()
@@ -139,8 +146,8 @@ class Session:
 
     async def _connect(self, stop: asyncio.Event) -> bool:
         """One connection; returns True if it got as far as registering."""
-        register = await self._register_message()
         secret = self.identity.secret()
+        register = await self._register_message()
         async with open_aio_channel(self.config, options=CHANNEL_OPTIONS) as channel:
             call = runner_service_pb2_grpc.RunnerServiceStub(channel).Connect(
                 metadata=bearer(secret)

@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from sqlmodel import Session, select
 
@@ -72,13 +73,14 @@ class Access:
 
     # ----- start ------------------------------------------------------------------------
 
-    async def load(self) -> None:
+    async def load(self, bootstrap: bool = True) -> None:
+        """Read every identity; with ``bootstrap``, create the first admin if none exists."""
         users, tokens, runners = await self.store.run(self._load)
         self.users = {u.name: u for u in users}
         self._tokens = {t.secret_hash: t for t in tokens}
         self._runners = {r.hostname: r for r in runners}
         self._runner_hashes = {r.secret_hash: r.hostname for r in runners}
-        if not self.users and not self.open:
+        if bootstrap and not self.users and not self.open:
             await self._bootstrap()
 
     def _load(
@@ -102,6 +104,19 @@ class Access:
             path = path.with_name(path.name + ".new")
         write_secret(path, issued.secret)
         log.warning("first start: created admin %r; their API token is in %s (0600)", name, path)
+
+    async def recover_admin(self) -> Path:
+        """A new token for the bootstrap admin (created if missing), written to the
+        credentials file: the way back in when every admin token is lost."""
+        name = self.config.auth.bootstrap_admin
+        if name not in self.users:
+            await self.create_user(name, Role.ADMIN)
+        elif self.users[name].role != Role.ADMIN:
+            raise FailedPrecondition(f"user {name!r} exists and is not an admin")
+        issued = await self.create_token(name, "recovered with hakuriver.host", None)
+        path = self.config.auth.credentials_file.expanduser()
+        write_secret(path, issued.secret)
+        return path
 
     # ----- authentication ---------------------------------------------------------------
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import typer
 
 from hakuriver_common.config import Config
-from hakuriver_common.service import ConfigOption, start_daemon
+from hakuriver_common.service import ConfigOption, config_or_exit, start_daemon
+from hakuriver_host.access import Access
+from hakuriver_host.errors import ApiError
 from hakuriver_host.server import HostServer
+from hakuriver_host.store import Store
 
 app = typer.Typer(add_completion=False, help="Start the HakuRiver Host.")
 
@@ -17,9 +21,42 @@ async def _serve(cfg: Config) -> None:
     await HostServer(cfg).serve_forever()
 
 
+async def _recover_admin(cfg: Config) -> None:
+    store = Store(cfg.database.sqlalchemy_url())
+    try:
+        await store.run(store.create_schema)
+        access = Access(cfg, store)
+        await access.load(bootstrap=False)
+        path = await access.recover_admin()
+    finally:
+        store.close()
+    typer.echo(
+        f"wrote a new token of admin {cfg.auth.bootstrap_admin!r} to {path} (0600); "
+        "restart the Host so it knows the token"
+    )
+
+
 @app.command()
-def main(config: ConfigOption = None) -> None:
+def main(
+    config: ConfigOption = None,
+    new_admin_token: Annotated[
+        bool,
+        typer.Option(
+            "--new-admin-token",
+            help="Write a new token for auth.bootstrap_admin to auth.credentials_file and exit "
+            "(when every admin token is lost; run on the Host's machine).",
+        ),
+    ] = False,
+) -> None:
     """Run the Host until SIGINT or SIGTERM."""
+    if new_admin_token:
+        cfg = config_or_exit(config)
+        try:
+            asyncio.run(_recover_admin(cfg))
+        except ApiError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+        return
     cfg = start_daemon(config, lambda c: c.paths.host_log_file)
     try:
         asyncio.run(_serve(cfg))

@@ -148,8 +148,9 @@ join_token = "{self.join_token}"
         self.docker = docker.from_env()
 
     def _open_admin_channel(self) -> None:
+        """(Re)open the admin's channel with the token in the credentials file."""
         if self.channel is not None:
-            return
+            self.channel.close()
         self.admin_token = read_secret(self.credentials)
         self.channel = open_channel(self.client_config, self.admin_token)
         self.tasks = task_service_pb2_grpc.TaskServiceStub(self.channel)

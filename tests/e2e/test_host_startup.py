@@ -3,6 +3,7 @@ address, and starts nothing; a second Host on a port in use fails instead of sha
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+from hakuriver_common.roles import Role
 from tests.e2e.harness import ProcessCluster
 from tests.tls import tls_files
 
@@ -99,3 +102,29 @@ def test_plaintext_is_refused_off_loopback_and_missing_certificates_are_named(
         "with hakuriver.init tls, or set tls.plaintext = true on a loopback address)"
     ], result.stderr
     assert not (tmp_path / "host.db").exists()
+
+
+def test_a_lost_admin_token_is_recovered_on_the_hosts_machine(tmp_path: Path) -> None:
+    """--new-admin-token writes a working admin token (0600) for the next start."""
+    cluster = ProcessCluster(tmp_path, runner_count=0)
+    cluster.start_host()
+    try:
+        first = cluster.admin_token
+        cluster.kill_host(signal.SIGTERM)
+        cluster.credentials.unlink()
+        host = [sys.executable, "-m", "hakuriver_host", "--config", str(cluster.config_path)]
+        result = subprocess.run(
+            [*host, "--new-admin-token"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "restart the Host" in result.stdout
+        assert cluster.credentials.stat().st_mode & 0o777 == 0o600
+        cluster.start_host()
+        assert cluster.admin_token != first
+        whoami = cluster.access.WhoAmI(apb.WhoAmIRequest(), timeout=10)
+        assert (whoami.user, whoami.role) == ("admin", Role.ADMIN.pb)
+    finally:
+        cluster.stop()

@@ -6,9 +6,12 @@ supervised process group pinned to its CPU ids (``taskset``, or for a NUMA targe
 ``numactl --physcpubind --membind``, which also binds its memory to the node); memory size
 is then not enforced.
 
-Output and the exit code go to files in a spool folder under ``local_temp_dir``, so a
-restarted runner re-adopts a task whose process is still alive (checked by PID and start
-time) and resumes following its output; one it cannot re-adopt ends with a clear error.
+Output and the exit code go to files in a spool folder under the Runner's private
+``state_dir`` (not ``local_temp_dir``: every container task of the node mounts that, and
+could read or forge a host process's output, exit code and PID record), so a restarted
+runner re-adopts a task whose process is still alive (checked by PID and start time) and
+resumes following its output; one it cannot re-adopt ends with a clear error. The process
+gets the Runner's environment without its secrets (``without_secrets``).
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from hakuriver_runner.backend import (
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02
+# Under runner.state_dir: one folder per host-process task.
+SPOOL_FOLDER = "tasks"
 READ_CHUNK = 64 * 1024
 # Runs the command, then records its exit code atomically next to its output.
 WRAPPER = '"$@"; code=$?; echo $code > "$0.tmp" && mv "$0.tmp" "$0"; exit $code'
@@ -87,9 +92,9 @@ class HostProcess:
 
 
 class ProcessBackend:
-    def __init__(self, config: Config, runner_name: str) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
-        self.root = config.paths.local_temp_dir / "hakuriver-tasks" / runner_name
+        self.root = config.runner.state_dir.expanduser() / SPOOL_FOLDER
 
     def _spool(self, task_id: int) -> Path:
         return self.root / str(task_id)
@@ -134,10 +139,12 @@ class ProcessBackend:
         existing = self.tasks().get(dispatch.task_id)
         if existing is not None:
             return existing
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         spool = self._spool(dispatch.task_id)
-        spool.mkdir(parents=True, exist_ok=True)
+        spool.mkdir(exist_ok=True)
         argv = self._argv(dispatch, spool / "exit_code")
         workdir = self.config.paths.local_temp_dir
+        workdir.mkdir(parents=True, exist_ok=True)
         with (spool / "stdout").open("wb") as out, (spool / "stderr").open("wb") as err:
             try:
                 popen = subprocess.Popen(

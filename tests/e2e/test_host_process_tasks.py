@@ -21,7 +21,7 @@ SHOW_BINDING = "grep -E '^(Cpus|Mems)_allowed_list' /proc/self/status"
 
 def _spool(cluster: ProcessCluster, task_id: int) -> Path:
     name = cluster.runner_names[0]
-    return cluster.root / "local_temp" / "hakuriver-tasks" / name / str(task_id)
+    return cluster.runner_state_dir(name) / "tasks" / str(task_id)
 
 
 def _pid(cluster: ProcessCluster, task_id: int) -> int:

@@ -75,6 +75,9 @@ RIGHTS: dict[str, Right] = {
     "/hakuriver.v1.RunnerService/Connect": Right.RUNNER,
     "/grpc.health.v1.Health/Check": Right.PUBLIC,
     "/grpc.health.v1.Health/Watch": Right.PUBLIC,
+    # Registered with the health service (grpcio-health-checking >= 1.70 has List in its
+    # proto); the asyncio servicer may not implement it and then answers UNIMPLEMENTED.
+    "/grpc.health.v1.Health/List": Right.PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Right.USER,
 }
 

@@ -66,6 +66,8 @@ class Access:
         self._tokens: dict[str, ApiTokenRecord] = {}  # by secret hash
         self._runners: dict[str, RunnerCredentialRecord] = {}  # by hostname
         self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
+        # Hostnames whose credential is being written: taken already for other joiners.
+        self._issuing: set[str] = set()
         auth = config.auth
         # auth.authentication = false: nobody is asked, everybody is ``anyone``, an admin.
         self.open = not auth.authentication
@@ -237,17 +239,25 @@ class Access:
     # ----- Runner credentials -----------------------------------------------------------
 
     def runner_registered(self, hostname: str) -> bool:
-        """True when ``hostname`` holds a credential that was not revoked."""
+        """True when ``hostname`` holds a credential that was not revoked, or is being
+        issued one (of two joiners racing for a name, only the first gets it)."""
+        if hostname in self._issuing:
+            return True
         credential = self._runners.get(hostname)
         return credential is not None and credential.revoked_at is None
 
     async def issue_runner_credential(self, hostname: str) -> str:
-        """A new credential for ``hostname`` (replacing a revoked one); its secret."""
+        """A new credential for ``hostname`` (replacing a revoked one); its secret. The name
+        counts as registered from this call on, while the record is written."""
         secret = new_secret(RUNNER_CREDENTIAL_PREFIX)
         record = RunnerCredentialRecord(
             hostname=hostname, secret_hash=digest(secret), issued_at=utcnow()
         )
-        await self.store.run(self._merge, record)
+        self._issuing.add(hostname)
+        try:
+            await self.store.run(self._merge, record)
+        finally:
+            self._issuing.discard(hostname)
         old = self._runners.get(hostname)
         if old is not None:
             self._runner_hashes.pop(old.secret_hash, None)

@@ -1,7 +1,8 @@
 """The command-line tools as a new user meets them, against a real cluster.
 
 --config and --json before the subcommand, the user's words in --json, what submit says
-about placement, --wait riding out a Host restart, two quickstart clusters side by side.
+about placement, --wait riding out a Host restart, two quickstart clusters side by side
+(each with its own CA and admin).
 """
 
 from __future__ import annotations
@@ -44,11 +45,20 @@ def run(
 
 
 @pytest.fixture(scope="module")
-def decoy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A config naming a port where no Host listens."""
+def decoy(cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cluster's config (CA, credentials) naming a port where no Host listens."""
     path = tmp_path_factory.mktemp("decoy") / "decoy.toml"
-    path.write_text(f"[network]\nhost_port = {free_port()}\n")
+    text = cluster.config_path.read_text()
+    path.write_text(
+        text.replace(f"host_port = {cluster.host_port}\n", f"host_port = {free_port()}\n")
+    )
     return path
+
+
+def _port(config: Path) -> str:
+    found = re.search(r"^host_port = (\d+)$", config.read_text(), re.MULTILINE)
+    assert found
+    return found[1]
 
 
 def _json(result: subprocess.CompletedProcess[str], code: int = 0) -> Any:
@@ -78,7 +88,7 @@ def test_config_before_the_subcommand(
     # The option after the subcommand wins over the one before; both over the environment.
     after_wins = run(tool, "--config", str(decoy), command, "--config", good, env=env)
     assert after_wins.returncode == 0, after_wins.stderr
-    decoy_port = decoy.read_text().split("=")[1].strip()
+    decoy_port = _port(decoy)
     refused = run(tool, "--config", good, command, "--config", str(decoy))
     assert refused.returncode == 1 and f":{decoy_port}" in refused.stderr, refused.stderr
     from_env = run(tool, command, env={"HAKURIVER_CONFIG": good})
@@ -89,6 +99,20 @@ def test_config_before_the_subcommand(
 def test_json_before_the_subcommand(cluster: ProcessCluster, tool: str, command: str) -> None:
     body = _json(run(tool, "--json", "--config", str(cluster.config_path), command))
     assert isinstance(body, list)
+
+
+def test_admin_takes_global_options_before_and_after_its_groups(
+    cluster: ProcessCluster, decoy: Path
+) -> None:
+    good = str(cluster.config_path)
+    env = {"HAKURIVER_CONFIG": str(decoy)}
+    for argv in (
+        ("--json", "--config", good, "user", "list"),
+        ("user", "--config", good, "--json", "list"),
+        ("--config", str(decoy), "user", "list", "--config", good, "--json"),
+    ):
+        users = _json(run("admin", *argv, env=env))
+        assert "admin" in [u["name"] for u in users], argv
 
 
 def test_global_option_the_subcommand_does_not_take_is_refused(cluster: ProcessCluster) -> None:
@@ -342,6 +366,19 @@ def test_two_quickstart_clusters_side_by_side(docker_ready: None, tmp_path: Path
             return True
 
         wait_for(proxies_listen, what="both SSH proxies listening")
+        # Each has its own CA and admin: one's token means nothing to the other.
+        configs = [str(tmp_path / f"qs{i}" / "config.toml") for i in range(2)]
+        tokens = [(tmp_path / f"qs{i}" / "credentials").read_text().strip() for i in range(2)]
+        assert tokens[0] != tokens[1]
+        for i, config in enumerate(configs):
+            nodes = _json(run("client", "nodes", "--json", env={"HAKURIVER_CONFIG": config}))
+            assert [n["status"] for n in nodes] == ["online"]
+            crossed = run(
+                "client",
+                "nodes",
+                env={"HAKURIVER_CONFIG": config, "HAKURIVER_TOKEN": tokens[1 - i]},
+            )
+            assert crossed.returncode == 1 and "refused the API token" in crossed.stderr
     finally:
         for env in envs:
             subprocess.run([script, "stop"], env=env, capture_output=True, text=True)

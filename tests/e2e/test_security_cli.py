@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -124,13 +125,11 @@ def test_user_sees_only_their_own_tasks_and_cannot_manage_users(
     me = as_json(run(secured, "admin", "whoami", "--json", HAKURIVER_TOKEN=token))
     assert (me["user"], me["role"]) == ("alice", "user")
 
-    body = as_json(
-        run(secured, "task", "submit", "--wait", "--json", "--", "true", HAKURIVER_TOKEN=token)
-    )
-    [mine] = body["tasks"]
-    assert (mine["owner"], mine["status"], mine["network"]) == ("alice", "completed", "host")
+    submit = ("task", "submit", "--wait", "--json", "--network", "none", "--", "true")
+    [mine] = as_json(run(secured, *submit, HAKURIVER_TOKEN=token))["tasks"]
+    assert (mine["owner"], mine["status"], mine["network"]) == ("alice", "completed", "none")
     theirs = as_json(run(secured, "task", "submit", "--json", "--", "true"))["tasks"][0]
-    assert theirs["owner"] == "admin"
+    assert (theirs["owner"], theirs["network"]) == ("admin", "host")  # the Host's default
 
     listed = as_json(run(secured, "task", "list", "--json", HAKURIVER_TOKEN=token))
     assert {t["owner"] for t in listed} == {"alice"}
@@ -142,7 +141,8 @@ def test_user_sees_only_their_own_tasks_and_cannot_manage_users(
     only_alice = as_json(run(secured, "task", "list", "--json", "--owner", "alice"))
     assert {t["owner"] for t in only_alice} == {"alice"}
     detail = ok(run(secured, "client", "status", mine["task_id"]))
-    assert "alice" in detail and "network" in detail
+    assert re.search(r"^owner +alice$", detail, re.MULTILINE), detail
+    assert re.search(r"^network +none$", detail, re.MULTILINE), detail
 
     # Another's task does not exist for her; user management is not hers.
     hidden = run(secured, "client", "status", theirs["task_id"], HAKURIVER_TOKEN=token)

@@ -251,6 +251,11 @@ class DockerBackend:
             "nano_cpus": int(dispatch.cores * 1e9),
             "privileged": dispatch.privileged,
         }
+        if not dispatch.privileged:
+            # Raw sockets would let a task on the node's network read all of the node's
+            # traffic, loopback included (SSH proxy tickets, the metrics token, other
+            # tasks' connections).
+            kwargs["cap_drop"] = ["NET_RAW"]
         if dispatch.memory_bytes > 0:
             kwargs["mem_limit"] = dispatch.memory_bytes
             kwargs["memswap_limit"] = dispatch.memory_bytes

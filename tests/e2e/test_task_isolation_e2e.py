@@ -143,6 +143,27 @@ def test_network_none_cannot_reach_the_hosts_ports(
     assert out.split("\n")[:-1] == [f"{p} open" for p in ports]
 
 
+# Opens a packet socket, as a sniffer does (the sshd environment has perl; busybox does not).
+RAW_SOCKET = (
+    "use Socket; print socket(my $s, 17, SOCK_RAW, 0x0300) ? qq(raw ok\\n) : qq(raw refused: $!\\n)"
+)
+
+
+def test_a_task_cannot_watch_the_nodes_traffic(
+    cluster: ProcessCluster, user: task_service_pb2_grpc.TaskServiceStub, sshd_image: str
+) -> None:
+    """On the node's network a raw socket sees all of its traffic, loopback included (SSH
+    proxy tickets, the metrics token): task containers run without NET_RAW."""
+    final, out = run(cluster, user, ["perl", "-e", RAW_SOCKET], container_name=sshd_image)
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED, final.error_message
+    assert out == "raw refused: Operation not permitted\n"
+    # The probe itself works: Docker's default capabilities include NET_RAW.
+    plain = cluster.docker.containers.run(
+        f"hakuriver/{sshd_image}:base", ["perl", "-e", RAW_SOCKET], network_mode="host", remove=True
+    )
+    assert plain == b"raw ok\n"
+
+
 def test_the_admins_default_network_applies_to_tasks_that_name_none(
     docker_ready: None, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +85,24 @@ def ssh_port_of(container: Any) -> int:
 
 def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
+
+
+def real_source(path: str) -> str:
+    """A task's bind-mount source, refused when any part of it is a symbolic link.
+
+    The Host checks a plain user's mount against ``auth.user_mount_roots`` by its name only;
+    Docker follows links, so a link the user made inside an allowed root (``ln -s /etc``
+    from a task, in a shared folder) would mount anything on the node. A link swapped in
+    between this check and Docker's mount still gets through: keep allowed roots out of
+    folders that tasks can write when that matters.
+    """
+    real = os.path.realpath(path)
+    if real != os.path.normpath(path):
+        raise StartError(
+            f"mounts: {path} goes through a symbolic link (it resolves to {real}); "
+            "mount the real path"
+        )
+    return real
 
 
 class DockerBackend:
@@ -203,7 +222,8 @@ class DockerBackend:
                 Mount(spec.container_path, spec.host_path, type="bind", read_only=spec.read_only)
             )
         for m in dispatch.mounts:
-            mounts.append(Mount(m.container_path, m.host_path, type="bind", read_only=m.read_only))
+            source = real_source(m.host_path)
+            mounts.append(Mount(m.container_path, source, type="bind", read_only=m.read_only))
         return mounts
 
     def start(self, dispatch: rpb.DispatchCommand) -> Any:

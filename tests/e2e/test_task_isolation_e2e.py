@@ -53,8 +53,11 @@ def run(
 def cluster(
     docker_ready: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProcessCluster]:
-    """A Runner started from a shell holding the admin's token and the join token."""
-    with running_cluster(tmp_path_factory.mktemp("isolation"), runner_count=0) as c:
+    """A Runner started from a shell holding the admin's token and the join token; users may
+    mount from the shared data folder (which every task can write)."""
+    root = tmp_path_factory.mktemp("isolation")
+    roots = {"auth": f'user_mount_roots = ["{root / "shared" / "shared_data"}"]'}
+    with running_cluster(root, runner_count=0, extra_sections=roots) as c:
         c.start_runner(
             f"r{c.tag}-0",
             env={"HAKURIVER_TOKEN": c.admin_token, "HAKURIVER_AUTH__JOIN_TOKEN": c.join_token},
@@ -141,6 +144,33 @@ def test_network_none_cannot_reach_the_hosts_ports(
     shared, out = run(cluster, user, reach(ports), network=task_pb2.TASK_NETWORK_HOST)
     assert shared.network == task_pb2.TASK_NETWORK_HOST
     assert out.split("\n")[:-1] == [f"{p} open" for p in ports]
+
+
+def test_a_users_mount_cannot_leave_its_root_through_a_link(
+    cluster: ProcessCluster, user: task_service_pb2_grpc.TaskServiceStub
+) -> None:
+    """A task links /etc into the shared folder, an allowed root; mounting the link would
+    mount the node's /etc."""
+    shared_data = cluster.shared_dir / "shared_data"
+    final, _ = run(cluster, user, ["sh", "-c", "mkdir -p /shared/mine && ln -s /etc /shared/etc"])
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED, final.error_message
+
+    def mount(name: str) -> task_pb2.Mount:
+        return task_pb2.Mount(host_path=str(shared_data / name), container_path="/data")
+
+    final, out = run(cluster, user, ["ls", "/data"], mounts=[mount("etc")])
+    assert final.status == task_pb2.TASK_STATUS_FAILED and out == ""
+    assert final.error_message == (
+        f"mounts: {shared_data / 'etc'} goes through a symbolic link (it resolves to /etc); "
+        "mount the real path"
+    )
+    final, out = run(
+        cluster,
+        user,
+        ["sh", "-c", "echo ok > /data/file && cat /data/file"],
+        mounts=[mount("mine")],
+    )
+    assert final.status == task_pb2.TASK_STATUS_COMPLETED and out == "ok\n", final.error_message
 
 
 # Opens a packet socket, as a sniffer does (the sshd environment has perl; busybox does not).

@@ -214,15 +214,13 @@ def test_many_sessions_at_once(
     assert asyncio.run(scenario()) == [f"session-{i}\n" for i in range(6)]
 
 
-def _proxy_ssh_options(key_files: Path) -> list[str]:
-    proxy = f"{sys.executable} -m hakuriver_cli.ssh --proxy-command %h"
+def _ssh_options(key_files: Path) -> list[str]:
+    """System ssh: our key, no prompts, no known_hosts."""
     return [
         "-i",
         str(key_files / "id"),
         "-o",
         "BatchMode=yes",
-        "-o",
-        f"ProxyCommand={proxy}",
         "-o",
         "StrictHostKeyChecking=no",
         "-o",
@@ -249,7 +247,8 @@ def test_owner_uses_hakuriver_ssh_ssh_and_scp(
         "HAKURIVER_TOKEN": owner.token,
         "HOME": str(tmp_path),
     }
-    common = _proxy_ssh_options(key_files)
+    proxy = f"ProxyCommand={sys.executable} -m hakuriver_cli.ssh --proxy-command %h"
+    common = [*_ssh_options(key_files), "-o", proxy]
     source = tmp_path / "notes.txt"
     source.write_text("copied with scp\n")
     copy = subprocess.run(
@@ -268,6 +267,23 @@ def test_owner_uses_hakuriver_ssh_ssh_and_scp(
         timeout=60,
     )
     assert check.stdout == "copied with scp\n", check.stderr
+
+    # The ~/.ssh/config block of docs/vps.md.
+    ssh_config = tmp_path / "ssh_config"
+    ssh_config.write_text(
+        "Host hakuriver-*\n"
+        "    User root\n"
+        f"    ProxyCommand sh -c 'exec {sys.executable} -m hakuriver_cli.ssh --proxy-command"
+        ' "${0#hakuriver-}"\' %n\n'
+    )
+    named = subprocess.run(
+        ["ssh", "-F", str(ssh_config), *_ssh_options(key_files), f"hakuriver-{vps}", "echo named"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert named.stdout == "named\n", named.stderr
 
 
 def test_another_user_cannot_reach_the_vps(

@@ -158,16 +158,14 @@ def test_a_second_process_with_a_registered_name_is_refused(
     assert cluster.read_log(task_id) == b"before\nafter\n"
 
 
-def test_a_runner_with_nothing_to_present_does_not_register(
-    cluster: ProcessCluster, tmp_path: Path
-) -> None:
-    log = tmp_path / "runner.log"
-    state = tmp_path / "state"
+def refused_at_start(cluster: ProcessCluster, state: Path, name: str) -> str:
+    """Run a Runner whose config has no join token: its one error line (it exits 1)."""
+    log = state.parent / f"{name}.log"
     runner = spawn_runner(
         cluster,
         log,
         {
-            "HAKURIVER_RUNNER__NAME": "nobody",
+            "HAKURIVER_RUNNER__NAME": name,
             "HAKURIVER_RUNNER__STATE_DIR": str(state),
             "HAKURIVER_AUTH__JOIN_TOKEN": "",
         },
@@ -178,12 +176,34 @@ def test_a_runner_with_nothing_to_present_does_not_register(
         end(runner)
     text = log.read_text()
     assert code == 1 and "Traceback" not in text, text
-    assert [line.split(": ", 1)[1] for line in error_lines(text)] == [
+    [line] = error_lines(text)
+    nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+    assert name not in [n.hostname for n in nodes]
+    return line.split(": ", 1)[1]
+
+
+def test_a_runner_with_nothing_to_present_does_not_register(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    state = tmp_path / "empty"
+    assert refused_at_start(cluster, state, "nobody") == (
         f"cannot join the cluster: no runner credential at {state / 'credential'} and no "
         "auth.join_token in the config: copy the Host's join token into the config to join"
-    ]
-    nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
-    assert "nobody" not in [n.hostname for n in nodes]
+    )
+
+
+def test_a_runner_refuses_a_credential_file_others_can_read(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    state = tmp_path / "shared-state"
+    state.mkdir()
+    credential = state / "credential"
+    credential.write_text("hkrr_" + "x" * 43 + "\n")
+    credential.chmod(0o644)
+    assert refused_at_start(cluster, state, "careless") == (
+        f"cannot join the cluster: {credential} is accessible by others (mode 0644): "
+        f"run chmod 600 {credential}"
+    )
 
 
 def test_a_revoked_runner_is_disconnected_and_stays_out(cluster: ProcessCluster) -> None:

@@ -101,7 +101,7 @@ class _TaskNetwork:
 class _TaskNetworkEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskNetwork.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_NETWORK_UNSPECIFIED: _TaskNetwork.ValueType  # 0
-    """The Host's default (config security.default_task_network)."""
+    """The Host's default (config auth.default_task_network)."""
     TASK_NETWORK_HOST: _TaskNetwork.ValueType  # 1
     """The node's own network, as a process on the node (reaches everything the node reaches)."""
     TASK_NETWORK_NONE: _TaskNetwork.ValueType  # 2
@@ -113,7 +113,7 @@ class TaskNetwork(_TaskNetwork, metaclass=_TaskNetworkEnumTypeWrapper):
     """
 
 TASK_NETWORK_UNSPECIFIED: TaskNetwork.ValueType  # 0
-"""The Host's default (config security.default_task_network)."""
+"""The Host's default (config auth.default_task_network)."""
 TASK_NETWORK_HOST: TaskNetwork.ValueType  # 1
 """The node's own network, as a process on the node (reaches everything the node reaches)."""
 TASK_NETWORK_NONE: TaskNetwork.ValueType  # 2

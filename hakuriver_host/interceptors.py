@@ -7,6 +7,8 @@ Every RPC of every service passes through it, unary and streaming alike, so serv
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -32,6 +34,9 @@ from hakuriver_host.identity import ANONYMOUS, Principal, set_caller
 from hakuriver_host.metrics import HostMetrics
 
 log = logging.getLogger(__name__)
+# How long a refused client-streaming call may take to send its first message (see
+# _Call._take_first).
+FIRST_MESSAGE_SECONDS = 5.0
 
 STATUS_CODES: dict[type[ApiError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -128,7 +133,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         who, refused = self._authorise(handler_call_details)
-        call = _Call(self, method, who, refused)
+        call = _Call(self, method, who, refused, bool(handler.request_streaming))
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 call.unary(handler.unary_unary),
@@ -158,18 +163,32 @@ class _Call:
     """One call: its principal (or why it is refused) around the servicer's behaviour."""
 
     def __init__(
-        self, owner: ApiInterceptor, method: str, who: Principal, refused: ApiError | None
+        self,
+        owner: ApiInterceptor,
+        method: str,
+        who: Principal,
+        refused: ApiError | None,
+        request_streaming: bool,
     ) -> None:
         self.owner = owner
         self.method = method
         self.who = who
         self.refused = refused
+        self.request_streaming = request_streaming
         self.series = owner._series_of(method)
 
     def _enter(self) -> None:
         if self.refused is not None:
             raise self.refused
         set_caller(self.who)
+
+    async def _take_first(self, request: Any) -> None:
+        """Read a refused client-streaming call's first message before refusing it: an
+        asyncio client whose first write is still under way when the status arrives
+        reports INTERNAL "Internal error from Core" instead of the refusal (grpc/grpc#36066),
+        so a Runner refused on its register message would not learn why."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(anext(aiter(request)), FIRST_MESSAGE_SECONDS)
 
     async def _fail(self, exc: ApiError, context: Any) -> None:
         if isinstance(exc, Unauthenticated | PermissionDenied | Hidden):
@@ -181,6 +200,8 @@ class _Call:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
+                if self.refused is not None and self.request_streaming:
+                    await self._take_first(request)
                 self._enter()
                 return await inner(request, context)
             except ApiError as exc:
@@ -203,6 +224,8 @@ class _Call:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
+                if self.refused is not None and self.request_streaming:
+                    await self._take_first(request)
                 self._enter()
                 async for response in inner(request, context):
                     yield response

@@ -194,6 +194,8 @@ class FakeRunner:
         # kill / pause / resume / release commands received, in order: (kind, task_id).
         self.commands: list[tuple[str, int]] = []
         self.released: list[int] = []
+        # Tunnels the Host asked it to open, in order (a test answers them with ``send``).
+        self.tunnel_opens: list[rpb.TunnelOpen] = []
         self.discarded: list[int] = []
         self.ack: rpb.RegisterAck | None = None
         self.registrations = 0
@@ -282,6 +284,11 @@ class FakeRunner:
                 error_message=error,
             )
         )
+
+    def send(self, message: rpb.ConnectRequest) -> None:
+        """Send any message on the open stream, e.g. a report on a task that is not its own
+        (what a compromised Runner could send)."""
+        self._send(message)
 
     @property
     def running(self) -> list[int]:
@@ -446,6 +453,8 @@ class FakeRunner:
         if kind == "dispatch":
             self._on_dispatch(message.dispatch)
             return
+        if kind == "tunnel_open":
+            self.tunnel_opens.append(message.tunnel_open)
         if kind not in ("kill", "pause", "resume", "release"):
             return  # tunnels: a fake has no SSH server to reach
         task_id = getattr(message, kind).task_id

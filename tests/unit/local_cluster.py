@@ -23,11 +23,13 @@ from hakuriver_common.credentials import read_secret
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     access_service_pb2_grpc,
+    audit_service_pb2_grpc,
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
     node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
+    ssh_service_pb2_grpc,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
@@ -97,13 +99,16 @@ class Client:
         self.nodes = node_service_pb2_grpc.NodeServiceStub(self.channel)
         self.logs = log_service_pb2_grpc.LogServiceStub(self.channel)
         self.access = access_service_pb2_grpc.AccessServiceStub(self.channel)
+        self.audit = audit_service_pb2_grpc.AuditServiceStub(self.channel)
+        self.ssh = ssh_service_pb2_grpc.SshServiceStub(self.channel)
 
 
 class LocalCluster:
     """One in-process Host and the FakeRunners a test starts against it.
 
-    ``tasks``, ``nodes``, ``logs``: grpc.aio stubs of the public services (replaced by
-    ``restart_host``, so always reach them through this object).
+    ``tasks``, ``nodes``, ``logs``, ``access``, ``audit``, ``ssh``: grpc.aio stubs of the
+    public services, calling as the bootstrap admin (replaced by ``restart_host``, so always
+    reach them through this object).
     """
 
     def __init__(self, config: Config) -> None:
@@ -112,6 +117,7 @@ class LocalCluster:
         self.runners: list[FakeRunner] = []
         self._channel: grpc.aio.Channel | None = None
         self._clients: list[Client] = []
+        self._channels: list[grpc.aio.Channel] = []
         self.admin_token = ""
 
     @property
@@ -133,6 +139,8 @@ class LocalCluster:
         self.nodes = node_service_pb2_grpc.NodeServiceStub(self._channel)
         self.logs = log_service_pb2_grpc.LogServiceStub(self._channel)
         self.access = access_service_pb2_grpc.AccessServiceStub(self._channel)
+        self.audit = audit_service_pb2_grpc.AuditServiceStub(self._channel)
+        self.ssh = ssh_service_pb2_grpc.SshServiceStub(self._channel)
 
     async def stop_host(self) -> None:
         """Stop the Host as SIGTERM would; Runners keep trying to reconnect."""
@@ -142,6 +150,9 @@ class LocalCluster:
         for client in self._clients:
             await client.channel.close()
         self._clients.clear()
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
@@ -187,6 +198,13 @@ class LocalCluster:
         client = Client(name, token, open_aio_channel(self.config, token))
         self._clients.append(client)
         return client
+
+    def channel(self, secret: str | None = None) -> grpc.aio.Channel:
+        """A TLS channel to the Host that sends ``secret`` with every call (None: sends no
+        credential; the caller may pass ``metadata`` per call); closed with the Host."""
+        channel = open_aio_channel(self.config, secret)
+        self._channels.append(channel)
+        return channel
 
     async def add_user(self, name: str, role: Role = Role.USER) -> Client:
         """A new user with a fresh token, and stubs that call as them."""

@@ -1,0 +1,191 @@
+"""The audit log through AuditService of a real Host over TLS: who submitted, killed and
+changed tokens, users and runners, and every refusal, queryable by an admin only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_pb2,
+    access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
+    node_service_pb2 as npb,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.roles import Role
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, FakeRunner
+from tests.unit.local_cluster import Client, LocalCluster
+
+CODE = grpc.StatusCode
+ALLOWED = aupb.AUDIT_OUTCOME_ALLOWED
+REFUSED = aupb.AUDIT_OUTCOME_REFUSED
+Row = tuple[str, str, str, int]  # actor, action, target, outcome
+
+
+async def _events(client: LocalCluster | Client, **query: object) -> list[aupb.AuditEvent]:
+    request = aupb.ListAuditEventsRequest(**query)  # type: ignore[arg-type]
+    return list((await client.audit.ListAuditEvents(request, timeout=5)).events)
+
+
+def _rows(events: list[aupb.AuditEvent]) -> set[Row]:
+    return {(e.actor, e.action, e.target, e.outcome) for e in events}
+
+
+def _one(events: list[aupb.AuditEvent], actor: str, action: str, target: str) -> aupb.AuditEvent:
+    found = [e for e in events if (e.actor, e.action, e.target) == (actor, action, target)]
+    assert len(found) == 1, [(e.actor, e.action, e.target) for e in events]
+    return found[0]
+
+
+async def _refused(call: object) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call  # type: ignore[misc]
+    return raised.value.code()
+
+
+async def test_the_audit_log_names_who_did_what(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    task = (await alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)).tasks[0]
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    await alice.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=5)
+    made = await alice.access.CreateToken(apb.CreateTokenRequest(description="laptop"), timeout=5)
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id))
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+
+    events = await _events(local_cluster, limit=1000)
+    assert {
+        ("admin", "user.create", "alice", ALLOWED),
+        ("alice", "task.submit", str(task.task_id), ALLOWED),
+        ("alice", "task.kill", str(task.task_id), ALLOWED),
+        ("alice", "token.create", made.token.token_id, ALLOWED),
+        ("alice", "token.revoke", made.token.token_id, ALLOWED),
+        ("admin", "node.drain", "a", ALLOWED),
+        ("admin", "user.delete", "alice", ALLOWED),
+        ("joining", "runner.join", "a", ALLOWED),
+    } <= _rows(events)
+    # The admin's token for alice names her; every row says when, who (with role) and from.
+    created = [e for e in events if e.action == "token.create" and e.actor == "admin"]
+    assert [e.detail for e in created] == ["for alice"]
+    kill = _one(events, "alice", "task.kill", str(task.task_id))
+    assert kill.role == access_pb2.ROLE_USER and kill.at.seconds > 0
+    join = _one(events, "joining", "runner.join", "a")
+    assert join.peer.startswith("ipv4:127.0.0.1:")
+    # Newest first, and no secret anywhere.
+    assert [e.id for e in events] == sorted((e.id for e in events), reverse=True)
+    wire = b"".join(e.SerializeToString() for e in events)
+    assert made.secret.encode() not in wire and alice.token.encode() not in wire
+
+
+async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    task = (await alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)).tasks[0]
+    nobody = local_cluster.client("")
+    assert await _refused(nobody.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)) == (
+        CODE.UNAUTHENTICATED
+    )
+    drain = npb.DrainNodeRequest(hostname="a")
+    assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
+    privileged = tpb.SubmitTaskRequest(command="x", privileged=True)
+    assert await _refused(bob.tasks.SubmitTask(privileged, timeout=5)) == CODE.PERMISSION_DENIED
+    get = tpb.GetTaskRequest(task_id=task.task_id)
+    assert await _refused(bob.tasks.GetTask(get, timeout=5)) == CODE.NOT_FOUND
+    impostor = FakeRunner(local_cluster.config, "a", reconnect=False)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await impostor.start()
+    await impostor.stop()
+
+    events = await _events(local_cluster, outcome=REFUSED)
+    assert {e.outcome for e in events} == {REFUSED}
+    unauthenticated = _one(events, "anonymous", "rpc", "/hakuriver.v1.TaskService/ListTasks")
+    assert unauthenticated.detail.startswith("Unauthenticated: no credential")
+    denied = _one(events, "bob", "rpc", "/hakuriver.v1.NodeService/DrainNode")
+    assert denied.detail == (
+        "PermissionDenied: /hakuriver.v1.NodeService/DrainNode needs the operator role; bob is user"
+    )
+    assert denied.role == access_pb2.ROLE_USER
+    submit = _one(events, "bob", "rpc", "/hakuriver.v1.TaskService/SubmitTask")
+    assert submit.detail.startswith("PermissionDenied: privileged:")
+    hidden = _one(events, "bob", "rpc", "/hakuriver.v1.TaskService/GetTask")
+    assert hidden.detail == f"Hidden: task_id: task {task.task_id} not found"
+    register = _one(events, "joining", "runner.register", "a")
+    assert "registered with its own credential" in register.detail
+    assert register.peer.startswith("ipv4:127.0.0.1:")
+    # A missing task is no refusal.
+    missing = tpb.GetTaskRequest(task_id=42)
+    assert await _refused(bob.tasks.GetTask(missing, timeout=5)) == CODE.NOT_FOUND
+    assert len(await _events(local_cluster, outcome=REFUSED)) == len(events)
+
+
+async def test_audit_events_filter_by_actor_action_outcome_and_page(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a")
+    alice = await local_cluster.add_user("alice")
+    for _ in range(3):
+        await alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)
+    await local_cluster.submit()
+    await _refused(alice.access.ListUsers(apb.ListUsersRequest(), timeout=5))
+    everything = await _events(local_cluster, limit=1000)
+
+    by_alice = await _events(local_cluster, actor="alice")
+    assert by_alice == [e for e in everything if e.actor == "alice"]
+    assert {e.action for e in by_alice} == {"task.submit", "rpc"}
+    submits = await _events(local_cluster, action="task.submit")
+    assert [e.actor for e in submits] == ["admin", "alice", "alice", "alice"]
+    alice_submits = await _events(local_cluster, actor="alice", action="task.submit")
+    assert alice_submits == submits[1:]
+    refused = await _events(local_cluster, outcome=REFUSED)
+    assert [(e.actor, e.target) for e in refused] == [
+        ("alice", "/hakuriver.v1.AccessService/ListUsers")
+    ]
+    allowed = await _events(local_cluster, outcome=ALLOWED, limit=1000)
+    assert allowed == [e for e in everything if e.outcome == ALLOWED]
+    # limit takes the newest; before_id pages on from there.
+    newest = await _events(local_cluster, limit=2)
+    assert newest == everything[:2]
+    page = await _events(local_cluster, limit=2, before_id=newest[-1].id)
+    assert page == everything[2:4]
+    code = await _refused(
+        local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(limit=1001), timeout=5)
+    )
+    assert code == CODE.INVALID_ARGUMENT
+
+
+async def test_only_admins_read_the_audit_log(local_cluster: LocalCluster) -> None:
+    for role in (Role.USER, Role.OPERATOR):
+        client = await local_cluster.add_user(f"a-{role}", role)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await client.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+        assert raised.value.code() == CODE.PERMISSION_DENIED
+        assert "needs the admin role" in (raised.value.details() or "")
+
+
+async def test_each_audit_event_is_also_a_structured_log_line(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hakuriver.audit")
+    await local_cluster.add_user("alice", Role.OPERATOR)
+    lines = [
+        json.loads(r.getMessage().removeprefix("audit "))
+        for r in caplog.records
+        if r.name == "hakuriver.audit"
+    ]
+    assert {
+        "actor": "admin",
+        "role": "admin",
+        "action": "user.create",
+        "target": "alice",
+        "outcome": "allowed",
+        "detail": "role operator",
+        "peer": "",
+    } in lines

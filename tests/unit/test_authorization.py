@@ -1,0 +1,553 @@
+"""Authorisation through the public API of a real Host over TLS.
+
+Every RPC is driven from the one table (hakuriver_host.authorization.RIGHTS) with a generic
+invoker, so a new RPC is covered, or fails, without editing this file. Then what the table
+cannot say: users see and act on only their own tasks, only operators get elevated
+submissions, and tokens are their owners' to manage.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import docker
+import docker.errors
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import hakuriver_common.proto.hakuriver.v1 as generated
+from hakuriver_common.channels import bearer
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_pb2,
+    access_service_pb2 as apb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.roles import API_TOKEN_PREFIX, Role
+from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.authorization import RIGHTS, Right
+from tests.fake_runner import HOLD, eventually
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import Client, LocalCluster, local_config, status_of
+
+CODE = grpc.StatusCode
+REFUSALS = {CODE.UNAUTHENTICATED, CODE.PERMISSION_DENIED}
+MISSING_TASK = 42  # far below any id the Host hands out
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+
+
+def _served_services() -> list[ServiceDescriptor]:
+    """Every service in the generated code, plus the standard health and reflection."""
+    modules = [
+        importlib.import_module(f"{generated.__name__}.{info.name}")
+        for info in pkgutil.iter_modules(generated.__path__)
+        if info.name.endswith("_pb2")
+    ]
+    return [
+        service
+        for module in (*modules, health_pb2, reflection_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+    ]
+
+
+SERVICES = _served_services()
+METHODS: dict[str, MethodDescriptor] = {
+    f"/{service.full_name}/{method.name}": method
+    for service in SERVICES
+    for method in service.methods
+}
+# Requests that end the call at once where the empty one would wait (a watch of everything).
+REQUESTS: dict[str, dict[str, Any]] = {
+    "/hakuriver.v1.NodeService/WatchHealth": {"hostname": "no-such-node"},
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": {"list_services": ""},
+}
+
+
+async def invoke(
+    channel: grpc.aio.Channel,
+    method: str,
+    metadata: tuple[tuple[str, str], ...] | None = None,
+    **fields: Any,
+) -> tuple[grpc.StatusCode, str]:
+    """Call ``method`` with one request made of ``fields``, whatever its shape: the status
+    code and details of the answer (OK once a unary call returns or a stream sends its first
+    message; a stream is cancelled then)."""
+    descriptor = METHODS[method]
+    request_class = message_factory.GetMessageClass(descriptor.input_type)
+    response_class = message_factory.GetMessageClass(descriptor.output_type)
+    shape = "_".join(
+        "stream" if streaming else "unary"
+        for streaming in (descriptor.client_streaming, descriptor.server_streaming)
+    )
+    multicallable = getattr(channel, shape)(
+        method,
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+    request = request_class(**fields)
+    argument = iter([request]) if descriptor.client_streaming else request
+    call = multicallable(argument, metadata=metadata, timeout=5)
+    try:
+        if descriptor.server_streaming:
+            async for _ in call:
+                break
+        else:
+            await call
+    except grpc.aio.AioRpcError as exc:
+        return exc.code(), exc.details() or ""
+    finally:
+        call.cancel()
+    return CODE.OK, ""
+
+
+async def _refusal(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call
+    return raised.value.code(), raised.value.details() or ""
+
+
+@pytest.fixture
+def docker_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environment RPCs an operator may call answer UNAVAILABLE instead of reaching for
+    Docker (which the unit tier refuses with an AssertionError inside the Host)."""
+
+    def unavailable(*args: Any, **kwargs: Any) -> Any:
+        raise docker.errors.DockerException("no Docker in the unit tier")
+
+    monkeypatch.setattr(docker, "from_env", unavailable)
+
+
+# ----- the table ---------------------------------------------------------------------------
+
+
+async def test_the_table_names_exactly_the_methods_the_host_serves(
+    local_cluster: LocalCluster,
+) -> None:
+    """A served method without an entry would be refused to everybody; an entry without a
+    method is a stale right. Both fail here."""
+    stub = reflection_pb2_grpc.ServerReflectionStub(
+        local_cluster.channel(local_cluster.admin_token)
+    )
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    reflected = set()
+    async for reply in stub.ServerReflectionInfo(iter([request]), timeout=5):
+        reflected |= {s.name for s in reply.list_services_response.service}
+    assert reflected == {service.full_name for service in SERVICES}
+    without_entry = set(METHODS) - set(RIGHTS)
+    stale = set(RIGHTS) - set(METHODS)
+    assert (without_entry, stale) == (set(), set())
+    assert set(REQUESTS) <= set(RIGHTS)
+
+
+# The issue's role model, pinned: whatever the table grows into, plain users manage nothing.
+_ENV = "/hakuriver.v1.EnvironmentService/"
+_ACCESS = "/hakuriver.v1.AccessService/"
+OPERATOR_AT_LEAST = [
+    "/hakuriver.v1.NodeService/DrainNode",
+    "/hakuriver.v1.NodeService/UndrainNode",
+    *(_ENV + m for m in ("CreateContainer", "StartContainer", "StopContainer")),
+    *(_ENV + m for m in ("DeleteContainer", "CreateTar", "DeleteTar", "ImportRootfs")),
+    "/hakuriver.v1.ShellService/Shell",
+]
+ADMIN_ONLY = [
+    *(_ACCESS + m for m in ("CreateUser", "ListUsers", "DeleteUser")),
+    *(_ACCESS + m for m in ("ListRunnerCredentials", "RevokeRunnerCredential")),
+    "/hakuriver.v1.AuditService/ListAuditEvents",
+]
+
+
+def test_the_table_keeps_management_from_plain_users() -> None:
+    for method in OPERATOR_AT_LEAST:
+        assert RIGHTS[method] in (Right.OPERATOR, Right.ADMIN), method
+    for method in ADMIN_ONLY:
+        assert RIGHTS[method] is Right.ADMIN, method
+    public = [m for m, right in RIGHTS.items() if right is Right.PUBLIC]
+    assert all(m.startswith("/grpc.health.v1.Health/") for m in public), public
+    runner = [m for m, right in RIGHTS.items() if right is Right.RUNNER]
+    assert runner == ["/hakuriver.v1.RunnerService/Connect"]
+
+
+# ----- whose tasks ---------------------------------------------------------------------------
+
+# Every RPC that names one task: asked about another user's, each answers as if it did not
+# exist, and does nothing to it.
+TASK_METHODS = {
+    "/hakuriver.v1.TaskService/GetTask": {},
+    "/hakuriver.v1.TaskService/KillTask": {},
+    "/hakuriver.v1.TaskService/PauseTask": {},
+    "/hakuriver.v1.TaskService/ResumeTask": {},
+    "/hakuriver.v1.TaskService/WatchTask": {},
+    "/hakuriver.v1.LogService/ReadLog": {"stream": task_pb2.LOG_STREAM_STDOUT},
+    "/hakuriver.v1.SshService/CreateSshTicket": {},
+}
+
+
+async def _submit(client: Client, command: str = "job", **fields: Any) -> task_pb2.Task:
+    request = tpb.SubmitTaskRequest(command=command, **fields)
+    return (await client.tasks.SubmitTask(request, timeout=5)).tasks[0]
+
+
+async def test_another_users_task_answers_exactly_as_a_missing_one(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    task = await _submit(alice)
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    for method, fields in TASK_METHODS.items():
+        hidden = await invoke(bob.channel, method, task_id=task.task_id, **fields)
+        missing = await invoke(bob.channel, method, task_id=MISSING_TASK, **fields)
+        assert missing == (CODE.NOT_FOUND, f"task_id: task {MISSING_TASK} not found"), method
+        assert hidden == (CODE.NOT_FOUND, f"task_id: task {task.task_id} not found"), method
+    # Nothing reached the task: no command went to its Runner, and it runs on.
+    assert runner.commands == []
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.RUNNING
+    # Its owner is answered.
+    got = await alice.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=5)
+    assert got.task.owner == "alice"
+
+
+async def test_users_list_their_own_tasks_and_operators_everybodys(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    alices = {(await _submit(alice)).task_id for _ in range(2)}
+    bobs = {(await _submit(bob)).task_id}
+    admins = {(await local_cluster.submit()).task_id}
+
+    async def listed(client: Client, owner: str = "") -> dict[int, str]:
+        reply = await client.tasks.ListTasks(tpb.ListTasksRequest(owner=owner), timeout=5)
+        return {t.task_id: t.owner for t in reply.tasks}
+
+    assert await listed(alice) == dict.fromkeys(alices, "alice")
+    # Asking for another's tasks still lists only one's own.
+    assert await listed(alice, owner="bob") == dict.fromkeys(alices, "alice")
+    assert await listed(bob) == dict.fromkeys(bobs, "bob")
+    everybody = {**dict.fromkeys(alices, "alice"), **dict.fromkeys(bobs, "bob")}
+    everybody |= dict.fromkeys(admins, "admin")
+    assert await listed(olga) == everybody
+    assert await listed(olga, owner="bob") == dict.fromkeys(bobs, "bob")
+
+
+async def test_operators_act_on_every_users_tasks(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    task = await _submit(alice)
+    vps = await _submit(alice, "", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+    for method, fields in TASK_METHODS.items():
+        if method.endswith("/KillTask"):
+            continue  # last, below
+        task_id = vps.task_id if method.endswith("/CreateSshTicket") else task.task_id
+        answer = await invoke(olga.channel, method, task_id=task_id, **fields)
+        assert answer == (CODE.OK, ""), method
+    killed = await olga.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=5)
+    assert status_of(killed.task) is TaskStatus.KILLED
+    assert killed.task.owner == "alice"
+
+
+# ----- what a submission may ask for -------------------------------------------------------
+
+ROOT = "/data/shared"
+
+
+@pytest.mark.parametrize(
+    ("fields", "refused"),
+    [
+        ({"container_name": "NULL"}, "container_name: host-process (NULL) tasks"),
+        ({"privileged": True}, "privileged: privileged containers need the operator role"),
+        ({"mounts": [task_pb2.Mount(host_path="/etc", container_path="/x")]}, "mounts: /etc "),
+        (
+            {"mounts": [task_pb2.Mount(host_path=f"{ROOT}/../../etc", container_path="/x")]},
+            "mounts: /data/shared/../../etc is outside",
+        ),
+        (
+            {"mounts": [task_pb2.Mount(host_path=f"{ROOT}-other", container_path="/x")]},
+            "mounts: /data/shared-other is outside",
+        ),
+    ],
+    ids=["null-container", "privileged", "mount-outside", "mount-escaping", "mount-sibling"],
+)
+async def test_only_operators_may_ask_for_more_than_a_plain_container(
+    make_local_cluster: MakeCluster, fields: dict[str, Any], refused: str
+) -> None:
+    """A plain user is refused, naming what; nothing is stored. An operator's task with the
+    same request is admitted and runs."""
+    cluster = await make_local_cluster(auth={"user_mount_roots": [ROOT]})
+    await cluster.add_runner("a")
+    alice = await cluster.add_user("alice")
+    olga = await cluster.add_user("olga", Role.OPERATOR)
+    code, details = await _refusal(
+        alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x", **fields), timeout=5)
+    )
+    assert code == CODE.PERMISSION_DENIED
+    assert details.startswith(refused)
+    assert "operator" in details
+    assert not (await alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
+    task = await _submit(olga, "x", **fields)
+    assert status_of(await cluster.wait_status(task.task_id)) is TaskStatus.COMPLETED
+
+
+async def test_users_may_mount_under_the_allowed_roots(make_local_cluster: MakeCluster) -> None:
+    cluster = await make_local_cluster(auth={"user_mount_roots": [ROOT, "/scratch"]})
+    await cluster.add_runner("a")
+    alice = await cluster.add_user("alice")
+    mounts = [
+        task_pb2.Mount(host_path=f"{ROOT}/alice", container_path="/data"),
+        task_pb2.Mount(host_path="/scratch", container_path="/scratch", read_only=True),
+    ]
+    task = await _submit(alice, "x", mounts=mounts)
+    assert status_of(await cluster.wait_status(task.task_id)) is TaskStatus.COMPLETED
+    assert task.owner == "alice"
+
+
+# ----- tokens --------------------------------------------------------------------------------
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+async def _who(secret: str, cluster: LocalCluster) -> tuple[grpc.StatusCode, str]:
+    return await invoke(cluster.channel(), "/hakuriver.v1.AccessService/WhoAmI", bearer(secret))
+
+
+async def test_expired_and_revoked_tokens_are_refused(local_cluster: LocalCluster) -> None:
+    alice = await local_cluster.add_user("alice")
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    expiring = await alice.access.CreateToken(
+        apb.CreateTokenRequest(description="short", expires_at=_timestamp(soon)), timeout=5
+    )
+    revoked = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    assert await _who(revoked.secret, local_cluster) == (CODE.OK, "")
+    await alice.access.RevokeToken(
+        apb.RevokeTokenRequest(token_id=revoked.token.token_id), timeout=5
+    )
+    assert await _who(revoked.secret, local_cluster) == (
+        CODE.UNAUTHENTICATED,
+        f"API token {revoked.token.token_id} was revoked",
+    )
+
+    async def refused() -> str:
+        code, details = await _who(expiring.secret, local_cluster)
+        return details if code == CODE.UNAUTHENTICATED else ""
+
+    details = await eventually(refused, within=5, what="the token to expire")
+    assert details.startswith(f"API token {expiring.token.token_id} expired at")
+    # Listed as inactive only.
+    gone = {expiring.token.token_id, revoked.token.token_id}
+    active = await alice.access.ListTokens(apb.ListTokensRequest(), timeout=5)
+    assert len(active.tokens) == 1 and active.tokens[0].token_id not in gone
+    every = await alice.access.ListTokens(apb.ListTokensRequest(include_inactive=True), timeout=5)
+    assert gone <= {t.token_id for t in every.tokens}
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    code, details = await _refusal(
+        alice.access.CreateToken(apb.CreateTokenRequest(expires_at=_timestamp(past)), timeout=5)
+    )
+    assert (code, details) == (CODE.INVALID_ARGUMENT, "expires_at: must be in the future")
+
+
+async def test_listed_tokens_never_carry_their_secrets(local_cluster: LocalCluster) -> None:
+    alice = await local_cluster.add_user("alice")
+    made = await alice.access.CreateToken(apb.CreateTokenRequest(description="ci"), timeout=5)
+    assert made.secret.startswith(API_TOKEN_PREFIX) and len(made.secret) >= 43 + 5
+    secrets = [alice.token, made.secret, local_cluster.admin_token]
+    for client, user in ((alice, ""), (local_cluster, "*")):
+        reply = await client.access.ListTokens(
+            apb.ListTokensRequest(user=user, include_inactive=True), timeout=5
+        )
+        assert made.token.token_id in {t.token_id for t in reply.tokens}
+        wire = reply.SerializeToString()
+        for secret in secrets:
+            assert secret.encode() not in wire
+    assert "secret" not in access_pb2.ApiToken.DESCRIPTOR.fields_by_name
+
+
+async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -> None:
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    bobs = await bob.access.ListTokens(apb.ListTokensRequest(), timeout=5)
+    (bob_token,) = bobs.tokens
+    for request, missing in [
+        (apb.CreateTokenRequest(user="bob"), apb.CreateTokenRequest(user="nobody")),
+        (apb.ListTokensRequest(user="bob"), apb.ListTokensRequest(user="nobody")),
+        (apb.ListTokensRequest(user="*"), None),
+    ]:
+        call = getattr(alice.access, type(request).__name__.removesuffix("Request"))
+        code, details = await _refusal(call(request, timeout=5))
+        assert (code, details) == (CODE.NOT_FOUND, f"user {request.user!r} not found")
+        if missing is not None:
+            assert await _refusal(call(missing, timeout=5)) == (
+                CODE.NOT_FOUND,
+                f"user {missing.user!r} not found",
+            )
+    assert await _refusal(
+        alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=bob_token.token_id), timeout=5)
+    ) == (CODE.NOT_FOUND, f"token_id: token {bob_token.token_id!r} not found")
+    assert await _refusal(
+        alice.access.RevokeToken(apb.RevokeTokenRequest(token_id="nope"), timeout=5)
+    ) == (CODE.NOT_FOUND, "token_id: token 'nope' not found")
+    assert await _who(bob.token, local_cluster) == (CODE.OK, "")
+    # Their own: created, listed (only theirs), revoked.
+    made = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    assert made.token.user == "alice"
+    mine = await alice.access.ListTokens(apb.ListTokensRequest(), timeout=5)
+    assert {t.user for t in mine.tokens} == {"alice"} and len(mine.tokens) == 2
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id), timeout=5)
+    # An admin manages anybody's.
+    for_bob = await local_cluster.access.CreateToken(apb.CreateTokenRequest(user="bob"), timeout=5)
+    assert for_bob.token.user == "bob"
+    await local_cluster.access.RevokeToken(
+        apb.RevokeTokenRequest(token_id=bob_token.token_id), timeout=5
+    )
+    assert (await _who(bob.token, local_cluster))[0] == CODE.UNAUTHENTICATED
+    everybody = await local_cluster.access.ListTokens(apb.ListTokensRequest(user="*"), timeout=5)
+    assert {"admin", "alice", "bob"} <= {t.user for t in everybody.tokens}
+
+
+async def test_deleting_a_user_revokes_their_tokens(local_cluster: LocalCluster) -> None:
+    bob = await local_cluster.add_user("bob")
+    second = await bob.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    deleted = await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="bob"), timeout=5)
+    assert deleted.revoked_tokens == 2
+    for secret in (bob.token, second.secret):
+        assert (await _who(secret, local_cluster))[0] == CODE.UNAUTHENTICATED
+    # A new user of the same name does not bring the old tokens back.
+    await local_cluster.access.CreateUser(apb.CreateUserRequest(name="bob", role=Role.USER.pb))
+    for secret in (bob.token, second.secret):
+        assert (await _who(secret, local_cluster))[0] == CODE.UNAUTHENTICATED
+
+
+async def test_the_last_admin_cannot_be_deleted(local_cluster: LocalCluster) -> None:
+    root = await local_cluster.add_user("root", Role.ADMIN)
+    await root.access.DeleteUser(apb.DeleteUserRequest(name="admin"), timeout=5)
+    code, details = await _refusal(
+        root.access.DeleteUser(apb.DeleteUserRequest(name="root"), timeout=5)
+    )
+    assert (code, details) == (CODE.FAILED_PRECONDITION, "name: 'root' is the last admin")
+    users = await root.access.ListUsers(apb.ListUsersRequest(), timeout=5)
+    assert [(u.name, u.role) for u in users.users] == [("root", access_pb2.ROLE_ADMIN)]
+
+
+async def test_who_am_i_names_the_caller_and_the_token_used(local_cluster: LocalCluster) -> None:
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    (token,) = (await olga.access.ListTokens(apb.ListTokensRequest(), timeout=5)).tokens
+    me = await olga.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
+    assert (me.user, me.role, me.token_id) == ("olga", access_pb2.ROLE_OPERATOR, token.token_id)
+    admin = await local_cluster.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
+    assert (admin.user, admin.role) == ("admin", access_pb2.ROLE_ADMIN)
+
+
+async def test_tokens_and_their_revocation_survive_a_host_restart(
+    local_cluster: LocalCluster,
+) -> None:
+    alice = await local_cluster.add_user("alice")
+    later = datetime.now(UTC) + timedelta(hours=1)
+    expiring = await alice.access.CreateToken(
+        apb.CreateTokenRequest(expires_at=_timestamp(later)), timeout=5
+    )
+    revoked = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=revoked.token.token_id))
+    await local_cluster.restart_host()
+    assert await _who(alice.token, local_cluster) == (CODE.OK, "")
+    assert await _who(expiring.secret, local_cluster) == (CODE.OK, "")
+    assert (await _who(revoked.secret, local_cluster))[0] == CODE.UNAUTHENTICATED
+    # Tokens loaded from the database list alongside new ones.
+    await local_cluster.access.CreateToken(apb.CreateTokenRequest(user="alice"), timeout=5)
+    listed = await local_cluster.access.ListTokens(
+        apb.ListTokensRequest(user="*", include_inactive=True), timeout=5
+    )
+    assert len([t for t in listed.tokens if t.user == "alice"]) == 4
+
+
+# ----- every RPC: one Host for all cases (last in the module, so it stops right after) -----
+
+
+@dataclass
+class Callers:
+    """One Host, shared by the cases of the table, and a secret of every kind of caller."""
+
+    cluster: LocalCluster
+    channel: grpc.aio.Channel  # sends no credential: each call brings its own
+    users: dict[Role, str]
+    runner: str
+    join: str
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def callers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Callers]:
+    """Shared because the calls with empty requests change nothing the next case sees
+    (at most a new token for a caller), and a Host per method would slow the tier down."""
+    cluster = LocalCluster(local_config(tmp_path_factory.mktemp("callers")))
+    await cluster.start_host()
+    try:
+        users = {Role.ADMIN: cluster.admin_token}
+        for role in (Role.USER, Role.OPERATOR):
+            users[role] = (await cluster.add_user(f"a-{role}", role)).token
+        runner = await cluster.add_runner("node-r")
+        join = cluster.config.auth.join_token
+        yield Callers(cluster, cluster.channel(), users, runner.credential, join)
+    finally:
+        await cluster.close()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("method", sorted(RIGHTS), ids=lambda m: m.rsplit(".", 1)[-1])
+@pytest.mark.usefixtures("docker_unavailable")
+async def test_every_rpc_refuses_callers_without_its_right(callers: Callers, method: str) -> None:
+    """No or an unknown credential: UNAUTHENTICATED (public health checks answer). A role
+    below the one needed, a runner credential or the join token on the API, an API token on
+    the runner stream: PERMISSION_DENIED naming the method. The role needed is enough."""
+    right = RIGHTS[method]
+    fields = REQUESTS.get(method, {})
+
+    async def call(secret: str | None) -> tuple[grpc.StatusCode, str]:
+        return await invoke(
+            callers.channel, method, None if secret is None else bearer(secret), **fields
+        )
+
+    code, details = await call(None)
+    if right is Right.PUBLIC:
+        assert code not in REFUSALS, details
+        return
+    assert code == CODE.UNAUTHENTICATED, details
+    assert (await call(API_TOKEN_PREFIX + "x" * 43))[0] == CODE.UNAUTHENTICATED
+    if right is Right.RUNNER:
+        for role, secret in callers.users.items():
+            code, details = await call(secret)
+            assert code == CODE.PERMISSION_DENIED, role
+            assert method in details and "runner credential or the join token" in details
+        code, details = await call(callers.join)
+        assert code not in REFUSALS, details
+        return
+    needed = Role(right.value)
+    for role, secret in callers.users.items():
+        code, details = await call(secret)
+        if role.includes(needed):
+            assert code not in REFUSALS, (role, details)
+        else:
+            assert code == CODE.PERMISSION_DENIED, role
+            assert details == f"{method} needs the {needed} role; a-{role} is {role}"
+    for secret in (callers.runner, callers.join):
+        code, details = await call(secret)
+        assert code == CODE.PERMISSION_DENIED
+        assert details.startswith(f"{method} needs an API token")

@@ -90,6 +90,8 @@ def test_first_join_keeps_a_private_credential_and_a_restart_presents_it(
 ) -> None:
     name = cluster.runner_names[0]
     path = cluster.runner_state_dir(name) / "credential"
+    # The Host lists the node once it acknowledged; the Runner keeps the credential next.
+    wait_for(path.exists, what="the Runner to keep its credential")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     credential = path.read_text().strip()
     assert credential.startswith("hkrr_")
@@ -208,6 +210,8 @@ def test_a_runner_refuses_a_credential_file_others_can_read(
 
 def test_a_revoked_runner_is_disconnected_and_stays_out(cluster: ProcessCluster) -> None:
     name = cluster.start_runner(f"r{cluster.tag}-revoked")
+    kept = cluster.runner_state_dir(name) / "credential"
+    wait_for(kept.exists, what="the Runner to keep its credential")
     cluster.access.RevokeRunnerCredential(
         apb.RevokeRunnerCredentialRequest(hostname=name), timeout=10
     )

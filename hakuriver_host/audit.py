@@ -15,7 +15,7 @@ from enum import StrEnum
 from sqlmodel import Session, select
 
 from hakuriver_host.group_commit import GroupCommit
-from hakuriver_host.identity import Principal
+from hakuriver_host.identity import Principal, caller_peer
 from hakuriver_host.models import AuditRecord, utcnow
 from hakuriver_host.store import Store
 
@@ -60,7 +60,7 @@ class AuditLog:
             target=str(target),
             outcome=outcome.value,
             detail=detail,
-            peer=peer,
+            peer=peer or caller_peer(),
         )
         fields = row.model_dump(exclude={"id", "at"})
         log.info("audit %s", json.dumps(fields, sort_keys=True))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from hakuriver_common.roles import Role
 
@@ -52,6 +53,8 @@ ANONYMOUS = Principal(Kind.ANONYMOUS, "anonymous")
 JOINING = Principal(Kind.JOINING, "joining")
 
 _caller: ContextVar[Principal] = ContextVar("hakuriver_caller", default=ANONYMOUS)
+# The call's servicer context, asked for the peer address only when something is audited.
+_context: ContextVar[Any] = ContextVar("hakuriver_call_context", default=None)
 
 
 def caller() -> Principal:
@@ -59,5 +62,12 @@ def caller() -> Principal:
     return _caller.get()
 
 
-def set_caller(principal: Principal) -> None:
+def caller_peer() -> str:
+    """The address the RPC being served came from ("" outside an RPC)."""
+    context = _context.get()
+    return str(context.peer()) if context is not None else ""
+
+
+def set_caller(principal: Principal, context: Any) -> None:
     _caller.set(principal)
+    _context.set(context)

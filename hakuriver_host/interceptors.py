@@ -177,10 +177,10 @@ class _Call:
         self.request_streaming = request_streaming
         self.series = owner._series_of(method)
 
-    def _enter(self) -> None:
+    def _enter(self, context: Any) -> None:
         if self.refused is not None:
             raise self.refused
-        set_caller(self.who)
+        set_caller(self.who, context)
 
     async def _take_first(self, request: Any) -> None:
         """Read a refused client-streaming call's first message before refusing it: an
@@ -202,7 +202,7 @@ class _Call:
             try:
                 if self.refused is not None and self.request_streaming:
                     await self._take_first(request)
-                self._enter()
+                self._enter(context)
                 return await inner(request, context)
             except ApiError as exc:
                 error = exc
@@ -226,7 +226,7 @@ class _Call:
             try:
                 if self.refused is not None and self.request_streaming:
                     await self._take_first(request)
-                self._enter()
+                self._enter(context)
                 async for response in inner(request, context):
                     yield response
             except ApiError as exc:

@@ -93,7 +93,8 @@ class RunnerGateway:
         if who.kind is not Kind.JOINING:
             return ""
         secret = await self.access.issue_runner_credential(hostname)
-        self.audit.record(who, "runner.join", hostname, peer=peer, detail="credential issued")
+        joined = Principal(Kind.RUNNER, hostname)
+        self.audit.record(joined, "runner.join", hostname, peer=peer, detail="credential issued")
         return secret
 
     async def connect(

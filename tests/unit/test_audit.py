@@ -69,15 +69,17 @@ async def test_the_audit_log_names_who_did_what(local_cluster: LocalCluster) -> 
         ("alice", "token.revoke", made.token.token_id, ALLOWED),
         ("admin", "node.drain", "a", ALLOWED),
         ("admin", "user.delete", "alice", ALLOWED),
-        ("joining", "runner.join", "a", ALLOWED),
+        ("runner:a", "runner.join", "a", ALLOWED),
     } <= _rows(events)
     # The admin's token for alice names her; every row says when, who (with role) and from.
     created = [e for e in events if e.action == "token.create" and e.actor == "admin"]
     assert [e.detail for e in created] == ["for alice"]
     kill = _one(events, "alice", "task.kill", str(task.task_id))
     assert kill.role == access_pb2.ROLE_USER and kill.at.seconds > 0
-    join = _one(events, "joining", "runner.join", "a")
+    join = _one(events, "runner:a", "runner.join", "a")
     assert join.peer.startswith("ipv4:127.0.0.1:")
+    # Actions recorded by the core carry the caller's address too.
+    assert kill.peer.startswith("ipv4:127.0.0.1:")
     # Newest first, and no secret anywhere.
     assert [e.id for e in events] == sorted((e.id for e in events), reverse=True)
     wire = b"".join(e.SerializeToString() for e in events)

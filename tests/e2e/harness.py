@@ -216,7 +216,7 @@ join_token = "{self.join_token}"
             },
         )
         if wait:
-            wait_for(lambda: self.node_online(name), what=f"runner {name} online")
+            wait_for(lambda: self.runner_ready(name), what=f"runner {name} online")
         return name
 
     def start(self) -> ProcessCluster:
@@ -224,7 +224,7 @@ join_token = "{self.join_token}"
         for name in self.runner_names:
             self.start_runner(name, wait=False)
         for name in self.runner_names:
-            wait_for(lambda n=name: self.node_online(n), what=f"runner {name} online")  # type: ignore[misc]
+            wait_for(lambda n=name: self.runner_ready(n), what=f"runner {name} online")  # type: ignore[misc]
         return self
 
     @staticmethod
@@ -263,6 +263,11 @@ join_token = "{self.join_token}"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
     # ----- API helpers ------------------------------------------------------------------
+
+    def runner_ready(self, name: str) -> bool:
+        """Online, and its credential kept (the Host lists a node before the Runner has
+        written it; a Runner killed in between could not come back)."""
+        return self.node_online(name) and (self.runner_state_dir(name) / "credential").exists()
 
     def node_online(self, name: str) -> bool:
         nodes = self.nodes.ListNodes(npb.ListNodesRequest(), timeout=2).nodes

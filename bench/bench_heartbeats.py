@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from bench.host_process import bench_host
+from bench.host_process import HostProcess, bench_host
 from hakuriver_common.proto.hakuriver.v1 import node_pb2
 from tests.fake_runner import Fleet
 
@@ -52,11 +52,13 @@ def sample() -> node_pb2.Health:
     return health
 
 
-async def bench(target: str, host: psutil.Process) -> None:
+async def bench(server: HostProcess) -> None:
+    assert server.proc is not None
+    host = psutil.Process(server.proc.pid)
     idle = await measure(host, 5)
     own = psutil.Process()
     fleet = Fleet(
-        target,
+        server.client_config,
         RUNNERS,
         "hb-{:05d}",
         STREAMS_PER_CHANNEL,
@@ -83,6 +85,8 @@ async def bench(target: str, host: psutil.Process) -> None:
     sent = sum(r.heartbeats_sent for r in runners)
     rate = RUNNERS / INTERVAL
     print(f"heartbeats: {RUNNERS} simulated runners, one heartbeat each every {INTERVAL:g} s")
+    joined = "; each runner joined with the join token" if server.authentication else ""
+    print(f"  Host: a subprocess ({server.label}){joined}")
     print(f"  registered all in {register_seconds:.1f} s; {sent} heartbeats sent in all")
     print(
         f"  Host CPU: {loaded:.1%} of a core at {rate:.0f} heartbeats/s "
@@ -94,8 +98,8 @@ async def bench(target: str, host: psutil.Process) -> None:
 
 
 def main() -> None:
-    with bench_host(INTERVAL) as (target, host):
-        asyncio.run(bench(target, psutil.Process(host.pid)))
+    with bench_host(INTERVAL) as host:
+        asyncio.run(bench(host))
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 from bench.host_process import HostProcess
+from hakuriver_common.channels import open_aio_channel
+from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
@@ -60,11 +60,11 @@ class Tally:
             self.full.set()
 
 
-def sim_runner(index: int, target: str, running: Tally, released: Tally) -> FakeRunner:
+def sim_runner(index: int, config: Config, running: Tally, released: Tally) -> FakeRunner:
     """A Runner that holds each task after its first half of output; once the restarted
     Host adopts the task, it sends what the Host lacks, the second half and exit 0."""
     runner = FakeRunner(
-        target,
+        config,
         f"restart-{index:02d}",
         cores=CORES,
         memory_bytes=256 * 10**9,
@@ -80,9 +80,9 @@ def sim_runner(index: int, target: str, running: Tally, released: Tally) -> Fake
 
 async def bench(host: HostProcess) -> None:
     running, released = Tally(TASKS), Tally(TASKS)
-    runners = [sim_runner(i, host.target, running, released) for i in range(RUNNERS)]
+    runners = [sim_runner(i, host.client_config, running, released) for i in range(RUNNERS)]
     await asyncio.gather(*(r.start() for r in runners))
-    async with grpc.aio.insecure_channel(host.target) as channel:
+    async with open_aio_channel(host.client_config, host.admin_token) as channel:
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         slots = asyncio.Semaphore(64)
 
@@ -101,7 +101,7 @@ async def bench(host: HostProcess) -> None:
     host.start()
     await asyncio.wait_for(released.full.wait(), 300)
     recovered = time.perf_counter() - killed_at
-    async with grpc.aio.insecure_channel(host.target) as channel:
+    async with open_aio_channel(host.client_config, host.admin_token) as channel:
         tasks = task_service_pb2_grpc.TaskServiceStub(channel)
         logs = log_service_pb2_grpc.LogServiceStub(channel)
         statuses: dict[int, int] = {}
@@ -119,6 +119,7 @@ async def bench(host: HostProcess) -> None:
     completed = sum(1 for s in statuses.values() if s == task_pb2.TASK_STATUS_COMPLETED)
     lost = sum(1 for s in statuses.values() if s == task_pb2.TASK_STATUS_LOST)
     print(f"restart: Host SIGKILLed with {TASKS} tasks running on {RUNNERS} simulated runners")
+    print(f"  Host: a subprocess ({host.label}); runners reconnect with their credentials")
     print(f"  completed {completed}/{TASKS}, lost {lost} (target 0)")
     print(f"  output not byte-exact: {wrong_output} (target 0)")
     print(f"  kill -> restarted -> every task final: {recovered:.1f} s")

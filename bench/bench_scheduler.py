@@ -19,7 +19,8 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.host_process import bench_host
+from bench.host_process import HostProcess, bench_host
+from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 from tests.fake_runner import FakeRunner
 
@@ -46,12 +47,14 @@ async def unary_floor(channel: grpc.aio.Channel) -> float:
     return TASKS / (time.perf_counter() - start)
 
 
-async def bench(target: str, host_pid: int) -> None:
+async def bench(host: HostProcess) -> None:
+    assert host.proc is not None
+    host_pid = host.proc.pid
     submitted_at: dict[int, float] = {}
     done: asyncio.Queue[int] = asyncio.Queue()
     runners = [
         FakeRunner(
-            target,
+            host.client_config,
             f"sim-{i:03d}",
             cores=64,
             memory_bytes=256 * 10**9,
@@ -61,7 +64,7 @@ async def bench(target: str, host_pid: int) -> None:
         for i in range(RUNNERS)
     ]
     await asyncio.gather(*(r.start() for r in runners))
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with open_aio_channel(host.client_config, host.admin_token) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         slots = asyncio.Semaphore(IN_FLIGHT)
 
@@ -91,6 +94,7 @@ async def bench(target: str, host_pid: int) -> None:
     latencies = sorted(running_at[t] - submitted_at[t] for t in submitted_at if t in running_at)
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     print(f"scheduler: {RUNNERS} simulated runners, {TASKS} tasks, {IN_FLIGHT} submits in flight")
+    print(f"  Host: a subprocess ({host.label})")
     print(f"  submitted at   {TASKS / submit_seconds:8.0f} tasks/s")
     print(f"  placed, ran and completed end to end at {TASKS / total:8.0f} tasks/s (target > 2000)")
     print(
@@ -105,13 +109,14 @@ async def bench(target: str, host_pid: int) -> None:
 
 
 def main() -> None:
-    with bench_host() as (target, host):
+    with bench_host() as host:
         profiler = None
         if PROFILE:
             spy = ["py-spy", "record", "--gil", "--nonblocking", "-f", "raw", "-o", PROFILE]
-            profiler = subprocess.Popen([*spy, "--pid", str(host.pid)])
+            assert host.proc is not None
+            profiler = subprocess.Popen([*spy, "--pid", str(host.proc.pid)])
         try:
-            asyncio.run(bench(target, host.pid))
+            asyncio.run(bench(host))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)

@@ -2,7 +2,8 @@
 
 Starts a real cluster and a VPS (hakuriver/hakuriver-sshd:base), then streams N bytes from
 the VPS to the client over SSH, once connected directly to sshd on loopback and once through
-the proxy (Host -> Runner stream -> sshd). Prints both rates and their ratio.
+the proxy (Host -> Runner stream over TLS -> sshd), each proxied connection opened with a
+one-time ticket from SshService.CreateSshTicket. Prints both rates and their ratio.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import asyncssh
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    ssh_service_pb2 as spb,
+    ssh_service_pb2_grpc,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
 from tests.e2e.harness import SSHD_ENV, ProcessCluster, running_cluster
 
 BYTES = int(os.environ.get("HAKURIVER_BENCH_SSH_BYTES", str(200 * 10**6)))
@@ -24,8 +30,15 @@ ROUNDS = 3
 
 
 def proxied_socket(cluster: ProcessCluster, task_id: int) -> socket.socket:
+    """A tunnel through the proxy port, opened with a one-time ticket as hakuriver.ssh does."""
+    assert cluster.channel is not None
+    ticket = (
+        ssh_service_pb2_grpc.SshServiceStub(cluster.channel)
+        .CreateSshTicket(spb.CreateSshTicketRequest(task_id=task_id), timeout=10)
+        .ticket
+    )
     sock = socket.create_connection(("127.0.0.1", cluster.ssh_proxy_port))
-    sock.sendall(f"REQUEST_TUNNEL {task_id}\n".encode())
+    sock.sendall(f"TICKET {ticket}\n".encode())
     answer = b""
     while not answer.endswith(b"\n"):
         answer += sock.recv(1)

@@ -8,6 +8,7 @@ scripts/build-base-image.sh hakuriver-base
 scripts/build-sshd-image.sh hakuriver-sshd
 "$PY" -m bench.bench_dispatch
 "$PY" -m bench.bench_scheduler
+"$PY" -m bench.bench_security
 "$PY" -m bench.bench_heartbeats
 "$PY" -m bench.bench_restart
 "$PY" -m bench.bench_runner_footprint

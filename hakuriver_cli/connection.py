@@ -103,7 +103,9 @@ def host_channel(config: Config, reconnect_seconds: float = 0.0) -> Iterator[grp
             ("grpc.max_reconnect_backoff_ms", backoff_ms),
         ]
     try:
-        channel = open_channel(config, api_token(config), options)
+        # A Host with auth.authentication = false (loopback only) asks for no token.
+        token = api_token(config) if config.auth.authentication else ""
+        channel = open_channel(config, token, options)
     except (CredentialsError, TlsSetupError, OSError) as exc:
         fail(str(exc), code=2)
     with channel:

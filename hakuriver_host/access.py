@@ -28,6 +28,7 @@ from hakuriver_common.roles import (
     Role,
 )
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.identity import JOINING, Kind, Principal
 from hakuriver_host.models import ApiTokenRecord, RunnerCredentialRecord, UserRecord, utcnow
 from hakuriver_host.store import Store
@@ -62,6 +63,8 @@ class Access:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
+        # A cluster of Runners joining at once shares transactions (group commit).
+        self._credential_writes = GroupCommit(self._merge_all, store.executor)
         self.users: dict[str, UserRecord] = {}
         self._tokens: dict[str, ApiTokenRecord] = {}  # by secret hash
         self._runners: dict[str, RunnerCredentialRecord] = {}  # by hostname
@@ -255,7 +258,7 @@ class Access:
         )
         self._issuing.add(hostname)
         try:
-            await self.store.run(self._merge, record)
+            await self._credential_writes.submit([record])
         finally:
             self._issuing.discard(hostname)
         old = self._runners.get(hostname)
@@ -280,8 +283,14 @@ class Access:
     # ----- on the store thread ----------------------------------------------------------
 
     def _merge(self, record: UserRecord | ApiTokenRecord | RunnerCredentialRecord) -> None:
+        self._merge_all([record])
+
+    def _merge_all(
+        self, records: list[UserRecord | ApiTokenRecord | RunnerCredentialRecord]
+    ) -> None:
         with Session(self.store.engine) as session:
-            session.merge(record)
+            for record in records:
+                session.merge(record)
             session.commit()
 
     def _delete_user(self, record: UserRecord, revoked: list[ApiTokenRecord]) -> None:

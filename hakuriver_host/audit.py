@@ -1,7 +1,8 @@
 """The audit log: who did what, and every refusal, as structured log lines and a table.
 
 ``record`` never blocks the caller: the line is logged at once and the row is written in
-the background, many rows per transaction (``wait_written`` flushes, e.g. at shutdown).
+the background by one flusher, every row queued meanwhile in one transaction
+(``wait_written`` waits for them, e.g. at shutdown).
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import json
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, select
 
-from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.identity import Principal, caller_peer
 from hakuriver_host.models import AuditRecord, utcnow
 from hakuriver_host.store import Store
@@ -40,8 +42,9 @@ class AuditQuery:
 class AuditLog:
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._writes = GroupCommit(self._insert, store.executor)
-        self._pending: set[asyncio.Task[None]] = set()
+        # Rows not yet written; one flusher writes them, all that queued meanwhile at once.
+        self._queued: list[dict[str, Any]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def record(
         self,
@@ -52,34 +55,35 @@ class AuditLog:
         detail: str = "",
         peer: str = "",
     ) -> None:
-        row = AuditRecord(
-            at=utcnow(),
-            actor=who.actor,
-            role=who.role.value if who.role is not None else who.kind.value,
-            action=action,
-            target=str(target),
-            outcome=outcome.value,
-            detail=detail,
-            peer=peer or caller_peer(),
-        )
-        fields = row.model_dump(exclude={"id", "at"})
-        log.info("audit %s", json.dumps(fields, sort_keys=True))
-        write = asyncio.create_task(self._write(row))
-        self._pending.add(write)
-        write.add_done_callback(self._pending.discard)
+        fields = {
+            "action": action,
+            "actor": who.actor,
+            "detail": detail,
+            "outcome": outcome.value,
+            "peer": peer or caller_peer(),
+            "role": who.role.value if who.role is not None else who.kind.value,
+            "target": str(target),
+        }
+        log.info("audit %s", json.dumps(fields))
+        self._queued.append({**fields, "at": utcnow()})
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
 
-    async def _write(self, row: AuditRecord) -> None:
-        try:
-            await self._writes.submit([row])
-        except Exception:
-            log.exception("could not store audit event %s %s", row.action, row.target)
+    async def _flush(self) -> None:
+        while self._queued:
+            rows, self._queued = self._queued, []
+            try:
+                await self.store.run(self._insert, rows)
+            except Exception:
+                log.exception("could not store %d audit events", len(rows))
 
     async def wait_written(self) -> None:
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.wait([self._flusher])
 
-    def _insert(self, rows: list[AuditRecord]) -> None:
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
         with Session(self.store.engine) as session:
-            session.add_all(rows)
+            session.execute(insert(AuditRecord), rows)
             session.commit()
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:

@@ -18,7 +18,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_cli.connection import ask, fail, parsed, unary
 from hakuriver_cli.render import (
-    Outcome,
     outcome_name,
     print_json,
     role_name,
@@ -34,7 +33,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2 as aupb,
     audit_service_pb2_grpc,
 )
-from hakuriver_common.roles import Role
+from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
 
 T = TypeVar("T")
@@ -362,7 +361,7 @@ def audit(
         before_id=before,
         actor=actor,
         action=action,
-        outcome=Outcome.REFUSED.pb if refused else aupb.AUDIT_OUTCOME_UNSPECIFIED,
+        outcome=AuditOutcome.REFUSED.pb if refused else aupb.AUDIT_OUTCOME_UNSPECIFIED,
     )
     events = ask(
         config,

@@ -27,36 +27,13 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     task_pb2,
 )
-from hakuriver_common.roles import Role
+from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.units import format_size
 
 # Piped output keeps whole rows instead of the 80-column fallback.
 console = Console() if sys.stdout.isatty() else Console(width=240)
 
-
-class Outcome(StrEnum):
-    """How an audited action ended."""
-
-    ALLOWED = "allowed"
-    REFUSED = "refused"
-
-    @property
-    def pb(self) -> aupb.AuditOutcome.ValueType:
-        return _OUTCOME_PB[self]
-
-    @classmethod
-    def from_pb(cls, value: int) -> Outcome:
-        for outcome, pb in _OUTCOME_PB.items():
-            if pb == value:
-                return outcome
-        raise ValueError(f"unknown audit outcome value {value}")
-
-
-_OUTCOME_PB = {
-    Outcome.ALLOWED: aupb.AUDIT_OUTCOME_ALLOWED,
-    Outcome.REFUSED: aupb.AUDIT_OUTCOME_REFUSED,
-}
 
 # Proto enum type -> its words, for every enum field of every message printed as JSON.
 _VOCABULARY: dict[str, Callable[[int], StrEnum]] = {
@@ -65,7 +42,7 @@ _VOCABULARY: dict[str, Callable[[int], StrEnum]] = {
     task_pb2.TaskNetwork.DESCRIPTOR.full_name: TaskNetwork.from_pb,
     node_pb2.NodeStatus.DESCRIPTOR.full_name: NodeStatus.from_pb,
     access_pb2.Role.DESCRIPTOR.full_name: Role.from_pb,
-    aupb.AuditOutcome.DESCRIPTOR.full_name: Outcome.from_pb,
+    aupb.AuditOutcome.DESCRIPTOR.full_name: AuditOutcome.from_pb,
 }
 
 
@@ -97,7 +74,7 @@ def role_name(role: int) -> str:
 
 
 def outcome_name(outcome: int) -> str:
-    return _word(Outcome.from_pb, outcome)
+    return _word(AuditOutcome.from_pb, outcome)
 
 
 def _in_words(message: Message, out: dict[str, Any]) -> None:

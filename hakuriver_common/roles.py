@@ -1,4 +1,5 @@
-"""Who may do what: the three user roles, in order, with their proto enum beside them.
+"""Who may do what: the three user roles, in order, and how an audited action ended, each
+with its proto enum beside it.
 
 Each role includes the rights of the ones before it: a user < an operator < an admin.
 docs/security.md has the table of what each may call.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from hakuriver_common.proto.hakuriver.v1 import access_pb2
+from hakuriver_common.proto.hakuriver.v1 import access_pb2, audit_service_pb2
 
 
 class Role(StrEnum):
@@ -37,11 +38,35 @@ class Role(StrEnum):
         raise ValueError(f"unknown role value {value}")
 
 
+class AuditOutcome(StrEnum):
+    """How an audited action ended."""
+
+    ALLOWED = "allowed"
+    REFUSED = "refused"
+
+    @property
+    def pb(self) -> audit_service_pb2.AuditOutcome.ValueType:
+        return _OUTCOME_PB[self]
+
+    @classmethod
+    def from_pb(cls, value: int) -> AuditOutcome:
+        """The outcome of a proto enum value; ValueError for UNSPECIFIED or unknown values."""
+        for outcome, pb in _OUTCOME_PB.items():
+            if pb == value:
+                return outcome
+        raise ValueError(f"unknown audit outcome value {value}")
+
+
 _RANK = {Role.USER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
 _PB = {
     Role.USER: access_pb2.ROLE_USER,
     Role.OPERATOR: access_pb2.ROLE_OPERATOR,
     Role.ADMIN: access_pb2.ROLE_ADMIN,
+}
+
+_OUTCOME_PB = {
+    AuditOutcome.ALLOWED: audit_service_pb2.AUDIT_OUTCOME_ALLOWED,
+    AuditOutcome.REFUSED: audit_service_pb2.AUDIT_OUTCOME_REFUSED,
 }
 
 # Prefixes of the secrets the Host issues: which kind a leaked string is shows at a glance

@@ -17,18 +17,13 @@ from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2 as aupb,
     audit_service_pb2_grpc,
 )
-from hakuriver_common.roles import Role
+from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.timestamps import to_timestamp
-from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery, Outcome
+from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import Hidden, InvalidArgument
 from hakuriver_host.identity import Principal, caller
 from hakuriver_host.models import ApiTokenRecord, AuditRecord, RunnerCredentialRecord, UserRecord
-
-_OUTCOME_PB = {
-    Outcome.ALLOWED: aupb.AUDIT_OUTCOME_ALLOWED,
-    Outcome.REFUSED: aupb.AUDIT_OUTCOME_REFUSED,
-}
 
 
 def user_to_pb(user: UserRecord) -> access_pb2.User:
@@ -163,7 +158,7 @@ def audit_to_pb(event: AuditRecord) -> aupb.AuditEvent:
         role=role,  # type: ignore[arg-type]
         action=event.action,
         target=event.target,
-        outcome=_OUTCOME_PB[Outcome(event.outcome)],
+        outcome=AuditOutcome(event.outcome).pb,
         detail=event.detail,
         peer=event.peer,
     )
@@ -179,10 +174,10 @@ class AuditService(audit_service_pb2_grpc.AuditServiceServicer):
         limit = request.limit or 100
         if not 0 < limit <= MAX_LIST:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST}, got {limit}")
-        outcome = None
-        for name, pb in _OUTCOME_PB.items():
-            if pb == request.outcome:
-                outcome = name
+        try:
+            outcome: AuditOutcome | None = AuditOutcome.from_pb(request.outcome)
+        except ValueError:  # unspecified (or unknown): every outcome
+            outcome = None
         query = AuditQuery(limit, request.before_id, request.actor, request.action, outcome)
         events = await self.audit.query(query)
         return aupb.ListAuditEventsResponse(events=[audit_to_pb(e) for e in events])

@@ -11,12 +11,12 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert
 from sqlmodel import Session, select
 
+from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.identity import Principal, caller_peer
 from hakuriver_host.models import AuditRecord, utcnow
 from hakuriver_host.store import Store
@@ -25,18 +25,13 @@ log = logging.getLogger("hakuriver.audit")
 MAX_LIST = 1000
 
 
-class Outcome(StrEnum):
-    ALLOWED = "allowed"
-    REFUSED = "refused"
-
-
 @dataclass(frozen=True)
 class AuditQuery:
     limit: int = 100
     before_id: int = 0
     actor: str = ""
     action: str = ""
-    outcome: Outcome | None = None
+    outcome: AuditOutcome | None = None
 
 
 class AuditLog:
@@ -51,7 +46,7 @@ class AuditLog:
         who: Principal,
         action: str,
         target: object = "",
-        outcome: Outcome = Outcome.ALLOWED,
+        outcome: AuditOutcome = AuditOutcome.ALLOWED,
         detail: str = "",
         peer: str = "",
     ) -> None:

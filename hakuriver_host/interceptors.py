@@ -17,8 +17,9 @@ from typing import Any
 
 import grpc
 
+from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.access import Access
-from hakuriver_host.audit import AuditLog, Outcome
+from hakuriver_host.audit import AuditLog
 from hakuriver_host.authorization import RIGHTS, Right, refusal
 from hakuriver_host.errors import (
     ApiError,
@@ -120,7 +121,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
     def _refused(self, who: Principal, method: str, exc: ApiError, context: Any) -> None:
         self.audit.record(
-            who, "rpc", method, Outcome.REFUSED, f"{type(exc).__name__}: {exc}", context.peer()
+            who, "rpc", method, AuditOutcome.REFUSED, f"{type(exc).__name__}: {exc}", context.peer()
         )
 
     async def intercept_service(

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.access import Access
-from hakuriver_host.audit import AuditLog, Outcome
+from hakuriver_host.audit import AuditLog
 from hakuriver_host.convert import dispatch_of
 from hakuriver_host.errors import InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Kind, Principal
@@ -88,7 +89,7 @@ class RunnerGateway:
         elif who.kind not in (Kind.RUNNER, Kind.JOINING, Kind.USER):
             why = "register: a runner credential or the join token is needed"
         if why:
-            self.audit.record(who, "runner.register", hostname, Outcome.REFUSED, why, peer)
+            self.audit.record(who, "runner.register", hostname, AuditOutcome.REFUSED, why, peer)
             raise PermissionDenied(why)
         if who.kind is not Kind.JOINING:
             return ""
@@ -195,7 +196,7 @@ class RunnerGateway:
                 Principal(Kind.RUNNER, link.hostname),
                 "runner.report",
                 task_id,
-                Outcome.REFUSED,
+                AuditOutcome.REFUSED,
                 f"{what} for a task not running on {link.hostname}",
             )
         return False

@@ -19,7 +19,7 @@ import contextlib
 import logging
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_host.audit import Outcome
+from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS
@@ -65,7 +65,7 @@ class SshProxy:
                 if isinstance(exc, Unauthenticated | Hidden):
                     peer = writer.get_extra_info("peername")
                     self.cluster.audit.record(
-                        ANONYMOUS, "ssh.tunnel", "", Outcome.REFUSED, reason, str(peer or "")
+                        ANONYMOUS, "ssh.tunnel", "", AuditOutcome.REFUSED, reason, str(peer or "")
                     )
                 writer.write(f"ERROR {reason}\n".encode())
                 await writer.drain()

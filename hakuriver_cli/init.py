@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import shlex
 import socket
 import sys
@@ -17,7 +16,7 @@ from pydantic import BaseModel
 from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
-from hakuriver_common.roles import JOIN_TOKEN_PREFIX
+from hakuriver_common.roles import JOIN_TOKEN_PREFIX, new_secret
 from hakuriver_common.service import ConfigOption, config_or_exit, tool_app
 
 app = tool_app("Set up HakuRiver.", json=False)
@@ -31,11 +30,6 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def new_join_token() -> str:
-    """A random join token (256 bits) for Runners to join with."""
-    return JOIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def render_default_config(values: Config | None = None) -> str:
@@ -83,7 +77,7 @@ def config(
         typer.echo(f"error: {output} exists (use --force to overwrite)", err=True)
         raise typer.Exit(1)
     defaults = Config()
-    auth = defaults.auth.model_copy(update={"join_token": new_join_token()})
+    auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
     values = defaults.model_copy(update={"auth": auth})
     write_secret(output, render_default_config(values).rstrip("\n"))
     typer.echo(f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")

@@ -5,6 +5,7 @@ An override is named ``HAKURIVER_<SECTION>__<KEY>``, e.g. ``HAKURIVER_NETWORK__H
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,6 +22,14 @@ from pydantic_settings import (
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address (or ``localhost``) that only this machine can reach."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class NetworkConfig(BaseModel):

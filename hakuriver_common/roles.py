@@ -7,6 +7,7 @@ docs/security.md has the table of what each may call.
 
 from __future__ import annotations
 
+import secrets
 from enum import StrEnum
 
 from hakuriver_common.proto.hakuriver.v1 import access_pb2, audit_service_pb2
@@ -74,3 +75,8 @@ _OUTCOME_PB = {
 API_TOKEN_PREFIX = "hkrt_"
 RUNNER_CREDENTIAL_PREFIX = "hkrr_"
 JOIN_TOKEN_PREFIX = "hkrj_"
+
+
+def new_secret(prefix: str) -> str:
+    """A new secret of the kind ``prefix`` names: 256 random bits, URL-safe."""
+    return prefix + secrets.token_urlsafe(32)

@@ -23,9 +23,9 @@ from hakuriver_common.config import Config
 from hakuriver_common.credentials import write_secret
 from hakuriver_common.roles import (
     API_TOKEN_PREFIX,
-    JOIN_TOKEN_PREFIX,
     RUNNER_CREDENTIAL_PREFIX,
     Role,
+    new_secret,
 )
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from hakuriver_host.group_commit import GroupCommit
@@ -43,14 +43,6 @@ NO_CREDENTIAL = (
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def new_secret(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(32)
-
-
-def new_join_token() -> str:
-    return new_secret(JOIN_TOKEN_PREFIX)
 
 
 @dataclass(frozen=True)

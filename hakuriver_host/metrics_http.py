@@ -7,7 +7,6 @@ config. Served from a thread, like prometheus_client's own server, off the event
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import socket
 import threading
@@ -18,16 +17,11 @@ from wsgiref.simple_server import WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
+from hakuriver_common.config import is_loopback
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
@@ -61,7 +55,7 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str)
     app: WsgiApp = make_wsgi_app(registry)
     if token:
         app = _bearer_only(app, token)
-    elif not _is_loopback(host):
+    elif not is_loopback(host):
         log.warning(
             "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host
         )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import socket
@@ -13,7 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from hakuriver_common.config import Config
+from hakuriver_common.config import Config, is_loopback
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2,
     access_service_pb2_grpc,
@@ -85,19 +84,10 @@ class SecurityConfigError(OSError):
     """The config asks for something the Host refuses to run with (a one-line reason)."""
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_security(config: Config) -> None:
     """Plaintext and open (unauthenticated) Hosts only on a loopback address."""
     bind = config.network.host_bind_ip
-    if _is_loopback(bind):
+    if is_loopback(bind):
         return
     if config.tls.plaintext:
         raise SecurityConfigError(

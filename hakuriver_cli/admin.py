@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_cli.connection import ask, fail, parsed, unary
 from hakuriver_cli.render import (
@@ -64,16 +62,6 @@ def _access(
     return ask(config, access_service_pb2_grpc.AccessServiceStub, call)
 
 
-def _stamp(moment: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _is_set(message: Message, field: str) -> bool:
-    return message.HasField(field)
-
-
 # ----- whoami -------------------------------------------------------------------------
 
 
@@ -110,7 +98,7 @@ def user_add(
 
 
 def _user_row(user: access_pb2.User) -> list[str]:
-    return [user.name, role_name(user.role), when(user.created_at, _is_set(user, "created_at"))]
+    return [user.name, role_name(user.role), when(user.created_at, user.HasField("created_at"))]
 
 
 @user_app.command("list")
@@ -155,9 +143,9 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
 
 
 def _token_state(token: access_pb2.ApiToken) -> str:
-    if _is_set(token, "revoked_at"):
+    if token.HasField("revoked_at"):
         return "revoked"
-    if _is_set(token, "expires_at") and token.expires_at.ToDatetime(tzinfo=UTC) <= datetime.now(
+    if token.HasField("expires_at") and token.expires_at.ToDatetime(tzinfo=UTC) <= datetime.now(
         UTC
     ):
         return "expired"
@@ -165,7 +153,7 @@ def _token_state(token: access_pb2.ApiToken) -> str:
 
 
 def _expires(token: access_pb2.ApiToken) -> str:
-    return when(token.expires_at, True) if _is_set(token, "expires_at") else "never"
+    return when(token.expires_at, True) if token.HasField("expires_at") else "never"
 
 
 def _save_target(save: Path | None) -> Path | None:
@@ -205,7 +193,7 @@ def token_create(
     request = apb.CreateTokenRequest(user=user, description=description)
     if expires:
         [moment] = parsed([expires], parse_expiry)
-        request.expires_at.CopyFrom(_stamp(moment))
+        request.expires_at.FromDatetime(moment)
     target = _save_target(save)
     made: apb.CreateTokenResponse = _access(config, lambda s: unary(s.CreateToken, request))
     token = made.token
@@ -248,7 +236,7 @@ def _token_row(token: access_pb2.ApiToken) -> list[str]:
         token.user,
         _token_state(token),
         token.description or "-",
-        when(token.created_at, _is_set(token, "created_at")),
+        when(token.created_at, token.HasField("created_at")),
         _expires(token),
     ]
 
@@ -290,11 +278,11 @@ def token_revoke(
 
 
 def _runner_row(credential: access_pb2.RunnerCredential) -> list[str]:
-    revoked = _is_set(credential, "revoked_at")
+    revoked = credential.HasField("revoked_at")
     return [
         credential.hostname,
         "revoked" if revoked else "active",
-        when(credential.issued_at, _is_set(credential, "issued_at")),
+        when(credential.issued_at, credential.HasField("issued_at")),
         when(credential.revoked_at, revoked),
     ]
 
@@ -334,7 +322,7 @@ AUDIT_COLUMNS = ("id", "at", "actor", "role", "action", "target", "outcome", "de
 def _audit_row(event: aupb.AuditEvent) -> list[str]:
     return [
         str(event.id),
-        when(event.at, _is_set(event, "at")),
+        when(event.at, event.HasField("at")),
         event.actor,
         role_name(event.role) if event.role else "-",
         event.action,

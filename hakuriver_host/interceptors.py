@@ -178,8 +178,11 @@ class _Call:
         self.request_streaming = request_streaming
         self.series = owner._series_of(method)
 
-    def _enter(self, context: Any) -> None:
+    async def _enter(self, request: Any, context: Any) -> None:
+        """Refuse the call, or make its principal the caller for the servicer."""
         if self.refused is not None:
+            if self.request_streaming:
+                await self._take_first(request)
             raise self.refused
         set_caller(self.who, context)
 
@@ -201,9 +204,7 @@ class _Call:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                if self.refused is not None and self.request_streaming:
-                    await self._take_first(request)
-                self._enter(context)
+                await self._enter(request, context)
                 return await inner(request, context)
             except ApiError as exc:
                 error = exc
@@ -225,9 +226,7 @@ class _Call:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                if self.refused is not None and self.request_streaming:
-                    await self._take_first(request)
-                self._enter(context)
+                await self._enter(request, context)
                 async for response in inner(request, context):
                     yield response
             except ApiError as exc:

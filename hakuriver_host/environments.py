@@ -118,7 +118,9 @@ class EnvironmentManager:
         return self.describe(container)
 
     def list_containers(self) -> list[dict[str, str]]:
-        found = self.client.containers.list(all=True, filters={"label": ENV_LABEL})
+        found = self.client.containers.list(
+            all=True, ignore_removed=True, filters={"label": ENV_LABEL}
+        )
         return sorted((self.describe(c) for c in found), key=lambda c: c["name"])
 
     def start_container(self, name: str) -> dict[str, str]:

@@ -195,7 +195,7 @@ class DockerBackend:
         """This runner's task containers, running or exited, by task id."""
         found: dict[int, Any] = {}
         for container in self.client.containers.list(
-            all=True, filters={"label": f"{LABEL_RUNNER}={self.runner_name}"}
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_RUNNER}={self.runner_name}"}
         ):
             try:
                 found[int(container.labels[LABEL_TASK])] = container

@@ -252,7 +252,7 @@ join_token = "{self.join_token}"
             if channel is not None:
                 channel.close()
         for container in self.docker.containers.list(
-            all=True, filters={"label": "hakuriver.runner"}
+            all=True, ignore_removed=True, filters={"label": "hakuriver.runner"}
         ):
             if container.labels.get("hakuriver.runner") in self.runner_names:
                 container.remove(force=True)

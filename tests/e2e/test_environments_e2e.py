@@ -212,7 +212,7 @@ def test_first_host_start_creates_the_default_environment(
     finally:
         client = docker.from_env()
         for container in client.containers.list(
-            all=True, filters={"name": f"hakuriver-env-{name}"}
+            all=True, ignore_removed=True, filters={"name": f"hakuriver-env-{name}"}
         ):
             container.remove(force=True)
         for image in client.images.list(name=f"hakuriver/{name}"):

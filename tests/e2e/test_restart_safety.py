@@ -34,7 +34,7 @@ def _open_gate(cluster: ProcessCluster, gate: str) -> None:
 
 def _container(cluster: ProcessCluster, task_id: int):  # type: ignore[no-untyped-def]
     found = cluster.docker.containers.list(
-        all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+        all=True, ignore_removed=True, filters={"label": f"hakuriver.task_id={task_id}"}
     )
     return found[0] if found else None
 

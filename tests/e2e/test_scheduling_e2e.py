@@ -32,7 +32,7 @@ def sched(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def _container(cluster: ProcessCluster, task_id: int):  # type: ignore[no-untyped-def]
     found = cluster.docker.containers.list(
-        all=True, filters={"label": f"hakuriver.task_id={task_id}"}
+        all=True, ignore_removed=True, filters={"label": f"hakuriver.task_id={task_id}"}
     )
     assert len(found) == 1, found
     return found[0]

@@ -118,7 +118,9 @@ def test_kill_pause_and_resume(cluster: ProcessCluster) -> None:
     wait_for(
         lambda: (
             not cluster.docker.containers.list(
-                all=True, filters={"label": f"hakuriver.task_id={task.task_id}"}
+                all=True,
+                ignore_removed=True,
+                filters={"label": f"hakuriver.task_id={task.task_id}"},
             )
         ),
         what="the killed task's container to be removed",

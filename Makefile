@@ -2,9 +2,10 @@ PY ?= python3
 
 .PHONY: protos protos-check lint test test-unit bench quickstart
 
-protos:  ## regenerate Python, gRPC and mypy stubs from protos/
+protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the dashboard's TypeScript
+	scripts/ensure-node.sh
 	buf lint
-	rm -rf hakuriver_common/proto
+	rm -rf hakuriver_common/proto hakuriver_host/dashboard/src/gen
 	buf generate
 
 protos-check:  ## fail if generated code is out of date

@@ -171,6 +171,27 @@ class TlsConfig(BaseModel):
         return Path(getattr(self, name)).expanduser()
 
 
+class DashboardConfig(BaseModel):
+    enabled: bool = Field(True, description="Serve the web dashboard and its Connect API.")
+    port: int = Field(8003, description="Port of the dashboard (HTTP or HTTPS).")
+    bind_ip: str = Field(
+        "", description="Address the dashboard binds; network.host_bind_ip if empty."
+    )
+    plaintext: bool = Field(
+        False,
+        description="Serve plain HTTP instead of HTTPS with the Host's TLS certificate. Refused "
+        "unless the dashboard binds a loopback address.",
+    )
+    assets_dir: Path | None = Field(
+        None,
+        description="Built dashboard files (index.html, assets/); the ones built in the "
+        "checkout (scripts/build-dashboard.sh) if unset.",
+    )
+
+    def bind(self, network: NetworkConfig) -> str:
+        return self.bind_ip or network.host_bind_ip
+
+
 TASK_NETWORKS = tuple(TaskNetwork)
 
 
@@ -281,6 +302,7 @@ class Config(BaseSettings):
     docker: DockerConfig = Field(default_factory=DockerConfig)  # type: ignore[arg-type]
     tls: TlsConfig = Field(default_factory=TlsConfig)  # type: ignore[arg-type]
     auth: AuthConfig = Field(default_factory=AuthConfig)  # type: ignore[arg-type]
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)  # type: ignore[arg-type]
 
     _toml_path: ClassVar[Path | None] = None
 

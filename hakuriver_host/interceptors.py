@@ -81,12 +81,17 @@ class _Method:
 Behaviour = Callable[[Any, Any], Any]
 
 
+def bearer_secret(authorization: str) -> str:
+    """The secret of an ``Authorization: Bearer <secret>`` value ("" for any other scheme);
+    the scheme is case-insensitive (RFC 7235)."""
+    scheme, _, secret = authorization.partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
 def _bearer(details: grpc.HandlerCallDetails) -> str:
     for key, value in details.invocation_metadata or ():
         if key == "authorization":
-            text = value if isinstance(value, str) else value.decode()
-            scheme, _, secret = text.partition(" ")
-            return secret.strip() if scheme.lower() == "bearer" else ""
+            return bearer_secret(value if isinstance(value, str) else value.decode())
     return ""
 
 
@@ -106,14 +111,20 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             series = self._series[method] = _Method(self.metrics, method)
         return series
 
-    def _authorise(self, details: grpc.HandlerCallDetails) -> tuple[Principal, ApiError | None]:
-        method = details.method
+    def call(self, method: str, bearer: str, request_streaming: bool) -> _Call:
+        """One call of ``method`` by the holder of ``bearer``: how the other transports (the
+        dashboard's Connect API and its terminal WebSocket) pass the same checks."""
+        who, refused = self.authorise(method, bearer)
+        return _Call(self, method, who, refused, request_streaming)
+
+    def authorise(self, method: str, bearer: str) -> tuple[Principal, ApiError | None]:
+        """Who holds ``bearer``, and why they may not call ``method`` (None: they may)."""
         if RIGHTS.get(method) is Right.PUBLIC:
             return ANONYMOUS, None
         if self.access.open:
             return self.access.anyone, None
         try:
-            who = self.access.authenticate(_bearer(details))
+            who = self.access.authenticate(bearer)
         except Unauthenticated as exc:
             return ANONYMOUS, exc
         why = refusal(method, who)
@@ -132,9 +143,11 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        method = handler_call_details.method
-        who, refused = self._authorise(handler_call_details)
-        call = _Call(self, method, who, refused, bool(handler.request_streaming))
+        call = self.call(
+            handler_call_details.method,
+            _bearer(handler_call_details),
+            bool(handler.request_streaming),
+        )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 call.unary(handler.unary_unary),

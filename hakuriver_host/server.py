@@ -1,4 +1,5 @@
-"""Assembles the Host: gRPC server (API, runner streams, health, reflection) and /metrics."""
+"""Assembles the Host: gRPC server (API, runner streams, health, reflection), the dashboard
+(its Connect API and static files over HTTP) and /metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import dataclass
+from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -14,28 +17,36 @@ from grpc_reflection.v1alpha import reflection
 
 from hakuriver_common.config import Config, is_loopback
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_connect,
     access_service_pb2,
     access_service_pb2_grpc,
+    audit_service_connect,
     audit_service_pb2,
     audit_service_pb2_grpc,
+    environment_service_connect,
     environment_service_pb2,
     environment_service_pb2_grpc,
+    log_service_connect,
     log_service_pb2,
     log_service_pb2_grpc,
+    node_service_connect,
     node_service_pb2,
     node_service_pb2_grpc,
     runner_service_pb2,
     runner_service_pb2_grpc,
     shell_service_pb2,
     shell_service_pb2_grpc,
+    ssh_service_connect,
     ssh_service_pb2,
     ssh_service_pb2_grpc,
+    task_service_connect,
     task_service_pb2,
     task_service_pb2_grpc,
 )
 from hakuriver_common.service import stop_on_signals
 from hakuriver_host.access_services import AccessService, AuditService
 from hakuriver_host.cluster import Cluster
+from hakuriver_host.connect_bridge import connect_app
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.interceptors import ApiInterceptor
@@ -51,6 +62,8 @@ from hakuriver_host.services import (
 )
 from hakuriver_host.ssh_proxy import SshProxy
 from hakuriver_host.store import Store
+from hakuriver_host.web_app import DEFAULT_ASSETS, WebApp, load_assets
+from hakuriver_host.web_server import WebServer, bind
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +107,26 @@ def check_security(config: Config) -> None:
             f"tls.plaintext = true is allowed only on a loopback address, not {bind}: "
             "create certificates with hakuriver.init tls"
         )
+    if config.dashboard.enabled and dashboard_plaintext(config):
+        dashboard_bind = config.dashboard.bind(config.network)
+        if not is_loopback(dashboard_bind):
+            raise SecurityConfigError(
+                f"a plain-HTTP dashboard is allowed only on a loopback address, not "
+                f"{dashboard_bind}: set dashboard.plaintext = false (HTTPS with the Host's "
+                "certificate) or dashboard.bind_ip to a loopback address"
+            )
     if not config.auth.authentication:
         raise SecurityConfigError(
             f"auth.authentication = false is allowed only on a loopback address, not {bind}"
         )
 
 
-def server_credentials(config: Config) -> grpc.ServerCredentials | None:
-    """The Host's TLS identity; None for plaintext. One clear line when files are missing."""
-    if config.tls.plaintext:
-        return None
+def dashboard_plaintext(config: Config) -> bool:
+    """The dashboard speaks HTTPS with the Host's certificate unless either is plaintext."""
+    return config.tls.plaintext or config.dashboard.plaintext
+
+
+def _tls_pems(config: Config) -> list[bytes]:
     tls = config.tls
     pems = []
     for key in ("key_file", "cert_file"):
@@ -115,7 +138,29 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
                 f"cannot read tls.{key} {path}: {exc.strerror} (create it with "
                 "hakuriver.init tls, or set tls.plaintext = true on a loopback address)"
             ) from None
+    return pems
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """The Host's TLS identity; None for plaintext. One clear line when files are missing."""
+    if config.tls.plaintext:
+        return None
+    pems = _tls_pems(config)
     return grpc.ssl_server_credentials([(pems[0], pems[1])])
+
+
+@dataclass(frozen=True)
+class _Servicers:
+    """The public API's servicers, served by both transports (gRPC and Connect)."""
+
+    tasks: TaskService
+    logs: LogService
+    nodes: NodeService
+    environments: EnvironmentService
+    shell: ShellService
+    access: AccessService
+    audit: AuditService
+    ssh: SshService
 
 
 class HostServer:
@@ -128,8 +173,9 @@ class HostServer:
         self.store = Store(config.database.sqlalchemy_url())
         self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
         self.cluster = Cluster(config, self.store, self.logs, self.metrics)
+        self.gate = ApiInterceptor(self.metrics, self.cluster.access, self.cluster.audit)
         self.server = grpc.aio.server(
-            interceptors=[ApiInterceptor(self.metrics, self.cluster.access, self.cluster.audit)],
+            interceptors=[self.gate],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -145,31 +191,32 @@ class HostServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        task_service_pb2_grpc.add_TaskServiceServicer_to_server(
-            TaskService(self.cluster), self.server
+        self.environments = EnvironmentManager(config)
+        self.ssh_proxy = SshProxy(self.cluster)
+        self.servicers = _Servicers(
+            tasks=TaskService(self.cluster),
+            logs=LogService(self.cluster),
+            nodes=NodeService(self.cluster),
+            environments=EnvironmentService(self.environments, self.cluster),
+            shell=ShellService(self.environments, self.cluster.audit),
+            access=AccessService(self.cluster),
+            audit=AuditService(self.cluster.audit),
+            ssh=SshService(self.cluster),
         )
-        log_service_pb2_grpc.add_LogServiceServicer_to_server(LogService(self.cluster), self.server)
-        node_service_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeService(self.cluster), self.server
-        )
+        found = self.servicers
+        task_service_pb2_grpc.add_TaskServiceServicer_to_server(found.tasks, self.server)
+        log_service_pb2_grpc.add_LogServiceServicer_to_server(found.logs, self.server)
+        node_service_pb2_grpc.add_NodeServiceServicer_to_server(found.nodes, self.server)
         runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(
             RunnerService(self.cluster), self.server
         )
-        self.environments = EnvironmentManager(config)
-        self.ssh_proxy = SshProxy(self.cluster)
         environment_service_pb2_grpc.add_EnvironmentServiceServicer_to_server(
-            EnvironmentService(self.environments, self.cluster), self.server
+            found.environments, self.server
         )
-        shell_service_pb2_grpc.add_ShellServiceServicer_to_server(
-            ShellService(self.environments, self.cluster.audit), self.server
-        )
-        access_service_pb2_grpc.add_AccessServiceServicer_to_server(
-            AccessService(self.cluster), self.server
-        )
-        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-            AuditService(self.cluster.audit), self.server
-        )
-        ssh_service_pb2_grpc.add_SshServiceServicer_to_server(SshService(self.cluster), self.server)
+        shell_service_pb2_grpc.add_ShellServiceServicer_to_server(found.shell, self.server)
+        access_service_pb2_grpc.add_AccessServiceServicer_to_server(found.access, self.server)
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server(found.audit, self.server)
+        ssh_service_pb2_grpc.add_SshServiceServicer_to_server(found.ssh, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -178,7 +225,9 @@ class HostServer:
         self.port = 0
         self.metrics_port = 0
         self.ssh_proxy_port = 0
+        self.dashboard_port = 0
         self._http: WSGIServer | None = None
+        self._web: WebServer | None = None
 
     def _listen_grpc(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
         # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
@@ -198,6 +247,64 @@ class HostServer:
         except RuntimeError:
             raise ListenError("gRPC API", host, port, "address in use or not available") from None
 
+    def web_app(self) -> WebApp:
+        """The dashboard's ASGI application over this Host's servicers."""
+        found = self.servicers
+        applications = [
+            (task_service_connect.TaskServiceASGIApplication, found.tasks, task_service_pb2),
+            (log_service_connect.LogServiceASGIApplication, found.logs, log_service_pb2),
+            (node_service_connect.NodeServiceASGIApplication, found.nodes, node_service_pb2),
+            (
+                environment_service_connect.EnvironmentServiceASGIApplication,
+                found.environments,
+                environment_service_pb2,
+            ),
+            (access_service_connect.AccessServiceASGIApplication, found.access, access_service_pb2),
+            (audit_service_connect.AuditServiceASGIApplication, found.audit, audit_service_pb2),
+            (ssh_service_connect.SshServiceASGIApplication, found.ssh, ssh_service_pb2),
+        ]
+        services = [
+            connect_app(application, self.gate, servicer, module.DESCRIPTOR.services_by_name[name])
+            for application, servicer, module in applications
+            for name in module.DESCRIPTOR.services_by_name
+        ]
+        assets_dir = self.config.dashboard.assets_dir or DEFAULT_ASSETS
+        assets = load_assets(Path(assets_dir).expanduser())
+        if not assets:
+            log.warning(
+                "the dashboard's files are not built in %s: its pages answer 503 until "
+                "scripts/build-dashboard.sh builds them (its API works)",
+                assets_dir,
+            )
+        return WebApp(self.gate, services, found.shell, assets)
+
+    def _listen_dashboard(self) -> None:
+        dashboard = self.config.dashboard
+        host = dashboard.bind(self.config.network)
+        try:
+            sock = bind(host, dashboard.port)
+        except OSError as exc:
+            raise ListenError("dashboard", host, dashboard.port, exc) from None
+        tls = self.config.tls
+        plaintext = dashboard_plaintext(self.config)
+        if not plaintext:
+            _tls_pems(self.config)  # one clear line when they are missing
+        self._web = WebServer(
+            self.web_app(),
+            sock,
+            "" if plaintext else str(tls.path("cert_file")),
+            "" if plaintext else str(tls.path("key_file")),
+        )
+        self.dashboard_port = self._web.port
+
+    @property
+    def dashboard_url(self) -> str:
+        if self._web is None:
+            return ""
+        host = self.config.dashboard.bind(self.config.network)
+        shown = f"[{host}]" if ":" in host else host
+        return f"{'https' if self._web.tls else 'http'}://{shown}:{self.dashboard_port}/"
+
     async def start(self) -> None:
         """Listen on every port first, so a port that is taken stops the Host before it
         has started anything; then load the state and serve."""
@@ -205,6 +312,8 @@ class HostServer:
         check_security(self.config)
         credentials = server_credentials(self.config)
         self.port = self._listen_grpc(net.host_bind_ip, net.host_port, credentials)
+        if self.config.dashboard.enabled:
+            self._listen_dashboard()
         try:
             self._http = serve_metrics(
                 self.metrics.registry,
@@ -223,6 +332,8 @@ class HostServer:
             raise ListenError("SSH proxy", net.host_bind_ip, net.host_ssh_proxy_port, exc) from None
         await self.cluster.start()
         await self.server.start()
+        if self._web is not None:
+            await self._web.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.prepare_default_environment:
@@ -236,6 +347,8 @@ class HostServer:
             net.metrics_bind_ip,
             self.metrics_port,
         )
+        if self._web is not None:
+            log.info("host serving the dashboard on %s", self.dashboard_url)
 
     async def _ensure_default_environment(self) -> None:
         try:
@@ -245,6 +358,8 @@ class HostServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        if self._web is not None:
+            await self._web.stop()
         await self.ssh_proxy.stop()
         await self.cluster.stop()
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)

@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GENERATED = Path("hakuriver_common/proto")
+# Python (messages, gRPC, Connect, mypy stubs) and the dashboard's TypeScript.
+GENERATED = (Path("hakuriver_common/proto"), Path("hakuriver_host/dashboard/src/gen"))
 
 
 def buf() -> str:
@@ -31,7 +32,11 @@ def main() -> int:
     subprocess.run([buf(), "lint"], cwd=ROOT, check=True)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run([buf(), "generate", "-o", tmp], cwd=ROOT, check=True)
-        problems = differences(ROOT / GENERATED, Path(tmp) / GENERATED)
+        problems = [
+            f"{folder}: {problem}"
+            for folder in GENERATED
+            for problem in differences(ROOT / folder, Path(tmp) / folder)
+        ]
     if problems:
         print("generated code is out of date with protos/ (run `make protos`):", file=sys.stderr)
         for problem in problems:

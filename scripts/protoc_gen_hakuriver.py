@@ -1,8 +1,10 @@
-"""buf plugin: generate Python, gRPC and mypy stubs with the protoc bundled in grpcio-tools.
+"""buf plugin: generate Python, gRPC and mypy stubs with the protoc bundled in grpcio-tools,
+and the Connect protocol's server interfaces with protoc-gen-connect-python.
 
 buf hands us the parsed files as a CodeGeneratorRequest; we replay them through grpc_tools
-(so generated code matches the installed protobuf runtime) and rewrite the absolute
-``hakuriver.v1`` imports so the stubs live under ``hakuriver_common.proto``.
+(so generated code matches the installed protobuf runtime), hand the same request to the
+Connect plugin, and rewrite the absolute ``hakuriver.v1`` imports of both so the stubs live
+under ``hakuriver_common.proto``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,16 @@ def rewrite(text: str) -> str:
     return IMPORT_RE.sub(lambda m: f"{m.group(1)} {PACKAGE_PREFIX}hakuriver.v1", text)
 
 
+def connect_files(raw_request: bytes) -> plugin_pb2.CodeGeneratorResponse:
+    """The Connect plugin's answer to the same request (it installs beside this Python)."""
+    plugin = Path(sys.executable).parent / "protoc-gen-connect-python"
+    result = subprocess.run([str(plugin)], input=raw_request, capture_output=True, check=True)
+    return plugin_pb2.CodeGeneratorResponse.FromString(result.stdout)
+
+
 def main() -> None:
-    request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
+    raw_request = sys.stdin.buffer.read()
+    request = plugin_pb2.CodeGeneratorRequest.FromString(raw_request)
     response = plugin_pb2.CodeGeneratorResponse()
     response.supported_features = plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +66,13 @@ def main() -> None:
                     generated = response.file.add()
                     generated.name = str(path.relative_to(out))
                     generated.content = rewrite(path.read_text())
+            connect = connect_files(raw_request)
+            if connect.error:
+                response.error = connect.error
+            for file in connect.file:
+                generated = response.file.add()
+                generated.name = file.name
+                generated.content = rewrite(file.content)
     sys.stdout.buffer.write(response.SerializeToString())
 
 

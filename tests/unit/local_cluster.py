@@ -71,6 +71,7 @@ def local_config(root: Path, **sections: dict[str, Any]) -> Config:
         "timing": dict(TIMING),
         "docker": {"default_container_name": DEFAULT_ENV},
         "tls": tls_section(),
+        "dashboard": {"port": 0},
         "auth": {
             "token": "",
             "credentials_file": root / "credentials",

@@ -1,0 +1,96 @@
+"""The public API over the Connect protocol: the same servicers, a second transport.
+
+The Connect plugin generates one ASGI application per service, calling snake_case methods
+on an implementation object. ``bridge`` builds that object from the gRPC servicer: each
+method runs the servicer's own method through the gRPC interceptor's call wrapper
+(authentication, the RIGHTS table, error mapping, refusal audit, metrics), with a context
+that turns its ``abort`` into a Connect error. One implementation, two transports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
+from connectrpc.request import RequestContext
+from connectrpc.server import ConnectASGIApplication
+from google.protobuf.descriptor import ServiceDescriptor
+
+from hakuriver_host.interceptors import ApiInterceptor, bearer_secret
+
+# Largest request body the Connect API reads (the gRPC server's receive limit).
+READ_MAX_BYTES = 16 * 1024 * 1024
+
+
+class CallContext:
+    """What the interceptor's call wrapper and the servicers ask of a gRPC context, for a
+    call that arrived by another transport."""
+
+    def __init__(self, client_address: str | None) -> None:
+        self._peer = f"ipv4:{client_address}" if client_address else ""
+
+    def peer(self) -> str:
+        return self._peer
+
+    def code(self) -> grpc.StatusCode | None:
+        return None
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise ConnectError(Code[code.name], details)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _bearer(ctx: RequestContext[Any, Any]) -> str:
+    return bearer_secret(ctx.request_headers().get("authorization") or "")
+
+
+def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
+        return await wrapped(request, CallContext(ctx.client_address()))
+
+    return call
+
+
+def _server_stream(
+    gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]
+) -> Callable[..., AsyncIterator[Any]]:
+    def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+        wrapped = gate.call(path, _bearer(ctx), False).streaming(behaviour)
+        result: AsyncIterator[Any] = wrapped(request, CallContext(ctx.client_address()))
+        return result
+
+    return call
+
+
+def bridge(gate: ApiInterceptor, servicer: Any, service: ServiceDescriptor) -> SimpleNamespace:
+    """The Connect implementation object of ``service`` over its gRPC ``servicer``.
+    Client- and bidi-streaming methods are left out: browsers cannot stream a request body
+    (the terminal uses a WebSocket instead, see web_app.py)."""
+    methods: dict[str, Callable[..., Any]] = {}
+    for method in service.methods:
+        if method.client_streaming:
+            continue
+        path = f"/{service.full_name}/{method.name}"
+        behaviour = getattr(servicer, method.name)
+        adapt = _server_stream if method.server_streaming else _unary
+        methods[_snake(method.name)] = adapt(gate, path, behaviour)
+    return SimpleNamespace(**methods)
+
+
+def connect_app(
+    application: Callable[..., ConnectASGIApplication[Any]],
+    gate: ApiInterceptor,
+    servicer: Any,
+    service: ServiceDescriptor,
+) -> ConnectASGIApplication[Any]:
+    """A generated ASGI application (``application``) serving ``servicer``."""
+    return application(bridge(gate, servicer, service), read_max_bytes=READ_MAX_BYTES)

@@ -1,0 +1,102 @@
+// One Connect transport to the Host that serves this page, and a typed client per service.
+//
+// The API token lives in this tab's sessionStorage (not a cookie): it goes out only as an
+// Authorization header that this code adds, so no other site can make the browser send
+// it, and no CSRF defence is needed. It is gone when the tab closes. See docs/dashboard.md.
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-web";
+import { reactive } from "vue";
+import { Role } from "../gen/hakuriver/v1/access_pb";
+import { AccessService } from "../gen/hakuriver/v1/access_service_pb";
+import { AuditService } from "../gen/hakuriver/v1/audit_service_pb";
+import { EnvironmentService } from "../gen/hakuriver/v1/environment_service_pb";
+import { LogService } from "../gen/hakuriver/v1/log_service_pb";
+import { NodeService } from "../gen/hakuriver/v1/node_service_pb";
+import { SshService } from "../gen/hakuriver/v1/ssh_service_pb";
+import { TaskService } from "../gen/hakuriver/v1/task_service_pb";
+
+const TOKEN_KEY = "hakuriver.token";
+
+/** Who is signed in: the token, and the name and role the Host answered for it. */
+export const session = reactive({
+  token: sessionStorage.getItem(TOKEN_KEY) ?? "",
+  user: "",
+  role: Role.UNSPECIFIED as Role,
+});
+
+const bearer: Interceptor = (next) => async (request) => {
+  if (session.token) request.header.set("Authorization", `Bearer ${session.token}`);
+  return next(request);
+};
+
+const transport = createConnectTransport({
+  baseUrl: window.location.origin,
+  interceptors: [bearer],
+  useBinaryFormat: true,
+});
+
+export const api = {
+  tasks: createClient(TaskService, transport),
+  logs: createClient(LogService, transport),
+  nodes: createClient(NodeService, transport),
+  environments: createClient(EnvironmentService, transport),
+  access: createClient(AccessService, transport),
+  audit: createClient(AuditService, transport),
+  ssh: createClient(SshService, transport),
+};
+
+/** Ask the Host who holds ``token``; keep it for this tab if it is valid. */
+export async function signIn(token: string): Promise<void> {
+  session.token = token.trim();
+  try {
+    const who = await api.access.whoAmI({});
+    session.user = who.user;
+    session.role = who.role;
+    sessionStorage.setItem(TOKEN_KEY, session.token);
+  } catch (error) {
+    signOut();
+    throw error;
+  }
+}
+
+/** Restore the tab's session after a reload (false: sign in again). */
+export async function resume(): Promise<boolean> {
+  if (!session.token) return false;
+  if (session.user) return true;
+  try {
+    await signIn(session.token);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function signOut(): void {
+  session.token = "";
+  session.user = "";
+  session.role = Role.UNSPECIFIED;
+  sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** Whether the signed-in user's role includes ``role`` (user < operator < admin). What
+ * they may not do is not offered; the Host refuses it anyway. */
+export function can(role: Role): boolean {
+  return session.role >= role;
+}
+
+export { Role };
+
+/** The Host's own message for a failed call (it names the field and the allowed range). */
+export function errorMessage(error: unknown): string {
+  if (error instanceof ConnectError) return error.rawMessage;
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** True when a call failed because the caller's token is no longer valid. */
+export function isUnauthenticated(error: unknown): boolean {
+  return error instanceof ConnectError && error.code === Code.Unauthenticated;
+}
+
+export function isCanceled(error: unknown): boolean {
+  return error instanceof ConnectError && error.code === Code.Canceled;
+}

@@ -1,0 +1,53 @@
+// How the pages show numbers, times and statuses.
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { TaskStatus } from "../gen/hakuriver/v1/task_pb";
+
+const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
+
+export function bytes(value: bigint | number): string {
+  let n = Number(value);
+  let unit = 0;
+  while (n >= 1024 && unit < UNITS.length - 1) {
+    n /= 1024;
+    unit += 1;
+  }
+  return `${n.toFixed(n >= 10 || unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
+}
+
+export function percent(value: number): string {
+  return `${value.toFixed(value >= 10 ? 0 : 1)}%`;
+}
+
+export function date(stamp: Timestamp | undefined): Date | null {
+  return stamp ? new Date(Number(stamp.seconds) * 1000 + stamp.nanos / 1e6) : null;
+}
+
+export function time(stamp: Timestamp | undefined): string {
+  const when = date(stamp);
+  return when ? when.toLocaleString() : "";
+}
+
+/** Duration between two stamps (or until now), as "1h 02m", "3m 04s" or "5.2s". */
+export function duration(start: Timestamp | undefined, end?: Timestamp): string {
+  const from = date(start);
+  if (!from) return "";
+  const ms = (date(end) ?? new Date()).getTime() - from.getTime();
+  const s = ms / 1000;
+  if (s < 60) return `${s.toFixed(1)}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ${String(Math.floor(s % 60)).padStart(2, "0")}s`;
+  return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+}
+
+/** "running" for TASK_STATUS_RUNNING: the names the CLI prints. */
+export function statusName(status: TaskStatus): string {
+  return (TaskStatus[status] ?? "unknown").toLowerCase();
+}
+
+export const FINAL_STATUSES = new Set([
+  TaskStatus.COMPLETED,
+  TaskStatus.FAILED,
+  TaskStatus.KILLED,
+  TaskStatus.LOST,
+  TaskStatus.KILLED_OOM,
+]);

@@ -1,0 +1,35 @@
+// Pages load on first visit (one chunk each), so the first render fetches only the shell.
+import { createRouter, createWebHistory } from "vue-router";
+import { resume } from "./lib/api";
+
+export const router = createRouter({
+  history: createWebHistory(),
+  routes: [
+    { path: "/signin", name: "signin", component: () => import("./pages/SignInPage.vue") },
+    { path: "/", name: "home", component: () => import("./pages/HomePage.vue") },
+    { path: "/nodes", name: "nodes", component: () => import("./pages/NodesPage.vue") },
+    {
+      path: "/nodes/:hostname",
+      name: "node",
+      component: () => import("./pages/NodeDetailPage.vue"),
+      props: true,
+    },
+    { path: "/gpus", name: "gpus", component: () => import("./pages/GpusPage.vue") },
+    { path: "/tasks", name: "tasks", component: () => import("./pages/TasksPage.vue") },
+    {
+      path: "/tasks/:taskId",
+      name: "task",
+      component: () => import("./pages/TaskDetailPage.vue"),
+      props: true,
+    },
+    { path: "/vps", name: "vps", component: () => import("./pages/VpsPage.vue") },
+    { path: "/docker", name: "docker", component: () => import("./pages/DockerPage.vue") },
+    { path: "/:rest(.*)*", redirect: "/" },
+  ],
+});
+
+router.beforeEach(async (to) => {
+  if (to.name === "signin") return true;
+  if (await resume()) return true;
+  return { name: "signin", query: { next: to.fullPath } };
+});

@@ -1,0 +1,260 @@
+"""The dashboard's HTTP side as one ASGI application: the Connect API, the terminal
+WebSocket and the built static files, every response with the browser security headers.
+
+- ``/hakuriver.v1.<Service>/<Method>``: the public API over the Connect protocol
+  (connect_bridge.py), unary and server-streaming methods.
+- ``/ws/shell``: ShellService.Shell over a WebSocket (browsers cannot stream a request
+  body): binary frames, each one serialized ShellRequest up or ShellResponse down. The
+  token travels as a WebSocket subprotocol ``bearer.<token>`` beside ``hakuriver.shell.v1``
+  (a browser cannot set headers on a WebSocket; a URL would end up in logs). A refused or
+  failed call closes with code 4000 + the gRPC status code and the message as reason.
+- anything else: the single-page app (index.html for every page path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import logging
+import mimetypes
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from connectrpc.errors import ConnectError
+from connectrpc.server import ConnectASGIApplication
+
+from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
+from hakuriver_host.connect_bridge import CallContext
+from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.interceptors import ApiInterceptor
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+SHELL_PATH = "/ws/shell"
+SHELL_METHOD = "/hakuriver.v1.ShellService/Shell"
+SHELL_PROTOCOL = "hakuriver.shell.v1"
+BEARER_PROTOCOL_PREFIX = "bearer."
+# Largest ShellRequest frame (keystrokes and pastes).
+MAX_SHELL_FRAME = 1024 * 1024
+DEFAULT_ASSETS = Path(__file__).resolve().parent / "dashboard" / "dist"
+
+# No inline script or style, nothing from another origin, not framed by other sites.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; manifest-src 'self'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = [
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+]
+NOT_BUILT = (
+    b"The dashboard's files are not built: run scripts/build-dashboard.sh "
+    b"(the API on this port works without them).\n"
+)
+
+
+@dataclass(frozen=True)
+class Asset:
+    body: bytes
+    gzipped: bytes | None
+    content_type: str
+    cache_control: str
+
+
+def load_assets(directory: Path) -> dict[str, Asset]:
+    """Every built file by URL path, kept in memory with a gzipped copy (the build is a few
+    hundred kilobytes). Hashed files under /assets/ are cached for good; the rest revalidate."""
+    found: dict[str, Asset] = {}
+    if not (directory / "index.html").is_file():
+        return found
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        if path.name.startswith("."):
+            continue
+        url = "/" + path.relative_to(directory).as_posix()
+        body = path.read_bytes()
+        kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind in ("application/javascript", "image/svg+xml"):
+            kind += "; charset=utf-8"
+        squeezed = gzip.compress(body, 9, mtime=0)
+        immutable = url.startswith("/assets/")
+        found[url] = Asset(
+            body=body,
+            gzipped=squeezed if len(squeezed) < len(body) else None,
+            content_type=kind,
+            cache_control="public, max-age=31536000, immutable" if immutable else "no-cache",
+        )
+    return found
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return ""
+
+
+def _same_origin(scope: Scope) -> bool:
+    """A WebSocket opened by a page of this dashboard (browsers always send Origin; a page
+    of another site must not drive a terminal even with a token it somehow has)."""
+    origin = _header(scope, b"origin")
+    host = _header(scope, b"host")
+    return bool(origin) and origin.split("://", 1)[-1] == host
+
+
+def _with_security_headers(send: Send) -> Send:
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+        await send(message)
+
+    return wrapped
+
+
+class WebApp:
+    def __init__(
+        self,
+        gate: ApiInterceptor,
+        services: list[ConnectASGIApplication[Any]],
+        shell: Any,
+        assets: dict[str, Asset],
+    ) -> None:
+        """``services``: the Connect applications to serve; ``shell``: the ShellService
+        servicer behind the terminal WebSocket."""
+        self.gate = gate
+        self.services = {app.path: app for app in services}
+        self.shell = shell
+        self.assets = assets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        send = _with_security_headers(send)
+        path: str = scope["path"]
+        service = self.services.get(path.rsplit("/", 1)[0])
+        if service is not None:
+            await service(scope, receive, send)
+        elif path.startswith("/hakuriver.") or path.startswith("/grpc."):
+            await _plain(send, 404, b"no such service on the dashboard's API\n")
+        else:
+            await self._static(scope, send)
+
+    async def _static(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")])
+            return
+        if not self.assets:
+            await _plain(send, 503, NOT_BUILT)
+            return
+        path: str = scope["path"]
+        asset = self.assets.get(path)
+        if asset is None:
+            if path.startswith("/assets/"):
+                await _plain(send, 404, b"not found\n")
+                return
+            asset = self.assets["/index.html"]  # a page of the app: the router shows it
+        body = asset.body
+        headers = [
+            (b"content-type", asset.content_type.encode()),
+            (b"cache-control", asset.cache_control.encode()),
+            (b"vary", b"accept-encoding"),
+        ]
+        if asset.gzipped is not None and "gzip" in _header(scope, b"accept-encoding"):
+            body = asset.gzipped
+            headers.append((b"content-encoding", b"gzip"))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send(
+            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        offered = [p.strip() for p in _header(scope, b"sec-websocket-protocol").split(",")]
+        if scope["path"] != SHELL_PATH or SHELL_PROTOCOL not in offered or not _same_origin(scope):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        bearer = next(
+            (p.removeprefix(BEARER_PROTOCOL_PREFIX) for p in offered if p.startswith("bearer.")),
+            "",
+        )
+        if (await receive())["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept", "subprotocol": SHELL_PROTOCOL})
+        await ShellSocket(receive, send).run(
+            self.gate.call(SHELL_METHOD, bearer, True).streaming(self.shell.Shell),
+            CallContext(_client(scope)),
+        )
+
+
+def _client(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else None
+
+
+async def _plain(
+    send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ShellSocket:
+    """One terminal: WebSocket frames in and out of the ShellService call."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self.receive = receive
+        self.send = send
+        self.gone = asyncio.Event()
+
+    async def requests(self) -> AsyncIterator[spb.ShellRequest]:
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                self.gone.set()
+                return
+            data = message.get("bytes")
+            if data is None or len(data) > MAX_SHELL_FRAME:
+                raise InvalidArgument(
+                    f"the terminal sends binary ShellRequest frames of at most {MAX_SHELL_FRAME} "
+                    "bytes"
+                )
+            yield spb.ShellRequest.FromString(data)
+
+    async def run(self, call: Callable[..., AsyncIterator[Any]], context: CallContext) -> None:
+        forward = asyncio.create_task(self._forward(call(self.requests(), context)))
+        gone = asyncio.create_task(self.gone.wait())
+        try:
+            await asyncio.wait({forward, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # The page went away: end the call (its finally closes the process's socket).
+            for task in (forward, gone):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forward
+
+    async def _forward(self, responses: AsyncIterator[spb.ShellResponse]) -> None:
+        code, reason = 1000, ""
+        try:
+            async for response in responses:
+                await self.send({"type": "websocket.send", "bytes": response.SerializeToString()})
+        except ConnectError as exc:
+            code = 4000 + grpc.StatusCode[exc.code.name].value[0]
+            reason = exc.message.encode()[:120].decode(errors="ignore")
+        with contextlib.suppress(Exception):
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})

@@ -1,0 +1,212 @@
+"""The dashboard's port: the public API over the Connect protocol (JSON, as curl or the
+browser calls it), the terminal WebSocket's gate, and the static files with their security
+headers. One implementation behind both transports: what one does, the other sees."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    audit_service_pb2 as aupb,
+    node_service_pb2 as npb,
+    task_service_pb2 as tpb,
+)
+from hakuriver_host.authorization import RIGHTS
+from hakuriver_host.web_app import CONTENT_SECURITY_POLICY, SHELL_PROTOCOL
+from tests.connect_http import Endpoint
+from tests.fake_runner import HOLD
+from tests.unit.local_cluster import LocalCluster
+
+MakeCluster = Callable[..., Awaitable[LocalCluster]]
+TASKS = "hakuriver.v1.TaskService/"
+
+
+def endpoint(cluster: LocalCluster) -> Endpoint:
+    assert cluster.server is not None
+    return Endpoint(
+        f"https://127.0.0.1:{cluster.server.dashboard_port}", Path(cluster.config.tls.ca_file)
+    )
+
+
+async def test_a_task_submitted_over_connect_is_the_one_grpc_sees(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner()
+    alice = await local_cluster.add_user("alice")
+    api = endpoint(local_cluster)
+    who = await asyncio.to_thread(api.call, "hakuriver.v1.AccessService/WhoAmI", {}, alice.token)
+    assert (who.status, who.json()["user"], who.json()["role"]) == (200, "alice", "ROLE_USER")
+    submitted = await asyncio.to_thread(
+        api.call, TASKS + "SubmitTask", {"command": "echo", "arguments": ["hi"]}, alice.token
+    )
+    assert submitted.status == 200, submitted.body
+    task_id = int(submitted.json()["tasks"][0]["taskId"])
+    seen = await local_cluster.get(task_id)
+    assert (seen.owner, seen.command, list(seen.arguments)) == ("alice", "echo", ["hi"])
+
+
+async def test_refusals_and_errors_are_the_grpc_ones(local_cluster: LocalCluster) -> None:
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    await local_cluster.add_runner(answer=HOLD)
+    api = endpoint(local_cluster)
+
+    anonymous = await asyncio.to_thread(api.call, TASKS + "ListTasks", {}, None)
+    assert (anonymous.status, anonymous.json()["code"]) == (401, "unauthenticated")
+
+    drain = {"hostname": "node-0"}
+    refused = await asyncio.to_thread(
+        api.call, "hakuriver.v1.NodeService/DrainNode", drain, alice.token
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as over_grpc:
+        await alice.nodes.DrainNode(npb.DrainNodeRequest(**drain), timeout=5)
+    assert refused.status == 403
+    assert refused.json() == {
+        "code": "permission_denied",
+        "message": over_grpc.value.details(),
+    }
+    events = await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+    refusals = [e for e in events.events if e.target == "/hakuriver.v1.NodeService/DrainNode"]
+    assert [e.actor for e in refusals] == ["alice", "alice"], "both transports audit refusals"
+
+    bad = {"command": "true", "cores": -1}
+    invalid = await asyncio.to_thread(api.call, TASKS + "SubmitTask", bad, alice.token)
+    with pytest.raises(grpc.aio.AioRpcError) as bad_grpc:
+        await alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="true", cores=-1), timeout=5)
+    assert invalid.status == 400
+    assert invalid.json() == {"code": "invalid_argument", "message": bad_grpc.value.details()}
+
+    bobs = (await bob.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)).tasks[0]
+    hidden = await asyncio.to_thread(
+        api.call, TASKS + "GetTask", {"taskId": str(bobs.task_id)}, alice.token
+    )
+    assert (hidden.status, hidden.json()["code"]) == (404, "not_found")
+    listed = await asyncio.to_thread(api.call, TASKS + "ListTasks", {}, alice.token)
+    assert listed.json().get("tasks", []) == [], "alice sees none of bob's tasks"
+
+
+async def test_a_log_follows_over_a_server_stream(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner(answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    runner.write(task.task_id, b"first\n")
+    api = endpoint(local_cluster)
+    request = {"taskId": str(task.task_id), "stream": "LOG_STREAM_STDOUT", "follow": True}
+    reading = asyncio.create_task(
+        asyncio.to_thread(
+            api.stream,
+            "hakuriver.v1.LogService/ReadLog",
+            request,
+            local_cluster.admin_token,
+            2,
+        )
+    )
+    await asyncio.sleep(0.3)
+    runner.write(task.task_id, b"second\n")
+    messages, end = await asyncio.wait_for(reading, 10)
+    assert b"".join(base64.b64decode(m["data"]) for m in messages) == b"first\nsecond\n"
+    assert end is None
+
+    _, refused_end = await asyncio.to_thread(
+        api.stream, "hakuriver.v1.LogService/ReadLog", request, None, 1
+    )
+    assert refused_end["error"]["code"] == "unauthenticated"
+
+
+async def test_the_runner_stream_is_not_on_the_dashboard_port(local_cluster: LocalCluster) -> None:
+    api = endpoint(local_cluster)
+    for path in ("hakuriver.v1.RunnerService/Connect", "hakuriver.v1.ShellService/Shell"):
+        reply = await asyncio.to_thread(api.call, path, {}, local_cluster.admin_token)
+        assert reply.status == 404, path
+    assert local_cluster.server is not None
+    served = local_cluster.server.web_app().services
+    methods = {f"{prefix}/{name}" for prefix in served for name in _method_names(prefix)}
+    assert methods and methods <= set(RIGHTS)
+
+
+def _method_names(prefix: str) -> list[str]:
+    return [m.rsplit("/", 1)[1] for m in RIGHTS if m.startswith(prefix + "/")]
+
+
+async def test_pages_carry_the_security_headers(
+    make_local_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    built = tmp_path / "dist"
+    (built / "assets").mkdir(parents=True)
+    (built / "index.html").write_text("<!doctype html><title>HakuRiver</title>")
+    script = b"console.log('hakuriver');" * 40
+    (built / "assets" / "index-abc123.js").write_bytes(script)
+    cluster = await make_local_cluster(dashboard={"port": 0, "assets_dir": built})
+    api = endpoint(cluster)
+    for page in ("/", "/tasks/12", "/docker"):
+        reply = await asyncio.to_thread(api.request, page)
+        assert reply.status == 200 and b"<title>HakuRiver" in reply.body, page
+        assert reply.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
+        assert reply.headers["x-frame-options"] == "DENY"
+        assert reply.headers["cache-control"] == "no-cache"
+    asset = await asyncio.to_thread(
+        api.request, "/assets/index-abc123.js", None, {"Accept-Encoding": "gzip"}
+    )
+    assert asset.headers["content-encoding"] == "gzip"
+    assert gzip.decompress(asset.body) == script
+    assert "immutable" in asset.headers["cache-control"]
+    assert asset.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    missing = await asyncio.to_thread(api.request, "/assets/gone.js")
+    assert missing.status == 404
+    posted = await asyncio.to_thread(api.request, "/", b"x", None, "POST")
+    assert posted.status == 405
+
+
+async def test_unbuilt_pages_say_how_to_build_them(
+    make_local_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = await make_local_cluster(dashboard={"port": 0, "assets_dir": tmp_path / "none"})
+    reply = await asyncio.to_thread(endpoint(cluster).request, "/")
+    assert reply.status == 503
+    assert b"scripts/build-dashboard.sh" in reply.body
+
+
+async def _shell_close(
+    cluster: LocalCluster, protocols: list[str], origin: str | None = None
+) -> tuple[int, str]:
+    assert cluster.server is not None
+    port = cluster.server.dashboard_port
+    context = ssl.create_default_context(cafile=str(cluster.config.tls.ca_file))
+    async with websockets.connect(
+        f"wss://127.0.0.1:{port}/ws/shell",
+        ssl=context,
+        subprotocols=protocols,  # type: ignore[arg-type]
+        origin=origin or f"https://127.0.0.1:{port}",  # type: ignore[arg-type]
+        open_timeout=5,
+    ) as socket:
+        await socket.send(b"")  # a start message with nothing in it
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), 5)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def test_the_terminal_socket_passes_the_same_gate(local_cluster: LocalCluster) -> None:
+    alice = await local_cluster.add_user("alice")
+    unauthenticated = 4000 + grpc.StatusCode.UNAUTHENTICATED.value[0]
+    denied = 4000 + grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert (await _shell_close(local_cluster, [SHELL_PROTOCOL]))[0] == unauthenticated
+    code, reason = await _shell_close(local_cluster, [SHELL_PROTOCOL, f"bearer.{alice.token}"])
+    assert code == denied
+    assert reason.startswith("/hakuriver.v1.ShellService/Shell needs the operator role")
+    with pytest.raises(InvalidStatus):
+        await _shell_close(
+            local_cluster,
+            [SHELL_PROTOCOL, f"bearer.{local_cluster.admin_token}"],
+            origin="https://elsewhere.example",
+        )

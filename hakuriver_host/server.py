@@ -62,7 +62,7 @@ from hakuriver_host.services import (
 )
 from hakuriver_host.ssh_proxy import SshProxy
 from hakuriver_host.store import Store
-from hakuriver_host.web_app import DEFAULT_ASSETS, WebApp, load_assets
+from hakuriver_host.web_app import DEFAULT_ASSETS, AssetStore, WebApp
 from hakuriver_host.web_server import WebServer, bind
 
 log = logging.getLogger(__name__)
@@ -269,8 +269,8 @@ class HostServer:
             for name in module.DESCRIPTOR.services_by_name
         ]
         assets_dir = self.config.dashboard.assets_dir or DEFAULT_ASSETS
-        assets = load_assets(Path(assets_dir).expanduser())
-        if not assets:
+        assets = AssetStore(Path(assets_dir).expanduser())
+        if not assets.assets:
             log.warning(
                 "the dashboard's files are not built in %s: its pages answer 503 until "
                 "scripts/build-dashboard.sh builds them (its API works)",

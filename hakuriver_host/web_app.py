@@ -99,6 +99,29 @@ def load_assets(directory: Path) -> dict[str, Asset]:
     return found
 
 
+class AssetStore:
+    """The built files, loaded again (off the event loop) when a new build replaced
+    index.html: rebuilding the dashboard needs no Host restart."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._stamp = self._index_stamp()
+        self.assets = load_assets(directory)
+
+    def _index_stamp(self) -> int:
+        try:
+            return (self.directory / "index.html").stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    async def current(self) -> dict[str, Asset]:
+        stamp = self._index_stamp()
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self.assets = await asyncio.to_thread(load_assets, self.directory)
+        return self.assets
+
+
 def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -129,7 +152,7 @@ class WebApp:
         gate: ApiInterceptor,
         services: list[ConnectASGIApplication[Any]],
         shell: Any,
-        assets: dict[str, Asset],
+        assets: AssetStore,
     ) -> None:
         """``services``: the Connect applications to serve; ``shell``: the ShellService
         servicer behind the terminal WebSocket."""
@@ -158,16 +181,17 @@ class WebApp:
         if scope["method"] not in ("GET", "HEAD"):
             await _plain(send, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD")])
             return
-        if not self.assets:
+        assets = await self.assets.current()
+        if not assets:
             await _plain(send, 503, NOT_BUILT)
             return
         path: str = scope["path"]
-        asset = self.assets.get(path)
+        asset = assets.get(path)
         if asset is None:
             if path.startswith("/assets/"):
                 await _plain(send, 404, b"not found\n")
                 return
-            asset = self.assets["/index.html"]  # a page of the app: the router shows it
+            asset = assets["/index.html"]  # a page of the app: the router shows it
         body = asset.body
         headers = [
             (b"content-type", asset.content_type.encode()),

@@ -7,7 +7,8 @@
 #
 # Settings (environment): HAKURIVER_QUICKSTART_DIR (default .quickstart in the checkout),
 # HAKURIVER_QUICKSTART_PORT (gRPC, default 8000; /metrics is the next port, the SSH proxy the
-# one after), so two quickstart clusters on one machine need ports at least 3 apart.
+# one after, the dashboard the one after that), so two quickstart clusters on one machine
+# need ports at least 4 apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR="$(realpath -m "${HAKURIVER_QUICKSTART_DIR:-.quickstart}")"
@@ -32,6 +33,7 @@ fi
 source scripts/lib/python-env.sh
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
+scripts/build-dashboard.sh
 
 if [ -f "$DIR/host.pid" ] && kill -0 "$(cat "$DIR/host.pid")" 2>/dev/null; then
     echo "a quickstart cluster is already running (stop it: scripts/quickstart.sh stop)"
@@ -55,6 +57,12 @@ host_reachable_address = "127.0.0.1"
 host_port = $PORT
 metrics_port = $((PORT + 1))
 host_ssh_proxy_port = $((PORT + 2))
+
+[dashboard]
+port = $((PORT + 3))
+# Plain HTTP on 127.0.0.1 (browsers treat loopback as a secure origin); off loopback the
+# dashboard speaks HTTPS with the Host's certificate.
+plaintext = true
 
 [paths]
 shared_dir = "$DIR/shared"
@@ -123,6 +131,9 @@ cat <<MSG
 The cluster is running (Host on 127.0.0.1:$PORT, metrics on http://127.0.0.1:$((PORT + 1))/metrics,
 SSH proxy on 127.0.0.1:$((PORT + 2))).
 TLS with the CA $DIR/tls/ca.pem; you are its admin (API token in $DIR/credentials, 0600).
+
+Dashboard: http://127.0.0.1:$((PORT + 3))/
+    sign in with your API token: cat $DIR/credentials
 Submit more:
     export HAKURIVER_CONFIG=$CONFIG
     export PATH=$(dirname "$PY"):\$PATH

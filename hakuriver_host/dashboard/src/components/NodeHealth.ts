@@ -1,0 +1,289 @@
+// Node data shared by the Home, Nodes, Node detail and GPUs pages.
+//
+// Health is live: the recent history from GetHealth(include_history) once, then every new
+// sample from the WatchHealth stream (no polling). The node list (reservations, draining,
+// online/offline) has no stream, so it is refreshed on a modest timer while the tab is
+// visible; see useRefresh.
+import { Code, ConnectError } from "@connectrpc/connect";
+import { onBeforeUnmount, onMounted, ref, shallowRef, triggerRef } from "vue";
+import type { Health, Node } from "../gen/hakuriver/v1/node_pb";
+import { NodeStatus } from "../gen/hakuriver/v1/node_pb";
+import type { NodeHealth } from "../gen/hakuriver/v1/node_service_pb";
+import { api, errorMessage } from "../lib/api";
+import { date, percent } from "../lib/format";
+import { useLive } from "../lib/live";
+
+/** How much history the pages keep and draw (the Host keeps at least 10 minutes). */
+export const WINDOW_MS = 10 * 60 * 1000;
+
+/** Refresh period of what has no stream (node reservations, task lists). */
+export const REFRESH_MS = 5000;
+
+export interface Sample {
+  /** sampled_at in ms since the epoch. */
+  t: number;
+  health: Health;
+}
+
+export interface NodeTrack {
+  hostname: string;
+  status: NodeStatus;
+  /** Oldest first, at most WINDOW_MS older than the newest sample of any node. */
+  samples: Sample[];
+}
+
+export function sampleTime(health: Health | undefined): number {
+  return date(health?.sampledAt)?.getTime() ?? NaN;
+}
+
+/**
+ * Live health of one node (``hostname``) or of all nodes: ``tracks`` maps hostname to its
+ * recent samples. ``missing`` turns true when the Host does not know ``hostname``.
+ */
+export function useHealth(hostname = "") {
+  const tracks = shallowRef(new Map<string, NodeTrack>());
+  const loaded = ref(false);
+  const missing = ref(false);
+
+  function track(name: string, status: NodeStatus): NodeTrack {
+    let entry = tracks.value.get(name);
+    if (!entry) {
+      entry = { hostname: name, status, samples: [] };
+      tracks.value.set(name, entry);
+    }
+    if (status !== NodeStatus.UNSPECIFIED) entry.status = status;
+    return entry;
+  }
+
+  /** Insert in time order, ignoring a sample already held. */
+  function add(entry: NodeTrack, health: Health): void {
+    const t = sampleTime(health);
+    if (!Number.isFinite(t)) return;
+    const samples = entry.samples;
+    let i = samples.length;
+    while (i > 0 && samples[i - 1]!.t > t) i--;
+    if (i > 0 && samples[i - 1]!.t === t) return;
+    samples.splice(i, 0, { t, health });
+  }
+
+  function trim(): void {
+    let newest = -Infinity;
+    for (const entry of tracks.value.values()) {
+      const last = entry.samples[entry.samples.length - 1];
+      if (last) newest = Math.max(newest, last.t);
+    }
+    const cutoff = newest - WINDOW_MS;
+    for (const entry of tracks.value.values()) {
+      const drop = entry.samples.findIndex((s) => s.t >= cutoff);
+      if (drop > 0) entry.samples.splice(0, drop);
+      else if (drop < 0) entry.samples.length = 0;
+    }
+  }
+
+  function receive(node: NodeHealth | undefined, history: Health[] = []): void {
+    if (!node) return;
+    const entry = track(node.hostname, node.status);
+    for (const health of history) add(entry, health);
+    if (node.current) add(entry, node.current);
+  }
+
+  const { error } = useLive(async (signal) => {
+    // Open the stream first and read the history meanwhile, so no sample falls between
+    // the two; duplicates are dropped by add().
+    const local = new AbortController();
+    const stop = () => local.abort();
+    signal.addEventListener("abort", stop);
+    try {
+      const stream = api.nodes.watchHealth({ hostname }, { signal: local.signal });
+      const iterator = stream[Symbol.asyncIterator]();
+      const first = iterator.next();
+      first.catch(() => undefined);
+      const now = await api.nodes.getHealth({ hostname, includeHistory: true }, { signal });
+      for (const node of now.nodes) receive(node, node.history);
+      trim();
+      loaded.value = true;
+      triggerRef(tracks);
+      for (let next = await first; !next.done; next = await iterator.next()) {
+        receive(next.value.node);
+        trim();
+        triggerRef(tracks);
+      }
+    } catch (failure) {
+      if (hostname && failure instanceof ConnectError && failure.code === Code.NotFound) {
+        missing.value = true;
+        loaded.value = true;
+        return;
+      }
+      throw failure;
+    } finally {
+      signal.removeEventListener("abort", stop);
+      local.abort();
+    }
+  });
+
+  return { tracks, loaded, missing, error };
+}
+
+/**
+ * Run ``load`` now and every ``ms`` while the component lives and the tab is visible (and
+ * at once when the tab becomes visible again). Calls never overlap.
+ */
+export function useRefresh(load: () => Promise<void>, ms = REFRESH_MS) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
+  let busy = false;
+
+  async function tick(): Promise<void> {
+    clearTimeout(timer);
+    if (stopped) return;
+    if (!busy && document.visibilityState === "visible") {
+      busy = true;
+      try {
+        await load();
+      } finally {
+        busy = false;
+      }
+    }
+    if (!stopped) timer = setTimeout(() => void tick(), ms);
+  }
+
+  function onVisible(): void {
+    if (document.visibilityState === "visible") void tick();
+  }
+
+  onMounted(() => {
+    document.addEventListener("visibilitychange", onVisible);
+    void tick();
+  });
+  onBeforeUnmount(() => {
+    stopped = true;
+    clearTimeout(timer);
+    document.removeEventListener("visibilitychange", onVisible);
+  });
+  return { refresh: tick };
+}
+
+/** The node list, refreshed every REFRESH_MS (reservations and online state have no stream). */
+export function useNodes() {
+  const nodes = ref<Node[]>([]);
+  const loaded = ref(false);
+  const error = ref("");
+  const { refresh } = useRefresh(async () => {
+    try {
+      nodes.value = (await api.nodes.listNodes({})).nodes;
+      error.value = "";
+    } catch (failure) {
+      error.value = errorMessage(failure);
+    } finally {
+      loaded.value = true;
+    }
+  });
+  return { nodes, loaded, error, refresh };
+}
+
+/** A clock that ticks every second, for "5s ago" labels. */
+export function useNow(ms = 1000) {
+  const now = ref(Date.now());
+  let timer: ReturnType<typeof setInterval> | undefined;
+  onMounted(() => {
+    timer = setInterval(() => (now.value = Date.now()), ms);
+  });
+  onBeforeUnmount(() => clearInterval(timer));
+  return now;
+}
+
+/** A percentage for charts and tables: "0%", "4.2%", "57%". */
+export function pct(value: number): string {
+  return value === 0 ? "0%" : percent(value);
+}
+
+/** "4s ago", "3m ago", "2h ago". */
+export function ago(ms: number, now: number): string {
+  if (!Number.isFinite(ms)) return "never";
+  const s = Math.max(0, Math.round((now - ms) / 1000));
+  if (s < 60) return `${s}s ago`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m ago`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h ago`;
+  return `${Math.floor(h / 24)}d ago`;
+}
+
+/** CPU ids as ranges: [0,1,2,3,8] -> "0-3, 8". */
+export function cpuRanges(cpus: readonly number[]): string {
+  const sorted = [...cpus].sort((a, b) => a - b);
+  const parts: string[] = [];
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
+    parts.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);
+    i = j + 1;
+  }
+  return parts.join(", ");
+}
+
+/** The usual interval between a node's samples (median), or 5 s when unknown. */
+export function sampleInterval(tracks: Iterable<NodeTrack>): number {
+  const steps: number[] = [];
+  for (const entry of tracks) {
+    const s = entry.samples;
+    for (let i = Math.max(1, s.length - 30); i < s.length; i++) steps.push(s[i]!.t - s[i - 1]!.t);
+  }
+  if (!steps.length) return 5000;
+  steps.sort((a, b) => a - b);
+  return Math.max(1000, steps[Math.floor(steps.length / 2)]!);
+}
+
+export interface ClusterPoint {
+  t: number;
+  /** Mean CPU % over the nodes reporting. */
+  cpu: number;
+  memoryUsed: number;
+  memoryTotal: number;
+  nodes: number;
+}
+
+/**
+ * Cluster-wide samples: nodes report at their own moments, so time is cut into buckets
+ * of one sample interval, and each bucket takes every node's latest sample at its end
+ * (carried forward, but not when older than three intervals: a silent node drops out).
+ */
+export function aggregate(tracks: Iterable<NodeTrack>): ClusterPoint[] {
+  const list = [...tracks].filter((e) => e.samples.length > 0);
+  if (!list.length) return [];
+  const step = sampleInterval(list);
+  let first = Infinity;
+  let last = -Infinity;
+  for (const entry of list) {
+    first = Math.min(first, entry.samples[0]!.t);
+    last = Math.max(last, entry.samples[entry.samples.length - 1]!.t);
+  }
+  const cursor = list.map(() => -1);
+  const points: ClusterPoint[] = [];
+  for (let end = (Math.floor(first / step) + 1) * step; ; end += step) {
+    const at = Math.min(end, last);
+    let cpu = 0;
+    let used = 0;
+    let total = 0;
+    let count = 0;
+    list.forEach((entry, k) => {
+      const s = entry.samples;
+      while (cursor[k]! + 1 < s.length && s[cursor[k]! + 1]!.t <= at) cursor[k] = cursor[k]! + 1;
+      const sample = s[cursor[k]!];
+      if (!sample || at - sample.t > 3 * step) return;
+      cpu += sample.health.cpuPercent;
+      used += Number(sample.health.memoryUsedBytes);
+      total += Number(sample.health.memoryTotalBytes);
+      count += 1;
+    });
+    if (count) points.push({ t: at, cpu: cpu / count, memoryUsed: used, memoryTotal: total, nodes: count });
+    if (end >= last) break;
+  }
+  return points;
+}
+
+export function isOnline(node: { status: NodeStatus }): boolean {
+  return node.status === NodeStatus.ONLINE;
+}
+
+export { NodeStatus };

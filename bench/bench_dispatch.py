@@ -62,7 +62,8 @@ def dispatch_overhead(cluster: ProcessCluster) -> None:
           f"  (ratio {ours_median / bare_median:.2f}x; target < 50 ms)")  # fmt: skip
 
 
-def _docker_time(stamp: str) -> float:
+def docker_time(stamp: str) -> float:
+    """A Docker log timestamp (RFC 3339, nanoseconds) as seconds since the epoch."""
     main, _, frac = stamp.rstrip("Z").partition(".")
     whole = datetime.fromisoformat(main + "+00:00").timestamp()
     return whole + float("0." + (frac or "0"))
@@ -91,7 +92,7 @@ def log_latency(cluster: ProcessCluster) -> None:
     written: dict[str, float] = {}
     for raw in container.logs(stdout=True, stderr=False, timestamps=True).decode().splitlines():
         stamp, _, text = raw.partition(" ")
-        written[text.strip()] = _docker_time(stamp)
+        written[text.strip()] = docker_time(stamp)
     follower.wait(30)
     delays = [arrived[k] - written[k] for k in arrived if k in written]
     delays.sort()

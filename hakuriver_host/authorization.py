@@ -81,6 +81,16 @@ RIGHTS: dict[str, Right] = {
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Right.USER,
 }
 
+# The dashboard port serves the table's methods over the Connect protocol, through the same
+# checks (web_app.py, connect_bridge.py); these are its paths that are not RPCs. The app's
+# files hold no data (every datum comes through the API), so anybody may load them; the
+# terminal WebSocket is ShellService.Shell and needs its right.
+DASHBOARD_PAGES = "/ and the app's pages, /assets/*"
+DASHBOARD_PATHS: dict[str, Right] = {
+    DASHBOARD_PAGES: Right.PUBLIC,
+    "/ws/shell": RIGHTS[_SHELL + "Shell"],
+}
+
 _ROLE_OF = {Right.USER: Role.USER, Right.OPERATOR: Role.OPERATOR, Right.ADMIN: Role.ADMIN}
 
 

@@ -71,15 +71,26 @@ def _server_stream(
     return call
 
 
+def _grpc_only(path: str) -> Callable[..., Any]:
+    async def refuse(request: Any, ctx: RequestContext[Any, Any]) -> Any:
+        raise ConnectError(
+            Code.UNIMPLEMENTED,
+            f"{path} streams its request: call it over gRPC (browsers cannot stream a body)",
+        )
+
+    return refuse
+
+
 def bridge(gate: ApiInterceptor, servicer: Any, service: ServiceDescriptor) -> SimpleNamespace:
     """The Connect implementation object of ``service`` over its gRPC ``servicer``.
-    Client- and bidi-streaming methods are left out: browsers cannot stream a request body
-    (the terminal uses a WebSocket instead, see web_app.py)."""
+    Client- and bidi-streaming methods answer UNIMPLEMENTED: browsers cannot stream a
+    request body (the terminal uses a WebSocket instead, see web_app.py)."""
     methods: dict[str, Callable[..., Any]] = {}
     for method in service.methods:
-        if method.client_streaming:
-            continue
         path = f"/{service.full_name}/{method.name}"
+        if method.client_streaming:
+            methods[_snake(method.name)] = _grpc_only(path)
+            continue
         behaviour = getattr(servicer, method.name)
         adapt = _server_stream if method.server_streaming else _unary
         methods[_snake(method.name)] = adapt(gate, path, behaviour)

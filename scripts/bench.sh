@@ -6,6 +6,9 @@ source scripts/lib/python-env.sh
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 scripts/build-sshd-image.sh hakuriver-sshd
+scripts/build-dashboard.sh
+source scripts/lib/apt.sh
+command -v chromium >/dev/null || apt_install chromium
 "$PY" -m bench.bench_dispatch
 "$PY" -m bench.bench_scheduler
 "$PY" -m bench.bench_security
@@ -13,3 +16,4 @@ scripts/build-sshd-image.sh hakuriver-sshd
 "$PY" -m bench.bench_restart
 "$PY" -m bench.bench_runner_footprint
 "$PY" -m bench.bench_ssh
+"$PY" -m bench.bench_dashboard

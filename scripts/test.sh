@@ -2,8 +2,9 @@
 # The test command: lint and the generated-code drift check, then the two test tiers:
 #   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, < 1 minute;
 #   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
-# The unit tier runs first, before anything else is installed; the e2e tier after the
-# installs it needs (Docker, the base and sshd images, PostgreSQL).
+# The unit tier runs first, before anything else is installed but the Node packages the
+# drift check generates TypeScript with; the e2e tier after the installs it needs (Docker,
+# the base and sshd images, PostgreSQL, Chromium, the built dashboard).
 # Extra arguments go to pytest in both tiers (e.g. -x, -k NAME); a tier where they select
 # nothing is not a failure.
 set -euo pipefail
@@ -21,6 +22,7 @@ tier() {
 
 echo "==> lint"
 scripts/lint.sh
+scripts/ensure-node.sh
 echo "==> generated code up to date"
 "$PY" scripts/check_protos.py
 
@@ -30,6 +32,8 @@ tier tests/unit "$@"
 source scripts/lib/apt.sh
 command -v numactl >/dev/null || apt_install numactl
 command -v scp >/dev/null || apt_install openssh-client
+command -v chromium >/dev/null || apt_install chromium
+scripts/build-dashboard.sh
 scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 scripts/build-sshd-image.sh hakuriver-sshd

@@ -13,6 +13,7 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.e2e.browser import browser as browser
 from tests.e2e.harness import BASE_ENV, SSHD_ENV, ProcessCluster, running_cluster
 
 

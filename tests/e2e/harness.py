@@ -90,6 +90,10 @@ class ProcessCluster:
         self.host_port = free_port()
         self.metrics_port = free_port()
         self.ssh_proxy_port = free_port()
+        self.dashboard_port = free_port()
+        # The dashboard as the quickstart serves it: plain HTTP on loopback (a browser under
+        # test would not trust the test CA); HTTPS is covered in the unit tier.
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.shared_dir = root / "shared"
         self.config_path = root / "config.toml"
         self.credentials = root / "credentials"
@@ -102,6 +106,10 @@ host_reachable_address = "127.0.0.1"
 host_port = {self.host_port}
 metrics_port = {self.metrics_port}
 host_ssh_proxy_port = {self.ssh_proxy_port}
+
+[dashboard]
+port = {self.dashboard_port}
+plaintext = true
 
 [paths]
 shared_dir = "{self.shared_dir}"

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from bench import bench_security
+from bench import bench_dashboard, bench_security
 
 
 def test_security_benchmark_measures_baseline_and_secured(
@@ -37,3 +37,18 @@ def test_security_benchmark_measures_baseline_and_secured(
     printed = capsys.readouterr().out
     assert printed.count("secured/baseline time per task, per round") == 2
     assert printed.count("secured/baseline median, per round") == 2
+
+
+@pytest.mark.docker
+def test_dashboard_benchmark_measures_size_render_and_log_delay(
+    docker_ready: None, browser: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its own browser and cluster, as ``make bench`` runs it; a few renders and lines."""
+    sizes, render, delays = bench_dashboard.run(renders=2, lines=6)
+    bench_dashboard.report(sizes, render, delays)
+    assert sizes.files > 0 and 0 < sizes.first_load_gzipped <= sizes.total_gzipped
+    assert all(math.isfinite(v) and v > 0 for v in render), render
+    assert len(delays.page) == len(delays.cli) == 6
+    assert all(math.isfinite(d) and d > -0.05 for d in delays.page + delays.cli)
+    printed = capsys.readouterr().out
+    assert "all JS+CSS gzipped" in printed and "Home with cluster data" in printed

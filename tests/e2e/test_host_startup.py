@@ -16,18 +16,20 @@ from hakuriver_common.roles import Role
 from tests.e2e.harness import ProcessCluster
 from tests.tls import tls_files
 
-PORT_KEYS = {
+NETWORK_PORT_KEYS = {
     "host_port": "gRPC API",
     "metrics_port": "metrics",
     "host_ssh_proxy_port": "SSH proxy",
 }
+PORT_KEYS = {**NETWORK_PORT_KEYS, "dashboard_port": "dashboard"}
 
 
 def _config(root: Path, bind: str = "127.0.0.1", plaintext: bool = False, **ports: int) -> Path:
     path = root / "config.toml"
     tls = tls_files()
     lines = ["[network]", f'host_bind_ip = "{bind}"']
-    lines += [f"{key} = {ports.get(key, 0)}" for key in PORT_KEYS]
+    lines += [f"{key} = {ports.get(key, 0)}" for key in NETWORK_PORT_KEYS]
+    lines += ["[dashboard]", f"port = {ports.get('dashboard_port', 0)}"]
     lines += [
         "[paths]",
         f'shared_dir = "{root / "shared"}"',

@@ -8,10 +8,12 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.connect_http import Endpoint
 from tests.e2e.harness import free_port
 
 pytestmark = pytest.mark.docker
@@ -54,6 +56,15 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
         assert "hakuriver.task submit" in started.stdout
         assert "hakuriver.admin user add alice --role user" in started.stdout
         assert "hakuriver.admin token create --user alice --save" in started.stdout
+        # The dashboard's address and how to sign in; its page and API answer there.
+        dashboard = f"http://127.0.0.1:{port + 3}/"
+        assert f"Dashboard: {dashboard}" in started.stdout
+        assert f"cat {qs / 'credentials'}" in started.stdout
+        with urllib.request.urlopen(dashboard, timeout=10) as page:
+            assert b'<div id="app">' in page.read()
+        admin = (qs / "credentials").read_text().strip()
+        who = Endpoint(dashboard.rstrip("/")).call("hakuriver.v1.AccessService/WhoAmI", {}, admin)
+        assert who.json()["user"] == "admin"
         # Secrets only for the owner; the CA's key stays beside the Host.
         for secret in ("config.toml", "credentials", "tls/ca.key", "tls/host.key"):
             assert _mode(qs / secret) == 0o600, secret

@@ -35,8 +35,8 @@ def reach(ports: list[int]) -> list[str]:
 
 
 def host_ports(cluster: ProcessCluster) -> list[int]:
-    """The Host's gRPC, SSH proxy and metrics ports, all on the node's loopback."""
-    return [cluster.host_port, cluster.ssh_proxy_port, cluster.metrics_port]
+    """The Host's gRPC, SSH proxy, metrics and dashboard ports, all on the node's loopback."""
+    return [cluster.host_port, cluster.ssh_proxy_port, cluster.metrics_port, cluster.dashboard_port]
 
 
 def run(

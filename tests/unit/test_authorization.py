@@ -8,11 +8,13 @@ submissions, and tokens are their owners' to manage.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,7 +22,7 @@ import docker.errors
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import message_factory
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
@@ -37,6 +39,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import API_TOKEN_PREFIX, Role
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.authorization import RIGHTS, Right
+from tests.connect_http import Endpoint
 from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster, local_config, status_of
@@ -551,3 +554,56 @@ async def test_every_rpc_refuses_callers_without_its_right(callers: Callers, met
         code, details = await call(secret)
         assert code == CODE.PERMISSION_DENIED
         assert details.startswith(f"{method} needs an API token")
+
+
+# Served on the dashboard's port too (not the Runner stream, not client streams).
+CONNECT_METHODS = sorted(
+    method
+    for method, descriptor in METHODS.items()
+    if method.startswith("/hakuriver.v1.")
+    and not descriptor.client_streaming
+    and RIGHTS[method] is not Right.RUNNER
+)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.parametrize("method", CONNECT_METHODS, ids=lambda m: m.rsplit(".", 1)[-1])
+@pytest.mark.usefixtures("docker_unavailable")
+async def test_every_dashboard_api_call_refuses_callers_without_its_right(
+    callers: Callers, method: str
+) -> None:
+    """The same table over the Connect protocol: the same refusals, word for word."""
+    assert callers.cluster.server is not None
+    api = Endpoint(
+        f"https://127.0.0.1:{callers.cluster.server.dashboard_port}",
+        Path(callers.cluster.config.tls.ca_file),
+    )
+    descriptor = METHODS[method]
+    request = message_factory.GetMessageClass(descriptor.input_type)(**REQUESTS.get(method, {}))
+    body = json_format.MessageToDict(request)
+
+    def call(secret: str | None) -> tuple[str, str]:
+        if descriptor.server_streaming:
+            _, end = api.stream(method[1:], body, secret, 1)
+            error = (end or {}).get("error", {})
+        else:
+            reply = api.call(method[1:], body, secret)
+            error = reply.json() if reply.status != 200 else {}
+        return error.get("code", "ok"), error.get("message", "")
+
+    code, _ = await asyncio.to_thread(call, None)
+    assert code == "unauthenticated"
+    needed = Role(RIGHTS[method].value)
+    for role, secret in callers.users.items():
+        code, message = await asyncio.to_thread(call, secret)
+        if role.includes(needed):
+            assert code not in ("unauthenticated", "permission_denied"), (role, message)
+        else:
+            assert (code, message) == (
+                "permission_denied",
+                f"{method} needs the {needed} role; a-{role} is {role}",
+            )
+    for secret in (callers.runner, callers.join):
+        code, message = await asyncio.to_thread(call, secret)
+        assert code == "permission_denied"
+        assert message.startswith(f"{method} needs an API token")

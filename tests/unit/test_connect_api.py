@@ -127,6 +127,11 @@ async def test_the_runner_stream_is_not_on_the_dashboard_port(local_cluster: Loc
     for path in ("hakuriver.v1.RunnerService/Connect", "hakuriver.v1.ShellService/Shell"):
         reply = await asyncio.to_thread(api.call, path, {}, local_cluster.admin_token)
         assert reply.status == 404, path
+    _, upload = await asyncio.to_thread(
+        api.stream, "hakuriver.v1.EnvironmentService/ImportRootfs", {}, local_cluster.admin_token, 1
+    )
+    assert upload["error"]["code"] == "unimplemented"
+    assert "call it over gRPC" in upload["error"]["message"]
     assert local_cluster.server is not None
     served = local_cluster.server.web_app().services
     methods = {f"{prefix}/{name}" for prefix in served for name in _method_names(prefix)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hakuriver_host.authorization import RIGHTS
+from hakuriver_host.authorization import DASHBOARD_PATHS, RIGHTS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 ROW = re.compile(r"^\| `(/[^`]+)` \| (\w+) \|$")
@@ -15,4 +15,5 @@ def test_the_documented_table_is_the_table_the_interceptor_reads() -> None:
     documented = {
         match[1]: match[2] for line in DOC.read_text().splitlines() if (match := ROW.match(line))
     }
-    assert documented == {method: right.value for method, right in RIGHTS.items()}
+    expected = {**RIGHTS, **DASHBOARD_PATHS}
+    assert documented == {method: right.value for method, right in expected.items()}

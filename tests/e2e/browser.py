@@ -1,0 +1,107 @@
+"""The dashboard in a real headless Chromium: Debian's ``chromium`` driven by Playwright
+(its own browser download cannot work here), every console message and page error kept,
+screenshots saved with the test artifacts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+# Where screenshots go: $HAKURIVER_TEST_ARTIFACTS/dashboard, default test-artifacts/ in the
+# checkout (docs/dashboard.md shows copies of them).
+ARTIFACTS = Path(os.environ.get("HAKURIVER_TEST_ARTIFACTS", ROOT / "test-artifacts")) / "dashboard"
+# No background connections (the machine's network is closed; Chromium would log failures).
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1360, "height": 900}
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    path = chromium_path()
+    if path is None:
+        problem = "no chromium on this machine (apt install chromium; scripts/test.sh does)"
+        if os.environ.get("CI"):
+            pytest.fail(f"Chromium is required in CI: {problem}")
+        pytest.skip(f"browser tests skipped outside CI: {problem}")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@dataclass
+class Dashboard:
+    """One signed-in tab of the dashboard at ``base`` (http://127.0.0.1:PORT)."""
+
+    page: Page
+    base: str
+    problems: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        self.page.set_default_timeout(15_000)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type in ("error", "warning"):
+            self.problems.append(f"console {message.type}: {message.text}")
+
+    def sign_in(self, token: str) -> None:
+        self.page.goto(self.base + "/signin")
+        self.page.get_by_test_id("token").fill(token)
+        self.page.get_by_test_id("signin").click()
+        self.page.wait_for_url(re.compile(re.escape(self.base) + r"/$"))
+
+    def goto(self, path: str) -> None:
+        self.page.goto(self.base + path)
+
+    def shot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@dataclass
+class Tabs:
+    """Opens signed-in dashboard tabs, each in its own browser context (own session)."""
+
+    browser: Browser
+    base: str
+    opened: list[Dashboard] = field(default_factory=list)
+
+    def open(self, token: str | None) -> Dashboard:
+        context = self.browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+        tab = Dashboard(context.new_page(), self.base)
+        if token is not None:
+            tab.sign_in(token)
+        self.opened.append(tab)
+        return tab
+
+    def close(self) -> None:
+        for tab in self.opened:
+            tab.page.context.close()

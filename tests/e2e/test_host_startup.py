@@ -24,12 +24,19 @@ NETWORK_PORT_KEYS = {
 PORT_KEYS = {**NETWORK_PORT_KEYS, "dashboard_port": "dashboard"}
 
 
-def _config(root: Path, bind: str = "127.0.0.1", plaintext: bool = False, **ports: int) -> Path:
+def _config(
+    root: Path,
+    bind: str = "127.0.0.1",
+    plaintext: bool = False,
+    dashboard_plaintext: bool = False,
+    **ports: int,
+) -> Path:
     path = root / "config.toml"
     tls = tls_files()
     lines = ["[network]", f'host_bind_ip = "{bind}"']
     lines += [f"{key} = {ports.get(key, 0)}" for key in NETWORK_PORT_KEYS]
     lines += ["[dashboard]", f"port = {ports.get('dashboard_port', 0)}"]
+    lines += [f"plaintext = {'true' if dashboard_plaintext else 'false'}"]
     lines += [
         "[paths]",
         f'shared_dir = "{root / "shared"}"',
@@ -93,6 +100,13 @@ def test_plaintext_is_refused_off_loopback_and_missing_certificates_are_named(
     assert result.stderr.splitlines() == [
         "error: tls.plaintext = true is allowed only on a loopback address, not 0.0.0.0: "
         "create certificates with hakuriver.init tls"
+    ], result.stderr
+    result = _run_host(_config(tmp_path, bind="0.0.0.0", dashboard_plaintext=True))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: a plain-HTTP dashboard is allowed only on a loopback address, not 0.0.0.0: "
+        "set dashboard.plaintext = false (HTTPS with the Host's certificate) or "
+        "dashboard.bind_ip to a loopback address"
     ], result.stderr
     config = _config(tmp_path)
     missing = tmp_path / "nowhere.key"

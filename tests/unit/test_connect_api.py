@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import os
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -170,6 +171,20 @@ async def test_pages_carry_the_security_headers(
     assert missing.status == 404
     posted = await asyncio.to_thread(api.request, "/", b"x", None, "POST")
     assert posted.status == 405
+
+
+async def test_a_new_build_is_served_without_a_restart(
+    make_local_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    built = tmp_path / "dist"
+    built.mkdir()
+    (built / "index.html").write_text("<!doctype html><title>first build</title>")
+    cluster = await make_local_cluster(dashboard={"port": 0, "assets_dir": built})
+    api = endpoint(cluster)
+    assert b"first build" in (await asyncio.to_thread(api.request, "/")).body
+    (built / "index.html").write_text("<!doctype html><title>second build</title>")
+    os.utime(built / "index.html", ns=(1, 10**18))
+    assert b"second build" in (await asyncio.to_thread(api.request, "/tasks")).body
 
 
 async def test_unbuilt_pages_say_how_to_build_them(

@@ -39,8 +39,10 @@ export function sampleTime(health: Health | undefined): number {
 /**
  * Live health of one node (``hostname``) or of all nodes: ``tracks`` maps hostname to its
  * recent samples. ``missing`` turns true when the Host does not know ``hostname``.
+ * ``gate``, when given, is awaited first: false means do not watch at all (a node the node
+ * list does not have, so the page need not provoke a NotFound).
  */
-export function useHealth(hostname = "") {
+export function useHealth(hostname = "", gate?: () => Promise<boolean>) {
   const tracks = shallowRef(new Map<string, NodeTrack>());
   const loaded = ref(false);
   const missing = ref(false);
@@ -88,6 +90,11 @@ export function useHealth(hostname = "") {
   }
 
   const { error } = useLive(async (signal) => {
+    if (gate && !(await gate())) {
+      missing.value = true;
+      loaded.value = true;
+      return;
+    }
     // Open the stream first and read the history meanwhile, so no sample falls between
     // the two; duplicates are dropped by add().
     const local = new AbortController();

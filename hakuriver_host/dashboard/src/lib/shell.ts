@@ -121,8 +121,12 @@ export class ShellSession {
     this.send({ case: "resize", value: { rows, cols } });
   }
 
-  /** Leave: the Host ends the process's attachment when the socket closes. */
+  /** Leave. Standard input is closed first: that ends the Host's attachment to the
+   * process at once (a bare disconnect leaves its reader waiting on the process). */
   close(): void {
+    if (this.socket.readyState === WebSocket.OPEN && !this.ended) {
+      this.send({ case: "closeStdin", value: true });
+    }
     this.ended = true;
     if (this.socket.readyState === WebSocket.CONNECTING || this.socket.readyState === WebSocket.OPEN) {
       this.socket.close(1000);

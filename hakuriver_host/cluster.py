@@ -27,7 +27,13 @@ from hakuriver_host.access import Access
 from hakuriver_host.admission import NodeShape, Rights, admit
 from hakuriver_host.audit import AuditLog
 from hakuriver_host.convert import dispatch_of, records_of
-from hakuriver_host.errors import FailedPrecondition, Hidden, InvalidArgument, Unavailable
+from hakuriver_host.errors import (
+    FailedPrecondition,
+    Hidden,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from hakuriver_host.identity import Principal
 from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -252,6 +258,16 @@ class Cluster:
         await self.get_task(task_id, who)
         async for task in self.book.watch(task_id):
             yield task
+
+    async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[TaskRecord]:
+        """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
+        it changes."""
+        if owner and owner != who.name and owner not in self.access.users:
+            raise NotFound(f"owner: no user named {owner!r}")
+        only = owner if who.sees_all_tasks else who.name
+        async for task in self.book.watch_all():
+            if not only or task.owner == only:
+                yield task
 
     async def read_log(
         self, task_id: int, stream: int, offset: int, follow: bool, who: Principal

@@ -42,3 +42,7 @@ class Unauthenticated(ApiError):
 
 class PermissionDenied(ApiError):
     """The caller is known but their role does not allow this; the message names what."""
+
+
+class WatcherBehind(ApiError):
+    """A stream's reader fell too far behind the changes it watches; it was ended."""

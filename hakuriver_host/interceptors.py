@@ -30,6 +30,7 @@ from hakuriver_host.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
+    WatcherBehind,
 )
 from hakuriver_host.identity import ANONYMOUS, Principal, set_caller
 from hakuriver_host.metrics import HostMetrics
@@ -46,6 +47,7 @@ STATUS_CODES: dict[type[ApiError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    WatcherBehind: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

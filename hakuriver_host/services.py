@@ -91,6 +91,12 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         async for task in self.cluster.watch(request.task_id, caller()):
             yield tpb.WatchTaskResponse(task=task_to_pb(task))
 
+    async def WatchTasks(
+        self, request: tpb.WatchTasksRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tpb.WatchTasksResponse]:
+        async for task in self.cluster.watch_all(request.owner, caller()):
+            yield tpb.WatchTasksResponse(task=task_to_pb(task))
+
 
 class LogService(log_service_pb2_grpc.LogServiceServicer):
     def __init__(self, cluster: Cluster) -> None:

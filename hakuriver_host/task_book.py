@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
-from hakuriver_host.errors import NotFound
+from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
@@ -22,6 +22,10 @@ from hakuriver_host.scheduler import Allocation, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.task_machine import transition
 from hakuriver_host.webhooks import Notifier
+
+# Changes a live list's watcher may leave unread before it is dropped (a page that stopped
+# reading must not hold the Host's memory).
+LIST_WATCH_BACKLOG = 10_000
 
 
 def request_of(task: TaskRecord) -> Request:
@@ -74,6 +78,8 @@ class TaskBook:
         self.pending: dict[int, TaskRecord] = {}
         self._positions: dict[int, int] | None = None
         self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
+        # Watchers of every task (live lists); a full queue ends that watcher (see ``watch_all``).
+        self._list_watchers: set[asyncio.Queue[TaskRecord | None]] = set()
 
     def load(self, tasks: list[TaskRecord]) -> None:
         for task in tasks:
@@ -92,6 +98,7 @@ class TaskBook:
             self.pending[record.task_id] = record
             self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
             self.metrics.tasks_submitted.labels(kind=record.kind).inc()
+            self._tell_lists(record)
 
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when
@@ -149,6 +156,16 @@ class TaskBook:
             self._on_final(task)
         for queue in self._watchers.get(task.task_id, ()):
             queue.put_nowait(task)
+        self._tell_lists(task)
+
+    def _tell_lists(self, task: TaskRecord) -> None:
+        for queue in list(self._list_watchers):
+            if queue.qsize() >= LIST_WATCH_BACKLOG:
+                # Too far behind: drop it (its stream ends; the page lists again).
+                self._list_watchers.discard(queue)
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait(task)
 
     def _notify_final(self, task: TaskRecord) -> None:
         self.notifier.notify(
@@ -223,6 +240,21 @@ class TaskBook:
                 watchers.discard(queue)
                 if not watchers:
                     del self._watchers[task_id]
+
+    async def watch_all(self) -> AsyncIterator[TaskRecord]:
+        """Every task as it is submitted and after each status change, from now on. Ends
+        with ``WatcherBehind`` when more than LIST_WATCH_BACKLOG changes wait unread."""
+        queue: asyncio.Queue[TaskRecord | None] = asyncio.Queue()
+        self._list_watchers.add(queue)
+        try:
+            while (task := await queue.get()) is not None:
+                yield task
+            raise WatcherBehind(
+                f"more than {LIST_WATCH_BACKLOG} task changes waited for this watcher: "
+                "list the tasks again and watch anew"
+            )
+        finally:
+            self._list_watchers.discard(queue)
 
     async def wait_until(
         self, task_id: int, done: Callable[[TaskRecord], bool], seconds: float

@@ -73,6 +73,7 @@ METHODS: dict[str, MethodDescriptor] = {
 # Requests that end the call at once where the empty one would wait (a watch of everything).
 REQUESTS: dict[str, dict[str, Any]] = {
     "/hakuriver.v1.NodeService/WatchHealth": {"hostname": "no-such-node"},
+    "/hakuriver.v1.TaskService/WatchTasks": {"owner": "no-such-user"},
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": {"list_services": ""},
 }
 

@@ -38,6 +38,9 @@ class TaskService(Protocol):
     def watch_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest, ctx: RequestContext) -> AsyncIterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    def watch_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest, ctx: RequestContext) -> AsyncIterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
     def __init__(self, service: TaskService | AsyncGenerator[TaskService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -113,6 +116,16 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.watch_task,
+                ),
+                "/hakuriver.v1.TaskService/WatchTasks": Endpoint.server_stream(
+                    method=MethodInfo(
+                        name="WatchTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.watch_tasks,
                 ),
             },
             interceptors=interceptors,
@@ -267,6 +280,26 @@ class TaskServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    def watch_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> AsyncIterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class TaskServiceSync(Protocol):
     def submit_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskResponse:
@@ -282,6 +315,8 @@ class TaskServiceSync(Protocol):
     def resume_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.ResumeTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeTaskResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def watch_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest, ctx: RequestContext) -> Iterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def watch_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest, ctx: RequestContext) -> Iterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -358,6 +393,16 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.watch_task,
+                ),
+                "/hakuriver.v1.TaskService/WatchTasks": EndpointSync.server_stream(
+                    method=MethodInfo(
+                        name="WatchTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.watch_tasks,
                 ),
             },
             interceptors=interceptors,
@@ -506,6 +551,26 @@ class TaskServiceClientSync(ConnectClientSync):
                 service_name="hakuriver.v1.TaskService",
                 input=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest,
                 output=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def watch_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> Iterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
+        return self.execute_server_stream(
+            request=request,
+            method=MethodInfo(
+                name="WatchTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -70,6 +70,11 @@ class TaskServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
+        self.WatchTasks = channel.unary_stream(
+                '/hakuriver.v1.TaskService/WatchTasks',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -127,6 +132,15 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTasks(self, request, context):
+        """WatchTasks sends every task the caller may see as it is submitted and again on each
+        status change, for live lists. It sends nothing of the past: list first, then watch.
+        A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +178,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse.SerializeToString,
+            ),
+            'WatchTasks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTasks,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +375,33 @@ class TaskService:
             '/hakuriver.v1.TaskService/WatchTask',
             hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest.SerializeToString,
             hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/WatchTasks',
+            hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

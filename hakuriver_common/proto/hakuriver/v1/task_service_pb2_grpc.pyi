@@ -51,6 +51,11 @@ class TaskServiceStub:
     """WatchTask sends the task now and again on every status change, and ends after a final
     status.
     """
+    WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
+    """WatchTasks sends every task the caller may see as it is submitted and again on each
+    status change, for live lists. It sends nothing of the past: list first, then watch.
+    A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -74,6 +79,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     WatchTask: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTaskRequest, _task_service_pb2.WatchTaskResponse]  # type: ignore[assignment]
     """WatchTask sends the task now and again on every status change, and ends after a final
     status.
+    """
+    WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
+    """WatchTasks sends every task the caller may see as it is submitted and again on each
+    status change, for live lists. It sends nothing of the past: list first, then watch.
+    A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
     """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +147,17 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTaskResponse], _abc.AsyncIterator[_task_service_pb2.WatchTaskResponse]]:
         """WatchTask sends the task now and again on every status change, and ends after a final
         status.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTasks(
+        self,
+        request: _task_service_pb2.WatchTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
+        """WatchTasks sends every task the caller may see as it is submitted and again on each
+        status change, for live lists. It sends nothing of the past: list first, then watch.
+        A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
         """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

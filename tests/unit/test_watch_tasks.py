@@ -1,0 +1,121 @@
+"""WatchTasks: live lists see each task as it is submitted and on every status change,
+only the tasks the caller may see, and a reader that stops reading is dropped, not kept."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.roles import Role
+from hakuriver_host import task_book
+from hakuriver_host.errors import WatcherBehind
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import Client, LocalCluster
+
+S = task_pb2
+
+
+class Seen:
+    """(task id, status) of every message a WatchTasks stream sends, read in the background."""
+
+    def __init__(self, client: Any, **request: Any) -> None:
+        self.call = client.tasks.WatchTasks(tpb.WatchTasksRequest(**request))
+        self.items: list[tuple[int, int]] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for reply in self.call:
+                self.items.append((reply.task.task_id, reply.task.status))
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+
+    def ids(self) -> set[int]:
+        return {task_id for task_id, _ in self.items}
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self.reader, return_exceptions=True)
+
+
+async def _submit(client: Client) -> int:
+    reply = await client.tasks.SubmitTask(tpb.SubmitTaskRequest(command="true"), timeout=5)
+    return reply.tasks[0].task_id
+
+
+async def _started(cluster: LocalCluster, *watchers: Seen) -> None:
+    """Until each stream is registered with the Host (a first task reaches them all)."""
+    probe = await cluster.submit("probe")
+    await eventually(lambda: all(probe.task_id in w.ids() for w in watchers), what="watchers")
+
+
+async def test_each_caller_sees_only_what_they_may(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner()
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    olivia = await local_cluster.add_user("olivia", Role.OPERATOR)
+    everything = Seen(olivia)
+    bobs_only = Seen(olivia, owner="bob")
+    mine = Seen(alice, owner="bob")  # a user's own tasks whatever they ask
+    await _started(local_cluster, everything)
+    try:
+        alice_task, bob_task = await _submit(alice), await _submit(bob)
+        await local_cluster.wait_status(alice_task)
+        await local_cluster.wait_status(bob_task)
+        await eventually(
+            lambda: (
+                (alice_task, S.TASK_STATUS_COMPLETED) in everything.items
+                and (bob_task, S.TASK_STATUS_COMPLETED) in everything.items
+            ),
+            what="both tasks' changes",
+        )
+        statuses = [status for task_id, status in everything.items if task_id == alice_task]
+        assert statuses[0] == S.TASK_STATUS_PENDING
+        assert statuses[-1] == S.TASK_STATUS_COMPLETED
+        assert S.TASK_STATUS_RUNNING in statuses
+        await eventually(lambda: bob_task in bobs_only.ids(), what="bob's task for olivia")
+        await eventually(lambda: alice_task in mine.ids(), what="alice's own task")
+        assert bobs_only.ids() == {bob_task}
+        assert mine.ids() == {alice_task}
+    finally:
+        for watcher in (everything, bobs_only, mine):
+            await watcher.close()
+
+
+async def test_an_unknown_owner_is_named(local_cluster: LocalCluster) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in local_cluster.tasks.WatchTasks(
+            tpb.WatchTasksRequest(owner="nobody"), timeout=5
+        ):
+            pass
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refused.value.details() == "owner: no user named 'nobody'"
+
+
+async def test_a_reader_that_falls_behind_is_ended(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the Host's task book: gRPC's own buffers would hide a stalled client for a while,
+    but once changes pile up unread the watcher is dropped, and its reader told why."""
+    monkeypatch.setattr(task_book, "LIST_WATCH_BACKLOG", 3)
+    await local_cluster.add_runner(cores=1, answer=HOLD)  # one task runs, the rest queue
+    assert local_cluster.server is not None
+    book = local_cluster.server.cluster.book
+    stalled = book.watch_all()
+    first = asyncio.create_task(anext(stalled))
+    keeping_up = Seen(local_cluster)
+    await _started(local_cluster, keeping_up)
+    assert (await first).task_id in keeping_up.ids()
+    for _ in range(6):
+        await local_cluster.submit("queued")
+    await eventually(lambda: len(keeping_up.ids()) == 7, what="the reader to see every task")
+    with pytest.raises(WatcherBehind, match="list the tasks again"):
+        async for _ in stalled:
+            pass
+    assert keeping_up.error is None, "a reader that keeps up stays"
+    await keeping_up.close()

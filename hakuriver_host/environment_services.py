@@ -214,3 +214,5 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
         finally:
             feeder.cancel()
             shell.close()
+            # The caller went (a closed page, a cancelled call) or the process ended.
+            await asyncio.shield(asyncio.to_thread(shell.stop))

@@ -8,6 +8,8 @@ docker-py.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -50,5 +52,22 @@ class ShellProcess:
         return int(self._api.exec_inspect(self._exec_id).get("ExitCode") or 0)
 
     def close(self) -> None:
+        """Hang up: a reader blocked on the socket returns at once. Docker keeps an exec's
+        process running when its client goes, so ``stop`` ends it."""
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._raw.close()
+
+    def stop(self) -> None:
+        """End the process if it still runs (blocking: a Docker call). Its session's other
+        processes get SIGHUP from the kernel when it, their controlling process, dies. The
+        Host must see the container's processes (it runs beside the Docker daemon)."""
+        try:
+            info = self._api.exec_inspect(self._exec_id)
+        except Exception:
+            return
+        pid = int(info.get("Pid") or 0)
+        if info.get("Running") and pid > 0:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

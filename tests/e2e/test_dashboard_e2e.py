@@ -162,7 +162,13 @@ def environment(site: Site) -> Iterator[str]:
         stub.DeleteContainer(epb.DeleteContainerRequest(name=name), timeout=60)
 
 
+def _processes(site: Site, environment: str) -> int:
+    container = site.cluster.docker.containers.get(f"hakuriver-env-{environment}")
+    return len(container.top()["Processes"])
+
+
 def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
+    before = _processes(site, environment)
     tab = site.tab(site.cluster.admin_token)
     tab.goto("/docker")
     tab.page.get_by_test_id(f"env-terminal-{environment}").click()
@@ -175,6 +181,9 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     expect(terminal).to_contain_text("42")
     tab.shot("docker-terminal")
     _no_problems(tab)
+    assert _processes(site, environment) > before
+    tab.page.close()  # the shell ends with the page (Docker would keep an exec running)
+    wait_for(lambda: _processes(site, environment) == before, what="the shell to end")
     user = site.tab(site.alice)
     user.goto("/docker")
     expect(user.page.get_by_test_id(f"env-row-{environment}")).to_be_visible()

@@ -216,7 +216,8 @@ def health(
                 node = update.node
                 trend = trends.setdefault(node.hostname, NodeTrend(node.status))
                 trend.status = node.status
-                trend.samples.append(node.current)
+                if node.HasField("current"):  # else: only its status changed
+                    trend.samples.append(node.current)
                 if json:
                     print(to_json_line(node), flush=True)
                 elif screen is not None:

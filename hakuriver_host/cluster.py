@@ -457,7 +457,9 @@ class Cluster:
     def health(self, hostname: str = "") -> list[NodeView]:
         return self.nodes.selected(hostname)
 
-    def watch_health(self, hostname: str = "") -> AsyncIterator[tuple[NodeView, node_pb2.Health]]:
+    def watch_health(
+        self, hostname: str = ""
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None]]:
         return self.nodes.watch_health(hostname)
 
     def environment_loaded_on(self, name: str, timestamp: int) -> list[str]:

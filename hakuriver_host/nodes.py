@@ -81,7 +81,8 @@ class NodeTable:
         self.history_length = max(
             HISTORY_MIN_POINTS, math.ceil(HISTORY_SECONDS / heartbeat_interval) + 1
         )
-        self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health]]] = set()
+        # (hostname, a new sample, or None when the node went online or offline)
+        self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health | None]]] = set()
 
     def get(self, hostname: str) -> NodeView:
         node = self.nodes.get(hostname)
@@ -172,6 +173,7 @@ class NodeTable:
             node.online = True
             self.update_metrics(node)
             self.notifier.notify("node.online", node=node.hostname)
+            self._tell_watchers(node.hostname, None)
 
     def touch(self, hostname: str) -> None:
         self.nodes[hostname].last_seen = time.monotonic()
@@ -192,6 +194,7 @@ class NodeTable:
                 self.update_metrics(node)
                 self.metrics.node_offline(node.hostname)
                 self.notifier.notify("node.offline", node=node.hostname)
+                self._tell_watchers(node.hostname, None)
             if node.link is not None:
                 node.link.close()
         return found
@@ -212,10 +215,7 @@ class NodeTable:
         while len(node.history) > self.history_length:
             node.history.popleft()
         self.metrics.node_health(hostname, beat.health)
-        for queue in self._health_watchers:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait((hostname, beat.health))
+        self._tell_watchers(hostname, beat.health)
         node.last_heartbeat = utcnow()
         environments = set(beat.environments)
         changed = environments != node.environments
@@ -224,14 +224,20 @@ class NodeTable:
         self._seen(node)
         return changed
 
+    def _tell_watchers(self, hostname: str, health: node_pb2.Health | None) -> None:
+        for queue in self._health_watchers:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((hostname, health))
+
     async def watch_health(
         self, hostname: str = ""
-    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health]]:
-        """Every new health sample, in order, with its node; a watcher that falls behind
-        loses its oldest ones."""
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None]]:
+        """Every new health sample, in order, with its node, and None when the node went
+        online or offline; a watcher that falls behind loses its oldest ones."""
         if hostname:
             self.get(hostname)
-        queue: asyncio.Queue[tuple[str, node_pb2.Health]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
+        queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
         self._health_watchers.add(queue)
         try:
             while True:

@@ -12,6 +12,8 @@ import grpc
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    node_service_pb2 as npb,
     runner_service_pb2 as rpb,
     task_pb2,
     task_service_pb2 as tpb,
@@ -221,3 +223,33 @@ async def test_a_runner_that_does_not_confirm_is_not_waited_for_forever(
     assert (TaskStatus.KILLED, "killed (runner did not confirm)") in await cluster.events(
         killed_one.task_id
     )
+
+
+async def test_health_watchers_hear_a_node_go_offline_and_come_back(
+    local_cluster: LocalCluster,
+) -> None:
+    """Live pages learn a node's status from the health stream, not by polling the list."""
+    runner = await local_cluster.add_runner("a")
+    heard: list[tuple[int, bool]] = []
+    call = local_cluster.nodes.WatchHealth(npb.WatchHealthRequest(hostname="a"))
+
+    async def listen() -> None:
+        async for update in call:
+            heard.append((update.node.status, update.node.HasField("current")))
+
+    listener = asyncio.create_task(listen())
+    try:
+        await eventually(lambda: heard, what="a first sample")
+        runner.go_silent()
+        await eventually(
+            lambda: (node_pb2.NODE_STATUS_OFFLINE, False) in heard, what="the offline message"
+        )
+        await runner.connect()
+        offline_at = heard.index((node_pb2.NODE_STATUS_OFFLINE, False))
+        await eventually(
+            lambda: (node_pb2.NODE_STATUS_ONLINE, False) in heard[offline_at:],
+            what="the online message",
+        )
+    finally:
+        call.cancel()
+        await asyncio.gather(listener, return_exceptions=True)

@@ -237,7 +237,7 @@ class WatchHealthResponse(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def node(self) -> Global___NodeHealth:
-        """The node's status and the sample just received."""
+        """The node's status and the sample just received (no `current`: its status changed)."""
 
     def __init__(
         self,

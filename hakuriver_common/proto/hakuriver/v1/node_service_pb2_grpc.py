@@ -95,7 +95,8 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchHealth(self, request, context):
-        """WatchHealth sends every new health sample as Runners report them, until cancelled.
+        """WatchHealth sends every new health sample as Runners report them, and a node's status
+        when it goes online or offline (a message without a sample), until cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -42,7 +42,9 @@ class NodeServiceStub:
     UndrainNode: _grpc.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
-    """WatchHealth sends every new health sample as Runners report them, until cancelled."""
+    """WatchHealth sends every new health sample as Runners report them, and a node's status
+    when it goes online or offline (a message without a sample), until cancelled.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -58,7 +60,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     UndrainNode: _aio.UnaryUnaryMultiCallable[_node_service_pb2.UndrainNodeRequest, _node_service_pb2.UndrainNodeResponse]  # type: ignore[assignment]
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
-    """WatchHealth sends every new health sample as Runners report them, until cancelled."""
+    """WatchHealth sends every new health sample as Runners report them, and a node's status
+    when it goes online or offline (a message without a sample), until cancelled.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """NodeService lists runner nodes and their health."""
@@ -101,6 +105,8 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_service_pb2.WatchHealthRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
-        """WatchHealth sends every new health sample as Runners report them, until cancelled."""
+        """WatchHealth sends every new health sample as Runners report them, and a node's status
+        when it goes online or offline (a message without a sample), until cancelled.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

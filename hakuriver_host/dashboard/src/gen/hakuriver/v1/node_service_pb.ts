@@ -215,7 +215,7 @@ export const WatchHealthRequestSchema: GenMessage<WatchHealthRequest> = /*@__PUR
  */
 export type WatchHealthResponse = Message<"hakuriver.v1.WatchHealthResponse"> & {
   /**
-   * The node's status and the sample just received.
+   * The node's status and the sample just received (no `current`: its status changed).
    *
    * @generated from field: hakuriver.v1.NodeHealth node = 1;
    */
@@ -276,7 +276,8 @@ export const NodeService: GenService<{
     output: typeof UndrainNodeResponseSchema;
   },
   /**
-   * WatchHealth sends every new health sample as Runners report them, until cancelled.
+   * WatchHealth sends every new health sample as Runners report them, and a node's status
+   * when it goes online or offline (a message without a sample), until cancelled.
    *
    * @generated from rpc hakuriver.v1.NodeService.WatchHealth
    */

@@ -113,7 +113,9 @@ def _render_ms(browser: Browser, url: str, ready: str, token: str = "") -> float
             context.add_init_script(f"sessionStorage.setItem('hakuriver.token', '{token}')")
         page = context.new_page()
         page.goto(url, wait_until="commit")
-        handle = page.wait_for_function(f"({ready}) && performance.now()", timeout=30_000)
+        # A function, not an expression: Playwright evaluates expressions with eval, which
+        # the page's CSP forbids.
+        handle = page.wait_for_function(f"() => ({ready}) && performance.now()", timeout=30_000)
         return float(handle.json_value())
     finally:
         context.close()
@@ -162,7 +164,9 @@ def log_to_page(browser: Browser, cluster: ProcessCluster, lines: int) -> LogDel
         printed: dict[str, float] = {}
         while len(printed) < lines and (line := cli.stdout.readline()):
             printed[line.decode().strip()] = time.time()
-        page.wait_for_function(f"Object.keys(window.__arrivals).length >= {lines}", timeout=30_000)
+        page.wait_for_function(
+            f"() => Object.keys(window.__arrivals).length >= {lines}", timeout=30_000
+        )
         painted = {k: v / 1000 for k, v in page.evaluate("window.__arrivals").items()}
         # Read while the task sleeps after its last line: a finished task's container goes.
         [container] = cluster.docker.containers.list(

@@ -214,22 +214,31 @@ def report(sizes: Sizes, render: tuple[float, float], delays: LogDelays) -> None
     )
 
 
-def run(renders: int, lines: int) -> tuple[Sizes, tuple[float, float], LogDelays]:
-    path = chromium_path()
-    if path is None:
-        raise SystemExit("bench_dashboard needs chromium (apt install chromium)")
+def run(
+    renders: int, lines: int, browser: Browser | None = None
+) -> tuple[Sizes, tuple[float, float], LogDelays]:
+    """Measure with ``browser``, or a Chromium of its own when None."""
     with (
         tempfile.TemporaryDirectory() as tmp,
         running_cluster(Path(tmp), runner_count=1) as cluster,
-        sync_playwright() as playwright,
     ):
-        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        try:
-            render = first_render(browser, cluster, renders)
-            delays = log_to_page(browser, cluster, lines)
-        finally:
-            browser.close()
-    return bundle_sizes(), render, delays
+        if browser is not None:
+            return bundle_sizes(), *_measure(browser, cluster, renders, lines)
+        path = chromium_path()
+        if path is None:
+            raise SystemExit("bench_dashboard needs chromium (apt install chromium)")
+        with sync_playwright() as playwright:
+            own = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+            try:
+                return bundle_sizes(), *_measure(own, cluster, renders, lines)
+            finally:
+                own.close()
+
+
+def _measure(
+    browser: Browser, cluster: ProcessCluster, renders: int, lines: int
+) -> tuple[tuple[float, float], LogDelays]:
+    return first_render(browser, cluster, renders), log_to_page(browser, cluster, lines)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from playwright.sync_api import Browser
 
 from bench import bench_dashboard, bench_security
 
@@ -41,10 +42,10 @@ def test_security_benchmark_measures_baseline_and_secured(
 
 @pytest.mark.docker
 def test_dashboard_benchmark_measures_size_render_and_log_delay(
-    docker_ready: None, browser: object, capsys: pytest.CaptureFixture[str]
+    docker_ready: None, browser: Browser, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Its own browser and cluster, as ``make bench`` runs it; a few renders and lines."""
-    sizes, render, delays = bench_dashboard.run(renders=2, lines=6)
+    """The benchmark's own code on its own cluster; a few renders and lines."""
+    sizes, render, delays = bench_dashboard.run(renders=2, lines=6, browser=browser)
     bench_dashboard.report(sizes, render, delays)
     assert sizes.files > 0 and 0 < sizes.first_load_gzipped <= sizes.total_gzipped
     assert all(math.isfinite(v) and v > 0 for v in render), render

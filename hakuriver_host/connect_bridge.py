@@ -32,7 +32,12 @@ class CallContext:
     call that arrived by another transport."""
 
     def __init__(self, client_address: str | None) -> None:
-        self._peer = f"ipv4:{client_address}" if client_address else ""
+        """``client_address``: "host:port" as the ASGI server saw it; the peer is named
+        the way gRPC names it (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) for the audit log."""
+        self._peer = ""
+        if client_address:
+            host, _, port = client_address.rpartition(":")
+            self._peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
     def peer(self) -> str:
         return self._peer

@@ -79,6 +79,7 @@ async def test_refusals_and_errors_are_the_grpc_ones(local_cluster: LocalCluster
     events = await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
     refusals = [e for e in events.events if e.target == "/hakuriver.v1.NodeService/DrainNode"]
     assert [e.actor for e in refusals] == ["alice", "alice"], "both transports audit refusals"
+    assert all(e.peer.startswith("ipv4:127.0.0.1:") for e in refusals), refusals
 
     bad = {"command": "true", "cores": -1}
     invalid = await asyncio.to_thread(api.call, TASKS + "SubmitTask", bad, alice.token)

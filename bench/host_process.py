@@ -53,7 +53,7 @@ class HostProcess:
         tls = tls_files()
         self.config_path.write_text(
             f"[network]\nhost_port = {port}\nmetrics_port = {metrics}\n"
-            f"host_ssh_proxy_port = {free_port()}\n"
+            f"host_ssh_proxy_port = {free_port()}\n[dashboard]\nport = 0\n"
             f'[paths]\nshared_dir = "{root / "shared"}"\n'
             f'local_temp_dir = "{root / "local_temp"}"\n'
             f'[database]\ndb_file = "{root / "host.db"}"\n'

@@ -165,6 +165,9 @@ class WebApp:
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         send = _with_security_headers(send)
@@ -223,6 +226,17 @@ class WebApp:
             self.gate.call(SHELL_METHOD, bearer, True).streaming(self.shell.Shell),
             CallContext(_client(scope)),
         )
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to set up or tear down: the Host owns the parts the app uses."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 def _client(scope: Scope) -> str | None:

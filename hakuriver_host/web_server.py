@@ -1,24 +1,30 @@
-"""Serves the dashboard's ASGI application with uvicorn, inside the Host's event loop.
+"""Serves the dashboard's ASGI application with Hypercorn, inside the Host's event loop.
+
+Hypercorn speaks HTTP/2 over TLS (ALPN), so a browser multiplexes every open stream of
+every dashboard tab on one connection; over HTTP/1.1 a browser keeps at most six
+connections to a host, and each followed log or watch holds one.
 
 The Host binds the socket itself (a taken port is one clear line, and the Host stops before
-starting anything else), then hands it to uvicorn without uvicorn's signal handling or
-process lifecycle: the Host owns both.
+starting anything else) and hands Hypercorn a duplicate of it; Hypercorn never installs
+signal handlers here: the Host owns its process and says when to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import Any
 
-import uvicorn
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
 
 log = logging.getLogger(__name__)
 
 # Seconds open responses (a followed log) get to finish when the Host stops.
-GRACE_SECONDS = 1
-MAX_WEBSOCKET_FRAME = 1024 * 1024
+GRACE_SECONDS = 1.0
+MAX_WEBSOCKET_MESSAGE = 1024 * 1024
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -29,7 +35,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(512)
-        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
@@ -40,35 +45,39 @@ class WebServer:
     def __init__(
         self, app: Any, sock: socket.socket, certfile: str = "", keyfile: str = ""
     ) -> None:
-        """HTTPS when ``certfile`` and ``keyfile`` are given, plain HTTP otherwise."""
+        """HTTPS (HTTP/2 and HTTP/1.1) when ``certfile`` and ``keyfile`` are given, plain
+        HTTP/1.1 otherwise."""
+        self.app = app
         self.socket = sock
         self.port = int(sock.getsockname()[1])
         self.tls = bool(certfile)
-        config = uvicorn.Config(
-            app,
-            lifespan="off",
-            log_config=None,
-            access_log=False,
-            ws="websockets-sansio",
-            ws_max_size=MAX_WEBSOCKET_FRAME,
-            timeout_graceful_shutdown=GRACE_SECONDS,
-            ssl_certfile=certfile or None,
-            ssl_keyfile=keyfile or None,
-            server_header=False,
-        )
-        config.load()
-        self._server = uvicorn.Server(config)
-        self._server.lifespan = config.lifespan_class(config)
-        self._ticker: asyncio.Task[None] | None = None
+        config = HypercornConfig()
+        if self.tls:
+            config.certfile, config.keyfile = certfile, keyfile
+        config.graceful_timeout = GRACE_SECONDS
+        config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE
+        config.include_server_header = False
+        config.accesslog = None
+        config.errorlog = log
+        self.config = config
+        self._stop = asyncio.Event()
+        self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self._server.startup(sockets=[self.socket])
-        self._ticker = asyncio.create_task(self._server.main_loop())
+        self.config.bind = [f"fd://{os.dup(self.socket.fileno())}"]
+        self.socket.close()  # Hypercorn listens on the duplicate
+        self._serving = asyncio.create_task(
+            serve(self.app, self.config, shutdown_trigger=self._stop.wait, mode="asgi")
+        )
+        self._serving.add_done_callback(self._ended)
+
+    def _ended(self, serving: asyncio.Task[None]) -> None:
+        if not serving.cancelled() and serving.exception() is not None:
+            log.error("the dashboard stopped serving: %s", serving.exception())
 
     async def stop(self) -> None:
-        if self._ticker is None:  # never started (the Host failed to start)
+        if self._serving is None:  # never started (the Host failed to start)
             self.socket.close()
             return
-        self._server.should_exit = True
-        await self._ticker
-        await self._server.shutdown(sockets=[self.socket])
+        self._stop.set()
+        await self._serving

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import gzip
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -142,6 +143,25 @@ async def test_the_runner_stream_is_not_on_the_dashboard_port(local_cluster: Loc
 
 def _method_names(prefix: str) -> list[str]:
     return [m.rsplit("/", 1)[1] for m in RIGHTS if m.startswith(prefix + "/")]
+
+
+def _alpn(port: int, ca_file: str) -> str | None:
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return tls.selected_alpn_protocol()
+
+
+async def test_https_offers_http2(local_cluster: LocalCluster) -> None:
+    """Browsers keep six HTTP/1.1 connections per host, and each live stream holds one;
+    over HTTP/2 every stream of every tab shares one connection."""
+    assert local_cluster.server is not None
+    port = local_cluster.server.dashboard_port
+    ca_file = str(local_cluster.config.tls.ca_file)
+    assert await asyncio.to_thread(_alpn, port, ca_file) == "h2"
 
 
 async def test_pages_carry_the_security_headers(

@@ -37,8 +37,10 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module: while Playwright's sync API runs, its event loop is the thread's, and
+    later tests that call asyncio.run would fail."""
     path = chromium_path()
     if path is None:
         problem = "no chromium on this machine (apt install chromium; scripts/test.sh does)"

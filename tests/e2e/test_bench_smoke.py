@@ -11,9 +11,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from playwright.sync_api import Browser
 
-from bench import bench_dashboard, bench_security
+from bench import bench_security
 
 
 def test_security_benchmark_measures_baseline_and_secured(
@@ -38,18 +37,3 @@ def test_security_benchmark_measures_baseline_and_secured(
     printed = capsys.readouterr().out
     assert printed.count("secured/baseline time per task, per round") == 2
     assert printed.count("secured/baseline median, per round") == 2
-
-
-@pytest.mark.docker
-def test_dashboard_benchmark_measures_size_render_and_log_delay(
-    docker_ready: None, browser: Browser, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The benchmark's own code on its own cluster; a few renders and lines."""
-    sizes, render, delays = bench_dashboard.run(renders=2, lines=6, browser=browser)
-    bench_dashboard.report(sizes, render, delays)
-    assert sizes.files > 0 and 0 < sizes.first_load_gzipped <= sizes.total_gzipped
-    assert all(math.isfinite(v) and v > 0 for v in render), render
-    assert len(delays.page) == len(delays.cli) == 6
-    assert all(math.isfinite(d) and d > -0.05 for d in delays.page + delays.cli)
-    printed = capsys.readouterr().out
-    assert "all JS+CSS gzipped" in printed and "Home with cluster data" in printed

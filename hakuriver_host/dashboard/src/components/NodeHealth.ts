@@ -1,23 +1,33 @@
 // Node data shared by the Home, Nodes, Node detail and GPUs pages.
 //
 // Health is live: the recent history from GetHealth(include_history) once, then every new
-// sample from the WatchHealth stream (no polling). The node list (reservations, draining,
-// online/offline) has no stream, so it is refreshed on a modest timer while the tab is
-// visible; see useRefresh.
+// sample from the WatchHealth stream (no polling); the same stream says when a node goes
+// online or offline (a message without a sample). The node list (reservations, draining,
+// online/offline) is fetched once and again, collapsed, when a stream says it changed:
+// a WatchHealth status message, or a WatchTasks event of a task placed on or ending on a
+// node (useNodes' statusChanged and taskChanged); see useNodes for the slow safety refresh.
 import { Code, ConnectError } from "@connectrpc/connect";
-import { onBeforeUnmount, onMounted, ref, shallowRef, triggerRef } from "vue";
+import { ref, shallowRef, triggerRef } from "vue";
 import type { Health, Node } from "../gen/hakuriver/v1/node_pb";
 import { NodeStatus } from "../gen/hakuriver/v1/node_pb";
 import type { NodeHealth } from "../gen/hakuriver/v1/node_service_pb";
+import type { Task } from "../gen/hakuriver/v1/task_pb";
 import { api, errorMessage } from "../lib/api";
 import { date, percent } from "../lib/format";
 import { useLive } from "../lib/live";
+import { changesReservations } from "../lib/taskFeed";
+import { useRefresh, useSoon } from "../lib/timers";
 
 /** How much history the pages keep and draw (the Host keeps at least 10 minutes). */
 export const WINDOW_MS = 10 * 60 * 1000;
 
-/** Refresh period of what has no stream (node reservations, task lists). */
-export const REFRESH_MS = 5000;
+/** The safety refresh of the node list: for what no stream reports (another user's task
+ * placed or ended, since users watch only their own tasks; a drain or undrain by someone
+ * else; a Runner's loaded environments). Everything else comes from the streams. */
+export const SAFETY_REFRESH_MS = 30_000;
+
+/** How long a burst of stream events is collected before the node list is fetched again. */
+const NODES_SOON_MS = 300;
 
 export interface Sample {
   /** sampled_at in ms since the epoch. */
@@ -36,13 +46,21 @@ export function sampleTime(health: Health | undefined): number {
   return date(health?.sampledAt)?.getTime() ?? NaN;
 }
 
+export interface HealthOptions {
+  /** Awaited first: false means do not watch at all (a node the node list does not have,
+   * so the page need not provoke a NotFound). */
+  gate?: () => Promise<boolean>;
+  /** A node went online or offline (a WatchHealth message without a sample). */
+  onStatus?: (hostname: string, status: NodeStatus) => void;
+}
+
 /**
  * Live health of one node (``hostname``) or of all nodes: ``tracks`` maps hostname to its
- * recent samples. ``missing`` turns true when the Host does not know ``hostname``.
- * ``gate``, when given, is awaited first: false means do not watch at all (a node the node
- * list does not have, so the page need not provoke a NotFound).
+ * recent samples and status. ``missing`` turns true when the Host does not know
+ * ``hostname``. A message without a sample only updates the track's status (and is told
+ * to ``onStatus``): it adds no sample.
  */
-export function useHealth(hostname = "", gate?: () => Promise<boolean>) {
+export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {}) {
   const tracks = shallowRef(new Map<string, NodeTrack>());
   const loaded = ref(false);
   const missing = ref(false);
@@ -89,7 +107,7 @@ export function useHealth(hostname = "", gate?: () => Promise<boolean>) {
     if (node.current) add(entry, node.current);
   }
 
-  const { error } = useLive(async (signal) => {
+  const live = useLive(async (signal) => {
     if (gate && !(await gate())) {
       missing.value = true;
       loaded.value = true;
@@ -109,12 +127,17 @@ export function useHealth(hostname = "", gate?: () => Promise<boolean>) {
       for (const node of now.nodes) receive(node, node.history);
       trim();
       loaded.value = true;
+      live.error.value = ""; // (re)connected: useLive keeps a failure until consume ends
       triggerRef(tracks);
       for (let next = await first; !next.done; next = await iterator.next()) {
-        receive(next.value.node);
+        const node = next.value.node;
+        receive(node);
+        if (node && !node.current) onStatus?.(node.hostname, node.status);
         trim();
         triggerRef(tracks);
       }
+      // The Host ended the stream without an error (shutting down): useLive reopens it.
+      throw new Error("the Host ended the health stream");
     } catch (failure) {
       if (hostname && failure instanceof ConnectError && failure.code === Code.NotFound) {
         missing.value = true;
@@ -128,49 +151,17 @@ export function useHealth(hostname = "", gate?: () => Promise<boolean>) {
     }
   });
 
-  return { tracks, loaded, missing, error };
+  return { tracks, loaded, missing, error: live.error };
 }
 
 /**
- * Run ``load`` now and every ``ms`` while the component lives and the tab is visible (and
- * at once when the tab becomes visible again). Calls never overlap.
+ * The node list, live. Fetched once, then again (collapsed into one fetch per
+ * NODES_SOON_MS) when the page's streams say something it shows changed: pass WatchHealth
+ * status messages to ``statusChanged`` (the status is also set at once) and WatchTasks
+ * events to ``taskChanged`` (a task placed on or ending on a node changes its free cores,
+ * memory, GPUs and active tasks). A slow safety refresh (SAFETY_REFRESH_MS) catches what
+ * no stream reports.
  */
-export function useRefresh(load: () => Promise<void>, ms = REFRESH_MS) {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let stopped = false;
-  let busy = false;
-
-  async function tick(): Promise<void> {
-    clearTimeout(timer);
-    if (stopped) return;
-    if (!busy && document.visibilityState === "visible") {
-      busy = true;
-      try {
-        await load();
-      } finally {
-        busy = false;
-      }
-    }
-    if (!stopped) timer = setTimeout(() => void tick(), ms);
-  }
-
-  function onVisible(): void {
-    if (document.visibilityState === "visible") void tick();
-  }
-
-  onMounted(() => {
-    document.addEventListener("visibilitychange", onVisible);
-    void tick();
-  });
-  onBeforeUnmount(() => {
-    stopped = true;
-    clearTimeout(timer);
-    document.removeEventListener("visibilitychange", onVisible);
-  });
-  return { refresh: tick };
-}
-
-/** The node list, refreshed every REFRESH_MS (reservations and online state have no stream). */
 export function useNodes() {
   const nodes = ref<Node[]>([]);
   const loaded = ref(false);
@@ -184,19 +175,28 @@ export function useNodes() {
     } finally {
       loaded.value = true;
     }
-  });
-  return { nodes, loaded, error, refresh };
-}
+  }, SAFETY_REFRESH_MS);
+  const soon = useSoon(() => void refresh(), NODES_SOON_MS);
 
-/** A clock that ticks every second, for "5s ago" labels. */
-export function useNow(ms = 1000) {
-  const now = ref(Date.now());
-  let timer: ReturnType<typeof setInterval> | undefined;
-  onMounted(() => {
-    timer = setInterval(() => (now.value = Date.now()), ms);
-  });
-  onBeforeUnmount(() => clearInterval(timer));
-  return now;
+  function statusChanged(hostname: string, status: NodeStatus): void {
+    const node = nodes.value.find((n) => n.hostname === hostname);
+    if (node && status !== NodeStatus.UNSPECIFIED) node.status = status;
+    soon();
+  }
+
+  function taskChanged(task: Task): void {
+    if (changesReservations(task)) soon();
+  }
+
+  // A stream that reopens may have missed events: fetch again (not at the first opening,
+  // which the first fetch already covers).
+  let opened = false;
+  async function streamOpened(): Promise<void> {
+    if (opened) await refresh();
+    opened = true;
+  }
+
+  return { nodes, loaded, error, refresh, statusChanged, taskChanged, streamOpened };
 }
 
 /** A percentage for charts and tables: "0%", "4.2%", "57%". */

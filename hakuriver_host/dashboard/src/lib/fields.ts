@@ -1,12 +1,10 @@
 // Helpers for the task pages: splitting a command line as a shell would, KEY=VALUE lines,
-// which form field a Host message names, the choices a submit form offers, and how a task's
-// command and resources are shown.
+// which form field a Host message names (and showing it there), how a task's command is
+// shown, and who may control a task.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Node } from "../gen/hakuriver/v1/node_pb";
+import { reactive, ref } from "vue";
 import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
-import { api } from "./api";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { bytes, duration } from "./format";
+import { api, can, errorMessage, Role, session } from "./api";
 
 /** Split a command line into words like a POSIX shell (without expansions): blanks
  * separate words; '...' keeps everything literally; "..." keeps everything but lets a
@@ -105,6 +103,59 @@ export function fieldOf(message: string, fields: readonly string[]): string | nu
   return fields.includes(field) ? field : null;
 }
 
+/** A problem with one form field, found before asking the Host. */
+export class FieldProblem extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** An integer field: undefined when empty; throws a FieldProblem naming it otherwise. */
+export function integer(field: string, value: string | number): number | undefined {
+  const text = String(value).trim();
+  if (text === "") return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n)) throw new FieldProblem(field, `${field}: must be a whole number`);
+  return n;
+}
+
+/**
+ * A form's error messages: ``errors[field]`` under the field a message names (one of
+ * ``fields``: a FieldProblem, or the Host's own message, which names the field first), the
+ * rest in ``general``. ``attempt(work)`` clears them, marks the form ``busy`` while
+ * ``work`` runs, and shows what it throws.
+ */
+export function useFieldErrors<F extends string>(fields: readonly F[]) {
+  const errors = reactive<Partial<Record<F, string>>>({}) as Partial<Record<F, string>>;
+  const general = ref("");
+  const busy = ref(false);
+
+  function show(failure: unknown): void {
+    const message = errorMessage(failure);
+    const field = failure instanceof FieldProblem ? failure.field : fieldOf(message, fields);
+    if (field && (fields as readonly string[]).includes(field)) errors[field as F] = message;
+    else general.value = message;
+  }
+
+  async function attempt(work: () => Promise<void>): Promise<void> {
+    for (const field of fields) delete errors[field];
+    general.value = "";
+    busy.value = true;
+    try {
+      await work();
+    } catch (failure) {
+      show(failure);
+    } finally {
+      busy.value = false;
+    }
+  }
+
+  return { errors, general, busy, attempt };
+}
+
 /** Errors worth retrying (the Host restarting) versus answers that will not change. */
 export function isFinalAnswer(error: unknown): boolean {
   return (
@@ -119,38 +170,9 @@ export function isFinalAnswer(error: unknown): boolean {
   );
 }
 
-export interface Choices {
-  nodes: Node[];
-  /** Environment names: tarballs plus images the Runners have loaded. */
-  environments: string[];
-}
-
-/** What a submit form can offer: the nodes and the environments. The environments are
- * the tarballs (ListTars) and the images Runners report loaded (ListNodes); either list
- * alone still gives a usable form, so only both failing is an error. */
-export async function loadChoices(): Promise<Choices> {
-  const [listed, tarred] = await Promise.allSettled([
-    api.nodes.listNodes({}),
-    api.environments.listTars({}),
-  ]);
-  if (listed.status === "rejected" && tarred.status === "rejected") throw listed.reason;
-  const nodes = listed.status === "fulfilled" ? listed.value : { nodes: [] };
-  const names = new Set<string>();
-  if (tarred.status === "fulfilled") for (const tar of tarred.value.tarballs) names.add(tar.name);
-  for (const node of nodes.nodes) for (const env of node.environments) names.add(env);
-  return {
-    nodes: [...nodes.nodes].sort((a, b) => a.hostname.localeCompare(b.hostname)),
-    environments: [...names].sort(),
-  };
-}
-
-/** "2 cores · 4.0 GiB · GPU 0,1" */
-export function resources(task: Task): string {
-  const parts = [`${task.requiredCores} ${task.requiredCores === 1 ? "core" : "cores"}`];
-  parts.push(task.requiredMemoryBytes > 0n ? bytes(task.requiredMemoryBytes) : "no mem limit");
-  if (task.requiredGpus.length) parts.push(`GPU ${task.requiredGpus.join(",")}`);
-  else if (task.gpuCount) parts.push(`${task.gpuCount} GPU`);
-  return parts.join(" · ");
+/** Whether the signed-in user may kill, pause or resume ``task``: theirs, or an operator. */
+export function mayControl(task: Pick<Task, "owner">): boolean {
+  return task.owner === session.user || can(Role.OPERATOR);
 }
 
 export const KILLABLE = new Set([
@@ -160,14 +182,22 @@ export const KILLABLE = new Set([
   TaskStatus.PAUSED,
 ]);
 
+export type TaskAction = "kill" | "pause" | "resume";
+
+/** Kill, pause or resume a task; the task as the Host answers (its watch streams bring
+ * the change too). */
+export async function controlTask(taskId: bigint, action: TaskAction): Promise<Task | undefined> {
+  const request = { taskId };
+  const answer =
+    action === "kill"
+      ? await api.tasks.killTask(request)
+      : action === "pause"
+        ? await api.tasks.pauseTask(request)
+        : await api.tasks.resumeTask(request);
+  return answer.task;
+}
+
 /** A task id from a route or form ("386997594523435008"), or null when it is not one. */
 export function parseTaskId(text: string): bigint | null {
   return /^\d{1,20}$/.test(text.trim()) ? BigInt(text.trim()) : null;
-}
-
-/** How long a task ran (or has run so far); "" before it started. Stamps recorded by
- * different clocks can put the end a few ms before the start: that shows as 0.0s. */
-export function ranFor(start: Timestamp | undefined, end?: Timestamp): string {
-  const text = duration(start, end);
-  return text.startsWith("-") ? "0.0s" : text;
 }

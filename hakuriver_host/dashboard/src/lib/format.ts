@@ -27,11 +27,13 @@ export function time(stamp: Timestamp | undefined): string {
   return when ? when.toLocaleString() : "";
 }
 
-/** Duration between two stamps (or until now), as "1h 02m", "3m 04s" or "5.2s". */
-export function duration(start: Timestamp | undefined, end?: Timestamp): string {
+/** Duration between two stamps (or until ``now``, ms), as "1h 02m", "3m 04s" or "5.2s";
+ * "" without a start. Stamps recorded by different clocks can put the end a few ms before
+ * the start: that is 0.0s, never negative. */
+export function duration(start: Timestamp | undefined, end?: Timestamp, now = Date.now()): string {
   const from = date(start);
   if (!from) return "";
-  const ms = (date(end) ?? new Date()).getTime() - from.getTime();
+  const ms = Math.max(0, (date(end)?.getTime() ?? now) - from.getTime());
   const s = ms / 1000;
   if (s < 60) return `${s.toFixed(1)}s`;
   const m = Math.floor(s / 60);

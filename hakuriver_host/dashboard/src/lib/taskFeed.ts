@@ -1,0 +1,203 @@
+// Live task lists: ListTasks once, then TaskService.WatchTasks, which sends every task the
+// caller may see as it is submitted and again after each status change (the task as it is
+// after the change; users get only their own tasks). It sends nothing of the past, so a
+// page lists first, then applies each event on top. The stream is opened before the list
+// is asked for, and events that arrive while a list is on its way are applied again on top
+// of its answer (see followTasks for the one gap left). When the stream breaks (a Host restart,
+// or RESOURCE_EXHAUSTED for a watcher that fell far behind), useLive reopens it and the
+// page lists again.
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { ref } from "vue";
+import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
+import type { ListTasksRequestSchema } from "../gen/hakuriver/v1/task_service_pb";
+import { api, errorMessage } from "./api";
+import { FINAL_STATUSES } from "./format";
+import { useLive } from "./live";
+import { useSoon } from "./timers";
+
+/**
+ * Follow WatchTasks until ``signal`` aborts, passing each task to ``onTask``. ``opened``
+ * is called once the request is on its way (list then). A stream the Host ends without an
+ * error is reported as one, so useLive opens it again.
+ *
+ * The Host sends nothing (not even headers) until the first change, so there is no sign
+ * that it has registered the watcher: ``opened`` runs in the next macrotask, after the
+ * transport has issued the stream's fetch, so the list request leaves after it. A change
+ * in the few milliseconds between the list being read and the watcher being registered
+ * could still be missed (until that task changes again or the page lists again).
+ */
+export async function followTasks(
+  signal: AbortSignal,
+  onTask: (task: Task) => void,
+  opened?: () => void,
+): Promise<void> {
+  const iterator = api.tasks.watchTasks({}, { signal })[Symbol.asyncIterator]();
+  const first = iterator.next();
+  first.catch(() => undefined);
+  if (opened) setTimeout(() => signal.aborted || opened(), 0);
+  for (let next = await first; !next.done; next = await iterator.next()) {
+    if (next.value.task) onTask(next.value.task);
+  }
+  throw new Error("the Host ended the task stream");
+}
+
+/**
+ * One WatchTasks stream for the component's life. ``opened`` runs at every (re)connection:
+ * list there (with ``relist``). ``relist(fetch, apply)`` asks ``fetch``, gives its answer
+ * to ``apply`` (which returns false for an answer it dropped as stale), then passes the
+ * events that arrived meanwhile to ``onTask`` again.
+ */
+export function useTaskFeed(onTask: (task: Task) => void, opened: () => Promise<void>) {
+  const log: Task[] = [];
+  let listing = 0;
+
+  function deliver(task: Task): void {
+    if (listing) log.push(task);
+    onTask(task);
+  }
+
+  async function relist<A>(fetch: () => Promise<A>, apply: (answer: A) => boolean): Promise<void> {
+    const start = log.length;
+    listing += 1;
+    try {
+      const answer = await fetch();
+      if (apply(answer)) for (const task of log.slice(start)) onTask(task);
+    } finally {
+      listing -= 1;
+      if (!listing) log.length = 0;
+    }
+  }
+
+  const live = useLive((signal) =>
+    followTasks(signal, deliver, () => {
+      // useLive keeps the last failure until the stream ends; a fresh list means it is over.
+      void opened().then(() => (live.error.value = ""));
+    }),
+  );
+  return { error: live.error, relist };
+}
+
+/** Whether a task's change moves the queue: it joined it, left it for a node, or was
+ * killed while waiting (the positions of the pending tasks behind it change). */
+export function movesQueue(task: Task): boolean {
+  return (
+    task.status === TaskStatus.PENDING ||
+    task.status === TaskStatus.ASSIGNING ||
+    (FINAL_STATUSES.has(task.status) && !task.assignedNode)
+  );
+}
+
+/** Whether a task's change reserves or frees a node's cores, memory or GPUs: it was
+ * placed (assigning) or ended on a node. */
+export function changesReservations(task: Task): boolean {
+  return (
+    !!task.assignedNode &&
+    (task.status === TaskStatus.ASSIGNING || FINAL_STATUSES.has(task.status))
+  );
+}
+
+export type TaskQuery = MessageInitShape<typeof ListTasksRequestSchema>;
+
+export interface LiveTasksOptions {
+  /** The ListTasks request for what is shown, newest first (read at each list and event). */
+  query: () => TaskQuery;
+  /** Whether a task belongs to what is shown (the query's filters, client-side). */
+  matches: (task: Task) => boolean;
+  /** A shown task that stops matching: "keep" it (updated) until the next list, or "drop"
+   * it at once. */
+  unmatched: "keep" | "drop";
+  /** Told of every event too, after the list has taken it. */
+  onEvent?: (task: Task) => void;
+  /** Told when the stream (re)opens, as the list is asked for again. */
+  onOpen?: () => void;
+}
+
+/**
+ * A page of tasks (``query``), live. Shown tasks are updated in place by id; a task that
+ * matches and falls within the page (below its ``beforeTaskId`` bound, and newer than its
+ * oldest row or the page is not full) is inserted in id order, so new tasks appear at the
+ * top of the newest page. ``reload()`` lists again (the page calls it when its filters
+ * change); nothing lists on a timer.
+ */
+export function useLiveTasks(options: LiveTasksOptions) {
+  const tasks = ref<Task[]>([]);
+  const loaded = ref(false);
+  const error = ref("");
+  let query = 0;
+
+  function upsert(task: Task): void {
+    const list = tasks.value;
+    const at = list.findIndex((t) => t.taskId === task.taskId);
+    const matches = options.matches(task);
+    if (at >= 0) {
+      const old = list[at]!;
+      // A unary answer (kill, pause) can arrive after the stream's later news: a final
+      // status is never replaced by an earlier one.
+      if (FINAL_STATUSES.has(old.status) && !FINAL_STATUSES.has(task.status)) return;
+      if (!matches && options.unmatched === "drop") {
+        list.splice(at, 1);
+        return;
+      }
+      // Events carry no queue position: keep the listed one while the task still waits.
+      if (task.status === TaskStatus.PENDING && old.status === TaskStatus.PENDING && !task.queuePosition) {
+        task.queuePosition = old.queuePosition;
+      }
+      list[at] = task;
+      return;
+    }
+    if (!matches) return;
+    const request = options.query();
+    const before = BigInt(request.beforeTaskId ?? 0);
+    if (before && task.taskId >= before) return;
+    const limit = request.limit || 100;
+    let index = list.findIndex((t) => t.taskId < task.taskId);
+    if (index < 0) index = list.length;
+    if (index >= limit) return; // it belongs to an older page
+    list.splice(index, 0, task);
+    if (list.length > limit) list.pop();
+  }
+
+  const feed = useTaskFeed(
+    (task) => {
+      upsert(task);
+      options.onEvent?.(task);
+    },
+    () => {
+      options.onOpen?.();
+      return reload();
+    },
+  );
+
+  async function reload(): Promise<void> {
+    const mine = ++query;
+    const request = options.query();
+    try {
+      await feed.relist(
+        () => api.tasks.listTasks(request),
+        (answer) => {
+          if (mine !== query) return false;
+          tasks.value = answer.tasks;
+          error.value = "";
+          return true;
+        },
+      );
+    } catch (failure) {
+      if (mine === query) error.value = errorMessage(failure);
+    } finally {
+      if (mine === query) loaded.value = true;
+    }
+  }
+
+  return { tasks, loaded, error, liveError: feed.error, reload, upsert };
+}
+
+/** ``reload`` at most once a second while ``needed()``: for the queue positions of pending
+ * rows, which change when other tasks join or leave the queue (events carry none). */
+export function useQueueRefresh(reload: () => void, needed: () => boolean) {
+  const soon = useSoon(() => {
+    if (needed()) reload();
+  }, 1000);
+  return (task: Task) => {
+    if (movesQueue(task) && needed()) soon();
+  };
+}

@@ -340,13 +340,13 @@ def _free_block(size: int) -> int:
 
 def test_two_quickstart_clusters_side_by_side(docker_ready: None, tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "quickstart.sh")
-    port = _free_block(6)
+    port = _free_block(8)
     envs = [
         {
             **os.environ,
             "HAKURIVER_PYTHON": sys.executable,
             "HAKURIVER_QUICKSTART_DIR": str(tmp_path / f"qs{i}"),
-            "HAKURIVER_QUICKSTART_PORT": str(port + 3 * i),
+            "HAKURIVER_QUICKSTART_PORT": str(port + 4 * i),
         }
         for i in range(2)
     ]
@@ -354,14 +354,15 @@ def test_two_quickstart_clusters_side_by_side(docker_ready: None, tmp_path: Path
         for i, env in enumerate(envs):
             started = subprocess.run([script], env=env, capture_output=True, text=True, timeout=180)
             assert started.returncode == 0, started.stdout + started.stderr
-            assert f"SSH proxy on 127.0.0.1:{port + 3 * i + 2}" in started.stdout
+            assert f"SSH proxy on 127.0.0.1:{port + 4 * i + 2}" in started.stdout
+            assert f"Dashboard: http://127.0.0.1:{port + 4 * i + 3}/" in started.stdout
             config = (tmp_path / f"qs{i}" / "config.toml").read_text()
-            assert f"host_ssh_proxy_port = {port + 3 * i + 2}" in config
+            assert f"host_ssh_proxy_port = {port + 4 * i + 2}" in config
 
         def proxies_listen() -> bool:
             for i in range(2):
                 with socket.socket() as sock:
-                    if sock.connect_ex(("127.0.0.1", port + 3 * i + 2)) != 0:
+                    if sock.connect_ex(("127.0.0.1", port + 4 * i + 2)) != 0:
                         return False
             return True
 

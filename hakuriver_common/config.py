@@ -182,6 +182,12 @@ class DashboardConfig(BaseModel):
         description="Serve plain HTTP instead of HTTPS with the Host's TLS certificate. Refused "
         "unless the dashboard binds a loopback address.",
     )
+    server_names: list[str] = Field(
+        default_factory=list,
+        description="Host names the dashboard answers to besides IP addresses, localhost, "
+        "network.host_reachable_address and tls.server_name (a page reached by any other "
+        "name is refused: DNS rebinding).",
+    )
     assets_dir: Path | None = Field(
         None,
         description="Built dashboard files (index.html, assets/); the ones built in the "

@@ -262,8 +262,11 @@ class Cluster:
     async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[TaskRecord]:
         """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
         it changes."""
-        if owner and owner != who.name and owner not in self.access.users:
-            raise NotFound(f"owner: no user named {owner!r}")
+        if owner and owner != who.name:
+            if not who.sees_all_tasks:  # the same answer whoever is named: no user list
+                raise InvalidArgument("owner: users watch only their own tasks; leave it empty")
+            if owner not in self.access.users:
+                raise NotFound(f"owner: no user named {owner!r}")
         only = owner if who.sees_all_tasks else who.name
         async for task in self.book.watch_all():
             if not only or task.owner == only:

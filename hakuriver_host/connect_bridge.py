@@ -46,7 +46,8 @@ class CallContext:
         return None
 
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        raise ConnectError(Code[code.name], details)
+        name = "CANCELED" if code is grpc.StatusCode.CANCELLED else code.name  # Connect's spelling
+        raise ConnectError(Code[name], details)
 
 
 def _snake(name: str) -> str:
@@ -109,4 +110,8 @@ def connect_app(
     service: ServiceDescriptor,
 ) -> ConnectASGIApplication[Any]:
     """A generated ASGI application (``application``) serving ``servicer``."""
-    return application(bridge(gate, servicer, service), read_max_bytes=READ_MAX_BYTES)
+    # Requests uncompressed only: a small gzip body can inflate to gigabytes before the
+    # runtime checks its size. (Answers are small or streamed; the pages are gzipped.)
+    return application(
+        bridge(gate, servicer, service), read_max_bytes=READ_MAX_BYTES, compressions=()
+    )

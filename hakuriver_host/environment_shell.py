@@ -8,15 +8,18 @@ docker-py.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from docker.utils.socket import frames_iter
 
 STDERR_FRAME = 2
+log = logging.getLogger(__name__)
 
 
 class ShellProcess:
@@ -24,6 +27,7 @@ class ShellProcess:
         self, api: Any, container_id: str, command: list[str], tty: bool, env: dict[str, str]
     ) -> None:
         self._api = api
+        self._container_id = container_id
         self.tty = tty
         self._exec_id = api.exec_create(container_id, command, stdin=True, tty=tty, environment=env)
         self._sock = api.exec_start(self._exec_id, socket=True, tty=tty)
@@ -68,6 +72,16 @@ class ShellProcess:
         except Exception:
             return
         pid = int(info.get("Pid") or 0)
-        if info.get("Running") and pid > 0:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        if not info.get("Running") or pid <= 0:
+            return
+        # Only a process of this container: the PID is the daemon's view, which is ours
+        # only when the Host shares its PID namespace (and a PID can be reused).
+        try:
+            ours = self._container_id in Path(f"/proc/{pid}/cgroup").read_text()
+        except OSError:
+            ours = False
+        if not ours:
+            log.warning("cannot end shell process %d of container %.12s", pid, self._container_id)
+            return
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -98,27 +98,29 @@ class SecurityConfigError(OSError):
 
 
 def check_security(config: Config) -> None:
-    """Plaintext and open (unauthenticated) Hosts only on a loopback address."""
+    """Plaintext and open (unauthenticated) Hosts only where every port they open binds a
+    loopback address (the gRPC port and, when enabled, the dashboard's)."""
     bind = config.network.host_bind_ip
-    if is_loopback(bind):
-        return
-    if config.tls.plaintext:
+    dashboard_bind = config.dashboard.bind(config.network)
+    if config.tls.plaintext and not is_loopback(bind):
         raise SecurityConfigError(
             f"tls.plaintext = true is allowed only on a loopback address, not {bind}: "
             "create certificates with hakuriver.init tls"
         )
-    if config.dashboard.enabled and dashboard_plaintext(config):
-        dashboard_bind = config.dashboard.bind(config.network)
-        if not is_loopback(dashboard_bind):
-            raise SecurityConfigError(
-                f"a plain-HTTP dashboard is allowed only on a loopback address, not "
-                f"{dashboard_bind}: set dashboard.plaintext = false (HTTPS with the Host's "
-                "certificate) or dashboard.bind_ip to a loopback address"
-            )
-    if not config.auth.authentication:
+    dashboard_open = config.dashboard.enabled and not is_loopback(dashboard_bind)
+    if dashboard_open and dashboard_plaintext(config):
         raise SecurityConfigError(
-            f"auth.authentication = false is allowed only on a loopback address, not {bind}"
+            f"a plain-HTTP dashboard is allowed only on a loopback address, not "
+            f"{dashboard_bind}: set dashboard.plaintext = false (HTTPS with the Host's "
+            "certificate) or dashboard.bind_ip to a loopback address"
         )
+    if not config.auth.authentication:
+        for where in (bind, dashboard_bind if config.dashboard.enabled else bind):
+            if not is_loopback(where):
+                raise SecurityConfigError(
+                    "auth.authentication = false is allowed only on a loopback address, "
+                    f"not {where}"
+                )
 
 
 def dashboard_plaintext(config: Config) -> bool:
@@ -276,7 +278,10 @@ class HostServer:
                 "scripts/build-dashboard.sh builds them (its API works)",
                 assets_dir,
             )
-        return WebApp(self.gate, services, found.shell, assets)
+        config = self.config
+        names = {"localhost", config.network.host_reachable_address, config.tls.server_name}
+        names |= set(config.dashboard.server_names)
+        return WebApp(self.gate, services, found.shell, assets, {n for n in names if n})
 
     def _listen_dashboard(self) -> None:
         dashboard = self.config.dashboard
@@ -359,7 +364,10 @@ class HostServer:
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         if self._web is not None:
-            await self._web.stop()
+            try:
+                await self._web.stop()
+            except Exception as exc:  # the rest of the shutdown must run whatever it says
+                log.warning("the dashboard did not stop cleanly: %s", exc)
         await self.ssh_proxy.stop()
         await self.cluster.stop()
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import ipaddress
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -26,9 +27,10 @@ from typing import Any
 import grpc
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
+from google.protobuf.message import DecodeError
 
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
-from hakuriver_host.connect_bridge import CallContext
+from hakuriver_host.connect_bridge import READ_MAX_BYTES, CallContext
 from hakuriver_host.errors import InvalidArgument
 from hakuriver_host.interceptors import ApiInterceptor
 
@@ -42,6 +44,8 @@ SHELL_PATH = "/ws/shell"
 SHELL_METHOD = "/hakuriver.v1.ShellService/Shell"
 SHELL_PROTOCOL = "hakuriver.shell.v1"
 BEARER_PROTOCOL_PREFIX = "bearer."
+# Largest Connect request body: the largest message plus its envelope's 5 bytes.
+MAX_REQUEST_BYTES = READ_MAX_BYTES + 5
 # Largest ShellRequest frame (keystrokes and pastes).
 MAX_SHELL_FRAME = 1024 * 1024
 DEFAULT_ASSETS = Path(__file__).resolve().parent / "dashboard" / "dist"
@@ -153,15 +157,37 @@ class WebApp:
         services: list[ConnectASGIApplication[Any]],
         shell: Any,
         assets: AssetStore,
+        server_names: set[str],
     ) -> None:
         """``services``: the Connect applications to serve; ``shell``: the ShellService
-        servicer behind the terminal WebSocket."""
+        servicer behind the terminal WebSocket; ``server_names``: the host names it answers
+        to besides IP addresses."""
+        self.server_names = {name.lower() for name in server_names}
         self.gate = gate
         self.services = {app.path: app for app in services}
         self.shell = shell
         self.assets = assets
 
+    def _known_host(self, scope: Scope) -> bool:
+        """Reached by an IP address or a name of ours: a page of another site that made its
+        own name resolve to this Host (DNS rebinding) is refused."""
+        host = _header(scope, b"host").strip()
+        name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if not name:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return name.lower() in self.server_names
+        return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not self._known_host(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await _plain(send, 421, b"unknown host name (dashboard.server_names)\n")
+            return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
             return
@@ -174,7 +200,7 @@ class WebApp:
         path: str = scope["path"]
         service = self.services.get(path.rsplit("/", 1)[0])
         if service is not None:
-            await service(scope, receive, send)
+            await _call(service, scope, receive, send)
         elif path.startswith("/hakuriver.") or path.startswith("/grpc."):
             await _plain(send, 404, b"no such service on the dashboard's API\n")
         else:
@@ -228,6 +254,52 @@ class WebApp:
         )
 
 
+async def _call(
+    service: ConnectASGIApplication[Any], scope: Scope, receive: Receive, send: Send
+) -> None:
+    """One Connect call: its body read first, bounded (the runtime would buffer and
+    decompress any size before its own check), and the call cancelled when the client goes
+    (the runtime notices only when it next sends, so a quiet stream would stay)."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if len(body) > MAX_REQUEST_BYTES:
+            await _plain(send, 413, b"request body too large\n")
+            return
+        if not message.get("more_body"):
+            break
+    gone = asyncio.Event()
+    delivered = False
+
+    async def replay() -> MutableMapping[str, Any]:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    call = asyncio.create_task(service(scope, replay, send))
+    watcher = asyncio.create_task(watch())
+    try:
+        await asyncio.wait({call, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not call.done():
+            call.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     """Nothing to set up or tear down: the Host owns the parts the app uses."""
     while True:
@@ -237,6 +309,12 @@ async def _lifespan(receive: Receive, send: Send) -> None:
         elif message["type"] == "lifespan.shutdown":
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _grpc_code(error: ConnectError) -> grpc.StatusCode:
+    """Connect spells one code differently (canceled)."""
+    name = error.code.name
+    return grpc.StatusCode.CANCELLED if name == "CANCELED" else grpc.StatusCode[name]
 
 
 def _client(scope: Scope) -> str | None:
@@ -252,6 +330,18 @@ async def _plain(
     await send({"type": "http.response.body", "body": body})
 
 
+def _shell_request(data: bytes | None) -> spb.ShellRequest:
+    wrong = InvalidArgument(
+        f"the terminal sends binary ShellRequest frames of at most {MAX_SHELL_FRAME} bytes"
+    )
+    if data is None or len(data) > MAX_SHELL_FRAME:
+        raise wrong
+    try:
+        return spb.ShellRequest.FromString(data)
+    except DecodeError:
+        raise wrong from None
+
+
 class ShellSocket:
     """One terminal: WebSocket frames in and out of the ShellService call."""
 
@@ -261,18 +351,16 @@ class ShellSocket:
         self.gone = asyncio.Event()
 
     async def requests(self) -> AsyncIterator[spb.ShellRequest]:
-        while True:
-            message = await self.receive()
-            if message["type"] == "websocket.disconnect":
-                self.gone.set()
-                return
-            data = message.get("bytes")
-            if data is None or len(data) > MAX_SHELL_FRAME:
-                raise InvalidArgument(
-                    f"the terminal sends binary ShellRequest frames of at most {MAX_SHELL_FRAME} "
-                    "bytes"
-                )
-            yield spb.ShellRequest.FromString(data)
+        """The page's messages; whatever ends them (the page gone, a bad frame) ends the
+        session, so the process never outlives its page."""
+        try:
+            while True:
+                message = await self.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                yield _shell_request(message.get("bytes"))
+        finally:
+            self.gone.set()
 
     async def run(self, call: Callable[..., AsyncIterator[Any]], context: CallContext) -> None:
         forward = asyncio.create_task(self._forward(call(self.requests(), context)))
@@ -292,7 +380,10 @@ class ShellSocket:
             async for response in responses:
                 await self.send({"type": "websocket.send", "bytes": response.SerializeToString()})
         except ConnectError as exc:
-            code = 4000 + grpc.StatusCode[exc.code.name].value[0]
+            code = 4000 + _grpc_code(exc).value[0]
             reason = exc.message.encode()[:120].decode(errors="ignore")
+        except Exception:
+            log.exception("the terminal session failed")
+            code, reason = 1011, "internal error"
         with contextlib.suppress(Exception):
             await self.send({"type": "websocket.close", "code": code, "reason": reason})

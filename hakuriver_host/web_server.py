@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # Seconds open responses (a followed log) get to finish when the Host stops.
 GRACE_SECONDS = 1.0
 MAX_WEBSOCKET_MESSAGE = 1024 * 1024
+# Beyond the grace, how long stopping may wait for Hypercorn before cancelling it.
+STOP_SECONDS = 2.0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -73,11 +75,17 @@ class WebServer:
 
     def _ended(self, serving: asyncio.Task[None]) -> None:
         if not serving.cancelled() and serving.exception() is not None:
-            log.error("the dashboard stopped serving: %s", serving.exception())
+            log.warning("the dashboard stopped serving: %s", serving.exception())
 
     async def stop(self) -> None:
         if self._serving is None:  # never started (the Host failed to start)
             self.socket.close()
             return
         self._stop.set()
-        await self._serving
+        # Hypercorn waits for open connections to close; bounded, as a client that stops
+        # reading (or Python >= 3.12's Server.wait_closed, hypercorn#308) can hold it.
+        done, _ = await asyncio.wait({self._serving}, timeout=GRACE_SECONDS + STOP_SECONDS)
+        if not done:
+            self._serving.cancel()
+            log.warning("the dashboard's connections did not close in time: cancelled")
+            await asyncio.gather(self._serving, return_exceptions=True)

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import gzip
+import http.client
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -23,10 +25,11 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_service_pb2 as npb,
     task_service_pb2 as tpb,
 )
+from hakuriver_host import web_app
 from hakuriver_host.authorization import RIGHTS
 from hakuriver_host.web_app import CONTENT_SECURITY_POLICY, SHELL_PROTOCOL
 from tests.connect_http import Endpoint
-from tests.fake_runner import HOLD
+from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
 
 MakeCluster = Callable[..., Awaitable[LocalCluster]]
@@ -251,3 +254,75 @@ async def test_the_terminal_socket_passes_the_same_gate(local_cluster: LocalClus
             [SHELL_PROTOCOL, f"bearer.{local_cluster.admin_token}"],
             origin="https://elsewhere.example",
         )
+
+
+async def test_bodies_are_bounded_and_never_decompressed(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = endpoint(local_cluster)
+    token = {"Authorization": f"Bearer {local_cluster.admin_token}"}
+    squeezed = gzip.compress(b'{"command": "' + b"x" * 100_000 + b'"}')
+    headers = {**token, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    reply = await asyncio.to_thread(api.request, f"/{TASKS}SubmitTask", squeezed, headers)
+    assert reply.json()["code"] == "unimplemented", "a gzip body is refused, not inflated"
+    monkeypatch.setattr(web_app, "MAX_REQUEST_BYTES", 1000)
+    big = {**token, "Content-Type": "application/json"}
+    reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b" " * 2000, big)
+    assert reply.status == 413
+
+
+async def test_a_quiet_stream_ends_when_its_client_goes(local_cluster: LocalCluster) -> None:
+    assert local_cluster.server is not None
+    port = local_cluster.server.dashboard_port
+    book = local_cluster.server.cluster.book
+    context = ssl.create_default_context(cafile=str(local_cluster.config.tls.ca_file))
+
+    started = threading.Event()
+
+    def open_and_drop() -> None:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+        body = b"\x00\x00\x00\x00\x02{}"
+        connection.request(
+            "POST",
+            f"/{TASKS}WatchTasks",
+            body,
+            {
+                "Authorization": f"Bearer {local_cluster.admin_token}",
+                "Content-Type": "application/connect+json",
+            },
+        )
+        started.wait(10)
+        connection.close()
+
+    dropping = asyncio.create_task(asyncio.to_thread(open_and_drop))
+    await eventually(lambda: book._list_watchers, what="the watch to start")
+    started.set()
+    await dropping
+    await eventually(lambda: not book._list_watchers, what="the watch to end with its client")
+
+
+async def test_pages_reached_by_an_unknown_name_are_refused(local_cluster: LocalCluster) -> None:
+    """DNS rebinding: another site's name resolving to this Host."""
+    api = endpoint(local_cluster)
+    for host, status in (("evil.example", 421), ("localhost", 503), ("127.0.0.1:1", 503)):
+        reply = await asyncio.to_thread(api.request, "/", None, {"Host": host})
+        assert reply.status in (status, 200), (host, reply.status)
+        assert (reply.status == 421) == (status == 421), host
+
+
+async def test_a_bad_terminal_frame_ends_the_session(local_cluster: LocalCluster) -> None:
+    assert local_cluster.server is not None
+    port = local_cluster.server.dashboard_port
+    context = ssl.create_default_context(cafile=str(local_cluster.config.tls.ca_file))
+    async with websockets.connect(
+        f"wss://127.0.0.1:{port}/ws/shell",
+        ssl=context,
+        subprotocols=[SHELL_PROTOCOL, f"bearer.{local_cluster.admin_token}"],  # type: ignore[list-item]
+        origin=f"https://127.0.0.1:{port}",  # type: ignore[arg-type]
+        open_timeout=5,
+    ) as socket_:
+        await socket_.send(b"\xff\xff not a protobuf")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket_.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4000 + grpc.StatusCode.INVALID_ARGUMENT.value[0]

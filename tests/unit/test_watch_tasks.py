@@ -61,7 +61,7 @@ async def test_each_caller_sees_only_what_they_may(local_cluster: LocalCluster) 
     olivia = await local_cluster.add_user("olivia", Role.OPERATOR)
     everything = Seen(olivia)
     bobs_only = Seen(olivia, owner="bob")
-    mine = Seen(alice, owner="bob")  # a user's own tasks whatever they ask
+    mine = Seen(alice)
     await _started(local_cluster, everything)
     try:
         alice_task, bob_task = await _submit(alice), await _submit(bob)
@@ -85,6 +85,18 @@ async def test_each_caller_sees_only_what_they_may(local_cluster: LocalCluster) 
     finally:
         for watcher in (everything, bobs_only, mine):
             await watcher.close()
+
+
+async def test_users_may_not_name_another_owner(local_cluster: LocalCluster) -> None:
+    """The same answer for a user who exists and one who does not: no list of users."""
+    alice = await local_cluster.add_user("alice")
+    await local_cluster.add_user("bob")
+    for owner in ("bob", "nobody"):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            async for _ in alice.tasks.WatchTasks(tpb.WatchTasksRequest(owner=owner), timeout=5):
+                pass
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details() == "owner: users watch only their own tasks; leave it empty"
 
 
 async def test_an_unknown_owner_is_named(local_cluster: LocalCluster) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -115,7 +114,7 @@ def check_security(config: Config) -> None:
             "certificate) or dashboard.bind_ip to a loopback address"
         )
     if not config.auth.authentication:
-        for where in (bind, dashboard_bind if config.dashboard.enabled else bind):
+        for where in [bind, *([dashboard_bind] if config.dashboard.enabled else [])]:
             if not is_loopback(where):
                 raise SecurityConfigError(
                     "auth.authentication = false is allowed only on a loopback address, "
@@ -233,14 +232,9 @@ class HostServer:
 
     def _listen_grpc(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
         # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
-        # bind first gives the reason in one line. SO_REUSEADDR as a server has it: the
-        # connections of a Host that just stopped (TIME_WAIT) must not block its restart,
-        # while a live listener still does.
+        # bind first gives the reason in one line.
         try:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                probe.bind((host, port))
+            bind(host, port).close()
             if credentials is None:
                 return self.server.add_insecure_port(f"{host}:{port}")
             return self.server.add_secure_port(f"{host}:{port}", credentials)
@@ -272,7 +266,7 @@ class HostServer:
         ]
         assets_dir = self.config.dashboard.assets_dir or DEFAULT_ASSETS
         assets = AssetStore(Path(assets_dir).expanduser())
-        if not assets.assets:
+        if not assets.built:
             log.warning(
                 "the dashboard's files are not built in %s: its pages answer 503 until "
                 "scripts/build-dashboard.sh builds them (its API works)",

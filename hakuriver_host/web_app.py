@@ -104,13 +104,18 @@ def load_assets(directory: Path) -> dict[str, Asset]:
 
 
 class AssetStore:
-    """The built files, loaded again (off the event loop) when a new build replaced
-    index.html: rebuilding the dashboard needs no Host restart."""
+    """The built files, loaded off the event loop on the first request and again when a
+    new build replaced index.html: rebuilding the dashboard needs no Host restart, and
+    the Host's start does not wait for the compression."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._stamp = self._index_stamp()
-        self.assets = load_assets(directory)
+        self._stamp: int | None = None
+        self.assets: dict[str, Asset] = {}
+
+    @property
+    def built(self) -> bool:
+        return (self.directory / "index.html").is_file()
 
     def _index_stamp(self) -> int:
         try:

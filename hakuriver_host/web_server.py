@@ -25,18 +25,20 @@ log = logging.getLogger(__name__)
 # Seconds open responses (a followed log) get to finish when the Host stops.
 GRACE_SECONDS = 1.0
 MAX_WEBSOCKET_MESSAGE = 1024 * 1024
+BACKLOG = 512
 # Beyond the grace, how long stopping may wait for Hypercorn before cancelling it.
 STOP_SECONDS = 2.0
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (OSError when it is taken or not available)."""
+    """A socket bound to host:port (OSError, with the reason, when it is taken or not
+    available). SO_REUSEADDR as a server has it: the connections of a Host that just
+    stopped (TIME_WAIT) must not block its restart, while a live listener still does."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(512)
     except OSError:
         sock.close()
         raise
@@ -47,8 +49,9 @@ class WebServer:
     def __init__(
         self, app: Any, sock: socket.socket, certfile: str = "", keyfile: str = ""
     ) -> None:
-        """HTTPS (HTTP/2 and HTTP/1.1) when ``certfile`` and ``keyfile`` are given, plain
-        HTTP/1.1 otherwise."""
+        """Listens on ``sock`` (bound); HTTPS (HTTP/2 and HTTP/1.1) when ``certfile`` and
+        ``keyfile`` are given, plain HTTP/1.1 otherwise."""
+        sock.listen(BACKLOG)
         self.app = app
         self.socket = sock
         self.port = int(sock.getsockname()[1])

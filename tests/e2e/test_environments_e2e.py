@@ -43,14 +43,16 @@ def _forget_image(cluster: ProcessCluster, name: str) -> None:
     cluster.docker.images.remove(f"hakuriver/{name}:base", force=True)
 
 
-def _loads_since(cluster: ProcessCluster, since: float) -> int:
+def _loads_since(cluster: ProcessCluster, since: float, name: str) -> int:
+    """Loads of environment ``name``'s image (the daemon is shared: the Runners of an
+    earlier test may load theirs within the same second)."""
     events = cluster.docker.events(
         since=int(since),
         until=int(time.time()) + 1,
         filters={"type": "image", "event": "load"},
         decode=True,
     )
-    return sum(1 for _ in events)
+    return sum(1 for e in events if e["Actor"]["Attributes"].get("hakuriver.env") == name)
 
 
 def test_prepare_on_host_then_every_runner_gets_it(cluster: ProcessCluster, env_name: str) -> None:
@@ -96,7 +98,7 @@ def test_two_tasks_at_once_trigger_one_load(cluster: ProcessCluster, env_name: s
     tasks = [cluster.submit(["true"], container_name=env_name, targets=target) for _ in range(2)]
     for task in tasks:
         assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
-    assert _loads_since(cluster, since) == 1
+    assert _loads_since(cluster, since, env_name) == 1
 
 
 def test_truncated_tarball_fails_clearly_and_keeps_the_old_image(

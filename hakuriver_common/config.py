@@ -72,7 +72,20 @@ class DatabaseConfig(BaseModel):
 class TimingConfig(BaseModel):
     heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between runner heartbeats.")
     heartbeat_timeout_factor: float = Field(
-        6.0, gt=1, description="A runner silent this many intervals is offline, its tasks lost."
+        6.0,
+        gt=1,
+        description="A runner silent this many intervals is offline, its running tasks unknown.",
+    )
+    lost_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds a task may stay unknown (its runner away) before it is lost; "
+        "a runner that comes back sooner with the task resumes it.",
+    )
+    forget_node_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="A node offline this long that never held a task is forgotten.",
     )
     cleanup_check_interval: float = Field(
         10.0, gt=0, description="Seconds between the Host's checks for silent runners."

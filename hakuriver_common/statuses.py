@@ -22,6 +22,8 @@ class TaskStatus(StrEnum):
     KILLED = "killed"
     KILLED_OOM = "killed_oom"
     LOST = "lost"
+    # Its Runner is away; the task may still run there (see docs/reliability.md).
+    UNKNOWN = "unknown"
 
     @property
     def is_final(self) -> bool:
@@ -116,6 +118,7 @@ _TASK_STATUS_PB: dict[TaskStatus, task_pb2.TaskStatus.ValueType] = {
     TaskStatus.KILLED: task_pb2.TASK_STATUS_KILLED,
     TaskStatus.KILLED_OOM: task_pb2.TASK_STATUS_KILLED_OOM,
     TaskStatus.LOST: task_pb2.TASK_STATUS_LOST,
+    TaskStatus.UNKNOWN: task_pb2.TASK_STATUS_UNKNOWN,
 }
 _TASK_STATUS_OF_PB: dict[int, TaskStatus] = {pb: status for status, pb in _TASK_STATUS_PB.items()}
 _TASK_KIND_PB: dict[TaskKind, task_pb2.TaskKind.ValueType] = {

@@ -130,6 +130,7 @@ class Cluster:
 
     async def start(self) -> None:
         await self.store.run(self.store.create_schema)
+        self.runners.cluster_id = await self.store.run(self.store.cluster_id)
         await self.access.load()
         self.nodes.load(await self.store.run(self.store.load_nodes))
         active = [s.value for s in ACTIVE_STATUSES]
@@ -307,7 +308,9 @@ class Cluster:
             await self.book.move(task, TaskStatus.KILLED, detail="killed while pending")
             return task
         await self.book.persist(task, kill_requested=True)
-        link = self.nodes.link_of(task.assigned_node)
+        # An unknown task's Runner is away: killed now; the Runner discards it on return.
+        away = task.status == TaskStatus.UNKNOWN
+        link = None if away else self.nodes.link_of(task.assigned_node)
         grace = self.config.timing.kill_grace_seconds
         if link is not None:
             link.kill(task_id, grace)

@@ -123,3 +123,13 @@ class AuditRecord(SQLModel, table=True):
     outcome: str
     detail: str = ""
     peer: str = ""
+
+
+class ClusterRecord(SQLModel, table=True):
+    """The cluster's identity, made on the Host's first start and never changed: Runners
+    label their containers with it (one Docker daemon may serve several clusters)."""
+
+    __tablename__ = "cluster"
+
+    cluster_id: str = Field(primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow)

@@ -199,6 +199,24 @@ class NodeTable:
                 node.link.close()
         return found
 
+    def idle_offline(self, seconds: float, now: float) -> list[str]:
+        """Offline nodes with no link, silent for more than ``seconds``."""
+        return [
+            n.hostname
+            for n in self.nodes.values()
+            if not n.online and n.link is None and now - n.last_seen > seconds
+        ]
+
+    def forget(self, hostname: str) -> None:
+        """Drop a node entirely (it holds no task)."""
+        node = self.nodes.pop(hostname, None)
+        if node is None:
+            return
+        self.scheduler.remove_node(hostname)
+        self.metrics.node_offline(hostname)
+        self.metrics.node_up.remove(hostname)
+        self.update_metrics()
+
     def set_draining(self, hostname: str, draining: bool) -> NodeView:
         node = self.get(hostname)
         node.draining = draining

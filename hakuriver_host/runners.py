@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from hakuriver_common.config import Config
@@ -62,6 +63,8 @@ class RunnerGateway:
         self.kick = kick
         self.access = access
         self.audit = audit
+        # Set from the database when the Host starts (Cluster.start).
+        self.cluster_id = ""
 
     async def run_monitor(self) -> None:
         """Check for silent Runners, forever."""
@@ -128,7 +131,10 @@ class RunnerGateway:
         """Which of its tasks the Runner keeps (with the output offsets we have) or discards;
         ours it did not report are dispatched again (assigning) or lost. Statuses are read
         afresh after every await: a task may end meanwhile."""
-        ack = rpb.RegisterAck(heartbeat_interval_seconds=self.config.timing.heartbeat_interval)
+        ack = rpb.RegisterAck(
+            heartbeat_interval_seconds=self.config.timing.heartbeat_interval,
+            cluster_id=self.cluster_id,
+        )
         known = set(reg.known_task_ids)
         for task_id in sorted(known):
             task = self.book.active.get(task_id)
@@ -159,6 +165,25 @@ class RunnerGateway:
                 ),
             )
         return ack
+
+    async def _forget_idle_nodes(self, now: float) -> None:
+        """Forget nodes offline for ``forget_node_seconds`` that never held a task: a
+        registration costs the Host nothing for ever (nodes that held one stay, with
+        their history)."""
+        for hostname in self.nodes.idle_offline(self.config.timing.forget_node_seconds, now):
+            if self.book.on_node(hostname):
+                continue
+            if await self.store.run(self.store.node_ever_used, hostname):
+                continue
+            node = self.nodes.nodes.get(hostname)
+            if node is None or node.link is not None:
+                continue
+            self.nodes.forget(hostname)
+            await self.store.run(self.store.delete_node, hostname)
+            back = self.nodes.nodes.get(hostname)
+            if back is not None:  # it registered again meanwhile: keep its new row
+                await self.store.save_node(back.record())
+            log.info("forgot node %s: offline and never used", hostname)
 
     def gone(self, link: RunnerLink) -> None:
         self.tunnels.link_gone(link)
@@ -233,15 +258,31 @@ class RunnerGateway:
             self.metrics.dispatch_latency.observe(dispatched)
 
     async def check_silent_runners(self) -> None:
-        timeout = self.config.timing.runner_timeout
+        """Tasks of a Runner silent past the timeout are unknown (they may still run there);
+        past ``lost_after_seconds`` of silence they are lost."""
+        timing = self.config.timing
+        timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
+        now = time.monotonic()
         for node in self.nodes.silent(timeout):
+            away = now - node.last_seen
             for task in self.book.on_node(node.hostname):
-                if TaskStatus(task.status) in PLACED_STATUSES:
+                status = TaskStatus(task.status)
+                if status not in PLACED_STATUSES:
+                    continue
+                if away > lost_after:
                     await self.book.move(
                         task,
                         TaskStatus.LOST,
-                        detail="runner silent",
+                        detail="runner away too long",
                         error_message=(
-                            f"runner {node.hostname} was silent for more than {timeout:g}s"
+                            f"runner {node.hostname} was away for more than {lost_after:g}s "
+                            "(timing.lost_after_seconds)"
                         ),
                     )
+                elif status is not TaskStatus.UNKNOWN:
+                    await self.book.move(
+                        task,
+                        TaskStatus.UNKNOWN,
+                        detail=f"runner {node.hostname} silent for more than {timeout:g}s",
+                    )
+        await self._forget_idle_nodes(now)

@@ -170,6 +170,12 @@ class Scheduler:
         node.used_memory_bytes = sum(a.memory_bytes for a in held)
         return node
 
+    def remove_node(self, hostname: str) -> None:
+        """Forget a node that holds nothing."""
+        node = self.nodes.get(hostname)
+        if node is not None and not node.holders:
+            del self.nodes[hostname]
+
     def set_online(self, hostname: str, online: bool) -> None:
         if hostname in self.nodes:
             self.nodes[hostname].online = online

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from hakuriver_host.group_commit import GroupCommit
-from hakuriver_host.models import NodeRecord, TaskEventRecord, TaskRecord
+from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -166,6 +167,30 @@ class Store:
             if node is not None:
                 node.draining = draining
                 session.add(node)
+                session.commit()
+
+    def cluster_id(self) -> str:
+        """The cluster's identity, made on first use (a random 16 hex digits)."""
+        with Session(self.engine) as session:
+            found = session.exec(select(ClusterRecord)).first()
+            if found is not None:
+                return found.cluster_id
+            record = ClusterRecord(cluster_id=secrets.token_hex(8))
+            session.add(record)
+            session.commit()
+            return record.cluster_id
+
+    def node_ever_used(self, hostname: str) -> bool:
+        """Was any task ever placed on this node?"""
+        with Session(self.engine) as session:
+            query = select(TaskRecord.task_id).where(TaskRecord.assigned_node == hostname)
+            return session.exec(query.limit(1)).first() is not None
+
+    def delete_node(self, hostname: str) -> None:
+        with Session(self.engine) as session:
+            node = session.get(NodeRecord, hostname)
+            if node is not None:
+                session.delete(node)
                 session.commit()
 
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:

@@ -17,19 +17,22 @@ from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 
 # Statuses in which a task holds resources on a node.
-PLACED_STATUSES = frozenset({TaskStatus.ASSIGNING, TaskStatus.RUNNING, TaskStatus.PAUSED})
+PLACED_STATUSES = frozenset(
+    {TaskStatus.ASSIGNING, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.UNKNOWN}
+)
 KILLABLE = frozenset({TaskStatus.PENDING, *PLACED_STATUSES})
 
 _EXITS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.KILLED_OOM})
+_ENDS = frozenset({TaskStatus.KILLED, TaskStatus.LOST, *_EXITS})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED}),
     # A fast task can exit before its runner's "running" report is processed.
-    TaskStatus.ASSIGNING: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}
-    ),
-    TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
-    TaskStatus.PAUSED: frozenset({TaskStatus.RUNNING, TaskStatus.KILLED, TaskStatus.LOST, *_EXITS}),
+    TaskStatus.ASSIGNING: frozenset({TaskStatus.RUNNING, TaskStatus.UNKNOWN, *_ENDS}),
+    TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.UNKNOWN, *_ENDS}),
+    TaskStatus.PAUSED: frozenset({TaskStatus.RUNNING, TaskStatus.UNKNOWN, *_ENDS}),
+    # Its Runner returned with it (running or paused, or it ended meanwhile), or not.
+    TaskStatus.UNKNOWN: frozenset({TaskStatus.RUNNING, TaskStatus.PAUSED, *_ENDS}),
     **{final: frozenset() for final in FINAL_STATUSES},
 }
 
@@ -96,10 +99,20 @@ class Outcome:
 def _time(
     report: rpb.TaskStateReport, name: Literal["started_at", "finished_at"]
 ) -> datetime | None:
-    return getattr(report, name).ToDatetime(tzinfo=UTC) if report.HasField(name) else None
+    """A report's time; None when absent or outside what a datetime holds (a Runner's
+    clock is not trusted to be sane)."""
+    if not report.HasField(name):
+        return None
+    try:
+        return getattr(report, name).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
+    if facts.status is TaskStatus.UNKNOWN:
+        port = {"ssh_port": report.ssh_port or facts.ssh_port}
+        return Outcome(TaskStatus.RUNNING, "runner back: still running", port)
     if facts.status is TaskStatus.ASSIGNING:
         ready = f"sshd on port {report.ssh_port}" if report.ssh_port else "container started"
         fields: dict[str, Any] = {"ssh_port": report.ssh_port or facts.ssh_port}
@@ -133,6 +146,8 @@ def _interpret(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
         return Outcome(None, report.detail, effects=frozenset({Effect.NOTE_DETAIL}))
     if state == rpb.RUNNER_TASK_STATE_PAUSED and facts.status is TaskStatus.RUNNING:
         return Outcome(TaskStatus.PAUSED, "paused")
+    if state == rpb.RUNNER_TASK_STATE_PAUSED and facts.status is TaskStatus.UNKNOWN:
+        return Outcome(TaskStatus.PAUSED, "runner back: still paused")
     if state == rpb.RUNNER_TASK_STATE_EXITED:
         return _exited(facts, report)
     if state == rpb.RUNNER_TASK_STATE_START_FAILED:

@@ -23,6 +23,11 @@ class StartError(Exception):
     """The task could not be started; the message says why."""
 
 
+class Gone(Exception):
+    """Nothing of the task is left where the backend keeps it (its container was removed
+    behind the Runner's back); the message says what was seen."""
+
+
 @dataclass(frozen=True)
 class ExitInfo:
     exit_code: int | None
@@ -99,6 +104,10 @@ class TaskBackend(Protocol):
         """This runner's tasks of this backend that still exist, by task id."""
         ...
 
+    def task_ids(self) -> set[int]:
+        """The ids of ``tasks()``, cheaply (one listing); OSError-like errors propagate."""
+        ...
+
     def state(self, handle: Any) -> tuple[str, datetime | None]:
         """("running" | "paused" | "exited", started_at)."""
         ...
@@ -109,7 +118,9 @@ class TaskBackend(Protocol):
 
     def wait(self, handle: Any) -> ExitInfo: ...
 
-    def stop(self, handle: Any, grace: float) -> None: ...
+    def stop(self, handle: Any, grace: float) -> None:
+        """Stop the task; Gone if nothing of it is left."""
+        ...
 
     def pause(self, handle: Any) -> None: ...
 

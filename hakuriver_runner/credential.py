@@ -1,5 +1,6 @@
 """The Runner's identity towards the Host: the credential it received on its first join,
-kept 0600 in its state directory, else the cluster's join token from the config.
+kept 0600 in its state directory, else the cluster's join token from the config; and the
+identity of the cluster it joined, which marks every container and process it starts.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ from hakuriver_common.credentials import CredentialsError, read_secret, write_se
 
 log = logging.getLogger(__name__)
 CREDENTIAL_FILE = "credential"
+CLUSTER_FILE = "cluster_id"
 
 
 class RunnerIdentity:
     def __init__(self, config: Config) -> None:
-        self.path: Path = config.runner.state_dir.expanduser() / CREDENTIAL_FILE
+        state_dir = config.runner.state_dir.expanduser()
+        self.path: Path = state_dir / CREDENTIAL_FILE
+        self.cluster_path: Path = state_dir / CLUSTER_FILE
         self.join_token = config.auth.join_token
 
     def secret(self) -> str:
@@ -34,3 +38,17 @@ class RunnerIdentity:
         """Store the credential the Host issued on joining."""
         write_secret(self.path, credential)
         log.info("joined the cluster: credential kept in %s", self.path)
+
+    def cluster_id(self) -> str:
+        """The cluster this Runner last joined ("" before its first join)."""
+        try:
+            return self.cluster_path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def keep_cluster_id(self, cluster_id: str) -> None:
+        self.cluster_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        temporary = self.cluster_path.with_suffix(".tmp")
+        temporary.write_text(cluster_id + "\n")
+        temporary.replace(self.cluster_path)
+        log.info("member of cluster %s", cluster_id)

@@ -1,7 +1,9 @@
 """Tasks in Docker containers: blocking docker-py calls, always run off the event loop.
 
-Every task container carries labels (runner, task id, kind) so a restarted runner finds it
-again: Docker itself is the runner's record of what it runs.
+Every task container carries labels (cluster, runner, task id, kind) so a restarted runner
+finds it again: Docker itself is the runner's record of what it runs. The cluster label
+keeps clusters sharing one Docker daemon (and runners of the same name) apart: a Runner
+lists, adopts, stops and removes only its own cluster's containers.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from hakuriver_common.statuses import TaskKind
 from hakuriver_runner.backend import (
     Emit,
     ExitInfo,
+    Gone,
     LogFollow,
     StartError,
     emit_past,
@@ -41,6 +45,7 @@ from hakuriver_runner.backend import (
 
 log = logging.getLogger(__name__)
 
+LABEL_CLUSTER = "hakuriver.cluster"
 LABEL_RUNNER = "hakuriver.runner"
 LABEL_TASK = "hakuriver.task_id"
 LABEL_KIND = "hakuriver.kind"
@@ -56,6 +61,10 @@ def _parse_docker_time(text: str | None) -> datetime | None:
 
 
 LABEL_SSH_PORT = "hakuriver.ssh_port"
+GONE_MESSAGE = "its container disappeared (removed outside HakuRiver)"
+# How long a follow or wait keeps asking a Docker daemon that went away (a restart).
+DAEMON_AWAY_SECONDS = 120.0
+DAEMON_RETRY_SECONDS = 1.0
 # A VPS container: the key for root, host keys, then sshd in the foreground on loopback only
 # (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
 VPS_SCRIPT = """
@@ -109,6 +118,9 @@ class DockerBackend:
     def __init__(self, config: Config, runner_name: str) -> None:
         self.config = config
         self.runner_name = runner_name
+        # The cluster this Runner belongs to (set by the session; "" before the first join,
+        # when nothing of this cluster can exist here).
+        self.cluster_id = ""
         self.client = docker.from_env(timeout=600)
         self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
@@ -182,20 +194,56 @@ class DockerBackend:
         return sorted(names), loaded
 
     def follow(self, handle: Any, stdout: bool, skip: int, emit: Emit, follow: LogFollow) -> int:
-        stream = handle.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
-        follow.on_cancel(stream.close)
-        try:
-            return emit_past(stream, skip, emit, follow)
-        except Exception:
-            if not follow.cancelled:
-                raise
-            return 0
+        """Emit output past ``skip`` until the container ends. A lost connection to the
+        daemon (a restart of dockerd) is followed again from where it stopped, for up to
+        DAEMON_AWAY_SECONDS; a removed container ends the follow."""
+        sent = skip
+
+        def tracked(offset: int, data: bytes) -> None:
+            nonlocal sent
+            emit(offset, data)
+            sent = max(sent, offset + len(data))
+
+        away_since: float | None = None
+        while not follow.cancelled:
+            try:
+                stream = handle.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+                follow.on_cancel(stream.close)
+                return emit_past(stream, sent, tracked, follow)
+            except docker.errors.NotFound:
+                return sent
+            except Exception as exc:
+                if follow.cancelled:
+                    break
+                now = time.monotonic()
+                away_since = away_since or now
+                if now - away_since > DAEMON_AWAY_SECONDS:
+                    log.warning("%s: gave up following its output: %s", handle.name, exc)
+                    return sent
+                log.info("%s: output follow interrupted (%s); resuming", handle.name, exc)
+                follow.wait(DAEMON_RETRY_SECONDS)
+        return sent
+
+    def _labels(self) -> list[str]:
+        return [f"{LABEL_CLUSTER}={self.cluster_id}", f"{LABEL_RUNNER}={self.runner_name}"]
+
+    def task_ids(self) -> set[int]:
+        """Ids of this runner's task containers, from one listing call."""
+        if not self.cluster_id:
+            return set()
+        found: set[int] = set()
+        for summary in self.client.api.containers(all=True, filters={"label": self._labels()}):
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                found.add(int(summary["Labels"][LABEL_TASK]))
+        return found
 
     def tasks(self) -> dict[int, Any]:
         """This runner's task containers, running or exited, by task id."""
         found: dict[int, Any] = {}
+        if not self.cluster_id:
+            return found
         for container in self.client.containers.list(
-            all=True, ignore_removed=True, filters={"label": f"{LABEL_RUNNER}={self.runner_name}"}
+            all=True, ignore_removed=True, filters={"label": self._labels()}
         ):
             try:
                 found[int(container.labels[LABEL_TASK])] = container
@@ -204,7 +252,7 @@ class DockerBackend:
         return found
 
     def container_name(self, task_id: int) -> str:
-        return f"hakuriver-{self.runner_name}-task-{task_id}"
+        return f"hakuriver-{self.cluster_id}-{self.runner_name}-task-{task_id}"
 
     def _mounts(self, dispatch: rpb.DispatchCommand) -> list[Mount]:
         paths = self.config.paths
@@ -243,6 +291,7 @@ class DockerBackend:
                 f"{self.runner_name}: image {dispatch.image} not found"
             ) from None
         labels = {
+            LABEL_CLUSTER: self.cluster_id,
             LABEL_RUNNER: self.runner_name,
             LABEL_TASK: str(dispatch.task_id),
             LABEL_KIND: TaskKind.COMMAND.value,
@@ -311,8 +360,26 @@ class DockerBackend:
         return status, _parse_docker_time(state.get("StartedAt"))
 
     def wait(self, container: Any) -> ExitInfo:
-        result = container.wait()
-        container.reload()
+        """The container's exit. Waits through a restart of dockerd (which stops it) for
+        up to DAEMON_AWAY_SECONDS; a container removed behind the Runner's back ends with
+        no exit code and an error saying so."""
+        away_since: float | None = None
+        while True:
+            try:
+                result = container.wait()
+                container.reload()
+                break
+            except docker.errors.NotFound:
+                return ExitInfo(None, False, None, None, GONE_MESSAGE)
+            except Exception as exc:
+                now = time.monotonic()
+                away_since = away_since or now
+                if now - away_since > DAEMON_AWAY_SECONDS:
+                    return ExitInfo(
+                        None, False, None, None, f"the Docker daemon did not answer: {exc}"
+                    )
+                log.info("%s: waiting for its exit failed (%s); asking again", container.name, exc)
+                time.sleep(DAEMON_RETRY_SECONDS)
         state = container.attrs["State"]
         error = (result.get("Error") or {}).get("Message", "") if result else ""
         return ExitInfo(
@@ -338,7 +405,7 @@ class DockerBackend:
                 container.unpause()
             container.stop(timeout=max(0, round(grace)))
         except docker.errors.NotFound:
-            pass
+            raise Gone(GONE_MESSAGE) from None
 
     def pause(self, container: Any) -> None:
         container.pause()

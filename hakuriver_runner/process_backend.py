@@ -95,6 +95,8 @@ class ProcessBackend:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root = config.runner.state_dir.expanduser() / SPOOL_FOLDER
+        # The cluster this Runner belongs to (set by the session), recorded with each task.
+        self.cluster_id = ""
 
     def _spool(self, task_id: int) -> Path:
         return self.root / str(task_id)
@@ -173,6 +175,7 @@ class ProcessBackend:
             "pid": process.pid,
             "start_time": process.start_time,
             "started_at": started.isoformat(),
+            "cluster": self.cluster_id,
         }
         (spool / "process.json").write_text(json.dumps(meta))
         return process
@@ -187,6 +190,8 @@ class ProcessBackend:
                 task_id = int(spool.name)
             except (OSError, ValueError):
                 continue
+            if not self.cluster_id or meta.get("cluster") != self.cluster_id:
+                continue
             found[task_id] = HostProcess(
                 task_id,
                 spool,
@@ -195,6 +200,9 @@ class ProcessBackend:
                 datetime.fromisoformat(meta["started_at"]),
             )
         return found
+
+    def task_ids(self) -> set[int]:
+        return set(self.tasks())
 
     def state(self, handle: HostProcess) -> tuple[str, datetime | None]:
         if not handle.alive():

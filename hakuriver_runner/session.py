@@ -73,6 +73,7 @@ class Session:
         self.tunnels = Tunnels(outbox, supervisor.ssh_port)
         self.gpus = GpuProbe()
         self.identity = RunnerIdentity(config)
+        supervisor.set_cluster(self.identity.cluster_id())
         self._outbox = outbox
         self._pool = pool
         # Tasks handling the Host's commands and tunnel openings of the current stream.
@@ -159,6 +160,9 @@ class Session:
             ack = first.registered
             if ack.runner_credential:
                 self.identity.keep(ack.runner_credential)
+            if ack.cluster_id and ack.cluster_id != self.identity.cluster_id():
+                self.identity.keep_cluster_id(ack.cluster_id)
+                self.supervisor.set_cluster(ack.cluster_id)
             log.info(
                 "registered with host %s as %s: adopting %d, discarding %d",
                 self.config.host_target,
@@ -245,6 +249,7 @@ class Session:
 
     async def _heartbeat_loop(self, interval: float) -> None:
         while True:
+            await self.supervisor.check_gone()
             health = await self._pool.run(sample_health, self.gpus)
             environments, loaded = await self._pool.run(self.docker.inventory)
             await self._outbox.send(

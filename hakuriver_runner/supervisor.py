@@ -11,6 +11,7 @@ A task's exit is reported from one place, ``_report_exit``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -20,8 +21,8 @@ from typing import Any
 from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.timestamps import to_timestamp
-from hakuriver_runner.backend import Emit, ExitInfo, LogFollow, StartError, TaskBackend
-from hakuriver_runner.docker_backend import DockerBackend, ssh_port_of
+from hakuriver_runner.backend import Emit, ExitInfo, Gone, LogFollow, StartError, TaskBackend
+from hakuriver_runner.docker_backend import GONE_MESSAGE, DockerBackend, ssh_port_of
 from hakuriver_runner.outbox import Outbox, SendCancelled
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.process_backend import ProcessBackend
@@ -52,6 +53,13 @@ class Supervisor:
         self._locks: dict[int, asyncio.Lock] = {}
         # One docker load per environment at a time; concurrent tasks wait for the same one.
         self._loads: dict[str, asyncio.Future[None]] = {}
+        # Exit reports sent outside a watcher (a failed watcher, a vanished task).
+        self._reports: set[asyncio.Task[None]] = set()
+
+    def set_cluster(self, cluster_id: str) -> None:
+        """The cluster whose tasks this Runner runs: only those it lists and touches."""
+        self.docker.cluster_id = cluster_id
+        self.processes.cluster_id = cluster_id
 
     def lock(self, task_id: int) -> asyncio.Lock:
         """Commands about one task run one at a time, in arrival order."""
@@ -110,7 +118,10 @@ class Supervisor:
             await self._report_exit(kill.task_id, NOTHING_LEFT)
             return
         backend, handle = found
-        await self._pool.run(backend.stop, handle, kill.grace_seconds)
+        try:
+            await self._pool.run(backend.stop, handle, kill.grace_seconds)
+        except Gone as exc:
+            await self._report_exit(kill.task_id, dataclasses.replace(NOTHING_LEFT, error=str(exc)))
 
     def ssh_port(self, task_id: int) -> int:
         """The sshd port of a VPS task running here; 0 for anything else."""
@@ -186,10 +197,56 @@ class Supervisor:
         current = self._watchers.get(task_id)
         if current is not None and not current.done():
             return
-        self._watchers[task_id] = asyncio.create_task(
+        watcher = asyncio.create_task(
             self._watch_task(task_id, (stdout_offset, stderr_offset), started),
             name=f"task-{task_id}",
         )
+        watcher.add_done_callback(lambda done: self._watcher_ended(task_id, done))
+        self._watchers[task_id] = watcher
+
+    def _watcher_ended(self, task_id: int, watcher: asyncio.Task[None]) -> None:
+        """A watcher that failed must not leave its task running for ever in the Host's
+        eyes: its failure is logged and reported as the task's end (the Host then releases
+        it, and whatever is left of it is removed)."""
+        if watcher.cancelled() or watcher.exception() is None:
+            return
+        exc = watcher.exception()
+        log.error("task %s: supervising it failed: %r", task_id, exc)
+        info = dataclasses.replace(NOTHING_LEFT, error=f"the runner lost track of it: {exc!r}")
+        self._spawn_report(task_id, info)
+
+    def _spawn_report(self, task_id: int, info: ExitInfo) -> None:
+        report = asyncio.create_task(self._report_exit_quietly(task_id, info))
+        self._reports.add(report)
+        report.add_done_callback(self._reports.discard)
+
+    async def _report_exit_quietly(self, task_id: int, info: ExitInfo) -> None:
+        with contextlib.suppress(SendCancelled):
+            await self._report_exit(task_id, info)
+
+    async def check_gone(self) -> None:
+        """Report watched tasks whose container or process vanished behind the Runner's
+        back (called every heartbeat): their watcher may be stuck on a daemon that lost
+        them. Skipped when a backend cannot list its tasks right now."""
+        watched = {t for t, w in self._watchers.items() if not w.done()}
+        if not watched:
+            return
+        for backend in (self.docker, self.processes):
+            mine = {t for t in watched if self._handles.get(t, (None,))[0] is backend}
+            if not mine:
+                continue
+            try:
+                present = await self._pool.run(backend.task_ids)
+            except Exception as exc:
+                log.info("cannot list tasks to check them: %s", exc)
+                continue
+            for task_id in sorted(mine - present):
+                watcher = self._watchers.get(task_id)
+                if watcher is None or watcher.done() or self._handles.get(task_id) is None:
+                    continue  # it ended or was released while we listed
+                log.warning("task %s: its container or process disappeared", task_id)
+                watcher.cancel()
+                self._spawn_report(task_id, dataclasses.replace(NOTHING_LEFT, error=GONE_MESSAGE))
 
     async def _watch_task(self, task_id: int, offsets: tuple[int, int], started: bool) -> None:
         backend, handle = self._handles[task_id]
@@ -284,7 +341,8 @@ class Supervisor:
                 )
             )
         else:
-            await self._pool.run(self.docker.stop, handle, 0)
+            with contextlib.suppress(Gone):
+                await self._pool.run(self.docker.stop, handle, 0)
         info = await self._pool.run(self.docker.wait, handle)
         if ready:
             return info

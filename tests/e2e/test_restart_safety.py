@@ -89,17 +89,23 @@ def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: Proce
     _assert_complete(cluster, task.task_id)
 
 
-def test_silent_runner_goes_offline_and_its_tasks_are_lost(
+def test_silent_runner_goes_offline_and_its_tasks_are_lost_past_the_limit(
     docker_ready: None, tmp_path: Path
 ) -> None:
-    with running_cluster(tmp_path, heartbeat_interval=0.5, heartbeat_timeout_factor=4) as cluster:
+    with running_cluster(
+        tmp_path,
+        heartbeat_interval=0.5,
+        heartbeat_timeout_factor=4,
+        extra_sections={"timing": "lost_after_seconds = 5"},
+    ) as cluster:
         name = cluster.runner_names[0]
         task = cluster.submit(["sleep", "600"])
         cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
         cluster.kill_runner()
+        cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_UNKNOWN})
         final = cluster.wait_final(task.task_id, timeout=20)
         assert final.status == task_pb2.TASK_STATUS_LOST
-        assert "silent" in final.error_message
+        assert "away for more than 5s" in final.error_message
         nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
         assert [n.status for n in nodes if n.hostname == name] == [node_pb2.NODE_STATUS_OFFLINE]
         # When the runner returns, the Host tells it to discard the lost task's container.

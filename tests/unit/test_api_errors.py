@@ -100,8 +100,8 @@ async def test_unary_rpcs_report_domain_errors_with_their_codes(
         await local_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id))
     assert finished.value.code() == CODE.FAILED_PRECONDITION
     assert finished.value.details() == (
-        f"task {task.task_id} is completed: only pending, assigning, running, paused tasks "
-        "can be killed"
+        f"task {task.task_id} is completed: only pending, assigning, running, paused, unknown "
+        "tasks can be killed"
     )
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=7))

@@ -29,7 +29,8 @@ from tests.fake_runner import (
     exit_with,
     start_failure,
 )
-from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import TIMING, LocalCluster, status_of
 
 
 def by_command(dispatch: rpb.DispatchCommand) -> Answer:
@@ -94,26 +95,74 @@ async def test_kill_pause_and_resume_go_through_the_runner(local_cluster: LocalC
     assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_silent_runner_loses_its_tasks_and_goes_offline(
+async def test_silent_runner_has_its_tasks_unknown_until_it_returns_with_them(
     local_cluster: LocalCluster,
 ) -> None:
     runner = await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
+    runner.write(task.task_id, b"before\n")
+    await eventually(lambda: local_cluster.read_log(task.task_id), what="output to land")
 
     runner.go_silent()
     silent_at = time.monotonic()
-    lost = await local_cluster.wait_status(task.task_id, TaskStatus.LOST)
+    await local_cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
     # The timeout is heartbeat_interval x heartbeat_timeout_factor = 1 s; the last message
     # may have arrived up to one interval before the silence began.
     assert time.monotonic() - silent_at >= 0.7
-    assert "silent" in lost.error_message and "runner a" in lost.error_message
     await local_cluster.wait_node("a", NodeStatus.OFFLINE)
+    runner.write(task.task_id, b"while away\n")  # not sent: the Host closed the stream
+
+    # Back with the task still running: it resumes, its output continues byte-exact.
+    ack = await runner.connect()
+    assert [a.task_id for a in ack.adopt] == [task.task_id] and not ack.discard_task_ids
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    runner.finish(task.task_id, 0, stdout=b"after\n")
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    assert await local_cluster.read_log(task.task_id) == b"before\nwhile away\nafter\n"
+    statuses = [s for s, _ in await local_cluster.events(task.task_id)]
+    assert statuses[-4:] == [
+        TaskStatus.RUNNING,
+        TaskStatus.UNKNOWN,
+        TaskStatus.RUNNING,
+        TaskStatus.COMPLETED,
+    ]
+
+
+async def test_runner_away_past_the_limit_has_its_tasks_lost(
+    make_local_cluster: MakeCluster,
+) -> None:
+    cluster = await make_local_cluster(timing={**TIMING, "lost_after_seconds": 1.5})
+    runner = await cluster.add_runner("a", answer=HOLD)
+    [task] = await cluster.submit_running()
+
+    runner.go_silent()
+    await cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
+    lost = await cluster.wait_status(task.task_id, TaskStatus.LOST)
+    assert "runner a was away for more than 1.5s" in lost.error_message
+    await cluster.wait_node("a", NodeStatus.OFFLINE)
 
     # When it comes back still holding the task, the Host tells it to discard the task.
     await runner.connect()
-    await local_cluster.wait_node("a", NodeStatus.ONLINE)
+    await cluster.wait_node("a", NodeStatus.ONLINE)
     assert runner.discarded == [task.task_id] and runner.tasks == {}
-    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.LOST
+    assert status_of(await cluster.get(task.task_id)) is TaskStatus.LOST
+
+
+async def test_unknown_task_is_killed_at_once(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    runner.go_silent()
+    await local_cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
+
+    killed = await local_cluster.kill(task.task_id)
+    assert status_of(killed) is TaskStatus.KILLED
+    # Not sent to the away Runner and waited for: killed on the spot.
+    assert (await local_cluster.events(task.task_id))[-1] == (
+        TaskStatus.KILLED,
+        "killed (runner not connected)",
+    )
+    await runner.connect()
+    await eventually(lambda: runner.discarded == [task.task_id], what="the discard")
 
 
 async def test_runner_that_reconnects_with_its_tasks_keeps_them(

@@ -30,6 +30,9 @@ EXPECTED_EDGES = {
     (S.RUNNING, S.COMPLETED), (S.RUNNING, S.FAILED), (S.RUNNING, S.KILLED_OOM),
     (S.PAUSED, S.RUNNING), (S.PAUSED, S.KILLED), (S.PAUSED, S.LOST),
     (S.PAUSED, S.COMPLETED), (S.PAUSED, S.FAILED), (S.PAUSED, S.KILLED_OOM),
+    (S.ASSIGNING, S.UNKNOWN), (S.RUNNING, S.UNKNOWN), (S.PAUSED, S.UNKNOWN),
+    (S.UNKNOWN, S.RUNNING), (S.UNKNOWN, S.PAUSED), (S.UNKNOWN, S.KILLED), (S.UNKNOWN, S.LOST),
+    (S.UNKNOWN, S.COMPLETED), (S.UNKNOWN, S.FAILED), (S.UNKNOWN, S.KILLED_OOM),
 }  # fmt: skip
 
 
@@ -48,7 +51,7 @@ def test_final_statuses_have_no_way_out() -> None:
 
 
 def test_kill_applies_to_active_statuses_only() -> None:
-    assert {S.PENDING, S.ASSIGNING, S.RUNNING, S.PAUSED} == KILLABLE
+    assert {S.PENDING, S.ASSIGNING, S.RUNNING, S.PAUSED, S.UNKNOWN} == KILLABLE
     for status in KILLABLE:
         assert S.KILLED in ALLOWED[status]
 
@@ -110,6 +113,12 @@ def _stamp(seconds: int) -> Timestamp:
         (S.ASSIGNING, R(state=rpb.RUNNER_TASK_STATE_START_FAILED, error_message="no image"),
          S.FAILED, "could not start", {Effect.RELEASE}),
         (S.RUNNING, R(state=rpb.RUNNER_TASK_STATE_UNSPECIFIED), None, "", set()),
+        (S.UNKNOWN, R(state=rpb.RUNNER_TASK_STATE_RUNNING), S.RUNNING,
+         "runner back: still running", set()),
+        (S.UNKNOWN, R(state=rpb.RUNNER_TASK_STATE_PAUSED), S.PAUSED,
+         "runner back: still paused", set()),
+        (S.UNKNOWN, R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0), S.COMPLETED,
+         "exited with code 0", {Effect.RELEASE}),
     ],
 )  # fmt: skip
 def test_each_report_means_one_outcome(

@@ -242,11 +242,16 @@ class RegisterAck(_message.Message):
     DISCARD_TASK_IDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     RUNNER_CREDENTIAL_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
     """Seconds between heartbeats."""
     runner_credential: _builtins.str
     """Issued when the Runner joined with the join token: it presents this secret from now
     on (keep it 0600). Empty when the Runner presented its credential.
+    """
+    cluster_id: _builtins.str
+    """The cluster's identity: the Runner labels its containers with it and touches no
+    container of another cluster (one Docker daemon may serve several).
     """
     @_builtins.property
     def adopt(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdoptTask]:
@@ -263,10 +268,11 @@ class RegisterAck(_message.Message):
         discard_task_ids: _abc.Iterable[_builtins.int] | None = ...,
         heartbeat_interval_seconds: _builtins.float = ...,
         runner_credential: _builtins.str = ...,
+        cluster_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopt", b"adopt", "discard_task_ids", b"discard_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "runner_credential", b"runner_credential"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adopt", b"adopt", "cluster_id", b"cluster_id", "discard_task_ids", b"discard_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "runner_credential", b"runner_credential"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

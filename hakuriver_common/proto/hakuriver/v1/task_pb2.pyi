@@ -44,7 +44,13 @@ class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus
     TASK_STATUS_KILLED_OOM: _TaskStatus.ValueType  # 8
     """Killed by the kernel for exceeding its memory limit."""
     TASK_STATUS_LOST: _TaskStatus.ValueType  # 9
-    """Its runner went silent for longer than the heartbeat timeout."""
+    """Its runner was away for longer than timing.lost_after_seconds, or came back without
+    the task.
+    """
+    TASK_STATUS_UNKNOWN: _TaskStatus.ValueType  # 10
+    """Its runner is away (silent longer than the heartbeat timeout): the task may still be
+    running there. It goes back to RUNNING or PAUSED when its runner returns with it.
+    """
 
 class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper):
     """TaskStatus is the lifecycle state of a task. Final states: COMPLETED, FAILED, KILLED,
@@ -69,7 +75,13 @@ TASK_STATUS_KILLED: TaskStatus.ValueType  # 7
 TASK_STATUS_KILLED_OOM: TaskStatus.ValueType  # 8
 """Killed by the kernel for exceeding its memory limit."""
 TASK_STATUS_LOST: TaskStatus.ValueType  # 9
-"""Its runner went silent for longer than the heartbeat timeout."""
+"""Its runner was away for longer than timing.lost_after_seconds, or came back without
+the task.
+"""
+TASK_STATUS_UNKNOWN: TaskStatus.ValueType  # 10
+"""Its runner is away (silent longer than the heartbeat timeout): the task may still be
+running there. It goes back to RUNNING or PAUSED when its runner returns with it.
+"""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
 class _TaskKind:

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hakuriver_common.proto.hakuriver.v1 import task_pb2 as hakuriver_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhakuriver/v1/task_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hakuriver/v1/task.proto\"\xd7\x04\n\x11SubmitTaskRequest\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x18\n\x07\x63ommand\x18\x02 \x01(\tR\x07\x63ommand\x12\x1c\n\targuments\x18\x03 \x03(\tR\targuments\x12:\n\x03\x65nv\x18\x04 \x03(\x0b\x32(.hakuriver.v1.SubmitTaskRequest.EnvEntryR\x03\x65nv\x12\x19\n\x05\x63ores\x18\x05 \x01(\x05H\x00R\x05\x63ores\x88\x01\x01\x12\x16\n\x06memory\x18\x06 \x01(\tR\x06memory\x12.\n\x07targets\x18\x07 \x03(\x0b\x32\x14.hakuriver.v1.TargetR\x07targets\x12%\n\x0e\x63ontainer_name\x18\x08 \x01(\tR\rcontainerName\x12\x1e\n\nprivileged\x18\t \x01(\x08R\nprivileged\x12+\n\x06mounts\x18\n \x03(\x0b\x32\x13.hakuriver.v1.MountR\x06mounts\x12\x1a\n\x08priority\x18\x0b \x01(\x05R\x08priority\x12\x12\n\x04gpus\x18\x0c \x01(\x05R\x04gpus\x12$\n\x0essh_public_key\x18\r \x01(\tR\x0csshPublicKey\x12\x33\n\x07network\x18\x0e \x01(\x0e\x32\x19.hakuriver.v1.TaskNetworkR\x07network\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x08\n\x06_cores\"Y\n\x12SubmitTaskResponse\x12(\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.TaskR\x05tasks\x12\x19\n\x08\x62\x61tch_id\x18\x02 \x01(\x03R\x07\x62\x61tchId\")\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"j\n\x0fGetTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\x12/\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.hakuriver.v1.TaskEventR\x06\x65vents\"\xba\x02\n\x10ListTasksRequest\x12\x34\n\x08statuses\x18\x01 \x03(\x0e\x32\x18.hakuriver.v1.TaskStatusR\x08statuses\x12\x12\n\x04node\x18\x02 \x01(\tR\x04node\x12\x19\n\x08\x62\x61tch_id\x18\x03 \x01(\x03R\x07\x62\x61tchId\x12\x14\n\x05limit\x18\x04 \x01(\x05R\x05limit\x12$\n\x0e\x62\x65\x66ore_task_id\x18\x05 \x01(\x03R\x0c\x62\x65\x66oreTaskId\x12*\n\x04kind\x18\x06 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x43\n\x0fsubmitted_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0esubmittedAfter\x12\x14\n\x05owner\x18\x08 \x01(\tR\x05owner\"=\n\x11ListTasksResponse\x12(\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.TaskR\x05tasks\"*\n\x0fKillTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\":\n\x10KillTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\"+\n\x10PauseTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\";\n\x11PauseTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\",\n\x11ResumeTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"<\n\x12ResumeTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\"+\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\";\n\x11WatchTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\")\n\x11WatchTasksRequest\x12\x14\n\x05owner\x18\x01 \x01(\tR\x05owner\"<\n\x12WatchTasksResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task2\x81\x05\n\x0bTaskService\x12O\n\nSubmitTask\x12\x1f.hakuriver.v1.SubmitTaskRequest\x1a .hakuriver.v1.SubmitTaskResponse\x12\x46\n\x07GetTask\x12\x1c.hakuriver.v1.GetTaskRequest\x1a\x1d.hakuriver.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.hakuriver.v1.ListTasksRequest\x1a\x1f.hakuriver.v1.ListTasksResponse\x12I\n\x08KillTask\x12\x1d.hakuriver.v1.KillTaskRequest\x1a\x1e.hakuriver.v1.KillTaskResponse\x12L\n\tPauseTask\x12\x1e.hakuriver.v1.PauseTaskRequest\x1a\x1f.hakuriver.v1.PauseTaskResponse\x12O\n\nResumeTask\x12\x1f.hakuriver.v1.ResumeTaskRequest\x1a .hakuriver.v1.ResumeTaskResponse\x12N\n\tWatchTask\x12\x1e.hakuriver.v1.WatchTaskRequest\x1a\x1f.hakuriver.v1.WatchTaskResponse0\x01\x12Q\n\nWatchTasks\x12\x1f.hakuriver.v1.WatchTasksRequest\x1a .hakuriver.v1.WatchTasksResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhakuriver/v1/task_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hakuriver/v1/task.proto\"\xd7\x04\n\x11SubmitTaskRequest\x12*\n\x04kind\x18\x01 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x18\n\x07\x63ommand\x18\x02 \x01(\tR\x07\x63ommand\x12\x1c\n\targuments\x18\x03 \x03(\tR\targuments\x12:\n\x03\x65nv\x18\x04 \x03(\x0b\x32(.hakuriver.v1.SubmitTaskRequest.EnvEntryR\x03\x65nv\x12\x19\n\x05\x63ores\x18\x05 \x01(\x05H\x00R\x05\x63ores\x88\x01\x01\x12\x16\n\x06memory\x18\x06 \x01(\tR\x06memory\x12.\n\x07targets\x18\x07 \x03(\x0b\x32\x14.hakuriver.v1.TargetR\x07targets\x12%\n\x0e\x63ontainer_name\x18\x08 \x01(\tR\rcontainerName\x12\x1e\n\nprivileged\x18\t \x01(\x08R\nprivileged\x12+\n\x06mounts\x18\n \x03(\x0b\x32\x13.hakuriver.v1.MountR\x06mounts\x12\x1a\n\x08priority\x18\x0b \x01(\x05R\x08priority\x12\x12\n\x04gpus\x18\x0c \x01(\x05R\x04gpus\x12$\n\x0essh_public_key\x18\r \x01(\tR\x0csshPublicKey\x12\x33\n\x07network\x18\x0e \x01(\x0e\x32\x19.hakuriver.v1.TaskNetworkR\x07network\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x08\n\x06_cores\"Y\n\x12SubmitTaskResponse\x12(\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.TaskR\x05tasks\x12\x19\n\x08\x62\x61tch_id\x18\x02 \x01(\x03R\x07\x62\x61tchId\")\n\x0eGetTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"j\n\x0fGetTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\x12/\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.hakuriver.v1.TaskEventR\x06\x65vents\"\xba\x02\n\x10ListTasksRequest\x12\x34\n\x08statuses\x18\x01 \x03(\x0e\x32\x18.hakuriver.v1.TaskStatusR\x08statuses\x12\x12\n\x04node\x18\x02 \x01(\tR\x04node\x12\x19\n\x08\x62\x61tch_id\x18\x03 \x01(\x03R\x07\x62\x61tchId\x12\x14\n\x05limit\x18\x04 \x01(\x05R\x05limit\x12$\n\x0e\x62\x65\x66ore_task_id\x18\x05 \x01(\x03R\x0c\x62\x65\x66oreTaskId\x12*\n\x04kind\x18\x06 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x43\n\x0fsubmitted_after\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\x0esubmittedAfter\x12\x14\n\x05owner\x18\x08 \x01(\tR\x05owner\"l\n\x11ListTasksResponse\x12(\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.TaskR\x05tasks\x12-\n\x13next_before_task_id\x18\x02 \x01(\x03R\x10nextBeforeTaskId\"*\n\x0fKillTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\":\n\x10KillTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\"+\n\x10PauseTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\";\n\x11PauseTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\",\n\x11ResumeTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"<\n\x12ResumeTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\"+\n\x10WatchTaskRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\";\n\x11WatchTaskResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task\")\n\x11WatchTasksRequest\x12\x14\n\x05owner\x18\x01 \x01(\tR\x05owner\"<\n\x12WatchTasksResponse\x12&\n\x04task\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.TaskR\x04task2\x81\x05\n\x0bTaskService\x12O\n\nSubmitTask\x12\x1f.hakuriver.v1.SubmitTaskRequest\x1a .hakuriver.v1.SubmitTaskResponse\x12\x46\n\x07GetTask\x12\x1c.hakuriver.v1.GetTaskRequest\x1a\x1d.hakuriver.v1.GetTaskResponse\x12L\n\tListTasks\x12\x1e.hakuriver.v1.ListTasksRequest\x1a\x1f.hakuriver.v1.ListTasksResponse\x12I\n\x08KillTask\x12\x1d.hakuriver.v1.KillTaskRequest\x1a\x1e.hakuriver.v1.KillTaskResponse\x12L\n\tPauseTask\x12\x1e.hakuriver.v1.PauseTaskRequest\x1a\x1f.hakuriver.v1.PauseTaskResponse\x12O\n\nResumeTask\x12\x1f.hakuriver.v1.ResumeTaskRequest\x1a .hakuriver.v1.ResumeTaskResponse\x12N\n\tWatchTask\x12\x1e.hakuriver.v1.WatchTaskRequest\x1a\x1f.hakuriver.v1.WatchTaskResponse0\x01\x12Q\n\nWatchTasks\x12\x1f.hakuriver.v1.WatchTasksRequest\x1a .hakuriver.v1.WatchTasksResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,27 +48,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKSREQUEST']._serialized_start=952
   _globals['_LISTTASKSREQUEST']._serialized_end=1266
   _globals['_LISTTASKSRESPONSE']._serialized_start=1268
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1329
-  _globals['_KILLTASKREQUEST']._serialized_start=1331
-  _globals['_KILLTASKREQUEST']._serialized_end=1373
-  _globals['_KILLTASKRESPONSE']._serialized_start=1375
-  _globals['_KILLTASKRESPONSE']._serialized_end=1433
-  _globals['_PAUSETASKREQUEST']._serialized_start=1435
-  _globals['_PAUSETASKREQUEST']._serialized_end=1478
-  _globals['_PAUSETASKRESPONSE']._serialized_start=1480
-  _globals['_PAUSETASKRESPONSE']._serialized_end=1539
-  _globals['_RESUMETASKREQUEST']._serialized_start=1541
-  _globals['_RESUMETASKREQUEST']._serialized_end=1585
-  _globals['_RESUMETASKRESPONSE']._serialized_start=1587
-  _globals['_RESUMETASKRESPONSE']._serialized_end=1647
-  _globals['_WATCHTASKREQUEST']._serialized_start=1649
-  _globals['_WATCHTASKREQUEST']._serialized_end=1692
-  _globals['_WATCHTASKRESPONSE']._serialized_start=1694
-  _globals['_WATCHTASKRESPONSE']._serialized_end=1753
-  _globals['_WATCHTASKSREQUEST']._serialized_start=1755
-  _globals['_WATCHTASKSREQUEST']._serialized_end=1796
-  _globals['_WATCHTASKSRESPONSE']._serialized_start=1798
-  _globals['_WATCHTASKSRESPONSE']._serialized_end=1858
-  _globals['_TASKSERVICE']._serialized_start=1861
-  _globals['_TASKSERVICE']._serialized_end=2502
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1376
+  _globals['_KILLTASKREQUEST']._serialized_start=1378
+  _globals['_KILLTASKREQUEST']._serialized_end=1420
+  _globals['_KILLTASKRESPONSE']._serialized_start=1422
+  _globals['_KILLTASKRESPONSE']._serialized_end=1480
+  _globals['_PAUSETASKREQUEST']._serialized_start=1482
+  _globals['_PAUSETASKREQUEST']._serialized_end=1525
+  _globals['_PAUSETASKRESPONSE']._serialized_start=1527
+  _globals['_PAUSETASKRESPONSE']._serialized_end=1586
+  _globals['_RESUMETASKREQUEST']._serialized_start=1588
+  _globals['_RESUMETASKREQUEST']._serialized_end=1632
+  _globals['_RESUMETASKRESPONSE']._serialized_start=1634
+  _globals['_RESUMETASKRESPONSE']._serialized_end=1694
+  _globals['_WATCHTASKREQUEST']._serialized_start=1696
+  _globals['_WATCHTASKREQUEST']._serialized_end=1739
+  _globals['_WATCHTASKRESPONSE']._serialized_start=1741
+  _globals['_WATCHTASKRESPONSE']._serialized_end=1800
+  _globals['_WATCHTASKSREQUEST']._serialized_start=1802
+  _globals['_WATCHTASKSREQUEST']._serialized_end=1843
+  _globals['_WATCHTASKSRESPONSE']._serialized_start=1845
+  _globals['_WATCHTASKSRESPONSE']._serialized_end=1905
+  _globals['_TASKSERVICE']._serialized_start=1908
+  _globals['_TASKSERVICE']._serialized_end=2549
 # @@protoc_insertion_point(module_scope)

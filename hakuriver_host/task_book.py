@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
+from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -77,7 +77,15 @@ class TaskBook:
         # The pending subset of ``active`` (nothing moves back to pending).
         self.pending: dict[int, TaskRecord] = {}
         self._positions: dict[int, int] | None = None
-        self._watchers: dict[int, set[asyncio.Queue[TaskRecord]]] = {}
+        # Watchers of one task get a numbered copy of it per change, in order (a copy: the
+        # live record may have moved on by the time the watcher reads it).
+        self._watchers: dict[int, set[asyncio.Queue[tuple[int, TaskRecord]]]] = {}
+        self._change = 0
+        # The number of each active task's latest change.
+        self._last_change: dict[int, int] = {}
+        # Tasks made final in memory whose change is not stored yet (no longer active, and
+        # not yet final in the database).
+        self._finishing: dict[int, TaskRecord] = {}
         # Watchers of every task (live lists); a full queue ends that watcher (see ``watch_all``).
         self._list_watchers: set[asyncio.Queue[TaskRecord | None]] = set()
 
@@ -134,11 +142,18 @@ class TaskBook:
             changes.setdefault("completed_at", now)
         for name, value in changes.items():
             setattr(task, name, value)
+        self._change += 1
+        change = (self._change, task.model_copy()) if task.task_id in self._watchers else None
         if new.is_final:
             self.active.pop(task.task_id, None)
+            self._finishing[task.task_id] = task
+            self._last_change.pop(task.task_id, None)
             if task.assigned_node:
                 self.scheduler.release(task.assigned_node, task.task_id)
-        return self._record(task, old, new, [_event(task.task_id, new.value, now, detail)], changes)
+        else:
+            self._last_change[task.task_id] = self._change
+        event = _event(task.task_id, new.value, now, detail)
+        return self._record(task, old, new, [event], changes, change)
 
     async def _record(
         self,
@@ -147,15 +162,21 @@ class TaskBook:
         new: TaskStatus,
         events: list[dict[str, Any]],
         changes: dict[str, Any],
+        change: tuple[int, TaskRecord] | None,
     ) -> None:
-        await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
+        try:
+            await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
+        finally:
+            if new.is_final:
+                self._finishing.pop(task.task_id, None)
         self.metrics.task_moved(old, new, task.kind)
         if new.is_final:
             self.logs.close(task.task_id)
             self._notify_final(task)
             self._on_final(task)
-        for queue in self._watchers.get(task.task_id, ()):
-            queue.put_nowait(task)
+        if change is not None:
+            for queue in self._watchers.get(task.task_id, ()):
+                queue.put_nowait(change)
         self._tell_lists(task)
 
     def _tell_lists(self, task: TaskRecord) -> None:
@@ -184,7 +205,7 @@ class TaskBook:
     # ----- queries ----------------------------------------------------------------------
 
     async def get(self, task_id: int) -> TaskRecord:
-        task = self.active.get(task_id)
+        task = self.active.get(task_id) or self._finishing.get(task_id)
         if task is not None:
             return task
         record, _ = await self.store.run(self.store.get_task, task_id)
@@ -219,21 +240,25 @@ class TaskBook:
         return self._positions
 
     async def watch(self, task_id: int) -> AsyncIterator[TaskRecord]:
-        """Yield the task now and after every status change, until it is final."""
-        queue: asyncio.Queue[TaskRecord] = asyncio.Queue()
+        """Yield the task now, then a copy of it after every status change, in order,
+        until it is final: every transition is sent, whenever the consumer reads."""
+        queue: asyncio.Queue[tuple[int, TaskRecord]] = asyncio.Queue()
         self._watchers.setdefault(task_id, set()).add(queue)
         try:
-            task = await self.get(task_id)
-            last = ""
+            live = self.active.get(task_id) or self._finishing.get(task_id)
+            if live is None:  # final (or unknown: NotFound): nothing more will change
+                yield await self.get(task_id)
+                return
+            # Changes made before this copy are in it; later ones arrive numbered.
+            seen, task = self._last_change.get(task_id, 0), live.model_copy()
             while True:
-                # ``task`` is the live record: compare what it is now with what was sent,
-                # so a change made while the consumer held the last yield is not missed.
-                if task.status != last:
-                    last = task.status
-                    yield task
-                if TaskStatus(last) in FINAL_STATUSES:
+                yield task
+                if TaskStatus(task.status).is_final:
                     return
-                task = await queue.get()
+                number, task = await queue.get()
+                while number <= seen:
+                    number, task = await queue.get()
+                seen = number
         finally:
             watchers = self._watchers.get(task_id)
             if watchers is not None:

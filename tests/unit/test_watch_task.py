@@ -1,0 +1,62 @@
+"""WatchTask sends every transition, in order, up to and including the final one, whatever
+the timing: a consumer that holds a message while the task moves on still gets each step."""
+
+from __future__ import annotations
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, RUN_AND_EXIT
+from tests.unit.local_cluster import LocalCluster
+
+
+def _book(cluster: LocalCluster):  # type: ignore[no-untyped-def]
+    assert cluster.server is not None
+    return cluster.server.cluster.book
+
+
+async def test_a_held_watcher_gets_every_transition_in_order(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    watch = _book(local_cluster).watch(task.task_id)
+    first = await anext(watch)
+    assert first.status == TaskStatus.RUNNING
+
+    # The consumer holds ``first`` while the task moves three times, each change stored.
+    await local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=task.task_id), timeout=5)
+    await local_cluster.tasks.ResumeTask(tpb.ResumeTaskRequest(task_id=task.task_id), timeout=5)
+    runner.finish(task.task_id, 0)
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+
+    rest = [t.status async for t in watch]
+    assert rest == [TaskStatus.PAUSED, TaskStatus.RUNNING, TaskStatus.COMPLETED]
+
+
+async def test_a_watch_opened_while_the_final_change_is_being_stored_ends_final(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    book = _book(local_cluster)
+    # Decided in memory, not yet stored: neither active nor final in the database.
+    storing = book.apply(book.active[task.task_id], TaskStatus.KILLED, "killed by the test")
+    try:
+        seen = [t.status async for t in book.watch(task.task_id)]
+    finally:
+        await storing
+    assert seen == [TaskStatus.KILLED]
+
+
+async def test_watch_streams_opened_at_submit_end_with_the_final_status(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", answer=RUN_AND_EXIT)
+    for _ in range(30):
+        task = await local_cluster.submit("true")
+        call = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id))
+        statuses = [reply.task.status async for reply in call]
+        assert statuses[-1] == task_pb2.TASK_STATUS_COMPLETED, statuses
+        order = [TaskStatus.from_pb(s) for s in statuses]
+        # Strictly forward through pending/assigning/running: no step repeated or reversed.
+        ranks = {TaskStatus.PENDING: 0, TaskStatus.ASSIGNING: 1, TaskStatus.RUNNING: 2}
+        ranked = [ranks.get(s, 3) for s in order]
+        assert ranked == sorted(set(ranked)), order

@@ -6,8 +6,6 @@ tokens, an admin's everybody's) is decided here with the caller's role.
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import grpc
 
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -18,7 +16,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2_grpc,
 )
 from hakuriver_common.roles import AuditOutcome, Role
-from hakuriver_common.timestamps import to_timestamp
+from hakuriver_common.timestamps import from_timestamp, to_timestamp
 from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import Hidden, InvalidArgument
@@ -104,9 +102,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     ) -> apb.CreateTokenResponse:
         who = caller()
         user = self._whose(who, request.user)
-        expires = (
-            request.expires_at.ToDatetime(tzinfo=UTC) if request.HasField("expires_at") else None
-        )
+        expires = from_timestamp(request, "expires_at", InvalidArgument)
         issued = await self.access.create_token(user, request.description, expires)
         self.audit.record(who, "token.create", issued.record.token_id, detail=f"for {user}")
         return apb.CreateTokenResponse(token=token_to_pb(issued.record), secret=issued.secret)

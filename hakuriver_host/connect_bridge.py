@@ -5,6 +5,12 @@ on an implementation object. ``bridge`` builds that object from the gRPC service
 method runs the servicer's own method through the gRPC interceptor's call wrapper
 (authentication, the RIGHTS table, error mapping, refusal audit, metrics), with a context
 that turns its ``abort`` into a Connect error. One implementation, two transports.
+
+A body that is not a valid request (corrupt protobuf, JSON that is not the message, or not
+JSON at all) answers Connect's ``invalid_argument`` with ``request: not a valid
+hakuriver.v1.XRequest message``, logged like the gRPC side's (one line per cause per
+minute, no traceback): the runtime's codecs are replaced by ``LenientCodec``s (the runtime
+would answer 500 and let the exception reach the ASGI server, which logs a traceback).
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from typing import Any
 
 import grpc
 from connectrpc.code import Code
+from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication
 from google.protobuf.descriptor import ServiceDescriptor
 
-from hakuriver_host.interceptors import ApiInterceptor, bearer_secret
+from hakuriver_host.interceptors import ApiInterceptor, Malformed, bearer_secret
 
 # Largest request body the Connect API reads (the gRPC server's receive limit).
 READ_MAX_BYTES = 16 * 1024 * 1024
@@ -103,6 +110,31 @@ def bridge(gate: ApiInterceptor, servicer: Any, service: ServiceDescriptor) -> S
     return SimpleNamespace(**methods)
 
 
+class LenientCodec:
+    """One of the runtime's codecs, whose ``decode`` answers a body that is not the
+    message with INVALID_ARGUMENT (a ConnectError) and one rate-limited log line."""
+
+    def __init__(self, codec: Codec[Any, Any], gate: ApiInterceptor, service: str) -> None:
+        self._codec = codec
+        self._gate = gate
+        self._service = service
+
+    def name(self) -> str:
+        return self._codec.name()
+
+    def encode(self, message: Any) -> bytes:
+        return self._codec.encode(message)
+
+    def decode(self, data: bytes | bytearray, message: Any) -> Any:
+        try:
+            return self._codec.decode(data, message)
+        except Exception as exc:
+            type_name = message.DESCRIPTOR.full_name
+            found = Malformed(type_name, f"{self.name()}: {type(exc).__name__}: {exc}")
+            self._gate.note_malformed(f"/{self._service} (Connect)", found)
+            raise ConnectError(Code.INVALID_ARGUMENT, found.error().message) from None
+
+
 def connect_app(
     application: Callable[..., ConnectASGIApplication[Any]],
     gate: ApiInterceptor,
@@ -112,6 +144,14 @@ def connect_app(
     """A generated ASGI application (``application``) serving ``servicer``."""
     # Requests uncompressed only: a small gzip body can inflate to gigabytes before the
     # runtime checks its size. (Answers are small or streamed; the pages are gzipped.)
-    return application(
+    app = application(
         bridge(gate, servicer, service), read_max_bytes=READ_MAX_BYTES, compressions=()
     )
+    # The generated constructors do not pass ``codecs`` on; the runtime keeps them by name.
+    codecs: dict[str, Any] = app._codecs
+    assert set(codecs) == {"proto", "json"}, f"connectrpc's codecs changed: {sorted(codecs)}"
+    app._codecs = {
+        codec.name(): LenientCodec(codec, gate, service.full_name)
+        for codec in (proto_binary_codec(), proto_json_codec())
+    }
+    return app

@@ -3,6 +3,24 @@ codes, refusals to the audit log, and request metrics.
 
 Every RPC of every service passes through it, unary and streaming alike, so servicers raise
 ``ApiError`` subclasses and never call ``context.abort`` themselves.
+
+It also makes sure no request, however malformed, makes the Host print a traceback or
+answer a status the API does not document:
+
+- Request bytes that are not a valid message of the method's request type never reach the
+  servicer: the interceptor registers every method with a deserializer that does not raise
+  (``lenient``) and answers INVALID_ARGUMENT ``request: not a valid hakuriver.v1.XRequest
+  message``. A corrupt message in a client or bidirectional stream ends that stream the
+  same way: the servicer's read of it is cancelled (``MalformedRequest`` is a
+  ``CancelledError``, so every servicer's clean-up for a vanished client runs), then the
+  call answers INVALID_ARGUMENT.
+- Any other exception that escapes a servicer is a bug: the call answers INTERNAL
+  ("internal error", nothing of the exception shown to the caller).
+
+Both are logged through ``LimitedLog``: one line per cause (method and message type; or
+method, exception type and where it was raised), then a count per minute. A malformed
+request is a WARNING without traceback; an internal error is an ERROR, with its traceback
+the first time its cause is seen in an interval only.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from connectrpc.errors import ConnectError
 
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.access import Access
@@ -33,6 +52,7 @@ from hakuriver_host.errors import (
     WatcherBehind,
 )
 from hakuriver_host.identity import ANONYMOUS, Principal, set_caller
+from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
 
 log = logging.getLogger(__name__)
@@ -49,6 +69,61 @@ STATUS_CODES: dict[type[ApiError], grpc.StatusCode] = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WatcherBehind: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+
+
+INTERNAL_MESSAGE = "internal error (logged on the Host)"
+
+
+class Malformed:
+    """What the lenient deserializer hands over instead of a request it could not parse."""
+
+    __slots__ = ("reason", "type_name")
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        self.type_name = type_name
+        self.reason = reason
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"request: not a valid {self.type_name} message")
+
+
+class MalformedRequest(asyncio.CancelledError):
+    """Raised into a servicer that reads a corrupt message from its request stream: the
+    servicer unwinds as for a client that went away; the call then answers
+    INVALID_ARGUMENT. (A CancelledError so that no servicer logs or maps it.)"""
+
+
+def message_type_name(deserializer: Callable[[bytes], Any] | None) -> str:
+    """``hakuriver.v1.XRequest`` for a generated message's ``FromString``."""
+    cls = getattr(deserializer, "__self__", None)
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "") or "request")
+
+
+def lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` returning a ``Malformed`` instead of raising (grpc.aio would log a
+    traceback and answer UNKNOWN)."""
+    if deserializer is None:
+        return None
+    type_name = message_type_name(deserializer)
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return Malformed(type_name, f"{type(exc).__name__}: {exc}")
+
+    return parse
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame of ``exc``'s traceback (part of its cause)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
 
 
 def status_code(error: ApiError) -> grpc.StatusCode:
@@ -73,6 +148,8 @@ class _Method:
         else:
             if isinstance(exc, ApiError):
                 code = status_code(exc).name
+            elif isinstance(exc, _Internal):
+                code = grpc.StatusCode.INTERNAL.name
             else:
                 found = context.code()
                 code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
@@ -106,6 +183,37 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         self.access = access
         self.audit = audit
         self._series: dict[str, _Method] = {}
+        self.malformed_log = LimitedLog(log)
+        self.internal_log = LimitedLog(log)
+
+    def note_malformed(self, method: str, malformed: Malformed) -> None:
+        """One log line per method and message type per interval."""
+        self.malformed_log.log(
+            (method, malformed.type_name),
+            logging.WARNING,
+            "%s: refused a request that is not a valid %s message (%s)",
+            method,
+            malformed.type_name,
+            malformed.reason[:200],
+        )
+
+    def note_internal(self, method: str, exc: BaseException) -> None:
+        """One log line per method, exception type and place per interval; the traceback
+        with the first only."""
+        self.internal_log.log(
+            (method, type(exc).__name__, _where(exc)),
+            logging.ERROR,
+            "%s: internal error %s: %s",
+            method,
+            type(exc).__name__,
+            str(exc)[:500],
+            exc_info=exc,
+        )
+
+    def close(self) -> None:
+        """Write the pending summaries (the Host stops)."""
+        self.malformed_log.close()
+        self.internal_log.close()
 
     def _series_of(self, method: str) -> _Method:
         series = self._series.get(method)
@@ -150,29 +258,34 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             _bearer(handler_call_details),
             bool(handler.request_streaming),
         )
+        parse = lenient(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 call.unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
                 call.unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 call.streaming(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
             call.streaming(handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=parse,
             response_serializer=handler.response_serializer,
         )
+
+
+class _Internal(Exception):
+    """Marks, for the metrics, a call that ended with INTERNAL."""
 
 
 class _Call:
@@ -192,14 +305,31 @@ class _Call:
         self.refused = refused
         self.request_streaming = request_streaming
         self.series = owner._series_of(method)
+        # The corrupt message that ended the request stream, if one did.
+        self.malformed: Malformed | None = None
 
-    async def _enter(self, request: Any, context: Any) -> None:
-        """Refuse the call, or make its principal the caller for the servicer."""
+    async def _enter(self, request: Any, context: Any) -> Any:
+        """Refuse the call, or make its principal the caller for the servicer; the request
+        to hand the servicer (a stream checked message by message)."""
         if self.refused is not None:
             if self.request_streaming:
                 await self._take_first(request)
             raise self.refused
+        if isinstance(request, Malformed):
+            self.malformed = request
+            raise request.error()
         set_caller(self.who, context)
+        if self.request_streaming:
+            return self._checked(request)
+        return request
+
+    async def _checked(self, requests: Any) -> AsyncIterator[Any]:
+        """The request stream, ended by ``MalformedRequest`` at a corrupt message."""
+        async for message in requests:
+            if isinstance(message, Malformed):
+                self.malformed = message
+                raise MalformedRequest(message.error().message)
+            yield message
 
     async def _take_first(self, request: Any) -> None:
         """Read a refused client-streaming call's first message before refusing it: an
@@ -212,21 +342,47 @@ class _Call:
     async def _fail(self, exc: ApiError, context: Any) -> None:
         if isinstance(exc, Unauthenticated | PermissionDenied | Hidden):
             self.owner._refused(self.who, self.method, exc, context)
+        if self.malformed is not None:
+            self.owner.note_malformed(self.method, self.malformed)
         await context.abort(status_code(exc), exc.message)
+
+    def _judge(self, exc: BaseException) -> BaseException:
+        """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)
+        when a corrupt message ended its request stream, INTERNAL (``_Internal``) when
+        ``exc`` is a bug; ``exc`` itself when it is how a call ends (grpc's abort, a
+        cancellation)."""
+        if self.malformed is not None and (
+            isinstance(exc, MalformedRequest) or not isinstance(exc, PASSED_THROUGH)
+        ):
+            return self.malformed.error()
+        if isinstance(exc, PASSED_THROUGH) or not isinstance(exc, Exception):
+            return exc
+        self.owner.note_internal(self.method, exc)
+        return _Internal()
+
+    async def _answer(self, error: BaseException, context: Any) -> None:
+        if isinstance(error, ApiError):
+            await self._fail(error, context)
+        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     def unary(self, inner: Behaviour) -> Behaviour:
         async def call(request: Any, context: Any) -> Any:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                await self._enter(request, context)
-                return await inner(request, context)
+                request = await self._enter(request, context)
+                response = await inner(request, context)
+                if self.malformed is not None:  # the servicer took the early end as an end
+                    raise MalformedRequest()
+                return response
             except ApiError as exc:
                 error = exc
                 await self._fail(exc, context)
             except BaseException as exc:
-                error = exc
-                raise
+                error = self._judge(exc)
+                if error is exc:
+                    raise
+                await self._answer(error, context)
             finally:
                 self.series.record(start, error, context)
 
@@ -241,16 +397,32 @@ class _Call:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
-                await self._enter(request, context)
+                request = await self._enter(request, context)
                 async for response in inner(request, context):
                     yield response
+                if self.malformed is not None:  # the servicer took the early end as an end
+                    raise MalformedRequest()
             except ApiError as exc:
                 error = exc
                 await self._fail(exc, context)
             except BaseException as exc:
-                error = exc
-                raise
+                error = self._judge(exc)
+                if error is exc:
+                    raise
+                await self._answer(error, context)
             finally:
                 self.series.record(start, error, context)
 
         return stream
+
+
+# Exceptions that are how a call ends, not bugs: grpc's abort, the Connect transport's
+# error (what CallContext.abort raises), cancellation.
+PASSED_THROUGH: tuple[type[BaseException], ...] = (
+    grpc.aio.AbortError,
+    ConnectError,
+    asyncio.CancelledError,
+    GeneratorExit,
+    KeyboardInterrupt,
+    SystemExit,
+)

@@ -367,6 +367,7 @@ class HostServer:
         await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         if self._http is not None:
             await asyncio.to_thread(self._http.shutdown)
+        self.gate.close()  # the counts of rate-limited log lines not yet written
         self.store.close()
 
     async def serve_forever(self) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hakuriver_common import limits
 from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
@@ -130,7 +131,55 @@ def _memory(req: tpb.SubmitTaskRequest) -> int:
         raise InvalidArgument(f"memory: {exc}") from None
     if memory <= 0:
         raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
+    _at_most("memory", memory, limits.MAX_MEMORY_BYTES, " bytes")
     return memory
+
+
+def _size(text: str) -> int:
+    return len(text.encode())
+
+
+def _no_nul(field: str, text: str) -> None:
+    if "\x00" in text:
+        raise InvalidArgument(f"{field}: must not contain NUL bytes")
+
+
+def _at_most(field: str, value: int, limit: int, unit: str = "") -> None:
+    if value > limit:
+        raise InvalidArgument(f"{field}: at most {limit}{unit} allowed, got {value}{unit}")
+
+
+def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
+    """Sizes and counts within docs/api.md's limits, and no NUL byte in anything that
+    becomes a process's argv, environment or a path (Docker would refuse it later)."""
+    _at_most("command", _size(req.command), limits.MAX_COMMAND_BYTES, " bytes")
+    _no_nul("command", req.command)
+    _at_most("arguments", len(req.arguments), limits.MAX_ARGUMENTS)
+    total = sum(_size(a) for a in req.arguments)
+    _at_most("arguments", total, limits.MAX_ARGUMENTS_BYTES, " bytes")
+    for argument in req.arguments:
+        _no_nul("arguments", argument)
+    _at_most("env", len(req.env), limits.MAX_ENV_VARS, " variables")
+    total = sum(_size(k) + _size(v) for k, v in req.env.items())
+    _at_most("env", total, limits.MAX_ENV_BYTES, " bytes")
+    for key, value in req.env.items():
+        _no_nul(f"env {key[:64]!r}", value)
+    _at_most("mounts", len(req.mounts), limits.MAX_MOUNTS)
+    for mount in req.mounts:
+        for path in (mount.host_path, mount.container_path):
+            _at_most("mounts", _size(path), limits.MAX_PATH_BYTES, " bytes per path")
+            _no_nul("mounts", path)
+    _at_most("targets", len(req.targets), limits.MAX_TARGETS)
+    for target in req.targets:
+        _at_most("target", _size(target.hostname), limits.MAX_NAME_BYTES, " bytes of host name")
+        _at_most("target", len(target.gpu_ids), limits.MAX_TASK_GPUS, " GPU ids")
+    _at_most("container_name", _size(req.container_name), limits.MAX_NAME_BYTES, " bytes")
+    _no_nul("container_name", req.container_name)
+    _at_most("ssh_public_key", _size(req.ssh_public_key), limits.MAX_SSH_KEY_BYTES, " bytes")
+    _at_most("memory", _size(req.memory), 64, " characters")
+    if req.HasField("cores"):
+        _at_most("cores", req.cores, limits.MAX_TASK_CORES)
+    _at_most("gpus", req.gpus, limits.MAX_TASK_GPUS)
 
 
 def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
@@ -216,7 +265,7 @@ def _network(
 def _check_environment(container: str, view: ClusterView) -> None:
     if container == NULL_CONTAINER or view.has_environment(container):
         return
-    available = ", ".join(sorted(view.environment_names())) or "none"
+    available = limits.name_list(sorted(view.environment_names())) or "none"
     raise NotFound(
         f"container_name: environment {container!r} not found: no runner has image "
         f"{image_for(container)} and no tarball exists (available: {available})"
@@ -226,7 +275,7 @@ def _check_environment(container: str, view: ClusterView) -> None:
 def _placement(target: task_pb2.Target, view: ClusterView) -> Placement:
     node = view.node(target.hostname)
     if node is None:
-        known = ", ".join(sorted(view.node_names())) or "none registered"
+        known = limits.name_list(sorted(view.node_names())) or "none registered"
         raise NotFound(f"target: unknown host {target.hostname!r} (known: {known})")
     numa = target.numa_node_id if target.HasField("numa_node_id") else None
     if numa is not None and numa not in node.numa_ids:
@@ -246,6 +295,7 @@ def _placement(target: task_pb2.Target, view: ClusterView) -> Placement:
 def admit(req: tpb.SubmitTaskRequest, view: ClusterView, rights: Rights) -> Plan:
     """Check a submission against the rules, the submitter's rights and the cluster; the
     plan, or ApiError."""
+    _check_bounds(req)
     kind = _kind(req)
     ssh_key = _ssh_key(req, kind)
     _check_shape(req, kind)

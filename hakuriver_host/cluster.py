@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -23,6 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind, TaskNetwork, TaskStatus
+from hakuriver_common.timestamps import from_timestamp
 from hakuriver_host.access import Access
 from hakuriver_host.admission import NodeShape, Rights, admit
 from hakuriver_host.audit import AuditLog
@@ -56,6 +57,7 @@ from hakuriver_host.webhooks import Notifier
 log = logging.getLogger(__name__)
 
 MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 100
 
 
 def require_task_id(task_id: int) -> int:
@@ -224,7 +226,7 @@ class Cluster:
     ) -> list[tuple[TaskRecord, int]]:
         """Tasks matching the filters, newest first, each with its queue position; a user
         sees only their own."""
-        limit = req.limit or 100
+        limit = req.limit or DEFAULT_LIST_LIMIT
         if not 0 < limit <= MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
         try:
@@ -235,9 +237,7 @@ class Cluster:
             kind = "" if req.kind == task_pb2.TASK_KIND_UNSPECIFIED else TaskKind.from_pb(req.kind)
         except ValueError as exc:
             raise InvalidArgument(f"kind: {exc}") from None
-        after = (
-            req.submitted_after.ToDatetime(tzinfo=UTC) if req.HasField("submitted_after") else None
-        )
+        after = from_timestamp(req, "submitted_after", InvalidArgument)
         owner = req.owner if who.sees_all_tasks else who.name
         records = await self.store.run(
             self.store.list_tasks,
@@ -363,6 +363,7 @@ class Cluster:
 
     def _finished(self, task: TaskRecord) -> None:
         """A task reached a final status: its resources are free for the queue."""
+        self.runners.output_errors.pop(task.task_id, None)
         link = self.nodes.link_of(task.assigned_node)
         if link is not None:
             link.forget(task.task_id)

@@ -6,11 +6,14 @@ its status code in one place.
 
 from __future__ import annotations
 
+from hakuriver_common.limits import truncated
+
 
 class ApiError(Exception):
     """A request the Host refuses; ``message`` is shown to the caller as is."""
 
     def __init__(self, message: str) -> None:
+        message = truncated(message)
         super().__init__(message)
         self.message = message
 

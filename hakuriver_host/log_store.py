@@ -1,9 +1,11 @@
 """Command task output: appended to shared_dir files and fanned out to live followers.
 
 Runners tag every chunk with its byte offset, so a chunk sent twice (after a reconnect or a
-restart) is written once. Followers get chunks through bounded queues; a follower that falls
-behind is not waited for: it is flagged and catches up from the file, which always holds
-every byte.
+restart) is written once. A chunk must continue its file exactly: one that would leave a
+gap is refused (never padded), so what is stored is always a prefix of what the task wrote.
+A write that fails (a full disk) raises OutputError; the file keeps what was written.
+Followers get chunks through bounded queues; a follower that falls behind is not waited
+for: it is flagged and catches up from the file, which always holds every byte.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ STDOUT = "stdout"
 STDERR = "stderr"
 READ_CHUNK = 64 * 1024
 FOLLOWER_QUEUE = 256
+
+
+class OutputError(Exception):
+    """Output could not be stored (the message says why: a full disk, an I/O error)."""
+
+
+class Gap(Exception):
+    """A chunk would leave a gap in its file: refused."""
 
 
 class Follower:
@@ -64,12 +74,21 @@ class LogStore:
             self._sizes[key] = await self._io(self._stat_size, self.path(task_id, stream))
         return self._sizes[key]
 
-    def _pwrite(self, path: Path, offset: int, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    def _pwrite(self, path: Path, offset: int, data: bytes) -> tuple[int, OSError | None]:
+        """Write ``data`` at ``offset``: (bytes written, the error that stopped it)."""
+        written = 0
         try:
-            os.pwrite(fd, data, offset)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError as exc:
+            return 0, exc
+        try:
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], offset + written)
+        except OSError as exc:
+            return written, exc
         finally:
             os.close(fd)
+        return written, None
 
     @staticmethod
     def _create_files(paths: list[Path]) -> None:
@@ -86,17 +105,25 @@ class LogStore:
                 self._sizes.setdefault((task_id, stream), 0)
 
     async def append(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
+        """Store a chunk that continues the file (or repeats part of it: idempotent). Gap
+        if it starts past the end; OutputError if the write fails (what was written stays
+        and counts)."""
         size = await self.size(task_id, stream)
         if offset + len(data) <= size:
             return
-        if offset < size:
-            data = data[size - offset :]
-            offset = size
-        elif offset > size:
-            log.warning("task %s %s: gap of %d bytes in output", task_id, stream, offset - size)
-        self._sizes[(task_id, stream)] = offset + len(data)
-        await self._io(self._pwrite, self.path(task_id, stream), offset, data)
-        self.bytes_written += len(data)
+        if offset > size:
+            raise Gap(f"chunk at {offset} but {size} bytes stored: {offset - size} missing")
+        data = data[size - offset :]
+        offset = size
+        written, error = await self._io(self._pwrite, self.path(task_id, stream), offset, data)
+        self._sizes[(task_id, stream)] = offset + written
+        self.bytes_written += written
+        if written:
+            self._tell_followers(task_id, stream, offset, data[:written])
+        if error is not None:
+            raise OutputError(f"{self.path(task_id, stream)}: {error.strerror or error}")
+
+    def _tell_followers(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
         for follower in self._followers.get((task_id, stream), ()):
             if follower.lagging:
                 continue

@@ -66,6 +66,16 @@ class HostMetrics:
             ["method"],
             registry=r,
         )
+        self.output_errors = Counter(
+            "hakuriver_output_write_errors_total",
+            "Task output chunks that could not be stored (a full disk, an I/O error).",
+            registry=r,
+        )
+        self.output_gaps = Counter(
+            "hakuriver_output_gaps_refused_total",
+            "Task output chunks refused because they would leave a gap in the file.",
+            registry=r,
+        )
         self.log_bytes = Counter(
             "hakuriver_log_bytes_received_total", "Task output bytes stored.", registry=r
         )

@@ -10,10 +10,44 @@ from __future__ import annotations
 import asyncio
 import time
 
+from hakuriver_common.limits import RUNNER_MESSAGES_PER_SECOND
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 
 # Above this many queued messages, bulk senders (SSH tunnels) wait; control messages never do.
 HIGH_WATER = 256
+
+
+class Pace:
+    """At most ``rate`` messages a second on average (bursts of twice that): ``take``
+    waits when a sender goes faster, so its stream is read more slowly and the flow
+    control of the transport pushes back on it."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = 2 * rate
+        self._tokens = self.capacity
+        self._last = time.monotonic()
+
+    async def take(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / self.rate)
+            self._tokens = 1.0
+            self._last = time.monotonic()
+        self._tokens -= 1
+
+
+# Task ids remembered per link for "first time" checks (bounded: a Runner cannot grow it).
+FIRST_TIMES = 1000
+
+
+def _first(seen: set[int], task_id: int) -> bool:
+    if task_id in seen or len(seen) >= FIRST_TIMES:
+        return False
+    seen.add(task_id)
+    return True
 
 
 class RunnerLink:
@@ -24,8 +58,11 @@ class RunnerLink:
         self._room.set()
         # Dispatched task ids -> when, until the Runner reports each running.
         self._unacknowledged: dict[int, float] = {}
-        # Tasks not its own this Runner reported on (audited once each).
+        # Tasks not its own this Runner reported on (audited once each), and tasks whose
+        # chunks were refused (logged once each).
         self._foreign: set[int] = set()
+        self._problems: set[int] = set()
+        self.pace = Pace(RUNNER_MESSAGES_PER_SECOND)
         self.closed = False
 
     def send(self, message: rpb.ConnectResponse) -> None:
@@ -51,10 +88,11 @@ class RunnerLink:
 
     def first_foreign(self, task_id: int) -> bool:
         """True the first time this link reports on ``task_id`` that is not its own."""
-        if task_id in self._foreign or len(self._foreign) >= 1000:
-            return False
-        self._foreign.add(task_id)
-        return True
+        return _first(self._foreign, task_id)
+
+    def first_problem(self, task_id: int) -> bool:
+        """True the first time a chunk of ``task_id`` on this link is refused."""
+        return _first(self._problems, task_id)
 
     # ----- commands ---------------------------------------------------------------------
 

@@ -21,10 +21,11 @@ from hakuriver_host.audit import AuditLog
 from hakuriver_host.convert import dispatch_of
 from hakuriver_host.errors import InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Kind, Principal
-from hakuriver_host.log_store import STDERR, STDOUT, LogStore
+from hakuriver_host.log_store import STDERR, STDOUT, Gap, LogStore, OutputError
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskRecord, utcnow
 from hakuriver_host.nodes import NodeTable
+from hakuriver_host.runner_checks import check_chunk, check_heartbeat, check_register
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.store import Store
 from hakuriver_host.task_book import TaskBook
@@ -65,6 +66,8 @@ class RunnerGateway:
         self.audit = audit
         # Set from the database when the Host starts (Cluster.start).
         self.cluster_id = ""
+        # Active tasks whose output could not all be stored, and why.
+        self.output_errors: dict[int, str] = {}
 
     async def run_monitor(self) -> None:
         """Check for silent Runners, forever."""
@@ -108,6 +111,7 @@ class RunnerGateway:
         link."""
         if not reg.hostname:
             raise InvalidArgument("register: hostname must not be empty")
+        check_register(reg)
         credential = await self._admit(reg.hostname, who, peer)
         node, link = self.nodes.connect(reg)
         try:
@@ -194,13 +198,9 @@ class RunnerGateway:
         self.nodes.touch(link.hostname)
         kind = msg.WhichOneof("payload")
         if kind == "log_chunk":
-            chunk = msg.log_chunk
-            if not self._owns(link, chunk.task_id, "log chunk"):
-                return
-            stream = LOG_STREAMS.get(chunk.stream, STDERR)
-            await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
-            self.metrics.log_bytes.inc(len(chunk.data))
+            await self._on_chunk(link, msg.log_chunk)
         elif kind == "heartbeat":
+            check_heartbeat(msg.heartbeat)
             if self.nodes.heartbeat(link.hostname, msg.heartbeat):
                 await self.store.save_node(self.nodes.nodes[link.hostname].record())
         elif kind == "task_state":
@@ -209,6 +209,33 @@ class RunnerGateway:
             self.tunnels.on_message(link, msg)
         else:
             log.warning("runner %s sent unexpected %s", link.hostname, kind)
+
+    async def _on_chunk(self, link: RunnerLink, chunk: rpb.LogChunk) -> None:
+        """Store a chunk of a task's output. A gap or a failed write is about that task
+        alone: logged once per task, counted, and the stream goes on. A task whose output
+        could not be stored is not reported completed (see task_machine)."""
+        check_chunk(chunk)
+        if not self._owns(link, chunk.task_id, "log chunk"):
+            return
+        stream = LOG_STREAMS.get(chunk.stream, STDERR)
+        try:
+            await self.logs.append(chunk.task_id, stream, chunk.offset, chunk.data)
+        except Gap as exc:
+            self.metrics.output_gaps.inc()
+            if link.first_problem(chunk.task_id):
+                log.warning("task %s %s: chunk refused: %s", chunk.task_id, stream, exc)
+            return
+        except OutputError as exc:
+            self.metrics.output_errors.inc()
+            if chunk.task_id not in self.output_errors:
+                self.output_errors[chunk.task_id] = str(exc)
+                log.error("task %s: its output could not be stored: %s", chunk.task_id, exc)
+                task = self.book.active.get(chunk.task_id)
+                if task is not None:
+                    why = f"output could not be stored: {exc}"
+                    await self.book.persist(task, why, status_detail=why)
+            return
+        self.metrics.log_bytes.inc(len(chunk.data))
 
     def _owns(self, link: RunnerLink, task_id: int, what: str) -> bool:
         """Is the task active and placed on this link's Runner? A Runner reports only on
@@ -238,6 +265,7 @@ class RunnerGateway:
                 task.kill_requested,
                 task.required_memory_bytes,
                 task.ssh_port,
+                self.output_errors.get(task.task_id, ""),
             )
         outcome = on_report(facts, report)
         if task is not None:

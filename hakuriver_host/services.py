@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from hakuriver_common.limits import MAX_LIST_REPLY_BYTES
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
@@ -28,9 +29,9 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import NodeStatus
 from hakuriver_common.timestamps import to_timestamp
-from hakuriver_host.cluster import Cluster
+from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
-from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.errors import ApiError, InvalidArgument
 from hakuriver_host.identity import Principal, caller
 from hakuriver_host.models import TaskRecord
 from hakuriver_host.nodes import NodeView
@@ -63,7 +64,19 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: tpb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> tpb.ListTasksResponse:
         found = await self.cluster.list_tasks(request, caller())
-        return tpb.ListTasksResponse(tasks=[task_to_pb(t, p) for t, p in found])
+        reply = tpb.ListTasksResponse()
+        size = 0
+        for task, position in found:
+            message = task_to_pb(task, position)
+            size += message.ByteSize() + 8  # the field's tag and length
+            if reply.tasks and size > MAX_LIST_REPLY_BYTES:
+                # Cut short to stay well under the message limit, whatever tasks hold.
+                reply.next_before_task_id = reply.tasks[-1].task_id
+                return reply
+            reply.tasks.append(message)
+        if len(found) == (request.limit or DEFAULT_LIST_LIMIT) and reply.tasks:
+            reply.next_before_task_id = reply.tasks[-1].task_id
+        return reply
 
     async def _act(
         self, action: Callable[[int, Principal], Awaitable[TaskRecord]], task_id: int
@@ -181,12 +194,18 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
         link, ack = await self.runners.connect(first.register, caller(), context.peer())
         yield rpb.ConnectResponse(registered=ack)
 
+        refused: list[ApiError] = []
+
         async def read_loop() -> None:
             try:
                 async for message in requests:
+                    await link.pace.take()
                     await self.runners.on_message(link, message)
             except asyncio.CancelledError:
                 raise
+            except ApiError as exc:  # a message out of bounds: the stream ends with it
+                log.warning("runner %s: %s", link.hostname, exc.message)
+                refused.append(exc)
             except Exception:
                 log.exception("stream from runner %s failed", link.hostname)
             finally:
@@ -199,6 +218,8 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
         finally:
             reader.cancel()
             self.runners.gone(link)
+        if refused:
+            raise refused[0]
 
 
 class SshService(ssh_service_pb2_grpc.SshServiceServicer):

@@ -83,6 +83,8 @@ class TaskFacts:
     kill_requested: bool = False
     memory_bytes: int = 0
     ssh_port: int = 0
+    # Why some of its output could not be stored ("" if all was): it cannot be completed.
+    output_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
     error = report.error_message
     if final is TaskStatus.KILLED_OOM and not error:
         error = f"killed by the kernel: memory limit of {facts.memory_bytes} bytes exceeded"
+    if final is TaskStatus.COMPLETED and facts.output_error:
+        final = TaskStatus.FAILED
+        error = f"exited 0, but its output could not all be stored: {facts.output_error}"
     fields: dict[str, Any] = {"exit_code": exit_code, "error_message": error}
     finished = _time(report, "finished_at")
     if finished is not None:

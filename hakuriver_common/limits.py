@@ -1,0 +1,66 @@
+"""Bounds on every size and count that crosses the wire, in one place.
+
+The Host checks each at the edge and refuses what exceeds it with INVALID_ARGUMENT naming
+the field and the limit, so nothing a client or a Runner claims makes the Host's memory or
+its replies grow without bound. docs/api.md lists them for users.
+"""
+
+from __future__ import annotations
+
+import re
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# ----- submissions -------------------------------------------------------------------------
+MAX_COMMAND_BYTES = 64 * KIB
+MAX_ARGUMENTS = 4096
+MAX_ARGUMENTS_BYTES = 256 * KIB
+MAX_ENV_VARS = 1024
+MAX_ENV_BYTES = 256 * KIB
+MAX_MOUNTS = 64
+MAX_PATH_BYTES = 4096
+MAX_TARGETS = 256
+MAX_TASK_CORES = 4096
+MAX_TASK_GPUS = 256
+MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
+MAX_SSH_KEY_BYTES = 16 * KIB
+MAX_NAME_BYTES = 128  # environment, node and user names in requests
+
+# ----- runners -----------------------------------------------------------------------------
+# A safe host name: letters, digits, dot, dash, underscore; no path, control or bidi
+# characters (it names files, containers, metrics labels and log lines).
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+MAX_RUNNER_CORES = 4096
+MAX_CPU_ID = 65535
+MAX_RUNNER_MEMORY_BYTES = 1 << 50
+MAX_NUMA_NODES = 64
+MAX_RUNNER_GPUS = 256
+MAX_ENVIRONMENTS = 1000  # advertised by one runner
+MAX_KNOWN_TASK_IDS = 100_000  # containers one runner may report holding
+MAX_HEALTH_BYTES = 64 * KIB  # one encoded health sample (the Host keeps a history of them)
+MAX_LOG_CHUNK_BYTES = 4 * MIB
+MAX_LOG_OFFSET = 1 << 44  # 16 TiB of output for one task stream
+# Messages one runner may send per second (sustained; twice that as a burst): above it the
+# Host reads its stream more slowly, which backs up into the Runner.
+RUNNER_MESSAGES_PER_SECOND = 20_000
+
+# ----- replies -----------------------------------------------------------------------------
+MAX_ERROR_MESSAGE_CHARS = 2000
+# A list reply is cut (and says where to read on) before it reaches this size.
+MAX_LIST_REPLY_BYTES = 4 * MIB
+# Names listed in one error message (e.g. the available environments).
+MAX_NAMES_IN_MESSAGE = 20
+
+
+def name_list(names: list[str]) -> str:
+    """A comma list of at most MAX_NAMES_IN_MESSAGE names, saying how many more exist."""
+    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
+    more = len(names) - MAX_NAMES_IN_MESSAGE
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def truncated(text: str, limit: int = MAX_ERROR_MESSAGE_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    return text[: limit - 30] + f"... ({len(text) - limit + 30} more characters)"

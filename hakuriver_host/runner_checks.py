@@ -1,0 +1,90 @@
+"""What a Runner may claim: its registration, heartbeats and output chunks checked against
+the wire bounds (hakuriver_common.limits) before the Host believes or keeps any of it.
+
+A Runner is authenticated, but not trusted with the Host's memory: a claimed core count
+becomes a tuple of core ids, advertised environments go into every error message that
+lists them, health samples are kept as history. Each check raises InvalidArgument naming
+the field and the limit; the Runner's stream then ends with that status.
+"""
+
+from __future__ import annotations
+
+from hakuriver_common import limits
+from hakuriver_common.environments import check_environment_name
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
+from hakuriver_host.errors import InvalidArgument
+
+MAX_GPU_TEXT = 256
+
+
+def check_hostname(hostname: str) -> None:
+    if not limits.HOSTNAME_RE.fullmatch(hostname):
+        raise InvalidArgument(
+            f"register: hostname {hostname[:80]!r} is not a valid runner name: up to 63 "
+            "letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+
+
+def _range(field: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field}: must be between {low} and {high}, got {value}")
+
+
+def _count(field: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidArgument(f"{field}: at most {limit} allowed, got {count}")
+
+
+def _gpus(field: str, gpus: list[node_pb2.Gpu]) -> None:
+    _count(field, len(gpus), limits.MAX_RUNNER_GPUS)
+    for gpu in gpus:
+        _range(f"{field}.index", gpu.index, 0, limits.MAX_RUNNER_GPUS - 1)
+        if len(gpu.name) > MAX_GPU_TEXT or len(gpu.uuid) > MAX_GPU_TEXT:
+            raise InvalidArgument(f"{field}: name and uuid of at most {MAX_GPU_TEXT} characters")
+
+
+def _environments(field: str, names: list[str]) -> None:
+    _count(field, len(names), limits.MAX_ENVIRONMENTS)
+    for name in names:
+        problem = check_environment_name(name)
+        if problem:
+            raise InvalidArgument(f"{field}: {problem[:200]}")
+
+
+def check_register(reg: rpb.RegisterRunner) -> None:
+    check_hostname(reg.hostname)
+    _range("register.total_cores", reg.total_cores, 1, limits.MAX_RUNNER_CORES)
+    _range("register.total_memory_bytes", reg.total_memory_bytes, 0, limits.MAX_RUNNER_MEMORY_BYTES)
+    _count("register.numa_nodes", len(reg.numa_nodes), limits.MAX_NUMA_NODES)
+    cpus: set[int] = set()
+    for numa in reg.numa_nodes:
+        _range("register.numa_nodes.id", numa.id, 0, limits.MAX_NUMA_NODES - 1)
+        _range(
+            "register.numa_nodes.memory_bytes",
+            numa.memory_bytes,
+            0,
+            limits.MAX_RUNNER_MEMORY_BYTES,
+        )
+        _count("register.numa_nodes.cpus", len(cpus) + len(numa.cpus), limits.MAX_RUNNER_CORES)
+        for cpu in numa.cpus:
+            _range("register.numa_nodes.cpus", cpu, 0, limits.MAX_CPU_ID)
+        cpus.update(numa.cpus)
+    _gpus("register.gpus", list(reg.gpus))
+    _environments("register.environments", list(reg.environments))
+    _count("register.known_task_ids", len(reg.known_task_ids), limits.MAX_KNOWN_TASK_IDS)
+
+
+def check_heartbeat(beat: rpb.Heartbeat) -> None:
+    size = beat.health.ByteSize()
+    if size > limits.MAX_HEALTH_BYTES:
+        raise InvalidArgument(
+            f"heartbeat.health: at most {limits.MAX_HEALTH_BYTES} bytes, got {size}"
+        )
+    _gpus("heartbeat.health.gpus", list(beat.health.gpus))
+    _environments("heartbeat.environments", list(beat.environments))
+    _count("heartbeat.loaded", len(beat.loaded), limits.MAX_ENVIRONMENTS)
+
+
+def check_chunk(chunk: rpb.LogChunk) -> None:
+    _count("log_chunk.data", len(chunk.data), limits.MAX_LOG_CHUNK_BYTES)
+    _range("log_chunk.offset", chunk.offset, 0, limits.MAX_LOG_OFFSET - len(chunk.data))

@@ -245,10 +245,17 @@ def list_tasks(
         submitted_after=_since(since) if since else None,
         owner=owner,
     )
+    found: list[task_pb2.Task] = []
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        response = unary(stub.ListTasks, request)
-    show_list(json, response.tasks, "tasks", TASK_COLUMNS, task_row)
+        while True:  # the Host cuts a page short when its tasks are large: read on
+            response = unary(stub.ListTasks, request)
+            found += response.tasks
+            if not response.next_before_task_id or len(found) >= limit:
+                break
+            request.before_task_id = response.next_before_task_id
+            request.limit = limit - len(found)
+    show_list(json, found, "tasks", TASK_COLUMNS, task_row)
 
 
 def _print_log(cfg: Config, task_id: str, stream: int, follow: bool) -> None:

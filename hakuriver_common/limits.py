@@ -48,7 +48,7 @@ RUNNER_MESSAGES_PER_SECOND = 20_000
 # ----- replies -----------------------------------------------------------------------------
 MAX_ERROR_MESSAGE_CHARS = 2000
 # A list reply is cut (and says where to read on) before it reaches this size.
-MAX_LIST_REPLY_BYTES = 4 * MIB
+MAX_LIST_REPLY_BYTES = 3 * MIB  # under the 4 MiB a default gRPC client accepts
 # Names listed in one error message (e.g. the available environments).
 MAX_NAMES_IN_MESSAGE = 20
 

@@ -382,6 +382,8 @@ class DockerBackend:
                 time.sleep(DAEMON_RETRY_SECONDS)
         state = container.attrs["State"]
         error = (result.get("Error") or {}).get("Message", "") if result else ""
+        if state.get("Status") in ("removing", "dead"):  # ``docker rm -f`` ended it
+            error = GONE_MESSAGE
         return ExitInfo(
             exit_code=int(state.get("ExitCode", result.get("StatusCode", -1))),
             oom_killed=bool(state.get("OOMKilled")),

@@ -30,7 +30,7 @@ MAX_NAME_BYTES = 128  # environment, node and user names in requests
 # ----- runners -----------------------------------------------------------------------------
 # A safe host name: letters, digits, dot, dash, underscore; no path, control or bidi
 # characters (it names files, containers, metrics labels and log lines).
-HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # Linux allows 64
 MAX_RUNNER_CORES = 4096
 MAX_CPU_ID = 65535
 MAX_RUNNER_MEMORY_BYTES = 1 << 50

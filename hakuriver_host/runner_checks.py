@@ -20,7 +20,7 @@ MAX_GPU_TEXT = 256
 def check_hostname(hostname: str) -> None:
     if not limits.HOSTNAME_RE.fullmatch(hostname):
         raise InvalidArgument(
-            f"register: hostname {hostname[:80]!r} is not a valid runner name: up to 63 "
+            f"register: hostname {hostname[:80]!r} is not a valid runner name: up to 64 "
             "letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
 

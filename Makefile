@@ -26,3 +26,8 @@ bench:  ## benchmarks; they print figures, they do not assert times
 
 quickstart:  ## a one-machine cluster on 127.0.0.1
 	./scripts/quickstart.sh
+
+.PHONY: chaos
+chaos:  ## the chaos suite at full scale (docs/reliability.md): faults against a real cluster, a table of outcomes
+	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; scripts/ensure-docker.sh; \
+		scripts/build-base-image.sh hakuriver-base; exec "$$PY" -m tests.chaos'

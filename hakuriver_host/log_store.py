@@ -4,8 +4,10 @@ Runners tag every chunk with its byte offset, so a chunk sent twice (after a rec
 restart) is written once. A chunk must continue its file exactly: one that would leave a
 gap is refused (never padded), so what is stored is always a prefix of what the task wrote.
 A write that fails (a full disk) raises OutputError; the file keeps what was written.
-Followers get chunks through bounded queues; a follower that falls behind is not waited
-for: it is flagged and catches up from the file, which always holds every byte.
+Followers get chunks through queues bounded in count and bytes (1 MiB); a follower that
+falls behind is not waited for: it is flagged and catches up from the file, which always
+holds every byte, so a slow reader costs the Host at most that much memory and never slows
+the writer or other readers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ STDOUT = "stdout"
 STDERR = "stderr"
 READ_CHUNK = 64 * 1024
 FOLLOWER_QUEUE = 256
+# Output bytes queued for one live follower at most; a slower one reads from the file.
+FOLLOWER_BYTES = 1024 * 1024
 
 
 class OutputError(Exception):
@@ -40,8 +44,35 @@ class Gap(Exception):
 class Follower:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(FOLLOWER_QUEUE)
+        # Bytes waiting in ``queue``: past FOLLOWER_BYTES the follower is lagging too.
+        self.queued_bytes = 0
         self.lagging = False
         self.closed = False
+
+    def offer(self, offset: int, data: bytes) -> None:
+        """Queue a chunk, or mark the follower lagging (it rereads from the file)."""
+        if self.lagging:
+            return
+        if self.queued_bytes + len(data) > FOLLOWER_BYTES:
+            self.lagging = True
+            return
+        try:
+            self.queue.put_nowait((offset, data))
+        except asyncio.QueueFull:
+            self.lagging = True
+            return
+        self.queued_bytes += len(data)
+
+    async def take(self) -> tuple[int, bytes] | None:
+        item = await self.queue.get()
+        if item is not None:
+            self.queued_bytes -= len(item[1])
+        return item
+
+    def drop_queued(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued_bytes = 0
 
 
 class LogStore:
@@ -125,12 +156,7 @@ class LogStore:
 
     def _tell_followers(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
         for follower in self._followers.get((task_id, stream), ()):
-            if follower.lagging:
-                continue
-            try:
-                follower.queue.put_nowait((offset, data))
-            except asyncio.QueueFull:
-                follower.lagging = True
+            follower.offer(offset, data)
 
     def close(self, task_id: int) -> None:
         """The task is final and all its output is stored: end every follower."""
@@ -167,15 +193,14 @@ class LogStore:
         while True:
             if follower.lagging:
                 follower.lagging = False
-                while not follower.queue.empty():
-                    follower.queue.get_nowait()
+                follower.drop_queued()
                 async for piece in self._from_file(task_id, stream, offset):
                     yield piece
                     offset = piece[0] + len(piece[1])
                 if follower.closed:
                     return
                 continue
-            item = await follower.queue.get()
+            item = await follower.take()
             if item is None:
                 async for piece in self._from_file(task_id, stream, offset):
                     yield piece

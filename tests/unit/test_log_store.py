@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from hakuriver_host.log_store import FOLLOWER_QUEUE, STDERR, STDOUT, LogStore
+from hakuriver_host.log_store import FOLLOWER_BYTES, FOLLOWER_QUEUE, STDERR, STDOUT, LogStore
 
 
 def make(tmp_path: Path) -> LogStore:
@@ -67,3 +67,19 @@ async def test_read_of_finished_task_does_not_wait(tmp_path: Path) -> None:
     store = make(tmp_path)
     await store.append(3, STDOUT, 0, b"done\n")
     assert await asyncio.wait_for(collect(store, 3, follow=True, final=True), 2) == b"done\n"
+
+
+async def test_a_follower_holds_at_most_its_byte_bound(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    agen = store.read(10, STDOUT, 0, True, False)
+    reading = asyncio.ensure_future(agen.__anext__())
+    await asyncio.sleep(0)  # the follower is registered and waits for the first chunk
+    big = b"x" * (256 * 1024)
+    for i in range(FOLLOWER_BYTES // len(big) * 3):
+        await store.append(10, STDOUT, i * len(big), big)
+    follower = next(iter(store._followers[(10, STDOUT)]))
+    assert follower.queued_bytes <= FOLLOWER_BYTES and follower.lagging
+    store.close(10)
+    first = await reading
+    rest = b"".join([data async for _, data in agen])
+    assert len(first[1]) + len(rest) == FOLLOWER_BYTES // len(big) * 3 * len(big)

@@ -157,26 +157,6 @@ def long_task(stream: TaskStream, scale: Scale, spans: float) -> StreamTask:
     return task
 
 
-def watch_statuses(
-    cluster: ProcessCluster, task_ids: Callable[[], list[int]], stop: threading.Event
-) -> tuple[threading.Thread, dict[int, list[int]]]:
-    """Poll the given tasks' statuses (every 0.1 s) until ``stop``: what a user would see."""
-    seen: dict[int, list[int]] = {}
-
-    def run() -> None:
-        while not stop.wait(0.1):
-            for task_id in task_ids():
-                with contextlib.suppress(grpc.RpcError):
-                    status = cluster.get(task_id).status
-                    history = seen.setdefault(task_id, [])
-                    if not history or history[-1] != status:
-                        history.append(status)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, seen
-
-
 def node_status(cluster: ProcessCluster, name: str) -> int:
     for node in cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes:
         if node.hostname == name:

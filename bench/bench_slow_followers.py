@@ -55,6 +55,7 @@ def counts_from_env() -> Counts:
 @dataclass
 class Latencies:
     uptime: list[float] = field(default_factory=list)  # the container's clock -> follower
+    stored: list[float] = field(default_factory=list)  # the container's clock -> Host's file
     docker: list[float] = field(default_factory=list)  # Docker's timestamp -> follower
     errors: list[str] = field(default_factory=list)  # why Docker's timestamps are missing
 
@@ -200,6 +201,24 @@ def docker_stamps(
         errors.append(f"{exc.__class__.__name__}: {exc}")
 
 
+def watch_stored(path: Path, seen: dict[str, float], stop: threading.Event) -> None:
+    """When each line appears in the Host's output file (read every 10 ms): tells the
+    Runner-to-Host part of a delay from the Host-to-follower part."""
+    offset, pending = 0, b""
+    while not stop.wait(0.01):
+        if not path.exists():
+            continue
+        with path.open("rb") as file:
+            file.seek(offset)
+            data = file.read()
+        now = boottime()
+        offset += len(data)
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            seen.setdefault(line.decode(), now)
+
+
 def ticker(cluster: ProcessCluster, counts: Counts) -> Latencies:
     """Run the one-line-per-100-ms task with a prompt follower; its latencies."""
     script = (
@@ -222,6 +241,10 @@ def ticker(cluster: ProcessCluster, counts: Counts) -> Latencies:
 
     stop = threading.Event()
     thread, _ = follow(cluster, task.task_id, on_data, stop)
+    stored: dict[str, float] = {}
+    out = cluster.shared_dir / "task_outputs" / f"{task.task_id}.out"
+    storing = threading.Thread(target=watch_stored, args=(out, stored, stop), daemon=True)
+    storing.start()
     written: dict[str, float] = {}
     stamper = threading.Thread(
         target=docker_stamps, args=(cluster, task.task_id, written, found.errors), daemon=True
@@ -237,10 +260,14 @@ def ticker(cluster: ProcessCluster, counts: Counts) -> Latencies:
         found.errors.append(f"Docker's log gave {len(written)} of {len(arrived)} lines")
     stop.set()
     thread.join(10)
+    storing.join(10)
     for text, (now, boot) in arrived.items():
         if text in written:
             found.docker.append(now - written[text])
-        found.uptime.append(boot - float(text.split()[1]))
+        printed = float(text.split()[1])
+        found.uptime.append(boot - printed)
+        if text in stored:
+            found.stored.append(stored[text] - printed)
     return found
 
 
@@ -316,6 +343,7 @@ def report(result: Result, counts: Counts) -> None:
     )
     for label, lat in rows:
         print(f"    {label:22} container clock  -> follower  {lat.summary(lat.uptime)}")
+        print(f"    {'':22} container clock  -> Host's file {lat.summary(lat.stored)}")
         print(f"    {'':22} Docker timestamp -> follower  {lat.summary(lat.docker)}")
         for error in lat.errors:
             print(f"    {'':22} (Docker's timestamps: {error})")

@@ -59,7 +59,8 @@ class Scale:
     factor_within: float  # heartbeat_timeout_factor where a fault stays within the grace
     factor_beyond: float  # heartbeat_timeout_factor where a fault outlasts the grace
     short_cut: float  # the "5 s" cut: within the grace period
-    long_cut: float  # the "60 s" cut and the Runner's absence: beyond the grace period
+    long_cut: float  # the "60 s" cut: beyond the grace period
+    away: float  # how long the Runner is away (frozen or dead): beyond the grace period
     burst: int  # submits in flight when the Host is killed
     bound: float  # seconds after recovery for every task to be final
     big_output: int  # bytes the storage-full task prints
@@ -80,6 +81,7 @@ SHORT = Scale(
     factor_beyond=4,  # grace 2 s: the scaled-down "60 s" cut (6 s) outlasts it 3x
     short_cut=5,
     long_cut=6,
+    away=6,
     burst=12,
     bound=60,
     big_output=3 * 1024 * 1024,
@@ -97,6 +99,7 @@ FULL = Scale(
     factor_beyond=30,
     short_cut=5,
     long_cut=60,
+    away=45,
     burst=60,
     bound=240,
     big_output=4 * 1024 * 1024,
@@ -242,7 +245,7 @@ def runner_away(root: Path, scale: Scale, how: str) -> Outcome:
     connection open) or "sigkill" (dead, restarted later). Its running task shows
     ``unknown`` meanwhile and resumes ``running`` when the Runner is back with the container
     still alive; it completes byte-exact; nothing is lost."""
-    away = scale.long_cut if scale.name == "short" else 45.0
+    away = scale.away
     grace = scale.grace(scale.factor_beyond)
     outcome = Outcome(f"runner away {away:.0f}s > grace {grace:.0f}s ({how})")
     with chaos_cluster(root, scale, scale.factor_beyond, runners=1) as cluster:

@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: protos protos-check lint test test-unit bench quickstart
+.PHONY: protos protos-check lint test test-unit bench quickstart fuzz
 
 protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the dashboard's TypeScript
 	scripts/ensure-node.sh
@@ -31,3 +31,13 @@ quickstart:  ## a one-machine cluster on 127.0.0.1
 chaos:  ## the chaos suite at full scale (docs/reliability.md): faults against a real cluster, a table of outcomes
 	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; scripts/ensure-docker.sh; \
 		scripts/build-base-image.sh hakuriver-base; exec "$$PY" -m tests.chaos'
+
+FUZZ_REQUESTS ?= 10000
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+fuzz:  ## the fuzz tier: 10,000 requests to every RPC (FUZZ_SEED=n replays a run)
+	@echo "fuzz: $(FUZZ_REQUESTS) requests, --hypothesis-seed=$(FUZZ_SEED) (make fuzz FUZZ_SEED=$(FUZZ_SEED) replays it)"
+	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
+		HAKURIVER_FUZZ_REQUESTS=$(FUZZ_REQUESTS) exec "$$PY" -m pytest -p no:cacheprovider \
+		-s -q --hypothesis-seed=$(FUZZ_SEED) tests/unit/test_fuzz.py'

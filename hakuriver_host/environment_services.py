@@ -141,8 +141,8 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         context: grpc.aio.ServicerContext,
     ) -> epb.ImportRootfsResponse:
         requests = request_iterator.__aiter__()
-        first = await anext(requests)
-        if first.WhichOneof("payload") != "name":
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("payload") != "name":
             raise InvalidArgument("name: the first message must name the environment")
         self._audit("import_rootfs", first.name)
         upload = await asyncio.to_thread(self.manager.upload_path, first.name)
@@ -168,8 +168,8 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[spb.ShellResponse]:
         requests = request_iterator.__aiter__()
-        first = await anext(requests)
-        if first.WhichOneof("payload") != "start":
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("payload") != "start":
             raise InvalidArgument("start: the first message must be start")
         start = first.start
         self.audit.record(caller(), "environment.shell", start.name)

@@ -194,7 +194,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             "%s: refused a request that is not a valid %s message (%s)",
             method,
             malformed.type_name,
-            malformed.reason[:200],
+            " ".join(malformed.reason.split())[:200],
         )
 
     def note_internal(self, method: str, exc: BaseException) -> None:
@@ -206,7 +206,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             "%s: internal error %s: %s",
             method,
             type(exc).__name__,
-            str(exc)[:500],
+            " ".join(str(exc).split())[:500],
             exc_info=exc,
         )
 

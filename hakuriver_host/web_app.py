@@ -301,7 +301,9 @@ async def _call(
         if not call.done():
             call.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
-    with contextlib.suppress(asyncio.CancelledError):
+    # A call cancelled because its client went is over: the runtime turns the cancellation
+    # into ConnectError(canceled), which must not reach the ASGI server (a traceback).
+    with contextlib.suppress(asyncio.CancelledError, ConnectError):
         await call
 
 

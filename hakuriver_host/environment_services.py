@@ -103,14 +103,22 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
                 loop.call_soon_threadsafe(updates.put_nowait, written)
 
         job = loop.run_in_executor(None, functools.partial(work, *args, progress))
-        while not job.done():
-            getter = asyncio.ensure_future(updates.get())
-            await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield getter.result()
-            else:
+        getter: asyncio.Future[int] | None = None
+        try:
+            while not job.done():
+                getter = asyncio.ensure_future(updates.get())
+                await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield job.result()
+        finally:
+            # The caller went (or failed): no waiting task left behind, and the work's
+            # outcome, when it comes, is taken (else asyncio logs "never retrieved").
+            if getter is not None:
                 getter.cancel()
-        yield job.result()
+            job.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def CreateTar(
         self, request: epb.CreateTarRequest, context: grpc.aio.ServicerContext

@@ -344,7 +344,16 @@ class _Call:
             self.owner._refused(self.who, self.method, exc, context)
         if self.malformed is not None:
             self.owner.note_malformed(self.method, self.malformed)
-        await context.abort(status_code(exc), exc.message)
+        await self._abort(context, status_code(exc), exc.message)
+
+    async def _abort(self, context: Any, code: grpc.StatusCode, message: str) -> None:
+        """End the call with ``code``; a call whose client is gone (its deadline passed,
+        it cancelled) ends as cancelled instead: grpc would log a traceback for a status
+        it cannot send."""
+        done = getattr(context, "done", None)  # the Connect transport's context has none
+        if done is not None and done():
+            raise asyncio.CancelledError()
+        await context.abort(code, message)
 
     def _judge(self, exc: BaseException) -> BaseException:
         """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)
@@ -363,7 +372,7 @@ class _Call:
     async def _answer(self, error: BaseException, context: Any) -> None:
         if isinstance(error, ApiError):
             await self._fail(error, context)
-        await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        await self._abort(context, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     def unary(self, inner: Behaviour) -> Behaviour:
         async def call(request: Any, context: Any) -> Any:

@@ -265,6 +265,8 @@ class HostThread:
         )
         self.client_thread.start()
         self.channel: grpc.aio.Channel | None = None
+        # Tasks still on the Host's loop after it stopped (cancelled then).
+        self.leftover: list[str] = []
         self.cluster = LocalCluster(local_config(root, **sections))
         self.tokens: dict[str, str | None] = {}
         self.task_ids: list[int] = []
@@ -319,6 +321,7 @@ class HostThread:
         try:
             self.run_client(self._close_channel())
             self.run(self.cluster.close())
+            self.leftover = self.run(_cancel_leftovers())
         finally:
             for loop, thread in ((self.client_loop, self.client_thread), (self.loop, self.thread)):
                 loop.call_soon_threadsafe(loop.stop)
@@ -437,6 +440,17 @@ def _connect_code(status: int, data: bytes, streaming: bool) -> str:
         return str(json.loads(data).get("code", f"HTTP {status}"))
     except (ValueError, KeyError, AttributeError):
         return f"HTTP {status}"
+
+
+async def _cancel_leftovers() -> list[str]:
+    """Cancel the tasks still on the Host's loop after it stopped; their names."""
+    left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    await asyncio.sleep(0.1)  # let cancelled ones finish unwinding
+    left = [t for t in left if not t.done()]
+    for task in left:
+        task.cancel()
+    await asyncio.gather(*left, return_exceptions=True)
+    return [repr(t)[:200] for t in left]
 
 
 async def _write_all(call: Any, messages: tuple[bytes, ...]) -> None:

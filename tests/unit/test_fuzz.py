@@ -41,6 +41,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HostThread
         yield started
     finally:
         started.stop()
+    assert not started.leftover, f"tasks still running after the Host stopped: {started.leftover}"
 
 
 def test_fuzz_every_rpc_and_the_runner_protocol(host: HostThread) -> None:

@@ -49,7 +49,7 @@ UNARY_SECONDS = 10.0
 # How long a streaming call is kept open (then cancelled: streams may follow for ever).
 STREAM_SECONDS = 0.3
 MAX_STREAM_REPLIES = 20
-CONNECT_STREAM_SECONDS = 1.0
+CONNECT_STREAM_SECONDS = 2.0
 CORE_ERROR = "Internal error from Core"
 # Codes no request may ever get: a bug or a crash in the Host.
 BAD_CODES = frozenset(
@@ -412,10 +412,13 @@ class HostThread:
                 status, data = answer.status, answer.read()
         except urllib.error.HTTPError as refused:
             status, data = refused.code, refused.read()
-        except TimeoutError:
-            # A stream that follows (its body parsed after all); a hung unary call is bad.
+        except (TimeoutError, urllib.error.URLError) as exc:
+            # A stream that follows (its body parsed after all), or a Host too busy to
+            # answer within the wait: bad for a unary call, not for a stream.
             seconds = time.monotonic() - start
-            return Outcome("client timeout", "", 0, seconds, not rpc.server_streaming)
+            if isinstance(exc, urllib.error.URLError) and not isinstance(exc.reason, TimeoutError):
+                raise
+            return Outcome("client timeout", str(exc), 0, seconds, not rpc.server_streaming)
         seconds = time.monotonic() - start
         code = _connect_code(status, data, rpc.server_streaming)
         # 503 is Connect's unavailable; a 5xx without a Connect error body is a crash.

@@ -29,6 +29,7 @@ STDOUT = "stdout"
 STDERR = "stderr"
 READ_CHUNK = 64 * 1024
 FOLLOWER_QUEUE = 256
+READER_THREADS = 4
 # Output bytes queued for one live follower at most; a slower one reads from the file.
 FOLLOWER_BYTES = 1024 * 1024
 
@@ -83,6 +84,11 @@ class LogStore:
         self._sizes: dict[tuple[int, str], int] = {}
         self._followers: dict[tuple[int, str], set[Follower]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-logs")
+        # Readers (followers catching up, log reads) on threads of their own: many slow
+        # followers rereading a large file must not queue up the writes of every task.
+        self._readers = ThreadPoolExecutor(
+            max_workers=READER_THREADS, thread_name_prefix="hakuriver-log-readers"
+        )
         self._creates = GroupCommit(self._create_files, self._executor)
         self.bytes_written = 0
 
@@ -181,7 +187,8 @@ class LogStore:
         self, task_id: int, stream: str, offset: int
     ) -> AsyncIterator[tuple[int, bytes]]:
         path = self.path(task_id, stream)
-        while data := await self._io(self._read, path, offset):
+        loop = asyncio.get_running_loop()
+        while data := await loop.run_in_executor(self._readers, self._read, path, offset):
             yield offset, data
             offset += len(data)
 

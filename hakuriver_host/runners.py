@@ -29,7 +29,7 @@ from hakuriver_host.runner_checks import check_chunk, check_heartbeat, check_reg
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.store import Store
 from hakuriver_host.task_book import TaskBook
-from hakuriver_host.task_machine import PLACED_STATUSES, Effect, TaskFacts, on_report
+from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,9 @@ class RunnerGateway:
             self.metrics.dispatch_latency.observe(dispatched)
 
     async def check_silent_runners(self) -> None:
-        """Tasks of a Runner silent past the timeout are unknown (they may still run there);
-        past ``lost_after_seconds`` of silence they are lost."""
+        """Running and paused tasks of a Runner silent past the timeout are unknown (they
+        may still run there; assigning ones stay assigning, dispatched again if the Runner
+        returns without them); past ``lost_after_seconds`` of silence all are lost."""
         timing = self.config.timing
         timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
         now = time.monotonic()
@@ -307,7 +308,7 @@ class RunnerGateway:
                             "(timing.lost_after_seconds)"
                         ),
                     )
-                elif status is not TaskStatus.UNKNOWN:
+                elif status in GOES_UNKNOWN:
                     await self.book.move(
                         task,
                         TaskStatus.UNKNOWN,

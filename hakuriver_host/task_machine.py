@@ -21,6 +21,9 @@ PLACED_STATUSES = frozenset(
     {TaskStatus.ASSIGNING, TaskStatus.RUNNING, TaskStatus.PAUSED, TaskStatus.UNKNOWN}
 )
 KILLABLE = frozenset({TaskStatus.PENDING, *PLACED_STATUSES})
+# Statuses that become UNKNOWN while their Runner is away. An assigning task stays
+# assigning: it is dispatched again if its Runner returns without it.
+GOES_UNKNOWN = frozenset({TaskStatus.RUNNING, TaskStatus.PAUSED})
 
 _EXITS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.KILLED_OOM})
 _ENDS = frozenset({TaskStatus.KILLED, TaskStatus.LOST, *_EXITS})
@@ -28,7 +31,7 @@ _ENDS = frozenset({TaskStatus.KILLED, TaskStatus.LOST, *_EXITS})
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED}),
     # A fast task can exit before its runner's "running" report is processed.
-    TaskStatus.ASSIGNING: frozenset({TaskStatus.RUNNING, TaskStatus.UNKNOWN, *_ENDS}),
+    TaskStatus.ASSIGNING: frozenset({TaskStatus.RUNNING, *_ENDS}),
     TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.UNKNOWN, *_ENDS}),
     TaskStatus.PAUSED: frozenset({TaskStatus.RUNNING, TaskStatus.UNKNOWN, *_ENDS}),
     # Its Runner returned with it (running or paused, or it ended meanwhile), or not.

@@ -125,6 +125,8 @@ class DockerBackend:
         self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
+        # Containers whose wait or output follow lost the daemon (a dockerd restart).
+        self._interrupted: set[str] = set()
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -221,6 +223,7 @@ class DockerBackend:
                     log.warning("%s: gave up following its output: %s", handle.name, exc)
                     return sent
                 log.info("%s: output follow interrupted (%s); resuming", handle.name, exc)
+                self._interrupted.add(handle.id)
                 follow.wait(DAEMON_RETRY_SECONDS)
         return sent
 
@@ -280,6 +283,7 @@ class DockerBackend:
         try:
             existing = self.client.containers.get(name)
             log.info("task %s: container already exists, adopting it", dispatch.task_id)
+            self._start_if_created(existing)
             return existing
         except docker.errors.NotFound:
             pass
@@ -353,8 +357,24 @@ class DockerBackend:
         with contextlib.suppress(docker.errors.DockerException):
             self.client.containers.get(name).remove(force=True)
 
-    def state(self, container: Any) -> tuple[str, datetime | None]:
+    def _start_if_created(self, container: Any) -> None:
+        """Start a container that was created and never started (the Runner stopped in
+        between): its task never ran, so this runs it once. Docker would otherwise report
+        it exited with code 0."""
+        if container.status != "created":
+            return
+        log.info("%s: created but never started; starting it", container.name)
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise StartError(f"docker could not start the container: {_why(exc)}") from None
         container.reload()
+
+    def state(self, container: Any) -> tuple[str, datetime | None]:
+        """As the backend protocol says; a container created but never started is started
+        first (see ``_start_if_created``)."""
+        container.reload()
+        self._start_if_created(container)
         state = container.attrs["State"]
         status = container.status if container.status in ("running", "paused") else "exited"
         return status, _parse_docker_time(state.get("StartedAt"))
@@ -379,11 +399,19 @@ class DockerBackend:
                         None, False, None, None, f"the Docker daemon did not answer: {exc}"
                     )
                 log.info("%s: waiting for its exit failed (%s); asking again", container.name, exc)
+                self._interrupted.add(container.id)
                 time.sleep(DAEMON_RETRY_SECONDS)
         state = container.attrs["State"]
         error = (result.get("Error") or {}).get("Message", "") if result else ""
         if state.get("Status") in ("removing", "dead"):  # ``docker rm -f`` ended it
             error = GONE_MESSAGE
+        interrupted = container.id in self._interrupted
+        self._interrupted.discard(container.id)
+        if interrupted and not error and state.get("ExitCode") != 0:
+            error = (
+                "the Docker daemon went away while the task ran (a restart of dockerd stops "
+                f"its containers); it exited with code {state.get('ExitCode')}"
+            )
         return ExitInfo(
             exit_code=int(state.get("ExitCode", result.get("StatusCode", -1))),
             oom_killed=bool(state.get("OOMKilled")),

@@ -14,6 +14,8 @@ from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 
 OUTBOX_SIZE = 1024
 THREAD_POLL_SECONDS = 0.5
+# Queued output chunks that continue each other are sent as one message up to this size.
+MERGED_CHUNK_BYTES = 1024 * 1024
 
 
 class SendCancelled(Exception):
@@ -61,3 +63,38 @@ class Outbox:
                         raise SendCancelled from None
 
         return send
+
+
+def merge_chunks(
+    first: rpb.ConnectRequest, queue: asyncio.Queue[rpb.ConnectRequest]
+) -> tuple[rpb.ConnectRequest, rpb.ConnectRequest | None]:
+    """``first`` (a log chunk) joined with the chunks queued right behind it that continue
+    it (same task and stream, next offset), up to MERGED_CHUNK_BYTES; and the message
+    taken from the queue that did not fit, if any, to send next. Only what is already
+    queued is merged, so a lone line is never held back; a fast writer's lines go as few
+    large messages, which costs both sides far less per byte."""
+    chunk = first.log_chunk
+    parts = [chunk.data]
+    end = chunk.offset + len(chunk.data)
+    size = len(chunk.data)
+    leftover: rpb.ConnectRequest | None = None
+    while size < MERGED_CHUNK_BYTES and not queue.empty():
+        following = queue.get_nowait()
+        more = following.log_chunk if following.WhichOneof("payload") == "log_chunk" else None
+        if (
+            more is None
+            or more.task_id != chunk.task_id
+            or more.stream != chunk.stream
+            or more.offset != end
+        ):
+            leftover = following
+            break
+        parts.append(more.data)
+        end += len(more.data)
+        size += len(more.data)
+    if len(parts) == 1:
+        return first, leftover
+    merged = rpb.LogChunk(
+        task_id=chunk.task_id, stream=chunk.stream, offset=chunk.offset, data=b"".join(parts)
+    )
+    return rpb.ConnectRequest(log_chunk=merged), leftover

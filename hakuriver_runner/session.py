@@ -19,7 +19,9 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import docker.errors
 import grpc
+import requests
 
 from hakuriver_common.channels import bearer, open_aio_channel
 from hakuriver_common.config import Config
@@ -32,7 +34,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_runner.backoff import backoff_delay
 from hakuriver_runner.credential import RunnerIdentity
 from hakuriver_runner.docker_backend import DockerBackend
-from hakuriver_runner.outbox import Outbox
+from hakuriver_runner.outbox import Outbox, merge_chunks
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.supervisor import Supervisor
 from hakuriver_runner.system_info import (
@@ -47,6 +49,8 @@ from hakuriver_runner.tunnels import Tunnels
 log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+# What docker-py raises while the daemon is down or restarting.
+DOCKER_UNREACHABLE = (docker.errors.DockerException, requests.exceptions.RequestException)
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -103,6 +107,10 @@ class Session:
                 except CredentialsError as exc:
                     log.error("cannot join the cluster: %s", exc)
                     raise
+                except DOCKER_UNREACHABLE as exc:
+                    # Registering names every task container: without Docker it would
+                    # claim none, and the Host would take its running tasks for lost.
+                    log.warning("waiting for Docker before registering: %s", exc)
                 except Exception:
                     log.exception("runner session failed")
                 if stop.is_set():
@@ -204,8 +212,13 @@ class Session:
         self._outbox.close()
 
     async def _write_loop(self, call: Any, queue: asyncio.Queue[rpb.ConnectRequest]) -> None:
+        carried: rpb.ConnectRequest | None = None
         while True:
-            await call.write(await queue.get())
+            message = carried or await queue.get()
+            carried = None
+            if message.WhichOneof("payload") == "log_chunk":
+                message, carried = merge_chunks(message, queue)
+            await call.write(message)
 
     async def _read_loop(self, call: Any) -> None:
         while True:
@@ -248,10 +261,17 @@ class Session:
                 log.exception("handling %s for task %s failed", kind, command.task_id)
 
     async def _heartbeat_loop(self, interval: float) -> None:
+        """A health sample every interval. A Docker daemon that does not answer (a restart)
+        does not end the stream: the last environments seen are sent meanwhile."""
+        environments: list[str] = []
+        loaded: dict[str, int] = {}
         while True:
             await self.supervisor.check_gone()
             health = await self._pool.run(sample_health, self.gpus)
-            environments, loaded = await self._pool.run(self.docker.inventory)
+            try:
+                environments, loaded = await self._pool.run(self.docker.inventory)
+            except DOCKER_UNREACHABLE as exc:
+                log.warning("cannot list environments: Docker does not answer (%s)", exc)
             await self._outbox.send(
                 rpb.ConnectRequest(
                     heartbeat=rpb.Heartbeat(

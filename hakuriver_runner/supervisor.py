@@ -251,7 +251,13 @@ class Supervisor:
     async def _watch_task(self, task_id: int, offsets: tuple[int, int], started: bool) -> None:
         backend, handle = self._handles[task_id]
         try:
-            status, started_at = await self._pool.run(backend.state, handle)
+            try:
+                status, started_at = await self._pool.run(backend.state, handle)
+            except StartError as exc:
+                await self._outbox.send(
+                    _state(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
+                )
+                return
             port = ssh_port_of(handle) if backend is self.docker else 0
             if port:
                 info = await self._watch_vps(task_id, handle, port, started_at)

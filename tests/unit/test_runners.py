@@ -131,14 +131,14 @@ async def test_silent_runner_has_its_tasks_unknown_until_it_returns_with_them(
 async def test_runner_away_past_the_limit_has_its_tasks_lost(
     make_local_cluster: MakeCluster,
 ) -> None:
-    cluster = await make_local_cluster(timing={**TIMING, "lost_after_seconds": 1.5})
+    cluster = await make_local_cluster(timing={**TIMING, "lost_after_seconds": 3})
     runner = await cluster.add_runner("a", answer=HOLD)
     [task] = await cluster.submit_running()
 
     runner.go_silent()
     await cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
     lost = await cluster.wait_status(task.task_id, TaskStatus.LOST)
-    assert "runner a was away for more than 1.5s" in lost.error_message
+    assert "runner a was away for more than 3s" in lost.error_message
     await cluster.wait_node("a", NodeStatus.OFFLINE)
 
     # When it comes back still holding the task, the Host tells it to discard the task.
@@ -217,6 +217,22 @@ async def test_dispatch_lost_with_the_stream_is_sent_again(local_cluster: LocalC
     await runner.drop()
     await runner.connect()  # it never started the task, so it names none
 
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert runner.dispatched == [task.task_id, task.task_id]
+
+
+async def test_an_assigning_task_of_an_away_runner_is_dispatched_again_on_its_return(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=NO_ANSWER)
+    task = await local_cluster.submit("job")
+    await eventually(lambda: runner.dispatched == [task.task_id], what="the first dispatch")
+    runner.go_silent()
+    await local_cluster.wait_node("a", NodeStatus.OFFLINE)
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.ASSIGNING
+
+    runner.answer = HOLD
+    await runner.connect(known_task_ids=[])  # the dispatch never reached it
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
     assert runner.dispatched == [task.task_id, task.task_id]
 

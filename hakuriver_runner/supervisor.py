@@ -104,10 +104,7 @@ class Supervisor:
                 await self._ensure_environment(dispatch)
             handle = await self._pool.run(backend.start, dispatch)
         except StartError as exc:
-            log.warning("task %s could not start: %s", task_id, exc)
-            await self._outbox.send(
-                _state(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
-            )
+            await self._start_failed(task_id, exc)
             return
         self._handles[task_id] = (backend, handle)
         self._watch(task_id, 0, 0, started=True)
@@ -254,9 +251,7 @@ class Supervisor:
             try:
                 status, started_at = await self._pool.run(backend.state, handle)
             except StartError as exc:
-                await self._outbox.send(
-                    _state(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
-                )
+                await self._start_failed(task_id, exc)
                 return
             port = ssh_port_of(handle) if backend is self.docker else 0
             if port:
@@ -276,6 +271,12 @@ class Supervisor:
             await self._report_exit(task_id, info)
         except SendCancelled:
             return
+
+    async def _start_failed(self, task_id: int, exc: StartError) -> None:
+        log.warning("task %s could not start: %s", task_id, exc)
+        await self._outbox.send(
+            _state(task_id, rpb.RUNNER_TASK_STATE_START_FAILED, error_message=str(exc))
+        )
 
     async def _report_exit(self, task_id: int, info: ExitInfo) -> None:
         await self._outbox.send(

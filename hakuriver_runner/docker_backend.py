@@ -42,6 +42,7 @@ from hakuriver_runner.backend import (
     id_list,
     task_variables,
 )
+from hakuriver_runner.docker_logs import follow_output
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,7 @@ class DockerBackend:
         away_since: float | None = None
         while not follow.cancelled:
             try:
-                stream = handle.logs(stdout=stdout, stderr=not stdout, stream=True, follow=True)
+                stream = follow_output(handle, stdout)
                 follow.on_cancel(stream.close)
                 return emit_past(stream, sent, tracked, follow)
             except docker.errors.NotFound:

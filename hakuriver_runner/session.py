@@ -34,7 +34,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_runner.backoff import backoff_delay
 from hakuriver_runner.credential import RunnerIdentity
 from hakuriver_runner.docker_backend import DockerBackend
-from hakuriver_runner.outbox import Outbox, merge_chunks
+from hakuriver_runner.outbox import Lanes, Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.supervisor import Supervisor
 from hakuriver_runner.system_info import (
@@ -178,10 +178,10 @@ class Session:
                 len(ack.adopt),
                 len(ack.discard_task_ids),
             )
-            queue = self._outbox.open()
+            lanes = self._outbox.open()
             await self.supervisor.reconcile(ack)
             loops = [
-                asyncio.create_task(self._write_loop(call, queue)),
+                asyncio.create_task(self._write_loop(call, lanes)),
                 asyncio.create_task(self._read_loop(call)),
                 asyncio.create_task(
                     self._heartbeat_loop(
@@ -211,14 +211,9 @@ class Session:
         await asyncio.gather(*watchers, *self._handlers, return_exceptions=True)
         self._outbox.close()
 
-    async def _write_loop(self, call: Any, queue: asyncio.Queue[rpb.ConnectRequest]) -> None:
-        carried: rpb.ConnectRequest | None = None
+    async def _write_loop(self, call: Any, lanes: Lanes) -> None:
         while True:
-            message = carried or await queue.get()
-            carried = None
-            if message.WhichOneof("payload") == "log_chunk":
-                message, carried = merge_chunks(message, queue)
-            await call.write(message)
+            await call.write(await lanes.take())
 
     async def _read_loop(self, call: Any) -> None:
         while True:

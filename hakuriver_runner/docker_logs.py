@@ -1,0 +1,99 @@
+"""A container's output from the Docker API, read in large blocks.
+
+docker-py's ``logs(stream=True)`` yields one frame per log line, and the daemon sends each
+frame as an HTTP chunk of its own, so a task printing short lines as fast as it can was read
+at a few thousand lines a second and each line became a message of its own all the way to
+the Host. This reads whatever bytes the daemon has sent so far from the connection (up to
+READ_BYTES at a time, never waiting for more) and takes off the HTTP chunk framing and
+Docker's frame headers itself: a backlog comes as large blocks, a lone line at once.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from docker.types.daemon import CancellableStream
+
+READ_BYTES = 256 * 1024
+_HEADER = struct.Struct(">BxxxL")  # stream type, payload size
+
+
+def payloads(buffer: bytearray) -> bytes:
+    """The payloads of the complete frames at the start of ``buffer``, which keeps what is
+    left of an incomplete one."""
+    parts = []
+    at = 0
+    while len(buffer) - at >= _HEADER.size:
+        _, size = _HEADER.unpack_from(buffer, at)
+        end = at + _HEADER.size + size
+        if end > len(buffer):
+            break
+        parts.append(bytes(buffer[at + _HEADER.size : end]))
+        at = end
+    del buffer[:at]
+    return b"".join(parts)
+
+
+class Dechunker:
+    """HTTP/1.1 chunked transfer coding, undone incrementally."""
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+        self.left = 0  # data bytes still to come in the current chunk
+        self.crlf = False  # the CRLF after a chunk's data is still to come
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in ``data`` (and what was held back from before)."""
+        self.pending += data
+        pending, body = self.pending, bytearray()
+        while not self.done:
+            if self.left:
+                take = min(self.left, len(pending))
+                body += pending[:take]
+                del pending[:take]
+                self.left -= take
+                if self.left:
+                    break
+                self.crlf = True
+            if self.crlf:
+                if len(pending) < 2:
+                    break
+                del pending[:2]
+                self.crlf = False
+            end = pending.find(b"\r\n")
+            if end < 0:
+                break
+            size = int(bytes(pending[:end]).split(b";")[0], 16)
+            del pending[: end + 2]
+            self.left, self.done = size, size == 0
+        return bytes(body)
+
+
+def follow_output(container: Any, stdout: bool) -> CancellableStream:
+    """Stream one of a non-TTY container's outputs from its start until it ends, as blocks
+    of bytes; ``close()`` from another thread ends it."""
+    api = container.client.api
+    response = api._get(
+        api._url("/containers/{0}/logs", container.id),
+        params={"stdout": int(stdout), "stderr": int(not stdout), "follow": 1, "tail": "all"},
+        stream=True,
+    )
+    api._raise_for_status(response)
+    api._disable_socket_timeout(api._get_raw_response_socket(response))
+
+    connection = response.raw._fp.fp  # the buffered socket under http.client's response
+    dechunker = Dechunker() if response.raw.chunked else None
+
+    def blocks() -> Iterator[bytes]:
+        pending = bytearray()
+        while data := connection.read1(READ_BYTES):
+            pending += dechunker.feed(data) if dechunker is not None else data
+            if block := payloads(pending):
+                yield block
+            if dechunker is not None and dechunker.done:
+                return
+
+    return CancellableStream(blocks(), response)

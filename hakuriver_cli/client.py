@@ -13,15 +13,15 @@ from rich.live import Live
 from rich.table import Table
 
 from hakuriver_cli.connection import (
-    TaskIdArgument,
     ask,
     config_or_fail,
     host_channel,
-    task_id_or_fail,
+    on_task_or_batch,
     unary,
 )
 from hakuriver_cli.render import (
     age,
+    batch_line,
     console,
     memory,
     node_status_name,
@@ -228,18 +228,46 @@ def health(
                     break
 
 
-@app.command()
-def status(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Show every field of a task and its status timeline."""
-    cfg = config_or_fail(config)
-    tid = task_id_or_fail(task_id)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        response = unary(stub.GetTask, tpb.GetTaskRequest(task_id=tid))
+BatchOrTaskArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Task id; a batch (job array) id for all its tasks; or ARRAY_ID_INDEX for one "
+        "task of an array.",
+        show_default=False,
+    ),
+]
+
+
+def _print_batch(batch: tpb.BatchSummary, json: bool, affected: int | None = None) -> None:
     if json:
-        print_json(to_dict(response))
+        print_json(
+            {"batch": to_dict(batch), **({} if affected is None else {"affected": affected})}
+        )
         return
-    print_task_detail(response.task, response.events)
+    typer.echo(batch_line(batch))
+
+
+@app.command()
+def status(
+    task_id: BatchOrTaskArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
+    """Show every field of a task and its status timeline, or a batch's counts by status."""
+
+    def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
+        response = unary(stub.GetTask, tpb.GetTaskRequest(task_id=tid))
+        if json:
+            print_json(to_dict(response))
+        else:
+            print_task_detail(response.task, response.events)
+
+    def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
+        _print_batch(unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=bid)).batch, json)
+
+    ask(
+        config,
+        task_service_pb2_grpc.TaskServiceStub,
+        lambda s: on_task_or_batch(s, task_id, lambda t: task(s, t), lambda b: batch(s, b)),
+    )
 
 
 class Action(StrEnum):
@@ -255,33 +283,65 @@ def _control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -
     return unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid)).task
 
 
+def _control_batch(
+    stub: task_service_pb2_grpc.TaskServiceStub, bid: int, verb: str
+) -> tuple[tpb.BatchSummary, int]:
+    response: tpb.PauseBatchResponse | tpb.ResumeBatchResponse | tpb.KillBatchResponse
+    if verb == Action.pause:
+        response = unary(stub.PauseBatch, tpb.PauseBatchRequest(batch_id=bid))
+    elif verb == Action.resume:
+        response = unary(stub.ResumeBatch, tpb.ResumeBatchRequest(batch_id=bid))
+    else:
+        response = unary(stub.KillBatch, tpb.KillBatchRequest(batch_id=bid))
+    return response.batch, response.affected
+
+
+_DONE = {"kill": "killed", "pause": "paused", "resume": "resumed"}
+
+
 def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> None:
-    """Kill, pause or resume a task, then print its status (or it as JSON)."""
-    tid = task_id_or_fail(task_id)
-    task = ask(config, task_service_pb2_grpc.TaskServiceStub, lambda s: _control(s, tid, verb))
-    if json:
-        print_json(to_dict(task))
-        return
-    typer.echo(f"task {tid}: {status_name(task.status)}")
+    """Kill, pause or resume a task or a whole batch, then print its status (or it as
+    JSON)."""
+
+    def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
+        done = _control(stub, tid, verb)
+        if json:
+            print_json(to_dict(done))
+        else:
+            typer.echo(f"task {tid}: {status_name(done.status)}")
+
+    def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
+        summary, affected = _control_batch(stub, bid, verb)
+        if not json:
+            typer.echo(f"{_DONE[verb]} {affected} tasks")
+        _print_batch(summary, json, affected)
+
+    ask(
+        config,
+        task_service_pb2_grpc.TaskServiceStub,
+        lambda s: on_task_or_batch(s, task_id, lambda t: task(s, t), lambda b: batch(s, b)),
+    )
 
 
 ActionArgument = Annotated[Action, typer.Argument(help="pause or resume.")]
 
 
 @app.command()
-def kill(task_id: TaskIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Kill a pending, assigning, running or paused task."""
+def kill(
+    task_id: BatchOrTaskArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
+    """Kill a pending, assigning, running or paused task, or every such task of a batch."""
     control_task(task_id, "kill", config, json)
 
 
 @app.command()
 def command(
-    task_id: TaskIdArgument,
+    task_id: BatchOrTaskArgument,
     action: ActionArgument,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Pause or resume a task."""
+    """Pause or resume a task, or every running (or paused) task of a batch."""
     control_task(task_id, action, config, json)
 
 

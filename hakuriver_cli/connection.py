@@ -17,12 +17,19 @@ from hakuriver_common.channels import TlsSetupError, open_channel
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError, api_token
 from hakuriver_common.ids import parse_task_id
+from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 from hakuriver_common.service import config_or_exit
 
 T = TypeVar("T")
 S = TypeVar("S")
 
-TaskIdArgument = Annotated[str, typer.Argument(help="Task id (decimal).", show_default=False)]
+TaskIdArgument = Annotated[
+    str,
+    typer.Argument(
+        help="Task id (decimal), or ARRAY_ID_INDEX for one task of a job array.",
+        show_default=False,
+    ),
+]
 
 RPC_TIMEOUT_SECONDS = 30.0
 
@@ -47,6 +54,47 @@ def parsed(values: Iterable[str], parse: Callable[[str], T]) -> list[T]:
 def task_id_or_fail(text: str) -> int:
     [task_id] = parsed([text], parse_task_id)
     return task_id
+
+
+def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
+    """The task named by ``text``: a task id, or ARRAY_ID_INDEX (one task of a job array,
+    looked up on the Host)."""
+    head, sep, index = text.partition("_")
+    array_id = task_id_or_fail(head)
+    if not sep:
+        return array_id
+    if not index.isdigit():
+        fail(f"{text!r}: expected ARRAY_ID_INDEX, e.g. {array_id}_7", code=2)
+    request = tpb.ListTasksRequest(batch_id=array_id, array_index=int(index), limit=1)
+    found = unary(stub.ListTasks, request).tasks
+    if not found:
+        fail(f"array {array_id} has no task with index {int(index)}")
+    return found[0].task_id
+
+
+def missing(exc: grpc.RpcError) -> bool:
+    return hasattr(exc, "code") and exc.code() == grpc.StatusCode.NOT_FOUND
+
+
+def on_task_or_batch(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    text: str,
+    on_task: Callable[[int], T],
+    on_batch: Callable[[int], T],
+) -> T:
+    """``on_task`` for a task id or ARRAY_ID_INDEX; for an id no task has, ``on_batch``
+    (task and batch ids come from one sequence, so an id is never both). A batch that does
+    not exist either is reported as the task not found."""
+    tid = task_ref(stub, text)
+    try:
+        return on_task(tid)
+    except grpc.RpcError as exc:
+        if "_" in text or not missing(exc):
+            raise
+        try:
+            return on_batch(tid)
+        except grpc.RpcError as batch_exc:
+            raise (exc if missing(batch_exc) else batch_exc) from None
 
 
 def _transport_problem(details: str, config: Config | None) -> str | None:

@@ -26,6 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2 as aupb,
     node_pb2,
     task_pb2,
+    task_service_pb2 as tpb,
 )
 from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
@@ -240,3 +241,11 @@ def submitted_line(task: task_pb2.Task, what: str = "task") -> str:
     else:
         state = status_name(task.status)
     return f"submitted {what} {task.task_id} ({state})"
+
+
+def batch_line(batch: tpb.BatchSummary) -> str:
+    """A batch at a glance: what it is, then how many tasks are in each status."""
+    what = "array" if batch.array else "batch"
+    cap = f", at most {batch.max_running} at once" if batch.max_running else ""
+    counts = ", ".join(f"{c.count} {status_name(c.status)}" for c in batch.counts)
+    return f"{what} {batch.batch_id}: {batch.size} tasks{cap}: {counts or 'none'}"

@@ -16,12 +16,15 @@ from hakuriver_cli.connection import (
     config_or_fail,
     fail,
     host_channel,
+    on_task_or_batch,
     parsed,
     task_id_or_fail,
+    task_ref,
     unary,
 )
 from hakuriver_cli.render import (
     TASK_COLUMNS,
+    batch_line,
     print_json,
     show_list,
     status_name,
@@ -29,6 +32,7 @@ from hakuriver_cli.render import (
     task_row,
     to_dict,
 )
+from hakuriver_common.arrays import parse_array
 from hakuriver_common.config import Config
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -109,6 +113,36 @@ def wait_final(
     return task
 
 
+def wait_batch(
+    channel: grpc.Channel, target: str, batch_id: int, poll_interval: float
+) -> tpb.BatchSummary:
+    """The batch once every task of it is final, asking the Host at growing intervals (up
+    to ``poll_interval``); while the Host is unreachable, retry for as long as it takes."""
+    stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    pause, away = 0.05, False
+    try:
+        while True:
+            try:
+                batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
+            except grpc.RpcError as exc:
+                if exc.code() not in (*_HOST_GONE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                if not away:
+                    typer.echo(f"lost the host at {target}; retrying", err=True)
+                away = True
+            else:
+                if all(c.status in FINAL_TASK_STATUSES for c in batch.counts):
+                    return batch
+            time.sleep(pause)
+            pause = min(pause * 2, poll_interval)
+    except KeyboardInterrupt:
+        fail(f"stopped waiting; batch {batch_id} carries on (hakuriver.task wait {batch_id})", 130)
+
+
+def _all_completed(batch: tpb.BatchSummary) -> bool:
+    return all(c.status == TaskStatus.COMPLETED.pb for c in batch.counts)
+
+
 PollIntervalOption = Annotated[
     float,
     typer.Option(
@@ -152,6 +186,15 @@ def submit(
         ),
     ] = None,
     priority: Annotated[int, typer.Option(help="Higher runs first when queued.")] = 0,
+    array: Annotated[
+        str,
+        typer.Option(
+            help="A job array, one task per index: 1-100, 0-30:10, 1,3,5-7; %N caps how many "
+            "run at once (1-1000%10). Each task gets HAKURIVER_ARRAY_ID and "
+            "HAKURIVER_ARRAY_INDEX, also replaced in the command and mount paths.",
+            show_default=False,
+        ),
+    ] = "",
     wait: Annotated[bool, typer.Option(help="Wait until every task finishes.")] = False,
     poll_interval: PollIntervalOption = 1.0,
     config: ConfigOption = None,
@@ -174,7 +217,11 @@ def submit(
         priority=priority,
         gpus=gpus,
         network=network.pb if network is not None else task_pb2.TASK_NETWORK_UNSPECIFIED,
+        array=parsed([array], parse_array)[0].pb() if array else None,
     )
+    if array:
+        _submit_array(cfg, request, wait, poll_interval, json)
+        return
     with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         response = unary(stub.SubmitTask, request)
@@ -194,6 +241,36 @@ def submit(
             error = f": {task.error_message}" if task.error_message else ""
             typer.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
     if wait and any(t.status != TaskStatus.COMPLETED.pb for t in tasks):
+        raise typer.Exit(1)
+
+
+def _submit_array(
+    cfg: Config, request: tpb.SubmitTaskRequest, wait: bool, poll_interval: float, json: bool
+) -> None:
+    """An array is reported as one: its id and size, and with --wait its counts by status
+    (exit 1 unless every task completed)."""
+    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        response = unary(stub.SubmitTask, request)
+        if not json:
+            cap = request.array.max_running
+            at_once = f", at most {cap} at once" if cap else ""
+            typer.echo(f"submitted array {response.batch_id}: {response.created} tasks{at_once}")
+        batch = (
+            wait_batch(channel, cfg.host_target, response.batch_id, poll_interval) if wait else None
+        )
+    if json:
+        shown: dict[str, object] = {
+            "batch_id": str(response.batch_id),
+            "created": response.created,
+            "tasks": [to_dict(t) for t in response.tasks],
+        }
+        if batch is not None:
+            shown["batch"] = to_dict(batch)
+        print_json(shown)
+    elif batch is not None:
+        typer.echo(batch_line(batch))
+    if batch is not None and not _all_completed(batch):
         raise typer.Exit(1)
 
 
@@ -259,9 +336,9 @@ def list_tasks(
 
 
 def _print_log(cfg: Config, task_id: str, stream: int, follow: bool) -> None:
-    tid = task_id_or_fail(task_id)
     out = sys.stdout.buffer
     with host_channel(cfg) as channel:
+        tid = task_ref(task_service_pb2_grpc.TaskServiceStub(channel), task_id)
         stub = log_service_pb2_grpc.LogServiceStub(channel)
         request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow)  # type: ignore[arg-type]
         try:
@@ -295,21 +372,46 @@ def stderr(
 
 @app.command("wait")
 def wait_task(
-    task_id: TaskIdArgument,
+    task_id: Annotated[
+        str,
+        typer.Argument(
+            help="Task id; a batch (job array) id for all its tasks; or ARRAY_ID_INDEX.",
+            show_default=False,
+        ),
+    ],
     poll_interval: PollIntervalOption = 1.0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Wait until a task finishes; exit 0 only if it completed."""
+    """Wait until a task (or every task of a batch) finishes; exit 0 only if all completed."""
     cfg = config_or_fail(config)
-    tid = task_id_or_fail(task_id)
+
+    def task(channel: grpc.Channel, tid: int) -> bool:
+        # Fails NOT_FOUND at once for an id no task has (then it may be a batch).
+        unary(
+            task_service_pb2_grpc.TaskServiceStub(channel).GetTask, tpb.GetTaskRequest(task_id=tid)
+        )
+        done = wait_final(channel, cfg.host_target, tid, poll_interval)
+        if json:
+            print_json(to_dict(done))
+        else:
+            typer.echo(f"task {tid}: {status_name(done.status)}")
+        return done.status == TaskStatus.COMPLETED.pb
+
+    def batch(channel: grpc.Channel, bid: int) -> bool:
+        done = wait_batch(channel, cfg.host_target, bid, poll_interval)
+        if json:
+            print_json({"batch": to_dict(done)})
+        else:
+            typer.echo(batch_line(done))
+        return _all_completed(done)
+
     with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
-        task = wait_final(channel, cfg.host_target, tid, poll_interval)
-    if json:
-        print_json(to_dict(task))
-    else:
-        typer.echo(f"task {tid}: {status_name(task.status)}")
-    if task.status != TaskStatus.COMPLETED.pb:
+        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        completed = on_task_or_batch(
+            stub, task_id, lambda t: task(channel, t), lambda b: batch(channel, b)
+        )
+    if not completed:
         raise typer.Exit(1)
 
 

@@ -26,6 +26,10 @@ MAX_TASK_GPUS = 256
 MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
 MAX_SSH_KEY_BYTES = 16 * KIB
 MAX_NAME_BYTES = 128  # environment, node and user names in requests
+MAX_ARRAY_TASKS = 100_000  # tasks of one job array
+MAX_ARRAY_INDEX = 10_000_000
+# Tasks a SubmitTaskResponse carries (an array's first ones; the rest are listed by batch).
+MAX_SUBMIT_REPLY_TASKS = 1000
 
 # ----- runners -----------------------------------------------------------------------------
 # A safe host name: letters, digits, dot, dash, underscore; no path, control or bidi

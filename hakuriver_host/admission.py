@@ -89,6 +89,15 @@ class Plan:
     ssh_public_key: str
     placements: Sequence[Placement]
     network: TaskNetwork = TaskNetwork.HOST
+    # A job array's indices (one task each, on ``placements[0]``); empty for other plans.
+    array: tuple[int, ...] = ()
+    array_max_running: int = 0
+
+    def tasks(self) -> list[tuple[Placement, int | None]]:
+        """Each task's placement and array index (None outside an array)."""
+        if self.array:
+            return [(self.placements[0], index) for index in self.array]
+        return [(placement, None) for placement in self.placements]
 
 
 def _kind(req: tpb.SubmitTaskRequest) -> TaskKind:
@@ -180,6 +189,28 @@ def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
     if req.HasField("cores"):
         _at_most("cores", req.cores, limits.MAX_TASK_CORES)
     _at_most("gpus", req.gpus, limits.MAX_TASK_GPUS)
+    _at_most("array.indices", len(req.array.indices), limits.MAX_ARRAY_TASKS, " tasks")
+
+
+def _array(req: tpb.SubmitTaskRequest, kind: TaskKind) -> tuple[int, ...]:
+    if not req.HasField("array"):
+        return ()
+    indices = tuple(req.array.indices)
+    if kind is TaskKind.VPS:
+        raise InvalidArgument("array: a VPS cannot be a job array")
+    if not indices:
+        raise InvalidArgument("array.indices: a job array needs at least one index")
+    if len(req.targets) > 1:
+        raise InvalidArgument("targets: a job array takes at most one target")
+    if any(not 0 <= i <= limits.MAX_ARRAY_INDEX for i in indices):
+        raise InvalidArgument(f"array.indices: each must be 0..{limits.MAX_ARRAY_INDEX:,}")
+    if len(set(indices)) != len(indices):
+        raise InvalidArgument("array.indices: an index is given twice")
+    if req.array.max_running < 0:
+        raise InvalidArgument(
+            f"array.max_running: must not be negative, got {req.array.max_running}"
+        )
+    return indices
 
 
 def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
@@ -299,6 +330,7 @@ def admit(req: tpb.SubmitTaskRequest, view: ClusterView, rights: Rights) -> Plan
     kind = _kind(req)
     ssh_key = _ssh_key(req, kind)
     _check_shape(req, kind)
+    array = _array(req, kind)
     cores = _cores(req, kind)
     memory = _memory(req)
     container = _container(req, kind, view)
@@ -337,4 +369,6 @@ def admit(req: tpb.SubmitTaskRequest, view: ClusterView, rights: Rights) -> Plan
         ssh_public_key=ssh_key,
         placements=placements,
         network=network,
+        array=array,
+        array_max_running=req.array.max_running,
     )

@@ -43,6 +43,10 @@ RIGHTS: dict[str, Right] = {
     _TASK + "PauseTask": Right.USER,
     _TASK + "ResumeTask": Right.USER,
     _TASK + "WatchTask": Right.USER,
+    _TASK + "GetBatch": Right.USER,
+    _TASK + "KillBatch": Right.USER,
+    _TASK + "PauseBatch": Right.USER,
+    _TASK + "ResumeBatch": Right.USER,
     _LOG + "ReadLog": Right.USER,
     _SSH + "CreateSshTicket": Right.USER,
     # Nodes: everybody reads; operators drain.

@@ -142,7 +142,8 @@ class Cluster:
                 TaskStatus(task.status) in PLACED_STATUSES
                 and task.assigned_node in self.nodes.nodes
             ):
-                self.scheduler.allocate(task.task_id, allocation_of(task))
+                request = request_of(task)
+                self.scheduler.allocate(task.task_id, allocation_of(task), request.group)
         for (status, kind), count in (await self.store.run(self.store.count_tasks)).items():
             self.metrics.tasks.labels(status=status, kind=kind).set(count)
             if status == TaskStatus.PENDING:
@@ -184,8 +185,9 @@ class Cluster:
         the placement pass that considered them, so each is either placed or known to
         wait."""
         plan = admit(req, self._admission, self._rights(who))
-        task_ids = [self.ids.next_id() for _ in plan.placements]
-        batch_id = self.ids.next_id() if len(task_ids) > 1 else 0
+        count = len(plan.tasks())
+        batch_id = self.ids.next_id() if count > 1 or plan.array else 0
+        task_ids = [self.ids.next_id() for _ in range(count)]
         vps = plan.kind is TaskKind.VPS
 
         def output_paths(task_id: int) -> tuple[str, str]:
@@ -197,7 +199,10 @@ class Cluster:
         if not vps:
             await self.logs.create(task_ids)
         await self.book.add(records, f"submitted by {who.actor}")
-        self.audit.record(who, "task.submit", ",".join(map(str, task_ids)))
+        if plan.array:
+            self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
+        else:
+            self.audit.record(who, "task.submit", ",".join(map(str, task_ids)))
         await self._placement_pass()
         return records, batch_id
 
@@ -249,6 +254,7 @@ class Cluster:
             kind,
             after,
             owner,
+            req.array_index if req.HasField("array_index") else None,
         )
         positions = self.book.queue_positions()
         live = self.book.active

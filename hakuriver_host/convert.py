@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
+from hakuriver_common.arrays import ARRAY_ID_VAR, ARRAY_INDEX_VAR, substitute
 from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
@@ -49,6 +51,8 @@ def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
         status_detail=task.status_detail or "",
         owner=task.owner,
         network=TaskNetwork(task.network).pb,
+        array_index=task.array_index,
+        array_max_running=task.array_max_running,
     )
 
 
@@ -101,6 +105,33 @@ def dispatch_of(task: TaskRecord) -> rpb.DispatchCommand:
     )
 
 
+def _array_fields(plan: Plan, array_id: int, index: int | None) -> dict[str, Any]:
+    """An array task's own command, arguments, environment and mounts: the plan's with
+    its array id and index filled in."""
+    if index is None:
+        return {
+            "command": plan.command,
+            "arguments": list(plan.arguments),
+            "env": dict(plan.env),
+            "mounts": [dict(m) for m in plan.mounts],
+        }
+    return {
+        "command": substitute(plan.command, array_id, index),
+        "arguments": [substitute(a, array_id, index) for a in plan.arguments],
+        "env": {**plan.env, ARRAY_ID_VAR: str(array_id), ARRAY_INDEX_VAR: str(index)},
+        "mounts": [
+            {
+                **m,
+                "host_path": substitute(m["host_path"], array_id, index),
+                "container_path": substitute(m["container_path"], array_id, index),
+            }
+            for m in plan.mounts
+        ],
+        "array_index": index,
+        "array_max_running": plan.array_max_running,
+    }
+
+
 def records_of(
     plan: Plan,
     task_ids: list[int],
@@ -109,16 +140,13 @@ def records_of(
     output_paths: Callable[[int], tuple[str, str]],
     owner: str,
 ) -> list[TaskRecord]:
-    """One pending task row per placement of an admitted plan, owned by ``owner``."""
+    """One pending task row per task of an admitted plan, owned by ``owner``."""
     return [
         TaskRecord(
             task_id=task_id,
             kind=plan.kind.value,
             batch_id=batch_id,
-            command=plan.command,
             ssh_public_key=plan.ssh_public_key,
-            arguments=list(plan.arguments),
-            env=dict(plan.env),
             status=TaskStatus.PENDING.value,
             target_hostname=placement.hostname,
             required_cores=plan.cores,
@@ -128,7 +156,6 @@ def records_of(
             target_numa_node_id=placement.numa_node,
             container_name=plan.container,
             privileged=plan.privileged,
-            mounts=[dict(m) for m in plan.mounts],
             priority=plan.priority,
             submitted_at=now,
             stdout_path=output_paths(task_id)[0],
@@ -137,6 +164,7 @@ def records_of(
             assigned_cpus=[],
             owner=owner,
             network=plan.network.value,
+            **_array_fields(plan, batch_id, index),
         )
-        for task_id, placement in zip(task_ids, plan.placements, strict=True)
+        for task_id, (placement, index) in zip(task_ids, plan.tasks(), strict=True)
     ]

@@ -66,6 +66,9 @@ class TaskRecord(SQLModel, table=True):
     # The user who submitted it ("" for tasks from before identities existed).
     owner: str = Field(default="", index=True)
     network: str = "host"
+    # Its index in its job array (batch_id is the array's id); None outside arrays.
+    array_index: int | None = None
+    array_max_running: int = 0
 
 
 class TaskEventRecord(SQLModel, table=True):

@@ -43,6 +43,9 @@ class Request:
     gpu_ids: tuple[int, ...] = ()
     gpu_count: int = 0
     priority: int = 0
+    # A job array's id when it caps how many of its tasks hold resources at once, and the cap.
+    group: int = 0
+    group_cap: int = 0
 
     @property
     def gpus_wanted(self) -> int:
@@ -146,6 +149,9 @@ class Scheduler:
     def __init__(self, starvation_seconds: float = 300.0) -> None:
         self.nodes: dict[str, NodeResources] = {}
         self.starvation_ms = starvation_seconds * 1000
+        # Capped arrays: the group of each task holding resources, and how many hold.
+        self._group_of: dict[int, int] = {}
+        self._holding: dict[int, int] = {}
 
     def upsert_node(
         self,
@@ -253,11 +259,14 @@ class Scheduler:
                 return allocation
         return None
 
-    def allocate(self, task_id: int, allocation: Allocation) -> None:
+    def allocate(self, task_id: int, allocation: Allocation, group: int = 0) -> None:
         """Record that a task holds ``allocation`` (also used to restore state on start)."""
         node = self.nodes[allocation.hostname]
         if task_id in node.holders:
             return
+        if group:
+            self._group_of[task_id] = group
+            self._holding[group] = self._holding.get(group, 0) + 1
         node.holders[task_id] = allocation
         node.free_cpus -= set(allocation.cpus)
         node.free_gpus -= set(allocation.gpus)
@@ -265,6 +274,11 @@ class Scheduler:
 
     def release(self, hostname: str, task_id: int) -> bool:
         """Free a task's holding; False when it held none (release is idempotent)."""
+        group = self._group_of.pop(task_id, 0)
+        if group:
+            self._holding[group] -= 1
+            if not self._holding[group]:
+                del self._holding[group]
         node = self.nodes.get(hostname)
         if node is None or task_id not in node.holders:
             return False
@@ -288,16 +302,39 @@ class Scheduler:
         return sorted(pending, key=lambda r: (-r.priority, r.task_id))
 
     def plan(self, pending: list[Request], now_ms: int) -> list[tuple[Request, Allocation]]:
-        """Place as many pending requests as fit now, in queue order."""
+        """Place as many pending requests as fit now, in queue order.
+
+        A request whose shape (resources and constraints) found no room is not tried again
+        in the same pass, so a long queue of alike tasks (a job array) costs one try per
+        shape, not one per task; only the first of them may reserve a node when starving."""
         placed: list[tuple[Request, Allocation]] = []
         reserved: set[str] = set()
+        no_room: set[tuple[object, ...]] = set()
         for request in self.ranked(pending):
+            if request.group_cap and self._holding.get(request.group, 0) >= request.group_cap:
+                continue
+            shape = _shape(request)
+            if shape in no_room:
+                continue
             allocation = self.choose(request, excluded=reserved)
             if allocation is not None:
-                self.allocate(request.task_id, allocation)
+                self.allocate(request.task_id, allocation, request.group)
                 placed.append((request, allocation))
-            elif now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
+                continue
+            no_room.add(shape)
+            if now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
                 hostname = self._reserve_for(request)
                 if hostname is not None:
                     reserved.add(hostname)
         return placed
+
+
+def _shape(request: Request) -> tuple[object, ...]:
+    return (
+        request.cores,
+        request.memory_bytes,
+        request.target,
+        request.numa_node,
+        request.gpu_ids,
+        request.gpu_count,
+    )

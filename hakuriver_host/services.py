@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from hakuriver_common.limits import MAX_LIST_REPLY_BYTES
+from hakuriver_common.limits import MAX_LIST_REPLY_BYTES, MAX_SUBMIT_REPLY_TASKS
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
@@ -29,6 +29,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import NodeStatus
 from hakuriver_common.timestamps import to_timestamp
+from hakuriver_host.batches import Batches, BatchView
 from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument
@@ -39,17 +40,38 @@ from hakuriver_host.nodes import NodeView
 log = logging.getLogger(__name__)
 
 
+def _batch_to_pb(batch: BatchView) -> tpb.BatchSummary:
+    return tpb.BatchSummary(
+        batch_id=batch.batch_id,
+        size=batch.size,
+        counts=[tpb.StatusCount(status=s.pb, count=n) for s, n in batch.counts.items()],
+        array=batch.array,
+        max_running=batch.max_running,
+        owner=batch.owner,
+    )
+
+
 class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self.batches = Batches(cluster)
 
     async def SubmitTask(
         self, request: tpb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.SubmitTaskResponse:
         tasks, batch_id = await self.cluster.submit(request, caller())
+        shown = tasks[:MAX_SUBMIT_REPLY_TASKS]
+        # One task's position is counted; many read the ranked queue once.
+        positions = self.cluster.book.queue_positions() if len(shown) > 1 else {}
         return tpb.SubmitTaskResponse(
-            tasks=[task_to_pb(t, self.cluster.queue_position(t)) for t in tasks],
+            tasks=[
+                task_to_pb(
+                    t, positions.get(t.task_id, 0) if positions else self.cluster.queue_position(t)
+                )
+                for t in shown
+            ],
             batch_id=batch_id,
+            created=len(tasks),
         )
 
     async def GetTask(
@@ -109,6 +131,30 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     ) -> AsyncIterator[tpb.WatchTasksResponse]:
         async for task in self.cluster.watch_all(request.owner, caller()):
             yield tpb.WatchTasksResponse(task=task_to_pb(task))
+
+    async def GetBatch(
+        self, request: tpb.GetBatchRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.GetBatchResponse:
+        batch = await self.batches.summary(request.batch_id, caller())
+        return tpb.GetBatchResponse(batch=_batch_to_pb(batch))
+
+    async def KillBatch(
+        self, request: tpb.KillBatchRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.KillBatchResponse:
+        batch, affected = await self.batches.kill(request.batch_id, caller())
+        return tpb.KillBatchResponse(batch=_batch_to_pb(batch), affected=affected)
+
+    async def PauseBatch(
+        self, request: tpb.PauseBatchRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.PauseBatchResponse:
+        batch, affected = await self.batches.pause(request.batch_id, caller())
+        return tpb.PauseBatchResponse(batch=_batch_to_pb(batch), affected=affected)
+
+    async def ResumeBatch(
+        self, request: tpb.ResumeBatchRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.ResumeBatchResponse:
+        batch, affected = await self.batches.resume(request.batch_id, caller())
+        return tpb.ResumeBatchResponse(batch=_batch_to_pb(batch), affected=affected)
 
 
 class LogService(log_service_pb2_grpc.LogServiceServicer):

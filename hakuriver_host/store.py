@@ -205,6 +205,17 @@ class Store:
             )
             return task, events
 
+    def batch_statuses(self, batch_id: int) -> list[tuple[int, str, str, int]]:
+        """(task_id, status, owner, array_max_running) of every task of a batch."""
+        with Session(self.engine) as session:
+            query = select(
+                TaskRecord.task_id,
+                TaskRecord.status,
+                TaskRecord.owner,
+                TaskRecord.array_max_running,
+            ).where(TaskRecord.batch_id == batch_id)
+            return [tuple(row) for row in session.exec(query)]  # type: ignore[misc]
+
     def list_tasks(
         self,
         statuses: Sequence[str],
@@ -215,9 +226,12 @@ class Store:
         kind: str = "",
         submitted_after: datetime | None = None,
         owner: str = "",
+        array_index: int | None = None,
     ) -> list[TaskRecord]:
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(TaskRecord)
+            if array_index is not None:
+                query = query.where(TaskRecord.array_index == array_index)
             if statuses:
                 query = query.where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
             if node:

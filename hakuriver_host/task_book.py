@@ -39,6 +39,8 @@ def request_of(task: TaskRecord) -> Request:
         gpu_ids=() if task.gpu_count else tuple(task.required_gpus or ()),
         gpu_count=task.gpu_count,
         priority=task.priority,
+        group=task.batch_id if task.array_max_running else 0,
+        group_cap=task.array_max_running,
     )
 
 
@@ -204,8 +206,12 @@ class TaskBook:
 
     # ----- queries ----------------------------------------------------------------------
 
+    def live(self, task_id: int) -> TaskRecord | None:
+        """The task as it is in memory (newer than the store), if it is active or finishing."""
+        return self.active.get(task_id) or self._finishing.get(task_id)
+
     async def get(self, task_id: int) -> TaskRecord:
-        task = self.active.get(task_id) or self._finishing.get(task_id)
+        task = self.live(task_id)
         if task is not None:
             return task
         record, _ = await self.store.run(self.store.get_task, task_id)

@@ -270,6 +270,8 @@ class Task(_message.Message):
     STATUS_DETAIL_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    ARRAY_INDEX_FIELD_NUMBER: _builtins.int
+    ARRAY_MAX_RUNNING_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     """64-bit time-ordered id; printed as a decimal string."""
     kind: Global___TaskKind.ValueType
@@ -313,6 +315,10 @@ class Task(_message.Message):
     owner: _builtins.str
     """The user who submitted it; only they (and operators) see it."""
     network: Global___TaskNetwork.ValueType
+    array_index: _builtins.int
+    """Its index in its job array (batch_id is the array's id); unset for other tasks."""
+    array_max_running: _builtins.int
+    """Its array's cap on tasks holding resources at once; 0 means none."""
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Arguments passed to the command."""
@@ -373,15 +379,21 @@ class Task(_message.Message):
         status_detail: _builtins.str = ...,
         owner: _builtins.str = ...,
         network: Global___TaskNetwork.ValueType = ...,
+        array_index: _builtins.int | None = ...,
+        array_max_running: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "completed_at", b"completed_at", "exit_code", b"exit_code", "started_at", b"started_at", "submitted_at", b"submitted_at", "target_numa_node_id", b"target_numa_node_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_array_index", b"_array_index", "_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "array_index", b"array_index", "completed_at", b"completed_at", "exit_code", b"exit_code", "started_at", b"started_at", "submitted_at", b"submitted_at", "target_numa_node_id", b"target_numa_node_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "network", b"network", "owner", b"owner", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "status_detail", b"status_detail", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_array_index", b"_array_index", "_exit_code", b"_exit_code", "_target_numa_node_id", b"_target_numa_node_id", "arguments", b"arguments", "array_index", b"array_index", "array_max_running", b"array_max_running", "assigned_cpus", b"assigned_cpus", "assigned_node", b"assigned_node", "batch_id", b"batch_id", "command", b"command", "completed_at", b"completed_at", "container_name", b"container_name", "env", b"env", "error_message", b"error_message", "exit_code", b"exit_code", "gpu_count", b"gpu_count", "kind", b"kind", "mounts", b"mounts", "network", b"network", "owner", b"owner", "priority", b"priority", "privileged", b"privileged", "queue_position", b"queue_position", "required_cores", b"required_cores", "required_gpus", b"required_gpus", "required_memory_bytes", b"required_memory_bytes", "ssh_port", b"ssh_port", "started_at", b"started_at", "status", b"status", "status_detail", b"status_detail", "stderr_path", b"stderr_path", "stdout_path", b"stdout_path", "submitted_at", b"submitted_at", "target_hostname", b"target_hostname", "target_numa_node_id", b"target_numa_node_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__array_index: _TypeAlias = _typing.Literal["array_index"]  # noqa: Y015
+    _WhichOneofArgType__array_index: _TypeAlias = _typing.Literal["_array_index", b"_array_index"]  # noqa: Y015
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
     _WhichOneofReturnType__target_numa_node_id: _TypeAlias = _typing.Literal["target_numa_node_id"]  # noqa: Y015
     _WhichOneofArgType__target_numa_node_id: _TypeAlias = _typing.Literal["_target_numa_node_id", b"_target_numa_node_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__array_index) -> _WhichOneofReturnType__array_index | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__exit_code) -> _WhichOneofReturnType__exit_code | None: ...
     @_typing.overload

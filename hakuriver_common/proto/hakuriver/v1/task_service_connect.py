@@ -41,6 +41,18 @@ class TaskService(Protocol):
     def watch_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest, ctx: RequestContext) -> AsyncIterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def get_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def kill_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def pause_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
+    async def resume_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
     def __init__(self, service: TaskService | AsyncGenerator[TaskService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -126,6 +138,46 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.watch_tasks,
+                ),
+                "/hakuriver.v1.TaskService/GetBatch": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.get_batch,
+                ),
+                "/hakuriver.v1.TaskService/KillBatch": Endpoint.unary(
+                    method=MethodInfo(
+                        name="KillBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.kill_batch,
+                ),
+                "/hakuriver.v1.TaskService/PauseBatch": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PauseBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.pause_batch,
+                ),
+                "/hakuriver.v1.TaskService/ResumeBatch": Endpoint.unary(
+                    method=MethodInfo(
+                        name="ResumeBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.resume_batch,
                 ),
             },
             interceptors=interceptors,
@@ -300,6 +352,86 @@ class TaskServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def get_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def kill_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="KillBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def pause_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def resume_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class TaskServiceSync(Protocol):
     def submit_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskResponse:
@@ -317,6 +449,14 @@ class TaskServiceSync(Protocol):
     def watch_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTaskRequest, ctx: RequestContext) -> Iterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTaskResponse]:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def watch_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest, ctx: RequestContext) -> Iterator[hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse]:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def get_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def kill_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def pause_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def resume_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -403,6 +543,46 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.watch_tasks,
+                ),
+                "/hakuriver.v1.TaskService/GetBatch": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.get_batch,
+                ),
+                "/hakuriver.v1.TaskService/KillBatch": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="KillBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.kill_batch,
+                ),
+                "/hakuriver.v1.TaskService/PauseBatch": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PauseBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.pause_batch,
+                ),
+                "/hakuriver.v1.TaskService/ResumeBatch": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="ResumeBatch",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.resume_batch,
                 ),
             },
             interceptors=interceptors,
@@ -571,6 +751,86 @@ class TaskServiceClientSync(ConnectClientSync):
                 service_name="hakuriver.v1.TaskService",
                 input=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest,
                 output=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def get_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def kill_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="KillBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def pause_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PauseBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def resume_batch(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="ResumeBatch",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

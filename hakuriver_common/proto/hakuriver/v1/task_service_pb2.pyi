@@ -21,6 +21,38 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class TaskArray(_message.Message):
+    """TaskArray makes one submission a job array: one task per index, all alike but for
+    HAKURIVER_ARRAY_INDEX, sharing the batch id (which is the array's id).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDICES_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    max_running: _builtins.int
+    """At most this many of the array's tasks hold resources at once; 0 means no cap."""
+    @_builtins.property
+    def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The indices, one task each, in the order given; no repeats, each 0..10,000,000, at most
+        100,000 of them.
+        """
+
+    def __init__(
+        self,
+        *,
+        indices: _abc.Iterable[_builtins.int] | None = ...,
+        max_running: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["indices", b"indices", "max_running", b"max_running"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskArray: _TypeAlias = TaskArray  # noqa: Y015
+
+@_typing.final
 class SubmitTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -58,6 +90,7 @@ class SubmitTaskRequest(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    ARRAY_FIELD_NUMBER: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     """COMMAND (default) or VPS."""
     command: _builtins.str
@@ -93,6 +126,15 @@ class SubmitTaskRequest(_message.Message):
 
     @_builtins.property
     def mounts(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Mount]: ...
+    @_builtins.property
+    def array(self) -> Global___TaskArray:
+        """Set to submit a job array. Its tasks get HAKURIVER_ARRAY_ID and HAKURIVER_ARRAY_INDEX
+        in their environment, and the Host replaces $HAKURIVER_ARRAY_ID,
+        ${HAKURIVER_ARRAY_ID}, $HAKURIVER_ARRAY_INDEX and ${HAKURIVER_ARRAY_INDEX} in the
+        command, its arguments and the mounts' paths with the values (so they work with or
+        without a shell). An array takes at most one target; not for VPS tasks.
+        """
+
     def __init__(
         self,
         *,
@@ -110,10 +152,11 @@ class SubmitTaskRequest(_message.Message):
         gpus: _builtins.int = ...,
         ssh_public_key: _builtins.str = ...,
         network: _task_pb2.TaskNetwork.ValueType = ...,
+        array: Global___TaskArray | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "cores", b"cores"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "array", b"array", "cores", b"cores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "network", b"network", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "array", b"array", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "network", b"network", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cores: _TypeAlias = _typing.Literal["cores"]  # noqa: Y015
     _WhichOneofArgType__cores: _TypeAlias = _typing.Literal["_cores", b"_cores"]  # noqa: Y015
@@ -127,21 +170,29 @@ class SubmitTaskResponse(_message.Message):
 
     TASKS_FIELD_NUMBER: _builtins.int
     BATCH_ID_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
-    """Shared batch id when more than one task was created; 0 otherwise."""
+    """Shared batch id when more than one task was created, and always for an array (its
+    id); 0 otherwise.
+    """
+    created: _builtins.int
+    """How many tasks were created."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
-        """The created tasks, one per target."""
+        """The created tasks, one per target or array index. For an array of more than 1,000
+        tasks only the first 1,000 (list the batch for the rest).
+        """
 
     def __init__(
         self,
         *,
         tasks: _abc.Iterable[_task_pb2.Task] | None = ...,
         batch_id: _builtins.int = ...,
+        created: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "created", b"created", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,6 +255,7 @@ class ListTasksRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     SUBMITTED_AFTER_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    ARRAY_INDEX_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     """Only tasks placed on this node."""
     batch_id: _builtins.int
@@ -216,6 +268,8 @@ class ListTasksRequest(_message.Message):
     """Only tasks of this kind; unspecified means all."""
     owner: _builtins.str
     """Only tasks of this user (operators; a user always sees only their own)."""
+    array_index: _builtins.int
+    """Only the array task with this index (with batch_id)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
         """Only tasks in these statuses; empty means all."""
@@ -235,12 +289,15 @@ class ListTasksRequest(_message.Message):
         kind: _task_pb2.TaskKind.ValueType = ...,
         submitted_after: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        array_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_after", b"submitted_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_array_index", b"_array_index", "array_index", b"array_index", "submitted_after", b"submitted_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "owner", b"owner", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_array_index", b"_array_index", "array_index", b"array_index", "batch_id", b"batch_id", "before_task_id", b"before_task_id", "kind", b"kind", "limit", b"limit", "node", b"node", "owner", b"owner", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__array_index: _TypeAlias = _typing.Literal["array_index"]  # noqa: Y015
+    _WhichOneofArgType__array_index: _TypeAlias = _typing.Literal["_array_index", b"_array_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__array_index) -> _WhichOneofReturnType__array_index | None: ...
 
 Global___ListTasksRequest: _TypeAlias = ListTasksRequest  # noqa: Y015
 
@@ -467,3 +524,239 @@ class WatchTasksResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTasksResponse: _TypeAlias = WatchTasksResponse  # noqa: Y015
+
+@_typing.final
+class GetBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchRequest: _TypeAlias = GetBatchRequest  # noqa: Y015
+
+@_typing.final
+class StatusCount(_message.Message):
+    """StatusCount is how many tasks of a batch are in one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    status: _task_pb2.TaskStatus.ValueType
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        status: _task_pb2.TaskStatus.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusCount: _TypeAlias = StatusCount  # noqa: Y015
+
+@_typing.final
+class BatchSummary(_message.Message):
+    """BatchSummary is a batch at a glance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    ARRAY_FIELD_NUMBER: _builtins.int
+    MAX_RUNNING_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    size: _builtins.int
+    """Number of tasks in the batch."""
+    array: _builtins.bool
+    """Whether it is a job array (its tasks have indices)."""
+    max_running: _builtins.int
+    """The array's cap on tasks holding resources at once; 0 means none."""
+    owner: _builtins.str
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]:
+        """Non-zero counts only, in status order."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+        size: _builtins.int = ...,
+        counts: _abc.Iterable[Global___StatusCount] | None = ...,
+        array: _builtins.bool = ...,
+        max_running: _builtins.int = ...,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "batch_id", b"batch_id", "counts", b"counts", "max_running", b"max_running", "owner", b"owner", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSummary: _TypeAlias = BatchSummary  # noqa: Y015
+
+@_typing.final
+class GetBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batch(self) -> Global___BatchSummary: ...
+    def __init__(
+        self,
+        *,
+        batch: Global___BatchSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBatchResponse: _TypeAlias = GetBatchResponse  # noqa: Y015
+
+@_typing.final
+class KillBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillBatchRequest: _TypeAlias = KillBatchRequest  # noqa: Y015
+
+@_typing.final
+class KillBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    AFFECTED_FIELD_NUMBER: _builtins.int
+    affected: _builtins.int
+    """How many tasks this call killed."""
+    @_builtins.property
+    def batch(self) -> Global___BatchSummary:
+        """The batch after the kill."""
+
+    def __init__(
+        self,
+        *,
+        batch: Global___BatchSummary | None = ...,
+        affected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected", b"affected", "batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KillBatchResponse: _TypeAlias = KillBatchResponse  # noqa: Y015
+
+@_typing.final
+class PauseBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseBatchRequest: _TypeAlias = PauseBatchRequest  # noqa: Y015
+
+@_typing.final
+class PauseBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    AFFECTED_FIELD_NUMBER: _builtins.int
+    affected: _builtins.int
+    """How many tasks this call paused."""
+    @_builtins.property
+    def batch(self) -> Global___BatchSummary: ...
+    def __init__(
+        self,
+        *,
+        batch: Global___BatchSummary | None = ...,
+        affected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected", b"affected", "batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseBatchResponse: _TypeAlias = PauseBatchResponse  # noqa: Y015
+
+@_typing.final
+class ResumeBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_id", b"batch_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeBatchRequest: _TypeAlias = ResumeBatchRequest  # noqa: Y015
+
+@_typing.final
+class ResumeBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_FIELD_NUMBER: _builtins.int
+    AFFECTED_FIELD_NUMBER: _builtins.int
+    affected: _builtins.int
+    """How many tasks this call resumed."""
+    @_builtins.property
+    def batch(self) -> Global___BatchSummary: ...
+    def __init__(
+        self,
+        *,
+        batch: Global___BatchSummary | None = ...,
+        affected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affected", b"affected", "batch", b"batch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeBatchResponse: _TypeAlias = ResumeBatchResponse  # noqa: Y015

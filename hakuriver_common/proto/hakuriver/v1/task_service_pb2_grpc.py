@@ -75,6 +75,26 @@ class TaskServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
                 _registered_method=True)
+        self.GetBatch = channel.unary_unary(
+                '/hakuriver.v1.TaskService/GetBatch',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse.FromString,
+                _registered_method=True)
+        self.KillBatch = channel.unary_unary(
+                '/hakuriver.v1.TaskService/KillBatch',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse.FromString,
+                _registered_method=True)
+        self.PauseBatch = channel.unary_unary(
+                '/hakuriver.v1.TaskService/PauseBatch',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse.FromString,
+                _registered_method=True)
+        self.ResumeBatch = channel.unary_unary(
+                '/hakuriver.v1.TaskService/ResumeBatch',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -141,6 +161,36 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBatch(self, request, context):
+        """GetBatch counts the tasks of a batch (a job array, or one submission with several
+        targets) by status. Another user's batch answers NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KillBatch(self, request, context):
+        """KillBatch kills every task of a batch that has not ended: pending ones first, so that
+        none of them starts while the others are stopped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseBatch(self, request, context):
+        """PauseBatch pauses every running task of a batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeBatch(self, request, context):
+        """ResumeBatch resumes every paused task of a batch.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -183,6 +233,26 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTasks,
                     request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.SerializeToString,
+            ),
+            'GetBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatch,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse.SerializeToString,
+            ),
+            'KillBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.KillBatch,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse.SerializeToString,
+            ),
+            'PauseBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseBatch,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse.SerializeToString,
+            ),
+            'ResumeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeBatch,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +472,114 @@ class TaskService:
             '/hakuriver.v1.TaskService/WatchTasks',
             hakuriver_dot_v1_dot_task__service__pb2.WatchTasksRequest.SerializeToString,
             hakuriver_dot_v1_dot_task__service__pb2.WatchTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/GetBatch',
+            hakuriver_dot_v1_dot_task__service__pb2.GetBatchRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.GetBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KillBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/KillBatch',
+            hakuriver_dot_v1_dot_task__service__pb2.KillBatchRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.KillBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/PauseBatch',
+            hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/ResumeBatch',
+            hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,18 @@ class TaskServiceStub:
     status change, for live lists. It sends nothing of the past: list first, then watch.
     A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
     """
+    GetBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetBatchRequest, _task_service_pb2.GetBatchResponse]
+    """GetBatch counts the tasks of a batch (a job array, or one submission with several
+    targets) by status. Another user's batch answers NOT_FOUND.
+    """
+    KillBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.KillBatchRequest, _task_service_pb2.KillBatchResponse]
+    """KillBatch kills every task of a batch that has not ended: pending ones first, so that
+    none of them starts while the others are stopped.
+    """
+    PauseBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.PauseBatchRequest, _task_service_pb2.PauseBatchResponse]
+    """PauseBatch pauses every running task of a batch."""
+    ResumeBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]
+    """ResumeBatch resumes every paused task of a batch."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -85,6 +97,18 @@ class TaskServiceAsyncStub(TaskServiceStub):
     status change, for live lists. It sends nothing of the past: list first, then watch.
     A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
     """
+    GetBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetBatchRequest, _task_service_pb2.GetBatchResponse]  # type: ignore[assignment]
+    """GetBatch counts the tasks of a batch (a job array, or one submission with several
+    targets) by status. Another user's batch answers NOT_FOUND.
+    """
+    KillBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.KillBatchRequest, _task_service_pb2.KillBatchResponse]  # type: ignore[assignment]
+    """KillBatch kills every task of a batch that has not ended: pending ones first, so that
+    none of them starts while the others are stopped.
+    """
+    PauseBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.PauseBatchRequest, _task_service_pb2.PauseBatchResponse]  # type: ignore[assignment]
+    """PauseBatch pauses every running task of a batch."""
+    ResumeBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]  # type: ignore[assignment]
+    """ResumeBatch resumes every paused task of a batch."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService submits, inspects and controls tasks."""
@@ -159,5 +183,41 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         status change, for live lists. It sends nothing of the past: list first, then watch.
         A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
         """
+
+    @_abc_1.abstractmethod
+    def GetBatch(
+        self,
+        request: _task_service_pb2.GetBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.GetBatchResponse, _abc.Awaitable[_task_service_pb2.GetBatchResponse]]:
+        """GetBatch counts the tasks of a batch (a job array, or one submission with several
+        targets) by status. Another user's batch answers NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def KillBatch(
+        self,
+        request: _task_service_pb2.KillBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.KillBatchResponse, _abc.Awaitable[_task_service_pb2.KillBatchResponse]]:
+        """KillBatch kills every task of a batch that has not ended: pending ones first, so that
+        none of them starts while the others are stopped.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseBatch(
+        self,
+        request: _task_service_pb2.PauseBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.PauseBatchResponse, _abc.Awaitable[_task_service_pb2.PauseBatchResponse]]:
+        """PauseBatch pauses every running task of a batch."""
+
+    @_abc_1.abstractmethod
+    def ResumeBatch(
+        self,
+        request: _task_service_pb2.ResumeBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.ResumeBatchResponse, _abc.Awaitable[_task_service_pb2.ResumeBatchResponse]]:
+        """ResumeBatch resumes every paused task of a batch."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,7 +14,37 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/task_service.proto.
  */
 export const file_hakuriver_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9oYWt1cml2ZXIvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiygMKEVN1Ym1pdFRhc2tSZXF1ZXN0EiQKBGtpbmQYASABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDwoHY29tbWFuZBgCIAEoCRIRCglhcmd1bWVudHMYAyADKAkSNQoDZW52GAQgAygLMiguaGFrdXJpdmVyLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0LkVudkVudHJ5EhIKBWNvcmVzGAUgASgFSACIAQESDgoGbWVtb3J5GAYgASgJEiUKB3RhcmdldHMYByADKAsyFC5oYWt1cml2ZXIudjEuVGFyZ2V0EhYKDmNvbnRhaW5lcl9uYW1lGAggASgJEhIKCnByaXZpbGVnZWQYCSABKAgSIwoGbW91bnRzGAogAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhAKCHByaW9yaXR5GAsgASgFEgwKBGdwdXMYDCABKAUSFgoOc3NoX3B1YmxpY19rZXkYDSABKAkSKgoHbmV0d29yaxgOIAEoDjIZLmhha3VyaXZlci52MS5UYXNrTmV0d29yaxoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQggKBl9jb3JlcyJJChJTdWJtaXRUYXNrUmVzcG9uc2USIQoFdGFza3MYASADKAsyEi5oYWt1cml2ZXIudjEuVGFzaxIQCghiYXRjaF9pZBgCIAEoAyIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIlwKD0dldFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2sSJwoGZXZlbnRzGAIgAygLMhcuaGFrdXJpdmVyLnYxLlRhc2tFdmVudCLvAQoQTGlzdFRhc2tzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEgwKBG5vZGUYAiABKAkSEAoIYmF0Y2hfaWQYAyABKAMSDQoFbGltaXQYBCABKAUSFgoOYmVmb3JlX3Rhc2tfaWQYBSABKAMSJAoEa2luZBgGIAEoDjIWLmhha3VyaXZlci52MS5UYXNrS2luZBIzCg9zdWJtaXR0ZWRfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAggASgJIlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSGwoTbmV4dF9iZWZvcmVfdGFza19pZBgCIAEoAyIiCg9LaWxsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoAyI0ChBLaWxsVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBQYXVzZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRUGF1c2VUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiQKEVJlc3VtZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNgoSUmVzdW1lVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRV2F0Y2hUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiIKEVdhdGNoVGFza3NSZXF1ZXN0Eg0KBW93bmVyGAEgASgJIjYKEldhdGNoVGFza3NSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2sygQUKC1Rhc2tTZXJ2aWNlEk8KClN1Ym1pdFRhc2sSHy5oYWt1cml2ZXIudjEuU3VibWl0VGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuU3VibWl0VGFza1Jlc3BvbnNlEkYKB0dldFRhc2sSHC5oYWt1cml2ZXIudjEuR2V0VGFza1JlcXVlc3QaHS5oYWt1cml2ZXIudjEuR2V0VGFza1Jlc3BvbnNlEkwKCUxpc3RUYXNrcxIeLmhha3VyaXZlci52MS5MaXN0VGFza3NSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEkkKCEtpbGxUYXNrEh0uaGFrdXJpdmVyLnYxLktpbGxUYXNrUmVxdWVzdBoeLmhha3VyaXZlci52MS5LaWxsVGFza1Jlc3BvbnNlEkwKCVBhdXNlVGFzaxIeLmhha3VyaXZlci52MS5QYXVzZVRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLlBhdXNlVGFza1Jlc3BvbnNlEk8KClJlc3VtZVRhc2sSHy5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1Jlc3BvbnNlEk4KCVdhdGNoVGFzaxIeLmhha3VyaXZlci52MS5XYXRjaFRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESUQoKV2F0Y2hUYXNrcxIfLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVxdWVzdBogLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVzcG9uc2UwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hakuriver_v1_task]);
+  fileDesc("Ch9oYWt1cml2ZXIvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiMQoJVGFza0FycmF5Eg8KB2luZGljZXMYASADKAUSEwoLbWF4X3J1bm5pbmcYAiABKAUi8gMKEVN1Ym1pdFRhc2tSZXF1ZXN0EiQKBGtpbmQYASABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDwoHY29tbWFuZBgCIAEoCRIRCglhcmd1bWVudHMYAyADKAkSNQoDZW52GAQgAygLMiguaGFrdXJpdmVyLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0LkVudkVudHJ5EhIKBWNvcmVzGAUgASgFSACIAQESDgoGbWVtb3J5GAYgASgJEiUKB3RhcmdldHMYByADKAsyFC5oYWt1cml2ZXIudjEuVGFyZ2V0EhYKDmNvbnRhaW5lcl9uYW1lGAggASgJEhIKCnByaXZpbGVnZWQYCSABKAgSIwoGbW91bnRzGAogAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhAKCHByaW9yaXR5GAsgASgFEgwKBGdwdXMYDCABKAUSFgoOc3NoX3B1YmxpY19rZXkYDSABKAkSKgoHbmV0d29yaxgOIAEoDjIZLmhha3VyaXZlci52MS5UYXNrTmV0d29yaxImCgVhcnJheRgPIAEoCzIXLmhha3VyaXZlci52MS5UYXNrQXJyYXkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZfY29yZXMiWgoSU3VibWl0VGFza1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSEAoIYmF0Y2hfaWQYAiABKAMSDwoHY3JlYXRlZBgDIAEoBSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIlwKD0dldFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2sSJwoGZXZlbnRzGAIgAygLMhcuaGFrdXJpdmVyLnYxLlRhc2tFdmVudCKZAgoQTGlzdFRhc2tzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEgwKBG5vZGUYAiABKAkSEAoIYmF0Y2hfaWQYAyABKAMSDQoFbGltaXQYBCABKAUSFgoOYmVmb3JlX3Rhc2tfaWQYBSABKAMSJAoEa2luZBgGIAEoDjIWLmhha3VyaXZlci52MS5UYXNrS2luZBIzCg9zdWJtaXR0ZWRfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAggASgJEhgKC2FycmF5X2luZGV4GAkgASgFSACIAQFCDgoMX2FycmF5X2luZGV4IlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSGwoTbmV4dF9iZWZvcmVfdGFza19pZBgCIAEoAyIiCg9LaWxsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoAyI0ChBLaWxsVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBQYXVzZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRUGF1c2VUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiQKEVJlc3VtZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNgoSUmVzdW1lVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRV2F0Y2hUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiIKEVdhdGNoVGFza3NSZXF1ZXN0Eg0KBW93bmVyGAEgASgJIjYKEldhdGNoVGFza3NSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2siIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgDIkYKC1N0YXR1c0NvdW50EigKBnN0YXR1cxgBIAEoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEg0KBWNvdW50GAIgASgFIowBCgxCYXRjaFN1bW1hcnkSEAoIYmF0Y2hfaWQYASABKAMSDAoEc2l6ZRgCIAEoBRIpCgZjb3VudHMYAyADKAsyGS5oYWt1cml2ZXIudjEuU3RhdHVzQ291bnQSDQoFYXJyYXkYBCABKAgSEwoLbWF4X3J1bm5pbmcYBSABKAUSDQoFb3duZXIYBiABKAkiPQoQR2V0QmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkiJAoQS2lsbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoAyJQChFLaWxsQmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkSEAoIYWZmZWN0ZWQYAiABKAUiJQoRUGF1c2VCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAMiUQoSUGF1c2VCYXRjaFJlc3BvbnNlEikKBWJhdGNoGAEgASgLMhouaGFrdXJpdmVyLnYxLkJhdGNoU3VtbWFyeRIQCghhZmZlY3RlZBgCIAEoBSImChJSZXN1bWVCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAMiUgoTUmVzdW1lQmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkSEAoIYWZmZWN0ZWQYAiABKAUyvwcKC1Rhc2tTZXJ2aWNlEk8KClN1Ym1pdFRhc2sSHy5oYWt1cml2ZXIudjEuU3VibWl0VGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuU3VibWl0VGFza1Jlc3BvbnNlEkYKB0dldFRhc2sSHC5oYWt1cml2ZXIudjEuR2V0VGFza1JlcXVlc3QaHS5oYWt1cml2ZXIudjEuR2V0VGFza1Jlc3BvbnNlEkwKCUxpc3RUYXNrcxIeLmhha3VyaXZlci52MS5MaXN0VGFza3NSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEkkKCEtpbGxUYXNrEh0uaGFrdXJpdmVyLnYxLktpbGxUYXNrUmVxdWVzdBoeLmhha3VyaXZlci52MS5LaWxsVGFza1Jlc3BvbnNlEkwKCVBhdXNlVGFzaxIeLmhha3VyaXZlci52MS5QYXVzZVRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLlBhdXNlVGFza1Jlc3BvbnNlEk8KClJlc3VtZVRhc2sSHy5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1Jlc3BvbnNlEk4KCVdhdGNoVGFzaxIeLmhha3VyaXZlci52MS5XYXRjaFRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESUQoKV2F0Y2hUYXNrcxIfLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVxdWVzdBogLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVzcG9uc2UwARJJCghHZXRCYXRjaBIdLmhha3VyaXZlci52MS5HZXRCYXRjaFJlcXVlc3QaHi5oYWt1cml2ZXIudjEuR2V0QmF0Y2hSZXNwb25zZRJMCglLaWxsQmF0Y2gSHi5oYWt1cml2ZXIudjEuS2lsbEJhdGNoUmVxdWVzdBofLmhha3VyaXZlci52MS5LaWxsQmF0Y2hSZXNwb25zZRJPCgpQYXVzZUJhdGNoEh8uaGFrdXJpdmVyLnYxLlBhdXNlQmF0Y2hSZXF1ZXN0GiAuaGFrdXJpdmVyLnYxLlBhdXNlQmF0Y2hSZXNwb25zZRJSCgtSZXN1bWVCYXRjaBIgLmhha3VyaXZlci52MS5SZXN1bWVCYXRjaFJlcXVlc3QaIS5oYWt1cml2ZXIudjEuUmVzdW1lQmF0Y2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hakuriver_v1_task]);
+
+/**
+ * TaskArray makes one submission a job array: one task per index, all alike but for
+ * HAKURIVER_ARRAY_INDEX, sharing the batch id (which is the array's id).
+ *
+ * @generated from message hakuriver.v1.TaskArray
+ */
+export type TaskArray = Message<"hakuriver.v1.TaskArray"> & {
+  /**
+   * The indices, one task each, in the order given; no repeats, each 0..10,000,000, at most
+   * 100,000 of them.
+   *
+   * @generated from field: repeated int32 indices = 1;
+   */
+  indices: number[];
+
+  /**
+   * At most this many of the array's tasks hold resources at once; 0 means no cap.
+   *
+   * @generated from field: int32 max_running = 2;
+   */
+  maxRunning: number;
+};
+
+/**
+ * Describes the message hakuriver.v1.TaskArray.
+ * Use `create(TaskArraySchema)` to create a new message.
+ */
+export const TaskArraySchema: GenMessage<TaskArray> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 0);
 
 /**
  * @generated from message hakuriver.v1.SubmitTaskRequest
@@ -112,6 +142,17 @@ export type SubmitTaskRequest = Message<"hakuriver.v1.SubmitTaskRequest"> & {
    * @generated from field: hakuriver.v1.TaskNetwork network = 14;
    */
   network: TaskNetwork;
+
+  /**
+   * Set to submit a job array. Its tasks get HAKURIVER_ARRAY_ID and HAKURIVER_ARRAY_INDEX
+   * in their environment, and the Host replaces $HAKURIVER_ARRAY_ID,
+   * ${HAKURIVER_ARRAY_ID}, $HAKURIVER_ARRAY_INDEX and ${HAKURIVER_ARRAY_INDEX} in the
+   * command, its arguments and the mounts' paths with the values (so they work with or
+   * without a shell). An array takes at most one target; not for VPS tasks.
+   *
+   * @generated from field: hakuriver.v1.TaskArray array = 15;
+   */
+  array?: TaskArray | undefined;
 };
 
 /**
@@ -119,25 +160,34 @@ export type SubmitTaskRequest = Message<"hakuriver.v1.SubmitTaskRequest"> & {
  * Use `create(SubmitTaskRequestSchema)` to create a new message.
  */
 export const SubmitTaskRequestSchema: GenMessage<SubmitTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 0);
+  messageDesc(file_hakuriver_v1_task_service, 1);
 
 /**
  * @generated from message hakuriver.v1.SubmitTaskResponse
  */
 export type SubmitTaskResponse = Message<"hakuriver.v1.SubmitTaskResponse"> & {
   /**
-   * The created tasks, one per target.
+   * The created tasks, one per target or array index. For an array of more than 1,000
+   * tasks only the first 1,000 (list the batch for the rest).
    *
    * @generated from field: repeated hakuriver.v1.Task tasks = 1;
    */
   tasks: Task[];
 
   /**
-   * Shared batch id when more than one task was created; 0 otherwise.
+   * Shared batch id when more than one task was created, and always for an array (its
+   * id); 0 otherwise.
    *
    * @generated from field: int64 batch_id = 2;
    */
   batchId: bigint;
+
+  /**
+   * How many tasks were created.
+   *
+   * @generated from field: int32 created = 3;
+   */
+  created: number;
 };
 
 /**
@@ -145,7 +195,7 @@ export type SubmitTaskResponse = Message<"hakuriver.v1.SubmitTaskResponse"> & {
  * Use `create(SubmitTaskResponseSchema)` to create a new message.
  */
 export const SubmitTaskResponseSchema: GenMessage<SubmitTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 1);
+  messageDesc(file_hakuriver_v1_task_service, 2);
 
 /**
  * @generated from message hakuriver.v1.GetTaskRequest
@@ -162,7 +212,7 @@ export type GetTaskRequest = Message<"hakuriver.v1.GetTaskRequest"> & {
  * Use `create(GetTaskRequestSchema)` to create a new message.
  */
 export const GetTaskRequestSchema: GenMessage<GetTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 2);
+  messageDesc(file_hakuriver_v1_task_service, 3);
 
 /**
  * @generated from message hakuriver.v1.GetTaskResponse
@@ -186,7 +236,7 @@ export type GetTaskResponse = Message<"hakuriver.v1.GetTaskResponse"> & {
  * Use `create(GetTaskResponseSchema)` to create a new message.
  */
 export const GetTaskResponseSchema: GenMessage<GetTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 3);
+  messageDesc(file_hakuriver_v1_task_service, 4);
 
 /**
  * @generated from message hakuriver.v1.ListTasksRequest
@@ -247,6 +297,13 @@ export type ListTasksRequest = Message<"hakuriver.v1.ListTasksRequest"> & {
    * @generated from field: string owner = 8;
    */
   owner: string;
+
+  /**
+   * Only the array task with this index (with batch_id).
+   *
+   * @generated from field: optional int32 array_index = 9;
+   */
+  arrayIndex?: number | undefined;
 };
 
 /**
@@ -254,7 +311,7 @@ export type ListTasksRequest = Message<"hakuriver.v1.ListTasksRequest"> & {
  * Use `create(ListTasksRequestSchema)` to create a new message.
  */
 export const ListTasksRequestSchema: GenMessage<ListTasksRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 4);
+  messageDesc(file_hakuriver_v1_task_service, 5);
 
 /**
  * @generated from message hakuriver.v1.ListTasksResponse
@@ -279,7 +336,7 @@ export type ListTasksResponse = Message<"hakuriver.v1.ListTasksResponse"> & {
  * Use `create(ListTasksResponseSchema)` to create a new message.
  */
 export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 5);
+  messageDesc(file_hakuriver_v1_task_service, 6);
 
 /**
  * @generated from message hakuriver.v1.KillTaskRequest
@@ -296,7 +353,7 @@ export type KillTaskRequest = Message<"hakuriver.v1.KillTaskRequest"> & {
  * Use `create(KillTaskRequestSchema)` to create a new message.
  */
 export const KillTaskRequestSchema: GenMessage<KillTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 6);
+  messageDesc(file_hakuriver_v1_task_service, 7);
 
 /**
  * @generated from message hakuriver.v1.KillTaskResponse
@@ -313,7 +370,7 @@ export type KillTaskResponse = Message<"hakuriver.v1.KillTaskResponse"> & {
  * Use `create(KillTaskResponseSchema)` to create a new message.
  */
 export const KillTaskResponseSchema: GenMessage<KillTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 7);
+  messageDesc(file_hakuriver_v1_task_service, 8);
 
 /**
  * @generated from message hakuriver.v1.PauseTaskRequest
@@ -330,7 +387,7 @@ export type PauseTaskRequest = Message<"hakuriver.v1.PauseTaskRequest"> & {
  * Use `create(PauseTaskRequestSchema)` to create a new message.
  */
 export const PauseTaskRequestSchema: GenMessage<PauseTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 8);
+  messageDesc(file_hakuriver_v1_task_service, 9);
 
 /**
  * @generated from message hakuriver.v1.PauseTaskResponse
@@ -347,7 +404,7 @@ export type PauseTaskResponse = Message<"hakuriver.v1.PauseTaskResponse"> & {
  * Use `create(PauseTaskResponseSchema)` to create a new message.
  */
 export const PauseTaskResponseSchema: GenMessage<PauseTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 9);
+  messageDesc(file_hakuriver_v1_task_service, 10);
 
 /**
  * @generated from message hakuriver.v1.ResumeTaskRequest
@@ -364,7 +421,7 @@ export type ResumeTaskRequest = Message<"hakuriver.v1.ResumeTaskRequest"> & {
  * Use `create(ResumeTaskRequestSchema)` to create a new message.
  */
 export const ResumeTaskRequestSchema: GenMessage<ResumeTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 10);
+  messageDesc(file_hakuriver_v1_task_service, 11);
 
 /**
  * @generated from message hakuriver.v1.ResumeTaskResponse
@@ -381,7 +438,7 @@ export type ResumeTaskResponse = Message<"hakuriver.v1.ResumeTaskResponse"> & {
  * Use `create(ResumeTaskResponseSchema)` to create a new message.
  */
 export const ResumeTaskResponseSchema: GenMessage<ResumeTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 11);
+  messageDesc(file_hakuriver_v1_task_service, 12);
 
 /**
  * @generated from message hakuriver.v1.WatchTaskRequest
@@ -398,7 +455,7 @@ export type WatchTaskRequest = Message<"hakuriver.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 12);
+  messageDesc(file_hakuriver_v1_task_service, 13);
 
 /**
  * @generated from message hakuriver.v1.WatchTaskResponse
@@ -415,7 +472,7 @@ export type WatchTaskResponse = Message<"hakuriver.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 13);
+  messageDesc(file_hakuriver_v1_task_service, 14);
 
 /**
  * @generated from message hakuriver.v1.WatchTasksRequest
@@ -434,7 +491,7 @@ export type WatchTasksRequest = Message<"hakuriver.v1.WatchTasksRequest"> & {
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 14);
+  messageDesc(file_hakuriver_v1_task_service, 15);
 
 /**
  * @generated from message hakuriver.v1.WatchTasksResponse
@@ -453,7 +510,242 @@ export type WatchTasksResponse = Message<"hakuriver.v1.WatchTasksResponse"> & {
  * Use `create(WatchTasksResponseSchema)` to create a new message.
  */
 export const WatchTasksResponseSchema: GenMessage<WatchTasksResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 15);
+  messageDesc(file_hakuriver_v1_task_service, 16);
+
+/**
+ * @generated from message hakuriver.v1.GetBatchRequest
+ */
+export type GetBatchRequest = Message<"hakuriver.v1.GetBatchRequest"> & {
+  /**
+   * @generated from field: int64 batch_id = 1;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message hakuriver.v1.GetBatchRequest.
+ * Use `create(GetBatchRequestSchema)` to create a new message.
+ */
+export const GetBatchRequestSchema: GenMessage<GetBatchRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 17);
+
+/**
+ * StatusCount is how many tasks of a batch are in one status.
+ *
+ * @generated from message hakuriver.v1.StatusCount
+ */
+export type StatusCount = Message<"hakuriver.v1.StatusCount"> & {
+  /**
+   * @generated from field: hakuriver.v1.TaskStatus status = 1;
+   */
+  status: TaskStatus;
+
+  /**
+   * @generated from field: int32 count = 2;
+   */
+  count: number;
+};
+
+/**
+ * Describes the message hakuriver.v1.StatusCount.
+ * Use `create(StatusCountSchema)` to create a new message.
+ */
+export const StatusCountSchema: GenMessage<StatusCount> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 18);
+
+/**
+ * BatchSummary is a batch at a glance.
+ *
+ * @generated from message hakuriver.v1.BatchSummary
+ */
+export type BatchSummary = Message<"hakuriver.v1.BatchSummary"> & {
+  /**
+   * @generated from field: int64 batch_id = 1;
+   */
+  batchId: bigint;
+
+  /**
+   * Number of tasks in the batch.
+   *
+   * @generated from field: int32 size = 2;
+   */
+  size: number;
+
+  /**
+   * Non-zero counts only, in status order.
+   *
+   * @generated from field: repeated hakuriver.v1.StatusCount counts = 3;
+   */
+  counts: StatusCount[];
+
+  /**
+   * Whether it is a job array (its tasks have indices).
+   *
+   * @generated from field: bool array = 4;
+   */
+  array: boolean;
+
+  /**
+   * The array's cap on tasks holding resources at once; 0 means none.
+   *
+   * @generated from field: int32 max_running = 5;
+   */
+  maxRunning: number;
+
+  /**
+   * @generated from field: string owner = 6;
+   */
+  owner: string;
+};
+
+/**
+ * Describes the message hakuriver.v1.BatchSummary.
+ * Use `create(BatchSummarySchema)` to create a new message.
+ */
+export const BatchSummarySchema: GenMessage<BatchSummary> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 19);
+
+/**
+ * @generated from message hakuriver.v1.GetBatchResponse
+ */
+export type GetBatchResponse = Message<"hakuriver.v1.GetBatchResponse"> & {
+  /**
+   * @generated from field: hakuriver.v1.BatchSummary batch = 1;
+   */
+  batch?: BatchSummary | undefined;
+};
+
+/**
+ * Describes the message hakuriver.v1.GetBatchResponse.
+ * Use `create(GetBatchResponseSchema)` to create a new message.
+ */
+export const GetBatchResponseSchema: GenMessage<GetBatchResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 20);
+
+/**
+ * @generated from message hakuriver.v1.KillBatchRequest
+ */
+export type KillBatchRequest = Message<"hakuriver.v1.KillBatchRequest"> & {
+  /**
+   * @generated from field: int64 batch_id = 1;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message hakuriver.v1.KillBatchRequest.
+ * Use `create(KillBatchRequestSchema)` to create a new message.
+ */
+export const KillBatchRequestSchema: GenMessage<KillBatchRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 21);
+
+/**
+ * @generated from message hakuriver.v1.KillBatchResponse
+ */
+export type KillBatchResponse = Message<"hakuriver.v1.KillBatchResponse"> & {
+  /**
+   * The batch after the kill.
+   *
+   * @generated from field: hakuriver.v1.BatchSummary batch = 1;
+   */
+  batch?: BatchSummary | undefined;
+
+  /**
+   * How many tasks this call killed.
+   *
+   * @generated from field: int32 affected = 2;
+   */
+  affected: number;
+};
+
+/**
+ * Describes the message hakuriver.v1.KillBatchResponse.
+ * Use `create(KillBatchResponseSchema)` to create a new message.
+ */
+export const KillBatchResponseSchema: GenMessage<KillBatchResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 22);
+
+/**
+ * @generated from message hakuriver.v1.PauseBatchRequest
+ */
+export type PauseBatchRequest = Message<"hakuriver.v1.PauseBatchRequest"> & {
+  /**
+   * @generated from field: int64 batch_id = 1;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message hakuriver.v1.PauseBatchRequest.
+ * Use `create(PauseBatchRequestSchema)` to create a new message.
+ */
+export const PauseBatchRequestSchema: GenMessage<PauseBatchRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 23);
+
+/**
+ * @generated from message hakuriver.v1.PauseBatchResponse
+ */
+export type PauseBatchResponse = Message<"hakuriver.v1.PauseBatchResponse"> & {
+  /**
+   * @generated from field: hakuriver.v1.BatchSummary batch = 1;
+   */
+  batch?: BatchSummary | undefined;
+
+  /**
+   * How many tasks this call paused.
+   *
+   * @generated from field: int32 affected = 2;
+   */
+  affected: number;
+};
+
+/**
+ * Describes the message hakuriver.v1.PauseBatchResponse.
+ * Use `create(PauseBatchResponseSchema)` to create a new message.
+ */
+export const PauseBatchResponseSchema: GenMessage<PauseBatchResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 24);
+
+/**
+ * @generated from message hakuriver.v1.ResumeBatchRequest
+ */
+export type ResumeBatchRequest = Message<"hakuriver.v1.ResumeBatchRequest"> & {
+  /**
+   * @generated from field: int64 batch_id = 1;
+   */
+  batchId: bigint;
+};
+
+/**
+ * Describes the message hakuriver.v1.ResumeBatchRequest.
+ * Use `create(ResumeBatchRequestSchema)` to create a new message.
+ */
+export const ResumeBatchRequestSchema: GenMessage<ResumeBatchRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 25);
+
+/**
+ * @generated from message hakuriver.v1.ResumeBatchResponse
+ */
+export type ResumeBatchResponse = Message<"hakuriver.v1.ResumeBatchResponse"> & {
+  /**
+   * @generated from field: hakuriver.v1.BatchSummary batch = 1;
+   */
+  batch?: BatchSummary | undefined;
+
+  /**
+   * How many tasks this call resumed.
+   *
+   * @generated from field: int32 affected = 2;
+   */
+  affected: number;
+};
+
+/**
+ * Describes the message hakuriver.v1.ResumeBatchResponse.
+ * Use `create(ResumeBatchResponseSchema)` to create a new message.
+ */
+export const ResumeBatchResponseSchema: GenMessage<ResumeBatchResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 26);
 
 /**
  * TaskService submits, inspects and controls tasks.
@@ -544,6 +836,48 @@ export const TaskService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchTasksRequestSchema;
     output: typeof WatchTasksResponseSchema;
+  },
+  /**
+   * GetBatch counts the tasks of a batch (a job array, or one submission with several
+   * targets) by status. Another user's batch answers NOT_FOUND.
+   *
+   * @generated from rpc hakuriver.v1.TaskService.GetBatch
+   */
+  getBatch: {
+    methodKind: "unary";
+    input: typeof GetBatchRequestSchema;
+    output: typeof GetBatchResponseSchema;
+  },
+  /**
+   * KillBatch kills every task of a batch that has not ended: pending ones first, so that
+   * none of them starts while the others are stopped.
+   *
+   * @generated from rpc hakuriver.v1.TaskService.KillBatch
+   */
+  killBatch: {
+    methodKind: "unary";
+    input: typeof KillBatchRequestSchema;
+    output: typeof KillBatchResponseSchema;
+  },
+  /**
+   * PauseBatch pauses every running task of a batch.
+   *
+   * @generated from rpc hakuriver.v1.TaskService.PauseBatch
+   */
+  pauseBatch: {
+    methodKind: "unary";
+    input: typeof PauseBatchRequestSchema;
+    output: typeof PauseBatchResponseSchema;
+  },
+  /**
+   * ResumeBatch resumes every paused task of a batch.
+   *
+   * @generated from rpc hakuriver.v1.TaskService.ResumeBatch
+   */
+  resumeBatch: {
+    methodKind: "unary";
+    input: typeof ResumeBatchRequestSchema;
+    output: typeof ResumeBatchResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_hakuriver_v1_task_service, 0);

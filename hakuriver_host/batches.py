@@ -1,0 +1,103 @@
+"""Batches: the tasks of one submission (a job array, or one task per target), counted and
+controlled together.
+
+A batch is as visible as its tasks (all have the submitter as owner): another user's batch
+answers exactly as a missing one. Whole-batch control acts on each task through the same
+paths as the single-task RPCs; pending tasks are killed first, so that none of them starts
+on resources the others free while they are being stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.cluster import Cluster
+from hakuriver_host.errors import ApiError, Hidden, InvalidArgument
+from hakuriver_host.identity import Principal
+from hakuriver_host.models import TaskRecord
+from hakuriver_host.task_machine import PLACED_STATUSES
+
+_Action = Callable[[int, Principal], Awaitable[TaskRecord]]
+
+
+@dataclass(frozen=True)
+class BatchView:
+    batch_id: int
+    size: int
+    owner: str
+    max_running: int
+    array: bool
+    counts: dict[TaskStatus, int] = field(default_factory=dict)
+
+
+class Batches:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    async def summary(self, batch_id: int, who: Principal) -> BatchView:
+        if batch_id <= 0:
+            raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
+        store = self.cluster.store
+        rows = await store.run(store.batch_statuses, batch_id)
+        if not rows or not who.owns(rows[0][2]):
+            raise Hidden(f"batch_id: batch {batch_id} not found")
+        book = self.cluster.book
+        counts: Counter[TaskStatus] = Counter()
+        for task_id, stored, _, _ in rows:
+            live = book.live(task_id)
+            counts[TaskStatus(live.status if live is not None else stored)] += 1
+        first = book.live(rows[0][0]) or await book.get(rows[0][0])
+        return BatchView(
+            batch_id=batch_id,
+            size=len(rows),
+            owner=rows[0][2],
+            max_running=rows[0][3],
+            array=first.array_index is not None,
+            counts={status: counts[status] for status in TaskStatus if counts[status]},
+        )
+
+    def _active(self, batch_id: int, statuses: frozenset[TaskStatus]) -> list[TaskRecord]:
+        return [
+            t
+            for t in self.cluster.book.active.values()
+            if t.batch_id == batch_id and TaskStatus(t.status) in statuses
+        ]
+
+    async def kill(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
+        await self.summary(batch_id, who)
+        self.cluster.audit.record(who, "batch.kill", batch_id)
+        book = self.cluster.book
+        pending = self._active(batch_id, frozenset({TaskStatus.PENDING}))
+        stores = [book.apply(t, TaskStatus.KILLED, "killed with its batch") for t in pending]
+        await asyncio.gather(*stores)
+        placed = self._active(batch_id, PLACED_STATUSES)
+        killed = await self._each(self.cluster.kill, placed, who)
+        return await self.summary(batch_id, who), len(pending) + killed
+
+    async def pause(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
+        await self.summary(batch_id, who)
+        running = self._active(batch_id, frozenset({TaskStatus.RUNNING}))
+        paused = await self._each(self.cluster.pause, running, who)
+        return await self.summary(batch_id, who), paused
+
+    async def resume(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
+        await self.summary(batch_id, who)
+        paused = self._active(batch_id, frozenset({TaskStatus.PAUSED}))
+        resumed = await self._each(self.cluster.resume, paused, who)
+        return await self.summary(batch_id, who), resumed
+
+    @staticmethod
+    async def _each(action: _Action, tasks: list[TaskRecord], who: Principal) -> int:
+        """Act on every task at once; how many it succeeded for (a task that changed in the
+        meantime, or whose Runner did not confirm, is left as it is)."""
+        results = await asyncio.gather(
+            *(action(t.task_id, who) for t in tasks), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ApiError):
+                raise result
+        return sum(1 for r in results if not isinstance(r, BaseException))

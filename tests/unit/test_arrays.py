@@ -1,0 +1,190 @@
+"""Job arrays through the public API: one request creates every task of the array, each with
+its index in its environment and in its command; the array's cap on tasks holding resources
+at once holds; a whole array is counted, killed, paused and resumed as one; another user's
+array answers as a missing one; bad arrays are refused with nothing stored."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from hakuriver_common.arrays import parse_array
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import LocalCluster, status_of
+
+
+def _array(indices: list[int], max_running: int = 0, **fields: object) -> tpb.SubmitTaskRequest:
+    return tpb.SubmitTaskRequest(
+        command="echo",
+        arguments=[
+            "seed=$HAKURIVER_ARRAY_INDEX",
+            "of ${HAKURIVER_ARRAY_ID}",
+            "$HAKURIVER_ARRAY_IDX",
+        ],
+        array=tpb.TaskArray(indices=indices, max_running=max_running),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _counts(batch: tpb.BatchSummary) -> dict[TaskStatus, int]:
+    return {TaskStatus.from_pb(c.status): c.count for c in batch.counts}
+
+
+async def test_an_array_creates_one_task_per_index_with_its_index(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array([3, 5, 9]), timeout=5)
+    assert reply.created == 3 and reply.batch_id
+    assert [t.array_index for t in reply.tasks] == [3, 5, 9]
+    assert all(t.batch_id == reply.batch_id for t in reply.tasks)
+    await eventually(lambda: len(runner.dispatched) == 3)
+    dispatch = runner.tasks[reply.tasks[1].task_id].dispatch
+    assert dispatch is not None
+    assert dispatch.env["HAKURIVER_ARRAY_INDEX"] == "5"
+    assert dispatch.env["HAKURIVER_ARRAY_ID"] == str(reply.batch_id)
+    # Replaced in the arguments (whole variable names only), so no shell is needed.
+    assert list(dispatch.arguments) == ["seed=5", f"of {reply.batch_id}", "$HAKURIVER_ARRAY_IDX"]
+    listed = await local_cluster.tasks.ListTasks(
+        tpb.ListTasksRequest(batch_id=reply.batch_id, array_index=9), timeout=5
+    )
+    assert [t.task_id for t in listed.tasks] == [reply.tasks[2].task_id]
+
+
+async def test_the_cap_holds_and_the_next_index_starts_when_one_ends(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=8, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array(list(range(6)), max_running=2), timeout=5)
+    ids = [t.task_id for t in reply.tasks]
+    await eventually(lambda: len(runner.running) == 2)
+    assert sorted(runner.running) == ids[:2]  # lowest indices first, though 8 cores are free
+    batch = (await local_cluster.tasks.GetBatch(tpb.GetBatchRequest(batch_id=reply.batch_id))).batch
+    assert (batch.size, batch.array, batch.max_running) == (6, True, 2)
+    assert _counts(batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 4}
+    runner.finish(ids[0], 0)
+    await eventually(lambda: ids[2] in runner.running)
+    assert len(runner.running) == 2
+    # Another submission is not held back by the array's cap.
+    other = await local_cluster.submit("job")
+    await local_cluster.wait_status(other.task_id, TaskStatus.RUNNING)
+
+
+async def test_a_whole_array_is_killed_pending_ones_first(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array(list(range(5))), timeout=5)
+    await eventually(lambda: len(runner.running) == 2)
+    killed = await local_cluster.tasks.KillBatch(
+        tpb.KillBatchRequest(batch_id=reply.batch_id), timeout=30
+    )
+    assert killed.affected == 5
+    assert _counts(killed.batch) == {TaskStatus.KILLED: 5}
+    # None of the pending ones started on the cores the killed ones freed.
+    assert len(runner.dispatched) == 2
+    again = await local_cluster.tasks.KillBatch(
+        tpb.KillBatchRequest(batch_id=reply.batch_id), timeout=30
+    )
+    assert again.affected == 0
+
+
+async def test_a_whole_array_is_paused_and_resumed(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array([1, 2, 3], max_running=2), timeout=5)
+    await eventually(lambda: len(runner.running) == 2)
+    paused = await local_cluster.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=reply.batch_id))
+    assert paused.affected == 2
+    assert _counts(paused.batch) == {TaskStatus.PAUSED: 2, TaskStatus.PENDING: 1}
+    resumed = await local_cluster.tasks.ResumeBatch(tpb.ResumeBatchRequest(batch_id=reply.batch_id))
+    assert resumed.affected == 2
+    assert _counts(resumed.batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 1}
+
+
+async def test_another_users_array_answers_as_a_missing_one(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    reply = await alice.tasks.SubmitTask(_array([0, 1]), timeout=5)
+    missing = reply.batch_id + 12345
+    for batch_id in (reply.batch_id, missing):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await bob.tasks.KillBatch(tpb.KillBatchRequest(batch_id=batch_id), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+        assert refused.value.details() == f"batch_id: batch {batch_id} not found"
+    mine = await alice.tasks.GetBatch(tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=5)
+    assert mine.batch.owner == "alice"
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"array": tpb.TaskArray()}, "array.indices: a job array needs at least one index"),
+        ({"array": tpb.TaskArray(indices=[1, 1])}, "array.indices: an index is given twice"),
+        ({"array": tpb.TaskArray(indices=[-1])}, "array.indices: each must be 0..10,000,000"),
+        (
+            {"array": tpb.TaskArray(indices=[1], max_running=-2)},
+            "array.max_running: must not be negative, got -2",
+        ),
+        (
+            {"array": tpb.TaskArray(indices=list(range(100_001)))},
+            "array.indices: at most 100000 tasks allowed, got 100001 tasks",
+        ),
+        (
+            {
+                "array": tpb.TaskArray(indices=[1]),
+                "targets": [task_pb2.Target(hostname="a"), task_pb2.Target(hostname="a")],
+            },
+            "targets: a job array takes at most one target",
+        ),
+        (
+            {"array": tpb.TaskArray(indices=[1]), "kind": task_pb2.TASK_KIND_VPS},
+            "array: a VPS cannot be a job array",
+        ),
+    ],
+)
+async def test_bad_arrays_are_refused_and_nothing_is_stored(
+    local_cluster: LocalCluster, request_fields: dict[str, object], message: str
+) -> None:
+    await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    request = tpb.SubmitTaskRequest(command="job", **request_fields)  # type: ignore[arg-type]
+    if request.kind == task_pb2.TASK_KIND_VPS:
+        request.ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 user@host"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.SubmitTask(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == message
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert not listed.tasks
+
+
+async def test_a_large_array_answers_with_its_first_tasks_and_lists_the_rest(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array(list(range(2500))), timeout=30)
+    assert (reply.created, len(reply.tasks)) == (2500, 1000)
+    assert status_of(reply.tasks[0]) is TaskStatus.ASSIGNING
+    assert [t.queue_position for t in reply.tasks[1:4]] == [1, 2, 3]
+    batch = (await local_cluster.tasks.GetBatch(tpb.GetBatchRequest(batch_id=reply.batch_id))).batch
+    assert batch.size == 2500
+
+
+@pytest.mark.parametrize(
+    ("text", "indices", "cap"),
+    [
+        ("1-5%2", (1, 2, 3, 4, 5), 2),
+        ("0-15:4", (0, 4, 8, 12), 0),
+        ("1,3,5-7", (1, 3, 5, 6, 7), 0),
+        ("7", (7,), 0),
+    ],
+)
+def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None:
+    spec = parse_array(text)
+    assert (spec.indices, spec.max_running) == (indices, cap)
+
+
+@pytest.mark.parametrize("text", ["", "5-1", "1-3%0", "1-3%x", "a", "1,1", "0-20000000", "1-2:0"])
+def test_bad_array_syntax_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--array"):
+        parse_array(text)

@@ -39,33 +39,29 @@ class Batches:
         self.cluster = cluster
 
     async def summary(self, batch_id: int, who: Principal) -> BatchView:
+        """Counts by status: final ones as stored, the rest from memory (every task that
+        has not ended is in memory, and newer there)."""
         if batch_id <= 0:
             raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
         store = self.cluster.store
-        rows = await store.run(store.batch_statuses, batch_id)
-        if not rows or not who.owns(rows[0][2]):
+        final = [s.value for s in TaskStatus if s.is_final]
+        first, size, stored = await store.run(store.batch_summary, batch_id, final)
+        if first is None or not who.owns(first.owner):
             raise Hidden(f"batch_id: batch {batch_id} not found")
-        book = self.cluster.book
-        counts: Counter[TaskStatus] = Counter()
-        for task_id, stored, _, _ in rows:
-            live = book.live(task_id)
-            counts[TaskStatus(live.status if live is not None else stored)] += 1
-        first = book.live(rows[0][0]) or await book.get(rows[0][0])
+        counts: Counter[TaskStatus] = Counter({TaskStatus(s): n for s, n in stored.items()})
+        for task in self.cluster.book.of_batch(batch_id):
+            counts[TaskStatus(task.status)] += 1
         return BatchView(
             batch_id=batch_id,
-            size=len(rows),
-            owner=rows[0][2],
-            max_running=rows[0][3],
+            size=size,
+            owner=first.owner,
+            max_running=first.array_max_running,
             array=first.array_index is not None,
             counts={status: counts[status] for status in TaskStatus if counts[status]},
         )
 
     def _active(self, batch_id: int, statuses: frozenset[TaskStatus]) -> list[TaskRecord]:
-        return [
-            t
-            for t in self.cluster.book.active.values()
-            if t.batch_id == batch_id and TaskStatus(t.status) in statuses
-        ]
+        return [t for t in self.cluster.book.of_batch(batch_id) if TaskStatus(t.status) in statuses]
 
     async def kill(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
         await self.summary(batch_id, who)

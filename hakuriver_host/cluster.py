@@ -197,7 +197,7 @@ class Cluster:
 
         records = records_of(plan, task_ids, batch_id, utcnow(), output_paths, who.name)
         if not vps:
-            await self.logs.create(task_ids)
+            self.logs.expect(task_ids)
         await self.book.add(records, f"submitted by {who.actor}")
         if plan.array:
             self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
@@ -410,11 +410,12 @@ class Cluster:
     def _place_pending(self) -> list[Coroutine[Any, Any, None]]:
         """Place what fits now, in memory; the coroutines store each placement and then
         dispatch it."""
-        pending = [request_of(t) for t in self.book.pending.values()]
-        if not pending:
+        if not self.book.queue:
             return []
         stores = []
-        for request, allocation in self.scheduler.plan(pending, time.time_ns() // 1_000_000):
+        for request, allocation in self.scheduler.plan(
+            self.book.queue, time.time_ns() // 1_000_000
+        ):
             task = self.book.active.get(request.task_id)
             if task is None or task.status != TaskStatus.PENDING:
                 self.scheduler.release(allocation.hostname, request.task_id)

@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hakuriver_host.group_commit import GroupCommit
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -89,7 +87,6 @@ class LogStore:
         self._readers = ThreadPoolExecutor(
             max_workers=READER_THREADS, thread_name_prefix="hakuriver-log-readers"
         )
-        self._creates = GroupCommit(self._create_files, self._executor)
         self.bytes_written = 0
 
     def path(self, task_id: int, stream: str) -> Path:
@@ -127,16 +124,10 @@ class LogStore:
             os.close(fd)
         return written, None
 
-    @staticmethod
-    def _create_files(paths: list[Path]) -> None:
-        for path in paths:
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
-
-    async def create(self, task_ids: list[int]) -> None:
-        """Create empty output files so readers find them before the first byte."""
-        await self._creates.submit(
-            [self.path(task_id, stream) for task_id in task_ids for stream in (STDOUT, STDERR)]
-        )
+    def expect(self, task_ids: list[int]) -> None:
+        """New tasks have no output yet: their sizes are known without looking at the disk.
+        Their files appear with their first byte (readers take a missing file as empty);
+        creating two empty files per task up front cost a job array more than storing it."""
         for task_id in task_ids:
             for stream in (STDOUT, STDERR):
                 self._sizes.setdefault((task_id, stream), 0)

@@ -17,6 +17,8 @@ Policy (docs/scheduling.md):
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hakuriver_common.ids import id_timestamp_ms
@@ -297,36 +299,51 @@ class Scheduler:
             return None
         return max(usable, key=lambda n: (n.free_cores, n.free_memory_bytes, n.hostname)).hostname
 
-    def ranked(self, pending: list[Request]) -> list[Request]:
-        """Queue order: priority (higher first), then submission order."""
-        return sorted(pending, key=lambda r: (-r.priority, r.task_id))
+    def plan(self, queue: PendingQueue, now_ms: int) -> list[tuple[Request, Allocation]]:
+        """Place as many pending requests as fit now, in queue order; the placed ones leave
+        ``queue``.
 
-    def plan(self, pending: list[Request], now_ms: int) -> list[tuple[Request, Allocation]]:
-        """Place as many pending requests as fit now, in queue order.
-
-        A request whose shape (resources and constraints) found no room is not tried again
-        in the same pass, so a long queue of alike tasks (a job array) costs one try per
-        shape, not one per task; only the first of them may reserve a node when starving."""
+        The queue keeps one line per shape (resources, constraints, array cap), so a pass
+        takes the best head among the lines: a line whose head finds no room, or whose
+        array is at its cap, is left for this pass (its other requests are alike), and a
+        pass costs what it places plus one try per line, however long the queue (a job
+        array of 10,000 tasks is one line). Only a line's head may reserve a node when
+        starving."""
         placed: list[tuple[Request, Allocation]] = []
         reserved: set[str] = set()
         no_room: set[tuple[object, ...]] = set()
-        for request in self.ranked(pending):
+        heads = [(_rank(r), key) for key, r in queue.heads()]
+        heapq.heapify(heads)
+        while heads:
+            _, key = heapq.heappop(heads)
+            request = queue.head(key)
+            if request is None:
+                continue
             if request.group_cap and self._holding.get(request.group, 0) >= request.group_cap:
                 continue
             shape = _shape(request)
             if shape in no_room:
                 continue
             allocation = self.choose(request, excluded=reserved)
-            if allocation is not None:
-                self.allocate(request.task_id, allocation, request.group)
-                placed.append((request, allocation))
+            if allocation is None:
+                no_room.add(shape)
+                if now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
+                    hostname = self._reserve_for(request)
+                    if hostname is not None:
+                        reserved.add(hostname)
                 continue
-            no_room.add(shape)
-            if now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
-                hostname = self._reserve_for(request)
-                if hostname is not None:
-                    reserved.add(hostname)
+            self.allocate(request.task_id, allocation, request.group)
+            placed.append((request, allocation))
+            queue.discard(request.task_id)
+            following = queue.head(key)
+            if following is not None:
+                heapq.heappush(heads, (_rank(following), key))
         return placed
+
+
+def _rank(request: Request) -> tuple[int, int]:
+    """Queue order: priority (higher first), then submission order (ids are time-ordered)."""
+    return (-request.priority, request.task_id)
 
 
 def _shape(request: Request) -> tuple[object, ...]:
@@ -338,3 +355,49 @@ def _shape(request: Request) -> tuple[object, ...]:
         request.gpu_ids,
         request.gpu_count,
     )
+
+
+class PendingQueue:
+    """Pending requests, in lines of alike ones (same shape and array cap), each a heap in
+    queue order. Leaving is lazy: a request discarded from the middle of a line is dropped
+    when it reaches the head."""
+
+    def __init__(self, requests: Iterable[Request] = ()) -> None:
+        self._lines: dict[tuple[object, ...], list[tuple[tuple[int, int], Request]]] = {}
+        self._members: dict[int, Request] = {}
+        for request in requests:
+            self.add(request)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def add(self, request: Request) -> None:
+        key = (*_shape(request), request.group, request.group_cap)
+        heapq.heappush(self._lines.setdefault(key, []), (_rank(request), request))
+        self._members[request.task_id] = request
+
+    def discard(self, task_id: int) -> None:
+        self._members.pop(task_id, None)
+
+    def head(self, key: tuple[object, ...]) -> Request | None:
+        """The first request of a line still in the queue."""
+        line = self._lines.get(key)
+        while line:
+            request = line[0][1]
+            if self._members.get(request.task_id) is request:
+                return request
+            heapq.heappop(line)
+        self._lines.pop(key, None)
+        return None
+
+    def heads(self) -> list[tuple[tuple[object, ...], Request]]:
+        found = []
+        for key in list(self._lines):
+            request = self.head(key)
+            if request is not None:
+                found.append((key, request))
+        return found
+
+    def ranked(self) -> list[Request]:
+        """Every pending request in queue order."""
+        return sorted(self._members.values(), key=_rank)

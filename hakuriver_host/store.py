@@ -205,16 +205,23 @@ class Store:
             )
             return task, events
 
-    def batch_statuses(self, batch_id: int) -> list[tuple[int, str, str, int]]:
-        """(task_id, status, owner, array_max_running) of every task of a batch."""
-        with Session(self.engine) as session:
-            query = select(
-                TaskRecord.task_id,
-                TaskRecord.status,
-                TaskRecord.owner,
-                TaskRecord.array_max_running,
-            ).where(TaskRecord.batch_id == batch_id)
-            return [tuple(row) for row in session.exec(query)]  # type: ignore[misc]
+    def batch_summary(
+        self, batch_id: int, final: Sequence[str]
+    ) -> tuple[TaskRecord | None, int, dict[str, int]]:
+        """One task of a batch (None if there is none), how many it has, and how many of
+        them are stored in each of the ``final`` statuses."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            of_batch = TaskRecord.batch_id == batch_id
+            first = session.exec(select(TaskRecord).where(of_batch).limit(1)).first()
+            if first is None:
+                return None, 0, {}
+            size = session.exec(select(func.count()).select_from(TaskRecord).where(of_batch)).one()
+            by_status = select(TaskRecord.status, func.count()).where(
+                of_batch,
+                TaskRecord.status.in_(final),  # type: ignore[attr-defined]
+            )
+            counts = session.exec(by_status.group_by(TaskRecord.status)).all()
+            return first, size, {status: count for status, count in counts}
 
     def list_tasks(
         self,

@@ -18,7 +18,7 @@ from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
-from hakuriver_host.scheduler import Allocation, Request, Scheduler
+from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 from hakuriver_host.store import Store
 from hakuriver_host.task_machine import transition
 from hakuriver_host.webhooks import Notifier
@@ -76,8 +76,10 @@ class TaskBook:
         self.scheduler = scheduler
         self._on_final = on_final
         self.active: dict[int, TaskRecord] = {}
-        # The pending subset of ``active`` (nothing moves back to pending).
+        # The pending subset of ``active`` (nothing moves back to pending), and their
+        # requests in the scheduler's queue.
         self.pending: dict[int, TaskRecord] = {}
+        self.queue = PendingQueue()
         self._positions: dict[int, int] | None = None
         # Watchers of one task get a numbered copy of it per change, in order (a copy: the
         # live record may have moved on by the time the watcher reads it).
@@ -96,6 +98,7 @@ class TaskBook:
             self.active[task.task_id] = task
             if task.status == TaskStatus.PENDING:
                 self.pending[task.task_id] = task
+                self.queue.add(request_of(task))
 
     async def add(self, records: list[TaskRecord], detail: str) -> None:
         """New pending tasks: stored with their first event, then queued."""
@@ -106,6 +109,7 @@ class TaskBook:
         for record in records:
             self.active[record.task_id] = record
             self.pending[record.task_id] = record
+            self.queue.add(request_of(record))
             self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
             self.metrics.tasks_submitted.labels(kind=record.kind).inc()
             self._tell_lists(record)
@@ -136,6 +140,7 @@ class TaskBook:
         if old is TaskStatus.PENDING:
             self._positions = None
             self.pending.pop(task.task_id, None)
+            self.queue.discard(task.task_id)
         now = utcnow()
         changes: dict[str, Any] = {"status": new.value, "status_detail": "", **fields}
         if new is TaskStatus.RUNNING and task.started_at is None:
@@ -206,6 +211,15 @@ class TaskBook:
 
     # ----- queries ----------------------------------------------------------------------
 
+    def of_batch(self, batch_id: int) -> list[TaskRecord]:
+        """A batch's tasks that are in memory: active, or final but not yet stored."""
+        return [
+            t
+            for tasks in (self.active, self._finishing)
+            for t in tasks.values()
+            if t.batch_id == batch_id
+        ]
+
     def live(self, task_id: int) -> TaskRecord | None:
         """The task as it is in memory (newer than the store), if it is active or finishing."""
         return self.active.get(task_id) or self._finishing.get(task_id)
@@ -241,7 +255,7 @@ class TaskBook:
     def queue_positions(self) -> dict[int, int]:
         """1-based queue position of every pending task (recomputed only after changes)."""
         if self._positions is None:
-            ranked = self.scheduler.ranked([request_of(t) for t in self.pending.values()])
+            ranked = self.queue.ranked()
             self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
         return self._positions
 

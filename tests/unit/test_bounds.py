@@ -231,7 +231,6 @@ async def test_a_task_whose_output_cannot_be_stored_is_not_completed(
     [task] = await local_cluster.submit_running()
     # The output path cannot be written (as on a full or broken disk).
     path = task.stdout_path
-    os.unlink(path)
     os.mkdir(path)
     runner.write(task.task_id, b"lost line\n")
     other = await local_cluster.submit("other")

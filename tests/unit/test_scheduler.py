@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from hakuriver_common.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
-from hakuriver_host.scheduler import Allocation, Request, Scheduler
+from hakuriver_common.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS, id_timestamp_ms
+from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 
 NOW = EPOCH_MS + 10_000_000
 
@@ -81,7 +81,7 @@ def test_queue_order_is_priority_then_submission() -> None:
         Request(task_id(NOW, 2), 2, 0, priority=5),
         Request(task_id(NOW, 4), 2, 0),
     ]
-    placed = scheduler.plan(requests, now_ms=NOW)
+    placed = scheduler.plan(PendingQueue(requests), now_ms=NOW)
     assert [r.task_id for r, _ in placed] == [task_id(NOW, 2), task_id(NOW, 3)]
 
 
@@ -91,14 +91,14 @@ def test_starving_large_task_reserves_a_node_against_small_ones() -> None:
     scheduler.allocate(1, Allocation("a", (0, 1), 0))
     big = Request(task_id(NOW - 120_000), 4, 0)  # waited two minutes
     small = Request(task_id(NOW, 1), 1, 0)
-    assert scheduler.plan([big, small], now_ms=NOW) == []
+    assert scheduler.plan(PendingQueue([big, small]), now_ms=NOW) == []
     # Not yet starving: the small one is let through (backfill).
     young_big = Request(task_id(NOW - 1_000), 4, 0)
-    assert [r for r, _ in scheduler.plan([young_big, small], now_ms=NOW)] == [small]
+    assert [r for r, _ in scheduler.plan(PendingQueue([young_big, small]), now_ms=NOW)] == [small]
     # Once the running task ends the big one starts.
     scheduler.release("a", small.task_id)
     scheduler.release("a", 1)
-    assert [r for r, _ in scheduler.plan([big], now_ms=NOW)] == [big]
+    assert [r for r, _ in scheduler.plan(PendingQueue([big]), now_ms=NOW)] == [big]
 
 
 def test_never_fits_names_the_limit() -> None:
@@ -138,6 +138,23 @@ def test_hardware_update_keeps_holdings() -> None:
     assert scheduler.nodes["a"].used_memory_bytes == 10
 
 
+def _like(template: Request, new_id: int, group: int = 0, cap: int = 0) -> Request:
+    """A request shaped like ``template`` that admission would accept (GPU ids only with a
+    target, and never both ids and a count)."""
+    return Request(
+        task_id=new_id,
+        cores=template.cores,
+        memory_bytes=template.memory_bytes,
+        target=template.target,
+        numa_node=template.numa_node,
+        gpu_ids=template.gpu_ids if template.target else (),
+        gpu_count=0 if template.gpu_ids and template.target else template.gpu_count,
+        priority=template.priority,
+        group=group,
+        group_cap=cap,
+    )
+
+
 request_strategy = st.builds(
     Request,
     task_id=st.just(0),
@@ -169,19 +186,10 @@ def test_nothing_is_ever_held_twice_and_everything_is_released_once(
     pending: list[Request] = []
     holding: dict[int, Allocation] = {}
     for seq, (template, age_ms, finish) in enumerate(steps):
-        request = Request(
-            task_id=task_id(NOW - age_ms, seq),
-            cores=template.cores,
-            memory_bytes=template.memory_bytes,
-            target=template.target,
-            numa_node=template.numa_node,
-            gpu_ids=template.gpu_ids if template.target else (),
-            gpu_count=0 if template.gpu_ids and template.target else template.gpu_count,
-            priority=template.priority,
-        )
+        request = _like(template, task_id(NOW - age_ms, seq))
         if scheduler.never_fits(request) is None:
             pending.append(request)
-        for placed, allocation in scheduler.plan(pending, now_ms=NOW):
+        for placed, allocation in scheduler.plan(PendingQueue(pending), now_ms=NOW):
             pending.remove(placed)
             assert placed.task_id not in holding
             holding[placed.task_id] = allocation
@@ -214,3 +222,87 @@ def test_nothing_is_ever_held_twice_and_everything_is_released_once(
         assert node.free_cpus == set(node.cpus)
         assert node.free_gpus == set(node.gpus)
         assert node.used_memory_bytes == 0
+
+
+def _plan_one_by_one(
+    scheduler: Scheduler, pending: list[Request], now_ms: int
+) -> list[tuple[Request, Allocation]]:
+    """The reference: every request in queue order, each tried unless its array is at its
+    cap; a starving one that does not fit reserves a node. (What ``plan`` must decide,
+    without its lines of alike requests.)"""
+    placed: list[tuple[Request, Allocation]] = []
+    reserved: set[str] = set()
+    reserving_shapes: set[tuple[object, ...]] = set()
+    holding = dict(scheduler._holding)
+    for request in sorted(pending, key=lambda r: (-r.priority, r.task_id)):
+        if request.group_cap and holding.get(request.group, 0) >= request.group_cap:
+            continue
+        allocation = scheduler.choose(request, excluded=reserved)
+        if allocation is not None:
+            scheduler.allocate(request.task_id, allocation, request.group)
+            holding[request.group] = holding.get(request.group, 0) + 1
+            placed.append((request, allocation))
+            continue
+        shape = (request.cores, request.memory_bytes, request.target, request.numa_node)
+        shape += (request.gpu_ids, request.gpu_count)
+        starving = now_ms - id_timestamp_ms(request.task_id) >= scheduler.starvation_ms
+        if starving and shape not in reserving_shapes:
+            reserving_shapes.add(shape)
+            hostname = scheduler._reserve_for(request)
+            if hostname is not None:
+                reserved.add(hostname)
+    return placed
+
+
+def _cluster() -> Scheduler:
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, (0, 1))
+    scheduler.upsert_node("b", tuple(range(4)), 32, {0: (0, 1, 2, 3)}, (0, 1))
+    return scheduler
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            request_strategy,
+            st.integers(0, 200_000),  # age in ms
+            st.integers(1, 40),  # tasks alike (a job array when > 1)
+            st.integers(0, 3),  # the array's cap (0: none)
+        ),
+        max_size=8,
+    ),
+    st.lists(st.integers(0, 50), max_size=5),
+)
+def test_lines_of_alike_requests_place_exactly_what_one_by_one_would(
+    submissions: list[tuple[Request, int, int, int]], finishing: list[int]
+) -> None:
+    """Job arrays and caps: the queue's lines decide the same placements, in the same order,
+    as trying every request in queue order, pass after pass while tasks end."""
+    fast, slow = _cluster(), _cluster()
+    pending: list[Request] = []
+    seq = 0
+    for group, (template, age_ms, count, cap) in enumerate(submissions, start=1):
+        for _ in range(count):
+            seq += 1
+            pending.append(_like(template, task_id(NOW - age_ms, seq), group if cap else 0, cap))
+    pending = [r for r in pending if fast.never_fits(r) is None]
+    queue = PendingQueue(pending)
+    left = list(pending)
+    held: list[tuple[Request, Allocation]] = []
+    for index in [*finishing, -1]:
+        got = fast.plan(queue, now_ms=NOW)
+        want = _plan_one_by_one(slow, left, now_ms=NOW)
+        assert [(r.task_id, a) for r, a in got] == [(r.task_id, a) for r, a in want]
+        for request, _ in got:
+            left.remove(request)
+        assert sorted(r.task_id for r in queue.ranked()) == sorted(r.task_id for r in left)
+        held += got
+        for request, _ in held:
+            if request.group_cap:
+                group_held = [r for r, _ in held if r.group == request.group]
+                assert len(group_held) <= request.group_cap, "an array's cap was passed"
+        if index >= 0 and held:
+            request, allocation = held.pop(index % len(held))
+            assert fast.release(allocation.hostname, request.task_id)
+            assert slow.release(allocation.hostname, request.task_id)

@@ -10,6 +10,7 @@ scripts/build-dashboard.sh
 source scripts/lib/apt.sh
 command -v chromium >/dev/null || apt_install chromium
 "$PY" -m bench.bench_dispatch
+"$PY" -m bench.bench_cli
 "$PY" -m bench.bench_scheduler
 "$PY" -m bench.bench_security
 "$PY" -m bench.bench_heartbeats

@@ -8,8 +8,10 @@ other module converts through here.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING, cast
 
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+if TYPE_CHECKING:
+    from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
 
 
 class TaskStatus(StrEnum):
@@ -108,32 +110,36 @@ FINAL_STATUSES = frozenset(
 )
 ACTIVE_STATUSES = frozenset(s for s in TaskStatus if s not in FINAL_STATUSES)
 
-_TASK_STATUS_PB: dict[TaskStatus, task_pb2.TaskStatus.ValueType] = {
-    TaskStatus.PENDING: task_pb2.TASK_STATUS_PENDING,
-    TaskStatus.ASSIGNING: task_pb2.TASK_STATUS_ASSIGNING,
-    TaskStatus.RUNNING: task_pb2.TASK_STATUS_RUNNING,
-    TaskStatus.PAUSED: task_pb2.TASK_STATUS_PAUSED,
-    TaskStatus.COMPLETED: task_pb2.TASK_STATUS_COMPLETED,
-    TaskStatus.FAILED: task_pb2.TASK_STATUS_FAILED,
-    TaskStatus.KILLED: task_pb2.TASK_STATUS_KILLED,
-    TaskStatus.KILLED_OOM: task_pb2.TASK_STATUS_KILLED_OOM,
-    TaskStatus.LOST: task_pb2.TASK_STATUS_LOST,
-    TaskStatus.UNKNOWN: task_pb2.TASK_STATUS_UNKNOWN,
-}
+# The proto enums' numbers (protos/hakuriver/v1/task.proto and node.proto), written out: wire
+# values never change, and this module (which every command line's --help needs, for its
+# choices) then loads no protobuf. tests/unit/test_statuses.py checks them against the
+# generated code.
+_TASK_STATUS_PB = cast(
+    "dict[TaskStatus, task_pb2.TaskStatus.ValueType]",
+    {
+        TaskStatus.PENDING: 1,
+        TaskStatus.ASSIGNING: 2,
+        TaskStatus.RUNNING: 3,
+        TaskStatus.PAUSED: 4,
+        TaskStatus.COMPLETED: 5,
+        TaskStatus.FAILED: 6,
+        TaskStatus.KILLED: 7,
+        TaskStatus.KILLED_OOM: 8,
+        TaskStatus.LOST: 9,
+        TaskStatus.UNKNOWN: 10,
+    },
+)
 _TASK_STATUS_OF_PB: dict[int, TaskStatus] = {pb: status for status, pb in _TASK_STATUS_PB.items()}
-_TASK_KIND_PB: dict[TaskKind, task_pb2.TaskKind.ValueType] = {
-    TaskKind.COMMAND: task_pb2.TASK_KIND_COMMAND,
-    TaskKind.VPS: task_pb2.TASK_KIND_VPS,
-}
+_TASK_KIND_PB = cast(
+    "dict[TaskKind, task_pb2.TaskKind.ValueType]", {TaskKind.COMMAND: 1, TaskKind.VPS: 2}
+)
 _TASK_KIND_OF_PB: dict[int, TaskKind] = {pb: kind for kind, pb in _TASK_KIND_PB.items()}
-_TASK_NETWORK_PB: dict[TaskNetwork, task_pb2.TaskNetwork.ValueType] = {
-    TaskNetwork.HOST: task_pb2.TASK_NETWORK_HOST,
-    TaskNetwork.NONE: task_pb2.TASK_NETWORK_NONE,
-}
-_NODE_STATUS_PB: dict[NodeStatus, node_pb2.NodeStatus.ValueType] = {
-    NodeStatus.ONLINE: node_pb2.NODE_STATUS_ONLINE,
-    NodeStatus.OFFLINE: node_pb2.NODE_STATUS_OFFLINE,
-}
+_TASK_NETWORK_PB = cast(
+    "dict[TaskNetwork, task_pb2.TaskNetwork.ValueType]", {TaskNetwork.HOST: 1, TaskNetwork.NONE: 2}
+)
+_NODE_STATUS_PB = cast(
+    "dict[NodeStatus, node_pb2.NodeStatus.ValueType]", {NodeStatus.ONLINE: 1, NodeStatus.OFFLINE: 2}
+)
 _NODE_STATUS_OF_PB: dict[int, NodeStatus] = {pb: status for status, pb in _NODE_STATUS_PB.items()}
 
 # Proto values of the final statuses, for clients that compare wire messages.

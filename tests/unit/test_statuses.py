@@ -1,0 +1,44 @@
+"""The vocabulary's proto numbers, written out in hakuriver_common/statuses.py, against the
+generated code: every word maps to the proto value of its name, and every proto value but
+UNSPECIFIED has a word."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import pytest
+from google.protobuf.descriptor import EnumDescriptor
+
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+from hakuriver_common.statuses import (
+    FINAL_STATUSES,
+    FINAL_TASK_STATUSES,
+    NodeStatus,
+    TaskKind,
+    TaskNetwork,
+    TaskStatus,
+)
+
+VOCABULARIES = [
+    (TaskStatus, task_pb2.TaskStatus.DESCRIPTOR, "TASK_STATUS_"),
+    (TaskKind, task_pb2.TaskKind.DESCRIPTOR, "TASK_KIND_"),
+    (TaskNetwork, task_pb2.TaskNetwork.DESCRIPTOR, "TASK_NETWORK_"),
+    (NodeStatus, node_pb2.NodeStatus.DESCRIPTOR, "NODE_STATUS_"),
+]
+
+
+@pytest.mark.parametrize(("words", "enum", "prefix"), VOCABULARIES)
+def test_words_match_the_proto_enums(
+    words: type[StrEnum], enum: EnumDescriptor, prefix: str
+) -> None:
+    proto = {v.name.removeprefix(prefix): v.number for v in enum.values if v.number != 0}
+    ours = {member.name: member.pb for member in words}  # type: ignore[attr-defined]
+    assert ours == proto
+    for member in words:
+        assert words.from_pb(member.pb) is member  # type: ignore[attr-defined]
+
+
+def test_final_task_statuses_are_the_proto_values() -> None:
+    assert {getattr(task_pb2, f"TASK_STATUS_{s.name}") for s in FINAL_STATUSES} == (
+        FINAL_TASK_STATUSES
+    )

@@ -97,6 +97,10 @@ class RunnerLink:
     # ----- commands ---------------------------------------------------------------------
 
     def dispatch(self, command: rpb.DispatchCommand) -> None:
+        """Send a task to the Runner, once per link: a placement being stored and the
+        reconciliation of a Runner registering meanwhile may both find it assigning."""
+        if command.task_id in self._unacknowledged:
+            return
         self._unacknowledged[command.task_id] = time.monotonic()
         self.send(rpb.ConnectResponse(dispatch=command))
 

@@ -188,3 +188,30 @@ def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None
 def test_bad_array_syntax_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="--array"):
         parse_array(text)
+
+
+async def test_a_host_restart_in_the_middle_of_an_array_loses_none_and_starts_none_twice(
+    local_cluster: LocalCluster,
+) -> None:
+    runners = [await local_cluster.add_runner(f"n{i}", cores=4) for i in range(4)]
+    size = 1500
+    reply = await local_cluster.tasks.SubmitTask(
+        _array(list(range(size)), max_running=12), timeout=60
+    )
+
+    def started() -> int:
+        return sum(len(r.dispatched) for r in runners)
+
+    await eventually(lambda: started() >= size // 3, within=60, what="a third to start")
+    await local_cluster.restart_host()
+    assert 0 < started() < size
+
+    async def completed() -> bool:
+        batch = await local_cluster.tasks.GetBatch(
+            tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=5
+        )
+        return _counts(batch.batch) == {TaskStatus.COMPLETED: size}
+
+    await eventually(completed, within=120, what="every task of the array to complete")
+    dispatched = [task_id for r in runners for task_id in r.dispatched]
+    assert len(dispatched) == len(set(dispatched)) == size

@@ -6,7 +6,6 @@ An override is named ``HAKURIVER_<SECTION>__<KEY>``, e.g. ``HAKURIVER_NETWORK__H
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -19,9 +18,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hakuriver_common.client_config import (
+    DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH,
+    ConfigError as ConfigError,
+    config_file,
+    resolve_config_path as resolve_config_path,
+)
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
-
-DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
 
 
 def is_loopback(host: str) -> bool:
@@ -353,27 +356,10 @@ class Config(BaseSettings):
         return self.paths.shared_dir / "task_errors"
 
 
-class ConfigError(Exception):
-    """The configuration file is missing or invalid."""
-
-
-def resolve_config_path(path: Path | None) -> Path | None:
-    """The explicit path, else $HAKURIVER_CONFIG, else the default path if it exists."""
-    if path is not None:
-        return path
-    env = os.environ.get("HAKURIVER_CONFIG")
-    if env:
-        return Path(env)
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
-
-
 def load_config(path: Path | None = None, **overrides: Any) -> Config:
-    """Load the TOML file (if any) under environment overrides."""
-    resolved = resolve_config_path(path)
-    if resolved is not None and not resolved.is_file():
-        raise ConfigError(
-            f"config file {resolved} does not exist (create one: hakuriver.init config)"
-        )
+    """Load the TOML file (if any) under environment overrides. (The command-line tools
+    read it through client_config.load_client_config, which comes to the same.)"""
+    resolved = config_file(path)
     Config._toml_path = resolved
     try:
         return Config(**overrides)

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from hakuriver_common.config import Config
+from hakuriver_common.client_config import ClientConfig
 
 Options = Sequence[tuple[str, Any]]
 
@@ -27,7 +27,7 @@ def bearer(secret: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {secret}"),)
 
 
-def channel_credentials(config: Config) -> grpc.ChannelCredentials | None:
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     """TLS credentials trusting the cluster's CA; None when the config says plaintext."""
     if config.tls.plaintext:
         return None
@@ -40,7 +40,7 @@ def channel_credentials(config: Config) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(ca.read_bytes())
 
 
-def _options(config: Config, options: Options) -> list[tuple[str, Any]]:
+def _options(config: ClientConfig, options: Options) -> list[tuple[str, Any]]:
     found = list(options)
     if config.tls.server_name and not config.tls.plaintext:
         found.append(("grpc.ssl_target_name_override", config.tls.server_name))
@@ -73,7 +73,7 @@ class _SyncBearer(
         return continuation(_with_metadata(details, self.metadata), requests)
 
 
-def open_channel(config: Config, secret: str, options: Options = ()) -> grpc.Channel:
+def open_channel(config: ClientConfig, secret: str, options: Options = ()) -> grpc.Channel:
     """A blocking channel to the Host sending ``secret`` with every call."""
     credentials = channel_credentials(config)
     found = _options(config, options)
@@ -117,7 +117,7 @@ class _AioStreamStream(grpc.aio.StreamStreamClientInterceptor):
 
 
 def open_aio_channel(
-    config: Config, secret: str | None = None, options: Options = ()
+    config: ClientConfig, secret: str | None = None, options: Options = ()
 ) -> grpc.aio.Channel:
     """An asyncio channel to the Host; with ``secret``, sent with every call (else the
     caller passes metadata itself, as the Runner's one stream does)."""

@@ -10,7 +10,7 @@ import os
 import stat
 from pathlib import Path
 
-from hakuriver_common.config import Config
+from hakuriver_common.client_config import ClientConfig
 
 TOKEN_ENV = "HAKURIVER_TOKEN"
 
@@ -48,7 +48,7 @@ def write_secret(path: Path, secret: str) -> None:
     tmp.replace(path)
 
 
-def api_token(config: Config) -> str:
+def api_token(config: ClientConfig) -> str:
     """The token to send, or CredentialsError saying where one was looked for."""
     token = os.environ.get(TOKEN_ENV, "").strip() or config.auth.token.strip()
     if token:

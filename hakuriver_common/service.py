@@ -7,18 +7,23 @@ as well as after it. The subcommand's own option wins, then the one before it, t
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
-from hakuriver_common.config import Config, ConfigError, load_config
-from hakuriver_common.logging_setup import setup_logging
+from hakuriver_common.client_config import ClientConfig, ConfigError, load_client_config
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from hakuriver_common.config import Config
+
+# The command-line tools import this module for their options: what only the daemons use
+# (pydantic's Config, asyncio, logging) is imported when they call for it.
 
 _CONFIG_HELP = "Config TOML (default $HAKURIVER_CONFIG, else ~/.hakuriver/config.toml)."
 _JSON_HELP = "Print JSON instead of a table."
@@ -98,15 +103,32 @@ def tool_app(help: str, json: bool = True) -> typer.Typer:
 
 def config_or_exit(path: Path | None) -> Config:
     """Load the config or print one error line and exit 2."""
+    from hakuriver_common.config import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        _config_error(exc)
+
+
+def client_config_or_exit(path: Path | None) -> ClientConfig:
+    """What a command-line tool needs of the config (client_config.load_client_config: the
+    same values and errors, usually without pydantic), or one error line and exit 2."""
+    try:
+        return load_client_config(path)
+    except ConfigError as exc:
+        _config_error(exc)
+
+
+def _config_error(exc: ConfigError) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2) from None
 
 
 def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -> Config:
     """Config and logging for the Host or a Runner."""
+    from hakuriver_common.logging_setup import setup_logging
+
     config = config_or_exit(path)
     setup_logging(log_file(config))
     return config
@@ -114,6 +136,9 @@ def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -
 
 def stop_on_signals() -> asyncio.Event:
     """An event set by SIGINT or SIGTERM; call from the running loop."""
+    import asyncio
+    import signal
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

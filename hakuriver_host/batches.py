@@ -39,18 +39,19 @@ class Batches:
         self.cluster = cluster
 
     async def summary(self, batch_id: int, who: Principal) -> BatchView:
-        """Counts by status: final ones as stored, the rest from memory (every task that
-        has not ended is in memory, and newer there)."""
+        """Counts by status: tasks stored as ended as stored, the others as in memory
+        (every task that has not ended is there, and newer there). Memory is read before
+        the store, so a task that ends in between is counted once, as stored."""
         if batch_id <= 0:
             raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
+        in_memory = [(t.task_id, t.status) for t in self.cluster.book.of_batch(batch_id)]
         store = self.cluster.store
         final = [s.value for s in TaskStatus if s.is_final]
-        first, size, stored = await store.run(store.batch_summary, batch_id, final)
+        first, size, ended = await store.run(store.batch_summary, batch_id, final)
         if first is None or not who.owns(first.owner):
             raise Hidden(f"batch_id: batch {batch_id} not found")
-        counts: Counter[TaskStatus] = Counter({TaskStatus(s): n for s, n in stored.items()})
-        for task in self.cluster.book.of_batch(batch_id):
-            counts[TaskStatus(task.status)] += 1
+        counts: Counter[TaskStatus] = Counter(TaskStatus(s) for s in ended.values())
+        counts.update(TaskStatus(s) for task_id, s in in_memory if task_id not in ended)
         return BatchView(
             batch_id=batch_id,
             size=size,

@@ -171,6 +171,7 @@ class Cluster:
         for node in self.nodes.nodes.values():
             if node.link is not None:
                 node.link.close()
+        await self.runners.settle()
         await self.audit.wait_written()
 
     # ----- tasks ------------------------------------------------------------------------

@@ -24,11 +24,16 @@ class GroupCommit(Generic[T]):
 
     async def submit(self, items: list[T]) -> None:
         """Return once ``items`` were applied; raise what applying their batch raised."""
+        await self.enqueue(items)
+
+    def enqueue(self, items: list[T]) -> asyncio.Future[None]:
+        """Queue ``items`` now (batches keep the order of these calls); the future is done
+        once they were applied."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queued.append((items, done))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
-        await done
+        return done
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()

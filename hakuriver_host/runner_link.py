@@ -50,6 +50,9 @@ def _first(seen: set[int], task_id: int) -> bool:
     return True
 
 
+REPORTS_IN_FLIGHT = 1024
+
+
 class RunnerLink:
     def __init__(self, hostname: str) -> None:
         self.hostname = hostname
@@ -63,6 +66,9 @@ class RunnerLink:
         self._foreign: set[int] = set()
         self._problems: set[int] = set()
         self.pace = Pace(RUNNER_MESSAGES_PER_SECOND)
+        # Reports being stored in the background (see RunnerGateway.later): bounded, so a
+        # Runner outpacing the database waits on its stream.
+        self.in_flight = asyncio.Semaphore(REPORTS_IN_FLIGHT)
         self.closed = False
 
     def send(self, message: rpb.ConnectResponse) -> None:

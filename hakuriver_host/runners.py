@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from hakuriver_common.config import Config
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
@@ -40,6 +41,15 @@ LOG_STREAMS: dict[int, str] = {
 }
 
 
+async def _stored_then(
+    stores: list[Coroutine[Any, Any, None]], release: Callable[[int], None], task_id: int
+) -> None:
+    for stored in stores:
+        await stored
+    if task_id:
+        release(task_id)
+
+
 class RunnerGateway:
     def __init__(
         self,
@@ -66,6 +76,7 @@ class RunnerGateway:
         self.audit = audit
         # Set from the database when the Host starts (Cluster.start).
         self.cluster_id = ""
+        self._background: set[asyncio.Task[None]] = set()
         # Active tasks whose output could not all be stored, and why.
         self.output_errors: dict[int, str] = {}
 
@@ -254,6 +265,10 @@ class RunnerGateway:
         return False
 
     async def _on_task_state(self, link: RunnerLink, report: rpb.TaskStateReport) -> None:
+        """Apply a report in memory now and store it in the background, so that the next
+        reports on the stream are read meanwhile and their writes share a transaction
+        (the store keeps their order). A container is released only once its task's final
+        status is stored, and ``link.later`` bounds the writes in flight per Runner."""
         task = self.book.active.get(report.task_id)
         if task is not None and task.assigned_node != link.hostname:
             self._owns(link, report.task_id, "state report")
@@ -268,15 +283,47 @@ class RunnerGateway:
                 self.output_errors.get(task.task_id, ""),
             )
         outcome = on_report(facts, report)
+        stores: list[Coroutine[Any, Any, None]] = []
         if task is not None:
             if Effect.NOTE_DETAIL in outcome.effects:
-                await self.book.persist(task, outcome.detail, status_detail=outcome.detail)
+                stores.append(self.book.note(task, outcome.detail, status_detail=outcome.detail))
             if outcome.status is not None:
-                await self.book.move(task, outcome.status, outcome.detail, **outcome.fields)
+                stores.append(
+                    self.book.apply(task, outcome.status, outcome.detail, **outcome.fields)
+                )
             if Effect.STARTED in outcome.effects:
                 self._observe_started(link, task)
-        if Effect.RELEASE in outcome.effects:
-            link.release(report.task_id)
+        release = Effect.RELEASE in outcome.effects
+        if stores or release:
+            await self._later(
+                link, _stored_then(stores, link.release, report.task_id if release else 0)
+            )
+
+    async def _later(self, link: RunnerLink, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background once the link has room for it. A failure (the
+        database) closes the link, as when reports were stored in turn: the Runner
+        reconnects and reports again."""
+        await link.in_flight.acquire()
+        background = asyncio.create_task(work)
+        self._background.add(background)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._background.discard(finished)
+            link.in_flight.release()
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error(
+                    "runner %s: a report could not be stored: %r",
+                    link.hostname,
+                    finished.exception(),
+                )
+                link.close()
+
+        background.add_done_callback(done)
+
+    async def settle(self) -> None:
+        """Wait until the reports being stored are stored (the Host is stopping)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     def _observe_started(self, link: RunnerLink, task: TaskRecord) -> None:
         now = utcnow()

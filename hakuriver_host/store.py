@@ -87,7 +87,16 @@ class Store:
     ) -> None:
         """Insert new task rows, update existing ones (by task_id; only the columns given),
         append timeline events; return once committed."""
-        await self._writes.submit([TaskWrite(inserts or [], updates or [], events or [])])
+        await self.queue_write(inserts, updates, events)
+
+    def queue_write(
+        self,
+        inserts: list[dict[str, Any]] | None = None,
+        updates: list[dict[str, Any]] | None = None,
+        events: list[dict[str, Any]] | None = None,
+    ) -> asyncio.Future[None]:
+        """``write``, queued now: writes are committed in the order of these calls."""
+        return self._writes.enqueue([TaskWrite(inserts or [], updates or [], events or [])])
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a
@@ -207,21 +216,20 @@ class Store:
 
     def batch_summary(
         self, batch_id: int, final: Sequence[str]
-    ) -> tuple[TaskRecord | None, int, dict[str, int]]:
-        """One task of a batch (None if there is none), how many it has, and how many of
-        them are stored in each of the ``final`` statuses."""
+    ) -> tuple[TaskRecord | None, int, dict[int, str]]:
+        """One task of a batch (None if there is none), how many it has, and the status of
+        each of its tasks stored in one of the ``final`` statuses, by id."""
         with Session(self.engine, expire_on_commit=False) as session:
             of_batch = TaskRecord.batch_id == batch_id
             first = session.exec(select(TaskRecord).where(of_batch).limit(1)).first()
             if first is None:
                 return None, 0, {}
             size = session.exec(select(func.count()).select_from(TaskRecord).where(of_batch)).one()
-            by_status = select(TaskRecord.status, func.count()).where(
+            ended = select(TaskRecord.task_id, TaskRecord.status).where(
                 of_batch,
                 TaskRecord.status.in_(final),  # type: ignore[attr-defined]
             )
-            counts = session.exec(by_status.group_by(TaskRecord.status)).all()
-            return first, size, {status: count for status, count in counts}
+            return first, size, {task_id: status for task_id, status in session.exec(ended)}
 
     def list_tasks(
         self,

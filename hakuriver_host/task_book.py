@@ -55,6 +55,10 @@ def allocation_of(task: TaskRecord) -> Allocation:
     )
 
 
+async def _awaited(future: asyncio.Future[None]) -> None:
+    await future
+
+
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
@@ -117,10 +121,20 @@ class TaskBook:
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when
         ``detail`` is given."""
+        await self.note(task, detail, **changes)
+
+    def note(
+        self, task: TaskRecord, detail: str | None = None, **changes: Any
+    ) -> Coroutine[Any, Any, None]:
+        """``persist`` in two halves like ``apply``: made in memory now; await the returned
+        coroutine to store it."""
         for name, value in changes.items():
             setattr(task, name, value)
         events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
-        await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
+        stored = self.store.queue_write(
+            updates=[{"task_id": task.task_id, **changes}], events=events
+        )
+        return _awaited(stored)
 
     async def move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
@@ -150,7 +164,10 @@ class TaskBook:
         for name, value in changes.items():
             setattr(task, name, value)
         self._change += 1
-        change = (self._change, task.model_copy()) if task.task_id in self._watchers else None
+        # Watchers get the task as this change left it (it may change again before they
+        # are told: a Runner's reports are stored in the background).
+        watched = task.task_id in self._watchers or self._list_watchers
+        change = (self._change, task.model_copy()) if watched else None
         if new.is_final:
             self.active.pop(task.task_id, None)
             self._finishing[task.task_id] = task
@@ -160,19 +177,22 @@ class TaskBook:
         else:
             self._last_change[task.task_id] = self._change
         event = _event(task.task_id, new.value, now, detail)
-        return self._record(task, old, new, [event], changes, change)
+        # Queued now, so that changes are stored in the order they were made.
+        stored = self.store.queue_write(
+            updates=[{"task_id": task.task_id, **changes}], events=[event]
+        )
+        return self._record(task, old, new, stored, change)
 
     async def _record(
         self,
         task: TaskRecord,
         old: TaskStatus,
         new: TaskStatus,
-        events: list[dict[str, Any]],
-        changes: dict[str, Any],
+        stored: asyncio.Future[None],
         change: tuple[int, TaskRecord] | None,
     ) -> None:
         try:
-            await self.store.write(updates=[{"task_id": task.task_id, **changes}], events=events)
+            await stored
         finally:
             if new.is_final:
                 self._finishing.pop(task.task_id, None)
@@ -184,7 +204,7 @@ class TaskBook:
         if change is not None:
             for queue in self._watchers.get(task.task_id, ()):
                 queue.put_nowait(change)
-        self._tell_lists(task)
+            self._tell_lists(change[1])
 
     def _tell_lists(self, task: TaskRecord) -> None:
         for queue in list(self._list_watchers):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import secrets
 from enum import StrEnum
+from typing import TYPE_CHECKING, cast
 
-from hakuriver_common.proto.hakuriver.v1 import access_pb2, audit_service_pb2
+if TYPE_CHECKING:
+    from hakuriver_common.proto.hakuriver.v1 import access_pb2, audit_service_pb2
 
 
 class Role(StrEnum):
@@ -59,16 +61,14 @@ class AuditOutcome(StrEnum):
 
 
 _RANK = {Role.USER: 1, Role.OPERATOR: 2, Role.ADMIN: 3}
-_PB = {
-    Role.USER: access_pb2.ROLE_USER,
-    Role.OPERATOR: access_pb2.ROLE_OPERATOR,
-    Role.ADMIN: access_pb2.ROLE_ADMIN,
-}
-
-_OUTCOME_PB = {
-    AuditOutcome.ALLOWED: audit_service_pb2.AUDIT_OUTCOME_ALLOWED,
-    AuditOutcome.REFUSED: audit_service_pb2.AUDIT_OUTCOME_REFUSED,
-}
+# The proto enums' numbers (protos/hakuriver/v1/access.proto, audit_service.proto), written
+# out as in statuses.py, so hakuriver.admin --help loads no protobuf; tests/unit/
+# test_statuses.py checks them against the generated code.
+_PB = cast("dict[Role, access_pb2.Role.ValueType]", {Role.USER: 1, Role.OPERATOR: 2, Role.ADMIN: 3})
+_OUTCOME_PB = cast(
+    "dict[AuditOutcome, audit_service_pb2.AuditOutcome.ValueType]",
+    {AuditOutcome.ALLOWED: 1, AuditOutcome.REFUSED: 2},
+)
 
 # Prefixes of the secrets the Host issues: which kind a leaked string is shows at a glance
 # (and to secret scanners), and the Host tells them apart before looking anything up.

@@ -1,6 +1,6 @@
-"""The vocabulary's proto numbers, written out in hakuriver_common/statuses.py, against the
-generated code: every word maps to the proto value of its name, and every proto value but
-UNSPECIFIED has a word."""
+"""The vocabulary's proto numbers, written out in hakuriver_common/statuses.py and roles.py,
+against the generated code: every word maps to the proto value of its name, and every proto
+value but UNSPECIFIED has a word."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from enum import StrEnum
 import pytest
 from google.protobuf.descriptor import EnumDescriptor
 
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2
+from hakuriver_common.proto.hakuriver.v1 import access_pb2, audit_service_pb2, node_pb2, task_pb2
+from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.statuses import (
     FINAL_STATUSES,
     FINAL_TASK_STATUSES,
@@ -24,6 +25,8 @@ VOCABULARIES = [
     (TaskKind, task_pb2.TaskKind.DESCRIPTOR, "TASK_KIND_"),
     (TaskNetwork, task_pb2.TaskNetwork.DESCRIPTOR, "TASK_NETWORK_"),
     (NodeStatus, node_pb2.NodeStatus.DESCRIPTOR, "NODE_STATUS_"),
+    (Role, access_pb2.Role.DESCRIPTOR, "ROLE_"),
+    (AuditOutcome, audit_service_pb2.AuditOutcome.DESCRIPTOR, "AUDIT_OUTCOME_"),
 ]
 
 

@@ -47,10 +47,11 @@ class Batches:
         in_memory = [(t.task_id, t.status) for t in self.cluster.book.of_batch(batch_id)]
         store = self.cluster.store
         final = [s.value for s in TaskStatus if s.is_final]
-        first, size, ended = await store.run(store.batch_summary, batch_id, final)
+        ids = [task_id for task_id, _ in in_memory]
+        first, size, stored, ended = await store.run(store.batch_summary, batch_id, final, ids)
         if first is None or not who.owns(first.owner):
             raise Hidden(f"batch_id: batch {batch_id} not found")
-        counts: Counter[TaskStatus] = Counter(TaskStatus(s) for s in ended.values())
+        counts: Counter[TaskStatus] = Counter({TaskStatus(s): n for s, n in stored.items()})
         counts.update(TaskStatus(s) for task_id, s in in_memory if task_id not in ended)
         return BatchView(
             batch_id=batch_id,

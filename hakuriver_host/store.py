@@ -215,21 +215,24 @@ class Store:
             return task, events
 
     def batch_summary(
-        self, batch_id: int, final: Sequence[str]
-    ) -> tuple[TaskRecord | None, int, dict[int, str]]:
-        """One task of a batch (None if there is none), how many it has, and the status of
-        each of its tasks stored in one of the ``final`` statuses, by id."""
+        self, batch_id: int, final: Sequence[str], among: Sequence[int]
+    ) -> tuple[TaskRecord | None, int, dict[str, int], set[int]]:
+        """One task of a batch (None if there is none), how many it has, how many are
+        stored in each of the ``final`` statuses, and which of the tasks ``among`` are."""
         with Session(self.engine, expire_on_commit=False) as session:
             of_batch = TaskRecord.batch_id == batch_id
             first = session.exec(select(TaskRecord).where(of_batch).limit(1)).first()
             if first is None:
-                return None, 0, {}
+                return None, 0, {}, set()
             size = session.exec(select(func.count()).select_from(TaskRecord).where(of_batch)).one()
-            ended = select(TaskRecord.task_id, TaskRecord.status).where(
-                of_batch,
-                TaskRecord.status.in_(final),  # type: ignore[attr-defined]
-            )
-            return first, size, {task_id: status for task_id, status in session.exec(ended)}
+            ended = TaskRecord.status.in_(final)  # type: ignore[attr-defined]
+            by_status = select(TaskRecord.status, func.count()).where(of_batch, ended)
+            counts = dict(session.exec(by_status.group_by(TaskRecord.status)).all())
+            stored: set[int] = set()
+            for start in range(0, len(among), 900):  # under SQLite's bound on parameters
+                part = TaskRecord.task_id.in_(among[start : start + 900])  # type: ignore[attr-defined]
+                stored.update(session.exec(select(TaskRecord.task_id).where(part, ended)))
+            return first, size, counts, stored
 
     def list_tasks(
         self,

@@ -17,6 +17,7 @@ from hakuriver_common.channels import TlsSetupError, open_channel
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError, api_token
 from hakuriver_common.ids import parse_task_id
+from hakuriver_common.limits import MAX_ARRAY_INDEX
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 from hakuriver_common.service import config_or_exit
 
@@ -63,8 +64,10 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
     array_id = task_id_or_fail(head)
     if not sep:
         return array_id
-    if not index.isdigit():
+    if not (index.isascii() and index.isdigit()):
         fail(f"{text!r}: expected ARRAY_ID_INDEX, e.g. {array_id}_7", code=2)
+    if int(index) > MAX_ARRAY_INDEX:
+        fail(f"{text!r}: an array index is at most {MAX_ARRAY_INDEX:,}", code=2)
     request = tpb.ListTasksRequest(batch_id=array_id, array_index=int(index), limit=1)
     found = unary(stub.ListTasks, request).tasks
     if not found:

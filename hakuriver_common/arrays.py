@@ -44,9 +44,13 @@ def parse_array(text: str) -> ArraySpec:
     ranges, sep, cap = text.partition("%")
     max_running = 0
     if sep:
-        if not cap.isdigit() or int(cap) < 1:
+        if not (cap.isascii() and cap.isdigit()) or int(cap) < 1:
             raise ValueError(f"--array {whole!r}: expected a positive number after '%'")
         max_running = int(cap)
+        if max_running > limits.MAX_ARRAY_TASKS:  # more would not fit the request's int32
+            raise ValueError(
+                f"--array {whole!r}: at most {limits.MAX_ARRAY_TASKS:,} at once (after '%')"
+            )
     indices: list[int] = []
     for part in ranges.split(","):
         match = _RANGE.fullmatch(part)

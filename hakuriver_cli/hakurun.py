@@ -4,12 +4,18 @@
 (a list) expand into their values; the command runs for every element of the Cartesian
 product, the rightmost span varying fastest. Standard library only, so the file can be
 copied into a task environment that does not have HakuRiver installed.
+
+``--array`` submits the sweep to the cluster as one job array instead (this needs HakuRiver,
+imported only then): index ``i`` runs combination ``i`` (counting from 0, in ``--dry-run``
+order). Each task runs a short ``sh`` script that picks its combination's values by the
+index and ``exec``s the command, so the task environment needs a POSIX ``sh`` only.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import os
 import re
 import shlex
@@ -51,6 +57,91 @@ def expand_arg(arg: str) -> list[str]:
 def expand(argv: Sequence[str]) -> list[list[str]]:
     """Every command line the arguments stand for, in order."""
     return [list(combo) for combo in itertools.product(*(expand_arg(a) for a in argv))]
+
+
+def count(argv: Sequence[str]) -> int:
+    """How many command lines the arguments stand for (without making them)."""
+    return math.prod(len(expand_arg(a)) for a in argv)
+
+
+def array_script(argv: Sequence[str]) -> str:
+    """A POSIX sh script that runs combination ``$HAKURIVER_ARRAY_INDEX`` of ``argv``
+    (counting from 0, rightmost span fastest, as ``expand``): each span's value is picked
+    by its digit of the index, so the script grows with the spans' lengths, not with their
+    product. Values are single-quoted: the shell expands nothing in them."""
+    values = [expand_arg(a) for a in argv]
+    # The first line names the sweep (task lists show it); newlines would end the comment.
+    lines = ["# hakurun sweep: " + " ".join(shlex.join(argv).splitlines())]
+    if any(arg.startswith(SPAN) for arg in argv):
+        lines.append("hakurun_i=$HAKURIVER_ARRAY_INDEX")
+    words: list[str] = []
+    stride = 1
+    for position in reversed(range(len(argv))):
+        if not argv[position].startswith(SPAN):
+            words.append(shlex.quote(argv[position]))
+            continue
+        name, span = f"hakurun_v{position}", values[position]
+        choices = " ".join(f"{d}) {name}={shlex.quote(v)};;" for d, v in enumerate(span))
+        lines.append(f"case $((hakurun_i / {stride} % {len(span)})) in {choices} esac")
+        words.append(f'"${name}"')
+        stride *= len(span)
+    lines.append("exec " + " ".join(reversed(words)))
+    return "\n".join(lines) + "\n"
+
+
+def _option_value(args: argparse.Namespace, option: str) -> str | bool | list[str] | None:
+    value: str | bool | list[str] | None = getattr(args, option[2:].replace("-", "_"))
+    return value
+
+
+def _submit_array(args: argparse.Namespace, words: list[str], total: int) -> int:
+    """Submit the sweep as one job array through ``hakuriver.task submit``; its exit code."""
+    from hakuriver_cli import task  # HakuRiver itself only here: the rest is stdlib only
+    from hakuriver_common.limits import MAX_ARRAY_TASKS
+
+    if total > MAX_ARRAY_TASKS:
+        print(
+            f"hakurun: {total:,} combinations; a job array takes at most {MAX_ARRAY_TASKS:,}",
+            file=sys.stderr,
+        )
+        return 2
+    spec = f"0-{total - 1}" + (f"%{args.max_running}" if args.max_running else "")
+    submit = ["submit", "--array", spec]
+    for option in SUBMIT_OPTIONS:
+        value = _option_value(args, option)
+        if isinstance(value, list):
+            submit += [part for item in value for part in (option, item)]
+        elif value is True:
+            submit.append(option)
+        elif isinstance(value, str):
+            submit += [option, value]
+    submit += ["--", "sh", "-c", array_script(words), "hakurun"]
+    try:
+        task.app(args=submit, prog_name="hakurun")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+# hakuriver.task submit's options that hakurun --array passes on, as given.
+SUBMIT_OPTIONS = (
+    "--target",
+    "--cores",
+    "--memory",
+    "--gpus",
+    "--env",
+    "--container",
+    "--mount",
+    "--privileged",
+    "--network",
+    "--priority",
+    "--wait",
+    "--poll-interval",
+    "--config",
+    "--json",
+)
+_SUBMIT_FLAGS = ("--privileged", "--wait", "--json")
+_SUBMIT_REPEATED = ("--env", "--mount")
 
 
 def _default_jobs() -> int:
@@ -127,7 +218,7 @@ def run_all(commands: list[list[str]], jobs: int) -> int:
     return _summary(commands, codes)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hakurun",
         description="Run CMD once per combination of its span:{A..B} and span:[x,y] arguments.",
@@ -143,24 +234,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="With --parallel: how many at a time (default: the CPUs this process may use).",
     )
-    parser.add_argument("--dry-run", action="store_true", help="Print the commands only.")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print the commands only (with --array: each with its array index).",
+    )
+    cluster = parser.add_argument_group(
+        "job array",
+        "--array submits the sweep as one job array: index i runs combination i (from 0, in "
+        "--dry-run order). With it, " + ", ".join(SUBMIT_OPTIONS) + " go to "
+        "hakuriver.task submit as given.",
+    )
+    cluster.add_argument(
+        "--array", action="store_true", help="Submit one job array instead of running here."
+    )
+    cluster.add_argument(
+        "--max-running",
+        type=int,
+        default=0,
+        metavar="N",
+        help="With --array: at most N of its tasks at once.",
+    )
+    for option in SUBMIT_OPTIONS:
+        if option in _SUBMIT_FLAGS:
+            cluster.add_argument(option, action="store_true", help=argparse.SUPPRESS)
+        elif option in _SUBMIT_REPEATED:
+            cluster.add_argument(option, action="append", help=argparse.SUPPRESS)
+        else:
+            cluster.add_argument(option, help=argparse.SUPPRESS)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="CMD ARGS...")
+    return parser
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options that do not go together end the program (exit 2)."""
+    if args.jobs < 0:
+        parser.error("--jobs must be positive")
+    if args.array and args.parallel:
+        parser.error("--parallel runs combinations here; an --array's tasks run on the cluster")
+    if args.max_running < 0 or (args.max_running and not args.array):
+        parser.error("--max-running takes a positive number, with --array")
+    given = [o for o in SUBMIT_OPTIONS if _option_value(args, o) not in (None, False)]
+    if given and not args.array:
+        parser.error(f"{given[0]} applies only with --array")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     words = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not words:
         parser.error("a command is required")
-    if args.jobs < 0:
-        parser.error("--jobs must be positive")
+    _check(parser, args)
     try:
-        commands = expand(words)
+        total = count(words)  # refuses a malformed span before anything runs
     except SpanError as exc:
         parser.error(str(exc))
     if args.dry_run:
-        for command in commands:
-            print(shlex.join(command))
+        for index, command in enumerate(expand(words)):
+            print(f"{index}: {shlex.join(command)}" if args.array else shlex.join(command))
         return 0
+    if args.array:
+        return _submit_array(args, words, total)
     jobs = (args.jobs or _default_jobs()) if args.parallel else 1
-    return run_all(commands, jobs)
+    return run_all(expand(words), jobs)
 
 
 def run() -> None:

@@ -1,23 +1,34 @@
 """hakurun run as a user would: refusals, dry runs, sequential and parallel runs, exit codes,
-and use inside a task (span expansion itself: tests/unit/test_hakurun.py)."""
+use inside a task, and a sweep submitted as one job array (--array) with each combination's
+output checked (span expansion itself: tests/unit/test_hakurun.py)."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_cli.hakurun import array_script, expand
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from tests.e2e.harness import ProcessCluster
 from tests.unit.test_hakurun import BAD_SPANS
 
 HAKURUN = [sys.executable, "-m", "hakuriver_cli.hakurun"]
 
 
-def hakurun(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*HAKURUN, *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+def hakurun(
+    *args: str, cwd: Path | None = None, config: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HAKURIVER_CONFIG": str(config)} if config else None
+    return subprocess.run(
+        [*HAKURUN, *args], capture_output=True, text=True, cwd=cwd, timeout=60, env=env
+    )
 
 
 @pytest.mark.parametrize("arg", BAD_SPANS)
@@ -79,3 +90,134 @@ def test_hakurun_inside_a_task(cluster: ProcessCluster) -> None:
         "lr 0.01 seed 1",
         "lr 0.01 seed 2",
     ]
+
+
+# ----- --array: the sweep as one job array -------------------------------------------------
+
+PRINT_ARGV = [sys.executable, "-c", "import json, sys; print(json.dumps(sys.argv[1:]))"]
+SUBMITTED = re.compile(r"^submitted array (\d+): (\d+) tasks(, at most \d+ at once)?$")
+
+
+def test_array_script_runs_each_combination_with_its_values_untouched(tmp_path: Path) -> None:
+    # What each array task runs, run here with sh for every index: exactly expand()'s
+    # command line, nothing in a value expanded by the shell, nothing run from a newline.
+    words = [
+        *PRINT_ARGV,
+        "x\ntouch pwned",
+        "span:[a b,it's,$HOME,`touch pwned`,*,-n]",
+        "--seed",
+        "span:{3..1}",
+        "$(touch pwned)",
+    ]
+    script = array_script(words)
+    combinations = expand(words)
+    assert len(combinations) == 18
+    for index, expected in enumerate(combinations):
+        ran = subprocess.run(
+            ["sh", "-c", script, "hakurun"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=30,
+            env={**os.environ, "HAKURIVER_ARRAY_INDEX": str(index)},
+        )
+        assert ran.returncode == 0, ran.stderr
+        assert json.loads(ran.stdout) == expected[len(PRINT_ARGV) :], index
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_array_dry_run_numbers_the_combinations() -> None:
+    dry = hakurun("--array", "--dry-run", "train", "span:[a,b]", "--seed", "span:{1..2}")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines() == [
+        "0: train a --seed 1",
+        "1: train a --seed 2",
+        "2: train b --seed 1",
+        "3: train b --seed 2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--max-running", "2"], "--max-running takes a positive number, with --array"),
+        (["--array", "--max-running", "-1"], "--max-running takes a positive number"),
+        (["--cores", "2"], "--cores applies only with --array"),
+        (["--wait"], "--wait applies only with --array"),
+        (["--array", "--parallel"], "--parallel runs combinations here"),
+        (["--array"], "span:x: use span:"),
+    ],
+)
+def test_array_options_that_do_not_fit_are_refused(args: list[str], says: str) -> None:
+    result = hakurun(*args, "echo", "span:x" if says.startswith("span:x") else "span:[a,b]")
+    assert result.returncode == 2 and says in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def _array_of(result: subprocess.CompletedProcess[str]) -> tuple[int, list[str]]:
+    """The array's id from hakurun --array's output, and the output's lines."""
+    lines = result.stdout.splitlines()
+    found = SUBMITTED.match(lines[0]) if lines else None
+    assert found, result.stdout + result.stderr
+    return int(found[1]), lines
+
+
+def _outputs(cluster: ProcessCluster, array_id: int) -> dict[int, str]:
+    """Each array index's standard output."""
+    listed = cluster.tasks.ListTasks(tpb.ListTasksRequest(batch_id=array_id), timeout=10)
+    return {t.array_index: cluster.read_log(t.task_id).decode() for t in listed.tasks}
+
+
+def test_a_sweep_runs_as_one_job_array(cluster: ProcessCluster) -> None:
+    sweep = ["echo", "lr", "span:[0.1,0.01]", "seed", "span:{1..3}", "of $HAKURIVER_ARRAY_ID"]
+    dry = hakurun("--array", "--dry-run", *sweep)
+    result = hakurun(
+        "--array", "--max-running", "2", "--wait", "--cores", "1", "--env", "SWEEP=yes",
+        "--", *sweep, config=cluster.config_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    array_id, lines = _array_of(result)
+    assert lines == [
+        f"submitted array {array_id}: 6 tasks, at most 2 at once",
+        f"array {array_id}: 6 tasks, at most 2 at once: 6 completed",
+    ]
+    # Index i ran the i-th combination of --dry-run (the Host filled in the array's id).
+    expected: dict[int, str] = {}
+    for line in dry.stdout.splitlines():
+        index, command = line.split(": ", 1)
+        echoed = " ".join(shlex.split(command)[1:]).replace("$HAKURIVER_ARRAY_ID", str(array_id))
+        expected[int(index)] = echoed + "\n"
+    assert _outputs(cluster, array_id) == expected
+    assert expected[4] == f"lr 0.01 seed 2 of {array_id}\n"
+    shown = subprocess.run(
+        [*ProcessCluster.cli_argv("task"), "stdout", f"{array_id}_4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HAKURIVER_CONFIG": str(cluster.config_path)},
+    )
+    assert shown.stdout == expected[4], shown.stderr
+    # The submit options went with it; the command is named in the task list.
+    task = cluster.tasks.ListTasks(tpb.ListTasksRequest(batch_id=array_id, limit=1)).tasks[0]
+    assert (task.required_cores, task.env["SWEEP"], task.array_max_running) == (1, "yes", 2)
+    assert task.command == "sh" and task.arguments[1].startswith("# hakurun sweep: echo lr ")
+
+
+def test_an_array_sweep_with_a_failing_combination_exits_1(cluster: ProcessCluster) -> None:
+    result = hakurun(
+        "--array", "--wait", "--json", "sh", "-c", 'echo "$0"; test "$0" != b', "span:[a,b,c]",
+        config=cluster.config_path,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["created"] == 3
+    assert shown["batch"]["counts"] == [
+        {"status": "completed", "count": 2},
+        {"status": "failed", "count": 1},
+    ]
+    array_id = int(shown["batch_id"])
+    assert _outputs(cluster, array_id) == {0: "a\n", 1: "b\n", 2: "c\n"}
+    failed = cluster.tasks.ListTasks(
+        tpb.ListTasksRequest(batch_id=array_id, statuses=[task_pb2.TASK_STATUS_FAILED])
+    ).tasks
+    assert [(t.array_index, t.exit_code) for t in failed] == [(1, 1)]

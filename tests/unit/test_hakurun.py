@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hakuriver_cli.hakurun import SpanError, expand, expand_arg
+from hakuriver_cli.hakurun import SpanError, array_script, count, expand, expand_arg
 
 BAD_SPANS = ["span:{1..}", "span:{1..5..0}", "span:{1..5..-1}", "span:[]", "span:[a,,b]", "span:x"]
 
@@ -39,3 +39,30 @@ def test_cartesian_product_rightmost_fastest() -> None:
         ["run", "2", "x"],
         ["run", "2", "y"],
     ]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run"], ["run", "span:{1..3}"], ["run", "span:[a,b]", "x", "span:{0..10..5}"]],
+)
+def test_count_is_the_number_of_combinations(argv: list[str]) -> None:
+    assert count(argv) == len(expand(argv))
+
+
+def test_array_script_grows_with_the_spans_not_their_product() -> None:
+    # 1,000 combinations: one line per span, not one per combination.
+    script = array_script(["train", "span:{1..10}", "span:{1..10}", "span:{1..10}"])
+    assert count(["span:{1..10}"] * 3) == 1000
+    assert len(script.splitlines()) == 6  # the name, the index, three spans, exec
+
+
+def test_array_script_without_spans_runs_the_command() -> None:
+    assert array_script(["echo", "a b"]).splitlines()[1:] == ["exec echo 'a b'"]
+
+
+def test_array_script_names_the_sweep_on_one_comment_line() -> None:
+    # A newline in an argument must not end the comment: the rest of it would be run.
+    lines = array_script(["echo", "x\ntouch pwned", "span:[1,2]"]).split("\n")
+    assert lines[0].startswith("# hakurun sweep: echo ") and "touch pwned" in lines[0]
+    assert "span:[1,2]" in lines[0]
+    assert lines[1] == "hakurun_i=$HAKURIVER_ARRAY_INDEX"

@@ -85,6 +85,10 @@ def check_heartbeat(beat: rpb.Heartbeat) -> None:
     _count("heartbeat.loaded", len(beat.loaded), limits.MAX_ENVIRONMENTS)
 
 
+def check_batch(batch: rpb.TaskStateBatch) -> None:
+    _count("task_states.reports", len(batch.reports), limits.MAX_BATCH_MESSAGES)
+
+
 def check_chunk(chunk: rpb.LogChunk) -> None:
     _count("log_chunk.data", len(chunk.data), limits.MAX_LOG_CHUNK_BYTES)
     _range("log_chunk.offset", chunk.offset, 0, limits.MAX_LOG_OFFSET - len(chunk.data))

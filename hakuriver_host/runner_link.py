@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from hakuriver_common.limits import RUNNER_MESSAGES_PER_SECOND
+from hakuriver_common.limits import MAX_BATCH_MESSAGES, RUNNER_MESSAGES_PER_SECOND
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 
 # Above this many queued messages, bulk senders (SSH tunnels) wait; control messages never do.
@@ -54,9 +54,13 @@ REPORTS_IN_FLIGHT = 1024
 
 
 class RunnerLink:
-    def __init__(self, hostname: str) -> None:
+    def __init__(self, hostname: str, batches: bool = False) -> None:
         self.hostname = hostname
+        # Whether the Runner takes DispatchBatch messages.
+        self.batches = batches
         self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
+        # Taken from the outbox while gathering a batch, to be sent next (None: close).
+        self._carried: list[rpb.ConnectResponse | None] = []
         self._room = asyncio.Event()
         self._room.set()
         # Dispatched task ids -> when, until the Runner reports each running.
@@ -77,8 +81,20 @@ class RunnerLink:
             self._room.clear()
 
     async def next(self) -> rpb.ConnectResponse | None:
-        """The next message to write to the stream (None: close it)."""
-        message = await self.outbox.get()
+        """The next message to write to the stream (None: close it). Dispatches queued one
+        after another go as one DispatchBatch to a Runner that takes them: only what is
+        already queued, so a lone dispatch is never held back."""
+        message = self._carried.pop() if self._carried else await self.outbox.get()
+        if self.batches and message is not None and message.HasField("dispatch"):
+            dispatches = [message.dispatch]
+            while len(dispatches) < MAX_BATCH_MESSAGES and not self.outbox.empty():
+                following = self.outbox.get_nowait()
+                if following is None or not following.HasField("dispatch"):
+                    self._carried.append(following)
+                    break
+                dispatches.append(following.dispatch)
+            if len(dispatches) > 1:
+                message = rpb.ConnectResponse(dispatches=rpb.DispatchBatch(dispatches=dispatches))
         if self.outbox.qsize() <= HIGH_WATER:
             self._room.set()
         return message

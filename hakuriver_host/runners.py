@@ -26,7 +26,12 @@ from hakuriver_host.log_store import STDERR, STDOUT, Gap, LogStore, OutputError
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskRecord, utcnow
 from hakuriver_host.nodes import NodeTable
-from hakuriver_host.runner_checks import check_chunk, check_heartbeat, check_register
+from hakuriver_host.runner_checks import (
+    check_batch,
+    check_chunk,
+    check_heartbeat,
+    check_register,
+)
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.store import Store
 from hakuriver_host.task_book import TaskBook
@@ -216,6 +221,10 @@ class RunnerGateway:
                 await self.store.save_node(self.nodes.nodes[link.hostname].record())
         elif kind == "task_state":
             await self._on_task_state(link, msg.task_state)
+        elif kind == "task_states":
+            check_batch(msg.task_states)
+            for report in msg.task_states.reports:
+                await self._on_task_state(link, report)
         elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
             self.tunnels.on_message(link, msg)
         else:

@@ -16,6 +16,7 @@ import concurrent.futures
 from collections import deque
 from collections.abc import Callable, Hashable
 
+from hakuriver_common.limits import MAX_BATCH_MESSAGES
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 
 LANE_BYTES = 1024 * 1024
@@ -94,22 +95,39 @@ class Lanes:
             self._changed.notify_all()
 
     async def take(self) -> rpb.ConnectRequest:
+        """The next message in turn. Output chunks of a lane that continue each other go as
+        one; state reports at the heads of lanes in turn go as one TaskStateBatch."""
         async with self._changed:
             await self._changed.wait_for(lambda: bool(self._turns))
-            key = self._turns.popleft()
-            lane = self._lanes[key]
-            message = lane.messages.popleft()
-            if message.WhichOneof("payload") == "log_chunk":
-                message = merge_chunks(message, lane.messages)
-            taken = _size(message)
-            lane.size -= taken
-            self._size -= taken
-            if lane.messages:
-                self._turns.append(key)
-            else:
-                del self._lanes[key]
+            message = self._pop(self._turns[0])
+            if message.WhichOneof("payload") == "task_state":
+                reports = [message.task_state]
+                while self._turns and len(reports) < MAX_BATCH_MESSAGES:
+                    head = self._lanes[self._turns[0]].messages[0]
+                    if head.WhichOneof("payload") != "task_state":
+                        break
+                    reports.append(self._pop(self._turns[0]).task_state)
+                if len(reports) > 1:
+                    message = rpb.ConnectRequest(task_states=rpb.TaskStateBatch(reports=reports))
             self._changed.notify_all()
             return message
+
+    def _pop(self, key: Hashable) -> rpb.ConnectRequest:
+        """The first message of the lane whose turn it is (merged with the chunks behind it
+        that continue it); the lane goes to the back of the turns, or away when empty."""
+        self._turns.popleft()
+        lane = self._lanes[key]
+        message = lane.messages.popleft()
+        if message.WhichOneof("payload") == "log_chunk":
+            message = merge_chunks(message, lane.messages)
+        taken = _size(message)
+        lane.size -= taken
+        self._size -= taken
+        if lane.messages:
+            self._turns.append(key)
+        else:
+            del self._lanes[key]
+        return message
 
 
 class Outbox:

@@ -150,6 +150,7 @@ class Session:
                 gpus=gpus,
                 environments=environments,
                 known_task_ids=known_task_ids,
+                takes_batches=True,
             )
         )
 
@@ -232,6 +233,9 @@ class Session:
             self.tunnels.write(message.tunnel_data)
         elif kind == "tunnel_close":
             self.tunnels.close(message.tunnel_close.tunnel_id)
+        elif kind == "dispatches":
+            for dispatch in message.dispatches.dispatches:
+                self._spawn(self._handle(rpb.ConnectResponse(dispatch=dispatch)))
         else:
             self._spawn(self._handle(message))
 

@@ -32,6 +32,7 @@ import grpc
 
 from hakuriver_common.channels import bearer, open_aio_channel
 from hakuriver_common.config import Config
+from hakuriver_common.limits import MAX_BATCH_MESSAGES
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     runner_service_pb2 as rpb,
@@ -159,6 +160,7 @@ class FakeRunner:
         on_dispatch: Callable[[int], None] | None = None,
         on_adopt: Callable[[int], None] | None = None,
         on_release: Callable[[int], None] | None = None,
+        takes_batches: bool = True,
     ) -> None:
         self.host_config = host_config
         # What it presents: its credential once it has one, else the join token.
@@ -185,12 +187,15 @@ class FakeRunner:
         self.on_adopt = on_adopt
         self.on_release = on_release
         self._shared_channel = channel
+        self.takes_batches = takes_batches
 
         # Tasks held (dispatched or known, not yet released), by id.
         self.tasks: dict[int, FakeTask] = {tid: FakeTask(tid) for tid in known_task_ids}
         # Every dispatch received, in order (repeats included), and when.
         self.dispatched: list[int] = []
         self.dispatched_at: dict[int, float] = {}
+        # How many dispatches each dispatching message carried (1: a DispatchCommand alone).
+        self.dispatch_messages: list[int] = []
         # kill / pause / resume / release commands received, in order: (kind, task_id).
         self.commands: list[tuple[str, int]] = []
         self.released: list[int] = []
@@ -312,6 +317,7 @@ class FakeRunner:
                 gpus=self.gpus,
                 environments=self.environments,
                 known_task_ids=sorted(self.tasks),
+                takes_batches=self.takes_batches,
             )
         )
 
@@ -416,8 +422,23 @@ class FakeRunner:
             await asyncio.gather(*loops, return_exceptions=True)
 
     async def _write_loop(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+        """Reports queued one after another go as one TaskStateBatch, as the real Runner's."""
         while True:
-            await call.write(await outbox.get())
+            message = await outbox.get()
+            following = None
+            if message.WhichOneof("payload") == "task_state":
+                reports = [message.task_state]
+                while not outbox.empty() and len(reports) < MAX_BATCH_MESSAGES:
+                    following = outbox.get_nowait()
+                    if following.WhichOneof("payload") != "task_state":
+                        break
+                    reports.append(following.task_state)
+                    following = None
+                if len(reports) > 1:
+                    message = rpb.ConnectRequest(task_states=rpb.TaskStateBatch(reports=reports))
+            await call.write(message)
+            if following is not None:
+                await call.write(following)
 
     async def _read_loop(self, call: Any) -> None:
         while True:
@@ -451,7 +472,13 @@ class FakeRunner:
     def _handle(self, message: rpb.ConnectResponse) -> None:
         kind = message.WhichOneof("payload")
         if kind == "dispatch":
+            self.dispatch_messages.append(1)
             self._on_dispatch(message.dispatch)
+            return
+        if kind == "dispatches":
+            self.dispatch_messages.append(len(message.dispatches.dispatches))
+            for dispatch in message.dispatches.dispatches:
+                self._on_dispatch(dispatch)
             return
         if kind == "tunnel_open":
             self.tunnel_opens.append(message.tunnel_open)

@@ -215,3 +215,17 @@ async def test_a_host_restart_in_the_middle_of_an_array_loses_none_and_starts_no
     await eventually(completed, within=120, what="every task of the array to complete")
     dispatched = [task_id for r in runners for task_id in r.dispatched]
     assert len(dispatched) == len(set(dispatched)) == size
+
+
+async def test_an_array_goes_to_a_runner_in_batched_dispatches_when_it_takes_them(
+    local_cluster: LocalCluster,
+) -> None:
+    batched = await local_cluster.add_runner("a", cores=200, answer=HOLD)
+    alone = await local_cluster.add_runner("b", cores=200, answer=HOLD, takes_batches=False)
+    for target in ("a", "b"):
+        await local_cluster.tasks.SubmitTask(
+            _array(list(range(200)), targets=[task_pb2.Target(hostname=target)]), timeout=10
+        )
+    await eventually(lambda: len(batched.running) == len(alone.running) == 200)
+    assert max(batched.dispatch_messages) > 1 and sum(batched.dispatch_messages) == 200
+    assert alone.dispatch_messages == [1] * 200

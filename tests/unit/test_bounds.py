@@ -172,6 +172,15 @@ async def test_a_heartbeat_advertising_too_many_environments_ends_the_stream(
     assert details == "heartbeat.environments: at most 1000 allowed, got 100000"
 
 
+async def test_a_batch_of_too_many_reports_ends_the_stream(local_cluster: LocalCluster) -> None:
+    call = await _registered_stream(local_cluster)
+    reports = [rpb.TaskStateReport(task_id=i + 1) for i in range(limits.MAX_BATCH_MESSAGES + 1)]
+    await call.write(rpb.ConnectRequest(task_states=rpb.TaskStateBatch(reports=reports)))
+    code, details = await _ended_with(call)
+    assert code == CODE.INVALID_ARGUMENT
+    assert details == "task_states.reports: at most 1024 allowed, got 1025"
+
+
 async def test_errors_listing_names_stay_short(local_cluster: LocalCluster) -> None:
     many = [f"environment-{i:04d}" for i in range(limits.MAX_ENVIRONMENTS)]
     await local_cluster.add_runner("a", environments=many)

@@ -110,3 +110,15 @@ async def test_tunnels_have_lanes_of_their_own(kind: str) -> None:
     tunnel = rpb.ConnectRequest(**{kind: {"tunnel_id": 7}})
     await lanes.put(tunnel)
     assert [await lanes.take() for _ in range(2)][1] == tunnel
+
+
+async def test_reports_at_the_heads_of_lanes_go_as_one_batch_and_a_lone_one_alone() -> None:
+    lanes = Lanes()
+    await lanes.put(_state(1))
+    assert await lanes.take() == _state(1)
+    # Task 3's report waits behind its own output; the reports of 1 and 2 go together.
+    await _fill(lanes, _state(1), _chunk(3, 0, b"out"), _state(3), _state(2))
+    assert await lanes.take() == _state(1)  # the next lane's head is output: alone
+    assert (await lanes.take()).log_chunk.task_id == 3
+    together = await lanes.take()
+    assert [r.task_id for r in together.task_states.reports] == [2, 3]

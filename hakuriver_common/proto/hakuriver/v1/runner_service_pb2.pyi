@@ -65,6 +65,7 @@ class ConnectRequest(_message.Message):
     TUNNEL_OPENED_FIELD_NUMBER: _builtins.int
     TUNNEL_DATA_FIELD_NUMBER: _builtins.int
     TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
+    TASK_STATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___RegisterRunner: ...
     @_builtins.property
@@ -79,6 +80,10 @@ class ConnectRequest(_message.Message):
     def tunnel_data(self) -> Global___TunnelData: ...
     @_builtins.property
     def tunnel_close(self) -> Global___TunnelClose: ...
+    @_builtins.property
+    def task_states(self) -> Global___TaskStateBatch:
+        """Several reports at once, each as if sent alone, in order."""
+
     def __init__(
         self,
         *,
@@ -89,16 +94,41 @@ class ConnectRequest(_message.Message):
         tunnel_opened: Global___TunnelOpened | None = ...,
         tunnel_data: Global___TunnelData | None = ...,
         tunnel_close: Global___TunnelClose | None = ...,
+        task_states: Global___TaskStateBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "task_states", b"task_states", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "log_chunk", b"log_chunk", "payload", b"payload", "register", b"register", "task_state", b"task_state", "task_states", b"task_states", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_opened", b"tunnel_opened"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["register", "heartbeat", "task_state", "log_chunk", "tunnel_opened", "tunnel_data", "tunnel_close"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["register", "heartbeat", "task_state", "log_chunk", "tunnel_opened", "tunnel_data", "tunnel_close", "task_states"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
+
+@_typing.final
+class TaskStateBatch(_message.Message):
+    """TaskStateBatch carries reports on several tasks in one message (a Runner that ends or
+    starts many tasks at once).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStateReport]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___TaskStateReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskStateBatch: _TypeAlias = TaskStateBatch  # noqa: Y015
 
 @_typing.final
 class ConnectResponse(_message.Message):
@@ -115,6 +145,7 @@ class ConnectResponse(_message.Message):
     TUNNEL_OPEN_FIELD_NUMBER: _builtins.int
     TUNNEL_DATA_FIELD_NUMBER: _builtins.int
     TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
+    DISPATCHES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___RegisterAck: ...
     @_builtins.property
@@ -133,6 +164,12 @@ class ConnectResponse(_message.Message):
     def tunnel_data(self) -> Global___TunnelData: ...
     @_builtins.property
     def tunnel_close(self) -> Global___TunnelClose: ...
+    @_builtins.property
+    def dispatches(self) -> Global___DispatchBatch:
+        """Several dispatches at once, each as if sent alone; only to a Runner that registered
+        with takes_batches.
+        """
+
     def __init__(
         self,
         *,
@@ -145,16 +182,39 @@ class ConnectResponse(_message.Message):
         tunnel_open: Global___TunnelOpen | None = ...,
         tunnel_data: Global___TunnelData | None = ...,
         tunnel_close: Global___TunnelClose | None = ...,
+        dispatches: Global___DispatchBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close", "dispatches"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class DispatchBatch(_message.Message):
+    """DispatchBatch carries several tasks to start in one message (a job array placed at once)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DISPATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def dispatches(self) -> _containers.RepeatedCompositeFieldContainer[Global___DispatchCommand]: ...
+    def __init__(
+        self,
+        *,
+        dispatches: _abc.Iterable[Global___DispatchCommand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatches", b"dispatches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DispatchBatch: _TypeAlias = DispatchBatch  # noqa: Y015
 
 @_typing.final
 class RegisterRunner(_message.Message):
@@ -169,9 +229,12 @@ class RegisterRunner(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     KNOWN_TASK_IDS_FIELD_NUMBER: _builtins.int
+    TAKES_BATCHES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     total_cores: _builtins.int
     total_memory_bytes: _builtins.int
+    takes_batches: _builtins.bool
+    """The Runner takes DispatchBatch messages."""
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.NumaNode]: ...
     @_builtins.property
@@ -194,10 +257,11 @@ class RegisterRunner(_message.Message):
         gpus: _abc.Iterable[_node_pb2.Gpu] | None = ...,
         environments: _abc.Iterable[_builtins.str] | None = ...,
         known_task_ids: _abc.Iterable[_builtins.int] | None = ...,
+        takes_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "takes_batches", b"takes_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

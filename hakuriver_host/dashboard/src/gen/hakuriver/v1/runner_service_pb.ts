@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/runner_service.proto.
  */
 export const file_hakuriver_v1_runner_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFoYWt1cml2ZXIvdjEvcnVubmVyX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSL2AgoOQ29ubmVjdFJlcXVlc3QSMAoIcmVnaXN0ZXIYASABKAsyHC5oYWt1cml2ZXIudjEuUmVnaXN0ZXJSdW5uZXJIABIsCgloZWFydGJlYXQYAiABKAsyFy5oYWt1cml2ZXIudjEuSGVhcnRiZWF0SAASMwoKdGFza19zdGF0ZRgDIAEoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnRIABIrCglsb2dfY2h1bmsYBCABKAsyFi5oYWt1cml2ZXIudjEuTG9nQ2h1bmtIABIzCg10dW5uZWxfb3BlbmVkGAUgASgLMhouaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5lZEgAEi8KC3R1bm5lbF9kYXRhGAYgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbERhdGFIABIxCgx0dW5uZWxfY2xvc2UYByABKAsyGS5oYWt1cml2ZXIudjEuVHVubmVsQ2xvc2VIAEIJCgdwYXlsb2FkIs0DCg9Db25uZWN0UmVzcG9uc2USLwoKcmVnaXN0ZXJlZBgBIAEoCzIZLmhha3VyaXZlci52MS5SZWdpc3RlckFja0gAEjEKCGRpc3BhdGNoGAIgASgLMh0uaGFrdXJpdmVyLnYxLkRpc3BhdGNoQ29tbWFuZEgAEikKBGtpbGwYAyABKAsyGS5oYWt1cml2ZXIudjEuS2lsbENvbW1hbmRIABIrCgVwYXVzZRgEIAEoCzIaLmhha3VyaXZlci52MS5QYXVzZUNvbW1hbmRIABItCgZyZXN1bWUYBSABKAsyGy5oYWt1cml2ZXIudjEuUmVzdW1lQ29tbWFuZEgAEi8KB3JlbGVhc2UYBiABKAsyHC5oYWt1cml2ZXIudjEuUmVsZWFzZUNvbW1hbmRIABIvCgt0dW5uZWxfb3BlbhgHIAEoCzIYLmhha3VyaXZlci52MS5UdW5uZWxPcGVuSAASLwoLdHVubmVsX2RhdGEYCCABKAsyGC5oYWt1cml2ZXIudjEuVHVubmVsRGF0YUgAEjEKDHR1bm5lbF9jbG9zZRgJIAEoCzIZLmhha3VyaXZlci52MS5UdW5uZWxDbG9zZUgAQgkKB3BheWxvYWQi3QEKDlJlZ2lzdGVyUnVubmVyEhAKCGhvc3RuYW1lGAEgASgJEhMKC3RvdGFsX2NvcmVzGAIgASgFEhoKEnRvdGFsX21lbW9yeV9ieXRlcxgDIAEoAxIqCgpudW1hX25vZGVzGAQgAygLMhYuaGFrdXJpdmVyLnYxLk51bWFOb2RlEh8KBGdwdXMYBSADKAsyES5oYWt1cml2ZXIudjEuR3B1EhQKDGVudmlyb25tZW50cxgGIAMoCRIWCg5rbm93bl90YXNrX2lkcxgHIAMoA0oECAgQCVIHdmVyc2lvbiJKCglBZG9wdFRhc2sSDwoHdGFza19pZBgBIAEoAxIVCg1zdGRvdXRfb2Zmc2V0GAIgASgDEhUKDXN0ZGVycl9vZmZzZXQYAyABKAMiogEKC1JlZ2lzdGVyQWNrEiYKBWFkb3B0GAEgAygLMhcuaGFrdXJpdmVyLnYxLkFkb3B0VGFzaxIYChBkaXNjYXJkX3Rhc2tfaWRzGAIgAygDEiIKGmhlYXJ0YmVhdF9pbnRlcnZhbF9zZWNvbmRzGAMgASgBEhkKEXJ1bm5lcl9jcmVkZW50aWFsGAQgASgJEhIKCmNsdXN0ZXJfaWQYBSABKAkieAoJSGVhcnRiZWF0EiQKBmhlYWx0aBgBIAEoCzIULmhha3VyaXZlci52MS5IZWFsdGgSFAoMZW52aXJvbm1lbnRzGAIgAygJEi8KBmxvYWRlZBgDIAMoCzIfLmhha3VyaXZlci52MS5Mb2FkZWRFbnZpcm9ubWVudCI8ChFMb2FkZWRFbnZpcm9ubWVudBIMCgRuYW1lGAEgASgJEhkKEXRhcmJhbGxfdGltZXN0YW1wGAIgASgDIqQCCg9UYXNrU3RhdGVSZXBvcnQSDwoHdGFza19pZBgBIAEoAxIsCgVzdGF0ZRgCIAEoDjIdLmhha3VyaXZlci52MS5SdW5uZXJUYXNrU3RhdGUSFgoJZXhpdF9jb2RlGAMgASgFSACIAQESEgoKb29tX2tpbGxlZBgEIAEoCBIVCg1lcnJvcl9tZXNzYWdlGAUgASgJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZkZXRhaWwYCCABKAkSEAoIc3NoX3BvcnQYCSABKAVCDAoKX2V4aXRfY29kZSJiCghMb2dDaHVuaxIPCgd0YXNrX2lkGAEgASgDEicKBnN0cmVhbRgCIAEoDjIXLmhha3VyaXZlci52MS5Mb2dTdHJlYW0SDgoGb2Zmc2V0GAMgASgDEgwKBGRhdGEYBCABKAwi4QMKD0Rpc3BhdGNoQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDEiQKBGtpbmQYAiABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDQoFaW1hZ2UYAyABKAkSDwoHY29tbWFuZBgEIAEoCRIRCglhcmd1bWVudHMYBSADKAkSMwoDZW52GAYgAygLMiYuaGFrdXJpdmVyLnYxLkRpc3BhdGNoQ29tbWFuZC5FbnZFbnRyeRINCgVjb3JlcxgHIAEoBRIUCgxtZW1vcnlfYnl0ZXMYCCABKAMSIwoGbW91bnRzGAkgAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhIKCnByaXZpbGVnZWQYCiABKAgSFgoOY29udGFpbmVyX25hbWUYCyABKAkSDwoHZ3B1X2lkcxgMIAMoBRIMCgRjcHVzGA0gAygFEhkKDG51bWFfbm9kZV9pZBgOIAEoBUgAiAEBEhYKDnNzaF9wdWJsaWNfa2V5GA8gASgJEioKB25ldHdvcmsYECABKA4yGS5oYWt1cml2ZXIudjEuVGFza05ldHdvcmsaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIPCg1fbnVtYV9ub2RlX2lkIjUKC0tpbGxDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMSFQoNZ3JhY2Vfc2Vjb25kcxgCIAEoASIfCgxQYXVzZUNvbW1hbmQSDwoHdGFza19pZBgBIAEoAyIgCg1SZXN1bWVDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMiIQoOUmVsZWFzZUNvbW1hbmQSDwoHdGFza19pZBgBIAEoAyI+CgpUdW5uZWxPcGVuEhEKCXR1bm5lbF9pZBgBIAEoAxIPCgd0YXNrX2lkGAIgASgDEgwKBHBvcnQYAyABKAUiIQoMVHVubmVsT3BlbmVkEhEKCXR1bm5lbF9pZBgBIAEoAyItCgpUdW5uZWxEYXRhEhEKCXR1bm5lbF9pZBgBIAEoAxIMCgRkYXRhGAIgASgMIi8KC1R1bm5lbENsb3NlEhEKCXR1bm5lbF9pZBgBIAEoAxINCgVlcnJvchgCIAEoCSrUAQoPUnVubmVyVGFza1N0YXRlEiEKHVJVTk5FUl9UQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUlVOTkVSX1RBU0tfU1RBVEVfUlVOTklORxABEhwKGFJVTk5FUl9UQVNLX1NUQVRFX1BBVVNFRBACEhwKGFJVTk5FUl9UQVNLX1NUQVRFX0VYSVRFRBADEiIKHlJVTk5FUl9UQVNLX1NUQVRFX1NUQVJUX0ZBSUxFRBAEEh8KG1JVTk5FUl9UQVNLX1NUQVRFX1BSRVBBUklORxAFMlsKDVJ1bm5lclNlcnZpY2USSgoHQ29ubmVjdBIcLmhha3VyaXZlci52MS5Db25uZWN0UmVxdWVzdBodLmhha3VyaXZlci52MS5Db25uZWN0UmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp, file_hakuriver_v1_node, file_hakuriver_v1_task]);
+  fileDesc("CiFoYWt1cml2ZXIvdjEvcnVubmVyX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSKrAwoOQ29ubmVjdFJlcXVlc3QSMAoIcmVnaXN0ZXIYASABKAsyHC5oYWt1cml2ZXIudjEuUmVnaXN0ZXJSdW5uZXJIABIsCgloZWFydGJlYXQYAiABKAsyFy5oYWt1cml2ZXIudjEuSGVhcnRiZWF0SAASMwoKdGFza19zdGF0ZRgDIAEoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnRIABIrCglsb2dfY2h1bmsYBCABKAsyFi5oYWt1cml2ZXIudjEuTG9nQ2h1bmtIABIzCg10dW5uZWxfb3BlbmVkGAUgASgLMhouaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5lZEgAEi8KC3R1bm5lbF9kYXRhGAYgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbERhdGFIABIxCgx0dW5uZWxfY2xvc2UYByABKAsyGS5oYWt1cml2ZXIudjEuVHVubmVsQ2xvc2VIABIzCgt0YXNrX3N0YXRlcxgIIAEoCzIcLmhha3VyaXZlci52MS5UYXNrU3RhdGVCYXRjaEgAQgkKB3BheWxvYWQiQAoOVGFza1N0YXRlQmF0Y2gSLgoHcmVwb3J0cxgBIAMoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnQigAQKD0Nvbm5lY3RSZXNwb25zZRIvCgpyZWdpc3RlcmVkGAEgASgLMhkuaGFrdXJpdmVyLnYxLlJlZ2lzdGVyQWNrSAASMQoIZGlzcGF0Y2gYAiABKAsyHS5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kSAASKQoEa2lsbBgDIAEoCzIZLmhha3VyaXZlci52MS5LaWxsQ29tbWFuZEgAEisKBXBhdXNlGAQgASgLMhouaGFrdXJpdmVyLnYxLlBhdXNlQ29tbWFuZEgAEi0KBnJlc3VtZRgFIAEoCzIbLmhha3VyaXZlci52MS5SZXN1bWVDb21tYW5kSAASLwoHcmVsZWFzZRgGIAEoCzIcLmhha3VyaXZlci52MS5SZWxlYXNlQ29tbWFuZEgAEi8KC3R1bm5lbF9vcGVuGAcgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5IABIvCgt0dW5uZWxfZGF0YRgIIAEoCzIYLmhha3VyaXZlci52MS5UdW5uZWxEYXRhSAASMQoMdHVubmVsX2Nsb3NlGAkgASgLMhkuaGFrdXJpdmVyLnYxLlR1bm5lbENsb3NlSAASMQoKZGlzcGF0Y2hlcxgKIAEoCzIbLmhha3VyaXZlci52MS5EaXNwYXRjaEJhdGNoSABCCQoHcGF5bG9hZCJCCg1EaXNwYXRjaEJhdGNoEjEKCmRpc3BhdGNoZXMYASADKAsyHS5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kIvQBCg5SZWdpc3RlclJ1bm5lchIQCghob3N0bmFtZRgBIAEoCRITCgt0b3RhbF9jb3JlcxgCIAEoBRIaChJ0b3RhbF9tZW1vcnlfYnl0ZXMYAyABKAMSKgoKbnVtYV9ub2RlcxgEIAMoCzIWLmhha3VyaXZlci52MS5OdW1hTm9kZRIfCgRncHVzGAUgAygLMhEuaGFrdXJpdmVyLnYxLkdwdRIUCgxlbnZpcm9ubWVudHMYBiADKAkSFgoOa25vd25fdGFza19pZHMYByADKAMSFQoNdGFrZXNfYmF0Y2hlcxgJIAEoCEoECAgQCVIHdmVyc2lvbiJKCglBZG9wdFRhc2sSDwoHdGFza19pZBgBIAEoAxIVCg1zdGRvdXRfb2Zmc2V0GAIgASgDEhUKDXN0ZGVycl9vZmZzZXQYAyABKAMiogEKC1JlZ2lzdGVyQWNrEiYKBWFkb3B0GAEgAygLMhcuaGFrdXJpdmVyLnYxLkFkb3B0VGFzaxIYChBkaXNjYXJkX3Rhc2tfaWRzGAIgAygDEiIKGmhlYXJ0YmVhdF9pbnRlcnZhbF9zZWNvbmRzGAMgASgBEhkKEXJ1bm5lcl9jcmVkZW50aWFsGAQgASgJEhIKCmNsdXN0ZXJfaWQYBSABKAkieAoJSGVhcnRiZWF0EiQKBmhlYWx0aBgBIAEoCzIULmhha3VyaXZlci52MS5IZWFsdGgSFAoMZW52aXJvbm1lbnRzGAIgAygJEi8KBmxvYWRlZBgDIAMoCzIfLmhha3VyaXZlci52MS5Mb2FkZWRFbnZpcm9ubWVudCI8ChFMb2FkZWRFbnZpcm9ubWVudBIMCgRuYW1lGAEgASgJEhkKEXRhcmJhbGxfdGltZXN0YW1wGAIgASgDIqQCCg9UYXNrU3RhdGVSZXBvcnQSDwoHdGFza19pZBgBIAEoAxIsCgVzdGF0ZRgCIAEoDjIdLmhha3VyaXZlci52MS5SdW5uZXJUYXNrU3RhdGUSFgoJZXhpdF9jb2RlGAMgASgFSACIAQESEgoKb29tX2tpbGxlZBgEIAEoCBIVCg1lcnJvcl9tZXNzYWdlGAUgASgJEi4KCnN0YXJ0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZkZXRhaWwYCCABKAkSEAoIc3NoX3BvcnQYCSABKAVCDAoKX2V4aXRfY29kZSJiCghMb2dDaHVuaxIPCgd0YXNrX2lkGAEgASgDEicKBnN0cmVhbRgCIAEoDjIXLmhha3VyaXZlci52MS5Mb2dTdHJlYW0SDgoGb2Zmc2V0GAMgASgDEgwKBGRhdGEYBCABKAwi4QMKD0Rpc3BhdGNoQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDEiQKBGtpbmQYAiABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDQoFaW1hZ2UYAyABKAkSDwoHY29tbWFuZBgEIAEoCRIRCglhcmd1bWVudHMYBSADKAkSMwoDZW52GAYgAygLMiYuaGFrdXJpdmVyLnYxLkRpc3BhdGNoQ29tbWFuZC5FbnZFbnRyeRINCgVjb3JlcxgHIAEoBRIUCgxtZW1vcnlfYnl0ZXMYCCABKAMSIwoGbW91bnRzGAkgAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhIKCnByaXZpbGVnZWQYCiABKAgSFgoOY29udGFpbmVyX25hbWUYCyABKAkSDwoHZ3B1X2lkcxgMIAMoBRIMCgRjcHVzGA0gAygFEhkKDG51bWFfbm9kZV9pZBgOIAEoBUgAiAEBEhYKDnNzaF9wdWJsaWNfa2V5GA8gASgJEioKB25ldHdvcmsYECABKA4yGS5oYWt1cml2ZXIudjEuVGFza05ldHdvcmsaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIPCg1fbnVtYV9ub2RlX2lkIjUKC0tpbGxDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMSFQoNZ3JhY2Vfc2Vjb25kcxgCIAEoASIfCgxQYXVzZUNvbW1hbmQSDwoHdGFza19pZBgBIAEoAyIgCg1SZXN1bWVDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMiIQoOUmVsZWFzZUNvbW1hbmQSDwoHdGFza19pZBgBIAEoAyI+CgpUdW5uZWxPcGVuEhEKCXR1bm5lbF9pZBgBIAEoAxIPCgd0YXNrX2lkGAIgASgDEgwKBHBvcnQYAyABKAUiIQoMVHVubmVsT3BlbmVkEhEKCXR1bm5lbF9pZBgBIAEoAyItCgpUdW5uZWxEYXRhEhEKCXR1bm5lbF9pZBgBIAEoAxIMCgRkYXRhGAIgASgMIi8KC1R1bm5lbENsb3NlEhEKCXR1bm5lbF9pZBgBIAEoAxINCgVlcnJvchgCIAEoCSrUAQoPUnVubmVyVGFza1N0YXRlEiEKHVJVTk5FUl9UQVNLX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUlVOTkVSX1RBU0tfU1RBVEVfUlVOTklORxABEhwKGFJVTk5FUl9UQVNLX1NUQVRFX1BBVVNFRBACEhwKGFJVTk5FUl9UQVNLX1NUQVRFX0VYSVRFRBADEiIKHlJVTk5FUl9UQVNLX1NUQVRFX1NUQVJUX0ZBSUxFRBAEEh8KG1JVTk5FUl9UQVNLX1NUQVRFX1BSRVBBUklORxAFMlsKDVJ1bm5lclNlcnZpY2USSgoHQ29ubmVjdBIcLmhha3VyaXZlci52MS5Db25uZWN0UmVxdWVzdBodLmhha3VyaXZlci52MS5Db25uZWN0UmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_timestamp, file_hakuriver_v1_node, file_hakuriver_v1_task]);
 
 /**
  * ConnectRequest is one message from a runner to the Host.
@@ -69,6 +69,14 @@ export type ConnectRequest = Message<"hakuriver.v1.ConnectRequest"> & {
      */
     value: TunnelClose;
     case: "tunnelClose";
+  } | {
+    /**
+     * Several reports at once, each as if sent alone, in order.
+     *
+     * @generated from field: hakuriver.v1.TaskStateBatch task_states = 8;
+     */
+    value: TaskStateBatch;
+    case: "taskStates";
   } | { case: undefined; value?: undefined };
 };
 
@@ -78,6 +86,26 @@ export type ConnectRequest = Message<"hakuriver.v1.ConnectRequest"> & {
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
   messageDesc(file_hakuriver_v1_runner_service, 0);
+
+/**
+ * TaskStateBatch carries reports on several tasks in one message (a Runner that ends or
+ * starts many tasks at once).
+ *
+ * @generated from message hakuriver.v1.TaskStateBatch
+ */
+export type TaskStateBatch = Message<"hakuriver.v1.TaskStateBatch"> & {
+  /**
+   * @generated from field: repeated hakuriver.v1.TaskStateReport reports = 1;
+   */
+  reports: TaskStateReport[];
+};
+
+/**
+ * Describes the message hakuriver.v1.TaskStateBatch.
+ * Use `create(TaskStateBatchSchema)` to create a new message.
+ */
+export const TaskStateBatchSchema: GenMessage<TaskStateBatch> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_runner_service, 1);
 
 /**
  * ConnectResponse is one message from the Host to a runner.
@@ -142,6 +170,15 @@ export type ConnectResponse = Message<"hakuriver.v1.ConnectResponse"> & {
      */
     value: TunnelClose;
     case: "tunnelClose";
+  } | {
+    /**
+     * Several dispatches at once, each as if sent alone; only to a Runner that registered
+     * with takes_batches.
+     *
+     * @generated from field: hakuriver.v1.DispatchBatch dispatches = 10;
+     */
+    value: DispatchBatch;
+    case: "dispatches";
   } | { case: undefined; value?: undefined };
 };
 
@@ -150,7 +187,26 @@ export type ConnectResponse = Message<"hakuriver.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 1);
+  messageDesc(file_hakuriver_v1_runner_service, 2);
+
+/**
+ * DispatchBatch carries several tasks to start in one message (a job array placed at once).
+ *
+ * @generated from message hakuriver.v1.DispatchBatch
+ */
+export type DispatchBatch = Message<"hakuriver.v1.DispatchBatch"> & {
+  /**
+   * @generated from field: repeated hakuriver.v1.DispatchCommand dispatches = 1;
+   */
+  dispatches: DispatchCommand[];
+};
+
+/**
+ * Describes the message hakuriver.v1.DispatchBatch.
+ * Use `create(DispatchBatchSchema)` to create a new message.
+ */
+export const DispatchBatchSchema: GenMessage<DispatchBatch> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_runner_service, 3);
 
 /**
  * RegisterRunner describes the runner host and the task containers it found.
@@ -196,6 +252,13 @@ export type RegisterRunner = Message<"hakuriver.v1.RegisterRunner"> & {
    * @generated from field: repeated int64 known_task_ids = 7;
    */
   knownTaskIds: bigint[];
+
+  /**
+   * The Runner takes DispatchBatch messages.
+   *
+   * @generated from field: bool takes_batches = 9;
+   */
+  takesBatches: boolean;
 };
 
 /**
@@ -203,7 +266,7 @@ export type RegisterRunner = Message<"hakuriver.v1.RegisterRunner"> & {
  * Use `create(RegisterRunnerSchema)` to create a new message.
  */
 export const RegisterRunnerSchema: GenMessage<RegisterRunner> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 2);
+  messageDesc(file_hakuriver_v1_runner_service, 4);
 
 /**
  * AdoptTask tells a runner to keep a task it found and where to resume its logs.
@@ -236,7 +299,7 @@ export type AdoptTask = Message<"hakuriver.v1.AdoptTask"> & {
  * Use `create(AdoptTaskSchema)` to create a new message.
  */
 export const AdoptTaskSchema: GenMessage<AdoptTask> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 3);
+  messageDesc(file_hakuriver_v1_runner_service, 5);
 
 /**
  * RegisterAck reconciles the runner's tasks with the Host's records.
@@ -287,7 +350,7 @@ export type RegisterAck = Message<"hakuriver.v1.RegisterAck"> & {
  * Use `create(RegisterAckSchema)` to create a new message.
  */
 export const RegisterAckSchema: GenMessage<RegisterAck> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 4);
+  messageDesc(file_hakuriver_v1_runner_service, 6);
 
 /**
  * Heartbeat carries a health sample.
@@ -320,7 +383,7 @@ export type Heartbeat = Message<"hakuriver.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 5);
+  messageDesc(file_hakuriver_v1_runner_service, 7);
 
 /**
  * LoadedEnvironment names the tarball a Runner's environment image was loaded from.
@@ -346,7 +409,7 @@ export type LoadedEnvironment = Message<"hakuriver.v1.LoadedEnvironment"> & {
  * Use `create(LoadedEnvironmentSchema)` to create a new message.
  */
 export const LoadedEnvironmentSchema: GenMessage<LoadedEnvironment> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 6);
+  messageDesc(file_hakuriver_v1_runner_service, 8);
 
 /**
  * TaskStateReport tells the Host what happened to a task's container.
@@ -411,7 +474,7 @@ export type TaskStateReport = Message<"hakuriver.v1.TaskStateReport"> & {
  * Use `create(TaskStateReportSchema)` to create a new message.
  */
 export const TaskStateReportSchema: GenMessage<TaskStateReport> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 7);
+  messageDesc(file_hakuriver_v1_runner_service, 9);
 
 /**
  * LogChunk is a piece of a task's output at a byte offset.
@@ -447,7 +510,7 @@ export type LogChunk = Message<"hakuriver.v1.LogChunk"> & {
  * Use `create(LogChunkSchema)` to create a new message.
  */
 export const LogChunkSchema: GenMessage<LogChunk> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 8);
+  messageDesc(file_hakuriver_v1_runner_service, 10);
 
 /**
  * DispatchCommand asks a runner to start a task. Idempotent by task_id.
@@ -553,7 +616,7 @@ export type DispatchCommand = Message<"hakuriver.v1.DispatchCommand"> & {
  * Use `create(DispatchCommandSchema)` to create a new message.
  */
 export const DispatchCommandSchema: GenMessage<DispatchCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 9);
+  messageDesc(file_hakuriver_v1_runner_service, 11);
 
 /**
  * KillCommand asks a runner to stop a task: SIGTERM, then SIGKILL after the grace period.
@@ -577,7 +640,7 @@ export type KillCommand = Message<"hakuriver.v1.KillCommand"> & {
  * Use `create(KillCommandSchema)` to create a new message.
  */
 export const KillCommandSchema: GenMessage<KillCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 10);
+  messageDesc(file_hakuriver_v1_runner_service, 12);
 
 /**
  * PauseCommand asks a runner to freeze a task.
@@ -596,7 +659,7 @@ export type PauseCommand = Message<"hakuriver.v1.PauseCommand"> & {
  * Use `create(PauseCommandSchema)` to create a new message.
  */
 export const PauseCommandSchema: GenMessage<PauseCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 11);
+  messageDesc(file_hakuriver_v1_runner_service, 13);
 
 /**
  * ResumeCommand asks a runner to thaw a task.
@@ -615,7 +678,7 @@ export type ResumeCommand = Message<"hakuriver.v1.ResumeCommand"> & {
  * Use `create(ResumeCommandSchema)` to create a new message.
  */
 export const ResumeCommandSchema: GenMessage<ResumeCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 12);
+  messageDesc(file_hakuriver_v1_runner_service, 14);
 
 /**
  * ReleaseCommand tells a runner the Host has stored the task's final state: its container
@@ -635,7 +698,7 @@ export type ReleaseCommand = Message<"hakuriver.v1.ReleaseCommand"> & {
  * Use `create(ReleaseCommandSchema)` to create a new message.
  */
 export const ReleaseCommandSchema: GenMessage<ReleaseCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 13);
+  messageDesc(file_hakuriver_v1_runner_service, 15);
 
 /**
  * TunnelOpen asks a Runner to connect to a VPS's SSH server for a client of the Host's
@@ -667,7 +730,7 @@ export type TunnelOpen = Message<"hakuriver.v1.TunnelOpen"> & {
  * Use `create(TunnelOpenSchema)` to create a new message.
  */
 export const TunnelOpenSchema: GenMessage<TunnelOpen> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 14);
+  messageDesc(file_hakuriver_v1_runner_service, 16);
 
 /**
  * TunnelOpened confirms the Runner reached the SSH server.
@@ -686,7 +749,7 @@ export type TunnelOpened = Message<"hakuriver.v1.TunnelOpened"> & {
  * Use `create(TunnelOpenedSchema)` to create a new message.
  */
 export const TunnelOpenedSchema: GenMessage<TunnelOpened> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 15);
+  messageDesc(file_hakuriver_v1_runner_service, 17);
 
 /**
  * TunnelData carries bytes of one tunnel, in order.
@@ -710,7 +773,7 @@ export type TunnelData = Message<"hakuriver.v1.TunnelData"> & {
  * Use `create(TunnelDataSchema)` to create a new message.
  */
 export const TunnelDataSchema: GenMessage<TunnelData> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 16);
+  messageDesc(file_hakuriver_v1_runner_service, 18);
 
 /**
  * TunnelClose ends a tunnel from either side.
@@ -736,7 +799,7 @@ export type TunnelClose = Message<"hakuriver.v1.TunnelClose"> & {
  * Use `create(TunnelCloseSchema)` to create a new message.
  */
 export const TunnelCloseSchema: GenMessage<TunnelClose> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 17);
+  messageDesc(file_hakuriver_v1_runner_service, 19);
 
 /**
  * RunnerTaskState is what a runner observed of a task's container.

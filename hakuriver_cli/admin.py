@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -24,15 +24,18 @@ from hakuriver_cli.render import (
     when,
 )
 from hakuriver_common.credentials import TOKEN_ENV, write_secret
-from hakuriver_common.proto.hakuriver.v1 import (
-    access_pb2,
-    access_service_pb2 as apb,
-    access_service_pb2_grpc,
-    audit_service_pb2 as aupb,
-    audit_service_pb2_grpc,
-)
 from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
+
+if TYPE_CHECKING:
+    from hakuriver_common.proto.hakuriver.v1 import (
+        access_pb2,
+        access_service_pb2_grpc,
+        audit_service_pb2 as aupb,
+    )
+
+# The generated protos (and grpc with them) are imported by the commands that call the Host,
+# not here (see hakuriver_cli/task.py).
 
 T = TypeVar("T")
 
@@ -59,6 +62,8 @@ for _sub, _name, _help in (
 def _access(
     config: Path | None, call: Callable[[access_service_pb2_grpc.AccessServiceStub], T]
 ) -> T:
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2_grpc
+
     return ask(config, access_service_pb2_grpc.AccessServiceStub, call)
 
 
@@ -68,6 +73,8 @@ def _access(
 @app.command()
 def whoami(config: ConfigOption = None, json: JsonOption = False) -> None:
     """Who the Host takes you for: your user name, role and token id."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     me: apb.WhoAmIResponse = _access(config, lambda s: unary(s.WhoAmI, apb.WhoAmIRequest()))
     if json:
         print_json(to_dict(me))
@@ -88,6 +95,8 @@ def user_add(
     json: JsonOption = False,
 ) -> None:
     """Add a user with a role; give them a token with: token create --user NAME."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.CreateUserRequest(name=name, role=role.pb)
     user = _access(config, lambda s: unary(s.CreateUser, request).user)
     if json:
@@ -104,6 +113,8 @@ def _user_row(user: access_pb2.User) -> list[str]:
 @user_app.command("list")
 def user_list(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List users and their roles."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     users = _access(config, lambda s: unary(s.ListUsers, apb.ListUsersRequest()).users)
     show_list(json, users, "users", ("name", "role", "created"), _user_row)
 
@@ -111,6 +122,8 @@ def user_list(config: ConfigOption = None, json: JsonOption = False) -> None:
 @user_app.command("remove")
 def user_remove(name: NameArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
     """Remove a user and revoke their tokens; their tasks keep running."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.DeleteUserRequest(name=name)
     revoked = _access(config, lambda s: unary(s.DeleteUser, request).revoked_tokens)
     if json:
@@ -190,6 +203,8 @@ def token_create(
     json: JsonOption = False,
 ) -> None:
     """Create an API token. Its secret is shown (or saved) only now: the Host keeps a hash."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.CreateTokenRequest(user=user, description=description)
     if expires:
         [moment] = parsed([expires], parse_expiry)
@@ -252,6 +267,8 @@ def token_list(
     json: JsonOption = False,
 ) -> None:
     """List API tokens (yours unless --user or --all), never their secrets."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     if user and all_:
         fail("--user and --all exclude each other", 2)
     request = apb.ListTokensRequest(user="*" if all_ else user, include_inactive=include_inactive)
@@ -266,6 +283,8 @@ def token_revoke(
     json: JsonOption = False,
 ) -> None:
     """Revoke an API token: the Host refuses it from now on."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.RevokeTokenRequest(token_id=token_id)
     token = _access(config, lambda s: unary(s.RevokeToken, request).token)
     if json:
@@ -290,6 +309,8 @@ def _runner_row(credential: access_pb2.RunnerCredential) -> list[str]:
 @runner_app.command("list")
 def runner_list(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List the credentials Runners received on their first join."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.ListRunnerCredentialsRequest()
     credentials = _access(config, lambda s: unary(s.ListRunnerCredentials, request).credentials)
     show_list(json, credentials, "runners", ("hostname", "state", "issued", "revoked"), _runner_row)
@@ -303,6 +324,8 @@ def runner_revoke(
 ) -> None:
     """Revoke a Runner's credential and close its stream; it may join again only with the
     join token."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
     request = apb.RevokeRunnerCredentialRequest(hostname=hostname)
     credential = _access(config, lambda s: unary(s.RevokeRunnerCredential, request).credential)
     if json:
@@ -344,6 +367,11 @@ def audit(
     json: JsonOption = False,
 ) -> None:
     """The audit log, newest first: who did what, and every refusal."""
+    from hakuriver_common.proto.hakuriver.v1 import (
+        audit_service_pb2 as aupb,
+        audit_service_pb2_grpc,
+    )
+
     request = aupb.ListAuditEventsRequest(
         limit=limit,
         before_id=before,

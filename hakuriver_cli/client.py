@@ -1,4 +1,8 @@
-"""``hakuriver.client``: nodes, health, task status and control."""
+"""``hakuriver.client``: nodes, health, task status and control.
+
+grpc, the generated protos and rich are imported by the commands that use them, not here
+(see hakuriver_cli/task.py).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,9 @@ import contextlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.live import Live
-from rich.table import Table
 
 from hakuriver_cli.connection import (
     ask,
@@ -32,15 +34,17 @@ from hakuriver_cli.render import (
     to_dict,
     to_json_line,
 )
-from hakuriver_common.proto.hakuriver.v1 import (
-    node_pb2,
-    node_service_pb2 as npb,
-    node_service_pb2_grpc,
-    task_pb2,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from hakuriver_common.proto.hakuriver.v1 import (
+        node_pb2,
+        task_pb2,
+        task_service_pb2 as tpb,
+        task_service_pb2_grpc,
+    )
 
 app = tool_app("Inspect and control the cluster.")
 
@@ -73,6 +77,8 @@ def _node_row(n: node_pb2.Node) -> list[str]:
 @app.command()
 def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List runner nodes with their resources and last heartbeat."""
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+
     response = ask(
         config,
         node_service_pb2_grpc.NodeServiceStub,
@@ -90,6 +96,8 @@ def _gpu_summary(node: node_pb2.Node) -> str:
 
 
 def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> None:
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+
     node = ask(
         config,
         node_service_pb2_grpc.NodeServiceStub,
@@ -147,6 +155,8 @@ class NodeTrend:
 
 
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
+    from rich.table import Table
+
     out = Table(title="health", title_justify="left")
     for column in ("node", "status", "cpu", "cpu trend", "memory", "memory trend", "avg/max temp"):
         out.add_column(column)
@@ -195,6 +205,10 @@ def health(
     json: JsonOption = False,
 ) -> None:
     """CPU, memory, temperature and GPU readings of nodes, with recent trends."""
+    from rich.live import Live
+
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+
     cfg = config_or_fail(config)
     with host_channel(cfg) as channel:
         stub = node_service_pb2_grpc.NodeServiceStub(channel)
@@ -206,11 +220,11 @@ def health(
             if json:
                 print_json([to_dict(n) for n in response.nodes])
             else:
-                console.print(_health_table(trends))
+                console().print(_health_table(trends))
             return
         updates = stub.WatchHealth(npb.WatchHealthRequest(hostname=hostname))
         seen = 0
-        live = contextlib.nullcontext() if json else Live(_health_table(trends), console=console)
+        live = contextlib.nullcontext() if json else Live(_health_table(trends), console=console())
         with live as screen:
             for update in updates:
                 node = update.node
@@ -252,6 +266,7 @@ def status(
     task_id: BatchOrTaskArgument, config: ConfigOption = None, json: JsonOption = False
 ) -> None:
     """Show every field of a task and its status timeline, or a batch's counts by status."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
         response = unary(stub.GetTask, tpb.GetTaskRequest(task_id=tid))
@@ -276,6 +291,8 @@ class Action(StrEnum):
 
 
 def _control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -> task_pb2.Task:
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
     if verb == Action.pause:
         return unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid)).task
     if verb == Action.resume:
@@ -286,6 +303,8 @@ def _control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -
 def _control_batch(
     stub: task_service_pb2_grpc.TaskServiceStub, bid: int, verb: str
 ) -> tuple[tpb.BatchSummary, int]:
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
     response: tpb.PauseBatchResponse | tpb.ResumeBatchResponse | tpb.KillBatchResponse
     if verb == Action.pause:
         response = unary(stub.PauseBatch, tpb.PauseBatchRequest(batch_id=bid))
@@ -302,6 +321,7 @@ _DONE = {"kill": "killed", "pause": "paused", "resume": "resumed"}
 def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> None:
     """Kill, pause or resume a task or a whole batch, then print its status (or it as
     JSON)."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
         done = _control(stub, tid, verb)

@@ -1,6 +1,11 @@
 """Config loading, the Host channel and error reporting shared by the CLI tools.
 
 Every failure ends as one line on stderr and a non-zero exit, never a traceback.
+
+A tool imports this module to declare its commands, so it imports only typer and light
+modules itself: grpc, the generated protos and the TLS and token code are imported by the
+functions that open a channel or read an RPC error (``--help`` never gets there). The config
+comes from client_config (no pydantic unless the config needs it).
 """
 
 from __future__ import annotations
@@ -8,18 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-import grpc
 import typer
 
-from hakuriver_common.channels import TlsSetupError, open_channel
-from hakuriver_common.config import Config
-from hakuriver_common.credentials import CredentialsError, api_token
 from hakuriver_common.ids import parse_task_id
 from hakuriver_common.limits import MAX_ARRAY_INDEX
-from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
-from hakuriver_common.service import config_or_exit
+from hakuriver_common.service import client_config_or_exit
+
+if TYPE_CHECKING:
+    import grpc
+
+    from hakuriver_common.client_config import ClientConfig
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -40,8 +46,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def config_or_fail(path: Path | None) -> Config:
-    return config_or_exit(path)
+def config_or_fail(path: Path | None) -> ClientConfig:
+    return client_config_or_exit(path)
 
 
 def parsed(values: Iterable[str], parse: Callable[[str], T]) -> list[T]:
@@ -60,6 +66,8 @@ def task_id_or_fail(text: str) -> int:
 def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
     """The task named by ``text``: a task id, or ARRAY_ID_INDEX (one task of a job array,
     looked up on the Host)."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
     head, sep, index = text.partition("_")
     array_id = task_id_or_fail(head)
     if not sep:
@@ -76,6 +84,8 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
 
 
 def missing(exc: grpc.RpcError) -> bool:
+    import grpc
+
     return hasattr(exc, "code") and exc.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -88,6 +98,8 @@ def on_task_or_batch(
     """``on_task`` for a task id or ARRAY_ID_INDEX; for an id no task has, ``on_batch``
     (task and batch ids come from one sequence, so an id is never both). A batch that does
     not exist either is reported as the task not found."""
+    import grpc
+
     tid = task_ref(stub, text)
     try:
         return on_task(tid)
@@ -100,7 +112,7 @@ def on_task_or_batch(
             raise (exc if missing(batch_exc) else batch_exc) from None
 
 
-def _transport_problem(details: str, config: Config | None) -> str | None:
+def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
     """A TLS mismatch in words, from gRPC's connection error."""
     lowered = details.lower()
     target = config.host_target if config is not None else "the host"
@@ -123,7 +135,9 @@ def _transport_problem(details: str, config: Config | None) -> str | None:
     return None
 
 
-def describe_rpc_error(exc: grpc.RpcError, target: str, config: Config | None = None) -> str:
+def describe_rpc_error(exc: grpc.RpcError, target: str, config: ClientConfig | None = None) -> str:
+    import grpc
+
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else str(exc)
     if code == grpc.StatusCode.UNAVAILABLE:
@@ -142,9 +156,14 @@ def describe_rpc_error(exc: grpc.RpcError, target: str, config: Config | None = 
 
 
 @contextmanager
-def host_channel(config: Config, reconnect_seconds: float = 0.0) -> Iterator[grpc.Channel]:
+def host_channel(config: ClientConfig, reconnect_seconds: float = 0.0) -> Iterator[grpc.Channel]:
     """A channel to the Host; ``reconnect_seconds`` caps the wait between reconnect attempts
     after the Host went away (gRPC's own backoff grows to minutes)."""
+    import grpc
+
+    from hakuriver_common.channels import TlsSetupError, open_channel
+    from hakuriver_common.credentials import CredentialsError, api_token
+
     options = []
     if reconnect_seconds > 0:
         backoff_ms = max(1, int(reconnect_seconds * 1000))

@@ -1,4 +1,8 @@
-"""``hakuriver.docker``: prepare container environments on the Host."""
+"""``hakuriver.docker``: prepare container environments on the Host.
+
+grpc, the generated protos and rich are imported by the commands that use them, not here
+(see hakuriver_cli/task.py).
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,26 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import grpc
 import typer
-from rich.progress import DownloadColumn, Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
 from hakuriver_cli.render import console, print_json, show_list, to_dict
-from hakuriver_common.proto.hakuriver.v1 import (
-    environment_service_pb2 as epb,
-    environment_service_pb2_grpc,
-)
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
+if TYPE_CHECKING:
+    import grpc
+    from rich.progress import Progress
+
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+    from hakuriver_common.proto.hakuriver.v1.environment_service_pb2_grpc import (
+        EnvironmentServiceStub as Stub,
+    )
+
 app = tool_app("Manage container environments.")
 T = TypeVar("T")
-Stub = environment_service_pb2_grpc.EnvironmentServiceStub
 
 NameArgument = Annotated[str, typer.Argument(help="Environment name.", show_default=False)]
 UPLOAD_CHUNK = 1024 * 1024
@@ -31,6 +37,8 @@ LONG_RPC_SECONDS = 3600.0
 
 
 def _stub(channel: grpc.Channel) -> Stub:
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2_grpc
+
     return environment_service_pb2_grpc.EnvironmentServiceStub(channel)
 
 
@@ -55,6 +63,8 @@ def create_container(
     json: JsonOption = False,
 ) -> None:
     """Start a persistent container NAME on the Host from IMAGE, to prepare an environment."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     request = epb.CreateContainerRequest(image=image, name=name)
     reply = _ask(config, lambda stub: unary(stub.CreateContainer, request, LONG_RPC_SECONDS))
     _show_container(reply.container, json)
@@ -63,6 +73,8 @@ def create_container(
 @app.command("list-containers")
 def list_containers(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List the Host's environment containers."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     reply = _ask(config, lambda stub: unary(stub.ListContainers, epb.ListContainersRequest()))
     show_list(
         json,
@@ -74,6 +86,8 @@ def list_containers(config: ConfigOption = None, json: JsonOption = False) -> No
 
 
 def _start_or_stop(name: str, start: bool, config: Path | None, json: bool) -> None:
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     reply = _ask(
         config,
         lambda stub: (
@@ -104,17 +118,27 @@ def stop_container(
 @app.command("delete-container")
 def delete_container(name: NameArgument, config: ConfigOption = None) -> None:
     """Remove an environment container (its tarballs stay)."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     _ask(config, lambda stub: unary(stub.DeleteContainer, epb.DeleteContainerRequest(name=name)))
     typer.echo(f"deleted environment container {name}")
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
         DownloadColumn(),
         TransferSpeedColumn(),
-        console=console,
+        console=console(),
         transient=True,
         disable=not sys.stderr.isatty(),
     )
@@ -130,6 +154,8 @@ def _show_tarball(tarball: epb.Tarball, json: bool) -> None:
 @app.command("create-tar")
 def create_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
     """Commit the environment container and save it for the Runners as NAME-<time>.tar."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     with host_channel(config_or_fail(config)) as channel, _progress() as progress:
         bar = progress.add_task(f"saving {name}", total=None)
         done = None
@@ -148,6 +174,8 @@ def create_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption
 @app.command("list-tars")
 def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List environment tarballs and which Runners have each loaded."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     reply = _ask(config, lambda stub: unary(stub.ListTars, epb.ListTarsRequest()))
     show_list(
         json,
@@ -167,12 +195,16 @@ def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
 @app.command("delete-tar")
 def delete_tar(name: NameArgument, config: ConfigOption = None) -> None:
     """Remove every tarball of an environment."""
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     reply = _ask(config, lambda stub: unary(stub.DeleteTar, epb.DeleteTarRequest(name=name)))
     for path in reply.removed:
         typer.echo(f"removed {path}")
 
 
 def _upload(name: str, source: str) -> Iterator[epb.ImportRootfsRequest]:
+    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
+
     yield epb.ImportRootfsRequest(name=name)
     stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     with stream:

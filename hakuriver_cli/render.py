@@ -12,39 +12,51 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from functools import cache
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
-from rich.table import Table
-
-from hakuriver_common.mounts import MountSpec, format_mount
-from hakuriver_common.proto.hakuriver.v1 import (
-    access_pb2,
-    audit_service_pb2 as aupb,
-    node_pb2,
-    task_pb2,
-    task_service_pb2 as tpb,
-)
-from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.units import format_size
 
-# Piped output keeps whole rows instead of the 80-column fallback.
-console = Console() if sys.stdout.isatty() else Console(width=240)
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from rich.console import Console
+
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+
+# protobuf's JSON and descriptors, rich, and the roles' proto enums are imported by the
+# functions that use them: a command that prints one line loads none of them.
 
 
-# Proto enum type -> its words, for every enum field of every message printed as JSON.
-_VOCABULARY: dict[str, Callable[[int], StrEnum]] = {
-    task_pb2.TaskStatus.DESCRIPTOR.full_name: TaskStatus.from_pb,
-    task_pb2.TaskKind.DESCRIPTOR.full_name: TaskKind.from_pb,
-    task_pb2.TaskNetwork.DESCRIPTOR.full_name: TaskNetwork.from_pb,
-    node_pb2.NodeStatus.DESCRIPTOR.full_name: NodeStatus.from_pb,
-    access_pb2.Role.DESCRIPTOR.full_name: Role.from_pb,
-    aupb.AuditOutcome.DESCRIPTOR.full_name: AuditOutcome.from_pb,
-}
+@cache
+def console() -> Console:
+    """The console tables go to; piped output keeps whole rows instead of the 80-column
+    fallback."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=240)
+
+
+@cache
+def _vocabulary() -> dict[str, Callable[[int], StrEnum]]:
+    """Proto enum type -> its words, for every enum field of every message printed as JSON."""
+    from hakuriver_common.proto.hakuriver.v1 import (
+        access_pb2,
+        audit_service_pb2 as aupb,
+        node_pb2,
+        task_pb2,
+    )
+    from hakuriver_common.roles import AuditOutcome, Role
+
+    return {
+        task_pb2.TaskStatus.DESCRIPTOR.full_name: TaskStatus.from_pb,
+        task_pb2.TaskKind.DESCRIPTOR.full_name: TaskKind.from_pb,
+        task_pb2.TaskNetwork.DESCRIPTOR.full_name: TaskNetwork.from_pb,
+        node_pb2.NodeStatus.DESCRIPTOR.full_name: NodeStatus.from_pb,
+        access_pb2.Role.DESCRIPTOR.full_name: Role.from_pb,
+        aupb.AuditOutcome.DESCRIPTOR.full_name: AuditOutcome.from_pb,
+    }
 
 
 def _word(of_pb: Callable[[int], StrEnum], value: int) -> str:
@@ -71,10 +83,14 @@ def network_name(network: int) -> str:
 
 
 def role_name(role: int) -> str:
+    from hakuriver_common.roles import Role
+
     return _word(Role.from_pb, role)
 
 
 def outcome_name(outcome: int) -> str:
+    from hakuriver_common.roles import AuditOutcome
+
     return _word(AuditOutcome.from_pb, outcome)
 
 
@@ -84,7 +100,7 @@ def _in_words(message: Message, out: dict[str, Any]) -> None:
         written: Any = out.get(field.name)
         many = isinstance(written, list)
         if field.enum_type is not None:
-            of_pb = _VOCABULARY.get(field.enum_type.full_name)
+            of_pb = _vocabulary().get(field.enum_type.full_name)
             if of_pb is not None:
                 out[field.name] = [_word(of_pb, v) for v in value] if many else _word(of_pb, value)
         elif field.message_type is not None and not field.message_type.GetOptions().map_entry:
@@ -94,6 +110,8 @@ def _in_words(message: Message, out: dict[str, Any]) -> None:
 
 
 def to_dict(message: Message) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
     out = MessageToDict(message, preserving_proto_field_name=True)
     _in_words(message, out)
     return out
@@ -121,15 +139,17 @@ def age(ts: Timestamp, present: bool) -> str:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    from rich.table import Table
+
     out = Table(title=title, title_justify="left")
     for column in columns:
         out.add_column(column)
     for row in rows:
         out.add_row(*row)
-    console.print(out)
+    console().print(out)
 
 
-M = TypeVar("M", bound=Message)
+M = TypeVar("M", bound="Message")
 
 
 def show_list(
@@ -180,6 +200,8 @@ TASK_COLUMNS = (
 
 
 def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent]) -> None:
+    from hakuriver_common.mounts import MountSpec, format_mount
+
     fields = [
         ("task_id", str(task.task_id)),
         ("task_type", kind_name(task.kind)),
@@ -218,12 +240,13 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("stderr_path", task.stderr_path or "-"),
     ]
     width = max(len(name) for name, _ in fields)
+    out = console()
     for name, value in fields:
-        console.print(f"{name:<{width}}  {value}", highlight=False, markup=False)
+        out.print(f"{name:<{width}}  {value}", highlight=False, markup=False)
     if events:
-        console.print("\ntimeline:", highlight=False)
+        out.print("\ntimeline:", highlight=False)
         for event in events:
-            console.print(
+            out.print(
                 f"  {when(event.at, True)}  {status_name(event.status):<10}  {event.detail}",
                 highlight=False,
                 markup=False,

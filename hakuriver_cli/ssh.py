@@ -20,9 +20,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import grpc
 import typer
 
 from hakuriver_cli.connection import (
@@ -34,15 +33,15 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.render import status_name
-from hakuriver_common.config import Config
-from hakuriver_common.proto.hakuriver.v1 import (
-    ssh_service_pb2 as spb,
-    ssh_service_pb2_grpc,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
 from hakuriver_common.service import ConfigOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
+
+if TYPE_CHECKING:
+    import grpc
+
+    from hakuriver_common.client_config import ClientConfig
+
+# grpc and the generated protos are imported when the tool calls the Host (not for --help).
 
 app = typer.Typer(add_completion=False)
 CHUNK = 64 * 1024
@@ -54,6 +53,8 @@ class ProxyRefused(Exception):
 
 def ticket_for(channel: grpc.Channel, task_id: int) -> str:
     """A one-time ticket for a tunnel to the VPS (raises grpc.RpcError when refused)."""
+    from hakuriver_common.proto.hakuriver.v1 import ssh_service_pb2 as spb, ssh_service_pb2_grpc
+
     stub = ssh_service_pb2_grpc.SshServiceStub(channel)
     return unary(stub.CreateSshTicket, spb.CreateSshTicketRequest(task_id=task_id)).ticket
 
@@ -106,7 +107,9 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
     b.close()
 
 
-def _serve_local(listener: socket.socket, host: str, port: int, task_id: int, cfg: Config) -> None:
+def _serve_local(
+    listener: socket.socket, host: str, port: int, task_id: int, cfg: ClientConfig
+) -> None:
     with host_channel(cfg) as channel:
         while True:
             try:
@@ -122,8 +125,10 @@ def _forward(
     host: str,
     port: int,
     task_id: int,
-    cfg: Config,
+    cfg: ClientConfig,
 ) -> None:
+    import grpc
+
     try:
         upstream = open_tunnel(host, port, ticket_for(channel, task_id))
     except grpc.RpcError as exc:
@@ -160,6 +165,8 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _check_task(task_id: int, config: Path | None) -> None:
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+
     cfg = config_or_fail(config)
     with host_channel(cfg) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)

@@ -1,15 +1,17 @@
-"""``hakuriver.task``: submit command tasks, list them, read and follow their output."""
+"""``hakuriver.task``: submit command tasks, list them, read and follow their output.
+
+grpc and the generated protos are imported by the commands that call the Host, not here:
+``--help`` and argument errors need only typer (see docs/development.md, CLI start-up).
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import grpc
 import typer
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_cli.connection import (
     TaskIdArgument,
@@ -32,28 +34,32 @@ from hakuriver_cli.render import (
     task_row,
     to_dict,
 )
-from hakuriver_common.arrays import parse_array
-from hakuriver_common.config import Config
-from hakuriver_common.mounts import parse_mount
-from hakuriver_common.proto.hakuriver.v1 import (
-    log_service_pb2 as lpb,
-    log_service_pb2_grpc,
-    task_pb2,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
-from hakuriver_common.targets import parse_target
+
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from hakuriver_common.client_config import ClientConfig
+    from hakuriver_common.proto.hakuriver.v1 import (
+        task_pb2,
+        task_service_pb2 as tpb,
+        task_service_pb2_grpc,
+    )
 
 app = tool_app("Submit and follow command tasks.")
 
 
 def target_pbs(values: list[str]) -> list[task_pb2.Target]:
+    from hakuriver_common.targets import parse_target
+
     return [spec.pb() for spec in parsed(values, parse_target)]
 
 
 def mount_pbs(values: list[str]) -> list[task_pb2.Mount]:
+    from hakuriver_common.mounts import parse_mount
+
     return [spec.pb() for spec in parsed(values, parse_mount)]
 
 
@@ -64,18 +70,25 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-# The Host went away (stopped, restarting, network): the stream broke or ended early.
-_HOST_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+def _host_gone(exc: grpc.RpcError, *also: grpc.StatusCode) -> bool:
+    """The Host went away (stopped, restarting, network): the stream broke or ended early."""
+    import grpc
+
+    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, *also)
 
 
 def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> task_pb2.Task | None:
     """Follow the task's WatchTask stream; its final state, or None if the Host went away."""
+    import grpc
+
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
     try:
         for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
             if update.task.status in FINAL_TASK_STATUSES:
                 return update.task
     except grpc.RpcError as exc:
-        if exc.code() not in _HOST_GONE:
+        if not _host_gone(exc):
             raise
     return None
 
@@ -83,13 +96,17 @@ def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> ta
 def _until_host_answers(
     stub: task_service_pb2_grpc.TaskServiceStub, task_id: int, poll_interval: float
 ) -> None:
+    import grpc
+
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
     while True:
         time.sleep(poll_interval)
         try:
             unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id), timeout=poll_interval + 5)
             return
         except grpc.RpcError as exc:
-            if exc.code() not in (*_HOST_GONE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if not _host_gone(exc, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise
 
 
@@ -98,6 +115,8 @@ def wait_final(
 ) -> task_pb2.Task:
     """The task once final. While the Host is unreachable, retry every ``poll_interval``
     seconds for as long as it takes, saying so on stderr when it goes and when it is back."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
+
     stub = task_service_pb2_grpc.TaskServiceStub(channel)
     try:
         while (task := _watch_once(stub, task_id)) is None:
@@ -118,6 +137,10 @@ def wait_batch(
 ) -> tpb.BatchSummary:
     """The batch once every task of it is final, asking the Host at growing intervals (up
     to ``poll_interval``); while the Host is unreachable, retry for as long as it takes."""
+    import grpc
+
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+
     stub = task_service_pb2_grpc.TaskServiceStub(channel)
     pause, away = 0.05, False
     try:
@@ -125,7 +148,7 @@ def wait_batch(
             try:
                 batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
             except grpc.RpcError as exc:
-                if exc.code() not in (*_HOST_GONE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                if not _host_gone(exc, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 if not away:
                     typer.echo(f"lost the host at {target}; retrying", err=True)
@@ -201,6 +224,12 @@ def submit(
     json: JsonOption = False,
 ) -> None:
     """Submit a command task: hakuriver.task submit [OPTIONS] -- CMD ARGS..."""
+    from hakuriver_common.proto.hakuriver.v1 import (
+        task_pb2,
+        task_service_pb2 as tpb,
+        task_service_pb2_grpc,
+    )
+
     cfg = config_or_fail(config)
     argv = list(command or [])
     request = tpb.SubmitTaskRequest(
@@ -217,7 +246,7 @@ def submit(
         priority=priority,
         gpus=gpus,
         network=network.pb if network is not None else task_pb2.TASK_NETWORK_UNSPECIFIED,
-        array=parsed([array], parse_array)[0].pb() if array else None,
+        array=_array(array),
     )
     if array:
         _submit_array(cfg, request, wait, poll_interval, json)
@@ -244,11 +273,23 @@ def submit(
         raise typer.Exit(1)
 
 
+def _array(text: str) -> tpb.TaskArray | None:
+    from hakuriver_common.arrays import parse_array
+
+    return parsed([text], parse_array)[0].pb() if text else None
+
+
 def _submit_array(
-    cfg: Config, request: tpb.SubmitTaskRequest, wait: bool, poll_interval: float, json: bool
+    cfg: ClientConfig,
+    request: tpb.SubmitTaskRequest,
+    wait: bool,
+    poll_interval: float,
+    json: bool,
 ) -> None:
     """An array is reported as one: its id and size, and with --wait its counts by status
     (exit 1 unless every task completed)."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
+
     with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
         stub = task_service_pb2_grpc.TaskServiceStub(channel)
         response = unary(stub.SubmitTask, request)
@@ -279,6 +320,8 @@ _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def _since(text: str) -> Timestamp:
     """A Timestamp from '30m', '2h', '7d' ago, or from an ISO 8601 time."""
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     if text[:-1].isdigit() and text[-1] in _AGO:
         stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _AGO[text[-1]]))
@@ -311,6 +354,12 @@ def list_tasks(
     json: JsonOption = False,
 ) -> None:
     """List tasks, newest first."""
+    from hakuriver_common.proto.hakuriver.v1 import (
+        task_pb2,
+        task_service_pb2 as tpb,
+        task_service_pb2_grpc,
+    )
+
     cfg = config_or_fail(config)
     request = tpb.ListTasksRequest(
         statuses=[s.pb for s in status or []],
@@ -335,7 +384,13 @@ def list_tasks(
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
 
 
-def _print_log(cfg: Config, task_id: str, stream: int, follow: bool) -> None:
+def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool) -> None:
+    from hakuriver_common.proto.hakuriver.v1 import (
+        log_service_pb2 as lpb,
+        log_service_pb2_grpc,
+        task_service_pb2_grpc,
+    )
+
     out = sys.stdout.buffer
     with host_channel(cfg) as channel:
         tid = task_ref(task_service_pb2_grpc.TaskServiceStub(channel), task_id)
@@ -359,6 +414,8 @@ def stdout(
     task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
 ) -> None:
     """Print a command task's standard output."""
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2
+
     _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDOUT, follow)
 
 
@@ -367,6 +424,8 @@ def stderr(
     task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
 ) -> None:
     """Print a command task's standard error."""
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2
+
     _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDERR, follow)
 
 
@@ -384,6 +443,8 @@ def wait_task(
     json: JsonOption = False,
 ) -> None:
     """Wait until a task (or every task of a batch) finishes; exit 0 only if all completed."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+
     cfg = config_or_fail(config)
 
     def task(channel: grpc.Channel, tid: int) -> bool:

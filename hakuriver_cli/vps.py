@@ -1,9 +1,13 @@
-"""``hakuriver.vps``: long-lived containers with SSH, reached through the Host's proxy."""
+"""``hakuriver.vps``: long-lived containers with SSH, reached through the Host's proxy.
+
+grpc and the generated protos are imported by the commands that call the Host, not here
+(see hakuriver_cli/task.py).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,13 +23,11 @@ from hakuriver_cli.render import (
     when,
 )
 from hakuriver_cli.task import mount_pbs, target_pbs
-from hakuriver_common.proto.hakuriver.v1 import (
-    task_pb2,
-    task_service_pb2 as tpb,
-    task_service_pb2_grpc,
-)
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind
+
+if TYPE_CHECKING:
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
 app = tool_app("Manage VPS tasks.")
 DEFAULT_KEYS = (Path("~/.ssh/id_ed25519.pub"), Path("~/.ssh/id_rsa.pub"))
@@ -74,6 +76,8 @@ def submit(
     json: JsonOption = False,
 ) -> None:
     """Start a VPS: a container running sshd, with your key for root."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+
     cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
         kind=TaskKind.VPS.pb,
@@ -126,6 +130,8 @@ def _vps_row(t: task_pb2.Task) -> list[str]:
 @app.command()
 def status(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List active VPS tasks (pending, assigning, running, paused)."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+
     request = tpb.ListTasksRequest(kind=TaskKind.VPS.pb, statuses=ACTIVE, limit=1000)
     reply = ask(
         config,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from hakuriver_cli import direct
 from hakuriver_cli.connection import ask, fail, parsed, unary
 from hakuriver_cli.render import (
     outcome_name,
@@ -388,7 +389,7 @@ def audit(
 
 
 def run() -> None:
-    app()
+    direct.run(app)
 
 
 if __name__ == "__main__":

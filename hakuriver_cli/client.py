@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     ask,
     config_or_fail,
@@ -366,7 +367,7 @@ def command(
 
 
 def run() -> None:
-    app()
+    direct.run(app)
 
 
 if __name__ == "__main__":

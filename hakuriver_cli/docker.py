@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
+from hakuriver_cli import direct
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
 from hakuriver_cli.render import console, print_json, show_list, to_dict
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
@@ -231,7 +232,7 @@ def import_rootfs(
 
 
 def run() -> None:
-    app()
+    direct.run(app)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     TaskIdArgument,
     config_or_fail,
@@ -477,7 +478,7 @@ def wait_task(
 
 
 def run() -> None:
-    app()
+    direct.run(app)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hakuriver_cli import client
+from hakuriver_cli import client, direct
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
 from hakuriver_cli.render import (
     memory as show_memory,
@@ -147,7 +147,7 @@ app.command("command", help="Pause or resume a VPS.")(client.command)
 
 
 def run() -> None:
-    app()
+    direct.run(app)
 
 
 if __name__ == "__main__":

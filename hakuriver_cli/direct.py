@@ -1,17 +1,16 @@
 """Running a tool's command without typer's argument parsing, when the arguments are plain.
 
-typer (0.29 here) checks the value of every parameter of the command it runs through
-pydantic: the first one costs the import of pydantic and each a pydantic TypeAdapter,
-together more than everything else a small command does. ``run`` reads the command line
-itself when every token is one it is sure of (a known subcommand, its long options with
-plain values, its flags, positional arguments, ``--``, and ``--config``/``--json`` before
-the subcommand) and calls the command with exactly the values typer would have passed. Anything else goes to typer as
-before: ``--help``, a short or unknown option, a value that needs checking (a negative
-number, a value that starts with ``-``, one out of range or not among the choices), an
-option given twice, a missing or extra argument, a command group, shell completion. typer
-then prints the help or the error it always did. The command runs inside typer either way
-(a one-command typer app with no parameters), so exits, interrupts and errors are handled as
-before.
+typer (0.29 here) checks the value of every parameter of the command it runs through pydantic:
+the first one costs the import of pydantic and each a pydantic TypeAdapter, together more than
+everything else a small command does. ``run`` reads the command line itself when every token is
+one it is sure of (a known subcommand, its long options with plain values, its flags, positional
+arguments, ``--``, and ``--config``/``--json`` before the subcommand) and calls the command with
+exactly the values typer would have passed. Anything else goes to typer as before: ``--help``, a
+short or unknown option, a value that needs checking (a negative number, a value that starts
+with ``-``, one out of range or not among the choices), an option given twice, a missing or
+extra argument, a command group, shell completion. typer then prints the help or the error it
+always did. The command runs inside typer either way (a one-command typer app with no
+parameters), so exits, interrupts and errors are handled as before.
 
 tests/unit/test_cli_direct.py runs both on generated command lines and fails when they differ.
 """

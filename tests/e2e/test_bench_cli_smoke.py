@@ -28,6 +28,7 @@ def test_cli_benchmark_measures_start_up_and_round_trips(
         bench_cli.API_SUBMIT_WARM,
         bench_cli.CLIENT_NODES,
         bench_cli.API_NODES_NEW,
+        bench_cli.GRPC_IMPORT,
     ):
         times = result.seconds[name]
         assert len(times) == counts.runs, name
@@ -36,3 +37,4 @@ def test_cli_benchmark_measures_start_up_and_round_trips(
     assert "CLI overhead (wall - API round trip on a new channel - floor)" in printed
     assert printed.count("(target < 100 ms)") == 4
     assert "hakuriver.task submit --wait -- true" in printed
+    assert "importing grpc and the task stubs alone" in printed

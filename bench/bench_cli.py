@@ -138,10 +138,12 @@ def timed_process(
     env = _clean_env(pycache)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
+    pycache.mkdir(parents=True, exist_ok=True)
 
     def run() -> float:
         start = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, env=env, timeout=120)
+        # cwd: not the checkout, which ``python -c`` would put first on sys.path
+        done = subprocess.run(argv, capture_output=True, env=env, timeout=120, cwd=pycache)
         elapsed = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Annotated
 
 import typer
@@ -17,8 +18,26 @@ from hakuriver_host.store import Store
 app = typer.Typer(add_completion=False, help="Start the HakuRiver Host.")
 
 
+# Objects allocated between young-generation collections (Python's default is 700). The
+# Host allocates many short-lived objects per task (rows, messages, futures); at the
+# default the cyclic collector took ~30% of its CPU under a job array, mostly in full
+# collections of ~170 ms each that freed a few dozen objects.
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Long-lived objects of the start (modules, descriptors, mappings) are frozen out of
+    the collector's reach, and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def _serve(cfg: Config) -> None:
-    await HostServer(cfg).serve_forever()
+    server = HostServer(cfg)
+    _tune_gc()
+    await server.serve_forever()
 
 
 async def _recover_admin(cfg: Config) -> None:

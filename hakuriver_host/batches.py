@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from hakuriver_common.statuses import TaskStatus
+from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, InvalidArgument
 from hakuriver_host.identity import Principal
@@ -46,7 +46,7 @@ class Batches:
             raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
         in_memory = [(t.task_id, t.status) for t in self.cluster.book.of_batch(batch_id)]
         store = self.cluster.store
-        final = [s.value for s in TaskStatus if s.is_final]
+        final = [s.value for s in FINAL_STATUSES]
         ids = [task_id for task_id, _ in in_memory]
         first, size, stored, ended = await store.run(store.batch_summary, batch_id, final, ids)
         if first is None or not who.owns(first.owner):

@@ -70,7 +70,7 @@ class RunnerLink:
         self._foreign: set[int] = set()
         self._problems: set[int] = set()
         self.pace = Pace(RUNNER_MESSAGES_PER_SECOND)
-        # Reports being stored in the background (see RunnerGateway.later): bounded, so a
+        # Reports being stored in the background (see RunnerGateway._later): bounded, so a
         # Runner outpacing the database waits on its stream.
         self.in_flight = asyncio.Semaphore(REPORTS_IN_FLIGHT)
         self.closed = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -47,7 +47,7 @@ LOG_STREAMS: dict[int, str] = {
 
 
 async def _stored_then(
-    stores: list[Coroutine[Any, Any, None]], release: Callable[[int], None], task_id: int
+    stores: list[Awaitable[None]], release: Callable[[int], None], task_id: int
 ) -> None:
     for stored in stores:
         await stored
@@ -277,7 +277,7 @@ class RunnerGateway:
         """Apply a report in memory now and store it in the background, so that the next
         reports on the stream are read meanwhile and their writes share a transaction
         (the store keeps their order). A container is released only once its task's final
-        status is stored, and ``link.later`` bounds the writes in flight per Runner."""
+        status is stored, and ``_later`` bounds the writes in flight per Runner."""
         task = self.book.active.get(report.task_id)
         if task is not None and task.assigned_node != link.hostname:
             self._owns(link, report.task_id, "state report")
@@ -292,7 +292,7 @@ class RunnerGateway:
                 self.output_errors.get(task.task_id, ""),
             )
         outcome = on_report(facts, report)
-        stores: list[Coroutine[Any, Any, None]] = []
+        stores: list[Awaitable[None]] = []
         if task is not None:
             if Effect.NOTE_DETAIL in outcome.effects:
                 stores.append(self.book.note(task, outcome.detail, status_detail=outcome.detail))

@@ -62,14 +62,15 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         tasks, batch_id = await self.cluster.submit(request, caller())
         shown = tasks[:MAX_SUBMIT_REPLY_TASKS]
         # One task's position is counted; many read the ranked queue once.
-        positions = self.cluster.book.queue_positions() if len(shown) > 1 else {}
+        ranked = self.cluster.book.queue_positions() if len(shown) > 1 else None
+
+        def position(task: TaskRecord) -> int:
+            if ranked is None:
+                return self.cluster.queue_position(task)
+            return ranked.get(task.task_id, 0)
+
         return tpb.SubmitTaskResponse(
-            tasks=[
-                task_to_pb(
-                    t, positions.get(t.task_id, 0) if positions else self.cluster.queue_position(t)
-                )
-                for t in shown
-            ],
+            tasks=[task_to_pb(t, position(t)) for t in shown],
             batch_id=batch_id,
             created=len(tasks),
         )

@@ -55,10 +55,6 @@ def allocation_of(task: TaskRecord) -> Allocation:
     )
 
 
-async def _awaited(future: asyncio.Future[None]) -> None:
-    await future
-
-
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
@@ -125,16 +121,13 @@ class TaskBook:
 
     def note(
         self, task: TaskRecord, detail: str | None = None, **changes: Any
-    ) -> Coroutine[Any, Any, None]:
-        """``persist`` in two halves like ``apply``: made in memory now; await the returned
-        coroutine to store it."""
+    ) -> asyncio.Future[None]:
+        """``persist`` in two halves like ``apply``: made in memory now and its write queued;
+        the future is done once it is stored."""
         for name, value in changes.items():
             setattr(task, name, value)
         events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
-        stored = self.store.queue_write(
-            updates=[{"task_id": task.task_id, **changes}], events=events
-        )
-        return _awaited(stored)
+        return self.store.queue_write(updates=[{"task_id": task.task_id, **changes}], events=events)
 
     async def move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any

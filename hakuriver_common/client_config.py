@@ -137,6 +137,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "scheduling": {
         "starvation_seconds": ("float", 300.0, ">=0"),
+        "prepare_ahead": ("int", 2, ">=0"),
     },
     "docker": {
         "container_dir": ("str", "hakuriver-containers", None),

@@ -129,6 +129,13 @@ class SchedulingConfig(BaseModel):
         ge=0,
         description="A queued task waiting this long reserves a node against smaller tasks.",
     )
+    prepare_ahead: int = Field(
+        2,
+        ge=0,
+        description=(
+            "Queued tasks each busy node creates containers for ahead of their start (0: none)."
+        ),
+    )
 
 
 class DockerConfig(BaseModel):

@@ -40,6 +40,7 @@ from hakuriver_host.log_store import STDERR, STDOUT, LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
+from hakuriver_host.prepared_ahead import PreparedAhead
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import NodeResources, Request, Scheduler
@@ -123,6 +124,7 @@ class Cluster:
         )
         self._admission = _AdmissionView(self)
         self._kick = asyncio.Event()
+        self.ahead = PreparedAhead()
         # Submitters waiting for the next placement pass to finish.
         self._pass_waiters: list[asyncio.Future[None]] = []
         self._stopped = False
@@ -374,6 +376,7 @@ class Cluster:
         link = self.nodes.link_of(task.assigned_node)
         if link is not None:
             link.forget(task.task_id)
+        self.ahead.drop(task.task_id)
         self.kick()
 
     async def _placement_pass(self) -> None:
@@ -394,6 +397,7 @@ class Cluster:
             stores: list[Coroutine[Any, Any, None]] = []
             try:
                 stores = self._place_pending()
+                self._foresee()
             except Exception:
                 log.exception("placement failed")
             finally:
@@ -421,6 +425,7 @@ class Cluster:
             if task is None or task.status != TaskStatus.PENDING:
                 self.scheduler.release(allocation.hostname, request.task_id)
                 continue
+            self.ahead.placed(request.task_id, allocation)
             stored = self.book.apply(
                 task,
                 TaskStatus.ASSIGNING,
@@ -431,6 +436,14 @@ class Cluster:
             )
             stores.append(self._dispatch_when_stored(task, stored))
         return stores
+
+    def _foresee(self) -> None:
+        """Have busy nodes prepare the queued tasks they are expected to start next."""
+        if self.config.scheduling.prepare_ahead and (self.book.queue or len(self.ahead)):
+            foreseen = self.scheduler.lookahead(
+                self.book.queue, self.config.scheduling.prepare_ahead
+            )
+            self.ahead.update(foreseen, self.nodes.link_of, self.book.active.get)
 
     async def _dispatch_when_stored(
         self, task: TaskRecord, stored: Coroutine[Any, Any, None]

@@ -15,7 +15,7 @@ from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.admission import Plan
 from hakuriver_host.models import TaskEventRecord, TaskRecord
 from hakuriver_host.nodes import NodeView
-from hakuriver_host.scheduler import NodeResources
+from hakuriver_host.scheduler import Allocation, NodeResources
 
 
 def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
@@ -83,8 +83,12 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
     )
 
 
-def dispatch_of(task: TaskRecord) -> rpb.DispatchCommand:
-    """What a Runner needs to start a placed task."""
+def dispatch_of(task: TaskRecord, allocation: Allocation | None = None) -> rpb.DispatchCommand:
+    """What a Runner needs to start a placed task (or a queued one, were it given
+    ``allocation``)."""
+    cpus, gpus = task.assigned_cpus, task.required_gpus
+    if allocation is not None:
+        cpus, gpus = list(allocation.cpus), list(allocation.gpus)
     return rpb.DispatchCommand(
         task_id=task.task_id,
         kind=TaskKind(task.kind).pb,
@@ -98,8 +102,8 @@ def dispatch_of(task: TaskRecord) -> rpb.DispatchCommand:
         mounts=[task_pb2.Mount(**m) for m in task.mounts],
         privileged=task.privileged,
         container_name=task.container_name,
-        gpu_ids=task.required_gpus,
-        cpus=task.assigned_cpus,
+        gpu_ids=gpus,
+        cpus=cpus,
         numa_node_id=task.target_numa_node_id,
         network=TaskNetwork(task.network).pb,
     )

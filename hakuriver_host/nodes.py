@@ -150,7 +150,7 @@ class NodeTable:
         node.environments = set(reg.environments)
         node.last_heartbeat = utcnow()
         self._sync_capacity(node)
-        node.link = RunnerLink(reg.hostname, batches=reg.takes_batches)
+        node.link = RunnerLink(reg.hostname, batches=reg.takes_batches, prepares=reg.prepares_ahead)
         self._seen(node)
         self.scheduler.set_online(node.hostname, True)
         self.metrics.runners_connected.inc()

@@ -54,10 +54,11 @@ REPORTS_IN_FLIGHT = 1024
 
 
 class RunnerLink:
-    def __init__(self, hostname: str, batches: bool = False) -> None:
+    def __init__(self, hostname: str, batches: bool = False, prepares: bool = False) -> None:
         self.hostname = hostname
-        # Whether the Runner takes DispatchBatch messages.
+        # Whether the Runner takes DispatchBatch messages, and prepare messages.
         self.batches = batches
+        self.prepares = prepares
         self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
         # Taken from the outbox while gathering a batch, to be sent next (None: close).
         self._carried: list[rpb.ConnectResponse | None] = []
@@ -125,6 +126,10 @@ class RunnerLink:
             return
         self._unacknowledged[command.task_id] = time.monotonic()
         self.send(rpb.ConnectResponse(dispatch=command))
+
+    def prepare(self, command: rpb.DispatchCommand) -> None:
+        """Ask the Runner to make a queued task ready to start (see PreparedAhead)."""
+        self.send(rpb.ConnectResponse(prepare=command))
 
     def started(self, task_id: int) -> float | None:
         """Seconds from dispatching the task on this link to its Runner reporting it running

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hakuriver_common.ids import id_timestamp_ms
 
@@ -126,6 +126,18 @@ class NodeResources:
         if cpus is None:
             return None
         return Allocation(self.hostname, cpus, request.memory_bytes, gpus, request.numa_node)
+
+    def hold(self, task_id: int, allocation: Allocation) -> None:
+        self.holders[task_id] = allocation
+        self.free_cpus -= set(allocation.cpus)
+        self.free_gpus -= set(allocation.gpus)
+        self.used_memory_bytes += allocation.memory_bytes
+
+    def unhold(self, task_id: int) -> None:
+        allocation = self.holders.pop(task_id)
+        self.free_cpus |= set(allocation.cpus) & set(self.cpus)
+        self.free_gpus |= set(allocation.gpus) & set(self.gpus)
+        self.used_memory_bytes -= allocation.memory_bytes
 
     def could_ever_fit(self, request: Request) -> bool:
         cores = (
@@ -269,10 +281,7 @@ class Scheduler:
         if group:
             self._group_of[task_id] = group
             self._holding[group] = self._holding.get(group, 0) + 1
-        node.holders[task_id] = allocation
-        node.free_cpus -= set(allocation.cpus)
-        node.free_gpus -= set(allocation.gpus)
-        node.used_memory_bytes += allocation.memory_bytes
+        node.hold(task_id, allocation)
 
     def release(self, hostname: str, task_id: int) -> bool:
         """Free a task's holding; False when it held none (release is idempotent)."""
@@ -284,10 +293,7 @@ class Scheduler:
         node = self.nodes.get(hostname)
         if node is None or task_id not in node.holders:
             return False
-        allocation = node.holders.pop(task_id)
-        node.free_cpus |= set(allocation.cpus) & set(node.cpus)
-        node.free_gpus |= set(allocation.gpus) & set(node.gpus)
-        node.used_memory_bytes -= allocation.memory_bytes
+        node.unhold(task_id)
         return True
 
     def _reserve_for(self, request: Request) -> str | None:
@@ -340,6 +346,66 @@ class Scheduler:
                 heapq.heappush(heads, (_rank(following), key))
         return placed
 
+    def lookahead(self, queue: PendingQueue, per_node: int) -> list[tuple[Request, Allocation]]:
+        """The queued requests each node is expected to start next, and where on it: what a
+        node can prepare ahead (docs/scheduling.md, "Prepared ahead").
+
+        Only requests bound to one node are foreseen: those targeting it, or any when it
+        is the only node taking work. For each node, its tasks are taken to end one at a
+        time in the order they were placed, and after each end the placement a pass would
+        make is played (queue order, backfill, CPU ids included), until ``per_node`` are
+        foreseen. Of each line its first ``per_node`` are considered, and at most
+        LOOKAHEAD_CANDIDATES times ``per_node`` in all; array caps and starvation
+        reservations are not foreseen."""
+        if per_node <= 0:
+            return []
+        taking = [n for n in self.nodes.values() if n.accepts_work]
+        only = taking[0].hostname if len(taking) == 1 else None
+        bound: dict[str, list[Request]] = {}
+        for key, head in queue.heads():
+            hostname = head.target or only
+            node = self.nodes.get(hostname) if hostname else None
+            if node is not None and node.accepts_work:
+                bound.setdefault(node.hostname, []).extend(queue.first(key, per_node))
+        foreseen: list[tuple[Request, Allocation]] = []
+        for hostname, requests in bound.items():
+            candidates = sorted(requests, key=_rank)[: per_node * LOOKAHEAD_CANDIDATES]
+            foreseen += _play_ahead(self.nodes[hostname], candidates, per_node)
+        return foreseen
+
+
+# Of the requests bound to a node, how many per request foreseen are considered.
+LOOKAHEAD_CANDIDATES = 4
+
+
+def _play_ahead(
+    node: NodeResources, candidates: list[Request], count: int
+) -> list[tuple[Request, Allocation]]:
+    """Up to ``count`` of ``candidates`` (in queue order) placed on a copy of ``node`` as its
+    holders end one by one, oldest first, with a pass after each end."""
+    future = replace(
+        node,
+        free_cpus=set(node.free_cpus),
+        free_gpus=set(node.free_gpus),
+        holders=dict(node.holders),
+    )
+    ending = list(future.holders)
+    waiting = list(candidates)
+    placed: list[tuple[Request, Allocation]] = []
+    while waiting:
+        for request in list(waiting):
+            allocation = future.fit(request)
+            if allocation is not None:
+                future.hold(request.task_id, allocation)
+                waiting.remove(request)
+                placed.append((request, allocation))
+                if len(placed) == count:
+                    return placed
+        if not ending:
+            break
+        future.unhold(ending.pop(0))
+    return placed
+
 
 def _rank(request: Request) -> tuple[int, int]:
     """Queue order: priority (higher first), then submission order (ids are time-ordered)."""
@@ -389,6 +455,18 @@ class PendingQueue:
             heapq.heappop(line)
         self._lines.pop(key, None)
         return None
+
+    def first(self, key: tuple[object, ...], count: int) -> list[Request]:
+        """The first ``count`` requests of a line still in the queue, in queue order."""
+        line = self._lines.get(key, [])
+        taken: list[tuple[tuple[int, int], Request]] = []
+        while line and len(taken) < count:
+            entry = heapq.heappop(line)
+            if self._members.get(entry[1].task_id) is entry[1]:
+                taken.append(entry)
+        for entry in taken:
+            heapq.heappush(line, entry)
+        return [request for _, request in taken]
 
     def heads(self) -> list[tuple[tuple[object, ...], Request]]:
         found = []

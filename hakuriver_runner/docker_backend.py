@@ -12,7 +12,9 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,8 @@ def _parse_docker_time(text: str | None) -> datetime | None:
 
 
 LABEL_SSH_PORT = "hakuriver.ssh_port"
+# On a container created ahead of its task's dispatch (see ``DockerBackend.prepare``).
+LABEL_PREPARED = "hakuriver.prepared"
 GONE_MESSAGE = "its container disappeared (removed outside HakuRiver)"
 # How long a follow or wait keeps asking a Docker daemon that went away (a restart).
 DAEMON_AWAY_SECONDS = 120.0
@@ -90,7 +94,16 @@ def free_loopback_port() -> int:
 
 def ssh_port_of(container: Any) -> int:
     """The sshd port of a VPS container; 0 for other containers."""
-    return int(container.labels.get(LABEL_SSH_PORT, "0"))
+    labels = (container.attrs.get("Config") or {}).get("Labels") or {}
+    return int(labels.get(LABEL_SSH_PORT, "0"))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A container created ahead for a queued task, and the dispatch it was created for."""
+
+    dispatch: rpb.DispatchCommand
+    container: Any
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -128,6 +141,12 @@ class DockerBackend:
         self.kept: set[int] = set()
         # Containers whose wait or output follow lost the daemon (a dockerd restart).
         self._interrupted: set[str] = set()
+        # Containers created ahead for queued tasks, by task id (see ``prepare``).
+        # Guards ``prepared`` (a load drops from it while tasks start); ``_loads_seen``
+        # counts loads, so a container being created as its image changes is not kept.
+        self.prepared: dict[int, Prepared] = {}
+        self._preparing = threading.Lock()
+        self._loads_seen = 0
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -172,6 +191,7 @@ class DockerBackend:
                 f"{image_for(tarball.name)} of that time"
             )
         log.info("loaded environment %s from %s", tarball.name, tarball.path)
+        self._drop_prepared_of(tarball.name)
         if previous is not None and current is not None and previous.id != current.id:
             try:
                 self.client.images.remove(previous.id)
@@ -246,9 +266,15 @@ class DockerBackend:
         found: dict[int, Any] = {}
         if not self.cluster_id:
             return found
+        self.prepared.clear()
         for container in self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": self._labels()}
         ):
+            if container.labels.get(LABEL_PREPARED) and container.status == "created":
+                # Made ahead for a queued task and never started: only a hint, which the
+                # Host gives again if it still holds.
+                self._remove_quietly(container.id)
+                continue
             try:
                 found[int(container.labels[LABEL_TASK])] = container
             except (KeyError, ValueError):
@@ -278,23 +304,11 @@ class DockerBackend:
             mounts.append(Mount(m.container_path, source, type="bind", read_only=m.read_only))
         return mounts
 
-    def start(self, dispatch: rpb.DispatchCommand) -> Any:
-        """Create and start the task's container; idempotent by task id."""
-        name = self.container_name(dispatch.task_id)
-        try:
-            existing = self.client.containers.get(name)
-            log.info("task %s: container already exists, adopting it", dispatch.task_id)
-            self._start_if_created(existing)
-            return existing
-        except docker.errors.NotFound:
-            pass
-        try:
-            self.client.images.get(dispatch.image)
-        except docker.errors.ImageNotFound:
-            raise StartError(
-                f"environment {dispatch.container_name!r} is not loaded on runner "
-                f"{self.runner_name}: image {dispatch.image} not found"
-            ) from None
+    def _create(self, dispatch: rpb.DispatchCommand, ahead: bool = False) -> Any:
+        """Create the task's container, not started; ``ahead``: labelled as prepared ahead of
+        its dispatch. One API call: the image's absence is the daemon's 404 (the API never
+        pulls), and the handle is read in full only once the container runs."""
+        api = self.client.api
         labels = {
             LABEL_CLUSTER: self.cluster_id,
             LABEL_RUNNER: self.runner_name,
@@ -302,6 +316,8 @@ class DockerBackend:
             LABEL_KIND: TaskKind.COMMAND.value,
             LABEL_ENV: dispatch.container_name,
         }
+        if ahead:
+            labels[LABEL_PREPARED] = "1"
         environment = {
             **dict(dispatch.env),
             **task_variables(dispatch, range(len(dispatch.gpu_ids))),
@@ -314,12 +330,8 @@ class DockerBackend:
             environment["HAKURIVER_SSH_KEY"] = dispatch.ssh_public_key
             environment["HAKURIVER_SSH_PORT"] = str(port)
             command = ["/bin/sh", "-c", VPS_SCRIPT]
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "command": command,
+        host: dict[str, Any] = {
             "init": True,
-            "labels": labels,
-            "environment": environment,
             "mounts": self._mounts(dispatch),
             "network_mode": "none" if dispatch.network == task_pb2.TASK_NETWORK_NONE else "host",
             "nano_cpus": int(dispatch.cores * 1e9),
@@ -329,34 +341,105 @@ class DockerBackend:
             # Raw sockets would let a task on the node's network read all of the node's
             # traffic, loopback included (SSH proxy tickets, the metrics token, other
             # tasks' connections).
-            kwargs["cap_drop"] = ["NET_RAW"]
+            host["cap_drop"] = ["NET_RAW"]
         if dispatch.memory_bytes > 0:
-            kwargs["mem_limit"] = dispatch.memory_bytes
-            kwargs["memswap_limit"] = dispatch.memory_bytes
+            host["mem_limit"] = dispatch.memory_bytes
+            host["memswap_limit"] = dispatch.memory_bytes
         if dispatch.cpus:
-            kwargs["cpuset_cpus"] = id_list(dispatch.cpus)
+            host["cpuset_cpus"] = id_list(dispatch.cpus)
         if dispatch.HasField("numa_node_id"):
-            kwargs["cpuset_mems"] = str(dispatch.numa_node_id)
+            host["cpuset_mems"] = str(dispatch.numa_node_id)
         gpus = [str(g) for g in dispatch.gpu_ids]
         if gpus:
-            kwargs["device_requests"] = [DeviceRequest(device_ids=gpus, capabilities=[["gpu"]])]
+            host["device_requests"] = [DeviceRequest(device_ids=gpus, capabilities=[["gpu"]])]
         try:
-            container = self.client.containers.create(dispatch.image, **kwargs)
+            created = api.create_container(
+                dispatch.image,
+                command=command,
+                name=self.container_name(dispatch.task_id),
+                labels=labels,
+                environment=environment,
+                host_config=api.create_host_config(**host),
+            )
+        except docker.errors.ImageNotFound:
+            raise StartError(
+                f"environment {dispatch.container_name!r} is not loaded on runner "
+                f"{self.runner_name}: image {dispatch.image} not found"
+            ) from None
         except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise
             raise StartError(f"docker could not create the container: {_why(exc)}") from None
+        return self.client.containers.prepare_model({"Id": created["Id"]})
+
+    def prepare(self, dispatch: rpb.DispatchCommand) -> bool:
+        """Create a queued task's container ahead of its dispatch (not started), so that its
+        dispatch only starts it. False when there is nothing to do: it is prepared already
+        as dispatched, or a container of it exists. The Supervisor runs one command per
+        task at a time, so a task's prepare, start and remove never overlap."""
+        held = self.prepared.get(dispatch.task_id)
+        if held is not None:
+            if held.dispatch == dispatch:
+                return False
+            self._drop_prepared(dispatch.task_id)
+        generation = self._loads_seen
+        try:
+            container = self._create(dispatch, ahead=True)
+        except docker.errors.APIError:  # 409: a container of the task exists
+            return False
+        with self._preparing:
+            self.prepared[dispatch.task_id] = Prepared(dispatch, container)
+        if generation != self._loads_seen:
+            # An environment was loaded meanwhile: it may have been made from the old image.
+            self._drop_prepared(dispatch.task_id)
+            return False
+        return True
+
+    def _drop_prepared_of(self, name: str) -> None:
+        """Drop the containers prepared from an environment's previous image."""
+        self._loads_seen += 1
+        with self._preparing:
+            stale = [t for t, held in self.prepared.items() if held.dispatch.container_name == name]
+        for task_id in stale:
+            self._drop_prepared(task_id)
+
+    def _drop_prepared(self, task_id: int) -> None:
+        with self._preparing:
+            held = self.prepared.pop(task_id, None)
+        if held is not None:
+            with contextlib.suppress(docker.errors.DockerException):
+                self.client.api.remove_container(held.container.id, force=True)
+
+    def start(self, dispatch: rpb.DispatchCommand) -> Any:
+        """Start the task's container: the one prepared for exactly this dispatch, else a new
+        one; idempotent by task id (a container of it that exists is adopted)."""
+        with self._preparing:
+            held = self.prepared.pop(dispatch.task_id, None)
+        if held is not None and held.dispatch == dispatch:
+            container = held.container
+        else:
+            if held is not None:
+                self._remove_quietly(held.container.id)
+            try:
+                container = self._create(dispatch)
+            except docker.errors.APIError:  # 409: it exists
+                existing = self.client.containers.get(self.container_name(dispatch.task_id))
+                log.info("task %s: container already exists, adopting it", dispatch.task_id)
+                self._start_if_created(existing)
+                return existing
         try:
             container.start()
         except docker.errors.APIError as exc:
             if self.config.docker.keep_failed_containers:
                 self.kept.add(dispatch.task_id)
             else:
-                self._remove_quietly(name)
+                self._remove_quietly(self.container_name(dispatch.task_id))
             raise StartError(f"docker could not start the container: {_why(exc)}") from None
         return container
 
     def _remove_quietly(self, name: str) -> None:
         with contextlib.suppress(docker.errors.DockerException):
-            self.client.containers.get(name).remove(force=True)
+            self.client.api.remove_container(name, force=True)
 
     def _start_if_created(self, container: Any) -> None:
         """Start a container that was created and never started (the Runner stopped in
@@ -445,6 +528,8 @@ class DockerBackend:
         container.unpause()
 
     def remove(self, task_id: int) -> None:
+        with self._preparing:
+            self.prepared.pop(task_id, None)
         if task_id in self.kept:
             log.info("task %s: keeping its failed container for inspection", task_id)
             return

@@ -88,6 +88,7 @@ class Session:
             "pause": supervisor.pause,
             "resume": supervisor.resume,
             "release": supervisor.release,
+            "prepare": supervisor.prepare,
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -151,6 +152,7 @@ class Session:
                 environments=environments,
                 known_task_ids=known_task_ids,
                 takes_batches=True,
+                prepares_ahead=True,
             )
         )
 
@@ -253,7 +255,7 @@ class Session:
             log.warning("unexpected %s from host", kind)
             return
         command = getattr(message, kind)
-        async with self.supervisor.lock(command.task_id):
+        async with self.supervisor.serial(command.task_id):
             try:
                 await handler(command)
             except Exception:

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
@@ -50,7 +51,8 @@ class Supervisor:
         # Every task this runner supervises: its backend and the backend's handle.
         self._handles: dict[int, tuple[TaskBackend, Any]] = {}
         self._watchers: dict[int, asyncio.Task[None]] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        # Per task with commands in flight: its lock and how many commands hold or want it.
+        self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
         # One docker load per environment at a time; concurrent tasks wait for the same one.
         self._loads: dict[str, asyncio.Future[None]] = {}
         # Exit reports sent outside a watcher (a failed watcher, a vanished task).
@@ -61,9 +63,20 @@ class Supervisor:
         self.docker.cluster_id = cluster_id
         self.processes.cluster_id = cluster_id
 
-    def lock(self, task_id: int) -> asyncio.Lock:
-        """Commands about one task run one at a time, in arrival order."""
-        return self._locks.setdefault(task_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def serial(self, task_id: int) -> AsyncIterator[None]:
+        """Commands about one task run one at a time, in arrival order (a release can be
+        followed by more: a prepared-ahead container is released, then the task is
+        dispatched). The entry lives while a command holds or awaits it."""
+        lock, users = self._locks.setdefault(task_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[task_id]
 
     async def scan(self) -> list[int]:
         """Find this runner's tasks again (containers, spooled processes); their ids."""
@@ -109,6 +122,20 @@ class Supervisor:
         self._handles[task_id] = (backend, handle)
         self._watch(task_id, 0, 0, started=True)
 
+    async def prepare(self, dispatch: rpb.DispatchCommand) -> None:
+        """Create a queued task's container ahead of its dispatch. A hint: what fails is
+        only logged (the dispatch does it again, and reports what fails then)."""
+        if (
+            dispatch.task_id in self._handles
+            or dispatch.container_name == NULL_CONTAINER
+            or dispatch.kind != task_pb2.TASK_KIND_COMMAND
+        ):
+            return
+        try:
+            await self._pool.run(self.docker.prepare, dispatch)
+        except Exception as exc:
+            log.info("task %s: could not prepare it ahead: %s", dispatch.task_id, exc)
+
     async def kill(self, kill: rpb.KillCommand) -> None:
         found = self._handles.get(kill.task_id)
         if found is None:
@@ -138,7 +165,6 @@ class Supervisor:
         watcher = self._watchers.pop(task_id, None)
         if watcher is not None and not watcher.done():
             watcher.cancel()
-        self._locks.pop(task_id, None)
         await self._discard(task_id)
 
     async def _freeze(self, task_id: int, frozen: bool) -> None:

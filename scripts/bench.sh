@@ -12,6 +12,7 @@ command -v chromium >/dev/null || apt_install chromium
 "$PY" -m bench.bench_dispatch
 "$PY" -m bench.bench_cli
 "$PY" -m bench.bench_scheduler
+"$PY" -m bench.bench_queued_start
 "$PY" -m bench.bench_security
 "$PY" -m bench.bench_heartbeats
 "$PY" -m bench.bench_restart

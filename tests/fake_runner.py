@@ -161,6 +161,7 @@ class FakeRunner:
         on_adopt: Callable[[int], None] | None = None,
         on_release: Callable[[int], None] | None = None,
         takes_batches: bool = True,
+        prepares_ahead: bool = False,
     ) -> None:
         self.host_config = host_config
         # What it presents: its credential once it has one, else the join token.
@@ -188,6 +189,7 @@ class FakeRunner:
         self.on_release = on_release
         self._shared_channel = channel
         self.takes_batches = takes_batches
+        self.prepares_ahead = prepares_ahead
 
         # Tasks held (dispatched or known, not yet released), by id.
         self.tasks: dict[int, FakeTask] = {tid: FakeTask(tid) for tid in known_task_ids}
@@ -198,6 +200,8 @@ class FakeRunner:
         self.dispatch_messages: list[int] = []
         # kill / pause / resume / release commands received, in order: (kind, task_id).
         self.commands: list[tuple[str, int]] = []
+        # Prepare hints received, in order (a fake prepares nothing: it only records them).
+        self.prepares: list[rpb.DispatchCommand] = []
         self.released: list[int] = []
         # Tunnels the Host asked it to open, in order (a test answers them with ``send``).
         self.tunnel_opens: list[rpb.TunnelOpen] = []
@@ -318,6 +322,7 @@ class FakeRunner:
                 environments=self.environments,
                 known_task_ids=sorted(self.tasks),
                 takes_batches=self.takes_batches,
+                prepares_ahead=self.prepares_ahead,
             )
         )
 
@@ -482,6 +487,8 @@ class FakeRunner:
             return
         if kind == "tunnel_open":
             self.tunnel_opens.append(message.tunnel_open)
+        if kind == "prepare":
+            self.prepares.append(message.prepare)
         if kind not in ("kill", "pause", "resume", "release"):
             return  # tunnels: a fake has no SSH server to reach
         task_id = getattr(message, kind).task_id

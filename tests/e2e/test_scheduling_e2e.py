@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from tests.e2e.harness import ProcessCluster, running_cluster
+from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 FAKE_NVML = str(Path(__file__).parent.parent / "fake_nvml")
@@ -109,6 +110,58 @@ def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: Proces
     _kill(sched, running.task_id)
     unknown = sched.cli("client", "drain", "no-such-node")
     assert unknown.returncode == 1 and "unknown node 'no-such-node'" in unknown.stderr
+
+
+def _prepared(cluster: ProcessCluster, task_id: int) -> Any:
+    """The task's container once it exists, created ahead and not started."""
+
+    def made() -> Any:
+        found = cluster.docker.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"hakuriver.task_id={task_id}"}
+        )
+        ready = [c for c in found if c.status == "created" and c.labels.get("hakuriver.prepared")]
+        return ready[0] if ready else None
+
+    return wait_for(made, what=f"task {task_id}'s container prepared ahead")
+
+
+def test_a_queued_task_has_its_container_made_ahead_and_its_start_only_starts_it(
+    sched: ProcessCluster,
+) -> None:
+    name = sched.runner_names[0]
+    target = [task_pb2.Target(hostname=name)]
+    busy = [sched.submit(["sleep", "600"], targets=target) for _ in range(_node_cores(sched, name))]
+    first_cpu = sched.wait_status(busy[0].task_id, RUNNING).assigned_cpus[0]
+    for task in busy[1:]:
+        sched.wait_status(task.task_id, RUNNING)
+    following = sched.submit(["sh", "-c", "echo ready; sleep 600"], targets=target)
+    dropped = sched.submit(["true"], targets=target)
+
+    prepared = _prepared(sched, following.task_id)
+    assert sched.get(following.task_id).status == task_pb2.TASK_STATUS_PENDING
+    assert prepared.attrs["HostConfig"]["CpusetCpus"] == str(first_cpu)
+    # A Runner that restarts removes what it prepared; the Host asks for it again.
+    sched.kill_runner(name)
+    sched.start_runner(name)
+    wait_for(
+        lambda: not sched.docker.containers.list(all=True, filters={"id": prepared.id}),
+        what="the restarted Runner removing the container it had prepared",
+    )
+    again = _prepared(sched, following.task_id)
+    assert again.attrs["HostConfig"]["CpusetCpus"] == str(first_cpu)
+    dropped_container = _prepared(sched, dropped.task_id)
+    _kill(sched, dropped.task_id)
+    wait_for(
+        lambda: not sched.docker.containers.list(all=True, filters={"id": dropped_container.id}),
+        what="the killed queued task's prepared container removed",
+    )
+
+    _kill(sched, busy[0].task_id)
+    running = sched.wait_status(following.task_id, RUNNING)
+    assert list(running.assigned_cpus) == [first_cpu]
+    assert sched.docker.containers.get(again.id).status == "running"
+    wait_for(lambda: sched.read_log(following.task_id) == b"ready\n", what="its output")
+    _kill(sched, following.task_id, *(t.task_id for t in busy[1:]))
 
 
 def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: ProcessCluster) -> None:

@@ -150,6 +150,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))
+    if kind == "int" and check is not None:
+        return st.integers({">=0": 0, ">0": 1}[check], 2**40)
     return {
         "str": st.text(max_size=8),
         "bool": st.booleans(),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings, strategies as st
 
 from hakuriver_common.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS, id_timestamp_ms
@@ -306,3 +308,84 @@ def test_lines_of_alike_requests_place_exactly_what_one_by_one_would(
             request, allocation = held.pop(index % len(held))
             assert fast.release(allocation.hostname, request.task_id)
             assert slow.release(allocation.hostname, request.task_id)
+
+
+def _busy_pair() -> Scheduler:
+    """Node "a" with CPUs 0 and 1, held by tasks 1 then 2."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1), 100)
+    scheduler.allocate(1, Allocation("a", (1,), 0))
+    scheduler.allocate(2, Allocation("a", (0,), 0))
+    return scheduler
+
+
+def test_lookahead_foresees_the_next_tasks_on_the_cpus_that_free_first() -> None:
+    scheduler = _busy_pair()
+    queue = PendingQueue([Request(task_id(NOW, n), 1, 0) for n in (3, 4, 5)])
+    foreseen = scheduler.lookahead(queue, per_node=2)
+    assert [(r.task_id, a) for r, a in foreseen] == [
+        (task_id(NOW, 3), Allocation("a", (1,), 0)),
+        (task_id(NOW, 4), Allocation("a", (0,), 0)),
+    ]
+    node = scheduler.nodes["a"]
+    assert (node.free_cpus, list(node.holders)) == (set(), [1, 2]), "lookahead changed the node"
+    assert scheduler.lookahead(queue, per_node=0) == []
+
+
+def test_lookahead_foresees_a_small_task_backfilling_before_a_large_one() -> None:
+    scheduler = _busy_pair()
+    large, small = Request(task_id(NOW, 3), 2, 0), Request(task_id(NOW, 4), 1, 0)
+    foreseen = scheduler.lookahead(PendingQueue([large, small]), per_node=2)
+    # The large one fits nowhere while the small one, placed first, runs.
+    assert [(r.task_id, a.cpus) for r, a in foreseen] == [(small.task_id, (1,))]
+
+
+def test_lookahead_of_several_nodes_takes_only_requests_bound_to_one() -> None:
+    scheduler = _busy_pair()
+    scheduler.upsert_node("b", (0,), 100)
+    scheduler.allocate(9, Allocation("b", (0,), 0))
+    anywhere, targeted = Request(task_id(NOW, 3), 1, 0), Request(task_id(NOW, 4), 1, 0, target="b")
+    foreseen = scheduler.lookahead(PendingQueue([anywhere, targeted]), per_node=2)
+    assert [(r.task_id, a) for r, a in foreseen] == [(targeted.task_id, Allocation("b", (0,), 0))]
+    scheduler.set_draining("b", True)
+    assert scheduler.lookahead(PendingQueue([anywhere, targeted]), per_node=2) == [
+        (anywhere, Allocation("a", (1,), 0))
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(request_strategy, max_size=6),
+    st.lists(request_strategy, min_size=1, max_size=4),
+    st.integers(1, 4),
+)
+def test_lookahead_is_what_passes_place_as_the_node_empties_in_placement_order(
+    running: list[Request], queued: list[Request], per_node: int
+) -> None:
+    """On a node taking all the work, what is foreseen is exactly what placement passes
+    place when its tasks end one at a time, oldest first."""
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, (0, 1))
+    seq = 0
+    for template in running:
+        seq += 1
+        request = _like(template, task_id(NOW, seq))
+        allocation = scheduler.choose(request)
+        if request.target in (None, "a") and allocation is not None:
+            scheduler.allocate(request.task_id, allocation)
+    pending = []
+    for template in queued[:per_node]:
+        seq += 1
+        request = replace(_like(template, task_id(NOW, seq)), target=None, gpu_ids=())
+        if scheduler.never_fits(request) is None:
+            pending.append(request)
+    queue = PendingQueue(pending)
+    foreseen = scheduler.lookahead(queue, per_node)
+    ending = list(scheduler.nodes["a"].holders)
+    played: list[tuple[Request, Allocation]] = []
+    while True:
+        played += scheduler.plan(queue, now_ms=NOW)
+        if not ending or not queue.ranked():
+            break
+        assert scheduler.release("a", ending.pop(0))
+    assert [(r.task_id, a) for r, a in foreseen] == [(r.task_id, a) for r, a in played]

@@ -146,6 +146,7 @@ class ConnectResponse(_message.Message):
     TUNNEL_DATA_FIELD_NUMBER: _builtins.int
     TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
     DISPATCHES_FIELD_NUMBER: _builtins.int
+    PREPARE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___RegisterAck: ...
     @_builtins.property
@@ -170,6 +171,15 @@ class ConnectResponse(_message.Message):
         with takes_batches.
         """
 
+    @_builtins.property
+    def prepare(self) -> Global___DispatchCommand:
+        """A queued task this Runner is expected to start when its resources free up: create
+        what can be made ahead (its container), not started. A later dispatch equal to this
+        command starts it; a different one replaces it; a release removes it. A hint only:
+        nothing of it outlives the stream. Only to a Runner that registered with
+        prepares_ahead.
+        """
+
     def __init__(
         self,
         *,
@@ -183,12 +193,13 @@ class ConnectResponse(_message.Message):
         tunnel_data: Global___TunnelData | None = ...,
         tunnel_close: Global___TunnelClose | None = ...,
         dispatches: Global___DispatchBatch | None = ...,
+        prepare: Global___DispatchCommand | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close", "dispatches"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close", "dispatches", "prepare"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -230,11 +241,14 @@ class RegisterRunner(_message.Message):
     ENVIRONMENTS_FIELD_NUMBER: _builtins.int
     KNOWN_TASK_IDS_FIELD_NUMBER: _builtins.int
     TAKES_BATCHES_FIELD_NUMBER: _builtins.int
+    PREPARES_AHEAD_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     total_cores: _builtins.int
     total_memory_bytes: _builtins.int
     takes_batches: _builtins.bool
     """The Runner takes DispatchBatch messages."""
+    prepares_ahead: _builtins.bool
+    """The Runner takes prepare messages."""
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.NumaNode]: ...
     @_builtins.property
@@ -258,10 +272,11 @@ class RegisterRunner(_message.Message):
         environments: _abc.Iterable[_builtins.str] | None = ...,
         known_task_ids: _abc.Iterable[_builtins.int] | None = ...,
         takes_batches: _builtins.bool = ...,
+        prepares_ahead: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "takes_batches", b"takes_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "prepares_ahead", b"prepares_ahead", "takes_batches", b"takes_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

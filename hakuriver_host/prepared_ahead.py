@@ -1,0 +1,76 @@
+"""Queued tasks the Runners were asked to make ready ahead of their start.
+
+After each placement pass the scheduler foresees which queued tasks each busy node starts
+next, and where on it (``Scheduler.lookahead``); the node's Runner gets a prepare message for
+each and creates its container, not started. When the task is placed there as foreseen, its
+dispatch only starts the container; placed elsewhere, on other CPUs, ended while queued, or no
+longer foreseen, the prepared container is released. Nothing here is stored: a hint lost
+with a Host or a stream costs only the time it would have saved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hakuriver_common.environments import NULL_CONTAINER
+from hakuriver_common.statuses import TaskKind
+from hakuriver_host.convert import dispatch_of
+from hakuriver_host.models import TaskRecord
+from hakuriver_host.runner_link import RunnerLink
+from hakuriver_host.scheduler import Allocation, Request
+
+
+def preparable(task: TaskRecord) -> bool:
+    """Command tasks in containers (a VPS takes its SSH port at start; a process has no
+    container to make)."""
+    return task.kind == TaskKind.COMMAND.value and task.container_name != NULL_CONTAINER
+
+
+class PreparedAhead:
+    def __init__(self) -> None:
+        # Task id -> the link it was prepared on and the allocation it was prepared for.
+        self._sent: dict[int, tuple[RunnerLink, Allocation]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def update(
+        self,
+        foreseen: list[tuple[Request, Allocation]],
+        link_of: Callable[[str], RunnerLink | None],
+        task_of: Callable[[int], TaskRecord | None],
+    ) -> None:
+        """Prepare what is foreseen and not prepared yet (or prepared for another place);
+        release what was prepared and is no longer foreseen."""
+        wanted: dict[int, Allocation] = {}
+        for request, allocation in foreseen:
+            task = task_of(request.task_id)
+            if task is not None and preparable(task):
+                wanted[request.task_id] = allocation
+        for task_id, (link, allocation) in list(self._sent.items()):
+            if link.closed:
+                del self._sent[task_id]
+            elif wanted.get(task_id) != allocation:
+                self.drop(task_id)
+        for task_id, allocation in wanted.items():
+            if task_id in self._sent:
+                continue
+            target = link_of(allocation.hostname)
+            task = task_of(task_id)
+            if target is None or not target.prepares or target.closed or task is None:
+                continue
+            target.prepare(dispatch_of(task, allocation))
+            self._sent[task_id] = (target, allocation)
+
+    def placed(self, task_id: int, allocation: Allocation) -> None:
+        """The task was placed: a container prepared for anything else is released (the
+        Runner replaces one prepared on its own node for other CPUs by itself)."""
+        sent = self._sent.pop(task_id, None)
+        if sent is not None and sent[0].hostname != allocation.hostname and not sent[0].closed:
+            sent[0].release(task_id)
+
+    def drop(self, task_id: int) -> None:
+        """Release what was prepared for the task (it ended, or is foreseen elsewhere)."""
+        sent = self._sent.pop(task_id, None)
+        if sent is not None and not sent[0].closed:
+            sent[0].release(task_id)

@@ -1,0 +1,76 @@
+"""Prepared ahead: a busy node's Runner is told which queued tasks it will start next, and
+where, so it can create their containers while they wait (docs/scheduling.md)."""
+
+from __future__ import annotations
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, FakeRunner, eventually
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import LocalCluster
+
+
+def _hinted(runner: FakeRunner) -> list[int]:
+    return [p.task_id for p in runner.prepares]
+
+
+async def test_queued_tasks_are_prepared_where_they_start_and_released_when_killed(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD, prepares_ahead=True)
+    first, second = await local_cluster.submit_running(2, cores=1)
+    third, fourth, fifth = [await local_cluster.submit("queued", cores=1) for _ in range(3)]
+
+    # Two ahead per node (the default): the next two, on the CPUs of the tasks placed first.
+    await eventually(lambda: len(runner.prepares) >= 2, what="two prepare hints")
+    assert _hinted(runner) == [third.task_id, fourth.task_id]
+    assert [list(p.cpus) for p in runner.prepares] == [
+        list(first.assigned_cpus),
+        list(second.assigned_cpus),
+    ]
+    assert all(p.container_name == "hakuriver-base" for p in runner.prepares)
+
+    runner.finish(first.task_id)
+    started = await local_cluster.wait_status(third.task_id, TaskStatus.RUNNING)
+    assert list(started.assigned_cpus) == list(first.assigned_cpus)
+    # The dispatch is exactly what was prepared: the Runner only starts the container.
+    assert runner.tasks[third.task_id].dispatch == runner.prepares[0]
+
+    # The fifth moves up to be foreseen; the fourth, killed while queued, is released.
+    await eventually(lambda: fifth.task_id in _hinted(runner), what="the fifth foreseen")
+    assert (await local_cluster.kill(fourth.task_id)).status == task_pb2.TASK_STATUS_KILLED
+    await eventually(lambda: fourth.task_id in runner.released, what="the fourth released")
+    assert third.task_id not in runner.released
+
+
+async def test_no_hints_to_a_runner_that_does_not_prepare_or_when_turned_off(
+    make_local_cluster: MakeCluster,
+) -> None:
+    plain_cluster = await make_local_cluster()
+    plain = await plain_cluster.add_runner("a", cores=1, answer=HOLD)
+    off_cluster = await make_local_cluster(scheduling={"prepare_ahead": 0})
+    off = await off_cluster.add_runner("a", cores=1, answer=HOLD, prepares_ahead=True)
+    for cluster, runner in ((plain_cluster, plain), (off_cluster, off)):
+        (busy,) = await cluster.submit_running(1, cores=1)
+        queued = await cluster.submit("queued", cores=1)
+        runner.finish(busy.task_id)
+        await cluster.wait_status(queued.task_id, TaskStatus.RUNNING)
+        assert runner.prepares == []
+
+
+async def test_a_hint_no_longer_foreseen_is_released(local_cluster: LocalCluster) -> None:
+    """Foreseen on the only node taking work; once a second node joins, the queued task
+    could go to either, so the first node's prepared container is released."""
+    a = await local_cluster.add_runner("a", cores=1, answer=HOLD, prepares_ahead=True)
+    (busy,) = await local_cluster.submit_running(1, cores=1)
+    queued = await local_cluster.submit("queued", cores=1, memory="2G")
+    await eventually(lambda: _hinted(a) == [queued.task_id], what="the queued task foreseen")
+
+    await local_cluster.add_runner("b", cores=1, memory_bytes=1024**3, answer=HOLD)
+    await eventually(lambda: queued.task_id in a.released, what="the hint released")
+    assert busy.task_id not in a.released
+    assert status_is_pending(await local_cluster.get(queued.task_id))
+
+
+def status_is_pending(task: task_pb2.Task) -> bool:
+    return task.status == task_pb2.TASK_STATUS_PENDING

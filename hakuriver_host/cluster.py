@@ -107,7 +107,9 @@ class Cluster:
         self.nodes = NodeTable(
             self.scheduler, metrics, self.notifier, config.timing.heartbeat_interval
         )
-        self.book = TaskBook(store, logs, metrics, self.notifier, self.scheduler, self._finished)
+        self.book = TaskBook(
+            store, logs, metrics, self.notifier, self.scheduler, self._finished, self.kick
+        )
         self.tarballs = TarballIndex(config.paths.shared_dir / config.docker.container_dir)
         self.tunnels = TunnelHub()
         self.runners = RunnerGateway(
@@ -371,7 +373,7 @@ class Cluster:
         self._kick.set()
 
     def _finished(self, task: TaskRecord) -> None:
-        """A task reached a final status: its resources are free for the queue."""
+        """A task's final status is stored: its Runner may drop it, and the queue may move."""
         self.runners.output_errors.pop(task.task_id, None)
         link = self.nodes.link_of(task.assigned_node)
         if link is not None:

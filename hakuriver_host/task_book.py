@@ -68,6 +68,7 @@ class TaskBook:
         notifier: Notifier,
         scheduler: Scheduler,
         on_final: Callable[[TaskRecord], None],
+        on_released: Callable[[], None],
     ) -> None:
         self.store = store
         self.logs = logs
@@ -75,6 +76,7 @@ class TaskBook:
         self.notifier = notifier
         self.scheduler = scheduler
         self._on_final = on_final
+        self._on_released = on_released
         self.active: dict[int, TaskRecord] = {}
         # The pending subset of ``active`` (nothing moves back to pending), and their
         # requests in the scheduler's queue.
@@ -166,7 +168,10 @@ class TaskBook:
             self._finishing[task.task_id] = task
             self._last_change.pop(task.task_id, None)
             if task.assigned_node:
+                # Free for placement now: what is placed next is stored after this change
+                # (the store keeps the order), so its dispatch never overtakes this end.
                 self.scheduler.release(task.assigned_node, task.task_id)
+                self._on_released()
         else:
             self._last_change[task.task_id] = self._change
         event = _event(task.task_id, new.value, now, detail)

@@ -1,10 +1,17 @@
-"""Prepared ahead: a busy node's Runner is told which queued tasks it will start next, and
-where, so it can create their containers while they wait (docs/scheduling.md)."""
+"""A queued task starts the moment its cores free up: a busy node's Runner is told which
+queued tasks it starts next, and where, so it creates their containers while they wait
+(docs/scheduling.md, "Prepared ahead"), and a task's end frees its cores for placement
+before it is stored."""
 
 from __future__ import annotations
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+import time
+
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.store import Store, TaskWrite
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster
@@ -74,3 +81,40 @@ async def test_a_hint_no_longer_foreseen_is_released(local_cluster: LocalCluster
 
 def status_is_pending(task: task_pb2.Task) -> bool:
     return task.status == task_pb2.TASK_STATUS_PENDING
+
+
+async def test_freed_cores_are_placed_at_once_and_dispatched_only_after_the_end_is_stored(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next task is placed as soon as the end of the one before it is known (not once
+    stored), but its dispatch still waits until that end is stored: a Host that crashes in
+    between never finds a task started on cores its database still gives to another."""
+    order: list[tuple[str, int]] = []
+    stored_at: dict[int, float] = {}
+    apply = Store._apply
+    final = {s.value for s in TaskStatus if s.is_final}
+
+    def slow_apply(store: Store, writes: list[TaskWrite]) -> None:
+        ended = [u["task_id"] for w in writes for u in w.updates if u.get("status") in final]
+        if ended:
+            time.sleep(0.5)
+        apply(store, writes)
+        for task_id in ended:
+            stored_at[task_id] = time.time()
+            order.append(("stored end", task_id))
+
+    monkeypatch.setattr(Store, "_apply", slow_apply)
+    cluster = await make_local_cluster()
+    runner = await cluster.add_runner(
+        "a", cores=1, answer=HOLD, on_dispatch=lambda t: order.append(("dispatched", t))
+    )
+    (first,) = await cluster.submit_running(1, cores=1)
+    second = await cluster.submit("next", cores=1)
+
+    runner.finish(first.task_id)
+    await cluster.wait_status(second.task_id, TaskStatus.RUNNING)
+    assert order.index(("stored end", first.task_id)) < order.index(("dispatched", second.task_id))
+    reply = await cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=second.task_id), timeout=5)
+    [placed] = [e for e in reply.events if e.status == task_pb2.TASK_STATUS_ASSIGNING]
+    # Placed while the end was still being stored (it took 0.5 s).
+    assert placed.at.ToNanoseconds() / 1e9 < stored_at[first.task_id] - 0.2

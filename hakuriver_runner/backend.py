@@ -38,7 +38,7 @@ class ExitInfo:
 
 
 class LogFollow:
-    """Cancellation handle of one output-following thread."""
+    """Cancellation handle of one task's output-following thread."""
 
     def __init__(self) -> None:
         self._cancelled = threading.Event()
@@ -64,18 +64,25 @@ class LogFollow:
         return self._cancelled.wait(seconds)
 
 
-def emit_past(chunks: Any, skip: int, emit: Emit, follow: LogFollow) -> int:
-    """Emit (offset, data) of every byte of ``chunks`` past ``skip``; return the total size."""
-    offset = 0
-    for data in chunks:
+def emit_past(
+    blocks: Iterable[tuple[int, bytes]],
+    skips: tuple[int, int],
+    emits: tuple[Emit, Emit],
+    follow: LogFollow,
+) -> tuple[int, int]:
+    """Emit (offset, data) of every byte of each output past its skip; ``blocks`` are
+    (output index, data) in the order written. Returns each output's total size."""
+    offsets = [0, 0]
+    for index, data in blocks:
         if follow.cancelled:
             break
+        offset, skip = offsets[index], skips[index]
         end = offset + len(data)
         if end > skip:
             start = max(skip - offset, 0)
-            emit(offset + start, data[start:])
-        offset = end
-    return offset
+            emits[index](offset + start, data[start:])
+        offsets[index] = end
+    return offsets[0], offsets[1]
 
 
 def id_list(ids: Iterable[int]) -> str:
@@ -112,8 +119,11 @@ class TaskBackend(Protocol):
         """("running" | "paused" | "exited", started_at)."""
         ...
 
-    def follow(self, handle: Any, stdout: bool, skip: int, emit: Emit, follow: LogFollow) -> int:
-        """Emit output past ``skip`` until the task ends or ``follow`` is cancelled."""
+    def follow(
+        self, handle: Any, skips: tuple[int, int], emits: tuple[Emit, Emit], follow: LogFollow
+    ) -> tuple[int, int]:
+        """Emit stdout and stderr past their skips (in that order, as in ``emits``) until
+        the task ends or ``follow`` is cancelled, from one thread."""
         ...
 
     def wait(self, handle: Any) -> ExitInfo: ...

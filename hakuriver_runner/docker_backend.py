@@ -216,25 +216,30 @@ class DockerBackend:
                         loaded[name] = int(labels[TIMESTAMP_LABEL])
         return sorted(names), loaded
 
-    def follow(self, handle: Any, stdout: bool, skip: int, emit: Emit, follow: LogFollow) -> int:
-        """Emit output past ``skip`` until the container ends. A lost connection to the
+    def follow(
+        self, handle: Any, skips: tuple[int, int], emits: tuple[Emit, Emit], follow: LogFollow
+    ) -> tuple[int, int]:
+        """Emit output past the skips until the container ends. A lost connection to the
         daemon (a restart of dockerd) is followed again from where it stopped, for up to
         DAEMON_AWAY_SECONDS; a removed container ends the follow."""
-        sent = skip
+        sent = list(skips)
 
-        def tracked(offset: int, data: bytes) -> None:
-            nonlocal sent
-            emit(offset, data)
-            sent = max(sent, offset + len(data))
+        def tracked(index: int) -> Emit:
+            def emit(offset: int, data: bytes) -> None:
+                emits[index](offset, data)
+                sent[index] = max(sent[index], offset + len(data))
 
+            return emit
+
+        trackers = (tracked(0), tracked(1))
         away_since: float | None = None
         while not follow.cancelled:
             try:
-                stream = follow_output(handle, stdout)
+                stream = follow_output(handle)
                 follow.on_cancel(stream.close)
-                return emit_past(stream, sent, tracked, follow)
+                return emit_past(stream, (sent[0], sent[1]), trackers, follow)
             except docker.errors.NotFound:
-                return sent
+                break
             except Exception as exc:
                 if follow.cancelled:
                     break
@@ -242,11 +247,11 @@ class DockerBackend:
                 away_since = away_since or now
                 if now - away_since > DAEMON_AWAY_SECONDS:
                     log.warning("%s: gave up following its output: %s", handle.name, exc)
-                    return sent
+                    break
                 log.info("%s: output follow interrupted (%s); resuming", handle.name, exc)
                 self._interrupted.add(handle.id)
                 follow.wait(DAEMON_RETRY_SECONDS)
-        return sent
+        return sent[0], sent[1]
 
     def _labels(self) -> list[str]:
         return [f"{LABEL_CLUSTER}={self.cluster_id}", f"{LABEL_RUNNER}={self.runner_name}"]

@@ -18,22 +18,29 @@ from docker.types.daemon import CancellableStream
 
 READ_BYTES = 256 * 1024
 _HEADER = struct.Struct(">BxxxL")  # stream type, payload size
+STDERR_FRAME = 2
 
 
-def payloads(buffer: bytearray) -> bytes:
-    """The payloads of the complete frames at the start of ``buffer``, which keeps what is
-    left of an incomplete one."""
-    parts = []
+def payloads(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """The payloads of the complete frames at the start of ``buffer`` (which keeps what is
+    left of an incomplete one), as (0 for stdout, 1 for stderr, data); frames of one output
+    in a row come out joined."""
+    parts: list[tuple[int, list[bytes]]] = []
     at = 0
     while len(buffer) - at >= _HEADER.size:
-        _, size = _HEADER.unpack_from(buffer, at)
+        kind, size = _HEADER.unpack_from(buffer, at)
         end = at + _HEADER.size + size
         if end > len(buffer):
             break
-        parts.append(bytes(buffer[at + _HEADER.size : end]))
+        index = 1 if kind == STDERR_FRAME else 0
+        data = bytes(buffer[at + _HEADER.size : end])
+        if parts and parts[-1][0] == index:
+            parts[-1][1].append(data)
+        elif data:
+            parts.append((index, [data]))
         at = end
     del buffer[:at]
-    return b"".join(parts)
+    return [(index, b"".join(pieces)) for index, pieces in parts]
 
 
 class Dechunker:
@@ -72,13 +79,14 @@ class Dechunker:
         return bytes(body)
 
 
-def follow_output(container: Any, stdout: bool) -> CancellableStream:
-    """Stream one of a non-TTY container's outputs from its start until it ends, as blocks
-    of bytes; ``close()`` from another thread ends it."""
+def follow_output(container: Any) -> CancellableStream:
+    """Stream a non-TTY container's stdout and stderr, from its start until it ends, as
+    blocks of (0 for stdout, 1 for stderr, bytes) in the order written; ``close()`` from
+    another thread ends it. One request for both: the daemon follows one log for it."""
     api = container.client.api
     response = api._get(
         api._url("/containers/{0}/logs", container.id),
-        params={"stdout": int(stdout), "stderr": int(not stdout), "follow": 1, "tail": "all"},
+        params={"stdout": 1, "stderr": 1, "follow": 1, "tail": "all"},
         stream=True,
     )
     api._raise_for_status(response)
@@ -87,12 +95,11 @@ def follow_output(container: Any, stdout: bool) -> CancellableStream:
     connection = response.raw._fp.fp  # the buffered socket under http.client's response
     dechunker = Dechunker() if response.raw.chunked else None
 
-    def blocks() -> Iterator[bytes]:
+    def blocks() -> Iterator[tuple[int, bytes]]:
         pending = bytearray()
         while data := connection.read1(READ_BYTES):
             pending += dechunker.feed(data) if dechunker is not None else data
-            if block := payloads(pending):
-                yield block
+            yield from payloads(pending)
             if dechunker is not None and dechunker.done:
                 return
 

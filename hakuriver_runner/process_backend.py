@@ -25,10 +25,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import without_secrets
@@ -210,26 +210,33 @@ class ProcessBackend:
         return ("paused" if handle.paused else "running"), handle.started_at
 
     def follow(
-        self, handle: HostProcess, stdout: bool, skip: int, emit: Emit, follow: LogFollow
-    ) -> int:
-        path = handle.spool / ("stdout" if stdout else "stderr")
-
-        def chunks() -> Any:
-            with path.open("rb") as f:
+        self,
+        handle: HostProcess,
+        skips: tuple[int, int],
+        emits: tuple[Emit, Emit],
+        follow: LogFollow,
+    ) -> tuple[int, int]:
+        def blocks() -> Iterator[tuple[int, bytes]]:
+            with (
+                (handle.spool / "stdout").open("rb") as out,
+                (handle.spool / "stderr").open("rb") as err,
+            ):
+                files = (out, err)
                 while True:
-                    data = f.read(READ_CHUNK)
-                    if data:
-                        yield data
+                    read = [(index, f.read(READ_CHUNK)) for index, f in enumerate(files)]
+                    got = [(index, data) for index, data in read if data]
+                    if got:
+                        yield from got
                         continue
                     if not handle.alive():
-                        rest = f.read()
-                        if rest:
-                            yield rest
+                        for index, f in enumerate(files):
+                            if rest := f.read():
+                                yield index, rest
                         return
                     if follow.wait(POLL_SECONDS):
                         return
 
-        return emit_past(chunks(), skip, emit, follow)
+        return emit_past(blocks(), skips, emits, follow)
 
     def wait(self, handle: HostProcess) -> ExitInfo:
         while handle.alive():

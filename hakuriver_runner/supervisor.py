@@ -321,28 +321,15 @@ class Supervisor:
         self, task_id: int, backend: TaskBackend, handle: Any, offsets: tuple[int, int]
     ) -> None:
         """Send stdout and stderr past the Host's offsets until the task ends."""
-        stdout_offset, stderr_offset = offsets
-        streams = (
-            (True, stdout_offset, task_pb2.LOG_STREAM_STDOUT, LogFollow()),
-            (False, stderr_offset, task_pb2.LOG_STREAM_STDERR, LogFollow()),
+        follow = LogFollow()
+        emits = (
+            self._emitter(task_id, task_pb2.LOG_STREAM_STDOUT, follow),
+            self._emitter(task_id, task_pb2.LOG_STREAM_STDERR, follow),
         )
         try:
-            await asyncio.gather(
-                *(
-                    self._pool.run(
-                        backend.follow,
-                        handle,
-                        is_stdout,
-                        offset,
-                        self._emitter(task_id, stream, follow),
-                        follow,
-                    )
-                    for is_stdout, offset, stream, follow in streams
-                )
-            )
+            await self._pool.run(backend.follow, handle, offsets, emits, follow)
         except asyncio.CancelledError:
-            for *_, follow in streams:
-                follow.cancel()
+            follow.cancel()
             raise
 
     def _emitter(

@@ -100,10 +100,12 @@ def ssh_port_of(container: Any) -> int:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A container created ahead for a queued task, and the dispatch it was created for."""
+    """A container created ahead for a queued task, the dispatch it was created for, and
+    how many environment loads had begun when it was (a later load may change its image)."""
 
     dispatch: rpb.DispatchCommand
     container: Any
+    loads: int
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -141,12 +143,16 @@ class DockerBackend:
         self.kept: set[int] = set()
         # Containers whose wait or output follow lost the daemon (a dockerd restart).
         self._interrupted: set[str] = set()
-        # Containers created ahead for queued tasks, by task id (see ``prepare``).
-        # Guards ``prepared`` (a load drops from it while tasks start); ``_loads_seen``
-        # counts loads, so a container being created as its image changes is not kept.
+        # Containers created ahead for queued tasks, by task id (see ``prepare``), and the
+        # tasks whose prepared container is being started. The lock guards both: a load, a
+        # scan after a reconnect and the old stream's threads touch them at once. Loads
+        # begun and scans made are counted, so that a container created across either is
+        # not kept.
         self.prepared: dict[int, Prepared] = {}
+        self._starting: set[int] = set()
         self._preparing = threading.Lock()
         self._loads_seen = 0
+        self._scans = 0
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -175,6 +181,7 @@ class DockerBackend:
         still uses it.
         """
         previous, _ = self._image_timestamp(tarball.name)
+        self._drop_prepared_of(tarball.name)
         try:
             with tarball.path.open("rb") as data:
                 self.client.images.load(data)
@@ -271,11 +278,18 @@ class DockerBackend:
         found: dict[int, Any] = {}
         if not self.cluster_id:
             return found
-        self.prepared.clear()
+        with self._preparing:
+            self._scans += 1
+            self.prepared.clear()
+            starting = set(self._starting)
         for container in self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": self._labels()}
         ):
-            if container.labels.get(LABEL_PREPARED) and container.status == "created":
+            if (
+                container.labels.get(LABEL_PREPARED)
+                and container.status == "created"
+                and int(container.labels.get(LABEL_TASK, "0")) not in starting
+            ):
                 # Made ahead for a queued task and never started: only a hint, which the
                 # Host gives again if it still holds.
                 self._remove_quietly(container.id)
@@ -381,29 +395,31 @@ class DockerBackend:
         """Create a queued task's container ahead of its dispatch (not started), so that its
         dispatch only starts it. False when there is nothing to do: it is prepared already
         as dispatched, or a container of it exists. The Supervisor runs one command per
-        task at a time, so a task's prepare, start and remove never overlap."""
+        task at a time on a stream; a scan or a load may come at any time."""
         held = self.prepared.get(dispatch.task_id)
         if held is not None:
             if held.dispatch == dispatch:
                 return False
             self._drop_prepared(dispatch.task_id)
-        generation = self._loads_seen
+        with self._preparing:
+            loads, scans = self._loads_seen, self._scans
         try:
             container = self._create(dispatch, ahead=True)
         except docker.errors.APIError:  # 409: a container of the task exists
             return False
         with self._preparing:
-            self.prepared[dispatch.task_id] = Prepared(dispatch, container)
-        if generation != self._loads_seen:
-            # An environment was loaded meanwhile: it may have been made from the old image.
-            self._drop_prepared(dispatch.task_id)
-            return False
-        return True
+            kept = (loads, scans) == (self._loads_seen, self._scans)
+            if kept:
+                self.prepared[dispatch.task_id] = Prepared(dispatch, container, loads)
+        if not kept:
+            # A load may have changed its image, or a scan forgot what was prepared.
+            self._remove_quietly(container.id)
+        return kept
 
     def _drop_prepared_of(self, name: str) -> None:
-        """Drop the containers prepared from an environment's previous image."""
-        self._loads_seen += 1
+        """Drop the containers prepared from an environment's image (it is being loaded)."""
         with self._preparing:
+            self._loads_seen += 1
             stale = [t for t, held in self.prepared.items() if held.dispatch.container_name == name]
         for task_id in stale:
             self._drop_prepared(task_id)
@@ -412,28 +428,66 @@ class DockerBackend:
         with self._preparing:
             held = self.prepared.pop(task_id, None)
         if held is not None:
-            with contextlib.suppress(docker.errors.DockerException):
-                self.client.api.remove_container(held.container.id, force=True)
+            self._remove_quietly(held.container.id)
 
     def start(self, dispatch: rpb.DispatchCommand) -> Any:
-        """Start the task's container: the one prepared for exactly this dispatch, else a new
-        one; idempotent by task id (a container of it that exists is adopted)."""
+        """Start the task's container: the one prepared for exactly this dispatch (with no
+        load since), else a new one; idempotent by task id (a container of it that was
+        started, or created by a dispatch, is adopted)."""
         with self._preparing:
             held = self.prepared.pop(dispatch.task_id, None)
-        if held is not None and held.dispatch == dispatch:
-            container = held.container
-        else:
-            if held is not None:
+            usable = (
+                held is not None and held.dispatch == dispatch and held.loads == self._loads_seen
+            )
+            if usable:
+                self._starting.add(dispatch.task_id)
+        container = None
+        try:
+            if usable and held is not None:
+                container = self._start_new(dispatch, held.container)
+            elif held is not None:
                 self._remove_quietly(held.container.id)
+        finally:
+            with self._preparing:
+                self._starting.discard(dispatch.task_id)
+        if container is not None:
+            return container
+        for _ in range(2):
             try:
-                container = self._create(dispatch)
-            except docker.errors.APIError:  # 409: it exists
-                existing = self.client.containers.get(self.container_name(dispatch.task_id))
+                created = self._create(dispatch)
+            except docker.errors.APIError:  # 409: a container of the task exists
+                existing = self._existing(dispatch.task_id)
+                if existing is None:
+                    continue
                 log.info("task %s: container already exists, adopting it", dispatch.task_id)
                 self._start_if_created(existing)
                 return existing
+            started = self._start_new(dispatch, created)
+            if started is not None:
+                return started
+        raise StartError(
+            "docker could not create the container: a container of the task was in the way"
+        )
+
+    def _existing(self, task_id: int) -> Any | None:
+        """The task's container to adopt; None if there is none (any more). One made ahead
+        and never started is not adopted (it may be for another dispatch): it is removed."""
+        try:
+            existing = self.client.containers.get(self.container_name(task_id))
+        except docker.errors.NotFound:
+            return None
+        if existing.labels.get(LABEL_PREPARED) and existing.status == "created":
+            self._remove_quietly(existing.id)
+            return None
+        return existing
+
+    def _start_new(self, dispatch: rpb.DispatchCommand, container: Any) -> Any | None:
+        """Start a container created for this dispatch; None when it was removed meanwhile
+        (a prepared one a scan took). What else fails is the task's start failure."""
         try:
             container.start()
+        except docker.errors.NotFound:
+            return None
         except docker.errors.APIError as exc:
             if self.config.docker.keep_failed_containers:
                 self.kept.add(dispatch.task_id)

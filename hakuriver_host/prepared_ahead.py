@@ -42,22 +42,21 @@ class PreparedAhead:
     ) -> None:
         """Prepare what is foreseen and not prepared yet (or prepared for another place);
         release what was prepared and is no longer foreseen."""
-        wanted: dict[int, Allocation] = {}
+        wanted: dict[int, tuple[Allocation, TaskRecord]] = {}
         for request, allocation in foreseen:
             task = task_of(request.task_id)
             if task is not None and preparable(task):
-                wanted[request.task_id] = allocation
+                wanted[request.task_id] = (allocation, task)
         for task_id, (link, allocation) in list(self._sent.items()):
             if link.closed:
                 del self._sent[task_id]
-            elif wanted.get(task_id) != allocation:
+            elif task_id not in wanted or wanted[task_id][0] != allocation:
                 self.drop(task_id)
-        for task_id, allocation in wanted.items():
+        for task_id, (allocation, task) in wanted.items():
             if task_id in self._sent:
                 continue
             target = link_of(allocation.hostname)
-            task = task_of(task_id)
-            if target is None or not target.prepares or target.closed or task is None:
+            if target is None or not target.prepares or target.closed:
                 continue
             target.prepare(dispatch_of(task, allocation))
             self._sent[task_id] = (target, allocation)

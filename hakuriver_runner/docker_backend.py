@@ -108,6 +108,11 @@ class Prepared:
     loads: int
 
 
+def _unstarted_ahead(container: Any) -> bool:
+    """Made ahead for a queued task (``DockerBackend.prepare``) and never started."""
+    return bool(container.labels.get(LABEL_PREPARED)) and container.status == "created"
+
+
 def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
 
@@ -285,19 +290,15 @@ class DockerBackend:
         for container in self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": self._labels()}
         ):
-            if (
-                container.labels.get(LABEL_PREPARED)
-                and container.status == "created"
-                and int(container.labels.get(LABEL_TASK, "0")) not in starting
-            ):
-                # Made ahead for a queued task and never started: only a hint, which the
-                # Host gives again if it still holds.
-                self._remove_quietly(container.id)
-                continue
             try:
-                found[int(container.labels[LABEL_TASK])] = container
+                task_id = int(container.labels[LABEL_TASK])
             except (KeyError, ValueError):
                 continue
+            if _unstarted_ahead(container) and task_id not in starting:
+                # Only a hint, which the Host gives again if it still holds.
+                self._remove_quietly(container.id)
+                continue
+            found[task_id] = container
         return found
 
     def container_name(self, task_id: int) -> str:
@@ -476,7 +477,7 @@ class DockerBackend:
             existing = self.client.containers.get(self.container_name(task_id))
         except docker.errors.NotFound:
             return None
-        if existing.labels.get(LABEL_PREPARED) and existing.status == "created":
+        if _unstarted_ahead(existing):
             self._remove_quietly(existing.id)
             return None
         return existing

@@ -65,7 +65,9 @@ NODE_COLUMNS = (
 def _node_row(n: node_pb2.Node) -> list[str]:
     return [
         n.hostname,
-        node_status_name(n.status) + (" (draining)" if n.draining else ""),
+        node_status_name(n.status)
+        + (" (draining)" if n.draining else "")
+        + (" (output not stored)" if n.output_problem else ""),
         f"{n.available_cores}/{n.total_cores}",
         f"{memory(n.available_memory_bytes)}/{memory(n.total_memory_bytes)}",
         _gpu_summary(n),
@@ -153,6 +155,7 @@ def sparkline(values: list[float], top: float = 100.0) -> str:
 class NodeTrend:
     status: int
     samples: list[node_pb2.Health] = field(default_factory=list)
+    output_problem: str = ""
 
 
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
@@ -192,6 +195,15 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
                 sparkline([x.utilization_memory_percent for x in history]),
                 f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
             )
+    problems = [
+        f"{hostname}: its tasks' output could not be stored: {trend.output_problem}"
+        for hostname, trend in sorted(trends.items())
+        if trend.output_problem
+    ]
+    if problems:
+        out.caption = "\n".join(problems)
+        out.caption_justify = "left"
+        out.caption_style = "bold red"
     return out
 
 
@@ -216,7 +228,10 @@ def health(
         response = unary(
             stub.GetHealth, npb.GetHealthRequest(hostname=hostname, include_history=True)
         )
-        trends = {n.hostname: NodeTrend(n.status, list(n.history)) for n in response.nodes}
+        trends = {
+            n.hostname: NodeTrend(n.status, list(n.history), n.output_problem)
+            for n in response.nodes
+        }
         if not watch:
             if json:
                 print_json([to_dict(n) for n in response.nodes])
@@ -231,6 +246,7 @@ def health(
                 node = update.node
                 trend = trends.setdefault(node.hostname, NodeTrend(node.status))
                 trend.status = node.status
+                trend.output_problem = node.output_problem
                 if node.HasField("current"):  # else: only its status changed
                     trend.samples.append(node.current)
                 if json:

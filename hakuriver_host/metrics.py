@@ -71,6 +71,13 @@ class HostMetrics:
             "Task output chunks that could not be stored (a full disk, an I/O error).",
             registry=r,
         )
+        self.output_failing = Gauge(
+            "hakuriver_output_storage_failing",
+            "1 while the Host's latest try to store a node's task output failed (a full "
+            "disk, an I/O error); 0 once a write succeeds again.",
+            ["node"],
+            registry=r,
+        )
         self.output_gaps = Counter(
             "hakuriver_output_gaps_refused_total",
             "Task output chunks refused because they would leave a gap in the file.",

@@ -50,6 +50,8 @@ class NodeView:
     loaded: dict[str, int] = field(default_factory=dict)
     # Recent health samples, oldest first (bounded; see NodeTable.history_length).
     history: deque[node_pb2.Health] = field(default_factory=deque)
+    # Why the Host could not store this node's task output at its latest try ("" if it could).
+    output_problem: str = ""
 
     def record(self) -> dict[str, Any]:
         """The node's database row."""
@@ -215,6 +217,7 @@ class NodeTable:
         self.scheduler.remove_node(hostname)
         self.metrics.node_offline(hostname)
         self.metrics.node_up.remove(hostname)
+        self.metrics.output_failing.remove(hostname)
         self.update_metrics()
 
     def set_draining(self, hostname: str, draining: bool) -> NodeView:
@@ -242,6 +245,16 @@ class NodeTable:
         self._seen(node)
         return changed
 
+    def output_stored(self, hostname: str, problem: str = "") -> None:
+        """The Host tried to store output of a task on this node: ``problem`` says why it
+        could not ("" when it could). Health watchers hear of a change, as of a status."""
+        node = self.nodes.get(hostname)
+        if node is None or node.output_problem == problem:
+            return
+        node.output_problem = problem
+        self.update_metrics(node)
+        self._tell_watchers(hostname, None)
+
     def _tell_watchers(self, hostname: str, health: node_pb2.Health | None) -> None:
         for queue in self._health_watchers:
             if queue.full():
@@ -266,9 +279,12 @@ class NodeTable:
             self._health_watchers.discard(queue)
 
     def update_metrics(self, changed: NodeView | None = None) -> None:
-        """Refresh node_up for ``changed`` (every node when None) and the online counts."""
+        """Refresh node_up and output_storage_failing for ``changed`` (every node when None)
+        and the online counts."""
         for node in self.nodes.values() if changed is None else (changed,):
             self.metrics.node_up.labels(node=node.hostname).set(1 if node.online else 0)
+            failing = 1 if node.output_problem else 0
+            self.metrics.output_failing.labels(node=node.hostname).set(failing)
         online = sum(1 for n in self.nodes.values() if n.online)
         self.metrics.nodes.labels(status="online").set(online)
         self.metrics.nodes.labels(status="offline").set(len(self.nodes) - online)

@@ -233,7 +233,8 @@ class RunnerGateway:
     async def _on_chunk(self, link: RunnerLink, chunk: rpb.LogChunk) -> None:
         """Store a chunk of a task's output. A gap or a failed write is about that task
         alone: logged once per task, counted, and the stream goes on. A task whose output
-        could not be stored is not reported completed (see task_machine)."""
+        could not be stored is not reported completed (see task_machine); its node shows
+        the problem until a write of its output succeeds again."""
         check_chunk(chunk)
         if not self._owns(link, chunk.task_id, "log chunk"):
             return
@@ -247,6 +248,7 @@ class RunnerGateway:
             return
         except OutputError as exc:
             self.metrics.output_errors.inc()
+            self.nodes.output_stored(link.hostname, str(exc))
             if chunk.task_id not in self.output_errors:
                 self.output_errors[chunk.task_id] = str(exc)
                 log.error("task %s: its output could not be stored: %s", chunk.task_id, exc)
@@ -255,6 +257,7 @@ class RunnerGateway:
                     why = f"output could not be stored: {exc}"
                     await self.book.persist(task, why, status_detail=why)
             return
+        self.nodes.output_stored(link.hostname)
         self.metrics.log_bytes.inc(len(chunk.data))
 
     def _owns(self, link: RunnerLink, task_id: int, what: str) -> bool:

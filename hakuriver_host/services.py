@@ -172,7 +172,11 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
 
 
 def _node_health(node: NodeView, health: node_pb2.Health | None) -> npb.NodeHealth:
-    entry = npb.NodeHealth(hostname=node.hostname, status=NodeStatus.of(node.online).pb)
+    entry = npb.NodeHealth(
+        hostname=node.hostname,
+        status=NodeStatus.of(node.online).pb,
+        output_problem=node.output_problem,
+    )
     if health is not None:
         entry.current.CopyFrom(health)
     return entry

@@ -160,11 +160,15 @@ def long_task(stream: TaskStream, scale: Scale, spans: float) -> StreamTask:
     return task
 
 
-def node_status(cluster: ProcessCluster, name: str) -> int:
+def node_of(cluster: ProcessCluster, name: str) -> node_pb2.Node:
     for node in cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes:
         if node.hostname == name:
-            return node.status
-    return node_pb2.NODE_STATUS_UNSPECIFIED
+            return node
+    return node_pb2.Node(hostname=name)
+
+
+def node_status(cluster: ProcessCluster, name: str) -> int:
+    return node_of(cluster, name).status
 
 
 def log_lines(cluster: ProcessCluster, name: str, pattern: str, limit: int = 12) -> list[str]:
@@ -412,11 +416,36 @@ def dockerd_restart(root: Path, scale: Scale) -> Outcome:
 STORAGE_WORDS = re.compile(r"storage|space|ENOSPC|full", re.IGNORECASE)
 
 
+class NodeWatch:
+    """Polls a node every 0.1 s from a thread while the storage is full: when it was seen
+    anything but online, and the output problems it showed."""
+
+    def __init__(self, cluster: ProcessCluster, name: str) -> None:
+        self.offline_seen: list[float] = []
+        self.problems_seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(cluster, name), daemon=True)
+        self._thread.start()
+
+    def _watch(self, cluster: ProcessCluster, name: str) -> None:
+        while not self._stop.wait(0.1):
+            with contextlib.suppress(grpc.RpcError):
+                node = node_of(cluster, name)
+                if node.status != node_pb2.NODE_STATUS_ONLINE:
+                    self.offline_seen.append(time.monotonic())
+                if node.output_problem:
+                    self.problems_seen.append(node.output_problem)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
 def storage_full(root: Path, scale: Scale) -> Outcome:
     """The Host's output folder (``shared_dir/task_outputs``) is a 2 MiB tmpfs. A task
     printing more than fits ends failed with an error about storage, its partial output
-    kept byte-exact; the Runner stays connected; tasks after space returns (the tmpfs grown)
-    run normally."""
+    kept byte-exact; the Runner stays connected; the node shows the condition while it
+    lasts; tasks after space returns (the tmpfs grown) run normally and clear it."""
     outcome = Outcome("output storage full (2 MiB tmpfs)")
     outputs = root / "shared" / "task_outputs"
     tmpfs = Tmpfs(outputs, "2m")
@@ -430,52 +459,56 @@ def storage_full(root: Path, scale: Scale) -> Outcome:
             line = 200
             big = stream.submit(numbered_task(scale.big_output // line, 0, width=line - 1))
             big.allowed = {FAILED}
-            stop = threading.Event()
-            offline_seen: list[float] = []
-
-            def watch_node() -> None:
-                while not stop.wait(0.1):
-                    with contextlib.suppress(grpc.RpcError):
-                        if node_status(cluster, name) != node_pb2.NODE_STATUS_ONLINE:
-                            offline_seen.append(time.monotonic())
-
-            watcher = threading.Thread(target=watch_node, daemon=True)
-            watcher.start()
+            watch = NodeWatch(cluster, name)
             during = stream.submit_many(scale.during)
             all_allowed(during, FAILED, note="(ran while the storage was full)")
             final = cluster.wait_final(big.task_id or 0, timeout=scale.bound)
             for task in during:
-                cluster.wait_final(task.task_id or 0, timeout=scale.bound)
-            stop.set()
-            watcher.join(5)
+                task.final = cluster.wait_final(task.task_id or 0, timeout=scale.bound)
+            watch.stop()
             kept = len(read_stdout(cluster, big.task_id or 0))
             outcome.notes.append(
                 f"big task {big.task_id}: {STATUS_NAME[final.status]}, "
                 f"{final.error_message!r}, {kept} of {len(big.expected)} bytes kept; "
                 f"{tmpfs.free_bytes()} bytes free"
             )
-            if final.status == FAILED and not STORAGE_WORDS.search(final.error_message):
-                outcome.problems.append(
-                    f"task {big.task_id} failed without saying storage is the cause: "
-                    f"{final.error_message!r}"
-                )
-            if kept == 0:
-                outcome.problems.append(f"task {big.task_id} kept none of its output")
-            if offline_seen:
-                outcome.problems.append(f"runner {name} went offline while storage was full")
-            reconnects = log_lines(cluster, f"runner-{name}.log", "reconnecting|stream loop")
-            if reconnects:
-                outcome.problems.append(f"the Runner's stream broke: {reconnects[-3:]}")
-            for task in during:
-                if task.final is None:
-                    task.final = cluster.get(task.task_id or 0)
+            outcome.problems += _while_full(cluster, name, big.task_id or 0, final, kept, watch)
             tmpfs.resize("64m")
             stream.submit_many(scale.after)
             settle(cluster, outcome, stream.tasks, bound=scale.bound, started=started)
+            left = node_of(cluster, name).output_problem
+            if left:
+                outcome.problems.append(f"node {name} still shows, with space back: {left!r}")
             attach_logs(cluster, outcome, stream.tasks)
     finally:
         tmpfs.unmount()
     return outcome
+
+
+def _while_full(
+    cluster: ProcessCluster,
+    name: str,
+    task_id: int,
+    final: task_pb2.Task,
+    kept: int,
+    watch: NodeWatch,
+) -> list[str]:
+    """What broke while the storage was full."""
+    problems = []
+    if final.status == FAILED and not STORAGE_WORDS.search(final.error_message):
+        problems.append(
+            f"task {task_id} failed without saying storage is the cause: {final.error_message!r}"
+        )
+    if kept == 0:
+        problems.append(f"task {task_id} kept none of its output")
+    if watch.offline_seen:
+        problems.append(f"runner {name} went offline while storage was full")
+    if not any(STORAGE_WORDS.search(problem) for problem in watch.problems_seen):
+        problems.append(f"node {name} never showed its output could not be stored")
+    reconnects = log_lines(cluster, f"runner-{name}.log", "reconnecting|stream loop")
+    if reconnects:
+        problems.append(f"the Runner's stream broke: {reconnects[-3:]}")
+    return problems
 
 
 # ----- (f) the stream between Runner and Host cut -----------------------------------------

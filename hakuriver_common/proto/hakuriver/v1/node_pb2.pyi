@@ -214,6 +214,7 @@ class Node(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
     ALLOCATED_GPUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_PROBLEM_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: Global___NodeStatus.ValueType
     total_cores: _builtins.int
@@ -226,6 +227,11 @@ class Node(_message.Message):
     """Tasks placed on this node and not yet finished."""
     draining: _builtins.bool
     """A draining node gets no new tasks; its running tasks continue."""
+    output_problem: _builtins.str
+    """Why the Host could not store the output of this node's tasks at its latest try (for
+    example "No space left on device" when its output storage is full); empty while it can.
+    Cleared by the next write that succeeds.
+    """
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumaNode]: ...
     @_builtins.property
@@ -261,10 +267,11 @@ class Node(_message.Message):
         health: Global___Health | None = ...,
         draining: _builtins.bool = ...,
         allocated_gpus: _abc.Iterable[_builtins.int] | None = ...,
+        output_problem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "output_problem", b"output_problem", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,108 @@
+"""Output storage that fails (a full disk) is a condition of the node whose tasks' output
+could not be stored: ListNodes, GetHealth, WatchHealth and a metric show it while it lasts,
+the task that lost output is not completed, the Runner's stream stays up, and the first
+write that succeeds again clears it. The full disk is /dev/full behind the output file:
+every write to it fails with ENOSPC, as on a full filesystem, with no root needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from hakuriver_cli import client
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_metrics_auth import scrape
+
+NO_SPACE = "No space left on device"
+ONLINE = node_pb2.NODE_STATUS_ONLINE
+
+
+async def _failing_gauge(cluster: LocalCluster, node: str) -> float | None:
+    _, _, body = await scrape(cluster)
+    for family in text_string_to_metric_families(body):
+        if family.name == "hakuriver_output_storage_failing":
+            for sample in family.samples:
+                if sample.labels.get("node") == node:
+                    return sample.value
+    return None
+
+
+async def test_a_full_output_storage_shows_on_the_node_until_a_write_succeeds(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    watch = local_cluster.nodes.WatchHealth(npb.WatchHealthRequest(hostname="a"), timeout=30)
+    watched: list[str] = []
+
+    async def read_watch() -> None:
+        async for update in watch:
+            watched.append(update.node.output_problem)
+
+    reader = asyncio.create_task(read_watch())
+    try:
+        [full] = await local_cluster.submit_running()
+        os.symlink("/dev/full", full.stdout_path)
+        runner.write(full.task_id, b"a line that finds no room\n")
+
+        node = await eventually(
+            lambda: _node_with_problem(local_cluster, "a"), what="the node to show the problem"
+        )
+        assert NO_SPACE in node.output_problem and full.stdout_path in node.output_problem
+        health = await local_cluster.nodes.GetHealth(npb.GetHealthRequest(hostname="a"))
+        assert NO_SPACE in health.nodes[0].output_problem
+        await eventually(lambda: any(NO_SPACE in p for p in watched), what="a health update")
+        assert await _failing_gauge(local_cluster, "a") == 1
+
+        runner.finish(full.task_id, 0)
+        failed = await local_cluster.wait_status(full.task_id, TaskStatus.FAILED)
+        assert failed.exit_code == 0 and NO_SPACE in failed.error_message
+
+        # Space returns: the next task's output is stored and the condition clears.
+        os.unlink(full.stdout_path)
+        other = await local_cluster.submit("other")
+        await local_cluster.wait_status(other.task_id, TaskStatus.RUNNING)
+        runner.write(other.task_id, b"stored\n")
+        await eventually(
+            lambda: _node_cleared(local_cluster, "a"), what="the problem to clear on the node"
+        )
+        assert (await local_cluster.nodes.GetHealth(npb.GetHealthRequest())).nodes[
+            0
+        ].output_problem == ""
+        await eventually(lambda: watched and watched[-1] == "", what="a clearing health update")
+        assert await _failing_gauge(local_cluster, "a") == 0
+        runner.finish(other.task_id, 0)
+        await local_cluster.wait_status(other.task_id, TaskStatus.COMPLETED)
+        assert await local_cluster.read_log(other.task_id) == b"stored\n"
+        assert runner.registrations == 1  # the stream stayed up throughout
+    finally:
+        watch.cancel()
+        reader.cancel()
+
+
+async def _node_with_problem(cluster: LocalCluster, hostname: str) -> object:
+    node = await cluster.node(hostname)
+    return node if node.output_problem else None
+
+
+async def _node_cleared(cluster: LocalCluster, hostname: str) -> bool:
+    return (await cluster.node(hostname)).output_problem == ""
+
+
+def test_the_cli_shows_the_problem_in_nodes_and_health() -> None:
+    problem = "/srv/shared/task_outputs/42.out: No space left on device"
+    row = client._node_row(node_pb2.Node(hostname="a", status=ONLINE, output_problem=problem))
+    assert row[1] == "online (output not stored)"
+    assert client._node_row(node_pb2.Node(hostname="a", status=ONLINE))[1] == "online"
+
+    screen = Console(record=True, width=200)
+    screen.print(client._health_table({"a": client.NodeTrend(ONLINE, [], problem)}))
+    shown = " ".join(screen.export_text().split())  # the caption wraps at the table's width
+    assert f"a: its tasks' output could not be stored: {problem}" in shown
+    screen.print(client._health_table({"a": client.NodeTrend(ONLINE, [])}))
+    assert "could not be stored" not in screen.export_text()

@@ -139,6 +139,9 @@ def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
     if final is TaskStatus.COMPLETED and facts.output_error:
         final = TaskStatus.FAILED
         error = f"exited 0, but its output could not all be stored: {facts.output_error}"
+    elif facts.output_error:
+        lost = f"its output could not all be stored: {facts.output_error}"
+        error = f"{error}; {lost}" if error else lost
     fields: dict[str, Any] = {"exit_code": exit_code, "error_message": error}
     finished = _time(report, "finished_at")
     if finished is not None:

@@ -141,6 +141,26 @@ def test_exit_report_carries_its_fields() -> None:
     assert killed.status is S.KILLED
 
 
+@pytest.mark.parametrize(
+    ("exit_code", "oom", "kill", "status", "error"),
+    [
+        (0, False, False, S.FAILED, "exited 0, but its output could not all be stored: full"),
+        (3, False, False, S.FAILED, "its output could not all be stored: full"),
+        (137, False, True, S.KILLED, "its output could not all be stored: full"),
+        (137, True, False, S.KILLED_OOM, "killed by the kernel: memory limit of 512 bytes "
+         "exceeded; its output could not all be stored: full"),
+    ],
+)  # fmt: skip
+def test_a_task_that_lost_output_says_so_whatever_its_end(
+    exit_code: int, oom: bool, kill: bool, status: S, error: str
+) -> None:
+    report = R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=exit_code, oom_killed=oom)
+    facts = TaskFacts(S.RUNNING, kill_requested=kill, memory_bytes=512, output_error="full")
+    outcome = on_report(facts, report)
+    assert outcome.status is status
+    assert outcome.fields["error_message"] == error
+
+
 def test_running_report_keeps_start_time_and_port() -> None:
     report = R(state=rpb.RUNNER_TASK_STATE_RUNNING, started_at=_stamp(1_700_000_000))
     fields = on_report(TaskFacts(S.ASSIGNING, ssh_port=2200), report).fields

@@ -385,22 +385,36 @@ def list_tasks(
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
 
 
-def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool) -> None:
+def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_lag: str) -> None:
     from hakuriver_common.proto.hakuriver.v1 import (
         log_service_pb2 as lpb,
         log_service_pb2_grpc,
         task_service_pb2_grpc,
     )
+    from hakuriver_common.units import parse_size
 
+    try:
+        lag = parse_size(max_lag) if max_lag else 0
+    except ValueError as exc:
+        fail(f"--max-lag: {exc}", code=2)
     out = sys.stdout.buffer
     with host_channel(cfg) as channel:
         tid = task_ref(task_service_pb2_grpc.TaskServiceStub(channel), task_id)
         stub = log_service_pb2_grpc.LogServiceStub(channel)
-        request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow)  # type: ignore[arg-type]
+        request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow, max_lag_bytes=lag)  # type: ignore[arg-type]
+        offset = 0
         try:
             for chunk in stub.ReadLog(request):
+                if chunk.offset > offset:
+                    out.flush()
+                    typer.echo(
+                        f"hakuriver: {chunk.offset - offset} bytes of output skipped "
+                        f"(--max-lag {max_lag})",
+                        err=True,
+                    )
                 out.write(chunk.data)
                 out.flush()
+                offset = chunk.offset + len(chunk.data)
         except KeyboardInterrupt:
             return
 
@@ -408,26 +422,41 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool) -> No
 FollowOption = Annotated[
     bool, typer.Option("--follow", "-f", help="Keep printing new output until the task finishes.")
 ]
+MaxLagOption = Annotated[
+    str,
+    typer.Option(
+        "--max-lag",
+        help="Never more than this far behind the end of the output (e.g. 1M): start near "
+        "the end, and skip ahead when the task writes faster than this reads, saying so on "
+        "stderr. Default: every byte.",
+    ),
+]
 
 
 @app.command()
 def stdout(
-    task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
+    task_id: TaskIdArgument,
+    follow: FollowOption = False,
+    max_lag: MaxLagOption = "",
+    config: ConfigOption = None,
 ) -> None:
     """Print a command task's standard output."""
     from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
-    _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDOUT, follow)
+    _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDOUT, follow, max_lag)
 
 
 @app.command()
 def stderr(
-    task_id: TaskIdArgument, follow: FollowOption = False, config: ConfigOption = None
+    task_id: TaskIdArgument,
+    follow: FollowOption = False,
+    max_lag: MaxLagOption = "",
+    config: ConfigOption = None,
 ) -> None:
     """Print a command task's standard error."""
     from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
-    _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDERR, follow)
+    _print_log(config_or_fail(config), task_id, task_pb2.LOG_STREAM_STDERR, follow, max_lag)
 
 
 @app.command("wait")

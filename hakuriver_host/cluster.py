@@ -285,18 +285,27 @@ class Cluster:
                 yield task
 
     async def read_log(
-        self, task_id: int, stream: int, offset: int, follow: bool, who: Principal
+        self,
+        task_id: int,
+        stream: int,
+        offset: int,
+        follow: bool,
+        who: Principal,
+        max_lag: int = 0,
     ) -> AsyncIterator[tuple[int, bytes]]:
         """(offset, bytes) of a task's output from ``offset``; with ``follow``, until the
-        task ends."""
+        task ends; with ``max_lag``, skipping ahead to stay within that many bytes of the
+        end."""
         task = await self.get_task(task_id, who)
         name = LOG_STREAMS.get(stream)
         if name is None:
             raise InvalidArgument("stream: must be STDOUT or STDERR")
         if offset < 0:
             raise InvalidArgument(f"offset: must not be negative, got {offset}")
+        if max_lag < 0:
+            raise InvalidArgument(f"max_lag_bytes: must not be negative, got {max_lag}")
         is_final = TaskStatus(task.status).is_final
-        async for piece in self.logs.read(task.task_id, name, offset, follow, is_final):
+        async for piece in self.logs.read(task.task_id, name, offset, follow, is_final, max_lag):
             yield piece
 
     # ----- control ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ A write that fails (a full disk) raises OutputError; the file keeps what was wri
 Followers get chunks through queues bounded in count and bytes (1 MiB); a follower that
 falls behind is not waited for: it is flagged and catches up from the file, which always
 holds every byte, so a slow reader costs the Host at most that much memory and never slows
-the writer or other readers.
+the writer or other readers. A reader that asked for a bound on its lag (``max_lag``) never
+reads more than that far behind the stored end: it skips ahead to the start of a line within
+the last ``max_lag`` bytes, and the offsets it is given show the jump.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -28,6 +30,8 @@ STDERR = "stderr"
 READ_CHUNK = 64 * 1024
 FOLLOWER_QUEUE = 256
 READER_THREADS = 4
+# How far past a skip's landing point the reader looks for a line start.
+LINE_PROBE = 4096
 # Output bytes queued for one live follower at most; a slower one reads from the file.
 FOLLOWER_BYTES = 1024 * 1024
 
@@ -166,33 +170,45 @@ class LogStore:
                     follower.lagging = True
             self._sizes.pop((task_id, stream), None)
 
-    def _read(self, path: Path, offset: int) -> bytes:
+    def _read(self, path: Path, offset: int, max_lag: int) -> tuple[int, bytes]:
+        """The next chunk from ``offset``; with ``max_lag``, from further on if the file's
+        end is more than that far ahead (at a line start when one is near)."""
         try:
             with path.open("rb") as f:
+                if max_lag:
+                    end = os.fstat(f.fileno()).st_size
+                    if end - offset > max_lag:
+                        offset = _line_start(f, end - max_lag, end)
                 f.seek(offset)
-                return f.read(READ_CHUNK)
+                return offset, f.read(READ_CHUNK)
         except FileNotFoundError:
-            return b""
+            return offset, b""
 
     async def _from_file(
-        self, task_id: int, stream: str, offset: int
+        self, task_id: int, stream: str, offset: int, max_lag: int
     ) -> AsyncIterator[tuple[int, bytes]]:
         path = self.path(task_id, stream)
         loop = asyncio.get_running_loop()
-        while data := await loop.run_in_executor(self._readers, self._read, path, offset):
+        while True:
+            offset, data = await loop.run_in_executor(
+                self._readers, self._read, path, offset, max_lag
+            )
+            if not data:
+                return
             yield offset, data
             offset += len(data)
 
     async def _follow(
-        self, follower: Follower, task_id: int, stream: str, offset: int
+        self, follower: Follower, task_id: int, stream: str, offset: int, max_lag: int
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Live chunks as they are stored; from the file again whenever the follower fell
-        behind (or a chunk left a gap), and once more at the end."""
+        behind (or a chunk left a gap, or it is more than ``max_lag`` behind the end), and
+        once more at the end."""
         while True:
             if follower.lagging:
                 follower.lagging = False
                 follower.drop_queued()
-                async for piece in self._from_file(task_id, stream, offset):
+                async for piece in self._from_file(task_id, stream, offset, max_lag):
                     yield piece
                     offset = piece[0] + len(piece[1])
                 if follower.closed:
@@ -200,31 +216,50 @@ class LogStore:
                 continue
             item = await follower.take()
             if item is None:
-                async for piece in self._from_file(task_id, stream, offset):
+                async for piece in self._from_file(task_id, stream, offset, max_lag):
                     yield piece
                 return
             chunk_offset, data = item
-            if chunk_offset > offset:
+            stored = self._sizes.get((task_id, stream), 0)
+            if chunk_offset > offset or (max_lag and stored - offset > max_lag):
                 follower.lagging = True
             elif chunk_offset + len(data) > offset:
                 yield offset, data[offset - chunk_offset :]
                 offset = chunk_offset + len(data)
 
     async def read(
-        self, task_id: int, stream: str, offset: int, follow: bool, is_final: bool
+        self,
+        task_id: int,
+        stream: str,
+        offset: int,
+        follow: bool,
+        is_final: bool,
+        max_lag: int = 0,
     ) -> AsyncIterator[tuple[int, bytes]]:
-        """Yield (offset, data) from ``offset``; with follow, until the task is closed."""
+        """Yield (offset, data) from ``offset``; with follow, until the task is closed;
+        with ``max_lag``, never more than that many bytes behind the stored end."""
         follower: Follower | None = None
         if follow and not is_final:
             follower = Follower()
             self._followers.setdefault((task_id, stream), set()).add(follower)
         try:
-            async for piece in self._from_file(task_id, stream, offset):
+            async for piece in self._from_file(task_id, stream, offset, max_lag):
                 yield piece
                 offset = piece[0] + len(piece[1])
             if follower is not None:
-                async for piece in self._follow(follower, task_id, stream, offset):
+                async for piece in self._follow(follower, task_id, stream, offset, max_lag):
                     yield piece
         finally:
             if follower is not None:
                 self._followers.get((task_id, stream), set()).discard(follower)
+
+
+def _line_start(f: BinaryIO, at: int, end: int) -> int:
+    """The offset just past the first line end at or after ``at`` (looking LINE_PROBE bytes
+    ahead), so a skip lands on a whole line; ``at`` itself when none is that near, or when
+    the line end is the file's last byte (nothing would be left to read)."""
+    f.seek(at)
+    newline = f.read(LINE_PROBE).find(b"\n")
+    if newline < 0 or at + newline + 1 >= end:
+        return at
+    return at + newline + 1

@@ -166,7 +166,12 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
         self, request: lpb.ReadLogRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[lpb.ReadLogResponse]:
         async for offset, data in self.cluster.read_log(
-            request.task_id, request.stream, request.offset, request.follow, caller()
+            request.task_id,
+            request.stream,
+            request.offset,
+            request.follow,
+            caller(),
+            request.max_lag_bytes,
         ):
             yield lpb.ReadLogResponse(offset=offset, data=data)
 

@@ -383,3 +383,21 @@ def test_two_quickstart_clusters_side_by_side(docker_ready: None, tmp_path: Path
     finally:
         for env in envs:
             subprocess.run([script, "stop"], env=env, capture_output=True, text=True)
+
+
+def test_stdout_with_a_lag_bound_prints_the_end_and_says_what_it_skipped(
+    cluster: ProcessCluster,
+) -> None:
+    task = cluster.submit(["seq", "1000000", "1099999"])  # 800,000 bytes, 8 a line
+    assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    tail = cluster.cli("task", "stdout", str(task.task_id), "--max-lag", "1K")
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert len(tail.stdout) <= 1000 and lines[-1] == "1099999"
+    assert all(len(line) == 7 for line in lines)  # whole lines only
+    skipped = 800_000 - len(tail.stdout)
+    assert tail.stderr.strip() == f"hakuriver: {skipped} bytes of output skipped (--max-lag 1K)"
+    whole = cluster.cli("task", "stdout", str(task.task_id))
+    assert len(whole.stdout) == 800_000 and whole.stderr == ""
+    bad = cluster.cli("task", "stdout", str(task.task_id), "--max-lag", "lots")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --max-lag: cannot parse size")

@@ -99,6 +99,33 @@ def test_a_task_from_the_form_streams_live_and_is_killed_from_the_page(site: Sit
     _no_problems(tab)
 
 
+def test_a_long_output_is_shown_from_near_its_end_with_a_notice(site: Site) -> None:
+    # 5 MiB of numbered lines (9 bytes each): the page asks for at most its last 2 MiB.
+    first, count = 10_000_000, 5 * 1024 * 1024 // 9
+    task = site.tasks_as(site.alice).SubmitTask(
+        tpb.SubmitTaskRequest(command="seq", arguments=[str(first), str(first + count - 1)]),
+        timeout=10,
+    )
+    task_id = task.tasks[0].task_id
+    assert site.cluster.wait_final(task_id, timeout=120).status == task_pb2.TASK_STATUS_COMPLETED
+    tab = site.tab(site.alice)
+    tab.goto(f"/tasks/{task_id}")
+    last = f"{first + count - 1}\n"
+    tab.page.wait_for_function(
+        "last => document.querySelector('[data-testid=stdout]')?.textContent.endsWith(last)",
+        arg=last,
+    )
+    expect(tab.page.get_by_text("Older output was trimmed or skipped")).to_be_visible()
+    # Read in the page: a failed expect() on 2 MiB of text would print all of it.
+    text = tab.page.get_by_test_id("stdout").evaluate(
+        "e => [e.textContent.slice(0, 60), e.textContent.slice(-9), e.textContent.length]"
+    )
+    assert re.match(r"\[… \d+ bytes skipped …\]\n\d{8}\n", text[0]), text[0]
+    assert text[1] == last, text[1]
+    assert text[2] < 2 * 1024 * 1024, text[2]
+    _no_problems(tab)
+
+
 def test_a_bad_value_shows_the_hosts_message_beside_its_field(site: Site) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         site.tasks_as(site.alice).SubmitTask(

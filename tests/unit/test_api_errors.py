@@ -77,6 +77,13 @@ async def test_streaming_rpcs_report_domain_errors_with_their_codes(
         CODE.INVALID_ARGUMENT,
         "offset: must not be negative, got -1",
     )
+    lag = lpb.ReadLogRequest(
+        task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, max_lag_bytes=-5
+    )
+    assert await _status_of_stream(logs.ReadLog(lag)) == (
+        CODE.INVALID_ARGUMENT,
+        "max_lag_bytes: must not be negative, got -5",
+    )
 
 
 async def test_runner_stream_must_start_with_register(local_cluster: LocalCluster) -> None:

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from hakuriver_common.proto.hakuriver.v1 import log_service_pb2 as lpb, task_pb2
+from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.log_store import FOLLOWER_BYTES, FOLLOWER_QUEUE, STDERR, STDOUT, LogStore
+from tests.fake_runner import exit_with
+from tests.unit.local_cluster import LocalCluster
 
 
 def make(tmp_path: Path) -> LogStore:
@@ -83,3 +89,70 @@ async def test_a_follower_holds_at_most_its_byte_bound(tmp_path: Path) -> None:
     first = await reading
     rest = b"".join([data async for _, data in agen])
     assert len(first[1]) + len(rest) == FOLLOWER_BYTES // len(big) * 3 * len(big)
+
+
+def numbered(first: int, count: int) -> bytes:
+    return b"".join(f"line {i:07d}\n".encode() for i in range(first, first + count))
+
+
+async def test_a_read_with_a_lag_bound_starts_near_the_end_at_a_line(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    content = numbered(0, 10_000)  # 13 bytes a line
+    await store.append(3, STDOUT, 0, content)
+    pieces = [p async for p in store.read(3, STDOUT, 0, False, True, max_lag=1000)]
+    start = pieces[0][0]
+    assert len(content) - 1000 <= start < len(content) - 1000 + 13
+    assert content[start - 1 : start] == b"\n"  # a whole line first
+    assert b"".join(data for _, data in pieces) == content[start:]
+    # Without the bound, every byte.
+    assert b"".join([d async for _, d in store.read(3, STDOUT, 0, False, True)]) == content
+
+
+async def test_a_follower_with_a_lag_bound_skips_ahead_and_says_where(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    max_lag = 64 * 1024
+    agen = store.read(5, STDOUT, 0, True, False, max_lag=max_lag)
+    written = b""
+    reader = asyncio.create_task(agen.__anext__())
+    await asyncio.sleep(0.05)
+    # The follower sits on its first chunk while 4 MiB are stored behind it.
+    for block in range(32):
+        data = numbered(block * 10_000, 10_000)
+        await store.append(5, STDOUT, len(written), data)
+        written += data
+    pieces = [await asyncio.wait_for(reader, 5)]
+    reading = asyncio.create_task(collect_pieces(agen))
+    await asyncio.sleep(0.05)
+    store.close(5)
+    pieces += await asyncio.wait_for(reading, 5)
+    # What it got: pieces of the file at their offsets, ending at the end, with at least
+    # one jump, each landing at a line start within max_lag of the end at the time.
+    for offset, data in pieces:
+        assert written[offset : offset + len(data)] == data
+    assert pieces[-1][0] + len(pieces[-1][1]) == len(written)
+    jumps = [
+        (prev[0] + len(prev[1]), offset)
+        for prev, (offset, _) in itertools.pairwise(pieces)
+        if offset != prev[0] + len(prev[1])
+    ]
+    assert jumps and all(to > end for end, to in jumps)
+    assert all(written[to - 1 : to] == b"\n" for _, to in jumps)
+    assert sum(len(d) for _, d in pieces) < len(written) // 4
+
+
+async def collect_pieces(agen: AsyncIterator[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    return [piece async for piece in agen]
+
+
+async def test_read_log_over_the_api_honours_the_lag_bound(local_cluster: LocalCluster) -> None:
+    content = numbered(0, 5_000)
+    await local_cluster.add_runner("a", answer=exit_with(0, stdout=content))
+    task = await local_cluster.submit("print")
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    request = lpb.ReadLogRequest(
+        task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, max_lag_bytes=100
+    )
+    pieces = [(p.offset, p.data) async for p in local_cluster.logs.ReadLog(request, timeout=5)]
+    start = pieces[0][0]
+    assert len(content) - 100 <= start and content[start - 1 : start] == b"\n"
+    assert b"".join(d for _, d in pieces) == content[start:]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hakuriver_common.proto.hakuriver.v1 import task_pb2 as hakuriver_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehakuriver/v1/log_service.proto\x12\x0chakuriver.v1\x1a\x17hakuriver/v1/task.proto\"\x8a\x01\n\x0eReadLogRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12/\n\x06stream\x18\x02 \x01(\x0e\x32\x17.hakuriver.v1.LogStreamR\x06stream\x12\x16\n\x06\x66ollow\x18\x03 \x01(\x08R\x06\x66ollow\x12\x16\n\x06offset\x18\x04 \x01(\x03R\x06offset\"=\n\x0fReadLogResponse\x12\x16\n\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta2V\n\nLogService\x12H\n\x07ReadLog\x12\x1c.hakuriver.v1.ReadLogRequest\x1a\x1d.hakuriver.v1.ReadLogResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ehakuriver/v1/log_service.proto\x12\x0chakuriver.v1\x1a\x17hakuriver/v1/task.proto\"\xae\x01\n\x0eReadLogRequest\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12/\n\x06stream\x18\x02 \x01(\x0e\x32\x17.hakuriver.v1.LogStreamR\x06stream\x12\x16\n\x06\x66ollow\x18\x03 \x01(\x08R\x06\x66ollow\x12\x16\n\x06offset\x18\x04 \x01(\x03R\x06offset\x12\"\n\rmax_lag_bytes\x18\x05 \x01(\x03R\x0bmaxLagBytes\"=\n\x0fReadLogResponse\x12\x16\n\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta2V\n\nLogService\x12H\n\x07ReadLog\x12\x1c.hakuriver.v1.ReadLogRequest\x1a\x1d.hakuriver.v1.ReadLogResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hakuriver.v1.log_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_READLOGREQUEST']._serialized_start=74
-  _globals['_READLOGREQUEST']._serialized_end=212
-  _globals['_READLOGRESPONSE']._serialized_start=214
-  _globals['_READLOGRESPONSE']._serialized_end=275
-  _globals['_LOGSERVICE']._serialized_start=277
-  _globals['_LOGSERVICE']._serialized_end=363
+  _globals['_READLOGREQUEST']._serialized_end=248
+  _globals['_READLOGRESPONSE']._serialized_start=250
+  _globals['_READLOGRESPONSE']._serialized_end=311
+  _globals['_LOGSERVICE']._serialized_start=313
+  _globals['_LOGSERVICE']._serialized_end=399
 # @@protoc_insertion_point(module_scope)

@@ -25,12 +25,20 @@ class ReadLogRequest(_message.Message):
     STREAM_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_LAG_BYTES_FIELD_NUMBER: _builtins.int
     task_id: _builtins.int
     stream: _task_pb2.LogStream.ValueType
     follow: _builtins.bool
     """Keep the stream open and send new output until the task finishes."""
     offset: _builtins.int
     """Byte offset to start from."""
+    max_lag_bytes: _builtins.int
+    """Never read more than this many bytes behind the end of what is stored: start, and skip
+    ahead whenever the reader falls further behind, at a line start within the last
+    max_lag_bytes. A skip shows as a response whose offset is past the end of the previous
+    one (or past the requested offset). 0: every byte is sent, however far behind the reader
+    is (the Host reads it back from storage; a slow reader never slows the task).
+    """
     def __init__(
         self,
         *,
@@ -38,10 +46,11 @@ class ReadLogRequest(_message.Message):
         stream: _task_pb2.LogStream.ValueType = ...,
         follow: _builtins.bool = ...,
         offset: _builtins.int = ...,
+        max_lag_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "offset", b"offset", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "max_lag_bytes", b"max_lag_bytes", "offset", b"offset", "stream", b"stream", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/log_service.proto.
  */
 export const file_hakuriver_v1_log_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch5oYWt1cml2ZXIvdjEvbG9nX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSJqCg5SZWFkTG9nUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDEicKBnN0cmVhbRgCIAEoDjIXLmhha3VyaXZlci52MS5Mb2dTdHJlYW0SDgoGZm9sbG93GAMgASgIEg4KBm9mZnNldBgEIAEoAyIvCg9SZWFkTG9nUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgDEgwKBGRhdGEYAiABKAwyVgoKTG9nU2VydmljZRJICgdSZWFkTG9nEhwuaGFrdXJpdmVyLnYxLlJlYWRMb2dSZXF1ZXN0Gh0uaGFrdXJpdmVyLnYxLlJlYWRMb2dSZXNwb25zZTABYgZwcm90bzM", [file_hakuriver_v1_task]);
+  fileDesc("Ch5oYWt1cml2ZXIvdjEvbG9nX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSKBAQoOUmVhZExvZ1JlcXVlc3QSDwoHdGFza19pZBgBIAEoAxInCgZzdHJlYW0YAiABKA4yFy5oYWt1cml2ZXIudjEuTG9nU3RyZWFtEg4KBmZvbGxvdxgDIAEoCBIOCgZvZmZzZXQYBCABKAMSFQoNbWF4X2xhZ19ieXRlcxgFIAEoAyIvCg9SZWFkTG9nUmVzcG9uc2USDgoGb2Zmc2V0GAEgASgDEgwKBGRhdGEYAiABKAwyVgoKTG9nU2VydmljZRJICgdSZWFkTG9nEhwuaGFrdXJpdmVyLnYxLlJlYWRMb2dSZXF1ZXN0Gh0uaGFrdXJpdmVyLnYxLlJlYWRMb2dSZXNwb25zZTABYgZwcm90bzM", [file_hakuriver_v1_task]);
 
 /**
  * @generated from message hakuriver.v1.ReadLogRequest
@@ -41,6 +41,17 @@ export type ReadLogRequest = Message<"hakuriver.v1.ReadLogRequest"> & {
    * @generated from field: int64 offset = 4;
    */
   offset: bigint;
+
+  /**
+   * Never read more than this many bytes behind the end of what is stored: start, and skip
+   * ahead whenever the reader falls further behind, at a line start within the last
+   * max_lag_bytes. A skip shows as a response whose offset is past the end of the previous
+   * one (or past the requested offset). 0: every byte is sent, however far behind the reader
+   * is (the Host reads it back from storage; a slow reader never slows the task).
+   *
+   * @generated from field: int64 max_lag_bytes = 5;
+   */
+  maxLagBytes: bigint;
 };
 
 /**

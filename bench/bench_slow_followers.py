@@ -25,7 +25,7 @@ from pathlib import Path
 
 import grpc
 
-from hakuriver_common.channels import open_channel
+from hakuriver_common.channels import NEAR_THE_END, open_channel
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
@@ -141,27 +141,33 @@ class RssSampler:
 def follow(
     cluster: ProcessCluster,
     task_id: int,
-    on_data: Callable[[bytes], None],
+    on_data: Callable[[int, bytes], None],
     stop: threading.Event,
     pause: float = 0,
+    max_lag: int = 0,
 ) -> tuple[threading.Thread, list[int]]:
     """Follow a task's stdout on a connection of its own in a thread, calling ``on_data``
-    with each message's bytes (then sleeping ``pause``), until the stream ends or ``stop``."""
+    with each message's offset and bytes (then sleeping ``pause``), until the stream ends or
+    ``stop``; ``max_lag`` is the request's ``max_lag_bytes``."""
     received = [0]
 
     def run() -> None:
-        with open_channel(cluster.client_config, cluster.admin_token) as channel:
+        options = NEAR_THE_END if max_lag else ()
+        with open_channel(cluster.client_config, cluster.admin_token, options) as channel:
             logs = log_service_pb2_grpc.LogServiceStub(channel)
-            call = logs.ReadLog(
-                lpb.ReadLogRequest(task_id=task_id, stream=task_pb2.LOG_STREAM_STDOUT, follow=True),
-                timeout=FOLLOW_TIMEOUT,
+            request = lpb.ReadLogRequest(
+                task_id=task_id,
+                stream=task_pb2.LOG_STREAM_STDOUT,
+                follow=True,
+                max_lag_bytes=max_lag,
             )
+            call = logs.ReadLog(request, timeout=FOLLOW_TIMEOUT)
             watcher = threading.Thread(target=lambda: (stop.wait(), call.cancel()), daemon=True)
             watcher.start()
             try:
                 for message in call:
                     received[0] += len(message.data)
-                    on_data(message.data)
+                    on_data(message.offset, message.data)
                     if pause and stop.wait(pause):
                         break
             except grpc.RpcError as exc:
@@ -231,7 +237,7 @@ def ticker(cluster: ProcessCluster, counts: Counts) -> Latencies:
     pending = bytearray()
     found = Latencies()
 
-    def on_data(data: bytes) -> None:
+    def on_data(_offset: int, data: bytes) -> None:
         now, boot = time.time(), boottime()
         pending.extend(data)
         *lines, rest = bytes(pending).split(b"\n")
@@ -279,7 +285,7 @@ def flood(cluster: ProcessCluster, counts: Counts, followers: int) -> Flood:
     )
     stop = threading.Event()
     readers = [
-        follow(cluster, task.task_id, lambda _d: None, stop, pause=counts.follower_pause)
+        follow(cluster, task.task_id, lambda _o, _d: None, stop, pause=counts.follower_pause)
         for _ in range(followers)
     ]
     cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})

@@ -156,18 +156,21 @@ def describe_rpc_error(exc: grpc.RpcError, target: str, config: ClientConfig | N
 
 
 @contextmanager
-def host_channel(config: ClientConfig, reconnect_seconds: float = 0.0) -> Iterator[grpc.Channel]:
+def host_channel(
+    config: ClientConfig, reconnect_seconds: float = 0.0, near_the_end: bool = False
+) -> Iterator[grpc.Channel]:
     """A channel to the Host; ``reconnect_seconds`` caps the wait between reconnect attempts
-    after the Host went away (gRPC's own backoff grows to minutes)."""
+    after the Host went away (gRPC's own backoff grows to minutes); ``near_the_end`` for a
+    log reader with a lag bound (see channels.NEAR_THE_END)."""
     import grpc
 
-    from hakuriver_common.channels import TlsSetupError, open_channel
+    from hakuriver_common.channels import NEAR_THE_END, TlsSetupError, open_channel
     from hakuriver_common.credentials import CredentialsError, api_token
 
-    options = []
+    options = list(NEAR_THE_END) if near_the_end else []
     if reconnect_seconds > 0:
         backoff_ms = max(1, int(reconnect_seconds * 1000))
-        options = [
+        options += [
             ("grpc.initial_reconnect_backoff_ms", backoff_ms),
             ("grpc.min_reconnect_backoff_ms", backoff_ms),
             ("grpc.max_reconnect_backoff_ms", backoff_ms),

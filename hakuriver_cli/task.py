@@ -398,7 +398,7 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
     except ValueError as exc:
         fail(f"--max-lag: {exc}", code=2)
     out = sys.stdout.buffer
-    with host_channel(cfg) as channel:
+    with host_channel(cfg, near_the_end=lag > 0) as channel:
         tid = task_ref(task_service_pb2_grpc.TaskServiceStub(channel), task_id)
         stub = log_service_pb2_grpc.LogServiceStub(channel)
         request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow, max_lag_bytes=lag)  # type: ignore[arg-type]

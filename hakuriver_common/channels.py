@@ -40,6 +40,12 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     return grpc.ssl_channel_credentials(ca.read_bytes())
 
 
+# For a reader that asked the Host to keep it near the end of a task's output
+# (ReadLogRequest.max_lag_bytes): no growth of the receive window by bandwidth probing, so
+# output waits on the Host, which skips it ahead, not megabytes deep in this client's buffer.
+NEAR_THE_END: Options = (("grpc.http2.bdp_probe", 0),)
+
+
 def _options(config: ClientConfig, options: Options) -> list[tuple[str, Any]]:
     found = list(options)
     if config.tls.server_name and not config.tls.plaintext:

@@ -17,6 +17,7 @@ command -v chromium >/dev/null || apt_install chromium
 "$PY" -m bench.bench_heartbeats
 "$PY" -m bench.bench_restart
 "$PY" -m bench.bench_slow_followers
+"$PY" -m bench.bench_fast_followers
 "$PY" -m bench.bench_output
 "$PY" -m bench.bench_runner_footprint
 "$PY" -m bench.bench_ssh

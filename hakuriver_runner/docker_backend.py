@@ -21,6 +21,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.types import DeviceRequest, Mount
 
 from hakuriver_common.config import Config
@@ -44,7 +45,7 @@ from hakuriver_runner.backend import (
     id_list,
     task_variables,
 )
-from hakuriver_runner.docker_logs import follow_output
+from hakuriver_runner.docker_logs import Attached, follow_output
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,11 @@ GONE_MESSAGE = "its container disappeared (removed outside HakuRiver)"
 # How long a follow or wait keeps asking a Docker daemon that went away (a restart).
 DAEMON_AWAY_SECONDS = 120.0
 DAEMON_RETRY_SECONDS = 1.0
+# How long after its attachment ends a container has to be reported exited, and how long
+# before that end it must have exited; else the attachment was cut and the output is
+# followed from the log.
+ATTACH_END_SECONDS = 5.0
+ATTACH_END_SLACK = 0.5
 # A VPS container: the key for root, host keys, then sshd in the foreground on loopback only
 # (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
 VPS_SCRIPT = """
@@ -158,6 +164,10 @@ class DockerBackend:
         self._preparing = threading.Lock()
         self._loads_seen = 0
         self._scans = 0
+        # Command containers this Runner started, attached to before their start, by
+        # container id: ``follow`` reads their output from the attachment.
+        self._attached: dict[str, tuple[int, Attached]] = {}
+        self._attaching = threading.Lock()
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -231,9 +241,11 @@ class DockerBackend:
     def follow(
         self, handle: Any, skips: tuple[int, int], emits: tuple[Emit, Emit], follow: LogFollow
     ) -> tuple[int, int]:
-        """Emit output past the skips until the container ends. A lost connection to the
-        daemon (a restart of dockerd) is followed again from where it stopped, for up to
-        DAEMON_AWAY_SECONDS; a removed container ends the follow."""
+        """Emit output past the skips until the container ends: from its attachment when
+        this Runner started it (see docker_logs), else, or once the attachment ends early,
+        from its log. A lost connection to the daemon (a restart of dockerd) is followed
+        again from where it stopped, for up to DAEMON_AWAY_SECONDS; a removed container
+        ends the follow."""
         sent = list(skips)
 
         def tracked(index: int) -> Emit:
@@ -244,6 +256,19 @@ class DockerBackend:
             return emit
 
         trackers = (tracked(0), tracked(1))
+        with self._attaching:
+            _, attached = self._attached.pop(handle.id, (0, None))
+        if attached is not None:
+            follow.on_cancel(attached.close)
+            try:
+                emit_past(attached.blocks(), (sent[0], sent[1]), trackers, follow)
+            except OSError as exc:
+                log.info("%s: attachment lost (%s)", handle.id, exc)
+            finally:
+                attached.close()
+            if follow.cancelled or self._ended_with(handle, time.time()):
+                return sent[0], sent[1]
+            log.info("%s: its attachment ended early; following its log", handle.id)
         away_since: float | None = None
         while not follow.cancelled:
             try:
@@ -264,6 +289,23 @@ class DockerBackend:
                 self._interrupted.add(handle.id)
                 follow.wait(DAEMON_RETRY_SECONDS)
         return sent[0], sent[1]
+
+    def _ended_with(self, container: Any, ended_at: float) -> bool:
+        """Did the container's output end with the container, its attachment having ended at
+        ``ended_at``? An attachment ends a moment after its container exits (the daemon
+        says so a moment later still); one that ended while the container ran on was cut
+        (the daemon went away), and the log holds the rest."""
+        api = self.client.api
+        try:
+            api.wait(container.id, timeout=ATTACH_END_SECONDS)
+            finished = _parse_docker_time(
+                api.inspect_container(container.id)["State"].get("FinishedAt")
+            )
+        except docker.errors.NotFound:
+            return True
+        except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+            return False
+        return finished is not None and finished.timestamp() <= ended_at + ATTACH_END_SLACK
 
     def _labels(self) -> list[str]:
         return [f"{LABEL_CLUSTER}={self.cluster_id}", f"{LABEL_RUNNER}={self.runner_name}"]
@@ -483,19 +525,54 @@ class DockerBackend:
         return existing
 
     def _start_new(self, dispatch: rpb.DispatchCommand, container: Any) -> Any | None:
-        """Start a container created for this dispatch; None when it was removed meanwhile
-        (a prepared one a scan took). What else fails is the task's start failure."""
+        """Start a container created for this dispatch, a command task's attached to first
+        (see ``follow``); None when it was removed meanwhile (a prepared one a scan took).
+        What else fails is the task's start failure."""
+        command = dispatch.kind == task_pb2.TASK_KIND_COMMAND
+        attached = self._attach(dispatch.task_id, container) if command else None
         try:
             container.start()
         except docker.errors.NotFound:
+            self._detach(container.id, attached)
             return None
         except docker.errors.APIError as exc:
+            self._detach(container.id, attached)
             if self.config.docker.keep_failed_containers:
                 self.kept.add(dispatch.task_id)
             else:
                 self._remove_quietly(self.container_name(dispatch.task_id))
             raise StartError(f"docker could not start the container: {_why(exc)}") from None
         return container
+
+    def _attach(self, task_id: int, container: Any) -> Attached | None:
+        """Attach to a created container's output; None if the daemon would not (its log
+        is followed instead)."""
+        try:
+            attached = Attached(container)
+        except (docker.errors.DockerException, OSError) as exc:
+            log.info("%s: could not attach (%s); its log will be followed", container.id, exc)
+            return None
+        with self._attaching:
+            self._attached[container.id] = (task_id, attached)
+        return attached
+
+    def _detach(self, container_id: str, attached: Attached | None) -> None:
+        if attached is None:
+            return
+        with self._attaching:
+            if self._attached.get(container_id, (0, None))[1] is attached:
+                del self._attached[container_id]
+        attached.close()
+
+    def detach_unread(self) -> None:
+        """Close the attachments no follow has taken yet: the stream to the Host is gone,
+        nobody may read them for a long time, and an unread attachment holds its container's
+        writes once the daemon's buffer is full. Their tasks' output is followed from the
+        log when the stream is back."""
+        with self._attaching:
+            unread, self._attached = self._attached, {}
+        for _, attached in unread.values():
+            attached.close()
 
     def _remove_quietly(self, name: str) -> None:
         with contextlib.suppress(docker.errors.DockerException):
@@ -590,6 +667,10 @@ class DockerBackend:
     def remove(self, task_id: int) -> None:
         with self._preparing:
             self.prepared.pop(task_id, None)
+        with self._attaching:
+            unread = [(cid, a) for cid, (tid, a) in self._attached.items() if tid == task_id]
+        for container_id, attached in unread:
+            self._detach(container_id, attached)
         if task_id in self.kept:
             log.info("task %s: keeping its failed container for inspection", task_id)
             return

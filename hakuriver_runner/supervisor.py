@@ -101,6 +101,7 @@ class Supervisor:
         for watcher in watchers:
             watcher.cancel()
         self._watchers.clear()
+        self.docker.detach_unread()
         return watchers
 
     # ----- commands from the Host -------------------------------------------------------

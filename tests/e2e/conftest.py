@@ -7,14 +7,17 @@ without Docker they are skipped with the reason.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
+from hakuriver_runner.docker_backend import DockerBackend
 from tests.e2e.browser import browser as browser
 from tests.e2e.harness import BASE_ENV, SSHD_ENV, ProcessCluster, running_cluster
+from tests.unit.local_cluster import local_config
 
 
 def _docker_problem() -> str | None:
@@ -72,3 +75,16 @@ def fresh_cluster(docker_ready: None, tmp_path: Path) -> Iterator[ProcessCluster
     """A cluster of one Runner of the test's own, for tests that kill processes."""
     with running_cluster(tmp_path, runner_count=1) as c:
         yield c
+
+
+@pytest.fixture
+def backend(docker_ready: None, tmp_path: Path) -> Iterator[DockerBackend]:
+    """The Runner's Docker backend alone, against the real daemon, as a cluster of its own:
+    its containers are removed afterwards."""
+    made = DockerBackend(local_config(tmp_path), "edge-" + uuid.uuid4().hex[:8])
+    made.cluster_id = uuid.uuid4().hex[:12]
+    yield made
+    for container in made.client.containers.list(
+        all=True, filters={"label": f"hakuriver.cluster={made.cluster_id}"}
+    ):
+        container.remove(force=True)

@@ -33,6 +33,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
+    runner_service_pb2 as rpb,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
@@ -45,6 +46,24 @@ T = TypeVar("T")
 BASE_ENV = "hakuriver-base"
 SSHD_ENV = "hakuriver-sshd"
 FINAL = FINAL_TASK_STATUSES
+
+
+def command_dispatch(
+    argv: list[str], task_id: int, cpus: tuple[int, ...] = ()
+) -> rpb.DispatchCommand:
+    """What the Host sends a Runner for a one-core command task in the base image, with no
+    network: for tests of the Runner's Docker edge alone."""
+    return rpb.DispatchCommand(
+        task_id=task_id,
+        kind=task_pb2.TASK_KIND_COMMAND,
+        image=f"hakuriver/{BASE_ENV}:base",
+        container_name=BASE_ENV,
+        command=argv[0],
+        arguments=argv[1:],
+        cores=1,
+        cpus=cpus,
+        network=task_pb2.TASK_NETWORK_NONE,
+    )
 
 
 def free_port() -> int:

@@ -5,44 +5,18 @@ and of an environment load, played one step at a time."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
 import docker
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.docker_backend import DockerBackend
-from tests.e2e.harness import BASE_ENV
-from tests.unit.local_cluster import local_config
+from tests.e2e.harness import command_dispatch
 
 pytestmark = pytest.mark.docker
 
 
-@pytest.fixture
-def backend(docker_ready: None, tmp_path: Path) -> Iterator[DockerBackend]:
-    made = DockerBackend(local_config(tmp_path), "prep-" + uuid.uuid4().hex[:8])
-    made.cluster_id = uuid.uuid4().hex[:12]
-    yield made
-    for container in made.client.containers.list(
-        all=True, filters={"label": f"hakuriver.cluster={made.cluster_id}"}
-    ):
-        container.remove(force=True)
-
-
 def _dispatch(cpu: int, task_id: int = 7) -> rpb.DispatchCommand:
-    return rpb.DispatchCommand(
-        task_id=task_id,
-        kind=task_pb2.TASK_KIND_COMMAND,
-        image=f"hakuriver/{BASE_ENV}:base",
-        container_name=BASE_ENV,
-        command="sleep",
-        arguments=["60"],
-        cores=1,
-        cpus=[cpu],
-        network=task_pb2.TASK_NETWORK_NONE,
-    )
+    return command_dispatch(["sleep", "60"], task_id, (cpu,))
 
 
 def _containers(backend: DockerBackend) -> list[docker.models.containers.Container]:

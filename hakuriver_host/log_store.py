@@ -224,7 +224,10 @@ class LogStore:
             if chunk_offset > offset or (max_lag and stored - offset > max_lag):
                 follower.lagging = True
             elif chunk_offset + len(data) > offset:
-                yield offset, data[offset - chunk_offset :]
+                # In pieces of READ_CHUNK, as from the file: a stream's transport holds one
+                # message while its reader is slow, so a piece bounds what it holds.
+                for at in range(offset - chunk_offset, len(data), READ_CHUNK):
+                    yield chunk_offset + at, data[at : at + READ_CHUNK]
                 offset = chunk_offset + len(data)
 
     async def read(

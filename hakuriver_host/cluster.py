@@ -36,7 +36,7 @@ from hakuriver_host.errors import (
     Unavailable,
 )
 from hakuriver_host.identity import Principal
-from hakuriver_host.log_store import STDERR, STDOUT, LogStore
+from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
@@ -198,7 +198,7 @@ class Cluster:
         def output_paths(task_id: int) -> tuple[str, str]:
             if vps:
                 return "", ""
-            return str(self.logs.path(task_id, STDOUT)), str(self.logs.path(task_id, STDERR))
+            return self.logs.paths(task_id)
 
         records = records_of(plan, task_ids, batch_id, utcnow(), output_paths, who.name)
         if not vps:

@@ -83,6 +83,7 @@ class LogStore:
         self._dirs = {STDOUT: outputs_dir, STDERR: errors_dir}
         for directory in self._dirs.values():
             directory.mkdir(parents=True, exist_ok=True)
+        self._prefixes = (os.path.join(outputs_dir, ""), os.path.join(errors_dir, ""))
         self._sizes: dict[tuple[int, str], int] = {}
         self._followers: dict[tuple[int, str], set[Follower]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-logs")
@@ -96,6 +97,12 @@ class LogStore:
     def path(self, task_id: int, stream: str) -> Path:
         suffix = ".out" if stream == STDOUT else ".err"
         return self._dirs[stream] / f"{task_id}{suffix}"
+
+    def paths(self, task_id: int) -> tuple[str, str]:
+        """``path`` of stdout and stderr as text, by formatting alone: a job array's
+        submission builds these for every task, and two Paths a task cost it a third of its
+        time."""
+        return f"{self._prefixes[0]}{task_id}.out", f"{self._prefixes[1]}{task_id}.err"
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -256,22 +256,37 @@ class Scheduler:
         are worked out for the best-ranked node first, falling back in rank order when its
         free CPUs do not suit a NUMA constraint or its free GPUs miss named ids.
         """
+        return self._choose(request, excluded)[0]
+
+    def _choose(
+        self, request: Request, excluded: set[str] | None
+    ) -> tuple[Allocation | None, NodeResources | None]:
+        """``choose``, and the node when it was the best-ranked one (else None)."""
         roomy = [
             n
             for n in self._candidates(request)
             if n.accepts_work and not (excluded and n.hostname in excluded) and n.has_room(request)
         ]
         if not roomy:
-            return None
+            return None, None
         best = min(roomy, key=_fit_key)
         allocation = best.fit(request)
         if allocation is not None:
-            return allocation
+            return allocation, best
         for node in sorted(roomy, key=_fit_key):
             allocation = node.fit(request)
             if allocation is not None:
-                return allocation
-        return None
+                return allocation, None
+        return None, None
+
+    @staticmethod
+    def _again(node: NodeResources, request: Request, excluded: set[str]) -> Allocation | None:
+        """``choose`` for a request alike the one just placed as the best fit on ``node``,
+        with nothing placed since: taking room only lowered that node's rank key, so it is
+        still the best-ranked node if it still has room (None: ask ``choose``)."""
+        if node.hostname in excluded or not node.accepts_work or not node.has_room(request):
+            return None
+        return node.fit(request)
 
     def allocate(self, task_id: int, allocation: Allocation, group: int = 0) -> None:
         """Record that a task holds ``allocation`` (also used to restore state on start)."""
@@ -318,6 +333,9 @@ class Scheduler:
         placed: list[tuple[Request, Allocation]] = []
         reserved: set[str] = set()
         no_room: set[tuple[object, ...]] = set()
+        # The line placed last and its node, when that was the best fit: the line's next
+        # request goes there too while it has room (``_again``), without ranking every node.
+        streak: tuple[tuple[object, ...], NodeResources | None] = ((), None)
         heads = [(_rank(r), key) for key, r in queue.heads()]
         heapq.heapify(heads)
         while heads:
@@ -330,7 +348,12 @@ class Scheduler:
             shape = _shape(request)
             if shape in no_room:
                 continue
-            allocation = self.choose(request, excluded=reserved)
+            allocation, best = None, None
+            if streak[0] == key and streak[1] is not None:
+                allocation = self._again(streak[1], request, reserved)
+                best = streak[1] if allocation is not None else None
+            if allocation is None:
+                allocation, best = self._choose(request, reserved)
             if allocation is None:
                 no_room.add(shape)
                 if now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
@@ -339,6 +362,7 @@ class Scheduler:
                         reserved.add(hostname)
                 continue
             self.allocate(request.task_id, allocation, request.group)
+            streak = (key, best)
             placed.append((request, allocation))
             queue.discard(request.task_id)
             following = queue.head(key)

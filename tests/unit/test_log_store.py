@@ -156,3 +156,8 @@ async def test_read_log_over_the_api_honours_the_lag_bound(local_cluster: LocalC
     start = pieces[0][0]
     assert len(content) - 100 <= start and content[start - 1 : start] == b"\n"
     assert b"".join(d for _, d in pieces) == content[start:]
+
+
+def test_the_paths_as_text_are_the_paths(tmp_path: Path) -> None:
+    store = make(tmp_path)
+    assert store.paths(42) == (str(store.path(42, STDOUT)), str(store.path(42, STDERR)))

@@ -310,6 +310,22 @@ def test_lines_of_alike_requests_place_exactly_what_one_by_one_would(
             assert slow.release(allocation.hostname, request.task_id)
 
 
+def test_a_line_placed_on_a_node_a_starving_request_then_reserved_goes_no_further_there() -> None:
+    """A line of alike requests goes on filling the node it was just placed on, unless a
+    starving request reserved that node in between."""
+    scheduler = Scheduler(starvation_seconds=60)
+    scheduler.upsert_node("a", tuple(range(8)), 64)
+    scheduler.upsert_node("b", tuple(range(8)), 64)
+    scheduler.allocate(1, Allocation("a", (0, 1), 0))
+    scheduler.allocate(2, Allocation("b", tuple(range(7)), 0))
+    first, second = (
+        Request(task_id(NOW - age, n), 2, 0) for n, age in ((3, 200_000), (5, 100_000))
+    )
+    big = Request(task_id(NOW - 120_000, 4), 7, 0)  # starving, fits nowhere now: reserves "a"
+    placed = scheduler.plan(PendingQueue([first, second, big]), now_ms=NOW)
+    assert [(r.task_id, a.hostname) for r, a in placed] == [(first.task_id, "a")]
+
+
 def _busy_pair() -> Scheduler:
     """Node "a" with CPUs 0 and 1, held by tasks 1 then 2."""
     scheduler = Scheduler()

@@ -156,6 +156,13 @@ class HostMetrics:
             for gauge in self._gpu_gauges:
                 gauge.remove(node, gpu)
 
+    def tasks_added(self, kind: str, count: int) -> None:
+        """``count`` new pending tasks of ``kind``, counted at once (a job array is one
+        submission)."""
+        self.tasks.labels(status=TaskStatus.PENDING.value, kind=kind).inc(count)
+        self.queue_depth.inc(count)
+        self.tasks_submitted.labels(kind=kind).inc(count)
+
     def task_moved(self, old: TaskStatus | None, new: TaskStatus, kind: str) -> None:
         if old is not None:
             self.tasks.labels(status=old.value, kind=kind).dec()

@@ -9,6 +9,7 @@ webhooks and watchers.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -112,9 +113,9 @@ class TaskBook:
             self.active[record.task_id] = record
             self.pending[record.task_id] = record
             self.queue.add(request_of(record))
-            self.metrics.task_moved(None, TaskStatus.PENDING, record.kind)
-            self.metrics.tasks_submitted.labels(kind=record.kind).inc()
             self._tell_lists(record)
+        for kind, count in Counter(record.kind for record in records).items():
+            self.metrics.tasks_added(kind, count)
 
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when

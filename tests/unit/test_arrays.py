@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.arrays import parse_array
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.test_metrics_auth import scrape
 
 
 def _array(indices: list[int], max_running: int = 0, **fields: object) -> tpb.SubmitTaskRequest:
@@ -229,3 +231,19 @@ async def test_an_array_goes_to_a_runner_in_batched_dispatches_when_it_takes_the
     await eventually(lambda: len(batched.running) == len(alone.running) == 200)
     assert max(batched.dispatch_messages) > 1 and sum(batched.dispatch_messages) == 200
     assert alone.dispatch_messages == [1] * 200
+
+
+async def test_an_array_counts_in_the_metrics_as_its_tasks(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    await local_cluster.tasks.SubmitTask(_array(list(range(7))), timeout=5)
+    _, _, body = await scrape(local_cluster)
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+    kind = (("kind", "command"),)
+    assert values[("hakuriver_tasks_submitted_total", kind)] == 7
+    assert values[("hakuriver_queue_depth", ())] == 6  # one placed on the one core
+    assert values[("hakuriver_tasks", (("kind", "command"), ("status", "pending")))] == 6
+    assert values[("hakuriver_tasks", (("kind", "command"), ("status", "assigning")))] == 1

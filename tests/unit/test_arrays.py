@@ -236,14 +236,23 @@ async def test_an_array_goes_to_a_runner_in_batched_dispatches_when_it_takes_the
 async def test_an_array_counts_in_the_metrics_as_its_tasks(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", cores=1, answer=HOLD)
     await local_cluster.tasks.SubmitTask(_array(list(range(7))), timeout=5)
-    _, _, body = await scrape(local_cluster)
-    values = {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(body)
-        for sample in family.samples
-    }
-    kind = (("kind", "command"),)
-    assert values[("hakuriver_tasks_submitted_total", kind)] == 7
-    assert values[("hakuriver_queue_depth", ())] == 6  # one placed on the one core
-    assert values[("hakuriver_tasks", (("kind", "command"), ("status", "pending")))] == 6
-    assert values[("hakuriver_tasks", (("kind", "command"), ("status", "assigning")))] == 1
+    command = (("kind", "command"),)
+
+    async def values() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        _, _, body = await scrape(local_cluster)
+        found = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body)
+            for sample in family.samples
+        }
+        # The placement is counted once it is stored (then the task runs).
+        placed = sum(
+            found.get(("hakuriver_tasks", (*command, ("status", status))), 0)
+            for status in ("assigning", "running")
+        )
+        return found if placed == 1 else None
+
+    found = await eventually(values, what="the placed task counted")
+    assert found[("hakuriver_tasks_submitted_total", command)] == 7
+    assert found[("hakuriver_queue_depth", ())] == 6  # one placed on the one core
+    assert found[("hakuriver_tasks", (*command, ("status", "pending")))] == 6

@@ -73,30 +73,30 @@ class Store:
         self.engine = make_engine(url)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
         self._writes = GroupCommit(self._apply, self.executor)
+        # New tasks in a lane of their own, on the same thread: a submission waits for the
+        # transaction being written, not for the changes queued behind it (thousands while
+        # a job array runs). Safe to reorder: a task is changed only once its row is stored.
+        self._submissions = GroupCommit(self._apply, self.executor)
         self._node_writes = GroupCommit(self._save_nodes, self.executor)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
 
-    async def write(
-        self,
-        inserts: list[dict[str, Any]] | None = None,
-        updates: list[dict[str, Any]] | None = None,
-        events: list[dict[str, Any]] | None = None,
+    async def insert_tasks(
+        self, inserts: list[dict[str, Any]], events: list[dict[str, Any]]
     ) -> None:
-        """Insert new task rows, update existing ones (by task_id; only the columns given),
-        append timeline events; return once committed."""
-        await self.queue_write(inserts, updates, events)
+        """Insert new task rows with their first events; return once committed. Committed
+        ahead of the changes queued before (see ``_submissions``)."""
+        await self._submissions.submit([TaskWrite(inserts, [], events)])
 
     def queue_write(
-        self,
-        inserts: list[dict[str, Any]] | None = None,
-        updates: list[dict[str, Any]] | None = None,
-        events: list[dict[str, Any]] | None = None,
+        self, updates: list[dict[str, Any]], events: list[dict[str, Any]]
     ) -> asyncio.Future[None]:
-        """``write``, queued now: writes are committed in the order of these calls."""
-        return self._writes.enqueue([TaskWrite(inserts or [], updates or [], events or [])])
+        """Update existing task rows (by task_id; only the columns given) and append timeline
+        events, queued now: these writes are committed in the order of these calls; the
+        future is done once committed."""
+        return self._writes.enqueue([TaskWrite([], updates, events)])
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a

@@ -107,7 +107,7 @@ class TaskBook:
         """New pending tasks: stored with their first event, then queued."""
         now = records[0].submitted_at if records else utcnow()
         events = [_event(r.task_id, r.status, now, detail) for r in records]
-        await self.store.write(inserts=[r.model_dump() for r in records], events=events)
+        await self.store.insert_tasks([r.model_dump() for r in records], events)
         self._positions = None
         for record in records:
             self.active[record.task_id] = record

@@ -1,12 +1,16 @@
-"""The database adapter: an older database gains new columns on start, rows intact."""
+"""The database adapter: an older database gains new columns on start, rows intact; new
+tasks are committed ahead of changes queued before them."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
-from hakuriver_host.store import Store
+import pytest
+
+from hakuriver_host.store import Store, TaskWrite
 
 
 def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
@@ -54,3 +58,33 @@ def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
     assert {"gpu_count", "assigned_cpus"} <= columns
+
+
+async def test_new_tasks_are_committed_ahead_of_changes_queued_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one transaction is written, a submission waits for it alone, not for the
+    changes queued behind it (a job array's thousands of placements)."""
+    applied: list[list[str]] = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def record(store: Store, writes: list[TaskWrite]) -> None:
+        names = [row["name"] for w in writes for row in (*w.inserts, *w.updates)]
+        if not applied:
+            first_started.set()
+            release.wait(10)
+        applied.append(names)
+
+    monkeypatch.setattr(Store, "_apply", record)
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        being_written = store.queue_write([{"name": "change 1"}], [])
+        await asyncio.to_thread(first_started.wait, 10)
+        queued = store.queue_write([{"name": "change 2"}], [])
+        submitted = asyncio.create_task(store.insert_tasks([{"name": "new task"}], []))
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(being_written, queued, submitted), 10)
+    finally:
+        store.close()
+    assert applied == [["change 1"], ["new task"], ["change 2"]]

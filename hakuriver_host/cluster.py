@@ -56,6 +56,8 @@ from hakuriver_host.tunnels import Tunnel, TunnelHub
 from hakuriver_host.webhooks import Notifier
 
 log = logging.getLogger(__name__)
+# Placements stored and dispatched between two turns of the event loop for other work.
+PLACEMENT_SLICE = 256
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
@@ -405,9 +407,9 @@ class Cluster:
             await self._kick.wait()
             self._kick.clear()
             waiters, self._pass_waiters = self._pass_waiters, []
-            stores: list[Coroutine[Any, Any, None]] = []
+            placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]] = []
             try:
-                stores = self._place_pending()
+                placed = self._place_pending()
                 self._foresee()
             except Exception:
                 log.exception("placement failed")
@@ -418,17 +420,42 @@ class Cluster:
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
-            try:
-                await asyncio.gather(*stores)
-            except Exception:
-                log.exception("storing placements failed")
+            await self._store_and_dispatch(placed)
 
-    def _place_pending(self) -> list[Coroutine[Any, Any, None]]:
-        """Place what fits now, in memory; the coroutines store each placement and then
-        dispatch it."""
+    async def _store_and_dispatch(
+        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
+    ) -> None:
+        """Dispatch each placement of a pass once it is stored, in order, in this one
+        coroutine rather than a task each: when their transaction is committed, thousands of
+        them would otherwise resume at once and hold the loop for hundreds of milliseconds;
+        here the loop serves others every PLACEMENT_SLICE of them."""
+        failed: list[BaseException] = []
+        done = 0
+        try:
+            for task, stored in placed:
+                done += 1
+                try:
+                    await stored
+                except Exception as exc:
+                    failed.append(exc)
+                    continue
+                link = self.nodes.link_of(task.assigned_node)
+                if link is not None and task.status == TaskStatus.ASSIGNING:
+                    link.dispatch(dispatch_of(task))
+                if done % PLACEMENT_SLICE == 0:
+                    await asyncio.sleep(0)
+        finally:
+            for _, never in placed[done:]:
+                never.close()  # the Host is stopping: stored or not, placed again on start
+        if failed:
+            log.error("storing %d placements failed: %s", len(failed), failed[0])
+
+    def _place_pending(self) -> list[tuple[TaskRecord, Coroutine[Any, Any, None]]]:
+        """Place what fits now, in memory: each placed task with the coroutine that stores
+        its placement."""
         if not self.book.queue:
             return []
-        stores = []
+        placed = []
         for request, allocation in self.scheduler.plan(
             self.book.queue, time.time_ns() // 1_000_000
         ):
@@ -445,8 +472,8 @@ class Cluster:
                 assigned_cpus=list(allocation.cpus),
                 required_gpus=list(allocation.gpus),
             )
-            stores.append(self._dispatch_when_stored(task, stored))
-        return stores
+            placed.append((task, stored))
+        return placed
 
     def _foresee(self) -> None:
         """Have busy nodes prepare the queued tasks they are expected to start next."""
@@ -455,14 +482,6 @@ class Cluster:
                 self.book.queue, self.config.scheduling.prepare_ahead
             )
             self.ahead.update(foreseen, self.nodes.link_of, self.book.active.get)
-
-    async def _dispatch_when_stored(
-        self, task: TaskRecord, stored: Coroutine[Any, Any, None]
-    ) -> None:
-        await stored
-        link = self.nodes.link_of(task.assigned_node)
-        if link is not None and task.status == TaskStatus.ASSIGNING:
-            link.dispatch(dispatch_of(task))
 
     # ----- nodes ------------------------------------------------------------------------
 

@@ -120,6 +120,16 @@ class Supervisor:
         except StartError as exc:
             await self._start_failed(task_id, exc)
             return
+        except Exception as exc:
+            # Anything else (the Docker daemon unreachable, a file system error) fails the
+            # start too, saying what it was: a task the Runner never reports on would stay
+            # ``assigning`` on the Host.
+            log.exception("task %s: starting it failed", task_id)
+            reason = str(exc) or exc.__class__.__name__
+            await self._start_failed(
+                task_id, StartError(f"the runner could not start it: {reason}")
+            )
+            return
         self._handles[task_id] = (backend, handle)
         self._watch(task_id, 0, 0, started=True)
 

@@ -115,3 +115,29 @@ def test_runner_that_cannot_readopt_reports_the_task_lost(fresh_cluster: Process
         if _proc_state(pid) not in ("gone", "Z"):
             os.killpg(pid, signal.SIGKILL)
         time.sleep(0.1)
+
+
+def test_a_start_the_runner_did_not_foresee_failing_fails_the_task(
+    cluster: ProcessCluster,
+) -> None:
+    """A start that fails in a way the backend does not turn into a start error of its own
+    (here: the task's working folder is a file) still ends the task, saying what failed,
+    rather than leaving it assigning."""
+    workdir = cluster.root / "local_temp"
+    kept = cluster.root / "local_temp.kept"
+    existed = workdir.exists()
+    if existed:
+        workdir.rename(kept)
+    workdir.write_text("not a folder")
+    try:
+        task = cluster.submit(["true"], container_name="NULL")
+        final = cluster.wait_final(task.task_id)
+    finally:
+        workdir.unlink()
+        if existed:
+            kept.rename(workdir)
+    assert final.status == task_pb2.TASK_STATUS_FAILED
+    assert final.error_message.startswith("the runner could not start it: ")
+    assert "File exists" in final.error_message
+    again = cluster.submit(["true"], container_name="NULL")
+    assert cluster.wait_final(again.task_id).status == task_pb2.TASK_STATUS_COMPLETED

@@ -409,7 +409,7 @@ class Cluster:
             waiters, self._pass_waiters = self._pass_waiters, []
             placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]] = []
             try:
-                placed = self._place_pending()
+                placed = await self._place_pending()
                 self._foresee()
             except Exception:
                 log.exception("placement failed")
@@ -450,29 +450,36 @@ class Cluster:
         if failed:
             log.error("storing %d placements failed: %s", len(failed), failed[0])
 
-    def _place_pending(self) -> list[tuple[TaskRecord, Coroutine[Any, Any, None]]]:
+    async def _place_pending(self) -> list[tuple[TaskRecord, Coroutine[Any, Any, None]]]:
         """Place what fits now, in memory: each placed task with the coroutine that stores
-        its placement."""
+        its placement. Every PLACEMENT_SLICE placements the loop serves other work, so a
+        pass placing a job array's thousands never holds it for long."""
         if not self.book.queue:
             return []
         placed = []
-        for request, allocation in self.scheduler.plan(
-            self.book.queue, time.time_ns() // 1_000_000
-        ):
-            task = self.book.active.get(request.task_id)
-            if task is None or task.status != TaskStatus.PENDING:
-                self.scheduler.release(allocation.hostname, request.task_id)
-                continue
-            self.ahead.placed(request.task_id, allocation)
-            stored = self.book.apply(
-                task,
-                TaskStatus.ASSIGNING,
-                detail=f"placed on {allocation.hostname}",
-                assigned_node=allocation.hostname,
-                assigned_cpus=list(allocation.cpus),
-                required_gpus=list(allocation.gpus),
-            )
-            placed.append((task, stored))
+        plan = self.scheduler.iter_plan(self.book.queue, time.time_ns() // 1_000_000)
+        try:
+            for count, (request, allocation) in enumerate(plan, start=1):
+                task = self.book.active.get(request.task_id)
+                if task is None or task.status != TaskStatus.PENDING:
+                    self.scheduler.release(allocation.hostname, request.task_id)
+                    continue
+                self.ahead.placed(request.task_id, allocation)
+                stored = self.book.apply(
+                    task,
+                    TaskStatus.ASSIGNING,
+                    detail=f"placed on {allocation.hostname}",
+                    assigned_node=allocation.hostname,
+                    assigned_cpus=list(allocation.cpus),
+                    required_gpus=list(allocation.gpus),
+                )
+                placed.append((task, stored))
+                if count % PLACEMENT_SLICE == 0:
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            for _, never in placed:
+                never.close()  # the Host is stopping: placed again on its start
+            raise
         return placed
 
     def _foresee(self) -> None:

@@ -18,7 +18,7 @@ Policy (docs/scheduling.md):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from hakuriver_common.ids import id_timestamp_ms
@@ -166,6 +166,9 @@ class Scheduler:
         # Capped arrays: the group of each task holding resources, and how many hold.
         self._group_of: dict[int, int] = {}
         self._holding: dict[int, int] = {}
+        # Changes to the nodes other than placements (releases, hardware, online, draining):
+        # a placement pass read across one ranks the nodes again.
+        self._changes = 0
 
     def upsert_node(
         self,
@@ -176,6 +179,7 @@ class Scheduler:
         gpus: tuple[int, ...] = (),
     ) -> NodeResources:
         """Add a node or update its hardware, keeping what tasks hold on it."""
+        self._changes += 1
         node = self.nodes.get(hostname)
         if node is None:
             node = NodeResources(hostname, cpus, memory_bytes)
@@ -192,15 +196,18 @@ class Scheduler:
 
     def remove_node(self, hostname: str) -> None:
         """Forget a node that holds nothing."""
+        self._changes += 1
         node = self.nodes.get(hostname)
         if node is not None and not node.holders:
             del self.nodes[hostname]
 
     def set_online(self, hostname: str, online: bool) -> None:
+        self._changes += 1
         if hostname in self.nodes:
             self.nodes[hostname].online = online
 
     def set_draining(self, hostname: str, draining: bool) -> None:
+        self._changes += 1
         if hostname in self.nodes:
             self.nodes[hostname].draining = draining
 
@@ -300,6 +307,7 @@ class Scheduler:
 
     def release(self, hostname: str, task_id: int) -> bool:
         """Free a task's holding; False when it held none (release is idempotent)."""
+        self._changes += 1
         group = self._group_of.pop(task_id, 0)
         if group:
             self._holding[group] -= 1
@@ -321,8 +329,13 @@ class Scheduler:
         return max(usable, key=lambda n: (n.free_cores, n.free_memory_bytes, n.hostname)).hostname
 
     def plan(self, queue: PendingQueue, now_ms: int) -> list[tuple[Request, Allocation]]:
-        """Place as many pending requests as fit now, in queue order; the placed ones leave
-        ``queue``.
+        """``iter_plan`` at once."""
+        return list(self.iter_plan(queue, now_ms))
+
+    def iter_plan(self, queue: PendingQueue, now_ms: int) -> Iterator[tuple[Request, Allocation]]:
+        """Place as many pending requests as fit now, in queue order, one at a time as the
+        iterator is read (the caller may serve other work between two: a node released or
+        going offline meanwhile is seen); the placed ones leave ``queue``.
 
         The queue keeps one line per shape (resources, constraints, array cap), so a pass
         takes the best head among the lines: a line whose head finds no room, or whose
@@ -330,12 +343,12 @@ class Scheduler:
         pass costs what it places plus one try per line, however long the queue (a job
         array of 10,000 tasks is one line). Only a line's head may reserve a node when
         starving."""
-        placed: list[tuple[Request, Allocation]] = []
         reserved: set[str] = set()
         no_room: set[tuple[object, ...]] = set()
-        # The line placed last and its node, when that was the best fit: the line's next
-        # request goes there too while it has room (``_again``), without ranking every node.
-        streak: tuple[tuple[object, ...], NodeResources | None] = ((), None)
+        # The line placed last and its node, when that was the best fit, and the nodes'
+        # state then: the line's next request goes there too while it has room and no node
+        # changed otherwise (``_again``), without ranking every node.
+        streak: tuple[tuple[object, ...], NodeResources | None, int] = ((), None, -1)
         heads = [(_rank(r), key) for key, r in queue.heads()]
         heapq.heapify(heads)
         while heads:
@@ -349,7 +362,7 @@ class Scheduler:
             if shape in no_room:
                 continue
             allocation, best = None, None
-            if streak[0] == key and streak[1] is not None:
+            if streak[0] == key and streak[1] is not None and streak[2] == self._changes:
                 allocation = self._again(streak[1], request, reserved)
                 best = streak[1] if allocation is not None else None
             if allocation is None:
@@ -362,13 +375,12 @@ class Scheduler:
                         reserved.add(hostname)
                 continue
             self.allocate(request.task_id, allocation, request.group)
-            streak = (key, best)
-            placed.append((request, allocation))
+            streak = (key, best, self._changes)
             queue.discard(request.task_id)
             following = queue.head(key)
             if following is not None:
                 heapq.heappush(heads, (_rank(following), key))
-        return placed
+            yield request, allocation
 
     def lookahead(self, queue: PendingQueue, per_node: int) -> list[tuple[Request, Allocation]]:
         """The queued requests each node is expected to start next, and where on it: what a

@@ -326,6 +326,21 @@ def test_a_line_placed_on_a_node_a_starving_request_then_reserved_goes_no_furthe
     assert [(r.task_id, a.hostname) for r, a in placed] == [(first.task_id, "a")]
 
 
+def test_a_pass_read_across_a_release_ranks_the_nodes_again() -> None:
+    """A pass is read one placement at a time; a node freed meanwhile may be the best fit
+    for the line's next request."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", tuple(range(8)), 64)
+    scheduler.upsert_node("b", tuple(range(4)), 64)
+    scheduler.allocate(97, Allocation("b", (0,), 0))
+    scheduler.allocate(98, Allocation("b", (1, 2, 3), 0))
+    line = [Request(task_id(NOW, n), 1, 0) for n in (1, 2)]
+    plan = scheduler.iter_plan(PendingQueue(line), now_ms=NOW)
+    assert next(plan)[1].hostname == "a"  # the only node with room
+    scheduler.release("b", 97)  # while the pass is read: "b" has 1 free, "a" 7
+    assert next(plan)[1] == Allocation("b", (0,), 0)
+
+
 def _busy_pair() -> Scheduler:
     """Node "a" with CPUs 0 and 1, held by tasks 1 then 2."""
     scheduler = Scheduler()

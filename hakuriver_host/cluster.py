@@ -133,6 +133,8 @@ class Cluster:
         self._pass_waiters: list[asyncio.Future[None]] = []
         self._stopped = False
         self._background: list[asyncio.Task[None]] = []
+        # Passes whose placements are being stored and dispatched.
+        self._storing: set[asyncio.Task[None]] = set()
 
     # ----- life cycle -------------------------------------------------------------------
 
@@ -167,9 +169,9 @@ class Cluster:
     async def stop(self) -> None:
         self._stopped = True
         await self.notifier.stop()
-        for task in self._background:
+        for task in [*self._background, *self._storing]:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*self._background, *self._storing, return_exceptions=True)
         # Submitters still waiting for a pass answer now: their tasks are stored, pending.
         for waiter in self._pass_waiters:
             if not waiter.done():
@@ -420,7 +422,13 @@ class Cluster:
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
-            await self._store_and_dispatch(placed)
+            if placed:
+                # In the background: the next pass decides meanwhile (a task submitted
+                # while thousands of placements are being stored is placed at once; its
+                # write is queued after theirs, the store keeps the order).
+                storing = asyncio.create_task(self._store_and_dispatch(placed))
+                self._storing.add(storing)
+                storing.add_done_callback(self._storing.discard)
 
     async def _store_and_dispatch(
         self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]

@@ -168,6 +168,9 @@ class DockerBackend:
         # container id: ``follow`` reads their output from the attachment.
         self._attached: dict[str, tuple[int, Attached]] = {}
         self._attaching = threading.Lock()
+        # Exits already read when an attachment ended (the wait's result and the inspected
+        # container), for ``wait``.
+        self._exited: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -297,14 +300,15 @@ class DockerBackend:
         (the daemon went away), and the log holds the rest."""
         api = self.client.api
         try:
-            api.wait(container.id, timeout=ATTACH_END_SECONDS)
-            finished = _parse_docker_time(
-                api.inspect_container(container.id)["State"].get("FinishedAt")
-            )
+            result = api.wait(container.id, timeout=ATTACH_END_SECONDS)
+            attrs = api.inspect_container(container.id)
         except docker.errors.NotFound:
             return True
         except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
             return False
+        with self._attaching:
+            self._exited[container.id] = (result, attrs)  # ``wait`` need not ask again
+        finished = _parse_docker_time(attrs["State"].get("FinishedAt"))
         return finished is not None and finished.timestamp() <= ended_at + ATTACH_END_SLACK
 
     def _labels(self) -> list[str]:
@@ -605,7 +609,12 @@ class DockerBackend:
         up to DAEMON_AWAY_SECONDS; a container removed behind the Runner's back ends with
         no exit code and an error saying so."""
         away_since: float | None = None
+        with self._attaching:
+            known = self._exited.pop(container.id, None)
         while True:
+            if known is not None:
+                result, container.attrs = known
+                break
             try:
                 result = container.wait()
                 container.reload()

@@ -32,6 +32,12 @@ def test_bad_spans_are_refused(arg: str) -> None:
         expand_arg(arg)
 
 
+def test_a_span_the_shell_expanded_says_to_quote_it() -> None:
+    # bash turns an unquoted span:{1..4} into span:1 span:2 span:3 span:4.
+    with pytest.raises(SpanError, match=r"span:1: .*shell expanded it.*'span:\{1\.\.4\}'"):
+        expand(["train", "--seed", "span:1", "span:2"])
+
+
 def test_cartesian_product_rightmost_fastest() -> None:
     assert expand(["run", "span:{1..2}", "span:[x,y]"]) == [
         ["run", "1", "x"],

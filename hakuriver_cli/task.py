@@ -301,11 +301,14 @@ def _submit_array(
         batch = (
             wait_batch(channel, cfg.host_target, response.batch_id, poll_interval) if wait else None
         )
+        tasks = list(response.tasks)
+        if json and batch is not None:  # as they ended, not as they were submitted
+            tasks = _batch_tasks(stub, response.batch_id, len(tasks))
     if json:
         shown: dict[str, object] = {
             "batch_id": str(response.batch_id),
             "created": response.created,
-            "tasks": [to_dict(t) for t in response.tasks],
+            "tasks": [to_dict(t) for t in tasks],
         }
         if batch is not None:
             shown["batch"] = to_dict(batch)
@@ -314,6 +317,28 @@ def _submit_array(
         typer.echo(batch_line(batch))
     if batch is not None and not _all_completed(batch):
         raise typer.Exit(1)
+
+
+# Tasks asked for per ListTasks call when reading a whole batch (the Host's most is 1,000).
+LIST_PAGE = 1000
+
+
+def _batch_tasks(
+    stub: task_service_pb2_grpc.TaskServiceStub, batch_id: int, count: int
+) -> list[task_pb2.Task]:
+    """The first ``count`` tasks of a batch (the ones a submission's answer shows), as they
+    are now, oldest first."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    found: list[task_pb2.Task] = []
+    request = tpb.ListTasksRequest(batch_id=batch_id, limit=LIST_PAGE)
+    while True:  # newest first, in pages
+        response = unary(stub.ListTasks, request)
+        found += response.tasks
+        if not response.next_before_task_id:
+            break
+        request.before_task_id = response.next_before_task_id
+    return sorted(found, key=lambda t: t.task_id)[:count]
 
 
 _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

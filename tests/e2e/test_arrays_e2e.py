@@ -401,6 +401,11 @@ def test_json_shapes(cluster: ProcessCluster) -> None:
     )
     assert set(done) == {"batch_id", "created", "tasks", "batch"}
     assert done["batch"]["counts"] == [{"status": "completed", "count": 2}]
+    # The tasks as they ended, not as they were submitted.
+    assert [(t["array_index"], t["status"]) for t in done["tasks"]] == [
+        (4, "completed"),
+        (9, "completed"),
+    ]
     assert "max_running" not in done["batch"]  # zero values are left out
 
 

@@ -51,13 +51,14 @@ def expand_arg(arg: str) -> list[str]:
         if not body[1:-1].strip() or any(not v for v in values):
             raise SpanError(f"{arg}: empty value in list")
         return values
+    usage = f"{arg}: use span:{{1..5}}, span:{{0..10..2}} or span:[a,b,c]"
     if body and body[0] not in "{[":
         # What bash leaves of an unquoted span:{1..4} (span:1 span:2 ...) or span:{a,b}.
         raise SpanError(
-            f"{arg}: not a span; if you wrote span:{{...}} unquoted, the shell expanded it "
-            "before hakurun saw it: quote it, as in 'span:{1..4}' or 'span:[a,b]'"
+            f"{usage}, quoted: unquoted, the shell expands span:{{1..4}} into span:1 span:2 "
+            "... before hakurun sees it ('span:{1..4}')"
         )
-    raise SpanError(f"{arg}: use span:{{1..5}}, span:{{0..10..2}} or span:[a,b,c]")
+    raise SpanError(usage)
 
 
 def expand(argv: Sequence[str]) -> list[list[str]]:

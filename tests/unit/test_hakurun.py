@@ -34,7 +34,8 @@ def test_bad_spans_are_refused(arg: str) -> None:
 
 def test_a_span_the_shell_expanded_says_to_quote_it() -> None:
     # bash turns an unquoted span:{1..4} into span:1 span:2 span:3 span:4.
-    with pytest.raises(SpanError, match=r"span:1: .*shell expanded it.*'span:\{1\.\.4\}'"):
+    says = r"span:1: use .*quoted: .*shell expands.*'span:\{1\.\.4\}'"
+    with pytest.raises(SpanError, match=says):
         expand(["train", "--seed", "span:1", "span:2"])
 
 

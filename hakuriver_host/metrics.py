@@ -163,14 +163,13 @@ class HostMetrics:
         self.queue_depth.inc(count)
         self.tasks_submitted.labels(kind=kind).inc(count)
 
-    def task_moved(self, old: TaskStatus | None, new: TaskStatus, kind: str) -> None:
-        if old is not None:
-            self.tasks.labels(status=old.value, kind=kind).dec()
+    def task_moved(self, old: TaskStatus, new: TaskStatus, kind: str) -> None:
+        """A stored change of status (nothing moves to pending: new tasks are
+        ``tasks_added``)."""
+        self.tasks.labels(status=old.value, kind=kind).dec()
         self.tasks.labels(status=new.value, kind=kind).inc()
         if old is TaskStatus.PENDING:
             self.queue_depth.dec()
-        if new is TaskStatus.PENDING:
-            self.queue_depth.inc()
         if new in FINAL_STATUSES:
             self.tasks_finished.labels(status=new.value, kind=kind).inc()
 

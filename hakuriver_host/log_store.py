@@ -80,8 +80,7 @@ class Follower:
 
 class LogStore:
     def __init__(self, outputs_dir: Path, errors_dir: Path) -> None:
-        self._dirs = {STDOUT: outputs_dir, STDERR: errors_dir}
-        for directory in self._dirs.values():
+        for directory in (outputs_dir, errors_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self._prefixes = (os.path.join(outputs_dir, ""), os.path.join(errors_dir, ""))
         self._sizes: dict[tuple[int, str], int] = {}
@@ -95,13 +94,12 @@ class LogStore:
         self.bytes_written = 0
 
     def path(self, task_id: int, stream: str) -> Path:
-        suffix = ".out" if stream == STDOUT else ".err"
-        return self._dirs[stream] / f"{task_id}{suffix}"
+        return Path(self.paths(task_id)[stream == STDERR])
 
     def paths(self, task_id: int) -> tuple[str, str]:
-        """``path`` of stdout and stderr as text, by formatting alone: a job array's
-        submission builds these for every task, and two Paths a task cost it a third of its
-        time."""
+        """The files of a task's stdout and stderr, as text, by formatting alone: a job
+        array's submission builds these for every task, and two Paths a task cost it a third
+        of its time."""
         return f"{self._prefixes[0]}{task_id}.out", f"{self._prefixes[1]}{task_id}.err"
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:

@@ -330,15 +330,26 @@ def _batch_tasks(
     are now, oldest first."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
+    found = _listed(stub, tpb.ListTasksRequest(batch_id=batch_id, limit=LIST_PAGE))
+    return sorted(found, key=lambda t: t.task_id)[:count]
+
+
+def _listed(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    request: tpb.ListTasksRequest,
+    limit: int | None = None,
+) -> list[task_pb2.Task]:
+    """ListTasks page after page, newest first, up to ``limit`` tasks (None: all of them):
+    the Host cuts a page short when its tasks are large."""
     found: list[task_pb2.Task] = []
-    request = tpb.ListTasksRequest(batch_id=batch_id, limit=LIST_PAGE)
-    while True:  # newest first, in pages
+    while True:
         response = unary(stub.ListTasks, request)
         found += response.tasks
-        if not response.next_before_task_id:
-            break
+        if not response.next_before_task_id or (limit is not None and len(found) >= limit):
+            return found
         request.before_task_id = response.next_before_task_id
-    return sorted(found, key=lambda t: t.task_id)[:count]
+        if limit is not None:
+            request.limit = limit - len(found)
 
 
 _AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -397,16 +408,8 @@ def list_tasks(
         submitted_after=_since(since) if since else None,
         owner=owner,
     )
-    found: list[task_pb2.Task] = []
     with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        while True:  # the Host cuts a page short when its tasks are large: read on
-            response = unary(stub.ListTasks, request)
-            found += response.tasks
-            if not response.next_before_task_id or len(found) >= limit:
-                break
-            request.before_task_id = response.next_before_task_id
-            request.limit = limit - len(found)
+        found = _listed(task_service_pb2_grpc.TaskServiceStub(channel), request, limit)
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
 
 

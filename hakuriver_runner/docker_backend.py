@@ -568,14 +568,15 @@ class DockerBackend:
                 del self._attached[container_id]
         attached.close()
 
-    def detach_unread(self) -> None:
-        """Close the attachments no follow has taken yet: the stream to the Host is gone,
-        nobody may read them for a long time, and an unread attachment holds its container's
-        writes once the daemon's buffer is full. Their tasks' output is followed from the
-        log when the stream is back."""
+    def detach_unread(self, task_id: int | None = None) -> None:
+        """Close the attachments no follow has taken yet: every one when the stream to the
+        Host is gone (nobody may read them for a long time, and an unread attachment holds
+        its container's writes once the daemon's buffer is full; their output is followed
+        from the log when the stream is back), or a task's when it is removed."""
         with self._attaching:
-            unread, self._attached = self._attached, {}
-        for _, attached in unread.values():
+            unread = [cid for cid, (tid, _) in self._attached.items() if task_id in (None, tid)]
+            closing = [self._attached.pop(cid)[1] for cid in unread]
+        for attached in closing:
             attached.close()
 
     def _remove_quietly(self, name: str) -> None:
@@ -676,10 +677,7 @@ class DockerBackend:
     def remove(self, task_id: int) -> None:
         with self._preparing:
             self.prepared.pop(task_id, None)
-        with self._attaching:
-            unread = [(cid, a) for cid, (tid, a) in self._attached.items() if tid == task_id]
-        for container_id, attached in unread:
-            self._detach(container_id, attached)
+        self.detach_unread(task_id)
         if task_id in self.kept:
             log.info("task %s: keeping its failed container for inspection", task_id)
             return

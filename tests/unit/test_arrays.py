@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.arrays import parse_array
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
-from tests.unit.test_metrics_auth import scrape
+from tests.unit.test_metrics_auth import Samples, metric_values
 
 
 def _array(indices: list[int], max_running: int = 0, **fields: object) -> tpb.SubmitTaskRequest:
@@ -238,13 +237,8 @@ async def test_an_array_counts_in_the_metrics_as_its_tasks(local_cluster: LocalC
     await local_cluster.tasks.SubmitTask(_array(list(range(7))), timeout=5)
     command = (("kind", "command"),)
 
-    async def values() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-        _, _, body = await scrape(local_cluster)
-        found = {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(body)
-            for sample in family.samples
-        }
+    async def values() -> Samples | None:
+        found = await metric_values(local_cluster)
         # The placement is counted once it is stored (then the task runs).
         placed = sum(
             found.get(("hakuriver_tasks", (*command, ("status", status))), 0)

@@ -34,6 +34,19 @@ async def scrape(
     return await asyncio.to_thread(_get, cluster.server.metrics_port, authorization)
 
 
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def metric_values(cluster: LocalCluster) -> Samples:
+    """Every sample /metrics serves, by name and labels (sorted (name, value) pairs)."""
+    _, _, body = await scrape(cluster)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+    }
+
+
 def metric_names(text: str) -> set[str]:
     return {family.name for family in text_string_to_metric_families(text)}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from hakuriver_cli import client
@@ -17,20 +16,15 @@ from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as np
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
-from tests.unit.test_metrics_auth import scrape
+from tests.unit.test_metrics_auth import metric_values
 
 NO_SPACE = "No space left on device"
 ONLINE = node_pb2.NODE_STATUS_ONLINE
 
 
 async def _failing_gauge(cluster: LocalCluster, node: str) -> float | None:
-    _, _, body = await scrape(cluster)
-    for family in text_string_to_metric_families(body):
-        if family.name == "hakuriver_output_storage_failing":
-            for sample in family.samples:
-                if sample.labels.get("node") == node:
-                    return sample.value
-    return None
+    values = await metric_values(cluster)
+    return values.get(("hakuriver_output_storage_failing", (("node", node),)))
 
 
 async def test_a_full_output_storage_shows_on_the_node_until_a_write_succeeds(

@@ -34,6 +34,9 @@ READER_THREADS = 4
 LINE_PROBE = 4096
 # Output bytes queued for one live follower at most; a slower one reads from the file.
 FOLLOWER_BYTES = 1024 * 1024
+# Free space under which output storage that failed is not taken as usable again: a full
+# file system still takes appends into its files' last, partly filled blocks.
+ROOM_BYTES = 16 * 1024 * 1024
 
 
 class OutputError(Exception):
@@ -101,6 +104,17 @@ class LogStore:
         array's submission builds these for every task, and two Paths a task cost it a third
         of its time."""
         return f"{self._prefixes[0]}{task_id}.out", f"{self._prefixes[1]}{task_id}.err"
+
+    async def has_room(self) -> bool:
+        """Is there room again on the storage of both outputs (at least ROOM_BYTES free)?"""
+        return await self._io(self._has_room)
+
+    def _has_room(self) -> bool:
+        for prefix in self._prefixes:
+            stat = os.statvfs(prefix)
+            if stat.f_bavail * stat.f_frsize < ROOM_BYTES:
+                return False
+        return True
 
     async def _io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

@@ -74,7 +74,7 @@ class HostMetrics:
         self.output_failing = Gauge(
             "hakuriver_output_storage_failing",
             "1 while the Host's latest try to store a node's task output failed (a full "
-            "disk, an I/O error); 0 once a write succeeds again.",
+            "disk, an I/O error); 0 once a write succeeds with room again.",
             ["node"],
             registry=r,
         )

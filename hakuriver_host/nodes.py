@@ -245,6 +245,10 @@ class NodeTable:
         self._seen(node)
         return changed
 
+    def output_problem(self, hostname: str) -> str:
+        node = self.nodes.get(hostname)
+        return node.output_problem if node is not None else ""
+
     def output_stored(self, hostname: str, problem: str = "") -> None:
         """The Host tried to store output of a task on this node: ``problem`` says why it
         could not ("" when it could). Health watchers hear of a change, as of a status."""

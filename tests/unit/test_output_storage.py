@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 
+import pytest
 from rich.console import Console
 
 from hakuriver_cli import client
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import log_store
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
 from tests.unit.test_metrics_auth import metric_values
@@ -100,3 +102,28 @@ def test_the_cli_shows_the_problem_in_nodes_and_health() -> None:
     assert f"a: its tasks' output could not be stored: {problem}" in shown
     screen.print(client._health_table({"a": client.NodeTrend(ONLINE, [])}))
     assert "could not be stored" not in screen.export_text()
+
+
+async def test_a_write_that_fits_on_a_still_full_storage_does_not_clear_it(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full file system still takes appends into its files' last, partly filled blocks:
+    such a write is no sign that the storage has room again."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    full, other = await local_cluster.submit_running(count=2)
+    os.symlink("/dev/full", full.stdout_path)
+    runner.write(full.task_id, b"no room\n")
+    await eventually(lambda: _node_with_problem(local_cluster, "a"), what="the problem")
+    monkeypatch.setattr(log_store, "ROOM_BYTES", 2**62)  # as if the storage stayed full
+    runner.write(other.task_id, b"fits\n")
+    await eventually(
+        lambda: _stored(local_cluster, other.task_id, b"fits\n"), what="the other write"
+    )
+    assert NO_SPACE in (await local_cluster.node("a")).output_problem
+    monkeypatch.setattr(log_store, "ROOM_BYTES", 1)  # room again
+    runner.write(other.task_id, b"more\n")
+    await eventually(lambda: _node_cleared(local_cluster, "a"), what="the problem to clear")
+
+
+async def _stored(cluster: LocalCluster, task_id: int, data: bytes) -> bool:
+    return await cluster.read_log(task_id) == data

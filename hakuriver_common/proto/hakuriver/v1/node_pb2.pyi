@@ -230,7 +230,7 @@ class Node(_message.Message):
     output_problem: _builtins.str
     """Why the Host could not store the output of this node's tasks at its latest try (for
     example "No space left on device" when its output storage is full); empty while it can.
-    Cleared by the next write that succeeds.
+    Cleared by the next write that succeeds once the storage has room again.
     """
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumaNode]: ...

@@ -279,7 +279,7 @@ export type Node = Message<"hakuriver.v1.Node"> & {
   /**
    * Why the Host could not store the output of this node's tasks at its latest try (for
    * example "No space left on device" when its output storage is full); empty while it can.
-   * Cleared by the next write that succeeds.
+   * Cleared by the next write that succeeds once the storage has room again.
    *
    * @generated from field: string output_problem = 15;
    */

@@ -8,7 +8,9 @@ and reports exit 0 at once) in this process, on an event loop of its own thread.
 - floor: ``python -c pass``, the interpreter starting and stopping (same interpreter, same
   site-packages: what any Python tool pays);
 - ``hakuriver.task --help`` and ``hakuriver.client --help``;
-- ``hakuriver.task submit --wait -- true`` (the console script, as a user runs it);
+- ``hakuriver.task submit --wait -- true`` (the console script, as a user runs it: over
+  Connect on the dashboard's HTTPS port), and the same with the dashboard off in its config
+  (over gRPC);
 - the same submit and wait through the API from this already-running process: SubmitTask
   then WatchTask until the task is final, (a) on a new channel each time (TCP connect, TLS
   handshake, the token, both calls: what any one-shot client pays, in any language) and
@@ -86,6 +88,7 @@ FLOOR = "floor: python -c pass"
 TASK_HELP = "hakuriver.task --help"
 CLIENT_HELP = "hakuriver.client --help"
 TASK_SUBMIT = "hakuriver.task submit --wait -- true"
+TASK_SUBMIT_GRPC = "the same, over gRPC (dashboard off)"
 API_SUBMIT_NEW = "API submit + wait, new channel"
 API_SUBMIT_WARM = "API submit + wait, open channel"
 CLIENT_NODES = "hakuriver.client nodes"
@@ -221,6 +224,10 @@ def run(counts: Counts) -> Result:
     ):
         pycache = Path(cache)
         config = ["--config", str(host.config_path)]
+        over_grpc = pycache / "over-grpc.toml"
+        over_grpc.write_text(
+            host.config_path.read_text().replace("[dashboard]\n", "[dashboard]\nenabled = false\n")
+        )
         stubs = "import grpc; import hakuriver_common.proto.hakuriver.v1.task_service_pb2_grpc"
         steps: dict[str, Callable[[], float]] = {
             FLOOR: timed_process([sys.executable, "-c", "pass"], pycache),
@@ -228,6 +235,18 @@ def run(counts: Counts) -> Result:
             CLIENT_HELP: timed_process([*tool("hakuriver.client"), "--help"], pycache),
             TASK_SUBMIT: timed_process(
                 [*tool("hakuriver.task"), *config, "submit", "--wait", "--", "true"], pycache
+            ),
+            TASK_SUBMIT_GRPC: timed_process(
+                [
+                    *tool("hakuriver.task"),
+                    "--config",
+                    str(over_grpc),
+                    "submit",
+                    "--wait",
+                    "--",
+                    "true",
+                ],
+                pycache,
             ),
             API_SUBMIT_NEW: timed_api(host, submit_and_wait),
             API_SUBMIT_WARM: timed_warm(warm, submit_and_wait),
@@ -266,6 +285,7 @@ def report(result: Result, counts: Counts) -> None:
         (TASK_HELP, None),
         (CLIENT_HELP, None),
         (TASK_SUBMIT, API_SUBMIT_NEW),
+        (TASK_SUBMIT_GRPC, API_SUBMIT_NEW),
         (CLIENT_NODES, API_NODES_NEW),
         (BEFORE_HELP, None),
         (BEFORE_SUBMIT, API_SUBMIT_NEW),

@@ -48,12 +48,14 @@ class HostProcess:
         self.authentication = authentication
         port, metrics = free_port(), free_port()
         self.target = f"127.0.0.1:{port}"
+        # HTTPS with the test CA: the command-line tools call the API there (cli.md).
+        self.dashboard_port = free_port()
         self.config_path = root / "config.toml"
         self.credentials = root / "credentials"
         tls = tls_files()
         self.config_path.write_text(
             f"[network]\nhost_port = {port}\nmetrics_port = {metrics}\n"
-            f"host_ssh_proxy_port = {free_port()}\n[dashboard]\nport = 0\n"
+            f"host_ssh_proxy_port = {free_port()}\n[dashboard]\nport = {self.dashboard_port}\n"
             f'[paths]\nshared_dir = "{root / "shared"}"\n'
             f'local_temp_dir = "{root / "local_temp"}"\n'
             f'[database]\ndb_file = "{root / "host.db"}"\n'

@@ -16,6 +16,7 @@ import typer
 
 from hakuriver_cli import direct
 from hakuriver_cli.connection import ask, fail, parsed, unary
+from hakuriver_cli.link import access_stub, audit_stub
 from hakuriver_cli.render import (
     outcome_name,
     print_json,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
         audit_service_pb2 as aupb,
     )
 
-# The generated protos (and grpc with them) are imported by the commands that call the Host,
+# The generated protos (and the transports) are imported by the commands that call the Host,
 # not here (see hakuriver_cli/task.py).
 
 T = TypeVar("T")
@@ -63,9 +64,7 @@ for _sub, _name, _help in (
 def _access(
     config: Path | None, call: Callable[[access_service_pb2_grpc.AccessServiceStub], T]
 ) -> T:
-    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2_grpc
-
-    return ask(config, access_service_pb2_grpc.AccessServiceStub, call)
+    return ask(config, access_stub, call)
 
 
 # ----- whoami -------------------------------------------------------------------------
@@ -368,10 +367,7 @@ def audit(
     json: JsonOption = False,
 ) -> None:
     """The audit log, newest first: who did what, and every refusal."""
-    from hakuriver_common.proto.hakuriver.v1 import (
-        audit_service_pb2 as aupb,
-        audit_service_pb2_grpc,
-    )
+    from hakuriver_common.proto.hakuriver.v1 import audit_service_pb2 as aupb
 
     request = aupb.ListAuditEventsRequest(
         limit=limit,
@@ -382,7 +378,7 @@ def audit(
     )
     events = ask(
         config,
-        audit_service_pb2_grpc.AuditServiceStub,
+        audit_stub,
         lambda s: unary(s.ListAuditEvents, request).events,
     )
     show_list(json, events, "audit", AUDIT_COLUMNS, _audit_row)

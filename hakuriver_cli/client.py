@@ -1,6 +1,6 @@
 """``hakuriver.client``: nodes, health, task status and control.
 
-grpc, the generated protos and rich are imported by the commands that use them, not here
+The transports, the generated protos and rich are imported by the commands that use them, not here
 (see hakuriver_cli/task.py).
 """
 
@@ -18,10 +18,11 @@ from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     ask,
     config_or_fail,
-    host_channel,
+    host_link,
     on_task_or_batch,
     unary,
 )
+from hakuriver_cli.link import node_stub, task_stub
 from hakuriver_cli.render import (
     age,
     batch_line,
@@ -80,11 +81,11 @@ def _node_row(n: node_pb2.Node) -> list[str]:
 @app.command()
 def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List runner nodes with their resources and last heartbeat."""
-    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     response = ask(
         config,
-        node_service_pb2_grpc.NodeServiceStub,
+        node_stub,
         lambda stub: unary(stub.ListNodes, npb.ListNodesRequest()),
     )
     show_list(json, response.nodes, "nodes", NODE_COLUMNS, _node_row)
@@ -99,11 +100,11 @@ def _gpu_summary(node: node_pb2.Node) -> str:
 
 
 def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> None:
-    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     node = ask(
         config,
-        node_service_pb2_grpc.NodeServiceStub,
+        node_stub,
         lambda stub: (
             unary(stub.DrainNode, npb.DrainNodeRequest(hostname=hostname)).node
             if draining
@@ -220,11 +221,11 @@ def health(
     """CPU, memory, temperature and GPU readings of nodes, with recent trends."""
     from rich.live import Live
 
-    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, node_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     cfg = config_or_fail(config)
-    with host_channel(cfg) as channel:
-        stub = node_service_pb2_grpc.NodeServiceStub(channel)
+    with host_link(cfg) as link:
+        stub = node_stub(link)
         response = unary(
             stub.GetHealth, npb.GetHealthRequest(hostname=hostname, include_history=True)
         )
@@ -283,7 +284,7 @@ def status(
     task_id: BatchOrTaskArgument, config: ConfigOption = None, json: JsonOption = False
 ) -> None:
     """Show every field of a task and its status timeline, or a batch's counts by status."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
         response = unary(stub.GetTask, tpb.GetTaskRequest(task_id=tid))
@@ -297,7 +298,7 @@ def status(
 
     ask(
         config,
-        task_service_pb2_grpc.TaskServiceStub,
+        task_stub,
         lambda s: on_task_or_batch(s, task_id, lambda t: task(s, t), lambda b: batch(s, b)),
     )
 
@@ -338,7 +339,6 @@ _DONE = {"kill": "killed", "pause": "paused", "resume": "resumed"}
 def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> None:
     """Kill, pause or resume a task or a whole batch, then print its status (or it as
     JSON)."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
         done = _control(stub, tid, verb)
@@ -355,7 +355,7 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
 
     ask(
         config,
-        task_service_pb2_grpc.TaskServiceStub,
+        task_stub,
         lambda s: on_task_or_batch(s, task_id, lambda t: task(s, t), lambda b: batch(s, b)),
     )
 

@@ -3,9 +3,9 @@
 Every failure ends as one line on stderr and a non-zero exit, never a traceback.
 
 A tool imports this module to declare its commands, so it imports only typer and light
-modules itself: grpc, the generated protos and the TLS and token code are imported by the
-functions that open a channel or read an RPC error (``--help`` never gets there). The config
-comes from client_config (no pydantic unless the config needs it).
+modules itself: the transports (link.py), the generated protos and the TLS and token code are
+imported by the functions that open a link (``--help`` never gets there). The config comes
+from client_config (no pydantic unless the config needs it).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 
+from hakuriver_cli.call_error import CallError, Status
+from hakuriver_cli.link import Link
 from hakuriver_common.ids import parse_task_id
 from hakuriver_common.limits import MAX_ARRAY_INDEX
 from hakuriver_common.service import client_config_or_exit
 
 if TYPE_CHECKING:
-    import grpc
-
     from hakuriver_common.client_config import ClientConfig
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
 
@@ -83,12 +83,6 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
     return found[0].task_id
 
 
-def missing(exc: grpc.RpcError) -> bool:
-    import grpc
-
-    return hasattr(exc, "code") and exc.code() == grpc.StatusCode.NOT_FOUND
-
-
 def on_task_or_batch(
     stub: task_service_pb2_grpc.TaskServiceStub,
     text: str,
@@ -98,18 +92,16 @@ def on_task_or_batch(
     """``on_task`` for a task id or ARRAY_ID_INDEX; for an id no task has, ``on_batch``
     (task and batch ids come from one sequence, so an id is never both). A batch that does
     not exist either is reported as the task not found."""
-    import grpc
-
     tid = task_ref(stub, text)
     try:
         return on_task(tid)
-    except grpc.RpcError as exc:
-        if "_" in text or not missing(exc):
+    except CallError as exc:
+        if "_" in text or exc.status is not Status.NOT_FOUND:
             raise
         try:
             return on_batch(tid)
-        except grpc.RpcError as batch_exc:
-            raise (exc if missing(batch_exc) else batch_exc) from None
+        except CallError as batch_exc:
+            raise (exc if batch_exc.status is Status.NOT_FOUND else batch_exc) from None
 
 
 def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
@@ -135,37 +127,29 @@ def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
     return None
 
 
-def describe_rpc_error(exc: grpc.RpcError, target: str, config: ClientConfig | None = None) -> str:
-    import grpc
-
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    if code == grpc.StatusCode.UNAVAILABLE:
-        problem = _transport_problem(details or "", config)
+def describe_call_error(exc: CallError, target: str, config: ClientConfig | None = None) -> str:
+    if exc.problem:
+        return exc.problem
+    status, details = exc.status, exc.details
+    if status is Status.UNAVAILABLE:
+        problem = _transport_problem(details, config)
         if problem is not None:
             return problem
-    if code == grpc.StatusCode.UNAVAILABLE and (
-        "connect" in (details or "").lower() or not details
-    ):
+    if status is Status.UNAVAILABLE and ("connect" in details.lower() or not details):
         return f"cannot reach the host at {target} (is hakuriver.host running?)"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
+    if status is Status.UNAUTHENTICATED:
         return f"the host refused the API token: {details}"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    if status is Status.DEADLINE_EXCEEDED:
         return f"the host at {target} did not answer in time"
-    return f"{details} ({code.name if code else 'UNKNOWN'})"
+    return f"{details} ({status.name})"
 
 
-@contextmanager
-def host_channel(
-    config: ClientConfig, reconnect_seconds: float = 0.0, near_the_end: bool = False
-) -> Iterator[grpc.Channel]:
-    """A channel to the Host; ``reconnect_seconds`` caps the wait between reconnect attempts
-    after the Host went away (gRPC's own backoff grows to minutes); ``near_the_end`` for a
-    log reader with a lag bound (see channels.NEAR_THE_END)."""
-    import grpc
-
-    from hakuriver_common.channels import NEAR_THE_END, TlsSetupError, open_channel
-    from hakuriver_common.credentials import CredentialsError, api_token
+def _grpc_link(
+    config: ClientConfig, token: str, reconnect_seconds: float, near_the_end: bool
+) -> Link:
+    from hakuriver_cli.grpc_link import GrpcLink
+    from hakuriver_common.channels import NEAR_THE_END, open_channel
+    from hakuriver_common.client_config import TlsSetupError
 
     options = list(NEAR_THE_END) if near_the_end else []
     if reconnect_seconds > 0:
@@ -176,24 +160,67 @@ def host_channel(
             ("grpc.max_reconnect_backoff_ms", backoff_ms),
         ]
     try:
+        return GrpcLink(open_channel(config, token, options))
+    except TlsSetupError as exc:
+        fail(str(exc), code=2)
+
+
+def _connect_link(config: ClientConfig, token: str, over_grpc: Callable[[], Link]) -> Link | None:
+    """The Connect link to the dashboard's port, when the config has the dashboard on at a
+    known port."""
+    dashboard = config.dashboard
+    if not dashboard.enabled or dashboard.port <= 0:
+        return None
+    import ssl
+
+    from hakuriver_cli.connect_link import ConnectLink
+    from hakuriver_common.client_config import ca_file
+
+    tls = None
+    if not dashboard.plaintext:
+        try:
+            tls = ssl.create_default_context(cafile=str(ca_file(config)))
+        except (ssl.SSLError, OSError) as exc:
+            fail(f"cannot read the CA certificate: {exc}", code=2)
+    address = config.network.host_reachable_address
+    return ConnectLink(
+        address, dashboard.port, tls, config.tls.server_name or address, token, over_grpc
+    )
+
+
+@contextmanager
+def host_link(
+    config: ClientConfig, reconnect_seconds: float = 0.0, near_the_end: bool = False
+) -> Iterator[Link]:
+    """A link to the Host: Connect on the dashboard's port when the config names one, gRPC
+    otherwise (and for what Connect does not carry). ``reconnect_seconds`` caps gRPC's wait
+    between reconnect attempts after the Host went away (its own backoff grows to minutes);
+    ``near_the_end`` for a gRPC log reader with a lag bound (see channels.NEAR_THE_END)."""
+    from hakuriver_common.client_config import TlsSetupError
+    from hakuriver_common.credentials import CredentialsError, api_token
+
+    try:
         # A Host with auth.authentication = false (loopback only) asks for no token.
         token = api_token(config) if config.auth.authentication else ""
-        channel = open_channel(config, token, options)
+        link = _connect_link(
+            config, token, lambda: _grpc_link(config, token, reconnect_seconds, near_the_end)
+        ) or _grpc_link(config, token, reconnect_seconds, near_the_end)
     except (CredentialsError, TlsSetupError, OSError) as exc:
         fail(str(exc), code=2)
-    with channel:
-        try:
-            yield channel
-        except grpc.RpcError as exc:
-            fail(describe_rpc_error(exc, config.host_target, config))
+    try:
+        yield link
+    except CallError as exc:
+        fail(describe_call_error(exc, config.host_target, config))
+    finally:
+        link.close()
 
 
 def unary(fn: Callable[..., T], request: object, timeout: float = RPC_TIMEOUT_SECONDS) -> T:
-    """Call a unary RPC with a deadline; errors propagate to ``host_channel``."""
+    """Call a unary RPC with a deadline; errors propagate to ``host_link``."""
     return fn(request, timeout=timeout)
 
 
-def ask(config: Path | None, stub: Callable[[grpc.Channel], S], call: Callable[[S], T]) -> T:
-    """``call`` on a stub of a channel to the Host named by ``config``; one error line if not."""
-    with host_channel(config_or_fail(config)) as channel:
-        return call(stub(channel))
+def ask(config: Path | None, stub: Callable[[Link], S], call: Callable[[S], T]) -> T:
+    """``call`` on a stub of a link to the Host named by ``config``; one error line if not."""
+    with host_link(config_or_fail(config)) as link:
+        return call(stub(link))

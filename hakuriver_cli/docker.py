@@ -1,6 +1,6 @@
 """``hakuriver.docker``: prepare container environments on the Host.
 
-grpc, the generated protos and rich are imported by the commands that use them, not here
+The transports, the generated protos and rich are imported by the commands that use them, not here
 (see hakuriver_cli/task.py).
 """
 
@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 
 from hakuriver_cli import direct
-from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
+from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
+from hakuriver_cli.link import environment_stub
 from hakuriver_cli.render import console, print_json, show_list, to_dict
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
-    import grpc
     from rich.progress import Progress
 
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
@@ -37,15 +37,9 @@ UPLOAD_CHUNK = 1024 * 1024
 LONG_RPC_SECONDS = 3600.0
 
 
-def _stub(channel: grpc.Channel) -> Stub:
-    from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2_grpc
-
-    return environment_service_pb2_grpc.EnvironmentServiceStub(channel)
-
-
 def _ask(config: Path | None, call: Callable[[Stub], T]) -> T:
     """One call to the Host's EnvironmentService."""
-    return ask(config, _stub, call)
+    return ask(config, environment_stub, call)
 
 
 def _show_container(container: epb.EnvironmentContainer, json: bool) -> None:
@@ -157,10 +151,10 @@ def create_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption
     """Commit the environment container and save it for the Runners as NAME-<time>.tar."""
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
-    with host_channel(config_or_fail(config)) as channel, _progress() as progress:
+    with host_link(config_or_fail(config)) as link, _progress() as progress:
         bar = progress.add_task(f"saving {name}", total=None)
         done = None
-        for update in _stub(channel).CreateTar(
+        for update in environment_stub(link).CreateTar(
             epb.CreateTarRequest(name=name), timeout=LONG_RPC_SECONDS
         ):
             if update.HasField("done"):

@@ -23,8 +23,9 @@ from typing import Annotated
 
 import typer
 
-from hakuriver_cli.connection import config_or_fail, host_channel
-from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb, shell_service_pb2_grpc
+from hakuriver_cli.connection import config_or_fail, host_link
+from hakuriver_cli.link import shell_stub
+from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
 from hakuriver_common.service import ConfigOption
 
 app = typer.Typer(add_completion=False)
@@ -98,8 +99,8 @@ def main(
         outbox.put(spb.ShellRequest(close_stdin=True))
     exit_code = 1
     raw = _raw_terminal(sys.stdin.fileno()) if interactive else contextlib.nullcontext()
-    with host_channel(cfg) as channel, raw:
-        stub = shell_service_pb2_grpc.ShellServiceStub(channel)
+    with host_link(cfg) as link, raw:
+        stub = shell_stub(link)
         try:
             for reply in stub.Shell(_requests(start, outbox)):
                 if reply.HasField("output"):

@@ -26,9 +26,9 @@ import typer
 
 from hakuriver_cli.connection import (
     config_or_fail,
-    describe_rpc_error,
+    describe_call_error,
     fail,
-    host_channel,
+    host_link,
     task_id_or_fail,
     unary,
 )
@@ -37,11 +37,11 @@ from hakuriver_common.service import ConfigOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
-    import grpc
-
+    from hakuriver_cli.link import Link
     from hakuriver_common.client_config import ClientConfig
 
-# grpc and the generated protos are imported when the tool calls the Host (not for --help).
+# The transports and the generated protos are imported when the tool calls the Host (not for
+# --help).
 
 app = typer.Typer(add_completion=False)
 CHUNK = 64 * 1024
@@ -51,12 +51,12 @@ class ProxyRefused(Exception):
     """The Host's SSH proxy answered ERROR."""
 
 
-def ticket_for(channel: grpc.Channel, task_id: int) -> str:
-    """A one-time ticket for a tunnel to the VPS (raises grpc.RpcError when refused)."""
-    from hakuriver_common.proto.hakuriver.v1 import ssh_service_pb2 as spb, ssh_service_pb2_grpc
+def ticket_for(link: Link, task_id: int) -> str:
+    """A one-time ticket for a tunnel to the VPS (raises CallError when refused)."""
+    from hakuriver_cli.link import ssh_stub
+    from hakuriver_common.proto.hakuriver.v1 import ssh_service_pb2 as spb
 
-    stub = ssh_service_pb2_grpc.SshServiceStub(channel)
-    return unary(stub.CreateSshTicket, spb.CreateSshTicketRequest(task_id=task_id)).ticket
+    return unary(ssh_stub(link).CreateSshTicket, spb.CreateSshTicketRequest(task_id=task_id)).ticket
 
 
 def open_tunnel(host: str, port: int, ticket: str) -> socket.socket:
@@ -110,29 +110,29 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
 def _serve_local(
     listener: socket.socket, host: str, port: int, task_id: int, cfg: ClientConfig
 ) -> None:
-    with host_channel(cfg) as channel:
+    with host_link(cfg) as link:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
-            _forward(client, channel, host, port, task_id, cfg)
+            _forward(client, link, host, port, task_id, cfg)
 
 
 def _forward(
     client: socket.socket,
-    channel: grpc.Channel,
+    link: Link,
     host: str,
     port: int,
     task_id: int,
     cfg: ClientConfig,
 ) -> None:
-    import grpc
+    from hakuriver_cli.call_error import CallError
 
     try:
-        upstream = open_tunnel(host, port, ticket_for(channel, task_id))
-    except grpc.RpcError as exc:
-        print(f"hakuriver.ssh: {describe_rpc_error(exc, cfg.host_target, cfg)}", file=sys.stderr)
+        upstream = open_tunnel(host, port, ticket_for(link, task_id))
+    except CallError as exc:
+        print(f"hakuriver.ssh: {describe_call_error(exc, cfg.host_target, cfg)}", file=sys.stderr)
         client.close()
         return
     except (OSError, ProxyRefused) as exc:
@@ -165,12 +165,12 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _check_task(task_id: int, config: Path | None) -> None:
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+    from hakuriver_cli.link import task_stub
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        task = unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id)).task
+    with host_link(cfg) as link:
+        task = unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=task_id)).task
     if task.kind != TaskKind.VPS.pb:
         fail(f"task {task_id} is not a VPS task")
     if task.status != TaskStatus.RUNNING.pb:
@@ -196,8 +196,8 @@ def main(
     address = host or cfg.network.host_reachable_address
     port = proxy_port or cfg.network.host_ssh_proxy_port
     if proxy_command:
-        with host_channel(cfg) as channel:
-            ticket = ticket_for(channel, tid)
+        with host_link(cfg) as link:
+            ticket = ticket_for(link, tid)
         try:
             sock = open_tunnel(address, port, ticket)
         except (OSError, ProxyRefused) as exc:

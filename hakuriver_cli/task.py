@@ -1,6 +1,6 @@
 """``hakuriver.task``: submit command tasks, list them, read and follow their output.
 
-grpc and the generated protos are imported by the commands that call the Host, not here:
+The transports and the generated protos are imported by the commands that call the Host, not here:
 ``--help`` and argument errors need only typer (see docs/development.md, CLI start-up).
 """
 
@@ -14,17 +14,19 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hakuriver_cli import direct
+from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.connection import (
     TaskIdArgument,
     config_or_fail,
     fail,
-    host_channel,
+    host_link,
     on_task_or_batch,
     parsed,
     task_id_or_fail,
     task_ref,
     unary,
 )
+from hakuriver_cli.link import Link, log_stub, task_stub
 from hakuriver_cli.render import (
     TASK_COLUMNS,
     batch_line,
@@ -39,7 +41,6 @@ from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
 
 if TYPE_CHECKING:
-    import grpc
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from hakuriver_common.client_config import ClientConfig
@@ -71,24 +72,20 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _host_gone(exc: grpc.RpcError, *also: grpc.StatusCode) -> bool:
+def _host_gone(exc: CallError, *also: Status) -> bool:
     """The Host went away (stopped, restarting, network): the stream broke or ended early."""
-    import grpc
-
-    return exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, *also)
+    return exc.status in (Status.UNAVAILABLE, Status.CANCELLED, *also)
 
 
 def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> task_pb2.Task | None:
     """Follow the task's WatchTask stream; its final state, or None if the Host went away."""
-    import grpc
-
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     try:
         for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
             if update.task.status in FINAL_TASK_STATUSES:
                 return update.task
-    except grpc.RpcError as exc:
+    except CallError as exc:
         if not _host_gone(exc):
             raise
     return None
@@ -97,8 +94,6 @@ def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> ta
 def _until_host_answers(
     stub: task_service_pb2_grpc.TaskServiceStub, task_id: int, poll_interval: float
 ) -> None:
-    import grpc
-
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     while True:
@@ -106,19 +101,15 @@ def _until_host_answers(
         try:
             unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id), timeout=poll_interval + 5)
             return
-        except grpc.RpcError as exc:
-            if not _host_gone(exc, grpc.StatusCode.DEADLINE_EXCEEDED):
+        except CallError as exc:
+            if not _host_gone(exc, Status.DEADLINE_EXCEEDED):
                 raise
 
 
-def wait_final(
-    channel: grpc.Channel, target: str, task_id: int, poll_interval: float
-) -> task_pb2.Task:
+def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> task_pb2.Task:
     """The task once final. While the Host is unreachable, retry every ``poll_interval``
     seconds for as long as it takes, saying so on stderr when it goes and when it is back."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
-
-    stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    stub = task_stub(link)
     try:
         while (task := _watch_once(stub, task_id)) is None:
             typer.echo(
@@ -133,23 +124,19 @@ def wait_final(
     return task
 
 
-def wait_batch(
-    channel: grpc.Channel, target: str, batch_id: int, poll_interval: float
-) -> tpb.BatchSummary:
+def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> tpb.BatchSummary:
     """The batch once every task of it is final, asking the Host at growing intervals (up
     to ``poll_interval``); while the Host is unreachable, retry for as long as it takes."""
-    import grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
-
-    stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    stub = task_stub(link)
     pause, away = 0.05, False
     try:
         while True:
             try:
                 batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
-            except grpc.RpcError as exc:
-                if not _host_gone(exc, grpc.StatusCode.DEADLINE_EXCEEDED):
+            except CallError as exc:
+                if not _host_gone(exc, Status.DEADLINE_EXCEEDED):
                     raise
                 if not away:
                     typer.echo(f"lost the host at {target}; retrying", err=True)
@@ -225,11 +212,7 @@ def submit(
     json: JsonOption = False,
 ) -> None:
     """Submit a command task: hakuriver.task submit [OPTIONS] -- CMD ARGS..."""
-    from hakuriver_common.proto.hakuriver.v1 import (
-        task_pb2,
-        task_service_pb2 as tpb,
-        task_service_pb2_grpc,
-    )
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
     argv = list(command or [])
@@ -252,25 +235,24 @@ def submit(
     if array:
         _submit_array(cfg, request, wait, poll_interval, json)
         return
-    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        response = unary(stub.SubmitTask, request)
-        tasks = list(response.tasks)
+    with host_link(cfg, reconnect_seconds=poll_interval) as link:
+        response = unary(task_stub(link).SubmitTask, request)
+        found = list(response.tasks)
         if not json:
-            for task in tasks:
+            for task in found:
                 typer.echo(submitted_line(task))
             if response.batch_id:
                 typer.echo(f"batch {response.batch_id}")
         if wait:
-            tasks = [wait_final(channel, cfg.host_target, t.task_id, poll_interval) for t in tasks]
+            found = [wait_final(link, cfg.host_target, t.task_id, poll_interval) for t in found]
     if json:
-        print_json({"batch_id": str(response.batch_id), "tasks": [to_dict(t) for t in tasks]})
+        print_json({"batch_id": str(response.batch_id), "tasks": [to_dict(t) for t in found]})
     elif wait:
-        for task in tasks:
+        for task in found:
             code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
             error = f": {task.error_message}" if task.error_message else ""
             typer.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
-    if wait and any(t.status != TaskStatus.COMPLETED.pb for t in tasks):
+    if wait and any(t.status != TaskStatus.COMPLETED.pb for t in found):
         raise typer.Exit(1)
 
 
@@ -289,26 +271,24 @@ def _submit_array(
 ) -> None:
     """An array is reported as one: its id and size, and with --wait its counts by status
     (exit 1 unless every task completed)."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
-
-    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    with host_link(cfg, reconnect_seconds=poll_interval) as link:
+        stub = task_stub(link)
         response = unary(stub.SubmitTask, request)
         if not json:
             cap = request.array.max_running
             at_once = f", at most {cap} at once" if cap else ""
             typer.echo(f"submitted array {response.batch_id}: {response.created} tasks{at_once}")
         batch = (
-            wait_batch(channel, cfg.host_target, response.batch_id, poll_interval) if wait else None
+            wait_batch(link, cfg.host_target, response.batch_id, poll_interval) if wait else None
         )
-        tasks = list(response.tasks)
+        found = list(response.tasks)
         if json and batch is not None:  # as they ended, not as they were submitted
-            tasks = _batch_tasks(stub, response.batch_id, len(tasks))
+            found = _batch_tasks(stub, response.batch_id, len(found))
     if json:
         shown: dict[str, object] = {
             "batch_id": str(response.batch_id),
             "created": response.created,
-            "tasks": [to_dict(t) for t in tasks],
+            "tasks": [to_dict(t) for t in found],
         }
         if batch is not None:
             shown["batch"] = to_dict(batch)
@@ -391,11 +371,7 @@ def list_tasks(
     json: JsonOption = False,
 ) -> None:
     """List tasks, newest first."""
-    from hakuriver_common.proto.hakuriver.v1 import (
-        task_pb2,
-        task_service_pb2 as tpb,
-        task_service_pb2_grpc,
-    )
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
     request = tpb.ListTasksRequest(
@@ -408,17 +384,13 @@ def list_tasks(
         submitted_after=_since(since) if since else None,
         owner=owner,
     )
-    with host_channel(cfg) as channel:
-        found = _listed(task_service_pb2_grpc.TaskServiceStub(channel), request, limit)
+    with host_link(cfg) as link:
+        found = _listed(task_stub(link), request, limit)
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
 
 
 def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_lag: str) -> None:
-    from hakuriver_common.proto.hakuriver.v1 import (
-        log_service_pb2 as lpb,
-        log_service_pb2_grpc,
-        task_service_pb2_grpc,
-    )
+    from hakuriver_common.proto.hakuriver.v1 import log_service_pb2 as lpb
     from hakuriver_common.units import parse_size
 
     try:
@@ -426,9 +398,9 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
     except ValueError as exc:
         fail(f"--max-lag: {exc}", code=2)
     out = sys.stdout.buffer
-    with host_channel(cfg, near_the_end=lag > 0) as channel:
-        tid = task_ref(task_service_pb2_grpc.TaskServiceStub(channel), task_id)
-        stub = log_service_pb2_grpc.LogServiceStub(channel)
+    with host_link(cfg, near_the_end=lag > 0) as link:
+        tid = task_ref(task_stub(link), task_id)
+        stub = log_stub(link)
         request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow, max_lag_bytes=lag)  # type: ignore[arg-type]
         offset = 0
         try:
@@ -501,34 +473,31 @@ def wait_task(
     json: JsonOption = False,
 ) -> None:
     """Wait until a task (or every task of a batch) finishes; exit 0 only if all completed."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
 
-    def task(channel: grpc.Channel, tid: int) -> bool:
+    def task(link: Link, tid: int) -> bool:
         # Fails NOT_FOUND at once for an id no task has (then it may be a batch).
-        unary(
-            task_service_pb2_grpc.TaskServiceStub(channel).GetTask, tpb.GetTaskRequest(task_id=tid)
-        )
-        done = wait_final(channel, cfg.host_target, tid, poll_interval)
+        unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=tid))
+        done = wait_final(link, cfg.host_target, tid, poll_interval)
         if json:
             print_json(to_dict(done))
         else:
             typer.echo(f"task {tid}: {status_name(done.status)}")
         return done.status == TaskStatus.COMPLETED.pb
 
-    def batch(channel: grpc.Channel, bid: int) -> bool:
-        done = wait_batch(channel, cfg.host_target, bid, poll_interval)
+    def batch(link: Link, bid: int) -> bool:
+        done = wait_batch(link, cfg.host_target, bid, poll_interval)
         if json:
             print_json({"batch": to_dict(done)})
         else:
             typer.echo(batch_line(done))
         return _all_completed(done)
 
-    with host_channel(cfg, reconnect_seconds=poll_interval) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
+    with host_link(cfg, reconnect_seconds=poll_interval) as link:
         completed = on_task_or_batch(
-            stub, task_id, lambda t: task(channel, t), lambda b: batch(channel, b)
+            task_stub(link), task_id, lambda t: task(link, t), lambda b: batch(link, b)
         )
     if not completed:
         raise typer.Exit(1)

@@ -1,6 +1,6 @@
 """``hakuriver.vps``: long-lived containers with SSH, reached through the Host's proxy.
 
-grpc and the generated protos are imported by the commands that call the Host, not here
+The transports and the generated protos are imported by the commands that call the Host, not here
 (see hakuriver_cli/task.py).
 """
 
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from hakuriver_cli import client, direct
-from hakuriver_cli.connection import ask, config_or_fail, fail, host_channel, unary
+from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
+from hakuriver_cli.link import task_stub
 from hakuriver_cli.render import (
     memory as show_memory,
     print_json,
@@ -76,7 +77,7 @@ def submit(
     json: JsonOption = False,
 ) -> None:
     """Start a VPS: a container running sshd, with your key for root."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
@@ -90,9 +91,8 @@ def submit(
         mounts=mount_pbs(mount or []),
         privileged=privileged,
     )
-    with host_channel(cfg) as channel:
-        stub = task_service_pb2_grpc.TaskServiceStub(channel)
-        [task] = unary(stub.SubmitTask, request).tasks
+    with host_link(cfg) as link:
+        [task] = unary(task_stub(link).SubmitTask, request).tasks
     if json:
         print_json(to_dict(task))
         return
@@ -130,12 +130,12 @@ def _vps_row(t: task_pb2.Task) -> list[str]:
 @app.command()
 def status(config: ConfigOption = None, json: JsonOption = False) -> None:
     """List active VPS tasks (pending, assigning, running, paused)."""
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     request = tpb.ListTasksRequest(kind=TaskKind.VPS.pb, statuses=ACTIVE, limit=1000)
     reply = ask(
         config,
-        task_service_pb2_grpc.TaskServiceStub,
+        task_stub,
         lambda stub: unary(stub.ListTasks, request),
     )
     show_list(json, reply.tasks, "VPS tasks", VPS_COLUMNS, _vps_row)

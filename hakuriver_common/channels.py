@@ -13,13 +13,9 @@ from typing import Any
 
 import grpc
 
-from hakuriver_common.client_config import ClientConfig
+from hakuriver_common.client_config import ClientConfig, ca_file
 
 Options = Sequence[tuple[str, Any]]
-
-
-class TlsSetupError(Exception):
-    """The CA certificate a client needs is missing."""
 
 
 def bearer(secret: str) -> tuple[tuple[str, str], ...]:
@@ -31,13 +27,7 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     """TLS credentials trusting the cluster's CA; None when the config says plaintext."""
     if config.tls.plaintext:
         return None
-    ca = config.tls.path("ca_file")
-    if not ca.is_file():
-        raise TlsSetupError(
-            f"CA certificate {ca} not found: copy the Host's ca.pem there or set tls.ca_file "
-            "(hakuriver.init tls creates one on the Host)"
-        )
-    return grpc.ssl_channel_credentials(ca.read_bytes())
+    return grpc.ssl_channel_credentials(ca_file(config).read_bytes())
 
 
 # For a reader that asked the Host to keep it near the end of a task's output

@@ -79,17 +79,43 @@ class AuthSettings(Protocol):
     def authentication(self) -> bool: ...
 
 
+class DashboardSettings(Protocol):
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def plaintext(self) -> bool: ...
+
+
 class ClientConfig(Protocol):
     """What a client of the Host needs from the config; ``Config`` is one."""
 
     @property
     def network(self) -> NetworkSettings: ...
     @property
+    def dashboard(self) -> DashboardSettings: ...
+    @property
     def tls(self) -> TlsSettings: ...
     @property
     def auth(self) -> AuthSettings: ...
     @property
     def host_target(self) -> str: ...
+
+
+class TlsSetupError(Exception):
+    """The CA certificate a client needs is missing."""
+
+
+def ca_file(config: ClientConfig) -> Path:
+    """The cluster's CA certificate, which a client checks the Host's certificate against."""
+    ca = config.tls.path("ca_file")
+    if not ca.is_file():
+        raise TlsSetupError(
+            f"CA certificate {ca} not found: copy the Host's ca.pem there or set tls.ca_file "
+            "(hakuriver.init tls creates one on the Host)"
+        )
+    return ca
 
 
 # ----- the fields of config.py, each (kind, default, check) ---------------------------------
@@ -295,6 +321,7 @@ class PlainConfig:
     """Every section of the config, read without pydantic (see ``read_plain``)."""
 
     network: NetworkSettings
+    dashboard: DashboardSettings
     tls: TlsSettings
     auth: AuthSettings
 

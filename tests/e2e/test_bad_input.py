@@ -116,6 +116,7 @@ def test_cli_prints_one_line_and_exits_nonzero(
 
 def test_cli_reports_unreachable_host(cluster: ProcessCluster, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HAKURIVER_NETWORK__HOST_PORT", "1")
+    monkeypatch.setenv("HAKURIVER_DASHBOARD__PORT", "2")  # the tools call there first
     result = cluster.cli("client", "nodes")
     assert result.returncode == 1
     assert (

@@ -46,12 +46,12 @@ def run(
 
 @pytest.fixture(scope="module")
 def decoy(cluster: ProcessCluster, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The cluster's config (CA, credentials) naming a port where no Host listens."""
+    """The cluster's config (CA, credentials) naming ports where no Host listens (the API's
+    and the dashboard's, which the tools call first)."""
     path = tmp_path_factory.mktemp("decoy") / "decoy.toml"
     text = cluster.config_path.read_text()
-    path.write_text(
-        text.replace(f"host_port = {cluster.host_port}\n", f"host_port = {free_port()}\n")
-    )
+    text = text.replace(f"host_port = {cluster.host_port}\n", f"host_port = {free_port()}\n")
+    path.write_text(text.replace(f"port = {cluster.dashboard_port}\n", f"port = {free_port()}\n"))
     return path
 
 

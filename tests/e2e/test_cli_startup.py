@@ -1,7 +1,9 @@
 """What the command-line tools load, in a real process: ``--help`` loads neither grpc nor
 protobuf nor pydantic; ``hakuriver.task submit --wait -- true`` against a real Host (and a
-FakeRunner, no Docker) loads grpc but neither pydantic nor the daemons' Config nor rich. Only
-which modules are loaded is checked, never how long it took (that is bench/bench_cli.py's).
+FakeRunner, no Docker) calls it over Connect on the dashboard's HTTPS port and loads neither
+grpc nor asyncio nor pydantic nor the daemons' Config nor rich; with the dashboard off in the
+tool's config, or its port refusing, the same command works over gRPC. Only which modules are
+loaded is checked, never how long it took (that is bench/bench_cli.py's).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from bench.bench_cli import runner_thread
 from bench.host_process import HostProcess, bench_host
+from tests.e2e.harness import free_port
 
 # The tool as its console script runs it, writing the names of the loaded modules at exit.
 PROBE = """
@@ -69,33 +72,30 @@ def host() -> Iterator[HostProcess]:
         yield started
 
 
-def test_submit_wait_loads_grpc_and_not_pydantic(tmp_path: Path, host: HostProcess) -> None:
-    done, loaded = run_tool(
-        tmp_path, "task", "--config", str(host.config_path), "submit", "--wait", "--", "true"
-    )
+SUBMIT_WAIT = ("submit", "--wait", "--", "true")
+
+
+def test_submit_wait_loads_no_grpc_and_no_pydantic(tmp_path: Path, host: HostProcess) -> None:
+    done, loaded = run_tool(tmp_path, "task", "--config", str(host.config_path), *SUBMIT_WAIT)
+    assert done.returncode == 0, done.stderr
+    assert "completed, exit code 0" in done.stdout
+    unwanted = {"grpc", "asyncio", "pydantic", "rich", "docker", "hakuriver_common.config"}
+    assert loaded & unwanted == set()
+
+
+@pytest.mark.parametrize("dashboard", ["off", "refusing"])
+def test_without_the_dashboard_the_call_goes_over_grpc(
+    tmp_path: Path, host: HostProcess, dashboard: str
+) -> None:
+    served = f"[dashboard]\nport = {host.dashboard_port}\n"
+    text = host.config_path.read_text()
+    assert served in text
+    other = "[dashboard]\nenabled = false\n" if dashboard == "off" else "[dashboard]\nport = "
+    if dashboard == "refusing":
+        other += f"{free_port()}\n"
+    config = tmp_path / "tool.toml"
+    config.write_text(text.replace(served, other))
+    done, loaded = run_tool(tmp_path, "task", "--config", str(config), *SUBMIT_WAIT)
     assert done.returncode == 0, done.stderr
     assert "completed, exit code 0" in done.stdout
     assert "grpc" in loaded
-    unwanted = {"pydantic", "pydantic_settings", "rich", "docker", "hakuriver_common.config"}
-    assert loaded & unwanted == set()
-    assert "google.protobuf.json_format" not in loaded
-
-
-def test_a_table_loads_rich_and_not_pydantic(tmp_path: Path, host: HostProcess) -> None:
-    done, loaded = run_tool(tmp_path, "client", "--config", str(host.config_path), "nodes")
-    assert done.returncode == 0, done.stderr
-    assert "bench-cli" in done.stdout
-    assert "rich" in loaded
-    assert loaded & {"pydantic", "pydantic_settings", "hakuriver_common.config"} == set()
-
-
-def test_a_config_only_pydantic_reads_still_works(tmp_path: Path, host: HostProcess) -> None:
-    """A config with a webhook is read by load_config (client_config leaves it to it)."""
-    config = tmp_path / "config.toml"
-    config.write_text(
-        host.config_path.read_text() + '\n[[webhooks]]\nurl = "http://127.0.0.1:9/hook"\n'
-    )
-    done, loaded = run_tool(tmp_path, "task", "--config", str(config), "list", "--json")
-    assert done.returncode == 0, done.stderr
-    assert isinstance(json.loads(done.stdout), list)
-    assert "hakuriver_common.config" in loaded

@@ -1,0 +1,41 @@
+"""A call the Host refused or could not answer, the same whichever transport carried it.
+
+The tools catch this one error: the gRPC link (grpc_link.py) and the Connect link
+(connect_link.py) each turn their own failures into it. Status names are gRPC's; Connect's
+``canceled`` is CANCELLED.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Status(Enum):
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class CallError(Exception):
+    """``problem``: when the transport already knows what went wrong in words (a TLS
+    mismatch, a Host that is not there), the sentence to show instead of the details."""
+
+    def __init__(self, status: Status, details: str, problem: str = "") -> None:
+        super().__init__(f"{details} ({status.name})")
+        self.status = status
+        self.details = details
+        self.problem = problem

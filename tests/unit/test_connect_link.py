@@ -1,0 +1,145 @@
+"""The tools' Connect link (hakuriver_cli/connect_link.py) against a real Host's HTTPS
+dashboard port: answers and errors as the gRPC link gives them, server streams, a stream left
+early, and every call going over gRPC when the dashboard port cannot be reached. The link
+blocks, so each test runs it in a thread beside the Host's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from hakuriver_cli.call_error import CallError, Status
+from hakuriver_cli.connect_link import ConnectLink
+from hakuriver_cli.grpc_link import GrpcLink
+from hakuriver_cli.link import Link, log_stub, node_stub, task_stub
+from hakuriver_common.channels import open_channel
+from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2 as lpb,
+    node_service_pb2 as npb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from tests.e2e.harness import free_port
+from tests.fake_runner import HOLD
+from tests.unit.local_cluster import LocalCluster
+
+T = TypeVar("T")
+
+
+def _no_grpc() -> Link:
+    raise AssertionError("the call went over gRPC")
+
+
+def connect_link(
+    cluster: LocalCluster,
+    token: str,
+    port: int | None = None,
+    grpc_link: Callable[[], Link] = _no_grpc,
+) -> ConnectLink:
+    assert cluster.server is not None
+    tls = ssl.create_default_context(cafile=str(cluster.config.tls.ca_file))
+    return ConnectLink(
+        "127.0.0.1", port or cluster.server.dashboard_port, tls, "127.0.0.1", token, grpc_link
+    )
+
+
+async def in_thread(call: Callable[[], T]) -> T:
+    return await asyncio.to_thread(call)
+
+
+def failure(call: Callable[[], Any]) -> CallError:
+    with pytest.raises(CallError) as raised:
+        call()
+    return raised.value
+
+
+async def test_answers_and_errors_are_the_grpc_links(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner()
+    alice = await local_cluster.add_user("alice")
+    link = connect_link(local_cluster, alice.token)
+    over_grpc = GrpcLink(open_channel(local_cluster.config, alice.token))
+
+    def submit_and_watch() -> list[int]:
+        stub = task_stub(link)
+        request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_COMMAND, command="true")
+        [task] = stub.SubmitTask(request, timeout=10).tasks
+        seen = [u.task.status for u in stub.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id))]
+        assert stub.GetTask(tpb.GetTaskRequest(task_id=task.task_id)).task.owner == "alice"
+        return seen
+
+    statuses = await in_thread(submit_and_watch)
+    assert statuses[-1] == task_pb2.TASK_STATUS_COMPLETED
+
+    def errors(over: Link) -> list[tuple[Status, str]]:
+        found = [
+            failure(lambda: task_stub(over).GetTask(tpb.GetTaskRequest(task_id=12345))),
+            failure(lambda: node_stub(over).DrainNode(npb.DrainNodeRequest(hostname="node-0"))),
+            failure(lambda: task_stub(over).SubmitTask(tpb.SubmitTaskRequest(cores=-1))),
+        ]
+        return [(e.status, e.details) for e in found]
+
+    over_connect = await in_thread(lambda: errors(link))
+    assert [status for status, _ in over_connect] == [
+        Status.NOT_FOUND,
+        Status.PERMISSION_DENIED,
+        Status.INVALID_ARGUMENT,
+    ]
+    assert over_connect == await in_thread(lambda: errors(over_grpc))
+
+    stranger = connect_link(local_cluster, "hkr_not-a-token")
+    refused = await in_thread(
+        lambda: failure(lambda: task_stub(stranger).ListTasks(tpb.ListTasksRequest()))
+    )
+    assert refused.status is Status.UNAUTHENTICATED
+    for each in (link, stranger, over_grpc):
+        each.close()
+
+
+async def test_a_stream_left_early_spoils_no_later_call(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner(answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    runner.write(task.task_id, b"first\n")
+    link = connect_link(local_cluster, local_cluster.admin_token)
+    request = lpb.ReadLogRequest(
+        task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, follow=True
+    )
+
+    def leave_then_call(cancel: bool) -> tuple[bytes, int]:
+        stream = log_stub(link).ReadLog(request)
+        first = next(stream).data
+        if cancel:
+            stream.cancel()  # else just dropped, mid-stream, as a `break` leaves it
+        return first, task_stub(link).GetTask(tpb.GetTaskRequest(task_id=task.task_id)).task.status
+
+    for cancel in (False, True):
+        assert await asyncio.to_thread(leave_then_call, cancel) == (
+            b"first\n",
+            task_pb2.TASK_STATUS_RUNNING,
+        )
+    link.close()
+
+
+async def test_without_the_dashboard_every_call_goes_over_grpc(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner()
+    opened: list[GrpcLink] = []
+
+    def grpc_link() -> Link:
+        opened.append(GrpcLink(open_channel(local_cluster.config, local_cluster.admin_token)))
+        return opened[-1]
+
+    link = connect_link(local_cluster, local_cluster.admin_token, free_port(), grpc_link)
+
+    def calls() -> tuple[int, Status]:
+        nodes = node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+        missing = failure(lambda: task_stub(link).GetTask(tpb.GetTaskRequest(task_id=1)))
+        return len(nodes), missing.status
+
+    assert await in_thread(calls) == (1, Status.NOT_FOUND)
+    assert link.over_grpc and len(opened) == 1
+    link.close()

@@ -27,7 +27,7 @@ from hakuriver_cli.render import (
 )
 from hakuriver_common.credentials import TOKEN_ENV, write_secret
 from hakuriver_common.roles import AuditOutcome, Role
-from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
+from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, plain_app, tool_app
 
 if TYPE_CHECKING:
     from hakuriver_common.proto.hakuriver.v1 import (
@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = tool_app("Users, API tokens, runner credentials and the audit log.")
-user_app = typer.Typer(no_args_is_help=True)
-token_app = typer.Typer(no_args_is_help=True)
-runner_app = typer.Typer(no_args_is_help=True)
+user_app = plain_app(no_args_is_help=True)
+token_app = plain_app(no_args_is_help=True)
+runner_app = plain_app(no_args_is_help=True)
 
 
 def _group(ctx: typer.Context, config: ConfigOption = None, json: JsonOption = False) -> None:

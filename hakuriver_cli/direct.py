@@ -355,6 +355,7 @@ def run(app: typer.Typer, argv: Sequence[str] | None = None) -> None:
     # Run it inside typer, for its handling of exits, interrupts and errors.
     once = typer.Typer(
         add_completion=False,
+        rich_markup_mode=app.rich_markup_mode,
         pretty_exceptions_enable=app.pretty_exceptions_enable,
         pretty_exceptions_show_locals=app.pretty_exceptions_show_locals,
         pretty_exceptions_short=app.pretty_exceptions_short,

@@ -26,9 +26,9 @@ import typer
 from hakuriver_cli.connection import config_or_fail, host_link
 from hakuriver_cli.link import shell_stub
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, plain_app
 
-app = typer.Typer(add_completion=False)
+app = plain_app(add_completion=False)
 _DONE = object()
 
 

@@ -33,7 +33,7 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.render import status_name
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, plain_app
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # The transports and the generated protos are imported when the tool calls the Host (not for
 # --help).
 
-app = typer.Typer(add_completion=False)
+app = plain_app(add_completion=False)
 CHUNK = 64 * 1024
 
 

@@ -9,13 +9,13 @@ from typing import Annotated
 import typer
 
 from hakuriver_common.config import Config
-from hakuriver_common.service import ConfigOption, config_or_exit, start_daemon
+from hakuriver_common.service import ConfigOption, config_or_exit, plain_app, start_daemon
 from hakuriver_host.access import Access
 from hakuriver_host.errors import ApiError
 from hakuriver_host.server import HostServer
 from hakuriver_host.store import Store
 
-app = typer.Typer(add_completion=False, help="Start the HakuRiver Host.")
+app = plain_app(add_completion=False, help="Start the HakuRiver Host.")
 
 
 # Objects allocated between young-generation collections (Python's default is 700). The

@@ -11,7 +11,7 @@ import typer
 
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
-from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
+from hakuriver_common.service import ConfigOption, plain_app, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
@@ -19,7 +19,7 @@ from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.session import Session
 from hakuriver_runner.supervisor import Supervisor
 
-app = typer.Typer(add_completion=False, help="Start a HakuRiver Runner.")
+app = plain_app(add_completion=False, help="Start a HakuRiver Runner.")
 log = logging.getLogger(__name__)
 
 

@@ -1,5 +1,5 @@
-"""What the command-line tools load, in a real process: ``--help`` loads neither grpc nor
-protobuf nor pydantic; ``hakuriver.task submit --wait -- true`` against a real Host (and a
+"""What the command-line tools load, in a real process: ``--help`` loads none of grpc,
+protobuf, pydantic and rich (the help is plain text); ``hakuriver.task submit --wait -- true`` against a real Host (and a
 FakeRunner, no Docker) calls it over Connect on the dashboard's HTTPS port and loads neither
 grpc nor asyncio nor pydantic nor the daemons' Config nor rich; with the dashboard off in the
 tool's config, or its port refusing, the same command works over gRPC. Only which modules are
@@ -32,6 +32,7 @@ __import__(f"hakuriver_cli.{tool}", fromlist=["run"]).run()
 """
 NEVER_AT_START = {
     "grpc",
+    "rich",
     "google.protobuf",
     "pydantic",
     "pydantic_settings",
@@ -59,7 +60,7 @@ def run_tool(
 
 
 @pytest.mark.parametrize("tool", ["task", "client", "vps", "ssh", "admin", "docker"])
-def test_help_loads_no_transport_and_no_pydantic(tmp_path: Path, tool: str) -> None:
+def test_help_loads_no_transport_no_pydantic_and_no_rich(tmp_path: Path, tool: str) -> None:
     done, loaded = run_tool(tmp_path, tool, "--help")
     assert done.returncode == 0, done.stderr
     assert "Usage" in done.stdout

@@ -1,9 +1,10 @@
 """What the command-line tools load, in a real process: ``--help`` loads none of grpc,
-protobuf, pydantic and rich (the help is plain text); ``hakuriver.task submit --wait -- true`` against a real Host (and a
-FakeRunner, no Docker) calls it over Connect on the dashboard's HTTPS port and loads neither
-grpc nor asyncio nor pydantic nor the daemons' Config nor rich; with the dashboard off in the
-tool's config, or its port refusing, the same command works over gRPC. Only which modules are
-loaded is checked, never how long it took (that is bench/bench_cli.py's).
+protobuf, pydantic and rich (the help is plain text); ``hakuriver.task submit --wait --
+true`` against a real Host (and a FakeRunner, no Docker) calls it over Connect on the
+dashboard's HTTPS port and loads neither grpc nor asyncio nor pydantic nor the daemons'
+Config nor rich; with the dashboard off in the tool's config, or its port refusing, the same
+command works over gRPC. Only which modules are loaded is checked, never how long it took
+(that is bench/bench_cli.py's).
 """
 
 from __future__ import annotations

@@ -70,6 +70,11 @@ def secured(
 
 # ----- credentials files and transport mismatches --------------------------------------
 
+# The tools call the dashboard's port first (plain HTTP in the harness, see cli.md); the TLS
+# checks below are the gRPC port's, so these runs turn the dashboard off in the tool's config.
+# The Connect link's own mismatch is in tests/unit/test_connect_link.py.
+OVER_GRPC = {"HAKURIVER_DASHBOARD__ENABLED": "false"}
+
 
 def test_credentials_file_readable_by_others_is_refused(
     secured: ProcessCluster, tmp_path: Path
@@ -85,7 +90,7 @@ def test_credentials_file_readable_by_others_is_refused(
 
 
 def test_plaintext_client_against_tls_host_is_one_line(secured: ProcessCluster) -> None:
-    refused = run(secured, "client", "nodes", HAKURIVER_TLS__PLAINTEXT="true")
+    refused = run(secured, "client", "nodes", HAKURIVER_TLS__PLAINTEXT="true", **OVER_GRPC)
     line = one_error_line(refused)
     assert f"127.0.0.1:{secured.host_port}" in line and "expects TLS" in line
 
@@ -94,8 +99,8 @@ def test_tls_client_against_plaintext_host_is_one_line(docker_ready: None, tmp_p
     plain = ProcessCluster(tmp_path, runner_count=0, extra_sections={"tls": "plaintext = true"})
     try:
         plain.start()
-        ok(run(plain, "client", "nodes"))  # the Host answers plaintext clients
-        refused = run(plain, "client", "nodes", HAKURIVER_TLS__PLAINTEXT="false")
+        ok(run(plain, "client", "nodes", **OVER_GRPC))  # the Host answers plaintext clients
+        refused = run(plain, "client", "nodes", HAKURIVER_TLS__PLAINTEXT="false", **OVER_GRPC)
         line = one_error_line(refused)
         assert "does not speak TLS" in line and "tls.plaintext" in line
     finally:
@@ -252,10 +257,12 @@ def test_init_tls_files_serve_a_host(docker_ready: None, tmp_path: Path) -> None
     cluster.client_config = load_config(cluster.config_path)
     try:
         cluster.start()
-        ok(run(cluster, "client", "nodes"))
+        ok(run(cluster, "client", "nodes", **OVER_GRPC))
         assert (folder / "ca.pem").read_bytes() == ca
         # A client trusting another CA is told so in one line.
-        other = run(cluster, "client", "nodes", HAKURIVER_TLS__CA_FILE=str(test_ca.ca_cert))
+        other = run(
+            cluster, "client", "nodes", HAKURIVER_TLS__CA_FILE=str(test_ca.ca_cert), **OVER_GRPC
+        )
         assert "not signed by tls.ca_file" in one_error_line(other)
     finally:
         cluster.stop()

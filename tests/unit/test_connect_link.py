@@ -143,3 +143,23 @@ async def test_without_the_dashboard_every_call_goes_over_grpc(
     assert await in_thread(calls) == (1, Status.NOT_FOUND)
     assert link.over_grpc and len(opened) == 1
     link.close()
+
+
+async def test_plain_http_against_the_https_dashboard_says_so(
+    local_cluster: LocalCluster,
+) -> None:
+    assert local_cluster.server is not None
+    link = ConnectLink(
+        "127.0.0.1",
+        local_cluster.server.dashboard_port,
+        None,
+        "127.0.0.1",
+        local_cluster.admin_token,
+        _no_grpc,
+    )
+    refused = await in_thread(
+        lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest()))
+    )
+    assert refused.status is Status.UNAVAILABLE
+    assert "expects TLS" in refused.problem and "dashboard.plaintext" in refused.problem
+    link.close()

@@ -1,0 +1,175 @@
+"""The tools' commands declared as plain data, run without typer when that is certain.
+
+Why: importing typer (and the click it vendors) costs about 30 ms, more than the rest of a
+small command; ``hakuriver_cli/direct.py`` reads an everyday command line itself and calls
+the command, so typer is only needed to print help, report a usage error, complete a word,
+or read a command line ``direct`` is not sure of. A tool declares its commands with this
+module's ``App``, ``Option`` and ``Argument``, which take exactly the arguments of
+``typer.Typer``, ``typer.Option`` (in ``Annotated``) and ``typer.Argument`` and only record
+them; ``App.typer()`` builds the same typer app from that record when it is needed.
+
+``Exit`` ends the tool with a status (a SystemExit, which typer and click let through);
+``echo`` prints a line as ``typer.echo`` does; ``Context`` stands for ``typer.Context`` in a
+callback's parameters (the same class to type checkers).
+"""
+
+from __future__ import annotations
+
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from inspect import Parameter, signature
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+if TYPE_CHECKING:
+    import typer
+    from typer import Context as Context
+else:
+
+    class Context:
+        """Stands for typer.Context in a parameter's annotation (see ``App.typer``)."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Exit(SystemExit):
+    """End the tool with ``code`` (typer.Exit's place)."""
+
+    def __init__(self, code: int = 0) -> None:
+        super().__init__(code)
+        self.exit_code = code
+
+
+def echo(message: str = "", err: bool = False) -> None:
+    """``message`` and a newline on stdout (stderr when ``err``), flushed."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(f"{message}\n")
+    stream.flush()
+
+
+class Option:
+    """``typer.Option``'s arguments as used in ``Annotated``: option names, then settings."""
+
+    def __init__(self, *param_decls: str, **settings: Any) -> None:
+        self.param_decls = param_decls
+        self.settings = settings
+
+
+class Argument:
+    """``typer.Argument``'s settings."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+
+
+@dataclass
+class Command:
+    """A command (or a group's callback) and the settings of its ``command()`` call."""
+
+    callback: Callable[..., Any]
+    name: str | None
+    settings: dict[str, Any]
+
+    @property
+    def command_name(self) -> str:
+        """The name typer gives it: its own, or the function's with ``-`` for ``_``."""
+        return self.name or self.callback.__name__.lower().replace("_", "-")
+
+
+@dataclass
+class Group:
+    app: App
+    name: str | None
+    settings: dict[str, Any]
+
+
+class App:
+    """``typer.Typer``'s settings and what is registered on it. Help and usage errors are
+    plain text: typer's rich rendering (boxes, colours) costs about 60 ms per start."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.commands: list[Command] = []
+        self.groups: list[Group] = []
+        self.group_callback: Command | None = None
+
+    def command(self, name: str | None = None, **settings: Any) -> Callable[[F], F]:
+        def register(callback: F) -> F:
+            self.commands.append(Command(callback, name, settings))
+            return callback
+
+        return register
+
+    def callback(self, **settings: Any) -> Callable[[F], F]:
+        def register(callback: F) -> F:
+            self.group_callback = Command(callback, None, settings)
+            return callback
+
+        return register
+
+    def add_typer(self, app: App, name: str | None = None, **settings: Any) -> None:
+        self.groups.append(Group(app, name, settings))
+
+    def typer(self) -> typer.Typer:
+        """The typer app this declares (built on each call)."""
+        import typer
+
+        built = typer.Typer(rich_markup_mode=None, **self.settings)
+        if self.group_callback is not None:
+            built.callback(**self.group_callback.settings)(_for_typer(self.group_callback.callback))
+        for command in self.commands:
+            built.command(command.name, **command.settings)(_for_typer(command.callback))
+        for group in self.groups:
+            built.add_typer(group.app.typer(), name=group.name, **group.settings)
+        return built
+
+    def __call__(self) -> None:
+        """Run the tool through typer."""
+        self.typer()()
+
+
+def _for_typer(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """``callback`` as typer reads a function: its parameters' ``Option``/``Argument`` made
+    typer's, ``Context`` made typer.Context (and an option's own callback likewise)."""
+    import typer
+
+    hints = typing.get_type_hints(callback, include_extras=True)
+    parameters = []
+    for parameter in signature(callback).parameters.values():
+        annotation = hints.get(parameter.name, parameter.annotation)
+        parameters.append(parameter.replace(annotation=_typer_annotation(annotation)))
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return callback(*args, **kwargs)
+
+    call.__name__ = callback.__name__
+    call.__qualname__ = callback.__qualname__
+    call.__doc__ = callback.__doc__
+    call.__module__ = callback.__module__
+    call.__signature__ = signature(callback).replace(parameters=parameters)  # type: ignore[attr-defined]
+    call.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not Parameter.empty}
+    return call
+
+
+def _typer_annotation(annotation: Any) -> Any:
+    import typer
+
+    if annotation is Context:
+        return typer.Context
+    if typing.get_origin(annotation) is not Annotated:
+        return annotation
+    base, *extras = typing.get_args(annotation)
+    made = []
+    for extra in extras:
+        if isinstance(extra, Option):
+            settings = dict(extra.settings)
+            if settings.get("callback") is not None:
+                settings["callback"] = _for_typer(settings["callback"])
+            made.append(typer.Option(*extra.param_decls, **settings))
+        elif isinstance(extra, Argument):
+            made.append(typer.Argument(**extra.settings))
+        else:
+            made.append(extra)
+    return Annotated[(base, *made)]  # type: ignore[valid-type]

@@ -12,8 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import typer
-
 from hakuriver_cli import direct
 from hakuriver_cli.connection import ask, fail, parsed, unary
 from hakuriver_cli.link import access_stub, audit_stub
@@ -25,9 +23,10 @@ from hakuriver_cli.render import (
     to_dict,
     when,
 )
+from hakuriver_common import commands as cli
 from hakuriver_common.credentials import TOKEN_ENV, write_secret
 from hakuriver_common.roles import AuditOutcome, Role
-from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, plain_app, tool_app
+from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
 
 if TYPE_CHECKING:
     from hakuriver_common.proto.hakuriver.v1 import (
@@ -42,12 +41,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 app = tool_app("Users, API tokens, runner credentials and the audit log.")
-user_app = plain_app(no_args_is_help=True)
-token_app = plain_app(no_args_is_help=True)
-runner_app = plain_app(no_args_is_help=True)
+user_app = cli.App(no_args_is_help=True)
+token_app = cli.App(no_args_is_help=True)
+runner_app = cli.App(no_args_is_help=True)
 
 
-def _group(ctx: typer.Context, config: ConfigOption = None, json: JsonOption = False) -> None:
+def _group(ctx: cli.Context, config: ConfigOption = None, json: JsonOption = False) -> None:
     """Hand --config and --json given before the group's command on to it."""
     ctx.obj = GlobalOptions(config, json)
 
@@ -79,18 +78,18 @@ def whoami(config: ConfigOption = None, json: JsonOption = False) -> None:
     if json:
         print_json(to_dict(me))
         return
-    typer.echo(f"{me.user} ({role_name(me.role)}), token {me.token_id or '-'}")
+    cli.echo(f"{me.user} ({role_name(me.role)}), token {me.token_id or '-'}")
 
 
 # ----- users --------------------------------------------------------------------------
 
-NameArgument = Annotated[str, typer.Argument(help="User name.", show_default=False)]
+NameArgument = Annotated[str, cli.Argument(help="User name.", show_default=False)]
 
 
 @user_app.command("add")
 def user_add(
     name: NameArgument,
-    role: Annotated[Role, typer.Option(help="user, operator or admin.")] = Role.USER,
+    role: Annotated[Role, cli.Option(help="user, operator or admin.")] = Role.USER,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -102,8 +101,8 @@ def user_add(
     if json:
         print_json(to_dict(user))
         return
-    typer.echo(f"added user {user.name} ({role_name(user.role)})")
-    typer.echo(f"give them a token: hakuriver.admin token create --user {user.name} --save PATH")
+    cli.echo(f"added user {user.name} ({role_name(user.role)})")
+    cli.echo(f"give them a token: hakuriver.admin token create --user {user.name} --save PATH")
 
 
 def _user_row(user: access_pb2.User) -> list[str]:
@@ -129,7 +128,7 @@ def user_remove(name: NameArgument, config: ConfigOption = None, json: JsonOptio
     if json:
         print_json({"user": name, "revoked_tokens": revoked})
         return
-    typer.echo(f"removed user {name}; revoked {revoked} token(s)")
+    cli.echo(f"removed user {name}; revoked {revoked} token(s)")
 
 
 # ----- tokens -------------------------------------------------------------------------
@@ -182,19 +181,19 @@ def _save_target(save: Path | None) -> Path | None:
 @token_app.command("create")
 def token_create(
     user: Annotated[
-        str, typer.Option(help="Whose token (default: yours; another's needs admin).")
+        str, cli.Option(help="Whose token (default: yours; another's needs admin).")
     ] = "",
-    description: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    description: Annotated[str, cli.Option(help="What the token is for.")] = "",
     expires: Annotated[
         str,
-        typer.Option(
+        cli.Option(
             help="Expire after 90s, 12h, 30d, or at an ISO date/time (default: never).",
             show_default=False,
         ),
     ] = "",
     save: Annotated[
         Path | None,
-        typer.Option(
+        cli.Option(
             help="Write the secret to this new file (mode 0600) instead of printing it.",
             show_default=False,
         ),
@@ -226,17 +225,17 @@ def token_create(
         body.update({"saved_to": str(target)} if target else {"secret": made.secret})
         print_json(body)
     elif target is not None:
-        typer.echo(f"saved {about} to {target} (mode 0600)")
+        cli.echo(f"saved {about} to {target} (mode 0600)")
     else:
-        typer.echo(made.secret)
+        cli.echo(made.secret)
     if target is None:
-        typer.echo(
+        cli.echo(
             f"warning: {about} is shown only now; keep it in ~/.hakuriver/credentials "
             f"(chmod 600) or ${TOKEN_ENV}",
             err=True,
         )
     else:
-        typer.echo(
+        cli.echo(
             f"{token.user} keeps it in ~/.hakuriver/credentials (chmod 600) or ${TOKEN_ENV}",
             err=True,
         )
@@ -258,10 +257,10 @@ def _token_row(token: access_pb2.ApiToken) -> list[str]:
 
 @token_app.command("list")
 def token_list(
-    user: Annotated[str, typer.Option(help="Only this user's tokens (admin).")] = "",
-    all_: Annotated[bool, typer.Option("--all", help="Everybody's tokens (admin).")] = False,
+    user: Annotated[str, cli.Option(help="Only this user's tokens (admin).")] = "",
+    all_: Annotated[bool, cli.Option("--all", help="Everybody's tokens (admin).")] = False,
     include_inactive: Annotated[
-        bool, typer.Option("--include-inactive", help="Also revoked and expired tokens.")
+        bool, cli.Option("--include-inactive", help="Also revoked and expired tokens.")
     ] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
@@ -278,7 +277,7 @@ def token_list(
 
 @token_app.command("revoke")
 def token_revoke(
-    token_id: Annotated[str, typer.Argument(help="Token id (token list).", show_default=False)],
+    token_id: Annotated[str, cli.Argument(help="Token id (token list).", show_default=False)],
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -290,7 +289,7 @@ def token_revoke(
     if json:
         print_json(to_dict(token))
         return
-    typer.echo(f"revoked token {token.token_id} of {token.user}")
+    cli.echo(f"revoked token {token.token_id} of {token.user}")
 
 
 # ----- runner credentials -------------------------------------------------------------
@@ -318,7 +317,7 @@ def runner_list(config: ConfigOption = None, json: JsonOption = False) -> None:
 
 @runner_app.command("revoke")
 def runner_revoke(
-    hostname: Annotated[str, typer.Argument(help="Node hostname.", show_default=False)],
+    hostname: Annotated[str, cli.Argument(help="Node hostname.", show_default=False)],
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -331,7 +330,7 @@ def runner_revoke(
     if json:
         print_json(to_dict(credential))
         return
-    typer.echo(
+    cli.echo(
         f"revoked the credential of runner {credential.hostname}; to join again it needs the "
         "join token (and its old credential removed from its state_dir)"
     )
@@ -358,11 +357,11 @@ def _audit_row(event: aupb.AuditEvent) -> list[str]:
 
 @app.command()
 def audit(
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many events.")] = 100,
-    actor: Annotated[str, typer.Option(help="Only this actor (user or runner:HOST).")] = "",
-    action: Annotated[str, typer.Option(help="Only this action, e.g. task.submit.")] = "",
-    refused: Annotated[bool, typer.Option("--refused", help="Only refusals.")] = False,
-    before: Annotated[int, typer.Option(help="Only events older than this id (paging).")] = 0,
+    limit: Annotated[int, cli.Option(min=1, max=1000, help="At most this many events.")] = 100,
+    actor: Annotated[str, cli.Option(help="Only this actor (user or runner:HOST).")] = "",
+    action: Annotated[str, cli.Option(help="Only this action, e.g. task.submit.")] = "",
+    refused: Annotated[bool, cli.Option("--refused", help="Only refusals.")] = False,
+    before: Annotated[int, cli.Option(help="Only events older than this id (paging).")] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:

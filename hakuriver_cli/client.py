@@ -12,8 +12,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     ask,
@@ -36,6 +34,7 @@ from hakuriver_cli.render import (
     to_dict,
     to_json_line,
 )
+from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 
 if TYPE_CHECKING:
@@ -115,10 +114,10 @@ def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> No
         print_json(to_dict(node))
         return
     state = "draining: no new tasks" if node.draining else "accepting tasks"
-    typer.echo(f"node {node.hostname}: {state} ({node.active_tasks} active)")
+    cli.echo(f"node {node.hostname}: {state} ({node.active_tasks} active)")
 
 
-HostnameArgument = Annotated[str, typer.Argument(help="Node hostname.", show_default=False)]
+HostnameArgument = Annotated[str, cli.Argument(help="Node hostname.", show_default=False)]
 
 
 @app.command()
@@ -210,11 +209,9 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
 
 @app.command()
 def health(
-    hostname: Annotated[str, typer.Argument(help="Only this node.")] = "",
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Keep updating as samples arrive.")
-    ] = False,
-    count: Annotated[int, typer.Option(help="With --watch: stop after this many samples.")] = 0,
+    hostname: Annotated[str, cli.Argument(help="Only this node.")] = "",
+    watch: Annotated[bool, cli.Option("--watch", help="Keep updating as samples arrive.")] = False,
+    count: Annotated[int, cli.Option(help="With --watch: stop after this many samples.")] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -262,7 +259,7 @@ def health(
 
 BatchOrTaskArgument = Annotated[
     str,
-    typer.Argument(
+    cli.Argument(
         help="Task id; a batch (job array) id for all its tasks; or ARRAY_ID_INDEX for one "
         "task of an array.",
         show_default=False,
@@ -276,7 +273,7 @@ def _print_batch(batch: tpb.BatchSummary, json: bool, affected: int | None = Non
             {"batch": to_dict(batch), **({} if affected is None else {"affected": affected})}
         )
         return
-    typer.echo(batch_line(batch))
+    cli.echo(batch_line(batch))
 
 
 @app.command()
@@ -345,12 +342,12 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
         if json:
             print_json(to_dict(done))
         else:
-            typer.echo(f"task {tid}: {status_name(done.status)}")
+            cli.echo(f"task {tid}: {status_name(done.status)}")
 
     def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
         summary, affected = _control_batch(stub, bid, verb)
         if not json:
-            typer.echo(f"{_DONE[verb]} {affected} tasks")
+            cli.echo(f"{_DONE[verb]} {affected} tasks")
         _print_batch(summary, json, affected)
 
     ask(
@@ -360,7 +357,7 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
     )
 
 
-ActionArgument = Annotated[Action, typer.Argument(help="pause or resume.")]
+ActionArgument = Annotated[Action, cli.Argument(help="pause or resume.")]
 
 
 @app.command()

@@ -1,9 +1,9 @@
-"""Config loading, the Host channel and error reporting shared by the CLI tools.
+"""Config loading, the link to the Host and error reporting shared by the CLI tools.
 
 Every failure ends as one line on stderr and a non-zero exit, never a traceback.
 
-A tool imports this module to declare its commands, so it imports only typer and light
-modules itself: the transports (link.py), the generated protos and the TLS and token code are
+A tool imports this module to declare its commands, so it imports only light modules
+itself: the transports (link.py), the generated protos and the TLS and token code are
 imported by the functions that open a link (``--help`` never gets there). The config comes
 from client_config (no pydantic unless the config needs it).
 """
@@ -15,10 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-import typer
-
 from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.link import Link
+from hakuriver_common import commands as cli
 from hakuriver_common.ids import parse_task_id
 from hakuriver_common.limits import MAX_ARRAY_INDEX
 from hakuriver_common.service import client_config_or_exit
@@ -32,7 +31,7 @@ S = TypeVar("S")
 
 TaskIdArgument = Annotated[
     str,
-    typer.Argument(
+    cli.Argument(
         help="Task id (decimal), or ARRAY_ID_INDEX for one task of a job array.",
         show_default=False,
     ),
@@ -42,8 +41,8 @@ RPC_TIMEOUT_SECONDS = 30.0
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+    cli.echo(f"error: {message}", err=True)
+    raise cli.Exit(code)
 
 
 def config_or_fail(path: Path | None) -> ClientConfig:

@@ -1,22 +1,25 @@
-"""Running a tool's command without typer's argument parsing, when the arguments are plain.
+"""Running a tool's command without typer, when the arguments are plain.
 
-typer (0.29 here) checks the value of every parameter of the command it runs through pydantic:
-the first one costs the import of pydantic and each a pydantic TypeAdapter, together more than
-everything else a small command does. ``run`` reads the command line itself when every token is
-one it is sure of (a known subcommand, its long options with plain values, its flags, positional
-arguments, ``--``, and ``--config``/``--json`` before the subcommand) and calls the command with
-exactly the values typer would have passed. Anything else goes to typer as before: ``--help``, a
+typer costs about 30 ms to import, and (0.29 here) checks the value of every parameter of the
+command it runs through pydantic: together more than everything else a small command does.
+The tools declare their commands with hakuriver_common/commands.py, which needs no typer,
+and ``run`` reads the command line itself when every token is one it is sure of (a known
+subcommand, its long options with plain values, its flags, positional arguments, ``--``, and
+``--config``/``--json`` before the subcommand) and calls the command with exactly the values
+typer would have passed. Anything else goes to typer as before: ``--help``, a
 short or unknown option, a value that needs checking (a negative number, a value that starts
 with ``-``, one out of range or not among the choices), an option given twice, a missing or
 extra argument, a command group, shell completion. typer then prints the help or the error it
-always did. The command runs inside typer either way (a one-command typer app with no
-parameters), so exits, interrupts and errors are handled as before.
+always did. A command run directly ends as it would under typer: ``commands.Exit`` is a
+SystemExit, Ctrl-C exits 130, the end of stdin prints "Aborted!" and exits 1, a closed
+stdout exits 1 quietly.
 
 tests/unit/test_cli_direct.py runs both on generated command lines and fails when they differ.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import sys
@@ -29,10 +32,8 @@ from inspect import Parameter, signature
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
-from typer.models import ArgumentInfo, OptionInfo, ParameterInfo
-
 from hakuriver_common import service
+from hakuriver_common.commands import App, Argument, Option, echo
 
 
 class _Unsure(Exception):
@@ -61,11 +62,11 @@ class Call:
     kwargs: dict[str, Any]
 
 
-# What a parameter's typer.Option / typer.Argument may set for ``parse`` to read it: help
-# texts and display settings; anything else (a parser, envvar, prompt, path checks, a
-# callback of its own...) is left to typer.
+# What a parameter's Option / Argument may set for ``parse`` to read it: help texts and
+# display settings, bounds, the --config/--json callbacks; anything else (a parser, envvar,
+# prompt, path checks, a callback of its own...) is left to typer.
 _DISPLAY = frozenset({"help", "show_default", "rich_help_panel", "metavar", "show_choices"})
-_READ = _DISPLAY | {"param_decls", "min", "max", "callback", "default"}
+_READ = _DISPLAY | {"min", "max", "callback"}
 _CALLBACKS: dict[Any, Callable[[Any, service.GlobalOptions], Any]] = {
     service._config_after_or_before: lambda value, before: (
         value if value is not None else before.config
@@ -76,18 +77,16 @@ _INT = re.compile(r"[0-9]{1,18}")
 _FLOAT = re.compile(r"[0-9]{1,15}(\.[0-9]{1,15})?")
 
 
-def _info(annotation: Any) -> tuple[Any, ParameterInfo]:
-    """A parameter's type and its typer.Option or typer.Argument (``Annotated`` only)."""
+def _info(annotation: Any) -> tuple[Any, Option | Argument]:
+    """A parameter's type and its Option or Argument (``Annotated`` only)."""
     if typing.get_origin(annotation) is not Annotated:
         raise _Unsure
     base, *extras = typing.get_args(annotation)
-    if len(extras) != 1 or type(extras[0]) not in (OptionInfo, ArgumentInfo):
+    if len(extras) != 1 or type(extras[0]) not in (Option, Argument):
         raise _Unsure
     info = extras[0]
-    blank = OptionInfo() if isinstance(info, OptionInfo) else ArgumentInfo()
-    for key, value in vars(info).items():
-        if key not in _READ and value != getattr(blank, key):
-            raise _Unsure
+    if set(info.settings) - _READ:
+        raise _Unsure
     return base, info
 
 
@@ -122,11 +121,12 @@ def _params(callback: Callable[..., Any]) -> tuple[list[Param], dict[str, tuple[
             raise _Unsure
         base, info = _info(hints[parameter.name])
         kind, many = _kind(base)
-        if info.callback is not None and info.callback not in _CALLBACKS:
+        given, low, high = (info.settings.get(key) for key in ("callback", "min", "max"))
+        if given is not None and given not in _CALLBACKS:
             raise _Unsure
-        if (info.min is not None or info.max is not None) and kind not in (int, float):
+        if (low is not None or high is not None) and kind not in (int, float):
             raise _Unsure
-        option = isinstance(info, OptionInfo)
+        option = isinstance(info, Option)
         if option and kind is bool and parameter.default is Parameter.empty:
             raise _Unsure
         param = Param(
@@ -135,19 +135,13 @@ def _params(callback: Callable[..., Any]) -> tuple[list[Param], dict[str, tuple[
             kind=kind,
             many=many,
             default=parameter.default,
-            low=info.min,
-            high=info.max,
-            resolve=_CALLBACKS.get(info.callback),
+            low=low,
+            high=high,
+            resolve=_CALLBACKS.get(given),
         )
         params.append(param)
-        # In Annotated, typer.Option's first positional argument is its first name.
-        decls = tuple(info.param_decls or ())
-        if info.default is not ...:
-            if not option or not isinstance(info.default, str):
-                raise _Unsure
-            decls = (info.default, *decls)
-        if option:
-            for name, value in _option_names(parameter.name, kind, decls):
+        if isinstance(info, Option):
+            for name, value in _option_names(parameter.name, kind, info.param_decls):
                 if name in names:
                     raise _Unsure
                 names[name] = (param, value)
@@ -199,9 +193,9 @@ def _value(param: Param, text: str) -> Any:
     return number
 
 
-def _group(app: typer.Typer, tokens: list[str]) -> tuple[service.GlobalOptions, int]:
+def _group(app: App, tokens: list[str]) -> tuple[service.GlobalOptions, int]:
     """--config and --json before the subcommand, and where the subcommand's name is."""
-    info = app.registered_callback
+    info = app.group_callback
     takes_json = info is not None and info.callback is service._with_config_and_json
     if info is None or not (takes_json or info.callback is service._with_config):
         raise _Unsure
@@ -226,19 +220,14 @@ def _group(app: typer.Typer, tokens: list[str]) -> tuple[service.GlobalOptions, 
     return service.GlobalOptions(config, json), at
 
 
-def _command(app: typer.Typer, name: str) -> tuple[Callable[..., Any], bool]:
+def _command(app: App, name: str) -> tuple[Callable[..., Any], bool]:
     """The subcommand's function, and whether options may follow its arguments."""
-    if any(group.name == name or group.name is None for group in app.registered_groups):
+    if any(group.name == name or group.name is None for group in app.groups):
         raise _Unsure
-    found = [
-        info
-        for info in app.registered_commands
-        if info.callback is None
-        or (info.name or info.callback.__name__.lower().replace("_", "-")) == name
-    ]
-    if len(found) != 1 or found[0].callback is None or found[0].no_args_is_help:
+    found = [command for command in app.commands if command.command_name == name]
+    if len(found) != 1 or found[0].settings.get("no_args_is_help"):
         raise _Unsure
-    settings = dict(found[0].context_settings or {})
+    settings = dict(found[0].settings.get("context_settings") or {})
     if set(settings) - {"allow_interspersed_args"}:
         raise _Unsure
     return found[0].callback, bool(settings.get("allow_interspersed_args", True))
@@ -306,7 +295,7 @@ def _arguments(params: list[Param], positional: list[str]) -> dict[str, Any]:
     return values
 
 
-def parse(app: typer.Typer, argv: Sequence[str]) -> Call | None:
+def parse(app: App, argv: Sequence[str]) -> Call | None:
     """The command ``argv`` runs and its values, when sure to be typer's; else None."""
     tokens = list(argv)
     try:
@@ -345,24 +334,24 @@ def _completing() -> bool:
     return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
 
 
-def run(app: typer.Typer, argv: Sequence[str] | None = None) -> None:
+def run(app: App, argv: Sequence[str] | None = None) -> None:
     """Run the tool: the command directly when ``parse`` reads the command line, else
-    through typer's parsing."""
+    through typer."""
     call = None if _completing() else parse(app, sys.argv[1:] if argv is None else argv)
     if call is None:
         app()
         return
-    # Run it inside typer, for its handling of exits, interrupts and errors.
-    once = typer.Typer(
-        add_completion=False,
-        rich_markup_mode=app.rich_markup_mode,
-        pretty_exceptions_enable=app.pretty_exceptions_enable,
-        pretty_exceptions_show_locals=app.pretty_exceptions_show_locals,
-        pretty_exceptions_short=app.pretty_exceptions_short,
-    )
-
-    @once.command(add_help_option=False)  # no parameter at all: none for typer to check
-    def command() -> Any:
-        return call.callback(**call.kwargs)
-
-    once(args=[])
+    try:
+        call.callback(**call.kwargs)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except EOFError:
+        echo(err=True)
+        echo("Aborted!", err=True)
+        sys.exit(1)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        # stdout went (``| head``): nothing more is written there, and no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)

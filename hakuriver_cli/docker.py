@@ -12,12 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import typer
-
 from hakuriver_cli import direct
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
 from hakuriver_cli.link import environment_stub
 from hakuriver_cli.render import console, print_json, show_list, to_dict
+from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 app = tool_app("Manage container environments.")
 T = TypeVar("T")
 
-NameArgument = Annotated[str, typer.Argument(help="Environment name.", show_default=False)]
+NameArgument = Annotated[str, cli.Argument(help="Environment name.", show_default=False)]
 UPLOAD_CHUNK = 1024 * 1024
 LONG_RPC_SECONDS = 3600.0
 
@@ -47,12 +46,12 @@ def _show_container(container: epb.EnvironmentContainer, json: bool) -> None:
         print_json(to_dict(container))
     else:
         where = f"{container.container_name}, from {container.image}"
-        typer.echo(f"{container.name}: {container.status} ({where})")
+        cli.echo(f"{container.name}: {container.status} ({where})")
 
 
 @app.command("create-container")
 def create_container(
-    image: Annotated[str, typer.Argument(help="A local image (never pulled).", show_default=False)],
+    image: Annotated[str, cli.Argument(help="A local image (never pulled).", show_default=False)],
     name: NameArgument,
     config: ConfigOption = None,
     json: JsonOption = False,
@@ -116,7 +115,7 @@ def delete_container(name: NameArgument, config: ConfigOption = None) -> None:
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
     _ask(config, lambda stub: unary(stub.DeleteContainer, epb.DeleteContainerRequest(name=name)))
-    typer.echo(f"deleted environment container {name}")
+    cli.echo(f"deleted environment container {name}")
 
 
 def _progress() -> Progress:
@@ -143,7 +142,7 @@ def _show_tarball(tarball: epb.Tarball, json: bool) -> None:
     if json:
         print_json(to_dict(tarball))
     else:
-        typer.echo(f"wrote {tarball.path} ({format_size(tarball.size_bytes)})")
+        cli.echo(f"wrote {tarball.path} ({format_size(tarball.size_bytes)})")
 
 
 @app.command("create-tar")
@@ -194,7 +193,7 @@ def delete_tar(name: NameArgument, config: ConfigOption = None) -> None:
 
     reply = _ask(config, lambda stub: unary(stub.DeleteTar, epb.DeleteTarRequest(name=name)))
     for path in reply.removed:
-        typer.echo(f"removed {path}")
+        cli.echo(f"removed {path}")
 
 
 def _upload(name: str, source: str) -> Iterator[epb.ImportRootfsRequest]:
@@ -210,7 +209,7 @@ def _upload(name: str, source: str) -> Iterator[epb.ImportRootfsRequest]:
 @app.command("import-rootfs")
 def import_rootfs(
     source: Annotated[
-        str, typer.Argument(help="Root filesystem tarball, or - for stdin.", show_default=False)
+        str, cli.Argument(help="Root filesystem tarball, or - for stdin.", show_default=False)
     ],
     name: NameArgument,
     config: ConfigOption = None,

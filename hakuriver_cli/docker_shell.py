@@ -21,14 +21,13 @@ import tty
 from collections.abc import Iterator
 from typing import Annotated
 
-import typer
-
 from hakuriver_cli.connection import config_or_fail, host_link
 from hakuriver_cli.link import shell_stub
+from hakuriver_common import commands as cli
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
-from hakuriver_common.service import ConfigOption, plain_app
+from hakuriver_common.service import ConfigOption
 
-app = plain_app(add_completion=False)
+app = cli.App(add_completion=False)
 _DONE = object()
 
 
@@ -73,9 +72,9 @@ def _raw_terminal(fd: int) -> Iterator[None]:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def main(
-    name: Annotated[str, typer.Argument(help="Environment name.", show_default=False)],
+    name: Annotated[str, cli.Argument(help="Environment name.", show_default=False)],
     command: Annotated[
-        list[str] | None, typer.Argument(help="Command after --; default: a shell.")
+        list[str] | None, cli.Argument(help="Command after --; default: a shell.")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -115,7 +114,7 @@ def main(
                     exit_code = reply.exit_code
         finally:
             outbox.put(_DONE)
-    raise typer.Exit(exit_code)
+    raise cli.Exit(exit_code)
 
 
 def run() -> None:

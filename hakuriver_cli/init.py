@@ -10,9 +10,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import typer
 from pydantic import BaseModel
 
+from hakuriver_common import commands as cli
 from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
@@ -67,21 +67,21 @@ def render_default_config(values: Config | None = None) -> str:
 @app.command()
 def config(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Where to write the config.")
+        Path, cli.Option("--output", "-o", help="Where to write the config.")
     ] = DEFAULT_CONFIG_PATH,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    force: Annotated[bool, cli.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a commented default config file with a new random auth.join_token (the file is
     0600: it holds that secret)."""
     if output.exists() and not force:
-        typer.echo(f"error: {output} exists (use --force to overwrite)", err=True)
-        raise typer.Exit(1)
+        cli.echo(f"error: {output} exists (use --force to overwrite)", err=True)
+        raise cli.Exit(1)
     defaults = Config()
     auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
     values = defaults.model_copy(update={"auth": auth})
     write_secret(output, render_default_config(values).rstrip("\n"))
-    typer.echo(f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
-    typer.echo(f"next, on the Host: hakuriver.init tls --config {output}")
+    cli.echo(f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
+    cli.echo(f"next, on the Host: hakuriver.init tls --config {output}")
 
 
 def _host_names(config: Config, extra: list[str]) -> list[str]:
@@ -105,7 +105,7 @@ def _tls_settings_hint(config: Config, files: TlsFiles) -> str | None:
 def tls(
     name: Annotated[
         list[str] | None,
-        typer.Option(
+        cli.Option(
             "--name",
             help="Another DNS name or IP address the Host is reached by; repeatable.",
             show_default=False,
@@ -113,7 +113,7 @@ def tls(
     ] = None,
     output_dir: Annotated[
         Path | None,
-        typer.Option(
+        cli.Option(
             "--output-dir",
             help="Folder for ca.pem, ca.key, host.pem, host.key (default: the folder of the "
             "config's tls.ca_file).",
@@ -122,7 +122,7 @@ def tls(
     ] = None,
     force: Annotated[
         bool,
-        typer.Option(
+        cli.Option(
             help="Make a new CA even if one exists (every copy of ca.pem must be replaced)."
         ),
     ] = False,
@@ -137,28 +137,28 @@ def tls(
     files = TlsFiles.in_folder(folder)
     has_ca = files.ca_cert.exists() and files.ca_key.exists()
     if files.ca_cert.exists() and not files.ca_key.exists() and not force:
-        typer.echo(
+        cli.echo(
             f"error: {files.ca_cert} exists without its key {files.ca_key}: cannot sign a Host "
             "certificate with it (use --force to make a new CA)",
             err=True,
         )
-        raise typer.Exit(1)
+        raise cli.Exit(1)
     try:
         if force or not has_ca:
             make_ca(files)
-            typer.echo(f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
+            cli.echo(f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
         else:
-            typer.echo(f"kept the existing CA: {files.ca_cert}")
+            cli.echo(f"kept the existing CA: {files.ca_cert}")
         names = issue_host_certificate(files, _host_names(cfg, name or []))
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"wrote the Host certificate {files.host_cert} (key {files.host_key}, 0600)")
-    typer.echo(f"  valid for: {', '.join(names)}")
+        cli.echo(f"error: {exc}", err=True)
+        raise cli.Exit(1) from None
+    cli.echo(f"wrote the Host certificate {files.host_cert} (key {files.host_key}, 0600)")
+    cli.echo(f"  valid for: {', '.join(names)}")
     hint = _tls_settings_hint(cfg, files)
     if hint:
-        typer.echo(hint)
-    typer.echo(
+        cli.echo(hint)
+    cli.echo(
         f"copy {files.ca_cert} (only it) to every Runner and client and point tls.ca_file "
         "at it; never copy ca.key or host.key"
     )
@@ -212,14 +212,14 @@ def render_unit(role: Role, python: str, config: Path, path_env: str, user: str 
 
 @app.command()
 def service(
-    host: Annotated[bool, typer.Option("--host", help="Write the Host unit.")] = False,
-    runner: Annotated[bool, typer.Option("--runner", help="Write the Runner unit.")] = False,
-    all_: Annotated[bool, typer.Option("--all", help="Write both units (the default).")] = False,
+    host: Annotated[bool, cli.Option("--host", help="Write the Host unit.")] = False,
+    runner: Annotated[bool, cli.Option("--runner", help="Write the Runner unit.")] = False,
+    all_: Annotated[bool, cli.Option("--all", help="Write both units (the default).")] = False,
     output_dir: Annotated[
-        Path, typer.Option("--output-dir", help="Folder to write the .service files to.")
+        Path, cli.Option("--output-dir", help="Folder to write the .service files to.")
     ] = Path("."),
     config: ConfigOption = None,
-    force: Annotated[bool, typer.Option(help="Overwrite existing unit files.")] = False,
+    force: Annotated[bool, cli.Option(help="Overwrite existing unit files.")] = False,
 ) -> None:
     """Write systemd units for the Host and/or Runner of this installation.
 
@@ -227,12 +227,12 @@ def service(
     the default path), which must exist."""
     resolved = resolve_config_path(config)
     if resolved is None:
-        typer.echo(
+        cli.echo(
             f"error: no config file at {DEFAULT_CONFIG_PATH}: write one with "
             "hakuriver.init config, or pass --config",
             err=True,
         )
-        raise typer.Exit(2)
+        raise cli.Exit(2)
     cfg = config_or_exit(resolved)
     roles = [r for r, wanted in ((Role.host, host), (Role.runner, runner)) if wanted]
     if all_ or not roles:
@@ -240,8 +240,8 @@ def service(
     targets = {role: output_dir / f"hakuriver-{role.value}.service" for role in roles}
     existing = [str(t) for t in targets.values() if t.exists()]
     if existing and not force:
-        typer.echo(f"error: {', '.join(existing)} exists (use --force to overwrite)", err=True)
-        raise typer.Exit(1)
+        cli.echo(f"error: {', '.join(existing)} exists (use --force to overwrite)", err=True)
+        raise cli.Exit(1)
     python = sys.executable
     # The interpreter's folder first, so console scripts and the venv win; then this PATH,
     # so the services find docker, numactl and taskset where this shell does.
@@ -253,9 +253,9 @@ def service(
         tmp = target.with_suffix(".service.tmp")
         tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, user))
         tmp.replace(target)
-        typer.echo(f"wrote {target}")
+        cli.echo(f"wrote {target}")
     names = " ".join(t.name for t in targets.values())
-    typer.echo(
+    cli.echo(
         f"install: sudo cp {' '.join(str(t) for t in targets.values())} /etc/systemd/system/ "
         f"&& sudo systemctl daemon-reload && sudo systemctl enable --now {names}"
     )

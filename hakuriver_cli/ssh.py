@@ -22,8 +22,6 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from hakuriver_cli.connection import (
     config_or_fail,
     describe_call_error,
@@ -33,7 +31,8 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.render import status_name
-from hakuriver_common.service import ConfigOption, plain_app
+from hakuriver_common import commands as cli
+from hakuriver_common.service import ConfigOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
@@ -43,7 +42,7 @@ if TYPE_CHECKING:
 # The transports and the generated protos are imported when the tool calls the Host (not for
 # --help).
 
-app = plain_app(add_completion=False)
+app = cli.App(add_completion=False)
 CHUNK = 64 * 1024
 
 
@@ -179,14 +178,14 @@ def _check_task(task_id: int, config: Path | None) -> None:
 
 @app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 def main(
-    task_id: Annotated[str, typer.Argument(help="VPS task id.", show_default=False)],
-    ssh_args: Annotated[list[str] | None, typer.Argument(help="Extra arguments for ssh.")] = None,
-    host: Annotated[str, typer.Option("--host", help="Host address (default from config).")] = "",
-    proxy_port: Annotated[int, typer.Option(help="Host SSH proxy port (default from config).")] = 0,
-    local_port: Annotated[int, typer.Option(help="Local listener port (0 = any free).")] = 0,
-    user: Annotated[str, typer.Option(help="User to log in as.")] = "root",
+    task_id: Annotated[str, cli.Argument(help="VPS task id.", show_default=False)],
+    ssh_args: Annotated[list[str] | None, cli.Argument(help="Extra arguments for ssh.")] = None,
+    host: Annotated[str, cli.Option("--host", help="Host address (default from config).")] = "",
+    proxy_port: Annotated[int, cli.Option(help="Host SSH proxy port (default from config).")] = 0,
+    local_port: Annotated[int, cli.Option(help="Local listener port (0 = any free).")] = 0,
+    user: Annotated[str, cli.Option(help="User to log in as.")] = "root",
     proxy_command: Annotated[
-        bool, typer.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")
+        bool, cli.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")
     ] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -230,7 +229,7 @@ def main(
     ]
     code = subprocess.call(argv)
     listener.close()
-    raise typer.Exit(code)
+    raise cli.Exit(code)
 
 
 def run() -> None:

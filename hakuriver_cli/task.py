@@ -1,7 +1,8 @@
 """``hakuriver.task``: submit command tasks, list them, read and follow their output.
 
-The transports and the generated protos are imported by the commands that call the Host, not here:
-``--help`` and argument errors need only typer (see docs/development.md, CLI start-up).
+The transports and the generated protos are imported by the commands that call the Host, not
+here: ``--help`` and argument errors need only typer, and a plain command line not even that
+(see docs/development.md, CLI start-up).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
-
-import typer
 
 from hakuriver_cli import direct
 from hakuriver_cli.call_error import CallError, Status
@@ -37,6 +36,7 @@ from hakuriver_cli.render import (
     task_row,
     to_dict,
 )
+from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
 
@@ -112,13 +112,13 @@ def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> t
     stub = task_stub(link)
     try:
         while (task := _watch_once(stub, task_id)) is None:
-            typer.echo(
+            cli.echo(
                 f"lost the host at {target}; retrying every {poll_interval:g}s "
                 "until it answers (Ctrl-C to stop waiting)",
                 err=True,
             )
             _until_host_answers(stub, task_id, poll_interval)
-            typer.echo(f"the host at {target} answers again; waiting for task {task_id}", err=True)
+            cli.echo(f"the host at {target} answers again; waiting for task {task_id}", err=True)
     except KeyboardInterrupt:
         fail(f"stopped waiting; task {task_id} carries on (hakuriver.task wait {task_id})", 130)
     return task
@@ -139,7 +139,7 @@ def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> 
                 if not _host_gone(exc, Status.DEADLINE_EXCEEDED):
                     raise
                 if not away:
-                    typer.echo(f"lost the host at {target}; retrying", err=True)
+                    cli.echo(f"lost the host at {target}; retrying", err=True)
                 away = True
             else:
                 if all(c.status in FINAL_TASK_STATUSES for c in batch.counts):
@@ -156,7 +156,7 @@ def _all_completed(batch: tpb.BatchSummary) -> bool:
 
 PollIntervalOption = Annotated[
     float,
-    typer.Option(
+    cli.Option(
         min=0.1,
         help="While waiting, seconds between attempts to reach the Host again after losing it.",
     ),
@@ -167,46 +167,44 @@ PollIntervalOption = Annotated[
 def submit(
     command: Annotated[
         list[str] | None,
-        typer.Argument(help="Command and arguments, after --.", show_default=False),
+        cli.Argument(help="Command and arguments, after --.", show_default=False),
     ] = None,
     target: Annotated[
         list[str] | None,
-        typer.Option(
+        cli.Option(
             "--target", help="HOST[:NUMA_ID][::GPU_ID,...]; repeat for one task per target."
         ),
     ] = None,
-    cores: Annotated[int | None, typer.Option(help="CPU cores to reserve (default 1).")] = None,
-    memory: Annotated[str, typer.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
+    cores: Annotated[int | None, cli.Option(help="CPU cores to reserve (default 1).")] = None,
+    memory: Annotated[str, cli.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
     gpus: Annotated[
-        int, typer.Option(help="Number of GPUs on any node (or name ids in --target).")
+        int, cli.Option(help="Number of GPUs on any node (or name ids in --target).")
     ] = 0,
-    env: Annotated[list[str] | None, typer.Option("--env", help="KEY=VALUE; repeatable.")] = None,
-    container: Annotated[
-        str, typer.Option(help="Container environment (default from config).")
-    ] = "",
+    env: Annotated[list[str] | None, cli.Option("--env", help="KEY=VALUE; repeatable.")] = None,
+    container: Annotated[str, cli.Option(help="Container environment (default from config).")] = "",
     mount: Annotated[
-        list[str] | None, typer.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro]; repeatable.")
+        list[str] | None, cli.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro]; repeatable.")
     ] = None,
-    privileged: Annotated[bool, typer.Option(help="Run the container privileged.")] = False,
+    privileged: Annotated[bool, cli.Option(help="Run the container privileged.")] = False,
     network: Annotated[
         TaskNetwork | None,
-        typer.Option(
+        cli.Option(
             help="The container's network: host (the node's) or none (isolated); "
             "default: the Host's auth.default_task_network.",
             show_default=False,
         ),
     ] = None,
-    priority: Annotated[int, typer.Option(help="Higher runs first when queued.")] = 0,
+    priority: Annotated[int, cli.Option(help="Higher runs first when queued.")] = 0,
     array: Annotated[
         str,
-        typer.Option(
+        cli.Option(
             help="A job array, one task per index: 1-100, 0-30:10, 1,3,5-7; %N caps how many "
             "run at once (1-1000%10). Each task gets HAKURIVER_ARRAY_ID and "
             "HAKURIVER_ARRAY_INDEX, also replaced in the command and mount paths.",
             show_default=False,
         ),
     ] = "",
-    wait: Annotated[bool, typer.Option(help="Wait until every task finishes.")] = False,
+    wait: Annotated[bool, cli.Option(help="Wait until every task finishes.")] = False,
     poll_interval: PollIntervalOption = 1.0,
     config: ConfigOption = None,
     json: JsonOption = False,
@@ -240,9 +238,9 @@ def submit(
         found = list(response.tasks)
         if not json:
             for task in found:
-                typer.echo(submitted_line(task))
+                cli.echo(submitted_line(task))
             if response.batch_id:
-                typer.echo(f"batch {response.batch_id}")
+                cli.echo(f"batch {response.batch_id}")
         if wait:
             found = [wait_final(link, cfg.host_target, t.task_id, poll_interval) for t in found]
     if json:
@@ -251,9 +249,9 @@ def submit(
         for task in found:
             code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
             error = f": {task.error_message}" if task.error_message else ""
-            typer.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
+            cli.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
     if wait and any(t.status != TaskStatus.COMPLETED.pb for t in found):
-        raise typer.Exit(1)
+        raise cli.Exit(1)
 
 
 def _array(text: str) -> tpb.TaskArray | None:
@@ -277,7 +275,7 @@ def _submit_array(
         if not json:
             cap = request.array.max_running
             at_once = f", at most {cap} at once" if cap else ""
-            typer.echo(f"submitted array {response.batch_id}: {response.created} tasks{at_once}")
+            cli.echo(f"submitted array {response.batch_id}: {response.created} tasks{at_once}")
         batch = (
             wait_batch(link, cfg.host_target, response.batch_id, poll_interval) if wait else None
         )
@@ -294,9 +292,9 @@ def _submit_array(
             shown["batch"] = to_dict(batch)
         print_json(shown)
     elif batch is not None:
-        typer.echo(batch_line(batch))
+        cli.echo(batch_line(batch))
     if batch is not None and not _all_completed(batch):
-        raise typer.Exit(1)
+        raise cli.Exit(1)
 
 
 # Tasks asked for per ListTasks call when reading a whole batch (the Host's most is 1,000).
@@ -354,18 +352,18 @@ def _since(text: str) -> Timestamp:
 @app.command("list")
 def list_tasks(
     status: Annotated[
-        list[TaskStatus] | None, typer.Option("--status", help="Only these statuses; repeatable.")
+        list[TaskStatus] | None, cli.Option("--status", help="Only these statuses; repeatable.")
     ] = None,
-    node: Annotated[str, typer.Option(help="Only tasks placed on this node.")] = "",
-    batch: Annotated[str, typer.Option(help="Only tasks of this batch id.")] = "",
-    limit: Annotated[int, typer.Option(help="At most this many tasks.")] = 50,
-    before: Annotated[str, typer.Option(help="Only tasks older than this id (paging).")] = "",
-    kind: Annotated[TaskKind | None, typer.Option(help="Only command or vps tasks.")] = None,
+    node: Annotated[str, cli.Option(help="Only tasks placed on this node.")] = "",
+    batch: Annotated[str, cli.Option(help="Only tasks of this batch id.")] = "",
+    limit: Annotated[int, cli.Option(help="At most this many tasks.")] = 50,
+    before: Annotated[str, cli.Option(help="Only tasks older than this id (paging).")] = "",
+    kind: Annotated[TaskKind | None, cli.Option(help="Only command or vps tasks.")] = None,
     owner: Annotated[
-        str, typer.Option(help="Only this user's tasks (operators; users see only their own).")
+        str, cli.Option(help="Only this user's tasks (operators; users see only their own).")
     ] = "",
     since: Annotated[
-        str, typer.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
+        str, cli.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
     ] = "",
     config: ConfigOption = None,
     json: JsonOption = False,
@@ -407,7 +405,7 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
             for chunk in stub.ReadLog(request):
                 if chunk.offset > offset:
                     out.flush()
-                    typer.echo(
+                    cli.echo(
                         f"hakuriver: {chunk.offset - offset} bytes of output skipped "
                         f"(--max-lag {max_lag})",
                         err=True,
@@ -420,11 +418,11 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
 
 
 FollowOption = Annotated[
-    bool, typer.Option("--follow", "-f", help="Keep printing new output until the task finishes.")
+    bool, cli.Option("--follow", "-f", help="Keep printing new output until the task finishes.")
 ]
 MaxLagOption = Annotated[
     str,
-    typer.Option(
+    cli.Option(
         "--max-lag",
         help="Never more than this far behind the end of the output (e.g. 1M): start near "
         "the end, and skip ahead when the task writes faster than this reads, saying so on "
@@ -463,7 +461,7 @@ def stderr(
 def wait_task(
     task_id: Annotated[
         str,
-        typer.Argument(
+        cli.Argument(
             help="Task id; a batch (job array) id for all its tasks; or ARRAY_ID_INDEX.",
             show_default=False,
         ),
@@ -484,7 +482,7 @@ def wait_task(
         if json:
             print_json(to_dict(done))
         else:
-            typer.echo(f"task {tid}: {status_name(done.status)}")
+            cli.echo(f"task {tid}: {status_name(done.status)}")
         return done.status == TaskStatus.COMPLETED.pb
 
     def batch(link: Link, bid: int) -> bool:
@@ -492,7 +490,7 @@ def wait_task(
         if json:
             print_json({"batch": to_dict(done)})
         else:
-            typer.echo(batch_line(done))
+            cli.echo(batch_line(done))
         return _all_completed(done)
 
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
@@ -500,7 +498,7 @@ def wait_task(
             task_stub(link), task_id, lambda t: task(link, t), lambda b: batch(link, b)
         )
     if not completed:
-        raise typer.Exit(1)
+        raise cli.Exit(1)
 
 
 def run() -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import typer
-
 from hakuriver_cli import client, direct
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
 from hakuriver_cli.link import task_stub
@@ -24,6 +22,7 @@ from hakuriver_cli.render import (
     when,
 )
 from hakuriver_cli.task import mount_pbs, target_pbs
+from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind
 
@@ -55,24 +54,24 @@ def public_key(text: str, path: Path | None) -> str:
 @app.command()
 def submit(
     target: Annotated[
-        str, typer.Option(help="HOST[:NUMA_ID][::GPU_ID,...]; default: the Host chooses.")
+        str, cli.Option(help="HOST[:NUMA_ID][::GPU_ID,...]; default: the Host chooses.")
     ] = "",
     cores: Annotated[
-        int, typer.Option(help="CPU cores to reserve; 0 = no reservation or limit.")
+        int, cli.Option(help="CPU cores to reserve; 0 = no reservation or limit.")
     ] = 0,
-    memory: Annotated[str, typer.Option(help="Memory limit, e.g. 8G.")] = "",
-    gpus: Annotated[int, typer.Option(help="Number of GPUs (or name ids in --target).")] = 0,
+    memory: Annotated[str, cli.Option(help="Memory limit, e.g. 8G.")] = "",
+    gpus: Annotated[int, cli.Option(help="Number of GPUs (or name ids in --target).")] = 0,
     container: Annotated[
-        str, typer.Option(help="Environment with an SSH server (default from config).")
+        str, cli.Option(help="Environment with an SSH server (default from config).")
     ] = "",
     public_key_file: Annotated[
-        Path | None, typer.Option(help="Public key file to log in with.")
+        Path | None, cli.Option(help="Public key file to log in with.")
     ] = None,
-    public_key_string: Annotated[str, typer.Option(help="Public key text to log in with.")] = "",
+    public_key_string: Annotated[str, cli.Option(help="Public key text to log in with.")] = "",
     mount: Annotated[
-        list[str] | None, typer.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro].")
+        list[str] | None, cli.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro].")
     ] = None,
-    privileged: Annotated[bool, typer.Option(help="Run the container privileged.")] = False,
+    privileged: Annotated[bool, cli.Option(help="Run the container privileged.")] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -96,8 +95,8 @@ def submit(
     if json:
         print_json(to_dict(task))
         return
-    typer.echo(submitted_line(task, "VPS task"))
-    typer.echo(f"connect when running: hakuriver.ssh {task.task_id}")
+    cli.echo(submitted_line(task, "VPS task"))
+    cli.echo(f"connect when running: hakuriver.ssh {task.task_id}")
 
 
 VPS_COLUMNS = (

@@ -125,16 +125,14 @@ class App:
             built.add_typer(group.app.typer(), name=group.name, **group.settings)
         return built
 
-    def __call__(self) -> None:
-        """Run the tool through typer."""
-        self.typer()()
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the tool through typer (typer.Typer's call: ``args``, ``prog_name``...)."""
+        return self.typer()(*args, **kwargs)
 
 
 def _for_typer(callback: Callable[..., Any]) -> Callable[..., Any]:
     """``callback`` as typer reads a function: its parameters' ``Option``/``Argument`` made
     typer's, ``Context`` made typer.Context (and an option's own callback likewise)."""
-    import typer
-
     hints = typing.get_type_hints(callback, include_extras=True)
     parameters = []
     for parameter in signature(callback).parameters.values():
@@ -149,7 +147,9 @@ def _for_typer(callback: Callable[..., Any]) -> Callable[..., Any]:
     call.__doc__ = callback.__doc__
     call.__module__ = callback.__module__
     call.__signature__ = signature(callback).replace(parameters=parameters)  # type: ignore[attr-defined]
-    call.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not Parameter.empty}
+    call.__annotations__ = {
+        p.name: p.annotation for p in parameters if p.annotation is not Parameter.empty
+    }
     return call
 
 
@@ -172,4 +172,4 @@ def _typer_annotation(annotation: Any) -> Any:
             made.append(typer.Argument(**extra.settings))
         else:
             made.append(extra)
-    return Annotated[(base, *made)]  # type: ignore[valid-type]
+    return Annotated[(base, *made)]

@@ -10,11 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
-import typer
-from typer.core import TyperGroup
-
+from hakuriver_common import commands as cli
 from hakuriver_common.client_config import ClientConfig, ConfigError, load_client_config
 
 if TYPE_CHECKING:
@@ -37,37 +35,35 @@ class GlobalOptions:
     json: bool = False
 
 
-def _before(ctx: typer.Context) -> GlobalOptions:
+def _before(ctx: cli.Context) -> GlobalOptions:
     return ctx.find_object(GlobalOptions) or GlobalOptions()
 
 
-def _config_after_or_before(ctx: typer.Context, value: Path | None) -> Path | None:
+def _config_after_or_before(ctx: cli.Context, value: Path | None) -> Path | None:
     return value if value is not None else _before(ctx).config
 
 
-def _json_after_or_before(ctx: typer.Context, value: bool) -> bool:
+def _json_after_or_before(ctx: cli.Context, value: bool) -> bool:
     return value or _before(ctx).json
 
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option(
-        "--config", help=_CONFIG_HELP, show_default=False, callback=_config_after_or_before
-    ),
+    cli.Option("--config", help=_CONFIG_HELP, show_default=False, callback=_config_after_or_before),
 ]
-JsonOption = Annotated[
-    bool, typer.Option("--json", help=_JSON_HELP, callback=_json_after_or_before)
-]
+JsonOption = Annotated[bool, cli.Option("--json", help=_JSON_HELP, callback=_json_after_or_before)]
 _ConfigBefore = Annotated[
-    Path | None, typer.Option("--config", help=_CONFIG_HELP, show_default=False)
+    Path | None, cli.Option("--config", help=_CONFIG_HELP, show_default=False)
 ]
 _JsonBefore = Annotated[
-    bool, typer.Option("--json", help=_JSON_HELP + " For subcommands that take --json.")
+    bool, cli.Option("--json", help=_JSON_HELP + " For subcommands that take --json.")
 ]
 
 
-def _keep_before(ctx: typer.Context, given: GlobalOptions) -> None:
+def _keep_before(ctx: cli.Context, given: GlobalOptions) -> None:
     """Store the options for the subcommand; refuse one the subcommand does not take."""
+    from typer.core import TyperGroup
+
     command = (
         ctx.command.get_command(ctx, ctx.invoked_subcommand)
         if isinstance(ctx.command, TyperGroup) and ctx.invoked_subcommand
@@ -76,34 +72,27 @@ def _keep_before(ctx: typer.Context, given: GlobalOptions) -> None:
     takes = {p.name for p in command.params} if command is not None else set()
     for name, present in (("config", given.config is not None), ("json", given.json)):
         if present and name not in takes:
-            typer.echo(
+            cli.echo(
                 f"error: --{name} does not apply to the {ctx.invoked_subcommand} command", err=True
             )
-            raise typer.Exit(2)
+            raise cli.Exit(2)
     ctx.obj = given
 
 
-def _with_config(ctx: typer.Context, config: _ConfigBefore = None) -> None:
+def _with_config(ctx: cli.Context, config: _ConfigBefore = None) -> None:
     _keep_before(ctx, GlobalOptions(config))
 
 
 def _with_config_and_json(
-    ctx: typer.Context, config: _ConfigBefore = None, json: _JsonBefore = False
+    ctx: cli.Context, config: _ConfigBefore = None, json: _JsonBefore = False
 ) -> None:
     _keep_before(ctx, GlobalOptions(config, json))
 
 
-def plain_app(**settings: Any) -> typer.Typer:
-    """A typer app whose help and usage errors are plain text, as click prints them: typer's
-    rich rendering (boxes, colours) costs about 60 ms per start, more than the rest of a
-    small command (docs/cli.md)."""
-    return typer.Typer(rich_markup_mode=None, **settings)
-
-
-def tool_app(help: str, json: bool = True) -> typer.Typer:
+def tool_app(help: str, json: bool = True) -> cli.App:
     """A multi-command tool; ``--config`` (and ``--json`` when ``json``) also before the
     subcommand. Its commands take ``ConfigOption`` / ``JsonOption``, which resolve both."""
-    app = plain_app(add_completion=False, no_args_is_help=True, help=help)
+    app = cli.App(add_completion=False, no_args_is_help=True, help=help)
     app.callback()(_with_config_and_json if json else _with_config)
     return app
 
@@ -128,8 +117,8 @@ def client_config_or_exit(path: Path | None) -> ClientConfig:
 
 
 def _config_error(exc: ConfigError) -> NoReturn:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2) from None
+    cli.echo(f"error: {exc}", err=True)
+    raise cli.Exit(2) from None
 
 
 def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -> Config:

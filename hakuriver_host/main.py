@@ -6,16 +6,15 @@ import asyncio
 import gc
 from typing import Annotated
 
-import typer
-
+from hakuriver_common import commands as cli
 from hakuriver_common.config import Config
-from hakuriver_common.service import ConfigOption, config_or_exit, plain_app, start_daemon
+from hakuriver_common.service import ConfigOption, config_or_exit, start_daemon
 from hakuriver_host.access import Access
 from hakuriver_host.errors import ApiError
 from hakuriver_host.server import HostServer
 from hakuriver_host.store import Store
 
-app = plain_app(add_completion=False, help="Start the HakuRiver Host.")
+app = cli.App(add_completion=False, help="Start the HakuRiver Host.")
 
 
 # Objects allocated between young-generation collections (Python's default is 700). The
@@ -49,7 +48,7 @@ async def _recover_admin(cfg: Config) -> None:
         path = await access.recover_admin()
     finally:
         store.close()
-    typer.echo(
+    cli.echo(
         f"wrote a new token of admin {cfg.auth.bootstrap_admin!r} to {path} (0600); "
         "restart the Host so it knows the token"
     )
@@ -60,7 +59,7 @@ def main(
     config: ConfigOption = None,
     new_admin_token: Annotated[
         bool,
-        typer.Option(
+        cli.Option(
             "--new-admin-token",
             help="Write a new token for auth.bootstrap_admin to auth.credentials_file and exit "
             "(when every admin token is lost; run on the Host's machine).",
@@ -73,15 +72,15 @@ def main(
         try:
             asyncio.run(_recover_admin(cfg))
         except ApiError as exc:
-            typer.echo(f"error: {exc.message}", err=True)
-            raise typer.Exit(1) from None
+            cli.echo(f"error: {exc.message}", err=True)
+            raise cli.Exit(1) from None
         return
     cfg = start_daemon(config, lambda c: c.paths.host_log_file)
     try:
         asyncio.run(_serve(cfg))
     except OSError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        cli.echo(f"error: {exc}", err=True)
+        raise cli.Exit(1) from None
 
 
 def run() -> None:

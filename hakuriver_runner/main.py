@@ -7,11 +7,11 @@ import logging
 import socket
 
 import docker.errors
-import typer
 
+from hakuriver_common import commands as cli
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
-from hakuriver_common.service import ConfigOption, plain_app, start_daemon, stop_on_signals
+from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
@@ -19,7 +19,7 @@ from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.session import Session
 from hakuriver_runner.supervisor import Supervisor
 
-app = plain_app(add_completion=False, help="Start a HakuRiver Runner.")
+app = cli.App(add_completion=False, help="Start a HakuRiver Runner.")
 log = logging.getLogger(__name__)
 
 
@@ -44,12 +44,12 @@ def main(config: ConfigOption = None) -> None:
     try:
         session = _runner(cfg)
     except docker.errors.DockerException as exc:
-        typer.echo(f"error: cannot reach the Docker daemon: {exc}", err=True)
-        raise typer.Exit(1) from None
+        cli.echo(f"error: cannot reach the Docker daemon: {exc}", err=True)
+        raise cli.Exit(1) from None
     try:
         asyncio.run(_serve(session))
     except CredentialsError:
-        raise typer.Exit(1) from None  # logged by the session
+        raise cli.Exit(1) from None  # logged by the session
 
 
 def run() -> None:

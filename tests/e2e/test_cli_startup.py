@@ -1,8 +1,8 @@
 """What the command-line tools load, in a real process: ``--help`` loads none of grpc,
 protobuf, pydantic and rich (the help is plain text); ``hakuriver.task submit --wait --
 true`` against a real Host (and a FakeRunner, no Docker) calls it over Connect on the
-dashboard's HTTPS port and loads neither grpc nor asyncio nor pydantic nor the daemons'
-Config nor rich; with the dashboard off in the tool's config, or its port refusing, the same
+dashboard's HTTPS port and loads none of typer, grpc, asyncio, pydantic, the daemons' Config
+and rich; with the dashboard off in the tool's config, or its port refusing, the same
 command works over gRPC. Only which modules are loaded is checked, never how long it took
 (that is bench/bench_cli.py's).
 """
@@ -81,7 +81,7 @@ def test_submit_wait_loads_no_grpc_and_no_pydantic(tmp_path: Path, host: HostPro
     done, loaded = run_tool(tmp_path, "task", "--config", str(host.config_path), *SUBMIT_WAIT)
     assert done.returncode == 0, done.stderr
     assert "completed, exit code 0" in done.stdout
-    unwanted = {"grpc", "asyncio", "pydantic", "rich", "docker", "hakuriver_common.config"}
+    unwanted = {"typer", "grpc", "asyncio", "pydantic", "rich", "docker", "hakuriver_common.config"}
     assert loaded & unwanted == set()
 
 

@@ -21,9 +21,10 @@ import typer.main
 from hypothesis import given, settings, strategies as st
 
 from hakuriver_cli import admin, client, direct, docker, task, vps
-from hakuriver_common import service
+from hakuriver_common import commands as cli, service
+from hakuriver_common.commands import App
 
-TOOLS: dict[str, typer.Typer] = {
+TOOLS: dict[str, App] = {
     "task": task.app,
     "client": client.app,
     "vps": vps.app,
@@ -46,22 +47,20 @@ def _recorder(original: Callable[..., Any]) -> Callable[..., Any]:
     return record
 
 
-def _apps(app: typer.Typer) -> Iterator[typer.Typer]:
+def _apps(app: App) -> Iterator[App]:
     yield app
-    for group in app.registered_groups:
-        assert group.typer_instance is not None
-        yield from _apps(group.typer_instance)
+    for group in app.groups:
+        yield from _apps(group.app)
 
 
 @contextlib.contextmanager
-def _recording(app: typer.Typer) -> Iterator[typer.core.TyperGroup]:
+def _recording(app: App) -> Iterator[typer.core.TyperGroup]:
     """The tool's click command as typer builds it, each command replaced by a recorder."""
-    saved = [(info, info.callback) for a in _apps(app) for info in a.registered_commands]
+    saved = [(info, info.callback) for a in _apps(app) for info in a.commands]
     for info, callback in saved:
-        assert callback is not None
         info.callback = _recorder(callback)
     try:
-        yield typer.main.get_command(app)
+        yield typer.main.get_command(app.typer())
     finally:
         for info, callback in saved:
             info.callback = callback
@@ -81,7 +80,7 @@ def _typer_call(command: typer.core.TyperGroup, argv: list[str]) -> Outcome:
             command.main(argv, prog_name="tool", standalone_mode=False)
         except _Called as called:
             return Outcome(direct.Call(called.callback, called.kwargs), out.getvalue())
-        except Exception:  # a usage error, --help, Exit, Abort: typer's own (vendored) click's
+        except (Exception, SystemExit):  # a usage error, --help, Exit, Abort
             pass
     return Outcome(None, out.getvalue())
 
@@ -95,7 +94,7 @@ def _typed(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: typed(value) for key, value in kwargs.items()}
 
 
-def _agree(app: typer.Typer, command: typer.core.TyperGroup, argv: list[str]) -> direct.Call | None:
+def _agree(app: App, command: typer.core.TyperGroup, argv: list[str]) -> direct.Call | None:
     ours = direct.parse(app, argv)
     theirs = _typer_call(command, argv)
     if ours is not None:
@@ -291,26 +290,35 @@ def test_generated_command_lines_agree_with_typer(tool: str) -> None:
         agree()
 
 
-def test_the_command_runs_inside_typer(capsys: pytest.CaptureFixture[str]) -> None:
-    """Exit codes and messages as typer's: typer.Exit, and a crash's traceback."""
-    app = typer.Typer()
+def test_a_command_run_directly_ends_as_under_typer(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit codes and messages as typer's: Exit, an interrupt, a closed stdin."""
+    app = App()
     app.callback()(service._with_config)
     seen: list[Path | None] = []
 
     @app.command()
     def go(config: service.ConfigOption = None) -> None:
         seen.append(config)
-        raise typer.Exit(3)
-
-    with pytest.raises(SystemExit) as exited:
-        direct.run(app, ["--config", "/x.toml", "go"])
-    assert exited.value.code == 3
-    assert seen == [Path("/x.toml")]
+        raise cli.Exit(3)
 
     @app.command()
-    def crash() -> None:
+    def interrupted() -> None:
         raise KeyboardInterrupt
 
-    with pytest.raises(SystemExit) as exited:
-        direct.run(app, ["crash"])
-    assert exited.value.code == 130  # as typer ends a command interrupted
+    @app.command()
+    def no_input() -> None:
+        raise EOFError
+
+    for argv, code in (
+        (["--config", "/x.toml", "go"], 3),
+        (["interrupted"], 130),
+        (["no-input"], 1),
+    ):
+        for through in ("direct", "typer"):
+            if through == "direct":
+                assert direct.parse(app, argv) is not None, argv
+            with pytest.raises(SystemExit) as exited:
+                direct.run(app, argv) if through == "direct" else app(args=argv)
+            assert exited.value.code == code, (argv, through)
+    assert seen == [Path("/x.toml")] * 2
+    assert capsys.readouterr().err.count("Aborted!") == 2

@@ -113,7 +113,7 @@ class ConnectLink:
         self._conn: _Connection | None = None
         self._reading: http.client.HTTPResponse | None = None
         self._used = 0.0
-        self.answered = False  # the Host answered a call here
+        self.answered = False  # the Host answered here (an error too): it serves this port
         self.over_grpc = False  # the first connection failed: every call goes over gRPC
 
     def stub(self, service: str) -> Any:
@@ -164,6 +164,7 @@ class ConnectLink:
             conn.request("POST", path, body, headers)
             response = conn.getresponse()
             self._reading = response
+            self.answered = True
             if response.status != 200:
                 payload = response.read()
                 raise _connect_error(payload, response.status)
@@ -172,7 +173,6 @@ class ConnectLink:
             raise self._failure(exc) from None
         finally:
             self._used = time.monotonic()
-        self.answered = True
         return response
 
     def read(self, response: http.client.HTTPResponse, size: int | None = None) -> bytes:

@@ -95,6 +95,9 @@ async def test_answers_and_errors_are_the_grpc_links(local_cluster: LocalCluster
         lambda: failure(lambda: task_stub(stranger).ListTasks(tpb.ListTasksRequest()))
     )
     assert refused.status is Status.UNAUTHENTICATED
+    # An error is an answer: the port is served, so a later failure to connect is the Host
+    # gone (reported), not a reason to go over gRPC.
+    assert stranger.answered
     for each in (link, stranger, over_grpc):
         each.close()
 

@@ -110,12 +110,17 @@ def stop_container(
 
 
 @app.command("delete-container")
-def delete_container(name: NameArgument, config: ConfigOption = None) -> None:
+def delete_container(
+    name: NameArgument, config: ConfigOption = None, json: JsonOption = False
+) -> None:
     """Remove an environment container (its tarballs stay)."""
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
     _ask(config, lambda stub: unary(stub.DeleteContainer, epb.DeleteContainerRequest(name=name)))
-    cli.echo(f"deleted environment container {name}")
+    if json:
+        print_json({"deleted": name})
+    else:
+        cli.echo(f"deleted environment container {name}")
 
 
 def _progress() -> Progress:
@@ -187,11 +192,14 @@ def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
 
 
 @app.command("delete-tar")
-def delete_tar(name: NameArgument, config: ConfigOption = None) -> None:
+def delete_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
     """Remove every tarball of an environment."""
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
     reply = _ask(config, lambda stub: unary(stub.DeleteTar, epb.DeleteTarRequest(name=name)))
+    if json:
+        print_json(to_dict(reply))
+        return
     for path in reply.removed:
         cli.echo(f"removed {path}")
 

@@ -25,9 +25,9 @@ from hakuriver_cli.connection import config_or_fail, host_link
 from hakuriver_cli.link import shell_stub
 from hakuriver_common import commands as cli
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, VersionOption
 
-app = cli.App(add_completion=False)
+app = cli.App()
 _DONE = object()
 
 
@@ -77,6 +77,7 @@ def main(
         list[str] | None, cli.Argument(help="Command after --; default: a shell.")
     ] = None,
     config: ConfigOption = None,
+    version: VersionOption = False,
 ) -> None:
     """Open a shell (or run CMD) in the Host container of environment NAME."""
     cfg = config_or_fail(config)

@@ -26,6 +26,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from hakuriver_common import __version__
+
 SPAN = "span:"
 _RANGE = re.compile(r"^\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}$")
 
@@ -230,6 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="hakurun",
         description="Run CMD once per combination of its span:{A..B} and span:[x,y] arguments.",
     )
+    parser.add_argument("--version", action="version", version=f"hakuriver {__version__}")
     parser.add_argument(
         "--parallel",
         action="store_true",

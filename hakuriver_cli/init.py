@@ -12,14 +12,21 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel
 
+from hakuriver_cli.render import print_json
 from hakuriver_common import commands as cli
 from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
 from hakuriver_common.roles import JOIN_TOKEN_PREFIX, new_secret
-from hakuriver_common.service import ConfigOption, config_or_exit, tool_app
+from hakuriver_common.service import ConfigOption, JsonOption, config_or_exit, tool_app
 
-app = tool_app("Set up HakuRiver.", json=False)
+app = tool_app("Set up HakuRiver.")
+
+
+def _say(json: bool, line: str) -> None:
+    """A line for a person (what was written, what to do next); none with --json."""
+    if not json:
+        cli.echo(line)
 
 
 def _toml_value(value: Any) -> str:
@@ -70,6 +77,7 @@ def config(
         Path, cli.Option("--output", "-o", help="Where to write the config.")
     ] = DEFAULT_CONFIG_PATH,
     force: Annotated[bool, cli.Option(help="Overwrite an existing file.")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Write a commented default config file with a new random auth.join_token (the file is
     0600: it holds that secret)."""
@@ -80,8 +88,10 @@ def config(
     auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
     values = defaults.model_copy(update={"auth": auth})
     write_secret(output, render_default_config(values).rstrip("\n"))
-    cli.echo(f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
-    cli.echo(f"next, on the Host: hakuriver.init tls --config {output}")
+    _say(json, f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
+    _say(json, f"next, on the Host: hakuriver.init tls --config {output}")
+    if json:
+        print_json({"config": str(output)})
 
 
 def _host_names(config: Config, extra: list[str]) -> list[str]:
@@ -127,6 +137,7 @@ def tls(
         ),
     ] = False,
     config: ConfigOption = None,
+    json: JsonOption = False,
 ) -> None:
     """Create the cluster's CA (kept if it exists) and a new Host certificate signed by it.
 
@@ -144,15 +155,20 @@ def tls(
         )
         raise cli.Exit(1)
     try:
-        if force or not has_ca:
+        created = force or not has_ca
+        if created:
             make_ca(files)
-            cli.echo(f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
+            _say(json, f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
         else:
-            cli.echo(f"kept the existing CA: {files.ca_cert}")
+            _say(json, f"kept the existing CA: {files.ca_cert}")
         names = issue_host_certificate(files, _host_names(cfg, name or []))
     except (OSError, ValueError) as exc:
         cli.echo(f"error: {exc}", err=True)
         raise cli.Exit(1) from None
+    if json:
+        paths = {k: str(getattr(files, k)) for k in ("ca_cert", "ca_key", "host_cert", "host_key")}
+        print_json({**paths, "ca_created": created, "names": names})
+        return
     cli.echo(f"wrote the Host certificate {files.host_cert} (key {files.host_key}, 0600)")
     cli.echo(f"  valid for: {', '.join(names)}")
     hint = _tls_settings_hint(cfg, files)
@@ -220,6 +236,7 @@ def service(
     ] = Path("."),
     config: ConfigOption = None,
     force: Annotated[bool, cli.Option(help="Overwrite existing unit files.")] = False,
+    json: JsonOption = False,
 ) -> None:
     """Write systemd units for the Host and/or Runner of this installation.
 
@@ -253,7 +270,10 @@ def service(
         tmp = target.with_suffix(".service.tmp")
         tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, user))
         tmp.replace(target)
-        cli.echo(f"wrote {target}")
+        _say(json, f"wrote {target}")
+    if json:
+        print_json({"units": [str(t) for t in targets.values()]})
+        return
     names = " ".join(t.name for t in targets.values())
     cli.echo(
         f"install: sudo cp {' '.join(str(t) for t in targets.values())} /etc/systemd/system/ "

@@ -32,7 +32,7 @@ from hakuriver_cli.connection import (
 )
 from hakuriver_cli.render import status_name
 from hakuriver_common import commands as cli
-from hakuriver_common.service import ConfigOption
+from hakuriver_common.service import ConfigOption, VersionOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # The transports and the generated protos are imported when the tool calls the Host (not for
 # --help).
 
-app = cli.App(add_completion=False)
+app = cli.App()
 CHUNK = 64 * 1024
 
 
@@ -188,6 +188,7 @@ def main(
         bool, cli.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")
     ] = False,
     config: ConfigOption = None,
+    version: VersionOption = False,
 ) -> None:
     """SSH into a running VPS task through the Host."""
     cfg = config_or_fail(config)

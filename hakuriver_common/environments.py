@@ -26,7 +26,11 @@ def environment_of(image_tag: str) -> str | None:
 
 # Label on an environment image: the Unix timestamp of the tarball it was saved as.
 TIMESTAMP_LABEL = "hakuriver.tarball_timestamp"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A name is the path component of its image's repository (hakuriver/NAME), in Docker's grammar:
+# lowercase letters and digits, separated by '.', '_', '__' or dashes, at both ends a letter
+# or digit; anything else Docker refuses when the environment is committed or loaded.
+_NAME_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$")
+NAME_MAX = 64
 _TARBALL_RE = re.compile(r"^(?P<name>.+)-(?P<ts>\d+)\.tar$")
 
 
@@ -41,10 +45,10 @@ def check_environment_name(name: str) -> str | None:
     """Why ``name`` is not a valid environment name, or None."""
     if name == NULL_CONTAINER:
         return f"{NULL_CONTAINER!r} is reserved for tasks without a container"
-    if not _NAME_RE.match(name):
+    if len(name) > NAME_MAX or not _NAME_RE.match(name):
         return (
-            f"invalid environment name {name!r}: use up to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            f"invalid environment name {name!r}: use up to {NAME_MAX} lowercase letters and "
+            "digits, with '.', '_' or '-' only between them (it names a Docker image)"
         )
     return None
 

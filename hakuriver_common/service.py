@@ -79,20 +79,45 @@ def _keep_before(ctx: cli.Context, given: GlobalOptions) -> None:
     ctx.obj = given
 
 
-def _with_config(ctx: cli.Context, config: _ConfigBefore = None) -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        from hakuriver_common import __version__
+
+        cli.echo(f"hakuriver {__version__}")
+        raise cli.Exit(0)
+
+
+VersionOption = Annotated[
+    bool,
+    cli.Option(
+        "--version",
+        help="Print HakuRiver's version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+]
+
+
+def _with_config(
+    ctx: cli.Context, config: _ConfigBefore = None, version: VersionOption = False
+) -> None:
     _keep_before(ctx, GlobalOptions(config))
 
 
 def _with_config_and_json(
-    ctx: cli.Context, config: _ConfigBefore = None, json: _JsonBefore = False
+    ctx: cli.Context,
+    config: _ConfigBefore = None,
+    json: _JsonBefore = False,
+    version: VersionOption = False,
 ) -> None:
     _keep_before(ctx, GlobalOptions(config, json))
 
 
 def tool_app(help: str, json: bool = True) -> cli.App:
     """A multi-command tool; ``--config`` (and ``--json`` when ``json``) also before the
-    subcommand. Its commands take ``ConfigOption`` / ``JsonOption``, which resolve both."""
-    app = cli.App(add_completion=False, no_args_is_help=True, help=help)
+    subcommand. Its commands take ``ConfigOption`` / ``JsonOption``, which resolve both.
+    ``--version``, and ``--install-completion`` / ``--show-completion`` for the shell."""
+    app = cli.App(no_args_is_help=True, help=help)
     app.callback()(_with_config_and_json if json else _with_config)
     return app
 

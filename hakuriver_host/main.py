@@ -8,13 +8,13 @@ from typing import Annotated
 
 from hakuriver_common import commands as cli
 from hakuriver_common.config import Config
-from hakuriver_common.service import ConfigOption, config_or_exit, start_daemon
+from hakuriver_common.service import ConfigOption, VersionOption, config_or_exit, start_daemon
 from hakuriver_host.access import Access
 from hakuriver_host.errors import ApiError
 from hakuriver_host.server import HostServer
 from hakuriver_host.store import Store
 
-app = cli.App(add_completion=False, help="Start the HakuRiver Host.")
+app = cli.App(help="Start the HakuRiver Host.")
 
 
 # Objects allocated between young-generation collections (Python's default is 700). The
@@ -65,6 +65,7 @@ def main(
             "(when every admin token is lost; run on the Host's machine).",
         ),
     ] = False,
+    version: VersionOption = False,
 ) -> None:
     """Run the Host until SIGINT or SIGTERM."""
     if new_admin_token:

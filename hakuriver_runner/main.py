@@ -11,7 +11,7 @@ import docker.errors
 from hakuriver_common import commands as cli
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
-from hakuriver_common.service import ConfigOption, start_daemon, stop_on_signals
+from hakuriver_common.service import ConfigOption, VersionOption, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
@@ -19,7 +19,7 @@ from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.session import Session
 from hakuriver_runner.supervisor import Supervisor
 
-app = cli.App(add_completion=False, help="Start a HakuRiver Runner.")
+app = cli.App(help="Start a HakuRiver Runner.")
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +38,7 @@ async def _serve(session: Session) -> None:
 
 
 @app.command()
-def main(config: ConfigOption = None) -> None:
+def main(config: ConfigOption = None, version: VersionOption = False) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""
     cfg = start_daemon(config, lambda c: c.paths.runner_log_file)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ BASE_IMAGE = f"hakuriver/{BASE_ENV}:base"
 @pytest.fixture
 def env_name(cluster: ProcessCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh environment name; its container, images and tarballs are removed afterwards."""
-    name = f"e{cluster.tag}-{request.node.name[5:25].replace('_', '-')}"
+    name = re.sub(r"[^a-z0-9]+", "-", f"e{cluster.tag}-{request.node.name[5:25]}".lower())
+    name = name.strip("-")  # an environment name starts and ends with a letter or digit
     yield name
     cluster.cli("docker", "delete-container", name)
     cluster.cli("docker", "delete-tar", name)
@@ -182,7 +184,11 @@ def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) 
     stopped_shell = cluster.cli("docker-shell", env_name, "--", "true")
     assert stopped_shell.returncode == 1 and "start it first" in stopped_shell.stderr
     assert "running" in _ok(cluster.cli("docker", "start-container", env_name))
-    _ok(cluster.cli("docker", "delete-container", env_name))
+    tarball = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
+    removed = json.loads(_ok(cluster.cli("docker", "delete-tar", env_name, "--json")))
+    assert removed == {"removed": [tarball["path"]]}
+    deleted = _ok(cluster.cli("docker", "delete-container", env_name, "--json"))
+    assert json.loads(deleted) == {"deleted": env_name}
     cases = [
         (("docker", "create-container", "no/such:image", env_name), "never pulls"),
         (("docker", "create-container", BASE_IMAGE, "bad name!"), "invalid environment name"),

@@ -1,0 +1,102 @@
+"""What the package declares is what its code needs: every distribution HakuRiver's modules
+import is a declared dependency, every declared dependency is imported by them (test-only
+ones belong in the ``dev`` extra), the version the tools print is the package's, and every
+command that prints a result takes --json."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import inspect
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import hakuriver_common
+from hakuriver_common.commands import App, Command
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("hakuriver_host", "hakuriver_runner", "hakuriver_cli", "hakuriver_common")
+
+
+def _project() -> dict[str, object]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]  # type: ignore[no-any-return]
+
+
+def _name(requirement: str) -> str:
+    """A requirement's distribution name, normalized (PEP 503)."""
+    found = re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", requirement)
+    assert found, requirement
+    return re.sub(r"[-_.]+", "-", found[0]).lower()
+
+
+def _imported_top_levels() -> dict[str, list[str]]:
+    """Third-party top-level modules the packages import, with a file importing each."""
+    found: dict[str, list[str]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top in PACKAGES or top == "__future__":
+                        continue
+                    found.setdefault(top, []).append(str(path.relative_to(ROOT)))
+    return found
+
+
+def _distributions(top: str) -> set[str]:
+    return {_name(d) for d in importlib.metadata.packages_distributions().get(top, [])}
+
+
+def test_every_imported_distribution_is_declared() -> None:
+    declared = {_name(r) for r in _project()["dependencies"]}  # type: ignore[attr-defined]
+    undeclared = {
+        top: files[0]
+        for top, files in _imported_top_levels().items()
+        if not _distributions(top) & declared
+    }
+    assert undeclared == {}
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    imported = set().union(*(_distributions(top) for top in _imported_top_levels()))
+    declared = {_name(r) for r in _project()["dependencies"]}  # type: ignore[attr-defined]
+    assert declared - imported == set()
+
+
+def test_the_version_is_the_packages() -> None:
+    assert hakuriver_common.__version__ == _project()["version"]
+
+
+# Commands whose output is the result itself, not a report of one: a task's raw output.
+RAW_OUTPUT = {("hakuriver.task", "stdout"), ("hakuriver.task", "stderr")}
+
+
+def _commands(app: App, tool: str) -> Iterator[tuple[str, str, Command]]:
+    for command in app.commands:
+        yield tool, command.command_name, command
+    for group in app.groups:
+        for _, name, command in _commands(group.app, tool):
+            yield tool, f"{group.name} {name}", command
+
+
+def test_every_command_that_prints_a_result_takes_json() -> None:
+    from hakuriver_cli import admin, client, docker, init, task, vps
+
+    tools = {"admin": admin, "client": client, "docker": docker, "init": init, "task": task}
+    tools["vps"] = vps
+    without = [
+        (f"hakuriver.{tool}", name)
+        for tool, module in tools.items()
+        for _, name, command in _commands(module.app, tool)
+        if "json" not in inspect.signature(command.callback).parameters
+    ]
+    assert set(without) == RAW_OUTPUT

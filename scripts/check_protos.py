@@ -9,8 +9,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# Python (messages, gRPC, Connect, mypy stubs) and the dashboard's TypeScript.
-GENERATED = (Path("hakuriver_common/proto"), Path("hakuriver_host/dashboard/src/gen"))
+# Python (messages, gRPC, Connect, mypy stubs), the dashboard's and the Node.js example
+# client's TypeScript.
+GENERATED = (
+    Path("hakuriver_common/proto"),
+    Path("hakuriver_host/dashboard/src/gen"),
+    Path("examples/node-client/src/gen"),
+)
 
 
 def buf() -> str:

@@ -4,7 +4,7 @@
 #   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
 # The unit tier runs first, before anything else is installed but the Node packages the
 # drift check generates TypeScript with; the e2e tier after the installs it needs (Docker,
-# the base and sshd images, PostgreSQL, Chromium, the built dashboard).
+# the base and sshd images, PostgreSQL, Chromium, the built dashboard, promtool).
 # Extra arguments go to pytest in both tiers (e.g. -x, -k NAME); a tier where they select
 # nothing is not a failure.
 set -euo pipefail
@@ -39,6 +39,8 @@ scripts/build-base-image.sh hakuriver-base
 scripts/build-sshd-image.sh hakuriver-sshd
 HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"
 export HAKURIVER_TEST_POSTGRES_URL
+HAKURIVER_TEST_PROMTOOL="$(scripts/ensure-promtool.sh)"
+export HAKURIVER_TEST_PROMTOOL
 
 echo "==> end-to-end tests (tests/e2e)"
 tier tests/e2e "$@"

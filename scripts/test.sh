@@ -4,7 +4,8 @@
 #   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
 # The unit tier runs first, before anything else is installed but the Node packages the
 # drift check generates TypeScript with; the e2e tier after the installs it needs (Docker,
-# the base and sshd images, PostgreSQL, Chromium, the built dashboard, promtool).
+# the base and sshd images, PostgreSQL, Chromium, the built dashboard, promtool, the C++
+# gRPC toolchain).
 # Extra arguments go to pytest in both tiers (e.g. -x, -k NAME); a tier where they select
 # nothing is not a failure.
 set -euo pipefail
@@ -41,6 +42,7 @@ HAKURIVER_TEST_POSTGRES_URL="$(scripts/ensure-postgres.sh)"
 export HAKURIVER_TEST_POSTGRES_URL
 HAKURIVER_TEST_PROMTOOL="$(scripts/ensure-promtool.sh)"
 export HAKURIVER_TEST_PROMTOOL
+scripts/ensure-grpc-cpp.sh
 
 echo "==> end-to-end tests (tests/e2e)"
 tier tests/e2e "$@"

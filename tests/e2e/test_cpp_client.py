@@ -9,10 +9,12 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.example_clients import check_runs_a_task_and_exits_with_its_code, refused
 from tests.e2e.harness import ProcessCluster
 from tests.tls import tls_files
 
@@ -60,16 +62,10 @@ def run(
 def test_the_cpp_client_runs_a_task_and_exits_with_its_code(
     cluster: ProcessCluster, client: Path
 ) -> None:
-    done = run(cluster, client, "sh", "-c", "echo hello; sleep 0.5; echo world; exit 3")
-    assert done.returncode == 3, done.stderr
-    assert done.stdout == "hello\nworld\n"
-    assert "submitted task " in done.stderr and "exit code 3" in done.stderr
-    assert run(cluster, client, "true").returncode == 0
+    check_runs_a_task_and_exits_with_its_code(partial(run, cluster, client))
 
 
 def test_a_refused_token_ends_the_cpp_client_with_the_reason(
     cluster: ProcessCluster, client: Path
 ) -> None:
-    done = run(cluster, client, "true", token="hkr_not-a-token")
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: ") and "code 16" in done.stderr, done.stderr
+    assert "(code 16)" in refused(partial(run, cluster, client))  # UNAUTHENTICATED

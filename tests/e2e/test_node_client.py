@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.example_clients import check_runs_a_task_and_exits_with_its_code, refused
 from tests.e2e.harness import ProcessCluster
 from tests.tls import tls_files
 
@@ -38,12 +40,14 @@ def client() -> Path:
     return EXAMPLE / "dist" / "client.js"
 
 
-def run(cluster: ProcessCluster, client: Path, *command: str) -> subprocess.CompletedProcess[str]:
+def run(
+    cluster: ProcessCluster, client: Path, *command: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "HAKURIVER_HOST": f"https://127.0.0.1:{cluster.host_port}",
         "HAKURIVER_CA": str(tls_files().ca_cert),
-        "HAKURIVER_TOKEN": cluster.admin_token,
+        "HAKURIVER_TOKEN": cluster.admin_token if token is None else token,
     }
     return subprocess.run(
         ["node", str(client), "--", *command], capture_output=True, text=True, env=env, timeout=120
@@ -53,28 +57,10 @@ def run(cluster: ProcessCluster, client: Path, *command: str) -> subprocess.Comp
 def test_the_node_client_runs_a_task_and_exits_with_its_code(
     cluster: ProcessCluster, client: Path
 ) -> None:
-    done = run(cluster, client, "sh", "-c", "echo hello; sleep 0.5; echo world; exit 3")
-    assert done.returncode == 3, done.stderr
-    assert done.stdout == "hello\nworld\n"
-    assert "submitted task " in done.stderr and "exit code 3" in done.stderr
-    assert run(cluster, client, "true").returncode == 0
+    check_runs_a_task_and_exits_with_its_code(partial(run, cluster, client))
 
 
 def test_a_refused_token_ends_the_node_client_with_the_reason(
     cluster: ProcessCluster, client: Path
 ) -> None:
-    env_token = "hkr_not-a-token"
-    done = subprocess.run(
-        ["node", str(client), "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={
-            **os.environ,
-            "HAKURIVER_HOST": f"https://127.0.0.1:{cluster.host_port}",
-            "HAKURIVER_CA": str(tls_files().ca_cert),
-            "HAKURIVER_TOKEN": env_token,
-        },
-    )
-    assert done.returncode == 1
-    assert done.stderr.startswith("error: ") and "token" in done.stderr.lower(), done.stderr
+    assert "token" in refused(partial(run, cluster, client)).lower()

@@ -195,7 +195,67 @@ _UNIT = {
 }
 
 
-def render_unit(role: Role, python: str, config: Path, path_env: str, user: str = "") -> str:
+# The Host's sandbox: it serves the network, talks to Docker over its socket and writes only
+# where its config says (ReadWritePaths); everything else of the system is read-only or
+# hidden, and what a service never does (kernel tunables, modules, devices, namespaces,
+# realtime, set-uid files, other system calls) is refused. It keeps the capabilities to read
+# a config another user wrote (0600) and to bind a port below 1024.
+HOST_SANDBOX = [
+    "NoNewPrivileges=yes",
+    "ProtectSystem=strict",
+    "PrivateTmp=yes",  # a /tmp of its own, writable (SQLite's temporary files)
+    "ProtectHome=read-only",
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "SystemCallErrorNumber=EPERM",  # a refused call fails; the Host is not killed for it
+    "CapabilityBoundingSet=CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_NET_BIND_SERVICE",
+]
+# The Runner runs tasks: containers through Docker (root's equivalent), host-process tasks
+# as any command a user submits, CPU pinning with numactl/taskset, GPUs through NVML, and
+# `systemd-run` scopes; tasks may need devices, set-uid programs and namespaces. It keeps
+# all of that; only what no task of a batch node needs from its Runner is refused.
+RUNNER_SANDBOX = [
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectClock=yes",
+    "LockPersonality=yes",
+]
+
+
+def _writable(cfg: Config) -> list[Path]:
+    """Where the Host writes: its database, credentials, the shared folder, its log."""
+    places = [cfg.paths.shared_dir, cfg.auth.credentials_file.parent]
+    if not cfg.database.url:
+        places.append(cfg.database.db_file.parent)
+    if cfg.paths.host_log_file is not None:
+        places.append(cfg.paths.host_log_file.parent)
+    return list(dict.fromkeys(p.expanduser().absolute() for p in places))
+
+
+def _sandbox(role: Role, cfg: Config) -> list[str]:
+    if role is Role.runner:
+        return RUNNER_SANDBOX
+    # "-": a folder made later (the shared folder's mount) does not stop the unit.
+    writable = " ".join(f"-{shlex.quote(str(p))}" for p in _writable(cfg))
+    return [*HOST_SANDBOX, f"ReadWritePaths={writable}"]
+
+
+def render_unit(
+    role: Role, python: str, config: Path, path_env: str, cfg: Config, user: str = ""
+) -> str:
     """A systemd service unit that runs ``role`` with this interpreter and config."""
     description, module, needs = _UNIT[role]
     after = " ".join(filter(None, ["network-online.target", needs]))
@@ -219,6 +279,7 @@ def render_unit(role: Role, python: str, config: Path, path_env: str, user: str 
         "Restart=on-failure",
         "RestartSec=5",
         f"SyslogIdentifier=hakuriver-{role.value}",
+        *_sandbox(role, cfg),
         "",
         "[Install]",
         "WantedBy=multi-user.target",
@@ -268,7 +329,7 @@ def service(
     for role, target in targets.items():
         user = cfg.environment.runner_user if role is Role.runner else ""
         tmp = target.with_suffix(".service.tmp")
-        tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, user))
+        tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, cfg, user))
         tmp.replace(target)
         _say(json, f"wrote {target}")
     if json:

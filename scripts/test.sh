@@ -43,6 +43,7 @@ export HAKURIVER_TEST_POSTGRES_URL
 HAKURIVER_TEST_PROMTOOL="$(scripts/ensure-promtool.sh)"
 export HAKURIVER_TEST_PROMTOOL
 scripts/ensure-grpc-cpp.sh
+command -v systemd-analyze >/dev/null || apt_install systemd  # the units' security score
 
 echo "==> end-to-end tests (tests/e2e)"
 tier tests/e2e "$@"

@@ -7,7 +7,10 @@ ExecStart in their WorkingDirectory with their Environment, stopped with SIGTERM
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -133,3 +136,42 @@ def test_missing_config_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert not (tmp_path / "u").exists()
+
+
+def _exposure(unit: Path) -> float:
+    """systemd's exposure score of ``unit`` (0 safest .. 10), read offline."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        if os.environ.get("CI"):
+            pytest.fail("systemd-analyze missing: scripts/test.sh installs systemd")
+        pytest.skip("no systemd-analyze here (CI unset)")
+    done = subprocess.run(
+        [analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout + done.stderr)
+    assert found, done.stdout + done.stderr
+    return float(found[1])
+
+
+def test_the_host_unit_is_sandboxed_to_what_it_writes(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[paths]\nshared_dir = "{tmp_path / "shared"}"\n'
+        f'host_log_file = "{tmp_path / "logs" / "host.log"}"\n'
+        f'[database]\ndb_file = "{tmp_path / "db" / "cluster.db"}"\n'
+        f'[auth]\ncredentials_file = "{tmp_path / "secrets" / "credentials"}"\n'
+    )
+    out = tmp_path / "units"
+    made = subprocess.run(
+        [*INIT, "--config", str(config), "--output-dir", str(out)], capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    host = parse_unit(out / "hakuriver-host.service")
+    assert host["ProtectSystem"] == ["strict"] and host["NoNewPrivileges"] == ["yes"]
+    [writable] = host["ReadWritePaths"]
+    assert sorted(shlex.split(writable)) == sorted(
+        f"-{tmp_path / name}" for name in ("shared", "logs", "db", "secrets")
+    )
+    # 9.6 ("UNSAFE") before: the most a unit without any of it scores but 10.
+    assert _exposure(out / "hakuriver-host.service") < 3.0
+    assert _exposure(out / "hakuriver-runner.service") < 9.6

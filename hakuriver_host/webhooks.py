@@ -2,7 +2,9 @@
 
 ``notify`` never blocks: events go to a bounded queue (the oldest is dropped, with a
 warning, if a receiver is down for long). One worker per webhook delivers in order, in a
-thread, retrying with exponential backoff up to ``max_attempts``.
+thread, retrying up to ``max_attempts`` (tenacity): the n-th retry waits
+``retry_base_seconds * 2**(n-1)`` plus up to ``retry_base_seconds`` at random, so many Hosts
+(or webhooks) failing together do not retry in step; never more than MAX_RETRY_SECONDS.
 
 With a ``secret`` every request is signed, GitHub/Stripe style, so a receiver can tell a
 delivery from this Host from a forged or replayed one: ``X-HakuRiver-Signature:
@@ -24,10 +26,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
+
 from hakuriver_common.config import WebhookConfig
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000
+MAX_RETRY_SECONDS = 300.0
 TIMESTAMP_HEADER = "X-HakuRiver-Timestamp"
 SIGNATURE_HEADER = "X-HakuRiver-Signature"
 EVENT_ID_HEADER = "X-HakuRiver-Event-Id"
@@ -76,22 +81,27 @@ class Webhook:
 
     async def run(self) -> None:
         while True:
-            payload = await self.queue.get()
-            for attempt in range(1, self.config.max_attempts + 1):
-                try:
+            await self._deliver(await self.queue.get())
+
+    async def _deliver(self, payload: dict[str, Any]) -> None:
+        base = self.config.retry_base_seconds
+        attempts = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_attempts),
+            wait=wait_exponential_jitter(multiplier=base, jitter=base, max=MAX_RETRY_SECONDS),
+            reraise=True,
+        )
+        try:
+            async for attempt in attempts:
+                with attempt:
                     await asyncio.to_thread(self._post, payload)
-                    break
-                except Exception as exc:  # one bad delivery must not end the worker
-                    if attempt == self.config.max_attempts:
-                        log.warning(
-                            "webhook %s: giving up on %s after %d attempts: %s",
-                            self.config.url,
-                            payload["event"],
-                            attempt,
-                            exc,
-                        )
-                        break
-                    await asyncio.sleep(self.config.retry_base_seconds * 2 ** (attempt - 1))
+        except Exception as exc:  # one bad delivery must not end the worker
+            log.warning(
+                "webhook %s: giving up on %s after %d attempts: %s",
+                self.config.url,
+                payload["event"],
+                self.config.max_attempts,
+                exc,
+            )
 
 
 class Notifier:

@@ -1,0 +1,88 @@
+"""Webhook deliveries are retried: a receiver that fails twice gets the event on the third
+attempt (the same event id each time); one that always fails gets exactly ``max_attempts``
+and the Host logs that it gave up; the worker goes on with the next event."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from hakuriver_common.config import WebhookConfig
+from hakuriver_host.webhooks import EVENT_ID_HEADER, Notifier
+from tests.fake_runner import eventually
+
+
+class Flaky:
+    """Answers 500 to the first ``failures`` POSTs of each path, then 204; records them."""
+
+    def __init__(self, failures: dict[str, int]) -> None:
+        self.seen: list[tuple[str, str, str]] = []  # (path, event id, event)
+        seen, left = self.seen, dict(failures)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                seen.append((self.path, self.headers[EVENT_ID_HEADER], body["event"]))
+                failing = left.get(self.path, 0) > 0
+                left[self.path] = left.get(self.path, 0) - 1
+                self.send_response(500 if failing else 204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}{path}"
+
+    def at(self, path: str) -> list[tuple[str, str, str]]:
+        return [s for s in self.seen if s[0] == path]
+
+
+@pytest.fixture
+def flaky() -> Iterator[Flaky]:
+    server = Flaky({"/twice": 2, "/always": 99})
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+async def test_failed_deliveries_are_retried_then_given_up(
+    flaky: Flaky, caplog: pytest.LogCaptureFixture
+) -> None:
+    notifier = Notifier(
+        [
+            WebhookConfig(
+                url=flaky.url(path), events=["*"], max_attempts=3, retry_base_seconds=0.01
+            )
+            for path in ("/twice", "/always")
+        ]
+    )
+    notifier.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
+            notifier.notify("node.offline", node="gpu1")
+            notifier.notify("node.online", node="gpu1")
+            await eventually(
+                lambda: len(flaky.at("/twice")) == 4 and len(flaky.at("/always")) == 6,
+                what="every attempt of both events",
+            )
+            await asyncio.sleep(0.1)  # nothing more comes
+    finally:
+        await notifier.stop()
+    twice = flaky.at("/twice")
+    assert [event for _, _, event in twice] == ["node.offline"] * 3 + ["node.online"]
+    assert len({event_id for _, event_id, _ in twice[:3]}) == 1  # one event, three attempts
+    assert [event for _, _, event in flaky.at("/always")] == ["node.offline"] * 3 + [
+        "node.online"
+    ] * 3
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert len(gave_up) == 2 and all("/always" in m and "3 attempts" in m for m in gave_up)

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
+from tests.e2e.harness import required
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Where screenshots go: $HAKURIVER_TEST_ARTIFACTS/dashboard, default test-artifacts/ in the
 # checkout (docs/dashboard.md shows copies of them).
@@ -43,10 +45,9 @@ def browser() -> Iterator[Browser]:
     later tests that call asyncio.run would fail."""
     path = chromium_path()
     if path is None:
-        problem = "no chromium on this machine (apt install chromium; scripts/test.sh does)"
-        if os.environ.get("CI"):
-            pytest.fail(f"Chromium is required in CI: {problem}")
-        pytest.skip(f"browser tests skipped outside CI: {problem}")
+        required(
+            "Chromium", "no chromium on this machine (apt install chromium; scripts/test.sh does)"
+        )
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         try:

@@ -6,7 +6,6 @@ without Docker they are skipped with the reason.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from hakuriver_runner.docker_backend import DockerBackend
 from tests.e2e.browser import browser as browser
-from tests.e2e.harness import BASE_ENV, SSHD_ENV, ProcessCluster, running_cluster
+from tests.e2e.harness import BASE_ENV, SSHD_ENV, ProcessCluster, required, running_cluster
 from tests.unit.local_cluster import local_config
 
 
@@ -40,9 +39,7 @@ def docker_ready() -> None:
     problem = _docker_problem()
     if problem is None:
         return
-    if os.environ.get("CI"):
-        pytest.fail(f"Docker is required in CI: {problem}")
-    pytest.skip(f"Docker tests skipped outside CI: {problem}")
+    required("Docker", problem)
 
 
 @pytest.fixture(scope="session")
@@ -52,10 +49,10 @@ def sshd_image(docker_ready: None) -> str:
     try:
         client.images.get(f"hakuriver/{SSHD_ENV}:base")
     except docker.errors.ImageNotFound:
-        problem = f"image hakuriver/{SSHD_ENV}:base missing; run scripts/build-sshd-image.sh"
-        if os.environ.get("CI"):
-            pytest.fail(f"required in CI: {problem}")
-        pytest.skip(problem)
+        required(
+            "the sshd image",
+            f"image hakuriver/{SSHD_ENV}:base missing; run scripts/build-sshd-image.sh",
+        )
     finally:
         client.close()
     return SSHD_ENV

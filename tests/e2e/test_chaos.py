@@ -24,6 +24,7 @@ import pytest
 from tests.chaos.proxy import chaos_proxy
 from tests.chaos.scenarios import SHORT, Scenario, scenarios
 from tests.chaos.system import dockerd_restart_problem, tmpfs_problem
+from tests.e2e.harness import required
 
 
 def _needs(scenario: Scenario) -> None:
@@ -38,11 +39,8 @@ def _needs(scenario: Scenario) -> None:
         "root-tmpfs": tmpfs_problem,
         "dockerd": dockerd_restart_problem,
     }.get(scenario.needs, lambda: None)()
-    if problem is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"required in CI: {problem}")
-    pytest.skip(problem)
+    if problem is not None:
+        required(f"the {scenario.needs} scenario", problem)
 
 
 @pytest.mark.docker

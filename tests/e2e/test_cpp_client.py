@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.example_clients import check_runs_a_task_and_exits_with_its_code, refused
-from tests.e2e.harness import ProcessCluster
+from tests.e2e.harness import ProcessCluster, required
 from tests.tls import tls_files
 
 pytestmark = pytest.mark.docker
@@ -30,9 +30,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The example built from freshly generated stubs."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{', '.join(missing)} missing: scripts/ensure-grpc-cpp.sh installs them")
-        pytest.skip(f"{', '.join(missing)} missing (CI unset): run scripts/ensure-grpc-cpp.sh")
+        required(
+            "gRPC C++", f"{', '.join(missing)} missing: scripts/ensure-grpc-cpp.sh installs them"
+        )
     gen = tmp_path_factory.mktemp("cpp")
     buf = Path(sys.executable).with_name("buf")
     template = str(EXAMPLE / "buf.gen.yaml")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import required
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "docs" / "monitoring" / "prometheus-alerts.yml"
 RULE_TESTS = ROOT / "tests" / "monitoring" / "prometheus-alerts.test.yml"
@@ -24,11 +26,9 @@ DASHBOARD = ROOT / "docs" / "monitoring" / "grafana-dashboard.json"
 def promtool() -> str:
     """scripts/test.sh passes the one scripts/ensure-promtool.sh provides."""
     found = os.environ.get("HAKURIVER_TEST_PROMTOOL") or shutil.which("promtool")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("promtool missing: scripts/test.sh gets it with scripts/ensure-promtool.sh")
-    pytest.skip("no promtool here (CI unset): run scripts/ensure-promtool.sh for it")
+    if not found:
+        required("promtool", "not found: scripts/test.sh gets it with scripts/ensure-promtool.sh")
+    return found
 
 
 def _promtool(promtool: str, *args: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.example_clients import check_runs_a_task_and_exits_with_its_code, refused
-from tests.e2e.harness import ProcessCluster
+from tests.e2e.harness import ProcessCluster, required
 from tests.tls import tls_files
 
 pytestmark = pytest.mark.docker
@@ -27,9 +27,9 @@ def client() -> Path:
     """The example compiled (tsc) from its sources and generated stubs."""
     ready = shutil.which("node") and (EXAMPLE / "node_modules" / ".bin" / "tsc").exists()
     if not ready:
-        if os.environ.get("CI"):
-            pytest.fail("node or the example's packages missing: scripts/ensure-node.sh")
-        pytest.skip("node or examples/node-client/node_modules missing (CI unset)")
+        required(
+            "Node.js", "node or examples/node-client's packages missing: scripts/ensure-node.sh"
+        )
     built = subprocess.run(
         [str(EXAMPLE / "node_modules" / ".bin" / "tsc"), "-p", str(EXAMPLE)],
         capture_output=True,

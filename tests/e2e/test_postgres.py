@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 
 import hakuriver_host.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.e2e.harness import running_cluster
+from tests.e2e.harness import required, running_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.docker
 def postgres_url() -> Iterator[str]:
     url = os.environ.get("HAKURIVER_TEST_POSTGRES_URL")
     if not url:
-        reason = "HAKURIVER_TEST_POSTGRES_URL unset (scripts/ensure-postgres.sh prints one)"
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {reason}")
-        pytest.skip(reason)
+        required(
+            "PostgreSQL",
+            "HAKURIVER_TEST_POSTGRES_URL unset (scripts/ensure-postgres.sh prints one)",
+        )
     engine = create_engine(url)
     SQLModel.metadata.drop_all(engine)
     engine.dispose()

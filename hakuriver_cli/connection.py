@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
@@ -201,9 +202,8 @@ def host_link(
     try:
         # A Host with auth.authentication = false (loopback only) asks for no token.
         token = api_token(config) if config.auth.authentication else ""
-        link = _connect_link(
-            config, token, lambda: _grpc_link(config, token, reconnect_seconds, near_the_end)
-        ) or _grpc_link(config, token, reconnect_seconds, near_the_end)
+        over_grpc = partial(_grpc_link, config, token, reconnect_seconds, near_the_end)
+        link = _connect_link(config, token, over_grpc) or over_grpc()
     except (CredentialsError, TlsSetupError, OSError) as exc:
         fail(str(exc), code=2)
     try:

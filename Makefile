@@ -2,16 +2,16 @@ PY ?= python3
 
 .PHONY: protos protos-check lint test test-unit bench quickstart fuzz
 
-protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the dashboard's TypeScript
+protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the TypeScript (dashboard, Node example)
 	scripts/ensure-node.sh
 	buf lint
-	rm -rf hakuriver_common/proto hakuriver_host/dashboard/src/gen
+	rm -rf hakuriver_common/proto hakuriver_host/dashboard/src/gen examples/node-client/src/gen
 	buf generate
 
 protos-check:  ## fail if generated code is out of date
 	$(PY) scripts/check_protos.py
 
-lint:  ## ruff and mypy
+lint:  ## ruff, mypy, buf lint, buf breaking
 	./scripts/lint.sh
 
 test:  ## lint, then the unit tier, then the e2e tier (installing what it needs)

@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: protos protos-check lint test test-unit bench quickstart fuzz
+.PHONY: protos protos-check lint migration test test-unit bench quickstart fuzz
 
 protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the TypeScript (dashboard, Node example)
 	scripts/ensure-node.sh
@@ -13,6 +13,9 @@ protos-check:  ## fail if generated code is out of date
 
 lint:  ## ruff, mypy, buf lint, buf breaking
 	./scripts/lint.sh
+
+migration:  ## draft the next schema migration from the models: make migration MESSAGE="what changed"
+	.venv/bin/python scripts/new_migration.py "$(MESSAGE)"
 
 test:  ## lint, then the unit tier, then the e2e tier (installing what it needs)
 	./scripts/test.sh

@@ -139,7 +139,7 @@ class Cluster:
     # ----- life cycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.store.run(self.store.create_schema)
+        await self.store.run(self.store.migrate)
         self.runners.cluster_id = await self.store.run(self.store.cluster_id)
         await self.access.load()
         self.nodes.load(await self.store.run(self.store.load_nodes))

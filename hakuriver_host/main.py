@@ -42,7 +42,7 @@ async def _serve(cfg: Config) -> None:
 async def _recover_admin(cfg: Config) -> None:
     store = Store(cfg.database.sqlalchemy_url())
     try:
-        await store.run(store.create_schema)
+        await store.run(store.migrate)
         access = Access(cfg, store)
         await access.load(bootstrap=False)
         path = await access.recover_admin()

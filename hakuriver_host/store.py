@@ -10,7 +10,6 @@ crash of the Host process (power loss may drop the last transactions).
 from __future__ import annotations
 
 import asyncio
-import logging
 import secrets
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +18,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import event, func, insert, inspect, text, update
+from alembic import command as alembic_command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, func, insert, update
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import Session, create_engine, select
 
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
 
 T = TypeVar("T")
-log = logging.getLogger(__name__)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -36,18 +36,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
-
-
-def _column_default(column: Any) -> str:
-    """SQL DEFAULT clause for a column added to an existing table."""
-    default = getattr(column.default, "arg", None)
-    if isinstance(default, bool):
-        return f" NOT NULL DEFAULT {'TRUE' if default else 'FALSE'}"
-    if isinstance(default, int | float):
-        return f" NOT NULL DEFAULT {default}"
-    if isinstance(default, str):
-        return " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
-    return ""
 
 
 def make_engine(url: str) -> Engine:
@@ -136,22 +124,18 @@ class Store:
 
     # Everything below runs on the store thread through ``run``.
 
-    def create_schema(self) -> None:
-        """Create missing tables, then add columns that newer versions introduced."""
-        SQLModel.metadata.create_all(self.engine)
-        existing = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in SQLModel.metadata.sorted_tables:
-                present = {c["name"] for c in existing.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in present:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    default = _column_default(column)
-                    log.info("adding column %s.%s", table.name, column.name)
-                    conn.execute(
-                        text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}")
-                    )
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
+        transaction: a failed migration leaves the database as it was."""
+        settings = AlembicConfig()
+        settings.set_main_option("script_location", "hakuriver_host:migrations")
+        with self.engine.begin() as connection:
+            if self.engine.dialect.name == "sqlite":
+                # Python's sqlite3 opens a transaction only before a data change, so without
+                # this each CREATE and ALTER would be committed on its own.
+                connection.exec_driver_sql("BEGIN")
+            settings.attributes["connection"] = connection
+            alembic_command.upgrade(settings, "head")
 
     def load_nodes(self) -> list[NodeRecord]:
         with Session(self.engine, expire_on_commit=False) as session:

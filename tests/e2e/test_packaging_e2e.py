@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tomllib
@@ -16,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 
 import hakuriver_common
 from bench.bench_cli import runner_thread
@@ -114,3 +117,29 @@ def test_the_printed_completion_completes_in_bash(installed: Path, tmp_path: Pat
     done = run(["bash", "-c", complete], env=_env(installed), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["submit"]
+
+
+def test_the_installed_host_migrates_a_new_database(installed: Path, tmp_path: Path) -> None:
+    """The migrations ship in the wheel: the installed Host makes its schema from them."""
+    env = _env(installed)
+    env["HAKURIVER_DATABASE__DB_FILE"] = str(tmp_path / "host.db")
+    env["HAKURIVER_AUTH__CREDENTIALS_FILE"] = str(tmp_path / "credentials")
+    made = run(
+        [str(installed / "hakuriver.init"), "config", "--output", "host.toml"],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert made.returncode == 0, made.stderr
+    recovered = run(
+        [str(installed / "hakuriver.host"), "--config", "host.toml", "--new-admin-token"],
+        env=env,
+        cwd=tmp_path,
+    )
+    assert recovered.returncode == 0, recovered.stderr
+    with sqlite3.connect(tmp_path / "host.db") as conn:
+        [revision] = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        users = conn.execute("SELECT name, role FROM users").fetchall()
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", "hakuriver_host:migrations")
+    assert revision == (ScriptDirectory.from_config(settings).get_current_head(),)
+    assert users == [("admin", "admin")]

@@ -1,4 +1,5 @@
-"""The Host on PostgreSQL through database.url: state survives a Host restart there."""
+"""The Host on PostgreSQL through database.url: its migrations make the models' schema there,
+and state survives a Host restart."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import create_engine
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
 from sqlmodel import SQLModel
 
 import hakuriver_host.models  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -28,6 +31,8 @@ def postgres_url() -> Iterator[str]:
         )
     engine = create_engine(url)
     SQLModel.metadata.drop_all(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS alembic_version"))
     engine.dispose()
     yield url
 
@@ -55,3 +60,8 @@ def test_host_state_lives_in_postgresql(
         ).fetchone()
     assert row == ("completed",)
     assert events == (4,)
+    engine = create_engine(postgres_url)
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, SQLModel.metadata) == []
+    engine.dispose()

@@ -41,8 +41,8 @@ def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
         )
     store = Store(f"sqlite:///{path}")
     try:
-        store.create_schema()
-        store.create_schema()  # idempotent
+        store.migrate()
+        store.migrate()  # idempotent
         task, events = store.get_task(42)
         assert task is not None and task.status == "completed" and events == []
         assert task.gpu_count == 0

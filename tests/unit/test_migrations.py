@@ -1,0 +1,144 @@
+"""Schema migrations: the newest revision is exactly the models' schema, a database made by
+an earlier Host is upgraded with its rows intact and serves them, and a migration that fails
+leaves the database as it was."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command as alembic_command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlmodel import SQLModel
+
+from hakuriver_common.credentials import write_secret
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_service_pb2 as node_pb,
+    task_pb2,
+    task_service_pb2 as task_pb,
+)
+from hakuriver_host.store import Store
+from tests.unit.conftest import MakeCluster
+
+DATA = Path(__file__).parent / "data"
+
+
+def _alembic() -> AlembicConfig:
+    settings = AlembicConfig()
+    settings.set_main_option("script_location", "hakuriver_host:migrations")
+    return settings
+
+
+def _head() -> str:
+    head = ScriptDirectory.from_config(_alembic()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _differences(store: Store) -> list[Any]:
+    """What autogenerate would still write: empty when the database is the models' schema."""
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, SQLModel.metadata))
+
+
+def _revision(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute("SELECT version_num FROM alembic_version")]
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return {row[0] for row in rows}
+
+
+def test_fresh_database_is_the_models_schema(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'host.db'}")
+    try:
+        store.migrate()
+        store.migrate()  # a second start changes nothing
+        assert _differences(store) == []
+    finally:
+        store.close()
+    assert _revision(tmp_path / "host.db") == [_head()]
+
+
+def test_every_revision_upgrades_to_the_models_schema(tmp_path: Path) -> None:
+    """A database left at any revision reaches the models' schema: a model changed without a
+    revision of its own fails here."""
+    revisions = [
+        script.revision for script in ScriptDirectory.from_config(_alembic()).walk_revisions()
+    ]
+    for revision in revisions:
+        path = tmp_path / f"at-{revision}.db"
+        store = Store(f"sqlite:///{path}")
+        try:
+            with store.engine.begin() as connection:
+                settings = _alembic()
+                settings.attributes["connection"] = connection
+                alembic_command.upgrade(settings, revision)
+            store.migrate()
+            assert _differences(store) == [], revision
+        finally:
+            store.close()
+
+
+@pytest.mark.parametrize("made_by", ["47b3a11", "bc64c5e"])
+async def test_database_of_an_earlier_host_is_upgraded_and_served(
+    made_by: str, tmp_path: Path, make_local_cluster: MakeCluster
+) -> None:
+    """47b3a11: before job arrays (two columns fewer, indexes in another order); bc64c5e: the
+    last Host before migrations."""
+    path = tmp_path / "cluster-0" / "host.db"
+    path.parent.mkdir()
+    with sqlite3.connect(path) as conn:
+        conn.executescript((DATA / f"host-db-{made_by}.sql").read_text())
+    write_secret(path.parent / "credentials", "hkr_migration-fixture-admin")
+
+    cluster = await make_local_cluster()
+
+    assert _revision(path) == [_head()]
+    store = Store(f"sqlite:///{path}")
+    try:
+        assert _differences(store) == []
+    finally:
+        store.close()
+    done = await cluster.tasks.GetTask(task_pb.GetTaskRequest(task_id=42))
+    assert (done.task.status, done.task.exit_code, done.task.owner) == (
+        task_pb2.TASK_STATUS_COMPLETED,
+        0,
+        "alice",
+    )
+    assert list(done.task.arguments) == ["hello"]
+    waiting = await cluster.tasks.GetTask(task_pb.GetTaskRequest(task_id=43))
+    assert (waiting.task.status, waiting.task.priority) == (task_pb2.TASK_STATUS_PENDING, 5)
+    nodes = await cluster.nodes.ListNodes(node_pb.ListNodesRequest())
+    assert [(n.hostname, n.draining) for n in nodes.nodes] == [("n1", True)]
+
+
+def test_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE tasks (task_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL)")
+        conn.execute("INSERT INTO tasks VALUES (1, 'mine')")
+    store = Store(f"sqlite:///{path}")
+    try:
+        with pytest.raises(
+            RuntimeError, match=r"tasks lacks column command.*not made by HakuRiver"
+        ):
+            store.migrate()
+    finally:
+        store.close()
+    assert _tables(path) == {"tasks"}
+    with sqlite3.connect(path) as conn:
+        assert [row[1] for row in conn.execute("PRAGMA table_info(tasks)")] == [
+            "task_id",
+            "status",
+        ]
+        assert conn.execute("SELECT * FROM tasks").fetchall() == [(1, "mine")]

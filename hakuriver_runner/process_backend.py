@@ -29,6 +29,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import without_secrets
@@ -57,13 +60,29 @@ def systemd_is_init() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def _proc_start_time(pid: int) -> str | None:
-    """Kernel start time of a process (field 22 of /proc/PID/stat), to detect PID reuse."""
+# Two starts this close are one: /proc counts starts in clock ticks (10 ms at 100 Hz).
+SAME_START_SECONDS = 0.001
+
+
+def started_since_boot(pid: int) -> float | None:
+    """Seconds from boot to the start of process ``pid``; None when there is none.
+
+    Unlike its start on the wall clock, this does not move when the clock is stepped (NTP),
+    so a process recorded by an earlier Runner is told apart from a later one that got the
+    same PID.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).create_time() - psutil.boot_time()
+    except psutil.Error:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _recorded_start(meta: dict[str, Any]) -> float:
+    """The start in a spool record. Older Runners recorded /proc's clock ticks since boot
+    (``start_time``): a Runner upgraded while host processes run still knows them."""
+    if "started_since_boot" in meta:
+        return float(meta["started_since_boot"])
+    return int(meta.get("start_time") or 0) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -71,7 +90,7 @@ class HostProcess:
     task_id: int
     spool: Path
     pid: int
-    start_time: str
+    started_since_boot: float
     started_at: datetime
     popen: subprocess.Popen[bytes] | None = None
     paused: bool = False
@@ -79,7 +98,8 @@ class HostProcess:
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return _proc_start_time(self.pid) == self.start_time
+        now = started_since_boot(self.pid)
+        return now is not None and abs(now - self.started_since_boot) < SAME_START_SECONDS
 
     def exit_code(self) -> int | None:
         if self.popen is not None:
@@ -169,11 +189,11 @@ class ProcessBackend:
                 ) from None
         started = datetime.now(UTC)
         process = HostProcess(
-            dispatch.task_id, spool, popen.pid, _proc_start_time(popen.pid) or "", started, popen
+            dispatch.task_id, spool, popen.pid, started_since_boot(popen.pid) or 0.0, started, popen
         )
         meta = {
             "pid": process.pid,
-            "start_time": process.start_time,
+            "started_since_boot": process.started_since_boot,
             "started_at": started.isoformat(),
             "cluster": self.cluster_id,
         }
@@ -196,7 +216,7 @@ class ProcessBackend:
                 task_id,
                 spool,
                 int(meta["pid"]),
-                str(meta["start_time"]),
+                _recorded_start(meta),
                 datetime.fromisoformat(meta["started_at"]),
             )
         return found

@@ -287,10 +287,16 @@ join_token = "{self.join_token}"
         for channel in [self.channel, *self._user_channels]:
             if channel is not None:
                 channel.close()
+        ours = {
+            (name, path.read_text().strip())
+            for name in self.runner_names
+            if (path := self.runner_state_dir(name) / "cluster_id").exists()
+        }
         for container in self.docker.containers.list(
             all=True, ignore_removed=True, filters={"label": "hakuriver.runner"}
         ):
-            if container.labels.get("hakuriver.runner") in self.runner_names:
+            labels = container.labels
+            if (labels.get("hakuriver.runner"), labels.get("hakuriver.cluster")) in ours:
                 container.remove(force=True)
         self.docker.close()
 

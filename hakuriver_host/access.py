@@ -23,6 +23,7 @@ from hakuriver_common.config import Config
 from hakuriver_common.credentials import write_secret
 from hakuriver_common.roles import (
     API_TOKEN_PREFIX,
+    JOIN_TOKEN_PREFIX,
     RUNNER_CREDENTIAL_PREFIX,
     Role,
     new_secret,
@@ -127,6 +128,8 @@ class Access:
         hashed = digest(secret)
         if secret.startswith(RUNNER_CREDENTIAL_PREFIX):
             return self._runner(hashed)
+        if secret.startswith(JOIN_TOKEN_PREFIX):
+            raise Unauthenticated("wrong join token: it is not this Host's auth.join_token")
         token = self._tokens.get(hashed)
         if token is None or token.user not in self.users:
             raise Unauthenticated("unknown API token")

@@ -174,6 +174,14 @@ class EnvironmentManager:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(partial, final)
+        except OSError as exc:
+            if exc.errno is None:  # requests' errors are OSErrors too: Docker's side
+                raise
+            # Full or failing shared storage: the admin's to fix, not a Host bug.
+            raise FailedPrecondition(
+                f"shared storage: cannot write {final.name} to {self.directory} after "
+                f"{written} bytes: {exc.strerror or exc}; free space there and try again"
+            ) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()

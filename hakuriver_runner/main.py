@@ -9,6 +9,7 @@ import socket
 import docker.errors
 
 from hakuriver_common import commands as cli
+from hakuriver_common.client_config import TlsSetupError
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
 from hakuriver_common.service import ConfigOption, VersionOption, start_daemon, stop_on_signals
@@ -48,7 +49,7 @@ def main(config: ConfigOption = None, version: VersionOption = False) -> None:
         raise cli.Exit(1) from None
     try:
         asyncio.run(_serve(session))
-    except CredentialsError:
+    except (CredentialsError, TlsSetupError):
         raise cli.Exit(1) from None  # logged by the session
 
 

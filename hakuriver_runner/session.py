@@ -24,6 +24,7 @@ import grpc
 import requests
 
 from hakuriver_common.channels import bearer, open_aio_channel
+from hakuriver_common.client_config import TlsSetupError
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -94,8 +95,9 @@ class Session:
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected to the Host until ``stop`` is set.
 
-        CredentialsError (nothing to present, or a credential file others can read) ends
-        the Runner: retrying cannot help. A refusal by the Host is retried, since an admin
+        CredentialsError (nothing to present, or a credential file others can read) and
+        TlsSetupError (a CA or certificate file missing or unreadable) end the Runner:
+        retrying cannot help. A refusal by the Host is retried, since an admin
         can resolve it (revoking the name's credential lets the join token in again)."""
         attempt = 0
         try:
@@ -107,6 +109,9 @@ class Session:
                     self._log_refusal(exc)
                 except CredentialsError as exc:
                     log.error("cannot join the cluster: %s", exc)
+                    raise
+                except TlsSetupError as exc:
+                    log.error("cannot connect to the Host: %s", exc)
                     raise
                 except DOCKER_UNREACHABLE as exc:
                     # Registering names every task container: without Docker it would

@@ -160,8 +160,11 @@ def test_a_second_process_with_a_registered_name_is_refused(
     assert cluster.read_log(task_id) == b"before\nafter\n"
 
 
-def refused_at_start(cluster: ProcessCluster, state: Path, name: str) -> str:
-    """Run a Runner whose config has no join token: its one error line (it exits 1)."""
+def refused_at_start(
+    cluster: ProcessCluster, state: Path, name: str, env: dict[str, str] | None = None
+) -> str:
+    """Run a Runner whose config has no join token (unless ``env`` gives one): its one
+    error line (it exits 1)."""
     log = state.parent / f"{name}.log"
     runner = spawn_runner(
         cluster,
@@ -170,6 +173,7 @@ def refused_at_start(cluster: ProcessCluster, state: Path, name: str) -> str:
             "HAKURIVER_RUNNER__NAME": name,
             "HAKURIVER_RUNNER__STATE_DIR": str(state),
             "HAKURIVER_AUTH__JOIN_TOKEN": "",
+            **(env or {}),
         },
     )
     try:
@@ -206,6 +210,15 @@ def test_a_runner_refuses_a_credential_file_others_can_read(
         f"cannot join the cluster: {credential} is accessible by others (mode 0644): "
         f"run chmod 600 {credential}"
     )
+
+
+def test_a_runner_without_its_ca_file_says_so_once_and_exits(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere" / "ca.pem"
+    env = {"HAKURIVER_TLS__CA_FILE": str(missing), "HAKURIVER_AUTH__JOIN_TOKEN": cluster.join_token}
+    line = refused_at_start(cluster, tmp_path / "state", "no-ca", env)
+    assert line.startswith("cannot connect to the Host: ") and str(missing) in line, line
 
 
 def test_a_revoked_runner_is_disconnected_and_stays_out(cluster: ProcessCluster) -> None:

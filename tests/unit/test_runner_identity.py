@@ -118,7 +118,7 @@ async def test_a_credential_opens_only_its_own_node(local_cluster: LocalCluster)
     ("secret", "refused"),
     [
         (RUNNER_CREDENTIAL_PREFIX + "x" * 43, "unknown runner credential"),
-        ("hkrj_not-the-join-token", "unknown API token"),
+        ("hkrj_not-the-join-token", "wrong join token: it is not this Host's auth.join_token"),
         ("anything", "unknown API token"),
     ],
     ids=["unknown-credential", "wrong-join-token", "garbage"],

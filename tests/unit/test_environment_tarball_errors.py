@@ -1,0 +1,71 @@
+"""A tarball that cannot be written (full shared storage) is a clear FAILED_PRECONDITION
+naming the folder and the cause, and leaves no partial file behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from hakuriver_host.environments import EnvironmentManager
+from hakuriver_host.errors import FailedPrecondition
+from tests.unit.local_cluster import local_config
+
+
+class _Image:
+    id = "sha256:feed"
+    attrs: dict[str, Any] = {"Config": {"Cmd": ["/bin/sh"]}}
+
+    def save(self, named: str) -> Iterator[bytes]:
+        yield b"x" * 4096
+        yield b"y" * 4096
+
+
+class _Container:
+    status = "running"
+    image = _Image()
+
+    def commit(self, **_: object) -> _Image:
+        return _Image()
+
+
+def _manager(tmp_path: Path) -> EnvironmentManager:
+    manager = EnvironmentManager(local_config(tmp_path))
+    manager._client = SimpleNamespace(
+        containers=SimpleNamespace(get=lambda name: _Container()),
+        images=SimpleNamespace(get=lambda ref: _Image()),
+    )
+    return manager
+
+
+def test_a_full_disk_is_a_clear_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = _manager(tmp_path)
+    real_open = Path.open
+
+    def full(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if path.name.endswith(".partial") and "w" in mode:
+            return real_open(Path("/dev/full"), mode, *args, **kwargs)  # ENOSPC on write
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    with pytest.raises(FailedPrecondition) as raised:
+        manager.create_tar("myenv", lambda written: None)
+    message = raised.value.message
+    assert message.startswith("shared storage: cannot write myenv-")
+    assert str(manager.directory) in message
+    assert "No space left on device" in message and "free space there" in message
+    assert list(manager.directory.iterdir()) == []
+
+
+def test_a_tarball_is_written_when_there_is_room(tmp_path: Path) -> None:
+    manager = _manager(tmp_path)
+    seen: list[int] = []
+    made = manager.create_tar("myenv", seen.append)
+    assert made.path.read_bytes() == b"x" * 4096 + b"y" * 4096
+    assert seen == [4096, 8192]
+    assert [p.name for p in manager.directory.iterdir()] == [made.path.name]

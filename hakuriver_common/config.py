@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,7 +35,13 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-class NetworkConfig(BaseModel):
+class Section(BaseModel):
+    """A section of the config file: an unknown key is an error, so a typo shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkConfig(Section):
     host_bind_ip: str = Field("127.0.0.1", description="Address the Host's gRPC server binds.")
     host_port: int = Field(8000, description="Port of the Host's gRPC API (clients and runners).")
     host_ssh_proxy_port: int = Field(8002, description="Port of the Host's SSH proxy.")
@@ -46,7 +52,7 @@ class NetworkConfig(BaseModel):
     metrics_bind_ip: str = Field("127.0.0.1", description="Address /metrics binds.")
 
 
-class PathsConfig(BaseModel):
+class PathsConfig(Section):
     shared_dir: Path = Field(
         Path("/mnt/cluster-share"), description="Shared storage seen by the Host and every runner."
     )
@@ -58,7 +64,7 @@ class PathsConfig(BaseModel):
     runner_log_file: Path | None = Field(None, description="Runner log file; console when unset.")
 
 
-class DatabaseConfig(BaseModel):
+class DatabaseConfig(Section):
     db_file: Path = Field(
         Path("~/.hakuriver/cluster.db"), description="SQLite file of the Host's state."
     )
@@ -72,7 +78,7 @@ class DatabaseConfig(BaseModel):
         return f"sqlite:///{self.db_file.expanduser()}"
 
 
-class TimingConfig(BaseModel):
+class TimingConfig(Section):
     heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between runner heartbeats.")
     heartbeat_timeout_factor: float = Field(
         6.0,
@@ -108,11 +114,11 @@ class TimingConfig(BaseModel):
         return self.heartbeat_interval * self.heartbeat_timeout_factor
 
 
-class EnvironmentConfig(BaseModel):
+class EnvironmentConfig(Section):
     runner_user: str = Field("", description="User the runner runs as (systemd units).")
 
 
-class RunnerConfig(BaseModel):
+class RunnerConfig(Section):
     name: str = Field("", description="Name the runner registers under; the hostname if empty.")
     state_dir: Path = Field(
         Path("~/.hakuriver/runner"),
@@ -123,7 +129,7 @@ class RunnerConfig(BaseModel):
     )
 
 
-class SchedulingConfig(BaseModel):
+class SchedulingConfig(Section):
     starvation_seconds: float = Field(
         300.0,
         ge=0,
@@ -138,7 +144,7 @@ class SchedulingConfig(BaseModel):
     )
 
 
-class DockerConfig(BaseModel):
+class DockerConfig(Section):
     container_dir: str = Field(
         "hakuriver-containers", description="Folder under shared_dir holding environment tarballs."
     )
@@ -168,7 +174,7 @@ WEBHOOK_EVENTS = frozenset(
 )
 
 
-class TlsConfig(BaseModel):
+class TlsConfig(Section):
     plaintext: bool = Field(
         False,
         description="Serve and dial gRPC without TLS. Refused unless the Host binds a "
@@ -194,7 +200,7 @@ class TlsConfig(BaseModel):
         return Path(getattr(self, name)).expanduser()
 
 
-class DashboardConfig(BaseModel):
+class DashboardConfig(Section):
     enabled: bool = Field(True, description="Serve the web dashboard and its Connect API.")
     port: int = Field(8003, description="Port of the dashboard (HTTP or HTTPS).")
     bind_ip: str = Field(
@@ -224,7 +230,7 @@ class DashboardConfig(BaseModel):
 TASK_NETWORKS = tuple(TaskNetwork)
 
 
-class AuthConfig(BaseModel):
+class AuthConfig(Section):
     token: str = Field(
         "",
         description="API token the command-line tools send ($HAKURIVER_TOKEN wins; prefer "
@@ -276,7 +282,7 @@ class AuthConfig(BaseModel):
         return roots
 
 
-class WebhookConfig(BaseModel):
+class WebhookConfig(Section):
     url: str = Field(description="URL that receives a JSON POST per event.")
     secret: str = Field(
         "",
@@ -371,6 +377,7 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     try:
         return Config(**overrides)
     except ValueError as exc:
-        raise ConfigError(f"invalid config {resolved}: {exc}") from exc
+        source = resolved or "(the defaults and HAKURIVER_* variables)"
+        raise ConfigError(f"invalid config {source}: {exc}") from exc
     finally:
         Config._toml_path = None

@@ -304,7 +304,6 @@ def test_no_file_means_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         "[[webhooks]]\nurl = 'http://127.0.0.1:9/x'\n",  # left to load_config, and accepted
         "[network]\nhost_port = '9000'\n",  # pydantic coerces the string
-        "[network]\nunknown = 1\n",  # pydantic ignores it
     ],
 )
 def test_what_it_cannot_read_goes_to_load_config(tmp_path: Path, text: str) -> None:
@@ -319,6 +318,7 @@ def test_what_it_cannot_read_goes_to_load_config(tmp_path: Path, text: str) -> N
     [
         "[timing]\nheartbeat_interval = -1\n",
         "[nonsense]\nx = 1\n",
+        "[network]\nhost_prot = 9000\n",  # a typo of a key
         "[auth]\ndefault_task_network = 'bridge'\n",
         "[[webhooks]]\nurl = 'ftp://example.invalid/x'\n",
         "[network\n",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTATIONS = ROOT / "tests" / "e2e" / "doc_commands.toml"
-SHELL = {"bash", "sh", "shell"}
+SHELL = {"bash"}  # a ```sh block is a script file's text, not commands to type
 # Why a block may not run in the test's one-machine cluster (docs/development.md).
 NORUN_REASONS = {
     "multi-node": "needs another machine",

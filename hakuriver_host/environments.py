@@ -199,10 +199,21 @@ class EnvironmentManager:
         cmd = (source.attrs.get("Config") or {}).get("Cmd")
         if cmd:
             changes.append(f"CMD {json.dumps(cmd)}")
+        try:
+            previous = self.client.images.get(image_for(name)).id
+        except docker.errors.ImageNotFound:
+            previous = None
         image = container.commit(
             repository=IMAGE_PREFIX + name, tag=IMAGE_TAG, changes=changes, pause=True
         )
-        return self._save(image, name, timestamp, progress)
+        saved = self._save(image, name, timestamp, progress)
+        if previous not in (None, image.id):
+            # The last commit lost its tag to this one: remove it if that left it nameless,
+            # rather than leave one such image per create-tar (kept when in use).
+            with contextlib.suppress(docker.errors.APIError):
+                if not self.client.images.get(previous).tags:
+                    self.client.images.remove(previous)
+        return saved
 
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)

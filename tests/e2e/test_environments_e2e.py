@@ -66,8 +66,11 @@ def test_prepare_on_host_then_every_runner_gets_it(cluster: ProcessCluster, env_
     )
     assert shell.returncode == 3 and shell.stderr == "e\n"
     first = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
+    first_image = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
     second = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
     assert int(second["timestamp"]) > int(first["timestamp"])
+    with pytest.raises(docker.errors.ImageNotFound):  # no nameless image left per create-tar
+        cluster.docker.images.get(first_image)
     files = sorted(p.name for p in _tar_dir(cluster).iterdir() if p.name.startswith(env_name))
     assert files == [f"{env_name}-{second['timestamp']}.tar"], (
         "older tarball kept or partial file left"
@@ -144,8 +147,11 @@ def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
     cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=holder.task_id), timeout=30)
 
     unused = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
+    # A second name keeps the Host (same daemon here) from removing it on create-tar.
+    cluster.docker.images.get(unused).tag(f"held-{env_name}", "test")
     _ok(cluster.cli("docker", "create-tar", env_name))
     cluster.docker.images.get(unused).tag(f"hakuriver/{env_name}", "base")
+    cluster.docker.images.remove(f"held-{env_name}:test")
     cluster.wait_final(cluster.submit(["true"], container_name=env_name, targets=runner).task_id)
     with pytest.raises(docker.errors.ImageNotFound):
         cluster.docker.images.get(unused)

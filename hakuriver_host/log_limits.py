@@ -4,7 +4,7 @@ A client that sends a thousand corrupt requests, or a request that hits the same
 thousand times, must not write a thousand lines (or tracebacks) to the Host's log. A
 ``LimitedLog`` logs the first occurrence of each cause at once; later occurrences within
 ``interval`` seconds are only counted, and when the interval is over one summary line
-gives the count ("... (and 1,130 more like it in the last 60 s)"). The summary is written
+gives the count ("... (and 1130 more like it in the last 60 s)"). The summary is written
 by a timer on the running event loop, or at the next occurrence of any cause, or by
 ``flush`` (the Host calls it when it stops); so nothing counted is lost.
 

@@ -4,6 +4,7 @@ as docs/development.md says. (The e2e tier runs them: tests/e2e/test_doc_command
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tests import doc_commands
@@ -77,3 +78,30 @@ def test_comments_and_placeholders() -> None:
     )
     expected = Expectation(file="f", run="hakuriver.ssh TASK_ID on NODE", fill={"TASK_ID": "vps"})
     assert expected.kinds() == {"TASK_ID": "vps", "NODE": "node"}
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a page's headings."""
+    found = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            slug = re.sub(r"[^\w\- ]", "", title).replace(" ", "-")
+            found.add(slug)
+    return found
+
+
+def test_links_between_pages_lead_somewhere() -> None:
+    broken = []
+    for page in doc_commands.markdown_files():
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            file, _, anchor = target.partition("#")
+            linked = (page.parent / file).resolve() if file else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert broken == []

@@ -248,9 +248,15 @@ def _writable(cfg: Config) -> list[Path]:
 def _sandbox(role: Role, cfg: Config) -> list[str]:
     if role is Role.runner:
         return RUNNER_SANDBOX
+    places = _writable(cfg)
     # "-": a folder made later (the shared folder's mount) does not stop the unit.
-    writable = " ".join(f"-{shlex.quote(str(p))}" for p in _writable(cfg))
-    return [*HOST_SANDBOX, f"ReadWritePaths={writable}"]
+    writable = " ".join(f"-{shlex.quote(str(p))}" for p in places)
+    # systemd drops a ReadWritePaths= folder that does not exist yet, and the sandbox then
+    # keeps the Host from making it: make its own folders first, outside the sandbox ("+").
+    # Not the shared folder: a missing mount must not turn into a local folder.
+    shared = cfg.paths.shared_dir.expanduser().absolute()
+    own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != shared)])
+    return [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
 
 
 def render_unit(
@@ -264,6 +270,8 @@ def render_unit(
         f"Description={description}",
         f"After={after}",
         f"Wants={after}",
+        # Tasks' output and environments live there: start once it is mounted.
+        f"RequiresMountsFor={shlex.quote(str(cfg.paths.shared_dir.expanduser().absolute()))}",
         "",
         "[Service]",
         "Type=simple",

@@ -7,6 +7,7 @@ a crash would. Modelled on dask's gen_cluster: start, hand out, tear down cleanl
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -75,10 +76,34 @@ def required(what: str, problem: str) -> NoReturn:
     pytest.skip(f"{what}: skipped outside CI: {problem}")
 
 
+# Ports this process handed out: never twice (a cluster asks for several at once).
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now, chosen below the ephemeral range: a port the OS picks for
+    us (bind to 0) is also where it puts outgoing connections, so one could take it before
+    the process we start binds it (seen as "Address already in use" in CI)."""
+    high = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(20000, high) if high > 20100 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _HANDED_OUT.add(int(sock.getsockname()[1]))
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:

@@ -36,6 +36,8 @@ def parse_unit(path: Path) -> dict[str, list[str]]:
 
 def start_unit(unit: dict[str, list[str]], log: Path, **env: str) -> subprocess.Popen[bytes]:
     environment = dict(shlex.split(e)[0].split("=", 1) for e in unit["Environment"])
+    for before in unit.get("ExecStartPre", []):
+        subprocess.run(shlex.split(before.removeprefix("+")), check=True)
     return subprocess.Popen(
         shlex.split(unit["ExecStart"][0]),
         cwd=unit["WorkingDirectory"][0],
@@ -169,6 +171,14 @@ def test_the_host_unit_is_sandboxed_to_what_it_writes(tmp_path: Path) -> None:
     assert sorted(shlex.split(writable)) == sorted(
         f"-{tmp_path / name}" for name in ("shared", "logs", "db", "secrets")
     )
+    # Its own folders are made before the sandbox applies; the shared one is a mount.
+    [before] = host["ExecStartPre"]
+    assert before.startswith("+/bin/mkdir -p ")
+    subprocess.run(shlex.split(before.removeprefix("+")), check=True)
+    assert all((tmp_path / name).is_dir() for name in ("logs", "db", "secrets"))
+    assert not (tmp_path / "shared").exists()
+    runner = parse_unit(out / "hakuriver-runner.service")
+    assert host["RequiresMountsFor"] == runner["RequiresMountsFor"] == [str(tmp_path / "shared")]
     # 9.6 ("UNSAFE") before: the most a unit without any of it scores but 10.
     assert _exposure(out / "hakuriver-host.service") < 3.0
     assert _exposure(out / "hakuriver-runner.service") < 9.6

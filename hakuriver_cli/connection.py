@@ -104,10 +104,9 @@ def on_task_or_batch(
             raise (exc if batch_exc.status is Status.NOT_FOUND else batch_exc) from None
 
 
-def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
+def _transport_problem(details: str, config: ClientConfig | None, target: str) -> str | None:
     """A TLS mismatch in words, from gRPC's connection error."""
     lowered = details.lower()
-    target = config.host_target if config is not None else "the host"
     plaintext = config is not None and config.tls.plaintext
     if plaintext and "socket closed" in lowered:
         return (
@@ -119,7 +118,7 @@ def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
             f"the host at {target} does not speak TLS: set tls.plaintext = true "
             "(only for a Host on a loopback address)"
         )
-    if "certificate" in lowered or "handshake" in lowered or "ssl" in lowered:
+    if any(word in lowered for word in ("certificate", "handshake", "ssl", "hostname verif")):
         return (
             f"TLS with the host at {target} failed: its certificate is not signed by "
             "tls.ca_file or does not name this address (tls.server_name)"
@@ -127,15 +126,30 @@ def _transport_problem(details: str, config: ClientConfig | None) -> str | None:
     return None
 
 
+# How gRPC words a call that never reached a Host; any other UNAVAILABLE is the Host's own
+# answer (Docker down on the Host, a Runner away) and is shown as it is.
+_NOT_REACHED = (
+    "failed to connect to all addresses",
+    "connections to all backends failing",
+    "dns resolution failed",
+    "socket closed",
+)
+
+
+def _unreachable(details: str) -> bool:
+    lowered = details.lower()
+    return not details or any(lowered.startswith(words) for words in _NOT_REACHED)
+
+
 def describe_call_error(exc: CallError, target: str, config: ClientConfig | None = None) -> str:
     if exc.problem:
         return exc.problem
     status, details = exc.status, exc.details
     if status is Status.UNAVAILABLE:
-        problem = _transport_problem(details, config)
+        problem = _transport_problem(details, config, target)
         if problem is not None:
             return problem
-    if status is Status.UNAVAILABLE and ("connect" in details.lower() or not details):
+    if status is Status.UNAVAILABLE and _unreachable(details):
         return f"cannot reach the host at {target} (is hakuriver.host running?)"
     if status is Status.UNAUTHENTICATED:
         return f"the host refused the API token: {details}"

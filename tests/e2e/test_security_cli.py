@@ -264,5 +264,10 @@ def test_init_tls_files_serve_a_host(docker_ready: None, tmp_path: Path) -> None
             cluster, "client", "nodes", HAKURIVER_TLS__CA_FILE=str(test_ca.ca_cert), **OVER_GRPC
         )
         assert "not signed by tls.ca_file" in one_error_line(other)
+        # So is one dialling a name the certificate does not hold (not "cannot reach").
+        unnamed = run(
+            cluster, "client", "nodes", HAKURIVER_TLS__SERVER_NAME="wrong.example", **OVER_GRPC
+        )
+        assert "does not name this address (tls.server_name)" in one_error_line(unnamed)
     finally:
         cluster.stop()

@@ -163,7 +163,9 @@ class Cluster:
         self._background = [
             asyncio.create_task(self._placement_loop(), name="placement"),
             asyncio.create_task(self.runners.run_monitor(), name="runner-monitor"),
+            asyncio.create_task(self.tarballs.keep_fresh(), name="tarball-index"),
         ]
+        await self.tarballs.first_read()
         self.kick()
 
     async def stop(self) -> None:

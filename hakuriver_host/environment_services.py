@@ -7,6 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,6 +33,14 @@ def _container_pb(fields: dict[str, str]) -> epb.EnvironmentContainer:
     return epb.EnvironmentContainer(**fields)
 
 
+def _size(path: Path) -> int:
+    """A file's size; blocking (the shared folder may be slow): call off the event loop."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer):
     def __init__(self, manager: EnvironmentManager, cluster: Cluster) -> None:
         self.manager = manager
@@ -40,12 +49,9 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     def _audit(self, action: str, target: str) -> None:
         self.cluster.audit.record(caller(), f"environment.{action}", target)
 
-    def _tarball_pb(self, tarball: TarballFile) -> epb.Tarball:
+    async def _tarball_pb(self, tarball: TarballFile) -> epb.Tarball:
         loaded_on = self.cluster.environment_loaded_on(tarball.name, tarball.timestamp)
-        try:
-            size = tarball.path.stat().st_size
-        except OSError:
-            size = 0
+        size = await asyncio.to_thread(_size, tarball.path)
         return epb.Tarball(
             name=tarball.name,
             timestamp=tarball.timestamp,
@@ -128,19 +134,21 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
             if isinstance(item, int):
                 yield epb.CreateTarResponse(bytes_written=item)
             else:
-                yield epb.CreateTarResponse(done=self._tarball_pb(item))
+                await asyncio.to_thread(self.cluster.tarballs.refresh)
+                yield epb.CreateTarResponse(done=await self._tarball_pb(item))
 
     async def ListTars(
         self, request: epb.ListTarsRequest, context: grpc.aio.ServicerContext
     ) -> epb.ListTarsResponse:
         tarballs = await asyncio.to_thread(self.manager.tarballs)
-        return epb.ListTarsResponse(tarballs=[self._tarball_pb(t) for t in tarballs])
+        return epb.ListTarsResponse(tarballs=[await self._tarball_pb(t) for t in tarballs])
 
     async def DeleteTar(
         self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteTarResponse:
         self._audit("delete_tar", request.name)
         removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
+        await asyncio.to_thread(self.cluster.tarballs.refresh)
         return epb.DeleteTarResponse(removed=removed)
 
     async def ImportRootfs(
@@ -159,7 +167,8 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
                 await asyncio.to_thread(out.write, message.chunk)
         async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
             if isinstance(item, TarballFile):
-                return epb.ImportRootfsResponse(tarball=self._tarball_pb(item))
+                await asyncio.to_thread(self.cluster.tarballs.refresh)
+                return epb.ImportRootfsResponse(tarball=await self._tarball_pb(item))
         raise ApiError("import ended without a tarball")
 
 

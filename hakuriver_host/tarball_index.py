@@ -1,22 +1,58 @@
-"""Which environments have a tarball in the shared folder, re-read only when the folder
-changes (one stat per question instead of a directory listing per submission)."""
+"""Which environments have a tarball in the shared folder.
+
+Asked on the event loop at every submission and answered from memory: the folder is read
+off the loop, every few seconds and right after the Host writes or removes a tarball, so a
+hung or slow shared mount never stalls the Host (submissions then see the names last read).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 2.0
+# How long the Host's start waits for the first reading before it serves without it.
+FIRST_READ_SECONDS = 10.0
 
 
 class TarballIndex:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, refresh_seconds: float = REFRESH_SECONDS) -> None:
         self.directory = directory
-        self._seen: tuple[int, frozenset[str]] | None = None
+        self.refresh_seconds = refresh_seconds
+        self._names: frozenset[str] = frozenset()
+        self._read = asyncio.Event()
 
     def names(self) -> frozenset[str]:
+        return self._names
+
+    def refresh(self) -> None:
+        """Read the folder again; blocking: call off the event loop."""
         try:
-            mtime = self.directory.stat().st_mtime_ns
-        except OSError:
-            return frozenset()
-        if self._seen is None or self._seen[0] != mtime:
-            found = frozenset(t.stem.rsplit("-", 1)[0] for t in self.directory.glob("*-*.tar"))
-            self._seen = (mtime, found)
-        return self._seen[1]
+            self._names = frozenset(
+                t.stem.rsplit("-", 1)[0] for t in self.directory.glob("*-*.tar")
+            )
+        except OSError as exc:
+            log.warning("cannot read the environment tarballs in %s: %s", self.directory, exc)
+
+    async def keep_fresh(self) -> None:
+        """Refresh until cancelled (a refresh stuck on a hung mount holds one thread and
+        delays only the next refresh)."""
+        while True:
+            await asyncio.to_thread(self.refresh)
+            self._read.set()
+            await asyncio.sleep(self.refresh_seconds)
+
+    async def first_read(self) -> None:
+        """Wait for the first reading, for at most FIRST_READ_SECONDS."""
+        try:
+            await asyncio.wait_for(self._read.wait(), FIRST_READ_SECONDS)
+        except TimeoutError:
+            log.warning(
+                "the shared folder %s did not answer in %.0f s: serving without its tarballs "
+                "until it does",
+                self.directory,
+                FIRST_READ_SECONDS,
+            )

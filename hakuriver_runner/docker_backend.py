@@ -76,8 +76,9 @@ DAEMON_RETRY_SECONDS = 1.0
 # followed from the log.
 ATTACH_END_SECONDS = 5.0
 ATTACH_END_SLACK = 0.5
-# A VPS container: the key for root, host keys, then sshd in the foreground on loopback only
-# (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
+# A VPS container: the key for root, a host key of its own (the image's would be shared by
+# every VPS made from it, readable by each of their users), then sshd in the foreground on
+# loopback only (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
 VPS_SCRIPT = """
 if [ ! -x /usr/sbin/sshd ]; then
   echo "this environment has no SSH server (/usr/sbin/sshd): install openssh-server in it" >&2
@@ -86,8 +87,10 @@ fi
 mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh
 printf '%s\\n' "$HAKURIVER_SSH_KEY" > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
-ssh-keygen -A >/dev/null
+rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
+ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 exec /usr/sbin/sshd -D -e -p "$HAKURIVER_SSH_PORT" -o ListenAddress=127.0.0.1 \\
+  -h /etc/ssh/ssh_host_ed25519_key \\
   -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
 """
 

@@ -308,6 +308,43 @@ def test_another_user_cannot_reach_the_vps(
         assert refused.stderr.strip() == f"error: task_id: task {vps} not found (NOT_FOUND)"
 
 
+def _host_key(cluster: ProcessCluster, task_id: int) -> str:
+    [container] = cluster.docker.containers.list(filters={"label": f"hakuriver.task_id={task_id}"})
+    code, out = container.exec_run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+    assert code == 0, out
+    return str(out.decode().split()[1])
+
+
+def test_each_vps_has_a_host_key_of_its_own(
+    vps_cluster: ProcessCluster,
+    owner: Person,
+    key_files: Path,
+    vps: int,
+    sshd_image: str,
+    tmp_path: Path,
+) -> None:
+    """Not the image's: those would be the same in every VPS, readable by each user."""
+    made = cli_as(
+        vps_cluster,
+        owner.token,
+        tmp_path,
+        "vps",
+        "submit",
+        "--container",
+        sshd_image,
+        "--public-key-file",
+        str(key_files / "id.pub"),
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    other = int(json.loads(made.stdout)["task_id"])
+    try:
+        vps_cluster.wait_status(other, RUNNING, timeout=60)
+        assert _host_key(vps_cluster, other) != _host_key(vps_cluster, vps)
+    finally:
+        vps_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=other), timeout=30)
+
+
 def test_an_operator_gets_a_ticket_for_any_vps(vps_cluster: ProcessCluster, vps: int) -> None:
     """Operators (and admins) reach every VPS's sshd; logging in still needs a key it takes."""
     operator = vps_cluster.user_channel(vps_cluster.add_user("olga", Role.OPERATOR))

@@ -244,7 +244,8 @@ def submit(
         if wait:
             found = [wait_final(link, cfg.host_target, t.task_id, poll_interval) for t in found]
     if json:
-        print_json({"batch_id": str(response.batch_id), "tasks": [to_dict(t) for t in found]})
+        batch = {"batch_id": str(response.batch_id)} if response.batch_id else {}
+        print_json({**batch, "tasks": [to_dict(t) for t in found]})  # no batch: no key
     elif wait:
         for task in found:
             code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""

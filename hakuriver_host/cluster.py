@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from hakuriver_common.config import Config
+from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.ids import IdGenerator
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
@@ -195,6 +196,9 @@ class Cluster:
         """Admit, store and queue the tasks of a submission, owned by ``who``; answer after
         the placement pass that considered them, so each is either placed or known to
         wait."""
+        wanted = req.container_name or self.config.docker.default_container_name
+        if wanted != NULL_CONTAINER and not self._admission.has_environment(wanted):
+            await self.tarballs.read_again()  # a tarball copied in since the last reading?
         plan = admit(req, self._admission, self._rights(who))
         count = len(plan.tasks())
         batch_id = self.ids.next_id() if count > 1 or plan.array else 0

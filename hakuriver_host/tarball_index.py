@@ -1,13 +1,15 @@
 """Which environments have a tarball in the shared folder.
 
 Asked on the event loop at every submission and answered from memory: the folder is read
-off the loop, every few seconds and right after the Host writes or removes a tarball, so a
-hung or slow shared mount never stalls the Host (submissions then see the names last read).
+off the loop, every few seconds, right after the Host writes or removes a tarball, and when
+a submission names an environment not known yet (a tarball copied in by hand), so a hung or
+slow shared mount never stalls the Host (a submission waits at most MISS_SECONDS for it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0
 # How long the Host's start waits for the first reading before it serves without it.
 FIRST_READ_SECONDS = 10.0
+# How long a submission naming an environment not known yet waits for a new reading.
+MISS_SECONDS = 2.0
 
 
 class TarballIndex:
@@ -36,6 +40,11 @@ class TarballIndex:
             )
         except OSError as exc:
             log.warning("cannot read the environment tarballs in %s: %s", self.directory, exc)
+
+    async def read_again(self) -> None:
+        """Refresh now, waiting at most MISS_SECONDS: for a name not (yet) known."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(asyncio.to_thread(self.refresh)), MISS_SECONDS)
 
     async def keep_fresh(self) -> None:
         """Refresh until cancelled (a refresh stuck on a hung mount holds one thread and

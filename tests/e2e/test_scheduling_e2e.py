@@ -144,7 +144,11 @@ def test_a_queued_task_has_its_container_made_ahead_and_its_start_only_starts_it
     sched.kill_runner(name)
     sched.start_runner(name)
     wait_for(
-        lambda: not sched.docker.containers.list(all=True, filters={"id": prepared.id}),
+        lambda: (
+            not sched.docker.containers.list(
+                all=True, ignore_removed=True, filters={"id": prepared.id}
+            )
+        ),
         what="the restarted Runner removing the container it had prepared",
     )
     again = _prepared(sched, following.task_id)
@@ -152,7 +156,11 @@ def test_a_queued_task_has_its_container_made_ahead_and_its_start_only_starts_it
     dropped_container = _prepared(sched, dropped.task_id)
     _kill(sched, dropped.task_id)
     wait_for(
-        lambda: not sched.docker.containers.list(all=True, filters={"id": dropped_container.id}),
+        lambda: (
+            not sched.docker.containers.list(
+                all=True, ignore_removed=True, filters={"id": dropped_container.id}
+            )
+        ),
         what="the killed queued task's prepared container removed",
     )
 

@@ -150,6 +150,8 @@ class _Method:
                 code = status_code(exc).name
             elif isinstance(exc, _Internal):
                 code = grpc.StatusCode.INTERNAL.name
+            elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                code = grpc.StatusCode.CANCELLED.name  # the caller went away
             else:
                 found = context.code()
                 code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"

@@ -128,3 +128,18 @@ async def test_every_call_is_counted_by_method_and_code(local_cluster: LocalClus
     assert counts[("/hakuriver.v1.TaskService/SubmitTask", "OK")] == 1
     assert counts[("/hakuriver.v1.LogService/ReadLog", "OK")] == 1
     assert counts[("/hakuriver.v1.TaskService/WatchTask", "NOT_FOUND")] == 1
+
+
+async def test_a_stream_whose_caller_went_away_is_counted_as_cancelled(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a")
+    await runner.drop()
+    connect = "/hakuriver.v1.RunnerService/Connect"
+    for _ in range(50):
+        counts = await _requests(local_cluster)
+        if (connect, "CANCELLED") in counts:
+            break
+        await asyncio.sleep(0.1)
+    assert counts.get((connect, "CANCELLED")) == 1, counts
+    assert (connect, "UNKNOWN") not in counts

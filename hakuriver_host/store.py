@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command as alembic_command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event, func, insert, update
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine, select
 
+from hakuriver_host import migrations
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
 
@@ -127,8 +127,7 @@ class Store:
     def migrate(self) -> None:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
         transaction: a failed migration leaves the database as it was."""
-        settings = AlembicConfig()
-        settings.set_main_option("script_location", "hakuriver_host:migrations")
+        settings = migrations.settings()
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 # Python's sqlite3 opens a transaction only before a data change, so without

@@ -13,17 +13,14 @@ import tempfile
 from pathlib import Path
 
 from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 
+from hakuriver_host import migrations
 from hakuriver_host.store import Store
 
 
 def main(message: str) -> None:
-    settings = Config()
-    settings.set_main_option("script_location", "hakuriver_host:migrations")
-    head = ScriptDirectory.from_config(settings).get_current_head() or "0000"
-    number = f"{int(head) + 1:04d}"
+    settings = migrations.settings()
+    number = f"{int(migrations.newest_revision() or 0) + 1:04d}"
     with tempfile.TemporaryDirectory() as scratch:
         url = f"sqlite:///{Path(scratch) / 'head.db'}"
         store = Store(url)

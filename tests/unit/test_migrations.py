@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlmodel import SQLModel
@@ -22,20 +21,15 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as task_pb,
 )
+from hakuriver_host import migrations
 from hakuriver_host.store import Store
 from tests.unit.conftest import MakeCluster
 
 DATA = Path(__file__).parent / "data"
 
 
-def _alembic() -> AlembicConfig:
-    settings = AlembicConfig()
-    settings.set_main_option("script_location", "hakuriver_host:migrations")
-    return settings
-
-
 def _head() -> str:
-    head = ScriptDirectory.from_config(_alembic()).get_current_head()
+    head = migrations.newest_revision()
     assert head is not None
     return head
 
@@ -73,14 +67,15 @@ def test_every_revision_upgrades_to_the_models_schema(tmp_path: Path) -> None:
     """A database left at any revision reaches the models' schema: a model changed without a
     revision of its own fails here."""
     revisions = [
-        script.revision for script in ScriptDirectory.from_config(_alembic()).walk_revisions()
+        script.revision
+        for script in ScriptDirectory.from_config(migrations.settings()).walk_revisions()
     ]
     for revision in revisions:
         path = tmp_path / f"at-{revision}.db"
         store = Store(f"sqlite:///{path}")
         try:
             with store.engine.begin() as connection:
-                settings = _alembic()
+                settings = migrations.settings()
                 settings.attributes["connection"] = connection
                 alembic_command.upgrade(settings, revision)
             store.migrate()

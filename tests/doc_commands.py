@@ -6,7 +6,6 @@ its entry, every entry its command) and the e2e tier (each is run against a real
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 import tomllib
@@ -33,7 +32,6 @@ KINDS = {
     "vps",
     "array",
     "node",
-    "environment",
     "dashboard",
     "grpc",
 }
@@ -224,9 +222,9 @@ def expectations() -> list[Expectation]:
 
 
 def pair() -> tuple[list[tuple[Command, Expectation | None]], list[str]]:
-    """Every command to run with its expectation (None for a norun block), in the docs'
-    order, and what is wrong: commands without an entry, entries without a command, bad
-    blocks, unknown placeholder kinds."""
+    """Every command with its expectation (None for a norun block, or when it has no
+    entry), in the docs' order, and what is wrong: commands without an entry, entries
+    without a command, bad blocks, unknown placeholder kinds."""
     found, problems = all_commands()
     waiting: dict[tuple[str, str], list[Expectation]] = defaultdict(list)
     for expectation in expectations():
@@ -246,6 +244,7 @@ def pair() -> tuple[list[tuple[Command, Expectation | None]], list[str]]:
             paired.append((command, queue.pop(0)))
         else:
             problems.append(f"{command.where}: no entry in {EXPECTATIONS.name}: {command.run!r}")
+            paired.append((command, None))
     for (file, run), left in waiting.items():
         problems += [f"{EXPECTATIONS.name}: no command {run!r} in {file}" for _ in left]
     return paired, problems
@@ -257,11 +256,7 @@ def _toml_string(text: str) -> str:
 
 if __name__ == "__main__":
     # Entries to start from for the commands that lack one: python -m tests.doc_commands
-    _, missing = pair()
-    for problem in missing:
-        where, _, rest = problem.partition(": no entry in doc_commands.toml: ")
-        if rest:
-            file = where.rsplit(":", 1)[0]
-            run = ast.literal_eval(rest)
-            print(f"\n[[command]]\nfile = {_toml_string(file)}\nrun = {_toml_string(run)}")
-            print('output = ""')
+    for command, expected in pair()[0]:
+        if expected is None and not command.norun:
+            print(f"\n[[command]]\nfile = {_toml_string(command.file)}")
+            print(f'run = {_toml_string(command.run)}\noutput = ""')

@@ -134,7 +134,6 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
             if isinstance(item, int):
                 yield epb.CreateTarResponse(bytes_written=item)
             else:
-                await asyncio.to_thread(self.cluster.tarballs.refresh)
                 yield epb.CreateTarResponse(done=await self._tarball_pb(item))
 
     async def ListTars(
@@ -148,6 +147,7 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     ) -> epb.DeleteTarResponse:
         self._audit("delete_tar", request.name)
         removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
+        # A new name is read when first asked for; a removed one must go from the index now.
         await asyncio.to_thread(self.cluster.tarballs.refresh)
         return epb.DeleteTarResponse(removed=removed)
 
@@ -167,7 +167,6 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
                 await asyncio.to_thread(out.write, message.chunk)
         async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
             if isinstance(item, TarballFile):
-                await asyncio.to_thread(self.cluster.tarballs.refresh)
                 return epb.ImportRootfsResponse(tarball=await self._tarball_pb(item))
         raise ApiError("import ended without a tarball")
 

@@ -358,7 +358,6 @@ class HostServer:
     async def _ensure_default_environment(self) -> None:
         try:
             await asyncio.to_thread(self.environments.ensure_default)
-            await asyncio.to_thread(self.cluster.tarballs.refresh)
         except Exception as exc:
             log.warning("could not prepare the default environment: %s", exc)
 

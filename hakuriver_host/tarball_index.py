@@ -1,9 +1,9 @@
 """Which environments have a tarball in the shared folder.
 
 Asked on the event loop at every submission and answered from memory: the folder is read
-off the loop, every few seconds, right after the Host writes or removes a tarball, and when
-a submission names an environment not known yet (a tarball copied in by hand), so a hung or
-slow shared mount never stalls the Host (a submission waits at most MISS_SECONDS for it).
+off the loop, every few seconds, right after the Host removes a tarball, and when a
+submission names an environment not known yet (one just made, or copied in by hand), so a
+hung or slow shared mount never stalls the Host (a submission waits at most MISS_SECONDS).
 """
 
 from __future__ import annotations

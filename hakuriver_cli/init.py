@@ -235,9 +235,13 @@ RUNNER_SANDBOX = [
 ]
 
 
+def _shared_dir(cfg: Config) -> Path:
+    return cfg.paths.shared_dir.expanduser().absolute()
+
+
 def _writable(cfg: Config) -> list[Path]:
-    """Where the Host writes: its database, credentials, the shared folder, its log."""
-    places = [cfg.paths.shared_dir, cfg.auth.credentials_file.parent]
+    """Where the Host writes: the shared folder, its credentials, database and log."""
+    places = [_shared_dir(cfg), cfg.auth.credentials_file.parent]
     if not cfg.database.url:
         places.append(cfg.database.db_file.parent)
     if cfg.paths.host_log_file is not None:
@@ -254,8 +258,7 @@ def _sandbox(role: Role, cfg: Config) -> list[str]:
     # systemd drops a ReadWritePaths= folder that does not exist yet, and the sandbox then
     # keeps the Host from making it: make its own folders first, outside the sandbox ("+").
     # Not the shared folder: a missing mount must not turn into a local folder.
-    shared = cfg.paths.shared_dir.expanduser().absolute()
-    own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != shared)])
+    own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != _shared_dir(cfg))])
     return [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
 
 
@@ -271,7 +274,7 @@ def render_unit(
         f"After={after}",
         f"Wants={after}",
         # Tasks' output and environments live there: start once it is mounted.
-        f"RequiresMountsFor={shlex.quote(str(cfg.paths.shared_dir.expanduser().absolute()))}",
+        f"RequiresMountsFor={shlex.quote(str(_shared_dir(cfg)))}",
         "",
         "[Service]",
         "Type=simple",

@@ -106,6 +106,26 @@ def cli_as(
     )
 
 
+def submit_vps(
+    cluster: ProcessCluster, person: Person, key_files: Path, environment: str, home: Path
+) -> int:
+    """A VPS of ``environment`` submitted by ``person`` with the CLI and the test key."""
+    result = cli_as(
+        cluster,
+        person.token,
+        home,
+        "vps",
+        "submit",
+        "--container",
+        environment,
+        "--public-key-file",
+        str(key_files / "id.pub"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    return int(json.loads(result.stdout)["task_id"])
+
+
 @pytest.fixture(scope="module")
 def vps_cluster(
     sshd_image: str, tmp_path_factory: pytest.TempPathFactory
@@ -151,21 +171,7 @@ def vps(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> int:
     """A running VPS submitted by ``owner`` with the CLI."""
-    home = tmp_path_factory.mktemp("home")
-    result = cli_as(
-        vps_cluster,
-        owner.token,
-        home,
-        "vps",
-        "submit",
-        "--container",
-        sshd_image,
-        "--public-key-file",
-        str(key_files / "id.pub"),
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    task_id = int(json.loads(result.stdout)["task_id"])
+    task_id = submit_vps(vps_cluster, owner, key_files, sshd_image, tmp_path_factory.mktemp("home"))
     running = vps_cluster.wait_status(task_id, RUNNING, timeout=60)
     assert running.ssh_port > 0 and running.kind == task_pb2.TASK_KIND_VPS
     assert running.owner == "alice"
@@ -324,20 +330,7 @@ def test_each_vps_has_a_host_key_of_its_own(
     tmp_path: Path,
 ) -> None:
     """Not the image's: those would be the same in every VPS, readable by each user."""
-    made = cli_as(
-        vps_cluster,
-        owner.token,
-        tmp_path,
-        "vps",
-        "submit",
-        "--container",
-        sshd_image,
-        "--public-key-file",
-        str(key_files / "id.pub"),
-        "--json",
-    )
-    assert made.returncode == 0, made.stderr
-    other = int(json.loads(made.stdout)["task_id"])
+    other = submit_vps(vps_cluster, owner, key_files, sshd_image, tmp_path)
     try:
         vps_cluster.wait_status(other, RUNNING, timeout=60)
         assert _host_key(vps_cluster, other) != _host_key(vps_cluster, vps)

@@ -23,9 +23,8 @@ MISS_SECONDS = 2.0
 
 
 class TarballIndex:
-    def __init__(self, directory: Path, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.refresh_seconds = refresh_seconds
         self._names: frozenset[str] = frozenset()
         self._read = asyncio.Event()
 
@@ -52,7 +51,7 @@ class TarballIndex:
         while True:
             await asyncio.to_thread(self.refresh)
             self._read.set()
-            await asyncio.sleep(self.refresh_seconds)
+            await asyncio.sleep(REFRESH_SECONDS)
 
     async def first_read(self) -> None:
         """Wait for the first reading, for at most FIRST_READ_SECONDS."""

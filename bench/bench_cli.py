@@ -63,6 +63,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 from hakuriver_common.statuses import FINAL_TASK_STATUSES
+from tests.e2e.harness import without_hakuriver_variables
 from tests.fake_runner import FakeRunner
 
 TARGET_MS = 100.0  # the issue's bound on the CLI's own cost
@@ -126,11 +127,8 @@ def tool(name: str) -> list[str]:
 def _clean_env(pycache: Path) -> dict[str, str]:
     """This environment without HakuRiver's variables (only --config configures the tools),
     with bytecode cached in ``pycache``."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.upper().startswith("HAKURIVER_") and k != "PYTHONDONTWRITEBYTECODE"
-    }
+    env = without_hakuriver_variables()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
     return env
 

@@ -106,6 +106,12 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port below the ephemeral range")
 
 
+def without_hakuriver_variables() -> dict[str, str]:
+    """This process's environment as a user's shell would have it: none of the HAKURIVER_*
+    settings the tests may carry, so only what a command is given configures it."""
+    return {k: v for k, v in os.environ.items() if not k.upper().startswith("HAKURIVER_")}
+
+
 def wait_for(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
     """Poll ``check`` until it returns something truthy; fail with ``what`` on timeout."""
     deadline = time.monotonic() + timeout

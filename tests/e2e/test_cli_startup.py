@@ -10,7 +10,6 @@ command works over gRPC. Only which modules are loaded is checked, never how lon
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from bench.bench_cli import runner_thread
 from bench.host_process import HostProcess, bench_host
-from tests.e2e.harness import free_port
+from tests.e2e.harness import free_port, without_hakuriver_variables
 
 # The tool as its console script runs it, writing the names of the loaded modules at exit.
 PROBE = """
@@ -48,7 +47,7 @@ def run_tool(
     tmp_path: Path, tool: str, *args: str
 ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     modules = tmp_path / "modules.json"
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HAKURIVER_")}
+    env = without_hakuriver_variables()
     env["HAKURIVER_TEST_MODULES"] = str(modules)
     done = subprocess.run(
         [sys.executable, "-c", PROBE, tool, *args],

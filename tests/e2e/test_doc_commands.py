@@ -21,7 +21,7 @@ import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from tests.doc_commands import NORUN_REASONS, ROOT, Command, Expectation, fill, pair
-from tests.e2e.harness import FINAL, ProcessCluster
+from tests.e2e.harness import FINAL, ProcessCluster, without_hakuriver_variables
 
 pytestmark = pytest.mark.docker
 
@@ -53,11 +53,7 @@ class Reader:
             check=True,
         )
         venv_bin = str(Path(sys.executable).parent)
-        self.env = {
-            key: value
-            for key, value in os.environ.items()
-            if not key.startswith(("HAKURIVER_", "PYTEST", "COV_"))
-        }
+        self.env = without_hakuriver_variables()
         self.env.update(
             HOME=str(self.home),
             PATH=f"{venv_bin}{os.pathsep}{self.env['PATH']}",

@@ -22,6 +22,7 @@ import hakuriver_common
 from bench.bench_cli import runner_thread
 from bench.host_process import HostProcess, bench_host
 from hakuriver_host import migrations
+from tests.e2e.harness import without_hakuriver_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"])
@@ -56,7 +57,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env(bin_dir: Path) -> dict[str, str]:
     """A user's environment: the virtualenv first on PATH, no HakuRiver variables, started
     outside the checkout (so nothing is imported from it)."""
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("HAKURIVER_")}
+    env = without_hakuriver_variables()
     env.pop("PYTHONPATH", None)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
     return env

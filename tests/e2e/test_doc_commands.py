@@ -87,16 +87,14 @@ class Reader:
             self.pages[file] = (folder, [])
         return self.pages[file]
 
-    def shell(
-        self, line: str, cwd: Path, timeout: float = COMMAND_SECONDS, codes: tuple[int, ...] = (0,)
-    ) -> str:
+    def shell(self, line: str, cwd: Path, codes: tuple[int, ...] = (0,)) -> str:
         done = subprocess.run(
             ["bash", "-c", line],
             cwd=cwd,
             env=self.env,
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=COMMAND_SECONDS,
             stdin=subprocess.DEVNULL,
         )
         assert done.returncode in codes, f"{line}: {done.stdout}{done.stderr}"

@@ -9,6 +9,7 @@ report means is decided by the pure ``task_machine.on_report``.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -431,7 +432,7 @@ class Cluster:
             if placed:
                 # In the background: the next pass decides meanwhile (a task submitted
                 # while thousands of placements are being stored is placed at once; its
-                # write is queued after theirs, the store keeps the order).
+                # write waits only for earlier writes of its node).
                 storing = asyncio.create_task(self._store_and_dispatch(placed))
                 self._storing.add(storing)
                 storing.add_done_callback(self._storing.discard)
@@ -439,30 +440,41 @@ class Cluster:
     async def _store_and_dispatch(
         self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
     ) -> None:
-        """Dispatch each placement of a pass once it is stored, in order, in this one
-        coroutine rather than a task each: when their transaction is committed, thousands of
-        them would otherwise resume at once and hold the loop for hundreds of milliseconds;
-        here the loop serves others every PLACEMENT_SLICE of them."""
-        failed: list[BaseException] = []
-        done = 0
+        """Dispatch each placement of a pass once it is stored. The store orders writes per
+        node, so one coroutine per node awaits that node's placements in turn: each is
+        dispatched as soon as it is stored, whatever other nodes still wait for. Not a task
+        per placement: when a transaction is committed, thousands of tasks would resume at
+        once and hold the loop for hundreds of milliseconds; each node's coroutine yields
+        every PLACEMENT_SLICE."""
+        by_node: dict[str, list[tuple[TaskRecord, Coroutine[Any, Any, None]]]] = {}
+        for task, stored in placed:
+            by_node.setdefault(task.assigned_node or "", []).append((task, stored))
         try:
-            for task, stored in placed:
-                done += 1
-                try:
-                    await stored
-                except Exception as exc:
-                    failed.append(exc)
-                    continue
-                link = self.nodes.link_of(task.assigned_node)
-                if link is not None and task.status == TaskStatus.ASSIGNING:
-                    link.dispatch(dispatch_of(task))
-                if done % PLACEMENT_SLICE == 0:
-                    await asyncio.sleep(0)
+            results = await asyncio.gather(*map(self._dispatch_when_stored, by_node.values()))
         finally:
-            for _, never in placed[done:]:
-                never.close()  # the Host is stopping: stored or not, placed again on start
+            for _, stored in placed:
+                if inspect.getcoroutinestate(stored) == inspect.CORO_CREATED:
+                    stored.close()  # the Host is stopping: stored or not, placed again on start
+        failed = [exc for node_failed in results for exc in node_failed]
         if failed:
             log.error("storing %d placements failed: %s", len(failed), failed[0])
+
+    async def _dispatch_when_stored(
+        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
+    ) -> list[Exception]:
+        failed: list[Exception] = []
+        for done, (task, stored) in enumerate(placed, start=1):
+            try:
+                await stored
+            except Exception as exc:
+                failed.append(exc)
+                continue
+            link = self.nodes.link_of(task.assigned_node)
+            if link is not None and task.status == TaskStatus.ASSIGNING:
+                link.dispatch(dispatch_of(task))
+            if done % PLACEMENT_SLICE == 0:
+                await asyncio.sleep(0)
+        return failed
 
     async def _place_pending(self) -> list[tuple[TaskRecord, Coroutine[Any, Any, None]]]:
         """Place what fits now, in memory: each placed task with the coroutine that stores

@@ -281,8 +281,9 @@ class RunnerGateway:
     async def _on_task_state(self, link: RunnerLink, report: rpb.TaskStateReport) -> None:
         """Apply a report in memory now and store it in the background, so that the next
         reports on the stream are read meanwhile and their writes share a transaction
-        (the store keeps their order). A container is released only once its task's final
-        status is stored, and ``_later`` bounds the writes in flight per Runner."""
+        (the store keeps a node's changes in order). A container is released only once
+        its task's final status is stored, and ``_later`` bounds the writes in flight per
+        Runner."""
         task = self.book.active.get(report.task_id)
         if task is not None and task.assigned_node != link.hostname:
             self._owns(link, report.task_id, "state report")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +54,14 @@ def allocation_of(task: TaskRecord) -> Allocation:
         gpus=tuple(task.required_gpus or ()),
         numa_node=task.target_numa_node_id,
     )
+
+
+def _write_key(task: TaskRecord) -> Hashable:
+    """The store orders a task's changes with its node's: a release of cores is stored
+    before the placement that reuses them (a crash between the two must not leave both
+    holding them). A task that was never placed has no node; it orders with itself (the
+    only change of an unplaced task is its end)."""
+    return task.assigned_node or task.task_id
 
 
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
@@ -130,7 +138,9 @@ class TaskBook:
         for name, value in changes.items():
             setattr(task, name, value)
         events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
-        return self.store.queue_write(updates=[{"task_id": task.task_id, **changes}], events=events)
+        return self.store.queue_write(
+            _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=events
+        )
 
     async def move(
         self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
@@ -170,15 +180,16 @@ class TaskBook:
             self._last_change.pop(task.task_id, None)
             if task.assigned_node:
                 # Free for placement now: what is placed next is stored after this change
-                # (the store keeps the order), so its dispatch never overtakes this end.
+                # (the store orders a node's changes), so its dispatch never overtakes
+                # this end.
                 self.scheduler.release(task.assigned_node, task.task_id)
                 self._on_released()
         else:
             self._last_change[task.task_id] = self._change
         event = _event(task.task_id, new.value, now, detail)
-        # Queued now, so that changes are stored in the order they were made.
+        # Queued now, so that a node's changes are stored in the order they were made.
         stored = self.store.queue_write(
-            updates=[{"task_id": task.task_id, **changes}], events=[event]
+            _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=[event]
         )
         return self._record(task, old, new, stored, change)
 

@@ -1,16 +1,18 @@
 """The database adapter: an older database gains new columns on start, rows intact; new
-tasks are committed ahead of changes queued before them."""
+tasks are committed ahead of changes queued before them; changes keep their order per key
+and share transactions fairly between keys."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
-from hakuriver_host.store import Store, TaskWrite
+from hakuriver_host.store import WRITE_BATCH, Store, TaskWrite
 
 
 def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
@@ -60,27 +62,34 @@ def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
     assert {"gpu_count", "assigned_cpus"} <= columns
 
 
+def _recording_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Store, list[list[str]], threading.Event, threading.Event]:
+    """A store whose transactions record the names of their rows; the first one is held
+    until ``release`` is set (``first_started`` tells it began)."""
+    applied: list[list[str]] = []
+    first_started, release = threading.Event(), threading.Event()
+
+    def record(store: Store, writes: list[TaskWrite]) -> None:
+        if not applied:
+            first_started.set()
+            release.wait(10)
+        applied.append([row["name"] for w in writes for row in (*w.inserts, *w.updates)])
+
+    monkeypatch.setattr(Store, "_apply", record)
+    return Store(f"sqlite:///{tmp_path / 'db.sqlite'}"), applied, first_started, release
+
+
 async def test_new_tasks_are_committed_ahead_of_changes_queued_before(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While one transaction is written, a submission waits for it alone, not for the
     changes queued behind it (a job array's thousands of placements)."""
-    applied: list[list[str]] = []
-    first_started, release = threading.Event(), threading.Event()
-
-    def record(store: Store, writes: list[TaskWrite]) -> None:
-        names = [row["name"] for w in writes for row in (*w.inserts, *w.updates)]
-        if not applied:
-            first_started.set()
-            release.wait(10)
-        applied.append(names)
-
-    monkeypatch.setattr(Store, "_apply", record)
-    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
     try:
-        being_written = store.queue_write([{"name": "change 1"}], [])
+        being_written = store.queue_write("n1", [{"name": "change 1"}], [])
         await asyncio.to_thread(first_started.wait, 10)
-        queued = store.queue_write([{"name": "change 2"}], [])
+        queued = store.queue_write("n1", [{"name": "change 2"}], [])
         submitted = asyncio.create_task(store.insert_tasks([{"name": "new task"}], []))
         await asyncio.sleep(0.05)
         release.set()
@@ -88,3 +97,76 @@ async def test_new_tasks_are_committed_ahead_of_changes_queued_before(
     finally:
         store.close()
     assert applied == [["change 1"], ["new task"], ["change 2"]]
+
+
+async def test_a_lone_change_waits_for_one_transaction_not_another_nodes_thousands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job array's placements on one node are queued; a change on another node queued
+    after them goes in the next transaction, and transactions stay bounded."""
+    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
+    try:
+        being_written = store.queue_write("busy", [{"name": "busy 0"}], [])
+        await asyncio.to_thread(first_started.wait, 10)
+        queued = [store.queue_write("busy", [{"name": f"busy {i}"}], []) for i in range(1, 3000)]
+        lone = store.queue_write("lone", [{"name": "lone"}], [])
+        release.set()
+        await asyncio.wait_for(asyncio.gather(being_written, *queued, lone), 10)
+    finally:
+        store.close()
+    assert applied[0] == ["busy 0"]
+    assert "lone" in applied[1]
+    assert max(len(names) for names in applied) <= WRITE_BATCH
+    assert [n for names in applied for n in names if n != "lone"] == [
+        f"busy {i}" for i in range(3000)
+    ]
+
+
+async def test_changes_keep_their_order_per_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the mix of keys and when they come, each key's changes are committed in
+    the order they were queued, every one exactly once."""
+    store, applied, _, release = _recording_store(tmp_path, monkeypatch)
+    release.set()
+    rng = random.Random(14)
+    keys = [f"node-{k}" for k in range(40)] + list(range(1, 20))
+    sent: dict[object, list[str]] = {}
+    futures = []
+    try:
+        for i in range(5000):
+            key = rng.choice(keys[: rng.randint(1, len(keys))])
+            name = f"{key}/{i}"
+            sent.setdefault(key, []).append(name)
+            futures.append(store.queue_write(key, [{"name": name}], []))
+            if rng.random() < 0.01:
+                await asyncio.sleep(0.001)
+        await asyncio.wait_for(asyncio.gather(*futures), 30)
+    finally:
+        store.close()
+    committed = [name for names in applied for name in names]
+    assert sorted(committed) == sorted(n for names in sent.values() for n in names)
+    for key, names in sent.items():
+        assert [n for n in committed if n.split("/")[0] == str(key)] == names
+
+
+async def test_a_steady_trickle_of_lone_changes_does_not_hold_back_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of keys with few changes and of the rest take turns: a node changing one task
+    after another never starves a node with thousands queued."""
+    store, applied, _, release = _recording_store(tmp_path, monkeypatch)
+    release.set()
+    busy_count = 3000
+    try:
+        busy = [store.queue_write("busy", [{"name": f"busy {i}"}], []) for i in range(busy_count)]
+        lone = 0
+        while not all(future.done() for future in busy) and lone < 10 * busy_count:
+            await store.queue_write("lone", [{"name": f"lone {lone}"}], [])
+            lone += 1
+        await asyncio.wait_for(asyncio.gather(*busy), 10)
+    finally:
+        store.close()
+    with_busy = [names for names in applied if any(n.startswith("busy") for n in names)]
+    assert len(with_busy) == -(-busy_count // WRITE_BATCH)
+    assert len(applied) <= 2 * len(with_busy) + 1

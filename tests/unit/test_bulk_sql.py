@@ -1,0 +1,69 @@
+"""Rows written through the driver's executemany (bulk_sql) read back as SQLAlchemy wrote
+them: JSON, timezone-aware times, None, booleans; updates change only the columns given."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import Session, select
+
+from hakuriver_host.bulk_sql import BulkStatements
+from hakuriver_host.models import TaskEventRecord, TaskRecord
+from hakuriver_host.store import Store
+
+NOW = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
+
+
+def _task(task_id: int, **fields: object) -> TaskRecord:
+    return TaskRecord(
+        task_id=task_id,
+        command="echo",
+        arguments=["a b", "ü"],
+        env={"K": "v"},
+        status="pending",
+        container_name="base",
+        submitted_at=NOW,
+        mounts=[{"source": "/s", "target": "/t", "read_only": True}],
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_bulk_rows_read_back_as_the_orm_writes_them(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        store.migrate()
+        by_orm = _task(1, array_index=3, target_numa_node_id=None)
+        bulk = _task(2, array_index=3, target_numa_node_id=None)
+        with Session(store.engine) as session:
+            session.add(by_orm)
+            session.commit()
+        tasks = BulkStatements(TaskRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        events = BulkStatements(TaskEventRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        with store.engine.begin() as connection:
+            tasks.insert(connection, [bulk.model_dump()])
+            events.insert(
+                connection, [{"task_id": 2, "status": "pending", "at": NOW, "detail": "x"}]
+            )
+        later = NOW + timedelta(seconds=5)
+        with store.engine.begin() as connection:
+            tasks.update(
+                connection,
+                [{"task_id": 2, "status": "running", "started_at": later, "assigned_cpus": [0, 1]}],
+            )
+        with Session(store.engine) as session:
+            one = session.get(TaskRecord, 1)
+            two = session.get(TaskRecord, 2)
+            (event,) = session.exec(select(TaskEventRecord)).all()
+        assert one is not None and two is not None
+        expected = one.model_dump() | {
+            "task_id": 2,
+            "status": "running",
+            "started_at": later,
+            "assigned_cpus": [0, 1],
+        }
+        assert two.model_dump() == expected
+        assert two.started_at is not None and two.started_at.tzinfo is not None
+        assert (event.task_id, event.status, event.at, event.detail) == (2, "pending", NOW, "x")
+    finally:
+        store.close()

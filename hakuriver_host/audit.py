@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert
 from sqlmodel import Session, select
 
 from hakuriver_common.roles import AuditOutcome
@@ -77,9 +76,8 @@ class AuditLog:
             await asyncio.wait([self._flusher])
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        with Session(self.store.engine) as session:
-            session.execute(insert(AuditRecord), rows)
-            session.commit()
+        with self.store.engine.begin() as connection:
+            self.store.bulk(AuditRecord.__table__).insert(connection, rows)  # type: ignore[attr-defined]
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:
         await self.wait_written()

@@ -137,6 +137,10 @@ def _array_fields(plan: Plan, array_id: int, index: int | None) -> dict[str, Any
     }
 
 
+# Every field of a new row that records_of does not set keeps this row's value.
+_PROTOTYPE = TaskRecord(task_id=0, command="", status=TaskStatus.PENDING.value, container_name="")
+
+
 def records_of(
     plan: Plan,
     task_ids: list[int],
@@ -146,24 +150,26 @@ def records_of(
     owner: str,
 ) -> list[TaskRecord]:
     """One pending task row per task of an admitted plan, owned by ``owner``. Each is a
-    copy of one built row (a table model's constructor costs ~40 times a copy, which
-    counts for a job array) with its own fields and its own lists."""
-    alike = TaskRecord(
-        task_id=0,
-        kind=plan.kind.value,
-        batch_id=batch_id,
-        command=plan.command,
-        ssh_public_key=plan.ssh_public_key,
-        status=TaskStatus.PENDING.value,
-        required_cores=plan.cores,
-        required_memory_bytes=plan.memory_bytes,
-        gpu_count=plan.gpu_count,
-        container_name=plan.container,
-        privileged=plan.privileged,
-        priority=plan.priority,
-        submitted_at=now,
-        owner=owner,
-        network=plan.network.value,
+    copy of a row built once (a table model's constructor costs ~40 times a copy, which
+    counts for a job array and for every single submission) with its own fields and its
+    own lists."""
+    alike = _PROTOTYPE.model_copy(
+        update={
+            "kind": plan.kind.value,
+            "batch_id": batch_id,
+            "command": plan.command,
+            "ssh_public_key": plan.ssh_public_key,
+            "status": TaskStatus.PENDING.value,
+            "required_cores": plan.cores,
+            "required_memory_bytes": plan.memory_bytes,
+            "gpu_count": plan.gpu_count,
+            "container_name": plan.container,
+            "privileged": plan.privileged,
+            "priority": plan.priority,
+            "submitted_at": now,
+            "owner": owner,
+            "network": plan.network.value,
+        }
     )
     records = []
     for task_id, (placement, index) in zip(task_ids, plan.tasks(), strict=True):

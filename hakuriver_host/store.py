@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command as alembic_command
-from sqlalchemy import event, func
+from sqlalchemy import Table, event, func
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine, select
 
@@ -74,8 +74,9 @@ class Store:
         # a job array runs). Safe to reorder: a task is changed only once its row is stored.
         self._submissions = GroupCommit(self._apply, self.executor)
         self._node_writes = GroupCommit(self._save_nodes, self.executor)
-        self._tasks = BulkStatements(TaskRecord.__table__, self.engine.dialect)  # type: ignore[attr-defined]
-        self._events = BulkStatements(TaskEventRecord.__table__, self.engine.dialect)  # type: ignore[attr-defined]
+        self._bulk: dict[str, BulkStatements] = {}
+        self._tasks = self.bulk(TaskRecord.__table__)  # type: ignore[attr-defined]
+        self._events = self.bulk(TaskEventRecord.__table__)  # type: ignore[attr-defined]
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -124,6 +125,13 @@ class Store:
                 self._tasks.update(connection, list(merged.values()))
             if events:
                 self._events.insert(connection, events)
+
+    def bulk(self, table: Table) -> BulkStatements:
+        """The bulk statements of one table (compiled once, kept)."""
+        found = self._bulk.get(table.name)
+        if found is None:
+            found = self._bulk[table.name] = BulkStatements(table, self.engine.dialect)
+        return found
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

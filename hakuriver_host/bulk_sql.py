@@ -11,14 +11,34 @@ rows go to the driver in one call.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy.engine import Connection, Dialect
 
-Converter = Callable[[Any], Any] | None
+Converter = Callable[[Any], Any]
 # The parameter that names the row an UPDATE changes (its primary key).
 _WHERE = "where_key"
+
+
+@dataclass(frozen=True)
+class _Statement:
+    """A compiled statement: its SQL text, its parameters' names in the driver's order,
+    what reads their values off a row (one C call), and the converters of those values
+    that need one, by position."""
+
+    sql: str
+    names: list[str]
+    read: Callable[[Mapping[str, Any]], Any]
+    converters: list[tuple[int, Converter]]
+
+    def values(self, row: Mapping[str, Any]) -> list[Any]:
+        values = list(self.read(row)) if len(self.names) > 1 else [self.read(row)]
+        for index, convert in self.converters:
+            values[index] = convert(values[index])
+        return values
 
 
 class BulkStatements:
@@ -28,11 +48,7 @@ class BulkStatements:
         self._table = table
         self._dialect = dialect
         (self._key,) = table.primary_key.columns
-        # (kind, columns) -> SQL text, and each parameter in the driver's order: its name,
-        # the row's key for its value, the value's converter.
-        self._compiled: dict[
-            tuple[str, tuple[str, ...]], tuple[str, list[tuple[str, str, Converter]]]
-        ] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Statement] = {}
 
     def insert(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         self._execute(connection, "insert", rows)
@@ -48,18 +64,16 @@ class BulkStatements:
         for row in rows:
             by_columns.setdefault(tuple(row), []).append(row)
         for columns, same in by_columns.items():
-            sql, params = self._statement(kind, columns)
+            statement = self._statement(kind, columns)
             values: list[Any]
             if self._dialect.positional:
-                values = [tuple(_converted(row, params)) for row in same]
+                values = [tuple(statement.values(row)) for row in same]
             else:
-                names = [name for name, _, _ in params]
-                values = [dict(zip(names, _converted(row, params), strict=True)) for row in same]
-            connection.exec_driver_sql(sql, values)
+                names = statement.names
+                values = [dict(zip(names, statement.values(row), strict=True)) for row in same]
+            connection.exec_driver_sql(statement.sql, values)
 
-    def _statement(
-        self, kind: str, columns: tuple[str, ...]
-    ) -> tuple[str, list[tuple[str, str, Converter]]]:
+    def _statement(self, kind: str, columns: tuple[str, ...]) -> _Statement:
         found = self._compiled.get((kind, columns))
         if found is not None:
             return found
@@ -76,16 +90,18 @@ class BulkStatements:
             )
             keys = {f"set_{c}": c for c in sets} | {_WHERE: self._key.name}
         compiled = statement.compile(dialect=self._dialect)
-        order = compiled.positiontup if compiled.positional else list(compiled.binds)
-        params = [(name, keys[name], self._converter(keys[name])) for name in order or ()]
-        found = (compiled.string, params)
+        names = list((compiled.positiontup if compiled.positional else compiled.binds) or ())
+        converters = [
+            (index, convert)
+            for index, name in enumerate(names)
+            if (convert := self._converter(keys[name])) is not None
+        ]
+        found = _Statement(
+            compiled.string, names, itemgetter(*(keys[name] for name in names)), converters
+        )
         self._compiled[(kind, columns)] = found
         return found
 
-    def _converter(self, column: str) -> Converter:
+    def _converter(self, column: str) -> Converter | None:
         sql_type = self._table.c[column].type
         return sql_type.dialect_impl(self._dialect).bind_processor(self._dialect)
-
-
-def _converted(row: Mapping[str, Any], params: list[tuple[str, str, Converter]]) -> list[Any]:
-    return [row[key] if convert is None else convert(row[key]) for _, key, convert in params]

@@ -27,6 +27,10 @@ from hakuriver_host.webhooks import Notifier
 # Changes a live list's watcher may leave unread before it is dropped (a page that stopped
 # reading must not hold the Host's memory).
 LIST_WATCH_BACKLOG = 10_000
+# New tasks whose rows are made ready for the store on a worker thread (below, on the
+# event loop), and how many are queued between two turns of the loop for other work.
+OFF_LOOP_ROWS = 256
+QUEUE_SLICE = 1024
 
 
 def request_of(task: TaskRecord) -> Request:
@@ -62,6 +66,15 @@ def _write_key(task: TaskRecord) -> Hashable:
     holding them). A task that was never placed has no node; it orders with itself (the
     only change of an unplaced task is its end)."""
     return task.assigned_node or task.task_id
+
+
+def _rows_and_events(
+    records: list[TaskRecord], at: datetime, detail: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """New tasks' rows and their first events, as the store takes them."""
+    return [r.model_dump() for r in records], [
+        _event(r.task_id, r.status, at, detail) for r in records
+    ]
 
 
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
@@ -112,16 +125,26 @@ class TaskBook:
                 self.queue.add(request_of(task))
 
     async def add(self, records: list[TaskRecord], detail: str) -> None:
-        """New pending tasks: stored with their first event, then queued."""
+        """New pending tasks: stored with their first event, then queued. A job array's
+        rows are turned into parameters on a worker thread and its tasks queued in slices,
+        so the event loop serves others meanwhile."""
         now = records[0].submitted_at if records else utcnow()
-        events = [_event(r.task_id, r.status, now, detail) for r in records]
-        await self.store.insert_tasks([r.model_dump() for r in records], events)
-        self._positions = None
-        for record in records:
-            self.active[record.task_id] = record
-            self.pending[record.task_id] = record
-            self.queue.add(request_of(record))
-            self._tell_lists(record)
+        if len(records) >= OFF_LOOP_ROWS:
+            rows, events = await asyncio.to_thread(_rows_and_events, records, now, detail)
+        else:
+            rows, events = _rows_and_events(records, now, detail)
+        await self.store.insert_tasks(rows, events)
+        self.active.update((record.task_id, record) for record in records)
+        for start in range(0, len(records), QUEUE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            self._positions = None
+            for record in records[start : start + QUEUE_SLICE]:
+                # Killed meanwhile (it was active already): it never joins the queue.
+                if record.status == TaskStatus.PENDING:
+                    self.pending[record.task_id] = record
+                    self.queue.add(request_of(record))
+                self._tell_lists(record)
         for kind, count in Counter(record.kind for record in records).items():
             self.metrics.tasks_added(kind, count)
 

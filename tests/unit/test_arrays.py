@@ -5,12 +5,17 @@ array answers as a missing one; bad arrays are refused with nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
 from hakuriver_common.arrays import parse_array
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import task_book
+from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
 from tests.unit.test_metrics_auth import Samples, metric_values
@@ -250,3 +255,43 @@ async def test_an_array_counts_in_the_metrics_as_its_tasks(local_cluster: LocalC
     assert found[("hakuriver_tasks_submitted_total", command)] == 7
     assert found[("hakuriver_queue_depth", ())] == 6  # one placed on the one core
     assert found[("hakuriver_tasks", (*command, ("status", "pending")))] == 6
+
+
+async def test_an_element_killed_while_its_array_is_being_queued_never_starts(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job array's tasks are queued in slices, the loop serving others in between (its
+    tasks are active, and stored, from the first slice on). One killed in between must not
+    join the queue after. The kill is made in that window directly: over the API it would
+    land there only by chance."""
+    monkeypatch.setattr(task_book, "QUEUE_SLICE", 10)
+    runner = await local_cluster.add_runner("a", cores=1)
+    assert local_cluster.server is not None
+    cluster = local_cluster.server.cluster
+    request = _array(list(range(100)))
+
+    async def submit() -> tpb.SubmitTaskReply:
+        reply: tpb.SubmitTaskReply = await local_cluster.tasks.SubmitTask(request, timeout=10)
+        return reply
+
+    submitted = asyncio.create_task(submit())
+    last = None
+    for _ in range(10_000):
+        array = [t for t in cluster.book.active.values() if t.array_index is not None]
+        if len(array) == 100:
+            last = max(array, key=lambda t: t.array_index or 0)
+            break
+        await asyncio.sleep(0)
+    assert last is not None and last.task_id not in cluster.book.pending
+    admin = Principal(Kind.USER, local_cluster.config.auth.bootstrap_admin, Role.ADMIN)
+    await cluster.kill(last.task_id, admin)
+    reply = await submitted
+    assert last.task_id not in cluster.book.pending
+    await eventually(lambda: len(runner.dispatched) == 99)
+    final = await local_cluster.get(last.task_id)
+    assert status_of(final) is TaskStatus.KILLED
+    assert last.task_id not in runner.dispatched
+    batch = await local_cluster.tasks.GetBatch(
+        tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=5
+    )
+    assert _counts(batch.batch)[TaskStatus.KILLED] == 1

@@ -45,7 +45,7 @@ from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.prepared_ahead import PreparedAhead
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
-from hakuriver_host.scheduler import NodeResources, Request, Scheduler
+from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
 from hakuriver_host.ssh_tickets import SshTickets
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
@@ -60,6 +60,12 @@ from hakuriver_host.webhooks import Notifier
 log = logging.getLogger(__name__)
 # Placements stored and dispatched between two turns of the event loop for other work.
 PLACEMENT_SLICE = 256
+# A submission of at most this many tasks that arrives during a placement pass, or finds
+# tasks queued, is placed at once when nothing queued ahead of it could use its nodes
+# (Scheduler.place_now), instead of waiting for that pass (a job array's takes hundreds of
+# milliseconds) and the next, which would place the array's tasks first. Into an empty
+# queue, the next pass places it, together with whatever else came.
+PLACE_AT_ONCE = 16
 # A submission of this many tasks or more has its rows built on a worker thread: for a job
 # array of 10,000 that is ~85 ms the event loop would otherwise hold for everyone.
 OFF_LOOP_TASKS = 256
@@ -140,6 +146,8 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
+        # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
+        self._passing = False
 
     # ----- life cycle -------------------------------------------------------------------
 
@@ -197,9 +205,9 @@ class Cluster:
     async def submit(
         self, req: tpb.SubmitTaskRequest, who: Principal
     ) -> tuple[list[TaskRecord], int]:
-        """Admit, store and queue the tasks of a submission, owned by ``who``; answer after
-        the placement pass that considered them, so each is either placed or known to
-        wait."""
+        """Admit, store and queue the tasks of a submission, owned by ``who``; answer once
+        each is either placed or known to wait: after the placement pass that considered
+        them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE)."""
         wanted = req.container_name or self.config.docker.default_container_name
         if wanted != NULL_CONTAINER and not self._admission.has_environment(wanted):
             await self.tarballs.read_again()  # a tarball copied in since the last reading?
@@ -226,7 +234,9 @@ class Cluster:
             self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
         else:
             self.audit.record(who, "task.submit", ",".join(map(str, task_ids)))
-        await self._placement_pass()
+        waiting = self._passing or len(self.book.pending) > count
+        if not (count <= PLACE_AT_ONCE and waiting and self._place_at_once(records)):
+            await self._placement_pass()
         return records, batch_id
 
     def queue_position(self, task: TaskRecord) -> int:
@@ -425,11 +435,13 @@ class Cluster:
             waiters, self._pass_waiters = self._pass_waiters, []
             placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]] = []
             try:
+                self._passing = True
                 placed = await self._place_pending()
                 self._foresee()
             except Exception:
                 log.exception("placement failed")
             finally:
+                self._passing = False
                 # Decided: each submitter's tasks are assigning or known to wait. Their
                 # submission is stored already; the placement is stored next (a Host that
                 # crashes first places them again after its restart).
@@ -440,9 +452,44 @@ class Cluster:
                 # In the background: the next pass decides meanwhile (a task submitted
                 # while thousands of placements are being stored is placed at once; its
                 # write waits only for earlier writes of its node).
-                storing = asyncio.create_task(self._store_and_dispatch(placed))
-                self._storing.add(storing)
-                storing.add_done_callback(self._storing.discard)
+                self._store_in_background(placed)
+
+    def _store_in_background(
+        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
+    ) -> None:
+        storing = asyncio.create_task(self._store_and_dispatch(placed))
+        self._storing.add(storing)
+        storing.add_done_callback(self._storing.discard)
+
+    def _place_at_once(self, records: list[TaskRecord]) -> bool:
+        """Place what ``Scheduler.place_now`` allows of a small submission (a task queued
+        ahead of it that could use its nodes makes it wait for a pass); True if every task
+        was placed."""
+        if self._stopped:
+            return False
+        placed = []
+        for task in records:
+            if task.status != TaskStatus.PENDING:
+                continue
+            allocation = self.scheduler.place_now(self.book.queue, request_of(task))
+            if allocation is not None:
+                placed.append((task, self._placed(task, allocation)))
+        if placed:
+            self._store_in_background(placed)
+        return len(placed) == len(records)
+
+    def _placed(self, task: TaskRecord, allocation: Allocation) -> Coroutine[Any, Any, None]:
+        """A pending task now holds ``allocation``: made so in memory; the coroutine stores
+        it (then the task is dispatched)."""
+        self.ahead.placed(task.task_id, allocation)
+        return self.book.apply(
+            task,
+            TaskStatus.ASSIGNING,
+            detail=f"placed on {allocation.hostname}",
+            assigned_node=allocation.hostname,
+            assigned_cpus=list(allocation.cpus),
+            required_gpus=list(allocation.gpus),
+        )
 
     async def _store_and_dispatch(
         self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
@@ -497,16 +544,7 @@ class Cluster:
                 if task is None or task.status != TaskStatus.PENDING:
                     self.scheduler.release(allocation.hostname, request.task_id)
                     continue
-                self.ahead.placed(request.task_id, allocation)
-                stored = self.book.apply(
-                    task,
-                    TaskStatus.ASSIGNING,
-                    detail=f"placed on {allocation.hostname}",
-                    assigned_node=allocation.hostname,
-                    assigned_cpus=list(allocation.cpus),
-                    required_gpus=list(allocation.gpus),
-                )
-                placed.append((task, stored))
+                placed.append((task, self._placed(task, allocation)))
                 if count % PLACEMENT_SLICE == 0:
                     await asyncio.sleep(0)
         except asyncio.CancelledError:

@@ -382,6 +382,36 @@ class Scheduler:
                 heapq.heappush(heads, (_rank(following), key))
             yield request, allocation
 
+    def place_now(self, queue: PendingQueue, request: Request) -> Allocation | None:
+        """Place one queued request at once, outside a pass, if it fits now and no request
+        ahead of it in the queue could ever use a node it could use: then no pass would
+        have given those nodes to anyone ahead of it, so placing it first changes nothing
+        for them (a lone task is not held behind a job array's pass on other nodes). None:
+        it waits for a pass. It leaves ``queue`` once placed."""
+        if request.group_cap and self._holding.get(request.group, 0) >= request.group_cap:
+            return None
+        rank = _rank(request)
+        ahead = [h for _, h in queue.heads() if h.task_id != request.task_id and _rank(h) < rank]
+        if request.target is None and any(head.target is None for head in ahead):
+            return None  # both could go anywhere: not worth ranking every node to be sure
+        mine = [
+            n for n in self._candidates(request) if n.accepts_work and n.could_ever_fit(request)
+        ]
+        if not mine:
+            return None
+        for head in ahead:
+            for node in mine:
+                if (head.target is None or head.target == node.hostname) and node.could_ever_fit(
+                    head
+                ):
+                    return None
+        allocation, _ = self._choose(request, None)
+        if allocation is None:
+            return None
+        self.allocate(request.task_id, allocation, request.group)
+        queue.discard(request.task_id)
+        return allocation
+
     def lookahead(self, queue: PendingQueue, per_node: int) -> list[tuple[Request, Allocation]]:
         """The queued requests each node is expected to start next, and where on it: what a
         node can prepare ahead (docs/scheduling.md, "Prepared ahead").

@@ -144,7 +144,8 @@ class TaskBook:
                 if record.status == TaskStatus.PENDING:
                     self.pending[record.task_id] = record
                     self.queue.add(request_of(record))
-                self._tell_lists(record)
+                if self._list_watchers:  # a copy: it may be placed before they read it
+                    self._tell_lists(record.model_copy())
         for kind, count in Counter(record.kind for record in records).items():
             self.metrics.tasks_added(kind, count)
 

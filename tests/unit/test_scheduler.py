@@ -420,3 +420,43 @@ def test_lookahead_is_what_passes_place_as_the_node_empties_in_placement_order(
             break
         assert scheduler.release("a", ending.pop(0))
     assert [(r.task_id, a) for r, a in foreseen] == [(r.task_id, a) for r, a in played]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(request_strategy, st.integers(0, 200_000)), max_size=12),
+    st.lists(st.integers(0, 50), max_size=4),
+    request_strategy,
+)
+def test_placing_a_request_at_once_changes_nothing_a_pass_would_decide(
+    queued: list[tuple[Request, int]], finishing: list[int], template: Request
+) -> None:
+    """``place_now`` places a new request ahead of its turn only when nobody ahead of it
+    could use its nodes: a pass afterwards then places exactly what one pass over the
+    queue with the request in it would, the request included, on the same CPUs."""
+    now, ahead = _cluster(), _cluster()
+    pending = [_like(t, task_id(NOW - age, seq)) for seq, (t, age) in enumerate(queued, start=1)]
+    pending = [r for r in pending if now.never_fits(r) is None]
+    for scheduler in (now, ahead):
+        held = scheduler.plan(PendingQueue(pending), now_ms=NOW)
+        for index in finishing:
+            if held:
+                request, allocation = held.pop(index % len(held))
+                scheduler.release(allocation.hostname, request.task_id)
+    holding = {task for node in now.nodes.values() for task in node.holders}
+    left = [r for r in pending if r.task_id not in holding]
+    new = _like(template, task_id(NOW, len(queued) + 1))
+    if now.never_fits(new) is not None:
+        return
+    queue = PendingQueue([*left, new])
+    placed = now.place_now(queue, new)
+    if placed is None:
+        assert new in queue.ranked()
+        assert [n.free_cpus for n in now.nodes.values()] == [
+            n.free_cpus for n in ahead.nodes.values()
+        ]
+        return
+    assert new not in queue.ranked()
+    got = {(r.task_id, a) for r, a in now.plan(queue, now_ms=NOW)} | {(new.task_id, placed)}
+    want = {(r.task_id, a) for r, a in ahead.plan(PendingQueue([*left, new]), now_ms=NOW)}
+    assert got == want

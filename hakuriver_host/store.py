@@ -36,7 +36,7 @@ from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, Ta
 T = TypeVar("T")
 # Task changes per transaction, at most: bounds how long a node's change waits behind
 # another node's (see group_commit), at little cost to a job array's throughput.
-WRITE_BATCH = 64
+WRITE_BATCH = 256
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

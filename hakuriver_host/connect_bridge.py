@@ -52,6 +52,10 @@ class CallContext:
     def code(self) -> grpc.StatusCode | None:
         return None
 
+    def cancelled(self) -> bool:
+        """A Connect call whose client went away ends with an exception instead."""
+        return False
+
     async def abort(self, code: grpc.StatusCode, details: str) -> None:
         name = "CANCELED" if code is grpc.StatusCode.CANCELLED else code.name  # Connect's spelling
         raise ConnectError(Code[name], details)

@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Table, bindparam
 from sqlalchemy.engine import Connection, Dialect
 
 Converter = Callable[[Any], Any]
+Kind = Literal["insert", "update"]
 # The parameter that names the row an UPDATE changes (its primary key).
 _WHERE = "where_key"
 
@@ -41,6 +42,14 @@ class _Statement:
         return values
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One statement and its rows' driver parameters, ready to execute."""
+
+    sql: str
+    values: list[Any]
+
+
 class BulkStatements:
     """INSERTs, and UPDATEs by primary key, of ``table`` for ``dialect``."""
 
@@ -51,18 +60,19 @@ class BulkStatements:
         self._compiled: dict[tuple[str, tuple[str, ...]], _Statement] = {}
 
     def insert(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        self._execute(connection, "insert", rows)
+        self.execute(connection, self.prepare("insert", rows))
 
     def update(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Set each row's columns on the row with its primary key (the key is among them)."""
-        self._execute(connection, "update", rows)
+        self.execute(connection, self.prepare("update", rows))
 
-    def _execute(
-        self, connection: Connection, kind: str, rows: Sequence[Mapping[str, Any]]
-    ) -> None:
+    def prepare(self, kind: Kind, rows: Sequence[Mapping[str, Any]]) -> list[Prepared]:
+        """The rows as driver parameters, one statement per set of columns. Needs no
+        connection: a job array's rows are prepared on another thread than the store's."""
         by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
         for row in rows:
             by_columns.setdefault(tuple(row), []).append(row)
+        prepared = []
         for columns, same in by_columns.items():
             statement = self._statement(kind, columns)
             values: list[Any]
@@ -71,7 +81,13 @@ class BulkStatements:
             else:
                 names = statement.names
                 values = [dict(zip(names, statement.values(row), strict=True)) for row in same]
-            connection.exec_driver_sql(statement.sql, values)
+            prepared.append(Prepared(statement.sql, values))
+        return prepared
+
+    @staticmethod
+    def execute(connection: Connection, prepared: Sequence[Prepared]) -> None:
+        for statement in prepared:
+            connection.exec_driver_sql(statement.sql, statement.values)
 
     def _statement(self, kind: str, columns: tuple[str, ...]) -> _Statement:
         found = self._compiled.get((kind, columns))

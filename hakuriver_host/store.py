@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine, select
 
 from hakuriver_host import migrations
-from hakuriver_host.bulk_sql import BulkStatements
+from hakuriver_host.bulk_sql import BulkStatements, Prepared
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
 
@@ -75,6 +75,8 @@ class TaskWrite:
     inserts: list[dict[str, Any]]
     updates: list[dict[str, Any]]
     events: list[dict[str, Any]]
+    # New tasks' rows and events already made driver parameters (``prepare_new_tasks``).
+    prepared: tuple[Prepared, ...] = ()
 
 
 class Store:
@@ -95,12 +97,22 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, fn, *args)
 
-    async def insert_tasks(
-        self, inserts: list[dict[str, Any]], events: list[dict[str, Any]]
-    ) -> None:
+    async def insert_tasks(self, write: TaskWrite) -> None:
         """Insert new task rows with their first events; return once committed. Committed
         ahead of the changes queued before (see ``_submissions``)."""
-        await self._submissions.submit([TaskWrite(inserts, [], events)])
+        await self._submissions.submit([write])
+
+    def prepare_new_tasks(
+        self, inserts: list[dict[str, Any]], events: list[dict[str, Any]]
+    ) -> TaskWrite:
+        """New tasks' rows and first events as driver parameters, on the caller's thread:
+        a job array's conversions then cost the store's one thread nothing, and a lone
+        task's write waits only for the array's ``executemany``."""
+        prepared = (
+            *self._tasks.prepare("insert", inserts),
+            *self._events.prepare("insert", events),
+        )
+        return TaskWrite([], [], [], prepared)
 
     def queue_write(
         self, key: Hashable, updates: list[dict[str, Any]], events: list[dict[str, Any]]
@@ -132,6 +144,8 @@ class Store:
                 merged.setdefault(row["task_id"], {}).update(row)
         events = [row for w in writes for row in w.events]
         with self.engine.begin() as connection:
+            for w in writes:
+                BulkStatements.execute(connection, w.prepared)
             if inserts:
                 self._tasks.insert(connection, inserts)
             if merged:

@@ -20,7 +20,7 @@ from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
-from hakuriver_host.store import Store
+from hakuriver_host.store import Store, TaskWrite
 from hakuriver_host.task_machine import transition
 from hakuriver_host.webhooks import Notifier
 
@@ -130,10 +130,11 @@ class TaskBook:
         so the event loop serves others meanwhile."""
         now = records[0].submitted_at if records else utcnow()
         if len(records) >= OFF_LOOP_ROWS:
-            rows, events = await asyncio.to_thread(_rows_and_events, records, now, detail)
+            write = await asyncio.to_thread(self._prepared, records, now, detail)
         else:
             rows, events = _rows_and_events(records, now, detail)
-        await self.store.insert_tasks(rows, events)
+            write = TaskWrite(rows, [], events)
+        await self.store.insert_tasks(write)
         self.active.update((record.task_id, record) for record in records)
         for start in range(0, len(records), QUEUE_SLICE):
             if start:
@@ -148,6 +149,9 @@ class TaskBook:
                     self._tell_lists(record.model_copy())
         for kind, count in Counter(record.kind for record in records).items():
             self.metrics.tasks_added(kind, count)
+
+    def _prepared(self, records: list[TaskRecord], at: datetime, detail: str) -> TaskWrite:
+        return self.store.prepare_new_tasks(*_rows_and_events(records, at, detail))
 
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when

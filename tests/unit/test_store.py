@@ -8,10 +8,12 @@ import asyncio
 import random
 import sqlite3
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from hakuriver_host.models import TaskRecord
 from hakuriver_host.store import WRITE_BATCH, Store, TaskWrite
 
 
@@ -90,7 +92,9 @@ async def test_new_tasks_are_committed_ahead_of_changes_queued_before(
         being_written = store.queue_write("n1", [{"name": "change 1"}], [])
         await asyncio.to_thread(first_started.wait, 10)
         queued = store.queue_write("n1", [{"name": "change 2"}], [])
-        submitted = asyncio.create_task(store.insert_tasks([{"name": "new task"}], []))
+        submitted = asyncio.create_task(
+            store.insert_tasks(TaskWrite([{"name": "new task"}], [], []))
+        )
         await asyncio.sleep(0.05)
         release.set()
         await asyncio.wait_for(asyncio.gather(being_written, queued, submitted), 10)
@@ -170,3 +174,44 @@ async def test_a_steady_trickle_of_lone_changes_does_not_hold_back_the_rest(
     with_busy = [names for names in applied if any(n.startswith("busy") for n in names)]
     assert len(with_busy) == -(-busy_count // WRITE_BATCH)
     assert len(applied) <= 2 * len(with_busy) + 1
+
+
+async def test_new_tasks_prepared_on_another_thread_are_stored_like_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A job array's rows are made driver parameters off the store's thread; committed in
+    one transaction with a plain submission, both read back whole."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        await store.run(store.migrate)
+        now = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
+
+        def row(task_id: int) -> dict[str, object]:
+            return TaskRecord(
+                task_id=task_id,
+                command="echo",
+                arguments=[str(task_id)],
+                status="pending",
+                container_name="base",
+                submitted_at=now,
+            ).model_dump()
+
+        def event(task_id: int) -> dict[str, object]:
+            return {"task_id": task_id, "status": "pending", "at": now, "detail": "new"}
+
+        array = list(range(1, 301))
+        prepared = await asyncio.to_thread(
+            store.prepare_new_tasks, [row(i) for i in array], [event(i) for i in array]
+        )
+        assert not prepared.inserts and prepared.prepared
+        await asyncio.gather(
+            store.insert_tasks(prepared),
+            store.insert_tasks(TaskWrite([row(999)], [], [event(999)])),
+        )
+        for task_id in (1, 300, 999):
+            task, events = await store.run(store.get_task, task_id)
+            assert task is not None and task.arguments == [str(task_id)]
+            assert task.submitted_at == now
+            assert [(e.status, e.detail) for e in events] == [("pending", "new")]
+    finally:
+        store.close()

@@ -5,7 +5,7 @@ together in the next call. Under load this turns one thread hop (and one GIL han
 item into one per batch; when idle, an item is applied at once.
 
 Items are applied in the order they were queued among those of one key (by default every
-item has the same key). With a ``limit``, a batch takes at most about that many calls'
+item has the same key). With a ``limit``, a batch takes at most that many calls'
 items, whole keys first, and a key with few calls queued (``EXPRESS`` or fewer) while
 others have more goes in a small batch of its own, ahead of them: it waits for the batch
 being applied, never for another key's thousands queued before it. Batches of such keys and
@@ -60,7 +60,7 @@ class GroupCommit(Generic[T]):
         few = [key for key, queue in self._queued.items() if len(queue) <= EXPRESS]
         if few and len(few) < len(self._queued) and not self._express_last:
             self._express_last = True
-            return self._take_keys(few, None)
+            return self._take_keys(few, self._limit)
         self._express_last = False
         return self._take_keys(list(self._queued), self._limit)
 

@@ -215,3 +215,25 @@ async def test_new_tasks_prepared_on_another_thread_are_stored_like_the_rest(
             assert [(e.status, e.detail) for e in events] == [("pending", "new")]
     finally:
         store.close()
+
+
+async def test_transactions_stay_bounded_with_thousands_of_nodes_each_with_a_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes with a change or two go ahead of a busy one, in transactions of bounded size
+    however many such nodes there are."""
+    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
+    try:
+        being_written = store.queue_write("busy", [{"name": "busy 0"}], [])
+        await asyncio.to_thread(first_started.wait, 10)
+        busy = [store.queue_write("busy", [{"name": f"busy {i}"}], []) for i in range(1, 1000)]
+        lone = [store.queue_write(f"node-{i}", [{"name": f"node-{i}"}], []) for i in range(3000)]
+        release.set()
+        await asyncio.wait_for(asyncio.gather(being_written, *busy, *lone), 10)
+    finally:
+        store.close()
+    assert max(len(names) for names in applied) <= WRITE_BATCH
+    assert all(n.startswith("node-") for n in applied[1])
+    assert sorted(n for names in applied for n in names) == sorted(
+        [f"busy {i}" for i in range(1000)] + [f"node-{i}" for i in range(3000)]
+    )

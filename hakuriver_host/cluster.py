@@ -49,7 +49,7 @@ from hakuriver_host.scheduler import Allocation, NodeResources, Request, Schedul
 from hakuriver_host.ssh_tickets import SshTickets
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
-from hakuriver_host.task_book import TaskBook, allocation_of, request_of
+from hakuriver_host.task_book import OFF_LOOP_TASKS, TaskBook, allocation_of, request_of
 from hakuriver_host.task_machine import (
     KILLABLE,
     PLACED_STATUSES,
@@ -66,9 +66,6 @@ PLACEMENT_SLICE = 256
 # milliseconds) and the next, which would place the array's tasks first. Into an empty
 # queue, the next pass places it, together with whatever else came.
 PLACE_AT_ONCE = 16
-# A submission of this many tasks or more has its rows built on a worker thread: for a job
-# array of 10,000 that is ~85 ms the event loop would otherwise hold for everyone.
-OFF_LOOP_TASKS = 256
 
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100

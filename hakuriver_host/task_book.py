@@ -27,9 +27,11 @@ from hakuriver_host.webhooks import Notifier
 # Changes a live list's watcher may leave unread before it is dropped (a page that stopped
 # reading must not hold the Host's memory).
 LIST_WATCH_BACKLOG = 10_000
-# New tasks whose rows are made ready for the store on a worker thread (below, on the
-# event loop), and how many are queued between two turns of the loop for other work.
-OFF_LOOP_ROWS = 256
+# A submission of this many tasks or more has its rows built (Cluster.submit) and made
+# ready for the store (``add``) on a worker thread, not the event loop: for a job array of
+# 10,000 that is ~200 ms the loop would otherwise hold for everyone. Its tasks are queued
+# QUEUE_SLICE at a time, the loop serving other work between two slices.
+OFF_LOOP_TASKS = 256
 QUEUE_SLICE = 1024
 
 
@@ -129,7 +131,7 @@ class TaskBook:
         rows are turned into parameters on a worker thread and its tasks queued in slices,
         so the event loop serves others meanwhile."""
         now = records[0].submitted_at if records else utcnow()
-        if len(records) >= OFF_LOOP_ROWS:
+        if len(records) >= OFF_LOOP_TASKS:
             write = await asyncio.to_thread(self._prepared, records, now, detail)
         else:
             rows, events = _rows_and_events(records, now, detail)

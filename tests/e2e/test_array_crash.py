@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 from bench.host_process import bench_host
 from hakuriver_common.channels import open_aio_channel
@@ -25,7 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, Answer, FakeRunner
+from tests.fake_runner import HOLD, Answer, FakeRunner, eventually
 
 ENV = "bench"
 NODES = 8
@@ -69,7 +70,9 @@ class Node:
             await asyncio.sleep(0.005)
 
 
-async def _run_array_through_a_crash(host_config: Config, token: str, restart: object) -> None:
+async def _run_array_through_a_crash(
+    host_config: Config, token: str, restart: Callable[[], None]
+) -> None:
     nodes = [Node(host_config, i) for i in range(NODES)]
     await asyncio.gather(*(node.runner.start() for node in nodes))
     done = asyncio.Event()
@@ -86,23 +89,23 @@ async def _run_array_through_a_crash(host_config: Config, token: str, restart: o
                 ),
                 timeout=60,
             )
-        deadline = time.monotonic() + 60
-        while sum(len(n.runner.dispatched) for n in nodes) < KILL_AFTER:
-            assert time.monotonic() < deadline, "the array did not get going"
-            await asyncio.sleep(0.01)
-        await asyncio.to_thread(restart)  # type: ignore[arg-type]
-        deadline = time.monotonic() + 120
+        await eventually(
+            lambda: sum(len(n.runner.dispatched) for n in nodes) >= KILL_AFTER,
+            within=60,
+            what="the array to get going",
+        )
+        await asyncio.to_thread(restart)
         async with open_aio_channel(host_config, token) as channel:
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
-            while True:
+
+            async def completed() -> bool:
                 batch = await tasks.GetBatch(
                     tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=10
                 )
                 counts = {TaskStatus.from_pb(c.status): c.count for c in batch.batch.counts}
-                if counts == {TaskStatus.COMPLETED: TASKS}:
-                    break
-                assert time.monotonic() < deadline, f"the array did not complete: {counts}"
-                await asyncio.sleep(0.5)
+                return counts == {TaskStatus.COMPLETED: TASKS}
+
+            await eventually(completed, within=120, what="every task of the array to complete")
     finally:
         done.set()
         await asyncio.gather(*finishers)

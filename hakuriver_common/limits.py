@@ -45,7 +45,7 @@ MAX_KNOWN_TASK_IDS = 100_000  # containers one runner may report holding
 MAX_HEALTH_BYTES = 64 * KIB  # one encoded health sample (the Host keeps a history of them)
 MAX_LOG_CHUNK_BYTES = 4 * MIB
 MAX_LOG_OFFSET = 1 << 44  # 16 TiB of output for one task stream
-MAX_BATCH_MESSAGES = 1024  # reports in one TaskStateBatch, dispatches in one DispatchBatch
+MAX_BATCH_MESSAGES = 1024  # reports in one TaskStateBatch; dispatches, releases in one batch
 # Messages one runner may send per second (sustained; twice that as a burst): above it the
 # Host reads its stream more slowly, which backs up into the Runner.
 RUNNER_MESSAGES_PER_SECOND = 20_000

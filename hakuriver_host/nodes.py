@@ -152,7 +152,12 @@ class NodeTable:
         node.environments = set(reg.environments)
         node.last_heartbeat = utcnow()
         self._sync_capacity(node)
-        node.link = RunnerLink(reg.hostname, batches=reg.takes_batches, prepares=reg.prepares_ahead)
+        node.link = RunnerLink(
+            reg.hostname,
+            batches=reg.takes_batches,
+            prepares=reg.prepares_ahead,
+            release_batches=reg.takes_release_batches,
+        )
         self._seen(node)
         self.scheduler.set_online(node.hostname, True)
         self.metrics.runners_connected.inc()

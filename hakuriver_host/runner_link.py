@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TypeVar
 
 from hakuriver_common.limits import MAX_BATCH_MESSAGES, RUNNER_MESSAGES_PER_SECOND
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+
+T = TypeVar("T")
 
 # Above this many queued messages, bulk senders (SSH tunnels) wait; control messages never do.
 HIGH_WATER = 256
@@ -54,11 +57,19 @@ REPORTS_IN_FLIGHT = 1024
 
 
 class RunnerLink:
-    def __init__(self, hostname: str, batches: bool = False, prepares: bool = False) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        batches: bool = False,
+        prepares: bool = False,
+        release_batches: bool = False,
+    ) -> None:
         self.hostname = hostname
-        # Whether the Runner takes DispatchBatch messages, and prepare messages.
+        # Whether the Runner takes DispatchBatch messages, prepare messages, and
+        # ReleaseBatch messages.
         self.batches = batches
         self.prepares = prepares
+        self.release_batches = release_batches
         self.outbox: asyncio.Queue[rpb.ConnectResponse | None] = asyncio.Queue()
         # Taken from the outbox while gathering a batch, to be sent next (None: close).
         self._carried: list[rpb.ConnectResponse | None] = []
@@ -82,23 +93,34 @@ class RunnerLink:
             self._room.clear()
 
     async def next(self) -> rpb.ConnectResponse | None:
-        """The next message to write to the stream (None: close it). Dispatches queued one
-        after another go as one DispatchBatch to a Runner that takes them: only what is
-        already queued, so a lone dispatch is never held back."""
+        """The next message to write to the stream (None: close it). Dispatches (releases)
+        queued one after another go as one DispatchBatch (ReleaseBatch) to a Runner that
+        takes them: only what is already queued, so a lone one is never held back."""
         message = self._carried.pop() if self._carried else await self.outbox.get()
-        if self.batches and message is not None and message.HasField("dispatch"):
-            dispatches = [message.dispatch]
-            while len(dispatches) < MAX_BATCH_MESSAGES and not self.outbox.empty():
-                following = self.outbox.get_nowait()
-                if following is None or not following.HasField("dispatch"):
-                    self._carried.append(following)
-                    break
-                dispatches.append(following.dispatch)
+        kind = None if message is None else message.WhichOneof("payload")
+        if kind == "dispatch" and self.batches:
+            dispatches = self._following(message.dispatch, kind)  # type: ignore[union-attr]
             if len(dispatches) > 1:
                 message = rpb.ConnectResponse(dispatches=rpb.DispatchBatch(dispatches=dispatches))
+        elif kind == "release" and self.release_batches:
+            releases = self._following(message.release, kind)  # type: ignore[union-attr]
+            if len(releases) > 1:
+                message = rpb.ConnectResponse(releases=rpb.ReleaseBatch(releases=releases))
         if self.outbox.qsize() <= HIGH_WATER:
             self._room.set()
         return message
+
+    def _following(self, first: T, kind: str) -> list[T]:
+        """``first`` and the commands of the same kind queued right behind it (up to a
+        batch); the first message of another kind is carried to be sent next."""
+        commands = [first]
+        while len(commands) < MAX_BATCH_MESSAGES and not self.outbox.empty():
+            following = self.outbox.get_nowait()
+            if following is None or following.WhichOneof("payload") != kind:
+                self._carried.append(following)
+                break
+            commands.append(getattr(following, kind))
+        return commands
 
     async def room(self) -> None:
         """Wait until the outbox is below its high-water mark."""

@@ -158,6 +158,7 @@ class Session:
                 known_task_ids=known_task_ids,
                 takes_batches=True,
                 prepares_ahead=True,
+                takes_release_batches=True,
             )
         )
 
@@ -243,6 +244,9 @@ class Session:
         elif kind == "dispatches":
             for dispatch in message.dispatches.dispatches:
                 self._spawn(self._handle(rpb.ConnectResponse(dispatch=dispatch)))
+        elif kind == "releases":
+            for release in message.releases.releases:
+                self._spawn(self._handle(rpb.ConnectResponse(release=release)))
         else:
             self._spawn(self._handle(message))
 

@@ -198,6 +198,8 @@ class FakeRunner:
         self.dispatched_at: dict[int, float] = {}
         # How many dispatches each dispatching message carried (1: a DispatchCommand alone).
         self.dispatch_messages: list[int] = []
+        # How many releases each releasing message carried (1: a ReleaseCommand alone).
+        self.release_messages: list[int] = []
         # kill / pause / resume / release commands received, in order: (kind, task_id).
         self.commands: list[tuple[str, int]] = []
         # Prepare hints received, in order (a fake prepares nothing: it only records them).
@@ -322,6 +324,7 @@ class FakeRunner:
                 environments=self.environments,
                 known_task_ids=sorted(self.tasks),
                 takes_batches=self.takes_batches,
+                takes_release_batches=self.takes_batches,
                 prepares_ahead=self.prepares_ahead,
             )
         )
@@ -485,6 +488,12 @@ class FakeRunner:
             for dispatch in message.dispatches.dispatches:
                 self._on_dispatch(dispatch)
             return
+        if kind == "releases":
+            self.release_messages.append(len(message.releases.releases))
+            for release in message.releases.releases:
+                self.commands.append(("release", release.task_id))
+                self._on_release(release.task_id)
+            return
         if kind == "tunnel_open":
             self.tunnel_opens.append(message.tunnel_open)
         if kind == "prepare":
@@ -497,12 +506,16 @@ class FakeRunner:
         if kind == "kill":
             self._on_kill(task_id, task)
         elif kind == "release":
-            self.tasks.pop(task_id, None)
-            self.released.append(task_id)
-            if self.on_release is not None:
-                self.on_release(task_id)
+            self.release_messages.append(1)
+            self._on_release(task_id)
         elif task is not None:
             self._on_pause(task, pause=kind == "pause")
+
+    def _on_release(self, task_id: int) -> None:
+        self.tasks.pop(task_id, None)
+        self.released.append(task_id)
+        if self.on_release is not None:
+            self.on_release(task_id)
 
     def _on_dispatch(self, dispatch: rpb.DispatchCommand) -> None:
         task_id = dispatch.task_id

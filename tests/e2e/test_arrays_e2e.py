@@ -274,6 +274,25 @@ def _container_running(cluster: ProcessCluster, task_ids: set[str]) -> list[str]
     return [c.name for c in running if c.labels.get("hakuriver.task_id") in task_ids]
 
 
+def test_every_container_of_a_finished_array_is_removed(cluster: ProcessCluster) -> None:
+    """The Host releases a task once its end is stored, several in one message when their
+    ends were stored together (ReleaseBatch; whether they were here depends on timing, the
+    batching itself is tests/unit/test_runner_link.py's): the Runner removes every
+    container either way."""
+    array_id = submit(cluster, "0-11", "true")
+    with cleanup(cluster, array_id):
+        wait_counts(cluster, array_id, lambda c: c.get("completed") == 12, "all completed")
+        ids = {t["task_id"] for t in tasks_of(cluster, array_id)}
+
+        def left() -> list[str]:
+            found = cluster.docker.containers.list(
+                all=True, ignore_removed=True, filters={"label": "hakuriver.task_id"}
+            )
+            return [c.name for c in found if c.labels.get("hakuriver.task_id") in ids]
+
+        wait_for(lambda: not left(), what="the array's containers to be removed")
+
+
 def test_kill_a_whole_array_pending_ones_never_start(cluster: ProcessCluster) -> None:
     array_id = submit(cluster, "0-5%2", "sleep", "30")
     with cleanup(cluster, array_id):

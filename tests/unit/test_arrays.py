@@ -237,6 +237,21 @@ async def test_an_array_goes_to_a_runner_in_batched_dispatches_when_it_takes_the
     assert alone.dispatch_messages == [1] * 200
 
 
+async def test_an_arrays_ends_are_released_in_batches_to_a_runner_that_takes_them(
+    local_cluster: LocalCluster,
+) -> None:
+    batched = await local_cluster.add_runner("a", cores=200)
+    alone = await local_cluster.add_runner("b", cores=200, takes_batches=False)
+    for target in ("a", "b"):
+        await local_cluster.tasks.SubmitTask(
+            _array(list(range(200)), targets=[task_pb2.Target(hostname=target)]), timeout=10
+        )
+    await eventually(lambda: len(batched.released) == len(alone.released) == 200)
+    assert max(batched.release_messages) > 1 and sum(batched.release_messages) == 200
+    assert sorted(batched.released) == sorted(set(batched.released))
+    assert alone.release_messages == [1] * 200
+
+
 async def test_an_array_counts_in_the_metrics_as_its_tasks(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", cores=1, answer=HOLD)
     await local_cluster.tasks.SubmitTask(_array(list(range(7))), timeout=5)

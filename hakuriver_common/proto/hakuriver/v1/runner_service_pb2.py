@@ -27,7 +27,7 @@ from hakuriver_common.proto.hakuriver.v1 import node_pb2 as hakuriver_dot_v1_dot
 from hakuriver_common.proto.hakuriver.v1 import task_pb2 as hakuriver_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hakuriver/v1/runner_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hakuriver/v1/node.proto\x1a\x17hakuriver/v1/task.proto\"\x88\x04\n\x0e\x43onnectRequest\x12:\n\x08register\x18\x01 \x01(\x0b\x32\x1c.hakuriver.v1.RegisterRunnerH\x00R\x08register\x12\x37\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.hakuriver.v1.HeartbeatH\x00R\theartbeat\x12>\n\ntask_state\x18\x03 \x01(\x0b\x32\x1d.hakuriver.v1.TaskStateReportH\x00R\ttaskState\x12\x35\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x16.hakuriver.v1.LogChunkH\x00R\x08logChunk\x12\x41\n\rtunnel_opened\x18\x05 \x01(\x0b\x32\x1a.hakuriver.v1.TunnelOpenedH\x00R\x0ctunnelOpened\x12;\n\x0btunnel_data\x18\x06 \x01(\x0b\x32\x18.hakuriver.v1.TunnelDataH\x00R\ntunnelData\x12>\n\x0ctunnel_close\x18\x07 \x01(\x0b\x32\x19.hakuriver.v1.TunnelCloseH\x00R\x0btunnelClose\x12?\n\x0btask_states\x18\x08 \x01(\x0b\x32\x1c.hakuriver.v1.TaskStateBatchH\x00R\ntaskStatesB\t\n\x07payload\"I\n\x0eTaskStateBatch\x12\x37\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.hakuriver.v1.TaskStateReportR\x07reports\"\xa0\x05\n\x0f\x43onnectResponse\x12;\n\nregistered\x18\x01 \x01(\x0b\x32\x19.hakuriver.v1.RegisterAckH\x00R\nregistered\x12;\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x1d.hakuriver.v1.DispatchCommandH\x00R\x08\x64ispatch\x12/\n\x04kill\x18\x03 \x01(\x0b\x32\x19.hakuriver.v1.KillCommandH\x00R\x04kill\x12\x32\n\x05pause\x18\x04 \x01(\x0b\x32\x1a.hakuriver.v1.PauseCommandH\x00R\x05pause\x12\x35\n\x06resume\x18\x05 \x01(\x0b\x32\x1b.hakuriver.v1.ResumeCommandH\x00R\x06resume\x12\x38\n\x07release\x18\x06 \x01(\x0b\x32\x1c.hakuriver.v1.ReleaseCommandH\x00R\x07release\x12;\n\x0btunnel_open\x18\x07 \x01(\x0b\x32\x18.hakuriver.v1.TunnelOpenH\x00R\ntunnelOpen\x12;\n\x0btunnel_data\x18\x08 \x01(\x0b\x32\x18.hakuriver.v1.TunnelDataH\x00R\ntunnelData\x12>\n\x0ctunnel_close\x18\t \x01(\x0b\x32\x19.hakuriver.v1.TunnelCloseH\x00R\x0btunnelClose\x12=\n\ndispatches\x18\n \x01(\x0b\x32\x1b.hakuriver.v1.DispatchBatchH\x00R\ndispatches\x12\x39\n\x07prepare\x18\x0b \x01(\x0b\x32\x1d.hakuriver.v1.DispatchCommandH\x00R\x07prepareB\t\n\x07payload\"N\n\rDispatchBatch\x12=\n\ndispatches\x18\x01 \x03(\x0b\x32\x1d.hakuriver.v1.DispatchCommandR\ndispatches\"\xfe\x02\n\x0eRegisterRunner\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x1f\n\x0btotal_cores\x18\x02 \x01(\x05R\ntotalCores\x12,\n\x12total_memory_bytes\x18\x03 \x01(\x03R\x10totalMemoryBytes\x12\x35\n\nnuma_nodes\x18\x04 \x03(\x0b\x32\x16.hakuriver.v1.NumaNodeR\tnumaNodes\x12%\n\x04gpus\x18\x05 \x03(\x0b\x32\x11.hakuriver.v1.GpuR\x04gpus\x12\"\n\x0c\x65nvironments\x18\x06 \x03(\tR\x0c\x65nvironments\x12$\n\x0eknown_task_ids\x18\x07 \x03(\x03R\x0cknownTaskIds\x12#\n\rtakes_batches\x18\t \x01(\x08R\x0ctakesBatches\x12%\n\x0eprepares_ahead\x18\n \x01(\x08R\rpreparesAheadJ\x04\x08\x08\x10\tR\x07version\"n\n\tAdoptTask\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12#\n\rstdout_offset\x18\x02 \x01(\x03R\x0cstdoutOffset\x12#\n\rstderr_offset\x18\x03 \x01(\x03R\x0cstderrOffset\"\xf0\x01\n\x0bRegisterAck\x12-\n\x05\x61\x64opt\x18\x01 \x03(\x0b\x32\x17.hakuriver.v1.AdoptTaskR\x05\x61\x64opt\x12(\n\x10\x64iscard_task_ids\x18\x02 \x03(\x03R\x0e\x64iscardTaskIds\x12<\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01R\x18heartbeatIntervalSeconds\x12+\n\x11runner_credential\x18\x04 \x01(\tR\x10runnerCredential\x12\x1d\n\ncluster_id\x18\x05 \x01(\tR\tclusterId\"\x96\x01\n\tHeartbeat\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x14.hakuriver.v1.HealthR\x06health\x12\"\n\x0c\x65nvironments\x18\x02 \x03(\tR\x0c\x65nvironments\x12\x37\n\x06loaded\x18\x03 \x03(\x0b\x32\x1f.hakuriver.v1.LoadedEnvironmentR\x06loaded\"T\n\x11LoadedEnvironment\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x11tarball_timestamp\x18\x02 \x01(\x03R\x10tarballTimestamp\"\xfe\x02\n\x0fTaskStateReport\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32\x1d.hakuriver.v1.RunnerTaskStateR\x05state\x12 \n\texit_code\x18\x03 \x01(\x05H\x00R\x08\x65xitCode\x88\x01\x01\x12\x1d\n\noom_killed\x18\x04 \x01(\x08R\toomKilled\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12\x39\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\x12\x16\n\x06\x64\x65tail\x18\x08 \x01(\tR\x06\x64\x65tail\x12\x19\n\x08ssh_port\x18\t \x01(\x05R\x07sshPortB\x0c\n\n_exit_code\"\x80\x01\n\x08LogChunk\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12/\n\x06stream\x18\x02 \x01(\x0e\x32\x17.hakuriver.v1.LogStreamR\x06stream\x12\x16\n\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x04 \x01(\x0cR\x04\x64\x61ta\"\x83\x05\n\x0f\x44ispatchCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x14\n\x05image\x18\x03 \x01(\tR\x05image\x12\x18\n\x07\x63ommand\x18\x04 \x01(\tR\x07\x63ommand\x12\x1c\n\targuments\x18\x05 \x03(\tR\targuments\x12\x38\n\x03\x65nv\x18\x06 \x03(\x0b\x32&.hakuriver.v1.DispatchCommand.EnvEntryR\x03\x65nv\x12\x14\n\x05\x63ores\x18\x07 \x01(\x05R\x05\x63ores\x12!\n\x0cmemory_bytes\x18\x08 \x01(\x03R\x0bmemoryBytes\x12+\n\x06mounts\x18\t \x03(\x0b\x32\x13.hakuriver.v1.MountR\x06mounts\x12\x1e\n\nprivileged\x18\n \x01(\x08R\nprivileged\x12%\n\x0e\x63ontainer_name\x18\x0b \x01(\tR\rcontainerName\x12\x17\n\x07gpu_ids\x18\x0c \x03(\x05R\x06gpuIds\x12\x12\n\x04\x63pus\x18\r \x03(\x05R\x04\x63pus\x12%\n\x0cnuma_node_id\x18\x0e \x01(\x05H\x00R\nnumaNodeId\x88\x01\x01\x12$\n\x0essh_public_key\x18\x0f \x01(\tR\x0csshPublicKey\x12\x33\n\x07network\x18\x10 \x01(\x0e\x32\x19.hakuriver.v1.TaskNetworkR\x07network\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x0f\n\r_numa_node_id\"K\n\x0bKillCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12#\n\rgrace_seconds\x18\x02 \x01(\x01R\x0cgraceSeconds\"\'\n\x0cPauseCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"(\n\rResumeCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\")\n\x0eReleaseCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"V\n\nTunnelOpen\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x17\n\x07task_id\x18\x02 \x01(\x03R\x06taskId\x12\x12\n\x04port\x18\x03 \x01(\x05R\x04port\"+\n\x0cTunnelOpened\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\"=\n\nTunnelData\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"@\n\x0bTunnelClose\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x14\n\x05\x65rror\x18\x02 \x01(\tR\x05\x65rror*\xd4\x01\n\x0fRunnerTaskState\x12!\n\x1dRUNNER_TASK_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUNNER_TASK_STATE_RUNNING\x10\x01\x12\x1c\n\x18RUNNER_TASK_STATE_PAUSED\x10\x02\x12\x1c\n\x18RUNNER_TASK_STATE_EXITED\x10\x03\x12\"\n\x1eRUNNER_TASK_STATE_START_FAILED\x10\x04\x12\x1f\n\x1bRUNNER_TASK_STATE_PREPARING\x10\x05\x32[\n\rRunnerService\x12J\n\x07\x43onnect\x12\x1c.hakuriver.v1.ConnectRequest\x1a\x1d.hakuriver.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hakuriver/v1/runner_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17hakuriver/v1/node.proto\x1a\x17hakuriver/v1/task.proto\"\x88\x04\n\x0e\x43onnectRequest\x12:\n\x08register\x18\x01 \x01(\x0b\x32\x1c.hakuriver.v1.RegisterRunnerH\x00R\x08register\x12\x37\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.hakuriver.v1.HeartbeatH\x00R\theartbeat\x12>\n\ntask_state\x18\x03 \x01(\x0b\x32\x1d.hakuriver.v1.TaskStateReportH\x00R\ttaskState\x12\x35\n\tlog_chunk\x18\x04 \x01(\x0b\x32\x16.hakuriver.v1.LogChunkH\x00R\x08logChunk\x12\x41\n\rtunnel_opened\x18\x05 \x01(\x0b\x32\x1a.hakuriver.v1.TunnelOpenedH\x00R\x0ctunnelOpened\x12;\n\x0btunnel_data\x18\x06 \x01(\x0b\x32\x18.hakuriver.v1.TunnelDataH\x00R\ntunnelData\x12>\n\x0ctunnel_close\x18\x07 \x01(\x0b\x32\x19.hakuriver.v1.TunnelCloseH\x00R\x0btunnelClose\x12?\n\x0btask_states\x18\x08 \x01(\x0b\x32\x1c.hakuriver.v1.TaskStateBatchH\x00R\ntaskStatesB\t\n\x07payload\"I\n\x0eTaskStateBatch\x12\x37\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.hakuriver.v1.TaskStateReportR\x07reports\"\xda\x05\n\x0f\x43onnectResponse\x12;\n\nregistered\x18\x01 \x01(\x0b\x32\x19.hakuriver.v1.RegisterAckH\x00R\nregistered\x12;\n\x08\x64ispatch\x18\x02 \x01(\x0b\x32\x1d.hakuriver.v1.DispatchCommandH\x00R\x08\x64ispatch\x12/\n\x04kill\x18\x03 \x01(\x0b\x32\x19.hakuriver.v1.KillCommandH\x00R\x04kill\x12\x32\n\x05pause\x18\x04 \x01(\x0b\x32\x1a.hakuriver.v1.PauseCommandH\x00R\x05pause\x12\x35\n\x06resume\x18\x05 \x01(\x0b\x32\x1b.hakuriver.v1.ResumeCommandH\x00R\x06resume\x12\x38\n\x07release\x18\x06 \x01(\x0b\x32\x1c.hakuriver.v1.ReleaseCommandH\x00R\x07release\x12;\n\x0btunnel_open\x18\x07 \x01(\x0b\x32\x18.hakuriver.v1.TunnelOpenH\x00R\ntunnelOpen\x12;\n\x0btunnel_data\x18\x08 \x01(\x0b\x32\x18.hakuriver.v1.TunnelDataH\x00R\ntunnelData\x12>\n\x0ctunnel_close\x18\t \x01(\x0b\x32\x19.hakuriver.v1.TunnelCloseH\x00R\x0btunnelClose\x12=\n\ndispatches\x18\n \x01(\x0b\x32\x1b.hakuriver.v1.DispatchBatchH\x00R\ndispatches\x12\x39\n\x07prepare\x18\x0b \x01(\x0b\x32\x1d.hakuriver.v1.DispatchCommandH\x00R\x07prepare\x12\x38\n\x08releases\x18\x0c \x01(\x0b\x32\x1a.hakuriver.v1.ReleaseBatchH\x00R\x08releasesB\t\n\x07payload\"H\n\x0cReleaseBatch\x12\x38\n\x08releases\x18\x01 \x03(\x0b\x32\x1c.hakuriver.v1.ReleaseCommandR\x08releases\"N\n\rDispatchBatch\x12=\n\ndispatches\x18\x01 \x03(\x0b\x32\x1d.hakuriver.v1.DispatchCommandR\ndispatches\"\xb2\x03\n\x0eRegisterRunner\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x1f\n\x0btotal_cores\x18\x02 \x01(\x05R\ntotalCores\x12,\n\x12total_memory_bytes\x18\x03 \x01(\x03R\x10totalMemoryBytes\x12\x35\n\nnuma_nodes\x18\x04 \x03(\x0b\x32\x16.hakuriver.v1.NumaNodeR\tnumaNodes\x12%\n\x04gpus\x18\x05 \x03(\x0b\x32\x11.hakuriver.v1.GpuR\x04gpus\x12\"\n\x0c\x65nvironments\x18\x06 \x03(\tR\x0c\x65nvironments\x12$\n\x0eknown_task_ids\x18\x07 \x03(\x03R\x0cknownTaskIds\x12#\n\rtakes_batches\x18\t \x01(\x08R\x0ctakesBatches\x12%\n\x0eprepares_ahead\x18\n \x01(\x08R\rpreparesAhead\x12\x32\n\x15takes_release_batches\x18\x0b \x01(\x08R\x13takesReleaseBatchesJ\x04\x08\x08\x10\tR\x07version\"n\n\tAdoptTask\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12#\n\rstdout_offset\x18\x02 \x01(\x03R\x0cstdoutOffset\x12#\n\rstderr_offset\x18\x03 \x01(\x03R\x0cstderrOffset\"\xf0\x01\n\x0bRegisterAck\x12-\n\x05\x61\x64opt\x18\x01 \x03(\x0b\x32\x17.hakuriver.v1.AdoptTaskR\x05\x61\x64opt\x12(\n\x10\x64iscard_task_ids\x18\x02 \x03(\x03R\x0e\x64iscardTaskIds\x12<\n\x1aheartbeat_interval_seconds\x18\x03 \x01(\x01R\x18heartbeatIntervalSeconds\x12+\n\x11runner_credential\x18\x04 \x01(\tR\x10runnerCredential\x12\x1d\n\ncluster_id\x18\x05 \x01(\tR\tclusterId\"\x96\x01\n\tHeartbeat\x12,\n\x06health\x18\x01 \x01(\x0b\x32\x14.hakuriver.v1.HealthR\x06health\x12\"\n\x0c\x65nvironments\x18\x02 \x03(\tR\x0c\x65nvironments\x12\x37\n\x06loaded\x18\x03 \x03(\x0b\x32\x1f.hakuriver.v1.LoadedEnvironmentR\x06loaded\"T\n\x11LoadedEnvironment\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12+\n\x11tarball_timestamp\x18\x02 \x01(\x03R\x10tarballTimestamp\"\xfe\x02\n\x0fTaskStateReport\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12\x33\n\x05state\x18\x02 \x01(\x0e\x32\x1d.hakuriver.v1.RunnerTaskStateR\x05state\x12 \n\texit_code\x18\x03 \x01(\x05H\x00R\x08\x65xitCode\x88\x01\x01\x12\x1d\n\noom_killed\x18\x04 \x01(\x08R\toomKilled\x12#\n\rerror_message\x18\x05 \x01(\tR\x0c\x65rrorMessage\x12\x39\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\nfinishedAt\x12\x16\n\x06\x64\x65tail\x18\x08 \x01(\tR\x06\x64\x65tail\x12\x19\n\x08ssh_port\x18\t \x01(\x05R\x07sshPortB\x0c\n\n_exit_code\"\x80\x01\n\x08LogChunk\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12/\n\x06stream\x18\x02 \x01(\x0e\x32\x17.hakuriver.v1.LogStreamR\x06stream\x12\x16\n\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n\x04\x64\x61ta\x18\x04 \x01(\x0cR\x04\x64\x61ta\"\x83\x05\n\x0f\x44ispatchCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x16.hakuriver.v1.TaskKindR\x04kind\x12\x14\n\x05image\x18\x03 \x01(\tR\x05image\x12\x18\n\x07\x63ommand\x18\x04 \x01(\tR\x07\x63ommand\x12\x1c\n\targuments\x18\x05 \x03(\tR\targuments\x12\x38\n\x03\x65nv\x18\x06 \x03(\x0b\x32&.hakuriver.v1.DispatchCommand.EnvEntryR\x03\x65nv\x12\x14\n\x05\x63ores\x18\x07 \x01(\x05R\x05\x63ores\x12!\n\x0cmemory_bytes\x18\x08 \x01(\x03R\x0bmemoryBytes\x12+\n\x06mounts\x18\t \x03(\x0b\x32\x13.hakuriver.v1.MountR\x06mounts\x12\x1e\n\nprivileged\x18\n \x01(\x08R\nprivileged\x12%\n\x0e\x63ontainer_name\x18\x0b \x01(\tR\rcontainerName\x12\x17\n\x07gpu_ids\x18\x0c \x03(\x05R\x06gpuIds\x12\x12\n\x04\x63pus\x18\r \x03(\x05R\x04\x63pus\x12%\n\x0cnuma_node_id\x18\x0e \x01(\x05H\x00R\nnumaNodeId\x88\x01\x01\x12$\n\x0essh_public_key\x18\x0f \x01(\tR\x0csshPublicKey\x12\x33\n\x07network\x18\x10 \x01(\x0e\x32\x19.hakuriver.v1.TaskNetworkR\x07network\x1a\x36\n\x08\x45nvEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\tR\x05value:\x02\x38\x01\x42\x0f\n\r_numa_node_id\"K\n\x0bKillCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\x12#\n\rgrace_seconds\x18\x02 \x01(\x01R\x0cgraceSeconds\"\'\n\x0cPauseCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"(\n\rResumeCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\")\n\x0eReleaseCommand\x12\x17\n\x07task_id\x18\x01 \x01(\x03R\x06taskId\"V\n\nTunnelOpen\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x17\n\x07task_id\x18\x02 \x01(\x03R\x06taskId\x12\x12\n\x04port\x18\x03 \x01(\x05R\x04port\"+\n\x0cTunnelOpened\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\"=\n\nTunnelData\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x12\n\x04\x64\x61ta\x18\x02 \x01(\x0cR\x04\x64\x61ta\"@\n\x0bTunnelClose\x12\x1b\n\ttunnel_id\x18\x01 \x01(\x03R\x08tunnelId\x12\x14\n\x05\x65rror\x18\x02 \x01(\tR\x05\x65rror*\xd4\x01\n\x0fRunnerTaskState\x12!\n\x1dRUNNER_TASK_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RUNNER_TASK_STATE_RUNNING\x10\x01\x12\x1c\n\x18RUNNER_TASK_STATE_PAUSED\x10\x02\x12\x1c\n\x18RUNNER_TASK_STATE_EXITED\x10\x03\x12\"\n\x1eRUNNER_TASK_STATE_START_FAILED\x10\x04\x12\x1f\n\x1bRUNNER_TASK_STATE_PREPARING\x10\x05\x32[\n\rRunnerService\x12J\n\x07\x43onnect\x12\x1c.hakuriver.v1.ConnectRequest\x1a\x1d.hakuriver.v1.ConnectResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,50 +36,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DISPATCHCOMMAND_ENVENTRY']._loaded_options = None
   _globals['_DISPATCHCOMMAND_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_RUNNERTASKSTATE']._serialized_start=4094
-  _globals['_RUNNERTASKSTATE']._serialized_end=4306
+  _globals['_RUNNERTASKSTATE']._serialized_start=4278
+  _globals['_RUNNERTASKSTATE']._serialized_end=4490
   _globals['_CONNECTREQUEST']._serialized_start=135
   _globals['_CONNECTREQUEST']._serialized_end=655
   _globals['_TASKSTATEBATCH']._serialized_start=657
   _globals['_TASKSTATEBATCH']._serialized_end=730
   _globals['_CONNECTRESPONSE']._serialized_start=733
-  _globals['_CONNECTRESPONSE']._serialized_end=1405
-  _globals['_DISPATCHBATCH']._serialized_start=1407
-  _globals['_DISPATCHBATCH']._serialized_end=1485
-  _globals['_REGISTERRUNNER']._serialized_start=1488
-  _globals['_REGISTERRUNNER']._serialized_end=1870
-  _globals['_ADOPTTASK']._serialized_start=1872
-  _globals['_ADOPTTASK']._serialized_end=1982
-  _globals['_REGISTERACK']._serialized_start=1985
-  _globals['_REGISTERACK']._serialized_end=2225
-  _globals['_HEARTBEAT']._serialized_start=2228
-  _globals['_HEARTBEAT']._serialized_end=2378
-  _globals['_LOADEDENVIRONMENT']._serialized_start=2380
-  _globals['_LOADEDENVIRONMENT']._serialized_end=2464
-  _globals['_TASKSTATEREPORT']._serialized_start=2467
-  _globals['_TASKSTATEREPORT']._serialized_end=2849
-  _globals['_LOGCHUNK']._serialized_start=2852
-  _globals['_LOGCHUNK']._serialized_end=2980
-  _globals['_DISPATCHCOMMAND']._serialized_start=2983
-  _globals['_DISPATCHCOMMAND']._serialized_end=3626
-  _globals['_DISPATCHCOMMAND_ENVENTRY']._serialized_start=3555
-  _globals['_DISPATCHCOMMAND_ENVENTRY']._serialized_end=3609
-  _globals['_KILLCOMMAND']._serialized_start=3628
-  _globals['_KILLCOMMAND']._serialized_end=3703
-  _globals['_PAUSECOMMAND']._serialized_start=3705
-  _globals['_PAUSECOMMAND']._serialized_end=3744
-  _globals['_RESUMECOMMAND']._serialized_start=3746
-  _globals['_RESUMECOMMAND']._serialized_end=3786
-  _globals['_RELEASECOMMAND']._serialized_start=3788
-  _globals['_RELEASECOMMAND']._serialized_end=3829
-  _globals['_TUNNELOPEN']._serialized_start=3831
-  _globals['_TUNNELOPEN']._serialized_end=3917
-  _globals['_TUNNELOPENED']._serialized_start=3919
-  _globals['_TUNNELOPENED']._serialized_end=3962
-  _globals['_TUNNELDATA']._serialized_start=3964
-  _globals['_TUNNELDATA']._serialized_end=4025
-  _globals['_TUNNELCLOSE']._serialized_start=4027
-  _globals['_TUNNELCLOSE']._serialized_end=4091
-  _globals['_RUNNERSERVICE']._serialized_start=4308
-  _globals['_RUNNERSERVICE']._serialized_end=4399
+  _globals['_CONNECTRESPONSE']._serialized_end=1463
+  _globals['_RELEASEBATCH']._serialized_start=1465
+  _globals['_RELEASEBATCH']._serialized_end=1537
+  _globals['_DISPATCHBATCH']._serialized_start=1539
+  _globals['_DISPATCHBATCH']._serialized_end=1617
+  _globals['_REGISTERRUNNER']._serialized_start=1620
+  _globals['_REGISTERRUNNER']._serialized_end=2054
+  _globals['_ADOPTTASK']._serialized_start=2056
+  _globals['_ADOPTTASK']._serialized_end=2166
+  _globals['_REGISTERACK']._serialized_start=2169
+  _globals['_REGISTERACK']._serialized_end=2409
+  _globals['_HEARTBEAT']._serialized_start=2412
+  _globals['_HEARTBEAT']._serialized_end=2562
+  _globals['_LOADEDENVIRONMENT']._serialized_start=2564
+  _globals['_LOADEDENVIRONMENT']._serialized_end=2648
+  _globals['_TASKSTATEREPORT']._serialized_start=2651
+  _globals['_TASKSTATEREPORT']._serialized_end=3033
+  _globals['_LOGCHUNK']._serialized_start=3036
+  _globals['_LOGCHUNK']._serialized_end=3164
+  _globals['_DISPATCHCOMMAND']._serialized_start=3167
+  _globals['_DISPATCHCOMMAND']._serialized_end=3810
+  _globals['_DISPATCHCOMMAND_ENVENTRY']._serialized_start=3739
+  _globals['_DISPATCHCOMMAND_ENVENTRY']._serialized_end=3793
+  _globals['_KILLCOMMAND']._serialized_start=3812
+  _globals['_KILLCOMMAND']._serialized_end=3887
+  _globals['_PAUSECOMMAND']._serialized_start=3889
+  _globals['_PAUSECOMMAND']._serialized_end=3928
+  _globals['_RESUMECOMMAND']._serialized_start=3930
+  _globals['_RESUMECOMMAND']._serialized_end=3970
+  _globals['_RELEASECOMMAND']._serialized_start=3972
+  _globals['_RELEASECOMMAND']._serialized_end=4013
+  _globals['_TUNNELOPEN']._serialized_start=4015
+  _globals['_TUNNELOPEN']._serialized_end=4101
+  _globals['_TUNNELOPENED']._serialized_start=4103
+  _globals['_TUNNELOPENED']._serialized_end=4146
+  _globals['_TUNNELDATA']._serialized_start=4148
+  _globals['_TUNNELDATA']._serialized_end=4209
+  _globals['_TUNNELCLOSE']._serialized_start=4211
+  _globals['_TUNNELCLOSE']._serialized_end=4275
+  _globals['_RUNNERSERVICE']._serialized_start=4492
+  _globals['_RUNNERSERVICE']._serialized_end=4583
 # @@protoc_insertion_point(module_scope)

@@ -147,6 +147,7 @@ class ConnectResponse(_message.Message):
     TUNNEL_CLOSE_FIELD_NUMBER: _builtins.int
     DISPATCHES_FIELD_NUMBER: _builtins.int
     PREPARE_FIELD_NUMBER: _builtins.int
+    RELEASES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def registered(self) -> Global___RegisterAck: ...
     @_builtins.property
@@ -180,6 +181,12 @@ class ConnectResponse(_message.Message):
         prepares_ahead.
         """
 
+    @_builtins.property
+    def releases(self) -> Global___ReleaseBatch:
+        """Several releases at once, each as if sent alone; only to a Runner that registered
+        with takes_release_batches.
+        """
+
     def __init__(
         self,
         *,
@@ -194,16 +201,39 @@ class ConnectResponse(_message.Message):
         tunnel_close: Global___TunnelClose | None = ...,
         dispatches: Global___DispatchBatch | None = ...,
         prepare: Global___DispatchCommand | None = ...,
+        releases: Global___ReleaseBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "releases", b"releases", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dispatch", b"dispatch", "dispatches", b"dispatches", "kill", b"kill", "pause", b"pause", "payload", b"payload", "prepare", b"prepare", "registered", b"registered", "release", b"release", "releases", b"releases", "resume", b"resume", "tunnel_close", b"tunnel_close", "tunnel_data", b"tunnel_data", "tunnel_open", b"tunnel_open"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close", "dispatches", "prepare"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["registered", "dispatch", "kill", "pause", "resume", "release", "tunnel_open", "tunnel_data", "tunnel_close", "dispatches", "prepare", "releases"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ConnectResponse: _TypeAlias = ConnectResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseBatch(_message.Message):
+    """ReleaseBatch carries several tasks the Host has finished with (a job array's ends)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseCommand]: ...
+    def __init__(
+        self,
+        *,
+        releases: _abc.Iterable[Global___ReleaseCommand] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["releases", b"releases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseBatch: _TypeAlias = ReleaseBatch  # noqa: Y015
 
 @_typing.final
 class DispatchBatch(_message.Message):
@@ -242,6 +272,7 @@ class RegisterRunner(_message.Message):
     KNOWN_TASK_IDS_FIELD_NUMBER: _builtins.int
     TAKES_BATCHES_FIELD_NUMBER: _builtins.int
     PREPARES_AHEAD_FIELD_NUMBER: _builtins.int
+    TAKES_RELEASE_BATCHES_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     total_cores: _builtins.int
     total_memory_bytes: _builtins.int
@@ -249,6 +280,8 @@ class RegisterRunner(_message.Message):
     """The Runner takes DispatchBatch messages."""
     prepares_ahead: _builtins.bool
     """The Runner takes prepare messages."""
+    takes_release_batches: _builtins.bool
+    """The Runner takes ReleaseBatch messages."""
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.NumaNode]: ...
     @_builtins.property
@@ -273,10 +306,11 @@ class RegisterRunner(_message.Message):
         known_task_ids: _abc.Iterable[_builtins.int] | None = ...,
         takes_batches: _builtins.bool = ...,
         prepares_ahead: _builtins.bool = ...,
+        takes_release_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "prepares_ahead", b"prepares_ahead", "takes_batches", b"takes_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "prepares_ahead", b"prepares_ahead", "takes_batches", b"takes_batches", "takes_release_batches", b"takes_release_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/runner_service.proto.
  */
 export const file_hakuriver_v1_runner_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFoYWt1cml2ZXIvdjEvcnVubmVyX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSKrAwoOQ29ubmVjdFJlcXVlc3QSMAoIcmVnaXN0ZXIYASABKAsyHC5oYWt1cml2ZXIudjEuUmVnaXN0ZXJSdW5uZXJIABIsCgloZWFydGJlYXQYAiABKAsyFy5oYWt1cml2ZXIudjEuSGVhcnRiZWF0SAASMwoKdGFza19zdGF0ZRgDIAEoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnRIABIrCglsb2dfY2h1bmsYBCABKAsyFi5oYWt1cml2ZXIudjEuTG9nQ2h1bmtIABIzCg10dW5uZWxfb3BlbmVkGAUgASgLMhouaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5lZEgAEi8KC3R1bm5lbF9kYXRhGAYgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbERhdGFIABIxCgx0dW5uZWxfY2xvc2UYByABKAsyGS5oYWt1cml2ZXIudjEuVHVubmVsQ2xvc2VIABIzCgt0YXNrX3N0YXRlcxgIIAEoCzIcLmhha3VyaXZlci52MS5UYXNrU3RhdGVCYXRjaEgAQgkKB3BheWxvYWQiQAoOVGFza1N0YXRlQmF0Y2gSLgoHcmVwb3J0cxgBIAMoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnQisgQKD0Nvbm5lY3RSZXNwb25zZRIvCgpyZWdpc3RlcmVkGAEgASgLMhkuaGFrdXJpdmVyLnYxLlJlZ2lzdGVyQWNrSAASMQoIZGlzcGF0Y2gYAiABKAsyHS5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kSAASKQoEa2lsbBgDIAEoCzIZLmhha3VyaXZlci52MS5LaWxsQ29tbWFuZEgAEisKBXBhdXNlGAQgASgLMhouaGFrdXJpdmVyLnYxLlBhdXNlQ29tbWFuZEgAEi0KBnJlc3VtZRgFIAEoCzIbLmhha3VyaXZlci52MS5SZXN1bWVDb21tYW5kSAASLwoHcmVsZWFzZRgGIAEoCzIcLmhha3VyaXZlci52MS5SZWxlYXNlQ29tbWFuZEgAEi8KC3R1bm5lbF9vcGVuGAcgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5IABIvCgt0dW5uZWxfZGF0YRgIIAEoCzIYLmhha3VyaXZlci52MS5UdW5uZWxEYXRhSAASMQoMdHVubmVsX2Nsb3NlGAkgASgLMhkuaGFrdXJpdmVyLnYxLlR1bm5lbENsb3NlSAASMQoKZGlzcGF0Y2hlcxgKIAEoCzIbLmhha3VyaXZlci52MS5EaXNwYXRjaEJhdGNoSAASMAoHcHJlcGFyZRgLIAEoCzIdLmhha3VyaXZlci52MS5EaXNwYXRjaENvbW1hbmRIAEIJCgdwYXlsb2FkIkIKDURpc3BhdGNoQmF0Y2gSMQoKZGlzcGF0Y2hlcxgBIAMoCzIdLmhha3VyaXZlci52MS5EaXNwYXRjaENvbW1hbmQijAIKDlJlZ2lzdGVyUnVubmVyEhAKCGhvc3RuYW1lGAEgASgJEhMKC3RvdGFsX2NvcmVzGAIgASgFEhoKEnRvdGFsX21lbW9yeV9ieXRlcxgDIAEoAxIqCgpudW1hX25vZGVzGAQgAygLMhYuaGFrdXJpdmVyLnYxLk51bWFOb2RlEh8KBGdwdXMYBSADKAsyES5oYWt1cml2ZXIudjEuR3B1EhQKDGVudmlyb25tZW50cxgGIAMoCRIWCg5rbm93bl90YXNrX2lkcxgHIAMoAxIVCg10YWtlc19iYXRjaGVzGAkgASgIEhYKDnByZXBhcmVzX2FoZWFkGAogASgISgQICBAJUgd2ZXJzaW9uIkoKCUFkb3B0VGFzaxIPCgd0YXNrX2lkGAEgASgDEhUKDXN0ZG91dF9vZmZzZXQYAiABKAMSFQoNc3RkZXJyX29mZnNldBgDIAEoAyKiAQoLUmVnaXN0ZXJBY2sSJgoFYWRvcHQYASADKAsyFy5oYWt1cml2ZXIudjEuQWRvcHRUYXNrEhgKEGRpc2NhcmRfdGFza19pZHMYAiADKAMSIgoaaGVhcnRiZWF0X2ludGVydmFsX3NlY29uZHMYAyABKAESGQoRcnVubmVyX2NyZWRlbnRpYWwYBCABKAkSEgoKY2x1c3Rlcl9pZBgFIAEoCSJ4CglIZWFydGJlYXQSJAoGaGVhbHRoGAEgASgLMhQuaGFrdXJpdmVyLnYxLkhlYWx0aBIUCgxlbnZpcm9ubWVudHMYAiADKAkSLwoGbG9hZGVkGAMgAygLMh8uaGFrdXJpdmVyLnYxLkxvYWRlZEVudmlyb25tZW50IjwKEUxvYWRlZEVudmlyb25tZW50EgwKBG5hbWUYASABKAkSGQoRdGFyYmFsbF90aW1lc3RhbXAYAiABKAMipAIKD1Rhc2tTdGF0ZVJlcG9ydBIPCgd0YXNrX2lkGAEgASgDEiwKBXN0YXRlGAIgASgOMh0uaGFrdXJpdmVyLnYxLlJ1bm5lclRhc2tTdGF0ZRIWCglleGl0X2NvZGUYAyABKAVIAIgBARISCgpvb21fa2lsbGVkGAQgASgIEhUKDWVycm9yX21lc3NhZ2UYBSABKAkSLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmRldGFpbBgIIAEoCRIQCghzc2hfcG9ydBgJIAEoBUIMCgpfZXhpdF9jb2RlImIKCExvZ0NodW5rEg8KB3Rhc2tfaWQYASABKAMSJwoGc3RyZWFtGAIgASgOMhcuaGFrdXJpdmVyLnYxLkxvZ1N0cmVhbRIOCgZvZmZzZXQYAyABKAMSDAoEZGF0YRgEIAEoDCLhAwoPRGlzcGF0Y2hDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMSJAoEa2luZBgCIAEoDjIWLmhha3VyaXZlci52MS5UYXNrS2luZBINCgVpbWFnZRgDIAEoCRIPCgdjb21tYW5kGAQgASgJEhEKCWFyZ3VtZW50cxgFIAMoCRIzCgNlbnYYBiADKAsyJi5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kLkVudkVudHJ5Eg0KBWNvcmVzGAcgASgFEhQKDG1lbW9yeV9ieXRlcxgIIAEoAxIjCgZtb3VudHMYCSADKAsyEy5oYWt1cml2ZXIudjEuTW91bnQSEgoKcHJpdmlsZWdlZBgKIAEoCBIWCg5jb250YWluZXJfbmFtZRgLIAEoCRIPCgdncHVfaWRzGAwgAygFEgwKBGNwdXMYDSADKAUSGQoMbnVtYV9ub2RlX2lkGA4gASgFSACIAQESFgoOc3NoX3B1YmxpY19rZXkYDyABKAkSKgoHbmV0d29yaxgQIAEoDjIZLmhha3VyaXZlci52MS5UYXNrTmV0d29yaxoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQg8KDV9udW1hX25vZGVfaWQiNQoLS2lsbENvbW1hbmQSDwoHdGFza19pZBgBIAEoAxIVCg1ncmFjZV9zZWNvbmRzGAIgASgBIh8KDFBhdXNlQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDIiAKDVJlc3VtZUNvbW1hbmQSDwoHdGFza19pZBgBIAEoAyIhCg5SZWxlYXNlQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDIj4KClR1bm5lbE9wZW4SEQoJdHVubmVsX2lkGAEgASgDEg8KB3Rhc2tfaWQYAiABKAMSDAoEcG9ydBgDIAEoBSIhCgxUdW5uZWxPcGVuZWQSEQoJdHVubmVsX2lkGAEgASgDIi0KClR1bm5lbERhdGESEQoJdHVubmVsX2lkGAEgASgDEgwKBGRhdGEYAiABKAwiLwoLVHVubmVsQ2xvc2USEQoJdHVubmVsX2lkGAEgASgDEg0KBWVycm9yGAIgASgJKtQBCg9SdW5uZXJUYXNrU3RhdGUSIQodUlVOTkVSX1RBU0tfU1RBVEVfVU5TUEVDSUZJRUQQABIdChlSVU5ORVJfVEFTS19TVEFURV9SVU5OSU5HEAESHAoYUlVOTkVSX1RBU0tfU1RBVEVfUEFVU0VEEAISHAoYUlVOTkVSX1RBU0tfU1RBVEVfRVhJVEVEEAMSIgoeUlVOTkVSX1RBU0tfU1RBVEVfU1RBUlRfRkFJTEVEEAQSHwobUlVOTkVSX1RBU0tfU1RBVEVfUFJFUEFSSU5HEAUyWwoNUnVubmVyU2VydmljZRJKCgdDb25uZWN0EhwuaGFrdXJpdmVyLnYxLkNvbm5lY3RSZXF1ZXN0Gh0uaGFrdXJpdmVyLnYxLkNvbm5lY3RSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_hakuriver_v1_node, file_hakuriver_v1_task]);
+  fileDesc("CiFoYWt1cml2ZXIvdjEvcnVubmVyX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSKrAwoOQ29ubmVjdFJlcXVlc3QSMAoIcmVnaXN0ZXIYASABKAsyHC5oYWt1cml2ZXIudjEuUmVnaXN0ZXJSdW5uZXJIABIsCgloZWFydGJlYXQYAiABKAsyFy5oYWt1cml2ZXIudjEuSGVhcnRiZWF0SAASMwoKdGFza19zdGF0ZRgDIAEoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnRIABIrCglsb2dfY2h1bmsYBCABKAsyFi5oYWt1cml2ZXIudjEuTG9nQ2h1bmtIABIzCg10dW5uZWxfb3BlbmVkGAUgASgLMhouaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5lZEgAEi8KC3R1bm5lbF9kYXRhGAYgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbERhdGFIABIxCgx0dW5uZWxfY2xvc2UYByABKAsyGS5oYWt1cml2ZXIudjEuVHVubmVsQ2xvc2VIABIzCgt0YXNrX3N0YXRlcxgIIAEoCzIcLmhha3VyaXZlci52MS5UYXNrU3RhdGVCYXRjaEgAQgkKB3BheWxvYWQiQAoOVGFza1N0YXRlQmF0Y2gSLgoHcmVwb3J0cxgBIAMoCzIdLmhha3VyaXZlci52MS5UYXNrU3RhdGVSZXBvcnQi4gQKD0Nvbm5lY3RSZXNwb25zZRIvCgpyZWdpc3RlcmVkGAEgASgLMhkuaGFrdXJpdmVyLnYxLlJlZ2lzdGVyQWNrSAASMQoIZGlzcGF0Y2gYAiABKAsyHS5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kSAASKQoEa2lsbBgDIAEoCzIZLmhha3VyaXZlci52MS5LaWxsQ29tbWFuZEgAEisKBXBhdXNlGAQgASgLMhouaGFrdXJpdmVyLnYxLlBhdXNlQ29tbWFuZEgAEi0KBnJlc3VtZRgFIAEoCzIbLmhha3VyaXZlci52MS5SZXN1bWVDb21tYW5kSAASLwoHcmVsZWFzZRgGIAEoCzIcLmhha3VyaXZlci52MS5SZWxlYXNlQ29tbWFuZEgAEi8KC3R1bm5lbF9vcGVuGAcgASgLMhguaGFrdXJpdmVyLnYxLlR1bm5lbE9wZW5IABIvCgt0dW5uZWxfZGF0YRgIIAEoCzIYLmhha3VyaXZlci52MS5UdW5uZWxEYXRhSAASMQoMdHVubmVsX2Nsb3NlGAkgASgLMhkuaGFrdXJpdmVyLnYxLlR1bm5lbENsb3NlSAASMQoKZGlzcGF0Y2hlcxgKIAEoCzIbLmhha3VyaXZlci52MS5EaXNwYXRjaEJhdGNoSAASMAoHcHJlcGFyZRgLIAEoCzIdLmhha3VyaXZlci52MS5EaXNwYXRjaENvbW1hbmRIABIuCghyZWxlYXNlcxgMIAEoCzIaLmhha3VyaXZlci52MS5SZWxlYXNlQmF0Y2hIAEIJCgdwYXlsb2FkIj4KDFJlbGVhc2VCYXRjaBIuCghyZWxlYXNlcxgBIAMoCzIcLmhha3VyaXZlci52MS5SZWxlYXNlQ29tbWFuZCJCCg1EaXNwYXRjaEJhdGNoEjEKCmRpc3BhdGNoZXMYASADKAsyHS5oYWt1cml2ZXIudjEuRGlzcGF0Y2hDb21tYW5kIqsCCg5SZWdpc3RlclJ1bm5lchIQCghob3N0bmFtZRgBIAEoCRITCgt0b3RhbF9jb3JlcxgCIAEoBRIaChJ0b3RhbF9tZW1vcnlfYnl0ZXMYAyABKAMSKgoKbnVtYV9ub2RlcxgEIAMoCzIWLmhha3VyaXZlci52MS5OdW1hTm9kZRIfCgRncHVzGAUgAygLMhEuaGFrdXJpdmVyLnYxLkdwdRIUCgxlbnZpcm9ubWVudHMYBiADKAkSFgoOa25vd25fdGFza19pZHMYByADKAMSFQoNdGFrZXNfYmF0Y2hlcxgJIAEoCBIWCg5wcmVwYXJlc19haGVhZBgKIAEoCBIdChV0YWtlc19yZWxlYXNlX2JhdGNoZXMYCyABKAhKBAgIEAlSB3ZlcnNpb24iSgoJQWRvcHRUYXNrEg8KB3Rhc2tfaWQYASABKAMSFQoNc3Rkb3V0X29mZnNldBgCIAEoAxIVCg1zdGRlcnJfb2Zmc2V0GAMgASgDIqIBCgtSZWdpc3RlckFjaxImCgVhZG9wdBgBIAMoCzIXLmhha3VyaXZlci52MS5BZG9wdFRhc2sSGAoQZGlzY2FyZF90YXNrX2lkcxgCIAMoAxIiChpoZWFydGJlYXRfaW50ZXJ2YWxfc2Vjb25kcxgDIAEoARIZChFydW5uZXJfY3JlZGVudGlhbBgEIAEoCRISCgpjbHVzdGVyX2lkGAUgASgJIngKCUhlYXJ0YmVhdBIkCgZoZWFsdGgYASABKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEhQKDGVudmlyb25tZW50cxgCIAMoCRIvCgZsb2FkZWQYAyADKAsyHy5oYWt1cml2ZXIudjEuTG9hZGVkRW52aXJvbm1lbnQiPAoRTG9hZGVkRW52aXJvbm1lbnQSDAoEbmFtZRgBIAEoCRIZChF0YXJiYWxsX3RpbWVzdGFtcBgCIAEoAyKkAgoPVGFza1N0YXRlUmVwb3J0Eg8KB3Rhc2tfaWQYASABKAMSLAoFc3RhdGUYAiABKA4yHS5oYWt1cml2ZXIudjEuUnVubmVyVGFza1N0YXRlEhYKCWV4aXRfY29kZRgDIAEoBUgAiAEBEhIKCm9vbV9raWxsZWQYBCABKAgSFQoNZXJyb3JfbWVzc2FnZRgFIAEoCRIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGZGV0YWlsGAggASgJEhAKCHNzaF9wb3J0GAkgASgFQgwKCl9leGl0X2NvZGUiYgoITG9nQ2h1bmsSDwoHdGFza19pZBgBIAEoAxInCgZzdHJlYW0YAiABKA4yFy5oYWt1cml2ZXIudjEuTG9nU3RyZWFtEg4KBm9mZnNldBgDIAEoAxIMCgRkYXRhGAQgASgMIuEDCg9EaXNwYXRjaENvbW1hbmQSDwoHdGFza19pZBgBIAEoAxIkCgRraW5kGAIgASgOMhYuaGFrdXJpdmVyLnYxLlRhc2tLaW5kEg0KBWltYWdlGAMgASgJEg8KB2NvbW1hbmQYBCABKAkSEQoJYXJndW1lbnRzGAUgAygJEjMKA2VudhgGIAMoCzImLmhha3VyaXZlci52MS5EaXNwYXRjaENvbW1hbmQuRW52RW50cnkSDQoFY29yZXMYByABKAUSFAoMbWVtb3J5X2J5dGVzGAggASgDEiMKBm1vdW50cxgJIAMoCzITLmhha3VyaXZlci52MS5Nb3VudBISCgpwcml2aWxlZ2VkGAogASgIEhYKDmNvbnRhaW5lcl9uYW1lGAsgASgJEg8KB2dwdV9pZHMYDCADKAUSDAoEY3B1cxgNIAMoBRIZCgxudW1hX25vZGVfaWQYDiABKAVIAIgBARIWCg5zc2hfcHVibGljX2tleRgPIAEoCRIqCgduZXR3b3JrGBAgASgOMhkuaGFrdXJpdmVyLnYxLlRhc2tOZXR3b3JrGioKCEVudkVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDwoNX251bWFfbm9kZV9pZCI1CgtLaWxsQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDEhUKDWdyYWNlX3NlY29uZHMYAiABKAEiHwoMUGF1c2VDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMiIAoNUmVzdW1lQ29tbWFuZBIPCgd0YXNrX2lkGAEgASgDIiEKDlJlbGVhc2VDb21tYW5kEg8KB3Rhc2tfaWQYASABKAMiPgoKVHVubmVsT3BlbhIRCgl0dW5uZWxfaWQYASABKAMSDwoHdGFza19pZBgCIAEoAxIMCgRwb3J0GAMgASgFIiEKDFR1bm5lbE9wZW5lZBIRCgl0dW5uZWxfaWQYASABKAMiLQoKVHVubmVsRGF0YRIRCgl0dW5uZWxfaWQYASABKAMSDAoEZGF0YRgCIAEoDCIvCgtUdW5uZWxDbG9zZRIRCgl0dW5uZWxfaWQYASABKAMSDQoFZXJyb3IYAiABKAkq1AEKD1J1bm5lclRhc2tTdGF0ZRIhCh1SVU5ORVJfVEFTS19TVEFURV9VTlNQRUNJRklFRBAAEh0KGVJVTk5FUl9UQVNLX1NUQVRFX1JVTk5JTkcQARIcChhSVU5ORVJfVEFTS19TVEFURV9QQVVTRUQQAhIcChhSVU5ORVJfVEFTS19TVEFURV9FWElURUQQAxIiCh5SVU5ORVJfVEFTS19TVEFURV9TVEFSVF9GQUlMRUQQBBIfChtSVU5ORVJfVEFTS19TVEFURV9QUkVQQVJJTkcQBTJbCg1SdW5uZXJTZXJ2aWNlEkoKB0Nvbm5lY3QSHC5oYWt1cml2ZXIudjEuQ29ubmVjdFJlcXVlc3QaHS5oYWt1cml2ZXIudjEuQ29ubmVjdFJlc3BvbnNlKAEwAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hakuriver_v1_node, file_hakuriver_v1_task]);
 
 /**
  * ConnectRequest is one message from a runner to the Host.
@@ -191,6 +191,15 @@ export type ConnectResponse = Message<"hakuriver.v1.ConnectResponse"> & {
      */
     value: DispatchCommand;
     case: "prepare";
+  } | {
+    /**
+     * Several releases at once, each as if sent alone; only to a Runner that registered
+     * with takes_release_batches.
+     *
+     * @generated from field: hakuriver.v1.ReleaseBatch releases = 12;
+     */
+    value: ReleaseBatch;
+    case: "releases";
   } | { case: undefined; value?: undefined };
 };
 
@@ -200,6 +209,25 @@ export type ConnectResponse = Message<"hakuriver.v1.ConnectResponse"> & {
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
   messageDesc(file_hakuriver_v1_runner_service, 2);
+
+/**
+ * ReleaseBatch carries several tasks the Host has finished with (a job array's ends).
+ *
+ * @generated from message hakuriver.v1.ReleaseBatch
+ */
+export type ReleaseBatch = Message<"hakuriver.v1.ReleaseBatch"> & {
+  /**
+   * @generated from field: repeated hakuriver.v1.ReleaseCommand releases = 1;
+   */
+  releases: ReleaseCommand[];
+};
+
+/**
+ * Describes the message hakuriver.v1.ReleaseBatch.
+ * Use `create(ReleaseBatchSchema)` to create a new message.
+ */
+export const ReleaseBatchSchema: GenMessage<ReleaseBatch> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_runner_service, 3);
 
 /**
  * DispatchBatch carries several tasks to start in one message (a job array placed at once).
@@ -218,7 +246,7 @@ export type DispatchBatch = Message<"hakuriver.v1.DispatchBatch"> & {
  * Use `create(DispatchBatchSchema)` to create a new message.
  */
 export const DispatchBatchSchema: GenMessage<DispatchBatch> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 3);
+  messageDesc(file_hakuriver_v1_runner_service, 4);
 
 /**
  * RegisterRunner describes the runner host and the task containers it found.
@@ -278,6 +306,13 @@ export type RegisterRunner = Message<"hakuriver.v1.RegisterRunner"> & {
    * @generated from field: bool prepares_ahead = 10;
    */
   preparesAhead: boolean;
+
+  /**
+   * The Runner takes ReleaseBatch messages.
+   *
+   * @generated from field: bool takes_release_batches = 11;
+   */
+  takesReleaseBatches: boolean;
 };
 
 /**
@@ -285,7 +320,7 @@ export type RegisterRunner = Message<"hakuriver.v1.RegisterRunner"> & {
  * Use `create(RegisterRunnerSchema)` to create a new message.
  */
 export const RegisterRunnerSchema: GenMessage<RegisterRunner> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 4);
+  messageDesc(file_hakuriver_v1_runner_service, 5);
 
 /**
  * AdoptTask tells a runner to keep a task it found and where to resume its logs.
@@ -318,7 +353,7 @@ export type AdoptTask = Message<"hakuriver.v1.AdoptTask"> & {
  * Use `create(AdoptTaskSchema)` to create a new message.
  */
 export const AdoptTaskSchema: GenMessage<AdoptTask> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 5);
+  messageDesc(file_hakuriver_v1_runner_service, 6);
 
 /**
  * RegisterAck reconciles the runner's tasks with the Host's records.
@@ -369,7 +404,7 @@ export type RegisterAck = Message<"hakuriver.v1.RegisterAck"> & {
  * Use `create(RegisterAckSchema)` to create a new message.
  */
 export const RegisterAckSchema: GenMessage<RegisterAck> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 6);
+  messageDesc(file_hakuriver_v1_runner_service, 7);
 
 /**
  * Heartbeat carries a health sample.
@@ -402,7 +437,7 @@ export type Heartbeat = Message<"hakuriver.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 7);
+  messageDesc(file_hakuriver_v1_runner_service, 8);
 
 /**
  * LoadedEnvironment names the tarball a Runner's environment image was loaded from.
@@ -428,7 +463,7 @@ export type LoadedEnvironment = Message<"hakuriver.v1.LoadedEnvironment"> & {
  * Use `create(LoadedEnvironmentSchema)` to create a new message.
  */
 export const LoadedEnvironmentSchema: GenMessage<LoadedEnvironment> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 8);
+  messageDesc(file_hakuriver_v1_runner_service, 9);
 
 /**
  * TaskStateReport tells the Host what happened to a task's container.
@@ -493,7 +528,7 @@ export type TaskStateReport = Message<"hakuriver.v1.TaskStateReport"> & {
  * Use `create(TaskStateReportSchema)` to create a new message.
  */
 export const TaskStateReportSchema: GenMessage<TaskStateReport> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 9);
+  messageDesc(file_hakuriver_v1_runner_service, 10);
 
 /**
  * LogChunk is a piece of a task's output at a byte offset.
@@ -529,7 +564,7 @@ export type LogChunk = Message<"hakuriver.v1.LogChunk"> & {
  * Use `create(LogChunkSchema)` to create a new message.
  */
 export const LogChunkSchema: GenMessage<LogChunk> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 10);
+  messageDesc(file_hakuriver_v1_runner_service, 11);
 
 /**
  * DispatchCommand asks a runner to start a task. Idempotent by task_id.
@@ -635,7 +670,7 @@ export type DispatchCommand = Message<"hakuriver.v1.DispatchCommand"> & {
  * Use `create(DispatchCommandSchema)` to create a new message.
  */
 export const DispatchCommandSchema: GenMessage<DispatchCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 11);
+  messageDesc(file_hakuriver_v1_runner_service, 12);
 
 /**
  * KillCommand asks a runner to stop a task: SIGTERM, then SIGKILL after the grace period.
@@ -659,7 +694,7 @@ export type KillCommand = Message<"hakuriver.v1.KillCommand"> & {
  * Use `create(KillCommandSchema)` to create a new message.
  */
 export const KillCommandSchema: GenMessage<KillCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 12);
+  messageDesc(file_hakuriver_v1_runner_service, 13);
 
 /**
  * PauseCommand asks a runner to freeze a task.
@@ -678,7 +713,7 @@ export type PauseCommand = Message<"hakuriver.v1.PauseCommand"> & {
  * Use `create(PauseCommandSchema)` to create a new message.
  */
 export const PauseCommandSchema: GenMessage<PauseCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 13);
+  messageDesc(file_hakuriver_v1_runner_service, 14);
 
 /**
  * ResumeCommand asks a runner to thaw a task.
@@ -697,7 +732,7 @@ export type ResumeCommand = Message<"hakuriver.v1.ResumeCommand"> & {
  * Use `create(ResumeCommandSchema)` to create a new message.
  */
 export const ResumeCommandSchema: GenMessage<ResumeCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 14);
+  messageDesc(file_hakuriver_v1_runner_service, 15);
 
 /**
  * ReleaseCommand tells a runner the Host has stored the task's final state: its container
@@ -717,7 +752,7 @@ export type ReleaseCommand = Message<"hakuriver.v1.ReleaseCommand"> & {
  * Use `create(ReleaseCommandSchema)` to create a new message.
  */
 export const ReleaseCommandSchema: GenMessage<ReleaseCommand> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 15);
+  messageDesc(file_hakuriver_v1_runner_service, 16);
 
 /**
  * TunnelOpen asks a Runner to connect to a VPS's SSH server for a client of the Host's
@@ -749,7 +784,7 @@ export type TunnelOpen = Message<"hakuriver.v1.TunnelOpen"> & {
  * Use `create(TunnelOpenSchema)` to create a new message.
  */
 export const TunnelOpenSchema: GenMessage<TunnelOpen> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 16);
+  messageDesc(file_hakuriver_v1_runner_service, 17);
 
 /**
  * TunnelOpened confirms the Runner reached the SSH server.
@@ -768,7 +803,7 @@ export type TunnelOpened = Message<"hakuriver.v1.TunnelOpened"> & {
  * Use `create(TunnelOpenedSchema)` to create a new message.
  */
 export const TunnelOpenedSchema: GenMessage<TunnelOpened> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 17);
+  messageDesc(file_hakuriver_v1_runner_service, 18);
 
 /**
  * TunnelData carries bytes of one tunnel, in order.
@@ -792,7 +827,7 @@ export type TunnelData = Message<"hakuriver.v1.TunnelData"> & {
  * Use `create(TunnelDataSchema)` to create a new message.
  */
 export const TunnelDataSchema: GenMessage<TunnelData> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 18);
+  messageDesc(file_hakuriver_v1_runner_service, 19);
 
 /**
  * TunnelClose ends a tunnel from either side.
@@ -818,7 +853,7 @@ export type TunnelClose = Message<"hakuriver.v1.TunnelClose"> & {
  * Use `create(TunnelCloseSchema)` to create a new message.
  */
 export const TunnelCloseSchema: GenMessage<TunnelClose> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_runner_service, 19);
+  messageDesc(file_hakuriver_v1_runner_service, 20);
 
 /**
  * RunnerTaskState is what a runner observed of a task's container.

@@ -53,7 +53,9 @@ def _first(seen: set[int], task_id: int) -> bool:
     return True
 
 
-REPORTS_IN_FLIGHT = 1024
+# Report messages (a report, or a batch of up to MAX_BATCH_MESSAGES) of one Runner being
+# stored at once.
+REPORT_MESSAGES_IN_FLIGHT = 256
 
 
 class RunnerLink:
@@ -82,9 +84,9 @@ class RunnerLink:
         self._foreign: set[int] = set()
         self._problems: set[int] = set()
         self.pace = Pace(RUNNER_MESSAGES_PER_SECOND)
-        # Reports being stored in the background (see RunnerGateway._later): bounded, so a
-        # Runner outpacing the database waits on its stream.
-        self.in_flight = asyncio.Semaphore(REPORTS_IN_FLIGHT)
+        # Report messages being stored in the background (see RunnerGateway._later):
+        # bounded, so a Runner outpacing the database waits on its stream.
+        self.in_flight = asyncio.Semaphore(REPORT_MESSAGES_IN_FLIGHT)
         self.closed = False
 
     def send(self, message: rpb.ConnectResponse) -> None:

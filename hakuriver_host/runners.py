@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -47,11 +47,11 @@ LOG_STREAMS: dict[int, str] = {
 
 
 async def _stored_then(
-    stores: list[Awaitable[None]], release: Callable[[int], None], task_id: int
+    stores: list[Awaitable[None]], release: Callable[[int], None], task_ids: list[int]
 ) -> None:
     for stored in stores:
         await stored
-    if task_id:
+    for task_id in task_ids:
         release(task_id)
 
 
@@ -220,11 +220,10 @@ class RunnerGateway:
             if self.nodes.heartbeat(link.hostname, msg.heartbeat):
                 await self.store.save_node(self.nodes.nodes[link.hostname].record())
         elif kind == "task_state":
-            await self._on_task_state(link, msg.task_state)
+            await self._on_reports(link, (msg.task_state,))
         elif kind == "task_states":
             check_batch(msg.task_states)
-            for report in msg.task_states.reports:
-                await self._on_task_state(link, report)
+            await self._on_reports(link, msg.task_states.reports)
         elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
             self.tunnels.on_message(link, msg)
         else:
@@ -278,12 +277,28 @@ class RunnerGateway:
             )
         return False
 
-    async def _on_task_state(self, link: RunnerLink, report: rpb.TaskStateReport) -> None:
-        """Apply a report in memory now and store it in the background, so that the next
-        reports on the stream are read meanwhile and their writes share a transaction
-        (the store keeps a node's changes in order). A container is released only once
-        its task's final status is stored, and ``_later`` bounds the writes in flight per
-        Runner."""
+    async def _on_reports(self, link: RunnerLink, reports: Iterable[rpb.TaskStateReport]) -> None:
+        """Apply a message's reports in memory now and store them in the background, so
+        that the next messages on the stream are read meanwhile and their writes share a
+        transaction (the store keeps a node's changes in order). A container is released
+        only once its task's final status is stored, and ``_later`` bounds the messages
+        being stored per Runner."""
+        stores: list[Awaitable[None]] = []
+        releases: list[int] = []
+        for report in reports:
+            self._on_task_state(link, report, stores, releases)
+        if stores or releases:
+            await self._later(link, _stored_then(stores, link.release, releases))
+
+    def _on_task_state(
+        self,
+        link: RunnerLink,
+        report: rpb.TaskStateReport,
+        stores: list[Awaitable[None]],
+        releases: list[int],
+    ) -> None:
+        """One report: its change made in memory, its writes added to ``stores``, and its
+        task to ``releases`` when the Runner may drop its container once they are stored."""
         task = self.book.active.get(report.task_id)
         if task is not None and task.assigned_node != link.hostname:
             self._owns(link, report.task_id, "state report")
@@ -298,7 +313,6 @@ class RunnerGateway:
                 self.output_errors.get(task.task_id, ""),
             )
         outcome = on_report(facts, report)
-        stores: list[Awaitable[None]] = []
         if task is not None:
             if Effect.NOTE_DETAIL in outcome.effects:
                 stores.append(self.book.note(task, outcome.detail, status_detail=outcome.detail))
@@ -308,11 +322,8 @@ class RunnerGateway:
                 )
             if Effect.STARTED in outcome.effects:
                 self._observe_started(link, task)
-        release = Effect.RELEASE in outcome.effects
-        if stores or release:
-            await self._later(
-                link, _stored_then(stores, link.release, report.task_id if release else 0)
-            )
+        if Effect.RELEASE in outcome.effects:
+            releases.append(report.task_id)
 
     async def _later(self, link: RunnerLink, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background once the link has room for it. A failure (the
@@ -327,7 +338,7 @@ class RunnerGateway:
             link.in_flight.release()
             if not finished.cancelled() and finished.exception() is not None:
                 log.error(
-                    "runner %s: a report could not be stored: %r",
+                    "runner %s: reports could not be stored: %r",
                     link.hostname,
                     finished.exception(),
                 )

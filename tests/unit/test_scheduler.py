@@ -119,6 +119,27 @@ def test_never_fits_names_the_limit() -> None:
     assert scheduler.never_fits(Request(1, 8, 64, gpu_count=1)) is None
 
 
+def test_never_fits_follows_the_nodes_hardware() -> None:
+    """Its answers are kept per request shape: a node added, changed or removed since must
+    change them."""
+    scheduler = Scheduler()
+    assert scheduler.never_fits(Request(1, 1, 0)) == "no runner has registered yet"
+    scheduler.upsert_node("a", tuple(range(4)), 64)
+    big = Request(2, 8, 0)
+    assert scheduler.never_fits(big) == "cores: 8 requested but any node has at most 4"
+    scheduler.upsert_node("b", tuple(range(8)), 64)
+    assert scheduler.never_fits(Request(3, 8, 0)) is None
+    assert scheduler.never_fits(Request(4, 1, 0, target="c")) == "target: unknown host 'c'"
+    scheduler.upsert_node("c", (0,), 64)
+    assert scheduler.never_fits(Request(5, 1, 0, target="c")) is None
+    scheduler.upsert_node("b", tuple(range(2)), 64)
+    assert scheduler.never_fits(big) == "cores: 8 requested but any node has at most 4"
+    scheduler.remove_node("a")
+    assert scheduler.never_fits(Request(6, 3, 0)) == (
+        "cores: 3 requested but any node has at most 2"
+    )
+
+
 def test_release_is_idempotent_and_restores_everything() -> None:
     scheduler = two_numa_node(gpus=(0, 1))
     allocation = scheduler.choose(Request(1, 3, 50, gpu_count=1))

@@ -82,6 +82,20 @@ class TaskRecord(SQLModel, table=True):
     array_max_running: int = 0
 
 
+def assign(task: TaskRecord, changes: dict[str, Any]) -> None:
+    """Set fields of a task held in memory. Those are detached from any session (the store
+    writes their changes itself, by column), so SQLAlchemy's change history and pydantic's
+    assignment hook do nothing useful for them, at ~1.6 us a field through ``setattr``:
+    three changes a task, several fields each."""
+    if not changes.keys() <= _TASK_FIELDS:
+        unknown = sorted(changes.keys() - _TASK_FIELDS)
+        raise AttributeError(f"TaskRecord has no fields {unknown}")
+    task.__dict__.update(changes)
+
+
+_TASK_FIELDS = frozenset(TaskRecord.model_fields)
+
+
 class TaskEventRecord(SQLModel, table=True):
     __tablename__ = "task_events"
 

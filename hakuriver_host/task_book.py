@@ -18,7 +18,7 @@ from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
+from hakuriver_host.models import TaskEventRecord, TaskRecord, assign, utcnow
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 from hakuriver_host.store import Store, TaskWrite
 from hakuriver_host.task_machine import transition
@@ -165,8 +165,7 @@ class TaskBook:
     ) -> asyncio.Future[None]:
         """``persist`` in two halves like ``apply``: made in memory now and its write queued;
         the future is done once it is stored."""
-        for name, value in changes.items():
-            setattr(task, name, value)
+        assign(task, changes)
         events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
         return self.store.queue_write(
             _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=events
@@ -197,8 +196,7 @@ class TaskBook:
             changes.setdefault("started_at", now)
         if new.is_final and task.completed_at is None:
             changes.setdefault("completed_at", now)
-        for name, value in changes.items():
-            setattr(task, name, value)
+        assign(task, changes)
         self._change += 1
         # Watchers get the task as this change left it (it may change again before they
         # are told: a Runner's reports are stored in the background).

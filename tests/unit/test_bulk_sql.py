@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlmodel import Session, select
 
 from hakuriver_host.bulk_sql import BulkStatements
-from hakuriver_host.models import TaskEventRecord, TaskRecord
+from hakuriver_host.models import TaskEventRecord, TaskRecord, assign
 from hakuriver_host.store import Store
 
 NOW = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
@@ -67,3 +68,14 @@ def test_bulk_rows_read_back_as_the_orm_writes_them(tmp_path: Path) -> None:
         assert (event.task_id, event.status, event.at, event.detail) == (2, "pending", NOW, "x")
     finally:
         store.close()
+
+
+def test_assign_sets_fields_of_a_task_in_memory_and_refuses_unknown_ones() -> None:
+    task = TaskRecord(task_id=1, command="true", status="pending", submitted_at=NOW)
+    assign(task, {"status": "running", "exit_code": 3})
+    assert (task.status, task.exit_code) == ("running", 3)
+    assert task.model_copy().status == "running"
+    assert task.model_dump()["exit_code"] == 3
+    with pytest.raises(AttributeError, match=r"\['statu'\]"):
+        assign(task, {"statu": "killed", "exit_code": 4})
+    assert (task.status, task.exit_code) == ("running", 3)

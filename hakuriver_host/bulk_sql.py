@@ -35,11 +35,25 @@ class _Statement:
     read: Callable[[Mapping[str, Any]], Any]
     converters: list[tuple[int, Converter]]
 
-    def values(self, row: Mapping[str, Any]) -> list[Any]:
-        values = list(self.read(row)) if len(self.names) > 1 else [self.read(row)]
-        for index, convert in self.converters:
-            values[index] = convert(values[index])
-        return values
+    def values(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """The rows' parameters, converted. A value that is the very object the row
+        before had in that column is converted once: a job array's rows share their submission time
+        and their first events' (a time's conversion is ~2 us, SQLite's text format)."""
+        last: dict[int, tuple[Any, Any]] = {}
+        many = len(self.names) > 1
+        out = []
+        for row in rows:
+            values = list(self.read(row)) if many else [self.read(row)]
+            for index, convert in self.converters:
+                value = values[index]
+                seen = last.get(index)
+                if seen is not None and seen[0] is value:
+                    values[index] = seen[1]
+                else:
+                    values[index] = converted = convert(value)
+                    last[index] = (value, converted)
+            out.append(values)
+        return out
 
 
 @dataclass(frozen=True)
@@ -77,10 +91,10 @@ class BulkStatements:
             statement = self._statement(kind, columns)
             values: list[Any]
             if self._dialect.positional:
-                values = [tuple(statement.values(row)) for row in same]
+                values = [tuple(row) for row in statement.values(same)]
             else:
                 names = statement.names
-                values = [dict(zip(names, statement.values(row), strict=True)) for row in same]
+                values = [dict(zip(names, row, strict=True)) for row in statement.values(same)]
             prepared.append(Prepared(statement.sql, values))
         return prepared
 

@@ -18,7 +18,7 @@ from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import TaskEventRecord, TaskRecord, assign, utcnow
+from hakuriver_host.models import TaskEventRecord, TaskRecord, assign, task_row, utcnow
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 from hakuriver_host.store import Store, TaskWrite
 from hakuriver_host.task_machine import transition
@@ -70,13 +70,9 @@ def _write_key(task: TaskRecord) -> Hashable:
     return task.assigned_node or task.task_id
 
 
-def _rows_and_events(
-    records: list[TaskRecord], at: datetime, detail: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """New tasks' rows and their first events, as the store takes them."""
-    return [r.model_dump() for r in records], [
-        _event(r.task_id, r.status, at, detail) for r in records
-    ]
+def _events(records: list[TaskRecord], at: datetime, detail: str) -> list[dict[str, Any]]:
+    """New tasks' first events, as the store takes them."""
+    return [_event(r.task_id, r.status, at, detail) for r in records]
 
 
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
@@ -134,8 +130,8 @@ class TaskBook:
         if len(records) >= OFF_LOOP_TASKS:
             write = await asyncio.to_thread(self._prepared, records, now, detail)
         else:
-            rows, events = _rows_and_events(records, now, detail)
-            write = TaskWrite(rows, [], events)
+            rows = [r.model_dump() for r in records]
+            write = TaskWrite(rows, [], _events(records, now, detail))
         await self.store.insert_tasks(write)
         self.active.update((record.task_id, record) for record in records)
         for start in range(0, len(records), QUEUE_SLICE):
@@ -153,7 +149,10 @@ class TaskBook:
             self.metrics.tasks_added(kind, count)
 
     def _prepared(self, records: list[TaskRecord], at: datetime, detail: str) -> TaskWrite:
-        return self.store.prepare_new_tasks(*_rows_and_events(records, at, detail))
+        """Converted at once, before the tasks are known to anyone: their rows can share
+        the tasks' own values."""
+        rows = [task_row(r) for r in records]
+        return self.store.prepare_new_tasks(rows, _events(records, at, detail))
 
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when

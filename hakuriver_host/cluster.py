@@ -137,6 +137,7 @@ class Cluster:
         self._admission = _AdmissionView(self)
         self._kick = asyncio.Event()
         self.ahead = PreparedAhead()
+        self.scheduler.made_ready = self.ahead.allocations
         # Submitters waiting for the next placement pass to finish.
         self._pass_waiters: list[asyncio.Future[None]] = []
         self._stopped = False

@@ -4,8 +4,10 @@ After each placement pass the scheduler foresees which queued tasks each busy no
 next, and where on it (``Scheduler.lookahead``); the node's Runner gets a prepare message for
 each and creates its container, not started. When the task is placed there as foreseen, its
 dispatch only starts the container; placed elsewhere, on other CPUs, ended while queued, or no
-longer foreseen, the prepared container is released. Nothing here is stored: a hint lost
-with a Host or a stream costs only the time it would have saved.
+longer foreseen, the prepared container is released. Which of a node's tasks ends first is a
+guess, so a pass places, of alike queued tasks, one made ready for the CPUs that freed up
+(``Scheduler._made_ready_for``). Nothing here is stored: a hint lost with a Host or a stream
+costs only the time it would have saved.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class PreparedAhead:
     def __init__(self) -> None:
         # Task id -> the link it was prepared on and the allocation it was prepared for.
         self._sent: dict[int, tuple[RunnerLink, Allocation]] = {}
+        # Task id -> the allocation it was prepared for (what the scheduler reads).
+        self.allocations: dict[int, Allocation] = {}
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -40,8 +44,11 @@ class PreparedAhead:
         link_of: Callable[[str], RunnerLink | None],
         task_of: Callable[[int], TaskRecord | None],
     ) -> None:
-        """Prepare what is foreseen and not prepared yet (or prepared for another place);
-        release what was prepared and is no longer foreseen."""
+        """Prepare what is foreseen and not prepared yet (or prepared on another node);
+        release what was prepared and is no longer foreseen. One foreseen on its node again
+        but on other CPUs keeps what was prepared: which of a node's tasks ends first is a
+        guess, and a pass places a task made ready for the CPUs that did free up first
+        (Scheduler._made_ready_for), where making it again would cost its container."""
         wanted: dict[int, tuple[Allocation, TaskRecord]] = {}
         for request, allocation in foreseen:
             task = task_of(request.task_id)
@@ -50,7 +57,8 @@ class PreparedAhead:
         for task_id, (link, allocation) in list(self._sent.items()):
             if link.closed:
                 del self._sent[task_id]
-            elif task_id not in wanted or wanted[task_id][0] != allocation:
+                self.allocations.pop(task_id, None)
+            elif task_id not in wanted or wanted[task_id][0].hostname != allocation.hostname:
                 self.drop(task_id)
         for task_id, (allocation, task) in wanted.items():
             if task_id in self._sent:
@@ -60,16 +68,19 @@ class PreparedAhead:
                 continue
             target.prepare(dispatch_of(task, allocation))
             self._sent[task_id] = (target, allocation)
+            self.allocations[task_id] = allocation
 
     def placed(self, task_id: int, allocation: Allocation) -> None:
         """The task was placed: a container prepared for anything else is released (the
         Runner replaces one prepared on its own node for other CPUs by itself)."""
         sent = self._sent.pop(task_id, None)
+        self.allocations.pop(task_id, None)
         if sent is not None and sent[0].hostname != allocation.hostname and not sent[0].closed:
             sent[0].release(task_id)
 
     def drop(self, task_id: int) -> None:
         """Release what was prepared for the task (it ended, or is foreseen elsewhere)."""
         sent = self._sent.pop(task_id, None)
+        self.allocations.pop(task_id, None)
         if sent is not None and not sent[0].closed:
             sent[0].release(task_id)

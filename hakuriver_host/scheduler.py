@@ -18,7 +18,7 @@ Policy (docs/scheduling.md):
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from hakuriver_common.ids import id_timestamp_ms
@@ -157,6 +157,9 @@ def _fit_key(node: NodeResources) -> tuple[int, int, int, str]:
     return (node.free_cores, node.free_memory_bytes, len(node.free_gpus), node.hostname)
 
 
+# How many requests behind a line's head a pass looks at for one made ready where the head
+# would go (Scheduler._made_ready_for).
+MADE_READY_BEHIND = 8
 # Request shapes whose never_fits answer is kept (more distinct shapes start it afresh).
 NEVER_FITS_SHAPES = 1024
 
@@ -173,6 +176,11 @@ class Scheduler:
         # Changes to the nodes other than placements (releases, hardware, online, draining):
         # a placement pass read across one ranks the nodes again.
         self._changes = 0
+        # Where queued requests were made ready ahead of their start (their Runner created
+        # their containers: see prepared_ahead.py), set by the Cluster; and the requests a
+        # pass placed another one ahead of, once, for that (see ``_made_ready_for``).
+        self.made_ready: Mapping[int, Allocation] = {}
+        self._passed_over: set[int] = set()
         # never_fits' answers by request shape, until a node's hardware changes (it scanned
         # every node for each submission: ~4% of the Host's CPU under single submits).
         self._never_fits: dict[tuple[object, ...], str | None] = {}
@@ -327,6 +335,7 @@ class Scheduler:
         if group:
             self._group_of[task_id] = group
             self._holding[group] = self._holding.get(group, 0) + 1
+        self._passed_over.discard(task_id)
         node.hold(task_id, allocation)
 
     def release(self, hostname: str, task_id: int) -> bool:
@@ -398,6 +407,8 @@ class Scheduler:
                     if hostname is not None:
                         reserved.add(hostname)
                 continue
+            if self.made_ready:
+                request = self._made_ready_for(queue, key, request, allocation)
             self.allocate(request.task_id, allocation, request.group)
             streak = (key, best, self._changes)
             queue.discard(request.task_id)
@@ -405,6 +416,32 @@ class Scheduler:
             if following is not None:
                 heapq.heappush(heads, (_rank(following), key))
             yield request, allocation
+
+    def _made_ready_for(
+        self, queue: PendingQueue, key: tuple[object, ...], head: Request, allocation: Allocation
+    ) -> Request:
+        """The request of a line to place in ``allocation``: its head, unless the head was
+        made ready for other CPUs of that node and one of the few alike requests right
+        behind it (same priority) was made ready for exactly these. Then that one: a
+        prepared container whose CPUs differ is made again (its CPUs are in its
+        environment), which is most of what preparing saves when tasks end in another
+        order than foreseen. The head keeps its place and is passed over at most once, so
+        it waits at most for one more end."""
+        ready = self.made_ready.get(head.task_id)
+        if (
+            ready is None
+            or ready == allocation
+            or ready.hostname != allocation.hostname
+            or head.task_id in self._passed_over
+        ):
+            return head
+        for twin in queue.first(key, MADE_READY_BEHIND + 1)[1:]:
+            if twin.priority == head.priority and self.made_ready.get(twin.task_id) == allocation:
+                if len(self._passed_over) > 4 * len(self.made_ready) + 64:
+                    self._passed_over &= self.made_ready.keys()
+                self._passed_over.add(head.task_id)
+                return twin
+        return head
 
     def place_now(self, queue: PendingQueue, request: Request) -> Allocation | None:
         """Place one queued request at once, outside a pass, if it fits now and no request

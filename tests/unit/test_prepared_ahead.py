@@ -11,7 +11,12 @@ import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.models import TaskRecord
+from hakuriver_host.prepared_ahead import PreparedAhead
+from hakuriver_host.runner_link import RunnerLink
+from hakuriver_host.scheduler import Allocation
 from hakuriver_host.store import Store, TaskWrite
+from hakuriver_host.task_book import request_of
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster
@@ -48,6 +53,31 @@ async def test_queued_tasks_are_prepared_where_they_start_and_released_when_kill
     assert (await local_cluster.kill(fourth.task_id)).status == task_pb2.TASK_STATUS_KILLED
     await eventually(lambda: fourth.task_id in runner.released, what="the fourth released")
     assert third.task_id not in runner.released
+
+
+async def test_when_tasks_end_in_another_order_the_one_made_ready_for_the_freed_cpus_starts(
+    local_cluster: LocalCluster,
+) -> None:
+    """Foreseen: the first to end first. The second ends first: the task prepared for its
+    CPUs starts (its dispatch is what was prepared), not the head of the queue, which
+    starts on the next CPUs to free, as prepared too. No container is made twice."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD, prepares_ahead=True)
+    first, second = await local_cluster.submit_running(2, cores=1)
+    third, fourth = [await local_cluster.submit("queued", cores=1) for _ in range(2)]
+    await eventually(lambda: len(runner.prepares) >= 2, what="two prepare hints")
+    prepared = {p.task_id: p for p in runner.prepares}
+    assert list(prepared[fourth.task_id].cpus) == list(second.assigned_cpus)
+
+    runner.finish(second.task_id)
+    started = await local_cluster.wait_status(fourth.task_id, TaskStatus.RUNNING)
+    assert list(started.assigned_cpus) == list(second.assigned_cpus)
+    assert runner.tasks[fourth.task_id].dispatch == prepared[fourth.task_id]
+    assert status_is_pending(await local_cluster.get(third.task_id))
+
+    runner.finish(first.task_id)
+    await local_cluster.wait_status(third.task_id, TaskStatus.RUNNING)
+    assert runner.tasks[third.task_id].dispatch == prepared[third.task_id]
+    assert [p.task_id for p in runner.prepares] == [third.task_id, fourth.task_id]
 
 
 async def test_no_hints_to_a_runner_that_does_not_prepare_or_when_turned_off(
@@ -118,3 +148,29 @@ async def test_freed_cores_are_placed_at_once_and_dispatched_only_after_the_end_
     [placed] = [e for e in reply.events if e.status == task_pb2.TASK_STATUS_ASSIGNING]
     # Placed while the end was still being stored (it took 0.5 s).
     assert placed.at.ToNanoseconds() / 1e9 < stored_at[first.task_id] - 0.2
+
+
+def test_foreseen_on_other_cpus_of_its_node_it_stays_as_prepared() -> None:
+    """Which of a node's tasks ends first is a guess that changes as they end; a task foreseen
+    on its node again, on other CPUs, keeps its container (a pass places it where it was
+    made ready when those CPUs free up). Foreseen on another node, it is prepared there."""
+    links = {name: RunnerLink(name, batches=True, prepares=True) for name in ("a", "b")}
+    task = TaskRecord(task_id=7, command="true", status="pending", container_name="x")
+    request = request_of(task)
+    ahead = PreparedAhead()
+
+    def foresee(hostname: str, cpu: int) -> list[str]:
+        ahead.update([(request, Allocation(hostname, (cpu,), 0))], links.get, {7: task}.get)
+        sent = []
+        for link in links.values():
+            while not link.outbox.empty():
+                message = link.outbox.get_nowait()
+                assert message is not None
+                sent.append(f"{link.hostname}:{message.WhichOneof('payload')}")
+        return sent
+
+    assert foresee("a", 0) == ["a:prepare"]
+    assert foresee("a", 1) == []
+    assert ahead.allocations == {7: Allocation("a", (0,), 0)}
+    assert foresee("b", 1) == ["a:release", "b:prepare"]
+    assert ahead.allocations == {7: Allocation("b", (1,), 0)}

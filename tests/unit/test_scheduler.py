@@ -140,6 +140,57 @@ def test_never_fits_follows_the_nodes_hardware() -> None:
     )
 
 
+def test_a_pass_places_the_task_made_ready_for_the_cpus_that_freed_up_passing_the_head_once() -> (
+    None
+):
+    """Two CPUs busy, three alike tasks queued, the first two made ready for CPU 0 and CPU 1
+    (as foreseen). CPU 1 frees first: the one made ready for it starts, the head keeps its
+    place; the next end starts the head wherever it is, as it was passed over once."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1), 64)
+    on = {cpu: Allocation("a", (cpu,), 0) for cpu in (0, 1)}
+    scheduler.allocate(1, on[0])
+    scheduler.allocate(2, on[1])
+    head, twin, third, fourth = (Request(n, 1, 0) for n in (10, 11, 12, 13))
+    scheduler.made_ready = {head.task_id: on[0], twin.task_id: on[1]}
+    queue = PendingQueue([head, twin, third, fourth])
+
+    scheduler.release("a", 2)
+    assert scheduler.plan(queue, NOW) == [(twin, on[1])]
+    assert [r.task_id for r in queue.ranked()] == [10, 12, 13]
+
+    # The head was passed over once: the next free CPUs are its own, whatever it was made
+    # ready for (the third was made ready for them).
+    scheduler.made_ready = {head.task_id: on[0], third.task_id: on[1]}
+    scheduler.release("a", twin.task_id)
+    assert scheduler.plan(queue, NOW) == [(head, on[1])]
+
+    # Without anything made ready, queue order alone.
+    scheduler.made_ready = {}
+    scheduler.release("a", 1)
+    assert scheduler.plan(queue, NOW) == [(third, on[0])]
+
+
+def test_a_task_made_ready_behind_with_another_priority_or_elsewhere_is_not_taken() -> None:
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1), 64)
+    scheduler.upsert_node("b", (0, 1), 64)
+    on_a1 = Allocation("a", (1,), 0)
+    for n, cpu in ((1, 0), (2, 1)):
+        scheduler.allocate(n, Allocation("a", (cpu,), 0))
+        scheduler.allocate(n + 2, Allocation("b", (cpu,), 0))
+    head, low = Request(10, 1, 0, target="a"), Request(11, 1, 0, target="a", priority=-1)
+    scheduler.made_ready = {head.task_id: Allocation("a", (0,), 0), low.task_id: on_a1}
+    scheduler.release("a", 2)
+    assert scheduler.plan(PendingQueue([head, low]), NOW) == [(head, on_a1)]
+
+    # Made ready on another node than the CPUs freed: not a reason to pass the head.
+    scheduler.release("a", head.task_id)
+    head, twin = Request(20, 1, 0), Request(21, 1, 0)
+    scheduler.made_ready = {head.task_id: Allocation("b", (0,), 0), twin.task_id: on_a1}
+    assert scheduler.plan(PendingQueue([head, twin]), NOW) == [(head, on_a1)]
+
+
 def test_release_is_idempotent_and_restores_everything() -> None:
     scheduler = two_numa_node(gpus=(0, 1))
     allocation = scheduler.choose(Request(1, 3, 50, gpu_count=1))

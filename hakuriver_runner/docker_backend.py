@@ -174,6 +174,11 @@ class DockerBackend:
         # Exits already read when an attachment ended (the wait's result and the inspected
         # container), for ``wait``.
         self._exited: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        # Command containers this Runner just started, by id, and when: ``state`` answers
+        # for them without asking the daemon (an inspect right after a start waits behind
+        # the daemon's other starts, ~30 ms on a busy node, before the task's output is
+        # read and its end seen). Their exit reports carry Docker's own times.
+        self._just_started: dict[str, datetime] = {}
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -539,6 +544,9 @@ class DockerBackend:
         attached = self._attach(dispatch.task_id, container) if command else None
         try:
             container.start()
+            if command:
+                with self._attaching:
+                    self._just_started[container.id] = datetime.now(UTC)
         except docker.errors.NotFound:
             self._detach(container.id, attached)
             return None
@@ -602,6 +610,10 @@ class DockerBackend:
     def state(self, container: Any) -> tuple[str, datetime | None]:
         """As the backend protocol says; a container created but never started is started
         first (see ``_start_if_created``)."""
+        with self._attaching:
+            started_at = self._just_started.pop(container.id, None)
+        if started_at is not None:
+            return "running", started_at
         container.reload()
         self._start_if_created(container)
         state = container.attrs["State"]
@@ -615,6 +627,7 @@ class DockerBackend:
         away_since: float | None = None
         with self._attaching:
             known = self._exited.pop(container.id, None)
+            self._just_started.pop(container.id, None)
         while True:
             if known is not None:
                 result, container.attrs = known

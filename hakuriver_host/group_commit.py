@@ -5,11 +5,12 @@ together in the next call. Under load this turns one thread hop (and one GIL han
 item into one per batch; when idle, an item is applied at once.
 
 Items are applied in the order they were queued among those of one key (by default every
-item has the same key). With a ``limit``, a batch takes at most that many calls'
-items, whole keys first, and a key with few calls queued (``EXPRESS`` or fewer) while
-others have more goes in a small batch of its own, ahead of them: it waits for the batch
-being applied, never for another key's thousands queued before it. Batches of such keys and
-of the rest take turns, so neither waits for ever.
+item has the same key). With a ``limit``, a batch weighs at most that much (a call's weight
+is what ``weight`` says of its items, by default how many there are; a call heavier than
+the limit goes alone), whole keys first, and a key with little queued (``EXPRESS`` or less)
+while others have more goes in a small batch of its own, ahead of them: it waits for the
+batch being applied, never for another key's thousands queued before it. Batches of such
+keys and of the rest take turns, so neither waits for ever.
 """
 
 from __future__ import annotations
@@ -21,20 +22,27 @@ from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-# Calls a key may have queued and still go ahead of keys with more.
+# The weight a key may have queued and still go ahead of keys with more.
 EXPRESS = 4
-_Queued = tuple[list[T], asyncio.Future[None]]
+_Queued = tuple[list[T], asyncio.Future[None], int]
 
 
 class GroupCommit(Generic[T]):
     def __init__(
-        self, apply: Callable[[list[T]], None], executor: Executor, limit: int | None = None
+        self,
+        apply: Callable[[list[T]], None],
+        executor: Executor,
+        limit: int | None = None,
+        weight: Callable[[list[T]], int] = len,
     ) -> None:
         self._apply = apply
         self._executor = executor
         self._limit = limit
-        # Each key's calls in order; a key leaves once it has none queued.
+        self._weight = weight
+        # Each key's calls in order, with their weights, and each key's weight queued; a
+        # key leaves once it has none queued.
         self._queued: dict[Hashable, deque[_Queued[T]]] = {}
+        self._weights: dict[Hashable, int] = {}
         self._worker: asyncio.Task[None] | None = None
         self._express_last = False
 
@@ -49,7 +57,9 @@ class GroupCommit(Generic[T]):
         queue = self._queued.get(key)
         if queue is None:
             queue = self._queued[key] = deque()
-        queue.append((items, done))
+        weight = self._weight(items)
+        queue.append((items, done, weight))
+        self._weights[key] = self._weights.get(key, 0) + weight
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         return done
@@ -57,7 +67,7 @@ class GroupCommit(Generic[T]):
     def _take(self) -> list[_Queued[T]]:
         if self._limit is None:
             return self._take_keys(list(self._queued), None)
-        few = [key for key, queue in self._queued.items() if len(queue) <= EXPRESS]
+        few = [key for key, weight in self._weights.items() if weight <= EXPRESS]
         if few and len(few) < len(self._queued) and not self._express_last:
             self._express_last = True
             return self._take_keys(few, self._limit)
@@ -65,30 +75,35 @@ class GroupCommit(Generic[T]):
         return self._take_keys(list(self._queued), self._limit)
 
     def _take_keys(self, keys: list[Hashable], limit: int | None) -> list[_Queued[T]]:
-        """The calls of ``keys``, each key's oldest first, up to ``limit`` of them."""
+        """The calls of ``keys``, each key's oldest first, weighing up to ``limit`` (at
+        least one call)."""
         batch: list[_Queued[T]] = []
+        taken = 0
         for key in keys:
             queue = self._queued[key]
-            while queue and (limit is None or len(batch) < limit):
-                batch.append(queue.popleft())
-            if not queue:
-                del self._queued[key]
-            if limit is not None and len(batch) >= limit:
+            while queue and (limit is None or not batch or taken + queue[0][2] <= limit):
+                call = queue.popleft()
+                batch.append(call)
+                taken += call[2]
+                self._weights[key] -= call[2]
+            if queue:  # the limit is reached
                 break
+            del self._queued[key]
+            del self._weights[key]
         return batch
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queued:
             batch = self._take()
-            items = [item for chunk, _ in batch for item in chunk]
+            items = [item for chunk, _, _ in batch for item in chunk]
             try:
                 await loop.run_in_executor(self._executor, self._apply, items)
             except Exception as exc:
-                for _, done in batch:
+                for _, done, _ in batch:
                     if not done.done():
                         done.set_exception(exc)
             else:
-                for _, done in batch:
+                for _, done, _ in batch:
                     if not done.done():
                         done.set_result(None)

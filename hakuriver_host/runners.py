@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -33,7 +33,7 @@ from hakuriver_host.runner_checks import (
     check_register,
 )
 from hakuriver_host.runner_link import RunnerLink
-from hakuriver_host.store import Store
+from hakuriver_host.store import WRITE_BATCH, Store
 from hakuriver_host.task_book import TaskBook
 from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
@@ -280,50 +280,52 @@ class RunnerGateway:
     async def _on_reports(self, link: RunnerLink, reports: Iterable[rpb.TaskStateReport]) -> None:
         """Apply a message's reports in memory now and store them in the background, so
         that the next messages on the stream are read meanwhile and their writes share a
-        transaction (the store keeps a node's changes in order). A container is released
-        only once its task's final status is stored, and ``_later`` bounds the messages
-        being stored per Runner."""
+        transaction (the store keeps a node's changes in order). Their status changes are
+        one write (``TaskBook.apply_together``). A container is released only once its
+        task's final status is stored, and ``_later`` bounds the messages being stored per
+        Runner."""
         stores: list[Awaitable[None]] = []
+        changes: list[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]] = []
         releases: list[int] = []
         for report in reports:
-            self._on_task_state(link, report, stores, releases)
+            task = self.book.active.get(report.task_id)
+            if task is not None and task.assigned_node != link.hostname:
+                self._owns(link, report.task_id, "state report")
+                task = None
+            outcome = on_report(self._facts(task), report)
+            if task is not None:
+                if Effect.NOTE_DETAIL in outcome.effects:
+                    if changes:  # in the order they were made
+                        stores.append(self.book.apply_together(changes))
+                        changes = []
+                    stores.append(
+                        self.book.note(task, outcome.detail, status_detail=outcome.detail)
+                    )
+                if outcome.status is not None:
+                    changes.append((task, outcome.status, outcome.detail, outcome.fields))
+                    if len(changes) >= WRITE_BATCH:  # a transaction's worth
+                        stores.append(self.book.apply_together(changes))
+                        changes = []
+                if Effect.STARTED in outcome.effects:
+                    self._observe_started(link, task)
+            if Effect.RELEASE in outcome.effects:
+                releases.append(report.task_id)
+        if changes:
+            stores.append(self.book.apply_together(changes))
         if stores or releases:
             await self._later(link, _stored_then(stores, link.release, releases))
 
-    def _on_task_state(
-        self,
-        link: RunnerLink,
-        report: rpb.TaskStateReport,
-        stores: list[Awaitable[None]],
-        releases: list[int],
-    ) -> None:
-        """One report: its change made in memory, its writes added to ``stores``, and its
-        task to ``releases`` when the Runner may drop its container once they are stored."""
-        task = self.book.active.get(report.task_id)
-        if task is not None and task.assigned_node != link.hostname:
-            self._owns(link, report.task_id, "state report")
-            task = None
-        facts = None
-        if task is not None:
-            facts = TaskFacts(
-                TaskStatus(task.status),
-                task.kill_requested,
-                task.required_memory_bytes,
-                task.ssh_port,
-                self.output_errors.get(task.task_id, ""),
-            )
-        outcome = on_report(facts, report)
-        if task is not None:
-            if Effect.NOTE_DETAIL in outcome.effects:
-                stores.append(self.book.note(task, outcome.detail, status_detail=outcome.detail))
-            if outcome.status is not None:
-                stores.append(
-                    self.book.apply(task, outcome.status, outcome.detail, **outcome.fields)
-                )
-            if Effect.STARTED in outcome.effects:
-                self._observe_started(link, task)
-        if Effect.RELEASE in outcome.effects:
-            releases.append(report.task_id)
+    def _facts(self, task: TaskRecord | None) -> TaskFacts | None:
+        """What the state machine reads of a task a report is about (None: not active)."""
+        if task is None:
+            return None
+        return TaskFacts(
+            TaskStatus(task.status),
+            task.kill_requested,
+            task.required_memory_bytes,
+            task.ssh_port,
+            self.output_errors.get(task.task_id, ""),
+        )
 
     async def _later(self, link: RunnerLink, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background once the link has room for it. A failure (the

@@ -34,8 +34,9 @@ from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
 
 T = TypeVar("T")
-# Task changes per transaction, at most: bounds how long a node's change waits behind
-# another node's (see group_commit), at little cost to a job array's throughput.
+# Task rows changed per transaction, at most (a write bigger than that goes alone): bounds
+# how long a node's change waits behind another node's (see group_commit), at little cost
+# to a job array's throughput.
 WRITE_BATCH = 256
 
 
@@ -70,6 +71,11 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
 
 
+def _rows(writes: list[TaskWrite]) -> int:
+    """A queued write's weight in a transaction: its rows changed."""
+    return max(1, sum(len(w.updates) for w in writes))
+
+
 @dataclass(frozen=True)
 class TaskWrite:
     inserts: list[dict[str, Any]]
@@ -83,7 +89,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
-        self._writes = GroupCommit(self._apply, self.executor, WRITE_BATCH)
+        self._writes = GroupCommit(self._apply, self.executor, WRITE_BATCH, _rows)
         # New tasks in a lane of their own, on the same thread: a submission waits for the
         # transaction being written, not for the changes queued behind it (thousands while
         # a job array runs). Safe to reorder: a task is changed only once its row is stored.

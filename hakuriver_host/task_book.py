@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +78,19 @@ def _events(records: list[TaskRecord], at: datetime, detail: str) -> list[dict[s
 
 def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, Any]:
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
+
+
+@dataclass(frozen=True)
+class _Change:
+    """A status change made in memory, to be stored: what it was, the copy its watchers
+    get (None: nobody watches), its row's new values and its event."""
+
+    task: TaskRecord
+    old: TaskStatus
+    new: TaskStatus
+    watched: tuple[int, TaskRecord] | None
+    row: dict[str, Any]
+    event: dict[str, Any]
 
 
 class TaskBook:
@@ -183,8 +197,29 @@ class TaskBook:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
         tells metrics, webhooks and watchers. Await it."""
+        transition(TaskStatus(task.status), new)
+        return self._queue([self._make(task, new, detail, fields)])
+
+    def apply_together(
+        self, changes: list[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]]
+    ) -> Coroutine[Any, Any, None]:
+        """``apply`` of several changes (task, new status, detail, fields) of tasks that
+        share a write key (one node's), in order, as one queued write: a Runner's message
+        of reports is one write and one coroutine, not one each. All or none: an illegal
+        change among them raises IllegalTransition before any is made."""
+        now: dict[int, TaskStatus] = {}
+        for task, new, _, _ in changes:
+            transition(now.get(task.task_id, TaskStatus(task.status)), new)
+            now[task.task_id] = new
+        if len({_write_key(task) for task, _, _, _ in changes}) > 1:
+            raise ValueError("apply_together: the tasks do not share a write key")
+        return self._queue([self._make(*change) for change in changes])
+
+    def _make(
+        self, task: TaskRecord, new: TaskStatus, detail: str, fields: Mapping[str, Any]
+    ) -> _Change:
+        """A legal change made in memory: the task's fields, the queue, the scheduler."""
         old = TaskStatus(task.status)
-        transition(old, new)
         if old is TaskStatus.PENDING:
             self._positions = None
             self.pending.pop(task.task_id, None)
@@ -200,7 +235,7 @@ class TaskBook:
         # Watchers get the task as this change left it (it may change again before they
         # are told: a Runner's reports are stored in the background).
         watched = task.task_id in self._watchers or self._list_watchers
-        change = (self._change, task.model_copy()) if watched else None
+        copy = (self._change, task.model_copy()) if watched else None
         if new.is_final:
             self.active.pop(task.task_id, None)
             self._finishing[task.task_id] = task
@@ -213,35 +248,37 @@ class TaskBook:
                 self._on_released()
         else:
             self._last_change[task.task_id] = self._change
-        event = _event(task.task_id, new.value, now, detail)
-        # Queued now, so that a node's changes are stored in the order they were made.
-        stored = self.store.queue_write(
-            _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=[event]
-        )
-        return self._record(task, old, new, stored, change)
+        row = {"task_id": task.task_id, **changes}
+        return _Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
 
-    async def _record(
-        self,
-        task: TaskRecord,
-        old: TaskStatus,
-        new: TaskStatus,
-        stored: asyncio.Future[None],
-        change: tuple[int, TaskRecord] | None,
-    ) -> None:
+    def _queue(self, changes: list[_Change]) -> Coroutine[Any, Any, None]:
+        """Queue the changes' write now, so that a node's changes are stored in the order
+        they were made; the coroutine awaits it, then tells everyone."""
+        stored = self.store.queue_write(
+            _write_key(changes[0].task),
+            updates=[change.row for change in changes],
+            events=[change.event for change in changes],
+        )
+        return self._record(changes, stored)
+
+    async def _record(self, changes: list[_Change], stored: asyncio.Future[None]) -> None:
         try:
             await stored
         finally:
+            for change in changes:
+                if change.new.is_final:
+                    self._finishing.pop(change.task.task_id, None)
+        for change in changes:
+            task, new = change.task, change.new
+            self.metrics.task_moved(change.old, new, task.kind)
             if new.is_final:
-                self._finishing.pop(task.task_id, None)
-        self.metrics.task_moved(old, new, task.kind)
-        if new.is_final:
-            self.logs.close(task.task_id)
-            self._notify_final(task)
-            self._on_final(task)
-        if change is not None:
-            for queue in self._watchers.get(task.task_id, ()):
-                queue.put_nowait(change)
-            self._tell_lists(change[1])
+                self.logs.close(task.task_id)
+                self._notify_final(task)
+                self._on_final(task)
+            if change.watched is not None:
+                for queue in self._watchers.get(task.task_id, ()):
+                    queue.put_nowait(change.watched)
+                self._tell_lists(change.watched[1])
 
     def _tell_lists(self, task: TaskRecord) -> None:
         for queue in list(self._list_watchers):

@@ -237,3 +237,32 @@ async def test_transactions_stay_bounded_with_thousands_of_nodes_each_with_a_cha
     assert sorted(n for names in applied for n in names) == sorted(
         [f"busy {i}" for i in range(1000)] + [f"node-{i}" for i in range(3000)]
     )
+
+
+async def test_transactions_are_bounded_by_rows_not_by_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Runner's message of reports is one write of many rows: transactions count rows
+    (one bigger than the bound goes alone), and a write of many rows is no lone change
+    going ahead of the rest."""
+    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
+
+    def rows(prefix: str, count: int) -> list[dict[str, str]]:
+        return [{"name": f"{prefix} {i}"} for i in range(count)]
+
+    try:
+        being_written = store.queue_write("busy", rows("first", 1), [])
+        await asyncio.to_thread(first_started.wait, 10)
+        big = [store.queue_write("busy", rows(f"big{n}", 100), []) for n in range(6)]
+        huge = store.queue_write("other", rows("huge", WRITE_BATCH + 50), [])
+        lone = store.queue_write("lone", rows("lone", 1), [])
+        release.set()
+        await asyncio.wait_for(asyncio.gather(being_written, *big, huge, lone), 10)
+    finally:
+        store.close()
+    assert applied[1] == ["lone 0"]
+    assert all(len(names) <= WRITE_BATCH for names in applied if "huge 0" not in names)
+    assert [names for names in applied if "huge 0" in names] == [
+        [f"huge {i}" for i in range(WRITE_BATCH + 50)]
+    ]
+    assert [len(names) for names in applied if names[0].startswith("big")] == [200, 200, 200]

@@ -3,8 +3,11 @@ the timing: a consumer that holds a message while the task moves on still gets e
 
 from __future__ import annotations
 
+import pytest
+
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.task_machine import IllegalTransition
 from tests.fake_runner import HOLD, RUN_AND_EXIT
 from tests.unit.local_cluster import LocalCluster
 
@@ -60,3 +63,43 @@ async def test_watch_streams_opened_at_submit_end_with_the_final_status(
         ranks = {TaskStatus.PENDING: 0, TaskStatus.ASSIGNING: 1, TaskStatus.RUNNING: 2}
         ranked = [ranks.get(s, 3) for s in order]
         assert ranked == sorted(set(ranked)), order
+
+
+async def test_changes_applied_together_are_all_or_none(local_cluster: LocalCluster) -> None:
+    """One write for several changes (a Runner's message of reports): an illegal one among
+    them refuses the lot before any is made, and so do tasks of two nodes."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    await local_cluster.add_runner("b", answer=HOLD)
+    submitted = [
+        await local_cluster.submit("job", targets=[task_pb2.Target(hostname=name)])
+        for name in ("a", "b")
+    ]
+    for task in submitted:
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    book = _book(local_cluster)
+    first, second = (book.active[t.task_id] for t in submitted)
+    before = await local_cluster.events(first.task_id)
+    with pytest.raises(IllegalTransition):
+        book.apply_together(
+            [(first, TaskStatus.PAUSED, "", {}), (first, TaskStatus.PENDING, "", {})]
+        )
+    with pytest.raises(ValueError, match="write key"):
+        book.apply_together(
+            [(first, TaskStatus.PAUSED, "", {}), (second, TaskStatus.PAUSED, "", {})]
+        )
+    assert (first.status, second.status) == (TaskStatus.RUNNING, TaskStatus.RUNNING)
+    assert await local_cluster.events(first.task_id) == before
+
+    watch = book.watch(first.task_id)
+    assert (await anext(watch)).status == TaskStatus.RUNNING
+    await book.apply_together(
+        [(first, TaskStatus.PAUSED, "", {}), (first, TaskStatus.RUNNING, "", {})]
+    )
+    assert [(await anext(watch)).status for _ in range(2)] == [
+        TaskStatus.PAUSED,
+        TaskStatus.RUNNING,
+    ]
+    assert [s for s, _ in await local_cluster.events(first.task_id)][-2:] == [
+        TaskStatus.PAUSED,
+        TaskStatus.RUNNING,
+    ]

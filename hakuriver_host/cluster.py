@@ -60,6 +60,8 @@ from hakuriver_host.webhooks import Notifier
 log = logging.getLogger(__name__)
 # Placements stored and dispatched between two turns of the event loop for other work.
 PLACEMENT_SLICE = 256
+# Tasks placed on one node, with the coroutine that stores their placements (one write).
+Placed = tuple[list[TaskRecord], Coroutine[Any, Any, None]]
 # A submission of at most this many tasks that arrives during a placement pass, or finds
 # tasks queued, is placed at once when nothing queued ahead of it could use its nodes
 # (Scheduler.place_now), instead of waiting for that pass (a job array's takes hundreds of
@@ -431,7 +433,7 @@ class Cluster:
             await self._kick.wait()
             self._kick.clear()
             waiters, self._pass_waiters = self._pass_waiters, []
-            placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]] = []
+            placed: list[Placed] = []
             try:
                 self._passing = True
                 placed = await self._place_pending()
@@ -452,9 +454,7 @@ class Cluster:
                 # write waits only for earlier writes of its node).
                 self._store_in_background(placed)
 
-    def _store_in_background(
-        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
-    ) -> None:
+    def _store_in_background(self, placed: list[Placed]) -> None:
         storing = asyncio.create_task(self._store_and_dispatch(placed))
         self._storing.add(storing)
         storing.add_done_callback(self._storing.discard)
@@ -465,42 +465,44 @@ class Cluster:
         was placed."""
         if self._stopped:
             return False
-        placed = []
+        placements = []
         for task in records:
             if task.status != TaskStatus.PENDING:
                 continue
             allocation = self.scheduler.place_now(self.book.queue, request_of(task))
             if allocation is not None:
-                placed.append((task, self._placed(task, allocation)))
-        if placed:
-            self._store_in_background(placed)
-        return len(placed) == len(records)
+                placements.append((task, allocation))
+        if placements:
+            self._store_in_background(self._placed(placements))
+        return len(placements) == len(records)
 
-    def _placed(self, task: TaskRecord, allocation: Allocation) -> Coroutine[Any, Any, None]:
-        """A pending task now holds ``allocation``: made so in memory; the coroutine stores
-        it (then the task is dispatched)."""
-        self.ahead.placed(task.task_id, allocation)
-        return self.book.apply(
-            task,
-            TaskStatus.ASSIGNING,
-            detail=f"placed on {allocation.hostname}",
-            assigned_node=allocation.hostname,
-            assigned_cpus=list(allocation.cpus),
-            required_gpus=list(allocation.gpus),
-        )
+    def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
+        """Pending tasks now hold their allocations: made so in memory; each node's are
+        stored as one write (then dispatched)."""
+        by_node: dict[str, list[tuple[TaskRecord, TaskStatus, str, dict[str, Any]]]] = {}
+        for task, allocation in placements:
+            self.ahead.placed(task.task_id, allocation)
+            fields = {
+                "assigned_node": allocation.hostname,
+                "assigned_cpus": list(allocation.cpus),
+                "required_gpus": list(allocation.gpus),
+            }
+            by_node.setdefault(allocation.hostname, []).append(
+                (task, TaskStatus.ASSIGNING, f"placed on {allocation.hostname}", fields)
+            )
+        return [
+            ([task for task, _, _, _ in changes], self.book.apply_together(changes))
+            for changes in by_node.values()
+        ]
 
-    async def _store_and_dispatch(
-        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
-    ) -> None:
-        """Dispatch each placement of a pass once it is stored. The store orders writes per
-        node, so one coroutine per node awaits that node's placements in turn: each is
-        dispatched as soon as it is stored, whatever other nodes still wait for. Not a task
-        per placement: when a transaction is committed, thousands of tasks would resume at
-        once and hold the loop for hundreds of milliseconds; each node's coroutine yields
-        every PLACEMENT_SLICE."""
-        by_node: dict[str, list[tuple[TaskRecord, Coroutine[Any, Any, None]]]] = {}
-        for task, stored in placed:
-            by_node.setdefault(task.assigned_node or "", []).append((task, stored))
+    async def _store_and_dispatch(self, placed: list[Placed]) -> None:
+        """Dispatch each node's placements once they are stored. The store orders writes
+        per node, so one coroutine per node awaits that node's writes in turn: each is
+        dispatched as soon as it is stored, whatever other nodes still wait for, and the
+        coroutine yields to the loop after each (at most PLACEMENT_SLICE placements)."""
+        by_node: dict[str, list[Placed]] = {}
+        for tasks, stored in placed:
+            by_node.setdefault(tasks[0].assigned_node or "", []).append((tasks, stored))
         try:
             results = await asyncio.gather(*map(self._dispatch_when_stored, by_node.values()))
         finally:
@@ -509,42 +511,44 @@ class Cluster:
                     stored.close()  # the Host is stopping: stored or not, placed again on start
         failed = [exc for node_failed in results for exc in node_failed]
         if failed:
-            log.error("storing %d placements failed: %s", len(failed), failed[0])
+            log.error("storing placements failed: %s", failed[0])
 
-    async def _dispatch_when_stored(
-        self, placed: list[tuple[TaskRecord, Coroutine[Any, Any, None]]]
-    ) -> list[Exception]:
+    async def _dispatch_when_stored(self, placed: list[Placed]) -> list[Exception]:
         failed: list[Exception] = []
-        for done, (task, stored) in enumerate(placed, start=1):
+        for tasks, stored in placed:
             try:
                 await stored
             except Exception as exc:
                 failed.append(exc)
                 continue
-            link = self.nodes.link_of(task.assigned_node)
-            if link is not None and task.status == TaskStatus.ASSIGNING:
-                link.dispatch(dispatch_of(task))
-            if done % PLACEMENT_SLICE == 0:
-                await asyncio.sleep(0)
+            for task in tasks:
+                link = self.nodes.link_of(task.assigned_node)
+                if link is not None and task.status == TaskStatus.ASSIGNING:
+                    link.dispatch(dispatch_of(task))
+            await asyncio.sleep(0)
         return failed
 
-    async def _place_pending(self) -> list[tuple[TaskRecord, Coroutine[Any, Any, None]]]:
-        """Place what fits now, in memory: each placed task with the coroutine that stores
-        its placement. Every PLACEMENT_SLICE placements the loop serves other work, so a
-        pass placing a job array's thousands never holds it for long."""
+    async def _place_pending(self) -> list[Placed]:
+        """Place what fits now, in memory: each node's placed tasks with the coroutine
+        that stores their placements. Every PLACEMENT_SLICE placements the loop serves
+        other work, so a pass placing a job array's thousands never holds it for long."""
         if not self.book.queue:
             return []
-        placed = []
+        placed: list[Placed] = []
+        placements: list[tuple[TaskRecord, Allocation]] = []
         plan = self.scheduler.iter_plan(self.book.queue, time.time_ns() // 1_000_000)
         try:
-            for count, (request, allocation) in enumerate(plan, start=1):
+            for request, allocation in plan:
                 task = self.book.active.get(request.task_id)
                 if task is None or task.status != TaskStatus.PENDING:
                     self.scheduler.release(allocation.hostname, request.task_id)
                     continue
-                placed.append((task, self._placed(task, allocation)))
-                if count % PLACEMENT_SLICE == 0:
+                placements.append((task, allocation))
+                if len(placements) == PLACEMENT_SLICE:
+                    placed += self._placed(placements)
+                    placements = []
                     await asyncio.sleep(0)
+            placed += self._placed(placements)
         except asyncio.CancelledError:
             for _, never in placed:
                 never.close()  # the Host is stopping: placed again on its start

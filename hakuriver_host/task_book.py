@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -201,7 +201,7 @@ class TaskBook:
         return self._queue([self._make(task, new, detail, fields)])
 
     def apply_together(
-        self, changes: list[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]]
+        self, changes: Sequence[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]]
     ) -> Coroutine[Any, Any, None]:
         """``apply`` of several changes (task, new status, detail, fields) of tasks that
         share a write key (one node's), in order, as one queued write: a Runner's message
@@ -211,7 +211,8 @@ class TaskBook:
         for task, new, _, _ in changes:
             transition(now.get(task.task_id, TaskStatus(task.status)), new)
             now[task.task_id] = new
-        if len({_write_key(task) for task, _, _, _ in changes}) > 1:
+        keys = {fields.get("assigned_node") or _write_key(task) for task, _, _, fields in changes}
+        if len(keys) > 1:
             raise ValueError("apply_together: the tasks do not share a write key")
         return self._queue([self._make(*change) for change in changes])
 

@@ -80,12 +80,20 @@ class BulkStatements:
         """Set each row's columns on the row with its primary key (the key is among them)."""
         self.execute(connection, self.prepare("update", rows))
 
-    def prepare(self, kind: Kind, rows: Sequence[Mapping[str, Any]]) -> list[Prepared]:
-        """The rows as driver parameters, one statement per set of columns. Needs no
-        connection: a job array's rows are prepared on another thread than the store's."""
-        by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-        for row in rows:
-            by_columns.setdefault(tuple(row), []).append(row)
+    def prepare(
+        self, kind: Kind, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()
+    ) -> list[Prepared]:
+        """The rows as driver parameters, one statement per set of columns: each row's
+        own, or ``columns`` read off every row (which may hold more). Needs no connection:
+        a job array's rows are prepared on another thread than the store's."""
+        by_columns: dict[tuple[str, ...], Sequence[Mapping[str, Any]]] = {}
+        if columns:
+            by_columns[tuple(columns)] = rows
+        else:
+            grouped: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+            for row in rows:
+                grouped.setdefault(tuple(row), []).append(row)
+            by_columns.update(grouped)
         prepared = []
         for columns, same in by_columns.items():
             statement = self._statement(kind, columns)

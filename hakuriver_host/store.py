@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,13 +109,17 @@ class Store:
         await self._submissions.submit([write])
 
     def prepare_new_tasks(
-        self, inserts: list[dict[str, Any]], events: list[dict[str, Any]]
+        self,
+        inserts: Sequence[Mapping[str, Any]],
+        events: list[dict[str, Any]],
+        columns: Sequence[str] = (),
     ) -> TaskWrite:
-        """New tasks' rows and first events as driver parameters, on the caller's thread:
-        a job array's conversions then cost the store's one thread nothing, and a lone
-        task's write waits only for the array's ``executemany``."""
+        """New tasks' rows (``columns`` of each, when given) and first events as driver
+        parameters, on the caller's thread: a job array's conversions then cost the
+        store's one thread nothing, and a lone task's write waits only for the array's
+        ``executemany``."""
         prepared = (
-            *self._tasks.prepare("insert", inserts),
+            *self._tasks.prepare("insert", inserts, columns),
             *self._events.prepare("insert", events),
         )
         return TaskWrite([], [], [], prepared)

@@ -19,7 +19,14 @@ from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import TaskEventRecord, TaskRecord, assign, task_row, utcnow
+from hakuriver_host.models import (
+    TASK_FIELDS,
+    TaskEventRecord,
+    TaskRecord,
+    assign,
+    field_values,
+    utcnow,
+)
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 from hakuriver_host.store import Store, TaskWrite
 from hakuriver_host.task_machine import transition
@@ -165,8 +172,8 @@ class TaskBook:
     def _prepared(self, records: list[TaskRecord], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
         the tasks' own values."""
-        rows = [task_row(r) for r in records]
-        return self.store.prepare_new_tasks(rows, _events(records, at, detail))
+        rows = [field_values(r) for r in records]
+        return self.store.prepare_new_tasks(rows, _events(records, at, detail), TASK_FIELDS)
 
     async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when
@@ -198,7 +205,7 @@ class TaskBook:
         decide many tasks in one pass); the returned coroutine stores it and only then
         tells metrics, webhooks and watchers. Await it."""
         transition(TaskStatus(task.status), new)
-        return self._queue([self._make(task, new, detail, fields)])
+        return self._queue([self._make(task, new, detail, fields, utcnow())])
 
     def apply_together(
         self, changes: Sequence[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]]
@@ -207,25 +214,33 @@ class TaskBook:
         share a write key (one node's), in order, as one queued write: a Runner's message
         of reports is one write and one coroutine, not one each. All or none: an illegal
         change among them raises IllegalTransition before any is made."""
-        now: dict[int, TaskStatus] = {}
+        reached: dict[int, TaskStatus] = {}
         for task, new, _, _ in changes:
-            transition(now.get(task.task_id, TaskStatus(task.status)), new)
-            now[task.task_id] = new
+            transition(reached.get(task.task_id, TaskStatus(task.status)), new)
+            reached[task.task_id] = new
         keys = {fields.get("assigned_node") or _write_key(task) for task, _, _, fields in changes}
         if len(keys) > 1:
             raise ValueError("apply_together: the tasks do not share a write key")
-        return self._queue([self._make(*change) for change in changes])
+        # One time for all: they are made at once, and the store converts a time its rows
+        # share once.
+        now = utcnow()
+        return self._queue([self._make(*change, now) for change in changes])
 
     def _make(
-        self, task: TaskRecord, new: TaskStatus, detail: str, fields: Mapping[str, Any]
+        self,
+        task: TaskRecord,
+        new: TaskStatus,
+        detail: str,
+        fields: Mapping[str, Any],
+        now: datetime,
     ) -> _Change:
-        """A legal change made in memory: the task's fields, the queue, the scheduler."""
+        """A legal change made in memory at ``now``: the task's fields, the queue, the
+        scheduler."""
         old = TaskStatus(task.status)
         if old is TaskStatus.PENDING:
             self._positions = None
             self.pending.pop(task.task_id, None)
             self.queue.discard(task.task_id)
-        now = utcnow()
         changes: dict[str, Any] = {"status": new.value, "status_detail": "", **fields}
         if new is TaskStatus.RUNNING and task.started_at is None:
             changes.setdefault("started_at", now)

@@ -10,7 +10,7 @@ import pytest
 from sqlmodel import Session, select
 
 from hakuriver_host.bulk_sql import BulkStatements
-from hakuriver_host.models import TaskEventRecord, TaskRecord, assign, task_row
+from hakuriver_host.models import TaskEventRecord, TaskRecord, assign
 from hakuriver_host.store import Store
 
 NOW = datetime(2026, 12, 4, 21, 0, 0, 123456, tzinfo=UTC)
@@ -79,8 +79,3 @@ def test_assign_sets_fields_of_a_task_in_memory_and_refuses_unknown_ones() -> No
     with pytest.raises(AttributeError, match=r"\['statu'\]"):
         assign(task, {"statu": "killed", "exit_code": 4})
     assert (task.status, task.exit_code) == ("running", 3)
-
-
-def test_a_task_row_holds_what_model_dump_does() -> None:
-    task = _task(9, gpu_count=1, assigned_cpus=[0, 2], exit_code=0, array_index=3)
-    assert task_row(task) == task.model_dump()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hakuriver_host.models import TaskRecord
+from hakuriver_host.models import TASK_FIELDS, TaskRecord, field_values
 from hakuriver_host.store import WRITE_BATCH, Store, TaskWrite
 
 
@@ -186,32 +186,37 @@ async def test_new_tasks_prepared_on_another_thread_are_stored_like_the_rest(
         await store.run(store.migrate)
         now = datetime(2026, 12, 4, 22, 0, tzinfo=UTC)
 
-        def row(task_id: int) -> dict[str, object]:
+        def record(task_id: int) -> TaskRecord:
             return TaskRecord(
                 task_id=task_id,
                 command="echo",
                 arguments=[str(task_id)],
+                env={"I": str(task_id)},
                 status="pending",
                 container_name="base",
                 submitted_at=now,
-            ).model_dump()
+                array_index=task_id,
+            )
 
         def event(task_id: int) -> dict[str, object]:
             return {"task_id": task_id, "status": "pending", "at": now, "detail": "new"}
 
-        array = list(range(1, 301))
+        array = [record(i) for i in range(1, 301)]
+        # Read off the records' own values by field, as a job array's are.
         prepared = await asyncio.to_thread(
-            store.prepare_new_tasks, [row(i) for i in array], [event(i) for i in array]
+            store.prepare_new_tasks,
+            [field_values(r) for r in array],
+            [event(r.task_id) for r in array],
+            TASK_FIELDS,
         )
         assert not prepared.inserts and prepared.prepared
         await asyncio.gather(
             store.insert_tasks(prepared),
-            store.insert_tasks(TaskWrite([row(999)], [], [event(999)])),
+            store.insert_tasks(TaskWrite([record(999).model_dump()], [], [event(999)])),
         )
         for task_id in (1, 300, 999):
             task, events = await store.run(store.get_task, task_id)
-            assert task is not None and task.arguments == [str(task_id)]
-            assert task.submitted_at == now
+            assert task is not None and task.model_dump() == record(task_id).model_dump()
             assert [(e.status, e.detail) for e in events] == [("pending", "new")]
     finally:
         store.close()

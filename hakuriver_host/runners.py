@@ -320,7 +320,7 @@ class RunnerGateway:
         if task is None:
             return None
         return TaskFacts(
-            TaskStatus(task.status),
+            TaskStatus.of(task.status),
             task.kill_requested,
             task.required_memory_bytes,
             task.ssh_port,

@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import NotFound, WatcherBehind
@@ -87,10 +86,10 @@ def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, An
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
 
-@dataclass(frozen=True)
-class _Change:
+class _Change(NamedTuple):
     """A status change made in memory, to be stored: what it was, the copy its watchers
-    get (None: nobody watches), its row's new values and its event."""
+    get (None: nobody watches), its row's new values and its event. (A tuple: made for
+    every change, and a frozen dataclass costs several times as much to make.)"""
 
     task: TaskRecord
     old: TaskStatus
@@ -204,7 +203,7 @@ class TaskBook:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
         tells metrics, webhooks and watchers. Await it."""
-        transition(TaskStatus(task.status), new)
+        transition(TaskStatus.of(task.status), new)
         return self._queue([self._make(task, new, detail, fields, utcnow())])
 
     def apply_together(
@@ -216,7 +215,7 @@ class TaskBook:
         change among them raises IllegalTransition before any is made."""
         reached: dict[int, TaskStatus] = {}
         for task, new, _, _ in changes:
-            transition(reached.get(task.task_id, TaskStatus(task.status)), new)
+            transition(reached.get(task.task_id, TaskStatus.of(task.status)), new)
             reached[task.task_id] = new
         keys = {fields.get("assigned_node") or _write_key(task) for task, _, _, fields in changes}
         if len(keys) > 1:
@@ -236,7 +235,7 @@ class TaskBook:
     ) -> _Change:
         """A legal change made in memory at ``now``: the task's fields, the queue, the
         scheduler."""
-        old = TaskStatus(task.status)
+        old = TaskStatus.of(task.status)
         if old is TaskStatus.PENDING:
             self._positions = None
             self.pending.pop(task.task_id, None)

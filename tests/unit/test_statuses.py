@@ -45,3 +45,10 @@ def test_final_task_statuses_are_the_proto_values() -> None:
     assert {getattr(task_pb2, f"TASK_STATUS_{s.name}") for s in FINAL_STATUSES} == (
         FINAL_TASK_STATUSES
     )
+
+
+def test_a_task_status_of_its_text_is_the_enum_call() -> None:
+    for status in TaskStatus:
+        assert TaskStatus.of(status.value) is TaskStatus(status.value) is status
+    with pytest.raises(ValueError, match="'done' is not a valid TaskStatus"):
+        TaskStatus.of("done")

@@ -49,7 +49,13 @@ from hakuriver_host.scheduler import Allocation, NodeResources, Request, Schedul
 from hakuriver_host.ssh_tickets import SshTickets
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
-from hakuriver_host.task_book import OFF_LOOP_TASKS, TaskBook, allocation_of, request_of
+from hakuriver_host.task_book import (
+    OFF_LOOP_TASKS,
+    Change,
+    TaskBook,
+    allocation_of,
+    request_of,
+)
 from hakuriver_host.task_machine import (
     KILLABLE,
     PLACED_STATUSES,
@@ -477,9 +483,10 @@ class Cluster:
         return len(placements) == len(records)
 
     def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
-        """Pending tasks now hold their allocations: made so in memory; each node's are
-        stored as one write (then dispatched)."""
-        by_node: dict[str, list[tuple[TaskRecord, TaskStatus, str, dict[str, Any]]]] = {}
+        """Pending tasks now hold their allocations: each made so in memory in turn; each
+        node's are stored as one write (then dispatched)."""
+        now = utcnow()
+        by_node: dict[str, list[Change]] = {}
         for task, allocation in placements:
             self.ahead.placed(task.task_id, allocation)
             fields = {
@@ -487,11 +494,11 @@ class Cluster:
                 "assigned_cpus": list(allocation.cpus),
                 "required_gpus": list(allocation.gpus),
             }
-            by_node.setdefault(allocation.hostname, []).append(
-                (task, TaskStatus.ASSIGNING, f"placed on {allocation.hostname}", fields)
-            )
+            detail = f"placed on {allocation.hostname}"
+            change = self.book.change(task, TaskStatus.ASSIGNING, detail, fields, now)
+            by_node.setdefault(allocation.hostname, []).append(change)
         return [
-            ([task for task, _, _, _ in changes], self.book.apply_together(changes))
+            ([change.task for change in changes], self.book.store_changes(changes))
             for changes in by_node.values()
         ]
 
@@ -548,11 +555,17 @@ class Cluster:
                     placed += self._placed(placements)
                     placements = []
                     await asyncio.sleep(0)
-            placed += self._placed(placements)
         except asyncio.CancelledError:
             for _, never in placed:
                 never.close()  # the Host is stopping: placed again on its start
             raise
+        except Exception:
+            log.exception("a placement pass failed part way; what it placed is stored")
+        finally:
+            # What the scheduler placed is made so, whatever stopped the pass (its tasks
+            # left the queue and hold their resources there).
+            if placements:
+                placed += self._placed(placements)
         return placed
 
     def _foresee(self) -> None:

@@ -53,9 +53,31 @@ def _first(seen: set[int], task_id: int) -> bool:
     return True
 
 
-# Report messages (a report, or a batch of up to MAX_BATCH_MESSAGES) of one Runner being
-# stored at once.
-REPORT_MESSAGES_IN_FLIGHT = 256
+# Reports of one Runner being stored at once.
+REPORTS_IN_FLIGHT = 1024
+
+
+class InFlight:
+    """A bound on what is being stored for one stream, counted in reports: ``take`` waits
+    until there is room (a message of more than the bound takes all of it), ``give``
+    frees it. One taker at a time (the stream's reader)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def take(self, count: int) -> int:
+        count = min(max(count, 1), self.limit)
+        while self.used + count > self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+        self.used += count
+        return count
+
+    def give(self, count: int) -> None:
+        self.used -= count
+        self._freed.set()
 
 
 class RunnerLink:
@@ -84,9 +106,9 @@ class RunnerLink:
         self._foreign: set[int] = set()
         self._problems: set[int] = set()
         self.pace = Pace(RUNNER_MESSAGES_PER_SECOND)
-        # Report messages being stored in the background (see RunnerGateway._later):
-        # bounded, so a Runner outpacing the database waits on its stream.
-        self.in_flight = asyncio.Semaphore(REPORT_MESSAGES_IN_FLIGHT)
+        # Reports being stored in the background (see RunnerGateway._later): bounded, so a
+        # Runner outpacing the database waits on its stream.
+        self.in_flight = InFlight(REPORTS_IN_FLIGHT)
         self.closed = False
 
     def send(self, message: rpb.ConnectResponse) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -34,7 +34,7 @@ from hakuriver_host.runner_checks import (
 )
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.store import WRITE_BATCH, Store
-from hakuriver_host.task_book import TaskBook
+from hakuriver_host.task_book import Change, TaskBook
 from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
 
@@ -277,43 +277,51 @@ class RunnerGateway:
             )
         return False
 
-    async def _on_reports(self, link: RunnerLink, reports: Iterable[rpb.TaskStateReport]) -> None:
-        """Apply a message's reports in memory now and store them in the background, so
-        that the next messages on the stream are read meanwhile and their writes share a
-        transaction (the store keeps a node's changes in order). Their status changes are
-        one write (``TaskBook.apply_together``). A container is released only once its
-        task's final status is stored, and ``_later`` bounds the messages being stored per
-        Runner."""
+    async def _on_reports(self, link: RunnerLink, reports: Sequence[rpb.TaskStateReport]) -> None:
+        """Apply a message's reports in memory as they are read, each seeing what those
+        before it made, and store them in the background, so that the next messages on
+        the stream are read meanwhile and their writes share a transaction (the store keeps
+        a node's changes in order). Their status changes are one write (up to a
+        transaction's worth; ``TaskBook.store_changes``). A container is released only
+        once its task's final status is stored, and ``_later`` bounds the reports being
+        stored per Runner."""
         stores: list[Awaitable[None]] = []
-        changes: list[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]] = []
+        made: list[Change] = []
         releases: list[int] = []
-        for report in reports:
-            task = self.book.active.get(report.task_id)
-            if task is not None and task.assigned_node != link.hostname:
-                self._owns(link, report.task_id, "state report")
-                task = None
-            outcome = on_report(self._facts(task), report)
-            if task is not None:
-                if Effect.NOTE_DETAIL in outcome.effects:
-                    if changes:  # in the order they were made
-                        stores.append(self.book.apply_together(changes))
-                        changes = []
-                    stores.append(
-                        self.book.note(task, outcome.detail, status_detail=outcome.detail)
-                    )
-                if outcome.status is not None:
-                    changes.append((task, outcome.status, outcome.detail, outcome.fields))
-                    if len(changes) >= WRITE_BATCH:  # a transaction's worth
-                        stores.append(self.book.apply_together(changes))
-                        changes = []
-                if Effect.STARTED in outcome.effects:
-                    self._observe_started(link, task)
-            if Effect.RELEASE in outcome.effects:
-                releases.append(report.task_id)
-        if changes:
-            stores.append(self.book.apply_together(changes))
-        if stores or releases:
-            await self._later(link, _stored_then(stores, link.release, releases))
+        now = utcnow()
+        try:
+            for report in reports:
+                task = self.book.active.get(report.task_id)
+                if task is not None and task.assigned_node != link.hostname:
+                    self._owns(link, report.task_id, "state report")
+                    task = None
+                outcome = on_report(self._facts(task), report)
+                if task is not None:
+                    if Effect.NOTE_DETAIL in outcome.effects:
+                        if made:  # stored in the order they were made
+                            stores.append(self.book.store_changes(made))
+                            made = []
+                        stores.append(
+                            self.book.note(task, outcome.detail, status_detail=outcome.detail)
+                        )
+                    if outcome.status is not None:
+                        made.append(
+                            self.book.change(
+                                task, outcome.status, outcome.detail, outcome.fields, now
+                            )
+                        )
+                        if len(made) >= WRITE_BATCH:  # a transaction's worth
+                            stores.append(self.book.store_changes(made))
+                            made = []
+                    if Effect.STARTED in outcome.effects:
+                        self._observe_started(link, task)
+                if Effect.RELEASE in outcome.effects:
+                    releases.append(report.task_id)
+        finally:  # what was made in memory is stored, whatever stopped the message
+            if made:
+                stores.append(self.book.store_changes(made))
+            if stores or releases:
+                await self._later(link, len(reports), _stored_then(stores, link.release, releases))
 
     def _facts(self, task: TaskRecord | None) -> TaskFacts | None:
         """What the state machine reads of a task a report is about (None: not active)."""
@@ -327,17 +335,17 @@ class RunnerGateway:
             self.output_errors.get(task.task_id, ""),
         )
 
-    async def _later(self, link: RunnerLink, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the background once the link has room for it. A failure (the
-        database) closes the link, as when reports were stored in turn: the Runner
-        reconnects and reports again."""
-        await link.in_flight.acquire()
+    async def _later(self, link: RunnerLink, reports: int, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (storing ``reports`` reports) in the background once the link has
+        room for them. A failure (the database) closes the link, as when reports were
+        stored in turn: the Runner reconnects and reports again."""
+        taken = await link.in_flight.take(reports)
         background = asyncio.create_task(work)
         self._background.add(background)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._background.discard(finished)
-            link.in_flight.release()
+            link.in_flight.give(taken)
             if not finished.cancelled() and finished.exception() is not None:
                 log.error(
                     "runner %s: reports could not be stored: %r",

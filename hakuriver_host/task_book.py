@@ -86,7 +86,7 @@ def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, An
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
 
-class _Change(NamedTuple):
+class Change(NamedTuple):
     """A status change made in memory, to be stored: what it was, the copy its watchers
     get (None: nobody watches), its row's new values and its event. (A tuple: made for
     every change, and a frozen dataclass costs several times as much to make.)"""
@@ -203,27 +203,36 @@ class TaskBook:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
         tells metrics, webhooks and watchers. Await it."""
-        transition(TaskStatus.of(task.status), new)
-        return self._queue([self._make(task, new, detail, fields, utcnow())])
+        return self.store_changes([self.change(task, new, detail, fields)])
 
-    def apply_together(
-        self, changes: Sequence[tuple[TaskRecord, TaskStatus, str, Mapping[str, Any]]]
-    ) -> Coroutine[Any, Any, None]:
-        """``apply`` of several changes (task, new status, detail, fields) of tasks that
-        share a write key (one node's), in order, as one queued write: a Runner's message
-        of reports is one write and one coroutine, not one each. All or none: an illegal
-        change among them raises IllegalTransition before any is made."""
-        reached: dict[int, TaskStatus] = {}
-        for task, new, _, _ in changes:
-            transition(reached.get(task.task_id, TaskStatus.of(task.status)), new)
-            reached[task.task_id] = new
-        keys = {fields.get("assigned_node") or _write_key(task) for task, _, _, fields in changes}
-        if len(keys) > 1:
-            raise ValueError("apply_together: the tasks do not share a write key")
-        # One time for all: they are made at once, and the store converts a time its rows
-        # share once.
-        now = utcnow()
-        return self._queue([self._make(*change, now) for change in changes])
+    def change(
+        self,
+        task: TaskRecord,
+        new: TaskStatus,
+        detail: str = "",
+        fields: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> Change:
+        """``apply``'s change made in memory, to be stored by ``store_changes`` with others
+        of the same node (a Runner's message of reports, a pass's placements on a node:
+        one write, not one each). IllegalTransition if the state machine refuses it.
+        Changes made together may share ``now``: the store converts a shared time once."""
+        transition(TaskStatus.of(task.status), new)
+        return self._make(task, new, detail, fields or {}, now or utcnow())
+
+    def store_changes(self, changes: Sequence[Change]) -> Coroutine[Any, Any, None]:
+        """Queue the changes' write now, as one, so that a node's changes are stored in the
+        order they were made (they must share a write key, their node's); the coroutine
+        awaits it, then tells metrics, webhooks and watchers of each. Await it."""
+        keys = {_write_key(change.task) for change in changes}
+        if len(keys) != 1:
+            raise ValueError(f"store_changes: {len(keys)} write keys, not one")
+        stored = self.store.queue_write(
+            keys.pop(),
+            updates=[change.row for change in changes],
+            events=[change.event for change in changes],
+        )
+        return self._record(changes, stored)
 
     def _make(
         self,
@@ -232,7 +241,7 @@ class TaskBook:
         detail: str,
         fields: Mapping[str, Any],
         now: datetime,
-    ) -> _Change:
+    ) -> Change:
         """A legal change made in memory at ``now``: the task's fields, the queue, the
         scheduler."""
         old = TaskStatus.of(task.status)
@@ -264,36 +273,36 @@ class TaskBook:
         else:
             self._last_change[task.task_id] = self._change
         row = {"task_id": task.task_id, **changes}
-        return _Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
+        return Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
 
-    def _queue(self, changes: list[_Change]) -> Coroutine[Any, Any, None]:
-        """Queue the changes' write now, so that a node's changes are stored in the order
-        they were made; the coroutine awaits it, then tells everyone."""
-        stored = self.store.queue_write(
-            _write_key(changes[0].task),
-            updates=[change.row for change in changes],
-            events=[change.event for change in changes],
-        )
-        return self._record(changes, stored)
-
-    async def _record(self, changes: list[_Change], stored: asyncio.Future[None]) -> None:
+    async def _record(self, changes: Sequence[Change], stored: asyncio.Future[None]) -> None:
         try:
             await stored
         finally:
             for change in changes:
                 if change.new.is_final:
                     self._finishing.pop(change.task.task_id, None)
+        failed: Exception | None = None
         for change in changes:
-            task, new = change.task, change.new
-            self.metrics.task_moved(change.old, new, task.kind)
-            if new.is_final:
-                self.logs.close(task.task_id)
-                self._notify_final(task)
-                self._on_final(task)
-            if change.watched is not None:
-                for queue in self._watchers.get(task.task_id, ()):
-                    queue.put_nowait(change.watched)
-                self._tell_lists(change.watched[1])
+            try:
+                self._told(change)
+            except Exception as exc:  # the others are still told; the first is raised
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+
+    def _told(self, change: Change) -> None:
+        """Tell metrics, webhooks and watchers of a stored change."""
+        task, new = change.task, change.new
+        self.metrics.task_moved(change.old, new, task.kind)
+        if new.is_final:
+            self.logs.close(task.task_id)
+            self._notify_final(task)
+            self._on_final(task)
+        if change.watched is not None:
+            for queue in self._watchers.get(task.task_id, ()):
+                queue.put_nowait(change.watched)
+            self._tell_lists(change.watched[1])
 
     def _tell_lists(self, task: TaskRecord) -> None:
         for queue in list(self._list_watchers):

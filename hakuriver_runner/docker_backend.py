@@ -341,6 +341,8 @@ class DockerBackend:
             self._scans += 1
             self.prepared.clear()
             starting = set(self._starting)
+        with self._attaching:  # a new stream: its watchers ask the daemon afresh
+            self._just_started.clear()
         for container in self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": self._labels()}
         ):

@@ -4,9 +4,11 @@ of a task's commands is kept) and never held back waiting for a batch."""
 
 from __future__ import annotations
 
+import asyncio
+
 from hakuriver_common.limits import MAX_BATCH_MESSAGES
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_host.runner_link import RunnerLink
+from hakuriver_host.runner_link import InFlight, RunnerLink
 
 
 def _queue(link: RunnerLink, *commands: tuple[str, int]) -> None:
@@ -86,3 +88,20 @@ async def test_a_batch_is_bounded_and_a_lone_release_goes_at_once() -> None:
     assert [i for _, ids in sent for i in ids] == list(range(count))
     _queue(link, ("release", 99))
     assert await _sent(link) == [("release", [99])]
+
+
+async def test_reports_in_flight_are_counted_in_reports() -> None:
+    """A Runner's reports being stored are bounded in reports, not messages: a message
+    waits until what it carries fits (one bigger than the bound takes all of it)."""
+    budget = InFlight(10)
+    assert await budget.take(6) == 6
+    waiting = asyncio.create_task(budget.take(5))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    budget.give(6)
+    assert await asyncio.wait_for(waiting, 1) == 5
+    huge = asyncio.create_task(budget.take(1_000))
+    await asyncio.sleep(0.01)
+    assert not huge.done()
+    budget.give(5)
+    assert await asyncio.wait_for(huge, 1) == 10

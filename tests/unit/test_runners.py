@@ -318,3 +318,40 @@ async def test_health_watchers_hear_a_node_go_offline_and_come_back(
     finally:
         call.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_each_report_of_a_message_sees_what_those_before_it_changed(
+    local_cluster: LocalCluster,
+) -> None:
+    """A message whose reports on one task follow each other: a task that exited before its
+    Runner got to report it running (its kill came first, say). Each report is judged
+    against the task as the reports before it left it: the late "running" is about a task
+    that has ended, and the rest of the message is applied as usual."""
+    runner = await local_cluster.add_runner("a", cores=4, answer=NO_ANSWER)
+    first, second = [await local_cluster.submit("job") for _ in range(2)]
+    for task in (first, second):
+        await local_cluster.wait_status(task.task_id, TaskStatus.ASSIGNING)
+
+    def report(task_id: int, state: rpb.RunnerTaskState.ValueType) -> rpb.TaskStateReport:
+        return rpb.TaskStateReport(task_id=task_id, state=state, exit_code=0)
+
+    runner.send(
+        rpb.ConnectRequest(
+            task_states=rpb.TaskStateBatch(
+                reports=[
+                    report(first.task_id, rpb.RUNNER_TASK_STATE_EXITED),
+                    report(first.task_id, rpb.RUNNER_TASK_STATE_RUNNING),
+                    report(second.task_id, rpb.RUNNER_TASK_STATE_RUNNING),
+                ]
+            )
+        )
+    )
+    await local_cluster.wait_status(second.task_id, TaskStatus.RUNNING)
+    assert status_of(await local_cluster.get(first.task_id)) is TaskStatus.COMPLETED
+    assert [s for s, _ in await local_cluster.events(first.task_id)] == [
+        TaskStatus.PENDING,
+        TaskStatus.ASSIGNING,
+        TaskStatus.COMPLETED,
+    ]
+    await eventually(lambda: first.task_id in runner.released, what="the first released")
+    assert runner.registrations == 1  # the stream stayed open

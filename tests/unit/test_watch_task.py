@@ -65,9 +65,12 @@ async def test_watch_streams_opened_at_submit_end_with_the_final_status(
         assert ranked == sorted(set(ranked)), order
 
 
-async def test_changes_applied_together_are_all_or_none(local_cluster: LocalCluster) -> None:
-    """One write for several changes (a Runner's message of reports): an illegal one among
-    them refuses the lot before any is made, and so do tasks of two nodes."""
+async def test_changes_stored_together_are_one_nodes_and_each_is_told(
+    local_cluster: LocalCluster,
+) -> None:
+    """Changes made in memory one by one and stored as one write (a Runner's message of
+    reports): an illegal one is refused before it is made, changes of two nodes are not
+    one write, and a watcher is told each change in order once the write is stored."""
     await local_cluster.add_runner("a", answer=HOLD)
     await local_cluster.add_runner("b", answer=HOLD)
     submitted = [
@@ -80,26 +83,27 @@ async def test_changes_applied_together_are_all_or_none(local_cluster: LocalClus
     first, second = (book.active[t.task_id] for t in submitted)
     before = await local_cluster.events(first.task_id)
     with pytest.raises(IllegalTransition):
-        book.apply_together(
-            [(first, TaskStatus.PAUSED, "", {}), (first, TaskStatus.PENDING, "", {})]
-        )
-    with pytest.raises(ValueError, match="write key"):
-        book.apply_together(
-            [(first, TaskStatus.PAUSED, "", {}), (second, TaskStatus.PAUSED, "", {})]
-        )
-    assert (first.status, second.status) == (TaskStatus.RUNNING, TaskStatus.RUNNING)
+        book.change(first, TaskStatus.PENDING)
+    assert first.status == TaskStatus.RUNNING
     assert await local_cluster.events(first.task_id) == before
 
     watch = book.watch(first.task_id)
     assert (await anext(watch)).status == TaskStatus.RUNNING
-    await book.apply_together(
-        [(first, TaskStatus.PAUSED, "", {}), (first, TaskStatus.RUNNING, "", {})]
-    )
-    assert [(await anext(watch)).status for _ in range(2)] == [
+    paused = [book.change(first, TaskStatus.PAUSED), book.change(second, TaskStatus.PAUSED)]
+    with pytest.raises(ValueError, match="2 write keys"):
+        book.store_changes(paused)
+    for change in paused:  # each node's on its own
+        await book.store_changes([change])
+    made = [book.change(first, TaskStatus.RUNNING), book.change(first, TaskStatus.PAUSED)]
+    assert first.status == TaskStatus.PAUSED
+    await book.store_changes(made)
+    assert [(await anext(watch)).status for _ in range(3)] == [
         TaskStatus.PAUSED,
         TaskStatus.RUNNING,
+        TaskStatus.PAUSED,
     ]
-    assert [s for s, _ in await local_cluster.events(first.task_id)][-2:] == [
+    assert [s for s, _ in await local_cluster.events(first.task_id)][-3:] == [
         TaskStatus.PAUSED,
         TaskStatus.RUNNING,
+        TaskStatus.PAUSED,
     ]

@@ -310,3 +310,28 @@ async def test_an_element_killed_while_its_array_is_being_queued_never_starts(
         tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=5
     )
     assert _counts(batch.batch)[TaskStatus.KILLED] == 1
+
+
+async def test_what_a_pass_placed_before_it_failed_is_stored_and_dispatched(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A placement pass that fails part way (a bug) still stores and dispatches what it
+    placed: those tasks left the queue and hold their cores."""
+    runner = await local_cluster.add_runner("a", cores=8, answer=HOLD)
+    assert local_cluster.server is not None
+    scheduler = local_cluster.server.cluster.scheduler
+    plan = scheduler.iter_plan
+
+    def failing_plan(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for count, placed in enumerate(plan(*args, **kwargs), start=1):  # type: ignore[arg-type]
+            yield placed
+            if count == 2:
+                monkeypatch.setattr(scheduler, "iter_plan", plan)
+                raise RuntimeError("a bug in the pass")
+
+    monkeypatch.setattr(scheduler, "iter_plan", failing_plan)
+    reply = await local_cluster.tasks.SubmitTask(_array([0, 1, 2, 3]), timeout=5)
+    await eventually(lambda: len(runner.running) >= 2, what="the two placed to run")
+    running = [await local_cluster.get(task_id) for task_id in runner.running]
+    assert all(status_of(t) is TaskStatus.RUNNING for t in running)
+    assert all(t.batch_id == reply.batch_id for t in running)

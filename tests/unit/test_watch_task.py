@@ -3,6 +3,8 @@ the timing: a consumer that holds a message while the task moves on still gets e
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
@@ -107,3 +109,30 @@ async def test_changes_stored_together_are_one_nodes_and_each_is_told(
         TaskStatus.RUNNING,
         TaskStatus.PAUSED,
     ]
+
+
+async def test_a_change_whose_telling_fails_leaves_no_other_untold(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes stored as one write are told one by one: one that fails (its metrics,
+    here) is raised once the others have been told."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    first, second = await local_cluster.submit_running(2)
+    book = _book(local_cluster)
+    tasks = [book.active[first.task_id], book.active[second.task_id]]
+    assert tasks[0].assigned_node == tasks[1].assigned_node
+    watch = book.watch(second.task_id)
+    assert (await anext(watch)).status == TaskStatus.RUNNING
+    moved = book.metrics.task_moved
+
+    def failing_once(old: TaskStatus, new: TaskStatus, kind: str) -> None:
+        if new is not TaskStatus.PAUSED:  # another change still being told
+            return moved(old, new, kind)
+        monkeypatch.setattr(book.metrics, "task_moved", moved)
+        raise RuntimeError("metrics down")
+
+    monkeypatch.setattr(book.metrics, "task_moved", failing_once)
+    made = [book.change(task, TaskStatus.PAUSED) for task in tasks]
+    with pytest.raises(RuntimeError, match="metrics down"):
+        await book.store_changes(made)
+    assert (await asyncio.wait_for(anext(watch), 5)).status == TaskStatus.PAUSED

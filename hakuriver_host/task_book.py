@@ -217,39 +217,14 @@ class TaskBook:
         of the same node (a Runner's message of reports, a pass's placements on a node:
         one write, not one each). IllegalTransition if the state machine refuses it.
         Changes made together may share ``now``: the store converts a shared time once."""
-        transition(TaskStatus.of(task.status), new)
-        return self._make(task, new, detail, fields or {}, now or utcnow())
-
-    def store_changes(self, changes: Sequence[Change]) -> Coroutine[Any, Any, None]:
-        """Queue the changes' write now, as one, so that a node's changes are stored in the
-        order they were made (they must share a write key, their node's); the coroutine
-        awaits it, then tells metrics, webhooks and watchers of each. Await it."""
-        keys = {_write_key(change.task) for change in changes}
-        if len(keys) != 1:
-            raise ValueError(f"store_changes: {len(keys)} write keys, not one")
-        stored = self.store.queue_write(
-            keys.pop(),
-            updates=[change.row for change in changes],
-            events=[change.event for change in changes],
-        )
-        return self._record(changes, stored)
-
-    def _make(
-        self,
-        task: TaskRecord,
-        new: TaskStatus,
-        detail: str,
-        fields: Mapping[str, Any],
-        now: datetime,
-    ) -> Change:
-        """A legal change made in memory at ``now``: the task's fields, the queue, the
-        scheduler."""
         old = TaskStatus.of(task.status)
+        transition(old, new)
+        now = now or utcnow()
         if old is TaskStatus.PENDING:
             self._positions = None
             self.pending.pop(task.task_id, None)
             self.queue.discard(task.task_id)
-        changes: dict[str, Any] = {"status": new.value, "status_detail": "", **fields}
+        changes: dict[str, Any] = {"status": new.value, "status_detail": "", **(fields or {})}
         if new is TaskStatus.RUNNING and task.started_at is None:
             changes.setdefault("started_at", now)
         if new.is_final and task.completed_at is None:
@@ -274,6 +249,20 @@ class TaskBook:
             self._last_change[task.task_id] = self._change
         row = {"task_id": task.task_id, **changes}
         return Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
+
+    def store_changes(self, changes: Sequence[Change]) -> Coroutine[Any, Any, None]:
+        """Queue the changes' write now, as one, so that a node's changes are stored in the
+        order they were made (they must share a write key, their node's); the coroutine
+        awaits it, then tells metrics, webhooks and watchers of each. Await it."""
+        keys = {_write_key(change.task) for change in changes}
+        if len(keys) != 1:
+            raise ValueError(f"store_changes: {len(keys)} write keys, not one")
+        stored = self.store.queue_write(
+            keys.pop(),
+            updates=[change.row for change in changes],
+            events=[change.event for change in changes],
+        )
+        return self._record(changes, stored)
 
     async def _record(self, changes: Sequence[Change], stored: asyncio.Future[None]) -> None:
         try:

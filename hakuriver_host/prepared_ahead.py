@@ -30,13 +30,13 @@ def preparable(task: TaskRecord) -> bool:
 
 class PreparedAhead:
     def __init__(self) -> None:
-        # Task id -> the link it was prepared on and the allocation it was prepared for.
-        self._sent: dict[int, tuple[RunnerLink, Allocation]] = {}
-        # Task id -> the allocation it was prepared for (what the scheduler reads).
+        # Task id -> the allocation it was prepared for (what the scheduler reads), and
+        # the link of that node it was prepared on.
         self.allocations: dict[int, Allocation] = {}
+        self._links: dict[int, RunnerLink] = {}
 
     def __len__(self) -> int:
-        return len(self._sent)
+        return len(self._links)
 
     def update(
         self,
@@ -54,33 +54,35 @@ class PreparedAhead:
             task = task_of(request.task_id)
             if task is not None and preparable(task):
                 wanted[request.task_id] = (allocation, task)
-        for task_id, (link, allocation) in list(self._sent.items()):
+        for task_id, link in list(self._links.items()):
             if link.closed:
-                del self._sent[task_id]
-                self.allocations.pop(task_id, None)
-            elif task_id not in wanted or wanted[task_id][0].hostname != allocation.hostname:
+                self._forget(task_id)
+            elif task_id not in wanted or wanted[task_id][0].hostname != link.hostname:
                 self.drop(task_id)
         for task_id, (allocation, task) in wanted.items():
-            if task_id in self._sent:
+            if task_id in self._links:
                 continue
             target = link_of(allocation.hostname)
             if target is None or not target.prepares or target.closed:
                 continue
             target.prepare(dispatch_of(task, allocation))
-            self._sent[task_id] = (target, allocation)
+            self._links[task_id] = target
             self.allocations[task_id] = allocation
 
     def placed(self, task_id: int, allocation: Allocation) -> None:
         """The task was placed: a container prepared for anything else is released (the
         Runner replaces one prepared on its own node for other CPUs by itself)."""
-        sent = self._sent.pop(task_id, None)
-        self.allocations.pop(task_id, None)
-        if sent is not None and sent[0].hostname != allocation.hostname and not sent[0].closed:
-            sent[0].release(task_id)
+        link = self._forget(task_id)
+        if link is not None and link.hostname != allocation.hostname and not link.closed:
+            link.release(task_id)
 
     def drop(self, task_id: int) -> None:
         """Release what was prepared for the task (it ended, or is foreseen elsewhere)."""
-        sent = self._sent.pop(task_id, None)
+        link = self._forget(task_id)
+        if link is not None and not link.closed:
+            link.release(task_id)
+
+    def _forget(self, task_id: int) -> RunnerLink | None:
+        """No longer prepared: the link it was prepared on, if it was."""
         self.allocations.pop(task_id, None)
-        if sent is not None and not sent[0].closed:
-            sent[0].release(task_id)
+        return self._links.pop(task_id, None)

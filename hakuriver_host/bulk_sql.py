@@ -1,17 +1,26 @@
-"""Many rows of one table in one ``executemany`` of the driver.
+"""Many rows of one table in few driver calls.
 
 SQLAlchemy's bulk paths, ORM or Core, spend 15-50 us of Python per row building and
 converting its parameters, several times what the driver itself takes; a job array writes
 tens of thousands of rows at once, on the thread every other write waits for. Here a
 statement is compiled once per set of columns, each value goes through the dialect's own
 bind processor for its column (the conversion SQLAlchemy would apply: JSON, times), and the
-rows go to the driver in one call.
+rows go to the driver together.
+
+On SQLite they go as multi-row statements (``INSERT ... VALUES (..), (..)`` and
+``UPDATE ... FROM (VALUES ..)``), hundreds of rows each, not as one ``executemany``:
+Python's sqlite3 lets go of the GIL around every row's step, and while the event loop is
+busy each of those steps waits up to the interpreter's switch interval to get it back. Ten
+thousand rows then took seconds instead of ~90 ms (docs/development.md, "GIL convoy").
+Other databases keep ``executemany``.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -22,18 +31,39 @@ Converter = Callable[[Any], Any]
 Kind = Literal["insert", "update"]
 # The parameter that names the row an UPDATE changes (its primary key).
 _WHERE = "where_key"
+# SQLite's bound on a statement's parameters (999 before 3.32), and on the rows of one
+# multi-row statement: a smaller statement lets the GIL go more often, a larger one is
+# parsed more often in pieces.
+_SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+_ROWS_PER_STATEMENT = 500
 
 
 @dataclass(frozen=True)
 class _Statement:
     """A compiled statement: its SQL text, its parameters' names in the driver's order,
     what reads their values off a row (one C call), and the converters of those values
-    that need one, by position."""
+    that need one, by position. A multi-row statement's text is ``sql`` (up to VALUES),
+    ``row`` once per row joined by commas, then ``tail``; ``rows`` is how many rows it
+    takes at most (1: one row's text, for ``executemany``)."""
 
     sql: str
     names: list[str]
     read: Callable[[Mapping[str, Any]], Any]
     converters: list[tuple[int, Converter]]
+    row: str = ""
+    tail: str = ""
+    rows: int = 1
+
+    def prepared(self, values: list[list[Any]]) -> list[Prepared]:
+        """Converted rows as the driver calls that write them."""
+        if self.rows == 1:
+            return [Prepared(self.sql, [tuple(row) for row in values], many=True)]
+        out: list[Prepared] = []
+        for start in range(0, len(values), self.rows):
+            chunk = values[start : start + self.rows]
+            sql = f"{self.sql}{', '.join([self.row] * len(chunk))}{self.tail}"
+            out.append(Prepared(sql, tuple(chain.from_iterable(chunk)), many=False))
+        return out
 
     def values(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
         """The rows' parameters, converted. A value that is the very object the row
@@ -41,7 +71,7 @@ class _Statement:
         and their first events' (a time's conversion is ~2 us, SQLite's text format)."""
         last: dict[int, tuple[Any, Any]] = {}
         many = len(self.names) > 1
-        out = []
+        out: list[list[Any]] = []
         for row in rows:
             values = list(self.read(row)) if many else [self.read(row)]
             for index, convert in self.converters:
@@ -58,10 +88,12 @@ class _Statement:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One statement and its rows' driver parameters, ready to execute."""
+    """One statement and its driver parameters, ready to execute: a list of rows' for
+    ``executemany`` (``many``), or one multi-row statement's flat tuple."""
 
     sql: str
-    values: list[Any]
+    values: Any
+    many: bool
 
 
 class BulkStatements:
@@ -94,16 +126,15 @@ class BulkStatements:
             for row in rows:
                 grouped.setdefault(tuple(row), []).append(row)
             by_columns.update(grouped)
-        prepared = []
+        prepared: list[Prepared] = []
         for columns, same in by_columns.items():
             statement = self._statement(kind, columns)
-            values: list[Any]
             if self._dialect.positional:
-                values = [tuple(row) for row in statement.values(same)]
+                prepared.extend(statement.prepared(statement.values(same)))
             else:
                 names = statement.names
                 values = [dict(zip(names, row, strict=True)) for row in statement.values(same)]
-            prepared.append(Prepared(statement.sql, values))
+                prepared.append(Prepared(statement.sql, values, many=True))
         return prepared
 
     @staticmethod
@@ -113,8 +144,37 @@ class BulkStatements:
 
     def _statement(self, kind: str, columns: tuple[str, ...]) -> _Statement:
         found = self._compiled.get((kind, columns))
-        if found is not None:
-            return found
+        if found is None:
+            make = self._sqlite if self._dialect.name == "sqlite" else self._compile
+            found = self._compiled[(kind, columns)] = make(kind, columns)
+        return found
+
+    def _sqlite(self, kind: str, columns: tuple[str, ...]) -> _Statement:
+        """A multi-row statement: an UPDATE takes its rows from a VALUES list joined on
+        the primary key (whose first column is the key), an INSERT lists them."""
+        quote = self._dialect.identifier_preparer.quote
+        table = quote(self._table.name)
+        key = self._key.name
+        names = list(columns) if kind == "insert" else [key, *(c for c in columns if c != key)]
+        if kind == "insert":
+            head = f"INSERT INTO {table} ({', '.join(quote(c) for c in names)}) VALUES "
+            tail = ""
+        else:
+            # SQLite names a VALUES list's columns column1, column2, ...
+            sets = ", ".join(f"{quote(c)} = v.column{i + 1}" for i, c in enumerate(names) if i)
+            head = f"UPDATE {table} SET {sets} FROM (VALUES "
+            tail = f") AS v WHERE {table}.{quote(key)} = v.column1"
+        return _Statement(
+            head,
+            names,
+            itemgetter(*names),
+            self._converters(names),
+            row=f"({', '.join('?' * len(names))})",
+            tail=tail,
+            rows=max(1, min(_ROWS_PER_STATEMENT, _SQLITE_PARAMETERS // len(names))),
+        )
+
+    def _compile(self, kind: str, columns: tuple[str, ...]) -> _Statement:
         statement: Any
         if kind == "insert":
             statement = self._table.insert().values({c: bindparam(c) for c in columns})
@@ -129,17 +189,15 @@ class BulkStatements:
             keys = {f"set_{c}": c for c in sets} | {_WHERE: self._key.name}
         compiled = statement.compile(dialect=self._dialect)
         names = list((compiled.positiontup if compiled.positional else compiled.binds) or ())
-        converters = [
-            (index, convert)
-            for index, name in enumerate(names)
-            if (convert := self._converter(keys[name])) is not None
-        ]
-        found = _Statement(
-            compiled.string, names, itemgetter(*(keys[name] for name in names)), converters
-        )
-        self._compiled[(kind, columns)] = found
-        return found
+        read = [keys[name] for name in names]
+        return _Statement(compiled.string, names, itemgetter(*read), self._converters(read))
 
-    def _converter(self, column: str) -> Converter | None:
-        sql_type = self._table.c[column].type
-        return sql_type.dialect_impl(self._dialect).bind_processor(self._dialect)
+    def _converters(self, columns: Sequence[str]) -> list[tuple[int, Converter]]:
+        """The bind processors of the columns that have one, by position."""
+        out: list[tuple[int, Converter]] = []
+        for index, column in enumerate(columns):
+            sql_type = self._table.c[column].type
+            convert = sql_type.dialect_impl(self._dialect).bind_processor(self._dialect)
+            if convert is not None:
+                out.append((index, convert))
+        return out

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 from sqlmodel import Session, select
 
 from hakuriver_host.bulk_sql import BulkStatements
@@ -79,3 +80,53 @@ def test_assign_sets_fields_of_a_task_in_memory_and_refuses_unknown_ones() -> No
     with pytest.raises(AttributeError, match=r"\['statu'\]"):
         assign(task, {"statu": "killed", "exit_code": 4})
     assert (task.status, task.exit_code) == ("running", 3)
+
+
+def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) -> None:
+    """Python's sqlite3 lets go of the GIL for each row of an executemany, which a busy
+    event loop turns into a convoy: SQLite gets hundreds of rows per statement instead,
+    inserts and updates alike, and every row lands as it would one at a time."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    calls: list[tuple[str, bool]] = []
+
+    def seen(_conn: object, _cursor: object, sql: str, _p: object, _c: object, many: bool) -> None:
+        if sql.startswith(("INSERT INTO tasks", "UPDATE tasks")):
+            calls.append((sql.split(" ", 1)[0], many))
+
+    try:
+        store.migrate()
+        n = 1201
+        tasks = BulkStatements(TaskRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        rows = [_task(i, array_index=i).model_dump() for i in range(1, n + 1)]
+        # Two sets of columns: each row gets its own values back, not its neighbours'.
+        updates = [
+            {"task_id": i, "status": "running", "assigned_cpus": [i % 7]}
+            if i % 2
+            else {"task_id": i, "exit_code": i, "status_detail": f"d{i}"}
+            for i in range(1, n + 1)
+        ]
+        event.listen(store.engine, "before_cursor_execute", seen)
+        with store.engine.begin() as connection:
+            tasks.insert(connection, rows)
+        with store.engine.begin() as connection:
+            tasks.update(connection, updates)
+        event.remove(store.engine, "before_cursor_execute", seen)
+        with Session(store.engine) as session:
+            stored = {t.task_id: t for t in session.exec(select(TaskRecord)).all()}
+        assert sorted(stored) == list(range(1, n + 1))
+        for i, task in stored.items():
+            assert task.array_index == i and task.env == {"K": "v"}
+            if i % 2:
+                assert (task.status, task.assigned_cpus, task.exit_code) == (
+                    "running",
+                    [i % 7],
+                    None,
+                )
+            else:
+                assert (task.status, task.exit_code, task.status_detail) == ("pending", i, f"d{i}")
+        inserts = [many for kind, many in calls if kind == "INSERT"]
+        assert inserts and len(inserts) <= 3 and not any(inserts)
+        updated = [many for kind, many in calls if kind == "UPDATE"]
+        assert updated and len(updated) <= 4 and not any(updated)
+    finally:
+        store.close()

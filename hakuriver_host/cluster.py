@@ -75,6 +75,17 @@ Placed = tuple[list[TaskRecord], Coroutine[Any, Any, None]]
 # queue, the next pass places it, together with whatever else came.
 PLACE_AT_ONCE = 16
 
+
+def _placement(allocation: Allocation) -> tuple[dict[str, Any], str]:
+    """A placed task's fields and its event's detail."""
+    fields = {
+        "assigned_node": allocation.hostname,
+        "assigned_cpus": list(allocation.cpus),
+        "required_gpus": list(allocation.gpus),
+    }
+    return fields, f"placed on {allocation.hostname}"
+
+
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 
@@ -213,7 +224,8 @@ class Cluster:
     ) -> tuple[list[TaskRecord], int]:
         """Admit, store and queue the tasks of a submission, owned by ``who``; answer once
         each is either placed or known to wait: after the placement pass that considered
-        them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE)."""
+        them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE;
+        a single task so placed is stored placed, ``_add_placed``)."""
         wanted = req.container_name or self.config.docker.default_container_name
         if wanted != NULL_CONTAINER and not self._admission.has_environment(wanted):
             await self.tarballs.read_again()  # a tarball copied in since the last reading?
@@ -235,6 +247,9 @@ class Cluster:
             records = records_of(*args)
         if not vps:
             self.logs.expect(task_ids)
+        if count == 1 and not plan.array and await self._add_placed(records[0], who):
+            self.audit.record(who, "task.submit", str(task_ids[0]))
+            return records, batch_id
         await self.book.add(records, f"submitted by {who.actor}")
         if plan.array:
             self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
@@ -482,6 +497,27 @@ class Cluster:
             self._store_in_background(self._placed(placements))
         return len(placements) == len(records)
 
+    async def _add_placed(self, task: TaskRecord, who: Principal) -> bool:
+        """Store and dispatch a submission's one task placed at once, when it fits now and
+        nothing queued ahead could use its nodes (``Scheduler.place_now``): its row is
+        written already placed. False: it was not placed (it is stored pending)."""
+        if self._stopped:
+            return False
+        allocation = self.scheduler.place_now(self.book.queue, request_of(task))
+        if allocation is None:
+            return False
+        self.ahead.placed(task.task_id, allocation)
+        try:
+            await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
+        except BaseException:
+            self.scheduler.release(allocation.hostname, task.task_id)
+            self.ahead.drop(task.task_id)
+            raise
+        link = self.nodes.link_of(task.assigned_node)
+        if link is not None and task.status == TaskStatus.ASSIGNING:
+            link.dispatch(dispatch_of(task))
+        return True
+
     def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each
         node's are stored as one write (then dispatched)."""
@@ -489,12 +525,7 @@ class Cluster:
         by_node: dict[str, list[Change]] = {}
         for task, allocation in placements:
             self.ahead.placed(task.task_id, allocation)
-            fields = {
-                "assigned_node": allocation.hostname,
-                "assigned_cpus": list(allocation.cpus),
-                "required_gpus": list(allocation.gpus),
-            }
-            detail = f"placed on {allocation.hostname}"
+            fields, detail = _placement(allocation)
             change = self.book.change(task, TaskStatus.ASSIGNING, detail, fields, now)
             by_node.setdefault(allocation.hostname, []).append(change)
         return [

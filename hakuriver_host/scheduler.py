@@ -455,23 +455,25 @@ class Scheduler:
         ahead = [h for _, h in queue.heads() if h.task_id != request.task_id and _rank(h) < rank]
         if request.target is None and any(head.target is None for head in ahead):
             return None  # both could go anywhere: not worth ranking every node to be sure
-        mine = [
-            n for n in self._candidates(request) if n.accepts_work and n.could_ever_fit(request)
-        ]
-        if not mine:
+        if ahead and self._contended(request, ahead):
             return None
-        for head in ahead:
-            for node in mine:
-                if (head.target is None or head.target == node.hostname) and node.could_ever_fit(
-                    head
-                ):
-                    return None
         allocation, _ = self._choose(request, None)
         if allocation is None:
             return None
         self.allocate(request.task_id, allocation, request.group)
         queue.discard(request.task_id)
         return allocation
+
+    def _contended(self, request: Request, ahead: list[Request]) -> bool:
+        """Whether a request ahead could ever use a node ``request`` could use."""
+        mine = [
+            n for n in self._candidates(request) if n.accepts_work and n.could_ever_fit(request)
+        ]
+        return any(
+            (head.target is None or head.target == node.hostname) and node.could_ever_fit(head)
+            for head in ahead
+            for node in mine
+        )
 
     def lookahead(self, queue: PendingQueue, per_node: int) -> list[tuple[Request, Allocation]]:
         """The queued requests each node is expected to start next, and where on it: what a

@@ -73,7 +73,7 @@ def make_engine(url: str) -> Engine:
 
 def _rows(writes: list[TaskWrite]) -> int:
     """A queued write's weight in a transaction: its rows changed."""
-    return max(1, sum(len(w.updates) for w in writes))
+    return max(1, sum(len(w.inserts) + len(w.updates) for w in writes))
 
 
 @dataclass(frozen=True)
@@ -125,12 +125,16 @@ class Store:
         return TaskWrite([], [], [], prepared)
 
     def queue_write(
-        self, key: Hashable, updates: list[dict[str, Any]], events: list[dict[str, Any]]
+        self,
+        key: Hashable,
+        updates: list[dict[str, Any]],
+        events: list[dict[str, Any]],
+        inserts: list[dict[str, Any]] | None = None,
     ) -> asyncio.Future[None]:
-        """Update existing task rows (by task_id; only the columns given) and append timeline
-        events, queued now: the writes of one ``key`` are committed in the order of these
-        calls; the future is done once committed."""
-        return self._writes.enqueue([TaskWrite([], updates, events)], key)
+        """Update existing task rows (by task_id; only the columns given), insert new ones
+        and append timeline events, queued now: the writes of one ``key`` are committed in
+        the order of these calls; the future is done once committed."""
+        return self._writes.enqueue([TaskWrite(inserts or [], updates, events)], key)
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a

@@ -168,6 +168,31 @@ class TaskBook:
         for kind, count in Counter(record.kind for record in records).items():
             self.metrics.tasks_added(kind, count)
 
+    async def add_placed(
+        self, task: TaskRecord, detail: str, fields: dict[str, Any], placed: str
+    ) -> None:
+        """A new task placed before it was stored (``Cluster.submit``: one task that fits
+        at once): inserted already assigning, with its "submitted" and its "placed" event,
+        in its node's order, so after the node's earlier changes (a release of the cores
+        it takes is stored first). One write where a submission and its placement were
+        two, each waiting its turn at the store. Live lists are told of both statuses."""
+        submitted = task.model_copy() if self._list_watchers else None
+        assign(task, {"status": TaskStatus.ASSIGNING.value, **fields})
+        events = [
+            _event(task.task_id, TaskStatus.PENDING.value, task.submitted_at, detail),
+            _event(task.task_id, TaskStatus.ASSIGNING.value, utcnow(), placed),
+        ]
+        await self.store.queue_write(
+            _write_key(task), updates=[], events=events, inserts=[task.model_dump()]
+        )
+        self.active[task.task_id] = task
+        if self._list_watchers:
+            if submitted is not None:
+                self._tell_lists(submitted)
+            self._tell_lists(task.model_copy())
+        self.metrics.tasks_added(task.kind, 1)
+        self.metrics.task_moved(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)
+
     def _prepared(self, records: list[TaskRecord], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
         the tasks' own values."""

@@ -1,12 +1,18 @@
 """SubmitTask answers after the placement pass that considered the new tasks: a task placed at
 once comes back assigning on its node; one that must wait comes back pending with its queue
-position. Either way the task is stored before the answer."""
+position. Either way the task is stored before the answer; a lone task placed at once is
+stored placed, in one write ordered after its node's earlier changes."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
+from sqlalchemy import event
+
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD
+from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
 
 
@@ -39,3 +45,88 @@ async def test_a_batch_reports_each_task_as_placed_or_queued(local_cluster: Loca
     assert reply.batch_id
     assert (status_of(on_a), on_a.assigned_node) == (TaskStatus.ASSIGNING, "a")
     assert (status_of(on_b), on_b.queue_position) == (TaskStatus.PENDING, 1)
+
+
+def _events_in_commit_order(local_cluster: LocalCluster) -> list[tuple[int, str, str]]:
+    """Every stored event as (task_id, status, detail), in the order they were committed
+    (their ids)."""
+    assert local_cluster.server is not None
+    engine = local_cluster.server.store.engine
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT task_id, status, detail FROM task_events ORDER BY id"
+        ).all()
+    return [(task_id, status, detail) for task_id, status, detail in rows]
+
+
+async def test_one_task_placed_at_once_is_stored_placed_in_one_transaction(
+    local_cluster: LocalCluster,
+) -> None:
+    """Its row goes in already assigning, with its "submitted" and "placed" events in the
+    same transaction: a lone task waits for one write before its dispatch, not two."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    assert local_cluster.server is not None
+    store = local_cluster.server.store
+    commits: list[list[int]] = []
+
+    def seen(connection: object) -> None:
+        commits.append(list(pending))
+        pending.clear()
+
+    pending: list[int] = []
+
+    def inserting(
+        _c: object, _cur: object, sql: str, params: object, _x: object, _m: object
+    ) -> None:
+        if sql.startswith("INSERT INTO task_events") and isinstance(params, tuple):
+            pending.append(len(params) // 4)
+
+    event.listen(store.engine, "before_cursor_execute", inserting)
+    event.listen(store.engine, "commit", seen)
+    try:
+        task = await local_cluster.submit("job", cores=1)
+        await eventually(lambda: task.task_id in runner.tasks, what="the dispatch")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", inserting)
+        event.remove(store.engine, "commit", seen)
+    assert status_of(task) is TaskStatus.ASSIGNING
+    # The first transaction with events holds both (then the running report's).
+    assert next(n for n in commits if n) == [2]
+    assert (await local_cluster.events(task.task_id))[:2] == [
+        (TaskStatus.PENDING, "submitted by admin"),
+        (TaskStatus.ASSIGNING, "placed on a"),
+    ]
+
+
+async def test_a_task_placed_on_cores_just_freed_is_stored_after_their_release(
+    local_cluster: LocalCluster,
+) -> None:
+    """The release of a core and the new task that takes it are stored in that order even
+    when the release waits in the store's queue: a crash between the two writes must not
+    leave two tasks holding the core."""
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    other = await local_cluster.add_runner("b", cores=1, answer=HOLD)
+    [first] = await local_cluster.submit_running(targets=[task_pb2.Target(hostname="a")])
+    [busy] = await local_cluster.submit_running(targets=[task_pb2.Target(hostname="b")])
+    assert local_cluster.server is not None
+    store, scheduler = local_cluster.server.store, local_cluster.server.cluster.scheduler
+    held = threading.Event()
+    store.executor.submit(held.wait, 10)  # the store's one thread is busy
+    try:
+        # A change of another node takes the store's next transaction; the first task's
+        # end (its core free at once, in memory) queues behind it.
+        other.finish(busy.task_id, 0)
+        await eventually(lambda: scheduler.nodes["b"].free_cores == 1, what="b's release")
+        runner.finish(first.task_id, 0)
+        await eventually(lambda: scheduler.nodes["a"].free_cores == 1, what="a's release")
+        second = asyncio.create_task(
+            local_cluster.submit("job", targets=[task_pb2.Target(hostname="a")])
+        )
+        await asyncio.sleep(0.2)  # the submission's write is queued by now
+        assert not second.done()
+    finally:
+        held.set()
+    placed = await second
+    assert (status_of(placed), placed.assigned_node) == (TaskStatus.ASSIGNING, "a")
+    order = [(task_id, status) for task_id, status, _ in _events_in_commit_order(local_cluster)]
+    assert order.index((first.task_id, "completed")) < order.index((placed.task_id, "assigning"))

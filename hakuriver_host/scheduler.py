@@ -18,6 +18,7 @@ Policy (docs/scheduling.md):
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -153,7 +154,11 @@ class NodeResources:
         )
 
 
-def _fit_key(node: NodeResources) -> tuple[int, int, int, str]:
+FitKey = tuple[int, int, int, str]
+
+
+def _fit_key(node: NodeResources) -> FitKey:
+    """Best fit: the node with the least left free that has room goes first."""
     return (node.free_cores, node.free_memory_bytes, len(node.free_gpus), node.hostname)
 
 
@@ -184,6 +189,19 @@ class Scheduler:
         # never_fits' answers by request shape, until a node's hardware changes (it scanned
         # every node for each submission: ~4% of the Host's CPU under single submits).
         self._never_fits: dict[tuple[object, ...], str | None] = {}
+        # Every node's best-fit key, sorted, and each node's key in it: ``_choose`` starts
+        # at the first node with enough free cores instead of ranking them all (it ran for
+        # every single submission placed at once).
+        self._ranked: list[FitKey] = []
+        self._key_of: dict[str, FitKey] = {}
+
+    def _rank_again(self, node: NodeResources) -> None:
+        """Move ``node`` to its place in ``_ranked`` after its free resources changed."""
+        old = self._key_of.get(node.hostname)
+        if old is not None:
+            del self._ranked[bisect_left(self._ranked, old)]
+        key = self._key_of[node.hostname] = _fit_key(node)
+        insort(self._ranked, key)
 
     def upsert_node(
         self,
@@ -208,6 +226,7 @@ class Scheduler:
         node.free_cpus = set(cpus) - {c for a in held for c in a.cpus}
         node.free_gpus = set(gpus) - {g for a in held for g in a.gpus}
         node.used_memory_bytes = sum(a.memory_bytes for a in held)
+        self._rank_again(node)
         return node
 
     def remove_node(self, hostname: str) -> None:
@@ -217,6 +236,7 @@ class Scheduler:
         node = self.nodes.get(hostname)
         if node is not None and not node.holders:
             del self.nodes[hostname]
+            del self._ranked[bisect_left(self._ranked, self._key_of.pop(hostname))]
 
     def set_online(self, hostname: str, online: bool) -> None:
         self._changes += 1
@@ -301,21 +321,24 @@ class Scheduler:
         self, request: Request, excluded: set[str] | None
     ) -> tuple[Allocation | None, NodeResources | None]:
         """``choose``, and the node when it was the best-ranked one (else None)."""
-        roomy = [
-            n
-            for n in self._candidates(request)
-            if n.accepts_work and not (excluded and n.hostname in excluded) and n.has_room(request)
-        ]
-        if not roomy:
-            return None, None
-        best = min(roomy, key=_fit_key)
-        allocation = best.fit(request)
-        if allocation is not None:
-            return allocation, best
-        for node in sorted(roomy, key=_fit_key):
+        ranked: Iterable[NodeResources]
+        if request.target is not None:
+            ranked = self._candidates(request)
+        else:  # in rank order from the first with enough free cores (the rest have fewer)
+            start = bisect_left(self._ranked, (request.cores,))
+            ranked = (self.nodes[key[3]] for key in self._ranked[start:])
+        first = True
+        for node in ranked:
+            if (
+                not node.accepts_work
+                or (excluded and node.hostname in excluded)
+                or not node.has_room(request)
+            ):
+                continue
             allocation = node.fit(request)
             if allocation is not None:
-                return allocation, None
+                return allocation, node if first else None
+            first = False
         return None, None
 
     @staticmethod
@@ -337,6 +360,7 @@ class Scheduler:
             self._holding[group] = self._holding.get(group, 0) + 1
         self._passed_over.discard(task_id)
         node.hold(task_id, allocation)
+        self._rank_again(node)
 
     def release(self, hostname: str, task_id: int) -> bool:
         """Free a task's holding; False when it held none (release is idempotent)."""
@@ -350,6 +374,7 @@ class Scheduler:
         if node is None or task_id not in node.holders:
             return False
         node.unhold(task_id)
+        self._rank_again(node)
         return True
 
     def _reserve_for(self, request: Request) -> str | None:

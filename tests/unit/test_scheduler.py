@@ -532,3 +532,72 @@ def test_placing_a_request_at_once_changes_nothing_a_pass_would_decide(
     got = {(r.task_id, a) for r, a in now.plan(queue, now_ms=NOW)} | {(new.task_id, placed)}
     want = {(r.task_id, a) for r, a in ahead.plan(PendingQueue([*left, new]), now_ms=NOW)}
     assert got == want
+
+
+def _best_by_ranking_every_node(
+    scheduler: Scheduler, request: Request, excluded: set[str]
+) -> Allocation | None:
+    """Best fit as defined: of the nodes taking work with room, the one with the least
+    free (cores, memory, GPUs, then name) where the request fits."""
+    nodes = [scheduler.nodes[request.target]] if request.target else scheduler.nodes.values()
+    roomy = [
+        n for n in nodes if n.accepts_work and n.hostname not in excluded and n.has_room(request)
+    ]
+    for node in sorted(
+        roomy, key=lambda n: (n.free_cores, n.free_memory_bytes, len(n.free_gpus), n.hostname)
+    ):
+        allocation = node.fit(request)
+        if allocation is not None:
+            return allocation
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            request_strategy,
+            st.sampled_from(["place", "release", "offline", "drain", "resize", "exclude"]),
+            st.integers(0, 30),
+        ),
+        max_size=40,
+    )
+)
+def test_choose_keeps_to_best_fit_as_nodes_change(steps: list[tuple[Request, str, int]]) -> None:
+    """``choose`` starts from a ranking it keeps up to date (not ranking every node per
+    call): through placements, releases, nodes going offline, draining and changing
+    hardware it picks what ranking every node would."""
+    scheduler = Scheduler(starvation_seconds=60)
+    names = ["a", "b", "c", "d"]
+    for index, name in enumerate(names):
+        cores = 4 + 2 * index
+        scheduler.upsert_node(name, tuple(range(cores)), 32 + 8 * index, {}, (0, 1)[: index % 3])
+    holding: dict[int, Allocation] = {}
+    excluded: set[str] = set()
+    for seq, (template, action, pick) in enumerate(steps):
+        request = _like(template, task_id(NOW, seq))
+        request = replace(request, numa_node=None, target=request.target and names[pick % 4])
+        chosen = scheduler.choose(request, excluded)
+        assert chosen == _best_by_ranking_every_node(scheduler, request, excluded)
+        name = names[pick % 4]
+        if action == "place" and chosen is not None:
+            scheduler.allocate(request.task_id, chosen)
+            holding[request.task_id] = chosen
+        elif action == "release" and holding:
+            victim = sorted(holding)[pick % len(holding)]
+            assert scheduler.release(holding.pop(victim).hostname, victim)
+        elif action == "offline":
+            scheduler.set_online(name, not scheduler.nodes[name].online)
+        elif action == "drain":
+            scheduler.set_draining(name, not scheduler.nodes[name].draining)
+        elif action == "resize":
+            node = scheduler.nodes[name]
+            cores = len(node.cpus) + (2 if pick % 2 else -1)
+            held = {c for a in holding.values() if a.hostname == name for c in a.cpus}
+            if cores > 0 and held <= set(range(cores)):
+                scheduler.upsert_node(name, tuple(range(cores)), node.memory_bytes, {}, node.gpus)
+        elif action == "exclude":
+            excluded ^= {name}
+        for cores in range(1, 10):  # and any size of request, after each change
+            probe = Request(task_id(NOW, 1_000 + seq), cores, 0)
+            assert scheduler.choose(probe) == _best_by_ranking_every_node(scheduler, probe, set())

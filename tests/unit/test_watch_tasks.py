@@ -48,10 +48,18 @@ async def _submit(client: Client) -> int:
     return reply.tasks[0].task_id
 
 
-async def _started(cluster: LocalCluster, *watchers: Seen) -> None:
-    """Until each stream is registered with the Host (a first task reaches them all)."""
-    probe = await cluster.submit("probe")
-    await eventually(lambda: all(probe.task_id in w.ids() for w in watchers), what="watchers")
+async def _started(cluster: LocalCluster, *watchers: Seen) -> set[int]:
+    """Until each stream is registered with the Host: a probe task reaches them all (one
+    submitted before a stream registered may have ended unseen by it, so another is sent
+    each round). The probes' ids."""
+    probes: set[int] = set()
+
+    async def registered() -> bool:
+        probes.add((await cluster.submit("probe")).task_id)
+        return all(probes & w.ids() for w in watchers)
+
+    await eventually(registered, what="watchers")
+    return probes
 
 
 async def test_each_caller_sees_only_what_they_may(local_cluster: LocalCluster) -> None:
@@ -121,11 +129,10 @@ async def test_a_reader_that_falls_behind_is_ended(
     stalled = book.watch_all()
     first = asyncio.create_task(anext(stalled))
     keeping_up = Seen(local_cluster)
-    await _started(local_cluster, keeping_up)
-    assert (await first).task_id in keeping_up.ids()
-    for _ in range(6):
-        await local_cluster.submit("queued")
-    await eventually(lambda: len(keeping_up.ids()) == 7, what="the reader to see every task")
+    probes = await _started(local_cluster, keeping_up)
+    assert (await first).task_id in probes
+    queued = {(await local_cluster.submit("queued")).task_id for _ in range(6)}
+    await eventually(lambda: queued <= keeping_up.ids(), what="the reader to see every task")
     with pytest.raises(WatcherBehind, match="list the tasks again"):
         async for _ in stalled:
             pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -88,16 +89,22 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
     inserts and updates alike, and every row lands as it would one at a time."""
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     calls: list[tuple[str, bool]] = []
+    bound: list[int] = []
 
-    def seen(_conn: object, _cursor: object, sql: str, _p: object, _c: object, many: bool) -> None:
+    def seen(_conn: object, _cursor: object, sql: str, params: Any, _c: object, many: bool) -> None:
         if sql.startswith(("INSERT INTO tasks", "UPDATE tasks")):
             calls.append((sql.split(" ", 1)[0], many))
+        if sql.startswith("INSERT INTO tasks"):
+            bound.append(len(params))
 
     try:
         store.migrate()
         n = 1201
         tasks = BulkStatements(TaskRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
         rows = [_task(i, array_index=i).model_dump() for i in range(1, n + 1)]
+        # Rows share most values (bound once a statement), but not all rows: one of them
+        # differs in a column the others share.
+        rows[7]["command"] = "other"
         # Two sets of columns: each row gets its own values back, not its neighbours'.
         updates = [
             {"task_id": i, "status": "running", "assigned_cpus": [i % 7]}
@@ -116,6 +123,7 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
         assert sorted(stored) == list(range(1, n + 1))
         for i, task in stored.items():
             assert task.array_index == i and task.env == {"K": "v"}
+            assert task.command == ("other" if i == 8 else "echo")
             if i % 2:
                 assert (task.status, task.assigned_cpus, task.exit_code) == (
                     "running",
@@ -126,6 +134,8 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
                 assert (task.status, task.exit_code, task.status_detail) == ("pending", i, f"d{i}")
         inserts = [many for kind, many in calls if kind == "INSERT"]
         assert inserts and len(inserts) <= 3 and not any(inserts)
+        columns = len(rows[0])
+        assert sum(bound) < n * columns // 4  # shared values bound once, not row by row
         updated = [many for kind, many in calls if kind == "UPDATE"]
         assert updated and len(updated) <= 4 and not any(updated)
     finally:

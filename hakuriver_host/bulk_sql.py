@@ -36,6 +36,8 @@ _WHERE = "where_key"
 # parsed more often in pieces.
 _SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 _ROWS_PER_STATEMENT = 500
+# No value is this object (``_each_converted``'s value before the first).
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
@@ -56,62 +58,74 @@ class _Statement:
     rows: int = 1
     select: str = ""
 
-    def prepared(self, values: list[list[Any]]) -> list[Prepared]:
-        """Converted rows as the driver calls that write them."""
+    def prepared(self, columns: list[Sequence[Any]]) -> list[Prepared]:
+        """Converted rows, given column by column, as the driver calls that write them."""
         if self.rows == 1:
-            return [Prepared(self.sql, [tuple(row) for row in values], many=True)]
+            return [Prepared(self.sql, list(zip(*columns, strict=True)), many=True)]
         out: list[Prepared] = []
-        for start in range(0, len(values), self.rows):
-            chunk = values[start : start + self.rows]
-            shared = self._shared(chunk) if self.select and len(chunk) > 1 else None
+        for start in range(0, len(columns[0]), self.rows):
+            chunk = [column[start : start + self.rows] for column in columns]
+            shared = self._shared(chunk) if self.select and len(chunk[0]) > 1 else None
             out.append(shared or self._listed(chunk))
         return out
 
-    def _listed(self, chunk: list[list[Any]]) -> Prepared:
-        sql = f"{self.sql}{', '.join([self.row] * len(chunk))}{self.tail}"
-        return Prepared(sql, tuple(chain.from_iterable(chunk)), many=False)
+    def _listed(self, chunk: list[Sequence[Any]]) -> Prepared:
+        sql = f"{self.sql}{', '.join([self.row] * len(chunk[0]))}{self.tail}"
+        return Prepared(sql, tuple(chain.from_iterable(zip(*chunk, strict=True))), many=False)
 
-    def _shared(self, chunk: list[list[Any]]) -> Prepared | None:
+    def _shared(self, chunk: list[Sequence[Any]]) -> Prepared | None:
         """The rows as ``INSERT ... SELECT ?, v.column1, ... FROM (VALUES ...)``: a value
         every row has in a column is bound once, the rest row by row. A job array's rows
         differ in 5 of 34 columns; binding each value was most of their insert. None if
         no column (or every column) is the same in all rows."""
-        columns = list(zip(*chunk, strict=True))
-        shared = [column.count(column[0]) == len(column) for column in columns]
+        shared = [column.count(column[0]) == len(column) for column in chunk]
         if all(shared) or not any(shared):
             return None
         picks = []
         varying = []
-        for column, same in zip(columns, shared, strict=True):
+        for column, same in zip(chunk, shared, strict=True):
             if same:
                 picks.append("?")
             else:
                 varying.append(column)
                 picks.append(f"v.column{len(varying)}")
         row = f"({', '.join('?' * len(varying))})"
-        sql = f"{self.select}{', '.join(picks)} FROM (VALUES {', '.join([row] * len(chunk))}) AS v"
-        once = (column[0] for column, same in zip(columns, shared, strict=True) if same)
+        rows = ", ".join([row] * len(chunk[0]))
+        sql = f"{self.select}{', '.join(picks)} FROM (VALUES {rows}) AS v"
+        once = (column[0] for column, same in zip(chunk, shared, strict=True) if same)
         return Prepared(sql, (*once, *chain.from_iterable(zip(*varying, strict=True))), many=False)
 
-    def values(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
-        """The rows' parameters, converted. A value that is the very object the row
-        before had in that column is converted once: a job array's rows share their submission time
-        and their first events' (a time's conversion is ~2 us, SQLite's text format)."""
-        last: dict[int, tuple[Any, Any]] = {}
-        many = len(self.names) > 1
-        out: list[list[Any]] = []
-        for row in rows:
-            values = list(self.read(row)) if many else [self.read(row)]
-            for index, convert in self.converters:
-                value = values[index]
-                seen = last.get(index)
-                if seen is not None and seen[0] is value:
-                    values[index] = seen[1]
-                else:
-                    values[index] = converted = convert(value)
-                    last[index] = (value, converted)
-            out.append(values)
-        return out
+    def columns(self, rows: Sequence[Mapping[str, Any]]) -> list[Sequence[Any]]:
+        """The rows' parameters column by column, converted. A column whose rows all hold
+        one value is converted once, and in the others a value that is the very object
+        of the row before is: a job array's rows share most of theirs, a batch of changes
+        its time (a time's conversion is ~2 us, SQLite's text format)."""
+        if not rows:
+            return [() for _ in self.names]
+        read = self.read
+        columns: list[Sequence[Any]] = (
+            list(zip(*map(read, rows), strict=True))
+            if len(self.names) > 1
+            else [tuple(map(read, rows))]
+        )
+        for index, convert in self.converters:
+            column = columns[index]
+            if column.count(column[0]) == len(column):
+                columns[index] = (convert(column[0]),) * len(column)
+            else:
+                columns[index] = _each_converted(convert, column)
+        return columns
+
+
+def _each_converted(convert: Converter, column: Sequence[Any]) -> list[Any]:
+    out: list[Any] = []
+    last: Any = _NOTHING
+    converted = None
+    for value in column:
+        if value is not last:
+            last, converted = value, convert(value)
+        out.append(converted)
+    return out
 
 
 @dataclass(frozen=True)
@@ -157,11 +171,13 @@ class BulkStatements:
         prepared: list[Prepared] = []
         for columns, same in by_columns.items():
             statement = self._statement(kind, columns)
+            converted = statement.columns(same)
             if self._dialect.positional:
-                prepared.extend(statement.prepared(statement.values(same)))
+                prepared.extend(statement.prepared(converted))
             else:
                 names = statement.names
-                values = [dict(zip(names, row, strict=True)) for row in statement.values(same)]
+                rows_of = zip(*converted, strict=True)
+                values = [dict(zip(names, row, strict=True)) for row in rows_of]
                 prepared.append(Prepared(statement.sql, values, many=True))
         return prepared
 

@@ -507,16 +507,26 @@ class Cluster:
         if allocation is None:
             return False
         self.ahead.placed(task.task_id, allocation)
+        # Shielded: once its write is queued it is stored, submitter gone or not (a call
+        # cancelled at its deadline), and the task must then be known and dispatched.
+        storing = asyncio.create_task(self._store_placed(task, allocation, who))
+        self._storing.add(storing)
+        storing.add_done_callback(self._storing.discard)
+        await asyncio.shield(storing)
+        return True
+
+    async def _store_placed(self, task: TaskRecord, allocation: Allocation, who: Principal) -> None:
         try:
             await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
-        except BaseException:
-            self.scheduler.release(allocation.hostname, task.task_id)
-            self.ahead.drop(task.task_id)
+        except Exception:
+            if task.task_id not in self.book.active:  # not stored: its placement is undone
+                self.scheduler.release(allocation.hostname, task.task_id)
+                self.ahead.drop(task.task_id)
+                self.kick()
             raise
         link = self.nodes.link_of(task.assigned_node)
         if link is not None and task.status == TaskStatus.ASSIGNING:
             link.dispatch(dispatch_of(task))
-        return True
 
     def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each

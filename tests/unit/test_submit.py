@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import grpc
+import pytest
 from sqlalchemy import event
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
@@ -130,3 +132,29 @@ async def test_a_task_placed_on_cores_just_freed_is_stored_after_their_release(
     assert (status_of(placed), placed.assigned_node) == (TaskStatus.ASSIGNING, "a")
     order = [(task_id, status) for task_id, status, _ in _events_in_commit_order(local_cluster)]
     assert order.index((first.task_id, "completed")) < order.index((placed.task_id, "assigning"))
+
+
+async def test_a_task_placed_at_once_whose_submitter_gave_up_still_runs_on_its_cores(
+    local_cluster: LocalCluster,
+) -> None:
+    """A submission cancelled (its deadline passed) while its placed row waits to be
+    stored: the row is stored anyway, so the task is known, dispatched and holds its core;
+    the next task waits instead of getting the same core."""
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    assert local_cluster.server is not None
+    store = local_cluster.server.store
+    held = threading.Event()
+    store.executor.submit(held.wait, 10)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=0.3)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        held.set()
+    await eventually(lambda: len(runner.tasks) == 1, what="the dispatch")
+    [first] = runner.tasks
+    assert status_of(await local_cluster.wait_status(first, TaskStatus.RUNNING)) is (
+        TaskStatus.RUNNING
+    )
+    second = await local_cluster.submit("job")
+    assert (status_of(second), second.queue_position) == (TaskStatus.PENDING, 1)

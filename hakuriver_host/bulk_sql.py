@@ -35,6 +35,8 @@ _WHERE = "where_key"
 # multi-row statement: a smaller statement lets the GIL go more often, a larger one is
 # parsed more often in pieces.
 _SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# UPDATE ... FROM came with SQLite 3.33; before it, updates go by executemany.
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _ROWS_PER_STATEMENT = 500
 # No value is this object (``_each_converted``'s value before the first).
 _NOTHING = object()
@@ -78,7 +80,7 @@ class _Statement:
         every row has in a column is bound once, the rest row by row. A job array's rows
         differ in 5 of 34 columns; binding each value was most of their insert. None if
         no column (or every column) is the same in all rows."""
-        shared = [column.count(column[0]) == len(column) for column in chunk]
+        shared = [_all_same(column) for column in chunk]
         if all(shared) or not any(shared):
             return None
         picks = []
@@ -110,11 +112,21 @@ class _Statement:
         )
         for index, convert in self.converters:
             column = columns[index]
-            if column.count(column[0]) == len(column):
+            if _all_same(column):
                 columns[index] = (convert(column[0]),) * len(column)
             else:
                 columns[index] = _each_converted(convert, column)
         return columns
+
+
+def _all_same(column: Sequence[Any]) -> bool:
+    """Whether every value of a (non-empty) column can be written as its first: an equal
+    value of the same type, or for a list or dict the very same object (1, 1.0 and True
+    are equal, and so are dicts in another order, but they are not written alike)."""
+    first = column[0]
+    if isinstance(first, list | dict):
+        return all(value is first for value in column)
+    return column.count(first) == len(column) and len(set(map(type, column))) == 1
 
 
 def _each_converted(convert: Converter, column: Sequence[Any]) -> list[Any]:
@@ -189,7 +201,8 @@ class BulkStatements:
     def _statement(self, kind: str, columns: tuple[str, ...]) -> _Statement:
         found = self._compiled.get((kind, columns))
         if found is None:
-            make = self._sqlite if self._dialect.name == "sqlite" else self._compile
+            sqlite = self._dialect.name == "sqlite" and (kind == "insert" or _UPDATE_FROM)
+            make = self._sqlite if sqlite else self._compile
             found = self._compiled[(kind, columns)] = make(kind, columns)
         return found
 

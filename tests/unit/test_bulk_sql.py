@@ -140,3 +140,29 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
         assert updated and len(updated) <= 4 and not any(updated)
     finally:
         store.close()
+
+
+def test_values_that_are_equal_but_not_alike_are_each_written_as_they_are(
+    tmp_path: Path,
+) -> None:
+    """Values shared by every row are converted and bound once, but 1, 1.0 and True are
+    equal in Python and are not written alike: each row keeps its own."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        store.migrate()
+        tasks = BulkStatements(TaskRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        kinds: list[object] = [1, True, 1.0] * 30
+        rows = []
+        for i, value in enumerate(kinds, start=1):
+            row = _task(i).model_dump()
+            row["mounts"] = [{"source": "/s", "target": "/t", "read_only": value}]
+            rows.append(row)
+        with store.engine.begin() as connection:
+            tasks.insert(connection, rows)
+        with Session(store.engine) as session:
+            stored = {t.task_id: t for t in session.exec(select(TaskRecord)).all()}
+        for i, value in enumerate(kinds, start=1):
+            written = stored[i].mounts[0]["read_only"]
+            assert (type(written), written) == (type(value), value)
+    finally:
+        store.close()

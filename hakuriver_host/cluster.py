@@ -476,9 +476,22 @@ class Cluster:
                 self._store_in_background(placed)
 
     def _store_in_background(self, placed: list[Placed]) -> None:
-        storing = asyncio.create_task(self._store_and_dispatch(placed))
+        self._storing_task(self._store_and_dispatch(placed))
+
+    def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``work`` (a write and what follows it) as a task the Host waits for, or
+        cancels, when it stops."""
+        storing = asyncio.create_task(work)
         self._storing.add(storing)
         storing.add_done_callback(self._storing.discard)
+        return storing
+
+    def _dispatch(self, task: TaskRecord) -> None:
+        """Send a stored placement to its Runner, unless it moved on meanwhile (killed)
+        or its Runner is away (it is then dispatched when the Runner comes back)."""
+        link = self.nodes.link_of(task.assigned_node)
+        if link is not None and task.status == TaskStatus.ASSIGNING:
+            link.dispatch(dispatch_of(task))
 
     def _place_at_once(self, records: list[TaskRecord]) -> bool:
         """Place what ``Scheduler.place_now`` allows of a small submission (a task queued
@@ -509,10 +522,7 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        storing = asyncio.create_task(self._store_placed(task, allocation, who))
-        self._storing.add(storing)
-        storing.add_done_callback(self._storing.discard)
-        await asyncio.shield(storing)
+        await asyncio.shield(self._storing_task(self._store_placed(task, allocation, who)))
         return True
 
     async def _store_placed(self, task: TaskRecord, allocation: Allocation, who: Principal) -> None:
@@ -524,9 +534,7 @@ class Cluster:
                 self.ahead.drop(task.task_id)
                 self.kick()
             raise
-        link = self.nodes.link_of(task.assigned_node)
-        if link is not None and task.status == TaskStatus.ASSIGNING:
-            link.dispatch(dispatch_of(task))
+        self._dispatch(task)
 
     def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each
@@ -570,9 +578,7 @@ class Cluster:
                 failed.append(exc)
                 continue
             for task in tasks:
-                link = self.nodes.link_of(task.assigned_node)
-                if link is not None and task.status == TaskStatus.ASSIGNING:
-                    link.dispatch(dispatch_of(task))
+                self._dispatch(task)
             await asyncio.sleep(0)
         return failed
 

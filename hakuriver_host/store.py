@@ -117,7 +117,7 @@ class Store:
         """New tasks' rows (``columns`` of each, when given) and first events as driver
         parameters, on the caller's thread: a job array's conversions then cost the
         store's one thread nothing, and a lone task's write waits only for the array's
-        ``executemany``."""
+        statements."""
         prepared = (
             *self._tasks.prepare("insert", inserts, columns),
             *self._events.prepare("insert", events),

@@ -18,10 +18,10 @@ from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, InvalidArgument
 from hakuriver_host.identity import Principal
-from hakuriver_host.models import TaskRecord
+from hakuriver_host.models import Task
 from hakuriver_host.task_machine import PLACED_STATUSES
 
-_Action = Callable[[int, Principal], Awaitable[TaskRecord]]
+_Action = Callable[[int, Principal], Awaitable[Task]]
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Batches:
             counts={status: counts[status] for status in TaskStatus if counts[status]},
         )
 
-    def _active(self, batch_id: int, statuses: frozenset[TaskStatus]) -> list[TaskRecord]:
+    def _active(self, batch_id: int, statuses: frozenset[TaskStatus]) -> list[Task]:
         return [t for t in self.cluster.book.of_batch(batch_id) if TaskStatus(t.status) in statuses]
 
     async def kill(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
@@ -89,7 +89,7 @@ class Batches:
         return await self.summary(batch_id, who), resumed
 
     @staticmethod
-    async def _each(action: _Action, tasks: list[TaskRecord], who: Principal) -> int:
+    async def _each(action: _Action, tasks: list[Task], who: Principal) -> int:
         """Act on every task at once; how many it succeeded for (a task that changed in the
         meantime, or whose Runner did not confirm, is left as it is)."""
         results = await asyncio.gather(

@@ -40,7 +40,7 @@ from hakuriver_host.errors import (
 from hakuriver_host.identity import Principal
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import TaskEventRecord, TaskRecord, utcnow
+from hakuriver_host.models import Task, TaskEventRecord, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.prepared_ahead import PreparedAhead
 from hakuriver_host.runner_link import RunnerLink
@@ -67,7 +67,7 @@ log = logging.getLogger(__name__)
 # Placements stored and dispatched between two turns of the event loop for other work.
 PLACEMENT_SLICE = 256
 # Tasks placed on one node, with the coroutine that stores their placements (one write).
-Placed = tuple[list[TaskRecord], Coroutine[Any, Any, None]]
+Placed = tuple[list[Task], Coroutine[Any, Any, None]]
 # A submission of at most this many tasks that arrives during a placement pass, or finds
 # tasks queued, is placed at once when nothing queued ahead of it could use its nodes
 # (Scheduler.place_now), instead of waiting for that pass (a job array's takes hundreds of
@@ -219,9 +219,7 @@ class Cluster:
     def _rights(self, who: Principal) -> Rights:
         return Rights(who.sees_all_tasks, tuple(self.config.auth.user_mount_roots))
 
-    async def submit(
-        self, req: tpb.SubmitTaskRequest, who: Principal
-    ) -> tuple[list[TaskRecord], int]:
+    async def submit(self, req: tpb.SubmitTaskRequest, who: Principal) -> tuple[list[Task], int]:
         """Admit, store and queue the tasks of a submission, owned by ``who``; answer once
         each is either placed or known to wait: after the placement pass that considered
         them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE;
@@ -260,29 +258,27 @@ class Cluster:
             await self._placement_pass()
         return records, batch_id
 
-    def queue_position(self, task: TaskRecord) -> int:
+    def queue_position(self, task: Task) -> int:
         return self.book.queue_position(task)
 
     @staticmethod
-    def _visible(task: TaskRecord, who: Principal) -> TaskRecord:
+    def _visible(task: Task, who: Principal) -> Task:
         """The task, if ``who`` may see it; otherwise exactly the answer for a missing one."""
         if not who.owns(task.owner):
             raise Hidden(f"task_id: task {task.task_id} not found")
         return task
 
-    async def get_task(self, task_id: int, who: Principal) -> TaskRecord:
+    async def get_task(self, task_id: int, who: Principal) -> Task:
         return self._visible(await self.book.get(require_task_id(task_id)), who)
 
     async def get_task_with_events(
         self, task_id: int, who: Principal
-    ) -> tuple[TaskRecord, int, list[TaskEventRecord]]:
+    ) -> tuple[Task, int, list[TaskEventRecord]]:
         task, events = await self.book.get_with_events(require_task_id(task_id))
         self._visible(task, who)
         return task, self.book.queue_position(task), events
 
-    async def list_tasks(
-        self, req: tpb.ListTasksRequest, who: Principal
-    ) -> list[tuple[TaskRecord, int]]:
+    async def list_tasks(self, req: tpb.ListTasksRequest, who: Principal) -> list[tuple[Task, int]]:
         """Tasks matching the filters, newest first, each with its queue position; a user
         sees only their own."""
         limit = req.limit or DEFAULT_LIST_LIMIT
@@ -314,13 +310,13 @@ class Cluster:
         live = self.book.active
         return [(live.get(r.task_id, r), positions.get(r.task_id, 0)) for r in records]
 
-    async def watch(self, task_id: int, who: Principal) -> AsyncIterator[TaskRecord]:
+    async def watch(self, task_id: int, who: Principal) -> AsyncIterator[Task]:
         """The task now and after every status change, until it is final."""
         await self.get_task(task_id, who)
         async for task in self.book.watch(task_id):
             yield task
 
-    async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[TaskRecord]:
+    async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[Task]:
         """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
         it changes."""
         if owner and owner != who.name:
@@ -361,7 +357,7 @@ class Cluster:
 
     async def _active_task(
         self, task_id: int, action: str, allowed: frozenset[TaskStatus], who: Principal
-    ) -> TaskRecord:
+    ) -> Task:
         task = await self.get_task(task_id, who)
         if TaskStatus(task.status) not in allowed:
             names = ", ".join(s.value for s in TaskStatus if s in allowed)
@@ -370,7 +366,7 @@ class Cluster:
             )
         return task
 
-    async def kill(self, task_id: int, who: Principal) -> TaskRecord:
+    async def kill(self, task_id: int, who: Principal) -> Task:
         task = await self._active_task(task_id, "killed", KILLABLE, who)
         self.audit.record(who, "task.kill", task_id)
         if task.status == TaskStatus.PENDING:
@@ -401,7 +397,7 @@ class Cluster:
         goal: TaskStatus,
         send: Callable[[RunnerLink, int], None],
         who: Principal,
-    ) -> TaskRecord:
+    ) -> Task:
         task = await self._active_task(task_id, action, frozenset({allowed}), who)
         self.audit.record(who, f"task.{send.__name__}", task_id)
         link = self.nodes.link_of(task.assigned_node)
@@ -415,12 +411,12 @@ class Cluster:
             raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
         return task
 
-    async def pause(self, task_id: int, who: Principal) -> TaskRecord:
+    async def pause(self, task_id: int, who: Principal) -> Task:
         return await self._control(
             task_id, "paused", TaskStatus.RUNNING, TaskStatus.PAUSED, RunnerLink.pause, who
         )
 
-    async def resume(self, task_id: int, who: Principal) -> TaskRecord:
+    async def resume(self, task_id: int, who: Principal) -> Task:
         return await self._control(
             task_id, "resumed", TaskStatus.PAUSED, TaskStatus.RUNNING, RunnerLink.resume, who
         )
@@ -430,7 +426,7 @@ class Cluster:
     def kick(self) -> None:
         self._kick.set()
 
-    def _finished(self, task: TaskRecord) -> None:
+    def _finished(self, task: Task) -> None:
         """A task's final status is stored: its Runner may drop it, and the queue may move."""
         self.runners.output_errors.pop(task.task_id, None)
         link = self.nodes.link_of(task.assigned_node)
@@ -486,14 +482,14 @@ class Cluster:
         storing.add_done_callback(self._storing.discard)
         return storing
 
-    def _dispatch(self, task: TaskRecord) -> None:
+    def _dispatch(self, task: Task) -> None:
         """Send a stored placement to its Runner, unless it moved on meanwhile (killed)
         or its Runner is away (it is then dispatched when the Runner comes back)."""
         link = self.nodes.link_of(task.assigned_node)
         if link is not None and task.status == TaskStatus.ASSIGNING:
             link.dispatch(dispatch_of(task))
 
-    def _place_at_once(self, records: list[TaskRecord]) -> bool:
+    def _place_at_once(self, records: list[Task]) -> bool:
         """Place what ``Scheduler.place_now`` allows of a small submission (a task queued
         ahead of it that could use its nodes makes it wait for a pass); True if every task
         was placed."""
@@ -510,7 +506,7 @@ class Cluster:
             self._store_in_background(self._placed(placements))
         return len(placements) == len(records)
 
-    async def _add_placed(self, task: TaskRecord, who: Principal) -> bool:
+    async def _add_placed(self, task: Task, who: Principal) -> bool:
         """Store and dispatch a submission's one task placed at once, when it fits now and
         nothing queued ahead could use its nodes (``Scheduler.place_now``): its row is
         written already placed. False: it was not placed (it is stored pending)."""
@@ -525,7 +521,7 @@ class Cluster:
         await asyncio.shield(self._storing_task(self._store_placed(task, allocation, who)))
         return True
 
-    async def _store_placed(self, task: TaskRecord, allocation: Allocation, who: Principal) -> None:
+    async def _store_placed(self, task: Task, allocation: Allocation, who: Principal) -> None:
         try:
             await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
         except Exception:
@@ -536,7 +532,7 @@ class Cluster:
             raise
         self._dispatch(task)
 
-    def _placed(self, placements: list[tuple[TaskRecord, Allocation]]) -> list[Placed]:
+    def _placed(self, placements: list[tuple[Task, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each
         node's are stored as one write (then dispatched)."""
         now = utcnow()
@@ -589,7 +585,7 @@ class Cluster:
         if not self.book.queue:
             return []
         placed: list[Placed] = []
-        placements: list[tuple[TaskRecord, Allocation]] = []
+        placements: list[tuple[Task, Allocation]] = []
         plan = self.scheduler.iter_plan(self.book.queue, time.time_ns() // 1_000_000)
         try:
             for request, allocation in plan:
@@ -665,7 +661,7 @@ class Cluster:
 
     # ----- SSH tunnels ------------------------------------------------------------------
 
-    async def _running_vps(self, task_id: int, who: Principal) -> TaskRecord:
+    async def _running_vps(self, task_id: int, who: Principal) -> Task:
         task = await self.get_task(task_id, who)
         if task.kind != TaskKind.VPS:
             raise FailedPrecondition(f"task {task_id} is not a VPS task")

@@ -13,12 +13,12 @@ from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as 
 from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.admission import Plan
-from hakuriver_host.models import TaskEventRecord, TaskRecord
+from hakuriver_host.models import Task, TaskEventRecord
 from hakuriver_host.nodes import NodeView
 from hakuriver_host.scheduler import Allocation, NodeResources
 
 
-def task_to_pb(task: TaskRecord, queue_position: int = 0) -> task_pb2.Task:
+def task_to_pb(task: Task, queue_position: int = 0) -> task_pb2.Task:
     return task_pb2.Task(
         task_id=task.task_id,
         kind=TaskKind(task.kind).pb,
@@ -84,7 +84,7 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
     )
 
 
-def dispatch_of(task: TaskRecord, allocation: Allocation | None = None) -> rpb.DispatchCommand:
+def dispatch_of(task: Task, allocation: Allocation | None = None) -> rpb.DispatchCommand:
     """What a Runner needs to start a placed task (or a queued one, were it given
     ``allocation``)."""
     cpus, gpus = task.assigned_cpus, task.required_gpus
@@ -138,7 +138,7 @@ def _array_fields(plan: Plan, array_id: int, index: int | None) -> dict[str, Any
 
 
 # Every field of a new row that records_of does not set keeps this row's value.
-_PROTOTYPE = TaskRecord(task_id=0, command="", status=TaskStatus.PENDING.value, container_name="")
+_PROTOTYPE = Task(task_id=0, command="", status=TaskStatus.PENDING.value, container_name="")
 
 
 def records_of(
@@ -148,7 +148,7 @@ def records_of(
     now: datetime,
     output_paths: Callable[[int], tuple[str, str]],
     owner: str,
-) -> list[TaskRecord]:
+) -> list[Task]:
     """One pending task row per task of an admitted plan, owned by ``owner``. Each is a
     copy of a row built once (a table model's constructor costs ~40 times a copy, which
     counts for a job array and for every single submission) with its own fields and its

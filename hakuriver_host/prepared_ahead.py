@@ -17,12 +17,12 @@ from collections.abc import Callable
 from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.statuses import TaskKind
 from hakuriver_host.convert import dispatch_of
-from hakuriver_host.models import TaskRecord
+from hakuriver_host.models import Task
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.scheduler import Allocation, Request
 
 
-def preparable(task: TaskRecord) -> bool:
+def preparable(task: Task) -> bool:
     """Command tasks in containers (a VPS takes its SSH port at start; a process has no
     container to make)."""
     return task.kind == TaskKind.COMMAND.value and task.container_name != NULL_CONTAINER
@@ -42,14 +42,14 @@ class PreparedAhead:
         self,
         foreseen: list[tuple[Request, Allocation]],
         link_of: Callable[[str], RunnerLink | None],
-        task_of: Callable[[int], TaskRecord | None],
+        task_of: Callable[[int], Task | None],
     ) -> None:
         """Prepare what is foreseen and not prepared yet (or prepared on another node);
         release what was prepared and is no longer foreseen. One foreseen on its node again
         but on other CPUs keeps what was prepared: which of a node's tasks ends first is a
         guess, and a pass places a task made ready for the CPUs that did free up first
         (Scheduler._made_ready_for), where making it again would cost its container."""
-        wanted: dict[int, tuple[Allocation, TaskRecord]] = {}
+        wanted: dict[int, tuple[Allocation, Task]] = {}
         for request, allocation in foreseen:
             task = task_of(request.task_id)
             if task is not None and preparable(task):

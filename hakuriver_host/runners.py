@@ -24,7 +24,7 @@ from hakuriver_host.errors import InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Kind, Principal
 from hakuriver_host.log_store import STDERR, STDOUT, Gap, LogStore, OutputError
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import TaskRecord, utcnow
+from hakuriver_host.models import Task, utcnow
 from hakuriver_host.nodes import NodeTable
 from hakuriver_host.runner_checks import (
     check_batch,
@@ -323,7 +323,7 @@ class RunnerGateway:
             if stores or releases:
                 await self._later(link, len(reports), _stored_then(stores, link.release, releases))
 
-    def _facts(self, task: TaskRecord | None) -> TaskFacts | None:
+    def _facts(self, task: Task | None) -> TaskFacts | None:
         """What the state machine reads of a task a report is about (None: not active)."""
         if task is None:
             return None
@@ -361,7 +361,7 @@ class RunnerGateway:
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    def _observe_started(self, link: RunnerLink, task: TaskRecord) -> None:
+    def _observe_started(self, link: RunnerLink, task: Task) -> None:
         now = utcnow()
         self.metrics.submit_to_running.observe(max(0.0, (now - task.submitted_at).total_seconds()))
         dispatched = link.started(task.task_id)

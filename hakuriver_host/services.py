@@ -34,7 +34,7 @@ from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument
 from hakuriver_host.identity import Principal, caller
-from hakuriver_host.models import TaskRecord
+from hakuriver_host.models import Task
 from hakuriver_host.nodes import NodeView
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         # One task's position is counted; many read the ranked queue once.
         ranked = self.cluster.book.queue_positions() if len(shown) > 1 else None
 
-        def position(task: TaskRecord) -> int:
+        def position(task: Task) -> int:
             if ranked is None:
                 return self.cluster.queue_position(task)
             return ranked.get(task.task_id, 0)
@@ -102,7 +102,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         return reply
 
     async def _act(
-        self, action: Callable[[int, Principal], Awaitable[TaskRecord]], task_id: int
+        self, action: Callable[[int, Principal], Awaitable[Task]], task_id: int
     ) -> task_pb2.Task:
         return task_to_pb(await action(task_id, caller()))
 

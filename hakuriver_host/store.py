@@ -31,7 +31,14 @@ from sqlmodel import Session, create_engine, select
 from hakuriver_host import migrations
 from hakuriver_host.bulk_sql import BulkStatements, Prepared
 from hakuriver_host.group_commit import GroupCommit
-from hakuriver_host.models import ClusterRecord, NodeRecord, TaskEventRecord, TaskRecord
+from hakuriver_host.models import (
+    ClusterRecord,
+    NodeRecord,
+    Task,
+    TaskEventRecord,
+    TaskRecord,
+    in_memory,
+)
 
 T = TypeVar("T")
 # Task rows changed per transaction, at most (a write bigger than that goes alone): bounds
@@ -196,10 +203,11 @@ class Store:
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(select(NodeRecord)))
 
-    def load_tasks_in(self, statuses: Sequence[str]) -> list[TaskRecord]:
+    def load_tasks_in(self, statuses: Sequence[str]) -> list[Task]:
+        """The tasks in ``statuses``, as the plain ``Task`` the Host holds in memory."""
         with Session(self.engine, expire_on_commit=False) as session:
             query = select(TaskRecord).where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
-            return list(session.exec(query))
+            return [in_memory(record) for record in session.exec(query)]
 
     def count_tasks(self) -> dict[tuple[str, str], int]:
         """Number of tasks by (status, kind)."""

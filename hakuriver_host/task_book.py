@@ -20,8 +20,8 @@ from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import (
     TASK_FIELDS,
+    Task,
     TaskEventRecord,
-    TaskRecord,
     assign,
     field_values,
     utcnow,
@@ -42,7 +42,7 @@ OFF_LOOP_TASKS = 256
 QUEUE_SLICE = 1024
 
 
-def request_of(task: TaskRecord) -> Request:
+def request_of(task: Task) -> Request:
     """What the scheduler needs to place a task."""
     return Request(
         task_id=task.task_id,
@@ -58,7 +58,7 @@ def request_of(task: TaskRecord) -> Request:
     )
 
 
-def allocation_of(task: TaskRecord) -> Allocation:
+def allocation_of(task: Task) -> Allocation:
     """What a placed task holds, as stored in its row."""
     return Allocation(
         hostname=task.assigned_node or "",
@@ -69,7 +69,7 @@ def allocation_of(task: TaskRecord) -> Allocation:
     )
 
 
-def _write_key(task: TaskRecord) -> Hashable:
+def _write_key(task: Task) -> Hashable:
     """The store orders a task's changes with its node's: a release of cores is stored
     before the placement that reuses them (a crash between the two must not leave both
     holding them). A task that was never placed has no node; it orders with itself (the
@@ -77,7 +77,7 @@ def _write_key(task: TaskRecord) -> Hashable:
     return task.assigned_node or task.task_id
 
 
-def _events(records: list[TaskRecord], at: datetime, detail: str) -> list[dict[str, Any]]:
+def _events(records: list[Task], at: datetime, detail: str) -> list[dict[str, Any]]:
     """New tasks' first events, as the store takes them."""
     return [_event(r.task_id, r.status, at, detail) for r in records]
 
@@ -91,10 +91,10 @@ class Change(NamedTuple):
     get (None: nobody watches), its row's new values and its event. (A tuple: made for
     every change, and a frozen dataclass costs several times as much to make.)"""
 
-    task: TaskRecord
+    task: Task
     old: TaskStatus
     new: TaskStatus
-    watched: tuple[int, TaskRecord] | None
+    watched: tuple[int, Task] | None
     row: dict[str, Any]
     event: dict[str, Any]
 
@@ -107,7 +107,7 @@ class TaskBook:
         metrics: HostMetrics,
         notifier: Notifier,
         scheduler: Scheduler,
-        on_final: Callable[[TaskRecord], None],
+        on_final: Callable[[Task], None],
         on_released: Callable[[], None],
     ) -> None:
         self.store = store
@@ -117,32 +117,32 @@ class TaskBook:
         self.scheduler = scheduler
         self._on_final = on_final
         self._on_released = on_released
-        self.active: dict[int, TaskRecord] = {}
+        self.active: dict[int, Task] = {}
         # The pending subset of ``active`` (nothing moves back to pending), and their
         # requests in the scheduler's queue.
-        self.pending: dict[int, TaskRecord] = {}
+        self.pending: dict[int, Task] = {}
         self.queue = PendingQueue()
         self._positions: dict[int, int] | None = None
         # Watchers of one task get a numbered copy of it per change, in order (a copy: the
         # live record may have moved on by the time the watcher reads it).
-        self._watchers: dict[int, set[asyncio.Queue[tuple[int, TaskRecord]]]] = {}
+        self._watchers: dict[int, set[asyncio.Queue[tuple[int, Task]]]] = {}
         self._change = 0
         # The number of each active task's latest change.
         self._last_change: dict[int, int] = {}
         # Tasks made final in memory whose change is not stored yet (no longer active, and
         # not yet final in the database).
-        self._finishing: dict[int, TaskRecord] = {}
+        self._finishing: dict[int, Task] = {}
         # Watchers of every task (live lists); a full queue ends that watcher (see ``watch_all``).
-        self._list_watchers: set[asyncio.Queue[TaskRecord | None]] = set()
+        self._list_watchers: set[asyncio.Queue[Task | None]] = set()
 
-    def load(self, tasks: list[TaskRecord]) -> None:
+    def load(self, tasks: list[Task]) -> None:
         for task in tasks:
             self.active[task.task_id] = task
             if task.status == TaskStatus.PENDING:
                 self.pending[task.task_id] = task
                 self.queue.add(request_of(task))
 
-    async def add(self, records: list[TaskRecord], detail: str) -> None:
+    async def add(self, records: list[Task], detail: str) -> None:
         """New pending tasks: stored with their first event, then queued. A job array's
         rows are turned into parameters on a worker thread and its tasks queued in slices,
         so the event loop serves others meanwhile."""
@@ -169,7 +169,7 @@ class TaskBook:
             self.metrics.tasks_added(kind, count)
 
     async def add_placed(
-        self, task: TaskRecord, detail: str, fields: dict[str, Any], placed: str
+        self, task: Task, detail: str, fields: dict[str, Any], placed: str
     ) -> None:
         """A new task placed before it was stored (``Cluster.submit``: one task that fits
         at once): inserted already assigning, with its "submitted" and its "placed" event,
@@ -193,20 +193,18 @@ class TaskBook:
         self.metrics.tasks_added(task.kind, 1)
         self.metrics.task_moved(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)
 
-    def _prepared(self, records: list[TaskRecord], at: datetime, detail: str) -> TaskWrite:
+    def _prepared(self, records: list[Task], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
         the tasks' own values."""
         rows = [field_values(r) for r in records]
         return self.store.prepare_new_tasks(rows, _events(records, at, detail), TASK_FIELDS)
 
-    async def persist(self, task: TaskRecord, detail: str | None = None, **changes: Any) -> None:
+    async def persist(self, task: Task, detail: str | None = None, **changes: Any) -> None:
         """Store ``changes`` (just those columns), with an event of the current status when
         ``detail`` is given."""
         await self.note(task, detail, **changes)
 
-    def note(
-        self, task: TaskRecord, detail: str | None = None, **changes: Any
-    ) -> asyncio.Future[None]:
+    def note(self, task: Task, detail: str | None = None, **changes: Any) -> asyncio.Future[None]:
         """``persist`` in two halves like ``apply``: made in memory now and its write queued;
         the future is done once it is stored."""
         assign(task, changes)
@@ -215,15 +213,13 @@ class TaskBook:
             _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=events
         )
 
-    async def move(
-        self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
-    ) -> None:
+    async def move(self, task: Task, new: TaskStatus, detail: str = "", **fields: Any) -> None:
         """Change a task's status through the state machine; IllegalTransition if refused.
         Returns once the change is stored and everyone was told."""
         await self.apply(task, new, detail, **fields)
 
     def apply(
-        self, task: TaskRecord, new: TaskStatus, detail: str = "", **fields: Any
+        self, task: Task, new: TaskStatus, detail: str = "", **fields: Any
     ) -> Coroutine[Any, Any, None]:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
@@ -232,7 +228,7 @@ class TaskBook:
 
     def change(
         self,
-        task: TaskRecord,
+        task: Task,
         new: TaskStatus,
         detail: str = "",
         fields: Mapping[str, Any] | None = None,
@@ -318,7 +314,7 @@ class TaskBook:
                 queue.put_nowait(change.watched)
             self._tell_lists(change.watched[1])
 
-    def _tell_lists(self, task: TaskRecord) -> None:
+    def _tell_lists(self, task: Task) -> None:
         for queue in list(self._list_watchers):
             if queue.qsize() >= LIST_WATCH_BACKLOG:
                 # Too far behind: drop it (its stream ends; the page lists again).
@@ -327,7 +323,7 @@ class TaskBook:
             else:
                 queue.put_nowait(task)
 
-    def _notify_final(self, task: TaskRecord) -> None:
+    def _notify_final(self, task: Task) -> None:
         self.notifier.notify(
             f"task.{task.status}",
             task={
@@ -343,7 +339,7 @@ class TaskBook:
 
     # ----- queries ----------------------------------------------------------------------
 
-    def of_batch(self, batch_id: int) -> list[TaskRecord]:
+    def of_batch(self, batch_id: int) -> list[Task]:
         """A batch's tasks that are in memory: active, or final but not yet stored."""
         return [
             t
@@ -352,11 +348,11 @@ class TaskBook:
             if t.batch_id == batch_id
         ]
 
-    def live(self, task_id: int) -> TaskRecord | None:
+    def live(self, task_id: int) -> Task | None:
         """The task as it is in memory (newer than the store), if it is active or finishing."""
         return self.active.get(task_id) or self._finishing.get(task_id)
 
-    async def get(self, task_id: int) -> TaskRecord:
+    async def get(self, task_id: int) -> Task:
         task = self.live(task_id)
         if task is not None:
             return task
@@ -365,16 +361,16 @@ class TaskBook:
             raise NotFound(f"task_id: task {task_id} not found")
         return record
 
-    async def get_with_events(self, task_id: int) -> tuple[TaskRecord, list[TaskEventRecord]]:
+    async def get_with_events(self, task_id: int) -> tuple[Task, list[TaskEventRecord]]:
         record, events = await self.store.run(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
         return self.active.get(task_id, record), events
 
-    def on_node(self, hostname: str) -> list[TaskRecord]:
+    def on_node(self, hostname: str) -> list[Task]:
         return [t for t in self.active.values() if t.assigned_node == hostname]
 
-    def queue_position(self, task: TaskRecord) -> int:
+    def queue_position(self, task: Task) -> int:
         """1-based queue position of one task (0 unless pending), without ranking the queue."""
         if task.status != TaskStatus.PENDING:
             return 0
@@ -391,10 +387,10 @@ class TaskBook:
             self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
         return self._positions
 
-    async def watch(self, task_id: int) -> AsyncIterator[TaskRecord]:
+    async def watch(self, task_id: int) -> AsyncIterator[Task]:
         """Yield the task now, then a copy of it after every status change, in order,
         until it is final: every transition is sent, whenever the consumer reads."""
-        queue: asyncio.Queue[tuple[int, TaskRecord]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, Task]] = asyncio.Queue()
         self._watchers.setdefault(task_id, set()).add(queue)
         try:
             live = self.active.get(task_id) or self._finishing.get(task_id)
@@ -418,10 +414,10 @@ class TaskBook:
                 if not watchers:
                     del self._watchers[task_id]
 
-    async def watch_all(self) -> AsyncIterator[TaskRecord]:
+    async def watch_all(self) -> AsyncIterator[Task]:
         """Every task as it is submitted and after each status change, from now on. Ends
         with ``WatcherBehind`` when more than LIST_WATCH_BACKLOG changes wait unread."""
-        queue: asyncio.Queue[TaskRecord | None] = asyncio.Queue()
+        queue: asyncio.Queue[Task | None] = asyncio.Queue()
         self._list_watchers.add(queue)
         try:
             while (task := await queue.get()) is not None:
@@ -434,9 +430,9 @@ class TaskBook:
             self._list_watchers.discard(queue)
 
     async def wait_until(
-        self, task_id: int, done: Callable[[TaskRecord], bool], seconds: float
-    ) -> TaskRecord | None:
-        async def waiter() -> TaskRecord | None:
+        self, task_id: int, done: Callable[[Task], bool], seconds: float
+    ) -> Task | None:
+        async def waiter() -> Task | None:
             async for task in self.watch(task_id):
                 if done(task):
                     return task

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hakuriver_host.models import TASK_FIELDS, TaskRecord, field_values
+from hakuriver_host.models import TASK_FIELDS, Task, TaskRecord, field_values
 from hakuriver_host.store import WRITE_BATCH, Store, TaskWrite
 
 
@@ -218,6 +218,45 @@ async def test_new_tasks_prepared_on_another_thread_are_stored_like_the_rest(
             task, events = await store.run(store.get_task, task_id)
             assert task is not None and task.model_dump() == record(task_id).model_dump()
             assert [(e.status, e.detail) for e in events] == [("pending", "new")]
+    finally:
+        store.close()
+
+
+async def test_active_tasks_load_back_as_plain_tasks_with_every_field(tmp_path: Path) -> None:
+    """What a restarted Host holds in memory: plain ``Task`` objects (not table rows, whose
+    every attribute read goes through SQLAlchemy), each field as stored."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        await store.run(store.migrate)
+        at = datetime(2026, 12, 5, 5, 0, tzinfo=UTC)
+        running = TaskRecord(
+            task_id=7,
+            kind="vps",
+            batch_id=3,
+            command="sleep",
+            arguments=["9"],
+            env={"A": "1"},
+            status="running",
+            assigned_node="n1",
+            required_cores=2,
+            required_memory_bytes=2**33,
+            required_gpus=[1],
+            target_numa_node_id=0,
+            container_name="base",
+            mounts=[{"host_path": "/d", "container_path": "/d", "read_only": True}],
+            submitted_at=at,
+            started_at=at,
+            assigned_cpus=[2, 3],
+            owner="alice",
+            array_index=4,
+        )
+        done = TaskRecord(task_id=8, command="true", status="completed", container_name="b")
+        rows = [running.model_dump(), done.model_dump()]
+        await store.insert_tasks(TaskWrite(rows, [], []))
+        loaded = await store.run(store.load_tasks_in, ["running"])
+        assert [type(task) for task in loaded] == [Task]
+        assert loaded[0].model_dump() == running.model_dump()
+        assert set(vars(loaded[0])) == set(TASK_FIELDS)
     finally:
         store.close()
 

@@ -110,8 +110,9 @@ def assign(task: Task, changes: dict[str, Any]) -> None:
 
 def field_values(task: Task) -> Mapping[str, Any]:
     """A task's values by field name, its own objects (``model_dump`` copies them, ~8 us a
-    row), and a stored row's hold more than its fields: read it by TASK_FIELDS. For rows converted before
-    anything can change the task (a job array's, prepared as it is submitted)."""
+    row); a stored row's hold more than its fields: read them by TASK_FIELDS. For rows
+    converted before anything can change the task (a job array's, prepared as it is
+    submitted)."""
     return task.__dict__
 
 

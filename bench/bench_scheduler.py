@@ -21,6 +21,10 @@ GetBatch often enough to time the end to a few ms would load the Host it measure
 on a 10,000-task array costs it ~10-20 ms). One GetBatch per array then checks that every
 task completed, and its time is printed.
 
+The load is one plain user's ("sweeper"); the lone tasks are another user's (the admin's),
+as in a lab where one user's sweep runs while another submits a task: the Host serves at
+most ``auth.calls_per_caller`` calls of one user at once (caller_turns), so the lone task
+does not queue behind the sweep's calls in flight. A lone task of the sweeper would.
 The lone tasks come from another process (its own event loop, its own channel), run on a
 FakeRunner of their own there, which holds each task running until the probe has seen it
 so and then finishes it. That Runner has too little memory for the load's tasks (each asks
@@ -63,10 +67,13 @@ from bench.host_process import HostProcess, bench_host
 from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.config import load_config
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    access_service_pb2_grpc,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
+from hakuriver_common.roles import Role
 from tests.fake_runner import HOLD, FakeRunner
 
 T = TypeVar("T")
@@ -76,6 +83,9 @@ BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 # The load's tasks ask this much memory; the lone tasks' Runner has less, so none lands there.
 LOAD_MEMORY = "1G"
 LONE_RUNNER = "lone-probe"
+# The load is one user's (their calls take turns: auth.calls_per_caller); the lone tasks are
+# the admin's, another user's.
+LOAD_USER = "sweeper"
 LONE_MEMORY = GIB // 2
 RUNNING = task_pb2.TASK_STATUS_RUNNING
 COMPLETED = task_pb2.TASK_STATUS_COMPLETED
@@ -444,7 +454,8 @@ class Bench:
                 for i in range(counts.runners)
             ]
             await asyncio.gather(*(r.start() for r in self.runners))
-            async with open_aio_channel(self.host.client_config, self.host.admin_token) as ch:
+            sweeper = await self.user_token(LOAD_USER)
+            async with open_aio_channel(self.host.client_config, sweeper) as ch:
                 stub = task_service_pb2_grpc.TaskServiceStub(ch)
                 async with self.cpu() as floor_cpu:
                     floors = await self.floor(ch)
@@ -531,6 +542,14 @@ class Bench:
             raise
         done.set()
         return await running, samples
+
+    async def user_token(self, name: str) -> str:
+        """A new plain user's API token (the admin creates both)."""
+        async with open_aio_channel(self.host.client_config, self.host.admin_token) as channel:
+            access = access_service_pb2_grpc.AccessServiceStub(channel)
+            await access.CreateUser(apb.CreateUserRequest(name=name, role=Role.USER.pb))
+            reply = await access.CreateToken(apb.CreateTokenRequest(user=name))
+        return reply.secret
 
     async def singles(
         self, stub: task_service_pb2_grpc.TaskServiceStub, done: asyncio.Event
@@ -680,7 +699,8 @@ def report(result: Result, counts: Counts) -> None:
             f"{rate:.0f} tasks/s = {rate / floor:.2f}x the floor (goal > {GOAL_ARRAY:,} tasks/s)"
         )
     print(
-        "  lone tasks, one at a time from another process: SubmitTask sent -> RUNNING seen by "
+        "  lone tasks, one at a time from another user and process: SubmitTask sent -> "
+        "RUNNING seen by "
         f"WatchTask (goal p99 < {GOAL_LONE_P99 * 1000:g} ms under load)"
     )
     print(_lone_line("no load", result.lone_idle))

@@ -189,6 +189,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "metrics_token": ("str", "", None),
         "user_mount_roots": ("list[str]", [], "absolute_paths"),
         "default_task_network": ("str", "host", "task_network"),
+        "calls_per_caller": ("int", 16, ">=0"),
     },
     "dashboard": {
         "enabled": ("bool", True, None),

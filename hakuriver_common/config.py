@@ -265,6 +265,12 @@ class AuthConfig(Section):
         "host",
         description="Network of a task that names none: host (the node's) or none (isolated).",
     )
+    calls_per_caller: int = Field(
+        16,
+        ge=0,
+        description="Calls (unary) of one user or token holder the Host serves at once; more "
+        "wait their turn, so one user's burst does not hold back others (0: no limit).",
+    )
 
     @field_validator("default_task_network")
     @classmethod

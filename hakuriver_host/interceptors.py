@@ -40,6 +40,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.access import Access
 from hakuriver_host.audit import AuditLog
 from hakuriver_host.authorization import RIGHTS, Right, refusal
+from hakuriver_host.caller_turns import CallerTurns
 from hakuriver_host.errors import (
     ApiError,
     FailedPrecondition,
@@ -184,10 +185,14 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates and authorises every call (authorization.RIGHTS), hands the principal
     to the servicer (identity.caller), maps domain errors, audits refusals, counts calls."""
 
-    def __init__(self, metrics: HostMetrics, access: Access, audit: AuditLog) -> None:
+    def __init__(
+        self, metrics: HostMetrics, access: Access, audit: AuditLog, calls_per_caller: int = 0
+    ) -> None:
         self.metrics = metrics
         self.access = access
         self.audit = audit
+        # None: no limit (see caller_turns).
+        self.turns = CallerTurns(calls_per_caller) if calls_per_caller else None
         self._series: dict[str, _Method] = {}
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)
@@ -380,13 +385,26 @@ class _Call:
             await self._fail(error, context)
         await self._abort(context, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
+    async def _in_turn(self, inner: Behaviour, request: Any, context: Any) -> Any:
+        """Serve the call in one of its caller's turns (caller_turns); anonymous callers,
+        and everybody when nobody is authenticated, share no turns."""
+        turns = self.owner.turns
+        if turns is None or self.who is ANONYMOUS or self.owner.access.open:
+            return await inner(request, context)
+        caller = self.who.actor
+        await turns.take(caller)
+        try:
+            return await inner(request, context)
+        finally:
+            turns.give_back(caller)
+
     def unary(self, inner: Behaviour) -> Behaviour:
         async def call(request: Any, context: Any) -> Any:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
                 request = await self._enter(request, context)
-                response = await inner(request, context)
+                response = await self._in_turn(inner, request, context)
                 if self.malformed is not None:  # the servicer took the early end as an end
                     raise MalformedRequest()
                 return response

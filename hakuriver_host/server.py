@@ -174,7 +174,12 @@ class HostServer:
         self.store = Store(config.database.sqlalchemy_url())
         self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
         self.cluster = Cluster(config, self.store, self.logs, self.metrics)
-        self.gate = ApiInterceptor(self.metrics, self.cluster.access, self.cluster.audit)
+        self.gate = ApiInterceptor(
+            self.metrics,
+            self.cluster.access,
+            self.cluster.audit,
+            config.auth.calls_per_caller,
+        )
         self.server = grpc.aio.server(
             interceptors=[self.gate],
             options=[

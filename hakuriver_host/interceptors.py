@@ -193,6 +193,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         self.audit = audit
         # None: no limit (see caller_turns).
         self.turns = CallerTurns(calls_per_caller) if calls_per_caller else None
+        if self.turns is not None:
+            metrics.calls_waiting.set_function(self.turns.waiting)
         self._series: dict[str, _Method] = {}
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)

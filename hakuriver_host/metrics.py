@@ -30,6 +30,11 @@ class HostMetrics:
         self.queue_depth = Gauge(
             "hakuriver_queue_depth", "Tasks waiting to be placed (pending).", registry=r
         )
+        self.calls_waiting = Gauge(
+            "hakuriver_grpc_calls_waiting",
+            "Unary calls waiting for one of their caller's turns (auth.calls_per_caller).",
+            registry=r,
+        )
         self.runners_connected = Gauge(
             "hakuriver_runners_connected", "Runners with an open Connect stream.", registry=r
         )

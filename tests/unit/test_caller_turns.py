@@ -16,6 +16,7 @@ from hakuriver_host.caller_turns import CallerTurns
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster
+from tests.unit.test_metrics_auth import metric_values
 
 KILLED_EXIT_CODE = 137
 
@@ -64,6 +65,7 @@ async def test_a_users_calls_past_the_limit_wait_while_another_users_are_served(
     assert not listed.tasks  # bob's own: none; he was served while alice's call waited
     await asyncio.sleep(0.3)  # a listing takes milliseconds here
     assert not behind.done()
+    assert (await metric_values(held.cluster))[("hakuriver_grpc_calls_waiting", ())] == 1
 
     assert (await held.end()).status == task_pb2.TASK_STATUS_KILLED
     assert [t.task_id for t in (await behind).tasks] == [held.task_id]

@@ -40,7 +40,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.access import Access
 from hakuriver_host.audit import AuditLog
 from hakuriver_host.authorization import RIGHTS, Right, refusal
-from hakuriver_host.caller_turns import CallerTurns
+from hakuriver_host.caller_turns import UNTURNED, CallerTurns
 from hakuriver_host.errors import (
     ApiError,
     FailedPrecondition,
@@ -238,7 +238,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         """One call of ``method`` by the holder of ``bearer``: how the other transports (the
         dashboard's Connect API and its terminal WebSocket) pass the same checks."""
         who, refused = self.authorise(method, bearer)
-        return _Call(self, method, who, refused, request_streaming)
+        return _Call(self, method, bearer, who, refused, request_streaming)
 
     def authorise(self, method: str, bearer: str) -> tuple[Principal, ApiError | None]:
         """Who holds ``bearer``, and why they may not call ``method`` (None: they may)."""
@@ -308,12 +308,14 @@ class _Call:
         self,
         owner: ApiInterceptor,
         method: str,
+        bearer: str,
         who: Principal,
         refused: ApiError | None,
         request_streaming: bool,
     ) -> None:
         self.owner = owner
         self.method = method
+        self.bearer = bearer
         self.who = who
         self.refused = refused
         self.request_streaming = request_streaming
@@ -388,14 +390,27 @@ class _Call:
         await self._abort(context, grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
     async def _in_turn(self, inner: Behaviour, request: Any, context: Any) -> Any:
-        """Serve the call in one of its caller's turns (caller_turns); anonymous callers,
-        and everybody when nobody is authenticated, share no turns."""
+        """Serve a unary call in one of its caller's turns (caller_turns). Client streams,
+        calls that wait for Runners (UNTURNED), anonymous callers, and everybody when nobody
+        is authenticated take none. A call that waited is authorised again: its token may
+        have been revoked, its user removed or their role changed meanwhile."""
         turns = self.owner.turns
-        if turns is None or self.who is ANONYMOUS or self.owner.access.open:
+        if (
+            turns is None
+            or self.request_streaming
+            or self.method in UNTURNED
+            or self.who is ANONYMOUS
+            or self.owner.access.open
+        ):
             return await inner(request, context)
         caller = self.who.actor
-        await turns.take(caller)
+        waited = await turns.take(caller)
         try:
+            if waited:
+                self.who, refused = self.owner.authorise(self.method, self.bearer)
+                if refused is not None:
+                    raise refused
+                set_caller(self.who, context)
             return await inner(request, context)
         finally:
             turns.give_back(caller)

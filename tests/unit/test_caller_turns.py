@@ -5,38 +5,134 @@ turn handed to a call just cancelled passes on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
 from hakuriver_common.statuses import TaskStatus
-from hakuriver_host.caller_turns import CallerTurns
-from tests.fake_runner import HOLD, FakeRunner, eventually
+from hakuriver_host.authorization import RIGHTS
+from hakuriver_host.caller_turns import UNTURNED, CallerTurns
+from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster
 from tests.unit.test_metrics_auth import metric_values
 
 KILLED_EXIT_CODE = 137
+WHO = apb.WhoAmIRequest()
 
 
 @dataclass
 class HeldTurn:
-    """Alice's one turn, held by a kill that waits for the Runner to confirm it."""
+    """Alice's one turn, held by a listing that waits for the database: its one thread is
+    kept busy until ``release``."""
 
     cluster: LocalCluster
-    runner: FakeRunner
     alice: Client
+    bob: Client
     task_id: int
-    kill: asyncio.Future[tpb.KillTaskResponse]
+    listing: asyncio.Future[tpb.ListTasksResponse]
+    busy: threading.Event
 
-    async def end(self) -> task_pb2.Task:
-        self.runner.finish(self.task_id, KILLED_EXIT_CODE)
-        return (await self.kill).task
+    @property
+    def turns(self) -> CallerTurns:
+        assert self.cluster.server is not None and self.cluster.server.gate.turns is not None
+        return self.cluster.server.gate.turns
+
+    def release(self) -> None:
+        self.busy.set()
+
+    async def alice_waits(self) -> asyncio.Future[apb.WhoAmIResponse]:
+        """Alice's second call (answered from memory), once it waits for her turn."""
+        behind = asyncio.ensure_future(self.alice.access.WhoAmI(WHO, timeout=30))
+        await eventually(lambda: self.turns.waiting() == 1, what="alice's second call waiting")
+        return behind
 
 
-async def _held_turn(make_local_cluster: MakeCluster) -> HeldTurn:
+@contextlib.asynccontextmanager
+async def _held_turn(make_local_cluster: MakeCluster) -> AsyncIterator[HeldTurn]:
+    cluster = await make_local_cluster(auth={"calls_per_caller": 1})
+    await cluster.add_runner("a", answer=HOLD)
+    alice = await cluster.add_user("alice")
+    bob = await cluster.add_user("bob")
+    submitted = await alice.tasks.SubmitTask(
+        tpb.SubmitTaskRequest(command="sleep", arguments=["60"]), timeout=5
+    )
+    task_id = submitted.tasks[0].task_id
+    await cluster.wait_status(task_id, TaskStatus.RUNNING)
+    assert cluster.server is not None
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(cluster.server.store.run(busy.wait, 30))
+    listing = asyncio.ensure_future(alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=30))
+    held = HeldTurn(cluster, alice, bob, task_id, listing, busy)
+    try:
+        await eventually(lambda: "alice" in held.turns._lines, what="alice's listing served")
+        yield held
+    finally:
+        busy.set()
+        await asyncio.gather(blocker, listing, return_exceptions=True)
+
+
+async def test_a_users_calls_past_the_limit_wait_while_another_users_are_served(
+    make_local_cluster: MakeCluster,
+) -> None:
+    async with _held_turn(make_local_cluster) as held:
+        behind = await held.alice_waits()
+        assert (await metric_values(held.cluster))[("hakuriver_grpc_calls_waiting", ())] == 1
+        # Bob is served meanwhile (WhoAmI is answered from memory, not the database).
+        assert (await held.bob.access.WhoAmI(WHO, timeout=5)).user == "bob"
+        await asyncio.sleep(0.3)  # a WhoAmI takes milliseconds here
+        assert not behind.done()
+
+        held.release()
+        assert [t.task_id for t in (await held.listing).tasks] == [held.task_id]
+        assert (await behind).user == "alice"
+
+
+async def test_a_call_cancelled_while_waiting_gives_up_its_place(
+    make_local_cluster: MakeCluster,
+) -> None:
+    async with _held_turn(make_local_cluster) as held:
+        with pytest.raises(grpc.aio.AioRpcError) as waited:
+            await held.alice.access.WhoAmI(WHO, timeout=0.3)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await eventually(lambda: held.turns.waiting() == 0, what="the cancelled call gone")
+        held.release()
+        await held.listing
+        # The turn comes back: her next call is served at once.
+        assert (await held.alice.access.WhoAmI(WHO, timeout=5)).user == "alice"
+        assert not held.turns._lines
+
+
+async def test_a_call_that_waited_for_its_turn_is_authorised_again(
+    make_local_cluster: MakeCluster,
+) -> None:
+    async with _held_turn(make_local_cluster) as held:
+        behind = await held.alice_waits()
+        access = held.cluster.access
+        tokens = await access.ListTokens(apb.ListTokensRequest(user="alice"), timeout=5)
+        revoke = apb.RevokeTokenRequest(token_id=tokens.tokens[0].token_id)
+        revoking = asyncio.ensure_future(access.RevokeToken(revoke, timeout=30))
+        await asyncio.sleep(0.1)  # revoked in memory at once; written once the database is free
+        held.release()
+        await revoking
+        await held.listing  # admitted before the revocation
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await behind
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_call_waiting_for_a_runner_takes_no_turn(
+    make_local_cluster: MakeCluster,
+) -> None:
     cluster = await make_local_cluster(
         auth={"calls_per_caller": 1},
         timing={"kill_grace_seconds": 0, "control_timeout_seconds": 60},
@@ -52,35 +148,16 @@ async def _held_turn(make_local_cluster: MakeCluster) -> HeldTurn:
         alice.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=30)
     )
     await eventually(lambda: ("kill", task_id) in runner.commands, what="the kill sent")
-    return HeldTurn(cluster, runner, alice, task_id, kill)
+    # The kill waits for the Runner's confirmation; alice's other calls go on meanwhile.
+    listed = await alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert [t.task_id for t in listed.tasks] == [task_id]
+    assert not kill.done()
+    runner.finish(task_id, KILLED_EXIT_CODE)
+    assert (await kill).task.status == task_pb2.TASK_STATUS_KILLED
 
 
-async def test_a_users_calls_past_the_limit_wait_while_another_users_are_served(
-    make_local_cluster: MakeCluster,
-) -> None:
-    held = await _held_turn(make_local_cluster)
-    bob = await held.cluster.add_user("bob")
-    behind = asyncio.ensure_future(held.alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=30))
-    listed = await bob.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
-    assert not listed.tasks  # bob's own: none; he was served while alice's call waited
-    await asyncio.sleep(0.3)  # a listing takes milliseconds here
-    assert not behind.done()
-    assert (await metric_values(held.cluster))[("hakuriver_grpc_calls_waiting", ())] == 1
-
-    assert (await held.end()).status == task_pb2.TASK_STATUS_KILLED
-    assert [t.task_id for t in (await behind).tasks] == [held.task_id]
-
-
-async def test_a_call_cancelled_while_waiting_gives_up_its_place(
-    make_local_cluster: MakeCluster,
-) -> None:
-    held = await _held_turn(make_local_cluster)
-    with pytest.raises(grpc.aio.AioRpcError) as waited:
-        await held.alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=0.3)
-    assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await held.end()
-    # The turn comes back: her next call is served at once.
-    assert (await held.alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
+def test_the_unturned_calls_are_methods_of_the_api() -> None:
+    assert set(RIGHTS) >= UNTURNED
 
 
 async def test_turns_are_given_in_order_and_per_caller() -> None:

@@ -24,7 +24,8 @@ task completed, and its time is printed.
 The load is one plain user's ("sweeper"); the lone tasks are another user's (the admin's),
 as in a lab where one user's sweep runs while another submits a task: the Host serves at
 most ``auth.calls_per_caller`` calls of one user at once (caller_turns), so the lone task
-does not queue behind the sweep's calls in flight. A lone task of the sweeper would.
+does not queue behind the sweep's calls in flight. A lone task of the sweeper does: during
+single submits, lone tasks of the sweeper are timed too ("sweeper's own"), after the others.
 The lone tasks come from another process (its own event loop, its own channel), run on a
 FakeRunner of their own there, which holds each task running until the probe has seen it
 so and then finishes it. That Runner has too little memory for the load's tasks (each asks
@@ -204,6 +205,8 @@ class Result:
     arrays: list[ArrayRound]
     lone_idle: Lone
     lone_singles: Lone
+    # The sweeping user's own lone tasks during single submits.
+    lone_own: Lone
     lone_arrays: Lone
     notes: list[str] = field(default_factory=list)
 
@@ -224,9 +227,10 @@ def median(values: list[float]) -> float:
 
 
 def _probe_main(config_path: str, token: str, conn: Connection, load_on: ProcessEvent) -> None:
-    """Entry point of the probe process: answer ("probe", n, under_load, seconds) with
-    ("samples", [(seconds to RUNNING, seconds to the SubmitTask answer), ...]), until
-    ("stop",) or the pipe closes."""
+    """Entry point of the probe process: answer ("probe", n, under_load, seconds, token)
+    with ("samples", [(seconds to RUNNING, seconds to the SubmitTask answer), ...]), until
+    ("stop",) or the pipe closes. The lone tasks are ``token``'s holder's (empty: the
+    admin's, ``token``)."""
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_probe_serve(Path(config_path), token, conn, load_on))
 
@@ -245,8 +249,8 @@ async def _probe_serve(
     )
     await runner.start()
     try:
-        async with open_aio_channel(config, token) as channel:
-            stub = task_service_pb2_grpc.TaskServiceStub(channel)
+        async with contextlib.AsyncExitStack() as channels:
+            stubs: dict[str, task_service_pb2_grpc.TaskServiceStub] = {}
             conn.send(("ready",))
             while True:
                 try:
@@ -255,8 +259,13 @@ async def _probe_serve(
                     return
                 if command[0] != "probe":
                     return
-                _, n, under_load, seconds = command
-                samples = await _probe(stub, runner, n, load_on if under_load else None, seconds)
+                _, n, under_load, seconds, whose = command
+                whose = whose or token
+                if whose not in stubs:
+                    channel = await channels.enter_async_context(open_aio_channel(config, whose))
+                    stubs[whose] = task_service_pb2_grpc.TaskServiceStub(channel)
+                load = load_on if under_load else None
+                samples = await _probe(stubs[whose], runner, n, load, seconds)
                 conn.send(("samples", samples))
     finally:
         await runner.stop()
@@ -342,8 +351,9 @@ class Prober:
 
         return await asyncio.to_thread(receive)
 
-    async def probe(self, n: int, under_load: bool, seconds: float) -> Lone:
-        self.conn.send(("probe", n, under_load, seconds))
+    async def probe(self, n: int, under_load: bool, seconds: float, token: str = "") -> Lone:
+        """``n`` lone tasks of ``token``'s holder (empty: the admin's)."""
+        self.conn.send(("probe", n, under_load, seconds, token))
         _, samples = await self._receive(seconds + 90)
         return Lone.of(samples)
 
@@ -462,11 +472,11 @@ class Bench:
                 async with self.cpu() as idle_cpu:
                     lone_idle = await self.prober.probe(counts.lone, False, counts.timeout)
                 with self.profiler.during("singles", self.host_pid):
-                    singles, lone_singles = await self.under_probe(
-                        lambda done: self.singles(stub, done)
+                    singles, (lone_singles, lone_own) = await self.under_probe(
+                        lambda done: self.singles(stub, done), sweeper
                     )
                 with self.profiler.during("arrays", self.host_pid):
-                    arrays, lone_arrays = await self.under_probe(
+                    arrays, (lone_arrays,) = await self.under_probe(
                         lambda done: self.arrays(stub, done)
                     )
         finally:
@@ -483,6 +493,7 @@ class Bench:
             arrays=arrays,
             lone_idle=lone_idle,
             lone_singles=lone_singles,
+            lone_own=lone_own,
             lone_arrays=lone_arrays,
             notes=self.notes,
         )
@@ -520,9 +531,12 @@ class Bench:
             rates.append(self.counts.tasks / (time.perf_counter() - start))
         return rates
 
-    async def under_probe(self, load: Callable[[asyncio.Event], Awaitable[T]]) -> tuple[T, Lone]:
-        """Run ``load`` while the probe measures lone tasks; ``load`` gets an event set
-        once the probe has its samples (it may stop then) and must end by itself."""
+    async def under_probe(
+        self, load: Callable[[asyncio.Event], Awaitable[T]], *own: str
+    ) -> tuple[T, tuple[Lone, ...]]:
+        """Run ``load`` while the probe measures lone tasks: another user's, then those of
+        each of ``own`` (the load's user's token); ``load`` gets an event set once the probe
+        has its samples (it may stop then) and must end by itself."""
         done = asyncio.Event()
         self.prober.load_on.set()
 
@@ -534,14 +548,17 @@ class Bench:
 
         running = asyncio.create_task(loaded())
         try:
-            samples = await self.prober.probe(self.counts.lone, True, self.counts.timeout)
+            samples = [
+                await self.prober.probe(self.counts.lone, True, self.counts.timeout, token)
+                for token in ("", *own)
+            ]
         except BaseException:
             running.cancel()
             with contextlib.suppress(BaseException):
                 await running
             raise
         done.set()
-        return await running, samples
+        return await running, tuple(samples)
 
     async def user_token(self, name: str) -> str:
         """A new plain user's API token (the admin creates both)."""
@@ -699,12 +716,13 @@ def report(result: Result, counts: Counts) -> None:
             f"{rate:.0f} tasks/s = {rate / floor:.2f}x the floor (goal > {GOAL_ARRAY:,} tasks/s)"
         )
     print(
-        "  lone tasks, one at a time from another user and process: SubmitTask sent -> "
-        "RUNNING seen by "
-        f"WatchTask (goal p99 < {GOAL_LONE_P99 * 1000:g} ms under load)"
+        "  lone tasks, one at a time from another process, another user's but the sweeper's "
+        "own: SubmitTask sent -> RUNNING seen by WatchTask "
+        f"(goal p99 < {GOAL_LONE_P99 * 1000:g} ms under load)"
     )
     print(_lone_line("no load", result.lone_idle))
     print(_lone_line("during singles", result.lone_singles))
+    print(_lone_line("sweeper's own", result.lone_own))
     print(_lone_line("during arrays", result.lone_arrays))
     idle = result.idle_cpu
     print(

@@ -44,10 +44,17 @@ def test_scheduler_benchmark_measures_submits_arrays_and_lone_tasks(
     assert len(result.lone_idle.running) == counts.lone
     # Under load: as many as fitted while the load ran (the load goes on until it has them,
     # up to its bound, so at least one).
-    for lone in (result.lone_idle, result.lone_singles, result.lone_arrays):
+    for lone in (result.lone_idle, result.lone_singles, result.lone_own, result.lone_arrays):
         assert 1 <= len(lone.running) == len(lone.answered) <= counts.lone
         for running, answered in zip(lone.running, lone.answered, strict=True):
             assert 0 < answered <= running and math.isfinite(running), lone
     printed = capsys.readouterr().out
-    for figure in ("floor:", "end to end", "accepted in", "during singles", "during arrays"):
+    for figure in (
+        "floor:",
+        "end to end",
+        "accepted in",
+        "during singles",
+        "sweeper's own",
+        "during arrays",
+    ):
         assert figure in printed, figure

@@ -18,6 +18,18 @@ from hakuriver_host.nodes import NodeView
 from hakuriver_host.scheduler import Allocation, NodeResources
 
 
+def task_env(task: Task) -> dict[str, str]:
+    """A task's environment as it runs: an array task's has its array id and index added
+    here, not stored with each task (one environment per array, written once)."""
+    if task.array_index is None:
+        return task.env
+    return {
+        **task.env,
+        ARRAY_ID_VAR: str(task.batch_id),
+        ARRAY_INDEX_VAR: str(task.array_index),
+    }
+
+
 def task_to_pb(task: Task, queue_position: int = 0) -> task_pb2.Task:
     return task_pb2.Task(
         task_id=task.task_id,
@@ -25,7 +37,7 @@ def task_to_pb(task: Task, queue_position: int = 0) -> task_pb2.Task:
         batch_id=task.batch_id,
         command=task.command,
         arguments=task.arguments,
-        env=task.env,
+        env=task_env(task),
         status=TaskStatus.of(task.status).pb,
         assigned_node=task.assigned_node or "",
         required_cores=task.required_cores,
@@ -97,7 +109,7 @@ def dispatch_of(task: Task, allocation: Allocation | None = None) -> rpb.Dispatc
         image="" if task.container_name == NULL_CONTAINER else image_for(task.container_name),
         command=task.command,
         arguments=task.arguments,
-        env=task.env,
+        env=task_env(task),
         cores=task.required_cores,
         memory_bytes=task.required_memory_bytes,
         mounts=[task_pb2.Mount(**m) for m in task.mounts],
@@ -111,19 +123,17 @@ def dispatch_of(task: Task, allocation: Allocation | None = None) -> rpb.Dispatc
 
 
 def _array_fields(plan: Plan, array_id: int, index: int | None) -> dict[str, Any]:
-    """An array task's own command, arguments, environment and mounts: the plan's with
-    its array id and index filled in."""
+    """An array task's own command, arguments and mounts: the plan's with its array id and
+    index filled in (its environment gets them in ``task_env``)."""
     if index is None:
         return {
             "command": plan.command,
             "arguments": list(plan.arguments),
-            "env": dict(plan.env),
             "mounts": [dict(m) for m in plan.mounts],
         }
     return {
         "command": substitute(plan.command, array_id, index),
         "arguments": [substitute(a, array_id, index) for a in plan.arguments],
-        "env": {**plan.env, ARRAY_ID_VAR: str(array_id), ARRAY_INDEX_VAR: str(index)},
         "mounts": [
             {
                 **m,
@@ -152,7 +162,7 @@ def records_of(
     """One pending task row per task of an admitted plan, owned by ``owner``. Each is a
     copy of a row built once (a table model's constructor costs ~40 times a copy, which
     counts for a job array and for every single submission) with its own fields and its
-    own lists."""
+    own lists (its environment is shared: see below)."""
     alike = _PROTOTYPE.model_copy(
         update={
             "kind": plan.kind.value,
@@ -168,6 +178,9 @@ def records_of(
             "priority": plan.priority,
             "submitted_at": now,
             "owner": owner,
+            # One environment for the submission's tasks: never changed in place, and
+            # written once per statement (bulk_sql binds a value all rows share once).
+            "env": dict(plan.env),
             "network": plan.network.value,
         }
     )

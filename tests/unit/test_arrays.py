@@ -59,6 +59,32 @@ async def test_an_array_creates_one_task_per_index_with_its_index(
     assert [t.task_id for t in listed.tasks] == [reply.tasks[2].task_id]
 
 
+async def test_an_arrays_environment_is_stored_once_and_each_task_gets_its_index(
+    local_cluster: LocalCluster,
+) -> None:
+    """Each task sees its array id and index in its environment (dispatched and shown);
+    the array's tasks share one stored environment, the submitted one, so an array's rows
+    bind it once instead of a copy per task."""
+    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    request = _array([4, 7], env={"MODE": "fast"})
+    reply = await local_cluster.tasks.SubmitTask(request, timeout=5)
+    await eventually(lambda: len(runner.dispatched) == 2)
+    assert local_cluster.server is not None
+    store = local_cluster.server.store
+    for task, index in zip(reply.tasks, (4, 7), strict=True):
+        expected = {
+            "MODE": "fast",
+            "HAKURIVER_ARRAY_ID": str(reply.batch_id),
+            "HAKURIVER_ARRAY_INDEX": str(index),
+        }
+        dispatch = runner.tasks[task.task_id].dispatch
+        assert dispatch is not None and dict(dispatch.env) == expected
+        shown = await local_cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id))
+        assert dict(shown.task.env) == expected
+        row, _ = await store.run(store.get_task, task.task_id)
+        assert row is not None and row.env == {"MODE": "fast"}
+
+
 async def test_the_cap_holds_and_the_next_index_starts_when_one_ends(
     local_cluster: LocalCluster,
 ) -> None:

@@ -1,4 +1,6 @@
-"""Tasks queued on a busy node: 100 x `true`, 1 core each, on one Runner of this machine's
+"""Tasks queued on a busy node: 100 x `true` (or ``sleep S`` with
+``HAKURIVER_BENCH_QUEUED_SLEEP=S``: tasks that run a while, so what is prepared ahead has
+time to be ready), 1 core each, on one Runner of this machine's
 cores, against two threads running `docker run` through docker-py back to back (the most a
 script could get out of the same daemon with two cores busy). Prints; asserts nothing.
 
@@ -25,6 +27,8 @@ from tests.e2e.harness import BASE_ENV, FINAL, ProcessCluster, running_cluster
 
 IMAGE = f"hakuriver/{BASE_ENV}:base"
 TASKS = int(os.environ.get("HAKURIVER_BENCH_QUEUED_TASKS", "100"))
+SLEEP = os.environ.get("HAKURIVER_BENCH_QUEUED_SLEEP", "")
+ARGV = ["sleep", SLEEP] if SLEEP else ["true"]
 ROUNDS = int(os.environ.get("HAKURIVER_BENCH_QUEUED_ROUNDS", "3"))
 THREADS = 2
 TIMEOUT = 600.0
@@ -37,7 +41,7 @@ def baseline(cluster: ProcessCluster, count: int) -> float:
     def runs(n: int) -> None:
         try:
             for _ in range(n):
-                cluster.docker.containers.run(IMAGE, ["true"], remove=True, network_mode="none")
+                cluster.docker.containers.run(IMAGE, ARGV, remove=True, network_mode="none")
         except BaseException as exc:  # reported after the join
             errors.append(exc)
 
@@ -96,7 +100,8 @@ class Finals:
 def ours(cluster: ProcessCluster, finals: Finals, count: int, hostname: str) -> float:
     """The same tasks as one array on the Runner, until the Host has them all final."""
     request = tpb.SubmitTaskRequest(
-        command="true",
+        command=ARGV[0],
+        arguments=ARGV[1:],
         cores=1,
         network=task_pb2.TASK_NETWORK_NONE,
         targets=[task_pb2.Target(hostname=hostname)],
@@ -167,8 +172,8 @@ def run(tasks: int, rounds: int) -> Result:
 def report(result: Result) -> None:
     rounds, tasks = len(result.our_seconds), result.tasks
     bare, mine = statistics.median(result.baseline_seconds), statistics.median(result.our_seconds)
-    print(f"queued start: {tasks} x `true`, 1 core each, one Runner on {result.cores} cores; "
-          f"{rounds} rounds, interleaved, medians")  # fmt: skip
+    print(f"queued start: {tasks} x `{' '.join(ARGV)}`, 1 core each, one Runner on "
+          f"{result.cores} cores; {rounds} rounds, interleaved, medians")  # fmt: skip
     print(f"  {THREADS} docker-py threads, docker run --rm   {bare:6.2f} s  "
           f"({tasks / bare:5.1f} tasks/s)")  # fmt: skip
     print(f"  HakuRiver array, submit -> all final   {mine:6.2f} s  "

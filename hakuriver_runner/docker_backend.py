@@ -46,6 +46,7 @@ from hakuriver_runner.backend import (
     task_variables,
 )
 from hakuriver_runner.docker_logs import Attached, follow_output
+from hakuriver_runner.start_gate import ENTRYPOINT, LABEL_GATED, Gate, never_released
 
 log = logging.getLogger(__name__)
 
@@ -110,16 +111,20 @@ def ssh_port_of(container: Any) -> int:
 @dataclass(frozen=True)
 class Prepared:
     """A container created ahead for a queued task, the dispatch it was created for, and
-    how many environment loads had begun when it was (a later load may change its image)."""
+    how many environment loads had begun when it was (a later load may change its image);
+    when it was also started, held at its gate (start_gate), its attachments."""
 
     dispatch: rpb.DispatchCommand
     container: Any
     loads: int
+    attached: Attached | None = None
+    gate: Gate | None = None
 
-
-def _unstarted_ahead(container: Any) -> bool:
-    """Made ahead for a queued task (``DockerBackend.prepare``) and never started."""
-    return bool(container.labels.get(LABEL_PREPARED)) and container.status == "created"
+    def close(self) -> None:
+        if self.attached is not None:
+            self.attached.close()
+        if self.gate is not None:
+            self.gate.close()
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -179,6 +184,13 @@ class DockerBackend:
         # the daemon's other starts, ~30 ms on a busy node, before the task's output is
         # read and its end seen). Their exit reports carry Docker's own times.
         self._just_started: dict[str, datetime] = {}
+        # Containers held at their gate by this Runner (started ahead, never released), and
+        # when each released one was let go: its task's start, not Docker's.
+        self._held: set[str] = set()
+        self._released_at: dict[str, datetime] = {}
+        # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
+        # environment loads seen.
+        self._gateable: dict[tuple[str, int], bool] = {}
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -339,6 +351,8 @@ class DockerBackend:
             return found
         with self._preparing:
             self._scans += 1
+            for held in self.prepared.values():
+                held.close()
             self.prepared.clear()
             starting = set(self._starting)
         with self._attaching:  # a new stream: its watchers ask the daemon afresh
@@ -350,12 +364,28 @@ class DockerBackend:
                 task_id = int(container.labels[LABEL_TASK])
             except (KeyError, ValueError):
                 continue
-            if _unstarted_ahead(container) and task_id not in starting:
+            if self._unstarted_ahead(container) and task_id not in starting:
                 # Only a hint, which the Host gives again if it still holds.
                 self._remove_quietly(container.id)
+                with self._attaching:
+                    self._held.discard(container.id)
                 continue
             found[task_id] = container
         return found
+
+    def _unstarted_ahead(self, container: Any) -> bool:
+        """Made ahead for a queued task (``prepare``) and its command never run: never
+        started, or held at its gate (by this Runner, or ended there)."""
+        if not container.labels.get(LABEL_PREPARED):
+            return False
+        if container.status == "created":
+            return True
+        if not container.labels.get(LABEL_GATED):
+            return False
+        with self._attaching:
+            if container.id in self._held:
+                return True
+        return container.status == "exited" and never_released(container)
 
     def container_name(self, task_id: int) -> str:
         return f"hakuriver-{self.cluster_id}-{self.runner_name}-task-{task_id}"
@@ -380,10 +410,13 @@ class DockerBackend:
             mounts.append(Mount(m.container_path, source, type="bind", read_only=m.read_only))
         return mounts
 
-    def _create(self, dispatch: rpb.DispatchCommand, ahead: bool = False) -> Any:
+    def _create(
+        self, dispatch: rpb.DispatchCommand, ahead: bool = False, gated: bool = False
+    ) -> Any:
         """Create the task's container, not started; ``ahead``: labelled as prepared ahead of
-        its dispatch. One API call: the image's absence is the daemon's 404 (the API never
-        pulls), and the handle is read in full only once the container runs."""
+        its dispatch; ``gated``: its command behind a gate (start_gate). One API call: the
+        image's absence is the daemon's 404 (the API never pulls), and the handle is read
+        in full only once the container runs."""
         api = self.client.api
         labels = {
             LABEL_CLUSTER: self.cluster_id,
@@ -394,6 +427,8 @@ class DockerBackend:
         }
         if ahead:
             labels[LABEL_PREPARED] = "1"
+        if gated:
+            labels[LABEL_GATED] = "1"
         environment = {
             **dict(dispatch.env),
             **task_variables(dispatch, range(len(dispatch.gpu_ids))),
@@ -432,6 +467,8 @@ class DockerBackend:
             created = api.create_container(
                 dispatch.image,
                 command=command,
+                entrypoint=ENTRYPOINT if gated else None,
+                stdin_open=gated,
                 name=self.container_name(dispatch.task_id),
                 labels=labels,
                 environment=environment,
@@ -449,10 +486,12 @@ class DockerBackend:
         return self.client.containers.prepare_model({"Id": created["Id"]})
 
     def prepare(self, dispatch: rpb.DispatchCommand) -> bool:
-        """Create a queued task's container ahead of its dispatch (not started), so that its
-        dispatch only starts it. False when there is nothing to do: it is prepared already
-        as dispatched, or a container of it exists. The Supervisor runs one command per
-        task at a time on a stream; a scan or a load may come at any time."""
+        """Make a queued task's container ahead of its dispatch: created and, when its image
+        allows, started and held at its gate (start_gate), so that its dispatch only lets
+        the command run; else created only, and the dispatch starts it. False when there is
+        nothing to do: it is prepared already as dispatched, or a container of it exists.
+        The Supervisor runs one command per task at a time on a stream; a scan or a load
+        may come at any time."""
         held = self.prepared.get(dispatch.task_id)
         if held is not None:
             if held.dispatch == dispatch:
@@ -460,18 +499,61 @@ class DockerBackend:
             self._drop_prepared(dispatch.task_id)
         with self._preparing:
             loads, scans = self._loads_seen, self._scans
+        gated = self._may_hold(dispatch.image, loads)
         try:
-            container = self._create(dispatch, ahead=True)
+            container = self._create(dispatch, ahead=True, gated=gated)
         except docker.errors.APIError:  # 409: a container of the task exists
+            return False
+        made = Prepared(dispatch, container, loads)
+        prepared = self._hold(made) if gated else made
+        if prepared is None:
             return False
         with self._preparing:
             kept = (loads, scans) == (self._loads_seen, self._scans)
             if kept:
-                self.prepared[dispatch.task_id] = Prepared(dispatch, container, loads)
+                self.prepared[dispatch.task_id] = prepared
         if not kept:
             # A load may have changed its image, or a scan forgot what was prepared.
-            self._remove_quietly(container.id)
+            self._discard(prepared)
         return kept
+
+    def _may_hold(self, image: str, loads: int) -> bool:
+        """Whether ``image``'s containers may be held at a gate: it has no ENTRYPOINT (the
+        gate takes its place). Asked once per image between environment loads."""
+        key = (image, loads)
+        known = self._gateable.get(key)
+        if known is None:
+            try:
+                config = self.client.api.inspect_image(image).get("Config") or {}
+            except docker.errors.DockerException:
+                return False  # the create says what is wrong
+            known = self._gateable[key] = not config.get("Entrypoint")
+        return known
+
+    def _hold(self, prepared: Prepared) -> Prepared | None:
+        """Start a gated container, attached to its output and its gate first; None (and
+        nothing left) if the daemon would not."""
+        container = prepared.container
+        attached = gate = None
+        try:
+            attached = Attached(container)
+            gate = Gate(container)
+            with self._attaching:
+                self._held.add(container.id)
+            container.start()
+        except (docker.errors.DockerException, OSError) as exc:
+            log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
+            self._discard(Prepared(prepared.dispatch, container, prepared.loads, attached, gate))
+            return None
+        return Prepared(prepared.dispatch, container, prepared.loads, attached, gate)
+
+    def _discard(self, prepared: Prepared) -> None:
+        """Remove a prepared container, closing what attaches to it (a held gate then ends
+        without running the command)."""
+        prepared.close()
+        self._remove_quietly(prepared.container.id)
+        with self._attaching:
+            self._held.discard(prepared.container.id)
 
     def _drop_prepared_of(self, name: str) -> None:
         """Drop the containers prepared from an environment's image (it is being loaded)."""
@@ -485,7 +567,7 @@ class DockerBackend:
         with self._preparing:
             held = self.prepared.pop(task_id, None)
         if held is not None:
-            self._remove_quietly(held.container.id)
+            self._discard(held)
 
     def start(self, dispatch: rpb.DispatchCommand) -> Any:
         """Start the task's container: the one prepared for exactly this dispatch (with no
@@ -500,10 +582,12 @@ class DockerBackend:
                 self._starting.add(dispatch.task_id)
         container = None
         try:
-            if usable and held is not None:
+            if usable and held is not None and held.gate is not None:
+                container = self._release(held)
+            elif usable and held is not None:
                 container = self._start_new(dispatch, held.container)
             elif held is not None:
-                self._remove_quietly(held.container.id)
+                self._discard(held)
         finally:
             with self._preparing:
                 self._starting.discard(dispatch.task_id)
@@ -526,6 +610,34 @@ class DockerBackend:
             "docker could not create the container: a container of the task was in the way"
         )
 
+    def _release(self, held: Prepared) -> Any | None:
+        """Let a held container's command run; None (and the container removed) when its
+        gate is gone (its image has no shell): the dispatch then makes a new container."""
+        container = held.container
+        try:
+            running = bool(self.client.api.inspect_container(container.id)["State"]["Running"])
+        except docker.errors.DockerException:
+            running = False
+        if running and held.gate is not None and held.attached is not None:
+            now = datetime.now(UTC)
+            with self._attaching:
+                self._attached[container.id] = (held.dispatch.task_id, held.attached)
+                self._just_started[container.id] = now
+                self._released_at[container.id] = now
+            try:
+                held.gate.release()
+            except OSError:
+                with self._attaching:
+                    self._attached.pop(container.id, None)
+                    self._just_started.pop(container.id, None)
+                    self._released_at.pop(container.id, None)
+            else:
+                with self._attaching:
+                    self._held.discard(container.id)
+                return container
+        self._discard(held)
+        return None
+
     def _existing(self, task_id: int) -> Any | None:
         """The task's container to adopt; None if there is none (any more). One made ahead
         and never started is not adopted (it may be for another dispatch): it is removed."""
@@ -533,7 +645,7 @@ class DockerBackend:
             existing = self.client.containers.get(self.container_name(task_id))
         except docker.errors.NotFound:
             return None
-        if _unstarted_ahead(existing):
+        if self._unstarted_ahead(existing):
             self._remove_quietly(existing.id)
             return None
         return existing
@@ -661,10 +773,12 @@ class DockerBackend:
                 "the Docker daemon went away while the task ran (a restart of dockerd stops "
                 f"its containers); it exited with code {state.get('ExitCode')}"
             )
+        with self._attaching:
+            released_at = self._released_at.pop(container.id, None)
         return ExitInfo(
             exit_code=int(state.get("ExitCode", result.get("StatusCode", -1))),
             oom_killed=bool(state.get("OOMKilled")),
-            started_at=_parse_docker_time(state.get("StartedAt")),
+            started_at=released_at or _parse_docker_time(state.get("StartedAt")),
             finished_at=_parse_docker_time(state.get("FinishedAt")),
             error=error or state.get("Error", ""),
         )
@@ -694,7 +808,11 @@ class DockerBackend:
 
     def remove(self, task_id: int) -> None:
         with self._preparing:
-            self.prepared.pop(task_id, None)
+            held = self.prepared.pop(task_id, None)
+        if held is not None:
+            held.close()
+            with self._attaching:
+                self._held.discard(held.container.id)
         self.detach_unread(task_id)
         if task_id in self.kept:
             log.info("task %s: keeping its failed container for inspection", task_id)

@@ -13,6 +13,7 @@ command -v chromium >/dev/null || apt_install chromium
 "$PY" -m bench.bench_cli
 "$PY" -m bench.bench_scheduler
 "$PY" -m bench.bench_queued_start
+HAKURIVER_BENCH_QUEUED_SLEEP=0.3 HAKURIVER_BENCH_QUEUED_TASKS=40 "$PY" -m bench.bench_queued_start
 "$PY" -m bench.bench_security
 "$PY" -m bench.bench_heartbeats
 "$PY" -m bench.bench_restart

@@ -5,12 +5,18 @@ and of an environment load, played one step at a time."""
 
 from __future__ import annotations
 
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
 import docker
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.docker_backend import DockerBackend
-from tests.e2e.harness import command_dispatch
+from hakuriver_runner.start_gate import NEVER_RELEASED
+from tests.e2e.harness import BASE_ENV, command_dispatch
+from tests.unit.local_cluster import local_config
 
 pytestmark = pytest.mark.docker
 
@@ -36,7 +42,8 @@ def _running_on(backend: DockerBackend, container: object, cpu: int) -> None:
 def test_the_prepared_container_is_the_one_started(backend: DockerBackend) -> None:
     assert backend.prepare(_dispatch(0)) is True
     [prepared] = _containers(backend)
-    assert prepared.status == "created"
+    assert prepared.status == "running"  # held at its gate (start_gate)
+    assert "hakuriver.gated" in prepared.labels
     started = backend.start(_dispatch(0))
     assert started.id == prepared.id
     _running_on(backend, started, 0)
@@ -63,8 +70,10 @@ def test_a_scan_removes_what_was_prepared_and_a_late_prepare_keeps_nothing(
     # A prepare whose create overlaps a scan: what it made is removed, not held.
     create = backend._create
 
-    def create_then_scan(dispatch: rpb.DispatchCommand, ahead: bool = False) -> object:
-        made = create(dispatch, ahead)
+    def create_then_scan(
+        dispatch: rpb.DispatchCommand, ahead: bool = False, gated: bool = False
+    ) -> object:
+        made = create(dispatch, ahead, gated)
         backend.tasks()
         return made
 
@@ -99,3 +108,89 @@ def test_a_container_prepared_before_a_load_began_is_not_started(
     assert started.id != prepared.id
     [only] = _containers(backend)
     assert only.id == started.id and "hakuriver.prepared" not in only.labels
+
+
+def _exited(container: docker.models.containers.Container) -> None:
+    for _ in range(100):
+        container.reload()
+        if container.status == "exited":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{container.name} still {container.status}")
+
+
+def test_a_held_command_runs_only_once_released(backend: DockerBackend) -> None:
+    dispatch = command_dispatch(["sh", "-c", "echo ran"], 7, (0,))
+    assert backend.prepare(dispatch) is True
+    [held] = _containers(backend)
+    time.sleep(0.3)
+    held.reload()
+    assert held.status == "running" and held.logs() == b""
+    released = datetime.now(UTC)
+    started = backend.start(dispatch)
+    assert started.id == held.id
+    info = backend.wait(started)
+    assert info.exit_code == 0 and info.error == ""
+    # Its start is its release, not the container's start ahead of it.
+    assert info.started_at is not None and info.started_at >= released
+    assert held.logs() == b"ran\n"
+
+
+def test_a_held_container_let_go_never_runs_its_command(
+    backend: DockerBackend, tmp_path: Path
+) -> None:
+    """The Runner went away (its gate's attachment closed) before the dispatch: the command
+    never runs, and the Runner that comes back removes the container, reporting nothing."""
+    assert backend.prepare(command_dispatch(["sh", "-c", "echo ran"], 7, (0,))) is True
+    [held] = _containers(backend)
+    gate = backend.prepared[7].gate
+    assert gate is not None
+    gate.close()
+    _exited(held)
+    assert held.logs() == (NEVER_RELEASED + "\n").encode()
+    again = DockerBackend(local_config(tmp_path / "again"), backend.runner_name)
+    again.cluster_id = backend.cluster_id
+    assert again.tasks() == {}
+    assert _containers(backend) == []
+
+
+def test_a_released_container_is_a_task_to_every_scan(
+    backend: DockerBackend, tmp_path: Path
+) -> None:
+    dispatch = command_dispatch(["sh", "-c", "exit 3"], 7, (0,))
+    assert backend.prepare(dispatch) is True
+    started = backend.start(dispatch)
+    _exited(started)
+    assert list(backend.tasks()) == [7]
+    again = DockerBackend(local_config(tmp_path / "again"), backend.runner_name)
+    again.cluster_id = backend.cluster_id
+    assert list(again.tasks()) == [7]
+    assert again.wait(again.tasks()[7]).exit_code == 3
+
+
+def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:
+    """As without the gate (Docker's init reports it so)."""
+    dispatch = command_dispatch(["no-such-command"], 7, (0,))
+    assert backend.prepare(dispatch) is True
+    started = backend.start(dispatch)
+    assert backend.wait(started).exit_code == 127
+    assert b"no-such-command" in started.logs()
+
+
+def test_an_image_with_an_entrypoint_is_prepared_without_a_gate(backend: DockerBackend) -> None:
+    base = backend.client.containers.create(f"hakuriver/{BASE_ENV}:base", ["true"])
+    tag = f"hakuriver/entrypoint-{backend.cluster_id}:base"
+    try:
+        base.commit(repository=tag.split(":")[0], tag="base", changes=['ENTRYPOINT ["env"]'])
+        dispatch = command_dispatch(["true"], 7, (0,))
+        dispatch.image = tag
+        assert backend.prepare(dispatch) is True
+        [prepared] = _containers(backend)
+        assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+        started = backend.start(dispatch)
+        assert started.id == prepared.id and backend.wait(started).exit_code == 0
+    finally:
+        base.remove(force=True)
+        for container in _containers(backend):
+            container.remove(force=True)
+        backend.client.images.remove(tag, force=True)

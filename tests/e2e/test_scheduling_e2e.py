@@ -16,6 +16,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
+from hakuriver_runner.start_gate import LABEL_GATED
 from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -113,13 +114,19 @@ def test_drained_node_takes_nothing_new_but_running_tasks_continue(sched: Proces
 
 
 def _prepared(cluster: ProcessCluster, task_id: int) -> Any:
-    """The task's container once it exists, created ahead and not started."""
+    """The task's container once it exists, made ahead: started and held at its gate (or
+    created only, for an image the gate cannot hold), its command not run."""
 
     def made() -> Any:
         found = cluster.docker.containers.list(
             all=True, ignore_removed=True, filters={"label": f"hakuriver.task_id={task_id}"}
         )
-        ready = [c for c in found if c.status == "created" and c.labels.get("hakuriver.prepared")]
+        ready = [
+            c
+            for c in found
+            if c.labels.get("hakuriver.prepared")
+            and (c.status == "created" or (c.status == "running" and c.labels.get(LABEL_GATED)))
+        ]
         return ready[0] if ready else None
 
     return wait_for(made, what=f"task {task_id}'s container prepared ahead")
@@ -138,6 +145,7 @@ def test_a_queued_task_has_its_container_made_ahead_and_its_start_only_starts_it
     dropped = sched.submit(["true"], targets=target)
 
     prepared = _prepared(sched, following.task_id)
+    assert prepared.status == "running" and prepared.labels.get(LABEL_GATED)  # held
     assert sched.get(following.task_id).status == task_pb2.TASK_STATUS_PENDING
     assert prepared.attrs["HostConfig"]["CpusetCpus"] == str(first_cpu)
     # A Runner that restarts removes what it prepared; the Host asks for it again.

@@ -2,12 +2,13 @@
 
 After each placement pass the scheduler foresees which queued tasks each busy node starts
 next, and where on it (``Scheduler.lookahead``); the node's Runner gets a prepare message for
-each and creates its container, not started. When the task is placed there as foreseen, its
-dispatch only starts the container; placed elsewhere, on other CPUs, ended while queued, or no
-longer foreseen, the prepared container is released. Which of a node's tasks ends first is a
-guess, so a pass places, of alike queued tasks, one made ready for the CPUs that freed up
-(``Scheduler._made_ready_for``). Nothing here is stored: a hint lost with a Host or a stream
-costs only the time it would have saved.
+each and makes its container: started with the command held at a gate (or, for an image
+the gate cannot hold, created only). When the task is placed there as foreseen, its dispatch
+only releases the gate (or starts the container); placed elsewhere, on other CPUs, ended
+while queued, or no longer foreseen, the prepared container is released. Which of a node's
+tasks ends first is a guess, so a pass places, of alike queued tasks, one made ready for the
+CPUs that freed up (``Scheduler._made_ready_for``). Nothing here is stored: a hint lost with
+a Host or a stream costs only the time it would have saved.
 """
 
 from __future__ import annotations

@@ -46,7 +46,14 @@ from hakuriver_runner.backend import (
     task_variables,
 )
 from hakuriver_runner.docker_logs import Attached, follow_output
-from hakuriver_runner.start_gate import ENTRYPOINT, LABEL_GATED, Gate, never_released
+from hakuriver_runner.start_gate import (
+    ENTRYPOINT,
+    LABEL_GATED,
+    RELEASED_FILE,
+    Gate,
+    ReleaseLog,
+    waiting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ GONE_MESSAGE = "its container disappeared (removed outside HakuRiver)"
 # How long a follow or wait keeps asking a Docker daemon that went away (a restart).
 DAEMON_AWAY_SECONDS = 120.0
 DAEMON_RETRY_SECONDS = 1.0
+# How long a held container's gate has to be seen waiting after its start.
+GATE_UP_SECONDS = 5.0
 # How long after its attachment ends a container has to be reported exited, and how long
 # before that end it must have exited; else the attachment was cut and the output is
 # followed from the log.
@@ -182,12 +191,15 @@ class DockerBackend:
         # Command containers this Runner just started, by id, and when: ``state`` answers
         # for them without asking the daemon (an inspect right after a start waits behind
         # the daemon's other starts, ~30 ms on a busy node, before the task's output is
-        # read and its end seen). Their exit reports carry Docker's own times.
+        # read and its end seen). Their exit reports carry Docker's own times, but for a
+        # released container's start: its release.
         self._just_started: dict[str, datetime] = {}
         # Containers held at their gate by this Runner (started ahead, never released), and
-        # when each released one was let go: its task's start, not Docker's.
+        # when each released one was let go: its task's start, not Docker's (also on disk,
+        # for a Runner that starts again: see start_gate.ReleaseLog).
         self._held: set[str] = set()
         self._released_at: dict[str, datetime] = {}
+        self._release_log = ReleaseLog(config.runner.state_dir.expanduser() / RELEASED_FILE)
         # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
         # environment loads seen.
         self._gateable: dict[tuple[str, int], bool] = {}
@@ -357,6 +369,7 @@ class DockerBackend:
             starting = set(self._starting)
         with self._attaching:  # a new stream: its watchers ask the daemon afresh
             self._just_started.clear()
+        released = self._release_log.read()
         for container in self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": self._labels()}
         ):
@@ -364,18 +377,26 @@ class DockerBackend:
                 task_id = int(container.labels[LABEL_TASK])
             except (KeyError, ValueError):
                 continue
-            if self._unstarted_ahead(container) and task_id not in starting:
+            if self._unstarted_ahead(container, released) and task_id not in starting:
                 # Only a hint, which the Host gives again if it still holds.
                 self._remove_quietly(container.id)
                 with self._attaching:
                     self._held.discard(container.id)
                 continue
             found[task_id] = container
+        ids = {container.id for container in found.values()}
+        with self._attaching:
+            for cid in ids & released.keys():
+                self._released_at.setdefault(cid, released[cid])
+            for cid in self._released_at.keys() - ids:
+                del self._released_at[cid]
+        with contextlib.suppress(OSError):
+            self._release_log.keep_only(ids)
         return found
 
-    def _unstarted_ahead(self, container: Any) -> bool:
+    def _unstarted_ahead(self, container: Any, released: dict[str, datetime] | None = None) -> bool:
         """Made ahead for a queued task (``prepare``) and its command never run: never
-        started, or held at its gate (by this Runner, or ended there)."""
+        started, or held at its gate and not in the release log (``released``: read already)."""
         if not container.labels.get(LABEL_PREPARED):
             return False
         if container.status == "created":
@@ -385,7 +406,9 @@ class DockerBackend:
         with self._attaching:
             if container.id in self._held:
                 return True
-        return container.status == "exited" and never_released(container)
+        if released is None:
+            released = self._release_log.read()
+        return container.id not in released
 
     def container_name(self, task_id: int) -> str:
         return f"hakuriver-{self.cluster_id}-{self.runner_name}-task-{task_id}"
@@ -523,6 +546,8 @@ class DockerBackend:
         key = (image, loads)
         known = self._gateable.get(key)
         if known is None:
+            for old in [k for k in self._gateable if k[1] != loads]:  # from before a load
+                del self._gateable[old]
             try:
                 config = self.client.api.inspect_image(image).get("Config") or {}
             except docker.errors.DockerException:
@@ -541,11 +566,33 @@ class DockerBackend:
             with self._attaching:
                 self._held.add(container.id)
             container.start()
+            up = self._gate_waits(container)
         except (docker.errors.DockerException, OSError) as exc:
             log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
-            self._discard(Prepared(prepared.dispatch, container, prepared.loads, attached, gate))
+            up = False
+        made = Prepared(prepared.dispatch, container, prepared.loads, attached, gate)
+        if not up:
+            # No shell in the image, or the daemon would not: it is prepared unheld from now.
+            self._gateable[(prepared.dispatch.image, prepared.loads)] = False
+            self._discard(made)
             return None
-        return Prepared(prepared.dispatch, container, prepared.loads, attached, gate)
+        return made
+
+    def _gate_waits(self, container: Any) -> bool:
+        """Wait until a held container's gate is seen waiting for its line (False: it ended,
+        or did not show within GATE_UP_SECONDS). Only then can its release run the command
+        and nothing else: a container whose gate cannot start (an image without /bin/sh)
+        still runs for a moment, and a line sent then would be taken for a release."""
+        deadline = time.monotonic() + GATE_UP_SECONDS
+        while True:
+            try:
+                if waiting(self.client.api.top(container.id)):
+                    return True
+            except docker.errors.APIError:  # not running
+                return False
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
 
     def _discard(self, prepared: Prepared) -> None:
         """Remove a prepared container, closing what attaches to it (a held gate then ends
@@ -612,29 +659,35 @@ class DockerBackend:
 
     def _release(self, held: Prepared) -> Any | None:
         """Let a held container's command run; None (and the container removed) when its
-        gate is gone (its image has no shell): the dispatch then makes a new container."""
+        gate is gone (killed from outside): the dispatch then makes a new container. The
+        release is in the log before the line goes, so that no Runner takes it back."""
         container = held.container
         try:
             running = bool(self.client.api.inspect_container(container.id)["State"]["Running"])
         except docker.errors.DockerException:
             running = False
-        if running and held.gate is not None and held.attached is not None:
-            now = datetime.now(UTC)
+        if not running or held.gate is None or held.attached is None:
+            self._discard(held)
+            return None
+        now = datetime.now(UTC)
+        try:
+            self._release_log.record(container.id, now)
+        except OSError as exc:
+            log.warning("task %s: cannot log its release (%s)", held.dispatch.task_id, exc)
+            self._discard(held)
+            return None
+        with self._attaching:
+            self._attached[container.id] = (held.dispatch.task_id, held.attached)
+            self._just_started[container.id] = now
+            self._released_at[container.id] = now
+        if held.gate.release():
             with self._attaching:
-                self._attached[container.id] = (held.dispatch.task_id, held.attached)
-                self._just_started[container.id] = now
-                self._released_at[container.id] = now
-            try:
-                held.gate.release()
-            except OSError:
-                with self._attaching:
-                    self._attached.pop(container.id, None)
-                    self._just_started.pop(container.id, None)
-                    self._released_at.pop(container.id, None)
-            else:
-                with self._attaching:
-                    self._held.discard(container.id)
-                return container
+                self._held.discard(container.id)
+            return container
+        with self._attaching:
+            self._attached.pop(container.id, None)
+            self._just_started.pop(container.id, None)
+            self._released_at.pop(container.id, None)
         self._discard(held)
         return None
 
@@ -647,6 +700,8 @@ class DockerBackend:
             return None
         if self._unstarted_ahead(existing):
             self._remove_quietly(existing.id)
+            with self._attaching:
+                self._held.discard(existing.id)
             return None
         return existing
 
@@ -732,7 +787,9 @@ class DockerBackend:
         self._start_if_created(container)
         state = container.attrs["State"]
         status = container.status if container.status in ("running", "paused") else "exited"
-        return status, _parse_docker_time(state.get("StartedAt"))
+        with self._attaching:
+            released_at = self._released_at.get(container.id)
+        return status, released_at or _parse_docker_time(state.get("StartedAt"))
 
     def wait(self, container: Any) -> ExitInfo:
         """The container's exit. Waits through a restart of dockerd (which stops it) for

@@ -11,18 +11,25 @@ The command runs only when the Runner releases it. The container is created with
 open and attached once (docker-py then sets ``StdinOnce``): when that attachment closes
 without the line (the Runner went away, or dropped what it prepared), the gate reads the
 end of its input, says ``NEVER_RELEASED`` on stderr and exits without running anything.
-A command that does not exist exits 127 saying so, as it does without the gate (Docker's
-init, which every task container runs, reports it the same way).
+A container is held only once its gate is seen waiting (``waiting``), and every release
+is written in the ``ReleaseLog`` before its line is sent: a Runner that starts again keeps
+the released ones as tasks and removes the rest, however their gates ended. A command that
+does not exist exits 127 saying so, as it does without the gate (Docker's init, which every
+task container runs, reports it the same way).
 
 Only images with no ``ENTRYPOINT`` of their own are held this way (the gate replaces it);
-an image without ``/bin/sh`` cannot run the gate: its prepared container exits at once and
-the dispatch starts a new one.
+an image without ``/bin/sh`` cannot run the gate: its gate is never seen waiting, and its
+containers are prepared created only from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import threading
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 # On a container whose command waits behind a gate (with LABEL_PREPARED).
@@ -31,6 +38,10 @@ NEVER_RELEASED = "hakuriver: never released"
 _SCRIPT = f'read -r _ || {{ echo "{NEVER_RELEASED}" >&2; exit 1; }}\nexec "$@"\n'
 # The entrypoint of a held container; its command is the task's argv ("$@").
 ENTRYPOINT = ["/bin/sh", "-c", _SCRIPT, "hakuriver-gate"]
+# How the gate's shell shows in the container's processes while it waits.
+WAITING = "/bin/sh -c read -r _"
+# Under runner.state_dir: the held containers released, one line each.
+RELEASED_FILE = "released-gates"
 
 
 class Gate:
@@ -42,14 +53,19 @@ class Gate:
         api._disable_socket_timeout(self._socket)
         self._raw: socket.socket = getattr(self._socket, "_sock", self._socket)
 
-    def release(self) -> None:
-        """Let the command run, its stdin then at its end (as with no stdin at all). Raises
-        OSError when the gate is gone."""
+    def release(self) -> bool:
+        """Let the command run, its stdin then at its end (as with no stdin at all). False
+        when the line could not be sent (the gate is gone); once it was, the command runs,
+        whatever closing the connection says."""
         try:
             self._raw.sendall(b"\n")
-            self._raw.shutdown(socket.SHUT_WR)
-        finally:
+        except OSError:
             self.close()
+            return False
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_WR)
+        self.close()
+        return True
 
     def close(self) -> None:
         """Safe more than once; a gate closed unreleased exits without running the command."""
@@ -59,10 +75,52 @@ class Gate:
             self._socket.close()
 
 
-def never_released(container: Any) -> bool:
-    """Did this held container end at its gate, its command never run?"""
-    try:
-        tail = container.logs(stdout=False, stderr=True, tail=1)
-    except Exception:  # the daemon away: kept, as what may be a task's result
-        return False
-    return bool(tail.decode(errors="replace").strip() == NEVER_RELEASED)
+def waiting(processes: dict[str, Any]) -> bool:
+    """Does a container's process list (Docker's ``top``) show its gate waiting?"""
+    titles = processes.get("Titles") or []
+    column = titles.index("CMD") if "CMD" in titles else -1
+    return any(str(row[column]).startswith(WAITING) for row in processes.get("Processes") or [])
+
+
+class ReleaseLog:
+    """The held containers this node's Runner released, and when, on disk: a Runner that
+    starts again keeps those as the tasks they are, and removes every other held container,
+    however its gate ended (a signal leaves no mark). Written before the release; a line
+    survives the Runner's crash (the containers do not survive the machine's)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def record(self, container_id: str, at: datetime) -> None:
+        """Raises OSError when it cannot be written (the container is then not released)."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as out:
+                out.write(f"{container_id} {at.isoformat()}\n")
+
+    def read(self) -> dict[str, datetime]:
+        with self._lock:
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return {}
+        released: dict[str, datetime] = {}
+        for line in text.splitlines():
+            container_id, _, at = line.partition(" ")
+            with contextlib.suppress(ValueError):
+                released[container_id] = datetime.fromisoformat(at)
+        return released
+
+    def keep_only(self, container_ids: set[str]) -> None:
+        """Forget the containers that are gone (rewritten whole, then renamed over)."""
+        kept = {cid: at for cid, at in self.read().items() if cid in container_ids}
+        with self._lock:
+            if not self.path.exists():
+                return
+            spare = self.path.with_suffix(".new")
+            spare.write_text(
+                "".join(f"{cid} {at.isoformat()}\n" for cid, at in kept.items()),
+                encoding="utf-8",
+            )
+            os.replace(spare, self.path)

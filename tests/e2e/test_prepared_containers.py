@@ -5,9 +5,10 @@ and of an environment load, played one step at a time."""
 
 from __future__ import annotations
 
+import io
+import tarfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import docker
 import pytest
@@ -16,7 +17,6 @@ from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.start_gate import NEVER_RELEASED
 from tests.e2e.harness import BASE_ENV, command_dispatch
-from tests.unit.local_cluster import local_config
 
 pytestmark = pytest.mark.docker
 
@@ -136,9 +136,7 @@ def test_a_held_command_runs_only_once_released(backend: DockerBackend) -> None:
     assert held.logs() == b"ran\n"
 
 
-def test_a_held_container_let_go_never_runs_its_command(
-    backend: DockerBackend, tmp_path: Path
-) -> None:
+def test_a_held_container_let_go_never_runs_its_command(backend: DockerBackend) -> None:
     """The Runner went away (its gate's attachment closed) before the dispatch: the command
     never runs, and the Runner that comes back removes the container, reporting nothing."""
     assert backend.prepare(command_dispatch(["sh", "-c", "echo ran"], 7, (0,))) is True
@@ -148,24 +146,68 @@ def test_a_held_container_let_go_never_runs_its_command(
     gate.close()
     _exited(held)
     assert held.logs() == (NEVER_RELEASED + "\n").encode()
-    again = DockerBackend(local_config(tmp_path / "again"), backend.runner_name)
-    again.cluster_id = backend.cluster_id
-    assert again.tasks() == {}
+    assert _restarted(backend).tasks() == {}
     assert _containers(backend) == []
 
 
-def test_a_released_container_is_a_task_to_every_scan(
-    backend: DockerBackend, tmp_path: Path
-) -> None:
+def _restarted(backend: DockerBackend) -> DockerBackend:
+    """The same node's Runner started again: nothing in memory, its state dir the same."""
+    again = DockerBackend(backend.config, backend.runner_name)
+    again.cluster_id = backend.cluster_id
+    return again
+
+
+def test_a_released_container_is_a_task_to_every_scan(backend: DockerBackend) -> None:
     dispatch = command_dispatch(["sh", "-c", "exit 3"], 7, (0,))
     assert backend.prepare(dispatch) is True
+    released = datetime.now(UTC)
     started = backend.start(dispatch)
     _exited(started)
     assert list(backend.tasks()) == [7]
-    again = DockerBackend(local_config(tmp_path / "again"), backend.runner_name)
-    again.cluster_id = backend.cluster_id
-    assert list(again.tasks()) == [7]
-    assert again.wait(again.tasks()[7]).exit_code == 3
+    again = _restarted(backend)
+    found = again.tasks()
+    assert list(found) == [7]
+    info = again.wait(found[7])
+    assert info.exit_code == 3
+    assert info.started_at is not None and info.started_at >= released  # its release
+
+
+def test_a_held_container_killed_at_its_gate_is_removed_by_a_restarted_runner(
+    backend: DockerBackend,
+) -> None:
+    """Its gate ended by a signal (a dockerd restart, a `docker kill`), leaving no mark: never
+    released, so never a task."""
+    assert backend.prepare(command_dispatch(["sh", "-c", "echo ran"], 7, (0,))) is True
+    [held] = _containers(backend)
+    held.kill()
+    _exited(held)
+    assert _restarted(backend).tasks() == {}
+    assert _containers(backend) == []
+
+
+def test_an_image_without_a_shell_is_prepared_created_only(backend: DockerBackend) -> None:
+    """Its gate cannot start, so it is never held: the next prepare of it creates only."""
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        info = tarfile.TarInfo("hello.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    tag = f"hakuriver/noshell-{backend.cluster_id}:base"
+    backend.client.api.import_image_from_data(
+        layer.getvalue(), repository=tag.split(":")[0], tag="base"
+    )
+    try:
+        dispatch = command_dispatch(["true"], 7, (0,))
+        dispatch.image = tag
+        assert backend.prepare(dispatch) is False  # held, found without a gate, removed
+        assert _containers(backend) == []
+        assert backend.prepare(dispatch) is True
+        [prepared] = _containers(backend)
+        assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+    finally:
+        for container in _containers(backend):
+            container.remove(force=True)
+        backend.client.images.remove(tag, force=True)
 
 
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:

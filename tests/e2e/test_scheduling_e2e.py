@@ -125,7 +125,7 @@ def _prepared(cluster: ProcessCluster, task_id: int) -> Any:
             c
             for c in found
             if c.labels.get("hakuriver.prepared")
-            and (c.status == "created" or (c.status == "running" and c.labels.get(LABEL_GATED)))
+            and c.status == ("running" if c.labels.get(LABEL_GATED) else "created")
         ]
         return ready[0] if ready else None
 

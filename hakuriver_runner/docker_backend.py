@@ -52,6 +52,7 @@ from hakuriver_runner.start_gate import (
     RELEASED_FILE,
     Gate,
     ReleaseLog,
+    never_released,
     waiting,
 )
 
@@ -200,6 +201,8 @@ class DockerBackend:
         self._held: set[str] = set()
         self._released_at: dict[str, datetime] = {}
         self._release_log = ReleaseLog(config.runner.state_dir.expanduser() / RELEASED_FILE)
+        # Off once the release log cannot be written: a held container could not be let go.
+        self._gating = True
         # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
         # environment loads seen.
         self._gateable: dict[tuple[str, int], bool] = {}
@@ -406,9 +409,14 @@ class DockerBackend:
         with self._attaching:
             if container.id in self._held:
                 return True
+            if container.id in self._released_at:
+                return False
         if released is None:
             released = self._release_log.read()
-        return container.id not in released
+        if container.id not in released:
+            return True
+        # Logged, and then the Runner went away before the line was sent: the gate says so.
+        return container.status == "exited" and never_released(container)
 
     def container_name(self, task_id: int) -> str:
         return f"hakuriver-{self.cluster_id}-{self.runner_name}-task-{task_id}"
@@ -543,10 +551,12 @@ class DockerBackend:
     def _may_hold(self, image: str, loads: int) -> bool:
         """Whether ``image``'s containers may be held at a gate: it has no ENTRYPOINT (the
         gate takes its place). Asked once per image between environment loads."""
+        if not self._gating:
+            return False
         key = (image, loads)
         known = self._gateable.get(key)
         if known is None:
-            for old in [k for k in self._gateable if k[1] != loads]:  # from before a load
+            for old in [k for k in list(self._gateable) if k[1] != loads]:  # before a load
                 del self._gateable[old]
             try:
                 config = self.client.api.inspect_image(image).get("Config") or {}
@@ -572,11 +582,21 @@ class DockerBackend:
             up = False
         made = Prepared(prepared.dispatch, container, prepared.loads, attached, gate)
         if not up:
-            # No shell in the image, or the daemon would not: it is prepared unheld from now.
-            self._gateable[(prepared.dispatch.image, prepared.loads)] = False
+            if self._without_shell(container):  # its image is prepared unheld from now
+                self._gateable[(prepared.dispatch.image, prepared.loads)] = False
             self._discard(made)
             return None
         return made
+
+    def _without_shell(self, container: Any) -> bool:
+        """Did a held container end because its gate could not start (no /bin/sh: Docker's
+        init exits 126 or 127), rather than for this container alone (a scan removed it,
+        its memory limit, the daemon)?"""
+        try:
+            state = self.client.api.inspect_container(container.id)["State"]
+        except docker.errors.DockerException:
+            return False
+        return not state.get("Running") and state.get("ExitCode") in (126, 127)
 
     def _gate_waits(self, container: Any) -> bool:
         """Wait until a held container's gate is seen waiting for its line (False: it ended,
@@ -673,7 +693,12 @@ class DockerBackend:
         try:
             self._release_log.record(container.id, now)
         except OSError as exc:
-            log.warning("task %s: cannot log its release (%s)", held.dispatch.task_id, exc)
+            log.warning(
+                "task %s: cannot log its release (%s); containers are prepared unheld from now",
+                held.dispatch.task_id,
+                exc,
+            )
+            self._gating = False
             self._discard(held)
             return None
         with self._attaching:

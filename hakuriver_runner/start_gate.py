@@ -75,6 +75,15 @@ class Gate:
             self._socket.close()
 
 
+def never_released(container: Any) -> bool:
+    """Did this held container end at its gate, saying so (its last line on stderr)?"""
+    try:
+        tail = container.logs(stdout=False, stderr=True, tail=1)
+    except Exception:  # the daemon away: kept, as what may be a task's result
+        return False
+    return bool(tail.decode(errors="replace").strip() == NEVER_RELEASED)
+
+
 def waiting(processes: dict[str, Any]) -> bool:
     """Does a container's process list (Docker's ``top``) show its gate waiting?"""
     titles = processes.get("Titles") or []
@@ -96,15 +105,22 @@ class ReleaseLog:
         """Raises OSError when it cannot be written (the container is then not released)."""
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(f"{container_id} {at.isoformat()}\n")
+            with self.path.open("a+b") as out:
+                if out.seek(0, os.SEEK_END):
+                    out.seek(-1, os.SEEK_END)
+                    if out.read(1) != b"\n":  # a line cut short (a crash, a full disk)
+                        out.write(b"\n")
+                out.write(f"{container_id} {at.isoformat()}\n".encode())
 
     def read(self) -> dict[str, datetime]:
         with self._lock:
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except FileNotFoundError:
-                return {}
+            return self._read()
+
+    def _read(self) -> dict[str, datetime]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
         released: dict[str, datetime] = {}
         for line in text.splitlines():
             container_id, _, at = line.partition(" ")
@@ -113,11 +129,12 @@ class ReleaseLog:
         return released
 
     def keep_only(self, container_ids: set[str]) -> None:
-        """Forget the containers that are gone (rewritten whole, then renamed over)."""
-        kept = {cid: at for cid, at in self.read().items() if cid in container_ids}
+        """Forget the containers that are gone: read and rewritten whole (then renamed over)
+        under the lock, so that a release logged meanwhile is not lost."""
         with self._lock:
             if not self.path.exists():
                 return
+            kept = {cid: at for cid, at in self._read().items() if cid in container_ids}
             spare = self.path.with_suffix(".new")
             spare.write_text(
                 "".join(f"{cid} {at.isoformat()}\n" for cid, at in kept.items()),

@@ -236,3 +236,17 @@ def test_an_image_with_an_entrypoint_is_prepared_without_a_gate(backend: DockerB
         for container in _containers(backend):
             container.remove(force=True)
         backend.client.images.remove(tag, force=True)
+
+
+def test_a_release_logged_but_never_sent_is_not_a_task(backend: DockerBackend) -> None:
+    """The Runner stopped between logging a release and sending its line: the gate read the
+    end of its input and said so, and the Runner that comes back removes it."""
+    assert backend.prepare(command_dispatch(["sh", "-c", "echo ran"], 7, (0,))) is True
+    [held] = _containers(backend)
+    backend._release_log.record(held.id, datetime.now(UTC))
+    gate = backend.prepared[7].gate
+    assert gate is not None
+    gate.close()
+    _exited(held)
+    assert _restarted(backend).tasks() == {}
+    assert _containers(backend) == []

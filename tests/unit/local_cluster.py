@@ -67,6 +67,7 @@ def local_config(root: Path, **sections: dict[str, Any]) -> Config:
             "host_ssh_proxy_port": 0,
         },
         "paths": {"shared_dir": root / "shared", "local_temp_dir": root / "local_temp"},
+        "runner": {"state_dir": root / "runner"},
         "database": {"db_file": root / "host.db", "url": ""},
         "timing": dict(TIMING),
         "docker": {"default_container_name": DEFAULT_ENV},

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -382,9 +382,7 @@ class DockerBackend:
                 continue
             if self._unstarted_ahead(container, released) and task_id not in starting:
                 # Only a hint, which the Host gives again if it still holds.
-                self._remove_quietly(container.id)
-                with self._attaching:
-                    self._held.discard(container.id)
+                self._remove_ahead(container.id)
                 continue
             found[task_id] = container
         ids = {container.id for container in found.values()}
@@ -580,7 +578,7 @@ class DockerBackend:
         except (docker.errors.DockerException, OSError) as exc:
             log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
             up = False
-        made = Prepared(prepared.dispatch, container, prepared.loads, attached, gate)
+        made = replace(prepared, attached=attached, gate=gate)
         if not up:
             if self._without_shell(container):  # its image is prepared unheld from now
                 self._gateable[(prepared.dispatch.image, prepared.loads)] = False
@@ -618,9 +616,13 @@ class DockerBackend:
         """Remove a prepared container, closing what attaches to it (a held gate then ends
         without running the command)."""
         prepared.close()
-        self._remove_quietly(prepared.container.id)
+        self._remove_ahead(prepared.container.id)
+
+    def _remove_ahead(self, container_id: str) -> None:
+        """Remove a container made ahead; a held one is held no more."""
+        self._remove_quietly(container_id)
         with self._attaching:
-            self._held.discard(prepared.container.id)
+            self._held.discard(container_id)
 
     def _drop_prepared_of(self, name: str) -> None:
         """Drop the containers prepared from an environment's image (it is being loaded)."""
@@ -701,20 +703,16 @@ class DockerBackend:
             self._gating = False
             self._discard(held)
             return None
+        if not held.gate.release():
+            self._discard(held)
+            return None
+        # Registered once the line went (its follow and watch begin after this returns).
         with self._attaching:
             self._attached[container.id] = (held.dispatch.task_id, held.attached)
             self._just_started[container.id] = now
             self._released_at[container.id] = now
-        if held.gate.release():
-            with self._attaching:
-                self._held.discard(container.id)
-            return container
-        with self._attaching:
-            self._attached.pop(container.id, None)
-            self._just_started.pop(container.id, None)
-            self._released_at.pop(container.id, None)
-        self._discard(held)
-        return None
+            self._held.discard(container.id)
+        return container
 
     def _existing(self, task_id: int) -> Any | None:
         """The task's container to adopt; None if there is none (any more). One made ahead
@@ -724,9 +722,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             return None
         if self._unstarted_ahead(existing):
-            self._remove_quietly(existing.id)
-            with self._attaching:
-                self._held.discard(existing.id)
+            self._remove_ahead(existing.id)
             return None
         return existing
 

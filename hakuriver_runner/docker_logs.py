@@ -116,16 +116,29 @@ def follow_output(container: Any) -> CancellableStream:
     return CancellableStream(blocks(), response)
 
 
-class Attached:
+class Attachment:
+    """A raw connection attached to a container's streams (``params``), with no timeout."""
+
+    def __init__(self, container: Any, params: dict[str, int]) -> None:
+        api = container.client.api
+        self._socket = api.attach_socket(container.id, params={**params, "stream": 1})
+        api._disable_socket_timeout(self._socket)
+        self._raw: socket.socket = getattr(self._socket, "_sock", self._socket)
+
+    def close(self) -> None:
+        """Safe from any thread, and more than once: a blocked read ends, and the container
+        sees the end of what it reads."""
+        with contextlib.suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._socket.close()
+
+
+class Attached(Attachment):
     """A created container's stdout and stderr, attached to before it starts."""
 
     def __init__(self, container: Any) -> None:
-        api = container.client.api
-        self._socket = api.attach_socket(
-            container.id, params={"stdout": 1, "stderr": 1, "stream": 1}
-        )
-        api._disable_socket_timeout(self._socket)
-        self._raw: socket.socket = getattr(self._socket, "_sock", self._socket)
+        super().__init__(container, {"stdout": 1, "stderr": 1})
 
     def blocks(self) -> Iterator[tuple[int, bytes]]:
         """(0 for stdout, 1 for stderr, bytes) in the order written, until the container's
@@ -134,10 +147,3 @@ class Attached:
         while data := self._raw.recv(READ_BYTES):
             pending += data
             yield from payloads(pending)
-
-    def close(self) -> None:
-        """Safe from any thread, and more than once: a blocked ``blocks`` ends."""
-        with contextlib.suppress(OSError):
-            self._raw.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._socket.close()

@@ -32,6 +32,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hakuriver_runner.docker_logs import Attachment
+
 # On a container whose command waits behind a gate (with LABEL_PREPARED).
 LABEL_GATED = "hakuriver.gated"
 NEVER_RELEASED = "hakuriver: never released"
@@ -44,14 +46,12 @@ WAITING = "/bin/sh -c read -r _"
 RELEASED_FILE = "released-gates"
 
 
-class Gate:
-    """The Runner's end of a held container's stdin; attach before the start."""
+class Gate(Attachment):
+    """The Runner's end of a held container's stdin; attach before the start. Closed
+    unreleased, the gate exits without running the command."""
 
     def __init__(self, container: Any) -> None:
-        api = container.client.api
-        self._socket = api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
-        api._disable_socket_timeout(self._socket)
-        self._raw: socket.socket = getattr(self._socket, "_sock", self._socket)
+        super().__init__(container, {"stdin": 1})
 
     def release(self) -> bool:
         """Let the command run, its stdin then at its end (as with no stdin at all). False
@@ -66,13 +66,6 @@ class Gate:
             self._raw.shutdown(socket.SHUT_WR)
         self.close()
         return True
-
-    def close(self) -> None:
-        """Safe more than once; a gate closed unreleased exits without running the command."""
-        with contextlib.suppress(OSError):
-            self._raw.close()
-        with contextlib.suppress(OSError):
-            self._socket.close()
 
 
 def never_released(container: Any) -> bool:

@@ -19,6 +19,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.access import Access
 from hakuriver_host.audit import AuditLog
+from hakuriver_host.bulk_lane import SMALL
 from hakuriver_host.convert import dispatch_of
 from hakuriver_host.errors import InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Kind, Principal
@@ -223,6 +224,8 @@ class RunnerGateway:
             await self._on_reports(link, (msg.task_state,))
         elif kind == "task_states":
             check_batch(msg.task_states)
+            if len(msg.task_states.reports) >= SMALL:
+                await self.book.lane.turn()
             await self._on_reports(link, msg.task_states.reports)
         elif kind in ("tunnel_opened", "tunnel_data", "tunnel_close"):
             self.tunnels.on_message(link, msg)

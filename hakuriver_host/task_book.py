@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.bulk_lane import SMALL, BulkLane
 from hakuriver_host.errors import NotFound, WatcherBehind
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -37,9 +38,9 @@ LIST_WATCH_BACKLOG = 10_000
 # A submission of this many tasks or more has its rows built (Cluster.submit) and made
 # ready for the store (``add``) on a worker thread, not the event loop: for a job array of
 # 10,000 that is ~200 ms the loop would otherwise hold for everyone. Its tasks are queued
-# QUEUE_SLICE at a time, the loop serving other work between two slices.
+# QUEUE_SLICE at a time (~1 ms each), one slice per turn in the bulk lane (bulk_lane).
 OFF_LOOP_TASKS = 256
-QUEUE_SLICE = 1024
+QUEUE_SLICE = 256
 
 
 def request_of(task: Task) -> Request:
@@ -109,8 +110,10 @@ class TaskBook:
         scheduler: Scheduler,
         on_final: Callable[[Task], None],
         on_released: Callable[[], None],
+        lane: BulkLane,
     ) -> None:
         self.store = store
+        self.lane = lane
         self.logs = logs
         self.metrics = metrics
         self.notifier = notifier
@@ -155,8 +158,8 @@ class TaskBook:
         await self.store.insert_tasks(write)
         self.active.update((record.task_id, record) for record in records)
         for start in range(0, len(records), QUEUE_SLICE):
-            if start:
-                await asyncio.sleep(0)
+            if len(records) >= SMALL:
+                await self.lane.turn()
             self._positions = None
             for record in records[start : start + QUEUE_SLICE]:
                 # Killed meanwhile (it was active already): it never joins the queue.
@@ -292,6 +295,8 @@ class TaskBook:
             for change in changes:
                 if change.new.is_final:
                     self._finishing.pop(change.task.task_id, None)
+        # No turn in the bulk lane here: a node's writes complete in order, and so must
+        # their changes be told (a task's "running" before its "completed").
         failed: Exception | None = None
         for change in changes:
             try:

@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from hakuriver_common.ids import IdGenerator, id_timestamp_ms, parse_task_id
+from hakuriver_common.ids import EPOCH_MS, IdGenerator, id_timestamp_ms, parse_task_id
 from hakuriver_common.mounts import MountSpec, parse_mount
 from hakuriver_common.targets import TargetSpec, format_target, parse_target
 from hakuriver_common.units import format_size, parse_size
@@ -89,6 +89,20 @@ def test_ids_increase_and_carry_time() -> None:
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(0 < i < 2**63 for i in ids)
     assert id_timestamp_ms(ids[0]) == 1_800_000_000_000
+
+
+@given(st.lists(st.integers(min_value=0, max_value=9000), min_size=1, max_size=6))
+def test_id_blocks_continue_one_sequence(counts: list[int]) -> None:
+    """Blocks of ids, and single ids between them, go on with one sequence: the next
+    millisecond's starts once one's 4096 are used up (the clock standing still)."""
+    clock_ms = 1_800_000_000_000
+    gen = IdGenerator(generator_id=5, clock_ms=lambda: clock_ms)
+    got: list[int] = []
+    for count in counts:
+        got += gen.next_ids(count)
+        got.append(gen.next_id())
+    start = clock_ms - EPOCH_MS
+    assert got == [((start + k // 4096) << 22) | (5 << 12) | (k % 4096) for k in range(len(got))]
 
 
 def test_parse_task_id() -> None:

@@ -4,13 +4,18 @@ the timing: a consumer that holds a message while the task moves on still gets e
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    runner_service_pb2 as rpb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.task_machine import IllegalTransition
-from tests.fake_runner import HOLD, RUN_AND_EXIT
+from tests.fake_runner import HOLD, NO_ANSWER, RUN_AND_EXIT
 from tests.unit.local_cluster import LocalCluster
 
 
@@ -136,3 +141,69 @@ async def test_a_change_whose_telling_fails_leaves_no_other_untold(
     with pytest.raises(RuntimeError, match="metrics down"):
         await book.store_changes(made)
     assert (await asyncio.wait_for(anext(watch), 5)).status == TaskStatus.PAUSED
+
+
+async def test_a_small_report_after_a_big_one_is_told_after_it(
+    local_cluster: LocalCluster,
+) -> None:
+    """A Runner's message of many reports, then one of a single report on one of those
+    tasks, both stored in one transaction: however the Host spreads the bulk of the first
+    over the event loop (bulk_lane), a watcher is told the first message's change first
+    (telling them the other way round, its watch would end at the final status, never
+    showing it running)."""
+    runner = await local_cluster.add_runner("a", cores=64, answer=NO_ANSWER)
+    tasks = [await local_cluster.submit("job") for _ in range(40)]
+    for task in tasks:
+        await local_cluster.wait_status(task.task_id, TaskStatus.ASSIGNING)
+    for _ in range(200):
+        if len(runner.dispatched) == len(tasks):
+            break
+        await asyncio.sleep(0.01)
+    watched = tasks[0].task_id
+    call = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=watched))
+    seen = [(await anext(aiter(call))).task.status]
+
+    # The store's thread is kept busy until all three messages' changes are made in
+    # memory: the first message's write waits alone, the next two are then stored together
+    # and complete at once.
+    assert local_cluster.server is not None
+    store, book = local_cluster.server.store, _book(local_cluster)
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
+    try:
+        first, *many = tasks[::-1]
+        runner.send(
+            rpb.ConnectRequest(
+                task_state=rpb.TaskStateReport(
+                    task_id=first.task_id, state=rpb.RUNNER_TASK_STATE_RUNNING
+                )
+            )
+        )
+        reports = [
+            rpb.TaskStateReport(task_id=t.task_id, state=rpb.RUNNER_TASK_STATE_RUNNING)
+            for t in many
+        ]
+        runner.send(rpb.ConnectRequest(task_states=rpb.TaskStateBatch(reports=reports)))
+        exited = rpb.TaskStateReport(
+            task_id=watched, state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0
+        )
+        runner.send(rpb.ConnectRequest(task_state=exited))
+
+        def exited_in_memory() -> bool:  # a final task leaves ``active`` once decided
+            task = book.active.get(watched)
+            return task is None or task.status == TaskStatus.COMPLETED
+
+        for _ in range(500):
+            if exited_in_memory():
+                break
+            await asyncio.sleep(0.01)
+        assert exited_in_memory()
+    finally:
+        busy.set()
+        await blocker
+    seen += [reply.task.status async for reply in call]
+    assert seen == [
+        task_pb2.TASK_STATUS_ASSIGNING,
+        task_pb2.TASK_STATUS_RUNNING,
+        task_pb2.TASK_STATUS_COMPLETED,
+    ]

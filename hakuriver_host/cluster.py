@@ -257,7 +257,15 @@ class Cluster:
         if count == 1 and not plan.array and await self._add_placed(records[0], who):
             self.audit.record(who, "task.submit", str(task_ids[0]))
             return records, batch_id
-        await self.book.add(records, f"submitted by {who.actor}")
+        # Shielded: once its write is queued its tasks are stored, and they must then be
+        # queued whole and considered by a pass, submitter gone or not (a call cancelled at
+        # its deadline while the queueing took turns in the bulk lane).
+        adding = self._storing_task(self.book.add(records, f"submitted by {who.actor}"))
+        try:
+            await asyncio.shield(adding)
+        except asyncio.CancelledError:
+            adding.add_done_callback(self._queued_unawaited)
+            raise
         if plan.array:
             self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
         else:
@@ -482,6 +490,11 @@ class Cluster:
 
     def _store_in_background(self, placed: list[Placed]) -> None:
         self._storing_task(self._store_and_dispatch(placed))
+
+    def _queued_unawaited(self, adding: asyncio.Task[None]) -> None:
+        """A submission's tasks are queued, its submitter gone: a pass considers them."""
+        if not adding.cancelled() and adding.exception() is None:
+            self.kick()
 
     def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or

@@ -27,7 +27,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_common.statuses import NodeStatus
+from hakuriver_common.statuses import NodeStatus, TaskStatus
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.batches import Batches, BatchView
 from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
@@ -71,7 +71,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         def position(task: Task) -> int:
             if ranked is None:
                 return self.cluster.queue_position(task)
-            return ranked.get(task.task_id, 0)
+            # Placed or killed while the reply was being built: no longer queued.
+            return ranked.get(task.task_id, 0) if task.status == TaskStatus.PENDING else 0
 
         reply = tpb.SubmitTaskResponse(batch_id=batch_id, created=len(tasks))
         for start in range(0, len(shown), REPLY_SLICE):

@@ -158,3 +158,26 @@ async def test_a_task_placed_at_once_whose_submitter_gave_up_still_runs_on_its_c
     )
     second = await local_cluster.submit("job")
     assert (status_of(second), second.queue_position) == (TaskStatus.PENDING, 1)
+
+
+async def test_tasks_whose_submitter_gave_up_while_they_were_stored_are_queued_and_run(
+    local_cluster: LocalCluster,
+) -> None:
+    """A submission of many tasks cancelled (its deadline passed) while its rows wait to be
+    stored, or while its tasks are being queued (in slices, taking turns with other bulk
+    work): the rows are stored anyway, so each task is queued, placed and run."""
+    runner = await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    assert local_cluster.server is not None
+    store = local_cluster.server.store
+    held = threading.Event()
+    store.executor.submit(held.wait, 10)
+    request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=range(40)))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await local_cluster.tasks.SubmitTask(request, timeout=0.3)
+        assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        held.set()
+    await eventually(lambda: len(runner.tasks) == 40, what="the 40 dispatches")
+    for task_id in runner.tasks:
+        await local_cluster.wait_status(task_id, TaskStatus.RUNNING)

@@ -38,7 +38,7 @@ from hakuriver_host.errors import (
     NotFound,
     Unavailable,
 )
-from hakuriver_host.identity import Principal
+from hakuriver_host.identity import Principal, caller_peer, set_caller
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import Task, TaskEventRecord, utcnow
@@ -65,6 +65,8 @@ from hakuriver_host.tunnels import Tunnel, TunnelHub
 from hakuriver_host.webhooks import Notifier
 
 log = logging.getLogger(__name__)
+# How long a stopping Host lets submissions being stored and queued finish.
+ADDING_GRACE_SECONDS = 10.0
 # Placements made in one slice of the bulk lane (bulk_lane): ~1.5 ms of the event loop.
 PLACEMENT_SLICE = 64
 # Tasks placed on one node, with the coroutine that stores their placements (one write).
@@ -172,6 +174,8 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
+        # Submissions being stored and queued (finished, not cancelled, when the Host stops).
+        self._adding: set[asyncio.Task[None]] = set()
         # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
         self._passing = False
 
@@ -210,9 +214,13 @@ class Cluster:
     async def stop(self) -> None:
         self._stopped = True
         await self.notifier.stop()
-        for task in [*self._background, *self._storing]:
+        if self._adding:  # their submitters get their answer (their tasks stay pending)
+            await asyncio.wait(self._adding, timeout=ADDING_GRACE_SECONDS)
+        for task in [*self._background, *self._storing, *self._adding]:
             task.cancel()
-        await asyncio.gather(*self._background, *self._storing, return_exceptions=True)
+        await asyncio.gather(
+            *self._background, *self._storing, *self._adding, return_exceptions=True
+        )
         # Submitters still waiting for a pass answer now: their tasks are stored, pending.
         for waiter in self._pass_waiters:
             if not waiter.done():
@@ -257,19 +265,20 @@ class Cluster:
         if count == 1 and not plan.array and await self._add_placed(records[0], who):
             self.audit.record(who, "task.submit", str(task_ids[0]))
             return records, batch_id
+        what = f"array {batch_id} ({count} tasks)" if plan.array else ",".join(map(str, task_ids))
         # Shielded: once its write is queued its tasks are stored, and they must then be
-        # queued whole and considered by a pass, submitter gone or not (a call cancelled at
-        # its deadline while the queueing took turns in the bulk lane).
-        adding = self._storing_task(self.book.add(records, f"submitted by {who.actor}"))
+        # queued whole, audited and considered by a pass, submitter gone or not (a call
+        # cancelled at its deadline while the queueing took turns in the bulk lane).
+        # The peer is read here, in the call: its context is not to be touched once the
+        # call is over.
+        adding = asyncio.create_task(self._add(records, who, what, caller_peer()))
+        self._adding.add(adding)
+        adding.add_done_callback(self._adding.discard)
         try:
             await asyncio.shield(adding)
         except asyncio.CancelledError:
             adding.add_done_callback(self._queued_unawaited)
             raise
-        if plan.array:
-            self.audit.record(who, "task.submit", f"array {batch_id} ({count} tasks)")
-        else:
-            self.audit.record(who, "task.submit", ",".join(map(str, task_ids)))
         waiting = self._passing or len(self.book.pending) > count
         if not (count <= PLACE_AT_ONCE and waiting and self._place_at_once(records)):
             await self._placement_pass()
@@ -491,10 +500,20 @@ class Cluster:
     def _store_in_background(self, placed: list[Placed]) -> None:
         self._storing_task(self._store_and_dispatch(placed))
 
+    async def _add(self, records: list[Task], who: Principal, what: str, peer: str) -> None:
+        set_caller(who, None)  # this task may outlive the call: its context is not asked
+        await self.book.add(records, f"submitted by {who.actor}")
+        self.audit.record(who, "task.submit", what, peer=peer)
+
     def _queued_unawaited(self, adding: asyncio.Task[None]) -> None:
         """A submission's tasks are queued, its submitter gone: a pass considers them."""
-        if not adding.cancelled() and adding.exception() is None:
-            self.kick()
+        if adding.cancelled():
+            return
+        failed = adding.exception()
+        if failed is not None:
+            log.error("storing a submission whose submitter left failed: %s", failed)
+            return
+        self.kick()
 
     def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or

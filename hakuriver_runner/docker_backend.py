@@ -204,11 +204,12 @@ class DockerBackend:
         # Off once the release log cannot be written: a held container could not be let go.
         self._gating = True
         # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
-        # environment loads seen; and the images whose gate was seen waiting once (their
-        # /bin/sh runs it): their containers are held without asking Docker's ``top``,
-        # which costs the daemon ~13 ms of CPU a call (a tenth of a container's start).
+        # environment loads seen; and where a gate was seen waiting once (an image, with a
+        # task's own mounts, which may cover its /bin/sh): their containers are held
+        # without asking Docker's ``top``, ~13 ms of the daemon's CPU a call (a tenth of
+        # a container's start).
         self._gateable: dict[tuple[str, int], bool] = {}
-        self._gate_seen: set[tuple[str, int]] = set()
+        self._gate_seen: set[tuple[str, int, tuple[str, ...]]] = set()
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -559,7 +560,7 @@ class DockerBackend:
         if known is None:
             for old in [k for k in list(self._gateable) if k[1] != loads]:  # before a load
                 del self._gateable[old]
-                self._gate_seen.discard(old)
+            self._gate_seen = {seen for seen in self._gate_seen if seen[1] == loads}
             try:
                 config = self.client.api.inspect_image(image).get("Config") or {}
             except docker.errors.DockerException:
@@ -578,10 +579,12 @@ class DockerBackend:
             with self._attaching:
                 self._held.add(container.id)
             container.start()
-            image = (prepared.dispatch.image, prepared.loads)
-            up = image in self._gate_seen or self._gate_waits(container)
+            dispatch = prepared.dispatch
+            mounted = tuple(sorted(m.container_path for m in dispatch.mounts))
+            seen = (dispatch.image, prepared.loads, mounted)
+            up = seen in self._gate_seen or self._gate_waits(container)
             if up:
-                self._gate_seen.add(image)
+                self._gate_seen.add(seen)
         except (docker.errors.DockerException, OSError) as exc:
             log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
             up = False
@@ -608,7 +611,7 @@ class DockerBackend:
         or did not show within GATE_UP_SECONDS). Only then can its release run the command
         and nothing else: a container whose gate cannot start (an image without /bin/sh)
         still runs for a moment, and a line sent then would be taken for a release. Asked
-        for an image's first held container only (``_gate_seen``)."""
+        for an image's first held container with a task's own mounts (``_gate_seen``)."""
         deadline = time.monotonic() + GATE_UP_SECONDS
         while True:
             try:

@@ -181,3 +181,29 @@ async def test_tasks_whose_submitter_gave_up_while_they_were_stored_are_queued_a
     await eventually(lambda: len(runner.tasks) == 40, what="the 40 dispatches")
     for task_id in runner.tasks:
         await local_cluster.wait_status(task_id, TaskStatus.RUNNING)
+
+
+async def test_a_submission_being_stored_when_the_host_stops_is_answered(
+    local_cluster: LocalCluster,
+) -> None:
+    """The Host stops (SIGTERM) while a submission's rows wait to be stored: the stop lets
+    it finish, its submitter gets the answer, and its tasks are there after a restart."""
+    runner = await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    server = local_cluster.server
+    assert server is not None
+    held = threading.Event()
+    server.store.executor.submit(held.wait, 10)
+    request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=range(40)))
+    call = asyncio.ensure_future(local_cluster.tasks.SubmitTask(request, timeout=30))
+    await eventually(lambda: bool(server.cluster._adding), what="the submission being stored")
+    stopping = asyncio.ensure_future(server.stop())
+    await asyncio.sleep(0.1)  # the stop has begun, and waits for the submission
+    held.set()
+    reply = await call
+    await stopping
+    assert reply.created == 40
+    local_cluster.server = None
+    await local_cluster.start_host()
+    for task in reply.tasks:
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert len(runner.tasks) == 40

@@ -569,13 +569,12 @@ class DockerBackend:
         return known
 
     def _hold(self, prepared: Prepared) -> Prepared | None:
-        """Start a gated container, attached to its output and its gate first; None (and
-        nothing left) if the daemon would not."""
+        """Start a gated container, attached first (its gate and its output, one
+        attachment); None (and nothing left) if the daemon would not."""
         container = prepared.container
         attached = gate = None
         try:
-            attached = Attached(container)
-            gate = Gate(container)
+            attached = gate = Gate(container)
             with self._attaching:
                 self._held.add(container.id)
             container.start()
@@ -692,14 +691,11 @@ class DockerBackend:
 
     def _release(self, held: Prepared) -> Any | None:
         """Let a held container's command run; None (and the container removed) when its
-        gate is gone (killed from outside): the dispatch then makes a new container. The
-        release is in the log before the line goes, so that no Runner takes it back."""
+        gate is gone (killed from outside: its attachment ended): the dispatch then makes a
+        new container. The release is in the log before the line goes, so that no Runner
+        takes it back."""
         container = held.container
-        try:
-            running = bool(self.client.api.inspect_container(container.id)["State"]["Running"])
-        except docker.errors.DockerException:
-            running = False
-        if not running or held.gate is None or held.attached is None:
+        if held.gate is None or held.attached is None or held.gate.ended():
             self._discard(held)
             return None
         now = datetime.now(UTC)

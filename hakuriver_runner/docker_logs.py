@@ -135,10 +135,11 @@ class Attachment:
 
 
 class Attached(Attachment):
-    """A created container's stdout and stderr, attached to before it starts."""
+    """A created container's stdout and stderr (and its stdin, with ``stdin``), attached
+    to before it starts."""
 
-    def __init__(self, container: Any) -> None:
-        super().__init__(container, {"stdout": 1, "stderr": 1})
+    def __init__(self, container: Any, stdin: bool = False) -> None:
+        super().__init__(container, {"stdout": 1, "stderr": 1, "stdin": int(stdin)})
 
     def blocks(self) -> Iterator[tuple[int, bytes]]:
         """(0 for stdout, 1 for stderr, bytes) in the order written, until the container's

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hakuriver_runner.docker_logs import Attachment
+from hakuriver_runner.docker_logs import Attached
 
 # On a container whose command waits behind a gate (with LABEL_PREPARED).
 LABEL_GATED = "hakuriver.gated"
@@ -47,17 +47,30 @@ WAITING = "/bin/sh -c read -r _"
 RELEASED_FILE = "released-gates"
 
 
-class Gate(Attachment):
-    """The Runner's end of a held container's stdin; attach before the start. Closed
-    unreleased, the gate exits without running the command."""
+class Gate(Attached):
+    """A held container's one attachment: the Runner's end of its stdin, and its output
+    once released. Attach before the start. Closed unreleased, the gate exits without
+    running the command."""
 
     def __init__(self, container: Any) -> None:
-        super().__init__(container, {"stdin": 1})
+        super().__init__(container, stdin=True)
+
+    def ended(self) -> bool:
+        """Has the container's side of the attachment ended (the container exited, or was
+        removed: its gate is gone), as far as can be told without waiting? Nothing is
+        written before the release, so anything but "nothing yet" counts as ended."""
+        try:
+            self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass
+        return True
 
     def release(self) -> bool:
-        """Let the command run, its stdin then at its end (as with no stdin at all). False
-        when the line could not be sent (the gate is gone); once it was, the command runs,
-        whatever closing the connection says."""
+        """Let the command run, its stdin then at its end (as with no stdin at all); its
+        output goes on on this attachment. False when the line could not be sent (the gate
+        is gone); once it was, the command runs, whatever closing stdin says."""
         try:
             self._raw.sendall(b"\n")
         except OSError:
@@ -65,7 +78,6 @@ class Gate(Attachment):
             return False
         with contextlib.suppress(OSError):
             self._raw.shutdown(socket.SHUT_WR)
-        self.close()
         return True
 
 

@@ -90,3 +90,23 @@ def test_an_attachment_nobody_reads_does_not_hold_its_container(backend: DockerB
     emitted = Emitted()
     backend.follow(handle, (0, 0), emitted.emits(), LogFollow())  # from the log, afterwards
     assert len(emitted.data[0]) == 8_000_000
+
+
+def test_a_held_containers_output_comes_whole_from_its_one_attachment(
+    backend: DockerBackend,
+) -> None:
+    """A container prepared ahead and held at its gate (start_gate) is attached once, for its
+    stdin and its output: after the release, its output comes whole from that attachment,
+    none of it the gate's."""
+    script = "i=0; while [ $i -lt 2000 ]; do echo out-$i; echo err-$i >&2; i=$((i+1)); done"
+    dispatch = _dispatch(script, task_id=12)
+    assert backend.prepare(dispatch) is True
+    held = backend.prepared[12]
+    assert held.gate is not None and held.gate is held.attached
+    handle = backend.start(dispatch)
+    assert handle.id == held.container.id and handle.id in backend._attached
+    emitted = Emitted()
+    backend.follow(handle, (0, 0), emitted.emits(), LogFollow())
+    assert bytes(emitted.data[0]) == lines("out", 2000)
+    assert bytes(emitted.data[1]) == lines("err", 2000)
+    assert backend.wait(handle).exit_code == 0

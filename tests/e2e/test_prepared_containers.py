@@ -185,6 +185,23 @@ def test_a_held_container_killed_at_its_gate_is_removed_by_a_restarted_runner(
     assert _containers(backend) == []
 
 
+def test_a_held_container_killed_before_its_dispatch_is_made_again(
+    backend: DockerBackend,
+) -> None:
+    """Its gate ended by a signal while it waited: the dispatch sees its attachment ended,
+    removes it and runs the command in a new container, once."""
+    dispatch = command_dispatch(["sh", "-c", "echo ran"], 7, (0,))
+    assert backend.prepare(dispatch) is True
+    [held] = _containers(backend)
+    held.kill()
+    _exited(held)
+    started = backend.start(dispatch)
+    assert started.id != held.id
+    assert backend.wait(started).exit_code == 0
+    [only] = _containers(backend)
+    assert only.id == started.id and only.logs() == b"ran\n"
+
+
 def test_an_image_without_a_shell_is_prepared_created_only(backend: DockerBackend) -> None:
     """Its gate cannot start, so it is never held: the next prepare of it creates only."""
     layer = io.BytesIO()

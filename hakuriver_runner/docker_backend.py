@@ -694,8 +694,14 @@ class DockerBackend:
         gate is gone (killed from outside: its attachment ended): the dispatch then makes a
         new container. The release is in the log before the line goes, so that no Runner
         takes it back."""
-        container = held.container
-        if held.gate is None or held.attached is None or held.gate.ended():
+        container, gate = held.container, held.gate
+        ended = gate.ended() if gate is not None and held.attached is not None else True
+        if ended is None:  # cannot be told from the attachment: ask the daemon
+            try:
+                ended = not self.client.api.inspect_container(container.id)["State"]["Running"]
+            except docker.errors.DockerException:
+                ended = True
+        if ended or gate is None:
             self._discard(held)
             return None
         now = datetime.now(UTC)
@@ -710,12 +716,12 @@ class DockerBackend:
             self._gating = False
             self._discard(held)
             return None
-        if not held.gate.release():
+        if not gate.release():
             self._discard(held)
             return None
         # Registered once the line went (its follow and watch begin after this returns).
         with self._attaching:
-            self._attached[container.id] = (held.dispatch.task_id, held.attached)
+            self._attached[container.id] = (held.dispatch.task_id, gate)
             self._just_started[container.id] = now
             self._released_at[container.id] = now
             self._held.discard(container.id)

@@ -55,17 +55,20 @@ class Gate(Attached):
     def __init__(self, container: Any) -> None:
         super().__init__(container, stdin=True)
 
-    def ended(self) -> bool:
+    def ended(self) -> bool | None:
         """Has the container's side of the attachment ended (the container exited, or was
-        removed: its gate is gone), as far as can be told without waiting? Nothing is
-        written before the release, so anything but "nothing yet" counts as ended."""
+        removed: its gate is gone), as far as can be told without waiting? None when it
+        cannot be told here: the gate's shell wrote something before its release (a
+        locale warning, say), or the connection cannot be peeked (TLS)."""
         try:
-            self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            waiting = self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         except OSError:
-            pass
-        return True
+            return True
+        except ValueError:  # an SSL socket takes no flags
+            return None
+        return None if waiting else True
 
     def release(self) -> bool:
         """Let the command run, its stdin then at its end (as with no stdin at all); its

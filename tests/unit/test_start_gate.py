@@ -1,12 +1,13 @@
 """The start gate's pieces that need no Docker: the release log a restarted Runner reads,
-and how a container's process list shows its gate waiting."""
+how a container's process list shows its gate waiting, and what its attachment tells."""
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hakuriver_runner.start_gate import ReleaseLog, waiting
+from hakuriver_runner.start_gate import Gate, ReleaseLog, waiting
 
 AT = datetime(2026, 12, 5, 6, 30, tzinfo=UTC)
 
@@ -39,3 +40,26 @@ def test_the_gate_shows_waiting_until_it_becomes_the_command() -> None:
     assert waiting({"Titles": titles, "Processes": [init, gate]})
     assert not waiting({"Titles": titles, "Processes": [init, task]})
     assert not waiting({"Titles": titles, "Processes": []})
+
+
+class _Peeked(Gate):
+    """A gate over one end of a socket pair (the daemon's end is the other)."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        self._raw = raw
+        self._socket = raw
+
+
+def test_a_gates_attachment_tells_alive_from_ended_and_leaves_the_rest_to_the_daemon() -> None:
+    """Nothing to read: the gate waits. The daemon's end closed: the container is gone.
+    Something written before the release (a shell's locale warning): not known here, the
+    Runner asks the daemon; and the bytes stay for the task's output."""
+    ours, daemons = socket.socketpair()
+    gate = _Peeked(ours)
+    assert gate.ended() is False
+    daemons.sendall(b"\x02\x00\x00\x00\x00\x00\x00\x05warn\n")
+    assert gate.ended() is None
+    assert ours.recv(64) == b"\x02\x00\x00\x00\x00\x00\x00\x05warn\n"
+    daemons.close()
+    assert gate.ended() is True
+    ours.close()

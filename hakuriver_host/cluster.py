@@ -174,7 +174,7 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
-        # Submissions being stored and queued (finished, not cancelled, when the Host stops).
+        # Submissions being stored (and queued): finished, not cancelled, when the Host stops.
         self._adding: set[asyncio.Task[None]] = set()
         # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
         self._passing = False
@@ -262,18 +262,16 @@ class Cluster:
             records = records_of(*args)
         if not vps:
             self.logs.expect(task_ids)
-        if count == 1 and not plan.array and await self._add_placed(records[0], who):
-            self.audit.record(who, "task.submit", str(task_ids[0]))
+        # Read here, in the call: its context is not to be touched once the call is over
+        # (the audit records are written by the submission's own task).
+        peer = caller_peer()
+        if count == 1 and not plan.array and await self._add_placed(records[0], who, peer):
             return records, batch_id
         what = f"array {batch_id} ({count} tasks)" if plan.array else ",".join(map(str, task_ids))
         # Shielded: once its write is queued its tasks are stored, and they must then be
         # queued whole, audited and considered by a pass, submitter gone or not (a call
         # cancelled at its deadline while the queueing took turns in the bulk lane).
-        # The peer is read here, in the call: its context is not to be touched once the
-        # call is over.
-        adding = asyncio.create_task(self._add(records, who, what, caller_peer()))
-        self._adding.add(adding)
-        adding.add_done_callback(self._adding.discard)
+        adding = self._submission(self._add(records, who, what, peer))
         try:
             await asyncio.shield(adding)
         except asyncio.CancelledError:
@@ -515,6 +513,15 @@ class Cluster:
             return
         self.kick()
 
+    def _submission(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a submission's write, and what must follow it, as a task of the Host's: its
+        submitter may go away meanwhile, and a stopping Host lets it finish (up to
+        ADDING_GRACE_SECONDS) so that the submitter gets its answer."""
+        adding = asyncio.create_task(work)
+        self._adding.add(adding)
+        adding.add_done_callback(self._adding.discard)
+        return adding
+
     def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or
         cancels, when it stops."""
@@ -547,7 +554,7 @@ class Cluster:
             self._store_in_background(self._placed(placements))
         return len(placements) == len(records)
 
-    async def _add_placed(self, task: Task, who: Principal) -> bool:
+    async def _add_placed(self, task: Task, who: Principal, peer: str) -> bool:
         """Store and dispatch a submission's one task placed at once, when it fits now and
         nothing queued ahead could use its nodes (``Scheduler.place_now``): its row is
         written already placed. False: it was not placed (it is stored pending)."""
@@ -559,10 +566,13 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        await asyncio.shield(self._storing_task(self._store_placed(task, allocation, who)))
+        await asyncio.shield(self._submission(self._store_placed(task, allocation, who, peer)))
         return True
 
-    async def _store_placed(self, task: Task, allocation: Allocation, who: Principal) -> None:
+    async def _store_placed(
+        self, task: Task, allocation: Allocation, who: Principal, peer: str
+    ) -> None:
+        set_caller(who, None)  # this task may outlive the call: its context is not asked
         try:
             await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
         except Exception:
@@ -572,6 +582,7 @@ class Cluster:
                 self.kick()
             raise
         self._dispatch(task)
+        self.audit.record(who, "task.submit", str(task.task_id), peer=peer)
 
     def _placed(self, placements: list[tuple[Task, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each

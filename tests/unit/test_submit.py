@@ -207,3 +207,30 @@ async def test_a_submission_being_stored_when_the_host_stops_is_answered(
     for task in reply.tasks:
         await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
     assert len(runner.tasks) == 40
+
+
+async def test_a_task_placed_at_once_being_stored_when_the_host_stops_is_answered(
+    local_cluster: LocalCluster,
+) -> None:
+    """The Host stops while a lone task placed at once waits for its row to be stored: its
+    submitter gets the answer, and the task runs after a restart."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    server = local_cluster.server
+    assert server is not None
+    held = threading.Event()
+    server.store.executor.submit(held.wait, 10)
+    call = asyncio.ensure_future(
+        local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=30)
+    )
+    await eventually(lambda: bool(server.cluster._adding), what="the task being stored")
+    stopping = asyncio.ensure_future(server.stop())
+    await asyncio.sleep(0.1)  # the stop has begun, and waits for the submission
+    held.set()
+    reply = await call
+    await stopping
+    [task] = reply.tasks
+    assert status_of(task) is TaskStatus.ASSIGNING
+    local_cluster.server = None
+    await local_cluster.start_host()
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert list(runner.tasks) == [task.task_id]

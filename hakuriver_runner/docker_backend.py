@@ -137,6 +137,14 @@ class Prepared:
             self.gate.close()
 
 
+# An image, the environment loads seen, and a task's own mount targets.
+_GateKey = tuple[str, int, tuple[str, ...]]
+
+
+def _gate_key(dispatch: rpb.DispatchCommand, loads: int) -> _GateKey:
+    return (dispatch.image, loads, tuple(sorted(m.container_path for m in dispatch.mounts)))
+
+
 def _why(exc: docker.errors.APIError) -> str:
     return str(exc.explanation or exc)
 
@@ -204,12 +212,13 @@ class DockerBackend:
         # Off once the release log cannot be written: a held container could not be let go.
         self._gating = True
         # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
-        # environment loads seen; and where a gate was seen waiting once (an image, with a
-        # task's own mounts, which may cover its /bin/sh): their containers are held
-        # without asking Docker's ``top``, ~13 ms of the daemon's CPU a call (a tenth of
-        # a container's start).
+        # environment loads seen; and whether its gate's /bin/sh runs, by image, loads and
+        # a task's own mount targets (which may cover it): True once a gate was seen
+        # waiting (later containers are held without asking Docker's ``top``, ~13 ms of
+        # the daemon's CPU a call, a tenth of a container's start), False once one could
+        # not start (later containers are prepared created only).
         self._gateable: dict[tuple[str, int], bool] = {}
-        self._gate_seen: set[tuple[str, int, tuple[str, ...]]] = set()
+        self._gate_runs: dict[_GateKey, bool] = {}
 
     def _image_timestamp(self, name: str) -> tuple[Any, int]:
         """The loaded image of an environment and the tarball timestamp it came from."""
@@ -532,7 +541,7 @@ class DockerBackend:
             self._drop_prepared(dispatch.task_id)
         with self._preparing:
             loads, scans = self._loads_seen, self._scans
-        gated = self._may_hold(dispatch.image, loads)
+        gated = self._may_hold(dispatch, loads)
         try:
             container = self._create(dispatch, ahead=True, gated=gated)
         except docker.errors.APIError:  # 409: a container of the task exists
@@ -550,19 +559,21 @@ class DockerBackend:
             self._discard(prepared)
         return kept
 
-    def _may_hold(self, image: str, loads: int) -> bool:
-        """Whether ``image``'s containers may be held at a gate: it has no ENTRYPOINT (the
-        gate takes its place). Asked once per image between environment loads."""
-        if not self._gating:
+    def _may_hold(self, dispatch: rpb.DispatchCommand, loads: int) -> bool:
+        """Whether the task's container may be held at a gate: its image has no ENTRYPOINT
+        (the gate takes its place; asked once per image between environment loads), and
+        no gate of its image and mounts was found unable to start."""
+        if not self._gating or self._gate_runs.get(_gate_key(dispatch, loads)) is False:
             return False
-        key = (image, loads)
+        key = (dispatch.image, loads)
         known = self._gateable.get(key)
         if known is None:
             for old in [k for k in list(self._gateable) if k[1] != loads]:  # before a load
-                del self._gateable[old]
-            self._gate_seen = {seen for seen in self._gate_seen if seen[1] == loads}
+                self._gateable.pop(old, None)  # (another prepare may be at it too)
+            for stale in [k for k in list(self._gate_runs) if k[1] != loads]:
+                self._gate_runs.pop(stale, None)
             try:
-                config = self.client.api.inspect_image(image).get("Config") or {}
+                config = self.client.api.inspect_image(dispatch.image).get("Config") or {}
             except docker.errors.DockerException:
                 return False  # the create says what is wrong
             known = self._gateable[key] = not config.get("Entrypoint")
@@ -578,19 +589,17 @@ class DockerBackend:
             with self._attaching:
                 self._held.add(container.id)
             container.start()
-            dispatch = prepared.dispatch
-            mounted = tuple(sorted(m.container_path for m in dispatch.mounts))
-            seen = (dispatch.image, prepared.loads, mounted)
-            up = seen in self._gate_seen or self._gate_waits(container)
+            key = _gate_key(prepared.dispatch, prepared.loads)
+            up = self._gate_runs.get(key) is True or self._gate_waits(container)
             if up:
-                self._gate_seen.add(seen)
+                self._gate_runs[key] = True
         except (docker.errors.DockerException, OSError) as exc:
             log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
             up = False
         made = replace(prepared, attached=attached, gate=gate)
         if not up:
-            if self._without_shell(container):  # its image is prepared unheld from now
-                self._gateable[(prepared.dispatch.image, prepared.loads)] = False
+            if self._without_shell(container):  # prepared unheld from now, with these mounts
+                self._gate_runs[_gate_key(prepared.dispatch, prepared.loads)] = False
             self._discard(made)
             return None
         return made
@@ -610,7 +619,7 @@ class DockerBackend:
         or did not show within GATE_UP_SECONDS). Only then can its release run the command
         and nothing else: a container whose gate cannot start (an image without /bin/sh)
         still runs for a moment, and a line sent then would be taken for a release. Asked
-        for an image's first held container with a task's own mounts (``_gate_seen``)."""
+        for an image's first held container with a task's own mounts (``_gate_runs``)."""
         deadline = time.monotonic() + GATE_UP_SECONDS
         while True:
             try:

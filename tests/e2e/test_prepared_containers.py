@@ -9,11 +9,12 @@ import io
 import tarfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import docker
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.start_gate import NEVER_RELEASED
 from tests.e2e.harness import BASE_ENV, command_dispatch
@@ -225,6 +226,30 @@ def test_an_image_without_a_shell_is_prepared_created_only(backend: DockerBacken
         for container in _containers(backend):
             container.remove(force=True)
         backend.client.images.remove(tag, force=True)
+
+
+def test_a_task_whose_mounts_cover_the_shell_is_not_held_and_others_still_are(
+    backend: DockerBackend, tmp_path: Path
+) -> None:
+    """A task may mount a folder over the image's /bin: its gate cannot start, so tasks
+    with that mount are prepared created only from then on, while tasks of the same image
+    without it are still held."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    covered = command_dispatch(["true"], 7, (0,))
+    covered.mounts.append(task_pb2.Mount(host_path=str(empty), container_path="/bin"))
+    assert backend.prepare(covered) is False  # held, found without a gate, removed
+    assert _containers(backend) == []
+    assert backend.prepare(covered) is True
+    [created] = _containers(backend)
+    assert created.status == "created" and "hakuriver.gated" not in created.labels
+    backend.remove(7)
+    for task_id in (8, 9):
+        assert backend.prepare(command_dispatch(["true"], task_id, (0,))) is True
+        held = backend.prepared[task_id]
+        assert held.gate is not None
+        held.container.reload()
+        assert held.container.status == "running"
 
 
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:

@@ -38,7 +38,7 @@ from hakuriver_host.errors import (
     NotFound,
     Unavailable,
 )
-from hakuriver_host.identity import Principal, caller_peer, set_caller
+from hakuriver_host.identity import Principal, outliving
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import Task, TaskEventRecord, utcnow
@@ -67,6 +67,7 @@ from hakuriver_host.webhooks import Notifier
 log = logging.getLogger(__name__)
 # How long a stopping Host lets submissions being stored and queued finish.
 ADDING_GRACE_SECONDS = 10.0
+STOPPING = "the Host is stopping: submit again once it is back"
 # Placements made in one slice of the bulk lane (bulk_lane): ~1.5 ms of the event loop.
 PLACEMENT_SLICE = 64
 # Tasks placed on one node, with the coroutine that stores their placements (one write).
@@ -174,8 +175,10 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
-        # Submissions being stored (and queued): finished, not cancelled, when the Host stops.
+        # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
+        # closed once those finished.
         self._adding: set[asyncio.Task[None]] = set()
+        self._closed = False
         # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
         self._passing = False
 
@@ -214,8 +217,12 @@ class Cluster:
     async def stop(self) -> None:
         self._stopped = True
         await self.notifier.stop()
-        if self._adding:  # their submitters get their answer (their tasks stay pending)
-            await asyncio.wait(self._adding, timeout=ADDING_GRACE_SECONDS)
+        # Submissions under way finish, and their submitters get their answer (their tasks
+        # stay pending); also those that took their ids just before the stop.
+        deadline = time.monotonic() + ADDING_GRACE_SECONDS
+        while self._adding and (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait(set(self._adding), timeout=left)
+        self._closed = True
         for task in [*self._background, *self._storing, *self._adding]:
             task.cancel()
         await asyncio.gather(
@@ -241,6 +248,8 @@ class Cluster:
         each is either placed or known to wait: after the placement pass that considered
         them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE;
         a single task so placed is stored placed, ``_add_placed``)."""
+        if self._stopped:
+            raise Unavailable(STOPPING)
         wanted = req.container_name or self.config.docker.default_container_name
         if wanted != NULL_CONTAINER and not self._admission.has_environment(wanted):
             await self.tarballs.read_again()  # a tarball copied in since the last reading?
@@ -262,16 +271,13 @@ class Cluster:
             records = records_of(*args)
         if not vps:
             self.logs.expect(task_ids)
-        # Read here, in the call: its context is not to be touched once the call is over
-        # (the audit records are written by the submission's own task).
-        peer = caller_peer()
-        if count == 1 and not plan.array and await self._add_placed(records[0], who, peer):
+        if count == 1 and not plan.array and await self._add_placed(records[0], who):
             return records, batch_id
         what = f"array {batch_id} ({count} tasks)" if plan.array else ",".join(map(str, task_ids))
         # Shielded: once its write is queued its tasks are stored, and they must then be
         # queued whole, audited and considered by a pass, submitter gone or not (a call
         # cancelled at its deadline while the queueing took turns in the bulk lane).
-        adding = self._submission(self._add(records, who, what, peer))
+        adding = self._submission(self._add(records, who, what))
         try:
             await asyncio.shield(adding)
         except asyncio.CancelledError:
@@ -498,13 +504,13 @@ class Cluster:
     def _store_in_background(self, placed: list[Placed]) -> None:
         self._storing_task(self._store_and_dispatch(placed))
 
-    async def _add(self, records: list[Task], who: Principal, what: str, peer: str) -> None:
-        set_caller(who, None)  # this task may outlive the call: its context is not asked
+    async def _add(self, records: list[Task], who: Principal, what: str) -> None:
         await self.book.add(records, f"submitted by {who.actor}")
-        self.audit.record(who, "task.submit", what, peer=peer)
+        self.audit.record(who, "task.submit", what)
 
     def _queued_unawaited(self, adding: asyncio.Task[None]) -> None:
-        """A submission's tasks are queued, its submitter gone: a pass considers them."""
+        """A submission is stored (and queued), its submitter gone: a pass considers its
+        tasks; a failure is logged, as nobody else will hear of it."""
         if adding.cancelled():
             return
         failed = adding.exception()
@@ -516,8 +522,12 @@ class Cluster:
     def _submission(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a submission's write, and what must follow it, as a task of the Host's: its
         submitter may go away meanwhile, and a stopping Host lets it finish (up to
-        ADDING_GRACE_SECONDS) so that the submitter gets its answer."""
-        adding = asyncio.create_task(work)
+        ADDING_GRACE_SECONDS) so that the submitter gets its answer. Once those have
+        finished, the Host takes no more (nothing of the submission is written)."""
+        if self._closed:
+            work.close()
+            raise Unavailable(STOPPING)
+        adding = outliving(work)
         self._adding.add(adding)
         adding.add_done_callback(self._adding.discard)
         return adding
@@ -554,7 +564,7 @@ class Cluster:
             self._store_in_background(self._placed(placements))
         return len(placements) == len(records)
 
-    async def _add_placed(self, task: Task, who: Principal, peer: str) -> bool:
+    async def _add_placed(self, task: Task, who: Principal) -> bool:
         """Store and dispatch a submission's one task placed at once, when it fits now and
         nothing queued ahead could use its nodes (``Scheduler.place_now``): its row is
         written already placed. False: it was not placed (it is stored pending)."""
@@ -566,13 +576,15 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        await asyncio.shield(self._submission(self._store_placed(task, allocation, who, peer)))
+        storing = self._submission(self._store_placed(task, allocation, who))
+        try:
+            await asyncio.shield(storing)
+        except asyncio.CancelledError:
+            storing.add_done_callback(self._queued_unawaited)
+            raise
         return True
 
-    async def _store_placed(
-        self, task: Task, allocation: Allocation, who: Principal, peer: str
-    ) -> None:
-        set_caller(who, None)  # this task may outlive the call: its context is not asked
+    async def _store_placed(self, task: Task, allocation: Allocation, who: Principal) -> None:
         try:
             await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
         except Exception:
@@ -582,7 +594,7 @@ class Cluster:
                 self.kick()
             raise
         self._dispatch(task)
-        self.audit.record(who, "task.submit", str(task.task_id), peer=peer)
+        self.audit.record(who, "task.submit", str(task.task_id))
 
     def _placed(self, placements: list[tuple[Task, Allocation]]) -> list[Placed]:
         """Pending tasks now hold their allocations: each made so in memory in turn; each

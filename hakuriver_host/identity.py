@@ -7,10 +7,12 @@ gRPC metadata.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+import asyncio
+from collections.abc import Coroutine
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from hakuriver_common.roles import Role
 
@@ -71,3 +73,25 @@ def caller_peer() -> str:
 def set_caller(principal: Principal, context: Any) -> None:
     _caller.set(principal)
     _context.set(context)
+
+
+T = TypeVar("T")
+
+
+class _Peer:
+    """A call's peer address, read while the call was on."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def outliving(work: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+    """Run ``work`` as a task that may outlive the call being served: it sees the call's
+    principal and its peer (read now, in the call), never the call's servicer context,
+    which must not be touched once the call is over (grpc's Cython then crashes)."""
+    context = copy_context()
+    context.run(_context.set, _Peer(caller_peer()))
+    return asyncio.create_task(work, name=name, context=context)

@@ -33,7 +33,7 @@ from hakuriver_host.batches import Batches, BatchView
 from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument
-from hakuriver_host.identity import Principal, caller
+from hakuriver_host.identity import Principal, caller, outliving
 from hakuriver_host.models import Task
 from hakuriver_host.nodes import NodeView
 
@@ -275,7 +275,8 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
             finally:
                 link.close()
 
-        reader = asyncio.create_task(read_loop(), name=f"runner-{link.hostname}")
+        # Its audits (a report on a foreign task) may come after the call is over.
+        reader = outliving(read_loop(), name=f"runner-{link.hostname}")
         try:
             while (message := await link.next()) is not None:
                 yield message

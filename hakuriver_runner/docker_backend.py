@@ -137,12 +137,13 @@ class Prepared:
             self.gate.close()
 
 
-# An image, the environment loads seen, and a task's own mount targets.
-_GateKey = tuple[str, int, tuple[str, ...]]
+# An image, the environment loads seen, and a task's own mounts (target, source).
+_GateKey = tuple[str, int, tuple[tuple[str, str], ...]]
 
 
 def _gate_key(dispatch: rpb.DispatchCommand, loads: int) -> _GateKey:
-    return (dispatch.image, loads, tuple(sorted(m.container_path for m in dispatch.mounts)))
+    mounts = sorted((m.container_path, m.host_path) for m in dispatch.mounts)
+    return (dispatch.image, loads, tuple(mounts))
 
 
 def _why(exc: docker.errors.APIError) -> str:
@@ -213,7 +214,7 @@ class DockerBackend:
         self._gating = True
         # Whether an image may be held at a gate (it has no ENTRYPOINT), by image and
         # environment loads seen; and whether its gate's /bin/sh runs, by image, loads and
-        # a task's own mount targets (which may cover it): True once a gate was seen
+        # a task's own mounts (which may cover it): True once a gate was seen
         # waiting (later containers are held without asking Docker's ``top``, ~13 ms of
         # the daemon's CPU a call, a tenth of a container's start), False once one could
         # not start (later containers are prepared created only).

@@ -59,14 +59,14 @@ class Gate(Attached):
         """Has the container's side of the attachment ended (the container exited, or was
         removed: its gate is gone), as far as can be told without waiting? None when it
         cannot be told here: the gate's shell wrote something before its release (a
-        locale warning, say), or the connection cannot be peeked (TLS)."""
+        locale warning, say), or the connection cannot be peeked (TLS, SSH)."""
         try:
             waiting = self._raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except BlockingIOError:
             return False
         except OSError:
             return True
-        except ValueError:  # an SSL socket takes no flags
+        except Exception:  # an SSL socket (or an SSH channel) takes no flags
             return None
         return None if waiting else True
 

@@ -187,7 +187,8 @@ async def test_a_submission_being_stored_when_the_host_stops_is_answered(
     local_cluster: LocalCluster,
 ) -> None:
     """The Host stops (SIGTERM) while a submission's rows wait to be stored: the stop lets
-    it finish, its submitter gets the answer, and its tasks are there after a restart."""
+    it finish, its submitter gets the answer, and its tasks are there after a restart; a
+    submission arriving meanwhile is refused as unavailable."""
     runner = await local_cluster.add_runner("a", cores=64, answer=HOLD)
     server = local_cluster.server
     assert server is not None
@@ -198,6 +199,11 @@ async def test_a_submission_being_stored_when_the_host_stops_is_answered(
     await eventually(lambda: bool(server.cluster._adding), what="the submission being stored")
     stopping = asyncio.ensure_future(server.stop())
     await asyncio.sleep(0.1)  # the stop has begun, and waits for the submission
+    # A submission arriving now is refused, nothing of it written: its client may retry.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="late"), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "stopping" in (refused.value.details() or "")
     held.set()
     reply = await call
     await stopping
@@ -207,6 +213,8 @@ async def test_a_submission_being_stored_when_the_host_stops_is_answered(
     for task in reply.tasks:
         await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
     assert len(runner.tasks) == 40
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100))
+    assert "late" not in {task.command for task in listed.tasks}
 
 
 async def test_a_task_placed_at_once_being_stored_when_the_host_stops_is_answered(

@@ -277,12 +277,7 @@ class Cluster:
         # Shielded: once its write is queued its tasks are stored, and they must then be
         # queued whole, audited and considered by a pass, submitter gone or not (a call
         # cancelled at its deadline while the queueing took turns in the bulk lane).
-        adding = self._submission(self._add(records, who, what))
-        try:
-            await asyncio.shield(adding)
-        except asyncio.CancelledError:
-            adding.add_done_callback(self._queued_unawaited)
-            raise
+        await self._submission(self._add(records, who, what))
         waiting = self._passing or len(self.book.pending) > count
         if not (count <= PLACE_AT_ONCE and waiting and self._place_at_once(records)):
             await self._placement_pass()
@@ -519,9 +514,10 @@ class Cluster:
             return
         self.kick()
 
-    def _submission(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run a submission's write, and what must follow it, as a task of the Host's: its
-        submitter may go away meanwhile, and a stopping Host lets it finish (up to
+    async def _submission(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run a submission's write, and what must follow it, as a task of the Host's,
+        shielded from its submitter: one gone meanwhile (a deadline) leaves it to finish
+        (``_queued_unawaited``), and a stopping Host lets it finish (up to
         ADDING_GRACE_SECONDS) so that the submitter gets its answer. Once those have
         finished, the Host takes no more (nothing of the submission is written)."""
         if self._closed:
@@ -530,7 +526,11 @@ class Cluster:
         adding = outliving(work)
         self._adding.add(adding)
         adding.add_done_callback(self._adding.discard)
-        return adding
+        try:
+            await asyncio.shield(adding)
+        except asyncio.CancelledError:
+            adding.add_done_callback(self._queued_unawaited)
+            raise
 
     def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or
@@ -576,12 +576,7 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        storing = self._submission(self._store_placed(task, allocation, who))
-        try:
-            await asyncio.shield(storing)
-        except asyncio.CancelledError:
-            storing.add_done_callback(self._queued_unawaited)
-            raise
+        await self._submission(self._store_placed(task, allocation, who))
         return True
 
     async def _store_placed(self, task: Task, allocation: Allocation, who: Principal) -> None:

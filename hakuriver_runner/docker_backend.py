@@ -122,17 +122,15 @@ def ssh_port_of(container: Any) -> int:
 class Prepared:
     """A container created ahead for a queued task, the dispatch it was created for, and
     how many environment loads had begun when it was (a later load may change its image);
-    when it was also started, held at its gate (start_gate), its attachments."""
+    when it was also started, held at its gate (start_gate), its one attachment: the gate's
+    stdin and, once released, the task's output."""
 
     dispatch: rpb.DispatchCommand
     container: Any
     loads: int
-    attached: Attached | None = None
     gate: Gate | None = None
 
     def close(self) -> None:
-        if self.attached is not None:
-            self.attached.close()
         if self.gate is not None:
             self.gate.close()
 
@@ -584,23 +582,23 @@ class DockerBackend:
         """Start a gated container, attached first (its gate and its output, one
         attachment); None (and nothing left) if the daemon would not."""
         container = prepared.container
-        attached = gate = None
+        key = _gate_key(prepared.dispatch, prepared.loads)
+        gate = None
         try:
-            attached = gate = Gate(container)
+            gate = Gate(container)
             with self._attaching:
                 self._held.add(container.id)
             container.start()
-            key = _gate_key(prepared.dispatch, prepared.loads)
             up = self._gate_runs.get(key) is True or self._gate_waits(container)
             if up:
                 self._gate_runs[key] = True
         except (docker.errors.DockerException, OSError) as exc:
             log.info("task %s: could not hold it ahead (%s)", prepared.dispatch.task_id, exc)
             up = False
-        made = replace(prepared, attached=attached, gate=gate)
+        made = replace(prepared, gate=gate)
         if not up:
             if self._without_shell(container):  # prepared unheld from now, with these mounts
-                self._gate_runs[_gate_key(prepared.dispatch, prepared.loads)] = False
+                self._gate_runs[key] = False
             self._discard(made)
             return None
         return made
@@ -705,7 +703,7 @@ class DockerBackend:
         new container. The release is in the log before the line goes, so that no Runner
         takes it back."""
         container, gate = held.container, held.gate
-        ended = gate.ended() if gate is not None and held.attached is not None else True
+        ended = gate.ended() if gate is not None else True
         if ended is None:  # cannot be told from the attachment: ask the daemon
             try:
                 ended = not self.client.api.inspect_container(container.id)["State"]["Running"]

@@ -11,8 +11,8 @@ The command runs only when the Runner releases it. The container is created with
 open and attached once (docker-py then sets ``StdinOnce``): when that attachment closes
 without the line (the Runner went away, or dropped what it prepared), the gate reads the
 end of its input, says ``NEVER_RELEASED`` on stderr and exits without running anything.
-A container is held only once its gate is seen waiting (``waiting``; for an image's
-first held container, then known of the image), and every release
+A container is held only once its gate is seen waiting (``waiting``; asked for an image's
+first held container with a task's own mounts, then known of them), and every release
 is written in the ``ReleaseLog`` before its line is sent: a Runner that starts again keeps
 the released ones as tasks and removes the rest, however their gates ended. A command that
 does not exist exits 127 saying so, as it does without the gate (Docker's init, which every

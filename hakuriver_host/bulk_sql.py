@@ -8,7 +8,8 @@ bind processor for its column (the conversion SQLAlchemy would apply: JSON, time
 rows go to the driver together.
 
 On SQLite they go as multi-row statements (``INSERT ... VALUES (..), (..)`` and
-``UPDATE ... FROM (VALUES ..)``), hundreds of rows each, not as one ``executemany``:
+``UPDATE ... FROM (VALUES ..)``), hundreds of rows each (thousands when they share values),
+not as one ``executemany``:
 Python's sqlite3 lets go of the GIL around every row's step, and while the event loop is
 busy each of those steps waits up to the interpreter's switch interval to get it back. Ten
 thousand rows then took seconds instead of ~90 ms (docs/development.md, "GIL convoy").
@@ -38,6 +39,8 @@ _SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 # UPDATE ... FROM came with SQLite 3.33; before it, updates go by executemany.
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _ROWS_PER_STATEMENT = 500
+# The rows of one INSERT whose rows share values (``_Statement._shared_all``).
+_SHARED_ROWS = 10_000
 # No value is this object (``_each_converted``'s value before the first).
 _NOTHING = object()
 
@@ -64,12 +67,31 @@ class _Statement:
         """Converted rows, given column by column, as the driver calls that write them."""
         if self.rows == 1:
             return [Prepared(self.sql, list(zip(*columns, strict=True)), many=True)]
+        count = len(columns[0])
+        per = self._rows_shared(columns) if self.select and count > 1 else self.rows
         out: list[Prepared] = []
-        for start in range(0, len(columns[0]), self.rows):
-            chunk = [column[start : start + self.rows] for column in columns]
+        for start in range(0, count, per):
+            chunk = [column[start : start + per] for column in columns]
             shared = self._shared(chunk) if self.select and len(chunk[0]) > 1 else None
-            out.append(shared or self._listed(chunk))
+            if shared:
+                out.append(shared)
+                continue
+            for at in range(0, len(chunk[0]), self.rows):
+                out.append(self._listed([column[at : at + self.rows] for column in chunk]))
         return out
+
+    def _rows_shared(self, columns: list[Sequence[Any]]) -> int:
+        """How many rows one statement takes: as many as SQLite's bound on parameters
+        allows when all rows share values (``_shared``), since each statement is a wait for
+        the GIL on the store's thread while the event loop is busy (a job array's 10,000
+        rows and events: 40 statements of 500 rows took ~80 ms beside a thread spinning in
+        Python, 3 took ~30); else ``rows``."""
+        shared = [_all_same(column) for column in columns]
+        varying = shared.count(False)
+        if varying in (0, len(shared)):
+            return self.rows
+        once = len(shared) - varying
+        return max(self.rows, min(_SHARED_ROWS, (_SQLITE_PARAMETERS - once) // varying))
 
     def _listed(self, chunk: list[Sequence[Any]]) -> Prepared:
         sql = f"{self.sql}{', '.join([self.row] * len(chunk[0]))}{self.tail}"

@@ -3,6 +3,9 @@ them: JSON, timezone-aware times, None, booleans; updates change only the column
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -88,15 +91,6 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
     event loop turns into a convoy: SQLite gets hundreds of rows per statement instead,
     inserts and updates alike, and every row lands as it would one at a time."""
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    calls: list[tuple[str, bool]] = []
-    bound: list[int] = []
-
-    def seen(_conn: object, _cursor: object, sql: str, params: Any, _c: object, many: bool) -> None:
-        if sql.startswith(("INSERT INTO tasks", "UPDATE tasks")):
-            calls.append((sql.split(" ", 1)[0], many))
-        if sql.startswith("INSERT INTO tasks"):
-            bound.append(len(params))
-
     try:
         store.migrate()
         n = 1201
@@ -112,12 +106,11 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
             else {"task_id": i, "exit_code": i, "status_detail": f"d{i}"}
             for i in range(1, n + 1)
         ]
-        event.listen(store.engine, "before_cursor_execute", seen)
-        with store.engine.begin() as connection:
-            tasks.insert(connection, rows)
-        with store.engine.begin() as connection:
-            tasks.update(connection, updates)
-        event.remove(store.engine, "before_cursor_execute", seen)
+        with _statements(store) as seen:
+            with store.engine.begin() as connection:
+                tasks.insert(connection, rows)
+            with store.engine.begin() as connection:
+                tasks.update(connection, updates)
         with Session(store.engine) as session:
             stored = {t.task_id: t for t in session.exec(select(TaskRecord)).all()}
         assert sorted(stored) == list(range(1, n + 1))
@@ -132,11 +125,11 @@ def test_many_rows_go_to_sqlite_in_a_few_multi_row_statements(tmp_path: Path) ->
                 )
             else:
                 assert (task.status, task.exit_code, task.status_detail) == ("pending", i, f"d{i}")
-        inserts = [many for kind, many in calls if kind == "INSERT"]
+        inserts = [many for kind, many, _ in seen if kind == "INSERT"]
         assert inserts and len(inserts) <= 3 and not any(inserts)
-        columns = len(rows[0])
-        assert sum(bound) < n * columns // 4  # shared values bound once, not row by row
-        updated = [many for kind, many in calls if kind == "UPDATE"]
+        bound = sum(values for kind, _, values in seen if kind == "INSERT")
+        assert bound < n * len(rows[0]) // 4  # shared values bound once, not row by row
+        updated = [many for kind, many, _ in seen if kind == "UPDATE"]
         assert updated and len(updated) <= 4 and not any(updated)
     finally:
         store.close()
@@ -164,5 +157,67 @@ def test_values_that_are_equal_but_not_alike_are_each_written_as_they_are(
         for i, value in enumerate(kinds, start=1):
             written = stored[i].mounts[0]["read_only"]
             assert (type(written), written) == (type(value), value)
+    finally:
+        store.close()
+
+
+@contextmanager
+def _statements(store: Store) -> Iterator[list[tuple[str, bool, int]]]:
+    """The statements run on the tasks table meanwhile: kind, executemany, values bound."""
+    seen: list[tuple[str, bool, int]] = []
+
+    def listen(
+        _conn: object, _cursor: object, sql: str, params: Any, _c: object, many: bool
+    ) -> None:
+        if sql.startswith(("INSERT INTO tasks", "UPDATE tasks")):
+            seen.append((sql.split(" ", 1)[0], many, len(params)))
+
+    event.listen(store.engine, "before_cursor_execute", listen)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", listen)
+
+
+def test_rows_that_share_values_go_in_as_few_statements_as_sqlite_allows(
+    tmp_path: Path,
+) -> None:
+    """A job array's rows differ in a few columns: each statement is a wait for the GIL on
+    the store's thread while the loop is busy, so they go in statements as large as
+    SQLite's bound on parameters allows, not hundreds of rows each."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    # SQLite's own default bound (Debian builds it with a larger one).
+    event.listen(
+        store.engine,
+        "connect",
+        lambda dbapi, _record: dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766),
+    )
+    try:
+        store.migrate()
+        n = 12_000
+        tasks = BulkStatements(TaskRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        template = _task(0).model_dump()
+        rows = [template | {"task_id": i, "array_index": i - 1} for i in range(1, n + 1)]
+        with _statements(store) as seen, store.engine.begin() as connection:
+            tasks.insert(connection, rows)
+        with Session(store.engine) as session:
+            stored = {t.task_id: t for t in session.exec(select(TaskRecord)).all()}
+        assert sorted(stored) == list(range(1, n + 1))
+        for i, task in stored.items():
+            assert (task.array_index, task.arguments) == (i - 1, ["a b", "ü"])
+        assert [(kind, many) for kind, many, _ in seen] in (
+            [("INSERT", False)] * 2,
+            [("INSERT", False)],
+        )
+        assert max(bound for _, _, bound in seen) <= 32766
+        # Rows that differ only from one statement's rows to the next's: each statement's
+        # rows are then all alike, and listed within the bound.
+        events = BulkStatements(TaskEventRecord.__table__, store.engine.dialect)  # type: ignore[attr-defined]
+        alike = {"status": "pending", "at": NOW, "detail": "x"}
+        with store.engine.begin() as connection:
+            events.insert(connection, [alike | {"task_id": 1 + i // 11_000} for i in range(n)])
+        with Session(store.engine) as session:
+            written = session.exec(select(TaskEventRecord.task_id)).all()
+        assert sorted(written) == [1] * 11_000 + [2] * (n - 11_000)
     finally:
         store.close()

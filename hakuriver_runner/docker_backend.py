@@ -174,6 +174,10 @@ class DockerBackend:
         # when nothing of this cluster can exist here).
         self.cluster_id = ""
         self.client = docker.from_env(timeout=600)
+        if self.client.api.base_url.startswith("http+docker://"):
+            # A Unix socket takes no proxy, yet requests reads the proxy settings of the
+            # environment on every call: a quarter of a call's CPU here (0.14 of 0.58 ms).
+            self.client.api.trust_env = False
         self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
@@ -370,6 +374,11 @@ class DockerBackend:
             with contextlib.suppress(KeyError, ValueError, TypeError):
                 found.add(int(summary["Labels"][LABEL_TASK]))
         return found
+
+    def _container_ids(self) -> set[str]:
+        """Ids of this runner's containers, from one listing call."""
+        listed = self.client.api.containers(all=True, filters={"label": self._labels()})
+        return {summary["Id"] for summary in listed}
 
     def tasks(self) -> dict[int, Any]:
         """This runner's task containers, running or exited, by task id."""
@@ -917,3 +926,5 @@ class DockerBackend:
             log.info("task %s: keeping its failed container for inspection", task_id)
             return
         self._remove_quietly(self.container_name(task_id))
+        with contextlib.suppress(OSError, docker.errors.DockerException):
+            self._release_log.prune(self._container_ids)

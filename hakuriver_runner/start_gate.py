@@ -29,6 +29,7 @@ import contextlib
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ ENTRYPOINT = ["/bin/sh", "-c", _SCRIPT, "hakuriver-gate"]
 WAITING = "/bin/sh -c read -r _"
 # Under runner.state_dir: the held containers released, one line each.
 RELEASED_FILE = "released-gates"
+# Lines written to it between two prunes (``ReleaseLog.prune``): ~75 KB.
+PRUNE_EVERY = 1000
 
 
 class Gate(Attached):
@@ -109,10 +112,17 @@ class ReleaseLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        # Lines written since the log was last pruned, and the containers released while
+        # the ones that exist are listed for a prune (None: no prune under way).
+        self._since_pruned = 0
+        self._listing: set[str] | None = None
 
     def record(self, container_id: str, at: datetime) -> None:
         """Raises OSError when it cannot be written (the container is then not released)."""
         with self._lock:
+            self._since_pruned += 1
+            if self._listing is not None:
+                self._listing.add(container_id)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a+b") as out:
                 if out.seek(0, os.SEEK_END):
@@ -141,12 +151,36 @@ class ReleaseLog:
         """Forget the containers that are gone: read and rewritten whole (then renamed over)
         under the lock, so that a release logged meanwhile is not lost."""
         with self._lock:
-            if not self.path.exists():
+            self._keep_only(container_ids)
+
+    def prune(self, existing: Callable[[], set[str]], every: int = PRUNE_EVERY) -> None:
+        """``keep_only`` the ``existing`` containers once ``every`` lines were written since
+        the last prune: a Runner that stays connected for months releases a container per
+        task, and reads the whole log when it connects again. A container released while
+        they are listed is kept."""
+        with self._lock:
+            if self._since_pruned < every or self._listing is not None:
                 return
-            kept = {cid: at for cid, at in self._read().items() if cid in container_ids}
-            spare = self.path.with_suffix(".new")
-            spare.write_text(
-                "".join(f"{cid} {at.isoformat()}\n" for cid, at in kept.items()),
-                encoding="utf-8",
-            )
-            os.replace(spare, self.path)
+            self._since_pruned = 0
+            self._listing = set()
+        try:
+            ids = existing()
+        except Exception:
+            with self._lock:  # tried again at the next prune
+                self._listing = None
+                self._since_pruned += every
+            raise
+        with self._lock:
+            released_meanwhile, self._listing = self._listing, None
+            self._keep_only(ids | released_meanwhile)
+
+    def _keep_only(self, container_ids: set[str]) -> None:
+        if not self.path.exists():
+            return
+        kept = {cid: at for cid, at in self._read().items() if cid in container_ids}
+        spare = self.path.with_suffix(".new")
+        spare.write_text(
+            "".join(f"{cid} {at.isoformat()}\n" for cid, at in kept.items()),
+            encoding="utf-8",
+        )
+        os.replace(spare, self.path)

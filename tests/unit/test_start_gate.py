@@ -23,6 +23,31 @@ def test_releases_are_read_back_and_pruned_to_the_containers_still_there(tmp_pat
     assert log.read() == {"b": AT + timedelta(seconds=1)}
 
 
+def test_the_log_is_pruned_as_it_grows_keeping_what_is_released_while_listing(
+    tmp_path: Path,
+) -> None:
+    """A Runner that stays connected prunes its log every so many releases to the
+    containers that exist; one released while those are being listed is kept."""
+    log = ReleaseLog(tmp_path / "released-gates")
+    listings: list[int] = []
+
+    def existing() -> set[str]:
+        listings.append(1)
+        log.record("released-meanwhile", AT)
+        return {"c0", "c3"}
+
+    for i in range(4):
+        log.record(f"c{i}", AT)
+        log.prune(existing, every=5)
+    assert not listings and len(log.read()) == 4
+    log.record("c4", AT)
+    log.prune(existing, every=5)
+    assert len(listings) == 1
+    assert log.read() == {"c0": AT, "c3": AT, "released-meanwhile": AT}
+    log.prune(existing, every=5)  # one line since: not yet again
+    assert len(listings) == 1
+
+
 def test_a_line_cut_short_does_not_swallow_the_next(tmp_path: Path) -> None:
     """A crash or a full disk in the middle of a line: the next release is still read."""
     path = tmp_path / "released-gates"

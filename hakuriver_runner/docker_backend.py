@@ -50,6 +50,7 @@ from hakuriver_runner.start_gate import (
     ENTRYPOINT,
     LABEL_GATED,
     RELEASED_FILE,
+    SHELL_SETS,
     Gate,
     ReleaseLog,
     never_released,
@@ -569,9 +570,12 @@ class DockerBackend:
 
     def _may_hold(self, dispatch: rpb.DispatchCommand, loads: int) -> bool:
         """Whether the task's container may be held at a gate: its image has no ENTRYPOINT
-        (the gate takes its place; asked once per image between environment loads), and
-        no gate of its image and mounts was found unable to start."""
+        (the gate takes its place; asked once per image between environment loads), neither
+        it nor the task sets a variable the gate's shell sets (``SHELL_SETS``), and no gate
+        of its image and mounts was found unable to start."""
         if not self._gating or self._gate_runs.get(_gate_key(dispatch, loads)) is False:
+            return False
+        if any(name in dispatch.env for name in SHELL_SETS):
             return False
         key = (dispatch.image, loads)
         known = self._gateable.get(key)
@@ -584,7 +588,9 @@ class DockerBackend:
                 config = self.client.api.inspect_image(dispatch.image).get("Config") or {}
             except docker.errors.DockerException:
                 return False  # the create says what is wrong
-            known = self._gateable[key] = not config.get("Entrypoint")
+            image_sets = {str(each).partition("=")[0] for each in config.get("Env") or []}
+            known = not config.get("Entrypoint") and image_sets.isdisjoint(SHELL_SETS)
+            self._gateable[key] = known
         return known
 
     def _hold(self, prepared: Prepared) -> Prepared | None:

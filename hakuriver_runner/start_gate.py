@@ -39,7 +39,14 @@ from hakuriver_runner.docker_logs import Attached
 # On a container whose command waits behind a gate (with LABEL_PREPARED).
 LABEL_GATED = "hakuriver.gated"
 NEVER_RELEASED = "hakuriver: never released"
-_SCRIPT = f'read -r _ || {{ echo "{NEVER_RELEASED}" >&2; exit 1; }}\nexec "$@"\n'
+# Variables the gate's shell puts in its environment (busybox and dash alike): unset
+# before the command, which then gets the environment it would have had without the gate.
+# A task or image that sets one itself is not held (``DockerBackend._may_hold``).
+SHELL_SETS = ("PWD", "SHLVL")
+_SCRIPT = (
+    f'read -r _ || {{ echo "{NEVER_RELEASED}" >&2; exit 1; }}\n'
+    f'unset {" ".join(SHELL_SETS)}\nexec "$@"\n'
+)
 # The entrypoint of a held container; its command is the task's argv ("$@").
 ENTRYPOINT = ["/bin/sh", "-c", _SCRIPT, "hakuriver-gate"]
 # How the gate's shell shows in the container's processes while it waits.

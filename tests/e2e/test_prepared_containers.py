@@ -252,6 +252,33 @@ def test_a_task_whose_mounts_cover_the_shell_is_not_held_and_others_still_are(
         assert held.container.status == "running"
 
 
+def _environment(backend: DockerBackend, dispatch: rpb.DispatchCommand) -> set[str]:
+    started = backend.start(dispatch)
+    assert backend.wait(started).exit_code == 0
+    lines = set(started.logs().decode().splitlines())
+    started.remove(force=True)
+    return {line for line in lines if not line.startswith("HOSTNAME=")}
+
+
+def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
+    backend: DockerBackend,
+) -> None:
+    """The gate's shell adds PWD and SHLVL to its environment: they are unset before the
+    command runs; a task that sets one itself is not held, and keeps its own."""
+    unheld = _environment(backend, command_dispatch(["env"], 7, (0,)))
+    assert backend.prepare(command_dispatch(["env"], 8, (0,))) is True
+    assert "hakuriver.gated" in _containers(backend)[0].labels
+    held = _environment(backend, command_dispatch(["env"], 8, (0,)))
+    assert {v for v in held if "TASK_ID" not in v} == {v for v in unheld if "TASK_ID" not in v}
+    assert not any(v.startswith(("PWD=", "SHLVL=")) for v in held)
+    own = command_dispatch(["env"], 9, (0,))
+    own.env["SHLVL"] = "5"
+    assert backend.prepare(own) is True
+    [prepared] = _containers(backend)
+    assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+    assert "SHLVL=5" in _environment(backend, own)
+
+
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:
     """As without the gate (Docker's init reports it so)."""
     dispatch = command_dispatch(["no-such-command"], 7, (0,))

@@ -570,7 +570,8 @@ class DockerBackend:
 
     def _may_hold(self, dispatch: rpb.DispatchCommand, loads: int) -> bool:
         """Whether the task's container may be held at a gate: its image has no ENTRYPOINT
-        (the gate takes its place; asked once per image between environment loads), neither
+        (the gate takes its place) nor HEALTHCHECK (asked once per image between
+        environment loads), neither
         it nor the task sets a variable the gate's shell sets (``SHELL_SETS``), and no gate
         of its image and mounts was found unable to start."""
         if not self._gating or self._gate_runs.get(_gate_key(dispatch, loads)) is False:
@@ -589,7 +590,11 @@ class DockerBackend:
             except docker.errors.DockerException:
                 return False  # the create says what is wrong
             image_sets = {str(each).partition("=")[0] for each in config.get("Env") or []}
-            known = not config.get("Entrypoint") and image_sets.isdisjoint(SHELL_SETS)
+            # A HEALTHCHECK would run against the gate, and mark the task unhealthy before
+            # its command ran.
+            checked = ((config.get("Healthcheck") or {}).get("Test") or ["NONE"])[0] != "NONE"
+            known = not config.get("Entrypoint") and not checked
+            known = known and image_sets.isdisjoint(SHELL_SETS)
             self._gateable[key] = known
         return known
 

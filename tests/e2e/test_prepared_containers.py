@@ -288,11 +288,19 @@ def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> No
     assert b"no-such-command" in started.logs()
 
 
-def test_an_image_with_an_entrypoint_is_prepared_without_a_gate(backend: DockerBackend) -> None:
+@pytest.mark.parametrize(
+    "change",
+    ['ENTRYPOINT ["env"]', 'HEALTHCHECK --interval=1s CMD ["false"]'],
+    ids=["entrypoint", "healthcheck"],
+)
+def test_an_image_with_an_entrypoint_or_a_healthcheck_is_prepared_without_a_gate(
+    backend: DockerBackend, change: str
+) -> None:
+    """The gate would take an entrypoint's place, and a health check would run against it."""
     base = backend.client.containers.create(f"hakuriver/{BASE_ENV}:base", ["true"])
     tag = f"hakuriver/entrypoint-{backend.cluster_id}:base"
     try:
-        base.commit(repository=tag.split(":")[0], tag="base", changes=['ENTRYPOINT ["env"]'])
+        base.commit(repository=tag.split(":")[0], tag="base", changes=[change])
         dispatch = command_dispatch(["true"], 7, (0,))
         dispatch.image = tag
         assert backend.prepare(dispatch) is True

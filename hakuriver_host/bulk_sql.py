@@ -39,7 +39,7 @@ _SQLITE_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 # UPDATE ... FROM came with SQLite 3.33; before it, updates go by executemany.
 _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _ROWS_PER_STATEMENT = 500
-# The rows of one INSERT whose rows share values (``_Statement._shared_all``).
+# The rows of one INSERT whose rows share values (``_Statement._rows_shared``).
 _SHARED_ROWS = 10_000
 # No value is this object (``_each_converted``'s value before the first).
 _NOTHING = object()

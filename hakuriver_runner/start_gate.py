@@ -39,13 +39,17 @@ from hakuriver_runner.docker_logs import Attached
 # On a container whose command waits behind a gate (with LABEL_PREPARED).
 LABEL_GATED = "hakuriver.gated"
 NEVER_RELEASED = "hakuriver: never released"
-# Variables the gate's shell puts in its environment (busybox and dash alike): unset
+# Variables the gate's shell puts in its environment (busybox, dash and bash alike): unset
 # before the command, which then gets the environment it would have had without the gate.
-# A task or image that sets one itself is not held (``DockerBackend._may_hold``).
+# A task or image that sets one itself is not held (``DockerBackend._may_hold``). Bash's
+# ``exec`` sets SHLVL again (to 0), so under bash the command is run through ``env -u``
+# (when the image has ``env``).
 SHELL_SETS = ("PWD", "SHLVL")
 _SCRIPT = (
     f'read -r _ || {{ echo "{NEVER_RELEASED}" >&2; exit 1; }}\n'
-    f'unset {" ".join(SHELL_SETS)}\nexec "$@"\n'
+    f"unset {' '.join(SHELL_SETS)}\n"
+    '[ -z "${BASH_VERSION-}" ] || ! command -v env >/dev/null || exec env -u SHLVL "$@"\n'
+    'exec "$@"\n'
 )
 # The entrypoint of a held container; its command is the task's argv ("$@").
 ENTRYPOINT = ["/bin/sh", "-c", _SCRIPT, "hakuriver-gate"]

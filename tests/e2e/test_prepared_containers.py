@@ -6,6 +6,8 @@ and of an environment load, played one step at a time."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import tarfile
 import time
 from datetime import UTC, datetime
@@ -260,23 +262,59 @@ def _environment(backend: DockerBackend, dispatch: rpb.DispatchCommand) -> set[s
     return {line for line in lines if not line.startswith("HOSTNAME=")}
 
 
+def _with_bash_as_sh(backend: DockerBackend, tag: str) -> None:
+    """The base image with this machine's bash as its /bin/sh (as in RHEL or Fedora)."""
+    files = ["/bin/bash"]
+    linked = subprocess.run(["ldd", "/bin/bash"], capture_output=True, text=True, check=True)
+    files += [word for word in linked.stdout.split() if word.startswith("/")]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path in files:
+            name = "bin/sh" if path == "/bin/bash" else path.lstrip("/")
+            tar.add(os.path.realpath(path), arcname=name)
+    base = backend.client.containers.create(f"hakuriver/{BASE_ENV}:base", ["true"])
+    try:
+        base.put_archive("/", archive.getvalue())
+        base.commit(repository=tag.split(":")[0], tag="base")
+    finally:
+        base.remove(force=True)
+
+
+@pytest.mark.parametrize("shell", ["busybox", "bash"])
 def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
-    backend: DockerBackend,
+    backend: DockerBackend, shell: str
 ) -> None:
-    """The gate's shell adds PWD and SHLVL to its environment: they are unset before the
-    command runs; a task that sets one itself is not held, and keeps its own."""
-    unheld = _environment(backend, command_dispatch(["env"], 7, (0,)))
-    assert backend.prepare(command_dispatch(["env"], 8, (0,))) is True
-    assert "hakuriver.gated" in _containers(backend)[0].labels
-    held = _environment(backend, command_dispatch(["env"], 8, (0,)))
-    assert {v for v in held if "TASK_ID" not in v} == {v for v in unheld if "TASK_ID" not in v}
-    assert not any(v.startswith(("PWD=", "SHLVL=")) for v in held)
-    own = command_dispatch(["env"], 9, (0,))
-    own.env["SHLVL"] = "5"
-    assert backend.prepare(own) is True
-    [prepared] = _containers(backend)
-    assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
-    assert "SHLVL=5" in _environment(backend, own)
+    """The gate's shell adds PWD and SHLVL to its environment (bash's ``exec`` sets SHLVL
+    again): they are gone before the command runs; a task that sets one itself is not
+    held, and keeps its own."""
+    image = f"hakuriver/{BASE_ENV}:base"
+    if shell == "bash":
+        image = f"hakuriver/bash-sh-{backend.cluster_id}:base"
+        _with_bash_as_sh(backend, image)
+
+    def dispatch(task_id: int) -> rpb.DispatchCommand:
+        made = command_dispatch(["env"], task_id, (0,))
+        made.image = image
+        return made
+
+    try:
+        unheld = _environment(backend, dispatch(7))
+        assert backend.prepare(dispatch(8)) is True
+        assert "hakuriver.gated" in _containers(backend)[0].labels
+        held = _environment(backend, dispatch(8))
+        assert {v for v in held if "TASK_ID" not in v} == {v for v in unheld if "TASK_ID" not in v}
+        assert not any(v.startswith(("PWD=", "SHLVL=")) for v in held)
+        own = dispatch(9)
+        own.env["SHLVL"] = "5"
+        assert backend.prepare(own) is True
+        [prepared] = _containers(backend)
+        assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+        assert "SHLVL=5" in _environment(backend, own)
+    finally:
+        if shell == "bash":
+            for container in _containers(backend):
+                container.remove(force=True)
+            backend.client.images.remove(image, force=True)
 
 
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import inspect
 import logging
 import time
@@ -301,6 +302,32 @@ class _Internal(Exception):
     """Marks, for the metrics, a call that ended with INTERNAL."""
 
 
+class _NeverRaised(Exception):
+    pass
+
+
+# grpc's error for a status it could not send, the call having ended meanwhile (its client
+# cancelled, its deadline passed): grpc logs it with a traceback at ERROR. Not a public name.
+_STATUS_UNSENT: type[Exception] = getattr(
+    importlib.import_module("grpc._cython.cygrpc"), "ExecuteBatchError", _NeverRaised
+)
+
+
+async def end_call(context: Any, code: grpc.StatusCode, message: str) -> None:
+    """End the call with ``code``. A call whose client is gone (it cancelled, its deadline
+    passed, before or while the status goes) ends as cancelled instead: a loaded Host may
+    get to refuse a call only after its client's deadline (seen in the fuzz tier's runs)."""
+    done = getattr(context, "done", None)  # the Connect transport's context has neither
+    remaining = getattr(context, "time_remaining", None)
+    left = remaining() if remaining is not None else None  # None: no deadline
+    if (done is not None and done()) or (left is not None and left <= 0):
+        raise asyncio.CancelledError()
+    try:
+        await context.abort(code, message)
+    except _STATUS_UNSENT:
+        raise asyncio.CancelledError() from None
+
+
 class _Call:
     """One call: its principal (or why it is refused) around the servicer's behaviour."""
 
@@ -362,13 +389,7 @@ class _Call:
         await self._abort(context, status_code(exc), exc.message)
 
     async def _abort(self, context: Any, code: grpc.StatusCode, message: str) -> None:
-        """End the call with ``code``; a call whose client is gone (its deadline passed,
-        it cancelled) ends as cancelled instead: grpc would log a traceback for a status
-        it cannot send."""
-        done = getattr(context, "done", None)  # the Connect transport's context has none
-        if done is not None and done():
-            raise asyncio.CancelledError()
-        await context.abort(code, message)
+        await end_call(context, code, message)
 
     def _judge(self, exc: BaseException) -> BaseException:
         """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)

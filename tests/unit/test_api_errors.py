@@ -21,6 +21,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.interceptors import _STATUS_UNSENT, end_call
 from tests.fake_runner import exit_with
 from tests.unit.local_cluster import LocalCluster
 
@@ -143,3 +144,46 @@ async def test_a_stream_whose_caller_went_away_is_counted_as_cancelled(
         await asyncio.sleep(0.1)
     assert counts.get((connect, "CANCELLED")) == 1, counts
     assert (connect, "UNKNOWN") not in counts
+
+
+class _Context:
+    """A servicer context as a loaded Host may find it when it ends a call: its client's
+    deadline passed, or the client going away while the status is being sent."""
+
+    def __init__(self, remaining: float, unsent: bool = False) -> None:
+        self.remaining = remaining
+        self.unsent = unsent
+        self.aborted: list[CODE] = []
+
+    def done(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float:
+        return self.remaining
+
+    async def abort(self, code: CODE, message: str) -> None:
+        self.aborted.append(code)
+        if self.unsent:
+            raise _STATUS_UNSENT('Failed "execute_batch"')
+        raise _Aborted(message)
+
+
+class _Aborted(Exception):
+    pass
+
+
+async def test_a_call_whose_client_is_gone_ends_as_cancelled_not_with_grpcs_traceback() -> None:
+    """The fuzz tier under load saw grpc log ERROR tracebacks for refusals it could not
+    send (ReadLog, WatchHealth: their clients' 0.3 s deadlines had passed)."""
+    answered = _Context(remaining=5.0)
+    with pytest.raises(_Aborted):
+        await end_call(answered, CODE.NOT_FOUND, "gone")
+    assert answered.aborted == [CODE.NOT_FOUND]
+    late = _Context(remaining=0.0)
+    with pytest.raises(asyncio.CancelledError):
+        await end_call(late, CODE.NOT_FOUND, "gone")
+    assert late.aborted == []
+    unsent = _Context(remaining=5.0, unsent=True)
+    with pytest.raises(asyncio.CancelledError):
+        await end_call(unsent, CODE.NOT_FOUND, "gone")
+    assert unsent.aborted == [CODE.NOT_FOUND]

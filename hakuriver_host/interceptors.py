@@ -349,6 +349,8 @@ class _Call:
         self.series = owner._series_of(method)
         # The corrupt message that ended the request stream, if one did.
         self.malformed: Malformed | None = None
+        # Whether the call ended as cancelled where it was refused (``end_call``).
+        self.went_away = False
 
     async def _enter(self, request: Any, context: Any) -> Any:
         """Refuse the call, or make its principal the caller for the servicer; the request
@@ -389,7 +391,15 @@ class _Call:
         await self._abort(context, status_code(exc), exc.message)
 
     async def _abort(self, context: Any, code: grpc.StatusCode, message: str) -> None:
-        await end_call(context, code, message)
+        try:
+            await end_call(context, code, message)
+        except asyncio.CancelledError:
+            self.went_away = True
+            raise
+
+    def _record(self, start: float, error: BaseException | None, context: Any) -> None:
+        """Count the call: a refusal whose client had gone counts as CANCELLED."""
+        self.series.record(start, asyncio.CancelledError() if self.went_away else error, context)
 
     def _judge(self, exc: BaseException) -> BaseException:
         """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)
@@ -455,7 +465,7 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
-                self.series.record(start, error, context)
+                self._record(start, error, context)
 
         return call
 
@@ -482,7 +492,7 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
-                self.series.record(start, error, context)
+                self._record(start, error, context)
 
         return stream
 

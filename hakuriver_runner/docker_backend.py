@@ -572,12 +572,16 @@ class DockerBackend:
     def _may_hold(self, dispatch: rpb.DispatchCommand, loads: int) -> bool:
         """Whether the task's container may be held at a gate: its image has no ENTRYPOINT
         (the gate takes its place) nor HEALTHCHECK (asked once per image between
-        environment loads), neither
-        it nor the task sets a variable the gate's shell sets (``SHELL_SETS``), and no gate
-        of its image and mounts was found unable to start."""
+        environment loads), neither it nor the task sets a variable the gate's shell sets
+        (``SHELL_SETS``), its command is not one the gate would take for an option or a
+        variable, and no gate of its image and mounts was found unable to start."""
         if not self._gating or self._gate_runs.get(_gate_key(dispatch, loads)) is False:
             return False
         if any(name in dispatch.env for name in SHELL_SETS):
+            return False
+        if dispatch.command.startswith("-") or "=" in dispatch.command:
+            # The gate's ``exec`` (and under bash its ``env``) would take it for an
+            # option or a variable, where Docker runs it as the program it names.
             return False
         key = (dispatch.image, loads)
         known = self._gateable.get(key)

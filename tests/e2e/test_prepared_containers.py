@@ -317,6 +317,19 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
             backend.client.images.remove(image, force=True)
 
 
+@pytest.mark.parametrize("command", ["-x", "A=b"])
+def test_a_command_the_gate_would_read_as_an_option_or_a_variable_is_not_held(
+    backend: DockerBackend, command: str
+) -> None:
+    """Docker runs a task's command as the program it names (here none: 127); the gate's
+    ``exec`` would take ``-x`` for an option, and bash's ``env`` ``A=b`` for a variable."""
+    dispatch = command_dispatch([command, "env"], 7, (0,))
+    assert backend.prepare(dispatch) is True
+    [prepared] = _containers(backend)
+    assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+    assert backend.wait(backend.start(dispatch)).exit_code == 127
+
+
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:
     """As without the gate (Docker's init reports it so)."""
     dispatch = command_dispatch(["no-such-command"], 7, (0,))

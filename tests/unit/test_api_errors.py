@@ -4,15 +4,17 @@ streaming calls alike, and every call (streams too) is counted in /metrics."""
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from hakuriver_common.channels import bearer, open_aio_channel
+from hakuriver_common.channels import bearer, open_aio_channel, open_channel
 from hakuriver_common.proto.hakuriver.v1 import (
     log_service_pb2 as lpb,
+    log_service_pb2_grpc,
     node_pb2,
     node_service_pb2 as npb,
     runner_service_pb2 as rpb,
@@ -21,6 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.errors import InvalidArgument
 from hakuriver_host.interceptors import _STATUS_UNSENT, end_call
 from tests.fake_runner import exit_with
 from tests.unit.local_cluster import LocalCluster
@@ -187,3 +190,36 @@ async def test_a_call_whose_client_is_gone_ends_as_cancelled_not_with_grpcs_trac
     with pytest.raises(asyncio.CancelledError):
         await end_call(unsent, CODE.NOT_FOUND, "gone")
     assert unsent.aborted == [CODE.NOT_FOUND]
+
+
+async def test_a_call_refused_after_its_deadline_counts_as_cancelled(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loaded Host that gets to refuse a call only after its client's deadline has nobody
+    to refuse it to: the call ends as cancelled, and /metrics counts it so."""
+    assert local_cluster.server is not None
+
+    async def late_refusal(task_id: int, who: object) -> None:
+        time.sleep(0.05)  # noqa: ASYNC251 (the Host's loop busy past the deadline)
+        raise InvalidArgument("task_id: refused too late")
+
+    monkeypatch.setattr(local_cluster.server.cluster, "get_task", late_refusal)
+
+    def read_late() -> CODE:
+        """From a client on a thread of its own, as a real one is."""
+        channel = open_channel(local_cluster.config, local_cluster.admin_token)
+        try:
+            logs = log_service_pb2_grpc.LogServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                for _ in logs.ReadLog(lpb.ReadLogRequest(task_id=1), timeout=0.02):
+                    pass
+            return raised.value.code()  # type: ignore[no-any-return]
+        finally:
+            channel.close()
+
+    for _ in range(3):
+        assert await asyncio.to_thread(read_late) is CODE.DEADLINE_EXCEEDED
+    counts = await _requests(local_cluster)
+    method = "/hakuriver.v1.LogService/ReadLog"
+    assert counts.get((method, "CANCELLED")) == 3
+    assert (method, "INVALID_ARGUMENT") not in counts

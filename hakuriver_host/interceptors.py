@@ -398,8 +398,10 @@ class _Call:
             raise
 
     def _record(self, start: float, error: BaseException | None, context: Any) -> None:
-        """Count the call: a refusal whose client had gone counts as CANCELLED."""
-        self.series.record(start, asyncio.CancelledError() if self.went_away else error, context)
+        """Count the call: a refusal whose client had gone counts as CANCELLED (a bug
+        still counts as INTERNAL)."""
+        gone = self.went_away and not isinstance(error, _Internal)
+        self.series.record(start, asyncio.CancelledError() if gone else error, context)
 
     def _judge(self, exc: BaseException) -> BaseException:
         """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)

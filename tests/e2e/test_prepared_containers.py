@@ -317,17 +317,27 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
             backend.client.images.remove(image, force=True)
 
 
-@pytest.mark.parametrize("command", ["-x", "A=b"])
+@pytest.mark.parametrize(("command", "shell"), [("-x", "busybox"), ("A=b", "bash")])
 def test_a_command_the_gate_would_read_as_an_option_or_a_variable_is_not_held(
-    backend: DockerBackend, command: str
+    backend: DockerBackend, command: str, shell: str
 ) -> None:
-    """Docker runs a task's command as the program it names (here none: 127); the gate's
-    ``exec`` would take ``-x`` for an option, and bash's ``env`` ``A=b`` for a variable."""
+    """Docker runs a task's command as the program it names (here none: 127); busybox's
+    ``exec`` would take ``-x`` for an option (2), and bash's ``env`` ``A=b`` for a
+    variable (and run ``env``: 0)."""
     dispatch = command_dispatch([command, "env"], 7, (0,))
-    assert backend.prepare(dispatch) is True
-    [prepared] = _containers(backend)
-    assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
-    assert backend.wait(backend.start(dispatch)).exit_code == 127
+    if shell == "bash":
+        dispatch.image = f"hakuriver/bash-sh-{backend.cluster_id}:base"
+        _with_bash_as_sh(backend, dispatch.image)
+    try:
+        assert backend.prepare(dispatch) is True
+        [prepared] = _containers(backend)
+        assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+        assert backend.wait(backend.start(dispatch)).exit_code == 127
+    finally:
+        if shell == "bash":
+            for container in _containers(backend):
+                container.remove(force=True)
+            backend.client.images.remove(dispatch.image, force=True)
 
 
 def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> None:

@@ -15,6 +15,7 @@ would answer 500 and let the exception reach the ASGI server, which logs a trace
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
@@ -72,7 +73,16 @@ def _bearer(ctx: RequestContext[Any, Any]) -> str:
 def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
-        return await wrapped(request, CallContext(ctx.client_address()))
+        left = ctx.timeout_ms()  # Connect-Timeout-Ms, which connectrpc reads but leaves to us
+        if left is None:
+            return await wrapped(request, CallContext(ctx.client_address()))
+        try:
+            async with asyncio.timeout(max(left, 0) / 1000):
+                return await wrapped(request, CallContext(ctx.client_address()))
+        except TimeoutError:
+            raise ConnectError(
+                Code.DEADLINE_EXCEEDED, "the call's Connect-Timeout-Ms passed"
+            ) from None
 
     return call
 

@@ -326,3 +326,26 @@ async def test_a_bad_terminal_frame_ends_the_session(local_cluster: LocalCluster
             await asyncio.wait_for(socket_.recv(), 10)
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4000 + grpc.StatusCode.INVALID_ARGUMENT.value[0]
+
+
+async def test_a_unary_call_ends_when_its_connect_timeout_passes(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connect-Timeout-Ms bounds the Host's work on the call, as a gRPC deadline does: the
+    caller gets deadline_exceeded, not an answer after it stopped waiting."""
+    assert local_cluster.server is not None
+
+    async def slow(task_id: int, who: object) -> None:
+        await asyncio.sleep(3)
+
+    monkeypatch.setattr(local_cluster.server.cluster, "get_task_with_events", slow)
+    api = endpoint(local_cluster)
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {local_cluster.admin_token}",
+        "Connect-Timeout-Ms": "100",
+    }
+    reply = await asyncio.to_thread(
+        api.request, "/" + TASKS + "GetTask", b'{"taskId": "1"}', headers
+    )
+    assert reply.json()["code"] == "deadline_exceeded", reply.body

@@ -68,11 +68,13 @@ class _Statement:
         if self.rows == 1:
             return [Prepared(self.sql, list(zip(*columns, strict=True)), many=True)]
         count = len(columns[0])
-        per = self._rows_shared(columns) if self.select and count > 1 else self.rows
+        # The columns every row shares (so does every chunk of them); None: no sharing.
+        alike = [_all_same(column) for column in columns] if self.select and count > 1 else None
+        per = self._rows_shared(alike) if alike is not None else self.rows
         out: list[Prepared] = []
         for start in range(0, count, per):
             chunk = [column[start : start + per] for column in columns]
-            shared = self._shared(chunk) if self.select and len(chunk[0]) > 1 else None
+            shared = self._shared(chunk, alike) if alike is not None and len(chunk[0]) > 1 else None
             if shared:
                 out.append(shared)
                 continue
@@ -80,29 +82,29 @@ class _Statement:
                 out.append(self._listed([column[at : at + self.rows] for column in chunk]))
         return out
 
-    def _rows_shared(self, columns: list[Sequence[Any]]) -> int:
+    def _rows_shared(self, alike: list[bool]) -> int:
         """How many rows one statement takes: as many as SQLite's bound on parameters
-        allows when all rows share values (``_shared``), since each statement is a wait for
-        the GIL on the store's thread while the event loop is busy (a job array's 10,000
-        rows and events: 40 statements of 500 rows took ~80 ms beside a thread spinning in
-        Python, 3 took ~30); else ``rows``."""
-        shared = [_all_same(column) for column in columns]
-        varying = shared.count(False)
-        if varying in (0, len(shared)):
+        allows when all rows share values (``alike``; ``_shared``), since each statement is
+        a wait for the GIL on the store's thread while the event loop is busy (a job array's
+        10,000 rows and events: 40 statements of 500 rows took ~80 ms beside a thread
+        spinning in Python, 3 took ~30); else ``rows``."""
+        varying = alike.count(False)
+        if varying in (0, len(alike)):
             return self.rows
-        once = len(shared) - varying
+        once = len(alike) - varying
         return max(self.rows, min(_SHARED_ROWS, (_SQLITE_PARAMETERS - once) // varying))
 
     def _listed(self, chunk: list[Sequence[Any]]) -> Prepared:
         sql = f"{self.sql}{', '.join([self.row] * len(chunk[0]))}{self.tail}"
         return Prepared(sql, tuple(chain.from_iterable(zip(*chunk, strict=True))), many=False)
 
-    def _shared(self, chunk: list[Sequence[Any]]) -> Prepared | None:
+    def _shared(self, chunk: list[Sequence[Any]], alike: list[bool]) -> Prepared | None:
         """The rows as ``INSERT ... SELECT ?, v.column1, ... FROM (VALUES ...)``: a value
         every row has in a column is bound once, the rest row by row. A job array's rows
         differ in 5 of 34 columns; binding each value was most of their insert. None if
-        no column (or every column) is the same in all rows."""
-        shared = [_all_same(column) for column in chunk]
+        no column (or every column) is the same in all rows. ``alike``: the columns known
+        to be (those all rows of which ``chunk`` is a part share), not checked again."""
+        shared = [known or _all_same(column) for column, known in zip(chunk, alike, strict=True)]
         if all(shared) or not any(shared):
             return None
         picks = []

@@ -74,10 +74,8 @@ def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Ca
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
         left = ctx.timeout_ms()  # Connect-Timeout-Ms, which connectrpc reads but leaves to us
-        if left is None:
-            return await wrapped(request, CallContext(ctx.client_address()))
         try:
-            async with asyncio.timeout(max(left, 0) / 1000):
+            async with asyncio.timeout(None if left is None else max(left, 0) / 1000):
                 return await wrapped(request, CallContext(ctx.client_address()))
         except TimeoutError:
             raise ConnectError(

@@ -372,15 +372,21 @@ class DockerBackend:
         if not self.cluster_id:
             return set()
         found: set[int] = set()
-        for summary in self.client.api.containers(all=True, filters={"label": self._labels()}):
+        for summary in self._listed():
             with contextlib.suppress(KeyError, ValueError, TypeError):
                 found.add(int(summary["Labels"][LABEL_TASK]))
         return found
 
     def _container_ids(self) -> set[str]:
         """Ids of this runner's containers, from one listing call."""
-        listed = self.client.api.containers(all=True, filters={"label": self._labels()})
-        return {summary["Id"] for summary in listed}
+        return {summary["Id"] for summary in self._listed()}
+
+    def _listed(self) -> list[dict[str, Any]]:
+        """This runner's containers as the daemon lists them (one call, all states)."""
+        listed: list[dict[str, Any]] = self.client.api.containers(
+            all=True, filters={"label": self._labels()}
+        )
+        return listed
 
     def tasks(self) -> dict[int, Any]:
         """This runner's task containers, running or exited, by task id."""
@@ -598,8 +604,7 @@ class DockerBackend:
             # A HEALTHCHECK would run against the gate, and mark the task unhealthy before
             # its command ran.
             checked = ((config.get("Healthcheck") or {}).get("Test") or ["NONE"])[0] != "NONE"
-            known = not config.get("Entrypoint") and not checked
-            known = known and image_sets.isdisjoint(SHELL_SETS)
+            known = not (config.get("Entrypoint") or checked or image_sets & set(SHELL_SETS))
             self._gateable[key] = known
         return known
 

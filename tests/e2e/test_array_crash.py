@@ -31,7 +31,7 @@ from tests.fake_runner import HOLD, Answer, FakeRunner, eventually
 ENV = "bench"
 NODES = 8
 CORES = 32
-TASKS = 6000
+TASKS = 10_000  # issue 14: "a Host restart in the middle of a 10,000-task array"
 # How long a simulated task runs, and how many must have started when the Host is killed.
 HOLD_SECONDS = 0.02
 KILL_AFTER = TASKS // 3
@@ -95,6 +95,8 @@ async def _run_array_through_a_crash(
             what="the array to get going",
         )
         await asyncio.to_thread(restart)
+        # Killed in the middle: some of the array had not been dispatched yet.
+        assert sum(len(n.runner.dispatched) for n in nodes) < TASKS
         async with open_aio_channel(host_config, token) as channel:
             tasks = task_service_pb2_grpc.TaskServiceStub(channel)
 

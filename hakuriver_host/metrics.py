@@ -6,6 +6,9 @@ degrees Celsius, watts, ratios 0-1), ``_total`` for counters.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2
@@ -173,15 +176,17 @@ class HostMetrics:
         self.queue_depth.inc(count)
         self.tasks_submitted.labels(kind=kind).inc(count)
 
-    def task_moved(self, old: TaskStatus, new: TaskStatus, kind: str) -> None:
-        """A stored change of status (nothing moves to pending: new tasks are
-        ``tasks_added``)."""
-        self._by_status[old, kind].dec()
-        self._by_status[new, kind].inc()
-        if old is TaskStatus.PENDING:
-            self.queue_depth.dec()
-        if new in FINAL_STATUSES:
-            self._finished[new, kind].inc()
+    def tasks_moved(self, moves: Iterable[tuple[TaskStatus, TaskStatus, str]]) -> None:
+        """Stored changes of status, (old, new, kind) each (nothing moves to pending: new
+        tasks are ``tasks_added``); counted together, as a write's changes are stored: a
+        series' update takes a lock, and a Runner's message holds dozens of changes."""
+        for (old, new, kind), count in collections.Counter(moves).items():
+            self._by_status[old, kind].dec(count)
+            self._by_status[new, kind].inc(count)
+            if old is TaskStatus.PENDING:
+                self.queue_depth.dec(count)
+            if new in FINAL_STATUSES:
+                self._finished[new, kind].inc(count)
 
     def node_health(self, node: str, health: node_pb2.Health) -> None:
         self.node_cpu.labels(node=node).set(health.cpu_percent / 100)

@@ -194,7 +194,7 @@ class TaskBook:
                 self._tell_lists(submitted)
             self._tell_lists(task.model_copy())
         self.metrics.tasks_added(task.kind, 1)
-        self.metrics.task_moved(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)
+        self.metrics.tasks_moved([(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)])
 
     def _prepared(self, records: list[Task], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
@@ -298,6 +298,10 @@ class TaskBook:
         # No turn in the bulk lane here: a node's writes complete in order, and so must
         # their changes be told (a task's "running" before its "completed").
         failed: Exception | None = None
+        try:
+            self.metrics.tasks_moved((c.old, c.new, c.task.kind) for c in changes)
+        except Exception as exc:  # the watchers are still told; then it is raised
+            failed = exc
         for change in changes:
             try:
                 self._told(change)
@@ -307,9 +311,9 @@ class TaskBook:
             raise failed
 
     def _told(self, change: Change) -> None:
-        """Tell metrics, webhooks and watchers of a stored change."""
+        """Tell webhooks and watchers of a stored change (the metrics are told of a write's
+        changes together)."""
         task, new = change.task, change.new
-        self.metrics.task_moved(change.old, new, task.kind)
         if new.is_final:
             self.logs.close(task.task_id)
             self._notify_final(task)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable
 
 import pytest
 
@@ -119,8 +120,8 @@ async def test_changes_stored_together_are_one_nodes_and_each_is_told(
 async def test_a_change_whose_telling_fails_leaves_no_other_untold(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Changes stored as one write are told one by one: one that fails (its metrics,
-    here) is raised once the others have been told."""
+    """Changes stored as one write are told one by one: a telling that fails (the
+    metrics, here) is raised once every watcher has been told."""
     await local_cluster.add_runner("a", answer=HOLD)
     first, second = await local_cluster.submit_running(2)
     book = _book(local_cluster)
@@ -128,15 +129,16 @@ async def test_a_change_whose_telling_fails_leaves_no_other_untold(
     assert tasks[0].assigned_node == tasks[1].assigned_node
     watch = book.watch(second.task_id)
     assert (await anext(watch)).status == TaskStatus.RUNNING
-    moved = book.metrics.task_moved
+    moved = book.metrics.tasks_moved
 
-    def failing_once(old: TaskStatus, new: TaskStatus, kind: str) -> None:
-        if new is not TaskStatus.PAUSED:  # another change still being told
-            return moved(old, new, kind)
-        monkeypatch.setattr(book.metrics, "task_moved", moved)
+    def failing_once(moves: Iterable[tuple[TaskStatus, TaskStatus, str]]) -> None:
+        listed = list(moves)
+        if all(new is not TaskStatus.PAUSED for _, new, _ in listed):  # another write's
+            return moved(listed)
+        monkeypatch.setattr(book.metrics, "tasks_moved", moved)
         raise RuntimeError("metrics down")
 
-    monkeypatch.setattr(book.metrics, "task_moved", failing_once)
+    monkeypatch.setattr(book.metrics, "tasks_moved", failing_once)
     made = [book.change(task, TaskStatus.PAUSED) for task in tasks]
     with pytest.raises(RuntimeError, match="metrics down"):
         await book.store_changes(made)

@@ -50,9 +50,9 @@ from hakuriver_runner.start_gate import (
     ENTRYPOINT,
     LABEL_GATED,
     RELEASED_FILE,
-    SHELL_SETS,
     Gate,
     ReleaseLog,
+    keeps_environment,
     never_released,
     waiting,
 )
@@ -578,12 +578,13 @@ class DockerBackend:
     def _may_hold(self, dispatch: rpb.DispatchCommand, loads: int) -> bool:
         """Whether the task's container may be held at a gate: its image has no ENTRYPOINT
         (the gate takes its place) nor HEALTHCHECK (asked once per image between
-        environment loads), neither it nor the task sets a variable the gate's shell sets
-        (``SHELL_SETS``), its command is not one the gate would take for an option or a
-        variable, and no gate of its image and mounts was found unable to start."""
+        environment loads), the gate's shell passes on the image's and the task's variables
+        as they are (``keeps_environment``), its command is not one the gate would take for
+        an option or a variable, and no gate of its image and mounts was found unable to
+        start."""
         if not self._gating or self._gate_runs.get(_gate_key(dispatch, loads)) is False:
             return False
-        if any(name in dispatch.env for name in SHELL_SETS):
+        if not keeps_environment(dispatch.env):
             return False
         if dispatch.command.startswith("-") or "=" in dispatch.command:
             # The gate's ``exec`` (and under bash its ``env``) would take it for an
@@ -604,7 +605,7 @@ class DockerBackend:
             # A HEALTHCHECK would run against the gate, and mark the task unhealthy before
             # its command ran.
             checked = ((config.get("Healthcheck") or {}).get("Test") or ["NONE"])[0] != "NONE"
-            known = not (config.get("Entrypoint") or checked or image_sets & set(SHELL_SETS))
+            known = not (config.get("Entrypoint") or checked or not keeps_environment(image_sets))
             self._gateable[key] = known
         return known
 

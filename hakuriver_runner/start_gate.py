@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,18 @@ LABEL_GATED = "hakuriver.gated"
 NEVER_RELEASED = "hakuriver: never released"
 # Variables the gate's shell puts in its environment (busybox, dash and bash alike): unset
 # before the command, which then gets the environment it would have had without the gate.
-# A task or image that sets one itself is not held (``DockerBackend._may_hold``). Bash's
+# A task or image that sets one itself is not held (``keeps_environment``). Bash's
 # ``exec`` sets SHLVL again (to 0), so under bash the command is run through ``env -u``
 # (when the image has ``env``).
 SHELL_SETS = ("PWD", "SHLVL")
+# Variables the gate's shell sets, resets or drops on its own, beyond those: dash and busybox
+# reset IFS, OPTIND and PPID; bash drops OLDPWD, PS1, PS2 and RANDOM and resets PS4.
+SHELL_OWNED = frozenset(
+    {*SHELL_SETS, "IFS", "OLDPWD", "OPTIND", "PPID", "PS1", "PS2", "PS4", "RANDOM"}
+)
+# A name the shells keep in the environment they pass on (dash and busybox drop any other,
+# such as ``spring.profiles.active``, which Docker allows).
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SCRIPT = (
     f'read -r _ || {{ echo "{NEVER_RELEASED}" >&2; exit 1; }}\n'
     f"unset {' '.join(SHELL_SETS)}\n"
@@ -59,6 +68,12 @@ WAITING = "/bin/sh -c read -r _"
 RELEASED_FILE = "released-gates"
 # Lines written to it between two prunes (``ReleaseLog.prune``): ~75 KB.
 PRUNE_EVERY = 1000
+
+
+def keeps_environment(names: Iterable[str]) -> bool:
+    """Whether a command held at the gate gets exactly these variables as they were set
+    (those of its image and of its task): none is one the shells own, each a shell's name."""
+    return not any(name in SHELL_OWNED or not _SHELL_NAME.fullmatch(name) for name in names)
 
 
 class Gate(Attached):

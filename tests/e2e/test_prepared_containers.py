@@ -285,8 +285,9 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
     backend: DockerBackend, shell: str
 ) -> None:
     """The gate's shell adds PWD and SHLVL to its environment (bash's ``exec`` sets SHLVL
-    again): they are gone before the command runs; a task that sets one itself is not
-    held, and keeps its own."""
+    again): they are gone before the command runs; a task that sets one itself, or one the
+    shell resets (OPTIND, under busybox) or drops (PS1, under bash), is not held, and keeps
+    its own."""
     image = f"hakuriver/{BASE_ENV}:base"
     if shell == "bash":
         image = f"hakuriver/bash-sh-{backend.cluster_id}:base"
@@ -304,12 +305,13 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
         held = _environment(backend, dispatch(8))
         assert {v for v in held if "TASK_ID" not in v} == {v for v in unheld if "TASK_ID" not in v}
         assert not any(v.startswith(("PWD=", "SHLVL=")) for v in held)
-        own = dispatch(9)
-        own.env["SHLVL"] = "5"
-        assert backend.prepare(own) is True
-        [prepared] = _containers(backend)
-        assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
-        assert "SHLVL=5" in _environment(backend, own)
+        for task_id, name in enumerate(["SHLVL", "OPTIND", "PS1"], start=9):
+            own = dispatch(task_id)
+            own.env[name] = "5"
+            assert backend.prepare(own) is True
+            [prepared] = _containers(backend)
+            assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
+            assert f"{name}=5" in _environment(backend, own)
     finally:
         if shell == "bash":
             for container in _containers(backend):
@@ -351,24 +353,27 @@ def test_a_missing_command_ends_with_127_naming_it(backend: DockerBackend) -> No
 
 @pytest.mark.parametrize(
     "change",
-    ['ENTRYPOINT ["env"]', 'HEALTHCHECK --interval=1s CMD ["false"]'],
-    ids=["entrypoint", "healthcheck"],
+    ['ENTRYPOINT ["env"]', 'HEALTHCHECK --interval=1s CMD ["false"]', "ENV spring.profile=lab"],
+    ids=["entrypoint", "healthcheck", "variable-not-a-shell-name"],
 )
-def test_an_image_with_an_entrypoint_or_a_healthcheck_is_prepared_without_a_gate(
+def test_an_image_the_gate_would_change_is_prepared_without_a_gate(
     backend: DockerBackend, change: str
 ) -> None:
-    """The gate would take an entrypoint's place, and a health check would run against it."""
+    """The gate would take an entrypoint's place, a health check would run against it, and
+    its shell (busybox, dash) would drop a variable whose name is not a shell name."""
     base = backend.client.containers.create(f"hakuriver/{BASE_ENV}:base", ["true"])
     tag = f"hakuriver/entrypoint-{backend.cluster_id}:base"
     try:
         base.commit(repository=tag.split(":")[0], tag="base", changes=[change])
-        dispatch = command_dispatch(["true"], 7, (0,))
+        dispatch = command_dispatch(["env"], 7, (0,))
         dispatch.image = tag
         assert backend.prepare(dispatch) is True
         [prepared] = _containers(backend)
         assert prepared.status == "created" and "hakuriver.gated" not in prepared.labels
         started = backend.start(dispatch)
         assert started.id == prepared.id and backend.wait(started).exit_code == 0
+        if change.startswith("ENV"):
+            assert "spring.profile=lab" in started.logs().decode().splitlines()
     finally:
         base.remove(force=True)
         for container in _containers(backend):

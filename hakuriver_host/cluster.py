@@ -393,26 +393,37 @@ class Cluster:
 
     async def kill(self, task_id: int, who: Principal) -> Task:
         task = await self._active_task(task_id, "killed", KILLABLE, who)
+        if self._closed:
+            raise Unavailable("the Host is stopping: kill again once it is back")
         self.audit.record(who, "task.kill", task_id)
+        # Carried through by the Host, its caller gone or not (a deadline shorter than the
+        # kill's grace): the task ends killed, or as its Runner reports it, unless the
+        # Host stops first (then the Runner is told again when it reconnects, see
+        # ``RunnerGateway._reconcile``).
+        await asyncio.shield(self._storing_task(self._carry_out_kill(task)))
+        return task
+
+    async def _carry_out_kill(self, task: Task) -> None:
+        if TaskStatus(task.status).is_final:  # it ended meanwhile
+            return
         if task.status == TaskStatus.PENDING:
             await self.book.move(task, TaskStatus.KILLED, detail="killed while pending")
-            return task
+            return
         await self.book.persist(task, kill_requested=True)
         # An unknown task's Runner is away: killed now; the Runner discards it on return.
         away = task.status == TaskStatus.UNKNOWN
         link = None if away else self.nodes.link_of(task.assigned_node)
         grace = self.config.timing.kill_grace_seconds
         if link is not None:
-            link.kill(task_id, grace)
+            link.kill(task.task_id, grace)
             await self.book.wait_until(
-                task_id,
+                task.task_id,
                 lambda t: TaskStatus(t.status).is_final,
                 grace + self.config.timing.control_timeout_seconds,
             )
         if not TaskStatus(task.status).is_final:
             why = "runner did not confirm" if link is not None else "runner not connected"
             await self.book.move(task, TaskStatus.KILLED, detail=f"killed ({why})")
-        return task
 
     async def _control(
         self,
@@ -534,8 +545,8 @@ class Cluster:
 
     def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or
-        cancels, when it stops."""
-        storing = asyncio.create_task(work)
+        cancels, when it stops; it may outlive the call that started it."""
+        storing = outliving(work)
         self._storing.add(storing)
         storing.add_done_callback(self._storing.discard)
         return storing

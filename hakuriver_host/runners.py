@@ -150,8 +150,9 @@ class RunnerGateway:
 
     async def _reconcile(self, link: RunnerLink, reg: rpb.RegisterRunner) -> rpb.RegisterAck:
         """Which of its tasks the Runner keeps (with the output offsets we have) or discards;
-        ours it did not report are dispatched again (assigning) or lost. Statuses are read
-        afresh after every await: a task may end meanwhile."""
+        ours it did not report are dispatched again (assigning) or lost, and those asked to
+        be killed are killed again (sent after the answer). Statuses are read afresh after
+        every await: a task may end meanwhile."""
         ack = rpb.RegisterAck(
             heartbeat_interval_seconds=self.config.timing.heartbeat_interval,
             cluster_id=self.cluster_id,
@@ -169,6 +170,8 @@ class RunnerGateway:
                     stderr_offset=await self.logs.size(task_id, STDERR),
                 )
             )
+            if task.kill_requested:  # its kill may never have reached the Runner
+                link.kill(task_id, self.config.timing.kill_grace_seconds)
         for task in self.book.on_node(reg.hostname):
             status = TaskStatus(task.status)
             if task.task_id in known or status not in PLACED_STATUSES:

@@ -290,6 +290,45 @@ async def test_a_runner_that_does_not_confirm_is_not_waited_for_forever(
     )
 
 
+async def test_a_kill_whose_caller_gave_up_is_carried_through(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    """A caller's deadline shorter than the kill's grace and its Runner's confirmation: the
+    Host still ends the task killed (here: its Runner never confirms)."""
+    cluster = await make_local_cluster(timing={"control_timeout_seconds": 0.5})
+    runner = await cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    [task] = await cluster.submit_running()
+    with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+        await cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=0.1)
+    assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert ("kill", task.task_id) in runner.commands
+    await cluster.wait_status(task.task_id, TaskStatus.KILLED)
+    assert (TaskStatus.KILLED, "killed (runner did not confirm)") in await cluster.events(
+        task.task_id
+    )
+
+
+async def test_a_kill_cut_short_by_a_host_restart_is_sent_again_when_the_runner_returns(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    """The kill was stored as asked for, then the Host stopped before the task ended: the
+    Runner, adopting the task again, is told to kill it again, and its end counts as
+    killed."""
+    cluster = await make_local_cluster(timing={"control_timeout_seconds": 30})
+    runner = await cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    [task] = await cluster.submit_running()
+    killing = asyncio.create_task(cluster.kill(task.task_id))
+    await eventually(lambda: ("kill", task.task_id) in runner.commands, what="the kill sent")
+    await cluster.restart_host()
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
+        await killing  # the Host it waited on stopped
+    await eventually(
+        lambda: runner.commands.count(("kill", task.task_id)) == 2, what="the kill sent again"
+    )
+    runner.finish(task.task_id, KILLED_EXIT_CODE)
+    assert status_of(await cluster.wait_status(task.task_id)) is TaskStatus.KILLED
+
+
 async def test_health_watchers_hear_a_node_go_offline_and_come_back(
     local_cluster: LocalCluster,
 ) -> None:

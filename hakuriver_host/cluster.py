@@ -94,6 +94,17 @@ MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 100
 
 
+def _failure_logged(what: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done callback for work nobody awaits any more: its failure is logged, as nobody
+    else will hear of it."""
+
+    def done(work: asyncio.Task[None]) -> None:
+        if not work.cancelled() and work.exception() is not None:
+            log.error("%s failed: %s", what, work.exception())
+
+    return done
+
+
 def require_task_id(task_id: int) -> int:
     if task_id <= 0:
         raise InvalidArgument(f"task_id: must be a positive integer, got {task_id}")
@@ -396,18 +407,29 @@ class Cluster:
         if self._closed:
             raise Unavailable("the Host is stopping: kill again once it is back")
         self.audit.record(who, "task.kill", task_id)
+        # A pending task is killed in memory now (a second kill is refused), stored below.
+        if task.status == TaskStatus.PENDING:
+            work = self.book.apply(task, TaskStatus.KILLED, detail="killed while pending")
+        else:
+            work = self._kill_placed(task)
         # Carried through by the Host, its caller gone or not (a deadline shorter than the
         # kill's grace): the task ends killed, or as its Runner reports it, unless the
-        # Host stops first (then the Runner is told again when it reconnects, see
+        # Host stops first (then it is killed when its Runner reconnects, see
         # ``RunnerGateway._reconcile``).
-        await asyncio.shield(self._storing_task(self._carry_out_kill(task)))
+        carrying = self._storing_task(work)
+        try:
+            await asyncio.shield(carrying)
+        except asyncio.CancelledError:
+            if carrying.cancelled():
+                raise Unavailable(
+                    "the Host stopped before the kill ended: kill again once it is back"
+                ) from None
+            carrying.add_done_callback(_failure_logged("a kill whose caller left"))
+            raise
         return task
 
-    async def _carry_out_kill(self, task: Task) -> None:
+    async def _kill_placed(self, task: Task) -> None:
         if TaskStatus(task.status).is_final:  # it ended meanwhile
-            return
-        if task.status == TaskStatus.PENDING:
-            await self.book.move(task, TaskStatus.KILLED, detail="killed while pending")
             return
         await self.book.persist(task, kill_requested=True)
         # An unknown task's Runner is away: killed now; the Runner discards it on return.

@@ -46,10 +46,32 @@ NEVER_RELEASED = "hakuriver: never released"
 # ``exec`` sets SHLVL again (to 0), so under bash the command is run through ``env -u``
 # (when the image has ``env``).
 SHELL_SETS = ("PWD", "SHLVL")
-# Variables the gate's shell sets, resets or drops on its own, beyond those: dash and busybox
-# reset IFS, OPTIND and PPID; bash drops OLDPWD, PS1, PS2 and RANDOM and resets PS4.
+# Variables the gate's shell sets, resets or drops on its own, beyond those: ``_`` (the
+# gate's ``read`` sets it); dash and busybox reset IFS, OPTIND and PPID; bash drops or
+# rewrites the rest, and those named BASH* (SHELLOPTS=xtrace would also print the gate's
+# lines).
 SHELL_OWNED = frozenset(
-    {*SHELL_SETS, "IFS", "OLDPWD", "OPTIND", "PPID", "PS1", "PS2", "PS4", "RANDOM"}
+    {
+        *SHELL_SETS,
+        "_",
+        "IFS",
+        "OPTIND",
+        "PPID",
+        "COMP_WORDBREAKS",
+        "EPOCHREALTIME",
+        "EPOCHSECONDS",
+        "HISTCMD",
+        "LINENO",
+        "OLDPWD",
+        "OPTERR",
+        "POSIXLY_CORRECT",
+        "PS1",
+        "PS2",
+        "PS4",
+        "RANDOM",
+        "SHELLOPTS",
+        "SRANDOM",
+    }
 )
 # A name the shells keep in the environment they pass on (dash and busybox drop any other,
 # such as ``spring.profiles.active``, which Docker allows).
@@ -73,7 +95,10 @@ PRUNE_EVERY = 1000
 def keeps_environment(names: Iterable[str]) -> bool:
     """Whether a command held at the gate gets exactly these variables as they were set
     (those of its image and of its task): none is one the shells own, each a shell's name."""
-    return not any(name in SHELL_OWNED or not _SHELL_NAME.fullmatch(name) for name in names)
+    return not any(
+        name in SHELL_OWNED or name.startswith("BASH") or not _SHELL_NAME.fullmatch(name)
+        for name in names
+    )
 
 
 class Gate(Attached):

@@ -286,8 +286,8 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
 ) -> None:
     """The gate's shell adds PWD and SHLVL to its environment (bash's ``exec`` sets SHLVL
     again): they are gone before the command runs; a task that sets one itself, or one the
-    shell resets (OPTIND, under busybox) or drops (PS1, under bash), is not held, and keeps
-    its own."""
+    shell resets (OPTIND, under busybox; ``_``, which the gate's ``read`` sets) or drops
+    (PS1, under bash), is not held, and keeps its own."""
     image = f"hakuriver/{BASE_ENV}:base"
     if shell == "bash":
         image = f"hakuriver/bash-sh-{backend.cluster_id}:base"
@@ -305,7 +305,7 @@ def test_a_held_command_gets_the_environment_it_would_have_without_the_gate(
         held = _environment(backend, dispatch(8))
         assert {v for v in held if "TASK_ID" not in v} == {v for v in unheld if "TASK_ID" not in v}
         assert not any(v.startswith(("PWD=", "SHLVL=")) for v in held)
-        for task_id, name in enumerate(["SHLVL", "OPTIND", "PS1"], start=9):
+        for task_id, name in enumerate(["SHLVL", "OPTIND", "PS1", "_"], start=9):
             own = dispatch(task_id)
             own.env[name] = "5"
             assert backend.prepare(own) is True

@@ -18,7 +18,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import NodeStatus, TaskStatus
+from hakuriver_host.errors import FailedPrecondition
+from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import (
     HOLD,
     KILLED_EXIT_CODE,
@@ -327,6 +330,44 @@ async def test_a_kill_cut_short_by_a_host_restart_is_sent_again_when_the_runner_
     )
     runner.finish(task.task_id, KILLED_EXIT_CODE)
     assert status_of(await cluster.wait_status(task.task_id)) is TaskStatus.KILLED
+
+
+async def test_an_assigning_task_whose_kill_was_cut_short_is_killed_not_dispatched_again(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    """Asked to be killed while its Runner was still starting it (its image loading, here
+    never answering), then the Host stopped: the Runner comes back without it, and it is
+    killed rather than dispatched again."""
+    cluster = await make_local_cluster(timing={"control_timeout_seconds": 30})
+    runner = await cluster.add_runner("a", answer=NO_ANSWER, answer_kills=False)
+    task = await cluster.submit("long")
+    await eventually(lambda: runner.dispatched == [task.task_id], what="the dispatch")
+    killing = asyncio.create_task(cluster.kill(task.task_id))
+    await eventually(lambda: ("kill", task.task_id) in runner.commands, what="the kill sent")
+    await cluster.restart_host()
+    with pytest.raises((grpc.aio.AioRpcError, asyncio.CancelledError)):
+        await killing  # the Host it waited on stopped
+    killed = await cluster.wait_status(task.task_id)
+    assert status_of(killed) is TaskStatus.KILLED
+    assert runner.dispatched == [task.task_id]
+
+
+async def test_a_pending_task_killed_twice_at_once_is_killed_once(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two kills in the same turn of the loop: the second finds it killed already (refused,
+    and not audited as a kill)."""
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    await local_cluster.submit_running()
+    task = await local_cluster.submit("long")  # its core is taken: it stays pending
+    assert status_of(task) is TaskStatus.PENDING
+    cluster = local_cluster.server.cluster
+    admin = Principal(Kind.USER, local_cluster.config.auth.bootstrap_admin, Role.ADMIN)
+    first, second = await asyncio.gather(
+        cluster.kill(task.task_id, admin), cluster.kill(task.task_id, admin), return_exceptions=True
+    )
+    assert not isinstance(first, BaseException) and first.status == TaskStatus.KILLED
+    assert isinstance(second, FailedPrecondition)
 
 
 async def test_health_watchers_hear_a_node_go_offline_and_come_back(

@@ -538,14 +538,9 @@ class Cluster:
 
     def _queued_unawaited(self, adding: asyncio.Task[None]) -> None:
         """A submission is stored (and queued), its submitter gone: a pass considers its
-        tasks; a failure is logged, as nobody else will hear of it."""
-        if adding.cancelled():
-            return
-        failed = adding.exception()
-        if failed is not None:
-            log.error("storing a submission whose submitter left failed: %s", failed)
-            return
-        self.kick()
+        tasks (a failure is logged by ``_failure_logged``)."""
+        if not adding.cancelled() and adding.exception() is None:
+            self.kick()
 
     async def _submission(self, work: Coroutine[Any, Any, None]) -> None:
         """Run a submission's write, and what must follow it, as a task of the Host's,
@@ -562,6 +557,7 @@ class Cluster:
         try:
             await asyncio.shield(adding)
         except asyncio.CancelledError:
+            adding.add_done_callback(_failure_logged("storing a submission whose submitter left"))
             adding.add_done_callback(self._queued_unawaited)
             raise
 

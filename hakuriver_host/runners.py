@@ -152,8 +152,8 @@ class RunnerGateway:
         """Which of its tasks the Runner keeps (with the output offsets we have) or discards;
         ours it did not report are dispatched again (assigning), killed (assigning, asked
         to be killed) or lost, and those it keeps that were asked to be killed are killed
-        again (sent after the answer). Statuses are read afresh after
-        every await: a task may end meanwhile."""
+        again (sent after the answer). Statuses are read afresh after every await: a task
+        may end meanwhile."""
         ack = rpb.RegisterAck(
             heartbeat_interval_seconds=self.config.timing.heartbeat_interval,
             cluster_id=self.cluster_id,
@@ -177,12 +177,11 @@ class RunnerGateway:
             status = TaskStatus(task.status)
             if task.task_id in known or status not in PLACED_STATUSES:
                 continue
-            if status is TaskStatus.ASSIGNING and task.kill_requested:
-                # Killed before it started: its kill was cut short with the Runner's stream.
-                await self.book.move(task, TaskStatus.KILLED, detail="killed before it started")
-                continue
             if status is TaskStatus.ASSIGNING:
-                link.dispatch(dispatch_of(task))
+                if task.kill_requested:  # its kill was cut short with the Runner's stream
+                    await self.book.move(task, TaskStatus.KILLED, detail="killed before it started")
+                else:
+                    link.dispatch(dispatch_of(task))
                 continue
             await self.book.move(
                 task,

@@ -11,6 +11,12 @@ the limit goes alone), whole keys first, and a key with little queued (``EXPRESS
 while others have more goes in a small batch of its own, ahead of them: it waits for the
 batch being applied, never for another key's thousands queued before it. Batches of such
 keys and of the rest take turns, so neither waits for ever.
+
+A light call (``EXPRESS`` or less) of a key with nothing queued goes to the worker thread at
+once, without waiting for the next turn of the event loop: behind the batch being applied
+(and another lane's on the same thread), not behind the loop's other work (under load a
+turn of the loop takes milliseconds, and the thread sits idle meanwhile). One such call at
+a time per lane; when calls are queued, the drain takes a batch between two of them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
+from functools import partial
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -45,6 +52,10 @@ class GroupCommit(Generic[T]):
         self._weights: dict[Hashable, int] = {}
         self._worker: asyncio.Task[None] | None = None
         self._express_last = False
+        # The light call sent to the thread at once, while it is not applied yet; and
+        # whether one was sent since the drain last took a batch (the drain's turn next).
+        self._straight: asyncio.Future[None] | None = None
+        self._straight_last = False
 
     async def submit(self, items: list[T]) -> None:
         """Return once ``items`` were applied; raise what applying their batch raised."""
@@ -53,11 +64,23 @@ class GroupCommit(Generic[T]):
     def enqueue(self, items: list[T], key: Hashable = None) -> asyncio.Future[None]:
         """Queue ``items`` now, after those of ``key`` queued before; the future is done
         once they were applied."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        weight = self._weight(items)
+        if (
+            weight <= EXPRESS
+            and key not in self._queued
+            and not self._straight_pending()
+            and not (self._queued and self._straight_last)
+        ):
+            # After anything of ``key`` on the thread already: the thread applies in order.
+            self._straight = loop.run_in_executor(self._executor, self._apply, items)
+            self._straight.add_done_callback(partial(_settle, [done]))
+            self._straight_last = True
+            return done
         queue = self._queued.get(key)
         if queue is None:
             queue = self._queued[key] = deque()
-        weight = self._weight(items)
         queue.append((items, done, weight))
         self._weights[key] = self._weights.get(key, 0) + weight
         if self._worker is None or self._worker.done():
@@ -95,15 +118,28 @@ class GroupCommit(Generic[T]):
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
         while self._queued:
+            straight = self._straight
+            if straight is not None and not straight.done():
+                await asyncio.wait([straight])  # then the queued get their turn
+                continue
             batch = self._take()
+            self._straight_last = False
             items = [item for chunk, _, _ in batch for item in chunk]
-            try:
-                await loop.run_in_executor(self._executor, self._apply, items)
-            except Exception as exc:
-                for _, done, _ in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+            applied = loop.run_in_executor(self._executor, self._apply, items)
+            await asyncio.wait([applied])
+            _settle([done for _, done, _ in batch], applied)
+
+    def _straight_pending(self) -> bool:
+        return self._straight is not None and not self._straight.done()
+
+
+def _settle(waiters: list[asyncio.Future[None]], applied: asyncio.Future[None]) -> None:
+    """Tell the waiters of a batch how applying it went (one that gave up is not told: its
+    items are applied all the same)."""
+    exc = applied.exception()
+    for done in waiters:
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
             else:
-                for _, done, _ in batch:
-                    if not done.done():
-                        done.set_result(None)
+                done.set_exception(exc)

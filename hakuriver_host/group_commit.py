@@ -16,7 +16,9 @@ A light call (``EXPRESS`` or less) of a key with nothing queued goes to the work
 once, without waiting for the next turn of the event loop: behind the batch being applied
 (and another lane's on the same thread), not behind the loop's other work (under load a
 turn of the loop takes milliseconds, and the thread sits idle meanwhile). One such call at
-a time per lane; when calls are queued, the drain takes a batch between two of them.
+a time per lane; when calls are queued, a batch of the others goes between two of them.
+Every call's waiters are told as the thread finishes it, so a key's calls complete in order
+whichever way they went.
 """
 
 from __future__ import annotations
@@ -74,8 +76,7 @@ class GroupCommit(Generic[T]):
             and not (self._queued and self._straight_last)
         ):
             # After anything of ``key`` on the thread already: the thread applies in order.
-            self._straight = loop.run_in_executor(self._executor, self._apply, items)
-            self._straight.add_done_callback(partial(_settle, [done]))
+            self._straight = self._run(items, [done])
             self._straight_last = True
             return done
         queue = self._queued.get(key)
@@ -116,25 +117,36 @@ class GroupCommit(Generic[T]):
         return batch
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queued:
             straight = self._straight
             if straight is not None and not straight.done():
                 await asyncio.wait([straight])  # then the queued get their turn
                 continue
             batch = self._take()
-            self._straight_last = False
+            # A batch of light keys was their turn too: the next light call waits for the rest.
+            self._straight_last = self._express_last
             items = [item for chunk, _, _ in batch for item in chunk]
+            await asyncio.wait([self._run(items, [done for _, done, _ in batch])])
+
+    def _run(self, items: list[T], waiters: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+        """Apply ``items`` on the thread; its waiters are told by a callback of the thread's
+        result, in the order the thread finished (a key's calls complete in order whether
+        they went straight or in a batch), even if the drain was cancelled meanwhile."""
+        loop = asyncio.get_running_loop()
+        try:
             applied = loop.run_in_executor(self._executor, self._apply, items)
-            await asyncio.wait([applied])
-            _settle([done for _, done, _ in batch], applied)
+        except RuntimeError as exc:  # the executor was shut down: the store is closed
+            applied = loop.create_future()
+            applied.set_exception(exc)
+        applied.add_done_callback(partial(_settle, waiters))
+        return applied
 
     def _straight_pending(self) -> bool:
         return self._straight is not None and not self._straight.done()
 
 
 def _settle(waiters: list[asyncio.Future[None]], applied: asyncio.Future[None]) -> None:
-    """Tell the waiters of a batch how applying it went (one that gave up is not told: its
+    """Tell the waiters of a call how applying it went (one that gave up is not told: its
     items are applied all the same)."""
     exc = applied.exception()
     for done in waiters:

@@ -145,9 +145,9 @@ class _Method:
         self._latency = metrics.grpc_latency.labels(method=method)
 
     def record(self, start: float, exc: BaseException | None, context: Any) -> None:
-        if exc is None and context.cancelled():
+        if exc is None and (context.cancelled() or context.code() == grpc.StatusCode.CANCELLED):
             # The caller went away and the servicer took its request stream's end as an
-            # end (which of the two it sees first is a race).
+            # end (which of the two it sees first is a race), or said it went away.
             self._requests.labels(method=self._method, code=grpc.StatusCode.CANCELLED.name).inc()
         elif exc is None:
             self._ok.inc()

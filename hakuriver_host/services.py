@@ -259,12 +259,14 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
         yield rpb.ConnectResponse(registered=ack)
 
         refused: list[ApiError] = []
+        left: list[bool] = []
 
         async def read_loop() -> None:
             try:
                 async for message in requests:
                     await link.pace.take()
                     await self.runners.on_message(link, message)
+                left.append(True)  # a Runner never ends its side of the stream: it went away
             except asyncio.CancelledError:
                 raise
             except ApiError as exc:  # a message out of bounds: the stream ends with it
@@ -285,6 +287,10 @@ class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):
             self.runners.gone(link)
         if refused:
             raise refused[0]
+        if left:
+            # Counted as what it is, however grpc saw the Runner go (its cancellation, or
+            # the end of its requests, first).
+            context.set_code(grpc.StatusCode.CANCELLED)
 
 
 class SshService(ssh_service_pb2_grpc.SshServiceServicer):

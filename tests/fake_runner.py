@@ -251,6 +251,14 @@ class FakeRunner:
     async def stop(self) -> None:
         await self.drop()
 
+    async def end_requests(self) -> None:
+        """End its side of the open stream (half-close), the call kept: what the Host sees
+        first when a Runner goes away and grpc tells it the requests ended before it tells
+        it the call was cancelled."""
+        assert self._session is not None, "not connected"
+        call, _ = self._session
+        await call.done_writing()
+
     def go_silent(self) -> None:
         """Stop heartbeating and answering, but keep the stream open (a hung machine)."""
         self.silent = True

@@ -149,6 +149,23 @@ async def test_a_stream_whose_caller_went_away_is_counted_as_cancelled(
     assert (connect, "UNKNOWN") not in counts
 
 
+async def test_a_runner_stream_whose_requests_ended_is_counted_as_cancelled(
+    local_cluster: LocalCluster,
+) -> None:
+    """A Runner never ends its side of the stream: one that ended went away, however grpc
+    told the Host (the unit test above saw the end of the requests first now and then)."""
+    runner = await local_cluster.add_runner("a")
+    await runner.end_requests()
+    connect = "/hakuriver.v1.RunnerService/Connect"
+    for _ in range(50):
+        counts = await _requests(local_cluster)
+        if counts.get((connect, "CANCELLED")) or counts.get((connect, "OK")):
+            break
+        await asyncio.sleep(0.1)
+    assert counts.get((connect, "CANCELLED")) == 1, counts
+    assert not counts.get((connect, "OK")), counts
+
+
 class _Context:
     """A servicer context as a loaded Host may find it when it ends a call: its client's
     deadline passed, or the client going away while the status is being sent."""

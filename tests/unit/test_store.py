@@ -160,6 +160,30 @@ async def test_a_lone_change_is_handed_to_the_thread_without_a_turn_of_the_loop(
     assert applied == [batch, ["lone"], more]
 
 
+async def test_a_nodes_changes_are_done_in_order_whichever_way_they_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node's batch in a transaction and its next change handed to the thread behind it:
+    their waiters are told in that order (a task's "running" before its "completed"), even
+    when both are written before the loop turns again."""
+    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
+    told: list[str] = []
+    try:
+        first = [{"name": f"first {i}"} for i in range(5)]  # heavy: goes through the queue
+        batch = store.queue_write("n1", first, [])
+        batch.add_done_callback(lambda _: told.append("batch"))
+        await asyncio.to_thread(first_started.wait, 10)
+        lone = store.queue_write("n1", [{"name": "next"}], [])  # to the thread at once
+        lone.add_done_callback(lambda _: told.append("next"))
+        release.set()
+        _hold_the_loop(until=lambda: len(applied) >= 2, seconds=5)
+        await asyncio.wait_for(asyncio.gather(batch, lone), 10)
+    finally:
+        store.close()
+    assert applied == [[row["name"] for row in first], ["next"]]
+    assert told == ["batch", "next"]
+
+
 async def test_a_change_whose_waiter_gave_up_is_written_all_the_same(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

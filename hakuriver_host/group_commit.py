@@ -11,14 +11,6 @@ the limit goes alone), whole keys first, and a key with little queued (``EXPRESS
 while others have more goes in a small batch of its own, ahead of them: it waits for the
 batch being applied, never for another key's thousands queued before it. Batches of such
 keys and of the rest take turns, so neither waits for ever.
-
-A light call (``EXPRESS`` or less) of a key with nothing queued goes to the worker thread at
-once, without waiting for the next turn of the event loop: behind the batch being applied
-(and another lane's on the same thread), not behind the loop's other work (under load a
-turn of the loop takes milliseconds, and the thread sits idle meanwhile). One such call at
-a time per lane; when calls are queued, a batch of the others goes between two of them.
-Every call's waiters are told as the thread finishes it, so a key's calls complete in order
-whichever way they went.
 """
 
 from __future__ import annotations
@@ -27,7 +19,6 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
-from functools import partial
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -54,10 +45,6 @@ class GroupCommit(Generic[T]):
         self._weights: dict[Hashable, int] = {}
         self._worker: asyncio.Task[None] | None = None
         self._express_last = False
-        # The light call sent to the thread at once, while it is not applied yet; and
-        # whether one was sent since the drain last took a batch (the drain's turn next).
-        self._straight: asyncio.Future[None] | None = None
-        self._straight_last = False
 
     async def submit(self, items: list[T]) -> None:
         """Return once ``items`` were applied; raise what applying their batch raised."""
@@ -66,22 +53,11 @@ class GroupCommit(Generic[T]):
     def enqueue(self, items: list[T], key: Hashable = None) -> asyncio.Future[None]:
         """Queue ``items`` now, after those of ``key`` queued before; the future is done
         once they were applied."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        weight = self._weight(items)
-        if (
-            weight <= EXPRESS
-            and key not in self._queued
-            and not self._straight_pending()
-            and not (self._queued and self._straight_last)
-        ):
-            # After anything of ``key`` on the thread already: the thread applies in order.
-            self._straight = self._run(items, [done])
-            self._straight_last = True
-            return done
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queued.get(key)
         if queue is None:
             queue = self._queued[key] = deque()
+        weight = self._weight(items)
         queue.append((items, done, weight))
         self._weights[key] = self._weights.get(key, 0) + weight
         if self._worker is None or self._worker.done():
@@ -117,41 +93,17 @@ class GroupCommit(Generic[T]):
         return batch
 
     async def _drain(self) -> None:
-        while self._queued:
-            straight = self._straight
-            if straight is not None and not straight.done():
-                await asyncio.wait([straight])  # then the queued get their turn
-                continue
-            batch = self._take()
-            # A batch of light keys was their turn too: the next light call waits for the rest.
-            self._straight_last = self._express_last
-            items = [item for chunk, _, _ in batch for item in chunk]
-            await asyncio.wait([self._run(items, [done for _, done, _ in batch])])
-
-    def _run(self, items: list[T], waiters: list[asyncio.Future[None]]) -> asyncio.Future[None]:
-        """Apply ``items`` on the thread; its waiters are told by a callback of the thread's
-        result, in the order the thread finished (a key's calls complete in order whether
-        they went straight or in a batch), even if the drain was cancelled meanwhile."""
         loop = asyncio.get_running_loop()
-        try:
-            applied = loop.run_in_executor(self._executor, self._apply, items)
-        except RuntimeError as exc:  # the executor was shut down: the store is closed
-            applied = loop.create_future()
-            applied.set_exception(exc)
-        applied.add_done_callback(partial(_settle, waiters))
-        return applied
-
-    def _straight_pending(self) -> bool:
-        return self._straight is not None and not self._straight.done()
-
-
-def _settle(waiters: list[asyncio.Future[None]], applied: asyncio.Future[None]) -> None:
-    """Tell the waiters of a call how applying it went (one that gave up is not told: its
-    items are applied all the same)."""
-    exc = applied.exception()
-    for done in waiters:
-        if not done.done():
-            if exc is None:
-                done.set_result(None)
+        while self._queued:
+            batch = self._take()
+            items = [item for chunk, _, _ in batch for item in chunk]
+            try:
+                await loop.run_in_executor(self._executor, self._apply, items)
+            except Exception as exc:
+                for _, done, _ in batch:
+                    if not done.done():
+                        done.set_exception(exc)
             else:
-                done.set_exception(exc)
+                for _, done, _ in batch:
+                    if not done.done():
+                        done.set_result(None)

@@ -1,7 +1,6 @@
 """The database adapter: an older database gains new columns on start, rows intact; new
 tasks are committed ahead of changes queued before them; changes keep their order per key
-and share transactions fairly between keys; a lone change reaches the store's thread without
-waiting for a turn of the event loop."""
+and share transactions fairly between keys."""
 
 from __future__ import annotations
 
@@ -9,8 +8,6 @@ import asyncio
 import random
 import sqlite3
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -129,83 +126,6 @@ async def test_a_lone_change_waits_for_one_transaction_not_another_nodes_thousan
     ]
 
 
-def _hold_the_loop(until: Callable[[], bool], seconds: float) -> None:
-    """Wait on the event loop's thread: nothing on the loop runs meanwhile, only what the
-    store's thread was handed is written."""
-    deadline = time.monotonic() + seconds
-    while not until() and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-async def test_a_lone_change_is_handed_to_the_thread_without_a_turn_of_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """While a job array's batch is written and more of its changes are queued, a lone
-    change goes to the store's thread at once: it is written right after that batch even
-    when the event loop does not turn in between (as when it is busy with other work)."""
-    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
-    batch = [f"busy {i}" for i in range(WRITE_BATCH)]
-    more = [f"busy more {i}" for i in range(5)]
-    try:
-        being_written = store.queue_write("busy", [{"name": n} for n in batch], [])
-        await asyncio.to_thread(first_started.wait, 10)
-        queued = store.queue_write("busy", [{"name": n} for n in more], [])
-        lone = store.queue_write("lone", [{"name": "lone"}], [])
-        release.set()
-        _hold_the_loop(until=lambda: len(applied) >= 2, seconds=5)
-        assert applied == [batch, ["lone"]]
-        await asyncio.wait_for(asyncio.gather(being_written, queued, lone), 10)
-    finally:
-        store.close()
-    assert applied == [batch, ["lone"], more]
-
-
-async def test_a_nodes_changes_are_done_in_order_whichever_way_they_went(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A node's batch in a transaction and its next change handed to the thread behind it:
-    their waiters are told in that order (a task's "running" before its "completed"), even
-    when both are written before the loop turns again."""
-    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
-    told: list[str] = []
-    try:
-        first = [{"name": f"first {i}"} for i in range(5)]  # heavy: goes through the queue
-        batch = store.queue_write("n1", first, [])
-        batch.add_done_callback(lambda _: told.append("batch"))
-        await asyncio.to_thread(first_started.wait, 10)
-        lone = store.queue_write("n1", [{"name": "next"}], [])  # to the thread at once
-        lone.add_done_callback(lambda _: told.append("next"))
-        release.set()
-        _hold_the_loop(until=lambda: len(applied) >= 2, seconds=5)
-        await asyncio.wait_for(asyncio.gather(batch, lone), 10)
-    finally:
-        store.close()
-    assert applied == [[row["name"] for row in first], ["next"]]
-    assert told == ["batch", "next"]
-
-
-async def test_a_change_whose_waiter_gave_up_is_written_all_the_same(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A caller cancelled at its deadline leaves its change queued (or on the thread)."""
-    store, applied, first_started, release = _recording_store(tmp_path, monkeypatch)
-    try:
-        first = [{"name": f"first {i}"} for i in range(5)]  # heavy: goes through the queue
-        being_written = store.queue_write("a", first, [])
-        await asyncio.to_thread(first_started.wait, 10)
-        handed = store.queue_write("b", [{"name": "handed"}], [])  # to the thread at once
-        queued = store.queue_write("c", [{"name": "queued"}], [])
-        handed.cancel()
-        queued.cancel()
-        release.set()
-        await asyncio.wait_for(being_written, 10)
-        last = store.queue_write("a", [{"name": "last"}], [])
-        await asyncio.wait_for(last, 10)
-    finally:
-        store.close()
-    assert applied == [[row["name"] for row in first], ["handed"], ["queued"], ["last"]]
-
-
 async def test_changes_keep_their_order_per_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -252,9 +172,7 @@ async def test_a_steady_trickle_of_lone_changes_does_not_hold_back_the_rest(
     finally:
         store.close()
     with_busy = [names for names in applied if any(n.startswith("busy") for n in names)]
-    # The first went alone, straight to the thread (nothing was queued yet).
-    assert with_busy[0] == ["busy 0"]
-    assert len(with_busy) == 1 + -(-(busy_count - 1) // WRITE_BATCH)
+    assert len(with_busy) == -(-busy_count // WRITE_BATCH)
     assert len(applied) <= 2 * len(with_busy) + 1
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -70,17 +70,25 @@ def _bearer(ctx: RequestContext[Any, Any]) -> str:
     return bearer_secret(ctx.request_headers().get("authorization") or "")
 
 
+def _deadline(ctx: RequestContext[Any, Any]) -> float | None:
+    """When the call must end, on the loop's clock: its Connect-Timeout-Ms, which connectrpc
+    reads but leaves to us (a gRPC deadline's counterpart)."""
+    left = ctx.timeout_ms()
+    return None if left is None else asyncio.get_running_loop().time() + max(left, 0) / 1000
+
+
+def _passed() -> ConnectError:
+    return ConnectError(Code.DEADLINE_EXCEEDED, "the call's Connect-Timeout-Ms passed")
+
+
 def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
-        left = ctx.timeout_ms()  # Connect-Timeout-Ms, which connectrpc reads but leaves to us
         try:
-            async with asyncio.timeout(None if left is None else max(left, 0) / 1000):
+            async with asyncio.timeout_at(_deadline(ctx)):
                 return await wrapped(request, CallContext(ctx.client_address()))
         except TimeoutError:
-            raise ConnectError(
-                Code.DEADLINE_EXCEEDED, "the call's Connect-Timeout-Ms passed"
-            ) from None
+            raise _passed() from None
 
     return call
 
@@ -88,10 +96,24 @@ def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Ca
 def _server_stream(
     gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]
 ) -> Callable[..., AsyncIterator[Any]]:
-    def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
+    async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = gate.call(path, _bearer(ctx), False).streaming(behaviour)
-        result: AsyncIterator[Any] = wrapped(request, CallContext(ctx.client_address()))
-        return result
+        stream: AsyncGenerator[Any] = wrapped(request, CallContext(ctx.client_address()))
+        deadline = _deadline(ctx)
+        try:
+            # Each next message waited for under the deadline, never a yield inside a
+            # timeout: it would cancel whatever the consumer is doing when it passes.
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise _passed() from None
+                yield message
+        finally:
+            await stream.aclose()  # a client gone while its message was being sent
 
     return call
 

@@ -65,13 +65,21 @@ class Endpoint:
         return self.request(f"/{method}", json.dumps(message).encode(), headers)
 
     def stream(
-        self, method: str, message: dict[str, Any], token: str | None, limit: int
+        self,
+        method: str,
+        message: dict[str, Any],
+        token: str | None,
+        limit: int,
+        timeout_ms: int | None = None,
     ) -> tuple[list[Any], Any]:
         """A server-streaming call: up to ``limit`` messages, and the end-of-stream JSON
-        (``{}`` on success, ``{"error": ...}`` otherwise; None if ``limit`` came first)."""
+        (``{}`` on success, ``{"error": ...}`` otherwise; None if ``limit`` came first);
+        ``timeout_ms`` is sent as its Connect-Timeout-Ms."""
         headers = {"Content-Type": "application/connect+json"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if timeout_ms is not None:
+            headers["Connect-Timeout-Ms"] = str(timeout_ms)
         payload = json.dumps(message).encode()
         request = urllib.request.Request(
             f"{self.base}/{method}",

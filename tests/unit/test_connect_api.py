@@ -349,3 +349,26 @@ async def test_a_unary_call_ends_when_its_connect_timeout_passes(
         api.request, "/" + TASKS + "GetTask", b'{"taskId": "1"}', headers
     )
     assert reply.json()["code"] == "deadline_exceeded", reply.body
+
+
+async def test_a_server_stream_ends_when_its_connect_timeout_passes(
+    local_cluster: LocalCluster,
+) -> None:
+    """A watch (or a followed log) with a Connect-Timeout-Ms ends with deadline_exceeded when
+    it passes, after what it sent until then, as a gRPC deadline ends a stream."""
+    await local_cluster.add_runner(answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    api = endpoint(local_cluster)
+    messages, end = await asyncio.wait_for(
+        asyncio.to_thread(
+            api.stream,
+            TASKS + "WatchTask",
+            {"taskId": str(task.task_id)},
+            local_cluster.admin_token,
+            100,
+            300,
+        ),
+        10,
+    )
+    assert [m["task"]["status"] for m in messages] == ["TASK_STATUS_RUNNING"], messages
+    assert end is not None and end["error"]["code"] == "deadline_exceeded", end

@@ -104,6 +104,8 @@ def _server_stream(
             # Each next message waited for under the deadline, never a yield inside a
             # timeout: it would cancel whatever the consumer is doing when it passes.
             while True:
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    raise _passed()  # even with messages ready: a timeout only cuts a wait
                 try:
                     async with asyncio.timeout_at(deadline):
                         message = await anext(stream)

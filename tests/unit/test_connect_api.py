@@ -366,7 +366,7 @@ async def test_a_server_stream_ends_when_its_connect_timeout_passes(
             {"taskId": str(task.task_id)},
             local_cluster.admin_token,
             100,
-            300,
+            1000,
         ),
         10,
     )

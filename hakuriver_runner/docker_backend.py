@@ -784,11 +784,14 @@ class DockerBackend:
         What else fails is the task's start failure."""
         command = dispatch.kind == task_pb2.TASK_KIND_COMMAND
         attached = self._attach(dispatch.task_id, container) if command else None
+        # Taken before the start: a quick command can exit (the daemon's FinishedAt) before
+        # the start's answer comes back, and a task must not start after it completed.
+        starting = datetime.now(UTC)
         try:
             container.start()
             if command:
                 with self._attaching:
-                    self._just_started[container.id] = datetime.now(UTC)
+                    self._just_started[container.id] = starting
         except docker.errors.NotFound:
             self._detach(container.id, attached)
             return None

@@ -54,6 +54,16 @@ def test_status_timeline_follows_the_state_machine(cluster: ProcessCluster) -> N
     assert reply.task.HasField("started_at") and reply.task.HasField("completed_at")
 
 
+def test_a_quick_task_never_starts_after_it_completed(cluster: ProcessCluster) -> None:
+    """The start is stamped by the Runner and the exit by the daemon: a command that ends
+    before the start's answer comes back still has started_at <= completed_at."""
+    finals = [cluster.wait_final(cluster.submit(["true"]).task_id) for _ in range(8)]
+    for final in finals:
+        started = final.started_at.ToNanoseconds()
+        completed = final.completed_at.ToNanoseconds()
+        assert 0 < started <= completed, final
+
+
 def test_memory_limit_exceeded_is_killed_oom(cluster: ProcessCluster) -> None:
     # Holding 64 MB in a shell variable under a 16 MB limit.
     script = 'x=$(head -c 64000000 /dev/zero | tr "\\0" a); echo survived'

@@ -145,22 +145,24 @@ class _Method:
         self._latency = metrics.grpc_latency.labels(method=method)
 
     def record(self, start: float, exc: BaseException | None, context: Any) -> None:
-        if exc is None and (context.cancelled() or context.code() == grpc.StatusCode.CANCELLED):
-            # The caller went away and the servicer took its request stream's end as an
-            # end (which of the two it sees first is a race), or said it went away.
-            self._requests.labels(method=self._method, code=grpc.StatusCode.CANCELLED.name).inc()
-        elif exc is None:
+        if exc is None:
+            # Ended without raising: the status the servicer set (a Runner's stream that
+            # went away), or CANCELLED when the caller went away and the servicer took its
+            # request stream's end as an end (which of the two it sees first is a race).
+            found = grpc.StatusCode.CANCELLED if context.cancelled() else context.code()
+            code = found.name if isinstance(found, grpc.StatusCode) else "OK"
+        elif isinstance(exc, ApiError):
+            code = status_code(exc).name
+        elif isinstance(exc, _Internal):
+            code = grpc.StatusCode.INTERNAL.name
+        elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            code = grpc.StatusCode.CANCELLED.name  # the caller went away
+        else:
+            found = context.code()
+            code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
+        if code == "OK":
             self._ok.inc()
         else:
-            if isinstance(exc, ApiError):
-                code = status_code(exc).name
-            elif isinstance(exc, _Internal):
-                code = grpc.StatusCode.INTERNAL.name
-            elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                code = grpc.StatusCode.CANCELLED.name  # the caller went away
-            else:
-                found = context.code()
-                code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
             self._requests.labels(method=self._method, code=code).inc()
         self._latency.observe(time.perf_counter() - start)
 

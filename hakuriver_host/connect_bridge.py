@@ -39,9 +39,11 @@ class CallContext:
     """What the interceptor's call wrapper and the servicers ask of a gRPC context, for a
     call that arrived by another transport."""
 
-    def __init__(self, client_address: str | None) -> None:
+    def __init__(self, client_address: str | None, deadline: float | None = None) -> None:
         """``client_address``: "host:port" as the ASGI server saw it; the peer is named
-        the way gRPC names it (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) for the audit log."""
+        the way gRPC names it (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``) for the audit log.
+        ``deadline``: when the call must end, on the loop's clock (None: never)."""
+        self._deadline = deadline
         self._peer = ""
         if client_address:
             host, _, port = client_address.rpartition(":")
@@ -52,6 +54,12 @@ class CallContext:
 
     def code(self) -> grpc.StatusCode | None:
         return None
+
+    def time_remaining(self) -> float | None:
+        """Seconds until the deadline, as gRPC's context tells them (0 once it passed)."""
+        if self._deadline is None:
+            return None
+        return max(self._deadline - asyncio.get_running_loop().time(), 0.0)
 
     def cancelled(self) -> bool:
         """A Connect call whose client went away ends with an exception instead."""
@@ -84,9 +92,10 @@ def _passed() -> ConnectError:
 def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
+        deadline = _deadline(ctx)
         try:
-            async with asyncio.timeout_at(_deadline(ctx)):
-                return await wrapped(request, CallContext(ctx.client_address()))
+            async with asyncio.timeout_at(deadline):
+                return await wrapped(request, CallContext(ctx.client_address(), deadline))
         except TimeoutError:
             raise _passed() from None
 
@@ -98,8 +107,8 @@ def _server_stream(
 ) -> Callable[..., AsyncIterator[Any]]:
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = gate.call(path, _bearer(ctx), False).streaming(behaviour)
-        stream: AsyncGenerator[Any] = wrapped(request, CallContext(ctx.client_address()))
         deadline = _deadline(ctx)
+        stream: AsyncGenerator[Any] = wrapped(request, CallContext(ctx.client_address(), deadline))
         try:
             # Each next message waited for under the deadline, never a yield inside a
             # timeout: it would cancel whatever the consumer is doing when it passes.

@@ -149,14 +149,14 @@ class _Method:
             # Ended without raising: the status the servicer set (a Runner's stream that
             # went away), or CANCELLED when the caller went away and the servicer took its
             # request stream's end as an end (which of the two it sees first is a race).
-            found = grpc.StatusCode.CANCELLED if context.cancelled() else context.code()
+            found = _gone(context) if context.cancelled() else context.code()
             code = found.name if isinstance(found, grpc.StatusCode) else "OK"
         elif isinstance(exc, ApiError):
             code = status_code(exc).name
         elif isinstance(exc, _Internal):
             code = grpc.StatusCode.INTERNAL.name
         elif isinstance(exc, asyncio.CancelledError | GeneratorExit):
-            code = grpc.StatusCode.CANCELLED.name  # the caller went away
+            code = _gone(context).name
         else:
             found = context.code()
             code = found.name if isinstance(found, grpc.StatusCode) else "UNKNOWN"
@@ -315,14 +315,26 @@ _STATUS_UNSENT: type[Exception] = getattr(
 )
 
 
+def _deadline_passed(context: Any) -> bool:
+    """Has the call's deadline passed (a gRPC deadline, a Connect-Timeout-Ms)?"""
+    left = context.time_remaining()
+    return left is not None and left <= 0
+
+
+def _gone(context: Any) -> grpc.StatusCode:
+    """How a call cut short ended: its deadline passed (grpc cancels the call then too),
+    or its caller went away."""
+    if _deadline_passed(context):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
 async def end_call(context: Any, code: grpc.StatusCode, message: str) -> None:
     """End the call with ``code``. A call whose client is gone (it cancelled, its deadline
     passed, before or while the status goes) ends as cancelled instead: a loaded Host may
     get to refuse a call only after its client's deadline (seen in the fuzz tier's runs)."""
-    done = getattr(context, "done", None)  # the Connect transport's context has neither
-    remaining = getattr(context, "time_remaining", None)
-    left = remaining() if remaining is not None else None  # None: no deadline
-    if (done is not None and done()) or (left is not None and left <= 0):
+    done = getattr(context, "done", None)  # the Connect transport's context has none
+    if (done is not None and done()) or _deadline_passed(context):
         raise asyncio.CancelledError()
     try:
         await context.abort(code, message)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.config import Config
@@ -277,3 +279,18 @@ class LocalCluster:
 
     async def queue_positions(self, task_ids: Iterable[int]) -> list[int]:
         return [(await self.get(task_id)).queue_position for task_id in task_ids]
+
+    async def request_counts(self) -> dict[tuple[str, str], float]:
+        """``hakuriver_grpc_requests_total`` from /metrics, by (method, code)."""
+        assert self.server is not None
+        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        counts = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "hakuriver_grpc_requests":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        counts[(sample.labels["method"], sample.labels["code"])] = sample.value
+        return counts

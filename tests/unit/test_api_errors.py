@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.channels import bearer, open_aio_channel, open_channel
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -25,7 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.errors import InvalidArgument
 from hakuriver_host.interceptors import _STATUS_UNSENT, end_call
-from tests.fake_runner import exit_with
+from tests.fake_runner import HOLD, exit_with
 from tests.unit.local_cluster import LocalCluster
 
 CODE = grpc.StatusCode
@@ -36,19 +34,6 @@ async def _status_of_stream(call: grpc.aio.UnaryStreamCall) -> tuple[CODE, str]:
         async for _ in call:
             pass
     return raised.value.code(), raised.value.details() or ""
-
-
-async def _requests(cluster: LocalCluster) -> dict[tuple[str, str], float]:
-    assert cluster.server is not None
-    url = f"http://127.0.0.1:{cluster.server.metrics_port}/metrics"
-    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-    counts = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "hakuriver_grpc_requests":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[(sample.labels["method"], sample.labels["code"])] = sample.value
-    return counts
 
 
 async def test_streaming_rpcs_report_domain_errors_with_their_codes(
@@ -128,10 +113,23 @@ async def test_every_call_is_counted_by_method_and_code(local_cluster: LocalClus
     await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
     assert await local_cluster.read_log(task.task_id) == b"out\n"
     await _status_of_stream(local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=99)))
-    counts = await _requests(local_cluster)
+    counts = await local_cluster.request_counts()
     assert counts[("/hakuriver.v1.TaskService/SubmitTask", "OK")] == 1
     assert counts[("/hakuriver.v1.LogService/ReadLog", "OK")] == 1
     assert counts[("/hakuriver.v1.TaskService/WatchTask", "NOT_FOUND")] == 1
+
+
+async def _once_ended(
+    cluster: LocalCluster, method: str, *codes: str
+) -> dict[tuple[str, str], float]:
+    """The call counts once ``method`` was counted with one of ``codes`` (a stream is
+    counted when its handler ends, after its caller saw the end), or after 5 s."""
+    for _ in range(50):
+        counts = await cluster.request_counts()
+        if any(counts.get((method, code)) for code in codes):
+            break
+        await asyncio.sleep(0.1)
+    return counts
 
 
 async def test_a_stream_whose_caller_went_away_is_counted_as_cancelled(
@@ -140,11 +138,7 @@ async def test_a_stream_whose_caller_went_away_is_counted_as_cancelled(
     runner = await local_cluster.add_runner("a")
     await runner.drop()
     connect = "/hakuriver.v1.RunnerService/Connect"
-    for _ in range(50):
-        counts = await _requests(local_cluster)
-        if (connect, "CANCELLED") in counts:
-            break
-        await asyncio.sleep(0.1)
+    counts = await _once_ended(local_cluster, connect, "CANCELLED")
     assert counts.get((connect, "CANCELLED")) == 1, counts
     assert (connect, "UNKNOWN") not in counts
 
@@ -157,13 +151,23 @@ async def test_a_runner_stream_whose_requests_ended_is_counted_as_cancelled(
     runner = await local_cluster.add_runner("a")
     await runner.end_requests()
     connect = "/hakuriver.v1.RunnerService/Connect"
-    for _ in range(50):
-        counts = await _requests(local_cluster)
-        if counts.get((connect, "CANCELLED")) or counts.get((connect, "OK")):
-            break
-        await asyncio.sleep(0.1)
+    counts = await _once_ended(local_cluster, connect, "CANCELLED", "OK")
     assert counts.get((connect, "CANCELLED")) == 1, counts
     assert not counts.get((connect, "OK")), counts
+
+
+async def test_a_stream_whose_deadline_passed_is_counted_as_deadline_exceeded(
+    local_cluster: LocalCluster,
+) -> None:
+    """grpc cancels a call whose deadline passes; the count says why, as the caller saw it."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    watch = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=0.5)
+    assert (await _status_of_stream(watch))[0] == CODE.DEADLINE_EXCEEDED
+    method = "/hakuriver.v1.TaskService/WatchTask"
+    counts = await _once_ended(local_cluster, method, "DEADLINE_EXCEEDED", "CANCELLED")
+    assert counts.get((method, "DEADLINE_EXCEEDED")) == 1, counts
+    assert (method, "CANCELLED") not in counts, counts
 
 
 class _Context:
@@ -209,11 +213,12 @@ async def test_a_call_whose_client_is_gone_ends_as_cancelled_not_with_grpcs_trac
     assert unsent.aborted == [CODE.NOT_FOUND]
 
 
-async def test_a_call_refused_after_its_deadline_counts_as_cancelled(
+async def test_a_call_refused_after_its_deadline_counts_as_deadline_exceeded(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A loaded Host that gets to refuse a call only after its client's deadline has nobody
-    to refuse it to: the call ends as cancelled, and /metrics counts it so."""
+    to refuse it to: the call ends as cancelled, and /metrics counts it as its client saw
+    it end."""
     assert local_cluster.server is not None
 
     async def late_refusal(task_id: int, who: object) -> None:
@@ -242,7 +247,8 @@ async def test_a_call_refused_after_its_deadline_counts_as_cancelled(
     assert await asyncio.to_thread(read_late) == [CODE.DEADLINE_EXCEEDED] * 3
     await asyncio.sleep(0.3)  # the last handler done (a call whose deadline passed before
     # it reached the Host is dropped by grpc, and counted nowhere)
-    counts = await _requests(local_cluster)
+    counts = await local_cluster.request_counts()
     method = "/hakuriver.v1.LogService/ReadLog"
-    assert counts.get((method, "CANCELLED"), 0) >= 1, counts
+    assert counts.get((method, "DEADLINE_EXCEEDED"), 0) >= 1, counts
+    assert (method, "CANCELLED") not in counts, counts
     assert (method, "INVALID_ARGUMENT") not in counts

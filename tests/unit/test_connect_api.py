@@ -372,3 +372,7 @@ async def test_a_server_stream_ends_when_its_connect_timeout_passes(
     )
     assert [m["task"]["status"] for m in messages] == ["TASK_STATUS_RUNNING"], messages
     assert end is not None and end["error"]["code"] == "deadline_exceeded", end
+    counts = await local_cluster.request_counts()  # counted as a gRPC deadline is
+    watch = "/" + TASKS + "WatchTask"
+    assert counts.get((watch, "DEADLINE_EXCEEDED")) == 1, counts
+    assert (watch, "CANCELLED") not in counts, counts

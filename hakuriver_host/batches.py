@@ -44,6 +44,7 @@ class Batches:
         the store, so a task that ends in between is counted once, as stored."""
         if batch_id <= 0:
             raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
+        await self.cluster.book.arrival(batch_id=batch_id)
         in_memory = [(t.task_id, t.status) for t in self.cluster.book.of_batch(batch_id)]
         store = self.cluster.store
         final = [s.value for s in FINAL_STATUSES]

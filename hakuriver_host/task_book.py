@@ -137,6 +137,12 @@ class TaskBook:
         self._finishing: dict[int, Task] = {}
         # Watchers of every task (live lists); a full queue ends that watcher (see ``watch_all``).
         self._list_watchers: set[asyncio.Queue[Task | None]] = set()
+        # New tasks whose rows are being stored, not yet in ``active``, by task id and by
+        # batch: done once they are there. Their rows may already be listed (a job array's
+        # insert takes a while); whoever asks for one of them waits, rather than reading the
+        # row and acting on a copy the Host does not hold.
+        self._arriving: dict[int, asyncio.Future[None]] = {}
+        self._arriving_batches: dict[int, asyncio.Future[None]] = {}
 
     def load(self, tasks: list[Task]) -> None:
         for task in tasks:
@@ -150,13 +156,17 @@ class TaskBook:
         rows are turned into parameters on a worker thread and its tasks queued in slices,
         so the event loop serves others meanwhile."""
         now = records[0].submitted_at if records else utcnow()
-        if len(records) >= OFF_LOOP_TASKS:
-            write = await asyncio.to_thread(self._prepared, records, now, detail)
-        else:
-            rows = [r.model_dump() for r in records]
-            write = TaskWrite(rows, [], _events(records, now, detail))
-        await self.store.insert_tasks(write)
-        self.active.update((record.task_id, record) for record in records)
+        arrived = self._arrive(records)
+        try:
+            if len(records) >= OFF_LOOP_TASKS:
+                write = await asyncio.to_thread(self._prepared, records, now, detail)
+            else:
+                rows = [r.model_dump() for r in records]
+                write = TaskWrite(rows, [], _events(records, now, detail))
+            await self.store.insert_tasks(write)
+            self.active.update((record.task_id, record) for record in records)
+        finally:
+            self._arrived(records, arrived)
         for start in range(0, len(records), QUEUE_SLICE):
             if len(records) >= SMALL:
                 await self.lane.turn()
@@ -185,16 +195,41 @@ class TaskBook:
             _event(task.task_id, TaskStatus.PENDING.value, task.submitted_at, detail),
             _event(task.task_id, TaskStatus.ASSIGNING.value, utcnow(), placed),
         ]
-        await self.store.queue_write(
-            _write_key(task), updates=[], events=events, inserts=[task.model_dump()]
-        )
-        self.active[task.task_id] = task
+        arrived = self._arrive([task])
+        try:
+            await self.store.queue_write(
+                _write_key(task), updates=[], events=events, inserts=[task.model_dump()]
+            )
+            self.active[task.task_id] = task
+        finally:
+            self._arrived([task], arrived)
         if self._list_watchers:
             if submitted is not None:
                 self._tell_lists(submitted)
             self._tell_lists(task.model_copy())
         self.metrics.tasks_added(task.kind, 1)
         self.metrics.tasks_moved([(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)])
+
+    def _arrive(self, records: list[Task]) -> asyncio.Future[None]:
+        arrived = asyncio.get_running_loop().create_future()
+        self._arriving.update(dict.fromkeys((r.task_id for r in records), arrived))
+        if records and records[0].batch_id:  # a submission's tasks share their batch
+            self._arriving_batches[records[0].batch_id] = arrived
+        return arrived
+
+    def _arrived(self, records: list[Task], arrived: asyncio.Future[None]) -> None:
+        """They are in ``active`` now, or not stored at all."""
+        for record in records:
+            self._arriving.pop(record.task_id, None)
+        if records and records[0].batch_id:
+            self._arriving_batches.pop(records[0].batch_id, None)
+        arrived.set_result(None)
+
+    async def arrival(self, task_id: int = 0, batch_id: int = 0) -> None:
+        """Return once the task (or the batch) is not being added any more."""
+        arriving = self._arriving.get(task_id) or self._arriving_batches.get(batch_id)
+        if arriving is not None:
+            await asyncio.shield(arriving)
 
     def _prepared(self, records: list[Task], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
@@ -362,6 +397,7 @@ class TaskBook:
         return self.active.get(task_id) or self._finishing.get(task_id)
 
     async def get(self, task_id: int) -> Task:
+        await self.arrival(task_id)
         task = self.live(task_id)
         if task is not None:
             return task
@@ -371,6 +407,7 @@ class TaskBook:
         return record
 
     async def get_with_events(self, task_id: int) -> tuple[Task, list[TaskEventRecord]]:
+        await self.arrival(task_id)
         record, events = await self.store.run(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
@@ -399,6 +436,7 @@ class TaskBook:
     async def watch(self, task_id: int) -> AsyncIterator[Task]:
         """Yield the task now, then a copy of it after every status change, in order,
         until it is final: every transition is sent, whenever the consumer reads."""
+        await self.arrival(task_id)
         queue: asyncio.Queue[tuple[int, Task]] = asyncio.Queue()
         self._watchers.setdefault(task_id, set()).add(queue)
         try:

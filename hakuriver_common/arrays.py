@@ -18,7 +18,7 @@ SYNTAX = "START-END[:STEP][,...][%MAX_RUNNING]"
 ARRAY_ID_VAR = "HAKURIVER_ARRAY_ID"
 ARRAY_INDEX_VAR = "HAKURIVER_ARRAY_INDEX"
 
-_RANGE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+))?)?")
+_RANGE = re.compile(r"([0-9]+)(?:-([0-9]+)(?::([0-9]+))?)?")  # ASCII digits only
 _VARIABLE = re.compile(r"\$(?:\{(HAKURIVER_ARRAY_(?:ID|INDEX))\}|(HAKURIVER_ARRAY_(?:ID|INDEX))\b)")
 
 
@@ -31,26 +31,28 @@ class ArraySpec:
         return tpb.TaskArray(indices=self.indices, max_running=self.max_running)
 
 
-def _number(text: str, what: str, whole: str) -> int:
-    value = int(text)
-    if value > limits.MAX_ARRAY_INDEX:
-        raise ValueError(f"--array {whole!r}: {what} {value} is above {limits.MAX_ARRAY_INDEX:,}")
-    return value
+# The most a request's ``max_running`` (an int32) holds.
+MAX_CAP = 2**31 - 1
+
+
+def _number(text: str, what: str, whole: str, most: int = limits.MAX_ARRAY_INDEX) -> int:
+    """``text`` (ASCII digits) as a number up to ``most``; its length is checked first, so
+    a thousand digits are refused by this message, not by Python's limit on conversions."""
+    if len(text.lstrip("0")) > len(str(most)) or int(text) > most:
+        shown = text if len(text) <= 20 else f"of {len(text):,} digits"
+        raise ValueError(f"--array {whole!r}: {what} {shown} is above {most:,}")
+    return int(text)
 
 
 def parse_array(text: str) -> ArraySpec:
     """Parse one --array value; ValueError names what is malformed."""
-    whole = text
+    whole = text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
     ranges, sep, cap = text.partition("%")
     max_running = 0
     if sep:
-        if not (cap.isascii() and cap.isdigit()) or int(cap) < 1:
+        if not (cap.isascii() and cap.isdigit()) or not cap.strip("0"):  # none, or 0
             raise ValueError(f"--array {whole!r}: expected a positive number after '%'")
-        max_running = int(cap)
-        if max_running > limits.MAX_ARRAY_TASKS:  # more would not fit the request's int32
-            raise ValueError(
-                f"--array {whole!r}: at most {limits.MAX_ARRAY_TASKS:,} at once (after '%')"
-            )
+        max_running = _number(cap, "the cap", whole, MAX_CAP)
     indices: list[int] = []
     for part in ranges.split(","):
         match = _RANGE.fullmatch(part)
@@ -58,7 +60,7 @@ def parse_array(text: str) -> ArraySpec:
             raise ValueError(f"--array {whole!r}: {part!r} is not N, N-M or N-M:STEP ({SYNTAX})")
         start = _number(match[1], "index", whole)
         end = _number(match[2], "index", whole) if match[2] else start
-        step = int(match[3]) if match[3] else 1
+        step = _number(match[3], "step", whole) if match[3] else 1
         if end < start or step < 1:
             raise ValueError(f"--array {whole!r}: {part!r} must go upwards by at least 1")
         if len(indices) + (end - start) // step + 1 > limits.MAX_ARRAY_TASKS:
@@ -66,7 +68,7 @@ def parse_array(text: str) -> ArraySpec:
         indices.extend(range(start, end + 1, step))
     if len(set(indices)) != len(indices):
         raise ValueError(f"--array {whole!r}: an index is given twice")
-    return ArraySpec(tuple(indices), max_running)
+    return ArraySpec(tuple(sorted(indices)), max_running)
 
 
 def substitute(text: str, array_id: int, index: int) -> str:

@@ -210,7 +210,7 @@ def _array(req: tpb.SubmitTaskRequest, kind: TaskKind) -> tuple[int, ...]:
         raise InvalidArgument(
             f"array.max_running: must not be negative, got {req.array.max_running}"
         )
-    return indices
+    return tuple(sorted(indices))  # queued, and numbered, in index order
 
 
 def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:

@@ -42,9 +42,11 @@ async def test_an_array_creates_one_task_per_index_with_its_index(
     local_cluster: LocalCluster,
 ) -> None:
     runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
-    reply = await local_cluster.tasks.SubmitTask(_array([3, 5, 9]), timeout=5)
+    reply = await local_cluster.tasks.SubmitTask(_array([9, 3, 5]), timeout=5)
     assert reply.created == 3 and reply.batch_id
+    # Numbered, and so queued, in index order, whatever the order of the request.
     assert [t.array_index for t in reply.tasks] == [3, 5, 9]
+    assert [t.task_id for t in reply.tasks] == sorted(t.task_id for t in reply.tasks)
     assert all(t.batch_id == reply.batch_id for t in reply.tasks)
     await eventually(lambda: len(runner.dispatched) == 3)
     dispatch = runner.tasks[reply.tasks[1].task_id].dispatch
@@ -209,6 +211,8 @@ async def test_a_large_array_answers_with_its_first_tasks_and_lists_the_rest(
         ("0-15:4", (0, 4, 8, 12), 0),
         ("1,3,5-7", (1, 3, 5, 6, 7), 0),
         ("7", (7,), 0),
+        ("5,1,3", (1, 3, 5), 0),  # in index order, as Slurm takes them
+        ("1-3%500000", (1, 2, 3), 500000),  # a cap above the size holds nothing back
     ],
 )
 def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None:
@@ -216,10 +220,29 @@ def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None
     assert (spec.indices, spec.max_running) == (indices, cap)
 
 
-@pytest.mark.parametrize("text", ["", "5-1", "1-3%0", "1-3%x", "a", "1,1", "0-20000000", "1-2:0"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "5-1",
+        "1-3%0",
+        "1-3%000",
+        "1-3%x",
+        "a",
+        "1,1",
+        "0-20000000",
+        "1-2:0",
+        "\u0661-\u0663",  # Arabic-Indic digits
+        "1-3%2147483648",
+        "9" * 5000,
+        "1-3:" + "9" * 5000,
+        "1-3%" + "9" * 5000,
+    ],
+)
 def test_bad_array_syntax_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="--array"):
+    with pytest.raises(ValueError, match="--array") as refused:
         parse_array(text)
+    assert len(str(refused.value)) < 200, "the message repeats no huge input"
 
 
 async def test_a_host_restart_in_the_middle_of_an_array_loses_none_and_starts_none_twice(

@@ -79,12 +79,14 @@ class Batches:
 
     async def pause(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
         await self.summary(batch_id, who)
+        self.cluster.audit.record(who, "batch.pause", batch_id)
         running = self._active(batch_id, frozenset({TaskStatus.RUNNING}))
         paused = await self._each(self.cluster.pause, running, who)
         return await self.summary(batch_id, who), paused
 
     async def resume(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
         await self.summary(batch_id, who)
+        self.cluster.audit.record(who, "batch.resume", batch_id)
         paused = self._active(batch_id, frozenset({TaskStatus.PAUSED}))
         resumed = await self._each(self.cluster.resume, paused, who)
         return await self.summary(batch_id, who), resumed

@@ -86,6 +86,24 @@ async def test_the_audit_log_names_who_did_what(local_cluster: LocalCluster) -> 
     assert made.secret.encode() not in wire and alice.token.encode() not in wire
 
 
+async def test_whole_batch_control_is_audited_once_for_the_batch(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    request = tpb.SubmitTaskRequest(command="x", array=tpb.TaskArray(indices=[1, 2]))
+    reply = await alice.tasks.SubmitTask(request, timeout=5)
+    batch_id = reply.batch_id
+    for task in reply.tasks:
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    await alice.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=batch_id), timeout=5)
+    await alice.tasks.ResumeBatch(tpb.ResumeBatchRequest(batch_id=batch_id), timeout=5)
+    await alice.tasks.KillBatch(tpb.KillBatchRequest(batch_id=batch_id), timeout=5)
+    rows = _rows(await _events(local_cluster, limit=1000))
+    for action in ("batch.pause", "batch.resume", "batch.kill"):
+        assert ("alice", action, str(batch_id), ALLOWED) in rows, action
+
+
 async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")

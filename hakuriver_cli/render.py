@@ -271,4 +271,5 @@ def batch_line(batch: tpb.BatchSummary) -> str:
     what = "array" if batch.array else "batch"
     cap = f", at most {batch.max_running} at once" if batch.max_running else ""
     counts = ", ".join(f"{c.count} {status_name(c.status)}" for c in batch.counts)
-    return f"{what} {batch.batch_id}: {batch.size} tasks{cap}: {counts or 'none'}"
+    held = " (held: its pending tasks wait until it is resumed)" if batch.held else ""
+    return f"{what} {batch.batch_id}: {batch.size} tasks{cap}: {counts or 'none'}{held}"

@@ -196,14 +196,14 @@ def submit(
     ] = None,
     priority: Annotated[int, cli.Option(help="Higher runs first when queued.")] = 0,
     array: Annotated[
-        str,
+        str | None,
         cli.Option(
             help="A job array, one task per index: 1-100, 0-30:10, 1,3,5-7; %N caps how many "
             "run at once (1-1000%10). Each task gets HAKURIVER_ARRAY_ID and "
             "HAKURIVER_ARRAY_INDEX, also replaced in the command and mount paths.",
             show_default=False,
         ),
-    ] = "",
+    ] = None,
     wait: Annotated[bool, cli.Option(help="Wait until every task finishes.")] = False,
     poll_interval: PollIntervalOption = 1.0,
     config: ConfigOption = None,
@@ -230,7 +230,7 @@ def submit(
         network=network.pb if network is not None else task_pb2.TASK_NETWORK_UNSPECIFIED,
         array=_array(array),
     )
-    if array:
+    if array is not None:
         _submit_array(cfg, request, wait, poll_interval, json)
         return
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
@@ -255,10 +255,12 @@ def submit(
         raise cli.Exit(1)
 
 
-def _array(text: str) -> tpb.TaskArray | None:
+def _array(text: str | None) -> tpb.TaskArray | None:
+    """The --array given (an empty one is refused, not taken as none: ``--array "$SPEC"``
+    with SPEC unset must not submit one plain task)."""
     from hakuriver_common.arrays import parse_array
 
-    return parsed([text], parse_array)[0].pb() if text else None
+    return None if text is None else parsed([text], parse_array)[0].pb()
 
 
 def _submit_array(

@@ -4,7 +4,8 @@ controlled together.
 A batch is as visible as its tasks (all have the submitter as owner): another user's batch
 answers exactly as a missing one. Whole-batch control acts on each task through the same
 paths as the single-task RPCs; pending tasks are killed first, so that none of them starts
-on resources the others free while they are being stopped.
+on resources the others free while they are being stopped. Pausing a batch also holds it:
+its pending tasks stay queued, placed on no node, until it is resumed (or killed).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class BatchView:
     owner: str
     max_running: int
     array: bool
+    held: bool
     counts: dict[TaskStatus, int] = field(default_factory=dict)
 
 
@@ -60,6 +62,7 @@ class Batches:
             owner=first.owner,
             max_running=first.array_max_running,
             array=first.array_index is not None,
+            held=batch_id in self.cluster.scheduler.held and TaskStatus.PENDING in counts,
             counts={status: counts[status] for status in TaskStatus if counts[status]},
         )
 
@@ -73,22 +76,29 @@ class Batches:
         pending = self._active(batch_id, frozenset({TaskStatus.PENDING}))
         stores = [book.apply(t, TaskStatus.KILLED, "killed with its batch") for t in pending]
         await asyncio.gather(*stores)
+        await self.cluster.set_held(batch_id, False)  # nothing is left for it to hold
         placed = self._active(batch_id, PLACED_STATUSES)
         killed = await self._each(self.cluster.kill, placed, who)
         return await self.summary(batch_id, who), len(pending) + killed
 
     async def pause(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
+        """Hold the batch's pending tasks, then pause its running ones. Tasks being started
+        (assigning) go on to run: a second PauseBatch pauses them."""
         await self.summary(batch_id, who)
         self.cluster.audit.record(who, "batch.pause", batch_id)
+        if self._active(batch_id, frozenset({TaskStatus.PENDING})):
+            await self.cluster.set_held(batch_id, True)
         running = self._active(batch_id, frozenset({TaskStatus.RUNNING}))
         paused = await self._each(self.cluster.pause, running, who)
         return await self.summary(batch_id, who), paused
 
     async def resume(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
+        """Resume the paused tasks, then let the pending ones be placed again."""
         await self.summary(batch_id, who)
         self.cluster.audit.record(who, "batch.resume", batch_id)
         paused = self._active(batch_id, frozenset({TaskStatus.PAUSED}))
         resumed = await self._each(self.cluster.resume, paused, who)
+        await self.cluster.set_held(batch_id, False)
         return await self.summary(batch_id, who), resumed
 
     @staticmethod

@@ -202,6 +202,7 @@ class Cluster:
         self.nodes.load(await self.store.run(self.store.load_nodes))
         active = [s.value for s in ACTIVE_STATUSES]
         self.book.load(await self.store.run(self.store.load_tasks_in, active))
+        self.scheduler.held = await self.store.run(self.store.held_batches)
         for task in self.book.active.values():
             if (
                 TaskStatus(task.status) in PLACED_STATUSES
@@ -480,6 +481,20 @@ class Cluster:
         )
 
     # ----- placement --------------------------------------------------------------------
+
+    async def set_held(self, batch_id: int, held: bool) -> None:
+        """Hold a batch's pending tasks back from placement, or let them go (stored first:
+        a Host restart keeps the hold)."""
+        if (batch_id in self.scheduler.held) == held:
+            return
+        # In memory first, so that concurrent calls are stored in the order they came.
+        if held:
+            self.scheduler.held.add(batch_id)
+        else:
+            self.scheduler.held.discard(batch_id)
+        await self.store.run(self.store.set_held, batch_id, held)
+        if not held:
+            self.kick()
 
     def kick(self) -> None:
         self._kick.set()

@@ -185,3 +185,13 @@ class ClusterRecord(SQLModel, table=True):
 
     cluster_id: str = Field(primary_key=True)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class BatchHoldRecord(SQLModel, table=True):
+    """A batch paused as a whole (PauseBatch): its pending tasks are not placed until it is
+    resumed. A row, not a flag on each task: a 10,000-task array is held in one write."""
+
+    __tablename__ = "batch_holds"
+
+    batch_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    held_at: datetime = Field(default_factory=utcnow)

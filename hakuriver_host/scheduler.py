@@ -46,7 +46,8 @@ class Request:
     gpu_ids: tuple[int, ...] = ()
     gpu_count: int = 0
     priority: int = 0
-    # A job array's id when it caps how many of its tasks hold resources at once, and the cap.
+    # Its batch (a job array, or a submission of several targets), and the array's cap on
+    # how many of its tasks hold resources at once (0: none).
     group: int = 0
     group_cap: int = 0
 
@@ -175,9 +176,11 @@ class Scheduler:
     def __init__(self, starvation_seconds: float = 300.0) -> None:
         self.nodes: dict[str, NodeResources] = {}
         self.starvation_ms = starvation_seconds * 1000
-        # Capped arrays: the group of each task holding resources, and how many hold.
+        # Batches: the group of each task holding resources, and how many hold.
         self._group_of: dict[int, int] = {}
         self._holding: dict[int, int] = {}
+        # Batches held as a whole (PauseBatch): none of their requests is placed.
+        self.held: set[int] = set()
         # Changes to the nodes other than placements (releases, hardware, online, draining):
         # a placement pass read across one ranks the nodes again.
         self._changes = 0
@@ -414,7 +417,7 @@ class Scheduler:
             request = queue.head(key)
             if request is None:
                 continue
-            if request.group_cap and self._holding.get(request.group, 0) >= request.group_cap:
+            if self._waits(request):
                 continue
             shape = _shape(request)
             if shape in no_room:
@@ -468,13 +471,21 @@ class Scheduler:
                 return twin
         return head
 
+    def _waits(self, request: Request) -> bool:
+        """Is the request's batch held, or its array at its cap? (Its whole line then.)"""
+        if not request.group:
+            return False
+        if request.group in self.held:
+            return True
+        return bool(request.group_cap) and self._holding.get(request.group, 0) >= request.group_cap
+
     def place_now(self, queue: PendingQueue, request: Request) -> Allocation | None:
         """Place one queued request at once, outside a pass, if it fits now and no request
         ahead of it in the queue could ever use a node it could use: then no pass would
         have given those nodes to anyone ahead of it, so placing it first changes nothing
         for them (a lone task is not held behind a job array's pass on other nodes). None:
         it waits for a pass. It leaves ``queue`` once placed."""
-        if request.group_cap and self._holding.get(request.group, 0) >= request.group_cap:
+        if self._waits(request):
             return None
         rank = _rank(request)
         ahead = [h for _, h in queue.heads() if h.task_id != request.task_id and _rank(h) < rank]
@@ -517,6 +528,8 @@ class Scheduler:
         only = taking[0].hostname if len(taking) == 1 else None
         bound: dict[str, list[Request]] = {}
         for key, head in queue.heads():
+            if head.group in self.held:
+                continue
             hostname = head.target or only
             node = self.nodes.get(hostname) if hostname else None
             if node is not None and node.accepts_work:

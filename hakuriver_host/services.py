@@ -51,6 +51,7 @@ def _batch_to_pb(batch: BatchView) -> tpb.BatchSummary:
         counts=[tpb.StatusCount(status=s.pb, count=n) for s, n in batch.counts.items()],
         array=batch.array,
         max_running=batch.max_running,
+        held=batch.held,
         owner=batch.owner,
     )
 

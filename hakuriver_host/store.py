@@ -32,6 +32,7 @@ from hakuriver_host import migrations
 from hakuriver_host.bulk_sql import BulkStatements, Prepared
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import (
+    BatchHoldRecord,
     ClusterRecord,
     NodeRecord,
     Task,
@@ -216,6 +217,20 @@ class Store:
                 TaskRecord.status, TaskRecord.kind
             )
             return {(status, kind): count for status, kind, count in session.exec(query)}
+
+    def held_batches(self) -> set[int]:
+        with Session(self.engine) as session:
+            return set(session.exec(select(BatchHoldRecord.batch_id)))
+
+    def set_held(self, batch_id: int, held: bool) -> None:
+        """Hold a batch (PauseBatch) or end its hold; either is idempotent."""
+        with Session(self.engine) as session:
+            found = session.get(BatchHoldRecord, batch_id)
+            if held and found is None:
+                session.add(BatchHoldRecord(batch_id=batch_id))
+            elif not held and found is not None:
+                session.delete(found)
+            session.commit()
 
     def set_draining(self, hostname: str, draining: bool) -> None:
         with Session(self.engine) as session:

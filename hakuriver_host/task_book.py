@@ -54,7 +54,7 @@ def request_of(task: Task) -> Request:
         gpu_ids=() if task.gpu_count else tuple(task.required_gpus or ()),
         gpu_count=task.gpu_count,
         priority=task.priority,
-        group=task.batch_id if task.array_max_running else 0,
+        group=task.batch_id,
         group_cap=task.array_max_running,
     )
 

@@ -348,7 +348,8 @@ def test_pause_and_resume_a_whole_array(cluster: ProcessCluster) -> None:
         paused = cli(cluster, "client", "command", str(array_id), "pause")
         assert ok(paused).splitlines() == [
             "paused 2 tasks",
-            f"array {array_id}: 3 tasks, at most 2 at once: 1 pending, 2 paused",
+            f"array {array_id}: 3 tasks, at most 2 at once: 1 pending, 2 paused "
+            "(held: its pending tasks wait until it is resumed)",
         ]
 
         # A running task writes every 0.1 s: its output stays the same for a second only
@@ -360,7 +361,7 @@ def test_pause_and_resume_a_whole_array(cluster: ProcessCluster) -> None:
 
         frozen = wait_for(unchanged_for_a_second, timeout=15, what="the paused task to stop")
         assert frozen.startswith("tick\n")
-        # Paused tasks still hold their cores: the cap keeps the third one pending.
+        # The array is held: the third one stays pending (the paused hold their cores).
         assert counts(cluster, array_id) == {"pending": 1, "paused": 2}
         resumed = as_json(cli(cluster, "client", "command", str(array_id), "resume", "--json"))
         assert resumed["affected"] == 2
@@ -443,7 +444,8 @@ def _newest_task(cluster: ProcessCluster) -> int:
         ("1-3%0", "expected a positive number after '%'"),
         ("1,2,1", "an index is given twice"),
         ("1-x", "'1-x' is not N, N-M or N-M:STEP"),
-        ("1-3%2147483648", "at most 100,000 at once"),  # was a traceback (int32 overflow)
+        ("1-3%2147483648", "the cap 2147483648 is above 2,147,483,647"),  # int32's most
+        ("", "'' is not N, N-M or N-M:STEP"),  # not one plain task
         ("1-3%\u00b2", "expected a positive number after '%'"),  # a digit to isdigit() only
     ],
 )

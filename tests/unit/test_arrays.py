@@ -135,6 +135,52 @@ async def test_a_whole_array_is_paused_and_resumed(local_cluster: LocalCluster) 
     assert _counts(resumed.batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 1}
 
 
+async def test_a_paused_array_holds_its_pending_tasks_until_resumed_across_restarts(
+    local_cluster: LocalCluster,
+) -> None:
+    """Pausing a whole array stops it: its running tasks are paused and its pending ones
+    start nowhere, even where cores are free, until it is resumed; a Host restart keeps
+    the hold. Other work queued behind it (the same shape) is placed meanwhile."""
+    a = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array([1, 2, 3, 4]), timeout=5)
+    batch = tpb.GetBatchRequest(batch_id=reply.batch_id)
+    await eventually(lambda: len(a.running) == 2)
+    paused = await local_cluster.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=reply.batch_id))
+    assert paused.affected == 2 and paused.batch.held
+    assert _counts(paused.batch) == {TaskStatus.PAUSED: 2, TaskStatus.PENDING: 2}
+    b = await local_cluster.add_runner("b", cores=4, answer=HOLD)
+    # Each pass that places these would have placed the held tasks first (queued ahead).
+    before = await local_cluster.submit("other")
+    await local_cluster.wait_status(before.task_id, TaskStatus.RUNNING)
+    await local_cluster.restart_host()
+    after = await local_cluster.submit("other")
+    await local_cluster.wait_status(after.task_id, TaskStatus.RUNNING)
+    assert b.dispatched == [before.task_id, after.task_id]
+    held = (await local_cluster.tasks.GetBatch(batch)).batch
+    assert held.held and _counts(held) == {TaskStatus.PAUSED: 2, TaskStatus.PENDING: 2}
+
+    resumed = await local_cluster.tasks.ResumeBatch(
+        tpb.ResumeBatchRequest(batch_id=reply.batch_id), timeout=10
+    )
+    assert resumed.affected == 2 and not resumed.batch.held
+    await eventually(lambda: len(b.dispatched) == 4, what="the held tasks to start")
+    running = (await local_cluster.tasks.GetBatch(batch)).batch
+    assert _counts(running) == {TaskStatus.RUNNING: 4}, _counts(running)
+
+
+async def test_a_held_array_is_killed_whole(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array([1, 2]), timeout=5)
+    await local_cluster.wait_status(reply.tasks[0].task_id, TaskStatus.RUNNING)
+    paused = await local_cluster.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=reply.batch_id))
+    assert paused.batch.held
+    killed = await local_cluster.tasks.KillBatch(
+        tpb.KillBatchRequest(batch_id=reply.batch_id), timeout=30
+    )
+    assert not killed.batch.held
+    assert _counts(killed.batch) == {TaskStatus.KILLED: 2}
+
+
 async def test_another_users_array_answers_as_a_missing_one(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", cores=2, answer=HOLD)
     alice = await local_cluster.add_user("alice")

@@ -580,6 +580,7 @@ class BatchSummary(_message.Message):
     ARRAY_FIELD_NUMBER: _builtins.int
     MAX_RUNNING_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    HELD_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.int
     size: _builtins.int
     """Number of tasks in the batch."""
@@ -588,6 +589,10 @@ class BatchSummary(_message.Message):
     max_running: _builtins.int
     """The array's cap on tasks holding resources at once; 0 means none."""
     owner: _builtins.str
+    held: _builtins.bool
+    """Whether the batch is held by PauseBatch: none of its pending tasks starts until
+    ResumeBatch (or KillBatch) ends the hold; kept across Host restarts.
+    """
     @_builtins.property
     def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]:
         """Non-zero counts only, in status order."""
@@ -601,10 +606,11 @@ class BatchSummary(_message.Message):
         array: _builtins.bool = ...,
         max_running: _builtins.int = ...,
         owner: _builtins.str = ...,
+        held: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "batch_id", b"batch_id", "counts", b"counts", "max_running", b"max_running", "owner", b"owner", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["array", b"array", "batch_id", b"batch_id", "counts", b"counts", "held", b"held", "max_running", b"max_running", "owner", b"owner", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,6 +24,9 @@ MAX_TARGETS = 256
 MAX_TASK_CORES = 4096
 MAX_TASK_GPUS = 256
 MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
+# The least memory limit a task may ask for: Docker refuses a container's under 6 MiB (the
+# task would fail on its node, every element of an array alike).
+MIN_MEMORY_BYTES = 6 * MIB
 MAX_SSH_KEY_BYTES = 16 * KIB
 MAX_NAME_BYTES = 128  # environment, node and user names in requests
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array

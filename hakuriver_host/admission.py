@@ -140,6 +140,11 @@ def _memory(req: tpb.SubmitTaskRequest) -> int:
         raise InvalidArgument(f"memory: {exc}") from None
     if memory <= 0:
         raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
+    if memory < limits.MIN_MEMORY_BYTES:
+        raise InvalidArgument(
+            f"memory: at least 6Mi ({limits.MIN_MEMORY_BYTES} bytes; Docker refuses a smaller "
+            f"limit), got {req.memory!r} ({memory} bytes)"
+        )
     _at_most("memory", memory, limits.MAX_MEMORY_BYTES, " bytes")
     return memory
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from hakuriver_common.ids import id_timestamp_ms
+from hakuriver_common.units import format_size
 
 
 @dataclass(frozen=True)
@@ -292,8 +293,8 @@ class Scheduler:
         max_memory = max(n.memory_bytes for n in candidates)
         if request.memory_bytes > max_memory:
             return (
-                f"memory: {request.memory_bytes} bytes requested but {where} has at most "
-                f"{max_memory}"
+                f"memory: {request.memory_bytes} bytes ({format_size(request.memory_bytes)}) "
+                f"requested but {where} has at most {max_memory} ({format_size(max_memory)})"
             )
         max_gpus = max(len(n.gpus) for n in candidates)
         if request.gpus_wanted > max_gpus:

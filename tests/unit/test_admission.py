@@ -85,6 +85,8 @@ REFUSED = [
     (vps(cores=-1), InvalidArgument, "cores: must be at least 0 for a VPS, got -1"),
     (cmd(memory="lots"), InvalidArgument, "memory: "),
     (cmd(memory="0"), InvalidArgument, "memory: must be positive"),
+    (cmd(memory="6M"), InvalidArgument, "memory: at least 6Mi (6291456 bytes; Docker refuses"),
+    (cmd(memory="1K"), InvalidArgument, "memory: at least 6Mi"),
     (cmd(env={"1BAD": "x"}), InvalidArgument, "env: invalid variable name '1BAD'"),
     (cmd(env={"A-B": "x"}), InvalidArgument, "env: invalid variable name 'A-B'"),
     (cmd(mounts=[mount("rel", "/c")]), InvalidArgument, "mounts: paths must be absolute"),
@@ -112,7 +114,7 @@ REFUSED = [
      "cores: 3 requested but b has at most 2"),
     (cmd(cores=5, targets=[target("a", numa=0)]), InvalidArgument,
      "cores: 5 requested but NUMA node 0 of a has 4 CPUs"),
-    (cmd(memory="17G"), InvalidArgument, "memory: 17000000000 bytes requested but any node"),
+    (cmd(memory="17G"), InvalidArgument, "memory: 17000000000 bytes (17.0G) requested but"),
     (cmd(gpus=3), InvalidArgument, "gpus"),
 ]  # fmt: skip
 

@@ -110,7 +110,7 @@ def test_never_fits_names_the_limit() -> None:
         "cores: 5 requested but NUMA node 0 of a has 4 CPUs"
     )
     assert scheduler.never_fits(Request(1, 1, 65, target="a")) == (
-        "memory: 65 bytes requested but a has at most 64"
+        "memory: 65 bytes (65B) requested but a has at most 64 (64B)"
     )
     assert scheduler.never_fits(Request(1, 1, 0, gpu_count=2)) == (
         "gpus: 2 requested but any node has at most 1"

@@ -521,8 +521,9 @@ class Scheduler:
         time in the order they were placed, and after each end the placement a pass would
         make is played (queue order, backfill, CPU ids included), until ``per_node`` are
         foreseen. Of each line its first ``per_node`` are considered, and at most
-        LOOKAHEAD_CANDIDATES times ``per_node`` in all; array caps and starvation
-        reservations are not foreseen."""
+        LOOKAHEAD_CANDIDATES times ``per_node`` in all; array caps are played as a pass
+        keeps them (a capped array's next task is foreseen where one of its own frees, in
+        index order), starvation reservations are not foreseen."""
         if per_node <= 0:
             return []
         taking = [n for n in self.nodes.values() if n.accepts_work]
@@ -538,7 +539,9 @@ class Scheduler:
         foreseen: list[tuple[Request, Allocation]] = []
         for hostname, requests in bound.items():
             candidates = sorted(requests, key=_rank)[: per_node * LOOKAHEAD_CANDIDATES]
-            foreseen += _play_ahead(self.nodes[hostname], candidates, per_node)
+            foreseen += _play_ahead(
+                self.nodes[hostname], candidates, per_node, self._holding, self._group_of
+            )
         return foreseen
 
 
@@ -547,10 +550,17 @@ LOOKAHEAD_CANDIDATES = 4
 
 
 def _play_ahead(
-    node: NodeResources, candidates: list[Request], count: int
+    node: NodeResources,
+    candidates: list[Request],
+    count: int,
+    holding: Mapping[int, int],
+    group_of: Mapping[int, int],
 ) -> list[tuple[Request, Allocation]]:
     """Up to ``count`` of ``candidates`` (in queue order) placed on a copy of ``node`` as its
-    holders end one by one, oldest first, with a pass after each end."""
+    holders end one by one, oldest first, with a pass after each end; an array at its cap
+    (``holding``: how many of each batch's tasks hold resources) waits for one of its own
+    to end, as in a pass."""
+    holding = dict(holding)
     future = replace(
         node,
         free_cpus=set(node.free_cpus),
@@ -562,16 +572,22 @@ def _play_ahead(
     placed: list[tuple[Request, Allocation]] = []
     while waiting:
         for request in list(waiting):
+            if request.group_cap and holding.get(request.group, 0) >= request.group_cap:
+                continue
             allocation = future.fit(request)
             if allocation is not None:
                 future.hold(request.task_id, allocation)
+                holding[request.group] = holding.get(request.group, 0) + 1
                 waiting.remove(request)
                 placed.append((request, allocation))
                 if len(placed) == count:
                     return placed
         if not ending:
             break
-        future.unhold(ending.pop(0))
+        ended = ending.pop(0)
+        future.unhold(ended)
+        if ended in group_of:
+            holding[group_of[ended]] -= 1
     return placed
 
 

@@ -174,3 +174,28 @@ def test_foreseen_on_other_cpus_of_its_node_it_stays_as_prepared() -> None:
     assert ahead.allocations == {7: Allocation("a", (0,), 0)}
     assert foresee("b", 1) == ["a:release", "b:prepare"]
     assert ahead.allocations == {7: Allocation("b", (1,), 0)}
+
+
+async def test_an_array_capped_at_one_runs_in_index_order_each_as_prepared(
+    local_cluster: LocalCluster,
+) -> None:
+    """``%1`` on a node with a core to spare: the next element is foreseen on the core its
+    predecessor frees (the cap holds it back until then), so each starts in index order
+    from what was prepared for it; none is passed over for another made ready elsewhere."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD, prepares_ahead=True)
+    array = tpb.TaskArray(indices=[1, 2, 3, 4, 5], max_running=1)
+    reply = await local_cluster.tasks.SubmitTask(
+        tpb.SubmitTaskRequest(command="job", cores=1, array=array), timeout=5
+    )
+    ids = [t.task_id for t in reply.tasks]
+    started_on: list[list[int]] = []
+    for running, following in zip(ids, [*ids[1:], None], strict=True):
+        task = await local_cluster.wait_status(running, TaskStatus.RUNNING)
+        started_on.append(list(task.assigned_cpus))
+        if following is not None:
+            await eventually(lambda: following in _hinted(runner), what="the next one prepared")
+        runner.finish(running)
+    await local_cluster.wait_status(ids[-1], TaskStatus.COMPLETED)
+    assert runner.dispatched == ids
+    assert _hinted(runner) == ids[1:], "each prepared once, in index order"
+    assert [list(p.cpus) for p in runner.prepares] == started_on[1:]

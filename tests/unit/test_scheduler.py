@@ -10,6 +10,8 @@ from hakuriver_common.ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS, id_tim
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
 
 NOW = EPOCH_MS + 10_000_000
+# The batch of the array in the properties with caps.
+ARRAY = 7
 
 
 def task_id(submitted_ms: int, seq: int = 0) -> int:
@@ -461,12 +463,14 @@ def test_lookahead_of_several_nodes_takes_only_requests_bound_to_one() -> None:
     st.lists(request_strategy, max_size=6),
     st.lists(request_strategy, min_size=1, max_size=4),
     st.integers(1, 4),
+    st.integers(0, 3),
 )
 def test_lookahead_is_what_passes_place_as_the_node_empties_in_placement_order(
-    running: list[Request], queued: list[Request], per_node: int
+    running: list[Request], queued: list[Request], per_node: int, cap: int
 ) -> None:
     """On a node taking all the work, what is foreseen is exactly what placement passes
-    place when its tasks end one at a time, oldest first."""
+    place when its tasks end one at a time, oldest first; also when the queued tasks are
+    an array's with a cap (``cap``; 0: none), some of whose tasks run already."""
     scheduler = Scheduler(starvation_seconds=60)
     scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, (0, 1))
     seq = 0
@@ -475,11 +479,11 @@ def test_lookahead_is_what_passes_place_as_the_node_empties_in_placement_order(
         request = _like(template, task_id(NOW, seq))
         allocation = scheduler.choose(request)
         if request.target in (None, "a") and allocation is not None:
-            scheduler.allocate(request.task_id, allocation)
+            scheduler.allocate(request.task_id, allocation, ARRAY if seq % 2 else 0)
     pending = []
     for template in queued[:per_node]:
         seq += 1
-        request = replace(_like(template, task_id(NOW, seq)), target=None, gpu_ids=())
+        request = replace(_like(template, task_id(NOW, seq), ARRAY, cap), target=None, gpu_ids=())
         if scheduler.never_fits(request) is None:
             pending.append(request)
     queue = PendingQueue(pending)

@@ -193,7 +193,9 @@ async def test_an_array_capped_at_one_runs_in_index_order_each_as_prepared(
         task = await local_cluster.wait_status(running, TaskStatus.RUNNING)
         started_on.append(list(task.assigned_cpus))
         if following is not None:
-            await eventually(lambda: following in _hinted(runner), what="the next one prepared")
+            await eventually(
+                lambda next_one=following: next_one in _hinted(runner), what="the next prepared"
+            )
         runner.finish(running)
     await local_cluster.wait_status(ids[-1], TaskStatus.COMPLETED)
     assert runner.dispatched == ids

@@ -108,8 +108,12 @@ class Store:
         self._events = self.bulk(TaskEventRecord.__table__)  # type: ignore[attr-defined]
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the store's thread. Once asked, it is done even if the caller is
+        cancelled meanwhile: a stopping Host cancels its background work, and a write still
+        queued behind others was then dropped (a forgotten node's delete: back after a
+        restart). A stopping Host waits for the thread's queue (``close``)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, fn, *args)
+        return await asyncio.shield(loop.run_in_executor(self.executor, fn, *args))
 
     async def insert_tasks(self, write: TaskWrite) -> None:
         """Insert new task rows with their first events; return once committed. Committed

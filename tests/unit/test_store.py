@@ -176,6 +176,28 @@ async def test_a_steady_trickle_of_lone_changes_does_not_hold_back_the_rest(
     assert len(applied) <= 2 * len(with_busy) + 1
 
 
+async def test_a_call_queued_for_the_store_is_carried_out_when_its_caller_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """A stopping Host cancels its background work; what it had asked of the store (a
+    forgotten node's delete) is still done, however long the store's queue."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    busy, done = threading.Event(), []
+    try:
+        store.migrate()
+        blocker = asyncio.create_task(store.run(busy.wait, 10))
+        asking = asyncio.create_task(store.run(done.append, "deleted"))
+        await asyncio.sleep(0.05)  # both handed to the store's thread, the second queued
+        asking.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asking
+        busy.set()
+        await blocker
+    finally:
+        store.close()  # waits for the thread's queue
+    assert done == ["deleted"]
+
+
 async def test_new_tasks_prepared_on_another_thread_are_stored_like_the_rest(
     tmp_path: Path,
 ) -> None:

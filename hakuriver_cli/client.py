@@ -31,6 +31,7 @@ from hakuriver_cli.render import (
     print_task_detail,
     show_list,
     status_name,
+    tasks_count,
     to_dict,
     to_json_line,
 )
@@ -347,7 +348,7 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
     def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
         summary, affected = _control_batch(stub, bid, verb)
         if not json:
-            cli.echo(f"{_DONE[verb]} {affected} tasks")
+            cli.echo(f"{_DONE[verb]} {tasks_count(affected)}")
         _print_batch(summary, json, affected)
 
     ask(

@@ -266,10 +266,15 @@ def submitted_line(task: task_pb2.Task, what: str = "task") -> str:
     return f"submitted {what} {task.task_id} ({state})"
 
 
+def tasks_count(count: int) -> str:
+    """ "1 task", "2 tasks"."""
+    return f"{count} task" if count == 1 else f"{count} tasks"
+
+
 def batch_line(batch: tpb.BatchSummary) -> str:
     """A batch at a glance: what it is, then how many tasks are in each status."""
     what = "array" if batch.array else "batch"
     cap = f", at most {batch.max_running} at once" if batch.max_running else ""
     counts = ", ".join(f"{c.count} {status_name(c.status)}" for c in batch.counts)
     held = " (held: its pending tasks wait until it is resumed)" if batch.held else ""
-    return f"{what} {batch.batch_id}: {batch.size} tasks{cap}: {counts or 'none'}{held}"
+    return f"{what} {batch.batch_id}: {tasks_count(batch.size)}{cap}: {counts or 'none'}{held}"

@@ -34,6 +34,7 @@ from hakuriver_cli.render import (
     status_name,
     submitted_line,
     task_row,
+    tasks_count,
     to_dict,
 )
 from hakuriver_common import commands as cli
@@ -278,7 +279,8 @@ def _submit_array(
         if not json:
             cap = request.array.max_running
             at_once = f", at most {cap} at once" if cap else ""
-            cli.echo(f"submitted array {response.batch_id}: {response.created} tasks{at_once}")
+            created = tasks_count(response.created)
+            cli.echo(f"submitted array {response.batch_id}: {created}{at_once}")
         batch = (
             wait_batch(link, cfg.host_target, response.batch_id, poll_interval) if wait else None
         )

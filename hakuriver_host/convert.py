@@ -30,7 +30,8 @@ def task_env(task: Task) -> dict[str, str]:
     }
 
 
-def task_to_pb(task: Task, queue_position: int = 0) -> task_pb2.Task:
+def task_to_pb(task: Task, queue_position: int = 0, waiting: str = "") -> task_pb2.Task:
+    """``waiting``: why a queued task waits, its ``status_detail`` unless it has one."""
     return task_pb2.Task(
         task_id=task.task_id,
         kind=TaskKind(task.kind).pb,
@@ -60,7 +61,7 @@ def task_to_pb(task: Task, queue_position: int = 0) -> task_pb2.Task:
         assigned_cpus=task.assigned_cpus or [],
         queue_position=queue_position,
         gpu_count=task.gpu_count,
-        status_detail=task.status_detail or "",
+        status_detail=task.status_detail or waiting,
         owner=task.owner,
         network=TaskNetwork(task.network).pb,
         array_index=task.array_index,

@@ -472,6 +472,10 @@ class Scheduler:
                 return twin
         return head
 
+    def holding(self, group: int) -> int:
+        """How many of a batch's tasks hold resources."""
+        return self._holding.get(group, 0)
+
     def _waits(self, request: Request) -> bool:
         """Is the request's batch held, or its array at its cap? (Its whole line then.)"""
         if not request.group:

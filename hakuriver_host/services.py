@@ -79,17 +79,20 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         for start in range(0, len(shown), REPLY_SLICE):
             if start:
                 await asyncio.sleep(0)
-            reply.tasks.extend(
-                task_to_pb(t, position(t)) for t in shown[start : start + REPLY_SLICE]
-            )
+            reply.tasks.extend(self._pb(t, position(t)) for t in shown[start : start + REPLY_SLICE])
         return reply
+
+    def _pb(self, task: Task, position: int) -> task_pb2.Task:
+        """A task as answered, a queued one with why it waits."""
+        waiting = self.cluster.waiting_reason(task) if position else ""
+        return task_to_pb(task, position, waiting)
 
     async def GetTask(
         self, request: tpb.GetTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.GetTaskResponse:
         task, position, events = await self.cluster.get_task_with_events(request.task_id, caller())
         return tpb.GetTaskResponse(
-            task=task_to_pb(task, position), events=[event_to_pb(e) for e in events]
+            task=self._pb(task, position), events=[event_to_pb(e) for e in events]
         )
 
     async def ListTasks(
@@ -99,7 +102,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         reply = tpb.ListTasksResponse()
         size = 0
         for task, position in found:
-            message = task_to_pb(task, position)
+            message = self._pb(task, position)
             size += message.ByteSize() + 8  # the field's tag and length
             if reply.tasks and size > MAX_LIST_REPLY_BYTES:
                 # Cut short to stay well under the message limit, whatever tasks hold.

@@ -98,6 +98,8 @@ async def test_the_cap_holds_and_the_next_index_starts_when_one_ends(
     batch = (await local_cluster.tasks.GetBatch(tpb.GetBatchRequest(batch_id=reply.batch_id))).batch
     assert (batch.size, batch.array, batch.max_running) == (6, True, 2)
     assert _counts(batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 4}
+    waiting = await local_cluster.get(ids[2])
+    assert waiting.status_detail == "its array's cap: 2 of its tasks hold resources"
     runner.finish(ids[0], 0)
     await eventually(lambda: ids[2] in runner.running)
     assert len(runner.running) == 2
@@ -158,6 +160,9 @@ async def test_a_paused_array_holds_its_pending_tasks_until_resumed_across_resta
     assert b.dispatched == [before.task_id, after.task_id]
     held = (await local_cluster.tasks.GetBatch(batch)).batch
     assert held.held and _counts(held) == {TaskStatus.PAUSED: 2, TaskStatus.PENDING: 2}
+    assert (await local_cluster.get(reply.tasks[3].task_id)).status_detail == (
+        f"held: batch {reply.batch_id} is paused (resume it to let it start)"
+    )
 
     resumed = await local_cluster.tasks.ResumeBatch(
         tpb.ResumeBatchRequest(batch_id=reply.batch_id), timeout=10

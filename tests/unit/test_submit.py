@@ -12,8 +12,12 @@ import grpc
 import pytest
 from sqlalchemy import event
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from hakuriver_common.statuses import TaskStatus
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_service_pb2 as npb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.statuses import NodeStatus, TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
 
@@ -242,3 +246,29 @@ async def test_a_task_placed_at_once_being_stored_when_the_host_stops_is_answere
     await local_cluster.start_host()
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
     assert list(runner.tasks) == [task.task_id]
+
+
+async def test_a_queued_task_says_why_it_waits_when_it_is_not_its_turn(
+    local_cluster: LocalCluster,
+) -> None:
+    """A queued task's status_detail names what holds it back, when a user can act on it or
+    wait for it: its node offline or draining (a task waiting its turn says nothing)."""
+    await local_cluster.add_runner("busy", cores=1, answer=HOLD)
+    await local_cluster.add_runner("drained", cores=1, answer=HOLD)
+    gone = await local_cluster.add_runner("gone", cores=1, answer=HOLD)
+    await local_cluster.submit_running(1, targets=[task_pb2.Target(hostname="busy")])
+    turn = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="busy")])
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="drained"), timeout=5)
+    drained = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="drained")])
+    await gone.stop()
+    await local_cluster.wait_node("gone", NodeStatus.OFFLINE)
+    offline = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="gone")])
+    assert [t.status_detail for t in (turn, drained, offline)] == [
+        "",
+        "node drained is draining",
+        "node gone is offline",
+    ]
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(statuses=[turn.status]))
+    assert {t.task_id: t.status_detail for t in listed.tasks}[offline.task_id] == (
+        "node gone is offline"
+    )

@@ -311,7 +311,10 @@ class Task(_message.Message):
     gpu_count: _builtins.int
     """Number of GPUs asked for without naming ids; 0 when ids were named or none asked."""
     status_detail: _builtins.str
-    """What is happening now within the status, e.g. "loading environment base"."""
+    """What is happening now within the status, e.g. "loading environment base"; for a
+    queued task, why it waits when that is not just its turn for resources, e.g. "node a
+    is offline" or "its array's cap: 2 of its tasks hold resources".
+    """
     owner: _builtins.str
     """The user who submitted it; only they (and operators) see it."""
     network: Global___TaskNetwork.ValueType

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hakuriver_common import limits
+from hakuriver_common import limits, task_variables
 from hakuriver_common.environments import NULL_CONTAINER, image_for
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
@@ -230,6 +230,8 @@ def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
     for key in req.env:
         if not ENV_KEY_RE.match(key):
             raise InvalidArgument(f"env: invalid variable name {key!r}")
+        if key in task_variables.RESERVED:
+            raise InvalidArgument(f"env: {key} is set by HakuRiver for every task it applies to")
     for mount in req.mounts:
         if not mount.host_path.startswith("/") or not mount.container_path.startswith("/"):
             raise InvalidArgument(

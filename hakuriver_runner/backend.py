@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.task_variables import CPUS_VAR, GPU_IDS_VAR, TASK_ID_VAR
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +96,12 @@ def task_variables(dispatch: rpb.DispatchCommand, cuda_devices: Iterable[int]) -
 
     ``cuda_devices``: its GPUs as CUDA numbers them where it runs (in a container, from 0).
     """
-    env = {"HAKURIVER_TASK_ID": str(dispatch.task_id)}
+    env = {TASK_ID_VAR: str(dispatch.task_id)}
     if dispatch.gpu_ids:
-        env["HAKURIVER_GPU_IDS"] = id_list(dispatch.gpu_ids)
+        env[GPU_IDS_VAR] = id_list(dispatch.gpu_ids)
         env["CUDA_VISIBLE_DEVICES"] = id_list(cuda_devices)
     if dispatch.cpus:
-        env["HAKURIVER_CPUS"] = id_list(dispatch.cpus)
+        env[CPUS_VAR] = id_list(dispatch.cpus)
     return env
 
 

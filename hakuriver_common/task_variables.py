@@ -1,0 +1,12 @@
+"""The variables HakuRiver sets in a task's environment, over the task's own: the Runner sets
+these at start, the Host an array task's (``arrays``). A submission that sets one itself is
+refused: its value would be replaced without a word."""
+
+from __future__ import annotations
+
+from hakuriver_common.arrays import ARRAY_ID_VAR, ARRAY_INDEX_VAR
+
+TASK_ID_VAR = "HAKURIVER_TASK_ID"
+CPUS_VAR = "HAKURIVER_CPUS"
+GPU_IDS_VAR = "HAKURIVER_GPU_IDS"
+RESERVED = frozenset({TASK_ID_VAR, CPUS_VAR, GPU_IDS_VAR, ARRAY_ID_VAR, ARRAY_INDEX_VAR})

@@ -419,7 +419,7 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
                 out.flush()
                 offset = chunk.offset + len(chunk.data)
         except KeyboardInterrupt:
-            return
+            raise cli.Exit(130) from None  # as `wait` and `health --watch`: stopped, not ended
 
 
 FollowOption = Annotated[

@@ -361,7 +361,7 @@ def list_tasks(
     ] = None,
     node: Annotated[str, cli.Option(help="Only tasks placed on this node.")] = "",
     batch: Annotated[str, cli.Option(help="Only tasks of this batch id.")] = "",
-    limit: Annotated[int, cli.Option(help="At most this many tasks.")] = 50,
+    limit: Annotated[int, cli.Option(min=1, max=1000, help="At most this many tasks.")] = 50,
     before: Annotated[str, cli.Option(help="Only tasks older than this id (paging).")] = "",
     kind: Annotated[TaskKind | None, cli.Option(help="Only command or vps tasks.")] = None,
     owner: Annotated[

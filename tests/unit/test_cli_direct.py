@@ -158,6 +158,7 @@ REFUSED = [
     ("task", ["--json", "stdout", "1"]),  # --json does not apply to stdout
     ("client", ["command", "7", "stop"]),
     ("admin", ["audit", "--limit", "0"]),
+    ("task", ["list", "--limit", "0"]),  # not the Host's default of 100
 ]
 TYPERS_OWN = [
     ("task", ["submit", "--cores", "-1", "--", "true"]),  # a value that starts with '-'

@@ -312,11 +312,11 @@ class Cluster:
             if node is None:
                 return f"node {task.target_hostname} is not registered"
             if not node.online:
-                return f"node {task.target_hostname} is offline"
+                return f"node {task.target_hostname} is not connected"
             if node.draining:
                 return f"node {task.target_hostname} is draining"
         elif not any(node.accepts_work for node in nodes.values()):
-            return "no node is online and taking work"
+            return "no node is connected and taking work"
         return ""
 
     @staticmethod

@@ -266,9 +266,9 @@ async def test_a_queued_task_says_why_it_waits_when_it_is_not_its_turn(
     assert [t.status_detail for t in (turn, drained, offline)] == [
         "",
         "node drained is draining",
-        "node gone is offline",
+        "node gone is not connected",
     ]
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(statuses=[turn.status]))
     assert {t.task_id: t.status_detail for t in listed.tasks}[offline.task_id] == (
-        "node gone is offline"
+        "node gone is not connected"
     )

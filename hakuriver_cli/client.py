@@ -376,7 +376,7 @@ def command(
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Pause or resume a task, or every running (or paused) task of a batch."""
+    """Pause or resume a task, or a whole batch (pausing one also holds its pending tasks)."""
     control_task(task_id, action, config, json)
 
 

@@ -38,10 +38,11 @@ MAX_CAP = 2**31 - 1
 def _number(text: str, what: str, whole: str, most: int = limits.MAX_ARRAY_INDEX) -> int:
     """``text`` (ASCII digits) as a number up to ``most``; its length is checked first, so
     a thousand digits are refused by this message, not by Python's limit on conversions."""
-    if len(text.lstrip("0")) > len(str(most)) or int(text) > most:
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(most)) or int(digits) > most:
         shown = text if len(text) <= 20 else f"of {len(text):,} digits"
         raise ValueError(f"--array {whole!r}: {what} {shown} is above {most:,}")
-    return int(text)
+    return int(digits)
 
 
 def parse_array(text: str) -> ArraySpec:

@@ -24,7 +24,7 @@ MAX_TARGETS = 256
 MAX_TASK_CORES = 4096
 MAX_TASK_GPUS = 256
 MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
-# The least memory limit a task may ask for: Docker refuses a container's under 6 MiB (the
+# The least memory limit a container task may ask for: Docker refuses one under 6 MiB (the
 # task would fail on its node, every element of an array alike).
 MIN_MEMORY_BYTES = 6 * MIB
 MAX_SSH_KEY_BYTES = 16 * KIB

@@ -140,11 +140,6 @@ def _memory(req: tpb.SubmitTaskRequest) -> int:
         raise InvalidArgument(f"memory: {exc}") from None
     if memory <= 0:
         raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
-    if memory < limits.MIN_MEMORY_BYTES:
-        raise InvalidArgument(
-            f"memory: at least 6Mi ({limits.MIN_MEMORY_BYTES} bytes; Docker refuses a smaller "
-            f"limit), got {req.memory!r} ({memory} bytes)"
-        )
     _at_most("memory", memory, limits.MAX_MEMORY_BYTES, " bytes")
     return memory
 
@@ -341,6 +336,11 @@ def admit(req: tpb.SubmitTaskRequest, view: ClusterView, rights: Rights) -> Plan
     cores = _cores(req, kind)
     memory = _memory(req)
     container = _container(req, kind, view)
+    if container != NULL_CONTAINER and 0 < memory < limits.MIN_MEMORY_BYTES:
+        raise InvalidArgument(
+            f"memory: at least 6Mi ({limits.MIN_MEMORY_BYTES} bytes; Docker refuses a smaller "
+            f"limit), got {req.memory!r} ({memory} bytes)"
+        )
     _check_rights(req, container, rights)
     network = _network(req, kind, container, view)
     placements = [_placement(t, view) for t in req.targets] or [Placement()]

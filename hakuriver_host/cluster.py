@@ -186,6 +186,8 @@ class Cluster:
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
+        # Batch holds are set one at a time (each stored before it is made so).
+        self._holds = asyncio.Lock()
         # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
         # closed once those finished.
         self._adding: set[asyncio.Task[None]] = set()
@@ -504,17 +506,23 @@ class Cluster:
     # ----- placement --------------------------------------------------------------------
 
     async def set_held(self, batch_id: int, held: bool) -> None:
-        """Hold a batch's pending tasks back from placement, or let them go (stored first:
-        a Host restart keeps the hold)."""
-        if (batch_id in self.scheduler.held) == held:
-            return
-        # In memory first, so that concurrent calls are stored in the order they came.
-        if held:
-            self.scheduler.held.add(batch_id)
-        else:
-            self.scheduler.held.discard(batch_id)
-        await self.store.run(self.store.set_held, batch_id, held)
-        if not held:
+        """Hold a batch's pending tasks back from placement, or let them go: stored, then
+        made so, one call at a time, carried through if the caller leaves (a Host restart
+        keeps what was answered). A pass follows either way (a held task's prepared
+        container is let go; a released one is placed)."""
+        await asyncio.shield(self._storing_task(self._set_held(batch_id, held)))
+
+    async def _set_held(self, batch_id: int, held: bool) -> None:
+        try:
+            async with self._holds:
+                if (batch_id in self.scheduler.held) == held:
+                    return
+                await self.store.run(self.store.set_held, batch_id, held)
+                if held:
+                    self.scheduler.held.add(batch_id)
+                else:
+                    self.scheduler.held.discard(batch_id)
+        finally:
             self.kick()
 
     def kick(self) -> None:

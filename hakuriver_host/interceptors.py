@@ -321,10 +321,17 @@ def _deadline_passed(context: Any) -> bool:
     return left is not None and left <= 0
 
 
+# A call cut short this close to its deadline counts as exceeding it: its client gives up at
+# its own deadline, and the stream's reset may reach the Host a moment before the Host's
+# timer (receipt time plus the grpc-timeout the client sent) fires.
+DEADLINE_SLACK_SECONDS = 0.05
+
+
 def _gone(context: Any) -> grpc.StatusCode:
     """How a call cut short ended: its deadline passed (grpc cancels the call then too),
     or its caller went away."""
-    if _deadline_passed(context):
+    left = context.time_remaining()
+    if left is not None and left <= DEADLINE_SLACK_SECONDS:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
@@ -412,8 +419,8 @@ class _Call:
             raise
 
     def _record(self, start: float, error: BaseException | None, context: Any) -> None:
-        """Count the call: a refusal whose client had gone counts as CANCELLED (a bug
-        still counts as INTERNAL)."""
+        """Count the call: a refusal whose client had gone counts as it went, CANCELLED or
+        DEADLINE_EXCEEDED (a bug still counts as INTERNAL)."""
         gone = self.went_away and not isinstance(error, _Internal)
         self.series.record(start, asyncio.CancelledError() if gone else error, context)
 

@@ -399,7 +399,7 @@ class Scheduler:
         iterator is read (the caller may serve other work between two: a node released or
         going offline meanwhile is seen); the placed ones leave ``queue``.
 
-        The queue keeps one line per shape (resources, constraints, array cap), so a pass
+        The queue keeps one line per shape (resources, constraints, batch), so a pass
         takes the best head among the lines: a line whose head finds no room, or whose
         array is at its cap, is left for this pass (its other requests are alike), and a
         pass costs what it places plus one try per line, however long the queue (a job
@@ -493,7 +493,13 @@ class Scheduler:
         if self._waits(request):
             return None
         rank = _rank(request)
-        ahead = [h for _, h in queue.heads() if h.task_id != request.task_id and _rank(h) < rank]
+        # A held batch's or capped array's head could take nothing now either: a pass
+        # would place this request before it too.
+        ahead = [
+            h
+            for _, h in queue.heads()
+            if h.task_id != request.task_id and _rank(h) < rank and not self._waits(h)
+        ]
         if request.target is None and any(head.target is None for head in ahead):
             return None  # both could go anywhere: not worth ranking every node to be sure
         if ahead and self._contended(request, ahead):
@@ -612,7 +618,7 @@ def _shape(request: Request) -> tuple[object, ...]:
 
 
 class PendingQueue:
-    """Pending requests, in lines of alike ones (same shape and array cap), each a heap in
+    """Pending requests, in lines of alike ones (same shape and batch), each a heap in
     queue order. Leaving is lazy: a request discarded from the middle of a line is dropped
     when it reaches the head."""
 

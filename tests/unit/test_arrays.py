@@ -264,6 +264,7 @@ async def test_a_large_array_answers_with_its_first_tasks_and_lists_the_rest(
         ("7", (7,), 0),
         ("5,1,3", (1, 3, 5), 0),  # in index order, as Slurm takes them
         ("1-3%500000", (1, 2, 3), 500000),  # a cap above the size holds nothing back
+        ("0" * 5000 + "7", (7,), 0),
     ],
 )
 def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None:
@@ -288,6 +289,7 @@ def test_the_array_syntax(text: str, indices: tuple[int, ...], cap: int) -> None
         "9" * 5000,
         "1-3:" + "9" * 5000,
         "1-3%" + "9" * 5000,
+        "0" * 5000 + "20000000",  # leading zeros hide no digits
     ],
 )
 def test_bad_array_syntax_is_refused(text: str) -> None:

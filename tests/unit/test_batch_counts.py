@@ -15,7 +15,7 @@ import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, eventually
+from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 
 
@@ -52,19 +52,22 @@ async def test_counts_add_up_while_tasks_end(local_cluster: LocalCluster) -> Non
 
 async def _array_being_added(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, size: int
-) -> tuple[asyncio.Future[tpb.SubmitTaskResponse], int, list[int]]:
-    """An array submitted and stored, its tasks not yet in the Host's memory (held there
-    for 0.3 s: a 10,000-task array's insert takes about that long), and its batch and task
-    ids as ListTasks shows them meanwhile."""
+) -> tuple[asyncio.Future[tpb.SubmitTaskResponse], int, list[int], asyncio.Event]:
+    """An array submitted and stored, its tasks not yet in the Host's memory until the test
+    sets the returned event (a 10,000-task array's insert takes a few hundred ms), with its
+    batch and task ids as ListTasks shows them meanwhile. The node's one core is taken, so
+    none of them is placed whenever the calls of the test arrive."""
     assert cluster.server is not None
+    runner = await cluster.add_runner("a", cores=1, answer=HOLD)
+    await cluster.submit_running(1)
     store = cluster.server.cluster.store
     original = store.insert_tasks
-    committed = asyncio.Event()
+    committed, release = asyncio.Event(), asyncio.Event()
 
     async def insert_tasks(write: object) -> None:
         await original(write)  # type: ignore[arg-type]
         committed.set()
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(release.wait(), 10)
 
     monkeypatch.setattr(store, "insert_tasks", insert_tasks)
     request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=list(range(size))))
@@ -72,41 +75,64 @@ async def _array_being_added(
     await committed.wait()
     listed = await cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=size), timeout=5)
     assert len(listed.tasks) == size
-    return submitted, listed.tasks[0].batch_id, [t.task_id for t in listed.tasks]
+    assert len(runner.dispatched) == 1
+    return submitted, listed.tasks[0].batch_id, [t.task_id for t in listed.tasks], release
+
+
+def _free_the_core(cluster: LocalCluster) -> FakeRunner:
+    """End the task holding the node's core."""
+    [runner] = cluster.runners
+    runner.finish(runner.dispatched[0], 0)
+    return runner
 
 
 async def test_an_array_listed_before_its_tasks_are_held_is_counted_and_killed_whole(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GetBatch and KillBatch wait for an array being added, rather than count it empty
-    and kill none of it."""
-    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
-    submitted, batch_id, _ = await _array_being_added(local_cluster, monkeypatch, 8)
-    got = await local_cluster.tasks.GetBatch(tpb.GetBatchRequest(batch_id=batch_id), timeout=5)
-    killed = await local_cluster.tasks.KillBatch(tpb.KillBatchRequest(batch_id=batch_id), timeout=5)
+    and kill none of it (whose tasks then ran)."""
+    submitted, batch_id, _, release = await _array_being_added(local_cluster, monkeypatch, 8)
+    tasks = local_cluster.tasks
+    got = asyncio.ensure_future(tasks.GetBatch(tpb.GetBatchRequest(batch_id=batch_id)))
+    await asyncio.sleep(0.1)  # GetBatch first, then KillBatch
+    killed = asyncio.ensure_future(tasks.KillBatch(tpb.KillBatchRequest(batch_id=batch_id)))
+    await asyncio.sleep(0.2)  # both waiting for the array
+    release.set()
+    counted, ended = (await got).batch, await killed
     await submitted
-    assert {TaskStatus.from_pb(c.status): c.count for c in got.batch.counts} == {
+    assert {TaskStatus.from_pb(c.status): c.count for c in counted.counts} == {
         TaskStatus.PENDING: 8
     }
-    assert killed.affected == 8
-    assert {TaskStatus.from_pb(c.status): c.count for c in killed.batch.counts} == {
+    assert ended.affected == 8
+    assert {TaskStatus.from_pb(c.status): c.count for c in ended.batch.counts} == {
         TaskStatus.KILLED: 8
     }
-    assert not runner.running  # those placed meanwhile were killed on the Runner
+    runner = _free_the_core(local_cluster)
+    other = await local_cluster.submit("other")  # placed by a pass after the core freed
+    await local_cluster.wait_status(other.task_id, TaskStatus.RUNNING)
+    assert runner.dispatched[1:] == [other.task_id], "none of the array started"
 
 
 async def test_a_task_listed_before_it_is_held_is_killed_and_never_runs(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KillTask on a task being added acts on the task the Host holds, not on a copy read
-    from its row (which left the held one pending, to be placed and run)."""
-    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
-    submitted, _, task_ids = await _array_being_added(local_cluster, monkeypatch, 2)
-    watch = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task_ids[0]), timeout=5)
-    killed = await local_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_ids[0]))
+    from its row (which left the held one pending, to be placed and run); its watch sees
+    it through."""
+    submitted, _, task_ids, release = await _array_being_added(local_cluster, monkeypatch, 2)
+    first = task_ids[-1]  # ListTasks lists the newest first
+    watch = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=first), timeout=5)
+    seen_task = asyncio.ensure_future(_statuses(watch))
+    killed = asyncio.ensure_future(local_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=first)))
+    await asyncio.sleep(0.2)  # both waiting for the array
+    release.set()
+    assert TaskStatus.from_pb((await killed).task.status) is TaskStatus.KILLED
     await submitted
-    seen = [TaskStatus.from_pb(reply.task.status) async for reply in watch]
-    assert TaskStatus.from_pb(killed.task.status) is TaskStatus.KILLED
-    assert seen[-1] is TaskStatus.KILLED and TaskStatus.RUNNING not in seen, seen
-    await local_cluster.wait_status(task_ids[1], TaskStatus.RUNNING)
-    assert [t for t in runner.dispatched if t == task_ids[0]] == []
+    assert await seen_task == [TaskStatus.PENDING, TaskStatus.KILLED]
+    runner = _free_the_core(local_cluster)
+    await local_cluster.wait_status(task_ids[0], TaskStatus.RUNNING)
+    assert first not in runner.dispatched
+
+
+async def _statuses(watch: object) -> list[TaskStatus]:
+    return [TaskStatus.from_pb(reply.task.status) async for reply in watch]  # type: ignore[attr-defined]

@@ -503,17 +503,23 @@ def test_lookahead_is_what_passes_place_as_the_node_empties_in_placement_order(
     st.lists(st.tuples(request_strategy, st.integers(0, 200_000)), max_size=12),
     st.lists(st.integers(0, 50), max_size=4),
     request_strategy,
+    st.booleans(),
 )
 def test_placing_a_request_at_once_changes_nothing_a_pass_would_decide(
-    queued: list[tuple[Request, int]], finishing: list[int], template: Request
+    queued: list[tuple[Request, int]], finishing: list[int], template: Request, hold: bool
 ) -> None:
     """``place_now`` places a new request ahead of its turn only when nobody ahead of it
     could use its nodes: a pass afterwards then places exactly what one pass over the
-    queue with the request in it would, the request included, on the same CPUs."""
+    queue with the request in it would, the request included, on the same CPUs; also when
+    some of those queued are a held batch's (``hold``)."""
     now, ahead = _cluster(), _cluster()
-    pending = [_like(t, task_id(NOW - age, seq)) for seq, (t, age) in enumerate(queued, start=1)]
+    pending = [
+        _like(t, task_id(NOW - age, seq), ARRAY if hold and seq % 2 else 0)
+        for seq, (t, age) in enumerate(queued, start=1)
+    ]
     pending = [r for r in pending if now.never_fits(r) is None]
     for scheduler in (now, ahead):
+        scheduler.held = {ARRAY} if hold else set()
         held = scheduler.plan(PendingQueue(pending), now_ms=NOW)
         for index in finishing:
             if held:
@@ -536,6 +542,19 @@ def test_placing_a_request_at_once_changes_nothing_a_pass_would_decide(
     got = {(r.task_id, a) for r, a in now.plan(queue, now_ms=NOW)} | {(new.task_id, placed)}
     want = {(r.task_id, a) for r, a in ahead.plan(PendingQueue([*left, new]), now_ms=NOW)}
     assert got == want
+
+
+def test_a_held_batch_ahead_does_not_keep_a_new_request_from_being_placed_at_once() -> None:
+    """A held batch's tasks could take no node now: a new request that fits is placed at
+    once, as a pass would place it, not left for a pass."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1), 100)
+    scheduler.held = {ARRAY}
+    older = Request(task_id(NOW, 1), 1, 0, group=ARRAY)
+    new = Request(task_id(NOW, 2), 1, 0)
+    queue = PendingQueue([older, new])
+    assert scheduler.place_now(queue, new) == Allocation("a", (0,), 0)
+    assert queue.ranked() == [older]
 
 
 def _best_by_ranking_every_node(

@@ -190,7 +190,7 @@ def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Process
         (dict(targets=[task_pb2.Target(hostname=name, numa_node_id=7)]), missing, "no NUMA node 7"),
         (dict(targets=[task_pb2.Target(hostname=name, gpu_ids=[3])]), missing, "no GPU 3"),
         (dict(gpus=64), invalid, "gpus: 64 requested"),
-        (dict(memory="1000T"), invalid, "memory: 1000000000000000 bytes requested"),
+        (dict(memory="1000T"), invalid, "memory: 1000000000000000 bytes (1000.0T) requested"),
     ]
     for fields, code, message in cases:
         with pytest.raises(grpc.RpcError) as caught:

@@ -313,7 +313,7 @@ class Task(_message.Message):
     status_detail: _builtins.str
     """What is happening now within the status, e.g. "loading environment base"; for a
     queued task, why it waits when that is not just its turn for resources, e.g. "node a
-    is offline" or "its array's cap: 2 of its tasks hold resources".
+    is not connected" or "its array's cap: 2 of its tasks hold resources".
     """
     owner: _builtins.str
     """The user who submitted it; only they (and operators) see it."""

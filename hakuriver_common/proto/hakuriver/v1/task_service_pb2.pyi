@@ -34,8 +34,8 @@ class TaskArray(_message.Message):
     """At most this many of the array's tasks hold resources at once; 0 means no cap."""
     @_builtins.property
     def indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """The indices, one task each, in the order given; no repeats, each 0..10,000,000, at most
-        100,000 of them.
+        """The indices, one task each, in any order (the tasks are numbered and queued in index
+        order); no repeats, each 0..10,000,000, at most 100,000 of them.
         """
 
     def __init__(

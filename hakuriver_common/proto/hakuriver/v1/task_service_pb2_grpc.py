@@ -178,14 +178,15 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseBatch(self, request, context):
-        """PauseBatch pauses every running task of a batch.
+        """PauseBatch pauses every running task of a batch and holds the batch: its pending tasks
+        are placed nowhere until ResumeBatch or KillBatch (BatchSummary.held).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeBatch(self, request, context):
-        """ResumeBatch resumes every paused task of a batch.
+        """ResumeBatch resumes every paused task of a batch and ends its hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

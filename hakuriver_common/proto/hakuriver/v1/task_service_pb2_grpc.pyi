@@ -65,9 +65,11 @@ class TaskServiceStub:
     none of them starts while the others are stopped.
     """
     PauseBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.PauseBatchRequest, _task_service_pb2.PauseBatchResponse]
-    """PauseBatch pauses every running task of a batch."""
+    """PauseBatch pauses every running task of a batch and holds the batch: its pending tasks
+    are placed nowhere until ResumeBatch or KillBatch (BatchSummary.held).
+    """
     ResumeBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]
-    """ResumeBatch resumes every paused task of a batch."""
+    """ResumeBatch resumes every paused task of a batch and ends its hold."""
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -106,9 +108,11 @@ class TaskServiceAsyncStub(TaskServiceStub):
     none of them starts while the others are stopped.
     """
     PauseBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.PauseBatchRequest, _task_service_pb2.PauseBatchResponse]  # type: ignore[assignment]
-    """PauseBatch pauses every running task of a batch."""
+    """PauseBatch pauses every running task of a batch and holds the batch: its pending tasks
+    are placed nowhere until ResumeBatch or KillBatch (BatchSummary.held).
+    """
     ResumeBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]  # type: ignore[assignment]
-    """ResumeBatch resumes every paused task of a batch."""
+    """ResumeBatch resumes every paused task of a batch and ends its hold."""
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService submits, inspects and controls tasks."""
@@ -210,7 +214,9 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.PauseBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.PauseBatchResponse, _abc.Awaitable[_task_service_pb2.PauseBatchResponse]]:
-        """PauseBatch pauses every running task of a batch."""
+        """PauseBatch pauses every running task of a batch and holds the batch: its pending tasks
+        are placed nowhere until ResumeBatch or KillBatch (BatchSummary.held).
+        """
 
     @_abc_1.abstractmethod
     def ResumeBatch(
@@ -218,6 +224,6 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_service_pb2.ResumeBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ResumeBatchResponse, _abc.Awaitable[_task_service_pb2.ResumeBatchResponse]]:
-        """ResumeBatch resumes every paused task of a batch."""
+        """ResumeBatch resumes every paused task of a batch and ends its hold."""
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -279,7 +279,7 @@ export type Task = Message<"hakuriver.v1.Task"> & {
   /**
    * What is happening now within the status, e.g. "loading environment base"; for a
    * queued task, why it waits when that is not just its turn for resources, e.g. "node a
-   * is offline" or "its array's cap: 2 of its tasks hold resources".
+   * is not connected" or "its array's cap: 2 of its tasks hold resources".
    *
    * @generated from field: string status_detail = 29;
    */

@@ -24,8 +24,8 @@ export const file_hakuriver_v1_task_service: GenFile = /*@__PURE__*/
  */
 export type TaskArray = Message<"hakuriver.v1.TaskArray"> & {
   /**
-   * The indices, one task each, in the order given; no repeats, each 0..10,000,000, at most
-   * 100,000 of them.
+   * The indices, one task each, in any order (the tasks are numbered and queued in index
+   * order); no repeats, each 0..10,000,000, at most 100,000 of them.
    *
    * @generated from field: repeated int32 indices = 1;
    */
@@ -868,7 +868,8 @@ export const TaskService: GenService<{
     output: typeof KillBatchResponseSchema;
   },
   /**
-   * PauseBatch pauses every running task of a batch.
+   * PauseBatch pauses every running task of a batch and holds the batch: its pending tasks
+   * are placed nowhere until ResumeBatch or KillBatch (BatchSummary.held).
    *
    * @generated from rpc hakuriver.v1.TaskService.PauseBatch
    */
@@ -878,7 +879,7 @@ export const TaskService: GenService<{
     output: typeof PauseBatchResponseSchema;
   },
   /**
-   * ResumeBatch resumes every paused task of a batch.
+   * ResumeBatch resumes every paused task of a batch and ends its hold.
    *
    * @generated from rpc hakuriver.v1.TaskService.ResumeBatch
    */

@@ -137,7 +137,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         self, request: tpb.WatchTaskRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tpb.WatchTaskResponse]:
         async for task in self.cluster.watch(request.task_id, caller()):
-            yield tpb.WatchTaskResponse(task=task_to_pb(task))
+            waiting = self.cluster.waiting_reason(task) if task.status == TaskStatus.PENDING else ""
+            yield tpb.WatchTaskResponse(task=task_to_pb(task, 0, waiting))
 
     async def WatchTasks(
         self, request: tpb.WatchTasksRequest, context: grpc.aio.ServicerContext

@@ -18,6 +18,8 @@ from playwright.sync_api import Browser, expect
 from hakuriver_common.proto.hakuriver.v1 import (
     environment_service_pb2 as epb,
     environment_service_pb2_grpc,
+    node_service_pb2 as npb,
+    node_service_pb2_grpc,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
@@ -96,6 +98,27 @@ def test_a_task_from_the_form_streams_live_and_is_killed_from_the_page(site: Sit
     final = site.cluster.wait_final(task_id)
     assert final.status == task_pb2.TASK_STATUS_KILLED
     assert final.owner == "alice"
+    _no_problems(tab)
+
+
+def test_a_queued_task_says_why_it_waits(site: Site) -> None:
+    """A task aimed at a drained node waits; its page says so (the Host's waiting reason),
+    and it runs once the node is undrained."""
+    hostname = site.gpu_node
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=hostname), timeout=10)
+    try:
+        request = tpb.SubmitTaskRequest(
+            command="true", container_name=BASE_ENV, targets=[task_pb2.Target(hostname=hostname)]
+        )
+        [task] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+        tab = site.tab(site.alice)
+        tab.goto(f"/tasks/{task.task_id}")
+        expect(tab.page.get_by_test_id("task-status")).to_have_text("pending")
+        expect(tab.page.get_by_test_id("task-detail")).to_have_text(f"node {hostname} is draining")
+    finally:
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=hostname), timeout=10)
+    assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
     _no_problems(tab)
 
 

@@ -268,6 +268,10 @@ async def test_a_queued_task_says_why_it_waits_when_it_is_not_its_turn(
         "node drained is draining",
         "node gone is not connected",
     ]
+    watch = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=drained.task_id))
+    first = await anext(aiter(watch))
+    watch.cancel()
+    assert first.task.status_detail == "node drained is draining"
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(statuses=[turn.status]))
     assert {t.task_id: t.status_detail for t in listed.tasks}[offline.task_id] == (
         "node gone is not connected"

@@ -8,7 +8,6 @@ A Runner's tunnel messages only reach tunnels opened on that Runner's own link.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -27,9 +26,9 @@ class Tunnel:
     opened: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
-    incoming: asyncio.Queue[bytes | None] = field(
-        default_factory=lambda: asyncio.Queue(TUNNEL_BUFFER)
-    )
+    # Bounded by ``on_message`` (TUNNEL_BUFFER chunks), not by the queue: the end marker
+    # must always fit behind what the client has not read yet.
+    incoming: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
 
 
 class TunnelHub:
@@ -59,8 +58,7 @@ class TunnelHub:
         self._tunnels.pop(tunnel.tunnel_id, None)
         if not tunnel.opened.done():
             tunnel.opened.set_exception(ConnectionError(error or "closed"))
-        with contextlib.suppress(asyncio.QueueFull):
-            tunnel.incoming.put_nowait(None)
+        tunnel.incoming.put_nowait(None)
 
     def _of(self, link: RunnerLink, tunnel_id: int) -> Tunnel | None:
         tunnel = self._tunnels.get(tunnel_id)
@@ -76,12 +74,12 @@ class TunnelHub:
             tunnel = self._of(link, message.tunnel_data.tunnel_id)
             if tunnel is None:
                 return
-            try:
-                tunnel.incoming.put_nowait(message.tunnel_data.data)
-            except asyncio.QueueFull:
+            if tunnel.incoming.qsize() >= TUNNEL_BUFFER:
                 log.warning("ssh client of tunnel %d too slow: disconnecting", tunnel.tunnel_id)
                 self.close(tunnel)
                 self._end(tunnel, "client too slow")
+                return
+            tunnel.incoming.put_nowait(message.tunnel_data.data)
         elif kind == "tunnel_close":
             tunnel = self._of(link, message.tunnel_close.tunnel_id)
             if tunnel is not None:

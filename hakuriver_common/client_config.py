@@ -121,16 +121,17 @@ def ca_file(config: ClientConfig) -> Path:
 # ----- the fields of config.py, each (kind, default, check) ---------------------------------
 
 # Kinds: "str", "bool", "int", "float", "path", "path?" (Path | None), "list[str]".
-# Checks: ">0", ">=0", ">1", ">=1" (bounds), "task_network", "absolute_paths" (validators).
+# Checks: ">0", ">=0", ">1", ">=1" (bounds), "port" (0 to 65535), "task_network",
+# "absolute_paths" (validators).
 Field = tuple[str, Any, str | None]
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "network": {
         "host_bind_ip": ("str", "127.0.0.1", None),
-        "host_port": ("int", 8000, None),
-        "host_ssh_proxy_port": ("int", 8002, None),
+        "host_port": ("int", 8000, "port"),
+        "host_ssh_proxy_port": ("int", 8002, "port"),
         "host_reachable_address": ("str", "127.0.0.1", None),
-        "metrics_port": ("int", 8001, None),
+        "metrics_port": ("int", 8001, "port"),
         "metrics_bind_ip": ("str", "127.0.0.1", None),
     },
     "paths": {
@@ -193,7 +194,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "dashboard": {
         "enabled": ("bool", True, None),
-        "port": ("int", 8003, None),
+        "port": ("int", 8003, "port"),
         "bind_ip": ("str", "", None),
         "plaintext": ("bool", False, None),
         "server_names": ("list[str]", [], None),
@@ -213,6 +214,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     ">=0": lambda v: v >= 0,
     ">1": lambda v: v > 1,
     ">=1": lambda v: v >= 1,
+    "port": lambda v: 0 <= v <= 65535,
     "task_network": lambda v: v in ("host", "none"),
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
 }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -43,12 +43,18 @@ class Section(BaseModel):
 
 class NetworkConfig(Section):
     host_bind_ip: str = Field("127.0.0.1", description="Address the Host's gRPC server binds.")
-    host_port: int = Field(8000, description="Port of the Host's gRPC API (clients and runners).")
-    host_ssh_proxy_port: int = Field(8002, description="Port of the Host's SSH proxy.")
+    host_port: int = Field(
+        8000, ge=0, le=65535, description="Port of the Host's gRPC API (clients and runners)."
+    )
+    host_ssh_proxy_port: int = Field(
+        8002, ge=0, le=65535, description="Port of the Host's SSH proxy."
+    )
     host_reachable_address: str = Field(
         "127.0.0.1", description="Address runners and clients use to reach the Host."
     )
-    metrics_port: int = Field(8001, description="Port of the Host's Prometheus /metrics.")
+    metrics_port: int = Field(
+        8001, ge=0, le=65535, description="Port of the Host's Prometheus /metrics."
+    )
     metrics_bind_ip: str = Field("127.0.0.1", description="Address /metrics binds.")
 
 
@@ -202,7 +208,7 @@ class TlsConfig(Section):
 
 class DashboardConfig(Section):
     enabled: bool = Field(True, description="Serve the web dashboard and its Connect API.")
-    port: int = Field(8003, description="Port of the dashboard (HTTP or HTTPS).")
+    port: int = Field(8003, ge=0, le=65535, description="Port of the dashboard (HTTP or HTTPS).")
     bind_ip: str = Field(
         "", description="Address the dashboard binds; network.host_bind_ip if empty."
     )
@@ -384,6 +390,19 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
         return Config(**overrides)
     except ValueError as exc:
         source = resolved or "(the defaults and HAKURIVER_* variables)"
-        raise ConfigError(f"invalid config {source}: {exc}") from exc
+        raise ConfigError(f"invalid config {source}: {_problems(exc)}") from exc
     finally:
         Config._toml_path = None
+
+
+def _problems(exc: ValueError) -> str:
+    """Each problem as ``section.key: what is wrong``, on one line; never the value given
+    (a mistyped key's value may be a secret, and it would reach the terminal and the
+    journal)."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'config'}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )

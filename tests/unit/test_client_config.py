@@ -40,6 +40,9 @@ VALIDATORS = {"_known_network": "task_network", "_absolute": "absolute_paths"}
 
 def _check(model: type[BaseModel], name: str) -> str | None:
     info = model.model_fields[name]
+    if [m.le for m in info.metadata if isinstance(m, annotated_types.Le)] == [65535]:
+        assert [m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)] == [0]
+        return "port"
     checks = [f">{m.gt}" for m in info.metadata if isinstance(m, annotated_types.Gt)]
     checks += [f">={m.ge}" for m in info.metadata if isinstance(m, annotated_types.Ge)]
     for decorator in model.__pydantic_decorators__.field_validators.values():
@@ -150,6 +153,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))
+    if check == "port":
+        return st.integers(0, 65535)
     if kind == "int" and check is not None:
         return st.integers({">=0": 0, ">0": 1}[check], 2**40)
     return {
@@ -319,6 +324,8 @@ def test_what_it_cannot_read_goes_to_load_config(tmp_path: Path, text: str) -> N
         "[timing]\nheartbeat_interval = -1\n",
         "[nonsense]\nx = 1\n",
         "[network]\nhost_prot = 9000\n",  # a typo of a key
+        "[network]\nhost_port = 70000\n",
+        "[dashboard]\nport = -1\n",
         "[auth]\ndefault_task_network = 'bridge'\n",
         "[[webhooks]]\nurl = 'ftp://example.invalid/x'\n",
         "[network\n",

@@ -44,3 +44,16 @@ def test_bad_webhooks_are_refused_at_load(tmp_path: Path, hook: str, message: st
     path.write_text(f"[[webhooks]]\n{hook}\n")
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_a_bad_config_is_one_line_naming_each_problem_and_no_value(tmp_path: Path) -> None:
+    """Never the value given: a mistyped key's value may be a secret (it would reach the
+    terminal and the journal)."""
+    path = tmp_path / "c.toml"
+    path.write_text("[network]\nhost_port = 70000\n[auth]\njoin_tokn = 's3cret-join'\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (
+        f"invalid config {path}: network.host_port: Input should be less than or equal to "
+        "65535; auth.join_tokn: Extra inputs are not permitted"
+    )

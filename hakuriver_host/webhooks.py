@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -42,6 +43,14 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     """The X-HakuRiver-Signature value of ``body`` sent at ``timestamp``."""
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
+
+
+def shown(url: str) -> str:
+    """A webhook's address as logged: scheme, host and port, never its path, query or user
+    (a Slack, Teams or Discord webhook's path is its secret)."""
+    parts = urllib.parse.urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}/..."
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -97,7 +106,7 @@ class Webhook:
         except Exception as exc:  # one bad delivery must not end the worker
             log.warning(
                 "webhook %s: giving up on %s after %d attempts: %s",
-                self.config.url,
+                shown(self.config.url),
                 payload["event"],
                 self.config.max_attempts,
                 exc,
@@ -131,5 +140,7 @@ class Notifier:
                 continue
             if hook.queue.full():
                 dropped = hook.queue.get_nowait()
-                log.warning("webhook %s: queue full, dropped %s", hook.config.url, dropped["event"])
+                log.warning(
+                    "webhook %s: queue full, dropped %s", shown(hook.config.url), dropped["event"]
+                )
             hook.queue.put_nowait(payload)

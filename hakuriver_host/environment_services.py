@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_host.audit import AuditLog
 from hakuriver_host.cluster import Cluster
+from hakuriver_host.environment_shell import ShellProcess
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import ApiError, InvalidArgument
 from hakuriver_host.identity import caller
@@ -171,6 +173,36 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
         raise ApiError("import ended without a tarball")
 
 
+class _OutputPump:
+    """A shell's output, read on a thread into a bounded queue the stream drains."""
+
+    def __init__(self, shell: ShellProcess) -> None:
+        self.shell = shell
+        self.outputs: asyncio.Queue[spb.ShellOutput | None] = asyncio.Queue(256)
+        # Set when the caller is gone: the thread stops at its next message rather than
+        # wait for ever for room in a queue nobody reads.
+        self._gone = threading.Event()
+
+    def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On a thread: every output message, then None at the end."""
+        try:
+            for is_stderr, data in self.shell.output():
+                if self._gone.is_set():
+                    return
+                stream = spb.OUTPUT_STREAM_STDERR if is_stderr else spb.OUTPUT_STREAM_STDOUT
+                message = spb.ShellOutput(stream=stream, data=data)
+                asyncio.run_coroutine_threadsafe(self.outputs.put(message), loop).result()
+        finally:
+            if not self._gone.is_set():
+                asyncio.run_coroutine_threadsafe(self.outputs.put(None), loop).result()
+
+    def stop(self) -> None:
+        """The caller is gone: let the thread's waiting put complete, and it stop."""
+        self._gone.set()
+        while not self.outputs.empty():
+            self.outputs.get_nowait()
+
+
 class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
     """A process in a Host environment container, bridged to one bidirectional stream."""
 
@@ -198,17 +230,7 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
             start.size.rows,
             start.size.cols,
         )
-        loop = asyncio.get_running_loop()
-        outputs: asyncio.Queue[spb.ShellOutput | None] = asyncio.Queue(256)
-
-        def pump() -> None:
-            try:
-                for is_stderr, data in shell.output():
-                    stream = spb.OUTPUT_STREAM_STDERR if is_stderr else spb.OUTPUT_STREAM_STDOUT
-                    message = spb.ShellOutput(stream=stream, data=data)
-                    asyncio.run_coroutine_threadsafe(outputs.put(message), loop).result()
-            finally:
-                asyncio.run_coroutine_threadsafe(outputs.put(None), loop).result()
+        pump = _OutputPump(shell)
 
         async def feed() -> None:
             async for message in requests:
@@ -220,14 +242,15 @@ class ShellService(shell_service_pb2_grpc.ShellServiceServicer):
                 elif kind == "close_stdin":
                     shell.close_stdin()
 
-        reader = asyncio.ensure_future(asyncio.to_thread(pump))
+        reader = asyncio.ensure_future(asyncio.to_thread(pump.run, asyncio.get_running_loop()))
         feeder = asyncio.create_task(feed())
         try:
-            while (output := await outputs.get()) is not None:
+            while (output := await pump.outputs.get()) is not None:
                 yield spb.ShellResponse(output=output)
             await reader
             yield spb.ShellResponse(exit_code=await asyncio.to_thread(shell.exit_code))
         finally:
+            pump.stop()
             feeder.cancel()
             shell.close()
             # The caller went (a closed page, a cancelled call) or the process ended.

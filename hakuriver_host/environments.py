@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,11 @@ class EnvironmentManager:
         self.config = config
         self.directory = config.paths.shared_dir / config.docker.container_dir
         self._client: Any = None
+        # One tarball of a name made at a time (create-tar, import-rootfs): two at once took
+        # the same timestamp and wrote into the same partial file, one publishing it while
+        # the other still wrote.
+        self._making: dict[str, threading.Lock] = {}
+        self._making_lock = threading.Lock()
 
     @property
     def client(self) -> Any:
@@ -191,7 +197,15 @@ class EnvironmentManager:
         log.info("saved environment %s as %s (%d bytes)", name, final, written)
         return TarballFile(name, timestamp, final)
 
+    def _one_at_a_time(self, name: str) -> threading.Lock:
+        with self._making_lock:
+            return self._making.setdefault(name, threading.Lock())
+
     def create_tar(self, name: str, progress: Callable[[int], None]) -> TarballFile:
+        with self._one_at_a_time(self._valid(name)):
+            return self._create_tar(name, progress)
+
+    def _create_tar(self, name: str, progress: Callable[[int], None]) -> TarballFile:
         container = self._container(name)
         timestamp = self._next_timestamp(name)
         source = self.client.images.get(container.image.id)
@@ -239,7 +253,12 @@ class EnvironmentManager:
         self, name: str, upload: Path, progress: Callable[[int], None]
     ) -> TarballFile:
         """A root filesystem tarball becomes image hakuriver/NAME:base and its tarball."""
-        self._valid(name)
+        with self._one_at_a_time(self._valid(name)):
+            return self._import_rootfs(name, upload, progress)
+
+    def _import_rootfs(
+        self, name: str, upload: Path, progress: Callable[[int], None]
+    ) -> TarballFile:
         try:
             timestamp = self._next_timestamp(name)
             try:

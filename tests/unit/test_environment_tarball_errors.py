@@ -1,9 +1,13 @@
 """A tarball that cannot be written (full shared storage) is a clear FAILED_PRECONDITION
-naming the folder and the cause, and leaves no partial file behind."""
+naming the folder and the cause, and leaves no partial file behind; tarballs of one name
+are made one at a time."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -69,3 +73,38 @@ def test_a_tarball_is_written_when_there_is_room(tmp_path: Path) -> None:
     assert made.path.read_bytes() == b"x" * 4096 + b"y" * 4096
     assert seen == [4096, 8192]
     assert [p.name for p in manager.directory.iterdir()] == [made.path.name]
+
+
+class _SlowImage(_Image):
+    """An image whose save takes a while, counting the saves under way."""
+
+    saving = 0
+    most = 0
+    lock = threading.Lock()
+
+    def save(self, named: str) -> Iterator[bytes]:
+        with self.lock:
+            _SlowImage.saving += 1
+            _SlowImage.most = max(_SlowImage.most, _SlowImage.saving)
+        try:
+            for _ in range(3):
+                time.sleep(0.05)
+                yield b"z" * 4096
+        finally:
+            with self.lock:
+                _SlowImage.saving -= 1
+
+
+def test_two_create_tars_of_one_name_make_one_tarball_after_the_other(tmp_path: Path) -> None:
+    """Two at once took the same timestamp and wrote into the same partial file, one
+    publishing it while the other still wrote (a Runner could load a torn tarball)."""
+    manager = _manager(tmp_path)
+    manager._client.containers.get = lambda name: SimpleNamespace(
+        status="running", image=_Image(), commit=lambda **_: _SlowImage()
+    )
+    with ThreadPoolExecutor(2) as pool:
+        made = list(pool.map(lambda _: manager.create_tar("myenv", lambda n: None), range(2)))
+    assert _SlowImage.most == 1
+    assert made[0].timestamp != made[1].timestamp
+    newest = max(made, key=lambda t: t.timestamp)
+    assert sorted(p.name for p in manager.directory.iterdir()) == [newest.path.name]

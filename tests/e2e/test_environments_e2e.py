@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +68,16 @@ def test_prepare_on_host_then_every_runner_gets_it(cluster: ProcessCluster, env_
         "docker-shell", env_name, "--", "sh", "-c", "echo prepared > /marker; echo e >&2; exit 3"
     )
     assert shell.returncode == 3 and shell.stderr == "e\n"
+    # Its output cut short (`| head`): no traceback, the session ends.
+    tool = " ".join(shlex.quote(a) for a in cluster.cli_argv("docker-shell"))
+    piped = subprocess.run(
+        ["bash", "-c", f"{tool} {env_name} -- sh -c 'yes | head -c 5000000' | head -c 4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HAKURIVER_CONFIG": str(cluster.config_path)},
+    )
+    assert (piped.stdout, piped.stderr) == ("y\ny\n", ""), piped.stderr
     first = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))
     first_image = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
     second = json.loads(_ok(cluster.cli("docker", "create-tar", env_name, "--json")))

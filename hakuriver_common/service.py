@@ -151,7 +151,12 @@ def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -
     from hakuriver_common.logging_setup import setup_logging
 
     config = config_or_exit(path)
-    setup_logging(log_file(config))
+    where = log_file(config)
+    try:
+        setup_logging(where)
+    except OSError as exc:
+        cli.echo(f"error: cannot write the log file {where}: {exc.strerror or exc}", err=True)
+        raise cli.Exit(2) from None
     return config
 
 

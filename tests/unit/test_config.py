@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hakuriver_common.config import ConfigError, load_config
+from hakuriver_common.service import start_daemon
 
 
 def test_toml_values_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,4 +57,19 @@ def test_a_bad_config_is_one_line_naming_each_problem_and_no_value(tmp_path: Pat
     assert str(refused.value) == (
         f"invalid config {path}: network.host_port: Input should be less than or equal to "
         "65535; auth.join_tokn: Extra inputs are not permitted"
+    )
+
+
+def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    path = tmp_path / "c.toml"
+    path.write_text(f"[paths]\nhost_log_file = '{blocker}/host.log'\n")
+    with pytest.raises(SystemExit) as stopped:
+        start_daemon(path, lambda config: config.paths.host_log_file)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: cannot write the log file {blocker}/host.log: File exists\n"
     )

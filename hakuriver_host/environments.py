@@ -8,6 +8,7 @@ never sees a half-written one; only then are older tarballs of the environment r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -15,10 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import requests
 
 from hakuriver_common.config import Config
 from hakuriver_common.environments import (
@@ -38,6 +40,26 @@ log = logging.getLogger(__name__)
 
 ENV_LABEL = "hakuriver.env"
 KEEP_ALIVE = ["tail", "-f", "/dev/null"]
+
+
+_R = TypeVar("_R")
+
+
+def _docker_answers(method: Callable[..., _R]) -> Callable[..., _R]:
+    """What Docker refuses, or Docker being away, reaches the caller as one clear line, not
+    as an internal error: FAILED_PRECONDITION with Docker's own explanation, UNAVAILABLE
+    when the daemon does not answer (it restarted since the Host first used it)."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except docker.errors.APIError as exc:
+            raise FailedPrecondition(f"docker: {exc.explanation or exc}") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise Unavailable(f"Docker is not available on the Host: {exc}") from None
+
+    return call
 
 
 class EnvironmentManager:
@@ -99,6 +121,7 @@ class EnvironmentManager:
 
     # ----- containers -------------------------------------------------------------------
 
+    @_docker_answers
     def create_container(self, image: str, name: str) -> dict[str, str]:
         self._valid(name)
         self._local_image(image)
@@ -123,27 +146,32 @@ class EnvironmentManager:
         container.reload()
         return self.describe(container)
 
+    @_docker_answers
     def list_containers(self) -> list[dict[str, str]]:
         found = self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": ENV_LABEL}
         )
         return sorted((self.describe(c) for c in found), key=lambda c: c["name"])
 
+    @_docker_answers
     def start_container(self, name: str) -> dict[str, str]:
         container = self._container(name)
         container.start()
         container.reload()
         return self.describe(container)
 
+    @_docker_answers
     def stop_container(self, name: str) -> dict[str, str]:
         container = self._container(name)
         container.stop(timeout=5)
         container.reload()
         return self.describe(container)
 
+    @_docker_answers
     def delete_container(self, name: str) -> None:
         self._container(name).remove(force=True)
 
+    @_docker_answers
     def open_shell(
         self, name: str, command: list[str], tty: bool, env: dict[str, str], rows: int, cols: int
     ) -> ShellProcess:
@@ -201,6 +229,7 @@ class EnvironmentManager:
         with self._making_lock:
             return self._making.setdefault(name, threading.Lock())
 
+    @_docker_answers
     def create_tar(self, name: str, progress: Callable[[int], None]) -> TarballFile:
         with self._one_at_a_time(self._valid(name)):
             return self._create_tar(name, progress)
@@ -232,6 +261,7 @@ class EnvironmentManager:
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)
 
+    @_docker_answers
     def delete_tar(self, name: str) -> list[str]:
         self._valid(name)
         removed = []
@@ -249,6 +279,7 @@ class EnvironmentManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         return self.directory / f".import-{name}-{os.getpid()}-{time.time_ns()}.partial"
 
+    @_docker_answers
     def import_rootfs(
         self, name: str, upload: Path, progress: Callable[[int], None]
     ) -> TarballFile:

@@ -12,10 +12,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import docker.errors
 import pytest
+import requests
 
 from hakuriver_host.environments import EnvironmentManager
-from hakuriver_host.errors import FailedPrecondition
+from hakuriver_host.errors import FailedPrecondition, Unavailable
 from tests.unit.local_cluster import local_config
 
 
@@ -108,3 +110,40 @@ def test_two_create_tars_of_one_name_make_one_tarball_after_the_other(tmp_path: 
     assert made[0].timestamp != made[1].timestamp
     newest = max(made, key=lambda t: t.timestamp)
     assert sorted(p.name for p in manager.directory.iterdir()) == [newest.path.name]
+
+
+class _Refusing:
+    """An environment container Docker will not start, or a daemon that went away."""
+
+    status = "exited"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def start(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "answer", "message"),
+    [
+        (
+            docker.errors.APIError("500", explanation="OCI runtime create failed: no such file"),
+            FailedPrecondition,
+            "docker: OCI runtime create failed: no such file",
+        ),
+        (
+            requests.exceptions.ConnectionError("Connection refused"),
+            Unavailable,
+            "Docker is not available on the Host: Connection refused",
+        ),
+    ],
+)
+def test_what_docker_refuses_is_a_clear_answer_not_an_internal_error(
+    tmp_path: Path, error: Exception, answer: type[Exception], message: str
+) -> None:
+    manager = _manager(tmp_path)
+    manager._client.containers.get = lambda name: _Refusing(error)
+    with pytest.raises(answer) as raised:
+        manager.start_container("myenv")
+    assert raised.value.message == message  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from hakuriver_host.audit import AuditLog
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.environment_shell import ShellProcess
 from hakuriver_host.environments import EnvironmentManager
-from hakuriver_host.errors import ApiError, InvalidArgument
+from hakuriver_host.errors import ApiError, FailedPrecondition, InvalidArgument
 from hakuriver_host.identity import caller
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,21 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+async def _receive(requests: AsyncIterator[epb.ImportRootfsRequest], upload: Path) -> None:
+    """An uploaded root filesystem's chunks, written to ``upload`` as they come."""
+    try:
+        with await asyncio.to_thread(upload.open, "wb") as out:
+            async for message in requests:
+                await asyncio.to_thread(out.write, message.chunk)
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise FailedPrecondition(
+            f"shared storage: cannot write the upload to {upload.parent}: "
+            f"{exc.strerror or exc}; free space there and try again"
+        ) from None
 
 
 class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer):
@@ -164,9 +179,11 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
             raise InvalidArgument("name: the first message must name the environment")
         self._audit("import_rootfs", first.name)
         upload = await asyncio.to_thread(self.manager.upload_path, first.name)
-        with upload.open("wb") as out:
-            async for message in requests:
-                await asyncio.to_thread(out.write, message.chunk)
+        try:
+            await _receive(requests, upload)
+        except BaseException:  # the caller went, or the disk is full: nothing is kept
+            await asyncio.shield(asyncio.to_thread(upload.unlink, True))
+            raise
         async for item in self._with_progress(self.manager.import_rootfs, first.name, upload):
             if isinstance(item, TarballFile):
                 return epb.ImportRootfsResponse(tarball=await self._tarball_pb(item))

@@ -130,7 +130,20 @@ class Access:
             return self._runner(hashed)
         if secret.startswith(JOIN_TOKEN_PREFIX):
             raise Unauthenticated("wrong join token: it is not this Host's auth.join_token")
-        token = self._tokens.get(hashed)
+        return self._holder(self._tokens.get(hashed))
+
+    def again(self, who: Principal) -> Principal:
+        """``who`` as it stands now: Unauthenticated if its token was revoked or expired, or
+        its user deleted, since it was checked (a grant held a while, as an SSH ticket, is
+        only as good as the token it came from); its role as it is now."""
+        if who.kind is not Kind.USER or not who.token_id:
+            return who
+        return self._holder(
+            next((t for t in self._tokens.values() if t.token_id == who.token_id), None)
+        )
+
+    def _holder(self, token: ApiTokenRecord | None) -> Principal:
+        """The user an API token stands for now; Unauthenticated saying why not."""
         if token is None or token.user not in self.users:
             raise Unauthenticated("unknown API token")
         if token.revoked_at is not None:

@@ -816,7 +816,9 @@ class Cluster:
         link (the holder's right to it is checked again)."""
         held = self.ssh_tickets.redeem(ticket)
         task_id = held.task_id
-        task = await self._running_vps(task_id, held.who)
+        # The holder as they stand now: a token revoked or a user deleted since the ticket
+        # was issued opens nothing.
+        task = await self._running_vps(task_id, self.access.again(held.who))
         link = self.nodes.link_of(task.assigned_node)
         if link is None:
             raise Unavailable(f"runner {task.assigned_node} of task {task_id} is not connected")

@@ -1,0 +1,41 @@
+"""An SSH ticket is only as good as the token it came from: presented after its holder was
+deleted (or their token revoked), within its 30 s life, it opens nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    ssh_service_pb2 as spb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD
+from tests.unit.local_cluster import LocalCluster
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+
+
+async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
+    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+    issued = await alice.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+    assert local_cluster.server is not None
+    port = local_cluster.server.ssh_proxy_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"TICKET {issued.ticket}\n".encode())
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert answer == b"ERROR unknown API token\n"
+    assert runner.tunnel_opens == []

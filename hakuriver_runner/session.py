@@ -238,7 +238,9 @@ class Session:
         if kind == "tunnel_open":
             self._spawn(self.tunnels.open(message.tunnel_open))
         elif kind == "tunnel_data":
-            self.tunnels.write(message.tunnel_data)
+            closing = self.tunnels.write(message.tunnel_data)
+            if closing is not None:
+                self._spawn(closing)
         elif kind == "tunnel_close":
             self.tunnels.close(message.tunnel_close.tunnel_id)
         elif kind == "dispatches":

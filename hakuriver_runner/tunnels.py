@@ -8,14 +8,19 @@ arrival order, which keeps each tunnel's bytes in order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.outbox import Outbox
 
 TUNNEL_CHUNK = 64 * 1024
 CONNECT_SECONDS = 5
+# Bytes for an sshd that it has not read yet, at most: one that stops reading (its VPS
+# paused by its owner, who keeps sending) has its tunnel closed rather than the Runner's
+# memory grow without bound.
+TUNNEL_BACKLOG = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,18 @@ class Tunnels:
             rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=request.tunnel_id))
         )
 
-    def write(self, data: rpb.TunnelData) -> None:
+    def write(self, data: rpb.TunnelData) -> Coroutine[Any, Any, None] | None:
+        """Hand the bytes to the sshd; the tunnel's close to send (and spawn) when the sshd
+        has left more than TUNNEL_BACKLOG unread."""
         tunnel = self._open.get(data.tunnel_id)
-        if tunnel is not None:
-            tunnel.writer.write(data.data)
+        if tunnel is None:
+            return None
+        tunnel.writer.write(data.data)
+        if tunnel.writer.transport.get_write_buffer_size() <= TUNNEL_BACKLOG:
+            return None
+        self.close(data.tunnel_id)
+        error = f"the SSH server left more than {TUNNEL_BACKLOG} bytes unread (is its VPS paused?)"
+        return self._outbox.send(_closed(data.tunnel_id, error))
 
     def close(self, tunnel_id: int) -> None:
         """The Host closed the tunnel."""

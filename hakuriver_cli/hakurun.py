@@ -241,7 +241,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=0,
+        default=None,
         help="With --parallel: how many at a time (default: the CPUs this process may use).",
     )
     parser.add_argument(
@@ -261,7 +261,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--max-running",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="With --array: at most N of its tasks at once.",
     )
@@ -278,11 +278,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Options that do not go together end the program (exit 2)."""
-    if args.jobs < 0:
+    if args.jobs is not None and args.jobs < 1:
         parser.error("--jobs must be positive")
     if args.array and args.parallel:
         parser.error("--parallel runs combinations here; an --array's tasks run on the cluster")
-    if args.max_running < 0 or (args.max_running and not args.array):
+    if args.max_running is not None and (args.max_running < 1 or not args.array):
         parser.error("--max-running takes a positive number, with --array")
     given = [o for o in SUBMIT_OPTIONS if _option_value(args, o) not in (None, False)]
     if given and not args.array:
@@ -306,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.array:
         return _submit_array(args, words, total)
-    jobs = (args.jobs or _default_jobs()) if args.parallel else 1
+    jobs = (args.jobs or _default_jobs()) if args.parallel else 1  # None: the default
     return run_all(expand(words), jobs)
 
 

@@ -142,6 +142,8 @@ def test_array_dry_run_numbers_the_combinations() -> None:
     [
         (["--max-running", "2"], "--max-running takes a positive number, with --array"),
         (["--array", "--max-running", "-1"], "--max-running takes a positive number"),
+        (["--array", "--max-running", "0"], "--max-running takes a positive number"),
+        (["--parallel", "--jobs", "0"], "--jobs must be positive"),
         (["--cores", "2"], "--cores applies only with --array"),
         (["--wait"], "--wait applies only with --array"),
         (["--array", "--parallel"], "--parallel runs combinations here"),

@@ -279,6 +279,16 @@ class EnvironmentManager:
         self.directory.mkdir(parents=True, exist_ok=True)
         return self.directory / f".import-{name}-{os.getpid()}-{time.time_ns()}.partial"
 
+    def sweep_partials(self) -> None:
+        """Remove the hidden partial files (tarballs being saved, root filesystems being
+        uploaded) a Host that stopped mid-write left behind; call before serving."""
+        if not self.directory.is_dir():
+            return
+        for stale in self.directory.glob(".*.partial"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                log.info("removed %s, left by an unfinished write", stale)
+
     @_docker_answers
     def import_rootfs(
         self, name: str, upload: Path, progress: Callable[[int], None]

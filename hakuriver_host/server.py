@@ -340,6 +340,8 @@ class HostServer:
             )
         except OSError as exc:
             raise ListenError("SSH proxy", net.host_bind_ip, net.host_ssh_proxy_port, exc) from None
+        # Before any call is served, so none of them is being written.
+        await asyncio.to_thread(self.environments.sweep_partials)
         await self.cluster.start()
         await self.server.start()
         if self._web is not None:

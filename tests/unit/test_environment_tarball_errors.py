@@ -1,6 +1,6 @@
 """A tarball that cannot be written (full shared storage) is a clear FAILED_PRECONDITION
-naming the folder and the cause, and leaves no partial file behind; tarballs of one name
-are made one at a time."""
+naming the folder and the cause, and leaves no partial file behind (nor does a Host that
+stopped mid-write, once it starts again); tarballs of one name are made one at a time."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import requests
 
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import FailedPrecondition, Unavailable
-from tests.unit.local_cluster import local_config
+from tests.unit.local_cluster import LocalCluster, local_config
 
 
 class _Image:
@@ -147,3 +147,24 @@ def test_what_docker_refuses_is_a_clear_answer_not_an_internal_error(
     with pytest.raises(answer) as raised:
         manager.start_container("myenv")
     assert raised.value.message == message  # type: ignore[attr-defined]
+
+
+def test_partial_files_left_by_a_host_that_stopped_mid_write_are_swept(tmp_path: Path) -> None:
+    manager = _manager(tmp_path)
+    manager.directory.mkdir(parents=True)
+    left = [".myenv-1700000000.tar.partial", ".import-myenv-12-34.partial"]
+    kept = ["myenv-1700000000.tar", "notes.partial"]
+    for name in (*left, *kept):
+        (manager.directory / name).write_bytes(b"x")
+    manager.sweep_partials()
+    assert sorted(p.name for p in manager.directory.iterdir()) == sorted(kept)
+
+
+async def test_a_host_sweeps_them_when_it_starts(local_cluster: LocalCluster) -> None:
+    config = local_cluster.config
+    folder = config.paths.shared_dir / config.docker.container_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / ".import-myenv-12-34.partial"
+    stale.write_bytes(b"x" * 1024)
+    await local_cluster.restart_host(wait_runners=False)
+    assert not stale.exists()

@@ -206,6 +206,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("task_id", str(task.task_id)),
         ("task_type", kind_name(task.kind)),
         ("batch_id", str(task.batch_id) if task.batch_id else "-"),
+        ("array_index", str(task.array_index) if task.HasField("array_index") else "-"),
         ("owner", task.owner or "-"),
         ("status", status_name(task.status)),
         ("command", task.command),

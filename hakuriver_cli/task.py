@@ -22,7 +22,6 @@ from hakuriver_cli.connection import (
     on_task_or_batch,
     parsed,
     task_id_or_fail,
-    task_ref,
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
@@ -402,24 +401,44 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
         fail(f"--max-lag: {exc}", code=2)
     out = sys.stdout.buffer
     with host_link(cfg, near_the_end=lag > 0) as link:
-        tid = task_ref(task_stub(link), task_id)
-        stub = log_stub(link)
-        request = lpb.ReadLogRequest(task_id=tid, stream=stream, follow=follow, max_lag_bytes=lag)  # type: ignore[arg-type]
-        offset = 0
-        try:
-            for chunk in stub.ReadLog(request):
-                if chunk.offset > offset:
+
+        def read(tid: int) -> None:
+            request = lpb.ReadLogRequest(
+                task_id=tid,
+                stream=stream,  # type: ignore[arg-type]
+                follow=follow,
+                max_lag_bytes=lag,
+            )
+            offset = 0
+            try:
+                for chunk in log_stub(link).ReadLog(request):
+                    if chunk.offset > offset:
+                        out.flush()
+                        cli.echo(
+                            f"hakuriver: {chunk.offset - offset} bytes of output skipped "
+                            f"(--max-lag {max_lag})",
+                            err=True,
+                        )
+                    out.write(chunk.data)
                     out.flush()
-                    cli.echo(
-                        f"hakuriver: {chunk.offset - offset} bytes of output skipped "
-                        f"(--max-lag {max_lag})",
-                        err=True,
-                    )
-                out.write(chunk.data)
-                out.flush()
-                offset = chunk.offset + len(chunk.data)
-        except KeyboardInterrupt:
-            raise cli.Exit(130) from None  # as `wait` and `health --watch`: stopped, not ended
+                    offset = chunk.offset + len(chunk.data)
+            except KeyboardInterrupt:
+                raise cli.Exit(130) from None  # as `wait` and `health --watch` end
+
+        on_task_or_batch(
+            task_stub(link), task_id, read, lambda bid: _a_batch_has_no_output(link, bid)
+        )
+
+
+def _a_batch_has_no_output(link: Link, batch_id: int) -> None:
+    """The id named a batch, not a task: say how to name one of its tasks."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    batch = unary(task_stub(link).GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
+    listing = f"hakuriver.task list --batch {batch_id}"
+    if batch.array:
+        fail(f"{batch_id} is a job array: name one of its tasks as {batch_id}_INDEX ({listing})")
+    fail(f"{batch_id} is a batch: name one of its tasks by its id ({listing})")
 
 
 FollowOption = Annotated[

@@ -328,6 +328,16 @@ def test_kill_one_element(cluster: ProcessCluster) -> None:
         assert counts(cluster, array_id) == {"running": 2, "killed": 1}
         detail = as_json(cli(cluster, "client", "status", f"{array_id}_1", "--json"))
         assert (detail["task"]["status"], detail["task"]["array_index"]) == ("killed", 1)
+        whole = cli(cluster, "task", "stdout", str(array_id))
+        assert (whole.returncode, whole.stderr) == (
+            1,
+            f"error: {array_id} is a job array: name one of its tasks as {array_id}_INDEX "
+            f"(hakuriver.task list --batch {array_id})\n",
+        )
+        shown = ok(cli(cluster, "client", "status", f"{array_id}_1")).splitlines()
+        assert [line.split() for line in shown if line.startswith("array_index")] == [
+            ["array_index", "1"]
+        ]
         wait_for(
             lambda: not _container_running(cluster, {tasks[1]["task_id"]}),
             what="the killed element's container to stop",

@@ -138,9 +138,11 @@ class Access:
         only as good as the token it came from); its role as it is now."""
         if who.kind is not Kind.USER or not who.token_id:
             return who
-        return self._holder(
-            next((t for t in self._tokens.values() if t.token_id == who.token_id), None)
-        )
+        try:
+            token: ApiTokenRecord | None = self.token(who.token_id)
+        except NotFound:
+            token = None
+        return self._holder(token)
 
     def _holder(self, token: ApiTokenRecord | None) -> Principal:
         """The user an API token stands for now; Unauthenticated saying why not."""

@@ -315,10 +315,11 @@ _STATUS_UNSENT: type[Exception] = getattr(
 )
 
 
-def _deadline_passed(context: Any) -> bool:
-    """Has the call's deadline passed (a gRPC deadline, a Connect-Timeout-Ms)?"""
+def _deadline_passed(context: Any, slack: float = 0.0) -> bool:
+    """Has the call's deadline passed (a gRPC deadline, a Connect-Timeout-Ms), or is it
+    within ``slack`` seconds of it?"""
     left = context.time_remaining()
-    return left is not None and left <= 0
+    return left is not None and left <= slack
 
 
 # A call cut short this close to its deadline counts as exceeding it: its client gives up at
@@ -330,8 +331,7 @@ DEADLINE_SLACK_SECONDS = 0.05
 def _gone(context: Any) -> grpc.StatusCode:
     """How a call cut short ended: its deadline passed (grpc cancels the call then too),
     or its caller went away."""
-    left = context.time_remaining()
-    if left is not None and left <= DEADLINE_SLACK_SECONDS:
+    if _deadline_passed(context, DEADLINE_SLACK_SECONDS):
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 

@@ -482,7 +482,7 @@ class Scheduler:
             return False
         if request.group in self.held:
             return True
-        return bool(request.group_cap) and self._holding.get(request.group, 0) >= request.group_cap
+        return bool(request.group_cap) and self.holding(request.group) >= request.group_cap
 
     def place_now(self, queue: PendingQueue, request: Request) -> Allocation | None:
         """Place one queued request at once, outside a pass, if it fits now and no request

@@ -96,6 +96,20 @@ DASHBOARD_PATHS: dict[str, Right] = {
     "/ws/shell": RIGHTS[_SHELL + "Shell"],
 }
 
+# Every port the Host listens on, by the config key that sets it, and what a caller must
+# present there. The RPC ports defer to the tables above; the other two have a guard of
+# their own. HostServer.listening names its ports by these keys, and a unit test checks that
+# the Host listens on nothing else and that each port refuses a caller without its right.
+PORTS: dict[str, str] = {
+    "network.host_port": "the gRPC API: each RPC's right (the table above)",
+    "dashboard.port": "the API over Connect: each RPC's right; its pages and /ws/shell: "
+    "the dashboard's paths",
+    "network.host_ssh_proxy_port": "a one-time ticket from SshService.CreateSshTicket "
+    "(the VPS's owner or an operator), redeemed only while its token is valid",
+    "network.metrics_port": "auth.metrics_token as a bearer token when it is set; anybody "
+    "otherwise (the Host warns when /metrics is then open off loopback)",
+}
+
 _ROLE_OF = {Right.USER: Role.USER, Right.OPERATOR: Role.OPERATOR, Right.ADMIN: Role.ADMIN}
 
 

@@ -308,6 +308,18 @@ class HostServer:
         self.dashboard_port = self._web.port
 
     @property
+    def listening(self) -> dict[str, int]:
+        """The ports this Host listens on, by their config keys (authorization.PORTS)."""
+        ports = {
+            "network.host_port": self.port,
+            "network.host_ssh_proxy_port": self.ssh_proxy_port,
+            "network.metrics_port": self.metrics_port,
+        }
+        if self._web is not None:
+            ports["dashboard.port"] = self.dashboard_port
+        return ports
+
+    @property
     def dashboard_url(self) -> str:
         if self._web is None:
             return ""

@@ -268,6 +268,10 @@ def render_unit(
     """A systemd service unit that runs ``role`` with this interpreter and config."""
     description, module, needs = _UNIT[role]
     after = " ".join(filter(None, ["network-online.target", needs]))
+    # A unit without User= runs as root, whose "~" is not the writer's: HOME is pinned so
+    # the config's "~/..." paths mean at run time what they meant here (and what the
+    # sandbox lets the Host write). A unit with User= gets that user's HOME from systemd.
+    runs_as = [f"User={user}"] if user else [f'Environment="HOME={Path.home()}"']
     lines = [
         "[Unit]",
         f"Description={description}",
@@ -282,7 +286,7 @@ def render_unit(
         f"WorkingDirectory={config.parent}",
         f'Environment="PATH={path_env}"',
         "Environment=PYTHONUNBUFFERED=1",
-        *([f"User={user}"] if user else []),
+        *runs_as,
         # SIGTERM to the main process first (graceful shutdown), SIGKILL to stragglers.
         # Tasks live in their own containers or systemd scopes and keep running.
         "KillMode=mixed",

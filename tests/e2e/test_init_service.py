@@ -182,3 +182,45 @@ def test_the_host_unit_is_sandboxed_to_what_it_writes(tmp_path: Path) -> None:
     # 9.6 ("UNSAFE") before: the most a unit without any of it scores but 10.
     assert _exposure(out / "hakuriver-host.service") < 3.0
     assert _exposure(out / "hakuriver-runner.service") < 9.6
+
+
+def test_the_configs_home_paths_are_the_ones_the_unit_lets_the_host_write(
+    tmp_path: Path,
+) -> None:
+    # A user (not root) writes the units for a config of "~/..." paths (the defaults); the
+    # Host unit runs as root, and systemd gives a unit without User= no HOME.
+    home = tmp_path / "alice"
+    home.mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[paths]\nshared_dir = "{tmp_path / "shared"}"\n')
+    out = tmp_path / "units"
+    made = subprocess.run(
+        [*INIT, "--host", "--config", str(config), "--output-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(home)},
+    )
+    assert made.returncode == 0, made.stderr
+    host = parse_unit(out / "hakuriver-host.service")
+    environment = dict(shlex.split(e)[0].split("=", 1) for e in host["Environment"])
+    resolved = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path; from hakuriver_common.config import load_config; "
+            "c = load_config(Path(sys.argv[1])); "
+            "print(c.database.db_file.expanduser()); "
+            "print(c.auth.credentials_file.expanduser()); print(c.tls.path('key_file'))",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=host["WorkingDirectory"][0],
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    db_file, credentials, key = (Path(line) for line in resolved.stdout.split())
+    writable = [Path(p.removeprefix("-")) for p in shlex.split(host["ReadWritePaths"][0])]
+    for written in (db_file, credentials):
+        assert any(written.is_relative_to(place) for place in writable), (written, writable)
+    assert key == home / ".hakuriver" / "tls" / "host.key"

@@ -207,8 +207,8 @@ def test_the_configs_home_paths_are_the_ones_the_unit_lets_the_host_write(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from hakuriver_common.config import load_config; "
-            "c = load_config(Path(sys.argv[1])); "
+            "import sys, pathlib; from hakuriver_common.config import load_config; "
+            "c = load_config(pathlib.Path(sys.argv[1])); "
             "print(c.database.db_file.expanduser()); "
             "print(c.auth.credentials_file.expanduser()); print(c.tls.path('key_file'))",
             str(config),

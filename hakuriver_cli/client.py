@@ -67,6 +67,7 @@ def _node_row(n: node_pb2.Node) -> list[str]:
     return [
         n.hostname,
         node_status_name(n.status)
+        + (" (disconnected)" if n.disconnected else "")
         + (" (draining)" if n.draining else "")
         + (" (output not stored)" if n.output_problem else ""),
         f"{n.available_cores}/{n.total_cores}",

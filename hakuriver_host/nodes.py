@@ -83,7 +83,8 @@ class NodeTable:
         self.history_length = max(
             HISTORY_MIN_POINTS, math.ceil(HISTORY_SECONDS / heartbeat_interval) + 1
         )
-        # (hostname, a new sample, or None when the node went online or offline)
+        # (hostname, a new sample, or None when the node went online or offline or its link
+        # closed or opened)
         self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health | None]]] = set()
 
     def get(self, hostname: str) -> NodeView:
@@ -136,6 +137,7 @@ class NodeTable:
     def connect(self, reg: rpb.RegisterRunner) -> tuple[NodeView, RunnerLink]:
         """A Runner registered: its hardware as it reports it now, and a new link."""
         node = self.nodes.get(reg.hostname)
+        back = node is not None and node.online  # within the timeout: no longer disconnected
         if node is None:
             node = NodeView(reg.hostname, reg.total_cores, reg.total_memory_bytes)
             self.nodes[reg.hostname] = node
@@ -159,6 +161,8 @@ class NodeTable:
             release_batches=reg.takes_release_batches,
         )
         self._seen(node)
+        if back:
+            self._tell_watchers(node.hostname, None)
         self.scheduler.set_online(node.hostname, True)
         self.metrics.runners_connected.inc()
         return node, node.link
@@ -172,6 +176,8 @@ class NodeTable:
         node.link = None
         self.scheduler.set_online(link.hostname, False)
         self.metrics.runners_connected.dec()
+        if node.online:  # still online until its timeout, but disconnected
+            self._tell_watchers(node.hostname, None)
         return True
 
     def _seen(self, node: NodeView) -> None:
@@ -274,7 +280,8 @@ class NodeTable:
         self, hostname: str = ""
     ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None]]:
         """Every new health sample, in order, with its node, and None when the node went
-        online or offline; a watcher that falls behind loses its oldest ones."""
+        online or offline or its link closed or opened; a watcher that falls behind loses
+        its oldest ones."""
         if hostname:
             self.get(hostname)
         queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)

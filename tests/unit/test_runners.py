@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 import pytest
 
+from hakuriver_cli import client
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     node_service_pb2 as npb,
@@ -395,6 +396,44 @@ async def test_health_watchers_hear_a_node_go_offline_and_come_back(
             lambda: (node_pb2.NODE_STATUS_ONLINE, False) in heard[offline_at:],
             what="the online message",
         )
+    finally:
+        call.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_node_whose_runner_went_is_disconnected_until_it_returns_or_times_out(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """Between a Runner's stream closing and its timeout the node is online (its tasks
+    kept) but takes no new tasks: ListNodes says so, and health watchers are told."""
+    cluster = await make_local_cluster(timing={**TIMING, "heartbeat_timeout_factor": 15})
+    runner = await cluster.add_runner("a", answer=HOLD)
+    [task] = await cluster.submit_running()
+    samples: list[int] = []
+    told: list[int] = []
+    call = cluster.nodes.WatchHealth(npb.WatchHealthRequest(hostname="a"))
+
+    async def listen() -> None:
+        async for update in call:
+            (samples if update.node.HasField("current") else told).append(update.node.status)
+
+    listener = asyncio.create_task(listen())
+    try:
+        await eventually(lambda: samples, what="a first sample")
+        assert not (await cluster.node("a")).disconnected
+        await runner.drop()
+        await eventually(lambda: told, what="watchers told of the closed stream")
+        node = await cluster.node("a")
+        assert (node.status, node.disconnected) == (node_pb2.NODE_STATUS_ONLINE, True)
+        assert client._node_row(node)[1] == "online (disconnected)"  # hakuriver.client nodes
+        assert status_of(await cluster.get(task.task_id)) is TaskStatus.RUNNING
+
+        await runner.connect()
+        await eventually(lambda: len(told) == 2, what="watchers told of its return")
+        assert not (await cluster.node("a")).disconnected
+        await runner.drop()
+        offline = await cluster.wait_node("a", NodeStatus.OFFLINE)
+        assert not offline.disconnected
     finally:
         call.cancel()
         await asyncio.gather(listener, return_exceptions=True)

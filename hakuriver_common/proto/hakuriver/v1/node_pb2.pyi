@@ -215,6 +215,7 @@ class Node(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     ALLOCATED_GPUS_FIELD_NUMBER: _builtins.int
     OUTPUT_PROBLEM_FIELD_NUMBER: _builtins.int
+    DISCONNECTED_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: Global___NodeStatus.ValueType
     total_cores: _builtins.int
@@ -231,6 +232,12 @@ class Node(_message.Message):
     """Why the Host could not store the output of this node's tasks at its latest try (for
     example "No space left on device" when its output storage is full); empty while it can.
     Cleared by the next write that succeeds once the storage has room again.
+    """
+    disconnected: _builtins.bool
+    """The node is online but its Runner's stream is closed: it gets no new tasks, and its
+    tasks are kept until it has been silent for heartbeat_interval x
+    heartbeat_timeout_factor (then it is offline and they are lost), unless its Runner
+    reconnects first. Always false for an offline node.
     """
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NumaNode]: ...
@@ -268,10 +275,11 @@ class Node(_message.Message):
         draining: _builtins.bool = ...,
         allocated_gpus: _abc.Iterable[_builtins.int] | None = ...,
         output_problem: _builtins.str = ...,
+        disconnected: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "output_problem", b"output_problem", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "disconnected", b"disconnected", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "output_problem", b"output_problem", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

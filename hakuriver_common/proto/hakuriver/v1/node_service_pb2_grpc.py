@@ -96,7 +96,8 @@ class NodeServiceServicer:
 
     def WatchHealth(self, request, context):
         """WatchHealth sends every new health sample as Runners report them, and a node's status
-        when it goes online or offline (a message without a sample), until cancelled.
+        when it goes online or offline or its Runner's stream closes or reopens (a message
+        without a sample: ListNodes says what changed), until cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,7 +43,8 @@ class NodeServiceStub:
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
-    when it goes online or offline (a message without a sample), until cancelled.
+    when it goes online or offline or its Runner's stream closes or reopens (a message
+    without a sample: ListNodes says what changed), until cancelled.
     """
 
 @_typing.type_check_only
@@ -61,7 +62,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
-    when it goes online or offline (a message without a sample), until cancelled.
+    when it goes online or offline or its Runner's stream closes or reopens (a message
+    without a sample: ListNodes says what changed), until cancelled.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,7 +108,8 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
         """WatchHealth sends every new health sample as Runners report them, and a node's status
-        when it goes online or offline (a message without a sample), until cancelled.
+        when it goes online or offline or its Runner's stream closes or reopens (a message
+        without a sample: ListNodes says what changed), until cancelled.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -45,11 +45,12 @@ export function useChoices(loaded?: (choices: Choices) => void) {
   return { choices, error };
 }
 
-/** "gpu-node (8 cores, 16.0 GiB, 2 GPU)", with "offline" or "draining" when so. */
+/** "gpu-node (8 cores, 16.0 GiB, 2 GPU)", with "offline", "disconnected" or "draining" when so. */
 export function nodeLabel(node: Node): string {
   const parts = [`${node.totalCores} cores`, bytes(node.totalMemoryBytes)];
   if (node.gpus.length) parts.push(`${node.gpus.length} GPU`);
   if (node.status !== NodeStatus.ONLINE) parts.push("offline");
+  else if (node.disconnected) parts.push("disconnected");
   else if (node.draining) parts.push("draining");
   return `${node.hostname} (${parts.join(", ")})`;
 }

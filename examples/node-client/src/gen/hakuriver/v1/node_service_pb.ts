@@ -285,7 +285,8 @@ export const NodeService: GenService<{
   },
   /**
    * WatchHealth sends every new health sample as Runners report them, and a node's status
-   * when it goes online or offline (a message without a sample), until cancelled.
+   * when it goes online or offline or its Runner's stream closes or reopens (a message
+   * without a sample: ListNodes says what changed), until cancelled.
    *
    * @generated from rpc hakuriver.v1.NodeService.WatchHealth
    */

@@ -89,7 +89,8 @@ def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, An
 
 class Change(NamedTuple):
     """A status change made in memory, to be stored: what it was, the copy its watchers
-    get (None: nobody watches), its row's new values and its event. (A tuple: made for
+    get once it is stored (None: nobody watches, or it is not final and they were told
+    when it was made), its row's new values and its event. (A tuple: made for
     every change, and a frozen dataclass costs several times as much to make.)"""
 
     task: Task
@@ -261,7 +262,7 @@ class TaskBook:
     ) -> Coroutine[Any, Any, None]:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
-        tells metrics, webhooks and watchers. Await it."""
+        tells metrics, webhooks and (of a final change) watchers. Await it."""
         return self.store_changes([self.change(task, new, detail, fields)])
 
     def change(
@@ -290,10 +291,14 @@ class TaskBook:
             changes.setdefault("completed_at", now)
         assign(task, changes)
         self._change += 1
-        # Watchers get the task as this change left it (it may change again before they
-        # are told: a Runner's reports are stored in the background).
+        # Watchers get the task as this change left it: at once if it is not final (as
+        # GetTask, which reads memory, already shows it), else once it is stored (its
+        # output closed, webhooks told: a watcher seeing the end may read the output).
         watched = task.task_id in self._watchers or self._list_watchers
         copy = (self._change, task.model_copy()) if watched else None
+        if copy is not None and not new.is_final:
+            self._tell_watchers(copy)
+            copy = None
         if new.is_final:
             self.active.pop(task.task_id, None)
             self._finishing[task.task_id] = task
@@ -312,7 +317,8 @@ class TaskBook:
     def store_changes(self, changes: Sequence[Change]) -> Coroutine[Any, Any, None]:
         """Queue the changes' write now, as one, so that a node's changes are stored in the
         order they were made (they must share a write key, their node's); the coroutine
-        awaits it, then tells metrics, webhooks and watchers of each. Await it."""
+        awaits it, then tells metrics, webhooks and (of final changes) watchers of each.
+        Await it."""
         keys = {_write_key(change.task) for change in changes}
         if len(keys) != 1:
             raise ValueError(f"store_changes: {len(keys)} write keys, not one")
@@ -346,17 +352,20 @@ class TaskBook:
             raise failed
 
     def _told(self, change: Change) -> None:
-        """Tell webhooks and watchers of a stored change (the metrics are told of a write's
-        changes together)."""
+        """Tell webhooks and, of a final change, watchers of a stored change (the metrics
+        are told of a write's changes together)."""
         task, new = change.task, change.new
         if new.is_final:
             self.logs.close(task.task_id)
             self._notify_final(task)
             self._on_final(task)
         if change.watched is not None:
-            for queue in self._watchers.get(task.task_id, ()):
-                queue.put_nowait(change.watched)
-            self._tell_lists(change.watched[1])
+            self._tell_watchers(change.watched)
+
+    def _tell_watchers(self, watched: tuple[int, Task]) -> None:
+        for queue in self._watchers.get(watched[1].task_id, ()):
+            queue.put_nowait(watched)
+        self._tell_lists(watched[1])
 
     def _tell_lists(self, task: Task) -> None:
         for queue in list(self._list_watchers):

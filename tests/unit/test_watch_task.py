@@ -209,3 +209,46 @@ async def test_a_small_report_after_a_big_one_is_told_after_it(
         task_pb2.TASK_STATUS_RUNNING,
         task_pb2.TASK_STATUS_COMPLETED,
     ]
+
+
+async def test_a_watcher_is_told_a_task_runs_at_once_and_that_it_ended_once_stored(
+    local_cluster: LocalCluster,
+) -> None:
+    """As GetTask shows it: a watcher learns a task runs as soon as its Runner says so,
+    not once the store's thread gets to the change (a lone task's submit -> running waited
+    for a job array's writes); its end only once stored, when its output is closed."""
+    runner = await local_cluster.add_runner("a", answer=NO_ANSWER)
+    task = await local_cluster.submit("job")
+    for _ in range(500):
+        if runner.dispatched:
+            break
+        await asyncio.sleep(0.01)
+    call = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    replies = aiter(call)
+    assert TaskStatus.from_pb((await anext(replies)).task.status) is TaskStatus.ASSIGNING
+
+    assert local_cluster.server is not None
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(local_cluster.server.store.run(busy.wait, 30))
+    try:
+        for state in (rpb.RUNNER_TASK_STATE_RUNNING, rpb.RUNNER_TASK_STATE_EXITED):
+            report = rpb.TaskStateReport(task_id=task.task_id, state=state, exit_code=0)
+            runner.send(rpb.ConnectRequest(task_state=report))
+            if state == rpb.RUNNER_TASK_STATE_RUNNING:
+                running = await asyncio.wait_for(anext(replies), 5)
+                assert TaskStatus.from_pb(running.task.status) is TaskStatus.RUNNING
+        ended = asyncio.ensure_future(anext(replies))
+        book = _book(local_cluster)
+        for _ in range(500):  # decided in memory (GetTask would wait for the store's thread)
+            live = book.live(task.task_id)
+            if live is not None and live.status == TaskStatus.COMPLETED:
+                break
+            await asyncio.sleep(0.01)
+        assert live is not None and live.status == TaskStatus.COMPLETED
+        await asyncio.sleep(0.2)
+        assert not ended.done(), "told of the end before it was stored"
+    finally:
+        busy.set()
+        await blocker
+    final = await asyncio.wait_for(ended, 5)
+    assert TaskStatus.from_pb(final.task.status) is TaskStatus.COMPLETED

@@ -7,13 +7,14 @@ only its hash.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from hakuriver_cli import direct
-from hakuriver_cli.connection import ask, fail, parsed, unary
+from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, parsed, unary
 from hakuriver_cli.link import access_stub, audit_stub
 from hakuriver_cli.render import (
     outcome_name,
@@ -90,13 +91,20 @@ NameArgument = Annotated[str, cli.Argument(help="User name.", show_default=False
 def user_add(
     name: NameArgument,
     role: Annotated[Role, cli.Option(help="user, operator or admin.")] = Role.USER,
+    reclaim: Annotated[
+        bool,
+        cli.Option(
+            help="Take a deleted user's name back: the new user owns that user's tasks "
+            "(their output, kill, SSH). Refused without it."
+        ),
+    ] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
     """Add a user with a role; give them a token with: token create --user NAME."""
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
-    request = apb.CreateUserRequest(name=name, role=role.pb)
+    request = apb.CreateUserRequest(name=name, role=role.pb, reclaim=reclaim)
     user = _access(config, lambda s: unary(s.CreateUser, request).user)
     if json:
         print_json(to_dict(user))
@@ -140,15 +148,19 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     """When a token made now expires: '90s', '12h', '30d' from now, or an ISO date/time
     (local time unless it names a zone)."""
     now = now or datetime.now(UTC)
-    if text[:-1].isdigit() and text[-1] in _UNITS:
-        return now + timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
     try:
-        moment = datetime.fromisoformat(text)
+        if text[:-1].isdigit() and text[-1] in _UNITS:
+            moment = now + timedelta(seconds=int(text[:-1]) * _UNITS[text[-1]])
+        else:
+            moment = datetime.fromisoformat(text)
+            moment = moment if moment.tzinfo else moment.astimezone()
+            moment.astimezone(UTC)  # in range as a UTC time too (what the Host stores)
     except ValueError:
         raise ValueError(
             f"--expires {text!r}: use 90s, 12h, 30d or an ISO date like 2027-01-31"
         ) from None
-    moment = moment if moment.tzinfo else moment.astimezone()
+    except OverflowError:
+        raise ValueError(f"--expires {text!r} is too far ahead (the year 9999 at most)") from None
     if moment <= now:
         raise ValueError(f"--expires {text!r} is in the past")
     return moment
@@ -169,12 +181,18 @@ def _expires(token: access_pb2.ApiToken) -> str:
 
 
 def _save_target(save: Path | None) -> Path | None:
-    """Where --save writes; refused before the token is made if a file is there already."""
+    """Where --save writes; refused before the token is made if a file is there already or
+    its folder is not one this user may write in."""
     if save is None:
         return None
     path = save.expanduser()
     if path.exists():
         fail(f"{path} exists: --save writes a new file (remove it or choose another path)", 2)
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"--save {path}: {folder} is not a folder", 2)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(f"--save {path}: cannot write in {folder}", 2)
     return path
 
 
@@ -209,17 +227,18 @@ def token_create(
         [moment] = parsed([expires], parse_expiry)
         request.expires_at.FromDatetime(moment)
     target = _save_target(save)
-    made: apb.CreateTokenResponse = _access(config, lambda s: unary(s.CreateToken, request))
-    token = made.token
-    about = f"token {token.token_id} for {token.user} (expires: {_expires(token)})"
-    if target is not None:
-        try:
-            write_secret(target, made.secret)
-        except OSError as exc:
-            fail(
-                f"cannot write {target}: {exc.strerror}; {about} was made but is lost: "
-                f"revoke it (hakuriver.admin token revoke {token.token_id})"
-            )
+    cfg = config_or_fail(config)
+    with host_link(cfg) as link:
+        stub = access_stub(link)
+        made: apb.CreateTokenResponse = unary(stub.CreateToken, request)
+        token = made.token
+        about = f"token {token.token_id} for {token.user} (expires: {_expires(token)})"
+        if target is not None:
+            try:
+                write_secret(target, made.secret)
+            except OSError as exc:  # nobody has the secret: the token goes at once
+                unary(stub.RevokeToken, apb.RevokeTokenRequest(token_id=token.token_id))
+                fail(f"cannot write {target}: {exc.strerror}; {about} was revoked again")
     if json:
         body: dict[str, Any] = {"token": to_dict(token)}
         body.update({"saved_to": str(target)} if target else {"secret": made.secret})
@@ -228,17 +247,13 @@ def token_create(
         cli.echo(f"saved {about} to {target} (mode 0600)")
     else:
         cli.echo(made.secret)
+    # The file the tools read, as this config names it (another user's config may name
+    # another; the default is ~/.hakuriver/credentials).
+    keep = f"{cfg.auth.credentials_file} (chmod 600) or ${TOKEN_ENV}"
     if target is None:
-        cli.echo(
-            f"warning: {about} is shown only now; keep it in ~/.hakuriver/credentials "
-            f"(chmod 600) or ${TOKEN_ENV}",
-            err=True,
-        )
+        cli.echo(f"warning: {about} is shown only now; keep it in {keep}", err=True)
     else:
-        cli.echo(
-            f"{token.user} keeps it in ~/.hakuriver/credentials (chmod 600) or ${TOKEN_ENV}",
-            err=True,
-        )
+        cli.echo(f"{token.user} keeps it in {keep}", err=True)
 
 
 TOKEN_COLUMNS = ("token_id", "user", "state", "description", "created", "expires")
@@ -361,7 +376,9 @@ def audit(
     actor: Annotated[str, cli.Option(help="Only this actor (user or runner:HOST).")] = "",
     action: Annotated[str, cli.Option(help="Only this action, e.g. task.submit.")] = "",
     refused: Annotated[bool, cli.Option("--refused", help="Only refusals.")] = False,
-    before: Annotated[int, cli.Option(help="Only events older than this id (paging).")] = 0,
+    before: Annotated[
+        int, cli.Option(help="Only events older than this id (paging).", **cli.INT64)
+    ] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:

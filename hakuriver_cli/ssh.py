@@ -181,8 +181,12 @@ def main(
     task_id: Annotated[str, cli.Argument(help="VPS task id.", show_default=False)],
     ssh_args: Annotated[list[str] | None, cli.Argument(help="Extra arguments for ssh.")] = None,
     host: Annotated[str, cli.Option("--host", help="Host address (default from config).")] = "",
-    proxy_port: Annotated[int, cli.Option(help="Host SSH proxy port (default from config).")] = 0,
-    local_port: Annotated[int, cli.Option(help="Local listener port (0 = any free).")] = 0,
+    proxy_port: Annotated[
+        int, cli.Option(help="Host SSH proxy port (default from config).", min=0, max=65535)
+    ] = 0,
+    local_port: Annotated[
+        int, cli.Option(help="Local listener port (0 = any free).", min=0, max=65535)
+    ] = 0,
     user: Annotated[str, cli.Option(help="User to log in as.")] = "root",
     proxy_command: Annotated[
         bool, cli.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")

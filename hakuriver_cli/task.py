@@ -175,10 +175,12 @@ def submit(
             "--target", help="HOST[:NUMA_ID][::GPU_ID,...]; repeat for one task per target."
         ),
     ] = None,
-    cores: Annotated[int | None, cli.Option(help="CPU cores to reserve (default 1).")] = None,
+    cores: Annotated[
+        int | None, cli.Option(help="CPU cores to reserve (default 1).", **cli.INT32)
+    ] = None,
     memory: Annotated[str, cli.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
     gpus: Annotated[
-        int, cli.Option(help="Number of GPUs on any node (or name ids in --target).")
+        int, cli.Option(help="Number of GPUs on any node (or name ids in --target).", **cli.INT32)
     ] = 0,
     env: Annotated[list[str] | None, cli.Option("--env", help="KEY=VALUE; repeatable.")] = None,
     container: Annotated[str, cli.Option(help="Container environment (default from config).")] = "",
@@ -194,7 +196,7 @@ def submit(
             show_default=False,
         ),
     ] = None,
-    priority: Annotated[int, cli.Option(help="Higher runs first when queued.")] = 0,
+    priority: Annotated[int, cli.Option(help="Higher runs first when queued.", **cli.INT32)] = 0,
     array: Annotated[
         str | None,
         cli.Option(
@@ -399,6 +401,8 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
         lag = parse_size(max_lag) if max_lag else 0
     except ValueError as exc:
         fail(f"--max-lag: {exc}", code=2)
+    if lag > cli.INT64["max"]:
+        fail(f"--max-lag {max_lag}: at most {cli.INT64['max']} bytes", code=2)
     out = sys.stdout.buffer
     with host_link(cfg, near_the_end=lag > 0) as link:
 

@@ -54,13 +54,18 @@ def public_key(text: str, path: Path | None) -> str:
 @app.command()
 def submit(
     target: Annotated[
-        str, cli.Option(help="HOST[:NUMA_ID][::GPU_ID,...]; default: the Host chooses.")
-    ] = "",
+        list[str] | None,
+        cli.Option(
+            "--target", help="HOST[:NUMA_ID][::GPU_ID,...], at most one; default: the Host chooses."
+        ),
+    ] = None,
     cores: Annotated[
-        int, cli.Option(help="CPU cores to reserve; 0 = no reservation or limit.")
+        int, cli.Option(help="CPU cores to reserve; 0 = no reservation or limit.", **cli.INT32)
     ] = 0,
     memory: Annotated[str, cli.Option(help="Memory limit, e.g. 8G.")] = "",
-    gpus: Annotated[int, cli.Option(help="Number of GPUs (or name ids in --target).")] = 0,
+    gpus: Annotated[
+        int, cli.Option(help="Number of GPUs (or name ids in --target).", **cli.INT32)
+    ] = 0,
     container: Annotated[
         str, cli.Option(help="Environment with an SSH server (default from config).")
     ] = "",
@@ -78,13 +83,15 @@ def submit(
     """Start a VPS: a container running sshd, with your key for root."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
+    if target and len(target) > 1:  # a repeated option would otherwise keep only its last
+        fail(f"--target: a VPS runs on one node; {len(target)} were given", code=2)
     cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
         kind=TaskKind.VPS.pb,
         cores=cores,
         memory=memory,
         gpus=gpus,
-        targets=target_pbs([target] if target else []),
+        targets=target_pbs(target or []),
         container_name=container,
         ssh_public_key=public_key(public_key_string, public_key_file),
         mounts=mount_pbs(mount or []),

@@ -33,6 +33,11 @@ else:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The bounds of an option whose value goes into a proto int32 or int64 field: a value out of
+# them is a usage error, not protobuf's ValueError from inside the command.
+INT32: dict[str, int] = {"min": -(2**31), "max": 2**31 - 1}
+INT64: dict[str, int] = {"min": -(2**63), "max": 2**63 - 1}
+
 
 class Exit(SystemExit):
     """End the tool with ``code`` (typer.Exit's place)."""

@@ -107,8 +107,8 @@ class Access:
         """A new token for the bootstrap admin (created if missing), written to the
         credentials file: the way back in when every admin token is lost."""
         name = self.config.auth.bootstrap_admin
-        if name not in self.users:
-            await self.create_user(name, Role.ADMIN)
+        if name not in self.users:  # deleted: it takes its own name back
+            await self.create_user(name, Role.ADMIN, reclaim=True)
         elif self.users[name].role != Role.ADMIN:
             raise FailedPrecondition(f"user {name!r} exists and is not an admin")
         issued = await self.create_token(name, "recovered with hakuriver.host", None)
@@ -146,10 +146,12 @@ class Access:
 
     def _holder(self, token: ApiTokenRecord | None) -> Principal:
         """The user an API token stands for now; Unauthenticated saying why not."""
-        if token is None or token.user not in self.users:
+        if token is None:
             raise Unauthenticated("unknown API token")
-        if token.revoked_at is not None:
+        if token.revoked_at is not None:  # a deleted user's tokens are all revoked
             raise Unauthenticated(f"API token {token.token_id} was revoked")
+        if token.user not in self.users:
+            raise Unauthenticated("unknown API token")
         if token.expires_at is not None and token.expires_at <= utcnow():
             raise Unauthenticated(f"API token {token.token_id} expired at {token.expires_at:%c}")
         user = self.users[token.user]
@@ -169,7 +171,9 @@ class Access:
 
     # ----- users ------------------------------------------------------------------------
 
-    async def create_user(self, name: str, role: Role) -> UserRecord:
+    async def create_user(self, name: str, role: Role, reclaim: bool = False) -> UserRecord:
+        """A new user. Tasks are owned by name: a name a deleted user's tasks or tokens
+        still bear is refused unless ``reclaim`` (a newcomer must not inherit them)."""
         if not USER_NAME_RE.match(name):
             raise InvalidArgument(
                 f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
@@ -177,10 +181,21 @@ class Access:
             )
         if name in self.users:
             raise FailedPrecondition(f"name: user {name!r} exists already")
+        if not reclaim and await self._name_used(name):
+            raise FailedPrecondition(
+                f"name: {name!r} belonged to a deleted user, whose tasks and tokens keep it: "
+                "choose another name, or reclaim it (hakuriver.admin user add --reclaim) to "
+                "give that user's tasks to the new one"
+            )
         record = UserRecord(name=name, role=role.value, created_at=utcnow())
         await self.store.run(self._merge, record)
         self.users[name] = record
         return record
+
+    async def _name_used(self, name: str) -> bool:
+        if any(token.user == name for token in self._tokens.values()):
+            return True
+        return await self.store.run(self.store.owns_tasks, name)
 
     def user(self, name: str) -> UserRecord:
         record = self.users.get(name)

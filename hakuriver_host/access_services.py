@@ -19,7 +19,7 @@ from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.timestamps import from_timestamp, to_timestamp
 from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
-from hakuriver_host.errors import Hidden, InvalidArgument
+from hakuriver_host.errors import Hidden, InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Principal, caller
 from hakuriver_host.models import ApiTokenRecord, AuditRecord, RunnerCredentialRecord, UserRecord
 
@@ -80,8 +80,9 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     async def CreateUser(
         self, request: apb.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> apb.CreateUserResponse:
-        user = await self.access.create_user(request.name, _role(request.role))
-        self.audit.record(caller(), "user.create", user.name, detail=f"role {user.role}")
+        user = await self.access.create_user(request.name, _role(request.role), request.reclaim)
+        detail = f"role {user.role}" + (", reclaimed" if request.reclaim else "")
+        self.audit.record(caller(), "user.create", user.name, detail=detail)
         return apb.CreateUserResponse(user=user_to_pb(user))
 
     async def ListUsers(
@@ -111,7 +112,11 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         self, request: apb.ListTokensRequest, context: grpc.aio.ServicerContext
     ) -> apb.ListTokensResponse:
         who = caller()
-        everybody = request.user == "*" and who.has(Role.ADMIN)
+        everybody = request.user == "*"
+        if everybody and not who.has(Role.ADMIN):
+            raise PermissionDenied(
+                f"everybody's tokens (user '*') need the admin role; {who.name} is {who.role}"
+            )
         user = None if everybody else self._whose(who, request.user)
         tokens = self.access.tokens(user, request.include_inactive)
         return apb.ListTokensResponse(tokens=[token_to_pb(t) for t in tokens])

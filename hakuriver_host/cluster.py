@@ -402,6 +402,11 @@ class Cluster:
         task ends; with ``max_lag``, skipping ahead to stay within that many bytes of the
         end."""
         task = await self.get_task(task_id, who)
+        if task.kind == TaskKind.VPS:  # a follower would otherwise wait for its whole life
+            raise FailedPrecondition(
+                f"task {task.task_id} is a VPS: it writes no output (reach it with "
+                f"hakuriver.ssh {task.task_id})"
+            )
         name = LOG_STREAMS.get(stream)
         if name is None:
             raise InvalidArgument("stream: must be STDOUT or STDERR")

@@ -32,6 +32,15 @@ OPEN_TIMEOUT = 10.0
 CHUNK = 64 * 1024
 
 
+async def _first_line(reader: asyncio.StreamReader) -> bytes:
+    """The client's request line; one longer than the stream's limit (64 KiB) is no
+    request either (asyncio's own words for it are not for the client)."""
+    try:
+        return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+    except ValueError:
+        return b""
+
+
 class SshProxy:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -57,8 +66,7 @@ class SshProxy:
         tunnel: Tunnel | None = None
         try:
             try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
-                tunnel = await self._open(line)
+                tunnel = await self._open(await _first_line(reader))
                 await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"

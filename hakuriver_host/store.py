@@ -300,6 +300,12 @@ class Store:
                 stored.update(session.exec(select(TaskRecord.task_id).where(part, ended)))
             return first, size, counts, stored
 
+    def owns_tasks(self, owner: str) -> bool:
+        """Whether any task, finished or not, is ``owner``'s."""
+        with Session(self.engine) as session:
+            query = select(TaskRecord.task_id).where(TaskRecord.owner == owner).limit(1)
+            return session.exec(query).first() is not None
+
     def list_tasks(
         self,
         statuses: Sequence[str],

@@ -401,3 +401,48 @@ def test_stdout_with_a_lag_bound_prints_the_end_and_says_what_it_skipped(
     assert len(whole.stdout) == 800_000 and whole.stderr == ""
     bad = cluster.cli("task", "stdout", str(task.task_id), "--max-lag", "lots")
     assert bad.returncode == 2 and bad.stderr.startswith("error: --max-lag: cannot parse size")
+
+
+def test_values_out_of_a_fields_range_are_one_line_usage_errors(cluster: ProcessCluster) -> None:
+    for tool, argv in (
+        ("task", ["submit", "--cores", "2147483648", "--", "true"]),
+        ("task", ["submit", "--priority", "-99999999999999999999", "--", "true"]),
+        ("task", ["submit", "--gpus", "2147483648", "--", "true"]),
+        ("task", ["stdout", "1", "--max-lag", "99999999999T"]),
+        ("vps", ["submit", "--public-key-string", "k", "--cores", "4294967296"]),
+        ("vps", ["submit", "--public-key-string", "k", "--target", "a", "--target", "b"]),
+        ("admin", ["token", "create", "--expires", "3000000d"]),
+        ("admin", ["token", "create", "--expires", "9999-12-31T23:00-05:00"]),
+        ("admin", ["audit", "--before", "9223372036854775808"]),
+    ):
+        done = cluster.cli(tool, *argv)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "Traceback" not in done.stderr, (argv, done.stderr)
+        ours = done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+        assert ours or "Error: Invalid value for '--" in done.stderr, (argv, done.stderr)
+
+
+def test_a_token_is_saved_or_not_made(cluster: ProcessCluster, tmp_path: Path) -> None:
+    def tokens() -> list[str]:
+        listed = cluster.cli("admin", "--json", "token", "list", "--include-inactive")
+        return [t["token_id"] for t in json.loads(listed.stdout)]
+
+    before = tokens()
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    refused = cluster.cli("admin", "token", "create", "--save", str(not_a_folder / "x"))
+    assert refused.returncode == 2 and "is not a folder" in refused.stderr, refused.stderr
+    assert tokens() == before
+    # The checks pass, and the write then fails (its temporary file's name is taken by a
+    # folder): nobody holds the secret.
+    (tmp_path / "lost.tmp").mkdir()
+    lost = cluster.cli("admin", "token", "create", "--save", str(tmp_path / "lost"))
+    assert lost.returncode == 1 and lost.stderr.endswith("was revoked again\n"), lost.stderr
+    listed = json.loads(
+        cluster.cli("admin", "--json", "token", "list", "--include-inactive").stdout
+    )
+    [made] = [t for t in listed if t["token_id"] not in before]
+    assert made.get("revoked_at"), made
+    saved = cluster.cli("admin", "token", "create", "--save", str(tmp_path / "saved"))
+    assert saved.returncode == 0, saved.stderr
+    assert f"keeps it in {cluster.credentials} (chmod 600)" in saved.stderr

@@ -33,6 +33,7 @@ from hakuriver_common.channels import bearer
 from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
     access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
     task_pb2,
     task_service_pb2 as tpb,
 )
@@ -394,7 +395,6 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
     for request, missing in [
         (apb.CreateTokenRequest(user="bob"), apb.CreateTokenRequest(user="nobody")),
         (apb.ListTokensRequest(user="bob"), apb.ListTokensRequest(user="nobody")),
-        (apb.ListTokensRequest(user="*"), None),
     ]:
         call = getattr(alice.access, type(request).__name__.removesuffix("Request"))
         code, details = await _refusal(call(request, timeout=5))
@@ -404,6 +404,11 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
                 CODE.NOT_FOUND,
                 f"user {missing.user!r} not found",
             )
+    # Everybody's (hakuriver.admin token list --all) is an admin's to ask, and said so.
+    assert await _refusal(alice.access.ListTokens(apb.ListTokensRequest(user="*"), timeout=5)) == (
+        CODE.PERMISSION_DENIED,
+        "everybody's tokens (user '*') need the admin role; alice is user",
+    )
     assert await _refusal(
         alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=bob_token.token_id), timeout=5)
     ) == (CODE.NOT_FOUND, f"token_id: token {bob_token.token_id!r} not found")
@@ -435,10 +440,52 @@ async def test_deleting_a_user_revokes_their_tokens(local_cluster: LocalCluster)
     assert deleted.revoked_tokens == 2
     for secret in (bob.token, second.secret):
         assert (await _who(secret, local_cluster))[0] == CODE.UNAUTHENTICATED
-    # A new user of the same name does not bring the old tokens back.
-    await local_cluster.access.CreateUser(apb.CreateUserRequest(name="bob", role=Role.USER.pb))
+    for secret, token_id in ((bob.token, None), (second.secret, second.token.token_id)):
+        code, details = await _who(secret, local_cluster)
+        assert code == CODE.UNAUTHENTICATED and details.endswith("was revoked"), details
+        if token_id is not None:
+            assert details == f"API token {token_id} was revoked"
+    # Reclaimed, the name does not bring the old tokens back.
+    request = apb.CreateUserRequest(name="bob", role=Role.USER.pb, reclaim=True)
+    await local_cluster.access.CreateUser(request, timeout=5)
     for secret in (bob.token, second.secret):
         assert (await _who(secret, local_cluster))[0] == CODE.UNAUTHENTICATED
+
+
+async def test_a_deleted_users_name_is_not_given_to_a_newcomer_unless_reclaimed(
+    local_cluster: LocalCluster,
+) -> None:
+    """Tasks are owned by name: a new user of a deleted user's name would see that user's
+    output, kill their tasks and SSH into their VPS."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    carol = await local_cluster.add_user("carol")
+    task = await _submit(carol, "secret-work")
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="carol"), timeout=5)
+    again = apb.CreateUserRequest(name="carol", role=Role.USER.pb)
+    code, details = await _refusal(local_cluster.access.CreateUser(again, timeout=5))
+    assert code == CODE.FAILED_PRECONDITION
+    assert details.startswith("name: 'carol' belonged to a deleted user"), details
+    users = await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)
+    assert "carol" not in [u.name for u in users.users]
+    # A name only ever given tokens is kept too; a name never used is free.
+    await local_cluster.add_user("dave")
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="dave"), timeout=5)
+    dave = apb.CreateUserRequest(name="dave", role=Role.USER.pb)
+    code, _ = await _refusal(local_cluster.access.CreateUser(dave, timeout=5))
+    assert code == CODE.FAILED_PRECONDITION
+    await local_cluster.add_user("erin")
+
+    again.reclaim = True
+    await local_cluster.access.CreateUser(again, timeout=5)
+    token = await local_cluster.access.CreateToken(apb.CreateTokenRequest(user="carol"), timeout=5)
+    back = local_cluster.client(token.secret, "carol")
+    found = await back.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=5)
+    assert found.task.command == "secret-work"
+    audit = await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+    assert any(
+        e.action == "user.create" and e.target == "carol" and "reclaimed" in e.detail
+        for e in audit.events
+    )
 
 
 async def test_the_last_admin_cannot_be_deleted(local_cluster: LocalCluster) -> None:

@@ -7,11 +7,15 @@ import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
+import pytest
+
 from hakuriver_common.proto.hakuriver.v1 import log_service_pb2 as lpb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.log_store import FOLLOWER_BYTES, FOLLOWER_QUEUE, STDERR, STDOUT, LogStore
-from tests.fake_runner import exit_with
+from tests.fake_runner import HOLD, exit_with
 from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_authorization import SSH_KEY
 
 
 def make(tmp_path: Path) -> LogStore:
@@ -161,3 +165,19 @@ async def test_read_log_over_the_api_honours_the_lag_bound(local_cluster: LocalC
 def test_the_paths_as_text_are_the_paths(tmp_path: Path) -> None:
     store = make(tmp_path)
     assert store.paths(42) == (str(store.path(42, STDOUT)), str(store.path(42, STDERR)))
+
+
+async def test_reading_a_vps_output_is_refused_at_once(local_cluster: LocalCluster) -> None:
+    """A VPS writes no output: a follower would otherwise wait for the VPS's whole life."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    vps = await local_cluster.submit("", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+    for follow in (False, True):
+        request = lpb.ReadLogRequest(task_id=vps.task_id, follow=follow)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await anext(aiter(local_cluster.logs.ReadLog(request, timeout=5)))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details() == (
+            f"task {vps.task_id} is a VPS: it writes no output "
+            f"(reach it with hakuriver.ssh {vps.task_id})"
+        )

@@ -37,5 +37,20 @@ async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
         answer = await asyncio.wait_for(reader.readline(), 5)
     finally:
         writer.close()
-    assert answer == b"ERROR unknown API token\n"
+    assert answer.startswith(b"ERROR API token ") and answer.endswith(b" was revoked\n"), answer
     assert runner.tunnel_opens == []
+
+
+async def test_an_over_long_request_line_gets_the_protocols_answer(
+    local_cluster: LocalCluster,
+) -> None:
+    assert local_cluster.server is not None
+    port = local_cluster.server.ssh_proxy_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"x" * 100_000 + b"\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert answer == b"ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)\n"

@@ -67,18 +67,25 @@ class CreateUserRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    RECLAIM_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Letters, digits, '.', '_' and '-'; at most 64 characters."""
     role: _access_pb2.Role.ValueType
+    reclaim: _builtins.bool
+    """A name that belonged to a deleted user (whose tasks and tokens keep it) is refused
+    unless this is set: the new user then owns that user's tasks (sees their output, may
+    kill them and SSH into their VPS). For giving a person back their own name.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         role: _access_pb2.Role.ValueType = ...,
+        reclaim: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reclaim", b"reclaim", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

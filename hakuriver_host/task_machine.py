@@ -135,7 +135,14 @@ def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
     final = exit_status(exit_code, report.oom_killed, facts.kill_requested)
     error = report.error_message
     if final is TaskStatus.KILLED_OOM and not error:
-        error = f"killed by the kernel: memory limit of {facts.memory_bytes} bytes exceeded"
+        limit = f"memory limit of {facts.memory_bytes} bytes exceeded"
+        # Docker's flag is the container's: a child killed while the task itself went on
+        # (and exited 0) counts too, as in Slurm's OUT_OF_MEMORY.
+        error = (
+            f"a process of the task was killed by the kernel ({limit}); the task exited 0"
+            if exit_code == 0
+            else f"killed by the kernel: {limit}"
+        )
     if final is TaskStatus.COMPLETED and facts.output_error:
         final = TaskStatus.FAILED
         error = f"exited 0, but its output could not all be stored: {facts.output_error}"

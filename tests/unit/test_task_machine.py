@@ -141,6 +141,18 @@ def test_exit_report_carries_its_fields() -> None:
     assert killed.status is S.KILLED
 
 
+def test_a_task_that_exited_0_after_a_process_of_it_was_killed_for_memory_says_so() -> None:
+    """Docker's out-of-memory flag is the container's: the task's own process may have
+    lived on. Still killed_oom (as Slurm's OUT_OF_MEMORY), but not "killed" itself."""
+    report = R(state=rpb.RUNNER_TASK_STATE_EXITED, exit_code=0, oom_killed=True)
+    outcome = on_report(TaskFacts(S.RUNNING, memory_bytes=512), report)
+    assert outcome.status is S.KILLED_OOM
+    assert outcome.fields["error_message"] == (
+        "a process of the task was killed by the kernel (memory limit of 512 bytes exceeded); "
+        "the task exited 0"
+    )
+
+
 @pytest.mark.parametrize(
     ("exit_code", "oom", "kill", "status", "error"),
     [

@@ -619,10 +619,11 @@ class Cluster:
         return storing
 
     def _dispatch(self, task: Task) -> None:
-        """Send a stored placement to its Runner, unless it moved on meanwhile (killed)
-        or its Runner is away (it is then dispatched when the Runner comes back)."""
+        """Send a stored placement to its Runner, unless it moved on meanwhile, a kill came
+        while it was being stored (the kill, sent after, finds nothing to stop: its command
+        never starts), or its Runner is away (it is then dispatched when it comes back)."""
         link = self.nodes.link_of(task.assigned_node)
-        if link is not None and task.status == TaskStatus.ASSIGNING:
+        if link is not None and task.status == TaskStatus.ASSIGNING and not task.kill_requested:
             link.dispatch(dispatch_of(task))
 
     def _place_at_once(self, records: list[Task]) -> bool:

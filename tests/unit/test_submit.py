@@ -276,3 +276,32 @@ async def test_a_queued_task_says_why_it_waits_when_it_is_not_its_turn(
     assert {t.task_id: t.status_detail for t in listed.tasks}[offline.task_id] == (
         "node gone is not connected"
     )
+
+
+async def test_a_task_killed_while_its_placement_is_being_stored_is_never_dispatched(
+    local_cluster: LocalCluster,
+) -> None:
+    """A kill that comes between a placement decided in memory and its write: the task
+    must not be sent to its Runner once stored (its command would start, then be killed)."""
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [first] = await local_cluster.submit_running()
+    queued = await local_cluster.submit("job")
+    assert status_of(queued) is TaskStatus.PENDING
+    assert local_cluster.server is not None
+    book = local_cluster.server.cluster.book
+    held = threading.Event()
+    local_cluster.server.store.executor.submit(held.wait, 10)  # the store's one thread is busy
+    try:
+        runner.finish(first.task_id, 0)  # its core is free in memory: the queued task placed
+        await eventually(
+            lambda: book.active[queued.task_id].status == TaskStatus.ASSIGNING,
+            what="the placement decided in memory",
+        )
+        killing = asyncio.create_task(local_cluster.kill(queued.task_id))
+        await eventually(lambda: book.active[queued.task_id].kill_requested, what="the kill")
+    finally:
+        held.set()
+    killed = await killing
+    assert status_of(killed) is TaskStatus.KILLED
+    assert status_of(await local_cluster.wait_status(queued.task_id)) is TaskStatus.KILLED
+    assert queued.task_id not in runner.dispatched

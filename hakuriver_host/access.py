@@ -95,7 +95,8 @@ class Access:
         """The first start: an admin and their token, written to the credentials file (or
         beside it, when that file exists already)."""
         name = self.config.auth.bootstrap_admin
-        await self.create_user(name, Role.ADMIN)
+        # Reclaimed: tasks submitted while authentication was off are this admin's.
+        await self.create_user(name, Role.ADMIN, reclaim=True)
         issued = await self.create_token(name, "created on the Host's first start", None)
         path = self.config.auth.credentials_file.expanduser()
         if path.exists():

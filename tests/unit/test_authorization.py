@@ -655,3 +655,20 @@ async def test_every_dashboard_api_call_refuses_callers_without_its_right(
         code, message = await asyncio.to_thread(call, secret)
         assert code == "permission_denied"
         assert message.startswith(f"{method} needs an API token")
+
+
+async def test_a_host_run_open_then_with_authentication_starts_and_its_admin_owns_the_tasks(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """Open, every caller acts as the bootstrap admin, so its tasks bear that name: turned
+    on, the first start's admin takes the name back rather than refusing it."""
+    cluster = await make_local_cluster(auth={"authentication": False})
+    await cluster.add_runner("a", answer=HOLD)
+    task = await cluster.submit("job")
+    assert task.owner == "admin"
+    cluster.config.auth.authentication = True
+    await cluster.restart_host()
+    found = await cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=5)
+    assert found.task.owner == "admin"
+    who = await cluster.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
+    assert who.user == "admin"

@@ -496,6 +496,7 @@ class Cluster:
         )
         if task.status != goal:
             raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
+        await self.book.stored(task)  # watchers hear of it at once; the caller once stored
         return task
 
     async def pause(self, task_id: int, who: Principal) -> Task:

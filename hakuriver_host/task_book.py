@@ -87,10 +87,14 @@ def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, An
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
 
+# What a Runner reports, told to watchers as soon as it is made in memory (TaskBook.change).
+TOLD_AT_ONCE = frozenset({TaskStatus.RUNNING, TaskStatus.PAUSED})
+
+
 class Change(NamedTuple):
     """A status change made in memory, to be stored: what it was, the copy its watchers
-    get once it is stored (None: nobody watches, or it is not final and they were told
-    when it was made), its row's new values and its event. (A tuple: made for
+    get once it is stored (None: nobody watches, or they were told when it was made:
+    TOLD_AT_ONCE), its row's new values and its event. (A tuple: made for
     every change, and a frozen dataclass costs several times as much to make.)"""
 
     task: Task
@@ -262,7 +266,7 @@ class TaskBook:
     ) -> Coroutine[Any, Any, None]:
         """The first half of ``move``: the change is made in memory now (so placement can
         decide many tasks in one pass); the returned coroutine stores it and only then
-        tells metrics, webhooks and (of a final change) watchers. Await it."""
+        tells metrics, webhooks and watchers (but for TOLD_AT_ONCE). Await it."""
         return self.store_changes([self.change(task, new, detail, fields)])
 
     def change(
@@ -291,12 +295,15 @@ class TaskBook:
             changes.setdefault("completed_at", now)
         assign(task, changes)
         self._change += 1
-        # Watchers get the task as this change left it: at once if it is not final (as
-        # GetTask, which reads memory, already shows it), else once it is stored (its
-        # output closed, webhooks told: a watcher seeing the end may read the output).
+        # Watchers get the task as this change left it: at once if its Runner said so
+        # (running, paused: as GetTask, which reads memory, already shows it; a Host that
+        # crashed before storing it hears it again when the Runner reconnects), else once
+        # it is stored: the Host's own decisions (a placement: after the end that freed
+        # its room, in its node's order) and the end (its output closed, so a watcher
+        # seeing it may read all of it).
         watched = task.task_id in self._watchers or self._list_watchers
         copy = (self._change, task.model_copy()) if watched else None
-        if copy is not None and not new.is_final:
+        if copy is not None and new in TOLD_AT_ONCE:
             self._tell_watchers(copy)
             copy = None
         if new.is_final:
@@ -314,11 +321,16 @@ class TaskBook:
         row = {"task_id": task.task_id, **changes}
         return Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
 
+    def stored(self, task: Task) -> asyncio.Future[None]:
+        """Done once every change of ``task`` made so far is stored (its node's writes are
+        stored in order): for an answer that must not come before the write."""
+        return self.store.queue_write(_write_key(task), updates=[], events=[])
+
     def store_changes(self, changes: Sequence[Change]) -> Coroutine[Any, Any, None]:
         """Queue the changes' write now, as one, so that a node's changes are stored in the
         order they were made (they must share a write key, their node's); the coroutine
-        awaits it, then tells metrics, webhooks and (of final changes) watchers of each.
-        Await it."""
+        awaits it, then tells metrics, webhooks and watchers (but for TOLD_AT_ONCE) of
+        each. Await it."""
         keys = {_write_key(change.task) for change in changes}
         if len(keys) != 1:
             raise ValueError(f"store_changes: {len(keys)} write keys, not one")
@@ -352,8 +364,8 @@ class TaskBook:
             raise failed
 
     def _told(self, change: Change) -> None:
-        """Tell webhooks and, of a final change, watchers of a stored change (the metrics
-        are told of a write's changes together)."""
+        """Tell webhooks and watchers (unless told already) of a stored change (the
+        metrics are told of a write's changes together)."""
         task, new = change.task, change.new
         if new.is_final:
             self.logs.close(task.task_id)

@@ -252,3 +252,58 @@ async def test_a_watcher_is_told_a_task_runs_at_once_and_that_it_ended_once_stor
         await blocker
     final = await asyncio.wait_for(ended, 5)
     assert TaskStatus.from_pb(final.task.status) is TaskStatus.COMPLETED
+
+
+async def test_a_placement_is_told_once_stored_and_a_pause_answered_once_stored(
+    local_cluster: LocalCluster,
+) -> None:
+    """Only what a Runner reports is told before it is stored. A placement is the Host's
+    own decision (told after the end that freed its room, in its node's order; a Host that
+    crashed before storing it places the task anew), and PauseTask answers once the pause
+    is stored, though its watchers hear of it at once."""
+    runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [first] = await local_cluster.submit_running()
+    queued = await local_cluster.submit("job")
+    call = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=queued.task_id), timeout=30)
+    replies = aiter(call)
+    assert TaskStatus.from_pb((await anext(replies)).task.status) is TaskStatus.PENDING
+    assert local_cluster.server is not None
+    store, book = local_cluster.server.store, _book(local_cluster)
+
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
+    try:
+        told = asyncio.ensure_future(anext(replies))
+        runner.finish(first.task_id, 0)
+        for _ in range(500):
+            if book.active[queued.task_id].status == TaskStatus.ASSIGNING:
+                break
+            await asyncio.sleep(0.01)
+        assert book.active[queued.task_id].status == TaskStatus.ASSIGNING
+        await asyncio.sleep(0.2)
+        assert not told.done(), "told of a placement not yet stored"
+    finally:
+        busy.set()
+        await blocker
+    assert TaskStatus.from_pb((await asyncio.wait_for(told, 5)).task.status) in (
+        TaskStatus.ASSIGNING,
+        TaskStatus.RUNNING,
+    )
+    await local_cluster.wait_status(queued.task_id, TaskStatus.RUNNING)
+
+    watch = book.watch(queued.task_id)
+    assert (await anext(watch)).status == TaskStatus.RUNNING
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
+    try:
+        pausing = asyncio.ensure_future(
+            local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=queued.task_id), timeout=10)
+        )
+        assert (await asyncio.wait_for(anext(watch), 5)).status == TaskStatus.PAUSED
+        await asyncio.sleep(0.2)
+        assert not pausing.done(), "answered before the pause was stored"
+    finally:
+        busy.set()
+        await blocker
+    paused = await asyncio.wait_for(pausing, 5)
+    assert TaskStatus.from_pb(paused.task.status) is TaskStatus.PAUSED

@@ -63,11 +63,14 @@ NODE_COLUMNS = (
 )
 
 
+def _status(status: int, disconnected: bool) -> str:
+    return node_status_name(status) + (" (disconnected)" if disconnected else "")
+
+
 def _node_row(n: node_pb2.Node) -> list[str]:
     return [
         n.hostname,
-        node_status_name(n.status)
-        + (" (disconnected)" if n.disconnected else "")
+        _status(n.status, n.disconnected)
         + (" (draining)" if n.draining else "")
         + (" (output not stored)" if n.output_problem else ""),
         f"{n.available_cores}/{n.total_cores}",
@@ -158,6 +161,7 @@ class NodeTrend:
     status: int
     samples: list[node_pb2.Health] = field(default_factory=list)
     output_problem: str = ""
+    disconnected: bool = False
 
 
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
@@ -168,7 +172,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
         out.add_column(column)
     for hostname, trend in sorted(trends.items()):
         if not trend.samples:
-            out.add_row(hostname, node_status_name(trend.status), *["-"] * 5)
+            out.add_row(hostname, _status(trend.status, trend.disconnected), *["-"] * 5)
             continue
         h = trend.samples[-1]
         temps = (
@@ -177,7 +181,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
         )
         out.add_row(
             hostname,
-            node_status_name(trend.status),
+            _status(trend.status, trend.disconnected),
             f"{h.cpu_percent:5.1f}%",
             sparkline([x.cpu_percent for x in trend.samples]),
             f"{h.memory_percent:5.1f}% "
@@ -229,7 +233,7 @@ def health(
             stub.GetHealth, npb.GetHealthRequest(hostname=hostname, include_history=True)
         )
         trends = {
-            n.hostname: NodeTrend(n.status, list(n.history), n.output_problem)
+            n.hostname: NodeTrend(n.status, list(n.history), n.output_problem, n.disconnected)
             for n in response.nodes
         }
         if not watch:
@@ -247,6 +251,7 @@ def health(
                 trend = trends.setdefault(node.hostname, NodeTrend(node.status))
                 trend.status = node.status
                 trend.output_problem = node.output_problem
+                trend.disconnected = node.disconnected
                 if node.HasField("current"):  # else: only its status changed
                     trend.samples.append(node.current)
                 if json:

@@ -94,7 +94,7 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
         draining=node.draining,
         allocated_gpus=sorted(set(capacity.gpus) - capacity.free_gpus) if capacity else [],
         output_problem=node.output_problem,
-        disconnected=node.online and node.link is None,
+        disconnected=node.disconnected,
     )
 
 

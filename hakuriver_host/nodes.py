@@ -53,6 +53,11 @@ class NodeView:
     # Why the Host could not store this node's task output at its latest try ("" if it could).
     output_problem: str = ""
 
+    @property
+    def disconnected(self) -> bool:
+        """Online (its timeout not reached) but its Runner's stream is closed."""
+        return self.online and self.link is None
+
     def record(self) -> dict[str, Any]:
         """The node's database row."""
         return NodeRecord(

@@ -194,6 +194,7 @@ def _node_health(node: NodeView, health: node_pb2.Health | None) -> npb.NodeHeal
         hostname=node.hostname,
         status=NodeStatus.of(node.online).pb,
         output_problem=node.output_problem,
+        disconnected=node.disconnected,
     )
     if health is not None:
         entry.current.CopyFrom(health)

@@ -410,12 +410,15 @@ async def test_a_node_whose_runner_went_is_disconnected_until_it_returns_or_time
     runner = await cluster.add_runner("a", answer=HOLD)
     [task] = await cluster.submit_running()
     samples: list[int] = []
-    told: list[int] = []
+    told: list[tuple[int, bool]] = []
     call = cluster.nodes.WatchHealth(npb.WatchHealthRequest(hostname="a"))
 
     async def listen() -> None:
         async for update in call:
-            (samples if update.node.HasField("current") else told).append(update.node.status)
+            if update.node.HasField("current"):
+                samples.append(update.node.status)
+            else:
+                told.append((update.node.status, update.node.disconnected))
 
     listener = asyncio.create_task(listen())
     try:
@@ -426,10 +429,14 @@ async def test_a_node_whose_runner_went_is_disconnected_until_it_returns_or_time
         node = await cluster.node("a")
         assert (node.status, node.disconnected) == (node_pb2.NODE_STATUS_ONLINE, True)
         assert client._node_row(node)[1] == "online (disconnected)"  # hakuriver.client nodes
+        assert told == [(node_pb2.NODE_STATUS_ONLINE, True)]  # ... health --watch
+        health = await cluster.nodes.GetHealth(npb.GetHealthRequest(hostname="a"), timeout=5)
+        assert [n.disconnected for n in health.nodes] == [True]
         assert status_of(await cluster.get(task.task_id)) is TaskStatus.RUNNING
 
         await runner.connect()
         await eventually(lambda: len(told) == 2, what="watchers told of its return")
+        assert told[1] == (node_pb2.NODE_STATUS_ONLINE, False)
         assert not (await cluster.node("a")).disconnected
         await runner.drop()
         offline = await cluster.wait_node("a", NodeStatus.OFFLINE)

@@ -288,8 +288,9 @@ export type Node = Message<"hakuriver.v1.Node"> & {
   /**
    * The node is online but its Runner's stream is closed: it gets no new tasks, and its
    * tasks are kept until it has been silent for heartbeat_interval x
-   * heartbeat_timeout_factor (then it is offline and they are lost), unless its Runner
-   * reconnects first. Always false for an offline node.
+   * heartbeat_timeout_factor (then it is offline and its tasks unknown, lost after
+   * timing.lost_after_seconds), unless its Runner reconnects first. Always false for an
+   * offline node.
    *
    * @generated from field: bool disconnected = 16;
    */

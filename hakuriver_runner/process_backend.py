@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -176,6 +177,9 @@ class ProcessBackend:
                     stderr=err,
                     env={
                         **without_secrets(dict(os.environ)),
+                        # The home of the user it runs as, not the Runner's HOME (a systemd
+                        # unit pins that to whoever wrote it: hakuriver.init service).
+                        "HOME": pwd.getpwuid(os.geteuid()).pw_dir,
                         **dict(dispatch.env),
                         **task_variables(dispatch, dispatch.gpu_ids),
                     },

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from hakuriver_cli import direct
+from hakuriver_cli.call_error import CallError
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, parsed, unary
 from hakuriver_cli.link import access_stub, audit_stub
 from hakuriver_cli.render import (
@@ -237,8 +238,15 @@ def token_create(
             try:
                 write_secret(target, made.secret)
             except OSError as exc:  # nobody has the secret: the token goes at once
-                unary(stub.RevokeToken, apb.RevokeTokenRequest(token_id=token.token_id))
-                fail(f"cannot write {target}: {exc.strerror}; {about} was revoked again")
+                lost = f"cannot write {target}: {exc.strerror}; {about}"
+                try:
+                    unary(stub.RevokeToken, apb.RevokeTokenRequest(token_id=token.token_id))
+                except CallError:
+                    fail(
+                        f"{lost} was made but could not be revoked: revoke it "
+                        f"(hakuriver.admin token revoke {token.token_id})"
+                    )
+                fail(f"{lost} was revoked again")
     if json:
         body: dict[str, Any] = {"token": to_dict(token)}
         body.update({"saved_to": str(target)} if target else {"secret": made.secret})
@@ -247,9 +255,10 @@ def token_create(
         cli.echo(f"saved {about} to {target} (mode 0600)")
     else:
         cli.echo(made.secret)
-    # The file the tools read, as this config names it (another user's config may name
-    # another; the default is ~/.hakuriver/credentials).
-    keep = f"{cfg.auth.credentials_file} (chmod 600) or ${TOKEN_ENV}"
+    # The file the tools read: as this config names it for one's own token; another user's
+    # config names theirs.
+    where = "their auth.credentials_file" if user else cfg.auth.credentials_file
+    keep = f"{where} (chmod 600) or ${TOKEN_ENV}"
     if target is None:
         cli.echo(f"warning: {about} is shown only now; keep it in {keep}", err=True)
     else:

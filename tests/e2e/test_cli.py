@@ -446,3 +446,7 @@ def test_a_token_is_saved_or_not_made(cluster: ProcessCluster, tmp_path: Path) -
     saved = cluster.cli("admin", "token", "create", "--save", str(tmp_path / "saved"))
     assert saved.returncode == 0, saved.stderr
     assert f"keeps it in {cluster.credentials} (chmod 600)" in saved.stderr
+    theirs = cluster.cli(
+        "admin", "token", "create", "--user", "admin", "--save", str(tmp_path / "t")
+    )
+    assert "keeps it in their auth.credentials_file (chmod 600)" in theirs.stderr, theirs.stderr

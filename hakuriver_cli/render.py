@@ -173,6 +173,7 @@ def memory(num_bytes: int) -> str:
 def task_row(t: task_pb2.Task) -> list[str]:
     return [
         str(t.task_id),
+        f"{t.batch_id}[{t.array_index}]" if t.HasField("array_index") else "-",
         t.owner or "-",
         status_name(t.status) + (f" #{t.queue_position}" if t.queue_position else ""),
         t.assigned_node or "-",
@@ -187,6 +188,7 @@ def task_row(t: task_pb2.Task) -> list[str]:
 
 TASK_COLUMNS = (
     "task_id",
+    "array[index]",
     "owner",
     "status (#queue)",
     "node",

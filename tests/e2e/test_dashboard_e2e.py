@@ -122,6 +122,24 @@ def test_a_queued_task_says_why_it_waits(site: Site) -> None:
     _no_problems(tab)
 
 
+def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
+    request = tpb.SubmitTaskRequest(
+        command="true", container_name=BASE_ENV, array=tpb.TaskArray(indices=[0, 7])
+    )
+    tasks = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+    array_id = tasks[0].batch_id
+    tab = site.tab(site.alice)
+    tab.goto("/tasks")
+    for task in tasks:
+        row = tab.page.get_by_test_id(f"task-row-{task.task_id}")
+        expect(row.get_by_test_id("task-array")).to_have_text(f"{array_id}[{task.array_index}]")
+    tab.goto(f"/tasks/{tasks[1].task_id}")
+    expect(tab.page.get_by_test_id("task-array")).to_have_text(f"{array_id}[7]")
+    for task in tasks:
+        site.cluster.wait_final(task.task_id)
+    _no_problems(tab)
+
+
 def test_a_long_output_is_shown_from_near_its_end_with_a_notice(site: Site) -> None:
     # 5 MiB of numbered lines (9 bytes each): the page asks for at most its last 2 MiB.
     first, count = 10_000_000, 5 * 1024 * 1024 // 9

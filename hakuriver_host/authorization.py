@@ -38,6 +38,7 @@ RIGHTS: dict[str, Right] = {
     _TASK + "SubmitTask": Right.USER,
     _TASK + "GetTask": Right.USER,
     _TASK + "ListTasks": Right.USER,
+    _TASK + "CountTasks": Right.USER,
     _TASK + "WatchTasks": Right.USER,
     _TASK + "KillTask": Right.USER,
     _TASK + "PauseTask": Right.USER,

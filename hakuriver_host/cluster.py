@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any
@@ -337,6 +338,24 @@ class Cluster:
         task, events = await self.book.get_with_events(require_task_id(task_id))
         self._visible(task, who)
         return task, self.book.queue_position(task), events
+
+    async def count_tasks(
+        self, req: tpb.CountTasksRequest, who: Principal
+    ) -> dict[TaskStatus, int]:
+        """How many tasks ``who`` may see are in each status (non-zero counts, in status
+        order), as stored."""
+        try:
+            statuses = [TaskStatus.from_pb(s).value for s in req.statuses]
+        except ValueError as exc:
+            raise InvalidArgument(f"statuses: {exc}") from None
+        after = from_timestamp(req, "submitted_after", InvalidArgument)
+        owner = req.owner if who.sees_all_tasks else who.name
+        found: Counter[str] = Counter()
+        for (status, _), count in (
+            await self.store.run(self.store.count_tasks, statuses, after, owner)
+        ).items():
+            found[status] += count
+        return {s: found[s.value] for s in TaskStatus if found[s.value]}
 
     async def list_tasks(self, req: tpb.ListTasksRequest, who: Principal) -> list[tuple[Task, int]]:
         """Tasks matching the filters, newest first, each with its queue position; a user

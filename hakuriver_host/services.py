@@ -113,6 +113,14 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             reply.next_before_task_id = reply.tasks[-1].task_id
         return reply
 
+    async def CountTasks(
+        self, request: tpb.CountTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.CountTasksResponse:
+        counts = await self.cluster.count_tasks(request, caller())
+        return tpb.CountTasksResponse(
+            counts=[tpb.StatusCount(status=s.pb, count=n) for s, n in counts.items()]
+        )
+
     async def _act(
         self, action: Callable[[int, Principal], Awaitable[Task]], task_id: int
     ) -> task_pb2.Task:

@@ -214,12 +214,24 @@ class Store:
             query = select(TaskRecord).where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
             return [in_memory(record) for record in session.exec(query)]
 
-    def count_tasks(self) -> dict[tuple[str, str], int]:
-        """Number of tasks by (status, kind)."""
+    def count_tasks(
+        self,
+        statuses: Sequence[str] = (),
+        submitted_after: datetime | None = None,
+        owner: str = "",
+    ) -> dict[tuple[str, str], int]:
+        """Number of tasks by (status, kind): only in ``statuses`` (all if empty),
+        submitted since ``submitted_after``, of ``owner`` when given."""
         with Session(self.engine) as session:
             query = select(TaskRecord.status, TaskRecord.kind, func.count()).group_by(
                 TaskRecord.status, TaskRecord.kind
             )
+            if statuses:
+                query = query.where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
+            if submitted_after is not None:
+                query = query.where(TaskRecord.submitted_at >= submitted_after)
+            if owner:
+                query = query.where(TaskRecord.owner == owner)
             return {(status, kind): count for status, kind, count in session.exec(query)}
 
     def held_batches(self) -> set[int]:

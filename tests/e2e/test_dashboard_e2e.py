@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.sync_api import Browser, expect
 
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -137,6 +139,61 @@ def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
     expect(tab.page.get_by_test_id("task-array")).to_have_text(f"{array_id}[7]")
     for task in tasks:
         site.cluster.wait_final(task.task_id)
+    _no_problems(tab)
+
+
+def test_home_counts_are_the_hosts_and_follow_new_tasks(site: Site) -> None:
+    """The overview's counts are the Host's (CountTasks), not a count of a first page of
+    tasks, and move when a task ends."""
+    tasks = site.tasks_as(site.alice)
+
+    def completed() -> int:
+        since = Timestamp()
+        since.FromDatetime(datetime.now(UTC) - timedelta(hours=24))
+        request = tpb.CountTasksRequest(
+            statuses=[task_pb2.TASK_STATUS_COMPLETED], submitted_after=since
+        )
+        counts = tasks.CountTasks(request, timeout=10).counts
+        return sum(c.count for c in counts)
+
+    tab = site.tab(site.alice)
+    tab.goto("/")
+    shown = tab.page.get_by_test_id("task-count-completed")
+    expect(shown).to_have_text(str(completed()))
+    request = tpb.SubmitTaskRequest(command="true", container_name=BASE_ENV)
+    [task] = tasks.SubmitTask(request, timeout=10).tasks
+    assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    expect(shown).to_have_text(str(completed()))
+    _no_problems(tab)
+
+
+def test_a_task_whose_runner_went_is_shown_on_its_node_and_killed_from_its_page(
+    site: Site,
+) -> None:
+    """An unknown task (its Runner away) still holds its node's resources and can be killed:
+    its node lists it, and its page offers Kill, as the CLI does."""
+    name = site.cluster.start_runner(f"{site.cluster.runner_names[0]}-away")
+    tasks = site.tasks_as(site.alice)
+    request = tpb.SubmitTaskRequest(
+        command="sleep",
+        arguments=["300"],
+        container_name=BASE_ENV,
+        targets=[task_pb2.Target(hostname=name)],
+    )
+    [task] = tasks.SubmitTask(request, timeout=10).tasks
+
+    def status() -> int:
+        return tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=10).task.status
+
+    wait_for(lambda: status() == task_pb2.TASK_STATUS_RUNNING, what="the task to run")
+    site.cluster.kill_runner(name)
+    wait_for(lambda: status() == task_pb2.TASK_STATUS_UNKNOWN, 60, what="the task to be unknown")
+    tab = site.tab(site.alice)
+    tab.goto(f"/nodes/{name}")
+    expect(tab.page.get_by_test_id(f"node-task-{task.task_id}")).to_be_visible()
+    tab.goto(f"/tasks/{task.task_id}")
+    tab.page.get_by_test_id("kill").click()
+    expect(tab.page.get_by_test_id("task-status")).to_have_text("killed")
     _no_problems(tab)
 
 

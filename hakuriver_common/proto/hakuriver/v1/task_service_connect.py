@@ -26,6 +26,9 @@ class TaskService(Protocol):
     async def list_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def count_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
     async def kill_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.KillTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.KillTaskResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
@@ -88,6 +91,16 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.list_tasks,
+                ),
+                "/hakuriver.v1.TaskService/CountTasks": Endpoint.unary(
+                    method=MethodInfo(
+                        name="CountTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.count_tasks,
                 ),
                 "/hakuriver.v1.TaskService/KillTask": Endpoint.unary(
                     method=MethodInfo(
@@ -246,6 +259,26 @@ class TaskServiceClient(ConnectClient):
                 service_name="hakuriver.v1.TaskService",
                 input=hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest,
                 output=hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    async def count_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CountTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,
@@ -440,6 +473,8 @@ class TaskServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def list_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def count_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def kill_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.KillTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.KillTaskResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def pause_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.PauseTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PauseTaskResponse:
@@ -493,6 +528,16 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.list_tasks,
+                ),
+                "/hakuriver.v1.TaskService/CountTasks": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="CountTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.count_tasks,
                 ),
                 "/hakuriver.v1.TaskService/KillTask": EndpointSync.unary(
                     method=MethodInfo(
@@ -651,6 +696,26 @@ class TaskServiceClientSync(ConnectClientSync):
                 service_name="hakuriver.v1.TaskService",
                 input=hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest,
                 output=hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def count_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="CountTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -50,6 +50,11 @@ class TaskServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
                 _registered_method=True)
+        self.CountTasks = channel.unary_unary(
+                '/hakuriver.v1.TaskService/CountTasks',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse.FromString,
+                _registered_method=True)
         self.KillTask = channel.unary_unary(
                 '/hakuriver.v1.TaskService/KillTask',
                 request_serializer=hakuriver_dot_v1_dot_task__service__pb2.KillTaskRequest.SerializeToString,
@@ -118,6 +123,14 @@ class TaskServiceServicer:
 
     def ListTasks(self, request, context):
         """ListTasks returns tasks, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountTasks(self, request, context):
+        """CountTasks counts the tasks the caller may see by status, however many there are (a
+        list stops at its limit): the dashboard's overview.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +222,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ListTasks,
                     request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'CountTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTasks,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse.SerializeToString,
             ),
             'KillTask': grpc.unary_unary_rpc_method_handler(
                     servicer.KillTask,
@@ -338,6 +356,33 @@ class TaskService:
             '/hakuriver.v1.TaskService/ListTasks',
             hakuriver_dot_v1_dot_task__service__pb2.ListTasksRequest.SerializeToString,
             hakuriver_dot_v1_dot_task__service__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/CountTasks',
+            hakuriver_dot_v1_dot_task__service__pb2.CountTasksRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.CountTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class TaskServiceStub:
     """GetTask returns a task with its status timeline."""
     ListTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]
     """ListTasks returns tasks, newest first."""
+    CountTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CountTasksRequest, _task_service_pb2.CountTasksResponse]
+    """CountTasks counts the tasks the caller may see by status, however many there are (a
+    list stops at its limit): the dashboard's overview.
+    """
     KillTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.KillTaskRequest, _task_service_pb2.KillTaskResponse]
     """KillTask stops a pending, assigning, running or paused task."""
     PauseTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.PauseTaskRequest, _task_service_pb2.PauseTaskResponse]
@@ -84,6 +88,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """GetTask returns a task with its status timeline."""
     ListTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ListTasksRequest, _task_service_pb2.ListTasksResponse]  # type: ignore[assignment]
     """ListTasks returns tasks, newest first."""
+    CountTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CountTasksRequest, _task_service_pb2.CountTasksResponse]  # type: ignore[assignment]
+    """CountTasks counts the tasks the caller may see by status, however many there are (a
+    list stops at its limit): the dashboard's overview.
+    """
     KillTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.KillTaskRequest, _task_service_pb2.KillTaskResponse]  # type: ignore[assignment]
     """KillTask stops a pending, assigning, running or paused task."""
     PauseTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.PauseTaskRequest, _task_service_pb2.PauseTaskResponse]  # type: ignore[assignment]
@@ -142,6 +150,16 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ListTasksResponse, _abc.Awaitable[_task_service_pb2.ListTasksResponse]]:
         """ListTasks returns tasks, newest first."""
+
+    @_abc_1.abstractmethod
+    def CountTasks(
+        self,
+        request: _task_service_pb2.CountTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.CountTasksResponse, _abc.Awaitable[_task_service_pb2.CountTasksResponse]]:
+        """CountTasks counts the tasks the caller may see by status, however many there are (a
+        list stops at its limit): the dashboard's overview.
+        """
 
     @_abc_1.abstractmethod
     def KillTask(

@@ -175,11 +175,13 @@ export function mayControl(task: Pick<Task, "owner">): boolean {
   return task.owner === session.user || can(Role.OPERATOR);
 }
 
+/** As the Host's task_machine.KILLABLE: an unknown task (its Runner away) is killed at once. */
 export const KILLABLE = new Set([
   TaskStatus.PENDING,
   TaskStatus.ASSIGNING,
   TaskStatus.RUNNING,
   TaskStatus.PAUSED,
+  TaskStatus.UNKNOWN,
 ]);
 
 export type TaskAction = "kill" | "pause" | "resume";

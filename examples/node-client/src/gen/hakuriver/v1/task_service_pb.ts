@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/task_service.proto.
  */
 export const file_hakuriver_v1_task_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9oYWt1cml2ZXIvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiMQoJVGFza0FycmF5Eg8KB2luZGljZXMYASADKAUSEwoLbWF4X3J1bm5pbmcYAiABKAUi8gMKEVN1Ym1pdFRhc2tSZXF1ZXN0EiQKBGtpbmQYASABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDwoHY29tbWFuZBgCIAEoCRIRCglhcmd1bWVudHMYAyADKAkSNQoDZW52GAQgAygLMiguaGFrdXJpdmVyLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0LkVudkVudHJ5EhIKBWNvcmVzGAUgASgFSACIAQESDgoGbWVtb3J5GAYgASgJEiUKB3RhcmdldHMYByADKAsyFC5oYWt1cml2ZXIudjEuVGFyZ2V0EhYKDmNvbnRhaW5lcl9uYW1lGAggASgJEhIKCnByaXZpbGVnZWQYCSABKAgSIwoGbW91bnRzGAogAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhAKCHByaW9yaXR5GAsgASgFEgwKBGdwdXMYDCABKAUSFgoOc3NoX3B1YmxpY19rZXkYDSABKAkSKgoHbmV0d29yaxgOIAEoDjIZLmhha3VyaXZlci52MS5UYXNrTmV0d29yaxImCgVhcnJheRgPIAEoCzIXLmhha3VyaXZlci52MS5UYXNrQXJyYXkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZfY29yZXMiWgoSU3VibWl0VGFza1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSEAoIYmF0Y2hfaWQYAiABKAMSDwoHY3JlYXRlZBgDIAEoBSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIlwKD0dldFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2sSJwoGZXZlbnRzGAIgAygLMhcuaGFrdXJpdmVyLnYxLlRhc2tFdmVudCKZAgoQTGlzdFRhc2tzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEgwKBG5vZGUYAiABKAkSEAoIYmF0Y2hfaWQYAyABKAMSDQoFbGltaXQYBCABKAUSFgoOYmVmb3JlX3Rhc2tfaWQYBSABKAMSJAoEa2luZBgGIAEoDjIWLmhha3VyaXZlci52MS5UYXNrS2luZBIzCg9zdWJtaXR0ZWRfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAggASgJEhgKC2FycmF5X2luZGV4GAkgASgFSACIAQFCDgoMX2FycmF5X2luZGV4IlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSGwoTbmV4dF9iZWZvcmVfdGFza19pZBgCIAEoAyIiCg9LaWxsVGFza1JlcXVlc3QSDwoHdGFza19pZBgBIAEoAyI0ChBLaWxsVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBQYXVzZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRUGF1c2VUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiQKEVJlc3VtZVRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNgoSUmVzdW1lVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIjChBXYXRjaFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNQoRV2F0Y2hUYXNrUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiIKEVdhdGNoVGFza3NSZXF1ZXN0Eg0KBW93bmVyGAEgASgJIjYKEldhdGNoVGFza3NSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2siIwoPR2V0QmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgDIkYKC1N0YXR1c0NvdW50EigKBnN0YXR1cxgBIAEoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEg0KBWNvdW50GAIgASgFIpoBCgxCYXRjaFN1bW1hcnkSEAoIYmF0Y2hfaWQYASABKAMSDAoEc2l6ZRgCIAEoBRIpCgZjb3VudHMYAyADKAsyGS5oYWt1cml2ZXIudjEuU3RhdHVzQ291bnQSDQoFYXJyYXkYBCABKAgSEwoLbWF4X3J1bm5pbmcYBSABKAUSDQoFb3duZXIYBiABKAkSDAoEaGVsZBgHIAEoCCI9ChBHZXRCYXRjaFJlc3BvbnNlEikKBWJhdGNoGAEgASgLMhouaGFrdXJpdmVyLnYxLkJhdGNoU3VtbWFyeSIkChBLaWxsQmF0Y2hSZXF1ZXN0EhAKCGJhdGNoX2lkGAEgASgDIlAKEUtpbGxCYXRjaFJlc3BvbnNlEikKBWJhdGNoGAEgASgLMhouaGFrdXJpdmVyLnYxLkJhdGNoU3VtbWFyeRIQCghhZmZlY3RlZBgCIAEoBSIlChFQYXVzZUJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoAyJRChJQYXVzZUJhdGNoUmVzcG9uc2USKQoFYmF0Y2gYASABKAsyGi5oYWt1cml2ZXIudjEuQmF0Y2hTdW1tYXJ5EhAKCGFmZmVjdGVkGAIgASgFIiYKElJlc3VtZUJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoAyJSChNSZXN1bWVCYXRjaFJlc3BvbnNlEikKBWJhdGNoGAEgASgLMhouaGFrdXJpdmVyLnYxLkJhdGNoU3VtbWFyeRIQCghhZmZlY3RlZBgCIAEoBTK/BwoLVGFza1NlcnZpY2USTwoKU3VibWl0VGFzaxIfLmhha3VyaXZlci52MS5TdWJtaXRUYXNrUmVxdWVzdBogLmhha3VyaXZlci52MS5TdWJtaXRUYXNrUmVzcG9uc2USRgoHR2V0VGFzaxIcLmhha3VyaXZlci52MS5HZXRUYXNrUmVxdWVzdBodLmhha3VyaXZlci52MS5HZXRUYXNrUmVzcG9uc2USTAoJTGlzdFRhc2tzEh4uaGFrdXJpdmVyLnYxLkxpc3RUYXNrc1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuTGlzdFRhc2tzUmVzcG9uc2USSQoIS2lsbFRhc2sSHS5oYWt1cml2ZXIudjEuS2lsbFRhc2tSZXF1ZXN0Gh4uaGFrdXJpdmVyLnYxLktpbGxUYXNrUmVzcG9uc2USTAoJUGF1c2VUYXNrEh4uaGFrdXJpdmVyLnYxLlBhdXNlVGFza1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuUGF1c2VUYXNrUmVzcG9uc2USTwoKUmVzdW1lVGFzaxIfLmhha3VyaXZlci52MS5SZXN1bWVUYXNrUmVxdWVzdBogLmhha3VyaXZlci52MS5SZXN1bWVUYXNrUmVzcG9uc2USTgoJV2F0Y2hUYXNrEh4uaGFrdXJpdmVyLnYxLldhdGNoVGFza1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuV2F0Y2hUYXNrUmVzcG9uc2UwARJRCgpXYXRjaFRhc2tzEh8uaGFrdXJpdmVyLnYxLldhdGNoVGFza3NSZXF1ZXN0GiAuaGFrdXJpdmVyLnYxLldhdGNoVGFza3NSZXNwb25zZTABEkkKCEdldEJhdGNoEh0uaGFrdXJpdmVyLnYxLkdldEJhdGNoUmVxdWVzdBoeLmhha3VyaXZlci52MS5HZXRCYXRjaFJlc3BvbnNlEkwKCUtpbGxCYXRjaBIeLmhha3VyaXZlci52MS5LaWxsQmF0Y2hSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLktpbGxCYXRjaFJlc3BvbnNlEk8KClBhdXNlQmF0Y2gSHy5oYWt1cml2ZXIudjEuUGF1c2VCYXRjaFJlcXVlc3QaIC5oYWt1cml2ZXIudjEuUGF1c2VCYXRjaFJlc3BvbnNlElIKC1Jlc3VtZUJhdGNoEiAuaGFrdXJpdmVyLnYxLlJlc3VtZUJhdGNoUmVxdWVzdBohLmhha3VyaXZlci52MS5SZXN1bWVCYXRjaFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_hakuriver_v1_task]);
+  fileDesc("Ch9oYWt1cml2ZXIvdjEvdGFza19zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiMQoJVGFza0FycmF5Eg8KB2luZGljZXMYASADKAUSEwoLbWF4X3J1bm5pbmcYAiABKAUi8gMKEVN1Ym1pdFRhc2tSZXF1ZXN0EiQKBGtpbmQYASABKA4yFi5oYWt1cml2ZXIudjEuVGFza0tpbmQSDwoHY29tbWFuZBgCIAEoCRIRCglhcmd1bWVudHMYAyADKAkSNQoDZW52GAQgAygLMiguaGFrdXJpdmVyLnYxLlN1Ym1pdFRhc2tSZXF1ZXN0LkVudkVudHJ5EhIKBWNvcmVzGAUgASgFSACIAQESDgoGbWVtb3J5GAYgASgJEiUKB3RhcmdldHMYByADKAsyFC5oYWt1cml2ZXIudjEuVGFyZ2V0EhYKDmNvbnRhaW5lcl9uYW1lGAggASgJEhIKCnByaXZpbGVnZWQYCSABKAgSIwoGbW91bnRzGAogAygLMhMuaGFrdXJpdmVyLnYxLk1vdW50EhAKCHByaW9yaXR5GAsgASgFEgwKBGdwdXMYDCABKAUSFgoOc3NoX3B1YmxpY19rZXkYDSABKAkSKgoHbmV0d29yaxgOIAEoDjIZLmhha3VyaXZlci52MS5UYXNrTmV0d29yaxImCgVhcnJheRgPIAEoCzIXLmhha3VyaXZlci52MS5UYXNrQXJyYXkaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIICgZfY29yZXMiWgoSU3VibWl0VGFza1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSEAoIYmF0Y2hfaWQYAiABKAMSDwoHY3JlYXRlZBgDIAEoBSIhCg5HZXRUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIlwKD0dldFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2sSJwoGZXZlbnRzGAIgAygLMhcuaGFrdXJpdmVyLnYxLlRhc2tFdmVudCKZAgoQTGlzdFRhc2tzUmVxdWVzdBIqCghzdGF0dXNlcxgBIAMoDjIYLmhha3VyaXZlci52MS5UYXNrU3RhdHVzEgwKBG5vZGUYAiABKAkSEAoIYmF0Y2hfaWQYAyABKAMSDQoFbGltaXQYBCABKAUSFgoOYmVmb3JlX3Rhc2tfaWQYBSABKAMSJAoEa2luZBgGIAEoDjIWLmhha3VyaXZlci52MS5UYXNrS2luZBIzCg9zdWJtaXR0ZWRfYWZ0ZXIYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAggASgJEhgKC2FycmF5X2luZGV4GAkgASgFSACIAQFCDgoMX2FycmF5X2luZGV4IlMKEUxpc3RUYXNrc1Jlc3BvbnNlEiEKBXRhc2tzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlRhc2sSGwoTbmV4dF9iZWZvcmVfdGFza19pZBgCIAEoAyKDAQoRQ291bnRUYXNrc1JlcXVlc3QSKgoIc3RhdHVzZXMYASADKA4yGC5oYWt1cml2ZXIudjEuVGFza1N0YXR1cxIzCg9zdWJtaXR0ZWRfYWZ0ZXIYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBW93bmVyGAMgASgJIj8KEkNvdW50VGFza3NSZXNwb25zZRIpCgZjb3VudHMYASADKAsyGS5oYWt1cml2ZXIudjEuU3RhdHVzQ291bnQiIgoPS2lsbFRhc2tSZXF1ZXN0Eg8KB3Rhc2tfaWQYASABKAMiNAoQS2lsbFRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2siIwoQUGF1c2VUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIjUKEVBhdXNlVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIkChFSZXN1bWVUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIjYKElJlc3VtZVRhc2tSZXNwb25zZRIgCgR0YXNrGAEgASgLMhIuaGFrdXJpdmVyLnYxLlRhc2siIwoQV2F0Y2hUYXNrUmVxdWVzdBIPCgd0YXNrX2lkGAEgASgDIjUKEVdhdGNoVGFza1Jlc3BvbnNlEiAKBHRhc2sYASABKAsyEi5oYWt1cml2ZXIudjEuVGFzayIiChFXYXRjaFRhc2tzUmVxdWVzdBINCgVvd25lchgBIAEoCSI2ChJXYXRjaFRhc2tzUmVzcG9uc2USIAoEdGFzaxgBIAEoCzISLmhha3VyaXZlci52MS5UYXNrIiMKD0dldEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoAyJGCgtTdGF0dXNDb3VudBIoCgZzdGF0dXMYASABKA4yGC5oYWt1cml2ZXIudjEuVGFza1N0YXR1cxINCgVjb3VudBgCIAEoBSKaAQoMQmF0Y2hTdW1tYXJ5EhAKCGJhdGNoX2lkGAEgASgDEgwKBHNpemUYAiABKAUSKQoGY291bnRzGAMgAygLMhkuaGFrdXJpdmVyLnYxLlN0YXR1c0NvdW50Eg0KBWFycmF5GAQgASgIEhMKC21heF9ydW5uaW5nGAUgASgFEg0KBW93bmVyGAYgASgJEgwKBGhlbGQYByABKAgiPQoQR2V0QmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkiJAoQS2lsbEJhdGNoUmVxdWVzdBIQCghiYXRjaF9pZBgBIAEoAyJQChFLaWxsQmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkSEAoIYWZmZWN0ZWQYAiABKAUiJQoRUGF1c2VCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAMiUQoSUGF1c2VCYXRjaFJlc3BvbnNlEikKBWJhdGNoGAEgASgLMhouaGFrdXJpdmVyLnYxLkJhdGNoU3VtbWFyeRIQCghhZmZlY3RlZBgCIAEoBSImChJSZXN1bWVCYXRjaFJlcXVlc3QSEAoIYmF0Y2hfaWQYASABKAMiUgoTUmVzdW1lQmF0Y2hSZXNwb25zZRIpCgViYXRjaBgBIAEoCzIaLmhha3VyaXZlci52MS5CYXRjaFN1bW1hcnkSEAoIYWZmZWN0ZWQYAiABKAUykAgKC1Rhc2tTZXJ2aWNlEk8KClN1Ym1pdFRhc2sSHy5oYWt1cml2ZXIudjEuU3VibWl0VGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuU3VibWl0VGFza1Jlc3BvbnNlEkYKB0dldFRhc2sSHC5oYWt1cml2ZXIudjEuR2V0VGFza1JlcXVlc3QaHS5oYWt1cml2ZXIudjEuR2V0VGFza1Jlc3BvbnNlEkwKCUxpc3RUYXNrcxIeLmhha3VyaXZlci52MS5MaXN0VGFza3NSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3RUYXNrc1Jlc3BvbnNlEk8KCkNvdW50VGFza3MSHy5oYWt1cml2ZXIudjEuQ291bnRUYXNrc1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuQ291bnRUYXNrc1Jlc3BvbnNlEkkKCEtpbGxUYXNrEh0uaGFrdXJpdmVyLnYxLktpbGxUYXNrUmVxdWVzdBoeLmhha3VyaXZlci52MS5LaWxsVGFza1Jlc3BvbnNlEkwKCVBhdXNlVGFzaxIeLmhha3VyaXZlci52MS5QYXVzZVRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLlBhdXNlVGFza1Jlc3BvbnNlEk8KClJlc3VtZVRhc2sSHy5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuUmVzdW1lVGFza1Jlc3BvbnNlEk4KCVdhdGNoVGFzaxIeLmhha3VyaXZlci52MS5XYXRjaFRhc2tSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLldhdGNoVGFza1Jlc3BvbnNlMAESUQoKV2F0Y2hUYXNrcxIfLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVxdWVzdBogLmhha3VyaXZlci52MS5XYXRjaFRhc2tzUmVzcG9uc2UwARJJCghHZXRCYXRjaBIdLmhha3VyaXZlci52MS5HZXRCYXRjaFJlcXVlc3QaHi5oYWt1cml2ZXIudjEuR2V0QmF0Y2hSZXNwb25zZRJMCglLaWxsQmF0Y2gSHi5oYWt1cml2ZXIudjEuS2lsbEJhdGNoUmVxdWVzdBofLmhha3VyaXZlci52MS5LaWxsQmF0Y2hSZXNwb25zZRJPCgpQYXVzZUJhdGNoEh8uaGFrdXJpdmVyLnYxLlBhdXNlQmF0Y2hSZXF1ZXN0GiAuaGFrdXJpdmVyLnYxLlBhdXNlQmF0Y2hSZXNwb25zZRJSCgtSZXN1bWVCYXRjaBIgLmhha3VyaXZlci52MS5SZXN1bWVCYXRjaFJlcXVlc3QaIS5oYWt1cml2ZXIudjEuUmVzdW1lQmF0Y2hSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp, file_hakuriver_v1_task]);
 
 /**
  * TaskArray makes one submission a job array: one task per index, all alike but for
@@ -339,6 +339,58 @@ export const ListTasksResponseSchema: GenMessage<ListTasksResponse> = /*@__PURE_
   messageDesc(file_hakuriver_v1_task_service, 6);
 
 /**
+ * @generated from message hakuriver.v1.CountTasksRequest
+ */
+export type CountTasksRequest = Message<"hakuriver.v1.CountTasksRequest"> & {
+  /**
+   * Only tasks in these statuses; empty means all.
+   *
+   * @generated from field: repeated hakuriver.v1.TaskStatus statuses = 1;
+   */
+  statuses: TaskStatus[];
+
+  /**
+   * Only tasks submitted at or after this time; unset means no bound.
+   *
+   * @generated from field: google.protobuf.Timestamp submitted_after = 2;
+   */
+  submittedAfter?: Timestamp | undefined;
+
+  /**
+   * Only tasks of this user (operators; a user always counts only their own).
+   *
+   * @generated from field: string owner = 3;
+   */
+  owner: string;
+};
+
+/**
+ * Describes the message hakuriver.v1.CountTasksRequest.
+ * Use `create(CountTasksRequestSchema)` to create a new message.
+ */
+export const CountTasksRequestSchema: GenMessage<CountTasksRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 7);
+
+/**
+ * @generated from message hakuriver.v1.CountTasksResponse
+ */
+export type CountTasksResponse = Message<"hakuriver.v1.CountTasksResponse"> & {
+  /**
+   * Non-zero counts only, in status order.
+   *
+   * @generated from field: repeated hakuriver.v1.StatusCount counts = 1;
+   */
+  counts: StatusCount[];
+};
+
+/**
+ * Describes the message hakuriver.v1.CountTasksResponse.
+ * Use `create(CountTasksResponseSchema)` to create a new message.
+ */
+export const CountTasksResponseSchema: GenMessage<CountTasksResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_task_service, 8);
+
+/**
  * @generated from message hakuriver.v1.KillTaskRequest
  */
 export type KillTaskRequest = Message<"hakuriver.v1.KillTaskRequest"> & {
@@ -353,7 +405,7 @@ export type KillTaskRequest = Message<"hakuriver.v1.KillTaskRequest"> & {
  * Use `create(KillTaskRequestSchema)` to create a new message.
  */
 export const KillTaskRequestSchema: GenMessage<KillTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 7);
+  messageDesc(file_hakuriver_v1_task_service, 9);
 
 /**
  * @generated from message hakuriver.v1.KillTaskResponse
@@ -370,7 +422,7 @@ export type KillTaskResponse = Message<"hakuriver.v1.KillTaskResponse"> & {
  * Use `create(KillTaskResponseSchema)` to create a new message.
  */
 export const KillTaskResponseSchema: GenMessage<KillTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 8);
+  messageDesc(file_hakuriver_v1_task_service, 10);
 
 /**
  * @generated from message hakuriver.v1.PauseTaskRequest
@@ -387,7 +439,7 @@ export type PauseTaskRequest = Message<"hakuriver.v1.PauseTaskRequest"> & {
  * Use `create(PauseTaskRequestSchema)` to create a new message.
  */
 export const PauseTaskRequestSchema: GenMessage<PauseTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 9);
+  messageDesc(file_hakuriver_v1_task_service, 11);
 
 /**
  * @generated from message hakuriver.v1.PauseTaskResponse
@@ -404,7 +456,7 @@ export type PauseTaskResponse = Message<"hakuriver.v1.PauseTaskResponse"> & {
  * Use `create(PauseTaskResponseSchema)` to create a new message.
  */
 export const PauseTaskResponseSchema: GenMessage<PauseTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 10);
+  messageDesc(file_hakuriver_v1_task_service, 12);
 
 /**
  * @generated from message hakuriver.v1.ResumeTaskRequest
@@ -421,7 +473,7 @@ export type ResumeTaskRequest = Message<"hakuriver.v1.ResumeTaskRequest"> & {
  * Use `create(ResumeTaskRequestSchema)` to create a new message.
  */
 export const ResumeTaskRequestSchema: GenMessage<ResumeTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 11);
+  messageDesc(file_hakuriver_v1_task_service, 13);
 
 /**
  * @generated from message hakuriver.v1.ResumeTaskResponse
@@ -438,7 +490,7 @@ export type ResumeTaskResponse = Message<"hakuriver.v1.ResumeTaskResponse"> & {
  * Use `create(ResumeTaskResponseSchema)` to create a new message.
  */
 export const ResumeTaskResponseSchema: GenMessage<ResumeTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 12);
+  messageDesc(file_hakuriver_v1_task_service, 14);
 
 /**
  * @generated from message hakuriver.v1.WatchTaskRequest
@@ -455,7 +507,7 @@ export type WatchTaskRequest = Message<"hakuriver.v1.WatchTaskRequest"> & {
  * Use `create(WatchTaskRequestSchema)` to create a new message.
  */
 export const WatchTaskRequestSchema: GenMessage<WatchTaskRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 13);
+  messageDesc(file_hakuriver_v1_task_service, 15);
 
 /**
  * @generated from message hakuriver.v1.WatchTaskResponse
@@ -472,7 +524,7 @@ export type WatchTaskResponse = Message<"hakuriver.v1.WatchTaskResponse"> & {
  * Use `create(WatchTaskResponseSchema)` to create a new message.
  */
 export const WatchTaskResponseSchema: GenMessage<WatchTaskResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 14);
+  messageDesc(file_hakuriver_v1_task_service, 16);
 
 /**
  * @generated from message hakuriver.v1.WatchTasksRequest
@@ -491,7 +543,7 @@ export type WatchTasksRequest = Message<"hakuriver.v1.WatchTasksRequest"> & {
  * Use `create(WatchTasksRequestSchema)` to create a new message.
  */
 export const WatchTasksRequestSchema: GenMessage<WatchTasksRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 15);
+  messageDesc(file_hakuriver_v1_task_service, 17);
 
 /**
  * @generated from message hakuriver.v1.WatchTasksResponse
@@ -510,7 +562,7 @@ export type WatchTasksResponse = Message<"hakuriver.v1.WatchTasksResponse"> & {
  * Use `create(WatchTasksResponseSchema)` to create a new message.
  */
 export const WatchTasksResponseSchema: GenMessage<WatchTasksResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 16);
+  messageDesc(file_hakuriver_v1_task_service, 18);
 
 /**
  * @generated from message hakuriver.v1.GetBatchRequest
@@ -527,7 +579,7 @@ export type GetBatchRequest = Message<"hakuriver.v1.GetBatchRequest"> & {
  * Use `create(GetBatchRequestSchema)` to create a new message.
  */
 export const GetBatchRequestSchema: GenMessage<GetBatchRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 17);
+  messageDesc(file_hakuriver_v1_task_service, 19);
 
 /**
  * StatusCount is how many tasks of a batch are in one status.
@@ -551,7 +603,7 @@ export type StatusCount = Message<"hakuriver.v1.StatusCount"> & {
  * Use `create(StatusCountSchema)` to create a new message.
  */
 export const StatusCountSchema: GenMessage<StatusCount> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 18);
+  messageDesc(file_hakuriver_v1_task_service, 20);
 
 /**
  * BatchSummary is a batch at a glance.
@@ -611,7 +663,7 @@ export type BatchSummary = Message<"hakuriver.v1.BatchSummary"> & {
  * Use `create(BatchSummarySchema)` to create a new message.
  */
 export const BatchSummarySchema: GenMessage<BatchSummary> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 19);
+  messageDesc(file_hakuriver_v1_task_service, 21);
 
 /**
  * @generated from message hakuriver.v1.GetBatchResponse
@@ -628,7 +680,7 @@ export type GetBatchResponse = Message<"hakuriver.v1.GetBatchResponse"> & {
  * Use `create(GetBatchResponseSchema)` to create a new message.
  */
 export const GetBatchResponseSchema: GenMessage<GetBatchResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 20);
+  messageDesc(file_hakuriver_v1_task_service, 22);
 
 /**
  * @generated from message hakuriver.v1.KillBatchRequest
@@ -645,7 +697,7 @@ export type KillBatchRequest = Message<"hakuriver.v1.KillBatchRequest"> & {
  * Use `create(KillBatchRequestSchema)` to create a new message.
  */
 export const KillBatchRequestSchema: GenMessage<KillBatchRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 21);
+  messageDesc(file_hakuriver_v1_task_service, 23);
 
 /**
  * @generated from message hakuriver.v1.KillBatchResponse
@@ -671,7 +723,7 @@ export type KillBatchResponse = Message<"hakuriver.v1.KillBatchResponse"> & {
  * Use `create(KillBatchResponseSchema)` to create a new message.
  */
 export const KillBatchResponseSchema: GenMessage<KillBatchResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 22);
+  messageDesc(file_hakuriver_v1_task_service, 24);
 
 /**
  * @generated from message hakuriver.v1.PauseBatchRequest
@@ -688,7 +740,7 @@ export type PauseBatchRequest = Message<"hakuriver.v1.PauseBatchRequest"> & {
  * Use `create(PauseBatchRequestSchema)` to create a new message.
  */
 export const PauseBatchRequestSchema: GenMessage<PauseBatchRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 23);
+  messageDesc(file_hakuriver_v1_task_service, 25);
 
 /**
  * @generated from message hakuriver.v1.PauseBatchResponse
@@ -712,7 +764,7 @@ export type PauseBatchResponse = Message<"hakuriver.v1.PauseBatchResponse"> & {
  * Use `create(PauseBatchResponseSchema)` to create a new message.
  */
 export const PauseBatchResponseSchema: GenMessage<PauseBatchResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 24);
+  messageDesc(file_hakuriver_v1_task_service, 26);
 
 /**
  * @generated from message hakuriver.v1.ResumeBatchRequest
@@ -729,7 +781,7 @@ export type ResumeBatchRequest = Message<"hakuriver.v1.ResumeBatchRequest"> & {
  * Use `create(ResumeBatchRequestSchema)` to create a new message.
  */
 export const ResumeBatchRequestSchema: GenMessage<ResumeBatchRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 25);
+  messageDesc(file_hakuriver_v1_task_service, 27);
 
 /**
  * @generated from message hakuriver.v1.ResumeBatchResponse
@@ -753,7 +805,7 @@ export type ResumeBatchResponse = Message<"hakuriver.v1.ResumeBatchResponse"> & 
  * Use `create(ResumeBatchResponseSchema)` to create a new message.
  */
 export const ResumeBatchResponseSchema: GenMessage<ResumeBatchResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_task_service, 26);
+  messageDesc(file_hakuriver_v1_task_service, 28);
 
 /**
  * TaskService submits, inspects and controls tasks.
@@ -791,6 +843,17 @@ export const TaskService: GenService<{
     methodKind: "unary";
     input: typeof ListTasksRequestSchema;
     output: typeof ListTasksResponseSchema;
+  },
+  /**
+   * CountTasks counts the tasks the caller may see by status, however many there are (a
+   * list stops at its limit): the dashboard's overview.
+   *
+   * @generated from rpc hakuriver.v1.TaskService.CountTasks
+   */
+  countTasks: {
+    methodKind: "unary";
+    input: typeof CountTasksRequestSchema;
+    output: typeof CountTasksResponseSchema;
   },
   /**
    * KillTask stops a pending, assigning, running or paused task.

@@ -1,0 +1,53 @@
+"""CountTasks counts every task the caller may see by status, however many there are: the
+dashboard's overview listed at most 1,000 and showed 0 for the statuses it missed."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.roles import Role
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import RUN_AND_EXIT
+from tests.unit.local_cluster import Client, LocalCluster
+
+
+async def _counts(client: Client, **fields: object) -> dict[int, int]:
+    reply = await client.tasks.CountTasks(tpb.CountTasksRequest(**fields), timeout=5)  # type: ignore[arg-type]
+    return {c.status: c.count for c in reply.counts}
+
+
+async def test_tasks_are_counted_by_status_for_whoever_may_see_them(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=64, answer=RUN_AND_EXIT)
+    alice = await local_cluster.add_user("alice")
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    array = tpb.SubmitTaskRequest(command="true", array=tpb.TaskArray(indices=range(1200)))
+    [first, *_] = (await alice.tasks.SubmitTask(array, timeout=30)).tasks
+    mine = await local_cluster.submit("true")
+
+    async def all_done() -> bool:
+        batch = await alice.tasks.GetBatch(tpb.GetBatchRequest(batch_id=first.batch_id))
+        return {c.status: c.count for c in batch.batch.counts} == {
+            task_pb2.TASK_STATUS_COMPLETED: 1200
+        }
+
+    for _ in range(600):
+        if await all_done():
+            break
+        await asyncio.sleep(0.05)
+    completed = task_pb2.TASK_STATUS_COMPLETED
+    # A user counts their own, whatever owner they name; an operator everybody's or one's.
+    assert await _counts(alice) == {completed: 1200}
+    assert await _counts(alice, owner="admin") == {completed: 1200}
+    await local_cluster.wait_status(mine.task_id, TaskStatus.COMPLETED)
+    assert await _counts(olga) == {completed: 1201}
+    assert await _counts(olga, owner="admin") == {completed: 1}
+    assert await _counts(olga, statuses=[task_pb2.TASK_STATUS_PENDING]) == {}
+    later = Timestamp()
+    later.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    assert await _counts(olga, submitted_after=later) == {}

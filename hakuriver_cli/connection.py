@@ -79,7 +79,19 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
     request = tpb.ListTasksRequest(batch_id=array_id, array_index=int(index), limit=1)
     found = unary(stub.ListTasks, request).tasks
     if not found:
-        fail(f"array {array_id} has no task with index {int(index)}")
+        try:
+            batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=array_id)).batch
+        except CallError as exc:
+            if exc.status is not Status.NOT_FOUND:
+                raise
+            fail(f"no job array {array_id} (NOT_FOUND)")
+        if not batch.array:
+            fail(
+                f"{array_id} is a batch of {batch.size} tasks, not a job array: name its "
+                "tasks by their ids (hakuriver.task list --batch "
+                f"{array_id}) (NOT_FOUND)"
+            )
+        fail(f"array {array_id} has no task with index {int(index)} (NOT_FOUND)")
     return found[0].task_id
 
 

@@ -250,11 +250,16 @@ def submit(
         print_json({**batch, "tasks": [to_dict(t) for t in found]})  # no batch: no key
     elif wait:
         for task in found:
-            code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
-            error = f": {task.error_message}" if task.error_message else ""
-            cli.echo(f"task {task.task_id}: {status_name(task.status)}{code}{error}")
+            cli.echo(_ended_line(task))
     if wait and any(t.status != TaskStatus.COMPLETED.pb for t in found):
         raise cli.Exit(1)
+
+
+def _ended_line(task: task_pb2.Task) -> str:
+    """How submit --wait and wait say a task ended: status, exit code, error."""
+    code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
+    error = f": {task.error_message}" if task.error_message else ""
+    return f"task {task.task_id}: {status_name(task.status)}{code}{error}"
 
 
 def _array(text: str | None) -> tpb.TaskArray | None:
@@ -510,7 +515,7 @@ def wait_task(
         if json:
             print_json(to_dict(done))
         else:
-            cli.echo(f"task {tid}: {status_name(done.status)}")
+            cli.echo(_ended_line(done))
         return done.status == TaskStatus.COMPLETED.pb
 
     def batch(link: Link, bid: int) -> bool:

@@ -159,10 +159,19 @@ def test_wait_prints_the_summary_and_each_task_has_its_index_in_its_environment(
     element = tasks_of(cluster, array_id)[1]
     assert element["array_index"] == 5
     waited = ok(cli(cluster, "task", "wait", f"{array_id}_5"))
-    assert waited == f"task {element['task_id']}: completed\n"
+    assert waited == f"task {element['task_id']}: completed, exit code 0\n"
     # An index the array does not have is one line, like any task that is not there.
     line = one_error_line(cli(cluster, "task", "stdout", f"{array_id}_3"))
-    assert line == f"error: array {array_id} has no task with index 3"
+    assert line == f"error: array {array_id} has no task with index 3 (NOT_FOUND)"
+    # Not an array at all: a plain batch, or no such id.
+    line = one_error_line(cli(cluster, "task", "stdout", f"{array_id + 10**9}_3"))
+    assert line == f"error: no job array {array_id + 10**9} (NOT_FOUND)"
+    out = ok(cli(cluster, "task", "submit", "--target", cluster.runner_names[0],
+                 "--target", cluster.runner_names[0], "--", "true"))  # fmt: skip
+    found = re.search(r"^batch (\d+)$", out, re.MULTILINE)
+    assert found, out
+    line = one_error_line(cli(cluster, "client", "status", f"{found[1]}_1"))
+    assert line.startswith(f"error: {found[1]} is a batch of 2 tasks, not a job array"), line
 
 
 def test_wait_exits_1_when_one_index_fails(cluster: ProcessCluster) -> None:
@@ -520,7 +529,7 @@ def test_a_user_cannot_see_or_touch_another_users_array(cluster: ProcessCluster)
         for (argv, _), theirs, nothing in zip(pairs, lines[::2], lines[1::2], strict=True):
             hidden = int(first_task) if argv[-1] == first_task else array_id
             assert _anonymous(theirs, hidden) == _anonymous(nothing, missing), (argv, theirs)
-            assert "not found" in theirs or "has no task" in theirs, theirs
+            assert "not found" in theirs or "no job array" in theirs, theirs
         # Bob's list of the array is empty; alice's array carries on untouched.
         assert tasks_of(cluster, array_id, bob) == []
         assert counts(cluster, array_id) == {"running": 2}

@@ -183,9 +183,24 @@ class Supervisor:
         if found is None:
             return
         backend, handle = found
-        await self._pool.run(backend.pause if frozen else backend.resume, handle)
+        try:
+            await self._pool.run(backend.pause if frozen else backend.resume, handle)
+        except Exception:
+            # It ended meanwhile (an array's tasks ending as it is paused): its watcher
+            # reports the exit; nothing to pause is no error.
+            if await self._ended(backend, handle):
+                action = "paused" if frozen else "resumed"
+                log.info("task %s ended before it could be %s", task_id, action)
+                return
+            raise
         state = rpb.RUNNER_TASK_STATE_PAUSED if frozen else rpb.RUNNER_TASK_STATE_RUNNING
         await self._outbox.send(_state(task_id, state))
+
+    async def _ended(self, backend: TaskBackend, handle: Any) -> bool:
+        try:
+            return (await self._pool.run(backend.state, handle))[0] == "exited"
+        except Exception:  # gone altogether
+            return True
 
     async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
         """Load the environment's newest tarball first if it is newer than the image here."""

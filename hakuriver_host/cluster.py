@@ -547,6 +547,7 @@ class Cluster:
                     self.scheduler.held.add(batch_id)
                 else:
                     self.scheduler.held.discard(batch_id)
+                self.book.positions_changed()
         finally:
             self.kick()
 

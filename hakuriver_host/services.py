@@ -84,7 +84,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
 
     def _pb(self, task: Task, position: int) -> task_pb2.Task:
         """A task as answered, a queued one with why it waits."""
-        waiting = self.cluster.waiting_reason(task) if position else ""
+        waiting = self.cluster.waiting_reason(task) if task.status == TaskStatus.PENDING else ""
         return task_to_pb(task, position, waiting)
 
     async def GetTask(

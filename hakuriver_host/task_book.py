@@ -438,21 +438,33 @@ class TaskBook:
         return [t for t in self.active.values() if t.assigned_node == hostname]
 
     def queue_position(self, task: Task) -> int:
-        """1-based queue position of one task (0 unless pending), without ranking the queue."""
-        if task.status != TaskStatus.PENDING:
+        """1-based queue position of one task (0 unless pending, or held: a held batch's
+        tasks take no place in the queue), without ranking the queue."""
+        held = self.scheduler.held
+        if task.status != TaskStatus.PENDING or task.batch_id in held:
             return 0
         if self._positions is not None:
             return self._positions.get(task.task_id, 0)
         mine = (-task.priority, task.task_id)
-        ahead = sum(1 for t in self.pending.values() if (-t.priority, t.task_id) < mine)
+        ahead = sum(
+            1
+            for t in self.pending.values()
+            if (-t.priority, t.task_id) < mine and t.batch_id not in held
+        )
         return ahead + 1
 
     def queue_positions(self) -> dict[int, int]:
-        """1-based queue position of every pending task (recomputed only after changes)."""
+        """1-based queue position of every pending task not held (recomputed only after
+        changes)."""
         if self._positions is None:
-            ranked = self.queue.ranked()
+            held = self.scheduler.held
+            ranked = [r for r in self.queue.ranked() if r.group not in held]
             self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
         return self._positions
+
+    def positions_changed(self) -> None:
+        """The queue's positions are to be ranked again (a batch was held or let go)."""
+        self._positions = None
 
     async def watch(self, task_id: int) -> AsyncIterator[Task]:
         """Yield the task now, then a copy of it after every status change, in order,

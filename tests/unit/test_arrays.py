@@ -137,6 +137,27 @@ async def test_a_whole_array_is_paused_and_resumed(local_cluster: LocalCluster) 
     assert _counts(resumed.batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 1}
 
 
+async def test_a_held_arrays_tasks_take_no_place_in_the_queue(local_cluster: LocalCluster) -> None:
+    """`pending #1` is next: a held array's tasks start nowhere until resumed, so they are
+    not counted ahead of work that can start (they say why they wait instead)."""
+    a = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [blocker] = await local_cluster.submit_running()
+    reply = await local_cluster.tasks.SubmitTask(_array([1, 2]), timeout=5)
+    await local_cluster.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=reply.batch_id))
+    other = await local_cluster.submit("other")
+    assert other.queue_position == 1
+    assert await local_cluster.queue_positions([t.task_id for t in reply.tasks]) == [0, 0]
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert {t.task_id: t.queue_position for t in listed.tasks if t.queue_position} == {
+        other.task_id: 1
+    }
+    await local_cluster.tasks.ResumeBatch(tpb.ResumeBatchRequest(batch_id=reply.batch_id))
+    ids = [*(t.task_id for t in reply.tasks), other.task_id]
+    assert await local_cluster.queue_positions(ids) == [1, 2, 3]
+    a.finish(blocker.task_id, 0)
+    await local_cluster.wait_status(reply.tasks[0].task_id, TaskStatus.RUNNING)
+
+
 async def test_a_paused_array_holds_its_pending_tasks_until_resumed_across_restarts(
     local_cluster: LocalCluster,
 ) -> None:

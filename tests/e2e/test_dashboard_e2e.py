@@ -239,6 +239,13 @@ def test_a_bad_value_shows_the_hosts_message_beside_its_field(site: Site) -> Non
     expect(tab.page.get_by_test_id("error-memory")).to_contain_text(message)
     tab.shot("task-submit-error")
     assert re.search(r"/tasks$", tab.page.url), "a refused submission stays on the form"
+    # A number no request can carry is named by its field too, not by the encoder.
+    tab.page.get_by_test_id("submit-memory").fill("")
+    tab.page.get_by_test_id("submit-priority").fill("99999999999")
+    tab.page.get_by_test_id("submit-task").click()
+    expect(tab.page.get_by_test_id("error-priority")).to_contain_text(
+        "priority: 99999999999 is out of range"
+    )
 
 
 def test_users_see_only_their_own_tasks(site: Site) -> None:

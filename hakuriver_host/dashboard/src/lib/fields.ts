@@ -113,12 +113,19 @@ export class FieldProblem extends Error {
   }
 }
 
-/** An integer field: undefined when empty; throws a FieldProblem naming it otherwise. */
+const INT32_MIN = -(2 ** 31);
+const INT32_MAX = 2 ** 31 - 1;
+
+/** An integer field (a proto int32): undefined when empty; throws a FieldProblem naming it
+ * when it is not a whole number or out of that range (the request could not be encoded). */
 export function integer(field: string, value: string | number): number | undefined {
   const text = String(value).trim();
   if (text === "") return undefined;
   const n = Number(text);
   if (!Number.isInteger(n)) throw new FieldProblem(field, `${field}: must be a whole number`);
+  if (n < INT32_MIN || n > INT32_MAX) {
+    throw new FieldProblem(field, `${field}: ${text} is out of range (${INT32_MIN} to ${INT32_MAX})`);
+  }
   return n;
 }
 

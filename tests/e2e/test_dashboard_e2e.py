@@ -34,6 +34,7 @@ pytestmark = pytest.mark.docker
 
 FAKE_NVML = str(Path(__file__).parent.parent / "fake_nvml")
 LOOP = "for i in $(seq 1 600); do echo line-$i; sleep 0.2; done"
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
 
 
 class Site:
@@ -194,6 +195,20 @@ def test_a_task_whose_runner_went_is_shown_on_its_node_and_killed_from_its_page(
     tab.goto(f"/tasks/{task.task_id}")
     tab.page.get_by_test_id("kill").click()
     expect(tab.page.get_by_test_id("task-status")).to_have_text("killed")
+    _no_problems(tab)
+
+
+def test_a_vps_that_failed_offers_no_command_to_connect(site: Site) -> None:
+    """An environment without an SSH server fails the VPS: the Connect card says it ended
+    and why, instead of a command that will never connect."""
+    tab = site.tab(site.alice)
+    tab.goto("/vps")
+    tab.page.get_by_test_id("vps-key").fill(SSH_KEY)
+    tab.page.get_by_test_id("vps-environment").select_option(BASE_ENV)
+    tab.page.get_by_test_id("vps-create").click()
+    ended = tab.page.get_by_test_id("vps-ended")
+    expect(ended).to_contain_text("It has ended", timeout=60_000)
+    expect(tab.page.get_by_test_id("ssh-command")).to_have_count(0)
     _no_problems(tab)
 
 

@@ -358,16 +358,20 @@ class ShellSocket:
         self.gone = asyncio.Event()
 
     async def requests(self) -> AsyncIterator[spb.ShellRequest]:
-        """The page's messages; whatever ends them (the page gone, a bad frame) ends the
-        session, so the process never outlives its page."""
-        try:
-            while True:
-                message = await self.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                yield _shell_request(message.get("bytes"))
-        finally:
-            self.gone.set()
+        """The page's messages; the page gone or a bad frame ends the session, so the
+        process never outlives its page. The call closing them (its process ended) does
+        not: the call then ends by itself, after its exit code, with a normal close."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "websocket.disconnect":
+                self.gone.set()
+                return
+            try:
+                request = _shell_request(message.get("bytes"))
+            except InvalidArgument:
+                self.gone.set()
+                raise
+            yield request
 
     async def run(self, call: Callable[..., AsyncIterator[Any]], context: CallContext) -> None:
         forward = asyncio.create_task(self._forward(call(self.requests(), context)))

@@ -331,6 +331,17 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     assert _processes(site, environment) > before
     tab.page.close()  # the shell ends with the page (Docker would keep an exec running)
     wait_for(lambda: _processes(site, environment) == before, what="the shell to end")
+    # A shell that exits ends the session as such, with its code (not as a lost link).
+    tab = site.tab(site.cluster.admin_token)
+    tab.goto("/docker")
+    tab.page.get_by_test_id(f"env-terminal-{environment}").click()
+    terminal = tab.page.get_by_test_id("terminal")
+    wait_for(lambda: "#" in terminal.inner_text() or "$" in terminal.inner_text(), what="prompt")
+    terminal.click()
+    tab.page.keyboard.type("exit 3")
+    tab.page.keyboard.press("Enter")
+    expect(tab.page.get_by_test_id("terminal-status")).to_have_text("Exited with 3")
+    _no_problems(tab)
     user = site.tab(site.alice)
     user.goto("/docker")
     expect(user.page.get_by_test_id(f"env-row-{environment}")).to_be_visible()

@@ -40,6 +40,12 @@ def _state(task_id: int, state: rpb.RunnerTaskState.ValueType, **fields: Any) ->
     )
 
 
+def _ended(exc: Exception) -> bool:
+    """Whether a pause or resume failed because the task is no longer there to freeze:
+    its process gone, or Docker's 404 (removed) or 409 (not running, not paused)."""
+    return isinstance(exc, ProcessLookupError) or getattr(exc, "status_code", None) in (404, 409)
+
+
 class Supervisor:
     def __init__(
         self, docker: DockerBackend, processes: ProcessBackend, outbox: Outbox, pool: BlockingPool
@@ -185,22 +191,16 @@ class Supervisor:
         backend, handle = found
         try:
             await self._pool.run(backend.pause if frozen else backend.resume, handle)
-        except Exception:
+        except Exception as exc:
             # It ended meanwhile (an array's tasks ending as it is paused): its watcher
             # reports the exit; nothing to pause is no error.
-            if await self._ended(backend, handle):
+            if _ended(exc):
                 action = "paused" if frozen else "resumed"
                 log.info("task %s ended before it could be %s", task_id, action)
                 return
             raise
         state = rpb.RUNNER_TASK_STATE_PAUSED if frozen else rpb.RUNNER_TASK_STATE_RUNNING
         await self._outbox.send(_state(task_id, state))
-
-    async def _ended(self, backend: TaskBackend, handle: Any) -> bool:
-        try:
-            return (await self._pool.run(backend.state, handle))[0] == "exited"
-        except Exception:  # gone altogether
-            return True
 
     async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
         """Load the environment's newest tarball first if it is newer than the image here."""

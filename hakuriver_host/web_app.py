@@ -48,6 +48,8 @@ BEARER_PROTOCOL_PREFIX = "bearer."
 MAX_REQUEST_BYTES = READ_MAX_BYTES + 5
 # Largest ShellRequest frame (keystrokes and pastes).
 MAX_SHELL_FRAME = 1024 * 1024
+# Keystrokes and pastes a terminal's process has not read yet, at most (then it is closed).
+SHELL_BACKLOG = 8 * 1024 * 1024
 DEFAULT_ASSETS = Path(__file__).resolve().parent / "dashboard" / "dist"
 
 # No inline script or style, nothing from another origin, not framed by other sites.
@@ -350,40 +352,61 @@ def _shell_request(data: bytes | None) -> spb.ShellRequest:
 
 
 class ShellSocket:
-    """One terminal: WebSocket frames in and out of the ShellService call."""
+    """One terminal: WebSocket frames in and out of the ShellService call.
+
+    The socket is read by a task of its own, whatever the call is doing (a write to a
+    process that does not read, a feed that failed): the page leaving, a bad frame or a
+    backlog past SHELL_BACKLOG ends the session, so the process never outlives its page.
+    The call ending its side (its process ended) ends it normally, after its exit code."""
 
     def __init__(self, receive: Receive, send: Send) -> None:
         self.receive = receive
         self.send = send
-        self.gone = asyncio.Event()
+        self.incoming: asyncio.Queue[spb.ShellRequest | None] = asyncio.Queue()
+        self.backlog = 0
+        self.refused: InvalidArgument | None = None
 
-    async def requests(self) -> AsyncIterator[spb.ShellRequest]:
-        """The page's messages; the page gone or a bad frame ends the session, so the
-        process never outlives its page. The call closing them (its process ended) does
-        not: the call then ends by itself, after its exit code, with a normal close."""
+    async def _read(self) -> None:
         while True:
             message = await self.receive()
             if message["type"] == "websocket.disconnect":
-                self.gone.set()
                 return
             try:
                 request = _shell_request(message.get("bytes"))
-            except InvalidArgument:
-                self.gone.set()
-                raise
+            except InvalidArgument as exc:
+                self.refused = exc
+                return
+            self.backlog += request.ByteSize()
+            if self.backlog > SHELL_BACKLOG:
+                log.warning(
+                    "a terminal sent %d bytes its process did not read: closed", self.backlog
+                )
+                return
+            self.incoming.put_nowait(request)
+
+    async def requests(self) -> AsyncIterator[spb.ShellRequest]:
+        while (request := await self.incoming.get()) is not None:
+            self.backlog -= request.ByteSize()
             yield request
 
     async def run(self, call: Callable[..., AsyncIterator[Any]], context: CallContext) -> None:
         forward = asyncio.create_task(self._forward(call(self.requests(), context)))
-        gone = asyncio.create_task(self.gone.wait())
+        reader = asyncio.create_task(self._read())
         try:
-            await asyncio.wait({forward, gone}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({forward, reader}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            # The page went away: end the call (its finally closes the process's socket).
-            for task in (forward, gone):
+            # The page went away (or misbehaved): end the call (its finally stops the
+            # process); or the call ended: stop reading.
+            for task in (forward, reader):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await forward
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        if self.refused is not None:
+            await self._close(
+                4000 + grpc.StatusCode.INVALID_ARGUMENT.value[0], self.refused.message
+            )
 
     async def _forward(self, responses: AsyncIterator[spb.ShellResponse]) -> None:
         code, reason = 1000, ""
@@ -391,10 +414,13 @@ class ShellSocket:
             async for response in responses:
                 await self.send({"type": "websocket.send", "bytes": response.SerializeToString()})
         except ConnectError as exc:
-            code = 4000 + _grpc_code(exc).value[0]
-            reason = exc.message.encode()[:120].decode(errors="ignore")
+            code, reason = 4000 + _grpc_code(exc).value[0], exc.message
         except Exception:
             log.exception("the terminal session failed")
             code, reason = 1011, "internal error"
+        await self._close(code, reason)
+
+    async def _close(self, code: int, reason: str) -> None:
+        reason = reason.encode()[:120].decode(errors="ignore")
         with contextlib.suppress(Exception):
             await self.send({"type": "websocket.close", "code": code, "reason": reason})

@@ -219,9 +219,11 @@ class Store:
         statuses: Sequence[str] = (),
         submitted_after: datetime | None = None,
         owner: str = "",
+        completed_after: datetime | None = None,
     ) -> dict[tuple[str, str], int]:
         """Number of tasks by (status, kind): only in ``statuses`` (all if empty),
-        submitted since ``submitted_after``, of ``owner`` when given."""
+        submitted since ``submitted_after``, of ``owner`` when given, completed since
+        ``completed_after``."""
         with Session(self.engine) as session:
             query = select(TaskRecord.status, TaskRecord.kind, func.count()).group_by(
                 TaskRecord.status, TaskRecord.kind
@@ -232,6 +234,8 @@ class Store:
                 query = query.where(TaskRecord.submitted_at >= submitted_after)
             if owner:
                 query = query.where(TaskRecord.owner == owner)
+            if completed_after is not None:
+                query = query.where(TaskRecord.completed_at >= completed_after)  # type: ignore[operator]
             return {(status, kind): count for status, kind, count in session.exec(query)}
 
     def held_batches(self) -> set[int]:

@@ -144,15 +144,15 @@ def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
 
 
 def test_home_counts_are_the_hosts_and_follow_new_tasks(site: Site) -> None:
-    """The overview's counts are the Host's (CountTasks), not a count of a first page of
-    tasks, and move when a task ends."""
+    """The overview shows the Host's counts (CountTasks; its counting of more tasks than a
+    list holds is tests/unit/test_count_tasks.py's) and they move when a task ends."""
     tasks = site.tasks_as(site.alice)
 
     def completed() -> int:
         since = Timestamp()
         since.FromDatetime(datetime.now(UTC) - timedelta(hours=24))
         request = tpb.CountTasksRequest(
-            statuses=[task_pb2.TASK_STATUS_COMPLETED], submitted_after=since
+            statuses=[task_pb2.TASK_STATUS_COMPLETED], completed_after=since
         )
         counts = tasks.CountTasks(request, timeout=10).counts
         return sum(c.count for c in counts)

@@ -11,11 +11,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import RUN_AND_EXIT
+from tests.fake_runner import HOLD, RUN_AND_EXIT
 from tests.unit.local_cluster import Client, LocalCluster
 
 
-async def _counts(client: Client, **fields: object) -> dict[int, int]:
+async def _submit(client: Client) -> task_pb2.Task:
+    reply = await client.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=5)
+    return reply.tasks[0]
+
+
+async def _counts(client: Client | LocalCluster, **fields: object) -> dict[int, int]:
     reply = await client.tasks.CountTasks(tpb.CountTasksRequest(**fields), timeout=5)  # type: ignore[arg-type]
     return {c.status: c.count for c in reply.counts}
 
@@ -51,3 +56,43 @@ async def test_tasks_are_counted_by_status_for_whoever_may_see_them(
     later = Timestamp()
     later.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
     assert await _counts(olga, submitted_after=later) == {}
+
+
+async def test_running_tasks_are_counted_as_held_and_ended_ones_by_when_they_ended(
+    local_cluster: LocalCluster,
+) -> None:
+    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    first = await _submit(alice)
+    second = await _submit(alice)
+    for task in (first, second):
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    running, completed = task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_COMPLETED
+    assert await _counts(alice, statuses=[running]) == {running: 2}
+    assert await _counts(local_cluster, owner="nobody") == {}
+    before = Timestamp()
+    before.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
+    runner.finish(first.task_id, 0)
+    await local_cluster.wait_status(first.task_id, TaskStatus.COMPLETED)
+    assert await _counts(alice) == {running: 1, completed: 1}
+    # Ended since a moment ago: the finished one only (a running task has not ended).
+    assert await _counts(alice, completed_after=before) == {completed: 1}
+    later = Timestamp()
+    later.FromDatetime(datetime.now(UTC) + timedelta(seconds=60))
+    assert await _counts(alice, completed_after=later) == {}
+
+
+async def test_tasks_that_ended_lately_are_counted_through_an_index(
+    local_cluster: LocalCluster,
+) -> None:
+    """The overview counts them every second or so: a range of an index, not a read of
+    every task ever finished (on the thread the Host's writes share)."""
+    assert local_cluster.server is not None
+    query = (
+        "EXPLAIN QUERY PLAN SELECT status, kind, count(*) FROM tasks "
+        "WHERE status IN ('completed', 'failed') AND completed_at >= '2026-01-01' "
+        "GROUP BY status, kind"
+    )
+    with local_cluster.server.store.engine.connect() as connection:
+        plan = " ".join(str(row[-1]) for row in connection.exec_driver_sql(query))
+    assert "ix_tasks_status_completed_at" in plan, plan

@@ -334,6 +334,7 @@ class CountTasksRequest(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     SUBMITTED_AFTER_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    COMPLETED_AFTER_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Only tasks of this user (operators; a user always counts only their own)."""
     @_builtins.property
@@ -344,16 +345,23 @@ class CountTasksRequest(_message.Message):
     def submitted_after(self) -> _timestamp_pb2.Timestamp:
         """Only tasks submitted at or after this time; unset means no bound."""
 
+    @_builtins.property
+    def completed_after(self) -> _timestamp_pb2.Timestamp:
+        """Only tasks that ended at or after this time (an unfinished task has not ended: it is
+        not counted); unset means no bound.
+        """
+
     def __init__(
         self,
         *,
         statuses: _abc.Iterable[_task_pb2.TaskStatus.ValueType] | None = ...,
         submitted_after: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        completed_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["submitted_after", b"submitted_after"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_after", b"completed_after", "submitted_after", b"submitted_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_after", b"completed_after", "owner", b"owner", "statuses", b"statuses", "submitted_after", b"submitted_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -130,7 +130,8 @@ class TaskServiceServicer:
 
     def CountTasks(self, request, context):
         """CountTasks counts the tasks the caller may see by status, however many there are (a
-        list stops at its limit): the dashboard's overview.
+        list stops at its limit): the dashboard's overview. Unfinished tasks are counted as the
+        Host holds them now; finished ones as stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

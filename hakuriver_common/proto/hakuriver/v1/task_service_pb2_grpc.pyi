@@ -43,7 +43,8 @@ class TaskServiceStub:
     """ListTasks returns tasks, newest first."""
     CountTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.CountTasksRequest, _task_service_pb2.CountTasksResponse]
     """CountTasks counts the tasks the caller may see by status, however many there are (a
-    list stops at its limit): the dashboard's overview.
+    list stops at its limit): the dashboard's overview. Unfinished tasks are counted as the
+    Host holds them now; finished ones as stored.
     """
     KillTask: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.KillTaskRequest, _task_service_pb2.KillTaskResponse]
     """KillTask stops a pending, assigning, running or paused task."""
@@ -90,7 +91,8 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """ListTasks returns tasks, newest first."""
     CountTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.CountTasksRequest, _task_service_pb2.CountTasksResponse]  # type: ignore[assignment]
     """CountTasks counts the tasks the caller may see by status, however many there are (a
-    list stops at its limit): the dashboard's overview.
+    list stops at its limit): the dashboard's overview. Unfinished tasks are counted as the
+    Host holds them now; finished ones as stored.
     """
     KillTask: _aio.UnaryUnaryMultiCallable[_task_service_pb2.KillTaskRequest, _task_service_pb2.KillTaskResponse]  # type: ignore[assignment]
     """KillTask stops a pending, assigning, running or paused task."""
@@ -158,7 +160,8 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.CountTasksResponse, _abc.Awaitable[_task_service_pb2.CountTasksResponse]]:
         """CountTasks counts the tasks the caller may see by status, however many there are (a
-        list stops at its limit): the dashboard's overview.
+        list stops at its limit): the dashboard's overview. Unfinished tasks are counted as the
+        Host holds them now; finished ones as stored.
         """
 
     @_abc_1.abstractmethod

@@ -562,7 +562,7 @@ class Cluster:
                     self.scheduler.held.add(batch_id)
                 else:
                     self.scheduler.held.discard(batch_id)
-                self.book.positions_changed()
+                self.book.positions_changed(batch_id)
         finally:
             self.kick()
 

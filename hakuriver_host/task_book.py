@@ -462,9 +462,16 @@ class TaskBook:
             self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
         return self._positions
 
-    def positions_changed(self) -> None:
-        """The queue's positions are to be ranked again (a batch was held or let go)."""
+    def positions_changed(self, batch_id: int) -> None:
+        """The queue's positions are to be ranked again: a batch was held or let go. Live
+        lists hear of one of its pending tasks (no status change: its place changed), on
+        which they rank their pending tasks again."""
         self._positions = None
+        if self._list_watchers:
+            for task in self.pending.values():
+                if task.batch_id == batch_id:
+                    self._tell_lists(task.model_copy())
+                    return
 
     async def watch(self, task_id: int) -> AsyncIterator[Task]:
         """Yield the task now, then a copy of it after every status change, in order,

@@ -19,6 +19,7 @@ from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
 from tests.unit.test_metrics_auth import Samples, metric_values
+from tests.unit.test_watch_tasks import Seen, _seen_by
 
 
 def _array(indices: list[int], max_running: int = 0, **fields: object) -> tpb.SubmitTaskRequest:
@@ -135,6 +136,33 @@ async def test_a_whole_array_is_paused_and_resumed(local_cluster: LocalCluster) 
     resumed = await local_cluster.tasks.ResumeBatch(tpb.ResumeBatchRequest(batch_id=reply.batch_id))
     assert resumed.affected == 2
     assert _counts(resumed.batch) == {TaskStatus.RUNNING: 2, TaskStatus.PENDING: 1}
+
+
+async def test_holding_or_letting_go_a_batch_tells_live_lists(local_cluster: LocalCluster) -> None:
+    """No status changes, but the queue's places do: a live list (the dashboard's) hears
+    of one of the batch's pending tasks, on which it ranks its pending tasks again."""
+    a = await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    [blocker] = await local_cluster.submit_running()
+    watcher = Seen(local_cluster)
+    try:
+        await _seen_by(watcher, local_cluster)
+        reply = await local_cluster.tasks.SubmitTask(_array([1, 2]), timeout=5)
+        ids = {t.task_id for t in reply.tasks}
+
+        def heard() -> int:
+            return sum(1 for task_id, _ in watcher.items if task_id in ids)
+
+        await eventually(lambda: heard() == 2, what="the array's submission")
+        await local_cluster.tasks.PauseBatch(tpb.PauseBatchRequest(batch_id=reply.batch_id))
+        await eventually(lambda: heard() == 3, what="the hold")
+        await local_cluster.tasks.ResumeBatch(tpb.ResumeBatchRequest(batch_id=reply.batch_id))
+        await eventually(lambda: heard() == 4, what="its end")
+        assert {status for task_id, status in watcher.items if task_id in ids} == {
+            task_pb2.TASK_STATUS_PENDING
+        }
+    finally:
+        await watcher.close()
+    a.finish(blocker.task_id, 0)
 
 
 async def test_a_held_arrays_tasks_take_no_place_in_the_queue(local_cluster: LocalCluster) -> None:

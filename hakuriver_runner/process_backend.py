@@ -78,6 +78,14 @@ def started_since_boot(pid: int) -> float | None:
         return None
 
 
+def _status(pid: int) -> str | None:
+    """psutil's status of process ``pid`` (zombie, stopped, ...); None when there is none."""
+    try:
+        return str(psutil.Process(pid).status())
+    except psutil.Error:
+        return None
+
+
 def _recorded_start(meta: dict[str, Any]) -> float:
     """The start in a spool record. Older Runners recorded /proc's clock ticks since boot
     (``start_time``): a Runner upgraded while host processes run still knows them."""
@@ -100,7 +108,15 @@ class HostProcess:
         if self.popen is not None:
             return self.popen.poll() is None
         now = started_since_boot(self.pid)
-        return now is not None and abs(now - self.started_since_boot) < SAME_START_SECONDS
+        if now is None or abs(now - self.started_since_boot) >= SAME_START_SECONDS:
+            return False
+        if _status(self.pid) == psutil.STATUS_ZOMBIE:
+            # It exited (its code is in the spool). This Runner started it but lost its
+            # Popen (its handles were rebuilt when it registered again): reap it.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.pid, os.WNOHANG)
+            return False
+        return True
 
     def exit_code(self) -> int | None:
         if self.popen is not None:
@@ -216,12 +232,15 @@ class ProcessBackend:
                 continue
             if not self.cluster_id or meta.get("cluster") != self.cluster_id:
                 continue
+            pid = int(meta["pid"])
             found[task_id] = HostProcess(
                 task_id,
                 spool,
-                int(meta["pid"]),
+                pid,
                 _recorded_start(meta),
                 datetime.fromisoformat(meta["started_at"]),
+                # Paused before its handle was rebuilt: its processes are still stopped.
+                paused=_status(pid) == psutil.STATUS_STOPPED,
             )
         return found
 

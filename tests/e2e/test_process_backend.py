@@ -1,0 +1,76 @@
+"""Host-process tasks (ProcessBackend) as a Runner sees them, its own processes for real:
+their HOME, and how a Runner whose handles were rebuilt (it registered again after a Host
+restart) still sees them end or stay paused."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from pathlib import Path
+
+import pytest
+
+from hakuriver_common.config import Config
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_runner.process_backend import ProcessBackend
+
+
+def test_a_host_process_gets_its_users_home_not_the_runners(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Runner's systemd unit pins HOME to the home of whoever wrote it (so its config's
+    ~/ paths hold): its tasks get the home of the user they run as."""
+    monkeypatch.setenv("HOME", str(tmp_path / "installer"))
+    backend = ProcessBackend(
+        Config(runner={"state_dir": tmp_path}, paths={"local_temp_dir": tmp_path / "work"})  # type: ignore[arg-type]
+    )
+    backend.cluster_id = "00c0ffee00c0ffee"
+    dispatch = rpb.DispatchCommand(task_id=7, command="/bin/sh", arguments=["-c", 'echo "$HOME"'])
+    task = backend.start(dispatch)
+    assert task.popen is not None and task.popen.wait(10) == 0
+    printed = (backend.root / "7" / "stdout").read_text().strip()
+    assert printed == pwd.getpwuid(os.geteuid()).pw_dir != str(tmp_path / "installer")
+
+
+def _backend(tmp_path: Path) -> ProcessBackend:
+    backend = ProcessBackend(
+        Config(runner={"state_dir": tmp_path}, paths={"local_temp_dir": tmp_path / "work"})  # type: ignore[arg-type]
+    )
+    backend.cluster_id = "00c0ffee00c0ffee"
+    return backend
+
+
+def test_a_process_that_ends_after_its_handle_was_rebuilt_is_seen_to_end(
+    tmp_path: Path,
+) -> None:
+    """Rebuilt from its spool, the handle has no Popen: the process, this Runner's child,
+    stays a zombie until reaped, and was taken for alive (its task ran for ever)."""
+    backend = _backend(tmp_path)
+    dispatch = rpb.DispatchCommand(task_id=8, command="/bin/sh", arguments=["-c", "exit 3"])
+    backend.start(dispatch)
+    rebuilt = backend.tasks()[8]
+    assert rebuilt.popen is None
+    deadline = time.monotonic() + 10
+    while rebuilt.alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backend.state(rebuilt)[0] == "exited"
+    assert rebuilt.exit_code() == 3
+
+
+def test_a_paused_process_is_still_paused_after_its_handle_was_rebuilt(tmp_path: Path) -> None:
+    backend = _backend(tmp_path)
+    task = backend.start(rpb.DispatchCommand(task_id=9, command="sleep", arguments=["30"]))
+    try:
+        backend.pause(task)
+        deadline = time.monotonic() + 10
+        while backend.state(backend.tasks()[9])[0] != "paused" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.state(backend.tasks()[9])[0] == "paused"
+        backend.resume(task)
+        deadline = time.monotonic() + 10
+        while backend.state(backend.tasks()[9])[0] != "running" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert backend.state(backend.tasks()[9])[0] == "running"
+    finally:
+        backend.stop(task, 1)

@@ -17,7 +17,7 @@ from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.process_backend import ProcessBackend
-from hakuriver_runner.session import Session
+from hakuriver_runner.session import RegistrationRefused, Session
 from hakuriver_runner.supervisor import Supervisor
 
 app = cli.App(help="Start a HakuRiver Runner.")
@@ -49,8 +49,11 @@ def main(config: ConfigOption = None, version: VersionOption = False) -> None:
         raise cli.Exit(1) from None
     try:
         asyncio.run(_serve(session))
-    except (CredentialsError, TlsSetupError):
-        raise cli.Exit(1) from None  # logged by the session
+    except (CredentialsError, TlsSetupError, RegistrationRefused) as exc:
+        # Logged by the session; on the terminal too when the log goes to a file.
+        if cfg.paths.runner_log_file is not None:
+            cli.echo(f"error: {exc}", err=True)
+        raise cli.Exit(1) from None
 
 
 def run() -> None:

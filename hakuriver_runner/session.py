@@ -61,6 +61,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
+class RegistrationRefused(Exception):
+    """The Host refused this Runner's registration as invalid (INVALID_ARGUMENT)."""
+
+
 class Session:
     def __init__(
         self,
@@ -95,8 +99,9 @@ class Session:
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected to the Host until ``stop`` is set.
 
-        CredentialsError (nothing to present, or a credential file others can read) and
-        TlsSetupError (a CA or certificate file missing or unreadable) end the Runner:
+        CredentialsError (nothing to present, or a credential file others can read),
+        TlsSetupError (a CA or certificate file missing or unreadable) and
+        RegistrationRefused (the Host found its registration invalid) end the Runner:
         retrying cannot help. A refusal by the Host is retried, since an admin
         can resolve it (revoking the name's credential lets the join token in again)."""
         attempt = 0
@@ -133,6 +138,10 @@ class Session:
         code = exc.code()
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             log.error("the host refused this runner: %s (%s)", exc.details(), code.name)
+        elif code == grpc.StatusCode.INVALID_ARGUMENT:
+            # Its own registration (its name, say): the same again would be refused again.
+            log.error("the host refused this runner: %s (%s)", exc.details(), code.name)
+            raise RegistrationRefused(exc.details() or code.name) from None
         else:
             log.warning("connection to host %s: %s", self.config.host_target, code.name)
 

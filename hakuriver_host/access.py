@@ -104,9 +104,11 @@ class Access:
         write_secret(path, issued.secret)
         log.warning("first start: created admin %r; their API token is in %s (0600)", name, path)
 
-    async def recover_admin(self) -> Path:
+    async def recover_admin(self) -> tuple[Path, Path | None]:
         """A new token for the bootstrap admin (created if missing), written to the
-        credentials file: the way back in when every admin token is lost."""
+        credentials file: the way back in when every admin token is lost. A file there
+        already (someone's token, maybe still good) is kept beside it, renamed; returns
+        the file written and the one kept."""
         name = self.config.auth.bootstrap_admin
         if name not in self.users:  # deleted: it takes its own name back
             await self.create_user(name, Role.ADMIN, reclaim=True)
@@ -114,8 +116,12 @@ class Access:
             raise FailedPrecondition(f"user {name!r} exists and is not an admin")
         issued = await self.create_token(name, "recovered with hakuriver.host", None)
         path = self.config.auth.credentials_file.expanduser()
+        kept = None
+        if path.exists():
+            kept = path.with_name(f"{path.name}.{utcnow():%Y%m%dT%H%M%S}.old")
+            path.replace(kept)
         write_secret(path, issued.secret)
-        return path
+        return path, kept
 
     # ----- authentication ---------------------------------------------------------------
 

@@ -55,9 +55,11 @@ async def _recover_admin(cfg: Config) -> None:
         await store.run(store.migrate)
         access = Access(cfg, store)
         await access.load(bootstrap=False)
-        path = await access.recover_admin()
+        path, kept = await access.recover_admin()
     finally:
         store.close()
+    if kept is not None:
+        cli.echo(f"kept the file that was there as {kept}")
     cli.echo(
         f"wrote a new token of admin {cfg.auth.bootstrap_admin!r} to {path} (0600); "
         "restart the Host so it knows the token"

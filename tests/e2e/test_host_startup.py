@@ -127,7 +127,7 @@ def test_a_lost_admin_token_is_recovered_on_the_hosts_machine(tmp_path: Path) ->
     try:
         first = cluster.admin_token
         cluster.kill_host(signal.SIGTERM)
-        cluster.credentials.unlink()
+        cluster.credentials.write_text("hkrt_somebody-elses-token\n")  # kept, not lost
         host = [sys.executable, "-m", "hakuriver_host", "--config", str(cluster.config_path)]
         result = subprocess.run(
             [*host, "--new-admin-token"],
@@ -137,6 +137,9 @@ def test_a_lost_admin_token_is_recovered_on_the_hosts_machine(tmp_path: Path) ->
         )
         assert result.returncode == 0, result.stderr
         assert "restart the Host" in result.stdout
+        [kept] = cluster.credentials.parent.glob(f"{cluster.credentials.name}.*.old")
+        assert kept.read_text() == "hkrt_somebody-elses-token\n"
+        assert f"kept the file that was there as {kept}" in result.stdout
         assert cluster.credentials.stat().st_mode & 0o777 == 0o600
         cluster.start_host()
         assert cluster.admin_token != first

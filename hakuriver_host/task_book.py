@@ -9,11 +9,13 @@ webhooks and watchers.
 from __future__ import annotations
 
 import asyncio
+import shlex
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from hakuriver_common.limits import truncated
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.bulk_lane import SMALL, BulkLane
 from hakuriver_host.errors import NotFound, WatcherBehind
@@ -398,7 +400,9 @@ class TaskBook:
                 "assigned_node": task.assigned_node,
                 "exit_code": task.exit_code,
                 "error_message": task.error_message,
-                "command": task.command,
+                # The command line, so that an alert tells tasks apart (not just "sh").
+                "command": truncated(shlex.join([task.command, *task.arguments])),
+                "owner": task.owner,
             },
         )
 

@@ -253,6 +253,8 @@ def test_webhooks_and_metrics_follow_nodes_and_tasks(
         what="the task.failed webhook",
     )[0]
     assert event["task"]["exit_code"] == 9 and event["task"]["kind"] == "command"
+    assert event["task"]["command"] == "sh -c 'exit 9'", event["task"]
+    assert event["task"]["owner"] == "admin"
     assert receiver.failures_left == 0, "the first delivery should have failed and been retried"
     gpu_node = mon.runner_names[1]
     mon.kill_runner(gpu_node)

@@ -122,6 +122,28 @@ def check_security(config: Config) -> None:
                 )
 
 
+def check_ports(config: Config) -> None:
+    """Two of the Host's own ports set to one number: said as such before binding (the
+    second bind failed with "address in use", under the wrong port's name, as if another
+    program held it)."""
+    net = config.network
+    ports = {
+        "network.host_port": net.host_port,
+        "network.host_ssh_proxy_port": net.host_ssh_proxy_port,
+        "network.metrics_port": net.metrics_port,
+    }
+    if config.dashboard.enabled:
+        ports["dashboard.port"] = config.dashboard.port
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port and port in seen:  # 0: any free port
+            raise SecurityConfigError(
+                f"{seen[port]} and {key} are both {port}: each of the Host's ports needs "
+                "its own number"
+            )
+        seen[port] = key
+
+
 def dashboard_plaintext(config: Config) -> bool:
     """The dashboard speaks HTTPS with the Host's certificate unless either is plaintext."""
     return config.tls.plaintext or config.dashboard.plaintext
@@ -332,6 +354,7 @@ class HostServer:
         has started anything; then load the state and serve."""
         net = self.config.network
         check_security(self.config)
+        check_ports(self.config)
         credentials = server_credentials(self.config)
         self.port = self._listen_grpc(net.host_bind_ip, net.host_port, credentials)
         if self.config.dashboard.enabled:

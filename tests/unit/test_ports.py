@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import psutil
+import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 from hakuriver_host.authorization import PORTS
+from hakuriver_host.server import HostServer, SecurityConfigError
 from tests.connect_http import Endpoint
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import LocalCluster
+from tests.unit.local_cluster import LocalCluster, local_config
 from tests.unit.test_metrics_auth import scrape
 
 METRICS_TOKEN = "metrics-" + "y" * 40
@@ -92,3 +95,20 @@ async def test_each_port_refuses_a_caller_without_its_right(
     cluster = await make_local_cluster(auth={"metrics_token": METRICS_TOKEN})
     answers = {key: await probe(cluster) for key, (probe, _) in REFUSED.items()}
     assert answers == {key: refused for key, (_, refused) in REFUSED.items()}
+
+
+async def test_two_of_the_hosts_ports_set_to_one_number_are_named_before_it_listens(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = local_config(tmp_path, network={"metrics_port": port, "host_ssh_proxy_port": port})
+    before = _listening()
+    with pytest.raises(SecurityConfigError) as refused:
+        await HostServer(config, prepare_default_environment=False).start()
+    assert str(refused.value) == (
+        f"network.host_ssh_proxy_port and network.metrics_port are both {port}: each of the "
+        "Host's ports needs its own number"
+    )
+    assert _listening() == before

@@ -218,6 +218,7 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
         ("required_cores", str(task.required_cores)),
         ("required_memory_bytes", str(task.required_memory_bytes)),
         ("required_gpus", ",".join(map(str, task.required_gpus)) or "-"),
+        ("gpu_count", str(task.gpu_count) if task.gpu_count else "-"),
         ("assigned_cpus", ",".join(map(str, task.assigned_cpus)) or "-"),
         ("queue_position", str(task.queue_position) if task.queue_position else "-"),
         (

@@ -220,6 +220,7 @@ def test_task_history_filters_and_detail(mon: ProcessCluster, tmp_path: Path) ->
         "required_cores": "1",
         "required_memory_bytes": str(64_000_000),
         "required_gpus": "-",
+        "gpu_count": "-",
         "target_numa_node_id": "-",
         "batch_id": "-",  # a single-target submission has no batch
         "privileged": "false",

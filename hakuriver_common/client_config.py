@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from hakuriver_common.mounts import mounts_ok
+
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
 ENV_PREFIX = "hakuriver_"
 ENV_DELIMITER = "__"
@@ -122,7 +124,7 @@ def ca_file(config: ClientConfig) -> Path:
 
 # Kinds: "str", "bool", "int", "float", "path", "path?" (Path | None), "list[str]".
 # Checks: ">0", ">=0", ">1", ">=1" (bounds), "port" (0 to 65535), "task_network",
-# "absolute_paths" (validators).
+# "absolute_paths", "mounts" (validators).
 Field = tuple[str, Any, str | None]
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -172,7 +174,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "initial_base_image": ("str", "busybox:latest", None),
         "tasks_privileged": ("bool", False, None),
         "keep_failed_containers": ("bool", False, None),
-        "additional_mounts": ("list[str]", [], None),
+        "additional_mounts": ("list[str]", [], "mounts"),
     },
     "tls": {
         "plaintext": ("bool", False, None),
@@ -217,6 +219,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "port": lambda v: 0 <= v <= 65535,
     "task_network": lambda v: v in ("host", "none"),
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
+    "mounts": mounts_ok,
 }
 
 

@@ -24,6 +24,7 @@ from hakuriver_common.client_config import (
     config_file,
     resolve_config_path as resolve_config_path,
 )
+from hakuriver_common.mounts import parse_mount
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
 
 
@@ -169,6 +170,14 @@ class DockerConfig(Section):
     additional_mounts: list[str] = Field(
         default_factory=list, description="Extra HOST_PATH:CONTAINER_PATH mounts for every task."
     )
+
+    @field_validator("additional_mounts")
+    @classmethod
+    def _mounts(cls, mounts: list[str]) -> list[str]:
+        # Refused when the config is read: accepted, every task on the node failed to start.
+        for text in mounts:
+            parse_mount(text)
+        return mounts
 
 
 WEBHOOK_EVENTS = frozenset(

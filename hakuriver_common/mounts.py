@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+if TYPE_CHECKING:  # the parser is read with the config, at every tool's start: no protobuf
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
 
 @dataclass(frozen=True)
@@ -14,6 +16,8 @@ class MountSpec:
     read_only: bool = False
 
     def pb(self) -> task_pb2.Mount:
+        from hakuriver_common.proto.hakuriver.v1 import task_pb2
+
         return task_pb2.Mount(
             host_path=self.host_path, container_path=self.container_path, read_only=self.read_only
         )
@@ -36,6 +40,16 @@ def parse_mount(text: str) -> MountSpec:
         if not path.startswith("/"):
             raise ValueError(f"mount {text!r}: {label} must be absolute")
     return MountSpec(host_path, container_path, read_only)
+
+
+def mounts_ok(texts: list[str]) -> bool:
+    """Whether every text is a mount parse_mount takes (the config's check)."""
+    try:
+        for text in texts:
+            parse_mount(text)
+    except ValueError:
+        return False
+    return True
 
 
 def format_mount(spec: MountSpec) -> str:

@@ -35,7 +35,7 @@ KINDS = {
     Path | None: "path?",
     list[str]: "list[str]",
 }
-VALIDATORS = {"_known_network": "task_network", "_absolute": "absolute_paths"}
+VALIDATORS = {"_known_network": "task_network", "_absolute": "absolute_paths", "_mounts": "mounts"}
 
 
 def _check(model: type[BaseModel], name: str) -> str | None:
@@ -124,7 +124,7 @@ WORDS = st.sampled_from(["", "host", "none", "/abs", "rel/x", "~/x", "a b", "127
 # (or refuses), and anything at all.
 EDGES: list[Any] = [0, 1, -1, 2, 0.0, 1.0, -0.0, 0.5, 1.5, math.nan, math.inf, 2**63, True, False]
 EDGES += ["", "x", "1", "true", "host", "none", "bridge", "/abs", "rel"]
-EDGES += [[], ["/x"], ["rel"], [1], [True], ["/x", "y"]]
+EDGES += [[], ["/x"], ["rel"], [1], [True], ["/x", "y"], ["/a:/b"], ["/a:/b:ro", "nocolon"]]
 ANY_VALUE = st.one_of(
     st.sampled_from(EDGES),
     st.integers(),
@@ -150,6 +150,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
         return st.sampled_from(["host", "none"])
     if check == "absolute_paths":
         return st.lists(st.sampled_from(["/data", "/scratch/x"]), max_size=2)
+    if check == "mounts":
+        return st.lists(st.sampled_from(["/data:/data", "/srv/x:/x:ro"]), max_size=2)
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))

@@ -33,6 +33,16 @@ def test_missing_and_invalid_files_are_clear(tmp_path: Path) -> None:
         load_config(unknown)
 
 
+@pytest.mark.parametrize("mount", ["nocolon", "/only/host:", "rel:/x", "/a:/b:rx"])
+def test_a_bad_extra_mount_is_refused_when_the_config_is_read(tmp_path: Path, mount: str) -> None:
+    """Accepted, every task of the node failed to start on it."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[docker]\nadditional_mounts = ["/data:/data", "{mount}"]\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert f"docker.additional_mounts: mount {mount!r}: " in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("hook", "message"),
     [

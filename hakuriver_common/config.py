@@ -6,6 +6,8 @@ An override is named ``HAKURIVER_<SECTION>__<KEY>``, e.g. ``HAKURIVER_NETWORK__H
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -405,13 +407,29 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
 
 
 def _problems(exc: ValueError) -> str:
-    """Each problem as ``section.key: what is wrong``, on one line; never the value given
-    (a mistyped key's value may be a secret, and it would reach the terminal and the
+    """Each problem as ``section.key: what is wrong``, on one line, naming the
+    ``HAKURIVER_*`` variable when one set it (else it reads as the file's); never the value
+    given (a mistyped key's value may be a secret, and it would reach the terminal and the
     journal)."""
     if not isinstance(exc, ValidationError):
+        found = _ENV_PARSE.search(str(exc))
+        if found:  # pydantic-settings could not even parse a variable of this section
+            return (
+                f"a HAKURIVER_{found[1].upper()}__* variable is not valid: a list is written "
+                'as JSON, e.g. HAKURIVER_DASHBOARD__SERVER_NAMES=\'["river", "river.lab"]\''
+            )
         return str(exc)
+    set_here = {name.upper() for name in os.environ if name.upper().startswith("HAKURIVER_")}
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        name = ".".join(str(part) for part in loc) or "config"
+        variable = "HAKURIVER_" + "__".join(str(part) for part in loc[:2]).upper()
+        return f"{name} ({variable})" if len(loc) >= 2 and variable in set_here else name
+
     return "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'config'}: "
-        f"{error['msg'].removeprefix('Value error, ')}"
+        f"{where(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
         for error in exc.errors()
     )
+
+
+_ENV_PARSE = re.compile(r'error parsing value for field "(\w+)" from source "EnvSettingsSource"')

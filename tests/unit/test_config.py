@@ -83,3 +83,23 @@ def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
     assert capsys.readouterr().err == (
         f"error: cannot write the log file {blocker}/host.log: File exists\n"
     )
+
+
+def test_a_bad_variable_is_named_not_blamed_on_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[network]\nhost_port = 18100\n")
+    monkeypatch.setenv("HAKURIVER_NETWORK__HOST_PORT", "abc")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "network.host_port (HAKURIVER_NETWORK__HOST_PORT): " in str(refused.value)
+    monkeypatch.delenv("HAKURIVER_NETWORK__HOST_PORT")
+    monkeypatch.setenv("HAKURIVER_DASHBOARD__SERVER_NAMES", "river")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "a HAKURIVER_DASHBOARD__* variable is not valid: a list is written as JSON" in str(
+        refused.value
+    )
+    monkeypatch.setenv("HAKURIVER_DASHBOARD__SERVER_NAMES", '["river"]')
+    assert load_config(path).dashboard.server_names == ["river"]

@@ -32,7 +32,7 @@ from google.protobuf.message import DecodeError
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
 from hakuriver_host.connect_bridge import READ_MAX_BYTES, CallContext
 from hakuriver_host.errors import InvalidArgument
-from hakuriver_host.interceptors import ApiInterceptor
+from hakuriver_host.interceptors import ApiInterceptor, status_code
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +362,7 @@ class ShellSocket:
     def __init__(self, receive: Receive, send: Send) -> None:
         self.receive = receive
         self.send = send
-        self.incoming: asyncio.Queue[spb.ShellRequest | None] = asyncio.Queue()
+        self.incoming: asyncio.Queue[spb.ShellRequest] = asyncio.Queue()
         self.backlog = 0
         self.refused: InvalidArgument | None = None
 
@@ -385,7 +385,8 @@ class ShellSocket:
             self.incoming.put_nowait(request)
 
     async def requests(self) -> AsyncIterator[spb.ShellRequest]:
-        while (request := await self.incoming.get()) is not None:
+        while True:
+            request = await self.incoming.get()
             self.backlog -= request.ByteSize()
             yield request
 
@@ -404,9 +405,7 @@ class ShellSocket:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
         if self.refused is not None:
-            await self._close(
-                4000 + grpc.StatusCode.INVALID_ARGUMENT.value[0], self.refused.message
-            )
+            await self._close(4000 + status_code(self.refused).value[0], self.refused.message)
 
     async def _forward(self, responses: AsyncIterator[spb.ShellResponse]) -> None:
         code, reason = 1000, ""

@@ -4,8 +4,9 @@ the timing: a consumer that holds a message while the task moves on still gets e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import pytest
 
@@ -16,13 +17,26 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.task_machine import IllegalTransition
-from tests.fake_runner import HOLD, NO_ANSWER, RUN_AND_EXIT
+from tests.fake_runner import HOLD, NO_ANSWER, RUN_AND_EXIT, eventually
 from tests.unit.local_cluster import LocalCluster
 
 
 def _book(cluster: LocalCluster):  # type: ignore[no-untyped-def]
     assert cluster.server is not None
     return cluster.server.cluster.book
+
+
+@contextlib.asynccontextmanager
+async def _store_held(cluster: LocalCluster) -> AsyncIterator[None]:
+    """The store's one thread kept busy: changes are made in memory, none is stored."""
+    assert cluster.server is not None
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(cluster.server.store.run(busy.wait, 30))
+    try:
+        yield
+    finally:
+        busy.set()
+        await blocker
 
 
 async def test_a_held_watcher_gets_every_transition_in_order(local_cluster: LocalCluster) -> None:
@@ -168,11 +182,8 @@ async def test_a_small_report_after_a_big_one_is_told_after_it(
     # The store's thread is kept busy until all three messages' changes are made in
     # memory: the first message's write waits alone, the next two are then stored together
     # and complete at once.
-    assert local_cluster.server is not None
-    store, book = local_cluster.server.store, _book(local_cluster)
-    busy = threading.Event()
-    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
-    try:
+    book = _book(local_cluster)
+    async with _store_held(local_cluster):
         first, *many = tasks[::-1]
         runner.send(
             rpb.ConnectRequest(
@@ -195,14 +206,7 @@ async def test_a_small_report_after_a_big_one_is_told_after_it(
             task = book.active.get(watched)
             return task is None or task.status == TaskStatus.COMPLETED
 
-        for _ in range(500):
-            if exited_in_memory():
-                break
-            await asyncio.sleep(0.01)
-        assert exited_in_memory()
-    finally:
-        busy.set()
-        await blocker
+        await eventually(exited_in_memory, what="the exit decided in memory")
     seen += [reply.task.status async for reply in call]
     assert seen == [
         task_pb2.TASK_STATUS_ASSIGNING,
@@ -227,10 +231,7 @@ async def test_a_watcher_is_told_a_task_runs_at_once_and_that_it_ended_once_stor
     replies = aiter(call)
     assert TaskStatus.from_pb((await anext(replies)).task.status) is TaskStatus.ASSIGNING
 
-    assert local_cluster.server is not None
-    busy = threading.Event()
-    blocker = asyncio.ensure_future(local_cluster.server.store.run(busy.wait, 30))
-    try:
+    async with _store_held(local_cluster):
         for state in (rpb.RUNNER_TASK_STATE_RUNNING, rpb.RUNNER_TASK_STATE_EXITED):
             report = rpb.TaskStateReport(task_id=task.task_id, state=state, exit_code=0)
             runner.send(rpb.ConnectRequest(task_state=report))
@@ -239,17 +240,14 @@ async def test_a_watcher_is_told_a_task_runs_at_once_and_that_it_ended_once_stor
                 assert TaskStatus.from_pb(running.task.status) is TaskStatus.RUNNING
         ended = asyncio.ensure_future(anext(replies))
         book = _book(local_cluster)
-        for _ in range(500):  # decided in memory (GetTask would wait for the store's thread)
+
+        def completed_in_memory() -> bool:  # GetTask would wait for the store's thread
             live = book.live(task.task_id)
-            if live is not None and live.status == TaskStatus.COMPLETED:
-                break
-            await asyncio.sleep(0.01)
-        assert live is not None and live.status == TaskStatus.COMPLETED
+            return live is not None and live.status == TaskStatus.COMPLETED
+
+        await eventually(completed_in_memory, what="the end decided in memory")
         await asyncio.sleep(0.2)
         assert not ended.done(), "told of the end before it was stored"
-    finally:
-        busy.set()
-        await blocker
     final = await asyncio.wait_for(ended, 5)
     assert TaskStatus.from_pb(final.task.status) is TaskStatus.COMPLETED
 
@@ -267,24 +265,17 @@ async def test_a_placement_is_told_once_stored_and_a_pause_answered_once_stored(
     call = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=queued.task_id), timeout=30)
     replies = aiter(call)
     assert TaskStatus.from_pb((await anext(replies)).task.status) is TaskStatus.PENDING
-    assert local_cluster.server is not None
-    store, book = local_cluster.server.store, _book(local_cluster)
+    book = _book(local_cluster)
 
-    busy = threading.Event()
-    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
-    try:
+    async with _store_held(local_cluster):
         told = asyncio.ensure_future(anext(replies))
         runner.finish(first.task_id, 0)
-        for _ in range(500):
-            if book.active[queued.task_id].status == TaskStatus.ASSIGNING:
-                break
-            await asyncio.sleep(0.01)
-        assert book.active[queued.task_id].status == TaskStatus.ASSIGNING
+        await eventually(
+            lambda: book.active[queued.task_id].status == TaskStatus.ASSIGNING,
+            what="the placement decided in memory",
+        )
         await asyncio.sleep(0.2)
         assert not told.done(), "told of a placement not yet stored"
-    finally:
-        busy.set()
-        await blocker
     assert TaskStatus.from_pb((await asyncio.wait_for(told, 5)).task.status) in (
         TaskStatus.ASSIGNING,
         TaskStatus.RUNNING,
@@ -293,17 +284,12 @@ async def test_a_placement_is_told_once_stored_and_a_pause_answered_once_stored(
 
     watch = book.watch(queued.task_id)
     assert (await anext(watch)).status == TaskStatus.RUNNING
-    busy = threading.Event()
-    blocker = asyncio.ensure_future(store.run(busy.wait, 30))
-    try:
+    async with _store_held(local_cluster):
         pausing = asyncio.ensure_future(
             local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=queued.task_id), timeout=10)
         )
         assert (await asyncio.wait_for(anext(watch), 5)).status == TaskStatus.PAUSED
         await asyncio.sleep(0.2)
         assert not pausing.done(), "answered before the pause was stored"
-    finally:
-        busy.set()
-        await blocker
     paused = await asyncio.wait_for(pausing, 5)
     assert TaskStatus.from_pb(paused.task.status) is TaskStatus.PAUSED

@@ -50,11 +50,11 @@ class Task(SQLModel):
 
     task_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     kind: str = TaskKind.COMMAND.value
-    batch_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, index=True))
+    batch_id: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
     command: str
     arguments: list[str] = Field(default_factory=_new_list, sa_column=Column(JSON))
     env: dict[str, str] = Field(default_factory=_new_dict, sa_column=Column(JSON))
-    status: str = Field(index=True)
+    status: str
     assigned_node: str | None = Field(default=None, index=True)
     target_hostname: str | None = None
     required_cores: int = 1
@@ -91,8 +91,14 @@ class TaskRecord(Task, table=True):
 
     __tablename__ = "tasks"
     # CountTasks of the tasks that ended lately (the dashboard's overview, every second or
-    # so): a range of this index, not every task ever finished.
-    __table_args__ = (Index("ix_tasks_status_completed_at", "status", "completed_at"),)
+    # so): a range of the first, not every task ever finished; it serves every query by
+    # status. A batch's tasks by status (GetBatch): the second, not every task that ended
+    # (SQLite chose the first for "batch_id = ? AND status IN (...)" while there was one of
+    # batch_id alone). Every index is written on each insert and status change: no more.
+    __table_args__ = (
+        Index("ix_tasks_status_completed_at", "status", "completed_at"),
+        Index("ix_tasks_batch_id_status", "batch_id", "status"),
+    )
 
 
 def in_memory(record: Task) -> Task:

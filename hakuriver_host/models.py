@@ -55,7 +55,7 @@ class Task(SQLModel):
     arguments: list[str] = Field(default_factory=_new_list, sa_column=Column(JSON))
     env: dict[str, str] = Field(default_factory=_new_dict, sa_column=Column(JSON))
     status: str
-    assigned_node: str | None = Field(default=None, index=True)
+    assigned_node: str | None = None
     target_hostname: str | None = None
     required_cores: int = 1
     required_memory_bytes: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
@@ -79,7 +79,7 @@ class Task(SQLModel):
     status_detail: str = ""
     ssh_public_key: str = ""
     # The user who submitted it ("" for tasks from before identities existed).
-    owner: str = Field(default="", index=True)
+    owner: str = ""
     network: str = "host"
     # Its index in its job array (batch_id is the array's id); None outside arrays.
     array_index: int | None = None
@@ -90,14 +90,18 @@ class TaskRecord(Task, table=True):
     """A task's row; what queries of the store return (a ``Task`` too)."""
 
     __tablename__ = "tasks"
-    # CountTasks of the tasks that ended lately (the dashboard's overview, every second or
-    # so): a range of the first, not every task ever finished; it serves every query by
-    # status. A batch's tasks by status (GetBatch): the second, not every task that ended
-    # (SQLite chose the first for "batch_id = ? AND status IN (...)" while there was one of
-    # batch_id alone). Every index is written on each insert and status change: no more.
+    # What the store is asked for, each read through an index rather than by reading
+    # every task in the history (see migration 0004). CountTasks of the tasks that ended
+    # lately: a range of the first, which serves every query by status. A batch's tasks by
+    # status (GetBatch): the second (SQLite chose the first for "batch_id = ? AND status IN
+    # (...)" while batch_id had an index of its own). A user's or a node's newest tasks
+    # (ListTasks, newest first): the last two, read backwards, no sort of all of them.
+    # Every index is written on each insert and status change: no more than these.
     __table_args__ = (
         Index("ix_tasks_status_completed_at", "status", "completed_at"),
         Index("ix_tasks_batch_id_status", "batch_id", "status"),
+        Index("ix_tasks_owner_task_id", "owner", "task_id"),
+        Index("ix_tasks_assigned_node_task_id", "assigned_node", "task_id"),
     )
 
 

@@ -7,6 +7,7 @@ The transports, the generated protos and rich are imported by the commands that 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -21,6 +22,7 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.link import node_stub, task_stub
+from hakuriver_cli.reconnect import RETRY_SECONDS, riding_out
 from hakuriver_cli.render import (
     age,
     batch_line,
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 
     from hakuriver_common.proto.hakuriver.v1 import (
         node_pb2,
+        node_service_pb2 as npb,
+        node_service_pb2_grpc,
         task_pb2,
         task_service_pb2 as tpb,
         task_service_pb2_grpc,
@@ -227,7 +231,7 @@ def health(
     from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     cfg = config_or_fail(config)
-    with host_link(cfg) as link:
+    with host_link(cfg, reconnect_seconds=RETRY_SECONDS) as link:
         stub = node_stub(link)
         response = unary(
             stub.GetHealth, npb.GetHealthRequest(hostname=hostname, include_history=True)
@@ -242,12 +246,10 @@ def health(
             else:
                 console().print(_health_table(trends))
             return
-        updates = stub.WatchHealth(npb.WatchHealthRequest(hostname=hostname))
-        seen = 0
         live = contextlib.nullcontext() if json else Live(_health_table(trends), console=console())
         with live as screen:
-            for update in updates:
-                node = update.node
+
+            def show(node: npb.NodeHealth) -> None:
                 trend = trends.setdefault(node.hostname, NodeTrend(node.status))
                 trend.status = node.status
                 trend.output_problem = node.output_problem
@@ -258,10 +260,42 @@ def health(
                     print(to_json_line(node), flush=True)
                 elif screen is not None:
                     screen.update(_health_table(trends))
-                seen += 1
-                if count and seen >= count:
-                    updates.cancel()
-                    break
+
+            _watch_health(stub, cfg.host_target, hostname, count, show)
+
+
+def _watch_health(
+    stub: node_service_pb2_grpc.NodeServiceStub,
+    target: str,
+    hostname: str,
+    count: int,
+    show: Callable[[npb.NodeHealth], None],
+) -> None:
+    """``show`` every update of WatchHealth, ``count`` of them (0: until Ctrl-C); while the
+    Host is away, retry as ``wait`` does, then watch again."""
+    from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
+
+    seen = 0
+
+    def watch() -> bool | None:
+        nonlocal seen
+        updates = stub.WatchHealth(npb.WatchHealthRequest(hostname=hostname))
+        for update in updates:
+            show(update.node)
+            seen += 1
+            if count and seen >= count:
+                updates.cancel()
+                return True
+        return None  # the Host ended the stream: it stopped
+
+    riding_out(
+        watch,
+        lambda timeout: unary(stub.GetHealth, npb.GetHealthRequest(hostname=hostname), timeout),
+        target,
+        RETRY_SECONDS,
+        "watching",
+        "watching health again",
+    )
 
 
 BatchOrTaskArgument = Annotated[

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated
 
 from hakuriver_cli import direct
 from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.connection import (
+    RPC_TIMEOUT_SECONDS,
     TaskIdArgument,
     config_or_fail,
     fail,
@@ -25,6 +27,7 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
+from hakuriver_cli.reconnect import RETRY_SECONDS, host_gone, riding_out
 from hakuriver_cli.render import (
     TASK_COLUMNS,
     batch_line,
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 
     from hakuriver_common.client_config import ClientConfig
     from hakuriver_common.proto.hakuriver.v1 import (
+        log_service_pb2 as lpb,
         task_pb2,
         task_service_pb2 as tpb,
         task_service_pb2_grpc,
@@ -72,38 +76,24 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _host_gone(exc: CallError, *also: Status) -> bool:
-    """The Host went away (stopped, restarting, network): the stream broke or ended early."""
-    return exc.status in (Status.UNAVAILABLE, Status.CANCELLED, *also)
-
-
 def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> task_pb2.Task | None:
-    """Follow the task's WatchTask stream; its final state, or None if the Host went away."""
+    """Follow the task's WatchTask stream; its final state, or None if the stream ended
+    before it (the Host went away)."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    try:
-        for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
-            if update.task.status in FINAL_TASK_STATUSES:
-                return update.task
-    except CallError as exc:
-        if not _host_gone(exc):
-            raise
+    for update in stub.WatchTask(tpb.WatchTaskRequest(task_id=task_id)):
+        if update.task.status in FINAL_TASK_STATUSES:
+            return update.task
     return None
 
 
-def _until_host_answers(
-    stub: task_service_pb2_grpc.TaskServiceStub, task_id: int, poll_interval: float
-) -> None:
+def _task_probe(
+    stub: task_service_pb2_grpc.TaskServiceStub, task_id: int
+) -> Callable[[float], object]:
+    """Asks the Host for the task: whether the Host answers again (see reconnect.riding_out)."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    while True:
-        time.sleep(poll_interval)
-        try:
-            unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id), timeout=poll_interval + 5)
-            return
-        except CallError as exc:
-            if not _host_gone(exc, Status.DEADLINE_EXCEEDED):
-                raise
+    return lambda timeout: unary(stub.GetTask, tpb.GetTaskRequest(task_id=task_id), timeout)
 
 
 def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> task_pb2.Task:
@@ -111,17 +101,16 @@ def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> t
     seconds for as long as it takes, saying so on stderr when it goes and when it is back."""
     stub = task_stub(link)
     try:
-        while (task := _watch_once(stub, task_id)) is None:
-            cli.echo(
-                f"lost the host at {target}; retrying every {poll_interval:g}s "
-                "until it answers (Ctrl-C to stop waiting)",
-                err=True,
-            )
-            _until_host_answers(stub, task_id, poll_interval)
-            cli.echo(f"the host at {target} answers again; waiting for task {task_id}", err=True)
+        return riding_out(
+            lambda: _watch_once(stub, task_id),
+            _task_probe(stub, task_id),
+            target,
+            poll_interval,
+            "waiting",
+            f"waiting for task {task_id}",
+        )
     except KeyboardInterrupt:
         fail(f"stopped waiting; task {task_id} carries on (hakuriver.task wait {task_id})", 130)
-    return task
 
 
 def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> tpb.BatchSummary:
@@ -136,7 +125,7 @@ def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> 
             try:
                 batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
             except CallError as exc:
-                if not _host_gone(exc, Status.DEADLINE_EXCEEDED):
+                if not host_gone(exc, Status.DEADLINE_EXCEEDED):
                     raise
                 if not away:
                     cli.echo(f"lost the host at {target}; retrying", err=True)
@@ -207,7 +196,7 @@ def submit(
         ),
     ] = None,
     wait: Annotated[bool, cli.Option(help="Wait until every task finishes.")] = False,
-    poll_interval: PollIntervalOption = 1.0,
+    poll_interval: PollIntervalOption = RETRY_SECONDS,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -408,8 +397,7 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
         fail(f"--max-lag: {exc}", code=2)
     if lag > cli.INT64["max"]:
         fail(f"--max-lag {max_lag}: at most {cli.INT64['max']} bytes", code=2)
-    out = sys.stdout.buffer
-    with host_link(cfg, near_the_end=lag > 0) as link:
+    with host_link(cfg, reconnect_seconds=RETRY_SECONDS, near_the_end=lag > 0) as link:
 
         def read(tid: int) -> None:
             request = lpb.ReadLogRequest(
@@ -418,25 +406,51 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
                 follow=follow,
                 max_lag_bytes=lag,
             )
-            offset = 0
             try:
-                for chunk in log_stub(link).ReadLog(request):
-                    if chunk.offset > offset:
-                        out.flush()
-                        cli.echo(
-                            f"hakuriver: {chunk.offset - offset} bytes of output skipped "
-                            f"(--max-lag {max_lag})",
-                            err=True,
-                        )
-                    out.write(chunk.data)
-                    out.flush()
-                    offset = chunk.offset + len(chunk.data)
+                if follow:
+                    _follow_log(link, cfg.host_target, request, max_lag)
+                else:
+                    _copy_log(link, request, max_lag)
             except KeyboardInterrupt:
                 raise cli.Exit(130) from None  # as `wait` and `health --watch` end
 
         on_task_or_batch(
             task_stub(link), task_id, read, lambda bid: _a_batch_has_no_output(link, bid)
         )
+
+
+def _copy_log(link: Link, request: lpb.ReadLogRequest, max_lag: str) -> bool:
+    """Write the output the Host sends for ``request`` to stdout, moving ``request.offset``
+    past every byte written (so a request sent again goes on from there); True at its end."""
+    out = sys.stdout.buffer
+    for chunk in log_stub(link).ReadLog(request):
+        if chunk.offset > request.offset:
+            out.flush()
+            cli.echo(
+                f"hakuriver: {chunk.offset - request.offset} bytes of output skipped "
+                f"(--max-lag {max_lag})",
+                err=True,
+            )
+        out.write(chunk.data)
+        out.flush()
+        request.offset = chunk.offset + len(chunk.data)
+    return True
+
+
+def _follow_log(link: Link, target: str, request: lpb.ReadLogRequest, max_lag: str) -> None:
+    """Follow the output until the task ends; while the Host is away, retry as ``wait``
+    does, then go on from the last byte written."""
+    stub = task_stub(link)
+    probe = _task_probe(stub, request.task_id)
+    probe(RPC_TIMEOUT_SECONDS)  # an id no task has, or a Host not there, fails at once
+    riding_out(
+        lambda: _copy_log(link, request, max_lag),
+        probe,
+        target,
+        RETRY_SECONDS,
+        "following",
+        f"following task {request.task_id}'s output",
+    )
 
 
 def _a_batch_has_no_output(link: Link, batch_id: int) -> None:
@@ -499,7 +513,7 @@ def wait_task(
             show_default=False,
         ),
     ],
-    poll_interval: PollIntervalOption = 1.0,
+    poll_interval: PollIntervalOption = RETRY_SECONDS,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:

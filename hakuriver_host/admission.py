@@ -20,7 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tp
 from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
 from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied
-from hakuriver_host.scheduler import Request
+from hakuriver_host.scheduler import Request, no_such_gpus
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SSH_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
@@ -316,12 +316,9 @@ def _placement(target: task_pb2.Target, view: ClusterView) -> Placement:
             f"target: {target.hostname} has no NUMA node {numa} "
             f"(NUMA ids: {sorted(node.numa_ids) or 'none'})"
         )
-    for gpu in target.gpu_ids:
-        if gpu not in node.gpu_ids:
-            raise NotFound(
-                f"target: {target.hostname} has no GPU {gpu} "
-                f"(GPU ids: {sorted(node.gpu_ids) or 'none'})"
-            )
+    missing = no_such_gpus(target.hostname, target.gpu_ids, node.gpu_ids)
+    if missing:
+        raise NotFound(f"target: {missing}")
     return Placement(target.hostname, numa, tuple(target.gpu_ids))
 
 

@@ -304,23 +304,7 @@ class Cluster:
     def waiting_reason(self, task: Task) -> str:
         """Why a queued task is not placed, when it is not just its turn for resources
         (what Slurm's reason column says): something its owner can act on or wait for."""
-        if task.batch_id in self.scheduler.held:
-            return f"held: batch {task.batch_id} is paused (resume it to let it start)"
-        cap = task.array_max_running
-        if cap and self.scheduler.holding(task.batch_id) >= cap:
-            return f"its array's cap: {cap} of its tasks hold resources"
-        nodes = self.scheduler.nodes
-        if task.target_hostname:
-            node = nodes.get(task.target_hostname)
-            if node is None:
-                return f"node {task.target_hostname} is not registered"
-            if not node.online:
-                return f"node {task.target_hostname} is not connected"
-            if node.draining:
-                return f"node {task.target_hostname} is draining"
-        elif not any(node.accepts_work for node in nodes.values()):
-            return "no node is connected and taking work"
-        return ""
+        return self.scheduler.waiting_reason(request_of(task))
 
     @staticmethod
     def _visible(task: Task, who: Principal) -> Task:

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from hakuriver_common.ids import id_timestamp_ms
+from hakuriver_common.limits import name_list
 from hakuriver_common.units import format_size
 
 
@@ -156,6 +158,25 @@ class NodeResources:
         )
 
 
+def no_such_gpus(hostname: str, wanted: Iterable[int], present: Iterable[int]) -> str:
+    """The GPU ids of ``wanted`` a node does not have, in words ("" if it has them all): what
+    a submission naming them is refused with, and why a queued task naming them waits."""
+    have = set(present)
+    missing = sorted(set(wanted) - have)
+    if not missing:
+        return ""
+    ids = ", ".join(map(str, missing))
+    return (
+        f"{hostname} has no GPU{'s' if len(missing) > 1 else ''} {ids} "
+        f"(GPU ids: {sorted(have) or 'none'})"
+    )
+
+
+def _are(names: list[str], what: str) -> str:
+    """``names`` (a few, and how many more) with the verb agreeing: "a is draining"."""
+    return f"{name_list(names)} {'is' if len(names) == 1 else 'are'} {what}"
+
+
 FitKey = tuple[int, int, int, str]
 
 
@@ -167,8 +188,26 @@ def _fit_key(node: NodeResources) -> FitKey:
 # How many requests behind a line's head a pass looks at for one made ready where the head
 # would go (Scheduler._made_ready_for).
 MADE_READY_BEHIND = 8
-# Request shapes whose never_fits answer is kept (more distinct shapes start it afresh).
+# Request shapes whose never_fits (and waiting_reason) answer is kept (more distinct shapes
+# start it afresh).
 NEVER_FITS_SHAPES = 1024
+
+_Answer = TypeVar("_Answer")
+
+
+def _kept(
+    answers: dict[tuple[object, ...], _Answer],
+    request: Request,
+    answer: Callable[[Request], _Answer],
+) -> _Answer:
+    """``answer(request)``, kept in ``answers`` by the request's shape (at most
+    NEVER_FITS_SHAPES shapes: more start it afresh)."""
+    shape = _shape(request)
+    if shape not in answers:
+        if len(answers) >= NEVER_FITS_SHAPES:
+            answers.clear()
+        answers[shape] = answer(request)
+    return answers[shape]
 
 
 class Scheduler:
@@ -193,6 +232,9 @@ class Scheduler:
         # never_fits' answers by request shape, until a node's hardware changes (it scanned
         # every node for each submission: ~4% of the Host's CPU under single submits).
         self._never_fits: dict[tuple[object, ...], str | None] = {}
+        # waiting_reason's answers about the nodes by request shape, until a node changes
+        # (hardware, connected, draining): a list of pending tasks asks it of each.
+        self._unplaceable: dict[tuple[object, ...], str] = {}
         # Every node's best-fit key, sorted, and each node's key in it: ``_choose`` starts
         # at the first node with enough free cores instead of ranking them all (it ran for
         # every single submission placed at once).
@@ -218,6 +260,7 @@ class Scheduler:
         """Add a node or update its hardware, keeping what tasks hold on it."""
         self._changes += 1
         self._never_fits.clear()
+        self._unplaceable.clear()
         node = self.nodes.get(hostname)
         if node is None:
             node = NodeResources(hostname, cpus, memory_bytes)
@@ -237,6 +280,7 @@ class Scheduler:
         """Forget a node that holds nothing."""
         self._changes += 1
         self._never_fits.clear()
+        self._unplaceable.clear()
         node = self.nodes.get(hostname)
         if node is not None and not node.holders:
             del self.nodes[hostname]
@@ -244,29 +288,63 @@ class Scheduler:
 
     def set_online(self, hostname: str, online: bool) -> None:
         self._changes += 1
+        self._unplaceable.clear()
         if hostname in self.nodes:
             self.nodes[hostname].online = online
 
     def set_draining(self, hostname: str, draining: bool) -> None:
         self._changes += 1
+        self._unplaceable.clear()
         if hostname in self.nodes:
             self.nodes[hostname].draining = draining
 
     def never_fits(self, request: Request) -> str | None:
         """Why a request can never be placed, naming the limit; None if some node could."""
-        shape = (
-            request.target,
-            request.numa_node,
-            request.cores,
-            request.memory_bytes,
-            request.gpu_ids,
-            request.gpu_count,
-        )
-        if shape not in self._never_fits:
-            if len(self._never_fits) >= NEVER_FITS_SHAPES:
-                self._never_fits.clear()
-            self._never_fits[shape] = self._never_fits_now(request)
-        return self._never_fits[shape]
+        return _kept(self._never_fits, request, self._never_fits_now)
+
+    def waiting_reason(self, request: Request) -> str:
+        """Why a queued request is not placed when that is not just its turn for resources
+        (docs/scheduling.md, "The queue"): its batch held or its array at its cap, or no
+        node that could ever hold it taking work; "" otherwise."""
+        if request.group in self.held:
+            return f"held: batch {request.group} is paused (resume it to let it start)"
+        cap = request.group_cap
+        if cap and self.holding(request.group) >= cap:
+            return f"its array's cap: {cap} of its tasks hold resources"
+        return _kept(self._unplaceable, request, self._unplaceable_now)
+
+    def _unplaceable_now(self, request: Request) -> str:
+        """``waiting_reason``'s answer about the nodes: the request's node (or, without a
+        target, every node that could hold it) unknown, without the GPUs or the room it
+        asks for (its Runner registered again with less), not connected or draining."""
+        if request.target is not None:
+            node = self.nodes.get(request.target)
+            if node is None:
+                return f"node {request.target} is not registered"
+            missing = no_such_gpus(node.hostname, request.gpu_ids, node.gpus)
+            if missing:
+                return f"node {missing}"
+            if not node.could_ever_fit(request):
+                return f"node {node.hostname} cannot hold it: {self.never_fits(request)}"
+            if not node.online:
+                return f"node {node.hostname} is not connected"
+            if node.draining:
+                return f"node {node.hostname} is draining"
+            return ""
+        if not any(node.accepts_work for node in self.nodes.values()):
+            return "no node is connected and taking work"
+        able = [node for node in self.nodes.values() if node.could_ever_fit(request)]
+        if not able:
+            return f"no node can hold it: {self.never_fits(request)}"
+        if any(node.accepts_work for node in able):
+            return ""
+        offline = sorted(node.hostname for node in able if not node.online)
+        draining = sorted(node.hostname for node in able if node.online)
+        states = [_are(draining, "draining")] if draining else []
+        states += [_are(offline, "not connected")] if offline else []
+        wanted = request.gpus_wanted
+        which = f"with {wanted} GPU{'s' if wanted > 1 else ''}" if wanted else "big enough for it"
+        return f"no node {which} is taking work: {'; '.join(states)}"
 
     def _never_fits_now(self, request: Request) -> str | None:
         if request.target is not None:

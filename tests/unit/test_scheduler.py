@@ -142,6 +142,64 @@ def test_never_fits_follows_the_nodes_hardware() -> None:
     )
 
 
+def test_a_gpu_task_says_when_the_only_nodes_that_could_hold_it_take_no_work() -> None:
+    """Untargeted: the nodes with enough GPUs draining or not connected is said, naming
+    them, while a node without enough GPUs takes work; waiting its turn says nothing."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("cpu", tuple(range(8)), 64)
+    scheduler.upsert_node("g1", tuple(range(8)), 64, gpus=(0, 1))
+    scheduler.upsert_node("g2", tuple(range(8)), 64, gpus=(0, 1, 2, 3))
+    two = Request(1, 1, 0, gpu_count=2)
+    assert scheduler.waiting_reason(two) == ""
+    scheduler.set_draining("g1", True)
+    assert scheduler.waiting_reason(two) == ""  # g2 still takes work
+    scheduler.set_draining("g2", True)
+    assert scheduler.waiting_reason(two) == (
+        "no node with 2 GPUs is taking work: g1, g2 are draining"
+    )
+    scheduler.set_online("g1", False)
+    assert scheduler.waiting_reason(Request(2, 1, 0, gpu_count=4)) == (
+        "no node with 4 GPUs is taking work: g2 is draining"
+    )
+    assert scheduler.waiting_reason(two) == (
+        "no node with 2 GPUs is taking work: g2 is draining; g1 is not connected"
+    )
+    assert scheduler.waiting_reason(Request(3, 1, 0)) == ""  # cpu takes it
+    assert scheduler.waiting_reason(Request(4, 8, 65)) == (
+        "no node can hold it: memory: 65 bytes (65B) requested but any node has at most 64 (64B)"
+    )
+    scheduler.upsert_node("g2", tuple(range(8)), 64, gpus=(0,))  # re-registered with one GPU
+    assert scheduler.waiting_reason(two) == (
+        "no node with 2 GPUs is taking work: g1 is not connected"
+    )
+    scheduler.set_draining("g1", False)
+    scheduler.set_online("g1", True)
+    assert scheduler.waiting_reason(two) == ""
+
+
+def test_a_task_for_gpu_ids_its_node_no_longer_has_says_which() -> None:
+    """A queued task naming GPU ids its node's Runner no longer reports says which ones,
+    in the words a submission naming them is refused with; it is placed once they are back."""
+    scheduler = two_numa_node(gpus=(0, 1, 2, 3))
+    named = Request(1, 1, 0, target="a", gpu_ids=(1, 3))
+    assert scheduler.waiting_reason(named) == ""
+    scheduler.upsert_node("a", tuple(range(8)), 64, gpus=(0, 1))
+    assert scheduler.waiting_reason(named) == "node a has no GPU 3 (GPU ids: [0, 1])"
+    scheduler.upsert_node("a", tuple(range(8)), 64)
+    assert scheduler.waiting_reason(named) == "node a has no GPUs 1, 3 (GPU ids: none)"
+    scheduler.set_draining("a", True)
+    assert scheduler.waiting_reason(named) == "node a has no GPUs 1, 3 (GPU ids: none)"
+    assert scheduler.choose(named) is None
+    assert scheduler.waiting_reason(Request(2, 9, 0, target="a")) == (
+        "node a cannot hold it: cores: 9 requested but a has at most 8"
+    )
+    assert scheduler.waiting_reason(Request(3, 1, 0, target="b")) == "node b is not registered"
+    scheduler.set_draining("a", False)
+    scheduler.upsert_node("a", tuple(range(8)), 64, gpus=(0, 1, 2, 3))
+    assert scheduler.waiting_reason(named) == ""
+    assert scheduler.choose(named) == Allocation("a", (0,), 0, (1, 3))
+
+
 def test_a_pass_places_the_task_made_ready_for_the_cpus_that_freed_up_passing_the_head_once() -> (
     None
 ):

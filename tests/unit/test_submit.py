@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import event
 
 from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
     node_service_pb2 as npb,
     task_pb2,
     task_service_pb2 as tpb,
@@ -276,6 +277,57 @@ async def test_a_queued_task_says_why_it_waits_when_it_is_not_its_turn(
     assert {t.task_id: t.status_detail for t in listed.tasks}[offline.task_id] == (
         "node gone is not connected"
     )
+
+
+def _gpus(*ids: int) -> list[node_pb2.Gpu]:
+    return [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in ids]
+
+
+async def test_a_gpu_task_says_when_the_nodes_with_its_gpus_are_draining(
+    local_cluster: LocalCluster,
+) -> None:
+    """An untargeted GPU task whose only nodes with enough GPUs drain says so, naming them,
+    though another node takes work; it starts once one of them is undrained."""
+    await local_cluster.add_runner("cpu", cores=4, answer=HOLD)
+    await local_cluster.add_runner("gpu", cores=4, gpus=_gpus(0, 1), answer=HOLD)
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="gpu"), timeout=5)
+    task = await local_cluster.submit("train", gpus=2)
+    reason = "no node with 2 GPUs is taking work: gpu is draining"
+    assert (status_of(task), task.status_detail) == (TaskStatus.PENDING, reason)
+    assert (await local_cluster.get(task.task_id)).status_detail == reason
+    await local_cluster.nodes.UndrainNode(npb.UndrainNodeRequest(hostname="gpu"), timeout=5)
+    started = await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert (started.assigned_node, list(started.required_gpus)) == ("gpu", [0, 1])
+
+
+async def test_a_task_for_gpus_its_node_no_longer_reports_says_which_and_waits(
+    local_cluster: LocalCluster,
+) -> None:
+    """A task queued for GPU ids its node's Runner no longer reports (it registered again
+    without them) is not failed: it says which ids the node lacks, in the words a new
+    submission naming them is refused with, and starts once the Runner reports them again
+    (docs/scheduling.md, "The queue")."""
+    runner = await local_cluster.add_runner("gpu", cores=1, gpus=_gpus(0, 1), answer=HOLD)
+    [busy] = await local_cluster.submit_running()
+    named = [task_pb2.Target(hostname="gpu", gpu_ids=[0, 1])]
+    task = await local_cluster.submit("train", targets=named)
+    assert (status_of(task), task.status_detail) == (TaskStatus.PENDING, "")
+    runner.gpus = _gpus(0)
+    await runner.connect()
+    reason = "node gpu has no GPU 1 (GPU ids: [0])"
+    assert (await local_cluster.get(task.task_id)).status_detail == reason
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("train", targets=named)
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+    assert refused.value.details() == f"target: {reason.removeprefix('node ')}"
+    runner.finish(busy.task_id, 0)  # its core is free: still no GPU 1
+    await local_cluster.wait_status(busy.task_id)
+    waiting = await local_cluster.get(task.task_id)
+    assert (status_of(waiting), waiting.status_detail) == (TaskStatus.PENDING, reason)
+    runner.gpus = _gpus(0, 1)
+    await runner.connect()
+    started = await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    assert list(started.required_gpus) == [0, 1]
 
 
 async def test_a_task_killed_while_its_placement_is_being_stored_is_never_dispatched(

@@ -162,11 +162,13 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def DeleteTar(
         self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteTarResponse:
-        self._audit("delete_tar", request.name)
-        removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
-        # A new name is read when first asked for; a removed one must go from the index now.
-        await asyncio.to_thread(self.cluster.tarballs.refresh)
-        return epb.DeleteTarResponse(removed=removed)
+        name = request.name
+        self._audit("delete_tar", f"{name} (forced)" if request.force else name)
+        await asyncio.to_thread(self.manager.tarballs_of, name)  # NotFound before in use
+        removed, failed = await self.cluster.delete_environment(
+            name, request.force, functools.partial(self.manager.delete_tar, name)
+        )
+        return epb.DeleteTarResponse(removed=removed, failed_task_ids=failed)
 
     async def ImportRootfs(
         self,

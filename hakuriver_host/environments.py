@@ -261,16 +261,20 @@ class EnvironmentManager:
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)
 
-    @_docker_answers
-    def delete_tar(self, name: str) -> list[str]:
+    def tarballs_of(self, name: str) -> list[TarballFile]:
+        """The tarballs of environment ``name``; NotFound when it has none."""
         self._valid(name)
-        removed = []
-        for tarball in list_tarballs(self.directory):
-            if tarball.name == name:
-                tarball.path.unlink(missing_ok=True)
-                removed.append(str(tarball.path))
-        if not removed:
+        mine = [tarball for tarball in list_tarballs(self.directory) if tarball.name == name]
+        if not mine:
             raise NotFound(f"name: no tarball of environment {name!r}")
+        return mine
+
+    def delete_tar(self, name: str) -> list[str]:
+        """Remove every tarball of ``name``; their paths (NotFound when it has none)."""
+        removed = []
+        for tarball in self.tarballs_of(name):
+            tarball.path.unlink(missing_ok=True)
+            removed.append(str(tarball.path))
         return removed
 
     def upload_path(self, name: str) -> Path:

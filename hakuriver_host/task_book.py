@@ -238,6 +238,12 @@ class TaskBook:
         if arriving is not None:
             await asyncio.shield(arriving)
 
+    async def arrivals(self) -> None:
+        """Return once the tasks being added now are in ``active`` (or not stored at all)."""
+        arriving = set(self._arriving.values())
+        if arriving:
+            await asyncio.gather(*(asyncio.shield(a) for a in arriving))
+
     def _prepared(self, records: list[Task], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share
         the tasks' own values."""

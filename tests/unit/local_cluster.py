@@ -26,6 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     access_service_pb2_grpc,
     audit_service_pb2_grpc,
+    environment_service_pb2_grpc,
     log_service_pb2 as lpb,
     log_service_pb2_grpc,
     node_pb2,
@@ -105,14 +106,15 @@ class Client:
         self.access = access_service_pb2_grpc.AccessServiceStub(self.channel)
         self.audit = audit_service_pb2_grpc.AuditServiceStub(self.channel)
         self.ssh = ssh_service_pb2_grpc.SshServiceStub(self.channel)
+        self.environments = environment_service_pb2_grpc.EnvironmentServiceStub(self.channel)
 
 
 class LocalCluster:
     """One in-process Host and the FakeRunners a test starts against it.
 
-    ``tasks``, ``nodes``, ``logs``, ``access``, ``audit``, ``ssh``: grpc.aio stubs of the
-    public services, calling as the bootstrap admin (replaced by ``restart_host``, so always
-    reach them through this object).
+    ``tasks``, ``nodes``, ``logs``, ``access``, ``audit``, ``ssh``, ``environments``:
+    grpc.aio stubs of the public services, calling as the bootstrap admin (replaced by
+    ``restart_host``, so always reach them through this object).
     """
 
     def __init__(self, config: Config) -> None:
@@ -145,6 +147,7 @@ class LocalCluster:
         self.access = access_service_pb2_grpc.AccessServiceStub(self._channel)
         self.audit = audit_service_pb2_grpc.AuditServiceStub(self._channel)
         self.ssh = ssh_service_pb2_grpc.SshServiceStub(self._channel)
+        self.environments = environment_service_pb2_grpc.EnvironmentServiceStub(self._channel)
 
     async def stop_host(self) -> None:
         """Stop the Host as SIGTERM would; Runners keep trying to reconnect."""

@@ -17,7 +17,6 @@ from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
 from hakuriver_cli.link import environment_stub
 from hakuriver_cli.render import console, print_json, show_list, to_dict
 from hakuriver_common import commands as cli
-from hakuriver_common.limits import name_list
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
@@ -193,28 +192,16 @@ def list_tars(config: ConfigOption = None, json: JsonOption = False) -> None:
 
 
 @app.command("delete-tar")
-def delete_tar(
-    name: NameArgument,
-    force: Annotated[
-        bool, cli.Option(help="Delete even while in use: fail its pending tasks.")
-    ] = False,
-    config: ConfigOption = None,
-    json: JsonOption = False,
-) -> None:
-    """Remove every tarball of an environment; refused while unfinished tasks use it."""
+def delete_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Remove every tarball of an environment."""
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
-    request = epb.DeleteTarRequest(name=name, force=force)
-    reply = _ask(config, lambda stub: unary(stub.DeleteTar, request))
+    reply = _ask(config, lambda stub: unary(stub.DeleteTar, epb.DeleteTarRequest(name=name)))
     if json:
         print_json(to_dict(reply))
         return
     for path in reply.removed:
         cli.echo(f"removed {path}")
-    failed = reply.failed_task_ids
-    if failed:
-        ids = name_list([str(task_id) for task_id in failed])
-        cli.echo(f"failed {len(failed)} pending task{'s' if len(failed) > 1 else ''}: {ids}")
 
 
 def _upload(name: str, source: str) -> Iterator[epb.ImportRootfsRequest]:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from hakuriver_common.config import Config
 from hakuriver_common.environments import NULL_CONTAINER
@@ -66,7 +66,6 @@ from hakuriver_host.tunnels import Tunnel, TunnelHub
 from hakuriver_host.webhooks import Notifier
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 # How long a stopping Host lets submissions being stored and queued finish.
 ADDING_GRACE_SECONDS = 10.0
 STOPPING = "the Host is stopping: submit again once it is back"
@@ -98,11 +97,11 @@ DEFAULT_LIST_LIMIT = 100
 IN_USE_IDS_SHOWN = 3
 
 
-def _failure_logged(what: str) -> Callable[[asyncio.Task[Any]], None]:
+def _failure_logged(what: str) -> Callable[[asyncio.Task[None]], None]:
     """A done callback for work nobody awaits any more: its failure is logged, as nobody
     else will hear of it."""
 
-    def done(work: asyncio.Task[Any]) -> None:
+    def done(work: asyncio.Task[None]) -> None:
         if not work.cancelled() and work.exception() is not None:
             log.error("%s failed: %s", what, work.exception())
 
@@ -189,7 +188,7 @@ class Cluster:
         self._stopped = False
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
-        self._storing: set[asyncio.Task[Any]] = set()
+        self._storing: set[asyncio.Task[None]] = set()
         # Batch holds are set one at a time (each stored before it is made so).
         self._holds = asyncio.Lock()
         # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
@@ -633,7 +632,7 @@ class Cluster:
             adding.add_done_callback(self._queued_unawaited)
             raise
 
-    def _storing_task(self, work: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
+    def _storing_task(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` (a write and what follows it) as a task the Host waits for, or
         cancels, when it stops; it may outlive the call that started it."""
         storing = outliving(work)
@@ -824,61 +823,28 @@ class Cluster:
     def environment_loaded_on(self, name: str, timestamp: int) -> list[str]:
         return self.nodes.loaded_on(name, timestamp)
 
-    async def delete_environment(
-        self, name: str, force: bool, delete: Callable[[], list[str]]
-    ) -> tuple[list[str], list[int]]:
-        """Delete environment ``name``'s tarballs with ``delete`` (blocking: run off the
-        loop; the paths removed), as ``docker rmi`` an image: refused while unfinished tasks
-        (VPS included) use it, unless ``force``. Then the tasks still queued for it fail at
-        once (placed, they would fail late on every node without its image); those placed
-        or running are left to end. Carried through once begun, its caller gone or not.
-        The paths removed and the ids of the tasks failed."""
-        if not force:
-            self._refuse_in_use(name)
-        carrying = self._storing_task(self._delete_environment(name, delete))
-        try:
-            return await asyncio.shield(carrying)
-        except asyncio.CancelledError:
-            carrying.add_done_callback(_failure_logged(f"deleting environment {name}"))
-            raise
-
-    def _refuse_in_use(self, name: str) -> None:
-        users = [t for t in self.book.active.values() if t.container_name == name]
+    def refuse_environment_in_use(self, name: str) -> None:
+        """Refuse to delete environment ``name`` while unfinished tasks (VPS included) use
+        it, or are being stored: queued, they would fail late on every node without its
+        image. Naming how many in each status and the first few."""
+        users = [
+            t
+            for t in (*self.book.active.values(), *self.book.arriving())
+            if t.container_name == name
+        ]
         if not users:
             return
         counts = Counter(TaskStatus(t.status) for t in users)
         statuses = ", ".join(f"{counts[s]} {s.value}" for s in TaskStatus if counts[s])
-        ids = sorted(t.task_id for t in users)
+        ids = sorted({t.task_id for t in users})
         shown = ", ".join(map(str, ids[:IN_USE_IDS_SHOWN]))
         more = len(ids) - IN_USE_IDS_SHOWN
         raise FailedPrecondition(
             f"name: environment {name!r} is used by {len(ids)} unfinished "
             f"task{'s' if len(ids) > 1 else ''} ({statuses}: {shown}"
-            f"{f' and {more} more' if more > 0 else ''}); wait for them to end or kill "
-            "them, or force the deletion (hakuriver.docker delete-tar --force): the pending "
-            "ones then fail at once, the others are left to end"
+            f"{f' and {more} more' if more > 0 else ''}); wait for them to end or kill them "
+            "(hakuriver.task kill ID), then delete it"
         )
-
-    async def _delete_environment(
-        self, name: str, delete: Callable[[], list[str]]
-    ) -> tuple[list[str], list[int]]:
-        removed = await asyncio.to_thread(delete)
-        # A new name is read when first asked for; a removed one must go from the index now.
-        await asyncio.to_thread(self.tarballs.refresh)
-        # Also those submitted while it was being deleted (admitted against it): stored
-        # first, so that none is left queued.
-        await self.book.arrivals()
-        why = f"environment {name!r} was deleted"
-        queued = [
-            t
-            for t in self.book.active.values()
-            if t.container_name == name and t.status == TaskStatus.PENDING
-        ]
-        failing = [self.book.apply(t, TaskStatus.FAILED, why, error_message=why) for t in queued]
-        if queued:
-            log.info("environment %s deleted: %d queued tasks failed", name, len(queued))
-        await asyncio.gather(*failing)
-        return removed, sorted(t.task_id for t in queued)
 
     # ----- SSH tunnels ------------------------------------------------------------------
 

@@ -162,13 +162,14 @@ class EnvironmentService(environment_service_pb2_grpc.EnvironmentServiceServicer
     async def DeleteTar(
         self, request: epb.DeleteTarRequest, context: grpc.aio.ServicerContext
     ) -> epb.DeleteTarResponse:
-        name = request.name
-        self._audit("delete_tar", f"{name} (forced)" if request.force else name)
-        await asyncio.to_thread(self.manager.tarballs_of, name)  # NotFound before in use
-        removed, failed = await self.cluster.delete_environment(
-            name, request.force, functools.partial(self.manager.delete_tar, name)
-        )
-        return epb.DeleteTarResponse(removed=removed, failed_task_ids=failed)
+        self._audit("delete_tar", request.name)
+        await asyncio.to_thread(self.manager.tarballs_of, request.name)  # NotFound first
+        # As ``docker rmi``: refused while unfinished tasks use it (docs/environments.md).
+        self.cluster.refuse_environment_in_use(request.name)
+        removed = await asyncio.to_thread(self.manager.delete_tar, request.name)
+        # A new name is read when first asked for; a removed one must go from the index now.
+        await asyncio.to_thread(self.cluster.tarballs.refresh)
+        return epb.DeleteTarResponse(removed=removed)
 
     async def ImportRootfs(
         self,

@@ -269,6 +269,7 @@ class EnvironmentManager:
             raise NotFound(f"name: no tarball of environment {name!r}")
         return mine
 
+    @_docker_answers
     def delete_tar(self, name: str) -> list[str]:
         """Remove every tarball of ``name``; their paths (NotFound when it has none)."""
         removed = []

@@ -11,7 +11,15 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -150,6 +158,8 @@ class TaskBook:
         # row and acting on a copy the Host does not hold.
         self._arriving: dict[int, asyncio.Future[None]] = {}
         self._arriving_batches: dict[int, asyncio.Future[None]] = {}
+        # And their tasks, by submission.
+        self._arriving_tasks: dict[asyncio.Future[None], list[Task]] = {}
 
     def load(self, tasks: list[Task]) -> None:
         for task in tasks:
@@ -222,6 +232,7 @@ class TaskBook:
         self._arriving.update(dict.fromkeys((r.task_id for r in records), arrived))
         if records and records[0].batch_id:  # a submission's tasks share their batch
             self._arriving_batches[records[0].batch_id] = arrived
+        self._arriving_tasks[arrived] = records
         return arrived
 
     def _arrived(self, records: list[Task], arrived: asyncio.Future[None]) -> None:
@@ -230,19 +241,19 @@ class TaskBook:
             self._arriving.pop(record.task_id, None)
         if records and records[0].batch_id:
             self._arriving_batches.pop(records[0].batch_id, None)
+        self._arriving_tasks.pop(arrived, None)
         arrived.set_result(None)
+
+    def arriving(self) -> Iterator[Task]:
+        """The new tasks whose rows are being stored (not yet in ``active``)."""
+        for records in self._arriving_tasks.values():
+            yield from records
 
     async def arrival(self, task_id: int = 0, batch_id: int = 0) -> None:
         """Return once the task (or the batch) is not being added any more."""
         arriving = self._arriving.get(task_id) or self._arriving_batches.get(batch_id)
         if arriving is not None:
             await asyncio.shield(arriving)
-
-    async def arrivals(self) -> None:
-        """Return once the tasks being added now are in ``active`` (or not stored at all)."""
-        arriving = set(self._arriving.values())
-        if arriving:
-            await asyncio.gather(*(asyncio.shield(a) for a in arriving))
 
     def _prepared(self, records: list[Task], at: datetime, detail: str) -> TaskWrite:
         """Converted at once, before the tasks are known to anyone: their rows can share

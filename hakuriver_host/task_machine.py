@@ -29,8 +29,7 @@ _EXITS = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.KILLED_O
 _ENDS = frozenset({TaskStatus.KILLED, TaskStatus.LOST, *_EXITS})
 
 ALLOWED: dict[TaskStatus, frozenset[TaskStatus]] = {
-    # Failed while queued: its environment was deleted (Cluster.delete_environment).
-    TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED, TaskStatus.FAILED}),
+    TaskStatus.PENDING: frozenset({TaskStatus.ASSIGNING, TaskStatus.KILLED}),
     # A fast task can exit before its runner's "running" report is processed.
     TaskStatus.ASSIGNING: frozenset({TaskStatus.RUNNING, *_ENDS}),
     TaskStatus.RUNNING: frozenset({TaskStatus.PAUSED, TaskStatus.UNKNOWN, *_ENDS}),

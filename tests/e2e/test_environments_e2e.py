@@ -221,11 +221,9 @@ def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) 
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
-def test_delete_tar_refuses_an_environment_in_use_unless_forced(
-    cluster: ProcessCluster, env_name: str
-) -> None:
-    """As ``docker rmi``: refused in one line while a task waits for the environment;
-    ``--force`` deletes it and fails the pending task at once, saying so."""
+def test_delete_tar_refuses_an_environment_in_use(cluster: ProcessCluster, env_name: str) -> None:
+    """As ``docker rmi``: refused in one line, nothing removed, while a task waits for the
+    environment; deleted once that task is killed."""
     folder = _tar_dir(cluster)
     folder.mkdir(parents=True, exist_ok=True)
     tarball = folder / f"{env_name}-1700000000.tar"
@@ -239,15 +237,10 @@ def test_delete_tar_refuses_an_environment_in_use_unless_forced(
         refused = cluster.cli("docker", "delete-tar", env_name)
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
         assert f"is used by 1 unfinished task (1 pending: {task.task_id})" in refused.stderr
-        assert "delete-tar --force" in refused.stderr and tarball.exists()
-        forced = _ok(cluster.cli("docker", "delete-tar", env_name, "--force"))
-        assert forced.splitlines() == [
-            f"removed {tarball}",
-            f"failed 1 pending task: {task.task_id}",
-        ]
-        failed = cluster.get(task.task_id)
-        assert failed.status == task_pb2.TASK_STATUS_FAILED
-        assert failed.error_message == f"environment '{env_name}' was deleted"
+        assert "hakuriver.task kill ID" in refused.stderr and tarball.exists()
+        _ok(cluster.cli("task", "kill", str(task.task_id)))
+        deleted = _ok(cluster.cli("docker", "delete-tar", env_name))
+        assert deleted.splitlines() == [f"removed {tarball}"] and not tarball.exists()
     finally:
         _ok(cluster.cli("client", "undrain", node))
 

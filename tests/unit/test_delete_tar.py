@@ -1,10 +1,10 @@
-"""DeleteTar refuses an environment that unfinished tasks use (VPS included), as ``docker rmi``
-refuses an image a container uses, naming how many in each status; with ``force`` it
-deletes anyway, fails the pending tasks at once ("environment NAME was deleted") and leaves
-the running ones to end (docs/environments.md)."""
+"""DeleteTar refuses an environment that unfinished tasks use (VPS included, and tasks
+whose submission is being stored), as ``docker rmi`` refuses an image a container uses,
+naming how many in each status (docs/environments.md, "Deleting an environment")."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,8 @@ async def _in_use(cluster: LocalCluster) -> InUse:
     return InUse(runner, tarball, running, pending, vps, other)
 
 
-async def _delete(cluster: LocalCluster, force: bool = False) -> epb.DeleteTarResponse:
-    request = epb.DeleteTarRequest(name=ENV, force=force)
+async def _delete(cluster: LocalCluster) -> epb.DeleteTarResponse:
+    request = epb.DeleteTarRequest(name=ENV)
     reply: epb.DeleteTarResponse = await cluster.environments.DeleteTar(request, timeout=5)
     return reply
 
@@ -75,41 +75,49 @@ async def test_deleting_an_environment_in_use_is_refused_naming_its_tasks(
     ids = ", ".join(map(str, sorted(t.task_id for t in (used.running, used.pending, used.vps))))
     assert refused.value.details() == (
         f"name: environment '{ENV}' is used by 3 unfinished tasks (2 pending, 1 running: "
-        f"{ids}); wait for them to end or kill them, or force the deletion "
-        "(hakuriver.docker delete-tar --force): the pending ones then fail at once, the "
-        "others are left to end"
+        f"{ids}); wait for them to end or kill them (hakuriver.task kill ID), then delete it"
     )
     assert used.tarball.exists()
     queued = await local_cluster.get(used.pending.task_id)
     assert (status_of(queued), queued.queue_position) == (TaskStatus.PENDING, 1)
 
 
-async def test_a_forced_deletion_fails_the_pending_tasks_and_leaves_the_running_ones(
-    local_cluster: LocalCluster,
+async def test_a_submission_being_stored_counts_as_in_use(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    used = await _in_use(local_cluster)
-    reply = await _delete(local_cluster, force=True)
-    assert list(reply.removed) == [str(used.tarball)] and not used.tarball.exists()
-    assert list(reply.failed_task_ids) == sorted((used.pending.task_id, used.vps.task_id))
-    why = f"environment '{ENV}' was deleted"
-    for task_id in reply.failed_task_ids:
-        failed = await local_cluster.get(task_id)
-        assert (status_of(failed), failed.error_message) == (TaskStatus.FAILED, why)
-        assert failed.assigned_node == "" and not failed.HasField("started_at")
-        assert (await local_cluster.events(task_id))[-1] == (TaskStatus.FAILED, why)
-        assert task_id not in used.runner.dispatched
-    assert status_of(await local_cluster.get(used.running.task_id)) is TaskStatus.RUNNING
-    assert status_of(await local_cluster.get(used.other.task_id)) is TaskStatus.PENDING
-    used.runner.finish(used.running.task_id, 0)  # the running one ends as it would have
-    done = await local_cluster.wait_status(used.running.task_id)
-    assert status_of(done) is TaskStatus.COMPLETED
-    await local_cluster.wait_status(used.other.task_id, TaskStatus.RUNNING)  # the queue moves
-    with pytest.raises(grpc.aio.AioRpcError) as gone:  # no tarball, no Runner has its image
-        await local_cluster.submit("job", container_name=ENV)
-    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    """A job array of ENV admitted and being inserted (a 10,000-task array's insert takes a
+    while) is not in the Host's memory yet: the deletion is refused all the same."""
+    assert local_cluster.server is not None
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    tarball = _tarball(local_cluster)
+    store = local_cluster.server.cluster.store
+    original = store.insert_tasks
+    inserting, release = asyncio.Event(), asyncio.Event()
+
+    async def insert_tasks(write: object) -> None:
+        inserting.set()
+        await asyncio.wait_for(release.wait(), 10)
+        await original(write)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "insert_tasks", insert_tasks)
+    request = tpb.SubmitTaskRequest(
+        command="job", container_name=ENV, array=tpb.TaskArray(indices=[0, 1])
+    )
+    submitted = asyncio.ensure_future(local_cluster.tasks.SubmitTask(request, timeout=10))
+    await asyncio.wait_for(inserting.wait(), 10)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _delete(local_cluster)
+    finally:
+        release.set()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "is used by 2 unfinished tasks (2 pending: " in (refused.value.details() or "")
+    assert tarball.exists()
+    reply = await submitted
+    assert reply.created == 2
 
 
-async def test_an_environment_no_unfinished_task_uses_is_deleted_without_force(
+async def test_an_environment_no_unfinished_task_uses_is_deleted(
     local_cluster: LocalCluster,
 ) -> None:
     runner = await local_cluster.add_runner("a", cores=1, answer=HOLD)
@@ -118,9 +126,9 @@ async def test_an_environment_no_unfinished_task_uses_is_deleted_without_force(
     runner.finish(task.task_id, 0)
     await local_cluster.wait_status(task.task_id)
     reply = await _delete(local_cluster)
-    assert list(reply.removed) == [str(tarball)] and list(reply.failed_task_ids) == []
+    assert list(reply.removed) == [str(tarball)] and not tarball.exists()
     with pytest.raises(grpc.aio.AioRpcError) as again:
-        await _delete(local_cluster, force=True)
+        await _delete(local_cluster)
     assert again.value.code() == grpc.StatusCode.NOT_FOUND
     assert again.value.details() == f"name: no tarball of environment '{ENV}'"
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=10), timeout=5)

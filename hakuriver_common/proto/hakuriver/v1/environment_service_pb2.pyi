@@ -367,21 +367,15 @@ class DeleteTarRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
-    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    force: _builtins.bool
-    """Delete even while unfinished tasks use the environment: its pending tasks fail at once
-    ("environment NAME was deleted"); assigning, running and paused ones are left to end.
-    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,24 +386,18 @@ class DeleteTarResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REMOVED_FIELD_NUMBER: _builtins.int
-    FAILED_TASK_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Paths removed."""
-
-    @_builtins.property
-    def failed_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Tasks that were queued for the environment and failed because it was deleted."""
 
     def __init__(
         self,
         *,
         removed: _abc.Iterable[_builtins.str] | None = ...,
-        failed_task_ids: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed_task_ids", b"failed_task_ids", "removed", b"removed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

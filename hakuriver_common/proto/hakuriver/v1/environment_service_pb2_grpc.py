@@ -139,10 +139,7 @@ class EnvironmentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTar(self, request, context):
-        """DeleteTar removes every tarball of an environment. While unfinished tasks (pending,
-        assigning, running, paused, unknown; VPS included) use the environment it is refused
-        with FAILED_PRECONDITION naming how many in each status, unless force is set. After a
-        deletion the tasks still queued for the environment fail at once.
+        """DeleteTar removes every tarball of an environment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

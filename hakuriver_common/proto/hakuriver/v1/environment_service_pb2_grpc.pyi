@@ -52,11 +52,7 @@ class EnvironmentServiceStub:
     ListTars: _grpc.UnaryUnaryMultiCallable[_environment_service_pb2.ListTarsRequest, _environment_service_pb2.ListTarsResponse]
     """ListTars lists environment tarballs and which Runners have each loaded."""
     DeleteTar: _grpc.UnaryUnaryMultiCallable[_environment_service_pb2.DeleteTarRequest, _environment_service_pb2.DeleteTarResponse]
-    """DeleteTar removes every tarball of an environment. While unfinished tasks (pending,
-    assigning, running, paused, unknown; VPS included) use the environment it is refused
-    with FAILED_PRECONDITION naming how many in each status, unless force is set. After a
-    deletion the tasks still queued for the environment fail at once.
-    """
+    """DeleteTar removes every tarball of an environment."""
     ImportRootfs: _grpc.StreamUnaryMultiCallable[_environment_service_pb2.ImportRootfsRequest, _environment_service_pb2.ImportRootfsResponse]
     """ImportRootfs creates an environment from a root filesystem tarball streamed by the
     client: the first message names the environment, the rest carry the bytes.
@@ -86,11 +82,7 @@ class EnvironmentServiceAsyncStub(EnvironmentServiceStub):
     ListTars: _aio.UnaryUnaryMultiCallable[_environment_service_pb2.ListTarsRequest, _environment_service_pb2.ListTarsResponse]  # type: ignore[assignment]
     """ListTars lists environment tarballs and which Runners have each loaded."""
     DeleteTar: _aio.UnaryUnaryMultiCallable[_environment_service_pb2.DeleteTarRequest, _environment_service_pb2.DeleteTarResponse]  # type: ignore[assignment]
-    """DeleteTar removes every tarball of an environment. While unfinished tasks (pending,
-    assigning, running, paused, unknown; VPS included) use the environment it is refused
-    with FAILED_PRECONDITION naming how many in each status, unless force is set. After a
-    deletion the tasks still queued for the environment fail at once.
-    """
+    """DeleteTar removes every tarball of an environment."""
     ImportRootfs: _aio.StreamUnaryMultiCallable[_environment_service_pb2.ImportRootfsRequest, _environment_service_pb2.ImportRootfsResponse]  # type: ignore[assignment]
     """ImportRootfs creates an environment from a root filesystem tarball streamed by the
     client: the first message names the environment, the rest carry the bytes.
@@ -165,11 +157,7 @@ class EnvironmentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _environment_service_pb2.DeleteTarRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_environment_service_pb2.DeleteTarResponse, _abc.Awaitable[_environment_service_pb2.DeleteTarResponse]]:
-        """DeleteTar removes every tarball of an environment. While unfinished tasks (pending,
-        assigning, running, paused, unknown; VPS included) use the environment it is refused
-        with FAILED_PRECONDITION naming how many in each status, unless force is set. After a
-        deletion the tasks still queued for the environment fail at once.
-        """
+        """DeleteTar removes every tarball of an environment."""
 
     @_abc_1.abstractmethod
     def ImportRootfs(

@@ -84,6 +84,26 @@ def test_every_revision_upgrades_to_the_models_schema(tmp_path: Path) -> None:
             store.close()
 
 
+def test_task_indexes_changed_by_hand_do_not_stop_a_start(tmp_path: Path) -> None:
+    """0004 replaces the task indexes: one an operator dropped, or made already, is no
+    reason for a Host not to start."""
+    path = tmp_path / "host.db"
+    store = Store(f"sqlite:///{path}")
+    try:
+        with store.engine.begin() as connection:
+            settings = migrations.settings()
+            settings.attributes["connection"] = connection
+            alembic_command.upgrade(settings, "0003")
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP INDEX ix_tasks_status")
+            conn.execute("CREATE INDEX ix_tasks_owner_task_id ON tasks (owner, task_id)")
+        store.migrate()
+        assert _differences(store) == []
+    finally:
+        store.close()
+    assert _revision(path) == [_head()]
+
+
 @pytest.mark.parametrize("made_by", ["47b3a11", "bc64c5e"])
 async def test_database_of_an_earlier_host_is_upgraded_and_served(
     made_by: str, tmp_path: Path, make_local_cluster: MakeCluster

@@ -27,9 +27,12 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_tasks_batch_id_status", "tasks", ["batch_id", "status"])
-    op.create_index("ix_tasks_owner_task_id", "tasks", ["owner", "task_id"])
-    op.create_index("ix_tasks_assigned_node_task_id", "tasks", ["assigned_node", "task_id"])
+    # An index dropped or made by hand does not stop a Host's start.
+    op.create_index("ix_tasks_batch_id_status", "tasks", ["batch_id", "status"], if_not_exists=True)
+    op.create_index("ix_tasks_owner_task_id", "tasks", ["owner", "task_id"], if_not_exists=True)
+    op.create_index(
+        "ix_tasks_assigned_node_task_id", "tasks", ["assigned_node", "task_id"], if_not_exists=True
+    )
     for replaced in ("ix_tasks_batch_id", "ix_tasks_owner", "ix_tasks_assigned_node"):
-        op.drop_index(replaced, table_name="tasks")
-    op.drop_index("ix_tasks_status", table_name="tasks")
+        op.drop_index(replaced, table_name="tasks", if_exists=True)
+    op.drop_index("ix_tasks_status", table_name="tasks", if_exists=True)

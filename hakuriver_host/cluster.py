@@ -843,7 +843,7 @@ class Cluster:
             f"name: environment {name!r} is used by {len(ids)} unfinished "
             f"task{'s' if len(ids) > 1 else ''} ({statuses}: {shown}"
             f"{f' and {more} more' if more > 0 else ''}); wait for them to end or kill them "
-            "(hakuriver.task kill ID), then delete it"
+            "(hakuriver.client kill ID), then delete it"
         )
 
     # ----- SSH tunnels ------------------------------------------------------------------

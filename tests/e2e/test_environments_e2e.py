@@ -237,8 +237,8 @@ def test_delete_tar_refuses_an_environment_in_use(cluster: ProcessCluster, env_n
         refused = cluster.cli("docker", "delete-tar", env_name)
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
         assert f"is used by 1 unfinished task (1 pending: {task.task_id})" in refused.stderr
-        assert "hakuriver.task kill ID" in refused.stderr and tarball.exists()
-        _ok(cluster.cli("task", "kill", str(task.task_id)))
+        assert "hakuriver.client kill ID" in refused.stderr and tarball.exists()
+        _ok(cluster.cli("client", "kill", str(task.task_id)))
         deleted = _ok(cluster.cli("docker", "delete-tar", env_name))
         assert deleted.splitlines() == [f"removed {tarball}"] and not tarball.exists()
     finally:

@@ -75,7 +75,7 @@ async def test_deleting_an_environment_in_use_is_refused_naming_its_tasks(
     ids = ", ".join(map(str, sorted(t.task_id for t in (used.running, used.pending, used.vps))))
     assert refused.value.details() == (
         f"name: environment '{ENV}' is used by 3 unfinished tasks (2 pending, 1 running: "
-        f"{ids}); wait for them to end or kill them (hakuriver.task kill ID), then delete it"
+        f"{ids}); wait for them to end or kill them (hakuriver.client kill ID), then delete it"
     )
     assert used.tarball.exists()
     queued = await local_cluster.get(used.pending.task_id)

@@ -350,10 +350,11 @@ class Store:
                 query = query.where(TaskRecord.kind == kind)
             if submitted_after is not None:
                 query = query.where(TaskRecord.submitted_at >= submitted_after)
-            if owner and not batch_id:
+            # A batch is one user's: its tasks are read through the batch's index and kept
+            # if theirs (with the owner in the query, SQLite walked the user's history).
+            owner_after = owner if batch_id else ""
+            if owner and not owner_after:
                 query = query.where(TaskRecord.owner == owner)
             query = query.order_by(TaskRecord.task_id.desc()).limit(limit)  # type: ignore[attr-defined]
             found = list(session.exec(query))
-            # A batch is one user's: its tasks are read through the batch's index and kept
-            # if theirs (with the owner in the query, SQLite walked the user's history).
-            return [task for task in found if task.owner == owner] if owner else found
+            return [task for task in found if task.owner == owner_after] if owner_after else found

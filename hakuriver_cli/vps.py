@@ -38,12 +38,19 @@ def public_key(text: str, path: Path | None) -> str:
     """The key to install: --public-key-string, --public-key-file, else the usual files."""
     if text:
         return text.strip()
-    candidates = [path] if path is not None else [p.expanduser() for p in DEFAULT_KEYS]
-    for candidate in candidates:
+    if path is not None:
+        # One line, not a traceback, for a directory, an unreadable or a binary file.
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            fail(f"--public-key-file {path}: no such file", code=2)
+        except UnicodeDecodeError:
+            fail(f"--public-key-file {path}: not a text file (give the .pub file)", code=2)
+        except OSError as exc:
+            fail(f"--public-key-file {path}: {exc.strerror or exc}", code=2)
+    for candidate in (p.expanduser() for p in DEFAULT_KEYS):
         if candidate.is_file():
             return candidate.read_text().strip()
-    if path is not None:
-        fail(f"--public-key-file {path}: no such file", code=2)
     looked = ", ".join(str(p) for p in DEFAULT_KEYS)
     fail(
         f"no public key: pass --public-key-file or --public-key-string (looked for {looked})",

@@ -1,0 +1,38 @@
+"""`hakuriver.vps submit --public-key-file`: a file it cannot use ends the tool with one line
+that says why (exit 2), before anything is sent."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hakuriver_cli import vps
+from hakuriver_common import commands as cli
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda p: p.write_bytes(b"\x7fELF\xd0"), "not a text file (give the .pub file)"),
+        (lambda p: p.mkdir(), "Is a directory"),
+        (lambda p: None, "no such file"),
+    ],
+    ids=["binary", "directory", "missing"],
+)
+def test_an_unusable_key_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Callable[[Path], object], why: str
+) -> None:
+    path = tmp_path / "key.pub"
+    make(path)
+    with pytest.raises(cli.Exit) as ended:
+        vps.public_key("", path)
+    assert ended.value.exit_code == 2
+    assert capsys.readouterr().err == f"error: --public-key-file {path}: {why}\n"
+
+
+def test_a_key_file_is_read_and_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "id.pub"
+    path.write_text("ssh-ed25519 AAAA me@there\n")
+    assert vps.public_key("", path) == "ssh-ed25519 AAAA me@there"

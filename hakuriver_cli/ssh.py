@@ -214,7 +214,10 @@ def main(
     ssh = shutil.which("ssh")
     if ssh is None:
         fail("no ssh client found (install openssh-client)")
-    listener = socket.create_server(("127.0.0.1", local_port))
+    try:
+        listener = socket.create_server(("127.0.0.1", local_port))
+    except OSError as exc:  # a port in use or not ours: one line, not a traceback
+        fail(f"--local-port {local_port}: {os.strerror(exc.errno) if exc.errno else exc}")
     listen_port = listener.getsockname()[1]
     threading.Thread(
         target=_serve_local, args=(listener, address, port, tid, cfg), daemon=True

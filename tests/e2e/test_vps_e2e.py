@@ -292,6 +292,18 @@ def test_owner_uses_hakuriver_ssh_ssh_and_scp(
     assert named.stdout == "named\n", named.stderr
 
 
+def test_a_local_port_in_use_is_one_line(
+    vps_cluster: ProcessCluster, owner: Person, vps: int, tmp_path: Path
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        taken = cli_as(
+            vps_cluster, owner.token, tmp_path, "ssh", "--local-port", str(port), str(vps), "true"
+        )
+    assert taken.returncode == 1, taken.stderr
+    assert taken.stderr == f"error: --local-port {port}: Address already in use\n"
+
+
 def test_another_user_cannot_reach_the_vps(
     vps_cluster: ProcessCluster, stranger: Person, vps: int, key_files: Path, tmp_path: Path
 ) -> None:

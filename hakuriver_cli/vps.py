@@ -142,7 +142,7 @@ def _vps_row(t: task_pb2.Task) -> list[str]:
 
 @app.command()
 def status(config: ConfigOption = None, json: JsonOption = False) -> None:
-    """List active VPS tasks (pending, assigning, running, paused)."""
+    """List active VPS tasks (pending, assigning, running, paused, unknown)."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     request = tpb.ListTasksRequest(kind=TaskKind.VPS.pb, statuses=ACTIVE, limit=1000)

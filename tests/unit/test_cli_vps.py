@@ -1,5 +1,5 @@
-"""`hakuriver.vps submit --public-key-file`: a file it cannot use ends the tool with one line
-that says why (exit 2), before anything is sent."""
+"""`hakuriver.vps` on the client side: a --public-key-file it cannot use ends the tool with
+one line that says why (exit 2), before anything is sent; `status` says what it lists."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from hakuriver_cli import vps
 from hakuriver_common import commands as cli
+from hakuriver_common.statuses import ACTIVE_STATUSES
 
 
 @pytest.mark.parametrize(
@@ -36,3 +37,9 @@ def test_a_key_file_is_read_and_stripped(tmp_path: Path) -> None:
     path = tmp_path / "id.pub"
     path.write_text("ssh-ed25519 AAAA me@there\n")
     assert vps.public_key("", path) == "ssh-ed25519 AAAA me@there"
+
+
+def test_status_help_names_every_status_it_lists() -> None:
+    assert vps.status.__doc__ is not None
+    for status in ACTIVE_STATUSES:
+        assert status.value in vps.status.__doc__

@@ -239,7 +239,9 @@ def _ssh_options(key_files: Path) -> list[str]:
 def test_owner_uses_hakuriver_ssh_ssh_and_scp(
     vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
 ) -> None:
-    identity = ["-i", str(key_files / "id"), "-o", "BatchMode=yes"]
+    # ssh reads the home of the passwd entry, not $HOME: name a known_hosts of the test's own.
+    known = f"UserKnownHostsFile={tmp_path / 'known_hosts'}"
+    identity = ["-i", str(key_files / "id"), "-o", "BatchMode=yes", "-o", known]
     direct = cli_as(
         vps_cluster, owner.token, tmp_path, "ssh", str(vps), "--", *identity, "echo via-ssh"
     )

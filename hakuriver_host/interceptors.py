@@ -95,6 +95,12 @@ class MalformedRequest(asyncio.CancelledError):
     INVALID_ARGUMENT. (A CancelledError so that no servicer logs or maps it.)"""
 
 
+class RefusedNow(asyncio.CancelledError):
+    """Raised into a servicer that reads its request stream once its caller's token no
+    longer holds (revoked, expired, its user removed): unwound like ``MalformedRequest``,
+    the call then answers the refusal."""
+
+
 def message_type_name(deserializer: Callable[[bytes], Any] | None) -> str:
     """``hakuriver.v1.XRequest`` for a generated message's ``FromString``."""
     cls = getattr(deserializer, "__self__", None)
@@ -370,6 +376,11 @@ class _Call:
         self.series = owner._series_of(method)
         # The corrupt message that ended the request stream, if one did.
         self.malformed: Malformed | None = None
+        # What the interceptor ended the call with after it began (a corrupt message's
+        # INVALID_ARGUMENT, or the refusal of a token that no longer holds), if anything.
+        self.cut: ApiError | None = None
+        # The task serving the call (a servicer may read its requests in another).
+        self.serving: asyncio.Task[Any] | None = None
         # Whether the call ended as cancelled where it was refused (``end_call``).
         self.went_away = False
 
@@ -384,17 +395,33 @@ class _Call:
             self.malformed = request
             raise request.error()
         set_caller(self.who, context)
+        self.serving = asyncio.current_task()
         if self.request_streaming:
             return self._checked(request)
         return request
 
     async def _checked(self, requests: Any) -> AsyncIterator[Any]:
-        """The request stream, ended by ``MalformedRequest`` at a corrupt message."""
+        """The request stream, ended by ``MalformedRequest`` at a corrupt message, and by
+        ``RefusedNow`` once the caller may no longer call (``_refused_now``)."""
         async for message in requests:
             if isinstance(message, Malformed):
                 self.malformed = message
-                raise MalformedRequest(message.error().message)
+                self.cut = message.error()
+                raise MalformedRequest(self.cut.message)
+            if (refused := self._refused_now()) is not None:
+                self.cut = refused
+                if self.serving is not None and self.serving is not asyncio.current_task():
+                    self.serving.cancel()  # its reader task ending would not end the call
+                raise RefusedNow(refused.message)
             yield message
+
+    def _refused_now(self) -> ApiError | None:
+        """Why the caller may no longer go on with a stream authorised when it began (its
+        token revoked or expired, its user removed); None: they may. Checked at each
+        message the stream passes on, so a revoked token gets nothing more."""
+        if not self.who.token_id:  # a Runner (revoking it closes its stream) or open mode
+            return None
+        return self.owner.authorise(self.method, self.bearer)[1]
 
     async def _take_first(self, request: Any) -> None:
         """Read a refused client-streaming call's first message before refusing it: an
@@ -426,13 +453,14 @@ class _Call:
 
     def _judge(self, exc: BaseException) -> BaseException:
         """What a call that ``exc`` ended answers: INVALID_ARGUMENT (an InvalidArgument)
-        when a corrupt message ended its request stream, INTERNAL (``_Internal``) when
+        when a corrupt message ended its request stream, the refusal when its caller's
+        token stopped holding (``cut``), INTERNAL (``_Internal``) when
         ``exc`` is a bug; ``exc`` itself when it is how a call ends (grpc's abort, a
         cancellation)."""
-        if self.malformed is not None and (
-            isinstance(exc, MalformedRequest) or not isinstance(exc, PASSED_THROUGH)
+        if self.cut is not None and (
+            isinstance(exc, asyncio.CancelledError) or not isinstance(exc, PASSED_THROUGH)
         ):
-            return self.malformed.error()
+            return self.cut
         if isinstance(exc, PASSED_THROUGH) or not isinstance(exc, Exception):
             return exc
         self.owner.note_internal(self.method, exc)
@@ -476,7 +504,7 @@ class _Call:
             try:
                 request = await self._enter(request, context)
                 response = await self._in_turn(inner, request, context)
-                if self.malformed is not None:  # the servicer took the early end as an end
+                if self.cut is not None:  # the servicer took the early end as an end
                     raise MalformedRequest()
                 return response
             except ApiError as exc:
@@ -502,9 +530,12 @@ class _Call:
             error: BaseException | None = None
             try:
                 request = await self._enter(request, context)
-                async for response in inner(request, context):
-                    yield response
-                if self.malformed is not None:  # the servicer took the early end as an end
+                async with contextlib.aclosing(inner(request, context)) as responses:
+                    async for response in responses:
+                        if (refused := self._refused_now()) is not None:
+                            raise refused
+                        yield response
+                if self.cut is not None:  # the servicer took the early end as an end
                     raise MalformedRequest()
             except ApiError as exc:
                 error = exc

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import pkgutil
-from collections.abc import AsyncIterator
+import queue
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,8 @@ from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
     access_service_pb2 as apb,
     audit_service_pb2 as aupb,
+    shell_service_pb2 as shpb,
+    shell_service_pb2_grpc,
     task_pb2,
     task_service_pb2 as tpb,
 )
@@ -369,6 +372,110 @@ async def test_expired_and_revoked_tokens_are_refused(local_cluster: LocalCluste
         alice.access.CreateToken(apb.CreateTokenRequest(expires_at=_timestamp(past)), timeout=5)
     )
     assert (code, details) == (CODE.INVALID_ARGUMENT, "expires_at: must be in the future")
+
+
+async def test_a_stream_ends_when_its_token_is_revoked_or_its_user_removed(
+    local_cluster: LocalCluster,
+) -> None:
+    """A stream is authorised when it begins; it must not go on serving a token revoked,
+    or a user removed, since: an operator's watch would show every user's tasks."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    laptop = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    watches = {
+        "alice": local_cluster.client(laptop.secret).tasks.WatchTasks(
+            tpb.WatchTasksRequest(), timeout=10
+        ),
+        "olga": olga.tasks.WatchTasks(tpb.WatchTasksRequest(), timeout=10),
+    }
+    seen: dict[str, set[int]] = {name: set() for name in watches}
+    ended: dict[str, tuple[grpc.StatusCode, str]] = {}
+
+    async def follow(name: str, watch: Any) -> None:
+        try:
+            async for reply in watch:
+                seen[name].add(reply.task.task_id)
+        except grpc.aio.AioRpcError as exc:
+            ended[name] = (exc.code(), exc.details() or "")
+
+    readers = [asyncio.create_task(follow(name, watch)) for name, watch in watches.items()]
+    probes: set[int] = set()
+
+    async def registered() -> bool:  # a task submitted before a watch began goes unseen
+        probes.add((await _submit(alice, "before")).task_id)
+        return all(probes & ids for ids in seen.values())
+
+    await eventually(registered, what="both watches")
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=laptop.token.token_id))
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="olga"), timeout=5)
+    after = await _submit(alice, "after")
+    await asyncio.wait_for(asyncio.gather(*readers), timeout=5)
+    for name in watches:
+        assert after.task_id not in seen[name], name
+        code, details = ended[name]
+        assert code == CODE.UNAUTHENTICATED and details.endswith("was revoked"), details
+    audit = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="rpc", outcome=aupb.AUDIT_OUTCOME_REFUSED), timeout=5
+    )
+    assert {"alice", "olga"} <= {e.actor for e in audit.events}
+
+
+class _EchoShell:
+    """A shell process that echoes what it is sent, and keeps it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self._echo: queue.Queue[bytes | None] = queue.Queue()
+
+    def output(self) -> Iterator[tuple[bool, bytes]]:
+        while (data := self._echo.get()) is not None:
+            yield False, data
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self._echo.put(data)
+
+    def close(self) -> None:
+        self._echo.put(None)
+
+    def stop(self) -> None:
+        self._echo.put(None)
+
+    def exit_code(self) -> int:
+        return 0
+
+
+async def test_a_revoked_token_types_nothing_more_into_a_shell(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request side of a stream is checked too: input sent once the token is revoked
+    never reaches the process."""
+    assert local_cluster.server is not None
+    shell = _EchoShell()
+    monkeypatch.setattr(local_cluster.server.environments, "open_shell", lambda *a: shell)
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    session = await olga.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    sending: asyncio.Queue[shpb.ShellRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[shpb.ShellRequest]:
+        yield shpb.ShellRequest(start=shpb.ShellStart(name="base", command=["sh"]))
+        while (request := await sending.get()) is not None:
+            yield request
+
+    stub = shell_service_pb2_grpc.ShellServiceStub(local_cluster.channel(session.secret))
+    call = stub.Shell(requests(), timeout=10)
+    await sending.put(shpb.ShellRequest(stdin=b"before\n"))
+    assert (await call.read()).output.data == b"before\n"
+    await olga.access.RevokeToken(apb.RevokeTokenRequest(token_id=session.token.token_id))
+    await sending.put(shpb.ShellRequest(stdin=b"after\n"))
+    code, details = await _refusal(call.read())
+    assert (code, details) == (
+        CODE.UNAUTHENTICATED,
+        f"API token {session.token.token_id} was revoked",
+    )
+    assert shell.written == [b"before\n"]
+    await sending.put(None)
 
 
 async def test_listed_tokens_never_carry_their_secrets(local_cluster: LocalCluster) -> None:

@@ -39,3 +39,10 @@ class CallError(Exception):
         self.status = status
         self.details = details
         self.problem = problem
+
+
+def untrusted_certificate(details: str) -> bool:
+    """The Host's certificate failed verification (not signed by tls.ca_file, or not naming
+    the address dialled), as gRPC's C core and Python's ssl word it: asking again cannot
+    help until the config or the Host's certificate changes."""
+    return "certificate" in details.lower()

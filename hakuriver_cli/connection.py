@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
-from hakuriver_cli.call_error import CallError, Status
+from hakuriver_cli.call_error import CallError, Status, untrusted_certificate
 from hakuriver_cli.link import Link
 from hakuriver_common import commands as cli
 from hakuriver_common.ids import parse_task_id
@@ -130,7 +130,9 @@ def _transport_problem(details: str, config: ClientConfig | None, target: str) -
             f"the host at {target} does not speak TLS: set tls.plaintext = true "
             "(only for a Host on a loopback address)"
         )
-    if any(word in lowered for word in ("certificate", "handshake", "ssl", "hostname verif")):
+    if untrusted_certificate(details) or any(
+        word in lowered for word in ("handshake", "ssl", "hostname verif")
+    ):
         return (
             f"TLS with the host at {target} failed: its certificate is not signed by "
             "tls.ca_file or does not name this address (tls.server_name)"

@@ -5,7 +5,9 @@ What follows a stream from the Host for as long as something lasts (``submit --w
 breaks because the Host is gone, it says so on stderr, asks the Host again every
 ``poll_interval`` seconds for as long as it takes (only Ctrl-C ends it early), says so when
 the Host answers, and opens the stream again. An error that is the Host's answer (the task
-is not found, the token was revoked) ends the tool as any other does, in one line.
+is not found, the token was revoked) ends the tool as any other does, in one line; so does a
+Host that comes back with a certificate the config does not trust (``hakuriver.init tls
+--force`` on the Host), which no number of retries would mend.
 
 Both transports report a Host gone the same way: CallError with UNAVAILABLE (the Connect
 link: the connection broke or was refused; gRPC: the channel lost the Host, or the Host
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from hakuriver_cli.call_error import CallError, Status
+from hakuriver_cli.call_error import CallError, Status, untrusted_certificate
 from hakuriver_common import commands as cli
 
 T = TypeVar("T")
@@ -29,8 +31,11 @@ RETRY_SECONDS = 1.0
 
 
 def host_gone(exc: CallError, *also: Status) -> bool:
-    """The Host went away (stopped, restarting, network): the stream broke or ended early."""
-    return exc.status in (Status.UNAVAILABLE, Status.CANCELLED, *also)
+    """The Host went away (stopped, restarting, network): the stream broke or ended early.
+    A Host back with a certificate this config does not trust is not away: the tool ends."""
+    return exc.status in (Status.UNAVAILABLE, Status.CANCELLED, *also) and not (
+        untrusted_certificate(exc.details)
+    )
 
 
 def until_host_answers(probe: Callable[[float], object], poll_interval: float) -> None:

@@ -250,8 +250,12 @@ join_token = "{self.join_token}"
             env=env,
         )
 
+    def spawn_host(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """A Host process, not waited for (``env``: its own settings, over the config)."""
+        return self._spawn("hakuriver_host", "host.log", env or {})
+
     def start_host(self) -> None:
-        self.host = self._spawn("hakuriver_host", "host.log", {})
+        self.host = self.spawn_host()
         with open_channel(self.client_config, "") as probe:
             health = health_pb2_grpc.HealthStub(probe)
 

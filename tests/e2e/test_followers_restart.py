@@ -10,9 +10,11 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from tests.e2e.harness import ProcessCluster, wait_for
 
@@ -123,3 +125,39 @@ def test_followers_and_watchers_ride_out_a_host_restart(
         assert len([x for x in notes if x.startswith("lost the host at ")]) == 1, (name, err)
         assert len([x for x in notes if "answers again" in x]) == 1, (name, err)
         assert "error" not in err, (name, err)
+
+
+def test_a_follower_stops_when_the_host_comes_back_with_a_certificate_it_cannot_trust(
+    fresh_cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """A Host restarted with another cluster's certificate (``hakuriver.init tls --force``
+    without copying the new ``ca.pem``): asking again cannot help, so the follower ends with
+    the TLS problem in words instead of retrying for ever."""
+    c = fresh_cluster
+    task = c.submit(["sh", "-c", "while true; do echo tick; sleep 0.05; done"])
+    c.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    follower = Tool(c, ["task", "stdout", "--follow", str(task.task_id)], TRANSPORTS["grpc"])
+    try:
+        wait_for(lambda: len(follower.lines) >= 3, what="the follower printing")
+        c.kill_host(signal.SIGKILL)
+        other = TlsFiles.in_folder(tmp_path)
+        make_ca(other)
+        issue_host_certificate(other, ["127.0.0.1"])
+        c.host = c.spawn_host(
+            {
+                "HAKURIVER_TLS__CA_FILE": str(other.ca_cert),
+                "HAKURIVER_TLS__CERT_FILE": str(other.host_cert),
+                "HAKURIVER_TLS__KEY_FILE": str(other.host_key),
+            }
+        )
+        code = follower.ended(timeout=30)
+    finally:
+        if follower.proc.poll() is None:
+            follower.proc.kill()
+            follower.proc.wait()
+    err = follower.stderr()
+    assert code == 1, err
+    assert err.splitlines()[-1] == (
+        f"error: TLS with the host at 127.0.0.1:{c.host_port} failed: its certificate is not "
+        "signed by tls.ca_file or does not name this address (tls.server_name)"
+    ), err

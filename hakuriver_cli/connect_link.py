@@ -193,6 +193,21 @@ class ConnectLink:
             self._used = time.monotonic()
         return data
 
+    def _speaks_tls(self) -> bool:
+        """Whether the port completes a TLS handshake: a TLS port closes a plain HTTP request
+        unanswered, as a Host that stops mid-call does, and only this tells them apart."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with (
+                socket.create_connection((self._host, self._port), CONNECT_SECONDS) as sock,
+                context.wrap_socket(sock),
+            ):
+                return True
+        except OSError:
+            return False
+
     def _failure(self, exc: Exception) -> CallError:
         if isinstance(exc, TimeoutError):
             return CallError(Status.DEADLINE_EXCEEDED, "timed out")
@@ -202,12 +217,24 @@ class ConnectLink:
                 str(exc),
                 f"cannot reach the host at {self.address} (is hakuriver.host running?)",
             )
-        if self._tls is None and isinstance(exc, http.client.BadStatusLine):
+        if (
+            self._tls is None
+            and not self.answered
+            and isinstance(exc, http.client.BadStatusLine)
+            and self._speaks_tls()
+        ):
             return CallError(
                 Status.UNAVAILABLE,
                 str(exc),
                 f"the host's dashboard at {self.address} did not answer plain HTTP: it "
                 "expects TLS (remove dashboard.plaintext from the config)",
+            )
+        if isinstance(exc, http.client.RemoteDisconnected):
+            return CallError(
+                Status.UNAVAILABLE,
+                str(exc),
+                f"the host at {self.address} closed the connection without answering "
+                "(did hakuriver.host stop or restart?)",
             )
         return CallError(Status.UNAVAILABLE, f"the connection to {self.address} broke: {exc!r}")
 

@@ -6,7 +6,9 @@ blocks, so each test runs it in a thread beside the Host's event loop."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -165,4 +167,28 @@ async def test_plain_http_against_the_https_dashboard_says_so(
     )
     assert refused.status is Status.UNAVAILABLE
     assert "expects TLS" in refused.problem and "dashboard.plaintext" in refused.problem
+    link.close()
+
+
+async def test_a_host_that_stops_mid_call_is_not_taken_for_a_tls_port() -> None:
+    """A plain HTTP call whose Host dies before answering (SIGKILL mid create-tar) was told
+    `it expects TLS (remove dashboard.plaintext ...)`, as the connection closed unanswered."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def host_that_dies() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        listener.close()
+        conn.close()
+
+    dying = threading.Thread(target=host_that_dies, daemon=True)
+    dying.start()
+    link = ConnectLink("127.0.0.1", port, None, "127.0.0.1", "", _no_grpc)
+    gone = await in_thread(
+        lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10))
+    )
+    dying.join(10)
+    assert gone.status is Status.UNAVAILABLE
+    assert "TLS" not in gone.problem and "did hakuriver.host stop or restart?" in gone.problem
     link.close()

@@ -306,6 +306,13 @@ class EnvironmentManager:
         self, name: str, upload: Path, progress: Callable[[int], None]
     ) -> TarballFile:
         try:
+            if upload.stat().st_size == 0:
+                # What a failed `docker export ... |` sends: Docker would import it as an
+                # empty image, replacing the environment and removing its good tarballs.
+                raise InvalidArgument(
+                    f"rootfs: the root filesystem is empty (did the command writing it fail?); "
+                    f"environment {name!r} is unchanged"
+                )
             timestamp = self._next_timestamp(name)
             try:
                 self.client.api.import_image_from_file(

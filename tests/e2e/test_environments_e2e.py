@@ -193,6 +193,13 @@ def test_import_rootfs_creates_an_environment(
     bad.write_bytes(b"garbage" * 100)
     refused = cluster.cli("docker", "import-rootfs", str(bad), env_name)
     assert refused.returncode == 1 and "could not import" in refused.stderr
+    # What `docker export gone | hakuriver.docker import-rootfs - NAME` sends: nothing. It
+    # replaced the environment with an empty image and removed its good tarball.
+    empty = tmp_path / "empty"
+    empty.touch()
+    refused = cluster.cli("docker", "import-rootfs", str(empty), env_name)
+    assert refused.returncode == 1 and "root filesystem is empty" in refused.stderr
+    assert Path(tarball["path"]).is_file()
 
 
 def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -160,7 +160,10 @@ class Access:
         if token.user not in self.users:
             raise Unauthenticated("unknown API token")
         if token.expires_at is not None and token.expires_at <= utcnow():
-            raise Unauthenticated(f"API token {token.token_id} expired at {token.expires_at:%c}")
+            expired = token.expires_at.astimezone(UTC)
+            raise Unauthenticated(
+                f"API token {token.token_id} expired at {expired:%Y-%m-%d %H:%M:%S} UTC"
+            )
         user = self.users[token.user]
         return Principal(Kind.USER, user.name, Role(user.role), token.token_id)
 

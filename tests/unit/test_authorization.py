@@ -360,7 +360,10 @@ async def test_expired_and_revoked_tokens_are_refused(local_cluster: LocalCluste
         return details if code == CODE.UNAUTHENTICATED else ""
 
     details = await eventually(refused, within=5, what="the token to expire")
-    assert details.startswith(f"API token {expiring.token.token_id} expired at")
+    expired = expiring.token.expires_at.ToDatetime(tzinfo=UTC)
+    assert details == (
+        f"API token {expiring.token.token_id} expired at {expired:%Y-%m-%d %H:%M:%S} UTC"
+    )
     # Listed as inactive only.
     gone = {expiring.token.token_id, revoked.token.token_id}
     active = await alice.access.ListTokens(apb.ListTokensRequest(), timeout=5)

@@ -30,7 +30,7 @@ from hakuriver_common.roles import (
 )
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from hakuriver_host.group_commit import GroupCommit
-from hakuriver_host.identity import JOINING, Kind, Principal
+from hakuriver_host.identity import ANONYMOUS, JOINING, Kind, Principal
 from hakuriver_host.models import ApiTokenRecord, RunnerCredentialRecord, UserRecord, utcnow
 from hakuriver_host.store import Store
 
@@ -138,6 +138,15 @@ class Access:
         if secret.startswith(JOIN_TOKEN_PREFIX):
             raise Unauthenticated("wrong join token: it is not this Host's auth.join_token")
         return self._holder(self._tokens.get(hashed))
+
+    def claimed_by(self, secret: str) -> Principal:
+        """Whom a refused API token was issued to (revoked, expired, its user deleted), with
+        no role: so the audit log names who tried, not "anonymous"; ANONYMOUS for a secret
+        that is no API token of this Host."""
+        token = self._tokens.get(digest(secret)) if secret else None
+        if token is None:
+            return ANONYMOUS
+        return Principal(Kind.USER, token.user, None, token.token_id)
 
     def again(self, who: Principal) -> Principal:
         """``who`` as it stands now: Unauthenticated if its token was revoked or expired, or

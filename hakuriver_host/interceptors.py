@@ -258,7 +258,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         try:
             who = self.access.authenticate(bearer)
         except Unauthenticated as exc:
-            return ANONYMOUS, exc
+            return self.access.claimed_by(bearer), exc
         why = refusal(method, who)
         return who, None if why is None else PermissionDenied(why)
 

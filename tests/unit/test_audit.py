@@ -119,6 +119,12 @@ async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     assert await _refused(bob.tasks.SubmitTask(privileged, timeout=5)) == CODE.PERMISSION_DENIED
     get = tpb.GetTaskRequest(task_id=task.task_id)
     assert await _refused(bob.tasks.GetTask(get, timeout=5)) == CODE.NOT_FOUND
+    revoked = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=revoked.token.token_id))
+    with_revoked = local_cluster.client(revoked.secret)
+    assert await _refused(with_revoked.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)) == (
+        CODE.UNAUTHENTICATED
+    )
     impostor = FakeRunner(local_cluster.config, "a", reconnect=False)
     with pytest.raises(grpc.aio.AioRpcError):
         await impostor.start()
@@ -128,6 +134,9 @@ async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     assert {e.outcome for e in events} == {REFUSED}
     unauthenticated = _one(events, "anonymous", "rpc", "/hakuriver.v1.TaskService/ListTasks")
     assert unauthenticated.detail.startswith("Unauthenticated: no credential")
+    # A revoked token names whom it was issued to (the role is not vouched for).
+    tried = _one(events, "alice", "rpc", "/hakuriver.v1.TaskService/ListTasks")
+    assert tried.detail == f"Unauthenticated: API token {revoked.token.token_id} was revoked"
     denied = _one(events, "bob", "rpc", "/hakuriver.v1.NodeService/DrainNode")
     assert denied.detail == (
         "PermissionDenied: /hakuriver.v1.NodeService/DrainNode needs the operator role; bob is user"

@@ -229,11 +229,16 @@ class ConnectLink:
                 f"the host's dashboard at {self.address} did not answer plain HTTP: it "
                 "expects TLS (remove dashboard.plaintext from the config)",
             )
-        if isinstance(exc, http.client.RemoteDisconnected):
+        if isinstance(exc, http.client.RemoteDisconnected | http.client.IncompleteRead):
+            when = (
+                "without answering"
+                if isinstance(exc, http.client.RemoteDisconnected)
+                else "in the middle of its answer"
+            )
             return CallError(
                 Status.UNAVAILABLE,
                 str(exc),
-                f"the host at {self.address} closed the connection without answering "
+                f"the host at {self.address} closed the connection {when} "
                 "(did hakuriver.host stop or restart?)",
             )
         return CallError(Status.UNAVAILABLE, f"the connection to {self.address} broke: {exc!r}")

@@ -192,3 +192,34 @@ async def test_a_host_that_stops_mid_call_is_not_taken_for_a_tls_port() -> None:
     assert gone.status is Status.UNAVAILABLE
     assert "TLS" not in gone.problem and "did hakuriver.host stop or restart?" in gone.problem
     link.close()
+
+
+async def test_a_host_that_stops_in_the_middle_of_an_answer_is_said_so() -> None:
+    """The answer's headers came, then the Host died before the rest (SIGKILL during
+    create-tar's progress): `the connection ... broke: IncompleteRead(0 bytes read)` said
+    nothing a user could act on."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def host_that_dies() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 100\r\n\r\npart"
+        )
+        listener.close()
+        conn.close()
+
+    dying = threading.Thread(target=host_that_dies, daemon=True)
+    dying.start()
+    link = ConnectLink("127.0.0.1", port, None, "127.0.0.1", "", _no_grpc)
+    gone = await in_thread(
+        lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10))
+    )
+    dying.join(10)
+    assert gone.status is Status.UNAVAILABLE
+    assert gone.problem == (
+        f"the host at 127.0.0.1:{port} closed the connection in the middle of its answer "
+        "(did hakuriver.host stop or restart?)"
+    )
+    link.close()

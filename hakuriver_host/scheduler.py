@@ -378,10 +378,13 @@ class Scheduler:
         if request.gpus_wanted > max_gpus:
             return f"gpus: {request.gpus_wanted} requested but {where} has at most {max_gpus}"
         if not any(n.could_ever_fit(request) for n in candidates):
-            return (
-                f"request fits no single node: {request.cores} cores, "
-                f"{request.memory_bytes} bytes, {request.gpus_wanted} GPUs together"
-            )
+            wants = [f"{request.cores} core{'s' if request.cores != 1 else ''}"]
+            if request.memory_bytes:
+                wants.append(f"{format_size(request.memory_bytes)} of memory")
+            if request.gpus_wanted:
+                wants.append(f"{request.gpus_wanted} GPU{'s' if request.gpus_wanted != 1 else ''}")
+            together = f"{', '.join(wants[:-1])} and {wants[-1]}" if len(wants) > 1 else wants[0]
+            return f"request fits no single node: {together} together"
         return None
 
     def _candidates(self, request: Request) -> list[NodeResources]:

@@ -121,6 +121,23 @@ def test_never_fits_names_the_limit() -> None:
     assert scheduler.never_fits(Request(1, 8, 64, gpu_count=1)) is None
 
 
+def test_a_request_no_single_node_holds_says_what_it_wants_in_words() -> None:
+    """Each resource fits some node, all of them none: sizes as the other answers give them
+    (it said "20000000000 bytes" and "1 GPUs")."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("many-cores", tuple(range(8)), 2**30)
+    scheduler.upsert_node("much-memory", (0, 1), 32 * 2**30, gpus=(0,))
+    assert scheduler.never_fits(Request(1, 4, 16 * 2**30)) == (
+        "request fits no single node: 4 cores and 17.2G of memory together"
+    )
+    assert scheduler.never_fits(Request(2, 4, 0, gpu_count=1)) == (
+        "request fits no single node: 4 cores and 1 GPU together"
+    )
+    assert scheduler.never_fits(Request(3, 4, 16 * 2**30, gpu_count=1)) == (
+        "request fits no single node: 4 cores, 17.2G of memory and 1 GPU together"
+    )
+
+
 def test_never_fits_follows_the_nodes_hardware() -> None:
     """Its answers are kept per request shape: a node added, changed or removed since must
     change them."""

@@ -86,6 +86,17 @@ def _status(pid: int) -> str | None:
         return None
 
 
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid``'s task is stopped (paused). Stopped while it was starting a
+    command, the shell waits uninterruptibly for its vforked child, itself stopped before
+    its exec: only the child shows it."""
+    status = _status(pid)
+    if status == psutil.STATUS_DISK_SLEEP:
+        with contextlib.suppress(psutil.Error):
+            return any(c.status() == psutil.STATUS_STOPPED for c in psutil.Process(pid).children())
+    return status == psutil.STATUS_STOPPED
+
+
 def _recorded_start(meta: dict[str, Any]) -> float:
     """The start in a spool record. Older Runners recorded /proc's clock ticks since boot
     (``start_time``): a Runner upgraded while host processes run still knows them."""
@@ -240,7 +251,7 @@ class ProcessBackend:
                 _recorded_start(meta),
                 datetime.fromisoformat(meta["started_at"]),
                 # Paused before its handle was rebuilt: its processes are still stopped.
-                paused=_status(pid) == psutil.STATUS_STOPPED,
+                paused=_stopped(pid),
             )
         return found
 

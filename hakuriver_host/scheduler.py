@@ -177,6 +177,17 @@ def _are(names: list[str], what: str) -> str:
     return f"{name_list(names)} {'is' if len(names) == 1 else 'are'} {what}"
 
 
+def _states(nodes: Iterable[NodeResources]) -> str:
+    """Why nodes that take no work take none, naming them: "a is draining; b is not
+    connected" (offline first of all, draining or not)."""
+    nodes = list(nodes)
+    draining = sorted(node.hostname for node in nodes if node.online)
+    offline = sorted(node.hostname for node in nodes if not node.online)
+    states = [_are(draining, "draining")] if draining else []
+    states += [_are(offline, "not connected")] if offline else []
+    return "; ".join(states)
+
+
 FitKey = tuple[int, int, int, str]
 
 
@@ -331,20 +342,18 @@ class Scheduler:
             if node.draining:
                 return f"node {node.hostname} is draining"
             return ""
+        if not self.nodes:
+            return "no node is registered"
         if not any(node.accepts_work for node in self.nodes.values()):
-            return "no node is connected and taking work"
+            return f"no node is taking work: {_states(self.nodes.values())}"
         able = [node for node in self.nodes.values() if node.could_ever_fit(request)]
         if not able:
             return f"no node can hold it: {self.never_fits(request)}"
         if any(node.accepts_work for node in able):
             return ""
-        offline = sorted(node.hostname for node in able if not node.online)
-        draining = sorted(node.hostname for node in able if node.online)
-        states = [_are(draining, "draining")] if draining else []
-        states += [_are(offline, "not connected")] if offline else []
         wanted = request.gpus_wanted
         which = f"with {wanted} GPU{'s' if wanted > 1 else ''}" if wanted else "big enough for it"
-        return f"no node {which} is taking work: {'; '.join(states)}"
+        return f"no node {which} is taking work: {_states(able)}"
 
     def _never_fits_now(self, request: Request) -> str | None:
         if request.target is not None:

@@ -194,6 +194,26 @@ def test_a_gpu_task_says_when_the_only_nodes_that_could_hold_it_take_no_work() -
     assert scheduler.waiting_reason(two) == ""
 
 
+def test_a_task_says_why_no_node_takes_work_naming_them() -> None:
+    """Untargeted, with no node taking work: the reason names the nodes and why (draining
+    ones are connected: saying "no node is connected" sent admins looking at the network)."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", tuple(range(8)), 64)
+    scheduler.upsert_node("b", tuple(range(8)), 64)
+    one = Request(1, 1, 0)
+    scheduler.set_draining("a", True)
+    assert scheduler.waiting_reason(one) == ""
+    scheduler.set_draining("b", True)
+    assert scheduler.waiting_reason(one) == "no node is taking work: a, b are draining"
+    scheduler.set_online("b", False)
+    assert scheduler.waiting_reason(one) == (
+        "no node is taking work: a is draining; b is not connected"
+    )
+    scheduler.remove_node("a")
+    scheduler.remove_node("b")
+    assert scheduler.waiting_reason(one) == "no node is registered"
+
+
 def test_a_task_for_gpu_ids_its_node_no_longer_has_says_which() -> None:
     """A queued task naming GPU ids its node's Runner no longer reports says which ones,
     in the words a submission naming them is refused with; it is placed once they are back."""

@@ -128,13 +128,17 @@ class NodeTable:
         self.update_metrics()
 
     def _sync_capacity(self, node: NodeView) -> None:
-        """Tell the scheduler a node's hardware: CPU ids per NUMA node, memory, GPU ids."""
+        """Tell the scheduler a node's hardware: CPU ids and memory per NUMA node, memory, GPU
+        ids."""
         numa = {int(n["id"]): tuple(int(c) for c in n["cpus"]) for n in node.numa_nodes}
         cpus = tuple(sorted({c for group in numa.values() for c in group}))
         if not cpus:
             cpus = tuple(range(node.total_cores))
         gpus = tuple(sorted(int(g["index"]) for g in node.gpus))
-        self.scheduler.upsert_node(node.hostname, cpus, node.total_memory_bytes, numa, gpus)
+        memory = {int(n["id"]): int(n.get("memory_bytes", 0)) for n in node.numa_nodes}
+        self.scheduler.upsert_node(
+            node.hostname, cpus, node.total_memory_bytes, numa, gpus, numa_memory=memory
+        )
         self.scheduler.set_draining(node.hostname, node.draining)
 
     # ----- links ------------------------------------------------------------------------

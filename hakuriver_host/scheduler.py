@@ -66,6 +66,9 @@ class NodeResources:
     memory_bytes: int
     numa: dict[int, tuple[int, ...]] = field(default_factory=dict)
     gpus: tuple[int, ...] = ()
+    # Memory of each NUMA node, where its Runner reported it: a NUMA-bound task can use no
+    # more (its memory is bound there), whatever its limit.
+    numa_memory: dict[int, int] = field(default_factory=dict)
     online: bool = True
     draining: bool = False
     free_cpus: set[int] = field(default_factory=set)
@@ -144,6 +147,12 @@ class NodeResources:
         self.free_gpus |= set(allocation.gpus) & set(self.gpus)
         self.used_memory_bytes -= allocation.memory_bytes
 
+    def memory_for(self, numa_node: int | None) -> int:
+        """The most memory a task bound to ``numa_node`` (None: not bound) could use."""
+        if numa_node is None:
+            return self.memory_bytes
+        return self.numa_memory.get(numa_node) or self.memory_bytes
+
     def could_ever_fit(self, request: Request) -> bool:
         cores = (
             len(self.numa.get(request.numa_node, ()))
@@ -152,7 +161,7 @@ class NodeResources:
         )
         return (
             request.cores <= cores
-            and request.memory_bytes <= self.memory_bytes
+            and request.memory_bytes <= self.memory_for(request.numa_node)
             and request.gpus_wanted <= len(self.gpus)
             and set(request.gpu_ids) <= set(self.gpus)
         )
@@ -267,6 +276,7 @@ class Scheduler:
         memory_bytes: int,
         numa: dict[int, tuple[int, ...]] | None = None,
         gpus: tuple[int, ...] = (),
+        numa_memory: dict[int, int] | None = None,
     ) -> NodeResources:
         """Add a node or update its hardware, keeping what tasks hold on it."""
         self._changes += 1
@@ -279,6 +289,7 @@ class Scheduler:
         node.cpus = tuple(cpus)
         node.memory_bytes = memory_bytes
         node.numa = dict(numa or {})
+        node.numa_memory = dict(numa_memory or {})
         node.gpus = tuple(gpus)
         held = node.holders.values()
         node.free_cpus = set(cpus) - {c for a in held for c in a.cpus}
@@ -373,6 +384,13 @@ class Scheduler:
                 return (
                     f"cores: {request.cores} requested but NUMA node {request.numa_node} of "
                     f"{where} has {max(sizes)} CPUs"
+                )
+            most = max(n.memory_for(request.numa_node) for n in candidates)
+            if request.memory_bytes > most:
+                return (
+                    f"memory: {request.memory_bytes} bytes ({format_size(request.memory_bytes)}) "
+                    f"requested but NUMA node {request.numa_node} of {where} has {most} "
+                    f"({format_size(most)})"
                 )
         max_cores = max(n.total_cores for n in candidates)
         if request.cores > max_cores:

@@ -3,6 +3,9 @@ priority order, drain, and killing a task that never left the queue."""
 
 from __future__ import annotations
 
+import grpc
+import pytest
+
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
@@ -155,3 +158,34 @@ async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: Local
     runner.finish(first_gpu.task_id)
     started = await local_cluster.wait_status(third_gpu.task_id, TaskStatus.RUNNING)
     assert list(started.required_gpus) == gpu_ids[0]
+
+
+async def test_a_numa_target_asking_more_memory_than_its_numa_node_has_is_refused(
+    local_cluster: LocalCluster,
+) -> None:
+    """Its memory is bound to the NUMA node (cpuset-mems), so more than that node has could
+    never be used: refused naming the NUMA node's memory, not queued or run to be OOM-killed."""
+    gib = 2**30
+    await local_cluster.add_runner(
+        "a",
+        cores=8,
+        memory_bytes=16 * gib,
+        numa_nodes=[
+            node_pb2.NumaNode(id=0, cpus=range(4), memory_bytes=8 * gib),
+            node_pb2.NumaNode(id=1, cpus=range(4, 8), memory_bytes=8 * gib),
+        ],
+    )
+    numa = [task_pb2.Target(hostname="a", numa_node_id=1)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("big", memory="10Gi", targets=numa)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        "memory: 10737418240 bytes (10.7G) requested but NUMA node 1 of a has 8589934592 (8.6G)"
+    )
+    unbound = await local_cluster.submit(
+        "unbound", memory="10Gi", targets=[task_pb2.Target(hostname="a")]
+    )
+    assert unbound.assigned_node == "a"
+    await local_cluster.wait_status(unbound.task_id, TaskStatus.COMPLETED)
+    fits = await local_cluster.submit("fits", memory="8Gi", targets=numa)
+    assert fits.assigned_node == "a"

@@ -235,30 +235,37 @@ RUNNER_SANDBOX = [
 ]
 
 
-def _shared_dir(cfg: Config) -> Path:
-    return cfg.paths.shared_dir.expanduser().absolute()
+def _at_run_time(path: Path, folder: Path) -> Path:
+    """``path`` as the service sees it: a relative one is in ``folder``, the unit's
+    WorkingDirectory, not wherever ``hakuriver.init service`` was run."""
+    return folder / path.expanduser()
 
 
-def _writable(cfg: Config) -> list[Path]:
+def _shared_dir(cfg: Config, folder: Path) -> Path:
+    return _at_run_time(cfg.paths.shared_dir, folder)
+
+
+def _writable(cfg: Config, folder: Path) -> list[Path]:
     """Where the Host writes: the shared folder, its credentials, database and log."""
-    places = [_shared_dir(cfg), cfg.auth.credentials_file.parent]
+    places = [cfg.paths.shared_dir, cfg.auth.credentials_file.parent]
     if not cfg.database.url:
         places.append(cfg.database.db_file.parent)
     if cfg.paths.host_log_file is not None:
         places.append(cfg.paths.host_log_file.parent)
-    return list(dict.fromkeys(p.expanduser().absolute() for p in places))
+    return list(dict.fromkeys(_at_run_time(p, folder) for p in places))
 
 
-def _sandbox(role: Role, cfg: Config) -> list[str]:
+def _sandbox(role: Role, cfg: Config, folder: Path) -> list[str]:
     if role is Role.runner:
         return RUNNER_SANDBOX
-    places = _writable(cfg)
+    places = _writable(cfg, folder)
     # "-": a folder made later (the shared folder's mount) does not stop the unit.
     writable = " ".join(f"-{shlex.quote(str(p))}" for p in places)
     # systemd drops a ReadWritePaths= folder that does not exist yet, and the sandbox then
     # keeps the Host from making it: make its own folders first, outside the sandbox ("+").
     # Not the shared folder: a missing mount must not turn into a local folder.
-    own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != _shared_dir(cfg))])
+    shared = _shared_dir(cfg, folder)
+    own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != shared)])
     return [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
 
 
@@ -278,7 +285,7 @@ def render_unit(
         f"After={after}",
         f"Wants={after}",
         # Tasks' output and environments live there: start once it is mounted.
-        f"RequiresMountsFor={shlex.quote(str(_shared_dir(cfg)))}",
+        f"RequiresMountsFor={shlex.quote(str(_shared_dir(cfg, config.parent)))}",
         "",
         "[Service]",
         "Type=simple",
@@ -294,7 +301,7 @@ def render_unit(
         "Restart=on-failure",
         "RestartSec=5",
         f"SyslogIdentifier=hakuriver-{role.value}",
-        *_sandbox(role, cfg),
+        *_sandbox(role, cfg, config.parent),
         "",
         "[Install]",
         "WantedBy=multi-user.target",

@@ -1,0 +1,36 @@
+"""hakuriver.init service's units, rendered in-process (tests/e2e/test_init_service.py runs
+them)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from hakuriver_cli.init import Role, render_unit
+from hakuriver_common.config import load_config
+
+
+def test_relative_paths_are_the_config_folders_wherever_the_units_are_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The unit runs in the config's folder, so a relative path there names a file in it;
+    # written from "/", the sandbox used to open "/" and the database's folder was "/state".
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    config = folder / "config.toml"
+    config.write_text(
+        '[paths]\nshared_dir = "shared"\nhost_log_file = "logs/host.log"\n'
+        '[database]\ndb_file = "state/cluster.db"\n[auth]\ncredentials_file = "admin.token"\n'
+    )
+    cfg = load_config(config)
+    monkeypatch.chdir("/")
+    unit = render_unit(Role.host, sys.executable, config, "/usr/bin:/bin", cfg)
+    keys = ("ReadWritePaths=", "RequiresMountsFor=")
+    lines = dict(line.split("=", 1) for line in unit.splitlines() if line.startswith(keys))
+    writable = sorted(p.removeprefix("-") for p in shlex.split(lines["ReadWritePaths"]))
+    assert writable == sorted(str(folder / name) for name in ("", "shared", "logs", "state"))
+    assert lines["RequiresMountsFor"] == str(folder / "shared")
+    assert f"WorkingDirectory={folder}" in unit.splitlines()

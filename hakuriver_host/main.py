@@ -87,6 +87,9 @@ def main(
         except ApiError as exc:
             cli.echo(f"error: {exc.message}", err=True)
             raise cli.Exit(1) from None
+        except OSError as exc:  # a database it cannot open (store.DatabaseError)
+            cli.echo(f"error: {exc}", err=True)
+            raise cli.Exit(1) from None
         return
     cfg = start_daemon(config, lambda c: c.paths.host_log_file)
     try:

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from alembic import command as alembic_command
 from sqlalchemy import Table, event, func
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine, select
 
 from hakuriver_host import migrations
@@ -66,8 +67,26 @@ def _json_text(value: Any) -> str:
     return json.dumps(value)
 
 
-def make_engine(url: str) -> Engine:
+class DatabaseError(OSError):
+    """The database cannot be opened: one line naming it and its config key (the Host
+    prints it and stops), never its password."""
+
+
+def _shown(url: str) -> str:
     parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"{parsed.database} (database.db_file)"
+    return f"{parsed.render_as_string(hide_password=True)} (database.url)"
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseError(
+            "database.url is not a SQLAlchemy URL, e.g. "
+            "postgresql+psycopg://USER:PASSWORD@SERVER/DATABASE"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +95,10 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+    try:
+        return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
+    except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
+        raise DatabaseError(f"cannot use the database {_shown(url)}: {exc}") from None
 
 
 def _rows(writes: list[TaskWrite]) -> int:
@@ -196,6 +218,13 @@ class Store:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
         transaction: a failed migration leaves the database as it was."""
         settings = migrations.settings()
+        try:  # opened apart from the migration, whose own errors keep their traceback
+            self.engine.connect().close()
+        except DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0]
+            raise DatabaseError(
+                f"cannot open the database {_shown(str(self.engine.url))}: {reason}"
+            ) from None
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 # Python's sqlite3 opens a transaction only before a data change, so without

@@ -84,7 +84,13 @@ class Follower:
 class LogStore:
     def __init__(self, outputs_dir: Path, errors_dir: Path) -> None:
         for directory in (outputs_dir, errors_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # the Host stops with this line: name the key to fix
+                raise OSError(
+                    f"cannot create {directory} for task output (paths.shared_dir): "
+                    f"{exc.strerror or exc}"
+                ) from None
         self._prefixes = (os.path.join(outputs_dir, ""), os.path.join(errors_dir, ""))
         self._sizes: dict[tuple[int, str], int] = {}
         self._followers: dict[tuple[int, str], set[Follower]] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -16,8 +17,9 @@ from hakuriver_cli import client
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import log_store
+from hakuriver_host.server import HostServer
 from tests.fake_runner import HOLD, eventually
-from tests.unit.local_cluster import LocalCluster
+from tests.unit.local_cluster import LocalCluster, local_config
 from tests.unit.test_metrics_auth import metric_values
 
 NO_SPACE = "No space left on device"
@@ -127,3 +129,15 @@ async def test_a_write_that_fits_on_a_still_full_storage_does_not_clear_it(
 
 async def _stored(cluster: LocalCluster, task_id: int, data: bytes) -> bool:
     return await cluster.read_log(task_id) == data
+
+
+def test_a_shared_dir_where_output_cannot_go_names_the_key(tmp_path: Path) -> None:
+    # A file where the folder should be; a read-only or squashed mount says EACCES alike.
+    (tmp_path / "share").write_text("")
+    config = local_config(tmp_path, paths={"shared_dir": tmp_path / "share"})
+    with pytest.raises(OSError) as raised:
+        HostServer(config, prepare_default_environment=False)
+    assert str(raised.value) == (
+        f"cannot create {tmp_path / 'share' / 'task_outputs'} for task output "
+        "(paths.shared_dir): Not a directory"
+    )

@@ -8,7 +8,7 @@ import socket
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from pydantic import BaseModel
 
@@ -71,6 +71,11 @@ def render_default_config(values: Config | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cannot_write(path: Path, exc: OSError) -> NoReturn:
+    cli.echo(f"error: cannot write {path}: {exc.strerror or exc}", err=True)
+    raise cli.Exit(1) from None
+
+
 @app.command()
 def config(
     output: Annotated[
@@ -87,7 +92,10 @@ def config(
     defaults = Config()
     auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
     values = defaults.model_copy(update={"auth": auth})
-    write_secret(output, render_default_config(values).rstrip("\n"))
+    try:
+        write_secret(output, render_default_config(values).rstrip("\n"))
+    except OSError as exc:
+        _cannot_write(output, exc)
     _say(json, f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")
     _say(json, f"next, on the Host: hakuriver.init tls --config {output}")
     if json:
@@ -347,12 +355,16 @@ def service(
     # so the services find docker, numactl and taskset where this shell does.
     entries = [str(Path(python).parent), *os.environ.get("PATH", "").split(os.pathsep)]
     path_env = os.pathsep.join(dict.fromkeys(e for e in entries if e))
-    output_dir.mkdir(parents=True, exist_ok=True)
     for role, target in targets.items():
         user = cfg.environment.runner_user if role is Role.runner else ""
         tmp = target.with_suffix(".service.tmp")
-        tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, cfg, user))
-        tmp.replace(target)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, cfg, user))
+            tmp.replace(target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _cannot_write(target, exc)
         _say(json, f"wrote {target}")
     if json:
         print_json({"units": [str(t) for t in targets.values()]})

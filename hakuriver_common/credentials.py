@@ -43,9 +43,13 @@ def write_secret(path: Path, secret: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(secret + "\n")
-    tmp.replace(path)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        tmp.replace(path)
+    except BaseException:  # no copy of the secret left beside a file that was not written
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def api_token(config: ClientConfig) -> str:

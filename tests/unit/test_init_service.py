@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from hakuriver_cli import init
 from hakuriver_cli.init import Role, render_unit
+from hakuriver_common import commands as cli
 from hakuriver_common.config import load_config
 
 
@@ -34,3 +36,21 @@ def test_relative_paths_are_the_config_folders_wherever_the_units_are_written(
     assert writable == sorted(str(folder / name) for name in ("", "shared", "logs", "state"))
     assert lines["RequiresMountsFor"] == str(folder / "shared")
     assert f"WorkingDirectory={folder}" in unit.splitlines()
+
+
+def test_a_place_init_cannot_write_is_one_line_and_leaves_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(cli.Exit):
+        init.config(output=taken, force=True, json=False)
+    assert capsys.readouterr().err == f"error: cannot write {taken}: Is a directory\n"
+    assert list(tmp_path.iterdir()) == [taken]  # no taken.tmp holding the join token
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    (taken / "hakuriver-host.service").mkdir()
+    with pytest.raises(cli.Exit):
+        init.service(host=True, output_dir=taken, config=config, force=True)
+    unit = taken / "hakuriver-host.service"
+    assert capsys.readouterr().err == f"error: cannot write {unit}: Is a directory\n"

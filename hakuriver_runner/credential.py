@@ -5,7 +5,9 @@ identity of the cluster it joined, which marks every container and process it st
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
 
 from hakuriver_common.config import Config
@@ -32,7 +34,21 @@ class RunnerIdentity:
                 f"no runner credential at {self.path} and no auth.join_token in the config: "
                 "copy the Host's join token into the config to join"
             )
+        self._check_can_keep()
         return self.join_token
+
+    def _check_can_keep(self) -> None:
+        """Before joining: a credential the Host issues but the Runner cannot store leaves
+        its name taken, and every later join with the token is refused."""
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not os.access(folder, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as exc:
+            raise CredentialsError(
+                f"cannot keep a credential in runner.state_dir {folder}: {exc.strerror or exc}"
+            ) from None
 
     def keep(self, credential: str) -> None:
         """Store the credential the Host issued on joining."""

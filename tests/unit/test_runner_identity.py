@@ -6,10 +6,12 @@ stream or its tasks, and it reports only on tasks dispatched to it.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
 
+from hakuriver_common.credentials import CredentialsError
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     audit_service_pb2 as aupb,
@@ -21,9 +23,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import RUNNER_CREDENTIAL_PREFIX
 from hakuriver_common.statuses import NodeStatus, TaskStatus
+from hakuriver_runner.credential import RunnerIdentity
 from tests.fake_runner import HOLD, STDOUT, FakeRunner, eventually
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.local_cluster import LocalCluster, local_config, status_of
 
 CODE = grpc.StatusCode
 MARKER_TASK = 42  # no task has this id
@@ -334,3 +337,16 @@ async def test_a_runner_cannot_feed_or_close_another_runners_tunnel(
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+def test_a_state_dir_that_cannot_keep_the_credential_stops_the_join(tmp_path: Path) -> None:
+    # Joining first would leave the name registered with a credential the Runner lost:
+    # every later join with the token refused until an admin revokes it.
+    (tmp_path / "file").write_text("")
+    state_dir = tmp_path / "file" / "state"
+    config = local_config(tmp_path, runner={"state_dir": state_dir})
+    with pytest.raises(CredentialsError) as raised:
+        RunnerIdentity(config).secret()
+    assert str(raised.value) == (
+        f"cannot keep a credential in runner.state_dir {state_dir}: Not a directory"
+    )

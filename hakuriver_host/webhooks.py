@@ -1,10 +1,11 @@
 """Webhook notifications: task final statuses and node offline/online, POSTed as JSON.
 
 ``notify`` never blocks: events go to a bounded queue (the oldest is dropped, with a
-warning, if a receiver is down for long). One worker per webhook delivers in order, in a
-thread, retrying up to ``max_attempts`` (tenacity): the n-th retry waits
-``retry_base_seconds * 2**(n-1)`` plus up to ``retry_base_seconds`` at random, so many Hosts
-(or webhooks) failing together do not retry in step; never more than MAX_RETRY_SECONDS.
+warning, if a receiver is down for long). One worker per webhook delivers in order, each
+attempt on a daemon thread of its own, retrying up to ``max_attempts`` (tenacity): the
+n-th retry waits ``retry_base_seconds * 2**(n-1)`` plus up to ``retry_base_seconds`` at
+random, so many Hosts (or webhooks) failing together do not retry in step; never more than
+MAX_RETRY_SECONDS.
 
 With a ``secret`` every request is signed, GitHub/Stripe style, so a receiver can tell a
 delivery from this Host from a forged or replayed one: ``X-HakuRiver-Signature:
@@ -16,14 +17,18 @@ every attempt and every receiver (a receiver drops repeats).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,6 +69,34 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 _opener = urllib.request.build_opener(_NoRedirect)
 
 
+async def _on_own_thread(fn: Callable[[], None]) -> None:
+    """``fn()`` on a daemon thread of its own. A POST to a receiver that never answers
+    blocks for its timeout: on the loop's executor it would hold a thread the Host's other
+    work needs, and the Host's exit, which waits for every executor thread."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: BaseException | None) -> None:
+        if done.done():  # cancelled: the Host is stopping
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=work, name="hakuriver-webhook", daemon=True).start()
+    await done
+
+
 class Webhook:
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
@@ -102,7 +135,7 @@ class Webhook:
         try:
             async for attempt in attempts:
                 with attempt:
-                    await asyncio.to_thread(self._post, payload)
+                    await _on_own_thread(functools.partial(self._post, payload))
         except Exception as exc:  # one bad delivery must not end the worker
             log.warning(
                 "webhook %s: giving up on %s after %d attempts: %s",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,3 +90,23 @@ async def test_failed_deliveries_are_retried_then_given_up(
     where = f"webhook http://127.0.0.1:{flaky.server.server_port}/...: "
     assert len(gave_up) == 2 and all(m.startswith(where) for m in gave_up), gave_up
     assert all("3 attempts" in m and "/always" not in m for m in gave_up), gave_up
+
+
+async def test_a_receiver_that_never_answers_holds_no_thread_the_host_waits_for() -> None:
+    # A firewall that drops packets, a receiver that hangs: each attempt blocks for
+    # timeout_seconds. On threads of the loop's executor, those waited for the Host's exit
+    # (asyncio.run joins them; SIGKILL under systemd's stop timeout) and, with a few such
+    # receivers, took every thread the Host's other work runs on.
+    silent = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+    before = set(threading.enumerate())
+    notifier = Notifier([WebhookConfig(url=url, events=["*"], timeout_seconds=5)])
+    notifier.start()
+    try:
+        notifier.notify("node.offline", node="gpu1")
+        await eventually(lambda: set(threading.enumerate()) - before, what="a delivery")
+        await notifier.stop()
+        waited_for = [t for t in set(threading.enumerate()) - before if not t.daemon]
+        assert waited_for == []
+    finally:
+        silent.close()

@@ -45,6 +45,8 @@ def resolve_config_path(path: Path | None) -> Path | None:
 def config_file(path: Path | None) -> Path | None:
     """The file to read (see ``resolve_config_path``); ConfigError if it is named but absent."""
     resolved = resolve_config_path(path)
+    if resolved is not None and resolved.is_dir():
+        raise ConfigError(f"config file {resolved} is a folder: name the TOML file in it")
     if resolved is not None and not resolved.is_file():
         raise ConfigError(
             f"config file {resolved} does not exist (create one: hakuriver.init config)"

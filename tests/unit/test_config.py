@@ -103,3 +103,9 @@ def test_a_bad_variable_is_named_not_blamed_on_the_file(
     )
     monkeypatch.setenv("HAKURIVER_DASHBOARD__SERVER_NAMES", '["river"]')
     assert load_config(path).dashboard.server_names == ["river"]
+
+
+def test_a_folder_named_as_the_config_is_called_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path)
+    assert str(raised.value) == f"config file {tmp_path} is a folder: name the TOML file in it"

@@ -151,7 +151,10 @@ class EnvironmentManager:
         found = self.client.containers.list(
             all=True, ignore_removed=True, filters={"label": ENV_LABEL}
         )
-        return sorted((self.describe(c) for c in found), key=lambda c: c["name"])
+        # A tarball keeps its container's labels, so task containers started from it carry
+        # ENV_LABEL too (seen where a Runner shares the Host's Docker): only ours by name.
+        ours = [c for c in found if c.name == self.container_name(c.labels.get(ENV_LABEL, ""))]
+        return sorted((self.describe(c) for c in ours), key=lambda c: c["name"])
 
     @_docker_answers
     def start_container(self, name: str) -> dict[str, str]:

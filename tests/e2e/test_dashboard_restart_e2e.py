@@ -1,0 +1,47 @@
+"""The dashboard across a Host restart, in headless Chromium against a real cluster of its
+own (the restart would disturb test_dashboard_e2e.py's shared one): open pages say they are
+reconnecting while the Host is away and stop saying so once it is back."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, expect
+
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from tests.e2e.browser import Tabs
+from tests.e2e.harness import BASE_ENV, ProcessCluster
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def tabs(fresh_cluster: ProcessCluster, browser: Browser) -> Iterator[Tabs]:
+    opened = Tabs(browser, fresh_cluster.dashboard_url)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def test_a_quiet_output_stops_saying_reconnecting_once_the_host_is_back(
+    fresh_cluster: ProcessCluster, tabs: Tabs
+) -> None:
+    """A followed stream that has nothing to send (a task's empty stderr) gets no answer
+    from the Host until it does; its notice must not stay up after the Host is back."""
+    cluster = fresh_cluster
+    task = cluster.submit(["sh", "-c", "echo started; sleep 300"], container_name=BASE_ENV)
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    tab = tabs.open(cluster.admin_token)
+    tab.goto(f"/tasks/{task.task_id}")
+    expect(tab.page.get_by_test_id("stdout")).to_contain_text("started")
+    cluster.kill_host(signal.SIGTERM)
+    reconnecting = tab.page.get_by_text("(reconnecting…)")
+    expect(reconnecting.first).to_be_visible()
+    cluster.start_host()
+    expect(reconnecting).to_have_count(0, timeout=20_000)
+    expect(tab.page.get_by_test_id("stdout")).to_have_text("started\n")
+    expect(tab.page.get_by_test_id("task-status")).to_have_text("running")
+    cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)

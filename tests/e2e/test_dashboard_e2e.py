@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from playwright.sync_api import Browser, expect
 
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
     environment_service_pb2 as epb,
     environment_service_pb2_grpc,
     node_service_pb2 as npb,
@@ -346,6 +347,26 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     user.goto("/docker")
     expect(user.page.get_by_test_id(f"env-row-{environment}")).to_be_visible()
     expect(user.page.get_by_test_id(f"env-terminal-{environment}")).to_have_count(0)
+
+
+def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site) -> None:
+    """Open pages do not go on retrying with a dead token: the tab signs out, says why, and
+    a valid token brings the user back to the page they were on."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="dora", role=Role.USER.pb), timeout=10)
+    made = access.CreateToken(apb.CreateTokenRequest(user="dora"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto("/nodes")
+    expect(tab.page.get_by_test_id(f"node-row-{site.cluster.runner_names[0]}")).to_be_visible()
+    access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id), timeout=10)
+    expect(tab.page.get_by_test_id("signin-ended")).to_contain_text(
+        f"API token {made.token.token_id} was revoked"
+    )
+    assert tab.page.evaluate("sessionStorage.getItem('hakuriver.token')") is None
+    tab.page.get_by_test_id("token").fill(site.alice)
+    tab.page.get_by_test_id("signin").click()
+    tab.page.wait_for_url(re.compile(r"/nodes$"))
+    expect(tab.page.get_by_test_id("who")).to_contain_text("alice")
 
 
 def test_every_page_loads_without_console_errors(site: Site) -> None:

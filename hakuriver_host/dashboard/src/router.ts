@@ -1,6 +1,6 @@
 // Pages load on first visit (one chunk each), so the first render fetches only the shell.
 import { createRouter, createWebHistory } from "vue-router";
-import { resume } from "./lib/api";
+import { resume, whenSessionEnds } from "./lib/api";
 
 export const router = createRouter({
   history: createWebHistory(),
@@ -32,4 +32,10 @@ router.beforeEach(async (to) => {
   if (to.name === "signin") return true;
   if (await resume()) return true;
   return { name: "signin", query: { next: to.fullPath } };
+});
+
+// A token revoked or expired while pages are open: back to sign in, then to the same page.
+whenSessionEnds(() => {
+  const here = router.currentRoute.value;
+  if (here.name !== "signin") void router.replace({ name: "signin", query: { next: here.fullPath } });
 });

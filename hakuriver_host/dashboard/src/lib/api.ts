@@ -17,11 +17,13 @@ import { TaskService } from "../gen/hakuriver/v1/task_service_pb";
 
 const TOKEN_KEY = "hakuriver.token";
 
-/** Who is signed in: the token, and the name and role the Host answered for it. */
+/** Who is signed in: the token, and the name and role the Host answered for it; ``ended``
+ * why the last session ended without signing out (its token revoked or expired). */
 export const session = reactive({
   token: sessionStorage.getItem(TOKEN_KEY) ?? "",
   user: "",
   role: Role.UNSPECIFIED as Role,
+  ended: "",
 });
 
 const bearer: Interceptor = (next) => async (request) => {
@@ -29,9 +31,47 @@ const bearer: Interceptor = (next) => async (request) => {
   return next(request);
 };
 
+let onEnded = (): void => {};
+
+/** What to do when the Host stops accepting the signed-in token (the router: sign in). */
+export function whenSessionEnds(handler: () => void): void {
+  onEnded = handler;
+}
+
+/** A call of a signed-in tab refused as unauthenticated (its token revoked or expired
+ * meanwhile): sign out, keep the Host's message for the sign-in page, and go there, rather
+ * than leave every page retrying with a dead token. */
+function checkSession(error: unknown, token: string): void {
+  if (!isUnauthenticated(error) || !session.user || session.token !== token) return;
+  const message = errorMessage(error);
+  signOut();
+  session.ended = message;
+  onEnded();
+}
+
+async function* watched<T>(messages: AsyncIterable<T>, token: string): AsyncIterable<T> {
+  try {
+    yield* messages;
+  } catch (error) {
+    checkSession(error, token);
+    throw error;
+  }
+}
+
+const ending: Interceptor = (next) => async (request) => {
+  const token = session.token;
+  try {
+    const response = await next(request);
+    return response.stream ? { ...response, message: watched(response.message, token) } : response;
+  } catch (error) {
+    checkSession(error, token);
+    throw error;
+  }
+};
+
 const transport = createConnectTransport({
   baseUrl: window.location.origin,
-  interceptors: [bearer],
+  interceptors: [ending, bearer],
   useBinaryFormat: true,
 });
 
@@ -48,6 +88,7 @@ export const api = {
 /** Ask the Host who holds ``token``; keep it for this tab if it is valid. */
 export async function signIn(token: string): Promise<void> {
   session.token = token.trim();
+  session.ended = "";
   try {
     const who = await api.access.whoAmI({});
     session.user = who.user;
@@ -66,7 +107,8 @@ export async function resume(): Promise<boolean> {
   try {
     await signIn(session.token);
     return true;
-  } catch {
+  } catch (error) {
+    if (isUnauthenticated(error)) session.ended = errorMessage(error);
     return false;
   }
 }

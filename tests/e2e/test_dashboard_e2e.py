@@ -369,6 +369,25 @@ def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site
     expect(tab.page.get_by_test_id("who")).to_contain_text("alice")
 
 
+def test_a_narrow_window_keeps_the_menu_and_sign_out_in_view(site: Site) -> None:
+    """On a phone-sized window the top bar wraps: every page link and Sign out stay on
+    screen (wide tables scroll inside their card instead)."""
+    tab = site.tab(site.alice)
+    width = 390
+    tab.page.set_viewport_size({"width": width, "height": 800})
+    tab.goto("/tasks")
+    bar = tab.page.locator("header.bar")
+    items = [
+        bar.get_by_role("link", name=name, exact=True)
+        for name in ("Home", "Nodes", "GPUs", "Tasks", "VPS", "Docker")
+    ]
+    for item in [*items, tab.page.get_by_test_id("sign-out")]:
+        box = item.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= width, (item, box)
+    assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
+    _no_problems(tab)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -264,6 +264,21 @@ def test_a_bad_value_shows_the_hosts_message_beside_its_field(site: Site) -> Non
     )
 
 
+def test_a_number_field_the_browser_cannot_read_is_refused_not_defaulted(
+    site: Site,
+) -> None:
+    """A number input holding text it cannot parse ("2e") has the value "": submitting it
+    must not quietly ask for the default (1 core) but say which field is wrong."""
+    tab = site.tab(site.alice)
+    tab.goto("/tasks")
+    tab.page.get_by_test_id("submit-command").fill("true")
+    tab.page.get_by_test_id("submit-cores").press_sequentially("2e")
+    tab.page.get_by_test_id("submit-task").click()
+    expect(tab.page.get_by_test_id("error-cores")).to_have_text("cores: not a number")
+    assert tab.page.url.endswith("/tasks")
+    _no_problems(tab)
+
+
 def test_users_see_only_their_own_tasks(site: Site) -> None:
     bobs = site.tasks_as(site.bob).SubmitTask(
         tpb.SubmitTaskRequest(command="sh", arguments=["-c", "echo bob"]), timeout=10

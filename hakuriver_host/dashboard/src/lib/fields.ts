@@ -129,6 +129,17 @@ export function integer(field: string, value: string | number): number | undefin
   return n;
 }
 
+/** Number inputs of ``form`` (ids PREFIX-FIELD) whose text the browser could not read as a
+ * number ("2e", "1,5"): their value is then "", which would silently mean the default.
+ * Throws a FieldProblem naming the first such field. */
+export function checkNumberInputs(form: Element | null, prefix: string): void {
+  for (const input of form?.querySelectorAll<HTMLInputElement>("input[type=number]") ?? []) {
+    if (!input.validity.badInput) continue;
+    const field = input.id.startsWith(`${prefix}-`) ? input.id.slice(prefix.length + 1) : input.id;
+    throw new FieldProblem(field, `${field}: not a number`);
+  }
+}
+
 /**
  * A form's error messages: ``errors[field]`` under the field a message names (one of
  * ``fields``: a FieldProblem, or the Host's own message, which names the field first), the

@@ -197,6 +197,35 @@ def _states(nodes: Iterable[NodeResources]) -> str:
     return "; ".join(states)
 
 
+def _numa_too_small(
+    request: Request, numa: int, candidates: list[NodeResources], where: str
+) -> str | None:
+    """Why NUMA node ``numa`` (the request's) of every candidate is too small for it, if it
+    is."""
+    most_cpus = max(len(n.numa.get(numa, ())) for n in candidates)
+    if request.cores > most_cpus:
+        return (
+            f"cores: {request.cores} requested but NUMA node {numa} of {where} has {most_cpus} CPUs"
+        )
+    most = max(n.memory_for(numa) for n in candidates)
+    if request.memory_bytes > most:
+        return (
+            f"memory: {request.memory_bytes} bytes ({format_size(request.memory_bytes)}) "
+            f"requested but NUMA node {numa} of {where} has {most} ({format_size(most)})"
+        )
+    return None
+
+
+def _wants(request: Request) -> str:
+    """What a request asks for, in words: "4 cores, 17.2G of memory and 1 GPU"."""
+    wants = [f"{request.cores} core{'s' if request.cores != 1 else ''}"]
+    if request.memory_bytes:
+        wants.append(f"{format_size(request.memory_bytes)} of memory")
+    if request.gpus_wanted:
+        wants.append(f"{request.gpus_wanted} GPU{'s' if request.gpus_wanted != 1 else ''}")
+    return f"{', '.join(wants[:-1])} and {wants[-1]}" if len(wants) > 1 else wants[0]
+
+
 FitKey = tuple[int, int, int, str]
 
 
@@ -379,19 +408,9 @@ class Scheduler:
         if not candidates:
             return "no runner has registered yet"
         if request.numa_node is not None:
-            sizes = [len(n.numa.get(request.numa_node, ())) for n in candidates]
-            if request.cores > max(sizes):
-                return (
-                    f"cores: {request.cores} requested but NUMA node {request.numa_node} of "
-                    f"{where} has {max(sizes)} CPUs"
-                )
-            most = max(n.memory_for(request.numa_node) for n in candidates)
-            if request.memory_bytes > most:
-                return (
-                    f"memory: {request.memory_bytes} bytes ({format_size(request.memory_bytes)}) "
-                    f"requested but NUMA node {request.numa_node} of {where} has {most} "
-                    f"({format_size(most)})"
-                )
+            too_small = _numa_too_small(request, request.numa_node, candidates, where)
+            if too_small is not None:
+                return too_small
         max_cores = max(n.total_cores for n in candidates)
         if request.cores > max_cores:
             return f"cores: {request.cores} requested but {where} has at most {max_cores}"
@@ -405,13 +424,7 @@ class Scheduler:
         if request.gpus_wanted > max_gpus:
             return f"gpus: {request.gpus_wanted} requested but {where} has at most {max_gpus}"
         if not any(n.could_ever_fit(request) for n in candidates):
-            wants = [f"{request.cores} core{'s' if request.cores != 1 else ''}"]
-            if request.memory_bytes:
-                wants.append(f"{format_size(request.memory_bytes)} of memory")
-            if request.gpus_wanted:
-                wants.append(f"{request.gpus_wanted} GPU{'s' if request.gpus_wanted != 1 else ''}")
-            together = f"{', '.join(wants[:-1])} and {wants[-1]}" if len(wants) > 1 else wants[0]
-            return f"request fits no single node: {together} together"
+            return f"request fits no single node: {_wants(request)} together"
         return None
 
     def _candidates(self, request: Request) -> list[NodeResources]:

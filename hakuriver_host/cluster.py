@@ -862,15 +862,16 @@ class Cluster:
         self.audit.record(who, "ssh.ticket", task_id)
         return self.ssh_tickets.issue(task_id, who)
 
-    async def open_tunnel(self, ticket: str) -> Tunnel:
+    async def open_tunnel(self, ticket: str) -> tuple[Tunnel, Principal]:
         """A tunnel to the sshd of the VPS a ticket was issued for, through its Runner's
-        link (the holder's right to it is checked again)."""
+        link (the holder's right to it is checked again), and its holder."""
         held = self.ssh_tickets.redeem(ticket)
         task_id = held.task_id
         # The holder as they stand now: a token revoked or a user deleted since the ticket
         # was issued opens nothing.
-        task = await self._running_vps(task_id, self.access.again(held.who))
+        who = self.access.again(held.who)
+        task = await self._running_vps(task_id, who)
         link = self.nodes.link_of(task.assigned_node)
         if link is None:
             raise Unavailable(f"runner {task.assigned_node} of task {task_id} is not connected")
-        return self.tunnels.open(link, task_id, task.ssh_port)
+        return self.tunnels.open(link, task_id, task.ssh_port), who

@@ -9,7 +9,9 @@ Runner opened) to connect to that VPS's sshd, and nothing else, answers ``SUCCES
 authentication stays between ssh and sshd.
 
 A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
-behind, so it never stalls the Runner's stream.
+behind, so it never stalls the Runner's stream. A session is only as good as the token its
+ticket came from: once that token is revoked or expires, or its user is deleted, the next
+chunk either way ends the session (audited) instead of passing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
-from hakuriver_host.identity import ANONYMOUS
+from hakuriver_host.identity import ANONYMOUS, Principal
 from hakuriver_host.tunnels import Tunnel
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class SshProxy:
             self.server.close()
             await self.server.wait_closed()
 
-    async def _open(self, line: bytes) -> Tunnel:
+    async def _open(self, line: bytes) -> tuple[Tunnel, Principal]:
         parts = line.decode(errors="replace").split()
         if len(parts) != 2 or parts[0] != "TICKET":
             raise ValueError("expected: TICKET <ticket> (get one with SshService.CreateSshTicket)")
@@ -66,7 +68,7 @@ class SshProxy:
         tunnel: Tunnel | None = None
         try:
             try:
-                tunnel = await self._open(await _first_line(reader))
+                tunnel, who = await self._open(await _first_line(reader))
                 await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
@@ -80,7 +82,7 @@ class SshProxy:
                 return
             writer.write(b"SUCCESS\n")
             await writer.drain()
-            await self._relay(reader, writer, tunnel)
+            await self._relay(reader, writer, tunnel, who)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -91,10 +93,31 @@ class SshProxy:
                 await writer.wait_closed()
 
     async def _relay(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        tunnel: Tunnel,
+        who: Principal,
     ) -> None:
+        refused: list[str] = []
+
+        def holds() -> bool:
+            """Whether ``who`` may still use the tunnel; the first refusal is audited."""
+            if refused:
+                return False
+            try:
+                self.cluster.access.again(who)
+            except Unauthenticated as exc:
+                refused.append(exc.message)
+                peer = writer.get_extra_info("peername")
+                self.cluster.audit.record(
+                    who, "ssh.tunnel", "", AuditOutcome.REFUSED, exc.message, str(peer or "")
+                )
+                return False
+            return True
+
         async def upstream() -> None:
-            while data := await reader.read(CHUNK):
+            while (data := await reader.read(CHUNK)) and holds():
                 await tunnel.link.room()
                 tunnel.link.send(
                     rpb.ConnectResponse(
@@ -103,7 +126,7 @@ class SshProxy:
                 )
 
         async def downstream() -> None:
-            while (data := await tunnel.incoming.get()) is not None:
+            while (data := await tunnel.incoming.get()) is not None and holds():
                 writer.write(data)
                 await writer.drain()
 

@@ -205,8 +205,10 @@ class FakeRunner:
         # Prepare hints received, in order (a fake prepares nothing: it only records them).
         self.prepares: list[rpb.DispatchCommand] = []
         self.released: list[int] = []
-        # Tunnels the Host asked it to open, in order (a test answers them with ``send``).
+        # Tunnels the Host asked it to open, in order (a test answers them with ``send``),
+        # and the bytes the Host relayed into them, in order.
         self.tunnel_opens: list[rpb.TunnelOpen] = []
+        self.tunnel_bytes: list[bytes] = []
         self.discarded: list[int] = []
         self.ack: rpb.RegisterAck | None = None
         self.registrations = 0
@@ -504,6 +506,8 @@ class FakeRunner:
             return
         if kind == "tunnel_open":
             self.tunnel_opens.append(message.tunnel_open)
+        if kind == "tunnel_data":
+            self.tunnel_bytes.append(message.tunnel_data.data)
         if kind == "prepare":
             self.prepares.append(message.prepare)
         if kind not in ("kill", "pause", "resume", "release"):

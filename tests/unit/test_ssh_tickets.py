@@ -1,5 +1,6 @@
 """An SSH ticket is only as good as the token it came from: presented after its holder was
-deleted (or their token revoked), within its 30 s life, it opens nothing."""
+deleted (or their token revoked), within its 30 s life, it opens nothing; and a session it
+opened passes nothing more once that token is revoked."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import asyncio
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
+    runner_service_pb2 as rpb,
     ssh_service_pb2 as spb,
     task_pb2,
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD
+from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
@@ -54,3 +57,43 @@ async def test_an_over_long_request_line_gets_the_protocols_answer(
     finally:
         writer.close()
     assert answer == b"ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)\n"
+
+
+async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
+    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+    issued = await alice.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))
+    assert local_cluster.server is not None
+    port = local_cluster.server.ssh_proxy_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"TICKET {issued.ticket}\n".encode())
+        await writer.drain()
+        [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
+        tunnel = opened.tunnel_id
+        runner.send(rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=tunnel)))
+        assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+        writer.write(b"before")
+        await writer.drain()
+        await eventually(lambda: runner.tunnel_bytes == [b"before"], what="bytes up")
+        data = rpb.TunnelData(tunnel_id=tunnel, data=b"hello")
+        runner.send(rpb.ConnectRequest(tunnel_data=data))
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+
+        await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+        writer.write(b"after")
+        await writer.drain()
+        runner.send(rpb.ConnectRequest(tunnel_data=rpb.TunnelData(tunnel_id=tunnel, data=b"late")))
+        # The session ends: nothing more comes through, either way.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+    assert runner.tunnel_bytes == [b"before"]
+    events = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="ssh.tunnel"), timeout=5
+    )
+    assert [(e.actor, e.outcome) for e in events.events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
+    assert events.events[0].detail.endswith(" was revoked")

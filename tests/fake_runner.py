@@ -504,14 +504,11 @@ class FakeRunner:
                 self.commands.append(("release", release.task_id))
                 self._on_release(release.task_id)
             return
-        if kind == "tunnel_open":
-            self.tunnel_opens.append(message.tunnel_open)
-        if kind == "tunnel_data":
-            self.tunnel_bytes.append(message.tunnel_data.data)
-        if kind == "prepare":
-            self.prepares.append(message.prepare)
+        if kind in ("tunnel_open", "tunnel_data", "prepare"):
+            self._record(message)
+            return
         if kind not in ("kill", "pause", "resume", "release"):
-            return  # tunnels: a fake has no SSH server to reach
+            return  # tunnel_close: a fake has no SSH server to reach
         task_id = getattr(message, kind).task_id
         self.commands.append((kind, task_id))
         task = self.tasks.get(task_id)
@@ -522,6 +519,16 @@ class FakeRunner:
             self._on_release(task_id)
         elif task is not None:
             self._on_pause(task, pause=kind == "pause")
+
+    def _record(self, message: rpb.ConnectResponse) -> None:
+        """What a fake only records: tunnels to open and the bytes relayed into them (a test
+        answers for the SSH server), prepare hints."""
+        if message.HasField("tunnel_open"):
+            self.tunnel_opens.append(message.tunnel_open)
+        elif message.HasField("tunnel_data"):
+            self.tunnel_bytes.append(message.tunnel_data.data)
+        else:
+            self.prepares.append(message.prepare)
 
     def _on_release(self, task_id: int) -> None:
         self.tasks.pop(task_id, None)

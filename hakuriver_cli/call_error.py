@@ -41,8 +41,16 @@ class CallError(Exception):
         self.problem = problem
 
 
+# How gRPC's C core ("CERTIFICATE_VERIFY_FAILED", "Peer name ... is not in peer
+# certificate") and Python's ssl ("certificate verify failed: ...") word a certificate that
+# failed verification; not the word alone, which the Host's own answers may carry (Docker's
+# "x509: certificate ..." in an environment error).
+_UNTRUSTED = ("certificate_verify_failed", "certificate verify failed", "not in peer certificate")
+
+
 def untrusted_certificate(details: str) -> bool:
     """The Host's certificate failed verification (not signed by tls.ca_file, or not naming
     the address dialled), as gRPC's C core and Python's ssl word it: asking again cannot
     help until the config or the Host's certificate changes."""
-    return "certificate" in details.lower()
+    lowered = details.lower()
+    return any(words in lowered for words in _UNTRUSTED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import socket
@@ -363,7 +364,8 @@ def service(
             tmp.write_text(render_unit(role, python, resolved.resolve(), path_env, cfg, user))
             tmp.replace(target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a folder it cannot search either
+                tmp.unlink(missing_ok=True)
             _cannot_write(target, exc)
         _say(json, f"wrote {target}")
     if json:

@@ -379,8 +379,11 @@ class _Call:
         # What the interceptor ended the call with after it began (a corrupt message's
         # INVALID_ARGUMENT, or the refusal of a token that no longer holds), if anything.
         self.cut: ApiError | None = None
-        # The task serving the call (a servicer may read its requests in another).
+        # The task serving the call (a servicer may read its requests in another), and
+        # whether it is out of the servicer, handing a response on (``streaming``): a
+        # cancel there would land in the transport's send, which answers nothing.
         self.serving: asyncio.Task[Any] | None = None
+        self.handing_on = False
         # Whether the call ended as cancelled where it was refused (``end_call``).
         self.went_away = False
 
@@ -410,8 +413,11 @@ class _Call:
                 raise MalformedRequest(self.cut.message)
             if (refused := self._refused_now()) is not None:
                 self.cut = refused
-                if self.serving is not None and self.serving is not asyncio.current_task():
-                    self.serving.cancel()  # its reader task ending would not end the call
+                # Its reader task ending would not end the call. Handing a response on, it
+                # ends the call itself once the transport took it (``streaming``).
+                serving = self.serving
+                if serving not in (None, asyncio.current_task()) and not self.handing_on:
+                    serving.cancel()
                 raise RefusedNow(refused.message)
             yield message
 
@@ -534,7 +540,13 @@ class _Call:
                     async for response in responses:
                         if (refused := self._refused_now()) is not None:
                             raise refused
-                        yield response
+                        self.handing_on = True
+                        try:
+                            yield response
+                        finally:
+                            self.handing_on = False
+                        if self.cut is not None:  # refused while it was handed on
+                            raise asyncio.CancelledError
                 if self.cut is not None:  # the servicer took the early end as an end
                     raise MalformedRequest()
             except ApiError as exc:

@@ -148,10 +148,11 @@ class NodeResources:
         self.used_memory_bytes -= allocation.memory_bytes
 
     def memory_for(self, numa_node: int | None) -> int:
-        """The most memory a task bound to ``numa_node`` (None: not bound) could use."""
+        """The most memory a task bound to ``numa_node`` (None: not bound) could use: never
+        more than the node's (a container's /proc may show less than sysfs's NUMA nodes)."""
         if numa_node is None:
             return self.memory_bytes
-        return self.numa_memory.get(numa_node) or self.memory_bytes
+        return min(self.numa_memory.get(numa_node) or self.memory_bytes, self.memory_bytes)
 
     def could_ever_fit(self, request: Request) -> bool:
         cores = (

@@ -221,7 +221,7 @@ class Store:
         try:  # opened apart from the migration, whose own errors keep their traceback
             self.engine.connect().close()
         except DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0]
+            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
             raise DatabaseError(
                 f"cannot open the database {_shown(str(self.engine.url))}: {reason}"
             ) from None

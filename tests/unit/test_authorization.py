@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import pkgutil
 import queue
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -479,6 +480,67 @@ async def test_a_revoked_token_types_nothing_more_into_a_shell(
     )
     assert shell.written == [b"before\n"]
     await sending.put(None)
+
+
+class _FloodShell(_EchoShell):
+    """A shell printing as fast as it may (bounded), whatever it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = threading.Event()
+
+    def output(self) -> Iterator[tuple[bool, bytes]]:
+        for _ in range(4000):
+            if self.stopped.is_set():
+                return
+            yield False, b"x" * 65536
+
+    def close(self) -> None:
+        self.stopped.set()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+async def test_a_revoked_token_ends_a_shell_whose_output_the_client_is_behind_on(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Revoked while the call was handing output on (the client reading slowly): the call
+    still ends with the refusal, audited, once the client reads what was sent (it was cut
+    inside the transport's send and never answered)."""
+    assert local_cluster.server is not None
+    shell = _FloodShell()
+    monkeypatch.setattr(local_cluster.server.environments, "open_shell", lambda *a: shell)
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    session = await olga.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    sending: asyncio.Queue[shpb.ShellRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[shpb.ShellRequest]:
+        yield shpb.ShellRequest(start=shpb.ShellStart(name="base", command=["sh"]))
+        while (request := await sending.get()) is not None:
+            yield request
+
+    stub = shell_service_pb2_grpc.ShellServiceStub(local_cluster.channel(session.secret))
+    call = stub.Shell(requests(), timeout=20)
+    assert (await call.read()).output.data.startswith(b"x")
+    await asyncio.sleep(0.5)  # the Host's sends now wait for the client to read
+    await olga.access.RevokeToken(apb.RevokeTokenRequest(token_id=session.token.token_id))
+    await sending.put(shpb.ShellRequest(stdin=b"after\n"))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        for _ in range(4000):
+            await call.read()
+    await sending.put(None)
+    assert (raised.value.code(), raised.value.details()) == (
+        CODE.UNAUTHENTICATED,
+        f"API token {session.token.token_id} was revoked",
+    )
+    assert shell.written == []
+    events = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(actor="olga", action="rpc"), timeout=5
+    )
+    assert [(e.target, e.outcome) for e in events.events] == [
+        ("/hakuriver.v1.ShellService/Shell", aupb.AUDIT_OUTCOME_REFUSED)
+    ]
 
 
 async def test_listed_tokens_never_carry_their_secrets(local_cluster: LocalCluster) -> None:

@@ -719,3 +719,15 @@ def test_choose_keeps_to_best_fit_as_nodes_change(steps: list[tuple[Request, str
         for cores in range(1, 10):  # and any size of request, after each change
             probe = Request(task_id(NOW, 1_000 + seq), cores, 0)
             assert scheduler.choose(probe) == _best_by_ranking_every_node(scheduler, probe, set())
+
+
+def test_a_numa_node_reporting_more_memory_than_its_node_holds_no_more_than_the_node() -> None:
+    """sysfs's NUMA figures are the machine's, a container's /proc may show less: a task
+    bound to that NUMA node can never get more than the node's memory."""
+    scheduler = Scheduler()
+    scheduler.upsert_node("a", (0, 1), 8 * 2**30, {0: (0, 1)}, numa_memory={0: 16 * 2**30})
+    request = Request(1, 1, 12 * 2**30, target="a", numa_node=0)
+    assert not scheduler.nodes["a"].could_ever_fit(request)
+    assert scheduler.never_fits(request) == (
+        "memory: 12884901888 bytes (12.9G) requested but NUMA node 0 of a has 8589934592 (8.6G)"
+    )

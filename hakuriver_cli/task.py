@@ -421,10 +421,15 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
 
 def _copy_log(link: Link, request: lpb.ReadLogRequest, max_lag: str) -> bool:
     """Write the output the Host sends for ``request`` to stdout, moving ``request.offset``
-    past every byte written (so a request sent again goes on from there); True at its end."""
+    past every byte written (so a request sent again goes on from there); True at its end.
+    A skip (``--max-lag``) lands at a line start: when what was written before it ends
+    mid-line, a newline ends that line, so the cut line is not glued onto the next one."""
     out = sys.stdout.buffer
+    at_line_start = True
     for chunk in log_stub(link).ReadLog(request):
         if chunk.offset > request.offset:
+            if not at_line_start:
+                out.write(b"\n")
             out.flush()
             cli.echo(
                 f"hakuriver: {chunk.offset - request.offset} bytes of output skipped "
@@ -433,6 +438,8 @@ def _copy_log(link: Link, request: lpb.ReadLogRequest, max_lag: str) -> bool:
             )
         out.write(chunk.data)
         out.flush()
+        if chunk.data:
+            at_line_start = chunk.data.endswith(b"\n")
         request.offset = chunk.offset + len(chunk.data)
     return True
 

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
+import requests
+
 from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.timestamps import to_timestamp
@@ -132,6 +134,9 @@ class Supervisor:
             # ``assigning`` on the Host.
             log.exception("task %s: starting it failed", task_id)
             reason = str(exc) or exc.__class__.__name__
+            if isinstance(exc, requests.exceptions.ConnectionError):
+                # Bare, it reads ('Connection aborted.', FileNotFoundError(...)): say whose.
+                reason = f"the Docker daemon did not answer ({reason})"
             await self._start_failed(
                 task_id, StartError(f"the runner could not start it: {reason}")
             )

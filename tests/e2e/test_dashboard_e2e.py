@@ -126,6 +126,95 @@ def test_a_queued_task_says_why_it_waits(site: Site) -> None:
     _no_problems(tab)
 
 
+def test_the_task_lists_filters_and_page_live_in_its_url(site: Site) -> None:
+    """Filter the list, go to an older page, open a task, go Back: the filter and the page
+    are kept (as are the Newer trail, and a reload); a link with the query shows that list,
+    and a query it cannot use is named above a list that still shows."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    tasks = site.tasks_as(site.alice)
+    # More pending tasks than a page (50) holds: aimed at the drained node, they wait.
+    request = tpb.SubmitTaskRequest(
+        command="true",
+        container_name=BASE_ENV,
+        targets=[task_pb2.Target(hostname=site.gpu_node)],
+        array=tpb.TaskArray(indices=list(range(55))),
+    )
+    submitted = tasks.SubmitTask(request, timeout=30).tasks
+    oldest, newest = submitted[0].task_id, submitted[-1].task_id
+    try:
+        tab = site.tab(site.alice)
+        page = tab.page
+        tab.goto("/tasks")
+        page.get_by_test_id("filter-status-pending").click()
+        page.wait_for_url(re.compile(r"/tasks\?status=pending$"))
+        expect(page.get_by_test_id(f"task-row-{newest}")).to_be_visible()
+        page.get_by_test_id("page-older").click()
+        page.wait_for_url(re.compile(r"/tasks\?status=pending&before=\d+$"))
+        listed = page.url
+
+        def shows_the_older_pending_page() -> None:
+            expect(page.get_by_test_id("filter-status-pending")).to_have_attribute(
+                "aria-pressed", "true"
+            )
+            expect(page.get_by_test_id(f"task-row-{oldest}")).to_be_visible()
+            expect(page.get_by_test_id(f"task-row-{newest}")).to_have_count(0)
+            assert page.url == listed
+
+        shows_the_older_pending_page()
+        page.get_by_test_id(f"task-row-{oldest}").get_by_role("link", name=str(oldest)).click()
+        page.wait_for_url(re.compile(rf"/tasks/{oldest}$"))
+        page.go_back()
+        shows_the_older_pending_page()
+        # The Newer trail came back with the entry: Newer is the newest page, not a guess.
+        expect(page.get_by_test_id("page-newer")).to_have_text("← Newer")
+        page.get_by_test_id("page-newer").click()
+        page.wait_for_url(re.compile(r"/tasks\?status=pending$"))
+        expect(page.get_by_test_id(f"task-row-{newest}")).to_be_visible()
+        page.get_by_test_id("page-older").click()
+        page.wait_for_url(listed)
+        page.reload()
+        shows_the_older_pending_page()
+        # The task page's own way back returns to the same list.
+        page.get_by_test_id(f"task-row-{oldest}").get_by_role("link", name=str(oldest)).click()
+        page.wait_for_url(re.compile(rf"/tasks/{oldest}$"))
+        page.get_by_test_id("back-to-tasks").click()
+        shows_the_older_pending_page()
+        # The menu's Tasks link is the whole list; Back returns to the filtered page.
+        page.locator("header.bar").get_by_role("link", name="Tasks", exact=True).click()
+        page.wait_for_url(re.compile(r"/tasks$"))
+        expect(page.get_by_test_id("filter-status-pending")).to_have_attribute(
+            "aria-pressed", "false"
+        )
+        expect(page.get_by_test_id(f"task-row-{newest}")).to_be_visible()
+        page.go_back()
+        shows_the_older_pending_page()
+        _no_problems(tab)
+
+        # A shared link, in a tab of its own: the same list; with no trail, Newer says it
+        # goes to the newest page.
+        shared = site.tab(site.alice)
+        page = shared.page
+        page.goto(listed)
+        shows_the_older_pending_page()
+        expect(page.get_by_test_id("page-newer")).to_have_text("← Newest")
+        shared.goto("/tasks?status=bogus&kind=vps&before=x")
+        expect(page.get_by_test_id("tasks-query-ignored")).to_have_text(
+            "Ignored in the address: status=bogus, before=x."
+        )
+        expect(page.get_by_test_id("filter-kind")).to_have_value(str(task_pb2.TASK_KIND_VPS))
+        expect(page.get_by_test_id("task-table")).to_be_visible()
+        # A node's page links to the list of its tasks.
+        shared.goto(f"/nodes/{site.gpu_node}")
+        page.get_by_test_id("node-all-tasks").click()
+        page.wait_for_url(re.compile(rf"/tasks\?node={re.escape(site.gpu_node)}$"))
+        expect(page.get_by_test_id("filter-node")).to_have_value(site.gpu_node)
+        _no_problems(shared)
+    finally:
+        tasks.KillBatch(tpb.KillBatchRequest(batch_id=submitted[0].batch_id), timeout=30)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
 def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
     request = tpb.SubmitTaskRequest(
         command="true", container_name=BASE_ENV, array=tpb.TaskArray(indices=[0, 7])

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
-from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    node_service_pb2 as npb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from tests.e2e.harness import SSHD_ENV, ProcessCluster, running_cluster, wait_for
+
+SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
 
 pytestmark = pytest.mark.docker
 
@@ -87,6 +96,55 @@ def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: Proce
     _open_gate(cluster, "runner-gate")
     cluster.start_runner()
     _assert_complete(cluster, task.task_id)
+
+
+def _stop_runner_at_once(cluster: ProcessCluster) -> None:
+    runner = cluster.runners[cluster.runner_names[0]]
+    runner.send_signal(signal.SIGTERM)
+    try:
+        code = runner.wait(15)
+    except subprocess.TimeoutExpired:
+        runner.kill()
+        runner.wait()
+        pytest.fail("the Runner did not exit within 15 s of SIGTERM")
+    assert code == 0, cluster.log(f"runner-{cluster.runner_names[0]}.log")
+
+
+def test_a_runner_stopped_while_a_task_runs_exits_and_readopts_it(
+    fresh_cluster: ProcessCluster,
+) -> None:
+    """SIGTERM stops a Runner at once, though pool threads wait for the running task's exit
+    and follow its output for as long as it lives. The task goes on and is adopted again."""
+    cluster = fresh_cluster
+    task = _gated_task(cluster, "stop-gate")
+    _stop_runner_at_once(cluster)
+    container = _container(cluster, task.task_id)
+    container.reload()
+    assert container.status == "running", "the container must outlive its runner"
+    _open_gate(cluster, "stop-gate")
+    cluster.start_runner()
+    _assert_complete(cluster, task.task_id)
+
+
+def test_a_runner_stopped_while_a_vps_runs_exits(
+    sshd_image: str, fresh_cluster: ProcessCluster
+) -> None:
+    """As above with a VPS: the Runner hung in the interpreter's exit, joining a pool thread
+    blocked in Docker's wait for the VPS, until systemd's SIGKILL."""
+    cluster = fresh_cluster
+    vps = cluster.tasks.SubmitTask(
+        tpb.SubmitTaskRequest(
+            kind=task_pb2.TASK_KIND_VPS,
+            container_name=SSHD_ENV,
+            ssh_public_key=SSH_KEY,
+        ),
+        timeout=30,
+    ).tasks[0]
+    cluster.wait_status(vps.task_id, {task_pb2.TASK_STATUS_RUNNING}, timeout=60)
+    _stop_runner_at_once(cluster)
+    container = _container(cluster, vps.task_id)
+    container.reload()
+    assert container.status == "running", "the VPS must outlive its runner"
 
 
 def test_silent_runner_goes_offline_and_its_tasks_are_lost_past_the_limit(

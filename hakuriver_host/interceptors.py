@@ -53,7 +53,7 @@ from hakuriver_host.errors import (
     Unavailable,
     WatcherBehind,
 )
-from hakuriver_host.identity import ANONYMOUS, Principal, set_caller
+from hakuriver_host.identity import ANONYMOUS, Kind, Principal, set_caller
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
 
@@ -205,8 +205,18 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if self.turns is not None:
             metrics.calls_waiting.set_function(self.turns.waiting)
         self._series: dict[str, _Method] = {}
+        # The streams of API callers under way (``end_streams``).
+        self.streams: set[_Call] = set()
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)
+
+    def end_streams(self, why: ApiError) -> None:
+        """End every API caller's stream with ``why`` (the Host stopping), not a Runner's:
+        cancelled by the web server as it stops, a Connect stream ended as if it were
+        complete (the runtime sends a clean end for a cancelled call), and a follower took
+        a running task's output for finished."""
+        for call in list(self.streams):
+            call.end(why)
 
     def note_malformed(self, method: str, malformed: Malformed) -> None:
         """One log line per method and message type per interval."""
@@ -412,14 +422,19 @@ class _Call:
                 self.cut = message.error()
                 raise MalformedRequest(self.cut.message)
             if (refused := self._refused_now()) is not None:
-                self.cut = refused
-                # Its reader task ending would not end the call. Handing a response on, it
-                # ends the call itself once the transport took it (``streaming``).
-                serving = self.serving
-                if serving not in (None, asyncio.current_task()) and not self.handing_on:
-                    serving.cancel()
+                if self.serving is asyncio.current_task():
+                    self.cut = refused
+                else:  # its reader task ending would not end the call
+                    self.end(refused)
                 raise RefusedNow(refused.message)
             yield message
+
+    def end(self, why: ApiError) -> None:
+        """End the call with ``why``: the serving task is cancelled while in the servicer;
+        handing a response on, it ends once the transport took it (``streaming``)."""
+        self.cut = why
+        if self.serving is not None and not self.handing_on:
+            self.serving.cancel()
 
     def _refused_now(self) -> ApiError | None:
         """Why the caller may no longer go on with a stream authorised when it began (its
@@ -534,6 +549,8 @@ class _Call:
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             start = time.perf_counter()
             error: BaseException | None = None
+            if self.who.kind not in (Kind.RUNNER, Kind.JOINING):
+                self.owner.streams.add(self)
             try:
                 request = await self._enter(request, context)
                 async with contextlib.aclosing(inner(request, context)) as responses:
@@ -558,6 +575,7 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
+                self.owner.streams.discard(self)
                 self._record(start, error, context)
 
         return stream

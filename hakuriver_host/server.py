@@ -48,6 +48,7 @@ from hakuriver_host.cluster import Cluster
 from hakuriver_host.connect_bridge import connect_app
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
+from hakuriver_host.errors import Unavailable
 from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -405,6 +406,8 @@ class HostServer:
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
+        # Watches and followers learn the Host is going, on either transport, and come back.
+        self.gate.end_streams(Unavailable("the Host is stopping: ask again once it is back"))
         if self._web is not None:
             try:
                 await self._web.stop()

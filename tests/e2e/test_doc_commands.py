@@ -6,6 +6,7 @@ with their reason. See docs/development.md, "Commands in the docs"."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
@@ -208,9 +210,12 @@ def reader(
         yield reader
         os.kill(reader.agent_pid, signal.SIGTERM)
     finally:
-        for container in cluster.docker.containers.list(all=True, filters=environments):
+        # Another cluster on the same Docker may remove its own meanwhile.
+        found = cluster.docker.containers.list(all=True, filters=environments, ignore_removed=True)
+        for container in found:
             if container.id not in before:
-                container.remove(force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    container.remove(force=True)
         cluster.stop()
 
 

@@ -20,9 +20,13 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2 as aupb,
+    log_service_pb2 as lpb,
+    log_service_pb2_grpc,
     node_service_pb2 as npb,
+    task_pb2,
     task_service_pb2 as tpb,
 )
 from hakuriver_host import web_app
@@ -376,3 +380,49 @@ async def test_a_server_stream_ends_when_its_connect_timeout_passes(
     watch = "/" + TASKS + "WatchTask"
     assert counts.get((watch, "DEADLINE_EXCEEDED")) == 1, counts
     assert (watch, "CANCELLED") not in counts, counts
+
+
+async def test_a_followed_log_ends_unavailable_when_the_host_stops(
+    local_cluster: LocalCluster,
+) -> None:
+    """Over either transport a follower learns the Host is going, and comes back: over
+    Connect, the web server cancelling the call as it stopped gave a clean end of stream,
+    and the CLI took the running task's output for finished (exit 0)."""
+    runner = await local_cluster.add_runner(answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    runner.write(task.task_id, b"first\n")
+    api = endpoint(local_cluster)
+    request = {"taskId": str(task.task_id), "stream": "LOG_STREAM_STDOUT", "follow": True}
+    over_connect = asyncio.create_task(
+        asyncio.to_thread(
+            api.stream,
+            "hakuriver.v1.LogService/ReadLog",
+            request,
+            local_cluster.admin_token,
+            100,
+        )
+    )
+    # A channel of its own: the cluster's are closed before its Host stops.
+    channel = open_aio_channel(local_cluster.config, local_cluster.admin_token)
+    over_grpc = log_service_pb2_grpc.LogServiceStub(channel).ReadLog(
+        lpb.ReadLogRequest(task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, follow=True),
+        timeout=20,
+    )
+    assert (await over_grpc.read()).data == b"first\n"
+    await asyncio.sleep(0.3)  # the Connect follower has its first message too
+    await local_cluster.stop_host()
+    messages, end = await asyncio.wait_for(over_connect, 20)
+    assert [base64.b64decode(m["data"]) for m in messages] == [b"first\n"]
+    assert end == {
+        "error": {
+            "code": "unavailable",
+            "message": "the Host is stopping: ask again once it is back",
+        }
+    }
+    with pytest.raises(grpc.aio.AioRpcError) as ended:
+        await over_grpc.read()
+    await channel.close()
+    assert (ended.value.code(), ended.value.details()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "the Host is stopping: ask again once it is back",
+    )

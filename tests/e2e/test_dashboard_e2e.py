@@ -233,6 +233,90 @@ def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
     _no_problems(tab)
 
 
+def test_a_job_array_is_listed_and_summed_up_from_its_link_and_url(site: Site) -> None:
+    """An array's ARRAY_ID[INDEX] label, in the list and on a task's page, links to the
+    list of that array (/tasks?batch=ID), summed up above it by the Host and kept live;
+    the filter combines with the others in the URL; another user's array, or none, shows
+    the Host's "not found"."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    tasks = site.tasks_as(site.alice)
+
+    def pending_array(count: int, max_running: int = 0) -> list[task_pb2.Task]:
+        request = tpb.SubmitTaskRequest(
+            command="true",
+            container_name=BASE_ENV,
+            targets=[task_pb2.Target(hostname=site.gpu_node)],
+            array=tpb.TaskArray(indices=list(range(count)), max_running=max_running),
+        )
+        return list(tasks.SubmitTask(request, timeout=30).tasks)
+
+    first, other = pending_array(3, max_running=2), pending_array(2)
+    array, other_id = first[0].batch_id, other[0].batch_id
+    try:
+        tasks.KillTask(tpb.KillTaskRequest(task_id=first[1].task_id), timeout=10)
+        tab = site.tab(site.alice)
+        page = tab.page
+        tab.goto("/tasks")
+        label = page.get_by_test_id(f"task-row-{first[2].task_id}").get_by_test_id("task-array")
+        label.get_by_role("link").click()
+        page.wait_for_url(re.compile(rf"/tasks\?batch={array}$"))
+        summary = page.get_by_test_id("batch-summary")
+        line = f"array {array}: 3 tasks, at most 2 at once"
+        expect(summary).to_have_text(f"{line}: 2 pending, 1 killed")
+        for task in first:
+            expect(page.get_by_test_id(f"task-row-{task.task_id}")).to_be_visible()
+        for task in other:
+            expect(page.get_by_test_id(f"task-row-{task.task_id}")).to_have_count(0)
+        # The counts follow the array's tasks.
+        tasks.KillTask(tpb.KillTaskRequest(task_id=first[0].task_id), timeout=10)
+        expect(summary).to_have_text(f"{line}: 1 pending, 2 killed")
+        # With another filter, in the URL.
+        tab.goto(f"/tasks?status=killed&batch={array}")
+        expect(page.get_by_test_id("filter-status-killed")).to_have_attribute(
+            "aria-pressed", "true"
+        )
+        expect(page.get_by_test_id(f"task-row-{first[0].task_id}")).to_be_visible()
+        expect(page.get_by_test_id(f"task-row-{first[1].task_id}")).to_be_visible()
+        expect(page.get_by_test_id(f"task-row-{first[2].task_id}")).to_have_count(0)
+        expect(summary).to_contain_text(f"array {array}: 3 tasks")
+        # From a task's page to its array's list, and from there back to all tasks.
+        tab.goto(f"/tasks/{other[1].task_id}")
+        page.get_by_test_id("task-array").get_by_role("link").click()
+        page.wait_for_url(re.compile(rf"/tasks\?batch={other_id}$"))
+        expect(summary).to_have_text(f"array {other_id}: 2 tasks: 2 pending")
+        expect(page.get_by_test_id(f"task-row-{other[0].task_id}")).to_be_visible()
+        expect(page.get_by_test_id(f"task-row-{first[2].task_id}")).to_have_count(0)
+        page.get_by_test_id("batch-clear").click()
+        page.wait_for_url(re.compile(r"/tasks$"))
+        expect(page.get_by_test_id(f"task-row-{first[2].task_id}")).to_be_visible()
+        expect(page.get_by_test_id("batch")).to_have_count(0)
+        tab.goto("/tasks?batch=x&kind=command")
+        expect(page.get_by_test_id("tasks-query-ignored")).to_have_text(
+            "Ignored in the address: batch=x."
+        )
+        expect(page.get_by_test_id(f"task-row-{first[2].task_id}")).to_be_visible()
+        _no_problems(tab)
+
+        # Bob may not see Alice's array: the Host's "not found", as for an unknown one.
+        bob = site.tab(site.bob)
+        for batch_id in (array, 999_999_999):
+            bob.goto(f"/tasks?batch={batch_id}")
+            expect(bob.page.get_by_test_id("batch-error")).to_have_text(
+                f"batch_id: batch {batch_id} not found"
+            )
+            expect(bob.page.get_by_test_id("batch-summary")).to_have_count(0)
+            expect(bob.page.get_by_test_id("task-table")).to_contain_text(
+                "No tasks match these filters."
+            )
+        # The browser logs the refused calls (404) itself; nothing else went wrong.
+        assert bob.problems and all("status of 404" in p for p in bob.problems), bob.problems
+    finally:
+        for batch_id in (array, other_id):
+            tasks.KillBatch(tpb.KillBatchRequest(batch_id=batch_id), timeout=30)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
 def test_home_counts_are_the_hosts_and_follow_new_tasks(site: Site) -> None:
     """The overview shows the Host's counts (CountTasks; its counting of more tasks than a
     list holds is tests/unit/test_count_tasks.py's) and they move when a task ends."""

@@ -17,24 +17,21 @@ every attempt and every receiver (a receiver drops repeats).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import hashlib
 import hmac
 import json
 import logging
-import threading
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
 from hakuriver_common.config import WebhookConfig
+from hakuriver_common.daemon_threads import on_daemon_thread
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000
@@ -67,34 +64,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 _opener = urllib.request.build_opener(_NoRedirect)
-
-
-async def _on_own_thread(fn: Callable[[], None]) -> None:
-    """``fn()`` on a daemon thread of its own. A POST to a receiver that never answers
-    blocks for its timeout: on the loop's executor it would hold a thread the Host's other
-    work needs, and the Host's exit, which waits for every executor thread."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(error: BaseException | None) -> None:
-        if done.done():  # cancelled: the Host is stopping
-            return
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
-
-    def work() -> None:
-        error: BaseException | None = None
-        try:
-            fn()
-        except BaseException as exc:
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, error)
-
-    threading.Thread(target=work, name="hakuriver-webhook", daemon=True).start()
-    await done
 
 
 class Webhook:
@@ -135,7 +104,7 @@ class Webhook:
         try:
             async for attempt in attempts:
                 with attempt:
-                    await _on_own_thread(functools.partial(self._post, payload))
+                    await on_daemon_thread(self._post, payload, name="hakuriver-webhook")
         except Exception as exc:  # one bad delivery must not end the worker
             log.warning(
                 "webhook %s: giving up on %s after %d attempts: %s",

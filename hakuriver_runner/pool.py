@@ -16,18 +16,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hakuriver_common.daemon_threads import call_into
+
 T = TypeVar("T")
 MAX_THREADS = 128
 _Work = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class BlockingPool:
@@ -65,14 +58,8 @@ class BlockingPool:
             if work is None:
                 return
             fn, args, future = work
-            result, error = None, None
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                error = exc
-            with contextlib.suppress(RuntimeError):  # its loop closed meanwhile
-                future.get_loop().call_soon_threadsafe(_settle, future, result, error)
-            del work, fn, args, future, result, error
+            call_into(future, fn, *args)
+            del work, fn, args, future
             self._idle.release()
 
     def shutdown(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -86,16 +87,27 @@ def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: ProcessClu
     _assert_complete(cluster, task.task_id)
 
 
-def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: ProcessCluster) -> None:
-    cluster = fresh_cluster
-    task = _gated_task(cluster, "runner-gate")
-    cluster.kill_runner()
-    container = _container(cluster, task.task_id)
+def _outlives_its_runner(cluster: ProcessCluster, task_id: int, what: str) -> None:
+    container = _container(cluster, task_id)
     container.reload()
-    assert container.status == "running", "the container must outlive its runner"
-    _open_gate(cluster, "runner-gate")
+    assert container.status == "running", f"the {what} must outlive its runner"
+
+
+def _survives_and_is_readopted(
+    cluster: ProcessCluster, gate: str, stop: Callable[[ProcessCluster], None]
+) -> None:
+    """A gated task goes on through ``stop`` of its Runner, and the restarted Runner adopts
+    it: it completes with all its output."""
+    task = _gated_task(cluster, gate)
+    stop(cluster)
+    _outlives_its_runner(cluster, task.task_id, "container")
+    _open_gate(cluster, gate)
     cluster.start_runner()
     _assert_complete(cluster, task.task_id)
+
+
+def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: ProcessCluster) -> None:
+    _survives_and_is_readopted(fresh_cluster, "runner-gate", ProcessCluster.kill_runner)
 
 
 def _stop_runner_at_once(cluster: ProcessCluster) -> None:
@@ -115,15 +127,7 @@ def test_a_runner_stopped_while_a_task_runs_exits_and_readopts_it(
 ) -> None:
     """SIGTERM stops a Runner at once, though pool threads wait for the running task's exit
     and follow its output for as long as it lives. The task goes on and is adopted again."""
-    cluster = fresh_cluster
-    task = _gated_task(cluster, "stop-gate")
-    _stop_runner_at_once(cluster)
-    container = _container(cluster, task.task_id)
-    container.reload()
-    assert container.status == "running", "the container must outlive its runner"
-    _open_gate(cluster, "stop-gate")
-    cluster.start_runner()
-    _assert_complete(cluster, task.task_id)
+    _survives_and_is_readopted(fresh_cluster, "stop-gate", _stop_runner_at_once)
 
 
 def test_a_runner_stopped_while_a_vps_runs_exits(
@@ -142,9 +146,7 @@ def test_a_runner_stopped_while_a_vps_runs_exits(
     ).tasks[0]
     cluster.wait_status(vps.task_id, {task_pb2.TASK_STATUS_RUNNING}, timeout=60)
     _stop_runner_at_once(cluster)
-    container = _container(cluster, vps.task_id)
-    container.reload()
-    assert container.status == "running", "the VPS must outlive its runner"
+    _outlives_its_runner(cluster, vps.task_id, "VPS")
 
 
 def test_silent_runner_goes_offline_and_its_tasks_are_lost_past_the_limit(

@@ -450,13 +450,12 @@ class _EchoShell:
         return 0
 
 
-async def test_a_revoked_token_types_nothing_more_into_a_shell(
-    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The request side of a stream is checked too: input sent once the token is revoked
-    never reaches the process."""
+async def _operator_shell(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, shell: _EchoShell, deadline: float
+) -> tuple[Client, apb.CreateTokenResponse, asyncio.Queue[shpb.ShellRequest | None], Any]:
+    """Operator olga's terminal on ``shell`` through a token of its own: her client, that
+    token, the queue her input goes through (None ends it), and the call."""
     assert local_cluster.server is not None
-    shell = _EchoShell()
     monkeypatch.setattr(local_cluster.server.environments, "open_shell", lambda *a: shell)
     olga = await local_cluster.add_user("olga", Role.OPERATOR)
     session = await olga.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
@@ -468,7 +467,16 @@ async def test_a_revoked_token_types_nothing_more_into_a_shell(
             yield request
 
     stub = shell_service_pb2_grpc.ShellServiceStub(local_cluster.channel(session.secret))
-    call = stub.Shell(requests(), timeout=10)
+    return olga, session, sending, stub.Shell(requests(), timeout=deadline)
+
+
+async def test_a_revoked_token_types_nothing_more_into_a_shell(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The request side of a stream is checked too: input sent once the token is revoked
+    never reaches the process."""
+    shell = _EchoShell()
+    olga, session, sending, call = await _operator_shell(local_cluster, monkeypatch, shell, 10)
     await sending.put(shpb.ShellRequest(stdin=b"before\n"))
     assert (await call.read()).output.data == b"before\n"
     await olga.access.RevokeToken(apb.RevokeTokenRequest(token_id=session.token.token_id))
@@ -508,20 +516,8 @@ async def test_a_revoked_token_ends_a_shell_whose_output_the_client_is_behind_on
     """Revoked while the call was handing output on (the client reading slowly): the call
     still ends with the refusal, audited, once the client reads what was sent (it was cut
     inside the transport's send and never answered)."""
-    assert local_cluster.server is not None
     shell = _FloodShell()
-    monkeypatch.setattr(local_cluster.server.environments, "open_shell", lambda *a: shell)
-    olga = await local_cluster.add_user("olga", Role.OPERATOR)
-    session = await olga.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
-    sending: asyncio.Queue[shpb.ShellRequest | None] = asyncio.Queue()
-
-    async def requests() -> AsyncIterator[shpb.ShellRequest]:
-        yield shpb.ShellRequest(start=shpb.ShellStart(name="base", command=["sh"]))
-        while (request := await sending.get()) is not None:
-            yield request
-
-    stub = shell_service_pb2_grpc.ShellServiceStub(local_cluster.channel(session.secret))
-    call = stub.Shell(requests(), timeout=20)
+    olga, session, sending, call = await _operator_shell(local_cluster, monkeypatch, shell, 20)
     assert (await call.read()).output.data.startswith(b"x")
     await asyncio.sleep(0.5)  # the Host's sends now wait for the client to read
     await olga.access.RevokeToken(apb.RevokeTokenRequest(token_id=session.token.token_id))

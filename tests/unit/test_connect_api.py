@@ -14,6 +14,7 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -105,21 +106,27 @@ async def test_refusals_and_errors_are_the_grpc_ones(local_cluster: LocalCluster
     assert listed.json().get("tasks", []) == [], "alice sees none of bob's tasks"
 
 
+def _following(task_id: int) -> dict[str, Any]:
+    return {"taskId": str(task_id), "stream": "LOG_STREAM_STDOUT", "follow": True}
+
+
+async def _follow_over_connect(
+    api: Endpoint, request: dict[str, Any], cluster: LocalCluster, limit: int
+) -> tuple[list[Any], Any]:
+    """The admin's ReadLog ``request`` over Connect, on a thread: up to ``limit`` messages
+    and the end of stream (Endpoint.stream)."""
+    return await asyncio.to_thread(
+        api.stream, "hakuriver.v1.LogService/ReadLog", request, cluster.admin_token, limit
+    )
+
+
 async def test_a_log_follows_over_a_server_stream(local_cluster: LocalCluster) -> None:
     runner = await local_cluster.add_runner(answer=HOLD)
     [task] = await local_cluster.submit_running()
     runner.write(task.task_id, b"first\n")
     api = endpoint(local_cluster)
-    request = {"taskId": str(task.task_id), "stream": "LOG_STREAM_STDOUT", "follow": True}
-    reading = asyncio.create_task(
-        asyncio.to_thread(
-            api.stream,
-            "hakuriver.v1.LogService/ReadLog",
-            request,
-            local_cluster.admin_token,
-            2,
-        )
-    )
+    request = _following(task.task_id)
+    reading = asyncio.create_task(_follow_over_connect(api, request, local_cluster, 2))
     await asyncio.sleep(0.3)
     runner.write(task.task_id, b"second\n")
     messages, end = await asyncio.wait_for(reading, 10)
@@ -391,16 +398,8 @@ async def test_a_followed_log_ends_unavailable_when_the_host_stops(
     runner = await local_cluster.add_runner(answer=HOLD)
     [task] = await local_cluster.submit_running()
     runner.write(task.task_id, b"first\n")
-    api = endpoint(local_cluster)
-    request = {"taskId": str(task.task_id), "stream": "LOG_STREAM_STDOUT", "follow": True}
     over_connect = asyncio.create_task(
-        asyncio.to_thread(
-            api.stream,
-            "hakuriver.v1.LogService/ReadLog",
-            request,
-            local_cluster.admin_token,
-            100,
-        )
+        _follow_over_connect(endpoint(local_cluster), _following(task.task_id), local_cluster, 100)
     )
     # A channel of its own: the cluster's are closed before its Host stops.
     channel = open_aio_channel(local_cluster.config, local_cluster.admin_token)

@@ -170,56 +170,49 @@ async def test_plain_http_against_the_https_dashboard_says_so(
     link.close()
 
 
-async def test_a_host_that_stops_mid_call_is_not_taken_for_a_tls_port() -> None:
-    """A plain HTTP call whose Host dies before answering (SIGKILL mid create-tar) was told
-    `it expects TLS (remove dashboard.plaintext ...)`, as the connection closed unanswered."""
+async def _call_to_a_host_that_dies(says: bytes) -> tuple[CallError, int]:
+    """ListNodes over a link to a one-call Host that reads the request, sends ``says`` and
+    dies; the error it ends with and the Host's port."""
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
     def host_that_dies() -> None:
         conn, _ = listener.accept()
         conn.recv(65536)
+        conn.sendall(says)
         listener.close()
         conn.close()
 
     dying = threading.Thread(target=host_that_dies, daemon=True)
     dying.start()
     link = ConnectLink("127.0.0.1", port, None, "127.0.0.1", "", _no_grpc)
-    gone = await in_thread(
-        lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10))
-    )
-    dying.join(10)
+    try:
+        gone = await in_thread(
+            lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10))
+        )
+    finally:
+        dying.join(10)
+        link.close()
+    return gone, port
+
+
+async def test_a_host_that_stops_mid_call_is_not_taken_for_a_tls_port() -> None:
+    """A plain HTTP call whose Host dies before answering (SIGKILL mid create-tar) was told
+    `it expects TLS (remove dashboard.plaintext ...)`, as the connection closed unanswered."""
+    gone, _ = await _call_to_a_host_that_dies(b"")
     assert gone.status is Status.UNAVAILABLE
     assert "TLS" not in gone.problem and "did hakuriver.host stop or restart?" in gone.problem
-    link.close()
 
 
 async def test_a_host_that_stops_in_the_middle_of_an_answer_is_said_so() -> None:
     """The answer's headers came, then the Host died before the rest (SIGKILL during
     create-tar's progress): `the connection ... broke: IncompleteRead(0 bytes read)` said
     nothing a user could act on."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def host_that_dies() -> None:
-        conn, _ = listener.accept()
-        conn.recv(65536)
-        conn.sendall(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 100\r\n\r\npart"
-        )
-        listener.close()
-        conn.close()
-
-    dying = threading.Thread(target=host_that_dies, daemon=True)
-    dying.start()
-    link = ConnectLink("127.0.0.1", port, None, "127.0.0.1", "", _no_grpc)
-    gone = await in_thread(
-        lambda: failure(lambda: node_stub(link).ListNodes(npb.ListNodesRequest(), timeout=10))
+    gone, port = await _call_to_a_host_that_dies(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/proto\r\nContent-Length: 100\r\n\r\npart"
     )
-    dying.join(10)
     assert gone.status is Status.UNAVAILABLE
     assert gone.problem == (
         f"the host at 127.0.0.1:{port} closed the connection in the middle of its answer "
         "(did hakuriver.host stop or restart?)"
     )
-    link.close()

@@ -3,12 +3,14 @@ priority order, drain, and killing a task that never left the queue."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, eventually
+from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
 
 
@@ -125,9 +127,10 @@ async def _idle(cluster: LocalCluster, hostname: str) -> object:
     return node if node.active_tasks == 0 else None
 
 
-async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: LocalCluster) -> None:
+async def _two_numa_nodes(cluster: LocalCluster, **more: Any) -> FakeRunner:
+    """Runner "a": 8 cores and 16 GiB, as NUMA nodes 0 and 1 of 4 cores and 8 GiB each."""
     gib = 2**30
-    runner = await local_cluster.add_runner(
+    return await cluster.add_runner(
         "a",
         cores=8,
         memory_bytes=16 * gib,
@@ -135,6 +138,13 @@ async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: Local
             node_pb2.NumaNode(id=0, cpus=range(4), memory_bytes=8 * gib),
             node_pb2.NumaNode(id=1, cpus=range(4, 8), memory_bytes=8 * gib),
         ],
+        **more,
+    )
+
+
+async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: LocalCluster) -> None:
+    runner = await _two_numa_nodes(
+        local_cluster,
         gpus=[node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(2)],
         answer=HOLD,
     )
@@ -165,16 +175,7 @@ async def test_a_numa_target_asking_more_memory_than_its_numa_node_has_is_refuse
 ) -> None:
     """Its memory is bound to the NUMA node (cpuset-mems), so more than that node has could
     never be used: refused naming the NUMA node's memory, not queued or run to be OOM-killed."""
-    gib = 2**30
-    await local_cluster.add_runner(
-        "a",
-        cores=8,
-        memory_bytes=16 * gib,
-        numa_nodes=[
-            node_pb2.NumaNode(id=0, cpus=range(4), memory_bytes=8 * gib),
-            node_pb2.NumaNode(id=1, cpus=range(4, 8), memory_bytes=8 * gib),
-        ],
-    )
+    await _two_numa_nodes(local_cluster)
     numa = [task_pb2.Target(hostname="a", numa_node_id=1)]
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await local_cluster.submit("big", memory="10Gi", targets=numa)

@@ -15,25 +15,38 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, eventually
+from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
 
 
-async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
+async def _alices_vps_ticket(
     local_cluster: LocalCluster,
-) -> None:
+) -> tuple[FakeRunner, spb.CreateSshTicketResponse]:
+    """User alice's VPS running on a held Runner, and a ticket she got for it."""
     runner = await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")
     request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
     [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
     await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
     issued = await alice.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))
-    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+    return runner, issued
+
+
+async def _to_the_proxy(
+    local_cluster: LocalCluster,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     assert local_cluster.server is not None
-    port = local_cluster.server.ssh_proxy_port
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    return await asyncio.open_connection("127.0.0.1", local_cluster.server.ssh_proxy_port)
+
+
+async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
+    local_cluster: LocalCluster,
+) -> None:
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+    reader, writer = await _to_the_proxy(local_cluster)
     try:
         writer.write(f"TICKET {issued.ticket}\n".encode())
         await writer.drain()
@@ -47,9 +60,7 @@ async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
 async def test_an_over_long_request_line_gets_the_protocols_answer(
     local_cluster: LocalCluster,
 ) -> None:
-    assert local_cluster.server is not None
-    port = local_cluster.server.ssh_proxy_port
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await _to_the_proxy(local_cluster)
     try:
         writer.write(b"x" * 100_000 + b"\n")
         await writer.drain()
@@ -60,15 +71,8 @@ async def test_an_over_long_request_line_gets_the_protocols_answer(
 
 
 async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: LocalCluster) -> None:
-    runner = await local_cluster.add_runner("a", answer=HOLD)
-    alice = await local_cluster.add_user("alice")
-    request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
-    [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
-    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
-    issued = await alice.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))
-    assert local_cluster.server is not None
-    port = local_cluster.server.ssh_proxy_port
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    reader, writer = await _to_the_proxy(local_cluster)
     try:
         writer.write(f"TICKET {issued.ticket}\n".encode())
         await writer.drain()

@@ -12,27 +12,26 @@ from hakuriver_host.main import main
 from hakuriver_host.store import DatabaseError, Store
 
 
-def test_a_database_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}")  # a folder, not a file
+def _migrating_fails(url: str) -> str:
+    """What the store at ``url`` says when it cannot be migrated."""
+    store = Store(url)
     try:
         with pytest.raises(DatabaseError) as raised:
             store.migrate()
     finally:
         store.close()
-    message = str(raised.value)
+    return str(raised.value)
+
+
+def test_a_database_file_that_cannot_be_opened_is_one_line(tmp_path: Path) -> None:
+    message = _migrating_fails(f"sqlite:///{tmp_path}")  # a folder, not a file
     assert "\n" not in message
     assert str(tmp_path) in message and "database.db_file" in message
     assert "unable to open database file" in message
 
 
 def test_an_unreachable_server_is_named_without_its_password(tmp_path: Path) -> None:
-    store = Store("postgresql+psycopg://river:hunter2@127.0.0.1:1/hakuriver")
-    try:
-        with pytest.raises(DatabaseError) as raised:
-            store.migrate()
-    finally:
-        store.close()
-    message = str(raised.value)
+    message = _migrating_fails("postgresql+psycopg://river:hunter2@127.0.0.1:1/hakuriver")
     assert "\n" not in message and "hunter2" not in message
     assert "river:***@127.0.0.1:1/hakuriver" in message and "database.url" in message
 

@@ -1,6 +1,6 @@
 PY ?= python3
 
-.PHONY: protos protos-check lint migration test test-unit bench quickstart fuzz
+.PHONY: protos protos-check lint lock migration test test-unit bench quickstart fuzz
 
 protos:  ## regenerate the Python, gRPC, Connect and mypy stubs and the TypeScript (dashboard, Node example)
 	scripts/ensure-node.sh
@@ -13,6 +13,12 @@ protos-check:  ## fail if generated code is out of date
 
 lint:  ## ruff, mypy, buf lint, buf breaking
 	./scripts/lint.sh
+
+lock:  ## upgrade the Python packages in the .venv to the newest releases pyproject.toml allows and write them to constraints.txt
+	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
+		"$$PY" -m pip install --disable-pip-version-check -q --upgrade -e ".[dev]"; \
+		{ sed -n "/^#/p" constraints.txt; "$$PY" -m pip freeze --exclude-editable; } > constraints.txt.new; \
+		mv constraints.txt.new constraints.txt'
 
 migration:  ## draft the next schema migration from the models: make migration MESSAGE="what changed"
 	.venv/bin/python scripts/new_migration.py "$(MESSAGE)"

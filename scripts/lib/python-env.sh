@@ -24,10 +24,10 @@ else
         PY="$PWD/.venv/bin/python"
     fi
     MARKER="$("$PY" -c 'import sys; print(sys.prefix)')/.hakuriver-installed"
-    if [ ! -f "$MARKER" ] || [ pyproject.toml -nt "$MARKER" ]; then
+    if [ ! -f "$MARKER" ] || [ pyproject.toml -nt "$MARKER" ] || [ constraints.txt -nt "$MARKER" ]; then
         echo "==> installing Python packages (log: .pip-install.log)"
         if ! { "$PY" -m pip install --disable-pip-version-check -q --upgrade pip \
-            && "$PY" -m pip install --disable-pip-version-check -q -e '.[dev]'; } \
+            && "$PY" -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[dev]'; } \
             >.pip-install.log 2>&1; then
             tail -40 .pip-install.log >&2
             echo "error: installing Python packages failed (see .pip-install.log)" >&2

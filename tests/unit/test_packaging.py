@@ -1,7 +1,9 @@
 """What the package declares is what its code needs: every distribution HakuRiver's modules
 import is a declared dependency, every declared dependency is imported by them (test-only
-ones belong in the ``dev`` extra), the version the tools print is the package's, and every
-command that prints a result takes --json."""
+ones belong in the ``dev`` extra), the runtime floors admit no release the committed stubs
+refuse, constraints.txt pins a version of every requirement that the requirement allows, the
+version the tools print is the package's, and every command that prints a result takes
+--json."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 import hakuriver_common
 from hakuriver_common.commands import App, Command
@@ -70,6 +75,51 @@ def test_every_declared_dependency_is_imported() -> None:
     imported = set().union(*(_distributions(top) for top in _imported_top_levels()))
     declared = {_name(r) for r in _project()["dependencies"]}  # type: ignore[attr-defined]
     assert declared - imported == set()
+
+
+def _requirements() -> list[Requirement]:
+    project = _project()
+    listed = [*project["dependencies"], *project["optional-dependencies"]["dev"]]  # type: ignore[index]
+    return [Requirement(r) for r in listed]
+
+
+def _constraints() -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[_name(name)] = Version(version)
+    return pins
+
+
+def _floor(distribution: str) -> Version:
+    (requirement,) = [r for r in _requirements() if _name(r.name) == distribution]
+    (floor,) = [Version(s.version) for s in requirement.specifier if s.operator == ">="]
+    return floor
+
+
+def _generated(pattern: str, files: str) -> set[Version]:
+    stubs = ROOT / "hakuriver_common" / "proto"
+    return {Version(m) for f in stubs.rglob(files) for m in re.findall(pattern, f.read_text())}
+
+
+def test_constraints_pin_every_requirement_within_its_range() -> None:
+    pins = _constraints()
+    outside = {
+        str(r): str(pins.get(_name(r.name), "unpinned"))
+        for r in _requirements()
+        if _name(r.name) not in pins or pins[_name(r.name)] not in r.specifier
+    }
+    assert outside == {}
+
+
+def test_runtime_floors_admit_no_release_the_stubs_refuse() -> None:
+    grpc_made = _generated(r"GRPC_GENERATED_VERSION = '([0-9.]+)'", "*_pb2_grpc.py")
+    protobuf_made = _generated(r"# Protobuf Python Version: ([0-9.]+)", "*_pb2.py")
+    assert grpc_made and protobuf_made
+    for distribution in ("grpcio", "grpcio-health-checking", "grpcio-reflection"):
+        assert _floor(distribution) >= max(grpc_made), distribution
+    assert _floor("protobuf") >= max(protobuf_made)
 
 
 def test_the_version_is_the_packages() -> None:

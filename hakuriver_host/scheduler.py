@@ -73,6 +73,9 @@ class NodeResources:
     draining: bool = False
     free_cpus: set[int] = field(default_factory=set)
     used_memory_bytes: int = 0
+    # Memory held by the tasks bound to each NUMA node (their memory is allocated there
+    # alone): what is left of a NUMA node's is what another bound task may ask for.
+    numa_used: dict[int, int] = field(default_factory=dict)
     free_gpus: set[int] = field(default_factory=set)
     holders: dict[int, Allocation] = field(default_factory=dict)
 
@@ -117,12 +120,21 @@ class NodeResources:
         return tuple(sorted(self.free_gpus)[: request.gpu_count])
 
     def has_room(self, request: Request) -> bool:
-        """Cheap necessary condition for ``fit``: enough free cores, memory and GPUs."""
+        """Cheap necessary condition for ``fit``: enough free cores, memory and GPUs, and
+        for a NUMA-bound request enough of its NUMA node's memory."""
         return (
             self.free_cores >= request.cores
             and self.free_memory_bytes >= request.memory_bytes
             and len(self.free_gpus) >= request.gpus_wanted
+            and (
+                request.numa_node is None
+                or self.numa_free_memory(request.numa_node) >= request.memory_bytes
+            )
         )
+
+    def numa_free_memory(self, numa_node: int) -> int:
+        """What is left of a NUMA node's memory for another task bound to it."""
+        return self.memory_for(numa_node) - self.numa_used.get(numa_node, 0)
 
     def fit(self, request: Request) -> Allocation | None:
         if not self.has_room(request):
@@ -140,12 +152,24 @@ class NodeResources:
         self.free_cpus -= set(allocation.cpus)
         self.free_gpus -= set(allocation.gpus)
         self.used_memory_bytes += allocation.memory_bytes
+        self.count_numa(allocation, allocation.memory_bytes)
 
     def unhold(self, task_id: int) -> None:
         allocation = self.holders.pop(task_id)
         self.free_cpus |= set(allocation.cpus) & set(self.cpus)
         self.free_gpus |= set(allocation.gpus) & set(self.gpus)
         self.used_memory_bytes -= allocation.memory_bytes
+        self.count_numa(allocation, -allocation.memory_bytes)
+
+    def count_numa(self, allocation: Allocation, memory_bytes: int) -> None:
+        """Add ``memory_bytes`` (negative: take) to the use of the allocation's NUMA node,
+        if it is bound to one."""
+        if allocation.numa_node is not None:
+            used = self.numa_used.get(allocation.numa_node, 0) + memory_bytes
+            if used:
+                self.numa_used[allocation.numa_node] = used
+            else:
+                self.numa_used.pop(allocation.numa_node, None)
 
     def memory_for(self, numa_node: int | None) -> int:
         """The most memory a task bound to ``numa_node`` (None: not bound) could use: never
@@ -325,6 +349,9 @@ class Scheduler:
         node.free_cpus = set(cpus) - {c for a in held for c in a.cpus}
         node.free_gpus = set(gpus) - {g for a in held for g in a.gpus}
         node.used_memory_bytes = sum(a.memory_bytes for a in held)
+        node.numa_used = {}
+        for allocation in held:
+            node.count_numa(allocation, allocation.memory_bytes)
         self._rank_again(node)
         return node
 
@@ -697,6 +724,7 @@ def _play_ahead(
         node,
         free_cpus=set(node.free_cpus),
         free_gpus=set(node.free_gpus),
+        numa_used=dict(node.numa_used),
         holders=dict(node.holders),
     )
     ending = list(future.holders)

@@ -170,6 +170,27 @@ async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: Local
     assert list(started.required_gpus) == gpu_ids[0]
 
 
+async def test_tasks_bound_to_one_numa_node_share_its_memory_not_the_nodes(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two tasks of 6 GiB bound to NUMA node 0 (8 GiB of the node's 16) would share 8 GiB:
+    the second waits for the first (or runs on NUMA node 1 when asked to), though the node
+    as a whole has room for both."""
+    runner = await _two_numa_nodes(local_cluster, answer=HOLD)
+    node_0 = [task_pb2.Target(hostname="a", numa_node_id=0)]
+    [first] = await local_cluster.submit_running(memory="6Gi", targets=node_0)
+    second = await local_cluster.submit("second", memory="6Gi", targets=node_0)
+    [elsewhere] = await local_cluster.submit_running(
+        memory="6Gi", targets=[task_pb2.Target(hostname="a", numa_node_id=1)]
+    )
+    assert status_of(await local_cluster.get(second.task_id)) is TaskStatus.PENDING
+    assert runner.tasks[elsewhere.task_id].dispatch.numa_node_id == 1  # type: ignore[union-attr]
+
+    runner.finish(first.task_id)
+    started = await local_cluster.wait_status(second.task_id, TaskStatus.RUNNING)
+    assert started.assigned_node == "a" and set(started.assigned_cpus) <= {0, 1, 2, 3}
+
+
 async def test_a_numa_target_asking_more_memory_than_its_numa_node_has_is_refused(
     local_cluster: LocalCluster,
 ) -> None:

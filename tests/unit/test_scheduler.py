@@ -352,8 +352,9 @@ def test_nothing_is_ever_held_twice_and_everything_is_released_once(
     steps: list[tuple[Request, int, list[int]]],
 ) -> None:
     scheduler = Scheduler(starvation_seconds=60)
-    scheduler.upsert_node("a", tuple(range(8)), 64, {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}, (0, 1))
-    scheduler.upsert_node("b", tuple(range(4)), 32, {0: (0, 1, 2, 3)}, (0, 1))
+    numa_a = {0: (0, 1, 2, 3), 1: (4, 5, 6, 7)}
+    scheduler.upsert_node("a", tuple(range(8)), 64, numa_a, (0, 1), numa_memory={0: 32, 1: 32})
+    scheduler.upsert_node("b", tuple(range(4)), 32, {0: (0, 1, 2, 3)}, (0, 1), {0: 32})
     pending: list[Request] = []
     holding: dict[int, Allocation] = {}
     for seq, (template, age_ms, finish) in enumerate(steps):
@@ -381,6 +382,9 @@ def test_nothing_is_ever_held_twice_and_everything_is_released_once(
             assert not set(cpus) & node.free_cpus
             assert set(gpus) | node.free_gpus == set(node.gpus)
             assert sum(a.memory_bytes for a in held) == node.used_memory_bytes <= node.memory_bytes
+            for numa in node.numa:
+                bound = sum(a.memory_bytes for a in held if a.numa_node == numa)
+                assert bound == node.numa_used.get(numa, 0) <= node.memory_for(numa)
         for index in finish:
             if holding:
                 victim = sorted(holding)[index % len(holding)]

@@ -124,7 +124,8 @@ def ca_file(config: ClientConfig) -> Path:
 
 # ----- the fields of config.py, each (kind, default, check) ---------------------------------
 
-# Kinds: "str", "bool", "int", "float", "path", "path?" (Path | None), "list[str]".
+# Kinds: "str", "bool", "int", "float", "path", "path?" (Path | None), "list[str]". An empty
+# path is refused (load_config says why); an empty optional one is unset.
 # Checks: ">0", ">=0", ">1", ">=1" (bounds), "port" (0 to 65535), "task_network",
 # "absolute_paths", "mounts" (validators).
 Field = tuple[str, Any, str | None]
@@ -235,8 +236,10 @@ def _from_toml(kind: str, value: Any) -> Any:
         return value
     if kind == "float" and type(value) in (int, float) and abs(value) < float("inf"):
         return float(value)
-    if kind in ("path", "path?") and type(value) is str:
+    if kind in ("path", "path?") and type(value) is str and value.strip():
         return Path(value)
+    if kind == "path?" and type(value) is str:
+        return None
     if kind == "list[str]" and type(value) is list and all(type(v) is str for v in value):
         return list(value)
     raise _Unsure
@@ -252,7 +255,7 @@ def _from_env(kind: str, text: str) -> Any:
     """The field's value, when pydantic would read this variable's text the same way."""
     if kind == "str":
         return text
-    if kind == "path":
+    if kind == "path" and text.strip():
         return Path(text)
     if kind == "bool" and text.lower() in _TRUE | _FALSE:
         return text.lower() in _TRUE

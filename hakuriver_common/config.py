@@ -9,10 +9,17 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -36,6 +43,23 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+def _path_given(value: Any) -> Any:
+    """An empty path would be read as the working directory (``Path("")`` is "."): the
+    Host would write task outputs wherever it was started. Refused instead."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("an empty path: give one, or leave it out for its default")
+    return value
+
+
+def _empty_is_unset(value: Any) -> Any:
+    """An optional path given empty (``HAKURIVER_PATHS__HOST_LOG_FILE=``) is unset."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+GivenPath = Annotated[Path, BeforeValidator(_path_given)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_unset)]
 
 
 class Section(BaseModel):
@@ -62,19 +86,19 @@ class NetworkConfig(Section):
 
 
 class PathsConfig(Section):
-    shared_dir: Path = Field(
+    shared_dir: GivenPath = Field(
         Path("/mnt/cluster-share"), description="Shared storage seen by the Host and every runner."
     )
-    local_temp_dir: Path = Field(
+    local_temp_dir: GivenPath = Field(
         Path("/tmp/hakuriver"), description="Runner-local scratch space, mounted at /local_temp."
     )
     numactl_path: str = Field("numactl", description="numactl binary for NUMA-bound host tasks.")
-    host_log_file: Path | None = Field(None, description="Host log file; console when unset.")
-    runner_log_file: Path | None = Field(None, description="Runner log file; console when unset.")
+    host_log_file: OptionalPath = Field(None, description="Host log file; console when unset.")
+    runner_log_file: OptionalPath = Field(None, description="Runner log file; console when unset.")
 
 
 class DatabaseConfig(Section):
-    db_file: Path = Field(
+    db_file: GivenPath = Field(
         Path("~/.hakuriver/cluster.db"), description="SQLite file of the Host's state."
     )
     url: str = Field(
@@ -129,7 +153,7 @@ class EnvironmentConfig(Section):
 
 class RunnerConfig(Section):
     name: str = Field("", description="Name the runner registers under; the hostname if empty.")
-    state_dir: Path = Field(
+    state_dir: GivenPath = Field(
         Path("~/.hakuriver/runner"),
         description="Runner state: the credential received on its first join (kept 0600).",
     )
@@ -197,14 +221,14 @@ class TlsConfig(Section):
         description="Serve and dial gRPC without TLS. Refused unless the Host binds a "
         "loopback address.",
     )
-    ca_file: Path = Field(
+    ca_file: GivenPath = Field(
         Path("~/.hakuriver/tls/ca.pem"),
         description="CA certificate Runners and clients trust (hakuriver.init tls creates it).",
     )
-    cert_file: Path = Field(
+    cert_file: GivenPath = Field(
         Path("~/.hakuriver/tls/host.pem"), description="The Host's certificate (Host only)."
     )
-    key_file: Path = Field(
+    key_file: GivenPath = Field(
         Path("~/.hakuriver/tls/host.key"), description="The Host's private key (Host only)."
     )
     server_name: str = Field(
@@ -234,7 +258,7 @@ class DashboardConfig(Section):
         "network.host_reachable_address and tls.server_name (a page reached by any other "
         "name is refused: DNS rebinding).",
     )
-    assets_dir: Path | None = Field(
+    assets_dir: OptionalPath = Field(
         None,
         description="Built dashboard files (index.html, assets/); the ones built in the "
         "checkout (scripts/build-dashboard.sh) if unset.",
@@ -253,7 +277,7 @@ class AuthConfig(Section):
         description="API token the command-line tools send ($HAKURIVER_TOKEN wins; prefer "
         "credentials_file).",
     )
-    credentials_file: Path = Field(
+    credentials_file: GivenPath = Field(
         Path("~/.hakuriver/credentials"),
         description="File holding the API token; must not be readable by others. The Host "
         "writes the first admin's token here on its first start.",

@@ -163,7 +163,7 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
         "str": st.text(max_size=8),
         "bool": st.booleans(),
         "int": st.integers(-(2**40), 2**40),
-        "path": WORDS,
+        "path": WORDS.filter(bool),  # an empty one is refused
         "path?": WORDS,
         "list[str]": st.lists(WORDS, max_size=3),
     }[kind]

@@ -109,3 +109,23 @@ def test_a_folder_named_as_the_config_is_called_a_folder(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path)
     assert str(raised.value) == f"config file {tmp_path} is a folder: name the TOML file in it"
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Path("")`` is "."; an optional path given empty is unset instead."""
+    path = tmp_path / "c.toml"
+    path.write_text("[paths]\nshared_dir = ''\nhost_log_file = ''\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == (
+        f"invalid config {path}: paths.shared_dir: an empty path: give one, or leave it out "
+        "for its default"
+    )
+    path.write_text("[paths]\nshared_dir = '/srv/share'\nhost_log_file = ''\n")
+    assert load_config(path).paths.host_log_file is None
+    monkeypatch.setenv("HAKURIVER_TLS__CA_FILE", " ")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "tls.ca_file (HAKURIVER_TLS__CA_FILE): an empty path" in str(refused.value)

@@ -60,6 +60,9 @@ class Access:
         self._credential_writes = GroupCommit(self._merge_all, store.executor)
         self.users: dict[str, UserRecord] = {}
         self._tokens: dict[str, ApiTokenRecord] = {}  # by secret hash
+        # The same records by token id: ``again`` looks one up at every chunk of an SSH
+        # session and every message of a stream.
+        self._token_ids: dict[str, ApiTokenRecord] = {}
         self._runners: dict[str, RunnerCredentialRecord] = {}  # by hostname
         self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
         # Hostnames whose credential is being written: taken already for other joiners.
@@ -76,6 +79,7 @@ class Access:
         users, tokens, runners = await self.store.run(self._load)
         self.users = {u.name: u for u in users}
         self._tokens = {t.secret_hash: t for t in tokens}
+        self._token_ids = {t.token_id: t for t in tokens}
         self._runners = {r.hostname: r for r in runners}
         self._runner_hashes = {r.secret_hash: r.hostname for r in runners}
         if bootstrap and not self.users and not self.open:
@@ -255,6 +259,7 @@ class Access:
         )
         await self.store.run(self._merge, record)
         self._tokens[record.secret_hash] = record
+        self._token_ids[record.token_id] = record
         return IssuedToken(record, secret)
 
     def tokens(self, user: str | None, include_inactive: bool) -> list[ApiTokenRecord]:
@@ -272,10 +277,10 @@ class Access:
         return sorted(found, key=lambda t: t.created_at)
 
     def token(self, token_id: str) -> ApiTokenRecord:
-        for record in self._tokens.values():
-            if record.token_id == token_id:
-                return record
-        raise NotFound(f"token_id: token {token_id!r} not found")
+        record = self._token_ids.get(token_id)
+        if record is None:
+            raise NotFound(f"token_id: token {token_id!r} not found")
+        return record
 
     async def revoke_token(self, record: ApiTokenRecord) -> ApiTokenRecord:
         if record.revoked_at is None:

@@ -41,6 +41,19 @@ def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
     return guarded
 
 
+def _at_metrics_only(app: WsgiApp) -> WsgiApp:
+    """prometheus_client answers every path with the metrics: only /metrics is served, so
+    a wrong scrape path (or a probe of the port) is told so instead of looking right."""
+
+    def routed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "") in ("/metrics", "/metrics/"):
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: the metrics are at /metrics\n"]
+
+    return routed
+
+
 def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str) -> WSGIServer:
     """Serve ``registry`` on host:port (token: required as a bearer token); returns the
     server, whose ``shutdown`` stops it and closes its socket."""
@@ -59,7 +72,7 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str)
         log.warning(
             "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host
         )
-    server = make_server(host, port, app, _Server, handler_class=_SilentHandler)
+    server = make_server(host, port, _at_metrics_only(app), _Server, handler_class=_SilentHandler)
     # shutdown() waits for the serving loop's next poll: a short poll keeps a Host's stop quick.
     threading.Thread(
         target=server.serve_forever, args=(POLL_SECONDS,), name="metrics-http", daemon=True

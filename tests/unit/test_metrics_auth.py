@@ -15,8 +15,10 @@ from tests.unit.local_cluster import LocalCluster
 TOKEN = "metrics-" + "x" * 40
 
 
-def _get(port: int, authorization: str | None) -> tuple[int, dict[str, str], str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+def _get(
+    port: int, authorization: str | None, path: str = "/metrics"
+) -> tuple[int, dict[str, str], str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
     if authorization is not None:
         request.add_header("Authorization", authorization)
     try:
@@ -27,11 +29,11 @@ def _get(port: int, authorization: str | None) -> tuple[int, dict[str, str], str
 
 
 async def scrape(
-    cluster: LocalCluster, authorization: str | None = None
+    cluster: LocalCluster, authorization: str | None = None, path: str = "/metrics"
 ) -> tuple[int, dict[str, str], str]:
     """GET /metrics from a thread: the Host serving it runs on this event loop's thread."""
     assert cluster.server is not None
-    return await asyncio.to_thread(_get, cluster.server.metrics_port, authorization)
+    return await asyncio.to_thread(_get, cluster.server.metrics_port, authorization, path)
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -71,3 +73,15 @@ async def test_without_a_metrics_token_metrics_are_open(local_cluster: LocalClus
     status, _, body = await scrape(local_cluster)
     assert status == 200
     assert "hakuriver_queue_depth" in metric_names(body)
+
+
+async def test_only_the_metrics_path_serves_the_metrics(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    cluster = await make_local_cluster(auth={"metrics_token": TOKEN})
+    for path in ("/", "/metric", "/metrics/x", "/api/metrics"):
+        status, headers, body = await scrape(cluster, f"Bearer {TOKEN}", path)
+        assert (status, body) == (404, "not found: the metrics are at /metrics\n"), path
+        assert headers["Content-Type"] == "text/plain"
+    status, _, body = await scrape(cluster, f"Bearer {TOKEN}", "/metrics/")
+    assert status == 200 and "hakuriver_" in body

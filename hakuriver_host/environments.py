@@ -252,14 +252,15 @@ class EnvironmentManager:
         image = container.commit(
             repository=IMAGE_PREFIX + name, tag=IMAGE_TAG, changes=changes, pause=True
         )
-        saved = self._save(image, name, timestamp, progress)
-        if previous not in (None, image.id):
-            # The last commit lost its tag to this one: remove it if that left it nameless,
-            # rather than leave one such image per create-tar (kept when in use).
-            with contextlib.suppress(docker.errors.APIError):
-                if not self.client.images.get(previous).tags:
-                    self.client.images.remove(previous)
-        return saved
+        try:
+            return self._save(image, name, timestamp, progress)
+        finally:  # saved or not: the tag has moved either way
+            if previous not in (None, image.id):
+                # The last commit lost its tag to this one: remove it if that left it
+                # nameless, rather than leave one such image per create-tar (kept when in use).
+                with contextlib.suppress(docker.errors.APIError):
+                    if not self.client.images.get(previous).tags:
+                        self.client.images.remove(previous)
 
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)

@@ -16,7 +16,7 @@ import docker.errors
 import pytest
 import requests
 
-from hakuriver_host.environments import EnvironmentManager
+from hakuriver_host.environments import EnvironmentManager, image_for
 from hakuriver_host.errors import FailedPrecondition, Unavailable
 from tests.unit.local_cluster import LocalCluster, local_config
 
@@ -47,18 +47,23 @@ def _manager(tmp_path: Path) -> EnvironmentManager:
     return manager
 
 
-def test_a_full_disk_is_a_clear_failed_precondition(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    manager = _manager(tmp_path)
+def _fill_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes to a partial tarball fail with ENOSPC (they go to /dev/full)."""
     real_open = Path.open
 
     def full(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         if path.name.endswith(".partial") and "w" in mode:
-            return real_open(Path("/dev/full"), mode, *args, **kwargs)  # ENOSPC on write
+            return real_open(Path("/dev/full"), mode, *args, **kwargs)
         return real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(Path, "open", full)
+
+
+def test_a_full_disk_is_a_clear_failed_precondition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manager = _manager(tmp_path)
+    _fill_disk(monkeypatch)
     with pytest.raises(FailedPrecondition) as raised:
         manager.create_tar("myenv", lambda written: None)
     message = raised.value.message
@@ -66,6 +71,24 @@ def test_a_full_disk_is_a_clear_failed_precondition(
     assert str(manager.directory) in message
     assert "No space left on device" in message and "free space there" in message
     assert list(manager.directory.iterdir()) == []
+
+
+def test_an_image_left_nameless_is_removed_though_the_tarball_could_not_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit takes the environment's tag from the last one: that one goes even when
+    the save fails, or every failed create-tar would leave a nameless image behind."""
+    manager = _manager(tmp_path)
+    old = SimpleNamespace(id="sha256:old", tags=[])
+    removed: list[str] = []
+    manager._client.images = SimpleNamespace(
+        get=lambda ref: old if ref in (image_for("myenv"), old.id) else _Image(),
+        remove=removed.append,
+    )
+    _fill_disk(monkeypatch)
+    with pytest.raises(FailedPrecondition):
+        manager.create_tar("myenv", lambda written: None)
+    assert removed == ["sha256:old"]
 
 
 def test_a_tarball_is_written_when_there_is_room(tmp_path: Path) -> None:

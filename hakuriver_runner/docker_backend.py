@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -46,6 +45,7 @@ from hakuriver_runner.backend import (
     task_variables,
 )
 from hakuriver_runner.docker_logs import Attached, follow_output
+from hakuriver_runner.ssh_ports import SshPorts
 from hakuriver_runner.start_gate import (
     ENTRYPOINT,
     LABEL_GATED,
@@ -105,12 +105,6 @@ exec /usr/sbin/sshd -D -e -p "$HAKURIVER_SSH_PORT" -o ListenAddress=127.0.0.1 \\
   -h /etc/ssh/ssh_host_ed25519_key \\
   -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
 """
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ssh_port_of(container: Any) -> int:
@@ -181,6 +175,7 @@ class DockerBackend:
             # of a call's CPU here (0.14 of 0.58 ms).
             self.client.api.trust_env = False
         self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
+        self.ssh_ports = SshPorts()
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
         # Containers whose wait or output follow lost the daemon (a dockerd restart).
@@ -468,6 +463,14 @@ class DockerBackend:
             mounts.append(Mount(m.container_path, source, type="bind", read_only=m.read_only))
         return mounts
 
+    def _vps_ports(self) -> set[int]:
+        """The sshd ports of this Runner's VPS containers (created ahead ones included,
+        whose sshd has not bound its port yet)."""
+        found = self.client.api.containers(
+            all=True, filters={"label": [LABEL_SSH_PORT, f"{LABEL_RUNNER}={self.runner_name}"]}
+        )
+        return {int(c["Labels"][LABEL_SSH_PORT]) for c in found}
+
     def _create(
         self, dispatch: rpb.DispatchCommand, ahead: bool = False, gated: bool = False
     ) -> Any:
@@ -493,7 +496,7 @@ class DockerBackend:
         }
         command = [dispatch.command, *dispatch.arguments]
         if dispatch.kind == task_pb2.TASK_KIND_VPS:
-            port = free_loopback_port()
+            port = self.ssh_ports.take(self._vps_ports())
             labels[LABEL_KIND] = TaskKind.VPS.value
             labels[LABEL_SSH_PORT] = str(port)
             environment["HAKURIVER_SSH_KEY"] = dispatch.ssh_public_key

@@ -30,6 +30,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.roles import Role
+from hakuriver_runner.ssh_ports import ephemeral_range
 from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -183,6 +184,13 @@ def early_ticket(owner: Person, vps: int) -> spb.CreateSshTicketResponse:
     """A ticket taken when the module's first test runs and presented by its last one, after
     it expired (the tests in between take about as long as a ticket lives)."""
     return ticket(owner.channel, vps)
+
+
+def test_the_ssh_port_lies_below_the_kernels_ephemeral_range(
+    vps_cluster: ProcessCluster, vps: int
+) -> None:
+    """No outgoing connection on the node can take it between its choice and sshd's bind."""
+    assert 1024 <= vps_cluster.get(vps).ssh_port < ephemeral_range().start
 
 
 def test_asyncssh_runs_commands_and_copies_files(

@@ -209,10 +209,13 @@ _UNIT = {
 # hidden, and what a service never does (kernel tunables, modules, devices, namespaces,
 # realtime, set-uid files, other system calls) is refused. It keeps the capabilities to read
 # a config another user wrote (0600) and to bind a port below 1024.
+PRIVATE_TMP = "PrivateTmp=yes"
+# The folders PrivateTmp= replaces with the unit's own.
+TEMPORARY = (Path("/tmp"), Path("/var/tmp"))
 HOST_SANDBOX = [
     "NoNewPrivileges=yes",
     "ProtectSystem=strict",
-    "PrivateTmp=yes",  # a /tmp of its own, writable (SQLite's temporary files)
+    PRIVATE_TMP,  # a /tmp of its own, writable (SQLite's temporary files)
     "ProtectHome=read-only",
     "PrivateDevices=yes",
     "ProtectKernelTunables=yes",
@@ -275,7 +278,16 @@ def _sandbox(role: Role, cfg: Config, folder: Path) -> list[str]:
     # Not the shared folder: a missing mount must not turn into a local folder.
     shared = _shared_dir(cfg, folder)
     own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != shared)])
-    return [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
+    sandbox = [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
+    if any(p.is_relative_to(tmp) for p in places for tmp in TEMPORARY):
+        # A /tmp of its own would hide what the Host writes there from everyone else (the
+        # Runners would never see a task's output folder): the real /tmp, read-only but for
+        # ReadWritePaths, and temporary files in the Host's own folder instead.
+        sandbox.remove(PRIVATE_TMP)
+        sandbox.append(
+            f'Environment="TMPDIR={_at_run_time(cfg.auth.credentials_file.parent, folder)}"'
+        )
+    return sandbox
 
 
 def render_unit(

@@ -54,3 +54,24 @@ def test_a_place_init_cannot_write_is_one_line_and_leaves_no_secret(
         init.service(host=True, output_dir=taken, config=config, force=True)
     unit = taken / "hakuriver-host.service"
     assert capsys.readouterr().err == f"error: cannot write {unit}: Is a directory\n"
+
+
+def test_a_host_writing_under_tmp_gets_the_real_tmp_not_one_of_its_own(tmp_path: Path) -> None:
+    """PrivateTmp= would hide a shared folder under /tmp from the Runners (a task's output
+    folder made where nobody else looks); away from /tmp the Host keeps its own /tmp."""
+    config = tmp_path / "config.toml"
+    config.write_text('[auth]\ncredentials_file = "/srv/hakuriver/token"\n')
+    away = render_unit(Role.host, sys.executable, config, "/usr/bin", load_config(config))
+    assert "PrivateTmp=yes" in away.splitlines()
+    assert not any(line.startswith('Environment="TMPDIR') for line in away.splitlines())
+
+    config.write_text(
+        '[paths]\nshared_dir = "/tmp/cluster-share"\n'
+        '[auth]\ncredentials_file = "/srv/hakuriver/token"\n'
+    )
+    under = render_unit(Role.host, sys.executable, config, "/usr/bin", load_config(config))
+    lines = under.splitlines()
+    assert "PrivateTmp=yes" not in lines
+    assert 'Environment="TMPDIR=/srv/hakuriver"' in lines
+    [writable] = [line for line in lines if line.startswith("ReadWritePaths=")]
+    assert "-/tmp/cluster-share" in shlex.split(writable.removeprefix("ReadWritePaths="))

@@ -1,7 +1,8 @@
 """The store's queries read the rows asked for, however long the history.
 
 GetBatch counts a batch's ended tasks by status in the store, and ListTasks reads a user's
-(a plain user's lists always are) or a node's newest tasks. SQLite picks an index without
+(a plain user's lists always are) or a node's newest tasks, or the newest of those ended
+(an admin's `task list --status completed`). SQLite picks an index without
 statistics: for ``batch_id = ? AND status IN (...)`` it chose the index of status and
 completion time, reading every task that ever ended, and for ``owner = ? ORDER BY task_id
 DESC LIMIT n`` it read and sorted every task of the user. Either took tens to hundreds of
@@ -92,6 +93,15 @@ async def test_lists_and_batches_read_their_own_rows(local_cluster: LocalCluster
         for call in calls:
             for plan in await _plans(local_cluster, call):
                 assert index in plan and "TEMP B-TREE" not in plan, plan
+
+    # An admin's list of ended tasks walks the tasks newest first and stops at the limit
+    # (through the status index it read and sorted every task that ever ended).
+    ended = tpb.ListTasksRequest(statuses=[*completed, TaskStatus.FAILED.pb], limit=2)
+    for plan in await _plans(local_cluster, lambda: local_cluster.tasks.ListTasks(ended)):
+        assert "TEMP B-TREE" not in plan and "status" not in plan, plan
+    assert [t.task_id for t in (await local_cluster.tasks.ListTasks(ended, timeout=10)).tasks] == [
+        t.task_id for t in reply.tasks[::-1][:2]
+    ]
 
     listed = await ann.tasks.ListTasks(tpb.ListTasksRequest(limit=2), timeout=10)
     assert [t.task_id for t in listed.tasks] == [t.task_id for t in reply.tasks[::-1][:2]]

@@ -14,10 +14,14 @@ protos-check:  ## fail if generated code is out of date
 lint:  ## ruff, mypy, buf lint, buf breaking
 	./scripts/lint.sh
 
-lock:  ## upgrade the Python packages in the .venv to the newest releases pyproject.toml allows and write them to constraints.txt
-	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
-		"$$PY" -m pip install --disable-pip-version-check -q --upgrade -e ".[dev]"; \
-		{ sed -n "/^#/p" constraints.txt; "$$PY" -m pip freeze --exclude-editable; } > constraints.txt.new; \
+lock:  ## write constraints.txt anew: the newest releases pyproject.toml allows, installed into a fresh virtualenv
+	bash -c 'set -euo pipefail; fresh="$$(mktemp -d)"; trap "rm -rf $$fresh" EXIT; \
+		python3 -m venv "$$fresh/venv"; \
+		"$$fresh/venv/bin/pip" install --disable-pip-version-check -q --upgrade pip; \
+		"$$fresh/venv/bin/pip" install --disable-pip-version-check -q -e ".[dev]"; \
+		{ sed -n "/^#/p" constraints.txt; \
+		  "$$fresh/venv/bin/pip" freeze --all --exclude-editable | grep -v "^pip=="; } \
+		> constraints.txt.new; \
 		mv constraints.txt.new constraints.txt'
 
 migration:  ## draft the next schema migration from the models: make migration MESSAGE="what changed"

@@ -252,15 +252,23 @@ class EnvironmentManager:
         image = container.commit(
             repository=IMAGE_PREFIX + name, tag=IMAGE_TAG, changes=changes, pause=True
         )
-        try:
+        if previous in (None, image.id):
             return self._save(image, name, timestamp, progress)
-        finally:  # saved or not: the tag has moved either way
-            if previous not in (None, image.id):
-                # The last commit lost its tag to this one: remove it if that left it
-                # nameless, rather than leave one such image per create-tar (kept when in use).
-                with contextlib.suppress(docker.errors.APIError):
-                    if not self.client.images.get(previous).tags:
-                        self.client.images.remove(previous)
+        try:
+            saved = self._save(image, name, timestamp, progress)
+        except BaseException:
+            # Not saved: the tag goes back to the image of the last tarball (a Runner on
+            # this Docker daemon compares the two), and the new commit, nameless, goes.
+            with contextlib.suppress(docker.errors.APIError):
+                self.client.images.get(previous).tag(IMAGE_PREFIX + name, IMAGE_TAG)
+                self.client.images.remove(image.id)
+            raise
+        # The last commit lost its tag to this one: removed if that left it nameless, rather
+        # than one such image kept per create-tar (kept when in use).
+        with contextlib.suppress(docker.errors.APIError):
+            if not self.client.images.get(previous).tags:
+                self.client.images.remove(previous)
+        return saved
 
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)

@@ -73,22 +73,44 @@ def test_a_full_disk_is_a_clear_failed_precondition(
     assert list(manager.directory.iterdir()) == []
 
 
-def test_an_image_left_nameless_is_removed_though_the_tarball_could_not_be_written(
+class _Images:
+    """The environment's image before create-tar (``old``, then nameless once a commit takes
+    its tag) and what create-tar does to images."""
+
+    def __init__(self) -> None:
+        self.old = SimpleNamespace(id="sha256:old", tags=[], tag=self._tag)
+        self.tagged: list[tuple[str, str]] = []
+        self.removed: list[str] = []
+
+    def _tag(self, repository: str, tag: str) -> None:
+        self.tagged.append((repository, tag))
+
+    def get(self, ref: str) -> Any:
+        return self.old if ref in (image_for("myenv"), self.old.id) else _Image()
+
+    def remove(self, ref: str) -> None:
+        self.removed.append(ref)
+
+
+def test_a_tarball_not_written_leaves_the_last_ones_image_named_and_no_new_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The commit takes the environment's tag from the last one: that one goes even when
-    the save fails, or every failed create-tar would leave a nameless image behind."""
+    """The commit took the environment's tag from the image of the last tarball: it is
+    given back (a Runner on the Host's Docker daemon compares the two), the new commit goes."""
     manager = _manager(tmp_path)
-    old = SimpleNamespace(id="sha256:old", tags=[])
-    removed: list[str] = []
-    manager._client.images = SimpleNamespace(
-        get=lambda ref: old if ref in (image_for("myenv"), old.id) else _Image(),
-        remove=removed.append,
-    )
+    manager._client.images = images = _Images()
     _fill_disk(monkeypatch)
     with pytest.raises(FailedPrecondition):
         manager.create_tar("myenv", lambda written: None)
-    assert removed == ["sha256:old"]
+    assert images.tagged == [("hakuriver/myenv", "base")]
+    assert images.removed == [_Image.id]
+
+
+def test_a_tarball_written_removes_the_image_its_commit_left_nameless(tmp_path: Path) -> None:
+    manager = _manager(tmp_path)
+    manager._client.images = images = _Images()
+    manager.create_tar("myenv", lambda written: None)
+    assert images.removed == ["sha256:old"] and images.tagged == []
 
 
 def test_a_tarball_is_written_when_there_is_room(tmp_path: Path) -> None:

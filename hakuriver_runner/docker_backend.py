@@ -464,11 +464,9 @@ class DockerBackend:
         return mounts
 
     def _vps_ports(self) -> set[int]:
-        """The sshd ports of this Runner's VPS containers (created ahead ones included,
-        whose sshd has not bound its port yet)."""
-        found = self.client.api.containers(
-            all=True, filters={"label": [LABEL_SSH_PORT, f"{LABEL_RUNNER}={self.runner_name}"]}
-        )
+        """The sshd ports of the VPS containers on this machine (any Runner's: they share
+        the host's network), those whose sshd has not bound its port yet among them."""
+        found = self.client.api.containers(all=True, filters={"label": LABEL_SSH_PORT})
         return {int(c["Labels"][LABEL_SSH_PORT]) for c in found}
 
     def _create(

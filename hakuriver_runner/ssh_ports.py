@@ -1,16 +1,18 @@
 """Loopback ports for the SSH servers of VPS tasks.
 
-A port is chosen when the task's container is created and its sshd binds it seconds later
-(minutes, for a container created ahead of its start). A port the kernel handed out for a
-bind to port 0 is an ephemeral one: any outgoing connection on the node may take it in
-between, and the VPS then fails with sshd's "Address already in use". So, as Nomad's
-dynamic ports, these come from below the kernel's ephemeral range, which outgoing
-connections never use, free now, and neither given to another VPS container of this Runner
-nor given in the last ``RECENT_SECONDS`` (a container being created).
+A port is chosen when the task's container is created and its sshd binds it seconds later.
+A port the kernel handed out for a bind to port 0 is an ephemeral one: any outgoing
+connection on the node may take it in between, and the VPS then fails with sshd's "Address
+already in use". So, as Nomad's dynamic ports, these come from below the kernel's ephemeral
+range, which outgoing connections never use, free now, and neither held by another VPS
+container on the machine (every one shares its network) nor given in the last
+``RECENT_SECONDS`` (a container being created). Where no such range is left (an ephemeral
+range from 1024, say), the kernel picks, still never a port held or just given.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import socket
 import threading
@@ -26,6 +28,7 @@ RECENT_SECONDS = 300.0
 # Random ports tried before falling back to one the kernel picks.
 TRIES = 64
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+log = logging.getLogger(__name__)
 
 
 def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> range:
@@ -65,9 +68,10 @@ class SshPorts:
         self._rng = rng or random.Random()
         self._recent: dict[int, float] = {}
         self._lock = threading.Lock()
+        self._warned = False
 
     def take(self, in_use: Iterable[int] = ()) -> int:
-        """A port for a new VPS container; ``in_use``: the ports of this Runner's others."""
+        """A port for a new VPS container; ``in_use``: the ports of the others."""
         with self._lock:
             now = self._clock()
             self._recent = {p: t for p, t in self._recent.items() if now - t < RECENT_SECONDS}
@@ -81,6 +85,23 @@ class SshPorts:
                 0,
             )
             if not port:  # no range below the ephemeral one, or all of it taken
-                port = _kernel_pick()
+                port = self._kernel_pick(skip)
             self._recent[port] = now
             return port
+
+    def _kernel_pick(self, skip: set[int]) -> int:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "no free port for a VPS's sshd in %d-%d below the ephemeral range "
+                "(net.ipv4.ip_local_port_range): the kernel picks one, which an outgoing "
+                "connection may take before sshd binds it",
+                DYNAMIC.start,
+                DYNAMIC.stop - 1,
+            )
+        port = _kernel_pick()
+        for _ in range(TRIES):
+            if port not in skip:
+                break
+            port = _kernel_pick()
+        return port

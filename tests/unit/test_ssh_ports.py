@@ -8,6 +8,9 @@ import random
 import socket
 from pathlib import Path
 
+import pytest
+
+from hakuriver_runner import ssh_ports
 from hakuriver_runner.ssh_ports import RECENT_SECONDS, SshPorts, ephemeral_range, is_free
 
 EPHEMERAL = range(32768, 61000)
@@ -48,3 +51,14 @@ def test_the_ephemeral_range_is_read_from_the_kernel(tmp_path: Path) -> None:
     path.write_text("10000\t20000\n")
     assert ephemeral_range(path) == range(10000, 20001)
     assert ephemeral_range(tmp_path / "missing") == range(32768, 61000)
+
+
+def test_without_a_range_below_the_ephemeral_one_the_kernel_picks_but_never_a_held_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ports = SshPorts(range(1024, 65536))
+    assert ports.pool == []
+    picks = iter([40001, 40002, 40002, 40003])
+    monkeypatch.setattr(ssh_ports, "_kernel_pick", lambda: next(picks))
+    assert ports.take(in_use={40001}) == 40002
+    assert ports.take() == 40003  # 40002 was just given

@@ -267,6 +267,11 @@ def _writable(cfg: Config, folder: Path) -> list[Path]:
     return list(dict.fromkeys(_at_run_time(p, folder) for p in places))
 
 
+def _real(path: Path) -> Path:
+    """Where ``path`` leads through symbolic links (as far as it exists)."""
+    return Path(os.path.realpath(path))
+
+
 def _sandbox(role: Role, cfg: Config, folder: Path) -> list[str]:
     if role is Role.runner:
         return RUNNER_SANDBOX
@@ -279,7 +284,7 @@ def _sandbox(role: Role, cfg: Config, folder: Path) -> list[str]:
     shared = _shared_dir(cfg, folder)
     own = shlex.join(["/bin/mkdir", "-p", *(str(p) for p in places if p != shared)])
     sandbox = [f"ExecStartPre=+{own}", *HOST_SANDBOX, f"ReadWritePaths={writable}"]
-    if any(p.is_relative_to(tmp) for p in places for tmp in TEMPORARY):
+    if any(_real(p).is_relative_to(_real(tmp)) for p in places for tmp in TEMPORARY):
         # A /tmp of its own would hide what the Host writes there from everyone else (the
         # Runners would never see a task's output folder): the real /tmp, read-only but for
         # ReadWritePaths, and temporary files in the Host's own folder instead.

@@ -75,3 +75,24 @@ def test_a_host_writing_under_tmp_gets_the_real_tmp_not_one_of_its_own(tmp_path:
     assert 'Environment="TMPDIR=/srv/hakuriver"' in lines
     [writable] = [line for line in lines if line.startswith("ReadWritePaths=")]
     assert "-/tmp/cluster-share" in shlex.split(writable.removeprefix("ReadWritePaths="))
+
+
+def test_a_folder_reached_through_a_link_into_tmp_is_under_tmp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temporary = tmp_path / "tmp"  # this test's /tmp (its own tmp_path lies under the real one)
+    (temporary / "cluster-share").mkdir(parents=True)
+    monkeypatch.setattr(init, "TEMPORARY", (temporary,))
+    link = tmp_path / "srv-share"
+    link.symlink_to(temporary / "cluster-share")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[paths]\nshared_dir = "{link}"\n[auth]\ncredentials_file = "/srv/hakuriver/token"\n'
+        '[database]\ndb_file = "/srv/hakuriver/cluster.db"\n'
+    )
+    unit = render_unit(Role.host, sys.executable, config, "/usr/bin", load_config(config))
+    assert "PrivateTmp=yes" not in unit.splitlines()
+    link.unlink()
+    link.mkdir()
+    unit = render_unit(Role.host, sys.executable, config, "/usr/bin", load_config(config))
+    assert "PrivateTmp=yes" in unit.splitlines()

@@ -36,18 +36,41 @@ class SpanError(ValueError):
     """A span: argument that cannot be expanded."""
 
 
+# The most digits a span's number may have (Python converts at most 4,300).
+_MAX_DIGITS = 100
+
+
+def _span_range(arg: str) -> range | None:
+    """The integers of a ``span:{A..B[..STEP]}`` argument (None if it is not one), as a
+    range: its size is known without making its values, so that a span too large for a
+    job array is refused at once rather than built in memory."""
+    match = _RANGE.match(arg[len(SPAN) :])
+    if not match:
+        return None
+    if any(len(part or "") > _MAX_DIGITS for part in match.groups()):
+        raise SpanError(f"{arg[:40]}...: a number of more than {_MAX_DIGITS} digits")
+    start, stop = int(match[1]), int(match[2])
+    step = int(match[3]) if match[3] else (1 if stop >= start else -1)
+    if step == 0 or (stop - start) * step < 0:
+        raise SpanError(f"{arg}: step {step} never reaches {stop} from {start}")
+    return range(start, stop + (1 if step > 0 else -1), step)
+
+
+def _span_size(arg: str) -> int:
+    """How many values one argument stands for (``len`` of a range fails above 2**63)."""
+    if arg.startswith(SPAN) and (values := _span_range(arg)) is not None:
+        return (values.stop - values.start - (1 if values.step > 0 else -1)) // values.step + 1
+    return len(expand_arg(arg))
+
+
 def expand_arg(arg: str) -> list[str]:
     """The values one argument stands for: itself, or the values of its span."""
     if not arg.startswith(SPAN):
         return [arg]
     body = arg[len(SPAN) :]
-    match = _RANGE.match(body)
-    if match:
-        start, stop = int(match[1]), int(match[2])
-        step = int(match[3]) if match[3] else (1 if stop >= start else -1)
-        if step == 0 or (stop - start) * step < 0:
-            raise SpanError(f"{arg}: step {step} never reaches {stop} from {start}")
-        return [str(v) for v in range(start, stop + (1 if step > 0 else -1), step)]
+    numbers = _span_range(arg)
+    if numbers is not None:
+        return [str(v) for v in numbers]
     if body.startswith("[") and body.endswith("]"):
         values = [v.strip() for v in body[1:-1].split(",")]
         if not body[1:-1].strip() or any(not v for v in values):
@@ -70,7 +93,7 @@ def expand(argv: Sequence[str]) -> list[list[str]]:
 
 def count(argv: Sequence[str]) -> int:
     """How many command lines the arguments stand for (without making them)."""
-    return math.prod(len(expand_arg(a)) for a in argv)
+    return math.prod(_span_size(a) for a in argv)
 
 
 def array_script(argv: Sequence[str]) -> str:
@@ -103,17 +126,24 @@ def _option_value(args: argparse.Namespace, option: str) -> str | bool | list[st
     return value
 
 
+def _too_many(total: int) -> bool:
+    """More combinations than a job array takes: said on stderr, before any is made."""
+    from hakuriver_common.limits import MAX_ARRAY_TASKS  # HakuRiver itself: --array only
+
+    if total <= MAX_ARRAY_TASKS:
+        return False
+    shown = f"{total:,}" if total < 10**18 else "over 10^18"
+    print(
+        f"hakurun: {shown} combinations; a job array takes at most {MAX_ARRAY_TASKS:,}",
+        file=sys.stderr,
+    )
+    return True
+
+
 def _submit_array(args: argparse.Namespace, words: list[str], total: int) -> int:
     """Submit the sweep as one job array through ``hakuriver.task submit``; its exit code."""
     from hakuriver_cli import task  # HakuRiver itself only here: the rest is stdlib only
-    from hakuriver_common.limits import MAX_ARRAY_TASKS
 
-    if total > MAX_ARRAY_TASKS:
-        print(
-            f"hakurun: {total:,} combinations; a job array takes at most {MAX_ARRAY_TASKS:,}",
-            file=sys.stderr,
-        )
-        return 2
     spec = f"0-{total - 1}" + (f"%{args.max_running}" if args.max_running else "")
     submit = ["submit", "--array", spec]
     for option in SUBMIT_OPTIONS:
@@ -300,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         total = count(words)  # refuses a malformed span before anything runs
     except SpanError as exc:
         parser.error(str(exc))
+    if args.array and _too_many(total):
+        return 2
     if args.dry_run:
         for index, command in enumerate(expand(words)):
             print(f"{index}: {shlex.join(command)}" if args.array else shlex.join(command))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -135,6 +136,28 @@ def test_array_dry_run_numbers_the_combinations() -> None:
         "2: train b --seed 1",
         "3: train b --seed 2",
     ]
+
+
+def _small_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_an_array_of_a_huge_span_is_refused_without_building_it(dry_run: list[str]) -> None:
+    # Within 1 GiB of memory: its combinations were once all made before being counted.
+    result = subprocess.run(
+        [*HAKURUN, "--array", *dry_run, "echo", "span:{1..100000000000000000000}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_small_memory,
+        env={**os.environ, "HAKURIVER_CONFIG": "/nonexistent/config.toml"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "hakurun: over 10^18 combinations; a job array takes at most 100,000\n"
+    )
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(

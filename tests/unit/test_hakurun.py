@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from hakuriver_cli.hakurun import SpanError, array_script, count, expand, expand_arg
@@ -54,6 +56,20 @@ def test_cartesian_product_rightmost_fastest() -> None:
 )
 def test_count_is_the_number_of_combinations(argv: list[str]) -> None:
     assert count(argv) == len(expand(argv))
+
+
+@pytest.mark.parametrize("step", ["", "..1", "..2", "..3", "..-1", "..-4", "..7"])
+@pytest.mark.parametrize(("start", "stop"), [(0, 0), (0, 9), (9, 0), (-5, 6), (3, -3)])
+def test_count_of_a_span_is_its_number_of_values(start: int, stop: int, step: str) -> None:
+    # Counted without making its values (a huge span: tests/e2e/test_hakurun.py).
+    argv = ["run", f"span:{{{start}..{stop}{step}}}"]
+    with contextlib.suppress(SpanError):  # a step going the other way
+        assert count(argv) == len(expand(argv))
+
+
+def test_a_span_of_thousands_of_digits_is_refused_as_a_span() -> None:
+    with pytest.raises(SpanError, match="more than 100 digits"):
+        count(["run", "span:{1.." + "9" * 5000 + "}"])
 
 
 def test_array_script_grows_with_the_spans_not_their_product() -> None:

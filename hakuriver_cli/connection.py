@@ -74,7 +74,7 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
         return array_id
     if not (index.isascii() and index.isdigit()):
         fail(f"{text!r}: expected ARRAY_ID_INDEX, e.g. {array_id}_7", code=2)
-    if int(index) > MAX_ARRAY_INDEX:
+    if len(index.lstrip("0")) > len(str(MAX_ARRAY_INDEX)) or int(index) > MAX_ARRAY_INDEX:
         fail(f"{text!r}: an array index is at most {MAX_ARRAY_INDEX:,}", code=2)
     request = tpb.ListTasksRequest(batch_id=array_id, array_index=int(index), limit=1)
     found = unary(stub.ListTasks, request).tasks

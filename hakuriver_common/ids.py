@@ -60,6 +60,8 @@ def parse_task_id(text: str) -> int:
     stripped = text.strip()
     if not stripped.isdigit():
         raise ValueError(f"task id must be a decimal integer, got {text!r}")
+    if len(stripped.lstrip("0")) > 19:  # before int(), which refuses 4,300 digits its own way
+        raise ValueError(f"task id of {len(stripped):,} digits is out of range")
     value = int(stripped)
     if value <= 0 or value >= 1 << 63:
         raise ValueError(f"task id {text} is out of range")

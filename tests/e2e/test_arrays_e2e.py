@@ -477,9 +477,10 @@ def test_a_bad_spec_is_one_line_exit_2_and_nothing_is_submitted(
     assert _newest_task(cluster) == before
 
 
-@pytest.mark.parametrize("index", ["99999999999", "\u00b2", "x", ""])
+@pytest.mark.parametrize("index", ["99999999999", "\u00b2", "x", "", "9" * 5000])
 def test_a_malformed_array_index_is_one_line_exit_2(cluster: ProcessCluster, index: str) -> None:
-    # Beyond int32 and a digit only to str.isdigit() were tracebacks.
+    # Beyond int32, a digit only to str.isdigit() and more digits than int() converts
+    # were tracebacks.
     line = one_error_line(cli(cluster, "client", "status", f"12345_{index}"), code=2)
     assert line.startswith(f"error: '12345_{index}': "), line
 

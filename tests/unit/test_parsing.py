@@ -110,6 +110,9 @@ def test_parse_task_id() -> None:
     for bad in ("abc", "-1", "0", "1.5", str(2**63)):
         with pytest.raises(ValueError):
             parse_task_id(bad)
+    # Not int()'s own words about its 4,300-digit limit.
+    with pytest.raises(ValueError, match="task id of 5,000 digits is out of range"):
+        parse_task_id("9" * 5000)
 
 
 @given(st.integers(min_value=0, max_value=200))

@@ -36,6 +36,8 @@ class SpanError(ValueError):
     """A span: argument that cannot be expanded."""
 
 
+# The most --max-running may be: a job array's cap is an int32 (hakuriver_common.arrays).
+_MAX_CAP = 2**31 - 1
 # The most digits a span's number may have (Python converts at most 4,300).
 _MAX_DIGITS = 100
 
@@ -312,8 +314,8 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--jobs must be positive")
     if args.array and args.parallel:
         parser.error("--parallel runs combinations here; an --array's tasks run on the cluster")
-    if args.max_running is not None and (args.max_running < 1 or not args.array):
-        parser.error("--max-running takes a positive number, with --array")
+    if args.max_running is not None and (not 1 <= args.max_running <= _MAX_CAP or not args.array):
+        parser.error(f"--max-running takes a positive number up to {_MAX_CAP:,}, with --array")
     given = [o for o in SUBMIT_OPTIONS if _option_value(args, o) not in (None, False)]
     if given and not args.array:
         parser.error(f"{given[0]} applies only with --array")

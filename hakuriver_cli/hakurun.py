@@ -158,7 +158,9 @@ def _submit_array(args: argparse.Namespace, words: list[str], total: int) -> int
             submit += [option, value]
     submit += ["--", "sh", "-c", array_script(words), "hakurun"]
     try:
-        task.app(args=submit, prog_name="hakurun")
+        # The options are hakuriver.task submit's: its usage and help are where a bad one is
+        # explained ("hakurun submit" is no command).
+        task.app(args=submit, prog_name="hakuriver.task")
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0

@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from hakuriver_cli.hakurun import SpanError, array_script, count, expand, expand_arg
+from hakuriver_cli.hakurun import SpanError, array_script, count, expand, expand_arg, main
 
 BAD_SPANS = ["span:{1..}", "span:{1..5..0}", "span:{1..5..-1}", "span:[]", "span:[a,,b]", "span:x"]
 
@@ -89,3 +89,15 @@ def test_array_script_names_the_sweep_on_one_comment_line() -> None:
     assert lines[0].startswith("# hakurun sweep: echo ") and "touch pwned" in lines[0]
     assert "span:[1,2]" in lines[0]
     assert lines[1] == "hakurun_i=$HAKURIVER_ARRAY_INDEX"
+
+
+def test_a_bad_submit_option_points_at_the_command_that_has_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hakurun --array passes its task options on to hakuriver.task submit: a bad one is
+    explained with that command's usage, not a "hakurun submit" that does not exist."""
+    monkeypatch.setenv("HAKURIVER_CONFIG", "/nonexistent/config.toml")
+    assert main(["--array", "--cores", "abc", "echo", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "Try 'hakuriver.task submit --help' for help." in err
+    assert "hakurun submit" not in err and "Invalid value for '--cores'" in err

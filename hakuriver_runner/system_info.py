@@ -71,6 +71,7 @@ class GpuProbe:
     def __init__(self, nvml: Any = None) -> None:
         self._nvml = nvml
         self.available = False
+        self._problem = ""
         try:
             if self._nvml is None:
                 import pynvml
@@ -88,36 +89,65 @@ class GpuProbe:
             return None
 
     def sample(self) -> list[node_pb2.Gpu]:
+        """Every GPU NVML can read now. A failing NVML (the driver gone, a GPU fallen off
+        the bus) is logged, not raised: the heartbeat and registration that sample must go
+        on, or the whole node, CPU tasks and all, would drop off the cluster."""
         if not self.available:
             return []
         nv = self._nvml
-        gpus: list[node_pb2.Gpu] = []
+        try:
+            count = nv.nvmlDeviceGetCount()
+        except Exception as exc:
+            self._note_problem(f"NVML cannot count GPUs ({_nvml_error(exc)}): reporting none")
+            return []
         driver = self._optional(nv.nvmlSystemGetDriverVersion) or ""
-        for index in range(nv.nvmlDeviceGetCount()):
-            handle = nv.nvmlDeviceGetHandleByIndex(index)
-            memory = self._optional(nv.nvmlDeviceGetMemoryInfo, handle)
-            util = self._optional(nv.nvmlDeviceGetUtilizationRates, handle)
-            temp = self._optional(nv.nvmlDeviceGetTemperature, handle, 0)
-            power = self._optional(nv.nvmlDeviceGetPowerUsage, handle)
-            limit = self._optional(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
-            name = nv.nvmlDeviceGetName(handle)
-            uuid = nv.nvmlDeviceGetUUID(handle)
-            gpus.append(
-                node_pb2.Gpu(
-                    index=index,
-                    uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-                    name=name.decode() if isinstance(name, bytes) else str(name),
-                    driver_version=driver.decode() if isinstance(driver, bytes) else str(driver),
-                    memory_total_bytes=int(memory.total) if memory else 0,
-                    memory_used_bytes=int(memory.used) if memory else 0,
-                    utilization_gpu_percent=float(util.gpu) if util else 0.0,
-                    utilization_memory_percent=float(util.memory) if util else 0.0,
-                    temperature_celsius=float(temp) if temp is not None else None,
-                    power_draw_watts=power / 1000.0 if power is not None else None,
-                    power_limit_watts=limit / 1000.0 if limit is not None else None,
-                )
-            )
+        gpus: list[node_pb2.Gpu] = []
+        lost: list[str] = []
+        for index in range(count):
+            try:
+                gpus.append(self._read_gpu(index, driver))
+            except Exception as exc:
+                lost.append(f"GPU {index} ({_nvml_error(exc)})")
+        self._note_problem(f"NVML cannot read {', '.join(lost)}: not reported" if lost else "")
         return gpus
+
+    def _note_problem(self, problem: str) -> None:
+        """Log a change of NVML's trouble once, not every heartbeat."""
+        if problem != self._problem:
+            if problem:
+                log.warning("%s", problem)
+            else:
+                log.info("NVML reads every GPU again")
+        self._problem = problem
+
+    def _read_gpu(self, index: int, driver: Any) -> node_pb2.Gpu:
+        """One GPU's readings; raises when NVML cannot even name it."""
+        nv = self._nvml
+        handle = nv.nvmlDeviceGetHandleByIndex(index)
+        name = nv.nvmlDeviceGetName(handle)
+        uuid = nv.nvmlDeviceGetUUID(handle)
+        memory = self._optional(nv.nvmlDeviceGetMemoryInfo, handle)
+        util = self._optional(nv.nvmlDeviceGetUtilizationRates, handle)
+        temp = self._optional(nv.nvmlDeviceGetTemperature, handle, 0)
+        power = self._optional(nv.nvmlDeviceGetPowerUsage, handle)
+        limit = self._optional(nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        return node_pb2.Gpu(
+            index=index,
+            uuid=uuid.decode() if isinstance(uuid, bytes) else str(uuid),
+            name=name.decode() if isinstance(name, bytes) else str(name),
+            driver_version=driver.decode() if isinstance(driver, bytes) else str(driver),
+            memory_total_bytes=int(memory.total) if memory else 0,
+            memory_used_bytes=int(memory.used) if memory else 0,
+            utilization_gpu_percent=float(util.gpu) if util else 0.0,
+            utilization_memory_percent=float(util.memory) if util else 0.0,
+            temperature_celsius=float(temp) if temp is not None else None,
+            power_draw_watts=power / 1000.0 if power is not None else None,
+            power_limit_watts=limit / 1000.0 if limit is not None else None,
+        )
+
+
+def _nvml_error(exc: Exception) -> str:
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
 
 
 def _temperatures() -> tuple[float | None, float | None]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from tests.e2e.harness import ProcessCluster, free_port, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -279,3 +279,40 @@ def test_webhooks_and_metrics_follow_nodes_and_tasks(
     wait_for(
         lambda: any(e["node"] == gpu_node for e in receiver.of("node.online")), what="node.online"
     )
+
+
+def _health_gpus(cluster: ProcessCluster, name: str) -> list[int]:
+    [entry] = json.loads(cluster.cli("client", "health", name, "--json").stdout)
+    return [g.get("index", 0) for g in entry["current"].get("gpus", [])]
+
+
+def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
+    mon: ProcessCluster, tmp_path: Path
+) -> None:
+    """NVML failing under a running Runner (a GPU fallen off the bus, the driver gone) is
+    shown in its readings; the node stays connected and its tasks keep running."""
+    lost = tmp_path / "lost-gpus"
+    name = mon.start_runner(
+        f"{mon.runner_names[0]}-lossy",
+        env={
+            "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+            "HAKURIVER_FAKE_GPUS": "4",
+            "HAKURIVER_FAKE_NVML_LOST": str(lost),
+        },
+    )
+    task = mon.submit(["sleep", "300"], targets=[task_pb2.Target(hostname=name)])
+    mon.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    assert _health_gpus(mon, name) == [0, 1, 2, 3]
+    for fault, reported in (("1", [0, 2, 3]), ("all", []), (None, [0, 1, 2, 3])):
+        if fault is None:
+            lost.unlink()
+        else:
+            lost.write_text(fault)
+        wait_for(lambda r=reported: _health_gpus(mon, name) == r, what=f"GPUs {reported}")  # type: ignore[misc]
+        [node] = [n for n in json.loads(mon.cli("client", "nodes", "--json").stdout)
+                  if n["hostname"] == name]  # fmt: skip
+        assert node["status"] == "online" and not node.get("disconnected"), node
+    assert mon.get(task.task_id).status == task_pb2.TASK_STATUS_RUNNING
+    mon.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
+    mon.wait_final(task.task_id)
+    mon.kill_runner(name)

@@ -2,18 +2,45 @@
 
 Put this directory first on PYTHONPATH of a Runner process and set HAKURIVER_FAKE_GPUS to a
 GPU count; the Runner then reports that many GPUs exactly as it would real ones.
+HAKURIVER_FAKE_NVML_LOST names a file that, while it exists, holds the GPU indices that fell
+off the bus (comma separated, or ``all`` for the whole driver failing): NVML calls about
+them raise, as a real NVML does after an Xid 79.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 
+class NVMLError(Exception):
+    """What the real pynvml raises; its subclasses name the NVML return code."""
+
+
+class NVMLError_GpuIsLost(NVMLError):
+    pass
+
+
 class FakeNvml:
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, lost_file: str | None = None) -> None:
         self.count = count
+        self.lost_file = Path(lost_file) if lost_file else None
+
+    def _lost(self) -> set[int] | None:
+        """Indices that fell off the bus now; None for the whole driver failing."""
+        if self.lost_file is None or not self.lost_file.exists():
+            return set()
+        text = self.lost_file.read_text().strip()
+        if text == "all":
+            return None
+        return {int(part) for part in text.split(",") if part.strip()}
+
+    def _check(self, index: int | None = None) -> None:
+        lost = self._lost()
+        if lost is None or (index is not None and index in lost):
+            raise NVMLError_GpuIsLost("GPU is lost")
 
     def nvmlInit(self) -> None:
         pass
@@ -22,15 +49,19 @@ class FakeNvml:
         return "550.54"
 
     def nvmlDeviceGetCount(self) -> int:
+        self._check()
         return self.count
 
     def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        self._check(index)
         return index
 
     def nvmlDeviceGetName(self, handle: int) -> bytes:
+        self._check(handle)
         return b"NVIDIA A100"
 
     def nvmlDeviceGetUUID(self, handle: int) -> str:
+        self._check(handle)
         return f"GPU-{handle}"
 
     def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
@@ -51,7 +82,9 @@ class FakeNvml:
         return 250_000
 
 
-_instance = FakeNvml(int(os.environ.get("HAKURIVER_FAKE_GPUS", "0")))
+_instance = FakeNvml(
+    int(os.environ.get("HAKURIVER_FAKE_GPUS", "0")), os.environ.get("HAKURIVER_FAKE_NVML_LOST")
+)
 
 
 def __getattr__(name: str) -> Any:

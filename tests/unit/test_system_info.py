@@ -49,3 +49,16 @@ def test_absent_nvml_means_no_gpus() -> None:
     probe = GpuProbe(BrokenNvml(1))
     assert probe.available is False
     assert probe.sample() == []
+
+
+def test_a_gpu_nvml_cannot_read_is_left_out_and_a_failing_nvml_reports_none(
+    tmp_path: Path,
+) -> None:
+    lost = tmp_path / "lost"
+    probe = GpuProbe(FakeNvml(4, str(lost)))
+    lost.write_text("1")
+    assert [g.index for g in probe.sample()] == [0, 2, 3]  # NVML's own indices, with a gap
+    lost.write_text("all")
+    assert probe.sample() == []
+    lost.unlink()
+    assert [g.index for g in probe.sample()] == [0, 1, 2, 3]

@@ -189,23 +189,41 @@ class HostMetrics:
                 self._finished[new, kind].inc(count)
 
     def node_health(self, node: str, health: node_pb2.Health) -> None:
+        """Set a node's readings from its heartbeat. A reading it no longer sends (a sensor
+        gone, a GPU fallen off the bus) has its series dropped, as for an offline node:
+        a stale value would keep an alert firing, or hide one."""
         self.node_cpu.labels(node=node).set(health.cpu_percent / 100)
         self.node_memory_used.labels(node=node).set(health.memory_used_bytes)
         self.node_memory_total.labels(node=node).set(health.memory_total_bytes)
-        if health.HasField("current_avg_temp"):
-            self.node_temperature.labels(node=node, stat="avg").set(health.current_avg_temp)
-        if health.HasField("current_max_temp"):
-            self.node_temperature.labels(node=node, stat="max").set(health.current_max_temp)
+        avg = health.current_avg_temp if health.HasField("current_avg_temp") else None
+        peak = health.current_max_temp if health.HasField("current_max_temp") else None
+        _set_or_remove(self.node_temperature, (node, "avg"), avg)
+        _set_or_remove(self.node_temperature, (node, "max"), peak)
+        seen = {str(g.index) for g in health.gpus}
+        for gone in self._gpus.get(node, set()) - seen:
+            for gauge in self._gpu_gauges:
+                gauge.remove(node, gone)
+        self._gpus[node] = seen
         for g in health.gpus:
-            labels = {"node": node, "gpu": str(g.index)}
-            self._gpus.setdefault(node, set()).add(str(g.index))
-            self.gpu_utilization.labels(**labels).set(g.utilization_gpu_percent / 100)
-            self.gpu_memory_utilization.labels(**labels).set(g.utilization_memory_percent / 100)
-            self.gpu_memory_used.labels(**labels).set(g.memory_used_bytes)
-            self.gpu_memory_total.labels(**labels).set(g.memory_total_bytes)
-            if g.HasField("temperature_celsius"):
-                self.gpu_temperature.labels(**labels).set(g.temperature_celsius)
-            if g.HasField("power_draw_watts"):
-                self.gpu_power.labels(**labels).set(g.power_draw_watts)
-            if g.HasField("power_limit_watts"):
-                self.gpu_power_limit.labels(**labels).set(g.power_limit_watts)
+            self._gpu_health(node, g)
+
+    def _gpu_health(self, node: str, g: node_pb2.Gpu) -> None:
+        labels = (node, str(g.index))
+        self.gpu_utilization.labels(*labels).set(g.utilization_gpu_percent / 100)
+        self.gpu_memory_utilization.labels(*labels).set(g.utilization_memory_percent / 100)
+        self.gpu_memory_used.labels(*labels).set(g.memory_used_bytes)
+        self.gpu_memory_total.labels(*labels).set(g.memory_total_bytes)
+        temperature = g.temperature_celsius if g.HasField("temperature_celsius") else None
+        power = g.power_draw_watts if g.HasField("power_draw_watts") else None
+        limit = g.power_limit_watts if g.HasField("power_limit_watts") else None
+        _set_or_remove(self.gpu_temperature, labels, temperature)
+        _set_or_remove(self.gpu_power, labels, power)
+        _set_or_remove(self.gpu_power_limit, labels, limit)
+
+
+def _set_or_remove(gauge: Gauge, labels: tuple[str, ...], value: float | None) -> None:
+    """Set a series, or drop it when there is no reading (absent, never a stale value)."""
+    if value is not None:
+        gauge.labels(*labels).set(value)
+    else:
+        gauge.remove(*labels)

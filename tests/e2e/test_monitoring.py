@@ -286,11 +286,18 @@ def _health_gpus(cluster: ProcessCluster, name: str) -> list[int]:
     return [g.get("index", 0) for g in entry["current"].get("gpus", [])]
 
 
+def _gpu_series(cluster: ProcessCluster, name: str) -> set[str]:
+    """The GPUs of node ``name`` that have a temperature series."""
+    samples = scrape(cluster).get("hakuriver_gpu_temperature_celsius", [])
+    return {s.labels["gpu"] for s in samples if s.labels["node"] == name}
+
+
 def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
     mon: ProcessCluster, tmp_path: Path
 ) -> None:
     """NVML failing under a running Runner (a GPU fallen off the bus, the driver gone) is
-    shown in its readings; the node stays connected and its tasks keep running."""
+    shown in its readings and metrics (no stale series of a GPU no longer read, on which
+    an alert could fire); the node stays connected and its tasks keep running."""
     lost = tmp_path / "lost-gpus"
     name = mon.start_runner(
         f"{mon.runner_names[0]}-lossy",
@@ -309,6 +316,10 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
         else:
             lost.write_text(fault)
         wait_for(lambda r=reported: _health_gpus(mon, name) == r, what=f"GPUs {reported}")  # type: ignore[misc]
+        wait_for(
+            lambda r=reported: _gpu_series(mon, name) == {str(i) for i in r},  # type: ignore[misc]
+            what=f"metrics of GPUs {reported} alone",
+        )
         [node] = [n for n in json.loads(mon.cli("client", "nodes", "--json").stdout)
                   if n["hostname"] == name]  # fmt: skip
         assert node["status"] == "online" and not node.get("disconnected"), node

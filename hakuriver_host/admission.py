@@ -220,6 +220,13 @@ def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
         raise InvalidArgument(f"gpus: must not be negative, got {req.gpus}")
     if req.gpus and any(t.gpu_ids for t in req.targets):
         raise InvalidArgument("gpus: give a GPU count or GPU ids in targets, not both")
+    for target in req.targets:
+        if len(set(target.gpu_ids)) != len(target.gpu_ids):
+            # One GPU twice would be counted as two: placed only where two are free, its
+            # task's CUDA_VISIBLE_DEVICES naming a device its container does not have.
+            raise InvalidArgument(
+                f"target {target.hostname}: GPU ids repeat: {list(target.gpu_ids)}"
+            )
     if kind is TaskKind.COMMAND and not req.command.strip():
         raise InvalidArgument("command: must not be empty")
     for key in req.env:

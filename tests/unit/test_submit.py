@@ -357,3 +357,14 @@ async def test_a_task_killed_while_its_placement_is_being_stored_is_never_dispat
     assert status_of(killed) is TaskStatus.KILLED
     assert status_of(await local_cluster.wait_status(queued.task_id)) is TaskStatus.KILLED
     assert queued.task_id not in runner.dispatched
+
+
+async def test_a_gpu_id_named_twice_is_refused(local_cluster: LocalCluster) -> None:
+    """The CLI refuses ``HOST::1,1``; the API must too, or the task holds GPU 1 "twice":
+    it waits for two free GPUs and gets CUDA_VISIBLE_DEVICES=0,1 with one device."""
+    await local_cluster.add_runner("gpu", cores=2, gpus=_gpus(0, 1, 2), answer=HOLD)
+    twice = [task_pb2.Target(hostname="gpu", gpu_ids=[1, 1])]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("train", targets=twice)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == "target gpu: GPU ids repeat: [1, 1]"

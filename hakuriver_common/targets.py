@@ -21,10 +21,17 @@ class TargetSpec:
         )
 
 
+# The API's ids are int32: a larger one could not even be put in a request.
+MAX_ID = 2**31 - 1
+
+
 def _non_negative_int(text: str, what: str, whole: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"target {whole!r}: {what} must be a non-negative integer, got {text!r}")
-    return int(text)
+    value = int(text)
+    if value > MAX_ID:
+        raise ValueError(f"target {whole!r}: {what} must be at most {MAX_ID}, got {text}")
+    return value
 
 
 def parse_target(text: str) -> TargetSpec:

@@ -67,6 +67,9 @@ def test_parse_target(text: str, expected: TargetSpec) -> None:
         ("n::1,,2", "expected GPU ids"),
         ("n::a", "GPU id must be a non-negative integer"),
         ("n::1,1", "GPU ids repeat"),
+        ("n::2147483648", "GPU id must be at most 2147483647"),
+        ("n:2147483648", "NUMA id must be at most 2147483647"),
+        ("n::\u00b2", "GPU id must be a non-negative integer"),  # isdigit(), yet no int
     ],
 )
 def test_parse_target_rejects(text: str, message: str) -> None:

@@ -35,6 +35,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_runner.backoff import backoff_delay
 from hakuriver_runner.credential import RunnerIdentity
 from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.gpu_readings import GpuReadings
 from hakuriver_runner.outbox import Lanes, Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.supervisor import Supervisor
@@ -80,7 +81,7 @@ class Session:
         self.docker = docker
         self.supervisor = supervisor
         self.tunnels = Tunnels(outbox, supervisor.ssh_port)
-        self.gpus = GpuProbe()
+        self.gpus = GpuReadings(GpuProbe(), pool)
         self.identity = RunnerIdentity(config)
         supervisor.set_cluster(self.identity.cluster_id())
         self._outbox = outbox
@@ -150,7 +151,7 @@ class Session:
         environments, _ = await self._pool.run(self.docker.inventory)
         numa = await self._pool.run(read_numa_topology)
         cpus = usable_cpus()
-        gpus = await self._pool.run(self.gpus.sample)
+        gpus = await self.gpus.take(DEFAULT_HEARTBEAT_SECONDS)
         return rpb.ConnectRequest(
             register=rpb.RegisterRunner(
                 hostname=self.name,
@@ -288,7 +289,8 @@ class Session:
         loaded: dict[str, int] = {}
         while True:
             await self.supervisor.check_gone()
-            health = await self._pool.run(sample_health, self.gpus)
+            gpus = await self.gpus.take(interval)
+            health = await self._pool.run(sample_health, gpus)
             try:
                 environments, loaded = await self._pool.run(self.docker.inventory)
             except DOCKER_UNREACHABLE as exc:

@@ -161,8 +161,9 @@ def _temperatures() -> tuple[float | None, float | None]:
     return sum(readings) / len(readings), max(readings)
 
 
-def sample_health(gpus: GpuProbe) -> node_pb2.Health:
-    """One health sample; blocking (reads /proc, /sys and NVML): call off the event loop."""
+def sample_health(gpus: list[node_pb2.Gpu]) -> node_pb2.Health:
+    """One health sample with GPU readings taken apart (``GpuReadings``); blocking (reads
+    /proc and /sys): call off the event loop."""
     memory = psutil.virtual_memory()
     avg_temp, max_temp = _temperatures()
     stamp = Timestamp()
@@ -175,7 +176,7 @@ def sample_health(gpus: GpuProbe) -> node_pb2.Health:
         memory_total_bytes=memory.total,
         current_avg_temp=avg_temp,
         current_max_temp=max_temp,
-        gpus=gpus.sample(),
+        gpus=gpus,
     )
 
 

@@ -4,12 +4,14 @@ Put this directory first on PYTHONPATH of a Runner process and set HAKURIVER_FAK
 GPU count; the Runner then reports that many GPUs exactly as it would real ones.
 HAKURIVER_FAKE_NVML_LOST names a file that, while it exists, holds the GPU indices that fell
 off the bus (comma separated, or ``all`` for the whole driver failing): NVML calls about
-them raise, as a real NVML does after an Xid 79.
+them raise, as a real NVML does after an Xid 79. ``hang`` makes every call block until the
+file changes, as NVML does on a GPU stuck in a bad state.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -30,12 +32,18 @@ class FakeNvml:
 
     def _lost(self) -> set[int] | None:
         """Indices that fell off the bus now; None for the whole driver failing."""
-        if self.lost_file is None or not self.lost_file.exists():
-            return set()
-        text = self.lost_file.read_text().strip()
+        text = self._fault()
+        while text == "hang":
+            time.sleep(0.05)
+            text = self._fault()
         if text == "all":
             return None
         return {int(part) for part in text.split(",") if part.strip()}
+
+    def _fault(self) -> str:
+        if self.lost_file is None or not self.lost_file.exists():
+            return ""
+        return self.lost_file.read_text().strip()
 
     def _check(self, index: int | None = None) -> None:
         lost = self._lost()

@@ -52,6 +52,9 @@ class NodeView:
     history: deque[node_pb2.Health] = field(default_factory=deque)
     # Why the Host could not store this node's task output at its latest try ("" if it could).
     output_problem: str = ""
+    # When a registration of this node replaced a stream still open (monotonic seconds),
+    # within the last REPLACED_WINDOW: many mean two Runners answer to one name.
+    replaced: deque[float] = field(default_factory=deque)
 
     @property
     def disconnected(self) -> bool:
@@ -70,6 +73,29 @@ class NodeView:
             draining=self.draining,
             environments=sorted(self.environments),
         ).model_dump()
+
+
+# A node's streams replaced this often within this many seconds: two Runners take turns.
+REPLACED_TIMES = 5
+REPLACED_WINDOW = 60.0
+
+
+def _note_replaced(node: NodeView) -> None:
+    """A Runner reconnecting replaces its stream now and then; two Runners sharing one name
+    and credential (a copied state_dir) replace each other's several times a second, each
+    reporting the other's tasks missing. Said once per window, as a warning."""
+    now = time.monotonic()
+    node.replaced.append(now)
+    while node.replaced and node.replaced[0] < now - REPLACED_WINDOW:
+        node.replaced.popleft()
+    if len(node.replaced) == REPLACED_TIMES:
+        log.warning(
+            "runner %s: its stream was replaced by a new registration %d times within %gs; "
+            "are two Runners using one name and credential (a copied runner.state_dir)?",
+            node.hostname,
+            REPLACED_TIMES,
+            REPLACED_WINDOW,
+        )
 
 
 class NodeTable:
@@ -153,6 +179,7 @@ class NodeTable:
         elif node.link is not None:
             log.info("runner %s reconnected; closing its previous stream", reg.hostname)
             self.disconnect(node.link)
+            _note_replaced(node)
         node.total_cores = reg.total_cores
         node.total_memory_bytes = reg.total_memory_bytes
         node.numa_nodes = [

@@ -6,6 +6,7 @@ stream or its tasks, and it reports only on tasks dispatched to it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import grpc
@@ -349,4 +350,27 @@ def test_a_state_dir_that_cannot_keep_the_credential_stops_the_join(tmp_path: Pa
         RunnerIdentity(config).secret()
     assert str(raised.value) == (
         f"cannot keep a credential in runner.state_dir {state_dir}: Not a directory"
+    )
+
+
+async def test_two_runners_sharing_one_credential_are_named_in_a_warning(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A copied runner.state_dir: both Runners hold the credential, and each registration
+    replaces the other's stream. The operator is told, once, not left with INFO lines."""
+    a = await local_cluster.add_runner("a", reconnect_delay=0.01)
+    twin = FakeRunner(local_cluster.config, "a", credential=a.credential, reconnect_delay=0.01)
+    caplog.set_level(logging.INFO, logger="hakuriver_host.nodes")
+    await twin.start()
+    try:
+        warned = await eventually(
+            lambda: [r for r in caplog.records if r.levelno == logging.WARNING],
+            what="a warning about runner a's streams",
+        )
+    finally:
+        await twin.stop()
+    assert len(warned) == 1
+    assert warned[0].getMessage() == (
+        "runner a: its stream was replaced by a new registration 5 times within 60s; "
+        "are two Runners using one name and credential (a copied runner.state_dir)?"
     )

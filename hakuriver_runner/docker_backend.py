@@ -488,10 +488,10 @@ class DockerBackend:
             labels[LABEL_PREPARED] = "1"
         if gated:
             labels[LABEL_GATED] = "1"
-        environment = {
-            **dict(dispatch.env),
-            **task_variables(dispatch, range(len(dispatch.gpu_ids))),
-        }
+        # A privileged container sees every GPU of the node (Docker lets it have every
+        # device), whatever its device request: CUDA must be told which are its own.
+        cuda = dispatch.gpu_ids if dispatch.privileged else range(len(dispatch.gpu_ids))
+        environment = {**dict(dispatch.env), **task_variables(dispatch, cuda)}
         command = [dispatch.command, *dispatch.arguments]
         if dispatch.kind == task_pb2.TASK_KIND_VPS:
             port = self.ssh_ports.take(self._vps_ports())

@@ -222,11 +222,21 @@ def test_gpu_task_gets_exactly_its_devices(sched: ProcessCluster) -> None:
     env = dict(item.split("=", 1) for item in config["Config"]["Env"])
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     assert env["HAKURIVER_GPU_IDS"] == "1"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # NVML's order: the node's GPU ids
     if final.status == task_pb2.TASK_STATUS_FAILED:
         # No NVIDIA runtime on this machine: Docker refuses GPU containers, and says so.
         assert "could not select device driver" in final.error_message, final.error_message
     else:
         assert final.status == task_pb2.TASK_STATUS_COMPLETED
+
+    # A privileged container sees every GPU of the node: CUDA is told its own by node id.
+    privileged = sched.submit(
+        ["true"], targets=[task_pb2.Target(hostname=gpu_runner, gpu_ids=[1])], privileged=True
+    )
+    sched.wait_final(privileged.task_id)
+    config = _container(sched, privileged.task_id).attrs
+    env = dict(item.split("=", 1) for item in config["Config"]["Env"])
+    assert (env["CUDA_VISIBLE_DEVICES"], env["HAKURIVER_GPU_IDS"]) == ("1", "1")
 
     counted = sched.submit(["true"], gpus=2)
     placed = sched.wait_final(counted.task_id)

@@ -349,8 +349,14 @@ class WebhookConfig(Section):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str) -> str:
+        # Checked here, not at the first delivery: a bad port failed every attempt, and
+        # the give-up warning, naming the port, ended the receiver's worker silently.
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts.port  # noqa: B018 - raises for a port that is no number in 0-65535
+        except ValueError as exc:
+            raise ValueError(f"webhook url {url!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"webhook url {url!r} must be an http:// or https:// URL")
         return url
 

@@ -47,6 +47,10 @@ def test_a_bad_extra_mount_is_refused_when_the_config_is_read(tmp_path: Path, mo
     ("hook", "message"),
     [
         ('url = "ftp://example.invalid/x"', "http:// or https://"),
+        ('url = "http://:8080/x"', "http:// or https://"),
+        # Accepted, every delivery failed and the first give-up ended the webhook's worker.
+        ('url = "http://127.0.0.1:80x/x"', "Port could not be cast to integer"),
+        ('url = "https://hooks.example.org:99999/x"', "Port out of range"),
         ('url = "http://127.0.0.1:9/x"\nevents = ["task.exploded"]', "task.exploded"),
     ],
 )

@@ -94,6 +94,16 @@ class Webhook:
         while True:
             await self._deliver(await self.queue.get())
 
+    async def _attempt(self, payload: dict[str, Any]) -> None:
+        """One POST, over after ``timeout_seconds`` whatever the receiver does: urllib's
+        timeout bounds each read, not the request, so a receiver trickling its answer held
+        this webhook's worker (and every later event) for as long as it trickled."""
+        post = on_daemon_thread(self._post, payload, name="hakuriver-webhook")
+        try:
+            await asyncio.wait_for(post, self.config.timeout_seconds)
+        except TimeoutError:
+            raise TimeoutError(f"no answer within {self.config.timeout_seconds:g}s") from None
+
     async def _deliver(self, payload: dict[str, Any]) -> None:
         base = self.config.retry_base_seconds
         attempts = AsyncRetrying(
@@ -104,7 +114,7 @@ class Webhook:
         try:
             async for attempt in attempts:
                 with attempt:
-                    await on_daemon_thread(self._post, payload, name="hakuriver-webhook")
+                    await self._attempt(payload)
         except Exception as exc:  # one bad delivery must not end the worker
             log.warning(
                 "webhook %s: giving up on %s after %d attempts: %s",

@@ -5,6 +5,7 @@ and the Host logs that it gave up; the worker goes on with the next event."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -110,3 +111,59 @@ async def test_a_receiver_that_never_answers_holds_no_thread_the_host_waits_for(
         assert waited_for == []
     finally:
         silent.close()
+
+
+class Trickling:
+    """Answers each POST with a long body sent a byte at a time, each byte well within
+    the read timeout, so no single read ever times out; records the events."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            request = b""
+            while b"\r\n\r\n" not in request or not request.rstrip().endswith(b"}"):
+                request += connection.recv(65536)
+            self.events.append(json.loads(request.split(b"\r\n\r\n", 1)[1])["event"])
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
+            while not self.closed.wait(0.05):
+                connection.sendall(b".")
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+async def test_timeout_seconds_bounds_an_attempt_whose_answer_trickles(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each byte came within the timeout, so urllib never timed out: the attempt, and with it
+    # the webhook's every later event, waited until the receiver stopped sending.
+    receiver = Trickling()
+    config = WebhookConfig(url=receiver.url, events=["*"], timeout_seconds=0.5, max_attempts=1)
+    notifier = Notifier([config])
+    notifier.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
+            notifier.notify("node.offline", node="gpu1")
+            notifier.notify("node.online", node="gpu1")
+            await eventually(
+                lambda: receiver.events == ["node.offline", "node.online"],
+                what="the second event, after the first attempt timed out",
+            )
+    finally:
+        await notifier.stop()
+        receiver.close()
+    gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
+    assert gave_up and "node.offline after 1 attempts: no answer within 0.5s" in gave_up[0]

@@ -351,13 +351,15 @@ class WebhookConfig(Section):
     def _http_url(cls, url: str) -> str:
         # Checked here, not at the first delivery: a bad port failed every attempt, and
         # the give-up warning, naming the port, ended the receiver's worker silently.
+        # The messages never hold the URL: a chat webhook's path is its secret, and they
+        # reach the terminal and the journal.
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018 - raises for a port that is no number in 0-65535
         except ValueError as exc:
-            raise ValueError(f"webhook url {url!r}: {exc}") from None
+            raise ValueError(f"webhook url: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"webhook url {url!r} must be an http:// or https:// URL")
+            raise ValueError("webhook url must be an http:// or https:// URL with a host")
         return url
 
     @field_validator("events")

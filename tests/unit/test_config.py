@@ -61,6 +61,17 @@ def test_bad_webhooks_are_refused_at_load(tmp_path: Path, hook: str, message: st
         load_config(path)
 
 
+def test_a_refused_webhook_url_is_not_shown(tmp_path: Path) -> None:
+    """A chat webhook's path is its secret; pasted without its scheme, the Host's refusal
+    put it in the journal."""
+    path = tmp_path / "c.toml"
+    path.write_text('[[webhooks]]\nurl = "hooks.slack.com/services/T0/B0/s3cretPath"\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert "webhooks.0.url: webhook url must be an http:// or https://" in str(refused.value)
+    assert "s3cretPath" not in str(refused.value)
+
+
 def test_a_bad_config_is_one_line_naming_each_problem_and_no_value(tmp_path: Path) -> None:
     """Never the value given: a mistyped key's value may be a secret (it would reach the
     terminal and the journal)."""

@@ -360,6 +360,9 @@ class WebhookConfig(Section):
             raise ValueError(f"webhook url: {exc}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("webhook url must be an http:// or https:// URL with a host")
+        if any(c.isspace() or not c.isprintable() for c in url):
+            # urllib refuses it at every delivery, in words quoting its path.
+            raise ValueError("webhook url must not hold spaces or control characters")
         return url
 
     @field_validator("events")

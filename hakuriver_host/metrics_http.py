@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
 
 
-def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
+def _bearer_only(app: WsgiApp, token: str, refused: Callable[[str], None]) -> WsgiApp:
+    """Only a scrape with the token gets the metrics; ``refused(peer)`` is told of the others
+    (audited: a wrong token is a refusal like any other caller's)."""
     expected = token.encode()
 
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -32,6 +34,7 @@ def _bearer_only(app: WsgiApp, token: str) -> WsgiApp:
         scheme, _, given = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
             return app(environ, start_response)
+        refused(str(environ.get("REMOTE_ADDR", "")))
         start_response(
             "401 Unauthorized",
             [("Content-Type", "text/plain"), ("WWW-Authenticate", 'Bearer realm="metrics"')],
@@ -54,9 +57,16 @@ def _at_metrics_only(app: WsgiApp) -> WsgiApp:
     return routed
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str) -> WSGIServer:
-    """Serve ``registry`` on host:port (token: required as a bearer token); returns the
-    server, whose ``shutdown`` stops it and closes its socket."""
+def serve_metrics(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    token: str,
+    refused: Callable[[str], None] = lambda peer: None,
+) -> WSGIServer:
+    """Serve ``registry`` on host:port (token: required as a bearer token, ``refused`` called
+    from the server's thread with the peer of each scrape without it); returns the server,
+    whose ``shutdown`` stops it and closes its socket."""
 
     class _Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -67,7 +77,7 @@ def serve_metrics(registry: CollectorRegistry, host: str, port: int, token: str)
 
     app: WsgiApp = make_wsgi_app(registry)
     if token:
-        app = _bearer_only(app, token)
+        app = _bearer_only(app, token, refused)
     elif not is_loopback(host):
         log.warning(
             "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host

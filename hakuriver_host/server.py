@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
@@ -42,6 +43,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2,
     task_service_pb2_grpc,
 )
+from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.service import stop_on_signals
 from hakuriver_host.access_services import AccessService, AuditService
 from hakuriver_host.cluster import Cluster
@@ -49,6 +51,7 @@ from hakuriver_host.connect_bridge import connect_app
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import Unavailable
+from hakuriver_host.identity import ANONYMOUS
 from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -366,6 +369,7 @@ class HostServer:
                 net.metrics_bind_ip,
                 net.metrics_port,
                 self.config.auth.metrics_token,
+                self._metrics_refused(asyncio.get_running_loop()),
             )
         except OSError as exc:
             raise ListenError("metrics", net.metrics_bind_ip, net.metrics_port, exc) from None
@@ -420,6 +424,22 @@ class HostServer:
             await asyncio.to_thread(self._http.shutdown)
         self.gate.close()  # the counts of rate-limited log lines not yet written
         self.store.close()
+
+    def _metrics_refused(self, loop: asyncio.AbstractEventLoop) -> Callable[[str], None]:
+        """Audit a scrape of /metrics without its token (told from the server's thread)."""
+
+        def refused(peer: str) -> None:
+            loop.call_soon_threadsafe(
+                self.cluster.audit.record,
+                ANONYMOUS,
+                "metrics.scrape",
+                "/metrics",
+                AuditOutcome.REFUSED,
+                "no bearer token, or not auth.metrics_token",
+                peer,
+            )
+
+        return refused
 
     async def serve_forever(self) -> None:
         try:

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from hakuriver_common.proto.hakuriver.v1 import audit_service_pb2 as aupb
+from tests.fake_runner import eventually
 from tests.unit.local_cluster import LocalCluster
 
 TOKEN = "metrics-" + "x" * 40
@@ -67,6 +69,19 @@ async def test_a_metrics_token_is_required_as_a_bearer_token(
         assert status == 200, accepted
         assert headers["Content-Type"].startswith("text/plain"), headers
         assert {"hakuriver_queue_depth", "hakuriver_runners_connected"} <= metric_names(body)
+    # Each refusal is audited, as a refused gRPC call is: anonymous, with its peer.
+    request = aupb.ListAuditEventsRequest(action="metrics.scrape")
+    events = await eventually(
+        lambda: _five(cluster.audit.ListAuditEvents(request, timeout=5)), what="5 audit rows"
+    )
+    assert {(e.actor, e.target, e.outcome, e.peer) for e in events} == {
+        ("anonymous", "/metrics", aupb.AUDIT_OUTCOME_REFUSED, "127.0.0.1")
+    }
+
+
+async def _five(reply: Awaitable[aupb.ListAuditEventsResponse]) -> list[aupb.AuditEvent]:
+    events = list((await reply).events)
+    return events if len(events) == 5 else []
 
 
 async def test_without_a_metrics_token_metrics_are_open(local_cluster: LocalCluster) -> None:

@@ -10,7 +10,9 @@ A body that is not a valid request (corrupt protobuf, JSON that is not the messa
 JSON at all) answers Connect's ``invalid_argument`` with ``request: not a valid
 hakuriver.v1.XRequest message``, logged like the gRPC side's (one line per cause per
 minute, no traceback): the runtime's codecs are replaced by ``LenientCodec``s (the runtime
-would answer 500 and let the exception reach the ASGI server, which logs a traceback).
+would answer 500 and let the exception reach the ASGI server, which logs a traceback). As
+over gRPC, the gate judges the caller first: a caller without a valid token, or one whose
+role does not allow the method, gets that refusal (and its audit entry) whatever the body.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any
 
@@ -33,6 +36,20 @@ from hakuriver_host.interceptors import ApiInterceptor, Malformed, bearer_secret
 
 # Largest request body the Connect API reads (the gRPC server's receive limit).
 READ_MAX_BYTES = 16 * 1024 * 1024
+
+# The body of the current call that was not a valid message: ``LenientCodec.decode`` notes
+# it and the bridge's method (same task: each Connect call is one) hands it to the gate
+# instead of the request, as gRPC's lenient deserializer does, so refusals come first.
+_MALFORMED: ContextVar[Malformed | None] = ContextVar("malformed_connect_body", default=None)
+
+
+def _received(request: Any) -> Any:
+    """The request the runtime decoded, or the ``Malformed`` standing for it."""
+    found = _MALFORMED.get()
+    if found is None:
+        return request
+    _MALFORMED.set(None)
+    return found
 
 
 class CallContext:
@@ -95,7 +112,9 @@ def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Ca
         deadline = _deadline(ctx)
         try:
             async with asyncio.timeout_at(deadline):
-                return await wrapped(request, CallContext(ctx.client_address(), deadline))
+                return await wrapped(
+                    _received(request), CallContext(ctx.client_address(), deadline)
+                )
         except TimeoutError:
             raise _passed() from None
 
@@ -108,7 +127,8 @@ def _server_stream(
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> AsyncIterator[Any]:
         wrapped = gate.call(path, _bearer(ctx), False).streaming(behaviour)
         deadline = _deadline(ctx)
-        stream: AsyncGenerator[Any] = wrapped(request, CallContext(ctx.client_address(), deadline))
+        context = CallContext(ctx.client_address(), deadline)
+        stream: AsyncGenerator[Any] = wrapped(_received(request), context)
         try:
             # Each next message waited for under the deadline, never a yield inside a
             # timeout: it would cancel whatever the consumer is doing when it passes.
@@ -156,13 +176,11 @@ def bridge(gate: ApiInterceptor, servicer: Any, service: ServiceDescriptor) -> S
 
 
 class LenientCodec:
-    """One of the runtime's codecs, whose ``decode`` answers a body that is not the
-    message with INVALID_ARGUMENT (a ConnectError) and one rate-limited log line."""
+    """One of the runtime's codecs, whose ``decode`` notes a body that is not the message
+    (``_MALFORMED``) instead of raising: the gate answers it after judging the caller."""
 
-    def __init__(self, codec: Codec[Any, Any], gate: ApiInterceptor, service: str) -> None:
+    def __init__(self, codec: Codec[Any, Any]) -> None:
         self._codec = codec
-        self._gate = gate
-        self._service = service
 
     def name(self) -> str:
         return self._codec.name()
@@ -175,9 +193,8 @@ class LenientCodec:
             return self._codec.decode(data, message)
         except Exception as exc:
             type_name = message.DESCRIPTOR.full_name
-            found = Malformed(type_name, f"{self.name()}: {type(exc).__name__}: {exc}")
-            self._gate.note_malformed(f"/{self._service} (Connect)", found)
-            raise ConnectError(Code.INVALID_ARGUMENT, found.error().message) from None
+            _MALFORMED.set(Malformed(type_name, f"{self.name()}: {type(exc).__name__}: {exc}"))
+            return message
 
 
 def connect_app(
@@ -196,7 +213,6 @@ def connect_app(
     codecs: dict[str, Any] = app._codecs
     assert set(codecs) == {"proto", "json"}, f"connectrpc's codecs changed: {sorted(codecs)}"
     app._codecs = {
-        codec.name(): LenientCodec(codec, gate, service.full_name)
-        for codec in (proto_binary_codec(), proto_json_codec())
+        codec.name(): LenientCodec(codec) for codec in (proto_binary_codec(), proto_json_codec())
     }
     return app

@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hakuriver_common.channels import bearer
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
     runner_service_pb2 as rpb,
     task_service_pb2 as tpb,
 )
@@ -158,6 +159,41 @@ async def test_a_malformed_connect_body_is_invalid_argument(
             "message": "request: not a valid hakuriver.v1.GetTaskRequest message",
         }
     assert not _problems(caplog)
+
+
+async def test_a_malformed_connect_body_from_a_refused_caller_gets_the_refusal(
+    local_cluster: LocalCluster,
+) -> None:
+    """As over gRPC: who may call is judged before the body, and the refusal audited."""
+    assert local_cluster.server is not None
+    endpoint = Endpoint(
+        f"https://127.0.0.1:{local_cluster.server.dashboard_port}",
+        Path(local_cluster.config.tls.ca_file),
+    )
+    alice = await local_cluster.add_user("alice")
+    calls = (
+        ({}, "/hakuriver.v1.AccessService/WhoAmI", 401, "unauthenticated"),
+        (
+            {"Authorization": "Bearer wrong"},
+            "/hakuriver.v1.AccessService/WhoAmI",
+            401,
+            "unauthenticated",
+        ),
+        (
+            {"Authorization": f"Bearer {alice.token}"},
+            "/hakuriver.v1.AccessService/ListUsers",
+            403,
+            "permission_denied",
+        ),
+    )
+    for body, kind in ((CORRUPT, "application/proto"), (b"{", "application/json")):
+        for auth, path, status, code in calls:
+            headers = {"Content-Type": kind, **auth}
+            reply = await asyncio.to_thread(endpoint.request, path, body, headers)
+            assert (reply.status, reply.json()["code"]) == (status, code), (path, auth, body)
+    events = await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+    refused = [e for e in events.events if e.target.endswith("/ListUsers") and e.actor == "alice"]
+    assert len(refused) == 2
 
 
 def test_limited_log_logs_once_per_cause_then_a_count() -> None:

@@ -71,6 +71,11 @@ NOT_BUILT = (
     b"(the API on this port works without them).\n"
 )
 
+NO_TRAILERS = (
+    b"gRPC needs HTTP/2 trailers: call the gRPC port (network.host_port), or use the Connect "
+    b"protocol (application/json, application/proto) here\n"
+)
+
 
 @dataclass(frozen=True)
 class Asset:
@@ -131,6 +136,14 @@ class AssetStore:
             self._stamp = stamp
             self.assets = await asyncio.to_thread(load_assets, self.directory)
         return self.assets
+
+
+def _grpc_without_trailers(scope: Scope) -> bool:
+    """A gRPC call (not gRPC-Web) on a connection that cannot carry trailers (HTTP/1.1):
+    the runtime would raise into the ASGI server (HTTP 500 and a traceback in the log)."""
+    kind = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    grpc_proper = kind == "application/grpc" or kind.startswith("application/grpc+")
+    return grpc_proper and "http.response.trailers" not in scope.get("extensions", {})
 
 
 def _header(scope: Scope, name: bytes) -> str:
@@ -206,7 +219,9 @@ class WebApp:
         send = _with_security_headers(send)
         path: str = scope["path"]
         service = self.services.get(path.rsplit("/", 1)[0])
-        if service is not None:
+        if service is not None and _grpc_without_trailers(scope):
+            await _plain(send, 415, NO_TRAILERS)
+        elif service is not None:
             await _call(service, scope, receive, send)
         elif path.startswith("/hakuriver.") or path.startswith("/grpc."):
             await _plain(send, 404, b"no such service on the dashboard's API\n")

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import gzip
 import http.client
+import logging
 import os
 import socket
 import ssl
@@ -280,6 +281,21 @@ async def test_bodies_are_bounded_and_never_decompressed(
     big = {**token, "Content-Type": "application/json"}
     reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b" " * 2000, big)
     assert reply.status == 413
+
+
+async def test_grpc_over_http1_is_refused_without_a_traceback(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC content type over HTTP/1.1 (no trailers): a 415 that says where gRPC is, not
+    a 500 from the runtime with a traceback in the Host's log."""
+    api = endpoint(local_cluster)
+    token = {"Authorization": f"Bearer {local_cluster.admin_token}"}
+    for kind in ("application/grpc", "application/grpc+proto"):
+        headers = {**token, "Content-Type": kind}
+        reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b"\0" * 5, headers)
+        assert reply.status == 415, (kind, reply.status)
+        assert b"network.host_port" in reply.body
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
 async def test_a_quiet_stream_ends_when_its_client_goes(local_cluster: LocalCluster) -> None:

@@ -71,6 +71,8 @@ NOT_BUILT = (
     b"(the API on this port works without them).\n"
 )
 
+# One envelope holding a byte that neither codec reads as a message (see _one_envelope).
+NOT_A_MESSAGE = b"\x00\x00\x00\x00\x01\xff"
 NO_TRAILERS = (
     b"gRPC needs HTTP/2 trailers: call the gRPC port (network.host_port), or use the Connect "
     b"protocol (application/json, application/proto) here\n"
@@ -136,6 +138,18 @@ class AssetStore:
             self._stamp = stamp
             self.assets = await asyncio.to_thread(load_assets, self.directory)
         return self.assets
+
+
+def _one_envelope(scope: Scope, body: bytearray) -> bytearray:
+    """A Connect stream request is one uncompressed envelope. The runtime answers any other
+    framing (none, two, cut short, flagged compressed) with ``unimplemented`` or
+    ``internal`` before the caller is checked; handed on as one unreadable message instead,
+    it answers as any malformed request does (the caller's refusal, else invalid_argument)."""
+    if not _header(scope, b"content-type").lower().startswith("application/connect+"):
+        return body
+    if len(body) >= 5 and body[0] == 0 and len(body) == 5 + int.from_bytes(body[1:5], "big"):
+        return body
+    return bytearray(NOT_A_MESSAGE)
 
 
 def _grpc_without_trailers(scope: Scope) -> bool:
@@ -293,6 +307,7 @@ async def _call(
             return
         if not message.get("more_body"):
             break
+    body = _one_envelope(scope, body)
     gone = asyncio.Event()
     delivered = False
 

@@ -196,6 +196,35 @@ async def test_a_malformed_connect_body_from_a_refused_caller_gets_the_refusal(
     assert len(refused) == 2
 
 
+def _stream_end(reply_body: bytes) -> object:
+    """The end-of-stream JSON of a Connect stream answer that holds nothing else."""
+    assert reply_body[0] == 0x02, reply_body[:20]
+    return json.loads(reply_body[5:])
+
+
+async def test_a_badly_framed_connect_stream_request_is_invalid_argument(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No envelope, two, one cut short or flagged compressed: as any malformed request (the
+    caller's refusal first), never the runtime's unimplemented or internal."""
+    caplog.set_level(logging.WARNING)
+    assert local_cluster.server is not None
+    endpoint = Endpoint(
+        f"https://127.0.0.1:{local_cluster.server.dashboard_port}",
+        Path(local_cluster.config.tls.ca_file),
+    )
+    path = "/hakuriver.v1.LogService/ReadLog"
+    one = b"\x00\x00\x00\x00\x02{}"
+    framings = (b"", one + one, one[:-1], b"\x01" + one[1:])
+    for token, code in ((local_cluster.admin_token, "invalid_argument"), ("", "unauthenticated")):
+        headers = {"Content-Type": "application/connect+json", "Authorization": f"Bearer {token}"}
+        for body in framings:
+            reply = await asyncio.to_thread(endpoint.request, path, body, headers)
+            assert reply.status == 200
+            assert _stream_end(reply.body)["error"]["code"] == code, body  # type: ignore[index]
+    assert not _problems(caplog)
+
+
 def test_limited_log_logs_once_per_cause_then_a_count() -> None:
     now = [0.0]
     records: list[logging.LogRecord] = []

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import gzip
 import ipaddress
+import json
 import logging
 import mimetypes
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -71,6 +72,11 @@ NOT_BUILT = (
     b"(the API on this port works without them).\n"
 )
 
+# A body over MAX_REQUEST_BYTES, as a Connect error.
+TOO_LARGE = {
+    "code": "resource_exhausted",
+    "message": f"request: larger than the {READ_MAX_BYTES // 2**20} MiB limit",
+}
 # One envelope holding a byte that neither codec reads as a message (see _one_envelope).
 NOT_A_MESSAGE = b"\x00\x00\x00\x00\x01\xff"
 NO_TRAILERS = (
@@ -138,6 +144,20 @@ class AssetStore:
             self._stamp = stamp
             self.assets = await asyncio.to_thread(load_assets, self.directory)
         return self.assets
+
+
+async def _too_large(scope: Scope, send: Send) -> None:
+    """Refuse a body over the limit as a Connect error (resource_exhausted, as gRPC does):
+    Connect clients read a bare HTTP 413 as ``unknown``."""
+    kind = _header(scope, b"content-type")
+    if kind.lower().startswith("application/connect+"):  # a stream: its end message
+        end = json.dumps({"error": TOO_LARGE}).encode()
+        body, status = b"\x02" + len(end).to_bytes(4, "big") + end, 200
+    else:
+        body, status, kind = json.dumps(TOO_LARGE).encode(), 429, "application/json"
+    headers = [(b"content-type", kind.encode("latin-1"))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _one_envelope(scope: Scope, body: bytearray) -> bytearray:
@@ -303,7 +323,7 @@ async def _call(
             return
         body += message.get("body", b"")
         if len(body) > MAX_REQUEST_BYTES:
-            await _plain(send, 413, b"request body too large\n")
+            await _too_large(scope, send)
             return
         if not message.get("more_body"):
             break

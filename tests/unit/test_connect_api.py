@@ -8,6 +8,7 @@ import asyncio
 import base64
 import gzip
 import http.client
+import json
 import logging
 import os
 import socket
@@ -280,7 +281,13 @@ async def test_bodies_are_bounded_and_never_decompressed(
     monkeypatch.setattr(web_app, "MAX_REQUEST_BYTES", 1000)
     big = {**token, "Content-Type": "application/json"}
     reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b" " * 2000, big)
-    assert reply.status == 413
+    assert (reply.status, reply.json()["code"]) == (429, "resource_exhausted")
+    stream = {**token, "Content-Type": "application/connect+json"}
+    reply = await asyncio.to_thread(
+        api.request, "/hakuriver.v1.LogService/ReadLog", b" " * 2000, stream
+    )
+    assert reply.status == 200 and reply.body[0] == 0x02  # one end-of-stream message
+    assert json.loads(reply.body[5:])["error"]["code"] == "resource_exhausted"
 
 
 async def test_grpc_over_http1_is_refused_without_a_traceback(

@@ -200,10 +200,11 @@ class LogStore:
         end is more than that far ahead (at a line start when one is near)."""
         try:
             with path.open("rb") as f:
-                if max_lag:
-                    end = os.fstat(f.fileno()).st_size
-                    if end - offset > max_lag:
-                        offset = _line_start(f, end - max_lag, end)
+                end = os.fstat(f.fileno()).st_size
+                if offset >= end:  # nothing there yet; seek refuses offsets past the FS's limit
+                    return offset, b""
+                if max_lag and end - offset > max_lag:
+                    offset = _line_start(f, end - max_lag, end)
                 f.seek(offset)
                 return offset, f.read(READ_CHUNK)
         except FileNotFoundError:

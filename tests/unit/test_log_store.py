@@ -162,6 +162,19 @@ async def test_read_log_over_the_api_honours_the_lag_bound(local_cluster: LocalC
     assert b"".join(d for _, d in pieces) == content[start:]
 
 
+async def test_read_log_from_an_offset_past_any_file_is_empty(local_cluster: LocalCluster) -> None:
+    """Any int64 offset is a place in the stream: past the end, nothing (not INTERNAL from
+    a seek past the file system's largest file)."""
+    await local_cluster.add_runner("a", answer=exit_with(0, stdout=b"hi\n"))
+    task = await local_cluster.submit("print")
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    for offset in (3, 2**40, 2**63 - 1):
+        request = lpb.ReadLogRequest(
+            task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT, offset=offset
+        )
+        assert [p async for p in local_cluster.logs.ReadLog(request, timeout=5)] == []
+
+
 def test_the_paths_as_text_are_the_paths(tmp_path: Path) -> None:
     store = make(tmp_path)
     assert store.paths(42) == (str(store.path(42, STDOUT)), str(store.path(42, STDERR)))

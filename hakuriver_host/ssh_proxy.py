@@ -72,7 +72,9 @@ class SshProxy:
                 await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
-                if isinstance(exc, Unauthenticated | Hidden):
+                # A refusal of the caller (no ticket, or one not good) is audited; a tunnel
+                # that could not open is not the caller's doing.
+                if isinstance(exc, Unauthenticated | Hidden | ValueError):
                     peer = writer.get_extra_info("peername")
                     self.cluster.audit.record(
                         ANONYMOUS, "ssh.tunnel", "", AuditOutcome.REFUSED, reason, str(peer or "")

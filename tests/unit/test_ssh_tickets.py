@@ -68,6 +68,11 @@ async def test_an_over_long_request_line_gets_the_protocols_answer(
     finally:
         writer.close()
     assert answer == b"ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)\n"
+    # Refused as a call without a credential is: audited.
+    request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
+    [event] = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    assert (event.actor, event.outcome) == ("anonymous", aupb.AUDIT_OUTCOME_REFUSED)
+    assert event.detail.startswith("expected: TICKET <ticket>")
 
 
 async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: LocalCluster) -> None:

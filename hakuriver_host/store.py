@@ -116,10 +116,6 @@ class TaskWrite:
     prepared: tuple[Prepared, ...] = ()
 
 
-# The statuses of ended tasks, as stored.
-ENDED = frozenset(s.value for s in FINAL_STATUSES)
-
-
 class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
@@ -374,7 +370,7 @@ class Store:
                 query = query.where(TaskRecord.array_index == array_index)
             if statuses:
                 status: Any = TaskRecord.status
-                if not batch_id and not ENDED.isdisjoint(statuses):
+                if not batch_id and not FINAL_STATUSES.isdisjoint(statuses):
                     # Ended tasks are most of the history: newest first, walking the tasks
                     # by id (an expression keeps the status index out) stops after
                     # ``limit`` of them, where the status index read and sorted them all

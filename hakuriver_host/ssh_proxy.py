@@ -75,10 +75,7 @@ class SshProxy:
                 # A refusal of the caller (no ticket, or one not good) is audited; a tunnel
                 # that could not open is not the caller's doing.
                 if isinstance(exc, Unauthenticated | Hidden | ValueError):
-                    peer = writer.get_extra_info("peername")
-                    self.cluster.audit.record(
-                        ANONYMOUS, "ssh.tunnel", "", AuditOutcome.REFUSED, reason, str(peer or "")
-                    )
+                    self._refused(writer, ANONYMOUS, reason)
                 writer.write(f"ERROR {reason}\n".encode())
                 await writer.drain()
                 return
@@ -93,6 +90,13 @@ class SshProxy:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _refused(self, writer: asyncio.StreamWriter, who: Principal, reason: str) -> None:
+        """Audit a refused tunnel, with the address the client came from."""
+        peer = writer.get_extra_info("peername")
+        self.cluster.audit.record(
+            who, "ssh.tunnel", "", AuditOutcome.REFUSED, reason, str(peer or "")
+        )
 
     async def _relay(
         self,
@@ -111,10 +115,7 @@ class SshProxy:
                 self.cluster.access.again(who)
             except Unauthenticated as exc:
                 refused.append(exc.message)
-                peer = writer.get_extra_info("peername")
-                self.cluster.audit.record(
-                    who, "ssh.tunnel", "", AuditOutcome.REFUSED, exc.message, str(peer or "")
-                )
+                self._refused(writer, who, exc.message)
                 return False
             return True
 

@@ -10,7 +10,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -57,29 +57,36 @@ def flaky() -> Iterator[Flaky]:
     server.server.server_close()
 
 
-async def test_failed_deliveries_are_retried_then_given_up(
-    flaky: Flaky, caplog: pytest.LogCaptureFixture
-) -> None:
-    notifier = Notifier(
-        [
-            WebhookConfig(
-                url=flaky.url(path), events=["*"], max_attempts=3, retry_base_seconds=0.01
-            )
-            for path in ("/twice", "/always")
-        ]
-    )
+@contextlib.asynccontextmanager
+async def _node_offline_then_online(
+    configs: list[WebhookConfig], caplog: pytest.LogCaptureFixture
+) -> AsyncIterator[None]:
+    """A Notifier of ``configs``, told that a node went offline and then online, its warnings
+    captured; stopped after the block."""
+    notifier = Notifier(configs)
     notifier.start()
     try:
         with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
             notifier.notify("node.offline", node="gpu1")
             notifier.notify("node.online", node="gpu1")
-            await eventually(
-                lambda: len(flaky.at("/twice")) == 4 and len(flaky.at("/always")) == 6,
-                what="every attempt of both events",
-            )
-            await asyncio.sleep(0.1)  # nothing more comes
+            yield
     finally:
         await notifier.stop()
+
+
+async def test_failed_deliveries_are_retried_then_given_up(
+    flaky: Flaky, caplog: pytest.LogCaptureFixture
+) -> None:
+    configs = [
+        WebhookConfig(url=flaky.url(path), events=["*"], max_attempts=3, retry_base_seconds=0.01)
+        for path in ("/twice", "/always")
+    ]
+    async with _node_offline_then_online(configs, caplog):
+        await eventually(
+            lambda: len(flaky.at("/twice")) == 4 and len(flaky.at("/always")) == 6,
+            what="every attempt of both events",
+        )
+        await asyncio.sleep(0.1)  # nothing more comes
     twice = flaky.at("/twice")
     assert [event for _, _, event in twice] == ["node.offline"] * 3 + ["node.online"]
     assert len({event_id for _, event_id, _ in twice[:3]}) == 1  # one event, three attempts
@@ -152,18 +159,13 @@ async def test_timeout_seconds_bounds_an_attempt_whose_answer_trickles(
     # the webhook's every later event, waited until the receiver stopped sending.
     receiver = Trickling()
     config = WebhookConfig(url=receiver.url, events=["*"], timeout_seconds=0.5, max_attempts=1)
-    notifier = Notifier([config])
-    notifier.start()
     try:
-        with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
-            notifier.notify("node.offline", node="gpu1")
-            notifier.notify("node.online", node="gpu1")
+        async with _node_offline_then_online([config], caplog):
             await eventually(
                 lambda: receiver.events == ["node.offline", "node.online"],
                 what="the second event, after the first attempt timed out",
             )
     finally:
-        await notifier.stop()
         receiver.close()
     gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
     assert gave_up and "node.offline after 1 attempts: no answer within 0.5s" in gave_up[0]

@@ -149,10 +149,10 @@ class AssetStore:
 async def _too_large(scope: Scope, send: Send) -> None:
     """Refuse a body over the limit as a Connect error (resource_exhausted, as gRPC does):
     Connect clients read a bare HTTP 413 as ``unknown``."""
-    kind = _header(scope, b"content-type")
-    if kind.lower().startswith("application/connect+"):  # a stream: its end message
+    if _connect_stream(scope):  # its end message
         end = json.dumps({"error": TOO_LARGE}).encode()
         body, status = b"\x02" + len(end).to_bytes(4, "big") + end, 200
+        kind = _header(scope, b"content-type")
     else:
         body, status, kind = json.dumps(TOO_LARGE).encode(), 429, "application/json"
     headers = [(b"content-type", kind.encode("latin-1"))]
@@ -165,11 +165,16 @@ def _one_envelope(scope: Scope, body: bytearray) -> bytearray:
     framing (none, two, cut short, flagged compressed) with ``unimplemented`` or
     ``internal`` before the caller is checked; handed on as one unreadable message instead,
     it answers as any malformed request does (the caller's refusal, else invalid_argument)."""
-    if not _header(scope, b"content-type").lower().startswith("application/connect+"):
+    if not _connect_stream(scope):
         return body
     if len(body) >= 5 and body[0] == 0 and len(body) == 5 + int.from_bytes(body[1:5], "big"):
         return body
     return bytearray(NOT_A_MESSAGE)
+
+
+def _connect_stream(scope: Scope) -> bool:
+    """A call of a Connect stream (its messages enveloped), not a unary one."""
+    return _header(scope, b"content-type").lower().startswith("application/connect+")
 
 
 def _grpc_without_trailers(scope: Scope) -> bool:

@@ -165,7 +165,11 @@ class HostMetrics:
             gauge.remove(node)
         for stat in ("avg", "max"):
             self.node_temperature.remove(node, stat)
-        for gpu in self._gpus.pop(node, set()):
+        self._drop_gpus(node, self._gpus.pop(node, set()))
+
+    def _drop_gpus(self, node: str, gpus: set[str]) -> None:
+        """Drop the series of these GPUs (by index) of a node."""
+        for gpu in gpus:
             for gauge in self._gpu_gauges:
                 gauge.remove(node, gpu)
 
@@ -200,9 +204,7 @@ class HostMetrics:
         _set_or_remove(self.node_temperature, (node, "avg"), avg)
         _set_or_remove(self.node_temperature, (node, "max"), peak)
         seen = {str(g.index) for g in health.gpus}
-        for gone in self._gpus.get(node, set()) - seen:
-            for gauge in self._gpu_gauges:
-                gauge.remove(node, gone)
+        self._drop_gpus(node, self._gpus.get(node, set()) - seen)
         self._gpus[node] = seen
         for g in health.gpus:
             self._gpu_health(node, g)

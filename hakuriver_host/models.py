@@ -38,6 +38,9 @@ class NodeRecord(SQLModel, table=True):
     registered_at: datetime = Field(default_factory=utcnow)
     last_heartbeat: datetime | None = None
     draining: bool = False
+    # Online when last stored (its Runner heard from within the timeout): a restarted Host
+    # loads it so (NodeTable.load).
+    online: bool = False
     # Container environments the Runner had loaded when last heard from.
     environments: list[str] = Field(default_factory=_new_list, sa_column=Column(JSON))
 

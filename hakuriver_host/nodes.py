@@ -71,6 +71,7 @@ class NodeView:
             gpus=self.gpus,
             last_heartbeat=self.last_heartbeat,
             draining=self.draining,
+            online=self.online,
             environments=sorted(self.environments),
         ).model_dump()
 
@@ -134,7 +135,10 @@ class NodeTable:
         return node.link if node is not None else None
 
     def load(self, records: list[NodeRecord]) -> None:
-        """Nodes from the database, offline until their Runners connect."""
+        """Nodes from the database. One that was online is online with its stream closed
+        (``disconnected``) until its Runner connects or its timeout passes, as though
+        its stream had closed now: a reconnect within the timeout is no ``node.online``,
+        none is a ``node.offline``. Either way it takes no task before it connects."""
         for record in records:
             node = NodeView(
                 hostname=record.hostname,
@@ -144,6 +148,7 @@ class NodeTable:
                 gpus=record.gpus,
                 last_heartbeat=record.last_heartbeat,
                 draining=record.draining,
+                online=record.online,
                 # Known before the Runner reconnects, so a restarted Host accepts tasks for
                 # environments that exist only as images on Runners.
                 environments=set(record.environments or ()),
@@ -227,15 +232,18 @@ class NodeTable:
     def touch(self, hostname: str) -> None:
         self.nodes[hostname].last_seen = time.monotonic()
 
-    def silent(self, timeout: float) -> list[NodeView]:
-        """Nodes not heard from for ``timeout`` seconds: marked offline, links closed."""
+    def silent(self, timeout: float) -> tuple[list[NodeView], list[NodeView]]:
+        """Nodes not heard from for ``timeout`` seconds, and those of them that were online
+        until now: marked offline, links closed."""
         now = time.monotonic()
         found = []
+        went = []
         for node in self.nodes.values():
             if now - node.last_seen <= timeout:
                 continue
             found.append(node)
             if node.online:
+                went.append(node)
                 log.warning(
                     "runner %s silent for %.0fs: offline", node.hostname, now - node.last_seen
                 )
@@ -246,7 +254,7 @@ class NodeTable:
                 self._tell_watchers(node.hostname, None)
             if node.link is not None:
                 node.link.close()
-        return found
+        return found, went
 
     def idle_offline(self, seconds: float, now: float) -> list[str]:
         """Offline nodes with no link, silent for more than ``seconds``."""

@@ -385,7 +385,10 @@ class RunnerGateway:
         timing = self.config.timing
         timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
         now = time.monotonic()
-        for node in self.nodes.silent(timeout):
+        silent, went = self.nodes.silent(timeout)
+        for node in went:  # a restarted Host loads it offline
+            await self.store.save_node(node.record())
+        for node in silent:
             away = now - node.last_seen
             for task in self.book.on_node(node.hostname):
                 status = TaskStatus(task.status)

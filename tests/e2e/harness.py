@@ -347,8 +347,13 @@ join_token = "{self.join_token}"
         return self.node_online(name) and (self.runner_state_dir(name) / "credential").exists()
 
     def node_online(self, name: str) -> bool:
+        """Online with its Runner connected (a restarted Host loads a node that was online
+        as online but disconnected until its Runner registers again)."""
         nodes = self.nodes.ListNodes(npb.ListNodesRequest(), timeout=2).nodes
-        return any(n.hostname == name and n.status == node_pb2.NODE_STATUS_ONLINE for n in nodes)
+        return any(
+            n.hostname == name and n.status == node_pb2.NODE_STATUS_ONLINE and not n.disconnected
+            for n in nodes
+        )
 
     def submit(self, argv: list[str], **fields: Any) -> task_pb2.Task:
         request = tpb.SubmitTaskRequest(command=argv[0], arguments=argv[1:], **fields)

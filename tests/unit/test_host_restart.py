@@ -4,10 +4,14 @@ with their own exit code and every byte of output; drain is kept."""
 
 from __future__ import annotations
 
+import asyncio
+
+from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import NodeStatus, TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster, status_of
+from tests.webhook_receiver import Flaky
 
 
 async def test_pending_and_running_tasks_survive_a_restart(local_cluster: LocalCluster) -> None:
@@ -72,6 +76,35 @@ async def test_drain_survives_a_restart(local_cluster: LocalCluster) -> None:
     assert node.draining
     task = await local_cluster.submit("job", targets=[task_pb2.Target(hostname="a")])
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.PENDING
+
+
+async def test_node_webhooks_stay_true_across_a_restart(local_cluster: LocalCluster) -> None:
+    """A node online before the restart whose Runner reconnects never went offline: no
+    ``node.online``; one whose Runner stopped while the Host was down gets its
+    ``node.offline`` once its timeout passes, and shows online but disconnected until then."""
+    back = await local_cluster.add_runner("back")
+    gone = await local_cluster.add_runner("gone")
+    await local_cluster.stop_host()
+    await gone.stop()
+    receiver = Flaky({})
+    try:
+        local_cluster.config.webhooks = [
+            WebhookConfig(
+                url=receiver.url("/hooks"),
+                events=["node.online", "node.offline"],
+                retry_base_seconds=0.05,
+            )
+        ]
+        await local_cluster.start_host()
+        meanwhile = await local_cluster.node("gone")
+        assert NodeStatus.from_pb(meanwhile.status) is NodeStatus.ONLINE and meanwhile.disconnected
+        await eventually(lambda: back.registrations == 2, what="the runner to register again")
+        await eventually(lambda: receiver.bodies, what="a node webhook")
+        await asyncio.sleep(0.3)  # for any event wrongly sent after it
+        assert [(b["event"], b["node"]) for b in receiver.bodies] == [("node.offline", "gone")]
+        assert NodeStatus.from_pb((await local_cluster.node("gone")).status) is NodeStatus.OFFLINE
+    finally:
+        receiver.close()
 
 
 async def test_environments_of_runners_are_known_before_they_reconnect(

@@ -11,50 +11,20 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from hakuriver_common.config import WebhookConfig
-from hakuriver_host.webhooks import EVENT_ID_HEADER, Notifier
+from hakuriver_host.webhooks import Notifier
 from tests.fake_runner import eventually
-
-
-class Flaky:
-    """Answers 500 to the first ``failures`` POSTs of each path, then 204; records them."""
-
-    def __init__(self, failures: dict[str, int]) -> None:
-        self.seen: list[tuple[str, str, str]] = []  # (path, event id, event)
-        seen, left = self.seen, dict(failures)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                seen.append((self.path, self.headers[EVENT_ID_HEADER], body["event"]))
-                failing = left.get(self.path, 0) > 0
-                left[self.path] = left.get(self.path, 0) - 1
-                self.send_response(500 if failing else 204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}{path}"
-
-    def at(self, path: str) -> list[tuple[str, str, str]]:
-        return [s for s in self.seen if s[0] == path]
+from tests.webhook_receiver import Flaky
 
 
 @pytest.fixture
 def flaky() -> Iterator[Flaky]:
     server = Flaky({"/twice": 2, "/always": 99})
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    server.close()
 
 
 @contextlib.asynccontextmanager

@@ -280,8 +280,8 @@ def _submit_array(
             wait_batch(link, cfg.host_target, response.batch_id, poll_interval) if wait else None
         )
         found = list(response.tasks)
-        if json and batch is not None:  # as they ended, not as they were submitted
-            found = _batch_tasks(stub, response.batch_id, len(found))
+        if json and batch is not None and found:  # as they ended, not as submitted
+            found = _batch_tasks(stub, response.batch_id, [t.task_id for t in found])
     if json:
         shown: dict[str, object] = {
             "batch_id": str(response.batch_id),
@@ -297,19 +297,20 @@ def _submit_array(
         raise cli.Exit(1)
 
 
-# Tasks asked for per ListTasks call when reading a whole batch (the Host's most is 1,000).
-LIST_PAGE = 1000
-
-
 def _batch_tasks(
-    stub: task_service_pb2_grpc.TaskServiceStub, batch_id: int, count: int
+    stub: task_service_pb2_grpc.TaskServiceStub, batch_id: int, task_ids: list[int]
 ) -> list[task_pb2.Task]:
-    """The first ``count`` tasks of a batch (the ones a submission's answer shows), as they
-    are now, oldest first."""
+    """The tasks ``task_ids`` of a batch (the ones a submission's answer shows: at most a
+    page, its oldest), as they are now, oldest first: listed from just above the newest of
+    them, not from the batch's newest down (a 100,000-task array's 100 pages)."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    found = _listed(stub, tpb.ListTasksRequest(batch_id=batch_id, limit=LIST_PAGE))
-    return sorted(found, key=lambda t: t.task_id)[:count]
+    request = tpb.ListTasksRequest(
+        batch_id=batch_id, limit=len(task_ids), before_task_id=max(task_ids) + 1
+    )
+    wanted = set(task_ids)
+    found = [t for t in _listed(stub, request, len(task_ids)) if t.task_id in wanted]
+    return sorted(found, key=lambda t: t.task_id)
 
 
 def _listed(

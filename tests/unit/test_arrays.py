@@ -10,8 +10,14 @@ import asyncio
 import grpc
 import pytest
 
+from hakuriver_cli import task as cli_task
 from hakuriver_common.arrays import parse_array
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.channels import open_channel
+from hakuriver_common.proto.hakuriver.v1 import (
+    task_pb2,
+    task_service_pb2 as tpb,
+    task_service_pb2_grpc,
+)
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import task_book
@@ -486,3 +492,27 @@ async def test_what_a_pass_placed_before_it_failed_is_stored_and_dispatched(
     running = [await local_cluster.get(task_id) for task_id in runner.running]
     assert all(status_of(t) is TaskStatus.RUNNING for t in running)
     assert all(t.batch_id == reply.batch_id for t in running)
+
+
+async def test_the_tasks_an_arrays_answer_shows_are_read_again_in_one_list_call(
+    local_cluster: LocalCluster,
+) -> None:
+    """`submit --array --wait --json` shows the answer's tasks as they ended: one ListTasks
+    of those, not every page of the array from its newest down."""
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array(list(range(2500))), timeout=30)
+    shown = [t.task_id for t in reply.tasks]
+    assert len(shown) == 1000
+
+    def read_again() -> list[int]:
+        channel = open_channel(local_cluster.config, local_cluster.admin_token)
+        try:
+            stub = task_service_pb2_grpc.TaskServiceStub(channel)
+            return [t.task_id for t in cli_task._batch_tasks(stub, reply.batch_id, shown)]
+        finally:
+            channel.close()
+
+    listed = ("/hakuriver.v1.TaskService/ListTasks", "OK")
+    before = (await local_cluster.request_counts()).get(listed, 0)
+    assert await asyncio.to_thread(read_again) == sorted(shown)
+    assert (await local_cluster.request_counts())[listed] - before == 1

@@ -1,7 +1,8 @@
 """Scheduler throughput and latency: a real Host, N simulated Runners (no Docker), in one run:
 
 - floor: bare unary gRPC calls (health Check) to the same Host at the same concurrency,
-  the most that one call per task could reach on this machine;
+  the most that one call per task could reach on this machine; and the same calls to a bare
+  grpc.aio server with no HakuRiver code (bench/grpc_ceiling.py), what the library does;
 - single submits: ``tasks`` SubmitTask calls (more while the lone tasks below still need
   load, up to ``tasks_max``), ``in_flight`` at a time, end to end (submit to completed), as
   tasks/s and as a ratio to the floor;
@@ -64,6 +65,7 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.grpc_ceiling import bare_server
 from bench.host_process import HostProcess, bench_host
 from hakuriver_common.channels import open_aio_channel
 from hakuriver_common.config import load_config
@@ -199,6 +201,8 @@ class Result:
     floor: float
     floor_rounds: list[float]
     floor_cpu: Cpu
+    # The floor's calls to a bare grpc.aio server (bench/grpc_ceiling.py), each round.
+    ceiling_rounds: list[float]
     # While the lone tasks ran with no load.
     idle_cpu: Cpu
     singles: Singles
@@ -469,6 +473,7 @@ class Bench:
                 stub = task_service_pb2_grpc.TaskServiceStub(ch)
                 async with self.cpu() as floor_cpu:
                     floors = await self.floor(ch)
+                ceilings = await self.ceiling()
                 async with self.cpu() as idle_cpu:
                     lone_idle = await self.prober.probe(counts.lone, False, counts.timeout)
                 with self.profiler.during("singles", self.host_pid):
@@ -488,6 +493,7 @@ class Bench:
             floor=max(floors),
             floor_rounds=floors,
             floor_cpu=floor_cpu,
+            ceiling_rounds=ceilings,
             idle_cpu=idle_cpu,
             singles=singles,
             arrays=arrays,
@@ -530,6 +536,12 @@ class Bench:
             await asyncio.gather(*(check() for _ in range(self.counts.tasks)))
             rates.append(self.counts.tasks / (time.perf_counter() - start))
         return rates
+
+    async def ceiling(self) -> list[float]:
+        """The floor's calls, made the same way, to grpc.aio alone (bench/grpc_ceiling.py)."""
+        with bare_server(self.host.client_config) as aimed:
+            async with open_aio_channel(aimed, "") as channel:
+                return await self.floor(channel)
 
     async def under_probe(
         self, load: Callable[[asyncio.Event], Awaitable[T]], *own: str
@@ -683,6 +695,14 @@ def report(result: Result, counts: Counts) -> None:
         f"{floor:.0f} calls/s (best of {', '.join(f'{r:.0f}' for r in result.floor_rounds)})"
     )
     print(f"    {result.floor_cpu.shares()}")
+    ceiling = max(result.ceiling_rounds)
+    print(
+        "  grpc.aio alone: the same calls to a bare grpc.aio server (TLS, the health servicer, "
+        f"no HakuRiver code): {ceiling:.0f} calls/s "
+        f"(best of {', '.join(f'{r:.0f}' for r in result.ceiling_rounds)}); "
+        f"the floor is {floor / ceiling:.2f}x of it, the single-submit goal "
+        f"{GOAL_SINGLES / ceiling:.2f}x"
+    )
     print(f"  single submits: {singles.tasks} tasks, {counts.in_flight} SubmitTask in flight")
     print(f"    submitted          {singles.tasks / singles.submit_seconds:7.0f} tasks/s")
     e2e = singles.tasks / singles.total_seconds

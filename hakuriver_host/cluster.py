@@ -303,10 +303,15 @@ class Cluster:
     def queue_position(self, task: Task) -> int:
         return self.book.queue_position(task)
 
-    def waiting_reason(self, task: Task) -> str:
+    def waiting_reason(self, task: Task, position: int | None = None) -> str:
         """Why a queued task is not placed, when it is not just its turn for resources
-        (what Slurm's reason column says): something its owner can act on or wait for."""
-        return self.scheduler.waiting_reason(request_of(task))
+        (what Slurm's reason column says): something its owner can act on or wait for.
+        ``position``: its queue position, when the caller has it (a capped array's task
+        without one waits for its cap)."""
+        capped = False
+        if task.array_max_running:
+            capped = (self.book.queue_position(task) if position is None else position) == 0
+        return self.scheduler.waiting_reason(request_of(task), capped)
 
     @staticmethod
     def _visible(task: Task, who: Principal) -> Task:

@@ -381,15 +381,19 @@ class Scheduler:
         """Why a request can never be placed, naming the limit; None if some node could."""
         return _kept(self._never_fits, request, self._never_fits_now)
 
-    def waiting_reason(self, request: Request) -> str:
+    def waiting_reason(self, request: Request, capped: bool = False) -> str:
         """Why a queued request is not placed when that is not just its turn for resources
-        (docs/scheduling.md, "The queue"): its batch held or its array at its cap, or no
-        node that could ever hold it taking work; "" otherwise."""
+        (docs/scheduling.md, "The queue"): its batch held or its array at its cap (or,
+        ``capped``, its cap filled by its tasks holding resources and those queued ahead of
+        it: TaskBook.queue_position), or no node that could ever hold it taking work; ""
+        otherwise."""
         if request.group in self.held:
             return f"held: batch {request.group} is paused (resume it to let it start)"
         cap = request.group_cap
         if cap and self.holding(request.group) >= cap:
             return f"its array's cap: {cap} of its tasks hold resources"
+        if cap and capped:
+            return f"its array's cap: {cap} of its tasks hold resources or are queued ahead of it"
         return _kept(self._unplaceable, request, self._unplaceable_now)
 
     def _unplaceable_now(self, request: Request) -> str:

@@ -84,7 +84,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
 
     def _pb(self, task: Task, position: int) -> task_pb2.Task:
         """A task as answered, a queued one with why it waits."""
-        waiting = self.cluster.waiting_reason(task) if task.status == TaskStatus.PENDING else ""
+        pending = task.status == TaskStatus.PENDING
+        waiting = self.cluster.waiting_reason(task, position) if pending else ""
         return task_to_pb(task, position, waiting)
 
     async def GetTask(

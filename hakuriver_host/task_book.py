@@ -334,6 +334,8 @@ class TaskBook:
                 # (the store orders a node's changes), so its dispatch never overtakes
                 # this end.
                 self.scheduler.release(task.assigned_node, task.task_id)
+                if task.array_max_running:  # its array's next task may start: it has a place
+                    self._positions = None
                 self._on_released()
         else:
             self._last_change[task.task_id] = self._change
@@ -459,29 +461,59 @@ class TaskBook:
         return [t for t in self.active.values() if t.assigned_node == hostname]
 
     def queue_position(self, task: Task) -> int:
-        """1-based queue position of one task (0 unless pending, or held: a held batch's
-        tasks take no place in the queue), without ranking the queue."""
+        """1-based queue position of one task, without ranking the queue. 0 unless pending,
+        and 0 for a task held back: its batch held, or its array's cap filled by its tasks
+        holding resources and those queued ahead of it. Such a task starts only once its
+        batch is let go or one of its array's own ends, so it is not counted ahead of
+        others either (docs/scheduling.md, "The queue")."""
         held = self.scheduler.held
         if task.status != TaskStatus.PENDING or task.batch_id in held:
             return 0
         if self._positions is not None:
             return self._positions.get(task.task_id, 0)
+        room = self._room(task.batch_id, task.array_max_running)
+        if room == 0:
+            return 0
         mine = (-task.priority, task.task_id)
-        ahead = sum(
-            1
-            for t in self.pending.values()
-            if (-t.priority, t.task_id) < mine and t.batch_id not in held
-        )
-        return ahead + 1
+        ahead = 0
+        capped_ahead: Counter[int] = Counter()  # of each capped array, its tasks ahead
+        caps: dict[int, int] = {}
+        for t in self.pending.values():
+            if (-t.priority, t.task_id) < mine and t.batch_id not in held:
+                if t.array_max_running:
+                    capped_ahead[t.batch_id] += 1
+                    caps[t.batch_id] = t.array_max_running
+                else:
+                    ahead += 1
+        if room > 0 and capped_ahead[task.batch_id] >= room:
+            return 0
+        # Of an array's tasks ahead, only those its cap lets start before one of its own ends.
+        rooms = (min(n, self._room(batch, caps[batch])) for batch, n in capped_ahead.items())
+        return ahead + sum(rooms) + 1
 
     def queue_positions(self) -> dict[int, int]:
-        """1-based queue position of every pending task not held (recomputed only after
-        changes)."""
+        """1-based queue position of every pending task not held back (as
+        ``queue_position``; recomputed only after changes)."""
         if self._positions is None:
             held = self.scheduler.held
-            ranked = [r for r in self.queue.ranked() if r.group not in held]
-            self._positions = {r.task_id: i for i, r in enumerate(ranked, start=1)}
+            taken: Counter[int] = Counter()
+            positions: dict[int, int] = {}
+            for r in self.queue.ranked():
+                if r.group in held:
+                    continue
+                if r.group_cap:
+                    if taken[r.group] >= self._room(r.group, r.group_cap):
+                        continue
+                    taken[r.group] += 1
+                positions[r.task_id] = len(positions) + 1
+            self._positions = positions
         return self._positions
+
+    def _room(self, batch_id: int, cap: int) -> int:
+        """How many more of an array's tasks its cap lets hold resources now (-1: no cap)."""
+        if not cap:
+            return -1
+        return max(0, cap - self.scheduler.holding(batch_id))
 
     def positions_changed(self, batch_id: int) -> None:
         """The queue's positions are to be ranked again: a batch was held or let go. Live

@@ -413,7 +413,9 @@ def test_json_shapes(cluster: ProcessCluster) -> None:
         assert {t["batch_id"] for t in tasks} == {array_id}
         assert {t["array_max_running"] for t in tasks} == {1}
         assert [t["env"]["HAKURIVER_ARRAY_INDEX"] for t in tasks] == ["0", "1", "2"]
-        assert tasks[1]["status"] == "pending" and tasks[1]["queue_position"] >= 1
+        # Held back by the cap (%1): no place in the queue (a zero is not written), a reason.
+        assert tasks[1]["status"] == "pending" and "queue_position" not in tasks[1]
+        assert tasks[1]["status_detail"].startswith("its array's cap: 1 of its tasks hold")
 
         status = as_json(cli(cluster, "client", "status", array_id, "--json"))
         assert set(status) == {"batch"}

@@ -14,6 +14,7 @@ from hakuriver_cli import task as cli_task
 from hakuriver_common.arrays import parse_array
 from hakuriver_common.channels import open_channel
 from hakuriver_common.proto.hakuriver.v1 import (
+    node_service_pb2 as npb,
     task_pb2,
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
@@ -190,6 +191,54 @@ async def test_a_held_arrays_tasks_take_no_place_in_the_queue(local_cluster: Loc
     assert await local_cluster.queue_positions(ids) == [1, 2, 3]
     a.finish(blocker.task_id, 0)
     await local_cluster.wait_status(reply.tasks[0].task_id, TaskStatus.RUNNING)
+
+
+async def test_tasks_waiting_for_their_arrays_cap_take_no_place_in_the_queue(
+    local_cluster: LocalCluster,
+) -> None:
+    """As a held batch's, a capped array's tasks that cannot start before one of its own
+    ends (its tasks holding resources and those queued ahead of it fill the cap) are not
+    counted ahead of other work and say why they wait; when one of the array's tasks ends,
+    its next one has a place again, in GetTask's answer (counted for the one task) as in
+    ListTasks' (the ranked queue)."""
+    a = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array(list(range(6)), max_running=2), timeout=5)
+    ids = [t.task_id for t in reply.tasks]
+    await eventually(lambda: sorted(a.running) == ids[:2])
+    lone = await local_cluster.submit("other")
+    assert lone.queue_position == 1
+    at_cap = "its array's cap: 2 of its tasks hold resources"
+
+    async def shown() -> tuple[dict[int, int], dict[int, int]]:
+        """Each task's position and its reason as GetTask answers them, then ListTasks'
+        positions (after a change: GetTask counts each task's, ListTasks ranks them)."""
+        got = [await local_cluster.get(task_id) for task_id in [*ids[2:], lone.task_id]]
+        for task in got:
+            assert (task.status_detail == at_cap) == (task.queue_position == 0)
+        listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+        pending = [t for t in listed.tasks if status_of(t) is TaskStatus.PENDING]
+        return {t.task_id: t.queue_position for t in got}, {
+            t.task_id: t.queue_position for t in pending
+        }
+
+    one, listed = await shown()
+    assert one == listed == {ids[2]: 0, ids[3]: 0, ids[4]: 0, ids[5]: 0, lone.task_id: 1}
+
+    # Drained, the node starts nothing: the array has room for one, its next task.
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+    a.finish(ids[0], 0)
+    await local_cluster.wait_status(ids[0], TaskStatus.COMPLETED)
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert {t.task_id: t.queue_position for t in listed.tasks if t.queue_position} == {
+        ids[2]: 1,
+        lone.task_id: 2,
+    }
+    later = await local_cluster.submit("later")
+    at_cap = "its array's cap: 2 of its tasks hold resources or are queued ahead of it"
+    one, listed = await shown()
+    expected = {ids[2]: 1, ids[3]: 0, ids[4]: 0, ids[5]: 0, lone.task_id: 2}
+    assert one == expected and listed == {**expected, later.task_id: 3}
+    assert (await local_cluster.get(later.task_id)).queue_position == 3
 
 
 async def test_a_paused_array_holds_its_pending_tasks_until_resumed_across_restarts(

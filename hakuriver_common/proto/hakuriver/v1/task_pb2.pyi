@@ -307,7 +307,10 @@ class Task(_message.Message):
     priority: _builtins.int
     """Scheduling priority; higher runs first."""
     queue_position: _builtins.int
-    """Position in the queue (1 = next) while pending; 0 otherwise."""
+    """Position in the queue (1 = next) while pending; 0 otherwise, and 0 for a pending task
+    held back: its batch paused, or its job array's cap filled by its tasks holding
+    resources and those queued ahead of it (status_detail says which).
+    """
     gpu_count: _builtins.int
     """Number of GPUs asked for without naming ids; 0 when ids were named or none asked."""
     status_detail: _builtins.str

@@ -263,7 +263,9 @@ export type Task = Message<"hakuriver.v1.Task"> & {
   assignedCpus: number[];
 
   /**
-   * Position in the queue (1 = next) while pending; 0 otherwise.
+   * Position in the queue (1 = next) while pending; 0 otherwise, and 0 for a pending task
+   * held back: its batch paused, or its job array's cap filled by its tasks holding
+   * resources and those queued ahead of it (status_detail says which).
    *
    * @generated from field: int32 queue_position = 27;
    */

@@ -92,7 +92,7 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
         active_tasks=active_tasks,
         health=node.health,
         draining=node.draining,
-        allocated_gpus=sorted(set(capacity.gpus) - capacity.free_gpus) if capacity else [],
+        allocated_gpus=sorted(set(capacity.gpus) & capacity.held_gpus) if capacity else [],
         output_problem=node.output_problem,
         disconnected=node.disconnected,
     )

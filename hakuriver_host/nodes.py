@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -299,6 +299,29 @@ class NodeTable:
         node.loaded = {e.name: e.tarball_timestamp for e in beat.loaded}
         self._seen(node)
         return changed
+
+    def gpus_read(self, hostname: str, readings: Sequence[node_pb2.Gpu]) -> bool:
+        """Tell the scheduler which of the node's GPUs its heartbeat's readings miss; True if
+        that changed (a GPU back may let a queued task start). A heartbeat reading no GPU is
+        no news: a failing or stuck NVML leaves none, and so does a lone GPU lost, which the
+        heartbeat cannot tell apart."""
+        if not readings:
+            return False
+        node = self.nodes[hostname]
+        read = {gpu.index for gpu in readings}
+        unread = sorted(int(g["index"]) for g in node.gpus if int(g["index"]) not in read)
+        if not self.scheduler.set_unread_gpus(hostname, unread):
+            return False
+        if unread:
+            log.warning(
+                "runner %s: GPU %s dropped out of its readings: no new task gets it until "
+                "it is read again",
+                hostname,
+                ", ".join(map(str, unread)),
+            )
+        else:
+            log.info("runner %s: every GPU is read again", hostname)
+        return True
 
     def output_problem(self, hostname: str) -> str:
         node = self.nodes.get(hostname)

@@ -227,6 +227,8 @@ class RunnerGateway:
             check_heartbeat(msg.heartbeat)
             if self.nodes.heartbeat(link.hostname, msg.heartbeat):
                 await self.store.save_node(self.nodes.nodes[link.hostname].record())
+            if self.nodes.gpus_read(link.hostname, msg.heartbeat.health.gpus):
+                self.kick()
         elif kind == "task_state":
             await self._on_reports(link, (msg.task_state,))
         elif kind == "task_states":

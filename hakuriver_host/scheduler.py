@@ -12,7 +12,8 @@ Policy (docs/scheduling.md):
   time-ordered). One that does not fit is passed over so smaller ones can start, unless it
   has waited ``starvation_seconds``: then it reserves the node it is closest to fitting on,
   and nothing ranked below it is placed there until it starts.
-- Offline and draining nodes receive nothing new.
+- Offline and draining nodes receive nothing new, nor does a GPU that dropped out of its
+  node's readings (docs/gpus.md) until it is read again.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class NodeResources:
     numa_used: dict[int, int] = field(default_factory=dict)
     free_gpus: set[int] = field(default_factory=set)
     holders: dict[int, Allocation] = field(default_factory=dict)
+    # GPUs of ``gpus`` that dropped out of the node's readings (NVML cannot read them: fallen
+    # off the bus): never free, so no new task gets one; a task holding one keeps it.
+    unread_gpus: frozenset[int] = frozenset()
 
     @property
     def total_cores(self) -> int:
@@ -86,6 +90,10 @@ class NodeResources:
     @property
     def free_cores(self) -> int:
         return len(self.free_cpus)
+
+    @property
+    def held_gpus(self) -> set[int]:
+        return {g for allocation in self.holders.values() for g in allocation.gpus}
 
     @property
     def free_memory_bytes(self) -> int:
@@ -157,7 +165,7 @@ class NodeResources:
     def unhold(self, task_id: int) -> None:
         allocation = self.holders.pop(task_id)
         self.free_cpus |= set(allocation.cpus) & set(self.cpus)
-        self.free_gpus |= set(allocation.gpus) & set(self.gpus)
+        self.free_gpus |= (set(allocation.gpus) & set(self.gpus)) - self.unread_gpus
         self.used_memory_bytes -= allocation.memory_bytes
         self.count_numa(allocation, -allocation.memory_bytes)
 
@@ -191,6 +199,23 @@ class NodeResources:
             and set(request.gpu_ids) <= set(self.gpus)
         )
 
+    def unread_reason(self, request: Request) -> str:
+        """Why GPUs that dropped out of this node's readings keep the request off it until
+        they are read again ("" if they do not)."""
+        named = sorted(self.unread_gpus & set(request.gpu_ids))
+        readable = len(self.gpus) - len(self.unread_gpus)
+        if not named and request.gpus_wanted <= readable:
+            return ""
+        lost = named or sorted(self.unread_gpus)
+        dropped = (
+            f"{self.hostname}'s GPU{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
+            f"dropped out of its readings (NVML cannot read {'them' if len(lost) > 1 else 'it'})"
+        )
+        if named:
+            return dropped
+        verb = "is" if readable == 1 else "are"
+        return f"{dropped}: {readable} of its {_gpus(len(self.gpus))} {verb} read"
+
 
 def no_such_gpus(hostname: str, wanted: Iterable[int], present: Iterable[int]) -> str:
     """The GPU ids of ``wanted`` a node does not have, in words ("" if it has them all): what
@@ -222,6 +247,24 @@ def _states(nodes: Iterable[NodeResources]) -> str:
     return "; ".join(states)
 
 
+def _gpus(count: int) -> str:
+    return f"{count} GPU{'s' if count != 1 else ''}"
+
+
+def _none_able_takes(request: Request, able: list[NodeResources]) -> str:
+    """Why none of the nodes that could ever hold an untargeted request takes it: none
+    taking work, or none reading the GPUs it wants; "" if one could."""
+    taking = [node for node in able if node.accepts_work]
+    if not taking:
+        wanted = request.gpus_wanted
+        which = f"with {_gpus(wanted)}" if wanted else "big enough for it"
+        return f"no node {which} is taking work: {_states(able)}"
+    unread = [node.unread_reason(request) for node in taking]
+    if all(unread):
+        return f"no node taking work has {_gpus(request.gpus_wanted)} read: {'; '.join(unread)}"
+    return ""
+
+
 def _numa_too_small(
     request: Request, numa: int, candidates: list[NodeResources], where: str
 ) -> str | None:
@@ -247,7 +290,7 @@ def _wants(request: Request) -> str:
     if request.memory_bytes:
         wants.append(f"{format_size(request.memory_bytes)} of memory")
     if request.gpus_wanted:
-        wants.append(f"{request.gpus_wanted} GPU{'s' if request.gpus_wanted != 1 else ''}")
+        wants.append(_gpus(request.gpus_wanted))
     return f"{', '.join(wants[:-1])} and {wants[-1]}" if len(wants) > 1 else wants[0]
 
 
@@ -332,7 +375,8 @@ class Scheduler:
         gpus: tuple[int, ...] = (),
         numa_memory: dict[int, int] | None = None,
     ) -> NodeResources:
-        """Add a node or update its hardware, keeping what tasks hold on it."""
+        """Add a node or update its hardware, keeping what tasks hold on it; its GPUs are
+        all read (a Runner registers with the GPUs it reads)."""
         self._changes += 1
         self._never_fits.clear()
         self._unplaceable.clear()
@@ -345,9 +389,10 @@ class Scheduler:
         node.numa = dict(numa or {})
         node.numa_memory = dict(numa_memory or {})
         node.gpus = tuple(gpus)
+        node.unread_gpus = frozenset()
         held = node.holders.values()
         node.free_cpus = set(cpus) - {c for a in held for c in a.cpus}
-        node.free_gpus = set(gpus) - {g for a in held for g in a.gpus}
+        node.free_gpus = set(gpus) - node.held_gpus
         node.used_memory_bytes = sum(a.memory_bytes for a in held)
         node.numa_used = {}
         for allocation in held:
@@ -376,6 +421,23 @@ class Scheduler:
         self._unplaceable.clear()
         if hostname in self.nodes:
             self.nodes[hostname].draining = draining
+
+    def set_unread_gpus(self, hostname: str, gpus: Iterable[int]) -> bool:
+        """The node's GPUs missing from its latest readings: free ones are given to no new
+        task until they are read again; held ones stay with their tasks and come back free
+        when released only if read. False if nothing changed."""
+        node = self.nodes.get(hostname)
+        if node is None:
+            return False
+        unread = frozenset(gpus) & set(node.gpus)
+        if unread == node.unread_gpus:
+            return False
+        self._changes += 1
+        self._unplaceable.clear()
+        node.unread_gpus = unread
+        node.free_gpus = set(node.gpus) - node.held_gpus - unread
+        self._rank_again(node)
+        return True
 
     def never_fits(self, request: Request) -> str | None:
         """Why a request can never be placed, naming the limit; None if some node could."""
@@ -413,7 +475,8 @@ class Scheduler:
                 return f"node {node.hostname} is not connected"
             if node.draining:
                 return f"node {node.hostname} is draining"
-            return ""
+            unread = node.unread_reason(request)
+            return f"node {unread}" if unread else ""
         if not self.nodes:
             return "no node is registered"
         if not any(node.accepts_work for node in self.nodes.values()):
@@ -421,11 +484,7 @@ class Scheduler:
         able = [node for node in self.nodes.values() if node.could_ever_fit(request)]
         if not able:
             return f"no node can hold it: {self.never_fits(request)}"
-        if any(node.accepts_work for node in able):
-            return ""
-        wanted = request.gpus_wanted
-        which = f"with {wanted} GPU{'s' if wanted > 1 else ''}" if wanted else "big enough for it"
-        return f"no node {which} is taking work: {_states(able)}"
+        return _none_able_takes(request, able)
 
     def _never_fits_now(self, request: Request) -> str | None:
         if request.target is not None:
@@ -537,7 +596,9 @@ class Scheduler:
     def _reserve_for(self, request: Request) -> str | None:
         """The node a starving request waits for: the one it is closest to fitting on."""
         usable = [
-            n for n in self._candidates(request) if n.accepts_work and n.could_ever_fit(request)
+            n
+            for n in self._candidates(request)
+            if n.accepts_work and n.could_ever_fit(request) and not n.unread_reason(request)
         ]
         if not usable:
             return None

@@ -298,7 +298,8 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
     """NVML failing under a running Runner (a GPU fallen off the bus, the driver gone, NVML
     not answering at all) is shown in its readings and metrics (no stale series of a GPU
     no longer read, on which an alert could fire); the node stays connected and its tasks
-    keep running."""
+    keep running. A task naming the fallen GPU waits, saying so (readings without any GPU
+    change nothing), and is placed once the GPU is read again."""
     lost = tmp_path / "lost-gpus"
     name = mon.start_runner(
         f"{mon.runner_names[0]}-lossy",
@@ -318,6 +319,7 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
         ("hang", []),
         (None, [0, 1, 2, 3]),
     )
+    named = None
     for fault, reported in faults:
         if fault is None:
             lost.unlink()
@@ -331,6 +333,17 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
         [node] = [n for n in json.loads(mon.cli("client", "nodes", "--json").stdout)
                   if n["hostname"] == name]  # fmt: skip
         assert node["status"] == "online" and not node.get("disconnected"), node
+        if fault in ("1", "all"):
+            on_one = task_pb2.Target(hostname=name, gpu_ids=[1])
+            named = named or mon.submit(["true"], targets=[on_one])
+            waiting = mon.get(named.task_id)
+            assert waiting.status == task_pb2.TASK_STATUS_PENDING, waiting
+            assert waiting.status_detail == (
+                f"node {name}'s GPU 1 dropped out of its readings (NVML cannot read it)"
+            )
+    assert named is not None
+    placed = mon.get(named.task_id)  # GPU 1 read again two steps ago
+    assert placed.status != task_pb2.TASK_STATUS_PENDING and list(placed.required_gpus) == [1]
     assert mon.get(task.task_id).status == task_pb2.TASK_STATUS_RUNNING
     mon.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
     mon.wait_final(task.task_id)

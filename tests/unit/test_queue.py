@@ -3,6 +3,7 @@ priority order, drain, and killing a task that never left the queue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -168,6 +169,57 @@ async def test_numa_targets_pin_cpus_and_gpus_are_exclusive(local_cluster: Local
     runner.finish(first_gpu.task_id)
     started = await local_cluster.wait_status(third_gpu.task_id, TaskStatus.RUNNING)
     assert list(started.required_gpus) == gpu_ids[0]
+
+
+def _reading(*indices: int) -> Callable[[], node_pb2.Health]:
+    """Health whose GPU readings are those of ``indices`` (the others dropped out)."""
+
+    def health() -> node_pb2.Health:
+        sample = node_pb2.Health(gpus=[node_pb2.Gpu(index=i, name="fake") for i in indices])
+        sample.sampled_at.GetCurrentTime()
+        return sample
+
+    return health
+
+
+async def _beat(cluster: LocalCluster, runner: FakeRunner, health: Callable[[], Any]) -> None:
+    """Send heartbeats of ``health`` from now until the Host has one."""
+    runner.health = health
+
+    async def arrived() -> bool:
+        return (await cluster.node(runner.hostname)).health.gpus == health().gpus
+
+    await eventually(arrived, what="the heartbeat's GPU readings")
+
+
+async def test_a_gpu_missing_from_the_readings_is_given_to_no_new_task_until_read_again(
+    local_cluster: LocalCluster,
+) -> None:
+    """GPU 1 fell off the bus: the heartbeats read GPU 0 only. The task on GPU 1 keeps it;
+    no new task gets it (one naming it waits saying why), until it is read again. Readings
+    without any GPU (NVML failing) are no news."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(2)]
+    runner = await local_cluster.add_runner("a", gpus=gpus, answer=HOLD)
+    on_one = task_pb2.Target(hostname="a", gpu_ids=[1])
+    [holder] = await local_cluster.submit_running(targets=[on_one])
+    await _beat(local_cluster, runner, _reading(0))
+    named = await local_cluster.submit("named", targets=[on_one])
+    runner.finish(holder.task_id)
+    await local_cluster.wait_status(holder.task_id, TaskStatus.COMPLETED)
+    [counted] = await local_cluster.submit_running(gpus=1)
+    waiting = await local_cluster.get(named.task_id)
+    assert status_of(waiting) is TaskStatus.PENDING and waiting.status_detail == (
+        "node a's GPU 1 dropped out of its readings (NVML cannot read it)"
+    )
+    assert list(counted.required_gpus) == [0]
+    assert list((await local_cluster.node("a")).allocated_gpus) == [0]
+
+    await _beat(local_cluster, runner, _reading())
+    assert status_of(await local_cluster.get(named.task_id)) is TaskStatus.PENDING
+
+    await _beat(local_cluster, runner, _reading(0, 1))
+    started = await local_cluster.wait_status(named.task_id, TaskStatus.RUNNING)
+    assert list(started.required_gpus) == [1]
 
 
 async def test_tasks_bound_to_one_numa_node_share_its_memory_not_the_nodes(

@@ -237,6 +237,55 @@ def test_a_task_for_gpu_ids_its_node_no_longer_has_says_which() -> None:
     assert scheduler.choose(named) == Allocation("a", (0,), 0, (1, 3))
 
 
+def test_a_gpu_missing_from_the_readings_goes_to_no_new_task_until_read_again() -> None:
+    """A task holding a GPU that dropped out keeps it; the GPU is not freed when that task
+    ends, and once read again it is free unless held (never held twice)."""
+    scheduler = two_numa_node(gpus=(0, 1))
+    node = scheduler.nodes["a"]
+    held = scheduler.choose(Request(1, 1, 0, gpu_count=1))
+    assert held is not None and held.gpus == (0,)
+    scheduler.allocate(1, held)
+    assert scheduler.set_unread_gpus("a", [0, 1]) and not scheduler.set_unread_gpus("a", [1, 0])
+    assert node.holders[1] == held and node.free_gpus == set()
+    assert scheduler.choose(Request(2, 1, 0, gpu_count=1)) is None
+    scheduler.release("a", 1)
+    assert node.free_gpus == set() and scheduler.choose(Request(2, 1, 0, gpu_count=1)) is None
+    scheduler.set_unread_gpus("a", [1])
+    again = scheduler.choose(Request(2, 1, 0, gpu_count=1))
+    assert again is not None and again.gpus == (0,)
+    scheduler.allocate(2, again)
+    scheduler.set_unread_gpus("a", [])
+    assert node.free_gpus == {1}
+    scheduler.set_unread_gpus("a", [1])
+    scheduler.upsert_node("a", tuple(range(8)), 64, gpus=(0, 1))  # registered: all read
+    assert node.free_gpus == {1} and node.unread_gpus == frozenset()
+
+
+def test_a_task_kept_off_by_gpus_missing_from_the_readings_says_which() -> None:
+    """Named or counted, targeted or not; a starving one reserves no node for them (it would
+    hold the node's other work back for as long as the GPU is gone)."""
+    scheduler = two_numa_node(gpus=(0, 1, 2))
+    scheduler.upsert_node("b", tuple(range(8)), 64, gpus=(0,))
+    scheduler.set_unread_gpus("a", [1, 2])
+    named = Request(task_id(NOW - 120_000), 1, 0, target="a", gpu_ids=(0, 2))
+    assert scheduler.waiting_reason(named) == (
+        "node a's GPU 2 dropped out of its readings (NVML cannot read it)"
+    )
+    assert scheduler.waiting_reason(Request(2, 1, 0, target="a", gpu_count=2)) == (
+        "node a's GPUs 1, 2 dropped out of its readings (NVML cannot read them): "
+        "1 of its 3 GPUs is read"
+    )
+    assert scheduler.waiting_reason(Request(3, 1, 0, gpu_count=1)) == ""
+    assert scheduler.waiting_reason(Request(3, 1, 0, gpu_count=2)) == (
+        "no node taking work has 2 GPUs read: a's GPUs 1, 2 dropped out of its readings "
+        "(NVML cannot read them): 1 of its 3 GPUs is read"
+    )
+    queue = PendingQueue([named, Request(task_id(NOW), 8, 0, target="a")])
+    assert [r.task_id for r, _ in scheduler.plan(queue, NOW)] == [task_id(NOW)]
+    scheduler.set_unread_gpus("a", [1])
+    assert scheduler.waiting_reason(named) == ""
+
+
 def test_a_pass_places_the_task_made_ready_for_the_cpus_that_freed_up_passing_the_head_once() -> (
     None
 ):

@@ -5,7 +5,8 @@ warning, if a receiver is down for long). One worker per webhook delivers in ord
 attempt on a daemon thread of its own, retrying up to ``max_attempts`` (tenacity): the
 n-th retry waits ``retry_base_seconds * 2**(n-1)`` plus up to ``retry_base_seconds`` at
 random, so many Hosts (or webhooks) failing together do not retry in step; never more than
-MAX_RETRY_SECONDS.
+MAX_RETRY_SECONDS. An attempt whose ``timeout_seconds`` is up (or that the Host's stop
+cancels) has its connection shut down, so its thread ends then too.
 
 With a ``secret`` every request is signed, GitHub/Stripe style, so a receiver can tell a
 delivery from this Host from a forged or replayed one: ``X-HakuRiver-Signature:
@@ -17,10 +18,15 @@ every attempt and every receiver (a receiver drops repeats).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import hashlib
 import hmac
+import http.client
 import json
 import logging
+import socket
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -63,7 +69,72 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+class _Cut:
+    """An attempt's connection, shut down from the worker when the attempt's time is up:
+    urllib's timeout bounds each read, not the request, so a receiver trickling its answer
+    kept the attempt's thread reading for as long as it trickled (one thread per attempt)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._over = False
+
+    def connected(self, sock: socket.socket) -> None:
+        """Under the lock, so that a socket connected as the time runs out is shut down too."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self._over:
+                _shut(sock)
+
+    def over(self) -> None:
+        with self._lock:
+            self._over = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wakes a read blocked on ``sock`` in another thread (closing it would not)."""
+    with contextlib.suppress(OSError):  # closed already: the attempt was over
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, cut: _Cut, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cut = cut
+
+    def connect(self) -> None:
+        super().connect()
+        self.cut.connected(self.sock)  # TLS-wrapped by then, for https
+
+
+class _HTTPSConnection(_HTTPConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _CutHandler(urllib.request.AbstractHTTPHandler):
+    """urllib's handler, but its connections (http, https, through a proxy) go to the cut."""
+
+    def __init__(self, cut: _Cut) -> None:
+        super().__init__()
+        self.cut = cut
+
+    def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> Any:
+        ours = (
+            _HTTPSConnection
+            if issubclass(http_class, http.client.HTTPSConnection)
+            else _HTTPConnection
+        )
+        return super().do_open(functools.partial(ours, cut=self.cut), req, **kwargs)
+
+
+class _CutHTTPHandler(_CutHandler, urllib.request.HTTPHandler):
+    pass
+
+
+class _CutHTTPSHandler(_CutHandler, urllib.request.HTTPSHandler):
+    pass
 
 
 class Webhook:
@@ -75,7 +146,7 @@ class Webhook:
     def wants(self, event: str) -> bool:
         return event in self.events or "*" in self.events
 
-    def _post(self, payload: dict[str, Any]) -> None:
+    def _post(self, payload: dict[str, Any], cut: _Cut) -> None:
         body = json.dumps(payload).encode()
         headers = {
             "Content-Type": "application/json",
@@ -87,7 +158,10 @@ class Webhook:
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = signature(self.config.secret, timestamp, body)
         request = urllib.request.Request(self.config.url, data=body, headers=headers)
-        with _opener.open(request, timeout=self.config.timeout_seconds) as response:
+        opener = urllib.request.build_opener(
+            _NoRedirect, _CutHTTPHandler(cut), _CutHTTPSHandler(cut)
+        )
+        with opener.open(request, timeout=self.config.timeout_seconds) as response:
             response.read()
 
     async def run(self) -> None:
@@ -98,11 +172,14 @@ class Webhook:
         """One POST, over after ``timeout_seconds`` whatever the receiver does: urllib's
         timeout bounds each read, not the request, so a receiver trickling its answer held
         this webhook's worker (and every later event) for as long as it trickled."""
-        post = on_daemon_thread(self._post, payload, name="hakuriver-webhook")
+        cut = _Cut()
+        post = on_daemon_thread(self._post, payload, cut, name="hakuriver-webhook")
         try:
             await asyncio.wait_for(post, self.config.timeout_seconds)
         except TimeoutError:
             raise TimeoutError(f"no answer within {self.config.timeout_seconds:g}s") from None
+        finally:
+            cut.over()
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
         base = self.config.retry_base_seconds

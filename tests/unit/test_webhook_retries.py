@@ -139,3 +139,35 @@ async def test_timeout_seconds_bounds_an_attempt_whose_answer_trickles(
         receiver.close()
     gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
     assert gave_up and "node.offline after 1 attempts: no answer within 0.5s" in gave_up[0]
+
+
+def _attempt_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "hakuriver-webhook"}
+
+
+async def test_a_timed_out_attempt_leaves_no_thread_reading_a_trickling_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The worker moved on after timeout_seconds, but the attempt's thread read on for as long
+    # as the receiver trickled: one thread per attempt, several per event with retries.
+    receiver = Trickling()
+    before = _attempt_threads()
+    config = WebhookConfig(
+        url=receiver.url, events=["*"], timeout_seconds=0.3, max_attempts=2, retry_base_seconds=0.01
+    )
+    notifier = Notifier([config])
+    notifier.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
+            notifier.notify("node.offline", node="gpu1")
+            await eventually(
+                lambda: any("giving up" in r.getMessage() for r in caplog.records),
+                what="the webhook giving up",
+            )
+        assert receiver.events == ["node.offline"] * 2
+        await eventually(
+            lambda: not _attempt_threads() - before, within=1.0, what="no attempt thread left"
+        )
+    finally:
+        await notifier.stop()
+        receiver.close()

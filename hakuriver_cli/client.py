@@ -17,6 +17,7 @@ from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     ask,
     config_or_fail,
+    fail,
     host_link,
     on_task_or_batch,
     unary,
@@ -25,6 +26,7 @@ from hakuriver_cli.link import node_stub, task_stub
 from hakuriver_cli.reconnect import RETRY_SECONDS, riding_out
 from hakuriver_cli.render import (
     age,
+    batch_ended,
     batch_line,
     console,
     memory,
@@ -387,6 +389,12 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
 
     def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
         summary, affected = _control_batch(stub, bid, verb)
+        if not affected and batch_ended(summary):  # refused, as for one task that ended
+            what = "array" if summary.array else "batch"
+            fail(
+                f"{what} {bid}: every task has already ended, none can be {_DONE[verb]} "
+                "(FAILED_PRECONDITION)"
+            )
         if not json:
             cli.echo(f"{_DONE[verb]} {tasks_count(affected)}")
         _print_batch(summary, json, affected)

@@ -15,7 +15,13 @@ from enum import StrEnum
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hakuriver_common.statuses import NodeStatus, TaskKind, TaskNetwork, TaskStatus
+from hakuriver_common.statuses import (
+    FINAL_TASK_STATUSES,
+    NodeStatus,
+    TaskKind,
+    TaskNetwork,
+    TaskStatus,
+)
 from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
@@ -273,6 +279,10 @@ def submitted_line(task: task_pb2.Task, what: str = "task") -> str:
 def tasks_count(count: int) -> str:
     """ "1 task", "2 tasks"."""
     return f"{count} task" if count == 1 else f"{count} tasks"
+
+
+def batch_ended(batch: tpb.BatchSummary) -> bool:
+    return all(c.status in FINAL_TASK_STATUSES for c in batch.counts)
 
 
 def batch_line(batch: tpb.BatchSummary) -> str:

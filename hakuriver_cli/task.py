@@ -30,6 +30,7 @@ from hakuriver_cli.link import Link, log_stub, task_stub
 from hakuriver_cli.reconnect import RETRY_SECONDS, host_gone, riding_out
 from hakuriver_cli.render import (
     TASK_COLUMNS,
+    batch_ended,
     batch_line,
     print_json,
     show_list,
@@ -131,7 +132,7 @@ def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> 
                     cli.echo(f"lost the host at {target}; retrying", err=True)
                 away = True
             else:
-                if all(c.status in FINAL_TASK_STATUSES for c in batch.counts):
+                if batch_ended(batch):
                     return batch
             time.sleep(pause)
             pause = min(pause * 2, poll_interval)

@@ -321,10 +321,30 @@ def test_kill_a_whole_array_pending_ones_never_start(cluster: ProcessCluster) ->
         assert [e["status"] for e in events] == ["pending", "killed"]
         ids = {t["task_id"] for t in tasks}
         wait_for(lambda: not _container_running(cluster, ids), what="containers to stop")
-        again = as_json(cli(cluster, "client", "kill", str(array_id), "--json"))
-        assert again["affected"] == 0 and again["batch"]["counts"] == [
-            {"status": "killed", "count": 6}
-        ]
+
+
+def test_an_array_whose_every_task_ended_is_refused_as_one_ended_task_is(
+    cluster: ProcessCluster,
+) -> None:
+    # It printed "killed 0 tasks" (paused, resumed) and exited 0: a script could not tell
+    # it from a kill that did something, while one ended task is refused with exit 1.
+    array_id = submit(cluster, "0-1", "true")
+    ok(cli(cluster, "task", "wait", str(array_id)))
+    task_id = tasks_of(cluster, array_id)[0]["task_id"]
+    one = one_error_line(cli(cluster, "client", "kill", f"{array_id}_0"))
+    assert one.startswith(f"error: task {task_id} is completed: only ") and one.endswith(
+        " can be killed (FAILED_PRECONDITION)"
+    )
+    for argv, done in (
+        (["kill", str(array_id)], "killed"),
+        (["kill", str(array_id), "--json"], "killed"),
+        (["command", str(array_id), "pause"], "paused"),
+        (["command", str(array_id), "resume"], "resumed"),
+    ):
+        assert one_error_line(cli(cluster, "client", *argv)) == (
+            f"error: array {array_id}: every task has already ended, none can be {done} "
+            "(FAILED_PRECONDITION)"
+        )
 
 
 def test_kill_one_element(cluster: ProcessCluster) -> None:

@@ -77,6 +77,9 @@ TOO_LARGE = {
     "code": "resource_exhausted",
     "message": f"request: larger than the {READ_MAX_BYTES // 2**20} MiB limit",
 }
+# A call by a host name the dashboard does not answer to (see WebApp._known_host).
+MISDIRECTED_MESSAGE = "unknown host name (dashboard.server_names)"
+MISDIRECTED = {"code": "permission_denied", "message": MISDIRECTED_MESSAGE}
 # One envelope holding a byte that neither codec reads as a message (see _one_envelope).
 NOT_A_MESSAGE = b"\x00\x00\x00\x00\x01\xff"
 NO_TRAILERS = (
@@ -146,15 +149,16 @@ class AssetStore:
         return self.assets
 
 
-async def _too_large(scope: Scope, send: Send) -> None:
-    """Refuse a body over the limit as a Connect error (resource_exhausted, as gRPC does):
-    Connect clients read a bare HTTP 413 as ``unknown``."""
+async def _connect_error(scope: Scope, send: Send, error: dict[str, str], status: int) -> None:
+    """Answer a Connect call with ``error``: a stream call's end message, a unary call's
+    JSON body with HTTP ``status``. Connect clients read a bare HTTP error (413, 421) as
+    ``unknown``."""
     if _connect_stream(scope):  # its end message
-        end = json.dumps({"error": TOO_LARGE}).encode()
+        end = json.dumps({"error": error}).encode()
         body, status = b"\x02" + len(end).to_bytes(4, "big") + end, 200
         kind = _header(scope, b"content-type")
     else:
-        body, status, kind = json.dumps(TOO_LARGE).encode(), 429, "application/json"
+        body, kind = json.dumps(error).encode(), "application/json"
     headers = [(b"content-type", kind.encode("latin-1"))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
@@ -170,6 +174,12 @@ def _one_envelope(scope: Scope, body: bytearray) -> bytearray:
     if len(body) >= 5 and body[0] == 0 and len(body) == 5 + int.from_bytes(body[1:5], "big"):
         return body
     return bytearray(NOT_A_MESSAGE)
+
+
+def _connect_call(scope: Scope) -> bool:
+    """A call in the Connect protocol (unary or stream), not gRPC or gRPC-Web."""
+    kind = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    return kind in ("application/json", "application/proto") or _connect_stream(scope)
 
 
 def _connect_stream(scope: Scope) -> bool:
@@ -242,10 +252,7 @@ class WebApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and not self._known_host(scope):
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-            else:
-                await _plain(send, 421, b"unknown host name (dashboard.server_names)\n")
+            await self._misdirected(scope, send)
             return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
@@ -266,6 +273,16 @@ class WebApp:
             await _plain(send, 404, b"no such service on the dashboard's API\n")
         else:
             await self._static(scope, send)
+
+    async def _misdirected(self, scope: Scope, send: Send) -> None:
+        """Refuse a request by a name not ours: a Connect call as a Connect error (its
+        client then says why), a page with HTTP 421."""
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        elif self.services.get(scope["path"].rsplit("/", 1)[0]) and _connect_call(scope):
+            await _connect_error(scope, send, MISDIRECTED, 403)
+        else:
+            await _plain(send, 421, f"{MISDIRECTED_MESSAGE}\n".encode())
 
     async def _static(self, scope: Scope, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
@@ -328,7 +345,7 @@ async def _call(
             return
         body += message.get("body", b"")
         if len(body) > MAX_REQUEST_BYTES:
-            await _too_large(scope, send)
+            await _connect_error(scope, send, TOO_LARGE, 429)
             return
         if not message.get("more_body"):
             break

@@ -342,6 +342,15 @@ async def test_pages_reached_by_an_unknown_name_are_refused(local_cluster: Local
         reply = await asyncio.to_thread(api.request, "/", None, {"Host": host})
         assert reply.status in (status, 200), (host, reply.status)
         assert (reply.status == 421) == (status == 421), host
+    # A Connect call by that name is refused in the protocol, so its client says why.
+    token = {"Authorization": f"Bearer {local_cluster.admin_token}", "Host": "evil.example"}
+    unary = {**token, "Content-Type": "application/json"}
+    reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b"{}", unary)
+    assert (reply.status, reply.json()) == (403, web_app.MISDIRECTED)
+    stream = {**token, "Content-Type": "application/connect+json"}
+    reply = await asyncio.to_thread(api.request, f"/{TASKS}WatchTasks", b"", stream)
+    assert reply.status == 200 and reply.body[0] == 0x02  # one end-of-stream message
+    assert json.loads(reply.body[5:])["error"] == web_app.MISDIRECTED
 
 
 async def test_a_bad_terminal_frame_ends_the_session(local_cluster: LocalCluster) -> None:

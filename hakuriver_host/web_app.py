@@ -252,7 +252,7 @@ class WebApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket") and not self._known_host(scope):
-            await self._misdirected(scope, send)
+            await self._misdirected(scope, receive, send)
             return
         if scope["type"] == "websocket":
             await self._websocket(scope, receive, send)
@@ -266,6 +266,7 @@ class WebApp:
         path: str = scope["path"]
         service = self.services.get(path.rsplit("/", 1)[0])
         if service is not None and _grpc_without_trailers(scope):
+            await _drain(receive)
             await _plain(send, 415, NO_TRAILERS)
         elif service is not None:
             await _call(service, scope, receive, send)
@@ -274,12 +275,13 @@ class WebApp:
         else:
             await self._static(scope, send)
 
-    async def _misdirected(self, scope: Scope, send: Send) -> None:
+    async def _misdirected(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a request by a name not ours: a Connect call as a Connect error (its
         client then says why), a page with HTTP 421."""
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
         elif self.services.get(scope["path"].rsplit("/", 1)[0]) and _connect_call(scope):
+            await _drain(receive)
             await _connect_error(scope, send, MISDIRECTED, 403)
         else:
             await _plain(send, 421, f"{MISDIRECTED_MESSAGE}\n".encode())
@@ -401,6 +403,18 @@ def _grpc_code(error: ConnectError) -> grpc.StatusCode:
 def _client(scope: Scope) -> str | None:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else None
+
+
+async def _drain(receive: Receive) -> None:
+    """Read a refused call's body to its end (up to the limit) before answering: hypercorn
+    closes a connection whose request was not all read, and that TLS close, racing the
+    client's own, logged an SSL error with a traceback now and then."""
+    read = 0
+    while read <= MAX_REQUEST_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
+        read += len(message.get("body", b""))
 
 
 async def _plain(

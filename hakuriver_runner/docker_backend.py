@@ -325,7 +325,13 @@ class DockerBackend:
             try:
                 stream = follow_output(handle)
                 follow.on_cancel(stream.close)
-                return emit_past(stream, (sent[0], sent[1]), trackers, follow)
+                emit_past(stream, (sent[0], sent[1]), trackers, follow)
+                if not follow.cancelled:
+                    # The daemon's follow often ends at the exit before a last unterminated
+                    # line ("printf done"), which its log holds: read that once more.
+                    with contextlib.closing(follow_output(handle, follow=False)) as rest:
+                        emit_past(rest, (sent[0], sent[1]), trackers, follow)
+                return sent[0], sent[1]
             except docker.errors.NotFound:
                 break
             except Exception as exc:

@@ -89,14 +89,15 @@ class Dechunker:
         return bytes(body)
 
 
-def follow_output(container: Any) -> CancellableStream:
-    """Stream a non-TTY container's stdout and stderr, from its start until it ends, as
-    blocks of (0 for stdout, 1 for stderr, bytes) in the order written; ``close()`` from
-    another thread ends it. One request for both: the daemon follows one log for it."""
+def follow_output(container: Any, follow: bool = True) -> CancellableStream:
+    """Stream a non-TTY container's stdout and stderr, from its start until it ends (without
+    ``follow``: what its log holds now), as blocks of (0 for stdout, 1 for stderr, bytes) in
+    the order written; ``close()`` from another thread ends it. One request for both: the
+    daemon follows one log for it."""
     api = container.client.api
     response = api._get(
         api._url("/containers/{0}/logs", container.id),
-        params={"stdout": 1, "stderr": 1, "follow": 1, "tail": "all"},
+        params={"stdout": 1, "stderr": 1, "follow": int(follow), "tail": "all"},
         stream=True,
     )
     api._raise_for_status(response)

@@ -1,7 +1,8 @@
 """The Runner reads the output of a command container it starts from an attachment made
 before the start (hakuriver_runner/docker_logs.py), against a real daemon: the output comes
 whole and in order, stdout and stderr apart; an attachment cut while the container runs is
-continued from the container's log with nothing lost or repeated; an attachment nobody reads
+continued from the container's log with nothing lost or repeated (a last line without a
+newline included); an attachment nobody reads
 (the stream to the Host went away before its follow began) is closed, so the daemon does not
 hold the container's writes."""
 
@@ -111,3 +112,16 @@ def test_a_held_containers_output_comes_whole_from_its_one_attachment(
     assert bytes(emitted.data[0]) == lines("out", 2000)
     assert bytes(emitted.data[1]) == lines("err", 2000)
     assert backend.wait(handle).exit_code == 0
+
+
+def test_a_last_unterminated_line_is_not_lost_when_following_the_log(
+    backend: DockerBackend,
+) -> None:
+    """The daemon's log follow usually ends at the container's exit without its last line
+    when that has no newline (the case of a task adopted again after a Host restart)."""
+    for task_id in (21, 22, 23):
+        handle = backend.start(_dispatch("echo first; sleep 0.5; printf last", task_id))
+        backend.detach_unread()  # followed from its log, as a Runner that reconnected does
+        emitted = Emitted()
+        backend.follow(handle, (0, 0), emitted.emits(), LogFollow())
+        assert bytes(emitted.data[0]) == b"first\nlast"

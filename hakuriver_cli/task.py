@@ -340,14 +340,17 @@ def _since(text: str) -> Timestamp:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     stamp = Timestamp()
-    if text[:-1].isdigit() and text[-1] in _AGO:
-        stamp.FromDatetime(datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _AGO[text[-1]]))
-        return stamp
+    ago = text[:-1].isdigit() and text[-1] in _AGO
     try:
-        moment = datetime.fromisoformat(text)
+        moment = None if ago else datetime.fromisoformat(text)
     except ValueError:
         fail(f"--since {text!r}: use 30m, 2h, 7d or an ISO time like 2026-11-22T08:00", code=2)
-    stamp.FromDatetime(moment if moment.tzinfo else moment.astimezone())
+    try:  # before the year 1: an error line, not a traceback
+        if moment is None:
+            moment = datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _AGO[text[-1]])
+        stamp.FromDatetime(moment if moment.tzinfo else moment.astimezone())
+    except (OverflowError, ValueError):
+        fail(f"--since {text!r} is too far back", code=2)
     return stamp
 
 

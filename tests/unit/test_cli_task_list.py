@@ -1,10 +1,14 @@
-"""`hakuriver.task list` names each task's job array and index (Slurm's ARRAY_ID_INDEX)."""
+"""`hakuriver.task list` names each task's job array and index (Slurm's ARRAY_ID_INDEX);
+its `--since` is an age or a time, and one before the year 1 an error line."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pytest
 
 from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, task_row
+from hakuriver_cli.task import _since
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
 
@@ -21,3 +25,20 @@ def test_status_shows_how_many_gpus_a_task_asked_for(capsys: pytest.CaptureFixtu
     print_task_detail(task_pb2.Task(task_id=14, command="train", gpu_count=2), [])
     [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("gpu_count ")]
     assert line.split() == ["gpu_count", "2"]
+
+
+@pytest.mark.parametrize("since", ["99999999999d", "0001-01-01", "3000000w"])
+def test_a_since_too_far_back_is_an_error_line_not_a_traceback(
+    since: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as ended:
+        _since(since)
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == f"error: --since {since!r} is too far back\n"
+
+
+def test_since_takes_an_age_or_a_time() -> None:
+    assert _since("2h").ToDatetime(tzinfo=UTC) < datetime.now(UTC)
+    assert _since("2026-11-22T08:00+00:00").ToDatetime(tzinfo=UTC) == datetime(
+        2026, 11, 22, 8, tzinfo=UTC
+    )

@@ -27,7 +27,7 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
-from hakuriver_cli.reconnect import RETRY_SECONDS, host_gone, riding_out
+from hakuriver_cli.reconnect import RETRY_SECONDS, riding_out
 from hakuriver_cli.render import (
     TASK_COLUMNS,
     batch_ended,
@@ -116,26 +116,35 @@ def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> t
 
 def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> tpb.BatchSummary:
     """The batch once every task of it is final, asking the Host at growing intervals (up
-    to ``poll_interval``); while the Host is unreachable, retry for as long as it takes."""
+    to ``poll_interval``); while the Host is unreachable, retry as ``wait_final`` does."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     stub = task_stub(link)
-    pause, away = 0.05, False
-    try:
+    request = tpb.GetBatchRequest(batch_id=batch_id)
+
+    def until_ended() -> tpb.BatchSummary | None:
+        pause = 0.05
         while True:
             try:
-                batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=batch_id)).batch
+                batch = unary(stub.GetBatch, request).batch
             except CallError as exc:
-                if not host_gone(exc, Status.DEADLINE_EXCEEDED):
-                    raise
-                if not away:
-                    cli.echo(f"lost the host at {target}; retrying", err=True)
-                away = True
-            else:
-                if batch_ended(batch):
-                    return batch
+                if exc.status == Status.DEADLINE_EXCEEDED:
+                    return None  # a Host that does not answer is away
+                raise
+            if batch_ended(batch):
+                return batch
             time.sleep(pause)
             pause = min(pause * 2, poll_interval)
+
+    try:
+        return riding_out(
+            until_ended,
+            lambda timeout: unary(stub.GetBatch, request, timeout),
+            target,
+            poll_interval,
+            "waiting",
+            f"waiting for batch {batch_id}",
+        )
     except KeyboardInterrupt:
         fail(f"stopped waiting; batch {batch_id} carries on (hakuriver.task wait {batch_id})", 130)
 

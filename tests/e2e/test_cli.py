@@ -271,10 +271,13 @@ def test_submit_that_must_wait_says_queued(cluster: ProcessCluster) -> None:
 # ----- --wait rides out a Host restart ----------------------------------------------------
 
 
+@pytest.mark.parametrize("array", [[], ["--array", "0"]], ids=["task", "array"])
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["crash", "restart"])
 def test_wait_reconnects_after_the_host_comes_back(
-    fresh_cluster: ProcessCluster, stop: signal.Signals
+    fresh_cluster: ProcessCluster, stop: signal.Signals, array: list[str]
 ) -> None:
+    """A task's --wait follows its status stream, an array's asks for its counts: both say
+    when they lose the Host and when it answers again."""
     c = fresh_cluster
     proc = subprocess.Popen(
         [
@@ -283,6 +286,7 @@ def test_wait_reconnects_after_the_host_comes_back(
             "--wait",
             "--poll-interval",
             "0.3",
+            *array,
             "--",
             "sh",
             "-c",
@@ -296,9 +300,9 @@ def test_wait_reconnects_after_the_host_comes_back(
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
-        match = re.match(r"submitted task (\d+) ", first)
+        match = re.match(r"submitted (task|array) (\d+)", first)
         assert match, first
-        task_id = int(match[1])
+        task_id = int(match[2]) + (1 if array else 0)  # an array's first task follows its id
         c.wait_status(task_id, RUNNING)
         c.kill_host(stop)
         time.sleep(2)
@@ -309,7 +313,8 @@ def test_wait_reconnects_after_the_host_comes_back(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, (first, out, err)
-    assert f"task {task_id}: completed, exit code 0" in out
+    ended = f"array {task_id - 1}: 1 task: 1 completed" if array else f"task {task_id}: completed"
+    assert ended in out
     lines = err.splitlines()
     assert len([x for x in lines if x.startswith("lost the host at")]) == 1, err
     assert len([x for x in lines if "answers again" in x]) == 1, err

@@ -433,16 +433,25 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
         )
 
 
-def _copy_log(link: Link, request: lpb.ReadLogRequest, max_lag: str) -> bool:
+class _Printed:
+    """Whether what was printed so far ends a line: kept across the reads of a follower that
+    rides out a Host restart, so a skip right after one still starts on a line of its own."""
+
+    at_line_start = True
+
+
+def _copy_log(
+    link: Link, request: lpb.ReadLogRequest, max_lag: str, printed: _Printed | None = None
+) -> bool:
     """Write the output the Host sends for ``request`` to stdout, moving ``request.offset``
     past every byte written (so a request sent again goes on from there); True at its end.
     A skip (``--max-lag``) lands at a line start: when what was written before it ends
     mid-line, a newline ends that line, so the cut line is not glued onto the next one."""
     out = sys.stdout.buffer
-    at_line_start = True
+    printed = printed or _Printed()
     for chunk in log_stub(link).ReadLog(request):
         if chunk.offset > request.offset:
-            if not at_line_start:
+            if not printed.at_line_start:
                 out.write(b"\n")
             out.flush()
             cli.echo(
@@ -453,7 +462,7 @@ def _copy_log(link: Link, request: lpb.ReadLogRequest, max_lag: str) -> bool:
         out.write(chunk.data)
         out.flush()
         if chunk.data:
-            at_line_start = chunk.data.endswith(b"\n")
+            printed.at_line_start = chunk.data.endswith(b"\n")
         request.offset = chunk.offset + len(chunk.data)
     return True
 
@@ -464,8 +473,9 @@ def _follow_log(link: Link, target: str, request: lpb.ReadLogRequest, max_lag: s
     stub = task_stub(link)
     probe = _task_probe(stub, request.task_id)
     probe(RPC_TIMEOUT_SECONDS)  # an id no task has, or a Host not there, fails at once
+    printed = _Printed()
     riding_out(
-        lambda: _copy_log(link, request, max_lag),
+        lambda: _copy_log(link, request, max_lag, printed),
         probe,
         target,
         RETRY_SECONDS,

@@ -47,6 +47,8 @@ SHELL_PROTOCOL = "hakuriver.shell.v1"
 BEARER_PROTOCOL_PREFIX = "bearer."
 # Largest Connect request body: the largest message plus its envelope's 5 bytes.
 MAX_REQUEST_BYTES = READ_MAX_BYTES + 5
+# How long a refused call's body is read before it is answered (_drain).
+DRAIN_SECONDS = 1.0
 # Largest ShellRequest frame (keystrokes and pastes).
 MAX_SHELL_FRAME = 1024 * 1024
 # Keystrokes and pastes a terminal's process has not read yet, at most (then it is closed).
@@ -406,15 +408,18 @@ def _client(scope: Scope) -> str | None:
 
 
 async def _drain(receive: Receive) -> None:
-    """Read a refused call's body to its end (up to the limit) before answering: hypercorn
-    closes a connection whose request was not all read, and that TLS close, racing the
-    client's own, logged an SSL error with a traceback now and then."""
+    """Read a refused call's body to its end (up to the limit, for up to DRAIN_SECONDS)
+    before answering: hypercorn closes a connection whose request was not all read, and that
+    TLS close, racing the client's own, logged an SSL error with a traceback now and then.
+    Bounded in time too: a streaming client may keep its body open until it is answered."""
     read = 0
-    while read <= MAX_REQUEST_BYTES:
-        message = await receive()
-        if message["type"] != "http.request" or not message.get("more_body"):
-            return
-        read += len(message.get("body", b""))
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while read <= MAX_REQUEST_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                read += len(message.get("body", b""))
 
 
 async def _plain(

@@ -305,6 +305,38 @@ async def test_grpc_over_http1_is_refused_without_a_traceback(
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 
+async def test_a_refused_call_whose_body_stays_open_is_answered(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused call's body is read before the answer, but not for ever: a streaming client
+    keeping its body open until it is answered (gRPC over HTTP/1.1; a Connect stream by a
+    name not ours) gets its refusal, not a hang until its own deadline."""
+    monkeypatch.setattr(web_app, "DRAIN_SECONDS", 0.2)
+    assert local_cluster.server is not None
+    port = local_cluster.server.dashboard_port
+    context = ssl.create_default_context(cafile=str(local_cluster.config.tls.ca_file))
+
+    def call(host: str, kind: str) -> int | None:
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+        try:
+            connection.putrequest("POST", f"/{TASKS}WatchTasks", skip_host=True)
+            connection.putheader("Host", host)
+            connection.putheader("Authorization", f"Bearer {local_cluster.admin_token}")
+            connection.putheader("Content-Type", kind)
+            connection.putheader("Transfer-Encoding", "chunked")
+            connection.endheaders()
+            connection.send(b"7\r\n\x00\x00\x00\x00\x02{}\r\n")  # one message; no end
+            return connection.getresponse().status
+        except TimeoutError:
+            return None
+        finally:
+            connection.close()
+
+    ours = await asyncio.to_thread(call, f"127.0.0.1:{port}", "application/grpc")
+    theirs = await asyncio.to_thread(call, "evil.example", "application/connect+json")
+    assert (ours, theirs) == (415, 200)  # 200: a Connect stream's error is its end message
+
+
 async def test_a_quiet_stream_ends_when_its_client_goes(local_cluster: LocalCluster) -> None:
     assert local_cluster.server is not None
     port = local_cluster.server.dashboard_port

@@ -618,9 +618,12 @@ class Scheduler:
         array is at its cap, is left for this pass (its other requests are alike), and a
         pass costs what it places plus one try per line, however long the queue (a job
         array of 10,000 tasks is one line). Only a line's head may reserve a node when
-        starving."""
+        starving, the first of its shape to starve (a line's requests share their priority,
+        so its head is its oldest: one behind newer ones of a higher priority heads a line of
+        its own)."""
         reserved: set[str] = set()
         no_room: set[tuple[object, ...]] = set()
+        reserving: set[tuple[object, ...]] = set()
         # The line placed last and its node, when that was the best fit, and the nodes'
         # state then: the line's next request goes there too while it has room and no node
         # changed otherwise (``_again``), without ranking every node.
@@ -636,6 +639,7 @@ class Scheduler:
                 continue
             shape = _shape(request)
             if shape in no_room:
+                self._reserve_if_starving(request, shape, now_ms, reserving, reserved)
                 continue
             allocation, best = None, None
             if streak[0] == key and streak[1] is not None and streak[2] == self._changes:
@@ -645,10 +649,7 @@ class Scheduler:
                 allocation, best = self._choose(request, reserved)
             if allocation is None:
                 no_room.add(shape)
-                if now_ms - id_timestamp_ms(request.task_id) >= self.starvation_ms:
-                    hostname = self._reserve_for(request)
-                    if hostname is not None:
-                        reserved.add(hostname)
+                self._reserve_if_starving(request, shape, now_ms, reserving, reserved)
                 continue
             if self.made_ready:
                 request = self._made_ready_for(queue, key, request, allocation)
@@ -659,6 +660,23 @@ class Scheduler:
             if following is not None:
                 heapq.heappush(heads, (_rank(following), key))
             yield request, allocation
+
+    def _reserve_if_starving(
+        self,
+        request: Request,
+        shape: tuple[object, ...],
+        now_ms: int,
+        reserving: set[tuple[object, ...]],
+        reserved: set[str],
+    ) -> None:
+        """A request that found no room reserves a node if it starves and is the first of
+        its shape to in this pass."""
+        if shape in reserving or now_ms - id_timestamp_ms(request.task_id) < self.starvation_ms:
+            return
+        reserving.add(shape)
+        hostname = self._reserve_for(request)
+        if hostname is not None:
+            reserved.add(hostname)
 
     def _made_ready_for(
         self, queue: PendingQueue, key: tuple[object, ...], head: Request, allocation: Allocation
@@ -833,8 +851,8 @@ def _shape(request: Request) -> tuple[object, ...]:
 
 
 class PendingQueue:
-    """Pending requests, in lines of alike ones (same shape and batch), each a heap in
-    queue order. Leaving is lazy: a request discarded from the middle of a line is dropped
+    """Pending requests, in lines of alike ones (same shape, batch and priority), each a
+    heap in queue order. Leaving is lazy: a request discarded from the middle of a line is dropped
     when it reaches the head."""
 
     def __init__(self, requests: Iterable[Request] = ()) -> None:
@@ -847,7 +865,7 @@ class PendingQueue:
         return len(self._members)
 
     def add(self, request: Request) -> None:
-        key = (*_shape(request), request.group, request.group_cap)
+        key = (*_shape(request), request.group, request.group_cap, request.priority)
         heapq.heappush(self._lines.setdefault(key, []), (_rank(request), request))
         self._members[request.task_id] = request
 

@@ -532,6 +532,24 @@ def test_lines_of_alike_requests_place_exactly_what_one_by_one_would(
             assert slow.release(allocation.hostname, request.task_id)
 
 
+def test_a_starving_request_behind_alike_ones_of_a_higher_priority_reserves_its_node() -> None:
+    """Priority is part of what makes requests alike: an old request queued behind newer
+    alike ones of a higher priority that do not fit reserves its node once starving, as it
+    does when requests are tried one by one (found by the property test above)."""
+    fast, slow = _cluster(), _cluster()
+    newer = [
+        Request(task_id(NOW, seq), cores=1, memory_bytes=9, target="a", priority=1)
+        for seq in range(8)
+    ]
+    old = Request(task_id(NOW - 60_000, 100), cores=1, memory_bytes=9, target="a")
+    small = [Request(task_id(NOW, 200 + seq), cores=1, memory_bytes=0) for seq in range(3)]
+    pending = [*newer, old, *small]
+    got = fast.plan(PendingQueue(pending), now_ms=NOW)
+    want = _plan_one_by_one(slow, list(pending), now_ms=NOW)
+    assert [(r.task_id, a) for r, a in got] == [(r.task_id, a) for r, a in want]
+    assert all(a.hostname == "b" for r, a in got if r.target is None)
+
+
 def test_a_line_placed_on_a_node_a_starving_request_then_reserved_goes_no_further_there() -> None:
     """A line of alike requests goes on filling the node it was just placed on, unless a
     starving request reserved that node in between."""

@@ -388,8 +388,8 @@ class RunnerGateway:
         timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
         now = time.monotonic()
         silent, went = self.nodes.silent(timeout)
-        for node in went:  # a restarted Host loads it offline
-            await self.store.save_node(node.record())
+        # Stored offline (a restarted Host loads them so), together: group-committed.
+        await asyncio.gather(*(self.store.save_node(node.record()) for node in went))
         for node in silent:
             away = now - node.last_seen
             for task in self.book.on_node(node.hostname):

@@ -10,9 +10,10 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, BinaryIO, TypeVar
 
 from hakuriver_cli import direct
+from hakuriver_cli.call_error import CallError
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
 from hakuriver_cli.link import environment_stub
 from hakuriver_cli.render import console, print_json, show_list, to_dict
@@ -204,14 +205,34 @@ def delete_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption
         cli.echo(f"removed {path}")
 
 
-def _upload(name: str, source: str) -> Iterator[epb.ImportRootfsRequest]:
+def _source(source: str) -> BinaryIO:
+    """The root filesystem to send: stdin, a file, or a pipe such as ``<(docker export X)``
+    (``/dev/fd/N``); one line (exit 2) when it cannot be opened, before anything is sent."""
+    if source == "-":
+        return sys.stdin.buffer
+    try:
+        return Path(source).open("rb")
+    except FileNotFoundError:
+        fail(f"{source}: no such file", code=2)
+    except OSError as exc:
+        fail(f"{source}: {exc.strerror or exc}", code=2)
+
+
+def _upload(
+    name: str, stream: BinaryIO, unread: list[OSError]
+) -> Iterator[epb.ImportRootfsRequest]:
+    """The request stream. A read error ends it by raising (the call is cancelled: the Host
+    imports nothing of a part), kept in ``unread`` to be named instead of gRPC's words."""
     from hakuriver_common.proto.hakuriver.v1 import environment_service_pb2 as epb
 
     yield epb.ImportRootfsRequest(name=name)
-    stream = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
     with stream:
-        while chunk := stream.read(UPLOAD_CHUNK):
-            yield epb.ImportRootfsRequest(chunk=chunk)
+        try:
+            while chunk := stream.read(UPLOAD_CHUNK):
+                yield epb.ImportRootfsRequest(chunk=chunk)
+        except OSError as exc:
+            unread.append(exc)
+            raise
 
 
 @app.command("import-rootfs")
@@ -224,11 +245,19 @@ def import_rootfs(
     json: JsonOption = False,
 ) -> None:
     """Create environment NAME from a root filesystem tarball (no registry needed)."""
-    if source != "-" and not Path(source).is_file():
-        fail(f"{source}: no such file", code=2)
-    reply = _ask(
-        config, lambda stub: stub.ImportRootfs(_upload(name, source), timeout=LONG_RPC_SECONDS)
-    )
+    cfg = config_or_fail(config)
+    stream = _source(source)
+    unread: list[OSError] = []
+    with host_link(cfg) as link:
+        try:
+            reply = environment_stub(link).ImportRootfs(
+                _upload(name, stream, unread), timeout=LONG_RPC_SECONDS
+            )
+        except CallError:
+            if unread:
+                why = unread[0].strerror or unread[0]
+                fail(f"{source}: cannot read it: {why}; nothing was imported", code=2)
+            raise
     _show_tarball(reply.tarball, json)
 
 

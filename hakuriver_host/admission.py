@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hakuriver_common import limits, task_variables
-from hakuriver_common.environments import NULL_CONTAINER, image_for
+from hakuriver_common.environments import NULL_CONTAINER, check_environment_name, image_for
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
@@ -305,6 +305,10 @@ def _network(
 def _check_environment(container: str, view: ClusterView) -> None:
     if container == NULL_CONTAINER or view.has_environment(container):
         return
+    # No image can bear it: the rule, not "no runner has image hakuriver/Bad Name:base".
+    problem = check_environment_name(container)
+    if problem:
+        raise InvalidArgument(f"container_name: {problem}")
     available = limits.name_list(sorted(view.environment_names())) or "none"
     raise NotFound(
         f"container_name: environment {container!r} not found: no runner has image "

@@ -106,6 +106,8 @@ REFUSED = [
     (cmd(container_name="nope"), NotFound,
      "container_name: environment 'nope' not found: no runner has image hakuriver/nope:base "
      "and no tarball exists (available: base, sshd)"),
+    (cmd(container_name="Bad Name"), InvalidArgument,
+     "container_name: invalid environment name 'Bad Name': use up to 64 lowercase letters"),
     (cmd(targets=[target("zz")]), NotFound, "target: unknown host 'zz' (known: a, b)"),
     (cmd(targets=[target("a", numa=5)]), NotFound,
      "target: a has no NUMA node 5 (NUMA ids: [0, 1])"),

@@ -110,14 +110,18 @@ class EnvironmentManager:
             "status": container.status,
         }
 
+    @staticmethod
+    def _not_local(image: str) -> NotFound:
+        return NotFound(
+            f"image: {image!r} is not a local image, and HakuRiver never pulls; load or "
+            "import it first (docker load, docker import, or hakuriver.docker import-rootfs)"
+        )
+
     def _local_image(self, image: str) -> Any:
         try:
             return self.client.images.get(image)
         except docker.errors.ImageNotFound:
-            raise NotFound(
-                f"image: {image!r} is not a local image, and HakuRiver never pulls; load or "
-                "import it first (docker load, docker import, or hakuriver.docker import-rootfs)"
-            ) from None
+            raise self._not_local(image) from None
 
     # ----- containers -------------------------------------------------------------------
 
@@ -131,17 +135,24 @@ class EnvironmentManager:
             pass
         else:
             raise FailedPrecondition(f"name: environment container {name!r} already exists")
+        # create, not run: docker-py's run pulls an image create did not find (gone since
+        # it was looked up), and keeps a container that would not start under this name.
         try:
-            container = self.client.containers.run(
+            container = self.client.containers.create(
                 image,
                 KEEP_ALIVE,
                 name=self.container_name(name),
-                detach=True,
                 init=True,
                 network_mode="host",
                 labels={ENV_LABEL: name, "hakuriver.env_image": image},
             )
+        except docker.errors.ImageNotFound:
+            raise self._not_local(image) from None
+        try:
+            container.start()
         except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
             raise FailedPrecondition(f"docker could not start {image}: {exc.explanation}") from None
         container.reload()
         return self.describe(container)

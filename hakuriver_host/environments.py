@@ -256,10 +256,7 @@ class EnvironmentManager:
         cmd = (source.attrs.get("Config") or {}).get("Cmd")
         if cmd:
             changes.append(f"CMD {json.dumps(cmd)}")
-        try:
-            previous = self.client.images.get(image_for(name)).id
-        except docker.errors.ImageNotFound:
-            previous = None
+        previous = self._previous_image(name)
         image = container.commit(
             repository=IMAGE_PREFIX + name, tag=IMAGE_TAG, changes=changes, pause=True
         )
@@ -274,12 +271,23 @@ class EnvironmentManager:
                 self.client.images.get(previous).tag(IMAGE_PREFIX + name, IMAGE_TAG)
                 self.client.images.remove(image.id)
             raise
-        # The last commit lost its tag to this one: removed if that left it nameless, rather
-        # than one such image kept per create-tar (kept when in use).
+        self._drop_if_nameless(previous)
+        return saved
+
+    def _previous_image(self, name: str) -> str | None:
+        try:
+            return str(self.client.images.get(image_for(name)).id)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def _drop_if_nameless(self, previous: str | None) -> None:
+        """The last image of an environment lost its tag to a new one: removed if that left
+        it nameless, rather than one such image kept per tarball (kept when in use)."""
+        if previous is None:
+            return
         with contextlib.suppress(docker.errors.APIError):
             if not self.client.images.get(previous).tags:
                 self.client.images.remove(previous)
-        return saved
 
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)
@@ -337,6 +345,7 @@ class EnvironmentManager:
                     f"environment {name!r} is unchanged"
                 )
             timestamp = self._next_timestamp(name)
+            previous = self._previous_image(name)
             try:
                 self.client.api.import_image_from_file(
                     str(upload),
@@ -350,7 +359,9 @@ class EnvironmentManager:
                 ) from None
         finally:
             upload.unlink(missing_ok=True)
-        return self._save(self.client.images.get(image_for(name)), name, timestamp, progress)
+        saved = self._save(self.client.images.get(image_for(name)), name, timestamp, progress)
+        self._drop_if_nameless(previous)
+        return saved
 
     def ensure_default(self) -> None:
         """On first start: give the default environment a tarball if it has none."""

@@ -213,3 +213,25 @@ async def test_a_host_sweeps_them_when_it_starts(local_cluster: LocalCluster) ->
     stale.write_bytes(b"x" * 1024)
     await local_cluster.restart_host(wait_runners=False)
     assert not stale.exists()
+
+
+def test_an_import_removes_the_image_it_left_nameless(tmp_path: Path) -> None:
+    """As create-tar: an import-rootfs of an existing name took its tag; the last image,
+    left nameless, went with nothing to show it (one kept per import)."""
+    manager = _manager(tmp_path)
+    images = _Images()
+    imported: list[str] = []
+
+    def get(ref: str) -> Any:
+        if ref == image_for("myenv") and imported:
+            return _Image()
+        return images.get(ref)
+
+    manager._client.images = SimpleNamespace(get=get, remove=images.remove)
+    manager._client.api = SimpleNamespace(
+        import_image_from_file=lambda path, **kwargs: imported.append(path)
+    )
+    upload = tmp_path / "rootfs.tar"
+    upload.write_bytes(b"rootfs")
+    manager.import_rootfs("myenv", upload, lambda written: None)
+    assert imported == [str(upload)] and images.removed == ["sha256:old"]

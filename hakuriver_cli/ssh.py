@@ -145,6 +145,15 @@ def _forward(
 VALUE_OPTIONS = set("BbcDEeFIiJLlmOoPpQRSWw")
 
 
+def _wants_value(option: str) -> bool:
+    """Whether the next argument is this option's value: ``-i``, and ``-NL`` too (flags
+    grouped as getopt reads them, the last one taking a value not given in the same word)."""
+    for position, flag in enumerate(option[1:], start=1):
+        if flag in VALUE_OPTIONS:
+            return position == len(option) - 1
+    return False
+
+
 def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
     """(options, remote command): ssh wants options before the destination."""
     if args and args[0] == "--":
@@ -155,7 +164,7 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
         option = args[index]
         options.append(option)
         index += 1
-        if len(option) == 2 and option[1] in VALUE_OPTIONS and index < len(args):
+        if _wants_value(option) and index < len(args):
             options.append(args[index])
             index += 1
     if index < len(args) and args[index] == "--":

@@ -47,7 +47,7 @@ CHUNK = 64 * 1024
 
 
 class ProxyRefused(Exception):
-    """The Host's SSH proxy answered ERROR."""
+    """No tunnel: the Host's SSH proxy answered ERROR, or could not be reached or read."""
 
 
 def ticket_for(link: Link, task_id: int) -> str:
@@ -60,20 +60,37 @@ def ticket_for(link: Link, task_id: int) -> str:
 
 def open_tunnel(host: str, port: int, ticket: str) -> socket.socket:
     """A socket connected through the Host's proxy to the sshd of the ticket's VPS."""
-    sock = socket.create_connection((host, port), timeout=15)
+    where = f"the Host's SSH proxy at {host}:{port}"
+    try:
+        sock = socket.create_connection((host, port), timeout=15)
+    except OSError as exc:  # which address failed, not a bare "[Errno 111]" or "timed out"
+        raise ProxyRefused(f"cannot reach {where}: {exc.strerror or exc}") from None
+    try:
+        text = _present(sock, ticket).decode(errors="replace").strip()
+    except OSError as exc:
+        sock.close()
+        raise ProxyRefused(f"no answer from {where}: {exc.strerror or exc}") from None
+    if text == "SUCCESS":
+        sock.settimeout(None)
+        return sock
+    sock.close()
+    if not text:
+        raise ProxyRefused(f"{where} closed the connection")
+    if not text.startswith("ERROR "):
+        raise ProxyRefused(f"{where} is not a HakuRiver SSH proxy: it answered {text[:80]!r}")
+    raise ProxyRefused(text.removeprefix("ERROR ").strip())
+
+
+def _present(sock: socket.socket, ticket: str) -> bytes:
+    """Send the ticket; the proxy's one-line answer (at most 4 KiB of it)."""
     sock.sendall(f"TICKET {ticket}\n".encode())
     answer = b""
-    while not answer.endswith(b"\n"):
+    while not answer.endswith(b"\n") and len(answer) < 4096:
         data = sock.recv(1)
         if not data:
             break
         answer += data
-    text = answer.decode(errors="replace").strip()
-    if text != "SUCCESS":
-        sock.close()
-        raise ProxyRefused(text.removeprefix("ERROR ").strip() or "the proxy closed the connection")
-    sock.settimeout(None)
-    return sock
+    return answer
 
 
 def _copy(read: socket.socket | int, write: socket.socket | int) -> None:
@@ -134,7 +151,7 @@ def _forward(
         print(f"hakuriver.ssh: {describe_call_error(exc, cfg.host_target, cfg)}", file=sys.stderr)
         client.close()
         return
-    except (OSError, ProxyRefused) as exc:
+    except ProxyRefused as exc:
         print(f"hakuriver.ssh: {exc}", file=sys.stderr)
         client.close()
         return
@@ -213,7 +230,7 @@ def main(
             ticket = ticket_for(link, tid)
         try:
             sock = open_tunnel(address, port, ticket)
-        except (OSError, ProxyRefused) as exc:
+        except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
         stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
         threading.Thread(target=_copy, args=(stdin, sock), daemon=True).start()

@@ -115,6 +115,7 @@ def submit(
 
 VPS_COLUMNS = (
     "task_id",
+    "owner",
     "status",
     "node",
     "cores",
@@ -129,6 +130,7 @@ VPS_COLUMNS = (
 def _vps_row(t: task_pb2.Task) -> list[str]:
     return [
         str(t.task_id),
+        t.owner or "-",  # an operator's list holds everybody's
         status_name(t.status),
         t.assigned_node or "-",
         str(t.required_cores) if t.required_cores else "auto",

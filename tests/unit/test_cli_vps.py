@@ -10,6 +10,7 @@ import pytest
 
 from hakuriver_cli import vps
 from hakuriver_common import commands as cli
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from hakuriver_common.statuses import ACTIVE_STATUSES
 
 
@@ -43,3 +44,10 @@ def test_status_help_names_every_status_it_lists() -> None:
     assert vps.status.__doc__ is not None
     for status in ACTIVE_STATUSES:
         assert status.value in vps.status.__doc__
+
+
+def test_status_rows_name_the_owner() -> None:
+    """An operator's `vps status` lists everybody's VPS tasks: each row says whose."""
+    row = vps._vps_row(task_pb2.Task(task_id=7, owner="alice"))
+    assert len(row) == len(vps.VPS_COLUMNS)
+    assert row[vps.VPS_COLUMNS.index("owner")] == "alice"

@@ -34,23 +34,28 @@ DEFAULT_KEYS = (Path("~/.ssh/id_ed25519.pub"), Path("~/.ssh/id_rsa.pub"))
 ACTIVE = sorted(s.pb for s in ACTIVE_STATUSES)
 
 
+def _read_key(path: Path, name: str) -> str:
+    """The key file's text; one line, not a traceback, for a directory, an unreadable or a
+    binary file."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        fail(f"{name}: no such file", code=2)
+    except UnicodeDecodeError:
+        fail(f"{name}: not a text file (give the .pub file)", code=2)
+    except OSError as exc:
+        fail(f"{name}: {exc.strerror or exc}", code=2)
+
+
 def public_key(text: str, path: Path | None) -> str:
     """The key to install: --public-key-string, --public-key-file, else the usual files."""
     if text:
         return text.strip()
     if path is not None:
-        # One line, not a traceback, for a directory, an unreadable or a binary file.
-        try:
-            return path.read_text().strip()
-        except FileNotFoundError:
-            fail(f"--public-key-file {path}: no such file", code=2)
-        except UnicodeDecodeError:
-            fail(f"--public-key-file {path}: not a text file (give the .pub file)", code=2)
-        except OSError as exc:
-            fail(f"--public-key-file {path}: {exc.strerror or exc}", code=2)
+        return _read_key(path, f"--public-key-file {path}")
     for candidate in (p.expanduser() for p in DEFAULT_KEYS):
         if candidate.is_file():
-            return candidate.read_text().strip()
+            return _read_key(candidate, str(candidate))
     looked = ", ".join(str(p) for p in DEFAULT_KEYS)
     fail(
         f"no public key: pass --public-key-file or --public-key-string (looked for {looked})",

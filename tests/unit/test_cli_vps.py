@@ -1,5 +1,6 @@
-"""`hakuriver.vps` on the client side: a --public-key-file it cannot use ends the tool with
-one line that says why (exit 2), before anything is sent; `status` says what it lists."""
+"""`hakuriver.vps` on the client side: a key file it cannot use (named or the default) ends
+the tool with one line that says why (exit 2), before anything is sent; `status` says what
+it lists."""
 
 from __future__ import annotations
 
@@ -32,6 +33,19 @@ def test_an_unusable_key_file_is_one_line(
         vps.public_key("", path)
     assert ended.value.exit_code == 2
     assert capsys.readouterr().err == f"error: --public-key-file {path}: {why}\n"
+
+
+def test_an_unusable_default_key_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """~/.ssh/id_ed25519.pub, read when no key is named, fails as a named file does."""
+    default = tmp_path / "id_ed25519.pub"
+    default.write_bytes(b"\x7fELF\xd0")
+    monkeypatch.setattr(vps, "DEFAULT_KEYS", (default,))
+    with pytest.raises(cli.Exit) as ended:
+        vps.public_key("", None)
+    assert ended.value.exit_code == 2
+    assert capsys.readouterr().err == f"error: {default}: not a text file (give the .pub file)\n"
 
 
 def test_a_key_file_is_read_and_stripped(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ Nothing is written for a refused request.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import posixpath
 import re
 from collections.abc import Sequence
@@ -119,7 +121,32 @@ def _ssh_key(req: tpb.SubmitTaskRequest, kind: TaskKind) -> str:
         raise InvalidArgument(
             "ssh_public_key: expected one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA...'"
         )
+    if not _blob_names_type(key.split()):
+        raise InvalidArgument(
+            f"ssh_public_key: the key data after {key.split()[0]!r} is not a {key.split()[0]} "
+            "key (cut short or mistyped?); give the whole line of the .pub file"
+        )
     return key
+
+
+def _blob_names_type(words: list[str]) -> bool:
+    """Whether the base64 after the type is, as sshd reads it, that type and then
+    length-prefixed fields to its end (a certificate's other fields are not all strings): a
+    key cut short or mistyped would make a VPS nobody can log in to."""
+    try:
+        blob = base64.b64decode(words[1], validate=True) if len(words) > 1 else b""
+    except binascii.Error:
+        return False
+    cert = "-cert-" in words[0]
+    fields: list[bytes] = []
+    while len(blob) >= 4 and not (cert and fields):
+        size = int.from_bytes(blob[:4], "big")
+        if len(blob) < 4 + size:
+            return False
+        fields.append(blob[4 : 4 + size])
+        blob = blob[4 + size :]
+    complete = cert or (not blob and len(fields) >= 2)
+    return complete and fields[:1] == [words[0].encode()]
 
 
 def _cores(req: tpb.SubmitTaskRequest, kind: TaskKind) -> int:

@@ -16,7 +16,7 @@ from hakuriver_host.scheduler import Scheduler
 
 OPERATOR = Rights(elevated=True)
 USER = Rights(elevated=False, mount_roots=("/data", "/scratch/"))
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5 user@lab"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx user@lab"
 
 
 def _scheduler() -> Scheduler:
@@ -98,6 +98,11 @@ REFUSED = [
     (vps(ssh_public_key=""), InvalidArgument, "ssh_public_key: a VPS needs a public key"),
     (vps(ssh_public_key="hello"), InvalidArgument, "ssh_public_key: expected one OpenSSH"),
     (vps(ssh_public_key=KEY + "\n" + KEY), InvalidArgument, "ssh_public_key: expected one"),
+    (vps(ssh_public_key="ssh-ed25519"), InvalidArgument, "ssh_public_key: the key data after"),
+    (vps(ssh_public_key=KEY[:40]), InvalidArgument, "ssh_public_key: the key data after"),
+    (vps(ssh_public_key="ssh-rsa" + KEY[11:]), InvalidArgument,
+     "ssh_public_key: the key data after 'ssh-rsa' is not a ssh-rsa key (cut short or mistyped?)"),
+    (vps(ssh_public_key="ssh-ed25519 AAAA!C3Nza"), InvalidArgument, "ssh_public_key: the key"),
     (vps(targets=[target("a"), target("b")]), InvalidArgument, "targets: a VPS takes at most"),
     (vps(container_name="NULL"), InvalidArgument, "container_name: a VPS needs a container"),
     (cmd(container_name="NULL", privileged=True), InvalidArgument, "container_name: NULL tasks"),

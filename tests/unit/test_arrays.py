@@ -338,7 +338,9 @@ async def test_bad_arrays_are_refused_and_nothing_is_stored(
     await local_cluster.add_runner("a", cores=2, answer=HOLD)
     request = tpb.SubmitTaskRequest(command="job", **request_fields)  # type: ignore[arg-type]
     if request.kind == task_pb2.TASK_KIND_VPS:
-        request.ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 user@host"
+        request.ssh_public_key = (
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+        )
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await local_cluster.tasks.SubmitTask(request, timeout=5)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -21,7 +21,7 @@ from tests.fake_runner import HOLD, FakeRunner
 from tests.unit.local_cluster import LocalCluster, status_of
 
 ENV = "myenv"
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG5vdGFyZWFsa2V5 user@lab"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx user@lab"
 
 
 def _tarball(cluster: LocalCluster, timestamp: int = 1_700_000_000) -> Path:

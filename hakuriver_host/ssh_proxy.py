@@ -41,6 +41,19 @@ async def _first_line(reader: asyncio.StreamReader) -> bytes:
         return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
     except ValueError:
         return b""
+    except TimeoutError:
+        raise TimeoutError(f"no request line within {REQUEST_TIMEOUT:g} s") from None
+
+
+async def _opened(tunnel: Tunnel) -> None:
+    """Until the Runner has connected the tunnel to the sshd; a bare "timed out" would not
+    say which hop was slow."""
+    try:
+        await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
+    except TimeoutError:
+        raise TimeoutError(
+            f"the VPS's runner did not open the tunnel within {OPEN_TIMEOUT:g} s"
+        ) from None
 
 
 class SshProxy:
@@ -69,7 +82,7 @@ class SshProxy:
         try:
             try:
                 tunnel, who = await self._open(await _first_line(reader))
-                await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
+                await _opened(tunnel)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
                 # A refusal of the caller (no ticket, or one not good) is audited; a tunnel

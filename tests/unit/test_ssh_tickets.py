@@ -1,10 +1,13 @@
 """An SSH ticket is only as good as the token it came from: presented after its holder was
 deleted (or their token revoked), within its 30 s life, it opens nothing; and a session it
-opened passes nothing more once that token is revoked."""
+opened passes nothing more once that token is revoked. A proxy connection that times out
+is told which wait ran out."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
@@ -15,6 +18,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import ssh_proxy
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 
@@ -41,18 +45,23 @@ async def _to_the_proxy(
     return await asyncio.open_connection("127.0.0.1", local_cluster.server.ssh_proxy_port)
 
 
+async def _answer_to(local_cluster: LocalCluster, ticket: str) -> bytes:
+    """The proxy's one-line answer to a ticket."""
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        writer.write(f"TICKET {ticket}\n".encode())
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
 async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
     local_cluster: LocalCluster,
 ) -> None:
     runner, issued = await _alices_vps_ticket(local_cluster)
     await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
-    reader, writer = await _to_the_proxy(local_cluster)
-    try:
-        writer.write(f"TICKET {issued.ticket}\n".encode())
-        await writer.drain()
-        answer = await asyncio.wait_for(reader.readline(), 5)
-    finally:
-        writer.close()
+    answer = await _answer_to(local_cluster, issued.ticket)
     assert answer.startswith(b"ERROR API token ") and answer.endswith(b" was revoked\n"), answer
     assert runner.tunnel_opens == []
 
@@ -106,3 +115,26 @@ async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: Loc
     )
     assert [(e.actor, e.outcome) for e in events.events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
     assert events.events[0].detail.endswith(" was revoked")
+
+
+async def test_a_tunnel_its_runner_does_not_open_says_so(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy's answer names the hop that was slow, not a bare "timed out"."""
+    monkeypatch.setattr(ssh_proxy, "OPEN_TIMEOUT", 0.2)
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    answer = await _answer_to(local_cluster, issued.ticket)
+    assert runner.tunnel_opens  # asked, never answered
+    assert answer == b"ERROR the VPS's runner did not open the tunnel within 0.2 s\n"
+
+
+async def test_a_client_that_sends_no_request_is_told_so(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ssh_proxy, "REQUEST_TIMEOUT", 0.2)
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        answer = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    assert answer == b"ERROR no request line within 0.2 s\n"

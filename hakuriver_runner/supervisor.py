@@ -65,6 +65,8 @@ class Supervisor:
         self._loads: dict[str, asyncio.Future[None]] = {}
         # Exit reports sent outside a watcher (a failed watcher, a vanished task).
         self._reports: set[asyncio.Task[None]] = set()
+        # VPS tasks the Host asked to kill: one stopped before its sshd answered did not fail.
+        self._killed_vps: set[int] = set()
 
     def set_cluster(self, cluster_id: str) -> None:
         """The cluster whose tasks this Runner runs: only those it lists and touches."""
@@ -164,6 +166,8 @@ class Supervisor:
             await self._report_exit(kill.task_id, NOTHING_LEFT)
             return
         backend, handle = found
+        if backend is self.docker and ssh_port_of(handle):
+            self._killed_vps.add(kill.task_id)
         try:
             await self._pool.run(backend.stop, handle, kill.grace_seconds)
         except Gone as exc:
@@ -395,7 +399,9 @@ class Supervisor:
             with contextlib.suppress(Gone):
                 await self._pool.run(self.docker.stop, handle, 0)
         info = await self._pool.run(self.docker.wait, handle)
-        if ready:
+        killed = task_id in self._killed_vps
+        self._killed_vps.discard(task_id)
+        if ready or killed:
             return info
         tail = await self._pool.run(self.docker.last_output, handle)
         error = f"the VPS never accepted SSH connections: {tail or 'no output'}"

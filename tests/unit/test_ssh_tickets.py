@@ -18,7 +18,9 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
-from hakuriver_host import ssh_proxy
+from hakuriver_host import ssh_proxy, ssh_tickets
+from hakuriver_host.errors import Unauthenticated
+from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 
@@ -138,3 +140,21 @@ async def test_a_client_that_sends_no_request_is_told_so(
     finally:
         writer.close()
     assert answer == b"ERROR no request line within 0.2 s\n"
+
+
+def test_a_holder_has_a_bounded_number_of_unused_tickets() -> None:
+    """Asking in a loop drops the holder's oldest unused tickets, not anybody else's; the
+    newest are good, and expired ones leave the map."""
+    tickets = ssh_tickets.SshTickets()
+    alice, bob = Principal(Kind.USER, "alice"), Principal(Kind.USER, "bob")
+    bobs, _ = tickets.issue(7, bob)
+    issued = [tickets.issue(1, alice)[0] for _ in range(ssh_tickets.MAX_PER_HOLDER + 10)]
+    assert len(tickets._tickets) == ssh_tickets.MAX_PER_HOLDER + 1
+    with pytest.raises(Unauthenticated):
+        tickets.redeem(issued[0])
+    assert tickets.redeem(issued[-1]).task_id == 1
+    assert tickets.redeem(bobs).who == bob
+    short = ssh_tickets.SshTickets(lifetime=0.0)
+    short.issue(1, alice)
+    short.issue(2, bob)
+    assert len(short._tickets) == 1 and set(short._held) == {bob}

@@ -410,7 +410,7 @@ def audit(
 
 
 def run() -> None:
-    direct.run(app)
+    direct.run(app, "hakuriver.admin")
 
 
 if __name__ == "__main__":

@@ -429,7 +429,7 @@ def command(
 
 
 def run() -> None:
-    direct.run(app)
+    direct.run(app, "hakuriver.client")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shlex
 import sys
 import types
 import typing
@@ -329,17 +330,68 @@ def parse(app: App, argv: Sequence[str]) -> Call | None:
     return Call(callback, kwargs)
 
 
+# Each tool's commands (tests/unit/test_cli_direct.py checks them against the tools): a
+# command typed to the wrong tool (``hakuriver.task status 5``) is pointed at the tools that
+# have it, without importing them.
+TOOL_COMMANDS: dict[str, frozenset[str]] = {
+    "hakuriver.task": frozenset({"list", "stderr", "stdout", "submit", "wait"}),
+    "hakuriver.client": frozenset(
+        {"command", "drain", "health", "kill", "nodes", "status", "undrain"}
+    ),
+    "hakuriver.vps": frozenset({"command", "kill", "status", "submit"}),
+    "hakuriver.admin": frozenset({"audit", "runner", "token", "user", "whoami"}),
+    "hakuriver.docker": frozenset(
+        {
+            "create-container",
+            "create-tar",
+            "delete-container",
+            "delete-tar",
+            "import-rootfs",
+            "list-containers",
+            "list-tars",
+            "start-container",
+            "stop-container",
+        }
+    ),
+    "hakuriver.init": frozenset({"config", "service", "tls"}),
+}
+
+
+def elsewhere(app: App, tool: str, argv: Sequence[str]) -> str:
+    """What to say when the command named is not ``tool``'s but another tool's ("" if it
+    is ``tool``'s, or nobody's: typer says so)."""
+    tokens = list(argv)
+    try:
+        _, at = _group(app, tokens)
+    except _Unsure:
+        return ""
+    name = tokens[at]
+    if name in TOOL_COMMANDS.get(tool, (name,)):
+        return ""
+    rest = shlex.join(tokens[at:])
+    others = [f"{other} {rest}" for other, names in TOOL_COMMANDS.items() if name in names]
+    if not others:
+        return ""
+    also = f" (or: {', '.join(others[1:])})" if len(others) > 1 else ""
+    return f"{tool} has no command {name!r}; did you mean: {others[0]}{also}"
+
+
 def _completing() -> bool:
     """A shell asks click to complete a word (``_<PROG>_COMPLETE`` set)."""
     return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
 
 
-def run(app: App, argv: Sequence[str] | None = None) -> None:
-    """Run the tool: the command directly when ``parse`` reads the command line, else
-    through typer."""
-    call = None if _completing() else parse(app, sys.argv[1:] if argv is None else argv)
+def run(app: App, tool: str, argv: Sequence[str] | None = None) -> None:
+    """Run the tool (named ``tool``): the command directly when ``parse`` reads the command
+    line, else through typer, unless it names another tool's command."""
+    given = sys.argv[1:] if argv is None else argv
+    call = None if _completing() else parse(app, given)
     if call is None:
-        app()
+        wrong = "" if _completing() else elsewhere(app, tool, given)
+        if wrong:
+            echo(f"error: {wrong}", err=True)
+            sys.exit(2)
+        app(args=list(given))
         return
     try:
         call.callback(**call.kwargs)

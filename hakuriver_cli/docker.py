@@ -262,7 +262,7 @@ def import_rootfs(
 
 
 def run() -> None:
-    direct.run(app)
+    direct.run(app, "hakuriver.docker")
 
 
 if __name__ == "__main__":

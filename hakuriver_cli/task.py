@@ -580,7 +580,7 @@ def wait_task(
 
 
 def run() -> None:
-    direct.run(app)
+    direct.run(app, "hakuriver.task")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ app.command("command", help="Pause or resume a VPS.")(client.command)
 
 
 def run() -> None:
-    direct.run(app)
+    direct.run(app, "hakuriver.vps")
 
 
 if __name__ == "__main__":

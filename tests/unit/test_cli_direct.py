@@ -20,7 +20,7 @@ import typer
 import typer.main
 from hypothesis import given, settings, strategies as st
 
-from hakuriver_cli import admin, client, direct, docker, task, vps
+from hakuriver_cli import admin, client, direct, docker, init, task, vps
 from hakuriver_common import commands as cli, service
 from hakuriver_common.commands import App
 
@@ -319,7 +319,42 @@ def test_a_command_run_directly_ends_as_under_typer(capsys: pytest.CaptureFixtur
             if through == "direct":
                 assert direct.parse(app, argv) is not None, argv
             with pytest.raises(SystemExit) as exited:
-                direct.run(app, argv) if through == "direct" else app(args=argv)
+                direct.run(app, "tool", argv) if through == "direct" else app(args=argv)
             assert exited.value.code == code, (argv, through)
     assert seen == [Path("/x.toml")] * 2
     assert capsys.readouterr().err.count("Aborted!") == 2
+
+
+def test_the_tools_commands_are_the_ones_named_for_the_wrong_tool_hint() -> None:
+    assert {f"hakuriver.{name}": _names(app) for name, app in TOOLS.items()} | {
+        "hakuriver.init": _names(init.app)
+    } == direct.TOOL_COMMANDS
+
+
+def _names(app: App) -> frozenset[str]:
+    return frozenset(
+        {c.command_name for c in app.commands} | {g.name for g in app.groups if g.name}
+    )
+
+
+def test_a_command_typed_to_the_wrong_tool_names_the_tool_that_has_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``hakuriver.task status 5``: one line naming ``hakuriver.client status 5`` (and
+    ``hakuriver.vps status 5``), exit 2; a command nobody has is typer's usage error."""
+    with pytest.raises(SystemExit) as exited:
+        direct.run(task.app, "hakuriver.task", ["--json", "status", "5", "--x y"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: hakuriver.task has no command 'status'; did you mean: "
+        "hakuriver.client status 5 '--x y' (or: hakuriver.vps status 5 '--x y')\n"
+    )
+    with pytest.raises(SystemExit) as exited:
+        direct.run(docker.app, "hakuriver.docker", ["submit", "--", "true"])
+    assert (
+        "did you mean: hakuriver.task submit -- true (or: hakuriver.vps" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exited:
+        direct.run(task.app, "hakuriver.task", ["frobnicate"])
+    assert exited.value.code == 2
+    assert "No such command 'frobnicate'" in capsys.readouterr().err

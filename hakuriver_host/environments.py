@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 ENV_LABEL = "hakuriver.env"
 KEEP_ALIVE = ["tail", "-f", "/dev/null"]
+# How long a started environment container is watched for an exit at once (an image whose
+# ENTRYPOINT ends, or cannot run KEEP_ALIVE), and how often.
+STAYS_UP_SECONDS = 0.5
+STAYS_UP_POLL = 0.05
 
 
 _R = TypeVar("_R")
@@ -60,6 +64,26 @@ def _docker_answers(method: Callable[..., _R]) -> Callable[..., _R]:
             raise Unavailable(f"Docker is not available on the Host: {exc}") from None
 
     return call
+
+
+def _stays_up(container: Any, image: str) -> None:
+    """Watch a started container for STAYS_UP_SECONDS: one that exits at once (an image
+    whose ENTRYPOINT ends or replaces the keep-alive command) is FAILED_PRECONDITION with
+    its exit code and last output line, not reported "exited" as a success."""
+    deadline = time.monotonic() + STAYS_UP_SECONDS
+    while True:
+        container.reload()
+        if container.status in ("exited", "dead"):
+            code = container.attrs.get("State", {}).get("ExitCode")
+            lines = container.logs(tail=1).decode(errors="replace").strip()
+            said = f": {lines[-300:]}" if lines else ""
+            raise FailedPrecondition(
+                f"{image} exited at once (exit code {code}){said}; an environment's image "
+                f"must keep running {' '.join(KEEP_ALIVE)!r} (no ENTRYPOINT that ends)"
+            )
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(STAYS_UP_POLL)
 
 
 class EnvironmentManager:
@@ -154,7 +178,12 @@ class EnvironmentManager:
             with contextlib.suppress(docker.errors.APIError):
                 container.remove(force=True)
             raise FailedPrecondition(f"docker could not start {image}: {exc.explanation}") from None
-        container.reload()
+        try:
+            _stays_up(container, image)
+        except FailedPrecondition:
+            with contextlib.suppress(docker.errors.APIError):
+                container.remove(force=True)
+            raise
         return self.describe(container)
 
     @_docker_answers
@@ -171,7 +200,7 @@ class EnvironmentManager:
     def start_container(self, name: str) -> dict[str, str]:
         container = self._container(name)
         container.start()
-        container.reload()
+        _stays_up(container, container.labels.get("hakuriver.env_image", name))
         return self.describe(container)
 
     @_docker_answers

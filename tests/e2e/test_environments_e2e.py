@@ -228,6 +228,26 @@ def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) 
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
 
 
+def test_an_image_that_exits_at_once_makes_no_environment(
+    cluster: ProcessCluster, env_name: str
+) -> None:
+    """An image whose ENTRYPOINT ends (so the keep-alive command never runs) is refused with
+    its exit code, and leaves no container under the environment's name."""
+    image = f"hakuriver-test/exits-{cluster.tag}:1"
+    base = cluster.docker.containers.create(BASE_IMAGE, "true")
+    try:
+        base.commit(*image.split(":"), changes=['ENTRYPOINT ["/bin/false"]'])
+    finally:
+        base.remove(force=True)
+    try:
+        result = cluster.cli("docker", "create-container", image, env_name)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "exited at once (exit code 1)" in result.stderr, result.stderr
+        assert not cluster.docker.containers.list(all=True, filters={"name": env_name})
+    finally:
+        cluster.docker.images.remove(image, force=True)
+
+
 def test_delete_tar_refuses_an_environment_in_use(cluster: ProcessCluster, env_name: str) -> None:
     """As ``docker rmi``: refused in one line, nothing removed, while a task waits for the
     environment; deleted once that task is killed."""

@@ -104,9 +104,13 @@ def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
 def _gpu_summary(node: node_pb2.Node) -> str:
     if not node.gpus:
         return "-"
-    free = len(node.gpus) - len(node.allocated_gpus)
+    """Free/total with the models; a GPU not read (no new task gets it) is not free."""
+    unread = set(node.unread_gpus)
+    taken = set(node.allocated_gpus) | unread
+    free = sum(g.index not in taken for g in node.gpus)
     names = sorted({g.name for g in node.gpus})
-    return f"{free}/{len(node.gpus)} ({', '.join(names)})"
+    lost = f"; GPU {', '.join(map(str, sorted(unread)))} not read" if unread else ""
+    return f"{free}/{len(node.gpus)} ({', '.join(names)}{lost})"
 
 
 def _drain(hostname: str, draining: bool, config: Path | None, json: bool) -> None:

@@ -95,6 +95,7 @@ def node_to_pb(node: NodeView, capacity: NodeResources | None, active_tasks: int
         allocated_gpus=sorted(set(capacity.gpus) & capacity.held_gpus) if capacity else [],
         output_problem=node.output_problem,
         disconnected=node.disconnected,
+        unread_gpus=sorted(capacity.unread_gpus) if capacity else [],
     )
 
 

@@ -21,6 +21,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     environment_service_pb2 as epb,
     environment_service_pb2_grpc,
+    node_pb2,
     node_service_pb2 as npb,
     node_service_pb2_grpc,
     task_pb2,
@@ -39,16 +40,19 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ
 
 
 class Site:
-    """The module's cluster (one Runner and one with two fake GPUs), its users and tabs."""
+    """The module's cluster (one Runner and one with two fake GPUs, which fall off the bus
+    while ``lost_gpus`` names them), its users and tabs."""
 
-    def __init__(self, cluster: ProcessCluster, browser: Browser) -> None:
+    def __init__(self, cluster: ProcessCluster, browser: Browser, lost_gpus: Path) -> None:
         self.cluster = cluster
         self.tabs = Tabs(browser, cluster.dashboard_url)
+        self.lost_gpus = lost_gpus
         self.gpu_node = cluster.start_runner(
             f"{cluster.runner_names[0]}-gpu",
             env={
                 "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
                 "HAKURIVER_FAKE_GPUS": "2",
+                "HAKURIVER_FAKE_NVML_LOST": str(lost_gpus),
             },
         )
         self.alice = cluster.add_user("alice")
@@ -67,7 +71,7 @@ def site(
     docker_ready: None, browser: Browser, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     with running_cluster(tmp_path_factory.mktemp("dashboard"), runner_count=1) as cluster:
-        built = Site(cluster, browser)
+        built = Site(cluster, browser, tmp_path_factory.mktemp("fake-nvml") / "lost-gpus")
         try:
             yield built
         finally:
@@ -573,6 +577,47 @@ def test_a_narrow_window_keeps_the_menu_and_sign_out_in_view(site: Site) -> None
         box = item.bounding_box()
         assert box is not None and box["x"] + box["width"] <= width, (item, box)
     assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
+    _no_problems(tab)
+
+
+def test_a_gpu_not_read_is_shown_so_and_counted_free_nowhere(site: Site) -> None:
+    """GPU 1 of the GPU node falls off the bus: the GPUs page shows it not read (live), and
+    the nodes page, the node's page and the overview do not count it free; the node's page
+    counts it free again, live, once it is read again."""
+    cluster, hostname = site.cluster, site.gpu_node
+
+    def unread() -> list[int]:
+        nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+        return next(list(n.unread_gpus) for n in nodes if n.hostname == hostname)
+
+    tab = site.tab(cluster.admin_token)
+    tab.goto("/gpus")
+    card = tab.page.locator(f'[data-testid="gpu-card"][data-node="{hostname}"][data-index="1"]')
+    expect(card.get_by_test_id("gpu-state")).to_have_text("free")
+    site.lost_gpus.write_text("1")
+    try:
+        wait_for(lambda: unread() == [1], what="GPU 1 unread")
+        expect(card.get_by_test_id("gpu-unread")).to_have_text("not read")
+        expect(card.get_by_test_id("gpu-state")).to_have_count(0)
+        tab.goto("/nodes")
+        row = tab.page.get_by_test_id(f"node-row-{hostname}")
+        expect(row.get_by_test_id("gpus-free")).to_have_text("1 / 2")
+        expect(row.get_by_test_id("gpus-unread")).to_have_text("GPU 1 not read")
+        nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+        free = sum(
+            len(n.gpus) - len(set(n.allocated_gpus) | set(n.unread_gpus))
+            for n in nodes
+            if n.status == node_pb2.NODE_STATUS_ONLINE
+        )
+        tab.goto("/")
+        expect(tab.page.get_by_test_id("gpus-free")).to_have_text(f"{free} free")
+        tab.goto(f"/nodes/{hostname}")
+        expect(tab.page.get_by_test_id("node-gpus-free")).to_have_text("1 free")
+        expect(tab.page.get_by_test_id("node-gpus-unread")).to_contain_text("GPU 1 not read")
+    finally:
+        site.lost_gpus.unlink()
+    expect(tab.page.get_by_test_id("node-gpus-free")).to_have_text("2 free", timeout=15_000)
+    expect(tab.page.get_by_test_id("node-gpus-unread")).to_have_count(0)
     _no_problems(tab)
 
 

@@ -222,6 +222,31 @@ async def test_a_gpu_missing_from_the_readings_is_given_to_no_new_task_until_rea
     assert list(started.required_gpus) == [1]
 
 
+async def test_listnodes_and_the_nodes_table_count_a_gpu_not_read_as_not_free(
+    local_cluster: LocalCluster,
+) -> None:
+    """GPUs 1 and 2 fell off the bus, 2 held by a task: ListNodes names both as unread and
+    ``hakuriver.client nodes`` counts neither as free, until they are read again."""
+    from hakuriver_cli import client
+
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(3)]
+    runner = await local_cluster.add_runner("a", gpus=gpus, answer=HOLD)
+    await local_cluster.submit_running(targets=[task_pb2.Target(hostname="a", gpu_ids=[2])])
+
+    async def unread(expected: list[int]) -> node_pb2.Node | None:
+        node = await local_cluster.node("a")
+        return node if list(node.unread_gpus) == expected else None
+
+    await _beat(local_cluster, runner, _reading(0))
+    node = await eventually(lambda: unread([1, 2]), what="GPUs 1 and 2 unread")
+    assert list(node.allocated_gpus) == [2]
+    assert client._gpu_summary(node) == "1/3 (fake; GPU 1, 2 not read)"
+
+    await _beat(local_cluster, runner, _reading(0, 1, 2))
+    node = await eventually(lambda: unread([]), what="every GPU read again")
+    assert client._gpu_summary(node) == "2/3 (fake)"
+
+
 async def test_tasks_bound_to_one_numa_node_share_its_memory_not_the_nodes(
     local_cluster: LocalCluster,
 ) -> None:

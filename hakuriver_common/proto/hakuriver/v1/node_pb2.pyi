@@ -216,6 +216,7 @@ class Node(_message.Message):
     ALLOCATED_GPUS_FIELD_NUMBER: _builtins.int
     OUTPUT_PROBLEM_FIELD_NUMBER: _builtins.int
     DISCONNECTED_FIELD_NUMBER: _builtins.int
+    UNREAD_GPUS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: Global___NodeStatus.ValueType
     total_cores: _builtins.int
@@ -258,6 +259,13 @@ class Node(_message.Message):
     def allocated_gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """GPU indices held by tasks."""
 
+    @_builtins.property
+    def unread_gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """GPU indices of gpus that dropped out of the node's latest readings (NVML can no longer
+        read them, e.g. fallen off the bus): none is given to a new task until it is read
+        again, so one not in allocated_gpus is not free either. A task holding one keeps it.
+        """
+
     def __init__(
         self,
         *,
@@ -277,10 +285,11 @@ class Node(_message.Message):
         allocated_gpus: _abc.Iterable[_builtins.int] | None = ...,
         output_problem: _builtins.str = ...,
         disconnected: _builtins.bool = ...,
+        unread_gpus: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "last_heartbeat", b"last_heartbeat"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "disconnected", b"disconnected", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "output_problem", b"output_problem", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "allocated_gpus", b"allocated_gpus", "available_cores", b"available_cores", "available_memory_bytes", b"available_memory_bytes", "disconnected", b"disconnected", "draining", b"draining", "environments", b"environments", "gpus", b"gpus", "health", b"health", "hostname", b"hostname", "last_heartbeat", b"last_heartbeat", "numa_nodes", b"numa_nodes", "output_problem", b"output_problem", "status", b"status", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes", "unread_gpus", b"unread_gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,7 +50,9 @@ export interface HealthOptions {
   /** Awaited first: false means do not watch at all (a node the node list does not have,
    * so the page need not provoke a NotFound). */
   gate?: () => Promise<boolean>;
-  /** A node went online or offline (a WatchHealth message without a sample). */
+  /** A node went online or offline (a WatchHealth message without a sample), or its
+   * sample reads other GPUs than its last one that read any (status UNSPECIFIED): one
+   * dropped out or is read again, which changes the node list's unreadGpus. */
   onStatus?: (hostname: string, status: NodeStatus) => void;
 }
 
@@ -100,9 +102,21 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
     }
   }
 
+  /** The GPU indices of the track's latest sample that read any, as "0,2,3"; "" if none. */
+  function lastRead(entry: NodeTrack): string {
+    for (let i = entry.samples.length - 1; i >= 0; i--) {
+      const gpus = entry.samples[i]!.health.gpus;
+      if (gpus.length) return gpus.map((g) => g.index).join(",");
+    }
+    return "";
+  }
+
   function receive(node: NodeHealth | undefined, history: Health[] = []): void {
     if (!node) return;
     const entry = track(node.hostname, node.status);
+    const read = node.current?.gpus.map((g) => g.index).join(",");
+    const before = lastRead(entry);
+    if (read && before && read !== before) onStatus?.(node.hostname, NodeStatus.UNSPECIFIED);
     for (const health of history) add(entry, health);
     if (node.current) add(entry, node.current);
   }
@@ -157,7 +171,8 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
 /**
  * The node list, live. Fetched once, then again (collapsed into one fetch per
  * NODES_SOON_MS) when the page's streams say something it shows changed: pass WatchHealth
- * status messages to ``statusChanged`` (the status is also set at once) and WatchTasks
+ * status messages and GPU readings changes to ``statusChanged`` (the status is also set at
+ * once) and WatchTasks
  * events to ``taskChanged`` (a task placed on or ending on a node changes its free cores,
  * memory, GPUs and active tasks). A slow safety refresh (SAFETY_REFRESH_MS) catches what
  * no stream reports.
@@ -291,6 +306,17 @@ export function aggregate(tracks: Iterable<NodeTrack>): ClusterPoint[] {
 
 export function isOnline(node: { status: NodeStatus }): boolean {
   return node.status === NodeStatus.ONLINE;
+}
+
+/** GPUs a new task could get: held by no task and read (an unread one is given to none). */
+export function freeGpus(node: Node): number {
+  const taken = new Set([...node.allocatedGpus, ...node.unreadGpus]);
+  return node.gpus.filter((g) => !taken.has(g.index)).length;
+}
+
+/** "GPU 1, 3 not read" for the GPUs that dropped out of the node's readings, else "". */
+export function unreadNote(node: Node): string {
+  return node.unreadGpus.length ? `GPU ${node.unreadGpus.join(", ")} not read` : "";
 }
 
 export { NodeStatus };

@@ -145,13 +145,16 @@ def age(ts: Timestamp, present: bool) -> str:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Text is escaped: a command's ``d[key]`` (and the column ``array[index]``) is text, not
+    a rich style to drop, and its ``[/x]`` no closing tag to fail the whole listing on."""
+    from rich.markup import escape
     from rich.table import Table
 
     out = Table(title=title, title_justify="left")
     for column in columns:
-        out.add_column(column)
+        out.add_column(escape(column))
     for row in rows:
-        out.add_row(*row)
+        out.add_row(*map(escape, row))
     console().print(out)
 
 

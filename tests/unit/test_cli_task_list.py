@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, task_row
+from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, table, task_row
 from hakuriver_cli.task import _since
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
@@ -19,6 +19,19 @@ def test_a_listed_task_shows_its_array_and_index() -> None:
     plain = task_pb2.Task(task_id=13, batch_id=13, command="job")
     assert task_row(plain)[column] == "-"
     assert len(task_row(plain)) == len(TASK_COLUMNS)
+
+
+def test_a_listed_command_is_printed_as_typed_not_read_as_rich_markup(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`[/x]` failed every listing holding the task with a MarkupError traceback, and
+    `d[key]` lost its `[key]` (hakurun's `'span:[a,b]'` showed as `'span:'`, the column
+    `array[index]` as `array`)."""
+    task = task_pb2.Task(task_id=15, command="echo", arguments=["[/x]", "d[key]", "span:[a,b]"])
+    table("tasks", TASK_COLUMNS, [task_row(task)])
+    out = capsys.readouterr().out
+    assert "echo [/x] d[key] span:[a,b]" in out
+    assert "array[index]" in out
 
 
 def test_status_shows_how_many_gpus_a_task_asked_for(capsys: pytest.CaptureFixture[str]) -> None:

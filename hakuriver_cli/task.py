@@ -195,7 +195,12 @@ def submit(
             show_default=False,
         ),
     ] = None,
-    priority: Annotated[int, cli.Option(help="Higher runs first when queued.", **cli.INT32)] = 0,
+    priority: Annotated[
+        int,
+        cli.Option(
+            help="Higher runs first when queued; above 0 needs the operator role.", **cli.INT32
+        ),
+    ] = 0,
     array: Annotated[
         str | None,
         cli.Option(

@@ -298,6 +298,11 @@ def _check_rights(req: tpb.SubmitTaskRequest, container: str, rights: Rights) ->
         )
     if req.privileged:
         raise PermissionDenied("privileged: privileged containers need the operator role")
+    if req.priority > 0:  # ahead of every user's queued work, as Slurm lets only admins
+        raise PermissionDenied(
+            f"priority: {req.priority} would put the task ahead of other users' queued tasks; "
+            "a user's tasks take priority 0 or lower, raising it needs the operator role"
+        )
     roots = tuple(posixpath.normpath(r) for r in rights.mount_roots)
     for mount in req.mounts:
         if not _within(mount.host_path, roots):

@@ -198,6 +198,7 @@ USER_REFUSED = [
     (cmd(mounts=[mount("/data/../etc")]), "mounts: /data/../etc is outside"),
     (cmd(mounts=[mount("/database")]), "mounts: /database is outside"),
     (cmd(mounts=[mount("/data/x"), mount("/")]), "mounts: / is outside"),
+    (cmd(priority=1), "priority: 1 would put the task ahead of other users' queued tasks"),
 ]  # fmt: skip
 
 

@@ -291,8 +291,16 @@ ROOT = "/data/shared"
             {"mounts": [task_pb2.Mount(host_path=f"{ROOT}-other", container_path="/x")]},
             "mounts: /data/shared-other is outside",
         ),
+        ({"priority": 1}, "priority: 1 would put the task ahead of other users' queued"),
     ],
-    ids=["null-container", "privileged", "mount-outside", "mount-escaping", "mount-sibling"],
+    ids=[
+        "null-container",
+        "privileged",
+        "mount-outside",
+        "mount-escaping",
+        "mount-sibling",
+        "priority-raised",
+    ],
 )
 async def test_only_operators_may_ask_for_more_than_a_plain_container(
     make_local_cluster: MakeCluster, fields: dict[str, Any], refused: str
@@ -312,6 +320,15 @@ async def test_only_operators_may_ask_for_more_than_a_plain_container(
     assert not (await alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
     task = await _submit(olga, "x", **fields)
     assert status_of(await cluster.wait_status(task.task_id)) is TaskStatus.COMPLETED
+
+
+async def test_users_may_lower_their_tasks_priority(local_cluster: LocalCluster) -> None:
+    """Below 0 lets other work go first: nobody else's place is taken."""
+    await local_cluster.add_runner("a")
+    alice = await local_cluster.add_user("alice")
+    task = await _submit(alice, "x", priority=-5)
+    assert task.priority == -5
+    assert status_of(await local_cluster.wait_status(task.task_id)) is TaskStatus.COMPLETED
 
 
 async def test_users_may_mount_under_the_allowed_roots(make_local_cluster: MakeCluster) -> None:

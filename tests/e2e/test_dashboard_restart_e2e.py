@@ -45,3 +45,27 @@ def test_a_quiet_output_stops_saying_reconnecting_once_the_host_is_back(
     expect(tab.page.get_by_test_id("stdout")).to_have_text("started\n")
     expect(tab.page.get_by_test_id("task-status")).to_have_text("running")
     cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
+
+
+LIVE_PAGES = ["/", "/nodes", "/gpus", "/tasks", "/vps"]
+
+
+def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
+    fresh_cluster: ProcessCluster, tabs: Tabs
+) -> None:
+    """Not a bare error ('Failed to fetch' in red, as if something were broken for good):
+    each live page says it is reconnecting, and stops saying so once the Host is back."""
+    cluster = fresh_cluster
+    paths = [*LIVE_PAGES, f"/nodes/{cluster.runner_names[0]}"]
+    opened = [tabs.open(cluster.admin_token) for _ in paths]
+    for tab, path in zip(opened, paths, strict=True):
+        tab.goto(path)
+        expect(tab.page.locator("main h1").first).to_be_visible()
+    cluster.kill_host(signal.SIGTERM)
+    for tab in opened:
+        notice = tab.page.get_by_test_id("reconnecting")
+        expect(notice, tab.page.url).to_be_visible(timeout=20_000)
+    cluster.start_host()
+    for tab in opened:
+        notice = tab.page.get_by_test_id("reconnecting")
+        expect(notice, tab.page.url).to_have_count(0, timeout=20_000)

@@ -561,6 +561,19 @@ def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site
     expect(tab.page.get_by_test_id("who")).to_contain_text("alice")
 
 
+def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:
+    """Blanks pass the field's required check; the Host's answer to no token at all tells
+    a command-line user where the CLI reads one, which means nothing on this page."""
+    tab = site.tab(None)
+    tab.goto("/signin")
+    tab.page.get_by_test_id("token").fill("   ")
+    tab.page.get_by_test_id("signin").click()
+    expect(tab.page.get_by_test_id("signin-error")).to_have_text(
+        "API token: only blanks; paste the token itself"
+    )
+    _no_problems(tab)  # no call was made (a refused one logs its 401)
+
+
 def test_a_narrow_window_keeps_the_menu_and_sign_out_in_view(site: Site) -> None:
     """On a phone-sized window the top bar wraps: every page link and Sign out stay on
     screen (wide tables scroll inside their card instead)."""

@@ -68,12 +68,25 @@ export function useTaskFeed(onTask: (task: Task) => void, opened: () => Promise<
     }
   }
 
-  const live = useLive((signal) =>
-    followTasks(signal, deliver, () => {
-      // useLive keeps the last failure until the stream ends; a fresh list means it is over.
-      void opened().then(() => (live.error.value = ""));
-    }),
-  );
+  // Streams opened, and the last of them that failed: a list that comes back after its
+  // stream failed (both refused while the Host is away, the list last) must not clear that
+  // failure, or the page never says it is reconnecting.
+  let attempts = 0;
+  let failed = 0;
+  const live = useLive(async (signal) => {
+    const mine = ++attempts;
+    try {
+      await followTasks(signal, deliver, () => {
+        // useLive keeps the last failure until the stream ends; a fresh list means it is over.
+        void opened().then(() => {
+          if (failed !== mine) live.error.value = "";
+        });
+      });
+    } catch (failure) {
+      failed = mine;
+      throw failure;
+    }
+  });
   return { error: live.error, relist };
 }
 

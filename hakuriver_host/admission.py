@@ -121,9 +121,10 @@ def _ssh_key(req: tpb.SubmitTaskRequest, kind: TaskKind) -> str:
         raise InvalidArgument(
             "ssh_public_key: expected one OpenSSH public key line, e.g. 'ssh-ed25519 AAAA...'"
         )
-    if not _blob_names_type(key.split()):
+    words = key.split()
+    if not _blob_names_type(words):
         raise InvalidArgument(
-            f"ssh_public_key: the key data after {key.split()[0]!r} is not a {key.split()[0]} "
+            f"ssh_public_key: the key data after {words[0]!r} is not a {words[0]} "
             "key (cut short or mistyped?); give the whole line of the .pub file"
         )
     return key

@@ -39,6 +39,8 @@ from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound,
 log = logging.getLogger(__name__)
 
 ENV_LABEL = "hakuriver.env"
+# An environment container's image, as asked for at its creation.
+IMAGE_LABEL = "hakuriver.env_image"
 KEEP_ALIVE = ["tail", "-f", "/dev/null"]
 # How long a started environment container is watched for an exit at once (an image whose
 # ENTRYPOINT ends, or cannot run KEEP_ALIVE), and how often.
@@ -130,7 +132,7 @@ class EnvironmentManager:
         return {
             "name": container.labels.get(ENV_LABEL, ""),
             "container_name": container.name,
-            "image": container.labels.get("hakuriver.env_image", ""),
+            "image": container.labels.get(IMAGE_LABEL, ""),
             "status": container.status,
         }
 
@@ -168,17 +170,17 @@ class EnvironmentManager:
                 name=self.container_name(name),
                 init=True,
                 network_mode="host",
-                labels={ENV_LABEL: name, "hakuriver.env_image": image},
+                labels={ENV_LABEL: name, IMAGE_LABEL: image},
             )
         except docker.errors.ImageNotFound:
             raise self._not_local(image) from None
-        try:
-            container.start()
-        except docker.errors.APIError as exc:
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True)
-            raise FailedPrecondition(f"docker could not start {image}: {exc.explanation}") from None
-        try:
+        try:  # a container that does not start, or stay up, is not kept under this name
+            try:
+                container.start()
+            except docker.errors.APIError as exc:
+                raise FailedPrecondition(
+                    f"docker could not start {image}: {exc.explanation}"
+                ) from None
             _stays_up(container, image)
         except FailedPrecondition:
             with contextlib.suppress(docker.errors.APIError):
@@ -200,7 +202,7 @@ class EnvironmentManager:
     def start_container(self, name: str) -> dict[str, str]:
         container = self._container(name)
         container.start()
-        _stays_up(container, container.labels.get("hakuriver.env_image", name))
+        _stays_up(container, container.labels.get(IMAGE_LABEL, name))
         return self.describe(container)
 
     @_docker_answers

@@ -852,8 +852,8 @@ def _shape(request: Request) -> tuple[object, ...]:
 
 class PendingQueue:
     """Pending requests, in lines of alike ones (same shape, batch and priority), each a
-    heap in queue order. Leaving is lazy: a request discarded from the middle of a line is dropped
-    when it reaches the head."""
+    heap in queue order. Leaving is lazy: a request discarded from the middle of a line is
+    dropped when it reaches the head."""
 
     def __init__(self, requests: Iterable[Request] = ()) -> None:
         self._lines: dict[tuple[object, ...], list[tuple[tuple[int, int], Request]]] = {}

@@ -178,9 +178,14 @@ def _one_envelope(scope: Scope, body: bytearray) -> bytearray:
     return bytearray(NOT_A_MESSAGE)
 
 
+def _content_type(scope: Scope) -> str:
+    """The request's media type, without parameters, lower case."""
+    return _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+
+
 def _connect_call(scope: Scope) -> bool:
     """A call in the Connect protocol (unary or stream), not gRPC or gRPC-Web."""
-    kind = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    kind = _content_type(scope)
     return kind in ("application/json", "application/proto") or _connect_stream(scope)
 
 
@@ -192,7 +197,7 @@ def _connect_stream(scope: Scope) -> bool:
 def _grpc_without_trailers(scope: Scope) -> bool:
     """A gRPC call (not gRPC-Web) on a connection that cannot carry trailers (HTTP/1.1):
     the runtime would raise into the ASGI server (HTTP 500 and a traceback in the log)."""
-    kind = _header(scope, b"content-type").split(";", 1)[0].strip().lower()
+    kind = _content_type(scope)
     grpc_proper = kind == "application/grpc" or kind.startswith("application/grpc+")
     return grpc_proper and "http.response.trailers" not in scope.get("extensions", {})
 
@@ -266,7 +271,7 @@ class WebApp:
             return
         send = _with_security_headers(send)
         path: str = scope["path"]
-        service = self.services.get(path.rsplit("/", 1)[0])
+        service = self._service(scope)
         if service is not None and _grpc_without_trailers(scope):
             await _drain(receive)
             await _plain(send, 415, NO_TRAILERS)
@@ -277,12 +282,16 @@ class WebApp:
         else:
             await self._static(scope, send)
 
+    def _service(self, scope: Scope) -> ConnectASGIApplication[Any] | None:
+        """The Connect application whose method the path names, if any."""
+        return self.services.get(scope["path"].rsplit("/", 1)[0])
+
     async def _misdirected(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a request by a name not ours: a Connect call as a Connect error (its
         client then says why), a page with HTTP 421."""
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
-        elif self.services.get(scope["path"].rsplit("/", 1)[0]) and _connect_call(scope):
+        elif self._service(scope) is not None and _connect_call(scope):
             await _drain(receive)
             await _connect_error(scope, send, MISDIRECTED, 403)
         else:

@@ -352,7 +352,7 @@ class Action(StrEnum):
     resume = "resume"
 
 
-def _control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -> task_pb2.Task:
+def control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -> task_pb2.Task:
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     if verb == Action.pause:
@@ -385,7 +385,7 @@ def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> No
     JSON)."""
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
-        done = _control(stub, tid, verb)
+        done = control(stub, tid, verb)
         if json:
             print_json(to_dict(done))
         else:

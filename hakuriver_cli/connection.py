@@ -79,12 +79,8 @@ def task_ref(stub: task_service_pb2_grpc.TaskServiceStub, text: str) -> int:
     request = tpb.ListTasksRequest(batch_id=array_id, array_index=int(index), limit=1)
     found = unary(stub.ListTasks, request).tasks
     if not found:
-        try:
-            batch = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=array_id)).batch
-        except CallError as exc:
-            if exc.status is not Status.NOT_FOUND:
-                raise
-            fail(f"no job array {array_id} (NOT_FOUND)")
+        request_batch = tpb.GetBatchRequest(batch_id=array_id)
+        batch = found_or_fail(stub.GetBatch, request_batch, f"no job array {array_id}").batch
         if not batch.array:
             fail(
                 f"{array_id} is a batch of {batch.size} tasks, not a job array: name its "
@@ -245,6 +241,16 @@ def host_link(
 def unary(fn: Callable[..., T], request: object, timeout: float = RPC_TIMEOUT_SECONDS) -> T:
     """Call a unary RPC with a deadline; errors propagate to ``host_link``."""
     return fn(request, timeout=timeout)
+
+
+def found_or_fail(fn: Callable[..., T], request: object, missing: str) -> T:
+    """``unary``, with NOT_FOUND ending the tool with ``missing`` in words of its own."""
+    try:
+        return unary(fn, request)
+    except CallError as exc:
+        if exc.status is not Status.NOT_FOUND:
+            raise
+        fail(f"{missing} (NOT_FOUND)")
 
 
 def ask(config: Path | None, stub: Callable[[Link], S], call: Callable[[S], T]) -> T:

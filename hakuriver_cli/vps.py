@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from hakuriver_cli import client, direct
-from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, unary
+from hakuriver_cli.connection import (
+    ask,
+    config_or_fail,
+    fail,
+    found_or_fail,
+    host_link,
+    task_id_or_fail,
+    unary,
+)
 from hakuriver_cli.link import task_stub
 from hakuriver_cli.render import (
     memory as show_memory,
@@ -27,7 +35,7 @@ from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind
 
 if TYPE_CHECKING:
-    from hakuriver_common.proto.hakuriver.v1 import task_pb2
+    from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2_grpc
 
 app = tool_app("Manage VPS tasks.")
 DEFAULT_KEYS = (Path("~/.ssh/id_ed25519.pub"), Path("~/.ssh/id_rsa.pub"))
@@ -161,9 +169,49 @@ def status(config: ConfigOption = None, json: JsonOption = False) -> None:
     show_list(json, reply.tasks, "VPS tasks", VPS_COLUMNS, _vps_row)
 
 
-# The same commands as hakuriver.client's, worded for a VPS.
-app.command("kill", help="Stop a VPS.")(client.kill)
-app.command("command", help="Pause or resume a VPS.")(client.command)
+VpsIdArgument = Annotated[str, cli.Argument(help="VPS task id.", show_default=False)]
+
+
+def control_vps(stub: task_service_pb2_grpc.TaskServiceStub, text: str, verb: str) -> task_pb2.Task:
+    """``verb`` on the VPS named by ``text``; a batch task or a batch is refused before
+    anything is done to it: a mistyped id must not stop somebody's training run."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    tid = task_id_or_fail(text)
+    request = tpb.GetTaskRequest(task_id=tid)
+    task = found_or_fail(stub.GetTask, request, f"no VPS task {tid}").task
+    if task.kind != TaskKind.VPS.pb:
+        again = f"kill {tid}" if verb == "kill" else f"command {tid} {verb}"
+        fail(
+            f"task {tid} is a batch task, not a VPS; for any task or batch: "
+            f"hakuriver.client {again} (FAILED_PRECONDITION)"
+        )
+    return client.control(stub, tid, verb)
+
+
+def _control_and_show(text: str, verb: str, config: Path | None, json: bool) -> None:
+    done = ask(config, task_stub, lambda stub: control_vps(stub, text, verb))
+    if json:
+        print_json(to_dict(done))
+    else:
+        cli.echo(f"task {done.task_id}: {status_name(done.status)}")
+
+
+@app.command()
+def kill(task_id: VpsIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Stop a VPS (a batch task's id is refused: hakuriver.client kill takes any)."""
+    _control_and_show(task_id, "kill", config, json)
+
+
+@app.command()
+def command(
+    task_id: VpsIdArgument,
+    action: client.ActionArgument,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Pause or resume a VPS."""
+    _control_and_show(task_id, action, config, json)
 
 
 def run() -> None:

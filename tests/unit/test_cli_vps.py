@@ -1,18 +1,25 @@
 """`hakuriver.vps` on the client side: a key file it cannot use (named or the default) ends
 the tool with one line that says why (exit 2), before anything is sent; `status` says what
-it lists."""
+it lists; `kill` and `command` act on VPS tasks only."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from hakuriver_cli import vps
+from hakuriver_cli.grpc_link import GrpcLink
+from hakuriver_cli.link import task_stub
 from hakuriver_common import commands as cli
+from hakuriver_common.channels import open_channel
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from hakuriver_common.statuses import ACTIVE_STATUSES
+from hakuriver_common.statuses import ACTIVE_STATUSES, TaskStatus
+from tests.fake_runner import HOLD
+from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.test_ssh_tickets import SSH_KEY
 
 
 @pytest.mark.parametrize(
@@ -65,3 +72,38 @@ def test_status_rows_name_the_owner() -> None:
     row = vps._vps_row(task_pb2.Task(task_id=7, owner="alice"))
     assert len(row) == len(vps.VPS_COLUMNS)
     assert row[vps.VPS_COLUMNS.index("owner")] == "alice"
+
+
+async def test_kill_and_pause_refuse_a_batch_task_and_leave_it_running(
+    local_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hakuriver.vps kill ID` with a batch task's id (a typo, a pasted wrong id) says so and
+    does nothing to it; the VPS itself is killed as before."""
+    runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    [running] = await local_cluster.submit_running()
+    batch_task = running.task_id
+    vps_pb = await local_cluster.submit("", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    vps_task = vps_pb.task_id
+    link = GrpcLink(open_channel(local_cluster.config, local_cluster.admin_token))
+
+    def control(task_id: int, verb: str) -> task_pb2.Task:
+        return vps.control_vps(task_stub(link), str(task_id), verb)
+
+    try:
+        for verb, again in (("kill", "kill {}"), ("pause", "command {} pause")):
+            with pytest.raises(cli.Exit) as ended:
+                await asyncio.to_thread(control, batch_task, verb)
+            assert ended.value.exit_code == 1
+            assert capsys.readouterr().err == (
+                f"error: task {batch_task} is a batch task, not a VPS; for any task or batch: "
+                f"hakuriver.client {again.format(batch_task)} (FAILED_PRECONDITION)\n"
+            )
+        assert status_of(await local_cluster.get(batch_task)) is TaskStatus.RUNNING
+        assert not [c for c in runner.commands if c[1] == batch_task]
+        killed = await asyncio.to_thread(control, vps_task, "kill")
+        assert status_of(killed) is TaskStatus.KILLED
+        with pytest.raises(cli.Exit):
+            await asyncio.to_thread(control, 1 + max(batch_task, vps_task) * 2, "kill")
+        assert capsys.readouterr().err.endswith("(NOT_FOUND)\n")
+    finally:
+        link.close()

@@ -12,7 +12,7 @@ On SQLite they go as multi-row statements (``INSERT ... VALUES (..), (..)`` and
 not as one ``executemany``:
 Python's sqlite3 lets go of the GIL around every row's step, and while the event loop is
 busy each of those steps waits up to the interpreter's switch interval to get it back. Ten
-thousand rows then took seconds instead of ~90 ms (docs/development.md, "GIL convoy").
+thousand rows then took seconds instead of ~90 ms (docs/benchmarks.md, "GIL convoy").
 Other databases keep ``executemany``.
 """
 

@@ -38,7 +38,7 @@ def _tune_gc() -> None:
 # The store's thread lets go of the GIL at every SQLite call and then waits for it; behind
 # a busy event loop each wait took the whole interval, so a one-row transaction took
 # 15-30 ms, and a lone task's p99 during a job array fell from 317 to 181 ms at 0.5 ms
-# (docs/development.md, "GIL convoy").
+# (docs/benchmarks.md, "GIL convoy").
 SWITCH_INTERVAL = 0.0005
 
 

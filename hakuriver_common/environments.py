@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 # The environment name that runs a command directly on the runner host, without Docker.
 NULL_CONTAINER = "NULL"
@@ -72,3 +77,31 @@ def list_tarballs(directory: Path) -> list[TarballFile]:
 def newest_tarball(directory: Path, name: str) -> TarballFile | None:
     mine = [t for t in list_tarballs(directory) if t.name == name]
     return mine[-1] if mine else None
+
+
+class ReplacedImages:
+    """An environment's images whose tag moved to a newer one: each removed once it is nameless
+    and no container uses it. One that a task still ran from was kept, and stayed on the disk
+    for good; it is tried again at the next replacement (of any environment)."""
+
+    def __init__(self) -> None:
+        self._kept: set[str] = set()
+        self._lock = threading.Lock()
+
+    def drop(self, client: Any, image_id: str | None) -> None:
+        """Remove ``image_id`` (None: none) and those kept before, when they can go."""
+        import docker
+
+        with self._lock:
+            candidates = self._kept | ({image_id} if image_id else set())
+            for candidate in sorted(candidates):
+                try:
+                    if not client.images.get(candidate).tags:
+                        client.images.remove(candidate)
+                except docker.errors.ImageNotFound:
+                    pass
+                except docker.errors.APIError as exc:
+                    log.info("kept replaced image %s: %s", candidate, exc.explanation)
+                    self._kept.add(candidate)
+                    continue
+                self._kept.discard(candidate)

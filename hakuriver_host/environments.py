@@ -27,6 +27,7 @@ from hakuriver_common.environments import (
     IMAGE_PREFIX,
     IMAGE_TAG,
     TIMESTAMP_LABEL,
+    ReplacedImages,
     TarballFile,
     check_environment_name,
     image_for,
@@ -98,6 +99,7 @@ class EnvironmentManager:
         # the other still wrote.
         self._making: dict[str, threading.Lock] = {}
         self._making_lock = threading.Lock()
+        self._replaced = ReplacedImages()
 
     @property
     def client(self) -> Any:
@@ -302,7 +304,7 @@ class EnvironmentManager:
                 self.client.images.get(previous).tag(IMAGE_PREFIX + name, IMAGE_TAG)
                 self.client.images.remove(image.id)
             raise
-        self._drop_if_nameless(previous)
+        self._replaced.drop(self.client, previous)
         return saved
 
     def _previous_image(self, name: str) -> str | None:
@@ -310,15 +312,6 @@ class EnvironmentManager:
             return str(self.client.images.get(image_for(name)).id)
         except docker.errors.ImageNotFound:
             return None
-
-    def _drop_if_nameless(self, previous: str | None) -> None:
-        """The last image of an environment lost its tag to a new one: removed if that left
-        it nameless, rather than one such image kept per tarball (kept when in use)."""
-        if previous is None:
-            return
-        with contextlib.suppress(docker.errors.APIError):
-            if not self.client.images.get(previous).tags:
-                self.client.images.remove(previous)
 
     def tarballs(self) -> list[TarballFile]:
         return list_tarballs(self.directory)
@@ -391,7 +384,7 @@ class EnvironmentManager:
         finally:
             upload.unlink(missing_ok=True)
         saved = self._save(self.client.images.get(image_for(name)), name, timestamp, progress)
-        self._drop_if_nameless(previous)
+        self._replaced.drop(self.client, previous)
         return saved
 
     def ensure_default(self) -> None:

@@ -26,6 +26,7 @@ from docker.types import DeviceRequest, Mount
 from hakuriver_common.config import Config
 from hakuriver_common.environments import (
     TIMESTAMP_LABEL,
+    ReplacedImages,
     TarballFile,
     environment_of,
     image_for,
@@ -178,6 +179,7 @@ class DockerBackend:
         self.ssh_ports = SshPorts()
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
+        self._replaced = ReplacedImages()
         # Containers whose wait or output follow lost the daemon (a dockerd restart).
         self._interrupted: set[str] = set()
         # Containers created ahead for queued tasks, by task id (see ``prepare``), and the
@@ -243,8 +245,8 @@ class DockerBackend:
     def load(self, tarball: TarballFile) -> None:
         """docker load a tarball; keep the previous image if anything goes wrong.
 
-        The previous image of the environment is removed afterwards unless a container
-        still uses it.
+        The previous image of the environment is removed afterwards, or when a later load
+        finds no container using it.
         """
         previous, _ = self._image_timestamp(tarball.name)
         self._drop_prepared_of(tarball.name)
@@ -265,11 +267,8 @@ class DockerBackend:
             )
         log.info("loaded environment %s from %s", tarball.name, tarball.path)
         self._drop_prepared_of(tarball.name)
-        if previous is not None and current is not None and previous.id != current.id:
-            try:
-                self.client.images.remove(previous.id)
-            except docker.errors.APIError as exc:
-                log.info("kept the previous image of %s: %s", tarball.name, exc.explanation)
+        replaced = previous is not None and current is not None and previous.id != current.id
+        self._replaced.drop(self.client, previous.id if replaced and previous else None)
 
     def inventory(self) -> tuple[list[str], dict[str, int]]:
         """Environment names with a local image, and the tarball timestamp of each image

@@ -158,6 +158,8 @@ def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
     cluster.wait_final(cluster.submit(["true"], container_name=env_name, targets=runner).task_id)
     cluster.docker.images.get(in_use)  # still there: a running task uses it
     cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=holder.task_id), timeout=30)
+    cluster.wait_final(holder.task_id)
+    _until_no_container_uses(cluster, in_use)
 
     unused = cluster.docker.images.get(f"hakuriver/{env_name}:base").id
     # A second name keeps the Host (same daemon here) from removing it on create-tar.
@@ -168,6 +170,17 @@ def test_newer_load_removes_the_old_image_unless_a_task_uses_it(
     cluster.wait_final(cluster.submit(["true"], container_name=env_name, targets=runner).task_id)
     with pytest.raises(docker.errors.ImageNotFound):
         cluster.docker.images.get(unused)
+    # The image the task held, nameless since, went at the next replacement: it was not
+    # left on the disk for good.
+    with pytest.raises(docker.errors.ImageNotFound):
+        cluster.docker.images.get(in_use)
+
+
+def _until_no_container_uses(cluster: ProcessCluster, image_id: str) -> None:
+    deadline = time.monotonic() + 30
+    while cluster.docker.api.containers(all=True, filters={"ancestor": image_id}):
+        assert time.monotonic() < deadline, f"a container still uses {image_id}"
+        time.sleep(0.2)
 
 
 def test_import_rootfs_creates_an_environment(

@@ -29,7 +29,6 @@ from hakuriver_cli.render import (
     batch_ended,
     batch_line,
     console,
-    memory,
     node_status_name,
     print_json,
     print_task_detail,
@@ -41,6 +40,7 @@ from hakuriver_cli.render import (
 )
 from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
+from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -80,7 +80,7 @@ def _node_row(n: node_pb2.Node) -> list[str]:
         + (" (draining)" if n.draining else "")
         + (" (output not stored)" if n.output_problem else ""),
         f"{n.available_cores}/{n.total_cores}",
-        f"{memory(n.available_memory_bytes)}/{memory(n.total_memory_bytes)}",
+        f"{format_size(n.available_memory_bytes)}/{format_size(n.total_memory_bytes)}",
         _gpu_summary(n),
         ", ".join(f"{x.id}:{len(x.cpus)}cpu" for x in n.numa_nodes) or "-",
         str(n.active_tasks),
@@ -195,7 +195,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
             f"{h.cpu_percent:5.1f}%",
             sparkline([x.cpu_percent for x in trend.samples]),
             f"{h.memory_percent:5.1f}% "
-            f"({memory(h.memory_used_bytes)}/{memory(h.memory_total_bytes)})",
+            f"({format_size(h.memory_used_bytes)}/{format_size(h.memory_total_bytes)})",
             sparkline([x.memory_percent for x in trend.samples]),
             temps,
         )
@@ -207,7 +207,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
                 g.name,
                 f"{g.utilization_gpu_percent:5.1f}%",
                 sparkline([x.utilization_gpu_percent for x in history]),
-                f"{memory(g.memory_used_bytes)}/{memory(g.memory_total_bytes)}",
+                f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}",
                 sparkline([x.utilization_memory_percent for x in history]),
                 f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
             )

@@ -1,0 +1,34 @@
+"""`hakuriver.client nodes` and `health` as printed: a reading of 0 bytes is a reading."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from hakuriver_cli import client
+from hakuriver_common.proto.hakuriver.v1 import node_pb2
+
+ONLINE = node_pb2.NODE_STATUS_ONLINE
+GB = 10**9
+
+
+def _printed(table: object) -> str:
+    screen = Console(record=True, width=200)
+    screen.print(table)
+    return screen.export_text()
+
+
+def test_zero_bytes_read_show_as_zero_not_as_unknown() -> None:
+    """An idle GPU (no memory used) and a node whose memory is all reserved showed `-`,
+    which these tables use for a reading the node could not take."""
+    node = node_pb2.Node(
+        hostname="a", status=ONLINE, available_memory_bytes=0, total_memory_bytes=8 * GB
+    )
+    assert client._node_row(node)[3] == "0B/8.0G"
+
+    idle = node_pb2.Gpu(index=0, name="A100", memory_used_bytes=0, memory_total_bytes=40 * GB)
+    sample = node_pb2.Health(
+        memory_percent=10, memory_used_bytes=GB, memory_total_bytes=10 * GB, gpus=[idle]
+    )
+    printed = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample])}))
+    [gpu_row] = [line for line in printed.splitlines() if "gpu 0" in line]
+    assert "0B/40.0G" in gpu_row

@@ -419,8 +419,11 @@ class TaskBook:
                 "assigned_node": task.assigned_node,
                 "exit_code": task.exit_code,
                 "error_message": task.error_message,
-                # The command line, so that an alert tells tasks apart (not just "sh").
-                "command": truncated(shlex.join([task.command, *task.arguments])),
+                # The command line, so that an alert tells tasks apart (not just "sh");
+                # empty for a VPS, which runs none.
+                "command": truncated(shlex.join([task.command, *task.arguments]))
+                if task.command
+                else "",
                 "owner": task.owner,
             },
         )

@@ -1,0 +1,37 @@
+"""What a task's webhook says about it, on a real in-process Host with a FakeRunner and a
+receiver on loopback."""
+
+from __future__ import annotations
+
+from hakuriver_common.config import WebhookConfig
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, eventually
+from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_authorization import SSH_KEY
+from tests.webhook_receiver import Flaky
+
+
+async def test_a_vps_event_names_no_command(local_cluster: LocalCluster) -> None:
+    """A VPS runs no command: its events said `"command": "''"`, the shell quoting of an
+    empty one, which a chat alert showed as the command that ran."""
+    receiver = Flaky({})
+    try:
+        local_cluster.config.webhooks = [
+            WebhookConfig(url=receiver.url("/hooks"), events=["task.killed"])
+        ]
+        await local_cluster.restart_host()
+        await local_cluster.add_runner("a", answer=HOLD)
+        vps = await local_cluster.submit("", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+        await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+        job = await local_cluster.submit("sleep", "9")
+        await local_cluster.wait_status(job.task_id, TaskStatus.RUNNING)
+        for task in (vps, job):
+            await local_cluster.kill(task.task_id)
+        await eventually(lambda: len(receiver.bodies) == 2, what="both task.killed webhooks")
+        sent = {body["task"]["task_id"]: body["task"] for body in receiver.bodies}
+        assert sent[str(vps.task_id)]["kind"] == "vps"
+        assert sent[str(vps.task_id)]["command"] == ""
+        assert sent[str(job.task_id)]["command"] == "sleep 9"
+    finally:
+        receiver.close()

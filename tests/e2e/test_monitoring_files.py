@@ -2,7 +2,9 @@
 and fire on made-up series when, and only when, their condition has held for their ``for:``
 (``promtool test rules`` with tests/monitoring/prometheus-alerts.test.yml); the Grafana
 dashboard asks for its Prometheus data source on import (``__inputs``) and every panel uses
-it. (That every expression names a metric a live Host exports: test_monitoring.py.)"""
+it, and its counts answer 0 rather than no data (``promtool test rules``, its
+``promql_expr_test``). (That every expression names a metric a live Host exports:
+test_monitoring.py.)"""
 
 from __future__ import annotations
 
@@ -57,3 +59,48 @@ def test_the_dashboard_asks_for_its_data_source_on_import() -> None:
     assert ("datasource", "prometheus") in required
     assert {("panel", p["type"]) for p in dashboard["panels"]} <= required
     assert "${datasource}" not in DASHBOARD.read_text()
+
+
+# Series as a Host exports them with one node, online, and nothing queued (their names and
+# labels are checked against a live Host's by test_monitoring.py).
+HEALTHY_CLUSTER = {
+    'hakuriver_node_up{node="gpu1"}': 1,
+    'hakuriver_nodes{status="online"}': 1,
+    'hakuriver_nodes{status="offline"}': 0,
+    "hakuriver_queue_depth": 0,
+}
+STAT_VALUES = {"online": 1, "offline": 0, "pending": 0}
+
+
+def test_the_dashboards_counts_show_zero_not_no_data(promtool: str, tmp_path: Path) -> None:
+    """Each stat panel's count answers a number on a healthy cluster: "offline" counted
+    the series equal to 0, none of them, so it said "No data" when no node was offline."""
+    stats = [
+        (target["legendFormat"], target["expr"])
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        if panel["type"] == "stat"
+        for target in panel["targets"]
+    ]
+    assert {legend for legend, _ in stats} == set(STAT_VALUES)
+    checks = {
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": series, "values": f"{value}x5"}
+                    for series, value in HEALTHY_CLUSTER.items()
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"sum({expr})",  # no labels, whichever the panel keeps
+                        "eval_time": "2m",
+                        "exp_samples": [{"labels": "{}", "value": STAT_VALUES[legend]}],
+                    }
+                    for legend, expr in stats
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "stats.test.yml"
+    path.write_text(json.dumps(checks))  # JSON is YAML
+    assert "SUCCESS" in _promtool(promtool, "test", "rules", str(path))

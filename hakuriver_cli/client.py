@@ -7,7 +7,7 @@ The transports, the generated protos and rich are imported by the commands that 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +43,7 @@ from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
+    from rich.live import Live
     from rich.table import Table
 
     from hakuriver_common.proto.hakuriver.v1 import (
@@ -227,15 +228,18 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
 def health(
     hostname: Annotated[str, cli.Argument(help="Only this node.")] = "",
     watch: Annotated[bool, cli.Option("--watch", help="Keep updating as samples arrive.")] = False,
-    count: Annotated[int, cli.Option(help="With --watch: stop after this many samples.")] = 0,
+    count: Annotated[
+        int,
+        cli.Option(min=0, help="With --watch: stop after this many samples (0: at Ctrl-C)."),
+    ] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
     """CPU, memory, temperature and GPU readings of nodes, with recent trends."""
-    from rich.live import Live
-
     from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
+    if count and not watch:
+        fail("--count needs --watch: without it health prints the readings once", 2)
     cfg = config_or_fail(config)
     with host_link(cfg, reconnect_seconds=RETRY_SECONDS) as link:
         stub = node_stub(link)
@@ -252,8 +256,7 @@ def health(
             else:
                 console().print(_health_table(trends))
             return
-        live = contextlib.nullcontext() if json else Live(_health_table(trends), console=console())
-        with live as screen:
+        with _live(trends, json) as screen:
 
             def show(node: npb.NodeHealth) -> None:
                 trend = trends.setdefault(node.hostname, NodeTrend(node.status))
@@ -268,6 +271,24 @@ def health(
                     screen.update(_health_table(trends))
 
             _watch_health(stub, cfg.host_target, hostname, count, show)
+
+
+@contextlib.contextmanager
+def _live(trends: dict[str, NodeTrend], json: bool) -> Iterator[Live | None]:
+    """The health table redrawn in place (None with --json: a line per sample). To a pipe
+    or file rich's Live prints the table once, at the end, leaving its last line unended."""
+    if json:
+        yield None
+        return
+    from rich.live import Live
+
+    screen = console()
+    try:
+        with Live(_health_table(trends), console=screen) as live:
+            yield live
+    finally:
+        if not screen.is_terminal:
+            screen.line()
 
 
 def _watch_health(

@@ -121,6 +121,22 @@ def test_health_history_trend_and_watch(mon: ProcessCluster) -> None:
     assert all(int(line["current"]["memory_total_bytes"]) > 0 for line in lines)
 
 
+def test_a_watched_table_to_a_pipe_ends_its_last_line(mon: ProcessCluster) -> None:
+    """Printed to a pipe or file, `health --watch` left its table's last line unended (the
+    shell prompt followed it); `--count` without `--watch`, or below 0, was ignored."""
+    name = mon.runner_names[0]
+    watched = mon.cli("client", "health", name, "--watch", "--count", "1", timeout=30)
+    assert watched.returncode == 0, watched.stderr
+    assert watched.stdout.endswith("┘\n"), watched.stdout[-40:]
+    alone = mon.cli("client", "health", "--count", "3")
+    assert alone.returncode == 2
+    assert alone.stderr == (
+        "error: --count needs --watch: without it health prints the readings once\n"
+    )
+    below = mon.cli("client", "health", "--watch", "--count", "-1")
+    assert below.returncode == 2 and "--count" in below.stderr, below.stderr
+
+
 def test_prometheus_metrics_from_a_live_host(mon: ProcessCluster) -> None:
     gpu_node = mon.runner_names[1]
     failed = mon.submit(["sh", "-c", "exit 2"])

@@ -18,6 +18,7 @@ every attempt and every receiver (a receiver drops repeats).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
@@ -137,11 +138,26 @@ class _CutHTTPSHandler(_CutHandler, urllib.request.HTTPSHandler):
     pass
 
 
+def _without_user(url: str) -> tuple[str, str]:
+    """The URL without its user and password, and the Authorization header they make ("" if
+    none): urllib took ``user:password@host`` for a host name, so every delivery to such a
+    URL failed with "Name or service not known"."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, ""
+    user = urllib.parse.unquote(parts.username)
+    password = urllib.parse.unquote(parts.password or "")
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    bare = parts._replace(netloc=parts.netloc.rpartition("@")[2])
+    return urllib.parse.urlunsplit(bare), f"Basic {credentials}"
+
+
 class Webhook:
     def __init__(self, config: WebhookConfig) -> None:
         self.config = config
         self.events = set(config.events)
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        self._url, self._authorization = _without_user(config.url)
 
     def wants(self, event: str) -> bool:
         return event in self.events or "*" in self.events
@@ -153,11 +169,13 @@ class Webhook:
             "User-Agent": "hakuriver",
             EVENT_ID_HEADER: payload["id"],
         }
+        if self._authorization:
+            headers["Authorization"] = self._authorization
         if self.config.secret:
             timestamp = str(int(time.time()))
             headers[TIMESTAMP_HEADER] = timestamp
             headers[SIGNATURE_HEADER] = signature(self.config.secret, timestamp, body)
-        request = urllib.request.Request(self.config.url, data=body, headers=headers)
+        request = urllib.request.Request(self._url, data=body, headers=headers)
         opener = urllib.request.build_opener(
             _NoRedirect, _CutHTTPHandler(cut), _CutHTTPSHandler(cut)
         )

@@ -16,13 +16,16 @@ class Flaky:
     def __init__(self, failures: dict[str, int]) -> None:
         self.seen: list[tuple[str, str, str]] = []  # (path, event id, event)
         self.bodies: list[dict[str, Any]] = []  # each POST's JSON, in order
+        self.authorizations: list[str | None] = []  # each POST's Authorization, in order
         seen, bodies, left = self.seen, self.bodies, dict(failures)
+        authorizations = self.authorizations
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 seen.append((self.path, self.headers[EVENT_ID_HEADER], body["event"]))
                 bodies.append(body)
+                authorizations.append(self.headers["Authorization"])
                 failing = left.get(self.path, 0) > 0
                 left[self.path] = left.get(self.path, 0) - 1
                 self.send_response(500 if failing else 204)

@@ -3,6 +3,8 @@ receiver on loopback."""
 
 from __future__ import annotations
 
+import base64
+
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from hakuriver_common.statuses import TaskStatus
@@ -33,5 +35,26 @@ async def test_a_vps_event_names_no_command(local_cluster: LocalCluster) -> None
         assert sent[str(vps.task_id)]["kind"] == "vps"
         assert sent[str(vps.task_id)]["command"] == ""
         assert sent[str(job.task_id)]["command"] == "sleep 9"
+    finally:
+        receiver.close()
+
+
+async def test_a_user_and_password_in_the_url_are_sent_as_basic_authentication(
+    local_cluster: LocalCluster,
+) -> None:
+    """`http://user:pass@host/...` passed the config's checks, then every delivery failed
+    ("Name or service not known": urllib took `user:pass@host` for the host's name)."""
+    receiver = Flaky({})
+    try:
+        url = receiver.url("/hooks").replace("http://", "http://alert%40lab:p%3Ass@")
+        local_cluster.config.webhooks = [WebhookConfig(url=url, events=["task.completed"])]
+        await local_cluster.restart_host()
+        await local_cluster.add_runner("a")
+        task = await local_cluster.submit("true")
+        await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+        await eventually(lambda: receiver.bodies, what="the task.completed webhook")
+        assert receiver.at("/hooks")
+        credentials = base64.b64encode(b"alert@lab:p:ss").decode()
+        assert receiver.authorizations == [f"Basic {credentials}"]
     finally:
         receiver.close()

@@ -58,8 +58,7 @@ def shown(url: str) -> str:
     """A webhook's address as logged: scheme, host and port, never its path, query or user
     (a Slack, Teams or Discord webhook's path is its secret)."""
     parts = urllib.parse.urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}/..."
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -355,9 +355,12 @@ class WebhookConfig(Section):
         # reach the terminal and the journal.
         parts = urlsplit(url)
         try:
-            parts.port  # noqa: B018 - raises for a port that is no number in 0-65535
+            port = parts.port  # raises for a port that is no number in 0-65535
         except ValueError as exc:
             raise ValueError(f"webhook url: {exc}") from None
+        if port == 0:
+            # No receiver listens there: every delivery was refused.
+            raise ValueError("webhook url: port 0 cannot be connected to; use 1-65535")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("webhook url must be an http:// or https:// URL with a host")
         if any(c.isspace() or not c.isprintable() for c in url):

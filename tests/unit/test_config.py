@@ -56,6 +56,7 @@ def test_a_bad_extra_mount_is_refused_when_the_config_is_read(tmp_path: Path, mo
         # Accepted, every delivery failed and the first give-up ended the webhook's worker.
         ('url = "http://127.0.0.1:80x/x"', "Port could not be cast to integer"),
         ('url = "https://hooks.example.org:99999/x"', "Port out of range"),
+        ('url = "http://127.0.0.1:0/x"', "port 0 cannot be connected to"),
         # Accepted, every delivery failed logging urllib's words, which quote the path.
         ('url = "https://hooks.example.org/services/s3cret x"', "spaces or control"),
         ('url = "https://hooks.example.org/services/s3cret\\u0007"', "spaces or control"),

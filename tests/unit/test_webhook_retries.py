@@ -176,19 +176,16 @@ async def test_a_timed_out_attempt_leaves_no_thread_reading_a_trickling_answer(
 async def test_a_receiver_is_named_by_its_host_and_port_as_written(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """An IPv6 receiver was logged as `http://::1:8080/...`, which reads as host `::1:8080`,
-    and a port 0 was left out."""
+    """An IPv6 receiver was logged as `http://::1:8080/...`, which reads as host `::1:8080`."""
     with socket.socket(socket.AF_INET6) as probe:
         probe.bind(("::1", 0))
         port = probe.getsockname()[1]  # closed again: every attempt is refused
-    configs = [
-        WebhookConfig(url=url, events=["node.offline"], max_attempts=1)
-        for url in (f"http://ops:pw@[::1]:{port}/secret", "http://127.0.0.1:0/secret")
-    ]
+    url = f"http://ops:pw@[::1]:{port}/secret"
+    configs = [WebhookConfig(url=url, events=["node.offline"], max_attempts=1)]
     async with _node_offline_then_online(configs, caplog):
         await eventually(
-            lambda: len([r for r in caplog.records if "giving up" in r.getMessage()]) == 2,
-            what="both webhooks to give up",
+            lambda: any("giving up" in r.getMessage() for r in caplog.records),
+            what="the webhook to give up",
         )
-    named = sorted(r.getMessage().split(": ")[0] for r in caplog.records)
-    assert named == ["webhook http://127.0.0.1:0/...", f"webhook http://[::1]:{port}/..."]
+    [named] = [r.getMessage().split(": ")[0] for r in caplog.records]
+    assert named == f"webhook http://[::1]:{port}/..."

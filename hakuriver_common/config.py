@@ -127,7 +127,8 @@ class TimingConfig(Section):
     forget_node_seconds: float = Field(
         86400.0,
         gt=0,
-        description="A node offline this long that never held a task is forgotten.",
+        description="A node offline this long that never held a task and is not drained is "
+        "forgotten.",
     )
     cleanup_check_interval: float = Field(
         10.0, gt=0, description="Seconds between the Host's checks for silent runners."

@@ -257,11 +257,12 @@ class NodeTable:
         return found, went
 
     def idle_offline(self, seconds: float, now: float) -> list[str]:
-        """Offline nodes with no link, silent for more than ``seconds``."""
+        """Offline nodes with no link, silent for more than ``seconds``, but for drained
+        ones: forgotten, a node would come back undrained and take work at once."""
         return [
             n.hostname
             for n in self.nodes.values()
-            if not n.online and n.link is None and now - n.last_seen > seconds
+            if not n.online and n.link is None and not n.draining and now - n.last_seen > seconds
         ]
 
     def forget(self, hostname: str) -> None:

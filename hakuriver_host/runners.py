@@ -197,7 +197,7 @@ class RunnerGateway:
     async def _forget_idle_nodes(self, now: float) -> None:
         """Forget nodes offline for ``forget_node_seconds`` that never held a task: a
         registration costs the Host nothing for ever (nodes that held one stay, with
-        their history)."""
+        their history, and so do drained ones)."""
         for hostname in self.nodes.idle_offline(self.config.timing.forget_node_seconds, now):
             if self.book.on_node(hostname):
                 continue

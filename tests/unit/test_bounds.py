@@ -20,7 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
-from hakuriver_common.statuses import TaskStatus
+from hakuriver_common.statuses import NodeStatus, TaskStatus
 from tests.fake_runner import HOLD, STDOUT, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster, status_of
@@ -313,3 +313,25 @@ async def test_offline_nodes_that_never_held_a_task_are_forgotten(
     await eventually(forgotten, within=20, what="the idle node to be forgotten")
     await cluster.restart_host(wait_runners=False)
     assert await _node_names(cluster) == ["used"]
+
+
+async def test_a_drained_node_is_not_forgotten(make_local_cluster: MakeCluster) -> None:
+    """An operator's drain outlives an absence: a drained node that never held a task was
+    forgotten with the others, and came back undrained, taking work at once."""
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 4})
+    drained = await cluster.add_runner("drained")
+    idle = await cluster.add_runner("idle")
+    await cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="drained"), timeout=5)
+    await drained.stop()
+    await idle.stop()
+
+    async def idle_forgotten() -> bool:
+        return await _node_names(cluster) == ["drained"]
+
+    await eventually(idle_forgotten, within=20, what="the idle node to be forgotten")
+    await cluster.restart_host(wait_runners=False)
+    await drained.connect()
+    node = await cluster.wait_node("drained", NodeStatus.ONLINE)
+    assert node.draining
+    task = await cluster.submit("job")
+    assert status_of(await cluster.get(task.task_id)) is TaskStatus.PENDING

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.e2e.harness import required
 
@@ -45,6 +46,15 @@ def test_the_alert_rules_pass_promtools_check(promtool: str) -> None:
 
 def test_each_alert_fires_only_once_its_condition_held(promtool: str) -> None:
     assert "SUCCESS" in _promtool(promtool, "test", "rules", str(RULE_TESTS))
+    # Every alert is tested both ways (HakuRiverSlowDispatch was not tested at all).
+    rules = yaml.safe_load(RULES.read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    checks = [
+        (check["alertname"], bool(check["exp_alerts"]))
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for check in test.get("alert_rule_test", [])
+    ]
+    assert {(alert, fires) for alert in alerts for fires in (False, True)} == set(checks)
 
 
 def test_the_dashboard_asks_for_its_data_source_on_import() -> None:

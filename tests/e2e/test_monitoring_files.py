@@ -41,7 +41,7 @@ def _promtool(promtool: str, *args: str) -> str:
 
 
 def test_the_alert_rules_pass_promtools_check(promtool: str) -> None:
-    assert "SUCCESS: 6 rules found" in _promtool(promtool, "check", "rules", str(RULES))
+    assert "SUCCESS: 7 rules found" in _promtool(promtool, "check", "rules", str(RULES))
 
 
 def test_each_alert_fires_only_once_its_condition_held(promtool: str) -> None:

@@ -100,8 +100,17 @@ def outcome_name(outcome: int) -> str:
     return _word(AuditOutcome.from_pb, outcome)
 
 
+# The field that names an element of a list, written even at 0 (MessageToDict leaves zeros
+# out): GPU 0's readings had no index, NUMA node 0 no id.
+_NAMED_BY = {"hakuriver.v1.Gpu": "index", "hakuriver.v1.NumaNode": "id"}
+
+
 def _in_words(message: Message, out: dict[str, Any]) -> None:
-    """Replace the proto enum names MessageToDict wrote for vocabulary fields, recursively."""
+    """Replace the proto enum names MessageToDict wrote for vocabulary fields, and write the
+    field naming a GPU or NUMA node, recursively."""
+    key = _NAMED_BY.get(message.DESCRIPTOR.full_name)
+    if key is not None:
+        out.setdefault(key, getattr(message, key))
     for field, value in message.ListFields():
         written: Any = out.get(field.name)
         many = isinstance(written, list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 from hakuriver_cli import client
+from hakuriver_cli.render import to_dict
 from hakuriver_common.proto.hakuriver.v1 import node_pb2
 
 ONLINE = node_pb2.NODE_STATUS_ONLINE
@@ -32,3 +33,21 @@ def test_zero_bytes_read_show_as_zero_not_as_unknown() -> None:
     printed = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample])}))
     [gpu_row] = [line for line in printed.splitlines() if "gpu 0" in line]
     assert "0B/40.0G" in gpu_row
+
+
+def test_json_names_gpu_0_and_numa_node_0() -> None:
+    """`--json` leaves zeros out, and with them the index of GPU 0 and the id of NUMA node
+    0: a script looking a GPU up by its index found no GPU 0."""
+    gpus = [node_pb2.Gpu(index=i, name="A100", memory_total_bytes=40 * GB) for i in (0, 1)]
+    node = node_pb2.Node(
+        hostname="a",
+        status=ONLINE,
+        gpus=gpus,
+        numa_nodes=[node_pb2.NumaNode(id=0, cpus=[0, 1])],
+        health=node_pb2.Health(gpus=gpus),
+    )
+    shown = to_dict(node)
+    assert [g["index"] for g in shown["gpus"]] == [0, 1]
+    assert [g["index"] for g in shown["health"]["gpus"]] == [0, 1]
+    assert [n["id"] for n in shown["numa_nodes"]] == [0]
+    assert "draining" not in shown  # other zeros are still left out

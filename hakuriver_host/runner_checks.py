@@ -9,6 +9,10 @@ the field and the limit; the Runner's stream then ends with that status.
 
 from __future__ import annotations
 
+import math
+
+from google.protobuf.message import Message
+
 from hakuriver_common import limits
 from hakuriver_common.environments import check_environment_name
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
@@ -74,6 +78,14 @@ def check_register(reg: rpb.RegisterRunner) -> None:
     _count("register.known_task_ids", len(reg.known_task_ids), limits.MAX_KNOWN_TASK_IDS)
 
 
+def _finite(field: str, reading: Message) -> None:
+    """Every number of a reading is finite: a NaN or infinite one, kept in the history, made
+    every `hakuriver.client health` end in a traceback drawing its trend."""
+    for descriptor, value in reading.ListFields():
+        if descriptor.type == descriptor.TYPE_DOUBLE and not math.isfinite(value):
+            raise InvalidArgument(f"{field}.{descriptor.name}: must be a number, got {value}")
+
+
 def check_heartbeat(beat: rpb.Heartbeat) -> None:
     size = beat.health.ByteSize()
     if size > limits.MAX_HEALTH_BYTES:
@@ -81,6 +93,9 @@ def check_heartbeat(beat: rpb.Heartbeat) -> None:
             f"heartbeat.health: at most {limits.MAX_HEALTH_BYTES} bytes, got {size}"
         )
     _gpus("heartbeat.health.gpus", list(beat.health.gpus))
+    _finite("heartbeat.health", beat.health)
+    for gpu in beat.health.gpus:
+        _finite("heartbeat.health.gpus", gpu)
     _environments("heartbeat.environments", list(beat.environments))
     _count("heartbeat.loaded", len(beat.loaded), limits.MAX_ENVIRONMENTS)
 

@@ -1,12 +1,20 @@
-"""`hakuriver.client nodes` and `health` as printed: a reading of 0 bytes is a reading."""
+"""`hakuriver.client nodes` and `health` as printed: a reading of 0 bytes is a reading, a
+GPU and a NUMA node are named in --json even when numbered 0, and a reading that is no
+number never reaches them."""
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import pytest
 from rich.console import Console
 
 from hakuriver_cli import client
 from hakuriver_cli.render import to_dict
-from hakuriver_common.proto.hakuriver.v1 import node_pb2
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
+from tests.fake_runner import eventually
+from tests.unit.local_cluster import LocalCluster
 
 ONLINE = node_pb2.NODE_STATUS_ONLINE
 GB = 10**9
@@ -51,3 +59,36 @@ def test_json_names_gpu_0_and_numa_node_0() -> None:
     assert [g["index"] for g in shown["health"]["gpus"]] == [0, 1]
     assert [n["id"] for n in shown["numa_nodes"]] == [0]
     assert "draining" not in shown  # other zeros are still left out
+
+
+@pytest.mark.parametrize(
+    ("reading", "field"),
+    [
+        ({"cpu_percent": math.nan}, "heartbeat.health.cpu_percent"),
+        ({"current_max_temp": math.inf}, "heartbeat.health.current_max_temp"),
+        (
+            {"gpus": [node_pb2.Gpu(index=0, utilization_gpu_percent=-math.inf)]},
+            "heartbeat.health.gpus.utilization_gpu_percent",
+        ),
+    ],
+)
+async def test_a_reading_that_is_no_number_is_refused(
+    local_cluster: LocalCluster,
+    caplog: pytest.LogCaptureFixture,
+    reading: dict[str, Any],
+    field: str,
+) -> None:
+    """A Runner's NaN or infinite reading was kept in the node's history, and every
+    `hakuriver.client health` then ended in a traceback drawing its trend."""
+    bad = node_pb2.Health(memory_total_bytes=GB, **reading)
+    runner = await local_cluster.add_runner("a", health=lambda: bad)
+    await eventually(lambda: runner.heartbeats_sent >= 3, what="heartbeats")
+    await eventually(
+        lambda: any(field in r.getMessage() for r in caplog.records), what="the refusal logged"
+    )
+    reply = await local_cluster.nodes.GetHealth(
+        npb.GetHealthRequest(hostname="a", include_history=True), timeout=5
+    )
+    [entry] = reply.nodes
+    trend = client.NodeTrend(entry.status, list(entry.history))
+    assert "online" in _printed(client._health_table({"a": trend}))  # drawn, no traceback

@@ -63,9 +63,11 @@ OptionalPath = Annotated[Path | None, BeforeValidator(_empty_is_unset)]
 
 
 class Section(BaseModel):
-    """A section of the config file: an unknown key is an error, so a typo shows."""
+    """A section of the config file: an unknown key is an error, so a typo shows, and so is a
+    number TOML spells ``inf`` or ``nan`` (a webhook's ``timeout_seconds = inf`` failed
+    every delivery, its socket refusing so long a timeout)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NetworkConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +23,10 @@ from hakuriver_common.config import is_loopback
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
+# A connection that sends nothing for this long is closed: each holds a thread, and one
+# that never sent its request held its thread for ever (a port scan, a stalled client, or
+# anyone who can reach the port opening connections until the Host ran out of threads).
+READ_SECONDS = 30.0
 
 
 def _bearer_only(app: WsgiApp, token: str, refused: Callable[[str], None]) -> WsgiApp:
@@ -75,6 +80,14 @@ def serve_metrics(
             super().shutdown()
             self.server_close()  # free the port now, not when the object is collected
 
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if isinstance(sys.exception(), OSError):
+                return  # the client went away or sent nothing in time: no traceback
+            super().handle_error(request, client_address)
+
+    class _Handler(_SilentHandler):
+        timeout = READ_SECONDS
+
     app: WsgiApp = make_wsgi_app(registry)
     if token:
         app = _bearer_only(app, token, refused)
@@ -82,7 +95,7 @@ def serve_metrics(
         log.warning(
             "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host
         )
-    server = make_server(host, port, _at_metrics_only(app), _Server, handler_class=_SilentHandler)
+    server = make_server(host, port, _at_metrics_only(app), _Server, handler_class=_Handler)
     # shutdown() waits for the serving loop's next poll: a short poll keeps a Host's stop quick.
     threading.Thread(
         target=server.serve_forever, args=(POLL_SECONDS,), name="metrics-http", daemon=True

@@ -4,13 +4,16 @@ token opens it, anything else gets 401; with no token configured it stays open."
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hakuriver_common.proto.hakuriver.v1 import audit_service_pb2 as aupb
+from hakuriver_host import metrics_http
 from tests.fake_runner import eventually
 from tests.unit.local_cluster import LocalCluster
 
@@ -100,3 +103,27 @@ async def test_only_the_metrics_path_serves_the_metrics(
         assert headers["Content-Type"] == "text/plain"
     status, _, body = await scrape(cluster, f"Bearer {TOKEN}", "/metrics/")
     assert status == 200 and "hakuriver_" in body
+
+
+def _left_open(port: int) -> bytes:
+    """Connect, send nothing, and read what the server does: b"" once it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as idle:
+        return idle.recv(1)
+
+
+async def test_a_connection_that_sends_nothing_is_closed(
+    local_cluster: LocalCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Each connection holds a thread of the Host: one that never sent its request held it
+    for ever, so anyone who could reach the port could open them until the Host ran out of
+    threads."""
+    monkeypatch.setattr(metrics_http, "READ_SECONDS", 0.3)
+    await local_cluster.restart_host()  # serving with the short wait
+    assert local_cluster.server is not None
+    port = local_cluster.server.metrics_port
+    assert await asyncio.to_thread(_left_open, port) == b""
+    status, _, _ = await scrape(local_cluster)
+    assert status == 200
+    assert "Traceback" not in capfd.readouterr().err

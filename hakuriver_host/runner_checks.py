@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from hakuriver_common import limits
 from hakuriver_common.environments import check_environment_name
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
+from hakuriver_common.timestamps import from_timestamp
 from hakuriver_host.errors import InvalidArgument
 
 MAX_GPU_TEXT = 256
@@ -96,6 +97,10 @@ def check_heartbeat(beat: rpb.Heartbeat) -> None:
     _finite("heartbeat.health", beat.health)
     for gpu in beat.health.gpus:
         _finite("heartbeat.health.gpus", gpu)
+    try:  # a time past year 9999, kept, made every `health --json` end in a traceback
+        from_timestamp(beat.health, "sampled_at")
+    except ValueError as exc:
+        raise InvalidArgument(f"heartbeat.health.{exc}") from None
     _environments("heartbeat.environments", list(beat.environments))
     _count("heartbeat.loaded", len(beat.loaded), limits.MAX_ENVIRONMENTS)
 

@@ -1,6 +1,6 @@
 """`hakuriver.client nodes` and `health` as printed: a reading of 0 bytes is a reading, a
 GPU and a NUMA node are named in --json even when numbered 0, and a reading that is no
-number never reaches them."""
+number or time never reaches them."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
 from hakuriver_cli import client
@@ -70,16 +71,18 @@ def test_json_names_gpu_0_and_numa_node_0() -> None:
             {"gpus": [node_pb2.Gpu(index=0, utilization_gpu_percent=-math.inf)]},
             "heartbeat.health.gpus.utilization_gpu_percent",
         ),
+        ({"sampled_at": Timestamp(seconds=2**62)}, "heartbeat.health.sampled_at"),
     ],
 )
-async def test_a_reading_that_is_no_number_is_refused(
+async def test_a_reading_the_cli_cannot_show_is_refused(
     local_cluster: LocalCluster,
     caplog: pytest.LogCaptureFixture,
     reading: dict[str, Any],
     field: str,
 ) -> None:
-    """A Runner's NaN or infinite reading was kept in the node's history, and every
-    `hakuriver.client health` then ended in a traceback drawing its trend."""
+    """A Runner's NaN or infinite reading, or a sample time past the year 9999, was kept in
+    the node's history, and every `hakuriver.client health` then ended in a traceback
+    drawing its trend (`--json`: writing the time)."""
     bad = node_pb2.Health(memory_total_bytes=GB, **reading)
     runner = await local_cluster.add_runner("a", health=lambda: bad)
     await eventually(lambda: runner.heartbeats_sent >= 3, what="heartbeats")
@@ -92,3 +95,4 @@ async def test_a_reading_that_is_no_number_is_refused(
     [entry] = reply.nodes
     trend = client.NodeTrend(entry.status, list(entry.history))
     assert "online" in _printed(client._health_table({"a": trend}))  # drawn, no traceback
+    assert to_dict(entry)["hostname"] == "a"  # and written as JSON

@@ -176,6 +176,9 @@ class NodeTrend:
 
 
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
+    """What a Runner or the Host wrote (a GPU's name, an error naming a path) is text, not
+    rich markup: `[x]` in a path was dropped, and a `[/x]` ended the command in a traceback."""
+    from rich.markup import escape
     from rich.table import Table
 
     out = Table(title="health", title_justify="left")
@@ -205,7 +208,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
             power = f"{g.power_draw_watts:.0f}W" if g.HasField("power_draw_watts") else "-"
             out.add_row(
                 f"  gpu {g.index}",
-                g.name,
+                escape(g.name),
                 f"{g.utilization_gpu_percent:5.1f}%",
                 sparkline([x.utilization_gpu_percent for x in history]),
                 f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}",
@@ -213,7 +216,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
                 f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
             )
     problems = [
-        f"{hostname}: its tasks' output could not be stored: {trend.output_problem}"
+        f"{hostname}: its tasks' output could not be stored: {escape(trend.output_problem)}"
         for hostname, trend in sorted(trends.items())
         if trend.output_problem
     ]

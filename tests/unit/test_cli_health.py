@@ -96,3 +96,14 @@ async def test_a_reading_the_cli_cannot_show_is_refused(
     trend = client.NodeTrend(entry.status, list(entry.history))
     assert "online" in _printed(client._health_table({"a": trend}))  # drawn, no traceback
     assert to_dict(entry)["hostname"] == "a"  # and written as JSON
+
+
+def test_names_and_errors_are_printed_as_written() -> None:
+    """A GPU's name and an error naming a path are text, not rich markup: `[x]` in a path
+    was dropped, and a GPU named with `[/x]` ended the command in a MarkupError traceback."""
+    gpu = node_pb2.Gpu(index=0, name="[/x] GPU", memory_total_bytes=GB)
+    problem = "/srv/[lab]/task_outputs/42.out: No space left on device"
+    sample = node_pb2.Health(memory_total_bytes=GB, gpus=[gpu])
+    printed = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample], problem)}))
+    assert "[/x] GPU" in printed
+    assert problem in " ".join(printed.split())  # the caption wraps at the table's width

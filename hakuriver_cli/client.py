@@ -40,6 +40,7 @@ from hakuriver_cli.render import (
 )
 from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
+from hakuriver_common.statuses import NodeStatus
 from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
@@ -187,6 +188,12 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
     for hostname, trend in sorted(trends.items()):
         if not trend.samples:
             out.add_row(hostname, _status(trend.status, trend.disconnected), *["-"] * 5)
+            continue
+        if node_status_name(trend.status) != NodeStatus.ONLINE:  # its last readings are history
+            cpu = sparkline([x.cpu_percent for x in trend.samples])
+            memory = sparkline([x.memory_percent for x in trend.samples])
+            status = _status(trend.status, trend.disconnected)
+            out.add_row(hostname, status, "-", cpu, "-", memory, "-")
             continue
         h = trend.samples[-1]
         temps = (

@@ -107,3 +107,20 @@ def test_names_and_errors_are_printed_as_written() -> None:
     printed = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample], problem)}))
     assert "[/x] GPU" in printed
     assert problem in " ".join(printed.split())  # the caption wraps at the table's width
+
+
+def test_an_offline_node_shows_its_trends_but_no_current_readings() -> None:
+    """An offline node's last readings were shown as its current CPU, memory, temperature
+    and GPUs (the dashboard shows none; the metrics drop them): 57.7% CPU an hour ago read
+    as 57.7% now."""
+    gpu = node_pb2.Gpu(index=0, name="A100", utilization_gpu_percent=50, memory_total_bytes=GB)
+    sample = node_pb2.Health(
+        cpu_percent=57.7, memory_percent=10, memory_total_bytes=GB, current_max_temp=70, gpus=[gpu]
+    )
+    offline = node_pb2.NODE_STATUS_OFFLINE
+    printed = _printed(client._health_table({"a": client.NodeTrend(offline, [sample] * 3)}))
+    [row] = [line for line in printed.splitlines() if "offline" in line]
+    assert "57.7%" not in printed and "gpu 0" not in printed and "70.0C" not in printed
+    assert "▅▅▅" in row  # the trend of its last samples stays
+    online = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample])}))
+    assert "57.7%" in online and "gpu 0" in online and "70.0C" in online

@@ -4,7 +4,10 @@ number or time never reaches them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +127,41 @@ def test_an_offline_node_shows_its_trends_but_no_current_readings() -> None:
     assert "▅▅▅" in row  # the trend of its last samples stays
     online = _printed(client._health_table({"a": client.NodeTrend(ONLINE, [sample])}))
     assert "57.7%" in online and "gpu 0" in online and "70.0C" in online
+
+
+def _client_config(cluster: LocalCluster, path: Path) -> Path:
+    """A CLI config for the cluster over gRPC (no dashboard port: no Connect)."""
+    config = cluster.config
+    path.write_text(
+        f'[network]\nhost_reachable_address = "127.0.0.1"\n'
+        f"host_port = {config.network.host_port}\n"
+        f'[tls]\nca_file = "{config.tls.ca_file}"\n'
+        f'[auth]\ncredentials_file = "{config.auth.credentials_file}"\n'
+        "[dashboard]\nenabled = false\n"
+    )
+    return path
+
+
+async def test_health_reads_a_history_larger_than_a_grpc_reply(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health` asked for every node's history in one reply: with a few dozen nodes of 8
+    GPUs (150 KB of history each) it passed the 4 MiB a gRPC client accepts, and the command
+    failed with RESOURCE_EXHAUSTED for everybody."""
+    gpus = [
+        node_pb2.Gpu(index=i, name="N" * 256, uuid=f"GPU-{i}".ljust(256, "0")) for i in range(90)
+    ]
+    big = node_pb2.Health(memory_total_bytes=GB, gpus=gpus)  # 48 KB, under the 64 KiB bound
+    names = [f"gpu{i}" for i in range(4)]
+    runners = [await local_cluster.add_runner(name, health=lambda: big) for name in names]
+    # 30 samples of each: 1.4 MB of history a node, 5.8 MB in all; then no more.
+    await eventually(
+        lambda: all(r.heartbeats_sent >= 30 for r in runners), within=30, what="30 samples each"
+    )
+    for runner in runners:
+        runner.go_silent()
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "", False, 0, config, True)
+    shown = json.loads(capsys.readouterr().out)
+    assert sorted(node["hostname"] for node in shown) == names
+    assert all(len(node["history"]) > 1 for node in shown)

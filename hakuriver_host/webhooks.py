@@ -39,6 +39,7 @@ from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
 
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.daemon_threads import on_daemon_thread
+from hakuriver_host.log_limits import LimitedLog
 
 log = logging.getLogger(__name__)
 QUEUE_SIZE = 10_000
@@ -223,6 +224,9 @@ class Notifier:
     def __init__(self, configs: list[WebhookConfig]) -> None:
         self.hooks = [Webhook(c) for c in configs]
         self._workers: list[asyncio.Task[None]] = []
+        # A line per receiver a minute, with a count: while a receiver is down, a burst of
+        # events (a job array failing) wrote a warning for every event dropped.
+        self._dropped = LimitedLog(log)
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(hook.run()) for hook in self.hooks]
@@ -231,6 +235,7 @@ class Notifier:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
+        self._dropped.close()
 
     def notify(self, event: str, **details: Any) -> None:
         if not self.hooks:
@@ -245,8 +250,12 @@ class Notifier:
             if not hook.wants(event):
                 continue
             if hook.queue.full():
-                dropped = hook.queue.get_nowait()
-                log.warning(
-                    "webhook %s: queue full, dropped %s", shown(hook.config.url), dropped["event"]
+                hook.queue.get_nowait()
+                self._dropped.log(
+                    hook.config.url,
+                    logging.WARNING,
+                    "webhook %s: %d events waiting, the oldest dropped",
+                    shown(hook.config.url),
+                    hook.queue.maxsize,
                 )
             hook.queue.put_nowait(payload)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from hakuriver_common.config import WebhookConfig
+from hakuriver_host import webhooks
 from hakuriver_host.webhooks import Notifier
 from tests.fake_runner import eventually
 from tests.webhook_receiver import Flaky
@@ -189,3 +190,26 @@ async def test_a_receiver_is_named_by_its_host_and_port_as_written(
         )
     [named] = [r.getMessage().split(": ")[0] for r in caplog.records]
     assert named == f"webhook http://[::1]:{port}/..."
+
+
+async def test_events_dropped_while_a_receiver_is_down_are_logged_once_with_a_count(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full queue wrote a warning for every event it dropped: a job array failing while
+    the receiver was down wrote thousands of lines."""
+    monkeypatch.setattr(webhooks, "QUEUE_SIZE", 2)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: every attempt is refused
+    # The first event waits a minute for its retry: the queue behind it fills.
+    config = WebhookConfig(url=f"http://127.0.0.1:{port}/x", events=["*"], retry_base_seconds=60)
+    notifier = Notifier([config])
+    notifier.start()
+    with caplog.at_level(logging.WARNING, logger="hakuriver_host.webhooks"):
+        for _ in range(50):
+            notifier.notify("node.offline", node="gpu1")
+            await asyncio.sleep(0)
+        await notifier.stop()
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 2, dropped  # the first at once, then one line with the count
+    assert "more like it" in dropped[1]

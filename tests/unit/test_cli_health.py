@@ -165,3 +165,14 @@ async def test_health_reads_a_history_larger_than_a_grpc_reply(
     shown = json.loads(capsys.readouterr().out)
     assert sorted(node["hostname"] for node in shown) == names
     assert all(len(node["history"]) > 1 for node in shown)
+
+
+def test_a_long_watch_keeps_only_the_samples_it_draws() -> None:
+    """`health --watch` kept every sample it received: memory and the time of each redraw
+    grew for as long as it ran."""
+    trend = client.NodeTrend(ONLINE, [])
+    for percent in range(1000):
+        trend.add(node_pb2.Health(cpu_percent=percent % 100, memory_total_bytes=GB))
+    assert len(trend.samples) == client.TREND_POINTS
+    assert trend.samples[-1].cpu_percent == 99  # the newest kept
+    assert "99.0%" in _printed(client._health_table({"a": trend}))

@@ -219,20 +219,30 @@ class Store:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
         transaction: a failed migration leaves the database as it was."""
         settings = migrations.settings()
+        database = _shown(str(self.engine.url))
         try:  # opened apart from the migration, whose own errors keep their traceback
             self.engine.connect().close()
         except DBAPIError as exc:
             reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
-            raise DatabaseError(
-                f"cannot open the database {_shown(str(self.engine.url))}: {reason}"
-            ) from None
+            raise DatabaseError(f"cannot open the database {database}: {reason}") from None
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 # Python's sqlite3 opens a transaction only before a data change, so without
                 # this each CREATE and ALTER would be committed on its own.
                 connection.exec_driver_sql("BEGIN")
+            newer = migrations.unknown_revisions(connection)
+            if newer:
+                raise DatabaseError(
+                    f"cannot use the database {database}: its schema is "
+                    f"revision {', '.join(newer)}, which a newer HakuRiver wrote (this one "
+                    f"knows up to {migrations.newest_revision()}): run that version, or "
+                    "restore the backup taken before the upgrade"
+                )
             settings.attributes["connection"] = connection
-            alembic_command.upgrade(settings, "head")
+            try:
+                alembic_command.upgrade(settings, "head")
+            except migrations.NotHakuRivers as exc:
+                raise DatabaseError(f"cannot use the database {database}: {exc}") from None
 
     def load_nodes(self) -> list[NodeRecord]:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -4,7 +4,13 @@ when the Host starts."""
 from __future__ import annotations
 
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Connection
+
+
+class NotHakuRivers(RuntimeError):
+    """The database holds tables of the Host's names that no Host made."""
 
 
 def settings() -> Config:
@@ -17,3 +23,10 @@ def settings() -> Config:
 
 def newest_revision() -> str | None:
     return ScriptDirectory.from_config(settings()).get_current_head()
+
+
+def unknown_revisions(connection: Connection) -> list[str]:
+    """The database's revisions that these migrations do not know: a newer HakuRiver's."""
+    known = {script.revision for script in ScriptDirectory.from_config(settings()).walk_revisions()}
+    found = MigrationContext.configure(connection).get_current_heads()
+    return [revision for revision in found if revision not in known]

@@ -22,7 +22,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as task_pb,
 )
 from hakuriver_host import migrations
-from hakuriver_host.store import Store
+from hakuriver_host.store import DatabaseError, Store
 from tests.unit.conftest import MakeCluster
 
 DATA = Path(__file__).parent / "data"
@@ -145,7 +145,7 @@ def test_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{path}")
     try:
         with pytest.raises(
-            RuntimeError, match=r"tasks lacks column command.*not made by HakuRiver"
+            DatabaseError, match=r"tasks lacks column command.*not made by HakuRiver"
         ):
             store.migrate()
     finally:

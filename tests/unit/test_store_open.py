@@ -3,11 +3,13 @@ password hidden), not a traceback."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from hakuriver_common import commands as cli
+from hakuriver_host import migrations
 from hakuriver_host.main import main
 from hakuriver_host.store import DatabaseError, Store
 
@@ -60,4 +62,51 @@ def test_new_admin_token_says_so_in_one_line(
     assert capsys.readouterr().err == (
         f"error: cannot open the database {tmp_path} (database.db_file): "
         "unable to open database file\n"
+    )
+
+
+def _host_says(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """What ``hakuriver.host --new-admin-token`` prints on stderr for the database
+    ``host.db`` in ``config_dir`` (it opens and migrates it as a start does)."""
+    config = config_dir / "config.toml"
+    config.write_text(f'[database]\ndb_file = "{config_dir / "host.db"}"\n')
+    with pytest.raises(cli.Exit):
+        main(config=config, new_admin_token=True)
+    return capsys.readouterr().err
+
+
+def test_a_database_of_a_newer_hakuriver_is_one_line_and_left_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Going back to an older version without restoring the backup (operations.md): it
+    printed Alembic's traceback ending in "Can't locate revision identified by '0099'"."""
+    path = tmp_path / "host.db"
+    store = Store(f"sqlite:///{path}")
+    try:
+        store.migrate()
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    assert _host_says(tmp_path, capsys) == (
+        f"error: cannot use the database {path} (database.db_file): its schema is revision "
+        f"0099, which a newer HakuRiver wrote (this one knows up to "
+        f"{migrations.newest_revision()}): run that version, or restore the backup taken "
+        "before the upgrade\n"
+    )
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0099",)]
+
+
+def test_a_database_another_program_made_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A db_file that names another program's SQLite database with a table of the Host's
+    name: it printed a traceback ending in RuntimeError."""
+    with sqlite3.connect(tmp_path / "host.db") as conn:
+        conn.execute("CREATE TABLE tasks (task_id BIGINT PRIMARY KEY, status VARCHAR NOT NULL)")
+    assert _host_says(tmp_path, capsys) == (
+        f"error: cannot use the database {tmp_path / 'host.db'} (database.db_file): table "
+        "tasks lacks column command, which has no default: this database was not made by "
+        "HakuRiver\n"
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from hakuriver_host.migrations import NotHakuRivers
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -171,7 +173,7 @@ def upgrade() -> None:
         present = {c["name"] for c in found.get_columns(table.name)}
         for column in (c for c in table.columns if c.name not in present):
             if not column.nullable and column.server_default is None:
-                raise RuntimeError(
+                raise NotHakuRivers(
                     f"table {table.name} lacks column {column.name}, which has no default: "
                     "this database was not made by HakuRiver"
                 )

@@ -19,7 +19,13 @@ from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
 from hakuriver_common.roles import JOIN_TOKEN_PREFIX, new_secret
-from hakuriver_common.service import ConfigOption, JsonOption, config_or_exit, tool_app
+from hakuriver_common.service import (
+    ConfigOption,
+    JsonOption,
+    config_or_exit,
+    systemd_is_init,
+    tool_app,
+)
 
 app = tool_app("Set up HakuRiver.")
 
@@ -295,11 +301,16 @@ def _sandbox(role: Role, cfg: Config, folder: Path) -> list[str]:
     return sandbox
 
 
+def _command(role: Role, python: str, config: Path) -> str:
+    """The command line that runs ``role`` in the foreground with this config."""
+    return shlex.join([python, "-m", _UNIT[role][1], "--config", str(config)])
+
+
 def render_unit(
     role: Role, python: str, config: Path, path_env: str, cfg: Config, user: str = ""
 ) -> str:
     """A systemd service unit that runs ``role`` with this interpreter and config."""
-    description, module, needs = _UNIT[role]
+    description, _, needs = _UNIT[role]
     after = " ".join(filter(None, ["network-online.target", needs]))
     # A unit without User= runs as root, whose "~" is not the writer's: HOME is pinned so
     # the config's "~/..." paths mean at run time what they meant here (and what the
@@ -315,7 +326,7 @@ def render_unit(
         "",
         "[Service]",
         "Type=simple",
-        f"ExecStart={shlex.join([python, '-m', module, '--config', str(config)])}",
+        f"ExecStart={_command(role, python, config)}",
         f"WorkingDirectory={config.parent}",
         f'Environment="PATH={path_env}"',
         "Environment=PYTHONUNBUFFERED=1",
@@ -385,8 +396,24 @@ def service(
                 tmp.unlink(missing_ok=True)
             _cannot_write(target, exc)
         _say(json, f"wrote {target}")
+    systemd = systemd_is_init()
     if json:
-        print_json({"units": [str(t) for t in targets.values()]})
+        print_json({"units": [str(t) for t in targets.values()], "systemd_running": systemd})
+        return
+    _how_to_start(targets, python, resolved.resolve(), systemd)
+
+
+def _how_to_start(targets: dict[Role, Path], python: str, config: Path, systemd: bool) -> None:
+    """How to install the units; without systemd, how to run the services instead."""
+    if not systemd:
+        cli.echo(
+            "systemd is not running on this machine (it is not PID 1), so the units cannot "
+            "be installed here: run each service in the foreground under a supervisor of "
+            "your own (runit, supervisord, a container, tmux for a trial), which stops it "
+            "with SIGTERM:"
+        )
+        for role in targets:
+            cli.echo(f"  {_command(role, python, config)}")
         return
     names = " ".join(t.name for t in targets.values())
     cli.echo(

@@ -146,6 +146,12 @@ def _config_error(exc: ConfigError) -> NoReturn:
     raise cli.Exit(2) from None
 
 
+def systemd_is_init() -> bool:
+    """systemd runs this machine (PID 1): its units start, ``systemd-run`` makes scopes
+    (sd_booted's test)."""
+    return Path("/run/systemd/system").is_dir()
+
+
 def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -> Config:
     """Config and logging for the Host or a Runner."""
     from hakuriver_common.logging_setup import setup_logging

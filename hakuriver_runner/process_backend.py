@@ -37,6 +37,7 @@ import psutil
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import without_secrets
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.service import systemd_is_init
 from hakuriver_runner.backend import (
     Emit,
     ExitInfo,
@@ -55,10 +56,6 @@ SPOOL_FOLDER = "tasks"
 READ_CHUNK = 64 * 1024
 # Runs the command, then records its exit code atomically next to its output.
 WRAPPER = '"$@"; code=$?; echo $code > "$0.tmp" && mv "$0.tmp" "$0"; exit $code'
-
-
-def systemd_is_init() -> bool:
-    return Path("/run/systemd/system").is_dir()
 
 
 # Two starts this close are one: /proc counts starts in clock ticks (10 ms at 100 Hz).

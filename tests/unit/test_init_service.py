@@ -96,3 +96,38 @@ def test_a_folder_reached_through_a_link_into_tmp_is_under_tmp(
     link.mkdir()
     unit = render_unit(Role.host, sys.executable, config, "/usr/bin", load_config(config))
     assert "PrivateTmp=yes" in unit.splitlines()
+
+
+@pytest.mark.parametrize("systemd", [True, False])
+def test_it_says_how_to_start_the_services_with_systemd_and_without(
+    systemd: bool,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without systemd as PID 1 it told the admin to `systemctl enable` the units all the
+    same, which fails there ("System has not been booted with systemd"); it now says so and
+    gives each service's foreground command, the ExecStart of its unit."""
+    monkeypatch.setattr(init, "systemd_is_init", lambda: systemd)
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    init.service(output_dir=tmp_path, config=config)
+    lines = capsys.readouterr().out.splitlines()
+    units = [tmp_path / "hakuriver-host.service", tmp_path / "hakuriver-runner.service"]
+    assert lines[:2] == [f"wrote {unit}" for unit in units]
+    if systemd:
+        assert lines[2:] == [
+            f"install: sudo cp {units[0]} {units[1]} /etc/systemd/system/ && sudo systemctl "
+            "daemon-reload && sudo systemctl enable --now hakuriver-host.service "
+            "hakuriver-runner.service"
+        ]
+        return
+    assert lines[2].startswith("systemd is not running on this machine (it is not PID 1)")
+    starts = [
+        line.removeprefix("ExecStart=")
+        for unit in units
+        for line in unit.read_text().splitlines()
+        if line.startswith("ExecStart=")
+    ]
+    assert lines[3:] == [f"  {start}" for start in starts]
+    assert [shlex.split(start)[2] for start in starts] == ["hakuriver_host", "hakuriver_runner"]

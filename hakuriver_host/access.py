@@ -97,15 +97,27 @@ class Access:
 
     async def _bootstrap(self) -> None:
         """The first start: an admin and their token, written to the credentials file (or
-        beside it, when that file exists already)."""
+        beside it, when that file exists already). The file is written first: an admin
+        stored with a token nobody holds would stop the next start from making one."""
         name = self.config.auth.bootstrap_admin
-        # Reclaimed: tasks submitted while authentication was off are this admin's.
-        await self.create_user(name, Role.ADMIN, reclaim=True)
-        issued = await self.create_token(name, "created on the Host's first start", None)
         path = self.config.auth.credentials_file.expanduser()
         if path.exists():
             path = path.with_name(path.name + ".new")
-        write_secret(path, issued.secret)
+        secret = new_secret(API_TOKEN_PREFIX)
+        try:
+            write_secret(path, secret)
+        except OSError as exc:
+            raise OSError(
+                f"cannot write the first admin's API token to {path} (auth.credentials_file): "
+                f"{exc.strerror or exc}"
+            ) from None
+        try:
+            # Reclaimed: tasks submitted while authentication was off are this admin's.
+            await self.create_user(name, Role.ADMIN, reclaim=True)
+            await self.create_token(name, "created on the Host's first start", None, secret)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
         log.warning("first start: created admin %r; their API token is in %s (0600)", name, path)
 
     async def recover_admin(self) -> tuple[Path, Path | None]:
@@ -243,12 +255,14 @@ class Access:
     # ----- API tokens -------------------------------------------------------------------
 
     async def create_token(
-        self, user: str, description: str, expires_at: datetime | None
+        self, user: str, description: str, expires_at: datetime | None, secret: str = ""
     ) -> IssuedToken:
+        """A new token of ``user``; ``secret`` when given (written out already), else a new
+        one."""
         self.user(user)
         if expires_at is not None and expires_at <= utcnow():
             raise InvalidArgument("expires_at: must be in the future")
-        secret = new_secret(API_TOKEN_PREFIX)
+        secret = secret or new_secret(API_TOKEN_PREFIX)
         record = ApiTokenRecord(
             token_id=secrets.token_hex(6),
             secret_hash=digest(secret),

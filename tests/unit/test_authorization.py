@@ -44,6 +44,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import API_TOKEN_PREFIX, Role
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.authorization import RIGHTS, Right
+from hakuriver_host.server import HostServer
 from tests.connect_http import Endpoint
 from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
@@ -857,3 +858,23 @@ async def test_a_host_run_open_then_with_authentication_starts_and_its_admin_own
     assert found.task.owner == "admin"
     who = await cluster.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
     assert who.user == "admin"
+
+
+async def test_a_first_start_that_cannot_write_the_admins_token_stores_no_admin(
+    tmp_path: Path, make_local_cluster: MakeCluster
+) -> None:
+    """The admin and their token were stored before the token file was written: the Host
+    stopped with "[Errno 2] No such file or directory: ...", and the next start, with a
+    path it could write, made no admin (one existed), leaving nobody a token."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = local_config(tmp_path / "cluster-0", auth={"credentials_file": blocker / "token"})
+    with pytest.raises(OSError) as raised:
+        await HostServer(config, prepare_default_environment=False).serve_forever()
+    assert str(raised.value) == (
+        f"cannot write the first admin's API token to {blocker / 'token'} "
+        "(auth.credentials_file): File exists"
+    )
+    cluster = await make_local_cluster()  # the same database, a credentials file it can write
+    who = await cluster.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
+    assert (who.user, who.role) == ("admin", access_pb2.ROLE_ADMIN)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
+import re
 import shlex
 import socket
 import sys
@@ -109,10 +111,38 @@ def config(
         print_json({"config": str(output)})
 
 
+# A DNS name: labels of letters, digits, '-' and '_' (some labs' host names have one),
+# after "*." for a wildcard.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
+
+
+def _nameable(name: str) -> bool:
+    """A DNS name or an IP address: what a certificate can hold and a client dials."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return len(name) <= 253 and _DNS_NAME.fullmatch(name) is not None
+    return True
+
+
 def _host_names(config: Config, extra: list[str]) -> list[str]:
-    """The names the Host certificate must hold besides localhost and the loopback IPs."""
-    names = [config.network.host_reachable_address, socket.gethostname(), *extra]
-    return [n for n in dict.fromkeys(n.strip() for n in names) if n]
+    """The names the Host certificate must hold besides localhost and the loopback IPs
+    (this machine's host name only if a certificate can hold it). Refused, exit 2, when
+    network.host_reachable_address or a --name cannot be: nothing is written then."""
+    given = [n.strip() for n in [config.network.host_reachable_address, *extra]]
+    sources = ["network.host_reachable_address", *("--name" for _ in extra)]
+    bad = [f"{at} {n!r}" for at, n in zip(sources, given, strict=True) if n and not _nameable(n)]
+    if bad:
+        cli.echo(
+            f"error: not a DNS name or IP address: {', '.join(bad)} (give names like "
+            "river.lab.example and addresses like 10.1.0.10, without a scheme or port)",
+            err=True,
+        )
+        raise cli.Exit(2)
+    hostname = socket.gethostname()
+    names = [given[0], *([hostname] if _nameable(hostname) else []), *given[1:]]
+    return [n for n in dict.fromkeys(names) if n]
 
 
 def _tls_settings_hint(config: Config, files: TlsFiles) -> str | None:
@@ -159,6 +189,7 @@ def tls(
     The certificate names network.host_reachable_address, this machine's hostname, every
     --name, localhost, 127.0.0.1 and ::1."""
     cfg = config_or_exit(config)
+    names = _host_names(cfg, name or [])
     folder = (output_dir or cfg.tls.path("ca_file").parent).expanduser().absolute()
     files = TlsFiles.in_folder(folder)
     has_ca = files.ca_cert.exists() and files.ca_key.exists()
@@ -176,8 +207,10 @@ def tls(
             _say(json, f"created the cluster CA: {files.ca_cert} (key {files.ca_key}, 0600)")
         else:
             _say(json, f"kept the existing CA: {files.ca_cert}")
-        names = issue_host_certificate(files, _host_names(cfg, name or []))
-    except (OSError, ValueError) as exc:
+        names = issue_host_certificate(files, names)
+    except OSError as exc:
+        _cannot_write(Path(exc.filename or folder), exc)
+    except ValueError as exc:
         cli.echo(f"error: {exc}", err=True)
         raise cli.Exit(1) from None
     if json:

@@ -1,0 +1,58 @@
+"""hakuriver.init tls refuses what a certificate cannot name before it writes anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hakuriver_cli import init
+from hakuriver_common import commands as cli
+
+
+def _tls(config: Path, output: Path, names: list[str]) -> None:
+    init.tls(name=names, output_dir=output, force=False, config=config, json=False)
+
+
+def test_a_name_no_certificate_can_hold_is_refused_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A URL or a name with a port went into the certificate as a DNS name (every Runner
+    dialling it then failed TLS); a non-ASCII one made the CA, then stopped with
+    cryptography's "DNSName values should be passed as an A-label string"."""
+    config = tmp_path / "config.toml"
+    config.write_text('[network]\nhost_reachable_address = "river:8000"\n')
+    output = tmp_path / "tls"
+    with pytest.raises(cli.Exit) as stopped:
+        _tls(config, output, ["https://river.lab", "rivér", "river.lab", "10.1.0.10"])
+    assert stopped.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "error: not a DNS name or IP address: network.host_reachable_address 'river:8000', "
+        "--name 'https://river.lab', --name 'rivér' (give names like river.lab.example and "
+        "addresses like 10.1.0.10, without a scheme or port)\n"
+    )
+    assert not output.exists()
+
+
+def test_names_a_certificate_can_hold_are_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[network]\nhost_reachable_address = "river.lab.example"\n')
+    _tls(config, tmp_path / "tls", ["*.lab.example", "node_7", "10.1.0.10", "fe80::1"])
+    [valid] = [line for line in capsys.readouterr().out.splitlines() if "valid for" in line]
+    for name in ("river.lab.example", "*.lab.example", "node_7", "10.1.0.10", "fe80::1"):
+        assert f" {name}," in f"{valid},"
+
+
+def test_a_folder_it_cannot_write_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It printed "error: [Errno 20] Not a directory: '...'"."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    with pytest.raises(cli.Exit):
+        _tls(config, blocker / "tls", [])
+    assert capsys.readouterr().err == f"error: cannot write {blocker / 'tls'}: Not a directory\n"

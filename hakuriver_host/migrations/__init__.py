@@ -3,6 +3,8 @@ when the Host starts."""
 
 from __future__ import annotations
 
+import logging
+
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -11,6 +13,23 @@ from sqlalchemy.engine import Connection
 
 class NotHakuRivers(RuntimeError):
     """The database holds tables of the Host's names that no Host made."""
+
+
+class _MigrationsRun(logging.Filter):
+    """Alembic's lines at a start: each migration it runs, on one line (its description is
+    the revision's first paragraph, which may span lines); not its notes on the dialect,
+    one of which reads wrong ("Will assume non-transactional DDL": the Host runs them in
+    one transaction)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Running "):
+            return record.levelno > logging.INFO
+        record.msg, record.args = " ".join(message.split()), ()
+        return True
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_MigrationsRun())
 
 
 def settings() -> Config:

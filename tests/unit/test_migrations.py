@@ -4,6 +4,7 @@ leaves the database as it was."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,25 @@ def test_failed_migration_leaves_the_database_as_it_was(tmp_path: Path) -> None:
             "status",
         ]
         assert conn.execute("SELECT * FROM tasks").fetchall() == [(1, "mine")]
+
+
+def test_a_start_logs_each_migration_on_one_line_and_nothing_else_of_alembic(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A revision whose first paragraph spans lines was logged over five lines, and every
+    start logged "Will assume non-transactional DDL.", though the Host runs the migrations
+    in one transaction (operations.md)."""
+    caplog.set_level(logging.INFO, logger="alembic")
+    store = Store(f"sqlite:///{tmp_path / 'host.db'}")
+    try:
+        store.migrate()
+        ran = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+        caplog.clear()
+        store.migrate()  # nothing to do: nothing said
+        again = [r.getMessage() for r in caplog.records if r.name.startswith("alembic")]
+    finally:
+        store.close()
+    revisions = list(ScriptDirectory.from_config(migrations.settings()).walk_revisions())
+    assert len(ran) == len(revisions)
+    assert all(m.startswith("Running upgrade ") and "\n" not in m for m in ran)
+    assert again == []

@@ -5,6 +5,7 @@ An override is named ``HAKURIVER_<SECTION>__<KEY>``, e.g. ``HAKURIVER_NETWORK__H
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -468,9 +469,46 @@ def _problems(exc: ValueError) -> str:
         return f"{name} ({variable})" if len(loc) >= 2 and variable in set_here else name
 
     return "; ".join(
-        f"{where(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+        f"{where(error['loc'])}: "
+        + (
+            _unknown(error["loc"], error["input"])
+            if error["type"] == "extra_forbidden"
+            else error["msg"].removeprefix("Value error, ")
+        )
         for error in exc.errors()
     )
+
+
+def _has_key(section: Any, key: int | str) -> bool:
+    model = section.annotation
+    return isinstance(model, type) and issubclass(model, BaseModel) and key in model.model_fields
+
+
+# Keys of the reference HakuRiver's config that mean nothing here.
+_RETIRED = {
+    ("network", "runner_address"): "Runners dial the Host, which never dials them",
+    ("network", "runner_port"): "Runners dial the Host, which never dials them",
+}
+
+
+def _unknown(loc: tuple[int | str, ...], value: Any) -> str:
+    """What to say of a section or key the config does not have: the one meant, when its
+    name is close to one (a typo), or the section a key above every section belongs in."""
+    retired = _RETIRED.get((str(loc[0]), str(loc[-1])))
+    if retired:
+        return f"not used any more ({retired}): remove it"
+    if len(loc) == 1 and not isinstance(value, dict):
+        homes = [name for name, info in Config.model_fields.items() if _has_key(info, loc[0])]
+        if homes:
+            return f"a key above every section: it belongs under [{homes[0]}]"
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        if isinstance(part, str):
+            annotation = model.model_fields[part].annotation
+            model = WebhookConfig if part == "webhooks" else annotation  # type: ignore[assignment]
+    what = "section" if len(loc) == 1 else "key"
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"unknown {what}" + (f" (did you mean {close[0]}?)" if close else "")
 
 
 _ENV_PARSE = re.compile(r'error parsing value for field "(\w+)" from source "EnvSettingsSource"')

@@ -89,8 +89,35 @@ def test_a_bad_config_is_one_line_naming_each_problem_and_no_value(tmp_path: Pat
     path.write_text("[network]\nhost_port = 70000\n[auth]\njoin_tokn = 's3cret-join'\n")
     assert _refusal(path) == (
         f"invalid config {path}: network.host_port: Input should be less than or equal to "
-        "65535; auth.join_tokn: Extra inputs are not permitted"
+        "65535; auth.join_tokn: unknown key (did you mean join_token?)"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[netwrk]\nhost_port = 1\n", "netwrk: unknown section (did you mean network?)"),
+        ("[auth]\nfoo = 1\n", "auth.foo: unknown key"),
+        (
+            "[[webhooks]]\nurl = 'http://h/'\nevent = ['*']\n",
+            "webhooks.0.event: unknown key (did you mean events?)",
+        ),
+        ("shared_dir = '/x'\n", "shared_dir: a key above every section: it belongs under [paths]"),
+        (
+            "[network]\nrunner_port = 8001\n",
+            "network.runner_port: not used any more (Runners dial the Host, which never "
+            "dials them): remove it",
+        ),
+    ],
+)
+def test_a_key_the_config_does_not_have_says_which_was_meant(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """Each said "Extra inputs are not permitted", pydantic's words, whatever the mistake:
+    a typo, a key above its section, a key of the reference HakuRiver's config."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert _refusal(path) == f"invalid config {path}: {said}"
 
 
 def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(

@@ -398,7 +398,16 @@ class EnvironmentManager:
             self.client.containers.get(self.container_name(name))
         except docker.errors.NotFound:
             self.create_container(base, name)
-        except (NotFound, Unavailable):
+        except Unavailable as exc:
+            log.warning(
+                "default environment %r has no tarball, and it cannot be made from %r now: "
+                "%s; once Docker answers, restart the Host to make it",
+                name,
+                base,
+                exc.message,
+            )
+            return
+        except NotFound:
             log.warning(
                 "default environment %r has no tarball and %r is not a local image; create "
                 "one with: hakuriver.docker import-rootfs ROOTFS.tar %s  (or: docker load/import "

@@ -4,6 +4,7 @@ start is not kept under the environment's name (a second try said "already exist
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ from docker.models.containers import ContainerCollection
 
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import FailedPrecondition, NotFound
-from tests.unit.local_cluster import local_config
+from tests.unit.local_cluster import DEFAULT_ENV, local_config
 
 
 class _Client:
@@ -73,3 +74,23 @@ def test_a_container_docker_will_not_start_is_removed(tmp_path: Path) -> None:
         manager.create_container("lab/tools:1", "myenv")
     assert raised.value.message == "docker could not start lab/tools:1: OCI runtime create failed"
     assert removed == [True]
+
+
+def test_a_host_without_docker_says_so_not_that_the_base_image_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With Docker down at its start, the Host warned that 'busybox:latest' "is not a local
+    image" and told the admin to load one, which was there all along."""
+
+    def down(**_: object) -> Any:
+        raise docker.errors.DockerException("Error while fetching server API version")
+
+    monkeypatch.setattr(docker, "from_env", down)
+    caplog.set_level(logging.WARNING, logger="hakuriver_host.environments")
+    EnvironmentManager(local_config(tmp_path)).ensure_default()
+    [said] = [r.getMessage() for r in caplog.records]
+    assert said == (
+        f"default environment {DEFAULT_ENV!r} has no tarball, and it cannot be made from "
+        "'busybox:latest' now: Docker is not available on the Host: Error while fetching "
+        "server API version; once Docker answers, restart the Host to make it"
+    )

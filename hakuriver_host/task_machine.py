@@ -119,7 +119,10 @@ def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
         port = {"ssh_port": report.ssh_port or facts.ssh_port}
         return Outcome(TaskStatus.RUNNING, "runner back: still running", port)
     if facts.status is TaskStatus.ASSIGNING:
-        ready = f"sshd on port {report.ssh_port}" if report.ssh_port else "container started"
+        # A host process says how it was started (its limits); a container, nothing.
+        ready = report.detail or "container started"
+        if report.ssh_port:
+            ready = f"sshd on port {report.ssh_port}"
         fields: dict[str, Any] = {"ssh_port": report.ssh_port or facts.ssh_port}
         started = _time(report, "started_at")
         if started is not None:

@@ -136,6 +136,16 @@ class HostProcess:
             return None
 
 
+def started_detail() -> str:
+    """A started host process's timeline entry: which of its limits hold on this node."""
+    if systemd_is_init():
+        return "process started in a systemd scope (its cores and memory enforced)"
+    return (
+        "process started, pinned to its CPUs; its memory size is not enforced (systemd is "
+        "not PID 1 on this node)"
+    )
+
+
 class ProcessBackend:
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -28,7 +28,7 @@ from hakuriver_runner.backend import Emit, ExitInfo, Gone, LogFollow, StartError
 from hakuriver_runner.docker_backend import GONE_MESSAGE, DockerBackend, ssh_port_of
 from hakuriver_runner.outbox import Outbox, SendCancelled
 from hakuriver_runner.pool import BlockingPool
-from hakuriver_runner.process_backend import ProcessBackend
+from hakuriver_runner.process_backend import ProcessBackend, started_detail
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,9 @@ class Supervisor:
                         if status == "paused"
                         else rpb.RUNNER_TASK_STATE_RUNNING
                     )
+                    detail = started_detail() if backend is self.processes else ""
                     await self._outbox.send(
-                        _state(task_id, state, started_at=to_timestamp(started_at))
+                        _state(task_id, state, started_at=to_timestamp(started_at), detail=detail)
                     )
                 await self._follow_output(task_id, backend, handle, offsets)
                 info = await self._pool.run(backend.wait, handle)

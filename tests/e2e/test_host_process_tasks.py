@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.service import systemd_is_init
 from tests.e2e.harness import ProcessCluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -141,3 +142,19 @@ def test_a_start_the_runner_did_not_foresee_failing_fails_the_task(
     assert "File exists" in final.error_message
     again = cluster.submit(["true"], container_name="NULL")
     assert cluster.wait_final(again.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+
+
+def test_a_host_process_says_in_its_timeline_which_limits_hold(cluster: ProcessCluster) -> None:
+    """Without systemd as PID 1 a host process's memory size is not enforced (tasks.md);
+    the task said nothing of it: its timeline read "container started", as a container's."""
+    task = cluster.submit(["true"], container_name="NULL", memory="100M")
+    cluster.wait_final(task.task_id)
+    answer = cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=10)
+    [started] = [e.detail for e in answer.events if e.status == task_pb2.TASK_STATUS_RUNNING]
+    if systemd_is_init():
+        assert started == "process started in a systemd scope (its cores and memory enforced)"
+    else:
+        assert started == (
+            "process started, pinned to its CPUs; its memory size is not enforced (systemd "
+            "is not PID 1 on this node)"
+        )

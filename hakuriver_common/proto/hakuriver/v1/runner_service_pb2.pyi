@@ -472,7 +472,9 @@ class TaskStateReport(_message.Message):
     """The kernel killed the container for exceeding its memory limit."""
     error_message: _builtins.str
     detail: _builtins.str
-    """What the Runner is doing for the task before it runs, e.g. loading its environment."""
+    """What the Runner is doing for the task before it runs, e.g. loading its environment;
+    with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold.
+    """
     ssh_port: _builtins.int
     """VPS: the port its SSH server listens on (on the Runner's loopback)."""
     @_builtins.property

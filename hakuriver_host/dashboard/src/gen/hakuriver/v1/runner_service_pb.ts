@@ -509,7 +509,8 @@ export type TaskStateReport = Message<"hakuriver.v1.TaskStateReport"> & {
   finishedAt?: Timestamp | undefined;
 
   /**
-   * What the Runner is doing for the task before it runs, e.g. loading its environment.
+   * What the Runner is doing for the task before it runs, e.g. loading its environment;
+   * with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold.
    *
    * @generated from field: string detail = 8;
    */

@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 from hakuriver_common import commands as cli
-from hakuriver_common.client_config import ClientConfig, ConfigError, load_client_config
+from hakuriver_common.client_config import (
+    ClientConfig,
+    ConfigError,
+    load_client_config,
+    resolve_config_path,
+)
 
 if TYPE_CHECKING:
     import asyncio
@@ -163,7 +168,51 @@ def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -
     except OSError as exc:
         cli.echo(f"error: cannot write the log file {where}: {exc.strerror or exc}", err=True)
         raise cli.Exit(2) from None
+    _warn_of_secrets_others_read(resolve_config_path(path))
     return config
+
+
+# Keys whose values are secrets, by section (and any [[webhooks]] table's secret).
+SECRET_KEYS = {"auth": ("join_token", "token", "metrics_token")}
+
+
+def _warn_of_secrets_others_read(path: Path | None) -> None:
+    """A config file that holds a secret and other users of the machine can read (a Runner's
+    join token lets anyone who reads it join a node of their own, and be sent tasks): said
+    once at start, as the tools refuse such a credentials file."""
+    import logging
+    import stat
+    import tomllib
+    from urllib.parse import urlsplit
+
+    if path is None:
+        return
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if not mode & 0o077:
+            return
+        with path.open("rb") as file:
+            text = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError):
+        return
+    held = [
+        f"{section}.{key}"
+        for section, keys in SECRET_KEYS.items()
+        for key in keys
+        if text.get(section, {}).get(key)
+    ]
+    if urlsplit(str(text.get("database", {}).get("url", ""))).password:
+        held.append("database.url")
+    if any(hook.get("secret") for hook in text.get("webhooks", [])):
+        held.append("webhooks.secret")
+    if held:
+        logging.getLogger("hakuriver_common.config").warning(
+            "the config %s holds %s and others can read it (mode %04o): run chmod 600 %s",
+            path,
+            ", ".join(held),
+            mode,
+            path,
+        )
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,33 @@ def test_an_empty_path_is_refused_not_read_as_the_working_directory(
     assert load_config(path).paths.host_log_file is None
     monkeypatch.setenv("HAKURIVER_TLS__CA_FILE", " ")
     assert "tls.ca_file (HAKURIVER_TLS__CA_FILE): an empty path" in _refusal(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "held"),
+    [
+        ("[auth]\njoin_token = 'hkrj_x'\ntoken = 'hkrt_y'\n", "auth.join_token, auth.token"),
+        ("[database]\nurl = 'postgresql+psycopg://u:pw@db/h'\n", "database.url"),
+        ("[[webhooks]]\nurl = 'http://h/'\nsecret = 's'\n", "webhooks.secret"),
+        ("[network]\nhost_port = 8000\n", ""),
+    ],
+)
+def test_a_daemon_says_when_others_can_read_the_secrets_of_its_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, held: str
+) -> None:
+    """A Runner's config readable by every user of its node gave them the join token (a
+    node of their own, sent users' tasks) without a word; the tools refuse such a
+    credentials file, and installation.md asks for 0600."""
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", list(root.handlers))  # start_daemon replaces them
+    monkeypatch.setattr(root, "level", root.level)
+    log = tmp_path / "runner.log"
+    path = tmp_path / "c.toml"
+    path.write_text(f"[paths]\nrunner_log_file = '{log}'\n{text}")
+    path.chmod(0o600)
+    start_daemon(path, lambda config: config.paths.runner_log_file)
+    assert log.read_text() == ""
+    path.chmod(0o644)
+    start_daemon(path, lambda config: config.paths.runner_log_file)
+    said = f"the config {path} holds {held} and others can read it (mode 0644): run chmod 600 "
+    assert said in log.read_text() if held else log.read_text() == ""

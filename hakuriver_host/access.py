@@ -52,6 +52,20 @@ class IssuedToken:
     secret: str
 
 
+def _written_admin_token(path: Path, whose: str) -> str:
+    """A new API token's secret, written to ``path`` (0600) before it is stored: one stored
+    that nobody holds is no way in. OSError naming the file and its key if it cannot be."""
+    secret = new_secret(API_TOKEN_PREFIX)
+    try:
+        write_secret(path, secret)
+    except OSError as exc:
+        raise OSError(
+            f"cannot write {whose} API token to {path} (auth.credentials_file): "
+            f"{exc.strerror or exc}"
+        ) from None
+    return secret
+
+
 class Access:
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
@@ -103,14 +117,7 @@ class Access:
         path = self.config.auth.credentials_file.expanduser()
         if path.exists():
             path = path.with_name(path.name + ".new")
-        secret = new_secret(API_TOKEN_PREFIX)
-        try:
-            write_secret(path, secret)
-        except OSError as exc:
-            raise OSError(
-                f"cannot write the first admin's API token to {path} (auth.credentials_file): "
-                f"{exc.strerror or exc}"
-            ) from None
+        secret = _written_admin_token(path, "the first admin's")
         try:
             # Reclaimed: tasks submitted while authentication was off are this admin's.
             await self.create_user(name, Role.ADMIN, reclaim=True)
@@ -126,17 +133,22 @@ class Access:
         already (someone's token, maybe still good) is kept beside it, renamed; returns
         the file written and the one kept."""
         name = self.config.auth.bootstrap_admin
-        if name not in self.users:  # deleted: it takes its own name back
-            await self.create_user(name, Role.ADMIN, reclaim=True)
-        elif self.users[name].role != Role.ADMIN:
+        if name in self.users and self.users[name].role != Role.ADMIN:
             raise FailedPrecondition(f"user {name!r} exists and is not an admin")
-        issued = await self.create_token(name, "recovered with hakuriver.host", None)
         path = self.config.auth.credentials_file.expanduser()
         kept = None
         if path.exists():
             kept = path.with_name(f"{path.name}.{utcnow():%Y%m%dT%H%M%S}.old")
             path.replace(kept)
-        write_secret(path, issued.secret)
+        try:
+            secret = _written_admin_token(path, "a new admin")
+        except OSError:
+            if kept is not None:
+                kept.replace(path)
+            raise
+        if name not in self.users:  # deleted: it takes its own name back
+            await self.create_user(name, Role.ADMIN, reclaim=True)
+        await self.create_token(name, "recovered with hakuriver.host", None, secret)
         return path, kept
 
     # ----- authentication ---------------------------------------------------------------

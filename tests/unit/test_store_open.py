@@ -110,3 +110,26 @@ def test_a_database_another_program_made_is_one_line(
         "tasks lacks column command, which has no default: this database was not made by "
         "HakuRiver\n"
     )
+
+
+def test_new_admin_token_that_cannot_be_written_stores_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It stored the token (and made the admin) first, then stopped with "[Errno 17] File
+    exists: ...": a token nobody holds."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[database]\ndb_file = "{tmp_path / "host.db"}"\n'
+        f'[auth]\ncredentials_file = "{blocker / "token"}"\n'
+    )
+    with pytest.raises(cli.Exit):
+        main(config=config, new_admin_token=True)
+    assert capsys.readouterr().err == (
+        f"error: cannot write a new admin API token to {blocker / 'token'} "
+        "(auth.credentials_file): File exists\n"
+    )
+    with sqlite3.connect(tmp_path / "host.db") as conn:
+        stored = [conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("users", "api_tokens")]
+    assert stored == [[], []]

@@ -410,7 +410,8 @@ def service(
     targets = {role: output_dir / f"hakuriver-{role.value}.service" for role in roles}
     existing = [str(t) for t in targets.values() if t.exists()]
     if existing and not force:
-        cli.echo(f"error: {', '.join(existing)} exists (use --force to overwrite)", err=True)
+        verb = "exists" if len(existing) == 1 else "exist"
+        cli.echo(f"error: {' and '.join(existing)} {verb} (use --force to overwrite)", err=True)
         raise cli.Exit(1)
     python = sys.executable
     # The interpreter's folder first, so console scripts and the venv win; then this PATH,

@@ -131,3 +131,24 @@ def test_it_says_how_to_start_the_services_with_systemd_and_without(
     ]
     assert lines[3:] == [f"  {start}" for start in starts]
     assert [shlex.split(start)[2] for start in starts] == ["hakuriver_host", "hakuriver_runner"]
+
+
+def test_units_there_already_are_named_and_left_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both there said "hakuriver-host.service, hakuriver-runner.service exists"."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    units = [tmp_path / "hakuriver-host.service", tmp_path / "hakuriver-runner.service"]
+    for unit in units:
+        unit.write_text("mine")
+    with pytest.raises(cli.Exit):
+        init.service(output_dir=tmp_path, config=config)
+    assert capsys.readouterr().err == (
+        f"error: {units[0]} and {units[1]} exist (use --force to overwrite)\n"
+    )
+    units[0].unlink()
+    with pytest.raises(cli.Exit):
+        init.service(output_dir=tmp_path, config=config)
+    assert capsys.readouterr().err == f"error: {units[1]} exists (use --force to overwrite)\n"
+    assert units[1].read_text() == "mine" and not units[0].exists()

@@ -156,6 +156,24 @@ def _tls_settings_hint(config: Config, files: TlsFiles) -> str | None:
     )
 
 
+def _half_a_ca(files: TlsFiles) -> str | None:
+    """What is wrong when only one of the CA's two files is there (None: both or neither).
+    A new CA would replace a lone key, and every copy of the old ca.pem would stop trusting
+    the Host's certificates."""
+    if files.ca_cert.exists() and not files.ca_key.exists():
+        return (
+            f"{files.ca_cert} exists without its key {files.ca_key}: cannot sign a Host "
+            "certificate with it (use --force to make a new CA)"
+        )
+    if files.ca_key.exists() and not files.ca_cert.exists():
+        return (
+            f"{files.ca_key} exists without its certificate {files.ca_cert}: copy ca.pem back "
+            "from a Runner or client, or use --force to make a new CA (every copy of ca.pem "
+            "must then be replaced)"
+        )
+    return None
+
+
 @app.command()
 def tls(
     name: Annotated[
@@ -193,12 +211,9 @@ def tls(
     folder = (output_dir or cfg.tls.path("ca_file").parent).expanduser().absolute()
     files = TlsFiles.in_folder(folder)
     has_ca = files.ca_cert.exists() and files.ca_key.exists()
-    if files.ca_cert.exists() and not files.ca_key.exists() and not force:
-        cli.echo(
-            f"error: {files.ca_cert} exists without its key {files.ca_key}: cannot sign a Host "
-            "certificate with it (use --force to make a new CA)",
-            err=True,
-        )
+    half = None if force else _half_a_ca(files)
+    if half:
+        cli.echo(f"error: {half}", err=True)
         raise cli.Exit(1)
     try:
         created = force or not has_ca

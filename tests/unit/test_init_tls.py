@@ -56,3 +56,26 @@ def test_a_folder_it_cannot_write_is_one_line(
     with pytest.raises(cli.Exit):
         _tls(config, blocker / "tls", [])
     assert capsys.readouterr().err == f"error: cannot write {blocker / 'tls'}: Not a directory\n"
+
+
+def test_a_ca_key_without_its_certificate_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With ca.pem gone (moved, deleted by mistake) it made a new CA over ca.key, without
+    --force: every copy of the old ca.pem on the Runners then refused the Host."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    folder = tmp_path / "tls"
+    _tls(config, folder, [])
+    key = (folder / "ca.key").read_bytes()
+    (folder / "ca.pem").unlink()
+    capsys.readouterr()
+    with pytest.raises(cli.Exit):
+        _tls(config, folder, [])
+    assert capsys.readouterr().err == (
+        f"error: {folder / 'ca.key'} exists without its certificate {folder / 'ca.pem'}: copy "
+        "ca.pem back from a Runner or client, or use --force to make a new CA (every copy of "
+        "ca.pem must then be replaced)\n"
+    )
+    assert (folder / "ca.key").read_bytes() == key
+    assert not (folder / "ca.pem").exists()

@@ -101,10 +101,18 @@ def issue_host_certificate(files: TlsFiles, names: Iterable[str]) -> list[str]:
     """A Host certificate signed by the CA, valid for ``names`` (DNS names or IP addresses)
     and always for localhost, 127.0.0.1 and ::1; returns the names it holds."""
     wanted = list(dict.fromkeys([*names, "localhost", "127.0.0.1", "::1"]))
-    ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
+    try:
+        ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
+    except ValueError:
+        ca_key = None
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{files.ca_key} is not an EC key made by hakuriver.init tls")
-    ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    try:
+        ca_cert = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    except ValueError:
+        raise ValueError(
+            f"{files.ca_cert} is not a PEM certificate made by hakuriver.init tls"
+        ) from None
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     cert = (

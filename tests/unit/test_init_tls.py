@@ -79,3 +79,23 @@ def test_a_ca_key_without_its_certificate_is_not_replaced(
     )
     assert (folder / "ca.key").read_bytes() == key
     assert not (folder / "ca.pem").exists()
+
+
+@pytest.mark.parametrize("broken", ["ca.pem", "ca.key"])
+def test_a_ca_file_that_is_not_pem_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], broken: str
+) -> None:
+    """A damaged ca.pem said "Unable to load PEM file. See https://cryptography.io/...
+    MalformedFraming", naming no file."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    folder = tmp_path / "tls"
+    _tls(config, folder, [])
+    (folder / broken).write_text("not PEM\n")
+    capsys.readouterr()
+    with pytest.raises(cli.Exit):
+        _tls(config, folder, [])
+    what = "a PEM certificate" if broken == "ca.pem" else "an EC key"
+    assert capsys.readouterr().err == (
+        f"error: {folder / broken} is not {what} made by hakuriver.init tls\n"
+    )

@@ -15,6 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hakuriver_common.certificates import pair_problem
 from hakuriver_common.config import Config, is_loopback
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_connect,
@@ -169,10 +170,20 @@ def _tls_pems(config: Config) -> list[bytes]:
 
 
 def server_credentials(config: Config) -> grpc.ServerCredentials | None:
-    """The Host's TLS identity; None for plaintext. One clear line when files are missing."""
+    """The Host's TLS identity; None for plaintext. One clear line when files are missing
+    or are no pair (gRPC then failed to listen, said as "address in use or not available")."""
     if config.tls.plaintext:
         return None
     pems = _tls_pems(config)
+    tls = config.tls
+    problem = pair_problem(
+        pems[0],
+        pems[1],
+        f"tls.key_file {tls.path('key_file')}",
+        f"tls.cert_file {tls.path('cert_file')}",
+    )
+    if problem:
+        raise SecurityConfigError(problem)
     return grpc.ssl_server_credentials([(pems[0], pems[1])])
 
 

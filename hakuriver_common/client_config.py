@@ -108,17 +108,26 @@ class ClientConfig(Protocol):
 
 
 class TlsSetupError(Exception):
-    """The CA certificate a client needs is missing."""
+    """The CA certificate a client needs is missing or is none."""
 
 
 def ca_file(config: ClientConfig) -> Path:
-    """The cluster's CA certificate, which a client checks the Host's certificate against."""
+    """The cluster's CA certificate, which a client checks the Host's certificate against.
+    A file that holds no PEM certificate is refused here: TLS would fail at every attempt,
+    said as the Host's certificate not being signed by it (a Runner: UNAVAILABLE, forever)."""
     ca = config.tls.path("ca_file")
+    copy = (
+        "copy the Host's ca.pem there or set tls.ca_file (hakuriver.init tls creates one on "
+        "the Host)"
+    )
     if not ca.is_file():
-        raise TlsSetupError(
-            f"CA certificate {ca} not found: copy the Host's ca.pem there or set tls.ca_file "
-            "(hakuriver.init tls creates one on the Host)"
-        )
+        raise TlsSetupError(f"CA certificate {ca} not found: {copy}")
+    try:
+        pem = ca.read_bytes()
+    except OSError as exc:
+        raise TlsSetupError(f"cannot read the CA certificate {ca}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise TlsSetupError(f"CA certificate {ca} is not a PEM certificate: {copy}")
     return ca
 
 

@@ -15,6 +15,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -271,3 +272,37 @@ def test_init_tls_files_serve_a_host(docker_ready: None, tmp_path: Path) -> None
         assert "does not name this address (tls.server_name)" in one_error_line(unnamed)
     finally:
         cluster.stop()
+
+
+def test_a_ca_file_that_is_no_certificate_is_one_line(tmp_path: Path) -> None:
+    """A damaged or wrong tls.ca_file (a key, an empty file): the tools said the Host's
+    certificate "is not signed by tls.ca_file", and a Runner logged UNAVAILABLE and retried
+    for ever; they now say what is wrong with the file, and the Runner stops (exit 1)."""
+    damaged = tmp_path / "ca.pem"
+    damaged.write_text("not a certificate\n")
+    config = tmp_path / "config.toml"
+    config.write_text(
+        "[network]\nhost_port = 1\n[dashboard]\nenabled = false\n"
+        f'[tls]\nca_file = "{damaged}"\n'
+        f'[runner]\nstate_dir = "{tmp_path / "state"}"\n[auth]\ntoken = "hkrt_x"\n'
+        'join_token = "hkrj_x"\n'
+    )
+    config.chmod(0o600)
+    said = (
+        f"CA certificate {damaged} is not a PEM certificate: copy the Host's ca.pem there or "
+        "set tls.ca_file (hakuriver.init tls creates one on the Host)"
+    )
+    env = {**os.environ, "HAKURIVER_CONFIG": str(config)}
+    client = subprocess.run(
+        [*ProcessCluster.cli_argv("client"), "nodes"], capture_output=True, text=True, env=env
+    )
+    assert one_error_line(client, code=2) == f"error: {said}"
+    runner = subprocess.run(
+        [sys.executable, "-m", "hakuriver_runner", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert runner.returncode == 1
+    assert f"ERROR hakuriver_runner.session: cannot connect to the Host: {said}" in runner.stderr

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import shlex
 import socket
@@ -423,6 +425,8 @@ def service(
     if all_ or not roles:
         roles = [Role.host, Role.runner]
     targets = {role: output_dir / f"hakuriver-{role.value}.service" for role in roles}
+    if Role.runner in targets:
+        _check_runner_user(cfg.environment.runner_user)
     existing = [str(t) for t in targets.values() if t.exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"
@@ -450,6 +454,32 @@ def service(
         print_json({"units": [str(t) for t in targets.values()], "systemd_running": systemd})
         return
     _how_to_start(targets, python, resolved.resolve(), systemd)
+
+
+def _check_runner_user(user: str) -> None:
+    """The Runner unit's User= must be a user of this machine (systemd refuses to start it
+    otherwise); one outside the docker group gets a Runner that cannot reach Docker."""
+    if not user:
+        return
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        cli.echo(
+            f"error: environment.runner_user {user!r} is no user of this machine: create it "
+            "(in the docker group), or leave the key empty to run the Runner as root",
+            err=True,
+        )
+        raise cli.Exit(2) from None
+    try:
+        docker = grp.getgrnam("docker")
+    except KeyError:
+        return  # no docker group here: the socket's owner decides
+    if account.pw_gid != docker.gr_gid and user not in docker.gr_mem:
+        cli.echo(
+            f"warning: environment.runner_user {user!r} is not in the docker group: the "
+            f"Runner will not reach Docker (sudo usermod -aG docker {user})",
+            err=True,
+        )
 
 
 def _how_to_start(targets: dict[Role, Path], python: str, config: Path, systemd: bool) -> None:

@@ -106,7 +106,7 @@ def test_units_start_a_working_cluster(docker_ready: None, tmp_path: Path) -> No
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text('[environment]\nrunner_user = "hakuriver"\n')
+    path.write_text('[environment]\nrunner_user = "nobody"\n')  # a user of every machine
     return path
 
 
@@ -115,7 +115,7 @@ def test_runner_user_one_role_and_no_overwrite(config: Path, tmp_path: Path) -> 
     runner_only = [*INIT, "--runner", "--config", str(config), "--output-dir", str(out)]
     assert subprocess.run(runner_only, capture_output=True).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["hakuriver-runner.service"]
-    assert parse_unit(out / "hakuriver-runner.service")["User"] == ["hakuriver"]
+    assert parse_unit(out / "hakuriver-runner.service")["User"] == ["nobody"]
     again = subprocess.run(runner_only, capture_output=True, text=True)
     assert again.returncode == 1 and "--force" in again.stderr
     both = subprocess.run(

@@ -3,6 +3,7 @@ them)."""
 
 from __future__ import annotations
 
+import grp
 import shlex
 import sys
 from pathlib import Path
@@ -152,3 +153,42 @@ def test_units_there_already_are_named_and_left_alone(
         init.service(output_dir=tmp_path, config=config)
     assert capsys.readouterr().err == f"error: {units[1]} exists (use --force to overwrite)\n"
     assert units[1].read_text() == "mine" and not units[0].exists()
+
+
+def test_a_runner_user_that_does_not_exist_is_refused_and_nothing_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It wrote User=NAME for a user the machine does not have: systemd then refused to start
+    the Runner ("Failed to determine user credentials"), seen only in the journal."""
+    config = tmp_path / "config.toml"
+    config.write_text('[environment]\nrunner_user = "no-such-user-here"\n')
+    units = tmp_path / "units"
+    with pytest.raises(cli.Exit) as stopped:
+        init.service(runner=True, output_dir=units, config=config)
+    assert stopped.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "error: environment.runner_user 'no-such-user-here' is no user of this machine: "
+        "create it (in the docker group), or leave the key empty to run the Runner as root\n"
+    )
+    assert not units.exists()
+    init.service(host=True, output_dir=units, config=config)  # the Host's unit has no User=
+    assert [p.name for p in units.iterdir()] == ["hakuriver-host.service"]
+
+
+def test_a_runner_user_outside_the_docker_group_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        docker = grp.getgrnam("docker")
+    except KeyError:
+        pytest.skip("no docker group on this machine")
+    if "nobody" in docker.gr_mem:
+        pytest.skip("nobody is in the docker group here")
+    config = tmp_path / "config.toml"
+    config.write_text('[environment]\nrunner_user = "nobody"\n')
+    init.service(runner=True, output_dir=tmp_path, config=config)
+    assert capsys.readouterr().err == (
+        "warning: environment.runner_user 'nobody' is not in the docker group: the Runner "
+        "will not reach Docker (sudo usermod -aG docker nobody)\n"
+    )
+    assert (tmp_path / "hakuriver-runner.service").exists()

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -456,10 +457,7 @@ def _problems(exc: ValueError) -> str:
     if not isinstance(exc, ValidationError):
         found = _ENV_PARSE.search(str(exc))
         if found:  # pydantic-settings could not even parse a variable of this section
-            return (
-                f"a HAKURIVER_{found[1].upper()}__* variable is not valid: a list is written "
-                'as JSON, e.g. HAKURIVER_DASHBOARD__SERVER_NAMES=\'["river", "river.lab"]\''
-            )
+            return _unparsed_variable(found[1])
         return str(exc)
     set_here = {name.upper() for name in os.environ if name.upper().startswith("HAKURIVER_")}
 
@@ -509,6 +507,28 @@ def _unknown(loc: tuple[int | str, ...], value: Any) -> str:
     what = "section" if len(loc) == 1 else "key"
     close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
     return f"unknown {what}" + (f" (did you mean {close[0]}?)" if close else "")
+
+
+def _unparsed_variable(section: str) -> str:
+    """Which HAKURIVER_* variable of ``section`` pydantic-settings could not parse, and why:
+    a list not written as JSON, or a whole section set at once."""
+    whole = f"HAKURIVER_{section.upper()}"
+    given = {name.upper(): name for name in os.environ if name.upper().startswith(whole)}
+    if whole in given and section == "webhooks":
+        return f'{given[whole]} is not valid: webhooks are a JSON list, e.g. \'[{{"url": "..."}}]\''
+    if whole in given:
+        return f"{given[whole]} is not valid: set one key at a time, {whole}__<KEY>"
+    model = Config.model_fields[section].annotation
+    fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+    for upper, name in sorted(given.items()):
+        field = fields.get(upper.removeprefix(f"{whole}__").lower())
+        if field is None or get_origin(field.annotation) is not list:
+            continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            return f'{name} is not valid: a list is written as JSON, e.g. {name}=\'["a", "b"]\''
+    return f"a {whole}__* variable is not valid"
 
 
 _ENV_PARSE = re.compile(r'error parsing value for field "(\w+)" from source "EnvSettingsSource"')

@@ -145,11 +145,32 @@ def test_a_bad_variable_is_named_not_blamed_on_the_file(
     assert "network.host_port (HAKURIVER_NETWORK__HOST_PORT): " in _refusal(path)
     monkeypatch.delenv("HAKURIVER_NETWORK__HOST_PORT")
     monkeypatch.setenv("HAKURIVER_DASHBOARD__SERVER_NAMES", "river")
-    assert "a HAKURIVER_DASHBOARD__* variable is not valid: a list is written as JSON" in (
-        _refusal(path)
+    # Another variable of the section that is no JSON is not blamed: it is no list.
+    monkeypatch.setenv("HAKURIVER_DASHBOARD__BIND_IP", "127.0.0.1")
+    assert _refusal(path) == (
+        f"invalid config {path}: HAKURIVER_DASHBOARD__SERVER_NAMES is not valid: a list is "
+        """written as JSON, e.g. HAKURIVER_DASHBOARD__SERVER_NAMES='["a", "b"]'"""
     )
     monkeypatch.setenv("HAKURIVER_DASHBOARD__SERVER_NAMES", '["river"]')
     assert load_config(path).dashboard.server_names == ["river"]
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("HAKURIVER_NETWORK", "set one key at a time, HAKURIVER_NETWORK__<KEY>"),
+        ("HAKURIVER_WEBHOOKS", """webhooks are a JSON list, e.g. '[{"url": "..."}]'"""),
+    ],
+)
+def test_a_variable_for_a_whole_section_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, said: str
+) -> None:
+    """Each said "a HAKURIVER_NETWORK__* variable is not valid: a list is written as JSON",
+    naming a variable that was not set and a mistake that was not made."""
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    monkeypatch.setenv(name, "x")
+    assert _refusal(path) == f"invalid config {path}: {name} is not valid: {said}"
 
 
 def test_a_folder_named_as_the_config_is_called_a_folder(tmp_path: Path) -> None:

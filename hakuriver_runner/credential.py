@@ -61,6 +61,10 @@ class RunnerIdentity:
             return self.cluster_path.read_text().strip()
         except FileNotFoundError:
             return ""
+        except OSError as exc:  # a file in the folder's place, a folder it may not read
+            raise CredentialsError(
+                f"cannot read runner.state_dir {self.cluster_path.parent}: {exc.strerror or exc}"
+            ) from None
 
     def keep_cluster_id(self, cluster_id: str) -> None:
         self.cluster_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import NoReturn
 
 import docker.errors
 
@@ -47,13 +48,22 @@ def main(config: ConfigOption = None, version: VersionOption = False) -> None:
     except docker.errors.DockerException as exc:
         cli.echo(f"error: cannot reach the Docker daemon: {exc}", err=True)
         raise cli.Exit(1) from None
+    except CredentialsError as exc:  # its state_dir unreadable
+        reason = f"cannot join the cluster: {exc}"
+        logging.getLogger("hakuriver_runner.session").error("%s", reason)
+        _stop(cfg, reason)
     try:
         asyncio.run(_serve(session))
     except (CredentialsError, TlsSetupError, RegistrationRefused) as exc:
-        # Logged by the session; on the terminal too when the log goes to a file.
-        if cfg.paths.runner_log_file is not None:
-            cli.echo(f"error: {exc}", err=True)
-        raise cli.Exit(1) from None
+        _stop(cfg, str(exc))  # logged by the session
+
+
+def _stop(cfg: Config, reason: str) -> NoReturn:
+    """Exit 1 for ``reason``, logged already; on the terminal too when the log goes to a
+    file."""
+    if cfg.paths.runner_log_file is not None:
+        cli.echo(f"error: {reason}", err=True)
+    raise cli.Exit(1) from None
 
 
 def run() -> None:

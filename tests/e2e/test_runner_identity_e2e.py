@@ -274,3 +274,15 @@ def test_a_revoked_runner_is_disconnected_and_stays_out(cluster: ProcessCluster)
     assert [e.outcome for e in audit(cluster, "runner.revoke", name)] == [
         aupb.AUDIT_OUTCOME_ALLOWED
     ]
+
+
+def test_a_runner_whose_state_dir_it_cannot_read_says_so_and_exits(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """runner.state_dir naming a file (a path typed wrong): a traceback ending in
+    NotADirectoryError for .../cluster_id."""
+    state = tmp_path / "a-file"
+    state.write_text("")
+    assert refused_at_start(cluster, state, "blocked") == (
+        f"cannot join the cluster: cannot read runner.state_dir {state}: Not a directory"
+    )

@@ -100,6 +100,10 @@ class PathsConfig(Section):
     host_log_file: OptionalPath = Field(None, description="Host log file; console when unset.")
     runner_log_file: OptionalPath = Field(None, description="Runner log file; console when unset.")
 
+    def path(self, name: str) -> Path:
+        """A folder of this section as the daemons use it, ``~`` expanded."""
+        return Path(getattr(self, name)).expanduser()
+
 
 class DatabaseConfig(Section):
     db_file: GivenPath = Field(
@@ -428,11 +432,11 @@ class Config(BaseSettings):
 
     @property
     def task_outputs_dir(self) -> Path:
-        return self.paths.shared_dir / "task_outputs"
+        return self.paths.path("shared_dir") / "task_outputs"
 
     @property
     def task_errors_dir(self) -> Path:
-        return self.paths.shared_dir / "task_errors"
+        return self.paths.path("shared_dir") / "task_errors"
 
 
 def load_config(path: Path | None = None, **overrides: Any) -> Config:

@@ -165,7 +165,7 @@ class Cluster:
             self.kick,
             self.lane,
         )
-        self.tarballs = TarballIndex(config.paths.shared_dir / config.docker.container_dir)
+        self.tarballs = TarballIndex(config.paths.path("shared_dir") / config.docker.container_dir)
         self.tunnels = TunnelHub()
         self.runners = RunnerGateway(
             config,

@@ -92,7 +92,7 @@ def _stays_up(container: Any, image: str) -> None:
 class EnvironmentManager:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.directory = config.paths.shared_dir / config.docker.container_dir
+        self.directory = config.paths.path("shared_dir") / config.docker.container_dir
         self._client: Any = None
         # One tarball of a name made at a time (create-tar, import-rootfs): two at once took
         # the same timestamp and wrote into the same partial file, one publishing it while

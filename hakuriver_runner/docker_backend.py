@@ -175,7 +175,7 @@ class DockerBackend:
             # yet requests reads the environment's proxy settings on every call: a quarter
             # of a call's CPU here (0.14 of 0.58 ms).
             self.client.api.trust_env = False
-        self.tarball_dir = config.paths.shared_dir / config.docker.container_dir
+        self.tarball_dir = config.paths.path("shared_dir") / config.docker.container_dir
         self.ssh_ports = SshPorts()
         # Task ids whose failed containers are kept for inspection (keep_failed_containers).
         self.kept: set[int] = set()
@@ -450,8 +450,8 @@ class DockerBackend:
 
     def _mounts(self, dispatch: rpb.DispatchCommand) -> list[Mount]:
         paths = self.config.paths
-        shared_data = paths.shared_dir / "shared_data"
-        local_temp = paths.local_temp_dir
+        shared_data = paths.path("shared_dir") / "shared_data"
+        local_temp = paths.path("local_temp_dir")
         for directory in (shared_data, local_temp):
             Path(directory).mkdir(parents=True, exist_ok=True)
         mounts = [

@@ -200,7 +200,7 @@ class ProcessBackend:
         spool = self._spool(dispatch.task_id)
         spool.mkdir(exist_ok=True)
         argv = self._argv(dispatch, spool / "exit_code")
-        workdir = self.config.paths.local_temp_dir
+        workdir = self.config.paths.path("local_temp_dir")
         workdir.mkdir(parents=True, exist_ok=True)
         with (spool / "stdout").open("wb") as out, (spool / "stderr").open("wb") as err:
             try:

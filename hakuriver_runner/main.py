@@ -43,6 +43,13 @@ async def _serve(session: Session) -> None:
 def main(config: ConfigOption = None, version: VersionOption = False) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""
     cfg = start_daemon(config, lambda c: c.paths.runner_log_file)
+    scratch = cfg.paths.path("local_temp_dir")
+    try:  # every task runs in it (mounted at /local_temp, or as its working directory)
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = f"cannot create paths.local_temp_dir {scratch}: {exc.strerror or exc}"
+        log.error("%s", reason)
+        _stop(cfg, reason)
     try:
         session = _runner(cfg)
     except docker.errors.DockerException as exc:

@@ -286,3 +286,17 @@ def test_a_runner_whose_state_dir_it_cannot_read_says_so_and_exits(
     assert refused_at_start(cluster, state, "blocked") == (
         f"cannot join the cluster: cannot read runner.state_dir {state}: Not a directory"
     )
+
+
+def test_a_runner_that_cannot_make_its_scratch_folder_says_so_and_exits(
+    cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """paths.local_temp_dir under a file: the Runner joined, and every task placed on it
+    failed with "the runner could not start it: [Errno 20] Not a directory: ..." (a
+    traceback in its log each time)."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = {"HAKURIVER_PATHS__LOCAL_TEMP_DIR": str(blocker / "scratch")}
+    assert refused_at_start(cluster, tmp_path / "state", "no-scratch", env) == (
+        f"cannot create paths.local_temp_dir {blocker / 'scratch'}: Not a directory"
+    )

@@ -163,6 +163,11 @@ class Access:
         hashed = digest(secret)
         if secret.startswith(RUNNER_CREDENTIAL_PREFIX):
             return self._runner(hashed)
+        if secret.startswith(JOIN_TOKEN_PREFIX) and not join:
+            raise Unauthenticated(
+                "this Host takes no new Runners: its auth.join_token is empty (an admin sets "
+                "one and restarts it to let Runners join)"
+            )
         if secret.startswith(JOIN_TOKEN_PREFIX):
             raise Unauthenticated("wrong join token: it is not this Host's auth.join_token")
         return self._holder(self._tokens.get(hashed))

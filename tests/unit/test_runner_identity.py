@@ -135,6 +135,21 @@ async def test_a_runner_with_a_wrong_secret_is_unauthenticated(
     assert await _credentials(local_cluster) == {}
 
 
+async def test_a_host_with_no_join_token_says_it_takes_no_new_runners(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """Its refusal said "wrong join token: it is not this Host's auth.join_token", sending
+    the admin to compare two tokens when the Host had none (closed to new Runners)."""
+    cluster = await make_local_cluster(auth={"join_token": ""})
+    runner = FakeRunner(cluster.config, "new", credential="hkrj_" + "x" * 43, reconnect=False)
+    assert await _refused(runner) == (
+        CODE.UNAUTHENTICATED,
+        "this Host takes no new Runners: its auth.join_token is empty (an admin sets one and "
+        "restarts it to let Runners join)",
+    )
+    assert await _credentials(cluster) == {}
+
+
 async def test_a_runner_with_no_secret_is_unauthenticated(local_cluster: LocalCluster) -> None:
     stub = runner_service_pb2_grpc.RunnerServiceStub(local_cluster.channel())
     call = stub.Connect(timeout=5)

@@ -66,8 +66,8 @@ def render_default_config(values: Config | None = None) -> str:
             value = getattr(model, key)
             if info.description:
                 lines.append(f"# {info.description}")
-            if value is None:
-                lines.append(f"# {key} = ")
+            if value is None:  # unset: an example to uncomment
+                lines.append(f"# {key} = {_toml_value(str((info.examples or [''])[0]))}")
             else:
                 lines.append(f"{key} = {_toml_value(value)}")
     lines += [

@@ -97,8 +97,16 @@ class PathsConfig(Section):
         Path("/tmp/hakuriver"), description="Runner-local scratch space, mounted at /local_temp."
     )
     numactl_path: str = Field("numactl", description="numactl binary for NUMA-bound host tasks.")
-    host_log_file: OptionalPath = Field(None, description="Host log file; console when unset.")
-    runner_log_file: OptionalPath = Field(None, description="Runner log file; console when unset.")
+    host_log_file: OptionalPath = Field(
+        None,
+        description="Host log file; console when unset.",
+        examples=["/var/log/hakuriver/host.log"],
+    )
+    runner_log_file: OptionalPath = Field(
+        None,
+        description="Runner log file; console when unset.",
+        examples=["/var/log/hakuriver/runner.log"],
+    )
 
     def path(self, name: str) -> Path:
         """A folder of this section as the daemons use it, ``~`` expanded."""
@@ -271,6 +279,7 @@ class DashboardConfig(Section):
         None,
         description="Built dashboard files (index.html, assets/); the ones built in the "
         "checkout (scripts/build-dashboard.sh) if unset.",
+        examples=["/opt/hakuriver/dashboard"],
     )
 
     def bind(self, network: NetworkConfig) -> str:

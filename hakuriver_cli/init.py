@@ -120,12 +120,13 @@ _DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
 
 
 def _nameable(name: str) -> bool:
-    """A DNS name or an IP address: what a certificate can hold and a client dials."""
+    """A DNS name or an IP address: what a certificate can hold and a client dials (not
+    0.0.0.0 or ::, which a server binds to listen on every address)."""
     try:
-        ipaddress.ip_address(name)
+        address = ipaddress.ip_address(name)
     except ValueError:
         return len(name) <= 253 and _DNS_NAME.fullmatch(name) is not None
-    return True
+    return not address.is_unspecified
 
 
 def _host_names(config: Config, extra: list[str]) -> list[str]:
@@ -137,8 +138,9 @@ def _host_names(config: Config, extra: list[str]) -> list[str]:
     bad = [f"{at} {n!r}" for at, n in zip(sources, given, strict=True) if n and not _nameable(n)]
     if bad:
         cli.echo(
-            f"error: not a DNS name or IP address: {', '.join(bad)} (give names like "
-            "river.lab.example and addresses like 10.1.0.10, without a scheme or port)",
+            f"error: not a DNS name or IP address to dial: {', '.join(bad)} (give names like "
+            "river.lab.example and addresses like 10.1.0.10, without a scheme or port; "
+            "0.0.0.0 is for network.host_bind_ip)",
             err=True,
         )
         raise cli.Exit(2)

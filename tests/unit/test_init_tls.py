@@ -27,11 +27,29 @@ def test_a_name_no_certificate_can_hold_is_refused_and_nothing_is_written(
         _tls(config, output, ["https://river.lab", "rivér", "river.lab", "10.1.0.10"])
     assert stopped.value.exit_code == 2
     assert capsys.readouterr().err == (
-        "error: not a DNS name or IP address: network.host_reachable_address 'river:8000', "
-        "--name 'https://river.lab', --name 'rivér' (give names like river.lab.example and "
-        "addresses like 10.1.0.10, without a scheme or port)\n"
+        "error: not a DNS name or IP address to dial: network.host_reachable_address "
+        "'river:8000', --name 'https://river.lab', --name 'rivér' (give names like "
+        "river.lab.example and addresses like 10.1.0.10, without a scheme or port; 0.0.0.0 "
+        "is for network.host_bind_ip)\n"
     )
     assert not output.exists()
+
+
+def test_an_address_that_means_every_address_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """network.host_reachable_address = "0.0.0.0" (host_bind_ip's value, copied) went into
+    the certificate: Runners on other machines cannot dial it."""
+    config = tmp_path / "config.toml"
+    config.write_text('[network]\nhost_reachable_address = "0.0.0.0"\n')
+    with pytest.raises(cli.Exit):
+        _tls(config, tmp_path / "tls", ["::"])
+    said = capsys.readouterr().err
+    assert said.startswith(
+        "error: not a DNS name or IP address to dial: network.host_reachable_address "
+        "'0.0.0.0', --name '::' ("
+    )
+    assert not (tmp_path / "tls").exists()
 
 
 def test_names_a_certificate_can_hold_are_taken(

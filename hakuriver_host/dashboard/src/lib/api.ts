@@ -128,10 +128,19 @@ export function can(role: Role): boolean {
 
 export { Role };
 
-/** The Host's own message for a failed call (it names the field and the allowed range). */
+/** The Host's own message for a failed call (it names the field and the allowed range);
+ * for a call that never reached it, that (the browser says only "Failed to fetch"). */
 export function errorMessage(error: unknown): string {
+  if (isUnreachable(error)) return "cannot reach the Host";
   if (error instanceof ConnectError) return error.rawMessage;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** True when a call failed without an answer from the Host (it is restarting, or the
+ * network is down): worth retrying, unlike the Host's own refusals. The browser's fetch
+ * fails with a bare TypeError. */
+export function isUnreachable(error: unknown): boolean {
+  return error instanceof ConnectError && error.cause instanceof TypeError;
 }
 
 /** True when a call failed because the caller's token is no longer valid. */

@@ -6,6 +6,7 @@ runs a command in an environment container."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -102,6 +103,7 @@ def test_a_task_from_the_form_streams_live_and_is_killed_from_the_page(site: Sit
     expect(tab.page.get_by_test_id("task-status")).to_have_text("running")
     tab.shot("task-detail")
     tab.page.get_by_test_id("kill").click()
+    tab.page.get_by_test_id("confirm-ok").click()
     expect(tab.page.get_by_test_id("task-status")).to_have_text("killed")
     final = site.cluster.wait_final(task_id)
     assert final.status == task_pb2.TASK_STATUS_KILLED
@@ -372,6 +374,7 @@ def test_a_task_whose_runner_went_is_shown_on_its_node_and_killed_from_its_page(
     expect(tab.page.get_by_test_id(f"node-task-{task.task_id}")).to_be_visible()
     tab.goto(f"/tasks/{task.task_id}")
     tab.page.get_by_test_id("kill").click()
+    tab.page.get_by_test_id("confirm-ok").click()
     expect(tab.page.get_by_test_id("task-status")).to_have_text("killed")
     _no_problems(tab)
 
@@ -632,6 +635,100 @@ def test_a_gpu_not_read_is_shown_so_and_counted_free_nowhere(site: Site) -> None
     expect(tab.page.get_by_test_id("node-gpus-free")).to_have_text("2 free", timeout=15_000)
     expect(tab.page.get_by_test_id("node-gpus-unread")).to_have_count(0)
     _no_problems(tab)
+
+
+def test_killing_a_task_asks_first_naming_it(site: Site) -> None:
+    """One misclick on Kill must not end a long run: the page asks, naming the task and its
+    command; Cancel (or Escape) leaves it running, the dialog's Kill task kills it."""
+    tasks = site.tasks_as(site.alice)
+    request = tpb.SubmitTaskRequest(command="sleep", arguments=["300"], container_name=BASE_ENV)
+    [task] = tasks.SubmitTask(request, timeout=10).tasks
+    site.cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    tab = site.tab(site.alice)
+    page = tab.page
+    tab.goto(f"/tasks/{task.task_id}")
+    expect(page.get_by_test_id("task-status")).to_have_text("running")
+    dialog = page.get_by_test_id("confirm-dialog")
+    for cancel in (
+        lambda: page.get_by_test_id("confirm-cancel").click(),
+        lambda: page.keyboard.press("Escape"),
+    ):
+        page.get_by_test_id("kill").click()
+        expect(dialog).to_be_visible()
+        expect(page.get_by_test_id("confirm-title")).to_have_text(f"Kill task {task.task_id}?")
+        expect(page.get_by_test_id("confirm-detail")).to_contain_text("sleep 300")
+        expect(page.get_by_test_id("confirm-cancel")).to_be_focused()
+        cancel()
+        expect(dialog).to_be_hidden()
+        got = tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=10).task
+        assert got.status == task_pb2.TASK_STATUS_RUNNING
+    expect(page.get_by_test_id("task-status")).to_have_text("running")
+    page.get_by_test_id("kill").click()
+    page.get_by_test_id("confirm-ok").click()
+    expect(page.get_by_test_id("task-status")).to_have_text("killed")
+    assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_KILLED
+    _no_problems(tab)
+
+
+def test_stopping_a_vps_asks_first(site: Site) -> None:
+    """The VPS list's Stop asks before it ends the VPS (its container and all in it)."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    tasks = site.tasks_as(site.alice)
+    request = tpb.SubmitTaskRequest(
+        kind=task_pb2.TASK_KIND_VPS,
+        ssh_public_key=SSH_KEY,
+        container_name=BASE_ENV,
+        targets=[task_pb2.Target(hostname=site.gpu_node)],
+    )
+    [vps] = tasks.SubmitTask(request, timeout=10).tasks
+    try:
+        tab = site.tab(site.alice)
+        page = tab.page
+        tab.goto("/vps")
+        page.get_by_test_id(f"vps-stop-{vps.task_id}").click()
+        expect(page.get_by_test_id("confirm-title")).to_have_text(f"Stop VPS {vps.task_id}?")
+        page.get_by_test_id("confirm-cancel").click()
+        got = tasks.GetTask(tpb.GetTaskRequest(task_id=vps.task_id), timeout=10).task
+        assert got.status == task_pb2.TASK_STATUS_PENDING
+        page.get_by_test_id(f"vps-stop-{vps.task_id}").click()
+        page.get_by_test_id("confirm-ok").click()
+        row = page.get_by_test_id(f"vps-row-{vps.task_id}")
+        expect(row).to_contain_text("killed")
+        _no_problems(tab)
+    finally:
+        with contextlib.suppress(grpc.RpcError):  # killed already, unless the test failed
+            tasks.KillTask(tpb.KillTaskRequest(task_id=vps.task_id), timeout=10)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
+def test_deleting_an_environment_asks_first(site: Site) -> None:
+    stub = environment_service_pb2_grpc.EnvironmentServiceStub(site.cluster.channel)
+    name = f"gone-{site.cluster.tag}"
+    stub.CreateContainer(
+        epb.CreateContainerRequest(name=name, image=f"hakuriver/{BASE_ENV}:base"), timeout=60
+    )
+    try:
+        tab = site.tab(site.cluster.admin_token)
+        page = tab.page
+        tab.goto("/docker")
+        page.get_by_test_id(f"env-delete-{name}").click()
+        expect(page.get_by_test_id("confirm-title")).to_have_text(
+            f"Delete the environment container {name}?"
+        )
+        expect(page.get_by_test_id("confirm-detail")).to_contain_text(f"hakuriver-env-{name}")
+        page.get_by_test_id("confirm-cancel").click()
+        names = [c.name for c in stub.ListContainers(epb.ListContainersRequest()).containers]
+        assert name in names
+        page.get_by_test_id(f"env-delete-{name}").click()
+        page.get_by_test_id("confirm-ok").click()
+        expect(page.get_by_test_id(f"env-row-{name}")).to_have_count(0)
+        names = [c.name for c in stub.ListContainers(epb.ListContainersRequest()).containers]
+        assert name not in names
+        _no_problems(tab)
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            stub.DeleteContainer(epb.DeleteContainerRequest(name=name), timeout=60)
 
 
 def test_every_page_loads_without_console_errors(site: Site) -> None:

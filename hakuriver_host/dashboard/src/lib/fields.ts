@@ -3,8 +3,10 @@
 // shown, and who may control a task.
 import { Code, ConnectError } from "@connectrpc/connect";
 import { reactive, ref } from "vue";
-import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
+import { type Task, TaskKind, TaskStatus } from "../gen/hakuriver/v1/task_pb";
+import { statusName } from "./format";
 import { api, can, errorMessage, Role, session } from "./api";
+import { confirmAction } from "./confirm";
 
 /** Split a command line into words like a POSIX shell (without expansions): blanks
  * separate words; '...' keeps everything literally; "..." keeps everything but lets a
@@ -215,6 +217,24 @@ export async function controlTask(taskId: bigint, action: TaskAction): Promise<T
         ? await api.tasks.pauseTask(request)
         : await api.tasks.resumeTask(request);
   return answer.task;
+}
+
+/** Ask before killing ``task`` (stopping a VPS), naming it: its command (or VPS), owner
+ * and node. True: go on. */
+export function confirmKill(task: Task): Promise<boolean> {
+  const vps = task.kind === TaskKind.VPS;
+  const what = vps ? `VPS ${task.taskId}` : `task ${task.taskId}`;
+  const where = task.assignedNode ? ` on ${task.assignedNode}` : "";
+  const whose = task.owner && task.owner !== session.user ? `${task.owner}'s ` : "";
+  const lost = vps
+    ? "Its container and everything in it are removed; this cannot be undone."
+    : "Its process is stopped for good; this cannot be undone.";
+  return confirmAction({
+    title: `${vps ? "Stop" : "Kill"} ${what}?`,
+    detail: `${whose}${vps ? `VPS (${task.containerName})` : commandLine(task)}${where}, ${
+      statusName(task.status)}.\n${lost}`,
+    action: vps ? "Stop VPS" : "Kill task",
+  });
 }
 
 /** A task id from a route or form ("386997594523435008"), or null when it is not one. */

@@ -731,6 +731,29 @@ def test_deleting_an_environment_asks_first(site: Site) -> None:
             stub.DeleteContainer(epb.DeleteContainerRequest(name=name), timeout=60)
 
 
+def test_each_page_names_itself_in_the_tab_title(site: Site) -> None:
+    request = tpb.SubmitTaskRequest(command="true", container_name=BASE_ENV)
+    [task] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+    tab = site.tab(site.alice)
+    node = site.cluster.runner_names[0]
+    titles = {
+        "/": "Home",
+        "/nodes": "Nodes",
+        f"/nodes/{node}": f"Node {node}",
+        "/gpus": "GPUs",
+        "/tasks": "Tasks",
+        f"/tasks/{task.task_id}": f"Task {task.task_id}",
+        "/vps": "VPS",
+        "/docker": "Docker",
+    }
+    for path, title in titles.items():
+        tab.goto(path)
+        expect(tab.page).to_have_title(f"{title} · HakuRiver")
+    # Moving within the app (not loading a page) names the new one too.
+    tab.page.locator("header.bar").get_by_role("link", name="Nodes", exact=True).click()
+    expect(tab.page).to_have_title("Nodes · HakuRiver")
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -1,5 +1,5 @@
 // Pages load on first visit (one chunk each), so the first render fetches only the shell.
-import { createRouter, createWebHistory } from "vue-router";
+import { createRouter, createWebHistory, type RouteLocationNormalized } from "vue-router";
 import { resume, whenSessionEnds } from "./lib/api";
 
 export const router = createRouter({
@@ -32,6 +32,25 @@ router.beforeEach(async (to) => {
   if (to.name === "signin") return true;
   if (await resume()) return true;
   return { name: "signin", query: { next: to.fullPath } };
+});
+
+// Each tab says which page it shows ("Task 123 · HakuRiver", "Nodes · HakuRiver"), so a
+// user with several open can tell them apart.
+const TITLES: Record<string, (to: RouteLocationNormalized) => string> = {
+  signin: () => "Sign in",
+  home: () => "Home",
+  nodes: () => "Nodes",
+  node: (to) => `Node ${String(to.params.hostname)}`,
+  gpus: () => "GPUs",
+  tasks: () => "Tasks",
+  task: (to) => `Task ${String(to.params.taskId)}`,
+  vps: () => "VPS",
+  docker: () => "Docker",
+};
+
+router.afterEach((to) => {
+  const page = TITLES[String(to.name)]?.(to);
+  document.title = page ? `${page} · HakuRiver` : "HakuRiver";
 });
 
 // A token revoked or expired while pages are open: back to sign in, then to the same page.

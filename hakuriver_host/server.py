@@ -313,7 +313,7 @@ class HostServer:
             for name in module.DESCRIPTOR.services_by_name
         ]
         assets_dir = self.config.dashboard.assets_dir or DEFAULT_ASSETS
-        assets = AssetStore(Path(assets_dir).expanduser())
+        assets = AssetStore(Path(assets_dir).expanduser(), self._page_meta)
         if not assets.built:
             log.warning(
                 "the dashboard's files are not built in %s: its pages answer 503 until "
@@ -324,6 +324,11 @@ class HostServer:
         names = {"localhost", config.network.host_reachable_address, config.tls.server_name}
         names |= set(config.dashboard.server_names)
         return WebApp(self.gate, services, found.shell, assets, {n for n in names if n})
+
+    def _page_meta(self) -> dict[str, str]:
+        """What the dashboard's pages are told in index.html: the SSH proxy's port, for the
+        ``hakuriver.ssh --proxy-port`` a VPS's page shows."""
+        return {"hakuriver-ssh-proxy-port": str(self.ssh_proxy_port or "")}
 
     def _listen_dashboard(self) -> None:
         dashboard = self.config.dashboard

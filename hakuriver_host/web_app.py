@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import html
 import ipaddress
 import json
 import logging
 import mimetypes
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +100,19 @@ class Asset:
     cache_control: str
 
 
-def load_assets(directory: Path) -> dict[str, Asset]:
+def with_meta(page: bytes, meta: dict[str, str]) -> bytes:
+    """index.html with each ``<meta name="NAME" content="">`` of ``meta`` given its value:
+    what the page needs of the Host that the API does not say (the SSH proxy's port)."""
+    for name, value in meta.items():
+        empty = re.compile(rf'<meta name="{re.escape(name)}" content="" ?/?>'.encode())
+        page = empty.sub(f'<meta name="{name}" content="{html.escape(value)}">'.encode(), page)
+    return page
+
+
+def load_assets(directory: Path, meta: dict[str, str] | None = None) -> dict[str, Asset]:
     """Every built file by URL path, kept in memory with a gzipped copy (the build is a few
-    hundred kilobytes). Hashed files under /assets/ are cached for good; the rest revalidate."""
+    hundred kilobytes). Hashed files under /assets/ are cached for good; the rest revalidate.
+    index.html gets ``meta`` (with_meta)."""
     found: dict[str, Asset] = {}
     if not (directory / "index.html").is_file():
         return found
@@ -109,6 +121,8 @@ def load_assets(directory: Path) -> dict[str, Asset]:
             continue
         url = "/" + path.relative_to(directory).as_posix()
         body = path.read_bytes()
+        if url == "/index.html":
+            body = with_meta(body, meta or {})
         kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if kind.startswith("text/") or kind in ("application/javascript", "image/svg+xml"):
             kind += "; charset=utf-8"
@@ -128,8 +142,11 @@ class AssetStore:
     new build replaced index.html: rebuilding the dashboard needs no Host restart, and
     the Host's start does not wait for the compression."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, meta: Callable[[], dict[str, str]] = dict) -> None:
+        """``meta``: the values of index.html's empty meta tags (with_meta), asked for at
+        each load (after the Host has bound its ports)."""
         self.directory = directory
+        self.meta = meta
         self._stamp: int | None = None
         self.assets: dict[str, Asset] = {}
 
@@ -147,7 +164,7 @@ class AssetStore:
         stamp = self._index_stamp()
         if stamp != self._stamp:
             self._stamp = stamp
-            self.assets = await asyncio.to_thread(load_assets, self.directory)
+            self.assets = await asyncio.to_thread(load_assets, self.directory, self.meta())
         return self.assets
 
 

@@ -754,6 +754,33 @@ def test_each_page_names_itself_in_the_tab_title(site: Site) -> None:
     expect(tab.page).to_have_title("Nodes · HakuRiver")
 
 
+def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
+    """For a machine without the CLI's config, the Connect card spells out the command with
+    this Host's address and SSH proxy port (options before the task id: after it they
+    would go to ssh)."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    tab = site.tab(site.alice)
+    try:
+        tab.goto("/vps")
+        tab.page.get_by_test_id("vps-key").fill(SSH_KEY)
+        tab.page.get_by_test_id("vps-target").select_option(site.gpu_node)
+        tab.page.get_by_test_id("vps-environment").select_option(BASE_ENV)
+        tab.page.get_by_test_id("vps-create").click()
+        command = tab.page.get_by_test_id("ssh-command")
+        expect(command).to_have_text(re.compile(r"hakuriver\.ssh \d+$"))
+        task_id = command.inner_text().split()[-1]
+        port = site.cluster.ssh_proxy_port
+        expect(tab.page.get_by_test_id("ssh-explicit")).to_have_text(
+            f"hakuriver.ssh --host 127.0.0.1 --proxy-port {port} {task_id}"
+        )
+        expect(tab.page.get_by_test_id("vps-connect")).not_to_contain_text("PORT")
+        site.tasks_as(site.alice).KillTask(tpb.KillTaskRequest(task_id=int(task_id)), timeout=10)
+        _no_problems(tab)
+    finally:
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

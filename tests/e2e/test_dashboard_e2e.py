@@ -781,6 +781,42 @@ def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
         nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
+def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
+    """Alice is told only of her own tasks; when Bob's queued task ahead of hers leaves the
+    queue, her task's page and the Tasks page still show her new place."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    request = tpb.SubmitTaskRequest(
+        command="true", container_name=BASE_ENV, targets=[task_pb2.Target(hostname=site.gpu_node)]
+    )
+    [bobs] = site.tasks_as(site.bob).SubmitTask(request, timeout=10).tasks
+    [alices] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+    try:
+        place = (
+            site.tasks_as(site.alice)
+            .GetTask(tpb.GetTaskRequest(task_id=alices.task_id), timeout=10)
+            .task.queue_position
+        )
+        assert place >= 2
+        tab = site.tab(site.alice)
+        tab.goto(f"/tasks/{alices.task_id}")
+        expect(tab.page.get_by_test_id("task-queue")).to_have_text(f"#{place} in the queue")
+        listing = site.tab(site.alice)
+        listing.goto("/tasks")
+        row = listing.page.get_by_test_id(f"task-row-{alices.task_id}")
+        expect(row).to_contain_text(f"#{place}")
+        site.tasks_as(site.bob).KillTask(tpb.KillTaskRequest(task_id=bobs.task_id), timeout=10)
+        expect(tab.page.get_by_test_id("task-queue")).to_have_text(f"#{place - 1} in the queue")
+        expect(row).to_contain_text(f"#{place - 1}")
+        _no_problems(tab)
+        _no_problems(listing)
+    finally:
+        for task in (bobs, alices):
+            with contextlib.suppress(grpc.RpcError):  # Bob's is killed, unless the test failed
+                site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=10)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

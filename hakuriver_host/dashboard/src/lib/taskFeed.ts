@@ -13,7 +13,7 @@ import type { ListTasksRequestSchema } from "../gen/hakuriver/v1/task_service_pb
 import { api, errorMessage } from "./api";
 import { FINAL_STATUSES } from "./format";
 import { useLive } from "./live";
-import { useSoon } from "./timers";
+import { useEvery, useSoon } from "./timers";
 
 /**
  * Follow WatchTasks until ``signal`` aborts, passing each task to ``onTask``. ``opened``
@@ -130,7 +130,7 @@ export interface LiveTasksOptions {
  * matches and falls within the page (below its ``beforeTaskId`` bound, and newer than its
  * oldest row or the page is not full) is inserted in id order, so new tasks appear at the
  * top of the newest page. ``reload()`` lists again (the page calls it when its filters
- * change); nothing lists on a timer.
+ * change, and useQueueRefresh while it shows queued tasks).
  */
 export function useLiveTasks(options: LiveTasksOptions) {
   const tasks = ref<Task[]>([]);
@@ -204,12 +204,18 @@ export function useLiveTasks(options: LiveTasksOptions) {
   return { tasks, loaded, error, liveError: feed.error, reload, upsert };
 }
 
+/** How often a page showing a queued task asks for its position again: other users' tasks
+ * move the queue too, and WatchTasks tells a user only of their own. */
+export const QUEUE_POLL_MS = 5000;
+
 /** ``reload`` at most once a second while ``needed()``: for the queue positions of pending
- * rows, which change when other tasks join or leave the queue (events carry none). */
+ * rows, which change when other tasks join or leave the queue (events carry none). Also
+ * every QUEUE_POLL_MS while needed, for the tasks this user is not told of. */
 export function useQueueRefresh(reload: () => void, needed: () => boolean) {
   const soon = useSoon(() => {
     if (needed()) reload();
   }, 1000);
+  useEvery(() => needed() && reload(), QUEUE_POLL_MS);
   return (task: Task) => {
     if (movesQueue(task) && needed()) soon();
   };

@@ -4,14 +4,19 @@
 // what no stream reports.
 import { onBeforeUnmount, onMounted, ref } from "vue";
 
+/** Call ``fn`` every ``ms`` while the component lives and its tab is visible. */
+export function useEvery(fn: () => void, ms: number): void {
+  let timer: ReturnType<typeof setInterval> | undefined;
+  onMounted(() => {
+    timer = setInterval(() => document.visibilityState === "visible" && fn(), ms);
+  });
+  onBeforeUnmount(() => clearInterval(timer));
+}
+
 /** The time now, updated every ``ms`` (a clock for "5s ago" and running durations). */
 export function useNow(ms = 1000) {
   const now = ref(Date.now());
-  let timer: ReturnType<typeof setInterval> | undefined;
-  onMounted(() => {
-    timer = setInterval(() => (now.value = Date.now()), ms);
-  });
-  onBeforeUnmount(() => clearInterval(timer));
+  useEvery(() => (now.value = Date.now()), ms);
   return now;
 }
 

@@ -817,6 +817,35 @@ def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
         nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
+def test_a_paused_tasks_clock_stops(site: Site) -> None:
+    """A paused task does not run on: its page shows how long it ran until the pause and
+    that does not grow, and the Tasks list says "paused" where a running task's time
+    ticks."""
+    tasks = site.tasks_as(site.alice)
+    request = tpb.SubmitTaskRequest(command="sleep", arguments=["300"], container_name=BASE_ENV)
+    [task] = tasks.SubmitTask(request, timeout=10).tasks
+    try:
+        site.cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+        tasks.PauseTask(tpb.PauseTaskRequest(task_id=task.task_id), timeout=30)
+        tab = site.tab(site.alice)
+        page = tab.page
+        page.clock.install()
+        tab.goto(f"/tasks/{task.task_id}")
+        expect(page.get_by_test_id("task-status")).to_have_text("paused")
+        shown = page.get_by_test_id("task-duration")
+        expect(shown).to_have_text(re.compile(r" until paused$"))
+        before = shown.inner_text()
+        page.clock.fast_forward("10:00")
+        page.evaluate("() => new Promise((done) => requestAnimationFrame(() => done(null)))")
+        expect(shown).to_have_text(before)
+        tab.goto("/tasks")
+        row = page.get_by_test_id(f"task-row-{task.task_id}")
+        expect(row.get_by_test_id("task-duration")).to_have_text("paused")
+        _no_problems(tab)
+    finally:
+        tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -1,6 +1,6 @@
 // How the pages show numbers, times and statuses.
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { TaskStatus } from "../gen/hakuriver/v1/task_pb";
+import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
 
 const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
 
@@ -39,6 +39,18 @@ export function duration(start: Timestamp | undefined, end?: Timestamp, now = Da
   const m = Math.floor(s / 60);
   if (m < 60) return `${m}m ${String(Math.floor(s % 60)).padStart(2, "0")}s`;
   return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
+}
+
+/** How long a task has run, for a table or its page: started to completed, or to ``now``
+ * while it runs. A paused task's clock does not run on: "paused" in a table, or with
+ * ``pausedAt`` (its page reads it from the timeline) how long it ran until then. */
+export function taskDuration(
+  task: Pick<Task, "status" | "startedAt" | "completedAt">,
+  now: number,
+  pausedAt?: Timestamp,
+): string {
+  if (task.status !== TaskStatus.PAUSED) return duration(task.startedAt, task.completedAt, now);
+  return pausedAt ? `${duration(task.startedAt, pausedAt)} until paused` : "paused";
 }
 
 /** "running" for TASK_STATUS_RUNNING: the names the CLI prints. */

@@ -846,6 +846,20 @@ def test_a_paused_tasks_clock_stops(site: Site) -> None:
         tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
 
 
+def test_a_task_id_too_large_for_the_api_is_refused_on_the_page(site: Site) -> None:
+    """/tasks/<20 digits> (beyond int64) is no task id: said so, not the encoder's message
+    retried every second as if the Host were away."""
+    tab = site.tab(site.alice)
+    too_large = "99999999999999999999"
+    tab.goto(f"/tasks/{too_large}")
+    expect(tab.page.get_by_test_id("task-error")).to_have_text(
+        f'task_id: "{too_large}" is not a task id'
+    )
+    expect(tab.page.get_by_test_id("reconnecting")).to_have_count(0)
+    expect(tab.page.get_by_text("(reconnecting…)")).to_have_count(0)
+    _no_problems(tab)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -237,7 +237,13 @@ export function confirmKill(task: Task): Promise<boolean> {
   });
 }
 
-/** A task id from a route or form ("386997594523435008"), or null when it is not one. */
+const MAX_ID = 2n ** 63n - 1n;
+
+/** A task (or batch) id from a route, form or query ("386997594523435008"): a positive
+ * int64, or null when it is not one (a larger number cannot even be sent). */
 export function parseTaskId(text: string): bigint | null {
-  return /^\d{1,20}$/.test(text.trim()) ? BigInt(text.trim()) : null;
+  const digits = text.trim();
+  if (!/^[1-9][0-9]{0,18}$/.test(digits)) return null;
+  const id = BigInt(digits);
+  return id <= MAX_ID ? id : null;
 }

@@ -860,6 +860,33 @@ def test_a_task_id_too_large_for_the_api_is_refused_on_the_page(site: Site) -> N
     _no_problems(tab)
 
 
+def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -> None:
+    """The VPS page lists the newest 100 VPS tasks: a VPS still up must stay on it however
+    many newer ones have ended since (a lab's week of short sessions)."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
+    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
+    tasks = site.tasks_as(site.bob)
+    request = tpb.SubmitTaskRequest(
+        kind=task_pb2.TASK_KIND_VPS,
+        ssh_public_key=SSH_KEY,
+        container_name=BASE_ENV,
+        targets=[task_pb2.Target(hostname=site.gpu_node)],
+    )
+    [old] = tasks.SubmitTask(request, timeout=10).tasks
+    try:
+        for _ in range(100):
+            [newer] = tasks.SubmitTask(request, timeout=10).tasks
+            tasks.KillTask(tpb.KillTaskRequest(task_id=newer.task_id), timeout=10)
+        tab = site.tab(site.bob)
+        tab.goto("/vps")
+        expect(tab.page.get_by_test_id(f"vps-row-{newer.task_id}")).to_be_visible()
+        expect(tab.page.get_by_test_id(f"vps-row-{old.task_id}")).to_contain_text("pending")
+        _no_problems(tab)
+    finally:
+        tasks.KillTask(tpb.KillTaskRequest(task_id=old.task_id), timeout=10)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -114,6 +114,10 @@ export type TaskQuery = MessageInitShape<typeof ListTasksRequestSchema>;
 export interface LiveTasksOptions {
   /** The ListTasks request for what is shown, newest first (read at each list and event). */
   query: () => TaskQuery;
+  /** A second request listed with it, its tasks shown among the first's in id order: what
+   * the first's limit could leave out (the VPS page: every active VPS, however many newer
+   * ones have ended). */
+  alsoQuery?: () => TaskQuery;
   /** Whether a task belongs to what is shown (the query's filters, client-side). */
   matches: (task: Task) => boolean;
   /** A shown task that stops matching: "keep" it (updated) until the next list, or "drop"
@@ -162,7 +166,7 @@ export function useLiveTasks(options: LiveTasksOptions) {
     const request = options.query();
     const before = BigInt(request.beforeTaskId ?? 0);
     if (before && task.taskId >= before) return;
-    const limit = request.limit || 100;
+    const limit = requests().reduce((sum, r) => sum + (r.limit || 100), 0);
     let index = list.findIndex((t) => t.taskId < task.taskId);
     if (index < 0) index = list.length;
     if (index >= limit) return; // it belongs to an older page
@@ -181,15 +185,20 @@ export function useLiveTasks(options: LiveTasksOptions) {
     },
   );
 
+  function requests(): TaskQuery[] {
+    return [options.query(), ...(options.alsoQuery ? [options.alsoQuery()] : [])];
+  }
+
   async function reload(): Promise<void> {
     const mine = ++query;
-    const request = options.query();
+    const asked = requests();
     try {
       await feed.relist(
-        () => api.tasks.listTasks(request),
-        (answer) => {
+        () => Promise.all(asked.map((request) => api.tasks.listTasks(request))),
+        (answers) => {
           if (mine !== query) return false;
-          tasks.value = answer.tasks;
+          const byId = new Map(answers.flatMap((a) => a.tasks).map((t) => [t.taskId, t]));
+          tasks.value = [...byId.values()].sort((a, b) => (a.taskId < b.taskId ? 1 : -1));
           error.value = "";
           return true;
         },

@@ -670,19 +670,38 @@ def test_killing_a_task_asks_first_naming_it(site: Site) -> None:
     _no_problems(tab)
 
 
-def test_stopping_a_vps_asks_first(site: Site) -> None:
-    """The VPS list's Stop asks before it ends the VPS (its container and all in it)."""
+@contextlib.contextmanager
+def _gpu_node_drained(site: Site) -> Iterator[list[int]]:
+    """The GPU node drained, so that tasks aimed at it wait; after, the tasks whose ids were
+    put in the list yielded are killed (those not ended) and the node undrained."""
     nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
     nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
-    tasks = site.tasks_as(site.alice)
-    request = tpb.SubmitTaskRequest(
+    started: list[int] = []
+    try:
+        yield started
+    finally:
+        for task_id in started:
+            with contextlib.suppress(grpc.RpcError):  # it has ended
+                site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=10)
+        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
+
+
+def _vps_on_gpu_node(site: Site) -> tpb.SubmitTaskRequest:
+    """A VPS aimed at the GPU node: it waits there while the node is drained."""
+    return tpb.SubmitTaskRequest(
         kind=task_pb2.TASK_KIND_VPS,
         ssh_public_key=SSH_KEY,
         container_name=BASE_ENV,
         targets=[task_pb2.Target(hostname=site.gpu_node)],
     )
-    [vps] = tasks.SubmitTask(request, timeout=10).tasks
-    try:
+
+
+def test_stopping_a_vps_asks_first(site: Site) -> None:
+    """The VPS list's Stop asks before it ends the VPS (its container and all in it)."""
+    tasks = site.tasks_as(site.alice)
+    with _gpu_node_drained(site) as started:
+        [vps] = tasks.SubmitTask(_vps_on_gpu_node(site), timeout=10).tasks
+        started.append(vps.task_id)
         tab = site.tab(site.alice)
         page = tab.page
         tab.goto("/vps")
@@ -696,10 +715,6 @@ def test_stopping_a_vps_asks_first(site: Site) -> None:
         row = page.get_by_test_id(f"vps-row-{vps.task_id}")
         expect(row).to_contain_text("killed")
         _no_problems(tab)
-    finally:
-        with contextlib.suppress(grpc.RpcError):  # killed already, unless the test failed
-            tasks.KillTask(tpb.KillTaskRequest(task_id=vps.task_id), timeout=10)
-        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
 def test_deleting_an_environment_asks_first(site: Site) -> None:
@@ -758,10 +773,8 @@ def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they
     would go to ssh)."""
-    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
-    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
     tab = site.tab(site.alice)
-    try:
+    with _gpu_node_drained(site) as started:
         tab.goto("/vps")
         tab.page.get_by_test_id("vps-key").fill(SSH_KEY)
         tab.page.get_by_test_id("vps-target").select_option(site.gpu_node)
@@ -770,33 +783,28 @@ def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
         command = tab.page.get_by_test_id("ssh-command")
         expect(command).to_have_text(re.compile(r"hakuriver\.ssh \d+$"))
         task_id = command.inner_text().split()[-1]
+        started.append(int(task_id))
         port = site.cluster.ssh_proxy_port
         expect(tab.page.get_by_test_id("ssh-explicit")).to_have_text(
             f"hakuriver.ssh --host 127.0.0.1 --proxy-port {port} {task_id}"
         )
         expect(tab.page.get_by_test_id("vps-connect")).not_to_contain_text("PORT")
-        site.tasks_as(site.alice).KillTask(tpb.KillTaskRequest(task_id=int(task_id)), timeout=10)
         _no_problems(tab)
-    finally:
-        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
 def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
     """Alice is told only of her own tasks; when Bob's queued task ahead of hers leaves the
     queue, her task's page and the Tasks page still show her new place."""
-    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
-    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
     request = tpb.SubmitTaskRequest(
         command="true", container_name=BASE_ENV, targets=[task_pb2.Target(hostname=site.gpu_node)]
     )
-    [bobs] = site.tasks_as(site.bob).SubmitTask(request, timeout=10).tasks
-    [alices] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
-    try:
-        place = (
-            site.tasks_as(site.alice)
-            .GetTask(tpb.GetTaskRequest(task_id=alices.task_id), timeout=10)
-            .task.queue_position
-        )
+    alice = site.tasks_as(site.alice)
+    with _gpu_node_drained(site) as started:
+        [bobs] = site.tasks_as(site.bob).SubmitTask(request, timeout=10).tasks
+        [alices] = alice.SubmitTask(request, timeout=10).tasks
+        started += [bobs.task_id, alices.task_id]
+        got = alice.GetTask(tpb.GetTaskRequest(task_id=alices.task_id), timeout=10)
+        place = got.task.queue_position
         assert place >= 2
         tab = site.tab(site.alice)
         tab.goto(f"/tasks/{alices.task_id}")
@@ -810,11 +818,6 @@ def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
         expect(row).to_contain_text(f"#{place - 1}")
         _no_problems(tab)
         _no_problems(listing)
-    finally:
-        for task in (bobs, alices):
-            with contextlib.suppress(grpc.RpcError):  # Bob's is killed, unless the test failed
-                site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=10)
-        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
 def test_a_paused_tasks_clock_stops(site: Site) -> None:
@@ -863,17 +866,11 @@ def test_a_task_id_too_large_for_the_api_is_refused_on_the_page(site: Site) -> N
 def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -> None:
     """The VPS page lists the newest 100 VPS tasks: a VPS still up must stay on it however
     many newer ones have ended since (a lab's week of short sessions)."""
-    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.user_channel(site.operator))
-    nodes.DrainNode(npb.DrainNodeRequest(hostname=site.gpu_node), timeout=10)
     tasks = site.tasks_as(site.bob)
-    request = tpb.SubmitTaskRequest(
-        kind=task_pb2.TASK_KIND_VPS,
-        ssh_public_key=SSH_KEY,
-        container_name=BASE_ENV,
-        targets=[task_pb2.Target(hostname=site.gpu_node)],
-    )
-    [old] = tasks.SubmitTask(request, timeout=10).tasks
-    try:
+    request = _vps_on_gpu_node(site)
+    with _gpu_node_drained(site) as started:
+        [old] = tasks.SubmitTask(request, timeout=10).tasks
+        started.append(old.task_id)
         for _ in range(100):
             [newer] = tasks.SubmitTask(request, timeout=10).tasks
             tasks.KillTask(tpb.KillTaskRequest(task_id=newer.task_id), timeout=10)
@@ -882,9 +879,6 @@ def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -
         expect(tab.page.get_by_test_id(f"vps-row-{newer.task_id}")).to_be_visible()
         expect(tab.page.get_by_test_id(f"vps-row-{old.task_id}")).to_contain_text("pending")
         _no_problems(tab)
-    finally:
-        tasks.KillTask(tpb.KillTaskRequest(task_id=old.task_id), timeout=10)
-        nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
 
 
 def test_every_page_loads_without_console_errors(site: Site) -> None:

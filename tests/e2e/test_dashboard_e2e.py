@@ -881,6 +881,20 @@ def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -
         _no_problems(tab)
 
 
+def test_the_environment_name_hint_says_what_the_host_takes(site: Site) -> None:
+    """The form's hint said "Letters, digits, '.', '_' and '-'": a name it allows (Dev)
+    the Host refuses, naming lowercase letters and digits."""
+    tab = site.tab(site.cluster.admin_token)
+    page = tab.page
+    tab.goto("/docker")
+    page.get_by_test_id("env-name").fill("Dev")
+    page.get_by_test_id("env-create").click()
+    expect(page.get_by_test_id("env-error")).to_contain_text("lowercase letters and digits")
+    expect(page.get_by_test_id("env-name-hint")).to_contain_text(
+        "Up to 64 lowercase letters and digits, with '.', '_' or '-' only between them"
+    )
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -224,6 +224,23 @@ async def test_a_new_build_is_served_without_a_restart(
     assert b"second build" in (await asyncio.to_thread(api.request, "/tasks")).body
 
 
+async def test_pages_are_told_the_ssh_proxy_port(
+    make_local_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """The VPS page's hakuriver.ssh --proxy-port: the API does not publish the port, so the
+    Host writes it into index.html's meta tag (as Vite builds it: content="" />)."""
+    built = tmp_path / "dist"
+    built.mkdir()
+    (built / "index.html").write_text(
+        '<!doctype html><meta name="hakuriver-ssh-proxy-port" content="" /><title>x</title>'
+    )
+    cluster = await make_local_cluster(dashboard={"port": 0, "assets_dir": built})
+    port = cluster.server.ssh_proxy_port
+    assert port > 0
+    body = (await asyncio.to_thread(endpoint(cluster).request, "/vps")).body
+    assert f'<meta name="hakuriver-ssh-proxy-port" content="{port}">'.encode() in body
+
+
 async def test_unbuilt_pages_say_how_to_build_them(
     make_local_cluster: MakeCluster, tmp_path: Path
 ) -> None:

@@ -715,6 +715,15 @@ def test_stopping_a_vps_asks_first(site: Site) -> None:
         row = page.get_by_test_id(f"vps-row-{vps.task_id}")
         expect(row).to_contain_text("killed")
         _no_problems(tab)
+        # Its own page calls it Stop too, as the dialog does.
+        [other] = tasks.SubmitTask(_vps_on_gpu_node(site), timeout=10).tasks
+        started.append(other.task_id)
+        tab.goto(f"/tasks/{other.task_id}")
+        expect(page.get_by_test_id("kill")).to_have_text("Stop")
+        page.get_by_test_id("kill").click()
+        expect(page.get_by_test_id("confirm-title")).to_have_text(f"Stop VPS {other.task_id}?")
+        page.get_by_test_id("confirm-ok").click()
+        expect(page.get_by_test_id("task-status")).to_have_text("killed")
 
 
 def test_deleting_an_environment_asks_first(site: Site) -> None:

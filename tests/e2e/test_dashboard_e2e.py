@@ -904,6 +904,29 @@ def test_the_environment_name_hint_says_what_the_host_takes(site: Site) -> None:
     )
 
 
+def test_an_empty_older_page_says_there_is_nothing_older(site: Site) -> None:
+    """Exactly a page of tasks (50): Older is offered and finds nothing; that page must not
+    say "No tasks yet." of a user who has 50."""
+    carol = site.cluster.add_user("carol")
+    request = tpb.SubmitTaskRequest(
+        command="true",
+        container_name=BASE_ENV,
+        targets=[task_pb2.Target(hostname=site.gpu_node)],
+        array=tpb.TaskArray(indices=list(range(50))),
+    )
+    with _gpu_node_drained(site):
+        [first, *_] = site.tasks_as(carol).SubmitTask(request, timeout=30).tasks
+        try:
+            tab = site.tab(carol)
+            tab.goto("/tasks")
+            expect(tab.page.locator("[data-testid^=task-row-]")).to_have_count(50)
+            tab.page.get_by_test_id("page-older").click()
+            expect(tab.page.get_by_test_id("tasks-empty")).to_have_text("No older tasks.")
+            _no_problems(tab)
+        finally:
+            site.cluster.tasks.KillBatch(tpb.KillBatchRequest(batch_id=first.batch_id), timeout=30)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -254,8 +254,8 @@ join_token = "{self.join_token}"
         """A Host process, not waited for (``env``: its own settings, over the config)."""
         return self._spawn("hakuriver_host", "host.log", env or {})
 
-    def start_host(self) -> None:
-        self.host = self.spawn_host()
+    def start_host(self, env: dict[str, str] | None = None) -> None:
+        self.host = self.spawn_host(env)
         with open_channel(self.client_config, "") as probe:
             health = health_pb2_grpc.HealthStub(probe)
 

@@ -78,3 +78,23 @@ def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
     for tab in opened:
         notice = tab.page.get_by_test_id("reconnecting")
         expect(notice, tab.page.url).to_have_count(0, timeout=20_000)
+
+
+def test_with_docker_away_the_docker_page_still_lists_the_tarballs(
+    fresh_cluster: ProcessCluster, tabs: Tabs
+) -> None:
+    """Docker down on the Host fails the list of its containers, not that of the tarballs
+    on shared storage (the page showed neither, and no containers as "none")."""
+    cluster = fresh_cluster
+    shelf = cluster.shared_dir / "hakuriver-containers"
+    shelf.mkdir(parents=True, exist_ok=True)
+    (shelf / "demo-1700000000.tar").write_bytes(b"")
+    cluster.kill_host(signal.SIGTERM)
+    cluster.start_host({"DOCKER_HOST": f"unix://{cluster.root}/no-docker.sock"})
+    tab = tabs.open(cluster.admin_token)
+    tab.goto("/docker")
+    expect(tab.page.get_by_test_id("tar-row-demo")).to_be_visible()
+    expect(tab.page.get_by_test_id("env-load-error")).to_contain_text(
+        "Docker is not available on the Host"
+    )
+    expect(tab.page.get_by_test_id("env-table")).not_to_contain_text("No environment containers")

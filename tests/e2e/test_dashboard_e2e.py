@@ -927,6 +927,27 @@ def test_an_empty_older_page_says_there_is_nothing_older(site: Site) -> None:
             site.cluster.tasks.KillBatch(tpb.KillBatchRequest(batch_id=first.batch_id), timeout=30)
 
 
+PRIVATE_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+-----END OPENSSH PRIVATE KEY-----"""
+
+
+def test_a_private_key_pasted_for_a_vps_is_not_sent(site: Site) -> None:
+    """Pasting ~/.ssh/id_ed25519 instead of its .pub is an easy slip: the page says so by
+    the field and the key never goes to the Host."""
+    tab = site.tab(site.alice)
+    submits: list[str] = []
+    tab.page.on("request", lambda r: "SubmitTask" in r.url and submits.append(r.url))
+    tab.goto("/vps")
+    tab.page.get_by_test_id("vps-key").fill(PRIVATE_KEY)
+    tab.page.get_by_test_id("vps-create").click()
+    expect(tab.page.get_by_test_id("error-ssh_public_key")).to_contain_text(
+        "this is a private key, which must stay on your machine"
+    )
+    assert submits == []
+    _no_problems(tab)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -55,15 +55,28 @@ def _read_key(path: Path, name: str) -> str:
         fail(f"{name}: {exc.strerror or exc}", code=2)
 
 
+def _not_private(key: str, name: str) -> str:
+    """``key``, unless it is a private key: that must stay on this machine, not be sent for
+    the Host to refuse."""
+    if "PRIVATE KEY" in key:
+        fail(
+            f"{name}: this is a private key, which stays on your machine; give the public one "
+            "(the .pub file, e.g. ~/.ssh/id_ed25519.pub). Nothing was sent",
+            code=2,
+        )
+    return key
+
+
 def public_key(text: str, path: Path | None) -> str:
     """The key to install: --public-key-string, --public-key-file, else the usual files."""
     if text:
-        return text.strip()
+        return _not_private(text.strip(), "--public-key-string")
     if path is not None:
-        return _read_key(path, f"--public-key-file {path}")
+        name = f"--public-key-file {path}"
+        return _not_private(_read_key(path, name), name)
     for candidate in (p.expanduser() for p in DEFAULT_KEYS):
         if candidate.is_file():
-            return _read_key(candidate, str(candidate))
+            return _not_private(_read_key(candidate, str(candidate)), str(candidate))
     looked = ", ".join(str(p) for p in DEFAULT_KEYS)
     fail(
         f"no public key: pass --public-key-file or --public-key-string (looked for {looked})",

@@ -55,6 +55,28 @@ def test_an_unusable_default_key_is_one_line(
     assert capsys.readouterr().err == f"error: {default}: not a text file (give the .pub file)\n"
 
 
+@pytest.mark.parametrize("how", ["file", "string"])
+def test_a_private_key_is_refused_before_anything_is_sent(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    """`--public-key-file ~/.ssh/id_ed25519` (the private half, a slip of the tab key) ends
+    the tool: the key would otherwise travel to the Host, which refuses it only then."""
+    private = (
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEA\n"
+        "-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    path = tmp_path / "id_ed25519"
+    path.write_text(private)
+    with pytest.raises(cli.Exit) as ended:
+        if how == "file":
+            vps.public_key("", path)
+        else:
+            vps.public_key(private, None)
+    assert ended.value.exit_code == 2
+    name = f"--public-key-file {path}" if how == "file" else "--public-key-string"
+    assert capsys.readouterr().err.startswith(f"error: {name}: this is a private key")
+
+
 def test_a_key_file_is_read_and_stripped(tmp_path: Path) -> None:
     path = tmp_path / "id.pub"
     path.write_text("ssh-ed25519 AAAA me@there\n")

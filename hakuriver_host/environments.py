@@ -23,6 +23,7 @@ import docker.errors
 import requests
 
 from hakuriver_common.config import Config
+from hakuriver_common.docker_errors import unreachable
 from hakuriver_common.environments import (
     IMAGE_PREFIX,
     IMAGE_TAG,
@@ -64,7 +65,7 @@ def _docker_answers(method: Callable[..., _R]) -> Callable[..., _R]:
         except docker.errors.APIError as exc:
             raise FailedPrecondition(f"docker: {exc.explanation or exc}") from None
         except requests.exceptions.ConnectionError as exc:
-            raise Unavailable(f"Docker is not available on the Host: {exc}") from None
+            raise Unavailable(f"Docker is not available on the Host: {unreachable(exc)}") from None
 
     return call
 
@@ -107,7 +108,9 @@ class EnvironmentManager:
             try:
                 self._client = docker.from_env(timeout=300)
             except docker.errors.DockerException as exc:
-                raise Unavailable(f"Docker is not available on the Host: {exc}") from None
+                raise Unavailable(
+                    f"Docker is not available on the Host: {unreachable(exc)}"
+                ) from None
         return self._client
 
     @staticmethod

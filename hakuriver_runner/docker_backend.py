@@ -24,6 +24,7 @@ import requests
 from docker.types import DeviceRequest, Mount
 
 from hakuriver_common.config import Config
+from hakuriver_common.docker_errors import unreachable
 from hakuriver_common.environments import (
     TIMESTAMP_LABEL,
     ReplacedImages,
@@ -896,7 +897,11 @@ class DockerBackend:
                 away_since = away_since or now
                 if now - away_since > DAEMON_AWAY_SECONDS:
                     return ExitInfo(
-                        None, False, None, None, f"the Docker daemon did not answer: {exc}"
+                        None,
+                        False,
+                        None,
+                        None,
+                        f"the Docker daemon did not answer: {unreachable(exc)}",
                     )
                 log.info("%s: waiting for its exit failed (%s); asking again", container.name, exc)
                 self._interrupted.add(container.id)

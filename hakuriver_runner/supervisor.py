@@ -21,6 +21,7 @@ from typing import Any
 
 import requests
 
+from hakuriver_common.docker_errors import unreachable
 from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.timestamps import to_timestamp
@@ -137,8 +138,7 @@ class Supervisor:
             log.exception("task %s: starting it failed", task_id)
             reason = str(exc) or exc.__class__.__name__
             if isinstance(exc, requests.exceptions.ConnectionError):
-                # Bare, it reads ('Connection aborted.', FileNotFoundError(...)): say whose.
-                reason = f"the Docker daemon did not answer ({reason})"
+                reason = f"the Docker daemon did not answer ({unreachable(exc)})"
             await self._start_failed(
                 task_id, StartError(f"the runner could not start it: {reason}")
             )

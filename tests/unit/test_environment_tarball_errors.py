@@ -12,9 +12,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import docker
 import docker.errors
 import pytest
 import requests
+import urllib3
 
 from hakuriver_host.environments import EnvironmentManager, image_for
 from hakuriver_host.errors import FailedPrecondition, Unavailable
@@ -192,6 +194,55 @@ def test_what_docker_refuses_is_a_clear_answer_not_an_internal_error(
     with pytest.raises(answer) as raised:
         manager.start_container("myenv")
     assert raised.value.message == message  # type: ignore[attr-defined]
+
+
+def _as_docker_py_raises(system_error: OSError) -> Exception:
+    """The daemon's socket failing as docker-py reports it: the system's error inside
+    urllib3's inside requests', and for a new client a DockerException made from that."""
+    try:
+        try:
+            raise requests.exceptions.ConnectionError(
+                urllib3.exceptions.ProtocolError("Connection aborted.", system_error)
+            )
+        except requests.exceptions.ConnectionError as exc:
+            raise docker.errors.DockerException(
+                f"Error while fetching server API version: {exc}"
+            ) from exc
+    except docker.errors.DockerException as made:
+        return made
+
+
+@pytest.mark.parametrize(
+    ("system_error", "reason"),
+    [
+        (FileNotFoundError(2, "No such file or directory"), "No such file or directory"),
+        (ConnectionRefusedError(111, "Connection refused"), "Connection refused"),
+    ],
+)
+def test_docker_away_is_said_in_words_not_in_reprs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system_error: OSError, reason: str
+) -> None:
+    """With dockerd stopped, the Docker page said "Docker is not available on the Host:
+    Error while fetching server API version: ('Connection aborted.',
+    FileNotFoundError(2, 'No such file or directory'))"."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    said = f"Docker is not available on the Host: unix:///var/run/docker.sock: {reason}"
+    made = _as_docker_py_raises(system_error)
+
+    def down(**_: object) -> Any:
+        raise made
+
+    monkeypatch.setattr(docker, "from_env", down)
+    with pytest.raises(Unavailable) as raised:
+        EnvironmentManager(local_config(tmp_path)).start_container("myenv")
+    assert raised.value.message == said
+    manager = _manager(tmp_path)
+    away = made.__cause__
+    assert isinstance(away, requests.exceptions.ConnectionError)
+    manager._client.containers.get = lambda name: _Refusing(away)
+    with pytest.raises(Unavailable) as raised:
+        manager.start_container("myenv")
+    assert raised.value.message == said
 
 
 def test_partial_files_left_by_a_host_that_stopped_mid_write_are_swept(tmp_path: Path) -> None:

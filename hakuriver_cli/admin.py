@@ -206,7 +206,8 @@ def token_create(
     expires: Annotated[
         str,
         cli.Option(
-            help="Expire after 90s, 12h, 30d, or at an ISO date/time (default: never).",
+            help="Expire after 90s, 12h, 30d, or at an ISO date/time (default: never; a "
+            "non-admin's, no later than the token making it).",
             show_default=False,
         ),
     ] = "",

@@ -6,6 +6,8 @@ tokens, an admin's everybody's) is decided here with the caller's role.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import grpc
 
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -70,6 +72,22 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
             raise Hidden(f"user {name!r} not found")
         return name
 
+    def _lifetime(self, who: Principal, expires: datetime | None) -> datetime | None:
+        """When a token ``who`` makes expires: no later than the token they make it with
+        (that token's expiry when they name none), else an expiring token would make a
+        lasting one. Admins, who make users and their tokens anyway, are not held to it."""
+        if who.has(Role.ADMIN) or not who.token_id:
+            return expires
+        own = self.access.token(who.token_id).expires_at
+        if own is None or (expires is not None and expires <= own):
+            return expires
+        if expires is None:
+            return own
+        raise PermissionDenied(
+            f"expires_at: a token made with token {who.token_id} cannot outlive it: "
+            f"it expires at {own.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
+
     async def WhoAmI(
         self, request: apb.WhoAmIRequest, context: grpc.aio.ServicerContext
     ) -> apb.WhoAmIResponse:
@@ -103,7 +121,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     ) -> apb.CreateTokenResponse:
         who = caller()
         user = self._whose(who, request.user)
-        expires = from_timestamp(request, "expires_at", InvalidArgument)
+        expires = self._lifetime(who, from_timestamp(request, "expires_at", InvalidArgument))
         issued = await self.access.create_token(user, request.description, expires)
         self.audit.record(who, "token.create", issued.record.token_id, detail=f"for {user}")
         return apb.CreateTokenResponse(token=token_to_pb(issued.record), secret=issued.secret)

@@ -396,6 +396,37 @@ async def test_expired_and_revoked_tokens_are_refused(local_cluster: LocalCluste
     assert (code, details) == (CODE.INVALID_ARGUMENT, "expires_at: must be in the future")
 
 
+async def test_a_token_made_with_an_expiring_token_does_not_outlive_it(
+    local_cluster: LocalCluster,
+) -> None:
+    """An admin gives alice a token for a day; with it she must not make herself one that
+    lasts for ever (or longer than the day), or its expiry would mean nothing."""
+    await local_cluster.add_user("alice")
+    day = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    given = await local_cluster.access.CreateToken(
+        apb.CreateTokenRequest(user="alice", expires_at=_timestamp(day)), timeout=5
+    )
+    alice = local_cluster.client(given.secret, "alice")
+    made = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    assert made.token.expires_at.ToDatetime(tzinfo=UTC) == day
+    hour = (datetime.now(UTC) + timedelta(hours=1)).replace(microsecond=0)
+    sooner = await alice.access.CreateToken(
+        apb.CreateTokenRequest(expires_at=_timestamp(hour)), timeout=5
+    )
+    assert sooner.token.expires_at.ToDatetime(tzinfo=UTC) == hour
+    later = day + timedelta(days=30)
+    assert await _refusal(
+        alice.access.CreateToken(apb.CreateTokenRequest(expires_at=_timestamp(later)), timeout=5)
+    ) == (
+        CODE.PERMISSION_DENIED,
+        f"expires_at: a token made with token {given.token.token_id} cannot outlive it: "
+        f"it expires at {day:%Y-%m-%d %H:%M:%S} UTC",
+    )
+    # Its lasting token makes lasting ones; an admin's tokens for others are the admin's call.
+    lasting = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    assert not lasting.token.HasField("expires_at")
+
+
 async def test_a_stream_ends_when_its_token_is_revoked_or_its_user_removed(
     local_cluster: LocalCluster,
 ) -> None:

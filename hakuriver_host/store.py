@@ -14,7 +14,9 @@ drop the last transactions).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import secrets
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +82,16 @@ def _shown(url: str) -> str:
     return f"{parsed.render_as_string(hide_password=True)} (database.url)"
 
 
+def _create_private(path: Path) -> None:
+    """Create a new SQLite database file readable and writable by the Host's user only: it
+    holds every task's command and environment variables, and whoever can write it can make
+    themselves an admin. SQLite gives its -wal and -shm files the same mode. A file there
+    already is left as it is; one that cannot be made is for SQLite to name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -90,7 +102,7 @@ def make_engine(url: str) -> Engine:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(parsed.database))
         engine = create_engine(
             url, connect_args={"check_same_thread": False}, json_serializer=_json_text
         )

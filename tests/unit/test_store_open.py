@@ -1,9 +1,10 @@
 """A database the Host cannot open stops it with one line naming the database (its
-password hidden), not a traceback."""
+password hidden), not a traceback; one it creates is private to its user."""
 
 from __future__ import annotations
 
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hakuriver_common import commands as cli
 from hakuriver_host import migrations
 from hakuriver_host.main import main
 from hakuriver_host.store import DatabaseError, Store
+from tests.unit.local_cluster import LocalCluster
 
 
 def _migrating_fails(url: str) -> str:
@@ -133,3 +135,16 @@ def test_new_admin_token_that_cannot_be_written_stores_nothing(
     with sqlite3.connect(tmp_path / "host.db") as conn:
         stored = [conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("users", "api_tokens")]
     assert stored == [[], []]
+
+
+async def test_the_database_it_creates_is_its_users_only(local_cluster: LocalCluster) -> None:
+    """Every task's command and environment variables (secrets passed with --env) are in
+    the database, and writing it makes anybody an admin: nobody else may read it, nor its
+    write-ahead log, which holds the same rows before they reach the file."""
+    await local_cluster.add_runner("a")
+    await local_cluster.submit("job", env={"API_KEY": "hunter2"})
+    db_file = local_cluster.config.database.db_file
+    files = [db_file, *(db_file.with_name(db_file.name + end) for end in ("-wal", "-shm"))]
+    assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
+        path.name: 0o600 for path in files
+    }

@@ -174,9 +174,14 @@ class Access:
 
     def claimed_by(self, secret: str) -> Principal:
         """Whom a refused API token was issued to (revoked, expired, its user deleted), with
-        no role: so the audit log names who tried, not "anonymous"; ANONYMOUS for a secret
-        that is no API token of this Host."""
-        token = self._tokens.get(digest(secret)) if secret else None
+        no role, or the Runner a revoked credential was issued to: so the audit log names
+        who tried, not "anonymous"; ANONYMOUS for a secret that is neither of this Host's."""
+        if not secret:
+            return ANONYMOUS
+        hashed = digest(secret)
+        if hostname := self._runner_hashes.get(hashed):
+            return Principal(Kind.RUNNER, hostname)
+        token = self._tokens.get(hashed)
         if token is None:
             return ANONYMOUS
         return Principal(Kind.USER, token.user, None, token.token_id)

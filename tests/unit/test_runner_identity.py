@@ -193,6 +193,14 @@ async def test_a_revoked_credential_closes_the_stream_and_the_runner_joins_again
     )
     assert code == CODE.UNAUTHENTICATED
     assert details.startswith("the credential of runner a was revoked")
+    # Audited as that Runner's attempt, as a revoked API token names its user.
+    refusals = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(
+            action="rpc", outcome=aupb.AUDIT_OUTCOME_REFUSED, actor="runner:a"
+        ),
+        timeout=5,
+    )
+    assert [e.detail for e in refusals.events] == [f"Unauthenticated: {details}"]
     # Without its credential it joins again with the join token, keeping its task.
     runner.credential = ""
     ack = await runner.connect()

@@ -36,6 +36,7 @@ from hakuriver_common.client_config import (
     resolve_config_path as resolve_config_path,
 )
 from hakuriver_common.mounts import parse_mount
+from hakuriver_common.roles import user_name_problem
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
 
 
@@ -330,6 +331,13 @@ class AuthConfig(Section):
         description="Calls (unary) of one user or token holder the Host serves at once; more "
         "wait their turn, so one user's burst does not hold back others (0: no limit).",
     )
+
+    @field_validator("bootstrap_admin")
+    @classmethod
+    def _user_name(cls, value: str) -> str:
+        if (problem := user_name_problem(value)) is not None:
+            raise ValueError(f"a user's name {problem}")
+        return value
 
     @field_validator("default_task_network")
     @classmethod

@@ -7,6 +7,7 @@ docs/security.md has the table of what each may call.
 
 from __future__ import annotations
 
+import re
 import secrets
 from enum import StrEnum
 from typing import TYPE_CHECKING, cast
@@ -80,3 +81,24 @@ JOIN_TOKEN_PREFIX = "hkrj_"
 def new_secret(prefix: str) -> str:
     """A new secret of the kind ``prefix`` names: 256 random bits, URL-safe."""
     return prefix + secrets.token_urlsafe(32)
+
+
+USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# How the audit log names callers that are nobody's token: no user may bear these names, or
+# their actions would read as (and filter with) refusals of unknown callers or new Runners.
+ANONYMOUS_NAME = "anonymous"
+JOINING_NAME = "joining"
+RESERVED_USER_NAMES = (ANONYMOUS_NAME, JOINING_NAME)
+
+
+def user_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a user's name (it is not repeated: the caller names it or its
+    config key); None when it can."""
+    if not USER_NAME_RE.match(name):
+        return "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    if name in RESERVED_USER_NAMES:
+        return (
+            f"must not be {ANONYMOUS_NAME!r} or {JOINING_NAME!r} (the audit log's names for "
+            "callers with no token and for Runners joining)"
+        )
+    return None

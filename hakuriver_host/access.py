@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from hakuriver_common.roles import (
     RUNNER_CREDENTIAL_PREFIX,
     Role,
     new_secret,
+    user_name_problem,
 )
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
 from hakuriver_host.group_commit import GroupCommit
@@ -35,7 +35,6 @@ from hakuriver_host.models import ApiTokenRecord, RunnerCredentialRecord, UserRe
 from hakuriver_host.store import Store
 
 log = logging.getLogger(__name__)
-USER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NO_CREDENTIAL = (
     "no credential: send 'authorization: Bearer <token>' (the CLI reads $HAKURIVER_TOKEN, "
     "auth.token or auth.credentials_file)"
@@ -231,11 +230,8 @@ class Access:
     async def create_user(self, name: str, role: Role, reclaim: bool = False) -> UserRecord:
         """A new user. Tasks are owned by name: a name a deleted user's tasks or tokens
         still bear is refused unless ``reclaim`` (a newcomer must not inherit them)."""
-        if not USER_NAME_RE.match(name):
-            raise InvalidArgument(
-                f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', "
-                "starting with a letter or digit"
-            )
+        if (problem := user_name_problem(name)) is not None:
+            raise InvalidArgument(f"name: {name!r} {problem}")
         if name in self.users:
             raise FailedPrecondition(f"name: user {name!r} exists already")
         if not reclaim and await self._name_used(name):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from hakuriver_common.roles import Role
+from hakuriver_common.roles import ANONYMOUS_NAME, JOINING_NAME, Role
 
 
 class Kind(StrEnum):
@@ -51,8 +51,8 @@ class Principal:
         return self.sees_all_tasks or (self.kind is Kind.USER and owner == self.name)
 
 
-ANONYMOUS = Principal(Kind.ANONYMOUS, "anonymous")
-JOINING = Principal(Kind.JOINING, "joining")
+ANONYMOUS = Principal(Kind.ANONYMOUS, ANONYMOUS_NAME)
+JOINING = Principal(Kind.JOINING, JOINING_NAME)
 
 _caller: ContextVar[Principal] = ContextVar("hakuriver_caller", default=ANONYMOUS)
 # The call's servicer context, asked for the peer address only when something is audited.

@@ -705,6 +705,20 @@ async def test_a_deleted_users_name_is_not_given_to_a_newcomer_unless_reclaimed(
     )
 
 
+async def test_no_user_takes_the_audit_logs_names_for_callers_without_a_token(
+    local_cluster: LocalCluster,
+) -> None:
+    """A user named 'anonymous' would be audited as, and filtered with, every caller that
+    presented no token or an unknown one."""
+    for name in ("anonymous", "joining", "bad name!"):
+        request = apb.CreateUserRequest(name=name, role=Role.USER.pb)
+        code, details = await _refusal(local_cluster.access.CreateUser(request, timeout=5))
+        assert code == CODE.INVALID_ARGUMENT, details
+        assert details.startswith(f"name: {name!r} must "), details
+    users = await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)
+    assert [u.name for u in users.users] == ["admin"]
+
+
 async def test_the_last_admin_cannot_be_deleted(local_cluster: LocalCluster) -> None:
     root = await local_cluster.add_user("root", Role.ADMIN)
     await root.access.DeleteUser(apb.DeleteUserRequest(name="admin"), timeout=5)

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hakuriver_common import commands as cli
 from hakuriver_common.config import ConfigError, load_config
 from hakuriver_common.service import start_daemon
+from hakuriver_host.main import main as host_main
 
 
 def _refusal(path: Path) -> str:
@@ -223,3 +225,25 @@ def test_a_daemon_says_when_others_can_read_the_secrets_of_its_config(
     start_daemon(path, lambda config: config.paths.runner_log_file)
     said = f"the config {path} holds {held} and others can read it (mode 0644): run chmod 600 "
     assert said in log.read_text() if held else log.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("bad name!", "must be 1-64 letters, digits"),
+        ("anonymous", "must not be 'anonymous' or 'joining' (the audit log's names for"),
+    ],
+)
+def test_a_bootstrap_admin_no_user_could_be_named_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, rule: str
+) -> None:
+    """The Host made the database and then stopped with a traceback, at its first start."""
+    path = tmp_path / "c.toml"
+    db_file = tmp_path / "db"
+    path.write_text(f'[database]\ndb_file = "{db_file}"\n[auth]\nbootstrap_admin = "{name}"\n')
+    assert f"auth.bootstrap_admin: a user's name {rule}" in _refusal(path)
+    with pytest.raises(cli.Exit):
+        host_main(config=path)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: invalid config") and rule in line
+    assert not db_file.exists()

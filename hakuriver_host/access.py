@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +81,8 @@ class Access:
         self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
         # Hostnames whose credential is being written: taken already for other joiners.
         self._issuing: set[str] = set()
+        # Told when a token is revoked or a user deleted (``on_revoked``).
+        self._revoked_listeners: set[Callable[[], None]] = set()
         auth = config.auth
         # auth.authentication = false: nobody is asked, everybody is ``anyone``, an admin.
         self.open = not auth.authentication
@@ -225,6 +228,17 @@ class Access:
             )
         return Principal(Kind.RUNNER, credential.hostname)
 
+    def on_revoked(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` whenever a token is revoked or a user deleted, so what such a
+        token holds open (a stream, an SSH session) ends then, idle or not; returns what
+        stops the calls."""
+        self._revoked_listeners.add(listener)
+        return lambda: self._revoked_listeners.discard(listener)
+
+    def _tell_revoked(self) -> None:
+        for listener in list(self._revoked_listeners):
+            listener()
+
     # ----- users ------------------------------------------------------------------------
 
     async def create_user(self, name: str, role: Role, reclaim: bool = False) -> UserRecord:
@@ -268,6 +282,7 @@ class Access:
             token.revoked_at = now
         await self.store.run(self._delete_user, record, revoked)
         del self.users[name]
+        self._tell_revoked()
         return len(revoked)
 
     # ----- API tokens -------------------------------------------------------------------
@@ -318,6 +333,7 @@ class Access:
         if record.revoked_at is None:
             record.revoked_at = utcnow()
             await self.store.run(self._merge, record)
+            self._tell_revoked()
         return record
 
     # ----- Runner credentials -----------------------------------------------------------

@@ -205,8 +205,9 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         if self.turns is not None:
             metrics.calls_waiting.set_function(self.turns.waiting)
         self._series: dict[str, _Method] = {}
-        # The streams of API callers under way (``end_streams``).
+        # The streams of API callers under way (``end_streams``, ``end_revoked``).
         self.streams: set[_Call] = set()
+        access.on_revoked(self.end_revoked)
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)
 
@@ -217,6 +218,13 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         a running task's output for finished."""
         for call in list(self.streams):
             call.end(why)
+
+    def end_revoked(self) -> None:
+        """End, with its refusal, every stream whose token was just revoked or whose user
+        was removed: at once, not at its next message, which an idle one may never send."""
+        for call in list(self.streams):
+            if (refused := call.refused_now()) is not None:
+                call.end(refused)
 
     def note_malformed(self, method: str, malformed: Malformed) -> None:
         """One log line per method and message type per interval."""
@@ -415,13 +423,13 @@ class _Call:
 
     async def _checked(self, requests: Any) -> AsyncIterator[Any]:
         """The request stream, ended by ``MalformedRequest`` at a corrupt message, and by
-        ``RefusedNow`` once the caller may no longer call (``_refused_now``)."""
+        ``RefusedNow`` once the caller may no longer call (``refused_now``)."""
         async for message in requests:
             if isinstance(message, Malformed):
                 self.malformed = message
                 self.cut = message.error()
                 raise MalformedRequest(self.cut.message)
-            if (refused := self._refused_now()) is not None:
+            if (refused := self.refused_now()) is not None:
                 if self.serving is asyncio.current_task():
                     self.cut = refused
                 else:  # its reader task ending would not end the call
@@ -436,7 +444,7 @@ class _Call:
         if self.serving is not None and not self.handing_on:
             self.serving.cancel()
 
-    def _refused_now(self) -> ApiError | None:
+    def refused_now(self) -> ApiError | None:
         """Why the caller may no longer go on with a stream authorised when it began (its
         token revoked or expired, its user removed); None: they may. Checked at each
         message the stream passes on, so a revoked token gets nothing more."""
@@ -555,7 +563,7 @@ class _Call:
                 request = await self._enter(request, context)
                 async with contextlib.aclosing(inner(request, context)) as responses:
                     async for response in responses:
-                        if (refused := self._refused_now()) is not None:
+                        if (refused := self.refused_now()) is not None:
                             raise refused
                         self.handing_on = True
                         try:

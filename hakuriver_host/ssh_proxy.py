@@ -10,8 +10,8 @@ authentication stays between ssh and sshd.
 
 A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
 behind, so it never stalls the Runner's stream. A session is only as good as the token its
-ticket came from: once that token is revoked or expires, or its user is deleted, the next
-chunk either way ends the session (audited) instead of passing.
+ticket came from: it ends (audited) as soon as that token is revoked or its user deleted,
+and at its next chunk either way once that token expired.
 """
 
 from __future__ import annotations
@@ -146,9 +146,22 @@ class SshProxy:
                 writer.write(data)
                 await writer.drain()
 
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        revoked = asyncio.Event()
+
+        async def idle() -> None:
+            """Until the token stops holding, checked when one is revoked or a user deleted:
+            an idle session ends then, not at its next byte."""
+            while True:
+                await revoked.wait()
+                revoked.clear()
+                if not holds():
+                    return
+
+        stop_telling = self.cluster.access.on_revoked(revoked.set)
+        tasks = [asyncio.create_task(job()) for job in (upstream, downstream, idle)]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stop_telling()
             for task in tasks:
                 task.cancel()

@@ -36,6 +36,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
     access_service_pb2 as apb,
     audit_service_pb2 as aupb,
+    log_service_pb2 as lpb,
     shell_service_pb2 as shpb,
     shell_service_pb2_grpc,
     task_pb2,
@@ -472,6 +473,31 @@ async def test_a_stream_ends_when_its_token_is_revoked_or_its_user_removed(
         aupb.ListAuditEventsRequest(action="rpc", outcome=aupb.AUDIT_OUTCOME_REFUSED), timeout=5
     )
     assert {"alice", "olga"} <= {e.actor for e in audit.events}
+
+
+async def test_an_idle_stream_ends_as_soon_as_its_token_is_revoked(
+    local_cluster: LocalCluster,
+) -> None:
+    """A watch of a quiet task and the follow of its output carry nothing more: they must
+    not stay open for the revoked token until the task next changes or prints."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    laptop = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    on_laptop = local_cluster.client(laptop.secret, "alice")
+    task = await _submit(alice, "quiet")
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    runner.write(task.task_id, b"started\n")
+    watch = on_laptop.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    request = lpb.ReadLogRequest(task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT)
+    request.follow = True
+    follow = on_laptop.logs.ReadLog(request, timeout=30)
+    assert (await watch.read()).task.task_id == task.task_id
+    assert (await follow.read()).data == b"started\n"
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=laptop.token.token_id))
+    revoked = (CODE.UNAUTHENTICATED, f"API token {laptop.token.token_id} was revoked")
+    for call in (watch, follow):
+        assert await asyncio.wait_for(_refusal(call.read()), 10) == revoked
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.RUNNING
 
 
 class _EchoShell:

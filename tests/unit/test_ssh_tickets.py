@@ -6,6 +6,7 @@ is told which wait ran out."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -58,6 +59,23 @@ async def _answer_to(local_cluster: LocalCluster, ticket: str) -> bytes:
         writer.close()
 
 
+async def _session(
+    runner: FakeRunner,
+    issued: spb.CreateSshTicketResponse,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> int:
+    """Open the session of ``issued`` on a proxy connection, the Runner connecting its
+    tunnel; the tunnel's id."""
+    writer.write(f"TICKET {issued.ticket}\n".encode())
+    await writer.drain()
+    [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
+    tunnel: int = opened.tunnel_id
+    runner.send(rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=tunnel)))
+    assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+    return tunnel
+
+
 async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
     local_cluster: LocalCluster,
 ) -> None:
@@ -90,12 +108,7 @@ async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: Loc
     runner, issued = await _alices_vps_ticket(local_cluster)
     reader, writer = await _to_the_proxy(local_cluster)
     try:
-        writer.write(f"TICKET {issued.ticket}\n".encode())
-        await writer.drain()
-        [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
-        tunnel = opened.tunnel_id
-        runner.send(rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=tunnel)))
-        assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+        tunnel = await _session(runner, issued, reader, writer)
         writer.write(b"before")
         await writer.drain()
         await eventually(lambda: runner.tunnel_bytes == [b"before"], what="bytes up")
@@ -104,11 +117,14 @@ async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: Loc
         assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
 
         await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
-        writer.write(b"after")
-        await writer.drain()
+        # The session ends (at once: writing to it may find it reset): nothing more comes
+        # through, either way.
+        with contextlib.suppress(ConnectionResetError):
+            writer.write(b"after")
+            await writer.drain()
         runner.send(rpb.ConnectRequest(tunnel_data=rpb.TunnelData(tunnel_id=tunnel, data=b"late")))
-        # The session ends: nothing more comes through, either way.
-        assert await asyncio.wait_for(reader.read(), 5) == b""
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 5) == b""
     finally:
         writer.close()
     assert runner.tunnel_bytes == [b"before"]
@@ -117,6 +133,33 @@ async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: Loc
     )
     assert [(e.actor, e.outcome) for e in events.events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
     assert events.events[0].detail.endswith(" was revoked")
+
+
+async def test_an_idle_session_ends_as_soon_as_its_token_is_revoked(
+    local_cluster: LocalCluster,
+) -> None:
+    """ssh sends no keepalive by default: an idle session would stay open for the revoked
+    token until somebody typed."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        await _session(runner, issued, reader, writer)
+        reply = await local_cluster.access.ListTokens(
+            apb.ListTokensRequest(user="alice"), timeout=5
+        )
+        [token] = reply.tokens
+        await local_cluster.access.RevokeToken(
+            apb.RevokeTokenRequest(token_id=token.token_id), timeout=5
+        )
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    events = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="ssh.tunnel"), timeout=5
+    )
+    assert [(e.actor, e.outcome, e.detail) for e in events.events] == [
+        ("alice", aupb.AUDIT_OUTCOME_REFUSED, f"API token {token.token_id} was revoked")
+    ]
 
 
 async def test_a_tunnel_its_runner_does_not_open_says_so(

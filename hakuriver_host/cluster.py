@@ -114,6 +114,18 @@ def require_task_id(task_id: int) -> int:
     return task_id
 
 
+def _whose_tasks(owner: str, who: Principal, verb: str) -> str:
+    """The owner a request's ``owner`` field leaves ``who`` to ``verb`` the tasks of ("":
+    everybody's): any for operators; for a user, their own, and naming another is refused
+    (the same answer whoever is named: no user list), not answered with their own tasks as
+    if they were that user's."""
+    if who.sees_all_tasks:
+        return owner
+    if owner and owner != who.name:
+        raise InvalidArgument(f"owner: users {verb} only their own tasks; leave it empty")
+    return who.name
+
+
 class _AdmissionView:
     """The cluster as admission sees it (admission.ClusterView)."""
 
@@ -343,7 +355,7 @@ class Cluster:
             raise InvalidArgument(f"statuses: {exc}") from None
         submitted = from_timestamp(req, "submitted_after", InvalidArgument)
         completed = from_timestamp(req, "completed_after", InvalidArgument)
-        owner = req.owner if who.sees_all_tasks else who.name
+        owner = _whose_tasks(req.owner, who, "count")
         found: Counter[TaskStatus] = Counter()
         if completed is None:  # an unfinished task has not completed
             for task in self.book.active.values():
@@ -378,7 +390,7 @@ class Cluster:
         except ValueError as exc:
             raise InvalidArgument(f"kind: {exc}") from None
         after = from_timestamp(req, "submitted_after", InvalidArgument)
-        owner = req.owner if who.sees_all_tasks else who.name
+        owner = _whose_tasks(req.owner, who, "list")
         records = await self.store.run(
             self.store.list_tasks,
             statuses,
@@ -404,12 +416,9 @@ class Cluster:
     async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[Task]:
         """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
         it changes."""
-        if owner and owner != who.name:
-            if not who.sees_all_tasks:  # the same answer whoever is named: no user list
-                raise InvalidArgument("owner: users watch only their own tasks; leave it empty")
-            if owner not in self.access.users:
-                raise NotFound(f"owner: no user named {owner!r}")
-        only = owner if who.sees_all_tasks else who.name
+        only = _whose_tasks(owner, who, "watch")
+        if only and only != who.name and only not in self.access.users:
+            raise NotFound(f"owner: no user named {owner!r}")
         async for task in self.book.watch_all():
             if not only or task.owner == only:
                 yield task

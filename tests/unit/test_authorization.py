@@ -246,8 +246,18 @@ async def test_users_list_their_own_tasks_and_operators_everybodys(
         return {t.task_id: t.owner for t in reply.tasks}
 
     assert await listed(alice) == dict.fromkeys(alices, "alice")
-    # Asking for another's tasks still lists only one's own.
-    assert await listed(alice, owner="bob") == dict.fromkeys(alices, "alice")
+    assert await listed(alice, owner="alice") == dict.fromkeys(alices, "alice")
+    # Asking for another's tasks (anybody's, whether they exist or not) is refused: it
+    # answered with one's own, as if they were that user's ('task list --owner bob').
+    for owner in ("bob", "nobody"):
+        for verb, call in (
+            ("list", alice.tasks.ListTasks(tpb.ListTasksRequest(owner=owner), timeout=5)),
+            ("count", alice.tasks.CountTasks(tpb.CountTasksRequest(owner=owner), timeout=5)),
+        ):
+            assert await _refusal(call) == (
+                CODE.INVALID_ARGUMENT,
+                f"owner: users {verb} only their own tasks; leave it empty",
+            )
     assert await listed(bob) == dict.fromkeys(bobs, "bob")
     everybody = {**dict.fromkeys(alices, "alice"), **dict.fromkeys(bobs, "bob")}
     everybody |= dict.fromkeys(admins, "admin")

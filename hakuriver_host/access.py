@@ -200,6 +200,14 @@ class Access:
             token = None
         return self._holder(token)
 
+    def seconds_left(self, who: Principal) -> float | None:
+        """Seconds until the token ``who`` called with expires (0 once it has); None when it
+        does not expire (or ``who`` holds no API token)."""
+        token = self._token_ids.get(who.token_id) if who.token_id else None
+        if token is None or token.expires_at is None:
+            return None
+        return max(0.0, (token.expires_at - utcnow()).total_seconds())
+
     def _holder(self, token: ApiTokenRecord | None) -> Principal:
         """The user an API token stands for now; Unauthenticated saying why not."""
         if token is None:

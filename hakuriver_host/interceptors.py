@@ -221,7 +221,8 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
 
     def end_revoked(self) -> None:
         """End, with its refusal, every stream whose token was just revoked or whose user
-        was removed: at once, not at its next message, which an idle one may never send."""
+        was removed: at once, not at its next message, which an idle one may never send
+        (one whose token expires ends then: ``_Call._end_at_expiry``)."""
         for call in list(self.streams):
             if (refused := call.refused_now()) is not None:
                 call.end(refused)
@@ -404,6 +405,8 @@ class _Call:
         self.handing_on = False
         # Whether the call ended as cancelled where it was refused (``end_call``).
         self.went_away = False
+        # A stream's end when its token expires (``_end_at_expiry``).
+        self.expiry: asyncio.TimerHandle | None = None
 
     async def _enter(self, request: Any, context: Any) -> Any:
         """Refuse the call, or make its principal the caller for the servicer; the request
@@ -443,6 +446,18 @@ class _Call:
         self.cut = why
         if self.serving is not None and not self.handing_on:
             self.serving.cancel()
+
+    def _end_at_expiry(self) -> None:
+        """End the stream when its token expires, idle or not (each message checks too)."""
+        left = self.owner.access.seconds_left(self.who)
+        if left is not None:
+            self.expiry = asyncio.get_running_loop().call_later(left, self._expired)
+
+    def _expired(self) -> None:
+        if (refused := self.refused_now()) is not None:
+            self.end(refused)
+        else:  # the loop's clock was a little ahead of the wall clock
+            self._end_at_expiry()
 
     def refused_now(self) -> ApiError | None:
         """Why the caller may no longer go on with a stream authorised when it began (its
@@ -561,6 +576,7 @@ class _Call:
                 self.owner.streams.add(self)
             try:
                 request = await self._enter(request, context)
+                self._end_at_expiry()
                 async with contextlib.aclosing(inner(request, context)) as responses:
                     async for response in responses:
                         if (refused := self.refused_now()) is not None:
@@ -584,6 +600,8 @@ class _Call:
                 await self._answer(error, context)
             finally:
                 self.owner.streams.discard(self)
+                if self.expiry is not None:
+                    self.expiry.cancel()
                 self._record(start, error, context)
 
         return stream

@@ -10,8 +10,8 @@ authentication stays between ssh and sshd.
 
 A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
 behind, so it never stalls the Runner's stream. A session is only as good as the token its
-ticket came from: it ends (audited) as soon as that token is revoked or its user deleted,
-and at its next chunk either way once that token expired.
+ticket came from: it ends (audited) as soon as that token is revoked, expires or its user
+is deleted.
 """
 
 from __future__ import annotations
@@ -149,10 +149,11 @@ class SshProxy:
         revoked = asyncio.Event()
 
         async def idle() -> None:
-            """Until the token stops holding, checked when one is revoked or a user deleted:
-            an idle session ends then, not at its next byte."""
+            """Until the token stops holding, checked when one is revoked or a user deleted
+            and when it expires: an idle session ends then, not at its next byte."""
             while True:
-                await revoked.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(revoked.wait(), self.cluster.access.seconds_left(who))
                 revoked.clear()
                 if not holds():
                     return

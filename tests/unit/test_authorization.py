@@ -510,6 +510,25 @@ async def test_an_idle_stream_ends_as_soon_as_its_token_is_revoked(
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.RUNNING
 
 
+async def test_an_idle_stream_ends_when_its_token_expires(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    soon = datetime.now(UTC) + timedelta(seconds=4)
+    short = await alice.access.CreateToken(
+        apb.CreateTokenRequest(expires_at=_timestamp(soon)), timeout=5
+    )
+    task = await _submit(alice, "quiet")
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    on_short = local_cluster.client(short.secret, "alice")
+    watch = on_short.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=30)
+    assert (await watch.read()).task.task_id == task.task_id
+    expired = short.token.expires_at.ToDatetime(tzinfo=UTC)
+    assert await asyncio.wait_for(_refusal(watch.read()), 10) == (
+        CODE.UNAUTHENTICATED,
+        f"API token {short.token.token_id} expired at {expired:%Y-%m-%d %H:%M:%S} UTC",
+    )
+
+
 class _EchoShell:
     """A shell process that echoes what it is sent, and keeps it."""
 

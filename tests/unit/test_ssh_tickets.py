@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
@@ -160,6 +162,30 @@ async def test_an_idle_session_ends_as_soon_as_its_token_is_revoked(
     assert [(e.actor, e.outcome, e.detail) for e in events.events] == [
         ("alice", aupb.AUDIT_OUTCOME_REFUSED, f"API token {token.token_id} was revoked")
     ]
+
+
+async def test_an_idle_session_ends_when_its_token_expires(local_cluster: LocalCluster) -> None:
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    request = tpb.SubmitTaskRequest(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
+    await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
+    soon = Timestamp()
+    soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=4))
+    short = await alice.access.CreateToken(apb.CreateTokenRequest(expires_at=soon), timeout=5)
+    on_short = local_cluster.client(short.secret, "alice")
+    issued = await on_short.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        await _session(runner, issued, reader, writer)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    events = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="ssh.tunnel"), timeout=5
+    )
+    assert [(e.actor, e.outcome) for e in events.events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
+    assert events.events[0].detail.startswith(f"API token {short.token.token_id} expired at ")
 
 
 async def test_a_tunnel_its_runner_does_not_open_says_so(

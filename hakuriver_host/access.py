@@ -8,6 +8,7 @@ database before they take effect in memory.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -81,6 +82,9 @@ class Access:
         self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
         # Hostnames whose credential is being written: taken already for other joiners.
         self._issuing: set[str] = set()
+        # Users are added and removed one at a time: each checks the others (a name taken,
+        # the last admin) across a write to the store.
+        self._user_changes = asyncio.Lock()
         # Told when a token is revoked or a user deleted (``on_revoked``).
         self._revoked_listeners: set[Callable[[], None]] = set()
         auth = config.auth
@@ -254,6 +258,10 @@ class Access:
         still bear is refused unless ``reclaim`` (a newcomer must not inherit them)."""
         if (problem := user_name_problem(name)) is not None:
             raise InvalidArgument(f"name: {name!r} {problem}")
+        async with self._user_changes:
+            return await self._create_user(name, role, reclaim)
+
+    async def _create_user(self, name: str, role: Role, reclaim: bool) -> UserRecord:
         if name in self.users:
             raise FailedPrecondition(f"name: user {name!r} exists already")
         if not reclaim and await self._name_used(name):
@@ -280,6 +288,10 @@ class Access:
 
     async def delete_user(self, name: str) -> int:
         """Remove a user and revoke their tokens; how many tokens were revoked."""
+        async with self._user_changes:
+            return await self._delete_user_now(name)
+
+    async def _delete_user_now(self, name: str) -> int:
         record = self.user(name)
         admins = [u for u in self.users.values() if u.role == Role.ADMIN]
         if record.role == Role.ADMIN and len(admins) == 1:

@@ -785,6 +785,32 @@ async def test_the_last_admin_cannot_be_deleted(local_cluster: LocalCluster) -> 
     assert [(u.name, u.role) for u in users.users] == [("root", access_pb2.ROLE_ADMIN)]
 
 
+async def test_deleting_both_admins_at_once_leaves_one(local_cluster: LocalCluster) -> None:
+    """Each deletion saw two admins and went on ('hakuriver.admin user remove' run in
+    parallel by a script): the cluster was left with no admin."""
+    root = await local_cluster.add_user("root", Role.ADMIN)
+    names = ("root", "admin")
+    answers = await asyncio.gather(
+        *(
+            local_cluster.access.DeleteUser(apb.DeleteUserRequest(name=name), timeout=5)
+            for name in names
+        ),
+        return_exceptions=True,
+    )
+    [(kept, refused)] = [
+        (name, answer)
+        for name, answer in zip(names, answers, strict=True)
+        if isinstance(answer, grpc.aio.AioRpcError)
+    ]
+    assert (refused.code(), refused.details()) == (
+        CODE.FAILED_PRECONDITION,
+        f"name: {kept!r} is the last admin",
+    )
+    client = root if kept == "root" else local_cluster
+    users = await client.access.ListUsers(apb.ListUsersRequest(), timeout=5)
+    assert [(u.name, u.role) for u in users.users] == [(kept, access_pb2.ROLE_ADMIN)]
+
+
 async def test_who_am_i_names_the_caller_and_the_token_used(local_cluster: LocalCluster) -> None:
     olga = await local_cluster.add_user("olga", Role.OPERATOR)
     (token,) = (await olga.access.ListTokens(apb.ListTokensRequest(), timeout=5)).tokens

@@ -82,8 +82,9 @@ class Access:
         self._runner_hashes: dict[str, str] = {}  # secret hash -> hostname
         # Hostnames whose credential is being written: taken already for other joiners.
         self._issuing: set[str] = set()
-        # Users are added and removed one at a time: each checks the others (a name taken,
-        # the last admin) across a write to the store.
+        # Users are added and removed, and tokens made, one at a time: each checks the
+        # others (a name taken, the last admin, the token's user) across a write to the
+        # store.
         self._user_changes = asyncio.Lock()
         # Told when a token is revoked or a user deleted (``on_revoked``).
         self._revoked_listeners: set[Callable[[], None]] = set()
@@ -311,7 +312,14 @@ class Access:
         self, user: str, description: str, expires_at: datetime | None, secret: str = ""
     ) -> IssuedToken:
         """A new token of ``user``; ``secret`` when given (written out already), else a new
-        one."""
+        one. Made while no user is removed, so one made as its user is deleted is either
+        revoked with the others or refused, never left valid for whoever reclaims the name."""
+        async with self._user_changes:
+            return await self._create_token(user, description, expires_at, secret)
+
+    async def _create_token(
+        self, user: str, description: str, expires_at: datetime | None, secret: str
+    ) -> IssuedToken:
         self.user(user)
         if expires_at is not None and expires_at <= utcnow():
             raise InvalidArgument("expires_at: must be in the future")

@@ -811,6 +811,25 @@ async def test_deleting_both_admins_at_once_leaves_one(local_cluster: LocalClust
     assert [(u.name, u.role) for u in users.users] == [(kept, access_pb2.ROLE_ADMIN)]
 
 
+async def test_a_token_made_while_its_user_is_deleted_dies_with_them(
+    local_cluster: LocalCluster,
+) -> None:
+    """The token was written after the deletion revoked the user's tokens, unrevoked: it
+    came back to life for whoever reclaimed the name."""
+    await local_cluster.add_user("bob")
+    made, _ = await asyncio.gather(
+        local_cluster.access.CreateToken(apb.CreateTokenRequest(user="bob"), timeout=5),
+        local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="bob"), timeout=5),
+        return_exceptions=True,
+    )
+    request = apb.CreateUserRequest(name="bob", role=Role.USER.pb, reclaim=True)
+    await local_cluster.access.CreateUser(request, timeout=5)
+    if isinstance(made, apb.CreateTokenResponse):
+        assert (await _who(made.secret, local_cluster))[0] == CODE.UNAUTHENTICATED
+    else:
+        assert isinstance(made, grpc.aio.AioRpcError) and made.code() == CODE.NOT_FOUND
+
+
 async def test_who_am_i_names_the_caller_and_the_token_used(local_cluster: LocalCluster) -> None:
     olga = await local_cluster.add_user("olga", Role.OPERATOR)
     (token,) = (await olga.access.ListTokens(apb.ListTokensRequest(), timeout=5)).tokens

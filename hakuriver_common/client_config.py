@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hakuriver_common.mounts import mounts_ok
+from hakuriver_common.roles import user_name_problem
 
 DEFAULT_CONFIG_PATH = Path("~/.hakuriver/config.toml").expanduser()
 ENV_PREFIX = "hakuriver_"
@@ -199,7 +200,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "token": ("str", "", None),
         "credentials_file": ("path", Path("~/.hakuriver/credentials"), None),
         "join_token": ("str", "", None),
-        "bootstrap_admin": ("str", "admin", None),
+        "bootstrap_admin": ("str", "admin", "user_name"),
         "authentication": ("bool", True, None),
         "metrics_token": ("str", "", None),
         "user_mount_roots": ("list[str]", [], "absolute_paths"),
@@ -232,6 +233,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "task_network": lambda v: v in ("host", "none"),
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
     "mounts": mounts_ok,
+    "user_name": lambda v: user_name_problem(v) is None,
 }
 
 

@@ -35,7 +35,12 @@ KINDS = {
     Path | None: "path?",
     list[str]: "list[str]",
 }
-VALIDATORS = {"_known_network": "task_network", "_absolute": "absolute_paths", "_mounts": "mounts"}
+VALIDATORS = {
+    "_known_network": "task_network",
+    "_absolute": "absolute_paths",
+    "_mounts": "mounts",
+    "_user_name": "user_name",
+}
 
 
 def _check(model: type[BaseModel], name: str) -> str | None:
@@ -152,6 +157,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
         return st.lists(st.sampled_from(["/data", "/scratch/x"]), max_size=2)
     if check == "mounts":
         return st.lists(st.sampled_from(["/data:/data", "/srv/x:/x:ro"]), max_size=2)
+    if check == "user_name":
+        return st.sampled_from(["admin", "root", "ops.team-1"])
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))

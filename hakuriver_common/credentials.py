@@ -31,10 +31,26 @@ def check_private(path: Path) -> None:
 def read_secret(path: Path) -> str:
     """The first line of a private secret file."""
     check_private(path)
-    secret = path.read_text().strip().splitlines()
+    try:
+        secret = path.read_text().strip().splitlines()
+    except UnicodeDecodeError:
+        raise CredentialsError(f"{path} is not a text file holding a secret") from None
     if not secret or not secret[0].strip():
         raise CredentialsError(f"{path} is empty")
     return secret[0].strip()
+
+
+def _usable(token: str, source: str) -> str:
+    """``token``, if it can be sent as one; otherwise CredentialsError naming where it came
+    from (never the token). Secrets are visible ASCII: a space, a line break or another
+    character (pasted from a chat or an e-mail) cannot go in a header, and the call failed
+    with a traceback over Connect and 'Invalid metadata' over gRPC."""
+    if token.isascii() and token.isprintable() and " " not in token:
+        return token
+    raise CredentialsError(
+        f"the API token in {source} holds a space, a line break or a non-ASCII character, "
+        "which no token has: copy it again"
+    )
 
 
 def write_secret(path: Path, secret: str) -> None:
@@ -54,12 +70,13 @@ def write_secret(path: Path, secret: str) -> None:
 
 def api_token(config: ClientConfig) -> str:
     """The token to send, or CredentialsError saying where one was looked for."""
-    token = os.environ.get(TOKEN_ENV, "").strip() or config.auth.token.strip()
-    if token:
-        return token
+    if token := os.environ.get(TOKEN_ENV, "").strip():
+        return _usable(token, f"${TOKEN_ENV}")
+    if token := config.auth.token.strip():
+        return _usable(token, "auth.token")
     path = config.auth.credentials_file.expanduser()
     if path.is_file():
-        return read_secret(path)
+        return _usable(read_secret(path), str(path))
     raise CredentialsError(
         f"no API token: set {TOKEN_ENV}, auth.token in the config, or put one in {path} "
         "(an admin creates one: hakuriver.admin token create --user NAME)"

@@ -8,6 +8,7 @@ tables and in ``--json`` alike; only the wire carries the proto enums.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -153,9 +154,23 @@ def age(ts: Timestamp, present: bool) -> str:
     return f"{max(0, seconds):.0f}s ago"
 
 
+# C0 and C1 control characters (ESC, CSI, BEL, line breaks...), and how a few are written.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_WRITTEN = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: str) -> str:
+    """``text`` as a table or a task's details print it: its control characters written out
+    (``\\x1b``, ``\\n``). A task's command, a token's description or a name in a refusal is
+    another user's text: an escape sequence in it drove the operator's or admin's terminal
+    (cleared it, set its title, moved the cursor to forge lines) when they listed it."""
+    return _CONTROL.sub(lambda m: _WRITTEN.get(m[0], f"\\x{ord(m[0]):02x}"), text)
+
+
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
     """Text is escaped: a command's ``d[key]`` (and the column ``array[index]``) is text, not
-    a rich style to drop, and its ``[/x]`` no closing tag to fail the whole listing on."""
+    a rich style to drop, and its ``[/x]`` no closing tag to fail the whole listing on; its
+    control characters are written out (``shown``)."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -163,7 +178,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> 
     for column in columns:
         out.add_column(escape(column))
     for row in rows:
-        out.add_row(*map(escape, row))
+        out.add_row(*(escape(shown(cell)) for cell in row))
     console().print(out)
 
 
@@ -264,12 +279,13 @@ def print_task_detail(task: task_pb2.Task, events: Sequence[task_pb2.TaskEvent])
     width = max(len(name) for name, _ in fields)
     out = console()
     for name, value in fields:
-        out.print(f"{name:<{width}}  {value}", highlight=False, markup=False)
+        out.print(f"{name:<{width}}  {shown(value)}", highlight=False, markup=False)
     if events:
         out.print("\ntimeline:", highlight=False)
         for event in events:
+            detail = shown(event.detail)
             out.print(
-                f"  {when(event.at, True)}  {status_name(event.status):<10}  {event.detail}",
+                f"  {when(event.at, True)}  {status_name(event.status):<10}  {detail}",
                 highlight=False,
                 markup=False,
             )

@@ -55,3 +55,21 @@ def test_since_takes_an_age_or_a_time() -> None:
     assert _since("2026-11-22T08:00+00:00").ToDatetime(tzinfo=UTC) == datetime(
         2026, 11, 22, 8, tzinfo=UTC
     )
+
+
+def test_another_users_control_characters_never_reach_the_terminal(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A task's command, a token's description, a name in a refused call are written by
+    other users: an escape sequence in them cleared the operator's or admin's terminal, set
+    its title or moved its cursor when listed. They are written out instead."""
+    evil = "echo \x1b[2J\x1b]0;pwned\x07\x9b31m\tx\ny"
+    task = task_pb2.Task(task_id=16, command="sh", arguments=["-c", evil], error_message=evil)
+    event = task_pb2.TaskEvent(status=task_pb2.TASK_STATUS_FAILED, detail=evil)
+    table("tasks", TASK_COLUMNS, [task_row(task)])
+    print_task_detail(task, [event])
+    out = capsys.readouterr().out
+    assert not any((ord(c) < 0x20 and c != "\n") or 0x7F <= ord(c) <= 0x9F for c in out), out
+    written = "echo \\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\tx\\ny"
+    # The table's command; the details' arguments and error; the timeline's line.
+    assert out.count(written) == 4

@@ -29,6 +29,8 @@ MAX_MEMORY_BYTES = 1 << 50  # 1 PiB
 MIN_MEMORY_BYTES = 6 * MIB
 MAX_SSH_KEY_BYTES = 16 * KIB
 MAX_NAME_BYTES = 128  # environment, node and user names in requests
+# What an API token is for (CreateTokenRequest.description): every token list carries it.
+MAX_TOKEN_DESCRIPTION_BYTES = 1 * KIB
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array
 MAX_ARRAY_INDEX = 10_000_000
 # Tasks a SubmitTaskResponse carries (an array's first ones; the rest are listed by batch).

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from hakuriver_common import limits
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import write_secret
 from hakuriver_common.roles import (
@@ -30,7 +31,13 @@ from hakuriver_common.roles import (
     new_secret,
     user_name_problem,
 )
-from hakuriver_host.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated
+from hakuriver_host.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+    at_most,
+)
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.identity import ANONYMOUS, JOINING, Kind, Principal
 from hakuriver_host.models import ApiTokenRecord, RunnerCredentialRecord, UserRecord, utcnow
@@ -321,6 +328,8 @@ class Access:
         self, user: str, description: str, expires_at: datetime | None, secret: str
     ) -> IssuedToken:
         self.user(user)
+        size = len(description.encode())
+        at_most("description", size, limits.MAX_TOKEN_DESCRIPTION_BYTES, " bytes")
         if expires_at is not None and expires_at <= utcnow():
             raise InvalidArgument("expires_at: must be in the future")
         secret = secret or new_secret(API_TOKEN_PREFIX)

@@ -21,7 +21,7 @@ from hakuriver_common.environments import NULL_CONTAINER, check_environment_name
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
-from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied
+from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied, at_most
 from hakuriver_host.scheduler import Request, no_such_gpus
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -168,7 +168,7 @@ def _memory(req: tpb.SubmitTaskRequest) -> int:
         raise InvalidArgument(f"memory: {exc}") from None
     if memory <= 0:
         raise InvalidArgument(f"memory: must be positive, got {req.memory!r}")
-    _at_most("memory", memory, limits.MAX_MEMORY_BYTES, " bytes")
+    at_most("memory", memory, limits.MAX_MEMORY_BYTES, " bytes")
     return memory
 
 
@@ -181,43 +181,38 @@ def _no_nul(field: str, text: str) -> None:
         raise InvalidArgument(f"{field}: must not contain NUL bytes")
 
 
-def _at_most(field: str, value: int, limit: int, unit: str = "") -> None:
-    if value > limit:
-        raise InvalidArgument(f"{field}: at most {limit}{unit} allowed, got {value}{unit}")
-
-
 def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
     """Sizes and counts within docs/api.md's limits, and no NUL byte in anything that
     becomes a process's argv, environment or a path (Docker would refuse it later)."""
-    _at_most("command", _size(req.command), limits.MAX_COMMAND_BYTES, " bytes")
+    at_most("command", _size(req.command), limits.MAX_COMMAND_BYTES, " bytes")
     _no_nul("command", req.command)
-    _at_most("arguments", len(req.arguments), limits.MAX_ARGUMENTS)
+    at_most("arguments", len(req.arguments), limits.MAX_ARGUMENTS)
     total = sum(_size(a) for a in req.arguments)
-    _at_most("arguments", total, limits.MAX_ARGUMENTS_BYTES, " bytes")
+    at_most("arguments", total, limits.MAX_ARGUMENTS_BYTES, " bytes")
     for argument in req.arguments:
         _no_nul("arguments", argument)
-    _at_most("env", len(req.env), limits.MAX_ENV_VARS, " variables")
+    at_most("env", len(req.env), limits.MAX_ENV_VARS, " variables")
     total = sum(_size(k) + _size(v) for k, v in req.env.items())
-    _at_most("env", total, limits.MAX_ENV_BYTES, " bytes")
+    at_most("env", total, limits.MAX_ENV_BYTES, " bytes")
     for key, value in req.env.items():
         _no_nul(f"env {key[:64]!r}", value)
-    _at_most("mounts", len(req.mounts), limits.MAX_MOUNTS)
+    at_most("mounts", len(req.mounts), limits.MAX_MOUNTS)
     for mount in req.mounts:
         for path in (mount.host_path, mount.container_path):
-            _at_most("mounts", _size(path), limits.MAX_PATH_BYTES, " bytes per path")
+            at_most("mounts", _size(path), limits.MAX_PATH_BYTES, " bytes per path")
             _no_nul("mounts", path)
-    _at_most("targets", len(req.targets), limits.MAX_TARGETS)
+    at_most("targets", len(req.targets), limits.MAX_TARGETS)
     for target in req.targets:
-        _at_most("target", _size(target.hostname), limits.MAX_NAME_BYTES, " bytes of host name")
-        _at_most("target", len(target.gpu_ids), limits.MAX_TASK_GPUS, " GPU ids")
-    _at_most("container_name", _size(req.container_name), limits.MAX_NAME_BYTES, " bytes")
+        at_most("target", _size(target.hostname), limits.MAX_NAME_BYTES, " bytes of host name")
+        at_most("target", len(target.gpu_ids), limits.MAX_TASK_GPUS, " GPU ids")
+    at_most("container_name", _size(req.container_name), limits.MAX_NAME_BYTES, " bytes")
     _no_nul("container_name", req.container_name)
-    _at_most("ssh_public_key", _size(req.ssh_public_key), limits.MAX_SSH_KEY_BYTES, " bytes")
-    _at_most("memory", _size(req.memory), 64, " characters")
+    at_most("ssh_public_key", _size(req.ssh_public_key), limits.MAX_SSH_KEY_BYTES, " bytes")
+    at_most("memory", _size(req.memory), 64, " characters")
     if req.HasField("cores"):
-        _at_most("cores", req.cores, limits.MAX_TASK_CORES)
-    _at_most("gpus", req.gpus, limits.MAX_TASK_GPUS)
-    _at_most("array.indices", len(req.array.indices), limits.MAX_ARRAY_TASKS, " tasks")
+        at_most("cores", req.cores, limits.MAX_TASK_CORES)
+    at_most("gpus", req.gpus, limits.MAX_TASK_GPUS)
+    at_most("array.indices", len(req.array.indices), limits.MAX_ARRAY_TASKS, " tasks")
 
 
 def _array(req: tpb.SubmitTaskRequest, kind: TaskKind) -> tuple[int, ...]:

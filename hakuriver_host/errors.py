@@ -22,6 +22,12 @@ class InvalidArgument(ApiError):
     """The request itself is wrong (a bad value, a missing field)."""
 
 
+def at_most(field: str, value: int, limit: int, unit: str = "") -> None:
+    """InvalidArgument naming ``field`` and its limit when ``value`` is over it."""
+    if value > limit:
+        raise InvalidArgument(f"{field}: at most {limit}{unit} allowed, got {value}{unit}")
+
+
 class NotFound(ApiError):
     """The request names a task, node or environment that does not exist."""
 

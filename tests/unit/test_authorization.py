@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import hakuriver_common.proto.hakuriver.v1 as generated
+from hakuriver_common import limits
 from hakuriver_common.channels import bearer
 from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
@@ -657,6 +658,24 @@ async def test_listed_tokens_never_carry_their_secrets(local_cluster: LocalClust
         for secret in secrets:
             assert secret.encode() not in wire
     assert "secret" not in access_pb2.ApiToken.DESCRIPTOR.fields_by_name
+
+
+async def test_a_tokens_description_is_bounded(local_cluster: LocalCluster) -> None:
+    """Every token list carries it: bob made one of 5 MiB, and the admin's 'token list
+    --all' then failed (RESOURCE_EXHAUSTED: over the 4 MiB a gRPC client accepts)."""
+    bob = await local_cluster.add_user("bob")
+    longest = "d" * limits.MAX_TOKEN_DESCRIPTION_BYTES
+    await bob.access.CreateToken(apb.CreateTokenRequest(description=longest), timeout=5)
+    over = longest + "\u00e9"  # counted in UTF-8 bytes
+    assert await _refusal(
+        bob.access.CreateToken(apb.CreateTokenRequest(description=over), timeout=5)
+    ) == (
+        CODE.INVALID_ARGUMENT,
+        f"description: at most {limits.MAX_TOKEN_DESCRIPTION_BYTES} bytes allowed, "
+        f"got {limits.MAX_TOKEN_DESCRIPTION_BYTES + 2} bytes",
+    )
+    mine = await bob.access.ListTokens(apb.ListTokensRequest(), timeout=5)
+    assert sorted(t.description for t in mine.tokens) == ["", longest]
 
 
 async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -> None:

@@ -31,6 +31,8 @@ MAX_SSH_KEY_BYTES = 16 * KIB
 MAX_NAME_BYTES = 128  # environment, node and user names in requests
 # What an API token is for (CreateTokenRequest.description): every token list carries it.
 MAX_TOKEN_DESCRIPTION_BYTES = 1 * KIB
+# Tokens one user may hold at once (not revoked, not expired): every token list carries them.
+MAX_ACTIVE_TOKENS = 100
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array
 MAX_ARRAY_INDEX = 10_000_000
 # Tasks a SubmitTaskResponse carries (an array's first ones; the rest are listed by batch).

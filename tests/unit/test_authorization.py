@@ -678,6 +678,25 @@ async def test_a_tokens_description_is_bounded(local_cluster: LocalCluster) -> N
     assert sorted(t.description for t in mine.tokens) == ["", longest]
 
 
+async def test_a_user_holds_a_bounded_number_of_tokens(local_cluster: LocalCluster) -> None:
+    """Tokens made in a loop made every list of them fail as one long description did."""
+    bob = await local_cluster.add_user("bob")  # his first token
+    made = [
+        await bob.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+        for _ in range(limits.MAX_ACTIVE_TOKENS - 1)
+    ]
+    refused = (
+        CODE.FAILED_PRECONDITION,
+        f"user: bob holds {limits.MAX_ACTIVE_TOKENS} active tokens, the most one may: revoke "
+        "one first (hakuriver.admin token list, token revoke)",
+    )
+    for client in (bob, local_cluster):  # an admin making one for him too
+        request = apb.CreateTokenRequest(user="bob")
+        assert await _refusal(client.access.CreateToken(request, timeout=5)) == refused
+    await bob.access.RevokeToken(apb.RevokeTokenRequest(token_id=made[0].token.token_id))
+    await bob.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+
+
 async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -> None:
     alice = await local_cluster.add_user("alice")
     bob = await local_cluster.add_user("bob")

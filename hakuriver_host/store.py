@@ -82,14 +82,18 @@ def _shown(url: str) -> str:
     return f"{parsed.render_as_string(hide_password=True)} (database.url)"
 
 
-def _create_private(path: Path) -> None:
-    """Create a new SQLite database file readable and writable by the Host's user only: it
-    holds every task's command and environment variables, and whoever can write it can make
-    themselves an admin. SQLite gives its -wal and -shm files the same mode. A file there
-    already is left as it is; one that cannot be made is for SQLite to name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+def _created_private(path: Path) -> Callable[..., None]:
+    """Before each connection (the first creates the file): create a new SQLite database
+    file readable and writable by the Host's user only, as SQLite would create it but 0600:
+    it holds every task's command and environment variables, and whoever can write it can
+    make themselves an admin. SQLite gives its -wal and -shm files the same mode. A file
+    there already is left as it is; one that cannot be made is for SQLite to name."""
+
+    def create(*_: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+    return create
 
 
 def make_engine(url: str) -> Engine:
@@ -101,11 +105,12 @@ def make_engine(url: str) -> Engine:
             "postgresql+psycopg://USER:PASSWORD@SERVER/DATABASE"
         ) from None
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            _create_private(Path(parsed.database))
         engine = create_engine(
             url, connect_args={"check_same_thread": False}, json_serializer=_json_text
         )
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            event.listen(engine, "do_connect", _created_private(Path(parsed.database)))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:

@@ -101,9 +101,15 @@ class SecurityConfigError(OSError):
     """The config asks for something the Host refuses to run with (a one-line reason)."""
 
 
+# The shortest join token a Host reachable off loopback takes (hakuriver.init config writes
+# 48 characters: hkrj_ and 256 random bits).
+MIN_JOIN_TOKEN_CHARS = 24
+
+
 def check_security(config: Config) -> None:
     """Plaintext and open (unauthenticated) Hosts only where every port they open binds a
-    loopback address (the gRPC port and, when enabled, the dashboard's)."""
+    loopback address (the gRPC port and, when enabled, the dashboard's); a short join token
+    only on a loopback gRPC port."""
     bind = config.network.host_bind_ip
     dashboard_bind = config.dashboard.bind(config.network)
     if config.tls.plaintext and not is_loopback(bind):
@@ -117,6 +123,13 @@ def check_security(config: Config) -> None:
             f"a plain-HTTP dashboard is allowed only on a loopback address, not "
             f"{dashboard_bind}: set dashboard.plaintext = false (HTTPS with the Host's "
             "certificate) or dashboard.bind_ip to a loopback address"
+        )
+    join = config.auth.join_token
+    if join and len(join) < MIN_JOIN_TOKEN_CHARS and not is_loopback(bind):
+        raise SecurityConfigError(
+            f"auth.join_token has {len(join)} characters: one that can be guessed lets anyone "
+            f"who reaches {bind} join as a Runner and be given users' tasks; use "
+            f"{MIN_JOIN_TOKEN_CHARS} or more random ones (hakuriver.init config writes one)"
         )
     if not config.auth.authentication:
         for where in [bind, *([dashboard_bind] if config.dashboard.enabled else [])]:

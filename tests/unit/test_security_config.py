@@ -1,5 +1,6 @@
-"""The Host refuses plaintext and unauthenticated set-ups unless every port they concern
-binds a loopback address: the gRPC port and the dashboard's are checked each."""
+"""The Host refuses plaintext and unauthenticated set-ups, and a short join token, unless
+every port they concern binds a loopback address: the gRPC port and the dashboard's are
+checked each."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ from tests.unit.local_cluster import local_config
         ({"dashboard": {"bind_ip": "0.0.0.0"}, "auth": {"authentication": False}}, "0.0.0.0"),
         ({"network": {"host_bind_ip": "0.0.0.0"}, "tls": {"plaintext": True}}, "tls.plaintext"),
         ({"network": {"host_bind_ip": "0.0.0.0"}, "auth": {"authentication": False}}, "auth"),
+        # Anyone reaching the port could guess it, join as a node and be given users' tasks.
+        (
+            {"network": {"host_bind_ip": "0.0.0.0"}, "auth": {"join_token": "changeme"}},
+            "auth.join_token has 8 characters: one that can be guessed lets anyone who reaches "
+            "0.0.0.0 join as a Runner",
+        ),
     ],
 )
 def test_an_open_port_refuses_what_loopback_allows(
@@ -35,3 +42,7 @@ def test_loopback_allows_plaintext_and_open_set_ups(tmp_path: Path) -> None:
         dashboard={"enabled": False, "bind_ip": "0.0.0.0", "plaintext": True},
     )
     check_security(disabled)
+    check_security(local_config(tmp_path, auth={"join_token": "changeme"}))
+    made = "hkrj_" + "x" * 43  # as long as hakuriver.init config's
+    lan = {"host_bind_ip": "0.0.0.0"}
+    check_security(local_config(tmp_path, network=lan, auth={"join_token": made}))

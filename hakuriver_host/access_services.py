@@ -199,10 +199,16 @@ class AuditService(audit_service_pb2_grpc.AuditServiceServicer):
         limit = request.limit or 100
         if not 0 < limit <= MAX_LIST:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST}, got {limit}")
-        try:
-            outcome: AuditOutcome | None = AuditOutcome.from_pb(request.outcome)
-        except ValueError:  # unspecified (or unknown): every outcome
-            outcome = None
+        if request.before_id < 0:
+            raise InvalidArgument(f"before_id: must be an event id (> 0), got {request.before_id}")
+        outcome: AuditOutcome | None = None  # unspecified: every outcome
+        if request.outcome:
+            try:
+                outcome = AuditOutcome.from_pb(request.outcome)
+            except ValueError:  # an unknown one answered every outcome, as if none was asked
+                raise InvalidArgument(
+                    f"outcome: {request.outcome} is no audit outcome (1: allowed, 2: refused)"
+                ) from None
         query = AuditQuery(limit, request.before_id, request.actor, request.action, outcome)
         events = await self.audit.query(query)
         return aupb.ListAuditEventsResponse(events=[audit_to_pb(e) for e in events])

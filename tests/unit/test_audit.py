@@ -188,6 +188,12 @@ async def test_audit_events_filter_by_actor_action_outcome_and_page(
         local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(limit=1001), timeout=5)
     )
     assert code == CODE.INVALID_ARGUMENT
+    # An outcome or a page mark that means nothing is refused: an unknown outcome listed
+    # every event, as if none was asked; a negative before_id none.
+    unknown = aupb.ListAuditEventsRequest(outcome=7)  # type: ignore[arg-type]
+    for request in (unknown, aupb.ListAuditEventsRequest(before_id=-5)):
+        call = local_cluster.audit.ListAuditEvents(request, timeout=5)
+        assert await _refused(call) == CODE.INVALID_ARGUMENT
 
 
 async def test_only_admins_read_the_audit_log(local_cluster: LocalCluster) -> None:

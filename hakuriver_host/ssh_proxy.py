@@ -104,11 +104,15 @@ class SshProxy:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _refused(self, writer: asyncio.StreamWriter, who: Principal, reason: str) -> None:
-        """Audit a refused tunnel, with the address the client came from."""
+    def _refused(
+        self, writer: asyncio.StreamWriter, who: Principal, reason: str, task_id: int = 0
+    ) -> None:
+        """Audit a refused tunnel, with the address the client came from and, for a session
+        ended, the VPS it reached."""
         peer = writer.get_extra_info("peername")
+        target = str(task_id) if task_id else ""
         self.cluster.audit.record(
-            who, "ssh.tunnel", "", AuditOutcome.REFUSED, reason, str(peer or "")
+            who, "ssh.tunnel", target, AuditOutcome.REFUSED, reason, str(peer or "")
         )
 
     async def _relay(
@@ -128,7 +132,7 @@ class SshProxy:
                 self.cluster.access.again(who)
             except Unauthenticated as exc:
                 refused.append(exc.message)
-                self._refused(writer, who, exc.message)
+                self._refused(writer, who, exc.message, tunnel.task_id)
                 return False
             return True
 

@@ -23,6 +23,8 @@ TUNNEL_BUFFER = 512
 class Tunnel:
     tunnel_id: int
     link: RunnerLink
+    # The VPS whose sshd it reaches.
+    task_id: int
     opened: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -39,7 +41,7 @@ class TunnelHub:
         self._ids = itertools.count(1)
 
     def open(self, link: RunnerLink, task_id: int, port: int) -> Tunnel:
-        tunnel = Tunnel(next(self._ids), link)
+        tunnel = Tunnel(next(self._ids), link, task_id)
         self._tunnels[tunnel.tunnel_id] = tunnel
         link.send(
             rpb.ConnectResponse(

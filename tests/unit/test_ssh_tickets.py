@@ -159,8 +159,14 @@ async def test_an_idle_session_ends_as_soon_as_its_token_is_revoked(
     events = await local_cluster.audit.ListAuditEvents(
         aupb.ListAuditEventsRequest(action="ssh.tunnel"), timeout=5
     )
-    assert [(e.actor, e.outcome, e.detail) for e in events.events] == [
-        ("alice", aupb.AUDIT_OUTCOME_REFUSED, f"API token {token.token_id} was revoked")
+    # Naming the VPS the session reached.
+    assert [(e.actor, e.target, e.outcome, e.detail) for e in events.events] == [
+        (
+            "alice",
+            str(runner.tunnel_opens[0].task_id),
+            aupb.AUDIT_OUTCOME_REFUSED,
+            f"API token {token.token_id} was revoked",
+        )
     ]
 
 

@@ -124,7 +124,12 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
 
 
 def _serve_local(
-    listener: socket.socket, host: str, port: int, task_id: int, cfg: ClientConfig
+    listener: socket.socket,
+    host: str,
+    port: int,
+    task_id: int,
+    cfg: ClientConfig,
+    said: threading.Event,
 ) -> None:
     with host_link(cfg) as link:
         while True:
@@ -132,7 +137,7 @@ def _serve_local(
                 client, _ = listener.accept()
             except OSError:
                 return
-            _forward(client, link, host, port, task_id, cfg)
+            _forward(client, link, host, port, task_id, cfg, said)
 
 
 def _forward(
@@ -142,20 +147,35 @@ def _forward(
     port: int,
     task_id: int,
     cfg: ClientConfig,
+    said: threading.Event,
 ) -> None:
+    """Relay ``client`` through a tunnel of its own; why not, on stderr (``said`` set)."""
     from hakuriver_cli.call_error import CallError
 
     try:
         upstream = open_tunnel(host, port, ticket_for(link, task_id))
     except CallError as exc:
         print(f"hakuriver.ssh: {describe_call_error(exc, cfg.host_target, cfg)}", file=sys.stderr)
+        said.set()
         client.close()
         return
     except ProxyRefused as exc:
         print(f"hakuriver.ssh: {exc}", file=sys.stderr)
+        said.set()
         client.close()
         return
     threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
+
+
+def _say_if_refused(cfg: ClientConfig) -> None:
+    """ssh exits 255 when it fails and when the Host ends the session because its token
+    was revoked or expired or its user removed, saying only that the connection closed:
+    the Host's refusal of the token, if it refuses it now, is said as every tool says it."""
+    from hakuriver_cli.link import access_stub
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
+    with contextlib.suppress(cli.Exit), host_link(cfg) as link:
+        unary(access_stub(link).WhoAmI, apb.WhoAmIRequest())
 
 
 # ssh(1) options that take a value.
@@ -245,8 +265,9 @@ def main(
     except OSError as exc:  # a port in use or not ours: one line, not a traceback
         fail(f"--local-port {local_port}: {os.strerror(exc.errno) if exc.errno else exc}")
     listen_port = listener.getsockname()[1]
+    said = threading.Event()
     threading.Thread(
-        target=_serve_local, args=(listener, address, port, tid, cfg), daemon=True
+        target=_serve_local, args=(listener, address, port, tid, cfg, said), daemon=True
     ).start()
     options, remote = split_ssh_args(ssh_args or [])
     argv = [
@@ -263,6 +284,8 @@ def main(
     ]
     code = subprocess.call(argv)
     listener.close()
+    if code == 255 and not said.is_set():
+        _say_if_refused(cfg)
     raise cli.Exit(code)
 
 

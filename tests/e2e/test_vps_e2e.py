@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
     ssh_service_pb2 as spb,
     ssh_service_pb2_grpc,
     task_pb2,
@@ -312,6 +313,40 @@ def test_a_local_port_in_use_is_one_line(
         )
     assert taken.returncode == 1, taken.stderr
     assert taken.stderr == f"error: --local-port {port}: Address already in use\n"
+
+
+def test_a_session_whose_token_is_revoked_ends_saying_why(
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
+) -> None:
+    """The Host ends the session at once; ssh says only 'Connection ... closed by remote
+    host' (exit 255), so hakuriver.ssh says the Host's refusal of the token."""
+    made = vps_cluster.access.CreateToken(
+        apb.CreateTokenRequest(user="alice", description="laptop"), timeout=10
+    )
+    env = {
+        **os.environ,
+        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
+        "HAKURIVER_TOKEN": made.secret,
+        "HOME": str(tmp_path),
+    }
+    argv = [*vps_cluster.cli_argv("ssh"), str(vps), "--", *_ssh_options(key_files)]
+    with subprocess.Popen(
+        [*argv, "echo ready; sleep 60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as session:
+        assert session.stdout is not None and session.stderr is not None
+        assert session.stdout.readline() == "ready\n"
+        revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
+        vps_cluster.access.RevokeToken(revoke, timeout=10)
+        assert session.wait(timeout=30) == 255
+        said = session.stderr.read().splitlines()
+    assert said[-1] == (
+        f"error: the host refused the API token: API token {made.token.token_id} was revoked"
+    ), said
 
 
 def test_another_user_cannot_reach_the_vps(

@@ -67,11 +67,17 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
 
     def _whose(self, who: Principal, user: str) -> str:
         """The user whose tokens ``who`` asks about; a user asking about another's gets the
-        same answer as for a user that does not exist."""
+        same answer as for a user that does not exist. An operator, who sees every user's
+        tasks and so their names, is told what they lack rather than that the user does not
+        exist."""
         name = user or who.name
-        if name != who.name and not who.has(Role.ADMIN):
-            raise Hidden(f"user {name!r} not found")
-        return name
+        if name == who.name or who.has(Role.ADMIN):
+            return name
+        if who.has(Role.OPERATOR) and name in self.access.users:
+            raise PermissionDenied(
+                f"user: another user's tokens need the admin role; {who.name} is {who.role}"
+            )
+        raise Hidden(f"user {name!r} not found")
 
     def _lifetime(self, who: Principal, expires: datetime | None) -> datetime | None:
         """When a token ``who`` makes expires: no later than the token they make it with

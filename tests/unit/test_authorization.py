@@ -714,6 +714,20 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
                 CODE.NOT_FOUND,
                 f"user {missing.user!r} not found",
             )
+    # An operator sees every user's tasks, owners and all: bob's tokens are refused as an
+    # admin's to manage, not with "user 'bob' not found" (a missing user still is).
+    olga = await local_cluster.add_user("olga", Role.OPERATOR)
+    for request in (apb.CreateTokenRequest(user="bob"), apb.ListTokensRequest(user="bob")):
+        call = getattr(olga.access, type(request).__name__.removesuffix("Request"))
+        assert await _refusal(call(request, timeout=5)) == (
+            CODE.PERMISSION_DENIED,
+            "user: another user's tokens need the admin role; olga is operator",
+        )
+    nobody = apb.ListTokensRequest(user="nobody")
+    assert await _refusal(olga.access.ListTokens(nobody, timeout=5)) == (
+        CODE.NOT_FOUND,
+        "user 'nobody' not found",
+    )
     # Everybody's (hakuriver.admin token list --all) is an admin's to ask, and said so.
     assert await _refusal(alice.access.ListTokens(apb.ListTokensRequest(user="*"), timeout=5)) == (
         CODE.PERMISSION_DENIED,

@@ -34,6 +34,7 @@ from hakuriver_cli.render import (
     batch_line,
     print_json,
     show_list,
+    shown,
     status_name,
     submitted_line,
     task_row,
@@ -260,9 +261,10 @@ def submit(
 
 
 def _ended_line(task: task_pb2.Task) -> str:
-    """How submit --wait and wait say a task ended: status, exit code, error."""
+    """How submit --wait and wait say a task ended: status, exit code, error (its control
+    characters written out: an operator waits on other users' tasks)."""
     code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
-    error = f": {task.error_message}" if task.error_message else ""
+    error = f": {shown(task.error_message)}" if task.error_message else ""
     return f"task {task.task_id}: {status_name(task.status)}{code}{error}"
 
 

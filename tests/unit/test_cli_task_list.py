@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, table, task_row
-from hakuriver_cli.task import _since
+from hakuriver_cli.task import _ended_line, _since
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
 
@@ -73,3 +73,5 @@ def test_another_users_control_characters_never_reach_the_terminal(
     written = "echo \\x1b[2J\\x1b]0;pwned\\x07\\x9b31m\\tx\\ny"
     # The table's command; the details' arguments and error; the timeline's line.
     assert out.count(written) == 4
+    # wait and submit --wait: the task's end in one line.
+    assert _ended_line(task) == f"task 16: unspecified: {written}"

@@ -409,6 +409,9 @@ class HostServer:
             )
         except OSError as exc:
             raise ListenError("SSH proxy", net.host_bind_ip, net.host_ssh_proxy_port, exc) from None
+        # Before anything of the database or the shared folder is touched: a second Host
+        # on them stops here.
+        await self.store.run(self.store.claim)
         # Before any call is served, so none of them is being written.
         await asyncio.to_thread(self.environments.sweep_partials)
         await self.cluster.start()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 from alembic import command as alembic_command
 from sqlalchemy import Table, event, func
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine, select
 
@@ -75,6 +76,10 @@ class DatabaseError(OSError):
     prints it and stops), never its password."""
 
 
+# The PostgreSQL advisory lock a Host holds on its database ("hkrv" in ASCII).
+HOST_LOCK_KEY = 0x686B7276
+
+
 def _shown(url: str) -> str:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -119,6 +124,34 @@ def make_engine(url: str) -> Engine:
         raise DatabaseError(f"cannot use the database {_shown(url)}: {exc}") from None
 
 
+def _in_use(shown: str, holder: str = "") -> DatabaseError:
+    by = f" (pid {holder})" if holder.isdigit() else ""
+    return DatabaseError(
+        f"another Host{by} is using the database {shown}: stop it first, or give this Host "
+        "a database of its own"
+    )
+
+
+def _lock_file(path: Path, shown: str) -> int:
+    """An open descriptor of ``path`` with an exclusive lock on it, the holder's pid
+    written in it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise DatabaseError(
+            f"cannot open the database {shown}: cannot write {path}: {exc.strerror}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise _in_use(shown, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _rows(writes: list[TaskWrite]) -> int:
     """A queued write's weight in a transaction: its rows changed."""
     return max(1, sum(len(w.inserts) + len(w.updates) for w in writes))
@@ -146,6 +179,9 @@ class Store:
         self._bulk: dict[str, BulkStatements] = {}
         self._tasks = self.bulk(TaskRecord.__table__)  # type: ignore[attr-defined]
         self._events = self.bulk(TaskEventRecord.__table__)  # type: ignore[attr-defined]
+        # What holds the database for this Host (``claim``): a lock file's descriptor or
+        # the PostgreSQL connection that holds the advisory lock.
+        self._claim: int | Connection | None = None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the store's thread. Once asked, it is done even if the caller is
@@ -228,20 +264,53 @@ class Store:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        claim, self._claim = self._claim, None
+        if isinstance(claim, Connection):
+            claim.close()
         self.engine.dispose()
+        if isinstance(claim, int):
+            os.close(claim)
 
     # Everything below runs on the store thread through ``run``.
+
+    def _connect(self) -> Connection:
+        """A connection, or one line saying why the database cannot be opened."""
+        try:
+            return self.engine.connect()
+        except DBAPIError as exc:
+            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+            raise DatabaseError(
+                f"cannot open the database {_shown(str(self.engine.url))}: {reason}"
+            ) from None
+
+    def claim(self) -> None:
+        """Hold the database for this Host until ``close``, or raise ``DatabaseError`` when
+        another Host holds it. Two Hosts on one database (the same config, other ports)
+        each load its tasks and nodes and overwrite the other's rows: the one without the
+        Runners marked them offline and their tasks unknown. SQLite: an exclusive lock on
+        ``DB_FILE.lock`` (the holder's pid in it); PostgreSQL: a session advisory lock."""
+        url = self.engine.url
+        shown = _shown(str(url))
+        if self.engine.dialect.name == "sqlite":
+            if url.database and url.database != ":memory:":
+                self._claim = _lock_file(Path(f"{url.database}.lock"), shown)
+            return
+        if self.engine.dialect.name != "postgresql":
+            return
+        connection = self._connect()
+        held = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({HOST_LOCK_KEY})")
+        if not held.scalar():
+            connection.close()
+            raise _in_use(shown)
+        connection.commit()
+        self._claim = connection
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
         transaction: a failed migration leaves the database as it was."""
         settings = migrations.settings()
         database = _shown(str(self.engine.url))
-        try:  # opened apart from the migration, whose own errors keep their traceback
-            self.engine.connect().close()
-        except DBAPIError as exc:
-            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
-            raise DatabaseError(f"cannot open the database {database}: {reason}") from None
+        self._connect().close()  # apart from the migration, whose errors keep their traceback
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 # Python's sqlite3 opens a transaction only before a data change, so without

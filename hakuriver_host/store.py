@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -32,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlmodel import Session, create_engine, select
 
+from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.statuses import FINAL_STATUSES
 from hakuriver_host import migrations
 from hakuriver_host.bulk_sql import BulkStatements, Prepared
@@ -124,32 +124,11 @@ def make_engine(url: str) -> Engine:
         raise DatabaseError(f"cannot use the database {_shown(url)}: {exc}") from None
 
 
-def _in_use(shown: str, holder: str = "") -> DatabaseError:
-    by = f" (pid {holder})" if holder.isdigit() else ""
+def _in_use(shown: str, by: str = "") -> DatabaseError:
     return DatabaseError(
         f"another Host{by} is using the database {shown}: stop it first, or give this Host "
         "a database of its own"
     )
-
-
-def _lock_file(path: Path, shown: str) -> int:
-    """An open descriptor of ``path`` with an exclusive lock on it, the holder's pid
-    written in it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise DatabaseError(
-            f"cannot open the database {shown}: cannot write {path}: {exc.strerror}"
-        ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise _in_use(shown, holder) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def _rows(writes: list[TaskWrite]) -> int:
@@ -293,13 +272,21 @@ class Store:
         shown = _shown(str(url))
         if self.engine.dialect.name == "sqlite":
             if url.database and url.database != ":memory:":
-                self._claim = _lock_file(Path(f"{url.database}.lock"), shown)
+                path = Path(f"{url.database}.lock")
+                try:
+                    self._claim = hold_lock(path)
+                except LockHeld as held:
+                    raise _in_use(shown, held.by) from None
+                except OSError as exc:
+                    raise DatabaseError(
+                        f"cannot open the database {shown}: cannot write {path}: {exc.strerror}"
+                    ) from None
             return
         if self.engine.dialect.name != "postgresql":
             return
         connection = self._connect()
-        held = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({HOST_LOCK_KEY})")
-        if not held.scalar():
+        locked = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({HOST_LOCK_KEY})")
+        if not locked.scalar():
             connection.close()
             raise _in_use(shown)
         connection.commit()

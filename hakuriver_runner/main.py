@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import socket
 from typing import NoReturn
 
@@ -13,6 +15,7 @@ from hakuriver_common import commands as cli
 from hakuriver_common.client_config import TlsSetupError
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
+from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.service import ConfigOption, VersionOption, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
@@ -23,6 +26,30 @@ from hakuriver_runner.supervisor import Supervisor
 
 app = cli.App(help="Start a HakuRiver Runner.")
 log = logging.getLogger(__name__)
+# In runner.state_dir: held by the Runner that uses it, its pid in it.
+LOCK_FILE = "runner.lock"
+
+
+def _hold_state_dir(config: Config) -> int:
+    """Hold ``runner.state_dir`` for this Runner (the descriptor stays open until it exits),
+    or exit with one line. Two Runners on one state directory (one credential and name)
+    took each other's place at the Host several times a second, each registration closing
+    the other's stream, for as long as both ran."""
+    folder = config.runner.state_dir.expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return hold_lock(folder / LOCK_FILE)
+    except LockHeld as held:
+        cli.echo(
+            f"error: another Runner{held.by} is using runner.state_dir {folder}: stop it "
+            "first, or give this one its own runner.state_dir and runner.name",
+            err=True,
+        )
+    except OSError as exc:
+        # mkdir of a path that names a file says "File exists"; the file is what is wrong
+        reason = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror
+        cli.echo(f"error: cannot use runner.state_dir {folder}: {reason or exc}", err=True)
+    raise cli.Exit(1)
 
 
 def _runner(config: Config) -> Session:
@@ -43,6 +70,7 @@ async def _serve(session: Session) -> None:
 def main(config: ConfigOption = None, version: VersionOption = False) -> None:
     """Connect to the Host and run tasks until SIGINT or SIGTERM."""
     cfg = start_daemon(config, lambda c: c.paths.runner_log_file)
+    _hold_state_dir(cfg)
     scratch = cfg.paths.path("local_temp_dir")
     try:  # every task runs in it (mounted at /local_temp, or as its working directory)
         scratch.mkdir(parents=True, exist_ok=True)

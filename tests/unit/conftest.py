@@ -7,8 +7,9 @@ SQLite database and shared folder in ``tmp_path`` (see tests/unit/local_cluster.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -64,3 +65,15 @@ async def make_local_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
 async def local_cluster(make_local_cluster: MakeCluster) -> LocalCluster:
     """A Host with the default test config and no runners yet (``add_runner`` starts them)."""
     return await make_local_cluster()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The root logger as it was, after a test that set up a daemon's logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)

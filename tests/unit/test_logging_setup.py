@@ -4,23 +4,9 @@ goes to a new file at the configured path, the old one keeps what it had."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from hakuriver_common.logging_setup import setup_logging
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    for handler in root.handlers:
-        handler.close()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def test_a_moved_log_file_is_reopened(tmp_path: Path, restored_logging: None) -> None:

@@ -213,13 +213,26 @@ class Session:
                 done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
                 for finished in done:
                     if not finished.cancelled() and finished.exception() is not None:
-                        log.warning("stream loop ended: %r", finished.exception())
+                        self._log_stream_end(finished.exception())
             finally:
                 for loop_task in loops:
                     loop_task.cancel()
                 await self._end_stream()
                 call.cancel()
         return True
+
+    def _log_stream_end(self, exc: BaseException | None) -> None:
+        """One line: a call's error printed whole (``%r``) took five lines, with gRPC's
+        debug string, each time the Host went away without closing the stream."""
+        if isinstance(exc, grpc.aio.AioRpcError):
+            log.warning(
+                "stream to host %s cut: %s (%s)",
+                self.config.host_target,
+                exc.details(),
+                exc.code().name,
+            )
+        else:
+            log.warning("stream loop ended: %r", exc)
 
     async def _end_stream(self) -> None:
         """Stop everything tied to the stream; tasks keep running, to be re-adopted."""

@@ -505,7 +505,7 @@ def _while_full(
         problems.append(f"runner {name} went offline while storage was full")
     if not any(STORAGE_WORDS.search(problem) for problem in watch.problems_seen):
         problems.append(f"node {name} never showed its output could not be stored")
-    reconnects = log_lines(cluster, f"runner-{name}.log", "reconnecting|stream loop")
+    reconnects = log_lines(cluster, f"runner-{name}.log", "reconnecting|stream loop|stream to host")
     if reconnects:
         problems.append(f"the Runner's stream broke: {reconnects[-3:]}")
     return problems

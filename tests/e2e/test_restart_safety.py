@@ -81,10 +81,21 @@ def test_host_sigkill_then_task_finishes_after_restart(fresh_cluster: ProcessClu
     task = _gated_task(cluster, "host-gate-2")
     cluster.kill_host()
     cluster.start_host()
-    wait_for(lambda: cluster.node_online(cluster.runner_names[0]), what="runner reconnect")
+    name = cluster.runner_names[0]
+    wait_for(lambda: cluster.node_online(name), what="runner reconnect")
     assert cluster.get(task.task_id).status == task_pb2.TASK_STATUS_RUNNING
     _open_gate(cluster, "host-gate-2")
     _assert_complete(cluster, task.task_id)
+    # The Runner says in one line that the stream was cut (it logged the call's error
+    # whole: five lines with gRPC's debug string).
+    runner_log = (cluster.root / f"runner-{name}.log").read_text()
+    said = [
+        line
+        for line in runner_log.splitlines()
+        if f"stream to host 127.0.0.1:{cluster.host_port} cut" in line
+    ]
+    assert said and all(line.endswith("(UNAVAILABLE)") for line in said), runner_log
+    assert "debug_error_string" not in runner_log
 
 
 def _outlives_its_runner(cluster: ProcessCluster, task_id: int, what: str) -> None:

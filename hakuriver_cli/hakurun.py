@@ -216,16 +216,29 @@ def _reap(running: dict[int, subprocess.Popen[bytes]], codes: dict[int, int], bl
             del running[index]
 
 
+def _ended(code: int) -> str:
+    """How a run ended: ``exit N``, or the signal that killed it (Popen's code -N)."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def _summary(commands: list[list[str]], codes: dict[int, int]) -> int:
-    """List the failures on stderr; the exit code of the first, 0 when none failed."""
+    """List the failures on stderr; the exit code of the first, 0 when none failed (128+N
+    for one killed by signal N, as a shell says)."""
     failed = [(i, c) for i, c in sorted(codes.items()) if c != 0]
     for index, code in failed:
-        print(f"hakurun: {shlex.join(commands[index])}: exit {code}", file=sys.stderr)
+        print(f"hakurun: {shlex.join(commands[index])}: {_ended(code)}", file=sys.stderr)
     if not failed:
         return 0
     print(f"hakurun: {len(failed)} of {len(commands)} failed", file=sys.stderr)
     first = failed[0][1]
-    return first if 0 < first < 256 else 1
+    if first < 0:
+        return 128 - first
+    return first if first < 256 else 1
 
 
 def run_all(commands: list[list[str]], jobs: int) -> int:

@@ -57,6 +57,14 @@ def test_sequential_runs_in_order_and_reports_the_first_failure(tmp_path: Path) 
     assert "2 of 4 failed" in result.stderr and "[4/4]" in result.stderr
 
 
+def test_a_run_killed_by_a_signal_is_named_and_exits_as_a_shell_would() -> None:
+    """128+N, as the shell (and a task's exit code) says; it said `exit -9` and exited 1."""
+    result = hakurun("sh", "-c", 'kill -9 "$$"', "span:[a,b]")
+    assert result.returncode == 137
+    assert "hakurun: sh -c 'kill -9 \"$$\"' a: killed by SIGKILL" in result.stderr.splitlines()
+    assert "2 of 2 failed" in result.stderr
+
+
 def test_parallel_runs_concurrently(tmp_path: Path) -> None:
     # A barrier: each run marks itself, then waits (bounded) until all three are marked.
     # Run one at a time, the first would give up and fail.

@@ -42,6 +42,8 @@ class NodeView:
     online: bool = False
     last_seen: float = field(default_factory=time.monotonic)
     last_heartbeat: datetime | None = None
+    # ``last_heartbeat`` as its database row has it (``record``).
+    stored_heartbeat: datetime | None = None
     link: RunnerLink | None = None
     health: node_pb2.Health | None = None
     environments: set[str] = field(default_factory=set)
@@ -62,7 +64,8 @@ class NodeView:
         return self.online and self.link is None
 
     def record(self) -> dict[str, Any]:
-        """The node's database row."""
+        """The node's database row, to be stored."""
+        self.stored_heartbeat = self.last_heartbeat
         return NodeRecord(
             hostname=self.hostname,
             total_cores=self.total_cores,
@@ -147,6 +150,7 @@ class NodeTable:
                 numa_nodes=record.numa_nodes,
                 gpus=record.gpus,
                 last_heartbeat=record.last_heartbeat,
+                stored_heartbeat=record.last_heartbeat,
                 draining=record.draining,
                 online=record.online,
                 # Known before the Runner reconnects, so a restarted Host accepts tasks for
@@ -255,6 +259,21 @@ class NodeTable:
             if node.link is not None:
                 node.link.close()
         return found, went
+
+    def heartbeats_to_store(self, age: float) -> list[NodeView]:
+        """Nodes whose last heartbeat is more than ``age`` seconds newer than their row's.
+        Stored that often, a restarted Host shows when each Runner was last heard from; it
+        showed when the Runner had registered (or its environments last changed), also
+        for good for a node that never came back."""
+        return [
+            node
+            for node in self.nodes.values()
+            if node.last_heartbeat is not None
+            and (
+                node.stored_heartbeat is None
+                or (node.last_heartbeat - node.stored_heartbeat).total_seconds() > age
+            )
+        ]
 
     def idle_offline(self, seconds: float, now: float) -> list[str]:
         """Offline nodes with no link, silent for more than ``seconds``, but for drained

@@ -388,8 +388,10 @@ class RunnerGateway:
         timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
         now = time.monotonic()
         silent, went = self.nodes.silent(timeout)
-        # Stored offline (a restarted Host loads them so), together: group-committed.
-        await asyncio.gather(*(self.store.save_node(node.record()) for node in went))
+        # Stored offline (a restarted Host loads them so), and the heartbeats of the others
+        # once per timeout, together: group-committed.
+        rows = {node.hostname: node for node in [*went, *self.nodes.heartbeats_to_store(timeout)]}
+        await asyncio.gather(*(self.store.save_node(node.record()) for node in rows.values()))
         for node in silent:
             away = now - node.last_seen
             for task in self.book.on_node(node.hostname):

@@ -5,6 +5,7 @@ with their own exit code and every byte of output; drain is kept."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
@@ -122,3 +123,24 @@ async def test_environments_of_runners_are_known_before_they_reconnect(
     for environment in ("only-on-runners", "loaded-later"):
         task = await local_cluster.submit("job", container_name=environment)
         assert status_of(task) is TaskStatus.PENDING, environment
+
+
+async def test_a_restarted_host_shows_when_a_runner_was_last_heard_from(
+    local_cluster: LocalCluster,
+) -> None:
+    """Not when it registered: the row kept that heartbeat only, so after a restart (or a
+    Host SIGKILL) a Runner heard from a moment before showed as silent for as long as it
+    had been registered, and a node that did not come back kept that time for good."""
+    runner = await local_cluster.add_runner("a")
+    registered = (await local_cluster.node("a")).last_heartbeat.ToDatetime()
+    timeout = timedelta(seconds=local_cluster.config.timing.runner_timeout)
+
+    async def heard_long_after_registering() -> bool:
+        heard = (await local_cluster.node("a")).last_heartbeat.ToDatetime()
+        return heard - registered > 3 * timeout
+
+    await eventually(heard_long_after_registering, what="heartbeats for three timeouts")
+    await runner.stop()
+    await local_cluster.restart_host(wait_runners=False)
+    shown = (await local_cluster.node("a")).last_heartbeat.ToDatetime()
+    assert shown - registered > timeout

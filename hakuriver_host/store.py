@@ -252,15 +252,21 @@ class Store:
 
     # Everything below runs on the store thread through ``run``.
 
+    def _cannot_open(self, exc: DBAPIError) -> DatabaseError:
+        """One line saying why the database cannot be opened."""
+        reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
+        if reason == "database is locked":
+            reason += (
+                ": another program is writing to it (a sqlite3 shell with a transaction open?)"
+            )
+        return DatabaseError(f"cannot open the database {_shown(str(self.engine.url))}: {reason}")
+
     def _connect(self) -> Connection:
         """A connection, or one line saying why the database cannot be opened."""
         try:
             return self.engine.connect()
         except DBAPIError as exc:
-            reason = (str(exc.orig).strip().splitlines() or [type(exc.orig).__name__])[0]
-            raise DatabaseError(
-                f"cannot open the database {_shown(str(self.engine.url))}: {reason}"
-            ) from None
+            raise self._cannot_open(exc) from None
 
     def claim(self) -> None:
         """Hold the database for this Host until ``close``, or raise ``DatabaseError`` when
@@ -301,8 +307,13 @@ class Store:
         with self.engine.begin() as connection:
             if self.engine.dialect.name == "sqlite":
                 # Python's sqlite3 opens a transaction only before a data change, so without
-                # this each CREATE and ALTER would be committed on its own.
-                connection.exec_driver_sql("BEGIN")
+                # this each CREATE and ALTER would be committed on its own. IMMEDIATE takes
+                # the write lock now: a database another program holds locked stops the Host
+                # here, in one line; it started, and each write failed later as INTERNAL.
+                try:
+                    connection.exec_driver_sql("BEGIN IMMEDIATE")
+                except DBAPIError as exc:
+                    raise self._cannot_open(exc) from None
             newer = migrations.unknown_revisions(connection)
             if newer:
                 raise DatabaseError(

@@ -148,3 +148,19 @@ async def test_the_database_it_creates_is_its_users_only(local_cluster: LocalClu
     assert {path.name: stat.S_IMODE(path.stat().st_mode) for path in files} == {
         path.name: 0o600 for path in files
     }
+
+
+def test_a_database_another_program_holds_locked_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "host.db"
+    store = Store(f"sqlite:///{path}")
+    store.migrate()
+    store.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        assert _migrating_fails(f"sqlite:///{path}") == (
+            f"cannot open the database {path} (database.db_file): database is locked: "
+            "another program is writing to it (a sqlite3 shell with a transaction open?)"
+        )
+    finally:
+        other.close()

@@ -126,6 +126,7 @@ def test_a_key_the_config_does_not_have_says_which_was_meant(
 def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Not "File exists" (mkdir's error for the file in the way).
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     path = tmp_path / "c.toml"
@@ -134,7 +135,7 @@ def test_a_log_file_that_cannot_be_written_is_one_line_and_exit_2(
         start_daemon(path, lambda config: config.paths.host_log_file)
     assert stopped.value.code == 2
     assert capsys.readouterr().err == (
-        f"error: cannot write the log file {blocker}/host.log: File exists\n"
+        f"error: cannot write the log file {blocker}/host.log: Not a directory\n"
     )
 
 

@@ -114,7 +114,14 @@ def make_engine(url: str) -> Engine:
             url, connect_args={"check_same_thread": False}, json_serializer=_json_text
         )
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # FileExistsError: a file where a folder should be
+                why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+                raise DatabaseError(
+                    f"cannot open the database {_shown(url)}: cannot create {folder}: {why}"
+                ) from None
             event.listen(engine, "do_connect", _created_private(Path(parsed.database)))
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -164,3 +164,16 @@ def test_a_database_another_program_holds_locked_is_one_line(tmp_path: Path) -> 
         )
     finally:
         other.close()
+
+
+@pytest.mark.parametrize("under", ["file", "file/sub"])
+def test_a_database_under_a_file_is_one_line_naming_its_key(tmp_path: Path, under: str) -> None:
+    """It said '[Errno 20] Not a directory: ...' (or 'File exists'), without the key."""
+    (tmp_path / "file").write_text("")
+    path = tmp_path / under / "host.db"
+    with pytest.raises(DatabaseError) as raised:
+        Store(f"sqlite:///{path}")
+    assert str(raised.value) == (
+        f"cannot open the database {path} (database.db_file): cannot create {path.parent}: "
+        "Not a directory"
+    )

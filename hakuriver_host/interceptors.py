@@ -56,6 +56,7 @@ from hakuriver_host.errors import (
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, set_caller
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
+from hakuriver_host.store import DATABASE_LOCKED, database_locked
 
 log = logging.getLogger(__name__)
 # How long a refused client-streaming call may take to send its first message (see
@@ -236,6 +237,13 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             method,
             malformed.type_name,
             " ".join(malformed.reason.split())[:200],
+        )
+
+    def note_locked(self, method: str) -> None:
+        """One log line per method per interval: SQLite refused a write (another program
+        holds the database locked)."""
+        self.internal_log.log(
+            (method, "locked"), logging.WARNING, "%s: refused: %s", method, DATABASE_LOCKED
         )
 
     def note_internal(self, method: str, exc: BaseException) -> None:
@@ -507,6 +515,9 @@ class _Call:
             return self.cut
         if isinstance(exc, PASSED_THROUGH) or not isinstance(exc, Exception):
             return exc
+        if database_locked(exc):  # not a bug: nothing of the call was written
+            self.owner.note_locked(self.method)
+            return Unavailable(f"{DATABASE_LOCKED}: try again once it is not")
         self.owner.note_internal(self.method, exc)
         return _Internal()
 

@@ -71,6 +71,15 @@ def _json_text(value: Any) -> str:
     return json.dumps(value)
 
 
+DATABASE_LOCKED = "the Host's database is locked by another program"
+
+
+def database_locked(exc: BaseException) -> bool:
+    """``exc`` is SQLite's refusal of a write another program's lock held past the busy
+    timeout."""
+    return isinstance(exc, DBAPIError) and str(exc.orig) == "database is locked"
+
+
 class DatabaseError(OSError):
     """The database cannot be opened: one line naming it and its config key (the Host
     prints it and stops), never its password."""

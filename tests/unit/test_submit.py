@@ -6,6 +6,7 @@ stored placed, in one write ordered after its node's earlier changes."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 
 import grpc
@@ -368,3 +369,24 @@ async def test_a_gpu_id_named_twice_is_refused(local_cluster: LocalCluster) -> N
         await local_cluster.submit("train", targets=twice)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == "target gpu: GPU ids repeat: [1, 1]"
+
+
+async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
+    local_cluster: LocalCluster,
+) -> None:
+    """Refused as UNAVAILABLE, nothing of it kept; it was 'internal error (INTERNAL)'."""
+    await local_cluster.add_runner("a")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
+            await local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=30)
+    finally:
+        other.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refused.value.details() == (
+        "the Host's database is locked by another program: try again once it is not"
+    )
+    kept = await local_cluster.submit("job")
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert [t.task_id for t in listed.tasks] == [kept.task_id]

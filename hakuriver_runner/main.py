@@ -40,16 +40,16 @@ def _hold_state_dir(config: Config) -> int:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return hold_lock(folder / LOCK_FILE)
     except LockHeld as held:
-        cli.echo(
-            f"error: another Runner{held.by} is using runner.state_dir {folder}: stop it "
-            "first, or give this one its own runner.state_dir and runner.name",
-            err=True,
+        reason = (
+            f"another Runner{held.by} is using runner.state_dir {folder}: stop it first, or "
+            "give this one its own runner.state_dir and runner.name"
         )
     except OSError as exc:
         # mkdir of a path that names a file says "File exists"; the file is what is wrong
-        reason = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror
-        cli.echo(f"error: cannot use runner.state_dir {folder}: {reason or exc}", err=True)
-    raise cli.Exit(1)
+        why = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror
+        reason = f"cannot use runner.state_dir {folder}: {why or exc}"
+    log.error("%s", reason)
+    _stop(config, reason)
 
 
 def _runner(config: Config) -> Session:

@@ -284,7 +284,7 @@ def test_a_runner_whose_state_dir_it_cannot_read_says_so_and_exits(
     state = tmp_path / "a-file"
     state.write_text("")
     assert refused_at_start(cluster, state, "blocked") == (
-        f"cannot join the cluster: cannot read runner.state_dir {state}: Not a directory"
+        f"cannot use runner.state_dir {state}: Not a directory"
     )
 
 

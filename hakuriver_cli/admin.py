@@ -114,6 +114,25 @@ def user_add(
     cli.echo(f"give them a token: hakuriver.admin token create --user {user.name} --save PATH")
 
 
+@user_app.command("set-role")
+def user_set_role(
+    name: NameArgument,
+    role: Annotated[Role, cli.Argument(help="user, operator or admin.", show_default=False)],
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Give a user another role; their tokens carry it at once (open streams and SSH
+    sessions end, to be made again)."""
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
+
+    request = apb.SetUserRoleRequest(name=name, role=role.pb)
+    user = _access(config, lambda s: unary(s.SetUserRole, request).user)
+    if json:
+        print_json(to_dict(user))
+        return
+    cli.echo(f"user {user.name} is now {role_name(user.role)}")
+
+
 def _user_row(user: access_pb2.User) -> list[str]:
     return [user.name, role_name(user.role), when(user.created_at, user.HasField("created_at"))]
 

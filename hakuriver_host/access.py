@@ -249,9 +249,9 @@ class Access:
         return Principal(Kind.RUNNER, credential.hostname)
 
     def on_revoked(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call ``listener`` whenever a token is revoked or a user deleted, so what such a
-        token holds open (a stream, an SSH session) ends then, idle or not; returns what
-        stops the calls."""
+        """Call ``listener`` whenever a token is revoked, a user deleted or given another
+        role, so what such a token holds open (a stream, an SSH session) ends then, idle or
+        not; returns what stops the calls."""
         self._revoked_listeners.add(listener)
         return lambda: self._revoked_listeners.discard(listener)
 
@@ -299,11 +299,29 @@ class Access:
         async with self._user_changes:
             return await self._delete_user_now(name)
 
-    async def _delete_user_now(self, name: str) -> int:
-        record = self.user(name)
+    def _not_the_last_admin(self, record: UserRecord) -> None:
         admins = [u for u in self.users.values() if u.role == Role.ADMIN]
         if record.role == Role.ADMIN and len(admins) == 1:
-            raise FailedPrecondition(f"name: {name!r} is the last admin")
+            raise FailedPrecondition(f"name: {record.name!r} is the last admin")
+
+    async def set_role(self, name: str, role: Role) -> UserRecord:
+        """Give a user another role: their tokens carry it from their next call, and what
+        they hold open ends (``on_revoked``), authorised as it was under the old one."""
+        async with self._user_changes:
+            record = self.user(name)
+            if Role(record.role) == role:
+                return record
+            if role != Role.ADMIN:
+                self._not_the_last_admin(record)
+            changed = UserRecord(name=record.name, role=role.value, created_at=record.created_at)
+            await self.store.run(self._merge, changed)
+            self.users[name] = changed
+        self._tell_revoked()
+        return changed
+
+    async def _delete_user_now(self, name: str) -> int:
+        record = self.user(name)
+        self._not_the_last_admin(record)
         revoked = [t for t in self._tokens.values() if t.user == name and t.revoked_at is None]
         now = utcnow()
         for token in revoked:

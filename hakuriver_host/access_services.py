@@ -123,6 +123,15 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         self.audit.record(caller(), "user.delete", request.name, detail=f"{revoked} tokens revoked")
         return apb.DeleteUserResponse(revoked_tokens=revoked)
 
+    async def SetUserRole(
+        self, request: apb.SetUserRoleRequest, context: grpc.aio.ServicerContext
+    ) -> apb.SetUserRoleResponse:
+        role = _role(request.role)
+        before = self.access.user(request.name).role
+        user = await self.access.set_role(request.name, role)
+        self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
+        return apb.SetUserRoleResponse(user=user_to_pb(user))
+
     async def CreateToken(
         self, request: apb.CreateTokenRequest, context: grpc.aio.ServicerContext
     ) -> apb.CreateTokenResponse:

@@ -75,6 +75,7 @@ RIGHTS: dict[str, Right] = {
     _ACCESS + "CreateUser": Right.ADMIN,
     _ACCESS + "ListUsers": Right.ADMIN,
     _ACCESS + "DeleteUser": Right.ADMIN,
+    _ACCESS + "SetUserRole": Right.ADMIN,
     _ACCESS + "ListRunnerCredentials": Right.ADMIN,
     _ACCESS + "RevokeRunnerCredential": Right.ADMIN,
     _AUDIT + "ListAuditEvents": Right.ADMIN,

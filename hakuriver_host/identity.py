@@ -54,6 +54,14 @@ class Principal:
 ANONYMOUS = Principal(Kind.ANONYMOUS, ANONYMOUS_NAME)
 JOINING = Principal(Kind.JOINING, JOINING_NAME)
 
+
+def role_changed(now: Principal, then: Principal) -> str:
+    """Why a stream or session authorised as ``then`` ends: its user has another role."""
+    old = then.role.value if then.role else "none"
+    new = now.role.value if now.role else "none"
+    return f"the role of {now.name} changed from {old} to {new}: call again"
+
+
 _caller: ContextVar[Principal] = ContextVar("hakuriver_caller", default=ANONYMOUS)
 # The call's servicer context, asked for the peer address only when something is audited.
 _context: ContextVar[Any] = ContextVar("hakuriver_call_context", default=None)

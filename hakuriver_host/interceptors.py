@@ -53,7 +53,7 @@ from hakuriver_host.errors import (
     Unavailable,
     WatcherBehind,
 )
-from hakuriver_host.identity import ANONYMOUS, Kind, Principal, set_caller
+from hakuriver_host.identity import ANONYMOUS, Kind, Principal, role_changed, set_caller
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.store import DATABASE_LOCKED, database_locked
@@ -469,11 +469,15 @@ class _Call:
 
     def refused_now(self) -> ApiError | None:
         """Why the caller may no longer go on with a stream authorised when it began (its
-        token revoked or expired, its user removed); None: they may. Checked at each
-        message the stream passes on, so a revoked token gets nothing more."""
+        token revoked or expired, its user removed, or given another role: what the stream
+        shows was chosen under the old one); None: they may. Checked at each message the
+        stream passes on, so a revoked token gets nothing more."""
         if not self.who.token_id:  # a Runner (revoking it closes its stream) or open mode
             return None
-        return self.owner.authorise(self.method, self.bearer)[1]
+        now, refused = self.owner.authorise(self.method, self.bearer)
+        if refused is None and now.role != self.who.role:
+            return Unavailable(role_changed(now, self.who))
+        return refused
 
     async def _take_first(self, request: Any) -> None:
         """Read a refused client-streaming call's first message before refusing it: an

@@ -24,7 +24,7 @@ from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
-from hakuriver_host.identity import ANONYMOUS, Principal
+from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
 from hakuriver_host.tunnels import Tunnel
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,15 @@ class SshProxy:
             who, "ssh.tunnel", target, AuditOutcome.REFUSED, reason, str(peer or "")
         )
 
+    def _no_longer(self, who: Principal) -> str | None:
+        """Why ``who`` may no longer use a tunnel let in: a token that stopped holding, or
+        another role than the one it was let in with; None: it may."""
+        try:
+            now = self.cluster.access.again(who)
+        except Unauthenticated as exc:
+            return exc.message
+        return None if now.role == who.role else role_changed(now, who)
+
     async def _relay(
         self,
         reader: asyncio.StreamReader,
@@ -125,16 +134,16 @@ class SshProxy:
         refused: list[str] = []
 
         def holds() -> bool:
-            """Whether ``who`` may still use the tunnel; the first refusal is audited."""
+            """Whether ``who`` may still use the tunnel (its token good, its role the one it
+            was let in with); the first refusal is audited."""
             if refused:
                 return False
-            try:
-                self.cluster.access.again(who)
-            except Unauthenticated as exc:
-                refused.append(exc.message)
-                self._refused(writer, who, exc.message, tunnel.task_id)
-                return False
-            return True
+            reason = self._no_longer(who)
+            if reason is None:
+                return True
+            refused.append(reason)
+            self._refused(writer, who, reason, tunnel.task_id)
+            return False
 
         async def upstream() -> None:
             while (data := await reader.read(CHUNK)) and holds():

@@ -173,7 +173,7 @@ OPERATOR_AT_LEAST = [
     "/hakuriver.v1.ShellService/Shell",
 ]
 ADMIN_ONLY = [
-    *(_ACCESS + m for m in ("CreateUser", "ListUsers", "DeleteUser")),
+    *(_ACCESS + m for m in ("CreateUser", "ListUsers", "DeleteUser", "SetUserRole")),
     *(_ACCESS + m for m in ("ListRunnerCredentials", "RevokeRunnerCredential")),
     "/hakuriver.v1.AuditService/ListAuditEvents",
 ]
@@ -509,6 +509,80 @@ async def test_an_idle_stream_ends_as_soon_as_its_token_is_revoked(
     for call in (watch, follow):
         assert await asyncio.wait_for(_refusal(call.read()), 10) == revoked
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.RUNNING
+
+
+async def test_a_users_role_changes_for_their_tokens_and_what_they_hold_open(
+    local_cluster: LocalCluster,
+) -> None:
+    """A user made an operator (or back) had to be removed and added again with
+    --reclaim, which revoked every token they held; now their tokens carry the new role
+    from their next call, and a stream chosen under the old one ends (UNAVAILABLE: call
+    again) rather than go on showing what the old role saw."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    bobs = await _submit(bob, "bobs")
+    await local_cluster.wait_status(bobs.task_id, TaskStatus.RUNNING)
+
+    async def seen_by_alice() -> list[int]:
+        reply = await alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+        return [t.task_id for t in reply.tasks]
+
+    assert bobs.task_id not in await seen_by_alice()
+    watch = alice.tasks.WatchTasks(tpb.WatchTasksRequest(), timeout=30)
+    await _submit(alice, "hers")
+    await watch.read()  # the stream is under way
+    to_operator = apb.SetUserRoleRequest(name="alice", role=Role.OPERATOR.pb)
+    answer = await local_cluster.access.SetUserRole(to_operator, timeout=5)
+    assert answer.user.role == Role.OPERATOR.pb
+
+    async def ended() -> None:  # changes of her task queued before it ended come first
+        while await watch.read() is not grpc.aio.EOF:
+            pass
+
+    assert await asyncio.wait_for(_refusal(ended()), 10) == (
+        CODE.UNAVAILABLE,
+        "the role of alice changed from user to operator: call again",
+    )
+    assert bobs.task_id in await seen_by_alice()
+    users = (await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)).users
+    assert [u.role for u in users if u.name == "alice"] == [Role.OPERATOR.pb]
+    back = apb.SetUserRoleRequest(name="alice", role=Role.USER.pb)
+    await local_cluster.access.SetUserRole(back, timeout=5)
+    assert bobs.task_id not in await seen_by_alice()
+    code, _ = await _refusal(alice.access.SetUserRole(to_operator, timeout=5))
+    assert code == CODE.PERMISSION_DENIED
+    audited = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="user.role"), timeout=5
+    )
+    assert [(e.actor, e.target, e.detail) for e in audited.events] == [
+        ("admin", "alice", "operator -> user"),
+        ("admin", "alice", "user -> operator"),
+    ]
+
+
+async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(
+    local_cluster: LocalCluster,
+) -> None:
+    demote = apb.SetUserRoleRequest(name="admin", role=Role.OPERATOR.pb)
+    assert await _refusal(local_cluster.access.SetUserRole(demote, timeout=5)) == (
+        CODE.FAILED_PRECONDITION,
+        "name: 'admin' is the last admin",
+    )
+    root = await local_cluster.add_user("root", Role.ADMIN)
+    await local_cluster.access.SetUserRole(demote, timeout=5)
+    code, _ = await _refusal(local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5))
+    assert code == CODE.PERMISSION_DENIED  # the old admin's own token is an operator's now
+    unnamed = apb.SetUserRoleRequest(name="root")
+    assert await _refusal(root.access.SetUserRole(unnamed, timeout=5)) == (
+        CODE.INVALID_ARGUMENT,
+        "role: must be user, operator or admin",
+    )
+    nobody = apb.SetUserRoleRequest(name="nobody", role=Role.USER.pb)
+    assert await _refusal(root.access.SetUserRole(nobody, timeout=5)) == (
+        CODE.NOT_FOUND,
+        "user 'nobody' not found",
+    )
 
 
 async def test_an_idle_stream_ends_when_its_token_expires(local_cluster: LocalCluster) -> None:

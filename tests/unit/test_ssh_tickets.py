@@ -20,6 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import ssh_proxy, ssh_tickets
 from hakuriver_host.errors import Unauthenticated
@@ -166,6 +167,30 @@ async def test_an_idle_session_ends_as_soon_as_its_token_is_revoked(
             str(runner.tunnel_opens[0].task_id),
             aupb.AUDIT_OUTCOME_REFUSED,
             f"API token {token.token_id} was revoked",
+        )
+    ]
+
+
+async def test_a_session_ends_when_its_users_role_changes(local_cluster: LocalCluster) -> None:
+    """Let in under one role (an operator may reach other users' VPS), a session does not
+    carry on under another."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        await _session(runner, issued, reader, writer)
+        request = apb.SetUserRoleRequest(name="alice", role=Role.OPERATOR.pb)
+        await local_cluster.access.SetUserRole(request, timeout=5)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    events = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="ssh.tunnel"), timeout=5
+    )
+    assert [(e.actor, e.outcome, e.detail) for e in events.events] == [
+        (
+            "alice",
+            aupb.AUDIT_OUTCOME_REFUSED,
+            "the role of alice changed from user to operator: call again",
         )
     ]
 

@@ -29,6 +29,9 @@ class AccessService(Protocol):
     async def delete_user(self, request: hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def set_user_role(self, request: hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
     async def create_token(self, request: hakuriver_dot_v1_dot_access__service__pb2.CreateTokenRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.CreateTokenResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
@@ -89,6 +92,16 @@ class AccessServiceASGIApplication(ConnectASGIApplication[AccessService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.delete_user,
+                ),
+                "/hakuriver.v1.AccessService/SetUserRole": Endpoint.unary(
+                    method=MethodInfo(
+                        name="SetUserRole",
+                        service_name="hakuriver.v1.AccessService",
+                        input=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+                        output=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.set_user_role,
                 ),
                 "/hakuriver.v1.AccessService/CreateToken": Endpoint.unary(
                     method=MethodInfo(
@@ -233,6 +246,26 @@ class AccessServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def set_user_role(
+        self,
+        request: hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetUserRole",
+                service_name="hakuriver.v1.AccessService",
+                input=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+                output=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
     async def create_token(
         self,
         request: hakuriver_dot_v1_dot_access__service__pb2.CreateTokenRequest,
@@ -343,6 +376,8 @@ class AccessServiceSync(Protocol):
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def delete_user(self, request: hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def set_user_role(self, request: hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def create_token(self, request: hakuriver_dot_v1_dot_access__service__pb2.CreateTokenRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.CreateTokenResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def list_tokens(self, request: hakuriver_dot_v1_dot_access__service__pb2.ListTokensRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_access__service__pb2.ListTokensResponse:
@@ -398,6 +433,16 @@ class AccessServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.delete_user,
+                ),
+                "/hakuriver.v1.AccessService/SetUserRole": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="SetUserRole",
+                        service_name="hakuriver.v1.AccessService",
+                        input=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+                        output=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.set_user_role,
                 ),
                 "/hakuriver.v1.AccessService/CreateToken": EndpointSync.unary(
                     method=MethodInfo(
@@ -536,6 +581,26 @@ class AccessServiceClientSync(ConnectClientSync):
                 service_name="hakuriver.v1.AccessService",
                 input=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest,
                 output=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def set_user_role(
+        self,
+        request: hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="SetUserRole",
+                service_name="hakuriver.v1.AccessService",
+                input=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest,
+                output=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

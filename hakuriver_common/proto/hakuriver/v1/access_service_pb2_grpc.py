@@ -55,6 +55,11 @@ class AccessServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse.FromString,
                 _registered_method=True)
+        self.SetUserRole = channel.unary_unary(
+                '/hakuriver.v1.AccessService/SetUserRole',
+                request_serializer=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse.FromString,
+                _registered_method=True)
         self.CreateToken = channel.unary_unary(
                 '/hakuriver.v1.AccessService/CreateToken',
                 request_serializer=hakuriver_dot_v1_dot_access__service__pb2.CreateTokenRequest.SerializeToString,
@@ -109,6 +114,14 @@ class AccessServiceServicer:
 
     def DeleteUser(self, request, context):
         """DeleteUser removes a user and revokes their tokens; their tasks keep running (admin only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetUserRole(self, request, context):
+        """SetUserRole changes a user's role. It holds for their tokens at once; their open streams
+        and SSH sessions end (UNAVAILABLE), to be made again with the new role (admin only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +186,11 @@ def add_AccessServiceServicer_to_server(servicer, server):
                     servicer.DeleteUser,
                     request_deserializer=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'SetUserRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetUserRole,
+                    request_deserializer=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse.SerializeToString,
             ),
             'CreateToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateToken,
@@ -309,6 +327,33 @@ class AccessService:
             '/hakuriver.v1.AccessService/DeleteUser',
             hakuriver_dot_v1_dot_access__service__pb2.DeleteUserRequest.SerializeToString,
             hakuriver_dot_v1_dot_access__service__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetUserRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.AccessService/SetUserRole',
+            hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleRequest.SerializeToString,
+            hakuriver_dot_v1_dot_access__service__pb2.SetUserRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,

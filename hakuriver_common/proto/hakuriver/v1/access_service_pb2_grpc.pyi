@@ -41,6 +41,10 @@ class AccessServiceStub:
     """ListUsers lists every user (admin only)."""
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.DeleteUserRequest, _access_service_pb2.DeleteUserResponse]
     """DeleteUser removes a user and revokes their tokens; their tasks keep running (admin only)."""
+    SetUserRole: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.SetUserRoleRequest, _access_service_pb2.SetUserRoleResponse]
+    """SetUserRole changes a user's role. It holds for their tokens at once; their open streams
+    and SSH sessions end (UNAVAILABLE), to be made again with the new role (admin only).
+    """
     CreateToken: _grpc.UnaryUnaryMultiCallable[_access_service_pb2.CreateTokenRequest, _access_service_pb2.CreateTokenResponse]
     """CreateToken issues an API token; its secret is in this answer only. A user creates
     their own; an admin creates one for anybody.
@@ -69,6 +73,10 @@ class AccessServiceAsyncStub(AccessServiceStub):
     """ListUsers lists every user (admin only)."""
     DeleteUser: _aio.UnaryUnaryMultiCallable[_access_service_pb2.DeleteUserRequest, _access_service_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """DeleteUser removes a user and revokes their tokens; their tasks keep running (admin only)."""
+    SetUserRole: _aio.UnaryUnaryMultiCallable[_access_service_pb2.SetUserRoleRequest, _access_service_pb2.SetUserRoleResponse]  # type: ignore[assignment]
+    """SetUserRole changes a user's role. It holds for their tokens at once; their open streams
+    and SSH sessions end (UNAVAILABLE), to be made again with the new role (admin only).
+    """
     CreateToken: _aio.UnaryUnaryMultiCallable[_access_service_pb2.CreateTokenRequest, _access_service_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """CreateToken issues an API token; its secret is in this answer only. A user creates
     their own; an admin creates one for anybody.
@@ -118,6 +126,16 @@ class AccessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_access_service_pb2.DeleteUserResponse, _abc.Awaitable[_access_service_pb2.DeleteUserResponse]]:
         """DeleteUser removes a user and revokes their tokens; their tasks keep running (admin only)."""
+
+    @_abc_1.abstractmethod
+    def SetUserRole(
+        self,
+        request: _access_service_pb2.SetUserRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_access_service_pb2.SetUserRoleResponse, _abc.Awaitable[_access_service_pb2.SetUserRoleResponse]]:
+        """SetUserRole changes a user's role. It holds for their tokens at once; their open streams
+        and SSH sessions end (UNAVAILABLE), to be made again with the new role (admin only).
+        """
 
     @_abc_1.abstractmethod
     def CreateToken(

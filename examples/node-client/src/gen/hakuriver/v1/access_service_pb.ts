@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/access_service.proto.
  */
 export const file_hakuriver_v1_access_service: GenFile = /*@__PURE__*/
-  fileDesc("CiFoYWt1cml2ZXIvdjEvYWNjZXNzX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSIPCg1XaG9BbUlSZXF1ZXN0IlIKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSIAoEcm9sZRgCIAEoDjISLmhha3VyaXZlci52MS5Sb2xlEhAKCHRva2VuX2lkGAMgASgJIlQKEUNyZWF0ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoEcm9sZRgCIAEoDjISLmhha3VyaXZlci52MS5Sb2xlEg8KB3JlY2xhaW0YAyABKAgiNgoSQ3JlYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5oYWt1cml2ZXIudjEuVXNlciISChBMaXN0VXNlcnNSZXF1ZXN0IjYKEUxpc3RVc2Vyc1Jlc3BvbnNlEiEKBXVzZXJzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlVzZXIiIQoRRGVsZXRlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSIsChJEZWxldGVVc2VyUmVzcG9uc2USFgoOcmV2b2tlZF90b2tlbnMYASABKAUiZwoSQ3JlYXRlVG9rZW5SZXF1ZXN0EgwKBHVzZXIYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTAoTQ3JlYXRlVG9rZW5SZXNwb25zZRIlCgV0b2tlbhgBIAEoCzIWLmhha3VyaXZlci52MS5BcGlUb2tlbhIOCgZzZWNyZXQYAiABKAkiOwoRTGlzdFRva2Vuc1JlcXVlc3QSDAoEdXNlchgBIAEoCRIYChBpbmNsdWRlX2luYWN0aXZlGAIgASgIIjwKEkxpc3RUb2tlbnNSZXNwb25zZRImCgZ0b2tlbnMYASADKAsyFi5oYWt1cml2ZXIudjEuQXBpVG9rZW4iJgoSUmV2b2tlVG9rZW5SZXF1ZXN0EhAKCHRva2VuX2lkGAEgASgJIjwKE1Jldm9rZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5oYWt1cml2ZXIudjEuQXBpVG9rZW4iHgocTGlzdFJ1bm5lckNyZWRlbnRpYWxzUmVxdWVzdCJUCh1MaXN0UnVubmVyQ3JlZGVudGlhbHNSZXNwb25zZRIzCgtjcmVkZW50aWFscxgBIAMoCzIeLmhha3VyaXZlci52MS5SdW5uZXJDcmVkZW50aWFsIjEKHVJldm9rZVJ1bm5lckNyZWRlbnRpYWxSZXF1ZXN0EhAKCGhvc3RuYW1lGAEgASgJIlQKHlJldm9rZVJ1bm5lckNyZWRlbnRpYWxSZXNwb25zZRIyCgpjcmVkZW50aWFsGAEgASgLMh4uaGFrdXJpdmVyLnYxLlJ1bm5lckNyZWRlbnRpYWwypAYKDUFjY2Vzc1NlcnZpY2USQwoGV2hvQW1JEhsuaGFrdXJpdmVyLnYxLldob0FtSVJlcXVlc3QaHC5oYWt1cml2ZXIudjEuV2hvQW1JUmVzcG9uc2USTwoKQ3JlYXRlVXNlchIfLmhha3VyaXZlci52MS5DcmVhdGVVc2VyUmVxdWVzdBogLmhha3VyaXZlci52MS5DcmVhdGVVc2VyUmVzcG9uc2USTAoJTGlzdFVzZXJzEh4uaGFrdXJpdmVyLnYxLkxpc3RVc2Vyc1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuTGlzdFVzZXJzUmVzcG9uc2USTwoKRGVsZXRlVXNlchIfLmhha3VyaXZlci52MS5EZWxldGVVc2VyUmVxdWVzdBogLmhha3VyaXZlci52MS5EZWxldGVVc2VyUmVzcG9uc2USUgoLQ3JlYXRlVG9rZW4SIC5oYWt1cml2ZXIudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USTwoKTGlzdFRva2VucxIfLmhha3VyaXZlci52MS5MaXN0VG9rZW5zUmVxdWVzdBogLmhha3VyaXZlci52MS5MaXN0VG9rZW5zUmVzcG9uc2USUgoLUmV2b2tlVG9rZW4SIC5oYWt1cml2ZXIudjEuUmV2b2tlVG9rZW5SZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLlJldm9rZVRva2VuUmVzcG9uc2UScAoVTGlzdFJ1bm5lckNyZWRlbnRpYWxzEiouaGFrdXJpdmVyLnYxLkxpc3RSdW5uZXJDcmVkZW50aWFsc1JlcXVlc3QaKy5oYWt1cml2ZXIudjEuTGlzdFJ1bm5lckNyZWRlbnRpYWxzUmVzcG9uc2UScwoWUmV2b2tlUnVubmVyQ3JlZGVudGlhbBIrLmhha3VyaXZlci52MS5SZXZva2VSdW5uZXJDcmVkZW50aWFsUmVxdWVzdBosLmhha3VyaXZlci52MS5SZXZva2VSdW5uZXJDcmVkZW50aWFsUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp, file_hakuriver_v1_access]);
+  fileDesc("CiFoYWt1cml2ZXIvdjEvYWNjZXNzX3NlcnZpY2UucHJvdG8SDGhha3VyaXZlci52MSIPCg1XaG9BbUlSZXF1ZXN0IlIKDldob0FtSVJlc3BvbnNlEgwKBHVzZXIYASABKAkSIAoEcm9sZRgCIAEoDjISLmhha3VyaXZlci52MS5Sb2xlEhAKCHRva2VuX2lkGAMgASgJIlQKEUNyZWF0ZVVzZXJSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoEcm9sZRgCIAEoDjISLmhha3VyaXZlci52MS5Sb2xlEg8KB3JlY2xhaW0YAyABKAgiNgoSQ3JlYXRlVXNlclJlc3BvbnNlEiAKBHVzZXIYASABKAsyEi5oYWt1cml2ZXIudjEuVXNlciISChBMaXN0VXNlcnNSZXF1ZXN0IjYKEUxpc3RVc2Vyc1Jlc3BvbnNlEiEKBXVzZXJzGAEgAygLMhIuaGFrdXJpdmVyLnYxLlVzZXIiIQoRRGVsZXRlVXNlclJlcXVlc3QSDAoEbmFtZRgBIAEoCSIsChJEZWxldGVVc2VyUmVzcG9uc2USFgoOcmV2b2tlZF90b2tlbnMYASABKAUiRAoSU2V0VXNlclJvbGVSZXF1ZXN0EgwKBG5hbWUYASABKAkSIAoEcm9sZRgCIAEoDjISLmhha3VyaXZlci52MS5Sb2xlIjcKE1NldFVzZXJSb2xlUmVzcG9uc2USIAoEdXNlchgBIAEoCzISLmhha3VyaXZlci52MS5Vc2VyImcKEkNyZWF0ZVRva2VuUmVxdWVzdBIMCgR1c2VyGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEi4KCmV4cGlyZXNfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkwKE0NyZWF0ZVRva2VuUmVzcG9uc2USJQoFdG9rZW4YASABKAsyFi5oYWt1cml2ZXIudjEuQXBpVG9rZW4SDgoGc2VjcmV0GAIgASgJIjsKEUxpc3RUb2tlbnNSZXF1ZXN0EgwKBHVzZXIYASABKAkSGAoQaW5jbHVkZV9pbmFjdGl2ZRgCIAEoCCI8ChJMaXN0VG9rZW5zUmVzcG9uc2USJgoGdG9rZW5zGAEgAygLMhYuaGFrdXJpdmVyLnYxLkFwaVRva2VuIiYKElJldm9rZVRva2VuUmVxdWVzdBIQCgh0b2tlbl9pZBgBIAEoCSI8ChNSZXZva2VUb2tlblJlc3BvbnNlEiUKBXRva2VuGAEgASgLMhYuaGFrdXJpdmVyLnYxLkFwaVRva2VuIh4KHExpc3RSdW5uZXJDcmVkZW50aWFsc1JlcXVlc3QiVAodTGlzdFJ1bm5lckNyZWRlbnRpYWxzUmVzcG9uc2USMwoLY3JlZGVudGlhbHMYASADKAsyHi5oYWt1cml2ZXIudjEuUnVubmVyQ3JlZGVudGlhbCIxCh1SZXZva2VSdW5uZXJDcmVkZW50aWFsUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCSJUCh5SZXZva2VSdW5uZXJDcmVkZW50aWFsUmVzcG9uc2USMgoKY3JlZGVudGlhbBgBIAEoCzIeLmhha3VyaXZlci52MS5SdW5uZXJDcmVkZW50aWFsMvgGCg1BY2Nlc3NTZXJ2aWNlEkMKBldob0FtSRIbLmhha3VyaXZlci52MS5XaG9BbUlSZXF1ZXN0GhwuaGFrdXJpdmVyLnYxLldob0FtSVJlc3BvbnNlEk8KCkNyZWF0ZVVzZXISHy5oYWt1cml2ZXIudjEuQ3JlYXRlVXNlclJlcXVlc3QaIC5oYWt1cml2ZXIudjEuQ3JlYXRlVXNlclJlc3BvbnNlEkwKCUxpc3RVc2VycxIeLmhha3VyaXZlci52MS5MaXN0VXNlcnNSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3RVc2Vyc1Jlc3BvbnNlEk8KCkRlbGV0ZVVzZXISHy5oYWt1cml2ZXIudjEuRGVsZXRlVXNlclJlcXVlc3QaIC5oYWt1cml2ZXIudjEuRGVsZXRlVXNlclJlc3BvbnNlElIKC1NldFVzZXJSb2xlEiAuaGFrdXJpdmVyLnYxLlNldFVzZXJSb2xlUmVxdWVzdBohLmhha3VyaXZlci52MS5TZXRVc2VyUm9sZVJlc3BvbnNlElIKC0NyZWF0ZVRva2VuEiAuaGFrdXJpdmVyLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBohLmhha3VyaXZlci52MS5DcmVhdGVUb2tlblJlc3BvbnNlEk8KCkxpc3RUb2tlbnMSHy5oYWt1cml2ZXIudjEuTGlzdFRva2Vuc1JlcXVlc3QaIC5oYWt1cml2ZXIudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElIKC1Jldm9rZVRva2VuEiAuaGFrdXJpdmVyLnYxLlJldm9rZVRva2VuUmVxdWVzdBohLmhha3VyaXZlci52MS5SZXZva2VUb2tlblJlc3BvbnNlEnAKFUxpc3RSdW5uZXJDcmVkZW50aWFscxIqLmhha3VyaXZlci52MS5MaXN0UnVubmVyQ3JlZGVudGlhbHNSZXF1ZXN0GisuaGFrdXJpdmVyLnYxLkxpc3RSdW5uZXJDcmVkZW50aWFsc1Jlc3BvbnNlEnMKFlJldm9rZVJ1bm5lckNyZWRlbnRpYWwSKy5oYWt1cml2ZXIudjEuUmV2b2tlUnVubmVyQ3JlZGVudGlhbFJlcXVlc3QaLC5oYWt1cml2ZXIudjEuUmV2b2tlUnVubmVyQ3JlZGVudGlhbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp, file_hakuriver_v1_access]);
 
 /**
  * @generated from message hakuriver.v1.WhoAmIRequest
@@ -175,6 +175,47 @@ export const DeleteUserResponseSchema: GenMessage<DeleteUserResponse> = /*@__PUR
   messageDesc(file_hakuriver_v1_access_service, 7);
 
 /**
+ * @generated from message hakuriver.v1.SetUserRoleRequest
+ */
+export type SetUserRoleRequest = Message<"hakuriver.v1.SetUserRoleRequest"> & {
+  /**
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * The new role; the last admin cannot lose theirs.
+   *
+   * @generated from field: hakuriver.v1.Role role = 2;
+   */
+  role: Role;
+};
+
+/**
+ * Describes the message hakuriver.v1.SetUserRoleRequest.
+ * Use `create(SetUserRoleRequestSchema)` to create a new message.
+ */
+export const SetUserRoleRequestSchema: GenMessage<SetUserRoleRequest> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_access_service, 8);
+
+/**
+ * @generated from message hakuriver.v1.SetUserRoleResponse
+ */
+export type SetUserRoleResponse = Message<"hakuriver.v1.SetUserRoleResponse"> & {
+  /**
+   * @generated from field: hakuriver.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message hakuriver.v1.SetUserRoleResponse.
+ * Use `create(SetUserRoleResponseSchema)` to create a new message.
+ */
+export const SetUserRoleResponseSchema: GenMessage<SetUserRoleResponse> = /*@__PURE__*/
+  messageDesc(file_hakuriver_v1_access_service, 9);
+
+/**
  * @generated from message hakuriver.v1.CreateTokenRequest
  */
 export type CreateTokenRequest = Message<"hakuriver.v1.CreateTokenRequest"> & {
@@ -203,7 +244,7 @@ export type CreateTokenRequest = Message<"hakuriver.v1.CreateTokenRequest"> & {
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 8);
+  messageDesc(file_hakuriver_v1_access_service, 10);
 
 /**
  * @generated from message hakuriver.v1.CreateTokenResponse
@@ -227,7 +268,7 @@ export type CreateTokenResponse = Message<"hakuriver.v1.CreateTokenResponse"> & 
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 9);
+  messageDesc(file_hakuriver_v1_access_service, 11);
 
 /**
  * @generated from message hakuriver.v1.ListTokensRequest
@@ -253,7 +294,7 @@ export type ListTokensRequest = Message<"hakuriver.v1.ListTokensRequest"> & {
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 10);
+  messageDesc(file_hakuriver_v1_access_service, 12);
 
 /**
  * @generated from message hakuriver.v1.ListTokensResponse
@@ -270,7 +311,7 @@ export type ListTokensResponse = Message<"hakuriver.v1.ListTokensResponse"> & {
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 11);
+  messageDesc(file_hakuriver_v1_access_service, 13);
 
 /**
  * @generated from message hakuriver.v1.RevokeTokenRequest
@@ -287,7 +328,7 @@ export type RevokeTokenRequest = Message<"hakuriver.v1.RevokeTokenRequest"> & {
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 12);
+  messageDesc(file_hakuriver_v1_access_service, 14);
 
 /**
  * @generated from message hakuriver.v1.RevokeTokenResponse
@@ -304,7 +345,7 @@ export type RevokeTokenResponse = Message<"hakuriver.v1.RevokeTokenResponse"> & 
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 13);
+  messageDesc(file_hakuriver_v1_access_service, 15);
 
 /**
  * @generated from message hakuriver.v1.ListRunnerCredentialsRequest
@@ -317,7 +358,7 @@ export type ListRunnerCredentialsRequest = Message<"hakuriver.v1.ListRunnerCrede
  * Use `create(ListRunnerCredentialsRequestSchema)` to create a new message.
  */
 export const ListRunnerCredentialsRequestSchema: GenMessage<ListRunnerCredentialsRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 14);
+  messageDesc(file_hakuriver_v1_access_service, 16);
 
 /**
  * @generated from message hakuriver.v1.ListRunnerCredentialsResponse
@@ -334,7 +375,7 @@ export type ListRunnerCredentialsResponse = Message<"hakuriver.v1.ListRunnerCred
  * Use `create(ListRunnerCredentialsResponseSchema)` to create a new message.
  */
 export const ListRunnerCredentialsResponseSchema: GenMessage<ListRunnerCredentialsResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 15);
+  messageDesc(file_hakuriver_v1_access_service, 17);
 
 /**
  * @generated from message hakuriver.v1.RevokeRunnerCredentialRequest
@@ -351,7 +392,7 @@ export type RevokeRunnerCredentialRequest = Message<"hakuriver.v1.RevokeRunnerCr
  * Use `create(RevokeRunnerCredentialRequestSchema)` to create a new message.
  */
 export const RevokeRunnerCredentialRequestSchema: GenMessage<RevokeRunnerCredentialRequest> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 16);
+  messageDesc(file_hakuriver_v1_access_service, 18);
 
 /**
  * @generated from message hakuriver.v1.RevokeRunnerCredentialResponse
@@ -368,7 +409,7 @@ export type RevokeRunnerCredentialResponse = Message<"hakuriver.v1.RevokeRunnerC
  * Use `create(RevokeRunnerCredentialResponseSchema)` to create a new message.
  */
 export const RevokeRunnerCredentialResponseSchema: GenMessage<RevokeRunnerCredentialResponse> = /*@__PURE__*/
-  messageDesc(file_hakuriver_v1_access_service, 17);
+  messageDesc(file_hakuriver_v1_access_service, 19);
 
 /**
  * AccessService manages users, API tokens and Runner credentials (see docs/security.md).
@@ -415,6 +456,17 @@ export const AccessService: GenService<{
     methodKind: "unary";
     input: typeof DeleteUserRequestSchema;
     output: typeof DeleteUserResponseSchema;
+  },
+  /**
+   * SetUserRole changes a user's role. It holds for their tokens at once; their open streams
+   * and SSH sessions end (UNAVAILABLE), to be made again with the new role (admin only).
+   *
+   * @generated from rpc hakuriver.v1.AccessService.SetUserRole
+   */
+  setUserRole: {
+    methodKind: "unary";
+    input: typeof SetUserRoleRequestSchema;
+    output: typeof SetUserRoleResponseSchema;
   },
   /**
    * CreateToken issues an API token; its secret is in this answer only. A user creates

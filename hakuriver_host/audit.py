@@ -3,6 +3,12 @@
 ``record`` never blocks the caller: the line is logged at once and the row is written in
 the background by one flusher, every row queued meanwhile in one transaction
 (``wait_written`` waits for them, e.g. at shutdown).
+
+Refusals of callers who hold nothing of this Host's (no token, an unknown one) are limited:
+anybody who reaches a port could otherwise fill the disk with rows and lines in a loop. The
+first of each source address, action and target in a minute is written; the others are
+counted, and one row at the minute's end says how many ("... (and 1130 more like it in the
+last 60 s)"). Refusals of known users and Runners are each written.
 """
 
 from __future__ import annotations
@@ -10,18 +16,31 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session, select
 
 from hakuriver_common.roles import AuditOutcome
-from hakuriver_host.identity import Principal, caller_peer
+from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
+from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.models import AuditRecord, utcnow
 from hakuriver_host.store import Store
 
 log = logging.getLogger("hakuriver.audit")
 MAX_LIST = 1000
+# A gRPC peer ("ipv4:10.0.0.5:51234", "ipv6:[::1]:51234") or an asyncio one ("('10.0.0.5',
+# 51234)"): the address without the port, which each new connection changes.
+_PEER_PORT = re.compile(r"^(ipv4:.*|ipv6:\[.*\]):\d+$|^\('([^']*)', \d+.*\)$")
+
+
+def source_of(peer: str) -> str:
+    """``peer`` without its port."""
+    match = _PEER_PORT.match(peer)
+    if match is None:
+        return peer
+    return match.group(1) or match.group(2)
 
 
 @dataclass(frozen=True)
@@ -39,6 +58,7 @@ class AuditLog:
         # Rows not yet written; one flusher writes them, all that queued meanwhile at once.
         self._queued: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._strangers = LimitedLog(log, emit=self._stranger_refused)
 
     def record(
         self,
@@ -49,12 +69,34 @@ class AuditLog:
         detail: str = "",
         peer: str = "",
     ) -> None:
+        peer = peer or caller_peer()
+        if outcome is AuditOutcome.REFUSED and who.kind is Kind.ANONYMOUS:
+            cause = (action, str(target), source_of(peer))
+            self._strangers.log(cause, logging.INFO, "%s", detail)
+            return
+        self._write(who, action, target, outcome, detail, peer)
+
+    def _stranger_refused(
+        self, cause: Any, level: int, message: str, args: tuple[Any, ...]
+    ) -> None:
+        action, target, source = cause if isinstance(cause, tuple) else ("rpc", "", "")
+        self._write(ANONYMOUS, action, target, AuditOutcome.REFUSED, message % args, source)
+
+    def _write(
+        self,
+        who: Principal,
+        action: str,
+        target: object,
+        outcome: AuditOutcome,
+        detail: str,
+        peer: str,
+    ) -> None:
         fields = {
             "action": action,
             "actor": who.actor,
             "detail": detail,
             "outcome": outcome.value,
-            "peer": peer or caller_peer(),
+            "peer": peer,
             "role": who.role.value if who.role is not None else who.kind.value,
             "target": str(target),
         }
@@ -70,6 +112,10 @@ class AuditLog:
                 await self.store.run(self._insert, rows)
             except Exception:
                 log.exception("could not store %d audit events", len(rows))
+
+    def close(self) -> None:
+        """Write the counts of refusals not yet summed up (the Host stops)."""
+        self._strangers.close()
 
     async def wait_written(self) -> None:
         while self._flusher is not None and not self._flusher.done():

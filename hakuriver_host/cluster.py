@@ -265,6 +265,7 @@ class Cluster:
             if node.link is not None:
                 node.link.close()
         await self.runners.settle()
+        self.audit.close()
         await self.audit.wait_written()
 
     # ----- tasks ------------------------------------------------------------------------

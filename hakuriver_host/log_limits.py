@@ -23,6 +23,8 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Where a line goes: (cause, level, message, args); by default the logger's log.
+Emit = Callable[[Hashable, int, str, tuple[Any, ...]], None]
 DEFAULT_INTERVAL = 60.0
 DEFAULT_MAX_CAUSES = 1024
 OVERFLOW: Hashable = ("log_limits", "other causes")
@@ -38,7 +40,8 @@ class _Cause:
 
 
 class LimitedLog:
-    """One logger's lines, limited per cause. ``clock`` is for tests."""
+    """One logger's lines, limited per cause; ``emit`` writes them elsewhere (the audit
+    log's rows). ``clock`` is for tests."""
 
     def __init__(
         self,
@@ -46,8 +49,10 @@ class LimitedLog:
         interval: float = DEFAULT_INTERVAL,
         max_causes: int = DEFAULT_MAX_CAUSES,
         clock: Callable[[], float] = time.monotonic,
+        emit: Emit | None = None,
     ) -> None:
         self.logger = logger
+        self._emit = emit
         self.interval = interval
         self.max_causes = max_causes
         self.clock = clock
@@ -83,7 +88,10 @@ class LimitedLog:
                 return False
             message, args = "%s", ("more log lines of other causes",)
         self._causes[cause] = _Cause(now, level, message, args=args)
-        self.logger.log(level, message, *args, exc_info=exc_info)
+        if self._emit is None:
+            self.logger.log(level, message, *args, exc_info=exc_info)
+        else:
+            self._emit(cause, level, message, args)
         return True
 
     def flush(self) -> None:
@@ -99,13 +107,12 @@ class LimitedLog:
                 continue
             if cause.suppressed:
                 seconds = (now if now is not None else self.clock()) - cause.since
-                self.logger.log(
-                    cause.level,
-                    cause.message + " (and %d more like it in the last %.0f s)",
-                    *cause.args,
-                    cause.suppressed,
-                    seconds,
-                )
+                message = cause.message + " (and %d more like it in the last %.0f s)"
+                args = (*cause.args, cause.suppressed, seconds)
+                if self._emit is None:
+                    self.logger.log(cause.level, message, *args)
+                else:
+                    self._emit(key, cause.level, message, args)
                 cause.suppressed = 0
                 cause.since = now if now is not None else self.clock()
             else:

@@ -225,3 +225,38 @@ async def test_each_audit_event_is_also_a_structured_log_line(
         "outcome": "allowed",
         "detail": "role operator",
     }
+
+
+async def test_a_strangers_refusals_are_counted_not_each_written(
+    local_cluster: LocalCluster,
+) -> None:
+    """Anybody who reaches the port can call in a loop with no token or a made-up one: each
+    refusal was a row and a log line, without bound. Now the first of a minute per source,
+    action and target is written, and the rest are counted in one row; a known user's
+    refusals are each written still."""
+    stranger = local_cluster.client("hkrt_" + "x" * 43, "stranger")
+    alice = await local_cluster.add_user("alice")
+    for _ in range(30):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stranger.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)
+    for _ in range(3):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await alice.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+    refused = aupb.ListAuditEventsRequest(action="rpc", outcome=aupb.AUDIT_OUTCOME_REFUSED)
+    rows = (await local_cluster.audit.ListAuditEvents(refused, timeout=5)).events
+    assert [e.actor for e in rows].count("alice") == 3
+    strangers = [e for e in rows if e.actor == "anonymous"]
+    assert [(e.target, e.peer, e.detail) for e in strangers] == [
+        (
+            "/hakuriver.v1.NodeService/ListNodes",
+            "ipv4:127.0.0.1",
+            "Unauthenticated: unknown API token",
+        )
+    ]
+    await local_cluster.restart_host()
+    rows = (await local_cluster.audit.ListAuditEvents(refused, timeout=5)).events
+    strangers = [e.detail for e in rows if e.actor == "anonymous"]
+    assert len(strangers) == 2
+    assert strangers[0].startswith(
+        "Unauthenticated: unknown API token (and 29 more like it in the last "
+    )

@@ -819,8 +819,16 @@ class Cluster:
         ]
 
     async def set_draining(self, hostname: str, draining: bool, who: Principal) -> NodeView:
+        """Drained at once (nothing more is placed there while the change is written); the
+        change is taken back if it cannot be written, not left until the Host restarts."""
+        before = self.nodes.get(hostname).draining
         node = self.nodes.set_draining(hostname, draining)
-        await self.store.run(self.store.set_draining, hostname, draining)
+        try:
+            await self.store.run(self.store.set_draining, hostname, draining)
+        except BaseException:
+            if self.nodes.nodes.get(hostname) is node:
+                self.nodes.set_draining(hostname, before)
+            raise
         self.audit.record(who, "node.drain" if draining else "node.undrain", hostname)
         log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
         if not draining:

@@ -390,3 +390,21 @@ async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     kept = await local_cluster.submit("job")
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
     assert [t.task_id for t in listed.tasks] == [kept.task_id]
+
+
+async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: LocalCluster) -> None:
+    """The drain was made in memory before its write: refused, it still held until the Host
+    restarted (which then dropped it), and the node took no work meanwhile."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
+            await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=30)
+    finally:
+        other.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert not node.draining
+    task = await local_cluster.submit("job")
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)

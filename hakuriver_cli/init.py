@@ -88,23 +88,30 @@ def _cannot_write(path: Path, exc: OSError) -> NoReturn:
 
 
 @app.command()
+def _default_config() -> str:
+    """The default config, every key commented, with a new random auth.join_token."""
+    defaults = Config()
+    auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
+    return render_default_config(defaults.model_copy(update={"auth": auth})).rstrip("\n")
+
+
 def config(
     output: Annotated[
-        Path, cli.Option("--output", "-o", help="Where to write the config.")
+        Path, cli.Option("--output", "-o", help="Where to write the config; - for stdout.")
     ] = DEFAULT_CONFIG_PATH,
     force: Annotated[bool, cli.Option(help="Overwrite an existing file.")] = False,
     json: JsonOption = False,
 ) -> None:
     """Write a commented default config file with a new random auth.join_token (the file is
     0600: it holds that secret)."""
+    if str(output) == "-":  # as tools take it: a file named "-" was written
+        cli.echo(_default_config())
+        return
     if output.exists() and not force:
         cli.echo(f"error: {output} exists (use --force to overwrite)", err=True)
         raise cli.Exit(1)
-    defaults = Config()
-    auth = defaults.auth.model_copy(update={"join_token": new_secret(JOIN_TOKEN_PREFIX)})
-    values = defaults.model_copy(update={"auth": auth})
     try:
-        write_secret(output, render_default_config(values).rstrip("\n"))
+        write_secret(output, _default_config())
     except OSError as exc:
         _cannot_write(output, exc)
     _say(json, f"wrote {output} (mode 0600: auth.join_token is the secret Runners join with)")

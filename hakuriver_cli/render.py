@@ -24,6 +24,7 @@ from hakuriver_common.statuses import (
     TaskStatus,
 )
 from hakuriver_common.units import format_size
+from hakuriver_common.wording import counted
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -306,7 +307,7 @@ def submitted_line(task: task_pb2.Task, what: str = "task") -> str:
 
 def tasks_count(count: int) -> str:
     """ "1 task", "2 tasks"."""
-    return f"{count} task" if count == 1 else f"{count} tasks"
+    return counted(count, "task")
 
 
 def batch_ended(batch: tpb.BatchSummary) -> bool:

@@ -27,6 +27,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind, TaskNetwork, TaskStatus
 from hakuriver_common.timestamps import from_timestamp
+from hakuriver_common.wording import counted
 from hakuriver_host.access import Access
 from hakuriver_host.admission import NodeShape, Rights, admit
 from hakuriver_host.audit import AuditLog
@@ -232,7 +233,9 @@ class Cluster:
             if status == TaskStatus.PENDING:
                 self.metrics.queue_depth.inc(count)
         log.info(
-            "loaded %d nodes and %d active tasks", len(self.nodes.nodes), len(self.book.active)
+            "loaded %s and %s",
+            counted(len(self.nodes.nodes), "node"),
+            counted(len(self.book.active), "active task"),
         )
         self.notifier.start()
         self._background = [

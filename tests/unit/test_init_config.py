@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from hakuriver_cli import init
 from hakuriver_common.config import load_config
 
@@ -23,3 +25,15 @@ def test_every_unset_key_can_be_uncommented(tmp_path: Path) -> None:
     assert config.paths.host_log_file == Path("/var/log/hakuriver/host.log")
     assert config.paths.runner_log_file == Path("/var/log/hakuriver/runner.log")
     assert config.dashboard.assets_dir == Path("/opt/hakuriver/dashboard")
+
+
+def test_a_config_to_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--output -` wrote a file named "-" in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    init.config(output=Path("-"), force=False, json=False)
+    assert not (tmp_path / "-").exists()
+    written = tmp_path / "c.toml"
+    written.write_text(capsys.readouterr().out)
+    assert load_config(written).auth.join_token.startswith("hkrj_")

@@ -376,8 +376,9 @@ class NodeTable:
         try:
             while True:
                 name, health = await queue.get()
-                if not hostname or name == hostname:
-                    yield self.nodes[name], health
+                node = self.nodes.get(name)  # None: forgotten since
+                if node is not None and (not hostname or name == hostname):
+                    yield node, health
         finally:
             self._health_watchers.discard(queue)
 

@@ -33,3 +33,20 @@ async def test_a_late_watcher_gets_each_sample_in_order() -> None:
         ("a", 3),
     ]
     await watch.aclose()
+
+
+async def test_a_sample_of_a_node_forgotten_since_is_skipped() -> None:
+    """A watcher reading late met a sample of a node forgotten meanwhile (offline long
+    enough, never held a task): KeyError ended its stream as an internal error."""
+    table = NodeTable(Scheduler(60), HostMetrics(), Notifier([]), heartbeat_interval=5)
+    for name in ("a", "b"):
+        table.connect(rpb.RegisterRunner(hostname=name, total_cores=2, total_memory_bytes=2**30))
+    watch = table.watch_health()
+    first = asyncio.ensure_future(anext(watch))
+    await asyncio.sleep(0)
+    table.heartbeat("a", _beat(1))
+    table.forget("a")
+    table.heartbeat("b", _beat(2))
+    node, health = await first
+    assert (node.hostname, health.sampled_at.seconds if health else None) == ("b", 2)
+    await watch.aclose()

@@ -357,6 +357,10 @@ TOOL_COMMANDS: dict[str, frozenset[str]] = {
 }
 
 
+# What users type as a command that is the argument of one: `command ID pause`.
+ACTIONS = frozenset({"pause", "resume"})
+
+
 def elsewhere(app: App, tool: str, argv: Sequence[str]) -> str:
     """What to say when the command named is not ``tool``'s but another tool's ("" if it
     is ``tool``'s, or nobody's: typer says so)."""
@@ -368,6 +372,10 @@ def elsewhere(app: App, tool: str, argv: Sequence[str]) -> str:
     name = tokens[at]
     if name in TOOL_COMMANDS.get(tool, (name,)):
         return ""
+    if name in ACTIONS:  # `pause 5` for `command 5 pause`
+        owner = tool if "command" in TOOL_COMMANDS.get(tool, ()) else "hakuriver.client"
+        said = shlex.join(["command", *tokens[at + 1 :], name])
+        return f"{tool} has no command {name!r}; did you mean: {owner} {said}"
     rest = shlex.join(tokens[at:])
     others = [f"{other} {rest}" for other, names in TOOL_COMMANDS.items() if name in names]
     if not others:

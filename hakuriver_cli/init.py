@@ -87,7 +87,6 @@ def _cannot_write(path: Path, exc: OSError) -> NoReturn:
     raise cli.Exit(1) from None
 
 
-@app.command()
 def _default_config() -> str:
     """The default config, every key commented, with a new random auth.join_token."""
     defaults = Config()
@@ -95,6 +94,7 @@ def _default_config() -> str:
     return render_default_config(defaults.model_copy(update={"auth": auth})).rstrip("\n")
 
 
+@app.command()
 def config(
     output: Annotated[
         Path, cli.Option("--output", "-o", help="Where to write the config; - for stdout.")

@@ -354,6 +354,17 @@ def test_a_command_typed_to_the_wrong_tool_names_the_tool_that_has_it(
     assert (
         "did you mean: hakuriver.task submit -- true (or: hakuriver.vps" in capsys.readouterr().err
     )
+    for tool, app, owner in (
+        ("hakuriver.task", task.app, "hakuriver.client"),
+        ("hakuriver.client", client.app, "hakuriver.client"),
+        ("hakuriver.vps", vps.app, "hakuriver.vps"),
+    ):
+        with pytest.raises(SystemExit) as exited:  # it was "No such command 'pause'"
+            direct.run(app, tool, ["pause", "5"])
+        assert exited.value.code == 2
+        assert capsys.readouterr().err == (
+            f"error: {tool} has no command 'pause'; did you mean: {owner} command 5 pause\n"
+        )
     with pytest.raises(SystemExit) as exited:
         direct.run(task.app, "hakuriver.task", ["frobnicate"])
     assert exited.value.code == 2

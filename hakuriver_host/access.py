@@ -283,6 +283,11 @@ class Access:
         self.users[name] = record
         return record
 
+    async def known(self, name: str) -> bool:
+        """Whether ``name`` is a user's, or was a deleted user's (their tasks or tokens keep
+        it)."""
+        return name in self.users or await self._name_used(name)
+
     async def _name_used(self, name: str) -> bool:
         if any(token.user == name for token in self._tokens.values()):
             return True

@@ -419,9 +419,10 @@ class Cluster:
 
     async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[Task]:
         """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
-        it changes."""
+        it changes. A deleted user's name is watched as ListTasks lists it: their tasks
+        keep running."""
         only = _whose_tasks(owner, who, "watch")
-        if only and only != who.name and only not in self.access.users:
+        if only and only != who.name and not await self.access.known(only):
             raise NotFound(f"owner: no user named {owner!r}")
         async for task in self.book.watch_all():
             if not only or task.owner == only:

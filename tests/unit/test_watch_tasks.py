@@ -9,8 +9,13 @@ from typing import Any
 import grpc
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
 from hakuriver_common.roles import Role
+from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import task_book
 from hakuriver_host.errors import WatcherBehind
 from tests.fake_runner import HOLD, eventually
@@ -130,6 +135,38 @@ async def test_an_unknown_owner_is_named(local_cluster: LocalCluster) -> None:
             pass
     assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     assert refused.value.details() == "owner: no user named 'nobody'"
+
+
+async def test_a_deleted_users_tasks_are_watched_as_they_are_listed(
+    local_cluster: LocalCluster,
+) -> None:
+    """DeleteUser leaves a user's tasks running and ListTasks lists them by the old name, so
+    an operator watches them by it too; WatchTasks answered NOT_FOUND 'no user named'."""
+    await local_cluster.add_runner(answer=HOLD)
+    bob = await local_cluster.add_user("bob")
+    reply = await bob.tasks.SubmitTask(tpb.SubmitTaskRequest(command="long"), timeout=5)
+    task_id = reply.tasks[0].task_id
+    await local_cluster.wait_status(task_id, TaskStatus.RUNNING)
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="bob"), timeout=5)
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(owner="bob"), timeout=5)
+    assert [task.task_id for task in listed.tasks] == [task_id]
+    watcher = Seen(local_cluster, owner="bob")
+
+    async def seen() -> bool:
+        """Pauses or resumes bob's task (a change) until the watcher has seen one."""
+        assert watcher.error is None, watcher.error
+        if (await local_cluster.get(task_id)).status == S.TASK_STATUS_PAUSED:
+            await local_cluster.tasks.ResumeTask(tpb.ResumeTaskRequest(task_id=task_id))
+            await local_cluster.wait_status(task_id, TaskStatus.RUNNING)
+        else:
+            await local_cluster.tasks.PauseTask(tpb.PauseTaskRequest(task_id=task_id))
+            await local_cluster.wait_status(task_id, TaskStatus.PAUSED)
+        return task_id in watcher.ids()
+
+    try:
+        await eventually(seen, what="bob's task in the watcher")
+    finally:
+        await watcher.close()
 
 
 async def test_a_reader_that_falls_behind_is_ended(

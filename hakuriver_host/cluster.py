@@ -127,6 +127,15 @@ def _whose_tasks(owner: str, who: Principal, verb: str) -> str:
     return who.name
 
 
+def _ids_not_negative(request: tpb.ListTasksRequest, *fields: str) -> None:
+    """Refuse a negative id or index: none matches, and an empty answer would read as "no
+    more tasks" (a paging cursor with the wrong sign)."""
+    for field in fields:
+        value = getattr(request, field)
+        if value < 0:
+            raise InvalidArgument(f"{field}: must not be negative, got {value}")
+
+
 class _AdmissionView:
     """The cluster as admission sees it (admission.ClusterView)."""
 
@@ -385,6 +394,7 @@ class Cluster:
         limit = req.limit or DEFAULT_LIST_LIMIT
         if not 0 < limit <= MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
+        _ids_not_negative(req, "batch_id", "before_task_id", "array_index")
         try:
             statuses = [TaskStatus.from_pb(s).value for s in req.statuses]
         except ValueError as exc:

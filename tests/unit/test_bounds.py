@@ -295,6 +295,20 @@ async def test_a_full_page_says_where_to_read_on(local_cluster: LocalCluster) ->
     assert [t.task_id for t in rest.tasks] == [ids[0]] and rest.next_before_task_id == 0
 
 
+@pytest.mark.parametrize("field", ["before_task_id", "batch_id", "array_index"])
+async def test_a_negative_id_in_a_list_is_refused_not_an_empty_page(
+    local_cluster: LocalCluster, field: str
+) -> None:
+    """None matches a negative id: the empty page it answered read as "nothing more" (a
+    paging cursor that lost its sign listed no tasks), where ListAuditEvents refuses one."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    await local_cluster.submit()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(**{field: -5}), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == f"{field}: must not be negative, got -5"
+
+
 async def test_offline_nodes_that_never_held_a_task_are_forgotten(
     make_local_cluster: MakeCluster,
 ) -> None:

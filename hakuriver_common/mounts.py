@@ -9,6 +9,12 @@ if TYPE_CHECKING:  # the parser is read with the config, at every tool's start: 
     from hakuriver_common.proto.hakuriver.v1 import task_pb2
 
 
+# Where every task container has HakuRiver's own mounts (shared_dir/shared_data, and
+# local_temp_dir): a task's mount there would be Docker's "Duplicate mount point".
+SHARED_MOUNT_POINT = "/shared"
+LOCAL_TEMP_MOUNT_POINT = "/local_temp"
+
+
 @dataclass(frozen=True)
 class MountSpec:
     host_path: str

@@ -12,12 +12,13 @@ import base64
 import binascii
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hakuriver_common import limits, task_variables
 from hakuriver_common.environments import NULL_CONTAINER, check_environment_name, image_for
+from hakuriver_common.mounts import LOCAL_TEMP_MOUNT_POINT, SHARED_MOUNT_POINT
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
@@ -262,6 +263,29 @@ def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
             raise InvalidArgument(
                 f"mounts: paths must be absolute, got {mount.host_path}:{mount.container_path}"
             )
+    _check_mount_points(req.mounts)
+
+
+def _check_mount_points(mounts: Iterable[task_pb2.Mount]) -> None:
+    """Refuse a container path Docker refuses on the node (the task would fail there):
+    the root, one of HakuRiver's own mount points, or one of the task's mounts twice;
+    compared normalised (``/x/`` is ``/x``)."""
+    seen: set[str] = set()
+    for mount in mounts:
+        point = posixpath.normpath(mount.container_path)
+        if point == "/":
+            raise InvalidArgument(
+                f"mounts: {mount.container_path!r} is the container's root: mount into a "
+                "folder of it"
+            )
+        if point in (SHARED_MOUNT_POINT, LOCAL_TEMP_MOUNT_POINT):
+            raise InvalidArgument(
+                f"mounts: {point} is HakuRiver's own mount in every task (docs/tasks.md): "
+                "mount elsewhere"
+            )
+        if point in seen:
+            raise InvalidArgument(f"mounts: {point} is the container path of two mounts")
+        seen.add(point)
 
 
 def _container(req: tpb.SubmitTaskRequest, kind: TaskKind, view: ClusterView) -> str:

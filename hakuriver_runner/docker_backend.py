@@ -33,7 +33,7 @@ from hakuriver_common.environments import (
     image_for,
     newest_tarball,
 )
-from hakuriver_common.mounts import parse_mount
+from hakuriver_common.mounts import LOCAL_TEMP_MOUNT_POINT, SHARED_MOUNT_POINT, parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.statuses import TaskKind
 from hakuriver_runner.backend import (
@@ -456,8 +456,8 @@ class DockerBackend:
         for directory in (shared_data, local_temp):
             Path(directory).mkdir(parents=True, exist_ok=True)
         mounts = [
-            Mount("/shared", str(shared_data), type="bind"),
-            Mount("/local_temp", str(local_temp), type="bind"),
+            Mount(SHARED_MOUNT_POINT, str(shared_data), type="bind"),
+            Mount(LOCAL_TEMP_MOUNT_POINT, str(local_temp), type="bind"),
         ]
         for text in self.config.docker.additional_mounts:
             spec = parse_mount(text)

@@ -93,6 +93,14 @@ REFUSED = [
     (cmd(env={"HAKURIVER_ARRAY_INDEX": "9"}), InvalidArgument, "env: HAKURIVER_ARRAY_INDEX"),
     (cmd(mounts=[mount("rel", "/c")]), InvalidArgument, "mounts: paths must be absolute"),
     (cmd(mounts=[mount("/h", "c")]), InvalidArgument, "mounts: paths must be absolute"),
+    # Docker refuses these on the node: the task failed there instead.
+    (cmd(mounts=[mount("/h", "/")]), InvalidArgument, "mounts: '/' is the container's root"),
+    (cmd(mounts=[mount("/h", "/x/..")]), InvalidArgument, "mounts: '/x/..' is the container's"),
+    (cmd(mounts=[mount("/h", "/shared/")]), InvalidArgument,
+     "mounts: /shared is HakuRiver's own mount in every task (docs/tasks.md): mount elsewhere"),
+    (vps(mounts=[mount("/h", "/local_temp")]), InvalidArgument, "mounts: /local_temp is"),
+    (cmd(mounts=[mount("/h", "/x"), mount("/g", "/x/")]), InvalidArgument,
+     "mounts: /x is the container path of two mounts"),
     (cmd(gpus=-1), InvalidArgument, "gpus: must not be negative, got -1"),
     (cmd(gpus=1, targets=[target("a", gpus=(0,))]), InvalidArgument, "gpus: give a GPU count"),
     (vps(ssh_public_key=""), InvalidArgument, "ssh_public_key: a VPS needs a public key"),
@@ -186,7 +194,8 @@ def test_with_no_runner_every_submission_is_refused() -> None:
 
 
 def mount(host_path: str) -> task_pb2.Mount:
-    return task_pb2.Mount(host_path=host_path, container_path="/m")
+    """At /m under the host path (a task's mounts each have their own container path)."""
+    return task_pb2.Mount(host_path=host_path, container_path="/m" + host_path)
 
 
 USER_REFUSED = [

@@ -30,6 +30,7 @@ from typing import Any
 import grpc
 from connectrpc.errors import ConnectError
 from connectrpc.server import ConnectASGIApplication
+from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
@@ -219,6 +220,31 @@ def _grpc_without_trailers(scope: Scope) -> bool:
     return grpc_proper and "http.response.trailers" not in scope.get("extensions", {})
 
 
+def _wrong_shape(scope: Scope) -> bytes | None:
+    """What to say to a Connect call of the wrong shape for its method: a unary request
+    (application/json) to a server stream, or an enveloped one (application/connect+json)
+    to a unary method. The runtime answers those HTTP 415 with an empty body."""
+    if not _connect_call(scope):
+        return None
+    service, _, name = scope["path"].strip("/").rpartition("/")
+    try:
+        method = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
+    except KeyError:
+        return None
+    if method.client_streaming or method.server_streaming == _connect_stream(scope):
+        return None
+    if method.server_streaming:
+        return (
+            f"{name} is a server stream: send Content-Type application/connect+json (or "
+            "application/connect+proto) and the request as one enveloped message "
+            "(docs/api.md)\n"
+        ).encode()
+    return (
+        f"{name} is unary: send Content-Type application/json (or application/proto) and the "
+        "request as the body, not enveloped (docs/api.md)\n"
+    ).encode()
+
+
 def _header(scope: Scope, name: bytes) -> str:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -292,6 +318,9 @@ class WebApp:
         if service is not None and _grpc_without_trailers(scope):
             await _drain(receive)
             await _plain(send, 415, NO_TRAILERS)
+        elif service is not None and (wrong := _wrong_shape(scope)) is not None:
+            await _drain(receive)
+            await _plain(send, 415, wrong)
         elif service is not None:
             await _call(service, scope, receive, send)
         elif path.startswith("/hakuriver.") or path.startswith("/grpc."):

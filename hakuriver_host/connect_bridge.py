@@ -110,6 +110,10 @@ def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Ca
     async def call(request: Any, ctx: RequestContext[Any, Any]) -> Any:
         wrapped = gate.call(path, _bearer(ctx), False).unary(behaviour)
         deadline = _deadline(ctx)
+        if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+            # Passed on arrival (a timeout of 0): nothing is begun, as a gRPC call whose
+            # deadline passed is not (a write once under way is carried through).
+            raise _passed()
         try:
             async with asyncio.timeout_at(deadline):
                 return await wrapped(

@@ -464,6 +464,26 @@ async def test_a_unary_call_ends_when_its_connect_timeout_passes(
     assert reply.json()["code"] == "deadline_exceeded", reply.body
 
 
+@pytest.mark.parametrize("timeout_ms", ["0", "-1"])
+async def test_a_submit_whose_connect_timeout_passed_on_arrival_stores_nothing(
+    local_cluster: LocalCluster, timeout_ms: str
+) -> None:
+    """A call with no time left when it arrives is not begun, as a gRPC call past its
+    deadline is not: the submit answered deadline_exceeded and its task was stored and ran."""
+    await local_cluster.add_runner()
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": f"Bearer {local_cluster.admin_token}",
+        "Connect-Timeout-Ms": timeout_ms,
+    }
+    reply = await asyncio.to_thread(
+        endpoint(local_cluster).request, "/" + TASKS + "SubmitTask", b'{"command": "x"}', headers
+    )
+    assert reply.json()["code"] == "deadline_exceeded", reply.body
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert list(listed.tasks) == []
+
+
 async def test_a_server_stream_ends_when_its_connect_timeout_passes(
     local_cluster: LocalCluster,
 ) -> None:

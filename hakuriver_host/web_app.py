@@ -221,17 +221,20 @@ def _grpc_without_trailers(scope: Scope) -> bool:
 
 
 def _wrong_shape(scope: Scope) -> bytes | None:
-    """What to say to a Connect call of the wrong shape for its method: a unary request
-    (application/json) to a server stream, or an enveloped one (application/connect+json)
-    to a unary method. The runtime answers those HTTP 415 with an empty body."""
-    if not _connect_call(scope):
-        return None
+    """What to say to a call whose content type its method does not take: a unary request
+    (application/json) to a server stream, an enveloped one (application/connect+json) to a
+    unary method, or none of the protocols' (text/plain, none at all). The runtime answers
+    those HTTP 415 with an empty body."""
+    if scope["method"] != "POST" or _content_type(scope).startswith("application/grpc"):
+        return None  # the runtime's 405; gRPC-Web, or gRPC (_grpc_without_trailers)
     service, _, name = scope["path"].strip("/").rpartition("/")
     try:
         method = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
     except KeyError:
         return None
-    if method.client_streaming or method.server_streaming == _connect_stream(scope):
+    if method.client_streaming:
+        return None
+    if _connect_call(scope) and method.server_streaming == _connect_stream(scope):
         return None
     if method.server_streaming:
         return (

@@ -325,9 +325,9 @@ async def test_grpc_over_http1_is_refused_without_a_traceback(
 async def test_a_call_of_the_wrong_shape_is_told_which_it_takes(
     local_cluster: LocalCluster,
 ) -> None:
-    """A stream called as unary (curl's application/json, as api.md's unary examples) or a
-    unary method called enveloped: a 415 that says what the method takes; it was a 415 with
-    an empty body."""
+    """A stream called as unary (curl's application/json, as api.md's unary examples), a
+    unary method called enveloped or with another content type (curl -d sends a form's): a
+    415 that says what the method takes; it was a 415 with an empty body."""
     api = endpoint(local_cluster)
     token = {"Authorization": f"Bearer {local_cluster.admin_token}"}
     unary = {**token, "Content-Type": "application/json"}
@@ -337,10 +337,11 @@ async def test_a_call_of_the_wrong_shape_is_told_which_it_takes(
         "WatchTasks is a server stream: send Content-Type application/connect+json (or "
         "application/connect+proto) and the request as one enveloped message (docs/api.md)\n"
     )
-    enveloped = {**token, "Content-Type": "application/connect+json"}
-    reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b"\0\0\0\0\2{}", enveloped)
-    assert reply.status == 415
-    assert reply.body.decode().startswith("ListTasks is unary: send Content-Type application/json")
+    for kind in ("application/connect+json", "text/plain"):
+        headers = {**token, "Content-Type": kind}
+        reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b"\0\0\0\0\2{}", headers)
+        assert reply.status == 415
+        assert reply.body.decode().startswith("ListTasks is unary: send Content-Type application/")
 
 
 async def test_a_refused_call_whose_body_stays_open_is_answered(

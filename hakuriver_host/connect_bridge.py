@@ -30,7 +30,7 @@ from connectrpc.codec import Codec, proto_binary_codec, proto_json_codec
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication
-from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from hakuriver_host.interceptors import ApiInterceptor, Malformed, bearer_secret
 
@@ -153,12 +153,15 @@ def _server_stream(
     return call
 
 
-def _grpc_only(path: str) -> Callable[..., Any]:
+def grpc_only(method: MethodDescriptor) -> str:
+    """Why a method that streams its request is not served over Connect."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    return f"{path} streams its request: call it over gRPC (browsers cannot stream a body)"
+
+
+def _grpc_only(method: MethodDescriptor) -> Callable[..., Any]:
     async def refuse(request: Any, ctx: RequestContext[Any, Any]) -> Any:
-        raise ConnectError(
-            Code.UNIMPLEMENTED,
-            f"{path} streams its request: call it over gRPC (browsers cannot stream a body)",
-        )
+        raise ConnectError(Code.UNIMPLEMENTED, grpc_only(method))
 
     return refuse
 
@@ -171,7 +174,7 @@ def bridge(gate: ApiInterceptor, servicer: Any, service: ServiceDescriptor) -> S
     for method in service.methods:
         path = f"/{service.full_name}/{method.name}"
         if method.client_streaming:
-            methods[_snake(method.name)] = _grpc_only(path)
+            methods[_snake(method.name)] = _grpc_only(method)
             continue
         behaviour = getattr(servicer, method.name)
         adapt = _server_stream if method.server_streaming else _unary

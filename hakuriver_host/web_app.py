@@ -34,7 +34,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.message import DecodeError
 
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
-from hakuriver_host.connect_bridge import READ_MAX_BYTES, CallContext
+from hakuriver_host.connect_bridge import READ_MAX_BYTES, CallContext, grpc_only
 from hakuriver_host.errors import InvalidArgument
 from hakuriver_host.interceptors import ApiInterceptor, status_code
 
@@ -232,8 +232,8 @@ def _wrong_shape(scope: Scope) -> bytes | None:
         method = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
     except KeyError:
         return None
-    if method.client_streaming:
-        return None
+    if method.client_streaming:  # enveloped, the bridge answers unimplemented, saying so
+        return None if _connect_stream(scope) else f"{grpc_only(method)}\n".encode()
     if _connect_call(scope) and method.server_streaming == _connect_stream(scope):
         return None
     if method.server_streaming:

@@ -342,6 +342,13 @@ async def test_a_call_of_the_wrong_shape_is_told_which_it_takes(
         reply = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", b"\0\0\0\0\2{}", headers)
         assert reply.status == 415
         assert reply.body.decode().startswith("ListTasks is unary: send Content-Type application/")
+    # Served over gRPC only: said whatever the content type (enveloped, as unimplemented).
+    rootfs = "/hakuriver.v1.EnvironmentService/ImportRootfs"
+    reply = await asyncio.to_thread(api.request, rootfs, b"{}", unary)
+    assert reply.status == 415
+    assert reply.body.decode() == (
+        f"{rootfs} streams its request: call it over gRPC (browsers cannot stream a body)\n"
+    )
 
 
 async def test_a_refused_call_whose_body_stays_open_is_answered(

@@ -388,9 +388,11 @@ class Cluster:
                 found[TaskStatus(value)] += count
         return {s: found[s] for s in TaskStatus if found[s]}
 
-    async def list_tasks(self, req: tpb.ListTasksRequest, who: Principal) -> list[tuple[Task, int]]:
+    async def list_tasks(
+        self, req: tpb.ListTasksRequest, who: Principal
+    ) -> tuple[list[tuple[Task, int]], int]:
         """Tasks matching the filters, newest first, each with its queue position; a user
-        sees only their own."""
+        sees only their own. With the id to read on from when the page is full (else 0)."""
         limit = req.limit or DEFAULT_LIST_LIMIT
         if not 0 < limit <= MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
@@ -418,8 +420,17 @@ class Cluster:
             req.array_index if req.HasField("array_index") else None,
         )
         positions = self.book.queue_positions()
-        live = self.book.active
-        return [(live.get(r.task_id, r), positions.get(r.task_id, 0)) for r in records]
+        # Matched as stored, answered as the Host holds them now: a change not yet written
+        # (the store follows the Host by a group commit) must not show a task in a page of
+        # a status or node it has left. The page reads on from the last one matched.
+        tasks = [self.book.live(r.task_id) or r for r in records]
+        read_on = records[-1].task_id if len(records) == limit else 0
+        return [
+            (task, positions.get(task.task_id, 0))
+            for task in tasks
+            if (not statuses or task.status in statuses)
+            and (not req.node or task.assigned_node == req.node)
+        ], read_on
 
     async def watch(self, task_id: int, who: Principal) -> AsyncIterator[Task]:
         """The task now and after every status change, until it is final."""

@@ -30,7 +30,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.statuses import NodeStatus, TaskStatus
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_host.batches import Batches, BatchView
-from hakuriver_host.cluster import DEFAULT_LIST_LIMIT, Cluster
+from hakuriver_host.cluster import Cluster
 from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument
 from hakuriver_host.identity import Principal, caller, outliving
@@ -99,8 +99,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def ListTasks(
         self, request: tpb.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> tpb.ListTasksResponse:
-        found = await self.cluster.list_tasks(request, caller())
-        reply = tpb.ListTasksResponse()
+        found, read_on = await self.cluster.list_tasks(request, caller())
+        reply = tpb.ListTasksResponse(next_before_task_id=read_on)
         size = 0
         for task, position in found:
             message = self._pb(task, position)
@@ -110,8 +110,6 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
                 reply.next_before_task_id = reply.tasks[-1].task_id
                 return reply
             reply.tasks.append(message)
-        if len(found) == (request.limit or DEFAULT_LIST_LIMIT) and reply.tasks:
-            reply.next_before_task_id = reply.tasks[-1].task_id
         return reply
 
     async def CountTasks(

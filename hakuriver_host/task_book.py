@@ -458,7 +458,7 @@ class TaskBook:
         record, events = await self.store.run(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
-        return self.active.get(task_id, record), events
+        return self.live(task_id) or record, events
 
     def on_node(self, hostname: str) -> list[Task]:
         return [t for t in self.active.values() if t.assigned_node == hostname]

@@ -393,22 +393,27 @@ async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     assert [t.task_id for t in listed.tasks] == [kept.task_id]
 
 
-async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: LocalCluster) -> None:
-    """The drain was made in memory before its write: refused, it still held until the Host
-    restarted (which then dropped it), and the node took no work meanwhile."""
-    await local_cluster.add_runner("a", answer=HOLD)
-    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
-            await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=30)
-    finally:
-        other.close()
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
-    assert not node.draining
-    task = await local_cluster.submit("job")
-    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+def _hold_writes(
+    cluster: LocalCluster, status: TaskStatus, monkeypatch: pytest.MonkeyPatch
+) -> asyncio.Event:
+    """Hold the Host's writes of tasks moving to ``status`` (the store then follows the Host
+    by them) until the returned event is set."""
+    assert cluster.server is not None
+    store = cluster.server.cluster.store
+    original, release = store.queue_write, asyncio.Event()
+
+    def queue_write(key: Any, updates: list[dict[str, Any]], **rest: Any) -> Any:
+        if not any(row.get("status") == status.value for row in updates):
+            return original(key, updates, **rest)
+
+        async def later() -> None:
+            await release.wait()
+            await original(key, updates, **rest)
+
+        return asyncio.ensure_future(later())
+
+    monkeypatch.setattr(store, "queue_write", queue_write)
+    return release
 
 
 async def test_a_list_by_status_shows_no_task_that_has_left_it_before_it_is_stored(
@@ -419,21 +424,7 @@ async def test_a_list_by_status_shows_no_task_that_has_left_it_before_it_is_stor
     yet was listed among the assigning ones, answered running (QA: seen while a sweep ran).
     The page still says where to read on."""
     await local_cluster.add_runner("a", cores=2, answer=HOLD)
-    assert local_cluster.server is not None
-    store = local_cluster.server.cluster.store
-    original, release = store.queue_write, asyncio.Event()
-
-    def queue_write(key: Any, updates: list[dict[str, Any]], **rest: Any) -> Any:
-        if not any(row.get("status") == TaskStatus.RUNNING.value for row in updates):
-            return original(key, updates, **rest)
-
-        async def later() -> None:  # a 'running' written once the test lets it
-            await release.wait()
-            await original(key, updates, **rest)
-
-        return asyncio.ensure_future(later())
-
-    monkeypatch.setattr(store, "queue_write", queue_write)
+    release = _hold_writes(local_cluster, TaskStatus.RUNNING, monkeypatch)
     older = await local_cluster.submit()
     task = await local_cluster.submit()
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
@@ -456,3 +447,46 @@ async def _listed_running(cluster: LocalCluster, task_ids: set[int]) -> bool:
     running = tpb.ListTasksRequest(statuses=[task_pb2.TASK_STATUS_RUNNING])
     listed = await cluster.tasks.ListTasks(running, timeout=5)
     return {t.task_id for t in listed.tasks} == task_ids
+
+
+async def test_a_task_that_ended_is_answered_ended_before_its_end_is_stored(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetTask answers a task as the Host holds it, as KillTask judges it and CountTasks
+    counts it: one whose end was not stored yet was answered running (from the store) while
+    a kill of it was refused as 'task ... is completed' (QA)."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    release = _hold_writes(local_cluster, TaskStatus.COMPLETED, monkeypatch)
+    [task] = await local_cluster.submit_running()
+    runner.finish(task.task_id, 0)
+    running = tpb.CountTasksRequest(statuses=[task_pb2.TASK_STATUS_RUNNING])
+
+    async def ended() -> bool:
+        return not (await local_cluster.tasks.CountTasks(running, timeout=5)).counts
+
+    try:
+        await eventually(ended, what="the Host to hold the task ended")
+        assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.COMPLETED
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await local_cluster.kill(task.task_id)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        release.set()
+
+
+async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: LocalCluster) -> None:
+    """The drain was made in memory before its write: refused, it still held until the Host
+    restarted (which then dropped it), and the node took no work meanwhile."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
+            await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=30)
+    finally:
+        other.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert not node.draining
+    task = await local_cluster.submit("job")
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)

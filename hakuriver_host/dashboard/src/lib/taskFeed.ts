@@ -140,6 +140,9 @@ export function useLiveTasks(options: LiveTasksOptions) {
   const tasks = ref<Task[]>([]);
   const loaded = ref(false);
   const error = ref("");
+  // Where the page's query reads on from (0n: nothing older). A page filtered by status or
+  // node may hold fewer rows than its limit and still have older ones.
+  const readOn = ref(0n);
   let query = 0;
 
   function upsert(task: Task): void {
@@ -199,6 +202,7 @@ export function useLiveTasks(options: LiveTasksOptions) {
           if (mine !== query) return false;
           const byId = new Map(answers.flatMap((a) => a.tasks).map((t) => [t.taskId, t]));
           tasks.value = [...byId.values()].sort((a, b) => (a.taskId < b.taskId ? 1 : -1));
+          readOn.value = answers[0]?.nextBeforeTaskId ?? 0n;
           error.value = "";
           return true;
         },
@@ -210,7 +214,7 @@ export function useLiveTasks(options: LiveTasksOptions) {
     }
   }
 
-  return { tasks, loaded, error, liveError: feed.error, reload, upsert };
+  return { tasks, loaded, error, liveError: feed.error, reload, upsert, readOn };
 }
 
 /** How often a page showing a queued task asks for its position again: other users' tasks

@@ -243,6 +243,9 @@ def submit(
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
         response = unary(task_stub(link).SubmitTask, request)
         found = list(response.tasks)
+        if len(found) < response.created:  # large tasks: the answer was cut short
+            whole = tpb.ListTasksRequest(batch_id=response.batch_id, limit=response.created)
+            found = sorted(_listed(task_stub(link), whole), key=lambda t: t.task_id)
         if not json:
             for task in found:
                 cli.echo(submitted_line(task))

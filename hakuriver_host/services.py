@@ -76,10 +76,18 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             return ranked.get(task.task_id, 0) if task.status == TaskStatus.PENDING else 0
 
         reply = tpb.SubmitTaskResponse(batch_id=batch_id, created=len(tasks))
+        size = 0
         for start in range(0, len(shown), REPLY_SLICE):
             if start:
                 await asyncio.sleep(0)
-            reply.tasks.extend(self._pb(t, position(t)) for t in shown[start : start + REPLY_SLICE])
+            for task in shown[start : start + REPLY_SLICE]:
+                message = self._pb(task, position(task))
+                size += message.ByteSize() + 8  # the field's tag and length
+                if reply.tasks and size > MAX_LIST_REPLY_BYTES:
+                    # Large tasks: cut short as a list page is (``created`` counts them all),
+                    # or the answer would exceed the message limit with every task made.
+                    return reply
+                reply.tasks.append(message)
         return reply
 
     def _pb(self, task: Task, position: int) -> task_pb2.Task:

@@ -243,6 +243,18 @@ def test_submit_on_an_idle_cluster_does_not_say_queued(cluster: ProcessCluster) 
     assert re.fullmatch(rf"submitted task \d+ \((assigning|running|completed) on ({names})\)", line)
 
 
+def test_submit_to_many_targets_of_large_tasks_shows_every_task(cluster: ProcessCluster) -> None:
+    """The Host's answer to a submission of large tasks is cut short under the message limit
+    (`created` counts them all): submit lists the batch for the rest, so that it prints,
+    and with --wait waits for, every task it made, not the first dozen."""
+    name = cluster.runner_names[0]
+    targets = [arg for _ in range(16) for arg in ("--target", name)]
+    large = ["x" * 85_000] * 3  # 255 KB a task: 16 of them are over the Host's 3 MiB page
+    body = _json(cluster.cli("task", "submit", "--wait", "--json", *targets, "--", "true", *large))
+    assert len({t["task_id"] for t in body["tasks"]}) == 16
+    assert {t["status"] for t in body["tasks"]} == {"completed"}
+
+
 def _cores(cluster: ProcessCluster, name: str) -> int:
     nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
     [node] = [n for n in nodes if n.hostname == name]

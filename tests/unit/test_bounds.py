@@ -284,6 +284,30 @@ async def test_list_pages_stay_under_the_message_limit_whatever_tasks_hold(
     assert seen == sorted(submitted, reverse=True)
 
 
+async def test_a_large_arrays_submission_answers_under_the_message_limit(
+    local_cluster: LocalCluster,
+) -> None:
+    """A job array of large tasks (hakurun --array's script grows with its spans: `span:{1..500}`
+    is 11 KB a task) was created, and its answer, the first 1,000 tasks, was larger than a
+    gRPC client accepts: the submitter got RESOURCE_EXHAUSTED for an array that ran anyway,
+    and submitting again made it twice. The answer is cut short as a list page is."""
+    await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    request = tpb.SubmitTaskRequest(
+        command="sh",
+        arguments=["-c", "x" * 11_000],
+        array=tpb.TaskArray(indices=list(range(500))),
+    )
+    reply = await local_cluster.tasks.SubmitTask(request, timeout=30)
+    assert reply.created == 500
+    assert reply.ByteSize() <= limits.MAX_LIST_REPLY_BYTES
+    shown = [t.array_index for t in reply.tasks]
+    assert 0 < len(shown) < 500 and shown == list(range(len(shown)))
+    counted = await local_cluster.tasks.GetBatch(
+        tpb.GetBatchRequest(batch_id=reply.batch_id), timeout=5
+    )
+    assert counted.batch.size == 500
+
+
 async def test_a_full_page_says_where_to_read_on(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", cores=8, answer=HOLD)
     ids = [(await local_cluster.submit()).task_id for _ in range(3)]

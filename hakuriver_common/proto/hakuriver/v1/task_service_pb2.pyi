@@ -179,8 +179,8 @@ class SubmitTaskResponse(_message.Message):
     """How many tasks were created."""
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Task]:
-        """The created tasks, one per target or array index. For an array of more than 1,000
-        tasks only the first 1,000 (list the batch for the rest).
+        """The created tasks, one per target or array index: the first 1,000 at most, and fewer
+        when they hold more than 3 MiB (as a ListTasks page); list the batch for the rest.
         """
 
     def __init__(

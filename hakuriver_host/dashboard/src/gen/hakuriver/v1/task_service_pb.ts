@@ -167,8 +167,8 @@ export const SubmitTaskRequestSchema: GenMessage<SubmitTaskRequest> = /*@__PURE_
  */
 export type SubmitTaskResponse = Message<"hakuriver.v1.SubmitTaskResponse"> & {
   /**
-   * The created tasks, one per target or array index. For an array of more than 1,000
-   * tasks only the first 1,000 (list the batch for the rest).
+   * The created tasks, one per target or array index: the first 1,000 at most, and fewer
+   * when they hold more than 3 MiB (as a ListTasks page); list the batch for the rest.
    *
    * @generated from field: repeated hakuriver.v1.Task tasks = 1;
    */

@@ -40,6 +40,8 @@ class SpanError(ValueError):
 _MAX_CAP = 2**31 - 1
 # The most digits a span's number may have (Python converts at most 4,300).
 _MAX_DIGITS = 100
+# The largest number any POSIX sh computes with (its arithmetic is at least 32-bit signed).
+_SH_INT = 2**31 - 1
 
 
 def _span_range(arg: str) -> range | None:
@@ -98,11 +100,18 @@ def count(argv: Sequence[str]) -> int:
     return math.prod(_span_size(a) for a in argv)
 
 
+def _sh_computes(numbers: range) -> bool:
+    """Whether sh computes every value of the range, and every sum on the way, exactly."""
+    first, last = numbers[0], numbers[-1]
+    return all(abs(n) <= _SH_INT for n in (first, last, last - first))
+
+
 def array_script(argv: Sequence[str]) -> str:
     """A POSIX sh script that runs combination ``$HAKURIVER_ARRAY_INDEX`` of ``argv``
     (counting from 0, rightmost span fastest, as ``expand``): each span's value is picked
-    by its digit of the index, so the script grows with the spans' lengths, not with their
-    product. Values are single-quoted: the shell expands nothing in them."""
+    by its digit of the index, so the script grows with the lists' lengths, not with their
+    product (a range's value is computed). Values are single-quoted: the shell expands
+    nothing in them."""
     values = [expand_arg(a) for a in argv]
     # The first line names the sweep (task lists show it); newlines would end the comment.
     lines = ["# hakurun sweep: " + " ".join(shlex.join(argv).splitlines())]
@@ -115,8 +124,15 @@ def array_script(argv: Sequence[str]) -> str:
             words.append(shlex.quote(argv[position]))
             continue
         name, span = f"hakurun_v{position}", values[position]
-        choices = " ".join(f"{d}) {name}={shlex.quote(v)};;" for d, v in enumerate(span))
-        lines.append(f"case $((hakurun_i / {stride} % {len(span)})) in {choices} esac")
+        digit = f"hakurun_i / {stride} % {len(span)}"
+        numbers = _span_range(argv[position])
+        if numbers is not None and _sh_computes(numbers):
+            # Computed, not listed: every task of the array stores this script, so a list
+            # of a range's values made the array's size grow with the square of the range.
+            lines.append(f"{name}=$(({numbers.start} + ({digit}) * ({numbers.step})))")
+        else:
+            choices = " ".join(f"{d}) {name}={shlex.quote(v)};;" for d, v in enumerate(span))
+            lines.append(f"case $(({digit})) in {choices} esac")
         words.append(f'"${name}"')
         stride *= len(span)
     lines.append("exec " + " ".join(reversed(words)))

@@ -117,10 +117,12 @@ def test_array_script_runs_each_combination_with_its_values_untouched(tmp_path: 
         "--seed",
         "span:{3..1}",
         "$(touch pwned)",
+        "span:{-4..5..4}",  # computed by sh: -4, 0, 4
+        "span:{2147483646..2147483648}",  # past what sh computes for sure: listed
     ]
     script = array_script(words)
     combinations = expand(words)
-    assert len(combinations) == 18
+    assert len(combinations) == 162
     for index, expected in enumerate(combinations):
         ran = subprocess.run(
             ["sh", "-c", script, "hakurun"],

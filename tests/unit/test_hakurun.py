@@ -79,6 +79,17 @@ def test_array_script_grows_with_the_spans_not_their_product() -> None:
     assert len(script.splitlines()) == 6  # the name, the index, three spans, exec
 
 
+def test_array_script_does_not_grow_with_a_ranges_length() -> None:
+    """Every task of the array stores the script: a range's values were listed in it, so
+    `hakurun --array echo 'span:{1..10000}'` made 10,000 tasks of 250 KB each (2.5 GB in the
+    Host's database, and the submitter got 'did not answer in time'). A range's value is
+    computed from the index instead (e2e: test_array_script_runs_each_combination_...)."""
+    short = array_script(["train", "--seed", "span:{1..10}"])
+    long = array_script(["train", "--seed", "span:{1..100000}"])
+    assert len(long) - len(short) < 20  # the digits of its numbers only
+    assert "hakurun_v2=$((1 + (hakurun_i / 1 % 100000) * (1)))" in long.splitlines()
+
+
 def test_array_script_without_spans_runs_the_command() -> None:
     assert array_script(["echo", "a b"]).splitlines()[1:] == ["exec echo 'a b'"]
 

@@ -35,6 +35,8 @@ MAX_TOKEN_DESCRIPTION_BYTES = 1 * KIB
 MAX_ACTIVE_TOKENS = 100
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array
 MAX_ARRAY_INDEX = 10_000_000
+# An array's tasks times the bytes each stores (command, arguments, environment, mounts).
+MAX_ARRAY_BYTES = 256 * MIB
 # Tasks a SubmitTaskResponse carries (an array's first ones; the rest are listed by batch).
 MAX_SUBMIT_REPLY_TASKS = 1000
 

@@ -216,9 +216,25 @@ def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
     at_most("array.indices", len(req.array.indices), limits.MAX_ARRAY_TASKS, " tasks")
 
 
+def _check_array_size(req: tpb.SubmitTaskRequest) -> None:
+    """Every task of an array stores the command, arguments, environment and mounts: within
+    each task's limits, 100,000 of them would write tens of gigabytes from one request."""
+    tasks = len(req.array.indices)
+    each = _size(req.command) + sum(_size(a) for a in req.arguments)
+    each += sum(_size(k) + _size(v) for k, v in req.env.items())
+    each += sum(_size(m.host_path) + _size(m.container_path) for m in req.mounts)
+    if tasks * each > limits.MAX_ARRAY_BYTES:
+        raise InvalidArgument(
+            f"array: {tasks:,} tasks of {each:,} bytes each (command, arguments, environment "
+            f"and mounts) make {tasks * each:,} bytes; at most {limits.MAX_ARRAY_BYTES:,} in "
+            "all: put large inputs in a file on shared storage"
+        )
+
+
 def _array(req: tpb.SubmitTaskRequest, kind: TaskKind) -> tuple[int, ...]:
     if not req.HasField("array"):
         return ()
+    _check_array_size(req)
     indices = tuple(req.array.indices)
     if kind is TaskKind.VPS:
         raise InvalidArgument("array: a VPS cannot be a job array")

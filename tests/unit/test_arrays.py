@@ -320,6 +320,13 @@ async def test_another_users_array_answers_as_a_missing_one(local_cluster: Local
             "array.indices: at most 100000 tasks allowed, got 100001 tasks",
         ),
         (
+            # Each task within its limits, the array not: 300 MB stored from one request.
+            {"array": tpb.TaskArray(indices=list(range(100_000))), "env": {"DATA": "x" * 3000}},
+            "array: 100,000 tasks of 3,007 bytes each (command, arguments, environment and "
+            "mounts) make 300,700,000 bytes; at most 268,435,456 in all: put large inputs in a "
+            "file on shared storage",
+        ),
+        (
             {
                 "array": tpb.TaskArray(indices=[1]),
                 "targets": [task_pb2.Target(hostname="a"), task_pb2.Target(hostname="a")],

@@ -58,6 +58,17 @@ def parsed(values: Iterable[str], parse: Callable[[str], T]) -> list[T]:
         fail(str(exc), code=2)
 
 
+def utf8_or_fail(values: Iterable[str]) -> None:
+    """The API carries UTF-8 text: a value the shell gave as other bytes (a Latin-1 file
+    name a glob found, say) ends the tool with one line naming it, not a traceback."""
+    for value in values:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raw = repr(value.encode(errors="surrogateescape"))[1:]  # b'caf\xe9' less its b
+            fail(f"{raw} is not UTF-8 text, which is all a request to the Host carries", code=2)
+
+
 def task_id_or_fail(text: str) -> int:
     [task_id] = parsed([text], parse_task_id)
     return task_id

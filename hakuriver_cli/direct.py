@@ -389,6 +389,14 @@ def _completing() -> bool:
     return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
 
 
+def _not_utf8(argv: Sequence[str]) -> None:
+    """A request could not carry an argument (bytes the shell gave that are not UTF-8, as
+    ``--owner $'\\xff'``): one line naming it; nothing if every argument is text."""
+    from hakuriver_cli.connection import utf8_or_fail
+
+    utf8_or_fail(argv)
+
+
 def run(app: App, tool: str, argv: Sequence[str] | None = None) -> None:
     """Run the tool (named ``tool``): the command directly when ``parse`` reads the command
     line, else through typer, unless it names another tool's command."""
@@ -399,10 +407,17 @@ def run(app: App, tool: str, argv: Sequence[str] | None = None) -> None:
         if wrong:
             echo(f"error: {wrong}", err=True)
             sys.exit(2)
-        app(args=list(given))
+        try:
+            app(args=list(given))
+        except UnicodeEncodeError:
+            _not_utf8(given)
+            raise
         return
     try:
         call.callback(**call.kwargs)
+    except UnicodeEncodeError:
+        _not_utf8(given)
+        raise
     except KeyboardInterrupt:
         sys.exit(130)
     except EOFError:

@@ -161,6 +161,7 @@ def _too_many(total: int) -> bool:
 def _submit_array(args: argparse.Namespace, words: list[str], total: int) -> int:
     """Submit the sweep as one job array through ``hakuriver.task submit``; its exit code."""
     from hakuriver_cli import task  # HakuRiver itself only here: the rest is stdlib only
+    from hakuriver_cli.connection import utf8_or_fail
 
     spec = f"0-{total - 1}" + (f"%{args.max_running}" if args.max_running else "")
     submit = ["submit", "--array", spec]
@@ -172,8 +173,9 @@ def _submit_array(args: argparse.Namespace, words: list[str], total: int) -> int
             submit.append(option)
         elif isinstance(value, str):
             submit += [option, value]
-    submit += ["--", "sh", "-c", array_script(words), "hakurun"]
     try:
+        utf8_or_fail([*submit, *words])  # as typed, not inside the script
+        submit += ["--", "sh", "-c", array_script(words), "hakurun"]
         # The options are hakuriver.task submit's: its usage and help are where a bad one is
         # explained ("hakurun submit" is no command).
         task.app(args=submit, prog_name="hakuriver.task")

@@ -369,3 +369,26 @@ def test_a_command_typed_to_the_wrong_tool_names_the_tool_that_has_it(
         direct.run(task.app, "hakuriver.task", ["frobnicate"])
     assert exited.value.code == 2
     assert "No such command 'frobnicate'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["submit", "--", "cat", "/data/caf\udce9.csv"],  # a Latin-1 name a glob found
+        ["submit", "--env", "A=\udcff", "--", "true"],
+        ["list", "--owner", "\udcff"],
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line_not_a_traceback(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bytes the shell passes that are not UTF-8 reach Python as surrogates, which no
+    request can carry: the tools ended with a UnicodeEncodeError traceback."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    with pytest.raises(SystemExit) as exited:
+        direct.run(task.app, "hakuriver.task", [argv[0], "--config", str(config), *argv[1:]])
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("is not UTF-8 text, which is all a request to the Host carries")
+    assert line.startswith("error: '") and ("\\xe9" in line or "\\xff" in line)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,19 @@ def test_array_script_names_the_sweep_on_one_comment_line() -> None:
     assert lines[0].startswith("# hakurun sweep: echo ") and "touch pwned" in lines[0]
     assert "span:[1,2]" in lines[0]
     assert lines[1] == "hakurun_i=$HAKURIVER_ARRAY_INDEX"
+
+
+def test_an_array_of_values_that_are_not_utf8_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A value the shell gave as bytes that are not UTF-8 cannot be sent: it is named as
+    typed (not inside the array's script), where it ended with a traceback."""
+    (tmp_path / "config.toml").write_text("")
+    monkeypatch.setenv("HAKURIVER_CONFIG", str(tmp_path / "config.toml"))
+    assert main(["--array", "echo", "span:[caf\udce9,b]"]) == 2
+    assert capsys.readouterr().err == (
+        "error: 'span:[caf\\xe9,b]' is not UTF-8 text, which is all a request to the Host carries\n"
+    )
 
 
 def test_a_bad_submit_option_points_at_the_command_that_has_it(

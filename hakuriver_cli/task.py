@@ -23,7 +23,6 @@ from hakuriver_cli.connection import (
     host_link,
     on_task_or_batch,
     parsed,
-    task_id_or_fail,
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
@@ -399,9 +398,9 @@ def list_tasks(
     request = tpb.ListTasksRequest(
         statuses=[s.pb for s in status or []],
         node=node,
-        batch_id=task_id_or_fail(batch) if batch else 0,
+        batch_id=_batch_id(batch) if batch else 0,
         limit=limit,
-        before_task_id=task_id_or_fail(before) if before else 0,
+        before_task_id=_option_id("--before", before) if before else 0,
         kind=kind.pb if kind is not None else task_pb2.TASK_KIND_UNSPECIFIED,
         submitted_after=_since(since) if since else None,
         owner=owner,
@@ -409,6 +408,28 @@ def list_tasks(
     with host_link(cfg) as link:
         found = _listed(task_stub(link), request, limit)
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
+
+
+def _option_id(option: str, text: str) -> int:
+    """An id an option takes; one line naming the option if it is not one."""
+    from hakuriver_common.ids import parse_task_id
+
+    try:
+        return parse_task_id(text)
+    except ValueError as exc:
+        fail(f"{option}: {exc}", code=2)
+
+
+def _batch_id(text: str) -> int:
+    """--batch's id: an array's (or a batch's), not one task of it (ARRAY_ID_INDEX)."""
+    head, sep, _ = text.partition("_")
+    if sep and head.strip().isdigit():
+        fail(
+            f"--batch takes an array's id ({head}), not one of its tasks ({text}): "
+            f"hakuriver.client status {text} shows that task",
+            code=2,
+        )
+    return _option_id("--batch", text)
 
 
 def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_lag: str) -> None:

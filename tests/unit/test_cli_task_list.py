@@ -4,9 +4,11 @@ its `--since` is an age or a time, and one before the year 1 an error line."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from hakuriver_cli import direct, task
 from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, table, task_row
 from hakuriver_cli.task import _ended_line, _since
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
@@ -75,3 +77,28 @@ def test_another_users_control_characters_never_reach_the_terminal(
     assert out.count(written) == 4
     # wait and submit --wait: the task's end in one line.
     assert _ended_line(task) == f"task 16: unspecified: {written}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (
+            ["--batch", "123_4"],
+            "error: --batch takes an array's id (123), not one of its tasks (123_4): "
+            "hakuriver.client status 123_4 shows that task",
+        ),
+        (["--batch", "abc"], "error: --batch: task id must be a decimal integer, got 'abc'"),
+        (["--before", "x"], "error: --before: task id must be a decimal integer, got 'x'"),
+    ],
+)
+def test_list_names_the_option_whose_id_it_refuses(
+    argv: list[str], says: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`list --batch ARRAY_ID_INDEX` said `task id must be a decimal integer, got '123_4'`,
+    naming neither the option nor what it takes."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    with pytest.raises(SystemExit) as ended:
+        direct.run(task.app, "hakuriver.task", ["list", "--config", str(config), *argv])
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == says + "\n"

@@ -442,6 +442,8 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
         fail(f"--max-lag: {exc}", code=2)
     if lag > cli.INT64["max"]:
         fail(f"--max-lag {max_lag}: at most {cli.INT64['max']} bytes", code=2)
+    if max_lag and not lag:  # 0 would be the API's "no bound": every byte, from the start
+        fail(f"--max-lag {max_lag}: at least 1 byte; leave it out for every byte", code=2)
     with host_link(cfg, reconnect_seconds=RETRY_SECONDS, near_the_end=lag > 0) as link:
 
         def read(tid: int) -> None:

@@ -102,3 +102,21 @@ def test_list_names_the_option_whose_id_it_refuses(
         direct.run(task.app, "hakuriver.task", ["list", "--config", str(config), *argv])
     assert ended.value.code == 2
     assert capsys.readouterr().err == says + "\n"
+
+
+@pytest.mark.parametrize("lag", ["0", "0M"])
+def test_a_max_lag_of_nothing_is_refused_not_read_as_every_byte(
+    lag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stdout ID --follow --max-lag 0` (stay at the very end) printed the task's whole
+    output from its first byte: 0 is the API's "no bound"."""
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    with pytest.raises(SystemExit) as ended:
+        direct.run(
+            task.app, "hakuriver.task", ["stdout", "5", "--max-lag", lag, "--config", str(config)]
+        )
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: --max-lag {lag}: at least 1 byte; leave it out for every byte\n"
+    )

@@ -147,6 +147,12 @@ class TimingConfig(Section):
         description="A node offline this long that never held a task and is not drained is "
         "forgotten.",
     )
+    forget_audit_days: float = Field(
+        365.0,
+        ge=0,
+        description="Audit events older than this many days are deleted (checked hourly); "
+        "0 keeps them forever.",
+    )
     cleanup_check_interval: float = Field(
         10.0, gt=0, description="Seconds between the Host's checks for silent runners."
     )

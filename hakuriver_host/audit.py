@@ -18,9 +18,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, delete, select
 
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
@@ -41,6 +42,12 @@ def source_of(peer: str) -> str:
     if match is None:
         return peer
     return match.group(1) or match.group(2)
+
+
+# How often old events are forgotten, and how many rows one transaction deletes (a long
+# backlog, after an upgrade, never holds the database's write lock for long).
+FORGET_EVERY_SECONDS = 3600.0
+FORGET_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -120,6 +127,41 @@ class AuditLog:
     async def wait_written(self) -> None:
         while self._flusher is not None and not self._flusher.done():
             await asyncio.wait([self._flusher])
+
+    async def keep_for(self, days: float) -> None:
+        """Forget events older than ``days`` now and then every hour, forever (0: never)."""
+        while days > 0:
+            try:
+                await self.forget_older_than(utcnow() - timedelta(days=days))
+            except Exception:
+                log.exception("could not forget old audit events")
+            await asyncio.sleep(FORGET_EVERY_SECONDS)
+
+    async def forget_older_than(self, cutoff: datetime) -> int:
+        """Delete the events before ``cutoff``, a batch per transaction; how many."""
+        forgotten = 0
+        while (deleted := await self.store.run(self._delete_before, cutoff)) > 0:
+            forgotten += deleted
+            if deleted < FORGET_BATCH:
+                break
+        if forgotten:
+            log.info(
+                "forgot %d audit events from before %s (timing.forget_audit_days)",
+                forgotten,
+                f"{cutoff:%Y-%m-%d %H:%M:%S} UTC",
+            )
+        return forgotten
+
+    def _delete_before(self, cutoff: datetime) -> int:
+        oldest = (
+            select(AuditRecord.id)
+            .where(col(AuditRecord.at) < cutoff)
+            .order_by(col(AuditRecord.id))
+            .limit(FORGET_BATCH)
+        )
+        with self.store.engine.begin() as connection:
+            result = connection.execute(delete(AuditRecord).where(col(AuditRecord.id).in_(oldest)))
+            return int(result.rowcount)
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         with self.store.engine.begin() as connection:

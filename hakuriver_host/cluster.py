@@ -251,6 +251,9 @@ class Cluster:
             asyncio.create_task(self._placement_loop(), name="placement"),
             asyncio.create_task(self.runners.run_monitor(), name="runner-monitor"),
             asyncio.create_task(self.tarballs.keep_fresh(), name="tarball-index"),
+            asyncio.create_task(
+                self.audit.keep_for(self.config.timing.forget_audit_days), name="audit-forget"
+            ),
         ]
         await self.tarballs.first_read()
         self.kick()

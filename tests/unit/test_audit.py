@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+from contextlib import closing
 
 import grpc
 import pytest
@@ -19,7 +21,8 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, FakeRunner
+from tests.fake_runner import HOLD, FakeRunner, eventually
+from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster
 
 CODE = grpc.StatusCode
@@ -260,3 +263,32 @@ async def test_a_strangers_refusals_are_counted_not_each_written(
     assert strangers[0].startswith(
         "Unauthenticated: unknown API token (and 29 more like it in the last "
     )
+
+
+async def test_events_older_than_forget_audit_days_are_forgotten(
+    make_local_cluster: MakeCluster,
+) -> None:
+    # Every refused call is a row: a scanner calling without a token, or a Prometheus
+    # scraping without its token, added rows for as long as the cluster ran (QA).
+    cluster = await make_local_cluster(timing={"forget_audit_days": 365})
+    nobody = cluster.client("")
+    for _ in range(3):
+        assert await _refused(nobody.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)) == (
+            CODE.UNAUTHENTICATED
+        )
+    await cluster.stop_host()
+    # A year and more passes: those refusals are now 400 days old.
+    with closing(sqlite3.connect(cluster.config.database.db_file)) as db, db:
+        db.execute("UPDATE audit_events SET at = datetime(at, '-400 days')")
+    await cluster.start_host()
+    nobody = cluster.client("")
+    assert await _refused(nobody.tasks.GetTask(tpb.GetTaskRequest(task_id=1), timeout=5)) == (
+        CODE.UNAUTHENTICATED
+    )
+
+    async def without_the_old_ones() -> list[str] | None:
+        targets = [e.target for e in await _events(cluster, actor="anonymous")]
+        return None if "/hakuriver.v1.TaskService/ListTasks" in targets else targets
+
+    kept = await eventually(without_the_old_ones, what="the year-old audit events to go")
+    assert kept == ["/hakuriver.v1.TaskService/GetTask"]

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from hakuriver_common.config import Config
+from hakuriver_common.limits import name_list
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.statuses import TaskStatus
@@ -145,8 +146,23 @@ class RunnerGateway:
             len(ack.adopt),
             len(ack.discard_task_ids),
         )
+        await self._warn_unrecorded(reg.hostname, list(ack.discard_task_ids))
         self.kick()
         return link, ack
+
+    async def _warn_unrecorded(self, hostname: str, discarded: list[int]) -> None:
+        """Tasks a Runner runs that this Host never heard of (its database restored from a
+        backup older than them): the Runner stops them, so the admin learns which."""
+        unrecorded = await self.store.run(self.store.unrecorded, discarded) if discarded else []
+        if unrecorded:
+            log.warning(
+                "runner %s had %d tasks this Host has no record of (a database restored from "
+                "an older backup?); it stops and discards them, their output stays in "
+                "shared_dir: %s",
+                hostname,
+                len(unrecorded),
+                name_list([str(task_id) for task_id in unrecorded]),
+            )
 
     async def _reconcile(self, link: RunnerLink, reg: rpb.RegisterRunner) -> rpb.RegisterAck:
         """Which of its tasks the Runner keeps (with the output offsets we have) or discards;

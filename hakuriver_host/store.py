@@ -29,7 +29,7 @@ from alembic import command as alembic_command
 from sqlalchemy import Table, event, func
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlmodel import Session, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.statuses import FINAL_STATUSES
@@ -423,6 +423,16 @@ class Store:
             if node is not None:
                 session.delete(node)
                 session.commit()
+
+    def unrecorded(self, task_ids: Sequence[int]) -> list[int]:
+        """Those of ``task_ids`` with no row (in chunks: SQLite takes 32,766 parameters)."""
+        found: set[int] = set()
+        with Session(self.engine) as session:
+            for at in range(0, len(task_ids), WRITE_BATCH):
+                chunk = task_ids[at : at + WRITE_BATCH]
+                query = select(TaskRecord.task_id).where(col(TaskRecord.task_id).in_(chunk))
+                found.update(session.exec(query))
+        return [task_id for task_id in task_ids if task_id not in found]
 
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -5,8 +5,11 @@ their stream, come back with or without their tasks, or are refused."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 
 import grpc
 import pytest
@@ -194,6 +197,33 @@ async def test_runner_that_reconnects_with_its_tasks_keeps_them(
     for task in (first, second):
         statuses = [s for s, _ in await local_cluster.events(task.task_id)]
         assert TaskStatus.LOST not in statuses and statuses.count(TaskStatus.RUNNING) == 1
+
+
+async def test_a_host_restored_from_a_backup_names_the_tasks_it_has_no_record_of(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The Runner stops the tasks started after the backup; the Host's log said only
+    # "1 discarded", so the admin could not tell which tasks were gone (QA).
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [before] = await local_cluster.submit_running()
+    db_file = local_cluster.config.database.db_file
+    backup = db_file.with_name("backup.db")
+    with closing(sqlite3.connect(db_file)) as live, closing(sqlite3.connect(backup)) as copy:
+        live.backup(copy)  # what `sqlite3 cluster.db ".backup backup.db"` does
+    [after] = await local_cluster.submit_running()
+    await local_cluster.stop_host()
+    backup.replace(db_file)
+    caplog.set_level(logging.WARNING, logger="hakuriver_host.runners")
+    await local_cluster.start_host()
+    await eventually(lambda: runner.discarded == [after.task_id], what="the discard")
+
+    warned = [r.getMessage() for r in caplog.records if "no record of" in r.getMessage()]
+    assert warned == [
+        "runner a had 1 tasks this Host has no record of (a database restored from an older "
+        "backup?); it stops and discards them, their output stays in shared_dir: "
+        f"{after.task_id}"
+    ]
+    assert status_of(await local_cluster.get(before.task_id)) is TaskStatus.RUNNING
 
 
 async def test_runner_that_comes_back_without_its_tasks_has_them_marked_lost(

@@ -56,7 +56,7 @@ from hakuriver_host.errors import (
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, role_changed, set_caller
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.store import DATABASE_LOCKED, database_locked
+from hakuriver_host.store import database_unavailable
 
 log = logging.getLogger(__name__)
 # How long a refused client-streaming call may take to send its first message (see
@@ -239,11 +239,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             " ".join(malformed.reason.split())[:200],
         )
 
-    def note_locked(self, method: str) -> None:
-        """One log line per method per interval: SQLite refused a write (another program
-        holds the database locked)."""
+    def note_database(self, method: str, why: str, exc: BaseException) -> None:
+        """One log line per method and reason per interval: the database refused a
+        statement for now (SQLite locked by another program, PostgreSQL unreachable)."""
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
         self.internal_log.log(
-            (method, "locked"), logging.WARNING, "%s: refused: %s", method, DATABASE_LOCKED
+            (method, why), logging.WARNING, "%s: refused: %s (%s)", method, why, reason
         )
 
     def note_internal(self, method: str, exc: BaseException) -> None:
@@ -519,9 +520,10 @@ class _Call:
             return self.cut
         if isinstance(exc, PASSED_THROUGH) or not isinstance(exc, Exception):
             return exc
-        if database_locked(exc):  # not a bug: nothing of the call was written
-            self.owner.note_locked(self.method)
-            return Unavailable(f"{DATABASE_LOCKED}: try again once it is not")
+        why = database_unavailable(exc)
+        if why is not None:  # not a bug: nothing of the call was written
+            self.owner.note_database(self.method, why, exc)
+            return Unavailable(why)
         self.owner.note_internal(self.method, exc)
         return _Internal()
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from alembic import command as alembic_command
 from sqlalchemy import Table, event, func
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
 from hakuriver_common.locks import LockHeld, hold_lock
@@ -71,13 +71,24 @@ def _json_text(value: Any) -> str:
     return json.dumps(value)
 
 
-DATABASE_LOCKED = "the Host's database is locked by another program"
+DATABASE_LOCKED = "the Host's database is locked by another program: try again once it is not"
+DATABASE_UNREACHABLE = "the Host's database server cannot be reached: try again once it is back"
 
 
-def database_locked(exc: BaseException) -> bool:
-    """``exc`` is SQLite's refusal of a write another program's lock held past the busy
-    timeout."""
-    return isinstance(exc, DBAPIError) and str(exc.orig) == "database is locked"
+def database_unavailable(exc: BaseException) -> str | None:
+    """Why the database refused ``exc``'s statement for now, not for a bug (None: it did
+    not): SQLite locked by another program past the busy timeout; a PostgreSQL server down,
+    restarting, or that dropped the connection (SQLSTATE class 08 or 57P, or none: the
+    driver could not connect)."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    if str(exc.orig) == "database is locked":
+        return DATABASE_LOCKED
+    state = getattr(exc.orig, "sqlstate", "")  # only PostgreSQL's errors have one
+    server_gone = state is None or state.startswith(("08", "57P"))
+    if exc.connection_invalidated or (isinstance(exc, OperationalError) and server_gone):
+        return DATABASE_UNREACHABLE
+    return None
 
 
 class DatabaseError(OSError):

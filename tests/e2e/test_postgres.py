@@ -3,7 +3,12 @@ and state survives a Host restart."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +21,7 @@ from sqlmodel import SQLModel
 
 import hakuriver_host.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.e2e.harness import required, running_cluster
+from tests.e2e.harness import free_port, required, running_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -65,3 +70,85 @@ def test_host_state_lives_in_postgresql(
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, SQLModel.metadata) == []
     engine.dispose()
+
+
+class OwnPostgres:
+    """A PostgreSQL server of the test's own (Debian's initdb and pg_ctl, as the postgres
+    user when the test runs as root), on a loopback port: one it may stop and start."""
+
+    def __init__(self, root: Path) -> None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not found:
+            required("PostgreSQL's server programs", "no /usr/lib/postgresql/*/bin/pg_ctl")
+        self.bin = found[-1].parent
+        self.root = root
+        self.data = root / "data"
+        self.port = free_port()
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses root
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(root, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "hakuriver")
+        self.start()
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "hakuriver", "hr")
+        self.url = f"postgresql+psycopg://hakuriver@127.0.0.1:{self.port}/hr"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(
+            [*self.as_user, str(self.bin / program), *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+        log = str(self.root / "server.log")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", log, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[OwnPostgres]:
+    # Not under tmp_path: pytest's folders are root's only, and the server runs as postgres.
+    with tempfile.TemporaryDirectory(prefix="hakuriver-postgres-") as root:
+        server = OwnPostgres(Path(root))
+        try:
+            yield server
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):
+                server.stop()
+
+
+def test_a_postgresql_server_that_goes_away_is_unavailable_until_it_is_back(
+    docker_ready: None, own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A call while the server was down (stopped, restarting) answered 'internal error
+    # (logged on the Host) (INTERNAL)', with a traceback in the Host's log, as for a bug (QA).
+    monkeypatch.setenv("HAKURIVER_DATABASE__URL", own_postgres.url)
+    with running_cluster(tmp_path) as cluster:
+        before = cluster.submit(["sh", "-c", "echo before"])
+        assert cluster.wait_final(before.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+        own_postgres.stop()
+        for args in (["submit", "--", "echo", "while away"], ["list"]):
+            away = cluster.cli("task", *args)
+            assert (away.returncode, away.stdout, away.stderr) == (
+                1,
+                "",
+                "error: the Host's database server cannot be reached: try again once it is "
+                "back (UNAVAILABLE)\n",
+            )
+        own_postgres.start()
+        after = cluster.submit(["sh", "-c", "echo after"])
+        assert cluster.wait_final(after.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+        listed = cluster.cli("task", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {t["task_id"] for t in json.loads(listed.stdout)} == {
+        str(before.task_id),
+        str(after.task_id),
+    }
+    host_log = (tmp_path / "host.log").read_text()
+    assert "Traceback" not in host_log
+    assert "refused: the Host's database server cannot be reached" in host_log

@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import DBAPIError
 
 from hakuriver_common.certificates import pair_problem
 from hakuriver_common.config import Config, is_loopback
@@ -65,13 +66,16 @@ from hakuriver_host.services import (
     TaskService,
 )
 from hakuriver_host.ssh_proxy import SshProxy
-from hakuriver_host.store import Store
+from hakuriver_host.store import DatabaseError, Store
 from hakuriver_host.web_app import DEFAULT_ASSETS, AssetStore, WebApp
 from hakuriver_host.web_server import WebServer, bind
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+# How often the Host checks it still holds its database (a PostgreSQL server's restart ends
+# the session that holds the lock).
+CLAIM_CHECK_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # Calls the server may hold before the application takes them (see the server options).
 MAX_PENDING_CALLS = 20_000
@@ -290,6 +294,10 @@ class HostServer:
         self.dashboard_port = 0
         self._http: WSGIServer | None = None
         self._web: WebServer | None = None
+        self._keeping_claim: asyncio.Task[None] | None = None
+        # Set, with why, when another Host took the database: this Host stops.
+        self.claim_lost = asyncio.Event()
+        self.claim_lost_by: DatabaseError | None = None
 
     def _listen_grpc(self, host: str, port: int, credentials: grpc.ServerCredentials | None) -> int:
         # gRPC's own bind failure is a bare RuntimeError after a C-core log line; a plain
@@ -412,6 +420,7 @@ class HostServer:
         # Before anything of the database or the shared folder is touched: a second Host
         # on them stops here.
         await self.store.run(self.store.claim)
+        self._keeping_claim = asyncio.create_task(self._keep_claim(), name="database-claim")
         # Before any call is served, so none of them is being written.
         await asyncio.to_thread(self.environments.sweep_partials)
         await self.cluster.start()
@@ -434,6 +443,25 @@ class HostServer:
         if self._web is not None:
             log.info("host serving the dashboard on %s", self.dashboard_url)
 
+    async def _keep_claim(self) -> None:
+        """Hold the database while running: once a PostgreSQL server that went away is
+        back, take the lock again, or stop if another Host took it meanwhile."""
+        while True:
+            await asyncio.sleep(CLAIM_CHECK_SECONDS)
+            try:
+                if await self.store.run(self.store.keep_claim):
+                    log.warning(
+                        "the database server ended the session that held this Host's lock on "
+                        "the database (a restart?): the lock is taken again"
+                    )
+            except DatabaseError as exc:
+                log.error("%s (it started while the database server was away): stopping", exc)
+                self.claim_lost_by = exc
+                self.claim_lost.set()
+                return
+            except DBAPIError:
+                continue  # the server is still away: asked again later
+
     async def _ensure_default_environment(self) -> None:
         try:
             await asyncio.to_thread(self.environments.ensure_default)
@@ -441,6 +469,9 @@ class HostServer:
             log.warning("could not prepare the default environment: %s", exc)
 
     async def stop(self) -> None:
+        if self._keeping_claim is not None:
+            self._keeping_claim.cancel()
+            await asyncio.gather(self._keeping_claim, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         # Watches and followers learn the Host is going, on either transport, and come back.
         self.gate.end_streams(Unavailable("the Host is stopping: ask again once it is back"))
@@ -479,6 +510,12 @@ class HostServer:
         except BaseException:
             await self.stop()
             raise
-        await stop_on_signals().wait()
+        signalled = asyncio.create_task(stop_on_signals().wait())
+        lost = asyncio.create_task(self.claim_lost.wait())
+        await asyncio.wait((signalled, lost), return_when=asyncio.FIRST_COMPLETED)
+        signalled.cancel()
+        lost.cancel()
         log.info("shutting down (grace %.0fs)", SHUTDOWN_GRACE_SECONDS)
         await self.stop()
+        if self.claim_lost_by is not None:
+            raise self.claim_lost_by

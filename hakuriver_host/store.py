@@ -188,6 +188,7 @@ class Store:
         # What holds the database for this Host (``claim``): a lock file's descriptor or
         # the PostgreSQL connection that holds the advisory lock.
         self._claim: int | Connection | None = None
+        self._claim_lost = False  # the PostgreSQL session holding it ended (``keep_claim``)
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the store's thread. Once asked, it is done even if the caller is
@@ -324,6 +325,33 @@ class Store:
             raise _in_use(shown)
         connection.commit()
         self._claim = connection
+        self._claim_lost = False
+
+    def keep_claim(self) -> bool:
+        """Does this Host still hold its database? A PostgreSQL server that restarted (or
+        dropped the connection) ended the session, and its advisory lock with it: take it
+        again. True when it was taken again; DatabaseError when another Host took it
+        meanwhile; DBAPIError while the server is still away (ask again later)."""
+        if not isinstance(self._claim, Connection):
+            return False
+        if not self._claim_lost:
+            try:
+                self._claim.exec_driver_sql("SELECT 1")
+                self._claim.rollback()
+                return False
+            except DBAPIError:
+                self._claim_lost = True
+                self._claim.invalidate()
+        connection = self.engine.connect()
+        locked = connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({HOST_LOCK_KEY})")
+        if not locked.scalar():
+            connection.close()
+            raise _in_use(_shown(str(self.engine.url)))
+        connection.commit()
+        self._claim.close()
+        self._claim = connection
+        self._claim_lost = False
+        return True
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one

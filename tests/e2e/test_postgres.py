@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from sqlmodel import SQLModel
 
 import hakuriver_host.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.e2e.harness import free_port, required, running_cluster
+from tests.e2e.harness import free_port, required, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -92,6 +94,7 @@ class OwnPostgres:
         self.start()
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "hakuriver", "hr")
         self.url = f"postgresql+psycopg://hakuriver@127.0.0.1:{self.port}/hr"
+        self.shown = self.url  # no password in it to hide
 
     def _run(self, program: str, *args: str) -> None:
         subprocess.run(
@@ -108,6 +111,15 @@ class OwnPostgres:
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def locked_by_a_host(self) -> bool:
+        """Does a session hold the Host's advisory lock?"""
+        dsn = self.url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).fetchone()
+        return row is not None and row[0] > 0
 
 
 @pytest.fixture
@@ -152,3 +164,76 @@ def test_a_postgresql_server_that_goes_away_is_unavailable_until_it_is_back(
     host_log = (tmp_path / "host.log").read_text()
     assert "Traceback" not in host_log
     assert "refused: the Host's database server cannot be reached" in host_log
+
+
+def test_a_host_takes_its_database_again_after_the_server_restarts(
+    docker_ready: None, own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PostgreSQL restart ended the session holding the Host's advisory lock, and a second
+    # Host started on the same database afterwards was not refused (QA).
+    monkeypatch.setenv("HAKURIVER_DATABASE__URL", own_postgres.url)
+    with running_cluster(tmp_path) as cluster:
+        own_postgres.stop()
+        own_postgres.start()
+        wait_for(
+            lambda: "the lock is taken again" in (tmp_path / "host.log").read_text(),
+            what="the Host to take its lock again",
+        )
+        second = subprocess.run(
+            _second_host(cluster.config_path), capture_output=True, text=True, timeout=60
+        )
+        task = cluster.submit(["sh", "-c", "echo first host"])
+        assert cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
+    assert second.returncode == 1
+    assert second.stderr.endswith(
+        f"error: another Host is using the database {own_postgres.shown} (database.url): stop "
+        "it first, or give this Host a database of its own\n"
+    )
+
+
+def test_a_host_whose_database_another_host_took_meanwhile_stops(
+    docker_ready: None, own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first Host is frozen while the server restarts and a second Host takes the
+    # database; when it wakes, the two must not both write it: the first stops, saying why.
+    monkeypatch.setenv("HAKURIVER_DATABASE__URL", own_postgres.url)
+    with running_cluster(tmp_path) as cluster:
+        assert cluster.host is not None
+        cluster.host.send_signal(signal.SIGSTOP)
+        own_postgres.stop()
+        own_postgres.start()
+        with subprocess.Popen(
+            _second_host(cluster.config_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as second:
+            try:
+                wait_for(lambda: own_postgres.locked_by_a_host(), what="the second Host to start")
+                cluster.host.send_signal(signal.SIGCONT)
+                first_exit = cluster.host.wait(timeout=60)
+            finally:
+                second.terminate()
+                second.wait(timeout=30)
+    assert first_exit == 1
+    host_log = (tmp_path / "host.log").read_text()
+    assert (
+        f"error: another Host is using the database {own_postgres.shown} (database.url): stop "
+        "it first, or give this Host a database of its own\n"
+    ) in host_log
+    assert "Traceback" not in host_log
+
+
+def _second_host(config_path: Path) -> list[str]:
+    """The command of a second Host on the same config, with ports of its own."""
+    ports = [
+        f"HAKURIVER_NETWORK__{key}={free_port()}"
+        for key in ("HOST_PORT", "METRICS_PORT", "HOST_SSH_PROXY_PORT")
+    ]
+    return [
+        "env",
+        *ports,
+        f"HAKURIVER_DASHBOARD__PORT={free_port()}",
+        sys.executable,
+        "-m",
+        "hakuriver_host",
+        "--config",
+        str(config_path),
+    ]

@@ -27,7 +27,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.models import AuditRecord, utcnow
-from hakuriver_host.store import Store
+from hakuriver_host.store import Store, database_unavailable
 
 log = logging.getLogger("hakuriver.audit")
 MAX_LIST = 1000
@@ -117,8 +117,12 @@ class AuditLog:
             rows, self._queued = self._queued, []
             try:
                 await self.store.run(self._insert, rows)
-            except Exception:
-                log.exception("could not store %d audit events", len(rows))
+            except Exception as exc:
+                why = database_unavailable(exc)
+                if why is None:
+                    log.exception("could not store %d audit events", len(rows))
+                else:  # their lines are in the Host's log
+                    log.warning("could not store %d audit events: %s", len(rows), why)
 
     def close(self) -> None:
         """Write the counts of refusals not yet summed up (the Host stops)."""

@@ -35,7 +35,7 @@ from hakuriver_host.runner_checks import (
     check_register,
 )
 from hakuriver_host.runner_link import RunnerLink
-from hakuriver_host.store import WRITE_BATCH, Store
+from hakuriver_host.store import WRITE_BATCH, Store, database_unavailable
 from hakuriver_host.task_book import Change, TaskBook
 from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
@@ -95,8 +95,12 @@ class RunnerGateway:
             await asyncio.sleep(interval)
             try:
                 await self.check_silent_runners()
-            except Exception:
-                log.exception("runner check failed")
+            except Exception as exc:
+                why = database_unavailable(exc)
+                if why is None:
+                    log.exception("runner check failed")
+                else:  # not a bug: checked again at the next interval
+                    log.warning("runner check put off: %s", why)
 
     async def _admit(self, hostname: str, who: Principal, peer: str) -> str:
         """May ``who`` register as ``hostname``? A new credential's secret when it joined

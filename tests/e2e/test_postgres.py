@@ -152,6 +152,12 @@ def test_a_postgresql_server_that_goes_away_is_unavailable_until_it_is_back(
                 "error: the Host's database server cannot be reached: try again once it is "
                 "back (UNAVAILABLE)\n",
             )
+        # The Host's check for silent Runners, which reads the database, runs meanwhile.
+        wait_for(
+            lambda: "runner check put off" in (tmp_path / "host.log").read_text(),
+            timeout=60,
+            what="a check for silent Runners while the server is away",
+        )
         own_postgres.start()
         after = cluster.submit(["sh", "-c", "echo after"])
         assert cluster.wait_final(after.task_id).status == task_pb2.TASK_STATUS_COMPLETED

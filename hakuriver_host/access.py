@@ -309,20 +309,22 @@ class Access:
         if record.role == Role.ADMIN and len(admins) == 1:
             raise FailedPrecondition(f"name: {record.name!r} is the last admin")
 
-    async def set_role(self, name: str, role: Role) -> UserRecord:
+    async def set_role(self, name: str, role: Role) -> tuple[Role, UserRecord]:
         """Give a user another role: their tokens carry it from their next call, and what
-        they hold open ends (``on_revoked``), authorised as it was under the old one."""
+        they hold open ends (``on_revoked``), authorised as it was under the old one.
+        Returns the role it replaced (read in turn, as changes made at once may race)."""
         async with self._user_changes:
             record = self.user(name)
-            if Role(record.role) == role:
-                return record
+            before = Role(record.role)
+            if before == role:
+                return before, record
             if role != Role.ADMIN:
                 self._not_the_last_admin(record)
             changed = UserRecord(name=record.name, role=role.value, created_at=record.created_at)
             await self.store.run(self._merge, changed)
             self.users[name] = changed
         self._tell_revoked()
-        return changed
+        return before, changed
 
     async def _delete_user_now(self, name: str) -> int:
         record = self.user(name)

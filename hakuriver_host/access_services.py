@@ -127,8 +127,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         self, request: apb.SetUserRoleRequest, context: grpc.aio.ServicerContext
     ) -> apb.SetUserRoleResponse:
         role = _role(request.role)
-        before = self.access.user(request.name).role
-        user = await self.access.set_role(request.name, role)
+        before, user = await self.access.set_role(request.name, role)
         self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
         return apb.SetUserRoleResponse(user=user_to_pb(user))
 

@@ -561,6 +561,32 @@ async def test_a_users_role_changes_for_their_tokens_and_what_they_hold_open(
     ]
 
 
+async def test_role_changes_at_once_are_audited_from_the_role_each_found(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two admins changing one user's role at once: each change's audit row names the role
+    it replaced. The role before was read before the change waited its turn, so the
+    second row said 'user -> admin' of a user who was an operator by then."""
+    await local_cluster.add_user("alice")
+    roles = (Role.OPERATOR, Role.ADMIN)
+    await asyncio.gather(
+        *(
+            local_cluster.access.SetUserRole(
+                apb.SetUserRoleRequest(name="alice", role=role.pb), timeout=5
+            )
+            for role in roles
+        )
+    )
+    audited = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="user.role"), timeout=5
+    )
+    changes = sorted(e.detail for e in audited.events)
+    users = (await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)).users
+    last = [Role.from_pb(u.role).value for u in users if u.name == "alice"]
+    first = "operator" if last == ["admin"] else "admin"
+    assert changes == sorted([f"user -> {first}", f"{first} -> {last[0]}"])
+
+
 async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(
     local_cluster: LocalCluster,
 ) -> None:

@@ -49,7 +49,7 @@ from hakuriver_host.prepared_ahead import PreparedAhead
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
-from hakuriver_host.ssh_tickets import SshTickets
+from hakuriver_host.ssh_tickets import SshTickets, Ticket
 from hakuriver_host.store import Store
 from hakuriver_host.tarball_index import TarballIndex
 from hakuriver_host.task_book import (
@@ -913,10 +913,9 @@ class Cluster:
         self.audit.record(who, "ssh.ticket", task_id)
         return self.ssh_tickets.issue(task_id, who)
 
-    async def open_tunnel(self, ticket: str) -> tuple[Tunnel, Principal]:
-        """A tunnel to the sshd of the VPS a ticket was issued for, through its Runner's
-        link (the holder's right to it is checked again), and its holder."""
-        held = self.ssh_tickets.redeem(ticket)
+    async def open_tunnel(self, held: Ticket) -> tuple[Tunnel, Principal]:
+        """A tunnel to the sshd of the VPS a redeemed ticket was issued for, through its
+        Runner's link (the holder's right to it is checked again), and its holder."""
         task_id = held.task_id
         # The holder as they stand now: a token revoked or a user deleted since the ticket
         # was issued opens nothing.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
@@ -25,6 +26,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
+from hakuriver_host.ssh_tickets import Ticket
 from hakuriver_host.tunnels import Tunnel
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,13 @@ async def _first_line(reader: asyncio.StreamReader) -> bytes:
         return b""
     except TimeoutError:
         raise TimeoutError(f"no request line within {REQUEST_TIMEOUT:g} s") from None
+
+
+def _ticket(line: bytes) -> str:
+    parts = line.decode(errors="replace").split()
+    if len(parts) != 2 or parts[0] != "TICKET":
+        raise ValueError("expected: TICKET <ticket> (get one with SshService.CreateSshTicket)")
+    return parts[1]
 
 
 async def _opened(tunnel: Tunnel) -> None:
@@ -70,25 +79,34 @@ class SshProxy:
             self.server.close()
             await self.server.wait_closed()
 
-    async def _open(self, line: bytes) -> tuple[Tunnel, Principal]:
-        parts = line.decode(errors="replace").split()
-        if len(parts) != 2 or parts[0] != "TICKET":
-            raise ValueError("expected: TICKET <ticket> (get one with SshService.CreateSshTicket)")
-        return await self.cluster.open_tunnel(parts[1])
+    def _holder(self, held: Ticket | None) -> Principal:
+        """Whom the audit names for a refused ticket: nobody known before it was redeemed
+        (the refusals of strangers are counted), else its holder as they stand now, with
+        no role when their token no longer vouches for one."""
+        if held is None:
+            return ANONYMOUS
+        try:
+            return self.cluster.access.again(held.who)
+        except Unauthenticated:
+            return dataclasses.replace(held.who, role=None)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hub = self.cluster.tunnels
         tunnel: Tunnel | None = None
+        held: Ticket | None = None
         try:
             try:
-                tunnel, who = await self._open(await _first_line(reader))
+                held = self.cluster.ssh_tickets.redeem(_ticket(await _first_line(reader)))
+                tunnel, who = await self.cluster.open_tunnel(held)
                 await _opened(tunnel)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
-                # A refusal of the caller (no ticket, or one not good) is audited; a tunnel
-                # that could not open is not the caller's doing.
+                # A refusal of the caller (no ticket, one not good, or a holder who may no
+                # longer reach the VPS) is audited; a tunnel that could not open is not the
+                # caller's doing.
                 if isinstance(exc, Unauthenticated | Hidden | ValueError):
-                    self._refused(writer, ANONYMOUS, reason)
+                    task = held.task_id if held is not None else 0
+                    self._refused(writer, self._holder(held), reason, task)
                 writer.write(f"ERROR {reason}\n".encode())
                 await writer.drain()
                 return

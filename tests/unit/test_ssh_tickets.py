@@ -89,6 +89,24 @@ async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
     assert runner.tunnel_opens == []
 
 
+async def test_a_holders_refused_ticket_is_audited_under_their_name(
+    local_cluster: LocalCluster,
+) -> None:
+    """A ticket refused once redeemed (its holder deleted since) is their refusal: audited
+    under their name and VPS, each one written. It was audited as a stranger's, so it was
+    counted with whatever else that address had sent in the minute (a bad request line
+    first), never written with its holder's name."""
+    _, issued = await _alices_vps_ticket(local_cluster)
+    assert (await _answer_to(local_cluster, "x y z")).startswith(b"ERROR expected: TICKET")
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+    assert (await _answer_to(local_cluster, issued.ticket)).startswith(b"ERROR API token ")
+    request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
+    events = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    [vps] = (await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
+    theirs = [(e.actor, e.target, e.outcome) for e in events if e.actor != "anonymous"]
+    assert theirs == [("alice", str(vps.task_id), aupb.AUDIT_OUTCOME_REFUSED)]
+
+
 async def test_an_over_long_request_line_gets_the_protocols_answer(
     local_cluster: LocalCluster,
 ) -> None:

@@ -848,12 +848,23 @@ class Cluster:
 
     async def set_draining(self, hostname: str, draining: bool, who: Principal) -> NodeView:
         """Drained at once (nothing more is placed there while the change is written); the
-        change is taken back if it cannot be written, not left until the Host restarts."""
-        before = self.nodes.get(hostname).draining
-        node = self.nodes.set_draining(hostname, draining)
+        change is taken back if it cannot be written, not left until the Host restarts. A
+        caller that goes meanwhile leaves it done: its write is (``Store.run``)."""
+        node = self.nodes.get(hostname)
+        changing = self._storing_task(self._set_draining(node, draining, who))
+        try:
+            await asyncio.shield(changing)
+        except asyncio.CancelledError:
+            changing.add_done_callback(_failure_logged("a drain change whose caller left"))
+            raise
+        return node
+
+    async def _set_draining(self, node: NodeView, draining: bool, who: Principal) -> None:
+        hostname, before = node.hostname, node.draining
+        self.nodes.set_draining(hostname, draining)
         try:
             await self.store.run(self.store.set_draining, hostname, draining)
-        except BaseException:
+        except Exception:
             if self.nodes.nodes.get(hostname) is node:
                 self.nodes.set_draining(hostname, before)
             raise
@@ -861,7 +872,6 @@ class Cluster:
         log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
         if not draining:
             self.kick()
-        return node
 
     def health(self, hostname: str = "") -> list[NodeView]:
         return self.nodes.selected(hostname)

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event
 
 from hakuriver_common.proto.hakuriver.v1 import (
+    audit_service_pb2 as aupb,
     node_pb2,
     node_service_pb2 as npb,
     task_pb2,
@@ -490,3 +491,31 @@ async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: Local
     assert not node.draining
     task = await local_cluster.submit("job")
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+
+
+async def test_a_drain_whose_caller_goes_is_kept_as_it_is_written(
+    local_cluster: LocalCluster,
+) -> None:
+    """A write asked for is done even if its caller goes; a drain whose caller gave up (its
+    deadline, Ctrl-C) while another program held the database locked was written once the
+    lock went, yet taken back in memory: the node took work while the database said it
+    drained, and a restarted Host drained it again."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=1)
+    finally:
+        other.close()
+    assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await local_cluster.add_user("alice")  # written after the drain, on the store's thread
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert node.draining
+    audited = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="node.drain"), timeout=5
+    )
+    assert [(e.actor, e.target) for e in audited.events] == [("admin", "a")]
+    await local_cluster.restart_host()
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert node.draining

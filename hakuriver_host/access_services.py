@@ -23,7 +23,7 @@ from hakuriver_common.timestamps import from_timestamp, to_timestamp
 from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import FailedPrecondition, Hidden, InvalidArgument, PermissionDenied
-from hakuriver_host.identity import Principal, caller
+from hakuriver_host.identity import Principal, caller, carried
 from hakuriver_host.models import ApiTokenRecord, AuditRecord, RunnerCredentialRecord, UserRecord
 
 
@@ -127,9 +127,13 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         self, request: apb.SetUserRoleRequest, context: grpc.aio.ServicerContext
     ) -> apb.SetUserRoleResponse:
         role = _role(request.role)
-        before, user = await self.access.set_role(request.name, role)
-        self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
+        user = await carried(self._set_role(request.name, role), "a role change")
         return apb.SetUserRoleResponse(user=user_to_pb(user))
+
+    async def _set_role(self, name: str, role: Role) -> UserRecord:
+        before, user = await self.access.set_role(name, role)
+        self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
+        return user
 
     async def CreateToken(
         self, request: apb.CreateTokenRequest, context: grpc.aio.ServicerContext

@@ -8,6 +8,7 @@ gRPC metadata.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from hakuriver_common.roles import ANONYMOUS_NAME, JOINING_NAME, Role
+
+log = logging.getLogger(__name__)
 
 
 class Kind(StrEnum):
@@ -103,3 +106,20 @@ def outliving(work: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.
     context = copy_context()
     context.run(_context.set, _Peer(caller_peer()))
     return asyncio.create_task(work, name=name, context=context)
+
+
+async def carried(work: Coroutine[Any, Any, T], what: str) -> T:
+    """``work``, carried through if its caller goes first (a deadline, Ctrl-C): a write
+    asked for is done (``Store.run``), so what follows it (the change made in memory, its
+    audit row) must be too. A failure then is logged, as nobody else hears of it."""
+    task = outliving(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def failed(done: asyncio.Task[T]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("%s whose caller left failed: %s", what, done.exception())
+
+        task.add_done_callback(failed)
+        raise

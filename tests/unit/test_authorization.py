@@ -12,6 +12,7 @@ import asyncio
 import importlib
 import pkgutil
 import queue
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -585,6 +586,37 @@ async def test_role_changes_at_once_are_audited_from_the_role_each_found(
     last = [Role.from_pb(u.role).value for u in users if u.name == "alice"]
     first = "operator" if last == ["admin"] else "admin"
     assert changes == sorted([f"user -> {first}", f"{first} -> {last[0]}"])
+
+
+async def test_a_role_change_whose_caller_goes_is_kept_as_it_is_written(
+    local_cluster: LocalCluster,
+) -> None:
+    """A write asked for is done even if its caller goes: a role change whose caller gave
+    up (its deadline, Ctrl-C) while another program held the database locked was stored
+    once the lock went, yet the Host kept the old role for the user's tokens until it
+    restarted, and audited nothing."""
+    await local_cluster.add_user("alice")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        to_operator = apb.SetUserRoleRequest(name="alice", role=Role.OPERATOR.pb)
+        code, _ = await _refusal(local_cluster.access.SetUserRole(to_operator, timeout=1))
+    finally:
+        other.close()
+    assert code == CODE.DEADLINE_EXCEEDED
+    await local_cluster.add_user("bob")  # written after the change, one at a time
+
+    async def alices_role() -> list[int]:
+        users = (await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)).users
+        return [u.role for u in users if u.name == "alice"]
+
+    assert await alices_role() == [Role.OPERATOR.pb]
+    audited = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="user.role"), timeout=5
+    )
+    assert [(e.target, e.detail) for e in audited.events] == [("alice", "user -> operator")]
+    await local_cluster.restart_host()
+    assert await alices_role() == [Role.OPERATOR.pb]
 
 
 async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(

@@ -105,10 +105,15 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     async def CreateUser(
         self, request: apb.CreateUserRequest, context: grpc.aio.ServicerContext
     ) -> apb.CreateUserResponse:
-        user = await self.access.create_user(request.name, _role(request.role), request.reclaim)
-        detail = f"role {user.role}" + (", reclaimed" if request.reclaim else "")
-        self.audit.record(caller(), "user.create", user.name, detail=detail)
+        role = _role(request.role)
+        user = await carried(self._create_user(request.name, role, request.reclaim), "a new user")
         return apb.CreateUserResponse(user=user_to_pb(user))
+
+    async def _create_user(self, name: str, role: Role, reclaim: bool) -> UserRecord:
+        user = await self.access.create_user(name, role, reclaim)
+        detail = f"role {user.role}" + (", reclaimed" if reclaim else "")
+        self.audit.record(caller(), "user.create", user.name, detail=detail)
+        return user
 
     async def ListUsers(
         self, request: apb.ListUsersRequest, context: grpc.aio.ServicerContext
@@ -119,9 +124,13 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     async def DeleteUser(
         self, request: apb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> apb.DeleteUserResponse:
-        revoked = await self.access.delete_user(request.name)
-        self.audit.record(caller(), "user.delete", request.name, detail=f"{revoked} tokens revoked")
+        revoked = await carried(self._delete_user(request.name), "a user's removal")
         return apb.DeleteUserResponse(revoked_tokens=revoked)
+
+    async def _delete_user(self, name: str) -> int:
+        revoked = await self.access.delete_user(name)
+        self.audit.record(caller(), "user.delete", name, detail=f"{revoked} tokens revoked")
+        return revoked
 
     async def SetUserRole(
         self, request: apb.SetUserRoleRequest, context: grpc.aio.ServicerContext

@@ -619,6 +619,45 @@ async def test_a_role_change_whose_caller_goes_is_kept_as_it_is_written(
     assert await alices_role() == [Role.OPERATOR.pb]
 
 
+async def test_a_user_change_whose_caller_goes_is_kept_as_it_is_written(
+    local_cluster: LocalCluster,
+) -> None:
+    """As for a role: a user added or removed while their caller gave up was stored, yet
+    the Host did not list the one added nor drop the one removed until it restarted, and
+    audited neither."""
+    await local_cluster.add_user("alice")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        calls = (
+            local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=1),
+            local_cluster.access.CreateUser(
+                apb.CreateUserRequest(name="bob", role=Role.USER.pb), timeout=1
+            ),
+        )
+        gone = [await _refusal(call) for call in calls]
+    finally:
+        other.close()
+    assert [code for code, _ in gone] == [CODE.DEADLINE_EXCEEDED] * 2
+    await local_cluster.add_user("carol")  # written after the changes, one at a time
+
+    async def listed() -> list[str]:
+        users = (await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)).users
+        return [u.name for u in users]
+
+    assert await listed() == ["admin", "bob", "carol"]
+    audited = await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+    actions = [(e.action, e.target) for e in audited.events if e.action.startswith("user.")]
+    assert sorted(actions) == [
+        ("user.create", "alice"),
+        ("user.create", "bob"),
+        ("user.create", "carol"),
+        ("user.delete", "alice"),
+    ]
+    await local_cluster.restart_host()
+    assert await listed() == ["admin", "bob", "carol"]
+
+
 async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(
     local_cluster: LocalCluster,
 ) -> None:

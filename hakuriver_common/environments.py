@@ -89,8 +89,11 @@ class ReplacedImages:
         self._lock = threading.Lock()
 
     def drop(self, client: Any, image_id: str | None) -> None:
-        """Remove ``image_id`` (None: none) and those kept before, when they can go."""
+        """Remove ``image_id`` (None: none) and those kept before, when they can go. Docker
+        going away meanwhile keeps them for the next time: the load or commit before this
+        succeeded, and must not be reported failed for its clean-up."""
         import docker
+        import requests
 
         with self._lock:
             candidates = self._kept | ({image_id} if image_id else set())
@@ -100,8 +103,9 @@ class ReplacedImages:
                         client.images.remove(candidate)
                 except docker.errors.ImageNotFound:
                     pass
-                except docker.errors.APIError as exc:
-                    log.info("kept replaced image %s: %s", candidate, exc.explanation)
+                except (docker.errors.APIError, requests.exceptions.ConnectionError) as exc:
+                    why = getattr(exc, "explanation", None) or exc
+                    log.info("kept replaced image %s: %s", candidate, why)
                     self._kept.add(candidate)
                     continue
                 self._kept.discard(candidate)

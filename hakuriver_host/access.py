@@ -35,6 +35,7 @@ from hakuriver_host.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unauthenticated,
     at_most,
 )
@@ -261,13 +262,26 @@ class Access:
 
     # ----- users ------------------------------------------------------------------------
 
-    async def create_user(self, name: str, role: Role, reclaim: bool = False) -> UserRecord:
+    async def create_user(
+        self, name: str, role: Role, reclaim: bool = False, by: Principal | None = None
+    ) -> UserRecord:
         """A new user. Tasks are owned by name: a name a deleted user's tasks or tokens
-        still bear is refused unless ``reclaim`` (a newcomer must not inherit them)."""
+        still bear is refused unless ``reclaim`` (a newcomer must not inherit them). ``by``:
+        the admin asking (None: the Host itself)."""
         if (problem := user_name_problem(name)) is not None:
             raise InvalidArgument(f"name: {name!r} {problem}")
         async with self._user_changes:
+            self._still_admin(by)
             return await self._create_user(name, role, reclaim)
+
+    def _still_admin(self, by: Principal | None) -> None:
+        """An admin's change of users, checked again in its turn: one whose caller was made
+        another role, or lost their token, while it waited for changes before it is
+        refused; it was authorised when it came in."""
+        if by is None or not by.token_id:  # the Host itself, or a Host without tokens
+            return
+        if not self.again(by).has(Role.ADMIN):
+            raise PermissionDenied(f"{by.name} is no longer an admin: the change was not made")
 
     async def _create_user(self, name: str, role: Role, reclaim: bool) -> UserRecord:
         if name in self.users:
@@ -299,9 +313,10 @@ class Access:
             raise NotFound(f"user {name!r} not found")
         return record
 
-    async def delete_user(self, name: str) -> int:
+    async def delete_user(self, name: str, by: Principal | None = None) -> int:
         """Remove a user and revoke their tokens; how many tokens were revoked."""
         async with self._user_changes:
+            self._still_admin(by)
             return await self._delete_user_now(name)
 
     def _not_the_last_admin(self, record: UserRecord) -> None:
@@ -309,11 +324,14 @@ class Access:
         if record.role == Role.ADMIN and len(admins) == 1:
             raise FailedPrecondition(f"name: {record.name!r} is the last admin")
 
-    async def set_role(self, name: str, role: Role) -> tuple[Role, UserRecord]:
+    async def set_role(
+        self, name: str, role: Role, by: Principal | None = None
+    ) -> tuple[Role, UserRecord]:
         """Give a user another role: their tokens carry it from their next call, and what
         they hold open ends (``on_revoked``), authorised as it was under the old one.
         Returns the role it replaced (read in turn, as changes made at once may race)."""
         async with self._user_changes:
+            self._still_admin(by)
             record = self.user(name)
             before = Role(record.role)
             if before == role:

@@ -110,7 +110,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         return apb.CreateUserResponse(user=user_to_pb(user))
 
     async def _create_user(self, name: str, role: Role, reclaim: bool) -> UserRecord:
-        user = await self.access.create_user(name, role, reclaim)
+        user = await self.access.create_user(name, role, reclaim, by=caller())
         detail = f"role {user.role}" + (", reclaimed" if reclaim else "")
         self.audit.record(caller(), "user.create", user.name, detail=detail)
         return user
@@ -128,7 +128,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         return apb.DeleteUserResponse(revoked_tokens=revoked)
 
     async def _delete_user(self, name: str) -> int:
-        revoked = await self.access.delete_user(name)
+        revoked = await self.access.delete_user(name, by=caller())
         self.audit.record(caller(), "user.delete", name, detail=f"{revoked} tokens revoked")
         return revoked
 
@@ -140,7 +140,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         return apb.SetUserRoleResponse(user=user_to_pb(user))
 
     async def _set_role(self, name: str, role: Role) -> UserRecord:
-        before, user = await self.access.set_role(name, role)
+        before, user = await self.access.set_role(name, role, by=caller())
         self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
         return user
 

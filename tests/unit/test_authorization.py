@@ -619,6 +619,38 @@ async def test_a_role_change_whose_caller_goes_is_kept_as_it_is_written(
     assert await alices_role() == [Role.OPERATOR.pb]
 
 
+async def test_an_admin_made_a_user_while_their_change_waited_is_refused_it(
+    local_cluster: LocalCluster,
+) -> None:
+    """A change of users is authorised when it comes in and made in its turn: an admin
+    demoted by another while their removal of a user waited behind that demotion still
+    removed the user (review)."""
+    await local_cluster.add_user("alice")
+    a2 = await local_cluster.add_user("a2", Role.ADMIN)
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the demotion's write waits: it holds the turn
+        demote = asyncio.ensure_future(
+            local_cluster.access.SetUserRole(
+                apb.SetUserRoleRequest(name="a2", role=Role.USER.pb), timeout=30
+            )
+        )
+        await asyncio.sleep(0.5)  # ordering, not timing: the demotion takes its turn first
+        removal = asyncio.ensure_future(
+            a2.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=30)
+        )
+        await asyncio.sleep(1)  # and the removal, authorised, waits behind it
+    finally:
+        other.close()
+    await demote
+    assert await _refusal(removal) == (
+        CODE.PERMISSION_DENIED,
+        "a2 is no longer an admin: the change was not made",
+    )
+    users = (await local_cluster.access.ListUsers(apb.ListUsersRequest(), timeout=5)).users
+    assert "alice" in [u.name for u in users]
+
+
 async def test_a_user_change_whose_caller_goes_is_kept_as_it_is_written(
     local_cluster: LocalCluster,
 ) -> None:

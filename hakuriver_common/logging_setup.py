@@ -4,24 +4,18 @@ that moves the file aside) rotates it without a restart or copytruncate."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import logging.handlers
-import os
 import sys
 from pathlib import Path
+
+from hakuriver_common.folders import make_folder
 
 
 def setup_logging(log_file: Path | None, level: int = logging.INFO) -> None:
     handler: logging.Handler
     if log_file is not None:
-        folder = log_file.expanduser().parent
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except FileExistsError:  # a file where a folder of the path should be
-            raise NotADirectoryError(
-                errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)
-            ) from None
+        make_folder(log_file.expanduser().parent)
         handler = logging.handlers.WatchedFileHandler(log_file.expanduser())
     else:
         handler = logging.StreamHandler(sys.stderr)

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
+from hakuriver_common.folders import make_folder
 from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.statuses import FINAL_STATUSES
 from hakuriver_host import migrations
@@ -136,11 +137,11 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             folder = Path(parsed.database).parent
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # FileExistsError: a file where a folder should be
-                why = "Not a directory" if isinstance(exc, FileExistsError) else exc.strerror
+                make_folder(folder)
+            except OSError as exc:
                 raise DatabaseError(
-                    f"cannot open the database {_shown(url)}: cannot create {folder}: {why}"
+                    f"cannot open the database {_shown(url)}: cannot create {folder}: "
+                    f"{exc.strerror or exc}"
                 ) from None
             event.listen(engine, "do_connect", _created_private(Path(parsed.database)))
         event.listen(engine, "connect", _sqlite_pragmas)

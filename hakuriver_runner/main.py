@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import os
 import socket
 from typing import NoReturn
 
@@ -15,6 +13,7 @@ from hakuriver_common import commands as cli
 from hakuriver_common.client_config import TlsSetupError
 from hakuriver_common.config import Config
 from hakuriver_common.credentials import CredentialsError
+from hakuriver_common.folders import make_folder
 from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.service import ConfigOption, VersionOption, start_daemon, stop_on_signals
 from hakuriver_runner.docker_backend import DockerBackend
@@ -37,7 +36,7 @@ def _hold_state_dir(config: Config) -> int:
     the other's stream, for as long as both ran."""
     folder = config.runner.state_dir.expanduser()
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_folder(folder, mode=0o700)
         return hold_lock(folder / LOCK_FILE)
     except LockHeld as held:
         reason = (
@@ -45,9 +44,7 @@ def _hold_state_dir(config: Config) -> int:
             "give this one its own runner.state_dir and runner.name"
         )
     except OSError as exc:
-        # mkdir of a path that names a file says "File exists"; the file is what is wrong
-        why = os.strerror(errno.ENOTDIR) if isinstance(exc, FileExistsError) else exc.strerror
-        reason = f"cannot use runner.state_dir {folder}: {why or exc}"
+        reason = f"cannot use runner.state_dir {folder}: {exc.strerror or exc}"
     log.error("%s", reason)
     _stop(config, reason)
 

@@ -781,21 +781,24 @@ async def _operator_shell(
 async def test_a_revoked_token_types_nothing_more_into_a_shell(
     local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The request side of a stream is checked too: input sent once the token is revoked
-    never reaches the process."""
+    """A shell ends with the refusal as its token is revoked, and input sent then never
+    reaches the process. The input goes once the refusal arrived: sent while it was on
+    its way, grpc's asyncio client reports INTERNAL "Internal error from Core" instead
+    (grpc/grpc#36066; the test failed so about once in 20 runs)."""
     shell = _EchoShell()
     olga, session, sending, call = await _operator_shell(local_cluster, monkeypatch, shell, 10)
     await sending.put(shpb.ShellRequest(stdin=b"before\n"))
     assert (await call.read()).output.data == b"before\n"
     await olga.access.RevokeToken(apb.RevokeTokenRequest(token_id=session.token.token_id))
-    await sending.put(shpb.ShellRequest(stdin=b"after\n"))
     code, details = await _refusal(call.read())
     assert (code, details) == (
         CODE.UNAUTHENTICATED,
         f"API token {session.token.token_id} was revoked",
     )
-    assert shell.written == [b"before\n"]
+    await sending.put(shpb.ShellRequest(stdin=b"after\n"))
     await sending.put(None)
+    await asyncio.sleep(0.2)  # time for the input to arrive, if anything took it
+    assert shell.written == [b"before\n"]
 
 
 class _FloodShell(_EchoShell):

@@ -439,16 +439,20 @@ def _control_batch(
 _DONE = {"kill": "killed", "pause": "paused", "resume": "resumed"}
 
 
+def show_controlled(done: task_pb2.Task, json: bool) -> None:
+    """A task as a kill, pause or resume left it: its status (or it as JSON)."""
+    if json:
+        print_json(to_dict(done))
+    else:
+        cli.echo(f"task {done.task_id}: {status_name(done.status)}")
+
+
 def control_task(task_id: str, verb: str, config: Path | None, json: bool) -> None:
     """Kill, pause or resume a task or a whole batch, then print its status (or it as
     JSON)."""
 
     def task(stub: task_service_pb2_grpc.TaskServiceStub, tid: int) -> None:
-        done = control(stub, tid, verb)
-        if json:
-            print_json(to_dict(done))
-        else:
-            cli.echo(f"task {tid}: {status_name(done.status)}")
+        show_controlled(control(stub, tid, verb), json)
 
     def batch(stub: task_service_pb2_grpc.TaskServiceStub, bid: int) -> None:
         summary, affected = _control_batch(stub, bid, verb)

@@ -203,11 +203,7 @@ def control_vps(stub: task_service_pb2_grpc.TaskServiceStub, text: str, verb: st
 
 
 def _control_and_show(text: str, verb: str, config: Path | None, json: bool) -> None:
-    done = ask(config, task_stub, lambda stub: control_vps(stub, text, verb))
-    if json:
-        print_json(to_dict(done))
-    else:
-        cli.echo(f"task {done.task_id}: {status_name(done.status)}")
+    client.show_controlled(ask(config, task_stub, lambda stub: control_vps(stub, text, verb)), json)
 
 
 @app.command()

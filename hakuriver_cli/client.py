@@ -178,9 +178,24 @@ class NodeTrend:
     def add(self, sample: node_pb2.Health) -> None:
         """Keep the last TREND_POINTS samples, all the table draws: a `--watch` kept every
         sample it got, growing and redrawing slower for as long as it ran (a day of 5 s
-        heartbeats: 17,280 a node)."""
+        heartbeats: 17,280 a node). A sample the trend holds already (sent by the watch while
+        the history was being read) is not added twice."""
+        if sample.HasField("sampled_at") and sample in self.samples:
+            return
         self.samples.append(sample)
         del self.samples[:-TREND_POINTS]
+
+    def update(self, node: npb.NodeHealth) -> None:
+        """The node's status now, and its samples: its history (read again when a watch
+        starts anew: the trend is kept, a Host restarted meanwhile having none) and the one
+        just sent, if any (none: only its status changed)."""
+        self.status = node.status
+        self.output_problem = node.output_problem
+        self.disconnected = node.disconnected
+        for sample in node.history:
+            self.add(sample)
+        if node.HasField("current"):
+            self.add(node.current)
 
 
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
@@ -258,32 +273,44 @@ def health(
     cfg = config_or_fail(config)
     with host_link(cfg, reconnect_seconds=RETRY_SECONDS) as link:
         stub = node_stub(link)
-        found = _with_history(stub, hostname)
-        trends = {
-            n.hostname: NodeTrend(n.status, list(n.history), n.output_problem, n.disconnected)
-            for n in found
-        }
         if not watch:
+            found = _with_history(stub, hostname)
             if json:
                 print_json([to_dict(n) for n in found])
             else:
-                console().print(_health_table(trends))
+                console().print(_health_table(_trends(found)))
             return
-        with _live(trends, json) as screen:
+        _watch_table(stub, cfg.host_target, hostname, count, json)
 
-            def show(node: npb.NodeHealth) -> None:
-                trend = trends.setdefault(node.hostname, NodeTrend(node.status))
-                trend.status = node.status
-                trend.output_problem = node.output_problem
-                trend.disconnected = node.disconnected
-                if node.HasField("current"):  # else: only its status changed
-                    trend.add(node.current)
-                if json:
-                    print(to_json_line(node), flush=True)
-                elif screen is not None:
-                    screen.update(_health_table(trends))
 
-            _watch_health(stub, cfg.host_target, hostname, count, show)
+def _trends(found: list[npb.NodeHealth]) -> dict[str, NodeTrend]:
+    return {
+        n.hostname: NodeTrend(n.status, list(n.history), n.output_problem, n.disconnected)
+        for n in found
+    }
+
+
+def _watch_table(
+    stub: node_service_pb2_grpc.NodeServiceStub, target: str, hostname: str, count: int, json: bool
+) -> None:
+    """`health --watch`: the table (or a JSON line per update) kept up to date."""
+    trends: dict[str, NodeTrend] = {}
+    with _live(trends, json) as screen:
+
+        def listed(found: list[npb.NodeHealth]) -> None:
+            for node in found:
+                trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
+            if screen is not None:
+                screen.update(_health_table(trends))
+
+        def show(node: npb.NodeHealth) -> None:
+            trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
+            if json:
+                print(to_json_line(node), flush=True)
+            elif screen is not None:
+                screen.update(_health_table(trends))
+
+        _watch_health(stub, target, hostname, count, listed, show)
 
 
 def _with_history(
@@ -334,18 +361,25 @@ def _watch_health(
     target: str,
     hostname: str,
     count: int,
+    listed: Callable[[list[npb.NodeHealth]], None],
     show: Callable[[npb.NodeHealth], None],
 ) -> None:
-    """``show`` every update of WatchHealth, ``count`` of them (0: until Ctrl-C); while the
-    Host is away, retry as ``wait`` does, then watch again."""
+    """``show`` every update of WatchHealth, ``count`` of them (0: until Ctrl-C), after
+    ``listed`` the readings and history read once the watch is in place (a node going
+    offline between a list read first and the watch was never shown); while the Host is
+    away, retry as ``wait`` does, then watch and list again."""
     from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     seen = 0
 
     def watch() -> bool | None:
         nonlocal seen
-        updates = stub.WatchHealth(npb.WatchHealthRequest(hostname=hostname))
+        request = npb.WatchHealthRequest(hostname=hostname, send_watching=True)
+        updates = stub.WatchHealth(request)
         for update in updates:
+            if update.watching:
+                listed(_with_history(stub, hostname))
+                continue
             show(update.node)
             seen += 1
             if count and seen >= count:

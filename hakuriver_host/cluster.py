@@ -441,15 +441,17 @@ class Cluster:
         async for task in self.book.watch(task_id):
             yield task
 
-    async def watch_all(self, owner: str, who: Principal) -> AsyncIterator[Task]:
+    async def watch_all(
+        self, owner: str, who: Principal, announce: bool = False
+    ) -> AsyncIterator[Task | None]:
         """Every task ``who`` may see (only ``owner``'s if given: a user's own anyway), as
-        it changes. A deleted user's name is watched as ListTasks lists it: their tasks
-        keep running."""
+        it changes; first None, with ``announce``, once the watch is in place. A deleted
+        user's name is watched as ListTasks lists it: their tasks keep running."""
         only = _whose_tasks(owner, who, "watch")
         if only and only != who.name and not await self.access.known(only):
             raise NotFound(f"owner: no user named {owner!r}")
-        async for task in self.book.watch_all():
-            if not only or task.owner == only:
+        async for task in self.book.watch_all(announce):
+            if task is None or not only or task.owner == only:
                 yield task
 
     async def read_log(
@@ -877,9 +879,9 @@ class Cluster:
         return self.nodes.selected(hostname)
 
     def watch_health(
-        self, hostname: str = ""
-    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None]]:
-        return self.nodes.watch_health(hostname)
+        self, hostname: str = "", announce: bool = False
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:
+        return self.nodes.watch_health(hostname, announce)
 
     def environment_loaded_on(self, name: str, timestamp: int) -> list[str]:
         return self.nodes.loaded_on(name, timestamp)

@@ -364,16 +364,18 @@ class NodeTable:
             queue.put_nowait((hostname, health))
 
     async def watch_health(
-        self, hostname: str = ""
-    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None]]:
+        self, hostname: str = "", announce: bool = False
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:
         """Every new health sample, in order, with its node, and None when the node went
-        online or offline or its link closed or opened; a watcher that falls behind loses
-        its oldest ones."""
+        online or offline or its link closed or opened; first None, with ``announce``, once
+        the watcher is in place. A watcher that falls behind loses its oldest ones."""
         if hostname:
             self.get(hostname)
         queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
         self._health_watchers.add(queue)
         try:
+            if announce:
+                yield None
             while True:
                 name, health = await queue.get()
                 node = self.nodes.get(name)  # None: forgotten since

@@ -158,8 +158,11 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def WatchTasks(
         self, request: tpb.WatchTasksRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tpb.WatchTasksResponse]:
-        async for task in self.cluster.watch_all(request.owner, caller()):
-            yield tpb.WatchTasksResponse(task=task_to_pb(task))
+        async for task in self.cluster.watch_all(request.owner, caller(), request.send_watching):
+            if task is None:
+                yield tpb.WatchTasksResponse(watching=True)
+            else:
+                yield tpb.WatchTasksResponse(task=task_to_pb(task))
 
     async def GetBatch(
         self, request: tpb.GetBatchRequest, context: grpc.aio.ServicerContext
@@ -256,8 +259,11 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
     async def WatchHealth(
         self, request: npb.WatchHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[npb.WatchHealthResponse]:
-        async for node, health in self.cluster.watch_health(request.hostname):
-            yield npb.WatchHealthResponse(node=_node_health(node, health))
+        async for change in self.cluster.watch_health(request.hostname, request.send_watching):
+            if change is None:
+                yield npb.WatchHealthResponse(watching=True)
+            else:
+                yield npb.WatchHealthResponse(node=_node_health(*change))
 
 
 class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):

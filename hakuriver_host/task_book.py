@@ -557,12 +557,15 @@ class TaskBook:
                 if not watchers:
                     del self._watchers[task_id]
 
-    async def watch_all(self) -> AsyncIterator[Task]:
-        """Every task as it is submitted and after each status change, from now on. Ends
-        with ``WatcherBehind`` when more than LIST_WATCH_BACKLOG changes wait unread."""
+    async def watch_all(self, announce: bool = False) -> AsyncIterator[Task | None]:
+        """Every task as it is submitted and after each status change, from now on; first
+        None, with ``announce``, once the watcher is in place. Ends with ``WatcherBehind``
+        when more than LIST_WATCH_BACKLOG changes wait unread."""
         queue: asyncio.Queue[Task | None] = asyncio.Queue()
         self._list_watchers.add(queue)
         try:
+            if announce:
+                yield None
             while (task := await queue.get()) is not None:
                 yield task
             raise WatcherBehind(

@@ -176,3 +176,35 @@ def test_a_long_watch_keeps_only_the_samples_it_draws() -> None:
     assert len(trend.samples) == client.TREND_POINTS
     assert trend.samples[-1].cpu_percent == 99  # the newest kept
     assert "99.0%" in _printed(client._health_table({"a": trend}))
+
+
+async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`health --watch` read the readings, then opened the watch: a node going offline (or
+    its Runner's stream closing) between the two was never shown, the node staying online
+    in the table. It now reads them after the Host said its watch was in place."""
+    await local_cluster.add_runner("a")
+    assert local_cluster.server is not None
+    host = local_cluster.server.cluster
+    asked: list[str] = []
+    read, watch = host.health, host.watch_health
+
+    def reading(hostname: str = "") -> Any:
+        asked.append("read")
+        return read(hostname)
+
+    def watching(hostname: str = "", announce: bool = False) -> Any:
+        asked.append("watch" if announce else "watch, unannounced")
+        return watch(hostname, announce)
+
+    monkeypatch.setattr(host, "health", reading)
+    monkeypatch.setattr(host, "watch_health", watching)
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", True, 1, config, True)
+    assert asked[:2] == ["watch", "read"]
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["hostname"] == "a"

@@ -431,6 +431,26 @@ async def test_health_watchers_hear_a_node_go_offline_and_come_back(
         await asyncio.gather(listener, return_exceptions=True)
 
 
+async def test_a_health_watch_asked_to_says_when_it_is_in_place(
+    local_cluster: LocalCluster,
+) -> None:
+    """GetHealth then WatchHealth could miss a node going offline between the two, and
+    nothing told the client when its watch was in place (it waited for a sample). With
+    send_watching the first message says so, and a node gone silent at once after it is
+    told of."""
+    runner = await local_cluster.add_runner("a")
+    call = local_cluster.nodes.WatchHealth(npb.WatchHealthRequest(send_watching=True))
+    try:
+        first = await asyncio.wait_for(call.read(), 30)
+        assert first.watching and not first.HasField("node")
+        runner.go_silent()
+        while (update := await asyncio.wait_for(call.read(), 30)).node.HasField("current"):
+            assert not update.watching
+        assert (update.node.hostname, update.node.status) == ("a", node_pb2.NODE_STATUS_OFFLINE)
+    finally:
+        call.cancel()
+
+
 async def test_a_node_whose_runner_went_is_disconnected_until_it_returns_or_times_out(
     make_local_cluster: MakeCluster,
 ) -> None:

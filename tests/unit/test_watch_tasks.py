@@ -190,3 +190,24 @@ async def test_a_reader_that_falls_behind_is_ended(
             pass
     assert keeping_up.error is None, "a reader that keeps up stays"
     await keeping_up.close()
+
+
+async def test_a_watch_asked_to_says_when_it_is_in_place_and_misses_nothing_after(
+    local_cluster: LocalCluster,
+) -> None:
+    """List then watch could miss a change made between the two, and nothing told the
+    client when its watch was in place: the stream sent nothing until the first change.
+    With send_watching its first message says so, and a task submitted (and listed) at once
+    after it is sent, with none of the probing the other tests need."""
+    await local_cluster.add_runner(answer=HOLD)
+    call = local_cluster.tasks.WatchTasks(tpb.WatchTasksRequest(send_watching=True))
+    try:
+        first = await asyncio.wait_for(call.read(), 30)
+        assert first.watching and not first.HasField("task")
+        task_id = await _submit(local_cluster)
+        listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+        assert [task.task_id for task in listed.tasks] == [task_id]
+        reply = await asyncio.wait_for(call.read(), 30)
+        assert (reply.watching, reply.task.task_id) == (False, task_id)
+    finally:
+        call.cancel()

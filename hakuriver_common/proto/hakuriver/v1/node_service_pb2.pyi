@@ -225,16 +225,23 @@ class WatchHealthRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HOSTNAME_FIELD_NUMBER: _builtins.int
+    SEND_WATCHING_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     """Only this node; empty means all nodes."""
+    send_watching: _builtins.bool
+    """Send a first message with `watching` set, and no node, as soon as the watch is in
+    place. Every sample and change after it is sent, so a GetHealth asked for after it
+    misses none. Off by default: clients written before it expect a node in every message.
+    """
     def __init__(
         self,
         *,
         hostname: _builtins.str = ...,
+        send_watching: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hostname", b"hostname", "send_watching", b"send_watching"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -245,18 +252,26 @@ class WatchHealthResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_FIELD_NUMBER: _builtins.int
+    WATCHING_FIELD_NUMBER: _builtins.int
+    watching: _builtins.bool
+    """Set in the first message only, when asked for with send_watching: the watch is in
+    place, and every sample and change from here on is sent.
+    """
     @_builtins.property
     def node(self) -> Global___NodeHealth:
-        """The node's status and the sample just received (no `current`: its status changed)."""
+        """The node's status and the sample just received (no `current`: its status changed);
+        unset in the `watching` message.
+        """
 
     def __init__(
         self,
         *,
         node: Global___NodeHealth | None = ...,
+        watching: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "watching", b"watching"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

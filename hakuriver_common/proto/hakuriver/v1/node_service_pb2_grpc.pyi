@@ -44,7 +44,9 @@ class NodeServiceStub:
     WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
     when it goes online or offline or its Runner's stream closes or reopens (a message
-    without a sample: ListNodes says what changed), until cancelled.
+    without a sample: ListNodes says what changed), until cancelled. It sends nothing of
+    the past: watch with send_watching, and read GetHealth or ListNodes once the
+    `watching` message came, so that no change is missed.
     """
 
 @_typing.type_check_only
@@ -63,7 +65,9 @@ class NodeServiceAsyncStub(NodeServiceStub):
     WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
     when it goes online or offline or its Runner's stream closes or reopens (a message
-    without a sample: ListNodes says what changed), until cancelled.
+    without a sample: ListNodes says what changed), until cancelled. It sends nothing of
+    the past: watch with send_watching, and read GetHealth or ListNodes once the
+    `watching` message came, so that no change is missed.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -109,7 +113,9 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
         """WatchHealth sends every new health sample as Runners report them, and a node's status
         when it goes online or offline or its Runner's stream closes or reopens (a message
-        without a sample: ListNodes says what changed), until cancelled.
+        without a sample: ListNodes says what changed), until cancelled. It sends nothing of
+        the past: watch with send_watching, and read GetHealth or ListNodes once the
+        `watching` message came, so that no change is missed.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -550,16 +550,23 @@ class WatchTasksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     OWNER_FIELD_NUMBER: _builtins.int
+    SEND_WATCHING_FIELD_NUMBER: _builtins.int
     owner: _builtins.str
     """Only this user's tasks (operators and admins; a user always sees only their own)."""
+    send_watching: _builtins.bool
+    """Send a first message with `watching` set, and no task, as soon as the watch is in
+    place. Every change after it is sent, so a list asked for after it misses none. Off
+    by default: clients written before it do not expect a message without a task.
+    """
     def __init__(
         self,
         *,
         owner: _builtins.str = ...,
+        send_watching: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "send_watching", b"send_watching"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -570,18 +577,24 @@ class WatchTasksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TASK_FIELD_NUMBER: _builtins.int
+    WATCHING_FIELD_NUMBER: _builtins.int
+    watching: _builtins.bool
+    """Set in the first message only, when asked for with send_watching: the watch is in
+    place, and every change from here on is sent.
+    """
     @_builtins.property
     def task(self) -> _task_pb2.Task:
-        """The task as it is after the change."""
+        """The task as it is after the change; unset in the `watching` message."""
 
     def __init__(
         self,
         *,
         task: _task_pb2.Task | None = ...,
+        watching: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "watching", b"watching"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

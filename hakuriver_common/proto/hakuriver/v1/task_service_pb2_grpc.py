@@ -168,8 +168,10 @@ class TaskServiceServicer:
 
     def WatchTasks(self, request, context):
         """WatchTasks sends every task the caller may see as it is submitted and again on each
-        status change, for live lists. It sends nothing of the past: list first, then watch.
-        A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+        status change, for live lists. It sends nothing of the past: watch with send_watching,
+        list once the `watching` message came, and apply what the stream sends on top of the
+        list, so that no change is missed. A watcher that falls too far behind is ended with
+        RESOURCE_EXHAUSTED (watch and list again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -58,8 +58,10 @@ class TaskServiceStub:
     """
     WatchTasks: _grpc.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]
     """WatchTasks sends every task the caller may see as it is submitted and again on each
-    status change, for live lists. It sends nothing of the past: list first, then watch.
-    A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+    status change, for live lists. It sends nothing of the past: watch with send_watching,
+    list once the `watching` message came, and apply what the stream sends on top of the
+    list, so that no change is missed. A watcher that falls too far behind is ended with
+    RESOURCE_EXHAUSTED (watch and list again).
     """
     GetBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.GetBatchRequest, _task_service_pb2.GetBatchResponse]
     """GetBatch counts the tasks of a batch (a job array, or one submission with several
@@ -106,8 +108,10 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """
     WatchTasks: _aio.UnaryStreamMultiCallable[_task_service_pb2.WatchTasksRequest, _task_service_pb2.WatchTasksResponse]  # type: ignore[assignment]
     """WatchTasks sends every task the caller may see as it is submitted and again on each
-    status change, for live lists. It sends nothing of the past: list first, then watch.
-    A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+    status change, for live lists. It sends nothing of the past: watch with send_watching,
+    list once the `watching` message came, and apply what the stream sends on top of the
+    list, so that no change is missed. A watcher that falls too far behind is ended with
+    RESOURCE_EXHAUSTED (watch and list again).
     """
     GetBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.GetBatchRequest, _task_service_pb2.GetBatchResponse]  # type: ignore[assignment]
     """GetBatch counts the tasks of a batch (a job array, or one submission with several
@@ -205,8 +209,10 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_task_service_pb2.WatchTasksResponse], _abc.AsyncIterator[_task_service_pb2.WatchTasksResponse]]:
         """WatchTasks sends every task the caller may see as it is submitted and again on each
-        status change, for live lists. It sends nothing of the past: list first, then watch.
-        A watcher that falls too far behind is ended with RESOURCE_EXHAUSTED (list again).
+        status change, for live lists. It sends nothing of the past: watch with send_watching,
+        list once the `watching` message came, and apply what the stream sends on top of the
+        list, so that no change is missed. A watcher that falls too far behind is ended with
+        RESOURCE_EXHAUSTED (watch and list again).
         """
 
     @_abc_1.abstractmethod

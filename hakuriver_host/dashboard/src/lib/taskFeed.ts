@@ -1,11 +1,11 @@
 // Live task lists: ListTasks once, then TaskService.WatchTasks, which sends every task the
 // caller may see as it is submitted and again after each status change (the task as it is
 // after the change; users get only their own tasks). It sends nothing of the past, so a
-// page lists first, then applies each event on top. The stream is opened before the list
-// is asked for, and events that arrive while a list is on its way are applied again on top
-// of its answer (see followTasks for the one gap left). When the stream breaks (a Host restart,
-// or RESOURCE_EXHAUSTED for a watcher that fell far behind), useLive reopens it and the
-// page lists again.
+// page watches first, lists once the Host says the watch is in place (send_watching), and
+// applies each event on top: events that arrive while a list is on its way are applied
+// again on top of its answer. When the stream breaks (a Host restart, or
+// RESOURCE_EXHAUSTED for a watcher that fell far behind), useLive reopens it and the page
+// lists again.
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ref } from "vue";
 import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
@@ -17,26 +17,18 @@ import { useEvery, useSoon } from "./timers";
 
 /**
  * Follow WatchTasks until ``signal`` aborts, passing each task to ``onTask``. ``opened``
- * is called once the request is on its way (list then). A stream the Host ends without an
- * error is reported as one, so useLive opens it again.
- *
- * The Host sends nothing (not even headers) until the first change, so there is no sign
- * that it has registered the watcher: ``opened`` runs in the next macrotask, after the
- * transport has issued the stream's fetch, so the list request leaves after it. A change
- * in the few milliseconds between the list being read and the watcher being registered
- * could still be missed (until that task changes again or the page lists again).
+ * is called when the Host says the watch is in place (its first message, asked for with
+ * sendWatching): every change after it is sent, so a list asked for then misses none. A
+ * stream the Host ends without an error is reported as one, so useLive opens it again.
  */
 export async function followTasks(
   signal: AbortSignal,
   onTask: (task: Task) => void,
   opened?: () => void,
 ): Promise<void> {
-  const iterator = api.tasks.watchTasks({}, { signal })[Symbol.asyncIterator]();
-  const first = iterator.next();
-  first.catch(() => undefined);
-  if (opened) setTimeout(() => signal.aborted || opened(), 0);
-  for (let next = await first; !next.done; next = await iterator.next()) {
-    if (next.value.task) onTask(next.value.task);
+  for await (const reply of api.tasks.watchTasks({ sendWatching: true }, { signal })) {
+    if (reply.watching) opened?.();
+    if (reply.task) onTask(reply.task);
   }
   throw new Error("the Host ended the task stream");
 }

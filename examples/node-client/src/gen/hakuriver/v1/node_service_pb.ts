@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/node_service.proto.
  */
 export const file_hakuriver_v1_node_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9oYWt1cml2ZXIvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmhha3VyaXZlci52MS5Ob2RlIj0KEEdldEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAIgASgIIsQBCgpOb2RlSGVhbHRoEhAKCGhvc3RuYW1lGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLmhha3VyaXZlci52MS5Ob2RlU3RhdHVzEiUKB2N1cnJlbnQYAyABKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEiUKB2hpc3RvcnkYBCADKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEhYKDm91dHB1dF9wcm9ibGVtGAUgASgJEhQKDGRpc2Nvbm5lY3RlZBgGIAEoCCI8ChFHZXRIZWFsdGhSZXNwb25zZRInCgVub2RlcxgBIAMoCzIYLmhha3VyaXZlci52MS5Ob2RlSGVhbHRoIiQKEERyYWluTm9kZVJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmhha3VyaXZlci52MS5Ob2RlIiYKElVuZHJhaW5Ob2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCSI3ChNVbmRyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5oYWt1cml2ZXIudjEuTm9kZSImChJXYXRjaEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkiPQoTV2F0Y2hIZWFsdGhSZXNwb25zZRImCgRub2RlGAEgASgLMhguaGFrdXJpdmVyLnYxLk5vZGVIZWFsdGgyoQMKC05vZGVTZXJ2aWNlEkwKCUxpc3ROb2RlcxIeLmhha3VyaXZlci52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkwKCUdldEhlYWx0aBIeLmhha3VyaXZlci52MS5HZXRIZWFsdGhSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkdldEhlYWx0aFJlc3BvbnNlEkwKCURyYWluTm9kZRIeLmhha3VyaXZlci52MS5EcmFpbk5vZGVSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkRyYWluTm9kZVJlc3BvbnNlElIKC1VuZHJhaW5Ob2RlEiAuaGFrdXJpdmVyLnYxLlVuZHJhaW5Ob2RlUmVxdWVzdBohLmhha3VyaXZlci52MS5VbmRyYWluTm9kZVJlc3BvbnNlElQKC1dhdGNoSGVhbHRoEiAuaGFrdXJpdmVyLnYxLldhdGNoSGVhbHRoUmVxdWVzdBohLmhha3VyaXZlci52MS5XYXRjaEhlYWx0aFJlc3BvbnNlMAFiBnByb3RvMw", [file_hakuriver_v1_node]);
+  fileDesc("Ch9oYWt1cml2ZXIvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmhha3VyaXZlci52MS5Ob2RlIj0KEEdldEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAIgASgIIsQBCgpOb2RlSGVhbHRoEhAKCGhvc3RuYW1lGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLmhha3VyaXZlci52MS5Ob2RlU3RhdHVzEiUKB2N1cnJlbnQYAyABKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEiUKB2hpc3RvcnkYBCADKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEhYKDm91dHB1dF9wcm9ibGVtGAUgASgJEhQKDGRpc2Nvbm5lY3RlZBgGIAEoCCI8ChFHZXRIZWFsdGhSZXNwb25zZRInCgVub2RlcxgBIAMoCzIYLmhha3VyaXZlci52MS5Ob2RlSGVhbHRoIiQKEERyYWluTm9kZVJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmhha3VyaXZlci52MS5Ob2RlIiYKElVuZHJhaW5Ob2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCSI3ChNVbmRyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5oYWt1cml2ZXIudjEuTm9kZSI9ChJXYXRjaEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFQoNc2VuZF93YXRjaGluZxgCIAEoCCJPChNXYXRjaEhlYWx0aFJlc3BvbnNlEiYKBG5vZGUYASABKAsyGC5oYWt1cml2ZXIudjEuTm9kZUhlYWx0aBIQCgh3YXRjaGluZxgCIAEoCDKhAwoLTm9kZVNlcnZpY2USTAoJTGlzdE5vZGVzEh4uaGFrdXJpdmVyLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuTGlzdE5vZGVzUmVzcG9uc2USTAoJR2V0SGVhbHRoEh4uaGFrdXJpdmVyLnYxLkdldEhlYWx0aFJlcXVlc3QaHy5oYWt1cml2ZXIudjEuR2V0SGVhbHRoUmVzcG9uc2USTAoJRHJhaW5Ob2RlEh4uaGFrdXJpdmVyLnYxLkRyYWluTm9kZVJlcXVlc3QaHy5oYWt1cml2ZXIudjEuRHJhaW5Ob2RlUmVzcG9uc2USUgoLVW5kcmFpbk5vZGUSIC5oYWt1cml2ZXIudjEuVW5kcmFpbk5vZGVSZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLlVuZHJhaW5Ob2RlUmVzcG9uc2USVAoLV2F0Y2hIZWFsdGgSIC5oYWt1cml2ZXIudjEuV2F0Y2hIZWFsdGhSZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLldhdGNoSGVhbHRoUmVzcG9uc2UwAWIGcHJvdG8z", [file_hakuriver_v1_node]);
 
 /**
  * @generated from message hakuriver.v1.ListNodesRequest
@@ -216,6 +216,15 @@ export type WatchHealthRequest = Message<"hakuriver.v1.WatchHealthRequest"> & {
    * @generated from field: string hostname = 1;
    */
   hostname: string;
+
+  /**
+   * Send a first message with `watching` set, and no node, as soon as the watch is in
+   * place. Every sample and change after it is sent, so a GetHealth asked for after it
+   * misses none. Off by default: clients written before it expect a node in every message.
+   *
+   * @generated from field: bool send_watching = 2;
+   */
+  sendWatching: boolean;
 };
 
 /**
@@ -230,11 +239,20 @@ export const WatchHealthRequestSchema: GenMessage<WatchHealthRequest> = /*@__PUR
  */
 export type WatchHealthResponse = Message<"hakuriver.v1.WatchHealthResponse"> & {
   /**
-   * The node's status and the sample just received (no `current`: its status changed).
+   * The node's status and the sample just received (no `current`: its status changed);
+   * unset in the `watching` message.
    *
    * @generated from field: hakuriver.v1.NodeHealth node = 1;
    */
   node?: NodeHealth | undefined;
+
+  /**
+   * Set in the first message only, when asked for with send_watching: the watch is in
+   * place, and every sample and change from here on is sent.
+   *
+   * @generated from field: bool watching = 2;
+   */
+  watching: boolean;
 };
 
 /**
@@ -293,7 +311,9 @@ export const NodeService: GenService<{
   /**
    * WatchHealth sends every new health sample as Runners report them, and a node's status
    * when it goes online or offline or its Runner's stream closes or reopens (a message
-   * without a sample: ListNodes says what changed), until cancelled.
+   * without a sample: ListNodes says what changed), until cancelled. It sends nothing of
+   * the past: watch with send_watching, and read GetHealth or ListNodes once the
+   * `watching` message came, so that no change is missed.
    *
    * @generated from rpc hakuriver.v1.NodeService.WatchHealth
    */

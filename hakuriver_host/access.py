@@ -307,10 +307,11 @@ class Access:
             return True
         return await self.store.run(self.store.owns_tasks, name)
 
-    def user(self, name: str) -> UserRecord:
+    def user(self, name: str, field: str = "name") -> UserRecord:
+        """User ``name``, NotFound naming the request's ``field`` that named them if none."""
         record = self.users.get(name)
         if record is None:
-            raise NotFound(f"user {name!r} not found")
+            raise NotFound(f"{field}: user {name!r} not found")
         return record
 
     async def delete_user(self, name: str, by: Principal | None = None) -> int:
@@ -370,7 +371,7 @@ class Access:
     async def _create_token(
         self, user: str, description: str, expires_at: datetime | None, secret: str
     ) -> IssuedToken:
-        self.user(user)
+        self.user(user, "user")
         size = len(description.encode())
         at_most("description", size, limits.MAX_TOKEN_DESCRIPTION_BYTES, " bytes")
         if expires_at is not None and expires_at <= utcnow():

@@ -77,7 +77,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
             raise PermissionDenied(
                 f"user: another user's tokens need the admin role; {who.name} is {who.role}"
             )
-        raise Hidden(f"user {name!r} not found")
+        raise Hidden(f"user: user {name!r} not found")
 
     def _lifetime(self, who: Principal, expires: datetime | None) -> datetime | None:
         """When a token ``who`` makes expires: no later than the token they make it with

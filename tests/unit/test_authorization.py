@@ -211,6 +211,49 @@ async def _submit(client: Client, command: str = "job", **fields: Any) -> task_p
     return (await client.tasks.SubmitTask(request, timeout=5)).tasks[0]
 
 
+# What each RPC that names something answers when it does not exist: the request's fields
+# naming it, and the field the NOT_FOUND message must start with (docs/api.md: "The message
+# starts with the field it is about").
+NAMED = "/hakuriver.v1."
+MISSING: list[tuple[str, dict[str, Any], str]] = [
+    *[
+        (method, {"task_id": MISSING_TASK, **fields}, "task_id")
+        for method, fields in TASK_METHODS.items()
+    ],
+    *[
+        (f"{NAMED}TaskService/{verb}Batch", {"batch_id": MISSING_TASK}, "batch_id")
+        for verb in ("Get", "Kill", "Pause", "Resume")
+    ],
+    (f"{NAMED}TaskService/WatchTasks", {"owner": "nobody"}, "owner"),
+    (
+        f"{NAMED}TaskService/SubmitTask",
+        {"command": "x", "container_name": "none"},
+        "container_name",
+    ),
+    *[
+        (f"{NAMED}NodeService/{method}", {"hostname": "nowhere"}, "hostname")
+        for method in ("GetHealth", "WatchHealth", "DrainNode", "UndrainNode")
+    ],
+    (f"{NAMED}AccessService/DeleteUser", {"name": "nobody"}, "name"),
+    (f"{NAMED}AccessService/SetUserRole", {"name": "nobody", "role": Role.USER.pb}, "name"),
+    (f"{NAMED}AccessService/CreateToken", {"user": "nobody"}, "user"),
+    (f"{NAMED}AccessService/RevokeToken", {"token_id": "0" * 12}, "token_id"),
+    (f"{NAMED}AccessService/RevokeRunnerCredential", {"hostname": "nowhere"}, "hostname"),
+]
+
+
+async def test_not_found_starts_with_the_field_that_named_it(local_cluster: LocalCluster) -> None:
+    """DeleteUser, SetUserRole and CreateToken of a user that does not exist answered
+    "user 'nobody' not found", naming no field, where every other NOT_FOUND starts with the
+    request's field (task_id, hostname, token_id) as docs/api.md says all messages do."""
+    admin = local_cluster.channel(local_cluster.admin_token)
+    for method, fields, field in MISSING:
+        assert field in METHODS[method].input_type.fields_by_name, method
+        code, details = await invoke(admin, method, **fields)
+        assert code == CODE.NOT_FOUND, (method, details)
+        assert details.startswith(f"{field}: "), (method, details)
+
+
 async def test_another_users_task_answers_exactly_as_a_missing_one(
     local_cluster: LocalCluster,
 ) -> None:
@@ -710,7 +753,7 @@ async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(
     nobody = apb.SetUserRoleRequest(name="nobody", role=Role.USER.pb)
     assert await _refusal(root.access.SetUserRole(nobody, timeout=5)) == (
         CODE.NOT_FOUND,
-        "user 'nobody' not found",
+        "name: user 'nobody' not found",
     )
 
 
@@ -914,11 +957,11 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
     ]:
         call = getattr(alice.access, type(request).__name__.removesuffix("Request"))
         code, details = await _refusal(call(request, timeout=5))
-        assert (code, details) == (CODE.NOT_FOUND, f"user {request.user!r} not found")
+        assert (code, details) == (CODE.NOT_FOUND, f"user: user {request.user!r} not found")
         if missing is not None:
             assert await _refusal(call(missing, timeout=5)) == (
                 CODE.NOT_FOUND,
-                f"user {missing.user!r} not found",
+                f"user: user {missing.user!r} not found",
             )
     # An operator sees every user's tasks, owners and all: bob's tokens are refused as an
     # admin's to manage, not with "user 'bob' not found" (a missing user still is).
@@ -932,7 +975,7 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
     nobody = apb.ListTokensRequest(user="nobody")
     assert await _refusal(olga.access.ListTokens(nobody, timeout=5)) == (
         CODE.NOT_FOUND,
-        "user 'nobody' not found",
+        "user: user 'nobody' not found",
     )
     # Everybody's (hakuriver.admin token list --all) is an admin's to ask, and said so.
     assert await _refusal(alice.access.ListTokens(apb.ListTokensRequest(user="*"), timeout=5)) == (

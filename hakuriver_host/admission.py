@@ -114,6 +114,11 @@ def _kind(req: tpb.SubmitTaskRequest) -> TaskKind:
 
 def _ssh_key(req: tpb.SubmitTaskRequest, kind: TaskKind) -> str:
     if kind is not TaskKind.VPS:
+        if req.ssh_public_key:  # else a user thinks they can log in to a command task
+            raise InvalidArgument(
+                "ssh_public_key: only a VPS takes a public key (kind VPS: hakuriver.vps "
+                "submit); a command task runs no sshd to log in to"
+            )
         return ""
     key = req.ssh_public_key.strip()
     if not key:

@@ -104,6 +104,8 @@ REFUSED = [
     (cmd(gpus=-1), InvalidArgument, "gpus: must not be negative, got -1"),
     (cmd(gpus=1, targets=[target("a", gpus=(0,))]), InvalidArgument, "gpus: give a GPU count"),
     (vps(ssh_public_key=""), InvalidArgument, "ssh_public_key: a VPS needs a public key"),
+    (cmd(ssh_public_key=KEY), InvalidArgument,
+     "ssh_public_key: only a VPS takes a public key (kind VPS: hakuriver.vps submit)"),
     (vps(ssh_public_key="hello"), InvalidArgument, "ssh_public_key: expected one OpenSSH"),
     (vps(ssh_public_key=KEY + "\n" + KEY), InvalidArgument, "ssh_public_key: expected one"),
     (vps(ssh_public_key="ssh-ed25519"), InvalidArgument, "ssh_public_key: the key data after"),

@@ -373,6 +373,22 @@ async def test_a_gpu_id_named_twice_is_refused(local_cluster: LocalCluster) -> N
     assert refused.value.details() == "target gpu: GPU ids repeat: [1, 1]"
 
 
+async def test_a_public_key_on_a_command_task_is_refused(local_cluster: LocalCluster) -> None:
+    """SubmitTask took ssh_public_key on a command task and dropped it: the task ran, and
+    its submitter was left to find out that nothing listens for their key."""
+    await local_cluster.add_runner("a")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("sleep", "60", ssh_public_key=key)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        "ssh_public_key: only a VPS takes a public key (kind VPS: hakuriver.vps submit); a "
+        "command task runs no sshd to log in to"
+    )
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert not listed.tasks
+
+
 async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     local_cluster: LocalCluster,
 ) -> None:

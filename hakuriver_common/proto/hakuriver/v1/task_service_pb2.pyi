@@ -111,7 +111,9 @@ class SubmitTaskRequest(_message.Message):
     gpus: _builtins.int
     """Number of GPUs on any node, when no GPU ids are named in a target."""
     ssh_public_key: _builtins.str
-    """VPS only: the OpenSSH public key allowed to log in as root."""
+    """VPS only: the OpenSSH public key allowed to log in as root. Refused on a command task
+    (INVALID_ARGUMENT), which runs no sshd.
+    """
     network: _task_pb2.TaskNetwork.ValueType
     """The container's network; unspecified means the Host's default."""
     @_builtins.property

@@ -130,7 +130,8 @@ export type SubmitTaskRequest = Message<"hakuriver.v1.SubmitTaskRequest"> & {
   gpus: number;
 
   /**
-   * VPS only: the OpenSSH public key allowed to log in as root.
+   * VPS only: the OpenSSH public key allowed to log in as root. Refused on a command task
+   * (INVALID_ARGUMENT), which runs no sshd.
    *
    * @generated from field: string ssh_public_key = 13;
    */

@@ -400,6 +400,11 @@ class Cluster:
         if not 0 < limit <= MAX_LIST_LIMIT:
             raise InvalidArgument(f"limit: must be between 1 and {MAX_LIST_LIMIT}, got {limit}")
         _ids_not_negative(req, "batch_id", "before_task_id", "array_index")
+        if req.HasField("array_index") and not req.batch_id:
+            raise InvalidArgument(
+                "array_index: give the array's id in batch_id too; an index alone is one "
+                "task of every array"
+            )
         try:
             statuses = [TaskStatus.from_pb(s).value for s in req.statuses]
         except ValueError as exc:

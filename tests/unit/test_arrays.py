@@ -69,6 +69,22 @@ async def test_an_array_creates_one_task_per_index_with_its_index(
     assert [t.task_id for t in listed.tasks] == [reply.tasks[2].task_id]
 
 
+async def test_an_array_index_without_its_array_is_refused(local_cluster: LocalCluster) -> None:
+    """ListTasks took array_index without batch_id and listed that index of every array
+    (the proto says it goes with batch_id): a script that forgot the array's id got tasks
+    of other arrays, which it would then kill or read as its own."""
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    for _ in range(2):
+        await local_cluster.tasks.SubmitTask(_array([0, 1]), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(array_index=1), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        "array_index: give the array's id in batch_id too; an index alone is one task of "
+        "every array"
+    )
+
+
 async def test_an_arrays_environment_is_stored_once_and_each_task_gets_its_index(
     local_cluster: LocalCluster,
 ) -> None:

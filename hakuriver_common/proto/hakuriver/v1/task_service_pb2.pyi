@@ -271,7 +271,7 @@ class ListTasksRequest(_message.Message):
     owner: _builtins.str
     """Only tasks of this user (operators; a user always sees only their own)."""
     array_index: _builtins.int
-    """Only the array task with this index (with batch_id)."""
+    """Only the array task with this index; needs batch_id (INVALID_ARGUMENT without it)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_task_pb2.TaskStatus.ValueType]:
         """Only tasks in these statuses; empty means all."""

@@ -300,7 +300,7 @@ export type ListTasksRequest = Message<"hakuriver.v1.ListTasksRequest"> & {
   owner: string;
 
   /**
-   * Only the array task with this index (with batch_id).
+   * Only the array task with this index; needs batch_id (INVALID_ARGUMENT without it).
    *
    * @generated from field: optional int32 array_index = 9;
    */

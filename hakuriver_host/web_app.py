@@ -223,8 +223,13 @@ def _grpc_without_trailers(scope: Scope) -> bool:
 def _wrong_shape(scope: Scope) -> bytes | None:
     """What to say to a call whose content type its method does not take: a unary request
     (application/json) to a server stream, an enveloped one (application/connect+json) to a
-    unary method, or none of the protocols' (text/plain, none at all). The runtime answers
-    those HTTP 415 with an empty body."""
+    unary method, gRPC-Web's text form, or none of the protocols' (text/plain, none at
+    all). The runtime answers those HTTP 415 with an empty body."""
+    if _content_type(scope).startswith("application/grpc-web-text"):
+        return (
+            b"gRPC-Web text (base64) is not served: send application/grpc-web+proto or "
+            b"application/grpc-web+json (docs/api.md)\n"
+        )
     if scope["method"] != "POST" or _content_type(scope).startswith("application/grpc"):
         return None  # the runtime's 405; gRPC-Web, or gRPC (_grpc_without_trailers)
     service, _, name = scope["path"].strip("/").rpartition("/")

@@ -36,7 +36,7 @@ from hakuriver_host import web_app
 from hakuriver_host.authorization import RIGHTS
 from hakuriver_host.web_app import CONTENT_SECURITY_POLICY, SHELL_PROTOCOL
 from tests.connect_http import Endpoint
-from tests.fake_runner import HOLD, eventually
+from tests.fake_runner import HOLD, eventually, exit_with
 from tests.unit.local_cluster import LocalCluster
 
 MakeCluster = Callable[..., Awaitable[LocalCluster]]
@@ -348,6 +348,55 @@ async def test_a_call_of_the_wrong_shape_is_told_which_it_takes(
     assert reply.status == 415
     assert reply.body.decode() == (
         f"{rootfs} streams its request: call it over gRPC (browsers cannot stream a body)\n"
+    )
+
+
+def _grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
+    """A gRPC-Web answer's messages, and its trailer frame's fields."""
+    messages: list[bytes] = []
+    trailers: dict[str, str] = {}
+    while body:
+        flags, size = body[0], int.from_bytes(body[1:5], "big")
+        frame, body = body[5 : 5 + size], body[5 + size :]
+        if flags & 0x80:
+            lines = frame.decode().split("\r\n")
+            trailers = dict(line.split(": ", 1) for line in lines if line)
+        else:
+            messages.append(frame)
+    return messages, trailers
+
+
+async def test_grpc_web_is_served_as_api_md_says(local_cluster: LocalCluster) -> None:
+    """gRPC-Web was served on the dashboard's port but said nowhere: the documented call
+    (JSON, one frame; a refusal in the trailer frame; a server stream in binary) works, and
+    its text form, which is not served, answered HTTP 415 with an empty body."""
+    await local_cluster.add_runner("a", answer=exit_with(0, stdout=b"hi\n"))
+    task = await local_cluster.submit("echo")
+    await local_cluster.wait_status(task.task_id)
+    api = endpoint(local_cluster)
+    token = {"Authorization": f"Bearer {local_cluster.admin_token}"}
+    who = "/hakuriver.v1.AccessService/WhoAmI"
+    as_json = {"Content-Type": "application/grpc-web+json"}
+    reply = await asyncio.to_thread(api.request, who, b"\0\0\0\0\2{}", {**token, **as_json})
+    assert reply.status == 200
+    [answer], trailers = _grpc_web_frames(reply.body)
+    assert (json.loads(answer)["user"], trailers["grpc-status"]) == ("admin", "0")
+    reply = await asyncio.to_thread(api.request, who, b"\0\0\0\0\2{}", as_json)
+    assert _grpc_web_frames(reply.body)[1]["grpc-status"] == "16"  # UNAUTHENTICATED
+    request = lpb.ReadLogRequest(task_id=task.task_id, stream=task_pb2.LOG_STREAM_STDOUT)
+    body = request.SerializeToString()
+    frame = b"\0" + len(body).to_bytes(4, "big") + body
+    binary = {**token, "Content-Type": "application/grpc-web+proto"}
+    reply = await asyncio.to_thread(api.request, "/hakuriver.v1.LogService/ReadLog", frame, binary)
+    messages, trailers = _grpc_web_frames(reply.body)
+    assert b"".join(lpb.ReadLogResponse.FromString(m).data for m in messages) == b"hi\n"
+    assert trailers["grpc-status"] == "0"
+    text = {**token, "Content-Type": "application/grpc-web-text"}
+    reply = await asyncio.to_thread(api.request, who, base64.b64encode(b"\0" * 5), text)
+    assert reply.status == 415
+    assert reply.body.decode() == (
+        "gRPC-Web text (base64) is not served: send application/grpc-web+proto or "
+        "application/grpc-web+json (docs/api.md)\n"
     )
 
 

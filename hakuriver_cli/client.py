@@ -262,7 +262,11 @@ def health(
     watch: Annotated[bool, cli.Option("--watch", help="Keep updating as samples arrive.")] = False,
     count: Annotated[
         int,
-        cli.Option(min=0, help="With --watch: stop after this many samples (0: at Ctrl-C)."),
+        cli.Option(
+            min=0,
+            help="With --watch: stop after this many samples (0: at Ctrl-C); a change of a "
+            "node's status is shown but not counted.",
+        ),
     ] = 0,
     config: ConfigOption = None,
     json: JsonOption = False,
@@ -364,10 +368,11 @@ def _watch_health(
     listed: Callable[[list[npb.NodeHealth]], None],
     show: Callable[[npb.NodeHealth], None],
 ) -> None:
-    """``show`` every update of WatchHealth, ``count`` of them (0: until Ctrl-C), after
-    ``listed`` the readings and history read once the watch is in place (a node going
-    offline between a list read first and the watch was never shown); while the Host is
-    away, retry as ``wait`` does, then watch and list again."""
+    """``show`` every update of WatchHealth until ``count`` samples came (0: until Ctrl-C;
+    an update without one, a change of status, does not count), after ``listed`` the
+    readings and history read once the watch is in place (a node going offline between a
+    list read first and the watch was never shown); while the Host is away, retry as
+    ``wait`` does, then watch and list again."""
     from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     seen = 0
@@ -381,7 +386,7 @@ def _watch_health(
                 listed(_with_history(stub, hostname))
                 continue
             show(update.node)
-            seen += 1
+            seen += update.node.HasField("current")
             if count and seen >= count:
                 updates.cancel()
                 return True

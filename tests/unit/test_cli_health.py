@@ -16,7 +16,11 @@ from rich.console import Console
 
 from hakuriver_cli import client
 from hakuriver_cli.render import to_dict
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    node_service_pb2 as npb,
+    runner_service_pb2 as rpb,
+)
 from tests.fake_runner import eventually
 from tests.unit.local_cluster import LocalCluster
 
@@ -208,3 +212,32 @@ async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
     assert asked[:2] == ["watch", "read"]
     [line] = capsys.readouterr().out.splitlines()
     assert json.loads(line)["hostname"] == "a"
+
+
+async def test_watch_count_counts_samples_not_changes_of_status(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health --watch --count N` stopped after N updates of any kind: a Runner that
+    reconnected (two changes of status) used up `--count 2` with no sample shown."""
+    runner = await local_cluster.add_runner("a", heartbeats=False)
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    watching = asyncio.create_task(asyncio.to_thread(client.health, "a", True, 2, config, True))
+    printed: list[str] = []
+
+    def lines() -> list[str]:
+        printed.extend(capsys.readouterr().out.splitlines())
+        return printed
+
+    async def reconnected() -> list[str]:
+        await runner.connect()  # its stream closes, then it is back: two changes of status
+        return lines()
+
+    await eventually(reconnected, what="a change of status watched")
+    while not watching.done():
+        runner.send(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=runner.health())))
+        await asyncio.wait({watching}, timeout=0.05)
+    await watching
+    shown = [json.loads(line) for line in lines()]
+    assert [("current" in node) for node in shown].count(True) == 2
+    assert "current" in shown[-1]  # it ended with its second sample
+    assert any("current" not in node for node in shown)  # the changes of status, shown

@@ -71,15 +71,18 @@ NODE_COLUMNS = (
 )
 
 
-def _status(status: int, disconnected: bool) -> str:
-    return node_status_name(status) + (" (disconnected)" if disconnected else "")
+def _status(status: int, disconnected: bool, draining: bool) -> str:
+    return (
+        node_status_name(status)
+        + (" (disconnected)" if disconnected else "")
+        + (" (draining)" if draining else "")
+    )
 
 
 def _node_row(n: node_pb2.Node) -> list[str]:
     return [
         n.hostname,
-        _status(n.status, n.disconnected)
-        + (" (draining)" if n.draining else "")
+        _status(n.status, n.disconnected, n.draining)
         + (" (output not stored)" if n.output_problem else ""),
         f"{n.available_cores}/{n.total_cores}",
         f"{format_size(n.available_memory_bytes)}/{format_size(n.total_memory_bytes)}",
@@ -174,6 +177,7 @@ class NodeTrend:
     samples: list[node_pb2.Health] = field(default_factory=list)
     output_problem: str = ""
     disconnected: bool = False
+    draining: bool = False
 
     def add(self, sample: node_pb2.Health) -> None:
         """Keep the last TREND_POINTS samples, all the table draws: a `--watch` kept every
@@ -192,6 +196,7 @@ class NodeTrend:
         self.status = node.status
         self.output_problem = node.output_problem
         self.disconnected = node.disconnected
+        self.draining = node.draining
         for sample in node.history:
             self.add(sample)
         if node.HasField("current"):
@@ -208,13 +213,13 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
     for column in ("node", "status", "cpu", "cpu trend", "memory", "memory trend", "avg/max temp"):
         out.add_column(column)
     for hostname, trend in sorted(trends.items()):
+        status = _status(trend.status, trend.disconnected, trend.draining)
         if not trend.samples:
-            out.add_row(hostname, _status(trend.status, trend.disconnected), *["-"] * 5)
+            out.add_row(hostname, status, *["-"] * 5)
             continue
         if node_status_name(trend.status) != NodeStatus.ONLINE:  # its last readings are history
             cpu = sparkline([x.cpu_percent for x in trend.samples])
             memory = sparkline([x.memory_percent for x in trend.samples])
-            status = _status(trend.status, trend.disconnected)
             out.add_row(hostname, status, "-", cpu, "-", memory, "-")
             continue
         h = trend.samples[-1]
@@ -224,7 +229,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
         )
         out.add_row(
             hostname,
-            _status(trend.status, trend.disconnected),
+            status,
             f"{h.cpu_percent:5.1f}%",
             sparkline([x.cpu_percent for x in trend.samples]),
             f"{h.memory_percent:5.1f}% "
@@ -289,7 +294,9 @@ def health(
 
 def _trends(found: list[npb.NodeHealth]) -> dict[str, NodeTrend]:
     return {
-        n.hostname: NodeTrend(n.status, list(n.history), n.output_problem, n.disconnected)
+        n.hostname: NodeTrend(
+            n.status, list(n.history), n.output_problem, n.disconnected, n.draining
+        )
         for n in found
     }
 

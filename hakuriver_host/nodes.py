@@ -118,8 +118,8 @@ class NodeTable:
         self.history_length = max(
             HISTORY_MIN_POINTS, math.ceil(HISTORY_SECONDS / heartbeat_interval) + 1
         )
-        # (hostname, a new sample, or None when the node went online or offline or its link
-        # closed or opened)
+        # (hostname, a new sample, or None when the node went online or offline, its link
+        # closed or opened, it was drained or undrained or its output problem changed)
         self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health | None]]] = set()
 
     def get(self, hostname: str) -> NodeView:
@@ -296,9 +296,13 @@ class NodeTable:
         self.update_metrics()
 
     def set_draining(self, hostname: str, draining: bool) -> NodeView:
+        """Health watchers hear of a change, as of a status."""
         node = self.get(hostname)
+        changed = node.draining != draining
         node.draining = draining
         self.scheduler.set_draining(hostname, draining)
+        if changed:
+            self._tell_watchers(hostname, None)
         return node
 
     # ----- health -----------------------------------------------------------------------
@@ -367,8 +371,9 @@ class NodeTable:
         self, hostname: str = "", announce: bool = False
     ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:
         """Every new health sample, in order, with its node, and None when the node went
-        online or offline or its link closed or opened; first None, with ``announce``, once
-        the watcher is in place. A watcher that falls behind loses its oldest ones."""
+        online or offline, its link closed or opened, it was drained or undrained or its
+        output problem changed; first None, with ``announce``, once the watcher is in place.
+        A watcher that falls behind loses its oldest ones."""
         if hostname:
             self.get(hostname)
         queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)

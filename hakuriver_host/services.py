@@ -213,6 +213,7 @@ def _node_health(node: NodeView, health: node_pb2.Health | None) -> npb.NodeHeal
         status=NodeStatus.of(node.online).pb,
         output_problem=node.output_problem,
         disconnected=node.disconnected,
+        draining=node.draining,
     )
     if health is not None:
         entry.current.CopyFrom(health)

@@ -241,3 +241,39 @@ async def test_watch_count_counts_samples_not_changes_of_status(
     assert [("current" in node) for node in shown].count(True) == 2
     assert "current" in shown[-1]  # it ended with its second sample
     assert any("current" not in node for node in shown)  # the changes of status, shown
+
+
+async def test_health_shows_a_draining_node(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health` could not tell a draining node from one taking tasks (`nodes` could): not
+    in its table, its --json, nor live with --watch."""
+    await local_cluster.add_runner("a")
+    await local_cluster.add_runner("b")
+    heard: list[npb.NodeHealth] = []
+    call = local_cluster.nodes.WatchHealth(npb.WatchHealthRequest(hostname="a"))
+
+    async def listen() -> None:
+        async for update in call:
+            heard.append(update.node)
+
+    listener = asyncio.create_task(listen())
+    try:
+        await eventually(lambda: heard, what="a first sample")
+        await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+        told = await eventually(
+            lambda: [n for n in heard if not n.HasField("current")], what="watchers told"
+        )
+        assert [(n.status, n.draining) for n in told] == [(ONLINE, True)]
+    finally:
+        call.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "", False, 0, config, True)
+    shown = {node["hostname"]: node for node in json.loads(capsys.readouterr().out)}
+    assert shown["a"]["draining"] is True and "draining" not in shown["b"]
+    await asyncio.to_thread(client.health, "", False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    status = {row[1].strip(): row[2].strip() for row in cells if len(row) > 2}
+    assert (status["a"], status["b"]) == ("online (draining)", "online")

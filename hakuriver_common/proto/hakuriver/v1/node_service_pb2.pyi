@@ -88,6 +88,7 @@ class NodeHealth(_message.Message):
     HISTORY_FIELD_NUMBER: _builtins.int
     OUTPUT_PROBLEM_FIELD_NUMBER: _builtins.int
     DISCONNECTED_FIELD_NUMBER: _builtins.int
+    DRAINING_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: _node_pb2.NodeStatus.ValueType
     output_problem: _builtins.str
@@ -96,6 +97,8 @@ class NodeHealth(_message.Message):
     """
     disconnected: _builtins.bool
     """The node is online but its Runner's stream is closed (see Node.disconnected)."""
+    draining: _builtins.bool
+    """The node gets no new tasks; its running tasks continue (see Node.draining)."""
     @_builtins.property
     def current(self) -> _node_pb2.Health:
         """Latest sample; unset when the node has not reported yet."""
@@ -113,10 +116,11 @@ class NodeHealth(_message.Message):
         history: _abc.Iterable[_node_pb2.Health] | None = ...,
         output_problem: _builtins.str = ...,
         disconnected: _builtins.bool = ...,
+        draining: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "disconnected", b"disconnected", "history", b"history", "hostname", b"hostname", "output_problem", b"output_problem", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "disconnected", b"disconnected", "draining", b"draining", "history", b"history", "hostname", b"hostname", "output_problem", b"output_problem", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -43,10 +43,10 @@ class NodeServiceStub:
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
-    when it goes online or offline or its Runner's stream closes or reopens (a message
-    without a sample: ListNodes says what changed), until cancelled. It sends nothing of
-    the past: watch with send_watching, and read GetHealth or ListNodes once the
-    `watching` message came, so that no change is missed.
+    when it goes online or offline, its Runner's stream closes or reopens, it is drained or
+    undrained, or its output problem appears or clears (a message without a sample),
+    until cancelled. It sends nothing of the past: watch with send_watching, and read
+    GetHealth or ListNodes once the `watching` message came, so that no change is missed.
     """
 
 @_typing.type_check_only
@@ -64,10 +64,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """UndrainNode lets a drained node receive tasks again."""
     WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
-    when it goes online or offline or its Runner's stream closes or reopens (a message
-    without a sample: ListNodes says what changed), until cancelled. It sends nothing of
-    the past: watch with send_watching, and read GetHealth or ListNodes once the
-    `watching` message came, so that no change is missed.
+    when it goes online or offline, its Runner's stream closes or reopens, it is drained or
+    undrained, or its output problem appears or clears (a message without a sample),
+    until cancelled. It sends nothing of the past: watch with send_watching, and read
+    GetHealth or ListNodes once the `watching` message came, so that no change is missed.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -112,10 +112,10 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
         """WatchHealth sends every new health sample as Runners report them, and a node's status
-        when it goes online or offline or its Runner's stream closes or reopens (a message
-        without a sample: ListNodes says what changed), until cancelled. It sends nothing of
-        the past: watch with send_watching, and read GetHealth or ListNodes once the
-        `watching` message came, so that no change is missed.
+        when it goes online or offline, its Runner's stream closes or reopens, it is drained or
+        undrained, or its output problem appears or clears (a message without a sample),
+        until cancelled. It sends nothing of the past: watch with send_watching, and read
+        GetHealth or ListNodes once the `watching` message came, so that no change is missed.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,7 +2,7 @@
 //
 // Health is live: the recent history from GetHealth(include_history) once, then every new
 // sample from the WatchHealth stream (no polling); the same stream says when a node goes
-// online or offline (a message without a sample). The node list (reservations, draining,
+// online or offline, or is drained or undrained (a message without a sample). The node list (reservations, draining,
 // online/offline) is fetched once and again, collapsed, when a stream says it changed:
 // a WatchHealth status message, or a WatchTasks event of a task placed on or ending on a
 // node (useNodes' statusChanged and taskChanged); see useNodes for the slow safety refresh.
@@ -22,8 +22,8 @@ import { useRefresh, useSoon } from "../lib/timers";
 export const WINDOW_MS = 10 * 60 * 1000;
 
 /** The safety refresh of the node list: for what no stream reports (another user's task
- * placed or ended, since users watch only their own tasks; a drain or undrain by someone
- * else; a Runner's loaded environments). Everything else comes from the streams. */
+ * placed or ended, since users watch only their own tasks; a Runner's loaded
+ * environments). Everything else comes from the streams. */
 export const SAFETY_REFRESH_MS = 30_000;
 
 /** How long a burst of stream events is collected before the node list is fetched again. */

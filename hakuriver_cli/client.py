@@ -203,6 +203,24 @@ class NodeTrend:
             self.add(node.current)
 
 
+def _gpu_row(g: node_pb2.Gpu, history: list[node_pb2.Gpu]) -> list[str]:
+    """A GPU's row of the health table; a utilisation NVML cannot read (MIG mode) is `-`,
+    and left out of the trends, not drawn as idle."""
+    from rich.markup import escape
+
+    read = [x for x in history if not x.utilization_unknown]
+    power = f"{g.power_draw_watts:.0f}W" if g.HasField("power_draw_watts") else "-"
+    return [
+        f"  gpu {g.index}",
+        escape(g.name),
+        "-" if g.utilization_unknown else f"{g.utilization_gpu_percent:5.1f}%",
+        sparkline([x.utilization_gpu_percent for x in read]),
+        f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}",
+        sparkline([x.utilization_memory_percent for x in read]),
+        f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
+    ]
+
+
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
     """What a Runner or the Host wrote (a GPU's name, an error naming a path) is text, not
     rich markup: `[x]` in a path was dropped, and a `[/x]` ended the command in a traceback."""
@@ -239,16 +257,7 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
         )
         for g in h.gpus:
             history = [x for s in trend.samples for x in s.gpus if x.index == g.index]
-            power = f"{g.power_draw_watts:.0f}W" if g.HasField("power_draw_watts") else "-"
-            out.add_row(
-                f"  gpu {g.index}",
-                escape(g.name),
-                f"{g.utilization_gpu_percent:5.1f}%",
-                sparkline([x.utilization_gpu_percent for x in history]),
-                f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}",
-                sparkline([x.utilization_memory_percent for x in history]),
-                f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
-            )
+            out.add_row(*_gpu_row(g, history))
     problems = [
         f"{hostname}: its tasks' output could not be stored: {escape(trend.output_problem)}"
         for hostname, trend in sorted(trends.items())

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from hakuriver_common.statuses import (
     FINAL_TASK_STATUSES,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
     from rich.console import Console
 
-    from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+    from hakuriver_common.proto.hakuriver.v1 import node_pb2, task_pb2, task_service_pb2 as tpb
 
 # protobuf's JSON and descriptors, rich, and the roles' proto enums are imported by the
 # functions that use them: a command that prints one line loads none of them.
@@ -107,12 +107,25 @@ def outcome_name(outcome: int) -> str:
 _NAMED_BY = {"hakuriver.v1.Gpu": "index", "hakuriver.v1.NumaNode": "id"}
 
 
+_GPU_UTILISATION = ("utilization_gpu_percent", "utilization_memory_percent")
+
+
+def _gpu_utilisation(health: node_pb2.Health, out: dict[str, Any]) -> None:
+    """A sample's GPU utilisation, written even at 0 and as null when NVML cannot read it
+    (MIG mode): MessageToDict leaves zeros out, and an idle GPU read as one it cannot read."""
+    for gpu, written in zip(health.gpus, out.get("gpus", ()), strict=True):
+        for field in _GPU_UTILISATION:
+            written[field] = None if gpu.utilization_unknown else getattr(gpu, field)
+
+
 def _in_words(message: Message, out: dict[str, Any]) -> None:
-    """Replace the proto enum names MessageToDict wrote for vocabulary fields, and write the
-    field naming a GPU or NUMA node, recursively."""
+    """Replace the proto enum names MessageToDict wrote for vocabulary fields, write the
+    field naming a GPU or NUMA node and a sample's GPU utilisation, recursively."""
     key = _NAMED_BY.get(message.DESCRIPTOR.full_name)
     if key is not None:
         out.setdefault(key, getattr(message, key))
+    if message.DESCRIPTOR.full_name == "hakuriver.v1.Health":
+        _gpu_utilisation(cast("node_pb2.Health", message), out)
     for field, value in message.ListFields():
         written: Any = out.get(field.name)
         many = isinstance(written, list)

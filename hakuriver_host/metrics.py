@@ -211,8 +211,12 @@ class HostMetrics:
 
     def _gpu_health(self, node: str, g: node_pb2.Gpu) -> None:
         labels = (node, str(g.index))
-        self.gpu_utilization.labels(*labels).set(g.utilization_gpu_percent / 100)
-        self.gpu_memory_utilization.labels(*labels).set(g.utilization_memory_percent / 100)
+        # A GPU whose utilisation NVML cannot read (MIG mode) has no series, not a 0.
+        unknown = g.utilization_unknown
+        busy = None if unknown else g.utilization_gpu_percent / 100
+        memory_busy = None if unknown else g.utilization_memory_percent / 100
+        _set_or_remove(self.gpu_utilization, labels, busy)
+        _set_or_remove(self.gpu_memory_utilization, labels, memory_busy)
         self.gpu_memory_used.labels(*labels).set(g.memory_used_bytes)
         self.gpu_memory_total.labels(*labels).set(g.memory_total_bytes)
         temperature = g.temperature_celsius if g.HasField("temperature_celsius") else None

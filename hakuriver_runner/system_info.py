@@ -140,6 +140,7 @@ class GpuProbe:
             memory_used_bytes=int(memory.used) if memory else 0,
             utilization_gpu_percent=float(util.gpu) if util else 0.0,
             utilization_memory_percent=float(util.memory) if util else 0.0,
+            utilization_unknown=util is None,  # NVML reads none in MIG mode: not idle
             temperature_celsius=float(temp) if temp is not None else None,
             power_draw_watts=power / 1000.0 if power is not None else None,
             power_limit_watts=limit / 1000.0 if limit is not None else None,

@@ -5,13 +5,15 @@ GPU count; the Runner then reports that many GPUs exactly as it would real ones.
 HAKURIVER_FAKE_NVML_LOST names a file that, while it exists, holds the GPU indices that fell
 off the bus (comma separated, or ``all`` for the whole driver failing): NVML calls about
 them raise, as a real NVML does after an Xid 79. ``hang`` makes every call block until the
-file changes, as NVML does on a GPU stuck in a bad state.
+file changes, as NVML does on a GPU stuck in a bad state. HAKURIVER_FAKE_MIG names the GPU
+indices in MIG mode (comma separated), whose utilisation NVML does not read ("Not Supported").
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,10 +27,15 @@ class NVMLError_GpuIsLost(NVMLError):
     pass
 
 
+class NVMLError_NotSupported(NVMLError):
+    pass
+
+
 class FakeNvml:
-    def __init__(self, count: int, lost_file: str | None = None) -> None:
+    def __init__(self, count: int, lost_file: str | None = None, mig: Iterable[int] = ()) -> None:
         self.count = count
         self.lost_file = Path(lost_file) if lost_file else None
+        self.mig = set(mig)
 
     def _lost(self) -> set[int] | None:
         """Indices that fell off the bus now; None for the whole driver failing."""
@@ -76,6 +83,8 @@ class FakeNvml:
         return SimpleNamespace(total=40 * 10**9, used=handle * 10**9)
 
     def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
+        if handle in self.mig:
+            raise NVMLError_NotSupported("Not Supported")
         return SimpleNamespace(gpu=50 + handle, memory=10)
 
     def nvmlDeviceGetTemperature(self, handle: int, sensor: int) -> int:
@@ -91,7 +100,9 @@ class FakeNvml:
 
 
 _instance = FakeNvml(
-    int(os.environ.get("HAKURIVER_FAKE_GPUS", "0")), os.environ.get("HAKURIVER_FAKE_NVML_LOST")
+    int(os.environ.get("HAKURIVER_FAKE_GPUS", "0")),
+    os.environ.get("HAKURIVER_FAKE_NVML_LOST"),
+    [int(part) for part in os.environ.get("HAKURIVER_FAKE_MIG", "").split(",") if part.strip()],
 )
 
 

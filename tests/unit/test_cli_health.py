@@ -23,6 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from tests.fake_runner import eventually
 from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_metrics_auth import metric_values
 
 ONLINE = node_pb2.NODE_STATUS_ONLINE
 GB = 10**9
@@ -277,3 +278,35 @@ async def test_health_shows_a_draining_node(
     cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
     status = {row[1].strip(): row[2].strip() for row in cells if len(row) > 2}
     assert (status["a"], status["b"]) == ("online (draining)", "online")
+
+
+async def test_a_gpu_utilisation_nvml_cannot_read_is_unknown_not_idle(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GPU in MIG mode (NVML reads no utilisation) showed 0 % in `health`, its --json and
+    /metrics: an idle GPU, while its instances may all be busy."""
+    gpus = [
+        node_pb2.Gpu(index=0, name="A100", utilization_gpu_percent=0, memory_total_bytes=GB),
+        node_pb2.Gpu(index=1, name="A100 MIG", utilization_unknown=True, memory_total_bytes=GB),
+    ]
+    runner = await local_cluster.add_runner(
+        "a", health=lambda: node_pb2.Health(memory_total_bytes=GB, gpus=gpus)
+    )
+    await eventually(lambda: runner.heartbeats_sent >= 2, what="heartbeats")
+    values = await metric_values(local_cluster)
+    for name in ("hakuriver_gpu_utilization_ratio", "hakuriver_gpu_memory_utilization_ratio"):
+        assert values[name, (("gpu", "0"), ("node", "a"))] == 0  # idle: read as 0
+        assert (name, (("gpu", "1"), ("node", "a"))) not in values  # unknown: no series
+    assert values["hakuriver_gpu_memory_total_bytes", (("gpu", "1"), ("node", "a"))] == GB
+
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", False, 0, config, True)
+    [shown] = json.loads(capsys.readouterr().out)
+    for sample in (shown["current"], *shown["history"]):
+        idle, mig = sample["gpus"]
+        assert (idle["utilization_gpu_percent"], idle["utilization_memory_percent"]) == (0, 0)
+        assert (mig["utilization_gpu_percent"], mig["utilization_memory_percent"]) == (None, None)
+    await asyncio.to_thread(client.health, "a", False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    utilisation = {row[1].strip(): row[3].strip() for row in cells if len(row) > 3}
+    assert (utilisation["gpu 0"], utilisation["gpu 1"]) == ("0.0%", "-")

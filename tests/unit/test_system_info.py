@@ -45,6 +45,15 @@ def test_gpus_reported_through_nvml() -> None:
     assert gpus[0].power_limit_watts == 250.0
 
 
+def test_a_gpu_in_mig_mode_reads_its_utilisation_as_unknown() -> None:
+    """NVML reads no utilisation for a GPU in MIG mode ("Not Supported"): it was reported
+    as 0 %, an idle GPU, while its instances ran tasks."""
+    idle, mig = GpuProbe(FakeNvml(2, mig=[1])).sample()
+    assert (idle.utilization_unknown, idle.utilization_gpu_percent) == (False, 50)
+    assert mig.utilization_unknown
+    assert mig.memory_total_bytes == 40 * 10**9  # its other readings are read as ever
+
+
 def test_absent_nvml_means_no_gpus() -> None:
     probe = GpuProbe(BrokenNvml(1))
     assert probe.available is False

@@ -90,6 +90,7 @@ class Gpu(_message.Message):
     TEMPERATURE_CELSIUS_FIELD_NUMBER: _builtins.int
     POWER_DRAW_WATTS_FIELD_NUMBER: _builtins.int
     POWER_LIMIT_WATTS_FIELD_NUMBER: _builtins.int
+    UTILIZATION_UNKNOWN_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     """NVML device index."""
     uuid: _builtins.str
@@ -98,15 +99,21 @@ class Gpu(_message.Message):
     memory_total_bytes: _builtins.int
     memory_used_bytes: _builtins.int
     utilization_gpu_percent: _builtins.float
-    """GPU utilisation in percent."""
+    """GPU utilisation in percent; 0 when utilization_unknown."""
     utilization_memory_percent: _builtins.float
-    """Memory controller utilisation in percent."""
+    """Memory controller utilisation in percent; 0 when utilization_unknown."""
     temperature_celsius: _builtins.float
     """Temperature in degrees Celsius; unset when unknown."""
     power_draw_watts: _builtins.float
     """Power draw in watts; unset when unknown."""
     power_limit_watts: _builtins.float
     """Power limit in watts; unset when unknown."""
+    utilization_unknown: _builtins.bool
+    """NVML reads no utilisation for this GPU (it does not for a GPU in MIG mode): its
+    utilization_gpu_percent and utilization_memory_percent are 0 but mean unknown, not
+    idle. (A flag rather than the two fields made optional: a Runner of before it sends
+    an idle GPU's 0 % as no field, which would read as unknown.)
+    """
     def __init__(
         self,
         *,
@@ -121,10 +128,11 @@ class Gpu(_message.Message):
         temperature_celsius: _builtins.float | None = ...,
         power_draw_watts: _builtins.float | None = ...,
         power_limit_watts: _builtins.float | None = ...,
+        utilization_unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_power_draw_watts", b"_power_draw_watts", "_power_limit_watts", b"_power_limit_watts", "_temperature_celsius", b"_temperature_celsius", "power_draw_watts", b"power_draw_watts", "power_limit_watts", b"power_limit_watts", "temperature_celsius", b"temperature_celsius"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_power_draw_watts", b"_power_draw_watts", "_power_limit_watts", b"_power_limit_watts", "_temperature_celsius", b"_temperature_celsius", "driver_version", b"driver_version", "index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "power_draw_watts", b"power_draw_watts", "power_limit_watts", b"power_limit_watts", "temperature_celsius", b"temperature_celsius", "utilization_gpu_percent", b"utilization_gpu_percent", "utilization_memory_percent", b"utilization_memory_percent", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_power_draw_watts", b"_power_draw_watts", "_power_limit_watts", b"_power_limit_watts", "_temperature_celsius", b"_temperature_celsius", "driver_version", b"driver_version", "index", b"index", "memory_total_bytes", b"memory_total_bytes", "memory_used_bytes", b"memory_used_bytes", "name", b"name", "power_draw_watts", b"power_draw_watts", "power_limit_watts", b"power_limit_watts", "temperature_celsius", b"temperature_celsius", "utilization_gpu_percent", b"utilization_gpu_percent", "utilization_memory_percent", b"utilization_memory_percent", "utilization_unknown", b"utilization_unknown", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__power_draw_watts: _TypeAlias = _typing.Literal["power_draw_watts"]  # noqa: Y015
     _WhichOneofArgType__power_draw_watts: _TypeAlias = _typing.Literal["_power_draw_watts", b"_power_draw_watts"]  # noqa: Y015

@@ -27,6 +27,12 @@ class HostMetrics:
             ["node"],
             registry=r,
         )
+        self.node_draining = Gauge(
+            "hakuriver_node_draining",
+            "1 while a runner node is drained (it gets no new tasks), 0 otherwise.",
+            ["node"],
+            registry=r,
+        )
         self.tasks = Gauge(
             "hakuriver_tasks", "Tasks by status and kind.", ["status", "kind"], registry=r
         )

@@ -292,6 +292,7 @@ class NodeTable:
         self.scheduler.remove_node(hostname)
         self.metrics.node_offline(hostname)
         self.metrics.node_up.remove(hostname)
+        self.metrics.node_draining.remove(hostname)
         self.metrics.output_failing.remove(hostname)
         self.update_metrics()
 
@@ -302,6 +303,7 @@ class NodeTable:
         node.draining = draining
         self.scheduler.set_draining(hostname, draining)
         if changed:
+            self.update_metrics(node)
             self._tell_watchers(hostname, None)
         return node
 
@@ -390,10 +392,11 @@ class NodeTable:
             self._health_watchers.discard(queue)
 
     def update_metrics(self, changed: NodeView | None = None) -> None:
-        """Refresh node_up and output_storage_failing for ``changed`` (every node when None)
-        and the online counts."""
+        """Refresh node_up, node_draining and output_storage_failing for ``changed`` (every
+        node when None) and the online counts."""
         for node in self.nodes.values() if changed is None else (changed,):
             self.metrics.node_up.labels(node=node.hostname).set(1 if node.online else 0)
+            self.metrics.node_draining.labels(node=node.hostname).set(1 if node.draining else 0)
             failing = 1 if node.output_problem else 0
             self.metrics.output_failing.labels(node=node.hostname).set(failing)
         online = sum(1 for n in self.nodes.values() if n.online)

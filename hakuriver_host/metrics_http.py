@@ -49,6 +49,20 @@ def _bearer_only(app: WsgiApp, token: str, refused: Callable[[str], None]) -> Ws
     return guarded
 
 
+def _once_ready(app: WsgiApp, ready: threading.Event) -> WsgiApp:
+    """503 until ``ready`` is set (the Host has loaded its state): before, its gauges read 0
+    (no task running, none queued, no node), and a scrape would store those false zeros.
+    A scrape that fails is what Prometheus expects of a target starting."""
+
+    def gated(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if ready.is_set():
+            return app(environ, start_response)
+        start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+        return [b"the Host is starting: its metrics are served once it has loaded its state\n"]
+
+    return gated
+
+
 def _at_metrics_only(app: WsgiApp) -> WsgiApp:
     """prometheus_client answers every path with the metrics: only /metrics is served, so
     a wrong scrape path (or a probe of the port) is told so instead of looking right."""
@@ -67,11 +81,13 @@ def serve_metrics(
     host: str,
     port: int,
     token: str,
+    ready: threading.Event,
     refused: Callable[[str], None] = lambda peer: None,
 ) -> WSGIServer:
-    """Serve ``registry`` on host:port (token: required as a bearer token, ``refused`` called
-    from the server's thread with the peer of each scrape without it); returns the server,
-    whose ``shutdown`` stops it and closes its socket."""
+    """Serve ``registry`` on host:port once ``ready`` is set, 503 until then (token:
+    required as a bearer token, ``refused`` called from the server's thread with the peer
+    of each scrape without it); returns the server, whose ``shutdown`` stops it and closes
+    its socket."""
 
     class _Server(ThreadingWSGIServer):
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -88,7 +104,7 @@ def serve_metrics(
     class _Handler(_SilentHandler):
         timeout = READ_SECONDS
 
-    app: WsgiApp = make_wsgi_app(registry)
+    app: WsgiApp = _once_ready(make_wsgi_app(registry), ready)
     if token:
         app = _bearer_only(app, token, refused)
     elif not is_loopback(host):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,6 +294,8 @@ class HostServer:
         self.ssh_proxy_port = 0
         self.dashboard_port = 0
         self._http: WSGIServer | None = None
+        # Set once the state is loaded: /metrics answers 503 until then (not false zeros).
+        self._metrics_ready = threading.Event()
         self._web: WebServer | None = None
         self._keeping_claim: asyncio.Task[None] | None = None
         # Set, with why, when another Host took the database: this Host stops.
@@ -406,6 +409,7 @@ class HostServer:
                 net.metrics_bind_ip,
                 net.metrics_port,
                 self.config.auth.metrics_token,
+                self._metrics_ready,
                 self._metrics_refused(asyncio.get_running_loop()),
             )
         except OSError as exc:
@@ -424,6 +428,7 @@ class HostServer:
         # Before any call is served, so none of them is being written.
         await asyncio.to_thread(self.environments.sweep_partials)
         await self.cluster.start()
+        self._metrics_ready.set()
         await self.server.start()
         if self._web is not None:
             await self._web.start()

@@ -1,12 +1,60 @@
-"""What /metrics says: which nodes are drained (``hakuriver_node_draining``), so the shipped
+"""What /metrics says: nothing while the Host is still loading its state (a 503, not false
+zeros), and which nodes are drained (``hakuriver_node_draining``), so the shipped
 HakuRiverNodeOffline alert can leave out a node drained before it was shut down."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 from hakuriver_common.statuses import NodeStatus
+from hakuriver_host.server import HostServer
+from hakuriver_host.store import Store
+from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
-from tests.unit.test_metrics_auth import metric_values
+from tests.unit.test_metrics_auth import metric_values, scrape
+
+RUNNING = ("hakuriver_tasks", (("kind", "command"), ("status", "running")))
+
+
+async def test_metrics_answer_503_until_the_host_has_loaded_its_state(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted Host served /metrics before it had read its tasks and nodes from the
+    database: no task running, no node, nothing queued. Prometheus stored those zeros
+    (the running task's count dropped to 0 and back), and alerts on them could fire."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    await local_cluster.submit_running()
+    assert (await metric_values(local_cluster))[RUNNING] == 1
+    await local_cluster.stop_host()
+
+    loaded = threading.Event()
+    load_tasks_in = Store.load_tasks_in
+
+    def slow_load(store: Store, *args: Any) -> Any:  # a large database, a slow disk
+        loaded.wait(timeout=60)
+        return load_tasks_in(store, *args)
+
+    monkeypatch.setattr(Store, "load_tasks_in", slow_load)
+    server = local_cluster.server = HostServer(  # stopped with the cluster
+        local_cluster.config, prepare_default_environment=False
+    )
+    starting = asyncio.create_task(server.start())
+    try:
+        await eventually(lambda: server.metrics_port, what="/metrics listening")
+        status, _, body = await scrape(local_cluster)
+        assert (status, body) == (
+            503,
+            "the Host is starting: its metrics are served once it has loaded its state\n",
+        )
+    finally:
+        loaded.set()
+        await starting
+    assert (await metric_values(local_cluster))[RUNNING] == 1
 
 
 async def _draining(cluster: LocalCluster) -> dict[str, float]:

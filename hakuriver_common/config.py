@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    create_model,
     field_validator,
 )
 from pydantic_settings import (
@@ -468,12 +469,77 @@ def load_config(path: Path | None = None, **overrides: Any) -> Config:
     resolved = config_file(path)
     Config._toml_path = resolved
     try:
+        wrong_types = _wrong_types(resolved)
+        if wrong_types:
+            raise ConfigError(f"invalid config {resolved}: {wrong_types}")
         return Config(**overrides)
     except ValueError as exc:
         source = resolved or "(the defaults and HAKURIVER_* variables)"
         raise ConfigError(f"invalid config {source}: {_problems(exc)}") from exc
     finally:
         Config._toml_path = None
+
+
+# The config as the file has to write it: every value of its key's TOML type. pydantic, lax
+# for the HAKURIVER_* variables (text), read `host_port = true` as port 1, "8000" as 8000
+# and `tasks_privileged = 1` as true.
+_AS_WRITTEN = create_model(  # type: ignore[call-overload]
+    "ConfigAsWritten",
+    __config__=ConfigDict(extra="ignore", strict=True),
+    **{name: (info.annotation, None) for name, info in Config.model_fields.items()},
+)
+_TYPE_ERRORS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string in quotes",
+    "list_type": "a list ([...])",
+    "model_type": "a table",
+    "dict_type": "a table",
+}
+
+
+_DATE = "TOML date"
+
+
+def _toml_type(value: Any) -> str:
+    """What TOML calls the type of a value it read."""
+    if isinstance(value, bool):
+        return "true/false"
+    for kind, name in ((int, "an integer"), (float, "a float"), (str, "a string")):
+        if isinstance(value, kind):
+            return name
+    if isinstance(value, list):
+        return "a list"
+    return "a date or time" if _DATE in value else "a table"
+
+
+def _wrong_types(path: Path | None) -> str:
+    """Each key of the file whose value is not of its type (``network.host_port: must be an
+    integer, not true/false``), on one line; empty when every value's type is right (other
+    problems are left to Config, which names the variables too)."""
+    if path is None:
+        return ""
+    import tomllib
+
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except (OSError, ValueError):
+        return ""  # Config's TOML source says what is wrong with the file
+    # As JSON, where strict mode still reads a string as a path; a date, which JSON lacks,
+    # as a table, so that no key's type takes it.
+    as_json = json.dumps(document, default=lambda value: {_DATE: str(value)})
+    try:
+        _AS_WRITTEN.model_validate_json(as_json, strict=True)
+    except ValidationError as exc:
+        return "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: must be "
+            f"{_TYPE_ERRORS[error['type']]}, not {_toml_type(error['input'])}"
+            for error in exc.errors()
+            if error["type"] in _TYPE_ERRORS
+        )
+    return ""
 
 
 def _problems(exc: ValueError) -> str:

@@ -248,3 +248,67 @@ def test_a_bootstrap_admin_no_user_could_be_named_is_refused_in_one_line(
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: invalid config") and rule in line
     assert not db_file.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        # Each was read as something else: port 1, port 8001, true, 2.
+        ("[network]\nhost_port = true\n", "network.host_port: must be an integer, not true/false"),
+        (
+            '[network]\nmetrics_port = "8001"\n',
+            "network.metrics_port: must be an integer, not a string",
+        ),
+        (
+            "[docker]\ntasks_privileged = 1\n",
+            "docker.tasks_privileged: must be true or false, not an integer",
+        ),
+        (
+            "[scheduling]\nprepare_ahead = 2.0\n",
+            "scheduling.prepare_ahead: must be an integer, not a float",
+        ),
+        (
+            '[timing]\nheartbeat_interval = "5"\n',
+            "timing.heartbeat_interval: must be a number, not a string",
+        ),
+        (
+            "[[webhooks]]\nurl = 'http://h/'\nmax_attempts = true\n",
+            "webhooks.0.max_attempts: must be an integer, not true/false",
+        ),
+        (
+            "[paths]\nshared_dir = 5\n",
+            "paths.shared_dir: must be a string in quotes, not an integer",
+        ),
+        (
+            "[auth]\ntoken = 1979-05-27\n",
+            "auth.token: must be a string in quotes, not a date or time",
+        ),
+        (
+            "[dashboard]\nserver_names = 'river'\n",
+            "dashboard.server_names: must be a list ([...]), not a string",
+        ),
+        ("network = 8000\n", "network: must be a table, not an integer"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_refused_naming_its_key(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """TOML has types: a value of another type is a mistake, not one to read as something
+    else (the environment's variables, text, are still read as their keys' types)."""
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert _refusal(path) == f"invalid config {path}: {said}"
+
+
+def test_every_value_of_the_wrong_type_is_named_on_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[network]\nhost_port = true\n[auth]\nuser_mount_roots = ['/a', 3]\n")
+    assert _refusal(path) == (
+        f"invalid config {path}: network.host_port: must be an integer, not true/false; "
+        "auth.user_mount_roots.1: must be a string in quotes, not an integer"
+    )
+    path.write_text("[network]\nhost_port = 9100\n[timing]\nheartbeat_interval = 2\n")
+    monkeypatch.setenv("HAKURIVER_DOCKER__TASKS_PRIVILEGED", "1")
+    assert load_config(path).docker.tasks_privileged is True

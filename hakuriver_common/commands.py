@@ -15,11 +15,16 @@ callback's parameters (the same class to type checkers).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from inspect import Parameter, signature
+from pathlib import Path
+from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -169,12 +174,104 @@ def _typer_annotation(annotation: Any) -> Any:
     made = []
     for extra in extras:
         if isinstance(extra, Option):
-            settings = dict(extra.settings)
+            settings = _value_settings(base, extra.settings, option=True)
             if settings.get("callback") is not None:
                 settings["callback"] = _for_typer(settings["callback"])
             made.append(typer.Option(*extra.param_decls, **settings))
         elif isinstance(extra, Argument):
-            made.append(typer.Argument(**extra.settings))
+            made.append(typer.Argument(**_value_settings(base, extra.settings, option=False)))
         else:
             made.append(extra)
     return Annotated[(base, *made)]
+
+
+# typer 0.29 checks values through pydantic, and said so: "Invalid value for '--kind': Value
+# error, 'zzz' is not one of 'command', 'vps'.", "Input should be greater than or equal to 1",
+# with metavars such as <int range> and <list[str]> and ranges as [-2147483648<=x<=2147483647]
+# in the help. A number or a choice is read here instead, its help and errors in words.
+_TECHNICAL = ((INT32["min"], INT32["max"]), (INT64["min"], INT64["max"]))
+_METAVARS = {str: "TEXT", int: "INTEGER", float: "NUMBER", Path: "PATH"}
+
+
+def _value_type(base: Any) -> Any:
+    """The type of one value of an option: ``X`` of ``X | None``, ``list[X]``."""
+    if typing.get_origin(base) in (typing.Union, UnionType):
+        base = next(arg for arg in typing.get_args(base) if arg is not type(None))
+    if typing.get_origin(base) is list:
+        base = typing.get_args(base)[0]
+    return base
+
+
+def _value_settings(base: Any, given: dict[str, Any], option: bool) -> dict[str, Any]:
+    """typer's settings of a parameter of type ``base``: a readable metavar (an option's),
+    and a parser of our own for a number or a choice."""
+    settings = dict(given)
+    kind = _value_type(base)
+    if kind is bool:
+        return settings
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        settings.setdefault("parser", _ChoiceParser(kind))
+        metavar = "[" + "|".join(str(member.value) for member in kind) + "]"
+    elif kind in (int, float):
+        low, high = settings.pop("min", None), settings.pop("max", None)
+        settings.setdefault("parser", _NumberParser(kind, low, high))
+        if (low, high) not in _TECHNICAL and (low is not None or high is not None):
+            settings["help"] = f"{settings.get('help', '')} ({_range(low, high)})".lstrip()
+        metavar = _METAVARS[kind]
+    else:
+        metavar = _METAVARS.get(kind, "TEXT")
+    if option:
+        settings.setdefault("metavar", metavar)
+    return settings
+
+
+def _range(low: float | None, high: float | None) -> str:
+    if low is None:
+        return f"{high} at most"
+    if high is None:
+        return f"{low} or more"
+    return f"{low}-{high}" if low >= 0 else f"{low} to {high}"
+
+
+@dataclass(frozen=True)
+class _NumberParser:
+    """An integer or number within its bounds; a usage error in words if not."""
+
+    kind: type
+    low: float | None
+    high: float | None
+
+    def __call__(self, value: Any) -> Any:
+        import typer
+
+        number: float = math.nan
+        # The text given (in ASCII digits: int() reads other scripts' too), or the default.
+        if not isinstance(value, str) or value.isascii():
+            with contextlib.suppress(ValueError):
+                number = self.kind(value)
+        if not math.isfinite(number):  # inf was taken: an endless wait between attempts
+            word = "an integer" if self.kind is int else "a finite number"
+            raise typer.BadParameter(f"{value!r} is not {word}")
+        if (self.low is not None and number < self.low) or (
+            self.high is not None and number > self.high
+        ):
+            raise typer.BadParameter(f"{value!r} is out of range ({_range(self.low, self.high)})")
+        return number
+
+
+@dataclass(frozen=True)
+class _ChoiceParser:
+    """A member of the choices by its value; a usage error naming every choice if none."""
+
+    kind: type[Enum]
+
+    def __call__(self, value: Any) -> Any:
+        import typer
+
+        if isinstance(value, self.kind):
+            return value
+        for member in self.kind:
+            if member.value == value:
+                return member
+        choices = ", ".join(str(member.value) for member in self.kind)
+        raise typer.BadParameter(f"{value!r} is not one of {choices}")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 from hakuriver_cli import direct
 from hakuriver_cli.connection import (
     ask,
+    bulk_unary,
     config_or_fail,
     fail,
     host_link,
@@ -476,18 +477,24 @@ def control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) ->
     return unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid)).task
 
 
+_DOING = {"kill": "killing", "pause": "pausing", "resume": "resuming"}
+
+
 def _control_batch(
     stub: task_service_pb2_grpc.TaskServiceStub, bid: int, verb: str
 ) -> tuple[tpb.BatchSummary, int]:
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
+    # Its size first: the deadline of the call grows with it (bulk_unary).
+    size = unary(stub.GetBatch, tpb.GetBatchRequest(batch_id=bid)).batch.size
+    still = f"{_DOING[verb]} its tasks: see hakuriver.client status {bid}"
     response: tpb.PauseBatchResponse | tpb.ResumeBatchResponse | tpb.KillBatchResponse
     if verb == Action.pause:
-        response = unary(stub.PauseBatch, tpb.PauseBatchRequest(batch_id=bid))
+        response = bulk_unary(stub.PauseBatch, tpb.PauseBatchRequest(batch_id=bid), size, still)
     elif verb == Action.resume:
-        response = unary(stub.ResumeBatch, tpb.ResumeBatchRequest(batch_id=bid))
+        response = bulk_unary(stub.ResumeBatch, tpb.ResumeBatchRequest(batch_id=bid), size, still)
     else:
-        response = unary(stub.KillBatch, tpb.KillBatchRequest(batch_id=bid))
+        response = bulk_unary(stub.KillBatch, tpb.KillBatchRequest(batch_id=bid), size, still)
     return response.batch, response.affected
 
 

@@ -39,6 +39,10 @@ TaskIdArgument = Annotated[
 ]
 
 RPC_TIMEOUT_SECONDS = 30.0
+# What a call's deadline grows by for each task it works on (an array submitted, a batch
+# killed): a 100,000-task array, which can take the Host minutes on a slow disk, outlasted
+# the 30 s, and its submitter, told only that the Host did not answer, submitted it again.
+BULK_SECONDS_PER_TASK = 0.005
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -249,9 +253,23 @@ def host_link(
         link.close()
 
 
-def unary(fn: Callable[..., T], request: object, timeout: float = RPC_TIMEOUT_SECONDS) -> T:
-    """Call a unary RPC with a deadline; errors propagate to ``host_link``."""
-    return fn(request, timeout=timeout)
+def unary(fn: Callable[..., T], request: object, timeout: float | None = None) -> T:
+    """Call a unary RPC with a deadline (RPC_TIMEOUT_SECONDS unless given); errors
+    propagate to ``host_link``."""
+    return fn(request, timeout=RPC_TIMEOUT_SECONDS if timeout is None else timeout)
+
+
+def bulk_unary(fn: Callable[..., T], request: object, tasks: int, still: str) -> T:
+    """``unary`` for a call whose work grows with ``tasks``: a deadline that grows with
+    them, and when it passes anyway, one line saying what the Host may ``still`` be doing
+    and how to see it (the call goes on there: the Host finishes what it began)."""
+    timeout = RPC_TIMEOUT_SECONDS + tasks * BULK_SECONDS_PER_TASK
+    try:
+        return fn(request, timeout=timeout)
+    except CallError as exc:
+        if exc.status is not Status.DEADLINE_EXCEEDED:
+            raise
+        fail(f"the host did not answer within {timeout:g} s, but it may still be {still}")
 
 
 def found_or_fail(fn: Callable[..., T], request: object, missing: str) -> T:

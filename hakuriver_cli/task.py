@@ -18,6 +18,7 @@ from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.connection import (
     RPC_TIMEOUT_SECONDS,
     TaskIdArgument,
+    bulk_unary,
     config_or_fail,
     fail,
     host_link,
@@ -289,7 +290,13 @@ def _submit_array(
     (exit 1 unless every task completed)."""
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
         stub = task_stub(link)
-        response = unary(stub.SubmitTask, request)
+        response = bulk_unary(
+            stub.SubmitTask,
+            request,
+            len(request.array.indices),
+            "creating the array's tasks: see hakuriver.task list --since 1h before "
+            "submitting it again",
+        )
         if not json:
             cap = request.array.max_running
             at_once = f", at most {cap} at once" if cap else ""

@@ -213,6 +213,19 @@ class LocalCluster:
         self._channels.append(channel)
         return channel
 
+    def cli_config(self, path: Path) -> Path:
+        """A config file at ``path`` for the command-line tools, as the admin, over gRPC
+        (no dashboard port: no Connect)."""
+        config = self.config
+        path.write_text(
+            f'[network]\nhost_reachable_address = "127.0.0.1"\n'
+            f"host_port = {config.network.host_port}\n"
+            f'[tls]\nca_file = "{config.tls.ca_file}"\n'
+            f'[auth]\ncredentials_file = "{config.auth.credentials_file}"\n'
+            "[dashboard]\nenabled = false\n"
+        )
+        return path
+
     async def add_user(self, name: str, role: Role = Role.USER) -> Client:
         """A new user with a fresh token, and stubs that call as them."""
         await self.access.CreateUser(apb.CreateUserRequest(name=name, role=role.pb), timeout=5)

@@ -134,19 +134,6 @@ def test_an_offline_node_shows_its_trends_but_no_current_readings() -> None:
     assert "57.7%" in online and "gpu 0" in online and "70.0C" in online
 
 
-def _client_config(cluster: LocalCluster, path: Path) -> Path:
-    """A CLI config for the cluster over gRPC (no dashboard port: no Connect)."""
-    config = cluster.config
-    path.write_text(
-        f'[network]\nhost_reachable_address = "127.0.0.1"\n'
-        f"host_port = {config.network.host_port}\n"
-        f'[tls]\nca_file = "{config.tls.ca_file}"\n'
-        f'[auth]\ncredentials_file = "{config.auth.credentials_file}"\n'
-        "[dashboard]\nenabled = false\n"
-    )
-    return path
-
-
 async def test_health_reads_a_history_larger_than_a_grpc_reply(
     local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -165,7 +152,7 @@ async def test_health_reads_a_history_larger_than_a_grpc_reply(
     )
     for runner in runners:
         runner.go_silent()
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     await asyncio.to_thread(client.health, "", False, 0, config, True)
     shown = json.loads(capsys.readouterr().out)
     assert sorted(node["hostname"] for node in shown) == names

@@ -1,0 +1,144 @@
+"""A call whose work grows with its tasks (an array submitted, a batch killed, paused or
+resumed) has a deadline that grows with them: a 100,000-task array outlasted the tools' 30 s
+on a slow disk, and its submitter, told only that the Host did not answer in time, submitted
+it again. When the deadline passes anyway, the tool says the Host may still be at it, and
+where to look. (The Host's store is held busy to make it slow.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hakuriver_cli import client, connection, direct, task
+from hakuriver_common.commands import App
+from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, KILLED_EXIT_CODE, FakeRunner, eventually
+from tests.unit.local_cluster import LocalCluster, status_of
+
+
+@pytest.fixture(autouse=True)
+def short_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 s for a call (not 30 s), and 2 s more per task for one whose work grows with its
+    tasks."""
+    monkeypatch.setattr(connection, "RPC_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 2.0)
+
+
+def _tool(app: App, name: str, argv: list[str]) -> int:
+    try:
+        direct.run(app, name, argv)
+    except SystemExit as ended:
+        return int(ended.code or 0)
+    return 0
+
+
+@contextlib.contextmanager
+def _store_held(cluster: LocalCluster) -> Iterator[threading.Event]:
+    """The Host's store busy (every write waits) until the event is set."""
+    assert cluster.server is not None
+    release = threading.Event()
+    cluster.server.store.executor.submit(release.wait, 60)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
+async def _run_slowed(cluster: LocalCluster, app: App, name: str, argv: list[str]) -> int:
+    """The tool run with the store held for its first 3 s, three times the usual
+    deadline."""
+    with _store_held(cluster) as release:
+        ran = asyncio.ensure_future(asyncio.to_thread(_tool, app, name, argv))
+        await asyncio.sleep(3.0)
+        release.set()
+        return await ran
+
+
+async def test_an_array_slower_to_submit_than_a_call_may_take_is_waited_for(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    argv = ["submit", "--config", config, "--array", "0-9", "--", "job"]
+    assert await _run_slowed(local_cluster, task.app, "hakuriver.task", argv) == 0
+    assert capsys.readouterr().out.startswith("submitted array ")
+
+
+async def _running_array(cluster: LocalCluster) -> tuple[FakeRunner, int, list[int]]:
+    """An array of 10 running tasks on a Runner that confirms no kill by itself."""
+    runner = await cluster.add_runner("a", cores=64, answer=HOLD, answer_kills=False)
+    submitted = await cluster.tasks.SubmitTask(
+        tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=range(10)))
+    )
+    ids = [each.task_id for each in submitted.tasks]
+    for task_id in ids:
+        await cluster.wait_status(task_id, TaskStatus.RUNNING)
+    return runner, submitted.batch_id, ids
+
+
+async def test_a_batch_slower_to_kill_than_a_call_may_take_is_waited_for(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its Runner confirms the kills 2 s after they reach it (the Host waits for that),
+    twice the usual deadline."""
+    runner, batch_id, ids = await _running_array(local_cluster)
+    argv = ["kill", "--config", str(local_cluster.cli_config(tmp_path / "c.toml")), str(batch_id)]
+    ran = asyncio.ensure_future(asyncio.to_thread(_tool, client.app, "hakuriver.client", argv))
+    await eventually(lambda: len(runner.commands) == 10, what="the 10 kills")
+    await asyncio.sleep(2.0)
+    for task_id in ids:
+        runner.finish(task_id, KILLED_EXIT_CODE)
+    assert await ran == 0
+    assert capsys.readouterr().out.startswith("killed 10 tasks")
+
+
+async def test_an_array_submitted_past_its_deadline_says_the_host_may_still_be_at_it(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """...and where to look before submitting it again; the Host creates it once."""
+    monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
+    runner = await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    argv = ["submit", "--config", config, "--array", "0-9", "--", "job"]
+    with _store_held(local_cluster):
+        code = await asyncio.to_thread(_tool, task.app, "hakuriver.task", argv)
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "error: the host did not answer within 1 s, but it may still be creating the "
+        "array's tasks: see hakuriver.task list --since 1h before submitting it again\n"
+    )
+    await eventually(lambda: len(runner.tasks) == 10, what="the array's 10 dispatches")
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100))
+    assert sorted(t.array_index for t in listed.tasks) == list(range(10))
+    assert {status_of(t) for t in listed.tasks} <= {TaskStatus.ASSIGNING, TaskStatus.RUNNING}
+
+
+async def test_a_batch_killed_past_its_deadline_says_the_host_may_still_be_at_it(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """...and the Host kills every task of it all the same (here its Runner confirms the
+    kills only after the tool gave up)."""
+    monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
+    runner, batch_id, ids = await _running_array(local_cluster)
+    argv = ["kill", "--config", str(local_cluster.cli_config(tmp_path / "c.toml")), str(batch_id)]
+    assert await asyncio.to_thread(_tool, client.app, "hakuriver.client", argv) == 1
+    assert capsys.readouterr().err == (
+        "error: the host did not answer within 1 s, but it may still be killing its "
+        f"tasks: see hakuriver.client status {batch_id}\n"
+    )
+    for task_id in ids:
+        runner.finish(task_id, KILLED_EXIT_CODE)
+    for task_id in ids:
+        assert status_of(await local_cluster.wait_status(task_id)) is TaskStatus.KILLED

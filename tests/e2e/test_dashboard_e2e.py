@@ -778,6 +778,22 @@ def test_each_page_names_itself_in_the_tab_title(site: Site) -> None:
     expect(tab.page).to_have_title("Nodes · HakuRiver")
 
 
+def test_a_vps_page_is_named_a_vps_in_the_tab_title(site: Site) -> None:
+    """A VPS has a task's address (/tasks/ID); its tab says VPS, as its heading does, both
+    when the page is loaded and when it is reached from the VPS list."""
+    with _gpu_node_drained(site) as started:
+        [vps] = site.tasks_as(site.alice).SubmitTask(_vps_on_gpu_node(site), timeout=10).tasks
+        started.append(vps.task_id)
+        tab = site.tab(site.alice)
+        tab.goto(f"/tasks/{vps.task_id}")
+        expect(tab.page).to_have_title(f"VPS {vps.task_id} · HakuRiver")
+        tab.goto("/vps")
+        tab.page.get_by_test_id(f"vps-row-{vps.task_id}").get_by_role("link").click()
+        expect(tab.page.get_by_test_id("task-status")).to_have_text("pending")
+        expect(tab.page).to_have_title(f"VPS {vps.task_id} · HakuRiver")
+        _no_problems(tab)
+
+
 def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they

@@ -1,6 +1,7 @@
 // Pages load on first visit (one chunk each), so the first render fetches only the shell.
 import { createRouter, createWebHistory, type RouteLocationNormalized } from "vue-router";
 import { resume, whenSessionEnds } from "./lib/api";
+import { nameTab } from "./lib/title";
 
 export const router = createRouter({
   history: createWebHistory(),
@@ -34,8 +35,8 @@ router.beforeEach(async (to) => {
   return { name: "signin", query: { next: to.fullPath } };
 });
 
-// Each tab says which page it shows ("Task 123 · HakuRiver", "Nodes · HakuRiver"), so a
-// user with several open can tell them apart.
+// Each tab says which page it shows (lib/title.ts). A task's page is "Task N" until it
+// knows the task is a VPS: TaskDetail then names it "VPS N".
 const TITLES: Record<string, (to: RouteLocationNormalized) => string> = {
   signin: () => "Sign in",
   home: () => "Home",
@@ -48,10 +49,7 @@ const TITLES: Record<string, (to: RouteLocationNormalized) => string> = {
   docker: () => "Docker",
 };
 
-router.afterEach((to) => {
-  const page = TITLES[String(to.name)]?.(to);
-  document.title = page ? `${page} · HakuRiver` : "HakuRiver";
-});
+router.afterEach((to) => nameTab(TITLES[String(to.name)]?.(to) ?? ""));
 
 // A token revoked or expired while pages are open: back to sign in, then to the same page.
 whenSessionEnds(() => {

@@ -637,6 +637,65 @@ def test_a_gpu_not_read_is_shown_so_and_counted_free_nowhere(site: Site) -> None
     _no_problems(tab)
 
 
+def test_the_forms_offer_what_changed_since_their_page_opened(site: Site) -> None:
+    """The task and VPS forms ask for their nodes and environments again each time they are
+    entered (the focus comes into them, or the pointer over them): a GPU that is read again
+    and an environment put on shared storage after the page opened are offered without
+    reloading it; what was chosen stays chosen, even once it is no longer listed."""
+    cluster, hostname = site.cluster, site.gpu_node
+
+    def unread() -> list[int]:
+        nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+        return next(list(n.unread_gpus) for n in nodes if n.hostname == hostname)
+
+    name = f"late-{cluster.tag}"
+    tarball = cluster.shared_dir / "hakuriver-containers" / f"{name}-1.tar"
+    tasks_tab, vps_tab = site.tab(site.alice), site.tab(site.alice)
+    site.lost_gpus.write_text("1")
+    try:
+        wait_for(lambda: unread() == [1], what="GPU 1 unread")
+        forms = [(tasks_tab, "/tasks", "submit"), (vps_tab, "/vps", "vps")]
+        for tab, path, prefix in forms:
+            tab.goto(path)
+            target = tab.page.get_by_test_id(f"{prefix}-target")
+            expect(target.locator(f'option[value="{hostname}"]')).to_contain_text(
+                "1 of 2 GPUs free"
+            )
+            target.select_option(hostname)
+            expect(tab.page.locator(f'option[value="{name}"]')).to_have_count(0)
+    finally:
+        site.lost_gpus.unlink()
+    wait_for(lambda: unread() == [], what="GPU 1 read again")
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    tarball.write_bytes(b"not loaded by this test")
+    environments = environment_service_pb2_grpc.EnvironmentServiceStub(cluster.channel)
+    try:
+        tasks_tab.page.get_by_test_id("submit-command").focus()
+        vps_tab.page.get_by_test_id("vps-key").hover()
+        for tab, _, prefix in forms:
+            target = tab.page.get_by_test_id(f"{prefix}-target")
+            expect(target.locator(f'option[value="{hostname}"]')).to_contain_text(
+                "2 of 2 GPUs free"
+            )
+            expect(target).to_have_value(hostname)
+            environment = tab.page.get_by_test_id(f"{prefix}-environment")
+            expect(environment.locator(f'option[value="{name}"]')).to_have_count(1)
+            _no_problems(tab)
+        # Chosen, then gone: still shown as what the form would send.
+        page = tasks_tab.page
+        page.get_by_test_id("submit-environment").select_option(name)
+        environments.DeleteTar(epb.DeleteTarRequest(name=name), timeout=30)
+        page.get_by_role("heading", name="Tasks", exact=True).click()
+        page.get_by_test_id("submit-command").focus()
+        gone = page.get_by_test_id("submit-environment").locator(f'option[value="{name}"]')
+        expect(gone).to_have_text(f"{name} (not listed now)")
+        expect(page.get_by_test_id("submit-environment")).to_have_value(name)
+        _no_problems(tasks_tab)
+    finally:
+        with contextlib.suppress(grpc.RpcError):  # deleted above
+            environments.DeleteTar(epb.DeleteTarRequest(name=name), timeout=30)
+
+
 def test_killing_a_task_asks_first_naming_it(site: Site) -> None:
     """One misclick on Kill must not end a long run: the page asks, naming the task and its
     command; Cancel (or Escape) leaves it running, the dialog's Kill task kills it."""

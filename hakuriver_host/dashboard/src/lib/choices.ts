@@ -1,7 +1,9 @@
-// What the submit forms (task, VPS) offer: the nodes and the environments, loaded once when
-// the form mounts.
+// What the submit forms (task, VPS) offer: the nodes and the environments, asked for when
+// the form mounts and again each time it is entered, so that what changed since (a node
+// that joined, an environment made, a GPU freed) is offered without reloading the page.
 import { onMounted, ref } from "vue";
 import { type Node, NodeStatus } from "../gen/hakuriver/v1/node_pb";
+import { freeGpus } from "../components/NodeHealth";
 import { api, errorMessage } from "./api";
 import { bytes } from "./format";
 
@@ -30,25 +32,46 @@ export async function loadChoices(): Promise<Choices> {
   };
 }
 
-/** The choices, loaded when the component mounts; ``loaded`` runs once they are in. */
+/** The choices, asked for when the component mounts and again by ``refresh``, which the
+ * form calls on its ``focusin`` and ``pointerenter``: when the pointer comes over it or the
+ * focus comes into it from outside (not as the focus moves between its fields), unless an
+ * answer is awaited. ``loaded`` runs once, when the first choices are in. */
 export function useChoices(loaded?: (choices: Choices) => void) {
   const choices = ref<Choices>({ nodes: [], environments: [] });
   const error = ref("");
-  onMounted(async () => {
+  let first = loaded;
+  let loading = false;
+
+  async function load(): Promise<void> {
+    loading = true;
     try {
       choices.value = await loadChoices();
-      loaded?.(choices.value);
+      error.value = "";
+      first?.(choices.value);
+      first = undefined;
     } catch (failure) {
       error.value = `could not load nodes and environments: ${errorMessage(failure)}`;
+    } finally {
+      loading = false;
     }
-  });
-  return { choices, error };
+  }
+
+  function refresh(event: Event): void {
+    const from = (event as FocusEvent).relatedTarget;
+    const form = event.currentTarget;
+    if (loading || (from instanceof Element && form instanceof Element && form.contains(from))) return;
+    void load();
+  }
+
+  onMounted(load);
+  return { choices, error, refresh };
 }
 
-/** "gpu-node (8 cores, 16.0 GiB, 2 GPU)", with "offline", "disconnected" or "draining" when so. */
+/** "gpu-node (8 cores, 16.0 GiB, 1 of 2 GPUs free)", with "offline", "disconnected" or
+ * "draining" when so. */
 export function nodeLabel(node: Node): string {
   const parts = [`${node.totalCores} cores`, bytes(node.totalMemoryBytes)];
-  if (node.gpus.length) parts.push(`${node.gpus.length} GPU`);
+  if (node.gpus.length) parts.push(`${freeGpus(node)} of ${node.gpus.length} GPUs free`);
   if (node.status !== NodeStatus.ONLINE) parts.push("offline");
   else if (node.disconnected) parts.push("disconnected");
   else if (node.draining) parts.push("draining");

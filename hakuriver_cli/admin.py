@@ -1,8 +1,9 @@
-"""``hakuriver.admin``: users, API tokens, runner credentials and the audit log.
+"""``hakuriver.admin``: users, API tokens, runner credentials, the audit log and forgetting
+old tasks.
 
-Every command is one call of AccessService or AuditService; the Host decides who may make it
-(docs/security.md). A token's secret is printed once, when it is created: the Host keeps
-only its hash.
+Every command is one call of AccessService, AuditService or TaskService.PruneTasks; the
+Host decides who may make it (docs/security.md). A token's secret is printed once, when it
+is created: the Host keeps only its hash.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from hakuriver_cli import direct
 from hakuriver_cli.call_error import CallError
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, parsed, unary
-from hakuriver_cli.link import access_stub, audit_stub
+from hakuriver_cli.link import access_stub, audit_stub, task_stub
 from hakuriver_cli.render import (
     outcome_name,
     print_json,
@@ -29,6 +30,7 @@ from hakuriver_common import commands as cli
 from hakuriver_common.credentials import TOKEN_ENV, write_secret
 from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.service import ConfigOption, GlobalOptions, JsonOption, tool_app
+from hakuriver_common.units import format_size
 
 if TYPE_CHECKING:
     from hakuriver_common.proto.hakuriver.v1 import (
@@ -42,10 +44,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-app = tool_app("Users, API tokens, runner credentials and the audit log.")
+app = tool_app("Users, API tokens, runner credentials, the audit log and old tasks.")
 user_app = cli.App(no_args_is_help=True)
 token_app = cli.App(no_args_is_help=True)
 runner_app = cli.App(no_args_is_help=True)
+task_app = cli.App(no_args_is_help=True)
 
 
 def _group(ctx: cli.Context, config: ConfigOption = None, json: JsonOption = False) -> None:
@@ -57,6 +60,7 @@ for _sub, _name, _help in (
     (user_app, "user", "Users and their roles (admin)."),
     (token_app, "token", "API tokens: create, list, revoke (your own; an admin: anybody's)."),
     (runner_app, "runner", "Credentials Runners received on joining (admin)."),
+    (task_app, "task", "Forget tasks that ended long ago, with their output (admin)."),
 ):
     _sub.callback()(_group)
     app.add_typer(_sub, name=_name, help=_help)
@@ -427,6 +431,45 @@ def audit(
         lambda s: unary(s.ListAuditEvents, request).events,
     )
     show_list(json, events, "audit", AUDIT_COLUMNS, _audit_row)
+
+
+# ----- old tasks ----------------------------------------------------------------------
+
+
+@task_app.command("prune")
+def task_prune(
+    older_than: Annotated[
+        float,
+        cli.Option(
+            "--older-than",
+            help="Forget the tasks that ended more than this many days ago (fractions allowed).",
+            show_default=False,
+        ),
+    ],
+    dry_run: Annotated[
+        bool, cli.Option("--dry-run", help="Only say what would be forgotten.")
+    ] = False,
+    config: ConfigOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Forget ended tasks: their rows, timelines and output files. Tasks that have not ended
+    stay, and a batch stays whole while one of its tasks has not ended or ended later."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    request = tpb.PruneTasksRequest(older_than_days=older_than, dry_run=dry_run)
+    pruned = ask(config, task_stub, lambda s: unary(s.PruneTasks, request))
+    if json:
+        fields = ("tasks", "batches", "events", "output_files", "output_bytes")
+        print_json({"dry_run": dry_run, **{name: getattr(pruned, name) for name in fields}})
+        return
+    what = (
+        f"{pruned.tasks} task(s) ({pruned.batches} batch(es)), {pruned.events} event(s), "
+        f"{pruned.output_files} output file(s) ({format_size(pruned.output_bytes)})"
+    )
+    if dry_run:
+        cli.echo(f"would forget {what} that ended more than {older_than:g} days ago")
+    else:
+        cli.echo(f"forgot {what} that ended more than {older_than:g} days ago")
 
 
 def run() -> None:

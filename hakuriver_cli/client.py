@@ -353,7 +353,7 @@ def _with_history(
         try:
             found.extend(unary(stub.GetHealth, request).nodes)
         except CallError as exc:
-            # A listed node forgotten since (offline and never used) is no node any more.
+            # A listed node forgotten since (offline, no task of it kept) is no node any more.
             if hostname or exc.status is not Status.NOT_FOUND:
                 raise
     return found

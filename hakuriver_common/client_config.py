@@ -166,6 +166,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "lost_after_seconds": ("float", 3600.0, ">0"),
         "forget_node_seconds": ("float", 86400.0, ">0"),
         "forget_audit_days": ("float", 365.0, ">=0"),
+        "forget_tasks_days": ("float", 0.0, ">=0"),
         "cleanup_check_interval": ("float", 10.0, ">0"),
         "kill_grace_seconds": ("float", 5.0, ">=0"),
         "control_timeout_seconds": ("float", 10.0, ">0"),

@@ -154,6 +154,12 @@ class TimingConfig(Section):
         description="Audit events older than this many days are deleted (checked hourly); "
         "0 keeps them forever.",
     )
+    forget_tasks_days: float = Field(
+        0.0,
+        ge=0,
+        description="Tasks that ended more than this many days ago are forgotten with their "
+        "events and output files (checked hourly); 0 keeps them forever.",
+    )
     cleanup_check_interval: float = Field(
         10.0, gt=0, description="Seconds between the Host's checks for silent runners."
     )

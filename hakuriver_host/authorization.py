@@ -48,6 +48,8 @@ RIGHTS: dict[str, Right] = {
     _TASK + "KillBatch": Right.USER,
     _TASK + "PauseBatch": Right.USER,
     _TASK + "ResumeBatch": Right.USER,
+    # Forgetting ended tasks of everybody, their output with them: admins only.
+    _TASK + "PruneTasks": Right.ADMIN,
     _LOG + "ReadLog": Right.USER,
     _SSH + "CreateSshTicket": Right.USER,
     # Nodes: everybody reads; operators drain.

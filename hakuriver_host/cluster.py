@@ -46,6 +46,7 @@ from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import Task, TaskEventRecord, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.prepared_ahead import PreparedAhead
+from hakuriver_host.retention import MAX_PRUNE_DAYS, Pruned, TaskRetention, cutoff_before
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
@@ -172,6 +173,7 @@ class Cluster:
         self.ids = IdGenerator()
         self.access = Access(config, store)
         self.audit = AuditLog(store)
+        self.retention = TaskRetention(store, metrics, self.scheduler)
         self.ssh_tickets = SshTickets()
         self.nodes = NodeTable(
             self.scheduler, metrics, self.notifier, config.timing.heartbeat_interval
@@ -253,6 +255,10 @@ class Cluster:
             asyncio.create_task(self.tarballs.keep_fresh(), name="tarball-index"),
             asyncio.create_task(
                 self.audit.keep_for(self.config.timing.forget_audit_days), name="audit-forget"
+            ),
+            asyncio.create_task(
+                self.retention.keep_for(self.config.timing.forget_tasks_days),
+                name="tasks-forget",
             ),
         ]
         await self.tarballs.first_read()
@@ -487,6 +493,25 @@ class Cluster:
         is_final = TaskStatus(task.status).is_final
         async for piece in self.logs.read(task.task_id, name, offset, follow, is_final, max_lag):
             yield piece
+
+    async def prune_tasks(self, days: float, dry_run: bool, who: Principal) -> Pruned:
+        """Forget the tasks that ended more than ``days`` ago (dry: count them)."""
+        if not 0 < days <= MAX_PRUNE_DAYS:
+            raise InvalidArgument(
+                f"older_than_days: must be more than 0 and at most {MAX_PRUNE_DAYS:,} "
+                f"(100 years), got {days:g}"
+            )
+        if self._closed:
+            raise Unavailable("the Host is stopping: prune again once it is back")
+        cutoff = cutoff_before(days)
+        pruned = Pruned()
+        try:
+            await self.retention.prune(cutoff, dry_run, pruned)
+        finally:
+            if not dry_run:  # what went, also when the rest could not
+                target = f"ended before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
+                self.audit.record(who, "task.prune", target, detail=str(pruned))
+        return pruned
 
     # ----- control ----------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ degrees Celsius, watts, ratios 0-1), ``_total`` for counters.
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -197,6 +197,11 @@ class HostMetrics:
                 self.queue_depth.dec(count)
             if new in FINAL_STATUSES:
                 self._finished[new, kind].inc(count)
+
+    def tasks_forgotten(self, counts: Mapping[tuple[TaskStatus, TaskKind], int]) -> None:
+        """Ended tasks forgotten (``retention``), ``counts`` by (status, kind)."""
+        for (status, kind), count in counts.items():
+            self._by_status[status, kind].dec(count)
 
     def node_health(self, node: str, health: node_pb2.Health) -> None:
         """Set a node's readings from its heartbeat. A reading it no longer sends (a sensor

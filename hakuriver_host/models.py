@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, BigInteger, Column, Index
 from sqlmodel import Field, SQLModel
@@ -134,6 +134,18 @@ def field_values(task: Task) -> Mapping[str, Any]:
 
 TASK_FIELDS = tuple(Task.model_fields)
 _TASK_FIELD_SET = frozenset(TASK_FIELDS)
+
+
+class EndedTask(NamedTuple):
+    """What forgetting an ended task needs of its row (``Store.ended_before``)."""
+
+    task_id: int
+    batch_id: int
+    status: str
+    kind: str
+    completed_at: datetime
+    stdout_path: str
+    stderr_path: str
 
 
 class TaskEventRecord(SQLModel, table=True):

@@ -215,9 +215,10 @@ class RunnerGateway:
         return ack
 
     async def _forget_idle_nodes(self, now: float) -> None:
-        """Forget nodes offline for ``forget_node_seconds`` that never held a task: a
-        registration costs the Host nothing for ever (nodes that held one stay, with
-        their history, and so do drained ones)."""
+        """Forget nodes offline for ``forget_node_seconds`` of which no task is kept (they
+        never held one, or all theirs were forgotten: ``retention``): a registration costs
+        the Host nothing for ever (nodes with tasks stay, with their history, and so do
+        drained ones)."""
         for hostname in self.nodes.idle_offline(self.config.timing.forget_node_seconds, now):
             if self.book.on_node(hostname):
                 continue
@@ -231,7 +232,7 @@ class RunnerGateway:
             back = self.nodes.nodes.get(hostname)
             if back is not None:  # it registered again meanwhile: keep its new row
                 await self.store.save_node(back.record())
-            log.info("forgot node %s: offline and never used", hostname)
+            log.info("forgot node %s: offline, and no task of it is kept", hostname)
 
     def gone(self, link: RunnerLink) -> None:
         self.tunnels.link_gone(link)

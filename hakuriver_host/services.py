@@ -188,6 +188,18 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
         batch, affected = await self.batches.resume(request.batch_id, caller())
         return tpb.ResumeBatchResponse(batch=_batch_to_pb(batch), affected=affected)
 
+    async def PruneTasks(
+        self, request: tpb.PruneTasksRequest, context: grpc.aio.ServicerContext
+    ) -> tpb.PruneTasksResponse:
+        pruned = await self.cluster.prune_tasks(request.older_than_days, request.dry_run, caller())
+        return tpb.PruneTasksResponse(
+            tasks=pruned.tasks,
+            batches=pruned.batches,
+            events=pruned.events,
+            output_files=pruned.output_files,
+            output_bytes=pruned.output_bytes,
+        )
+
 
 class LogService(log_service_pb2_grpc.LogServiceServicer):
     def __init__(self, cluster: Cluster) -> None:

@@ -26,20 +26,21 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command as alembic_command
-from sqlalchemy import Table, event, func
+from sqlalchemy import Table, and_, delete, event, func, or_, select as sql_select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
 from hakuriver_common.folders import make_folder
 from hakuriver_common.locks import LockHeld, hold_lock
-from hakuriver_common.statuses import FINAL_STATUSES
+from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
 from hakuriver_host import migrations
 from hakuriver_host.bulk_sql import BulkStatements, Prepared
 from hakuriver_host.group_commit import GroupCommit
 from hakuriver_host.models import (
     BatchHoldRecord,
     ClusterRecord,
+    EndedTask,
     NodeRecord,
     Task,
     TaskEventRecord,
@@ -452,7 +453,7 @@ class Store:
             return record.cluster_id
 
     def node_ever_used(self, hostname: str) -> bool:
-        """Was any task ever placed on this node?"""
+        """Is any task placed on this node kept (forgotten ones are not: ``retention``)?"""
         with Session(self.engine) as session:
             query = select(TaskRecord.task_id).where(TaskRecord.assigned_node == hostname)
             return session.exec(query.limit(1)).first() is not None
@@ -505,6 +506,59 @@ class Store:
                 part = TaskRecord.task_id.in_(among[start : start + 900])  # type: ignore[attr-defined]
                 stored.update(session.exec(select(TaskRecord.task_id).where(part, ended)))
             return first, size, counts, stored
+
+    def ended_before(
+        self, status: TaskStatus, cutoff: datetime, after: EndedTask | None, limit: int
+    ) -> list[EndedTask]:
+        """Up to ``limit`` tasks in the final ``status`` that ended before ``cutoff``, oldest
+        first, from just after ``after`` (the last of the previous slice): a range of the
+        status index, however long the history is."""
+        record = TaskRecord
+        columns = [getattr(TaskRecord.__table__.c, name) for name in EndedTask._fields]  # type: ignore[attr-defined]
+        query = sql_select(*columns).where(
+            col(record.status) == status.value, col(record.completed_at) < cutoff
+        )
+        if after is not None:
+            query = query.where(
+                or_(
+                    col(record.completed_at) > after.completed_at,
+                    and_(
+                        col(record.completed_at) == after.completed_at,
+                        col(record.task_id) > after.task_id,
+                    ),
+                )
+            )
+        query = query.order_by(col(record.completed_at), col(record.task_id)).limit(limit)
+        with self.engine.connect() as connection:
+            return [EndedTask(*row) for row in connection.execute(query)]
+
+    def batch_ended_before(self, batch_id: int, cutoff: datetime) -> bool:
+        """Did every task of the batch end before ``cutoff``?"""
+        record = TaskRecord
+        ended = col(record.status).in_([s.value for s in FINAL_STATUSES])
+        young = or_(~ended, col(record.completed_at) >= cutoff)
+        query = select(record.task_id).where(record.batch_id == batch_id, young).limit(1)
+        with Session(self.engine) as session:
+            return session.exec(query).first() is None
+
+    def count_events(self, task_ids: Sequence[int]) -> int:
+        """How many events the timelines of ``task_ids`` hold (at most WRITE_BATCH ids)."""
+        query = select(func.count()).where(col(TaskEventRecord.task_id).in_(task_ids))
+        with Session(self.engine) as session:
+            return int(session.exec(query).one())
+
+    def delete_tasks(self, task_ids: Sequence[int], batch_ids: Sequence[int]) -> int:
+        """Delete the rows of ``task_ids`` (at most WRITE_BATCH) and their events, and the
+        holds of ``batch_ids``, in one transaction; how many events went."""
+        with self.engine.begin() as connection:
+            events = connection.execute(
+                delete(TaskEventRecord).where(col(TaskEventRecord.task_id).in_(task_ids))
+            )
+            connection.execute(delete(TaskRecord).where(col(TaskRecord.task_id).in_(task_ids)))
+            if batch_ids:
+                gone = col(BatchHoldRecord.batch_id).in_(batch_ids)
+                connection.execute(delete(BatchHoldRecord).where(gone))
+            return int(events.rowcount)
 
     def owns_tasks(self, owner: str) -> bool:
         """Whether any task, finished or not, is ``owner``'s."""

@@ -56,6 +56,9 @@ class TaskService(Protocol):
     async def resume_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
+    async def prune_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+
 
 class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
     def __init__(self, service: TaskService | AsyncGenerator[TaskService], *, interceptors: Iterable[Interceptor]=(), read_max_bytes: int | None = None, compressions: Iterable[Compression] | None = None) -> None:
@@ -191,6 +194,16 @@ class TaskServiceASGIApplication(ConnectASGIApplication[TaskService]):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=svc.resume_batch,
+                ),
+                "/hakuriver.v1.TaskService/PruneTasks": Endpoint.unary(
+                    method=MethodInfo(
+                        name="PruneTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=svc.prune_tasks,
                 ),
             },
             interceptors=interceptors,
@@ -465,6 +478,26 @@ class TaskServiceClient(ConnectClient):
             timeout_ms=timeout_ms,
         )
 
+    async def prune_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse:
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PruneTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
 
 class TaskServiceSync(Protocol):
     def submit_task(self, request: hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.SubmitTaskResponse:
@@ -492,6 +525,8 @@ class TaskServiceSync(Protocol):
     def pause_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.PauseBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PauseBatchResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
     def resume_batch(self, request: hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse:
+        raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
+    def prune_tasks(self, request: hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest, ctx: RequestContext) -> hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse:
         raise ConnectError(Code.UNIMPLEMENTED, "Not implemented")
 
 
@@ -628,6 +663,16 @@ class TaskServiceWSGIApplication(ConnectWSGIApplication):
                         idempotency_level=IdempotencyLevel.UNKNOWN,
                     ),
                     function=service.resume_batch,
+                ),
+                "/hakuriver.v1.TaskService/PruneTasks": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="PruneTasks",
+                        service_name="hakuriver.v1.TaskService",
+                        input=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+                        output=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                    ),
+                    function=service.prune_tasks,
                 ),
             },
             interceptors=interceptors,
@@ -896,6 +941,26 @@ class TaskServiceClientSync(ConnectClientSync):
                 service_name="hakuriver.v1.TaskService",
                 input=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest,
                 output=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+
+    def prune_tasks(
+        self,
+        request: hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None,
+        timeout_ms: int | None = None,
+    ) -> hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse:
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="PruneTasks",
+                service_name="hakuriver.v1.TaskService",
+                input=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest,
+                output=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
             ),
             headers=headers,

@@ -843,3 +843,64 @@ class ResumeBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResumeBatchResponse: _TypeAlias = ResumeBatchResponse  # noqa: Y015
+
+@_typing.final
+class PruneTasksRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLDER_THAN_DAYS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    older_than_days: _builtins.float
+    """Forget the tasks that ended more than this many days ago (fractions allowed); must be
+    greater than 0.
+    """
+    dry_run: _builtins.bool
+    """Count what would be forgotten, and forget nothing."""
+    def __init__(
+        self,
+        *,
+        older_than_days: _builtins.float = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "older_than_days", b"older_than_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneTasksRequest: _TypeAlias = PruneTasksRequest  # noqa: Y015
+
+@_typing.final
+class PruneTasksResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASKS_FIELD_NUMBER: _builtins.int
+    BATCHES_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILES_FIELD_NUMBER: _builtins.int
+    OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    tasks: _builtins.int
+    """Tasks forgotten (with dry_run: that would be)."""
+    batches: _builtins.int
+    """Batches among them, forgotten whole."""
+    events: _builtins.int
+    """Events of their timelines."""
+    output_files: _builtins.int
+    """Output files removed, and their bytes."""
+    output_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        tasks: _builtins.int = ...,
+        batches: _builtins.int = ...,
+        events: _builtins.int = ...,
+        output_files: _builtins.int = ...,
+        output_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches", "events", b"events", "output_bytes", b"output_bytes", "output_files", b"output_files", "tasks", b"tasks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneTasksResponse: _TypeAlias = PruneTasksResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class TaskServiceStub:
                 request_serializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.SerializeToString,
                 response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.FromString,
                 _registered_method=True)
+        self.PruneTasks = channel.unary_unary(
+                '/hakuriver.v1.TaskService/PruneTasks',
+                request_serializer=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest.SerializeToString,
+                response_deserializer=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -208,6 +213,16 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PruneTasks(self, request, context):
+        """PruneTasks forgets the tasks that ended before a cutoff (admin only): their rows, their
+        timelines and their output files. Tasks that have not ended are never forgotten, and a
+        batch only whole, once all its tasks ended before the cutoff. The Host does the same
+        every hour for timing.forget_tasks_days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +290,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.ResumeBatch,
                     request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.FromString,
                     response_serializer=hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.SerializeToString,
+            ),
+            'PruneTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneTasks,
+                    request_deserializer=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest.FromString,
+                    response_serializer=hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -629,6 +649,33 @@ class TaskService:
             '/hakuriver.v1.TaskService/ResumeBatch',
             hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchRequest.SerializeToString,
             hakuriver_dot_v1_dot_task__service__pb2.ResumeBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hakuriver.v1.TaskService/PruneTasks',
+            hakuriver_dot_v1_dot_task__service__pb2.PruneTasksRequest.SerializeToString,
+            hakuriver_dot_v1_dot_task__service__pb2.PruneTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

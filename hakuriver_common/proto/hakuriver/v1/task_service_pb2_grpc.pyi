@@ -77,6 +77,12 @@ class TaskServiceStub:
     """
     ResumeBatch: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]
     """ResumeBatch resumes every paused task of a batch and ends its hold."""
+    PruneTasks: _grpc.UnaryUnaryMultiCallable[_task_service_pb2.PruneTasksRequest, _task_service_pb2.PruneTasksResponse]
+    """PruneTasks forgets the tasks that ended before a cutoff (admin only): their rows, their
+    timelines and their output files. Tasks that have not ended are never forgotten, and a
+    batch only whole, once all its tasks ended before the cutoff. The Host does the same
+    every hour for timing.forget_tasks_days.
+    """
 
 @_typing.type_check_only
 class TaskServiceAsyncStub(TaskServiceStub):
@@ -127,6 +133,12 @@ class TaskServiceAsyncStub(TaskServiceStub):
     """
     ResumeBatch: _aio.UnaryUnaryMultiCallable[_task_service_pb2.ResumeBatchRequest, _task_service_pb2.ResumeBatchResponse]  # type: ignore[assignment]
     """ResumeBatch resumes every paused task of a batch and ends its hold."""
+    PruneTasks: _aio.UnaryUnaryMultiCallable[_task_service_pb2.PruneTasksRequest, _task_service_pb2.PruneTasksResponse]  # type: ignore[assignment]
+    """PruneTasks forgets the tasks that ended before a cutoff (admin only): their rows, their
+    timelines and their output files. Tasks that have not ended are never forgotten, and a
+    batch only whole, once all its tasks ended before the cutoff. The Host does the same
+    every hour for timing.forget_tasks_days.
+    """
 
 class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
     """TaskService submits, inspects and controls tasks."""
@@ -252,5 +264,17 @@ class TaskServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_service_pb2.ResumeBatchResponse, _abc.Awaitable[_task_service_pb2.ResumeBatchResponse]]:
         """ResumeBatch resumes every paused task of a batch and ends its hold."""
+
+    @_abc_1.abstractmethod
+    def PruneTasks(
+        self,
+        request: _task_service_pb2.PruneTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_task_service_pb2.PruneTasksResponse, _abc.Awaitable[_task_service_pb2.PruneTasksResponse]]:
+        """PruneTasks forgets the tasks that ended before a cutoff (admin only): their rows, their
+        timelines and their output files. Tasks that have not ended are never forgotten, and a
+        batch only whole, once all its tasks ended before the cutoff. The Host does the same
+        every hour for timing.forget_tasks_days.
+        """
 
 def add_TaskServiceServicer_to_server(servicer: TaskServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,233 @@
+"""Forgetting ended tasks (retention): PruneTasks of an admin and ``timing.forget_tasks_days``
+take the tasks that ended before the cutoff, their timelines and their output files, and
+never a task that has not ended, nor part of a batch; a node left with no task is then
+forgotten like one that never held any."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.request
+from collections.abc import Sequence
+from contextlib import closing
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    audit_service_pb2 as aupb,
+    node_service_pb2 as npb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.roles import Role
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, eventually, exit_with
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import TIMING, LocalCluster
+
+CODE = grpc.StatusCode
+OUTPUT = exit_with(0, b"out\n", b"err\n")
+
+
+def _age(cluster: LocalCluster, task_ids: Sequence[int], days: float) -> None:
+    """Make the tasks look as if they ended ``days`` ago (written as the Host writes times)."""
+    ended = datetime.now(UTC) - timedelta(days=days)
+    with closing(sqlite3.connect(cluster.config.database.db_file)) as db, db:
+        db.executemany(
+            "UPDATE tasks SET completed_at = ? WHERE task_id = ?",
+            [(f"{ended:%Y-%m-%d %H:%M:%S.%f}", task_id) for task_id in task_ids],
+        )
+
+
+async def _ended(cluster: LocalCluster, count: int = 1) -> list[task_pb2.Task]:
+    """``count`` tasks that ended with output on both streams."""
+    submitted = [await cluster.submit("job") for _ in range(count)]
+    return [await cluster.wait_status(t.task_id) for t in submitted]
+
+
+async def _array(cluster: LocalCluster, size: int) -> list[task_pb2.Task]:
+    request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=range(size)))
+    reply = await cluster.tasks.SubmitTask(request, timeout=5)
+    return [await cluster.wait_status(t.task_id) for t in reply.tasks]
+
+
+async def _known(cluster: LocalCluster, task_id: int) -> bool:
+    try:
+        await cluster.get(task_id)
+    except grpc.aio.AioRpcError as exc:
+        assert exc.code() == CODE.NOT_FOUND
+        return False
+    return True
+
+
+def _files(task: task_pb2.Task) -> list[bool]:
+    return [os.path.exists(task.stdout_path), os.path.exists(task.stderr_path)]
+
+
+async def _prune(
+    cluster: LocalCluster, days: float, dry_run: bool = False
+) -> tuple[int, int, int, int, int]:
+    request = tpb.PruneTasksRequest(older_than_days=days, dry_run=dry_run)
+    reply = await cluster.tasks.PruneTasks(request, timeout=10)
+    return reply.tasks, reply.batches, reply.events, reply.output_files, reply.output_bytes
+
+
+def _completed_gauge(cluster: LocalCluster) -> float:
+    assert cluster.server is not None
+    url = f"http://127.0.0.1:{cluster.server.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        text = reply.read().decode()
+    line = 'hakuriver_tasks{kind="command",status="completed"} '
+    return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+
+
+async def test_prune_forgets_tasks_that_ended_before_the_cutoff_and_their_output(
+    local_cluster: LocalCluster,
+) -> None:
+    """Nothing forgot ended tasks: a lab's database and shared folder grew for good. An
+    admin's prune takes the old ones, their events and files; a dry run only counts them."""
+    await local_cluster.add_runner("a", answer=OUTPUT)
+    old, recent = await _ended(local_cluster, 2)
+    await local_cluster.add_runner("b", answer=HOLD)
+    running = await local_cluster.submit("long", targets=[task_pb2.Target(hostname="b")])
+    await local_cluster.wait_status(running.task_id, TaskStatus.RUNNING)
+    assert _files(old) == [True, True]
+    events = len(await local_cluster.events(old.task_id))
+    _age(local_cluster, [old.task_id], 40)
+    assert _completed_gauge(local_cluster) == 2
+
+    expected = (1, 0, events, 2, len(b"out\n") + len(b"err\n"))
+    assert await _prune(local_cluster, 30, dry_run=True) == expected
+    assert await _known(local_cluster, old.task_id)
+    assert _files(old) == [True, True]
+
+    assert await _prune(local_cluster, 30) == expected
+    assert not await _known(local_cluster, old.task_id)
+    assert _files(old) == [False, False]
+    assert await _known(local_cluster, recent.task_id)
+    assert _files(recent) == [True, True]
+    assert await local_cluster.read_log(recent.task_id) == b"out\n"
+    running = await local_cluster.get(running.task_id)
+    assert TaskStatus.from_pb(running.status) is TaskStatus.RUNNING
+    assert _completed_gauge(local_cluster) == 1
+    # Done: nothing more is that old.
+    assert await _prune(local_cluster, 30) == (0, 0, 0, 0, 0)
+
+
+async def test_a_batch_is_forgotten_whole_once_all_its_tasks_ended_before_the_cutoff(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", answer=OUTPUT)
+    array = await _array(local_cluster, 3)
+    batch_id = array[0].batch_id
+    _age(local_cluster, [t.task_id for t in array[:2]], 40)
+    assert (await _prune(local_cluster, 30))[:2] == (0, 0)
+    assert [await _known(local_cluster, t.task_id) for t in array] == [True] * 3
+    assert all(_files(t) == [True, True] for t in array)
+
+    _age(local_cluster, [array[2].task_id], 40)
+    assert (await _prune(local_cluster, 30))[:2] == (3, 1)
+    assert [await _known(local_cluster, t.task_id) for t in array] == [False] * 3
+    assert all(_files(t) == [False, False] for t in array)
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        await local_cluster.tasks.GetBatch(tpb.GetBatchRequest(batch_id=batch_id), timeout=5)
+    assert gone.value.code() == CODE.NOT_FOUND
+
+
+async def test_more_tasks_than_a_slice_are_all_forgotten(local_cluster: LocalCluster) -> None:
+    """The deletes go a slice (256 tasks) at a time: every slice is taken, also when many
+    tasks ended at the same moment."""
+    await local_cluster.add_runner("a", cores=64)
+    array = await _array(local_cluster, 600)
+    with closing(sqlite3.connect(local_cluster.config.database.db_file)) as db, db:
+        db.execute("UPDATE tasks SET completed_at = '2020-01-01 00:00:00.000000'")
+    assert (await _prune(local_cluster, 30, dry_run=True))[:2] == (600, 1)
+    assert (await _prune(local_cluster, 30))[:2] == (600, 1)
+    assert not await _known(local_cluster, array[-1].task_id)
+
+
+async def test_only_admins_prune_and_it_is_audited(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", answer=OUTPUT)
+    [task] = await _ended(local_cluster)
+    events = len(await local_cluster.events(task.task_id))
+    _age(local_cluster, [task.task_id], 40)
+    for role in (Role.USER, Role.OPERATOR):
+        client = await local_cluster.add_user(f"a-{role}", role)
+        request = tpb.PruneTasksRequest(older_than_days=30)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await client.tasks.PruneTasks(request, timeout=5)
+        assert refused.value.code() == CODE.PERMISSION_DENIED
+        assert "needs the admin role" in (refused.value.details() or "")
+    assert await _known(local_cluster, task.task_id)
+
+    await _prune(local_cluster, 30, dry_run=True)
+    await _prune(local_cluster, 30)
+    request = aupb.ListAuditEventsRequest(action="task.prune")
+    [event] = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    assert (event.actor, event.outcome) == ("admin", aupb.AUDIT_OUTCOME_ALLOWED)
+    assert event.target.startswith("ended before ")
+    assert event.detail == f"1 tasks, 0 batches, {events} events, 2 output files (8 bytes)"
+
+
+@pytest.mark.parametrize("days", [0, -1, float("nan"), 36_501])
+async def test_a_prune_of_no_age_is_refused(local_cluster: LocalCluster, days: float) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await _prune(local_cluster, days)
+    assert refused.value.code() == CODE.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        f"older_than_days: must be more than 0 and at most 36,500 (100 years), got {days:g}"
+    )
+
+
+async def test_tasks_older_than_forget_tasks_days_are_forgotten(
+    make_local_cluster: MakeCluster,
+) -> None:
+    cluster = await make_local_cluster(timing={**TIMING, "forget_tasks_days": 30})
+    await cluster.add_runner("a", answer=OUTPUT)
+    old, recent = await _ended(cluster, 2)
+    _age(cluster, [old.task_id], 40)
+    await cluster.restart_host()  # it looks at start, then hourly
+
+    async def forgotten() -> bool:
+        return not await _known(cluster, old.task_id)
+
+    await eventually(forgotten, what="the task that ended 40 days ago to be forgotten")
+    assert _files(old) == [False, False]
+    assert await _known(cluster, recent.task_id)
+    assert _files(recent) == [True, True]
+
+
+async def test_tasks_are_kept_forever_by_default(local_cluster: LocalCluster) -> None:
+    assert local_cluster.config.timing.forget_tasks_days == 0
+    await local_cluster.add_runner("a", answer=OUTPUT)
+    [task] = await _ended(local_cluster)
+    _age(local_cluster, [task.task_id], 3650)
+    await local_cluster.restart_host()
+    await local_cluster.submit("another")  # the Host has started and served calls since
+    assert await _known(local_cluster, task.task_id)
+    assert _files(task) == [True, True]
+
+
+async def test_an_offline_node_whose_tasks_are_all_forgotten_is_forgotten(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """A node that held a task was kept for good; once its tasks are forgotten it is
+    forgotten like one that never held any."""
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 4})
+    used = await cluster.add_runner("used", answer=OUTPUT)
+    [task] = await _ended(cluster)
+    await used.stop()
+
+    async def names() -> list[str]:
+        return [n.hostname for n in (await cluster.nodes.ListNodes(npb.ListNodesRequest())).nodes]
+
+    assert await names() == ["used"]
+    _age(cluster, [task.task_id], 40)
+    assert (await _prune(cluster, 30))[0] == 1
+
+    async def forgotten() -> bool:
+        return await names() == []
+
+    await eventually(forgotten, within=20, what="the node with no task left to be forgotten")

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlmodel import Session, col, delete, select
@@ -26,7 +26,7 @@ from sqlmodel import Session, col, delete, select
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
-from hakuriver_host.models import AuditRecord, utcnow
+from hakuriver_host.models import AuditRecord, cutoff_before, utcnow
 from hakuriver_host.store import Store, database_unavailable
 
 log = logging.getLogger("hakuriver.audit")
@@ -136,7 +136,7 @@ class AuditLog:
         """Forget events older than ``days`` now and then every hour, forever (0: never)."""
         while days > 0:
             try:
-                await self.forget_older_than(utcnow() - timedelta(days=days))
+                await self.forget_older_than(cutoff_before(days))
             except Exception:
                 log.exception("could not forget old audit events")
             await asyncio.sleep(FORGET_EVERY_SECONDS)

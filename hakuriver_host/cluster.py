@@ -43,10 +43,10 @@ from hakuriver_host.errors import (
 from hakuriver_host.identity import Principal, outliving
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import Task, TaskEventRecord, utcnow
+from hakuriver_host.models import Task, TaskEventRecord, cutoff_before, utcnow
 from hakuriver_host.nodes import NodeTable, NodeView
 from hakuriver_host.prepared_ahead import PreparedAhead
-from hakuriver_host.retention import MAX_PRUNE_DAYS, Pruned, TaskRetention, cutoff_before
+from hakuriver_host.retention import MAX_PRUNE_DAYS, Pruned, TaskRetention
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from sqlalchemy import JSON, BigInteger, Column, Index
@@ -14,6 +14,15 @@ from hakuriver_common.statuses import TaskKind
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def cutoff_before(days: float) -> datetime:
+    """The moment ``days`` ago; the earliest date there is when that is further back (a
+    forget_*_days of a million years means: keep)."""
+    try:
+        return utcnow() - timedelta(days=days)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 # Default factories are Python functions, not ``list`` and ``dict``: pydantic reads a

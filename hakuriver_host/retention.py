@@ -19,11 +19,11 @@ import collections
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from hakuriver_common.statuses import FINAL_STATUSES, TaskKind, TaskStatus
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import EndedTask, utcnow
+from hakuriver_host.models import EndedTask, cutoff_before
 from hakuriver_host.scheduler import Scheduler
 from hakuriver_host.store import WRITE_BATCH, Store
 
@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 FORGET_EVERY_SECONDS = 3600.0
 # The longest age PruneTasks takes (100 years): a cutoff further back is not a date.
 MAX_PRUNE_DAYS = 36_500
-
-
-def cutoff_before(days: float) -> datetime:
-    """The moment ``days`` ago; the earliest date there is when that is further back."""
-    try:
-        return utcnow() - timedelta(days=days)
-    except OverflowError:
-        return datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass

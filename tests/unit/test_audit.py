@@ -292,3 +292,17 @@ async def test_events_older_than_forget_audit_days_are_forgotten(
 
     kept = await eventually(without_the_old_ones, what="the year-old audit events to go")
     assert kept == ["/hakuriver.v1.TaskService/GetTask"]
+
+
+@pytest.mark.parametrize("key", ["forget_audit_days", "forget_tasks_days"])
+async def test_a_forget_age_past_year_one_keeps_everything_without_a_traceback(
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture, key: str
+) -> None:
+    """A million days (an admin's "forever") made the hourly forgetting compute a date
+    before year 1: OverflowError, logged with its traceback at the start and every hour."""
+    caplog.set_level(logging.INFO)
+    cluster = await make_local_cluster(timing={key: 1_000_000})
+    # The forgetting's first step ran before the Host answered anything.
+    await cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)
+    failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert failures == []

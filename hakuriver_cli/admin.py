@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from hakuriver_cli import direct
-from hakuriver_cli.call_error import CallError
+from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.connection import ask, config_or_fail, fail, host_link, parsed, unary
 from hakuriver_cli.link import access_stub, audit_stub, task_stub
 from hakuriver_cli.render import (
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         access_pb2,
         access_service_pb2_grpc,
         audit_service_pb2 as aupb,
+        task_service_pb2_grpc,
     )
 
 # The generated protos (and the transports) are imported by the commands that call the Host,
@@ -435,6 +436,10 @@ def audit(
 
 # ----- old tasks ----------------------------------------------------------------------
 
+# How long ``task prune`` waits for the Host: forgetting a long history, a slice at a time,
+# takes minutes (the Host carries it through if the tool stops waiting).
+PRUNE_SECONDS = 3600.0
+
 
 @task_app.command("prune")
 def task_prune(
@@ -457,7 +462,20 @@ def task_prune(
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     request = tpb.PruneTasksRequest(older_than_days=older_than, dry_run=dry_run)
-    pruned = ask(config, task_stub, lambda s: unary(s.PruneTasks, request))
+
+    def prune(stub: task_service_pb2_grpc.TaskServiceStub) -> tpb.PruneTasksResponse:
+        try:
+            return unary(stub.PruneTasks, request, PRUNE_SECONDS)
+        except CallError as exc:
+            if exc.status is not Status.DEADLINE_EXCEEDED or dry_run:
+                raise
+            fail(
+                f"the prune did not end within {PRUNE_SECONDS:.0f} s; the Host goes on with "
+                "it, and the audit log says what went once it ends: "
+                "hakuriver.admin audit --action task.prune"
+            )
+
+    pruned = ask(config, task_stub, prune)
     if json:
         fields = ("tasks", "batches", "events", "output_files", "output_bytes")
         print_json({"dry_run": dry_run, **{name: getattr(pruned, name) for name in fields}})

@@ -71,6 +71,7 @@ log = logging.getLogger(__name__)
 # How long a stopping Host lets submissions being stored and queued finish.
 ADDING_GRACE_SECONDS = 10.0
 STOPPING = "the Host is stopping: submit again once it is back"
+PRUNE_STOPPING = "the Host is stopping: prune again once it is back"
 # Placements made in one slice of the bulk lane (bulk_lane): ~1.5 ms of the event loop.
 PLACEMENT_SLICE = 64
 # Tasks placed on one node, with the coroutine that stores their placements (one write).
@@ -495,23 +496,34 @@ class Cluster:
             yield piece
 
     async def prune_tasks(self, days: float, dry_run: bool, who: Principal) -> Pruned:
-        """Forget the tasks that ended more than ``days`` ago (dry: count them)."""
+        """Forget the tasks that ended more than ``days`` ago (dry: count them). Carried
+        through if the caller goes first (a long history takes longer than a deadline):
+        what went is audited when it ends."""
         if not 0 < days <= MAX_PRUNE_DAYS:
             raise InvalidArgument(
                 f"older_than_days: must be more than 0 and at most {MAX_PRUNE_DAYS:,} "
                 f"(100 years), got {days:g}"
             )
         if self._closed:
-            raise Unavailable("the Host is stopping: prune again once it is back")
-        cutoff = cutoff_before(days)
+            raise Unavailable(PRUNE_STOPPING)
         pruned = Pruned()
+        work = self._storing_task(self._prune(cutoff_before(days), dry_run, pruned, who))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            if work.cancelled():
+                raise Unavailable(PRUNE_STOPPING) from None
+            work.add_done_callback(_failure_logged("a prune whose caller left"))
+            raise
+        return pruned
+
+    async def _prune(self, cutoff: datetime, dry_run: bool, pruned: Pruned, who: Principal) -> None:
         try:
             await self.retention.prune(cutoff, dry_run, pruned)
         finally:
             if not dry_run:  # what went, also when the rest could not
                 target = f"ended before {cutoff:%Y-%m-%d %H:%M:%S} UTC"
                 self.audit.record(who, "task.prune", target, detail=str(pruned))
-        return pruned
 
     # ----- control ----------------------------------------------------------------------
 

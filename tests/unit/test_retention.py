@@ -231,3 +231,30 @@ async def test_an_offline_node_whose_tasks_are_all_forgotten_is_forgotten(
         return await names() == []
 
     await eventually(forgotten, within=20, what="the node with no task left to be forgotten")
+
+
+async def test_a_prune_whose_caller_goes_is_carried_through(local_cluster: LocalCluster) -> None:
+    """A long history takes longer than a caller waits: a prune whose caller gave up (its
+    deadline, Ctrl-C) stopped after the slice under way, and audited only that."""
+    await local_cluster.add_runner("a", cores=64)
+    array = await _array(local_cluster, 600)
+    with closing(sqlite3.connect(local_cluster.config.database.db_file)) as db, db:
+        db.execute("UPDATE tasks SET completed_at = '2020-01-01 00:00:00.000000'")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the first slice's delete waits for it
+        request = tpb.PruneTasksRequest(older_than_days=30)
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await local_cluster.tasks.PruneTasks(request, timeout=1)
+    finally:
+        other.close()
+    assert gave_up.value.code() == CODE.DEADLINE_EXCEEDED
+
+    async def audited() -> list[str]:
+        request = aupb.ListAuditEventsRequest(action="task.prune")
+        return [e.detail for e in (await local_cluster.audit.ListAuditEvents(request)).events]
+
+    details = await eventually(audited, within=20, what="the prune to end and be audited")
+    assert [d.split(", ")[:2] for d in details] == [["600 tasks", "1 batches"]]
+    assert not await _known(local_cluster, array[-1].task_id)
+    assert await _prune(local_cluster, 30) == (0, 0, 0, 0, 0)

@@ -155,6 +155,8 @@ class EndedTask(NamedTuple):
     completed_at: datetime
     stdout_path: str
     stderr_path: str
+    # Its place among the tasks that ended at the same moment (``Store.ended_before``).
+    key: int
 
 
 class TaskEventRecord(SQLModel, table=True):

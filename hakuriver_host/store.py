@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command as alembic_command
-from sqlalchemy import Table, and_, delete, event, func, or_, select as sql_select
+from sqlalchemy import Table, and_, delete, event, func, literal_column, or_, select as sql_select
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
 from hakuriver_common.folders import make_folder
 from hakuriver_common.locks import LockHeld, hold_lock
-from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
+from hakuriver_common.statuses import ACTIVE_STATUSES, FINAL_STATUSES, TaskStatus
 from hakuriver_host import migrations
 from hakuriver_host.bulk_sql import BulkStatements, Prepared
 from hakuriver_host.group_commit import GroupCommit
@@ -512,34 +512,40 @@ class Store:
     ) -> list[EndedTask]:
         """Up to ``limit`` tasks in the final ``status`` that ended before ``cutoff``, oldest
         first, from just after ``after`` (the last of the previous slice): a range of the
-        status index, however long the history is."""
-        record = TaskRecord
-        columns = [getattr(TaskRecord.__table__.c, name) for name in EndedTask._fields]  # type: ignore[attr-defined]
-        query = sql_select(*columns).where(
-            col(record.status) == status.value, col(record.completed_at) < cutoff
+        status index, however long the history is. Tasks that ended at the same moment
+        (thousands, when a job array was killed) are taken in the order of their ``key``:
+        on SQLite the row id, which the index holds, so that a slice reads on from the last
+        one's place in the index rather than sorting all of them again."""
+        table = TaskRecord.__table__  # type: ignore[attr-defined]
+        key = (
+            literal_column("tasks.rowid")
+            if self.engine.dialect.name == "sqlite"
+            else table.c.task_id
         )
+        ended = table.c.completed_at
+        columns = [getattr(table.c, name) for name in EndedTask._fields[:-1]]
+        query = sql_select(*columns, key).where(table.c.status == status.value, ended < cutoff)
         if after is not None:
-            query = query.where(
-                or_(
-                    col(record.completed_at) > after.completed_at,
-                    and_(
-                        col(record.completed_at) == after.completed_at,
-                        col(record.task_id) > after.task_id,
-                    ),
-                )
-            )
-        query = query.order_by(col(record.completed_at), col(record.task_id)).limit(limit)
+            later = or_(ended > after.completed_at, key > after.key)
+            query = query.where(ended >= after.completed_at, later)
+        query = query.order_by(ended, key).limit(limit)
         with self.engine.connect() as connection:
-            return [EndedTask(*row) for row in connection.execute(query)]
+            return [EndedTask._make(row) for row in connection.execute(query)]
 
     def batch_ended_before(self, batch_id: int, cutoff: datetime) -> bool:
-        """Did every task of the batch end before ``cutoff``?"""
+        """Did every task of the batch end before ``cutoff``? A task not ended is looked
+        for first, in the (batch_id, status) index alone: a job array that still runs is
+        told at once, without reading the end time of each of its tasks."""
         record = TaskRecord
+        of_batch = record.batch_id == batch_id
+        active = col(record.status).in_([s.value for s in ACTIVE_STATUSES])
         ended = col(record.status).in_([s.value for s in FINAL_STATUSES])
-        young = or_(~ended, col(record.completed_at) >= cutoff)
-        query = select(record.task_id).where(record.batch_id == batch_id, young).limit(1)
         with Session(self.engine) as session:
-            return session.exec(query).first() is None
+            for young in (active, and_(ended, col(record.completed_at) >= cutoff)):
+                query = select(record.task_id).where(of_batch, young).limit(1)
+                if session.exec(query).first() is not None:
+                    return False
+        return True
 
     def count_events(self, task_ids: Sequence[int]) -> int:
         """How many events the timelines of ``task_ids`` hold (at most WRITE_BATCH ids)."""

@@ -195,7 +195,7 @@ async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
 
     monkeypatch.setattr(host, "health", reading)
     monkeypatch.setattr(host, "watch_health", watching)
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     await asyncio.to_thread(client.health, "a", True, 1, config, True)
     assert asked[:2] == ["watch", "read"]
     [line] = capsys.readouterr().out.splitlines()
@@ -208,7 +208,7 @@ async def test_watch_count_counts_samples_not_changes_of_status(
     """`health --watch --count N` stopped after N updates of any kind: a Runner that
     reconnected (two changes of status) used up `--count 2` with no sample shown."""
     runner = await local_cluster.add_runner("a", heartbeats=False)
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     watching = asyncio.create_task(asyncio.to_thread(client.health, "a", True, 2, config, True))
     printed: list[str] = []
 
@@ -257,7 +257,7 @@ async def test_health_shows_a_draining_node(
         call.cancel()
         await asyncio.gather(listener, return_exceptions=True)
 
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     await asyncio.to_thread(client.health, "", False, 0, config, True)
     shown = {node["hostname"]: node for node in json.loads(capsys.readouterr().out)}
     assert shown["a"]["draining"] is True and "draining" not in shown["b"]
@@ -286,7 +286,7 @@ async def test_a_gpu_utilisation_nvml_cannot_read_is_unknown_not_idle(
         assert (name, (("gpu", "1"), ("node", "a"))) not in values  # unknown: no series
     assert values["hakuriver_gpu_memory_total_bytes", (("gpu", "1"), ("node", "a"))] == GB
 
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     await asyncio.to_thread(client.health, "a", False, 0, config, True)
     [shown] = json.loads(capsys.readouterr().out)
     for sample in (shown["current"], *shown["history"]):

@@ -339,7 +339,7 @@ TOOL_COMMANDS: dict[str, frozenset[str]] = {
         {"command", "drain", "health", "kill", "nodes", "status", "undrain"}
     ),
     "hakuriver.vps": frozenset({"command", "kill", "status", "submit"}),
-    "hakuriver.admin": frozenset({"audit", "runner", "token", "user", "whoami"}),
+    "hakuriver.admin": frozenset({"audit", "runner", "task", "token", "user", "whoami"}),
     "hakuriver.docker": frozenset(
         {
             "create-container",

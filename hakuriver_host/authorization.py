@@ -87,6 +87,7 @@ RIGHTS: dict[str, Right] = {
     # Registered with the health service (grpcio-health-checking >= 1.70 has List in its
     # proto); the asyncio servicer may not implement it and then answers UNIMPLEMENTED.
     "/grpc.health.v1.Health/List": Right.PUBLIC,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Right.USER,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Right.USER,
 }
 

@@ -14,7 +14,6 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError
 
 from hakuriver_common.certificates import pair_problem
@@ -48,6 +47,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.service import stop_on_signals
+from hakuriver_host import reflection_service
 from hakuriver_host.access_services import AccessService, AuditService
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.connect_bridge import connect_app
@@ -286,9 +286,7 @@ class HostServer:
         ssh_service_pb2_grpc.add_SshServiceServicer_to_server(found.ssh, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        reflection_service.enable((*SERVICE_NAMES, health.SERVICE_NAME), self.server)
         self.port = 0
         self.metrics_port = 0
         self.ssh_proxy_port = 0

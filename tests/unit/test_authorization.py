@@ -25,7 +25,7 @@ import docker.errors
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import json_format, message_factory
+from google.protobuf import descriptor_pb2, json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2
@@ -46,6 +46,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import API_TOKEN_PREFIX, Role
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import reflection_service
 from hakuriver_host.authorization import RIGHTS, Right
 from hakuriver_host.server import HostServer
 from tests.connect_http import Endpoint
@@ -70,7 +71,7 @@ def _served_services() -> list[ServiceDescriptor]:
         service
         for module in (*modules, health_pb2, reflection_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
-    ]
+    ] + [reflection_service.SERVICE]
 
 
 SERVICES = _served_services()
@@ -84,6 +85,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "/hakuriver.v1.NodeService/WatchHealth": {"hostname": "no-such-node"},
     "/hakuriver.v1.TaskService/WatchTasks": {"owner": "no-such-user"},
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": {"list_services": ""},
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": {"list_services": ""},
 }
 
 
@@ -161,6 +163,40 @@ async def test_the_table_names_exactly_the_methods_the_host_serves(
     stale = set(RIGHTS) - set(METHODS)
     assert (without_entry, stale) == (set(), set())
     assert set(REQUESTS) <= set(RIGHTS)
+
+
+async def test_reflection_answers_v1_clients_as_v1alpha_ones(local_cluster: LocalCluster) -> None:
+    """Only grpc.reflection.v1alpha was served, which grpcio-reflection ships; clients ask
+    v1 first (grpcurl, buf curl), and some nothing else. The same requests under v1's
+    method, as a v1 client sends them (the messages are v1alpha's, field for field), list
+    the services and describe them, reflection's own v1 file included."""
+    channel = local_cluster.channel(local_cluster.admin_token)
+    method = f"/{reflection_service.SERVICE_NAME}/ServerReflectionInfo"
+    call = channel.stream_stream(
+        method,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="hakuriver.v1.TaskService"),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol=reflection_service.SERVICE_NAME
+        ),
+    ]
+    listed, task_file, own_file = [reply async for reply in call(iter(requests), timeout=5)]
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"hakuriver.v1.TaskService", reflection_service.SERVICE_NAME} <= names
+    assert "grpc.reflection.v1alpha.ServerReflection" in names
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for reply in (task_file, own_file)
+        for raw in reply.file_descriptor_response.file_descriptor_proto
+    ]
+    assert {(f.name, f.package) for f in files} >= {
+        ("hakuriver/v1/task_service.proto", "hakuriver.v1"),
+        ("grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"),
+    }
 
 
 # The issue's role model, pinned: whatever the table grows into, plain users manage nothing.

@@ -258,9 +258,18 @@ def _array(req: tpb.SubmitTaskRequest, kind: TaskKind) -> tuple[int, ...]:
     return tuple(sorted(indices))  # queued, and numbered, in index order
 
 
-def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
-    if kind is TaskKind.VPS and len(req.targets) > 1:
+def _check_vps_shape(req: tpb.SubmitTaskRequest) -> None:
+    if len(req.targets) > 1:
         raise InvalidArgument("targets: a VPS takes at most one target")
+    if req.arguments:  # else stored, shown, and never run
+        raise InvalidArgument(
+            "arguments: a VPS runs sshd, not a command of yours: leave arguments empty"
+        )
+
+
+def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:
+    if kind is TaskKind.VPS:
+        _check_vps_shape(req)
     if req.gpus < 0:
         raise InvalidArgument(f"gpus: must not be negative, got {req.gpus}")
     if req.gpus and any(t.gpu_ids for t in req.targets):

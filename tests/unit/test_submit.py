@@ -389,6 +389,21 @@ async def test_a_public_key_on_a_command_task_is_refused(local_cluster: LocalClu
     assert not listed.tasks
 
 
+async def test_arguments_for_a_vps_are_refused(local_cluster: LocalCluster) -> None:
+    """A VPS runs sshd, not the submitted command: SubmitTask took its arguments, stored
+    them (GetTask showed them) and the Runner never ran them."""
+    await local_cluster.add_runner("a")
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("", "--setup", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=key)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == (
+        "arguments: a VPS runs sshd, not a command of yours: leave arguments empty"
+    )
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert not listed.tasks
+
+
 async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     local_cluster: LocalCluster,
 ) -> None:

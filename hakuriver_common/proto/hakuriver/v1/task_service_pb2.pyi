@@ -117,7 +117,9 @@ class SubmitTaskRequest(_message.Message):
     network: _task_pb2.TaskNetwork.ValueType
     """The container's network; unspecified means the Host's default."""
     @_builtins.property
-    def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The command's arguments; refused for a VPS (INVALID_ARGUMENT), which runs sshd."""
+
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property

@@ -65,6 +65,8 @@ export type SubmitTaskRequest = Message<"hakuriver.v1.SubmitTaskRequest"> & {
   command: string;
 
   /**
+   * The command's arguments; refused for a VPS (INVALID_ARGUMENT), which runs sshd.
+   *
    * @generated from field: repeated string arguments = 3;
    */
   arguments: string[];

@@ -166,7 +166,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         everybody = request.user == "*"
         if everybody and not who.has(Role.ADMIN):
             raise PermissionDenied(
-                f"everybody's tokens (user '*') need the admin role; {who.name} is {who.role}"
+                f"user: everybody's tokens ('*') need the admin role; {who.name} is {who.role}"
             )
         user = None if everybody else self._whose(who, request.user)
         tokens = self.access.tokens(user, request.include_inactive)

@@ -1016,7 +1016,7 @@ async def test_users_manage_only_their_own_tokens(local_cluster: LocalCluster) -
     # Everybody's (hakuriver.admin token list --all) is an admin's to ask, and said so.
     assert await _refusal(alice.access.ListTokens(apb.ListTokensRequest(user="*"), timeout=5)) == (
         CODE.PERMISSION_DENIED,
-        "everybody's tokens (user '*') need the admin role; alice is user",
+        "user: everybody's tokens ('*') need the admin role; alice is user",
     )
     assert await _refusal(
         alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=bob_token.token_id), timeout=5)

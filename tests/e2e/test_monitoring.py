@@ -368,3 +368,29 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
     mon.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
     mon.wait_final(task.task_id)
     mon.kill_runner(name)
+
+
+def test_a_gpu_in_mig_mode_has_no_utilisation_rather_than_0(mon: ProcessCluster) -> None:
+    """NVML reads no utilisation for a GPU in MIG mode: a real Runner reported 0 %, and
+    health, its --json and /metrics showed an idle GPU while its instances could be busy."""
+    name = mon.start_runner(
+        f"{mon.runner_names[0]}-mig",
+        env={
+            "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+            "HAKURIVER_FAKE_GPUS": "2",
+            "HAKURIVER_FAKE_MIG": "1",
+        },
+    )
+    wait_for(lambda: _health_gpus(mon, name) == [0, 1], what="its GPUs read")
+    [entry] = json.loads(mon.cli("client", "health", name, "--json").stdout)
+    read, mig = entry["current"]["gpus"]
+    assert (read["utilization_gpu_percent"], read["utilization_memory_percent"]) == (50, 10)
+    assert (mig["utilization_gpu_percent"], mig["utilization_memory_percent"]) == (None, None)
+    table = mon.cli("client", "health", name).stdout
+    [row] = [line.split("│") for line in table.splitlines() if "gpu 1" in line]
+    assert row[3].strip() == "-", table
+    samples = scrape(mon)
+    for metric in ("hakuriver_gpu_utilization_ratio", "hakuriver_gpu_memory_utilization_ratio"):
+        assert {s.labels["gpu"] for s in samples[metric] if s.labels["node"] == name} == {"0"}
+    assert value(samples, "hakuriver_gpu_memory_total_bytes", node=name, gpu="1") == 40e9
+    mon.kill_runner(name)

@@ -230,7 +230,7 @@ class NodeTable:
         if not node.online:
             node.online = True
             self.update_metrics(node)
-            self.notifier.notify("node.online", node=node.hostname)
+            self.notifier.notify("node.online", node=node.hostname, draining=node.draining)
             self._tell_watchers(node.hostname, None)
 
     def touch(self, hostname: str) -> None:
@@ -254,7 +254,8 @@ class NodeTable:
                 node.online = False
                 self.update_metrics(node)
                 self.metrics.node_offline(node.hostname)
-                self.notifier.notify("node.offline", node=node.hostname)
+                # A node drained first was taken down on purpose: receivers can tell.
+                self.notifier.notify("node.offline", node=node.hostname, draining=node.draining)
                 self._tell_watchers(node.hostname, None)
             if node.link is not None:
                 node.link.close()

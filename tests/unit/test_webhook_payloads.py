@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 from hakuriver_common.config import WebhookConfig
-from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
@@ -56,5 +56,29 @@ async def test_a_user_and_password_in_the_url_are_sent_as_basic_authentication(
         assert receiver.at("/hooks")
         credentials = base64.b64encode(b"alert@lab:p:ss").decode()
         assert receiver.authorizations == [f"Basic {credentials}"]
+    finally:
+        receiver.close()
+
+
+async def test_a_node_event_says_whether_the_node_is_drained(local_cluster: LocalCluster) -> None:
+    """An operator drains a node, then shuts it down for maintenance: its `node.offline`
+    could not be told from a node that failed, and a receiver paging on it paged for
+    planned work."""
+    receiver = Flaky({})
+    try:
+        local_cluster.config.webhooks = [
+            WebhookConfig(url=receiver.url("/hooks"), events=["node.offline"])
+        ]
+        await local_cluster.restart_host()
+        drained = await local_cluster.add_runner("a")
+        failed = await local_cluster.add_runner("b")
+        await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+        for runner in (drained, failed):
+            runner.go_silent()
+        await eventually(lambda: len(receiver.bodies) == 2, what="both node.offline webhooks")
+        assert {body["node"]: body["draining"] for body in receiver.bodies} == {
+            "a": True,
+            "b": False,
+        }
     finally:
         receiver.close()

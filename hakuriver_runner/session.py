@@ -40,6 +40,7 @@ from hakuriver_runner.outbox import Lanes, Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.supervisor import Supervisor
 from hakuriver_runner.system_info import (
+    CpuMeter,
     GpuProbe,
     read_numa_topology,
     sample_health,
@@ -82,6 +83,7 @@ class Session:
         self.supervisor = supervisor
         self.tunnels = Tunnels(outbox, supervisor.ssh_port)
         self.gpus = GpuReadings(GpuProbe(), pool)
+        self._cpu = CpuMeter()
         self.identity = RunnerIdentity(config)
         supervisor.set_cluster(self.identity.cluster_id())
         self._outbox = outbox
@@ -303,7 +305,7 @@ class Session:
         while True:
             await self.supervisor.check_gone()
             gpus = await self.gpus.take(interval)
-            health = await self._pool.run(sample_health, gpus)
+            health = await self._pool.run(sample_health, self._cpu, gpus)
             try:
                 environments, loaded = await self._pool.run(self.docker.inventory)
             except DOCKER_UNREACHABLE as exc:

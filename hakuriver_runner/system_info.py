@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,38 @@ def _temperatures() -> tuple[float | None, float | None]:
     return sum(readings) / len(readings), max(readings)
 
 
-def sample_health(gpus: list[node_pb2.Gpu]) -> node_pb2.Health:
+class CpuMeter:
+    """The machine's CPU utilisation between one reading and the next, whichever thread
+    reads. psutil.cpu_percent(None) keeps its last reading per thread: on the Runner's pool
+    it answered a meaningless 0.0 on each thread's first sample (a busy node read as idle
+    in health and /metrics) and otherwise the average since that thread's last sample,
+    however long before."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = psutil.cpu_times()
+
+    def percent(self) -> float:
+        with self._lock:
+            before, self._last = self._last, psutil.cpu_times()
+            now = self._last
+        total = _cpu_total(now) - _cpu_total(before)
+        idle = _cpu_idle(now) - _cpu_idle(before)
+        if total <= 0:
+            return 0.0
+        return round(min(100.0, max(0.0, 100.0 * (total - idle) / total)), 1)
+
+
+def _cpu_total(times: Any) -> float:
+    """All CPU time; Linux counts guest time in user and nice already."""
+    return float(sum(times)) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+def _cpu_idle(times: Any) -> float:
+    return float(times.idle) + getattr(times, "iowait", 0.0)
+
+
+def sample_health(cpu: CpuMeter, gpus: list[node_pb2.Gpu]) -> node_pb2.Health:
     """One health sample with GPU readings taken apart (``GpuReadings``); blocking (reads
     /proc and /sys): call off the event loop."""
     memory = psutil.virtual_memory()
@@ -171,7 +203,7 @@ def sample_health(gpus: list[node_pb2.Gpu]) -> node_pb2.Health:
     stamp.GetCurrentTime()
     return node_pb2.Health(
         sampled_at=stamp,
-        cpu_percent=psutil.cpu_percent(interval=None),
+        cpu_percent=cpu.percent(),
         memory_percent=memory.percent,
         memory_used_bytes=memory.total - memory.available,
         memory_total_bytes=memory.total,

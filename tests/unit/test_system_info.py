@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from hakuriver_runner.system_info import GpuProbe, NumaInfo, parse_cpulist, read_numa_topology
+import psutil
+import pytest
+
+from hakuriver_runner.system_info import (
+    CpuMeter,
+    GpuProbe,
+    NumaInfo,
+    parse_cpulist,
+    read_numa_topology,
+    sample_health,
+)
 from tests.fake_nvml.pynvml import FakeNvml
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -71,3 +83,29 @@ def test_a_gpu_nvml_cannot_read_is_left_out_and_a_failing_nvml_reports_none(
     assert probe.sample() == []
     lost.unlink()
     assert [g.index for g in probe.sample()] == [0, 1, 2, 3]
+
+
+def test_cpu_is_read_since_the_last_sample_whichever_thread_takes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Runner samples on any thread of its pool: psutil.cpu_percent(None), which keeps
+    its last reading per thread, said 0.0 on each thread's first sample (a busy node read
+    as idle in health and /metrics), and otherwise averaged since that thread's last one."""
+    shape = type(psutil.cpu_times())
+    now: list[Any] = []
+
+    def times(busy: float, idle: float) -> Any:
+        values = {"user": busy, "idle": idle}
+        return shape(*(values.get(field, 0.0) for field in shape._fields))
+
+    monkeypatch.setattr(psutil, "cpu_times", lambda percpu=False: now[-1])
+    now.append(times(busy=100, idle=100))
+    cpu = CpuMeter()
+    readings = []
+    with ThreadPoolExecutor(1) as first, ThreadPoolExecutor(1) as second:
+        for thread, (busy, idle) in zip(
+            (first, second, first), ((150, 150), (250, 150), (250, 250)), strict=True
+        ):
+            now.append(times(busy, idle))
+            readings.append(thread.submit(sample_health, cpu, []).result().cpu_percent)
+    assert readings == [50.0, 100.0, 0.0]

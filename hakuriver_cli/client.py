@@ -206,7 +206,7 @@ class NodeTrend:
 
 def _gpu_row(g: node_pb2.Gpu, history: list[node_pb2.Gpu]) -> list[str]:
     """A GPU's row of the health table; a utilisation NVML cannot read (MIG mode) is `-`,
-    and left out of the trends, not drawn as idle."""
+    and left out of the trends, not drawn as idle; so is memory it gives no size."""
     from rich.markup import escape
 
     read = [x for x in history if not x.utilization_unknown]
@@ -216,7 +216,11 @@ def _gpu_row(g: node_pb2.Gpu, history: list[node_pb2.Gpu]) -> list[str]:
         escape(g.name),
         "-" if g.utilization_unknown else f"{g.utilization_gpu_percent:5.1f}%",
         sparkline([x.utilization_gpu_percent for x in read]),
-        f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}",
+        (
+            f"{format_size(g.memory_used_bytes)}/{format_size(g.memory_total_bytes)}"
+            if g.memory_total_bytes
+            else "-"
+        ),
         sparkline([x.utilization_memory_percent for x in read]),
         f"{_temp(g.temperature_celsius, g.HasField('temperature_celsius'))} {power}",
     ]

@@ -108,24 +108,29 @@ _NAMED_BY = {"hakuriver.v1.Gpu": "index", "hakuriver.v1.NumaNode": "id"}
 
 
 _GPU_UTILISATION = ("utilization_gpu_percent", "utilization_memory_percent")
+_GPU_MEMORY = ("memory_used_bytes", "memory_total_bytes")
 
 
-def _gpu_utilisation(health: node_pb2.Health, out: dict[str, Any]) -> None:
-    """A sample's GPU utilisation, written even at 0 and as null when NVML cannot read it
-    (MIG mode): MessageToDict leaves zeros out, and an idle GPU read as one it cannot read."""
+def _gpu_readings(health: node_pb2.Health, out: dict[str, Any]) -> None:
+    """A sample's GPU utilisation and memory, written even at 0 (MessageToDict leaves zeros
+    out: an idle GPU read as one NVML cannot read) and as null where NVML reads none: the
+    utilisation of a GPU in MIG mode, the memory of a GPU it gives no size (int64 as
+    strings, as MessageToDict writes them)."""
     for gpu, written in zip(health.gpus, out.get("gpus", ()), strict=True):
         for field in _GPU_UTILISATION:
             written[field] = None if gpu.utilization_unknown else getattr(gpu, field)
+        for field in _GPU_MEMORY:
+            written[field] = str(getattr(gpu, field)) if gpu.memory_total_bytes else None
 
 
 def _in_words(message: Message, out: dict[str, Any]) -> None:
     """Replace the proto enum names MessageToDict wrote for vocabulary fields, write the
-    field naming a GPU or NUMA node and a sample's GPU utilisation, recursively."""
+    field naming a GPU or NUMA node and a sample's GPU readings, recursively."""
     key = _NAMED_BY.get(message.DESCRIPTOR.full_name)
     if key is not None:
         out.setdefault(key, getattr(message, key))
     if message.DESCRIPTOR.full_name == "hakuriver.v1.Health":
-        _gpu_utilisation(cast("node_pb2.Health", message), out)
+        _gpu_readings(cast("node_pb2.Health", message), out)
     for field, value in message.ListFields():
         written: Any = out.get(field.name)
         many = isinstance(written, list)

@@ -228,8 +228,10 @@ class HostMetrics:
         memory_busy = None if unknown else g.utilization_memory_percent / 100
         _set_or_remove(self.gpu_utilization, labels, busy)
         _set_or_remove(self.gpu_memory_utilization, labels, memory_busy)
-        self.gpu_memory_used.labels(*labels).set(g.memory_used_bytes)
-        self.gpu_memory_total.labels(*labels).set(g.memory_total_bytes)
+        # No size: NVML read no memory (no GPU has none), so no series rather than 0.
+        total = g.memory_total_bytes or None
+        _set_or_remove(self.gpu_memory_used, labels, g.memory_used_bytes if total else None)
+        _set_or_remove(self.gpu_memory_total, labels, total)
         temperature = g.temperature_celsius if g.HasField("temperature_celsius") else None
         power = g.power_draw_watts if g.HasField("power_draw_watts") else None
         limit = g.power_limit_watts if g.HasField("power_limit_watts") else None

@@ -297,3 +297,38 @@ async def test_a_gpu_utilisation_nvml_cannot_read_is_unknown_not_idle(
     cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
     utilisation = {row[1].strip(): row[3].strip() for row in cells if len(row) > 3}
     assert (utilisation["gpu 0"], utilisation["gpu 1"]) == ("0.0%", "-")
+
+
+async def test_gpu_memory_nvml_cannot_read_is_unknown_not_empty(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NVML may read no memory for a GPU ("Not Supported", as where its memory is the
+    system's): it was reported 0 of 0 bytes, and health, its --json and /metrics showed
+    an empty GPU memory of size 0."""
+    gpus = [
+        node_pb2.Gpu(index=0, name="A100", memory_used_bytes=0, memory_total_bytes=40 * GB),
+        node_pb2.Gpu(index=1, name="GB10", utilization_gpu_percent=30),
+    ]
+    runner = await local_cluster.add_runner(
+        "a", health=lambda: node_pb2.Health(memory_total_bytes=GB, gpus=gpus)
+    )
+    await eventually(lambda: runner.heartbeats_sent >= 2, what="heartbeats")
+    values = await metric_values(local_cluster)
+    for name, idle in (
+        ("hakuriver_gpu_memory_used_bytes", 0),
+        ("hakuriver_gpu_memory_total_bytes", 40 * GB),
+    ):
+        assert values[name, (("gpu", "0"), ("node", "a"))] == idle
+        assert (name, (("gpu", "1"), ("node", "a"))) not in values  # unknown: no series
+    assert values["hakuriver_gpu_utilization_ratio", (("gpu", "1"), ("node", "a"))] == 0.3
+
+    config = _client_config(local_cluster, tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", False, 0, config, True)
+    [shown] = json.loads(capsys.readouterr().out)
+    idle, unread = shown["current"]["gpus"]
+    assert (idle["memory_used_bytes"], idle["memory_total_bytes"]) == ("0", str(40 * GB))
+    assert (unread["memory_used_bytes"], unread["memory_total_bytes"]) == (None, None)
+    await asyncio.to_thread(client.health, "a", False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    memory = {row[1].strip(): row[5].strip() for row in cells if len(row) > 5}
+    assert (memory["gpu 0"], memory["gpu 1"]) == ("0B/40.0G", "-")

@@ -97,7 +97,9 @@ class Gpu(_message.Message):
     name: _builtins.str
     driver_version: _builtins.str
     memory_total_bytes: _builtins.int
+    """GPU memory in bytes; 0 when NVML reads none (a GPU has some: 0 means unknown)."""
     memory_used_bytes: _builtins.int
+    """GPU memory in use in bytes; unknown, not 0, when memory_total_bytes is 0."""
     utilization_gpu_percent: _builtins.float
     """GPU utilisation in percent; 0 when utilization_unknown."""
     utilization_memory_percent: _builtins.float

@@ -76,11 +76,15 @@ export type Gpu = Message<"hakuriver.v1.Gpu"> & {
   driverVersion: string;
 
   /**
+   * GPU memory in bytes; 0 when NVML reads none (a GPU has some: 0 means unknown).
+   *
    * @generated from field: int64 memory_total_bytes = 5;
    */
   memoryTotalBytes: bigint;
 
   /**
+   * GPU memory in use in bytes; unknown, not 0, when memory_total_bytes is 0.
+   *
    * @generated from field: int64 memory_used_bytes = 6;
    */
   memoryUsedBytes: bigint;

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 from hakuriver_cli.connection import (
@@ -30,7 +29,7 @@ from hakuriver_cli.connection import (
     task_id_or_fail,
     unary,
 )
-from hakuriver_cli.render import status_name
+from hakuriver_cli.render import role_name, status_name
 from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, VersionOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
@@ -38,6 +37,7 @@ from hakuriver_common.statuses import TaskKind, TaskStatus
 if TYPE_CHECKING:
     from hakuriver_cli.link import Link
     from hakuriver_common.client_config import ClientConfig
+    from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
 # The transports and the generated protos are imported when the tool calls the Host (not for
 # --help).
@@ -167,15 +167,31 @@ def _forward(
     threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
 
 
-def _say_if_refused(cfg: ClientConfig) -> None:
-    """ssh exits 255 when it fails and when the Host ends the session because its token
-    was revoked or expired or its user removed, saying only that the connection closed:
-    the Host's refusal of the token, if it refuses it now, is said as every tool says it."""
+def _whoami(link: Link) -> apb.WhoAmIResponse:
     from hakuriver_cli.link import access_stub
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
-    with contextlib.suppress(cli.Exit), host_link(cfg) as link:
-        unary(access_stub(link).WhoAmI, apb.WhoAmIRequest())
+    return unary(access_stub(link).WhoAmI, apb.WhoAmIRequest())
+
+
+def _say_why_ended(cfg: ClientConfig, then: apb.WhoAmIResponse) -> bool:
+    """Whether the Host ended the session, said in one line on stderr: ssh says only that
+    the connection closed (exit 255) when the Host ends it because its token was revoked or
+    expired, its user removed, or its user's role changed (``then``: who it began as). The
+    Host's refusal of the token, if it refuses it now, is said as every tool says it."""
+    try:
+        with host_link(cfg) as link:
+            now = _whoami(link)
+    except cli.Exit:
+        return True  # host_link said why: the token refused, or the Host gone
+    if now.role == then.role:
+        return False
+    cli.echo(
+        f"error: the host ended the session: the role of {now.user} changed from "
+        f"{role_name(then.role)} to {role_name(now.role)}: connect again",
+        err=True,
+    )
+    return True
 
 
 # ssh(1) options that take a value.
@@ -209,17 +225,19 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
     return options, args[index:]
 
 
-def _check_task(task_id: int, config: Path | None) -> None:
+def _check_task(task_id: int, cfg: ClientConfig) -> apb.WhoAmIResponse:
+    """Fail unless the task is a running VPS; who the caller is, to begin the session as."""
     from hakuriver_cli.link import task_stub
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    cfg = config_or_fail(config)
     with host_link(cfg) as link:
         task = unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=task_id)).task
+        then = _whoami(link)
     if task.kind != TaskKind.VPS.pb:
         fail(f"task {task_id} is not a VPS task")
     if task.status != TaskStatus.RUNNING.pb:
         fail(f"task {task_id} is {status_name(task.status)}, not running")
+    return then
 
 
 @app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
@@ -248,15 +266,20 @@ def main(
     if proxy_command:
         with host_link(cfg) as link:
             ticket = ticket_for(link, tid)
+            then = _whoami(link)
         try:
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
         stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
         threading.Thread(target=_copy, args=(stdin, sock), daemon=True).start()
-        _copy(sock, stdout)
+        # A copy of stdout, closed at the tunnel's end: ssh sees the end only when the tool
+        # exits, after saying why (ssh ends its ProxyCommand as soon as it sees the end).
+        _copy(sock, os.dup(stdout))
+        if _say_why_ended(cfg, then):
+            raise cli.Exit(1)
         return
-    _check_task(tid, config)
+    then = _check_task(tid, cfg)
     ssh = shutil.which("ssh")
     if ssh is None:
         fail("no ssh client found (install openssh-client)")
@@ -285,7 +308,7 @@ def main(
     code = subprocess.call(argv)
     listener.close()
     if code == 255 and not said.is_set():
-        _say_if_refused(cfg)
+        _say_why_ended(cfg, then)
     raise cli.Exit(code)
 
 

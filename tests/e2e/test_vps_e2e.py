@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,21 +315,10 @@ def test_a_local_port_in_use_is_one_line(
     assert taken.stderr == f"error: --local-port {port}: Address already in use\n"
 
 
-def test_a_session_whose_token_is_revoked_ends_saying_why(
-    vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
-) -> None:
-    """The Host ends the session at once; ssh says only 'Connection ... closed by remote
-    host' (exit 255), so hakuriver.ssh says the Host's refusal of the token."""
-    made = vps_cluster.access.CreateToken(
-        apb.CreateTokenRequest(user="alice", description="laptop"), timeout=10
-    )
-    env = {
-        **os.environ,
-        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
-        "HAKURIVER_TOKEN": made.secret,
-        "HOME": str(tmp_path),
-    }
-    argv = [*vps_cluster.cli_argv("ssh"), str(vps), "--", *_ssh_options(key_files)]
+def _session_ended(argv: list[str], env: dict[str, str], end: Callable[[], object]) -> list[str]:
+    """Start an SSH session with ``argv`` (that prints ready, then sleeps), ``end`` it once
+    it is up, and return what was said on stderr; the session must exit 255 (ssh's "the
+    connection closed")."""
     with subprocess.Popen(
         [*argv, "echo ready; sleep 60"],
         stdin=subprocess.DEVNULL,
@@ -340,13 +329,68 @@ def test_a_session_whose_token_is_revoked_ends_saying_why(
     ) as session:
         assert session.stdout is not None and session.stderr is not None
         assert session.stdout.readline() == "ready\n"
-        revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
-        vps_cluster.access.RevokeToken(revoke, timeout=10)
+        end()
         assert session.wait(timeout=30) == 255
-        said = session.stderr.read().splitlines()
+        return session.stderr.read().splitlines()
+
+
+def _env(vps_cluster: ProcessCluster, token: str, home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
+        "HAKURIVER_TOKEN": token,
+        "HOME": str(home),
+    }
+
+
+def test_a_session_whose_token_is_revoked_ends_saying_why(
+    vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
+) -> None:
+    """The Host ends the session at once; ssh says only 'Connection ... closed by remote
+    host' (exit 255), so hakuriver.ssh says the Host's refusal of the token."""
+    made = vps_cluster.access.CreateToken(
+        apb.CreateTokenRequest(user="alice", description="laptop"), timeout=10
+    )
+    argv = [*vps_cluster.cli_argv("ssh"), str(vps), "--", *_ssh_options(key_files)]
+    revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
+    said = _session_ended(
+        argv,
+        _env(vps_cluster, made.secret, tmp_path),
+        lambda: vps_cluster.access.RevokeToken(revoke, timeout=10),
+    )
     assert said[-1] == (
         f"error: the host refused the API token: API token {made.token.token_id} was revoked"
     ), said
+
+
+@pytest.mark.parametrize("proxy_command", [False, True], ids=["hakuriver.ssh", "ProxyCommand"])
+def test_a_session_whose_users_role_changed_ends_saying_why(
+    vps_cluster: ProcessCluster,
+    vps: int,
+    key_files: Path,
+    tmp_path: Path,
+    proxy_command: bool,
+) -> None:
+    """The Host ends the session when its user gets another role (the ticket was given for
+    the role they had); the token still holds, so nothing was said but ssh's 'Connection
+    closed'."""
+    name = f"op-{'proxy' if proxy_command else 'ssh'}"
+    token = vps_cluster.add_user(name, Role.OPERATOR)  # an operator reaches any VPS
+    if proxy_command:
+        proxy = f"ProxyCommand={sys.executable} -m hakuriver_cli.ssh --proxy-command %h"
+        argv = ["ssh", *_ssh_options(key_files), "-o", proxy, f"root@{vps}"]
+    else:
+        argv = [*vps_cluster.cli_argv("ssh"), str(vps), "--", *_ssh_options(key_files)]
+    promote = apb.SetUserRoleRequest(name=name, role=Role.ADMIN.pb)
+    said = _session_ended(
+        argv,
+        _env(vps_cluster, token, tmp_path),
+        lambda: vps_cluster.access.SetUserRole(promote, timeout=10),
+    )
+    assert (
+        f"error: the host ended the session: the role of {name} changed from operator to "
+        "admin: connect again"
+    ) in said, said
 
 
 def test_another_user_cannot_reach_the_vps(

@@ -141,7 +141,8 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
 
     async def _set_role(self, name: str, role: Role) -> UserRecord:
         before, user = await self.access.set_role(name, role, by=caller())
-        self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
+        if before != user.role:  # the role they had already: nothing changed to audit
+            self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
         return user
 
     async def CreateToken(

@@ -107,6 +107,23 @@ async def test_whole_batch_control_is_audited_once_for_the_batch(
         assert ("alice", action, str(batch_id), ALLOWED) in rows, action
 
 
+async def test_a_role_given_to_a_user_who_has_it_is_no_change_audited(
+    local_cluster: LocalCluster,
+) -> None:
+    """It was audited as a change from the role to itself ("user -> user"): a row for
+    nothing done, among the rows an admin reads for who changed whose rights."""
+    await local_cluster.add_user("alice")
+    same = apb.SetUserRoleRequest(name="alice", role=access_pb2.ROLE_USER)
+    kept = await local_cluster.access.SetUserRole(same, timeout=5)
+    assert kept.user.role == access_pb2.ROLE_USER
+    assert await _events(local_cluster, action="user.role") == []
+    other = apb.SetUserRoleRequest(name="alice", role=access_pb2.ROLE_OPERATOR)
+    await local_cluster.access.SetUserRole(other, timeout=5)
+    await local_cluster.access.SetUserRole(other, timeout=5)
+    [changed] = await _events(local_cluster, action="user.role")
+    assert (changed.actor, changed.target, changed.detail) == ("admin", "alice", "user -> operator")
+
+
 async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")

@@ -21,7 +21,7 @@ from typing import Any
 import docker
 import docker.errors
 import requests
-from docker.types import DeviceRequest, Mount
+from docker.types import DeviceRequest, LogConfig, Mount
 
 from hakuriver_common.config import Config
 from hakuriver_common.docker_errors import unreachable
@@ -80,6 +80,12 @@ LABEL_SSH_PORT = "hakuriver.ssh_port"
 # On a container created ahead of its task's dispatch (see ``DockerBackend.prepare``).
 LABEL_PREPARED = "hakuriver.prepared"
 GONE_MESSAGE = "its container disappeared (removed outside HakuRiver)"
+# A task container's log, which the Runner reads its output back from after a restart or a
+# lost stream (skipping the bytes the Host has): Docker's `local` driver keeps the bytes as
+# written, where json-file (the daemon's usual default) kept each byte that is not UTF-8 as
+# U+FFFD, 3 bytes, so the output stored after the restart was shifted. Not rotated (one
+# file, of up to 1 TB): a rotated log would drop output the Runner had not sent yet.
+TASK_LOG = LogConfig(type="local", config={"max-size": "1t", "max-file": "1", "compress": "false"})
 # How long a follow or wait keeps asking a Docker daemon that went away (a restart).
 DAEMON_AWAY_SECONDS = 120.0
 DAEMON_RETRY_SECONDS = 1.0
@@ -512,6 +518,7 @@ class DockerBackend:
             "network_mode": "none" if dispatch.network == task_pb2.TASK_NETWORK_NONE else "host",
             "nano_cpus": int(dispatch.cores * 1e9),
             "privileged": dispatch.privileged,
+            "log_config": TASK_LOG,
         }
         if not dispatch.privileged:
             # Raw sockets would let a task on the node's network read all of the node's

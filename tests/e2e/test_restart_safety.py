@@ -121,6 +121,32 @@ def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: Proce
     _survives_and_is_readopted(fresh_cluster, "runner-gate", ProcessCluster.kill_runner)
 
 
+def test_output_that_is_not_utf8_is_kept_byte_for_byte_across_a_runner_restart(
+    fresh_cluster: ProcessCluster,
+) -> None:
+    """The restarted Runner reads the output back from the container's log, skipping what
+    the Host has. Docker's json-file log held each byte that is not UTF-8 as U+FFFD (3
+    bytes): the output stored after the restart was shifted by the difference (bytes
+    repeated), and what came from the log was not what the task wrote."""
+    cluster = fresh_cluster
+    (cluster.shared_dir / "shared_data").mkdir(parents=True, exist_ok=True)
+    script = (
+        "printf 'before \\377\\376abc\\n'; "
+        "while [ ! -e /shared/bytes-gate ]; do sleep 0.05; done; "
+        "printf 'after \\377 end\\n'; exit 7"
+    )
+    task = cluster.submit(["sh", "-c", script])
+    wait_for(lambda: b"abc" in cluster.read_log(task.task_id), what="output before the kill")
+    cluster.kill_runner()
+    _outlives_its_runner(cluster, task.task_id, "container")
+    _open_gate(cluster, "bytes-gate")
+    cluster.start_runner()
+    assert cluster.wait_final(task.task_id).exit_code == 7
+    written = b"before \xff\xfeabc\nafter \xff end\n"
+    assert cluster.read_log(task.task_id) == written
+    assert (cluster.shared_dir / "task_outputs" / f"{task.task_id}.out").read_bytes() == written
+
+
 def _stop_runner_at_once(cluster: ProcessCluster) -> None:
     runner = cluster.runners[cluster.runner_names[0]]
     runner.send_signal(signal.SIGTERM)

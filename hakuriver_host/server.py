@@ -349,8 +349,12 @@ class HostServer:
 
     def _page_meta(self) -> dict[str, str]:
         """What the dashboard's pages are told in index.html: the SSH proxy's port, for the
-        ``hakuriver.ssh --proxy-port`` a VPS's page shows."""
-        return {"hakuriver-ssh-proxy-port": str(self.ssh_proxy_port or "")}
+        ``hakuriver.ssh --proxy-port`` a VPS's page shows, and whether the Host is open
+        (``auth.authentication = false``: no sign-in to ask for)."""
+        return {
+            "hakuriver-ssh-proxy-port": str(self.ssh_proxy_port or ""),
+            "hakuriver-open": "true" if self.cluster.access.open else "",
+        }
 
     def _listen_dashboard(self) -> None:
         dashboard = self.config.dashboard

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -562,6 +563,42 @@ def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site
     tab.page.get_by_test_id("signin").click()
     tab.page.wait_for_url(re.compile(r"/nodes$"))
     expect(tab.page.get_by_test_id("who")).to_contain_text("alice")
+
+
+def test_an_open_host_asks_nobody_to_sign_in(browser: Browser, tmp_path: Path) -> None:
+    """A Host with auth.authentication = false asks nobody who they are: its pages open
+    without signing in (the sign-in page leads straight on), the bar says the Host is open
+    instead of offering Sign out, and the pages' calls are answered."""
+    cluster = ProcessCluster(
+        tmp_path, runner_count=0, extra_sections={"auth": "authentication = false"}
+    )
+    cluster.host = cluster.spawn_host()
+
+    def serving() -> bool:
+        try:
+            with urllib.request.urlopen(cluster.dashboard_url + "/", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    tabs = Tabs(browser, cluster.dashboard_url)
+    try:
+        wait_for(serving, what="the open Host's dashboard")
+        tab = tabs.open(None)
+        tab.goto("/tasks")
+        expect(tab.page.get_by_role("heading", name="Tasks", exact=True)).to_be_visible()
+        expect(tab.page.get_by_test_id("who")).to_have_text(
+            "open Host · no sign-in, everyone is admin"
+        )
+        expect(tab.page.get_by_test_id("sign-out")).to_have_count(0)
+        tab.goto("/signin?next=/")
+        tab.page.wait_for_url(re.compile(re.escape(cluster.dashboard_url) + r"/$"))
+        expect(tab.page.get_by_test_id("nodes-online")).to_have_text("0")
+        expect(tab.page.get_by_test_id("task-count-pending")).to_have_text("0")
+        _no_problems(tab)
+    finally:
+        tabs.close()
+        cluster.stop()
 
 
 def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:

@@ -241,6 +241,24 @@ async def test_pages_are_told_the_ssh_proxy_port(
     assert f'<meta name="hakuriver-ssh-proxy-port" content="{port}">'.encode() in body
 
 
+@pytest.mark.parametrize("authentication", [True, False])
+async def test_pages_are_told_whether_the_host_is_open(
+    make_local_cluster: MakeCluster, tmp_path: Path, authentication: bool
+) -> None:
+    """An open Host (auth.authentication = false) has nobody to sign in: the dashboard is
+    told so in index.html rather than asking without a token, which an authenticating Host
+    would refuse and audit at every sign-in."""
+    built = tmp_path / "dist"
+    built.mkdir()
+    (built / "index.html").write_text('<meta name="hakuriver-open" content="" /><title>x</title>')
+    cluster = await make_local_cluster(
+        dashboard={"port": 0, "assets_dir": built}, auth={"authentication": authentication}
+    )
+    body = (await asyncio.to_thread(endpoint(cluster).request, "/")).body
+    told = "" if authentication else "true"
+    assert f'<meta name="hakuriver-open" content="{told}">'.encode() in body
+
+
 async def test_unbuilt_pages_say_how_to_build_them(
     make_local_cluster: MakeCluster, tmp_path: Path
 ) -> None:

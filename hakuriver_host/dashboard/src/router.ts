@@ -1,6 +1,11 @@
 // Pages load on first visit (one chunk each), so the first render fetches only the shell.
-import { createRouter, createWebHistory, type RouteLocationNormalized } from "vue-router";
-import { resume, whenSessionEnds } from "./lib/api";
+import {
+  createRouter,
+  createWebHistory,
+  type LocationQuery,
+  type RouteLocationNormalized,
+} from "vue-router";
+import { enterOpen, resume, whenSessionEnds } from "./lib/api";
 import { nameTab } from "./lib/title";
 
 export const router = createRouter({
@@ -29,8 +34,15 @@ export const router = createRouter({
   ],
 });
 
+/** Where signing in leads: the page asked for (``next``), else Home. */
+export function afterSignIn(query: LocationQuery): string {
+  const next = typeof query.next === "string" ? query.next : "/";
+  return next.startsWith("/") ? next : "/";
+}
+
 router.beforeEach(async (to) => {
-  if (to.name === "signin") return true;
+  // An open Host has nobody to sign in: straight on to the page asked for.
+  if (to.name === "signin") return (await enterOpen()) ? afterSignIn(to.query) : true;
   if (await resume()) return true;
   return { name: "signin", query: { next: to.fullPath } };
 });

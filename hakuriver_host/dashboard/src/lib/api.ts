@@ -18,13 +18,23 @@ import { TaskService } from "../gen/hakuriver/v1/task_service_pb";
 const TOKEN_KEY = "hakuriver.token";
 
 /** Who is signed in: the token, and the name and role the Host answered for it; ``ended``
- * why the last session ended without signing out (its token revoked or expired). */
+ * why the last session ended without signing out (its token revoked or expired); ``open``
+ * when the Host is open (``auth.authentication = false``): nobody signs in, and every
+ * caller is its admin. */
 export const session = reactive({
   token: sessionStorage.getItem(TOKEN_KEY) ?? "",
   user: "",
   role: Role.UNSPECIFIED as Role,
   ended: "",
+  open: false,
 });
+
+// The Host says it is open in the page it serves (index.html's hakuriver-open meta tag):
+// asking it without a token would cost an authenticating Host a refusal in its audit log
+// at every sign-in. False once it refuses a call for want of a token (restarted with
+// authentication on since the page was served).
+let openHost =
+  document.querySelector<HTMLMetaElement>('meta[name="hakuriver-open"]')?.content === "true";
 
 const bearer: Interceptor = (next) => async (request) => {
   if (session.token) request.header.set("Authorization", `Bearer ${session.token}`);
@@ -44,6 +54,7 @@ export function whenSessionEnds(handler: () => void): void {
 function checkSession(error: unknown, token: string): void {
   if (!isUnauthenticated(error) || !session.user || session.token !== token) return;
   const message = errorMessage(error);
+  if (session.open) openHost = false; // restarted with authentication on
   signOut();
   session.ended = message;
   onEnded();
@@ -100,10 +111,29 @@ export async function signIn(token: string): Promise<void> {
   }
 }
 
-/** Restore the tab's session after a reload (false: sign in again). */
+/** Enter an open Host (false: it is not open): the name and role it gives every caller,
+ * and no token (one kept from before is dropped: the Host does not read it). */
+export async function enterOpen(): Promise<boolean> {
+  if (session.open) return true;
+  if (!openHost) return false;
+  try {
+    const who = await api.access.whoAmI({});
+    signOut();
+    session.user = who.user;
+    session.role = who.role;
+    session.open = true;
+    return true;
+  } catch (error) {
+    if (isUnauthenticated(error)) openHost = false;
+    return false;
+  }
+}
+
+/** Restore the tab's session after a reload, or enter an open Host (false: sign in). */
 export async function resume(): Promise<boolean> {
-  if (!session.token) return false;
   if (session.user) return true;
+  if (await enterOpen()) return true;
+  if (!session.token) return false;
   try {
     await signIn(session.token);
     return true;
@@ -117,6 +147,7 @@ export function signOut(): void {
   session.token = "";
   session.user = "";
   session.role = Role.UNSPECIFIED;
+  session.open = false;
   sessionStorage.removeItem(TOKEN_KEY);
 }
 

@@ -1089,3 +1089,21 @@ def test_every_page_loads_without_console_errors(site: Site) -> None:
         tab.shot(name)
         _no_problems(tab)
     site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=running.task_id), timeout=30)
+
+
+def test_a_node_that_joins_is_offered_without_a_reload(site: Site) -> None:
+    """The Tasks page's node filter and its form's target ask for the nodes again when they
+    are entered (the pointer over them, the focus into them): a node that joined after the
+    page opened is offered. (Last in the module: the node stays.)"""
+    tab = site.tab(site.alice)
+    tab.goto("/tasks")
+    listed = tab.page.get_by_test_id("filter-node")
+    targets = tab.page.get_by_test_id("submit-target")
+    for select in (listed, targets):
+        expect(select.locator(f'option[value="{site.gpu_node}"]')).to_have_count(1)
+    late = site.cluster.start_runner(f"{site.cluster.runner_names[0]}-late")
+    listed.hover()
+    expect(listed.locator(f'option[value="{late}"]')).to_have_count(1)
+    tab.page.get_by_test_id("submit-command").focus()
+    expect(targets.locator(f'option[value="{late}"]')).to_contain_text(f"{late} (")
+    _no_problems(tab)

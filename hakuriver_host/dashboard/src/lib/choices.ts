@@ -1,7 +1,7 @@
 // What the submit forms (task, VPS) offer: the nodes and the environments, asked for when
 // the form mounts and again each time it is entered, so that what changed since (a node
 // that joined, an environment made, a GPU freed) is offered without reloading the page.
-import { onMounted, ref } from "vue";
+import { computed, onMounted, ref, shallowRef, watch } from "vue";
 import { type Node, NodeStatus } from "../gen/hakuriver/v1/node_pb";
 import { freeGpus } from "../components/NodeHealth";
 import { api, errorMessage } from "./api";
@@ -32,25 +32,23 @@ export async function loadChoices(): Promise<Choices> {
   };
 }
 
-/** The choices, asked for when the component mounts and again by ``refresh``, which the
- * form calls on its ``focusin`` and ``pointerenter``: when the pointer comes over it or the
- * focus comes into it from outside (not as the focus moves between its fields), unless an
- * answer is awaited. ``loaded`` runs once, when the first choices are in. */
-export function useChoices(loaded?: (choices: Choices) => void) {
-  const choices = ref<Choices>({ nodes: [], environments: [] });
+/** ``ask()``'s answer (``initial`` until it comes), asked for when the component mounts
+ * and again by ``refresh``, which a form or a field calls on its ``focusin`` and
+ * ``pointerenter``: when the pointer comes over it or the focus comes into it from outside
+ * (not as the focus moves between its fields), unless an answer is awaited. ``error`` is
+ * the last failure's message ("" once an answer comes). */
+export function useAskedOnEntry<T>(ask: () => Promise<T>, initial: T) {
+  const value = shallowRef(initial);
   const error = ref("");
-  let first = loaded;
   let loading = false;
 
   async function load(): Promise<void> {
     loading = true;
     try {
-      choices.value = await loadChoices();
+      value.value = await ask();
       error.value = "";
-      first?.(choices.value);
-      first = undefined;
     } catch (failure) {
-      error.value = `could not load nodes and environments: ${errorMessage(failure)}`;
+      error.value = errorMessage(failure);
     } finally {
       loading = false;
     }
@@ -58,13 +56,25 @@ export function useChoices(loaded?: (choices: Choices) => void) {
 
   function refresh(event: Event): void {
     const from = (event as FocusEvent).relatedTarget;
-    const form = event.currentTarget;
-    if (loading || (from instanceof Element && form instanceof Element && form.contains(from))) return;
+    const entered = event.currentTarget;
+    if (loading || (from instanceof Element && entered instanceof Element && entered.contains(from)))
+      return;
     void load();
   }
 
   onMounted(load);
-  return { choices, error, refresh };
+  return { value, error, refresh };
+}
+
+/** The choices, asked for as useAskedOnEntry says; ``loaded`` runs once, when the first
+ * are in. */
+export function useChoices(loaded?: (choices: Choices) => void) {
+  const asked = useAskedOnEntry(loadChoices, { nodes: [], environments: [] });
+  if (loaded) watch(asked.value, loaded, { once: true });
+  const error = computed(() =>
+    asked.error.value ? `could not load nodes and environments: ${asked.error.value}` : "",
+  );
+  return { choices: asked.value, error, refresh: asked.refresh };
 }
 
 /** "gpu-node (8 cores, 16.0 GiB, 1 of 2 GPUs free)", with "offline", "disconnected" or

@@ -286,6 +286,10 @@ class Cluster:
         for node in self.nodes.nodes.values():
             if node.link is not None:
                 node.link.close()
+        # Changes held for a database that is away are tried once more, not waited for: a
+        # Runner's report not stored is reported again when it reconnects (it keeps the
+        # task until the Host releases it).
+        self.store.stop_holding()
         await self.runners.settle()
         self.audit.close()
         await self.audit.wait_written()

@@ -11,20 +11,38 @@ the limit goes alone), whole keys first, and a key with little queued (``EXPRESS
 while others have more goes in a small batch of its own, ahead of them: it waits for the
 batch being applied, never for another key's thousands queued before it. Batches of such
 keys and of the rest take turns, so neither waits for ever.
+
+With ``holds``, a batch that failed for a reason it names (the database away for now, not
+a bug) keeps the calls queued with ``keep``: they go back to the head of their keys, in
+order, and are applied again after a pause (growing to HELD_PAUSE_MAX), until applied;
+the batch's other calls fail. ``stop_holding`` ends this: the next failure fails all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Executor
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # The weight a key may have queued and still go ahead of keys with more.
 EXPRESS = 4
-_Queued = tuple[list[T], asyncio.Future[None], int]
+# Seconds between attempts at a held batch: the first pause, and the longest.
+HELD_PAUSE = 0.5
+HELD_PAUSE_MAX = 5.0
+
+
+class _Queued(NamedTuple, Generic[T]):
+    items: list[T]
+    done: asyncio.Future[None]
+    weight: int
+    key: Hashable
+    keep: bool
 
 
 class GroupCommit(Generic[T]):
@@ -34,6 +52,7 @@ class GroupCommit(Generic[T]):
         executor: Executor,
         limit: int | None = None,
         weight: Callable[[list[T]], int] = len,
+        holds: Callable[[Exception], str | None] | None = None,
     ) -> None:
         self._apply = apply
         self._executor = executor
@@ -45,20 +64,27 @@ class GroupCommit(Generic[T]):
         self._weights: dict[Hashable, int] = {}
         self._worker: asyncio.Task[None] | None = None
         self._express_last = False
+        self._holds = holds
+        # Why calls are held now ("" when none are), and what ends a pause between attempts.
+        self._held = ""
+        self._wake = asyncio.Event()
 
     async def submit(self, items: list[T]) -> None:
         """Return once ``items`` were applied; raise what applying their batch raised."""
         await self.enqueue(items)
 
-    def enqueue(self, items: list[T], key: Hashable = None) -> asyncio.Future[None]:
+    def enqueue(
+        self, items: list[T], key: Hashable = None, keep: bool = False
+    ) -> asyncio.Future[None]:
         """Queue ``items`` now, after those of ``key`` queued before; the future is done
-        once they were applied."""
+        once they were applied (``keep``: held while ``holds`` names their batch's failure,
+        and applied once it passes)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue = self._queued.get(key)
         if queue is None:
             queue = self._queued[key] = deque()
         weight = self._weight(items)
-        queue.append((items, done, weight))
+        queue.append(_Queued(items, done, weight, key, keep))
         self._weights[key] = self._weights.get(key, 0) + weight
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
@@ -81,29 +107,74 @@ class GroupCommit(Generic[T]):
         taken = 0
         for key in keys:
             queue = self._queued[key]
-            while queue and (limit is None or not batch or taken + queue[0][2] <= limit):
+            while queue and (limit is None or not batch or taken + queue[0].weight <= limit):
                 call = queue.popleft()
                 batch.append(call)
-                taken += call[2]
-                self._weights[key] -= call[2]
+                taken += call.weight
+                self._weights[key] -= call.weight
             if queue:  # the limit is reached
                 break
             del self._queued[key]
             del self._weights[key]
         return batch
 
+    def stop_holding(self) -> None:
+        """Hold nothing from now on (the Host stops): held calls are tried once more, and
+        fail if their batch does."""
+        self._holds = None
+        self._wake.set()
+
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
+        pause = HELD_PAUSE
         while self._queued:
             batch = self._take()
-            items = [item for chunk, _, _ in batch for item in chunk]
+            items = [item for call in batch for item in call.items]
             try:
                 await loop.run_in_executor(self._executor, self._apply, items)
             except Exception as exc:
-                for _, done, _ in batch:
-                    if not done.done():
-                        done.set_exception(exc)
+                kept = self._failed(batch, exc)
+                if kept:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), pause)
+                    pause = min(2 * pause, HELD_PAUSE_MAX)
             else:
-                for _, done, _ in batch:
-                    if not done.done():
-                        done.set_result(None)
+                if self._held:
+                    log.warning("the database takes writes again: the held changes are stored")
+                    self._held = ""
+                pause = HELD_PAUSE
+                for call in batch:
+                    if not call.done.done():
+                        call.done.set_result(None)
+
+    def _failed(self, batch: list[_Queued[T]], exc: Exception) -> bool:
+        """Fail the batch's calls but those held (put back at the head of their keys, in
+        order); whether any was."""
+        why = self._holds(exc) if self._holds is not None else None
+        kept: list[_Queued[T]] = []
+        for call in batch:
+            if why and call.keep:  # also if its caller went: a change asked for is made
+                kept.append(call)
+            elif not call.done.done():
+                call.done.set_exception(exc)
+        if not kept:
+            return False
+        if why != self._held:
+            log.warning(
+                "%d changes held in memory, stored once the database takes writes again: %s",
+                len(kept),
+                why,
+            )
+            self._held = why or ""
+        back: dict[Hashable, list[_Queued[T]]] = {}
+        for call in kept:
+            back.setdefault(call.key, []).append(call)
+        rest, self._queued = self._queued, {}
+        for key, calls in back.items():  # the held keys first, each in its order
+            queue = rest.pop(key, None) or deque()
+            queue.extendleft(reversed(calls))
+            self._queued[key] = queue
+            self._weights[key] = self._weights.get(key, 0) + sum(c.weight for c in calls)
+        self._queued.update(rest)
+        return True

@@ -178,7 +178,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
-        self._writes = GroupCommit(self._apply, self.executor, WRITE_BATCH, _rows)
+        # Changes to stored tasks, made in memory already: held while the database is away
+        # (see GroupCommit), so that memory and database agree once it is back.
+        self._writes = GroupCommit(
+            self._apply, self.executor, WRITE_BATCH, _rows, holds=database_unavailable
+        )
         # New tasks in a lane of their own, on the same thread: a submission waits for the
         # transaction being written, not for the changes queued behind it (thousands while
         # a job array runs). Safe to reorder: a task is changed only once its row is stored.
@@ -230,8 +234,15 @@ class Store:
     ) -> asyncio.Future[None]:
         """Update existing task rows (by task_id; only the columns given), insert new ones
         and append timeline events, queued now: the writes of one ``key`` are committed in
-        the order of these calls; the future is done once committed."""
-        return self._writes.enqueue([TaskWrite(inserts or [], updates, events)], key)
+        the order of these calls; the future is done once committed. A write without
+        inserts is held while the database is unavailable (``database_unavailable``) and
+        committed once it is back; one with inserts (a new task) fails then."""
+        write = TaskWrite(inserts or [], updates, events)
+        return self._writes.enqueue([write], key, keep=not inserts)
+
+    def stop_holding(self) -> None:
+        """The Host stops: writes held for the database are tried once more, then fail."""
+        self._writes.stop_holding()
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a

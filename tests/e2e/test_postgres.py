@@ -112,6 +112,24 @@ class OwnPostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def status_of(self, task_id: int) -> str:
+        """The task's status as stored."""
+        with psycopg.connect(self._dsn()) as conn:
+            row = conn.execute("SELECT status FROM tasks WHERE task_id = %s", (task_id,))
+            found = row.fetchone()
+        return str(found[0]) if found else ""
+
+    def events_of(self, task_id: int) -> list[str]:
+        """The statuses of the task's stored events, in order."""
+        with psycopg.connect(self._dsn()) as conn:
+            rows = conn.execute(
+                "SELECT status FROM task_events WHERE task_id = %s ORDER BY id", (task_id,)
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _dsn(self) -> str:
+        return self.url.replace("postgresql+psycopg://", "postgresql://")
+
     def locked_by_a_host(self) -> bool:
         """Does a session hold the Host's advisory lock?"""
         dsn = self.url.replace("postgresql+psycopg://", "postgresql://")
@@ -170,6 +188,41 @@ def test_a_postgresql_server_that_goes_away_is_unavailable_until_it_is_back(
     host_log = (tmp_path / "host.log").read_text()
     assert "Traceback" not in host_log
     assert "refused: the Host's database server cannot be reached" in host_log
+
+
+def test_a_task_that_ends_while_the_server_is_away_is_stored_once_it_is_back(
+    docker_ready: None, own_postgres: OwnPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its Runner's report could not be written: the task stayed running in the database
+    # after the server was back, and was lost after a Host restart (QA).
+    monkeypatch.setenv("HAKURIVER_DATABASE__URL", own_postgres.url)
+    with running_cluster(tmp_path) as cluster:
+        gates = cluster.shared_dir / "shared_data"
+        gates.mkdir(parents=True, exist_ok=True)
+        task = cluster.submit(
+            ["sh", "-c", "echo before; while [ ! -e /shared/go ]; do sleep 0.05; done; echo after"]
+        )
+        wait_for(lambda: cluster.read_log(task.task_id) == b"before\n", what="its first line")
+        own_postgres.stop()
+        (gates / "go").touch()
+        wait_for(
+            lambda: "changes held in memory" in (tmp_path / "host.log").read_text(),
+            timeout=60,
+            what="the task's end held while the server is away",
+        )
+        own_postgres.start()
+        wait_for(
+            lambda: own_postgres.status_of(task.task_id) == "completed",
+            timeout=60,
+            what="the task's end stored",
+        )
+        cluster.kill_host()
+        cluster.start_host()
+        final = cluster.wait_final(task.task_id)
+        assert (final.status, final.exit_code) == (task_pb2.TASK_STATUS_COMPLETED, 0)
+        assert cluster.read_log(task.task_id) == b"before\nafter\n"
+    assert own_postgres.events_of(task.task_id) == ["pending", "assigning", "running", "completed"]
+    assert "Traceback" not in (tmp_path / "host.log").read_text()
 
 
 def test_a_host_takes_its_database_again_after_the_server_restarts(

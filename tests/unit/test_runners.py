@@ -531,3 +531,72 @@ async def test_each_report_of_a_message_sees_what_those_before_it_changed(
     ]
     await eventually(lambda: first.task_id in runner.released, what="the first released")
     assert runner.registrations == 1  # the stream stayed open
+
+
+async def test_a_task_that_ends_while_the_database_is_locked_is_stored_once_it_is_not(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Runner's report whose write failed (the database locked by another program, or a
+    PostgreSQL server away) was dropped: the Host forgot the task, the Runner, reconnecting,
+    was told to discard it, and the database kept it running (lost after a restart) (QA).
+    The change is held and stored once the database takes writes again; the Runner's task
+    is released only then, and its end is stored once."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        runner.finish(task.task_id, 0, stdout=b"done\n")
+        await eventually(
+            lambda: "database is locked" in caplog.text,
+            within=30,
+            what="the end's write refused by the locked database",
+        )
+        assert runner.released == []
+    finally:
+        other.close()
+    done = await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED, within=30)
+    assert done.exit_code == 0
+    await eventually(lambda: runner.released == [task.task_id], within=30, what="the release")
+    assert runner.discarded == []
+    await local_cluster.restart_host()
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.COMPLETED
+    assert [s for s, _ in await local_cluster.events(task.task_id)] == [
+        TaskStatus.PENDING,
+        TaskStatus.ASSIGNING,
+        TaskStatus.RUNNING,
+        TaskStatus.COMPLETED,
+    ]
+    assert await local_cluster.read_log(task.task_id) == b"done\n"
+
+
+async def _ended_while_locked(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> tuple[FakeRunner, task_pb2.Task, sqlite3.Connection]:
+    """A HOLD Runner's task that ended while another program holds the database locked
+    (the lock still held: the caller closes ``other``), once the Host held its end."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    runner.finish(task.task_id, 0, stdout=b"done\n")
+    await eventually(
+        lambda: "changes held in memory" in caplog.text, within=30, what="the end held"
+    )
+    return runner, task, other
+
+
+async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_again(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Host stopping does not wait for the database for ever: the end not stored is
+    reported again by the Runner, which kept the task, once the Host is back."""
+    runner, task, other = await _ended_while_locked(local_cluster, caplog)
+    with closing(other):
+        await local_cluster.stop_host()
+    assert runner.released == []
+    await local_cluster.start_host()
+    done = await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED, within=30)
+    assert done.exit_code == 0
+    await eventually(lambda: runner.released == [task.task_id], within=30, what="the release")
+    assert await local_cluster.read_log(task.task_id) == b"done\n"

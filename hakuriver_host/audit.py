@@ -2,7 +2,10 @@
 
 ``record`` never blocks the caller: the line is logged at once and the row is written in
 the background by one flusher, every row queued meanwhile in one transaction
-(``wait_written`` waits for them, e.g. at shutdown).
+(``wait_written`` waits for them, e.g. at shutdown). Rows the database refuses for now (it
+is away: ``database_unavailable``) are held, up to HELD_ROWS, and written once it takes
+writes again (as the Host's task changes, see group_commit); a stopping Host tries them once
+more. Each row is also a log line, so one dropped is still in the Host's log.
 
 Refusals of callers who hold nothing of this Host's (no token, an unknown one) are limited:
 anybody who reaches a port could otherwise fill the disk with rows and lines in a loop. The
@@ -14,6 +17,7 @@ last 60 s)"). Refusals of known users and Runners are each written.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -24,6 +28,7 @@ from typing import Any
 from sqlmodel import Session, col, delete, select
 
 from hakuriver_common.roles import AuditOutcome
+from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.models import AuditRecord, cutoff_before, utcnow
@@ -48,6 +53,8 @@ def source_of(peer: str) -> str:
 # backlog, after an upgrade, never holds the database's write lock for long).
 FORGET_EVERY_SECONDS = 3600.0
 FORGET_BATCH = 5000
+# Rows held while the database is away, at most (the oldest beyond are dropped, logged).
+HELD_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,10 @@ class AuditLog:
         # Rows not yet written; one flusher writes them, all that queued meanwhile at once.
         self._queued: list[dict[str, Any]] = []
         self._flusher: asyncio.Task[None] | None = None
+        # Why rows are held now ("" when none are); False once the Host stops (``close``).
+        self._held = ""
+        self._holding = True
+        self._wake = asyncio.Event()
         self._strangers = LimitedLog(log, emit=self._stranger_refused)
 
     def record(
@@ -113,6 +124,7 @@ class AuditLog:
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
+        pause = HELD_PAUSE
         while self._queued:
             rows, self._queued = self._queued, []
             try:
@@ -121,12 +133,44 @@ class AuditLog:
                 why = database_unavailable(exc)
                 if why is None:
                     log.exception("could not store %d audit events", len(rows))
-                else:  # their lines are in the Host's log
+                elif not self._holding:  # their lines are in the Host's log
                     log.warning("could not store %d audit events: %s", len(rows), why)
+                else:
+                    self._hold(rows, why)
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), pause)
+                    pause = min(2 * pause, HELD_PAUSE_MAX)
+                continue
+            if self._held:
+                log.warning("the database takes writes again: the held audit events are stored")
+                self._held = ""
+            pause = HELD_PAUSE
+
+    def _hold(self, rows: list[dict[str, Any]], why: str) -> None:
+        """Queue ``rows`` again ahead of those queued since, keeping the newest HELD_ROWS."""
+        queued = rows + self._queued
+        dropped = len(queued) - HELD_ROWS
+        if dropped > 0:
+            log.warning(
+                "could not store %d audit events (more than %d held): %s", dropped, HELD_ROWS, why
+            )
+            queued = queued[dropped:]
+        self._queued = queued
+        if why != self._held:
+            log.warning(
+                "%d audit events held in memory, stored once the database takes writes again: %s",
+                len(queued),
+                why,
+            )
+            self._held = why
 
     def close(self) -> None:
-        """Write the counts of refusals not yet summed up (the Host stops)."""
+        """Write the counts of refusals not yet summed up, and hold no rows any more: those
+        held are tried once more (the Host stops)."""
         self._strangers.close()
+        self._holding = False
+        self._wake.set()
 
     async def wait_written(self) -> None:
         while self._flusher is not None and not self._flusher.done():
@@ -172,7 +216,8 @@ class AuditLog:
             self.store.bulk(AuditRecord.__table__).insert(connection, rows)  # type: ignore[attr-defined]
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:
-        await self.wait_written()
+        if not self._held:  # rows held wait for the database, which the query reads too
+            await self.wait_written()
         return await self.store.run(self._select, query)
 
     def _select(self, query: AuditQuery) -> list[AuditRecord]:

@@ -323,3 +323,32 @@ async def test_a_forget_age_past_year_one_keeps_everything_without_a_traceback(
     await cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)
     failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures == []
+
+
+async def test_audit_events_while_the_database_is_locked_are_stored_once_it_is_not(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the database refused (locked by another program, a PostgreSQL server away)
+    were dropped, only in the Host's log (QA); they are held and stored once it is back."""
+    bob = await local_cluster.add_user("bob")
+    drain = npb.DrainNodeRequest(hostname="a")
+    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
+        other
+    ):
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
+        await eventually(
+            lambda: "database is locked" in caplog.text,
+            within=30,
+            what="the refusal's row refused by the locked database",
+        )
+
+    async def bobs() -> list[aupb.AuditEvent]:
+        return await _events(local_cluster, actor="bob")
+
+    [denied] = await eventually(bobs, within=30, what="the refusal stored")
+    assert (denied.action, denied.target, denied.outcome) == (
+        "rpc",
+        "/hakuriver.v1.NodeService/DrainNode",
+        REFUSED,
+    )

@@ -9,4 +9,10 @@ from hakuriver_common.arrays import ARRAY_ID_VAR, ARRAY_INDEX_VAR
 TASK_ID_VAR = "HAKURIVER_TASK_ID"
 CPUS_VAR = "HAKURIVER_CPUS"
 GPU_IDS_VAR = "HAKURIVER_GPU_IDS"
-RESERVED = frozenset({TASK_ID_VAR, CPUS_VAR, GPU_IDS_VAR, ARRAY_ID_VAR, ARRAY_INDEX_VAR})
+# A host process's Runner (NAME@CLUSTER_ID): how it finds the process without its spool.
+# Not HAKURIVER_RUNNER: that would be the config's runner section to a HakuRiver tool the
+# process runs.
+RUNNER_VAR = "HAKURIVER_TASK_RUNNER"
+RESERVED = frozenset(
+    {TASK_ID_VAR, CPUS_VAR, GPU_IDS_VAR, RUNNER_VAR, ARRAY_ID_VAR, ARRAY_INDEX_VAR}
+)

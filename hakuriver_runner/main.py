@@ -54,7 +54,7 @@ def _runner(config: Config) -> Session:
     name = config.runner.name or socket.gethostname()
     docker_backend = DockerBackend(config, name)
     outbox, pool = Outbox(), BlockingPool()
-    supervisor = Supervisor(docker_backend, ProcessBackend(config), outbox, pool)
+    supervisor = Supervisor(docker_backend, ProcessBackend(config, name), outbox, pool)
     return Session(config, name, docker_backend, supervisor, outbox, pool)
 
 

@@ -11,7 +11,9 @@ Output and the exit code go to files in a spool folder under the Runner's privat
 could read or forge a host process's output, exit code and PID record), so a restarted
 runner re-adopts a task whose process is still alive (checked by PID and start time) and
 resumes following its output; one it cannot re-adopt ends with a clear error. The process
-gets the Runner's environment without its secrets (``without_secrets``).
+gets the Runner's environment without its secrets (``without_secrets``), and RUNNER_VAR
+naming the Runner and its cluster: a process whose spool folder went (``runner.state_dir``
+moved or wiped while it ran) is still found (``orphans``), to be stopped.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from hakuriver_common.config import Config
 from hakuriver_common.credentials import without_secrets
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.service import systemd_is_init
+from hakuriver_common.task_variables import RUNNER_VAR, TASK_ID_VAR
 from hakuriver_runner.backend import (
     Emit,
     ExitInfo,
@@ -147,11 +150,16 @@ def started_detail() -> str:
 
 
 class ProcessBackend:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, runner_name: str = "") -> None:
         self.config = config
         self.root = config.runner.state_dir.expanduser() / SPOOL_FOLDER
         # The cluster this Runner belongs to (set by the session), recorded with each task.
         self.cluster_id = ""
+        self.runner_name = runner_name
+
+    def _marker(self) -> str:
+        """RUNNER_VAR's value in this Runner's processes."""
+        return f"{self.runner_name}@{self.cluster_id}"
 
     def _spool(self, task_id: int) -> Path:
         return self.root / str(task_id)
@@ -216,6 +224,7 @@ class ProcessBackend:
                         "HOME": pwd.getpwuid(os.geteuid()).pw_dir,
                         **dict(dispatch.env),
                         **task_variables(dispatch, dispatch.gpu_ids),
+                        RUNNER_VAR: self._marker(),
                     },
                     cwd=workdir,
                     start_new_session=True,
@@ -264,6 +273,34 @@ class ProcessBackend:
 
     def task_ids(self) -> set[int]:
         return set(self.tasks())
+
+    def orphans(self) -> list[HostProcess]:
+        """This Runner's processes (RUNNER_VAR names it and its cluster) that no spool
+        folder records: they cannot be followed nor re-adopted. Process-group leaders only
+        (the wrapper each task runs in); none before the Runner knows its cluster."""
+        if not self.cluster_id:
+            return []
+        recorded = {(task.task_id, task.pid) for task in self.tasks().values()}
+        found: list[HostProcess] = []
+        for process in psutil.process_iter():
+            try:
+                if os.getpgid(process.pid) != process.pid:
+                    continue
+                environment = process.environ()
+                created = process.create_time()
+            except (psutil.Error, OSError):  # gone meanwhile, a zombie, another user's
+                continue
+            if environment.get(RUNNER_VAR) != self._marker():
+                continue
+            named = environment.get(TASK_ID_VAR, "")
+            task_id = int(named) if named.isdigit() else 0
+            if task_id and (task_id, process.pid) not in recorded:
+                started = datetime.fromtimestamp(created, UTC)
+                since_boot = created - psutil.boot_time()
+                found.append(
+                    HostProcess(task_id, self._spool(task_id), process.pid, since_boot, started)
+                )
+        return found
 
     def state(self, handle: HostProcess) -> tuple[str, datetime | None]:
         if not handle.alive():

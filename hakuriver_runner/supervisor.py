@@ -99,9 +99,19 @@ class Supervisor:
         return sorted(self._handles)
 
     async def reconcile(self, ack: rpb.RegisterAck) -> None:
-        """Drop the tasks the Host is done with; watch the others from the Host's offsets."""
+        """Drop the tasks the Host is done with, and the host processes no spool folder
+        records (the Host has them lost, or dispatches them again); watch the others from
+        the Host's offsets."""
         for task_id in ack.discard_task_ids:
             await self._discard(task_id)
+        for orphan in await self._pool.run(self.processes.orphans):
+            log.warning(
+                "task %s: its process %s runs without its spool folder under "
+                "runner.state_dir (moved or removed?), so it cannot be re-adopted: stopping it",
+                orphan.task_id,
+                orphan.pid,
+            )
+            await self._pool.run(self.processes.stop, orphan, 0)
         for adopt in ack.adopt:
             if adopt.task_id in self._handles:
                 self._watch(adopt.task_id, adopt.stdout_offset, adopt.stderr_offset)

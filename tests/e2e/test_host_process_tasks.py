@@ -101,6 +101,7 @@ def test_runner_restart_readopts_a_running_host_process(fresh_cluster: ProcessCl
 
 
 def test_runner_that_cannot_readopt_reports_the_task_lost(fresh_cluster: ProcessCluster) -> None:
+    # Its process ran on, untracked, after the task was lost (QA): the Runner stops it.
     cluster = fresh_cluster
     task = cluster.submit(["sleep", "600"], container_name="NULL")
     cluster.wait_status(task.task_id, RUNNING)
@@ -112,6 +113,9 @@ def test_runner_that_cannot_readopt_reports_the_task_lost(fresh_cluster: Process
         final = cluster.wait_final(task.task_id)
         assert final.status == task_pb2.TASK_STATUS_LOST
         assert "could not be re-adopted" in final.error_message
+        wait_for(lambda: _proc_state(pid) in ("gone", "Z"), what="the process stopped")
+        runner_log = (cluster.root / f"runner-{cluster.runner_names[0]}.log").read_text()
+        assert f"task {task.task_id}: its process {pid} runs without its spool folder" in runner_log
     finally:
         if _proc_state(pid) not in ("gone", "Z"):
             os.killpg(pid, signal.SIGKILL)

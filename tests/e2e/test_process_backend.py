@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import time
 from pathlib import Path
 
@@ -88,3 +89,31 @@ def test_a_paused_process_is_still_paused_after_its_handle_was_rebuilt(tmp_path:
     finally:
         for task in tasks:
             backend.stop(task, 1)
+
+
+def test_a_process_whose_spool_went_is_found_by_its_runner_only(tmp_path: Path) -> None:
+    """A host process whose spool folder went (runner.state_dir moved or wiped while it
+    ran) is an orphan to its own Runner, found by the name and cluster it carries; another
+    Runner's, or another cluster's, is not, and one its spool records is no orphan."""
+    backend = _backend(tmp_path)
+    backend.runner_name = "node-a"
+    started = [
+        backend.start(rpb.DispatchCommand(task_id=i, command="sleep", arguments=["30"]))
+        for i in (21, 22)
+    ]
+    try:
+        shutil.rmtree(backend.root / "21")
+        assert [(o.task_id, o.pid) for o in backend.orphans()] == [(21, started[0].pid)]
+        for name, cluster in (("node-b", backend.cluster_id), ("node-a", "0123456789abcdef")):
+            other = _backend(tmp_path / "other")
+            other.runner_name, other.cluster_id = name, cluster
+            assert other.orphans() == []
+        [orphan] = backend.orphans()
+        backend.stop(orphan, 0)
+        assert started[0].popen is not None
+        started[0].popen.wait(10)  # it ended (TimeoutExpired if not)
+        assert backend.orphans() == []
+        assert started[1].alive()
+    finally:
+        for task in started:
+            backend.stop(task, 0)

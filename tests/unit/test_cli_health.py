@@ -322,7 +322,7 @@ async def test_gpu_memory_nvml_cannot_read_is_unknown_not_empty(
         assert (name, (("gpu", "1"), ("node", "a"))) not in values  # unknown: no series
     assert values["hakuriver_gpu_utilization_ratio", (("gpu", "1"), ("node", "a"))] == 0.3
 
-    config = _client_config(local_cluster, tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
     await asyncio.to_thread(client.health, "a", False, 0, config, True)
     [shown] = json.loads(capsys.readouterr().out)
     idle, unread = shown["current"]["gpus"]

@@ -181,8 +181,12 @@ class AuditLog:
         while days > 0:
             try:
                 await self.forget_older_than(cutoff_before(days))
-            except Exception:
-                log.exception("could not forget old audit events")
+            except Exception as exc:
+                why = database_unavailable(exc)
+                if why is None:
+                    log.exception("could not forget old audit events")
+                else:  # not a bug: tried again in an hour
+                    log.warning("forgetting old audit events put off: %s", why)
             await asyncio.sleep(FORGET_EVERY_SECONDS)
 
     async def forget_older_than(self, cutoff: datetime) -> int:

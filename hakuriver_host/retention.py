@@ -25,7 +25,7 @@ from hakuriver_common.statuses import FINAL_STATUSES, TaskKind, TaskStatus
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import EndedTask, cutoff_before
 from hakuriver_host.scheduler import Scheduler
-from hakuriver_host.store import WRITE_BATCH, Store
+from hakuriver_host.store import WRITE_BATCH, Store, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,12 @@ class TaskRetention:
             pruned = Pruned()
             try:
                 await self.prune(cutoff_before(days), False, pruned)
-            except Exception:
-                log.exception("could not forget old tasks (so far: %s)", pruned)
+            except Exception as exc:
+                why = database_unavailable(exc)
+                if why is None:
+                    log.exception("could not forget old tasks (so far: %s)", pruned)
+                else:  # not a bug: tried again in an hour
+                    log.warning("forgetting old tasks put off (so far: %s): %s", pruned, why)
             else:
                 if pruned.tasks:
                     log.info(

@@ -5,6 +5,7 @@ forgotten like one that never held any."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import urllib.request
@@ -23,6 +24,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import audit, retention
 from tests.fake_runner import HOLD, eventually, exit_with
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster
@@ -258,3 +260,45 @@ async def test_a_prune_whose_caller_goes_is_carried_through(local_cluster: Local
     assert [d.split(", ")[:2] for d in details] == [["600 tasks", "1 batches"]]
     assert not await _known(local_cluster, array[-1].task_id)
     assert await _prune(local_cluster, 30) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("what", ["tasks", "audit events"])
+async def test_a_locked_database_puts_the_hourly_forgetting_off_in_one_line(
+    make_local_cluster: MakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    what: str,
+) -> None:
+    """Another program holding the database locked (a sqlite3 shell with a transaction
+    open) is no bug of the Host's: the forgetting logged a traceback, where the Host's
+    other periodic work logs one line and tries again."""
+    monkeypatch.setattr(retention, "FORGET_EVERY_SECONDS", 0.1)
+    monkeypatch.setattr(audit, "FORGET_EVERY_SECONDS", 0.1)
+    caplog.set_level(logging.INFO)
+    key = "forget_tasks_days" if what == "tasks" else "forget_audit_days"
+    cluster = await make_local_cluster(timing={**TIMING, key: 30})
+    await cluster.add_runner("a", answer=OUTPUT)
+    [task] = await _ended(cluster)
+    other = sqlite3.connect(cluster.config.database.db_file, isolation_level=None)
+    try:
+        # Old rows, and the lock taken again at once: the Host's next run finds them and
+        # cannot delete them.
+        other.execute("BEGIN IMMEDIATE")
+        old = "2020-01-01 00:00:00.000000"
+        other.execute("UPDATE tasks SET completed_at = ? WHERE task_id = ?", (old, task.task_id))
+        other.execute("UPDATE audit_events SET at = ?", (old,))
+        other.execute("COMMIT")
+        other.execute("BEGIN IMMEDIATE")
+
+        def put_off() -> list[str]:
+            said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+            return [line for line in said if f"forgetting old {what} put off" in line]
+
+        [line] = (await eventually(put_off, within=30, what="the forgetting to be put off"))[:1]
+    finally:
+        other.close()
+    assert line.endswith(
+        "the Host's database is locked by another program: try again once it is not"
+    )
+    forgetting = ("hakuriver_host.retention", "hakuriver.audit")
+    assert [r for r in caplog.records if r.name in forgetting and r.levelno >= logging.ERROR] == []

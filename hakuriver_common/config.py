@@ -145,8 +145,8 @@ class TimingConfig(Section):
     forget_node_seconds: float = Field(
         86400.0,
         gt=0,
-        description="A node offline this long that never held a task and is not drained is "
-        "forgotten.",
+        description="A node offline this long of which no task is kept (it never held one, "
+        "or all its tasks were forgotten) and that is not drained is forgotten.",
     )
     forget_audit_days: float = Field(
         365.0,

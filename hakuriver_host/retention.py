@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # How often ended tasks are looked for (timing.forget_tasks_days).
 FORGET_EVERY_SECONDS = 3600.0
-# The longest age PruneTasks takes (100 years): a cutoff further back is not a date.
+# The longest age PruneTasks takes (100 years): a longer one is a slip of the keyboard.
 MAX_PRUNE_DAYS = 36_500
 
 

@@ -4,7 +4,9 @@ Why: a Python gRPC client loads grpc, and asyncio with it, about 55 ms before it
 this one needs only the standard library's http.client and ssl besides protobuf, which the
 messages need anyway. It speaks Connect's unary calls (``application/proto``) and server
 streams (``application/connect+proto``: enveloped messages, then an end-of-stream JSON)
-over HTTP/1.1 on one kept-alive connection. The Host serves the same servicers there, behind
+over HTTP/1.1 on one kept-alive connection; a call made while a stream is still being read
+(health --watch reads the readings once its watch is in place) takes a new one, the stream
+keeping its own until it ends. The Host serves the same servicers there, behind
 the same authentication, authorisation table and errors (hakuriver_host/connect_bridge.py).
 
 Client and bidirectional streams, which Connect cannot carry over HTTP/1.1, go over gRPC;
@@ -21,6 +23,7 @@ import socket
 import ssl
 import struct
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,6 +115,7 @@ class ConnectLink:
         self._grpc: Link | None = None
         self._conn: _Connection | None = None
         self._reading: http.client.HTTPResponse | None = None
+        self._stream: weakref.ref[_Stream] | None = None  # the last stream, while in use
         self._used = 0.0
         self.answered = False  # the Host answered here (an error too): it serves this port
         self.over_grpc = False  # the first connection failed: every call goes over gRPC
@@ -130,15 +134,37 @@ class ConnectLink:
             self._grpc.close()
 
     def drop(self) -> None:
-        """Close the connection (a broken one, or a stream ended early)."""
+        """Close the kept-alive connection (a broken one)."""
         if self._conn is not None:
             self._conn.close()
         self._conn = self._reading = None
 
+    def release(self, conn: _Connection) -> None:
+        """Close ``conn``, a call's (a stream ended early, or broken); the next call takes a
+        new connection if it was the kept-alive one."""
+        conn.close()
+        if conn is self._conn:
+            self._conn = self._reading = None
+
+    def ended(self, conn: _Connection) -> None:
+        """A stream on ``conn`` was read to its end: close it unless it is kept alive."""
+        if conn is not self._conn:
+            conn.close()
+
+    def streaming(self, stream: _Stream) -> None:
+        """``stream`` reads the last call's answer: while its reader keeps it, a new call
+        leaves it the connection."""
+        self._stream = weakref.ref(stream)
+
     def _connection(self, timeout: float | None) -> _Connection:
         stale = time.monotonic() - self._used > IDLE_SECONDS
-        if (self._reading is not None and not self._reading.isclosed()) or stale:
-            self.drop()
+        unread = self._reading is not None and not self._reading.isclosed()
+        if unread and self._stream is not None and self._stream() is not None:
+            # A stream still in use keeps its connection (closed when it ends or is
+            # cancelled); this call takes a new one.
+            self._conn = self._reading = None
+        elif unread or stale:
+            self.drop()  # a stream left early (dropped by its reader), or an idle connection
         if self._conn is None:
             self._conn = _Connection(self._host, self._port, self._tls, self._server_name)
         if self._conn.sock is None:
@@ -154,8 +180,9 @@ class ConnectLink:
 
     def send(
         self, path: str, body: bytes, content_type: str, timeout: float | None
-    ) -> http.client.HTTPResponse:
-        """POST ``body``; the response once its head is in (a non-200 one raised)."""
+    ) -> tuple[http.client.HTTPResponse, _Connection]:
+        """POST ``body``; the response once its head is in (a non-200 one raised), and the
+        connection it is read from."""
         headers = {**self._headers, "Content-Type": content_type}
         if timeout is not None:
             headers["Connect-Timeout-Ms"] = str(max(1, int(timeout * 1000)))
@@ -173,10 +200,13 @@ class ConnectLink:
             raise self._failure(exc) from None
         finally:
             self._used = time.monotonic()
-        return response
+        return response, conn
 
-    def read(self, response: http.client.HTTPResponse, size: int | None = None) -> bytes:
-        """``size`` bytes of the body (fewer only at its end); all the rest when None."""
+    def read(
+        self, conn: _Connection, response: http.client.HTTPResponse, size: int | None = None
+    ) -> bytes:
+        """``size`` bytes of the body read from ``conn`` (fewer only at its end); all the
+        rest when None."""
         data = b""
         try:
             if size is None:
@@ -187,7 +217,7 @@ class ConnectLink:
                     break
                 data += more
         except (OSError, http.client.HTTPException) as exc:
-            self.drop()
+            self.release(conn)
             raise self._failure(exc) from None
         finally:
             self._used = time.monotonic()
@@ -248,9 +278,13 @@ class _Stream:
     """A server stream's responses; ``cancel`` ends it early (closing the connection)."""
 
     def __init__(
-        self, link: ConnectLink, response: http.client.HTTPResponse, message: type[Message]
+        self,
+        link: ConnectLink,
+        sent: tuple[http.client.HTTPResponse, _Connection],
+        message: type[Message],
     ) -> None:
-        self._link, self._response, self._message = link, response, message
+        self._link, self._message = link, message
+        self._response, self._conn = sent
         self._done = False
 
     def __iter__(self) -> Iterator[Any]:
@@ -259,18 +293,19 @@ class _Stream:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
-        head = self._link.read(self._response, 5)
+        head = self._link.read(self._conn, self._response, 5)
         if len(head) < 5:
             self.cancel()
             raise CallError(Status.UNAVAILABLE, f"the stream from {self._link.address} broke")
         flags, size = struct.unpack(">BI", head)
-        data = self._link.read(self._response, size)
+        data = self._link.read(self._conn, self._response, size)
         if len(data) < size:
             self.cancel()
             raise CallError(Status.UNAVAILABLE, f"the stream from {self._link.address} broke")
         if flags & END_STREAM:
             self._done = True
-            self._link.read(self._response)  # the end of the body: the connection is free
+            self._link.read(self._conn, self._response)  # the body's end: the connection is free
+            self._link.ended(self._conn)
             end = _connect_error(data) if b'"error"' in data else None
             if end is not None:
                 raise end
@@ -283,7 +318,7 @@ class _Stream:
     def cancel(self) -> None:
         if not self._done:
             self._done = True
-            self._link.drop()
+            self._link.release(self._conn)
 
 
 class _Stub:
@@ -326,7 +361,9 @@ def _call(
 ) -> Any:
     body = request.SerializeToString()
     if not streaming:
-        response = link.send(path, body, "application/proto", timeout)
-        return message.FromString(link.read(response))
+        response, conn = link.send(path, body, "application/proto", timeout)
+        return message.FromString(link.read(conn, response))
     envelope = struct.pack(">BI", 0, len(body)) + body
-    return _Stream(link, link.send(path, envelope, "application/connect+proto", timeout), message)
+    stream = _Stream(link, link.send(path, envelope, "application/connect+proto", timeout), message)
+    link.streaming(stream)
+    return stream

@@ -213,16 +213,20 @@ class LocalCluster:
         self._channels.append(channel)
         return channel
 
-    def cli_config(self, path: Path) -> Path:
+    def cli_config(self, path: Path, over_connect: bool = False) -> Path:
         """A config file at ``path`` for the command-line tools, as the admin, over gRPC
-        (no dashboard port: no Connect)."""
+        (no dashboard port: no Connect), or over Connect on the dashboard's port."""
         config = self.config
+        dashboard = "enabled = false"
+        if over_connect:
+            assert self.server is not None
+            dashboard = f"port = {self.server.dashboard_port}"
         path.write_text(
             f'[network]\nhost_reachable_address = "127.0.0.1"\n'
             f"host_port = {config.network.host_port}\n"
             f'[tls]\nca_file = "{config.tls.ca_file}"\n'
             f'[auth]\ncredentials_file = "{config.auth.credentials_file}"\n'
-            "[dashboard]\nenabled = false\n"
+            f"[dashboard]\n{dashboard}\n"
         )
         return path
 

@@ -170,15 +170,18 @@ def test_a_long_watch_keeps_only_the_samples_it_draws() -> None:
     assert "99.0%" in _printed(client._health_table({"a": trend}))
 
 
+@pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
 async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
     local_cluster: LocalCluster,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    over_connect: bool,
 ) -> None:
     """`health --watch` read the readings, then opened the watch: a node going offline (or
     its Runner's stream closing) between the two was never shown, the node staying online
-    in the table. It now reads them after the Host said its watch was in place."""
+    in the table. It now reads them after the Host said its watch was in place (over
+    Connect too, on a connection of their own while the stream keeps its)."""
     await local_cluster.add_runner("a")
     assert local_cluster.server is not None
     host = local_cluster.server.cluster
@@ -195,7 +198,7 @@ async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
 
     monkeypatch.setattr(host, "health", reading)
     monkeypatch.setattr(host, "watch_health", watching)
-    config = local_cluster.cli_config(tmp_path / "client.toml")
+    config = local_cluster.cli_config(tmp_path / "client.toml", over_connect)
     await asyncio.to_thread(client.health, "a", True, 1, config, True)
     assert asked[:2] == ["watch", "read"]
     [line] = capsys.readouterr().out.splitlines()

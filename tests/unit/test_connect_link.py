@@ -128,6 +128,30 @@ async def test_a_stream_left_early_spoils_no_later_call(local_cluster: LocalClus
     link.close()
 
 
+async def test_a_call_made_while_a_stream_is_read_leaves_the_stream_going(
+    local_cluster: LocalCluster,
+) -> None:
+    """A call while a stream was still being read closed the stream's connection (one
+    connection for all): the stream then broke (UNAVAILABLE), which `health --watch`, reading
+    the readings once its watch is in place, took for the Host gone, again and again."""
+    await local_cluster.add_runner("a")
+    link = connect_link(local_cluster, local_cluster.admin_token)
+
+    def watch_read_watch() -> tuple[bool, list[str], str]:
+        stub = node_stub(link)
+        stream = stub.WatchHealth(npb.WatchHealthRequest(send_watching=True))
+        first = next(stream)
+        read = stub.GetHealth(npb.GetHealthRequest(hostname="a", include_history=True))
+        second = next(stream)
+        stream.cancel()
+        return first.watching, [n.hostname for n in read.nodes], second.node.hostname
+
+    assert await in_thread(watch_read_watch) == (True, ["a"], "a")
+    health = await in_thread(lambda: node_stub(link).GetHealth(npb.GetHealthRequest()))
+    assert [n.hostname for n in health.nodes] == ["a"]  # the link goes on after the cancel
+    link.close()
+
+
 async def test_without_the_dashboard_every_call_goes_over_grpc(
     local_cluster: LocalCluster,
 ) -> None:

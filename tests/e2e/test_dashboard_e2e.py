@@ -1091,6 +1091,31 @@ def test_every_page_loads_without_console_errors(site: Site) -> None:
     site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=running.task_id), timeout=30)
 
 
+def test_a_gpu_in_mig_mode_shows_its_utilisation_unknown_not_0(site: Site) -> None:
+    """NVML reads no utilisation for a GPU in MIG mode: its card showed 0 %, an idle GPU.
+    (Last in the file: the Runner it starts stays listed, offline, once stopped.)"""
+    cluster = site.cluster
+    name = cluster.start_runner(
+        f"{cluster.runner_names[0]}-mig",
+        env={
+            "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+            "HAKURIVER_FAKE_GPUS": "2",
+            "HAKURIVER_FAKE_MIG": "1",
+        },
+    )
+    try:
+        tab = site.tab(cluster.admin_token)
+        tab.goto("/gpus")
+        cards = tab.page.locator(f'[data-testid="gpu-card"][data-node="{name}"]')
+        unknown = "\N{EN DASH}"  # as for any reading the node cannot take
+        expect(cards.nth(1).get_by_test_id("gpu-utilisation")).to_have_text(unknown)
+        expect(cards.nth(0).get_by_test_id("gpu-utilisation")).not_to_have_text(unknown)
+        expect(cards.nth(1).get_by_test_id("gpu-memory")).to_contain_text("/")
+        _no_problems(tab)
+    finally:
+        cluster.kill_runner(name)
+
+
 def test_a_node_that_joins_is_offered_without_a_reload(site: Site) -> None:
     """The Tasks page's node filter and its form's target ask for the nodes again when they
     are entered (the pointer over them, the focus into them): a node that joined after the

@@ -410,12 +410,14 @@ class Access:
             raise NotFound(f"token_id: token {token_id!r} not found")
         return record
 
-    async def revoke_token(self, record: ApiTokenRecord) -> ApiTokenRecord:
-        if record.revoked_at is None:
-            record.revoked_at = utcnow()
-            await self.store.run(self._merge, record)
-            self._tell_revoked()
-        return record
+    async def revoke_token(self, record: ApiTokenRecord) -> bool:
+        """Revoke the token; False if it was revoked already (nothing changes)."""
+        if record.revoked_at is not None:
+            return False
+        record.revoked_at = utcnow()
+        await self.store.run(self._merge, record)
+        self._tell_revoked()
+        return True
 
     # ----- Runner credentials -----------------------------------------------------------
 
@@ -449,14 +451,16 @@ class Access:
     def runner_credentials(self) -> list[RunnerCredentialRecord]:
         return sorted(self._runners.values(), key=lambda r: r.hostname)
 
-    async def revoke_runner(self, hostname: str) -> RunnerCredentialRecord:
+    async def revoke_runner(self, hostname: str) -> tuple[RunnerCredentialRecord, bool]:
+        """Revoke the Runner's credential; and whether this did (not: revoked already)."""
         credential = self._runners.get(hostname)
         if credential is None:
             raise NotFound(f"hostname: runner {hostname!r} holds no credential")
-        if credential.revoked_at is None:
-            credential.revoked_at = utcnow()
-            await self.store.run(self._merge, credential)
-        return credential
+        if credential.revoked_at is not None:
+            return credential, False
+        credential.revoked_at = utcnow()
+        await self.store.run(self._merge, credential)
+        return credential, True
 
     # ----- on the store thread ----------------------------------------------------------
 

@@ -180,8 +180,8 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         token = self.access.token(request.token_id)
         if token.user != who.name and not who.has(Role.ADMIN):
             raise Hidden(f"token_id: token {request.token_id!r} not found")
-        await self.access.revoke_token(token)
-        self.audit.record(who, "token.revoke", token.token_id, detail=f"of {token.user}")
+        if await self.access.revoke_token(token):  # one revoked already: no change to audit
+            self.audit.record(who, "token.revoke", token.token_id, detail=f"of {token.user}")
         return apb.RevokeTokenResponse(token=token_to_pb(token))
 
     async def ListRunnerCredentials(
@@ -194,11 +194,12 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
     async def RevokeRunnerCredential(
         self, request: apb.RevokeRunnerCredentialRequest, context: grpc.aio.ServicerContext
     ) -> apb.RevokeRunnerCredentialResponse:
-        credential = await self.access.revoke_runner(request.hostname)
+        credential, revoked = await self.access.revoke_runner(request.hostname)
         link = self.links.link_of(request.hostname)
         if link is not None:
             link.close()
-        self.audit.record(caller(), "runner.revoke", request.hostname)
+        if revoked:  # one revoked already: no change to audit
+            self.audit.record(caller(), "runner.revoke", request.hostname)
         return apb.RevokeRunnerCredentialResponse(credential=credential_to_pb(credential))
 
 

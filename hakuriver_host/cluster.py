@@ -916,6 +916,8 @@ class Cluster:
             if self.nodes.nodes.get(hostname) is node:
                 self.nodes.set_draining(hostname, before)
             raise
+        if before == draining:  # drained (or taking work) already: no change to audit
+            return
         self.audit.record(who, "node.drain" if draining else "node.undrain", hostname)
         log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
         if not draining:

@@ -124,6 +124,39 @@ async def test_a_role_given_to_a_user_who_has_it_is_no_change_audited(
     assert (changed.actor, changed.target, changed.detail) == ("admin", "alice", "user -> operator")
 
 
+async def test_a_drain_or_revocation_made_already_is_no_change_audited(
+    local_cluster: LocalCluster,
+) -> None:
+    """A second DrainNode of a draining node (or UndrainNode of one taking work), a second
+    RevokeToken of a token and RevokeRunnerCredential of a Runner were each audited again, as
+    changes made then."""
+    await local_cluster.add_runner("a")
+    drain, undrain = npb.DrainNodeRequest(hostname="a"), npb.UndrainNodeRequest(hostname="a")
+    await local_cluster.nodes.UndrainNode(undrain, timeout=5)
+    for _ in range(2):
+        await local_cluster.nodes.DrainNode(drain, timeout=5)
+    for _ in range(2):
+        await local_cluster.nodes.UndrainNode(undrain, timeout=5)
+    made = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
+    for _ in range(2):
+        revoked = await local_cluster.access.RevokeToken(revoke, timeout=5)
+        assert revoked.token.HasField("revoked_at")
+    runner = apb.RevokeRunnerCredentialRequest(hostname="a")
+    for _ in range(2):
+        gone = await local_cluster.access.RevokeRunnerCredential(runner, timeout=5)
+        assert gone.credential.HasField("revoked_at")
+    events = await _events(local_cluster, limit=1000)
+    actions = ("node.", "token.revoke", "runner.revoke")
+    changes = [(e.action, e.target) for e in events if e.action.startswith(actions)]
+    assert changes == [
+        ("runner.revoke", "a"),
+        ("token.revoke", made.token.token_id),
+        ("node.undrain", "a"),
+        ("node.drain", "a"),
+    ]
+
+
 async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")

@@ -112,6 +112,27 @@ def test_a_task_from_the_form_streams_live_and_is_killed_from_the_page(site: Sit
     _no_problems(tab)
 
 
+def test_output_is_shown_as_a_terminal_shows_it(site: Site) -> None:
+    """A progress bar redraws its line with carriage returns, and colours are escape
+    sequences: the page shows the bar's last state and the text without the escapes, also
+    when a "\\r\\n" or an escape is cut between two pieces of the stream (the sleeps)."""
+    script = (
+        "sleep 1; for i in 1 2 3 4 5; do printf '\\rprogress %d0%%' $i; sleep 0.2; done; echo;"
+        " printf 'kept\\r'; sleep 1; printf '\\nnext\\n';"
+        " printf '\\033['; sleep 1; printf '32mgreen\\033[0m\\r\\n';"
+        " printf '\\033]0;a title\\007\\033[1;31mred\\033[0m plain\\n'"
+    )
+    request = tpb.SubmitTaskRequest(command="sh", arguments=["-c", script], container_name=BASE_ENV)
+    [task] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+    tab = site.tab(site.alice)
+    tab.goto(f"/tasks/{task.task_id}")
+    stdout = tab.page.get_by_test_id("stdout")
+    expect(stdout).to_contain_text("plain")
+    assert stdout.text_content() == "progress 50%\nkept\nnext\ngreen\nred plain\n"
+    assert site.cluster.read_log(task.task_id).startswith(b"\rprogress 10%")
+    _no_problems(tab)
+
+
 def test_a_queued_task_says_why_it_waits(site: Site) -> None:
     """A task aimed at a drained node waits; its page says so (the Host's waiting reason),
     and it runs once the node is undrained."""

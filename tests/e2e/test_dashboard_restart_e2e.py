@@ -8,7 +8,7 @@ import signal
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Request, expect
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from tests.e2e.browser import Tabs
@@ -64,11 +64,14 @@ def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
         tab.goto(path)
         expect(tab.page.locator("main h1").first).to_be_visible()
     home = opened[0]
-    # Home counts tasks again at each retry of its stream: once such a count has failed and
-    # the stream has been retried after it, that count's failure has had its chance to show.
-    with home.page.expect_event("requestfailed", lambda r: "CountTasks" in r.url):
+    # Home counts tasks again once its stream is back in place (send_watching): once the
+    # stream's retry has failed twice, a failure has had its chance to show.
+    def watch(request: Request) -> bool:
+        return "WatchTasks" in request.url
+
+    with home.page.expect_event("requestfailed", watch):
         cluster.kill_host(signal.SIGTERM)
-    with home.page.expect_event("requestfailed"):
+    with home.page.expect_event("requestfailed", watch):
         pass
     for tab in opened:
         notice = tab.page.get_by_test_id("reconnecting")

@@ -66,7 +66,9 @@ class Finals:
         self.counts: dict[int, int] = {}
         self.failed: list[task_pb2.Task] = []
         self.changed = threading.Condition()
-        self.stream = cluster.tasks.WatchTasks(tpb.WatchTasksRequest())
+        # Submitted once the watch is in place: a task ending before it was never counted.
+        self.stream = cluster.tasks.WatchTasks(tpb.WatchTasksRequest(send_watching=True))
+        next(self.stream)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:

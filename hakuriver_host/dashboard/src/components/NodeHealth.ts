@@ -127,23 +127,27 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
       loaded.value = true;
       return;
     }
-    // Open the stream first and read the history meanwhile, so no sample falls between
-    // the two; duplicates are dropped by add().
+    // Read the history once the Host says the watch is in place (send_watching), so no
+    // sample or change of status falls between the two (a node going offline then was
+    // never shown); duplicates are dropped by add().
     const local = new AbortController();
     const stop = () => local.abort();
     signal.addEventListener("abort", stop);
     try {
-      const stream = api.nodes.watchHealth({ hostname }, { signal: local.signal });
+      const stream = api.nodes.watchHealth(
+        { hostname, sendWatching: true },
+        { signal: local.signal },
+      );
       const iterator = stream[Symbol.asyncIterator]();
-      const first = iterator.next();
-      first.catch(() => undefined);
+      const watching = await iterator.next();
+      if (watching.done) throw new Error("the Host ended the health stream");
       const now = await api.nodes.getHealth({ hostname, includeHistory: true }, { signal });
       for (const node of now.nodes) receive(node, node.history);
       trim();
       loaded.value = true;
       live.error.value = ""; // (re)connected: useLive keeps a failure until consume ends
       triggerRef(tracks);
-      for (let next = await first; !next.done; next = await iterator.next()) {
+      for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
         const node = next.value.node;
         receive(node);
         if (node && !node.current) onStatus?.(node.hostname, node.status);

@@ -64,6 +64,7 @@ def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
         tab.goto(path)
         expect(tab.page.locator("main h1").first).to_be_visible()
     home = opened[0]
+
     # Home counts tasks again once its stream is back in place (send_watching): once the
     # stream's retry has failed twice, a failure has had its chance to show.
     def watch(request: Request) -> bool:

@@ -372,6 +372,16 @@ join_token = "{self.join_token}"
     def wait_final(self, task_id: int, timeout: float = 60) -> task_pb2.Task:
         return self.wait_status(task_id, FINAL, timeout)
 
+    def gated_task(self, gate: str) -> tuple[task_pb2.Task, Path]:
+        """A task that prints "before", waits for /shared/``gate``, then prints "after" and
+        exits 0: returned once "before" is stored, with the path that opens the gate."""
+        gates = self.shared_dir / "shared_data"
+        gates.mkdir(parents=True, exist_ok=True)
+        script = f"echo before; while [ ! -e /shared/{gate} ]; do sleep 0.05; done; echo after"
+        task = self.submit(["sh", "-c", script])
+        wait_for(lambda: self.read_log(task.task_id) == b"before\n", what="its first line")
+        return task, gates / gate
+
     def read_log(self, task_id: int, stream: int = task_pb2.LOG_STREAM_STDOUT) -> bytes:
         request = lpb.ReadLogRequest(task_id=task_id, stream=stream)  # type: ignore[arg-type]
         return b"".join(chunk.data for chunk in self.logs.ReadLog(request, timeout=10))

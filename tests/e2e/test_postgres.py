@@ -197,14 +197,9 @@ def test_a_task_that_ends_while_the_server_is_away_is_stored_once_it_is_back(
     # after the server was back, and was lost after a Host restart (QA).
     monkeypatch.setenv("HAKURIVER_DATABASE__URL", own_postgres.url)
     with running_cluster(tmp_path) as cluster:
-        gates = cluster.shared_dir / "shared_data"
-        gates.mkdir(parents=True, exist_ok=True)
-        task = cluster.submit(
-            ["sh", "-c", "echo before; while [ ! -e /shared/go ]; do sleep 0.05; done; echo after"]
-        )
-        wait_for(lambda: cluster.read_log(task.task_id) == b"before\n", what="its first line")
+        task, gate = cluster.gated_task("go")
         own_postgres.stop()
-        (gates / "go").touch()
+        gate.touch()
         wait_for(
             lambda: "changes held in memory" in (tmp_path / "host.log").read_text(),
             timeout=60,

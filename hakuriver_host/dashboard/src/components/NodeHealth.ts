@@ -2,8 +2,9 @@
 //
 // Health is live: the recent history from GetHealth(include_history) once, then every new
 // sample from the WatchHealth stream (no polling); the same stream says when a node goes
-// online or offline, or is drained or undrained (a message without a sample). The node list (reservations, draining,
-// online/offline) is fetched once and again, collapsed, when a stream says it changed:
+// online or offline, or is drained or undrained (a message without a sample). The node
+// list (reservations, draining, online/offline) is fetched once and again, collapsed,
+// when a stream says it changed:
 // a WatchHealth status message, or a WatchTasks event of a task placed on or ending on a
 // node (useNodes' statusChanged and taskChanged); see useNodes for the slow safety refresh.
 import { Code, ConnectError } from "@connectrpc/connect";

@@ -179,6 +179,7 @@ class NodeTrend:
     output_problem: str = ""
     disconnected: bool = False
     draining: bool = False
+    unread_gpus: list[int] = field(default_factory=list)
 
     def add(self, sample: node_pb2.Health) -> None:
         """Keep the last TREND_POINTS samples, all the table draws: a `--watch` kept every
@@ -198,6 +199,7 @@ class NodeTrend:
         self.output_problem = node.output_problem
         self.disconnected = node.disconnected
         self.draining = node.draining
+        self.unread_gpus = list(node.unread_gpus)
         for sample in node.history:
             self.add(sample)
         if node.HasField("current"):
@@ -263,6 +265,8 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
         for g in h.gpus:
             history = [x for s in trend.samples for x in s.gpus if x.index == g.index]
             out.add_row(*_gpu_row(g, history))
+        for index in trend.unread_gpus:  # dropped out of its readings: not left unsaid
+            out.add_row(f"  gpu {index}", "not read", *["-"] * 5)
     problems = [
         f"{hostname}: its tasks' output could not be stored: {escape(trend.output_problem)}"
         for hostname, trend in sorted(trends.items())
@@ -309,7 +313,12 @@ def health(
 def _trends(found: list[npb.NodeHealth]) -> dict[str, NodeTrend]:
     return {
         n.hostname: NodeTrend(
-            n.status, list(n.history), n.output_problem, n.disconnected, n.draining
+            n.status,
+            list(n.history),
+            n.output_problem,
+            n.disconnected,
+            n.draining,
+            list(n.unread_gpus),
         )
         for n in found
     }

@@ -926,6 +926,11 @@ class Cluster:
     def health(self, hostname: str = "") -> list[NodeView]:
         return self.nodes.selected(hostname)
 
+    def unread_gpus(self, hostname: str) -> list[int]:
+        """The node's GPUs missing from its latest readings (see NodeTable.gpus_read)."""
+        capacity = self.scheduler.nodes.get(hostname)
+        return sorted(capacity.unread_gpus) if capacity else []
+
     def watch_health(
         self, hostname: str = "", announce: bool = False
     ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:

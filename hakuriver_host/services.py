@@ -219,13 +219,16 @@ class LogService(log_service_pb2_grpc.LogServiceServicer):
             yield lpb.ReadLogResponse(offset=offset, data=data)
 
 
-def _node_health(node: NodeView, health: node_pb2.Health | None) -> npb.NodeHealth:
+def _node_health(
+    cluster: Cluster, node: NodeView, health: node_pb2.Health | None
+) -> npb.NodeHealth:
     entry = npb.NodeHealth(
         hostname=node.hostname,
         status=NodeStatus.of(node.online).pb,
         output_problem=node.output_problem,
         disconnected=node.disconnected,
         draining=node.draining,
+        unread_gpus=cluster.unread_gpus(node.hostname),
     )
     if health is not None:
         entry.current.CopyFrom(health)
@@ -263,7 +266,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
     ) -> npb.GetHealthResponse:
         response = npb.GetHealthResponse()
         for node in self.cluster.health(request.hostname):
-            entry = _node_health(node, node.health)
+            entry = _node_health(self.cluster, node, node.health)
             if request.include_history:
                 entry.history.extend(node.history)
             response.nodes.append(entry)
@@ -276,7 +279,7 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
             if change is None:
                 yield npb.WatchHealthResponse(watching=True)
             else:
-                yield npb.WatchHealthResponse(node=_node_health(*change))
+                yield npb.WatchHealthResponse(node=_node_health(self.cluster, *change))
 
 
 class RunnerService(runner_service_pb2_grpc.RunnerServiceServicer):

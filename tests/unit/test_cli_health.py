@@ -335,3 +335,28 @@ async def test_gpu_memory_nvml_cannot_read_is_unknown_not_empty(
     cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
     memory = {row[1].strip(): row[5].strip() for row in cells if len(row) > 5}
     assert (memory["gpu 0"], memory["gpu 1"]) == ("0B/40.0G", "-")
+
+
+async def test_health_names_a_gpu_that_dropped_out_of_the_readings(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A GPU NVML no longer reads (fallen off the bus) left health's table without a word:
+    its row was gone, and nothing said the node had a GPU no task gets (`nodes` did)."""
+    gpus = [node_pb2.Gpu(index=i, name="A100", memory_total_bytes=GB) for i in (0, 1)]
+    runner = await local_cluster.add_runner(
+        "a", gpus=gpus, health=lambda: node_pb2.Health(memory_total_bytes=GB, gpus=gpus[:1])
+    )
+    await eventually(lambda: runner.heartbeats_sent >= 2, what="heartbeats")
+    await eventually(lambda: _unread(local_cluster), what="GPU 1 not read")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", False, 0, config, True)
+    [shown] = json.loads(capsys.readouterr().out)
+    assert shown["unread_gpus"] == [1]
+    await asyncio.to_thread(client.health, "a", False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    status = {row[1].strip(): row[2].strip() for row in cells if len(row) > 2}
+    assert (status["gpu 0"], status["gpu 1"]) == ("A100", "not read")
+
+
+async def _unread(cluster: LocalCluster) -> list[int]:
+    return list((await cluster.node("a")).unread_gpus)

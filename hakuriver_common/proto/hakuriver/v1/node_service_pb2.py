@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from hakuriver_common.proto.hakuriver.v1 import node_pb2 as hakuriver_dot_v1_dot_node__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhakuriver/v1/node_service.proto\x12\x0chakuriver.v1\x1a\x17hakuriver/v1/node.proto\"\x12\n\x10ListNodesRequest\"=\n\x11ListNodesResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.NodeR\x05nodes\"W\n\x10GetHealthRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\'\n\x0finclude_history\x18\x02 \x01(\x08R\x0eincludeHistory\"\xa1\x02\n\nNodeHealth\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32\x18.hakuriver.v1.NodeStatusR\x06status\x12.\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x14.hakuriver.v1.HealthR\x07\x63urrent\x12.\n\x07history\x18\x04 \x03(\x0b\x32\x14.hakuriver.v1.HealthR\x07history\x12%\n\x0eoutput_problem\x18\x05 \x01(\tR\routputProblem\x12\"\n\x0c\x64isconnected\x18\x06 \x01(\x08R\x0c\x64isconnected\x12\x1a\n\x08\x64raining\x18\x07 \x01(\x08R\x08\x64raining\"C\n\x11GetHealthResponse\x12.\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.hakuriver.v1.NodeHealthR\x05nodes\".\n\x10\x44rainNodeRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\";\n\x11\x44rainNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.NodeR\x04node\"0\n\x12UndrainNodeRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\"=\n\x13UndrainNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.NodeR\x04node\"U\n\x12WatchHealthRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12#\n\rsend_watching\x18\x02 \x01(\x08R\x0csendWatching\"_\n\x13WatchHealthResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x18.hakuriver.v1.NodeHealthR\x04node\x12\x1a\n\x08watching\x18\x02 \x01(\x08R\x08watching2\xa1\x03\n\x0bNodeService\x12L\n\tListNodes\x12\x1e.hakuriver.v1.ListNodesRequest\x1a\x1f.hakuriver.v1.ListNodesResponse\x12L\n\tGetHealth\x12\x1e.hakuriver.v1.GetHealthRequest\x1a\x1f.hakuriver.v1.GetHealthResponse\x12L\n\tDrainNode\x12\x1e.hakuriver.v1.DrainNodeRequest\x1a\x1f.hakuriver.v1.DrainNodeResponse\x12R\n\x0bUndrainNode\x12 .hakuriver.v1.UndrainNodeRequest\x1a!.hakuriver.v1.UndrainNodeResponse\x12T\n\x0bWatchHealth\x12 .hakuriver.v1.WatchHealthRequest\x1a!.hakuriver.v1.WatchHealthResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fhakuriver/v1/node_service.proto\x12\x0chakuriver.v1\x1a\x17hakuriver/v1/node.proto\"\x12\n\x10ListNodesRequest\"=\n\x11ListNodesResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.NodeR\x05nodes\"W\n\x10GetHealthRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\'\n\x0finclude_history\x18\x02 \x01(\x08R\x0eincludeHistory\"\xc2\x02\n\nNodeHealth\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32\x18.hakuriver.v1.NodeStatusR\x06status\x12.\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x14.hakuriver.v1.HealthR\x07\x63urrent\x12.\n\x07history\x18\x04 \x03(\x0b\x32\x14.hakuriver.v1.HealthR\x07history\x12%\n\x0eoutput_problem\x18\x05 \x01(\tR\routputProblem\x12\"\n\x0c\x64isconnected\x18\x06 \x01(\x08R\x0c\x64isconnected\x12\x1a\n\x08\x64raining\x18\x07 \x01(\x08R\x08\x64raining\x12\x1f\n\x0bunread_gpus\x18\x08 \x03(\x05R\nunreadGpus\"C\n\x11GetHealthResponse\x12.\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.hakuriver.v1.NodeHealthR\x05nodes\".\n\x10\x44rainNodeRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\";\n\x11\x44rainNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.NodeR\x04node\"0\n\x12UndrainNodeRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\"=\n\x13UndrainNodeResponse\x12&\n\x04node\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.NodeR\x04node\"U\n\x12WatchHealthRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\x12#\n\rsend_watching\x18\x02 \x01(\x08R\x0csendWatching\"_\n\x13WatchHealthResponse\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x18.hakuriver.v1.NodeHealthR\x04node\x12\x1a\n\x08watching\x18\x02 \x01(\x08R\x08watching2\xa1\x03\n\x0bNodeService\x12L\n\tListNodes\x12\x1e.hakuriver.v1.ListNodesRequest\x1a\x1f.hakuriver.v1.ListNodesResponse\x12L\n\tGetHealth\x12\x1e.hakuriver.v1.GetHealthRequest\x1a\x1f.hakuriver.v1.GetHealthResponse\x12L\n\tDrainNode\x12\x1e.hakuriver.v1.DrainNodeRequest\x1a\x1f.hakuriver.v1.DrainNodeResponse\x12R\n\x0bUndrainNode\x12 .hakuriver.v1.UndrainNodeRequest\x1a!.hakuriver.v1.UndrainNodeResponse\x12T\n\x0bWatchHealth\x12 .hakuriver.v1.WatchHealthRequest\x1a!.hakuriver.v1.WatchHealthResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,21 +39,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETHEALTHREQUEST']._serialized_start=157
   _globals['_GETHEALTHREQUEST']._serialized_end=244
   _globals['_NODEHEALTH']._serialized_start=247
-  _globals['_NODEHEALTH']._serialized_end=536
-  _globals['_GETHEALTHRESPONSE']._serialized_start=538
-  _globals['_GETHEALTHRESPONSE']._serialized_end=605
-  _globals['_DRAINNODEREQUEST']._serialized_start=607
-  _globals['_DRAINNODEREQUEST']._serialized_end=653
-  _globals['_DRAINNODERESPONSE']._serialized_start=655
-  _globals['_DRAINNODERESPONSE']._serialized_end=714
-  _globals['_UNDRAINNODEREQUEST']._serialized_start=716
-  _globals['_UNDRAINNODEREQUEST']._serialized_end=764
-  _globals['_UNDRAINNODERESPONSE']._serialized_start=766
-  _globals['_UNDRAINNODERESPONSE']._serialized_end=827
-  _globals['_WATCHHEALTHREQUEST']._serialized_start=829
-  _globals['_WATCHHEALTHREQUEST']._serialized_end=914
-  _globals['_WATCHHEALTHRESPONSE']._serialized_start=916
-  _globals['_WATCHHEALTHRESPONSE']._serialized_end=1011
-  _globals['_NODESERVICE']._serialized_start=1014
-  _globals['_NODESERVICE']._serialized_end=1431
+  _globals['_NODEHEALTH']._serialized_end=569
+  _globals['_GETHEALTHRESPONSE']._serialized_start=571
+  _globals['_GETHEALTHRESPONSE']._serialized_end=638
+  _globals['_DRAINNODEREQUEST']._serialized_start=640
+  _globals['_DRAINNODEREQUEST']._serialized_end=686
+  _globals['_DRAINNODERESPONSE']._serialized_start=688
+  _globals['_DRAINNODERESPONSE']._serialized_end=747
+  _globals['_UNDRAINNODEREQUEST']._serialized_start=749
+  _globals['_UNDRAINNODEREQUEST']._serialized_end=797
+  _globals['_UNDRAINNODERESPONSE']._serialized_start=799
+  _globals['_UNDRAINNODERESPONSE']._serialized_end=860
+  _globals['_WATCHHEALTHREQUEST']._serialized_start=862
+  _globals['_WATCHHEALTHREQUEST']._serialized_end=947
+  _globals['_WATCHHEALTHRESPONSE']._serialized_start=949
+  _globals['_WATCHHEALTHRESPONSE']._serialized_end=1044
+  _globals['_NODESERVICE']._serialized_start=1047
+  _globals['_NODESERVICE']._serialized_end=1464
 # @@protoc_insertion_point(module_scope)

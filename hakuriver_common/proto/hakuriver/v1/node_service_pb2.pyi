@@ -89,6 +89,7 @@ class NodeHealth(_message.Message):
     OUTPUT_PROBLEM_FIELD_NUMBER: _builtins.int
     DISCONNECTED_FIELD_NUMBER: _builtins.int
     DRAINING_FIELD_NUMBER: _builtins.int
+    UNREAD_GPUS_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     status: _node_pb2.NodeStatus.ValueType
     output_problem: _builtins.str
@@ -107,6 +108,12 @@ class NodeHealth(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.Health]:
         """Recent samples, oldest first, when asked for."""
 
+    @_builtins.property
+    def unread_gpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """GPU indices of gpus that dropped out of the node's latest readings (see
+        Node.unread_gpus).
+        """
+
     def __init__(
         self,
         *,
@@ -117,10 +124,11 @@ class NodeHealth(_message.Message):
         output_problem: _builtins.str = ...,
         disconnected: _builtins.bool = ...,
         draining: _builtins.bool = ...,
+        unread_gpus: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["current", b"current"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "disconnected", b"disconnected", "draining", b"draining", "history", b"history", "hostname", b"hostname", "output_problem", b"output_problem", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "disconnected", b"disconnected", "draining", b"draining", "history", b"history", "hostname", b"hostname", "output_problem", b"output_problem", "status", b"status", "unread_gpus", b"unread_gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -354,6 +354,10 @@ class NodeTable:
         node = self.nodes.get(hostname)
         return node.output_problem if node is not None else ""
 
+    def output_problems(self) -> list[str]:
+        """The nodes that show an output problem."""
+        return [n.hostname for n in self.nodes.values() if n.output_problem]
+
     def output_stored(self, hostname: str, problem: str = "") -> None:
         """The Host tried to store output of a task on this node: ``problem`` says why it
         could not ("" when it could). Health watchers hear of a change, as of a status."""

@@ -266,8 +266,8 @@ class RunnerGateway:
         """Store a chunk of a task's output. A gap or a failed write is about that task
         alone: logged once per task, counted, and the stream goes on. A task whose output
         could not be stored is not reported completed (see task_machine); its node shows
-        the problem until a write of its output succeeds with room on the storage again
-        (a full file system still takes a few appends)."""
+        the problem until a write of any task's output succeeds with room on the storage
+        again (a full file system still takes a few appends)."""
         check_chunk(chunk)
         if not self._owns(link, chunk.task_id, "log chunk"):
             return
@@ -290,8 +290,12 @@ class RunnerGateway:
                     why = f"output could not be stored: {exc}"
                     await self.book.persist(task, why, status_detail=why)
             return
-        if self.nodes.output_problem(link.hostname) and await self.logs.has_room():
-            self.nodes.output_stored(link.hostname)
+        # The storage is the Host's, the same for every node: room again clears them all,
+        # not only this one (a node with no more output, drained and shut down, showed
+        # the problem, and kept its alert firing, for good).
+        if self.nodes.output_problems() and await self.logs.has_room():
+            for hostname in self.nodes.output_problems():
+                self.nodes.output_stored(hostname)
         self.metrics.log_bytes.inc(len(chunk.data))
 
     def _owns(self, link: RunnerLink, task_id: int, what: str) -> bool:

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 
 from hakuriver_cli import client
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import log_store
 from hakuriver_host.server import HostServer
@@ -141,3 +141,27 @@ def test_a_shared_dir_where_output_cannot_go_names_the_key(tmp_path: Path) -> No
         f"cannot create {tmp_path / 'share' / 'task_outputs'} for task output "
         "(paths.shared_dir): Not a directory"
     )
+
+
+async def test_room_again_clears_the_problem_of_a_node_with_no_more_output(
+    local_cluster: LocalCluster,
+) -> None:
+    """The storage is the Host's, one for every node: once a write succeeded with room
+    again, a node that sent no more output (drained and shut down, or idle) still showed
+    the problem, and HakuRiverOutputNotStored kept firing for it, for good."""
+    healthy = await local_cluster.add_runner("a", answer=HOLD)
+    gone = await local_cluster.add_runner("b", answer=HOLD)
+    [on_a] = await local_cluster.submit_running(targets=[task_pb2.Target(hostname="a")])
+    [on_b] = await local_cluster.submit_running(targets=[task_pb2.Target(hostname="b")])
+    os.symlink("/dev/full", on_b.stdout_path)
+    gone.write(on_b.task_id, b"no room\n")
+    await eventually(lambda: _node_with_problem(local_cluster, "b"), what="b's problem")
+    gone.finish(on_b.task_id, 0)
+    await local_cluster.wait_status(on_b.task_id, TaskStatus.FAILED)
+    await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="b"), timeout=5)
+    await gone.drop()  # shut down for maintenance
+
+    os.unlink(on_b.stdout_path)  # room again
+    healthy.write(on_a.task_id, b"stored\n")
+    await eventually(lambda: _node_cleared(local_cluster, "b"), what="b's problem to clear")
+    assert await _failing_gauge(local_cluster, "b") == 0

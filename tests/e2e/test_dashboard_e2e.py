@@ -911,6 +911,30 @@ def test_a_vps_page_is_named_a_vps_in_the_tab_title(site: Site) -> None:
         _no_problems(tab)
 
 
+def test_a_vps_page_leads_back_to_the_vps_list(site: Site) -> None:
+    """A VPS's page opened from the VPS list (or afresh) leads back to it, "← VPS"; opened
+    from the task list, back to that list as it was left."""
+    with _gpu_node_drained(site) as started:
+        [vps] = site.tasks_as(site.alice).SubmitTask(_vps_on_gpu_node(site), timeout=10).tasks
+        started.append(vps.task_id)
+        tab = site.tab(site.alice)
+        page = tab.page
+        tab.goto("/vps")
+        page.get_by_test_id(f"vps-row-{vps.task_id}").get_by_role("link").click()
+        expect(page.get_by_test_id("back-to-tasks")).to_have_text("← VPS")
+        page.get_by_test_id("back-to-tasks").click()
+        page.wait_for_url(re.compile(r"/vps$"))
+        tab.goto(f"/tasks/{vps.task_id}")
+        expect(page.get_by_test_id("back-to-tasks")).to_have_text("← VPS")
+        tab.goto("/tasks?kind=vps")
+        page.get_by_role("link", name=str(vps.task_id), exact=True).click()
+        expect(page.get_by_test_id("task-status")).to_have_text("pending")
+        expect(page.get_by_test_id("back-to-tasks")).to_have_text("← Tasks")
+        page.get_by_test_id("back-to-tasks").click()
+        page.wait_for_url(re.compile(r"/tasks\?kind=vps$"))
+        _no_problems(tab)
+
+
 def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they

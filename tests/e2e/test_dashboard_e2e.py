@@ -622,6 +622,27 @@ def test_an_open_host_asks_nobody_to_sign_in(browser: Browser, tmp_path: Path) -
         cluster.stop()
 
 
+def test_a_role_changed_while_signed_in_is_followed_by_the_open_pages(site: Site) -> None:
+    """An admin makes a signed-in user an operator, then a user again: their open page
+    (whose streams the Host ends as the role changes) asks again who they are, and offers
+    what the new role may do, without a reload or signing in again."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="erin", role=Role.USER.pb), timeout=10)
+    token = access.CreateToken(apb.CreateTokenRequest(user="erin"), timeout=10).secret
+    tab = site.tab(token)
+    tab.goto(f"/nodes/{site.cluster.runner_names[0]}")
+    expect(tab.page.get_by_test_id("node-detail")).to_be_visible()
+    expect(tab.page.get_by_test_id("who")).to_have_text("erin · user")
+    expect(tab.page.get_by_test_id("drain")).to_have_count(0)
+    for role, drain in ((Role.OPERATOR, 1), (Role.USER, 0)):
+        access.SetUserRole(apb.SetUserRoleRequest(name="erin", role=role.pb), timeout=10)
+        expect(tab.page.get_by_test_id("who")).to_have_text(f"erin · {role.value}")
+        expect(tab.page.get_by_test_id("drain")).to_have_count(drain)
+        # Its streams, ended by the change, are open again (under the new role).
+        expect(tab.page.get_by_test_id("reconnecting")).to_have_count(0)
+    _no_problems(tab)
+
+
 def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:
     """Blanks pass the field's required check; the Host's answer to no token at all tells
     a command-line user where the CLI reads one, which means nothing on this page."""

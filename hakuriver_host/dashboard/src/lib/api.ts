@@ -48,11 +48,36 @@ export function whenSessionEnds(handler: () => void): void {
   onEnded = handler;
 }
 
+let rechecking = false;
+
+/** Ask the Host again for the signed-in user's role: an admin may have changed it. */
+async function recheckRole(token: string): Promise<void> {
+  if (rechecking) return;
+  rechecking = true;
+  try {
+    const who = await api.access.whoAmI({});
+    if (session.token === token && session.user) session.role = who.role;
+  } catch {
+    // Refused as unauthenticated: checkSession signs out; otherwise the role stays.
+  } finally {
+    rechecking = false;
+  }
+}
+
 /** A call of a signed-in tab refused as unauthenticated (its token revoked or expired
  * meanwhile): sign out, keep the Host's message for the sign-in page, and go there, rather
- * than leave every page retrying with a dead token. */
+ * than leave every page retrying with a dead token. One refused as not allowed, or a
+ * stream ended as unavailable (what an admin's change of the user's role does to their
+ * streams): ask the Host for the role again, so that the pages offer what it allows and
+ * the bar names it. */
 function checkSession(error: unknown, token: string): void {
-  if (!isUnauthenticated(error) || !session.user || session.token !== token) return;
+  if (!session.user || session.token !== token) return;
+  if (!isUnauthenticated(error)) {
+    const code = error instanceof ConnectError && !isUnreachable(error) ? error.code : null;
+    const maybeRole = code === Code.PermissionDenied || code === Code.Unavailable;
+    if (maybeRole && !session.open) void recheckRole(token);
+    return;
+  }
   const message = errorMessage(error);
   if (session.open) openHost = false; // restarted with authentication on
   signOut();

@@ -249,7 +249,9 @@ class _NumberParser:
         if not isinstance(value, str) or value.isascii():
             with contextlib.suppress(ValueError):
                 number = self.kind(value)
-        if not math.isfinite(number):  # inf was taken: an endless wait between attempts
+        # inf was taken (an endless wait between attempts); an integer too long for a
+        # float raised OverflowError here, a traceback.
+        if isinstance(number, float) and not math.isfinite(number):
             word = "an integer" if self.kind is int else "a finite number"
             raise typer.BadParameter(f"{value!r} is not {word}")
         if (self.low is not None and number < self.low) or (

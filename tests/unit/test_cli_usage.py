@@ -41,8 +41,10 @@ def _usage_error(
     return capsys.readouterr().err.splitlines()[-1]
 
 
-# A command line, then what the tool says after "Error: Invalid value for ".
-REFUSED = """
+# A command line, then what the tool says after "Error: Invalid value for " ({0}: 400 zeros,
+# an integer past the range of a float).
+REFUSED = (
+    """
 hakuriver.task list --kind zzz | '--kind': 'zzz' is not one of command, vps
 hakuriver.task list --status runing | '--status': 'runing' is not one of pending, assigning, \
 running, paused, completed, failed, killed, killed_oom, lost, unknown
@@ -57,12 +59,18 @@ hakuriver.task submit --cores 1.5 | '--cores': '1.5' is not an integer
 hakuriver.task submit --cores ٣ | '--cores': '٣' is not an integer
 hakuriver.task submit --cores 3000000000 | '--cores': '3000000000' is out of range \
 (-2147483648 to 2147483647)
+hakuriver.task list --limit 1{0} | '--limit': '1{0}' is out of range (1-1000)
+hakuriver.task submit --cores 1{0} | '--cores': '1{0}' is out of range \
+(-2147483648 to 2147483647)
 hakuriver.task submit --poll-interval 0 | '--poll-interval': '0' is out of range (0.1 or more)
 hakuriver.task submit --poll-interval soon | '--poll-interval': 'soon' is not a finite number
 hakuriver.task submit --poll-interval nan | '--poll-interval': 'nan' is not a finite number
 hakuriver.task submit --poll-interval inf | '--poll-interval': 'inf' is not a finite number
 hakuriver.ssh --proxy-port 70000 1 | '--proxy-port': '70000' is out of range (0-65535)
-""".strip().splitlines()
+""".strip()
+    .format("0" * 400)
+    .splitlines()
+)
 
 
 @pytest.mark.parametrize("line", REFUSED)

@@ -275,12 +275,14 @@ class ProcessBackend:
         return set(self.tasks())
 
     def orphans(self) -> list[HostProcess]:
-        """This Runner's processes (RUNNER_VAR names it and its cluster) that no spool
-        folder records: they cannot be followed nor re-adopted. Process-group leaders only
-        (the wrapper each task runs in); none before the Runner knows its cluster."""
+        """This Runner's processes (RUNNER_VAR names it and its cluster) of tasks that have
+        no spool folder: they cannot be followed nor re-adopted. Process-group leaders only
+        (the wrapper each task runs in, and any process of a task that made a session of
+        its own: tmux, a daemon); none before the Runner knows its cluster. A task with its
+        folder is no orphan, whichever of its processes carries the marker, nor is one
+        being started (its folder is made before its process, its record after)."""
         if not self.cluster_id:
             return []
-        recorded = {(task.task_id, task.pid) for task in self.tasks().values()}
         found: list[HostProcess] = []
         for process in psutil.process_iter():
             try:
@@ -294,7 +296,7 @@ class ProcessBackend:
                 continue
             named = environment.get(TASK_ID_VAR, "")
             task_id = int(named) if named.isdigit() else 0
-            if task_id and (task_id, process.pid) not in recorded:
+            if task_id and not self._spool(task_id).exists():
                 started = datetime.fromtimestamp(created, UTC)
                 since_boot = created - psutil.boot_time()
                 found.append(

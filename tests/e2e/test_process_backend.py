@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -117,3 +118,32 @@ def test_a_process_whose_spool_went_is_found_by_its_runner_only(tmp_path: Path) 
     finally:
         for task in started:
             backend.stop(task, 0)
+
+
+def test_a_process_of_a_task_in_a_session_of_its_own_is_no_orphan(tmp_path: Path) -> None:
+    """A task's process that made a session of its own (setsid: tmux, a daemon) leads its
+    process group and carries the task's marker, yet is not the process its spool records:
+    it was taken for an orphan and stopped at each registration of its Runner (a Host
+    restart), its task still running."""
+    backend = _backend(tmp_path)
+    backend.runner_name = "node-a"
+    pid_file = tmp_path / "child.pid"
+    script = f"setsid sleep 30 & echo $! > {pid_file}; wait"
+    task = backend.start(
+        rpb.DispatchCommand(task_id=31, command="/bin/sh", arguments=["-c", script])
+    )
+    child = 0
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = pid_file.read_text().strip() if pid_file.exists() else ""
+            if text and os.getpgid(int(text)) == int(text):  # its session is made
+                child = int(text)
+                break
+            time.sleep(0.05)
+        assert child, "the task's child made no session of its own"
+        assert backend.orphans() == []
+    finally:
+        backend.stop(task, 0)
+        if child:
+            os.killpg(child, signal.SIGKILL)

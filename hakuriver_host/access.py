@@ -352,7 +352,12 @@ class Access:
         now = utcnow()
         for token in revoked:
             token.revoked_at = now
-        await self.store.run(self._delete_user, record, revoked)
+        try:
+            await self.store.run(self._delete_user, record, revoked)
+        except Exception:  # as ``_revoke``: deleted again, they are revoked with the user
+            for token in revoked:
+                token.revoked_at = None
+            raise
         del self.users[name]
         self._tell_revoked()
         return len(revoked)
@@ -414,10 +419,20 @@ class Access:
         """Revoke the token; False if it was revoked already (nothing changes)."""
         if record.revoked_at is not None:
             return False
-        record.revoked_at = utcnow()
-        await self.store.run(self._merge, record)
+        await self._revoke(record)
         self._tell_revoked()
         return True
+
+    async def _revoke(self, record: ApiTokenRecord | RunnerCredentialRecord) -> None:
+        """Mark ``record`` revoked and store it; unmarked again if the database refuses (it
+        is away): a revocation asked again is then made, stored and audited, where it was
+        taken for made already and the Host let the token in again after a restart."""
+        record.revoked_at = utcnow()
+        try:
+            await self.store.run(self._merge, record)
+        except Exception:
+            record.revoked_at = None
+            raise
 
     # ----- Runner credentials -----------------------------------------------------------
 
@@ -458,8 +473,7 @@ class Access:
             raise NotFound(f"hostname: runner {hostname!r} holds no credential")
         if credential.revoked_at is not None:
             return credential, False
-        credential.revoked_at = utcnow()
-        await self.store.run(self._merge, credential)
+        await self._revoke(credential)
         return credential, True
 
     # ----- on the store thread ----------------------------------------------------------

@@ -157,6 +157,53 @@ async def test_a_drain_or_revocation_made_already_is_no_change_audited(
     ]
 
 
+async def test_a_revocation_the_database_refused_is_made_when_asked_again(
+    local_cluster: LocalCluster,
+) -> None:
+    """A RevokeToken, RevokeRunnerCredential or DeleteUser the database refused (locked by
+    another program) left the token, credential or user's tokens revoked in memory only:
+    asked again, the Host answered revoked, storing and auditing nothing (a user's tokens:
+    deleted without them), and after a restart it let them in again."""
+    await local_cluster.add_runner("a")
+    await local_cluster.add_user("bob")
+    made = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    bobs = await local_cluster.access.CreateToken(apb.CreateTokenRequest(user="bob"), timeout=5)
+    revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
+    runner = apb.RevokeRunnerCredentialRequest(hostname="a")
+    delete = apb.DeleteUserRequest(name="bob")
+    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
+        other
+    ):
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        assert await _refused(local_cluster.access.RevokeToken(revoke, timeout=30)) == (
+            CODE.UNAVAILABLE
+        )
+        assert await _refused(local_cluster.access.RevokeRunnerCredential(runner, timeout=30)) == (
+            CODE.UNAVAILABLE
+        )
+        assert await _refused(local_cluster.access.DeleteUser(delete, timeout=30)) == (
+            CODE.UNAVAILABLE
+        )
+    await local_cluster.access.RevokeToken(revoke, timeout=5)
+    await local_cluster.access.RevokeRunnerCredential(runner, timeout=5)
+    deleted = await local_cluster.access.DeleteUser(delete, timeout=5)
+    assert deleted.revoked_tokens == 2  # the one it was added with, and the one made here
+    events = await _events(local_cluster, limit=1000)
+    revoked = [(e.action, e.target) for e in events if e.action.endswith(".revoke")]
+    assert revoked == [("runner.revoke", "a"), ("token.revoke", made.token.token_id)]
+    await local_cluster.restart_host(wait_runners=False)
+    everybodys = apb.ListTokensRequest(user="*", include_inactive=True)
+    listed = await local_cluster.access.ListTokens(everybodys, timeout=5)
+    for token_id in (made.token.token_id, bobs.token.token_id):
+        [token] = [t for t in listed.tokens if t.token_id == token_id]
+        assert token.HasField("revoked_at")
+    credentials = await local_cluster.access.ListRunnerCredentials(
+        apb.ListRunnerCredentialsRequest(), timeout=5
+    )
+    [credential] = [c for c in credentials.credentials if c.hostname == "a"]
+    assert credential.HasField("revoked_at")
+
+
 async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")

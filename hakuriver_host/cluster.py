@@ -20,6 +20,7 @@ from typing import Any
 from hakuriver_common.config import Config
 from hakuriver_common.environments import NULL_CONTAINER
 from hakuriver_common.ids import IdGenerator
+from hakuriver_common.limits import MAX_SUBMIT_REPLY_TASKS
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
     task_pb2,
@@ -51,7 +52,15 @@ from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
 from hakuriver_host.ssh_tickets import SshTickets, Ticket
-from hakuriver_host.store import Store
+from hakuriver_host.store import Requests, Store
+from hakuriver_host.submit_requests import (
+    RequestIds,
+    Submitted,
+    Turn,
+    request_digest,
+    request_key,
+    same_request,
+)
 from hakuriver_host.tarball_index import TarballIndex
 from hakuriver_host.task_book import (
     OFF_LOOP_TASKS,
@@ -219,6 +228,7 @@ class Cluster:
         # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
         # closed once those finished.
         self._adding: set[asyncio.Task[None]] = set()
+        self._request_ids = RequestIds()
         self._closed = False
         # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
         self._passing = False
@@ -299,11 +309,35 @@ class Cluster:
     def _rights(self, who: Principal) -> Rights:
         return Rights(who.sees_all_tasks, tuple(self.config.auth.user_mount_roots))
 
-    async def submit(self, req: tpb.SubmitTaskRequest, who: Principal) -> tuple[list[Task], int]:
+    async def submit(self, req: tpb.SubmitTaskRequest, who: Principal) -> Submitted:
         """Admit, store and queue the tasks of a submission, owned by ``who``; answer once
         each is either placed or known to wait: after the placement pass that considered
         them, or at once when nothing queued ahead could use their nodes (PLACE_AT_ONCE;
-        a single task so placed is stored placed, ``_add_placed``)."""
+        a single task so placed is stored placed, ``_add_placed``). One with a request_id
+        that ``who`` used already is answered with the tasks it created then."""
+        if self._stopped:
+            raise Unavailable(STOPPING)
+        if not req.request_id:
+            return await self._create(req, who, None)
+        key = request_key(req, who.name)
+        turn = await self._request_ids.turn(key, request_digest(req))
+        try:
+            stored = await self.store.run(self.store.find_request, *key)
+            if stored is None:
+                return await self._create(req, who, turn)
+            same_request(stored, turn.digest)
+            found = await self.store.run(
+                self.store.submitted_tasks, stored.batch_id, stored.task_id, MAX_SUBMIT_REPLY_TASKS
+            )
+            tasks = [self.book.live(task.task_id) or task for task in found]
+            return Submitted(tasks, stored.batch_id, stored.created)
+        finally:
+            if not turn.handed:
+                turn.release()
+
+    async def _create(
+        self, req: tpb.SubmitTaskRequest, who: Principal, turn: Turn | None
+    ) -> Submitted:
         if self._stopped:
             raise Unavailable(STOPPING)
         wanted = req.container_name or self.config.docker.default_container_name
@@ -327,17 +361,23 @@ class Cluster:
             records = records_of(*args)
         if not vps:
             self.logs.expect(task_ids)
-        if count == 1 and not plan.array and await self._add_placed(records[0], who):
-            return records, batch_id
+        answer = Submitted(records, batch_id, count)
+        requests = () if turn is None else turn.rows(batch_id, task_ids)
+        if (
+            count == 1
+            and not plan.array
+            and await self._add_placed(records[0], who, requests, turn)
+        ):
+            return answer
         what = f"array {batch_id} ({count} tasks)" if plan.array else ",".join(map(str, task_ids))
         # Shielded: once its write is queued its tasks are stored, and they must then be
         # queued whole, audited and considered by a pass, submitter gone or not (a call
         # cancelled at its deadline while the queueing took turns in the bulk lane).
-        await self._submission(self._add(records, who, what))
+        await self._submission(self._add(records, who, what, requests), turn)
         waiting = self._passing or len(self.book.pending) > count
         if not (count <= PLACE_AT_ONCE and waiting and self._place_at_once(records)):
             await self._placement_pass()
-        return records, batch_id
+        return answer
 
     def queue_position(self, task: Task) -> int:
         return self.book.queue_position(task)
@@ -694,8 +734,10 @@ class Cluster:
     def _store_in_background(self, placed: list[Placed]) -> None:
         self._storing_task(self._store_and_dispatch(placed))
 
-    async def _add(self, records: list[Task], who: Principal, what: str) -> None:
-        await self.book.add(records, f"submitted by {who.actor}")
+    async def _add(
+        self, records: list[Task], who: Principal, what: str, requests: Requests
+    ) -> None:
+        await self.book.add(records, f"submitted by {who.actor}", requests)
         self.audit.record(who, "task.submit", what)
 
     def _queued_unawaited(self, adding: asyncio.Task[None]) -> None:
@@ -704,16 +746,19 @@ class Cluster:
         if not adding.cancelled() and adding.exception() is None:
             self.kick()
 
-    async def _submission(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _submission(self, work: Coroutine[Any, Any, None], turn: Turn | None) -> None:
         """Run a submission's write, and what must follow it, as a task of the Host's,
         shielded from its submitter: one gone meanwhile (a deadline) leaves it to finish
         (``_queued_unawaited``), and a stopping Host lets it finish (up to
         ADDING_GRACE_SECONDS) so that the submitter gets its answer. Once those have
-        finished, the Host takes no more (nothing of the submission is written)."""
+        finished, the Host takes no more (nothing of the submission is written). The
+        submission's request_id ``turn`` lasts until the write ends."""
         if self._closed:
             work.close()
             raise Unavailable(STOPPING)
         adding = outliving(work)
+        if turn is not None:
+            turn.hand_to(adding)
         self._adding.add(adding)
         adding.add_done_callback(self._adding.discard)
         try:
@@ -756,7 +801,9 @@ class Cluster:
             self._store_in_background(self._placed(placements))
         return len(placements) == len(records)
 
-    async def _add_placed(self, task: Task, who: Principal) -> bool:
+    async def _add_placed(
+        self, task: Task, who: Principal, requests: Requests, turn: Turn | None
+    ) -> bool:
         """Store and dispatch a submission's one task placed at once, when it fits now and
         nothing queued ahead could use its nodes (``Scheduler.place_now``): its row is
         written already placed. False: it was not placed (it is stored pending)."""
@@ -768,12 +815,16 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        await self._submission(self._store_placed(task, allocation, who))
+        await self._submission(self._store_placed(task, allocation, who, requests), turn)
         return True
 
-    async def _store_placed(self, task: Task, allocation: Allocation, who: Principal) -> None:
+    async def _store_placed(
+        self, task: Task, allocation: Allocation, who: Principal, requests: Requests
+    ) -> None:
         try:
-            await self.book.add_placed(task, f"submitted by {who.actor}", *_placement(allocation))
+            await self.book.add_placed(
+                task, f"submitted by {who.actor}", *_placement(allocation), requests
+            )
         except Exception:
             if task.task_id not in self.book.active:  # not stored: its placement is undone
                 self.scheduler.release(allocation.hostname, task.task_id)

@@ -234,3 +234,30 @@ class BatchHoldRecord(SQLModel, table=True):
 
     batch_id: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     held_at: datetime = Field(default_factory=utcnow)
+
+
+# How long a SubmitTask's request_id is kept: a retry within it gets the tasks created.
+REQUEST_ID_HOURS = 24
+
+
+def request_ids_since() -> datetime:
+    """The oldest moment a kept request_id was used at."""
+    return utcnow() - timedelta(hours=REQUEST_ID_HOURS)
+
+
+class SubmitRequestRecord(SQLModel, table=True):
+    """A submission made with a request_id (SubmitTask's idempotency key), written in the
+    transaction that inserts its tasks: a retry of it, also after a Host restart, is
+    answered with these tasks, never given new ones. ``digest`` is the request's own (less
+    its id): the same id with another request is refused. Kept REQUEST_ID_HOURS."""
+
+    __tablename__ = "submit_requests"
+
+    owner: str = Field(primary_key=True)
+    request_id: str = Field(primary_key=True)
+    digest: str
+    # The batch created (0 for one task) and the first task's id, and how many.
+    batch_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    task_id: int = Field(sa_column=Column(BigInteger, nullable=False))
+    created: int
+    created_at: datetime = Field(default_factory=utcnow, index=True)

@@ -64,8 +64,8 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
     async def SubmitTask(
         self, request: tpb.SubmitTaskRequest, context: grpc.aio.ServicerContext
     ) -> tpb.SubmitTaskResponse:
-        tasks, batch_id = await self.cluster.submit(request, caller())
-        shown = tasks[:MAX_SUBMIT_REPLY_TASKS]
+        submitted = await self.cluster.submit(request, caller())
+        shown = submitted.tasks[:MAX_SUBMIT_REPLY_TASKS]
         # One task's position is counted; many read the ranked queue once.
         ranked = self.cluster.book.queue_positions() if len(shown) > 1 else None
 
@@ -75,7 +75,7 @@ class TaskService(task_service_pb2_grpc.TaskServiceServicer):
             # Placed or killed while the reply was being built: no longer queued.
             return ranked.get(task.task_id, 0) if task.status == TaskStatus.PENDING else 0
 
-        reply = tpb.SubmitTaskResponse(batch_id=batch_id, created=len(tasks))
+        reply = tpb.SubmitTaskResponse(batch_id=submitted.batch_id, created=submitted.created)
         size = 0
         for start in range(0, len(shown), REPLY_SLICE):
             if start:

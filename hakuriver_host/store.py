@@ -42,10 +42,12 @@ from hakuriver_host.models import (
     ClusterRecord,
     EndedTask,
     NodeRecord,
+    SubmitRequestRecord,
     Task,
     TaskEventRecord,
     TaskRecord,
     in_memory,
+    request_ids_since,
 )
 
 T = TypeVar("T")
@@ -168,6 +170,10 @@ def _rows(writes: list[TaskWrite]) -> int:
     return max(1, sum(len(w.inserts) + len(w.updates) for w in writes))
 
 
+# A submission's request_id row (SubmitRequestRecord's fields), if it has one.
+Requests = tuple[dict[str, Any], ...]
+
+
 @dataclass(frozen=True)
 class TaskWrite:
     inserts: list[dict[str, Any]]
@@ -175,6 +181,8 @@ class TaskWrite:
     events: list[dict[str, Any]]
     # New tasks' rows and events already made driver parameters (``prepare_new_tasks``).
     prepared: tuple[Prepared, ...] = ()
+    # The submission's request_id row (SubmitRequestRecord), stored with its tasks.
+    requests: Requests = ()
 
 
 class Store:
@@ -234,13 +242,15 @@ class Store:
         updates: list[dict[str, Any]],
         events: list[dict[str, Any]],
         inserts: list[dict[str, Any]] | None = None,
+        requests: Requests = (),
     ) -> asyncio.Future[None]:
         """Update existing task rows (by task_id; only the columns given), insert new ones
         and append timeline events, queued now: the writes of one ``key`` are committed in
         the order of these calls; the future is done once committed. A write without
         inserts is held while the database is unavailable (``database_unavailable``) and
-        committed once it is back; one with inserts (a new task) fails then."""
-        write = TaskWrite(inserts or [], updates, events)
+        committed once it is back; one with inserts (a new task) fails then. ``requests``:
+        the request_id row of the submission inserted, in the same transaction."""
+        write = TaskWrite(inserts or [], updates, events, requests=requests)
         return self._writes.enqueue([write], key, keep=not inserts)
 
     def stop_holding(self) -> None:
@@ -277,6 +287,21 @@ class Store:
                 self._tasks.update(connection, list(merged.values()))
             if events:
                 self._events.insert(connection, events)
+            requests = [row for w in writes for row in w.requests]
+            if requests:
+                self._store_requests(connection, requests)
+
+    @staticmethod
+    def _store_requests(connection: Connection, rows: list[dict[str, Any]]) -> None:
+        """Request_id rows of new submissions, once the expired rows are gone (a request_id
+        used again after REQUEST_ID_HOURS takes its old row's place)."""
+        table = SubmitRequestRecord.__table__  # type: ignore[attr-defined]
+        reused = [
+            and_(table.c.owner == r["owner"], table.c.request_id == r["request_id"]) for r in rows
+        ]
+        expired = table.c.created_at < request_ids_since()
+        connection.execute(delete(table).where(or_(expired, *reused)))
+        connection.execute(table.insert(), rows)
 
     def bulk(self, table: Table) -> BulkStatements:
         """The bulk statements of one table (compiled once, kept)."""
@@ -579,6 +604,27 @@ class Store:
                 gone = col(BatchHoldRecord.batch_id).in_(batch_ids)
                 connection.execute(delete(BatchHoldRecord).where(gone))
             return int(events.rowcount)
+
+    def find_request(self, owner: str, request_id: str) -> SubmitRequestRecord | None:
+        """``owner``'s submission made with ``request_id`` in the last REQUEST_ID_HOURS."""
+        query = select(SubmitRequestRecord).where(
+            SubmitRequestRecord.owner == owner,
+            SubmitRequestRecord.request_id == request_id,
+            col(SubmitRequestRecord.created_at) >= request_ids_since(),
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.exec(query).first()
+
+    def submitted_tasks(self, batch_id: int, task_id: int, limit: int) -> list[TaskRecord]:
+        """A submission's tasks, by id (at most ``limit``): its batch's, or its one task."""
+        query = select(TaskRecord)
+        if batch_id:
+            query = query.where(TaskRecord.batch_id == batch_id)
+        else:
+            query = query.where(TaskRecord.task_id == task_id)
+        query = query.order_by(col(TaskRecord.task_id)).limit(limit)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.exec(query))
 
     def owns_tasks(self, owner: str) -> bool:
         """Whether any task, finished or not, is ``owner``'s."""

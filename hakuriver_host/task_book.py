@@ -20,6 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -38,7 +39,7 @@ from hakuriver_host.models import (
     utcnow,
 )
 from hakuriver_host.scheduler import Allocation, PendingQueue, Request, Scheduler
-from hakuriver_host.store import Store, TaskWrite
+from hakuriver_host.store import Requests, Store, TaskWrite
 from hakuriver_host.task_machine import transition
 from hakuriver_host.webhooks import Notifier
 
@@ -168,10 +169,11 @@ class TaskBook:
                 self.pending[task.task_id] = task
                 self.queue.add(request_of(task))
 
-    async def add(self, records: list[Task], detail: str) -> None:
-        """New pending tasks: stored with their first event, then queued. A job array's
-        rows are turned into parameters on a worker thread and its tasks queued in slices,
-        so the event loop serves others meanwhile."""
+    async def add(self, records: list[Task], detail: str, requests: Requests = ()) -> None:
+        """New pending tasks: stored with their first event (and the submission's request_id
+        row, ``requests``), then queued. A job array's rows are turned into parameters on a
+        worker thread and its tasks queued in slices, so the event loop serves others
+        meanwhile."""
         now = records[0].submitted_at if records else utcnow()
         arrived = self._arrive(records)
         try:
@@ -180,7 +182,7 @@ class TaskBook:
             else:
                 rows = [r.model_dump() for r in records]
                 write = TaskWrite(rows, [], _events(records, now, detail))
-            await self.store.insert_tasks(write)
+            await self.store.insert_tasks(replace(write, requests=requests))
             self.active.update((record.task_id, record) for record in records)
         finally:
             self._arrived(records, arrived)
@@ -199,7 +201,7 @@ class TaskBook:
             self.metrics.tasks_added(kind, count)
 
     async def add_placed(
-        self, task: Task, detail: str, fields: dict[str, Any], placed: str
+        self, task: Task, detail: str, fields: dict[str, Any], placed: str, requests: Requests = ()
     ) -> None:
         """A new task placed before it was stored (``Cluster.submit``: one task that fits
         at once): inserted already assigning, with its "submitted" and its "placed" event,
@@ -215,7 +217,11 @@ class TaskBook:
         arrived = self._arrive([task])
         try:
             await self.store.queue_write(
-                _write_key(task), updates=[], events=events, inserts=[task.model_dump()]
+                _write_key(task),
+                updates=[],
+                events=events,
+                inserts=[task.model_dump()],
+                requests=requests,
             )
             self.active[task.task_id] = task
         finally:

@@ -91,6 +91,7 @@ class SubmitTaskRequest(_message.Message):
     SSH_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     ARRAY_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     kind: _task_pb2.TaskKind.ValueType
     """COMMAND (default) or VPS."""
     command: _builtins.str
@@ -116,6 +117,15 @@ class SubmitTaskRequest(_message.Message):
     """
     network: _task_pb2.TaskNetwork.ValueType
     """The container's network; unspecified means the Host's default."""
+    request_id: _builtins.str
+    """An idempotency key chosen by the caller (a fresh UUID per submission, kept for its
+    retries), at most 128 characters. The same caller sending the same request_id again
+    within 24 hours of the first submission is answered with the tasks that submission
+    created (as they are now), and nothing is created a second time, also when the first
+    call is still under way or the Host restarted since. A request_id reused for a
+    different request is refused (FAILED_PRECONDITION naming request_id). Each user has
+    request_ids of their own. Empty: no such check, every call creates its tasks.
+    """
     @_builtins.property
     def arguments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command's arguments; refused for a VPS (INVALID_ARGUMENT), which runs sshd."""
@@ -157,10 +167,11 @@ class SubmitTaskRequest(_message.Message):
         ssh_public_key: _builtins.str = ...,
         network: _task_pb2.TaskNetwork.ValueType = ...,
         array: Global___TaskArray | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "array", b"array", "cores", b"cores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "array", b"array", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "network", b"network", "priority", b"priority", "privileged", b"privileged", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cores", b"_cores", "arguments", b"arguments", "array", b"array", "command", b"command", "container_name", b"container_name", "cores", b"cores", "env", b"env", "gpus", b"gpus", "kind", b"kind", "memory", b"memory", "mounts", b"mounts", "network", b"network", "priority", b"priority", "privileged", b"privileged", "request_id", b"request_id", "ssh_public_key", b"ssh_public_key", "targets", b"targets"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cores: _TypeAlias = _typing.Literal["cores"]  # noqa: Y015
     _WhichOneofArgType__cores: _TypeAlias = _typing.Literal["_cores", b"_cores"]  # noqa: Y015

@@ -1,0 +1,136 @@
+"""SubmitTask's request_id, an idempotency key: a submission sent again with the same id by
+the same user (its answer was lost: a deadline, a dropped connection, a Host restart) is
+answered with the tasks the first one created and creates none; the id reused for another
+request is refused; each user's ids are their own; duplicates sent at once create once."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+from tests.fake_runner import HOLD
+from tests.unit.local_cluster import Client, LocalCluster
+
+
+def _one(request_id: str, command: str = "train") -> tpb.SubmitTaskRequest:
+    return tpb.SubmitTaskRequest(command=command, arguments=["--seed", "1"], request_id=request_id)
+
+
+def _ids(reply: tpb.SubmitTaskResponse) -> list[int]:
+    return [task.task_id for task in reply.tasks]
+
+
+async def _stored_ids(cluster: LocalCluster) -> list[int]:
+    """Every task the Host holds, as the admin lists them."""
+    reply = await cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=1000), timeout=5)
+    return sorted(task.task_id for task in reply.tasks)
+
+
+async def test_a_submission_sent_again_gets_the_tasks_created_the_first_time(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    first = await local_cluster.tasks.SubmitTask(_one("5f0c-one"), timeout=5)
+    again = await local_cluster.tasks.SubmitTask(_one("5f0c-one"), timeout=5)
+    assert (again.created, again.batch_id, _ids(again)) == (1, 0, _ids(first))
+    assert again.tasks[0].command == "train"
+
+    array = tpb.SubmitTaskRequest(
+        command="sweep", array=tpb.TaskArray(indices=[0, 1, 2]), request_id="5f0c-array"
+    )
+    made = await local_cluster.tasks.SubmitTask(array, timeout=5)
+    resent = await local_cluster.tasks.SubmitTask(array, timeout=5)
+    assert (resent.created, resent.batch_id, _ids(resent)) == (3, made.batch_id, _ids(made))
+    assert [t.array_index for t in resent.tasks] == [0, 1, 2]
+    assert await _stored_ids(local_cluster) == sorted(_ids(first) + _ids(made))
+
+
+async def test_a_request_id_used_for_another_request_is_refused(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    first = await local_cluster.tasks.SubmitTask(_one("reused"), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await local_cluster.tasks.SubmitTask(_one("reused", command="other"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = raised.value.details() or ""
+    assert details.startswith("request_id: 'reused' was used within 24 h for another")
+    assert f"task {first.tasks[0].task_id}" in details
+    assert await _stored_ids(local_cluster) == _ids(first)
+
+
+async def test_a_request_id_over_128_characters_is_refused(
+    local_cluster: LocalCluster,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await local_cluster.tasks.SubmitTask(_one("x" * 129), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "request_id: at most 128 characters, got 129"
+    assert await _stored_ids(local_cluster) == []
+
+
+async def test_each_user_has_request_ids_of_their_own(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    bob = await local_cluster.add_user("bob")
+    mine = await alice.tasks.SubmitTask(_one("same"), timeout=5)
+    theirs = await bob.tasks.SubmitTask(_one("same", command="other"), timeout=5)
+    assert theirs.tasks[0].owner == "bob" and theirs.tasks[0].command == "other"
+    assert _ids(theirs) != _ids(mine)
+    assert _ids(await bob.tasks.SubmitTask(_one("same", command="other"), timeout=5)) == _ids(
+        theirs
+    )
+    assert await _stored_ids(local_cluster) == sorted(_ids(mine) + _ids(theirs))
+
+
+async def test_duplicates_sent_at_once_create_once(local_cluster: LocalCluster) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice: Client = await local_cluster.add_user("alice")
+    array = tpb.SubmitTaskRequest(
+        command="sweep", array=tpb.TaskArray(indices=[0, 1]), request_id="at-once"
+    )
+    replies = await asyncio.gather(
+        *(alice.tasks.SubmitTask(array, timeout=10) for _ in range(4)),
+        *(alice.tasks.SubmitTask(_one("at-once-too"), timeout=10) for _ in range(4)),
+    )
+    assert len({tuple(_ids(reply)) for reply in replies[:4]}) == 1
+    assert len({tuple(_ids(reply)) for reply in replies[4:]}) == 1
+    assert await _stored_ids(local_cluster) == sorted(_ids(replies[0]) + _ids(replies[4]))
+
+
+async def test_a_retry_after_a_host_restart_gets_the_stored_tasks(
+    local_cluster: LocalCluster,
+) -> None:
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    first = await local_cluster.tasks.SubmitTask(_one("before-restart"), timeout=5)
+    await local_cluster.restart_host()
+    again = await local_cluster.tasks.SubmitTask(_one("before-restart"), timeout=5)
+    assert (again.created, _ids(again)) == (1, _ids(first))
+    assert await _stored_ids(local_cluster) == _ids(first)
+
+
+async def test_a_retry_after_a_deadline_passed_mid_write_gets_that_write_s_task(
+    local_cluster: LocalCluster,
+) -> None:
+    """The CLI's case: its deadline passed while the Host was storing the task (another
+    program held the database); its retry with the same id, sent at once, gets that task
+    once it is stored, and nothing more is created."""
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await local_cluster.tasks.SubmitTask(_one("lost-answer"), timeout=1)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        retry = asyncio.ensure_future(
+            local_cluster.tasks.SubmitTask(_one("lost-answer"), timeout=30)
+        )
+    finally:
+        other.close()
+    again = await retry
+    assert again.created == 1
+    assert await _stored_ids(local_cluster) == _ids(again)

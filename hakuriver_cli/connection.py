@@ -10,6 +10,7 @@ from client_config (no pydantic unless the config needs it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -25,7 +26,7 @@ from hakuriver_common.service import client_config_or_exit
 
 if TYPE_CHECKING:
     from hakuriver_common.client_config import ClientConfig
-    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2_grpc
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb, task_service_pb2_grpc
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -38,11 +39,24 @@ TaskIdArgument = Annotated[
     ),
 ]
 
+RequestIdOption = Annotated[
+    str,
+    cli.Option(
+        help="The submission's idempotency key (default: a fresh one): the same id within "
+        "24 h answers the tasks it created, creating none twice.",
+        show_default=False,
+    ),
+]
+
 RPC_TIMEOUT_SECONDS = 30.0
 # What a call's deadline grows by for each task it works on (an array submitted, a batch
 # killed): a 100,000-task array, which can take the Host minutes on a slow disk, outlasted
 # the 30 s, and its submitter, told only that the Host did not answer, submitted it again.
 BULK_SECONDS_PER_TASK = 0.005
+# Attempts at a submission whose answer was lost (``submit_once``), and the pause before the
+# first retry (doubled for each next one): about 7 s, a Host restart's time.
+SUBMIT_ATTEMPTS = 4
+SUBMIT_RETRY_SECONDS = 1.0
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -161,6 +175,35 @@ _NOT_REACHED = (
 )
 
 
+# How gRPC and the Connect link word a call that was never sent: nothing of it was stored.
+_NEVER_SENT = (
+    "failed to connect to all addresses",
+    "connections to all backends failing",
+    "dns resolution failed",
+)
+
+
+def _never_sent(exc: CallError) -> bool:
+    lowered = exc.details.lower()
+    return any(lowered.startswith(words) for words in _NEVER_SENT) or (
+        "connection refused" in lowered
+    )
+
+
+def _may_have_landed(exc: CallError, config: ClientConfig) -> bool:
+    """A call that failed so may have been carried out all the same: its deadline passed,
+    its connection broke once it was sent, the Host answered that it is away for now (it
+    is stopping, its database is locked). Not a TLS mismatch or a Host never reached."""
+    if exc.status in (Status.DEADLINE_EXCEEDED, Status.CANCELLED):
+        return True
+    if exc.status is not Status.UNAVAILABLE or untrusted_certificate(exc.details):
+        return False
+    if exc.problem:  # the Connect link's own words: only a connection closed mid-call
+        return "closed the connection" in exc.problem
+    problem = _transport_problem(exc.details, config, config.host_target)
+    return problem is None and not _never_sent(exc)
+
+
 def _unreachable(details: str) -> bool:
     lowered = details.lower()
     return not details or any(lowered.startswith(words) for words in _NOT_REACHED)
@@ -270,6 +313,44 @@ def bulk_unary(fn: Callable[..., T], request: object, tasks: int, still: str) ->
         if exc.status is not Status.DEADLINE_EXCEEDED:
             raise
         fail(f"the host did not answer within {timeout:g} s, but it may still be {still}")
+
+
+def submit_once(
+    fn: Callable[..., T],
+    request: tpb.SubmitTaskRequest,
+    config: ClientConfig,
+    tasks: int = 1,
+    listing: str = "hakuriver.task list --since 1h",
+) -> T:
+    """SubmitTask (its deadline grows with ``tasks``) with a request_id, a fresh one unless
+    given: when its answer is lost (``_may_have_landed``), it is sent again with the same id,
+    up to SUBMIT_ATTEMPTS times, and the Host answers with the tasks the first one created,
+    never creating them twice. Each retry is noted on stderr; when none answers, one line
+    says where to look (``listing``) and how to send it again."""
+    import uuid
+
+    if not request.request_id:
+        request.request_id = str(uuid.uuid4())
+    timeout = RPC_TIMEOUT_SECONDS + tasks * BULK_SECONDS_PER_TASK
+    pause = SUBMIT_RETRY_SECONDS
+    for attempt in range(1, SUBMIT_ATTEMPTS + 1):
+        try:
+            return fn(request, timeout=timeout)
+        except CallError as exc:
+            # Once a call may have landed, a Host not reached (restarting) is waited for.
+            away = attempt > 1 and exc.status is Status.UNAVAILABLE and _never_sent(exc)
+            if not (away or _may_have_landed(exc, config)):
+                raise
+            why = describe_call_error(exc, config.host_target, config)
+        if attempt < SUBMIT_ATTEMPTS:
+            cli.echo(f"{why}: sending the submission again in {pause:g} s", err=True)
+            time.sleep(pause)
+            pause *= 2
+    fail(
+        f"{why}, {SUBMIT_ATTEMPTS} times: the tasks may have been created all the same "
+        f"({listing} shows them); submitting again with --request-id {request.request_id} "
+        "creates none twice"
+    )
 
 
 def found_or_fail(fn: Callable[..., T], request: object, missing: str) -> T:

@@ -17,13 +17,14 @@ from hakuriver_cli import direct
 from hakuriver_cli.call_error import CallError, Status
 from hakuriver_cli.connection import (
     RPC_TIMEOUT_SECONDS,
+    RequestIdOption,
     TaskIdArgument,
-    bulk_unary,
     config_or_fail,
     fail,
     host_link,
     on_task_or_batch,
     parsed,
+    submit_once,
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
@@ -213,6 +214,7 @@ def submit(
     ] = None,
     wait: Annotated[bool, cli.Option(help="Wait until every task finishes.")] = False,
     poll_interval: PollIntervalOption = RETRY_SECONDS,
+    request_id: RequestIdOption = "",
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -236,12 +238,13 @@ def submit(
         gpus=gpus,
         network=network.pb if network is not None else task_pb2.TASK_NETWORK_UNSPECIFIED,
         array=_array(array),
+        request_id=request_id,
     )
     if array is not None:
         _submit_array(cfg, request, wait, poll_interval, json)
         return
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
-        response = unary(task_stub(link).SubmitTask, request)
+        response = submit_once(task_stub(link).SubmitTask, request, cfg, len(request.targets))
         found = list(response.tasks)
         if len(found) < response.created:  # large tasks: the answer was cut short
             whole = tpb.ListTasksRequest(batch_id=response.batch_id, limit=response.created)
@@ -290,13 +293,7 @@ def _submit_array(
     (exit 1 unless every task completed)."""
     with host_link(cfg, reconnect_seconds=poll_interval) as link:
         stub = task_stub(link)
-        response = bulk_unary(
-            stub.SubmitTask,
-            request,
-            len(request.array.indices),
-            "creating the array's tasks: see hakuriver.task list --since 1h before "
-            "submitting it again",
-        )
+        response = submit_once(stub.SubmitTask, request, cfg, len(request.array.indices))
         if not json:
             cap = request.array.max_running
             at_once = f", at most {cap} at once" if cap else ""

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Annotated
 
 from hakuriver_cli import client, direct
 from hakuriver_cli.connection import (
+    RequestIdOption,
     ask,
     config_or_fail,
     fail,
     found_or_fail,
     host_link,
+    submit_once,
     task_id_or_fail,
     unary,
 )
@@ -110,6 +112,7 @@ def submit(
         list[str] | None, cli.Option("--mount", help="HOST_PATH:CONTAINER_PATH[:ro].")
     ] = None,
     privileged: Annotated[bool, cli.Option(help="Run the container privileged.")] = False,
+    request_id: RequestIdOption = "",
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
@@ -129,9 +132,11 @@ def submit(
         ssh_public_key=public_key(public_key_string, public_key_file),
         mounts=mount_pbs(mount or []),
         privileged=privileged,
+        request_id=request_id,
     )
     with host_link(cfg) as link:
-        [task] = unary(task_stub(link).SubmitTask, request).tasks
+        submit = task_stub(link).SubmitTask
+        [task] = submit_once(submit, request, cfg, listing="hakuriver.vps status").tasks
     if json:
         print_json(to_dict(task))
         return

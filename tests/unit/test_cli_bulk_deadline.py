@@ -1,8 +1,9 @@
 """A call whose work grows with its tasks (an array submitted, a batch killed, paused or
 resumed) has a deadline that grows with them: a 100,000-task array outlasted the tools' 30 s
 on a slow disk, and its submitter, told only that the Host did not answer in time, submitted
-it again. When the deadline passes anyway, the tool says the Host may still be at it, and
-where to look. (The Host's store is held busy to make it slow.)"""
+it again. When the deadline passes anyway, a submission is sent again with its request_id
+(the Host creates its tasks once), and a kill says the Host may still be at it, and where to
+look. (The Host's store is held busy to make it slow.)"""
 
 from __future__ import annotations
 
@@ -98,28 +99,67 @@ async def test_a_batch_slower_to_kill_than_a_call_may_take_is_waited_for(
     assert capsys.readouterr().out.startswith("killed 10 tasks")
 
 
-async def test_an_array_submitted_past_its_deadline_says_the_host_may_still_be_at_it(
+async def test_an_array_whose_answer_is_lost_is_sent_again_and_created_once(
     local_cluster: LocalCluster,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """...and where to look before submitting it again; the Host creates it once."""
+    """Its deadline passes while the Host stores it (held 3 s): the tool sends it again with
+    its request_id until the Host answers, and reports the array the Host created, once
+    (without the id, each retry was a second array; without retries, the submitter, told
+    only to look, submitted it again)."""
     monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
-    runner = await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    monkeypatch.setattr(connection, "SUBMIT_RETRY_SECONDS", 0.5)
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    argv = ["submit", "--config", config, "--array", "0-9", "--", "job"]
+    assert await _run_slowed(local_cluster, task.app, "hakuriver.task", argv) == 0
+    out, err = capsys.readouterr()
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100))
+    batch_ids = {t.batch_id for t in listed.tasks}
+    assert len(batch_ids) == 1 and len(listed.tasks) == 10
+    assert out == f"submitted array {batch_ids.pop()}: 10 tasks\n"
+    target = local_cluster.target
+    retry = f"the host at {target} did not answer in time: sending the submission again in "
+    assert err.startswith(retry + "0.5 s\n")
+
+
+async def test_a_submission_never_answered_says_how_to_send_it_again(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """...with its request_id, which then gets the tasks the Host created, once. (Its
+    store held, the Host never got to create them: looking for the id waited too.)"""
+    monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
+    monkeypatch.setattr(connection, "SUBMIT_RETRY_SECONDS", 0.01)
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
     config = str(local_cluster.cli_config(tmp_path / "client.toml"))
     argv = ["submit", "--config", config, "--array", "0-9", "--", "job"]
     with _store_held(local_cluster):
         code = await asyncio.to_thread(_tool, task.app, "hakuriver.task", argv)
     assert code == 1
-    assert capsys.readouterr().err == (
-        "error: the host did not answer within 1 s, but it may still be creating the "
-        "array's tasks: see hakuriver.task list --since 1h before submitting it again\n"
+    last = capsys.readouterr().err.splitlines()[-1]
+    head = (
+        f"error: the host at {local_cluster.target} did not answer in time, 4 times: the tasks "
+        "may have been created all the same (hakuriver.task list --since 1h shows them); "
+        "submitting again with --request-id "
     )
-    await eventually(lambda: len(runner.tasks) == 10, what="the array's 10 dispatches")
+    assert last.startswith(head) and last.endswith(" creates none twice")
+    request_id = last[len(head) :].split()[0]
+    again = ["submit", "--config", config, "--request-id", request_id, "--array", "0-9", "--"]
+    assert await asyncio.to_thread(_tool, task.app, "hakuriver.task", [*again, "job"]) == 0
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100))
     assert sorted(t.array_index for t in listed.tasks) == list(range(10))
-    assert {status_of(t) for t in listed.tasks} <= {TaskStatus.ASSIGNING, TaskStatus.RUNNING}
+    assert capsys.readouterr().out == f"submitted array {listed.tasks[0].batch_id}: 10 tasks\n"
+    # The same id for another submission is refused, in one line.
+    assert await asyncio.to_thread(_tool, task.app, "hakuriver.task", [*again, "other"]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: request_id: {request_id!r} was used within 24 h for another submission "
+        f"(batch {listed.tasks[0].batch_id}); use a new request_id"
+    )
 
 
 async def test_a_batch_killed_past_its_deadline_says_the_host_may_still_be_at_it(

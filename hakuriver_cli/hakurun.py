@@ -198,6 +198,7 @@ SUBMIT_OPTIONS = (
     "--priority",
     "--wait",
     "--poll-interval",
+    "--request-id",
     "--config",
     "--json",
 )

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from pathlib import Path
 
 import grpc
 import pytest
 
+from hakuriver_cli import direct, hakurun, task
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 from tests.fake_runner import HOLD
 from tests.unit.local_cluster import Client, LocalCluster
@@ -134,3 +136,30 @@ async def test_a_retry_after_a_deadline_passed_mid_write_gets_that_write_s_task(
     again = await retry
     assert again.created == 1
     assert await _stored_ids(local_cluster) == _ids(again)
+
+
+def _exit_code(run: object, *args: object) -> int:
+    try:
+        result = run(*args)  # type: ignore[operator]
+    except SystemExit as ended:
+        return int(ended.code or 0)
+    return int(result or 0)
+
+
+async def test_the_tools_send_a_given_request_id(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--request-id`` (what the tools say to send again with when no answer came) makes
+    ``hakuriver.task submit`` and ``hakurun --array`` answer the tasks created before."""
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    submit = ["submit", "--config", config, "--request-id", "one", "--", "train"]
+    sweep = ["--array", "--config", config, "--request-id", "sweep", "echo", "span:[a,b]"]
+    for _ in range(2):
+        assert await asyncio.to_thread(_exit_code, direct.run, task.app, "t", submit) == 0
+        assert await asyncio.to_thread(_exit_code, hakurun.main, sweep) == 0
+    first, array, first_again, array_again = capsys.readouterr().out.splitlines()
+    # The same task (running by now) and the same array.
+    assert first.startswith("submitted task ") and first_again.split()[:3] == first.split()[:3]
+    assert array.endswith(": 2 tasks") and array_again == array
+    assert len(await _stored_ids(local_cluster)) == 3

@@ -14,8 +14,9 @@ keys and of the rest take turns, so neither waits for ever.
 
 With ``holds``, a batch that failed for a reason it names (the database away for now, not
 a bug) keeps the calls queued with ``keep``: they go back to the head of their keys, in
-order, and are applied again after a pause (growing to HELD_PAUSE_MAX), until applied;
-the batch's other calls fail. ``stop_holding`` ends this: the next failure fails all.
+order, and are applied again after a pause (growing to HELD_PAUSE_MAX, cut short by
+``retry_now``), until applied; the batch's other calls fail. ``stop_holding`` ends this:
+the next failure fails all.
 """
 
 from __future__ import annotations
@@ -117,6 +118,12 @@ class GroupCommit(Generic[T]):
             del self._queued[key]
             del self._weights[key]
         return batch
+
+    def retry_now(self) -> None:
+        """The database took another write: held calls are tried again now, not after
+        their pause."""
+        if self._held:
+            self._wake.set()
 
     def stop_holding(self) -> None:
         """Hold nothing from now on (the Host stops): held calls are tried once more, and

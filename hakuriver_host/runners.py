@@ -182,7 +182,7 @@ class RunnerGateway:
         for task_id in sorted(known):
             task = self.book.active.get(task_id)
             if task is None or task.assigned_node != reg.hostname:
-                ack.discard_task_ids.append(task_id)
+                await self._discard_when_stored(link, task_id, ack)
                 continue
             ack.adopt.append(
                 rpb.AdoptTask(
@@ -213,6 +213,20 @@ class RunnerGateway:
                 ),
             )
         return ack
+
+    async def _discard_when_stored(
+        self, link: RunnerLink, task_id: int, ack: rpb.RegisterAck
+    ) -> None:
+        """A task the Runner keeps that is not active here: discarded at once, unless it
+        ended on this node and its end is not stored yet (held while the database was
+        away): then released once it is, as its report's would have been, so that a Host
+        stopped meanwhile hears it again from the Runner."""
+        ending = self.book.finishing(task_id)
+        if ending is None or ending.assigned_node != link.hostname:
+            ack.discard_task_ids.append(task_id)
+            return
+        stored = _stored_then([self.book.stored(ending)], link.release, [task_id])
+        await self._later(link, 1, stored)
 
     async def _forget_idle_nodes(self, now: float) -> None:
         """Forget nodes offline for ``forget_node_seconds`` of which no task is kept (they

@@ -217,8 +217,10 @@ class Store:
 
     async def insert_tasks(self, write: TaskWrite) -> None:
         """Insert new task rows with their first events; return once committed. Committed
-        ahead of the changes queued before (see ``_submissions``)."""
+        ahead of the changes queued before (see ``_submissions``); changes held for the
+        database are tried again once it takes this."""
         await self._submissions.submit([write])
+        self._writes.retry_now()
 
     def prepare_new_tasks(
         self,
@@ -259,8 +261,10 @@ class Store:
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a
-        whole cluster registering at once costs a few transactions)."""
+        whole cluster registering at once costs a few transactions). Task changes held
+        for the database (``queue_write``) are tried again once it takes this one."""
         await self._node_writes.submit([fields])
+        self._writes.retry_now()
 
     def _save_nodes(self, rows: list[dict[str, Any]]) -> None:
         with Session(self.engine) as session:

@@ -445,6 +445,11 @@ class TaskBook:
             if t.batch_id == batch_id
         ]
 
+    def finishing(self, task_id: int) -> Task | None:
+        """The task if it is final in memory and its change not stored yet (held while the
+        database is away)."""
+        return self._finishing.get(task_id)
+
     def live(self, task_id: int) -> Task | None:
         """The task as it is in memory (newer than the store), if it is active or finishing."""
         return self.active.get(task_id) or self._finishing.get(task_id)

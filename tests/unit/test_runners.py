@@ -24,6 +24,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import NodeStatus, TaskStatus
+from hakuriver_host import group_commit
 from hakuriver_host.errors import FailedPrecondition
 from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import (
@@ -584,6 +585,25 @@ async def _ended_while_locked(
         lambda: "changes held in memory" in caplog.text, within=30, what="the end held"
     )
     return runner, task, other
+
+
+async def test_a_runner_back_before_its_tasks_end_is_stored_keeps_it_until_it_is(
+    make_local_cluster: MakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Runner registering once the database was back, before the held end was written
+    again (up to 5 s later), was told to discard the task: a Host stopped then lost it. It
+    keeps the task until its end is stored, which the registration's write sets going."""
+    monkeypatch.setattr(group_commit, "HELD_PAUSE", 600.0)  # held until a write says
+    # Nothing else writes meanwhile: no Runner goes silent, no heartbeat is stored.
+    cluster = await make_local_cluster(timing={**TIMING, "heartbeat_timeout_factor": 1000})
+    runner, task, other = await _ended_while_locked(cluster, caplog)
+    other.close()
+    await runner.connect()  # its registration is written: the database is back
+    await eventually(lambda: runner.released == [task.task_id], within=30, what="the release")
+    assert runner.discarded == []
+    assert status_of(await cluster.get(task.task_id)) is TaskStatus.COMPLETED
 
 
 async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_again(

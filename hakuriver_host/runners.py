@@ -261,7 +261,7 @@ class RunnerGateway:
         elif kind == "heartbeat":
             check_heartbeat(msg.heartbeat)
             if self.nodes.heartbeat(link.hostname, msg.heartbeat):
-                await self.store.save_node(self.nodes.nodes[link.hostname].record())
+                self._in_background(self._store_node(link.hostname))
             if self.nodes.gpus_read(link.hostname, msg.heartbeat.health.gpus):
                 self.kick()
         elif kind == "task_state":
@@ -275,6 +275,31 @@ class RunnerGateway:
             self.tunnels.on_message(link, msg)
         else:
             log.warning("runner %s sent unexpected %s", link.hostname, kind)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the stream (``settle`` waits for it)."""
+        background = asyncio.create_task(work)
+        self._background.add(background)
+        background.add_done_callback(self._background.discard)
+
+    async def _store_node(self, hostname: str) -> None:
+        """Store a node's changed row (its environments), beside the stream: the stream's
+        messages are read meanwhile (SQLite locked by another program holds a write for
+        5 s, and the Runner was then taken for silent). A database away for now is no
+        reason to end the Runner's stream: the row is stored at the next check for silent
+        Runners that the database takes (``heartbeats_to_store``)."""
+        node = self.nodes.nodes.get(hostname)
+        if node is None:  # forgotten meanwhile
+            return
+        try:
+            await self.store.save_node(node.record())
+        except Exception as exc:
+            node.stored_heartbeat = None
+            why = database_unavailable(exc)
+            if why is None:
+                log.exception("runner %s: its node's row could not be stored", hostname)
+            else:
+                log.warning("runner %s: its node's row is stored later: %s", hostname, why)
 
     async def _on_chunk(self, link: RunnerLink, chunk: rpb.LogChunk) -> None:
         """Store a chunk of a task's output. A gap or a failed write is about that task

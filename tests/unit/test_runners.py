@@ -620,3 +620,37 @@ async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_
     assert done.exit_code == 0
     await eventually(lambda: runner.released == [task.task_id], within=30, what="the release")
     assert await local_cluster.read_log(task.task_id) == b"done\n"
+
+
+async def test_a_runner_whose_environments_change_while_the_database_is_locked_stays_connected(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A heartbeat with new environments whose node row could not be written ended the
+    Runner's stream, with a traceback on the Host, as for a bug: the Runner reconnected,
+    was refused while the database was away, and its tasks went unknown (QA). The row is
+    written once the database is back; the stream stays."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
+        other
+    ):
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        runner.environments.append("loaded-meanwhile")
+        await eventually(
+            lambda: "database is locked" in caplog.text,
+            within=30,
+            what="the node row refused by the locked database",
+        )
+    runner.finish(task.task_id, 0)
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED, within=30)
+    assert runner.registrations == 1
+    assert "Traceback" not in caplog.text
+
+    def stored_environments() -> str:
+        with closing(sqlite3.connect(local_cluster.config.database.db_file)) as database:
+            [(environments,)] = database.execute("SELECT environments FROM nodes").fetchall()
+        return str(environments)
+
+    await eventually(
+        lambda: "loaded-meanwhile" in stored_environments(), what="the node row stored"
+    )

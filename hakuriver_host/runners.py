@@ -455,7 +455,12 @@ class RunnerGateway:
         # Stored offline (a restarted Host loads them so), and the heartbeats of the others
         # once per timeout, together: group-committed.
         rows = {node.hostname: node for node in [*went, *self.nodes.heartbeats_to_store(timeout)]}
-        await asyncio.gather(*(self.store.save_node(node.record()) for node in rows.values()))
+        try:
+            await asyncio.gather(*(self.store.save_node(node.record()) for node in rows.values()))
+        except Exception:
+            for node in rows.values():  # stored at a later check (heartbeats_to_store)
+                node.stored_heartbeat = None
+            raise
         for node in silent:
             away = now - node.last_seen
             for task in self.book.on_node(node.hostname):

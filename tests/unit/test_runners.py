@@ -654,3 +654,26 @@ async def test_a_runner_whose_environments_change_while_the_database_is_locked_s
     await eventually(
         lambda: "loaded-meanwhile" in stored_environments(), what="the node row stored"
     )
+
+
+async def test_a_node_that_went_offline_while_the_database_was_locked_is_stored_offline(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check that found the Runner silent could not write the node's row, and no
+    later one wrote it: the database kept the node online (a restarted Host took it for
+    online until the Runner's timeout) (QA)."""
+    runner = await local_cluster.add_runner("a")
+    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
+        other
+    ):
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        await runner.drop()
+        await eventually(
+            lambda: "runner check put off" in caplog.text, within=30, what="the row refused"
+        )
+
+    def stored_online() -> list[tuple[int]]:
+        with closing(sqlite3.connect(local_cluster.config.database.db_file)) as database:
+            return database.execute("SELECT online FROM nodes").fetchall()
+
+    await eventually(lambda: stored_online() == [(0,)], within=30, what="the node stored offline")

@@ -120,7 +120,7 @@ def test_output_is_shown_as_a_terminal_shows_it(site: Site) -> None:
         "sleep 1; for i in 1 2 3 4 5; do printf '\\rprogress %d0%%' $i; sleep 0.2; done; echo;"
         " printf 'kept\\r'; sleep 1; printf '\\nnext\\n';"
         " printf '\\033['; sleep 1; printf '32mgreen\\033[0m\\r\\n';"
-        " printf '\\033]0;a title\\007\\033[1;31mred\\033[0m plain\\n'"
+        " printf '\\033]0;a title\\007\\033[1;31mred\\033(B\\033[m plain\\n'"
     )
     request = tpb.SubmitTaskRequest(command="sh", arguments=["-c", script], container_name=BASE_ENV)
     [task] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks

@@ -16,10 +16,10 @@ export interface Piece {
 }
 
 // CSI (colours, cursor and erase commands), OSC (window title, links: up to BEL or ST) and
-// the two-character escapes.
-const ESCAPE = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])/g;
+// the short ones: a final character after any intermediates ("\x1b(B" of tput sgr0, "\x1b7").
+const ESCAPE = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])/g;
 // The start of one cut off at the end of a chunk: held back for the next.
-const UNFINISHED = /\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?)?$/;
+const UNFINISHED = /\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[ -/]*)$/;
 // An unfinished "escape" longer than this is not one: let it through.
 const LONGEST_ESCAPE = 512;
 

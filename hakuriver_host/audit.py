@@ -76,6 +76,8 @@ class AuditLog:
         self._held = ""
         self._holding = True
         self._wake = asyncio.Event()
+        # Set while rows are held: a query stops waiting for them then.
+        self._holding_rows = asyncio.Event()
         self._strangers = LimitedLog(log, emit=self._stranger_refused)
 
     def record(
@@ -145,6 +147,7 @@ class AuditLog:
             if self._held:
                 log.warning("the database takes writes again: the held audit events are stored")
                 self._held = ""
+                self._holding_rows.clear()
             pause = HELD_PAUSE
 
     def _hold(self, rows: list[dict[str, Any]], why: str) -> None:
@@ -164,6 +167,7 @@ class AuditLog:
                 why,
             )
             self._held = why
+        self._holding_rows.set()
 
     def close(self) -> None:
         """Write the counts of refusals not yet summed up, and hold no rows any more: those
@@ -220,8 +224,15 @@ class AuditLog:
             self.store.bulk(AuditRecord.__table__).insert(connection, rows)  # type: ignore[attr-defined]
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:
-        if not self._held:  # rows held wait for the database, which the query reads too
-            await self.wait_written()
+        """The rows queued before are written first, unless the database refuses them: those
+        held wait for it, and the query reads what is stored (it may read still)."""
+        flushing = self._flusher
+        if flushing is not None and not flushing.done() and not self._holding_rows.is_set():
+            held = asyncio.ensure_future(self._holding_rows.wait())
+            try:
+                await asyncio.wait([flushing, held], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                held.cancel()
         return await self.store.run(self._select, query)
 
     def _select(self, query: AuditQuery) -> list[AuditRecord]:

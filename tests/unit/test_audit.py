@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 
 import grpc
 import pytest
@@ -44,6 +45,14 @@ def _one(events: list[aupb.AuditEvent], actor: str, action: str, target: str) ->
     found = [e for e in events if (e.actor, e.action, e.target) == (actor, action, target)]
     assert len(found) == 1, [(e.actor, e.action, e.target) for e in events]
     return found[0]
+
+
+@contextmanager
+def _locked(cluster: LocalCluster) -> Iterator[None]:
+    """The Host's database locked by another program (a sqlite3 shell in a transaction)."""
+    with closing(sqlite3.connect(cluster.config.database.db_file, isolation_level=None)) as (other):
+        other.execute("BEGIN IMMEDIATE")
+        yield
 
 
 async def _refused(call: object) -> grpc.StatusCode:
@@ -157,6 +166,22 @@ async def test_a_drain_or_revocation_made_already_is_no_change_audited(
     ]
 
 
+async def test_the_audit_log_is_listed_while_its_rows_wait_for_a_locked_database(
+    local_cluster: LocalCluster,
+) -> None:
+    """A query while the database refuses writes lists what is stored (SQLite, locked by
+    another program, is still read): one made as the first rows met the lock waited for
+    them to be written, for as long as the lock was held (the caller's deadline)."""
+    bob = await local_cluster.add_user("bob")
+    drain = npb.DrainNodeRequest(hostname="a")
+    with _locked(local_cluster):
+        assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
+        listed = await local_cluster.audit.ListAuditEvents(
+            aupb.ListAuditEventsRequest(actor="bob"), timeout=30
+        )
+    assert list(listed.events) == []  # its row was not stored yet
+
+
 async def test_a_revocation_the_database_refused_is_made_when_asked_again(
     local_cluster: LocalCluster,
 ) -> None:
@@ -171,10 +196,7 @@ async def test_a_revocation_the_database_refused_is_made_when_asked_again(
     revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
     runner = apb.RevokeRunnerCredentialRequest(hostname="a")
     delete = apb.DeleteUserRequest(name="bob")
-    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
-        other
-    ):
-        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+    with _locked(local_cluster):
         assert await _refused(local_cluster.access.RevokeToken(revoke, timeout=30)) == (
             CODE.UNAVAILABLE
         )
@@ -412,10 +434,7 @@ async def test_audit_events_while_the_database_is_locked_are_stored_once_it_is_n
     were dropped, only in the Host's log (QA); they are held and stored once it is back."""
     bob = await local_cluster.add_user("bob")
     drain = npb.DrainNodeRequest(hostname="a")
-    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
-        other
-    ):
-        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+    with _locked(local_cluster):
         assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
         await eventually(
             lambda: "database is locked" in caplog.text,

@@ -7,13 +7,14 @@ the Host. This reads whatever bytes the daemon has sent so far from the connecti
 READ_BYTES at a time, never waiting for more) and takes off the HTTP chunk framing and
 Docker's frame headers itself: a backlog comes as large blocks, a lone line at once.
 
-Two ways in. ``follow_output`` follows the container's log (the daemon decodes its json-file
-again for the reader): any container, from its first byte, at any time. ``Attached``
-attaches to a created container's output before it starts, and reads what the daemon copies
-from the container as it copies it, with no log file in between: over twice the rate of a
-log follow on a flood. An attached reader that stops reading holds the container's writes
-once the daemon's buffer (1 MB) is full: that is the flow control from the Host's storage
-back to the task; the Runner closes the attachment whenever its stream to the Host is gone.
+Two ways in. ``follow_output`` follows the container's log (the daemon reads its log file,
+Docker's `local` driver's, again for the reader): any container, from its first byte, at
+any time. ``Attached`` attaches to a created container's output before it starts, and reads
+what the daemon copies from the container as it copies it, with no log file in between:
+over twice the rate of a log follow on a flood. An attached reader that stops reading holds
+the container's writes once the daemon's buffer (1 MB) is full: that is the flow control
+from the Host's storage back to the task; the Runner closes the attachment whenever its
+stream to the Host is gone.
 """
 
 from __future__ import annotations

@@ -99,11 +99,13 @@ async def test_a_batch_slower_to_kill_than_a_call_may_take_is_waited_for(
     assert capsys.readouterr().out.startswith("killed 10 tasks")
 
 
+@pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
 async def test_an_array_whose_answer_is_lost_is_sent_again_and_created_once(
     local_cluster: LocalCluster,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    over_connect: bool,
 ) -> None:
     """Its deadline passes while the Host stores it (held 3 s): the tool sends it again with
     its request_id until the Host answers, and reports the array the Host created, once
@@ -112,7 +114,7 @@ async def test_an_array_whose_answer_is_lost_is_sent_again_and_created_once(
     monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
     monkeypatch.setattr(connection, "SUBMIT_RETRY_SECONDS", 0.5)
     await local_cluster.add_runner("a", cores=64, answer=HOLD)
-    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    config = str(local_cluster.cli_config(tmp_path / "client.toml", over_connect))
     argv = ["submit", "--config", config, "--array", "0-9", "--", "job"]
     assert await _run_slowed(local_cluster, task.app, "hakuriver.task", argv) == 0
     out, err = capsys.readouterr()

@@ -60,6 +60,7 @@ from hakuriver_host.submit_requests import (
     request_digest,
     request_key,
     same_request,
+    still_kept,
 )
 from hakuriver_host.tarball_index import TarballIndex
 from hakuriver_host.task_book import (
@@ -329,6 +330,7 @@ class Cluster:
             found = await self.store.run(
                 self.store.submitted_tasks, stored.batch_id, stored.task_id, MAX_SUBMIT_REPLY_TASKS
             )
+            still_kept(stored, found)
             tasks = [self.book.live(task.task_id) or task for task in found]
             return Submitted(tasks, stored.batch_id, stored.created)
         finally:

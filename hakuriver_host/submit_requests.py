@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
@@ -50,13 +51,27 @@ def request_digest(req: tpb.SubmitTaskRequest) -> str:
     return hashlib.sha256(asked.SerializeToString(deterministic=True)).hexdigest()
 
 
+def _made(stored: SubmitRequestRecord) -> str:
+    return f"batch {stored.batch_id}" if stored.batch_id else f"task {stored.task_id}"
+
+
 def same_request(stored: SubmitRequestRecord, digest: str) -> None:
     """A stored submission's key sent with another request is refused."""
     if stored.digest != digest:
-        what = f"batch {stored.batch_id}" if stored.batch_id else f"task {stored.task_id}"
+        what = _made(stored)
         raise FailedPrecondition(
             f"request_id: {stored.request_id!r} was used within {REQUEST_ID_HOURS} h for "
             f"another submission ({what}); use a new request_id for a new submission"
+        )
+
+
+def still_kept(stored: SubmitRequestRecord, found: Sequence[Task]) -> None:
+    """A submission whose tasks were all forgotten since (pruned) cannot be answered with
+    them: refused, not answered with none (a client reading one task would find none)."""
+    if not found:
+        raise FailedPrecondition(
+            f"request_id: {stored.request_id!r} created {_made(stored)}, forgotten since "
+            "(pruned); use a new request_id to submit again"
         )
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from hakuriver_cli import direct, hakurun, task
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD
 from tests.unit.local_cluster import Client, LocalCluster
 
@@ -163,3 +164,27 @@ async def test_the_tools_send_a_given_request_id(
     assert first.startswith("submitted task ") and first_again.split()[:3] == first.split()[:3]
     assert array.endswith(": 2 tasks") and array_again == array
     assert len(await _stored_ids(local_cluster)) == 3
+
+
+async def test_a_request_id_whose_tasks_were_pruned_is_refused(
+    local_cluster: LocalCluster,
+) -> None:
+    """Its tasks forgotten (an admin's prune of what ended a moment ago), a retry is refused
+    in words, not answered with no task (the CLI, reading one, took the newest task of the
+    Host's instead, or ended in a traceback)."""
+    await local_cluster.add_runner("a")
+    first = await local_cluster.tasks.SubmitTask(_one("pruned"), timeout=5)
+    task_id = _ids(first)[0]
+    await local_cluster.wait_status(task_id, TaskStatus.COMPLETED)
+    pruned = await local_cluster.tasks.PruneTasks(
+        tpb.PruneTasksRequest(older_than_days=1e-9), timeout=10
+    )
+    assert pruned.tasks == 1
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await local_cluster.tasks.SubmitTask(_one("pruned"), timeout=5)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert raised.value.details() == (
+        f"request_id: 'pruned' created task {task_id}, forgotten since (pruned); use a new "
+        "request_id to submit again"
+    )
+    assert await _stored_ids(local_cluster) == []

@@ -117,6 +117,35 @@ def _survives_and_is_readopted(
     _assert_complete(cluster, task.task_id)
 
 
+def test_a_submission_sent_again_after_a_host_sigkill_gets_the_stored_tasks(
+    fresh_cluster: ProcessCluster,
+) -> None:
+    """SubmitTask's request_id is committed with the tasks it created: a Host killed (SIGKILL)
+    once they were stored answers the retry, sent after its restart, with them, and creates
+    none (without the id, the retry was a second array, and a second task)."""
+    cluster = fresh_cluster
+    array = tpb.SubmitTaskRequest(
+        command="true", array=tpb.TaskArray(indices=[0, 1, 2]), request_id="e2e-sigkill"
+    )
+    first = cluster.tasks.SubmitTask(array, timeout=10)
+    submit = ["submit", "--request-id", "e2e-sigkill-cli", "--", "true"]
+    said = cluster.cli("task", *submit)
+    assert said.returncode == 0, said.stderr
+    cluster.kill_host()
+    cluster.start_host()
+    again = cluster.tasks.SubmitTask(array, timeout=10)
+    assert again.batch_id == first.batch_id
+    assert [t.task_id for t in again.tasks] == [t.task_id for t in first.tasks]
+    said_again = cluster.cli("task", *submit)
+    assert said_again.returncode == 0, said_again.stderr
+    task_id = said.stdout.split()[2]
+    assert said_again.stdout.split()[:3] == ["submitted", "task", task_id]
+    listed = cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100), timeout=10).tasks
+    assert sorted(t.task_id for t in listed) == sorted(
+        [int(task_id), *(t.task_id for t in first.tasks)]
+    )
+
+
 def test_runner_sigkill_container_survives_and_is_readopted(fresh_cluster: ProcessCluster) -> None:
     _survives_and_is_readopted(fresh_cluster, "runner-gate", ProcessCluster.kill_runner)
 

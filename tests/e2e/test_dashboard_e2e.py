@@ -2,7 +2,8 @@
 loads without console errors (and is photographed), a task submitted from the form shows
 its output live and is killed from the page, a bad value shows the Host's own message by its
 field, users see only their own tasks and only what their role may do, and the terminal
-runs a command in an environment container."""
+runs a command in an environment container; a submission pressed again after its answer was
+lost is created once."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Route, expect
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
@@ -464,6 +465,37 @@ def test_a_bad_value_shows_the_hosts_message_beside_its_field(site: Site) -> Non
     expect(tab.page.get_by_test_id("error-priority")).to_contain_text(
         "priority: 99999999999 is out of range"
     )
+
+
+def test_a_submission_pressed_again_after_its_answer_was_lost_is_created_once(
+    site: Site,
+) -> None:
+    """The form sends a request id, the same while the same form is sent again until the
+    Host answers: the answer lost on its way (cut here once the Host had made the task) and
+    Submit pressed again, the page opens the task the Host made; there is no second one."""
+    tab = site.tab(site.alice)
+    tab.goto("/tasks")
+    lost: list[int] = []
+
+    def cut_the_first_answer(route: Route) -> None:
+        if lost:
+            route.continue_()
+            return
+        answered = route.fetch()  # the Host has the request and answers it
+        lost.append(answered.status)
+        route.abort("connectionreset")
+
+    tab.page.route("**/hakuriver.v1.TaskService/SubmitTask", cut_the_first_answer)
+    tab.page.get_by_test_id("submit-command").fill("echo answered-once")
+    tab.page.get_by_test_id("submit-task").click()
+    expect(tab.page.get_by_test_id("submit-error")).to_be_visible()
+    assert lost == [200] and tab.page.url.endswith("/tasks")
+    tab.page.get_by_test_id("submit-task").click()
+    tab.page.wait_for_url(re.compile(r"/tasks/\d+$"))
+    task_id = int(tab.page.url.rsplit("/", 1)[1])
+    mine = site.tasks_as(site.alice).ListTasks(tpb.ListTasksRequest(limit=1000), timeout=10)
+    made = [t.task_id for t in mine.tasks if list(t.arguments) == ["answered-once"]]
+    assert made == [task_id]
 
 
 def test_a_number_field_the_browser_cannot_read_is_refused_not_defaulted(

@@ -325,12 +325,20 @@ def submit_once(
     """SubmitTask (its deadline grows with ``tasks``) with a request_id, a fresh one unless
     given: when its answer is lost (``_may_have_landed``), it is sent again with the same id,
     up to SUBMIT_ATTEMPTS times, and the Host answers with the tasks the first one created,
-    never creating them twice. Each retry is noted on stderr; when none answers, one line
-    says where to look (``listing``) and how to send it again."""
+    never creating them twice. Each retry is noted on stderr; when none answers, or Ctrl-C
+    stops the retries, one line says where to look (``listing``) and how to send it again."""
     import uuid
 
     if not request.request_id:
         request.request_id = str(uuid.uuid4())
+
+    def maybe_made(said: str, code: int = 1) -> NoReturn:
+        fail(
+            f"{said}: the tasks may have been created all the same ({listing} shows them); "
+            f"submitting again with --request-id {request.request_id} creates none twice",
+            code,
+        )
+
     timeout = RPC_TIMEOUT_SECONDS + tasks * BULK_SECONDS_PER_TASK
     pause = SUBMIT_RETRY_SECONDS
     for attempt in range(1, SUBMIT_ATTEMPTS + 1):
@@ -342,15 +350,18 @@ def submit_once(
             if not (away or _may_have_landed(exc, config)):
                 raise
             why = describe_call_error(exc, config.host_target, config)
+        except KeyboardInterrupt:
+            if attempt == 1:
+                raise
+            maybe_made("stopped", 130)
         if attempt < SUBMIT_ATTEMPTS:
             cli.echo(f"{why}: sending the submission again in {pause:g} s", err=True)
-            time.sleep(pause)
+            try:
+                time.sleep(pause)
+            except KeyboardInterrupt:
+                maybe_made("stopped", 130)
             pause *= 2
-    fail(
-        f"{why}, {SUBMIT_ATTEMPTS} times: the tasks may have been created all the same "
-        f"({listing} shows them); submitting again with --request-id {request.request_id} "
-        "creates none twice"
-    )
+    maybe_made(f"{why}, {SUBMIT_ATTEMPTS} times")
 
 
 def found_or_fail(fn: Callable[..., T], request: object, missing: str) -> T:

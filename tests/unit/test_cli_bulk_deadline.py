@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -184,3 +185,32 @@ async def test_a_batch_killed_past_its_deadline_says_the_host_may_still_be_at_it
         runner.finish(task_id, KILLED_EXIT_CODE)
     for task_id in ids:
         assert status_of(await local_cluster.wait_status(task_id)) is TaskStatus.KILLED
+
+
+async def test_retries_stopped_with_ctrl_c_say_how_to_send_the_submission_again(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the tool waits to send a submission again ended it silently (exit 130):
+    its submitter did not learn the request id that gets its tasks without making more."""
+    monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connection, "time", SimpleNamespace(sleep=interrupted))
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    argv = ["submit", "--config", config, "--", "job"]
+    with _store_held(local_cluster):
+        code = await asyncio.to_thread(_tool, task.app, "hakuriver.task", argv)
+    assert code == 130
+    noted, last = capsys.readouterr().err.splitlines()
+    assert noted.endswith("did not answer in time: sending the submission again in 1 s")
+    head = (
+        "error: stopped: the tasks may have been created all the same (hakuriver.task list "
+        "--since 1h shows them); submitting again with --request-id "
+    )
+    assert last.startswith(head) and last.endswith(" creates none twice")

@@ -988,6 +988,27 @@ def test_a_vps_page_leads_back_to_the_vps_list(site: Site) -> None:
         _no_problems(tab)
 
 
+def test_a_vps_waiting_for_any_gpu_says_so_in_the_vps_list(site: Site) -> None:
+    """A VPS that asks for a number of GPUs without naming them holds none until it is
+    placed: the VPS list says how many it asks for ("1" and the times sign), as the task
+    list does, not the dash of no GPU."""
+    with _gpu_node_drained(site) as started:
+        request = _vps_on_gpu_node(site)
+        request.gpus = 1
+        [vps] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+        started.append(vps.task_id)
+        tab = site.tab(site.alice)
+        tab.goto("/vps")
+        none, times = "\N{EN DASH}", "\N{MULTIPLICATION SIGN}"
+        expect(tab.page.get_by_test_id(f"vps-resources-{vps.task_id}")).to_have_text(
+            f"any / {none} / 1{times}"
+        )
+        tab.goto("/tasks?kind=vps")
+        row = tab.page.get_by_test_id(f"task-row-{vps.task_id}")
+        expect(row).to_contain_text(f"0 / {none} / 1{times}")
+        _no_problems(tab)
+
+
 def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they

@@ -14,6 +14,13 @@ export function bytes(value: bigint | number): string {
   return `${n.toFixed(n >= 10 || unit === 0 ? 0 : 1)} ${UNITS[unit]}`;
 }
 
+/** The GPUs a task holds ("0,1"), or asks for without naming them ("2×", until it is
+ * placed), or "–". */
+export function gpusOf(task: Pick<Task, "requiredGpus" | "gpuCount">): string {
+  if (task.requiredGpus.length) return task.requiredGpus.join(",");
+  return task.gpuCount ? `${task.gpuCount}×` : "–";
+}
+
 export function percent(value: number): string {
   return `${value.toFixed(value >= 10 ? 0 : 1)}%`;
 }

@@ -54,6 +54,9 @@ from hakuriver_runner.backend import (
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.02
+# How long a pause or resume waits for the process to show it, and how often it looks.
+SETTLE_SECONDS = 2.0
+SETTLE_POLL_SECONDS = 0.002
 # Under runner.state_dir: one folder per host-process task.
 SPOOL_FOLDER = "tasks"
 READ_CHUNK = 64 * 1024
@@ -363,12 +366,32 @@ class ProcessBackend:
         self._signal(handle, signal.SIGKILL)
 
     def pause(self, handle: HostProcess) -> None:
+        """Answered once the process shows stopped, as Docker's pause (the freezer) is: a
+        signal is delivered when the kernel gets to it, and PauseTask answered while the
+        process still ran (seen in the e2e tier under load)."""
         self._signal(handle, signal.SIGSTOP)
         handle.paused = True
+        self._settle(handle.pid, stopped=True)
 
     def resume(self, handle: HostProcess) -> None:
         self._signal(handle, signal.SIGCONT)
         handle.paused = False
+        self._settle(handle.pid, stopped=False)
+
+    @staticmethod
+    def _settle(pid: int, stopped: bool) -> None:
+        """Wait, up to SETTLE_SECONDS, for process ``pid`` to show ``stopped`` (or not);
+        one gone or ending meanwhile has nothing more to show."""
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while _stopped(pid) != stopped and _status(pid) not in (None, psutil.STATUS_ZOMBIE):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "process %s: still %s after the signal",
+                    pid,
+                    "running" if stopped else "stopped",
+                )
+                return
+            time.sleep(SETTLE_POLL_SECONDS)
 
     def remove(self, task_id: int) -> None:
         shutil.rmtree(self._spool(task_id), ignore_errors=True)

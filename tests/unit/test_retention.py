@@ -43,16 +43,30 @@ def _age(cluster: LocalCluster, task_ids: Sequence[int], days: float) -> None:
         )
 
 
+async def _stored(cluster: LocalCluster, tasks: list[task_pb2.Task]) -> list[task_pb2.Task]:
+    """``tasks``, ended, once their ends are stored: GetTask answers from memory first, and
+    a row aged (``_age``) before its end's write had its end time set back to now by it
+    (the prune then found nothing)."""
+    request = tpb.ListTasksRequest(statuses=sorted({t.status for t in tasks}), limit=1000)
+
+    async def stored() -> bool:
+        listed = {t.task_id for t in (await cluster.tasks.ListTasks(request, timeout=5)).tasks}
+        return listed.issuperset(t.task_id for t in tasks)
+
+    await eventually(stored, within=30, what="the tasks' ends stored")
+    return tasks
+
+
 async def _ended(cluster: LocalCluster, count: int = 1) -> list[task_pb2.Task]:
-    """``count`` tasks that ended with output on both streams."""
+    """``count`` tasks that ended with output on both streams, their ends stored."""
     submitted = [await cluster.submit("job") for _ in range(count)]
-    return [await cluster.wait_status(t.task_id) for t in submitted]
+    return await _stored(cluster, [await cluster.wait_status(t.task_id) for t in submitted])
 
 
 async def _array(cluster: LocalCluster, size: int) -> list[task_pb2.Task]:
     request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=range(size)))
     reply = await cluster.tasks.SubmitTask(request, timeout=5)
-    return [await cluster.wait_status(t.task_id) for t in reply.tasks]
+    return await _stored(cluster, [await cluster.wait_status(t.task_id) for t in reply.tasks])
 
 
 async def _known(cluster: LocalCluster, task_id: int) -> bool:

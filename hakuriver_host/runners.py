@@ -409,6 +409,7 @@ class RunnerGateway:
             task.required_memory_bytes,
             task.ssh_port,
             self.output_errors.get(task.task_id, ""),
+            task.submitted_at,
         )
 
     async def _later(self, link: RunnerLink, reports: int, work: Coroutine[Any, Any, None]) -> None:

@@ -88,6 +88,9 @@ class TaskFacts:
     ssh_port: int = 0
     # Why some of its output could not be stored ("" if all was): it cannot be completed.
     output_error: str = ""
+    # When the Host took it (its clock): a start or an end a Runner reports before it is
+    # no time of the Host's clock (the Runner's is behind).
+    submitted_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -102,16 +105,21 @@ class Outcome:
 
 
 def _time(
-    report: rpb.TaskStateReport, name: Literal["started_at", "finished_at"]
+    facts: TaskFacts, report: rpb.TaskStateReport, name: Literal["started_at", "finished_at"]
 ) -> datetime | None:
-    """A report's time; None when absent or outside what a datetime holds (a Runner's
-    clock is not trusted to be sane)."""
+    """A report's time; None when absent, outside what a datetime holds or before the task
+    was submitted (a Runner's clock is not trusted to be sane: the Host then keeps its own
+    time, where an end 40 days early had retention forget a task that just ended)."""
     if not report.HasField(name):
         return None
     try:
-        return getattr(report, name).ToDatetime(tzinfo=UTC)
+        at = getattr(report, name).ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError):
         return None
+    submitted = facts.submitted_at
+    if submitted is not None and at < submitted.replace(tzinfo=submitted.tzinfo or UTC):
+        return None
+    return at
 
 
 def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
@@ -124,7 +132,7 @@ def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
         if report.ssh_port:
             ready = f"sshd on port {report.ssh_port}"
         fields: dict[str, Any] = {"ssh_port": report.ssh_port or facts.ssh_port}
-        started = _time(report, "started_at")
+        started = _time(facts, report, "started_at")
         if started is not None:
             fields["started_at"] = started
         return Outcome(TaskStatus.RUNNING, ready, fields, frozenset({Effect.STARTED}))
@@ -153,7 +161,7 @@ def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
         lost = f"its output could not all be stored: {facts.output_error}"
         error = f"{error}; {lost}" if error else lost
     fields: dict[str, Any] = {"exit_code": exit_code, "error_message": error}
-    finished = _time(report, "finished_at")
+    finished = _time(facts, report, "finished_at")
     if finished is not None:
         fields["completed_at"] = finished
     return Outcome(final, f"exited with code {exit_code}", fields)

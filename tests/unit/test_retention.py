@@ -15,10 +15,12 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_common.proto.hakuriver.v1 import (
     audit_service_pb2 as aupb,
     node_service_pb2 as npb,
+    runner_service_pb2 as rpb,
     task_pb2,
     task_service_pb2 as tpb,
 )
@@ -316,3 +318,33 @@ async def test_a_locked_database_puts_the_hourly_forgetting_off_in_one_line(
     )
     forgetting = ("hakuriver_host.retention", "hakuriver.audit")
     assert [r for r in caplog.records if r.name in forgetting and r.levelno >= logging.ERROR] == []
+
+
+async def test_a_task_its_runner_says_ended_long_ago_is_kept_as_just_ended(
+    local_cluster: LocalCluster,
+) -> None:
+    """A Runner whose clock is 40 days behind reports its tasks' ends 40 days ago: taken as
+    it said, a task that ended a moment ago was forgotten, its output with it, by a prune
+    of tasks older than 30 days (timing.forget_tasks_days, within the hour). An end, or a
+    start, before the task was submitted is no time of the Host's clock: the Host's own
+    time is kept."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    behind = Timestamp()
+    behind.FromDatetime(datetime.now(UTC) - timedelta(days=40))
+    runner.send(
+        rpb.ConnectRequest(
+            task_state=rpb.TaskStateReport(
+                task_id=task.task_id,
+                state=rpb.RUNNER_TASK_STATE_EXITED,
+                exit_code=0,
+                finished_at=behind,
+            )
+        )
+    )
+    [done] = await _stored(
+        local_cluster, [await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)]
+    )
+    assert done.completed_at.ToDatetime() >= done.submitted_at.ToDatetime()
+    assert await _prune(local_cluster, 30) == (0, 0, 0, 0, 0)
+    assert await _known(local_cluster, task.task_id)

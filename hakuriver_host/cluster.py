@@ -226,6 +226,9 @@ class Cluster:
         self._storing: set[asyncio.Task[None]] = set()
         # Batch holds are set one at a time (each stored before it is made so).
         self._holds = asyncio.Lock()
+        # Drains and undrains are made one at a time: one that fails takes back only its
+        # own change, never one made meanwhile.
+        self._drains = asyncio.Lock()
         # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
         # closed once those finished.
         self._adding: set[asyncio.Task[None]] = set()
@@ -961,14 +964,15 @@ class Cluster:
         return node
 
     async def _set_draining(self, node: NodeView, draining: bool, who: Principal) -> None:
-        hostname, before = node.hostname, node.draining
-        self.nodes.set_draining(hostname, draining)
-        try:
-            await self.store.run(self.store.set_draining, hostname, draining)
-        except Exception:
-            if self.nodes.nodes.get(hostname) is node:
-                self.nodes.set_draining(hostname, before)
-            raise
+        async with self._drains:
+            hostname, before = node.hostname, node.draining
+            self.nodes.set_draining(hostname, draining)
+            try:
+                await self.store.run(self.store.set_draining, hostname, draining)
+            except Exception:
+                if self.nodes.nodes.get(hostname) is node:
+                    self.nodes.set_draining(hostname, before)
+                raise
         if before == draining:  # drained (or taking work) already: no change to audit
             return
         self.audit.record(who, "node.drain" if draining else "node.undrain", hostname)

@@ -524,6 +524,46 @@ async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: Local
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
 
 
+async def _drained_once_and_kept(local_cluster: LocalCluster) -> None:
+    """Node a is drained, in memory and as stored (a restarted Host keeps it), and its drain
+    audited once."""
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert node.draining
+    audited = await local_cluster.audit.ListAuditEvents(
+        aupb.ListAuditEventsRequest(action="node.drain"), timeout=5
+    )
+    assert [(e.actor, e.target) for e in audited.events] == [("admin", "a")]
+    await local_cluster.restart_host()
+    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
+    assert node.draining
+
+
+async def test_a_drain_asked_while_another_fails_is_kept_and_audited(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two DrainNode calls of a node taking work, the first refused by a database another
+    program held locked, the second written once the lock went: the first, failing, took the
+    drain back in memory after the second had made it, so the node took work while the
+    database said it drained (a restarted Host drained it), and the drain went unaudited
+    (the second took it as made already)."""
+    await local_cluster.add_runner("a", answer=HOLD)
+    drain = npb.DrainNodeRequest(hostname="a")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        calls = [
+            asyncio.ensure_future(local_cluster.nodes.DrainNode(drain, timeout=30))
+            for _ in range(2)
+        ]
+        await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)  # one refused
+    finally:
+        other.close()
+    answers = await asyncio.gather(*calls, return_exceptions=True)
+    refused = [a for a in answers if isinstance(a, grpc.aio.AioRpcError)]
+    assert [a.code() for a in refused] == [grpc.StatusCode.UNAVAILABLE]  # after SQLite's wait
+    await _drained_once_and_kept(local_cluster)
+
+
 async def test_a_drain_whose_caller_goes_is_kept_as_it_is_written(
     local_cluster: LocalCluster,
 ) -> None:
@@ -541,12 +581,4 @@ async def test_a_drain_whose_caller_goes_is_kept_as_it_is_written(
         other.close()
     assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     await local_cluster.add_user("alice")  # written after the drain, on the store's thread
-    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
-    assert node.draining
-    audited = await local_cluster.audit.ListAuditEvents(
-        aupb.ListAuditEventsRequest(action="node.drain"), timeout=5
-    )
-    assert [(e.actor, e.target) for e in audited.events] == [("admin", "a")]
-    await local_cluster.restart_host()
-    [node] = (await local_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)).nodes
-    assert node.draining
+    await _drained_once_and_kept(local_cluster)

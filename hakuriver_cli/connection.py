@@ -326,7 +326,8 @@ def submit_once(
     given: when its answer is lost (``_may_have_landed``), it is sent again with the same id,
     up to SUBMIT_ATTEMPTS times, and the Host answers with the tasks the first one created,
     never creating them twice. Each retry is noted on stderr; when none answers, or Ctrl-C
-    stops the retries, one line says where to look (``listing``) and how to send it again."""
+    stops a call or the retries, one line says where to look (``listing``) and how to send
+    it again."""
     import uuid
 
     if not request.request_id:
@@ -350,9 +351,7 @@ def submit_once(
             if not (away or _may_have_landed(exc, config)):
                 raise
             why = describe_call_error(exc, config.host_target, config)
-        except KeyboardInterrupt:
-            if attempt == 1:
-                raise
+        except KeyboardInterrupt:  # the call was sent: the Host may be storing it
             maybe_made("stopped", 130)
         if attempt < SUBMIT_ATTEMPTS:
             cli.echo(f"{why}: sending the submission again in {pause:g} s", err=True)

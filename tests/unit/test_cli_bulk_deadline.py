@@ -214,3 +214,43 @@ async def test_retries_stopped_with_ctrl_c_say_how_to_send_the_submission_again(
         "--since 1h shows them); submitting again with --request-id "
     )
     assert last.startswith(head) and last.endswith(" creates none twice")
+
+
+async def test_a_submission_stopped_with_ctrl_c_says_how_to_get_its_tasks(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C while the first call was out (the Host storing a large array) ended the tool
+    silently (exit 130), although the Host carries the submission through: its submitter
+    did not learn the request id, and submitting again made the tasks twice."""
+    real_stub = task.task_stub
+
+    def interrupted_stub(link: object) -> object:
+        stub = real_stub(link)  # type: ignore[arg-type]
+
+        def submit(request: tpb.SubmitTaskRequest, timeout: float) -> None:
+            stub.SubmitTask(request, timeout=timeout)  # the Host has it: Ctrl-C comes now
+            raise KeyboardInterrupt
+
+        return SimpleNamespace(SubmitTask=submit)
+
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+    with monkeypatch.context() as patched:
+        patched.setattr(task, "task_stub", interrupted_stub)
+        argv = ["submit", "--config", config, "--", "job"]
+        assert await asyncio.to_thread(_tool, task.app, "hakuriver.task", argv) == 130
+    [line] = capsys.readouterr().err.splitlines()
+    head = (
+        "error: stopped: the tasks may have been created all the same (hakuriver.task list "
+        "--since 1h shows them); submitting again with --request-id "
+    )
+    assert line.startswith(head) and line.endswith(" creates none twice")
+    request_id = line.removeprefix(head).split()[0]
+    again = ["submit", "--config", config, "--request-id", request_id, "--", "job"]
+    assert await asyncio.to_thread(_tool, task.app, "hakuriver.task", again) == 0
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert len(listed.tasks) == 1
+    assert capsys.readouterr().out.startswith(f"submitted task {listed.tasks[0].task_id} ")

@@ -94,6 +94,9 @@ class Access:
         # others (a name taken, the last admin, the token's user) across a write to the
         # store.
         self._user_changes = asyncio.Lock()
+        # Revocations take turns: one asked while another is being written waits for it,
+        # not answering "revoked" from a mark undone if that write is refused (``_revoke``).
+        self._revocations = asyncio.Lock()
         # Told when a token is revoked or a user deleted (``on_revoked``).
         self._revoked_listeners: set[Callable[[], None]] = set()
         auth = config.auth
@@ -348,16 +351,17 @@ class Access:
     async def _delete_user_now(self, name: str) -> int:
         record = self.user(name)
         self._not_the_last_admin(record)
-        revoked = [t for t in self._tokens.values() if t.user == name and t.revoked_at is None]
-        now = utcnow()
-        for token in revoked:
-            token.revoked_at = now
-        try:
-            await self.store.run(self._delete_user, record, revoked)
-        except Exception:  # as ``_revoke``: deleted again, they are revoked with the user
+        async with self._revocations:
+            revoked = [t for t in self._tokens.values() if t.user == name and t.revoked_at is None]
+            now = utcnow()
             for token in revoked:
-                token.revoked_at = None
-            raise
+                token.revoked_at = now
+            try:
+                await self.store.run(self._delete_user, record, revoked)
+            except Exception:  # as ``_revoke``: deleted again, they are revoked with the user
+                for token in revoked:
+                    token.revoked_at = None
+                raise
         del self.users[name]
         self._tell_revoked()
         return len(revoked)
@@ -417,9 +421,10 @@ class Access:
 
     async def revoke_token(self, record: ApiTokenRecord) -> bool:
         """Revoke the token; False if it was revoked already (nothing changes)."""
-        if record.revoked_at is not None:
-            return False
-        await self._revoke(record)
+        async with self._revocations:
+            if record.revoked_at is not None:
+                return False
+            await self._revoke(record)
         self._tell_revoked()
         return True
 
@@ -471,9 +476,10 @@ class Access:
         credential = self._runners.get(hostname)
         if credential is None:
             raise NotFound(f"hostname: runner {hostname!r} holds no credential")
-        if credential.revoked_at is not None:
-            return credential, False
-        await self._revoke(credential)
+        async with self._revocations:
+            if credential.revoked_at is not None:
+                return credential, False
+            await self._revoke(credential)
         return credential, True
 
     # ----- on the store thread ----------------------------------------------------------

@@ -4,6 +4,7 @@ changed tokens, users and runners, and every refusal, queryable by an admin only
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
@@ -224,6 +225,33 @@ async def test_a_revocation_the_database_refused_is_made_when_asked_again(
     )
     [credential] = [c for c in credentials.credentials if c.hostname == "a"]
     assert credential.HasField("revoked_at")
+
+
+async def test_a_revocation_asked_while_another_is_being_stored_waits_for_it(
+    local_cluster: LocalCluster,
+) -> None:
+    """A RevokeToken asked while one of the same token was being written (the database
+    locked by another program) answered at once that the token was revoked, from the mark
+    the first had made in memory; the first was then refused and the mark undone: the
+    token went on working, its revoker told it was revoked."""
+    bob = await local_cluster.add_user("bob")
+    token_id = (await bob.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)).token_id
+    revoke = apb.RevokeTokenRequest(token_id=token_id)
+
+    async def marked() -> bool:
+        try:
+            await bob.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)
+        except grpc.aio.AioRpcError as refused:
+            return refused.code() == CODE.UNAUTHENTICATED
+        return False
+
+    with _locked(local_cluster):
+        first = asyncio.ensure_future(local_cluster.access.RevokeToken(revoke, timeout=30))
+        await eventually(marked, what="the first revocation made in memory")
+        second = local_cluster.access.RevokeToken(revoke, timeout=30)
+        assert await _refused(second) == CODE.UNAVAILABLE
+        assert await _refused(first) == CODE.UNAVAILABLE
+    assert (await bob.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)).user == "bob"
 
 
 async def test_every_refusal_is_audited(local_cluster: LocalCluster) -> None:

@@ -57,6 +57,7 @@ from hakuriver_host.submit_requests import (
     RequestIds,
     Submitted,
     Turn,
+    replayed,
     request_digest,
     request_key,
     same_request,
@@ -334,6 +335,7 @@ class Cluster:
                 self.store.submitted_tasks, stored.batch_id, stored.task_id, MAX_SUBMIT_REPLY_TASKS
             )
             still_kept(stored, found)
+            replayed(stored, who.actor)
             tasks = [self.book.live(task.task_id) or task for task in found]
             return Submitted(tasks, stored.batch_id, stored.created)
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument
 from hakuriver_host.models import REQUEST_ID_HOURS, SubmitRequestRecord, Task, utcnow
 
+log = logging.getLogger(__name__)
 MAX_REQUEST_ID_CHARS = 128
 
 Key = tuple[str, str]
@@ -73,6 +75,19 @@ def still_kept(stored: SubmitRequestRecord, found: Sequence[Task]) -> None:
             f"request_id: {stored.request_id!r} created {_made(stored)}, forgotten since "
             "(pruned); use a new request_id to submit again"
         )
+
+
+def replayed(stored: SubmitRequestRecord, actor: str) -> None:
+    """Say in the Host's log that a submission sent again created nothing: the audit log has
+    only the first (``task.submit``)."""
+    log.info(
+        "submission of %s with request_id %r sent again: answered with %s, made at %s UTC; "
+        "nothing created",
+        actor,
+        stored.request_id,
+        _made(stored),
+        f"{stored.created_at:%Y-%m-%d %H:%M:%S}",
+    )
 
 
 class Turn:

@@ -6,6 +6,7 @@ request is refused; each user's ids are their own; duplicates sent at once creat
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 
@@ -50,6 +51,25 @@ async def test_a_submission_sent_again_gets_the_tasks_created_the_first_time(
     assert (resent.created, resent.batch_id, _ids(resent)) == (3, made.batch_id, _ids(made))
     assert [t.array_index for t in resent.tasks] == [0, 1, 2]
     assert await _stored_ids(local_cluster) == sorted(_ids(first) + _ids(made))
+
+
+async def test_a_submission_sent_again_is_named_in_the_host_log(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retry answered with the tasks made before left no trace on the Host: the audit log
+    has the first submission only, and nothing said a second one came and created none."""
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice: Client = await local_cluster.add_user("alice")
+    caplog.set_level(logging.INFO, logger="hakuriver_host.submit_requests")
+    first = await alice.tasks.SubmitTask(_one("seen-twice"), timeout=5)
+    assert not caplog.records  # the first one is audited (task.submit), not logged here
+    await alice.tasks.SubmitTask(_one("seen-twice"), timeout=5)
+    [line] = [r.getMessage() for r in caplog.records]
+    head = (
+        f"submission of alice with request_id 'seen-twice' sent again: answered with task "
+        f"{_ids(first)[0]}, made at "
+    )
+    assert line.startswith(head) and line.endswith(" UTC; nothing created")
 
 
 async def test_a_request_id_used_for_another_request_is_refused(

@@ -11,7 +11,8 @@ from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import NodeStatus, TaskStatus
 from tests.fake_runner import HOLD, eventually
-from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import TIMING, LocalCluster, status_of
 from tests.webhook_receiver import Flaky
 
 
@@ -79,10 +80,12 @@ async def test_drain_survives_a_restart(local_cluster: LocalCluster) -> None:
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.PENDING
 
 
-async def test_node_webhooks_stay_true_across_a_restart(local_cluster: LocalCluster) -> None:
+async def test_node_webhooks_stay_true_across_a_restart(make_local_cluster: MakeCluster) -> None:
     """A node online before the restart whose Runner reconnects never went offline: no
     ``node.online``; one whose Runner stopped while the Host was down gets its
-    ``node.offline`` once its timeout passes, and shows online but disconnected until then."""
+    ``node.offline`` once its timeout passes, and shows online but disconnected until then.
+    The timeout is 3 s: at 1 s, a loaded machine's restart outlasted it (CI)."""
+    local_cluster = await make_local_cluster(timing={**TIMING, "heartbeat_timeout_factor": 15})
     back = await local_cluster.add_runner("back")
     gone = await local_cluster.add_runner("gone")
     await local_cluster.stop_host()

@@ -411,10 +411,13 @@ def _watch_health(
         nonlocal seen
         request = npb.WatchHealthRequest(hostname=hostname, send_watching=True)
         updates = stub.WatchHealth(request)
+        read = False
         for update in updates:
-            if update.watching:
+            if update.watching or not read:  # a Host before send_watching sends no marker
                 listed(_with_history(stub, hostname))
-                continue
+                read = True
+                if update.watching:
+                    continue
             show(update.node)
             seen += update.node.HasField("current")
             if count and seen >= count:

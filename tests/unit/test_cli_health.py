@@ -205,6 +205,38 @@ async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
     assert json.loads(line)["hostname"] == "a"
 
 
+async def test_health_watch_of_a_host_that_sends_no_marker_reads_the_readings(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Host from before send_watching never says its watch is in place: `health --watch`
+    waited for that word and never read the readings (offline nodes never shown). It reads
+    them at the first update instead."""
+    await local_cluster.add_runner("a")
+    assert local_cluster.server is not None
+    host = local_cluster.server.cluster
+    asked: list[str] = []
+    read, watch = host.health, host.watch_health
+
+    def reading(hostname: str = "") -> Any:
+        asked.append("read")
+        return read(hostname)
+
+    def older(hostname: str = "", announce: bool = False) -> Any:
+        asked.append("watch")
+        return watch(hostname, False)
+
+    monkeypatch.setattr(host, "health", reading)
+    monkeypatch.setattr(host, "watch_health", older)
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", True, 1, config, True)
+    assert asked[:2] == ["watch", "read"]
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["hostname"] == "a"
+
+
 async def test_watch_count_counts_samples_not_changes_of_status(
     local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

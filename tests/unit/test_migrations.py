@@ -4,6 +4,7 @@ leaves the database as it was."""
 
 from __future__ import annotations
 
+import io
 import logging
 import sqlite3
 from pathlib import Path
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
+from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.exc import NoInspectionAvailable
 from sqlmodel import SQLModel
 
 from hakuriver_common.credentials import write_secret
@@ -180,3 +183,26 @@ def test_a_start_logs_each_migration_on_one_line_and_nothing_else_of_alembic(
     assert len(ran) == len(revisions)
     assert all(m.startswith("Running upgrade ") and "\n" not in m for m in ran)
     assert again == []
+
+
+def test_every_time_a_revision_adds_is_a_timestamptz_on_postgresql() -> None:
+    """Times are aware UTC, stored as timestamptz on PostgreSQL (0001's convention): 0006's
+    submit_requests.created_at was a timestamp without time zone, which PostgreSQL fills
+    with the session's local time. Each revision's DDL for PostgreSQL, as Alembic writes
+    it offline (a revision that reads the database first is left out)."""
+    checked = []
+    for revision in reversed(
+        list(ScriptDirectory.from_config(migrations.settings()).walk_revisions())
+    ):
+        written = io.StringIO()
+        opts = {"as_sql": True, "output_buffer": written}
+        context = MigrationContext.configure(dialect_name="postgresql", opts=opts)
+        try:
+            with Operations.context(context):
+                revision.module.upgrade()
+        except NoInspectionAvailable:
+            continue
+        times = [line.strip() for line in written.getvalue().splitlines() if "TIMESTAMP" in line]
+        checked += [(revision.revision, line) for line in times]
+    assert checked, "no revision adds a time column"
+    assert [c for c in checked if "WITH TIME ZONE" not in c[1]] == []

@@ -26,6 +26,6 @@ def upgrade() -> None:
         sa.Column("batch_id", sa.BigInteger(), nullable=False),
         sa.Column("task_id", sa.BigInteger(), nullable=False),
         sa.Column("created", sa.Integer(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_submit_requests_created_at", "submit_requests", ["created_at"])

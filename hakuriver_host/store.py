@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command as alembic_command
-from sqlalchemy import Table, and_, delete, event, func, literal_column, or_, select as sql_select
+from sqlalchemy import (
+    Table,
+    and_,
+    bindparam,
+    delete,
+    event,
+    func,
+    literal_column,
+    or_,
+    select as sql_select,
+)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
@@ -300,11 +310,13 @@ class Store:
         """Request_id rows of new submissions, once the expired rows are gone (a request_id
         used again after REQUEST_ID_HOURS takes its old row's place)."""
         table = SubmitRequestRecord.__table__  # type: ignore[attr-defined]
-        reused = [
-            and_(table.c.owner == r["owner"], table.c.request_id == r["request_id"]) for r in rows
-        ]
-        expired = table.c.created_at < request_ids_since()
-        connection.execute(delete(table).where(or_(expired, *reused)))
+        connection.execute(delete(table).where(table.c.created_at < request_ids_since()))
+        # One statement run once per row: an OR term per row made SQLite refuse a
+        # transaction of ~1,000 submissions ("Expression tree is too large").
+        reused = delete(table).where(
+            and_(table.c.owner == bindparam("o"), table.c.request_id == bindparam("r"))
+        )
+        connection.execute(reused, [{"o": r["owner"], "r": r["request_id"]} for r in rows])
         connection.execute(table.insert(), rows)
 
     def bulk(self, table: Table) -> BulkStatements:

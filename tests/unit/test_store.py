@@ -332,3 +332,33 @@ async def test_transactions_are_bounded_by_rows_not_by_writes(
         [f"huge {i}" for i in range(WRITE_BATCH + 50)]
     ]
     assert [len(names) for names in applied if names[0].startswith("big")] == [200, 200, 200]
+
+
+async def test_a_thousand_submissions_with_request_ids_are_stored_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """The request_id rows of a transaction's submissions replaced their earlier rows with
+    one DELETE holding an OR term per row: at ~1,000 submissions in one transaction SQLite
+    refused it ('Expression tree is too large'), failing every submission in it (review)."""
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        await store.run(store.migrate)
+        at = datetime.now(UTC)
+        rows = tuple(
+            {
+                "owner": "alice",
+                "request_id": f"r{i}",
+                "digest": "d",
+                "batch_id": 0,
+                "task_id": i,
+                "created": 1,
+                "created_at": at,
+            }
+            for i in range(1, 1201)
+        )
+        for _ in range(2):  # the second time, each replaces its own earlier row
+            await store.insert_tasks(TaskWrite([], [], [], requests=rows))
+        with sqlite3.connect(tmp_path / "db.sqlite") as db:
+            assert db.execute("SELECT count(*) FROM submit_requests").fetchone() == (1200,)
+    finally:
+        store.close()

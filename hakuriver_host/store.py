@@ -90,18 +90,22 @@ DATABASE_UNREACHABLE = "the Host's database server cannot be reached: try again 
 DATABASE_FULL = "the Host's database disk is full: try again once it has room"
 
 
+# PostgreSQL's SQLSTATE for a server whose disk is full.
+PG_DISK_FULL = "53100"
+
+
 def database_unavailable(exc: BaseException) -> str | None:
     """Why the database refused ``exc``'s statement for now, not for a bug (None: it did
-    not): SQLite locked by another program past the busy timeout, or its disk full; a
-    PostgreSQL server down, restarting, or that dropped the connection (SQLSTATE class 08
-    or 57P, or none: the driver could not connect)."""
+    not): SQLite locked by another program past the busy timeout, or its disk full (SQLite's
+    or PostgreSQL's); a PostgreSQL server down, restarting, or that dropped the connection
+    (SQLSTATE class 08 or 57P, or none: the driver could not connect)."""
     if not isinstance(exc, DBAPIError):
         return None
     if str(exc.orig) == "database is locked":
         return DATABASE_LOCKED
-    if str(exc.orig) == "database or disk is full":
-        return DATABASE_FULL
     state = getattr(exc.orig, "sqlstate", "")  # only PostgreSQL's errors have one
+    if str(exc.orig) == "database or disk is full" or state == PG_DISK_FULL:
+        return DATABASE_FULL
     server_gone = state is None or state.startswith(("08", "57P"))
     if exc.connection_invalidated or (isinstance(exc, OperationalError) and server_gone):
         return DATABASE_UNREACHABLE

@@ -11,10 +11,18 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hakuriver_host.models import TASK_FIELDS, Task, TaskRecord, field_values
-from hakuriver_host.store import WRITE_BATCH, Store, TaskWrite
+from hakuriver_host.store import (
+    DATABASE_FULL,
+    WRITE_BATCH,
+    Store,
+    TaskWrite,
+    database_unavailable,
+)
 
 
 def test_old_database_is_upgraded_additively(tmp_path: Path) -> None:
@@ -362,3 +370,14 @@ async def test_a_thousand_submissions_with_request_ids_are_stored_in_one_transac
             assert db.execute("SELECT count(*) FROM submit_requests").fetchone() == (1200,)
     finally:
         store.close()
+
+
+def test_a_postgresql_server_whose_disk_is_full_is_the_database_away_for_now() -> None:
+    """SQLite's full disk held the Host's changes until there was room, but PostgreSQL's
+    (SQLSTATE 53100) was taken for a bug: INTERNAL, and a task's end reported meanwhile
+    dropped (review). Both are the database unavailable for now."""
+    full = psycopg.errors.DiskFull("could not extend file: No space left on device")
+    refused = OperationalError("INSERT INTO tasks ...", {}, full)
+    assert database_unavailable(refused) == DATABASE_FULL
+    other = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
+    assert database_unavailable(IntegrityError("INSERT INTO tasks ...", {}, other)) is None

@@ -121,6 +121,8 @@ class NodeTable:
         # (hostname, a new sample, or None when the node went online or offline, its link
         # closed or opened, it was drained or undrained or its output problem changed)
         self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health | None]]] = set()
+        # The nodes whose output problem was set, a superset of those that show one now.
+        self._output_problems: set[str] = set()
 
     def get(self, hostname: str) -> NodeView:
         node = self.nodes.get(hostname)
@@ -355,8 +357,16 @@ class NodeTable:
         return node.output_problem if node is not None else ""
 
     def output_problems(self) -> list[str]:
-        """The nodes that show an output problem."""
-        return [n.hostname for n in self.nodes.values() if n.output_problem]
+        """The nodes that show an output problem. Asked at every output chunk: it reads
+        the nodes that had one (``_output_problems``), not every node."""
+        found = []
+        for hostname in list(self._output_problems):
+            node = self.nodes.get(hostname)
+            if node is not None and node.output_problem:
+                found.append(hostname)
+            else:  # forgotten, or a node of that name made anew since
+                self._output_problems.discard(hostname)
+        return found
 
     def output_stored(self, hostname: str, problem: str = "") -> None:
         """The Host tried to store output of a task on this node: ``problem`` says why it
@@ -365,6 +375,8 @@ class NodeTable:
         if node is None or node.output_problem == problem:
             return
         node.output_problem = problem
+        if problem:
+            self._output_problems.add(hostname)
         self.update_metrics(node)
         self._tell_watchers(hostname, None)
 

@@ -170,6 +170,38 @@ def test_a_long_watch_keeps_only_the_samples_it_draws() -> None:
     assert "99.0%" in _printed(client._health_table({"a": trend}))
 
 
+async def _asked_by_a_watch(
+    cluster: LocalCluster,
+    config: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    host_announces: bool = True,
+) -> list[str]:
+    """What `health --watch --count 1 --json` of node "a" asked the Host, in order ("watch"
+    when it asked to be told that its watch is in place, "read" for the readings), once it
+    printed the node's one sample. ``host_announces=False``: a Host from before
+    send_watching, which never says so."""
+    assert cluster.server is not None
+    host = cluster.server.cluster
+    asked: list[str] = []
+    read, watch = host.health, host.watch_health
+
+    def reading(hostname: str = "") -> Any:
+        asked.append("read")
+        return read(hostname)
+
+    def watching(hostname: str = "", announce: bool = False) -> Any:
+        asked.append("watch" if announce else "watch, unannounced")
+        return watch(hostname, announce and host_announces)
+
+    monkeypatch.setattr(host, "health", reading)
+    monkeypatch.setattr(host, "watch_health", watching)
+    await asyncio.to_thread(client.health, "a", True, 1, config, True)
+    [line] = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["hostname"] == "a"
+    return asked
+
+
 @pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
 async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
     local_cluster: LocalCluster,
@@ -183,26 +215,9 @@ async def test_health_watch_reads_the_readings_once_its_watch_is_in_place(
     in the table. It now reads them after the Host said its watch was in place (over
     Connect too, on a connection of their own while the stream keeps its)."""
     await local_cluster.add_runner("a")
-    assert local_cluster.server is not None
-    host = local_cluster.server.cluster
-    asked: list[str] = []
-    read, watch = host.health, host.watch_health
-
-    def reading(hostname: str = "") -> Any:
-        asked.append("read")
-        return read(hostname)
-
-    def watching(hostname: str = "", announce: bool = False) -> Any:
-        asked.append("watch" if announce else "watch, unannounced")
-        return watch(hostname, announce)
-
-    monkeypatch.setattr(host, "health", reading)
-    monkeypatch.setattr(host, "watch_health", watching)
     config = local_cluster.cli_config(tmp_path / "client.toml", over_connect)
-    await asyncio.to_thread(client.health, "a", True, 1, config, True)
+    asked = await _asked_by_a_watch(local_cluster, config, capsys, monkeypatch)
     assert asked[:2] == ["watch", "read"]
-    [line] = capsys.readouterr().out.splitlines()
-    assert json.loads(line)["hostname"] == "a"
 
 
 async def test_health_watch_of_a_host_that_sends_no_marker_reads_the_readings(
@@ -215,26 +230,11 @@ async def test_health_watch_of_a_host_that_sends_no_marker_reads_the_readings(
     waited for that word and never read the readings (offline nodes never shown). It reads
     them at the first update instead."""
     await local_cluster.add_runner("a")
-    assert local_cluster.server is not None
-    host = local_cluster.server.cluster
-    asked: list[str] = []
-    read, watch = host.health, host.watch_health
-
-    def reading(hostname: str = "") -> Any:
-        asked.append("read")
-        return read(hostname)
-
-    def older(hostname: str = "", announce: bool = False) -> Any:
-        asked.append("watch")
-        return watch(hostname, False)
-
-    monkeypatch.setattr(host, "health", reading)
-    monkeypatch.setattr(host, "watch_health", older)
     config = local_cluster.cli_config(tmp_path / "client.toml")
-    await asyncio.to_thread(client.health, "a", True, 1, config, True)
+    asked = await _asked_by_a_watch(
+        local_cluster, config, capsys, monkeypatch, host_announces=False
+    )
     assert asked[:2] == ["watch", "read"]
-    [line] = capsys.readouterr().out.splitlines()
-    assert json.loads(line)["hostname"] == "a"
 
 
 async def test_watch_count_counts_samples_not_changes_of_status(

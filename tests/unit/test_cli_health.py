@@ -293,12 +293,9 @@ async def test_health_shows_a_draining_node(
         await asyncio.gather(listener, return_exceptions=True)
 
     config = local_cluster.cli_config(tmp_path / "client.toml")
-    await asyncio.to_thread(client.health, "", False, 0, config, True)
-    shown = {node["hostname"]: node for node in json.loads(capsys.readouterr().out)}
+    nodes, status = await _health_shown(config, capsys, "", STATUS)
+    shown = {node["hostname"]: node for node in nodes}
     assert shown["a"]["draining"] is True and "draining" not in shown["b"]
-    await asyncio.to_thread(client.health, "", False, 0, config, False)
-    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
-    status = {row[1].strip(): row[2].strip() for row in cells if len(row) > 2}
     assert (status["a"], status["b"]) == ("online (draining)", "online")
 
 
@@ -322,15 +319,11 @@ async def test_a_gpu_utilisation_nvml_cannot_read_is_unknown_not_idle(
     assert values["hakuriver_gpu_memory_total_bytes", (("gpu", "1"), ("node", "a"))] == GB
 
     config = local_cluster.cli_config(tmp_path / "client.toml")
-    await asyncio.to_thread(client.health, "a", False, 0, config, True)
-    [shown] = json.loads(capsys.readouterr().out)
+    [shown], utilisation = await _health_shown(config, capsys, "a", CPU)
     for sample in (shown["current"], *shown["history"]):
         idle, mig = sample["gpus"]
         assert (idle["utilization_gpu_percent"], idle["utilization_memory_percent"]) == (0, 0)
         assert (mig["utilization_gpu_percent"], mig["utilization_memory_percent"]) == (None, None)
-    await asyncio.to_thread(client.health, "a", False, 0, config, False)
-    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
-    utilisation = {row[1].strip(): row[3].strip() for row in cells if len(row) > 3}
     assert (utilisation["gpu 0"], utilisation["gpu 1"]) == ("0.0%", "-")
 
 
@@ -358,14 +351,10 @@ async def test_gpu_memory_nvml_cannot_read_is_unknown_not_empty(
     assert values["hakuriver_gpu_utilization_ratio", (("gpu", "1"), ("node", "a"))] == 0.3
 
     config = local_cluster.cli_config(tmp_path / "client.toml")
-    await asyncio.to_thread(client.health, "a", False, 0, config, True)
-    [shown] = json.loads(capsys.readouterr().out)
+    [shown], memory = await _health_shown(config, capsys, "a", MEMORY)
     idle, unread = shown["current"]["gpus"]
     assert (idle["memory_used_bytes"], idle["memory_total_bytes"]) == ("0", str(40 * GB))
     assert (unread["memory_used_bytes"], unread["memory_total_bytes"]) == (None, None)
-    await asyncio.to_thread(client.health, "a", False, 0, config, False)
-    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
-    memory = {row[1].strip(): row[5].strip() for row in cells if len(row) > 5}
     assert (memory["gpu 0"], memory["gpu 1"]) == ("0B/40.0G", "-")
 
 
@@ -381,13 +370,26 @@ async def test_health_names_a_gpu_that_dropped_out_of_the_readings(
     await eventually(lambda: runner.heartbeats_sent >= 2, what="heartbeats")
     await eventually(lambda: _unread(local_cluster), what="GPU 1 not read")
     config = local_cluster.cli_config(tmp_path / "client.toml")
-    await asyncio.to_thread(client.health, "a", False, 0, config, True)
-    [shown] = json.loads(capsys.readouterr().out)
+    [shown], status = await _health_shown(config, capsys, "a", STATUS)
     assert shown["unread_gpus"] == [1]
-    await asyncio.to_thread(client.health, "a", False, 0, config, False)
-    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
-    status = {row[1].strip(): row[2].strip() for row in cells if len(row) > 2}
     assert (status["gpu 0"], status["gpu 1"]) == ("A100", "not read")
+
+
+# Columns of health's table split at its borders (1 is "node"); a GPU's row shows its name
+# under "status", its utilisation under "cpu" and its memory under "memory".
+STATUS, CPU, MEMORY = 2, 3, 5
+
+
+async def _health_shown(
+    config: Path, capsys: pytest.CaptureFixture[str], hostname: str, column: int
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """What `health HOSTNAME --json` prints, and column ``column`` of health's table by the
+    name of its row (a node, or "gpu N")."""
+    await asyncio.to_thread(client.health, hostname, False, 0, config, True)
+    shown = json.loads(capsys.readouterr().out)
+    await asyncio.to_thread(client.health, hostname, False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    return shown, {row[1].strip(): row[column].strip() for row in cells if len(row) > column}
 
 
 async def _unread(cluster: LocalCluster) -> list[int]:

@@ -371,23 +371,23 @@ class ProcessBackend:
         process still ran (seen in the e2e tier under load)."""
         self._signal(handle, signal.SIGSTOP)
         handle.paused = True
-        self._settle(handle.pid, stopped=True)
+        self._settle(handle, stopped=True)
 
     def resume(self, handle: HostProcess) -> None:
         self._signal(handle, signal.SIGCONT)
         handle.paused = False
-        self._settle(handle.pid, stopped=False)
+        self._settle(handle, stopped=False)
 
     @staticmethod
-    def _settle(pid: int, stopped: bool) -> None:
-        """Wait, up to SETTLE_SECONDS, for process ``pid`` to show ``stopped`` (or not);
-        one gone or ending meanwhile has nothing more to show."""
+    def _settle(handle: HostProcess, stopped: bool) -> None:
+        """Wait, up to SETTLE_SECONDS, for the task's process to show ``stopped`` (or not);
+        one that ended meanwhile has nothing more to show."""
         deadline = time.monotonic() + SETTLE_SECONDS
-        while _stopped(pid) != stopped and _status(pid) not in (None, psutil.STATUS_ZOMBIE):
+        while handle.alive() and _stopped(handle.pid) != stopped:
             if time.monotonic() > deadline:
                 log.warning(
                     "process %s: still %s after the signal",
-                    pid,
+                    handle.pid,
                     "running" if stopped else "stopped",
                 )
                 return

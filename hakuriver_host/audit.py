@@ -28,10 +28,11 @@ from typing import Any
 from sqlmodel import Session, col, delete, select
 
 from hakuriver_common.roles import AuditOutcome
+from hakuriver_host.forgetting import forget_every_hour
 from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
-from hakuriver_host.models import AuditRecord, cutoff_before, utcnow
+from hakuriver_host.models import AuditRecord, utcnow
 from hakuriver_host.store import Store, database_unavailable
 
 log = logging.getLogger("hakuriver.audit")
@@ -49,9 +50,8 @@ def source_of(peer: str) -> str:
     return match.group(1) or match.group(2)
 
 
-# How often old events are forgotten, and how many rows one transaction deletes (a long
-# backlog, after an upgrade, never holds the database's write lock for long).
-FORGET_EVERY_SECONDS = 3600.0
+# How many rows one transaction deletes when old events are forgotten (a long backlog,
+# after an upgrade, never holds the database's write lock for long).
 FORGET_BATCH = 5000
 # Rows held while the database is away, at most (the oldest beyond are dropped, logged).
 HELD_ROWS = 10_000
@@ -182,16 +182,7 @@ class AuditLog:
 
     async def keep_for(self, days: float) -> None:
         """Forget events older than ``days`` now and then every hour, forever (0: never)."""
-        while days > 0:
-            try:
-                await self.forget_older_than(cutoff_before(days))
-            except Exception as exc:
-                why = database_unavailable(exc)
-                if why is None:
-                    log.exception("could not forget old audit events")
-                else:  # not a bug: tried again in an hour
-                    log.warning("forgetting old audit events put off: %s", why)
-            await asyncio.sleep(FORGET_EVERY_SECONDS)
+        await forget_every_hour(days, self.forget_older_than, "old audit events", log)
 
     async def forget_older_than(self, cutoff: datetime) -> int:
         """Delete the events before ``cutoff``, a batch per transaction; how many."""

@@ -22,15 +22,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hakuriver_common.statuses import FINAL_STATUSES, TaskKind, TaskStatus
+from hakuriver_host.forgetting import forget_every_hour
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.models import EndedTask, cutoff_before
+from hakuriver_host.models import EndedTask
 from hakuriver_host.scheduler import Scheduler
-from hakuriver_host.store import WRITE_BATCH, Store, database_unavailable
+from hakuriver_host.store import WRITE_BATCH, Store
 
 log = logging.getLogger(__name__)
 
-# How often ended tasks are looked for (timing.forget_tasks_days).
-FORGET_EVERY_SECONDS = 3600.0
 # The longest age PruneTasks takes (100 years): a longer one is a slip of the keyboard.
 MAX_PRUNE_DAYS = 36_500
 
@@ -92,24 +91,20 @@ class TaskRetention:
     async def keep_for(self, days: float) -> None:
         """Forget tasks that ended more than ``days`` ago, now and then every hour, forever
         (0: never)."""
-        while days > 0:
+        pruned = Pruned()
+
+        async def forget(cutoff: datetime) -> None:
+            nonlocal pruned
             pruned = Pruned()
-            try:
-                await self.prune(cutoff_before(days), False, pruned)
-            except Exception as exc:
-                why = database_unavailable(exc)
-                if why is None:
-                    log.exception("could not forget old tasks (so far: %s)", pruned)
-                else:  # not a bug: tried again in an hour
-                    log.warning("forgetting old tasks put off (so far: %s): %s", pruned, why)
-            else:
-                if pruned.tasks:
-                    log.info(
-                        "forgot %s that ended more than %g days ago (timing.forget_tasks_days)",
-                        pruned,
-                        days,
-                    )
-            await asyncio.sleep(FORGET_EVERY_SECONDS)
+            await self.prune(cutoff, False, pruned)
+            if pruned.tasks:
+                log.info(
+                    "forgot %s that ended more than %g days ago (timing.forget_tasks_days)",
+                    pruned,
+                    days,
+                )
+
+        await forget_every_hour(days, forget, "old tasks", log, lambda: str(pruned))
 
     async def prune(self, cutoff: datetime, dry_run: bool, pruned: Pruned) -> None:
         """Forget the tasks that ended before ``cutoff`` (dry: count them), a slice at a

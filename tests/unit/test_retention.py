@@ -26,7 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from hakuriver_host import audit, retention
+from hakuriver_host import forgetting
 from tests.fake_runner import HOLD, eventually, exit_with
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster
@@ -288,8 +288,7 @@ async def test_a_locked_database_puts_the_hourly_forgetting_off_in_one_line(
     """Another program holding the database locked (a sqlite3 shell with a transaction
     open) is no bug of the Host's: the forgetting logged a traceback, where the Host's
     other periodic work logs one line and tries again."""
-    monkeypatch.setattr(retention, "FORGET_EVERY_SECONDS", 0.1)
-    monkeypatch.setattr(audit, "FORGET_EVERY_SECONDS", 0.1)
+    monkeypatch.setattr(forgetting, "FORGET_EVERY_SECONDS", 0.1)
     caplog.set_level(logging.INFO)
     key = "forget_tasks_days" if what == "tasks" else "forget_audit_days"
     cluster = await make_local_cluster(timing={**TIMING, key: 30})
@@ -316,8 +315,8 @@ async def test_a_locked_database_puts_the_hourly_forgetting_off_in_one_line(
     assert line.endswith(
         "the Host's database is locked by another program: try again once it is not"
     )
-    forgetting = ("hakuriver_host.retention", "hakuriver.audit")
-    assert [r for r in caplog.records if r.name in forgetting and r.levelno >= logging.ERROR] == []
+    loggers = ("hakuriver_host.retention", "hakuriver.audit")
+    assert [r for r in caplog.records if r.name in loggers and r.levelno >= logging.ERROR] == []
 
 
 async def test_a_task_its_runner_says_ended_long_ago_is_kept_as_just_ended(

@@ -2,8 +2,9 @@
 
 Starts a real cluster and a VPS (hakuriver/hakuriver-sshd:base), then streams N bytes from
 the VPS to the client over SSH, once connected directly to sshd on loopback and once through
-the proxy (Host -> Runner stream over TLS -> sshd), each proxied connection opened with a
-one-time ticket from SshService.CreateSshTicket. Prints both rates and their ratio.
+the proxy (Host -> the Runner's connection to the proxy port -> sshd), each proxied
+connection opened with a one-time ticket from SshService.CreateSshTicket. Prints both rates,
+their ratio, and the CPU the Host, the Runner and the client used in each.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import asyncssh
+import psutil
 
 from hakuriver_common.proto.hakuriver.v1 import (
     ssh_service_pb2 as spb,
@@ -46,6 +48,31 @@ def proxied_socket(cluster: ProcessCluster, task_id: int) -> socket.socket:
     return sock
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+class Cpu:
+    """CPU of the Host, the Runner and this process (the SSH client) over one copy: where
+    a proxied byte's cost goes. (sshd's own is gone with its connection's process.)"""
+
+    def __init__(self, cluster: ProcessCluster) -> None:
+        assert cluster.host is not None
+        self.procs = {
+            "Host": psutil.Process(cluster.host.pid),
+            "Runner": psutil.Process(next(iter(cluster.runners.values())).pid),
+            "client": psutil.Process(),
+        }
+
+    def sample(self) -> dict[str, float]:
+        return {name: cpu_seconds(proc) for name, proc in self.procs.items()}
+
+    def add(self, before: dict[str, float], elapsed: float) -> str:
+        after = self.sample()
+        return ", ".join(f"{n} {100 * (after[n] - before[n]) / elapsed:.0f}%" for n in after)
+
+
 async def copy_rate(key: asyncssh.SSHKey, **where: object) -> float:
     async with asyncssh.connect(
         username="root", client_keys=[key], known_hosts=None, **where
@@ -62,15 +89,21 @@ async def copy_rate(key: asyncssh.SSHKey, **where: object) -> float:
 
 
 async def measure(cluster: ProcessCluster, task_id: int, port: int, key: asyncssh.SSHKey) -> None:
-    direct, proxied = [], []
+    cpu = Cpu(cluster)
+    rates: dict[str, list[tuple[float, str]]] = {"direct": [], "proxied": []}
     for _ in range(ROUNDS):
-        direct.append(await copy_rate(key, host="127.0.0.1", port=port))
-        proxied.append(await copy_rate(key, sock=proxied_socket(cluster, task_id)))
-    best_direct, best_proxied = max(direct), max(proxied)
-    print(f"ssh bulk copy of {BYTES / 1e6:.0f} MB, best of {ROUNDS}:")
-    print(f"  direct to sshd on loopback   {best_direct / 1e6:8.1f} MB/s")
-    print(f"  through the Host's proxy     {best_proxied / 1e6:8.1f} MB/s")
-    print(f"  ratio proxied/direct         {best_proxied / best_direct:8.2f}")
+        for name in rates:
+            before, start = cpu.sample(), time.perf_counter()
+            if name == "direct":
+                rate = await copy_rate(key, host="127.0.0.1", port=port)
+            else:
+                rate = await copy_rate(key, sock=proxied_socket(cluster, task_id))
+            rates[name].append((rate, cpu.add(before, time.perf_counter() - start)))
+    (direct, direct_cpu), (proxied, proxied_cpu) = max(rates["direct"]), max(rates["proxied"])
+    print(f"ssh bulk copy of {BYTES / 1e6:.0f} MB, best of {ROUNDS} (CPU of a core, that round):")
+    print(f"  direct to sshd on loopback   {direct / 1e6:8.1f} MB/s   {direct_cpu}")
+    print(f"  through the Host's proxy     {proxied / 1e6:8.1f} MB/s   {proxied_cpu}")
+    print(f"  ratio proxied/direct         {proxied / direct:8.2f}")
 
 
 def main() -> None:

@@ -110,7 +110,8 @@ PORTS: dict[str, str] = {
     "dashboard.port": "the API over Connect: each RPC's right; its pages and /ws/shell: "
     "the dashboard's paths",
     "network.host_ssh_proxy_port": "a one-time ticket from SshService.CreateSshTicket "
-    "(the VPS's owner or an operator), redeemed only while its token is valid",
+    "(the VPS's owner or an operator), redeemed only while its token is valid; a Runner's "
+    "connection for a tunnel's bytes: the proof of that tunnel's one-time secret",
     "network.metrics_port": "auth.metrics_token as a bearer token when it is set; anybody "
     "otherwise (the Host warns when /metrics is then open off loopback)",
 }

@@ -100,6 +100,13 @@ class HostMetrics:
         self.log_bytes = Counter(
             "hakuriver_log_bytes_received_total", "Task output bytes stored.", registry=r
         )
+        self.ssh_tunnels = Counter(
+            "hakuriver_ssh_tunnels_total",
+            "SSH sessions let through the proxy, by the path their bytes took from the Runner: "
+            "dialled (its own connection to the proxy port) or stream (its Connect stream).",
+            ["path"],
+            registry=r,
+        )
         node = ["node"]
         gpu = ["node", "gpu"]
         self.node_cpu = Gauge(

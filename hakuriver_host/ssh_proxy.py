@@ -8,10 +8,15 @@ Runner opened) to connect to that VPS's sshd, and nothing else, answers ``SUCCES
 ``ERROR <reason>\\n``, then relays bytes both ways. The Host never dials a Runner; SSH
 authentication stays between ssh and sshd.
 
-A client that stops reading is disconnected once it is more than TUNNEL_BUFFER chunks
-behind, so it never stalls the Runner's stream. A session is only as good as the token its
-ticket came from: it ends (audited) as soon as that token is revoked, expires or its user
-is deleted.
+The Runner dials the same port for the tunnel's bytes: ``TUNNEL <id>\\n``; the Host
+answers ``CHALLENGE <nonce>\\n``, the Runner its proof (hakuriver_common.tunnel_proof: an
+HMAC under the one-time secret the Host sent it on its own stream), the Host
+``SUCCESS\\n``. That connection is plain TCP, as the client's is: what crosses it is SSH's
+own encrypted stream. Without that connection (a Runner that cannot reach this port)
+the bytes ride the Runner's stream, and a client that stops reading is disconnected once it
+is more than TUNNEL_BUFFER chunks behind, so it never stalls that stream. A session is only
+as good as the token its ticket came from: it ends (audited) as soon as that token is
+revoked, expires or its user is deleted.
 """
 
 from __future__ import annotations
@@ -20,24 +25,28 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 
+from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
 from hakuriver_host.ssh_tickets import Ticket
-from hakuriver_host.tunnels import Tunnel
+from hakuriver_host.tunnels import Dialed, Tunnel
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
+# A read's most on the Runner's stream (a message each), and on a dialled connection.
 CHUNK = 64 * 1024
+DIALED_CHUNK = 1024 * 1024
 
 
 async def _first_line(reader: asyncio.StreamReader) -> bytes:
-    """The client's request line; one longer than the stream's limit (64 KiB) is no
+    """The client's request line; one longer than the stream's limit (DIALED_CHUNK) is no
     request either (asyncio's own words for it are not for the client)."""
     try:
         return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
@@ -47,22 +56,50 @@ async def _first_line(reader: asyncio.StreamReader) -> bytes:
         raise TimeoutError(f"no request line within {REQUEST_TIMEOUT:g} s") from None
 
 
-def _ticket(line: bytes) -> str:
+def _request(line: bytes) -> tuple[str, str]:
+    """The request line's word (TICKET from a client, TUNNEL from a Runner) and argument."""
     parts = line.decode(errors="replace").split()
-    if len(parts) != 2 or parts[0] != "TICKET":
+    if len(parts) != 2 or parts[0] not in ("TICKET", "TUNNEL"):
         raise ValueError("expected: TICKET <ticket> (get one with SshService.CreateSshTicket)")
-    return parts[1]
+    return parts[0], parts[1]
 
 
-async def _opened(tunnel: Tunnel) -> None:
+async def _opened(tunnel: Tunnel) -> Dialed | None:
     """Until the Runner has connected the tunnel to the sshd; a bare "timed out" would not
     say which hop was slow."""
     try:
-        await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
+        return await asyncio.wait_for(asyncio.shield(tunnel.opened), OPEN_TIMEOUT)
     except TimeoutError:
         raise TimeoutError(
             f"the VPS's runner did not open the tunnel within {OPEN_TIMEOUT:g} s"
         ) from None
+
+
+Send = Callable[[bytes], Awaitable[None]]
+Receive = Callable[[], Awaitable[bytes | None]]
+
+
+def _far_end(tunnel: Tunnel, dialed: Dialed | None) -> tuple[int, Send, Receive]:
+    """How the client's bytes reach the Runner and the Runner's reach the client: the
+    connection it dialled, or else its stream; and the most to read at a time."""
+    if dialed is not None:
+
+        async def write(data: bytes) -> None:
+            dialed.writer.write(data)
+            await dialed.writer.drain()
+
+        async def read() -> bytes | None:
+            return await dialed.reader.read(DIALED_CHUNK) or None
+
+        return DIALED_CHUNK, write, read
+
+    async def send(data: bytes) -> None:
+        await tunnel.link.room()
+        tunnel.link.send(
+            rpb.ConnectResponse(tunnel_data=rpb.TunnelData(tunnel_id=tunnel.tunnel_id, data=data))
+        )
+
+    return CHUNK, send, tunnel.incoming.get
 
 
 class SshProxy:
@@ -71,8 +108,10 @@ class SshProxy:
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._serve, host, port)
-        return int(self.server.sockets[0].getsockname()[1])
+        self.server = await asyncio.start_server(self._serve, host, port, limit=DIALED_CHUNK)
+        bound = int(self.server.sockets[0].getsockname()[1])
+        self.cluster.tunnels.dial_port = bound
+        return bound
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -90,15 +129,42 @@ class SshProxy:
         except Unauthenticated:
             return dataclasses.replace(held.who, role=None)
 
+    async def _serve_runner(
+        self, tunnel_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A Runner's connection for a tunnel's bytes: handed to the tunnel's client, and
+        held open until the tunnel ends. One that is not the tunnel's is refused (audited)."""
+        nonce = tunnel_proof.challenge()
+        writer.write(f"CHALLENGE {nonce}\n".encode())
+        await writer.drain()
+        answer = (await _first_line(reader)).decode(errors="replace").strip()
+        tunnel = None
+        if tunnel_id.isdigit():
+            dialed = Dialed(reader, writer)
+            tunnel = self.cluster.tunnels.dialed(int(tunnel_id), nonce, answer, dialed)
+        if tunnel is None:
+            reason = f"no tunnel {tunnel_id} waits for that proof"
+            self._refused(writer, ANONYMOUS, reason)
+            writer.write(f"ERROR {reason}\n".encode())
+            await writer.drain()
+            return
+        writer.write(b"SUCCESS\n")
+        await writer.drain()
+        await tunnel.ended.wait()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         hub = self.cluster.tunnels
         tunnel: Tunnel | None = None
         held: Ticket | None = None
         try:
             try:
-                held = self.cluster.ssh_tickets.redeem(_ticket(await _first_line(reader)))
+                word, argument = _request(await _first_line(reader))
+                if word == "TUNNEL":
+                    await self._serve_runner(argument, reader, writer)
+                    return
+                held = self.cluster.ssh_tickets.redeem(argument)
                 tunnel, who = await self.cluster.open_tunnel(held)
-                await _opened(tunnel)
+                dialed = await _opened(tunnel)
             except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
                 # A refusal of the caller (no ticket, one not good, or a holder who may no
@@ -110,9 +176,11 @@ class SshProxy:
                 writer.write(f"ERROR {reason}\n".encode())
                 await writer.drain()
                 return
+            path = "stream" if dialed is None else "dialled"
+            self.cluster.metrics.ssh_tunnels.labels(path=path).inc()
             writer.write(b"SUCCESS\n")
             await writer.drain()
-            await self._relay(reader, writer, tunnel, who)
+            await self._relay(reader, writer, tunnel, who, dialed)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -148,8 +216,10 @@ class SshProxy:
         writer: asyncio.StreamWriter,
         tunnel: Tunnel,
         who: Principal,
+        dialed: Dialed | None,
     ) -> None:
         refused: list[str] = []
+        chunk, send, receive = _far_end(tunnel, dialed)
 
         def holds() -> bool:
             """Whether ``who`` may still use the tunnel (its token good, its role the one it
@@ -164,16 +234,11 @@ class SshProxy:
             return False
 
         async def upstream() -> None:
-            while (data := await reader.read(CHUNK)) and holds():
-                await tunnel.link.room()
-                tunnel.link.send(
-                    rpb.ConnectResponse(
-                        tunnel_data=rpb.TunnelData(tunnel_id=tunnel.tunnel_id, data=data)
-                    )
-                )
+            while (data := await reader.read(chunk)) and holds():
+                await send(data)
 
         async def downstream() -> None:
-            while (data := await tunnel.incoming.get()) is not None and holds():
+            while (data := await receive()) is not None and holds():
                 writer.write(data)
                 await writer.drain()
 

@@ -1,8 +1,13 @@
-"""SSH tunnels multiplexed on Runners' Connect streams, by id.
+"""SSH tunnels through Runners, by id.
 
-Fed by the Runners' streams, drained by the SSH proxy's client connections. A client that
-falls more than TUNNEL_BUFFER chunks behind is cut off rather than stalling the stream.
-A Runner's tunnel messages only reach tunnels opened on that Runner's own link.
+A Runner reaches the VPS's sshd, then dials the Host's SSH proxy port and proves the
+connection is the tunnel's with the one-time secret sent to it on its own stream
+(hakuriver_common.tunnel_proof): the bytes then flow on that connection, relayed to the
+client's. A Runner that cannot dial
+relays on its Connect stream instead; those bytes are fed by the stream and drained by the
+proxy's client connection, and a client that falls more than TUNNEL_BUFFER chunks behind is
+cut off rather than stalling the stream. A Runner's tunnel messages only reach tunnels
+opened on that Runner's own link.
 """
 
 from __future__ import annotations
@@ -10,13 +15,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import secrets
 from dataclasses import dataclass, field
 
+from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_host.runner_link import RunnerLink
 
 log = logging.getLogger(__name__)
 TUNNEL_BUFFER = 512
+
+
+@dataclass(frozen=True)
+class Dialed:
+    """The connection a Runner dialled for a tunnel."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
 
 
 @dataclass
@@ -25,12 +40,25 @@ class Tunnel:
     link: RunnerLink
     # The VPS whose sshd it reaches.
     task_id: int
-    opened: asyncio.Future[None] = field(
+    # What the Runner's dialled connection must prove it holds; "" once proven, or when the
+    # Runner was not asked to dial.
+    secret: str = ""
+    # The Runner's dialled connection, or None: the bytes flow on its Connect stream.
+    opened: asyncio.Future[Dialed | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     # Bounded by ``on_message`` (TUNNEL_BUFFER chunks), not by the queue: the end marker
     # must always fit behind what the client has not read yet.
     incoming: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
+    # Set when the tunnel ends, whoever ends it: the dialled connection lives until then.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def finish(self) -> None:
+        self.ended.set()
+        if self.opened.done() and not self.opened.exception():
+            dialed = self.opened.result()
+            if dialed is not None:
+                dialed.writer.close()
 
 
 class TunnelHub:
@@ -39,15 +67,39 @@ class TunnelHub:
     def __init__(self) -> None:
         self._tunnels: dict[int, Tunnel] = {}
         self._ids = itertools.count(1)
+        # The SSH proxy's port, which Runners dial for a tunnel's bytes; 0: they relay them
+        # on their streams.
+        self.dial_port = 0
 
     def open(self, link: RunnerLink, task_id: int, port: int) -> Tunnel:
-        tunnel = Tunnel(next(self._ids), link, task_id)
+        secret = secrets.token_urlsafe(32) if self.dial_port else ""
+        tunnel = Tunnel(next(self._ids), link, task_id, secret)
         self._tunnels[tunnel.tunnel_id] = tunnel
         link.send(
             rpb.ConnectResponse(
-                tunnel_open=rpb.TunnelOpen(tunnel_id=tunnel.tunnel_id, task_id=task_id, port=port)
+                tunnel_open=rpb.TunnelOpen(
+                    tunnel_id=tunnel.tunnel_id,
+                    task_id=task_id,
+                    port=port,
+                    dial_port=self.dial_port if secret else 0,
+                    dial_secret=secret,
+                )
             )
         )
+        return tunnel
+
+    def dialed(
+        self, tunnel_id: int, challenge: str, answer: str, connection: Dialed
+    ) -> Tunnel | None:
+        """The tunnel a Runner's dialled connection is for; None when no tunnel waits for
+        that proof (a secret is good once, and only until its tunnel opens or ends)."""
+        tunnel = self._tunnels.get(tunnel_id)
+        if tunnel is None or tunnel.opened.done():
+            return None
+        if not tunnel_proof.proven(tunnel.secret, tunnel_id, challenge, answer):
+            return None
+        tunnel.secret = ""
+        tunnel.opened.set_result(connection)
         return tunnel
 
     def close(self, tunnel: Tunnel) -> None:
@@ -55,12 +107,14 @@ class TunnelHub:
             tunnel.link.send(
                 rpb.ConnectResponse(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel.tunnel_id))
             )
+        tunnel.finish()
 
     def _end(self, tunnel: Tunnel, error: str) -> None:
         self._tunnels.pop(tunnel.tunnel_id, None)
         if not tunnel.opened.done():
             tunnel.opened.set_exception(ConnectionError(error or "closed"))
         tunnel.incoming.put_nowait(None)
+        tunnel.finish()
 
     def _of(self, link: RunnerLink, tunnel_id: int) -> Tunnel | None:
         tunnel = self._tunnels.get(tunnel_id)
@@ -71,6 +125,7 @@ class TunnelHub:
         if kind == "tunnel_opened":
             tunnel = self._of(link, message.tunnel_opened.tunnel_id)
             if tunnel is not None and not tunnel.opened.done():
+                tunnel.secret = ""
                 tunnel.opened.set_result(None)
         elif kind == "tunnel_data":
             tunnel = self._of(link, message.tunnel_data.tunnel_id)

@@ -47,7 +47,7 @@ from hakuriver_runner.system_info import (
     total_memory_bytes,
     usable_cpus,
 )
-from hakuriver_runner.tunnels import Tunnels
+from hakuriver_runner.tunnels import HostDial, Tunnels
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,9 @@ class Session:
         self.name = name
         self.docker = docker
         self.supervisor = supervisor
-        self.tunnels = Tunnels(outbox, supervisor.ssh_port)
+        self.tunnels = Tunnels(
+            outbox, supervisor.ssh_port, HostDial(config.network.host_reachable_address)
+        )
         self.gpus = GpuReadings(GpuProbe(), pool)
         self._cpu = CpuMeter()
         self.identity = RunnerIdentity(config)

@@ -1,21 +1,30 @@
 """SSH tunnels: bytes between the Host's SSH proxy and a VPS's sshd on this runner.
 
-A VPS's sshd listens on loopback only, so the Runner relays each SSH connection as
-TunnelData messages on the Connect stream. The session hands tunnel messages over in
-arrival order, which keeps each tunnel's bytes in order.
+A VPS's sshd listens on loopback only, so the Runner relays each SSH connection: on a
+connection it dials to the Host's SSH proxy port (proven the tunnel's with its one-time
+secret; plain TCP, as the client's: the bytes are SSH's own encrypted stream), or, when it
+cannot, as TunnelData messages on the Connect stream. The session hands tunnel
+messages over in arrival order, which keeps each tunnel's bytes in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.outbox import Outbox
 
+log = logging.getLogger(__name__)
+
 TUNNEL_CHUNK = 64 * 1024
+# A read's most on a dialled connection, either way.
+DIALED_CHUNK = 1024 * 1024
 CONNECT_SECONDS = 5
 # Bytes for an sshd that it has not read yet, at most: one that stops reading (its VPS
 # paused by its owner, who keeps sending) has its tunnel closed rather than the Runner's
@@ -23,25 +32,71 @@ CONNECT_SECONDS = 5
 TUNNEL_BACKLOG = 4 * 1024 * 1024
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 @dataclass(frozen=True)
 class _Tunnel:
+    # The sshd's side; and the Host's, when dialled.
     writer: asyncio.StreamWriter
     pump: asyncio.Task[None]
+    host: asyncio.StreamWriter | None = None
 
     def end(self) -> None:
         self.pump.cancel()
         self.writer.close()
+        if self.host is not None:
+            self.host.close()
 
 
 def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
     return rpb.ConnectRequest(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel_id, error=error))
 
 
+@dataclass(frozen=True)
+class HostDial:
+    """How this Runner reaches the Host's SSH proxy port: at the address it reaches the
+    Host's gRPC port by."""
+
+    address: str
+
+    async def dial(self, request: rpb.TunnelOpen) -> Connection:
+        """A connection to the Host proven to be ``request``'s tunnel."""
+        reader, writer = await asyncio.open_connection(
+            self.address, request.dial_port, limit=DIALED_CHUNK
+        )
+        try:
+            writer.write(f"TUNNEL {request.tunnel_id}\n".encode())
+            said = (await reader.readline()).decode(errors="replace").split()
+            if len(said) != 2 or said[0] != "CHALLENGE":
+                raise ConnectionError(f"the Host answered {' '.join(said)!r}, not a challenge")
+            proof = tunnel_proof.proof(request.dial_secret, request.tunnel_id, said[1])
+            writer.write(f"{proof}\n".encode())
+            answer = await reader.readline()
+            if answer != b"SUCCESS\n":
+                raise ConnectionError(answer.decode(errors="replace").strip() or "it closed")
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer
+
+
+async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await source.read(DIALED_CHUNK):
+            sink.write(data)
+            await sink.drain()
+
+
 class Tunnels:
-    def __init__(self, outbox: Outbox, ssh_port: Callable[[int], int]) -> None:
-        """``ssh_port``: the sshd port of a VPS task running here (0: none)."""
+    def __init__(
+        self, outbox: Outbox, ssh_port: Callable[[int], int], host: HostDial | None = None
+    ) -> None:
+        """``ssh_port``: the sshd port of a VPS task running here (0: none). ``host``: how
+        to dial the Host for a tunnel's bytes (None: always on the stream)."""
         self._outbox = outbox
         self._ssh_port = ssh_port
+        self._host = host
         self._open: dict[int, _Tunnel] = {}
 
     async def open(self, request: rpb.TunnelOpen) -> None:
@@ -54,17 +109,57 @@ class Tunnels:
             return
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", request.port), CONNECT_SECONDS
+                asyncio.open_connection("127.0.0.1", request.port, limit=DIALED_CHUNK),
+                CONNECT_SECONDS,
             )
         except (OSError, TimeoutError) as exc:
             error = f"cannot reach the SSH server of task {request.task_id}: {exc}"
             await self._outbox.send(_closed(request.tunnel_id, error))
+            return
+        host = await self._dial(request)
+        if host is not None:
+            pump = asyncio.create_task(self._splice(request.tunnel_id, (reader, writer), host))
+            self._open[request.tunnel_id] = _Tunnel(writer, pump, host[1])
             return
         pump = asyncio.create_task(self._pump(request.tunnel_id, reader, writer))
         self._open[request.tunnel_id] = _Tunnel(writer, pump)
         await self._outbox.send(
             rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=request.tunnel_id))
         )
+
+    async def _dial(self, request: rpb.TunnelOpen) -> Connection | None:
+        """The Host's connection for the tunnel's bytes; None: they go on the stream (the
+        Host did not ask, or this Runner cannot reach its SSH proxy port)."""
+        if self._host is None or not request.dial_port or not request.dial_secret:
+            return None
+        try:
+            return await asyncio.wait_for(self._host.dial(request), CONNECT_SECONDS)
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "cannot reach the Host's SSH proxy at %s:%d (%s): tunnel %d goes on the "
+                "stream, slower",
+                self._host.address,
+                request.dial_port,
+                exc or "timed out",
+                request.tunnel_id,
+            )
+            return None
+
+    async def _splice(self, tunnel_id: int, sshd: Connection, host: Connection) -> None:
+        """Bytes both ways between the sshd and the Host's connection, until either ends."""
+        copies = [
+            asyncio.create_task(_copy(sshd[0], host[1])),
+            asyncio.create_task(_copy(host[0], sshd[1])),
+        ]
+        try:
+            await asyncio.wait(copies, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for copy in copies:
+                copy.cancel()
+            tunnel = self._open.pop(tunnel_id, None)
+            if tunnel is not None:
+                tunnel.writer.close()
+                host[1].close()
 
     def write(self, data: rpb.TunnelData) -> Coroutine[Any, Any, None] | None:
         """Hand the bytes to the sshd; the tunnel's close to send (and spawn) when the sshd

@@ -33,6 +33,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import Role
 from hakuriver_runner.ssh_ports import ephemeral_range
 from tests.e2e.harness import ProcessCluster, running_cluster, wait_for
+from tests.e2e.test_api_surface import scrape
 
 pytestmark = pytest.mark.docker
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
@@ -214,6 +215,11 @@ def test_asyncssh_runs_commands_and_copies_files(
             assert digest.stdout.split()[0] == hashlib.sha256(local.read_bytes()).hexdigest()
 
     asyncio.run(scenario())
+    # The Runner dialled the proxy port for the session's bytes: none went on its stream.
+    tunnels = {
+        s.labels["path"]: s.value for s in scrape(vps_cluster)["hakuriver_ssh_tunnels_total"]
+    }
+    assert tunnels.get("dialled", 0) >= 1 and tunnels.get("stream", 0) == 0, tunnels
 
 
 def test_many_sessions_at_once(

@@ -728,7 +728,12 @@ Global___ReleaseCommand: _TypeAlias = ReleaseCommand  # noqa: Y015
 @_typing.final
 class TunnelOpen(_message.Message):
     """TunnelOpen asks a Runner to connect to a VPS's SSH server for a client of the Host's
-    SSH proxy. Bytes then flow as TunnelData both ways on the Connect stream.
+    SSH proxy. The Runner then dials the Host's SSH proxy port and sends
+    "TUNNEL <tunnel_id>\\n"; the Host answers "TLS\\n" (both start TLS, the Host's certificate)
+    or "PLAIN\\n" (a plaintext cluster); the Runner sends "<dial_secret>\\n", the Host answers
+    "SUCCESS\\n", and the bytes flow on that connection.
+    A Runner that cannot (or a Runner from before dial_secret) sends TunnelOpened instead, and
+    the bytes flow as TunnelData both ways on the Connect stream, at a fraction of the speed.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -736,20 +741,30 @@ class TunnelOpen(_message.Message):
     TUNNEL_ID_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     PORT_FIELD_NUMBER: _builtins.int
+    DIAL_PORT_FIELD_NUMBER: _builtins.int
+    DIAL_SECRET_FIELD_NUMBER: _builtins.int
     tunnel_id: _builtins.int
     """Chosen by the Host, unique per Connect stream."""
     task_id: _builtins.int
     port: _builtins.int
+    dial_port: _builtins.int
+    """The Host's SSH proxy port, which the Runner dials at the address it reaches the Host's
+    gRPC port by; 0: relay on the Connect stream.
+    """
+    dial_secret: _builtins.str
+    """A one-time secret that proves the dialled connection is this Runner's, for this tunnel."""
     def __init__(
         self,
         *,
         tunnel_id: _builtins.int = ...,
         task_id: _builtins.int = ...,
         port: _builtins.int = ...,
+        dial_port: _builtins.int = ...,
+        dial_secret: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["port", b"port", "task_id", b"task_id", "tunnel_id", b"tunnel_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dial_port", b"dial_port", "dial_secret", b"dial_secret", "port", b"port", "task_id", b"task_id", "tunnel_id", b"tunnel_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -757,7 +772,7 @@ Global___TunnelOpen: _TypeAlias = TunnelOpen  # noqa: Y015
 
 @_typing.final
 class TunnelOpened(_message.Message):
-    """TunnelOpened confirms the Runner reached the SSH server."""
+    """TunnelOpened confirms the Runner reached the SSH server and relays on the Connect stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

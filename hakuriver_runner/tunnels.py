@@ -56,15 +56,14 @@ def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
 @dataclass(frozen=True)
 class HostDial:
     """How this Runner reaches the Host's SSH proxy port: at the address it reaches the
-    Host's gRPC port by."""
+    Host's gRPC port by (an IPv6 one in brackets, as a gRPC target has it)."""
 
     address: str
 
     async def dial(self, request: rpb.TunnelOpen) -> Connection:
         """A connection to the Host proven to be ``request``'s tunnel."""
-        reader, writer = await asyncio.open_connection(
-            self.address, request.dial_port, limit=DIALED_CHUNK
-        )
+        host = self.address.removeprefix("[").removesuffix("]")
+        reader, writer = await asyncio.open_connection(host, request.dial_port, limit=DIALED_CHUNK)
         try:
             writer.write(f"TUNNEL {request.tunnel_id}\n".encode())
             said = (await reader.readline()).decode(errors="replace").split()

@@ -140,3 +140,27 @@ async def test_a_runner_that_cannot_reach_the_proxy_port_relays_on_its_stream(
         assert echoed == [b"ping"]
     finally:
         tunnels.close_all()
+
+
+async def test_a_host_reached_at_an_ipv6_address_in_brackets_is_dialled_there() -> None:
+    """host_reachable_address = "[::1]", as the gRPC target writes it, is ::1 to a socket."""
+    secret = "one-time"
+
+    async def host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert await reader.readline() == b"TUNNEL 5\n"
+        writer.write(b"CHALLENGE c0ffee\n")
+        answer = (await reader.readline()).decode().strip()
+        writer.write(b"SUCCESS\n" if tunnel_proof.proven(secret, 5, "c0ffee", answer) else b"NO\n")
+        await writer.drain()
+
+    try:
+        server = await asyncio.start_server(host, "::1", 0)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = server.sockets[0].getsockname()[1]
+    request = rpb.TunnelOpen(tunnel_id=5, dial_port=port, dial_secret=secret)
+    try:
+        _, writer = await HostDial("[::1]").dial(request)
+        writer.close()
+    finally:
+        server.close()

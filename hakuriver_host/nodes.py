@@ -66,17 +66,17 @@ class NodeView:
     def record(self) -> dict[str, Any]:
         """The node's database row, to be stored."""
         self.stored_heartbeat = self.last_heartbeat
-        return NodeRecord(
-            hostname=self.hostname,
-            total_cores=self.total_cores,
-            total_memory_bytes=self.total_memory_bytes,
-            numa_nodes=self.numa_nodes,
-            gpus=self.gpus,
-            last_heartbeat=self.last_heartbeat,
-            draining=self.draining,
-            online=self.online,
-            environments=sorted(self.environments),
-        ).model_dump()
+        return {
+            "hostname": self.hostname,
+            "total_cores": self.total_cores,
+            "total_memory_bytes": self.total_memory_bytes,
+            "numa_nodes": self.numa_nodes,
+            "gpus": self.gpus,
+            "last_heartbeat": self.last_heartbeat,
+            "draining": self.draining,
+            "online": self.online,
+            "environments": sorted(self.environments),
+        }
 
 
 # A node's streams replaced this often within this many seconds: two Runners take turns.

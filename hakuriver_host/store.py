@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -37,6 +38,8 @@ from sqlalchemy import (
     or_,
     select as sql_select,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
@@ -58,6 +61,7 @@ from hakuriver_host.models import (
     TaskRecord,
     in_memory,
     request_ids_since,
+    utcnow,
 )
 
 T = TypeVar("T")
@@ -281,10 +285,26 @@ class Store:
         self._writes.retry_now()
 
     def _save_nodes(self, rows: list[dict[str, Any]]) -> None:
-        with Session(self.engine) as session:
-            for fields in rows:
-                session.merge(NodeRecord(**fields))
-            session.commit()
+        """One upsert for the batch (an ORM merge read each row before writing it: 30% of
+        the Host's CPU under 1,000 heartbeats/s). A node saved twice in the batch is saved
+        as it was last; its registration time is the first one's."""
+        latest = {row["hostname"]: row for row in rows}
+        now = utcnow()
+        with self.engine.begin() as connection:
+            connection.execute(
+                self._node_upsert, [{"registered_at": now, **r} for r in latest.values()]
+            )
+
+    @functools.cached_property
+    def _node_upsert(self) -> Any:
+        table: Table = NodeRecord.__table__  # type: ignore[attr-defined]
+        insert = sqlite_insert if self.engine.dialect.name == "sqlite" else postgresql_insert
+        statement = insert(table)
+        kept = {"hostname", "registered_at"}
+        return statement.on_conflict_do_update(
+            index_elements=["hostname"],
+            set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in kept},
+        )
 
     def _apply(self, writes: list[TaskWrite]) -> None:
         """One transaction, one statement per kind. Inserts go first: a task is only ever

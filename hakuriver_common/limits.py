@@ -51,6 +51,7 @@ MAX_NUMA_NODES = 64
 MAX_RUNNER_GPUS = 256
 MAX_ENVIRONMENTS = 1000  # advertised by one runner
 MAX_KNOWN_TASK_IDS = 100_000  # containers one runner may report holding
+MAX_INSTANCE_ID_CHARS = 64  # RegisterRunner.instance_id (the node's row keeps it)
 MAX_HEALTH_BYTES = 64 * KIB  # one encoded health sample (the Host keeps a history of them)
 MAX_LOG_CHUNK_BYTES = 4 * MIB
 MAX_LOG_OFFSET = 1 << 44  # 16 TiB of output for one task stream

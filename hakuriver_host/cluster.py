@@ -987,8 +987,7 @@ class Cluster:
 
     def unread_gpus(self, hostname: str) -> list[int]:
         """The node's GPUs missing from its latest readings (see NodeTable.gpus_read)."""
-        capacity = self.scheduler.nodes.get(hostname)
-        return sorted(capacity.unread_gpus) if capacity else []
+        return self.scheduler.unread_gpus(hostname)
 
     def watch_health(
         self, hostname: str = "", announce: bool = False

@@ -52,6 +52,9 @@ class NodeRecord(SQLModel, table=True):
     online: bool = False
     # Container environments the Runner had loaded when last heard from.
     environments: list[str] = Field(default_factory=_new_list, sa_column=Column(JSON))
+    # The Runner process that last registered (RegisterRunner.instance_id; "" unknown): a
+    # restarted Host keeps the node's GPUs across that process's reconnect (NodeTable.connect).
+    instance_id: str = ""
 
 
 class Task(SQLModel):

@@ -57,6 +57,8 @@ class NodeView:
     # When a registration of this node replaced a stream still open (monotonic seconds),
     # within the last REPLACED_WINDOW: many mean two Runners answer to one name.
     replaced: deque[float] = field(default_factory=deque)
+    # The Runner process that last registered ("" unknown: a Runner of before the field).
+    instance_id: str = ""
 
     @property
     def disconnected(self) -> bool:
@@ -76,6 +78,7 @@ class NodeView:
             "draining": self.draining,
             "online": self.online,
             "environments": sorted(self.environments),
+            "instance_id": self.instance_id,
         }
 
 
@@ -158,6 +161,7 @@ class NodeTable:
                 # Known before the Runner reconnects, so a restarted Host accepts tasks for
                 # environments that exist only as images on Runners.
                 environments=set(record.environments or ()),
+                instance_id=record.instance_id,
             )
             self.nodes[node.hostname] = node
             self._sync_capacity(node)
@@ -197,10 +201,11 @@ class NodeTable:
             {"id": n.id, "cpus": list(n.cpus), "memory_bytes": n.memory_bytes}
             for n in reg.numa_nodes
         ]
-        node.gpus = [{"index": g.index, "uuid": g.uuid, "name": g.name} for g in reg.gpus]
+        unread = self._take_gpus(node, reg)
         node.environments = set(reg.environments)
         node.last_heartbeat = utcnow()
         self._sync_capacity(node)
+        self._set_unread(node.hostname, unread)
         node.link = RunnerLink(
             reg.hostname,
             batches=reg.takes_batches,
@@ -213,6 +218,27 @@ class NodeTable:
         self.scheduler.set_online(node.hostname, True)
         self.metrics.runners_connected.inc()
         return node, node.link
+
+    def _take_gpus(self, node: NodeView, reg: rpb.RegisterRunner) -> list[int]:
+        """The node's GPUs as of ``reg``, and those of them unread. A new Runner process (or
+        one that does not say which it is) has the GPUs it reads now. The same process
+        reconnecting keeps the GPUs it had, those it cannot read now unread (as a heartbeat
+        would have them), and adds any it reads that were not: NVML failing or a GPU off the
+        bus at a reconnect (the Host's restart) took them off the node until the Runner
+        restarted. A registration reading none is no news, as a heartbeat's."""
+        read = {g.index: {"index": g.index, "uuid": g.uuid, "name": g.name} for g in reg.gpus}
+        same = bool(reg.instance_id) and reg.instance_id == node.instance_id
+        node.instance_id = reg.instance_id
+        if not same:
+            node.gpus = list(read.values())
+            return []
+        known = {int(g["index"]): g for g in node.gpus}
+        if read:
+            unread = sorted(set(known) - set(read))
+        else:
+            unread = self.scheduler.unread_gpus(node.hostname)
+        node.gpus = [v for _, v in sorted({**known, **read}.items())]
+        return unread
 
     def disconnect(self, link: RunnerLink) -> bool:
         """The link's stream ended; False if the node has a newer link already."""
@@ -338,7 +364,12 @@ class NodeTable:
             return False
         node = self.nodes[hostname]
         read = {gpu.index for gpu in readings}
-        unread = sorted(int(g["index"]) for g in node.gpus if int(g["index"]) not in read)
+        return self._set_unread(
+            hostname, sorted(int(g["index"]) for g in node.gpus if int(g["index"]) not in read)
+        )
+
+    def _set_unread(self, hostname: str, unread: list[int]) -> bool:
+        """Tell the scheduler the node's GPUs ``unread``, logging a change; True if changed."""
         if not self.scheduler.set_unread_gpus(hostname, unread):
             return False
         if unread:

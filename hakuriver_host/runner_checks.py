@@ -77,6 +77,11 @@ def check_register(reg: rpb.RegisterRunner) -> None:
     _gpus("register.gpus", list(reg.gpus))
     _environments("register.environments", list(reg.environments))
     _count("register.known_task_ids", len(reg.known_task_ids), limits.MAX_KNOWN_TASK_IDS)
+    if len(reg.instance_id) > limits.MAX_INSTANCE_ID_CHARS:
+        raise InvalidArgument(
+            f"register.instance_id: at most {limits.MAX_INSTANCE_ID_CHARS} characters, "
+            f"got {len(reg.instance_id)}"
+        )
 
 
 def _finite(field: str, reading: Message) -> None:

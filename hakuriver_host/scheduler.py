@@ -439,6 +439,11 @@ class Scheduler:
         self._rank_again(node)
         return True
 
+    def unread_gpus(self, hostname: str) -> list[int]:
+        """The node's GPUs missing from its latest readings (``set_unread_gpus``)."""
+        node = self.nodes.get(hostname)
+        return sorted(node.unread_gpus) if node else []
+
     def never_fits(self, request: Request) -> str | None:
         """Why a request can never be placed, naming the limit; None if some node could."""
         return _kept(self._never_fits, request, self._never_fits_now)

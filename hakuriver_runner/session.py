@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -87,6 +88,9 @@ class Session:
         self.gpus = GpuReadings(GpuProbe(), pool)
         self._cpu = CpuMeter()
         self.identity = RunnerIdentity(config)
+        # This process, as its registrations name it: the Host keeps what it knows of the
+        # node's GPUs across a reconnect, and takes them anew from a restarted Runner.
+        self.instance_id = uuid.uuid4().hex
         supervisor.set_cluster(self.identity.cluster_id())
         self._outbox = outbox
         self._pool = pool
@@ -173,6 +177,7 @@ class Session:
                 takes_batches=True,
                 prepares_ahead=True,
                 takes_release_batches=True,
+                instance_id=self.instance_id,
             )
         )
 

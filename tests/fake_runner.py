@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -162,6 +163,7 @@ class FakeRunner:
         on_release: Callable[[int], None] | None = None,
         takes_batches: bool = True,
         prepares_ahead: bool = False,
+        instance_id: str | None = None,
     ) -> None:
         self.host_config = host_config
         # What it presents: its credential once it has one, else the join token.
@@ -190,6 +192,9 @@ class FakeRunner:
         self._shared_channel = channel
         self.takes_batches = takes_batches
         self.prepares_ahead = prepares_ahead
+        # Which process it plays (RegisterRunner.instance_id); a test sets a new one to play
+        # a restarted Runner, "" a Runner of before the field.
+        self.instance_id = uuid.uuid4().hex if instance_id is None else instance_id
 
         # Tasks held (dispatched or known, not yet released), by id.
         self.tasks: dict[int, FakeTask] = {tid: FakeTask(tid) for tid in known_task_ids}
@@ -336,6 +341,7 @@ class FakeRunner:
                 takes_batches=self.takes_batches,
                 takes_release_batches=self.takes_batches,
                 prepares_ahead=self.prepares_ahead,
+                instance_id=self.instance_id,
             )
         )
 

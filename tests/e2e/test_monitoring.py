@@ -370,6 +370,40 @@ def test_a_gpu_lost_or_nvml_failing_keeps_the_node_and_its_tasks(
     mon.kill_runner(name)
 
 
+def test_a_gpu_unread_when_the_host_restarts_stays_its_nodes_until_the_runner_restarts(
+    fresh_cluster: ProcessCluster, tmp_path: Path
+) -> None:
+    """GPU 1 cannot be read when the Host restarts: the Runner's registration with the new
+    Host reads GPU 0 alone, yet the same Runner process keeps GPU 1 on its node, unread (it
+    was dropped from the node until the Runner restarted). A restarted Runner has the GPUs
+    it reads."""
+    lost = tmp_path / "lost-gpus"
+    env = {
+        "PYTHONPATH": os.pathsep.join([FAKE_NVML, os.environ.get("PYTHONPATH", "")]),
+        "HAKURIVER_FAKE_GPUS": "2",
+        "HAKURIVER_FAKE_NVML_LOST": str(lost),
+    }
+    name = fresh_cluster.start_runner(f"{fresh_cluster.runner_names[0]}-gpu", env=env)
+    lost.write_text("1")
+    wait_for(lambda: _health_gpus(fresh_cluster, name) == [0], what="GPU 0 alone read")
+
+    fresh_cluster.kill_host()
+    fresh_cluster.start_host()
+    wait_for(lambda: fresh_cluster.node_online(name), what="the Runner back")
+    assert _node_gpus(fresh_cluster, name) == ([0, 1], [1])
+
+    fresh_cluster.kill_runner(name)
+    fresh_cluster.start_runner(name, env=env)
+    wait_for(lambda: _node_gpus(fresh_cluster, name) == ([0], []), what="GPU 0 alone")
+
+
+def _node_gpus(cluster: ProcessCluster, name: str) -> tuple[list[int], list[int]]:
+    """The node's GPUs and those of them unread, as ``hakuriver.client nodes --json`` shows."""
+    nodes = json.loads(cluster.cli("client", "nodes", "--json").stdout)
+    [node] = [n for n in nodes if n["hostname"] == name]
+    return [g.get("index", 0) for g in node["gpus"]], node.get("unread_gpus", [])
+
+
 def test_a_gpu_in_mig_mode_has_no_utilisation_rather_than_0(mon: ProcessCluster) -> None:
     """NVML reads no utilisation for a GPU in MIG mode: a real Runner reported 0 %, and
     health, its --json and /metrics showed an idle GPU while its instances could be busy."""

@@ -133,6 +133,10 @@ async def test_runner_names_outside_the_safe_set_are_refused(
             {"numa_nodes": [node_pb2.NumaNode(id=0, cpus=[2**31 - 1])]},
             "register.numa_nodes.cpus: must be between 0 and 65535",
         ),
+        (
+            {"instance_id": "x" * (limits.MAX_INSTANCE_ID_CHARS + 1)},
+            f"register.instance_id: at most {limits.MAX_INSTANCE_ID_CHARS} characters, got 65",
+        ),
     ],
 )
 async def test_runner_claims_beyond_the_limits_are_refused_and_not_kept(

@@ -222,6 +222,73 @@ async def test_a_gpu_missing_from_the_readings_is_given_to_no_new_task_until_rea
     assert list(started.required_gpus) == [1]
 
 
+async def _gpus_of(cluster: LocalCluster, hostname: str) -> tuple[list[int], list[int]]:
+    """The node's GPUs (indices) and those of them unread, as ListNodes shows them."""
+    node = await cluster.node(hostname)
+    return [g.index for g in node.gpus], list(node.unread_gpus)
+
+
+async def test_gpus_unread_at_a_reconnect_of_the_same_runner_stay_the_nodes_unread(
+    local_cluster: LocalCluster,
+) -> None:
+    """GPUs 1 and 2 cannot be read when the Runner's stream comes back (the same process;
+    2 held by a task): the node keeps all three, 1 and 2 unread; no new task gets GPU 1 (one
+    naming it waits) until a heartbeat reads it. A registration reading no GPU at all (NVML
+    failing) is no news. They were dropped from the node until the Runner restarted."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(3)]
+    runner = await local_cluster.add_runner("a", gpus=gpus, answer=HOLD)
+    [holder] = await local_cluster.submit_running(
+        targets=[task_pb2.Target(hostname="a", gpu_ids=[2])]
+    )
+
+    runner.gpus, runner.health = gpus[:1], _reading(0)
+    await runner.connect()
+    assert await _gpus_of(local_cluster, "a") == ([0, 1, 2], [1, 2])
+    on_one = task_pb2.Target(hostname="a", gpu_ids=[1])
+    named = await local_cluster.submit("named", targets=[on_one])
+    waiting = await local_cluster.get(named.task_id)
+    assert status_of(waiting) is TaskStatus.PENDING and waiting.status_detail == (
+        "node a's GPU 1 dropped out of its readings (NVML cannot read it)"
+    )
+    assert status_of(await local_cluster.get(holder.task_id)) is TaskStatus.RUNNING
+
+    runner.gpus, runner.health = [], _reading()
+    await runner.connect()
+    assert await _gpus_of(local_cluster, "a") == ([0, 1, 2], [1, 2])
+
+    await _beat(local_cluster, runner, _reading(0, 1, 2))
+    started = await local_cluster.wait_status(named.task_id, TaskStatus.RUNNING)
+    assert list(started.required_gpus) == [1]
+    assert await _gpus_of(local_cluster, "a") == ([0, 1, 2], [])
+
+
+async def test_gpus_unread_when_the_host_restarts_stay_the_nodes_unread(
+    local_cluster: LocalCluster,
+) -> None:
+    """The Host restarts while GPU 1 cannot be read: the same Runner process reconnecting
+    to the new Host keeps it on its node, unread."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(2)]
+    runner = await local_cluster.add_runner("a", gpus=gpus)
+    runner.gpus, runner.health = gpus[:1], _reading(0)
+    await local_cluster.restart_host()
+    assert await _gpus_of(local_cluster, "a") == ([0, 1], [1])
+
+
+@pytest.mark.parametrize("instance_id", ["restarted", ""], ids=["restarted", "unnamed"])
+async def test_a_restarted_runner_has_the_gpus_it_reads(
+    local_cluster: LocalCluster, instance_id: str
+) -> None:
+    """A Runner that restarted (a new instance id), or one that does not say which process
+    it is (a Runner of before the field), has the GPUs it reads at registration: one gone
+    for good leaves the node so."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(2)]
+    runner = await local_cluster.add_runner("a", gpus=gpus)
+    runner.instance_id = instance_id
+    runner.gpus, runner.health = gpus[:1], _reading(0)
+    await runner.connect()
+    assert await _gpus_of(local_cluster, "a") == ([0], [])
+
+
 async def test_listnodes_and_the_nodes_table_count_a_gpu_not_read_as_not_free(
     local_cluster: LocalCluster,
 ) -> None:

@@ -273,6 +273,7 @@ class RegisterRunner(_message.Message):
     TAKES_BATCHES_FIELD_NUMBER: _builtins.int
     PREPARES_AHEAD_FIELD_NUMBER: _builtins.int
     TAKES_RELEASE_BATCHES_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     total_cores: _builtins.int
     total_memory_bytes: _builtins.int
@@ -282,6 +283,12 @@ class RegisterRunner(_message.Message):
     """The Runner takes prepare messages."""
     takes_release_batches: _builtins.bool
     """The Runner takes ReleaseBatch messages."""
+    instance_id: _builtins.str
+    """This Runner process: new each time the Runner starts, the same across its reconnects.
+    The Host keeps what it knows of the node's GPUs (those NVML cannot read at the moment
+    included) across a reconnect of the same process, and takes gpus anew from a new one.
+    Empty from a Runner of before it: each of its registrations is taken as a new process.
+    """
     @_builtins.property
     def numa_nodes(self) -> _containers.RepeatedCompositeFieldContainer[_node_pb2.NumaNode]: ...
     @_builtins.property
@@ -307,10 +314,11 @@ class RegisterRunner(_message.Message):
         takes_batches: _builtins.bool = ...,
         prepares_ahead: _builtins.bool = ...,
         takes_release_batches: _builtins.bool = ...,
+        instance_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "prepares_ahead", b"prepares_ahead", "takes_batches", b"takes_batches", "takes_release_batches", b"takes_release_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["environments", b"environments", "gpus", b"gpus", "hostname", b"hostname", "instance_id", b"instance_id", "known_task_ids", b"known_task_ids", "numa_nodes", b"numa_nodes", "prepares_ahead", b"prepares_ahead", "takes_batches", b"takes_batches", "takes_release_batches", b"takes_release_batches", "total_cores", b"total_cores", "total_memory_bytes", b"total_memory_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -136,8 +136,8 @@ def _running(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
         if started is not None:
             fields["started_at"] = started
         return Outcome(TaskStatus.RUNNING, ready, fields, frozenset({Effect.STARTED}))
-    if facts.status is TaskStatus.PAUSED:
-        return Outcome(TaskStatus.RUNNING, "resumed")
+    if facts.status is TaskStatus.PAUSED:  # asked, or resumed outside HakuRiver (the detail)
+        return Outcome(TaskStatus.RUNNING, report.detail or "resumed")
     return Outcome()
 
 
@@ -174,7 +174,7 @@ def _interpret(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
     if state == rpb.RUNNER_TASK_STATE_PREPARING and facts.status is TaskStatus.ASSIGNING:
         return Outcome(None, report.detail, effects=frozenset({Effect.NOTE_DETAIL}))
     if state == rpb.RUNNER_TASK_STATE_PAUSED and facts.status is TaskStatus.RUNNING:
-        return Outcome(TaskStatus.PAUSED, "paused")
+        return Outcome(TaskStatus.PAUSED, report.detail or "paused")
     if state == rpb.RUNNER_TASK_STATE_PAUSED and facts.status is TaskStatus.UNKNOWN:
         return Outcome(TaskStatus.PAUSED, "runner back: still paused")
     if state == rpb.RUNNER_TASK_STATE_EXITED:

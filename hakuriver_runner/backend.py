@@ -115,8 +115,9 @@ class TaskBackend(Protocol):
         """This runner's tasks of this backend that still exist, by task id."""
         ...
 
-    def task_ids(self) -> set[int]:
-        """The ids of ``tasks()``, cheaply (one listing); OSError-like errors propagate."""
+    def task_states(self) -> dict[int, str]:
+        """Each of ``tasks()`` and its state as ``state`` names it (or Docker's, such as
+        "created"), cheaply (one listing); OSError-like errors propagate."""
         ...
 
     def state(self, handle: Any) -> tuple[str, datetime | None]:

@@ -374,14 +374,15 @@ class DockerBackend:
     def _labels(self) -> list[str]:
         return [f"{LABEL_CLUSTER}={self.cluster_id}", f"{LABEL_RUNNER}={self.runner_name}"]
 
-    def task_ids(self) -> set[int]:
-        """Ids of this runner's task containers, from one listing call."""
+    def task_states(self) -> dict[int, str]:
+        """This runner's task containers and Docker's state of each ("running", "paused",
+        "exited", "created", ...), from one listing call."""
         if not self.cluster_id:
-            return set()
-        found: set[int] = set()
+            return {}
+        found: dict[int, str] = {}
         for summary in self._listed():
             with contextlib.suppress(KeyError, ValueError, TypeError):
-                found.add(int(summary["Labels"][LABEL_TASK]))
+                found[int(summary["Labels"][LABEL_TASK])] = str(summary.get("State", ""))
         return found
 
     def _container_ids(self) -> set[str]:

@@ -274,8 +274,10 @@ class ProcessBackend:
             )
         return found
 
-    def task_ids(self) -> set[int]:
-        return set(self.tasks())
+    def task_states(self) -> dict[int, str]:
+        """Paused when the task's process is stopped (by the Runner or by a SIGSTOP from
+        outside), as a Runner that restarts finds it."""
+        return {task_id: self.state(handle)[0] for task_id, handle in self.tasks().items()}
 
     def orphans(self) -> list[HostProcess]:
         """This Runner's processes (RUNNER_VAR names it and its cluster) of tasks that have

@@ -310,7 +310,7 @@ class Session:
         environments: list[str] = []
         loaded: dict[str, int] = {}
         while True:
-            await self.supervisor.check_gone()
+            await self.supervisor.check_tasks()
             gpus = await self.gpus.take(interval)
             health = await self._pool.run(sample_health, self._cpu, gpus)
             try:

@@ -68,6 +68,11 @@ class Supervisor:
         self._reports: set[asyncio.Task[None]] = set()
         # VPS tasks the Host asked to kill: one stopped before its sshd answered did not fail.
         self._killed_vps: set[int] = set()
+        # What the Host was last told of each watched task that runs: "running" or "paused".
+        # One paused or resumed behind the Runner's back (``docker pause``) is told anew.
+        self._shown: dict[int, str] = {}
+        # Tasks whose state is being read again after a check (``_show_changed``).
+        self._rechecks: dict[int, asyncio.Task[None]] = {}
 
     def set_cluster(self, cluster_id: str) -> None:
         """The cluster whose tasks this Runner runs: only those it lists and touches."""
@@ -122,6 +127,7 @@ class Supervisor:
         for watcher in watchers:
             watcher.cancel()
         self._watchers.clear()
+        self._shown.clear()
         self.docker.detach_unread()
         return watchers
 
@@ -201,6 +207,7 @@ class Supervisor:
         watcher = self._watchers.pop(task_id, None)
         if watcher is not None and not watcher.done():
             watcher.cancel()
+        self._shown.pop(task_id, None)
         await self._discard(task_id)
 
     async def _freeze(self, task_id: int, frozen: bool) -> None:
@@ -218,8 +225,15 @@ class Supervisor:
                 log.info("task %s ended before it could be %s", task_id, action)
                 return
             raise
-        state = rpb.RUNNER_TASK_STATE_PAUSED if frozen else rpb.RUNNER_TASK_STATE_RUNNING
-        await self._outbox.send(_state(task_id, state))
+        await self._show(task_id, "paused" if frozen else "running")
+
+    async def _show(self, task_id: int, state: str, detail: str = "") -> None:
+        """Tell the Host the task runs (``state`` "running") or is paused ("paused")."""
+        self._shown[task_id] = state
+        report = (
+            rpb.RUNNER_TASK_STATE_PAUSED if state == "paused" else rpb.RUNNER_TASK_STATE_RUNNING
+        )
+        await self._outbox.send(_state(task_id, report, detail=detail))
 
     async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
         """Load the environment's newest tarball first if it is newer than the image here."""
@@ -292,10 +306,11 @@ class Supervisor:
         with contextlib.suppress(SendCancelled):
             await self._report_exit(task_id, info)
 
-    async def check_gone(self) -> None:
-        """Report watched tasks whose container or process vanished behind the Runner's
-        back (called every heartbeat): their watcher may be stuck on a daemon that lost
-        them. Skipped when a backend cannot list its tasks right now."""
+    async def check_tasks(self) -> None:
+        """Called every heartbeat: report watched tasks whose container or process vanished
+        behind the Runner's back (their watcher may be stuck on a daemon that lost them),
+        and those paused or resumed behind its back (``docker pause``), which the Host
+        showed as they were. Skipped for a backend that cannot list its tasks right now."""
         watched = {t for t, w in self._watchers.items() if not w.done()}
         if not watched:
             return
@@ -304,17 +319,51 @@ class Supervisor:
             if not mine:
                 continue
             try:
-                present = await self._pool.run(backend.task_ids)
+                states = await self._pool.run(backend.task_states)
             except Exception as exc:
                 log.info("cannot list tasks to check them: %s", exc)
                 continue
-            for task_id in sorted(mine - present):
-                watcher = self._watchers.get(task_id)
-                if watcher is None or watcher.done() or self._handles.get(task_id) is None:
-                    continue  # it ended or was released while we listed
-                log.warning("task %s: its container or process disappeared", task_id)
-                watcher.cancel()
-                self._spawn_report(task_id, dataclasses.replace(NOTHING_LEFT, error=GONE_MESSAGE))
+            for task_id in sorted(mine - set(states)):
+                self._vanished(task_id)
+            for task_id in sorted(mine & set(states)):
+                state = states[task_id]
+                if state in ("running", "paused") and self._shown.get(task_id, state) != state:
+                    self._recheck(backend, task_id)
+
+    def _vanished(self, task_id: int) -> None:
+        watcher = self._watchers.get(task_id)
+        if watcher is None or watcher.done() or self._handles.get(task_id) is None:
+            return  # it ended or was released while we listed
+        log.warning("task %s: its container or process disappeared", task_id)
+        watcher.cancel()
+        self._spawn_report(task_id, dataclasses.replace(NOTHING_LEFT, error=GONE_MESSAGE))
+
+    def _recheck(self, backend: TaskBackend, task_id: int) -> None:
+        """``_show_changed`` beside the heartbeat, which must not wait for a command about
+        the task (a kill's grace) to end."""
+        if task_id in self._rechecks:
+            return
+        recheck = asyncio.create_task(self._show_changed(backend, task_id))
+        self._rechecks[task_id] = recheck
+        recheck.add_done_callback(lambda _: self._rechecks.pop(task_id, None))
+
+    async def _show_changed(self, backend: TaskBackend, task_id: int) -> None:
+        """A task listed paused while the Host was told it runs, or the reverse: read again
+        between the Host's own pauses and resumes of it (a listing taken as one ran is
+        stale), and told to the Host if so (unless its stream ended meanwhile)."""
+        async with self.serial(task_id):
+            shown = self._shown.get(task_id)
+            try:
+                state = (await self._pool.run(backend.task_states)).get(task_id)
+            except Exception as exc:
+                log.info("cannot list tasks to check them: %s", exc)
+                return
+            if shown is None or state not in ("running", "paused") or state == shown:
+                return  # it ended, was released or was paused or resumed as the Host asked
+            action = "paused" if state == "paused" else "resumed"
+            log.warning("task %s was %s behind the Runner's back", task_id, action)
+            with contextlib.suppress(SendCancelled):
+                await self._show(task_id, state, detail=f"{action} outside HakuRiver")
 
     async def _watch_task(self, task_id: int, offsets: tuple[int, int], started: bool) -> None:
         backend, handle = self._handles[task_id]
@@ -338,6 +387,7 @@ class Supervisor:
                     await self._outbox.send(
                         _state(task_id, state, started_at=to_timestamp(started_at), detail=detail)
                     )
+                    self._shown[task_id] = "paused" if status == "paused" else "running"
                 await self._follow_output(task_id, backend, handle, offsets)
                 info = await self._pool.run(backend.wait, handle)
             await self._report_exit(task_id, info)
@@ -351,6 +401,7 @@ class Supervisor:
         )
 
     async def _report_exit(self, task_id: int, info: ExitInfo) -> None:
+        self._shown.pop(task_id, None)
         await self._outbox.send(
             _state(
                 task_id,
@@ -406,6 +457,7 @@ class Supervisor:
                     ssh_port=port,
                 )
             )
+            self._shown[task_id] = "running"
         else:
             with contextlib.suppress(Gone):
                 await self._pool.run(self.docker.stop, handle, 0)

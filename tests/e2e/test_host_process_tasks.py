@@ -78,6 +78,21 @@ def test_null_task_pause_resume_and_kill_signal_the_process_group(cluster: Proce
     wait_for(lambda: _proc_state(pid) in ("gone", "Z"), what="the process to end")
 
 
+def test_a_null_task_stopped_and_continued_outside_hakuriver_shows_so(
+    cluster: ProcessCluster,
+) -> None:
+    """SIGSTOP to a host process's group from outside (an operator on the node) shows the
+    task ``paused``, and SIGCONT ``running`` again, as ``docker pause`` of a container."""
+    task = cluster.submit(["sleep", "300"], container_name="NULL")
+    cluster.wait_status(task.task_id, RUNNING)
+    pid = _pid(cluster, task.task_id)
+    os.killpg(pid, signal.SIGSTOP)
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_PAUSED})
+    os.killpg(pid, signal.SIGCONT)
+    cluster.wait_status(task.task_id, RUNNING)
+    cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
+
+
 def test_mount_and_privileged_do_not_apply_to_null_tasks(cluster: ProcessCluster) -> None:
     result = cluster.cli("task", "submit", "--container", "NULL", "--privileged", "--", "true")
     assert result.returncode == 1

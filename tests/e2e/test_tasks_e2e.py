@@ -108,6 +108,39 @@ def test_container_gets_limits_env_mounts_and_labels(cluster: ProcessCluster, tm
     cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
 
 
+def test_a_task_paused_and_resumed_outside_hakuriver_shows_so(cluster: ProcessCluster) -> None:
+    """``docker pause`` of a task's container (an admin on the node): the task showed
+    ``running`` though frozen. The Runner sees it at its next check, the task is ``paused``
+    saying so, and ``running`` again after ``docker unpause``; HakuRiver resumes it too."""
+    task = cluster.submit(["sleep", "300"])
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    [container] = cluster.docker.containers.list(
+        filters={"label": f"hakuriver.task_id={task.task_id}"}
+    )
+    container.pause()
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_PAUSED})
+    assert _last_event(cluster, task.task_id) == ("paused", "paused outside HakuRiver")
+
+    container.unpause()
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
+    assert _last_event(cluster, task.task_id) == ("running", "resumed outside HakuRiver")
+
+    container.pause()
+    cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_PAUSED})
+    back = cluster.tasks.ResumeTask(tpb.ResumeTaskRequest(task_id=task.task_id), timeout=20).task
+    assert back.status == task_pb2.TASK_STATUS_RUNNING
+    container.reload()
+    assert container.status == "running"
+    cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
+
+
+def _last_event(cluster: ProcessCluster, task_id: int) -> tuple[str, str]:
+    """The task's status and its latest event's detail, as ``hakuriver.client status``
+    shows them."""
+    shown = json.loads(cluster.cli("client", "status", str(task_id), "--json").stdout)
+    return shown["task"]["status"], shown["events"][-1]["detail"]
+
+
 def test_kill_pause_and_resume(cluster: ProcessCluster) -> None:
     task = cluster.submit(["sh", "-c", "while true; do echo tick; sleep 0.2; done"])
     cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})

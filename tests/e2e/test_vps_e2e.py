@@ -532,11 +532,8 @@ def test_environment_without_sshd_fails_clearly(
     assert "no SSH server" in final.error_message
 
 
-def test_pause_stalls_resume_continues_kill_ends(
-    vps_cluster: ProcessCluster, key_files: Path, key: asyncssh.SSHKey, sshd_image: str
-) -> None:
-    admin = vps_cluster.channel
-    assert admin is not None
+def _running_admin_vps(vps_cluster: ProcessCluster, key_files: Path, sshd_image: str) -> int:
+    """A VPS the admin submitted through the API, once running."""
     reply = vps_cluster.tasks.SubmitTask(
         tpb.SubmitTaskRequest(
             kind=task_pb2.TASK_KIND_VPS,
@@ -547,6 +544,15 @@ def test_pause_stalls_resume_continues_kill_ends(
     )
     task_id = reply.tasks[0].task_id
     vps_cluster.wait_status(task_id, RUNNING, timeout=60)
+    return task_id
+
+
+def test_pause_stalls_resume_continues_kill_ends(
+    vps_cluster: ProcessCluster, key_files: Path, key: asyncssh.SSHKey, sshd_image: str
+) -> None:
+    admin = vps_cluster.channel
+    assert admin is not None
+    task_id = _running_admin_vps(vps_cluster, key_files, sshd_image)
     unused = ticket(admin, task_id)
 
     async def scenario() -> None:
@@ -576,6 +582,30 @@ def test_pause_stalls_resume_continues_kill_ends(
         ticket(admin, task_id)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert caught.value.details() == not_running
+
+
+def test_a_vps_paused_and_resumed_outside_hakuriver_shows_so(
+    vps_cluster: ProcessCluster, key_files: Path, sshd_image: str
+) -> None:
+    """``docker pause`` of a VPS's container showed the VPS ``running`` (its sessions
+    stalled); ``hakuriver.vps status`` now shows it ``paused``, and ``running`` once
+    ``docker unpause`` resumed it."""
+    task_id = _running_admin_vps(vps_cluster, key_files, sshd_image)
+    [container] = vps_cluster.docker.containers.list(
+        filters={"label": f"hakuriver.task_id={task_id}"}
+    )
+
+    def shown() -> str:
+        listed = json.loads(vps_cluster.cli("vps", "status", "--json").stdout)
+        return str(next(t["status"] for t in listed if int(t["task_id"]) == task_id))
+
+    container.pause()
+    vps_cluster.wait_status(task_id, {task_pb2.TASK_STATUS_PAUSED})
+    assert shown() == "paused"
+    container.unpause()
+    vps_cluster.wait_status(task_id, RUNNING)
+    assert shown() == "running"
+    vps_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=30)
 
 
 def test_vps_survives_a_runner_restart_on_the_same_port(

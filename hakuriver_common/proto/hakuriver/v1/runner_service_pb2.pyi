@@ -481,7 +481,9 @@ class TaskStateReport(_message.Message):
     error_message: _builtins.str
     detail: _builtins.str
     """What the Runner is doing for the task before it runs, e.g. loading its environment;
-    with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold.
+    with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold; with
+    RUNNER_TASK_STATE_PAUSED or RUNNING of a task paused or resumed behind the Runner's
+    back (docker pause), that it was ("paused outside HakuRiver").
     """
     ssh_port: _builtins.int
     """VPS: the port its SSH server listens on (on the Runner's loopback)."""

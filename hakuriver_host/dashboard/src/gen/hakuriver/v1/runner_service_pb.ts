@@ -520,7 +520,9 @@ export type TaskStateReport = Message<"hakuriver.v1.TaskStateReport"> & {
 
   /**
    * What the Runner is doing for the task before it runs, e.g. loading its environment;
-   * with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold.
+   * with RUNNER_TASK_STATE_RUNNING of a host process, which of its limits hold; with
+   * RUNNER_TASK_STATE_PAUSED or RUNNING of a task paused or resumed behind the Runner's
+   * back (docker pause), that it was ("paused outside HakuRiver").
    *
    * @generated from field: string detail = 8;
    */

@@ -375,7 +375,7 @@ class Supervisor:
                 return
             port = ssh_port_of(handle) if backend is self.docker else 0
             if port:
-                info = await self._watch_vps(task_id, handle, port, started_at)
+                info = await self._watch_vps(task_id, handle, port, status, started_at)
             else:
                 if started or status in ("running", "paused"):
                     state = (
@@ -444,20 +444,23 @@ class Supervisor:
         return emit
 
     async def _watch_vps(
-        self, task_id: int, handle: Any, port: int, started_at: datetime | None
+        self, task_id: int, handle: Any, port: int, status: str, started_at: datetime | None
     ) -> ExitInfo:
-        """A VPS is running once its sshd accepts connections; it writes no log files."""
-        ready = await self._sshd_ready(handle, port)
+        """A VPS is running once its sshd accepts connections; it writes no log files. One
+        found paused (adopted again) is paused: its frozen sshd answers no one, and it was
+        stopped as one whose sshd never came up."""
+        paused = status == "paused"
+        ready = paused or await self._sshd_ready(handle, port)
         if ready:
             await self._outbox.send(
                 _state(
                     task_id,
-                    rpb.RUNNER_TASK_STATE_RUNNING,
+                    rpb.RUNNER_TASK_STATE_PAUSED if paused else rpb.RUNNER_TASK_STATE_RUNNING,
                     started_at=to_timestamp(started_at),
                     ssh_port=port,
                 )
             )
-            self._shown[task_id] = "running"
+            self._shown[task_id] = "paused" if paused else "running"
         else:
             with contextlib.suppress(Gone):
                 await self._pool.run(self.docker.stop, handle, 0)

@@ -2,7 +2,8 @@
 
 Put it between a Runner and the Host's gRPC port (the Runner dials the proxy's port through
 ``HAKURIVER_NETWORK__HOST_PORT``; TLS passes through untouched, the certificate names
-127.0.0.1 either way):
+127.0.0.1 either way), or between a Runner and the Docker daemon's unix socket (the Runner
+dials ``DOCKER_HOST=tcp://127.0.0.1:PORT``: the daemon away for that Runner alone):
 
 - ``pass``: bytes flow both ways;
 - ``drop``: every open connection is closed and new ones are refused (the listening socket
@@ -30,8 +31,12 @@ CHUNK = 65536
 
 
 class ChaosProxy:
-    def __init__(self, target_host: str, target_port: int, listen_port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, listen_port: int = 0, target_socket: str = ""
+    ) -> None:
         self.target = (target_host, target_port)
+        # A unix socket to forward to instead of ``target`` (the Docker daemon's).
+        self.target_socket = target_socket
         self.port = listen_port or _free_port()
         self.mode: Mode = "pass"
         self.connections_accepted = 0
@@ -107,7 +112,10 @@ class ChaosProxy:
             return
         self.connections_accepted += 1
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
+            if self.target_socket:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.target_socket)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             _abort(writer)
             return
@@ -158,8 +166,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def chaos_proxy(target_host: str, target_port: int) -> Iterator[ChaosProxy]:
-    proxy = ChaosProxy(target_host, target_port).start()
+def chaos_proxy(
+    target_host: str, target_port: int, target_socket: str = ""
+) -> Iterator[ChaosProxy]:
+    proxy = ChaosProxy(target_host, target_port, target_socket=target_socket).start()
     try:
         yield proxy
     finally:

@@ -215,17 +215,29 @@ class Supervisor:
         if found is None:
             return
         backend, handle = found
+        goal = "paused" if frozen else "running"
         try:
             await self._pool.run(backend.pause if frozen else backend.resume, handle)
         except Exception as exc:
-            # It ended meanwhile (an array's tasks ending as it is paused): its watcher
-            # reports the exit; nothing to pause is no error.
-            if _ended(exc):
+            # Paused (resumed) already, behind the Runner's back (``docker pause``; Docker
+            # refuses to pause it again with 409, to resume a running one with 500): so it
+            # is, which the Host hears. Else, if it ended meanwhile (an array's tasks ending
+            # as it is paused), its watcher reports the exit: nothing to pause is no error.
+            if await self._state_of(backend, task_id) != goal:
+                if not _ended(exc):
+                    raise
                 action = "paused" if frozen else "resumed"
                 log.info("task %s ended before it could be %s", task_id, action)
                 return
-            raise
-        await self._show(task_id, "paused" if frozen else "running")
+        await self._show(task_id, goal)
+
+    async def _state_of(self, backend: TaskBackend, task_id: int) -> str | None:
+        """The task's state as its backend lists it now; None if it cannot list them."""
+        try:
+            return (await self._pool.run(backend.task_states)).get(task_id)
+        except Exception as exc:
+            log.info("cannot list tasks to check them: %s", exc)
+            return None
 
     async def _show(self, task_id: int, state: str, detail: str = "") -> None:
         """Tell the Host the task runs (``state`` "running") or is paused ("paused")."""
@@ -353,11 +365,7 @@ class Supervisor:
         stale), and told to the Host if so (unless its stream ended meanwhile)."""
         async with self.serial(task_id):
             shown = self._shown.get(task_id)
-            try:
-                state = (await self._pool.run(backend.task_states)).get(task_id)
-            except Exception as exc:
-                log.info("cannot list tasks to check them: %s", exc)
-                return
+            state = await self._state_of(backend, task_id)
             if shown is None or state not in ("running", "paused") or state == shown:
                 return  # it ended, was released or was paused or resumed as the Host asked
             action = "paused" if state == "paused" else "resumed"

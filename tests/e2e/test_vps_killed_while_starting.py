@@ -1,7 +1,8 @@
 """A VPS its owner kills while it waits for its sshd is reported killed with no error, not
 as a VPS that "never accepted SSH connections" (the Runner's Supervisor and Docker backend
 against the real daemon; an sshd that never answers stands in for a slow one); a paused VPS
-the Runner adopts again is not waited for as one whose sshd is starting."""
+the Runner adopts again is not waited for as one whose sshd is starting; one paused or
+resumed outside HakuRiver is paused or resumed as asked."""
 
 from __future__ import annotations
 
@@ -101,4 +102,26 @@ async def test_a_paused_vps_adopted_again_stays_paused_and_keeps_its_port(
             lambda: outbox.reports(rpb.RUNNER_TASK_STATE_PAUSED)[1:], what="a paused report"
         )
         assert adopted.ssh_port == running.ssh_port > 0
+        assert outbox.exits() == []
+
+
+async def test_a_vps_paused_outside_hakuriver_is_paused_when_asked(
+    backend: DockerBackend, sshd_image: str
+) -> None:
+    """``docker pause`` of a VPS a moment before its owner paused it through HakuRiver: Docker
+    refuses the pause (409, already paused) and the Runner took it for a VPS that had ended,
+    so it confirmed nothing and PauseTask failed after 10 s ("did not confirm"); a resume of
+    one unpaused outside (Docker: 500, not paused) logged a traceback and failed so too. The
+    Runner confirms the VPS paused, and running."""
+    async with _vps(backend, 23, sshd_image) as (supervisor, outbox):
+        await eventually(
+            lambda: outbox.reports(rpb.RUNNER_TASK_STATE_RUNNING), what="its sshd up", within=30
+        )
+        [container] = backend.client.containers.list(filters={"label": "hakuriver.task_id=23"})
+        container.pause()
+        await supervisor.pause(rpb.PauseCommand(task_id=23))
+        assert len(outbox.reports(rpb.RUNNER_TASK_STATE_PAUSED)) == 1
+        container.unpause()
+        await supervisor.resume(rpb.ResumeCommand(task_id=23))
+        assert len(outbox.reports(rpb.RUNNER_TASK_STATE_RUNNING)) == 2
         assert outbox.exits() == []

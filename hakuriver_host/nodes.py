@@ -339,7 +339,8 @@ class NodeTable:
     # ----- health -----------------------------------------------------------------------
 
     def heartbeat(self, hostname: str, beat: rpb.Heartbeat) -> bool:
-        """Record a heartbeat; True if the node's environments changed (its row is stale)."""
+        """Record a heartbeat; True if the node's environments or GPUs changed (its row is
+        stale, and a queued task may fit now)."""
         node = self.nodes[hostname]
         node.health = beat.health
         node.history.append(beat.health)
@@ -353,7 +354,29 @@ class NodeTable:
         node.environments = environments
         node.loaded = {e.name: e.tarball_timestamp for e in beat.loaded}
         self._seen(node)
-        return changed
+        return self._add_gpus(node, beat.health.gpus) or changed
+
+    def _add_gpus(self, node: NodeView, readings: Sequence[node_pb2.Gpu]) -> bool:
+        """Add the GPUs a heartbeat reads that the node lacks: its Runner registered while
+        NVML was failing or stuck (a Runner started before the driver was loaded, at boot),
+        or it read them at none of its registrations. True if any was added."""
+        known = {int(g["index"]) for g in node.gpus}
+        added = [g for g in readings if g.index not in known]
+        if not added:
+            return False
+        node.gpus = sorted(
+            [*node.gpus, *({"index": g.index, "uuid": g.uuid, "name": g.name} for g in added)],
+            key=lambda g: int(g["index"]),
+        )
+        unread = self.scheduler.unread_gpus(node.hostname)
+        self._sync_capacity(node)
+        self.scheduler.set_unread_gpus(node.hostname, unread)
+        log.info(
+            "runner %s: GPU %s read, which its registration lacked: added to the node",
+            node.hostname,
+            ", ".join(str(g.index) for g in added),
+        )
+        return True
 
     def gpus_read(self, hostname: str, readings: Sequence[node_pb2.Gpu]) -> bool:
         """Tell the scheduler which of the node's GPUs its heartbeat's readings miss; True if

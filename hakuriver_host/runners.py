@@ -262,6 +262,7 @@ class RunnerGateway:
             check_heartbeat(msg.heartbeat)
             if self.nodes.heartbeat(link.hostname, msg.heartbeat):
                 self._in_background(self._store_node(link.hostname))
+                self.kick()
             if self.nodes.gpus_read(link.hostname, msg.heartbeat.health.gpus):
                 self.kick()
         elif kind == "task_state":
@@ -283,7 +284,7 @@ class RunnerGateway:
         background.add_done_callback(self._background.discard)
 
     async def _store_node(self, hostname: str) -> None:
-        """Store a node's changed row (its environments), beside the stream: the stream's
+        """Store a node's changed row (its environments, GPUs), beside the stream: the stream's
         messages are read meanwhile (SQLite locked by another program holds a write for
         5 s, and the Runner was then taken for silent). A database away for now is no
         reason to end the Runner's stream: the row is stored at the next check for silent

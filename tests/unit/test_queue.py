@@ -274,6 +274,24 @@ async def test_gpus_unread_when_the_host_restarts_stay_the_nodes_unread(
     assert await _gpus_of(local_cluster, "a") == ([0, 1], [1])
 
 
+async def test_gpus_first_read_after_the_runner_registered_are_the_nodes(
+    local_cluster: LocalCluster,
+) -> None:
+    """The Runner registered while NVML did not answer (started before the driver was
+    loaded): no GPUs. Its heartbeats read two once NVML answers: they were the node's only
+    after the Runner restarted; they are the node's now, given to tasks, and kept in its row
+    (a restarted Host shows them before the Runner is back)."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    await _beat(local_cluster, runner, _reading(0, 1))
+    assert await _gpus_of(local_cluster, "a") == ([0, 1], [])
+    [task] = await local_cluster.submit_running(gpus=2)
+    assert sorted(task.required_gpus) == [0, 1]
+
+    await runner.drop()
+    await local_cluster.restart_host(wait_runners=False)
+    assert await _gpus_of(local_cluster, "a") == ([0, 1], [])
+
+
 @pytest.mark.parametrize("instance_id", ["restarted", ""], ids=["restarted", "unnamed"])
 async def test_a_restarted_runner_has_the_gpus_it_reads(
     local_cluster: LocalCluster, instance_id: str

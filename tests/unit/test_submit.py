@@ -306,9 +306,9 @@ async def test_a_gpu_task_says_when_the_nodes_with_its_gpus_are_draining(
 async def test_a_task_for_gpus_its_node_no_longer_reports_says_which_and_waits(
     local_cluster: LocalCluster,
 ) -> None:
-    """A task queued for GPU ids its node's Runner no longer reports (it registered again
-    without them) is not failed: it says which ids the node lacks, in the words a new
-    submission naming them is refused with, and starts once the Runner reports them again
+    """A task queued for GPU ids its node's Runner no longer reports (it restarted and
+    registered without them) is not failed: it says which ids the node lacks, in the words a
+    new submission naming them is refused with, and starts once the Runner reports them again
     (docs/scheduling.md, "The queue")."""
     runner = await local_cluster.add_runner("gpu", cores=1, gpus=_gpus(0, 1), answer=HOLD)
     [busy] = await local_cluster.submit_running()
@@ -316,6 +316,7 @@ async def test_a_task_for_gpus_its_node_no_longer_reports_says_which_and_waits(
     task = await local_cluster.submit("train", targets=named)
     assert (status_of(task), task.status_detail) == (TaskStatus.PENDING, "")
     runner.gpus = _gpus(0)
+    runner.instance_id = "restarted"  # the same process reconnecting keeps GPU 1, unread
     await runner.connect()
     reason = "node gpu has no GPU 1 (GPU ids: [0])"
     assert (await local_cluster.get(task.task_id)).status_detail == reason

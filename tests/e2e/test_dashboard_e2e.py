@@ -1010,26 +1010,60 @@ def test_a_vps_waiting_for_any_gpu_says_so_in_the_vps_list(site: Site) -> None:
         _no_problems(tab)
 
 
+def _vps_created_from_the_form(site: Site, tab: Dashboard, started: list[int]) -> str:
+    """A VPS created on the VPS page (aimed at the drained GPU node: it waits there); its
+    id as the Connect card shows it."""
+    tab.goto("/vps")
+    tab.page.get_by_test_id("vps-key").fill(SSH_KEY)
+    tab.page.get_by_test_id("vps-target").select_option(site.gpu_node)
+    tab.page.get_by_test_id("vps-environment").select_option(BASE_ENV)
+    tab.page.get_by_test_id("vps-create").click()
+    command = tab.page.get_by_test_id("ssh-command")
+    expect(command).to_have_text(re.compile(r"hakuriver\.ssh \d+$"))
+    task_id = command.inner_text().split()[-1]
+    started.append(int(task_id))
+    return task_id
+
+
 def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they
     would go to ssh)."""
     tab = site.tab(site.alice)
     with _gpu_node_drained(site) as started:
-        tab.goto("/vps")
-        tab.page.get_by_test_id("vps-key").fill(SSH_KEY)
-        tab.page.get_by_test_id("vps-target").select_option(site.gpu_node)
-        tab.page.get_by_test_id("vps-environment").select_option(BASE_ENV)
-        tab.page.get_by_test_id("vps-create").click()
-        command = tab.page.get_by_test_id("ssh-command")
-        expect(command).to_have_text(re.compile(r"hakuriver\.ssh \d+$"))
-        task_id = command.inner_text().split()[-1]
-        started.append(int(task_id))
+        task_id = _vps_created_from_the_form(site, tab, started)
         port = site.cluster.ssh_proxy_port
         expect(tab.page.get_by_test_id("ssh-explicit")).to_have_text(
             f"hakuriver.ssh --host 127.0.0.1 --proxy-port {port} {task_id}"
         )
         expect(tab.page.get_by_test_id("vps-connect")).not_to_contain_text("PORT")
+        _no_problems(tab)
+
+
+# A page over plain HTTP from another machine has no clipboard API; this page records what
+# the browser copies instead (the selection when a copy event fires).
+NO_CLIPBOARD = """
+Object.defineProperty(Navigator.prototype, "clipboard", { get: () => undefined });
+window.copied = [];
+document.addEventListener("copy", () => window.copied.push(String(window.getSelection())));
+"""
+
+
+def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Site) -> None:
+    """Without navigator.clipboard a Copy button selects its line and has the browser copy
+    it: the proxy command's button copies the proxy command (it selected the hakuriver.ssh
+    line above it), and the hakuriver.ssh line's button that line."""
+    tab = site.tab(site.alice)
+    tab.page.add_init_script(NO_CLIPBOARD)
+    with _gpu_node_drained(site) as started:
+        task_id = _vps_created_from_the_form(site, tab, started)
+        proxy = f"ssh -o ProxyCommand='hakuriver.ssh --proxy-command %h' root@{task_id}"
+        expect(tab.page.get_by_test_id("ssh-proxy-command")).to_have_text(proxy)
+        tab.page.get_by_test_id("ssh-proxy-command-copy").click()
+        expect(tab.page.get_by_test_id("ssh-proxy-command-copy")).to_have_text("Copied")
+        tab.page.get_by_test_id("ssh-command-copy").click()
+        expect(tab.page.get_by_test_id("ssh-command-copy")).to_have_text("Copied")
+        assert tab.page.evaluate("window.copied") == [proxy, f"hakuriver.ssh {task_id}"]
         _no_problems(tab)
 
 

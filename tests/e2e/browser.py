@@ -87,6 +87,21 @@ class Dashboard:
     def goto(self, path: str) -> None:
         self.page.goto(self.base + path)
 
+    def show(self, visible: bool) -> None:
+        """Hide the tab (False) or show it again, as the page sees it: headless Chromium
+        shows every tab, so this sets ``document.hidden`` and ``visibilityState`` and sends
+        the ``visibilitychange`` a browser sends."""
+        self.page.evaluate(
+            """visible => {
+                const state = visible ? "visible" : "hidden";
+                for (const [name, value] of [["hidden", !visible], ["visibilityState", state]]) {
+                    Object.defineProperty(document, name, { value, configurable: true });
+                }
+                document.dispatchEvent(new Event("visibilitychange"));
+            }""",
+            visible,
+        )
+
     def shot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"

@@ -675,6 +675,30 @@ def test_a_role_changed_while_signed_in_is_followed_by_the_open_pages(site: Site
     _no_problems(tab)
 
 
+def test_a_tab_hidden_while_its_role_changes_follows_it_when_shown(site: Site) -> None:
+    """A hidden tab has closed its streams, so the Host's ending them at a change of role
+    does not reach it: shown again, it asks who it is and offers what the new role may do;
+    and a token revoked meanwhile signs it out."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="fred", role=Role.OPERATOR.pb), timeout=10)
+    made = access.CreateToken(apb.CreateTokenRequest(user="fred"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto(f"/nodes/{site.cluster.runner_names[0]}")
+    expect(tab.page.get_by_test_id("drain")).to_be_visible()
+    tab.show(False)
+    access.SetUserRole(apb.SetUserRoleRequest(name="fred", role=Role.USER.pb), timeout=10)
+    tab.show(True)
+    expect(tab.page.get_by_test_id("who")).to_have_text("fred · user")
+    expect(tab.page.get_by_test_id("drain")).to_have_count(0)
+    _no_problems(tab)  # the refusals of the revoked token below are logged
+    tab.show(False)
+    access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id), timeout=10)
+    tab.show(True)
+    expect(tab.page.get_by_test_id("signin-ended")).to_contain_text(
+        f"API token {made.token.token_id} was revoked"
+    )
+
+
 def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:
     """Blanks pass the field's required check; the Host's answer to no token at all tells
     a command-line user where the CLI reads one, which means nothing on this page."""

@@ -64,6 +64,15 @@ async function recheckRole(token: string): Promise<void> {
   }
 }
 
+// A hidden tab closes its streams (lib/live.ts), so it hears of no change of role (the end
+// of its streams) and makes no call that a revoked token would get refused: when it shows
+// again, it asks who it is (a refusal signs it out, through checkSession).
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible" && session.user && !session.open) {
+    void recheckRole(session.token);
+  }
+});
+
 /** A call of a signed-in tab refused as unauthenticated (its token revoked or expired
  * meanwhile): sign out, keep the Host's message for the sign-in page, and go there, rather
  * than leave every page retrying with a dead token. One refused as not allowed, or a

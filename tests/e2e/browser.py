@@ -109,6 +109,11 @@ class Dashboard:
         return path
 
 
+def no_problems(tab: Dashboard) -> None:
+    """The tab logged no error or warning and threw nothing."""
+    assert tab.problems == [], "\n".join(tab.problems)
+
+
 @dataclass
 class Tabs:
     """Opens signed-in dashboard tabs, each in its own browser context (own session)."""

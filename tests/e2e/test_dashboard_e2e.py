@@ -32,7 +32,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 from hakuriver_common.roles import Role
-from tests.e2e.browser import Dashboard, Tabs
+from tests.e2e.browser import Dashboard, Tabs, no_problems
 from tests.e2e.harness import BASE_ENV, ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -81,10 +81,6 @@ def site(
             built.tabs.close()
 
 
-def _no_problems(tab: Dashboard) -> None:
-    assert tab.problems == [], "\n".join(tab.problems)
-
-
 def _submit_from_form(tab: Dashboard, command: str, **fields: str) -> int:
     tab.goto("/tasks")
     tab.page.get_by_test_id("submit-command").fill(command)
@@ -110,7 +106,7 @@ def test_a_task_from_the_form_streams_live_and_is_killed_from_the_page(site: Sit
     final = site.cluster.wait_final(task_id)
     assert final.status == task_pb2.TASK_STATUS_KILLED
     assert final.owner == "alice"
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_output_is_shown_as_a_terminal_shows_it(site: Site) -> None:
@@ -131,7 +127,7 @@ def test_output_is_shown_as_a_terminal_shows_it(site: Site) -> None:
     expect(stdout).to_contain_text("plain")
     assert stdout.text_content() == "progress 50%\nkept\nnext\ngreen\nred plain\n"
     assert site.cluster.read_log(task.task_id).startswith(b"\rprogress 10%")
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_queued_task_says_why_it_waits(site: Site) -> None:
@@ -152,7 +148,7 @@ def test_a_queued_task_says_why_it_waits(site: Site) -> None:
     finally:
         nodes.UndrainNode(npb.UndrainNodeRequest(hostname=hostname), timeout=10)
     assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_the_task_lists_filters_and_page_live_in_its_url(site: Site) -> None:
@@ -218,7 +214,7 @@ def test_the_task_lists_filters_and_page_live_in_its_url(site: Site) -> None:
         expect(page.get_by_test_id(f"task-row-{newest}")).to_be_visible()
         page.go_back()
         shows_the_older_pending_page()
-        _no_problems(tab)
+        no_problems(tab)
 
         # A shared link, in a tab of its own: the same list; with no trail, Newer says it
         # goes to the newest page.
@@ -238,7 +234,7 @@ def test_the_task_lists_filters_and_page_live_in_its_url(site: Site) -> None:
         page.get_by_test_id("node-all-tasks").click()
         page.wait_for_url(re.compile(rf"/tasks\?node={re.escape(site.gpu_node)}$"))
         expect(page.get_by_test_id("filter-node")).to_have_value(site.gpu_node)
-        _no_problems(shared)
+        no_problems(shared)
     finally:
         tasks.KillBatch(tpb.KillBatchRequest(batch_id=submitted[0].batch_id), timeout=30)
         nodes.UndrainNode(npb.UndrainNodeRequest(hostname=site.gpu_node), timeout=10)
@@ -259,7 +255,7 @@ def test_a_job_arrays_tasks_show_their_array_and_index(site: Site) -> None:
     expect(tab.page.get_by_test_id("task-array")).to_have_text(f"{array_id}[7]")
     for task in tasks:
         site.cluster.wait_final(task.task_id)
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_job_array_is_listed_and_summed_up_from_its_link_and_url(site: Site) -> None:
@@ -325,7 +321,7 @@ def test_a_job_array_is_listed_and_summed_up_from_its_link_and_url(site: Site) -
             "Ignored in the address: batch=x."
         )
         expect(page.get_by_test_id(f"task-row-{first[2].task_id}")).to_be_visible()
-        _no_problems(tab)
+        no_problems(tab)
 
         # Bob may not see Alice's array: the Host's "not found", as for an unknown one.
         bob = site.tab(site.bob)
@@ -368,7 +364,7 @@ def test_home_counts_are_the_hosts_and_follow_new_tasks(site: Site) -> None:
     [task] = tasks.SubmitTask(request, timeout=10).tasks
     assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
     expect(shown).to_have_text(str(completed()))
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_task_whose_runner_went_is_shown_on_its_node_and_killed_from_its_page(
@@ -399,7 +395,7 @@ def test_a_task_whose_runner_went_is_shown_on_its_node_and_killed_from_its_page(
     tab.page.get_by_test_id("kill").click()
     tab.page.get_by_test_id("confirm-ok").click()
     expect(tab.page.get_by_test_id("task-status")).to_have_text("killed")
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_vps_that_failed_offers_no_command_to_connect(site: Site) -> None:
@@ -413,7 +409,7 @@ def test_a_vps_that_failed_offers_no_command_to_connect(site: Site) -> None:
     ended = tab.page.get_by_test_id("vps-ended")
     expect(ended).to_contain_text("It has ended", timeout=60_000)
     expect(tab.page.get_by_test_id("ssh-command")).to_have_count(0)
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_long_output_is_shown_from_near_its_end_with_a_notice(site: Site) -> None:
@@ -440,7 +436,7 @@ def test_a_long_output_is_shown_from_near_its_end_with_a_notice(site: Site) -> N
     assert re.match(r"\[… \d+ bytes skipped …\]\n\d{8}\n", text[0]), text[0]
     assert text[1] == last, text[1]
     assert text[2] < 2 * 1024 * 1024, text[2]
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_bad_value_shows_the_hosts_message_beside_its_field(site: Site) -> None:
@@ -510,7 +506,7 @@ def test_a_number_field_the_browser_cannot_read_is_refused_not_defaulted(
     tab.page.get_by_test_id("submit-task").click()
     expect(tab.page.get_by_test_id("error-cores")).to_have_text("cores: not a number")
     assert tab.page.url.endswith("/tasks")
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_users_see_only_their_own_tasks(site: Site) -> None:
@@ -577,7 +573,7 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     tab.page.keyboard.press("Enter")
     expect(terminal).to_contain_text("42")
     tab.shot("docker-terminal")
-    _no_problems(tab)
+    no_problems(tab)
     assert _processes(site, environment) > before
     tab.page.close()  # the shell ends with the page (Docker would keep an exec running)
     wait_for(lambda: _processes(site, environment) == before, what="the shell to end")
@@ -591,7 +587,7 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     tab.page.keyboard.type("exit 3")
     tab.page.keyboard.press("Enter")
     expect(tab.page.get_by_test_id("terminal-status")).to_have_text("Exited with 3")
-    _no_problems(tab)
+    no_problems(tab)
     user = site.tab(site.alice)
     user.goto("/docker")
     expect(user.page.get_by_test_id(f"env-row-{environment}")).to_be_visible()
@@ -648,7 +644,7 @@ def test_an_open_host_asks_nobody_to_sign_in(browser: Browser, tmp_path: Path) -
         tab.page.wait_for_url(re.compile(re.escape(cluster.dashboard_url) + r"/$"))
         expect(tab.page.get_by_test_id("nodes-online")).to_have_text("0")
         expect(tab.page.get_by_test_id("task-count-pending")).to_have_text("0")
-        _no_problems(tab)
+        no_problems(tab)
     finally:
         tabs.close()
         cluster.stop()
@@ -672,7 +668,7 @@ def test_a_role_changed_while_signed_in_is_followed_by_the_open_pages(site: Site
         expect(tab.page.get_by_test_id("drain")).to_have_count(drain)
         # Its streams, ended by the change, are open again (under the new role).
         expect(tab.page.get_by_test_id("reconnecting")).to_have_count(0)
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_tab_hidden_while_its_role_changes_follows_it_when_shown(site: Site) -> None:
@@ -690,7 +686,7 @@ def test_a_tab_hidden_while_its_role_changes_follows_it_when_shown(site: Site) -
     tab.show(True)
     expect(tab.page.get_by_test_id("who")).to_have_text("fred · user")
     expect(tab.page.get_by_test_id("drain")).to_have_count(0)
-    _no_problems(tab)  # the refusals of the revoked token below are logged
+    no_problems(tab)  # the refusals of the revoked token below are logged
     tab.show(False)
     access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id), timeout=10)
     tab.show(True)
@@ -709,7 +705,7 @@ def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:
     expect(tab.page.get_by_test_id("signin-error")).to_have_text(
         "API token: only blanks; paste the token itself"
     )
-    _no_problems(tab)  # no call was made (a refused one logs its 401)
+    no_problems(tab)  # no call was made (a refused one logs its 401)
 
 
 def test_a_narrow_window_keeps_the_menu_and_sign_out_in_view(site: Site) -> None:
@@ -722,13 +718,13 @@ def test_a_narrow_window_keeps_the_menu_and_sign_out_in_view(site: Site) -> None
     bar = tab.page.locator("header.bar")
     items = [
         bar.get_by_role("link", name=name, exact=True)
-        for name in ("Home", "Nodes", "GPUs", "Tasks", "VPS", "Docker")
+        for name in ("Home", "Nodes", "GPUs", "Tasks", "VPS", "Docker", "Tokens")
     ]
     for item in [*items, tab.page.get_by_test_id("sign-out")]:
         box = item.bounding_box()
         assert box is not None and box["x"] + box["width"] <= width, (item, box)
     assert tab.page.evaluate("document.documentElement.scrollWidth") <= width
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_a_gpu_not_read_is_shown_so_and_counted_free_nowhere(site: Site) -> None:
@@ -769,7 +765,7 @@ def test_a_gpu_not_read_is_shown_so_and_counted_free_nowhere(site: Site) -> None
         site.lost_gpus.unlink()
     expect(tab.page.get_by_test_id("node-gpus-free")).to_have_text("2 free", timeout=15_000)
     expect(tab.page.get_by_test_id("node-gpus-unread")).to_have_count(0)
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_the_forms_offer_what_changed_since_their_page_opened(site: Site) -> None:
@@ -815,7 +811,7 @@ def test_the_forms_offer_what_changed_since_their_page_opened(site: Site) -> Non
             expect(target).to_have_value(hostname)
             environment = tab.page.get_by_test_id(f"{prefix}-environment")
             expect(environment.locator(f'option[value="{name}"]')).to_have_count(1)
-            _no_problems(tab)
+            no_problems(tab)
         # Chosen, then gone: still shown as what the form would send.
         page = tasks_tab.page
         page.get_by_test_id("submit-environment").select_option(name)
@@ -825,7 +821,7 @@ def test_the_forms_offer_what_changed_since_their_page_opened(site: Site) -> Non
         gone = page.get_by_test_id("submit-environment").locator(f'option[value="{name}"]')
         expect(gone).to_have_text(f"{name} (not listed now)")
         expect(page.get_by_test_id("submit-environment")).to_have_value(name)
-        _no_problems(tasks_tab)
+        no_problems(tasks_tab)
     finally:
         with contextlib.suppress(grpc.RpcError):  # deleted above
             environments.DeleteTar(epb.DeleteTarRequest(name=name), timeout=30)
@@ -861,7 +857,7 @@ def test_killing_a_task_asks_first_naming_it(site: Site) -> None:
     page.get_by_test_id("confirm-ok").click()
     expect(page.get_by_test_id("task-status")).to_have_text("killed")
     assert site.cluster.wait_final(task.task_id).status == task_pb2.TASK_STATUS_KILLED
-    _no_problems(tab)
+    no_problems(tab)
 
 
 @contextlib.contextmanager
@@ -908,7 +904,7 @@ def test_stopping_a_vps_asks_first(site: Site) -> None:
         page.get_by_test_id("confirm-ok").click()
         row = page.get_by_test_id(f"vps-row-{vps.task_id}")
         expect(row).to_contain_text("killed")
-        _no_problems(tab)
+        no_problems(tab)
         # Its own page calls it Stop too, as the dialog does.
         [other] = tasks.SubmitTask(_vps_on_gpu_node(site), timeout=10).tasks
         started.append(other.task_id)
@@ -943,7 +939,7 @@ def test_deleting_an_environment_asks_first(site: Site) -> None:
         expect(page.get_by_test_id(f"env-row-{name}")).to_have_count(0)
         names = [c.name for c in stub.ListContainers(epb.ListContainersRequest()).containers]
         assert name not in names
-        _no_problems(tab)
+        no_problems(tab)
     finally:
         with contextlib.suppress(grpc.RpcError):
             stub.DeleteContainer(epb.DeleteContainerRequest(name=name), timeout=60)
@@ -963,6 +959,8 @@ def test_each_page_names_itself_in_the_tab_title(site: Site) -> None:
         f"/tasks/{task.task_id}": f"Task {task.task_id}",
         "/vps": "VPS",
         "/docker": "Docker",
+        "/tokens": "Tokens",
+        "/users": "Users",
     }
     for path, title in titles.items():
         tab.goto(path)
@@ -985,7 +983,7 @@ def test_a_vps_page_is_named_a_vps_in_the_tab_title(site: Site) -> None:
         tab.page.get_by_test_id(f"vps-row-{vps.task_id}").get_by_role("link").click()
         expect(tab.page.get_by_test_id("task-status")).to_have_text("pending")
         expect(tab.page).to_have_title(f"VPS {vps.task_id} · HakuRiver")
-        _no_problems(tab)
+        no_problems(tab)
 
 
 def test_a_vps_page_leads_back_to_the_vps_list(site: Site) -> None:
@@ -1009,7 +1007,7 @@ def test_a_vps_page_leads_back_to_the_vps_list(site: Site) -> None:
         expect(page.get_by_test_id("back-to-tasks")).to_have_text("← Tasks")
         page.get_by_test_id("back-to-tasks").click()
         page.wait_for_url(re.compile(r"/tasks\?kind=vps$"))
-        _no_problems(tab)
+        no_problems(tab)
 
 
 def test_a_vps_waiting_for_any_gpu_says_so_in_the_vps_list(site: Site) -> None:
@@ -1031,7 +1029,7 @@ def test_a_vps_waiting_for_any_gpu_says_so_in_the_vps_list(site: Site) -> None:
         row = tab.page.get_by_test_id(f"task-row-{vps.task_id}")
         # Nor does it reserve cores: "any" there too, as in the VPS list, not "0".
         expect(row).to_contain_text(f"any / {none} / 1{times}")
-        _no_problems(tab)
+        no_problems(tab)
 
 
 def _vps_created_from_the_form(site: Site, tab: Dashboard, started: list[int]) -> str:
@@ -1061,7 +1059,7 @@ def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
             f"hakuriver.ssh --host 127.0.0.1 --proxy-port {port} {task_id}"
         )
         expect(tab.page.get_by_test_id("vps-connect")).not_to_contain_text("PORT")
-        _no_problems(tab)
+        no_problems(tab)
 
 
 # A page over plain HTTP from another machine has no clipboard API; this page records what
@@ -1088,7 +1086,7 @@ def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Si
         tab.page.get_by_test_id("ssh-command-copy").click()
         expect(tab.page.get_by_test_id("ssh-command-copy")).to_have_text("Copied")
         assert tab.page.evaluate("window.copied") == [proxy, f"hakuriver.ssh {task_id}"]
-        _no_problems(tab)
+        no_problems(tab)
 
 
 def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
@@ -1115,8 +1113,8 @@ def test_a_queued_tasks_place_follows_other_users_tasks(site: Site) -> None:
         site.tasks_as(site.bob).KillTask(tpb.KillTaskRequest(task_id=bobs.task_id), timeout=10)
         expect(tab.page.get_by_test_id("task-queue")).to_have_text(f"#{place - 1} in the queue")
         expect(row).to_contain_text(f"#{place - 1}")
-        _no_problems(tab)
-        _no_problems(listing)
+        no_problems(tab)
+        no_problems(listing)
 
 
 def test_a_paused_tasks_clock_stops(site: Site) -> None:
@@ -1143,7 +1141,7 @@ def test_a_paused_tasks_clock_stops(site: Site) -> None:
         tab.goto("/tasks")
         row = page.get_by_test_id(f"task-row-{task.task_id}")
         expect(row.get_by_test_id("task-duration")).to_have_text("paused")
-        _no_problems(tab)
+        no_problems(tab)
     finally:
         tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30)
 
@@ -1159,7 +1157,7 @@ def test_a_task_id_too_large_for_the_api_is_refused_on_the_page(site: Site) -> N
     )
     expect(tab.page.get_by_test_id("reconnecting")).to_have_count(0)
     expect(tab.page.get_by_text("(reconnecting…)")).to_have_count(0)
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -> None:
@@ -1177,7 +1175,7 @@ def test_an_old_vps_stays_listed_behind_a_hundred_newer_ended_ones(site: Site) -
         tab.goto("/vps")
         expect(tab.page.get_by_test_id(f"vps-row-{newer.task_id}")).to_be_visible()
         expect(tab.page.get_by_test_id(f"vps-row-{old.task_id}")).to_contain_text("pending")
-        _no_problems(tab)
+        no_problems(tab)
 
 
 def test_the_environment_name_hint_says_what_the_host_takes(site: Site) -> None:
@@ -1212,7 +1210,7 @@ def test_an_empty_older_page_says_there_is_nothing_older(site: Site) -> None:
             expect(tab.page.locator("[data-testid^=task-row-]")).to_have_count(50)
             tab.page.get_by_test_id("page-older").click()
             expect(tab.page.get_by_test_id("tasks-empty")).to_have_text("No older tasks.")
-            _no_problems(tab)
+            no_problems(tab)
         finally:
             site.cluster.tasks.KillBatch(tpb.KillBatchRequest(batch_id=first.batch_id), timeout=30)
 
@@ -1235,7 +1233,7 @@ def test_a_private_key_pasted_for_a_vps_is_not_sent(site: Site) -> None:
         "this is a private key, which must stay on your machine"
     )
     assert submits == []
-    _no_problems(tab)
+    no_problems(tab)
 
 
 def test_every_page_loads_without_console_errors(site: Site) -> None:
@@ -1246,7 +1244,7 @@ def test_every_page_loads_without_console_errors(site: Site) -> None:
     signin.goto("/")
     expect(signin.page.get_by_test_id("token")).to_be_visible()
     signin.shot("signin")
-    _no_problems(signin)
+    no_problems(signin)
     tab = site.tab(site.cluster.admin_token)
     node = site.cluster.runner_names[0]
     pages = {
@@ -1265,7 +1263,7 @@ def test_every_page_loads_without_console_errors(site: Site) -> None:
         tab.page.wait_for_timeout(700)  # let charts draw for the picture (open streams
         # keep the network busy, so there is no idle moment to wait for)
         tab.shot(name)
-        _no_problems(tab)
+        no_problems(tab)
     site.cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=running.task_id), timeout=30)
 
 
@@ -1289,7 +1287,7 @@ def test_a_gpu_in_mig_mode_shows_its_utilisation_unknown_not_0(site: Site) -> No
         expect(cards.nth(1).get_by_test_id("gpu-utilisation")).to_have_text(unknown)
         expect(cards.nth(0).get_by_test_id("gpu-utilisation")).not_to_have_text(unknown)
         expect(cards.nth(1).get_by_test_id("gpu-memory")).to_contain_text("/")
-        _no_problems(tab)
+        no_problems(tab)
     finally:
         cluster.kill_runner(name)
 
@@ -1309,4 +1307,4 @@ def test_a_node_that_joins_is_offered_without_a_reload(site: Site) -> None:
     expect(listed.locator(f'option[value="{late}"]')).to_have_count(1)
     tab.page.get_by_test_id("submit-command").focus()
     expect(targets.locator(f'option[value="{late}"]')).to_contain_text(f"{late} (")
-    _no_problems(tab)
+    no_problems(tab)

@@ -30,6 +30,8 @@ export const router = createRouter({
     },
     { path: "/vps", name: "vps", component: () => import("./pages/VpsPage.vue") },
     { path: "/docker", name: "docker", component: () => import("./pages/DockerPage.vue") },
+    { path: "/tokens", name: "tokens", component: () => import("./pages/TokensPage.vue") },
+    { path: "/users", name: "users", component: () => import("./pages/UsersPage.vue") },
     { path: "/:rest(.*)*", redirect: "/" },
   ],
 });
@@ -59,6 +61,8 @@ const TITLES: Record<string, (to: RouteLocationNormalized) => string> = {
   task: (to) => `Task ${String(to.params.taskId)}`,
   vps: () => "VPS",
   docker: () => "Docker",
+  tokens: () => "Tokens",
+  users: () => "Users",
 };
 
 router.afterEach((to) => nameTab(TITLES[String(to.name)]?.(to) ?? ""));

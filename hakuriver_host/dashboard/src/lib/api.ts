@@ -17,14 +17,15 @@ import { TaskService } from "../gen/hakuriver/v1/task_service_pb";
 
 const TOKEN_KEY = "hakuriver.token";
 
-/** Who is signed in: the token, and the name and role the Host answered for it; ``ended``
- * why the last session ended without signing out (its token revoked or expired); ``open``
- * when the Host is open (``auth.authentication = false``): nobody signs in, and every
- * caller is its admin. */
+/** Who is signed in: the token, and the name, role and token id the Host answered for it;
+ * ``ended`` why the last session ended without signing out (its token revoked or expired);
+ * ``open`` when the Host is open (``auth.authentication = false``): nobody signs in, and
+ * every caller is its admin. */
 export const session = reactive({
   token: sessionStorage.getItem(TOKEN_KEY) ?? "",
   user: "",
   role: Role.UNSPECIFIED as Role,
+  tokenId: "",
   ended: "",
   open: false,
 });
@@ -138,6 +139,7 @@ export async function signIn(token: string): Promise<void> {
     const who = await api.access.whoAmI({});
     session.user = who.user;
     session.role = who.role;
+    session.tokenId = who.tokenId;
     sessionStorage.setItem(TOKEN_KEY, session.token);
   } catch (error) {
     signOut();
@@ -181,6 +183,7 @@ export function signOut(): void {
   session.token = "";
   session.user = "";
   session.role = Role.UNSPECIFIED;
+  session.tokenId = "";
   session.open = false;
   sessionStorage.removeItem(TOKEN_KEY);
 }

@@ -1,0 +1,207 @@
+"""The dashboard's Users and Tokens pages in headless Chromium against a real Host (no
+Runner): an admin adds a user, changes their role and deletes them; a user makes a token
+(its secret shown once, and it works), lists and revokes it; an admin manages another
+user's tokens; and a user is offered none of the admin's parts, whose calls the Host
+refuses to their tab anyway."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from playwright.sync_api import Browser, expect
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    access_service_pb2_grpc,
+)
+from hakuriver_common.roles import API_TOKEN_PREFIX, Role
+from tests.e2e.browser import Dashboard, Tabs, no_problems
+from tests.e2e.harness import ProcessCluster, running_cluster
+
+# An API call made by the tab itself, with its own token, over the Connect protocol (JSON):
+# what any script in the page could send, whatever the page offers.
+CALL = """async ([method, body]) => {
+    const answer = await fetch(`/hakuriver.v1.AccessService/${method}`, {
+        method: "POST",
+        headers: {
+            "Content-Type": "application/json",
+            "Connect-Protocol-Version": "1",
+            Authorization: `Bearer ${sessionStorage.getItem("hakuriver.token")}`,
+        },
+        body: JSON.stringify(body),
+    });
+    return [answer.status, await answer.json()];
+}"""
+
+
+class Site:
+    def __init__(self, cluster: ProcessCluster, browser: Browser) -> None:
+        self.cluster = cluster
+        self.tabs = Tabs(browser, cluster.dashboard_url)
+        self.alice = cluster.add_user("alice")
+        self.bob = cluster.add_user("bob")
+
+    def tab(self, token: str | None) -> Dashboard:
+        return self.tabs.open(token)
+
+    def users(self) -> dict[str, int]:
+        listed = self.cluster.access.ListUsers(apb.ListUsersRequest(), timeout=10).users
+        return {user.name: user.role for user in listed}
+
+    def whoami(self, secret: str) -> apb.WhoAmIResponse:
+        channel = self.cluster.user_channel(secret)
+        stub = access_service_pb2_grpc.AccessServiceStub(channel)
+        return stub.WhoAmI(apb.WhoAmIRequest(), timeout=10)
+
+
+@pytest.fixture(scope="module")
+def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with running_cluster(tmp_path_factory.mktemp("dashboard-access"), runner_count=0) as cluster:
+        built = Site(cluster, browser)
+        try:
+            yield built
+        finally:
+            built.tabs.close()
+
+
+def _call(tab: Dashboard, method: str, **body: Any) -> tuple[int, dict[str, Any]]:
+    status, answer = tab.page.evaluate(CALL, [method, body])
+    return int(status), json.loads(json.dumps(answer))
+
+
+def test_an_admin_adds_a_user_changes_their_role_and_deletes_them(site: Site) -> None:
+    tab = site.tab(site.cluster.admin_token)
+    tab.goto("/")
+    tab.page.locator("header.bar").get_by_role("link", name="Users", exact=True).click()
+    expect(tab.page.get_by_test_id("user-row-alice")).to_be_visible()
+    tab.page.get_by_test_id("user-name").fill("gina")
+    tab.page.get_by_test_id("user-role").select_option("operator")
+    tab.page.get_by_test_id("user-create").click()
+    expect(tab.page.get_by_test_id("user-row-gina")).to_be_visible()
+    assert site.users()["gina"] == Role.OPERATOR.pb
+    tab.page.get_by_test_id("user-set-role-gina").select_option("user")
+    expect(tab.page.get_by_test_id("user-done")).to_have_text("gina is now user.")
+    assert site.users()["gina"] == Role.USER.pb
+    tab.shot("users")
+    tab.page.get_by_test_id("user-delete-gina").click()
+    expect(tab.page.get_by_test_id("confirm-title")).to_have_text("Delete user gina?")
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(tab.page.get_by_test_id("user-row-gina")).to_have_count(0)
+    assert "gina" not in site.users()
+    no_problems(tab)
+    # A bad name is the Host's message, beside the field.
+    tab.page.get_by_test_id("user-name").fill("no way")
+    tab.page.get_by_test_id("user-create").click()
+    expect(tab.page.get_by_test_id("error-name")).to_contain_text("name:")
+    assert "no way" not in site.users()
+
+
+def test_the_last_admin_keeps_their_role_on_the_page_too(site: Site) -> None:
+    """The Host refuses to demote the last admin: the page says so, and the select goes
+    back to the role the Host holds."""
+    tab = site.tab(site.cluster.admin_token)
+    tab.goto("/users")
+    admin = next(name for name, role in site.users().items() if role == Role.ADMIN.pb)
+    select = tab.page.get_by_test_id(f"user-set-role-{admin}")
+    select.select_option("user")
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(tab.page.get_by_test_id("user-action-error")).to_contain_text(admin)
+    expect(select).to_have_value(str(Role.ADMIN.pb))
+    assert site.users()[admin] == Role.ADMIN.pb
+
+
+def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) -> None:
+    tab = site.tab(site.alice)
+    tab.goto("/")
+    tab.page.locator("header.bar").get_by_role("link", name="Tokens", exact=True).click()
+    tab.page.get_by_test_id("token-description").fill("laptop")
+    tab.page.get_by_test_id("token-create").click()
+    shown = tab.page.get_by_test_id("token-secret")
+    expect(shown).to_have_text(re.compile(f"^{API_TOKEN_PREFIX}"))
+    secret = shown.inner_text()
+    who = site.whoami(secret)
+    assert who.user == "alice"
+    row = tab.page.get_by_test_id(f"token-row-{who.token_id}")
+    expect(row).to_contain_text("laptop")
+    expect(row).to_contain_text("active")
+    tab.shot("tokens")
+    tab.page.reload()  # shown once: gone with the page
+    expect(row).to_be_visible()
+    expect(shown).to_have_count(0)
+    tab.page.get_by_test_id(f"token-revoke-{who.token_id}").click()
+    expect(tab.page.get_by_test_id("confirm-title")).to_have_text(
+        f"Revoke API token {who.token_id}?"
+    )
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(row).to_have_count(0)
+    with pytest.raises(grpc.RpcError) as refused:
+        site.whoami(secret)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    no_problems(tab)
+
+
+def test_an_admin_makes_and_revokes_another_users_tokens(site: Site) -> None:
+    tab = site.tab(site.cluster.admin_token)
+    tab.goto("/users")
+    tab.page.get_by_test_id("user-row-bob").get_by_role("link", name="tokens").click()
+    expect(tab.page.get_by_role("heading", name="bob's tokens")).to_be_visible()
+    tab.page.get_by_test_id("token-user").fill("bob")
+    tab.page.get_by_test_id("token-create").click()
+    secret = tab.page.get_by_test_id("token-secret")
+    expect(secret).to_have_text(re.compile(f"^{API_TOKEN_PREFIX}"))
+    who = site.whoami(secret.inner_text())
+    assert who.user == "bob"
+    tab.page.get_by_test_id(f"token-revoke-{who.token_id}").click()
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(tab.page.get_by_test_id(f"token-row-{who.token_id}")).to_have_count(0)
+    tab.page.get_by_test_id("token-inactive").check()
+    expect(tab.page.get_by_test_id(f"token-row-{who.token_id}")).to_contain_text("revoked")
+    no_problems(tab)
+
+
+def test_a_user_is_offered_no_admin_part_and_the_host_refuses_them(site: Site) -> None:
+    """No Users link nor page, no other users' tokens: and the tab's own calls for them,
+    made with its token whatever the page offers, are refused by the Host."""
+    bobs = site.cluster.access.ListTokens(apb.ListTokensRequest(user="bob"), timeout=10).tokens
+    tab = site.tab(site.alice)
+    tab.goto("/tokens?user=bob")
+    expect(tab.page.get_by_role("heading", name="Your tokens")).to_be_visible()
+    expect(tab.page.get_by_test_id("token-table")).not_to_contain_text("bob")
+    for admins_only in ("token-user", "token-whose"):
+        expect(tab.page.get_by_test_id(admins_only)).to_have_count(0)
+    bar = tab.page.locator("header.bar")
+    expect(bar.get_by_role("link", name="Tokens", exact=True)).to_be_visible()
+    expect(bar.get_by_role("link", name="Users", exact=True)).to_have_count(0)
+    tab.goto("/users")
+    expect(tab.page.get_by_test_id("users-admins-only")).to_be_visible()
+    for admins_only in ("user-create", "user-table"):
+        expect(tab.page.get_by_test_id(admins_only)).to_have_count(0)
+    no_problems(tab)  # the pages asked the Host for nothing it refuses
+    refusals = {
+        "ListUsers": {},
+        "CreateUser": {"name": "mallory", "role": "ROLE_ADMIN"},
+        "SetUserRole": {"name": "alice", "role": "ROLE_ADMIN"},
+        "DeleteUser": {"name": "bob"},
+        "ListTokens": {"user": "*"},
+    }
+    for method, body in refusals.items():
+        status, answer = _call(tab, method, **body)
+        assert (status, answer["code"]) == (403, "permission_denied"), (method, answer)
+    # Another user's tokens are, to a user, ones that do not exist.
+    hidden = {
+        "ListTokens": {"user": "bob"},
+        "CreateToken": {"user": "bob"},
+        "RevokeToken": {"tokenId": bobs[0].token_id},
+    }
+    for method, body in hidden.items():
+        status, answer = _call(tab, method, **body)
+        assert (status, answer["code"]) == (404, "not_found"), (method, answer)
+    still = site.cluster.access.ListTokens(apb.ListTokensRequest(user="bob"), timeout=10).tokens
+    assert [token.token_id for token in still] == [token.token_id for token in bobs]
+    assert site.users()["alice"] == Role.USER.pb
+    assert "mallory" not in site.users()

@@ -65,13 +65,18 @@ async function recheckRole(token: string): Promise<void> {
   }
 }
 
-// A hidden tab closes its streams (lib/live.ts), so it hears of no change of role (the end
-// of its streams) and makes no call that a revoked token would get refused: when it shows
-// again, it asks who it is (a refusal signs it out, through checkSession).
+/** Ask the Host again who is signed in, for a tab that would not hear of a change of role
+ * otherwise: the Host tells of one by ending the user's streams, and a page with none (the
+ * Docker, Tokens and Users pages) asks as it reads its lists again. A refusal of the token
+ * signs the tab out (checkSession). */
+export function followRole(): Promise<void> {
+  return session.user && !session.open ? recheckRole(session.token) : Promise.resolve();
+}
+
+// A hidden tab closes its streams (lib/live.ts), so it hears of no change of role and makes
+// no call that a revoked token would get refused: it asks as it shows again.
 document.addEventListener("visibilitychange", () => {
-  if (document.visibilityState === "visible" && session.user && !session.open) {
-    void recheckRole(session.token);
-  }
+  if (document.visibilityState === "visible") void followRole();
 });
 
 /** A call of a signed-in tab refused as unauthenticated (its token revoked or expired

@@ -1092,7 +1092,8 @@ document.addEventListener("copy", () => window.copied.push(String(window.getSele
 def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Site) -> None:
     """Without navigator.clipboard a Copy button selects its line and has the browser copy
     it: the proxy command's button copies the proxy command (it selected the hakuriver.ssh
-    line above it), and the hakuriver.ssh line's button that line."""
+    line above it), the hakuriver.ssh line's button that line, and so does the one of the
+    command with the Host's address and port (it had no Copy button)."""
     tab = site.tab(site.alice)
     tab.page.add_init_script(NO_CLIPBOARD)
     with _gpu_node_drained(site) as started:
@@ -1103,7 +1104,13 @@ def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Si
         expect(tab.page.get_by_test_id("ssh-proxy-command-copy")).to_have_text("Copied")
         tab.page.get_by_test_id("ssh-command-copy").click()
         expect(tab.page.get_by_test_id("ssh-command-copy")).to_have_text("Copied")
-        assert tab.page.evaluate("window.copied") == [proxy, f"hakuriver.ssh {task_id}"]
+        # The command for a machine without the CLI's config has its own Copy too.
+        tab.page.get_by_test_id("ssh-explicit-copy").click()
+        expect(tab.page.get_by_test_id("ssh-explicit-copy")).to_have_text("Copied")
+        explicit = tab.page.get_by_test_id("ssh-explicit").inner_text()
+        assert explicit.startswith("hakuriver.ssh --host ")
+        copied = tab.page.evaluate("window.copied")
+        assert copied == [proxy, f"hakuriver.ssh {task_id}", explicit]
         no_problems(tab)
 
 

@@ -143,6 +143,12 @@ def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) ->
         site.whoami(secret)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     no_problems(tab)
+    # An expiry the Host refuses: its message, beside the field; no token made.
+    tab.page.get_by_test_id("token-expires").fill("2020-01-01T00:00")
+    tab.page.get_by_test_id("token-create").click()
+    expect(tab.page.get_by_test_id("error-expires_at")).to_contain_text("expires_at:")
+    listed = site.cluster.access.ListTokens(apb.ListTokensRequest(user="alice"), timeout=10)
+    assert len(listed.tokens) == 1  # the tab's
 
 
 def test_an_admin_makes_and_revokes_another_users_tokens(site: Site) -> None:

@@ -1111,6 +1111,11 @@ def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Si
         assert explicit.startswith("hakuriver.ssh --host ")
         copied = tab.page.evaluate("window.copied")
         assert copied == [proxy, f"hakuriver.ssh {task_id}", explicit]
+        # A browser that will not copy either: the line stays selected for Ctrl+C.
+        tab.page.evaluate("document.execCommand = () => false")
+        tab.page.get_by_test_id("ssh-proxy-command-copy").click()
+        expect(tab.page.get_by_test_id("ssh-proxy-command-copy")).to_have_text("Press Ctrl+C")
+        assert tab.page.evaluate("String(window.getSelection())") == proxy
         no_problems(tab)
 
 

@@ -115,6 +115,26 @@ def test_the_last_admin_keeps_their_role_on_the_page_too(site: Site) -> None:
     assert site.users()[admin] == Role.ADMIN.pb
 
 
+def test_an_admin_who_makes_themselves_a_user_is_left_no_admin_part(site: Site) -> None:
+    """Asked first; then the page and the bar follow the new role at once, without asking
+    the Host for what it now refuses."""
+    site.cluster.access.CreateUser(
+        apb.CreateUserRequest(name="ivy", role=Role.ADMIN.pb), timeout=10
+    )
+    made = site.cluster.access.CreateToken(apb.CreateTokenRequest(user="ivy"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto("/users")
+    tab.page.get_by_test_id("user-set-role-ivy").select_option("user")
+    expect(tab.page.get_by_test_id("confirm-title")).to_have_text("Make yourself user?")
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(tab.page.get_by_test_id("users-admins-only")).to_be_visible()
+    expect(tab.page.get_by_test_id("who")).to_have_text("ivy · user")
+    bar = tab.page.locator("header.bar")
+    expect(bar.get_by_role("link", name="Users", exact=True)).to_have_count(0)
+    assert site.users()["ivy"] == Role.USER.pb
+    no_problems(tab)
+
+
 def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) -> None:
     tab = site.tab(site.alice)
     tab.goto("/")

@@ -135,6 +135,26 @@ def test_an_admin_who_makes_themselves_a_user_is_left_no_admin_part(site: Site) 
     no_problems(tab)
 
 
+def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(site: Site) -> None:
+    """The page has no stream to end at the change: it asks who the user is as it reads the
+    list again (every 15 s), before asking for everybody's tokens, which the Host would
+    now refuse."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="jack", role=Role.ADMIN.pb), timeout=10)
+    made = access.CreateToken(apb.CreateTokenRequest(user="jack"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto("/tokens?user=*")
+    expect(tab.page.get_by_role("heading", name="Everybody's tokens")).to_be_visible()
+    expect(tab.page.get_by_test_id("token-whose")).to_be_visible()
+    access.SetUserRole(apb.SetUserRoleRequest(name="jack", role=Role.USER.pb), timeout=10)
+    refresh = 15_000 + 10_000  # the page's refresh, and the time to ask and draw
+    expect(tab.page.get_by_test_id("who")).to_have_text("jack · user", timeout=refresh)
+    expect(tab.page.get_by_role("heading", name="Your tokens")).to_be_visible()
+    expect(tab.page.get_by_test_id("token-whose")).to_have_count(0)
+    expect(tab.page.get_by_test_id(f"token-row-{made.token.token_id}")).to_be_visible()
+    no_problems(tab)
+
+
 def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) -> None:
     tab = site.tab(site.alice)
     tab.goto("/")

@@ -617,7 +617,9 @@ def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site
 def test_an_open_host_asks_nobody_to_sign_in(browser: Browser, tmp_path: Path) -> None:
     """A Host with auth.authentication = false asks nobody who they are: its pages open
     without signing in (the sign-in page leads straight on), the bar says the Host is open
-    instead of offering Sign out, and the pages' calls are answered."""
+    instead of offering Sign out, and the pages' calls are answered; the Tokens page says
+    that its tokens are for the Host's users once authentication is on (its caller, no
+    stored user, has none, and making one for them was refused as a user not found)."""
     cluster = ProcessCluster(
         tmp_path, runner_count=0, extra_sections={"auth": "authentication = false"}
     )
@@ -644,6 +646,9 @@ def test_an_open_host_asks_nobody_to_sign_in(browser: Browser, tmp_path: Path) -
         tab.page.wait_for_url(re.compile(re.escape(cluster.dashboard_url) + r"/$"))
         expect(tab.page.get_by_test_id("nodes-online")).to_have_text("0")
         expect(tab.page.get_by_test_id("task-count-pending")).to_have_text("0")
+        # Its callers are no stored user: the Tokens page says what tokens are for here.
+        tab.goto("/tokens")
+        expect(tab.page.get_by_test_id("token-open-host")).to_contain_text("This Host is open")
         no_problems(tab)
     finally:
         tabs.close()

@@ -56,6 +56,15 @@ def browser() -> Iterator[Browser]:
             launched.close()
 
 
+# An init script for a page as a browser serves it over plain HTTP from another machine,
+# with no clipboard API; the page records what the browser copies instead (the selection
+# when a copy event fires) in window.copied.
+NO_CLIPBOARD = """
+Object.defineProperty(Navigator.prototype, "clipboard", { get: () => undefined });
+window.copied = [];
+document.addEventListener("copy", () => window.copied.push(String(window.getSelection())));
+"""
+
 # xterm.js warns when its idle-time work overran its slice: a loaded machine's timing, not a
 # problem of the page (it calls console.warn directly; no option silences it).
 TIMING_NOTICE = "task queue exceeded allotted deadline"

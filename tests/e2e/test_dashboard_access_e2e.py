@@ -20,7 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2_grpc,
 )
 from hakuriver_common.roles import API_TOKEN_PREFIX, Role
-from tests.e2e.browser import Dashboard, Tabs, no_problems
+from tests.e2e.browser import NO_CLIPBOARD, Dashboard, Tabs, no_problems
 from tests.e2e.harness import ProcessCluster, running_cluster
 
 # An API call made by the tab itself, with its own token, over the Connect protocol (JSON):
@@ -157,6 +157,7 @@ def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(site: Site) 
 
 def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) -> None:
     tab = site.tab(site.alice)
+    tab.page.add_init_script(NO_CLIPBOARD)
     tab.goto("/")
     tab.page.locator("header.bar").get_by_role("link", name="Tokens", exact=True).click()
     tab.page.get_by_test_id("token-description").fill("laptop")
@@ -164,6 +165,10 @@ def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) ->
     shown = tab.page.get_by_test_id("token-secret")
     expect(shown).to_have_text(re.compile(f"^{API_TOKEN_PREFIX}"))
     secret = shown.inner_text()
+    # Copied even by a page with no clipboard API (plain HTTP from another machine).
+    tab.page.get_by_test_id("token-secret-copy").click()
+    expect(tab.page.get_by_test_id("token-secret-copy")).to_have_text("Copied")
+    assert tab.page.evaluate("window.copied") == [secret]
     who = site.whoami(secret)
     assert who.user == "alice"
     row = tab.page.get_by_test_id(f"token-row-{who.token_id}")

@@ -32,7 +32,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2_grpc,
 )
 from hakuriver_common.roles import Role
-from tests.e2e.browser import Dashboard, Tabs, no_problems
+from tests.e2e.browser import NO_CLIPBOARD, Dashboard, Tabs, no_problems
 from tests.e2e.harness import BASE_ENV, ProcessCluster, running_cluster, wait_for
 
 pytestmark = pytest.mark.docker
@@ -1083,15 +1083,6 @@ def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
         )
         expect(tab.page.get_by_test_id("vps-connect")).not_to_contain_text("PORT")
         no_problems(tab)
-
-
-# A page over plain HTTP from another machine has no clipboard API; this page records what
-# the browser copies instead (the selection when a copy event fires).
-NO_CLIPBOARD = """
-Object.defineProperty(Navigator.prototype, "clipboard", { get: () => undefined });
-window.copied = [];
-document.addEventListener("copy", () => window.copied.push(String(window.getSelection())));
-"""
 
 
 def test_each_copy_button_copies_its_own_line_without_the_clipboard_api(site: Site) -> None:

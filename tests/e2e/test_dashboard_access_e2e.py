@@ -155,6 +155,23 @@ def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(site: Site) 
     no_problems(tab)
 
 
+def test_an_admin_made_a_user_while_the_tab_is_hidden_is_not_refused(site: Site) -> None:
+    """Shown again, the tab asks who the user is, and the Users page reads its list again:
+    the page waits for that answer rather than ask for the list under a role gone."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="kim", role=Role.ADMIN.pb), timeout=10)
+    made = access.CreateToken(apb.CreateTokenRequest(user="kim"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto("/users")
+    expect(tab.page.get_by_test_id("user-row-kim")).to_be_visible()
+    tab.show(False)
+    access.SetUserRole(apb.SetUserRoleRequest(name="kim", role=Role.USER.pb), timeout=10)
+    tab.show(True)
+    expect(tab.page.get_by_test_id("users-admins-only")).to_be_visible()
+    expect(tab.page.get_by_test_id("who")).to_have_text("kim · user")
+    no_problems(tab)
+
+
 def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) -> None:
     tab = site.tab(site.alice)
     tab.page.add_init_script(NO_CLIPBOARD)

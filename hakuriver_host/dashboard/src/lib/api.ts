@@ -49,20 +49,23 @@ export function whenSessionEnds(handler: () => void): void {
   onEnded = handler;
 }
 
-let rechecking = false;
+let rechecking: Promise<void> | null = null;
 
-/** Ask the Host again for the signed-in user's role: an admin may have changed it. */
-async function recheckRole(token: string): Promise<void> {
-  if (rechecking) return;
-  rechecking = true;
-  try {
-    const who = await api.access.whoAmI({});
-    if (session.token === token && session.user) session.role = who.role;
-  } catch {
-    // Refused as unauthenticated: checkSession signs out; otherwise the role stays.
-  } finally {
-    rechecking = false;
-  }
+/** Ask the Host again for the signed-in user's role: an admin may have changed it. One
+ * question at a time: a caller while one is under way waits for its answer (a page that
+ * asks before it reads what only a role may read must not go on with the old role). */
+function recheckRole(token: string): Promise<void> {
+  rechecking ??= (async () => {
+    try {
+      const who = await api.access.whoAmI({});
+      if (session.token === token && session.user) session.role = who.role;
+    } catch {
+      // Refused as unauthenticated: checkSession signs out; otherwise the role stays.
+    } finally {
+      rechecking = null;
+    }
+  })();
+  return rechecking;
 }
 
 /** Ask the Host again who is signed in, for a tab that would not hear of a change of role

@@ -700,6 +700,29 @@ def test_a_tab_hidden_while_its_role_changes_follows_it_when_shown(site: Site) -
     )
 
 
+def test_an_operator_made_a_user_while_the_tab_is_hidden_lists_their_own_tasks(
+    site: Site,
+) -> None:
+    """Shown again, the Tasks page filtered on another user's tasks (operators only) lists
+    the user's own, and is not refused on the way."""
+    request = tpb.SubmitTaskRequest(command="sh", arguments=["-c", "echo bob"])
+    [bobs] = site.tasks_as(site.bob).SubmitTask(request, timeout=10).tasks
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="lena", role=Role.OPERATOR.pb), timeout=10)
+    token = access.CreateToken(apb.CreateTokenRequest(user="lena"), timeout=10).secret
+    tab = site.tab(token)
+    tab.goto("/tasks?owner=bob")
+    expect(tab.page.get_by_test_id(f"task-row-{bobs.task_id}")).to_be_visible()
+    tab.show(False)
+    access.SetUserRole(apb.SetUserRoleRequest(name="lena", role=Role.USER.pb), timeout=10)
+    tab.show(True)
+    expect(tab.page.get_by_test_id("who")).to_have_text("lena · user")
+    expect(tab.page.get_by_test_id("filter-owner")).to_have_count(0)
+    expect(tab.page.get_by_test_id(f"task-row-{bobs.task_id}")).to_have_count(0)
+    expect(tab.page.get_by_test_id("reconnecting")).to_have_count(0)
+    no_problems(tab)  # nothing refused: the streams reopened under the new role
+
+
 def test_a_page_without_streams_follows_a_role_change_as_it_refreshes(site: Site) -> None:
     """The Docker page has no stream for the Host to end at a change of role: it asks who
     the user is as it reads its lists again (every 15 s), so an operator made a user is no

@@ -6,7 +6,7 @@
 // path as a reconnect): over plain HTTP/1.1 a browser keeps at most six connections to a
 // host, each open stream holds one, and background tabs must not starve the visible one.
 import { onBeforeUnmount, onMounted, ref } from "vue";
-import { errorMessage, isCanceled } from "./api";
+import { errorMessage, followRole, isCanceled } from "./api";
 
 const RETRY_MS = 1000;
 
@@ -41,11 +41,18 @@ export function useLive(consume: (signal: AbortSignal, ok: () => void) => Promis
     }
   }
 
+  // Hidden, the tab heard of no change of role: it asks first, and reopens its streams
+  // with what the role it has now may ask for (not an operator's filter on another user).
+  async function reopen(): Promise<void> {
+    await followRole();
+    if (!running && !stopped && !document.hidden) void run();
+  }
+
   function onVisibility(): void {
     if (document.hidden) {
       controller?.abort();
-    } else if (!running && !stopped) {
-      void run();
+    } else {
+      void reopen();
     }
   }
 

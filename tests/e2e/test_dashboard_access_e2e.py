@@ -213,6 +213,23 @@ def test_a_user_makes_a_token_sees_its_secret_once_and_revokes_it(site: Site) ->
     assert len(listed.tokens) == 1  # the tab's
 
 
+def test_revoking_the_tabs_own_token_signs_it_out(site: Site) -> None:
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="lou", role=Role.USER.pb), timeout=10)
+    made = access.CreateToken(apb.CreateTokenRequest(user="lou"), timeout=10)
+    tab = site.tab(made.secret)
+    tab.goto("/tokens")
+    row = tab.page.get_by_test_id(f"token-row-{made.token.token_id}")
+    expect(row).to_contain_text("this tab")
+    row.get_by_role("button", name="Revoke").click()
+    expect(tab.page.get_by_test_id("confirm-detail")).to_contain_text("the tab signs out")
+    tab.page.get_by_test_id("confirm-ok").click()
+    expect(tab.page.get_by_test_id("signin-ended")).to_contain_text(
+        f"API token {made.token.token_id} was revoked"
+    )
+    assert tab.page.evaluate("sessionStorage.getItem('hakuriver.token')") is None
+
+
 def test_an_admin_makes_and_revokes_another_users_tokens(site: Site) -> None:
     tab = site.tab(site.cluster.admin_token)
     tab.goto("/users")

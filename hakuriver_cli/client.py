@@ -327,22 +327,30 @@ def _trends(found: list[npb.NodeHealth]) -> dict[str, NodeTrend]:
 def _watch_table(
     stub: node_service_pb2_grpc.NodeServiceStub, target: str, hostname: str, count: int, json: bool
 ) -> None:
-    """`health --watch`: the table (or a JSON line per update) kept up to date."""
+    """`health --watch`: the table (or a JSON line per update) kept up to date. The table
+    is drawn from the first readings on: a node the Host does not know is one error line,
+    not an empty table and the line."""
     trends: dict[str, NodeTrend] = {}
-    with _live(trends, json) as screen:
+    with contextlib.ExitStack() as drawn:
+        screens: list[Live] = []
+
+        def draw() -> None:
+            if json:
+                return
+            if not screens:
+                screens.append(drawn.enter_context(_live(trends)))
+            screens[0].update(_health_table(trends))
 
         def listed(found: list[npb.NodeHealth]) -> None:
             for node in found:
                 trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
-            if screen is not None:
-                screen.update(_health_table(trends))
+            draw()
 
         def show(node: npb.NodeHealth) -> None:
             trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
             if json:
                 print(to_json_line(node), flush=True)
-            elif screen is not None:
-                screen.update(_health_table(trends))
+            draw()
 
         _watch_health(stub, target, hostname, count, listed, show)
 
@@ -373,12 +381,9 @@ def _with_history(
 
 
 @contextlib.contextmanager
-def _live(trends: dict[str, NodeTrend], json: bool) -> Iterator[Live | None]:
-    """The health table redrawn in place (None with --json: a line per sample). To a pipe
-    or file rich's Live prints the table once, at the end, leaving its last line unended."""
-    if json:
-        yield None
-        return
+def _live(trends: dict[str, NodeTrend]) -> Iterator[Live]:
+    """The health table redrawn in place. To a pipe or file rich's Live prints the table
+    once, at the end, leaving its last line unended."""
     from rich.live import Live
 
     screen = console()

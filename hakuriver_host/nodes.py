@@ -314,10 +314,11 @@ class NodeTable:
         ]
 
     def forget(self, hostname: str) -> None:
-        """Drop a node entirely (it holds no task)."""
+        """Drop a node entirely (it holds no task); its health watchers hear of it."""
         node = self.nodes.pop(hostname, None)
         if node is None:
             return
+        self._tell_watchers(hostname, None)
         self.scheduler.remove_node(hostname)
         self.metrics.node_offline(hostname)
         self.metrics.node_up.remove(hostname)
@@ -446,7 +447,9 @@ class NodeTable:
         """Every new health sample, in order, with its node, and None when the node went
         online or offline, its link closed or opened, it was drained or undrained or its
         output problem changed; first None, with ``announce``, once the watcher is in place.
-        A watcher that falls behind loses its oldest ones."""
+        A watcher that falls behind loses its oldest ones. A watcher of ``hostname`` alone
+        ends with NotFound when the node is forgotten (``forget``): it would hear nothing
+        more, for ever."""
         if hostname:
             self.get(hostname)
         queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
@@ -457,6 +460,11 @@ class NodeTable:
             while True:
                 name, health = await queue.get()
                 node = self.nodes.get(name)  # None: forgotten since
+                if node is None and name == hostname:
+                    raise NotFound(
+                        f"hostname: node {hostname!r} was forgotten (offline for "
+                        "timing.forget_node_seconds, and no task of it kept)"
+                    )
                 if node is not None and (not hostname or name == hostname):
                     yield node, health
         finally:

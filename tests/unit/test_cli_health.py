@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 
-from hakuriver_cli import client
+from hakuriver_cli import client, direct
 from hakuriver_cli.render import to_dict
 from hakuriver_common.proto.hakuriver.v1 import (
     node_pb2,
@@ -22,8 +23,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
     runner_service_pb2 as rpb,
 )
 from tests.fake_runner import eventually
-from tests.unit.local_cluster import LocalCluster
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import TIMING, LocalCluster
 from tests.unit.test_metrics_auth import metric_values
+from tests.unit.test_submit_request_id import _exit_code
 
 ONLINE = node_pb2.NODE_STATUS_ONLINE
 GB = 10**9
@@ -394,3 +397,54 @@ async def _health_shown(
 
 async def _unread(cluster: LocalCluster) -> list[int]:
     return list((await cluster.node("a")).unread_gpus)
+
+
+async def test_health_watch_of_an_unknown_node_fails_in_one_line(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`health --watch NODE` of a node the Host does not know drew an empty table, then
+    the error."""
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    watch = ["health", "--watch", "nope", "--config", str(config)]
+    assert await asyncio.to_thread(_exit_code, direct.run, client.app, "c", watch) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert printed.err == "error: hostname: unknown node 'nope' (NOT_FOUND)\n"
+
+
+def _exit_code_later(run: object, *args: object) -> asyncio.Future[int]:
+    """The exit code of ``run(*args)`` in a daemon thread: a watch that never ends fails
+    its test, not hangs it (a thread of asyncio.to_thread is waited for at the end)."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[int] = loop.create_future()
+
+    def go() -> None:
+        code = _exit_code(run, *args)
+        loop.call_soon_threadsafe(ended.set_result, code)
+
+    threading.Thread(target=go, daemon=True).start()
+    return ended
+
+
+@pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
+async def test_health_watch_of_a_node_the_host_forgets_ends_in_one_line(
+    make_local_cluster: MakeCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    over_connect: bool,
+) -> None:
+    """`health --watch NODE` of a node forgotten while watched (offline, no task of it
+    kept) sat silent for ever: the Host dropped the node's changes from the watch. Its
+    watch now ends with NOT_FOUND, and the command with one line and exit 1."""
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
+    runner = await cluster.add_runner("idle")
+    config = cluster.cli_config(tmp_path / "client.toml", over_connect)
+    watch = ["health", "--watch", "idle", "--json", "--config", str(config)]
+    watching = _exit_code_later(direct.run, client.app, "c", watch)
+    await eventually(lambda: capsys.readouterr().out, what="the watch to print a sample")
+    await runner.stop()
+    assert await asyncio.wait_for(watching, 30) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: hostname: node 'idle' was forgotten (offline for timing.forget_node_seconds, "
+        "and no task of it kept) (NOT_FOUND)"
+    )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
     runner_service_pb2 as rpb,
 )
 from tests.fake_runner import eventually
+from tests.unit.cli_threads import exit_code, exit_code_later
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster
 from tests.unit.test_metrics_auth import metric_values
-from tests.unit.test_submit_request_id import _exit_code
 
 ONLINE = node_pb2.NODE_STATUS_ONLINE
 GB = 10**9
@@ -406,24 +405,10 @@ async def test_health_watch_of_an_unknown_node_fails_in_one_line(
     the error."""
     config = local_cluster.cli_config(tmp_path / "client.toml")
     watch = ["health", "--watch", "nope", "--config", str(config)]
-    assert await asyncio.to_thread(_exit_code, direct.run, client.app, "c", watch) == 1
+    assert await asyncio.to_thread(exit_code, direct.run, client.app, "c", watch) == 1
     printed = capsys.readouterr()
     assert printed.out == ""
     assert printed.err == "error: hostname: unknown node 'nope' (NOT_FOUND)\n"
-
-
-def _exit_code_later(run: object, *args: object) -> asyncio.Future[int]:
-    """The exit code of ``run(*args)`` in a daemon thread: a watch that never ends fails
-    its test, not hangs it (a thread of asyncio.to_thread is waited for at the end)."""
-    loop = asyncio.get_running_loop()
-    ended: asyncio.Future[int] = loop.create_future()
-
-    def go() -> None:
-        code = _exit_code(run, *args)
-        loop.call_soon_threadsafe(ended.set_result, code)
-
-    threading.Thread(target=go, daemon=True).start()
-    return ended
 
 
 @pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
@@ -440,7 +425,7 @@ async def test_health_watch_of_a_node_the_host_forgets_ends_in_one_line(
     runner = await cluster.add_runner("idle")
     config = cluster.cli_config(tmp_path / "client.toml", over_connect)
     watch = ["health", "--watch", "idle", "--json", "--config", str(config)]
-    watching = _exit_code_later(direct.run, client.app, "c", watch)
+    watching = exit_code_later(direct.run, client.app, "c", watch)
     await eventually(lambda: capsys.readouterr().out, what="the watch to print a sample")
     await runner.stop()
     assert await asyncio.wait_for(watching, 30) == 1

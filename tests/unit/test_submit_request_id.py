@@ -17,6 +17,7 @@ from hakuriver_cli import direct, hakurun, task
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD
+from tests.unit.cli_threads import exit_code
 from tests.unit.local_cluster import Client, LocalCluster
 
 
@@ -159,14 +160,6 @@ async def test_a_retry_after_a_deadline_passed_mid_write_gets_that_write_s_task(
     assert await _stored_ids(local_cluster) == _ids(again)
 
 
-def _exit_code(run: object, *args: object) -> int:
-    try:
-        result = run(*args)  # type: ignore[operator]
-    except SystemExit as ended:
-        return int(ended.code or 0)
-    return int(result or 0)
-
-
 async def test_the_tools_send_a_given_request_id(
     local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -177,8 +170,8 @@ async def test_the_tools_send_a_given_request_id(
     submit = ["submit", "--config", config, "--request-id", "one", "--", "train"]
     sweep = ["--array", "--config", config, "--request-id", "sweep", "echo", "span:[a,b]"]
     for _ in range(2):
-        assert await asyncio.to_thread(_exit_code, direct.run, task.app, "t", submit) == 0
-        assert await asyncio.to_thread(_exit_code, hakurun.main, sweep) == 0
+        assert await asyncio.to_thread(exit_code, direct.run, task.app, "t", submit) == 0
+        assert await asyncio.to_thread(exit_code, hakurun.main, sweep) == 0
     first, array, first_again, array_again = capsys.readouterr().out.splitlines()
     # The same task (running by now) and the same array.
     assert first.startswith("submitted task ") and first_again.split()[:3] == first.split()[:3]

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 app = cli.App()
 CHUNK = 64 * 1024
+# The deadline of the question asked when a session ends (who the caller is now, to say why
+# the Host ended it), not a call's 30 s: a Host that ended the session answers at once, and
+# one that does not answer (a network partition, the Host stopped) held ssh's exit for 30 s.
+END_ASK_SECONDS = 5.0
 
 
 class ProxyRefused(Exception):
@@ -93,8 +97,10 @@ def _present(sock: socket.socket, ticket: str) -> bytes:
     return answer
 
 
-def _copy(read: socket.socket | int, write: socket.socket | int) -> None:
-    """Copy bytes until EOF, then half-close the other side."""
+def _copy(
+    read: socket.socket | int, write: socket.socket | int, at_eof: threading.Event | None = None
+) -> None:
+    """Copy bytes until EOF (``at_eof`` set then, if given), then half-close the other side."""
     try:
         while True:
             data = read.recv(CHUNK) if isinstance(read, socket.socket) else os.read(read, CHUNK)
@@ -104,6 +110,8 @@ def _copy(read: socket.socket | int, write: socket.socket | int) -> None:
                 write.sendall(data)
             else:
                 os.write(write, data)
+        if at_eof is not None:
+            at_eof.set()
     except OSError:
         pass
     finally:
@@ -167,21 +175,22 @@ def _forward(
     threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
 
 
-def _whoami(link: Link) -> apb.WhoAmIResponse:
+def _whoami(link: Link, timeout: float | None = None) -> apb.WhoAmIResponse:
     from hakuriver_cli.link import access_stub
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
-    return unary(access_stub(link).WhoAmI, apb.WhoAmIRequest())
+    return unary(access_stub(link).WhoAmI, apb.WhoAmIRequest(), timeout)
 
 
 def _say_why_ended(cfg: ClientConfig, then: apb.WhoAmIResponse) -> bool:
     """Whether the Host ended the session, said in one line on stderr: ssh says only that
     the connection closed (exit 255) when the Host ends it because its token was revoked or
     expired, its user removed, or its user's role changed (``then``: who it began as). The
-    Host's refusal of the token, if it refuses it now, is said as every tool says it."""
+    Host's refusal of the token, if it refuses it now, is said as every tool says it; a
+    Host that does not answer within END_ASK_SECONDS, too."""
     try:
         with host_link(cfg) as link:
-            now = _whoami(link)
+            now = _whoami(link, END_ASK_SECONDS)
     except cli.Exit:
         return True  # host_link said why: the token refused, or the Host gone
     if now.role == then.role:
@@ -192,6 +201,21 @@ def _say_why_ended(cfg: ClientConfig, then: apb.WhoAmIResponse) -> bool:
         err=True,
     )
     return True
+
+
+def _proxy(sock: socket.socket, cfg: ClientConfig, then: apb.WhoAmIResponse) -> None:
+    """Relay stdin and stdout through the tunnel until it ends. Ended from the far side
+    while ssh still sends (the Host ended the session), say why; ssh having ended its side
+    first (it is done: a logout, or its own timeout behind a network partition), ask the
+    Host nothing."""
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    sent_all = threading.Event()  # before the tunnel's half-close: before its far end
+    threading.Thread(target=_copy, args=(stdin, sock, sent_all), daemon=True).start()
+    # A copy of stdout, closed at the tunnel's end: ssh sees the end only when the tool
+    # exits, after saying why (ssh ends its ProxyCommand as soon as it sees the end).
+    _copy(sock, os.dup(stdout))
+    if not sent_all.is_set() and _say_why_ended(cfg, then):
+        raise cli.Exit(1)
 
 
 # ssh(1) options that take a value.
@@ -271,13 +295,7 @@ def main(
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
-        stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-        threading.Thread(target=_copy, args=(stdin, sock), daemon=True).start()
-        # A copy of stdout, closed at the tunnel's end: ssh sees the end only when the tool
-        # exits, after saying why (ssh ends its ProxyCommand as soon as it sees the end).
-        _copy(sock, os.dup(stdout))
-        if _say_why_ended(cfg, then):
-            raise cli.Exit(1)
+        _proxy(sock, cfg, then)
         return
     then = _check_task(tid, cfg)
     ssh = shutil.which("ssh")

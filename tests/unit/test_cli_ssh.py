@@ -4,13 +4,23 @@ line naming the proxy's address and why."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
+import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from hakuriver_cli import connection, ssh
 from hakuriver_cli.ssh import ProxyRefused, open_tunnel, split_ssh_args
+from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from tests.fake_runner import HOLD
+from tests.unit.cli_threads import exit_code_later
+from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_ssh_tickets import SSH_KEY
 
 
 @pytest.mark.parametrize(
@@ -87,3 +97,103 @@ def test_a_tunnel_not_opened_says_where_and_why(port: Callable[[], int], why: st
     with pytest.raises(ProxyRefused) as refused:
         open_tunnel("127.0.0.1", number, "t")
     assert str(refused.value) == why.format(port=number)
+
+
+class _Proxy:
+    """A stand-in for the Host's SSH proxy: its one connection gets SUCCESS for any ticket,
+    then ends when ``end`` is set (the far side ended the tunnel), or once the tool ended
+    its side."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.server.getsockname()[1])
+        self.opened = threading.Event()
+        self.end = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with self.server, self.server.accept()[0] as conn:
+            conn.recv(1024)
+            conn.sendall(b"SUCCESS\n")
+            self.opened.set()
+            conn.settimeout(0.05)
+            while not self.end.is_set():
+                try:
+                    if not conn.recv(1024):
+                        return
+                except TimeoutError:
+                    continue
+
+
+class _Pipe:
+    """What the tool reads as its stdin or writes as its stdout: a pipe's end."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+async def _proxied_session_ended(
+    cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    ssh_ended_first: bool,
+) -> int:
+    """`hakuriver.ssh --proxy-command` of a VPS through ``_Proxy``, ended with the Host
+    not answering any more (stopped, and something silent on its port, as behind a network
+    partition): by ssh closing its side first, or by the far side. Its exit code."""
+    await cluster.add_runner("a", answer=HOLD)
+    request = {"kind": task_pb2.TASK_KIND_VPS, "ssh_public_key": SSH_KEY}
+    [vps] = await cluster.submit_running(**request)
+    config = cluster.cli_config(tmp_path / "client.toml")
+    monkeypatch.setattr(connection, "RPC_TIMEOUT_SECONDS", 3600.0)  # never the bound here
+    stdin, ssh_writes = os.pipe()
+    ssh_reads, stdout = os.pipe()
+    monkeypatch.setattr(sys, "stdin", _Pipe(stdin))
+    monkeypatch.setattr(sys, "stdout", _Pipe(stdout))
+    proxy = _Proxy()
+    args = (str(vps.task_id), None, "127.0.0.1", proxy.port, 0, "root", True, config, False)
+    session = exit_code_later(ssh.main, *args)
+    assert await asyncio.to_thread(proxy.opened.wait, 10)
+    port = cluster.config.network.host_port
+    await cluster.stop_host()
+    with socket.create_server(("127.0.0.1", port)):  # accepts, never answers
+        if ssh_ended_first:
+            os.close(ssh_writes)
+        else:
+            proxy.end.set()
+        code = await asyncio.wait_for(session, 60)
+    for fd in (ssh_reads, stdout, stdin, *(() if ssh_ended_first else (ssh_writes,))):
+        os.close(fd)
+    return code
+
+
+async def test_a_session_the_far_side_ended_asks_a_silent_host_briefly(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """As ssh's ProxyCommand, the tool asks the Host who it is at the end of a tunnel the
+    far side ended (to say why the Host ended the session) and ssh waits for it: a Host not
+    answering held ssh's exit for a call's 30 s deadline. It asks for END_ASK_SECONDS."""
+    code = await _proxied_session_ended(local_cluster, tmp_path, monkeypatch, False)
+    assert code == 1
+    port = local_cluster.config.network.host_port
+    assert (
+        capsys.readouterr().err == f"error: the host at 127.0.0.1:{port} did not answer in time\n"
+    )
+
+
+async def test_a_session_ssh_ended_asks_the_host_nothing(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ssh ended its side of the tunnel first (a logout, or its own timeout behind a
+    network partition): the Host did not end the session, and is not asked why."""
+    assert await _proxied_session_ended(local_cluster, tmp_path, monkeypatch, True) == 0
+    assert capsys.readouterr().err == ""

@@ -28,7 +28,7 @@ from hakuriver_cli.connection import (
     unary,
 )
 from hakuriver_cli.link import Link, log_stub, task_stub
-from hakuriver_cli.reconnect import RETRY_SECONDS, riding_out
+from hakuriver_cli.reconnect import RETRY_SECONDS, host_gone, riding_out
 from hakuriver_cli.render import (
     TASK_COLUMNS,
     batch_ended,
@@ -41,6 +41,7 @@ from hakuriver_cli.render import (
     task_row,
     tasks_count,
     to_dict,
+    to_json_line,
 )
 from hakuriver_common import commands as cli
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
@@ -269,9 +270,14 @@ def submit(
 def _ended_line(task: task_pb2.Task) -> str:
     """How submit --wait and wait say a task ended: status, exit code, error (its control
     characters written out: an operator waits on other users' tasks)."""
+    return f"task {task.task_id}: {status_name(task.status)}{_outcome(task)}"
+
+
+def _outcome(task: task_pb2.Task) -> str:
+    """``, exit code 1: error`` as far as the task has them."""
     code = f", exit code {task.exit_code}" if task.HasField("exit_code") else ""
     error = f": {shown(task.error_message)}" if task.error_message else ""
-    return f"task {task.task_id}: {status_name(task.status)}{code}{error}"
+    return code + error
 
 
 def _array(text: str | None) -> tpb.TaskArray | None:
@@ -392,10 +398,18 @@ def list_tasks(
     since: Annotated[
         str, cli.Option(help="Only tasks submitted since: 30m, 2h, 7d, or an ISO time.")
     ] = "",
+    watch: Annotated[
+        bool,
+        cli.Option(
+            "--watch",
+            help="Then print a line for each change of a task the filters take, as the Host "
+            "sends it, until Ctrl-C.",
+        ),
+    ] = False,
     config: ConfigOption = None,
     json: JsonOption = False,
 ) -> None:
-    """List tasks, newest first."""
+    """List tasks, newest first; with --watch, then their changes as they happen."""
     from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 
     cfg = config_or_fail(config)
@@ -410,8 +424,78 @@ def list_tasks(
         owner=owner,
     )
     with host_link(cfg) as link:
+        if watch:
+            _watch_list(task_stub(link), cfg.host_target, request, json)
+            return
         found = _listed(task_stub(link), request, limit)
     show_list(json, found, "tasks", TASK_COLUMNS, task_row)
+
+
+def _taken(request: tpb.ListTasksRequest) -> Callable[[task_pb2.Task], bool]:
+    """Whether a task the Host sends to a watch passes the filters of ``request`` (its
+    ``owner`` the Host applies itself)."""
+    statuses = set(request.statuses)
+    since = request.submitted_after.ToNanoseconds() if request.HasField("submitted_after") else 0
+
+    def taken(t: task_pb2.Task) -> bool:
+        return (
+            (not statuses or t.status in statuses)
+            and (not request.node or t.assigned_node == request.node)
+            and (not request.batch_id or t.batch_id == request.batch_id)
+            and (not request.kind or t.kind == request.kind)
+            and (not request.before_task_id or t.task_id < request.before_task_id)
+            and t.submitted_at.ToNanoseconds() >= since
+        )
+
+    return taken
+
+
+def _change_line(t: task_pb2.Task) -> str:
+    """A task's change as `list --watch` prints it: its status, where, how it ended
+    (``task 12 (10_2): failed on node-a, exit code 1: ...``)."""
+    array = f" ({t.batch_id}_{t.array_index})" if t.HasField("array_index") else ""
+    node = f" on {t.assigned_node}" if t.assigned_node else ""
+    return f"task {t.task_id}{array}: {status_name(t.status)}{node}{_outcome(t)}"
+
+
+def _watch_list(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    target: str,
+    request: tpb.ListTasksRequest,
+    json: bool,
+) -> None:
+    """`list --watch`: the list, read once the Host says its watch is in place (a change
+    between the two is not missed), then a line per change the filters take (a JSON line
+    each with --json), until Ctrl-C (exit 0). A Host that goes away ends it in one line."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    taken = _taken(request)
+    updates = stub.WatchTasks(tpb.WatchTasksRequest(owner=request.owner, send_watching=True))
+    read = False
+    try:
+        for update in updates:
+            if update.watching or not read:  # a Host before send_watching sends no marker
+                _show_listed(_listed(stub, request, request.limit), json)
+                read = True
+                if update.watching:
+                    continue
+            if taken(update.task):
+                cli.echo(to_json_line(update.task) if json else _change_line(update.task))
+    except KeyboardInterrupt:
+        updates.cancel()
+        return
+    except CallError as exc:
+        if not host_gone(exc):
+            raise
+    fail(f"lost the host at {target}: the watch ended (it stopped, or the network failed)")
+
+
+def _show_listed(found: list[task_pb2.Task], json: bool) -> None:
+    if json:
+        for t in found:
+            cli.echo(to_json_line(t))
+    else:
+        show_list(False, found, "tasks", TASK_COLUMNS, task_row)
 
 
 def _option_id(option: str, text: str) -> int:

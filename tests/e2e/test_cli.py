@@ -24,6 +24,7 @@ import pytest
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from tests.e2e.harness import ProcessCluster, free_port, wait_for
+from tests.e2e.test_followers_restart import Tool
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -470,3 +471,22 @@ def test_a_token_is_saved_or_not_made(cluster: ProcessCluster, tmp_path: Path) -
         "admin", "token", "create", "--user", "admin", "--save", str(tmp_path / "t")
     )
     assert "keeps it in their auth.credentials_file (chmod 600)" in theirs.stderr, theirs.stderr
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
+def test_list_watch_ends_at_ctrl_c_with_exit_0(cluster: ProcessCluster, json_lines: bool) -> None:
+    """`task list --watch` runs until Ctrl-C, which ends it as asked (exit 0, nothing on
+    stderr: no traceback, no "Aborted!"), having printed the list and each change since."""
+    watch = Tool(cluster, ["task", "list", "--watch", *(["--json"] if json_lines else [])], {})
+    try:
+        wait_for(lambda: len(watch.lines) >= 1, what="the list printed")
+        task = cluster.submit(["true"])
+        line = f'"task_id": "{task.task_id}"' if json_lines else f"task {task.task_id}: completed"
+        wait_for(lambda: any(line in x for x in watch.lines), what="the task's end watched")
+        watch.proc.send_signal(signal.SIGINT)
+        assert watch.ended() == 0
+        assert watch.stderr() == ""
+    finally:
+        if watch.proc.poll() is None:
+            watch.proc.kill()
+            watch.proc.wait()

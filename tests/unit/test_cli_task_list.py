@@ -3,6 +3,8 @@ its `--since` is an age or a time, and one before the year 1 an error line."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from hakuriver_cli import direct, task
 from hakuriver_cli.render import TASK_COLUMNS, print_task_detail, table, task_row
 from hakuriver_cli.task import _ended_line, _since
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
+from tests.fake_runner import HOLD, eventually
+from tests.unit.cli_threads import exit_code_later
+from tests.unit.local_cluster import LocalCluster
 
 
 def test_a_listed_task_shows_its_array_and_index() -> None:
@@ -120,3 +125,79 @@ def test_a_max_lag_of_nothing_is_refused_not_read_as_every_byte(
     assert capsys.readouterr().err == (
         f"error: --max-lag {lag}: at least 1 byte; leave it out for every byte\n"
     )
+
+
+class _Printed:
+    """What a tool running in a thread printed so far (capsys), line by line."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+        self.out: list[str] = []
+        self.err: list[str] = []
+
+    def lines(self) -> list[str]:
+        printed = self.capsys.readouterr()
+        self.out += printed.out.splitlines()
+        self.err += printed.err.splitlines()
+        return self.out
+
+
+@pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
+async def test_list_watch_prints_the_list_then_each_change_its_filters_take(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    over_connect: bool,
+) -> None:
+    """`list --watch` (WatchTasks had no command): the list as `list` prints it, then a
+    line per change of a task the filters take, until the Host goes away (one line, exit
+    1)."""
+    a = await local_cluster.add_runner("a", answer=HOLD)
+    await local_cluster.add_runner("b", answer=HOLD)
+    on_a = {"targets": [task_pb2.Target(hostname="a")]}
+    [before] = await local_cluster.submit_running(**on_a)
+    config = local_cluster.cli_config(tmp_path / "client.toml", over_connect)
+    argv = ["list", "--watch", "--node", "a", "--json", "--config", str(config)]
+    watching = exit_code_later(direct.run, task.app, "hakuriver.task", argv)
+    printed = _Printed(capsys)
+    await eventually(printed.lines, what="the list")
+    assert [json.loads(line)["task_id"] for line in printed.out] == [str(before.task_id)]
+
+    await local_cluster.submit_running(targets=[task_pb2.Target(hostname="b")])  # not on a
+    [later] = await local_cluster.submit_running(**on_a)
+    a.finish(later.task_id, 3)
+    await local_cluster.wait_status(later.task_id)
+
+    def ended() -> bool:
+        return any(json.loads(line).get("exit_code") == 3 for line in printed.lines())
+
+    await eventually(ended, what="the task's end watched")
+    changes = [json.loads(line) for line in printed.out[1:]]
+    assert {c["task_id"] for c in changes} == {str(later.task_id)}
+    assert [c["status"] for c in changes][-2:] == ["running", "failed"]
+
+    await local_cluster.stop_host()
+    assert await asyncio.wait_for(watching, 30) == 1
+    printed.lines()
+    target = f"127.0.0.1:{local_cluster.config.network.host_port}"
+    assert printed.err == [
+        f"error: lost the host at {target}: the watch ended (it stopped, or the network failed)"
+    ]
+
+
+async def test_list_watch_prints_a_line_per_change_under_the_table(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = await local_cluster.add_runner("a", answer=HOLD)
+    [shown] = await local_cluster.submit_running()
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    argv = ["list", "--watch", "--status", "failed", "--config", str(config)]
+    watching = exit_code_later(direct.run, task.app, "hakuriver.task", argv)
+    printed = _Printed(capsys)
+    await eventually(lambda: any("task_id" in line for line in printed.lines()), what="a table")
+    a.finish(shown.task_id, 3, stderr=b"")
+    line = f"task {shown.task_id}: failed on a, exit code 3"
+    await eventually(lambda: line in printed.lines(), what="its end watched")
+    assert not any("running" in line for line in printed.out)  # not a status it takes
+    await local_cluster.stop_host()
+    assert await asyncio.wait_for(watching, 30) == 1

@@ -335,7 +335,8 @@ class Cluster:
                 self.store.submitted_tasks, stored.batch_id, stored.task_id, MAX_SUBMIT_REPLY_TASKS
             )
             still_kept(stored, found)
-            replayed(stored, who.actor)
+            target, detail = replayed(stored, who.actor)
+            self.audit.record(who, "task.submit", target, detail=detail)
             tasks = [self.book.live(task.task_id) or task for task in found]
             return Submitted(tasks, stored.batch_id, stored.created)
         finally:

@@ -77,17 +77,24 @@ def still_kept(stored: SubmitRequestRecord, found: Sequence[Task]) -> None:
         )
 
 
-def replayed(stored: SubmitRequestRecord, actor: str) -> None:
-    """Say in the Host's log that a submission sent again created nothing: the audit log has
-    only the first (``task.submit``)."""
+def replayed(stored: SubmitRequestRecord, actor: str) -> tuple[str, str]:
+    """Say in the Host's log that a submission sent again created nothing; the target and
+    detail of its audit event (``task.submit``, as the first, whose tasks it names)."""
+    made_at = f"{stored.created_at:%Y-%m-%d %H:%M:%S}"
     log.info(
         "submission of %s with request_id %r sent again: answered with %s, made at %s UTC; "
         "nothing created",
         actor,
         stored.request_id,
         _made(stored),
-        f"{stored.created_at:%Y-%m-%d %H:%M:%S}",
+        made_at,
     )
+    target = f"batch {stored.batch_id}" if stored.batch_id else str(stored.task_id)
+    detail = (
+        f"replayed: request_id {stored.request_id!r} sent again, answered with the "
+        f"{_made(stored)} it made at {made_at} UTC; nothing created"
+    )
+    return target, detail
 
 
 class Turn:

@@ -14,9 +14,12 @@ import grpc
 import pytest
 
 from hakuriver_cli import direct, hakurun, task
-from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    audit_service_pb2 as aupb,
+    task_service_pb2 as tpb,
+)
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD
+from tests.fake_runner import HOLD, eventually
 from tests.unit.cli_threads import exit_code
 from tests.unit.local_cluster import Client, LocalCluster
 
@@ -71,6 +74,39 @@ async def test_a_submission_sent_again_is_named_in_the_host_log(
         f"{_ids(first)[0]}, made at "
     )
     assert line.startswith(head) and line.endswith(" UTC; nothing created")
+
+
+async def test_a_submission_sent_again_is_audited_as_replayed(
+    local_cluster: LocalCluster,
+) -> None:
+    """A retry answered with the tasks made before was logged, not audited: the audit log
+    showed one submission where its user had sent two. Each replay is a `task.submit` row
+    naming the tasks it answered with, its detail saying it created nothing."""
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    alice: Client = await local_cluster.add_user("alice")
+    [task] = (await alice.tasks.SubmitTask(_one("twice"), timeout=5)).tasks
+    array = tpb.SubmitTaskRequest(command="sweep", array=tpb.TaskArray(indices=[0, 1]))
+    array.request_id = "array-twice"
+    made = await alice.tasks.SubmitTask(array, timeout=5)
+    await alice.tasks.SubmitTask(_one("twice"), timeout=5)
+    await alice.tasks.SubmitTask(array, timeout=5)
+    query = aupb.ListAuditEventsRequest(actor="alice", action="task.submit")
+
+    async def four_rows() -> list[tuple[str, str]]:
+        reply = await local_cluster.audit.ListAuditEvents(query, timeout=5)
+        rows = [(e.target, e.detail) for e in reversed(reply.events)]
+        return rows if len(rows) == 4 else []
+
+    rows = await eventually(four_rows, what="four rows written")
+    assert rows[:2] == [(str(task.task_id), ""), (f"array {made.batch_id} (2 tasks)", "")]
+    [(single, said), (batch, said_too)] = rows[2:]
+    assert (single, batch) == (str(task.task_id), f"batch {made.batch_id}")
+    assert said.startswith(
+        f"replayed: request_id 'twice' sent again, answered with the task {task.task_id} it "
+        "made at "
+    )
+    assert said.endswith(" UTC; nothing created")
+    assert f"answered with the batch {made.batch_id} it made at " in said_too
 
 
 async def test_a_request_id_used_for_another_request_is_refused(

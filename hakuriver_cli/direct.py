@@ -408,7 +408,7 @@ def run(app: App, tool: str, argv: Sequence[str] | None = None) -> None:
             echo(f"error: {wrong}", err=True)
             sys.exit(2)
         try:
-            app(args=list(given))
+            app(args=list(given), prog_name=tool)
         except UnicodeEncodeError:
             _not_utf8(given)
             raise

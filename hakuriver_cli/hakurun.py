@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
 
 from hakuriver_common import __version__
 
@@ -293,8 +294,16 @@ def run_all(commands: list[list[str]], jobs: int) -> int:
     return _summary(commands, codes)
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error in one line, as the other tools say theirs (argparse prints the whole
+    usage before it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hakurun",
         description="Run CMD once per combination of its span:{A..B} and span:[x,y] arguments.",
     )

@@ -126,11 +126,15 @@ class App:
         """The typer app this declares (built on each call)."""
         import typer
 
-        built = typer.Typer(rich_markup_mode=None, **self.settings)
+        from hakuriver_common import usage_errors
+
+        built = typer.Typer(rich_markup_mode=None, cls=usage_errors.Group, **self.settings)
         if self.group_callback is not None:
             built.callback(**self.group_callback.settings)(_for_typer(self.group_callback.callback))
         for command in self.commands:
-            built.command(command.name, **command.settings)(_for_typer(command.callback))
+            built.command(command.name, cls=usage_errors.Command, **command.settings)(
+                _for_typer(command.callback)
+            )
         for group in self.groups:
             built.add_typer(group.app.typer(), name=group.name, **group.settings)
         return built
@@ -147,7 +151,8 @@ def _for_typer(callback: Callable[..., Any]) -> Callable[..., Any]:
     parameters = []
     for parameter in signature(callback).parameters.values():
         annotation = hints.get(parameter.name, parameter.annotation)
-        parameters.append(parameter.replace(annotation=_typer_annotation(annotation)))
+        made = _typer_annotation(annotation, parameter.name)
+        parameters.append(parameter.replace(annotation=made))
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return callback(*args, **kwargs)
@@ -163,7 +168,9 @@ def _for_typer(callback: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def _typer_annotation(annotation: Any) -> Any:
+def _typer_annotation(annotation: Any, name: str) -> Any:
+    """typer's annotation of parameter ``name``: an argument is shown as its name in capitals
+    (TASK_ID, COMMAND...), not as ``task_id <str>``."""
     import typer
 
     if annotation is Context:
@@ -179,7 +186,9 @@ def _typer_annotation(annotation: Any) -> Any:
                 settings["callback"] = _for_typer(settings["callback"])
             made.append(typer.Option(*extra.param_decls, **settings))
         elif isinstance(extra, Argument):
-            made.append(typer.Argument(**_value_settings(base, extra.settings, option=False)))
+            settings = _value_settings(base, extra.settings, option=False)
+            settings.setdefault("metavar", name.upper())
+            made.append(typer.Argument(**settings))
         else:
             made.append(extra)
     return Annotated[(base, *made)]

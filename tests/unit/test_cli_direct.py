@@ -368,7 +368,7 @@ def test_a_command_typed_to_the_wrong_tool_names_the_tool_that_has_it(
     with pytest.raises(SystemExit) as exited:
         direct.run(task.app, "hakuriver.task", ["frobnicate"])
     assert exited.value.code == 2
-    assert "No such command 'frobnicate'" in capsys.readouterr().err
+    assert "no such command 'frobnicate'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,22 @@ from pathlib import Path
 
 import pytest
 
-from hakuriver_cli import admin, client, direct, docker, docker_shell, init, ssh, task, vps
+from hakuriver_cli import (
+    admin,
+    client,
+    direct,
+    docker,
+    docker_shell,
+    hakurun,
+    init,
+    ssh,
+    task,
+    vps,
+)
 from hakuriver_common import commands as cli
 from hakuriver_common.commands import App
+from hakuriver_host import main as host_main
+from hakuriver_runner import main as runner_main
 
 TOOLS: dict[str, App] = {
     "hakuriver.task": task.app,
@@ -24,24 +37,30 @@ TOOLS: dict[str, App] = {
     "hakuriver.init": init.app,
     "hakuriver.ssh": ssh.app,
     "hakuriver.docker-shell": docker_shell.app,
+    "hakuriver.host": host_main.app,
+    "hakuriver.runner": runner_main.app,
 }
 
 
 def _usage_error(
     tool: str, argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> str:
+    """What ``tool`` says of a command line it refuses: one line, exit 2."""
     config = tmp_path / "config.toml"
     config.write_text("")
     with pytest.raises(SystemExit) as exited:
-        if tool == "hakuriver.ssh":  # run by typer alone (ssh.run)
-            ssh.app(args=["--config", str(config), *argv])
+        if tool in ("hakuriver.ssh", "hakuriver.host", "hakuriver.runner"):  # typer alone
+            TOOLS[tool](args=["--config", str(config), *argv], prog_name=tool)
         else:
             direct.run(TOOLS[tool], tool, [*argv, "--config", str(config)])
     assert exited.value.code == 2
-    return capsys.readouterr().err.splitlines()[-1]
+    printed = capsys.readouterr()
+    [line] = printed.err.splitlines()
+    assert printed.out == ""
+    return line
 
 
-# A command line, then what the tool says after "Error: Invalid value for " ({0}: 400 zeros,
+# A command line, then what the tool says after "error: invalid value for " ({0}: 400 zeros,
 # an integer past the range of a float).
 REFUSED = (
     """
@@ -50,7 +69,7 @@ hakuriver.task list --status runing | '--status': 'runing' is not one of pending
 running, paused, completed, failed, killed, killed_oom, lost, unknown
 hakuriver.task submit --network bridge | '--network': 'bridge' is not one of host, none
 hakuriver.admin user add bob --role root | '--role': 'root' is not one of user, operator, admin
-hakuriver.admin user set-role bob root | 'role': 'root' is not one of user, operator, admin
+hakuriver.admin user set-role bob root | 'ROLE': 'root' is not one of user, operator, admin
 hakuriver.task list --limit 0 | '--limit': '0' is out of range (1-1000)
 hakuriver.task list --limit many | '--limit': 'many' is not an integer
 hakuriver.admin audit --limit 5000 | '--limit': '5000' is out of range (1-1000)
@@ -79,7 +98,63 @@ def test_a_refused_value_is_named_with_the_values_allowed(
 ) -> None:
     command, _, said = line.partition(" | ")
     tool, *argv = command.split()
-    assert _usage_error(tool, argv, tmp_path, capsys) == f"Error: Invalid value for {said}"
+    shown = _usage_error(tool, argv, tmp_path, capsys)
+    assert shown.startswith(f"error: invalid value for {said} (see '")
+    assert shown.endswith(" --help')")
+
+
+# A command line, and the one line its tool says of it.
+USAGE_ERRORS = [
+    ("hakuriver.task --bogus", "no such option: --bogus (see 'hakuriver.task --help')"),
+    (
+        "hakuriver.task lst",
+        "no such command 'lst'. Did you mean 'list'? (see 'hakuriver.task --help')",
+    ),
+    ("hakuriver.task stdout", "missing argument 'TASK_ID' (see 'hakuriver.task stdout --help')"),
+    (
+        "hakuriver.client command 5",
+        "missing argument 'ACTION'. Choose from: pause, resume "
+        "(see 'hakuriver.client command --help')",
+    ),
+    (
+        "hakuriver.admin user set-role bob",
+        "missing argument 'ROLE'. Choose from: user, operator, admin "
+        "(see 'hakuriver.admin user set-role --help')",
+    ),
+    (
+        "hakuriver.vps submit --bogus",
+        "no such option: --bogus (Possible options: --gpus) (see 'hakuriver.vps submit --help')",
+    ),
+    (
+        "hakuriver.docker list-tars x",
+        "got unexpected extra argument(s) (x) (see 'hakuriver.docker list-tars --help')",
+    ),
+    ("hakuriver.init tls --bogus", "no such option: --bogus (see 'hakuriver.init tls --help')"),
+    ("hakuriver.docker-shell", "missing argument 'NAME' (see 'hakuriver.docker-shell --help')"),
+    ("hakuriver.ssh", "missing argument 'TASK_ID' (see 'hakuriver.ssh --help')"),
+    ("hakuriver.host --bogus", "no such option: --bogus (see 'hakuriver.host --help')"),
+    ("hakuriver.runner --bogus", "no such option: --bogus (see 'hakuriver.runner --help')"),
+]
+
+
+@pytest.mark.parametrize(("command", "said"), USAGE_ERRORS)
+def test_a_usage_error_is_one_line_naming_the_problem(
+    command: str, said: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """click's four lines (the usage, "Try ... --help for help.", a blank line, "Error:
+    ..."), where every other error of the tools is one line."""
+    tool, *argv = command.split()
+    assert _usage_error(tool, argv, tmp_path, capsys) == f"error: {said}"
+
+
+def test_hakurun_says_a_usage_error_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse printed hakurun's whole usage (three lines) before the error."""
+    with pytest.raises(SystemExit) as exited:
+        hakurun.main(["--bogus", "echo"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: unrecognized arguments: --bogus (see 'hakurun --help')\n"
+    )
 
 
 def _help(tool: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -103,12 +178,23 @@ def test_no_help_shows_a_type_in_angle_brackets_or_a_range_in_symbols(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Every option of every command: --limit INTEGER ... (1-1000), not --limit <int range>
-    ... [1<=x<=1000]; no [-2147483648<=x<=2147483647] for a value the Host bounds."""
+    ... [1<=x<=1000]; no [-2147483648<=x<=2147483647] for a value the Host bounds. Every
+    argument by its name in capitals: `stdout [OPTIONS] TASK_ID`, `TASK_ID  Task id...`,
+    not `{task_id}` and `task_id <str>`."""
     seen = 0
     for tool, app in TOOLS.items():
         for argv in _commands(app, []):
-            options = _help(tool, argv, capsys).partition("\nOptions:\n")[2]
+            shown = _help(tool, argv, capsys)
+            usage = shown.partition("\n")[0].partition("[OPTIONS]")[2]
+            assert re.fullmatch(r"( \[?[A-Z_]+\]?(\.\.\.)?)*( COMMAND \[ARGS\]\.\.\.)?", usage), (
+                tool,
+                argv,
+                usage,
+            )
+            options = shown.partition("\nOptions:\n")[2]
             assert not re.search(r"<[^>]*>|<=x|x>=|x<=", options), (tool, argv, options)
+            arguments = shown.partition("\nArguments:\n")[2].partition("\nOptions:\n")[0]
+            assert not re.search(r"^  [a-z_{]|<", arguments, re.MULTILINE), (tool, argv, arguments)
             seen += 1
     assert seen > 30
     listing = _help("hakuriver.task", ["list"], capsys)

@@ -124,5 +124,5 @@ def test_a_bad_submit_option_points_at_the_command_that_has_it(
     monkeypatch.setenv("HAKURIVER_CONFIG", "/nonexistent/config.toml")
     assert main(["--array", "--cores", "abc", "echo", "x"]) == 2
     err = capsys.readouterr().err
-    assert "Try 'hakuriver.task submit --help' for help." in err
-    assert "hakurun submit" not in err and "Invalid value for '--cores'" in err
+    assert "(see 'hakuriver.task submit --help')" in err
+    assert "hakurun submit" not in err and "invalid value for '--cores'" in err

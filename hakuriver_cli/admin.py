@@ -131,11 +131,14 @@ def user_set_role(
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
     request = apb.SetUserRoleRequest(name=name, role=role.pb)
-    user = _access(config, lambda s: unary(s.SetUserRole, request).user)
+    reply = _access(config, lambda s: unary(s.SetUserRole, request))
+    user = reply.user
     if json:
         print_json(to_dict(user))
         return
-    cli.echo(f"user {user.name} is now {role_name(user.role)}")
+    # previous_role unset: a Host from before it, which does not say
+    already = reply.previous_role == user.role
+    cli.echo(f"user {user.name} is {'already' if already else 'now'} {role_name(user.role)}")
 
 
 def _user_row(user: access_pb2.User) -> list[str]:

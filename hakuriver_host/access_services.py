@@ -136,14 +136,14 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         self, request: apb.SetUserRoleRequest, context: grpc.aio.ServicerContext
     ) -> apb.SetUserRoleResponse:
         role = _role(request.role)
-        user = await carried(self._set_role(request.name, role), "a role change")
-        return apb.SetUserRoleResponse(user=user_to_pb(user))
+        before, user = await carried(self._set_role(request.name, role), "a role change")
+        return apb.SetUserRoleResponse(user=user_to_pb(user), previous_role=before.pb)
 
-    async def _set_role(self, name: str, role: Role) -> UserRecord:
+    async def _set_role(self, name: str, role: Role) -> tuple[Role, UserRecord]:
         before, user = await self.access.set_role(name, role, by=caller())
         if before != user.role:  # the role they had already: nothing changed to audit
             self.audit.record(caller(), "user.role", user.name, detail=f"{before} -> {user.role}")
-        return user
+        return before, user
 
     async def CreateToken(
         self, request: apb.CreateTokenRequest, context: grpc.aio.ServicerContext

@@ -10,10 +10,12 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 
+from hakuriver_cli import admin, direct
 from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
     access_service_pb2 as apb,
@@ -24,6 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, FakeRunner, eventually
+from tests.unit.cli_threads import exit_code
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster
 
@@ -132,6 +135,32 @@ async def test_a_role_given_to_a_user_who_has_it_is_no_change_audited(
     await local_cluster.access.SetUserRole(other, timeout=5)
     [changed] = await _events(local_cluster, action="user.role")
     assert (changed.actor, changed.target, changed.detail) == ("admin", "alice", "user -> operator")
+
+
+async def test_set_role_to_the_role_a_user_has_says_so(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hakuriver.admin user set-role alice user` for alice, a user already, printed "user
+    alice is now user" (nothing changed, and nothing was audited). SetUserRole answers the
+    role the user had (previous_role), and the tool says "already"."""
+    await local_cluster.add_user("alice")
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+
+    async def set_role(role: str) -> str:
+        argv = ["user", "set-role", "alice", role, "--config", config]
+        assert await asyncio.to_thread(exit_code, direct.run, admin.app, "a", argv) == 0
+        return capsys.readouterr().out
+
+    assert await set_role("user") == "user alice is already user\n"
+    assert await set_role("operator") == "user alice is now operator\n"
+    assert await set_role("operator") == "user alice is already operator\n"
+    [changed] = await eventually(
+        lambda: _events(local_cluster, action="user.role"), what="the change audited"
+    )
+    assert changed.detail == "user -> operator"
+    other = apb.SetUserRoleRequest(name="alice", role=access_pb2.ROLE_ADMIN)
+    reply = await local_cluster.access.SetUserRole(other, timeout=5)
+    assert (reply.previous_role, reply.user.role) == (access_pb2.ROLE_OPERATOR, other.role)
 
 
 async def test_a_drain_or_revocation_made_already_is_no_change_audited(

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hakuriver_common.proto.hakuriver.v1 import access_pb2 as hakuriver_dot_v1_dot_access__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hakuriver/v1/access_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19hakuriver/v1/access.proto\"\x0f\n\rWhoAmIRequest\"g\n\x0eWhoAmIResponse\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\x12\x19\n\x08token_id\x18\x03 \x01(\tR\x07tokenId\"i\n\x11\x43reateUserRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\x12\x18\n\x07reclaim\x18\x03 \x01(\x08R\x07reclaim\"<\n\x12\x43reateUserResponse\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.UserR\x04user\"\x12\n\x10ListUsersRequest\"=\n\x11ListUsersResponse\x12(\n\x05users\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.UserR\x05users\"\'\n\x11\x44\x65leteUserRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\";\n\x12\x44\x65leteUserResponse\x12%\n\x0erevoked_tokens\x18\x01 \x01(\x05R\rrevokedTokens\"P\n\x12SetUserRoleRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\"=\n\x13SetUserRoleResponse\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.UserR\x04user\"\x85\x01\n\x12\x43reateTokenRequest\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x39\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"[\n\x13\x43reateTokenResponse\x12,\n\x05token\x18\x01 \x01(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x05token\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"R\n\x11ListTokensRequest\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12)\n\x10include_inactive\x18\x02 \x01(\x08R\x0fincludeInactive\"D\n\x12ListTokensResponse\x12.\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x06tokens\"/\n\x12RevokeTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\"C\n\x13RevokeTokenResponse\x12,\n\x05token\x18\x01 \x01(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x05token\"\x1e\n\x1cListRunnerCredentialsRequest\"a\n\x1dListRunnerCredentialsResponse\x12@\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x1e.hakuriver.v1.RunnerCredentialR\x0b\x63redentials\";\n\x1dRevokeRunnerCredentialRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\"`\n\x1eRevokeRunnerCredentialResponse\x12>\n\ncredential\x18\x01 \x01(\x0b\x32\x1e.hakuriver.v1.RunnerCredentialR\ncredential2\xf8\x06\n\rAccessService\x12\x43\n\x06WhoAmI\x12\x1b.hakuriver.v1.WhoAmIRequest\x1a\x1c.hakuriver.v1.WhoAmIResponse\x12O\n\nCreateUser\x12\x1f.hakuriver.v1.CreateUserRequest\x1a .hakuriver.v1.CreateUserResponse\x12L\n\tListUsers\x12\x1e.hakuriver.v1.ListUsersRequest\x1a\x1f.hakuriver.v1.ListUsersResponse\x12O\n\nDeleteUser\x12\x1f.hakuriver.v1.DeleteUserRequest\x1a .hakuriver.v1.DeleteUserResponse\x12R\n\x0bSetUserRole\x12 .hakuriver.v1.SetUserRoleRequest\x1a!.hakuriver.v1.SetUserRoleResponse\x12R\n\x0b\x43reateToken\x12 .hakuriver.v1.CreateTokenRequest\x1a!.hakuriver.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.hakuriver.v1.ListTokensRequest\x1a .hakuriver.v1.ListTokensResponse\x12R\n\x0bRevokeToken\x12 .hakuriver.v1.RevokeTokenRequest\x1a!.hakuriver.v1.RevokeTokenResponse\x12p\n\x15ListRunnerCredentials\x12*.hakuriver.v1.ListRunnerCredentialsRequest\x1a+.hakuriver.v1.ListRunnerCredentialsResponse\x12s\n\x16RevokeRunnerCredential\x12+.hakuriver.v1.RevokeRunnerCredentialRequest\x1a,.hakuriver.v1.RevokeRunnerCredentialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!hakuriver/v1/access_service.proto\x12\x0chakuriver.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19hakuriver/v1/access.proto\"\x0f\n\rWhoAmIRequest\"g\n\x0eWhoAmIResponse\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\x12\x19\n\x08token_id\x18\x03 \x01(\tR\x07tokenId\"i\n\x11\x43reateUserRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\x12\x18\n\x07reclaim\x18\x03 \x01(\x08R\x07reclaim\"<\n\x12\x43reateUserResponse\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.UserR\x04user\"\x12\n\x10ListUsersRequest\"=\n\x11ListUsersResponse\x12(\n\x05users\x18\x01 \x03(\x0b\x32\x12.hakuriver.v1.UserR\x05users\"\'\n\x11\x44\x65leteUserRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\";\n\x12\x44\x65leteUserResponse\x12%\n\x0erevoked_tokens\x18\x01 \x01(\x05R\rrevokedTokens\"P\n\x12SetUserRoleRequest\x12\x12\n\x04name\x18\x01 \x01(\tR\x04name\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x04role\"v\n\x13SetUserRoleResponse\x12&\n\x04user\x18\x01 \x01(\x0b\x32\x12.hakuriver.v1.UserR\x04user\x12\x37\n\rprevious_role\x18\x02 \x01(\x0e\x32\x12.hakuriver.v1.RoleR\x0cpreviousRole\"\x85\x01\n\x12\x43reateTokenRequest\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12 \n\x0b\x64\x65scription\x18\x02 \x01(\tR\x0b\x64\x65scription\x12\x39\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampR\texpiresAt\"[\n\x13\x43reateTokenResponse\x12,\n\x05token\x18\x01 \x01(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x05token\x12\x16\n\x06secret\x18\x02 \x01(\tR\x06secret\"R\n\x11ListTokensRequest\x12\x12\n\x04user\x18\x01 \x01(\tR\x04user\x12)\n\x10include_inactive\x18\x02 \x01(\x08R\x0fincludeInactive\"D\n\x12ListTokensResponse\x12.\n\x06tokens\x18\x01 \x03(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x06tokens\"/\n\x12RevokeTokenRequest\x12\x19\n\x08token_id\x18\x01 \x01(\tR\x07tokenId\"C\n\x13RevokeTokenResponse\x12,\n\x05token\x18\x01 \x01(\x0b\x32\x16.hakuriver.v1.ApiTokenR\x05token\"\x1e\n\x1cListRunnerCredentialsRequest\"a\n\x1dListRunnerCredentialsResponse\x12@\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x1e.hakuriver.v1.RunnerCredentialR\x0b\x63redentials\";\n\x1dRevokeRunnerCredentialRequest\x12\x1a\n\x08hostname\x18\x01 \x01(\tR\x08hostname\"`\n\x1eRevokeRunnerCredentialResponse\x12>\n\ncredential\x18\x01 \x01(\x0b\x32\x1e.hakuriver.v1.RunnerCredentialR\ncredential2\xf8\x06\n\rAccessService\x12\x43\n\x06WhoAmI\x12\x1b.hakuriver.v1.WhoAmIRequest\x1a\x1c.hakuriver.v1.WhoAmIResponse\x12O\n\nCreateUser\x12\x1f.hakuriver.v1.CreateUserRequest\x1a .hakuriver.v1.CreateUserResponse\x12L\n\tListUsers\x12\x1e.hakuriver.v1.ListUsersRequest\x1a\x1f.hakuriver.v1.ListUsersResponse\x12O\n\nDeleteUser\x12\x1f.hakuriver.v1.DeleteUserRequest\x1a .hakuriver.v1.DeleteUserResponse\x12R\n\x0bSetUserRole\x12 .hakuriver.v1.SetUserRoleRequest\x1a!.hakuriver.v1.SetUserRoleResponse\x12R\n\x0b\x43reateToken\x12 .hakuriver.v1.CreateTokenRequest\x1a!.hakuriver.v1.CreateTokenResponse\x12O\n\nListTokens\x12\x1f.hakuriver.v1.ListTokensRequest\x1a .hakuriver.v1.ListTokensResponse\x12R\n\x0bRevokeToken\x12 .hakuriver.v1.RevokeTokenRequest\x1a!.hakuriver.v1.RevokeTokenResponse\x12p\n\x15ListRunnerCredentials\x12*.hakuriver.v1.ListRunnerCredentialsRequest\x1a+.hakuriver.v1.ListRunnerCredentialsResponse\x12s\n\x16RevokeRunnerCredential\x12+.hakuriver.v1.RevokeRunnerCredentialRequest\x1a,.hakuriver.v1.RevokeRunnerCredentialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,27 +52,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETUSERROLEREQUEST']._serialized_start=587
   _globals['_SETUSERROLEREQUEST']._serialized_end=667
   _globals['_SETUSERROLERESPONSE']._serialized_start=669
-  _globals['_SETUSERROLERESPONSE']._serialized_end=730
-  _globals['_CREATETOKENREQUEST']._serialized_start=733
-  _globals['_CREATETOKENREQUEST']._serialized_end=866
-  _globals['_CREATETOKENRESPONSE']._serialized_start=868
-  _globals['_CREATETOKENRESPONSE']._serialized_end=959
-  _globals['_LISTTOKENSREQUEST']._serialized_start=961
-  _globals['_LISTTOKENSREQUEST']._serialized_end=1043
-  _globals['_LISTTOKENSRESPONSE']._serialized_start=1045
-  _globals['_LISTTOKENSRESPONSE']._serialized_end=1113
-  _globals['_REVOKETOKENREQUEST']._serialized_start=1115
-  _globals['_REVOKETOKENREQUEST']._serialized_end=1162
-  _globals['_REVOKETOKENRESPONSE']._serialized_start=1164
-  _globals['_REVOKETOKENRESPONSE']._serialized_end=1231
-  _globals['_LISTRUNNERCREDENTIALSREQUEST']._serialized_start=1233
-  _globals['_LISTRUNNERCREDENTIALSREQUEST']._serialized_end=1263
-  _globals['_LISTRUNNERCREDENTIALSRESPONSE']._serialized_start=1265
-  _globals['_LISTRUNNERCREDENTIALSRESPONSE']._serialized_end=1362
-  _globals['_REVOKERUNNERCREDENTIALREQUEST']._serialized_start=1364
-  _globals['_REVOKERUNNERCREDENTIALREQUEST']._serialized_end=1423
-  _globals['_REVOKERUNNERCREDENTIALRESPONSE']._serialized_start=1425
-  _globals['_REVOKERUNNERCREDENTIALRESPONSE']._serialized_end=1521
-  _globals['_ACCESSSERVICE']._serialized_start=1524
-  _globals['_ACCESSSERVICE']._serialized_end=2412
+  _globals['_SETUSERROLERESPONSE']._serialized_end=787
+  _globals['_CREATETOKENREQUEST']._serialized_start=790
+  _globals['_CREATETOKENREQUEST']._serialized_end=923
+  _globals['_CREATETOKENRESPONSE']._serialized_start=925
+  _globals['_CREATETOKENRESPONSE']._serialized_end=1016
+  _globals['_LISTTOKENSREQUEST']._serialized_start=1018
+  _globals['_LISTTOKENSREQUEST']._serialized_end=1100
+  _globals['_LISTTOKENSRESPONSE']._serialized_start=1102
+  _globals['_LISTTOKENSRESPONSE']._serialized_end=1170
+  _globals['_REVOKETOKENREQUEST']._serialized_start=1172
+  _globals['_REVOKETOKENREQUEST']._serialized_end=1219
+  _globals['_REVOKETOKENRESPONSE']._serialized_start=1221
+  _globals['_REVOKETOKENRESPONSE']._serialized_end=1288
+  _globals['_LISTRUNNERCREDENTIALSREQUEST']._serialized_start=1290
+  _globals['_LISTRUNNERCREDENTIALSREQUEST']._serialized_end=1320
+  _globals['_LISTRUNNERCREDENTIALSRESPONSE']._serialized_start=1322
+  _globals['_LISTRUNNERCREDENTIALSRESPONSE']._serialized_end=1419
+  _globals['_REVOKERUNNERCREDENTIALREQUEST']._serialized_start=1421
+  _globals['_REVOKERUNNERCREDENTIALREQUEST']._serialized_end=1480
+  _globals['_REVOKERUNNERCREDENTIALRESPONSE']._serialized_start=1482
+  _globals['_REVOKERUNNERCREDENTIALRESPONSE']._serialized_end=1578
+  _globals['_ACCESSSERVICE']._serialized_start=1581
+  _globals['_ACCESSSERVICE']._serialized_end=2469
 # @@protoc_insertion_point(module_scope)

@@ -213,16 +213,22 @@ class SetUserRoleResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_ROLE_FIELD_NUMBER: _builtins.int
+    previous_role: _access_pb2.Role.ValueType
+    """The role the user had before the call: the same as `user.role` when they had it
+    already (nothing changed, and nothing was audited).
+    """
     @_builtins.property
     def user(self) -> _access_pb2.User: ...
     def __init__(
         self,
         *,
         user: _access_pb2.User | None = ...,
+        previous_role: _access_pb2.Role.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_role", b"previous_role", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -337,9 +337,13 @@ def token_revoke(
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
     request = apb.RevokeTokenRequest(token_id=token_id)
-    token = _access(config, lambda s: unary(s.RevokeToken, request).token)
+    reply = _access(config, lambda s: unary(s.RevokeToken, request))
+    token = reply.token
     if json:
         print_json(to_dict(token))
+        return
+    if reply.already_revoked:
+        cli.echo(f"token {token.token_id} of {token.user} was already revoked")
         return
     cli.echo(f"revoked token {token.token_id} of {token.user}")
 
@@ -378,9 +382,13 @@ def runner_revoke(
     from hakuriver_common.proto.hakuriver.v1 import access_service_pb2 as apb
 
     request = apb.RevokeRunnerCredentialRequest(hostname=hostname)
-    credential = _access(config, lambda s: unary(s.RevokeRunnerCredential, request).credential)
+    reply = _access(config, lambda s: unary(s.RevokeRunnerCredential, request))
+    credential = reply.credential
     if json:
         print_json(to_dict(credential))
+        return
+    if reply.already_revoked:
+        cli.echo(f"the credential of runner {credential.hostname} was already revoked")
         return
     cli.echo(
         f"revoked the credential of runner {credential.hostname}; to join again it needs the "

@@ -180,9 +180,10 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         token = self.access.token(request.token_id)
         if token.user != who.name and not who.has(Role.ADMIN):
             raise Hidden(f"token_id: token {request.token_id!r} not found")
-        if await self.access.revoke_token(token):  # one revoked already: no change to audit
+        revoked = await self.access.revoke_token(token)
+        if revoked:  # one revoked already: no change to audit
             self.audit.record(who, "token.revoke", token.token_id, detail=f"of {token.user}")
-        return apb.RevokeTokenResponse(token=token_to_pb(token))
+        return apb.RevokeTokenResponse(token=token_to_pb(token), already_revoked=not revoked)
 
     async def ListRunnerCredentials(
         self, request: apb.ListRunnerCredentialsRequest, context: grpc.aio.ServicerContext
@@ -200,7 +201,9 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
             link.close()
         if revoked:  # one revoked already: no change to audit
             self.audit.record(caller(), "runner.revoke", request.hostname)
-        return apb.RevokeRunnerCredentialResponse(credential=credential_to_pb(credential))
+        return apb.RevokeRunnerCredentialResponse(
+            credential=credential_to_pb(credential), already_revoked=not revoked
+        )
 
 
 def audit_to_pb(event: AuditRecord) -> aupb.AuditEvent:

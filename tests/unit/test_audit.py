@@ -163,6 +163,31 @@ async def test_set_role_to_the_role_a_user_has_says_so(
     assert (reply.previous_role, reply.user.role) == (access_pb2.ROLE_OPERATOR, other.role)
 
 
+async def test_a_revocation_made_already_says_so(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hakuriver.admin token revoke ID` of a revoked token printed "revoked token ID of
+    USER", and `runner revoke HOST` of a revoked credential "revoked the credential of
+    runner HOST", as if either had been revoked then (nothing changed, nothing was
+    audited). The answers say already_revoked, and the tool says "was already revoked"."""
+    await local_cluster.add_runner("a")
+    made = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    token_id = made.token.token_id
+    config = str(local_cluster.cli_config(tmp_path / "client.toml"))
+
+    async def said(*argv: str) -> str:
+        command = [*argv, "--config", config]
+        assert await asyncio.to_thread(exit_code, direct.run, admin.app, "a", command) == 0
+        return capsys.readouterr().out
+
+    assert await said("token", "revoke", token_id) == f"revoked token {token_id} of admin\n"
+    again = await said("token", "revoke", token_id)
+    assert again == f"token {token_id} of admin was already revoked\n"
+    assert (await said("runner", "revoke", "a")).startswith("revoked the credential of runner a;")
+    again = await said("runner", "revoke", "a")
+    assert again == "the credential of runner a was already revoked\n"
+
+
 async def test_a_drain_or_revocation_made_already_is_no_change_audited(
     local_cluster: LocalCluster,
 ) -> None:
@@ -178,13 +203,15 @@ async def test_a_drain_or_revocation_made_already_is_no_change_audited(
         await local_cluster.nodes.UndrainNode(undrain, timeout=5)
     made = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
     revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
-    for _ in range(2):
+    for already in (False, True):
         revoked = await local_cluster.access.RevokeToken(revoke, timeout=5)
         assert revoked.token.HasField("revoked_at")
+        assert revoked.already_revoked is already
     runner = apb.RevokeRunnerCredentialRequest(hostname="a")
-    for _ in range(2):
+    for already in (False, True):
         gone = await local_cluster.access.RevokeRunnerCredential(runner, timeout=5)
         assert gone.credential.HasField("revoked_at")
+        assert gone.already_revoked is already
     events = await _events(local_cluster, limit=1000)
     actions = ("node.", "token.revoke", "runner.revoke")
     changes = [(e.action, e.target) for e in events if e.action.startswith(actions)]

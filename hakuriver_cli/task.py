@@ -433,17 +433,23 @@ def list_tasks(
 
 def _taken(request: tpb.ListTasksRequest) -> Callable[[task_pb2.Task], bool]:
     """Whether a task the Host sends to a watch passes the filters of ``request`` (its
-    ``owner`` the Host applies itself)."""
+    ``owner`` the Host applies itself), as they are now: listing pages through it."""
     statuses = set(request.statuses)
     since = request.submitted_after.ToNanoseconds() if request.HasField("submitted_after") else 0
+    node, batch_id, kind, before = (
+        request.node,
+        request.batch_id,
+        request.kind,
+        request.before_task_id,
+    )
 
     def taken(t: task_pb2.Task) -> bool:
         return (
             (not statuses or t.status in statuses)
-            and (not request.node or t.assigned_node == request.node)
-            and (not request.batch_id or t.batch_id == request.batch_id)
-            and (not request.kind or t.kind == request.kind)
-            and (not request.before_task_id or t.task_id < request.before_task_id)
+            and (not node or t.assigned_node == node)
+            and (not batch_id or t.batch_id == batch_id)
+            and (not kind or t.kind == kind)
+            and (not before or t.task_id < before)
             and t.submitted_at.ToNanoseconds() >= since
         )
 

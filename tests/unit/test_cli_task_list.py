@@ -201,3 +201,26 @@ async def test_list_watch_prints_a_line_per_change_under_the_table(
     assert not any("running" in line for line in printed.out)  # not a status it takes
     await local_cluster.stop_host()
     assert await asyncio.wait_for(watching, 30) == 1
+
+
+async def test_list_watch_of_a_list_of_several_pages_shows_the_changes_after_it(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The list read first took the request's before_task_id along as it paged (the Host
+    cuts a page of large tasks short), and the watch then took every newer task as outside
+    the filters: nothing more was printed."""
+    await local_cluster.add_runner("a", cores=4)
+    large = ["x" * 85_000] * 3  # 255 KB a task: 16 of them are over the Host's 3 MiB page
+    for _ in range(16):
+        await local_cluster.wait_status((await local_cluster.submit("true", *large)).task_id)
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    argv = ["list", "--watch", "--json", "--config", str(config)]
+    watching = exit_code_later(direct.run, task.app, "hakuriver.task", argv)
+    printed = _Printed(capsys)
+    await eventually(lambda: len(printed.lines()) == 16, what="the list of 16")
+    later = await local_cluster.submit("true")
+    await local_cluster.wait_status(later.task_id)
+    ended = f'"task_id": "{later.task_id}"'
+    await eventually(lambda: any(ended in line for line in printed.lines()), what="its change")
+    await local_cluster.stop_host()
+    assert await asyncio.wait_for(watching, 30) == 1

@@ -97,6 +97,11 @@ CLI_CASES = [
     (["client", "status", "abc"], "task id must be a decimal integer"),
     (["client", "kill", "999"], "task 999 not found"),
     (["task", "stdout", "999"], "task 999 not found"),
+    # Usage errors: click's four lines before.
+    (["task", "list", "--bogus"], "no such option: --bogus (see 'hakuriver.task list --help')"),
+    (["client", "stdout", "5"], "hakuriver.client has no command 'stdout'"),
+    (["client", "command", "5"], "missing argument 'ACTION'"),
+    (["vps", "submit", "--network", "host"], "no such option: --network"),
 ]
 
 

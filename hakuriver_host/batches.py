@@ -41,13 +41,15 @@ class Batches:
         self.cluster = cluster
 
     async def summary(self, batch_id: int, who: Principal) -> BatchView:
-        """Counts by status: tasks stored as ended as stored, the others as in memory
-        (every task that has not ended is there, and newer there). Memory is read before
-        the store, so a task that ends in between is counted once, as stored."""
+        """Counts by status: tasks stored as ended as stored, the others as the Host shows
+        them (every task that has not ended is in memory: ``TaskBook.shown_status``, an end
+        not stored yet not counted as one). Memory is read before the store, so a task
+        whose end is stored in between is counted once, as stored."""
         if batch_id <= 0:
             raise InvalidArgument(f"batch_id: must be a positive id, got {batch_id}")
         await self.cluster.book.arrival(batch_id=batch_id)
-        in_memory = [(t.task_id, t.status) for t in self.cluster.book.of_batch(batch_id)]
+        book = self.cluster.book
+        in_memory = [(t.task_id, book.shown_status(t)) for t in book.of_batch(batch_id)]
         store = self.cluster.store
         final = [s.value for s in FINAL_STATUSES]
         ids = [task_id for task_id, _ in in_memory]

@@ -337,7 +337,7 @@ class Cluster:
             still_kept(stored, found)
             target, detail = replayed(stored, who.actor)
             self.audit.record(who, "task.submit", target, detail=detail)
-            tasks = [self.book.live(task.task_id) or task for task in found]
+            tasks = [self.book.shown_as_held(task) for task in found]
             return Submitted(tasks, stored.batch_id, stored.created)
         finally:
             if not turn.handed:
@@ -421,9 +421,9 @@ class Cluster:
         self, req: tpb.CountTasksRequest, who: Principal
     ) -> dict[TaskStatus, int]:
         """How many tasks ``who`` may see are in each status (non-zero counts, in status
-        order). Unfinished ones are counted in memory, as the Host holds them now (no read
-        of the store, whose thread its writes share); finished ones as stored, through an
-        index of status and completion time."""
+        order). Unfinished ones are counted in memory, as the Host shows them (no read of
+        the store, whose thread its writes share; an end not stored yet is not counted as
+        an end); finished ones as stored, through an index of status and completion time."""
         try:
             wanted = {TaskStatus.from_pb(s) for s in req.statuses} or set(TaskStatus)
         except ValueError as exc:
@@ -433,8 +433,8 @@ class Cluster:
         owner = _whose_tasks(req.owner, who, "count")
         found: Counter[TaskStatus] = Counter()
         if completed is None:  # an unfinished task has not completed
-            for task in self.book.active.values():
-                status = TaskStatus(task.status)
+            for task in self.book.held():
+                status = TaskStatus(self.book.shown_status(task))
                 if (
                     status in wanted
                     and (not owner or task.owner == owner)
@@ -487,10 +487,10 @@ class Cluster:
             req.array_index if req.HasField("array_index") else None,
         )
         positions = self.book.queue_positions()
-        # Matched as stored, answered as the Host holds them now: a change not yet written
-        # (the store follows the Host by a group commit) must not show a task in a page of
-        # a status or node it has left. The page reads on from the last one matched.
-        tasks = [self.book.live(r.task_id) or r for r in records]
+        # Matched as stored, answered as the Host shows them now (``TaskBook.shown``: a
+        # change stored since the read is shown, one not stored yet is not). The page reads
+        # on from the last one matched.
+        tasks = [self.book.shown_as_held(r) for r in records]
         read_on = records[-1].task_id if len(records) == limit else 0
         return [
             (task, positions.get(task.task_id, 0))
@@ -584,6 +584,10 @@ class Cluster:
     ) -> Task:
         task = await self.get_task(task_id, who)
         if TaskStatus(task.status) not in allowed:
+            if self.book.shown_status(task) != task.status:
+                # Refused once the status it is refused for is stored, so shown (an end
+                # held while the database is away: refused once it is back).
+                await self.book.stored(task)
             names = ", ".join(s.value for s in TaskStatus if s in allowed)
             raise FailedPrecondition(
                 f"task {task_id} is {task.status}: only {names} tasks can be {action}"

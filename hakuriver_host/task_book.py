@@ -22,6 +22,7 @@ from collections.abc import (
 )
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 from hakuriver_common.limits import truncated
@@ -98,22 +99,38 @@ def _event(task_id: int, status: str, at: datetime, detail: str) -> dict[str, An
     return {"task_id": task_id, "status": status, "at": at, "detail": detail}
 
 
-# What a Runner reports, told to watchers as soon as it is made in memory (TaskBook.change).
+# What a Runner reports, shown (GetTask, ListTasks, watchers) as soon as it is made in
+# memory (TaskBook.change).
 TOLD_AT_ONCE = frozenset({TaskStatus.RUNNING, TaskStatus.PAUSED})
 
 
 class Change(NamedTuple):
-    """A status change made in memory, to be stored: what it was, the copy its watchers
-    get once it is stored (None: nobody watches, or they were told when it was made:
-    TOLD_AT_ONCE), its row's new values and its event. (A tuple: made for
-    every change, and a frozen dataclass costs several times as much to make.)"""
+    """A status change made in memory, to be stored: what it was, its number, the copy its
+    watchers get once it is stored (None: nobody watched when it was made, or they were
+    told then: TOLD_AT_ONCE), the values it changed as they were before it (what is shown
+    until it is stored: TaskBook.shown), its row's new values and its event. (A tuple:
+    made for every change, and a frozen dataclass costs several times as much to make.)"""
 
     task: Task
     old: TaskStatus
     new: TaskStatus
+    number: int
     watched: tuple[int, Task] | None
+    before: dict[str, Any]
     row: dict[str, Any]
     event: dict[str, Any]
+
+
+class _Unstored:
+    """A write of a task queued and not stored yet: its status change's number (0: no
+    status change) and the values it changed as they were before it. Told apart by
+    identity: two writes may change the same values alike."""
+
+    __slots__ = ("before", "number")
+
+    def __init__(self, number: int, before: dict[str, Any]) -> None:
+        self.number = number
+        self.before = before
 
 
 class TaskBook:
@@ -151,6 +168,10 @@ class TaskBook:
         # Tasks made final in memory whose change is not stored yet (no longer active, and
         # not yet final in the database).
         self._finishing: dict[int, Task] = {}
+        # Each task's writes queued and not stored yet, in the order they were queued: what
+        # a client is shown is the task as stored (``shown``), never a change the Host
+        # would lose by crashing (while the database is away, the last stored status).
+        self._unstored: dict[int, list[_Unstored]] = {}
         # Watchers of every task (live lists); a full queue ends that watcher (see ``watch_all``).
         self._list_watchers: set[asyncio.Queue[Task | None]] = set()
         # New tasks whose rows are being stored, not yet in ``active``, by task id and by
@@ -274,12 +295,15 @@ class TaskBook:
 
     def note(self, task: Task, detail: str | None = None, **changes: Any) -> asyncio.Future[None]:
         """``persist`` in two halves like ``apply``: made in memory now and its write queued;
-        the future is done once it is stored."""
+        the future is done once it is stored (and shown from then on)."""
+        before = {name: task.__dict__[name] for name in changes}
         assign(task, changes)
         events = [] if detail is None else [_event(task.task_id, task.status, utcnow(), detail)]
-        return self.store.queue_write(
+        stored = self.store.queue_write(
             _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=events
         )
+        self._unstored_until(task.task_id, _Unstored(0, before), stored)
+        return stored
 
     async def move(self, task: Task, new: TaskStatus, detail: str = "", **fields: Any) -> None:
         """Change a task's status through the state machine; IllegalTransition if refused.
@@ -318,6 +342,8 @@ class TaskBook:
             changes.setdefault("started_at", now)
         if new.is_final and task.completed_at is None:
             changes.setdefault("completed_at", now)
+        at_once = new in TOLD_AT_ONCE
+        before = {} if at_once else {name: task.__dict__[name] for name in changes}
         assign(task, changes)
         self._change += 1
         # Watchers get the task as this change left it: at once if its Runner said so
@@ -328,7 +354,7 @@ class TaskBook:
         # seeing it may read all of it).
         watched = task.task_id in self._watchers or self._list_watchers
         copy = (self._change, task.model_copy()) if watched else None
-        if copy is not None and new in TOLD_AT_ONCE:
+        if copy is not None and at_once:
             self._tell_watchers(copy)
             copy = None
         if new.is_final:
@@ -346,7 +372,8 @@ class TaskBook:
         else:
             self._last_change[task.task_id] = self._change
         row = {"task_id": task.task_id, **changes}
-        return Change(task, old, new, copy, row, _event(task.task_id, new.value, now, detail))
+        event = _event(task.task_id, new.value, now, detail)
+        return Change(task, old, new, self._change, copy, before, row, event)
 
     def stored(self, task: Task) -> asyncio.Future[None]:
         """Done once every change of ``task`` made so far is stored (its node's writes are
@@ -366,7 +393,26 @@ class TaskBook:
             updates=[change.row for change in changes],
             events=[change.event for change in changes],
         )
+        for change in changes:
+            unstored = _Unstored(0 if change.new in TOLD_AT_ONCE else change.number, change.before)
+            self._unstored_until(change.task.task_id, unstored, stored)
         return self._record(changes, stored)
+
+    def _unstored_until(self, task_id: int, write: _Unstored, stored: asyncio.Future[None]) -> None:
+        """Show the task without ``write``'s change until ``stored`` is done (also if it
+        failed: what memory holds is then all the Host has). Called back before anyone
+        awaiting ``stored`` resumes: they see it shown."""
+        self._unstored.setdefault(task_id, []).append(write)
+        stored.add_done_callback(partial(self._stored, task_id, write))
+
+    def _stored(self, task_id: int, write: _Unstored, _: asyncio.Future[None]) -> None:
+        writes = self._unstored[task_id]
+        for index, queued in enumerate(writes):
+            if queued is write:
+                del writes[index]
+                break
+        if not writes:
+            del self._unstored[task_id]
 
     async def _record(self, changes: Sequence[Change], stored: asyncio.Future[None]) -> None:
         try:
@@ -392,7 +438,8 @@ class TaskBook:
 
     def _told(self, change: Change) -> None:
         """Tell webhooks and watchers (unless told already) of a stored change (the
-        metrics are told of a write's changes together)."""
+        metrics are told of a write's changes together). Watchers that came since it was
+        made get the task as stored now."""
         task, new = change.task, change.new
         if new.is_final:
             self.logs.close(task.task_id)
@@ -400,6 +447,8 @@ class TaskBook:
             self._on_final(task)
         if change.watched is not None:
             self._tell_watchers(change.watched)
+        elif new not in TOLD_AT_ONCE and (task.task_id in self._watchers or self._list_watchers):
+            self._tell_watchers((change.number, self._stored_copy(task)))
 
     def _tell_watchers(self, watched: tuple[int, Task]) -> None:
         for queue in self._watchers.get(watched[1].task_id, ()):
@@ -436,6 +485,11 @@ class TaskBook:
 
     # ----- queries ----------------------------------------------------------------------
 
+    def held(self) -> Iterator[Task]:
+        """Every task in memory: active, or final but not yet stored."""
+        yield from self.active.values()
+        yield from self._finishing.values()
+
     def of_batch(self, batch_id: int) -> list[Task]:
         """A batch's tasks that are in memory: active, or final but not yet stored."""
         return [
@@ -454,7 +508,37 @@ class TaskBook:
         """The task as it is in memory (newer than the store), if it is active or finishing."""
         return self.active.get(task_id) or self._finishing.get(task_id)
 
+    def shown(self, task: Task) -> Task:
+        """What a client is shown of a task the Host holds: as stored, without its changes
+        not stored yet (a copy then; else ``task`` itself). Never waits for the store."""
+        writes = self._unstored.get(task.task_id)
+        if not writes:
+            return task
+        copy = task.model_copy()
+        for write in reversed(writes):
+            copy.__dict__.update(write.before)
+        return copy
+
+    def _stored_copy(self, task: Task) -> Task:
+        shown = self.shown(task)
+        return task.model_copy() if shown is task else shown
+
+    def shown_status(self, task: Task) -> str:
+        """``shown(task).status``, without a copy."""
+        for write in self._unstored.get(task.task_id, ()):
+            if "status" in write.before:
+                return str(write.before["status"])
+        return task.status
+
+    def shown_as_held(self, record: Task) -> Task:
+        """A task read from the store, as the Host shows it now: what it holds of it,
+        as stored (``shown``), if it holds it (a change stored since the read is shown)."""
+        live = self.live(record.task_id)
+        return record if live is None else self.shown(live)
+
     async def get(self, task_id: int) -> Task:
+        """The task itself (as held in memory, its changes not stored yet too), for the
+        Host's own use; what a client is shown of it is ``shown``."""
         await self.arrival(task_id)
         task = self.live(task_id)
         if task is not None:
@@ -465,11 +549,12 @@ class TaskBook:
         return record
 
     async def get_with_events(self, task_id: int) -> tuple[Task, list[TaskEventRecord]]:
+        """The task as shown to a client (``shown``), and its stored events."""
         await self.arrival(task_id)
         record, events = await self.store.run(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
-        return self.live(task_id) or record, events
+        return self.shown_as_held(record), events
 
     def on_node(self, hostname: str) -> list[Task]:
         return [t for t in self.active.values() if t.assigned_node == hostname]
@@ -481,7 +566,7 @@ class TaskBook:
         batch is let go or one of its array's own ends, so it is not counted ahead of
         others either (docs/scheduling.md, "The queue")."""
         held = self.scheduler.held
-        if task.status != TaskStatus.PENDING or task.batch_id in held:
+        if task.task_id not in self.pending or task.batch_id in held:
             return 0
         if self._positions is not None:
             return self._positions.get(task.task_id, 0)
@@ -547,12 +632,13 @@ class TaskBook:
         queue: asyncio.Queue[tuple[int, Task]] = asyncio.Queue()
         self._watchers.setdefault(task_id, set()).add(queue)
         try:
-            live = self.active.get(task_id) or self._finishing.get(task_id)
+            live = self.live(task_id)
             if live is None:  # final (or unknown: NotFound): nothing more will change
                 yield await self.get(task_id)
                 return
-            # Changes made before this copy are in it; later ones arrive numbered.
-            seen, task = self._last_change.get(task_id, 0), live.model_copy()
+            # Stored changes are in this copy (as stored, ``shown``); later ones, and those
+            # not stored yet, arrive numbered once stored.
+            seen, task = self._seen(live), self._stored_copy(live)
             while True:
                 yield task
                 if TaskStatus(task.status).is_final:
@@ -567,6 +653,13 @@ class TaskBook:
                 watchers.discard(queue)
                 if not watchers:
                     del self._watchers[task_id]
+
+    def _seen(self, task: Task) -> int:
+        """The number of the last change of ``task`` that is stored."""
+        for write in self._unstored.get(task.task_id, ()):
+            if write.number:
+                return write.number - 1
+        return self._last_change.get(task.task_id, 0)
 
     async def watch_all(self, announce: bool = False) -> AsyncIterator[Task | None]:
         """Every task as it is submitted and after each status change, from now on; first

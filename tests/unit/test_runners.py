@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import closing
+from typing import Any
 
 import grpc
 import pytest
@@ -572,12 +573,13 @@ async def test_a_task_that_ends_while_the_database_is_locked_is_stored_once_it_i
 
 
 async def _ended_while_locked(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture, **fields: Any
 ) -> tuple[FakeRunner, task_pb2.Task, sqlite3.Connection]:
-    """A HOLD Runner's task that ended while another program holds the database locked
-    (the lock still held: the caller closes ``other``), once the Host held its end."""
+    """A HOLD Runner's task (``fields`` as in SubmitTaskRequest) that ended while another
+    program holds the database locked (the lock still held: the caller closes ``other``),
+    once the Host held its end."""
     runner = await local_cluster.add_runner("a", answer=HOLD)
-    [task] = await local_cluster.submit_running()
+    [task] = await local_cluster.submit_running(**fields)
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     runner.finish(task.task_id, 0, stdout=b"done\n")
@@ -585,6 +587,49 @@ async def _ended_while_locked(
         lambda: "changes held in memory" in caplog.text, within=30, what="the end held"
     )
     return runner, task, other
+
+
+async def test_a_tasks_end_is_shown_once_it_is_stored(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GetTask, ListTasks, CountTasks, GetBatch and a WatchTask opened meanwhile showed a
+    task's end as soon as its Runner reported it, before it was stored: a Host killed then
+    showed the task running again after its restart, to a client that had seen it end (QA).
+    While its end is held (the database locked) each shows it running, as stored, and a
+    kill is refused as 'completed' only once that end is stored (it waits: the caller's
+    deadline passes); once the end is stored, each shows it. (A read of the store waits
+    for the write being tried, up to SQLite's 5 s wait for the lock: calls get 30 s.)"""
+    array = tpb.TaskArray(indices=[0])
+    _, task, other = await _ended_while_locked(local_cluster, caplog, array=array)
+    tasks = local_cluster.tasks
+
+    async def shown() -> list[int]:
+        got = await tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id), timeout=30)
+        listed = await tasks.ListTasks(tpb.ListTasksRequest(), timeout=30)
+        counted = await tasks.CountTasks(tpb.CountTasksRequest(), timeout=30)
+        batch = await tasks.GetBatch(tpb.GetBatchRequest(batch_id=task.batch_id), timeout=30)
+        return [
+            got.task.status,
+            *(t.status for t in listed.tasks),
+            *(c.status for c in counted.counts if c.count == 1),
+            *(c.status for c in batch.batch.counts if c.count == 1),
+        ]
+
+    running, completed = task_pb2.TASK_STATUS_RUNNING, task_pb2.TASK_STATUS_COMPLETED
+    with closing(other):
+        watch = tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id))
+        assert (await watch.read()).task.status == running
+        assert await shown() == [running] * 4
+        kill = tpb.KillTaskRequest(task_id=task.task_id)
+        with pytest.raises(grpc.aio.AioRpcError) as waited:
+            await tasks.KillTask(kill, timeout=1)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert (await asyncio.wait_for(watch.read(), 30)).task.status == completed
+    assert await shown() == [completed] * 4
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await tasks.KillTask(kill, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"task {task.task_id} is completed" in (refused.value.details() or "")
 
 
 async def test_a_runner_back_before_its_tasks_end_is_stored_keeps_it_until_it_is(

@@ -482,31 +482,6 @@ async def _listed_running(cluster: LocalCluster, task_ids: set[int]) -> bool:
     return {t.task_id for t in listed.tasks} == task_ids
 
 
-async def test_a_task_that_ended_is_answered_ended_before_its_end_is_stored(
-    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """GetTask answers a task as the Host holds it, as KillTask judges it and CountTasks
-    counts it: one whose end was not stored yet was answered running (from the store) while
-    a kill of it was refused as 'task ... is completed' (QA)."""
-    runner = await local_cluster.add_runner("a", answer=HOLD)
-    release = _hold_writes(local_cluster, TaskStatus.COMPLETED, monkeypatch)
-    [task] = await local_cluster.submit_running()
-    runner.finish(task.task_id, 0)
-    running = tpb.CountTasksRequest(statuses=[task_pb2.TASK_STATUS_RUNNING])
-
-    async def ended() -> bool:
-        return not (await local_cluster.tasks.CountTasks(running, timeout=5)).counts
-
-    try:
-        await eventually(ended, what="the Host to hold the task ended")
-        assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.COMPLETED
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await local_cluster.kill(task.task_id)
-        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    finally:
-        release.set()
-
-
 async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: LocalCluster) -> None:
     """The drain was made in memory before its write: refused, it still held until the Host
     restarted (which then dropped it), and the node took no work meanwhile."""

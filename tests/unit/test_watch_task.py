@@ -59,16 +59,19 @@ async def test_a_held_watcher_gets_every_transition_in_order(local_cluster: Loca
 async def test_a_watch_opened_while_the_final_change_is_being_stored_ends_final(
     local_cluster: LocalCluster,
 ) -> None:
+    """It is shown the task as stored (running), then its end once that is stored."""
     await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
     book = _book(local_cluster)
+
+    async def statuses() -> list[str]:
+        return [t.status async for t in book.watch(task.task_id)]
+
     # Decided in memory, not yet stored: neither active nor final in the database.
     storing = book.apply(book.active[task.task_id], TaskStatus.KILLED, "killed by the test")
-    try:
-        seen = [t.status async for t in book.watch(task.task_id)]
-    finally:
-        await storing
-    assert seen == [TaskStatus.KILLED]
+    watching = asyncio.ensure_future(statuses())
+    await storing
+    assert await asyncio.wait_for(watching, 10) == [TaskStatus.RUNNING, TaskStatus.KILLED]
 
 
 async def test_watch_streams_opened_at_submit_end_with_the_final_status(

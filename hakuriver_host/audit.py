@@ -33,7 +33,7 @@ from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.models import AuditRecord, utcnow
-from hakuriver_host.store import Store, database_unavailable
+from hakuriver_host.store import Store, database_unavailable, log_refusal
 
 log = logging.getLogger("hakuriver.audit")
 MAX_LIST = 1000
@@ -132,11 +132,9 @@ class AuditLog:
             try:
                 await self.store.run(self._insert, rows)
             except Exception as exc:
-                why = database_unavailable(exc)
-                if why is None:
-                    log.exception("could not store %d audit events", len(rows))
-                elif not self._holding:  # their lines are in the Host's log
-                    log.warning("could not store %d audit events: %s", len(rows), why)
+                why = database_unavailable(exc) if self._holding else None
+                if why is None:  # their lines are in the Host's log
+                    log_refusal(log, exc, "could not store %d audit events", len(rows))
                 else:
                     self._hold(rows, why)
                     self._wake.clear()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from hakuriver_host.models import cutoff_before
-from hakuriver_host.store import database_unavailable
+from hakuriver_host.store import log_refusal
 
 # How often old rows are looked for.
 FORGET_EVERY_SECONDS = 3600.0
@@ -23,17 +23,13 @@ async def forget_every_hour(
     so_far: Callable[[], str] | None = None,
 ) -> None:
     """``forget`` what is older than ``days`` now and then every hour, forever (0: never).
-    A database away for now (``database_unavailable``) is no bug: one line on ``log``
-    saying it is put off, and the next hour tries again; anything else is logged with its
-    traceback. ``so_far``: what a run had done when it stopped, said in those lines."""
+    A failure is put off to the next hour, said on ``log`` (``log_refusal``: one line for
+    the database away for now, else a traceback). ``so_far``: what a run had done when it
+    stopped, said in that line."""
     while days > 0:
         try:
             await forget(cutoff_before(days))
         except Exception as exc:
-            why = database_unavailable(exc)
             done = f" (so far: {so_far()})" if so_far is not None else ""
-            if why is None:
-                log.exception("could not forget %s%s", what, done)
-            else:
-                log.warning("forgetting %s put off%s: %s", what, done, why)
+            log_refusal(log, exc, "forgetting %s put off%s", what, done)
         await asyncio.sleep(FORGET_EVERY_SECONDS)

@@ -35,7 +35,7 @@ from hakuriver_host.runner_checks import (
     check_register,
 )
 from hakuriver_host.runner_link import RunnerLink
-from hakuriver_host.store import WRITE_BATCH, Store, database_unavailable
+from hakuriver_host.store import WRITE_BATCH, Store, log_refusal
 from hakuriver_host.task_book import Change, TaskBook
 from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
@@ -95,12 +95,8 @@ class RunnerGateway:
             await asyncio.sleep(interval)
             try:
                 await self.check_silent_runners()
-            except Exception as exc:
-                why = database_unavailable(exc)
-                if why is None:
-                    log.exception("runner check failed")
-                else:  # not a bug: checked again at the next interval
-                    log.warning("runner check put off: %s", why)
+            except Exception as exc:  # checked again at the next interval
+                log_refusal(log, exc, "runner check put off")
 
     async def _admit(self, hostname: str, who: Principal, peer: str) -> str:
         """May ``who`` register as ``hostname``? A new credential's secret when it joined
@@ -296,11 +292,7 @@ class RunnerGateway:
             await self.store.save_node(node.record())
         except Exception as exc:
             node.stored_heartbeat = None
-            why = database_unavailable(exc)
-            if why is None:
-                log.exception("runner %s: its node's row could not be stored", hostname)
-            else:
-                log.warning("runner %s: its node's row is stored later: %s", hostname, why)
+            log_refusal(log, exc, "runner %s: its node's row is stored later", hostname)
 
     async def _on_chunk(self, link: RunnerLink, chunk: rpb.LogChunk) -> None:
         """Store a chunk of a task's output. A gap or a failed write is about that task

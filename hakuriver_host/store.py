@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import logging
 import os
 import secrets
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -114,6 +115,19 @@ def database_unavailable(exc: BaseException) -> str | None:
     if exc.connection_invalidated or (isinstance(exc, OperationalError) and server_gone):
         return DATABASE_UNREACHABLE
     return None
+
+
+def log_refusal(log: logging.Logger, exc: BaseException, what: str, *args: object) -> str | None:
+    """Log the store's refusal of some work, ``what`` (a %-format of ``args`` saying what
+    becomes of it: "runner check put off"): the database away for now
+    (``database_unavailable``) is no bug, one WARNING line, ``what: why``; anything else is,
+    ``what`` at ERROR with its traceback. Returns why the database is away (None: a bug)."""
+    why = database_unavailable(exc)
+    if why is None:
+        log.error(what, *args, exc_info=exc, stacklevel=2)
+    else:
+        log.warning(what + ": %s", *args, why, stacklevel=2)
+    return why
 
 
 class DatabaseError(OSError):

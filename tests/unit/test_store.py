@@ -5,6 +5,7 @@ and share transactions fairly between keys."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import sqlite3
 import threading
@@ -18,10 +19,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from hakuriver_host.models import TASK_FIELDS, Task, TaskRecord, field_values
 from hakuriver_host.store import (
     DATABASE_FULL,
+    DATABASE_LOCKED,
     WRITE_BATCH,
     Store,
     TaskWrite,
     database_unavailable,
+    log_refusal,
 )
 
 
@@ -381,3 +384,22 @@ def test_a_postgresql_server_whose_disk_is_full_is_the_database_away_for_now() -
     assert database_unavailable(refused) == DATABASE_FULL
     other = psycopg.errors.UniqueViolation("duplicate key value violates unique constraint")
     assert database_unavailable(IntegrityError("INSERT INTO tasks ...", {}, other)) is None
+
+
+def test_a_refusal_is_one_line_when_the_database_is_away_else_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Host's periodic work written to the store (the runner check, a node's row, the
+    hourly forgetting, the audit log) said so in four ways of its own (review): one
+    function says it, in the work's words: a WARNING line ending with why for the database
+    away, the same words at ERROR with the traceback for anything else."""
+    log = logging.getLogger("hakuriver_host.test_refusal")
+    busy = sqlite3.OperationalError("database is locked")
+    locked = OperationalError("UPDATE nodes ...", {}, busy)
+    assert log_refusal(log, locked, "runner %s: its row is stored later", "a") == DATABASE_LOCKED
+    bug = ValueError("no such column")
+    assert log_refusal(log, bug, "runner %s: its row is stored later", "a") is None
+    assert [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records] == [
+        (logging.WARNING, f"runner a: its row is stored later: {DATABASE_LOCKED}", False),
+        (logging.ERROR, "runner a: its row is stored later", True),
+    ]

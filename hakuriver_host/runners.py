@@ -224,6 +224,41 @@ class RunnerGateway:
         stored = _stored_then([self.book.stored(ending)], link.release, [task_id])
         await self._later(link, 1, stored)
 
+    def _went_silent(self, hostname: str, away: float) -> None:
+        """A silent Runner's tasks unknown, or lost (``check_silent_runners``), made so in
+        memory now and stored in the background, in its node's order: held while the
+        database is away, as a Runner's reports are, and stored once it is back."""
+        timing = self.config.timing
+        lost_after = timing.lost_after_seconds
+        changes: list[Change] = []
+        now = utcnow()
+        for task in self.book.on_node(hostname):
+            status = TaskStatus(task.status)
+            if status not in PLACED_STATUSES:
+                continue
+            if away > lost_after:
+                why = (
+                    f"runner {hostname} was away for more than {lost_after:g}s "
+                    "(timing.lost_after_seconds)"
+                )
+                fields = {"error_message": why}
+                changes.append(
+                    self.book.change(task, TaskStatus.LOST, "runner away too long", fields, now)
+                )
+            elif status in GOES_UNKNOWN:
+                detail = f"runner {hostname} silent for more than {timing.runner_timeout:g}s"
+                changes.append(self.book.change(task, TaskStatus.UNKNOWN, detail, None, now))
+        for start in range(0, len(changes), WRITE_BATCH):  # a transaction's worth each
+            stored = self.book.store_changes(changes[start : start + WRITE_BATCH])
+            self._in_background(self._silence_stored(hostname, stored))
+
+    @staticmethod
+    async def _silence_stored(hostname: str, stored: Awaitable[None]) -> None:
+        try:
+            await stored
+        except Exception as exc:  # the Host stops with them held, or a bug
+            log_refusal(log, exc, "runner %s: its tasks' silence is not stored", hostname)
+
     async def _forget_idle_nodes(self, now: float) -> None:
         """Forget nodes offline for ``forget_node_seconds`` of which no task is kept (they
         never held one, or all theirs were forgotten: ``retention``): a registration costs
@@ -441,11 +476,14 @@ class RunnerGateway:
     async def check_silent_runners(self) -> None:
         """Running and paused tasks of a Runner silent past the timeout are unknown (they
         may still run there; assigning ones stay assigning, dispatched again if the Runner
-        returns without them); past ``lost_after_seconds`` of silence all are lost."""
-        timing = self.config.timing
-        timeout, lost_after = timing.runner_timeout, timing.lost_after_seconds
+        returns without them); past ``lost_after_seconds`` of silence all are lost. Made
+        so for every silent Runner before anything is written: a write the database
+        refuses puts off the rest of the check, never this."""
+        timeout = self.config.timing.runner_timeout
         now = time.monotonic()
         silent, went = self.nodes.silent(timeout)
+        for node in silent:
+            self._went_silent(node.hostname, now - node.last_seen)
         # Stored offline (a restarted Host loads them so), and the heartbeats of the others
         # once per timeout, together: group-committed.
         rows = {node.hostname: node for node in [*went, *self.nodes.heartbeats_to_store(timeout)]}
@@ -455,26 +493,4 @@ class RunnerGateway:
             for node in rows.values():  # stored at a later check (heartbeats_to_store)
                 node.stored_heartbeat = None
             raise
-        for node in silent:
-            away = now - node.last_seen
-            for task in self.book.on_node(node.hostname):
-                status = TaskStatus(task.status)
-                if status not in PLACED_STATUSES:
-                    continue
-                if away > lost_after:
-                    await self.book.move(
-                        task,
-                        TaskStatus.LOST,
-                        detail="runner away too long",
-                        error_message=(
-                            f"runner {node.hostname} was away for more than {lost_after:g}s "
-                            "(timing.lost_after_seconds)"
-                        ),
-                    )
-                elif status in GOES_UNKNOWN:
-                    await self.book.move(
-                        task,
-                        TaskStatus.UNKNOWN,
-                        detail=f"runner {node.hostname} silent for more than {timeout:g}s",
-                    )
         await self._forget_idle_nodes(now)

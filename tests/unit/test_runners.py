@@ -701,6 +701,40 @@ async def test_a_runner_whose_environments_change_while_the_database_is_locked_s
     )
 
 
+async def test_silent_runners_tasks_go_unknown_while_the_database_is_locked(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check for silent Runners stopped at its first refused write (the rows of the
+    nodes gone offline): while the database was away, no silent Runner's tasks went
+    unknown, nor lost past lost_after_seconds (QA). Every silent Runner's tasks are made
+    unknown then (shown once stored), their changes held and stored once it is back."""
+    runners = [await local_cluster.add_runner(name, answer=HOLD) for name in ("a", "b")]
+    tasks = [
+        await local_cluster.submit("long", targets=[task_pb2.Target(hostname=name)])
+        for name in ("a", "b")
+    ]
+    for task in tasks:
+        await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
+        other
+    ):
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        for runner in runners:
+            await runner.drop()
+        await eventually(
+            lambda: caplog.text.count("silent for") == 2, within=30, what="both offline"
+        )
+        await eventually(
+            lambda: "changes held in memory" in caplog.text, within=30, what="changes held"
+        )
+        back = time.time()
+    for task in tasks:
+        await local_cluster.wait_status(task.task_id, TaskStatus.UNKNOWN, within=30)
+        reply = await local_cluster.tasks.GetTask(tpb.GetTaskRequest(task_id=task.task_id))
+        [unknown] = [e for e in reply.events if e.status == task_pb2.TASK_STATUS_UNKNOWN]
+        assert unknown.at.ToDatetime().timestamp() < back  # made while it was away
+
+
 async def test_a_node_that_went_offline_while_the_database_was_locked_is_stored_offline(
     local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -394,7 +394,10 @@ class Cluster:
         """Why a queued task is not placed, when it is not just its turn for resources
         (what Slurm's reason column says): something its owner can act on or wait for.
         ``position``: its queue position, when the caller has it (a capped array's task
-        without one waits for its cap)."""
+        without one waits for its cap). One shown pending (``TaskBook.shown``) but placed
+        already, its placement not stored yet, waits for nothing of this."""
+        if task.task_id not in self.book.pending:
+            return ""
         capped = False
         if task.array_max_running:
             capped = (self.book.queue_position(task) if position is None else position) == 0

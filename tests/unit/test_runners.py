@@ -632,6 +632,31 @@ async def test_a_tasks_end_is_shown_once_it_is_stored(
     assert f"task {task.task_id} is completed" in (refused.value.details() or "")
 
 
+async def test_a_task_whose_placement_is_held_is_shown_pending_waiting_for_nothing(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A capped array's next task, placed in memory once the first one ended while the
+    database was locked, is shown as stored (pending), but not as waiting for its array's
+    cap, which it holds (QA: 'its array's cap: 1 of its tasks hold resources')."""
+    array = tpb.TaskArray(indices=[0, 1], max_running=1)
+    _, first, other = await _ended_while_locked(local_cluster, caplog, array=array)
+    with closing(other):
+        reply = await local_cluster.tasks.ListTasks(
+            tpb.ListTasksRequest(batch_id=first.batch_id), timeout=30
+        )
+        [second] = [t for t in reply.tasks if t.task_id != first.task_id]
+        got = await local_cluster.tasks.GetTask(
+            tpb.GetTaskRequest(task_id=second.task_id), timeout=30
+        )
+        watch = local_cluster.tasks.WatchTask(tpb.WatchTaskRequest(task_id=second.task_id))
+        watched = (await watch.read()).task
+        for task in (second, got.task, watched):
+            assert task.status == task_pb2.TASK_STATUS_PENDING
+            assert (task.queue_position, task.status_detail) == (0, "")
+        watch.cancel()
+    await local_cluster.wait_status(second.task_id, TaskStatus.RUNNING, within=30)
+
+
 async def test_a_runner_back_before_its_tasks_end_is_stored_keeps_it_until_it_is(
     make_local_cluster: MakeCluster,
     caplog: pytest.LogCaptureFixture,

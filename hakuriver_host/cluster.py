@@ -337,11 +337,57 @@ class Cluster:
             still_kept(stored, found)
             target, detail = replayed(stored, who.actor)
             self.audit.record(who, "task.submit", target, detail=detail)
+            if any(self._unheld(task) for task in found):
+                await self._take_in(stored.batch_id, stored.task_id)
             tasks = [self.book.shown_as_held(task) for task in found]
             return Submitted(tasks, stored.batch_id, stored.created)
         finally:
             if not turn.handed:
                 turn.release()
+
+    def _unheld(self, task: Task) -> bool:
+        """A task read from the store that has not ended, which the Host does not hold."""
+        return TaskStatus(task.status) in ACTIVE_STATUSES and self.book.live(task.task_id) is None
+
+    async def _take_in(self, batch_id: int, task_id: int) -> None:
+        """A submission stored by a commit the Host took for failed (a PostgreSQL connection
+        cut before COMMIT's answer: its caller was answered UNAVAILABLE): its tasks are in
+        the database, not held, so never placed until the Host restarts. Sent again (with
+        its request_id), it is taken in as a restart would: its pending tasks queued; one
+        placed at once holds its place again if that is free, else fails saying so."""
+        active = [s.value for s in ACTIVE_STATUSES]
+        found = await self.store.run(self.store.submitted_tasks_in, batch_id, task_id, active)
+        unheld = [task for task in found if self.book.live(task.task_id) is None]
+        if not unheld:
+            return
+        log.warning(
+            "%s stored by a commit this Host took for failed (its database connection was "
+            "cut): taken in now that the submission came again",
+            counted(len(unheld), "task"),
+        )
+        self.book.load(unheld)
+        for kind, count in Counter(task.kind for task in unheld).items():
+            self.metrics.tasks_added(kind, count)
+        for task in unheld:
+            if task.status == TaskStatus.ASSIGNING:
+                await self._placed_again(task)
+        self.kick()
+
+    async def _placed_again(self, task: Task) -> None:
+        """A task taken in (``_take_in``) that was stored placed: it holds its place again
+        and is dispatched, or fails if that place was given to another task meanwhile."""
+        self.metrics.tasks_moved([(TaskStatus.PENDING, TaskStatus.ASSIGNING, task.kind)])
+        allocation = allocation_of(task)
+        if self.scheduler.is_free(allocation):
+            self.scheduler.allocate(task.task_id, allocation, task.batch_id)
+            self._dispatch(task)
+            return
+        why = (
+            f"its place on {allocation.hostname} went to another task while this Host took "
+            "its submission for not stored (its database connection was cut as it was "
+            "committed): submit it again"
+        )
+        await self.book.move(task, TaskStatus.FAILED, "its place was taken", error_message=why)
 
     async def _create(
         self, req: tpb.SubmitTaskRequest, who: Principal, turn: Turn | None

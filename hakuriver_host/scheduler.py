@@ -571,6 +571,16 @@ class Scheduler:
             return None
         return node.fit(request)
 
+    def is_free(self, allocation: Allocation) -> bool:
+        """Whether every part of ``allocation`` is free now on its node."""
+        node = self.nodes.get(allocation.hostname)
+        return (
+            node is not None
+            and set(allocation.cpus) <= node.free_cpus
+            and set(allocation.gpus) <= node.free_gpus
+            and node.free_memory_bytes >= allocation.memory_bytes
+        )
+
     def allocate(self, task_id: int, allocation: Allocation, group: int = 0) -> None:
         """Record that a task holds ``allocation`` (also used to restore state on start)."""
         node = self.nodes[allocation.hostname]

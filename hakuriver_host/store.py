@@ -130,6 +130,13 @@ def log_refusal(log: logging.Logger, exc: BaseException, what: str, *args: objec
     return why
 
 
+def _of_submission(batch_id: int, task_id: int) -> Any:
+    """A query of a submission's tasks: its batch's, or its one task."""
+    if batch_id:
+        return select(TaskRecord).where(TaskRecord.batch_id == batch_id)
+    return select(TaskRecord).where(TaskRecord.task_id == task_id)
+
+
 class DatabaseError(OSError):
     """The database cannot be opened: one line naming it and its config key (the Host
     prints it and stops), never its password."""
@@ -674,14 +681,18 @@ class Store:
 
     def submitted_tasks(self, batch_id: int, task_id: int, limit: int) -> list[TaskRecord]:
         """A submission's tasks, by id (at most ``limit``): its batch's, or its one task."""
-        query = select(TaskRecord)
-        if batch_id:
-            query = query.where(TaskRecord.batch_id == batch_id)
-        else:
-            query = query.where(TaskRecord.task_id == task_id)
-        query = query.order_by(col(TaskRecord.task_id)).limit(limit)
+        query = _of_submission(batch_id, task_id).order_by(col(TaskRecord.task_id)).limit(limit)
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.exec(query))
+
+    def submitted_tasks_in(
+        self, batch_id: int, task_id: int, statuses: Sequence[str]
+    ) -> list[Task]:
+        """A submission's tasks in ``statuses``, as the plain ``Task`` the Host holds."""
+        wanted = TaskRecord.status.in_(statuses)  # type: ignore[attr-defined]
+        query = _of_submission(batch_id, task_id).where(wanted)
+        with Session(self.engine, expire_on_commit=False) as session:
+            return [in_memory(record) for record in session.exec(query)]
 
     def owns_tasks(self, owner: str) -> bool:
         """Whether any task, finished or not, is ``owner``'s."""

@@ -9,9 +9,12 @@ import asyncio
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import grpc
+import psycopg
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from hakuriver_cli import direct, hakurun, task
 from hakuriver_common.proto.hakuriver.v1 import (
@@ -19,6 +22,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host.store import TaskWrite
 from tests.fake_runner import HOLD, eventually
 from tests.unit.cli_threads import exit_code
 from tests.unit.local_cluster import Client, LocalCluster
@@ -237,3 +241,53 @@ async def test_a_request_id_whose_tasks_were_pruned_is_refused(
         "request_id to submit again"
     )
     assert await _stored_ids(local_cluster) == []
+
+
+def _commit_then_cut(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next transaction that stores a submission's request_id is committed, then fails
+    as when PostgreSQL's connection is cut before its answer to COMMIT arrives: the Host
+    takes the submission for not stored."""
+    assert cluster.server is not None
+    store = cluster.server.cluster.store
+    cut = psycopg.OperationalError("consuming input failed: server closed the connection")
+    for lane in (store._submissions, store._writes):  # a submission's, or one placed at once
+        apply = lane._apply
+
+        def commit_then_cut(writes: list[TaskWrite], apply: Any = apply) -> None:
+            apply(writes)
+            if any(write.requests for write in writes) and not getattr(store, "cut", False):
+                store.cut = True  # type: ignore[attr-defined]
+                raise OperationalError("COMMIT", {}, cut)
+
+        monkeypatch.setattr(lane, "_apply", commit_then_cut)
+
+
+@pytest.mark.parametrize("how", ["pending", "placed at once", "its place taken"])
+async def test_a_submission_committed_as_its_connection_was_cut_runs_when_sent_again(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A PostgreSQL connection cut during the commit of a submission: the commit happened,
+    the Host took it for failed (UNAVAILABLE) and did not hold the tasks, and the client's
+    retry with the same request_id was answered with them, never placed until a Host
+    restart (docs/reliability.md). The retry takes them in: they run, once. (Stored
+    pending behind a task that holds the node, or placed at once, stored assigning; a
+    place given to another task meanwhile fails the task, saying so.)"""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    ahead = await local_cluster.submit_running(cores=2) if how == "pending" else []
+    _commit_then_cut(local_cluster, monkeypatch)
+    request = _one("5f0c-cut")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.SubmitTask(request, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    if how == "its place taken":
+        await local_cluster.submit_running(cores=2)
+    [task] = (await local_cluster.tasks.SubmitTask(request, timeout=5)).tasks
+    if how == "its place taken":
+        failed = await local_cluster.wait_status(task.task_id, TaskStatus.FAILED)
+        assert failed.error_message.endswith("submit it again")
+        assert task.task_id not in runner.dispatched
+        return
+    for other in ahead:
+        runner.finish(other.task_id, 0)
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING, within=30)
+    assert runner.dispatched.count(task.task_id) == 1

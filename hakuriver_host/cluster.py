@@ -592,7 +592,9 @@ class Cluster:
             raise InvalidArgument(f"offset: must not be negative, got {offset}")
         if max_lag < 0:
             raise InvalidArgument(f"max_lag_bytes: must not be negative, got {max_lag}")
-        is_final = TaskStatus(task.status).is_final
+        # Followed until the end is stored (its followers are closed then), as it is shown:
+        # one not stored yet (held while the database is away) is not shown ended.
+        is_final = TaskStatus(self.book.shown_status(task)).is_final
         async for piece in self.logs.read(task.task_id, name, offset, follow, is_final, max_lag):
             yield piece
 
@@ -633,15 +635,18 @@ class Cluster:
     ) -> Task:
         task = await self.get_task(task_id, who)
         if TaskStatus(task.status) not in allowed:
-            if self.book.shown_status(task) != task.status:
-                # Refused once the status it is refused for is stored, so shown (an end
-                # held while the database is away: refused once it is back).
-                await self.book.stored(task)
+            await self._refused_as_shown(task)
             names = ", ".join(s.value for s in TaskStatus if s in allowed)
             raise FailedPrecondition(
                 f"task {task_id} is {task.status}: only {names} tasks can be {action}"
             )
         return task
+
+    async def _refused_as_shown(self, task: Task) -> None:
+        """Return once the status a call about ``task`` is refused for is stored, so shown
+        (an end held while the database is away: refused once it is back)."""
+        if self.book.shown_status(task) != task.status:
+            await self.book.stored(task)
 
     async def kill(self, task_id: int, who: Principal) -> Task:
         task = await self._active_task(task_id, "killed", KILLABLE, who)
@@ -1081,6 +1086,7 @@ class Cluster:
         if task.kind != TaskKind.VPS:
             raise FailedPrecondition(f"task {task_id} is not a VPS task")
         if task.status != TaskStatus.RUNNING:
+            await self._refused_as_shown(task)
             raise FailedPrecondition(f"task {task_id} is {task.status}, not running")
         return task
 

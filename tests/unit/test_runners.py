@@ -17,9 +17,11 @@ import pytest
 
 from hakuriver_cli import client
 from hakuriver_common.proto.hakuriver.v1 import (
+    log_service_pb2 as lpb,
     node_pb2,
     node_service_pb2 as npb,
     runner_service_pb2 as rpb,
+    ssh_service_pb2 as spb,
     task_pb2,
     task_service_pb2 as tpb,
 )
@@ -630,6 +632,45 @@ async def test_a_tasks_end_is_shown_once_it_is_stored(
         await tasks.KillTask(kill, timeout=30)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert f"task {task.task_id} is completed" in (refused.value.details() or "")
+
+
+async def test_a_followed_output_ends_once_the_tasks_end_is_stored(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ReadLog with follow, asked while a task's end is held (the database locked), ended
+    at once, its task ended in memory, while GetTask showed it running (as stored): a
+    client following the output took the task for ended. It follows on until the end is
+    stored, then ends with every byte."""
+    _, task, other = await _ended_while_locked(local_cluster, caplog)
+    stdout = task_pb2.LOG_STREAM_STDOUT
+    request = lpb.ReadLogRequest(task_id=task.task_id, stream=stdout, follow=True)
+    with closing(other):
+        with pytest.raises(grpc.aio.AioRpcError) as followed:
+            [_ async for _ in local_cluster.logs.ReadLog(request, timeout=2)]
+        assert followed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    chunks = [chunk.data async for chunk in local_cluster.logs.ReadLog(request, timeout=30)]
+    assert b"".join(chunks) == b"done\n"
+    assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.COMPLETED
+
+
+async def test_an_ssh_ticket_for_a_vps_whose_end_is_held_is_refused_once_it_is_stored(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A VPS whose end is held (the database locked) is shown running; a ticket for it
+    was refused at once as 'completed, not running'. It is refused once that end is
+    stored, so shown (the caller's deadline passes meanwhile)."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
+    vps = {"kind": task_pb2.TASK_KIND_VPS, "ssh_public_key": key}
+    _, task, other = await _ended_while_locked(local_cluster, caplog, **vps)
+    ticket = spb.CreateSshTicketRequest(task_id=task.task_id)
+    with closing(other):
+        with pytest.raises(grpc.aio.AioRpcError) as waited:
+            await local_cluster.ssh.CreateSshTicket(ticket, timeout=1)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.ssh.CreateSshTicket(ticket, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.value.details() == f"task {task.task_id} is completed, not running"
 
 
 async def test_a_task_whose_placement_is_held_is_shown_pending_waiting_for_nothing(

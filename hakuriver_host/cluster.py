@@ -472,7 +472,9 @@ class Cluster:
         """How many tasks ``who`` may see are in each status (non-zero counts, in status
         order). Unfinished ones are counted in memory, as the Host shows them (no read of
         the store, whose thread its writes share; an end not stored yet is not counted as
-        an end); finished ones as stored, through an index of status and completion time."""
+        an end); finished ones as stored, through an index of status and completion time.
+        Memory is read before the store, so a task whose end is stored in between is
+        counted once, as stored (the store says which of those ended in memory it has)."""
         try:
             wanted = {TaskStatus.from_pb(s) for s in req.statuses} or set(TaskStatus)
         except ValueError as exc:
@@ -480,7 +482,7 @@ class Cluster:
         submitted = from_timestamp(req, "submitted_after", InvalidArgument)
         completed = from_timestamp(req, "completed_after", InvalidArgument)
         owner = _whose_tasks(req.owner, who, "count")
-        found: Counter[TaskStatus] = Counter()
+        in_memory: list[tuple[int, TaskStatus]] = []
         if completed is None:  # an unfinished task has not completed
             for task in self.book.held():
                 status = TaskStatus(self.book.shown_status(task))
@@ -489,14 +491,18 @@ class Cluster:
                     and (not owner or task.owner == owner)
                     and (submitted is None or task.submitted_at >= submitted)
                 ):
-                    found[status] += 1
+                    in_memory.append((task.task_id, status))
+        found: Counter[TaskStatus] = Counter()
         final = [s.value for s in wanted if s.is_final]
+        ended: set[int] = set()
         if final:
-            stored = await self.store.run(
-                self.store.count_tasks, final, submitted, owner, completed
+            ending = [t.task_id for t in self.book.held() if TaskStatus(t.status).is_final]
+            stored, ended = await self.store.run(
+                self.store.count_ended, final, submitted, owner, completed, ending
             )
             for (value, _), count in stored.items():
                 found[TaskStatus(value)] += count
+        found.update(status for task_id, status in in_memory if task_id not in ended)
         return {s: found[s] for s in TaskStatus if found[s]}
 
     async def list_tasks(

@@ -130,6 +130,16 @@ def log_refusal(log: logging.Logger, exc: BaseException, what: str, *args: objec
     return why
 
 
+def _stored_among(session: Session, among: Sequence[int], statuses: Sequence[str]) -> set[int]:
+    """Which of the tasks ``among`` are stored in one of ``statuses``."""
+    found: set[int] = set()
+    wanted = TaskRecord.status.in_(statuses)  # type: ignore[attr-defined]
+    for start in range(0, len(among), 900):  # under SQLite's bound on parameters
+        part = TaskRecord.task_id.in_(among[start : start + 900])  # type: ignore[attr-defined]
+        found.update(session.exec(select(TaskRecord.task_id).where(part, wanted)))
+    return found
+
+
 def _of_submission(batch_id: int, task_id: int) -> Any:
     """A query of a submission's tasks: its batch's, or its one task."""
     if batch_id:
@@ -601,11 +611,21 @@ class Store:
             ended = TaskRecord.status.in_(final)  # type: ignore[attr-defined]
             by_status = select(TaskRecord.status, func.count()).where(of_batch, ended)
             counts = dict(session.exec(by_status.group_by(TaskRecord.status)).all())
-            stored: set[int] = set()
-            for start in range(0, len(among), 900):  # under SQLite's bound on parameters
-                part = TaskRecord.task_id.in_(among[start : start + 900])  # type: ignore[attr-defined]
-                stored.update(session.exec(select(TaskRecord.task_id).where(part, ended)))
-            return first, size, counts, stored
+            return first, size, counts, _stored_among(session, among, final)
+
+    def count_ended(
+        self,
+        final: Sequence[str],
+        submitted_after: datetime | None,
+        owner: str,
+        completed_after: datetime | None,
+        among: Sequence[int],
+    ) -> tuple[dict[tuple[str, str], int], set[int]]:
+        """``count_tasks`` of the ``final`` statuses, and which of the tasks ``among`` are
+        stored in one of them, read together (no write between the two)."""
+        counts = self.count_tasks(final, submitted_after, owner, completed_after)
+        with Session(self.engine) as session:
+            return counts, _stored_among(session, among, final)
 
     def ended_before(
         self, status: TaskStatus, cutoff: datetime, after: EndedTask | None, limit: int

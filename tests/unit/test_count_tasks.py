@@ -4,6 +4,7 @@ dashboard's overview listed at most 1,000 and showed 0 for the statuses it misse
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -11,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, RUN_AND_EXIT
+from tests.fake_runner import HOLD, RUN_AND_EXIT, eventually
 from tests.unit.local_cluster import Client, LocalCluster
 
 
@@ -97,3 +98,33 @@ async def test_tasks_that_ended_lately_are_counted_through_an_index(
     with local_cluster.server.store.engine.connect() as connection:
         plan = " ".join(str(row[-1]) for row in connection.exec_driver_sql(query))
     assert "ix_tasks_status_completed_at" in plan, plan
+
+
+async def test_a_task_whose_end_is_stored_while_it_is_counted_is_counted_once(
+    local_cluster: LocalCluster,
+) -> None:
+    """A task whose end was made in memory and whose write went to the store's thread
+    before the count's read was counted twice: running in memory (as shown: not stored
+    yet) and completed by the read, which ran after the write (review). The store says
+    which of the tasks ended in memory it counted; those are not counted again."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    assert local_cluster.server is not None
+    store, book = local_cluster.server.store, local_cluster.server.cluster.book
+    queue = store.executor._work_queue  # type: ignore[attr-defined]
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(store.run(busy.wait, 30))  # the store's thread held
+    try:
+        runner.finish(task.task_id, 0)
+        # Its end made in memory, and its write handed to the store's thread, behind ours.
+        await eventually(
+            lambda: book.finishing(task.task_id) is not None and not store._writes._queued,
+            what="the end's write on the store's thread",
+        )
+        waiting = queue.qsize()
+        counting = asyncio.ensure_future(_counts(local_cluster))
+        await eventually(lambda: queue.qsize() > waiting, what="the count's read behind it")
+    finally:
+        busy.set()
+        await blocker
+    assert await counting == {task_pb2.TASK_STATUS_COMPLETED: 1}

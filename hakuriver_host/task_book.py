@@ -133,6 +133,12 @@ class _Unstored:
         self.before = before
 
 
+def _unstored(change: Change) -> _Unstored:
+    """A change's write until it is stored (one shown at once, TOLD_AT_ONCE, is no status
+    change still to be shown: number 0)."""
+    return _Unstored(0 if change.new in TOLD_AT_ONCE else change.number, change.before)
+
+
 class TaskBook:
     def __init__(
         self,
@@ -302,7 +308,7 @@ class TaskBook:
         stored = self.store.queue_write(
             _write_key(task), updates=[{"task_id": task.task_id, **changes}], events=events
         )
-        self._unstored_until(task.task_id, _Unstored(0, before), stored)
+        self._unstored_until([(task.task_id, _Unstored(0, before))], stored)
         return stored
 
     async def move(self, task: Task, new: TaskStatus, detail: str = "", **fields: Any) -> None:
@@ -393,26 +399,28 @@ class TaskBook:
             updates=[change.row for change in changes],
             events=[change.event for change in changes],
         )
-        for change in changes:
-            unstored = _Unstored(0 if change.new in TOLD_AT_ONCE else change.number, change.before)
-            self._unstored_until(change.task.task_id, unstored, stored)
+        self._unstored_until([(c.task.task_id, _unstored(c)) for c in changes], stored)
         return self._record(changes, stored)
 
-    def _unstored_until(self, task_id: int, write: _Unstored, stored: asyncio.Future[None]) -> None:
-        """Show the task without ``write``'s change until ``stored`` is done (also if it
+    def _unstored_until(
+        self, writes: list[tuple[int, _Unstored]], stored: asyncio.Future[None]
+    ) -> None:
+        """Show each task without its write's change until ``stored`` is done (also if it
         failed: what memory holds is then all the Host has). Called back before anyone
         awaiting ``stored`` resumes: they see it shown."""
-        self._unstored.setdefault(task_id, []).append(write)
-        stored.add_done_callback(partial(self._stored, task_id, write))
+        for task_id, write in writes:
+            self._unstored.setdefault(task_id, []).append(write)
+        stored.add_done_callback(partial(self._stored, writes))
 
-    def _stored(self, task_id: int, write: _Unstored, _: asyncio.Future[None]) -> None:
-        writes = self._unstored[task_id]
-        for index, queued in enumerate(writes):
-            if queued is write:
-                del writes[index]
-                break
-        if not writes:
-            del self._unstored[task_id]
+    def _stored(self, writes: list[tuple[int, _Unstored]], _: asyncio.Future[None]) -> None:
+        for task_id, write in writes:
+            queued = self._unstored[task_id]
+            for index, each in enumerate(queued):
+                if each is write:
+                    del queued[index]
+                    break
+            if not queued:
+                del self._unstored[task_id]
 
     async def _record(self, changes: Sequence[Change], stored: asyncio.Future[None]) -> None:
         try:

@@ -59,6 +59,9 @@ def test_a_task_that_ends_while_the_database_disk_is_full_is_stored_once_there_i
             timeout=60,
             what="the task's end refused for the full disk",
         )
+        # Shown as stored: a Host killed now would show it running, so it is not shown
+        # ended before its end is stored.
+        assert cluster.get(task.task_id).status == task_pb2.TASK_STATUS_RUNNING
         refused = cluster.cli("task", "submit", "--", "true")
         # The CLI sends it again a few times (the disk may get room), then says how to
         # send it once more without making it twice.

@@ -451,12 +451,10 @@ class RunnerGateway:
         def done(finished: asyncio.Task[None]) -> None:
             self._background.discard(finished)
             link.in_flight.give(taken)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error(
-                    "runner %s: reports could not be stored: %r",
-                    link.hostname,
-                    finished.exception(),
-                )
+            failure = None if finished.cancelled() else finished.exception()
+            if failure is not None:
+                why = "runner %s: reports are not stored (it sends them again when it reconnects)"
+                log_refusal(log, failure, why, link.hostname)
                 link.close()
 
         background.add_done_callback(done)

@@ -30,6 +30,7 @@ from hakuriver_common.statuses import NodeStatus, TaskStatus
 from hakuriver_host import group_commit
 from hakuriver_host.errors import FailedPrecondition
 from hakuriver_host.identity import Kind, Principal
+from hakuriver_host.store import DATABASE_LOCKED
 from tests.fake_runner import (
     HOLD,
     KILLED_EXIT_CODE,
@@ -726,6 +727,10 @@ async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_
     with closing(other):
         await local_cluster.stop_host()
     assert runner.released == []
+    # Said in one line, for the database away: no bug (QA: an ERROR with the error's repr).
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "reports" in r.getMessage()]
+    again = "runner a: reports are not stored (it sends them again when it reconnects)"
+    assert said == [(logging.WARNING, f"{again}: {DATABASE_LOCKED}")]
     await local_cluster.start_host()
     done = await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED, within=30)
     assert done.exit_code == 0

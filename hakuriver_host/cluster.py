@@ -52,7 +52,7 @@ from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
 from hakuriver_host.ssh_tickets import SshTickets, Ticket
-from hakuriver_host.store import Requests, Store
+from hakuriver_host.store import Requests, Store, log_refusal
 from hakuriver_host.submit_requests import (
     RequestIds,
     Submitted,
@@ -113,11 +113,13 @@ IN_USE_IDS_SHOWN = 3
 
 def _failure_logged(what: str) -> Callable[[asyncio.Task[None]], None]:
     """A done callback for work nobody awaits any more: its failure is logged, as nobody
-    else will hear of it."""
+    else will hear of it (``log_refusal``: one line for the database away, else a bug's
+    traceback)."""
 
     def done(work: asyncio.Task[None]) -> None:
-        if not work.cancelled() and work.exception() is not None:
-            log.error("%s failed: %s", what, work.exception())
+        failure = None if work.cancelled() else work.exception()
+        if failure is not None:
+            log_refusal(log, failure, "%s failed", what)
 
     return done
 

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from hakuriver_common.config import Config
@@ -41,6 +42,7 @@ from hakuriver_host.errors import (
     NotFound,
     Unavailable,
 )
+from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
 from hakuriver_host.identity import Principal, outliving
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -52,7 +54,13 @@ from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.runners import LOG_STREAMS, RunnerGateway
 from hakuriver_host.scheduler import Allocation, NodeResources, Request, Scheduler
 from hakuriver_host.ssh_tickets import SshTickets, Ticket
-from hakuriver_host.store import Requests, Store, log_refusal
+from hakuriver_host.store import (
+    DATABASE_UNREACHABLE,
+    Requests,
+    Store,
+    database_unavailable,
+    log_refusal,
+)
 from hakuriver_host.submit_requests import (
     RequestIds,
     Submitted,
@@ -354,9 +362,10 @@ class Cluster:
     async def _take_in(self, batch_id: int, task_id: int) -> None:
         """A submission stored by a commit the Host took for failed (a PostgreSQL connection
         cut before COMMIT's answer: its caller was answered UNAVAILABLE): its tasks are in
-        the database, not held, so never placed until the Host restarts. Sent again (with
-        its request_id), it is taken in as a restart would: its pending tasks queued; one
-        placed at once holds its place again if that is free, else fails saying so."""
+        the database, not held, so never placed until the Host restarts. Once the database
+        answers (``_in_doubt``), or when it is sent again (with its request_id), it is
+        taken in as a restart would: its pending tasks queued; one placed at once holds its
+        place again if that is free, else fails saying so."""
         active = [s.value for s in ACTIVE_STATUSES]
         found = await self.store.run(self.store.submitted_tasks_in, batch_id, task_id, active)
         unheld = [task for task in found if self.book.live(task.task_id) is None]
@@ -364,7 +373,7 @@ class Cluster:
             return
         log.warning(
             "%s stored by a commit this Host took for failed (its database connection was "
-            "cut): taken in now that the submission came again",
+            "cut): taken in",
             counted(len(unheld), "task"),
         )
         self.book.load(unheld)
@@ -374,6 +383,29 @@ class Cluster:
             if task.status == TaskStatus.ASSIGNING:
                 await self._placed_again(task)
         self.kick()
+
+    def _in_doubt(self, batch_id: int, task_id: int, adding: asyncio.Task[None]) -> None:
+        """A submission's write failed with its PostgreSQL connection cut: it may have been
+        committed all the same. Its tasks found stored once the database answers again are
+        taken in (``_take_in``), whether or not the submission is sent again."""
+        failure = None if adding.cancelled() else adding.exception()
+        if failure is None or database_unavailable(failure) != DATABASE_UNREACHABLE:
+            return
+        if not self._closed:
+            settling = self._storing_task(self._take_in_once_answered(batch_id, task_id))
+            settling.add_done_callback(_failure_logged("taking in a submission cut short"))
+
+    async def _take_in_once_answered(self, batch_id: int, task_id: int) -> None:
+        pause = HELD_PAUSE
+        while True:
+            try:
+                await self._take_in(batch_id, task_id)
+                return
+            except Exception as exc:
+                if database_unavailable(exc) is None:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, HELD_PAUSE_MAX)
 
     async def _placed_again(self, task: Task) -> None:
         """A task taken in (``_take_in``) that was stored placed: it holds its place again
@@ -429,7 +461,8 @@ class Cluster:
         # Shielded: once its write is queued its tasks are stored, and they must then be
         # queued whole, audited and considered by a pass, submitter gone or not (a call
         # cancelled at its deadline while the queueing took turns in the bulk lane).
-        await self._submission(self._add(records, who, what, requests), turn)
+        stored = self._add(records, who, what, requests)
+        await self._submission(stored, turn, (batch_id, task_ids[0]))
         waiting = self._passing or len(self.book.pending) > count
         if not (count <= PLACE_AT_ONCE and waiting and self._place_at_once(records)):
             await self._placement_pass()
@@ -820,17 +853,21 @@ class Cluster:
         if not adding.cancelled() and adding.exception() is None:
             self.kick()
 
-    async def _submission(self, work: Coroutine[Any, Any, None], turn: Turn | None) -> None:
+    async def _submission(
+        self, work: Coroutine[Any, Any, None], turn: Turn | None, ids: tuple[int, int]
+    ) -> None:
         """Run a submission's write, and what must follow it, as a task of the Host's,
         shielded from its submitter: one gone meanwhile (a deadline) leaves it to finish
         (``_queued_unawaited``), and a stopping Host lets it finish (up to
         ADDING_GRACE_SECONDS) so that the submitter gets its answer. Once those have
         finished, the Host takes no more (nothing of the submission is written). The
-        submission's request_id ``turn`` lasts until the write ends."""
+        submission's request_id ``turn`` lasts until the write ends. ``ids``: its batch's
+        and its first task's (``_in_doubt``)."""
         if self._closed:
             work.close()
             raise Unavailable(STOPPING)
         adding = outliving(work)
+        adding.add_done_callback(partial(self._in_doubt, *ids))
         if turn is not None:
             turn.hand_to(adding)
         self._adding.add(adding)
@@ -889,7 +926,8 @@ class Cluster:
         self.ahead.placed(task.task_id, allocation)
         # Shielded: once its write is queued it is stored, submitter gone or not (a call
         # cancelled at its deadline), and the task must then be known and dispatched.
-        await self._submission(self._store_placed(task, allocation, who, requests), turn)
+        stored = self._store_placed(task, allocation, who, requests)
+        await self._submission(stored, turn, (task.batch_id, task.task_id))
         return True
 
     async def _store_placed(

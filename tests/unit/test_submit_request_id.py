@@ -22,6 +22,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
 )
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import cluster as cluster_module
 from hakuriver_host.store import TaskWrite
 from tests.fake_runner import HOLD, eventually
 from tests.unit.cli_threads import exit_code
@@ -243,10 +244,12 @@ async def test_a_request_id_whose_tasks_were_pruned_is_refused(
     assert await _stored_ids(local_cluster) == []
 
 
-def _commit_then_cut(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next transaction that stores a submission's request_id is committed, then fails
-    as when PostgreSQL's connection is cut before its answer to COMMIT arrives: the Host
-    takes the submission for not stored."""
+def _commit_then_cut(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, requests: bool = True
+) -> None:
+    """The next transaction that stores a submission's request_id (``requests``; else its
+    new task rows) is committed, then fails as when PostgreSQL's connection is cut before
+    its answer to COMMIT arrives: the Host takes the submission for not stored."""
     assert cluster.server is not None
     store = cluster.server.cluster.store
     cut = psycopg.OperationalError("consuming input failed: server closed the connection")
@@ -255,11 +258,32 @@ def _commit_then_cut(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> 
 
         def commit_then_cut(writes: list[TaskWrite], apply: Any = apply) -> None:
             apply(writes)
-            if any(write.requests for write in writes) and not getattr(store, "cut", False):
+            new = [write.requests if requests else write.inserts for write in writes]
+            if any(new) and not getattr(store, "cut", False):
                 store.cut = True  # type: ignore[attr-defined]
                 raise OperationalError("COMMIT", {}, cut)
 
         monkeypatch.setattr(lane, "_apply", commit_then_cut)
+
+
+def _first_look_refused(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Host's first read of a cut submission's tasks (once the database answers) is
+    refused as by a cut connection, and its next put off past the test: what takes them
+    in is then the submission sent again. The refusals made so far."""
+    assert cluster.server is not None
+    store = cluster.server.cluster.store
+    monkeypatch.setattr(cluster_module, "HELD_PAUSE", 600.0)
+    read, refused = store.submitted_tasks_in, []
+
+    def submitted_tasks_in(*args: Any) -> Any:
+        if not refused:
+            refused.append("the first look")
+            cut = psycopg.OperationalError("server closed the connection unexpectedly")
+            raise OperationalError("SELECT", {}, cut)
+        return read(*args)
+
+    monkeypatch.setattr(store, "submitted_tasks_in", submitted_tasks_in)
+    return refused
 
 
 @pytest.mark.parametrize("how", ["pending", "placed at once", "its place taken"])
@@ -275,10 +299,12 @@ async def test_a_submission_committed_as_its_connection_was_cut_runs_when_sent_a
     runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
     ahead = await local_cluster.submit_running(cores=2) if how == "pending" else []
     _commit_then_cut(local_cluster, monkeypatch)
+    refused = _first_look_refused(local_cluster, monkeypatch)
     request = _one("5f0c-cut")
-    with pytest.raises(grpc.aio.AioRpcError) as refused:
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
         await local_cluster.tasks.SubmitTask(request, timeout=5)
-    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert cut.value.code() == grpc.StatusCode.UNAVAILABLE
+    await eventually(lambda: refused, what="the Host's own look refused")
     if how == "its place taken":
         await local_cluster.submit_running(cores=2)
     [task] = (await local_cluster.tasks.SubmitTask(request, timeout=5)).tasks
@@ -287,6 +313,27 @@ async def test_a_submission_committed_as_its_connection_was_cut_runs_when_sent_a
         assert failed.error_message.endswith("submit it again")
         assert task.task_id not in runner.dispatched
         return
+    for other in ahead:
+        runner.finish(other.task_id, 0)
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING, within=30)
+    assert runner.dispatched.count(task.task_id) == 1
+
+
+@pytest.mark.parametrize("how", ["pending", "placed at once"])
+async def test_a_submission_committed_as_its_connection_was_cut_runs_unless_sent_again(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """The same cut, for a submission without a request_id, not sent again: its stored
+    tasks waited pending (or assigning) until a Host restart. The Host reads whether the
+    commit it took for failed was made once the database answers, and takes them in."""
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    ahead = await local_cluster.submit_running(cores=2) if how == "pending" else []
+    _commit_then_cut(local_cluster, monkeypatch, requests=False)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.tasks.SubmitTask(_one(""), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    [task] = [t for t in listed.tasks if t.command == "train"]  # stored all the same
     for other in ahead:
         runner.finish(other.task_id, 0)
     await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING, within=30)

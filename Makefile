@@ -30,9 +30,9 @@ migration:  ## draft the next schema migration from the models: make migration M
 test:  ## lint, then the unit tier, then the e2e tier (installing what it needs)
 	./scripts/test.sh
 
-test-unit:  ## the unit tier only: in-process, no Docker, under a minute
+test-unit:  ## the unit tier only: in-process, no Docker, a worker per core
 	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
-		exec "$$PY" -m pytest -p no:cacheprovider tests/unit'
+		exec "$$PY" -m pytest -p no:cacheprovider -n auto tests/unit'
 
 bench:  ## benchmarks; they print figures, they do not assert times
 	./scripts/bench.sh

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: lint and the generated-code drift check, then the two test tiers:
-#   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, < 1 minute;
+#   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, a worker per
+#                      core (pytest-xdist);
 #   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
 # The unit tier runs first, before anything else is installed but the Node packages the
 # drift check generates TypeScript with; the e2e tier after the installs it needs (Docker,
@@ -28,7 +29,7 @@ echo "==> generated code up to date"
 "$PY" scripts/check_protos.py
 
 echo "==> unit tests (tests/unit)"
-tier tests/unit "$@"
+tier -n auto tests/unit "$@"
 
 source scripts/lib/apt.sh
 command -v numactl >/dev/null || apt_install numactl

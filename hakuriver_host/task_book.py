@@ -500,12 +500,7 @@ class TaskBook:
 
     def of_batch(self, batch_id: int) -> list[Task]:
         """A batch's tasks that are in memory: active, or final but not yet stored."""
-        return [
-            t
-            for tasks in (self.active, self._finishing)
-            for t in tasks.values()
-            if t.batch_id == batch_id
-        ]
+        return [t for t in self.held() if t.batch_id == batch_id]
 
     def finishing(self, task_id: int) -> Task | None:
         """The task if it is final in memory and its change not stored yet (held while the

@@ -82,6 +82,11 @@ class NodeView:
         }
 
 
+def _gpu_row(gpu: node_pb2.Gpu) -> dict[str, Any]:
+    """A GPU as a node keeps it (and its row stores it): what identifies it."""
+    return {"index": gpu.index, "uuid": gpu.uuid, "name": gpu.name}
+
+
 # A node's streams replaced this often within this many seconds: two Runners take turns.
 REPLACED_TIMES = 5
 REPLACED_WINDOW = 60.0
@@ -226,7 +231,7 @@ class NodeTable:
         would have them), and adds any it reads that were not: NVML failing or a GPU off the
         bus at a reconnect (the Host's restart) took them off the node until the Runner
         restarted. A registration reading none is no news, as a heartbeat's."""
-        read = {g.index: {"index": g.index, "uuid": g.uuid, "name": g.name} for g in reg.gpus}
+        read = {g.index: _gpu_row(g) for g in reg.gpus}
         same = bool(reg.instance_id) and reg.instance_id == node.instance_id
         node.instance_id = reg.instance_id
         if not same:
@@ -366,7 +371,7 @@ class NodeTable:
         if not added:
             return False
         node.gpus = sorted(
-            [*node.gpus, *({"index": g.index, "uuid": g.uuid, "name": g.name} for g in added)],
+            [*node.gpus, *map(_gpu_row, added)],
             key=lambda g: int(g["index"]),
         )
         unread = self.scheduler.unread_gpus(node.hostname)

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, delete, select
 
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.forgetting import forget_every_hour
-from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
+from hakuriver_host.group_commit import HeldPause
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, caller_peer
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.models import AuditRecord, utcnow
@@ -126,7 +126,7 @@ class AuditLog:
             self._flusher = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        pause = HELD_PAUSE
+        pause = HeldPause()
         while self._queued:
             rows, self._queued = self._queued, []
             try:
@@ -139,14 +139,13 @@ class AuditLog:
                     self._hold(rows, why)
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), pause)
-                    pause = min(2 * pause, HELD_PAUSE_MAX)
+                        await asyncio.wait_for(self._wake.wait(), pause.next())
                 continue
             if self._held:
                 log.warning("the database takes writes again: the held audit events are stored")
                 self._held = ""
                 self._holding_rows.clear()
-            pause = HELD_PAUSE
+            pause.reset()
 
     def _hold(self, rows: list[dict[str, Any]], why: str) -> None:
         """Queue ``rows`` again ahead of those queued since, keeping the newest HELD_ROWS."""

@@ -42,7 +42,7 @@ from hakuriver_host.errors import (
     NotFound,
     Unavailable,
 )
-from hakuriver_host.group_commit import HELD_PAUSE, HELD_PAUSE_MAX
+from hakuriver_host.group_commit import HeldPause
 from hakuriver_host.identity import Principal, outliving
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -396,7 +396,7 @@ class Cluster:
             settling.add_done_callback(_failure_logged("taking in a submission cut short"))
 
     async def _take_in_once_answered(self, batch_id: int, task_id: int) -> None:
-        pause = HELD_PAUSE
+        pause = HeldPause()
         while True:
             try:
                 await self._take_in(batch_id, task_id)
@@ -404,8 +404,7 @@ class Cluster:
             except Exception as exc:
                 if database_unavailable(exc) is None:
                     raise
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, HELD_PAUSE_MAX)
+            await asyncio.sleep(pause.next())
 
     async def _placed_again(self, task: Task) -> None:
         """A task taken in (``_take_in``) that was stored placed: it holds its place again

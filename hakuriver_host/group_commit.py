@@ -38,6 +38,23 @@ HELD_PAUSE = 0.5
 HELD_PAUSE_MAX = 5.0
 
 
+class HeldPause:
+    """The pause before a write the database refused is tried again: HELD_PAUSE, doubling
+    at each refusal up to HELD_PAUSE_MAX, and HELD_PAUSE again once one goes through."""
+
+    def __init__(self) -> None:
+        self._seconds = HELD_PAUSE
+
+    def next(self) -> float:
+        """This pause; the next one is twice as long (at most HELD_PAUSE_MAX)."""
+        seconds = self._seconds
+        self._seconds = min(2 * seconds, HELD_PAUSE_MAX)
+        return seconds
+
+    def reset(self) -> None:
+        self._seconds = HELD_PAUSE
+
+
 class _Queued(NamedTuple, Generic[T]):
     items: list[T]
     done: asyncio.Future[None]
@@ -133,7 +150,7 @@ class GroupCommit(Generic[T]):
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        pause = HELD_PAUSE
+        pause = HeldPause()
         while self._queued:
             batch = self._take()
             items = [item for call in batch for item in call.items]
@@ -144,13 +161,12 @@ class GroupCommit(Generic[T]):
                 if kept:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), pause)
-                    pause = min(2 * pause, HELD_PAUSE_MAX)
+                        await asyncio.wait_for(self._wake.wait(), pause.next())
             else:
                 if self._held:
                     log.warning("the database takes writes again: the held changes are stored")
                     self._held = ""
-                pause = HELD_PAUSE
+                pause.reset()
                 for call in batch:
                     if not call.done.done():
                         call.done.set_result(None)

@@ -23,6 +23,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import cluster as cluster_module
+from hakuriver_host.group_commit import HeldPause
 from hakuriver_host.store import TaskWrite
 from tests.fake_runner import HOLD, eventually
 from tests.unit.cli_threads import exit_code
@@ -266,13 +267,20 @@ def _commit_then_cut(
         monkeypatch.setattr(lane, "_apply", commit_then_cut)
 
 
+class _PutOff(HeldPause):
+    """A pause before trying again that outlasts the test."""
+
+    def next(self) -> float:
+        return 600.0
+
+
 def _first_look_refused(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The Host's first read of a cut submission's tasks (once the database answers) is
     refused as by a cut connection, and its next put off past the test: what takes them
     in is then the submission sent again. The refusals made so far."""
     assert cluster.server is not None
     store = cluster.server.cluster.store
-    monkeypatch.setattr(cluster_module, "HELD_PAUSE", 600.0)
+    monkeypatch.setattr(cluster_module, "HeldPause", _PutOff)
     read, refused = store.submitted_tasks_in, []
 
     def submitted_tasks_in(*args: Any) -> Any:

@@ -25,11 +25,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
+from hakuriver_common.socket_copy import CHUNK as DIALED_CHUNK, LineSocket, copy, prepared
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
@@ -40,16 +43,20 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
-# A read's most on the Runner's stream (a message each), and on a dialled connection.
+# A read's most on the Runner's stream (a message each).
 CHUNK = 64 * 1024
-DIALED_CHUNK = 1024 * 1024
+# A request line's most.
+REQUEST_LIMIT = DIALED_CHUNK
+# Pending connections the kernel holds while the loop is busy.
+BACKLOG = 128
+
+Copy = Coroutine[Any, Any, None]
 
 
-async def _first_line(reader: asyncio.StreamReader) -> bytes:
-    """The client's request line; one longer than the stream's limit (DIALED_CHUNK) is no
-    request either (asyncio's own words for it are not for the client)."""
+async def _first_line(connection: LineSocket) -> bytes:
+    """The client's request line; one longer than REQUEST_LIMIT is no request either."""
     try:
-        return await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+        return await asyncio.wait_for(connection.readline(REQUEST_LIMIT), REQUEST_TIMEOUT)
     except ValueError:
         return b""
     except TimeoutError:
@@ -75,23 +82,40 @@ async def _opened(tunnel: Tunnel) -> Dialed | None:
         ) from None
 
 
-Send = Callable[[bytes], Awaitable[None]]
-Receive = Callable[[], Awaitable[bytes | None]]
+def _peer(sock: socket.socket) -> str:
+    try:
+        return str(sock.getpeername())
+    except OSError:
+        return ""
 
 
-def _far_end(tunnel: Tunnel, dialed: Dialed | None) -> tuple[int, Send, Receive]:
-    """How the client's bytes reach the Runner and the Runner's reach the client: the
-    connection it dialled, or else its stream; and the most to read at a time."""
-    if dialed is not None:
+def _listeners(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on ``host``'s addresses (as asyncio's servers bind them: an IPv6
+    one for IPv6 only, addresses reusable at once after a restart)."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(BACKLOG)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
-        async def write(data: bytes) -> None:
-            dialed.writer.write(data)
-            await dialed.writer.drain()
 
-        async def read() -> bytes | None:
-            return await dialed.reader.read(DIALED_CHUNK) or None
-
-        return DIALED_CHUNK, write, read
+def _on_stream(client: LineSocket, tunnel: Tunnel, holds: Callable[[], bool]) -> list[Copy]:
+    """The session's two copies when its bytes ride the Runner's stream: the client's in
+    TunnelData messages, the Runner's from what the stream brought (``tunnel.incoming``)."""
+    loop = asyncio.get_running_loop()
 
     async def send(data: bytes) -> None:
         await tunnel.link.room()
@@ -99,24 +123,61 @@ def _far_end(tunnel: Tunnel, dialed: Dialed | None) -> tuple[int, Send, Receive]
             rpb.ConnectResponse(tunnel_data=rpb.TunnelData(tunnel_id=tunnel.tunnel_id, data=data))
         )
 
-    return CHUNK, send, tunnel.incoming.get
+    async def upstream() -> None:
+        with contextlib.suppress(OSError):
+            if client.rest and holds():
+                await send(client.rest)
+            while (data := await loop.sock_recv(client.sock, CHUNK)) and holds():
+                await send(data)
+
+    async def downstream() -> None:
+        with contextlib.suppress(OSError):
+            while (data := await tunnel.incoming.get()) is not None and holds():
+                await loop.sock_sendall(client.sock, data)
+
+    return [upstream(), downstream()]
 
 
 class SshProxy:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
-        self.server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, host: str, port: int) -> int:
-        self.server = await asyncio.start_server(self._serve, host, port, limit=DIALED_CHUNK)
-        bound = int(self.server.sockets[0].getsockname()[1])
+        self._listeners = _listeners(host, port)
+        for listener in self._listeners:
+            self._spawn(self._accept(listener))
+        bound = int(self._listeners[0].getsockname()[1])
         self.cluster.tunnels.dial_port = bound
         return bound
 
     async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        """Stop listening and end every connection (a session's client sees its end)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+
+    def _spawn(self, job: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                # Out of descriptors, say: the connection waits in the backlog meanwhile.
+                log.warning("SSH proxy cannot accept a connection: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._spawn(self._serve(prepared(sock)))
 
     def _holder(self, held: Ticket | None) -> Principal:
         """Whom the audit names for a refused ticket: nobody known before it was redeemed
@@ -129,38 +190,38 @@ class SshProxy:
         except Unauthenticated:
             return dataclasses.replace(held.who, role=None)
 
-    async def _serve_runner(
-        self, tunnel_id: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        """A Runner's connection for a tunnel's bytes: handed to the tunnel's client, and
-        held open until the tunnel ends. One that is not the tunnel's is refused (audited)."""
+    async def _serve_runner(self, tunnel_id: str, connection: LineSocket) -> bool:
+        """A Runner's connection for a tunnel's bytes: handed to the tunnel's client, whose
+        session closes it. One that is not the tunnel's is refused (audited). Whether it
+        was handed over."""
         nonce = tunnel_proof.challenge()
-        writer.write(f"CHALLENGE {nonce}\n".encode())
-        await writer.drain()
-        answer = (await _first_line(reader)).decode(errors="replace").strip()
+        await connection.send(f"CHALLENGE {nonce}\n".encode())
+        answer = (await _first_line(connection)).decode(errors="replace").strip()
         tunnel = None
         if tunnel_id.isdigit():
-            dialed = Dialed(reader, writer)
+            dialed = Dialed(connection.sock, connection.rest)
             tunnel = self.cluster.tunnels.dialed(int(tunnel_id), nonce, answer, dialed)
         if tunnel is None:
             reason = f"no tunnel {tunnel_id} waits for that proof"
-            self._refused(writer, ANONYMOUS, reason)
-            writer.write(f"ERROR {reason}\n".encode())
-            await writer.drain()
-            return
-        writer.write(b"SUCCESS\n")
-        await writer.drain()
-        await tunnel.ended.wait()
+            self._refused(connection.sock, ANONYMOUS, reason)
+            await connection.send(f"ERROR {reason}\n".encode())
+            return False
+        # Sent before the client's session can write to this connection: this call does
+        # not wait for a handshake's few bytes.
+        await connection.send(b"SUCCESS\n")
+        return True
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, sock: socket.socket) -> None:
         hub = self.cluster.tunnels
+        connection = LineSocket(sock)
         tunnel: Tunnel | None = None
         held: Ticket | None = None
+        handed_over = False
         try:
             try:
-                word, argument = _request(await _first_line(reader))
+                word, argument = _request(await _first_line(connection))
                 if word == "TUNNEL":
-                    await self._serve_runner(argument, reader, writer)
+                    handed_over = await self._serve_runner(argument, connection)
                     return
                 held = self.cluster.ssh_tickets.redeem(argument)
                 tunnel, who = await self.cluster.open_tunnel(held)
@@ -172,33 +233,28 @@ class SshProxy:
                 # caller's doing.
                 if isinstance(exc, Unauthenticated | Hidden | ValueError):
                     task = held.task_id if held is not None else 0
-                    self._refused(writer, self._holder(held), reason, task)
-                writer.write(f"ERROR {reason}\n".encode())
-                await writer.drain()
+                    self._refused(sock, self._holder(held), reason, task)
+                await connection.send(f"ERROR {reason}\n".encode())
                 return
             path = "stream" if dialed is None else "dialled"
             self.cluster.metrics.ssh_tunnels.labels(path=path).inc()
-            writer.write(b"SUCCESS\n")
-            await writer.drain()
-            await self._relay(reader, writer, tunnel, who, dialed)
+            await connection.send(b"SUCCESS\n")
+            await self._relay(connection, tunnel, who, dialed)
         except (ConnectionError, OSError):
             pass
         finally:
             if tunnel is not None:
                 hub.close(tunnel)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                tunnel.release()
+            if not handed_over:
+                sock.close()
 
-    def _refused(
-        self, writer: asyncio.StreamWriter, who: Principal, reason: str, task_id: int = 0
-    ) -> None:
+    def _refused(self, sock: socket.socket, who: Principal, reason: str, task_id: int = 0) -> None:
         """Audit a refused tunnel, with the address the client came from and, for a session
         ended, the VPS it reached."""
-        peer = writer.get_extra_info("peername")
         target = str(task_id) if task_id else ""
         self.cluster.audit.record(
-            who, "ssh.tunnel", target, AuditOutcome.REFUSED, reason, str(peer or "")
+            who, "ssh.tunnel", target, AuditOutcome.REFUSED, reason, _peer(sock)
         )
 
     def _no_longer(self, who: Principal) -> str | None:
@@ -212,14 +268,12 @@ class SshProxy:
 
     async def _relay(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        client: LineSocket,
         tunnel: Tunnel,
         who: Principal,
         dialed: Dialed | None,
     ) -> None:
         refused: list[str] = []
-        chunk, send, receive = _far_end(tunnel, dialed)
 
         def holds() -> bool:
             """Whether ``who`` may still use the tunnel (its token good, its role the one it
@@ -230,17 +284,8 @@ class SshProxy:
             if reason is None:
                 return True
             refused.append(reason)
-            self._refused(writer, who, reason, tunnel.task_id)
+            self._refused(client.sock, who, reason, tunnel.task_id)
             return False
-
-        async def upstream() -> None:
-            while (data := await reader.read(chunk)) and holds():
-                await send(data)
-
-        async def downstream() -> None:
-            while (data := await receive()) is not None and holds():
-                writer.write(data)
-                await writer.drain()
 
         revoked = asyncio.Event()
 
@@ -254,11 +299,20 @@ class SshProxy:
                 if not holds():
                     return
 
+        if dialed is None:
+            jobs = _on_stream(client, tunnel, holds)
+        else:
+            jobs = [
+                copy(client.sock, dialed.sock, client.rest, holds),
+                copy(dialed.sock, client.sock, dialed.rest, holds),
+            ]
         stop_telling = self.cluster.access.on_revoked(revoked.set)
-        tasks = [asyncio.create_task(job()) for job in (upstream, downstream, idle)]
+        tasks = [asyncio.ensure_future(job) for job in (*jobs, idle())]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop_telling()
             for task in tasks:
                 task.cancel()
+            # The sockets are closed only once nothing waits on them.
+            await asyncio.wait(tasks)

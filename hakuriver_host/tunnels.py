@@ -13,9 +13,11 @@ opened on that Runner's own link.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
+import socket
 from dataclasses import dataclass, field
 
 from hakuriver_common import tunnel_proof
@@ -28,10 +30,10 @@ TUNNEL_BUFFER = 512
 
 @dataclass(frozen=True)
 class Dialed:
-    """The connection a Runner dialled for a tunnel."""
+    """The connection a Runner dialled for a tunnel, and what it sent after its proof."""
 
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    sock: socket.socket
+    rest: bytes = b""
 
 
 @dataclass
@@ -50,15 +52,23 @@ class Tunnel:
     # Bounded by ``on_message`` (TUNNEL_BUFFER chunks), not by the queue: the end marker
     # must always fit behind what the client has not read yet.
     incoming: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
-    # Set when the tunnel ends, whoever ends it: the dialled connection lives until then.
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _dialed(self) -> Dialed | None:
+        if self.opened.done() and not self.opened.exception():
+            return self.opened.result()
+        return None
 
     def finish(self) -> None:
-        self.ended.set()
-        if self.opened.done() and not self.opened.exception():
-            dialed = self.opened.result()
-            if dialed is not None:
-                dialed.writer.close()
+        """End the tunnel; its session, copying on the dialled connection, sees its end."""
+        if (dialed := self._dialed()) is not None:
+            with contextlib.suppress(OSError):
+                dialed.sock.shutdown(socket.SHUT_RDWR)
+
+    def release(self) -> None:
+        """Close the dialled connection, once the session no longer copies on it (nothing
+        else closes it: a descriptor closed under a copy's wait may be reused)."""
+        if (dialed := self._dialed()) is not None:
+            dialed.sock.close()
 
 
 class TunnelHub:

@@ -10,43 +10,40 @@ messages over in arrival order, which keeps each tunnel's bytes in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_common.socket_copy import LineSocket, connect, copy
 from hakuriver_runner.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 TUNNEL_CHUNK = 64 * 1024
-# A read's most on a dialled connection, either way.
-DIALED_CHUNK = 1024 * 1024
 CONNECT_SECONDS = 5
 # Bytes for an sshd that it has not read yet, at most: one that stops reading (its VPS
 # paused by its owner, who keeps sending) has its tunnel closed rather than the Runner's
 # memory grow without bound.
 TUNNEL_BACKLOG = 4 * 1024 * 1024
-
-
-Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+# The Host's handshake lines' most.
+LINE_LIMIT = 4096
 
 
 @dataclass(frozen=True)
 class _Tunnel:
-    # The sshd's side; and the Host's, when dialled.
-    writer: asyncio.StreamWriter
     pump: asyncio.Task[None]
-    host: asyncio.StreamWriter | None = None
+    # The sshd's side when the bytes ride the stream; a dialled tunnel's pump owns its
+    # sockets and closes them once its copies have returned.
+    writer: asyncio.StreamWriter | None = None
 
     def end(self) -> None:
         self.pump.cancel()
-        self.writer.close()
-        if self.host is not None:
-            self.host.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
@@ -60,31 +57,25 @@ class HostDial:
 
     address: str
 
-    async def dial(self, request: rpb.TunnelOpen) -> Connection:
-        """A connection to the Host proven to be ``request``'s tunnel."""
-        host = self.address.removeprefix("[").removesuffix("]")
-        reader, writer = await asyncio.open_connection(host, request.dial_port, limit=DIALED_CHUNK)
+    async def dial(self, request: rpb.TunnelOpen) -> tuple[socket.socket, bytes]:
+        """A connection to the Host proven to be ``request``'s tunnel, and what the Host
+        sent after its answer (the client's first bytes, already)."""
+        sock = await connect(self.address.removeprefix("[").removesuffix("]"), request.dial_port)
+        host = LineSocket(sock)
         try:
-            writer.write(f"TUNNEL {request.tunnel_id}\n".encode())
-            said = (await reader.readline()).decode(errors="replace").split()
+            await host.send(f"TUNNEL {request.tunnel_id}\n".encode())
+            said = (await host.readline(LINE_LIMIT)).decode(errors="replace").split()
             if len(said) != 2 or said[0] != "CHALLENGE":
                 raise ConnectionError(f"the Host answered {' '.join(said)!r}, not a challenge")
             proof = tunnel_proof.proof(request.dial_secret, request.tunnel_id, said[1])
-            writer.write(f"{proof}\n".encode())
-            answer = await reader.readline()
+            await host.send(f"{proof}\n".encode())
+            answer = await host.readline(LINE_LIMIT)
             if answer != b"SUCCESS\n":
                 raise ConnectionError(answer.decode(errors="replace").strip() or "it closed")
         except BaseException:
-            writer.close()
+            sock.close()
             raise
-        return reader, writer
-
-
-async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError):
-        while data := await source.read(DIALED_CHUNK):
-            sink.write(data)
-            await sink.drain()
+        return sock, host.rest
 
 
 class Tunnels:
@@ -107,26 +98,28 @@ class Tunnels:
             await self._outbox.send(_closed(request.tunnel_id, error))
             return
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", request.port, limit=DIALED_CHUNK),
-                CONNECT_SECONDS,
-            )
+            sshd = await asyncio.wait_for(connect("127.0.0.1", request.port), CONNECT_SECONDS)
         except (OSError, TimeoutError) as exc:
             error = f"cannot reach the SSH server of task {request.task_id}: {exc}"
             await self._outbox.send(_closed(request.tunnel_id, error))
             return
-        host = await self._dial(request)
+        try:
+            host = await self._dial(request)
+        except BaseException:
+            sshd.close()
+            raise
         if host is not None:
-            pump = asyncio.create_task(self._splice(request.tunnel_id, (reader, writer), host))
-            self._open[request.tunnel_id] = _Tunnel(writer, pump, host[1])
+            pump = asyncio.create_task(self._splice(request.tunnel_id, sshd, *host))
+            self._open[request.tunnel_id] = _Tunnel(pump)
             return
+        reader, writer = await asyncio.open_connection(sock=sshd, limit=TUNNEL_CHUNK)
         pump = asyncio.create_task(self._pump(request.tunnel_id, reader, writer))
-        self._open[request.tunnel_id] = _Tunnel(writer, pump)
+        self._open[request.tunnel_id] = _Tunnel(pump, writer)
         await self._outbox.send(
             rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=request.tunnel_id))
         )
 
-    async def _dial(self, request: rpb.TunnelOpen) -> Connection | None:
+    async def _dial(self, request: rpb.TunnelOpen) -> tuple[socket.socket, bytes] | None:
         """The Host's connection for the tunnel's bytes; None: they go on the stream (the
         Host did not ask, or this Runner cannot reach its SSH proxy port)."""
         if self._host is None or not request.dial_port or not request.dial_secret:
@@ -144,27 +137,29 @@ class Tunnels:
             )
             return None
 
-    async def _splice(self, tunnel_id: int, sshd: Connection, host: Connection) -> None:
+    async def _splice(
+        self, tunnel_id: int, sshd: socket.socket, host: socket.socket, first: bytes
+    ) -> None:
         """Bytes both ways between the sshd and the Host's connection, until either ends."""
         copies = [
-            asyncio.create_task(_copy(sshd[0], host[1])),
-            asyncio.create_task(_copy(host[0], sshd[1])),
+            asyncio.create_task(copy(sshd, host)),
+            asyncio.create_task(copy(host, sshd, first)),
         ]
         try:
             await asyncio.wait(copies, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for copy in copies:
-                copy.cancel()
-            tunnel = self._open.pop(tunnel_id, None)
-            if tunnel is not None:
-                tunnel.writer.close()
-                host[1].close()
+            for task in copies:
+                task.cancel()
+            await asyncio.wait(copies)
+            self._open.pop(tunnel_id, None)
+            sshd.close()
+            host.close()
 
     def write(self, data: rpb.TunnelData) -> Coroutine[Any, Any, None] | None:
         """Hand the bytes to the sshd; the tunnel's close to send (and spawn) when the sshd
         has left more than TUNNEL_BACKLOG unread."""
         tunnel = self._open.get(data.tunnel_id)
-        if tunnel is None:
+        if tunnel is None or tunnel.writer is None:
             return None
         tunnel.writer.write(data.data)
         if tunnel.writer.transport.get_write_buffer_size() <= TUNNEL_BACKLOG:

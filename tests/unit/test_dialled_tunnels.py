@@ -90,6 +90,60 @@ async def test_a_sessions_bytes_go_on_the_connection_the_runner_dials(
     tunnels.close_all()
 
 
+async def test_a_clients_bytes_sent_with_its_ticket_reach_the_sshd(
+    local_cluster: LocalCluster, sshd: int
+) -> None:
+    """A client that does not wait for SUCCESS (a ProxyCommand piping ssh at once: its
+    banner follows the ticket in one packet) loses none of it; the Host read it with the
+    request line, and the dialled connection's copy carries it on first."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    reader, writer = await _to_the_proxy(local_cluster)
+    banner = b"SSH-2.0-early\r\n"
+    writer.write(f"TICKET {issued.ticket}\n".encode() + banner)
+    await writer.drain()
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd, HostDial("127.0.0.1"))
+    try:
+        [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
+        at_sshd = rpb.TunnelOpen()
+        at_sshd.CopyFrom(opened)
+        at_sshd.port = sshd
+        await tunnels.open(at_sshd)
+        assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+        assert await asyncio.wait_for(reader.readexactly(len(banner)), 5) == banner
+    finally:
+        writer.close()
+        tunnels.close_all()
+
+
+async def test_a_host_that_sends_on_with_its_answer_loses_nothing() -> None:
+    """The Host's SUCCESS may arrive with the client's first bytes behind it: the dial
+    hands them over with its connection."""
+    secret = "one-time"
+
+    async def host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"CHALLENGE c0ffee\n")
+        await reader.readline()
+        writer.write(b"SUCCESS\nSSH-2.0-client\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(host, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    request = rpb.TunnelOpen(tunnel_id=5, dial_port=port, dial_secret=secret)
+    try:
+        dialled, rest = await HostDial("127.0.0.1").dial(request)
+        with dialled:
+            recv = asyncio.get_running_loop().sock_recv
+            while len(rest) < len(b"SSH-2.0-client\r\n"):
+                more = await asyncio.wait_for(recv(dialled, 64), 5)
+                assert more, f"the connection ended after {rest!r}"
+                rest += more
+    finally:
+        server.close()
+    assert rest == b"SSH-2.0-client\r\n"
+
+
 async def test_a_dialled_connection_without_the_tunnels_proof_carries_nothing(
     local_cluster: LocalCluster,
 ) -> None:
@@ -152,6 +206,7 @@ async def test_a_host_reached_at_an_ipv6_address_in_brackets_is_dialled_there() 
         answer = (await reader.readline()).decode().strip()
         writer.write(b"SUCCESS\n" if tunnel_proof.proven(secret, 5, "c0ffee", answer) else b"NO\n")
         await writer.drain()
+        writer.close()
 
     try:
         server = await asyncio.start_server(host, "::1", 0)
@@ -160,7 +215,8 @@ async def test_a_host_reached_at_an_ipv6_address_in_brackets_is_dialled_there() 
     port = server.sockets[0].getsockname()[1]
     request = rpb.TunnelOpen(tunnel_id=5, dial_port=port, dial_secret=secret)
     try:
-        _, writer = await HostDial("[::1]").dial(request)
-        writer.close()
+        dialled, rest = await HostDial("[::1]").dial(request)
+        dialled.close()
     finally:
         server.close()
+    assert rest == b""

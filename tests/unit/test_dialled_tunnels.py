@@ -14,7 +14,7 @@ from typing import cast
 
 import pytest
 
-from hakuriver_common import tunnel_proof
+from hakuriver_common import socket_copy, tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import audit_service_pb2 as aupb, runner_service_pb2 as rpb
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.tunnels import HostDial, Tunnels
@@ -63,9 +63,14 @@ async def _dial(port: int, tunnel_id: int, secret: str) -> bytes:
         writer.close()
 
 
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "no-splice"])
 async def test_a_sessions_bytes_go_on_the_connection_the_runner_dials(
-    local_cluster: LocalCluster, sshd: int
+    local_cluster: LocalCluster, sshd: int, splice: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Both relays copy with splice(2) where the system has it, and through the event loop
+    where it does not (a Host on macOS)."""
+    if not splice:
+        monkeypatch.setattr(socket_copy, "_SPLICE", None)
     runner, reader, writer = await _client(local_cluster)
     try:
         [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")

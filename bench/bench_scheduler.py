@@ -38,7 +38,8 @@ with the goals beside them; asserts nothing about time. Every phase is bounded b
 and by ``timeout`` seconds. ``HAKURIVER_BENCH_PROFILE=out.txt`` records the Host with py-spy
 (raw collapsed stacks; of the threads holding the GIL, or as
 ``HAKURIVER_BENCH_PROFILE_ARGS`` says, e.g. ``--gil --native``) during
-``HAKURIVER_BENCH_PROFILE_PHASE`` (``singles``, ``arrays``, or ``all``: both, the default);
+``HAKURIVER_BENCH_PROFILE_PHASE`` (``floor``, ``singles``, ``arrays``, or ``all``: the
+last two, the default);
 ``python -m bench.profile_report out.txt`` sums it up.
 """
 
@@ -415,7 +416,8 @@ class Profiler:
 
     @contextlib.contextmanager
     def during(self, phase: str, pid: int) -> Iterator[None]:
-        if not self.path or self.phase not in (phase, "all") or self.proc is not None:
+        wanted = self.phase == phase or (self.phase == "all" and phase != "floor")
+        if not self.path or not wanted or self.proc is not None:
             yield
             return
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -472,7 +474,8 @@ class Bench:
             async with open_aio_channel(self.host.client_config, sweeper) as ch:
                 stub = task_service_pb2_grpc.TaskServiceStub(ch)
                 async with self.cpu() as floor_cpu:
-                    floors = await self.floor(ch)
+                    with self.profiler.during("floor", self.host_pid):
+                        floors = await self.floor(ch)
                 ceilings = await self.ceiling()
                 async with self.cpu() as idle_cpu:
                     lone_idle = await self.prober.probe(counts.lone, False, counts.timeout)

@@ -432,8 +432,11 @@ class Cluster:
             await self.tarballs.read_again()  # a tarball copied in since the last reading?
         plan = admit(req, self._admission, self._rights(who))
         count = len(plan.tasks())
-        batch_id = self.ids.next_id() if count > 1 or plan.array else 0
-        task_ids = self.ids.next_ids(count)
+        # One range: an array's (or a batch's) tasks follow its id, whatever the clock does
+        # between two calls.
+        batched = count > 1 or plan.array
+        ids = self.ids.next_ids(count + 1 if batched else count)
+        batch_id, task_ids = (ids[0], ids[1:]) if batched else (0, ids)
         vps = plan.kind is TaskKind.VPS
 
         def output_paths(task_id: int) -> tuple[str, str]:

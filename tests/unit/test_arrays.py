@@ -6,6 +6,8 @@ array answers as a missing one; bad arrays are refused with nothing stored."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 
 import grpc
 import pytest
@@ -67,6 +69,21 @@ async def test_an_array_creates_one_task_per_index_with_its_index(
         tpb.ListTasksRequest(batch_id=reply.batch_id, array_index=9), timeout=5
     )
     assert [t.task_id for t in listed.tasks] == [reply.tasks[2].task_id]
+
+
+async def test_an_arrays_tasks_ids_follow_its_id_whatever_the_clock_does(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One range of ids for the array and its tasks: with the id clock a millisecond on at
+    every reading, the array's first task was the next millisecond's first id, not the
+    array's id + 1 (an e2e test that counted on it failed on a loaded machine)."""
+    assert local_cluster.server is not None
+    ticks = itertools.count(time.time_ns() // 1_000_000)
+    monkeypatch.setattr(local_cluster.server.cluster.ids, "_clock", lambda: next(ticks))
+    await local_cluster.add_runner("a", cores=4, answer=HOLD)
+    reply = await local_cluster.tasks.SubmitTask(_array([0, 1, 2]), timeout=5)
+    first = reply.batch_id + 1
+    assert [t.task_id for t in reply.tasks] == [first, first + 1, first + 2]
 
 
 async def test_an_array_index_without_its_array_is_refused(local_cluster: LocalCluster) -> None:

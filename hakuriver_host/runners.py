@@ -360,8 +360,9 @@ class RunnerGateway:
         # The storage is the Host's, the same for every node: room again clears them all,
         # not only this one (a node with no more output, drained and shut down, showed
         # the problem, and kept its alert firing, for good).
-        if self.nodes.output_problems() and await self.logs.has_room():
-            for hostname in self.nodes.output_problems():
+        problems = self.nodes.output_problems()
+        if problems and await self.logs.has_room():
+            for hostname in problems:
                 self.nodes.output_stored(hostname)
         self.metrics.log_bytes.inc(len(chunk.data))
 

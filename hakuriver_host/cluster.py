@@ -119,6 +119,15 @@ DEFAULT_LIST_LIMIT = 100
 IN_USE_IDS_SHOWN = 3
 
 
+def _close_unstarted(placed: list[Placed], _storing: asyncio.Task[None]) -> None:
+    """Close the placements' writes that never started: the Host stopped, cancelling the
+    task that stores them, perhaps before it started (a pass just before the stop). Stored
+    or not, their tasks are placed again when the Host starts."""
+    for _, stored in placed:
+        if inspect.getcoroutinestate(stored) == inspect.CORO_CREATED:
+            stored.close()
+
+
 def _failure_logged(what: str) -> Callable[[asyncio.Task[None]], None]:
     """A done callback for work nobody awaits any more: its failure is logged, as nobody
     else will hear of it (``log_refusal``: one line for the database away, else a bug's
@@ -841,7 +850,8 @@ class Cluster:
                 self._store_in_background(placed)
 
     def _store_in_background(self, placed: list[Placed]) -> None:
-        self._storing_task(self._store_and_dispatch(placed))
+        storing = self._storing_task(self._store_and_dispatch(placed))
+        storing.add_done_callback(partial(_close_unstarted, placed))
 
     async def _add(
         self, records: list[Task], who: Principal, what: str, requests: Requests
@@ -971,12 +981,7 @@ class Cluster:
         by_node: dict[str, list[Placed]] = {}
         for tasks, stored in placed:
             by_node.setdefault(tasks[0].assigned_node or "", []).append((tasks, stored))
-        try:
-            results = await asyncio.gather(*map(self._dispatch_when_stored, by_node.values()))
-        finally:
-            for _, stored in placed:
-                if inspect.getcoroutinestate(stored) == inspect.CORO_CREATED:
-                    stored.close()  # the Host is stopping: stored or not, placed again on start
+        results = await asyncio.gather(*map(self._dispatch_when_stored, by_node.values()))
         failed = [exc for node_failed in results for exc in node_failed]
         if failed:
             log.error("storing placements failed: %s", failed[0])

@@ -6,9 +6,12 @@ stored placed, in one write ordered after its node's earlier changes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sqlite3
 import threading
+import warnings
+import weakref
 from typing import Any
 
 import grpc
@@ -426,6 +429,35 @@ async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     kept = await local_cluster.submit("job")
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
     assert [t.task_id for t in listed.tasks] == [kept.task_id]
+
+
+async def test_a_host_stopped_as_a_pass_places_a_submission_leaves_no_write_unawaited(
+    local_cluster: LocalCluster,
+) -> None:
+    """A submission stored as the Host stops (its submitter gone) is placed by a pass that
+    runs just before the stop cancels the Host's work: the task storing that placement was
+    cancelled before it started, and its write coroutines were never closed ("coroutine
+    'TaskBook._record' was never awaited", seen at the end of test_arrays)."""
+    await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    assert local_cluster.server is not None
+    host = weakref.ref(local_cluster.server.cluster)  # held, its tasks' frames would stay
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    request = tpb.SubmitTaskRequest(command="job", array=tpb.TaskArray(indices=[0, 1]))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the submission's write waits for it
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await local_cluster.tasks.SubmitTask(request, timeout=1)
+            assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            stopping = asyncio.ensure_future(local_cluster.stop_host())
+            # Stopped: the stop now waits for the submission under way.
+            await eventually(lambda: getattr(host(), "_stopped", False), what="the stop")
+        finally:
+            other.close()
+        await stopping
+        gc.collect()  # a coroutine never awaited is said so once it goes
+    assert [str(w.message) for w in said if issubclass(w.category, RuntimeWarning)] == []
 
 
 def _hold_writes(

@@ -53,7 +53,7 @@ class Batches:
         store = self.cluster.store
         final = [s.value for s in FINAL_STATUSES]
         ids = [task_id for task_id, _ in in_memory]
-        first, size, stored, ended = await store.run(store.batch_summary, batch_id, final, ids)
+        first, size, stored, ended = await store.read(store.batch_summary, batch_id, final, ids)
         if first is None or not who.owns(first.owner):
             raise Hidden(f"batch_id: batch {batch_id} not found")
         counts: Counter[TaskStatus] = Counter({TaskStatus(s): n for s, n in stored.items()})

@@ -543,7 +543,7 @@ class Cluster:
         ended: set[int] = set()
         if final:
             ending = [t.task_id for t in self.book.held() if TaskStatus(t.status).is_final]
-            stored, ended = await self.store.run(
+            stored, ended = await self.store.read(
                 self.store.count_ended, final, submitted, owner, completed, ending
             )
             for (value, _), count in stored.items():
@@ -575,7 +575,7 @@ class Cluster:
             raise InvalidArgument(f"kind: {exc}") from None
         after = from_timestamp(req, "submitted_after", InvalidArgument)
         owner = _whose_tasks(req.owner, who, "list")
-        records = await self.store.run(
+        records = await self.store.read(
             self.store.list_tasks,
             statuses,
             req.node,

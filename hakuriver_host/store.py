@@ -1,4 +1,5 @@
-"""The database adapter: every call runs on one dedicated thread, off the event loop.
+"""The database adapter: every call runs on one dedicated thread, off the event loop, but
+the clients' reads, which run on a thread of their own (``read``).
 
 One thread keeps SQLite happy. Writes are group-committed: while one transaction is being
 written, the writes that arrive queue up and go together in the next one; every caller
@@ -8,7 +9,10 @@ placement that reuses them), transactions are bounded, and a node with a change 
 queued goes ahead of nodes with hundreds: a lone task's change waits for the transaction
 being written, not behind a job array's thousands on other nodes. SQLite runs in WAL mode with
 synchronous=NORMAL: a committed write survives a crash of the Host process (power loss may
-drop the last transactions).
+drop the last transactions). Clients' reads (a task and its events, a list, counts) do not
+wait behind the writes: while another program holds SQLite locked, each attempt at a write
+holds the store's thread for SQLite's 5 s wait. A read runs in one transaction (one snapshot,
+never half of a write: WAL lets it proceed while another connection writes), on its thread.
 """
 
 from __future__ import annotations
@@ -80,6 +84,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _snapshot_reads(engine: Engine) -> Engine:
+    """The engine of the clients' reads (``Store.read``), on the same pool: each session one
+    snapshot, its several queries reading the same commits (a read on its own thread may
+    otherwise see a write committed between two of them). SQLite: a deferred BEGIN, which
+    Python's sqlite3 does not send before a SELECT; PostgreSQL: REPEATABLE READ."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="REPEATABLE READ")
+    reads = engine.execution_options()
+    if engine.dialect.name == "sqlite":
+        event.listen(reads, "begin", lambda connection: connection.exec_driver_sql("BEGIN"))
+    return reads
+
+
 def _json_text(value: Any) -> str:
     """JSON columns' text; most of a task row's lists are empty, and json.dumps costs
     ~2 us each (five per row, ten thousand rows in a job array)."""
@@ -138,6 +155,27 @@ def _stored_among(session: Session, among: Sequence[int], statuses: Sequence[str
         part = TaskRecord.task_id.in_(among[start : start + 900])  # type: ignore[attr-defined]
         found.update(session.exec(select(TaskRecord.task_id).where(part, wanted)))
     return found
+
+
+def _count_tasks(
+    session: Session,
+    statuses: Sequence[str],
+    submitted_after: datetime | None,
+    owner: str,
+    completed_after: datetime | None,
+) -> dict[tuple[str, str], int]:
+    query = select(TaskRecord.status, TaskRecord.kind, func.count()).group_by(
+        TaskRecord.status, TaskRecord.kind
+    )
+    if statuses:
+        query = query.where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
+    if submitted_after is not None:
+        query = query.where(TaskRecord.submitted_at >= submitted_after)
+    if owner:
+        query = query.where(TaskRecord.owner == owner)
+    if completed_after is not None:
+        query = query.where(TaskRecord.completed_at >= completed_after)  # type: ignore[operator]
+    return {(status, kind): count for status, kind, count in session.exec(query)}
 
 
 def _of_submission(batch_id: int, task_id: int) -> Any:
@@ -238,6 +276,14 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
+        self.reader = _snapshot_reads(self.engine)
+        # An in-memory SQLite database is one connection per thread: read on the store's.
+        in_memory = (self.engine.url.database or ":memory:") == ":memory:"
+        self._reads = (
+            self.executor
+            if in_memory and self.engine.dialect.name == "sqlite"
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db-read")
+        )
         # Changes to stored tasks, made in memory already: held while the database is away
         # (see GroupCommit), so that memory and database agree once it is back.
         self._writes = GroupCommit(
@@ -263,6 +309,13 @@ class Store:
         restart). A stopping Host waits for the thread's queue (``close``)."""
         loop = asyncio.get_running_loop()
         return await asyncio.shield(loop.run_in_executor(self.executor, fn, *args))
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``, a read through ``reader``, on the reads' thread: it never waits
+        for the writes queued on the store's thread (nor they for it). What it reads is
+        what is committed when it starts: a write whose caller was answered is in it."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reads, fn, *args)
 
     async def insert_tasks(self, write: TaskWrite) -> None:
         """Insert new task rows with their first events; return once committed. Committed
@@ -382,6 +435,7 @@ class Store:
         return found
 
     def close(self) -> None:
+        self._reads.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         claim, self._claim = self._claim, None
         if isinstance(claim, Connection):
@@ -515,19 +569,8 @@ class Store:
         """Number of tasks by (status, kind): only in ``statuses`` (all if empty),
         submitted since ``submitted_after``, of ``owner`` when given, completed since
         ``completed_after``."""
-        with Session(self.engine) as session:
-            query = select(TaskRecord.status, TaskRecord.kind, func.count()).group_by(
-                TaskRecord.status, TaskRecord.kind
-            )
-            if statuses:
-                query = query.where(TaskRecord.status.in_(statuses))  # type: ignore[attr-defined]
-            if submitted_after is not None:
-                query = query.where(TaskRecord.submitted_at >= submitted_after)
-            if owner:
-                query = query.where(TaskRecord.owner == owner)
-            if completed_after is not None:
-                query = query.where(TaskRecord.completed_at >= completed_after)  # type: ignore[operator]
-            return {(status, kind): count for status, kind, count in session.exec(query)}
+        with Session(self.reader) as session:
+            return _count_tasks(session, statuses, submitted_after, owner, completed_after)
 
     def held_batches(self) -> set[int]:
         with Session(self.engine) as session:
@@ -586,7 +629,7 @@ class Store:
         return [task_id for task_id in task_ids if task_id not in found]
 
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.reader, expire_on_commit=False) as session:
             task = session.get(TaskRecord, task_id)
             events = list(
                 session.exec(
@@ -602,7 +645,7 @@ class Store:
     ) -> tuple[TaskRecord | None, int, dict[str, int], set[int]]:
         """One task of a batch (None if there is none), how many it has, how many are
         stored in each of the ``final`` statuses, and which of the tasks ``among`` are."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.reader, expire_on_commit=False) as session:
             of_batch = TaskRecord.batch_id == batch_id
             first = session.exec(select(TaskRecord).where(of_batch).limit(1)).first()
             if first is None:
@@ -623,8 +666,8 @@ class Store:
     ) -> tuple[dict[tuple[str, str], int], set[int]]:
         """``count_tasks`` of the ``final`` statuses, and which of the tasks ``among`` are
         stored in one of them, read together (no write between the two)."""
-        counts = self.count_tasks(final, submitted_after, owner, completed_after)
-        with Session(self.engine) as session:
+        with Session(self.reader) as session:
+            counts = _count_tasks(session, final, submitted_after, owner, completed_after)
             return counts, _stored_among(session, among, final)
 
     def ended_before(
@@ -732,7 +775,7 @@ class Store:
         owner: str = "",
         array_index: int | None = None,
     ) -> list[TaskRecord]:
-        with Session(self.engine, expire_on_commit=False) as session:
+        with Session(self.reader, expire_on_commit=False) as session:
             query = select(TaskRecord)
             if array_index is not None:
                 query = query.where(TaskRecord.array_index == array_index)

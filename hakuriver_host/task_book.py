@@ -546,7 +546,7 @@ class TaskBook:
         task = self.live(task_id)
         if task is not None:
             return task
-        record, _ = await self.store.run(self.store.get_task, task_id)
+        record, _ = await self.store.read(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
         return record
@@ -554,7 +554,7 @@ class TaskBook:
     async def get_with_events(self, task_id: int) -> tuple[Task, list[TaskEventRecord]]:
         """The task as shown to a client (``shown``), and its stored events."""
         await self.arrival(task_id)
-        record, events = await self.store.run(self.store.get_task, task_id)
+        record, events = await self.store.read(self.store.get_task, task_id)
         if record is None:
             raise NotFound(f"task_id: task {task_id} not found")
         return self.shown_as_held(record), events

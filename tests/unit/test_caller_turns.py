@@ -70,7 +70,7 @@ async def _held_turn(make_local_cluster: MakeCluster) -> AsyncIterator[HeldTurn]
     await cluster.wait_status(task_id, TaskStatus.RUNNING)
     assert cluster.server is not None
     busy = threading.Event()
-    blocker = asyncio.ensure_future(cluster.server.store.run(busy.wait, 30))
+    blocker = asyncio.ensure_future(cluster.server.store.read(busy.wait, 30))  # reads held
     listing = asyncio.ensure_future(alice.tasks.ListTasks(tpb.ListTasksRequest(), timeout=30))
     held = HeldTurn(cluster, alice, bob, task_id, listing, busy)
     try:

@@ -103,17 +103,18 @@ async def test_tasks_that_ended_lately_are_counted_through_an_index(
 async def test_a_task_whose_end_is_stored_while_it_is_counted_is_counted_once(
     local_cluster: LocalCluster,
 ) -> None:
-    """A task whose end was made in memory and whose write went to the store's thread
-    before the count's read was counted twice: running in memory (as shown: not stored
-    yet) and completed by the read, which ran after the write (review). The store says
-    which of the tasks ended in memory it counted; those are not counted again."""
+    """A task whose end was made in memory, and stored after the count read memory but
+    before its read of the store ran, was counted twice: running in memory (as shown: not
+    stored yet) and completed by the read (review). The store says which of the tasks
+    ended in memory it counted; those are not counted again."""
     runner = await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
     assert local_cluster.server is not None
     store, book = local_cluster.server.store, local_cluster.server.cluster.book
-    queue = store.executor._work_queue  # type: ignore[attr-defined]
-    busy = threading.Event()
-    blocker = asyncio.ensure_future(store.run(busy.wait, 30))  # the store's thread held
+    reads = store._reads._work_queue  # type: ignore[attr-defined]
+    writing, reading = threading.Event(), threading.Event()
+    writes_held = asyncio.ensure_future(store.run(writing.wait, 30))  # the store's thread
+    reads_held = asyncio.ensure_future(store.read(reading.wait, 30))  # the reads' thread
     try:
         runner.finish(task.task_id, 0)
         # Its end made in memory, and its write handed to the store's thread, behind ours.
@@ -121,10 +122,13 @@ async def test_a_task_whose_end_is_stored_while_it_is_counted_is_counted_once(
             lambda: book.finishing(task.task_id) is not None and not store._writes._queued,
             what="the end's write on the store's thread",
         )
-        waiting = queue.qsize()
+        waiting = reads.qsize()
         counting = asyncio.ensure_future(_counts(local_cluster))
-        await eventually(lambda: queue.qsize() > waiting, what="the count's read behind it")
+        await eventually(lambda: reads.qsize() > waiting, what="the count's read behind it")
+        writing.set()
+        await eventually(lambda: book.finishing(task.task_id) is None, what="the end stored")
     finally:
-        busy.set()
-        await blocker
+        writing.set()
+        reading.set()
+        await asyncio.gather(writes_held, reads_held)
     assert await counting == {task_pb2.TASK_STATUS_COMPLETED: 1}

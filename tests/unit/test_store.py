@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from hakuriver_host.models import TASK_FIELDS, Task, TaskRecord, field_values
@@ -292,6 +293,36 @@ async def test_active_tasks_load_back_as_plain_tasks_with_every_field(tmp_path: 
         assert set(vars(loaded[0])) == set(TASK_FIELDS)
     finally:
         store.close()
+
+
+async def test_a_read_sees_one_snapshot_though_a_write_commits_between_its_queries(
+    tmp_path: Path,
+) -> None:
+    """Reads run on a thread of their own, beside the writes: CountTasks' stored counts and
+    its check of which tasks in memory are stored ended are one read. A task's end committed
+    between the two was counted neither as stored (the counts before it) nor as in memory
+    (it was found ended)."""
+    path = tmp_path / "db.sqlite"
+    store = Store(f"sqlite:///{path}")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    ended_between: list[bool] = []
+
+    def end_task_after_first_query(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if statement.startswith("SELECT") and not ended_between:
+            ended_between.append(True)
+            other.execute("UPDATE tasks SET status = 'completed' WHERE task_id = 8")
+
+    try:
+        await store.run(store.migrate)
+        running = TaskRecord(task_id=8, command="true", status="running", container_name="b")
+        await store.insert_tasks(TaskWrite([running.model_dump()], [], []))
+        event.listen(store.reader, "after_cursor_execute", end_task_after_first_query)
+        counts, ended = await store.read(store.count_ended, ["completed"], None, "", None, [8])
+    finally:
+        other.close()
+        store.close()
+    assert ended_between
+    assert (counts, ended) == ({}, set())
 
 
 async def test_transactions_stay_bounded_with_thousands_of_nodes_each_with_a_change(

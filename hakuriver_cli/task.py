@@ -472,7 +472,8 @@ def _watch_list(
 ) -> None:
     """`list --watch`: the list, read once the Host says its watch is in place (a change
     between the two is not missed), then a line per change the filters take (a JSON line
-    each with --json), until Ctrl-C (exit 0). A Host that goes away ends it in one line."""
+    each with --json), until Ctrl-C (exit 130, as every watcher and follower ends). A Host
+    that goes away ends it in one line."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     taken = _taken(request)
@@ -489,7 +490,7 @@ def _watch_list(
                 cli.echo(to_json_line(update.task) if json else _change_line(update.task))
     except KeyboardInterrupt:
         updates.cancel()
-        return
+        raise cli.Exit(130) from None
     except CallError as exc:
         if not host_gone(exc):
             raise

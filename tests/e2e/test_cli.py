@@ -24,7 +24,7 @@ import pytest
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import TaskStatus
 from tests.e2e.harness import ProcessCluster, free_port, wait_for
-from tests.e2e.test_followers_restart import Tool
+from tests.e2e.test_followers_restart import TRANSPORTS, Tool
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -475,20 +475,50 @@ def test_a_token_is_saved_or_not_made(cluster: ProcessCluster, tmp_path: Path) -
     assert "keeps it in their auth.credentials_file (chmod 600)" in theirs.stderr, theirs.stderr
 
 
-@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
-def test_list_watch_ends_at_ctrl_c_with_exit_0(cluster: ProcessCluster, json_lines: bool) -> None:
-    """`task list --watch` runs until Ctrl-C, which ends it as asked (exit 0, nothing on
-    stderr: no traceback, no "Aborted!"), having printed the list and each change since."""
-    watch = Tool(cluster, ["task", "list", "--watch", *(["--json"] if json_lines else [])], {})
+def test_every_watcher_and_follower_ends_at_ctrl_c_with_exit_130(cluster: ProcessCluster) -> None:
+    """Ctrl-C ends each tool that follows the Host until stopped as the shell's convention
+    for SIGINT has it, over either transport: exit 130, no traceback, no "Aborted!" (`task
+    list --watch` exited 0, the others 130). `submit --wait` (as `wait`) says the task
+    carries on; the others stop quietly, having printed what they follow."""
+    (cluster.shared_dir / "shared_data").mkdir(parents=True, exist_ok=True)
+    gate = "ctrl-c-gate"
+    held = f"while [ ! -e /shared/{gate} ]; do sleep 0.05; done"
+    task = cluster.submit(["sh", "-c", f"echo out; echo err >&2; {held}"])
+    cluster.wait_status(task.task_id, RUNNING)
+    wait_for(lambda: cluster.read_log(task.task_id) == b"out\n", what="its output")
+    tid = str(task.task_id)
+    watchers = {
+        "list --watch": (["task", "list", "--watch"], tid),
+        "list --watch --json": (["task", "list", "--watch", "--json"], tid),
+        "health --watch --json": (["client", "health", "--watch", "--json"], "hostname"),
+        "stdout --follow": (["task", "stdout", "--follow", tid], "out"),
+        "stderr --follow": (["task", "stderr", "--follow", tid], "err"),
+        "submit --wait": (["task", "submit", "--wait", "--", "sh", "-c", held], "submitted"),
+    }
+    tools = {
+        f"{name} over {transport}": (Tool(cluster, argv, env), shown)
+        for name, (argv, shown) in watchers.items()
+        for transport, env in TRANSPORTS.items()
+    }
     try:
-        wait_for(lambda: len(watch.lines) >= 1, what="the list printed")
-        task = cluster.submit(["true"])
-        line = f'"task_id": "{task.task_id}"' if json_lines else f"task {task.task_id}: completed"
-        wait_for(lambda: any(line in x for x in watch.lines), what="the task's end watched")
-        watch.proc.send_signal(signal.SIGINT)
-        assert watch.ended() == 0
-        assert watch.stderr() == ""
+        for name, (tool, shown) in tools.items():
+            wait_for(
+                lambda t=tool, s=shown: any(s in x for x in t.lines),  # type: ignore[misc]
+                what=f"{name} printing",
+            )
+        for tool, _ in tools.values():
+            tool.proc.send_signal(signal.SIGINT)
+        for name, (tool, _) in tools.items():
+            code, err = tool.ended(), tool.stderr()
+            assert code == 130, (name, code, err)
+            if name.startswith("submit"):
+                assert re.fullmatch(r"error: stopped waiting; task \d+ carries on \(.*\)\n", err)
+            else:
+                assert err == "", (name, err)
     finally:
-        if watch.proc.poll() is None:
-            watch.proc.kill()
-            watch.proc.wait()
+        for tool, _ in tools.values():
+            if tool.proc.poll() is None:
+                tool.proc.kill()
+                tool.proc.wait()
+        (cluster.shared_dir / "shared_data" / gate).touch()
+    cluster.wait_final(task.task_id)

@@ -346,10 +346,14 @@ def _watch_table(
                 trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
             draw()
 
-        def show(node: npb.NodeHealth) -> None:
-            trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
+        def show(node: npb.NodeHealth, forgotten: bool) -> None:
+            if forgotten:
+                trends.pop(node.hostname, None)
+            else:
+                trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
             if json:
-                print(to_json_line(node), flush=True)
+                also = {"forgotten": True} if forgotten else {}
+                print(to_json_line(node, **also), flush=True)
             draw()
 
         _watch_health(stub, target, hostname, count, listed, show)
@@ -401,13 +405,14 @@ def _watch_health(
     hostname: str,
     count: int,
     listed: Callable[[list[npb.NodeHealth]], None],
-    show: Callable[[npb.NodeHealth], None],
+    show: Callable[[npb.NodeHealth, bool], None],
 ) -> None:
-    """``show`` every update of WatchHealth until ``count`` samples came (0: until Ctrl-C;
-    an update without one, a change of status, does not count), after ``listed`` the
-    readings and history read once the watch is in place (a node going offline between a
-    list read first and the watch was never shown); while the Host is away, retry as
-    ``wait`` does, then watch and list again."""
+    """``show`` every update of WatchHealth (and whether it says the Host forgot the node)
+    until ``count`` samples came (0: until Ctrl-C; an update without one, a change of
+    status, does not count), after ``listed`` the readings and history read once the
+    watch is in place (a node going offline between a list read first and the watch was
+    never shown); while the Host is away, retry as ``wait`` does, then watch and list
+    again."""
     from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
 
     seen = 0
@@ -423,7 +428,7 @@ def _watch_health(
                 read = True
                 if update.watching:
                     continue
-            show(update.node)
+            show(update.node, update.forgotten)
             seen += update.node.HasField("current")
             if count and seen >= count:
                 updates.cancel()

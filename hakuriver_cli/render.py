@@ -152,8 +152,9 @@ def to_dict(message: Message) -> dict[str, Any]:
     return out
 
 
-def to_json_line(message: Message) -> str:
-    return json.dumps(to_dict(message), sort_keys=True)
+def to_json_line(message: Message, **also: object) -> str:
+    """One JSON line: the message's fields, and ``also`` beside them."""
+    return json.dumps({**to_dict(message), **also}, sort_keys=True)
 
 
 def print_json(value: object) -> None:

@@ -47,7 +47,7 @@ from hakuriver_host.identity import Principal, outliving
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import Task, TaskEventRecord, cutoff_before, utcnow
-from hakuriver_host.nodes import NodeTable, NodeView
+from hakuriver_host.nodes import Forgotten, NodeTable, NodeView
 from hakuriver_host.prepared_ahead import PreparedAhead
 from hakuriver_host.retention import MAX_PRUNE_DAYS, Pruned, TaskRetention
 from hakuriver_host.runner_link import RunnerLink
@@ -1103,7 +1103,7 @@ class Cluster:
 
     def watch_health(
         self, hostname: str = "", announce: bool = False
-    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | Forgotten | None]:
         return self.nodes.watch_health(hostname, announce)
 
     def environment_loaded_on(self, name: str, timestamp: int) -> list[str]:

@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 HISTORY_SECONDS = 600.0
 HISTORY_MIN_POINTS = 120
 HEALTH_WATCH_QUEUE = 1024
+# What a health watcher's queue holds: a node's name, its new sample (None: a change of its
+# status) and whether the Host forgot it.
+_HealthChange = tuple[str, node_pb2.Health | None, bool]
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """A node the Host forgot, as a watch of every node hears of it."""
+
+    hostname: str
 
 
 @dataclass
@@ -128,7 +138,7 @@ class NodeTable:
         )
         # (hostname, a new sample, or None when the node went online or offline, its link
         # closed or opened, it was drained or undrained or its output problem changed)
-        self._health_watchers: set[asyncio.Queue[tuple[str, node_pb2.Health | None]]] = set()
+        self._health_watchers: set[asyncio.Queue[_HealthChange]] = set()
         # The nodes whose output problem was set, a superset of those that show one now.
         self._output_problems: set[str] = set()
 
@@ -323,7 +333,7 @@ class NodeTable:
         node = self.nodes.pop(hostname, None)
         if node is None:
             return
-        self._tell_watchers(hostname, None)
+        self._tell_watchers(hostname, None, forgotten=True)
         self.scheduler.remove_node(hostname)
         self.metrics.node_offline(hostname)
         self.metrics.node_up.remove(hostname)
@@ -440,38 +450,44 @@ class NodeTable:
         self.update_metrics(node)
         self._tell_watchers(hostname, None)
 
-    def _tell_watchers(self, hostname: str, health: node_pb2.Health | None) -> None:
+    def _tell_watchers(
+        self, hostname: str, health: node_pb2.Health | None, forgotten: bool = False
+    ) -> None:
         for queue in self._health_watchers:
             if queue.full():
                 queue.get_nowait()
-            queue.put_nowait((hostname, health))
+            queue.put_nowait((hostname, health, forgotten))
 
     async def watch_health(
         self, hostname: str = "", announce: bool = False
-    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | None]:
+    ) -> AsyncIterator[tuple[NodeView, node_pb2.Health | None] | Forgotten | None]:
         """Every new health sample, in order, with its node, and None when the node went
         online or offline, its link closed or opened, it was drained or undrained or its
         output problem changed; first None, with ``announce``, once the watcher is in place.
-        A watcher that falls behind loses its oldest ones. A watcher of ``hostname`` alone
-        ends with NotFound when the node is forgotten (``forget``): it would hear nothing
-        more, for ever."""
+        A watcher that falls behind loses its oldest ones. A node forgotten (``forget``) is
+        ``Forgotten`` to a watcher of every node, which would show it for ever otherwise; a
+        watcher of ``hostname`` alone ends with NotFound then: it would hear nothing more."""
         if hostname:
             self.get(hostname)
-        queue: asyncio.Queue[tuple[str, node_pb2.Health | None]] = asyncio.Queue(HEALTH_WATCH_QUEUE)
+        queue: asyncio.Queue[_HealthChange] = asyncio.Queue(HEALTH_WATCH_QUEUE)
         self._health_watchers.add(queue)
         try:
             if announce:
                 yield None
             while True:
-                name, health = await queue.get()
+                name, health, forgotten = await queue.get()
+                if hostname and name != hostname:
+                    continue
                 node = self.nodes.get(name)  # None: forgotten since
-                if node is None and name == hostname:
+                if node is not None:
+                    yield node, health
+                elif hostname:
                     raise NotFound(
                         f"hostname: node {hostname!r} was forgotten (offline for "
                         "timing.forget_node_seconds, and no task of it kept)"
                     )
-                if node is not None and (not hostname or name == hostname):
-                    yield node, health
+                elif forgotten:
+                    yield Forgotten(name)
         finally:
             self._health_watchers.discard(queue)
 

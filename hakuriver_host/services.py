@@ -35,7 +35,7 @@ from hakuriver_host.convert import event_to_pb, node_to_pb, task_to_pb
 from hakuriver_host.errors import ApiError, InvalidArgument
 from hakuriver_host.identity import Principal, caller, outliving
 from hakuriver_host.models import Task
-from hakuriver_host.nodes import NodeView
+from hakuriver_host.nodes import Forgotten, NodeView
 
 log = logging.getLogger(__name__)
 # A job array's reply is built this many tasks at a time (~1 ms of the loop each), the loop
@@ -278,6 +278,9 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         async for change in self.cluster.watch_health(request.hostname, request.send_watching):
             if change is None:
                 yield npb.WatchHealthResponse(watching=True)
+            elif isinstance(change, Forgotten):
+                offline = npb.NodeHealth(hostname=change.hostname, status=NodeStatus.of(False).pb)
+                yield npb.WatchHealthResponse(node=offline, forgotten=True)
             else:
                 yield npb.WatchHealthResponse(node=_node_health(self.cluster, *change))
 

@@ -433,3 +433,51 @@ async def test_health_watch_of_a_node_the_host_forgets_ends_in_one_line(
         "error: hostname: node 'idle' was forgotten (offline for timing.forget_node_seconds, "
         "and no task of it kept) (NOT_FOUND)"
     )
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
+async def test_health_watch_of_every_node_drops_a_node_the_host_forgets(
+    make_local_cluster: MakeCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    json_lines: bool,
+) -> None:
+    """`health --watch` of every node kept the row of a node forgotten while watched
+    (offline, no task of it kept) for as long as it ran: the Host told a watch of every
+    node nothing of it. The Host now says so (`forgotten`), and the row goes; --json says
+    it in a line of its own."""
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
+    idle = await cluster.add_runner("idle", heartbeats=False)
+    busy = await cluster.add_runner("busy", heartbeats=False)
+    assert cluster.server is not None
+    host = cluster.server.cluster
+    read: list[str] = []
+    reading = host.health
+
+    def recorded(hostname: str = "") -> Any:
+        read.append(hostname)
+        return reading(hostname)
+
+    monkeypatch.setattr(host, "health", recorded)
+    config = cluster.cli_config(tmp_path / "client.toml")
+    shown = ["--json"] if json_lines else []
+    watch = ["health", "--watch", "--count", "1", *shown, "--config", str(config)]
+    watching = exit_code_later(direct.run, client.app, "c", watch)
+    await eventually(lambda: {"idle", "busy"} <= set(read), what="both nodes read")
+    await idle.stop()
+
+    async def forgotten() -> bool:
+        listed = await cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)
+        return "idle" not in {n.hostname for n in listed.nodes}
+
+    await eventually(forgotten, within=30, what="the idle node forgotten")
+    busy.send(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=busy.health())))
+    assert await asyncio.wait_for(watching, 30) == 0
+    out = capsys.readouterr().out
+    if json_lines:
+        lines = [json.loads(line) for line in out.splitlines()]
+        assert {"hostname": "idle", "status": "offline", "forgotten": True} in lines
+        assert lines[-1]["hostname"] == "busy" and "current" in lines[-1]
+    else:
+        assert "busy" in out and "idle" not in out

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
 from hakuriver_host.metrics import HostMetrics
-from hakuriver_host.nodes import NodeTable
+from hakuriver_host.nodes import Forgotten, NodeTable
 from hakuriver_host.scheduler import Scheduler
 from hakuriver_host.webhooks import Notifier
 
@@ -37,7 +37,8 @@ async def test_a_late_watcher_gets_each_sample_in_order() -> None:
 
 async def test_a_sample_of_a_node_forgotten_since_is_skipped() -> None:
     """A watcher reading late met a sample of a node forgotten meanwhile (offline long
-    enough, never held a task): KeyError ended its stream as an internal error."""
+    enough, never held a task): KeyError ended its stream as an internal error. It hears
+    that the node was forgotten instead, and goes on."""
     table = NodeTable(Scheduler(60), HostMetrics(), Notifier([]), heartbeat_interval=5)
     for name in ("a", "b"):
         table.connect(rpb.RegisterRunner(hostname=name, total_cores=2, total_memory_bytes=2**30))
@@ -47,6 +48,7 @@ async def test_a_sample_of_a_node_forgotten_since_is_skipped() -> None:
     table.heartbeat("a", _beat(1))
     table.forget("a")
     table.heartbeat("b", _beat(2))
-    node, health = await first
+    assert await first == Forgotten("a")
+    node, health = await anext(watch)  # type: ignore[misc]
     assert (node.hostname, health.sampled_at.seconds if health else None) == ("b", 2)
     await watch.aclose()

@@ -265,9 +265,16 @@ class WatchHealthResponse(_message.Message):
 
     NODE_FIELD_NUMBER: _builtins.int
     WATCHING_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_FIELD_NUMBER: _builtins.int
     watching: _builtins.bool
     """Set in the first message only, when asked for with send_watching: the watch is in
     place, and every sample and change from here on is sent.
+    """
+    forgotten: _builtins.bool
+    """The Host forgot this node (offline for timing.forget_node_seconds, no task of it
+    kept): no message about it follows unless it registers again, and GetHealth and
+    ListNodes no longer list it. `node` has its name and status (offline, no sample), so
+    a client from before this field shows it offline.
     """
     @_builtins.property
     def node(self) -> Global___NodeHealth:
@@ -280,10 +287,11 @@ class WatchHealthResponse(_message.Message):
         *,
         node: Global___NodeHealth | None = ...,
         watching: _builtins.bool = ...,
+        forgotten: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "watching", b"watching"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["forgotten", b"forgotten", "node", b"node", "watching", b"watching"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -97,9 +97,11 @@ class NodeServiceServicer:
     def WatchHealth(self, request, context):
         """WatchHealth sends every new health sample as Runners report them, and a node's status
         when it goes online or offline, its Runner's stream closes or reopens, it is drained or
-        undrained, or its output problem appears or clears (a message without a sample),
-        until cancelled. It sends nothing of the past: watch with send_watching, and read
-        GetHealth or ListNodes once the `watching` message came, so that no change is missed.
+        undrained, its output problem appears or clears (a message without a sample), or the
+        Host forgets it (`forgotten`), until cancelled. It sends nothing of the past: watch
+        with send_watching, and read GetHealth or ListNodes once the `watching` message came,
+        so that no change is missed. A watch of one node ends with NOT_FOUND when the Host
+        forgets it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

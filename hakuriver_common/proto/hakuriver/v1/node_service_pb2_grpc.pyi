@@ -44,9 +44,11 @@ class NodeServiceStub:
     WatchHealth: _grpc.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
     when it goes online or offline, its Runner's stream closes or reopens, it is drained or
-    undrained, or its output problem appears or clears (a message without a sample),
-    until cancelled. It sends nothing of the past: watch with send_watching, and read
-    GetHealth or ListNodes once the `watching` message came, so that no change is missed.
+    undrained, its output problem appears or clears (a message without a sample), or the
+    Host forgets it (`forgotten`), until cancelled. It sends nothing of the past: watch
+    with send_watching, and read GetHealth or ListNodes once the `watching` message came,
+    so that no change is missed. A watch of one node ends with NOT_FOUND when the Host
+    forgets it.
     """
 
 @_typing.type_check_only
@@ -65,9 +67,11 @@ class NodeServiceAsyncStub(NodeServiceStub):
     WatchHealth: _aio.UnaryStreamMultiCallable[_node_service_pb2.WatchHealthRequest, _node_service_pb2.WatchHealthResponse]  # type: ignore[assignment]
     """WatchHealth sends every new health sample as Runners report them, and a node's status
     when it goes online or offline, its Runner's stream closes or reopens, it is drained or
-    undrained, or its output problem appears or clears (a message without a sample),
-    until cancelled. It sends nothing of the past: watch with send_watching, and read
-    GetHealth or ListNodes once the `watching` message came, so that no change is missed.
+    undrained, its output problem appears or clears (a message without a sample), or the
+    Host forgets it (`forgotten`), until cancelled. It sends nothing of the past: watch
+    with send_watching, and read GetHealth or ListNodes once the `watching` message came,
+    so that no change is missed. A watch of one node ends with NOT_FOUND when the Host
+    forgets it.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -113,9 +117,11 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_node_service_pb2.WatchHealthResponse], _abc.AsyncIterator[_node_service_pb2.WatchHealthResponse]]:
         """WatchHealth sends every new health sample as Runners report them, and a node's status
         when it goes online or offline, its Runner's stream closes or reopens, it is drained or
-        undrained, or its output problem appears or clears (a message without a sample),
-        until cancelled. It sends nothing of the past: watch with send_watching, and read
-        GetHealth or ListNodes once the `watching` message came, so that no change is missed.
+        undrained, its output problem appears or clears (a message without a sample), or the
+        Host forgets it (`forgotten`), until cancelled. It sends nothing of the past: watch
+        with send_watching, and read GetHealth or ListNodes once the `watching` message came,
+        so that no change is missed. A watch of one node ends with NOT_FOUND when the Host
+        forgets it.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file hakuriver/v1/node_service.proto.
  */
 export const file_hakuriver_v1_node_service: GenFile = /*@__PURE__*/
-  fileDesc("Ch9oYWt1cml2ZXIvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmhha3VyaXZlci52MS5Ob2RlIj0KEEdldEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAIgASgIIusBCgpOb2RlSGVhbHRoEhAKCGhvc3RuYW1lGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLmhha3VyaXZlci52MS5Ob2RlU3RhdHVzEiUKB2N1cnJlbnQYAyABKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEiUKB2hpc3RvcnkYBCADKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEhYKDm91dHB1dF9wcm9ibGVtGAUgASgJEhQKDGRpc2Nvbm5lY3RlZBgGIAEoCBIQCghkcmFpbmluZxgHIAEoCBITCgt1bnJlYWRfZ3B1cxgIIAMoBSI8ChFHZXRIZWFsdGhSZXNwb25zZRInCgVub2RlcxgBIAMoCzIYLmhha3VyaXZlci52MS5Ob2RlSGVhbHRoIiQKEERyYWluTm9kZVJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmhha3VyaXZlci52MS5Ob2RlIiYKElVuZHJhaW5Ob2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCSI3ChNVbmRyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5oYWt1cml2ZXIudjEuTm9kZSI9ChJXYXRjaEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFQoNc2VuZF93YXRjaGluZxgCIAEoCCJPChNXYXRjaEhlYWx0aFJlc3BvbnNlEiYKBG5vZGUYASABKAsyGC5oYWt1cml2ZXIudjEuTm9kZUhlYWx0aBIQCgh3YXRjaGluZxgCIAEoCDKhAwoLTm9kZVNlcnZpY2USTAoJTGlzdE5vZGVzEh4uaGFrdXJpdmVyLnYxLkxpc3ROb2Rlc1JlcXVlc3QaHy5oYWt1cml2ZXIudjEuTGlzdE5vZGVzUmVzcG9uc2USTAoJR2V0SGVhbHRoEh4uaGFrdXJpdmVyLnYxLkdldEhlYWx0aFJlcXVlc3QaHy5oYWt1cml2ZXIudjEuR2V0SGVhbHRoUmVzcG9uc2USTAoJRHJhaW5Ob2RlEh4uaGFrdXJpdmVyLnYxLkRyYWluTm9kZVJlcXVlc3QaHy5oYWt1cml2ZXIudjEuRHJhaW5Ob2RlUmVzcG9uc2USUgoLVW5kcmFpbk5vZGUSIC5oYWt1cml2ZXIudjEuVW5kcmFpbk5vZGVSZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLlVuZHJhaW5Ob2RlUmVzcG9uc2USVAoLV2F0Y2hIZWFsdGgSIC5oYWt1cml2ZXIudjEuV2F0Y2hIZWFsdGhSZXF1ZXN0GiEuaGFrdXJpdmVyLnYxLldhdGNoSGVhbHRoUmVzcG9uc2UwAWIGcHJvdG8z", [file_hakuriver_v1_node]);
+  fileDesc("Ch9oYWt1cml2ZXIvdjEvbm9kZV9zZXJ2aWNlLnByb3RvEgxoYWt1cml2ZXIudjEiEgoQTGlzdE5vZGVzUmVxdWVzdCI2ChFMaXN0Tm9kZXNSZXNwb25zZRIhCgVub2RlcxgBIAMoCzISLmhha3VyaXZlci52MS5Ob2RlIj0KEEdldEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFwoPaW5jbHVkZV9oaXN0b3J5GAIgASgIIusBCgpOb2RlSGVhbHRoEhAKCGhvc3RuYW1lGAEgASgJEigKBnN0YXR1cxgCIAEoDjIYLmhha3VyaXZlci52MS5Ob2RlU3RhdHVzEiUKB2N1cnJlbnQYAyABKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEiUKB2hpc3RvcnkYBCADKAsyFC5oYWt1cml2ZXIudjEuSGVhbHRoEhYKDm91dHB1dF9wcm9ibGVtGAUgASgJEhQKDGRpc2Nvbm5lY3RlZBgGIAEoCBIQCghkcmFpbmluZxgHIAEoCBITCgt1bnJlYWRfZ3B1cxgIIAMoBSI8ChFHZXRIZWFsdGhSZXNwb25zZRInCgVub2RlcxgBIAMoCzIYLmhha3VyaXZlci52MS5Ob2RlSGVhbHRoIiQKEERyYWluTm9kZVJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkiNQoRRHJhaW5Ob2RlUmVzcG9uc2USIAoEbm9kZRgBIAEoCzISLmhha3VyaXZlci52MS5Ob2RlIiYKElVuZHJhaW5Ob2RlUmVxdWVzdBIQCghob3N0bmFtZRgBIAEoCSI3ChNVbmRyYWluTm9kZVJlc3BvbnNlEiAKBG5vZGUYASABKAsyEi5oYWt1cml2ZXIudjEuTm9kZSI9ChJXYXRjaEhlYWx0aFJlcXVlc3QSEAoIaG9zdG5hbWUYASABKAkSFQoNc2VuZF93YXRjaGluZxgCIAEoCCJiChNXYXRjaEhlYWx0aFJlc3BvbnNlEiYKBG5vZGUYASABKAsyGC5oYWt1cml2ZXIudjEuTm9kZUhlYWx0aBIQCgh3YXRjaGluZxgCIAEoCBIRCglmb3Jnb3R0ZW4YAyABKAgyoQMKC05vZGVTZXJ2aWNlEkwKCUxpc3ROb2RlcxIeLmhha3VyaXZlci52MS5MaXN0Tm9kZXNSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkxpc3ROb2Rlc1Jlc3BvbnNlEkwKCUdldEhlYWx0aBIeLmhha3VyaXZlci52MS5HZXRIZWFsdGhSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkdldEhlYWx0aFJlc3BvbnNlEkwKCURyYWluTm9kZRIeLmhha3VyaXZlci52MS5EcmFpbk5vZGVSZXF1ZXN0Gh8uaGFrdXJpdmVyLnYxLkRyYWluTm9kZVJlc3BvbnNlElIKC1VuZHJhaW5Ob2RlEiAuaGFrdXJpdmVyLnYxLlVuZHJhaW5Ob2RlUmVxdWVzdBohLmhha3VyaXZlci52MS5VbmRyYWluTm9kZVJlc3BvbnNlElQKC1dhdGNoSGVhbHRoEiAuaGFrdXJpdmVyLnYxLldhdGNoSGVhbHRoUmVxdWVzdBohLmhha3VyaXZlci52MS5XYXRjaEhlYWx0aFJlc3BvbnNlMAFiBnByb3RvMw", [file_hakuriver_v1_node]);
 
 /**
  * @generated from message hakuriver.v1.ListNodesRequest
@@ -268,6 +268,16 @@ export type WatchHealthResponse = Message<"hakuriver.v1.WatchHealthResponse"> & 
    * @generated from field: bool watching = 2;
    */
   watching: boolean;
+
+  /**
+   * The Host forgot this node (offline for timing.forget_node_seconds, no task of it
+   * kept): no message about it follows unless it registers again, and GetHealth and
+   * ListNodes no longer list it. `node` has its name and status (offline, no sample), so
+   * a client from before this field shows it offline.
+   *
+   * @generated from field: bool forgotten = 3;
+   */
+  forgotten: boolean;
 };
 
 /**
@@ -326,9 +336,11 @@ export const NodeService: GenService<{
   /**
    * WatchHealth sends every new health sample as Runners report them, and a node's status
    * when it goes online or offline, its Runner's stream closes or reopens, it is drained or
-   * undrained, or its output problem appears or clears (a message without a sample),
-   * until cancelled. It sends nothing of the past: watch with send_watching, and read
-   * GetHealth or ListNodes once the `watching` message came, so that no change is missed.
+   * undrained, its output problem appears or clears (a message without a sample), or the
+   * Host forgets it (`forgotten`), until cancelled. It sends nothing of the past: watch
+   * with send_watching, and read GetHealth or ListNodes once the `watching` message came,
+   * so that no change is missed. A watch of one node ends with NOT_FOUND when the Host
+   * forgets it.
    *
    * @generated from rpc hakuriver.v1.NodeService.WatchHealth
    */

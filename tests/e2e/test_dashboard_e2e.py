@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -1339,6 +1340,39 @@ def test_a_gpu_in_mig_mode_shows_its_utilisation_unknown_not_0(site: Site) -> No
         no_problems(tab)
     finally:
         cluster.kill_runner(name)
+
+
+def test_a_node_the_host_forgets_leaves_the_nodes_page_at_once(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """A node the Host forgot (offline for timing.forget_node_seconds, no task of it kept)
+    stayed on the Nodes page until the page fetched the node list again (every 30 s): the
+    health stream said nothing of it. It now says so, and the row goes at once, without a
+    fetch (the page's clock is stopped here, so none comes)."""
+    with running_cluster(
+        tmp_path, runner_count=1, extra_sections={"timing": "forget_node_seconds = 1"}
+    ) as cluster:
+        spare = cluster.start_runner(f"{cluster.runner_names[0]}-spare")
+        tabs = Tabs(browser, cluster.dashboard_url)
+        try:
+            tab = tabs.open(cluster.admin_token)
+            tab.page.clock.install()
+            tab.goto("/nodes")
+            row = tab.page.get_by_test_id(f"node-row-{spare}")
+            expect(row).to_be_visible()
+            tab.page.clock.pause_at(datetime.now() + timedelta(seconds=1))
+            cluster.kill_runner(spare, signal.SIGTERM)
+
+            def forgotten() -> bool:
+                nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5).nodes
+                return spare not in {n.hostname for n in nodes}
+
+            wait_for(forgotten, timeout=60, what="the Host to forget the node")
+            expect(row).to_have_count(0)
+            expect(tab.page.get_by_test_id(f"node-row-{cluster.runner_names[0]}")).to_be_visible()
+            no_problems(tab)
+        finally:
+            tabs.close()
 
 
 def test_a_node_that_joins_is_offered_without_a_reload(site: Site) -> None:

@@ -2,7 +2,8 @@
 //
 // Health is live: the recent history from GetHealth(include_history) once, then every new
 // sample from the WatchHealth stream (no polling); the same stream says when a node goes
-// online or offline, or is drained or undrained (a message without a sample). The node
+// online or offline, or is drained or undrained (a message without a sample), and when the
+// Host forgets it (`forgotten`: the node leaves every view at once). The node
 // list (reservations, draining, online/offline) is fetched once and again, collapsed,
 // when a stream says it changed:
 // a WatchHealth status message, or a WatchTasks event of a task placed on or ending on a
@@ -53,8 +54,9 @@ export interface HealthOptions {
   gate?: () => Promise<boolean>;
   /** A node went online or offline (a WatchHealth message without a sample), or its
    * sample reads other GPUs than its last one that read any (status UNSPECIFIED): one
-   * dropped out or is read again, which changes the node list's unreadGpus. */
-  onStatus?: (hostname: string, status: NodeStatus) => void;
+   * dropped out or is read again, which changes the node list's unreadGpus; or the Host
+   * forgot it (``forgotten``). */
+  onStatus?: (hostname: string, status: NodeStatus, forgotten?: boolean) => void;
 }
 
 /**
@@ -149,9 +151,10 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
       live.error.value = ""; // (re)connected: useLive keeps a failure until consume ends
       triggerRef(tracks);
       for (let next = await iterator.next(); !next.done; next = await iterator.next()) {
-        const node = next.value.node;
-        receive(node);
-        if (node && !node.current) onStatus?.(node.hostname, node.status);
+        const { node, forgotten } = next.value;
+        if (node && forgotten) tracks.value.delete(node.hostname);
+        else receive(node);
+        if (node && !node.current) onStatus?.(node.hostname, node.status, forgotten);
         trim();
         triggerRef(tracks);
       }
@@ -198,7 +201,9 @@ export function useNodes() {
   }, SAFETY_REFRESH_MS);
   const soon = useSoon(() => void refresh(), NODES_SOON_MS);
 
-  function statusChanged(hostname: string, status: NodeStatus): void {
+  /** A forgotten node goes at once: its row would stay until the next fetch. */
+  function statusChanged(hostname: string, status: NodeStatus, forgotten = false): void {
+    if (forgotten) nodes.value = nodes.value.filter((n) => n.hostname !== hostname);
     const node = nodes.value.find((n) => n.hostname === hostname);
     if (node && status !== NodeStatus.UNSPECIFIED) node.status = status;
     soon();

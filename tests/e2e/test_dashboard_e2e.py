@@ -595,6 +595,32 @@ def test_the_terminal_runs_a_command(site: Site, environment: str) -> None:
     expect(user.page.get_by_test_id(f"env-terminal-{environment}")).to_have_count(0)
 
 
+def test_a_terminal_ended_by_a_change_of_role_updates_the_bar_at_once(
+    site: Site, environment: str
+) -> None:
+    """The Host ends an operator's terminal when they are made a user: the terminal said
+    so, but the bar named the old role (and the page offered the terminal) until the
+    Docker page read its lists again, 15 s later. The tab now asks who it is as the
+    terminal ends (the page's clock is stopped here, so no refresh comes)."""
+    access = site.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="ivan", role=Role.OPERATOR.pb), timeout=10)
+    token = access.CreateToken(apb.CreateTokenRequest(user="ivan"), timeout=10).secret
+    tab = site.tab(token)
+    tab.page.clock.install()
+    tab.goto("/docker")
+    tab.page.get_by_test_id(f"env-terminal-{environment}").click()
+    expect(tab.page.get_by_test_id("terminal-status")).to_have_text("Connected")
+    expect(tab.page.get_by_test_id("who")).to_have_text("ivan · operator")
+    tab.page.clock.pause_at(datetime.now() + timedelta(seconds=1))
+    access.SetUserRole(apb.SetUserRoleRequest(name="ivan", role=Role.USER.pb), timeout=10)
+    expect(tab.page.get_by_test_id("terminal-status")).to_have_text(
+        "/hakuriver.v1.ShellService/Shell needs the operator role; ivan is user"
+    )
+    expect(tab.page.get_by_test_id("who")).to_have_text("ivan · user")
+    expect(tab.page.get_by_test_id(f"env-terminal-{environment}")).to_have_count(0)
+    no_problems(tab)
+
+
 def test_a_token_revoked_while_signed_in_brings_back_the_sign_in_page(site: Site) -> None:
     """Open pages do not go on retrying with a dead token: the tab signs out, says why, and
     a valid token brings the user back to the page they were on."""

@@ -103,6 +103,13 @@ function checkSession(error: unknown, token: string): void {
   onEnded();
 }
 
+/** A refusal that came by another way than a Connect call (the terminal's WebSocket, closed
+ * with the call's status): the tab follows it as it follows a call's, so a terminal ended
+ * by a change of role updates the bar at once, not at the page's next refresh. */
+export function refusedElsewhere(code: Code, message: string, token: string): void {
+  checkSession(new ConnectError(message, code), token);
+}
+
 async function* watched<T>(messages: AsyncIterable<T>, token: string): AsyncIterable<T> {
   try {
     yield* messages;

@@ -12,7 +12,7 @@ import {
   ShellRequestSchema,
   ShellResponseSchema,
 } from "../gen/hakuriver/v1/shell_service_pb";
-import { session } from "./api";
+import { refusedElsewhere, session } from "./api";
 
 export const SHELL_PROTOCOL = "hakuriver.shell.v1";
 const STATUS_CLOSE_BASE = 4000;
@@ -63,9 +63,10 @@ export class ShellSession {
 
   constructor(options: ShellOptions, private readonly handlers: ShellHandlers) {
     const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const token = session.token;
     this.socket = new WebSocket(`${scheme}://${location.host}/ws/shell`, [
       SHELL_PROTOCOL,
-      `bearer.${session.token}`,
+      `bearer.${token}`,
     ]);
     this.socket.binaryType = "arraybuffer";
     this.size = { rows: options.rows, cols: options.cols };
@@ -98,6 +99,8 @@ export class ShellSession {
         this.finish({ kind: "exited", exitCode: this.exitCode });
       } else {
         this.finish({ kind: "failed", message: closeReason(event), code: event.code });
+        const status = event.code - STATUS_CLOSE_BASE;
+        if (status > 0 && status < 100) refusedElsewhere(status, closeReason(event), token);
       }
     };
   }

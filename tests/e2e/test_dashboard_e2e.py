@@ -495,6 +495,35 @@ def test_a_submission_pressed_again_after_its_answer_was_lost_is_created_once(
     assert made == [task_id]
 
 
+def test_a_list_the_host_refuses_shows_the_refusal_and_no_rows(site: Site) -> None:
+    """A list asked again under a live task stream (here for a new filter) and refused by
+    the Host showed the refusal above the rows listed before, which the Host may no longer
+    show the user. The rows go with the refusal; a list answered again brings them back.
+    The refusal is the Host's own: the request is sent as alice asking for bob's tasks."""
+    request = tpb.SubmitTaskRequest(command="sh", arguments=["-c", "echo refused-list"])
+    [task] = site.tasks_as(site.alice).SubmitTask(request, timeout=10).tasks
+    tab = site.tab(site.alice)
+    tab.goto("/tasks")
+    row = tab.page.get_by_test_id(f"task-row-{task.task_id}")
+    expect(row).to_be_visible()
+    others = tpb.ListTasksRequest(owner="bob").SerializeToString()
+
+    def as_bobs(route: Route) -> None:
+        route.fulfill(response=route.fetch(post_data=others))
+
+    listing = "**/hakuriver.v1.TaskService/ListTasks"
+    tab.page.route(listing, as_bobs)
+    tab.page.get_by_test_id("filter-kind").select_option(label="command")
+    expect(tab.page.get_by_test_id("tasks-error")).to_have_text(
+        "owner: users list only their own tasks; leave it empty"
+    )
+    expect(row).to_have_count(0)
+    tab.page.unroute(listing)
+    tab.page.get_by_test_id("filter-kind").select_option(label="all")
+    expect(row).to_be_visible()
+    expect(tab.page.get_by_test_id("tasks-error")).to_have_count(0)
+
+
 def test_a_number_field_the_browser_cannot_read_is_refused_not_defaulted(
     site: Site,
 ) -> None:

@@ -10,7 +10,7 @@ import type { MessageInitShape } from "@bufbuild/protobuf";
 import { ref } from "vue";
 import { type Task, TaskStatus } from "../gen/hakuriver/v1/task_pb";
 import type { ListTasksRequestSchema } from "../gen/hakuriver/v1/task_service_pb";
-import { api, errorMessage } from "./api";
+import { api, errorMessage, isUnreachable } from "./api";
 import { FINAL_STATUSES } from "./format";
 import { useLive } from "./live";
 import { useEvery, useSoon } from "./timers";
@@ -136,6 +136,8 @@ export function useLiveTasks(options: LiveTasksOptions) {
   // node may hold fewer rows than its limit and still have older ones.
   const readOn = ref(0n);
   let query = 0;
+  // The last list was refused (not unanswered): no row is shown until one is answered.
+  let refused = false;
 
   function upsert(task: Task): void {
     const list = tasks.value;
@@ -157,7 +159,7 @@ export function useLiveTasks(options: LiveTasksOptions) {
       list[at] = task;
       return;
     }
-    if (!matches) return;
+    if (!matches || refused) return; // no rows under a query the Host refused
     const request = options.query();
     const before = BigInt(request.beforeTaskId ?? 0);
     if (before && task.taskId >= before) return;
@@ -196,11 +198,20 @@ export function useLiveTasks(options: LiveTasksOptions) {
           tasks.value = [...byId.values()].sort((a, b) => (a.taskId < b.taskId ? 1 : -1));
           readOn.value = answers[0]?.nextBeforeTaskId ?? 0n;
           error.value = "";
+          refused = false;
           return true;
         },
       );
     } catch (failure) {
-      if (mine === query) error.value = errorMessage(failure);
+      if (mine !== query) return;
+      error.value = errorMessage(failure);
+      // The Host's refusal: the rows listed before (another query, another role) may be
+      // ones it no longer shows this user. A Host away keeps them while the page reconnects.
+      refused = !isUnreachable(failure);
+      if (refused) {
+        tasks.value = [];
+        readOn.value = 0n;
+      }
     } finally {
       if (mine === query) loaded.value = true;
     }

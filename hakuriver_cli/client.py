@@ -342,6 +342,14 @@ def _watch_table(
             screens[0].update(_health_table(trends))
 
         def listed(found: list[npb.NodeHealth]) -> None:
+            """The readings read when a watch starts, again after a Host restart: a node
+            no longer listed was forgotten while the watch was away, and goes as one
+            forgotten while watched does (it kept its row)."""
+            from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
+
+            offline = NodeStatus.OFFLINE.pb
+            for gone in sorted(trends.keys() - {node.hostname for node in found}):
+                show(npb.NodeHealth(hostname=gone, status=offline), True)
             for node in found:
                 trends.setdefault(node.hostname, NodeTrend(node.status)).update(node)
             draw()

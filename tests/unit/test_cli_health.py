@@ -21,7 +21,8 @@ from hakuriver_common.proto.hakuriver.v1 import (
     node_service_pb2 as npb,
     runner_service_pb2 as rpb,
 )
-from tests.fake_runner import eventually
+from hakuriver_host.cluster import Cluster
+from tests.fake_runner import FakeRunner, eventually
 from tests.unit.cli_threads import exit_code, exit_code_later
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster
@@ -435,21 +436,11 @@ async def test_health_watch_of_a_node_the_host_forgets_ends_in_one_line(
     )
 
 
-@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
-async def test_health_watch_of_every_node_drops_a_node_the_host_forgets(
-    make_local_cluster: MakeCluster,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    json_lines: bool,
-) -> None:
-    """`health --watch` of every node kept the row of a node forgotten while watched
-    (offline, no task of it kept) for as long as it ran: the Host told a watch of every
-    node nothing of it. The Host now says so (`forgotten`), and the row goes; --json says
-    it in a line of its own."""
-    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
-    idle = await cluster.add_runner("idle", heartbeats=False)
-    busy = await cluster.add_runner("busy", heartbeats=False)
+async def _watching_every_node(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_lines: bool
+) -> asyncio.Future[int]:
+    """`health --watch --count 1` of every node (--json with ``json_lines``) in a thread of
+    its own, once it has read the readings of "idle" and "busy"."""
     assert cluster.server is not None
     host = cluster.server.cluster
     read: list[str] = []
@@ -465,15 +456,67 @@ async def test_health_watch_of_every_node_drops_a_node_the_host_forgets(
     watch = ["health", "--watch", "--count", "1", *shown, "--config", str(config)]
     watching = exit_code_later(direct.run, client.app, "c", watch)
     await eventually(lambda: {"idle", "busy"} <= set(read), what="both nodes read")
-    await idle.stop()
+    return watching
 
-    async def forgotten() -> bool:
+
+async def _forgotten(cluster: LocalCluster, hostname: str) -> None:
+    async def gone() -> bool:
         listed = await cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=5)
-        return "idle" not in {n.hostname for n in listed.nodes}
+        return hostname not in {n.hostname for n in listed.nodes}
 
-    await eventually(forgotten, within=30, what="the idle node forgotten")
-    busy.send(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=busy.health())))
-    assert await asyncio.wait_for(watching, 30) == 0
+    await eventually(gone, within=30, what=f"the {hostname} node forgotten")
+
+
+async def _forgotten_across_a_restart(
+    cluster: LocalCluster, idle: FakeRunner, busy: FakeRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Host restarts and forgets ``idle`` (stopped meanwhile); it holds every watch
+    until then, so a watch in place before would have been told."""
+    held = asyncio.Event()
+    watch = Cluster.watch_health
+
+    async def after_forgetting(self: Cluster, hostname: str = "", announce: bool = False) -> Any:
+        await held.wait()
+        async for change in watch(self, hostname, announce):
+            yield change
+
+    monkeypatch.setattr(Cluster, "watch_health", after_forgetting)
+    await cluster.stop_host()
+    await idle.stop()
+    await cluster.start_host()
+    await _forgotten(cluster, "idle")
+    held.set()
+    await eventually(lambda: busy.registrations > 1, what="busy back")
+
+
+@pytest.mark.parametrize("json_lines", [False, True], ids=["table", "json"])
+@pytest.mark.parametrize("restarted", [False, True], ids=["watched", "reconnecting"])
+async def test_health_watch_of_every_node_drops_a_node_the_host_forgets(
+    make_local_cluster: MakeCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    restarted: bool,
+    json_lines: bool,
+) -> None:
+    """`health --watch` of every node kept the row of a node forgotten while watched
+    (offline, no task of it kept) for as long as it ran: the Host told a watch of every
+    node nothing of it. The Host now says so (`forgotten`), and the row goes; --json says
+    it in a line of its own. Forgotten while the watch reconnected to a restarted Host
+    (never told), the row stayed too: the readings read again only added rows."""
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
+    idle = await cluster.add_runner("idle", heartbeats=False)
+    busy = await cluster.add_runner("busy", heartbeats=False)
+    watching = await _watching_every_node(cluster, tmp_path, monkeypatch, json_lines)
+    if restarted:
+        await _forgotten_across_a_restart(cluster, idle, busy, monkeypatch)
+    else:
+        await idle.stop()
+        await _forgotten(cluster, "idle")
+    while not watching.done():  # a sample, once the watch (a new one) is in place
+        busy.send(rpb.ConnectRequest(heartbeat=rpb.Heartbeat(health=busy.health())))
+        await asyncio.wait({watching}, timeout=0.05)
+    assert await watching == 0
     out = capsys.readouterr().out
     if json_lines:
         lines = [json.loads(line) for line in out.splitlines()]

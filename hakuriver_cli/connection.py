@@ -352,13 +352,13 @@ def submit_once(
                 raise
             why = describe_call_error(exc, config.host_target, config)
         except KeyboardInterrupt:  # the call was sent: the Host may be storing it
-            maybe_made("stopped", 130)
+            maybe_made("stopped", cli.INTERRUPTED)
         if attempt < SUBMIT_ATTEMPTS:
             cli.echo(f"{why}: sending the submission again in {pause:g} s", err=True)
             try:
                 time.sleep(pause)
             except KeyboardInterrupt:
-                maybe_made("stopped", 130)
+                maybe_made("stopped", cli.INTERRUPTED)
             pause *= 2
     maybe_made(f"{why}, {SUBMIT_ATTEMPTS} times")
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from hakuriver_common import service
-from hakuriver_common.commands import App, Argument, Option, echo
+from hakuriver_common.commands import INTERRUPTED, App, Argument, Option, echo
 
 
 class _Unsure(Exception):
@@ -419,7 +419,7 @@ def run(app: App, tool: str, argv: Sequence[str] | None = None) -> None:
         _not_utf8(given)
         raise
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except EOFError:
         echo(err=True)
         echo("Aborted!", err=True)

@@ -114,7 +114,10 @@ def wait_final(link: Link, target: str, task_id: int, poll_interval: float) -> t
             f"waiting for task {task_id}",
         )
     except KeyboardInterrupt:
-        fail(f"stopped waiting; task {task_id} carries on (hakuriver.task wait {task_id})", 130)
+        fail(
+            f"stopped waiting; task {task_id} carries on (hakuriver.task wait {task_id})",
+            cli.INTERRUPTED,
+        )
 
 
 def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> tpb.BatchSummary:
@@ -149,7 +152,10 @@ def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> 
             f"waiting for batch {batch_id}",
         )
     except KeyboardInterrupt:
-        fail(f"stopped waiting; batch {batch_id} carries on (hakuriver.task wait {batch_id})", 130)
+        fail(
+            f"stopped waiting; batch {batch_id} carries on (hakuriver.task wait {batch_id})",
+            cli.INTERRUPTED,
+        )
 
 
 def _all_completed(batch: tpb.BatchSummary) -> bool:
@@ -490,7 +496,7 @@ def _watch_list(
                 cli.echo(to_json_line(update.task) if json else _change_line(update.task))
     except KeyboardInterrupt:
         updates.cancel()
-        raise cli.Exit(130) from None
+        raise cli.Exit(cli.INTERRUPTED) from None
     except CallError as exc:
         if not host_gone(exc):
             raise
@@ -554,7 +560,7 @@ def _print_log(cfg: ClientConfig, task_id: str, stream: int, follow: bool, max_l
                 else:
                     _copy_log(link, request, max_lag)
             except KeyboardInterrupt:
-                raise cli.Exit(130) from None  # as `wait` and `health --watch` end
+                raise cli.Exit(cli.INTERRUPTED) from None  # as `wait` and `health --watch` end
 
         on_task_or_batch(
             task_stub(link), task_id, read, lambda bid: _a_batch_has_no_output(link, bid)

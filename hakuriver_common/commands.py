@@ -44,6 +44,11 @@ INT32: dict[str, int] = {"min": -(2**31), "max": 2**31 - 1}
 INT64: dict[str, int] = {"min": -(2**63), "max": 2**63 - 1}
 
 
+# The status of a tool stopped by Ctrl-C (128 + SIGINT, as a shell reports it): every waiter,
+# follower and watcher ends so, and so does a command run without typer.
+INTERRUPTED = 130
+
+
 class Exit(SystemExit):
     """End the tool with ``code`` (typer.Exit's place)."""
 

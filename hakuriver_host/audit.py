@@ -213,7 +213,9 @@ class AuditLog:
 
     async def query(self, query: AuditQuery) -> list[AuditRecord]:
         """The rows queued before are written first, unless the database refuses them: those
-        held wait for it, and the query reads what is stored (it may read still)."""
+        held wait for it, and the query reads what is stored (it may read still). It reads
+        on the store's reads' thread: on the store's own it waited behind other writes, 5 s
+        each while another program held SQLite locked."""
         flushing = self._flusher
         if flushing is not None and not flushing.done() and not self._holding_rows.is_set():
             held = asyncio.ensure_future(self._holding_rows.wait())
@@ -221,10 +223,10 @@ class AuditLog:
                 await asyncio.wait([flushing, held], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 held.cancel()
-        return await self.store.run(self._select, query)
+        return await self.store.read(self._select, query)
 
     def _select(self, query: AuditQuery) -> list[AuditRecord]:
-        with Session(self.store.engine, expire_on_commit=False) as session:
+        with Session(self.store.reader, expire_on_commit=False) as session:
             statement = select(AuditRecord)
             if query.before_id:
                 statement = statement.where(AuditRecord.id < query.before_id)  # type: ignore[operator]

@@ -9,10 +9,11 @@ placement that reuses them), transactions are bounded, and a node with a change 
 queued goes ahead of nodes with hundreds: a lone task's change waits for the transaction
 being written, not behind a job array's thousands on other nodes. SQLite runs in WAL mode with
 synchronous=NORMAL: a committed write survives a crash of the Host process (power loss may
-drop the last transactions). Clients' reads (a task and its events, a list, counts) do not
-wait behind the writes: while another program holds SQLite locked, each attempt at a write
-holds the store's thread for SQLite's 5 s wait. A read runs in one transaction (one snapshot,
-never half of a write: WAL lets it proceed while another connection writes), on its thread.
+drop the last transactions). Clients' reads (a task and its events, a list, counts, the audit
+log) do not wait behind the writes: while another program holds SQLite locked, each attempt
+at a write holds the store's thread for SQLite's 5 s wait. A read runs in one transaction
+(one snapshot, never half of a write: WAL lets it proceed while another connection writes), on
+its thread.
 """
 
 from __future__ import annotations

@@ -3,15 +3,22 @@
 Starts a real cluster and a VPS (hakuriver/hakuriver-sshd:base), then streams N bytes from
 the VPS to the client over SSH, once connected directly to sshd on loopback and once through
 the proxy (Host -> the Runner's connection to the proxy port -> sshd), each proxied
-connection opened with a one-time ticket from SshService.CreateSshTicket. Prints both rates,
-their ratio, and the CPU the Host, the Runner and the client used in each.
+connection opened with a one-time ticket from SshService.CreateSshTicket (asyncssh as the
+client). Then as users connect: OpenSSH's ssh directly, and with ``hakuriver.ssh
+--proxy-command`` as its ProxyCommand (which gets the ticket and relays ssh's stdin and
+stdout), and with ``--fdpass`` added (ProxyUseFdpass: ssh then uses the proxy connection
+itself). Prints the rates, their ratios to direct, and the CPU the Host, the Runner, the
+client and its children used in each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
+import shutil
 import socket
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +73,11 @@ class Cpu:
         }
 
     def sample(self) -> dict[str, float]:
-        return {name: cpu_seconds(proc) for name, proc in self.procs.items()}
+        cpu = {name: cpu_seconds(proc) for name, proc in self.procs.items()}
+        # OpenSSH and its ProxyCommand: children of this process, counted once reaped.
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu["children"] = children.ru_utime + children.ru_stime
+        return cpu
 
     def add(self, before: dict[str, float], elapsed: float) -> str:
         after = self.sample()
@@ -106,6 +117,51 @@ async def measure(cluster: ProcessCluster, task_id: int, port: int, key: asyncss
     print(f"  ratio proxied/direct         {proxied / direct:8.2f}")
 
 
+def openssh_rate(argv: list[str]) -> float:
+    """OpenSSH's ``ssh`` copying BYTES from the VPS to a pipe."""
+    start = time.perf_counter()
+    with subprocess.Popen([*argv, f"head -c {BYTES} /dev/zero"], stdout=subprocess.PIPE) as ssh:
+        assert ssh.stdout is not None
+        received = 0
+        while chunk := ssh.stdout.read(1 << 20):
+            received += len(chunk)
+    assert ssh.returncode == 0 and received == BYTES, (ssh.returncode, received)
+    return BYTES / (time.perf_counter() - start)
+
+
+def measure_openssh(cluster: ProcessCluster, task_id: int, port: int, key_file: Path) -> None:
+    """As users connect: OpenSSH with ``hakuriver.ssh --proxy-command`` as its ProxyCommand
+    (which gets the ticket and relays ssh's stdin and stdout), against OpenSSH direct."""
+    if shutil.which("ssh") is None:
+        print("  OpenSSH: no ssh(1) on this machine, not measured")
+        return
+    os.environ["HAKURIVER_CONFIG"] = str(cluster.config_path)
+    tool = " ".join([*cluster.cli_argv("ssh"), "--proxy-command"])
+    options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
+    ssh = ["ssh", "-i", str(key_file), "-o", "UserKnownHostsFile=/dev/null", *options]
+    cpu = Cpu(cluster)
+    passing = ["-o", "ProxyUseFdpass=yes", "-o", f"ProxyCommand={tool} --fdpass %h"]
+    paths = {
+        "direct": [*ssh, "-p", str(port), "root@127.0.0.1"],
+        "tool": [*ssh, "-o", f"ProxyCommand={tool} %h", f"root@{task_id}"],
+        "fdpass": [*ssh, *passing, f"root@{task_id}"],
+    }
+    rates: dict[str, list[tuple[float, str]]] = {name: [] for name in paths}
+    for _ in range(ROUNDS):
+        for name, argv in paths.items():
+            before, start = cpu.sample(), time.perf_counter()
+            rate = openssh_rate(argv)
+            rates[name].append((rate, cpu.add(before, time.perf_counter() - start)))
+    (direct, direct_cpu), (through, through_cpu) = max(rates["direct"]), max(rates["tool"])
+    passed, passed_cpu = max(rates["fdpass"])
+    print("  as users connect, OpenSSH's ssh (its CPU and hakuriver.ssh's as 'children'):")
+    print(f"  direct to sshd on loopback   {direct / 1e6:8.1f} MB/s   {direct_cpu}")
+    print(f"  ProxyCommand hakuriver.ssh   {through / 1e6:8.1f} MB/s   {through_cpu}")
+    print(f"  ratio through/direct         {through / direct:8.2f}")
+    print(f"  the same, with --fdpass      {passed / 1e6:8.1f} MB/s   {passed_cpu}")
+    print(f"  ratio fdpass/direct          {passed / direct:8.2f}")
+
+
 def main() -> None:
     key = asyncssh.generate_private_key("ssh-ed25519")
     with tempfile.TemporaryDirectory() as tmp, running_cluster(Path(tmp)) as cluster:
@@ -120,6 +176,10 @@ def main() -> None:
         task_id = reply.tasks[0].task_id
         task = cluster.wait_status(task_id, {task_pb2.TASK_STATUS_RUNNING}, timeout=60)
         asyncio.run(measure(cluster, task_id, task.ssh_port, key))
+        key_file = Path(tmp) / "id_ed25519"
+        key_file.write_bytes(key.export_private_key())
+        key_file.chmod(0o600)
+        measure_openssh(cluster, task_id, task.ssh_port, key_file)
 
 
 if __name__ == "__main__":

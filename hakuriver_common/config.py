@@ -172,6 +172,13 @@ class TimingConfig(Section):
         description="Seconds a Runner has to confirm pause or resume (kill: after the grace) "
         "before the Host stops waiting.",
     )
+    ssh_ticket_seconds: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds an SSH ticket (SshService.CreateSshTicket) stays good for its "
+        "one use on the SSH proxy port.",
+    )
 
     @property
     def runner_timeout(self) -> float:

@@ -205,7 +205,7 @@ class Cluster:
         self.access = Access(config, store)
         self.audit = AuditLog(store)
         self.retention = TaskRetention(store, metrics, self.scheduler)
-        self.ssh_tickets = SshTickets()
+        self.ssh_tickets = SshTickets(config.timing.ssh_ticket_seconds)
         self.nodes = NodeTable(
             self.scheduler, metrics, self.notifier, config.timing.heartbeat_interval
         )

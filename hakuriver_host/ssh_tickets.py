@@ -1,5 +1,5 @@
 """One-time tickets for the SSH proxy port: issued through the authenticated API to a VPS's
-owner, redeemed once on the raw port, within TICKET_SECONDS.
+owner, redeemed once on the raw port, within their lifetime (timing.ssh_ticket_seconds).
 
 The proxy port itself authenticates nobody; a ticket stands for the API call that
 checked who may reach which VPS. A ticket is 256 random bits, kept in memory only (a Host
@@ -20,7 +20,6 @@ from hakuriver_host.errors import Unauthenticated
 from hakuriver_host.identity import Principal
 from hakuriver_host.models import utcnow
 
-TICKET_SECONDS = 30.0
 # Unused tickets one holder may have at once (``hakuriver.ssh`` takes one per connection).
 MAX_PER_HOLDER = 64
 
@@ -33,7 +32,7 @@ class Ticket:
 
 
 class SshTickets:
-    def __init__(self, lifetime: float = TICKET_SECONDS) -> None:
+    def __init__(self, lifetime: float) -> None:
         self.lifetime = lifetime
         # In the order issued, so in the order they expire (one lifetime for all).
         self._tickets: dict[str, Ticket] = {}

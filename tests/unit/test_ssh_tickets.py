@@ -26,6 +26,7 @@ from hakuriver_host import ssh_proxy, ssh_tickets
 from hakuriver_host.errors import Unauthenticated
 from hakuriver_host.identity import Kind, Principal
 from tests.fake_runner import HOLD, FakeRunner, eventually
+from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster
 
 SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
@@ -86,6 +87,19 @@ async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
     await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
     answer = await _answer_to(local_cluster, issued.ticket)
     assert answer.startswith(b"ERROR API token ") and answer.endswith(b" was revoked\n"), answer
+    assert runner.tunnel_opens == []
+
+
+async def test_a_ticket_lives_timing_ssh_ticket_seconds(make_local_cluster: MakeCluster) -> None:
+    """Its expires_at says so, and presented past it, unused, the proxy refuses it."""
+    cluster = await make_local_cluster(timing={"ssh_ticket_seconds": 1})
+    runner, issued = await _alices_vps_ticket(cluster)
+    expires = issued.expires_at.ToDatetime(tzinfo=UTC)
+    assert expires <= datetime.now(UTC) + timedelta(seconds=1)
+    await asyncio.sleep((expires - datetime.now(UTC)).total_seconds() + 0.2)
+    assert await _answer_to(cluster, issued.ticket) == (
+        b"ERROR unknown, used or expired ticket (ask for a new one)\n"
+    )
     assert runner.tunnel_opens == []
 
 
@@ -263,7 +277,7 @@ async def test_a_client_that_sends_no_request_is_told_so(
 def test_a_holder_has_a_bounded_number_of_unused_tickets() -> None:
     """Asking in a loop drops the holder's oldest unused tickets, not anybody else's; the
     newest are good, and expired ones leave the map."""
-    tickets = ssh_tickets.SshTickets()
+    tickets = ssh_tickets.SshTickets(lifetime=30.0)
     alice, bob = Principal(Kind.USER, "alice"), Principal(Kind.USER, "bob")
     bobs, _ = tickets.issue(7, bob)
     issued = [tickets.issue(1, alice)[0] for _ in range(ssh_tickets.MAX_PER_HOLDER + 10)]

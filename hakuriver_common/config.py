@@ -296,6 +296,13 @@ class DashboardConfig(Section):
         "network.host_reachable_address and tls.server_name (a page reached by any other "
         "name is refused: DNS rebinding).",
     )
+    refresh_seconds: float = Field(
+        15.0,
+        ge=1,
+        le=86400,
+        description="Seconds between a page's reads of what no stream reports (the Users, "
+        "Tokens and Docker pages' lists, and the user's role with them).",
+    )
     assets_dir: OptionalPath = Field(
         None,
         description="Built dashboard files (index.html, assets/); the ones built in the "

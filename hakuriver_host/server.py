@@ -349,11 +349,13 @@ class HostServer:
 
     def _page_meta(self) -> dict[str, str]:
         """What the dashboard's pages are told in index.html: the SSH proxy's port, for the
-        ``hakuriver.ssh --proxy-port`` a VPS's page shows, and whether the Host is open
-        (``auth.authentication = false``: no sign-in to ask for)."""
+        ``hakuriver.ssh --proxy-port`` a VPS's page shows, whether the Host is open
+        (``auth.authentication = false``: no sign-in to ask for), and how often pages without
+        a stream read their lists again (``dashboard.refresh_seconds``)."""
         return {
             "hakuriver-ssh-proxy-port": str(self.ssh_proxy_port or ""),
             "hakuriver-open": "true" if self.cluster.access.open else "",
+            "hakuriver-refresh-seconds": str(self.config.dashboard.refresh_seconds),
         }
 
     def _listen_dashboard(self) -> None:

@@ -312,3 +312,19 @@ def test_every_value_of_the_wrong_type_is_named_on_one_line(
     path.write_text("[network]\nhost_port = 9100\n[timing]\nheartbeat_interval = 2\n")
     monkeypatch.setenv("HAKURIVER_DOCKER__TASKS_PRIVILEGED", "1")
     assert load_config(path).docker.tasks_privileged is True
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("0.5", "greater than or equal to 1"), ("100000", "less than or equal to 86400")],
+)
+def test_a_dashboard_refresh_out_of_range_is_refused_naming_it(
+    tmp_path: Path, value: str, said: str
+) -> None:
+    """Under a second, every open page would keep the Host busy; beyond a day, the browser's
+    timer (at most 2^31 - 1 ms) would fire at once, over and over."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"[dashboard]\nrefresh_seconds = {value}\n")
+    assert f"dashboard.refresh_seconds: Input should be {said}" in _refusal(path)
+    path.write_text("")
+    assert load_config(path).dashboard.refresh_seconds == 15

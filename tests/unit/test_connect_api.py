@@ -241,6 +241,21 @@ async def test_pages_are_told_the_ssh_proxy_port(
     assert f'<meta name="hakuriver-ssh-proxy-port" content="{port}">'.encode() in body
 
 
+async def test_pages_are_told_how_often_to_read_their_lists_again(
+    make_local_cluster: MakeCluster, tmp_path: Path
+) -> None:
+    """The pages without a stream (Docker, Tokens, Users) refresh every
+    dashboard.refresh_seconds, which the Host writes into index.html's meta tag."""
+    built = tmp_path / "dist"
+    built.mkdir()
+    meta = '<meta name="hakuriver-refresh-seconds" content="" />'
+    (built / "index.html").write_text(f"<!doctype html>{meta}<title>x</title>")
+    dashboard = {"port": 0, "assets_dir": built, "refresh_seconds": 2.5}
+    cluster = await make_local_cluster(dashboard=dashboard)
+    body = (await asyncio.to_thread(endpoint(cluster).request, "/docker")).body
+    assert b'<meta name="hakuriver-refresh-seconds" content="2.5">' in body
+
+
 @pytest.mark.parametrize("authentication", [True, False])
 async def test_pages_are_told_whether_the_host_is_open(
     make_local_cluster: MakeCluster, tmp_path: Path, authentication: bool

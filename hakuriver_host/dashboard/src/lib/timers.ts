@@ -4,6 +4,14 @@
 // what no stream reports.
 import { onBeforeUnmount, onMounted, ref } from "vue";
 
+/** How often a page that no stream tells of changes reads its lists again: the Host's
+ * dashboard.refresh_seconds, which it writes into index.html (hakuriver-refresh-seconds). */
+export const PAGE_REFRESH_MS =
+  1000 *
+  (Number(
+    document.querySelector<HTMLMetaElement>('meta[name="hakuriver-refresh-seconds"]')?.content,
+  ) || 15);
+
 /** Call ``fn`` every ``ms`` while the component lives and its tab is visible. */
 export function useEvery(fn: () => void, ms: number): void {
   let timer: ReturnType<typeof setInterval> | undefined;

@@ -2,13 +2,16 @@
 Runner): an admin adds a user, changes their role and deletes them; a user makes a token
 (its secret shown once, and it works), lists and revokes it; an admin manages another
 user's tokens; and a user is offered none of the admin's parts, whose calls the Host
-refuses to their tab anyway."""
+refuses to their tab anyway. Pages without streams (Tokens, Docker) follow a change of
+role as they read their lists again."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +25,11 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import API_TOKEN_PREFIX, Role
 from tests.e2e.browser import NO_CLIPBOARD, Dashboard, Tabs, no_problems
 from tests.e2e.harness import ProcessCluster, running_cluster
+
+REFRESH_SECONDS = 1
+# How long a page without streams takes to show a change: its next read, and the time to
+# ask and draw.
+REFRESH_WAIT = REFRESH_SECONDS * 1000 + 10_000
 
 # An API call made by the tab itself, with its own token, over the Connect protocol (JSON):
 # what any script in the page could send, whatever the page offers.
@@ -59,14 +67,31 @@ class Site:
         return stub.WhoAmI(apb.WhoAmIRequest(), timeout=10)
 
 
-@pytest.fixture(scope="module")
-def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_cluster(tmp_path_factory.mktemp("dashboard-access"), runner_count=0) as cluster:
-        built = Site(cluster, browser)
+@contextlib.contextmanager
+def _site(browser: Browser, root: Path, **cluster: Any) -> Iterator[Site]:
+    with running_cluster(root, runner_count=0, **cluster) as running:
+        built = Site(running, browser)
         try:
             yield built
         finally:
             built.tabs.close()
+
+
+@pytest.fixture(scope="module")
+def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with _site(browser, tmp_path_factory.mktemp("dashboard-access")) as built:
+        yield built
+
+
+@pytest.fixture(scope="module")
+def refreshing(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A cluster whose pages without streams read their lists again every REFRESH_SECONDS
+    (dashboard.refresh_seconds), for the tests that wait for those reads; ``site`` keeps
+    the default, so its tests show that their pages read again after each action."""
+    root = tmp_path_factory.mktemp("dashboard-refreshing")
+    refresh = {"dashboard": f"refresh_seconds = {REFRESH_SECONDS}"}
+    with _site(browser, root, extra_sections=refresh) as built:
+        yield built
 
 
 def _call(tab: Dashboard, method: str, **body: Any) -> tuple[int, dict[str, Any]]:
@@ -135,10 +160,11 @@ def test_an_admin_who_makes_themselves_a_user_is_left_no_admin_part(site: Site) 
     no_problems(tab)
 
 
-def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(site: Site) -> None:
+def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(refreshing: Site) -> None:
     """The page has no stream to end at the change: it asks who the user is as it reads the
-    list again (every 15 s), before asking for everybody's tokens, which the Host would
-    now refuse."""
+    list again (every dashboard.refresh_seconds), before asking for everybody's tokens,
+    which the Host would now refuse."""
+    site = refreshing
     access = site.cluster.access
     access.CreateUser(apb.CreateUserRequest(name="jack", role=Role.ADMIN.pb), timeout=10)
     made = access.CreateToken(apb.CreateTokenRequest(user="jack"), timeout=10)
@@ -147,11 +173,32 @@ def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(site: Site) 
     expect(tab.page.get_by_role("heading", name="Everybody's tokens")).to_be_visible()
     expect(tab.page.get_by_test_id("token-whose")).to_be_visible()
     access.SetUserRole(apb.SetUserRoleRequest(name="jack", role=Role.USER.pb), timeout=10)
-    refresh = 15_000 + 10_000  # the page's refresh, and the time to ask and draw
-    expect(tab.page.get_by_test_id("who")).to_have_text("jack · user", timeout=refresh)
+    expect(tab.page.get_by_test_id("who")).to_have_text("jack · user", timeout=REFRESH_WAIT)
     expect(tab.page.get_by_role("heading", name="Your tokens")).to_be_visible()
     expect(tab.page.get_by_test_id("token-whose")).to_have_count(0)
     expect(tab.page.get_by_test_id(f"token-row-{made.token.token_id}")).to_be_visible()
+    no_problems(tab)
+
+
+@pytest.mark.docker
+def test_a_page_without_streams_follows_a_role_change_as_it_refreshes(
+    docker_ready: None, refreshing: Site
+) -> None:
+    """The Docker page has no stream for the Host to end at a change of role: it asks who
+    the user is as it reads its lists again (every dashboard.refresh_seconds), so an
+    operator made a user is no longer offered the environments' management, and made an
+    operator again is."""
+    access = refreshing.cluster.access
+    access.CreateUser(apb.CreateUserRequest(name="hana", role=Role.OPERATOR.pb), timeout=10)
+    token = access.CreateToken(apb.CreateTokenRequest(user="hana"), timeout=10).secret
+    tab = refreshing.tab(token)
+    tab.goto("/docker")
+    expect(tab.page.get_by_test_id("env-name")).to_be_visible()
+    for role, offered in ((Role.USER, 0), (Role.OPERATOR, 1)):
+        access.SetUserRole(apb.SetUserRoleRequest(name="hana", role=role.pb), timeout=10)
+        who = tab.page.get_by_test_id("who")
+        expect(who).to_have_text(f"hana · {role.value}", timeout=REFRESH_WAIT)
+        expect(tab.page.get_by_test_id("env-name")).to_have_count(offered)
     no_problems(tab)
 
 

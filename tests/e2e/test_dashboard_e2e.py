@@ -779,24 +779,6 @@ def test_an_operator_made_a_user_while_the_tab_is_hidden_lists_their_own_tasks(
     no_problems(tab)  # nothing refused: the streams reopened under the new role
 
 
-def test_a_page_without_streams_follows_a_role_change_as_it_refreshes(site: Site) -> None:
-    """The Docker page has no stream for the Host to end at a change of role: it asks who
-    the user is as it reads its lists again (every 15 s), so an operator made a user is no
-    longer offered the environments' management, and made an operator again is."""
-    access = site.cluster.access
-    access.CreateUser(apb.CreateUserRequest(name="hana", role=Role.OPERATOR.pb), timeout=10)
-    token = access.CreateToken(apb.CreateTokenRequest(user="hana"), timeout=10).secret
-    tab = site.tab(token)
-    tab.goto("/docker")
-    expect(tab.page.get_by_test_id("env-name")).to_be_visible()
-    refresh = 15_000 + 10_000  # the page's refresh, and the time to ask and draw
-    for role, offered in ((Role.USER, 0), (Role.OPERATOR, 1)):
-        access.SetUserRole(apb.SetUserRoleRequest(name="hana", role=role.pb), timeout=10)
-        expect(tab.page.get_by_test_id("who")).to_have_text(f"hana · {role.value}", timeout=refresh)
-        expect(tab.page.get_by_test_id("env-name")).to_have_count(offered)
-    no_problems(tab)
-
-
 def test_a_blank_token_is_refused_without_asking_the_host(site: Site) -> None:
     """Blanks pass the field's required check; the Host's answer to no token at all tells
     a command-line user where the CLI reads one, which means nothing on this page."""

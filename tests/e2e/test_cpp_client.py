@@ -38,7 +38,14 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Path:
     template = str(EXAMPLE / "buf.gen.yaml")
     for step in (
         [str(buf), "generate", "--template", template, "-o", str(gen)],
-        ["make", "-C", str(EXAMPLE), f"GEN={gen}", f"OUT={gen / 'client'}"],
+        [
+            "make",
+            f"-j{os.cpu_count() or 1}",
+            "-C",
+            str(EXAMPLE),
+            f"GEN={gen}",
+            f"OUT={gen / 'client'}",
+        ],
     ):
         done = subprocess.run(step, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout + done.stderr

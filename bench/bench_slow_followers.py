@@ -42,7 +42,9 @@ class Counts:
     followers: int = 20
     follower_pause: float = 0.2  # seconds a slow follower waits after each message
     tick_lines: int = 100  # the second task's lines, one per 100 ms
+    tick_linger: float = 5.0  # seconds it stays after its last line: Docker's log read whole
     flood_bound: float = 300.0  # seconds the flood task has to end once it stops printing
+    settle_seconds: float = 3.0  # seconds after the floods before the Host's RSS "after"
 
 
 def counts_from_env() -> Counts:
@@ -230,7 +232,7 @@ def ticker(cluster: ProcessCluster, counts: Counts) -> Latencies:
     script = (
         f"i=0; while [ $i -lt {counts.tick_lines} ]; do "
         'read up _ < /proc/uptime; echo "tick-$i $up"; i=$((i+1)); usleep 100000; done; '
-        "sleep 5"
+        f"sleep {counts.tick_linger:g}"
     )
     task = cluster.submit(["sh", "-c", script], cores=1)
     arrived: dict[str, tuple[float, float]] = {}
@@ -317,7 +319,7 @@ def run(counts: Counts) -> Result:
         quiet = ticker(cluster, counts)
         alone = flood(cluster, counts, 0)
         followed = flood(cluster, counts, counts.followers)
-        time.sleep(3)
+        time.sleep(counts.settle_seconds)
         rss_after = host_rss(cluster)
         sampler.stop()
         return Result(quiet, alone, followed, rss_before, sampler.peak, rss_after)

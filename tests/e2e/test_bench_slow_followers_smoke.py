@@ -1,5 +1,6 @@
 """The slow-followers benchmark of ``make bench`` (bench/bench_slow_followers.py), shrunk to
-seconds: floods of 0.3 s (alone, then read by 3 slow followers), a second task's 10 lines.
+seconds: floods of 0.3 s (alone, then read by 3 slow followers), a second task's 10 lines
+(staying 1 s after them, not 5), the Host's RSS "after" 0.5 s after the floods, not 3.
 Only that it measured and printed is checked; its figures are the benchmark's business."""
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ def test_slow_followers_benchmark_measures_latency_and_memory(
     docker_ready: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     counts = bench_slow_followers.Counts(
-        flood_seconds=0.3, followers=3, tick_lines=10, flood_bound=120
+        flood_seconds=0.3,
+        followers=3,
+        tick_lines=10,
+        tick_linger=1.0,
+        flood_bound=120,
+        settle_seconds=0.5,
     )
     result = bench_slow_followers.run(counts)
     bench_slow_followers.report(result, counts)

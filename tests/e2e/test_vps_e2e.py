@@ -37,6 +37,9 @@ from tests.e2e.test_api_surface import scrape
 
 pytestmark = pytest.mark.docker
 RUNNING = {task_pb2.TASK_STATUS_RUNNING}
+# Longer than any test here takes from taking a ticket to presenting it (the pause test:
+# about 2 s), about as long as the tests between early_ticket and the last one.
+TICKET_SECONDS = 10
 REFUSED_TICKET = "ERROR unknown, used or expired ticket (ask for a new one)"
 
 
@@ -133,7 +136,11 @@ def submit_vps(
 def vps_cluster(
     sshd_image: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ProcessCluster]:
-    with running_cluster(tmp_path_factory.mktemp("vps"), runner_count=1) as c:
+    """Its SSH tickets live TICKET_SECONDS (timing.ssh_ticket_seconds), not 30: the last
+    test presents one that expired, without waiting half a minute for it."""
+    timing = {"timing": f"ssh_ticket_seconds = {TICKET_SECONDS}"}
+    root = tmp_path_factory.mktemp("vps")
+    with running_cluster(root, runner_count=1, extra_sections=timing) as c:
         yield c
 
 

@@ -6,20 +6,31 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Request, expect
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from tests.e2e.browser import Tabs
-from tests.e2e.harness import BASE_ENV, ProcessCluster
+from tests.e2e.harness import BASE_ENV, ProcessCluster, running_cluster
 
 pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def tabs(fresh_cluster: ProcessCluster, browser: Browser) -> Iterator[Tabs]:
-    opened = Tabs(browser, fresh_cluster.dashboard_url)
+def own_cluster(docker_ready: None, tmp_path: Path) -> Iterator[ProcessCluster]:
+    """One Runner, the test's own; the Docker page, which has no stream, reads its lists
+    every second (dashboard.refresh_seconds), so it finds the Host gone within a second,
+    not 15."""
+    refresh = {"dashboard": "refresh_seconds = 1"}
+    with running_cluster(tmp_path, runner_count=1, extra_sections=refresh) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def tabs(own_cluster: ProcessCluster, browser: Browser) -> Iterator[Tabs]:
+    opened = Tabs(browser, own_cluster.dashboard_url)
     try:
         yield opened
     finally:
@@ -27,11 +38,11 @@ def tabs(fresh_cluster: ProcessCluster, browser: Browser) -> Iterator[Tabs]:
 
 
 def test_a_quiet_output_stops_saying_reconnecting_once_the_host_is_back(
-    fresh_cluster: ProcessCluster, tabs: Tabs
+    own_cluster: ProcessCluster, tabs: Tabs
 ) -> None:
     """A followed stream that has nothing to send (a task's empty stderr) gets no answer
     from the Host until it does; its notice must not stay up after the Host is back."""
-    cluster = fresh_cluster
+    cluster = own_cluster
     task = cluster.submit(["sh", "-c", "echo started; sleep 300"], container_name=BASE_ENV)
     cluster.wait_status(task.task_id, {task_pb2.TASK_STATUS_RUNNING})
     tab = tabs.open(cluster.admin_token)
@@ -53,11 +64,11 @@ LIVE_PAGES = ["/", "/nodes", "/gpus", "/tasks", "/vps", "/docker"]
 
 
 def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
-    fresh_cluster: ProcessCluster, tabs: Tabs
+    own_cluster: ProcessCluster, tabs: Tabs
 ) -> None:
     """Not a bare error ('Failed to fetch' in red, as if something were broken for good):
     each live page says it is reconnecting, and stops saying so once the Host is back."""
-    cluster = fresh_cluster
+    cluster = own_cluster
     paths = [*LIVE_PAGES, f"/nodes/{cluster.runner_names[0]}"]
     opened = [tabs.open(cluster.admin_token) for _ in paths]
     for tab, path in zip(opened, paths, strict=True):
@@ -86,11 +97,11 @@ def test_every_live_page_says_it_is_reconnecting_while_the_host_is_away(
 
 
 def test_with_docker_away_the_docker_page_still_lists_the_tarballs(
-    fresh_cluster: ProcessCluster, tabs: Tabs
+    own_cluster: ProcessCluster, tabs: Tabs
 ) -> None:
     """Docker down on the Host fails the list of its containers, not that of the tarballs
     on shared storage (the page showed neither, and no containers as "none")."""
-    cluster = fresh_cluster
+    cluster = own_cluster
     shelf = cluster.shared_dir / "hakuriver-containers"
     shelf.mkdir(parents=True, exist_ok=True)
     (shelf / "demo-1700000000.tar").write_bytes(b"")

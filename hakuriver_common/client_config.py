@@ -170,6 +170,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cleanup_check_interval": ("float", 10.0, ">0"),
         "kill_grace_seconds": ("float", 5.0, ">=0"),
         "control_timeout_seconds": ("float", 10.0, ">0"),
+        "ssh_ticket_seconds": ("float", 30.0, "1..3600"),
     },
     "environment": {
         "runner_user": ("str", "", None),
@@ -215,6 +216,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bind_ip": ("str", "", None),
         "plaintext": ("bool", False, None),
         "server_names": ("list[str]", [], None),
+        "refresh_seconds": ("float", 15.0, "1..86400"),
         "assets_dir": ("path?", None, None),
     },
 }
@@ -232,6 +234,8 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     ">1": lambda v: v > 1,
     ">=1": lambda v: v >= 1,
     "port": lambda v: 0 <= v <= 65535,
+    "1..3600": lambda v: 1 <= v <= 3600,
+    "1..86400": lambda v: 1 <= v <= 86400,
     "task_network": lambda v: v in ("host", "none"),
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
     "mounts": mounts_ok,

@@ -45,11 +45,16 @@ VALIDATORS = {
 
 def _check(model: type[BaseModel], name: str) -> str | None:
     info = model.model_fields[name]
-    if [m.le for m in info.metadata if isinstance(m, annotated_types.Le)] == [65535]:
-        assert [m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)] == [0]
+    lows = [m.ge for m in info.metadata if isinstance(m, annotated_types.Ge)]
+    highs = [m.le for m in info.metadata if isinstance(m, annotated_types.Le)]
+    if highs == [65535]:
+        assert lows == [0]
         return "port"
+    if highs:
+        assert len(lows) == 1, (model, name, "an upper bound needs a lower one")
+        return f"{lows[0]}..{highs[0]}"
     checks = [f">{m.gt}" for m in info.metadata if isinstance(m, annotated_types.Gt)]
-    checks += [f">={m.ge}" for m in info.metadata if isinstance(m, annotated_types.Ge)]
+    checks += [f">={low}" for low in lows]
     for decorator in model.__pydantic_decorators__.field_validators.values():
         if name in decorator.info.fields:
             checks.append(VALIDATORS[decorator.cls_var_name])
@@ -159,6 +164,9 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
         return st.lists(st.sampled_from(["/data:/data", "/srv/x:/x:ro"]), max_size=2)
     if check == "user_name":
         return st.sampled_from(["admin", "root", "ops.team-1"])
+    if kind == "float" and check is not None and ".." in check:
+        low, high = (int(edge) for edge in check.split(".."))
+        return st.one_of(st.floats(low, high), st.integers(low, high))
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))

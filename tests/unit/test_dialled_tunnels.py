@@ -7,35 +7,66 @@ that cannot dial relays on its stream as before."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
+import os
 import socket
-from collections.abc import AsyncIterator
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
 
 from hakuriver_common import socket_copy, tunnel_proof
-from hakuriver_common.proto.hakuriver.v1 import audit_service_pb2 as aupb, runner_service_pb2 as rpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
+    runner_service_pb2 as rpb,
+    ssh_service_pb2 as spb,
+    task_service_pb2 as tpb,
+)
+from hakuriver_common.roles import Role
+from hakuriver_host import ssh_proxy
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.tunnels import HostDial, Tunnels
 from tests.fake_runner import FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 from tests.unit.test_runner_tunnels import _Outbox
-from tests.unit.test_ssh_tickets import _alices_vps_ticket, _to_the_proxy
+from tests.unit.test_ssh_tickets import _alices_vps_ticket, _answer_to, _to_the_proxy
+
+# What opens a tunnel the Host asked its Runner for.
+OpenTunnel = Callable[[rpb.TunnelOpen], Awaitable[None]]
+
+
+@dataclass
+class Sshd:
+    """A loopback server standing in for a VPS's sshd: it echoes what it reads."""
+
+    port: int = 0
+    # Its connections still open, to see a session's end reach it (or to end one).
+    connections: set[asyncio.StreamWriter] = field(default_factory=set)
+
+    async def echo(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections.add(writer)
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            self.connections.discard(writer)
+            writer.close()
 
 
 @pytest.fixture
-async def sshd() -> AsyncIterator[int]:
-    """A loopback server standing in for a VPS's sshd: it echoes what it reads."""
-
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(echo, "127.0.0.1", 0)
-    yield int(server.sockets[0].getsockname()[1])
+async def sshd() -> AsyncIterator[Sshd]:
+    server_side = Sshd()
+    server = await asyncio.start_server(server_side.echo, "127.0.0.1", 0)
+    server_side.port = int(server.sockets[0].getsockname()[1])
+    yield server_side
     server.close()
 
 
@@ -48,6 +79,14 @@ async def _client(
     writer.write(f"TICKET {issued.ticket}\n".encode())
     await writer.drain()
     return runner, reader, writer
+
+
+def _at(opened: rpb.TunnelOpen, sshd: Sshd) -> rpb.TunnelOpen:
+    """The Host's TunnelOpen, its VPS's sshd being the test's."""
+    request = rpb.TunnelOpen()
+    request.CopyFrom(opened)
+    request.port = sshd.port
+    return request
 
 
 async def _dial(port: int, tunnel_id: int, secret: str) -> bytes:
@@ -65,7 +104,7 @@ async def _dial(port: int, tunnel_id: int, secret: str) -> bytes:
 
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "no-splice"])
 async def test_a_sessions_bytes_go_on_the_connection_the_runner_dials(
-    local_cluster: LocalCluster, sshd: int, splice: bool, monkeypatch: pytest.MonkeyPatch
+    local_cluster: LocalCluster, sshd: Sshd, splice: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Both relays copy with splice(2) where the system has it, and through the event loop
     where it does not (a Host on macOS)."""
@@ -77,11 +116,8 @@ async def test_a_sessions_bytes_go_on_the_connection_the_runner_dials(
         assert local_cluster.server is not None
         assert opened.dial_port == local_cluster.server.ssh_proxy_port and opened.dial_secret
         outbox = _Outbox()
-        tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd, HostDial("127.0.0.1"))
-        at_sshd = rpb.TunnelOpen()
-        at_sshd.CopyFrom(opened)
-        at_sshd.port = sshd
-        await tunnels.open(at_sshd)
+        tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+        await tunnels.open(_at(opened, sshd))
         assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
         payload = bytes(range(256)) * 4096  # 1 MiB, more than one read on every hop
         writer.write(payload)
@@ -96,7 +132,7 @@ async def test_a_sessions_bytes_go_on_the_connection_the_runner_dials(
 
 
 async def test_a_clients_bytes_sent_with_its_ticket_reach_the_sshd(
-    local_cluster: LocalCluster, sshd: int
+    local_cluster: LocalCluster, sshd: Sshd
 ) -> None:
     """A client that does not wait for SUCCESS (a ProxyCommand piping ssh at once: its
     banner follows the ticket in one packet) loses none of it; the Host read it with the
@@ -106,13 +142,10 @@ async def test_a_clients_bytes_sent_with_its_ticket_reach_the_sshd(
     banner = b"SSH-2.0-early\r\n"
     writer.write(f"TICKET {issued.ticket}\n".encode() + banner)
     await writer.drain()
-    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd, HostDial("127.0.0.1"))
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
     try:
         [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
-        at_sshd = rpb.TunnelOpen()
-        at_sshd.CopyFrom(opened)
-        at_sshd.port = sshd
-        await tunnels.open(at_sshd)
+        await tunnels.open(_at(opened, sshd))
         assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
         assert await asyncio.wait_for(reader.readexactly(len(banner)), 5) == banner
     finally:
@@ -178,14 +211,16 @@ async def test_a_dialled_connection_without_the_tunnels_proof_carries_nothing(
 
 
 async def test_a_runner_that_cannot_reach_the_proxy_port_relays_on_its_stream(
-    sshd: int, caplog: pytest.LogCaptureFixture
+    sshd: Sshd, caplog: pytest.LogCaptureFixture
 ) -> None:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         nobody = closed.getsockname()[1]
     outbox = _Outbox()
-    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd, HostDial("127.0.0.1"))
-    request = rpb.TunnelOpen(tunnel_id=3, task_id=7, port=sshd, dial_port=nobody, dial_secret="s")
+    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    request = rpb.TunnelOpen(
+        tunnel_id=3, task_id=7, port=sshd.port, dial_port=nobody, dial_secret="s"
+    )
     with caplog.at_level(logging.WARNING, logger="hakuriver_runner.tunnels"):
         await tunnels.open(request)
     try:
@@ -225,3 +260,226 @@ async def test_a_host_reached_at_an_ipv6_address_in_brackets_is_dialled_there() 
     finally:
         server.close()
     assert rest == b""
+
+
+async def _session(
+    local_cluster: LocalCluster, runner: FakeRunner, ticket: str, open_tunnel: OpenTunnel
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client's proxy connection for ``ticket``, once the Host said SUCCESS: the tunnel
+    the Host asks ``runner`` for is opened by ``open_tunnel``."""
+    reader, writer = await _to_the_proxy(local_cluster)
+    asked = len(runner.tunnel_opens)
+    writer.write(f"TICKET {ticket}\n".encode())
+    await writer.drain()
+    [opened] = await eventually(lambda: runner.tunnel_opens[asked:], what="the tunnel to open")
+    await open_tunnel(opened)
+    assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+    return reader, writer
+
+
+async def _ended(reader: asyncio.StreamReader) -> None:
+    """Until the proxy ends the client's connection (what the echo still sends is read)."""
+    async with asyncio.timeout(10):
+        with contextlib.suppress(ConnectionResetError):
+            while await reader.read(65536):
+                pass
+
+
+def _dialling(tunnels: Tunnels, sshd: Sshd) -> OpenTunnel:
+    """The Runner's tunnels open it, dialling the Host."""
+
+    async def open_tunnel(opened: rpb.TunnelOpen) -> None:
+        await tunnels.open(_at(opened, sshd))
+
+    return open_tunnel
+
+
+def _on_stream(runner: FakeRunner) -> OpenTunnel:
+    """The Runner opens the tunnel on its stream (it did not dial)."""
+
+    async def answer(opened: rpb.TunnelOpen) -> None:
+        runner.send(rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=opened.tunnel_id)))
+
+    return answer
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_sessions_leave_no_descriptor_open_however_they_end(
+    local_cluster: LocalCluster, sshd: Sshd
+) -> None:
+    """Each way a session ends, on either path, and each refused connection: the Host's
+    and the Runner's sockets and pipes are all closed, by their owners (a socket left to
+    the garbage collector says so with a ResourceWarning)."""
+    runner, _ = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    dialling = _dialling(tunnels, sshd)
+    assert local_cluster.server is not None
+    port = local_cluster.server.ssh_proxy_port
+
+    async def ticket() -> str:
+        [task] = (await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
+        request = spb.CreateSshTicketRequest(task_id=task.task_id)
+        return (await local_cluster.ssh.CreateSshTicket(request, timeout=5)).ticket
+
+    async def every_ending() -> None:
+        # The client leaves mid-copy, with a MiB on its way.
+        reader, writer = await _session(local_cluster, runner, await ticket(), dialling)
+        writer.write(b"x" * (1 << 20))
+        writer.close()
+        await _ended(reader)
+        # The sshd leaves first.
+        reader, writer = await _session(local_cluster, runner, await ticket(), dialling)
+        for connection in await eventually(lambda: set(sshd.connections), what="the sshd"):
+            connection.close()
+        await _ended(reader)
+        writer.close()
+        # On the Runner's stream, the client leaves.
+        reader, writer = await _session(local_cluster, runner, await ticket(), _on_stream(runner))
+        writer.close()
+        await _ended(reader)
+        # Refused: a ticket that is none, a dial without the proof.
+        assert (await _answer_to(local_cluster, "nonsense")).startswith(b"ERROR ")
+        assert (await _dial(port, 1, "guessed")).startswith(b"ERROR ")
+        await eventually(lambda: not sshd.connections, what="the sshd's connections to end")
+
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always", ResourceWarning)
+        await every_ending()  # the Host's and the client's first connections, kept
+        before = _open_descriptors()
+        for _ in range(10):
+            await every_ending()
+        await eventually(
+            lambda: _open_descriptors() <= before, what=f"{before} descriptors open again"
+        )
+        gc.collect()
+    assert [str(w.message) for w in warned if w.category is ResourceWarning] == []
+
+
+async def test_a_dialled_session_ends_with_its_runners_stream(
+    local_cluster: LocalCluster, sshd: Sshd
+) -> None:
+    """The Host ends the tunnels of a Runner whose stream is gone: a session copying on the
+    connection that Runner dialled ends too, on both sides (the client's connection and the
+    Runner's to the sshd)."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    reader, writer = await _session(local_cluster, runner, issued.ticket, _dialling(tunnels, sshd))
+    try:
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+        await runner.drop()
+        await _ended(reader)
+    finally:
+        writer.close()
+    await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+
+
+async def _delete_alice(local_cluster: LocalCluster) -> None:
+    await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
+
+
+async def _revoke_alices_token(local_cluster: LocalCluster) -> None:
+    [token] = (await local_cluster.access.ListTokens(apb.ListTokensRequest(user="alice"))).tokens
+    await local_cluster.access.RevokeToken(apb.RevokeTokenRequest(token_id=token.token_id))
+
+
+async def _make_alice_an_operator(local_cluster: LocalCluster) -> None:
+    request = apb.SetUserRoleRequest(name="alice", role=Role.OPERATOR.pb)
+    await local_cluster.access.SetUserRole(request, timeout=5)
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["copying", "idle"])
+@pytest.mark.parametrize(
+    "change",
+    [_delete_alice, _revoke_alices_token, _make_alice_an_operator],
+    ids=["user-deleted", "token-revoked", "role-changed"],
+)
+async def test_a_dialled_session_ends_once_its_holder_may_no_longer_use_it(
+    local_cluster: LocalCluster,
+    sshd: Sshd,
+    busy: bool,
+    change: Callable[[LocalCluster], Awaitable[None]],
+) -> None:
+    """As on the stream (test_ssh_tickets): copying or idle, the session ends, audited
+    under its holder's name."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    reader, writer = await _session(local_cluster, runner, issued.ticket, _dialling(tunnels, sshd))
+
+    async def keep_typing() -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                writer.write(b"k" * 1024)
+                await writer.drain()
+                await asyncio.sleep(0.001)
+
+    typing = asyncio.create_task(keep_typing()) if busy else None
+    try:
+        await change(local_cluster)
+        await _ended(reader)
+    finally:
+        if typing is not None:
+            typing.cancel()
+            await asyncio.gather(typing, return_exceptions=True)
+        writer.close()
+    await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+    request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
+    events = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    assert [(e.actor, e.outcome) for e in events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
+
+
+async def test_the_host_stopping_ends_every_session(
+    local_cluster: LocalCluster, sshd: Sshd
+) -> None:
+    """Its client sees the end, and the Runner's connection to the sshd closes; so does a
+    connection that has not said what it is yet (no Runner's stream ends that one)."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    dialled = await _session(local_cluster, runner, issued.ticket, _dialling(tunnels, sshd))
+    request = spb.CreateSshTicketRequest(task_id=runner.tunnel_opens[0].task_id)
+    another = (await local_cluster.ssh.CreateSshTicket(request, timeout=5)).ticket
+    on_stream = await _session(local_cluster, runner, another, _on_stream(runner))
+    silent = await _to_the_proxy(local_cluster)
+    connections = (dialled, on_stream, silent)
+    try:
+        await local_cluster.stop_host()
+        for reader, _ in (dialled, on_stream):
+            await _ended(reader)
+        # Not left to wait out REQUEST_TIMEOUT, then told it sent no request.
+        assert await asyncio.wait_for(silent[0].read(), 2 * ssh_proxy.REQUEST_TIMEOUT) == b""
+    finally:
+        for _, writer in connections:
+            writer.close()
+    await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+
+
+async def test_a_dial_that_never_proves_itself_is_cut_off_and_takes_nothing(
+    local_cluster: LocalCluster, sshd: Sshd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection naming a waiting tunnel, then silent, is answered once REQUEST_TIMEOUT
+    passes; the tunnel still waits for its Runner's proof."""
+    monkeypatch.setattr(ssh_proxy, "REQUEST_TIMEOUT", 0.2)
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    reader, writer = await _to_the_proxy(local_cluster)
+    writer.write(f"TICKET {issued.ticket}\n".encode())
+    await writer.drain()
+    [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to open")
+    silent_reader, silent_writer = await _to_the_proxy(local_cluster)
+    try:
+        silent_writer.write(f"TUNNEL {opened.tunnel_id}\n".encode())
+        assert (await asyncio.wait_for(silent_reader.readline(), 5)).startswith(b"CHALLENGE ")
+        answer = await asyncio.wait_for(silent_reader.readline(), 5)
+        assert answer == b"ERROR no request line within 0.2 s\n"
+        assert await asyncio.wait_for(silent_reader.read(), 5) == b""
+        tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+        await tunnels.open(_at(opened, sshd))
+        assert await asyncio.wait_for(reader.readline(), 5) == b"SUCCESS\n"
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
+    finally:
+        silent_writer.close()
+        writer.close()
+    await eventually(lambda: not sshd.connections, what="the sshd's connection to end")

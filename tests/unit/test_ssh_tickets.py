@@ -139,6 +139,21 @@ async def test_an_over_long_request_line_gets_the_protocols_answer(
     assert event.detail.startswith("expected: TICKET <ticket>")
 
 
+async def test_a_request_line_past_the_limit_is_refused_without_waiting_for_its_end(
+    local_cluster: LocalCluster,
+) -> None:
+    """REQUEST_LIMIT bytes and no newline yet: the Host reads no more of it (it does not
+    buffer a stranger's bytes until REQUEST_TIMEOUT)."""
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        writer.write(b"TICKET " + b"x" * (ssh_proxy.REQUEST_LIMIT - len(b"TICKET ")))
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readline(), 2 * ssh_proxy.REQUEST_TIMEOUT)
+    finally:
+        writer.close()
+    assert answer == b"ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)\n"
+
+
 async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: LocalCluster) -> None:
     runner, issued = await _alices_vps_ticket(local_cluster)
     reader, writer = await _to_the_proxy(local_cluster)

@@ -50,6 +50,11 @@ def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
     return rpb.ConnectRequest(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel_id, error=error))
 
 
+class Refused(Exception):
+    """The Host answered a dial with ERROR: no tunnel waits for it there (its client gave up
+    meanwhile, or it ended), so it is carried nowhere, not on the stream either."""
+
+
 @dataclass(frozen=True)
 class HostDial:
     """How this Runner reaches the Host's SSH proxy port: at the address it reaches the
@@ -59,7 +64,8 @@ class HostDial:
 
     async def dial(self, request: rpb.TunnelOpen) -> tuple[socket.socket, bytes]:
         """A connection to the Host proven to be ``request``'s tunnel, and what the Host
-        sent after its answer (the client's first bytes, already)."""
+        sent after its answer (the client's first bytes, already). Refused: the Host
+        refused it; OSError: it cannot be reached."""
         sock = await connect(self.address.removeprefix("[").removesuffix("]"), request.dial_port)
         host = LineSocket(sock)
         try:
@@ -70,6 +76,8 @@ class HostDial:
             proof = tunnel_proof.proof(request.dial_secret, request.tunnel_id, said[1])
             await host.send(f"{proof}\n".encode())
             answer = await host.readline(LINE_LIMIT)
+            if answer.startswith(b"ERROR "):
+                raise Refused(answer.removeprefix(b"ERROR ").decode(errors="replace").strip())
             if answer != b"SUCCESS\n":
                 raise ConnectionError(answer.decode(errors="replace").strip() or "it closed")
         except BaseException:
@@ -105,6 +113,11 @@ class Tunnels:
             return
         try:
             host = await self._dial(request)
+        except Refused as exc:
+            sshd.close()
+            error = f"the Host refused the tunnel's connection: {exc}"
+            await self._outbox.send(_closed(request.tunnel_id, error))
+            return
         except BaseException:
             sshd.close()
             raise
@@ -121,7 +134,8 @@ class Tunnels:
 
     async def _dial(self, request: rpb.TunnelOpen) -> tuple[socket.socket, bytes] | None:
         """The Host's connection for the tunnel's bytes; None: they go on the stream (the
-        Host did not ask, or this Runner cannot reach its SSH proxy port)."""
+        Host did not ask, or this Runner cannot reach its SSH proxy port). Refused: they go
+        nowhere."""
         if self._host is None or not request.dial_port or not request.dial_secret:
             return None
         try:

@@ -483,3 +483,37 @@ async def test_a_dial_that_never_proves_itself_is_cut_off_and_takes_nothing(
         silent_writer.close()
         writer.close()
     await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+
+
+async def test_a_dial_the_host_refuses_ends_the_tunnel_on_the_runner(
+    local_cluster: LocalCluster,
+    sshd: Sshd,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Host refuses a Runner's proven dial once the tunnel no longer waits (its client
+    was told the Runner was too slow): the Runner closes its connection to the sshd and the
+    tunnel. It took the refusal for a Host it cannot reach: it warned so, and carried the
+    tunnel on its stream to a Host that drops its bytes, the sshd's connection held until
+    the sshd gave up on it."""
+    monkeypatch.setattr(ssh_proxy, "OPEN_TIMEOUT", 0.2)
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    answer = await _answer_to(local_cluster, issued.ticket)
+    assert answer == b"ERROR the VPS's runner did not open the tunnel within 0.2 s\n"
+    [opened] = runner.tunnel_opens
+    outbox = _Outbox()
+    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="hakuriver_runner.tunnels"):
+            await tunnels.open(_at(opened, sshd))
+        assert [(m.tunnel_close.tunnel_id, m.tunnel_close.error) for m in outbox.sent] == [
+            (
+                opened.tunnel_id,
+                "the Host refused the tunnel's connection: "
+                f"no tunnel {opened.tunnel_id} waits for that proof",
+            )
+        ]
+        assert "cannot reach" not in caplog.text
+        await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+    finally:
+        tunnels.close_all()

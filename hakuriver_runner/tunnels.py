@@ -50,6 +50,15 @@ def _closed(tunnel_id: int, error: str = "") -> rpb.ConnectRequest:
     return rpb.ConnectRequest(tunnel_close=rpb.TunnelClose(tunnel_id=tunnel_id, error=error))
 
 
+async def _answer(host: LineSocket) -> bytes:
+    """The Host's next line; one past LINE_LIMIT is not the Host's (the port it dialled
+    is something else's): ConnectionError, as for a Host it cannot reach."""
+    try:
+        return await host.readline(LINE_LIMIT)
+    except ValueError as exc:
+        raise ConnectionError(f"not the Host's SSH proxy: {exc}") from None
+
+
 class Refused(Exception):
     """The Host answered a dial with ERROR: no tunnel waits for it there (its client gave up
     meanwhile, or it ended), so it is carried nowhere, not on the stream either."""
@@ -70,12 +79,12 @@ class HostDial:
         host = LineSocket(sock)
         try:
             await host.send(f"TUNNEL {request.tunnel_id}\n".encode())
-            said = (await host.readline(LINE_LIMIT)).decode(errors="replace").split()
+            said = (await _answer(host)).decode(errors="replace").split()
             if len(said) != 2 or said[0] != "CHALLENGE":
                 raise ConnectionError(f"the Host answered {' '.join(said)!r}, not a challenge")
             proof = tunnel_proof.proof(request.dial_secret, request.tunnel_id, said[1])
             await host.send(f"{proof}\n".encode())
-            answer = await host.readline(LINE_LIMIT)
+            answer = await _answer(host)
             if answer.startswith(b"ERROR "):
                 raise Refused(answer.removeprefix(b"ERROR ").decode(errors="replace").strip())
             if answer != b"SUCCESS\n":

@@ -30,7 +30,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.roles import Role
 from hakuriver_host import ssh_proxy
 from hakuriver_runner.outbox import Outbox
-from hakuriver_runner.tunnels import HostDial, Tunnels
+from hakuriver_runner.tunnels import LINE_LIMIT, HostDial, Tunnels
 from tests.fake_runner import FakeRunner, eventually
 from tests.unit.local_cluster import LocalCluster
 from tests.unit.test_runner_tunnels import _Outbox
@@ -517,3 +517,34 @@ async def test_a_dial_the_host_refuses_ends_the_tunnel_on_the_runner(
         await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
     finally:
         tunnels.close_all()
+
+
+async def test_a_dial_answered_past_the_line_limit_relays_on_the_stream(
+    sshd: Sshd, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something else than the Host at the proxy port (an address pointing elsewhere)
+    answers with a line longer than LINE_LIMIT: the Runner cannot reach the Host's proxy
+    there and relays on its stream. Its opening raised ValueError instead: nothing sent,
+    the client left to wait out OPEN_TIMEOUT."""
+
+    async def chatty(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"x" * (LINE_LIMIT + 1))
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(chatty, "127.0.0.1", 0)
+    elsewhere = server.sockets[0].getsockname()[1]
+    outbox = _Outbox()
+    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    request = rpb.TunnelOpen(
+        tunnel_id=3, task_id=7, port=sshd.port, dial_port=elsewhere, dial_secret="s"
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="hakuriver_runner.tunnels"):
+            await tunnels.open(request)
+        assert [m.WhichOneof("payload") for m in outbox.sent] == ["tunnel_opened"]
+        assert f"cannot reach the Host's SSH proxy at 127.0.0.1:{elsewhere}" in caplog.text
+    finally:
+        tunnels.close_all()
+        server.close()

@@ -177,7 +177,12 @@ class SshProxy:
                 log.warning("SSH proxy cannot accept a connection: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            self._spawn(self._serve(prepared(sock)))
+            try:
+                prepared(sock)
+            except OSError:  # reset before it was served (macOS says so here)
+                sock.close()
+                continue
+            self._spawn(self._serve(sock))
 
     def _holder(self, held: Ticket | None) -> Principal:
         """Whom the audit names for a refused ticket: nobody known before it was redeemed
@@ -198,7 +203,7 @@ class SshProxy:
         await connection.send(f"CHALLENGE {nonce}\n".encode())
         answer = (await _first_line(connection)).decode(errors="replace").strip()
         tunnel = None
-        if tunnel_id.isdigit():
+        if tunnel_id.isascii() and tunnel_id.isdigit() and len(tunnel_id) <= 19:
             dialed = Dialed(connection.sock, connection.rest)
             tunnel = self.cluster.tunnels.dialed(int(tunnel_id), nonce, answer, dialed)
         if tunnel is None:

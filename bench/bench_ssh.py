@@ -6,8 +6,7 @@ the proxy (Host -> the Runner's connection to the proxy port -> sshd), each prox
 connection opened with a one-time ticket from SshService.CreateSshTicket (asyncssh as the
 client). Then as users connect: OpenSSH's ssh directly, and with ``hakuriver.ssh
 --proxy-command`` as its ProxyCommand (which gets the ticket and relays ssh's stdin and
-stdout), and with ``--fdpass`` added (ProxyUseFdpass: ssh then uses the proxy connection
-itself). Prints the rates, their ratios to direct, and the CPU the Host, the Runner, the
+stdout). Prints the rates, their ratios to direct, and the CPU the Host, the Runner, the
 client and its children used in each.
 """
 
@@ -140,11 +139,9 @@ def measure_openssh(cluster: ProcessCluster, task_id: int, port: int, key_file: 
     options = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"]
     ssh = ["ssh", "-i", str(key_file), "-o", "UserKnownHostsFile=/dev/null", *options]
     cpu = Cpu(cluster)
-    passing = ["-o", "ProxyUseFdpass=yes", "-o", f"ProxyCommand={tool} --fdpass %h"]
     paths = {
         "direct": [*ssh, "-p", str(port), "root@127.0.0.1"],
         "tool": [*ssh, "-o", f"ProxyCommand={tool} %h", f"root@{task_id}"],
-        "fdpass": [*ssh, *passing, f"root@{task_id}"],
     }
     rates: dict[str, list[tuple[float, str]]] = {name: [] for name in paths}
     for _ in range(ROUNDS):
@@ -153,13 +150,10 @@ def measure_openssh(cluster: ProcessCluster, task_id: int, port: int, key_file: 
             rate = openssh_rate(argv)
             rates[name].append((rate, cpu.add(before, time.perf_counter() - start)))
     (direct, direct_cpu), (through, through_cpu) = max(rates["direct"]), max(rates["tool"])
-    passed, passed_cpu = max(rates["fdpass"])
     print("  as users connect, OpenSSH's ssh (its CPU and hakuriver.ssh's as 'children'):")
     print(f"  direct to sshd on loopback   {direct / 1e6:8.1f} MB/s   {direct_cpu}")
     print(f"  ProxyCommand hakuriver.ssh   {through / 1e6:8.1f} MB/s   {through_cpu}")
     print(f"  ratio through/direct         {through / direct:8.2f}")
-    print(f"  the same, with --fdpass      {passed / 1e6:8.1f} MB/s   {passed_cpu}")
-    print(f"  ratio fdpass/direct          {passed / direct:8.2f}")
 
 
 def main() -> None:

@@ -218,20 +218,6 @@ def _proxy(sock: socket.socket, cfg: ClientConfig, then: apb.WhoAmIResponse) -> 
         raise cli.Exit(1)
 
 
-def _pass_to_ssh(sock: socket.socket) -> None:
-    """Hand the tunnel itself to ssh (ProxyUseFdpass): ssh then reads and writes the
-    Host's proxy connection with no relay in this process, which exits."""
-    try:
-        channel = socket.socket(fileno=os.dup(sys.stdout.fileno()))
-    except OSError:
-        channel = None
-    if channel is None or channel.family != socket.AF_UNIX:
-        fail("--fdpass needs ssh's ProxyUseFdpass=yes (its ProxyCommand's stdout a socket)")
-    with channel:
-        socket.send_fds(channel, [b"\0"], [sock.fileno()])
-    sock.close()
-
-
 # ssh(1) options that take a value.
 VALUE_OPTIONS = set("BbcDEeFIiJLlmOoPpQRSWw")
 
@@ -293,14 +279,6 @@ def main(
     proxy_command: Annotated[
         bool, cli.Option("--proxy-command", help="Relay stdin/stdout (OpenSSH ProxyCommand).")
     ] = False,
-    fdpass: Annotated[
-        bool,
-        cli.Option(
-            "--fdpass",
-            help="With --proxy-command: hand the tunnel to ssh and exit (ssh -o "
-            "ProxyUseFdpass=yes): no relay in between, for bulk copies.",
-        ),
-    ] = False,
     config: ConfigOption = None,
     version: VersionOption = False,
 ) -> None:
@@ -309,21 +287,15 @@ def main(
     tid = task_id_or_fail(task_id)
     address = host or cfg.network.host_reachable_address
     port = proxy_port or cfg.network.host_ssh_proxy_port
-    if fdpass and not proxy_command:
-        fail("--fdpass goes with --proxy-command")
     if proxy_command:
         with host_link(cfg) as link:
             ticket = ticket_for(link, tid)
-            # Whom the session began as, to say why it ended; none to say with --fdpass.
-            then = None if fdpass else _whoami(link)
+            then = _whoami(link)
         try:
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
-        if then is None:
-            _pass_to_ssh(sock)
-        else:
-            _proxy(sock, cfg, then)
+        _proxy(sock, cfg, then)
         return
     then = _check_task(tid, cfg)
     ssh = shutil.which("ssh")

@@ -316,37 +316,6 @@ def test_owner_uses_hakuriver_ssh_ssh_and_scp(
     assert named.stdout == "named\n", named.stderr
 
 
-def test_fdpass_hands_the_tunnel_to_ssh(
-    vps_cluster: ProcessCluster, owner: Person, vps: int, key_files: Path, tmp_path: Path
-) -> None:
-    """--proxy-command --fdpass gives ssh (ProxyUseFdpass) the Host's proxy connection
-    itself, with no relay in between; without ssh's socket as its stdout it says what it
-    needs."""
-    env = {
-        **os.environ,
-        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
-        "HAKURIVER_TOKEN": owner.token,
-        "HOME": str(tmp_path),
-    }
-    tool = f"{sys.executable} -m hakuriver_cli.ssh --proxy-command --fdpass %h"
-    options = [*_ssh_options(key_files), "-o", "ProxyUseFdpass=yes", "-o", f"ProxyCommand={tool}"]
-    payload = 3 * 1024 * 1024
-    copied = subprocess.run(
-        ["ssh", *options, f"root@{vps}", f"head -c {payload} /dev/zero"],
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert copied.returncode == 0 and copied.stdout == bytes(payload), copied.stderr
-    piped = cli_as(
-        vps_cluster, owner.token, tmp_path, "ssh", "--proxy-command", "--fdpass", str(vps)
-    )
-    assert piped.returncode == 1
-    assert piped.stderr == (
-        "error: --fdpass needs ssh's ProxyUseFdpass=yes (its ProxyCommand's stdout a socket)\n"
-    )
-
-
 def test_a_local_port_in_use_is_one_line(
     vps_cluster: ProcessCluster, owner: Person, vps: int, tmp_path: Path
 ) -> None:

@@ -154,7 +154,7 @@ async def _proxied_session_ended(
     monkeypatch.setattr(sys, "stdin", _Pipe(stdin))
     monkeypatch.setattr(sys, "stdout", _Pipe(stdout))
     proxy = _Proxy()
-    args = (str(vps.task_id), None, "127.0.0.1", proxy.port, 0, "root", True, False, config, False)
+    args = (str(vps.task_id), None, "127.0.0.1", proxy.port, 0, "root", True, config, False)
     session = exit_code_later(ssh.main, *args)
     assert await asyncio.to_thread(proxy.opened.wait, 10)
     port = cluster.config.network.host_port

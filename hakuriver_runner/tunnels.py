@@ -105,10 +105,23 @@ class Tunnels:
         self._ssh_port = ssh_port
         self._host = host
         self._open: dict[int, _Tunnel] = {}
+        # The tunnels being opened (connecting to the sshd, dialling the Host), by id.
+        self._opening: dict[int, asyncio.Task[Any]] = {}
 
     async def open(self, request: rpb.TunnelOpen) -> None:
         """Connect to the sshd of a VPS running here, and only that: whatever the Host
-        asks, no tunnel leads anywhere else on this node."""
+        asks, no tunnel leads anywhere else on this node. The Host closing the tunnel
+        meanwhile cancels the opening (its connections closed)."""
+        opening = asyncio.current_task()
+        if opening is not None:
+            self._opening[request.tunnel_id] = opening
+        try:
+            await self._connect(request)
+        finally:
+            if self._opening.get(request.tunnel_id) is opening:
+                del self._opening[request.tunnel_id]
+
+    async def _connect(self, request: rpb.TunnelOpen) -> None:
         port = self._ssh_port(request.task_id)
         if not port or port != request.port:
             error = f"task {request.task_id} is not a VPS with sshd on port {request.port} here"
@@ -132,11 +145,15 @@ class Tunnels:
             raise
         if host is not None:
             pump = asyncio.create_task(self._splice(request.tunnel_id, sshd, *host))
-            self._open[request.tunnel_id] = _Tunnel(pump)
+            self._opened(request.tunnel_id, _Tunnel(pump))
             return
-        reader, writer = await asyncio.open_connection(sock=sshd, limit=TUNNEL_CHUNK)
+        try:
+            reader, writer = await asyncio.open_connection(sock=sshd, limit=TUNNEL_CHUNK)
+        except BaseException:
+            sshd.close()
+            raise
         pump = asyncio.create_task(self._pump(request.tunnel_id, reader, writer))
-        self._open[request.tunnel_id] = _Tunnel(pump, writer)
+        self._opened(request.tunnel_id, _Tunnel(pump, writer))
         await self._outbox.send(
             rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=request.tunnel_id))
         )
@@ -191,14 +208,25 @@ class Tunnels:
         error = f"the SSH server left more than {TUNNEL_BACKLOG} bytes unread (is its VPS paused?)"
         return self._outbox.send(_closed(data.tunnel_id, error))
 
+    def _opened(self, tunnel_id: int, tunnel: _Tunnel) -> None:
+        """From opening to open, in one step: a close finds it in one place or the other."""
+        self._opening.pop(tunnel_id, None)
+        self._open[tunnel_id] = tunnel
+
     def close(self, tunnel_id: int) -> None:
-        """The Host closed the tunnel."""
+        """The Host closed the tunnel (while it was still being opened, too)."""
+        opening = self._opening.pop(tunnel_id, None)
+        if opening is not None:
+            opening.cancel()
         tunnel = self._open.pop(tunnel_id, None)
         if tunnel is not None:
             tunnel.end()
 
     def close_all(self) -> None:
         """The stream is gone, and every tunnel with it."""
+        for opening in self._opening.values():
+            opening.cancel()
+        self._opening.clear()
         for tunnel in self._open.values():
             tunnel.end()
         self._open.clear()

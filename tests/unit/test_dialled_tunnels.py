@@ -548,6 +548,46 @@ async def test_a_dial_the_host_refuses_ends_the_tunnel_on_the_runner(
         tunnels.close_all()
 
 
+async def test_a_tunnel_the_host_closes_while_it_opens_is_not_opened(sshd: Sshd) -> None:
+    """The Host closes a tunnel (its client gone) while the Runner still dials: the opening
+    stops there, the sshd's connection closed and nothing sent. It went on opening a tunnel
+    nobody waited for, held until the sshd gave up on it."""
+    dialled = asyncio.Event()
+    answer = asyncio.Event()
+
+    async def slow_host(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        dialled.set()
+        await answer.wait()
+        writer.write(b"CHALLENGE c0ffee\n")
+        await reader.readline()
+        writer.write(b"SUCCESS\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    host = await asyncio.start_server(slow_host, "127.0.0.1", 0)
+    port = host.sockets[0].getsockname()[1]
+    outbox = _Outbox()
+    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    request = rpb.TunnelOpen(
+        tunnel_id=4, task_id=7, port=sshd.port, dial_port=port, dial_secret="s"
+    )
+    opening = asyncio.ensure_future(tunnels.open(request))
+    try:
+        await asyncio.wait_for(dialled.wait(), 5)
+        assert sshd.connections
+        tunnels.close(4)
+        answer.set()
+        await asyncio.wait([opening], timeout=5)
+        await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+        assert outbox.sent == []
+    finally:
+        answer.set()
+        tunnels.close_all()
+        host.close()
+
+
 async def test_a_dial_answered_past_the_line_limit_relays_on_the_stream(
     sshd: Sshd, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -548,6 +548,24 @@ async def test_a_dial_the_host_refuses_ends_the_tunnel_on_the_runner(
         tunnels.close_all()
 
 
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _tunnels_to(
+    handler: Handler, sshd: Sshd, tunnel_id: int
+) -> tuple[asyncio.Server, _Outbox, Tunnels, rpb.TunnelOpen]:
+    """A stand-in for the Host's proxy port serving ``handler``, a Runner's tunnels to
+    ``sshd``, and a TunnelOpen asking them to dial it."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    outbox = _Outbox()
+    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    request = rpb.TunnelOpen(
+        tunnel_id=tunnel_id, task_id=7, port=sshd.port, dial_port=port, dial_secret="s"
+    )
+    return server, outbox, tunnels, request
+
+
 async def test_a_tunnel_the_host_closes_while_it_opens_is_not_opened(sshd: Sshd) -> None:
     """The Host closes a tunnel (its client gone) while the Runner still dials: the opening
     stops there, the sshd's connection closed and nothing sent. It went on opening a tunnel
@@ -566,13 +584,7 @@ async def test_a_tunnel_the_host_closes_while_it_opens_is_not_opened(sshd: Sshd)
         await reader.read()
         writer.close()
 
-    host = await asyncio.start_server(slow_host, "127.0.0.1", 0)
-    port = host.sockets[0].getsockname()[1]
-    outbox = _Outbox()
-    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
-    request = rpb.TunnelOpen(
-        tunnel_id=4, task_id=7, port=sshd.port, dial_port=port, dial_secret="s"
-    )
+    host, outbox, tunnels, request = await _tunnels_to(slow_host, sshd, 4)
     opening = asyncio.ensure_future(tunnels.open(request))
     try:
         await asyncio.wait_for(dialled.wait(), 5)
@@ -602,18 +614,12 @@ async def test_a_dial_answered_past_the_line_limit_relays_on_the_stream(
         await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(chatty, "127.0.0.1", 0)
-    elsewhere = server.sockets[0].getsockname()[1]
-    outbox = _Outbox()
-    tunnels = Tunnels(cast(Outbox, outbox), lambda task_id: sshd.port, HostDial("127.0.0.1"))
-    request = rpb.TunnelOpen(
-        tunnel_id=3, task_id=7, port=sshd.port, dial_port=elsewhere, dial_secret="s"
-    )
+    server, outbox, tunnels, request = await _tunnels_to(chatty, sshd, 3)
     try:
         with caplog.at_level(logging.WARNING, logger="hakuriver_runner.tunnels"):
             await tunnels.open(request)
         assert [m.WhichOneof("payload") for m in outbox.sent] == ["tunnel_opened"]
-        assert f"cannot reach the Host's SSH proxy at 127.0.0.1:{elsewhere}" in caplog.text
+        assert f"cannot reach the Host's SSH proxy at 127.0.0.1:{request.dial_port}" in caplog.text
     finally:
         tunnels.close_all()
         server.close()

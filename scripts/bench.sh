@@ -20,6 +20,6 @@ HAKURIVER_BENCH_QUEUED_SLEEP=0.3 HAKURIVER_BENCH_QUEUED_TASKS=40 "$PY" -m bench.
 "$PY" -m bench.bench_slow_followers
 "$PY" -m bench.bench_fast_followers
 "$PY" -m bench.bench_output
-"$PY" -m bench.bench_runner_footprint
+"$PY" -m bench.bench_footprint
 "$PY" -m bench.bench_ssh
 "$PY" -m bench.bench_dashboard

@@ -32,7 +32,7 @@ from typing import Any
 from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
-from hakuriver_common.socket_copy import CHUNK as DIALED_CHUNK, LineSocket, copy, prepared
+from hakuriver_common.socket_copy import LineSocket, copy, prepared
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
@@ -45,8 +45,8 @@ REQUEST_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
 # A read's most on the Runner's stream (a message each).
 CHUNK = 64 * 1024
-# A request line's most.
-REQUEST_LIMIT = DIALED_CHUNK
+# A request line's most (a ticket line is ~60 bytes; what was accepted before).
+REQUEST_LIMIT = 1024 * 1024
 # Pending connections the kernel holds while the loop is busy.
 BACKLOG = 128
 

@@ -248,9 +248,17 @@ class LocalCluster:
         self, count: int = 1, command: str = "long", **fields: Any
     ) -> list[task_pb2.Task]:
         """Submit ``count`` tasks and wait until each is running (as a HOLD runner keeps
-        them)."""
+        them), and stored so: a Runner's running is shown before it is stored, and what
+        follows stored changes (the metrics, a lock another program takes) would race it."""
         submitted = [await self.submit(command, **fields) for _ in range(count)]
-        return [await self.wait_status(t.task_id, TaskStatus.RUNNING) for t in submitted]
+        running = [await self.wait_status(t.task_id, TaskStatus.RUNNING) for t in submitted]
+        for task in running:
+
+            async def stored(task_id: int = task.task_id) -> bool:
+                return TaskStatus.RUNNING in [s for s, _ in await self.events(task_id)]
+
+            await eventually(stored, what=f"task {task.task_id}'s running stored")
+        return running
 
     async def get(self, task_id: int) -> task_pb2.Task:
         return (await self.tasks.GetTask(tpb.GetTaskRequest(task_id=task_id), timeout=5)).task

@@ -582,13 +582,7 @@ async def _ended_while_locked(
     program holds the database locked (the lock still held: the caller closes ``other``),
     once the Host held its end."""
     runner = await local_cluster.add_runner("a", answer=HOLD)
-    [task] = await local_cluster.submit_running(**fields)
-
-    async def running_stored() -> bool:
-        # A Runner's "running" is shown before it is stored; its event is read from the store.
-        return TaskStatus.RUNNING in [s for s, _ in await local_cluster.events(task.task_id)]
-
-    await eventually(running_stored, what="the task's running stored")
+    [task] = await local_cluster.submit_running(**fields)  # its running stored
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
     runner.finish(task.task_id, 0, stdout=b"done\n")

@@ -19,7 +19,8 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 # The most moved at a time, and the size asked for each copy's pipe.
 CHUNK = 1024 * 1024
@@ -90,6 +91,19 @@ async def copy(
             return
         while (data := await loop.sock_recv(source, CHUNK)) and go_on():
             await loop.sock_sendall(sink, data)
+
+
+async def until_first(jobs: Iterable[Coroutine[Any, Any, None]]) -> None:
+    """Run ``jobs`` (a session's copies, and whatever else may end it) until the first
+    returns, then cancel the others and wait for them too: only then may their sockets be
+    closed (see the module's docstring)."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
 
 
 async def _splice(

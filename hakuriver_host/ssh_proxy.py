@@ -32,7 +32,7 @@ from typing import Any
 from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
-from hakuriver_common.socket_copy import LineSocket, copy, prepared
+from hakuriver_common.socket_copy import LineSocket, copy, prepared, until_first
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
 from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
@@ -312,12 +312,7 @@ class SshProxy:
                 copy(dialed.sock, client.sock, dialed.rest, holds),
             ]
         stop_telling = self.cluster.access.on_revoked(revoked.set)
-        tasks = [asyncio.ensure_future(job) for job in (*jobs, idle())]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await until_first([*jobs, idle()])
         finally:
             stop_telling()
-            for task in tasks:
-                task.cancel()
-            # The sockets are closed only once nothing waits on them.
-            await asyncio.wait(tasks)

@@ -18,7 +18,7 @@ from typing import Any
 
 from hakuriver_common import tunnel_proof
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_common.socket_copy import LineSocket, connect, copy
+from hakuriver_common.socket_copy import LineSocket, connect, copy, until_first
 from hakuriver_runner.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -181,16 +181,9 @@ class Tunnels:
         self, tunnel_id: int, sshd: socket.socket, host: socket.socket, first: bytes
     ) -> None:
         """Bytes both ways between the sshd and the Host's connection, until either ends."""
-        copies = [
-            asyncio.create_task(copy(sshd, host)),
-            asyncio.create_task(copy(host, sshd, first)),
-        ]
         try:
-            await asyncio.wait(copies, return_when=asyncio.FIRST_COMPLETED)
+            await until_first([copy(sshd, host), copy(host, sshd, first)])
         finally:
-            for task in copies:
-                task.cancel()
-            await asyncio.wait(copies)
             self._open.pop(tunnel_id, None)
             sshd.close()
             host.close()

@@ -542,8 +542,8 @@ class Bench:
 
     async def ceiling(self) -> list[float]:
         """The floor's calls, made the same way, to grpc.aio alone (bench/grpc_ceiling.py)."""
-        with bare_server(self.host.client_config) as aimed:
-            async with open_aio_channel(aimed, "") as channel:
+        with bare_server(self.host.client_config) as bare:
+            async with open_aio_channel(bare.config, "") as channel:
                 return await self.floor(channel)
 
     async def under_probe(

@@ -268,7 +268,8 @@ class NodeService(node_service_pb2_grpc.NodeServiceServicer):
         for node in self.cluster.health(request.hostname):
             entry = _node_health(self.cluster, node, node.health)
             if request.include_history:
-                entry.history.extend(node.history)
+                for sample in node.history:
+                    entry.history.add().MergeFromString(sample)
             response.nodes.append(entry)
         return response
 

@@ -26,13 +26,11 @@ def to_timestamp(value: datetime | None) -> Timestamp | None:
     return stamp
 
 
-def from_timestamp(
+def check_timestamp(
     message: Message, field: str, error: type[Exception] = ValueError
-) -> datetime | None:
-    """``message.<field>`` as an aware UTC datetime; None when unset. A value outside years
-    1..9999 or with nanos outside 0..999,999,999 raises ``error`` (e.g. the Host's
-    InvalidArgument) with a message that names the field:
-    ``submitted_after: must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z``."""
+) -> Timestamp | None:
+    """``message.<field>`` (None when unset), once its seconds and nanos are known to make a
+    datetime (``from_timestamp``'s range check, without building the datetime)."""
     if not message.HasField(field):
         return None
     stamp: Timestamp = getattr(message, field)
@@ -42,6 +40,19 @@ def from_timestamp(
             f"(seconds {MIN_SECONDS}..{MAX_SECONDS}, nanos 0..{MAX_NANOS}), got seconds "
             f"{stamp.seconds}, nanos {stamp.nanos}"
         )
+    return stamp
+
+
+def from_timestamp(
+    message: Message, field: str, error: type[Exception] = ValueError
+) -> datetime | None:
+    """``message.<field>`` as an aware UTC datetime; None when unset. A value outside years
+    1..9999 or with nanos outside 0..999,999,999 raises ``error`` (e.g. the Host's
+    InvalidArgument) with a message that names the field:
+    ``submitted_after: must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z``."""
+    stamp = check_timestamp(message, field, error)
+    if stamp is None:
+        return None
     try:
         return stamp.ToDatetime(tzinfo=UTC)
     except (ValueError, OverflowError) as exc:  # anything the range check above missed

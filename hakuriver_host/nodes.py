@@ -378,6 +378,8 @@ class NodeTable:
         """Add the GPUs a heartbeat reads that the node lacks: its Runner registered while
         NVML was failing or stuck (a Runner started before the driver was loaded, at boot),
         or it read them at none of its registrations. True if any was added."""
+        if not readings:  # most heartbeats: a node without GPUs
+            return False
         known = {int(g["index"]) for g in node.gpus}
         added = [g for g in readings if g.index not in known]
         if not added:

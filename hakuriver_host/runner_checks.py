@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from hakuriver_common import limits
 from hakuriver_common.environments import check_environment_name
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
-from hakuriver_common.timestamps import from_timestamp
+from hakuriver_common.timestamps import check_timestamp
 from hakuriver_host.errors import InvalidArgument
 
 MAX_GPU_TEXT = 256
@@ -84,29 +84,45 @@ def check_register(reg: rpb.RegisterRunner) -> None:
         )
 
 
-def _finite(field: str, reading: Message) -> None:
+def _doubles(message_type: type[Message]) -> tuple[str, ...]:
+    return tuple(f.name for f in message_type.DESCRIPTOR.fields if f.type == f.TYPE_DOUBLE)
+
+
+# A reading's numbers, by name: every heartbeat checks them (ListFields is slower).
+_HEALTH_DOUBLES = _doubles(node_pb2.Health)
+_GPU_DOUBLES = _doubles(node_pb2.Gpu)
+
+
+def _finite(field: str, reading: Message, names: tuple[str, ...]) -> None:
     """Every number of a reading is finite: a NaN or infinite one, kept in the history, made
     every `hakuriver.client health` end in a traceback drawing its trend."""
-    for descriptor, value in reading.ListFields():
-        if descriptor.type == descriptor.TYPE_DOUBLE and not math.isfinite(value):
-            raise InvalidArgument(f"{field}.{descriptor.name}: must be a number, got {value}")
+    for name in names:
+        value = getattr(reading, name)
+        if not math.isfinite(value):
+            raise InvalidArgument(f"{field}.{name}: must be a number, got {value}")
 
 
 def check_heartbeat(beat: rpb.Heartbeat) -> None:
-    size = beat.health.ByteSize()
+    """What every heartbeat is checked for; done at each one, so done cheaply: a part the
+    sample lacks (GPUs, environments) costs nothing."""
+    health = beat.health
+    size = health.ByteSize()
     if size > limits.MAX_HEALTH_BYTES:
         raise InvalidArgument(
             f"heartbeat.health: at most {limits.MAX_HEALTH_BYTES} bytes, got {size}"
         )
-    _gpus("heartbeat.health.gpus", list(beat.health.gpus))
-    _finite("heartbeat.health", beat.health)
-    for gpu in beat.health.gpus:
-        _finite("heartbeat.health.gpus", gpu)
+    gpus = list(health.gpus)
+    if gpus:
+        _gpus("heartbeat.health.gpus", gpus)
+    _finite("heartbeat.health", health, _HEALTH_DOUBLES)
+    for gpu in gpus:
+        _finite("heartbeat.health.gpus", gpu, _GPU_DOUBLES)
     try:  # a time past year 9999, kept, made every `health --json` end in a traceback
-        from_timestamp(beat.health, "sampled_at")
+        check_timestamp(health, "sampled_at")
     except ValueError as exc:
         raise InvalidArgument(f"heartbeat.health.{exc}") from None
-    _environments("heartbeat.environments", list(beat.environments))
+    if beat.environments:
+        _environments("heartbeat.environments", list(beat.environments))
     _count("heartbeat.loaded", len(beat.loaded), limits.MAX_ENVIRONMENTS)
 
 

@@ -32,7 +32,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from alembic import command as alembic_command
 from sqlalchemy import (
     Table,
     and_,
@@ -523,7 +522,6 @@ class Store:
     def migrate(self) -> None:
         """Bring the schema to the newest revision (``hakuriver_host/migrations``), in one
         transaction: a failed migration leaves the database as it was."""
-        settings = migrations.settings()
         database = _shown(str(self.engine.url))
         self._connect().close()  # apart from the migration, whose errors keep their traceback
         with self.engine.begin() as connection:
@@ -536,6 +534,8 @@ class Store:
                     connection.exec_driver_sql("BEGIN IMMEDIATE")
                 except DBAPIError as exc:
                     raise self._cannot_open(exc) from None
+            if migrations.is_newest(connection):
+                return
             newer = migrations.unknown_revisions(connection)
             if newer:
                 raise DatabaseError(
@@ -544,9 +544,8 @@ class Store:
                     f"knows up to {migrations.newest_revision()}): run that version, or "
                     "restore the backup taken before the upgrade"
                 )
-            settings.attributes["connection"] = connection
             try:
-                alembic_command.upgrade(settings, "head")
+                migrations.upgrade(connection)
             except migrations.NotHakuRivers as exc:
                 raise DatabaseError(f"cannot use the database {database}: {exc}") from None
 

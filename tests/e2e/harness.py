@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -239,23 +239,33 @@ join_token = "{self.join_token}"
     # ----- processes --------------------------------------------------------------------
 
     def _spawn(
-        self, module: str, log_name: str, extra_env: dict[str, str]
+        self,
+        module: str,
+        log_name: str,
+        extra_env: dict[str, str],
+        python_args: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
+        """``python_args``: what the interpreter runs instead of ``-m module`` (a wrapper
+        that observes the process, e.g. ``-c`` with a script)."""
         env = {**os.environ, **extra_env}
         log_file = (self.root / log_name).open("ab")
         return subprocess.Popen(
-            [sys.executable, "-m", module, "--config", str(self.config_path)],
+            [sys.executable, *(python_args or ("-m", module)), "--config", str(self.config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=env,
         )
 
-    def spawn_host(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def spawn_host(
+        self, env: dict[str, str] | None = None, python_args: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         """A Host process, not waited for (``env``: its own settings, over the config)."""
-        return self._spawn("hakuriver_host", "host.log", env or {})
+        return self._spawn("hakuriver_host", "host.log", env or {}, python_args)
 
-    def start_host(self, env: dict[str, str] | None = None) -> None:
-        self.host = self.spawn_host(env)
+    def start_host(
+        self, env: dict[str, str] | None = None, python_args: Sequence[str] = ()
+    ) -> None:
+        self.host = self.spawn_host(env, python_args)
         with open_channel(self.client_config, "") as probe:
             health = health_pb2_grpc.HealthStub(probe)
 

@@ -33,7 +33,7 @@ DATA = Path(__file__).parent / "data"
 
 
 def _head() -> str:
-    head = migrations.newest_revision()
+    head = ScriptDirectory.from_config(migrations.settings()).get_current_head()
     assert head is not None
     return head
 
@@ -54,6 +54,12 @@ def _tables(path: Path) -> set[str]:
     with sqlite3.connect(path) as conn:
         rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
         return {row[0] for row in rows}
+
+
+def test_the_newest_revision_read_without_alembic_is_alembics_head() -> None:
+    """The Host learns whether its database is current from the revision files' text, so
+    that a start on a current database does not load Alembic: the two must agree."""
+    assert migrations.newest_revision() == _head()
 
 
 def test_fresh_database_is_the_models_schema(tmp_path: Path) -> None:

@@ -1,0 +1,74 @@
+"""What a Host loads when it starts on a database it started on before (the usual start):
+not Alembic, whose migrations have nothing to do, and not docker-py, which only the
+environments' calls need (its default environment has its tarball, made at its first start).
+
+Observed in a real Host process: the Host's own entry (``hakuriver_host.main.run``) under a
+``python -c`` wrapper that writes the names in ``sys.modules`` at exit. The Host is stopped
+with SIGTERM once it serves, so the names are all it loaded to start, serve and stop. Only
+which modules are loaded is checked, never how much memory or time they took (that is
+bench/bench_footprint.py's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import uuid
+from collections.abc import Iterator
+
+import docker
+import pytest
+
+from hakuriver_common.environments import list_tarballs
+from tests.e2e.harness import BASE_ENV, ProcessCluster, wait_for
+
+pytestmark = pytest.mark.docker
+
+PROBE = """
+import atexit, json, os, sys
+out = os.environ["HAKURIVER_TEST_MODULES"]
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["hakuriver.host", *sys.argv[1:]]
+from hakuriver_host.main import run
+run()
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
+    """The modules of a Host started once (it makes its database and its default
+    environment, an environment of its own from the test image), stopped, and started
+    again under the probe, then stopped. The environment's container and image are removed
+    afterwards."""
+    root = tmp_path_factory.mktemp("restarted")
+    name = f"footprint-{uuid.uuid4().hex[:8]}"
+    extra = f'initial_base_image = "hakuriver/{BASE_ENV}:base"\ndefault_container_name = "{name}"'
+    cluster = ProcessCluster(root, runner_count=0, extra_config=extra)
+    modules = root / "modules.json"
+    try:
+        cluster.start_host()
+        tarballs = cluster.shared_dir / cluster.client_config.docker.container_dir
+        wait_for(lambda: list_tarballs(tarballs), what="the default environment's tarball")
+        cluster.kill_host(signal.SIGTERM)
+        cluster.start_host({"HAKURIVER_TEST_MODULES": str(modules)}, ("-c", PROBE))
+        cluster.kill_host(signal.SIGTERM)
+        assert cluster.host is not None and cluster.host.returncode == 0, cluster.log("host.log")
+        yield set(json.loads(modules.read_text()))
+    finally:
+        cluster.stop()
+        client = docker.from_env()
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(f"hakuriver-env-{name}").remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(f"hakuriver/{name}:base", force=True)
+        client.close()
+
+
+def test_the_probe_sees_the_host_serve(loaded: set[str]) -> None:
+    assert "hakuriver_host.server" in loaded
+
+
+def test_a_start_on_a_current_database_loads_no_alembic(loaded: set[str]) -> None:
+    """The migrations have nothing to do: the database is at the newest revision."""
+    assert loaded & {"alembic", "mako", "pygments"} == set()

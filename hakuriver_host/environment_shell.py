@@ -16,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from docker.utils.socket import frames_iter
-
 STDERR_FRAME = 2
 log = logging.getLogger(__name__)
 
@@ -35,6 +33,8 @@ class ShellProcess:
 
     def output(self) -> Iterator[tuple[bool, bytes]]:
         """(is_stderr, data) as the process writes, until it closes its output."""
+        from docker.utils.socket import frames_iter
+
         try:
             for stream, data in frames_iter(self._sock, self.tty):
                 yield stream == STDERR_FRAME, data

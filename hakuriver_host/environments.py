@@ -3,6 +3,8 @@
 Blocking docker-py and file work; the servicer runs it off the event loop. Tarballs are
 written to a hidden temporary file in the same folder, fsynced and renamed, so a Runner
 never sees a half-written one; only then are older tarballs of the environment removed.
+docker-py (with requests, ~8 MB) is imported by the calls that use Docker, not with this
+module: a Host whose default environment has its tarball may never need it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import docker
-import docker.errors
-import requests
 
 from hakuriver_common.config import Config
 from hakuriver_common.docker_errors import unreachable
@@ -60,6 +58,9 @@ def _docker_answers(method: Callable[..., _R]) -> Callable[..., _R]:
 
     @functools.wraps(method)
     def call(*args: Any, **kwargs: Any) -> _R:
+        import docker.errors
+        import requests
+
         try:
             return method(*args, **kwargs)
         except docker.errors.APIError as exc:
@@ -105,6 +106,8 @@ class EnvironmentManager:
     @property
     def client(self) -> Any:
         if self._client is None:
+            import docker.errors
+
             try:
                 self._client = docker.from_env(timeout=300)
             except docker.errors.DockerException as exc:
@@ -125,6 +128,8 @@ class EnvironmentManager:
         return name
 
     def _container(self, name: str) -> Any:
+        import docker.errors
+
         try:
             return self.client.containers.get(self.container_name(self._valid(name)))
         except docker.errors.NotFound:
@@ -149,6 +154,8 @@ class EnvironmentManager:
         )
 
     def _local_image(self, image: str) -> Any:
+        import docker.errors
+
         try:
             return self.client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -158,6 +165,8 @@ class EnvironmentManager:
 
     @_docker_answers
     def create_container(self, image: str, name: str) -> dict[str, str]:
+        import docker.errors
+
         self._valid(name)
         self._local_image(image)
         try:
@@ -285,6 +294,8 @@ class EnvironmentManager:
             return self._create_tar(name, progress)
 
     def _create_tar(self, name: str, progress: Callable[[int], None]) -> TarballFile:
+        import docker.errors
+
         container = self._container(name)
         timestamp = self._next_timestamp(name)
         source = self.client.images.get(container.image.id)
@@ -311,6 +322,8 @@ class EnvironmentManager:
         return saved
 
     def _previous_image(self, name: str) -> str | None:
+        import docker.errors
+
         try:
             return str(self.client.images.get(image_for(name)).id)
         except docker.errors.ImageNotFound:
@@ -363,6 +376,8 @@ class EnvironmentManager:
     def _import_rootfs(
         self, name: str, upload: Path, progress: Callable[[int], None]
     ) -> TarballFile:
+        import docker.errors
+
         try:
             if upload.stat().st_size == 0:
                 # What a failed `docker export ... |` sends: Docker would import it as an
@@ -395,6 +410,8 @@ class EnvironmentManager:
         name = self.config.docker.default_container_name
         if any(t.name == name for t in list_tarballs(self.directory)):
             return
+        import docker.errors
+
         base = self.config.docker.initial_base_image
         try:
             self._local_image(base)

@@ -72,3 +72,8 @@ def test_the_probe_sees_the_host_serve(loaded: set[str]) -> None:
 def test_a_start_on_a_current_database_loads_no_alembic(loaded: set[str]) -> None:
     """The migrations have nothing to do: the database is at the newest revision."""
     assert loaded & {"alembic", "mako", "pygments"} == set()
+
+
+def test_a_start_with_the_default_environment_made_loads_no_docker_py(loaded: set[str]) -> None:
+    """Only the environments' calls need docker-py, and the default one has its tarball."""
+    assert loaded & {"docker", "requests", "urllib3"} == set()

@@ -35,8 +35,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
-
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.daemon_threads import on_daemon_thread
 from hakuriver_host.log_limits import LimitedLog
@@ -200,6 +198,9 @@ class Webhook:
             cut.over()
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
+        # Here, not with the module: a Host without webhooks never loads tenacity.
+        from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential_jitter
+
         base = self.config.retry_base_seconds
         attempts = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_attempts),

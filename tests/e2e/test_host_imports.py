@@ -1,6 +1,7 @@
 """What a Host loads when it starts on a database it started on before (the usual start):
-not Alembic, whose migrations have nothing to do, and not docker-py, which only the
-environments' calls need (its default environment has its tarball, made at its first start).
+not Alembic, whose migrations have nothing to do; not docker-py, which only the
+environments' calls need (its default environment has its tarball, made at its first start);
+not tenacity, which only webhook deliveries need (it has no webhooks).
 
 Observed in a real Host process: the Host's own entry (``hakuriver_host.main.run``) under a
 ``python -c`` wrapper that writes the names in ``sys.modules`` at exit. The Host is stopped
@@ -77,3 +78,8 @@ def test_a_start_on_a_current_database_loads_no_alembic(loaded: set[str]) -> Non
 def test_a_start_with_the_default_environment_made_loads_no_docker_py(loaded: set[str]) -> None:
     """Only the environments' calls need docker-py, and the default one has its tarball."""
     assert loaded & {"docker", "requests", "urllib3"} == set()
+
+
+def test_a_start_without_webhooks_loads_no_tenacity(loaded: set[str]) -> None:
+    """tenacity retries webhook deliveries, and this Host has no webhooks."""
+    assert "tenacity" not in loaded

@@ -6,6 +6,7 @@ a crash would. Modelled on dask's gen_cluster: start, hand out, tear down cleanl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -27,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hakuriver_common.channels import open_channel
 from hakuriver_common.config import Config, load_config
 from hakuriver_common.credentials import read_secret
+from hakuriver_common.environments import list_tarballs
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     access_service_pb2_grpc,
@@ -409,6 +411,33 @@ join_token = "{self.join_token}"
             timeout=timeout,
             env={**os.environ, "HAKURIVER_CONFIG": str(self.config_path), "COLUMNS": "200"},
         )
+
+
+@contextmanager
+def own_default_environment() -> Iterator[str]:
+    """[docker] lines (``extra_config``) giving a cluster a default environment of its own,
+    which its Host's first start makes from the test image, as a new Host makes one from
+    busybox:latest; the environment's container and image are removed afterwards."""
+    name = f"own-{uuid.uuid4().hex[:8]}"
+    try:
+        yield f'initial_base_image = "hakuriver/{BASE_ENV}:base"\ndefault_container_name = "{name}"'
+    finally:
+        client = docker.from_env()
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(f"hakuriver-env-{name}").remove(force=True)
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(f"hakuriver/{name}:base", force=True)
+        client.close()
+
+
+def default_environment_made(cluster: ProcessCluster) -> None:
+    """Wait until the Host has saved its default environment's tarball."""
+    tarballs = cluster.shared_dir / cluster.client_config.docker.container_dir
+    name = cluster.client_config.docker.default_container_name
+    wait_for(
+        lambda: [t for t in list_tarballs(tarballs) if t.name == name],
+        what="the default environment's tarball",
+    )
 
 
 @contextmanager

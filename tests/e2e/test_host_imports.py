@@ -12,17 +12,13 @@ bench/bench_footprint.py's).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
-import uuid
 from collections.abc import Iterator
 
-import docker
 import pytest
 
-from hakuriver_common.environments import list_tarballs
-from tests.e2e.harness import BASE_ENV, ProcessCluster, wait_for
+from tests.e2e.harness import ProcessCluster, default_environment_made, own_default_environment
 
 pytestmark = pytest.mark.docker
 
@@ -39,31 +35,23 @@ run()
 @pytest.fixture(scope="module")
 def loaded(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     """The modules of a Host started once (it makes its database and its default
-    environment, an environment of its own from the test image), stopped, and started
-    again under the probe, then stopped. The environment's container and image are removed
-    afterwards."""
+    environment), stopped, and started again under the probe, then stopped."""
     root = tmp_path_factory.mktemp("restarted")
-    name = f"footprint-{uuid.uuid4().hex[:8]}"
-    extra = f'initial_base_image = "hakuriver/{BASE_ENV}:base"\ndefault_container_name = "{name}"'
-    cluster = ProcessCluster(root, runner_count=0, extra_config=extra)
     modules = root / "modules.json"
-    try:
-        cluster.start_host()
-        tarballs = cluster.shared_dir / cluster.client_config.docker.container_dir
-        wait_for(lambda: list_tarballs(tarballs), what="the default environment's tarball")
-        cluster.kill_host(signal.SIGTERM)
-        cluster.start_host({"HAKURIVER_TEST_MODULES": str(modules)}, ("-c", PROBE))
-        cluster.kill_host(signal.SIGTERM)
-        assert cluster.host is not None and cluster.host.returncode == 0, cluster.log("host.log")
-        yield set(json.loads(modules.read_text()))
-    finally:
-        cluster.stop()
-        client = docker.from_env()
-        with contextlib.suppress(docker.errors.NotFound):
-            client.containers.get(f"hakuriver-env-{name}").remove(force=True)
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            client.images.remove(f"hakuriver/{name}:base", force=True)
-        client.close()
+    with own_default_environment() as extra:
+        cluster = ProcessCluster(root, runner_count=0, extra_config=extra)
+        try:
+            cluster.start_host()
+            default_environment_made(cluster)
+            cluster.kill_host(signal.SIGTERM)
+            cluster.start_host({"HAKURIVER_TEST_MODULES": str(modules)}, ("-c", PROBE))
+            cluster.kill_host(signal.SIGTERM)
+            assert cluster.host is not None and cluster.host.returncode == 0, cluster.log(
+                "host.log"
+            )
+            yield set(json.loads(modules.read_text()))
+        finally:
+            cluster.stop()
 
 
 def test_the_probe_sees_the_host_serve(loaded: set[str]) -> None:

@@ -150,10 +150,10 @@ class Cpu:
     others: float = 0.0
     seconds: float = 0.0
 
-    def shares(self) -> str:
+    def shares(self, server: str = "Host") -> str:
         wall = max(self.seconds, 1e-9)
         return (
-            f"CPU: Host {self.host / wall:.0%} of a core, load generator and simulated "
+            f"CPU: {server} {self.host / wall:.0%} of a core, load generator and simulated "
             f"runners {self.own / wall:.0%}, other processes {self.others / wall:.0%}"
         )
 
@@ -204,6 +204,8 @@ class Result:
     floor_cpu: Cpu
     # The floor's calls to a bare grpc.aio server (bench/grpc_ceiling.py), each round.
     ceiling_rounds: list[float]
+    # Single submits to it: a task's messages alone.
+    ceiling_singles: Singles
     # While the lone tasks ran with no load.
     idle_cpu: Cpu
     singles: Singles
@@ -476,12 +478,13 @@ class Bench:
                 async with self.cpu() as floor_cpu:
                     with self.profiler.during("floor", self.host_pid):
                         floors = await self.floor(ch)
-                ceilings = await self.ceiling()
+                ceilings, ceiling_singles = await self.ceiling()
                 async with self.cpu() as idle_cpu:
                     lone_idle = await self.prober.probe(counts.lone, False, counts.timeout)
                 with self.profiler.during("singles", self.host_pid):
                     singles, (lone_singles, lone_own) = await self.under_probe(
-                        lambda done: self.singles(stub, done), sweeper
+                        lambda done: self.singles(stub, done, self.releases, self.runners),
+                        sweeper,
                     )
                 with self.profiler.during("arrays", self.host_pid):
                     arrays, (lone_arrays,) = await self.under_probe(
@@ -497,6 +500,7 @@ class Bench:
             floor_rounds=floors,
             floor_cpu=floor_cpu,
             ceiling_rounds=ceilings,
+            ceiling_singles=ceiling_singles,
             idle_cpu=idle_cpu,
             singles=singles,
             arrays=arrays,
@@ -508,8 +512,10 @@ class Bench:
         )
 
     @contextlib.asynccontextmanager
-    async def cpu(self) -> Any:
-        host, own = psutil.Process(self.host_pid), psutil.Process()
+    async def cpu(self, server: int = 0) -> Any:
+        """CPU of the Host (or of the process ``server``), of this process and the probe's,
+        and of the rest of the machine."""
+        host, own = psutil.Process(server or self.host_pid), psutil.Process()
         probe = psutil.Process(self.prober.proc.pid)
         processes = (host, own, probe)
         before = [sum(p.cpu_times()[:2]) for p in processes]
@@ -540,11 +546,26 @@ class Bench:
             rates.append(self.counts.tasks / (time.perf_counter() - start))
         return rates
 
-    async def ceiling(self) -> list[float]:
-        """The floor's calls, made the same way, to grpc.aio alone (bench/grpc_ceiling.py)."""
+    async def ceiling(self) -> tuple[list[float], Singles]:
+        """The floor's calls and the single submits, made the same way, to grpc.aio alone
+        (bench/grpc_ceiling.py), with Runners of its own."""
+        releases = Releases()
         with bare_server(self.host.client_config) as bare:
-            async with open_aio_channel(bare.config, "") as channel:
-                return await self.floor(channel)
+            runners = [
+                FakeRunner(bare.config, f"bare-{i:03d}", on_release=releases)
+                for i in range(self.counts.runners)
+            ]
+            try:
+                await asyncio.gather(*(r.start() for r in runners))
+                async with open_aio_channel(bare.config, "") as channel:
+                    rates = await self.floor(channel)
+                    stub = task_service_pb2_grpc.TaskServiceStub(channel)
+                    done = asyncio.Event()
+                    done.set()
+                    singles = await self.singles(stub, done, releases, runners, bare.pid)
+            finally:
+                await asyncio.gather(*(r.stop() for r in runners))
+        return rates, singles
 
     async def under_probe(
         self, load: Callable[[asyncio.Event], Awaitable[T]], *own: str
@@ -584,11 +605,18 @@ class Bench:
         return reply.secret
 
     async def singles(
-        self, stub: task_service_pb2_grpc.TaskServiceStub, done: asyncio.Event
+        self,
+        stub: task_service_pb2_grpc.TaskServiceStub,
+        done: asyncio.Event,
+        releases: Releases,
+        runners: list[FakeRunner],
+        server: int = 0,
     ) -> Singles:
+        """``tasks`` single submits (more until ``done``), completed when ``runners`` were
+        each released; the server is the Host unless ``server`` (a pid) is given."""
         counts = self.counts
         submitted_at: dict[int, float] = {}
-        self.releases.reset()
+        releases.reset()
         deadline = time.monotonic() + counts.timeout
         request = tpb.SubmitTaskRequest(command="true", container_name=ENV, memory=LOAD_MEMORY)
         issued = 0
@@ -605,15 +633,15 @@ class Bench:
                 reply = await stub.SubmitTask(request, timeout=counts.timeout)
                 submitted_at[reply.tasks[0].task_id] = sent
 
-        async with self.cpu() as cpu:
+        async with self.cpu(server) as cpu:
             start = time.perf_counter()
             await asyncio.gather(*(submitter() for _ in range(counts.in_flight)))
             submit_seconds = time.perf_counter() - start
-            await self.releases.reach(len(submitted_at), counts.timeout, "single submits")
+            await releases.reach(len(submitted_at), counts.timeout, "single submits")
             total = time.perf_counter() - start
         if timed_out:
             self.notes.append(f"single submits: stopped after {issued} at the timeout")
-        dispatched = {t: at for r in self.runners for t, at in r.dispatched_at.items()}
+        dispatched = {t: at for r in runners for t, at in r.dispatched_at.items()}
         to_dispatch = [dispatched[t] - s for t, s in submitted_at.items() if t in dispatched]
         return Singles(len(submitted_at), submit_seconds, total, to_dispatch, cpu)
 
@@ -706,12 +734,22 @@ def report(result: Result, counts: Counts) -> None:
         f"the floor is {floor / ceiling:.2f}x of it, the single-submit goal "
         f"{GOAL_SINGLES / ceiling:.2f}x"
     )
+    bare = result.ceiling_singles
+    bare_e2e = bare.tasks / bare.total_seconds
+    print(
+        "  grpc.aio alone, a task's messages: the same single submits to that server, which "
+        "answers each with an id and dispatches it to the next of its own Runners, and "
+        "releases it when reported exited (nothing checked, stored or scheduled): "
+        f"{bare_e2e:.0f} tasks/s end to end; the single-submit goal is "
+        f"{GOAL_SINGLES / bare_e2e:.2f}x of it"
+    )
+    print(f"    {bare.cpu.shares('server')}")
     print(f"  single submits: {singles.tasks} tasks, {counts.in_flight} SubmitTask in flight")
     print(f"    submitted          {singles.tasks / singles.submit_seconds:7.0f} tasks/s")
     e2e = singles.tasks / singles.total_seconds
     print(
-        f"    end to end         {e2e:7.0f} tasks/s = {e2e / floor:.2f}x the floor"
-        f"      goal > {GOAL_SINGLES:,} tasks/s"
+        f"    end to end         {e2e:7.0f} tasks/s = {e2e / floor:.2f}x the floor = "
+        f"{e2e / bare_e2e:.2f}x grpc.aio alone's task messages      goal > {GOAL_SINGLES:,} tasks/s"
     )
     print(
         f"    submit -> dispatch p50 {_ms(percentile(singles.to_dispatch, 0.5))}  "

@@ -1,8 +1,8 @@
 """The scheduler benchmark of ``make bench`` (bench/bench_scheduler.py), shrunk to seconds: a
-Host process, 3 simulated Runners, the floor's calls to the Host and to a bare grpc.aio
-server, a few single submits, two arrays of 200 tasks, and 5 lone tasks from the probe
-process with no load, during the submits and during the arrays. Only that it measured and
-printed is checked; its figures are the benchmark's business."""
+Host process, 3 simulated Runners, the floor's calls and a few single submits to the Host and
+to a bare grpc.aio server (with Runners of its own), two arrays of 200 tasks, and 5 lone tasks
+from the probe process with no load, during the submits and during the arrays. Only that it
+measured and printed is checked; its figures are the benchmark's business."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def test_scheduler_benchmark_measures_submits_arrays_and_lone_tasks(
     assert result.floor == max(result.floor_rounds)
     assert len(result.ceiling_rounds) == bench_scheduler.FLOOR_ROUNDS
     assert all(math.isfinite(r) and r > 0 for r in result.ceiling_rounds)
+    bare = result.ceiling_singles
+    assert bare.tasks == counts.tasks and len(bare.to_dispatch) == bare.tasks
+    assert 0 < bare.submit_seconds <= bare.total_seconds and bare.cpu.host > 0
     singles = result.singles
     assert counts.tasks <= singles.tasks <= counts.tasks_max
     assert 0 < singles.submit_seconds <= singles.total_seconds
@@ -55,6 +58,8 @@ def test_scheduler_benchmark_measures_submits_arrays_and_lone_tasks(
     for figure in (
         "floor:",
         "grpc.aio alone:",
+        "grpc.aio alone, a task's messages:",
+        "x grpc.aio alone's task messages",
         "end to end",
         "accepted in",
         "during singles",

@@ -16,7 +16,6 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from hakuriver_common.credentials import write_secret
@@ -135,27 +134,3 @@ def issue_host_certificate(files: TlsFiles, names: Iterable[str]) -> list[str]:
     write_secret(files.host_key, _key_pem(key).strip())
     _write_public(files.host_cert, cert.public_bytes(serialization.Encoding.PEM))
     return wanted
-
-
-def _public(key: PublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def pair_problem(key_pem: bytes, cert_pem: bytes, key_name: str, cert_name: str) -> str | None:
-    """What keeps a private key and a certificate (named ``key_name`` and ``cert_name`` in
-    the answer) from serving TLS together; None when they are a pair."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        return f"{cert_name} is not a PEM certificate (hakuriver.init tls makes one)"
-    try:
-        key = serialization.load_pem_private_key(key_pem, None)
-    except TypeError:
-        return f"{key_name} is encrypted with a passphrase, which the Host cannot give"
-    except ValueError:
-        return f"{key_name} is not a PEM private key (hakuriver.init tls makes one)"
-    if _public(key.public_key()) != _public(cert.public_key()):
-        return f"{key_name} is not the key of {cert_name}: give the pair hakuriver.init tls wrote"
-    return None

@@ -16,7 +16,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
-from hakuriver_common.certificates import pair_problem
 from hakuriver_common.config import Config, is_loopback
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_connect,
@@ -47,6 +46,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.service import stop_on_signals
+from hakuriver_common.tls_pair import pair_problem
 from hakuriver_host import reflection_service
 from hakuriver_host.access_services import AccessService, AuditService
 from hakuriver_host.cluster import Cluster
@@ -189,16 +189,14 @@ def _tls_pems(config: Config) -> list[bytes]:
 
 def server_credentials(config: Config) -> grpc.ServerCredentials | None:
     """The Host's TLS identity; None for plaintext. One clear line when files are missing
-    or are no pair (gRPC then failed to listen, said as "address in use or not available")."""
+    or are no pair (gRPC then failed to listen, said as "address in use or not available").
+    The pair is checked by path once both files are read (ssl loads keys only from files)."""
     if config.tls.plaintext:
         return None
     pems = _tls_pems(config)
-    tls = config.tls
+    key_file, cert_file = config.tls.path("key_file"), config.tls.path("cert_file")
     problem = pair_problem(
-        pems[0],
-        pems[1],
-        f"tls.key_file {tls.path('key_file')}",
-        f"tls.cert_file {tls.path('cert_file')}",
+        key_file, cert_file, f"tls.key_file {key_file}", f"tls.cert_file {cert_file}"
     )
     if problem:
         raise SecurityConfigError(problem)

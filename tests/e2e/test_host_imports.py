@@ -1,7 +1,8 @@
 """What a Host loads when it starts on a database it started on before (the usual start):
 not Alembic, whose migrations have nothing to do; not docker-py, which only the
 environments' calls need (its default environment has its tarball, made at its first start);
-not tenacity, which only webhook deliveries need (it has no webhooks).
+not tenacity, which only webhook deliveries need (it has no webhooks); not cryptography,
+which makes certificates (hakuriver.init tls) but is not needed to check the Host's pair.
 
 Observed in a real Host process: the Host's own entry (``hakuriver_host.main.run``) under a
 ``python -c`` wrapper that writes the names in ``sys.modules`` at exit. The Host is stopped
@@ -71,3 +72,8 @@ def test_a_start_with_the_default_environment_made_loads_no_docker_py(loaded: se
 def test_a_start_without_webhooks_loads_no_tenacity(loaded: set[str]) -> None:
     """tenacity retries webhook deliveries, and this Host has no webhooks."""
     assert "tenacity" not in loaded
+
+
+def test_a_tls_start_loads_no_cryptography(loaded: set[str]) -> None:
+    """The Host serves TLS, and checks its key and certificate with the standard library."""
+    assert "cryptography" not in loaded

@@ -704,6 +704,10 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
 
+def _per_task(singles: Singles) -> str:
+    return f"{singles.cpu.host / singles.tasks * 1e6:.0f} us"
+
+
 def _lone_line(name: str, lone: Lone) -> str:
     running, answered = lone.running, lone.answered
     return (
@@ -743,7 +747,7 @@ def report(result: Result, counts: Counts) -> None:
         f"{bare_e2e:.0f} tasks/s end to end; the single-submit goal is "
         f"{GOAL_SINGLES / bare_e2e:.2f}x of it"
     )
-    print(f"    {bare.cpu.shares('server')}")
+    print(f"    {bare.cpu.shares('server')}; {_per_task(bare)} of the server's CPU per task")
     print(f"  single submits: {singles.tasks} tasks, {counts.in_flight} SubmitTask in flight")
     print(f"    submitted          {singles.tasks / singles.submit_seconds:7.0f} tasks/s")
     e2e = singles.tasks / singles.total_seconds
@@ -755,7 +759,11 @@ def report(result: Result, counts: Counts) -> None:
         f"    submit -> dispatch p50 {_ms(percentile(singles.to_dispatch, 0.5))}  "
         f"p99 {_ms(percentile(singles.to_dispatch, 0.99))}"
     )
-    print(f"    {singles.cpu.shares()}")
+    print(
+        f"    {singles.cpu.shares()}; {_per_task(singles)} of the Host's CPU per task = "
+        f"{singles.cpu.host / singles.tasks / (bare.cpu.host / bare.tasks):.2f}x grpc.aio "
+        "alone's"
+    )
     cap = counts.array_max_running or "none"
     print(
         f"  job arrays of {counts.array:,} tasks (max_running {cap}), {len(result.arrays)} one "

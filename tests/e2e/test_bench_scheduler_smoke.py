@@ -60,6 +60,8 @@ def test_scheduler_benchmark_measures_submits_arrays_and_lone_tasks(
         "grpc.aio alone:",
         "grpc.aio alone, a task's messages:",
         "x grpc.aio alone's task messages",
+        "of the server's CPU per task",
+        "of the Host's CPU per task",
         "end to end",
         "accepted in",
         "during singles",

@@ -159,6 +159,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "database": {
         "db_file": ("path", Path("~/.hakuriver/cluster.db"), None),
         "url": ("str", "", None),
+        "busy_timeout_seconds": ("float", 5.0, "0.1..3600"),
     },
     "timing": {
         "heartbeat_interval": ("float", 5.0, ">0"),
@@ -234,6 +235,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     ">1": lambda v: v > 1,
     ">=1": lambda v: v >= 1,
     "port": lambda v: 0 <= v <= 65535,
+    "0.1..3600": lambda v: 0.1 <= v <= 3600,
     "1..3600": lambda v: 1 <= v <= 3600,
     "1..86400": lambda v: 1 <= v <= 86400,
     "task_network": lambda v: v in ("host", "none"),

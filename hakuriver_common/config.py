@@ -122,6 +122,13 @@ class DatabaseConfig(Section):
     url: str = Field(
         "", description="SQLAlchemy URL (e.g. postgresql+psycopg://...); overrides db_file."
     )
+    busy_timeout_seconds: float = Field(
+        5.0,
+        ge=0.1,
+        le=3600,
+        description="SQLite: seconds a write waits for a lock another program holds before "
+        "it is refused (the call UNAVAILABLE; at start, the Host stops).",
+    )
 
     def sqlalchemy_url(self) -> str:
         if self.url:

@@ -50,7 +50,7 @@ async def _serve(cfg: Config) -> None:
 
 
 async def _recover_admin(cfg: Config) -> None:
-    store = Store(cfg.database.sqlalchemy_url())
+    store = Store(cfg.database.sqlalchemy_url(), cfg.database.busy_timeout_seconds)
     try:
         await store.run(store.migrate)
         access = Access(cfg, store)

@@ -224,7 +224,7 @@ class HostServer:
         self.config = config
         self.prepare_default_environment = prepare_default_environment
         self.metrics = HostMetrics()
-        self.store = Store(config.database.sqlalchemy_url())
+        self.store = Store(config.database.sqlalchemy_url(), config.database.busy_timeout_seconds)
         self.logs = LogStore(config.task_outputs_dir, config.task_errors_dir)
         self.cluster = Cluster(config, self.store, self.logs, self.metrics)
         self.gate = ApiInterceptor(

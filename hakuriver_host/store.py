@@ -74,13 +74,14 @@ T = TypeVar("T")
 # how long a node's change waits behind another node's (see group_commit), at little cost
 # to a job array's throughput.
 WRITE_BATCH = 256
+# How long a SQLite write waits for a lock another program holds (config.py's default).
+BUSY_TIMEOUT_SECONDS = 5.0
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
 
 
@@ -215,7 +216,9 @@ def _created_private(path: Path) -> Callable[..., None]:
     return create
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
+    """The engine of ``url``; SQLite's waits ``busy_timeout`` seconds for a lock another
+    program holds (database.busy_timeout_seconds)."""
     try:
         parsed = make_url(url)
     except ArgumentError:
@@ -225,7 +228,9 @@ def make_engine(url: str) -> Engine:
         ) from None
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
-            url, connect_args={"check_same_thread": False}, json_serializer=_json_text
+            url,
+            connect_args={"check_same_thread": False, "timeout": busy_timeout},
+            json_serializer=_json_text,
         )
         if parsed.database and parsed.database != ":memory:":
             folder = Path(parsed.database).parent
@@ -273,8 +278,8 @@ class TaskWrite:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        self.engine = make_engine(url, busy_timeout)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-db")
         self.reader = _snapshot_reads(self.engine)
         # An in-memory SQLite database is one connection per thread: read on the store's.

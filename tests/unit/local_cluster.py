@@ -52,6 +52,9 @@ TIMING = {
     "cleanup_check_interval": 0.1,
     "kill_grace_seconds": 0.2,
 }
+# The [database] section of a Host whose writes wait 0.2 s, not SQLite's 5, for a lock a
+# test holds (a sqlite3 shell's transaction): for tests that wait for that refusal.
+BRIEF_LOCK_WAIT = {"busy_timeout_seconds": 0.2}
 
 
 def local_config(root: Path, **sections: dict[str, Any]) -> Config:

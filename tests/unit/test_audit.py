@@ -28,7 +28,7 @@ from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.cli_threads import exit_code
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import Client, LocalCluster
+from tests.unit.local_cluster import BRIEF_LOCK_WAIT, Client, LocalCluster
 
 CODE = grpc.StatusCode
 ALLOWED = aupb.AUDIT_OUTCOME_ALLOWED
@@ -224,11 +224,12 @@ async def test_a_drain_or_revocation_made_already_is_no_change_audited(
 
 
 async def test_the_audit_log_is_listed_while_its_rows_wait_for_a_locked_database(
-    local_cluster: LocalCluster,
+    make_local_cluster: MakeCluster,
 ) -> None:
     """A query while the database refuses writes lists what is stored (SQLite, locked by
     another program, is still read): one made as the first rows met the lock waited for
     them to be written, for as long as the lock was held (the caller's deadline)."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     bob = await local_cluster.add_user("bob")
     drain = npb.DrainNodeRequest(hostname="a")
     with _locked(local_cluster):
@@ -240,12 +241,13 @@ async def test_the_audit_log_is_listed_while_its_rows_wait_for_a_locked_database
 
 
 async def test_a_revocation_the_database_refused_is_made_when_asked_again(
-    local_cluster: LocalCluster,
+    make_local_cluster: MakeCluster,
 ) -> None:
     """A RevokeToken, RevokeRunnerCredential or DeleteUser the database refused (locked by
     another program) left the token, credential or user's tokens revoked in memory only:
     asked again, the Host answered revoked, storing and auditing nothing (a user's tokens:
     deleted without them), and after a restart it let them in again."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     await local_cluster.add_runner("a")
     await local_cluster.add_user("bob")
     made = await local_cluster.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
@@ -253,6 +255,9 @@ async def test_a_revocation_the_database_refused_is_made_when_asked_again(
     revoke = apb.RevokeTokenRequest(token_id=made.token.token_id)
     runner = apb.RevokeRunnerCredentialRequest(hostname="a")
     delete = apb.DeleteUserRequest(name="bob")
+    # The events so far stored (a query waits for them): none is held by the lock, which
+    # the later ones would queue behind, past the query after it.
+    await _events(local_cluster)
     with _locked(local_cluster):
         assert await _refused(local_cluster.access.RevokeToken(revoke, timeout=30)) == (
             CODE.UNAVAILABLE
@@ -284,12 +289,14 @@ async def test_a_revocation_the_database_refused_is_made_when_asked_again(
 
 
 async def test_a_revocation_asked_while_another_is_being_stored_waits_for_it(
-    local_cluster: LocalCluster,
+    make_local_cluster: MakeCluster,
 ) -> None:
     """A RevokeToken asked while one of the same token was being written (the database
     locked by another program) answered at once that the token was revoked, from the mark
     the first had made in memory; the first was then refused and the mark undone: the
     token went on working, its revoker told it was revoked."""
+    # Writes wait 1 s for the lock: the first revocation's mark is seen while it waits.
+    local_cluster = await make_local_cluster(database={"busy_timeout_seconds": 1})
     bob = await local_cluster.add_user("bob")
     token_id = (await bob.access.WhoAmI(apb.WhoAmIRequest(), timeout=5)).token_id
     revoke = apb.RevokeTokenRequest(token_id=token_id)
@@ -512,10 +519,11 @@ async def test_a_forget_age_past_year_one_keeps_everything_without_a_traceback(
 
 
 async def test_audit_events_while_the_database_is_locked_are_stored_once_it_is_not(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rows the database refused (locked by another program, a PostgreSQL server away)
     were dropped, only in the Host's log (QA); they are held and stored once it is back."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     bob = await local_cluster.add_user("bob")
     drain = npb.DrainNodeRequest(hostname="a")
     with _locked(local_cluster):

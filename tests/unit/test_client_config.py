@@ -165,8 +165,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
     if check == "user_name":
         return st.sampled_from(["admin", "root", "ops.team-1"])
     if kind == "float" and check is not None and ".." in check:
-        low, high = (int(edge) for edge in check.split(".."))
-        return st.one_of(st.floats(low, high), st.integers(low, high))
+        low, high = (float(edge) for edge in check.split(".."))
+        return st.one_of(st.floats(low, high), st.integers(math.ceil(low), int(high)))
     if kind == "float":
         low = {">0": 0.001, ">=0": 0.0, ">1": 1.001}.get(check or "", -1e6)
         return st.one_of(st.floats(low, 1e6), st.integers(math.ceil(low), 10**6))

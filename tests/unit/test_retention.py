@@ -29,7 +29,7 @@ from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import forgetting
 from tests.fake_runner import HOLD, eventually, exit_with
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import TIMING, LocalCluster
+from tests.unit.local_cluster import BRIEF_LOCK_WAIT, TIMING, LocalCluster
 
 CODE = grpc.StatusCode
 OUTPUT = exit_with(0, b"out\n", b"err\n")
@@ -291,7 +291,7 @@ async def test_a_locked_database_puts_the_hourly_forgetting_off_in_one_line(
     monkeypatch.setattr(forgetting, "FORGET_EVERY_SECONDS", 0.1)
     caplog.set_level(logging.INFO)
     key = "forget_tasks_days" if what == "tasks" else "forget_audit_days"
-    cluster = await make_local_cluster(timing={**TIMING, key: 30})
+    cluster = await make_local_cluster(timing={**TIMING, key: 30}, database=BRIEF_LOCK_WAIT)
     await cluster.add_runner("a", answer=OUTPUT)
     [task] = await _ended(cluster)
     other = sqlite3.connect(cluster.config.database.db_file, isolation_level=None)

@@ -42,7 +42,7 @@ from tests.fake_runner import (
     start_failure,
 )
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import TIMING, LocalCluster, status_of
+from tests.unit.local_cluster import BRIEF_LOCK_WAIT, TIMING, LocalCluster, status_of
 
 
 def by_command(dispatch: rpb.DispatchCommand) -> Answer:
@@ -539,13 +539,14 @@ async def test_each_report_of_a_message_sees_what_those_before_it_changed(
 
 
 async def test_a_task_that_ends_while_the_database_is_locked_is_stored_once_it_is_not(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Runner's report whose write failed (the database locked by another program, or a
     PostgreSQL server away) was dropped: the Host forgot the task, the Runner, reconnecting,
     was told to discard it, and the database kept it running (lost after a restart) (QA).
     The change is held and stored once the database takes writes again; the Runner's task
     is released only then, and its end is stored once."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     runner = await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
@@ -593,7 +594,7 @@ async def _ended_while_locked(
 
 
 async def test_a_tasks_end_is_shown_once_it_is_stored(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """GetTask, ListTasks, CountTasks, GetBatch and a WatchTask opened meanwhile showed a
     task's end as soon as its Runner reported it, before it was stored: a Host killed then
@@ -601,7 +602,8 @@ async def test_a_tasks_end_is_shown_once_it_is_stored(
     While its end is held (the database locked) each shows it running, as stored, and a
     kill is refused as 'completed' only once that end is stored (it waits: the caller's
     deadline passes); once the end is stored, each shows it. (A read of the store waits
-    for the write being tried, up to SQLite's 5 s wait for the lock: calls get 30 s.)"""
+    for the write being tried, up to its wait for the lock: calls get 30 s.)"""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     array = tpb.TaskArray(indices=[0])
     _, task, other = await _ended_while_locked(local_cluster, caplog, array=array)
     tasks = local_cluster.tasks
@@ -636,12 +638,13 @@ async def test_a_tasks_end_is_shown_once_it_is_stored(
 
 
 async def test_a_followed_output_ends_once_the_tasks_end_is_stored(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """ReadLog with follow, asked while a task's end is held (the database locked), ended
     at once, its task ended in memory, while GetTask showed it running (as stored): a
     client following the output took the task for ended. It follows on until the end is
     stored, then ends with every byte."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     _, task, other = await _ended_while_locked(local_cluster, caplog)
     stdout = task_pb2.LOG_STREAM_STDOUT
     request = lpb.ReadLogRequest(task_id=task.task_id, stream=stdout, follow=True)
@@ -655,11 +658,12 @@ async def test_a_followed_output_ends_once_the_tasks_end_is_stored(
 
 
 async def test_an_ssh_ticket_for_a_vps_whose_end_is_held_is_refused_once_it_is_stored(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A VPS whose end is held (the database locked) is shown running; a ticket for it
     was refused at once as 'completed, not running'. It is refused once that end is
     stored, so shown (the caller's deadline passes meanwhile)."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE1KjKdQFMK2E8kVmbb3r2Dk5c6bwSvpZ0ZyYy2sQkVx"
     vps = {"kind": task_pb2.TASK_KIND_VPS, "ssh_public_key": key}
     _, task, other = await _ended_while_locked(local_cluster, caplog, **vps)
@@ -675,11 +679,12 @@ async def test_an_ssh_ticket_for_a_vps_whose_end_is_held_is_refused_once_it_is_s
 
 
 async def test_a_task_whose_placement_is_held_is_shown_pending_waiting_for_nothing(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A capped array's next task, placed in memory once the first one ended while the
     database was locked, is shown as stored (pending), but not as waiting for its array's
     cap, which it holds (QA: 'its array's cap: 1 of its tasks hold resources')."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     array = tpb.TaskArray(indices=[0, 1], max_running=1)
     _, first, other = await _ended_while_locked(local_cluster, caplog, array=array)
     with closing(other):
@@ -709,7 +714,9 @@ async def test_a_runner_back_before_its_tasks_end_is_stored_keeps_it_until_it_is
     keeps the task until its end is stored, which the registration's write sets going."""
     monkeypatch.setattr(group_commit, "HELD_PAUSE", 600.0)  # held until a write says
     # Nothing else writes meanwhile: no Runner goes silent, no heartbeat is stored.
-    cluster = await make_local_cluster(timing={**TIMING, "heartbeat_timeout_factor": 1000})
+    cluster = await make_local_cluster(
+        timing={**TIMING, "heartbeat_timeout_factor": 1000}, database=BRIEF_LOCK_WAIT
+    )
     runner, task, other = await _ended_while_locked(cluster, caplog)
     other.close()
     await runner.connect()  # its registration is written: the database is back
@@ -719,10 +726,11 @@ async def test_a_runner_back_before_its_tasks_end_is_stored_keeps_it_until_it_is
 
 
 async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_again(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A Host stopping does not wait for the database for ever: the end not stored is
     reported again by the Runner, which kept the task, once the Host is back."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     runner, task, other = await _ended_while_locked(local_cluster, caplog)
     with closing(other):
         await local_cluster.stop_host()
@@ -739,12 +747,13 @@ async def test_a_host_stopped_while_a_tasks_end_waits_for_the_database_hears_it_
 
 
 async def test_a_runner_whose_environments_change_while_the_database_is_locked_stays_connected(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A heartbeat with new environments whose node row could not be written ended the
     Runner's stream, with a traceback on the Host, as for a bug: the Runner reconnected,
     was refused while the database was away, and its tasks went unknown (QA). The row is
     written once the database is back; the stream stays."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     runner = await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
     with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
@@ -773,12 +782,13 @@ async def test_a_runner_whose_environments_change_while_the_database_is_locked_s
 
 
 async def test_silent_runners_tasks_go_unknown_while_the_database_is_locked(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The check for silent Runners stopped at its first refused write (the rows of the
     nodes gone offline): while the database was away, no silent Runner's tasks went
     unknown, nor lost past lost_after_seconds (QA). Every silent Runner's tasks are made
     unknown then (shown once stored), their changes held and stored once it is back."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     runners = [await local_cluster.add_runner(name, answer=HOLD) for name in ("a", "b")]
     tasks = [
         await local_cluster.submit("long", targets=[task_pb2.Target(hostname=name)])
@@ -807,11 +817,12 @@ async def test_silent_runners_tasks_go_unknown_while_the_database_is_locked(
 
 
 async def test_a_node_that_went_offline_while_the_database_was_locked_is_stored_offline(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The check that found the Runner silent could not write the node's row, and no
     later one wrote it: the database kept the node online (a restarted Host took it for
     online until the Runner's timeout) (QA)."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     runner = await local_cluster.add_runner("a")
     with closing(sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)) as (
         other

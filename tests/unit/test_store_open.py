@@ -16,9 +16,10 @@ from hakuriver_host.store import DatabaseError, Store
 from tests.unit.local_cluster import LocalCluster
 
 
-def _migrating_fails(url: str) -> str:
-    """What the store at ``url`` says when it cannot be migrated."""
-    store = Store(url)
+def _migrating_fails(url: str, busy_timeout: float = 5.0) -> str:
+    """What the store at ``url`` says when it cannot be migrated (a SQLite lock: after
+    ``busy_timeout`` seconds)."""
+    store = Store(url, busy_timeout)
     try:
         with pytest.raises(DatabaseError) as raised:
             store.migrate()
@@ -158,7 +159,7 @@ def test_a_database_another_program_holds_locked_is_one_line(tmp_path: Path) -> 
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
-        assert _migrating_fails(f"sqlite:///{path}") == (
+        assert _migrating_fails(f"sqlite:///{path}", busy_timeout=0.2) == (
             f"cannot open the database {path} (database.db_file): database is locked: "
             "another program is writing to it (a sqlite3 shell with a transaction open?)"
         )

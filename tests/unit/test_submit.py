@@ -28,7 +28,8 @@ from hakuriver_common.proto.hakuriver.v1 import (
 from hakuriver_common.statuses import NodeStatus, TaskStatus
 from hakuriver_host.store import DATABASE_LOCKED
 from tests.fake_runner import HOLD, eventually
-from tests.unit.local_cluster import LocalCluster, status_of
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import BRIEF_LOCK_WAIT, LocalCluster, status_of
 
 
 async def test_a_task_that_fits_comes_back_placed(local_cluster: LocalCluster) -> None:
@@ -411,14 +412,15 @@ async def test_arguments_for_a_vps_are_refused(local_cluster: LocalCluster) -> N
 
 
 async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
-    local_cluster: LocalCluster,
+    make_local_cluster: MakeCluster,
 ) -> None:
     """Refused as UNAVAILABLE, nothing of it kept; it was 'internal error (INTERNAL)'."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     await local_cluster.add_runner("a")
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
-        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after the Host's 0.2 s wait
             await local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=30)
     finally:
         other.close()
@@ -429,6 +431,24 @@ async def test_a_submit_while_another_program_locks_the_database_is_unavailable(
     kept = await local_cluster.submit("job")
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
     assert [t.task_id for t in listed.tasks] == [kept.task_id]
+
+
+async def test_a_write_waits_database_busy_timeout_seconds_for_a_lock(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """How long a write waits for a lock another program holds is the config's
+    (database.busy_timeout_seconds; 5 s by default): refused before the caller's 4 s
+    deadline."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
+    await local_cluster.add_runner("a")
+    other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await local_cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=4)
+    finally:
+        other.close()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 async def test_a_host_stopped_as_a_pass_places_a_submission_leaves_no_write_unawaited(
@@ -516,14 +536,17 @@ async def _listed_running(cluster: LocalCluster, task_ids: set[int]) -> bool:
     return {t.task_id for t in listed.tasks} == task_ids
 
 
-async def test_a_drain_that_cannot_be_written_is_taken_back(local_cluster: LocalCluster) -> None:
+async def test_a_drain_that_cannot_be_written_is_taken_back(
+    make_local_cluster: MakeCluster,
+) -> None:
     """The drain was made in memory before its write: refused, it still held until the Host
     restarted (which then dropped it), and the node took no work meanwhile."""
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
     await local_cluster.add_runner("a", answer=HOLD)
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after SQLite's 5 s wait
+        with pytest.raises(grpc.aio.AioRpcError) as refused:  # after the Host's 0.2 s wait
             await local_cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=30)
     finally:
         other.close()
@@ -549,14 +572,19 @@ async def _drained_once_and_kept(local_cluster: LocalCluster) -> None:
 
 
 async def test_a_drain_asked_while_another_fails_is_kept_and_audited(
-    local_cluster: LocalCluster,
+    make_local_cluster: MakeCluster,
 ) -> None:
     """Two DrainNode calls of a node taking work, the first refused by a database another
     program held locked, the second written once the lock went: the first, failing, took the
     drain back in memory after the second had made it, so the node took work while the
     database said it drained (a restarted Host drained it), and the drain went unaudited
     (the second took it as made already)."""
+    # Writes wait 1 s for the lock: the second's outlasts the test's answer to the first.
+    local_cluster = await make_local_cluster(database={"busy_timeout_seconds": 1})
     await local_cluster.add_runner("a", answer=HOLD)
+    # The Runner's join audited and stored (a query waits for it): not held by the lock,
+    # which the drain's event would queue behind, past the query after it.
+    await local_cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
     drain = npb.DrainNodeRequest(hostname="a")
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     try:
@@ -595,12 +623,14 @@ async def test_a_drain_whose_caller_goes_is_kept_as_it_is_written(
 
 
 async def test_a_submission_whose_submitter_left_while_the_database_is_locked_is_one_line(
-    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+    make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A submission whose caller's deadline passed while its insert waited for a database
     locked by another program is carried on, then refused by the database: that was said
     at ERROR, as a bug is (QA). The database away for now is one WARNING line saying why,
     as the Host's other work says it (store.log_refusal)."""
+    # Writes wait 3 s for the lock: the submitter's 1 s deadline passes first.
+    local_cluster = await make_local_cluster(database={"busy_timeout_seconds": 3})
     await local_cluster.add_runner("a")
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     left = "storing a submission whose submitter left"

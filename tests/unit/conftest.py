@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 import docker
 import pytest
 
-from tests.unit.local_cluster import LocalCluster, local_config
+from tests.unit.local_cluster import LocalCluster, local_config, place_migrated_database
 
 MakeCluster = Callable[..., Awaitable[LocalCluster]]
 
@@ -37,14 +37,20 @@ def no_docker_and_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def make_local_cluster(tmp_path: Path) -> AsyncIterator[MakeCluster]:
+async def make_local_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeCluster]:
     """Start LocalClusters with config sections changed, e.g.
     ``await make_local_cluster(scheduling={"starvation_seconds": 0})``; all are closed after
-    the test, which fails if anything it started is still running then."""
+    the test, which fails if anything it started is still running then. Each starts on a
+    copy of a migrated new database, unless the test is marked ``fresh_database``."""
     made: list[LocalCluster] = []
+    fresh = request.node.get_closest_marker("fresh_database") is not None
 
     async def make(**sections: dict[str, Any]) -> LocalCluster:
         cluster = LocalCluster(local_config(tmp_path / f"cluster-{len(made)}", **sections))
+        if not fresh:
+            place_migrated_database(cluster.config)
         made.append(cluster)
         await cluster.start_host()
         return cluster

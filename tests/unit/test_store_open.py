@@ -138,6 +138,7 @@ def test_new_admin_token_that_cannot_be_written_stores_nothing(
     assert stored == [[], []]
 
 
+@pytest.mark.fresh_database
 async def test_the_database_it_creates_is_its_users_only(local_cluster: LocalCluster) -> None:
     """Every task's command and environment variables (secrets passed with --env) are in
     the database, and writing it makes anybody an admin: nobody else may read it, nor its

@@ -340,7 +340,8 @@ async def test_a_negative_id_in_a_list_is_refused_not_an_empty_page(
 async def test_offline_nodes_that_never_held_a_task_are_forgotten(
     make_local_cluster: MakeCluster,
 ) -> None:
-    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 4})
+    # 2 s: long enough to see both offline, not forgotten yet, right after they stop.
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
     idle = await cluster.add_runner("idle")
     used = await cluster.add_runner("used")
     task = await cluster.submit("job", targets=[task_pb2.Target(hostname="used")])
@@ -360,7 +361,7 @@ async def test_offline_nodes_that_never_held_a_task_are_forgotten(
 async def test_a_drained_node_is_not_forgotten(make_local_cluster: MakeCluster) -> None:
     """An operator's drain outlives an absence: a drained node that never held a task was
     forgotten with the others, and came back undrained, taking work at once."""
-    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 4})
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 1})
     drained = await cluster.add_runner("drained")
     idle = await cluster.add_runner("idle")
     await cluster.nodes.DrainNode(npb.DrainNodeRequest(hostname="drained"), timeout=5)

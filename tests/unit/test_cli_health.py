@@ -148,7 +148,11 @@ async def test_health_reads_a_history_larger_than_a_grpc_reply(
     ]
     big = node_pb2.Health(memory_total_bytes=GB, gpus=gpus)  # 48 KB, under the 64 KiB bound
     names = [f"gpu{i}" for i in range(4)]
-    runners = [await local_cluster.add_runner(name, health=lambda: big) for name in names]
+    # A sample every 0.05 s, not the Host's 0.2: 30 of them come sooner.
+    runners = [
+        await local_cluster.add_runner(name, health=lambda: big, heartbeat_interval=0.05)
+        for name in names
+    ]
     # 30 samples of each: 1.4 MB of history a node, 5.8 MB in all; then no more.
     await eventually(
         lambda: all(r.heartbeats_sent >= 30 for r in runners), within=30, what="30 samples each"
@@ -422,7 +426,7 @@ async def test_health_watch_of_a_node_the_host_forgets_ends_in_one_line(
     """`health --watch NODE` of a node forgotten while watched (offline, no task of it
     kept) sat silent for ever: the Host dropped the node's changes from the watch. Its
     watch now ends with NOT_FOUND, and the command with one line and exit 1."""
-    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 1})
     runner = await cluster.add_runner("idle")
     config = cluster.cli_config(tmp_path / "client.toml", over_connect)
     watch = ["health", "--watch", "idle", "--json", "--config", str(config)]

@@ -178,7 +178,9 @@ async def test_a_session_the_far_side_ended_asks_a_silent_host_briefly(
 ) -> None:
     """As ssh's ProxyCommand, the tool asks the Host who it is at the end of a tunnel the
     far side ended (to say why the Host ended the session) and ssh waits for it: a Host not
-    answering held ssh's exit for a call's 30 s deadline. It asks for END_ASK_SECONDS."""
+    answering held ssh's exit for a call's 30 s deadline. It asks for END_ASK_SECONDS
+    (0.5 s here, not 5: the call's deadline is an hour)."""
+    monkeypatch.setattr(ssh, "END_ASK_SECONDS", 0.5)
     code = await _proxied_session_ended(local_cluster, tmp_path, monkeypatch, False)
     assert code == 1
     port = local_cluster.config.network.host_port

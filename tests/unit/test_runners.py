@@ -528,6 +528,8 @@ async def test_each_report_of_a_message_sees_what_those_before_it_changed(
         )
     )
     await local_cluster.wait_status(second.task_id, TaskStatus.RUNNING)
+    # A running is shown at once, an end once it is stored: the first's may come later.
+    await local_cluster.wait_status(first.task_id)
     assert status_of(await local_cluster.get(first.task_id)) is TaskStatus.COMPLETED
     assert [s for s, _ in await local_cluster.events(first.task_id)] == [
         TaskStatus.PENDING,

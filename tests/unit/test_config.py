@@ -221,9 +221,11 @@ def test_a_daemon_says_when_others_can_read_the_secrets_of_its_config(
     path.write_text(f"[paths]\nrunner_log_file = '{log}'\n{text}")
     path.chmod(0o600)
     start_daemon(path, lambda config: config.paths.runner_log_file)
+    root.handlers[0].flush()  # written by the log's thread
     assert log.read_text() == ""
     path.chmod(0o644)
     start_daemon(path, lambda config: config.paths.runner_log_file)
+    root.handlers[0].flush()
     said = f"the config {path} holds {held} and others can read it (mode 0644): run chmod 600 "
     assert said in log.read_text() if held else log.read_text() == ""
 

@@ -5,6 +5,7 @@ several times a second for as long as both ran."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_a_second_runner_on_the_same_state_dir_is_refused(
     finally:
         os.close(first)
     assert stopped.value.exit_code == 1
+    logging.getLogger().handlers[0].flush()  # written by the log's thread (as at exit)
     # Logged as the Runner's other refusals at start (here to the terminal: no log file).
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(

@@ -79,6 +79,7 @@ class AuditLog:
         # Set while rows are held: a query stops waiting for them then.
         self._holding_rows = asyncio.Event()
         self._strangers = LimitedLog(log, emit=self._stranger_refused)
+        store.when_writes_taken(self._retry_now)
 
     def record(
         self,
@@ -145,7 +146,14 @@ class AuditLog:
                 log.warning("the database takes writes again: the held audit events are stored")
                 self._held = ""
                 self._holding_rows.clear()
+                self.store.writes_taken()
             pause.reset()
+
+    def _retry_now(self) -> None:
+        """The database took another write: held rows are tried again now, not after their
+        pause."""
+        if self._held:
+            self._wake.set()
 
     def _hold(self, rows: list[dict[str, Any]], why: str) -> None:
         """Queue ``rows`` again ahead of those queued since, keeping the newest HELD_ROWS."""

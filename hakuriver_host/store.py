@@ -299,6 +299,9 @@ class Store:
         # a job array runs). Safe to reorder: a task is changed only once its row is stored.
         self._submissions = GroupCommit(self._apply, self.executor)
         self._node_writes = GroupCommit(self._save_nodes, self.executor)
+        # Told when a write went through: what is held for the database (task changes, the
+        # audit's rows) is tried again then, not after its pause.
+        self._taken: list[Callable[[], None]] = [self._writes.retry_now]
         self._bulk: dict[str, BulkStatements] = {}
         self._tasks = self.bulk(TaskRecord.__table__)  # type: ignore[attr-defined]
         self._events = self.bulk(TaskEventRecord.__table__)  # type: ignore[attr-defined]
@@ -327,7 +330,7 @@ class Store:
         ahead of the changes queued before (see ``_submissions``); changes held for the
         database are tried again once it takes this."""
         await self._submissions.submit([write])
-        self._writes.retry_now()
+        self.writes_taken()
 
     def prepare_new_tasks(
         self,
@@ -366,12 +369,21 @@ class Store:
         """The Host stops: writes held for the database are tried once more, then fail."""
         self._writes.stop_holding()
 
+    def when_writes_taken(self, retry: Callable[[], None]) -> None:
+        """Call ``retry`` whenever the database took a write (``writes_taken``)."""
+        self._taken.append(retry)
+
+    def writes_taken(self) -> None:
+        """The database took a write: what is held for it is tried again now."""
+        for retry in self._taken:
+            retry()
+
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a
         whole cluster registering at once costs a few transactions). Task changes held
         for the database (``queue_write``) are tried again once it takes this one."""
         await self._node_writes.submit([fields])
-        self._writes.retry_now()
+        self.writes_taken()
 
     def _save_nodes(self, rows: list[dict[str, Any]]) -> None:
         """One upsert for the batch (an ORM merge read each row before writing it: 30% of

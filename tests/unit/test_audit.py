@@ -25,6 +25,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
+from hakuriver_host import group_commit
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.cli_threads import exit_code
 from tests.unit.conftest import MakeCluster
@@ -518,21 +519,27 @@ async def test_a_forget_age_past_year_one_keeps_everything_without_a_traceback(
     assert failures == []
 
 
+async def _refused_while_locked(
+    cluster: LocalCluster, caplog: pytest.LogCaptureFixture, said: str
+) -> Client:
+    """bob, refused a drain while the database is locked, until the Host logs ``said``."""
+    bob = await cluster.add_user("bob")
+    drain = npb.DrainNodeRequest(hostname="a")
+    with _locked(cluster):
+        assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
+        await eventually(
+            lambda: said in caplog.text, within=30, what=f"{said!r} for the refusal's row"
+        )
+    return bob
+
+
 async def test_audit_events_while_the_database_is_locked_are_stored_once_it_is_not(
     make_local_cluster: MakeCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rows the database refused (locked by another program, a PostgreSQL server away)
     were dropped, only in the Host's log (QA); they are held and stored once it is back."""
     local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
-    bob = await local_cluster.add_user("bob")
-    drain = npb.DrainNodeRequest(hostname="a")
-    with _locked(local_cluster):
-        assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
-        await eventually(
-            lambda: "database is locked" in caplog.text,
-            within=30,
-            what="the refusal's row refused by the locked database",
-        )
+    await _refused_while_locked(local_cluster, caplog, "database is locked")
 
     async def bobs() -> list[aupb.AuditEvent]:
         return await _events(local_cluster, actor="bob")
@@ -543,3 +550,24 @@ async def test_audit_events_while_the_database_is_locked_are_stored_once_it_is_n
         "/hakuriver.v1.NodeService/DrainNode",
         REFUSED,
     )
+
+
+async def test_held_audit_events_are_stored_as_soon_as_the_database_takes_another_write(
+    make_local_cluster: MakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows held while the database was locked were tried again only after their pause (up
+    to 5 s), and a query meanwhile missed them, though a task had been stored since; a write
+    the database takes now sets them going, as it does the held task changes."""
+    monkeypatch.setattr(group_commit, "HELD_PAUSE", 600.0)  # held until a write says
+    local_cluster = await make_local_cluster(database=BRIEF_LOCK_WAIT)
+    await local_cluster.add_runner("a", answer=HOLD)
+    bob = await _refused_while_locked(local_cluster, caplog, "audit events held in memory")
+    await bob.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)  # stored
+
+    async def bobs() -> list[aupb.AuditEvent]:
+        return [e for e in await _events(local_cluster, actor="bob") if e.action == "rpc"]
+
+    [denied] = await eventually(bobs, within=10, what="the held refusal stored")
+    assert denied.target == "/hakuriver.v1.NodeService/DrainNode"

@@ -15,7 +15,13 @@ import docker
 import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
-from tests.e2e.harness import BASE_ENV, ProcessCluster, running_cluster, wait_for
+from tests.e2e.harness import (
+    BASE_ENV,
+    ProcessCluster,
+    own_default_environment,
+    running_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.docker
 BASE_IMAGE = f"hakuriver/{BASE_ENV}:base"
@@ -288,24 +294,15 @@ def test_delete_tar_refuses_an_environment_in_use(cluster: ProcessCluster, env_n
 def test_first_host_start_creates_the_default_environment(
     docker_ready: None, tmp_path: Path
 ) -> None:
-    name = f"first-{int(time.time() * 1000) % 10**8}"
-    extra = f'initial_base_image = "{BASE_IMAGE}"\ndefault_container_name = "{name}"'
-    cluster = running_cluster(tmp_path, runner_count=1, extra_config=extra)
-    try:
-        with cluster as c:
-            made = wait_for(
-                lambda: [p for p in (c.shared_dir / "hakuriver-containers").glob(f"{name}-*.tar")],
-                what="the default environment's tarball",
-            )
-            assert len(made) == 1
-            task = c.submit(["echo", "default"])
-            assert c.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED
-    finally:
-        client = docker.from_env()
-        for container in client.containers.list(
-            all=True, ignore_removed=True, filters={"name": f"hakuriver-env-{name}"}
-        ):
-            container.remove(force=True)
-        for image in client.images.list(name=f"hakuriver/{name}"):
-            client.images.remove(image.id, force=True)
-        client.close()
+    with (
+        own_default_environment() as extra,
+        running_cluster(tmp_path, runner_count=1, extra_config=extra) as c,
+    ):
+        name = c.client_config.docker.default_container_name
+        made = wait_for(
+            lambda: [p for p in (c.shared_dir / "hakuriver-containers").glob(f"{name}-*.tar")],
+            what="the default environment's tarball",
+        )
+        assert len(made) == 1
+        task = c.submit(["echo", "default"])
+        assert c.wait_final(task.task_id).status == task_pb2.TASK_STATUS_COMPLETED

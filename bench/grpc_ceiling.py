@@ -38,7 +38,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_service_pb2 as tpb,
     task_service_pb2_grpc,
 )
-from hakuriver_host.server import MAX_PENDING_CALLS
+from hakuriver_host.server import PENDING_CALLS_OPTIONS
 from tests.e2e.harness import free_port
 
 START_TIMEOUT = 30.0
@@ -109,12 +109,7 @@ class BareServer(NamedTuple):
 
 async def _serve(port: int, credentials: grpc.ServerCredentials) -> None:
     # As many calls waiting to be taken as the Host allows: a Fleet registers in a burst.
-    server = grpc.aio.server(
-        options=[
-            ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-            ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
-        ]
-    )
+    server = grpc.aio.server(options=PENDING_CALLS_OPTIONS)
     health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
     relay = _Relay()  # type: ignore[abstract]  # (the stubs' other methods: UNIMPLEMENTED)
     runner_service_pb2_grpc.add_RunnerServiceServicer_to_server(relay, server)

@@ -78,8 +78,14 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 # the session that holds the lock).
 CLAIM_CHECK_SECONDS = 5.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-# Calls the server may hold before the application takes them (see the server options).
+# Calls the server may hold before the application takes them. gRPC cancels calls that
+# arrive faster than the server takes them beyond 1,000 waiting (randomly, up to 3,000): a
+# whole cluster of Runners reconnecting at once after a Host restart would lose some.
 MAX_PENDING_CALLS = 20_000
+PENDING_CALLS_OPTIONS = [
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+]
 SERVICE_NAMES = (
     task_service_pb2.DESCRIPTOR.services_by_name["TaskService"].full_name,
     log_service_pb2.DESCRIPTOR.services_by_name["LogService"].full_name,
@@ -241,11 +247,7 @@ class HostServer:
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                # gRPC cancels calls that arrive faster than the server takes them beyond
-                # 1,000 waiting (randomly, up to 3,000): a whole cluster of Runners
-                # reconnecting at once after a Host restart would lose some. Allow bursts.
-                ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+                *PENDING_CALLS_OPTIONS,  # bursts of calls allowed
                 # A second Host on the same port must fail, not share it.
                 ("grpc.so_reuseport", 0),
                 # No bandwidth-delay probing: it grows a stream's window to megabytes, and

@@ -704,8 +704,9 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:7.1f} ms"
 
 
-def _per_task(singles: Singles) -> str:
-    return f"{singles.cpu.host / singles.tasks * 1e6:.0f} us"
+def _cpu_per_task(singles: Singles) -> float:
+    """Seconds of the server's CPU per task."""
+    return singles.cpu.host / singles.tasks
 
 
 def _lone_line(name: str, lone: Lone) -> str:
@@ -747,7 +748,10 @@ def report(result: Result, counts: Counts) -> None:
         f"{bare_e2e:.0f} tasks/s end to end; the single-submit goal is "
         f"{GOAL_SINGLES / bare_e2e:.2f}x of it"
     )
-    print(f"    {bare.cpu.shares('server')}; {_per_task(bare)} of the server's CPU per task")
+    print(
+        f"    {bare.cpu.shares('server')}; {_cpu_per_task(bare) * 1e6:.0f} us of the server's "
+        "CPU per task"
+    )
     print(f"  single submits: {singles.tasks} tasks, {counts.in_flight} SubmitTask in flight")
     print(f"    submitted          {singles.tasks / singles.submit_seconds:7.0f} tasks/s")
     e2e = singles.tasks / singles.total_seconds
@@ -760,9 +764,8 @@ def report(result: Result, counts: Counts) -> None:
         f"p99 {_ms(percentile(singles.to_dispatch, 0.99))}"
     )
     print(
-        f"    {singles.cpu.shares()}; {_per_task(singles)} of the Host's CPU per task = "
-        f"{singles.cpu.host / singles.tasks / (bare.cpu.host / bare.tasks):.2f}x grpc.aio "
-        "alone's"
+        f"    {singles.cpu.shares()}; {_cpu_per_task(singles) * 1e6:.0f} us of the Host's CPU "
+        f"per task = {_cpu_per_task(singles) / _cpu_per_task(bare):.2f}x grpc.aio alone's"
     )
     cap = counts.array_max_running or "none"
     print(

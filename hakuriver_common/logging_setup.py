@@ -104,13 +104,13 @@ class _HandOver(logging.handlers.QueueHandler):
         with self._lock_dropped:
             try:
                 if self.dropped:
-                    self.queue.put_nowait(self._dropped_record(record))
+                    self.queue.put_nowait(self._dropped_record())
                     self.dropped = 0
                 self.queue.put_nowait(record)
             except queue.Full:
                 self.dropped += 1
 
-    def _dropped_record(self, record: logging.LogRecord) -> logging.LogRecord:
+    def _dropped_record(self) -> logging.LogRecord:
         return logging.LogRecord(
             "hakuriver.logging",
             logging.WARNING,

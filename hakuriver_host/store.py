@@ -49,6 +49,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlmodel import Session, col, create_engine, select
 
+from hakuriver_common.config import DatabaseConfig
 from hakuriver_common.folders import make_folder
 from hakuriver_common.locks import LockHeld, hold_lock
 from hakuriver_common.statuses import ACTIVE_STATUSES, FINAL_STATUSES, TaskStatus
@@ -74,8 +75,8 @@ T = TypeVar("T")
 # how long a node's change waits behind another node's (see group_commit), at little cost
 # to a job array's throughput.
 WRITE_BATCH = 256
-# How long a SQLite write waits for a lock another program holds (config.py's default).
-BUSY_TIMEOUT_SECONDS = 5.0
+# How long a SQLite write waits for a lock another program holds: the setting's default.
+BUSY_TIMEOUT_SECONDS: float = DatabaseConfig.model_fields["busy_timeout_seconds"].default
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -16,7 +16,8 @@ With ``holds``, a batch that failed for a reason it names (the database away for
 a bug) keeps the calls queued with ``keep``: they go back to the head of their keys, in
 order, and are applied again after a pause (growing to HELD_PAUSE_MAX, cut short by
 ``retry_now``), until applied; the batch's other calls fail. ``stop_holding`` ends this:
-the next failure fails all.
+the next failure fails all. ``taken`` is told of every batch applied: what others hold for
+the database can go then.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class GroupCommit(Generic[T]):
         limit: int | None = None,
         weight: Callable[[list[T]], int] = len,
         holds: Callable[[Exception], str | None] | None = None,
+        taken: Callable[[], None] = lambda: None,
     ) -> None:
         self._apply = apply
         self._executor = executor
@@ -83,6 +85,7 @@ class GroupCommit(Generic[T]):
         self._worker: asyncio.Task[None] | None = None
         self._express_last = False
         self._holds = holds
+        self._taken = taken
         # Why calls are held now ("" when none are), and what ends a pause between attempts.
         self._held = ""
         self._wake = asyncio.Event()
@@ -170,6 +173,7 @@ class GroupCommit(Generic[T]):
                 for call in batch:
                     if not call.done.done():
                         call.done.set_result(None)
+                self._taken()
 
     def _failed(self, batch: list[_Queued[T]], exc: Exception) -> bool:
         """Fail the batch's calls but those held (put back at the head of their keys, in

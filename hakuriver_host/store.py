@@ -293,15 +293,21 @@ class Store:
         # Changes to stored tasks, made in memory already: held while the database is away
         # (see GroupCommit), so that memory and database agree once it is back.
         self._writes = GroupCommit(
-            self._apply, self.executor, WRITE_BATCH, _rows, holds=database_unavailable
+            self._apply,
+            self.executor,
+            WRITE_BATCH,
+            _rows,
+            holds=database_unavailable,
+            taken=self.writes_taken,
         )
         # New tasks in a lane of their own, on the same thread: a submission waits for the
         # transaction being written, not for the changes queued behind it (thousands while
         # a job array runs). Safe to reorder: a task is changed only once its row is stored.
-        self._submissions = GroupCommit(self._apply, self.executor)
-        self._node_writes = GroupCommit(self._save_nodes, self.executor)
-        # Told when a write went through: what is held for the database (task changes, the
-        # audit's rows) is tried again then, not after its pause.
+        self._submissions = GroupCommit(self._apply, self.executor, taken=self.writes_taken)
+        self._node_writes = GroupCommit(self._save_nodes, self.executor, taken=self.writes_taken)
+        # Told when a write went through (any of the three above, or the audit's rows):
+        # what is held for the database (task changes, the audit's rows) is tried again
+        # then, not after its pause.
         self._taken: list[Callable[[], None]] = [self._writes.retry_now]
         self._bulk: dict[str, BulkStatements] = {}
         self._tasks = self.bulk(TaskRecord.__table__)  # type: ignore[attr-defined]
@@ -328,10 +334,8 @@ class Store:
 
     async def insert_tasks(self, write: TaskWrite) -> None:
         """Insert new task rows with their first events; return once committed. Committed
-        ahead of the changes queued before (see ``_submissions``); changes held for the
-        database are tried again once it takes this."""
+        ahead of the changes queued before (see ``_submissions``)."""
         await self._submissions.submit([write])
-        self.writes_taken()
 
     def prepare_new_tasks(
         self,
@@ -381,10 +385,8 @@ class Store:
 
     async def save_node(self, fields: dict[str, Any]) -> None:
         """Insert or replace a node row; return once committed (group-committed, so a
-        whole cluster registering at once costs a few transactions). Task changes held
-        for the database (``queue_write``) are tried again once it takes this one."""
+        whole cluster registering at once costs a few transactions)."""
         await self._node_writes.submit([fields])
-        self.writes_taken()
 
     def _save_nodes(self, rows: list[dict[str, Any]]) -> None:
         """One upsert for the batch (an ORM merge read each row before writing it: 30% of

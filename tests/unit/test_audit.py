@@ -25,7 +25,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from hakuriver_host import group_commit
+from hakuriver_host import audit, group_commit
 from tests.fake_runner import HOLD, FakeRunner, eventually
 from tests.unit.cli_threads import exit_code
 from tests.unit.conftest import MakeCluster
@@ -565,6 +565,46 @@ async def test_held_audit_events_are_stored_as_soon_as_the_database_takes_anothe
     await local_cluster.add_runner("a", answer=HOLD)
     bob = await _refused_while_locked(local_cluster, caplog, "audit events held in memory")
     await bob.tasks.SubmitTask(tpb.SubmitTaskRequest(command="x"), timeout=5)  # stored
+
+    async def bobs() -> list[aupb.AuditEvent]:
+        return [e for e in await _events(local_cluster, actor="bob") if e.action == "rpc"]
+
+    [denied] = await eventually(bobs, within=10, what="the held refusal stored")
+    assert denied.target == "/hakuriver.v1.NodeService/DrainNode"
+
+
+async def test_held_audit_events_are_stored_as_soon_as_held_task_changes_are(
+    make_local_cluster: MakeCluster,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A held task change going through did not set the held audit rows going: they waited
+    out their own pause (up to 5 s), missing from queries meanwhile, though the database
+    took writes again. Any write it takes sets them going."""
+
+    class _Long(group_commit.HeldPause):
+        def next(self) -> float:
+            return 600.0  # the audit rows' pause: held until a write says
+
+    monkeypatch.setattr(audit, "HeldPause", _Long)
+    # Nodes' heartbeats stored once per 2 minutes, not every second: no write of theirs.
+    local_cluster = await make_local_cluster(
+        database=BRIEF_LOCK_WAIT, timing={"heartbeat_timeout_factor": 600}
+    )
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    bob = await local_cluster.add_user("bob")
+    with _locked(local_cluster):
+        runner.finish(task.task_id, 0)
+        await eventually(
+            lambda: "changes held in memory" in caplog.text, within=30, what="the end held"
+        )
+        drain = npb.DrainNodeRequest(hostname="a")
+        assert await _refused(bob.nodes.DrainNode(drain, timeout=5)) == CODE.PERMISSION_DENIED
+        await eventually(
+            lambda: "audit events held in memory" in caplog.text, within=30, what="rows held"
+        )
+    await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED, within=30)
 
     async def bobs() -> list[aupb.AuditEvent]:
         return [e for e in await _events(local_cluster, actor="bob") if e.action == "rpc"]

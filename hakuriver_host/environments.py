@@ -340,9 +340,9 @@ class EnvironmentManager:
             raise NotFound(f"name: no tarball of environment {name!r}")
         return mine
 
-    @_docker_answers
     def delete_tar(self, name: str) -> list[str]:
-        """Remove every tarball of ``name``; their paths (NotFound when it has none)."""
+        """Remove every tarball of ``name``; their paths (NotFound when it has none). Files
+        only: Docker is not asked (nor docker-py loaded)."""
         removed = []
         for tarball in self.tarballs_of(name):
             tarball.path.unlink(missing_ok=True)

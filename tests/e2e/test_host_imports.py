@@ -36,7 +36,8 @@ run()
 @pytest.fixture(scope="module")
 def loaded(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     """The modules of a Host started once (it makes its database and its default
-    environment), stopped, and started again under the probe, then stopped."""
+    environment), stopped, and started again under the probe, asked to delete an
+    environment's tarballs (files on shared storage: no Docker), then stopped."""
     root = tmp_path_factory.mktemp("restarted")
     modules = root / "modules.json"
     with own_default_environment() as extra:
@@ -46,6 +47,10 @@ def loaded(docker_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
             default_environment_made(cluster)
             cluster.kill_host(signal.SIGTERM)
             cluster.start_host({"HAKURIVER_TEST_MODULES": str(modules)}, ("-c", PROBE))
+            tarballs = cluster.shared_dir / "hakuriver-containers"
+            (tarballs / "old-1700000000.tar").write_bytes(b"")
+            deleted = cluster.cli("docker", "delete-tar", "old")
+            assert deleted.returncode == 0, deleted.stderr
             cluster.kill_host(signal.SIGTERM)
             assert cluster.host is not None and cluster.host.returncode == 0, cluster.log(
                 "host.log"
@@ -65,7 +70,8 @@ def test_a_start_on_a_current_database_loads_no_alembic(loaded: set[str]) -> Non
 
 
 def test_a_start_with_the_default_environment_made_loads_no_docker_py(loaded: set[str]) -> None:
-    """Only the environments' calls need docker-py, and the default one has its tarball."""
+    """Only the environments' calls that use Docker need docker-py, the default one has its
+    tarball, and deleting tarballs is a matter of files."""
     assert loaded & {"docker", "requests", "urllib3"} == set()
 
 

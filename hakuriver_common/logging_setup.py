@@ -6,8 +6,8 @@ Lines are written by a thread of their own, never by the caller: a record is han
 at once, so a log destination that stalls (a full disk, journald behind, a console pipe
 nobody reads) does not stall the event loop that logged it. A writer ``QUEUE_LINES``
 behind drops lines instead of waiting, counts them, and says how many once it catches up.
-At exit the writer gets ``EXIT_WAIT_SECONDS`` to write what is queued; a console that still
-takes nothing then does not hold the exit.
+At exit the writer gets ``EXIT_WAIT_SECONDS`` to write what is queued; a console or a file
+that still takes nothing then does not hold the exit.
 """
 
 from __future__ import annotations
@@ -62,32 +62,72 @@ class _Writer(threading.Thread):
         self.stopped = True
 
 
-class _Console(logging.Handler):
-    """Each line written straight to the standard error's descriptor: a write the console
-    does not take waits in the kernel holding none of Python's locks (through ``sys.stderr``
-    its buffer's lock would be held, and the interpreter's exit waits for that lock). A
-    standard error with no descriptor (replaced by a stream in memory) is written to."""
+class _Descriptor(logging.Handler):
+    """Each line written straight to a descriptor: a write the destination does not take
+    waits in the kernel holding none of Python's locks (through a file object its
+    buffer's lock would be held, and logging's shutdown and the interpreter's exit wait
+    for that lock)."""
+
+    fd: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+    def write(self, line: str) -> None:
+        assert self.fd is not None
+        data = line.encode(errors="backslashreplace")
+        while data:
+            data = data[os.write(self.fd, data) :]
+
+
+class _Console(_Descriptor):
+    """The standard error's descriptor; a standard error with none (replaced by a stream in
+    memory) is written to."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stream = sys.stderr
         try:
-            self.fd: int | None = self.stream.fileno()
+            self.fd = self.stream.fileno()
         except (OSError, ValueError):
             self.fd = None
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def write(self, line: str) -> None:
+        if self.fd is not None:
+            super().write(line)
+            return
+        self.stream.write(line)
+        self.stream.flush()
+
+
+class _File(_Descriptor):
+    """A log file, appended to, and opened again when it was moved or removed. Its
+    descriptor is only ever closed by the writer (to open the file again) or by the
+    process's exit: closed under a write that waits, its number could be reused by a file
+    the Host opens next (its database), and the write would land there."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+    def write(self, line: str) -> None:
+        assert self.fd is not None
         try:
-            line = self.format(record) + "\n"
-            if self.fd is None:
-                self.stream.write(line)
-                self.stream.flush()
-                return
-            data = line.encode(errors="backslashreplace")
-            while data:
-                data = data[os.write(self.fd, data) :]
-        except Exception:
-            self.handleError(record)
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        held = os.fstat(self.fd)
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            os.close(self.fd)
+            self._open()
+        super().write(line)
 
 
 class _HandOver(logging.handlers.QueueHandler):
@@ -137,7 +177,7 @@ def setup_logging(log_file: Path | None, level: int = logging.INFO) -> None:
     handler: logging.Handler
     if log_file is not None:
         make_folder(log_file.expanduser().parent)
-        handler = logging.handlers.WatchedFileHandler(log_file.expanduser())
+        handler = _File(log_file.expanduser())
     else:
         handler = _Console()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -1,10 +1,9 @@
-"""A Host whose console nobody reads, or whose log file takes nothing, keeps serving and
-stops when told. It logs a line per audited call (here a
-token made, then revoked), and those lines fill the console's pipe within a few hundred
-calls; a write to a full pipe waits until someone reads it. The lines are written on the
-log's own thread, so that wait is the thread's, not the event loop's: the calls go on being
-answered, the lines the writer cannot keep up with are dropped and counted (logging_setup),
-and the Host still stops when told.
+"""A Host whose console nobody reads, or whose log file takes nothing, keeps serving and stops
+when told. It logs a line per audited call (here a token made, then revoked), and those
+lines fill the console's pipe within a few hundred calls; a write to a full pipe waits until
+someone reads it. The lines are written on the log's own thread, so that wait is the
+thread's, not the event loop's: the calls go on being answered, the lines the writer cannot
+keep up with are dropped and counted (logging_setup), and the Host still stops when told.
 
 Observed in a real Host process whose standard output and error are one pipe nobody reads
 (a ``python -c`` wrapper around the Host's entry, ``hakuriver_host.main.run``).

@@ -142,6 +142,18 @@ class HostProcess:
             return None
 
 
+def _group_left(handle: HostProcess) -> bool:
+    """Whether a process of the task's group is there: its leader (reaped by ``alive`` once
+    it exited, so that a zombie does not count), or any other."""
+    if handle.alive():
+        return True
+    try:
+        os.killpg(handle.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def started_detail() -> str:
     """A started host process's timeline entry: which of its limits hold on this node."""
     if systemd_is_init():
@@ -360,12 +372,20 @@ class ProcessBackend:
                 os.killpg(handle.pid, sig)
 
     def stop(self, handle: HostProcess, grace: float) -> None:
+        """SIGTERM to the task's process group, SIGKILL to what is left of it after
+        ``grace``. The wrapper leading the group ends on SIGTERM, but a process of it that
+        ignores SIGTERM runs on: the group is signalled until none of it is left (its id
+        stays theirs while any of them runs), not only while its leader is."""
+        if not handle.alive():
+            return
         self._signal(handle, signal.SIGCONT)
         self._signal(handle, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while handle.alive() and time.monotonic() < deadline:
+        while _group_left(handle) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-        self._signal(handle, signal.SIGKILL)
+        if _group_left(handle):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(handle.pid, signal.SIGKILL)
 
     def pause(self, handle: HostProcess) -> None:
         """Answered once the process shows stopped, as Docker's pause (the freezer) is: a

@@ -87,6 +87,22 @@ def test_null_task_pause_resume_and_kill_signal_the_process_group(cluster: Proce
     wait_for(lambda: _proc_state(pid) in ("gone", "Z"), what="the process to end")
 
 
+def test_kill_ends_the_processes_of_a_null_task_that_ignore_sigterm(
+    cluster: ProcessCluster,
+) -> None:
+    """The wrapper leading the task's process group ends on SIGTERM; a process of it that
+    ignores SIGTERM is killed after the grace all the same, as in a container."""
+    task = cluster.submit(
+        ["sh", "-c", "trap '' TERM; echo $$; while true; do sleep 0.1; done"],
+        container_name="NULL",
+    )
+    cluster.wait_status(task.task_id, RUNNING)
+    shell = int(wait_for(lambda: cluster.read_log(task.task_id).strip(), what="the shell's pid"))
+    killed = cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task.task_id), timeout=30).task
+    assert killed.status == task_pb2.TASK_STATUS_KILLED
+    wait_for(lambda: _proc_state(shell) in ("gone", "Z"), what="the shell ignoring SIGTERM to end")
+
+
 def test_a_null_task_stopped_and_continued_outside_hakuriver_shows_so(
     cluster: ProcessCluster,
 ) -> None:

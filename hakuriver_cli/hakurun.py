@@ -357,6 +357,9 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--jobs must be positive")
     if args.array and args.parallel:
         parser.error("--parallel runs combinations here; an --array's tasks run on the cluster")
+    if args.jobs is not None and not args.parallel:
+        array = " (an --array caps its tasks with --max-running)" if args.array else ""
+        parser.error(f"--jobs applies only with --parallel{array}")
     if args.max_running is not None and (not 1 <= args.max_running <= _MAX_CAP or not args.array):
         parser.error(f"--max-running takes a positive number up to {_MAX_CAP:,}, with --array")
     given = [o for o in SUBMIT_OPTIONS if _option_value(args, o) not in (None, False)]

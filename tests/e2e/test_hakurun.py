@@ -179,6 +179,9 @@ def test_an_array_of_a_huge_span_is_refused_without_building_it(dry_run: list[st
         # Was refused only by the submission, as a cap in an --array spec never typed.
         (["--array", "--max-running", "2147483648"], "--max-running takes a positive number"),
         (["--parallel", "--jobs", "0"], "--jobs must be positive"),
+        # Was ignored: the combinations ran one after another.
+        (["--jobs", "4"], "--jobs applies only with --parallel"),
+        (["--array", "--jobs", "4"], "an --array caps its tasks with --max-running"),
         (["--cores", "2"], "--cores applies only with --array"),
         (["--wait"], "--wait applies only with --array"),
         (["--array", "--parallel"], "--parallel runs combinations here"),

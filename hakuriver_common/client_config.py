@@ -44,14 +44,25 @@ def resolve_config_path(path: Path | None) -> Path | None:
 
 
 def config_file(path: Path | None) -> Path | None:
-    """The file to read (see ``resolve_config_path``); ConfigError if it is named but absent."""
+    """The file to read (see ``resolve_config_path``); ConfigError if it is named but absent
+    or this user cannot read it (another user's 0600 config: the readers' PermissionError
+    was a traceback)."""
     resolved = resolve_config_path(path)
-    if resolved is not None and resolved.is_dir():
-        raise ConfigError(f"config file {resolved} is a folder: name the TOML file in it")
-    if resolved is not None and not resolved.is_file():
+    if resolved is None:
+        return None
+    try:
+        if resolved.is_dir():
+            raise ConfigError(f"config file {resolved} is a folder: name the TOML file in it")
+        if not resolved.is_file():
+            raise ConfigError(
+                f"config file {resolved} does not exist (create one: hakuriver.init config)"
+            )
+        with resolved.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
         raise ConfigError(
-            f"config file {resolved} does not exist (create one: hakuriver.init config)"
-        )
+            f"cannot read the config file {resolved}: {exc.strerror or exc}"
+        ) from None
     return resolved
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
+import pwd
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from hakuriver_cli import client, direct
 from hakuriver_common import commands as cli
 from hakuriver_common.config import ConfigError, load_config
 from hakuriver_common.service import start_daemon
 from hakuriver_host.main import main as host_main
+
+NOBODY = pwd.getpwnam("nobody").pw_uid
 
 
 def _refusal(path: Path) -> str:
@@ -330,3 +337,36 @@ def test_a_dashboard_refresh_out_of_range_is_refused_naming_it(
     assert f"dashboard.refresh_seconds: Input should be {said}" in _refusal(path)
     path.write_text("")
     assert load_config(path).dashboard.refresh_seconds == 15
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """``path`` as another user's 0600 config: root reads every file, so as root the block
+    runs with nobody's effective uid (taken back after it)."""
+    path.chmod(0o600)
+    if os.geteuid() != 0:
+        path.chmod(0)
+    else:
+        os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        if os.geteuid() == NOBODY:
+            os.seteuid(0)
+        path.chmod(0o600)
+
+
+def test_a_config_this_user_cannot_read_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An admin's 0600 config read by a user's tool, or by a Runner unit's User=, was a
+    PermissionError traceback from every tool, Host and Runner."""
+    path = tmp_path / "c.toml"
+    path.write_text("[network]\nhost_port = 18100\n")
+    with _unreadable(path), pytest.raises(SystemExit) as client_exit:
+        direct.run(client.app, "hakuriver.client", ["nodes", "--config", str(path)])
+    with _unreadable(path), pytest.raises(SystemExit) as host_exit:
+        host_main(config=path)
+    assert (client_exit.value.code, host_exit.value.code) == (2, 2)
+    said = f"error: cannot read the config file {path}: Permission denied\n"
+    assert capsys.readouterr().err == said * 2

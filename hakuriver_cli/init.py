@@ -87,6 +87,14 @@ def _cannot_write(path: Path, exc: OSError) -> NoReturn:
     raise cli.Exit(1) from None
 
 
+def _folder_or_exit(folder: Path) -> None:
+    """A file where files are to be written into a folder: said so, not mkdir's "File
+    exists" for the file written in it."""
+    if folder.exists() and not folder.is_dir():
+        cli.echo(f"error: cannot write in {folder}: it is a file, not a folder", err=True)
+        raise cli.Exit(1)
+
+
 def _default_config() -> str:
     """The default config, every key commented, with a new random auth.join_token."""
     defaults = Config()
@@ -107,6 +115,12 @@ def config(
     if str(output) == "-":  # as tools take it: a file named "-" was written
         cli.echo(_default_config())
         return
+    if output.is_dir():  # --force cannot help; "." was a ValueError traceback
+        cli.echo(
+            f"error: {output} is a folder: name the file to write, e.g. {output / 'config.toml'}",
+            err=True,
+        )
+        raise cli.Exit(1)
     if output.exists() and not force:
         cli.echo(f"error: {output} exists (use --force to overwrite)", err=True)
         raise cli.Exit(1)
@@ -220,6 +234,7 @@ def tls(
     cfg = config_or_exit(config)
     names = _host_names(cfg, name or [])
     folder = (output_dir or cfg.tls.path("ca_file").parent).expanduser().absolute()
+    _folder_or_exit(folder)
     files = TlsFiles.in_folder(folder)
     has_ca = files.ca_cert.exists() and files.ca_key.exists()
     half = None if force else _half_a_ca(files)
@@ -433,6 +448,7 @@ def service(
     roles = [r for r, wanted in ((Role.host, host), (Role.runner, runner)) if wanted]
     if all_ or not roles:
         roles = [Role.host, Role.runner]
+    _folder_or_exit(output_dir)
     targets = {role: output_dir / f"hakuriver-{role.value}.service" for role in roles}
     if Role.runner in targets:
         _check_runner_user(cfg.environment.runner_user)

@@ -46,7 +46,8 @@ def test_a_place_init_cannot_write_is_one_line_and_leaves_no_secret(
     taken.mkdir()
     with pytest.raises(cli.Exit):
         init.config(output=taken, force=True, json=False)
-    assert capsys.readouterr().err == f"error: cannot write {taken}: Is a directory\n"
+    said = f"error: {taken} is a folder: name the file to write, e.g. {taken}/config.toml\n"
+    assert capsys.readouterr().err == said
     assert list(tmp_path.iterdir()) == [taken]  # no taken.tmp holding the join token
     config = tmp_path / "config.toml"
     config.write_text("")
@@ -55,6 +56,31 @@ def test_a_place_init_cannot_write_is_one_line_and_leaves_no_secret(
         init.service(host=True, output_dir=taken, config=config, force=True)
     unit = taken / "hakuriver-host.service"
     assert capsys.readouterr().err == f"error: cannot write {unit}: Is a directory\n"
+
+
+def test_a_folder_or_a_file_in_the_wrong_place_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``config -o .`` was a ValueError traceback (with --force) or "exists (use --force)",
+    which could not help; a file where --output-dir names a folder was mkdir's "File
+    exists"."""
+    monkeypatch.chdir(tmp_path)
+    for force in (False, True):
+        with pytest.raises(cli.Exit):
+            init.config(output=Path("."), force=force, json=False)
+        said = "error: . is a folder: name the file to write, e.g. config.toml\n"
+        assert capsys.readouterr().err == said
+    config = tmp_path / "config.toml"
+    config.write_text("")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(cli.Exit):
+        init.service(output_dir=blocker, config=config)
+    with pytest.raises(cli.Exit):
+        init.tls(output_dir=blocker, config=config)
+    said = f"error: cannot write in {blocker}: it is a file, not a folder\n"
+    assert capsys.readouterr().err == said * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "config.toml"]
 
 
 def test_a_host_writing_under_tmp_gets_the_real_tmp_not_one_of_its_own(tmp_path: Path) -> None:

@@ -451,7 +451,7 @@ def service(
     _folder_or_exit(output_dir)
     targets = {role: output_dir / f"hakuriver-{role.value}.service" for role in roles}
     if Role.runner in targets:
-        _check_runner_user(cfg.environment.runner_user)
+        _check_runner_user(cfg.environment.runner_user, resolved.resolve())
     existing = [str(t) for t in targets.values() if t.exists()]
     if existing and not force:
         verb = "exists" if len(existing) == 1 else "exist"
@@ -481,9 +481,11 @@ def service(
     _how_to_start(targets, python, resolved.resolve(), systemd)
 
 
-def _check_runner_user(user: str) -> None:
+def _check_runner_user(user: str, config: Path) -> None:
     """The Runner unit's User= must be a user of this machine (systemd refuses to start it
-    otherwise); one outside the docker group gets a Runner that cannot reach Docker."""
+    otherwise); one outside the docker group gets a Runner that cannot reach Docker, one
+    that cannot read the config (0600 as hakuriver.init config writes it, by root) a Runner
+    that stops at once."""
     if not user:
         return
     try:
@@ -495,14 +497,25 @@ def _check_runner_user(user: str) -> None:
             err=True,
         )
         raise cli.Exit(2) from None
-    try:
-        docker = grp.getgrnam("docker")
-    except KeyError:
-        return  # no docker group here: the socket's owner decides
-    if account.pw_gid != docker.gr_gid and user not in docker.gr_mem:
+    groups = {account.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+    with contextlib.suppress(KeyError):  # no docker group here: the socket's owner decides
+        if grp.getgrnam("docker").gr_gid not in groups:
+            cli.echo(
+                f"warning: environment.runner_user {user!r} is not in the docker group: the "
+                f"Runner will not reach Docker (sudo usermod -aG docker {user})",
+                err=True,
+            )
+    held = config.stat()
+    bit = 0o004
+    if account.pw_uid == held.st_uid:
+        bit = 0o400
+    elif held.st_gid in groups:
+        bit = 0o040
+    if account.pw_uid != 0 and not held.st_mode & bit:
         cli.echo(
-            f"warning: environment.runner_user {user!r} is not in the docker group: the "
-            f"Runner will not reach Docker (sudo usermod -aG docker {user})",
+            f"warning: environment.runner_user {user!r} cannot read {config} (mode "
+            f"{held.st_mode & 0o777:04o}): the Runner would stop at its start (sudo chown "
+            f"{user} {config})",
             err=True,
         )
 

@@ -218,3 +218,22 @@ def test_a_runner_user_outside_the_docker_group_is_warned_of(
         "will not reach Docker (sudo usermod -aG docker nobody)\n"
     )
     assert (tmp_path / "hakuriver-runner.service").exists()
+
+
+def test_a_runner_user_who_cannot_read_the_config_is_warned_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """hakuriver.init config writes the config 0600 for its writer (root, who writes the
+    units): a Runner unit with User= then stopped at its start, said only in the journal."""
+    config = tmp_path / "config.toml"
+    config.write_text('[environment]\nrunner_user = "nobody"\n')
+    config.chmod(0o600)
+    init.service(runner=True, output_dir=tmp_path, config=config)
+    said = (
+        f"warning: environment.runner_user 'nobody' cannot read {config} (mode 0600): the "
+        f"Runner would stop at its start (sudo chown nobody {config})\n"
+    )
+    assert capsys.readouterr().err.endswith(said)
+    config.chmod(0o644)
+    init.service(runner=True, output_dir=tmp_path, config=config, force=True)
+    assert "cannot read" not in capsys.readouterr().err

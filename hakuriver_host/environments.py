@@ -428,10 +428,23 @@ class EnvironmentManager:
             )
             return
         except NotFound:
+            self._say_default_has_no_tarball(name, base)
+            return
+        tarball = self.create_tar(name, lambda _: None)
+        log.info("created default environment %r from %r: %s", name, base, tarball.path)
+
+    def _say_default_has_no_tarball(self, name: str, base: str) -> None:
+        """What to do about a default environment without a tarball or a base image to make
+        one from. A local hakuriver/NAME:base (scripts/build-base-image.sh makes one) runs the
+        tasks of a Runner that has it as it is: a quickstart's Host warned at every start
+        that the environment its tasks ran in had to be made."""
+        try:
+            self._local_image(image_for(name))
+        except NotFound:
             log.warning(
                 "default environment %r has no tarball and %r is not a local image; create "
-                "one with: hakuriver.docker import-rootfs ROOTFS.tar %s  (or: docker load/import "
-                "an image, then hakuriver.docker create-container IMAGE %s && "
+                "one with: hakuriver.docker import-rootfs ROOTFS.tar %s  (or: docker "
+                "load/import an image, then hakuriver.docker create-container IMAGE %s && "
                 "hakuriver.docker create-tar %s)",
                 name,
                 base,
@@ -440,5 +453,13 @@ class EnvironmentManager:
                 name,
             )
             return
-        tarball = self.create_tar(name, lambda _: None)
-        log.info("created default environment %r from %r: %s", name, base, tarball.path)
+        log.info(
+            "default environment %r has no tarball: Runners run its tasks in their local "
+            "image %s, and fail them where it is missing; to send it to every Runner: "
+            "hakuriver.docker create-container %s %s && hakuriver.docker create-tar %s",
+            name,
+            image_for(name),
+            image_for(name),
+            name,
+            name,
+        )

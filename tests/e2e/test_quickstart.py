@@ -70,6 +70,9 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
             assert _mode(qs / secret) == 0o600, secret
         assert _mode(qs / "runner-state" / "credential") == 0o600
         assert 'join_token = "hkrj_' in (qs / "config.toml").read_text()
+        # The sample task ran in the local hakuriver/hakuriver-base:base: the Host said at
+        # every start that the environment had to be made ("is not a local image").
+        assert "WARNING hakuriver_host.environments" not in (qs / "host.log").read_text()
 
         # The message's steps work as written: the CLI is the admin without further setup.
         added = _tool("admin", "user", "add", "alice", "--role", "user", env=cli_env)

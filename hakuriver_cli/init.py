@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import grp
-import ipaddress
 import os
 import pwd
-import re
 import shlex
 import socket
 import sys
@@ -19,6 +17,7 @@ from pydantic import BaseModel
 
 from hakuriver_cli.render import print_json
 from hakuriver_common import commands as cli
+from hakuriver_common.addresses import dialable
 from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
@@ -134,29 +133,13 @@ def config(
         print_json({"config": str(output)})
 
 
-# A DNS name: labels of letters, digits, '-' and '_' (some labs' host names have one),
-# after "*." for a wildcard.
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_DNS_NAME = re.compile(rf"(?:\*\.)?{_LABEL}(?:\.{_LABEL})*")
-
-
-def _nameable(name: str) -> bool:
-    """A DNS name or an IP address: what a certificate can hold and a client dials (not
-    0.0.0.0 or ::, which a server binds to listen on every address)."""
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return len(name) <= 253 and _DNS_NAME.fullmatch(name) is not None
-    return not address.is_unspecified
-
-
 def _host_names(config: Config, extra: list[str]) -> list[str]:
     """The names the Host certificate must hold besides localhost and the loopback IPs
     (this machine's host name only if a certificate can hold it). Refused, exit 2, when
     network.host_reachable_address or a --name cannot be: nothing is written then."""
     given = [n.strip() for n in [config.network.host_reachable_address, *extra]]
     sources = ["network.host_reachable_address", *("--name" for _ in extra)]
-    bad = [f"{at} {n!r}" for at, n in zip(sources, given, strict=True) if n and not _nameable(n)]
+    bad = [f"{at} {n!r}" for at, n in zip(sources, given, strict=True) if n and not dialable(n)]
     if bad:
         cli.echo(
             f"error: not a DNS name or IP address to dial: {', '.join(bad)} (give names like "
@@ -166,7 +149,7 @@ def _host_names(config: Config, extra: list[str]) -> list[str]:
         )
         raise cli.Exit(2)
     hostname = socket.gethostname()
-    names = [given[0], *([hostname] if _nameable(hostname) else []), *given[1:]]
+    names = [given[0], *([hostname] if dialable(hostname) else []), *given[1:]]
     return [n for n in dict.fromkeys(names) if n]
 
 

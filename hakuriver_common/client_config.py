@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from hakuriver_common.addresses import reachable_address_problem
 from hakuriver_common.mounts import mounts_ok
 from hakuriver_common.roles import user_name_problem
 
@@ -156,7 +157,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "host_bind_ip": ("str", "127.0.0.1", None),
         "host_port": ("int", 8000, "port"),
         "host_ssh_proxy_port": ("int", 8002, "port"),
-        "host_reachable_address": ("str", "127.0.0.1", None),
+        "host_reachable_address": ("str", "127.0.0.1", "dialable"),
         "metrics_port": ("int", 8001, "port"),
         "metrics_bind_ip": ("str", "127.0.0.1", None),
     },
@@ -253,6 +254,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
     "mounts": mounts_ok,
     "user_name": lambda v: user_name_problem(v) is None,
+    "dialable": lambda v: reachable_address_problem(v) is None,
 }
 
 

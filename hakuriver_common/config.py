@@ -30,6 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from hakuriver_common.addresses import reachable_address_problem
 from hakuriver_common.client_config import (
     DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH,
     ConfigError as ConfigError,
@@ -89,6 +90,13 @@ class NetworkConfig(Section):
         8001, ge=0, le=65535, description="Port of the Host's Prometheus /metrics."
     )
     metrics_bind_ip: str = Field("127.0.0.1", description="Address /metrics binds.")
+
+    @field_validator("host_reachable_address")
+    @classmethod
+    def _dialable(cls, address: str) -> str:
+        if (problem := reachable_address_problem(address)) is not None:
+            raise ValueError(problem)
+        return address
 
 
 class PathsConfig(Section):

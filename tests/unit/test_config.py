@@ -370,3 +370,22 @@ def test_a_config_this_user_cannot_read_is_one_line_and_exit_2(
     assert (client_exit.value.code, host_exit.value.code) == (2, 2)
     said = f"error: cannot read the config file {path}: Permission denied\n"
     assert capsys.readouterr().err == said * 2
+
+
+@pytest.mark.parametrize("address", ["river.lab:8000", "https://river.lab", "10.1.0.10 ", ""])
+def test_a_host_reachable_address_no_one_can_dial_is_refused_naming_it(
+    tmp_path: Path, address: str
+) -> None:
+    """Accepted, every tool failed with gRPC's "errors resolving river.lab:8000:8000 ...
+    Misformatted domain name" (one with a space with a traceback), and a Runner retried for
+    ever."""
+    path = tmp_path / "c.toml"
+    path.write_text(f'[network]\nhost_reachable_address = "{address}"\n')
+    assert _refusal(path) == (
+        f"invalid config {path}: network.host_reachable_address: {address!r} is not a host "
+        "name or IP address to dial (give names like river.lab.example and addresses like "
+        "10.1.0.10, without a scheme, port or spaces)"
+    )
+    for dialled in ("river.lab", "10.1.0.10", "[::1]", "0.0.0.0"):
+        path.write_text(f'[network]\nhost_reachable_address = "{dialled}"\n')
+        assert load_config(path).network.host_reachable_address == dialled

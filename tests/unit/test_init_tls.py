@@ -24,13 +24,21 @@ def test_a_name_no_certificate_can_hold_is_refused_and_nothing_is_written(
     config.write_text('[network]\nhost_reachable_address = "river:8000"\n')
     output = tmp_path / "tls"
     with pytest.raises(cli.Exit) as stopped:
+        _tls(config, output, [])
+    assert stopped.value.exit_code == 2
+    assert capsys.readouterr().err == (  # as every tool, Host and Runner says it
+        f"error: invalid config {config}: network.host_reachable_address: 'river:8000' is "
+        "not a host name or IP address to dial (give names like river.lab.example and "
+        "addresses like 10.1.0.10, without a scheme, port or spaces)\n"
+    )
+    config.write_text('[network]\nhost_reachable_address = "river.lab"\n')
+    with pytest.raises(cli.Exit) as stopped:
         _tls(config, output, ["https://river.lab", "rivér", "river.lab", "10.1.0.10"])
     assert stopped.value.exit_code == 2
     assert capsys.readouterr().err == (
-        "error: not a DNS name or IP address to dial: network.host_reachable_address "
-        "'river:8000', --name 'https://river.lab', --name 'rivér' (give names like "
-        "river.lab.example and addresses like 10.1.0.10, without a scheme or port; 0.0.0.0 "
-        "is for network.host_bind_ip)\n"
+        "error: not a DNS name or IP address to dial: --name 'https://river.lab', --name "
+        "'rivér' (give names like river.lab.example and addresses like 10.1.0.10, without a "
+        "scheme or port; 0.0.0.0 is for network.host_bind_ip)\n"
     )
     assert not output.exists()
 

@@ -104,7 +104,9 @@ class ListenError(OSError):
 
     def __init__(self, what: str, host: str, port: int, reason: object) -> None:
         code = getattr(reason, "errno", None)
-        why = os.strerror(code) if code else str(reason)
+        # A name that does not resolve is a socket.gaierror, whose errno (-2) os.strerror
+        # called "Unknown error -2".
+        why = getattr(reason, "strerror", None) or (os.strerror(code) if code else str(reason))
         super().__init__(f"cannot listen on {host}:{port} for the {what}: {why}")
 
 

@@ -78,6 +78,19 @@ def test_a_taken_port_is_one_line_and_a_non_zero_exit(tmp_path: Path, key: str, 
     assert not (tmp_path / "host.db").exists(), "nothing is started before every port is held"
 
 
+def test_a_bind_address_that_does_not_resolve_is_named_with_the_reason(tmp_path: Path) -> None:
+    """Said "Unknown error -2" (os.strerror of the resolver's error number)."""
+    config = _config(tmp_path)
+    text = config.read_text().replace("[network]\n", '[network]\nmetrics_bind_ip = "host:9"\n')
+    config.write_text(text)
+    result = _run_host(config)
+    assert result.returncode == 1
+    # (After the warning that this /metrics, not on a loopback address, is open.)
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("error: cannot listen on host:9:0 for the metrics: "), line
+    assert "Unknown error" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_second_host_on_the_same_port_fails(tmp_path: Path) -> None:
     (tmp_path / "first").mkdir()
     first = ProcessCluster(tmp_path / "first", runner_count=0)

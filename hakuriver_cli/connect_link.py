@@ -194,6 +194,8 @@ class ConnectLink:
             self.answered = True
             if response.status != 200:
                 payload = response.read()
+                if "html" in (response.getheader("Content-Type") or "").lower():
+                    raise self._not_the_dashboard(response)
                 raise _connect_error(payload, response.status)
         except (OSError, http.client.HTTPException) as exc:
             self.drop()
@@ -237,6 +239,17 @@ class ConnectLink:
                 return True
         except OSError:
             return False
+
+    def _not_the_dashboard(self, response: http.client.HTTPResponse) -> CallError:
+        """An HTML page, which the Host's API never answers with: another web server on
+        the port (printed whole, its page was the error)."""
+        said = f"HTTP {response.status} {response.reason}".strip()
+        return CallError(
+            HTTP_STATUS.get(response.status, Status.UNKNOWN),
+            said,
+            f"{self.address} answered {said} with a web page, not as the Host's dashboard "
+            "port: is dashboard.port the one the Host's config sets?",
+        )
 
     def _failure(self, exc: Exception) -> CallError:
         if isinstance(exc, TimeoutError):

@@ -240,3 +240,17 @@ async def test_a_host_that_stops_in_the_middle_of_an_answer_is_said_so() -> None
         f"the host at 127.0.0.1:{port} closed the connection in the middle of its answer "
         "(did hakuriver.host stop or restart?)"
     )
+
+
+async def test_another_web_server_on_the_dashboard_port_is_said_so_in_one_line() -> None:
+    """A config whose dashboard.port named another web server printed that server's whole
+    HTML error page as the error."""
+    page = b"<!DOCTYPE HTML>\n<html>\n<body><h1>Error response</h1></body>\n</html>\n"
+    refused, port = await _call_to_a_host_that_dies(
+        b"HTTP/1.1 501 Unsupported method\r\nContent-Type: text/html;charset=utf-8\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(page), page)
+    )
+    assert refused.problem == (
+        f"127.0.0.1:{port} answered HTTP 501 Unsupported method with a web page, not as the "
+        "Host's dashboard port: is dashboard.port the one the Host's config sets?"
+    )

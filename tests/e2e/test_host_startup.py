@@ -85,8 +85,8 @@ def test_a_bind_address_that_does_not_resolve_is_named_with_the_reason(tmp_path:
     config.write_text(text)
     result = _run_host(config)
     assert result.returncode == 1
-    # (After the warning that this /metrics, not on a loopback address, is open.)
-    line = result.stderr.splitlines()[-1]
+    # Beside the warning that this /metrics, not on a loopback address, is open.
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert line.startswith("error: cannot listen on host:9:0 for the metrics: "), line
     assert "Unknown error" not in result.stderr and "Traceback" not in result.stderr
 

@@ -228,11 +228,13 @@ def submit(
     """Submit a command task: hakuriver.task submit [OPTIONS] -- CMD ARGS..."""
     from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 
-    cfg = config_or_fail(config)
     argv = list(command or [])
+    if not argv or not argv[0].strip():  # the Host's refusal would be an exit 1 after a call
+        fail("missing the command to run, after -- (see 'hakuriver.task submit --help')", code=2)
+    cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
         kind=TaskKind.COMMAND.pb,
-        command=argv[0] if argv else "",
+        command=argv[0],
         arguments=argv[1:],
         env=dict(parsed(env or [], _env_pair)),
         cores=cores,

@@ -90,7 +90,7 @@ CLI_CASES = [
     (["task", "submit", "--memory", "12X", "--", "true"], "memory: cannot parse size '12X'"),
     (["task", "submit", "--target", "nowhere", "--", "true"], "target: unknown host 'nowhere'"),
     (["task", "submit", "--container", "nope", "--", "true"], "environment 'nope' not found"),
-    (["task", "submit"], "command: must not be empty"),
+    (["task", "submit"], "missing the command to run, after --"),
     (["task", "submit", "--target", "a:x", "--", "true"], "NUMA id must be a non-negative integer"),
     (["task", "submit", "--env", "NOEQUALS", "--", "true"], "expected KEY=VALUE"),
     (["client", "status", "999"], "task 999 not found"),

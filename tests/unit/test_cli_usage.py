@@ -5,6 +5,7 @@ metavars such as <int range> and <list[str]>."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import typing
 from pathlib import Path
@@ -27,6 +28,8 @@ from hakuriver_common import commands as cli
 from hakuriver_common.commands import App
 from hakuriver_host import main as host_main
 from hakuriver_runner import main as runner_main
+from tests.unit.cli_threads import exit_code_later
+from tests.unit.local_cluster import LocalCluster
 
 TOOLS: dict[str, App] = {
     "hakuriver.task": task.app,
@@ -145,6 +148,20 @@ def test_a_usage_error_is_one_line_naming_the_problem(
     ..."), where every other error of the tools is one line."""
     tool, *argv = command.split()
     assert _usage_error(tool, argv, tmp_path, capsys) == f"error: {said}"
+
+
+@pytest.mark.parametrize("argv", [["--"], ["--cores", "2"], ["--", ""]])
+async def test_submit_without_a_command_is_a_usage_error_not_a_call(
+    argv: list[str], local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Host refused it (`command: must not be empty`, exit 1) after a connection."""
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    argv = ["submit", "--config", str(config), *argv]
+    ended = exit_code_later(direct.run, task.app, "hakuriver.task", argv)
+    assert await asyncio.wait_for(ended, 30) == 2
+    assert capsys.readouterr().err == (
+        "error: missing the command to run, after -- (see 'hakuriver.task submit --help')\n"
+    )
 
 
 def test_hakurun_says_a_usage_error_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:

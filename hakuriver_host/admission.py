@@ -22,7 +22,7 @@ from hakuriver_common.mounts import LOCAL_TEMP_MOUNT_POINT, SHARED_MOUNT_POINT
 from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskKind, TaskNetwork
 from hakuriver_common.units import parse_size
-from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied, at_most
+from hakuriver_host.errors import InvalidArgument, NotFound, PermissionDenied, at_most, between
 from hakuriver_host.scheduler import Request, no_such_gpus
 
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -157,11 +157,11 @@ def _blob_names_type(words: list[str]) -> bool:
 
 
 def _cores(req: tpb.SubmitTaskRequest, kind: TaskKind) -> int:
-    low = 0 if kind is TaskKind.VPS else 1
+    vps = kind is TaskKind.VPS
+    low = 0 if vps else 1
     cores = req.cores if req.HasField("cores") else low
-    if cores < low:
-        at_least = "0 for a VPS" if kind is TaskKind.VPS else "1"
-        raise InvalidArgument(f"cores: must be at least {at_least}, got {cores}")
+    which = " for a VPS (0: no reservation or limit)" if vps else ""
+    between("cores", cores, low, limits.MAX_TASK_CORES, which)
     return cores
 
 
@@ -215,8 +215,6 @@ def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
     _no_nul("container_name", req.container_name)
     at_most("ssh_public_key", _size(req.ssh_public_key), limits.MAX_SSH_KEY_BYTES, " bytes")
     at_most("memory", _size(req.memory), 64, " characters")
-    if req.HasField("cores"):
-        at_most("cores", req.cores, limits.MAX_TASK_CORES)
     at_most("gpus", req.gpus, limits.MAX_TASK_GPUS)
     at_most("array.indices", len(req.array.indices), limits.MAX_ARRAY_TASKS, " tasks")
 

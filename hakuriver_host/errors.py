@@ -28,6 +28,13 @@ def at_most(field: str, value: int, limit: int, unit: str = "") -> None:
         raise InvalidArgument(f"{field}: at most {limit}{unit} allowed, got {value}{unit}")
 
 
+def between(field: str, value: int, low: int, high: int, which: str = "") -> None:
+    """InvalidArgument naming ``field`` and the range it takes (``which``: for what, and
+    what a bound means) when ``value`` is outside it."""
+    if not low <= value <= high:
+        raise InvalidArgument(f"{field}: must be between {low} and {high}{which}, got {value}")
+
+
 class NotFound(ApiError):
     """The request names a task, node or environment that does not exist."""
 

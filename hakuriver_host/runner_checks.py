@@ -17,7 +17,7 @@ from hakuriver_common import limits
 from hakuriver_common.environments import check_environment_name
 from hakuriver_common.proto.hakuriver.v1 import node_pb2, runner_service_pb2 as rpb
 from hakuriver_common.timestamps import check_timestamp
-from hakuriver_host.errors import InvalidArgument
+from hakuriver_host.errors import InvalidArgument, between
 
 MAX_GPU_TEXT = 256
 
@@ -30,11 +30,6 @@ def check_hostname(hostname: str) -> None:
         )
 
 
-def _range(field: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InvalidArgument(f"{field}: must be between {low} and {high}, got {value}")
-
-
 def _count(field: str, count: int, limit: int) -> None:
     if count > limit:
         raise InvalidArgument(f"{field}: at most {limit} allowed, got {count}")
@@ -43,7 +38,7 @@ def _count(field: str, count: int, limit: int) -> None:
 def _gpus(field: str, gpus: list[node_pb2.Gpu]) -> None:
     _count(field, len(gpus), limits.MAX_RUNNER_GPUS)
     for gpu in gpus:
-        _range(f"{field}.index", gpu.index, 0, limits.MAX_RUNNER_GPUS - 1)
+        between(f"{field}.index", gpu.index, 0, limits.MAX_RUNNER_GPUS - 1)
         if len(gpu.name) > MAX_GPU_TEXT or len(gpu.uuid) > MAX_GPU_TEXT:
             raise InvalidArgument(f"{field}: name and uuid of at most {MAX_GPU_TEXT} characters")
 
@@ -58,13 +53,15 @@ def _environments(field: str, names: list[str]) -> None:
 
 def check_register(reg: rpb.RegisterRunner) -> None:
     check_hostname(reg.hostname)
-    _range("register.total_cores", reg.total_cores, 1, limits.MAX_RUNNER_CORES)
-    _range("register.total_memory_bytes", reg.total_memory_bytes, 0, limits.MAX_RUNNER_MEMORY_BYTES)
+    between("register.total_cores", reg.total_cores, 1, limits.MAX_RUNNER_CORES)
+    between(
+        "register.total_memory_bytes", reg.total_memory_bytes, 0, limits.MAX_RUNNER_MEMORY_BYTES
+    )
     _count("register.numa_nodes", len(reg.numa_nodes), limits.MAX_NUMA_NODES)
     cpus: set[int] = set()
     for numa in reg.numa_nodes:
-        _range("register.numa_nodes.id", numa.id, 0, limits.MAX_NUMA_NODES - 1)
-        _range(
+        between("register.numa_nodes.id", numa.id, 0, limits.MAX_NUMA_NODES - 1)
+        between(
             "register.numa_nodes.memory_bytes",
             numa.memory_bytes,
             0,
@@ -72,7 +69,7 @@ def check_register(reg: rpb.RegisterRunner) -> None:
         )
         _count("register.numa_nodes.cpus", len(cpus) + len(numa.cpus), limits.MAX_RUNNER_CORES)
         for cpu in numa.cpus:
-            _range("register.numa_nodes.cpus", cpu, 0, limits.MAX_CPU_ID)
+            between("register.numa_nodes.cpus", cpu, 0, limits.MAX_CPU_ID)
         cpus.update(numa.cpus)
     _gpus("register.gpus", list(reg.gpus))
     _environments("register.environments", list(reg.environments))
@@ -132,4 +129,4 @@ def check_batch(batch: rpb.TaskStateBatch) -> None:
 
 def check_chunk(chunk: rpb.LogChunk) -> None:
     _count("log_chunk.data", len(chunk.data), limits.MAX_LOG_CHUNK_BYTES)
-    _range("log_chunk.offset", chunk.offset, 0, limits.MAX_LOG_OFFSET - len(chunk.data))
+    between("log_chunk.offset", chunk.offset, 0, limits.MAX_LOG_OFFSET - len(chunk.data))

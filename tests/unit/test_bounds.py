@@ -24,6 +24,7 @@ from hakuriver_common.statuses import NodeStatus, TaskStatus
 from tests.fake_runner import HOLD, STDOUT, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import TIMING, LocalCluster, status_of
+from tests.unit.test_authorization import SSH_KEY
 
 CODE = grpc.StatusCode
 
@@ -34,6 +35,32 @@ async def _submit_refused(cluster: LocalCluster, **fields: Any) -> str:
         await cluster.tasks.SubmitTask(tpb.SubmitTaskRequest(**fields), timeout=5)
     assert refused.value.code() == CODE.INVALID_ARGUMENT, refused.value.details()
     return refused.value.details() or ""
+
+
+MOST = limits.MAX_TASK_CORES
+VPS = {"kind": task_pb2.TASK_KIND_VPS, "command": "", "ssh_public_key": SSH_KEY}
+FOR_A_VPS = " for a VPS (0: no reservation or limit)"
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        ({"cores": 0}, f"cores: must be between 1 and {MOST}, got 0"),
+        ({"cores": -1}, f"cores: must be between 1 and {MOST}, got -1"),
+        ({"cores": 2**31 - 1}, f"cores: must be between 1 and {MOST}, got {2**31 - 1}"),
+        ({**VPS, "cores": -1}, f"cores: must be between 0 and {MOST}{FOR_A_VPS}, got -1"),
+        (
+            {**VPS, "cores": MOST + 1},
+            f"cores: must be between 0 and {MOST}{FOR_A_VPS}, got {MOST + 1}",
+        ),
+    ],
+)
+async def test_cores_out_of_range_are_refused_naming_the_range(
+    local_cluster: LocalCluster, fields: dict[str, Any], said: str
+) -> None:
+    """A command task's 0 said `must be at least 1` and its 5000 `at most 4096`: each
+    named one bound of the range."""
+    assert await _submit_refused(local_cluster, **fields) == said
 
 
 async def test_submissions_beyond_the_limits_are_refused_naming_field_and_limit(
@@ -63,9 +90,6 @@ async def test_submissions_beyond_the_limits_are_refused_naming_field_and_limit(
     )
     assert await _submit_refused(local_cluster, env={"V": "\x00"}) == (
         "env 'V': must not contain NUL bytes"
-    )
-    assert (await _submit_refused(local_cluster, cores=limits.MAX_TASK_CORES + 1)).startswith(
-        f"cores: at most {limits.MAX_TASK_CORES} allowed"
     )
     assert (await _submit_refused(local_cluster, memory="2P")).startswith(
         f"memory: at most {limits.MAX_MEMORY_BYTES} bytes allowed"

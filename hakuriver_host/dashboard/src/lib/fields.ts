@@ -93,7 +93,7 @@ export function parseEnv(text: string): Record<string, string> {
 }
 
 // The Host names the field first in its INVALID_ARGUMENT / NOT_FOUND / PERMISSION_DENIED
-// messages for a submission ("cores: must be at least 1, got -1"); see admission.py and
+// messages for a submission ("cores: must be between 1 and 4096, got -1"); see admission.py and
 // scheduler.never_fits. A placement problem says "target:" and is shown by the target field.
 const FIELD_ALIASES: Record<string, string> = { target: "targets" };
 

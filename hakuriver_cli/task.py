@@ -44,6 +44,7 @@ from hakuriver_cli.render import (
     to_json_line,
 )
 from hakuriver_common import commands as cli
+from hakuriver_common.limits import MAX_TASK_CORES
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
 
@@ -184,7 +185,8 @@ def submit(
         ),
     ] = None,
     cores: Annotated[
-        int | None, cli.Option(help="CPU cores to reserve (default 1).", **cli.INT32)
+        int | None,
+        cli.Option(help="CPU cores to reserve; default 1.", min=1, max=MAX_TASK_CORES),
     ] = None,
     memory: Annotated[str, cli.Option(help="Memory limit, e.g. 512M or 4G (1000-based).")] = "",
     gpus: Annotated[

@@ -33,6 +33,7 @@ from hakuriver_cli.render import (
 )
 from hakuriver_cli.task import mount_pbs, target_pbs
 from hakuriver_common import commands as cli
+from hakuriver_common.limits import MAX_TASK_CORES
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
 from hakuriver_common.statuses import ACTIVE_STATUSES, TaskKind
 
@@ -95,7 +96,10 @@ def submit(
         ),
     ] = None,
     cores: Annotated[
-        int, cli.Option(help="CPU cores to reserve; 0 = no reservation or limit.", **cli.INT32)
+        int,
+        cli.Option(
+            help="CPU cores to reserve; 0 = no reservation or limit.", min=0, max=MAX_TASK_CORES
+        ),
     ] = 0,
     memory: Annotated[str, cli.Option(help="Memory limit, e.g. 8G.")] = "",
     gpus: Annotated[

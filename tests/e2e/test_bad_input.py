@@ -86,7 +86,7 @@ def test_kill_of_finished_task_is_failed_precondition(cluster: ProcessCluster) -
 
 
 CLI_CASES = [
-    (["task", "submit", "--cores", "0", "--", "true"], "cores: must be between 1 and 4096, got 0"),
+    (["task", "submit", "--cores", "0", "--", "true"], "'--cores': '0' is out of range (1-4096)"),
     (["task", "submit", "--memory", "12X", "--", "true"], "memory: cannot parse size '12X'"),
     (["task", "submit", "--target", "nowhere", "--", "true"], "target: unknown host 'nowhere'"),
     (["task", "submit", "--container", "nope", "--", "true"], "environment 'nope' not found"),

@@ -150,6 +150,7 @@ REFUSED = [
     ("task", ["--help"]),
     ("task", ["submit", "--help"]),
     ("task", ["submit", "--cores", "two", "--", "true"]),
+    ("task", ["submit", "--cores", "0", "--", "true"]),  # below the range
     ("task", ["submit", "--network", "bridge", "--", "true"]),
     ("task", ["submit", "--poll-interval", "0.05", "--", "true"]),
     ("task", ["submit", "--bogus", "--", "true"]),
@@ -161,7 +162,7 @@ REFUSED = [
     ("task", ["list", "--limit", "0"]),  # not the Host's default of 100
 ]
 TYPERS_OWN = [
-    ("task", ["submit", "--cores", "-1", "--", "true"]),  # a value that starts with '-'
+    ("task", ["submit", "--priority", "-1", "--", "true"]),  # a value that starts with '-'
     ("task", ["submit", "--cores", "2", "--cores", "3", "--", "true"]),  # the last wins
     ("task", ["submit", "--wait", "--wait", "--", "true"]),
     ("task", ["submit", "--cores", "1_000", "--", "true"]),  # pydantic reads it as 1000

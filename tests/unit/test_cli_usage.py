@@ -79,11 +79,12 @@ hakuriver.admin audit --limit 5000 | '--limit': '5000' is out of range (1-1000)
 hakuriver.client health --count -1 | '--count': '-1' is out of range (0 or more)
 hakuriver.task submit --cores 1.5 | '--cores': '1.5' is not an integer
 hakuriver.task submit --cores ٣ | '--cores': '٣' is not an integer
-hakuriver.task submit --cores 3000000000 | '--cores': '3000000000' is out of range \
-(-2147483648 to 2147483647)
+hakuriver.task submit --cores 3000000000 | '--cores': '3000000000' is out of range (1-4096)
+hakuriver.task submit --cores 0 | '--cores': '0' is out of range (1-4096)
+hakuriver.vps submit --cores -1 | '--cores': '-1' is out of range (0-4096)
+hakuriver.vps submit --cores 5000 | '--cores': '5000' is out of range (0-4096)
 hakuriver.task list --limit 1{0} | '--limit': '1{0}' is out of range (1-1000)
-hakuriver.task submit --cores 1{0} | '--cores': '1{0}' is out of range \
-(-2147483648 to 2147483647)
+hakuriver.task submit --cores 1{0} | '--cores': '1{0}' is out of range (1-4096)
 hakuriver.task submit --poll-interval 0 | '--poll-interval': '0' is out of range (0.1 or more)
 hakuriver.task submit --poll-interval soon | '--poll-interval': 'soon' is not a finite number
 hakuriver.task submit --poll-interval nan | '--poll-interval': 'nan' is not a finite number
@@ -219,7 +220,7 @@ def test_no_help_shows_a_type_in_angle_brackets_or_a_range_in_symbols(
     assert "--kind [command|vps]" in listing
     assert "--config PATH" in listing
     submit = _help("hakuriver.task", ["submit"], capsys)
-    assert re.search(r"--cores INTEGER +CPU cores to reserve \(default 1\)\.\n", submit)
+    assert re.search(r"--cores INTEGER +CPU cores to reserve; default 1\. \(1-4096\)\n", submit)
     assert "--network [host|none]" in submit
 
 

@@ -333,10 +333,15 @@ def batch_ended(batch: tpb.BatchSummary) -> bool:
     return all(c.status in FINAL_TASK_STATUSES for c in batch.counts)
 
 
+def capped(cap: int, size: int) -> str:
+    """``, at most 10 at once``: an array's cap, when it holds back some of its tasks."""
+    return f", at most {cap} at once" if 0 < cap < size else ""
+
+
 def batch_line(batch: tpb.BatchSummary) -> str:
     """A batch at a glance: what it is, then how many tasks are in each status."""
     what = "array" if batch.array else "batch"
-    cap = f", at most {batch.max_running} at once" if batch.max_running else ""
+    cap = capped(batch.max_running, batch.size)
     counts = ", ".join(f"{c.count} {status_name(c.status)}" for c in batch.counts)
     held = " (held: its pending tasks wait until it is resumed)" if batch.held else ""
     return f"{what} {batch.batch_id}: {tasks_count(batch.size)}{cap}: {counts or 'none'}{held}"

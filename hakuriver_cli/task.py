@@ -33,6 +33,7 @@ from hakuriver_cli.render import (
     TASK_COLUMNS,
     batch_ended,
     batch_line,
+    capped,
     print_json,
     show_list,
     shown,
@@ -311,8 +312,7 @@ def _submit_array(
         stub = task_stub(link)
         response = submit_once(stub.SubmitTask, request, cfg, len(request.array.indices))
         if not json:
-            cap = request.array.max_running
-            at_once = f", at most {cap} at once" if cap else ""
+            at_once = capped(request.array.max_running, response.created)
             created = tasks_count(response.created)
             cli.echo(f"submitted array {response.batch_id}: {created}{at_once}")
         batch = (

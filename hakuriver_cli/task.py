@@ -47,7 +47,13 @@ from hakuriver_cli.render import (
 from hakuriver_common import commands as cli
 from hakuriver_common.limits import MAX_TASK_CORES
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
-from hakuriver_common.statuses import FINAL_TASK_STATUSES, TaskKind, TaskNetwork, TaskStatus
+from hakuriver_common.statuses import (
+    FINAL_STATUSES,
+    FINAL_TASK_STATUSES,
+    TaskKind,
+    TaskNetwork,
+    TaskStatus,
+)
 
 if TYPE_CHECKING:
     from google.protobuf.timestamp_pb2 import Timestamp
@@ -162,6 +168,50 @@ def wait_batch(link: Link, target: str, batch_id: int, poll_interval: float) -> 
 
 def _all_completed(batch: tpb.BatchSummary) -> bool:
     return all(c.status == TaskStatus.COMPLETED.pb for c in batch.counts)
+
+
+# How many of an ended batch's tasks that did not complete are named: one page of them.
+_NAMED_ENDS = 20
+
+
+def _not_completed(
+    stub: task_service_pb2_grpc.TaskServiceStub, batch: tpb.BatchSummary
+) -> list[int]:
+    """The array indices (a plain batch's task ids) of its last tasks that ended otherwise
+    than completed, at most ``_NAMED_ENDS``, in order: what to run again."""
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    if _all_completed(batch):
+        return []
+    statuses = [s.pb for s in FINAL_STATUSES if s is not TaskStatus.COMPLETED]
+    request = tpb.ListTasksRequest(batch_id=batch.batch_id, statuses=statuses, limit=_NAMED_ENDS)
+    listed = unary(stub.ListTasks, request).tasks
+    return sorted(t.array_index if batch.array else t.task_id for t in listed)
+
+
+def _not_completed_line(batch: tpb.BatchSummary, named: list[int]) -> str:
+    """``not completed: indices 3, 7``; when there are more, how to list them all."""
+    ended = sum(c.count for c in batch.counts if c.status != TaskStatus.COMPLETED.pb)
+    what = "indices" if batch.array else "tasks"
+    more = ended - len(named)
+    rest = f" and {more} more (hakuriver.task list --batch {batch.batch_id})" if more > 0 else ""
+    return f"not completed: {what} {', '.join(map(str, named))}{rest}"
+
+
+def _show_ended_batch(
+    stub: task_service_pb2_grpc.TaskServiceStub,
+    batch: tpb.BatchSummary,
+    out: dict[str, object] | None,
+) -> None:
+    """An ended batch's counts and which of its tasks did not complete: printed, or added
+    to ``out`` (the --json output) as ``not_completed``."""
+    named = _not_completed(stub, batch)
+    if out is not None:
+        out.update(batch=to_dict(batch), not_completed=named)
+        return
+    cli.echo(batch_line(batch))
+    if named:
+        cli.echo(_not_completed_line(batch, named))
 
 
 PollIntervalOption = Annotated[
@@ -321,17 +371,17 @@ def _submit_array(
         found = list(response.tasks)
         if json and batch is not None and found:  # as they ended, not as submitted
             found = _batch_tasks(stub, response.batch_id, [t.task_id for t in found])
-    if json:
-        shown: dict[str, object] = {
-            "batch_id": str(response.batch_id),
-            "created": response.created,
-            "tasks": [to_dict(t) for t in found],
-        }
+        out: dict[str, object] | None = None
+        if json:
+            out = {
+                "batch_id": str(response.batch_id),
+                "created": response.created,
+                "tasks": [to_dict(t) for t in found],
+            }
         if batch is not None:
-            shown["batch"] = to_dict(batch)
-        print_json(shown)
-    elif batch is not None:
-        cli.echo(batch_line(batch))
+            _show_ended_batch(stub, batch, out)
+    if out is not None:
+        print_json(out)
     if batch is not None and not _all_completed(batch):
         raise cli.Exit(1)
 
@@ -703,10 +753,10 @@ def wait_task(
 
     def batch(link: Link, bid: int) -> bool:
         done = wait_batch(link, cfg.host_target, bid, poll_interval)
-        if json:
-            print_json({"batch": to_dict(done)})
-        else:
-            cli.echo(batch_line(done))
+        out: dict[str, object] | None = {} if json else None
+        _show_ended_batch(task_stub(link), done, out)
+        if out is not None:
+            print_json(out)
         return _all_completed(done)
 
     with host_link(cfg, reconnect_seconds=poll_interval) as link:

@@ -180,17 +180,18 @@ def test_wait_exits_1_when_one_index_fails(cluster: ProcessCluster) -> None:
         "sh", "-c", "test $HAKURIVER_ARRAY_INDEX != 3",
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
-    first, last = result.stdout.splitlines()
+    first, last, which = result.stdout.splitlines()
     found = SUBMITTED.match(first)
     assert found, first
     array_id = found[1]
     assert last == f"array {array_id}: 4 tasks: 3 completed, 1 failed"
+    assert which == "not completed: indices 3"
     failed = as_json(
         cli(cluster, "task", "list", "--batch", array_id, "--status", "failed", "--json")
     )
     assert [(t["array_index"], t["exit_code"]) for t in failed] == [(3, 1)]
     waited = cli(cluster, "task", "wait", array_id)
-    assert waited.returncode == 1 and waited.stdout == last + "\n"
+    assert waited.returncode == 1 and waited.stdout == f"{last}\n{which}\n"
 
 
 def test_the_index_replaces_the_variables_in_arguments_without_a_shell(
@@ -455,13 +456,14 @@ def test_json_shapes(cluster: ProcessCluster) -> None:
         assert killed["batch"]["counts"] == [{"status": "killed", "count": 3}]
 
         waited = as_json(cli(cluster, "task", "wait", array_id, "--json"), code=1)
-        assert waited == {"batch": killed["batch"]}
+        assert waited == {"batch": killed["batch"], "not_completed": [0, 1, 2]}
 
     done = as_json(
         cli(cluster, "task", "submit", "--json", "--wait", "--array", "4,9", "--", "true")
     )
-    assert set(done) == {"batch_id", "created", "tasks", "batch"}
+    assert set(done) == {"batch_id", "created", "tasks", "batch", "not_completed"}
     assert done["batch"]["counts"] == [{"status": "completed", "count": 2}]
+    assert done["not_completed"] == []
     # The tasks as they ended, not as they were submitted.
     assert [(t["array_index"], t["status"]) for t in done["tasks"]] == [
         (4, "completed"),

@@ -76,7 +76,8 @@ class Batches:
         self.cluster.audit.record(who, "batch.kill", batch_id)
         book = self.cluster.book
         pending = self._active(batch_id, frozenset({TaskStatus.PENDING}))
-        stores = [book.apply(t, TaskStatus.KILLED, "killed with its batch") for t in pending]
+        detail = f"killed by {who.name} with its batch"
+        stores = [book.apply(t, TaskStatus.KILLED, detail, killed_by=who.name) for t in pending]
         await asyncio.gather(*stores)
         await self.cluster.set_held(batch_id, False)  # nothing is left for it to hold
         placed = self._active(batch_id, PLACED_STATUSES)

@@ -707,9 +707,10 @@ class Cluster:
         self.audit.record(who, "task.kill", task_id)
         # A pending task is killed in memory now (a second kill is refused), stored below.
         if task.status == TaskStatus.PENDING:
-            work = self.book.apply(task, TaskStatus.KILLED, detail="killed while pending")
+            detail = f"killed by {who.name} while pending"
+            work = self.book.apply(task, TaskStatus.KILLED, detail, killed_by=who.name)
         else:
-            work = self._kill_placed(task)
+            work = self._kill_placed(task, who.name)
         # Carried through by the Host, its caller gone or not (a deadline shorter than the
         # kill's grace): the task ends killed, or as its Runner reports it, unless the
         # Host stops first (then it is killed when its Runner reconnects, see
@@ -726,10 +727,10 @@ class Cluster:
             raise
         return task
 
-    async def _kill_placed(self, task: Task) -> None:
+    async def _kill_placed(self, task: Task, by: str) -> None:
         if TaskStatus(task.status).is_final:  # it ended meanwhile
             return
-        await self.book.persist(task, kill_requested=True)
+        await self.book.persist(task, kill_requested=True, killed_by=by)
         # An unknown task's Runner is away: killed now; the Runner discards it on return.
         away = task.status == TaskStatus.UNKNOWN
         link = None if away else self.nodes.link_of(task.assigned_node)
@@ -743,7 +744,7 @@ class Cluster:
             )
         if not TaskStatus(task.status).is_final:
             why = "runner did not confirm" if link is not None else "runner not connected"
-            await self.book.move(task, TaskStatus.KILLED, detail=f"killed ({why})")
+            await self.book.move(task, TaskStatus.KILLED, detail=f"killed by {by} ({why})")
 
     async def _control(
         self,

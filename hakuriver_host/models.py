@@ -89,6 +89,8 @@ class Task(SQLModel):
     stdout_path: str = ""
     stderr_path: str = ""
     kill_requested: bool = False
+    # Who asked for the kill (the timeline's kill entry names them); "" before anyone did.
+    killed_by: str = ""
     assigned_cpus: list[int] = Field(default_factory=_new_list, sa_column=Column(JSON))
     gpu_count: int = 0
     status_detail: str = ""

@@ -195,7 +195,9 @@ class RunnerGateway:
                 continue
             if status is TaskStatus.ASSIGNING:
                 if task.kill_requested:  # its kill was cut short with the Runner's stream
-                    await self.book.move(task, TaskStatus.KILLED, detail="killed before it started")
+                    by = f" by {task.killed_by}" if task.killed_by else ""  # a kill from before
+                    detail = f"killed{by} before it started"
+                    await self.book.move(task, TaskStatus.KILLED, detail=detail)
                 else:
                     link.dispatch(dispatch_of(task))
                 continue
@@ -435,6 +437,7 @@ class RunnerGateway:
         return TaskFacts(
             TaskStatus.of(task.status),
             task.kill_requested,
+            task.killed_by,
             task.required_memory_bytes,
             task.ssh_port,
             self.output_errors.get(task.task_id, ""),

@@ -84,6 +84,8 @@ class TaskFacts:
 
     status: TaskStatus
     kill_requested: bool = False
+    # Who asked for the kill: its timeline entry names them ("" for a kill from before).
+    killed_by: str = ""
     memory_bytes: int = 0
     ssh_port: int = 0
     # Why some of its output could not be stored ("" if all was): it cannot be completed.
@@ -164,7 +166,10 @@ def _exited(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:
     finished = _time(facts, report, "finished_at")
     if finished is not None:
         fields["completed_at"] = finished
-    return Outcome(final, f"exited with code {exit_code}", fields)
+    detail = f"exited with code {exit_code}"
+    if final is TaskStatus.KILLED and facts.killed_by:
+        detail = f"killed by {facts.killed_by}: {detail}"
+    return Outcome(final, detail, fields)
 
 
 def _interpret(facts: TaskFacts, report: rpb.TaskStateReport) -> Outcome:

@@ -160,6 +160,28 @@ async def test_runner_away_past_the_limit_has_its_tasks_lost(
     assert status_of(await cluster.get(task.task_id)) is TaskStatus.LOST
 
 
+async def test_a_killed_tasks_timeline_names_who_killed_it(local_cluster: LocalCluster) -> None:
+    """It said `exited with code 143`, not who asked (Slurm: `CANCELLED by`): an operator
+    killing another user's task is named, as a user killing their own pending one is."""
+    await local_cluster.add_runner("a", cores=1, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    olive = await local_cluster.add_user("olive", Role.OPERATOR)
+    submit = tpb.SubmitTaskRequest(command="long")
+    running = (await alice.tasks.SubmitTask(submit, timeout=5)).tasks[0]
+    await local_cluster.wait_status(running.task_id, TaskStatus.RUNNING)
+    pending = (await alice.tasks.SubmitTask(submit, timeout=5)).tasks[0]
+    await alice.tasks.KillTask(tpb.KillTaskRequest(task_id=pending.task_id), timeout=10)
+    kill = tpb.KillTaskRequest(task_id=running.task_id)
+    await olive.tasks.KillTask(kill, timeout=10)
+
+    ended = f"killed by olive: exited with code {KILLED_EXIT_CODE}"
+    assert (await local_cluster.events(running.task_id))[-1] == (TaskStatus.KILLED, ended)
+    assert (await local_cluster.events(pending.task_id))[-1] == (
+        TaskStatus.KILLED,
+        "killed by alice while pending",
+    )
+
+
 async def test_unknown_task_is_killed_at_once(local_cluster: LocalCluster) -> None:
     runner = await local_cluster.add_runner("a", answer=HOLD)
     [task] = await local_cluster.submit_running()
@@ -171,7 +193,7 @@ async def test_unknown_task_is_killed_at_once(local_cluster: LocalCluster) -> No
     # Not sent to the away Runner and waited for: killed on the spot.
     assert (await local_cluster.events(task.task_id))[-1] == (
         TaskStatus.KILLED,
-        "killed (runner not connected)",
+        f"killed by {local_cluster.config.auth.bootstrap_admin} (runner not connected)",
     )
     await runner.connect()
     await eventually(lambda: runner.discarded == [task.task_id], what="the discard")
@@ -324,9 +346,10 @@ async def test_a_runner_that_does_not_confirm_is_not_waited_for_forever(
     killed = await cluster.kill(killed_one.task_id)
     assert time.monotonic() - started < 5
     assert status_of(killed) is TaskStatus.KILLED
-    assert (TaskStatus.KILLED, "killed (runner did not confirm)") in await cluster.events(
-        killed_one.task_id
-    )
+    assert (
+        TaskStatus.KILLED,
+        f"killed by {cluster.config.auth.bootstrap_admin} (runner did not confirm)",
+    ) in await cluster.events(killed_one.task_id)
 
 
 async def test_a_kill_whose_caller_gave_up_is_carried_through(
@@ -342,9 +365,10 @@ async def test_a_kill_whose_caller_gave_up_is_carried_through(
     assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert ("kill", task.task_id) in runner.commands
     await cluster.wait_status(task.task_id, TaskStatus.KILLED)
-    assert (TaskStatus.KILLED, "killed (runner did not confirm)") in await cluster.events(
-        task.task_id
-    )
+    assert (
+        TaskStatus.KILLED,
+        f"killed by {cluster.config.auth.bootstrap_admin} (runner did not confirm)",
+    ) in await cluster.events(task.task_id)
 
 
 async def test_a_kill_cut_short_by_a_host_restart_is_sent_again_when_the_runner_returns(

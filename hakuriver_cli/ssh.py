@@ -264,6 +264,19 @@ def _check_task(task_id: int, cfg: ClientConfig) -> apb.WhoAmIResponse:
     return then
 
 
+def _no_option_for_id(text: str) -> None:
+    """Fail (exit 2) when the task id is an option: unknown options are taken as arguments
+    (ssh's go after the id), so ``-i KEY 42`` read ``-i`` as the id."""
+    if text.startswith("--") and len(text) > 2:
+        fail(f"no such option: {text} (see 'hakuriver.ssh --help')", code=2)
+    if text[:1] == "-" and text[1:2].isalpha():
+        fail(
+            f"{text} is not an option of hakuriver.ssh: ssh's options go after the task id "
+            f"(hakuriver.ssh TASK_ID -- {text} ...)",
+            code=2,
+        )
+
+
 @app.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 def main(
     task_id: Annotated[str, cli.Argument(help="VPS task id.", show_default=False)],
@@ -283,6 +296,7 @@ def main(
     version: VersionOption = False,
 ) -> None:
     """SSH into a running VPS task through the Host."""
+    _no_option_for_id(task_id)
     cfg = config_or_fail(config)
     tid = task_id_or_fail(task_id)
     address = host or cfg.network.host_reachable_address

@@ -54,6 +54,32 @@ def test_ssh_arguments_split_as_getopt_reads_them(
     assert split_ssh_args(args) == (options, remote)
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["-i", "key", "42"],
+            "error: -i is not an option of hakuriver.ssh: ssh's options go after the task id "
+            "(hakuriver.ssh TASK_ID -- -i ...)",
+        ),
+        (
+            ["--identity", "key", "42"],
+            "error: no such option: --identity (see 'hakuriver.ssh --help')",
+        ),
+    ],
+    ids=["ssh-option", "unknown-long-option"],
+)
+def test_an_option_before_the_task_id_is_named(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unknown options are arguments (ssh's go after the id), so ``hakuriver.ssh -i KEY 42``
+    said `task id must be a decimal integer, got '-i'`."""
+    with pytest.raises(SystemExit) as ended:
+        ssh.app(args, prog_name="hakuriver.ssh")
+    assert ended.value.code == 2
+    assert capsys.readouterr().err == said + "\n"
+
+
 def _one_answer(reply: bytes) -> int:
     """A port whose one connection reads the ticket line and gets ``reply``."""
     server = socket.create_server(("127.0.0.1", 0))

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 from hakuriver_cli.connection import (
@@ -48,6 +49,10 @@ CHUNK = 64 * 1024
 # the Host ended it), not a call's 30 s: a Host that ended the session answers at once, and
 # one that does not answer (a network partition, the Host stopped) held ssh's exit for 30 s.
 END_ASK_SECONDS = 5.0
+# How long a session the far side ended waits for its VPS to show as ended (a Runner reports
+# a killed VPS's end after its tunnels closed, within milliseconds); a VPS still running
+# then (a Runner restart ended the tunnel) is said nothing of.
+END_WATCH_SECONDS = 2.0
 
 
 class ProxyRefused(Exception):
@@ -98,9 +103,12 @@ def _present(sock: socket.socket, ticket: str) -> bytes:
 
 
 def _copy(
-    read: socket.socket | int, write: socket.socket | int, at_eof: threading.Event | None = None
+    read: socket.socket | int,
+    write: socket.socket | int,
+    at_eof: Callable[[], object] | None = None,
 ) -> None:
-    """Copy bytes until EOF (``at_eof`` set then, if given), then half-close the other side."""
+    """Copy bytes until EOF (``at_eof`` called then, if given), then half-close the other
+    side."""
     try:
         while True:
             data = read.recv(CHUNK) if isinstance(read, socket.socket) else os.read(read, CHUNK)
@@ -111,7 +119,7 @@ def _copy(
             else:
                 os.write(write, data)
         if at_eof is not None:
-            at_eof.set()
+            at_eof()
     except OSError:
         pass
     finally:
@@ -122,13 +130,21 @@ def _copy(
                 os.close(write)
 
 
-def _relay(a: socket.socket, b: socket.socket) -> None:
-    back = threading.Thread(target=_copy, args=(b, a), daemon=True)
+def _relay(client: socket.socket, upstream: socket.socket, far_ended: threading.Event) -> None:
+    """Relay until both sides end; ``far_ended`` set when the tunnel ended while the client
+    still sent (the Host ended the session, or the VPS ended)."""
+    sent_all = threading.Event()
+    back = threading.Thread(target=_copy, args=(client, upstream, sent_all.set), daemon=True)
     back.start()
-    _copy(a, b)
+
+    def upstream_ended() -> None:  # before the client sees the end: ssh exits then
+        if not sent_all.is_set():
+            far_ended.set()
+
+    _copy(upstream, client, upstream_ended)
     back.join()
-    a.close()
-    b.close()
+    client.close()
+    upstream.close()
 
 
 def _serve_local(
@@ -138,6 +154,7 @@ def _serve_local(
     task_id: int,
     cfg: ClientConfig,
     said: threading.Event,
+    far_ended: threading.Event,
 ) -> None:
     with host_link(cfg) as link:
         while True:
@@ -145,7 +162,7 @@ def _serve_local(
                 client, _ = listener.accept()
             except OSError:
                 return
-            _forward(client, link, host, port, task_id, cfg, said)
+            _forward(client, link, host, port, task_id, cfg, said, far_ended)
 
 
 def _forward(
@@ -156,6 +173,7 @@ def _forward(
     task_id: int,
     cfg: ClientConfig,
     said: threading.Event,
+    far_ended: threading.Event,
 ) -> None:
     """Relay ``client`` through a tunnel of its own; why not, on stderr (``said`` set)."""
     from hakuriver_cli.call_error import CallError
@@ -172,7 +190,7 @@ def _forward(
         said.set()
         client.close()
         return
-    threading.Thread(target=_relay, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=_relay, args=(client, upstream, far_ended), daemon=True).start()
 
 
 def _whoami(link: Link, timeout: float | None = None) -> apb.WhoAmIResponse:
@@ -182,39 +200,65 @@ def _whoami(link: Link, timeout: float | None = None) -> apb.WhoAmIResponse:
     return unary(access_stub(link).WhoAmI, apb.WhoAmIRequest(), timeout)
 
 
-def _say_why_ended(cfg: ClientConfig, then: apb.WhoAmIResponse) -> bool:
+def _status_once_ended(link: Link, task_id: int) -> int:
+    """The VPS's status once it is no longer running, or running if it still is after
+    END_WATCH_SECONDS."""
+    from hakuriver_cli.call_error import CallError, Status
+    from hakuriver_cli.link import task_stub
+    from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+
+    request = tpb.WatchTaskRequest(task_id=task_id)
+    try:
+        for update in task_stub(link).WatchTask(request, timeout=END_WATCH_SECONDS):
+            if update.task.status != TaskStatus.RUNNING.pb:
+                return int(update.task.status)
+    except CallError as exc:
+        if exc.status is not Status.DEADLINE_EXCEEDED:
+            raise
+    return int(TaskStatus.RUNNING.pb)
+
+
+def _say_why_ended(
+    cfg: ClientConfig, then: apb.WhoAmIResponse, task_id: int, far_ended: bool
+) -> bool:
     """Whether the Host ended the session, said in one line on stderr: ssh says only that
     the connection closed (exit 255) when the Host ends it because its token was revoked or
-    expired, its user removed, or its user's role changed (``then``: who it began as). The
-    Host's refusal of the token, if it refuses it now, is said as every tool says it; a
-    Host that does not answer within END_ASK_SECONDS, too."""
+    expired, its user removed, or its user's role changed (``then``: who it began as), or,
+    when the tunnel's far side ended it (``far_ended``), because the VPS stopped running
+    (killed, its sshd gone, its Runner away). The Host's refusal of the token, if it
+    refuses it now, is said as every tool says it; a Host that does not answer within
+    END_ASK_SECONDS, too."""
     try:
         with host_link(cfg) as link:
             now = _whoami(link, END_ASK_SECONDS)
+            if now.role != then.role:
+                cli.echo(
+                    f"error: the host ended the session: the role of {now.user} changed from "
+                    f"{role_name(then.role)} to {role_name(now.role)}: connect again",
+                    err=True,
+                )
+                return True
+            status = _status_once_ended(link, task_id) if far_ended else TaskStatus.RUNNING.pb
     except cli.Exit:
-        return True  # host_link said why: the token refused, or the Host gone
-    if now.role == then.role:
+        return True  # host_link said why: the token refused, the task gone, or the Host gone
+    if status == TaskStatus.RUNNING.pb:
         return False
-    cli.echo(
-        f"error: the host ended the session: the role of {now.user} changed from "
-        f"{role_name(then.role)} to {role_name(now.role)}: connect again",
-        err=True,
-    )
+    cli.echo(f"error: the session ended: task {task_id} is {status_name(status)}", err=True)
     return True
 
 
-def _proxy(sock: socket.socket, cfg: ClientConfig, then: apb.WhoAmIResponse) -> None:
+def _proxy(sock: socket.socket, cfg: ClientConfig, then: apb.WhoAmIResponse, task_id: int) -> None:
     """Relay stdin and stdout through the tunnel until it ends. Ended from the far side
     while ssh still sends (the Host ended the session), say why; ssh having ended its side
     first (it is done: a logout, or its own timeout behind a network partition), ask the
     Host nothing."""
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
     sent_all = threading.Event()  # before the tunnel's half-close: before its far end
-    threading.Thread(target=_copy, args=(stdin, sock, sent_all), daemon=True).start()
+    threading.Thread(target=_copy, args=(stdin, sock, sent_all.set), daemon=True).start()
     # A copy of stdout, closed at the tunnel's end: ssh sees the end only when the tool
     # exits, after saying why (ssh ends its ProxyCommand as soon as it sees the end).
     _copy(sock, os.dup(stdout))
-    if not sent_all.is_set() and _say_why_ended(cfg, then):
+    if not sent_all.is_set() and _say_why_ended(cfg, then, task_id, True):
         raise cli.Exit(1)
 
 
@@ -309,7 +353,7 @@ def main(
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
-        _proxy(sock, cfg, then)
+        _proxy(sock, cfg, then, tid)
         return
     then = _check_task(tid, cfg)
     ssh = shutil.which("ssh")
@@ -320,9 +364,11 @@ def main(
     except OSError as exc:  # a port in use or not ours: one line, not a traceback
         fail(f"--local-port {local_port}: {os.strerror(exc.errno) if exc.errno else exc}")
     listen_port = listener.getsockname()[1]
-    said = threading.Event()
+    said, far_ended = threading.Event(), threading.Event()
     threading.Thread(
-        target=_serve_local, args=(listener, address, port, tid, cfg, said), daemon=True
+        target=_serve_local,
+        args=(listener, address, port, tid, cfg, said, far_ended),
+        daemon=True,
     ).start()
     options, remote = split_ssh_args(ssh_args or [])
     argv = [
@@ -340,7 +386,7 @@ def main(
     code = subprocess.call(argv)
     listener.close()
     if code == 255 and not said.is_set():
-        _say_why_ended(cfg, then)
+        _say_why_ended(cfg, then, tid, far_ended.is_set())
     raise cli.Exit(code)
 
 

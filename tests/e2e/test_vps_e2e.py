@@ -406,6 +406,23 @@ def test_a_session_whose_users_role_changed_ends_saying_why(
     ) in said, said
 
 
+def test_a_session_whose_vps_is_killed_ends_saying_so(
+    vps_cluster: ProcessCluster, key_files: Path, sshd_image: str, tmp_path: Path
+) -> None:
+    """ssh says only 'Connection to 127.0.0.1 closed by remote host' (exit 255); the
+    Runner reports the kill after the tunnel closed, and hakuriver.ssh says what became of
+    the VPS."""
+    task_id = _running_admin_vps(vps_cluster, key_files, sshd_image)
+    argv = [*vps_cluster.cli_argv("ssh"), str(task_id), "--", *_ssh_options(key_files)]
+    kill = tpb.KillTaskRequest(task_id=task_id)
+    said = _session_ended(
+        argv,
+        _env(vps_cluster, vps_cluster.admin_token, tmp_path),
+        lambda: vps_cluster.tasks.KillTask(kill, timeout=30),
+    )
+    assert said[-1] == f"error: the session ended: task {task_id} is killed", said
+
+
 def test_another_user_cannot_reach_the_vps(
     vps_cluster: ProcessCluster, stranger: Person, vps: int, key_files: Path, tmp_path: Path
 ) -> None:

@@ -10,16 +10,19 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from hakuriver_cli import connection, ssh
 from hakuriver_cli.ssh import ProxyRefused, open_tunnel, split_ssh_args
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
-from tests.fake_runner import HOLD
+from hakuriver_common.statuses import TaskStatus
+from tests.fake_runner import HOLD, KILLED_EXIT_CODE, FakeRunner, eventually
 from tests.unit.cli_threads import exit_code_later
-from tests.unit.local_cluster import LocalCluster
+from tests.unit.local_cluster import LocalCluster, status_of
 from tests.unit.test_ssh_tickets import SSH_KEY
 
 
@@ -161,16 +164,26 @@ class _Pipe:
         return self.fd
 
 
-async def _proxied_session_ended(
-    cluster: LocalCluster,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    ssh_ended_first: bool,
-) -> int:
-    """`hakuriver.ssh --proxy-command` of a VPS through ``_Proxy``, ended with the Host
-    not answering any more (stopped, and something silent on its port, as behind a network
-    partition): by ssh closing its side first, or by the far side. Its exit code."""
-    await cluster.add_runner("a", answer=HOLD)
+@dataclass
+class _Session:
+    """`hakuriver.ssh --proxy-command` of a running VPS, relaying through ``_Proxy``."""
+
+    vps: int
+    runner: FakeRunner
+    proxy: _Proxy
+    ended: asyncio.Future[int]  # its exit code
+    ssh_writes: int  # ssh's end of the tool's stdin
+    pipes: tuple[int, ...]  # the other ends, closed after
+
+    def close(self, ssh_closed: bool) -> None:
+        for fd in (*self.pipes, *(() if ssh_closed else (self.ssh_writes,))):
+            os.close(fd)
+
+
+async def _proxied_session(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **runner: Any
+) -> _Session:
+    runner_pb = await cluster.add_runner("a", answer=HOLD, **runner)
     request = {"kind": task_pb2.TASK_KIND_VPS, "ssh_public_key": SSH_KEY}
     [vps] = await cluster.submit_running(**request)
     config = cluster.cli_config(tmp_path / "client.toml")
@@ -181,18 +194,27 @@ async def _proxied_session_ended(
     monkeypatch.setattr(sys, "stdout", _Pipe(stdout))
     proxy = _Proxy()
     args = (str(vps.task_id), None, "127.0.0.1", proxy.port, 0, "root", True, config, False)
-    session = exit_code_later(ssh.main, *args)
+    ended = exit_code_later(ssh.main, *args)
     assert await asyncio.to_thread(proxy.opened.wait, 10)
+    return _Session(vps.task_id, runner_pb, proxy, ended, ssh_writes, (ssh_reads, stdout, stdin))
+
+
+async def _proxied_session_ended(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ssh_ended_first: bool
+) -> int:
+    """A session ended with the Host not answering any more (stopped, and something silent
+    on its port, as behind a network partition): by ssh closing its side first, or by the
+    far side. Its exit code."""
+    session = await _proxied_session(cluster, tmp_path, monkeypatch)
     port = cluster.config.network.host_port
     await cluster.stop_host()
     with socket.create_server(("127.0.0.1", port)):  # accepts, never answers
         if ssh_ended_first:
-            os.close(ssh_writes)
+            os.close(session.ssh_writes)
         else:
-            proxy.end.set()
-        code = await asyncio.wait_for(session, 60)
-    for fd in (ssh_reads, stdout, stdin, *(() if ssh_ended_first else (ssh_writes,))):
-        os.close(fd)
+            session.proxy.end.set()
+        code = await asyncio.wait_for(session.ended, 60)
+    session.close(ssh_ended_first)
     return code
 
 
@@ -225,3 +247,37 @@ async def test_a_session_ssh_ended_asks_the_host_nothing(
     network partition): the Host did not end the session, and is not asked why."""
     assert await _proxied_session_ended(local_cluster, tmp_path, monkeypatch, True) == 0
     assert capsys.readouterr().err == ""
+
+
+async def test_a_session_its_vps_ended_says_so(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A VPS killed (or its sshd gone, its Runner away) ends its sessions: ssh said only
+    'Connection to 127.0.0.1 closed by remote host', so the tool says what became of it. A
+    Runner reports a killed VPS's end after its tunnels closed: here it reports only once
+    the tool has asked who it is at the end."""
+    session = await _proxied_session(local_cluster, tmp_path, monkeypatch, answer_kills=False)
+    killing = asyncio.ensure_future(local_cluster.kill(session.vps))
+
+    async def asked_whoami() -> float:
+        return (await local_cluster.request_counts()).get(
+            ("/hakuriver.v1.AccessService/WhoAmI", "OK"), 0.0
+        )
+
+    await eventually(lambda: ("kill", session.vps) in session.runner.commands, 10)
+    before = await asked_whoami()
+    session.proxy.end.set()
+
+    async def asked_again() -> bool:
+        return await asked_whoami() > before
+
+    await eventually(asked_again, 10, what="the tool asking who it is at the end")
+    session.runner.finish(session.vps, KILLED_EXIT_CODE)
+    assert status_of(await asyncio.wait_for(killing, 30)) is TaskStatus.KILLED
+    assert await asyncio.wait_for(session.ended, 60) == 1
+    session.close(ssh_closed=False)
+    said = capsys.readouterr().err
+    assert said == f"error: the session ended: task {session.vps} is killed\n"

@@ -109,7 +109,11 @@ def submit(
         str, cli.Option(help="Environment with an SSH server (default from config).")
     ] = "",
     public_key_file: Annotated[
-        Path | None, cli.Option(help="Public key file to log in with.")
+        Path | None,
+        cli.Option(
+            help="Public key file to log in with (default: ~/.ssh/id_ed25519.pub, else "
+            "~/.ssh/id_rsa.pub)."
+        ),
     ] = None,
     public_key_string: Annotated[str, cli.Option(help="Public key text to log in with.")] = "",
     mount: Annotated[
@@ -195,7 +199,7 @@ VpsIdArgument = Annotated[str, cli.Argument(help="VPS task id.", show_default=Fa
 
 
 def control_vps(stub: task_service_pb2_grpc.TaskServiceStub, text: str, verb: str) -> task_pb2.Task:
-    """``verb`` on the VPS named by ``text``; a batch task or a batch is refused before
+    """``verb`` on the VPS named by ``text``; a command task or a batch is refused before
     anything is done to it: a mistyped id must not stop somebody's training run."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
@@ -205,7 +209,7 @@ def control_vps(stub: task_service_pb2_grpc.TaskServiceStub, text: str, verb: st
     if task.kind != TaskKind.VPS.pb:
         again = f"kill {tid}" if verb == "kill" else f"command {tid} {verb}"
         fail(
-            f"task {tid} is a batch task, not a VPS; for any task or batch: "
+            f"task {tid} is a command task, not a VPS; for any task or batch: "
             f"hakuriver.client {again} (FAILED_PRECONDITION)"
         )
     return client.control(stub, tid, verb)
@@ -217,7 +221,7 @@ def _control_and_show(text: str, verb: str, config: Path | None, json: bool) -> 
 
 @app.command()
 def kill(task_id: VpsIdArgument, config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Stop a VPS (a batch task's id is refused: hakuriver.client kill takes any)."""
+    """Stop a VPS (a command task's id is refused: hakuriver.client kill takes any)."""
     _control_and_show(task_id, "kill", config, json)
 
 

@@ -96,14 +96,14 @@ def test_status_rows_name_the_owner() -> None:
     assert row[vps.VPS_COLUMNS.index("owner")] == "alice"
 
 
-async def test_kill_and_pause_refuse_a_batch_task_and_leave_it_running(
+async def test_kill_and_pause_refuse_a_command_task_and_leave_it_running(
     local_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`hakuriver.vps kill ID` with a batch task's id (a typo, a pasted wrong id) says so and
+    """`hakuriver.vps kill ID` with a command task's id (a typo, a pasted wrong id) says so and
     does nothing to it; the VPS itself is killed as before."""
     runner = await local_cluster.add_runner("a", cores=4, answer=HOLD)
     [running] = await local_cluster.submit_running()
-    batch_task = running.task_id
+    command_task = running.task_id
     vps_pb = await local_cluster.submit("", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
     vps_task = vps_pb.task_id
     link = GrpcLink(open_channel(local_cluster.config, local_cluster.admin_token))
@@ -114,18 +114,18 @@ async def test_kill_and_pause_refuse_a_batch_task_and_leave_it_running(
     try:
         for verb, again in (("kill", "kill {}"), ("pause", "command {} pause")):
             with pytest.raises(cli.Exit) as ended:
-                await asyncio.to_thread(control, batch_task, verb)
+                await asyncio.to_thread(control, command_task, verb)
             assert ended.value.exit_code == 1
             assert capsys.readouterr().err == (
-                f"error: task {batch_task} is a batch task, not a VPS; for any task or batch: "
-                f"hakuriver.client {again.format(batch_task)} (FAILED_PRECONDITION)\n"
+                f"error: task {command_task} is a command task, not a VPS; for any task or batch: "
+                f"hakuriver.client {again.format(command_task)} (FAILED_PRECONDITION)\n"
             )
-        assert status_of(await local_cluster.get(batch_task)) is TaskStatus.RUNNING
-        assert not [c for c in runner.commands if c[1] == batch_task]
+        assert status_of(await local_cluster.get(command_task)) is TaskStatus.RUNNING
+        assert not [c for c in runner.commands if c[1] == command_task]
         killed = await asyncio.to_thread(control, vps_task, "kill")
         assert status_of(killed) is TaskStatus.KILLED
         with pytest.raises(cli.Exit):
-            await asyncio.to_thread(control, 1 + max(batch_task, vps_task) * 2, "kill")
+            await asyncio.to_thread(control, 1 + max(command_task, vps_task) * 2, "kill")
         assert capsys.readouterr().err.endswith("(NOT_FOUND)\n")
     finally:
         link.close()

@@ -159,13 +159,20 @@ def create_tar(name: NameArgument, config: ConfigOption = None, json: JsonOption
     with host_link(config_or_fail(config)) as link, _progress() as progress:
         bar = progress.add_task(f"saving {name}", total=None)
         done = None
-        for update in environment_stub(link).CreateTar(
-            epb.CreateTarRequest(name=name), timeout=LONG_RPC_SECONDS
-        ):
-            if update.HasField("done"):
-                done = update.done
-            else:
-                progress.update(bar, completed=update.bytes_written)
+        try:
+            for update in environment_stub(link).CreateTar(
+                epb.CreateTarRequest(name=name), timeout=LONG_RPC_SECONDS
+            ):
+                if update.HasField("done"):
+                    done = update.done
+                else:
+                    progress.update(bar, completed=update.bytes_written)
+        except KeyboardInterrupt:  # the Host goes on with what it began, its caller gone
+            fail(
+                f"stopped: the Host may finish saving {name} all the same, older tarballs "
+                "of it removed (hakuriver.docker list-tars shows it once written)",
+                code=cli.INTERRUPTED,
+            )
     if done is None:
         fail("the Host ended create-tar without a tarball")
     _show_tarball(done, json)

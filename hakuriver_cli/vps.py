@@ -74,9 +74,9 @@ def public_key(text: str, path: Path | None) -> str:
     """The key to install: --public-key-string, --public-key-file, else the usual files."""
     if text:
         return _not_private(text.strip(), "--public-key-string")
-    if path is not None:
+    if path is not None:  # ``--public-key-file=~/.ssh/lab.pub``: the shell leaves that ~
         name = f"--public-key-file {path}"
-        return _not_private(_read_key(path, name), name)
+        return _not_private(_read_key(path.expanduser(), name), name)
     for candidate in (p.expanduser() for p in DEFAULT_KEYS):
         if candidate.is_file():
             return _not_private(_read_key(candidate, str(candidate)), str(candidate))

@@ -83,6 +83,14 @@ def test_a_key_file_is_read_and_stripped(tmp_path: Path) -> None:
     assert vps.public_key("", path) == "ssh-ed25519 AAAA me@there"
 
 
+def test_a_key_file_under_home_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shell leaves the ~ of ``--public-key-file=~/.ssh/lab.pub`` as it is: it said
+    `no such file`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "lab.pub").write_text("ssh-ed25519 AAAA me@there\n")
+    assert vps.public_key("", Path("~/lab.pub")) == "ssh-ed25519 AAAA me@there"
+
+
 def test_status_help_names_every_status_it_lists() -> None:
     assert vps.status.__doc__ is not None
     for status in ACTIVE_STATUSES:

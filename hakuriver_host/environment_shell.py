@@ -64,9 +64,12 @@ class ShellProcess:
             self._raw.close()
 
     def stop(self) -> None:
-        """End the process if it still runs (blocking: a Docker call). Its session's other
-        processes get SIGHUP from the kernel when it, their controlling process, dies. The
-        Host must see the container's processes (it runs beside the Docker daemon)."""
+        """End the process and its process group if it still runs (blocking: a Docker
+        call): a command without a TTY (``docker-shell NAME -- CMD``) has no controlling
+        terminal whose end would send its children SIGHUP, so Ctrl-C left them running
+        (an ``apt-get`` holding dpkg's lock). ``docker exec`` makes the process lead a
+        session and group of its own. The Host must see the container's processes (it runs
+        beside the Docker daemon)."""
         try:
             info = self._api.exec_inspect(self._exec_id)
         except Exception:
@@ -84,4 +87,7 @@ class ShellProcess:
             log.warning("cannot end shell process %d of container %.12s", pid, self._container_id)
             return
         with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -245,6 +246,35 @@ def test_container_lifecycle_and_errors(cluster: ProcessCluster, env_name: str) 
         result = cluster.cli(*args)
         assert result.returncode == 1, args
         assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_command_stopped_with_ctrl_c_ends_with_its_children(
+    cluster: ProcessCluster, env_name: str
+) -> None:
+    """`docker-shell NAME -- CMD` (no TTY) stopped with Ctrl-C ended CMD but left what it
+    started running in the environment's container (an apt-get holding dpkg's lock)."""
+    _ok(cluster.cli("docker", "create-container", BASE_IMAGE, env_name))
+    container = cluster.docker.containers.get(f"hakuriver-env-{env_name}")
+    marker = "sleep 347"
+    env = {**os.environ, "HAKURIVER_CONFIG": str(cluster.config_path)}
+    command = f"{marker} & echo started; wait"
+    with subprocess.Popen(
+        [*cluster.cli_argv("docker-shell"), env_name, "--", "sh", "-c", command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+        start_new_session=True,
+    ) as shell:
+        assert shell.stdout is not None
+        assert shell.stdout.readline() == "started\n"
+        os.killpg(shell.pid, signal.SIGINT)
+        assert shell.wait(timeout=30) == 130
+
+    def sleep_gone() -> bool:
+        return not any(marker in " ".join(p) for p in container.top()["Processes"])
+
+    wait_for(sleep_gone, what=f"'{marker}' ended in the environment's container")
 
 
 def test_an_image_that_exits_at_once_makes_no_environment(

@@ -35,12 +35,14 @@ class ConfigError(Exception):
 
 
 def resolve_config_path(path: Path | None) -> Path | None:
-    """The explicit path, else $HAKURIVER_CONFIG, else the default path if it exists."""
+    """The explicit path, else $HAKURIVER_CONFIG, else the default path if it exists. A
+    leading ``~`` is the user's home: no shell expands it in ``--config=~/lab.toml`` or a
+    quoted ``HAKURIVER_CONFIG="~/lab.toml"``."""
     if path is not None:
-        return path
+        return path.expanduser()
     env = os.environ.get("HAKURIVER_CONFIG")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 

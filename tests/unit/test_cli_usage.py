@@ -250,3 +250,23 @@ def test_values_are_read_as_before(tmp_path: Path) -> None:
     assert type(called["ratio"]) is float
     app([], standalone_mode=False)
     assert called == {"limit": 5, "ratio": 1.0, "kind": None, "status": None}
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_a_config_under_home_is_found(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No shell expands ``~`` after ``=`` or inside quotes: ``--config=~/lab.toml`` and
+    ``HAKURIVER_CONFIG="~/lab.toml"`` said "config file ~/lab.toml does not exist"."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "lab.toml").write_text("")
+    argv = ["nodes"]
+    if how == "option":
+        argv.append("--config=~/lab.toml")
+    else:
+        monkeypatch.setenv("HAKURIVER_CONFIG", "~/lab.toml")
+    monkeypatch.delenv("HAKURIVER_TOKEN", raising=False)
+    with pytest.raises(SystemExit):
+        direct.run(client.app, "hakuriver.client", argv)
+    said = capsys.readouterr().err
+    assert said.startswith("error: no API token"), said  # the file was read: it names none

@@ -53,6 +53,9 @@ END_ASK_SECONDS = 5.0
 # a killed VPS's end after its tunnels closed, within milliseconds); a VPS still running
 # then (a Runner restart ended the tunnel) is said nothing of.
 END_WATCH_SECONDS = 2.0
+# How long a VPS still starting (pending or assigning: just submitted, its image loading)
+# is waited for before the session gives up: ``hakuriver.ssh`` right after ``vps submit``.
+START_WAIT_SECONDS = 120.0
 
 
 class ProxyRefused(Exception):
@@ -200,22 +203,30 @@ def _whoami(link: Link, timeout: float | None = None) -> apb.WhoAmIResponse:
     return unary(access_stub(link).WhoAmI, apb.WhoAmIRequest(), timeout)
 
 
-def _status_once_ended(link: Link, task_id: int) -> int:
-    """The VPS's status once it is no longer running, or running if it still is after
-    END_WATCH_SECONDS."""
+def _status_once(link: Link, task_id: int, leaves: int, seconds: float) -> int:
+    """The task's status once it is no longer ``leaves`` (a status it may pass through on
+    the way counts as ``leaves`` too, see ``_STARTING``), or its last status if it still
+    is after ``seconds``."""
     from hakuriver_cli.call_error import CallError, Status
     from hakuriver_cli.link import task_stub
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
+    staying = _STARTING if leaves in _STARTING else {leaves}
+    status = leaves
     request = tpb.WatchTaskRequest(task_id=task_id)
     try:
-        for update in task_stub(link).WatchTask(request, timeout=END_WATCH_SECONDS):
-            if update.task.status != TaskStatus.RUNNING.pb:
-                return int(update.task.status)
+        for update in task_stub(link).WatchTask(request, timeout=seconds):
+            status = int(update.task.status)
+            if status not in staying:
+                return status
     except CallError as exc:
         if exc.status is not Status.DEADLINE_EXCEEDED:
             raise
-    return int(TaskStatus.RUNNING.pb)
+    return status
+
+
+# A VPS on its way to running.
+_STARTING = {int(TaskStatus.PENDING.pb), int(TaskStatus.ASSIGNING.pb)}
 
 
 def _say_why_ended(
@@ -238,7 +249,11 @@ def _say_why_ended(
                     err=True,
                 )
                 return True
-            status = _status_once_ended(link, task_id) if far_ended else TaskStatus.RUNNING.pb
+            status = (
+                _status_once(link, task_id, int(TaskStatus.RUNNING.pb), END_WATCH_SECONDS)
+                if far_ended
+                else TaskStatus.RUNNING.pb
+            )
     except cli.Exit:
         return True  # host_link said why: the token refused, the task gone, or the Host gone
     if status == TaskStatus.RUNNING.pb:
@@ -294,17 +309,23 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _check_task(task_id: int, cfg: ClientConfig) -> apb.WhoAmIResponse:
-    """Fail unless the task is a running VPS; who the caller is, to begin the session as."""
+    """Fail unless the task is a running VPS; who the caller is, to begin the session as.
+    A VPS still starting (``hakuriver.ssh`` right after ``vps submit``) is waited for, up
+    to START_WAIT_SECONDS, saying so."""
     from hakuriver_cli.link import task_stub
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
     with host_link(cfg) as link:
         task = unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=task_id)).task
         then = _whoami(link)
-    if task.kind != TaskKind.VPS.pb:
-        fail(f"task {task_id} is not a VPS task")
-    if task.status != TaskStatus.RUNNING.pb:
-        fail(f"task {task_id} is {status_name(task.status)}, not running")
+        if task.kind != TaskKind.VPS.pb:
+            fail(f"task {task_id} is not a VPS task")
+        status = int(task.status)
+        if status in _STARTING:
+            cli.echo(f"waiting for VPS {task_id} to start ({status_name(status)})", err=True)
+            status = _status_once(link, task_id, status, START_WAIT_SECONDS)
+    if status != TaskStatus.RUNNING.pb:
+        fail(f"task {task_id} is {status_name(status)}, not running")
     return then
 
 
@@ -345,17 +366,16 @@ def main(
     tid = task_id_or_fail(task_id)
     address = host or cfg.network.host_reachable_address
     port = proxy_port or cfg.network.host_ssh_proxy_port
+    then = _check_task(tid, cfg)
     if proxy_command:
         with host_link(cfg) as link:
             ticket = ticket_for(link, tid)
-            then = _whoami(link)
         try:
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:
             fail(f"cannot open a tunnel to task {tid}: {exc}")
         _proxy(sock, cfg, then, tid)
         return
-    then = _check_task(tid, cfg)
     ssh = shutil.which("ssh")
     if ssh is None:
         fail("no ssh client found (install openssh-client)")

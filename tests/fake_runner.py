@@ -201,6 +201,8 @@ class FakeRunner:
         # Every dispatch received, in order (repeats included), and when.
         self.dispatched: list[int] = []
         self.dispatched_at: dict[int, float] = {}
+        # Dispatches answered nothing (``NO_ANSWER``), until ``start_late``.
+        self.unanswered: dict[int, rpb.DispatchCommand] = {}
         # How many dispatches each dispatching message carried (1: a DispatchCommand alone).
         self.dispatch_messages: list[int] = []
         # How many releases each releasing message carried (1: a ReleaseCommand alone).
@@ -310,6 +312,12 @@ class FakeRunner:
                 error_message=error,
             )
         )
+
+    def start_late(self, task_id: int) -> None:
+        """A task dispatched while answering nothing (``NO_ANSWER``) starts now: reported
+        running, then held."""
+        self.tasks[task_id] = FakeTask(task_id, self.unanswered.pop(task_id))
+        self._send(_report(task_id, rpb.RUNNER_TASK_STATE_RUNNING))
 
     def send(self, message: rpb.ConnectRequest) -> None:
         """Send any message on the open stream, e.g. a report on a task that is not its own
@@ -550,6 +558,7 @@ class FakeRunner:
         self.dispatched_at[task_id] = time.perf_counter()
         answer = self.answer(dispatch) if callable(self.answer) else self.answer
         if answer.ignore:
+            self.unanswered[task_id] = dispatch
             return
         if answer.start_error:
             self._send(

@@ -20,7 +20,7 @@ from hakuriver_cli import connection, ssh
 from hakuriver_cli.ssh import ProxyRefused, open_tunnel, split_ssh_args
 from hakuriver_common.proto.hakuriver.v1 import task_pb2
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, KILLED_EXIT_CODE, FakeRunner, eventually
+from tests.fake_runner import HOLD, KILLED_EXIT_CODE, NO_ANSWER, FakeRunner, eventually
 from tests.unit.cli_threads import exit_code_later
 from tests.unit.local_cluster import LocalCluster, status_of
 from tests.unit.test_ssh_tickets import SSH_KEY
@@ -186,17 +186,26 @@ async def _proxied_session(
     runner_pb = await cluster.add_runner("a", answer=HOLD, **runner)
     request = {"kind": task_pb2.TASK_KIND_VPS, "ssh_public_key": SSH_KEY}
     [vps] = await cluster.submit_running(**request)
-    config = cluster.cli_config(tmp_path / "client.toml")
     monkeypatch.setattr(connection, "RPC_TIMEOUT_SECONDS", 3600.0)  # never the bound here
+    proxy, ended, pipes = _proxy_command(cluster, vps.task_id, tmp_path, monkeypatch)
+    assert await asyncio.to_thread(proxy.opened.wait, 10)
+    return _Session(vps.task_id, runner_pb, proxy, ended, pipes[0], tuple(pipes[1:]))
+
+
+def _proxy_command(
+    cluster: LocalCluster, vps: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[_Proxy, asyncio.Future[int], list[int]]:
+    """`hakuriver.ssh --proxy-command VPS` started, relaying through a ``_Proxy``: the
+    proxy, the tool's exit code to come, and the pipes (ssh's end of the tool's stdin
+    first, then the others)."""
+    config = cluster.cli_config(tmp_path / "client.toml")
     stdin, ssh_writes = os.pipe()
     ssh_reads, stdout = os.pipe()
     monkeypatch.setattr(sys, "stdin", _Pipe(stdin))
     monkeypatch.setattr(sys, "stdout", _Pipe(stdout))
     proxy = _Proxy()
-    args = (str(vps.task_id), None, "127.0.0.1", proxy.port, 0, "root", True, config, False)
-    ended = exit_code_later(ssh.main, *args)
-    assert await asyncio.to_thread(proxy.opened.wait, 10)
-    return _Session(vps.task_id, runner_pb, proxy, ended, ssh_writes, (ssh_reads, stdout, stdin))
+    args = (str(vps), None, "127.0.0.1", proxy.port, 0, "root", True, config, False)
+    return proxy, exit_code_later(ssh.main, *args), [ssh_writes, ssh_reads, stdout, stdin]
 
 
 async def _proxied_session_ended(
@@ -281,3 +290,60 @@ async def test_a_session_its_vps_ended_says_so(
     session.close(ssh_closed=False)
     said = capsys.readouterr().err
     assert said == f"error: the session ended: task {session.vps} is killed\n"
+
+
+async def _ssh_to_a_starting_vps(
+    cluster: LocalCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, FakeRunner, _Proxy, asyncio.Future[int], list[int]]:
+    """`hakuriver.ssh --proxy-command` of a VPS its Runner has not started yet (it answers
+    the dispatch later: ``start_late``): the VPS, its Runner, and ``_proxy_command``'s."""
+    runner = await cluster.add_runner("a", answer=NO_ANSWER)
+    vps = await cluster.submit(kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY)
+    await eventually(lambda: vps.task_id in runner.unanswered, 10, what="the dispatch")
+    return vps.task_id, runner, *_proxy_command(cluster, vps.task_id, tmp_path, monkeypatch)
+
+
+async def test_a_vps_still_starting_is_waited_for(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hakuriver.ssh` right after `vps submit` said "task N is assigning, not running"
+    (a VPS takes a moment to start, longer when its image is loaded first): it waits for
+    it, saying so, and opens the session once it runs."""
+    vps, runner, proxy, ended, pipes = await _ssh_to_a_starting_vps(
+        local_cluster, tmp_path, monkeypatch
+    )
+    said = ""
+
+    def waiting() -> bool:
+        nonlocal said
+        said += capsys.readouterr().err
+        return said == f"waiting for VPS {vps} to start (assigning)\n"
+
+    await eventually(waiting, 10, what="the tool saying it waits")
+    assert not proxy.opened.is_set()
+    runner.start_late(vps)
+    assert await asyncio.to_thread(proxy.opened.wait, 10)
+    os.close(pipes[0])  # ssh ends the session
+    assert await asyncio.wait_for(ended, 30) == 0
+    for fd in pipes[1:]:
+        os.close(fd)
+
+
+async def test_a_vps_that_does_not_start_in_time_is_said_so(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(ssh, "START_WAIT_SECONDS", 0.5)
+    vps, _, proxy, ended, pipes = await _ssh_to_a_starting_vps(local_cluster, tmp_path, monkeypatch)
+    assert await asyncio.wait_for(ended, 30) == 1
+    assert not proxy.opened.is_set()
+    assert capsys.readouterr().err == (
+        f"waiting for VPS {vps} to start (assigning)\nerror: task {vps} is assigning, not running\n"
+    )
+    for fd in pipes:
+        os.close(fd)

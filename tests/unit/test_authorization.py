@@ -796,12 +796,12 @@ async def test_the_last_admin_keeps_their_role_and_a_role_must_be_named(
 async def test_an_idle_stream_ends_when_its_token_expires(local_cluster: LocalCluster) -> None:
     await local_cluster.add_runner("a", answer=HOLD)
     alice = await local_cluster.add_user("alice")
-    soon = datetime.now(UTC) + timedelta(seconds=4)
+    task = await _submit(alice, "quiet")
+    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
+    soon = datetime.now(UTC) + timedelta(seconds=2)
     short = await alice.access.CreateToken(
         apb.CreateTokenRequest(expires_at=_timestamp(soon)), timeout=5
     )
-    task = await _submit(alice, "quiet")
-    await local_cluster.wait_status(task.task_id, TaskStatus.RUNNING)
     on_short = local_cluster.client(short.secret, "alice")
     watch = on_short.tasks.WatchTask(tpb.WatchTaskRequest(task_id=task.task_id), timeout=30)
     assert (await watch.read()).task.task_id == task.task_id

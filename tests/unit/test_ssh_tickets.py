@@ -249,7 +249,7 @@ async def test_an_idle_session_ends_when_its_token_expires(local_cluster: LocalC
     [vps] = (await alice.tasks.SubmitTask(request, timeout=5)).tasks
     await local_cluster.wait_status(vps.task_id, TaskStatus.RUNNING)
     soon = Timestamp()
-    soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=4))
+    soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=2))
     short = await alice.access.CreateToken(apb.CreateTokenRequest(expires_at=soon), timeout=5)
     on_short = local_cluster.client(short.secret, "alice")
     issued = await on_short.ssh.CreateSshTicket(spb.CreateSshTicketRequest(task_id=vps.task_id))

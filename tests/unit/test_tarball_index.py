@@ -10,8 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path, PosixPath
 
 import grpc
+import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
+from hakuriver_host import tarball_index
+from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster
 
 
@@ -50,7 +53,14 @@ class _Hung(PosixPath):
         return iter(())
 
 
-async def test_a_hung_shared_folder_does_not_stall_the_host(local_cluster: LocalCluster) -> None:
+async def test_a_hung_shared_folder_does_not_stall_the_host(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder read every 0.1 s, and a submission waiting 0.3 s for a reading (not 2 s
+    each): the hung reading takes 30 s."""
+    monkeypatch.setattr(tarball_index, "REFRESH_SECONDS", 0.1)
+    monkeypatch.setattr(tarball_index, "MISS_SECONDS", 0.3)
+    local_cluster = await make_local_cluster()
     await local_cluster.add_runner("n1")
     index = _index(local_cluster)
     index.directory = _Hung(index.directory)

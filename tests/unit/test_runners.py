@@ -143,14 +143,14 @@ async def test_silent_runner_has_its_tasks_unknown_until_it_returns_with_them(
 async def test_runner_away_past_the_limit_has_its_tasks_lost(
     make_local_cluster: MakeCluster,
 ) -> None:
-    cluster = await make_local_cluster(timing={**TIMING, "lost_after_seconds": 3})
+    cluster = await make_local_cluster(timing={**TIMING, "lost_after_seconds": 2})
     runner = await cluster.add_runner("a", answer=HOLD)
     [task] = await cluster.submit_running()
 
     runner.go_silent()
     await cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
     lost = await cluster.wait_status(task.task_id, TaskStatus.LOST)
-    assert "runner a was away for more than 3s" in lost.error_message
+    assert "runner a was away for more than 2s" in lost.error_message
     await cluster.wait_node("a", NodeStatus.OFFLINE)
 
     # When it comes back still holding the task, the Host tells it to discard the task.
@@ -676,7 +676,7 @@ async def test_a_followed_output_ends_once_the_tasks_end_is_stored(
     request = lpb.ReadLogRequest(task_id=task.task_id, stream=stdout, follow=True)
     with closing(other):
         with pytest.raises(grpc.aio.AioRpcError) as followed:
-            [_ async for _ in local_cluster.logs.ReadLog(request, timeout=2)]
+            [_ async for _ in local_cluster.logs.ReadLog(request, timeout=1)]
         assert followed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     chunks = [chunk.data async for chunk in local_cluster.logs.ReadLog(request, timeout=30)]
     assert b"".join(chunks) == b"done\n"

@@ -629,8 +629,8 @@ async def test_a_submission_whose_submitter_left_while_the_database_is_locked_is
     locked by another program is carried on, then refused by the database: that was said
     at ERROR, as a bug is (QA). The database away for now is one WARNING line saying why,
     as the Host's other work says it (store.log_refusal)."""
-    # Writes wait 3 s for the lock: the submitter's 1 s deadline passes first.
-    local_cluster = await make_local_cluster(database={"busy_timeout_seconds": 3})
+    # Writes wait 1.5 s for the lock: the submitter's 0.5 s deadline passes first.
+    local_cluster = await make_local_cluster(database={"busy_timeout_seconds": 1.5})
     await local_cluster.add_runner("a")
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
     left = "storing a submission whose submitter left"
@@ -638,7 +638,7 @@ async def test_a_submission_whose_submitter_left_while_the_database_is_locked_is
         other.execute("BEGIN IMMEDIATE")  # as a sqlite3 shell in a transaction
         request = tpb.SubmitTaskRequest(command="job")
         with pytest.raises(grpc.aio.AioRpcError) as gone:
-            await local_cluster.tasks.SubmitTask(request, timeout=1)
+            await local_cluster.tasks.SubmitTask(request, timeout=0.5)
         assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         await eventually(lambda: left in caplog.text, within=30, what="the insert refused")
     finally:

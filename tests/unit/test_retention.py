@@ -26,7 +26,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
-from hakuriver_host import forgetting
+from hakuriver_host import forgetting, retention
 from tests.fake_runner import HOLD, eventually, exit_with
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import BRIEF_LOCK_WAIT, TIMING, LocalCluster
@@ -154,15 +154,24 @@ async def test_a_batch_is_forgotten_whole_once_all_its_tasks_ended_before_the_cu
     assert gone.value.code() == CODE.NOT_FOUND
 
 
-async def test_more_tasks_than_a_slice_are_all_forgotten(local_cluster: LocalCluster) -> None:
-    """The deletes go a slice (256 tasks) at a time: every slice is taken, also when many
-    tasks ended at the same moment."""
+@pytest.fixture
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Slices of 8 tasks (not 256): 20 tasks take three, as 600 would at the real size."""
+    monkeypatch.setattr(retention, "WRITE_BATCH", 8)
+    return 20
+
+
+async def test_more_tasks_than_a_slice_are_all_forgotten(
+    local_cluster: LocalCluster, small_slices: int
+) -> None:
+    """The deletes go a slice (WRITE_BATCH tasks) at a time: every slice is taken, also when
+    many tasks ended at the same moment."""
     await local_cluster.add_runner("a", cores=64)
-    array = await _array(local_cluster, 600)
+    array = await _array(local_cluster, small_slices)
     with closing(sqlite3.connect(local_cluster.config.database.db_file)) as db, db:
         db.execute("UPDATE tasks SET completed_at = '2020-01-01 00:00:00.000000'")
-    assert (await _prune(local_cluster, 30, dry_run=True))[:2] == (600, 1)
-    assert (await _prune(local_cluster, 30))[:2] == (600, 1)
+    assert (await _prune(local_cluster, 30, dry_run=True))[:2] == (small_slices, 1)
+    assert (await _prune(local_cluster, 30))[:2] == (small_slices, 1)
     assert not await _known(local_cluster, array[-1].task_id)
 
 
@@ -252,11 +261,13 @@ async def test_an_offline_node_whose_tasks_are_all_forgotten_is_forgotten(
     await eventually(forgotten, within=20, what="the node with no task left to be forgotten")
 
 
-async def test_a_prune_whose_caller_goes_is_carried_through(local_cluster: LocalCluster) -> None:
+async def test_a_prune_whose_caller_goes_is_carried_through(
+    local_cluster: LocalCluster, small_slices: int
+) -> None:
     """A long history takes longer than a caller waits: a prune whose caller gave up (its
     deadline, Ctrl-C) stopped after the slice under way, and audited only that."""
     await local_cluster.add_runner("a", cores=64)
-    array = await _array(local_cluster, 600)
+    array = await _array(local_cluster, small_slices)
     with closing(sqlite3.connect(local_cluster.config.database.db_file)) as db, db:
         db.execute("UPDATE tasks SET completed_at = '2020-01-01 00:00:00.000000'")
     other = sqlite3.connect(local_cluster.config.database.db_file, isolation_level=None)
@@ -274,7 +285,7 @@ async def test_a_prune_whose_caller_goes_is_carried_through(local_cluster: Local
         return [e.detail for e in (await local_cluster.audit.ListAuditEvents(request)).events]
 
     details = await eventually(audited, within=20, what="the prune to end and be audited")
-    assert [d.split(", ")[:2] for d in details] == [["600 tasks", "1 batches"]]
+    assert [d.split(", ")[:2] for d in details] == [[f"{small_slices} tasks", "1 batches"]]
     assert not await _known(local_cluster, array[-1].task_id)
     assert await _prune(local_cluster, 30) == (0, 0, 0, 0, 0)
 

@@ -148,9 +148,9 @@ async def test_health_reads_a_history_larger_than_a_grpc_reply(
     ]
     big = node_pb2.Health(memory_total_bytes=GB, gpus=gpus)  # 48 KB, under the 64 KiB bound
     names = [f"gpu{i}" for i in range(4)]
-    # A sample every 0.05 s, not the Host's 0.2: 30 of them come sooner.
+    # A sample every 0.025 s, not the Host's 0.2: 30 of them come sooner.
     runners = [
-        await local_cluster.add_runner(name, health=lambda: big, heartbeat_interval=0.05)
+        await local_cluster.add_runner(name, health=lambda: big, heartbeat_interval=0.025)
         for name in names
     ]
     # 30 samples of each: 1.4 MB of history a node, 5.8 MB in all; then no more.
@@ -508,7 +508,8 @@ async def test_health_watch_of_every_node_drops_a_node_the_host_forgets(
     node nothing of it. The Host now says so (`forgotten`), and the row goes; --json says
     it in a line of its own. Forgotten while the watch reconnected to a restarted Host
     (never told), the row stayed too: the readings read again only added rows."""
-    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 2})
+    # Forgotten after 1.5 s: "busy", silent for its runner timeout (1 s), is back before.
+    cluster = await make_local_cluster(timing={**TIMING, "forget_node_seconds": 1.5})
     idle = await cluster.add_runner("idle", heartbeats=False)
     busy = await cluster.add_runner("busy", heartbeats=False)
     watching = await _watching_every_node(cluster, tmp_path, monkeypatch, json_lines)

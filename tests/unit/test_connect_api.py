@@ -589,7 +589,7 @@ async def test_a_server_stream_ends_when_its_connect_timeout_passes(
             {"taskId": str(task.task_id)},
             local_cluster.admin_token,
             100,
-            1000,
+            400,
         ),
         10,
     )

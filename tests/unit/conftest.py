@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import docker
 import pytest
 
+from hakuriver_host import metrics_http
 from tests.unit.local_cluster import LocalCluster, local_config, place_migrated_database
 
 MakeCluster = Callable[..., Awaitable[LocalCluster]]
@@ -38,12 +39,15 @@ def no_docker_and_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 async def make_local_cluster(
-    tmp_path: Path, request: pytest.FixtureRequest
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[MakeCluster]:
     """Start LocalClusters with config sections changed, e.g.
     ``await make_local_cluster(scheduling={"starvation_seconds": 0})``; all are closed after
     the test, which fails if anything it started is still running then. Each starts on a
-    copy of a migrated new database, unless the test is marked ``fresh_database``."""
+    copy of a migrated new database, unless the test is marked ``fresh_database``; its
+    /metrics server polls every 5 ms, not 50: a Host's stop waits for that poll, at every
+    test's end."""
+    monkeypatch.setattr(metrics_http, "POLL_SECONDS", 0.005)
     made: list[LocalCluster] = []
     fresh = request.node.get_closest_marker("fresh_database") is not None
 

@@ -256,6 +256,7 @@ def _connect_link(config: ClientConfig, token: str, over_grpc: Callable[[], Link
     import ssl
 
     from hakuriver_cli.connect_link import ConnectLink
+    from hakuriver_common.addresses import bare
     from hakuriver_common.client_config import ca_file
 
     tls = None
@@ -264,7 +265,7 @@ def _connect_link(config: ClientConfig, token: str, over_grpc: Callable[[], Link
             tls = ssl.create_default_context(cafile=str(ca_file(config)))
         except (ssl.SSLError, OSError) as exc:
             fail(f"cannot read the CA certificate: {exc}", code=2)
-    address = config.network.host_reachable_address
+    address = bare(config.network.host_reachable_address)
     return ConnectLink(
         address, dashboard.port, tls, config.tls.server_name or address, token, over_grpc
     )

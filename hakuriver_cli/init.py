@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from hakuriver_cli.render import print_json
 from hakuriver_common import commands as cli
-from hakuriver_common.addresses import dialable
+from hakuriver_common.addresses import bare, dialable
 from hakuriver_common.certificates import TlsFiles, issue_host_certificate, make_ca
 from hakuriver_common.config import DEFAULT_CONFIG_PATH, Config, resolve_config_path
 from hakuriver_common.credentials import write_secret
@@ -137,7 +137,7 @@ def _host_names(config: Config, extra: list[str]) -> list[str]:
     """The names the Host certificate must hold besides localhost and the loopback IPs
     (this machine's host name only if a certificate can hold it). Refused, exit 2, when
     network.host_reachable_address or a --name cannot be: nothing is written then."""
-    given = [n.strip() for n in [config.network.host_reachable_address, *extra]]
+    given = [bare(n.strip()) for n in [config.network.host_reachable_address, *extra]]
     sources = ["network.host_reachable_address", *("--name" for _ in extra)]
     bad = [f"{at} {n!r}" for at, n in zip(sources, given, strict=True) if n and not dialable(n)]
     if bad:

@@ -32,6 +32,7 @@ from hakuriver_cli.connection import (
 )
 from hakuriver_cli.render import role_name, status_name
 from hakuriver_common import commands as cli
+from hakuriver_common.addresses import bare
 from hakuriver_common.service import ConfigOption, VersionOption
 from hakuriver_common.statuses import TaskKind, TaskStatus
 
@@ -364,7 +365,7 @@ def main(
     _no_option_for_id(task_id)
     cfg = config_or_fail(config)
     tid = task_id_or_fail(task_id)
-    address = host or cfg.network.host_reachable_address
+    address = bare(host or cfg.network.host_reachable_address)
     port = proxy_port or cfg.network.host_ssh_proxy_port
     then = _check_task(tid, cfg)
     if proxy_command:

@@ -39,15 +39,28 @@ def reachable_address_problem(address: str) -> str | None:
     """What is wrong with ``network.host_reachable_address`` (None: nothing). Accepted, a
     URL or a name with a port made every tool fail with gRPC's "Misformatted domain name",
     one with a space with a traceback, and a Runner retry for ever. An IPv6 address may be
-    in brackets, as a gRPC target writes it; 0.0.0.0 is let through (Linux dials it as
+    in brackets or not (see ``bare`` and ``with_port``); 0.0.0.0 is let through (Linux dials it as
     this machine), as it always was."""
-    bracketed = address.startswith("[") and address.endswith("]") and ":" in address
-    name = address[1:-1] if bracketed else address
+    name = bare(address)
     if _ip_address(name) is not None or (
-        not bracketed and not name.startswith("*.") and _dns_name(name)
+        name == address and not name.startswith("*.") and _dns_name(name)
     ):
         return None
     return (
         f"{address!r} is not a host name or IP address to dial (give names like "
         "river.lab.example and addresses like 10.1.0.10, without a scheme, port or spaces)"
     )
+
+
+def bare(address: str) -> str:
+    """``address`` without the brackets an IPv6 address may be written in: what a socket,
+    TLS's name check and a certificate take (``[::1]`` is ``::1``)."""
+    bracketed = address.startswith("[") and address.endswith("]") and ":" in address
+    return address[1:-1] if bracketed else address
+
+
+def with_port(address: str, port: int) -> str:
+    """``address:port`` as a gRPC target or a URL writes it: an IPv6 address in brackets
+    (``::1`` and ``[::1]`` both give ``[::1]:8000``)."""
+    name = bare(address)
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from hakuriver_common.addresses import reachable_address_problem
+from hakuriver_common.addresses import reachable_address_problem, with_port
 from hakuriver_common.mounts import mounts_ok
 from hakuriver_common.roles import user_name_problem
 
@@ -375,7 +375,7 @@ class PlainConfig:
 
     @property
     def host_target(self) -> str:
-        return f"{self.network.host_reachable_address}:{self.network.host_port}"
+        return with_port(self.network.host_reachable_address, self.network.host_port)
 
 
 def read_plain(path: Path | None, environ: Mapping[str, str] | None = None) -> PlainConfig | None:

@@ -30,7 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from hakuriver_common.addresses import reachable_address_problem
+from hakuriver_common.addresses import reachable_address_problem, with_port
 from hakuriver_common.client_config import (
     DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH,
     ConfigError as ConfigError,
@@ -487,7 +487,7 @@ class Config(BaseSettings):
     @property
     def host_target(self) -> str:
         """gRPC address clients and runners dial."""
-        return f"{self.network.host_reachable_address}:{self.network.host_port}"
+        return with_port(self.network.host_reachable_address, self.network.host_port)
 
     @property
     def task_outputs_dir(self) -> Path:

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
+from hakuriver_common.addresses import with_port
 from hakuriver_common.config import Config, is_loopback
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_connect,
@@ -308,8 +309,8 @@ class HostServer:
         try:
             bind(host, port).close()
             if credentials is None:
-                return self.server.add_insecure_port(f"{host}:{port}")
-            return self.server.add_secure_port(f"{host}:{port}", credentials)
+                return self.server.add_insecure_port(with_port(host, port))
+            return self.server.add_secure_port(with_port(host, port), credentials)
         except OSError as exc:
             raise ListenError("gRPC API", host, port, exc) from None
         except RuntimeError:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hakuriver_common import tunnel_proof
+from hakuriver_common.addresses import bare
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.socket_copy import LineSocket, connect, copy, until_first
 from hakuriver_runner.outbox import Outbox
@@ -67,7 +68,7 @@ class Refused(Exception):
 @dataclass(frozen=True)
 class HostDial:
     """How this Runner reaches the Host's SSH proxy port: at the address it reaches the
-    Host's gRPC port by (an IPv6 one in brackets, as a gRPC target has it)."""
+    Host's gRPC port by (an IPv6 one with or without brackets)."""
 
     address: str
 
@@ -75,7 +76,7 @@ class HostDial:
         """A connection to the Host proven to be ``request``'s tunnel, and what the Host
         sent after its answer (the client's first bytes, already). Refused: the Host
         refused it; OSError: it cannot be reached."""
-        sock = await connect(self.address.removeprefix("[").removesuffix("]"), request.dial_port)
+        sock = await connect(bare(self.address), request.dial_port)
         host = LineSocket(sock)
         try:
             await host.send(f"TUNNEL {request.tunnel_id}\n".encode())

@@ -394,6 +394,9 @@ def render_unit(
         "TimeoutStopSec=30",
         "Restart=on-failure",
         "RestartSec=5",
+        # Exit 2 is a config or command line the daemon refuses (one line in the journal):
+        # restarted every 5 s, it would only say so again, for ever.
+        "RestartPreventExitStatus=2",
         f"SyslogIdentifier=hakuriver-{role.value}",
         *_sandbox(role, cfg, config.parent),
         "",

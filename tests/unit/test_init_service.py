@@ -14,6 +14,9 @@ from hakuriver_cli import init
 from hakuriver_cli.init import Role, render_unit
 from hakuriver_common import commands as cli
 from hakuriver_common.config import load_config
+from hakuriver_host import main as host_main
+from hakuriver_runner import main as runner_main
+from tests.unit.cli_threads import exit_code
 
 
 def test_relative_paths_are_the_config_folders_wherever_the_units_are_written(
@@ -237,3 +240,21 @@ def test_a_runner_user_who_cannot_read_the_config_is_warned_of(
     config.chmod(0o644)
     init.service(runner=True, output_dir=tmp_path, config=config, force=True)
     assert "cannot read" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", list(Role))
+def test_a_daemon_refusing_its_config_is_not_restarted_for_ever(
+    role: Role, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A config error exits 2, and the unit restarts on failure, except exit 2: it restarted
+    every 5 s, saying the same error each time, until someone noticed."""
+    config = tmp_path / "config.toml"
+    config.write_text("[timing]\nheartbeat_interval = 0\n")
+    start = host_main.main if role is Role.host else runner_main.main
+    assert exit_code(start, config) == 2
+    assert "timing.heartbeat_interval" in capsys.readouterr().err
+    config.write_text("")
+    cfg = load_config(config)
+    unit = render_unit(role, sys.executable, config, "/usr/bin:/bin", cfg).splitlines()
+    assert "Restart=on-failure" in unit
+    assert "RestartPreventExitStatus=2" in unit

@@ -34,6 +34,22 @@ class ConfigError(Exception):
     """The configuration file is missing or invalid."""
 
 
+# Longest silence, heartbeat_interval x heartbeat_timeout_factor seconds, after which a
+# Runner is offline: an interval meant in milliseconds (5000) had nodes seen offline only
+# after hours.
+MAX_RUNNER_TIMEOUT = 3600.0
+
+
+def runner_timeout_problem(interval: float, factor: float) -> str | None:
+    """What is wrong with the silence these two timing keys give (None: nothing)."""
+    if interval * factor <= MAX_RUNNER_TIMEOUT:
+        return None
+    return (
+        f"heartbeat_interval x heartbeat_timeout_factor is {interval * factor:g} s, the "
+        f"silence after which a Runner is offline: it must be at most {MAX_RUNNER_TIMEOUT:g}"
+    )
+
+
 def resolve_config_path(path: Path | None) -> Path | None:
     """The explicit path, else $HAKURIVER_CONFIG, else the default path if it exists. A
     leading ``~`` is the user's home: no shell expands it in ``--config=~/lab.toml`` or a
@@ -176,7 +192,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "busy_timeout_seconds": ("float", 5.0, "0.1..3600"),
     },
     "timing": {
-        "heartbeat_interval": ("float", 5.0, ">0"),
+        "heartbeat_interval": ("float", 5.0, "0.1..60"),
         "heartbeat_timeout_factor": ("float", 6.0, ">1"),
         "lost_after_seconds": ("float", 3600.0, ">0"),
         "forget_node_seconds": ("float", 86400.0, ">0"),
@@ -251,6 +267,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "port": lambda v: 0 <= v <= 65535,
     "0.1..3600": lambda v: 0.1 <= v <= 3600,
     "1..3600": lambda v: 1 <= v <= 3600,
+    "0.1..60": lambda v: 0.1 <= v <= 60,
     "1..86400": lambda v: 1 <= v <= 86400,
     "task_network": lambda v: v in ("host", "none"),
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
@@ -395,6 +412,9 @@ def read_plain(path: Path | None, environ: Mapping[str, str] | None = None) -> P
                     raise _Unsure
                 values[key] = list(value) if isinstance(value, list) else value
             built[name] = Section(values)
+        timing = vars(built["timing"])
+        if runner_timeout_problem(timing["heartbeat_interval"], timing["heartbeat_timeout_factor"]):
+            raise _Unsure
     except _Unsure:
         return None
     return PlainConfig(built)

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -36,6 +37,7 @@ from hakuriver_common.client_config import (
     ConfigError as ConfigError,
     config_file,
     resolve_config_path as resolve_config_path,
+    runner_timeout_problem,
 )
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.roles import user_name_problem
@@ -145,7 +147,9 @@ class DatabaseConfig(Section):
 
 
 class TimingConfig(Section):
-    heartbeat_interval: float = Field(5.0, gt=0, description="Seconds between runner heartbeats.")
+    heartbeat_interval: float = Field(
+        5.0, ge=0.1, le=60, description="Seconds between runner heartbeats."
+    )
     heartbeat_timeout_factor: float = Field(
         6.0,
         gt=1,
@@ -194,6 +198,13 @@ class TimingConfig(Section):
         description="Seconds an SSH ticket (SshService.CreateSshTicket) stays good for its "
         "one use on the SSH proxy port.",
     )
+
+    @model_validator(mode="after")
+    def _runner_timeout_bounded(self) -> TimingConfig:
+        problem = runner_timeout_problem(self.heartbeat_interval, self.heartbeat_timeout_factor)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @property
     def runner_timeout(self) -> float:

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from hakuriver_common import client_config
 from hakuriver_common.client_config import (
+    MAX_RUNNER_TIMEOUT,
     SCHEMA,
     PlainConfig,
     load_client_config,
@@ -199,6 +200,12 @@ def documents(draw: st.DrawFn, valid: bool) -> dict[str, dict[str, Any]]:
             key: draw(_valid_value(*_kind_and_check(section, key))) for key in keys
         }
     if valid:
+        timing = document.get("timing", {})
+        interval = timing.get("heartbeat_interval", 5.0)
+        if interval * timing.get("heartbeat_timeout_factor", 6.0) > MAX_RUNNER_TIMEOUT:
+            # The two keys together are bounded too: a factor that keeps the product valid.
+            most = MAX_RUNNER_TIMEOUT / interval / 2
+            timing["heartbeat_timeout_factor"] = draw(st.floats(1.001, most))
         return document
     for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2]))):
         section = draw(st.sampled_from([*SCHEMA, "bogus"]))

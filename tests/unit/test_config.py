@@ -50,6 +50,35 @@ def test_missing_and_invalid_files_are_clear(tmp_path: Path) -> None:
         load_config(unknown)
 
 
+@pytest.mark.parametrize(
+    ("timing", "said"),
+    [
+        (
+            "heartbeat_interval = 5000",
+            "timing.heartbeat_interval: Input should be less than or equal to 60",
+        ),
+        (
+            "heartbeat_interval = 0.001",
+            "timing.heartbeat_interval: Input should be greater than or equal to 0.1",
+        ),
+        (
+            "heartbeat_interval = 60\nheartbeat_timeout_factor = 100",
+            "timing: heartbeat_interval x heartbeat_timeout_factor is 6000 s, the silence after "
+            "which a Runner is offline: it must be at most 3600",
+        ),
+    ],
+    ids=["milliseconds", "too-often", "silence-of-hours"],
+)
+def test_heartbeats_that_leave_a_node_online_for_hours_are_refused(
+    tmp_path: Path, timing: str, said: str
+) -> None:
+    """Unbounded, ``heartbeat_interval = 5000`` (meant in ms) was taken: a Runner gone was
+    seen offline, its tasks unknown, only hours later."""
+    path = tmp_path / "c.toml"
+    path.write_text(f"[timing]\n{timing}\n")
+    assert _refusal(path) == f"invalid config {path}: {said}"
+
+
 @pytest.mark.parametrize("mount", ["nocolon", "/only/host:", "rel:/x", "/a:/b:rx"])
 def test_a_bad_extra_mount_is_refused_when_the_config_is_read(tmp_path: Path, mount: str) -> None:
     """Accepted, every task of the node failed to start on it."""

@@ -20,7 +20,7 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.timestamps import from_timestamp, to_timestamp
-from hakuriver_host.audit import MAX_LIST, AuditLog, AuditQuery
+from hakuriver_host.audit import ACTIONS, MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import FailedPrecondition, Hidden, InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Principal, caller, carried
@@ -241,6 +241,11 @@ class AuditService(audit_service_pb2_grpc.AuditServiceServicer):
                 raise InvalidArgument(
                     f"outcome: {request.outcome} is no audit outcome (1: allowed, 2: refused)"
                 ) from None
+        if request.action and request.action not in ACTIONS:
+            raise InvalidArgument(
+                f"action: {request.action!r} is no audited action (one of "
+                f"{', '.join(sorted(ACTIONS))})"
+            )
         query = AuditQuery(limit, request.before_id, request.actor, request.action, outcome)
         events = await self.audit.query(query)
         return aupb.ListAuditEventsResponse(events=[audit_to_pb(e) for e in events])

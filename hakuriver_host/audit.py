@@ -37,6 +37,20 @@ from hakuriver_host.store import Store, database_unavailable, log_refusal
 
 log = logging.getLogger("hakuriver.audit")
 MAX_LIST = 1000
+# Every action the Host audits, and only these (``record`` takes no other): ListAuditEvents
+# refuses a filter naming none of them, which answered an empty list as if nothing happened.
+ACTIONS = frozenset(
+    {
+        *("batch.kill", "batch.pause", "batch.resume"),
+        *(f"environment.{verb}" for verb in ("create", "start", "stop", "delete", "shell")),
+        *("environment.create_tar", "environment.delete_tar", "environment.import_rootfs"),
+        *("metrics.scrape", "node.drain", "node.undrain", "rpc"),
+        *("runner.join", "runner.register", "runner.report", "runner.revoke"),
+        *("ssh.ticket", "ssh.tunnel"),
+        *("task.kill", "task.pause", "task.prune", "task.resume", "task.submit"),
+        *("token.create", "token.revoke", "user.create", "user.delete", "user.role"),
+    }
+)
 # A gRPC peer ("ipv4:10.0.0.5:51234", "ipv6:[::1]:51234") or an asyncio one ("('10.0.0.5',
 # 51234)"): the address without the port, which each new connection changes.
 _PEER_PORT = re.compile(r"^(ipv4:.*|ipv6:\[.*\]):\d+$|^\('([^']*)', \d+.*\)$")
@@ -90,6 +104,7 @@ class AuditLog:
         detail: str = "",
         peer: str = "",
     ) -> None:
+        assert action in ACTIONS, f"audit action {action!r} is not in audit.ACTIONS"
         peer = peer or caller_peer()
         if outcome is AuditOutcome.REFUSED and who.kind is Kind.ANONYMOUS:
             cause = (action, str(target), source_of(peer))

@@ -410,6 +410,30 @@ async def test_audit_events_filter_by_actor_action_outcome_and_page(
         assert await _refused(call) == CODE.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("over_connect", [False, True], ids=["grpc", "connect"])
+async def test_an_action_the_host_never_audits_is_refused_naming_those_it_does(
+    local_cluster: LocalCluster,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    over_connect: bool,
+) -> None:
+    """`hakuriver.admin audit --action task.sumbit` listed nothing, as if no task had ever
+    been submitted."""
+    await local_cluster.add_runner("a")
+    await local_cluster.submit()
+    config = str(local_cluster.cli_config(tmp_path / "client.toml", over_connect))
+    argv = ["audit", "--action", "task.sumbit", "--config", config]
+    assert await asyncio.to_thread(exit_code, direct.run, admin.app, "a", argv) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    [line] = printed.err.splitlines()
+    said = "error: action: 'task.sumbit' is no audited action (one of batch.kill, batch.pause, "
+    assert line.startswith(said), line
+    assert " task.submit, " in line and line.endswith(", user.role) (INVALID_ARGUMENT)"), line
+    argv[2] = "task.submit"
+    assert await asyncio.to_thread(exit_code, direct.run, admin.app, "a", argv) == 0
+
+
 async def test_only_admins_read_the_audit_log(local_cluster: LocalCluster) -> None:
     for role in (Role.USER, Role.OPERATOR):
         client = await local_cluster.add_user(f"a-{role}", role)

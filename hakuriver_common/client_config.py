@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from hakuriver_common.addresses import reachable_address_problem, with_port
+from hakuriver_common.limits import runner_name_problem
 from hakuriver_common.mounts import mounts_ok
 from hakuriver_common.roles import user_name_problem
 
@@ -207,7 +208,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "runner_user": ("str", "", None),
     },
     "runner": {
-        "name": ("str", "", None),
+        "name": ("str", "", "runner_name"),
         "state_dir": ("path", Path("~/.hakuriver/runner"), None),
         "reconnect_max_seconds": ("float", 10.0, ">0"),
     },
@@ -273,6 +274,7 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "absolute_paths": lambda v: all(r.startswith("/") for r in v),
     "mounts": mounts_ok,
     "user_name": lambda v: user_name_problem(v) is None,
+    "runner_name": lambda v: not v or runner_name_problem(v) is None,
     "dialable": lambda v: reachable_address_problem(v) is None,
 }
 

@@ -39,6 +39,7 @@ from hakuriver_common.client_config import (
     resolve_config_path as resolve_config_path,
     runner_timeout_problem,
 )
+from hakuriver_common.limits import runner_name_problem
 from hakuriver_common.mounts import parse_mount
 from hakuriver_common.roles import user_name_problem
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskNetwork
@@ -224,6 +225,14 @@ class RunnerConfig(Section):
     reconnect_max_seconds: float = Field(
         10.0, gt=0, description="Upper bound of the reconnect backoff."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _runner_name(cls, name: str) -> str:
+        """Refused here, not only by the Host once the Runner connects."""
+        if name and (problem := runner_name_problem(name)) is not None:
+            raise ValueError(problem)
+        return name
 
 
 class SchedulingConfig(Section):

@@ -44,6 +44,19 @@ MAX_SUBMIT_REPLY_TASKS = 1000
 # A safe host name: letters, digits, dot, dash, underscore; no path, control or bidi
 # characters (it names files, containers, metrics labels and log lines).
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # Linux allows 64
+
+
+def runner_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Runner's (the Host's rule, also checked when a Runner reads
+    runner.name); None when it can."""
+    if HOSTNAME_RE.fullmatch(name):
+        return None
+    return (
+        f"{name[:80]!r} is not a valid runner name: up to 64 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+
+
 MAX_RUNNER_CORES = 4096
 MAX_CPU_ID = 65535
 MAX_RUNNER_MEMORY_BYTES = 1 << 50

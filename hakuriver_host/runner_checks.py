@@ -23,11 +23,9 @@ MAX_GPU_TEXT = 256
 
 
 def check_hostname(hostname: str) -> None:
-    if not limits.HOSTNAME_RE.fullmatch(hostname):
-        raise InvalidArgument(
-            f"register: hostname {hostname[:80]!r} is not a valid runner name: up to 64 "
-            "letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
+    problem = limits.runner_name_problem(hostname)
+    if problem is not None:
+        raise InvalidArgument(f"register: hostname {problem}")
 
 
 def _count(field: str, count: int, limit: int) -> None:

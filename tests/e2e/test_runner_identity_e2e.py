@@ -221,34 +221,37 @@ def test_a_runner_without_its_ca_file_says_so_once_and_exits(
     assert line.startswith("cannot connect to the Host: ") and str(missing) in line, line
 
 
-def test_a_runner_whose_name_the_host_refuses_says_why_and_exits(
+def test_a_runner_with_a_name_the_host_would_refuse_says_why_and_exits(
     cluster: ProcessCluster, tmp_path: Path
 ) -> None:
-    """Refused as invalid, it would be refused again: it exits (it retried for ever,
-    logging only INVALID_ARGUMENT), and with its log in a file it says so on stderr too."""
-    env = {"HAKURIVER_AUTH__JOIN_TOKEN": cluster.join_token}
-    line = refused_at_start(cluster, tmp_path / "state", "Bad Name!", env)
-    assert "'Bad Name!' is not a valid runner name" in line, line
-    log_file = tmp_path / "runner-file.log"
-    runner = subprocess.Popen(
-        [sys.executable, "-m", "hakuriver_runner", "--config", str(cluster.config_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={
-            **os.environ,
-            **env,
-            "HAKURIVER_RUNNER__NAME": "Bad Name!",
-            "HAKURIVER_RUNNER__STATE_DIR": str(tmp_path / "state2"),
-            "HAKURIVER_PATHS__RUNNER_LOG_FILE": str(log_file),
-        },
-    )
-    try:
-        _, stderr = runner.communicate(timeout=30)
-    finally:
-        end(runner)
-    assert runner.returncode == 1
-    assert stderr.startswith("error: ") and "is not a valid runner name" in stderr, stderr
+    """Refused as invalid by the Host, it would be refused again: it exits 2 when it reads
+    its config (before, it reached the Host and exited 1 on INVALID_ARGUMENT), on stderr
+    whether or not its log goes to a file, and does not register."""
+    for log_file in ("", str(tmp_path / "runner-file.log")):
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "hakuriver_runner", "--config", str(cluster.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **os.environ,
+                "HAKURIVER_AUTH__JOIN_TOKEN": cluster.join_token,
+                "HAKURIVER_RUNNER__NAME": "Bad Name!",
+                "HAKURIVER_RUNNER__STATE_DIR": str(tmp_path / "state"),
+                "HAKURIVER_PATHS__RUNNER_LOG_FILE": log_file,
+            },
+        )
+        try:
+            _, stderr = runner.communicate(timeout=30)
+        finally:
+            end(runner)
+        assert runner.returncode == 2
+        [line] = stderr.splitlines()
+        assert line.startswith("error: invalid config ") and (
+            "runner.name (HAKURIVER_RUNNER__NAME): 'Bad Name!' is not a valid runner name" in line
+        ), line
+    nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+    assert "Bad Name!" not in [n.hostname for n in nodes]
 
 
 def test_a_revoked_runner_is_disconnected_and_stays_out(cluster: ProcessCluster) -> None:

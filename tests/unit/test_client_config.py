@@ -41,6 +41,7 @@ VALIDATORS = {
     "_absolute": "absolute_paths",
     "_mounts": "mounts",
     "_user_name": "user_name",
+    "_runner_name": "runner_name",
     "_dialable": "dialable",
 }
 
@@ -166,6 +167,8 @@ def _valid_value(kind: str, check: str | None) -> st.SearchStrategy[Any]:
         return st.lists(st.sampled_from(["/data:/data", "/srv/x:/x:ro"]), max_size=2)
     if check == "user_name":
         return st.sampled_from(["admin", "root", "ops.team-1"])
+    if check == "runner_name":
+        return st.sampled_from(["", "node-7", "gpu_a.lab"])
     if check == "dialable":
         return st.sampled_from(["127.0.0.1", "river.lab.example", "node_7", "[::1]", "fe80::1"])
     if kind == "float" and check is not None and ".." in check:

@@ -16,6 +16,8 @@ from hakuriver_common import commands as cli
 from hakuriver_common.config import ConfigError, load_config
 from hakuriver_common.service import start_daemon
 from hakuriver_host.main import main as host_main
+from hakuriver_runner.main import main as runner_main
+from tests.unit.cli_threads import exit_code
 
 NOBODY = pwd.getpwnam("nobody").pw_uid
 
@@ -77,6 +79,23 @@ def test_heartbeats_that_leave_a_node_online_for_hours_are_refused(
     path = tmp_path / "c.toml"
     path.write_text(f"[timing]\n{timing}\n")
     assert _refusal(path) == f"invalid config {path}: {said}"
+
+
+def test_a_runner_name_the_host_would_refuse_stops_the_runner_when_it_reads_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    """It was refused only by the Host, once the Runner had reached it; now the Runner
+    exits 2 in one line (and systemd does not restart it, see RestartPreventExitStatus)."""
+    path = tmp_path / "c.toml"
+    state = f'state_dir = "{tmp_path / "state"}"\n[paths]\nlocal_temp_dir = "{tmp_path}"\n'
+    path.write_text(f'[runner]\nname = "Bad Name!"\n{state}')
+    assert exit_code(runner_main, path) == 2
+    assert capsys.readouterr().err == (
+        f"error: invalid config {path}: runner.name: 'Bad Name!' is not a valid runner name: "
+        "up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit\n"
+    )
+    path.write_text('[runner]\nname = "gpu-node_7.lab"\n')
+    assert load_config(path).runner.name == "gpu-node_7.lab"
 
 
 @pytest.mark.parametrize("mount", ["nocolon", "/only/host:", "rel:/x", "/a:/b:rx"])

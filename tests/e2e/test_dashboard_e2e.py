@@ -1323,6 +1323,35 @@ def test_a_private_key_pasted_for_a_vps_is_not_sent(site: Site) -> None:
     no_problems(tab)
 
 
+def test_a_nodes_and_a_gpus_charts_draw_each_new_sample(site: Site) -> None:
+    """The charts of a node's page and of a GPU's card go on drawing the samples the health
+    stream brings: they stayed as when the page opened, while the Nodes page went on."""
+    nodes = node_service_pb2_grpc.NodeServiceStub(site.cluster.channel)
+
+    def newest() -> int:
+        request = npb.GetHealthRequest(hostname=site.gpu_node)
+        [node] = nodes.GetHealth(request, timeout=10).nodes
+        return node.current.sampled_at.ToMilliseconds()
+
+    def newer_than(before: int) -> int:
+        return wait_for(lambda: (t := newest()) > before and t, what="a newer sample")
+
+    tab = site.tab(site.alice)
+    charts = {
+        f"/nodes/{site.gpu_node}": tab.page.get_by_test_id("chart-node-cpu"),
+        "/gpus": tab.page.locator(f'[data-testid="gpu-card"][data-node="{site.gpu_node}"]').first,
+    }
+    for path, chart in charts.items():
+        tab.goto(path)
+        expect(chart.locator("svg[data-newest]").first).to_be_visible()
+        later = newer_than(newest())
+        tab.page.wait_for_function(
+            "([chart, later]) => +chart.querySelector('svg[data-newest]').dataset.newest >= later",
+            arg=[chart.element_handle(), later],
+        )
+    no_problems(tab)
+
+
 def test_every_page_loads_without_console_errors(site: Site) -> None:
     """Last in the module, so the pages show what the other tests left: tasks, nodes."""
     running = site.cluster.submit(["sh", "-c", LOOP])

@@ -40,7 +40,8 @@ export interface Sample {
 export interface NodeTrack {
   hostname: string;
   status: NodeStatus;
-  /** Oldest first, at most WINDOW_MS older than the newest sample of any node. */
+  /** Oldest first, at most WINDOW_MS older than the newest sample of any node. A new
+   * array at each change: a computed or a prop that passes it on sees the change. */
   samples: Sample[];
 }
 
@@ -100,8 +101,8 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
     const cutoff = newest - WINDOW_MS;
     for (const entry of tracks.value.values()) {
       const drop = entry.samples.findIndex((s) => s.t >= cutoff);
-      if (drop > 0) entry.samples.splice(0, drop);
-      else if (drop < 0) entry.samples.length = 0;
+      if (drop > 0) entry.samples = entry.samples.slice(drop);
+      else if (drop < 0 && entry.samples.length) entry.samples = [];
     }
   }
 
@@ -120,6 +121,7 @@ export function useHealth(hostname = "", { gate, onStatus }: HealthOptions = {})
     const read = node.current?.gpus.map((g) => g.index).join(",");
     const before = lastRead(entry);
     if (read && before && read !== before) onStatus?.(node.hostname, NodeStatus.UNSPECIFIED);
+    entry.samples = entry.samples.slice(); // a new array (NodeTrack.samples), then added to
     for (const health of history) add(entry, health);
     if (node.current) add(entry, node.current);
   }

@@ -88,6 +88,11 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def env_map(values: list[str]) -> dict[str, str]:
+    """The variables of repeated ``--env KEY=VALUE`` options (the Host checks the names)."""
+    return dict(parsed(values, _env_pair))
+
+
 def _watch_once(stub: task_service_pb2_grpc.TaskServiceStub, task_id: int) -> task_pb2.Task | None:
     """Follow the task's WatchTask stream; its final state, or None if the stream ended
     before it (the Host went away)."""
@@ -289,7 +294,7 @@ def submit(
         kind=TaskKind.COMMAND.pb,
         command=argv[0],
         arguments=argv[1:],
-        env=dict(parsed(env or [], _env_pair)),
+        env=env_map(env or []),
         cores=cores,
         memory=memory,
         targets=target_pbs(target or []),

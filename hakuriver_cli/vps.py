@@ -31,7 +31,7 @@ from hakuriver_cli.render import (
     to_dict,
     when,
 )
-from hakuriver_cli.task import mount_pbs, target_pbs
+from hakuriver_cli.task import env_map, mount_pbs, target_pbs
 from hakuriver_common import commands as cli
 from hakuriver_common.limits import MAX_TASK_CORES
 from hakuriver_common.service import ConfigOption, JsonOption, tool_app
@@ -105,6 +105,10 @@ def submit(
     gpus: Annotated[
         int, cli.Option(help="Number of GPUs (or name ids in --target).", **cli.INT32)
     ] = 0,
+    env: Annotated[
+        list[str] | None,
+        cli.Option("--env", help="KEY=VALUE for your SSH sessions; repeatable."),
+    ] = None,
     container: Annotated[
         str, cli.Option(help="Environment with an SSH server (default from config).")
     ] = "",
@@ -132,6 +136,7 @@ def submit(
     cfg = config_or_fail(config)
     request = tpb.SubmitTaskRequest(
         kind=TaskKind.VPS.pb,
+        env=env_map(env or []),
         cores=cores,
         memory=memory,
         gpus=gpus,

@@ -18,6 +18,11 @@ MAX_ARGUMENTS = 4096
 MAX_ARGUMENTS_BYTES = 256 * KIB
 MAX_ENV_VARS = 1024
 MAX_ENV_BYTES = 256 * KIB
+# A VPS's variables: sshd ends a session whose environment (its own variables, PAM's and
+# these) passes 1,000; the Runner hands them to the container in one variable, which Linux
+# takes up to 128 KiB.
+MAX_VPS_ENV_VARS = 512
+MAX_VPS_ENV_BYTES = 64 * KIB
 MAX_MOUNTS = 64
 MAX_PATH_BYTES = 4096
 MAX_TARGETS = 256

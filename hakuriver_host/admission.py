@@ -12,7 +12,7 @@ import base64
 import binascii
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -263,6 +263,24 @@ def _check_vps_shape(req: tpb.SubmitTaskRequest) -> None:
         raise InvalidArgument(
             "arguments: a VPS runs sshd, not a command of yours: leave arguments empty"
         )
+    _check_vps_env(req.env)
+
+
+def _check_vps_env(env: Mapping[str, str]) -> None:
+    """A VPS's sessions get its variables from ~/.ssh/environment, one NAME=VALUE a line
+    read as is: a newline would cut a value short and start another variable."""
+    count, total = len(env), sum(_size(k) + _size(v) for k, v in env.items())
+    if count > limits.MAX_VPS_ENV_VARS or total > limits.MAX_VPS_ENV_BYTES:
+        raise InvalidArgument(
+            f"env: a VPS takes at most {limits.MAX_VPS_ENV_VARS} variables of "
+            f"{limits.MAX_VPS_ENV_BYTES:,} bytes in all, got {count} of {total:,} bytes"
+        )
+    for key, value in env.items():
+        if "\n" in value:
+            raise InvalidArgument(
+                f"env {key[:64]!r}: a VPS's SSH sessions read their variables one a line: "
+                "a value must not contain a newline (put it in a file instead)"
+            )
 
 
 def _check_shape(req: tpb.SubmitTaskRequest, kind: TaskKind) -> None:

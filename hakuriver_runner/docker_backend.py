@@ -96,9 +96,12 @@ GATE_UP_SECONDS = 5.0
 # followed from the log.
 ATTACH_END_SECONDS = 5.0
 ATTACH_END_SLACK = 0.5
-# A VPS container: the key for root, a host key of its own (the image's would be shared by
-# every VPS made from it, readable by each of their users), then sshd in the foreground on
-# loopback only (the Runner relays SSH for the Host's proxy; nothing else needs to reach it).
+# A VPS container: the key for root, the variables of its sessions, a host key of its own
+# (the image's would be shared by every VPS made from it, readable by each of their users),
+# then sshd in the foreground on loopback only (the Runner relays SSH for the Host's proxy;
+# nothing else needs to reach it). sshd gives each session a clean environment; with
+# PermitUserEnvironment it adds ~/.ssh/environment's, in every kind of session (login
+# shells, commands, sftp) and with any OpenSSH, PAM or not.
 VPS_SCRIPT = """
 if [ ! -x /usr/sbin/sshd ]; then
   echo "this environment has no SSH server (/usr/sbin/sshd): install openssh-server in it" >&2
@@ -106,13 +109,21 @@ if [ ! -x /usr/sbin/sshd ]; then
 fi
 mkdir -p /root/.ssh /run/sshd && chmod 700 /root/.ssh
 printf '%s\\n' "$HAKURIVER_SSH_KEY" > /root/.ssh/authorized_keys
-chmod 600 /root/.ssh/authorized_keys
+printf '%s' "$HAKURIVER_SSH_ENVIRONMENT" > /root/.ssh/environment
+chmod 600 /root/.ssh/authorized_keys /root/.ssh/environment
 rm -f /etc/ssh/ssh_host_*_key /etc/ssh/ssh_host_*_key.pub
 ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 exec /usr/sbin/sshd -D -e -p "$HAKURIVER_SSH_PORT" -o ListenAddress=127.0.0.1 \\
-  -h /etc/ssh/ssh_host_ed25519_key \\
+  -h /etc/ssh/ssh_host_ed25519_key -o PermitUserEnvironment=yes \\
   -o PermitRootLogin=prohibit-password -o PasswordAuthentication=no
 """
+
+
+def session_environment(variables: dict[str, str]) -> str:
+    """~/.ssh/environment for a VPS's sessions: sshd takes each line's text after the first
+    ``=`` as it is (no quoting, so spaces, quotes and ``$`` stay literal); the Host refuses a
+    value with a newline."""
+    return "".join(f"{name}={value}\n" for name, value in variables.items())
 
 
 def ssh_port_of(container: Any) -> int:
@@ -510,8 +521,14 @@ class DockerBackend:
             port = self.ssh_ports.take(self._vps_ports())
             labels[LABEL_KIND] = TaskKind.VPS.value
             labels[LABEL_SSH_PORT] = str(port)
-            environment["HAKURIVER_SSH_KEY"] = dispatch.ssh_public_key
-            environment["HAKURIVER_SSH_PORT"] = str(port)
+            # The task's variables are for its sessions, not for sshd and the script that
+            # starts it (a PATH or LD_PRELOAD of the user's must not change how they run).
+            environment = {
+                **task_variables(dispatch, cuda),
+                "HAKURIVER_SSH_KEY": dispatch.ssh_public_key,
+                "HAKURIVER_SSH_PORT": str(port),
+                "HAKURIVER_SSH_ENVIRONMENT": session_environment(environment),
+            }
             command = ["/bin/sh", "-c", VPS_SCRIPT]
         host: dict[str, Any] = {
             "init": True,

@@ -113,9 +113,15 @@ def cli_as(
 
 
 def submit_vps(
-    cluster: ProcessCluster, person: Person, key_files: Path, environment: str, home: Path
+    cluster: ProcessCluster,
+    person: Person,
+    key_files: Path,
+    environment: str,
+    home: Path,
+    *options: str,
 ) -> int:
-    """A VPS of ``environment`` submitted by ``person`` with the CLI and the test key."""
+    """A VPS of ``environment`` submitted by ``person`` with the CLI, the test key and
+    ``options``."""
     result = cli_as(
         cluster,
         person.token,
@@ -127,6 +133,7 @@ def submit_vps(
         "--public-key-file",
         str(key_files / "id.pub"),
         "--json",
+        *options,
     )
     assert result.returncode == 0, result.stderr
     return int(json.loads(result.stdout)["task_id"])
@@ -314,6 +321,51 @@ def test_owner_uses_hakuriver_ssh_ssh_and_scp(
         timeout=60,
     )
     assert named.stdout == "named\n", named.stderr
+
+
+def test_variables_given_with_env_reach_every_ssh_session(
+    vps_cluster: ProcessCluster,
+    owner: Person,
+    key_files: Path,
+    sshd_image: str,
+    tmp_path: Path,
+) -> None:
+    """sshd gives each session a clean environment: variables only in the container's (its
+    own) reached no session. Values keep spaces, quotes, backslashes and $ as given, in a
+    command's session and in a login shell's (which reads /etc/profile), with the task id
+    as a command task has it."""
+    odd = 'it\'s "$HOME" \\ `x` ${Y}'
+    task_id = submit_vps(
+        vps_cluster,
+        owner,
+        key_files,
+        sshd_image,
+        tmp_path,
+        "--env",
+        "GREETING=hello world",
+        "--env",
+        f"ODD={odd}",
+    )
+    vps_cluster.wait_status(task_id, RUNNING, timeout=60)
+    env = {
+        **os.environ,
+        "HAKURIVER_CONFIG": str(vps_cluster.config_path),
+        "HAKURIVER_TOKEN": owner.token,
+        "HOME": str(tmp_path),
+    }
+    proxy = f"ProxyCommand={sys.executable} -m hakuriver_cli.ssh --proxy-command %h"
+    ssh = ["ssh", *_ssh_options(key_files), "-o", proxy, f"root@{task_id}"]
+    shown = 'printf %s "$GREETING|$ODD|$HAKURIVER_TASK_ID"'
+    expected = f"hello world|{odd}|{task_id}"
+    command = subprocess.run([*ssh, shown], env=env, capture_output=True, text=True, timeout=60)
+    assert (command.returncode, command.stdout) == (0, expected), command.stderr
+    # No command: sshd runs root's shell as a login shell (after the motd), reading the
+    # commands from stdin.
+    login = subprocess.run(
+        [*ssh, "-T"], input=shown, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert login.returncode == 0, login.stderr
+    assert login.stdout.rsplit("\n", 1)[-1] == expected
 
 
 def test_a_local_port_in_use_is_one_line(

@@ -128,6 +128,7 @@ EVERYDAY = [
     ("client", ["health", "--watch", "--count", "3"]),
     ("client", ["drain", "node1"]),
     ("vps", ["submit", "--public-key-string", "ssh-ed25519 AAAA"]),
+    ("vps", ["submit", "--env", "DATA=/shared/my project", "--env", "N=3"]),
     ("vps", ["status"]),
     ("admin", ["whoami"]),
     ("admin", ["audit", "--limit", "10", "--refused"]),

@@ -30,6 +30,7 @@ from hakuriver_host.store import DATABASE_LOCKED
 from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import BRIEF_LOCK_WAIT, LocalCluster, status_of
+from tests.unit.test_ssh_tickets import SSH_KEY
 
 
 async def test_a_task_that_fits_comes_back_placed(local_cluster: LocalCluster) -> None:
@@ -407,6 +408,40 @@ async def test_arguments_for_a_vps_are_refused(local_cluster: LocalCluster) -> N
     assert refused.value.details() == (
         "arguments: a VPS runs sshd, not a command of yours: leave arguments empty"
     )
+    listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
+    assert not listed.tasks
+
+
+@pytest.mark.parametrize(
+    ("env", "why"),
+    [
+        (
+            {"NOTE": "two\nlines"},
+            "env 'NOTE': a VPS's SSH sessions read their variables one a line: a value must "
+            "not contain a newline (put it in a file instead)",
+        ),
+        (
+            {f"V{i}": "" for i in range(513)},
+            "env: a VPS takes at most 512 variables of 65,536 bytes in all, got 513 of 1,942 bytes",
+        ),
+        (
+            {"BIG": "x" * 65536},
+            "env: a VPS takes at most 512 variables of 65,536 bytes in all, got 1 of 65,539 bytes",
+        ),
+    ],
+    ids=["newline", "count", "bytes"],
+)
+async def test_vps_variables_its_sessions_cannot_get_are_refused(
+    local_cluster: LocalCluster, env: dict[str, str], why: str
+) -> None:
+    """A VPS's sessions read its variables from ~/.ssh/environment, one a line, where a
+    newline would end a value and start a variable of the text after it; sshd ends a session
+    with more than 1,000 variables."""
+    await local_cluster.add_runner("a")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await local_cluster.submit("", kind=task_pb2.TASK_KIND_VPS, ssh_public_key=SSH_KEY, env=env)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details() == why
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)
     assert not listed.tasks
 

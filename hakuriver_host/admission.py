@@ -278,7 +278,7 @@ def _check_vps_env(env: Mapping[str, str]) -> None:
     for key, value in env.items():
         if "\n" in value:
             raise InvalidArgument(
-                f"env {key[:64]!r}: a VPS's SSH sessions read their variables one a line: "
+                f"env: {key[:64]!r}: a VPS's SSH sessions read their variables one a line: "
                 "a value must not contain a newline (put it in a file instead)"
             )
 

@@ -1131,6 +1131,34 @@ def _vps_created_from_the_form(site: Site, tab: Dashboard, started: list[int]) -
     return task_id
 
 
+def test_a_vps_from_the_form_takes_variables_for_its_sessions(site: Site) -> None:
+    """The VPS form had no variables, which the task form and hakuriver.vps submit --env
+    take; a line that is not KEY=VALUE, or one the Host refuses, is named under the field."""
+    tab = site.tab(site.alice)
+    page = tab.page
+    with _gpu_node_drained(site) as started:
+        tab.goto("/vps")
+        page.get_by_test_id("vps-key").fill(SSH_KEY)
+        page.get_by_test_id("vps-target").select_option(site.gpu_node)
+        page.get_by_test_id("vps-environment").select_option(BASE_ENV)
+        page.get_by_test_id("vps-env").fill("GREETING=hello world\nno value")
+        page.get_by_test_id("vps-create").click()
+        expect(page.get_by_test_id("error-env")).to_have_text(
+            'env: line 2: expected KEY=VALUE, got "no value"'
+        )
+        page.get_by_test_id("vps-env").fill("GREETING=hello world\n1X=y")
+        page.get_by_test_id("vps-create").click()
+        expect(page.get_by_test_id("error-env")).to_have_text("env: invalid variable name '1X'")
+        page.get_by_test_id("vps-env").fill('GREETING=hello world\nODD=it\'s "$HOME"')
+        page.get_by_test_id("vps-create").click()
+        command = page.get_by_test_id("ssh-command")
+        expect(command).to_have_text(re.compile(r"hakuriver\.ssh \d+$"))
+        task_id = int(command.inner_text().split()[-1])
+        started.append(task_id)
+        got = site.tasks_as(site.alice).GetTask(tpb.GetTaskRequest(task_id=task_id), timeout=10)
+        assert dict(got.task.env) == {"GREETING": "hello world", "ODD": 'it\'s "$HOME"'}
+
+
 def test_the_ssh_hint_names_the_hosts_proxy_port(site: Site) -> None:
     """For a machine without the CLI's config, the Connect card spells out the command with
     this Host's address and SSH proxy port (options before the task id: after it they

@@ -417,7 +417,7 @@ async def test_arguments_for_a_vps_are_refused(local_cluster: LocalCluster) -> N
     [
         (
             {"NOTE": "two\nlines"},
-            "env 'NOTE': a VPS's SSH sessions read their variables one a line: a value must "
+            "env: 'NOTE': a VPS's SSH sessions read their variables one a line: a value must "
             "not contain a newline (put it in a file instead)",
         ),
         (

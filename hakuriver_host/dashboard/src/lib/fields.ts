@@ -115,6 +115,15 @@ export class FieldProblem extends Error {
   }
 }
 
+/** ``parse(text)``, its failure a FieldProblem naming ``field``. */
+export function parsed<T>(field: string, parse: (text: string) => T, text: string): T {
+  try {
+    return parse(text);
+  } catch (failure) {
+    throw new FieldProblem(field, `${field}: ${(failure as Error).message}`);
+  }
+}
+
 const INT32_MIN = -(2 ** 31);
 const INT32_MAX = 2 ** 31 - 1;
 

@@ -131,7 +131,11 @@ class SubmitTaskRequest(_message.Message):
         """The command's arguments; refused for a VPS (INVALID_ARGUMENT), which runs sshd."""
 
     @_builtins.property
-    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables of the command; of a VPS, those of its SSH sessions (sshd's own
+        environment does not reach them), at most 512 there, 64 KiB in all, no newline in a value.
+        """
+
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[_task_pb2.Target]:
         """One task is created per target; none lets the Host choose a node. A VPS takes at most

@@ -72,6 +72,9 @@ export type SubmitTaskRequest = Message<"hakuriver.v1.SubmitTaskRequest"> & {
   arguments: string[];
 
   /**
+   * Environment variables of the command; of a VPS, those of its SSH sessions (sshd's own
+   * environment does not reach them), at most 512 there, 64 KiB in all, no newline in a value.
+   *
    * @generated from field: map<string, string> env = 4;
    */
   env: { [key: string]: string };

@@ -185,10 +185,10 @@ async def test_a_batch_killed_past_its_deadline_says_the_host_may_still_be_at_it
     monkeypatch.setattr(connection, "BULK_SECONDS_PER_TASK", 0.0)
     runner, batch_id, ids = await _running_array(local_cluster)
     argv = ["kill", "--config", str(local_cluster.cli_config(tmp_path / "c.toml")), str(batch_id)]
-    with _brief_deadline(monkeypatch):
-        assert await asyncio.to_thread(_tool, client.app, "hakuriver.client", argv) == 1
+    # The usual 1 s: at 0.3 s a loaded machine timed out the calls before the kill (CI).
+    assert await asyncio.to_thread(_tool, client.app, "hakuriver.client", argv) == 1
     assert capsys.readouterr().err == (
-        "error: the host did not answer within 0.3 s, but it may still be killing its "
+        "error: the host did not answer within 1 s, but it may still be killing its "
         f"tasks: see hakuriver.client status {batch_id}\n"
     )
     for task_id in ids:

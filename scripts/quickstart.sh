@@ -14,15 +14,26 @@ cd "$(dirname "$0")/.."
 DIR="$(realpath -m "${HAKURIVER_QUICKSTART_DIR:-.quickstart}")"
 PORT="${HAKURIVER_QUICKSTART_PORT:-8000}"
 CONFIG="$DIR/config.toml"
+# The stop command as the user types it: naming the folder when it is not the default, so
+# that the printed command stops this cluster and not the checkout's .quickstart.
+STOP="scripts/quickstart.sh stop"
+if [ -n "${HAKURIVER_QUICKSTART_DIR:-}" ]; then
+    STOP="HAKURIVER_QUICKSTART_DIR=$(printf %q "$DIR") $STOP"
+fi
 
 stop() {
+    local stopped=""
     for role in runner host; do
         if [ -f "$DIR/$role.pid" ]; then
-            kill "$(cat "$DIR/$role.pid")" 2>/dev/null || true
+            kill "$(cat "$DIR/$role.pid")" 2>/dev/null && stopped=yes
             rm -f "$DIR/$role.pid"
         fi
     done
-    echo "stopped the quickstart cluster in $DIR"
+    if [ -n "$stopped" ]; then
+        echo "stopped the quickstart cluster in $DIR"
+    else
+        echo "no quickstart cluster is running in $DIR"
+    fi
 }
 
 if [ "${1:-}" = "stop" ]; then
@@ -36,7 +47,7 @@ scripts/build-base-image.sh hakuriver-base
 scripts/build-dashboard.sh
 
 if [ -f "$DIR/host.pid" ] && kill -0 "$(cat "$DIR/host.pid")" 2>/dev/null; then
-    echo "a quickstart cluster is already running (stop it: scripts/quickstart.sh stop)"
+    echo "a quickstart cluster is already running in $DIR (stop it: $STOP)"
     exit 1
 fi
 mkdir -p "$DIR/shared" "$DIR/local_temp"
@@ -146,5 +157,5 @@ Add a user and give them a token (shown once; --save writes it to a new 0600 fil
   alice keeps it in ~/.hakuriver/credentials (chmod 600) or in \$HAKURIVER_TOKEN, with a
   config like $CONFIG without [auth] (tls.ca_file pointing at a copy of ca.pem).
 Stop it:
-    scripts/quickstart.sh stop
+    $STOP
 MSG

@@ -56,6 +56,9 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
         assert "hakuriver.task submit" in started.stdout
         assert "hakuriver.admin user add alice --role user" in started.stdout
         assert "hakuriver.admin token create --user alice --save" in started.stdout
+        # The stop command it prints stops this cluster, not the checkout's .quickstart.
+        stop_line = f"HAKURIVER_QUICKSTART_DIR={qs} scripts/quickstart.sh stop"
+        assert stop_line in started.stdout
         # The dashboard's address and how to sign in; its page and API answer there.
         dashboard = f"http://127.0.0.1:{port + 3}/"
         assert f"Dashboard: {dashboard}" in started.stdout
@@ -95,6 +98,9 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
         again = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=120)
         assert again.returncode == 0, again.stdout + again.stderr
         assert (qs / "tls" / "ca.pem").read_bytes() == ca
+        twice = subprocess.run([SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+        assert twice.returncode == 1
+        assert f"already running in {qs} (stop it: {stop_line})" in twice.stdout
         tasks = _tool("task", "list", "--json", env=cli_env)
         assert tasks.returncode == 0, tasks.stderr
         assert [t["status"] for t in json.loads(tasks.stdout)] == ["completed", "completed"]
@@ -102,4 +108,8 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
     finally:
         stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
     assert stopped.returncode == 0
+    assert stopped.stdout == f"stopped the quickstart cluster in {qs}\n"
     assert not (qs / "host.pid").exists()
+    # Stopping again says that nothing was running rather than claiming to stop it.
+    again_stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
+    assert again_stopped.stdout == f"no quickstart cluster is running in {qs}\n"

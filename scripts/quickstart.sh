@@ -21,13 +21,26 @@ if [ -n "${HAKURIVER_QUICKSTART_DIR:-}" ]; then
     STOP="HAKURIVER_QUICKSTART_DIR=$(printf %q "$DIR") $STOP"
 fi
 
+# Whether the process in $DIR/ROLE.pid is this cluster's Host or Runner: a pid file left
+# by a cluster that ended without `stop` (a reboot) may name a process that has its number
+# now, which is never signalled.
+ours() {
+    local pid
+    pid="$(cat "$DIR/$1.pid" 2>/dev/null)" || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"-m hakuriver_$1 "* ]] || return 1
+    local environ
+    environ="$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null)" || return 1
+    [[ $'\n'$environ$'\n' == *$'\n'"HAKURIVER_CONFIG=$CONFIG"$'\n'* ]]
+}
+
 stop() {
     local stopped=""
     for role in runner host; do
-        if [ -f "$DIR/$role.pid" ]; then
+        if ours "$role"; then
             kill "$(cat "$DIR/$role.pid")" 2>/dev/null && stopped=yes
-            rm -f "$DIR/$role.pid"
         fi
+        rm -f "$DIR/$role.pid"
     done
     if [ -n "$stopped" ]; then
         echo "stopped the quickstart cluster in $DIR"
@@ -46,7 +59,7 @@ scripts/ensure-docker.sh
 scripts/build-base-image.sh hakuriver-base
 scripts/build-dashboard.sh
 
-if [ -f "$DIR/host.pid" ] && kill -0 "$(cat "$DIR/host.pid")" 2>/dev/null; then
+if ours host; then
     echo "a quickstart cluster is already running in $DIR (stop it: $STOP)"
     exit 1
 fi

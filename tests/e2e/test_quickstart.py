@@ -113,3 +113,23 @@ def test_quickstart_starts_a_cluster_and_runs_a_sample_task(
     # Stopping again says that nothing was running rather than claiming to stop it.
     again_stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
     assert again_stopped.stdout == f"no quickstart cluster is running in {qs}\n"
+
+
+def test_stop_never_signals_a_process_that_has_a_stale_pid(tmp_path: Path) -> None:
+    """A cluster that ended without `stop` (a reboot) leaves its pid files; `stop` then
+    killed whatever process had those numbers now."""
+    qs = tmp_path / "qs"
+    qs.mkdir()
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        for role in ("host", "runner"):
+            (qs / f"{role}.pid").write_text(f"{other.pid}\n")
+        env = {**os.environ, "HAKURIVER_QUICKSTART_DIR": str(qs)}
+        stopped = subprocess.run([SCRIPT, "stop"], env=env, capture_output=True, text=True)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout == f"no quickstart cluster is running in {qs}\n"
+        assert other.poll() is None  # not signalled
+        assert not (qs / "host.pid").exists() and not (qs / "runner.pid").exists()
+    finally:
+        other.kill()
+        other.wait()

@@ -13,6 +13,17 @@ GPU_IDS_VAR = "HAKURIVER_GPU_IDS"
 # Not HAKURIVER_RUNNER: that would be the config's runner section to a HakuRiver tool the
 # process runs.
 RUNNER_VAR = "HAKURIVER_TASK_RUNNER"
+# Which GPUs the NVIDIA runtime gives a container: a node whose Docker runs it by default
+# (DGX OS does) honours it in any container's variables, and CUDA images set it to "all".
+NVIDIA_DEVICES_VAR = "NVIDIA_VISIBLE_DEVICES"
 RESERVED = frozenset(
-    {TASK_ID_VAR, CPUS_VAR, GPU_IDS_VAR, RUNNER_VAR, ARRAY_ID_VAR, ARRAY_INDEX_VAR}
+    {
+        TASK_ID_VAR,
+        CPUS_VAR,
+        GPU_IDS_VAR,
+        RUNNER_VAR,
+        ARRAY_ID_VAR,
+        ARRAY_INDEX_VAR,
+        NVIDIA_DEVICES_VAR,
+    }
 )

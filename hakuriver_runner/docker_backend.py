@@ -36,6 +36,7 @@ from hakuriver_common.environments import (
 from hakuriver_common.mounts import LOCAL_TEMP_MOUNT_POINT, SHARED_MOUNT_POINT, parse_mount
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.statuses import TaskKind
+from hakuriver_common.task_variables import NVIDIA_DEVICES_VAR
 from hakuriver_runner.backend import (
     Emit,
     ExitInfo,
@@ -124,6 +125,13 @@ def session_environment(variables: dict[str, str]) -> str:
     ``=`` as it is (no quoting, so spaces, quotes and ``$`` stay literal); the Host refuses a
     value with a newline."""
     return "".join(f"{name}={value}\n" for name, value in variables.items())
+
+
+def nvidia_devices(dispatch: rpb.DispatchCommand) -> dict[str, str]:
+    """Exactly the task's GPUs for the NVIDIA runtime, and none ("void") for a task without:
+    where it is Docker's default runtime, a container of a CUDA image (which sets "all")
+    was given every GPU of the node, other tasks' included, device request or not."""
+    return {NVIDIA_DEVICES_VAR: id_list(dispatch.gpu_ids) if dispatch.gpu_ids else "void"}
 
 
 def ssh_port_of(container: Any) -> int:
@@ -515,7 +523,8 @@ class DockerBackend:
         # A privileged container sees every GPU of the node (Docker lets it have every
         # device), whatever its device request: CUDA must be told which are its own.
         cuda = dispatch.gpu_ids if dispatch.privileged else range(len(dispatch.gpu_ids))
-        environment = {**dict(dispatch.env), **task_variables(dispatch, cuda)}
+        variables = {**task_variables(dispatch, cuda), **nvidia_devices(dispatch)}
+        environment = {**dict(dispatch.env), **variables}
         command = [dispatch.command, *dispatch.arguments]
         if dispatch.kind == task_pb2.TASK_KIND_VPS:
             port = self.ssh_ports.take(self._vps_ports())
@@ -524,7 +533,7 @@ class DockerBackend:
             # The task's variables are for its sessions, not for sshd and the script that
             # starts it (a PATH or LD_PRELOAD of the user's must not change how they run).
             environment = {
-                **task_variables(dispatch, cuda),
+                **variables,
                 "HAKURIVER_SSH_KEY": dispatch.ssh_public_key,
                 "HAKURIVER_SSH_PORT": str(port),
                 "HAKURIVER_SSH_ENVIRONMENT": session_environment(environment),

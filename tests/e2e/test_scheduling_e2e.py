@@ -199,6 +199,24 @@ def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Process
         assert message in caught.value.details(), caught.value.details()
 
 
+def test_task_without_gpus_gets_none_from_the_nvidia_runtime(sched: ProcessCluster) -> None:
+    """Where the NVIDIA runtime is Docker's default (DGX OS), it gives a container the GPUs
+    its NVIDIA_VISIBLE_DEVICES names, which CUDA images set to "all"; a task without GPUs
+    says none, and a submission cannot set it."""
+    task = sched.submit(["sleep", "600"])
+    sched.wait_status(task.task_id, RUNNING)
+    config = _container(sched, task.task_id).attrs
+    _kill(sched, task.task_id)
+    env = dict(item.split("=", 1) for item in config["Config"]["Env"])
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert not config["HostConfig"]["DeviceRequests"]
+
+    with pytest.raises(grpc.RpcError) as caught:
+        sched.submit(["true"], env={"NVIDIA_VISIBLE_DEVICES": "all"})
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "env: NVIDIA_VISIBLE_DEVICES is set by HakuRiver" in caught.value.details()
+
+
 def test_gpu_task_gets_exactly_its_devices(sched: ProcessCluster) -> None:
     gpu_runner = sched.start_runner(
         f"{sched.runner_names[0]}-gpu",
@@ -223,6 +241,7 @@ def test_gpu_task_gets_exactly_its_devices(sched: ProcessCluster) -> None:
     assert env["CUDA_VISIBLE_DEVICES"] == "0"
     assert env["HAKURIVER_GPU_IDS"] == "1"
     assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # NVML's order: the node's GPU ids
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "1"  # the NVIDIA runtime, default or not, agrees
     if final.status == task_pb2.TASK_STATUS_FAILED:
         # No NVIDIA runtime on this machine: Docker refuses GPU containers, and says so.
         assert "could not select device driver" in final.error_message, final.error_message

@@ -59,6 +59,7 @@ from hakuriver_runner.start_gate import (
     never_released,
     waiting,
 )
+from hakuriver_runner.system_info import read_numa_topology
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,23 @@ def nvidia_devices(dispatch: rpb.DispatchCommand) -> dict[str, str]:
     where it is Docker's default runtime, a container of a CUDA image (which sets "all")
     was given every GPU of the node, other tasks' included, device request or not."""
     return {NVIDIA_DEVICES_VAR: id_list(dispatch.gpu_ids) if dispatch.gpu_ids else "void"}
+
+
+def cpusets(dispatch: rpb.DispatchCommand) -> dict[str, str]:
+    """The CPUs and memory a task's container is bound to: its reserved CPUs, and for a NUMA
+    target that node's memory. A NUMA target without reserved CPUs (a VPS's --cores 0) gets
+    that node's CPUs, as a host process gets them from numactl: it ran on any CPU, every
+    access to its memory a remote one from the other nodes."""
+    sets = {}
+    if dispatch.cpus:
+        sets["cpuset_cpus"] = id_list(dispatch.cpus)
+    if dispatch.HasField("numa_node_id"):
+        sets["cpuset_mems"] = str(dispatch.numa_node_id)
+        if not dispatch.cpus:
+            local = [n.cpus for n in read_numa_topology() if n.id == dispatch.numa_node_id]
+            if local and local[0]:
+                sets["cpuset_cpus"] = id_list(local[0])
+    return sets
 
 
 def ssh_port_of(container: Any) -> int:
@@ -555,10 +573,7 @@ class DockerBackend:
         if dispatch.memory_bytes > 0:
             host["mem_limit"] = dispatch.memory_bytes
             host["memswap_limit"] = dispatch.memory_bytes
-        if dispatch.cpus:
-            host["cpuset_cpus"] = id_list(dispatch.cpus)
-        if dispatch.HasField("numa_node_id"):
-            host["cpuset_mems"] = str(dispatch.numa_node_id)
+        host.update(cpusets(dispatch))
         gpus = [str(g) for g in dispatch.gpu_ids]
         if gpus:
             host["device_requests"] = [DeviceRequest(device_ids=gpus, capabilities=[["gpu"]])]

@@ -25,6 +25,7 @@ import pytest
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
+    node_service_pb2 as npb,
     ssh_service_pb2 as spb,
     ssh_service_pb2_grpc,
     task_pb2,
@@ -621,6 +622,34 @@ def _running_admin_vps(vps_cluster: ProcessCluster, key_files: Path, sshd_image:
     task_id = reply.tasks[0].task_id
     vps_cluster.wait_status(task_id, RUNNING, timeout=60)
     return task_id
+
+
+def test_a_vps_on_a_numa_node_without_cores_runs_on_that_nodes_cpus(
+    vps_cluster: ProcessCluster, key_files: Path, sshd_image: str
+) -> None:
+    """A VPS reserves no cores by default: targeted at a NUMA node, its memory was bound
+    there but its processes ran on any CPU, reaching that memory from the other nodes."""
+    hostname = vps_cluster.runner_names[0]
+    [node] = vps_cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
+    numa = node.numa_nodes[0]
+    reply = vps_cluster.tasks.SubmitTask(
+        tpb.SubmitTaskRequest(
+            kind=task_pb2.TASK_KIND_VPS,
+            container_name=sshd_image,
+            ssh_public_key=(key_files / "id.pub").read_text(),
+            targets=[task_pb2.Target(hostname=hostname, numa_node_id=numa.id)],
+        ),
+        timeout=10,
+    )
+    task_id = reply.tasks[0].task_id
+    vps_cluster.wait_status(task_id, RUNNING, timeout=60)
+    [container] = vps_cluster.docker.containers.list(
+        filters={"label": f"hakuriver.task_id={task_id}"}
+    )
+    vps_cluster.tasks.KillTask(tpb.KillTaskRequest(task_id=task_id), timeout=30)
+    bound = container.attrs["HostConfig"]
+    assert bound["CpusetMems"] == str(numa.id)
+    assert bound["CpusetCpus"] == ",".join(map(str, numa.cpus))
 
 
 def test_pause_stalls_resume_continues_kill_ends(

@@ -108,9 +108,9 @@ def nodes(config: ConfigOption = None, json: JsonOption = False) -> None:
 
 
 def _gpu_summary(node: node_pb2.Node) -> str:
+    """Free/total with the models; a GPU not read (no new task gets it) is not free."""
     if not node.gpus:
         return "-"
-    """Free/total with the models; a GPU not read (no new task gets it) is not free."""
     unread = set(node.unread_gpus)
     taken = set(node.allocated_gpus) | unread
     free = sum(g.index not in taken for g in node.gpus)
@@ -228,6 +228,10 @@ def _gpu_row(g: node_pb2.Gpu, history: list[node_pb2.Gpu]) -> list[str]:
     ]
 
 
+def _gpu_history(trend: NodeTrend, index: int) -> list[node_pb2.Gpu]:
+    return [x for s in trend.samples for x in s.gpus if x.index == index]
+
+
 def _health_table(trends: dict[str, NodeTrend]) -> Table:
     """What a Runner or the Host wrote (a GPU's name, an error naming a path) is text, not
     rich markup: `[x]` in a path was dropped, and a `[/x]` ended the command in a traceback."""
@@ -262,11 +266,11 @@ def _health_table(trends: dict[str, NodeTrend]) -> Table:
             sparkline([x.memory_percent for x in trend.samples]),
             temps,
         )
-        for g in h.gpus:
-            history = [x for s in trend.samples for x in s.gpus if x.index == g.index]
-            out.add_row(*_gpu_row(g, history))
+        rows = {g.index: _gpu_row(g, _gpu_history(trend, g.index)) for g in h.gpus}
         for index in trend.unread_gpus:  # dropped out of its readings: not left unsaid
-            out.add_row(f"  gpu {index}", "not read", *["-"] * 5)
+            rows[index] = [f"  gpu {index}", "not read", *["-"] * 5]
+        for index in sorted(rows):  # in NVML's order, as nodes and the dashboard list them
+            out.add_row(*rows[index])
     problems = [
         f"{hostname}: its tasks' output could not be stored: {escape(trend.output_problem)}"
         for hostname, trend in sorted(trends.items())

@@ -382,6 +382,25 @@ async def test_health_names_a_gpu_that_dropped_out_of_the_readings(
     assert (status["gpu 0"], status["gpu 1"]) == ("A100", "not read")
 
 
+async def test_health_lists_a_gpu_not_read_in_its_place(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPU 1 dropped out of 0-2 was listed last, after gpu 2: rows out of NVML's order,
+    which `nodes` and the dashboard keep."""
+    gpus = [node_pb2.Gpu(index=i, name="A100", memory_total_bytes=GB) for i in (0, 1, 2)]
+    read = [gpus[0], gpus[2]]
+    runner = await local_cluster.add_runner(
+        "a", gpus=gpus, health=lambda: node_pb2.Health(memory_total_bytes=GB, gpus=read)
+    )
+    await eventually(lambda: runner.heartbeats_sent >= 2, what="heartbeats")
+    await eventually(lambda: _unread(local_cluster), what="GPU 1 not read")
+    config = local_cluster.cli_config(tmp_path / "client.toml")
+    await asyncio.to_thread(client.health, "a", False, 0, config, False)
+    cells = [line.split("│") for line in capsys.readouterr().out.splitlines()]
+    rows = [row[1].strip() for row in cells if len(row) > 1 and "gpu" in row[1]]
+    assert rows == ["gpu 0", "gpu 1", "gpu 2"]
+
+
 # Columns of health's table split at its borders (1 is "node"); a GPU's row shows its name
 # under "status", its utilisation under "cpu" and its memory under "memory".
 STATUS, CPU, MEMORY = 2, 3, 5

@@ -53,11 +53,12 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
-def shown(url: str) -> str:
-    """A webhook's address as logged: scheme, host and port, never its path, query or user
-    (a Slack, Teams or Discord webhook's path is its secret)."""
+def shown(url: str, place: int) -> str:
+    """A webhook as logged: its place in the config and its scheme, host and port, never its
+    path, query or user (a Slack, Teams or Discord webhook's path is its secret). The place
+    tells apart receivers on one host (two chat channels' webhooks), logged alike without it."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/..."
+    return f"webhooks.{place} ({parts.scheme}://{parts.netloc.rpartition('@')[2]}/...)"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -151,8 +152,9 @@ def _without_user(url: str) -> tuple[str, str]:
 
 
 class Webhook:
-    def __init__(self, config: WebhookConfig) -> None:
+    def __init__(self, config: WebhookConfig, place: int) -> None:
         self.config = config
+        self.shown = shown(config.url, place)
         self.events = set(config.events)
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
         self._url, self._authorization = _without_user(config.url)
@@ -213,9 +215,10 @@ class Webhook:
                     await self._attempt(payload)
         except Exception as exc:  # one bad delivery must not end the worker
             log.warning(
-                "webhook %s: giving up on %s after %d attempts: %s",
-                shown(self.config.url),
+                "webhook %s: giving up on %s %s after %d attempts: %s",
+                self.shown,
                 payload["event"],
+                payload["id"],
                 self.config.max_attempts,
                 exc,
             )
@@ -223,7 +226,7 @@ class Webhook:
 
 class Notifier:
     def __init__(self, configs: list[WebhookConfig]) -> None:
-        self.hooks = [Webhook(c) for c in configs]
+        self.hooks = [Webhook(c, place) for place, c in enumerate(configs)]
         self._workers: list[asyncio.Task[None]] = []
         # A line per receiver a minute, with a count: while a receiver is down, a burst of
         # events (a job array failing) wrote a warning for every event dropped.
@@ -253,10 +256,10 @@ class Notifier:
             if hook.queue.full():
                 hook.queue.get_nowait()
                 self._dropped.log(
-                    hook.config.url,
+                    hook.shown,
                     logging.WARNING,
                     "webhook %s: %d events waiting, the oldest dropped",
-                    shown(hook.config.url),
+                    hook.shown,
                     hook.queue.maxsize,
                 )
             hook.queue.put_nowait(payload)

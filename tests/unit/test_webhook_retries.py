@@ -23,7 +23,7 @@ from tests.webhook_receiver import Flaky
 
 @pytest.fixture
 def flaky() -> Iterator[Flaky]:
-    server = Flaky({"/twice": 2, "/always": 99})
+    server = Flaky({"/twice": 2, "/always": 99, "/always/too": 99})
     yield server
     server.close()
 
@@ -65,8 +65,8 @@ async def test_failed_deliveries_are_retried_then_given_up(
         "node.online"
     ] * 3
     gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
-    # Named by host and port: a webhook's path may be its secret.
-    where = f"webhook http://127.0.0.1:{flaky.server.server_port}/...: "
+    # Named by place, host and port: a webhook's path may be its secret.
+    where = f"webhook webhooks.1 (http://127.0.0.1:{flaky.server.server_port}/...): "
     assert len(gave_up) == 2 and all(m.startswith(where) for m in gave_up), gave_up
     assert all("3 attempts" in m and "/always" not in m for m in gave_up), gave_up
 
@@ -139,7 +139,8 @@ async def test_timeout_seconds_bounds_an_attempt_whose_answer_trickles(
     finally:
         receiver.close()
     gave_up = [r.getMessage() for r in caplog.records if "giving up" in r.getMessage()]
-    assert gave_up and "node.offline after 1 attempts: no answer within 0.5s" in gave_up[0]
+    assert gave_up and "after 1 attempts: no answer within 0.5s" in gave_up[0]
+    assert "giving up on node.offline " in gave_up[0]
 
 
 def _attempt_threads() -> set[threading.Thread]:
@@ -189,7 +190,29 @@ async def test_a_receiver_is_named_by_its_host_and_port_as_written(
             what="the webhook to give up",
         )
     [named] = [r.getMessage().split(": ")[0] for r in caplog.records]
-    assert named == f"webhook http://[::1]:{port}/..."
+    assert named == f"webhook webhooks.0 (http://[::1]:{port}/...)"
+
+
+async def test_receivers_on_one_host_are_told_apart_by_their_place(
+    flaky: Flaky, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two chat channels' webhooks (one host, secret paths) were logged alike: the Host said
+    one gave up, not which, nor which event was lost."""
+    configs = [
+        WebhookConfig(url=flaky.url(path), events=["node.offline"], max_attempts=1)
+        for path in ("/always", "/always/too")
+    ]
+    async with _node_offline_then_online(configs, caplog):
+        await eventually(
+            lambda: len([r for r in caplog.records if "giving up" in r.getMessage()]) == 2,
+            what="both webhooks to give up",
+        )
+    [event_id] = {event_id for _, event_id, _ in flaky.seen}
+    host = f"http://127.0.0.1:{flaky.server.server_port}/..."
+    assert sorted(r.getMessage().split(" after ")[0] for r in caplog.records) == [
+        f"webhook webhooks.{place} ({host}): giving up on node.offline {event_id}"
+        for place in (0, 1)
+    ]
 
 
 async def test_events_dropped_while_a_receiver_is_down_are_logged_once_with_a_count(

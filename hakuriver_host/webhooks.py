@@ -247,7 +247,9 @@ class Notifier:
         payload = {
             "event": event,
             "id": str(uuid.uuid4()),
-            "at": datetime.now(UTC).isoformat(),
+            # Milliseconds always, as documented: isoformat() gave microseconds, and none at
+            # all on a whole second, which a parser of the documented layout refused.
+            "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             **details,
         }
         for hook in self.hooks:

@@ -4,6 +4,7 @@ receiver on loopback."""
 from __future__ import annotations
 
 import base64
+import re
 
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
@@ -80,5 +81,26 @@ async def test_a_node_event_says_whether_the_node_is_drained(local_cluster: Loca
             "a": True,
             "b": False,
         }
+    finally:
+        receiver.close()
+
+
+async def test_an_event_is_dated_to_the_millisecond_as_documented(
+    local_cluster: LocalCluster,
+) -> None:
+    """`at` had microseconds, and no fraction on a whole second: a receiver parsing the
+    documented `2026-11-22T10:15:03.120+00:00` layout refused it."""
+    receiver = Flaky({})
+    try:
+        local_cluster.config.webhooks = [
+            WebhookConfig(url=receiver.url("/hooks"), events=["task.completed"])
+        ]
+        await local_cluster.restart_host()
+        await local_cluster.add_runner("a")
+        task = await local_cluster.submit("true")
+        await local_cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+        await eventually(lambda: receiver.bodies, what="the task.completed webhook")
+        [body] = receiver.bodies
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", body["at"]), body
     finally:
         receiver.close()

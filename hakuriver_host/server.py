@@ -212,6 +212,21 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(pems[0], pems[1])])
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """The standard health service with its ``List`` answered: the package leaves it
+    unimplemented, so a public call anybody may make was an internal error and an ERROR."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthListResponse:
+        return health_pb2.HealthListResponse(
+            statuses={
+                name: health_pb2.HealthCheckResponse(status=status)
+                for name, status in self._server_status.items()
+            }
+        )
+
+
 @dataclass(frozen=True)
 class _Servicers:
     """The public API's servicers, served by both transports (gRPC and Connect)."""
@@ -287,7 +302,7 @@ class HostServer:
         access_service_pb2_grpc.add_AccessServiceServicer_to_server(found.access, self.server)
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server(found.audit, self.server)
         ssh_service_pb2_grpc.add_SshServiceServicer_to_server(found.ssh, self.server)
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection_service.enable((*SERVICE_NAMES, health.SERVICE_NAME), self.server)
         self.port = 0

@@ -28,7 +28,7 @@ import pytest_asyncio
 from google.protobuf import descriptor_pb2, json_format, message_factory
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import hakuriver_common.proto.hakuriver.v1 as generated
@@ -1270,6 +1270,19 @@ async def test_every_rpc_refuses_callers_without_its_right(callers: Callers, met
         code, details = await call(secret)
         assert code == CODE.PERMISSION_DENIED
         assert details.startswith(f"{method} needs an API token")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.usefixtures("docker_unavailable")
+async def test_health_list_answers_anybody_with_every_service(callers: Callers) -> None:
+    """Health/List is public like Check: it names the served services, where it was an
+    internal error (and an ERROR in the Host's log) for anybody who called it."""
+    response = await health_pb2_grpc.HealthStub(callers.channel).List(
+        health_pb2.HealthListRequest(), timeout=5
+    )
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert response.statuses["hakuriver.v1.TaskService"].status == serving
+    assert response.statuses[""].status == serving
 
 
 # Served on the dashboard's port too (not the Runner stream, not client streams).

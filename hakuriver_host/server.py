@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from hakuriver_common.addresses import with_port
 from hakuriver_common.config import Config, is_loopback
+from hakuriver_common.limits import MAX_NAME_BYTES
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_connect,
     access_service_pb2,
@@ -54,7 +55,7 @@ from hakuriver_host.cluster import Cluster
 from hakuriver_host.connect_bridge import connect_app
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
-from hakuriver_host.errors import Unavailable
+from hakuriver_host.errors import Unavailable, at_most
 from hakuriver_host.identity import ANONYMOUS
 from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
@@ -214,7 +215,21 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
 
 class HealthServicer(health.aio.HealthServicer):
     """The standard health service with its ``List`` answered: the package leaves it
-    unimplemented, so a public call anybody may make was an internal error and an ERROR."""
+    unimplemented, so a public call anybody may make was an internal error and an ERROR.
+    A service name is bounded: anybody may call, and a Watch keeps its name for as long as
+    it stays open (megabytes each, held by as many streams as a caller opens)."""
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        at_most("service", len(request.service.encode()), MAX_NAME_BYTES, " bytes")
+        return await super().Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        at_most("service", len(request.service.encode()), MAX_NAME_BYTES, " bytes")
+        await super().Watch(request, context)
 
     async def List(
         self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext

@@ -1285,6 +1285,22 @@ async def test_health_list_answers_anybody_with_every_service(callers: Callers) 
     assert response.statuses[""].status == serving
 
 
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.usefixtures("docker_unavailable")
+async def test_health_service_names_are_bounded(callers: Callers) -> None:
+    """Anybody may watch a service's health; a name of megabytes, kept by each open Watch,
+    is refused rather than held."""
+    stub = health_pb2_grpc.HealthStub(callers.channel)
+    request = health_pb2.HealthCheckRequest(service="x" * (limits.MAX_NAME_BYTES + 1))
+    with pytest.raises(grpc.aio.AioRpcError) as checked:
+        await stub.Check(request, timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError) as watched:
+        await stub.Watch(request, timeout=5).read()
+    said = f"at most {limits.MAX_NAME_BYTES} bytes allowed, got {limits.MAX_NAME_BYTES + 1} bytes"
+    for refused in (checked.value, watched.value):
+        assert (refused.code(), refused.details()) == (CODE.INVALID_ARGUMENT, f"service: {said}")
+
+
 # Served on the dashboard's port too (not the Runner stream, not client streams).
 CONNECT_METHODS = sorted(
     method

@@ -51,17 +51,16 @@ ACTIONS = frozenset(
         *("token.create", "token.revoke", "user.create", "user.delete", "user.role"),
     }
 )
-# A gRPC peer ("ipv4:10.0.0.5:51234", "ipv6:[::1]:51234") or an asyncio one ("('10.0.0.5',
-# 51234)"): the address without the port, which each new connection changes.
-_PEER_PORT = re.compile(r"^(ipv4:.*|ipv6:\[.*\]):\d+$|^\('([^']*)', \d+.*\)$")
+# A peer as gRPC names it ("ipv4:10.0.0.5:51234", "ipv6:[::1]:51234"; the dashboard and
+# the SSH proxy name theirs alike): the address without the port, which each new connection
+# changes.
+_PEER_PORT = re.compile(r"^(ipv4:.*|ipv6:\[.*\]):\d+$")
 
 
 def source_of(peer: str) -> str:
     """``peer`` without its port."""
     match = _PEER_PORT.match(peer)
-    if match is None:
-        return peer
-    return match.group(1) or match.group(2)
+    return peer if match is None else match.group(1)
 
 
 # How many rows one transaction deletes when old events are forgotten (a long backlog,

@@ -83,10 +83,13 @@ async def _opened(tunnel: Tunnel) -> Dialed | None:
 
 
 def _peer(sock: socket.socket) -> str:
+    """The client's address as gRPC names its peers (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``),
+    so that the audit log names one address alike on every port."""
     try:
-        return str(sock.getpeername())
+        host, port = sock.getpeername()[:2]
     except OSError:
         return ""
+    return f"ipv6:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"ipv4:{host}:{port}"
 
 
 def _listeners(host: str, port: int) -> list[socket.socket]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -119,6 +120,11 @@ async def test_a_holders_refused_ticket_is_audited_under_their_name(
     [vps] = (await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
     theirs = [(e.actor, e.target, e.outcome) for e in events if e.actor != "anonymous"]
     assert theirs == [("alice", str(vps.task_id), aupb.AUDIT_OUTCOME_REFUSED)]
+    # Their address as every port writes it (a stranger's without the port), not as a
+    # Python tuple ("('127.0.0.1', 51234)"): one address reads alike in the whole log.
+    peers = {e.actor: e.peer for e in events}
+    assert peers["anonymous"] == "ipv4:127.0.0.1"
+    assert re.fullmatch(r"ipv4:127\.0\.0\.1:\d+", peers["alice"]), peers
 
 
 async def test_an_over_long_request_line_gets_the_protocols_answer(

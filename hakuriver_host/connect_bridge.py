@@ -32,6 +32,7 @@ from connectrpc.request import RequestContext
 from connectrpc.server import ConnectASGIApplication
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
+from hakuriver_host.identity import peer_name
 from hakuriver_host.interceptors import ApiInterceptor, Malformed, bearer_secret
 
 # Largest request body the Connect API reads (the gRPC server's receive limit).
@@ -64,7 +65,7 @@ class CallContext:
         self._peer = ""
         if client_address:
             host, _, port = client_address.rpartition(":")
-            self._peer = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+            self._peer = peer_name(host, port)
 
     def peer(self) -> str:
         return self._peer

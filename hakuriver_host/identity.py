@@ -75,6 +75,13 @@ def caller() -> Principal:
     return _caller.get()
 
 
+def peer_name(host: str, port: int | str | None = None) -> str:
+    """An address as gRPC names its peers (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``; without a
+    port, ``ipv4:1.2.3.4``): the audit log writes one address alike for every port."""
+    name = f"ipv6:[{host}]" if ":" in host else f"ipv4:{host}"
+    return name if port is None else f"{name}:{port}"
+
+
 def caller_peer() -> str:
     """The address the RPC being served came from ("" outside an RPC)."""
     context = _context.get()

@@ -56,7 +56,7 @@ from hakuriver_host.connect_bridge import connect_app
 from hakuriver_host.environment_services import EnvironmentService, ShellService
 from hakuriver_host.environments import EnvironmentManager
 from hakuriver_host.errors import Unavailable, at_most
-from hakuriver_host.identity import ANONYMOUS
+from hakuriver_host.identity import ANONYMOUS, peer_name
 from hakuriver_host.interceptors import ApiInterceptor
 from hakuriver_host.log_store import LogStore
 from hakuriver_host.metrics import HostMetrics
@@ -541,7 +541,7 @@ class HostServer:
                 "/metrics",
                 AuditOutcome.REFUSED,
                 "no bearer token, or not auth.metrics_token",
-                peer,
+                peer_name(peer) if peer else "",
             )
 
         return refused

@@ -35,7 +35,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.socket_copy import LineSocket, copy, prepared, until_first
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
-from hakuriver_host.identity import ANONYMOUS, Principal, role_changed
+from hakuriver_host.identity import ANONYMOUS, Principal, peer_name, role_changed
 from hakuriver_host.ssh_tickets import Ticket
 from hakuriver_host.tunnels import Dialed, Tunnel
 
@@ -83,13 +83,11 @@ async def _opened(tunnel: Tunnel) -> Dialed | None:
 
 
 def _peer(sock: socket.socket) -> str:
-    """The client's address as gRPC names its peers (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``),
-    so that the audit log names one address alike on every port."""
     try:
         host, port = sock.getpeername()[:2]
     except OSError:
         return ""
-    return f"ipv6:[{host}]:{port}" if sock.family == socket.AF_INET6 else f"ipv4:{host}:{port}"
+    return peer_name(host, port)
 
 
 def _listeners(host: str, port: int) -> list[socket.socket]:

@@ -82,7 +82,7 @@ async def test_a_metrics_token_is_required_as_a_bearer_token(
         lambda: _rows(cluster.audit.ListAuditEvents(request, timeout=5), 1), what="1 row"
     )
     assert [(e.actor, e.target, e.outcome, e.peer, e.detail) for e in first] == [
-        ("anonymous", "/metrics", aupb.AUDIT_OUTCOME_REFUSED, "127.0.0.1", said)
+        ("anonymous", "/metrics", aupb.AUDIT_OUTCOME_REFUSED, "ipv4:127.0.0.1", said)
     ]
     await cluster.restart_host()
     rows = (await cluster.audit.ListAuditEvents(request, timeout=5)).events

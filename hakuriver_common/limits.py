@@ -44,6 +44,7 @@ MAX_ARRAY_INDEX = 10_000_000
 MAX_ARRAY_BYTES = 256 * MIB
 # Tasks a SubmitTaskResponse carries (an array's first ones; the rest are listed by batch).
 MAX_SUBMIT_REPLY_TASKS = 1000
+MAX_REQUEST_ID_CHARS = 128  # SubmitTaskRequest.request_id (kept for 24 h)
 
 # ----- runners -----------------------------------------------------------------------------
 # A safe host name: letters, digits, dot, dash, underscore; no path, control or bidi

@@ -17,12 +17,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from hakuriver_common.limits import MAX_REQUEST_ID_CHARS
 from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 from hakuriver_host.errors import FailedPrecondition, InvalidArgument
 from hakuriver_host.models import REQUEST_ID_HOURS, SubmitRequestRecord, Task, utcnow
 
 log = logging.getLogger(__name__)
-MAX_REQUEST_ID_CHARS = 128
 
 Key = tuple[str, str]
 

@@ -309,22 +309,21 @@ def split_ssh_args(args: list[str]) -> tuple[list[str], list[str]]:
     return options, args[index:]
 
 
-def _check_task(task_id: int, cfg: ClientConfig) -> apb.WhoAmIResponse:
+def _check_task(link: Link, task_id: int) -> apb.WhoAmIResponse:
     """Fail unless the task is a running VPS; who the caller is, to begin the session as.
     A VPS still starting (``hakuriver.ssh`` right after ``vps submit``) is waited for, up
     to START_WAIT_SECONDS, saying so."""
     from hakuriver_cli.link import task_stub
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
-    with host_link(cfg) as link:
-        task = unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=task_id)).task
-        then = _whoami(link)
-        if task.kind != TaskKind.VPS.pb:
-            fail(f"task {task_id} is not a VPS task")
-        status = int(task.status)
-        if status in _STARTING:
-            cli.echo(f"waiting for VPS {task_id} to start ({status_name(status)})", err=True)
-            status = _status_once(link, task_id, status, START_WAIT_SECONDS)
+    task = unary(task_stub(link).GetTask, tpb.GetTaskRequest(task_id=task_id)).task
+    then = _whoami(link)
+    if task.kind != TaskKind.VPS.pb:
+        fail(f"task {task_id} is not a VPS task")
+    status = int(task.status)
+    if status in _STARTING:
+        cli.echo(f"waiting for VPS {task_id} to start ({status_name(status)})", err=True)
+        status = _status_once(link, task_id, status, START_WAIT_SECONDS)
     if status != TaskStatus.RUNNING.pb:
         fail(f"task {task_id} is {status_name(status)}, not running")
     return then
@@ -367,10 +366,10 @@ def main(
     tid = task_id_or_fail(task_id)
     address = bare(host or cfg.network.host_reachable_address)
     port = proxy_port or cfg.network.host_ssh_proxy_port
-    then = _check_task(tid, cfg)
+    with host_link(cfg) as link:  # one connection: the check, and a ProxyCommand's ticket
+        then = _check_task(link, tid)
+        ticket = ticket_for(link, tid) if proxy_command else ""
     if proxy_command:
-        with host_link(cfg) as link:
-            ticket = ticket_for(link, tid)
         try:
             sock = open_tunnel(address, port, ticket)
         except ProxyRefused as exc:

@@ -182,6 +182,11 @@ def _size(text: str) -> int:
     return len(text.encode())
 
 
+def _env_bytes(env: Mapping[str, str]) -> int:
+    """The bytes of an environment's names and values."""
+    return sum(_size(k) + _size(v) for k, v in env.items())
+
+
 def _no_nul(field: str, text: str) -> None:
     if "\x00" in text:
         raise InvalidArgument(f"{field}: must not contain NUL bytes")
@@ -198,8 +203,7 @@ def _check_bounds(req: tpb.SubmitTaskRequest) -> None:
     for argument in req.arguments:
         _no_nul("arguments", argument)
     at_most("env", len(req.env), limits.MAX_ENV_VARS, " variables")
-    total = sum(_size(k) + _size(v) for k, v in req.env.items())
-    at_most("env", total, limits.MAX_ENV_BYTES, " bytes")
+    at_most("env", _env_bytes(req.env), limits.MAX_ENV_BYTES, " bytes")
     for key, value in req.env.items():
         _no_nul(f"env {key[:64]!r}", value)
     at_most("mounts", len(req.mounts), limits.MAX_MOUNTS)
@@ -224,7 +228,7 @@ def _check_array_size(req: tpb.SubmitTaskRequest) -> None:
     each task's limits, 100,000 of them would write tens of gigabytes from one request."""
     tasks = len(req.array.indices)
     each = _size(req.command) + sum(_size(a) for a in req.arguments)
-    each += sum(_size(k) + _size(v) for k, v in req.env.items())
+    each += _env_bytes(req.env)
     each += sum(_size(m.host_path) + _size(m.container_path) for m in req.mounts)
     if tasks * each > limits.MAX_ARRAY_BYTES:
         raise InvalidArgument(
@@ -269,7 +273,7 @@ def _check_vps_shape(req: tpb.SubmitTaskRequest) -> None:
 def _check_vps_env(env: Mapping[str, str]) -> None:
     """A VPS's sessions get its variables from ~/.ssh/environment, one NAME=VALUE a line
     read as is: a newline would cut a value short and start another variable."""
-    count, total = len(env), sum(_size(k) + _size(v) for k, v in env.items())
+    count, total = len(env), _env_bytes(env)
     if count > limits.MAX_VPS_ENV_VARS or total > limits.MAX_VPS_ENV_BYTES:
         raise InvalidArgument(
             f"env: a VPS takes at most {limits.MAX_VPS_ENV_VARS} variables of "

@@ -217,7 +217,26 @@ class HealthServicer(health.aio.HealthServicer):
     """The standard health service with its ``List`` answered: the package leaves it
     unimplemented, so a public call anybody may make was an internal error and an ERROR.
     A service name is bounded: anybody may call, and a Watch keeps its name for as long as
-    it stays open (megabytes each, held by as many streams as a caller opens)."""
+    it stays open (megabytes each, held by as many streams as a caller opens).
+    ``List`` reads the statuses this class keeps as they are set, not the package's
+    private table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._statuses: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {}
+        self._stopping = False
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        if not self._stopping:  # as the package: ignored once shutting down
+            self._statuses[service] = status
+        await super().set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        self._stopping = True
+        self._statuses = dict.fromkeys(self._statuses, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await super().enter_graceful_shutdown()
 
     async def Check(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
@@ -237,7 +256,7 @@ class HealthServicer(health.aio.HealthServicer):
         return health_pb2.HealthListResponse(
             statuses={
                 name: health_pb2.HealthCheckResponse(status=status)
-                for name, status in self._server_status.items()
+                for name, status in self._statuses.items()
             }
         )
 

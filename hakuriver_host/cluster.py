@@ -200,6 +200,7 @@ class Cluster:
         self.logs = logs
         self.metrics = metrics
         self.scheduler = Scheduler(config.scheduling.starvation_seconds)
+        metrics.allocations_of(self.scheduler)
         self.notifier = Notifier(config.webhooks)
         self.ids = IdGenerator()
         self.access = Access(config, store)

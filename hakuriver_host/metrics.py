@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from hakuriver_common.proto.hakuriver.v1 import node_pb2
 from hakuriver_common.statuses import FINAL_STATUSES, NodeStatus, TaskKind, TaskStatus
+from hakuriver_host.scheduler import Scheduler
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -160,6 +161,10 @@ class HostMetrics:
         """A node's readings, from its heartbeat."""
         self.readings.latest[node] = health
 
+    def allocations_of(self, scheduler: Scheduler) -> None:
+        """Serve what ``scheduler``'s nodes have allocated (``Allocations``)."""
+        self.registry.register(Allocations(scheduler))
+
 
 def _node_families() -> dict[str, GaugeMetricFamily]:
     node, gpu = ["node"], ["node", "gpu"]
@@ -232,4 +237,49 @@ class NodeReadings(Collector):
                 put("hakuriver_gpu_temperature_celsius", labels, _present(g, "temperature_celsius"))
                 put("hakuriver_gpu_power_watts", labels, _present(g, "power_draw_watts"))
                 put("hakuriver_gpu_power_limit_watts", labels, _present(g, "power_limit_watts"))
+        return list(families.values())
+
+
+def _allocation_families() -> dict[str, GaugeMetricFamily]:
+    node = ["node"]
+    families = (
+        ("hakuriver_node_cpu_cores", "CPU cores tasks can be given.", node),
+        ("hakuriver_node_cpu_cores_allocated", "CPU cores held by tasks.", node),
+        ("hakuriver_node_memory_allocatable_bytes", "Memory tasks can reserve.", node),
+        ("hakuriver_node_memory_allocated_bytes", "Memory reserved by tasks (--memory).", node),
+        ("hakuriver_node_gpus", "GPUs tasks can be given.", node),
+        ("hakuriver_node_gpus_allocated", "GPUs held by tasks.", node),
+        ("hakuriver_gpu_allocated", "1 while a task holds the GPU, 0 otherwise.", ["node", "gpu"]),
+    )
+    return {name: GaugeMetricFamily(name, text, labels=labels) for name, text, labels in families}
+
+
+class Allocations(Collector):
+    """What the scheduler has given tasks on each node it knows, read when /metrics is
+    scraped (from the metrics thread: each node's holders are copied at once, so a change on
+    the event loop meanwhile never breaks the reading), not kept up at each placement."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+
+    def describe(self) -> Iterable[Metric]:
+        return list(_allocation_families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        families = _allocation_families()
+        for node in list(self.scheduler.nodes.values()):
+            held = list(node.holders.values())
+            gpus = {g for allocation in held for g in allocation.gpus}
+            name = [node.hostname]
+            families["hakuriver_node_cpu_cores"].add_metric(name, len(node.cpus))
+            cores = sum(len(allocation.cpus) for allocation in held)
+            families["hakuriver_node_cpu_cores_allocated"].add_metric(name, cores)
+            families["hakuriver_node_memory_allocatable_bytes"].add_metric(name, node.memory_bytes)
+            memory = sum(allocation.memory_bytes for allocation in held)
+            families["hakuriver_node_memory_allocated_bytes"].add_metric(name, memory)
+            families["hakuriver_node_gpus"].add_metric(name, len(node.gpus))
+            families["hakuriver_node_gpus_allocated"].add_metric(name, len(gpus))
+            for gpu in sorted(set(node.gpus) | gpus):
+                taken = 1 if gpu in gpus else 0
+                families["hakuriver_gpu_allocated"].add_metric([node.hostname, str(gpu)], taken)
         return list(families.values())

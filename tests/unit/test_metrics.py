@@ -1,6 +1,7 @@
 """What /metrics says: nothing while the Host is still loading its state (a 503, not false
-zeros), and which nodes are drained (``hakuriver_node_draining``), so the shipped
-HakuRiverNodeOffline alert can leave out a node drained before it was shut down."""
+zeros), which nodes are drained (``hakuriver_node_draining``), so the shipped
+HakuRiverNodeOffline alert can leave out a node drained before it was shut down, and what
+each node has allocated to tasks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb
+from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
 from hakuriver_common.statuses import NodeStatus
 from hakuriver_host.server import HostServer
 from hakuriver_host.store import Store
@@ -79,3 +80,50 @@ async def test_a_drained_node_is_drained_in_the_metrics(local_cluster: LocalClus
 
     await local_cluster.nodes.UndrainNode(npb.UndrainNodeRequest(hostname="a"), timeout=5)
     assert await _draining(local_cluster) == {"a": 0, "b": 0}
+
+
+async def _allocated(cluster: LocalCluster) -> dict[tuple[str, ...], float]:
+    """The allocation series /metrics serves, by name and label values."""
+    return {
+        (name, *(value for _, value in labels)): value
+        for (name, labels), value in (await metric_values(cluster)).items()
+        if name.startswith(("hakuriver_node_cpu_cores", "hakuriver_node_gpus")) or "allocat" in name
+    }
+
+
+async def test_the_metrics_show_what_each_node_has_allocated(
+    local_cluster: LocalCluster,
+) -> None:
+    """/metrics showed each node's health but not what HakuRiver had given its tasks: a
+    dashboard could not show cores allocated out of the node's, nor which GPUs were taken."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in (0, 1, 2)]
+    runner = await local_cluster.add_runner("a", cores=4, gpus=gpus, answer=HOLD)
+    [task] = await local_cluster.submit_running(
+        cores=3, memory="1G", targets=[task_pb2.Target(hostname="a", gpu_ids=[0, 2])]
+    )
+    free = {
+        ("hakuriver_node_cpu_cores", "a"): 4,
+        ("hakuriver_node_cpu_cores_allocated", "a"): 0,
+        ("hakuriver_node_memory_allocatable_bytes", "a"): 8 * 2**30,
+        ("hakuriver_node_memory_allocated_bytes", "a"): 0,
+        ("hakuriver_node_gpus", "a"): 3,
+        ("hakuriver_node_gpus_allocated", "a"): 0,
+        ("hakuriver_gpu_allocated", "0", "a"): 0,
+        ("hakuriver_gpu_allocated", "1", "a"): 0,
+        ("hakuriver_gpu_allocated", "2", "a"): 0,
+    }
+    assert await _allocated(local_cluster) == {
+        **free,
+        ("hakuriver_node_cpu_cores_allocated", "a"): 3,
+        ("hakuriver_node_memory_allocated_bytes", "a"): 10**9,
+        ("hakuriver_node_gpus_allocated", "a"): 2,
+        ("hakuriver_gpu_allocated", "0", "a"): 1,
+        ("hakuriver_gpu_allocated", "2", "a"): 1,
+    }
+    runner.finish(task.task_id, 0)
+    await local_cluster.wait_status(task.task_id)
+
+    async def released() -> bool:
+        return await _allocated(local_cluster) == free
+
+    await eventually(released, what="the task's resources released in /metrics")

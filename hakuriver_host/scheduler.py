@@ -208,8 +208,8 @@ class NodeResources:
             return ""
         lost = named or sorted(self.unread_gpus)
         dropped = (
-            f"{self.hostname}'s GPU{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))} "
-            f"dropped out of its readings (NVML cannot read {'them' if len(lost) > 1 else 'it'})"
+            f"{self.hostname}'s {_gpu_ids(lost)} dropped out of its readings "
+            f"(NVML cannot read {'them' if len(lost) > 1 else 'it'})"
         )
         if named:
             return dropped
@@ -224,11 +224,12 @@ def no_such_gpus(hostname: str, wanted: Iterable[int], present: Iterable[int]) -
     missing = sorted(set(wanted) - have)
     if not missing:
         return ""
-    ids = ", ".join(map(str, missing))
-    return (
-        f"{hostname} has no GPU{'s' if len(missing) > 1 else ''} {ids} "
-        f"(GPU ids: {sorted(have) or 'none'})"
-    )
+    return f"{hostname} has no {_gpu_ids(missing)} (GPU ids: {sorted(have) or 'none'})"
+
+
+def _gpu_ids(ids: list[int]) -> str:
+    """GPUs by id, in words: "GPU 1", "GPUs 0, 2"."""
+    return f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
 
 
 def _are(names: list[str], what: str) -> str:
@@ -452,8 +453,8 @@ class Scheduler:
         """Why a queued request is not placed when that is not just its turn for resources
         (docs/scheduling.md, "The queue"): its batch held or its array at its cap (or,
         ``capped``, its cap filled by its tasks holding resources and those queued ahead of
-        it: TaskBook.queue_position), or no node that could ever hold it taking work; ""
-        otherwise."""
+        it: TaskBook.queue_position), no node that could ever hold it taking work, or the
+        GPUs it asks of its node in use; "" otherwise."""
         if request.group in self.held:
             return f"held: batch {request.group} is paused (resume it to let it start)"
         cap = request.group_cap
@@ -461,7 +462,26 @@ class Scheduler:
             return f"its array's cap: {cap} of its tasks hold resources"
         if cap and capped:
             return f"its array's cap: {cap} of its tasks hold resources or are queued ahead of it"
-        return _kept(self._unplaceable, request, self._unplaceable_now)
+        return _kept(self._unplaceable, request, self._unplaceable_now) or self._gpus_held(request)
+
+    def _gpus_held(self, request: Request) -> str:
+        """Why a request for GPUs of its target node waits while tasks hold them, naming
+        the ones it names ("" if they are free): not kept with the answers about the
+        nodes, as each placement and release changes it."""
+        node = self.nodes.get(request.target) if request.target is not None else None
+        if node is None or not request.gpus_wanted:
+            return ""
+        if request.gpu_ids:
+            held = sorted(set(request.gpu_ids) - node.free_gpus)
+            if not held:
+                return ""
+            return (
+                f"node {node.hostname}'s {_gpu_ids(held)} {'are' if len(held) > 1 else 'is'} in use"
+            )
+        free = len(node.free_gpus)
+        if free >= request.gpu_count:
+            return ""
+        return f"node {node.hostname} has {_gpus(free)} free; it asks for {request.gpu_count}"
 
     def _unplaceable_now(self, request: Request) -> str:
         """``waiting_reason``'s answer about the nodes: the request's node (or, without a

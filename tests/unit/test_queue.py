@@ -222,6 +222,41 @@ async def test_a_gpu_missing_from_the_readings_is_given_to_no_new_task_until_rea
     assert list(started.required_gpus) == [1]
 
 
+async def test_a_task_waiting_for_gpus_other_tasks_hold_says_which(
+    local_cluster: LocalCluster,
+) -> None:
+    """A task asking for GPUs of its node while other tasks held them said nothing of why
+    it waited: its user could not tell them from cores or its turn. It names the GPUs in
+    use (for a count, how many are free), as they are when asked."""
+    gpus = [node_pb2.Gpu(index=i, uuid=f"GPU-{i}", name="fake") for i in range(4)]
+    runner = await local_cluster.add_runner("a", cores=8, gpus=gpus, answer=HOLD)
+    [holder] = await local_cluster.submit_running(
+        targets=[task_pb2.Target(hostname="a", gpu_ids=[0, 1, 2])]
+    )
+    named = await local_cluster.submit(
+        "train", targets=[task_pb2.Target(hostname="a", gpu_ids=[0, 1])]
+    )
+    one = await local_cluster.submit(
+        "train", targets=[task_pb2.Target(hostname="a", gpu_ids=[1, 3])]
+    )
+    counted = await local_cluster.submit("train", gpus=2, targets=[task_pb2.Target(hostname="a")])
+    assert [(status_of(t), t.status_detail) for t in (named, one, counted)] == [
+        (TaskStatus.PENDING, "node a's GPUs 0, 1 are in use"),
+        (TaskStatus.PENDING, "node a's GPU 1 is in use"),
+        (TaskStatus.PENDING, "node a has 1 GPU free; it asks for 2"),
+    ]
+    assert (await local_cluster.get(named.task_id)).status_detail == named.status_detail
+
+    runner.finish(holder.task_id)
+    for started in (named, counted):  # on GPUs 0, 1 and 2, 3
+        await local_cluster.wait_status(started.task_id, TaskStatus.RUNNING)
+    waiting = await local_cluster.get(one.task_id)
+    assert (status_of(waiting), waiting.status_detail) == (
+        TaskStatus.PENDING,
+        "node a's GPUs 1, 3 are in use",
+    )
+
+
 async def _gpus_of(cluster: LocalCluster, hostname: str) -> tuple[list[int], list[int]]:
     """The node's GPUs (indices) and those of them unread, as ListNodes shows them."""
     node = await cluster.node(hostname)

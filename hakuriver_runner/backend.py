@@ -97,11 +97,12 @@ def task_variables(dispatch: rpb.DispatchCommand, cuda_devices: Iterable[int]) -
     ``cuda_devices``: its GPUs as CUDA numbers them where it runs (in a container given only
     them, from 0; where every GPU of the node is seen, their node ids). CUDA numbers the GPUs
     it sees fastest first unless told to follow the PCI bus, as NVML's (the node's) ids do.
+    A task without GPUs gets the variable empty, which CUDA documents as "no GPU": unset, it
+    means every GPU, and a host process (or a privileged container) can open them all.
     """
-    env = {TASK_ID_VAR: str(dispatch.task_id)}
+    env = {TASK_ID_VAR: str(dispatch.task_id), "CUDA_VISIBLE_DEVICES": id_list(cuda_devices)}
     if dispatch.gpu_ids:
         env[GPU_IDS_VAR] = id_list(dispatch.gpu_ids)
-        env["CUDA_VISIBLE_DEVICES"] = id_list(cuda_devices)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
     if dispatch.cpus:
         env[CPUS_VAR] = id_list(dispatch.cpus)

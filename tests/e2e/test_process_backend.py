@@ -147,3 +147,26 @@ def test_a_process_of_a_task_in_a_session_of_its_own_is_no_orphan(tmp_path: Path
         backend.stop(task, 0)
         if child:
             os.killpg(child, signal.SIGKILL)
+
+
+def test_a_host_process_sees_only_its_gpus_and_none_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host process without GPUs had no CUDA_VISIBLE_DEVICES (or the Runner's, or its own
+    submission's): unset, CUDA shows it every GPU of the node, other tasks' included. Empty
+    is CUDA's "none"; with GPUs it names exactly the task's."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    backend = _backend(tmp_path)
+    show = ["-c", 'echo "${CUDA_VISIBLE_DEVICES-unset}"']
+    dispatches = [
+        rpb.DispatchCommand(task_id=41, command="/bin/sh", arguments=show),
+        rpb.DispatchCommand(
+            task_id=42, command="/bin/sh", arguments=show, env={"CUDA_VISIBLE_DEVICES": "0"}
+        ),
+        rpb.DispatchCommand(task_id=43, command="/bin/sh", arguments=show, gpu_ids=[1, 3]),
+    ]
+    for dispatch in dispatches:
+        task = backend.start(dispatch)
+        assert task.popen is not None and task.popen.wait(10) == 0
+    seen = [(backend.root / str(d.task_id) / "stdout").read_text() for d in dispatches]
+    assert seen == ["\n", "\n", "1,3\n"]

@@ -202,13 +202,14 @@ def test_requests_that_can_never_fit_are_refused_naming_the_limit(sched: Process
 def test_task_without_gpus_gets_none_from_the_nvidia_runtime(sched: ProcessCluster) -> None:
     """Where the NVIDIA runtime is Docker's default (DGX OS), it gives a container the GPUs
     its NVIDIA_VISIBLE_DEVICES names, which CUDA images set to "all"; a task without GPUs
-    says none, and a submission cannot set it."""
+    says none, and a submission cannot set it. CUDA is told none too (a privileged
+    container has every device of the node)."""
     task = sched.submit(["sleep", "600"])
     sched.wait_status(task.task_id, RUNNING)
     config = _container(sched, task.task_id).attrs
     _kill(sched, task.task_id)
     env = dict(item.split("=", 1) for item in config["Config"]["Env"])
-    assert env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert (env["NVIDIA_VISIBLE_DEVICES"], env["CUDA_VISIBLE_DEVICES"]) == ("void", "")
     assert not config["HostConfig"]["DeviceRequests"]
 
     with pytest.raises(grpc.RpcError) as caught:

@@ -16,6 +16,10 @@ RUNNER_VAR = "HAKURIVER_TASK_RUNNER"
 # Which GPUs the NVIDIA runtime gives a container: a node whose Docker runs it by default
 # (DGX OS does) honours it in any container's variables, and CUDA images set it to "all".
 NVIDIA_DEVICES_VAR = "NVIDIA_VISIBLE_DEVICES"
+# Which GPUs CUDA shows the task (empty without GPUs: unset, it would show every GPU), and
+# in what order, so that its numbers follow the node's ids (set with GPUs).
+CUDA_DEVICES_VAR = "CUDA_VISIBLE_DEVICES"
+CUDA_ORDER_VAR = "CUDA_DEVICE_ORDER"
 RESERVED = frozenset(
     {
         TASK_ID_VAR,
@@ -25,5 +29,7 @@ RESERVED = frozenset(
         ARRAY_ID_VAR,
         ARRAY_INDEX_VAR,
         NVIDIA_DEVICES_VAR,
+        CUDA_DEVICES_VAR,
+        CUDA_ORDER_VAR,
     }
 )

@@ -13,7 +13,13 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
-from hakuriver_common.task_variables import CPUS_VAR, GPU_IDS_VAR, TASK_ID_VAR
+from hakuriver_common.task_variables import (
+    CPUS_VAR,
+    CUDA_DEVICES_VAR,
+    CUDA_ORDER_VAR,
+    GPU_IDS_VAR,
+    TASK_ID_VAR,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +106,10 @@ def task_variables(dispatch: rpb.DispatchCommand, cuda_devices: Iterable[int]) -
     A task without GPUs gets the variable empty, which CUDA documents as "no GPU": unset, it
     means every GPU, and a host process (or a privileged container) can open them all.
     """
-    env = {TASK_ID_VAR: str(dispatch.task_id), "CUDA_VISIBLE_DEVICES": id_list(cuda_devices)}
+    env = {TASK_ID_VAR: str(dispatch.task_id), CUDA_DEVICES_VAR: id_list(cuda_devices)}
     if dispatch.gpu_ids:
         env[GPU_IDS_VAR] = id_list(dispatch.gpu_ids)
-        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env[CUDA_ORDER_VAR] = "PCI_BUS_ID"
     if dispatch.cpus:
         env[CPUS_VAR] = id_list(dispatch.cpus)
     return env

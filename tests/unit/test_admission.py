@@ -92,6 +92,8 @@ REFUSED = [
     (cmd(env={"A-B": "x"}), InvalidArgument, "env: invalid variable name 'A-B'"),
     (cmd(env={"HAKURIVER_TASK_ID": "7"}), InvalidArgument, "env: HAKURIVER_TASK_ID is set by"),
     (cmd(env={"HAKURIVER_ARRAY_INDEX": "9"}), InvalidArgument, "env: HAKURIVER_ARRAY_INDEX"),
+    (cmd(env={"CUDA_VISIBLE_DEVICES": "0"}), InvalidArgument, "env: CUDA_VISIBLE_DEVICES is set"),
+    (cmd(env={"CUDA_DEVICE_ORDER": "FASTEST_FIRST"}), InvalidArgument, "env: CUDA_DEVICE_ORDER"),
     (cmd(mounts=[mount("rel", "/c")]), InvalidArgument, "mounts: paths must be absolute"),
     (cmd(mounts=[mount("/h", "c")]), InvalidArgument, "mounts: paths must be absolute"),
     # Docker refuses these on the node: the task failed there instead.

@@ -393,6 +393,12 @@ class AuthConfig(Section):
         description="Calls (unary) of one user or token holder the Host serves at once; more "
         "wait their turn, so one user's burst does not hold back others (0: no limit).",
     )
+    streams_per_caller: int = Field(
+        256,
+        ge=0,
+        description="Streams (watches, followed logs, terminals) one user may hold open at "
+        "once; another is refused RESOURCE_EXHAUSTED (0: no limit).",
+    )
 
     @field_validator("bootstrap_admin")
     @classmethod

@@ -62,3 +62,7 @@ class PermissionDenied(ApiError):
 
 class WatcherBehind(ApiError):
     """A stream's reader fell too far behind the changes it watches; it was ended."""
+
+
+class TooManyStreams(ApiError):
+    """The caller holds as many streams open as ``auth.streams_per_caller`` allows."""

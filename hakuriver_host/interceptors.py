@@ -49,6 +49,7 @@ from hakuriver_host.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    TooManyStreams,
     Unauthenticated,
     Unavailable,
     WatcherBehind,
@@ -71,6 +72,7 @@ STATUS_CODES: dict[type[ApiError], grpc.StatusCode] = {
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     WatcherBehind: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TooManyStreams: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 
@@ -196,7 +198,12 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
     to the servicer (identity.caller), maps domain errors, audits refusals, counts calls."""
 
     def __init__(
-        self, metrics: HostMetrics, access: Access, audit: AuditLog, calls_per_caller: int = 0
+        self,
+        metrics: HostMetrics,
+        access: Access,
+        audit: AuditLog,
+        calls_per_caller: int = 0,
+        streams_per_caller: int = 0,
     ) -> None:
         self.metrics = metrics
         self.access = access
@@ -208,6 +215,9 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         self._series: dict[str, _Method] = {}
         # The streams of API callers under way (``end_streams``, ``end_revoked``).
         self.streams: set[_Call] = set()
+        # Streams each user holds open, bounded by ``streams_per_caller`` (0: no bound).
+        self.streams_per_caller = streams_per_caller
+        self.open_streams: dict[str, int] = {}
         access.on_revoked(self.end_revoked)
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)
@@ -227,6 +237,28 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         for call in list(self.streams):
             if (refused := call.refused_now()) is not None:
                 call.end(refused)
+
+    def open_stream(self, who: Principal) -> str | None:
+        """Count a stream ``who`` opens, refused past ``streams_per_caller``: each holds
+        the Host's memory and a share of its loop for as long as its caller likes. The key
+        to ``close_stream`` it by; None: not counted (Runners, the open Host's anyone)."""
+        if not self.streams_per_caller or who.kind is not Kind.USER or self.access.open:
+            return None
+        held = self.open_streams.get(who.actor, 0)
+        if held >= self.streams_per_caller:
+            raise TooManyStreams(
+                f"{who.actor} holds {held} streams open, the most auth.streams_per_caller "
+                "allows: end one (a watch, a followed log, a terminal, a dashboard tab) first"
+            )
+        self.open_streams[who.actor] = held + 1
+        return who.actor
+
+    def close_stream(self, key: str | None) -> None:
+        if key is None:
+            return
+        held = self.open_streams.pop(key) - 1
+        if held:
+            self.open_streams[key] = held
 
     def note_malformed(self, method: str, malformed: Malformed) -> None:
         """One log line per method and message type per interval."""
@@ -591,8 +623,10 @@ class _Call:
             error: BaseException | None = None
             if self.who.kind not in (Kind.RUNNER, Kind.JOINING):
                 self.owner.streams.add(self)
+            slot: str | None = None
             try:
                 request = await self._enter(request, context)
+                slot = self.owner.open_stream(self.who)
                 self._end_at_expiry()
                 async with contextlib.aclosing(inner(request, context)) as responses:
                     async for response in responses:
@@ -616,6 +650,7 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
+                self.owner.close_stream(slot)
                 self.owner.streams.discard(self)
                 if self.expiry is not None:
                     self.expiry.cancel()

@@ -290,6 +290,7 @@ class HostServer:
             self.cluster.access,
             self.cluster.audit,
             config.auth.calls_per_caller,
+            config.auth.streams_per_caller,
         )
         self.server = grpc.aio.server(
             interceptors=[self.gate],

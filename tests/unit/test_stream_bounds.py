@@ -1,0 +1,70 @@
+"""Streams per user (auth.streams_per_caller): each open stream holds the Host's memory and a
+share of its loop for as long as its caller likes, so one user holds a bounded number, over
+gRPC and the dashboard's Connect port together; a stream that ends for any reason gives its
+place back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_service_pb2 as npb,
+    task_service_pb2 as tpb,
+)
+from tests.fake_runner import eventually
+from tests.unit.conftest import MakeCluster
+from tests.unit.local_cluster import Client
+from tests.unit.test_connect_api import endpoint
+
+LIMIT = 3
+REFUSAL = f"alice holds {LIMIT} streams open, the most auth.streams_per_caller allows"
+WATCH_TASKS = tpb.WatchTasksRequest(send_watching=True)
+
+
+async def _opened(client: Client) -> Any:
+    """A WatchTasks stream of ``client``'s, once the Host serves it."""
+    call = client.tasks.WatchTasks(WATCH_TASKS)
+    first = await call.read()
+    assert first.watching
+    return call
+
+
+async def test_a_user_holds_at_most_streams_per_caller_streams(
+    make_local_cluster: MakeCluster,
+) -> None:
+    cluster = await make_local_cluster(auth={"streams_per_caller": LIMIT})
+    alice = await cluster.add_user("alice")
+    bob = await cluster.add_user("bob")
+
+    # Streams that end (here refused NOT_FOUND) give their place back.
+    for _ in range(LIMIT + 2):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await anext(aiter(alice.tasks.WatchTask(tpb.WatchTaskRequest(task_id=999))))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    held = [await _opened(alice) for _ in range(LIMIT)]
+    health = alice.nodes.WatchHealth(npb.WatchHealthRequest(send_watching=True))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await health.read()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert REFUSAL in (refused.value.details() or "")
+
+    # The dashboard's port counts the same streams.
+    api = endpoint(cluster)
+    _, end = await asyncio.to_thread(
+        api.stream, "hakuriver.v1.TaskService/WatchTasks", {}, alice.token, 1
+    )
+    assert end["error"]["code"] == "resource_exhausted"
+    assert REFUSAL in end["error"]["message"]
+
+    # Another user is not held back by alice's streams.
+    bobs = await _opened(bob)
+
+    held.pop().cancel()
+    again = await eventually(lambda: _opened(alice), what="alice's stream accepted again")
+    for call in [*held, again, bobs]:
+        call.cancel()

@@ -141,9 +141,12 @@ def client_config_or_exit(path: Path | None) -> ClientConfig:
     """What a command-line tool needs of the config (client_config.load_client_config: the
     same values and errors, usually without pydantic), or one error line and exit 2."""
     try:
-        return load_client_config(path)
+        config = load_client_config(path)
     except ConfigError as exc:
         _config_error(exc)
+    if (exposed := secrets_others_read(resolve_config_path(path))) is not None:
+        cli.echo(f"warning: {exposed}", err=True)  # as ssh says of a key others can read
+    return config
 
 
 def _config_error(exc: ConfigError) -> NoReturn:
@@ -168,7 +171,10 @@ def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -
     except OSError as exc:
         cli.echo(f"error: cannot write the log file {where}: {exc.strerror or exc}", err=True)
         raise cli.Exit(2) from None
-    _warn_of_secrets_others_read(resolve_config_path(path))
+    if (exposed := secrets_others_read(resolve_config_path(path))) is not None:
+        import logging
+
+        logging.getLogger("hakuriver_common.config").warning("%s", exposed)
     return config
 
 
@@ -176,25 +182,25 @@ def start_daemon(path: Path | None, log_file: Callable[[Config], Path | None]) -
 SECRET_KEYS = {"auth": ("join_token", "token", "metrics_token")}
 
 
-def _warn_of_secrets_others_read(path: Path | None) -> None:
-    """A config file that holds a secret and other users of the machine can read (a Runner's
-    join token lets anyone who reads it join a node of their own, and be sent tasks): said
-    once at start, as the tools refuse such a credentials file."""
-    import logging
+def secrets_others_read(path: Path | None) -> str | None:
+    """What to say of a config file that holds a secret and other users of the machine can
+    read (a Runner's join token lets anyone who reads it join a node of their own, and be
+    sent tasks; a user's auth.token lets them act as that user); None: nothing. Said once
+    at start, not refused: the tools refuse such a credentials file."""
     import stat
     import tomllib
     from urllib.parse import urlsplit
 
     if path is None:
-        return
+        return None
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if not mode & 0o077:
-            return
+            return None
         with path.open("rb") as file:
             text = tomllib.load(file)
     except (OSError, tomllib.TOMLDecodeError):
-        return
+        return None
     held = [
         f"{section}.{key}"
         for section, keys in SECRET_KEYS.items()
@@ -205,14 +211,12 @@ def _warn_of_secrets_others_read(path: Path | None) -> None:
         held.append("database.url")
     if any(hook.get("secret") for hook in text.get("webhooks", [])):
         held.append("webhooks.secret")
-    if held:
-        logging.getLogger("hakuriver_common.config").warning(
-            "the config %s holds %s and others can read it (mode %04o): run chmod 600 %s",
-            path,
-            ", ".join(held),
-            mode,
-            path,
-        )
+    if not held:
+        return None
+    return (
+        f"the config {path} holds {', '.join(held)} and others can read it "
+        f"(mode {mode:04o}): run chmod 600 {path}"
+    )
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hakuriver_common.channels import open_channel
 from hakuriver_common.config import Config, load_config
-from hakuriver_common.credentials import read_secret
+from hakuriver_common.credentials import read_secret, write_secret
 from hakuriver_common.environments import list_tarballs
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
@@ -207,7 +207,9 @@ join_token = "{self.join_token}"
                 text = text.replace(header, header + lines + "\n", 1)
             else:
                 text += header + lines + "\n"
-        self.config_path.write_text(text)
+        # 0600, as hakuriver.init writes it: it holds the join token, and the tools warn of
+        # a config with a secret that others can read.
+        write_secret(self.config_path, text)
         self.host: subprocess.Popen[bytes] | None = None
         self.runners: dict[str, subprocess.Popen[bytes]] = {}
         self.client_config: Config = load_config(self.config_path)

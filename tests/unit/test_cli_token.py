@@ -6,15 +6,18 @@ exit 2, before anything is sent. Such a token failed with a traceback over Conne
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from hakuriver_cli import client
 from hakuriver_cli.connection import host_link
 from hakuriver_common import commands as cli
 from hakuriver_common.client_config import load_client_config
 from hakuriver_common.credentials import TOKEN_ENV
+from tests.unit.local_cluster import LocalCluster
 
 BAD_TOKENS = ["hkrt_abc\u20ac", "hkrt_a\u00a0b", "hkrt_a\nhkrt_b", "hkrt_a b", "hkrt_\tx"]
 ADVICE = "holds a space, a line break or a non-ASCII character, which no token has: copy it again"
@@ -68,3 +71,24 @@ def test_a_credentials_file_that_is_not_text_is_one_line(
     file.write_bytes(b"\xff\xfe\x00hkrt_")
     file.chmod(0o600)
     assert _refusal(tmp_path, capsys) == f"error: {file} is not a text file holding a secret"
+
+
+async def test_a_config_holding_the_token_that_others_can_read_is_warned_of_once(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ssh says of a private key others can read: the tool still works (the token may
+    be needed now), and the line says the fix."""
+    path = local_cluster.cli_config(tmp_path / "client.toml")
+    token = f"[auth]\ntoken = {json.dumps(local_cluster.admin_token)}\n"
+    path.write_text(path.read_text().replace("[auth]\n", token))
+    path.chmod(0o644)
+    await asyncio.to_thread(client.nodes, path, True)
+    said = capsys.readouterr()
+    assert json.loads(said.out) == []
+    assert said.err.splitlines() == [
+        f"warning: the config {path} holds auth.token and others can read it (mode 0644): "
+        f"run chmod 600 {path}"
+    ]
+    path.chmod(0o600)
+    await asyncio.to_thread(client.nodes, path, True)
+    assert capsys.readouterr().err == ""

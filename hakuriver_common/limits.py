@@ -38,6 +38,8 @@ MAX_NAME_BYTES = 128  # environment, node and user names in requests
 MAX_TOKEN_DESCRIPTION_BYTES = 1 * KIB
 # Tokens one user may hold at once (not revoked, not expired): every token list carries them.
 MAX_ACTIVE_TOKENS = 100
+# Streams open at once from one address without a token (grpc.health.v1.Health/Watch).
+MAX_ANONYMOUS_STREAMS = 32
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array
 MAX_ARRAY_INDEX = 10_000_000
 # An array's tasks times the bytes each stores (command, arguments, environment, mounts).

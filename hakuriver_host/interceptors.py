@@ -37,9 +37,10 @@ from typing import Any
 import grpc
 from connectrpc.errors import ConnectError
 
+from hakuriver_common.limits import MAX_ANONYMOUS_STREAMS
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_host.access import Access
-from hakuriver_host.audit import AuditLog
+from hakuriver_host.audit import AuditLog, source_of
 from hakuriver_host.authorization import RIGHTS, Right, refusal
 from hakuriver_host.caller_turns import UNTURNED, CallerTurns
 from hakuriver_host.errors import (
@@ -238,20 +239,27 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
             if (refused := call.refused_now()) is not None:
                 call.end(refused)
 
-    def open_stream(self, who: Principal) -> str | None:
-        """Count a stream ``who`` opens, refused past ``streams_per_caller``: each holds
-        the Host's memory and a share of its loop for as long as its caller likes. The key
-        to ``close_stream`` it by; None: not counted (Runners, the open Host's anyone)."""
-        if not self.streams_per_caller or who.kind is not Kind.USER or self.access.open:
-            return None
-        held = self.open_streams.get(who.actor, 0)
-        if held >= self.streams_per_caller:
-            raise TooManyStreams(
-                f"{who.actor} holds {held} streams open, the most auth.streams_per_caller "
-                "allows: end one (a watch, a followed log, a terminal, a dashboard tab) first"
+    def open_stream(self, who: Principal, peer: str) -> str | None:
+        """Count a stream ``who`` opens from ``peer``, refused past ``streams_per_caller``
+        (a user's), or MAX_ANONYMOUS_STREAMS (an address's without a token): each holds the
+        Host's memory and a share of its loop for as long as its caller likes. The key to
+        ``close_stream`` it by; None: not counted (Runners, the open Host's anyone)."""
+        if who is ANONYMOUS:
+            key, limit = source_of(peer), MAX_ANONYMOUS_STREAMS
+            why = f"{key} holds {{held}} streams open without a token, the most allowed"
+        elif who.kind is Kind.USER and self.streams_per_caller and not self.access.open:
+            key, limit = who.actor, self.streams_per_caller
+            why = (
+                f"{key} holds {{held}} streams open, the most auth.streams_per_caller allows: "
+                "end one (a watch, a followed log, a terminal, a dashboard tab) first"
             )
-        self.open_streams[who.actor] = held + 1
-        return who.actor
+        else:
+            return None
+        held = self.open_streams.get(key, 0)
+        if held >= limit:
+            raise TooManyStreams(why.format(held=held))
+        self.open_streams[key] = held + 1
+        return key
 
     def close_stream(self, key: str | None) -> None:
         if key is None:
@@ -448,6 +456,10 @@ class _Call:
         self.went_away = False
         # A stream's end when its token expires (``_end_at_expiry``).
         self.expiry: asyncio.TimerHandle | None = None
+        # Whether the call streams its responses, and its place among its caller's open
+        # streams (``ApiInterceptor.open_stream``).
+        self.response_streaming = False
+        self.slot: str | None = None
 
     async def _enter(self, request: Any, context: Any) -> Any:
         """Refuse the call, or make its principal the caller for the servicer; the request
@@ -596,6 +608,8 @@ class _Call:
             error: BaseException | None = None
             try:
                 request = await self._enter(request, context)
+                if self.response_streaming:  # one written with context.write
+                    self.slot = self.owner.open_stream(self.who, context.peer())
                 response = await self._in_turn(inner, request, context)
                 if self.cut is not None:  # the servicer took the early end as an end
                     raise MalformedRequest()
@@ -609,11 +623,13 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
+                self.owner.close_stream(self.slot)
                 self._record(start, error, context)
 
         return call
 
     def streaming(self, inner: Behaviour) -> Behaviour:
+        self.response_streaming = True
         if not inspect.isasyncgenfunction(inner):
             # Handlers that write with ``context.write`` (the standard health service).
             return self.unary(inner)
@@ -623,10 +639,9 @@ class _Call:
             error: BaseException | None = None
             if self.who.kind not in (Kind.RUNNER, Kind.JOINING):
                 self.owner.streams.add(self)
-            slot: str | None = None
             try:
                 request = await self._enter(request, context)
-                slot = self.owner.open_stream(self.who)
+                self.slot = self.owner.open_stream(self.who, context.peer())
                 self._end_at_expiry()
                 async with contextlib.aclosing(inner(request, context)) as responses:
                     async for response in responses:
@@ -650,7 +665,7 @@ class _Call:
                     raise
                 await self._answer(error, context)
             finally:
-                self.owner.close_stream(slot)
+                self.owner.close_stream(self.slot)
                 self.owner.streams.discard(self)
                 if self.expiry is not None:
                     self.expiry.cancel()

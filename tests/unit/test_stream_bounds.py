@@ -1,7 +1,8 @@
-"""Streams per user (auth.streams_per_caller): each open stream holds the Host's memory and a
-share of its loop for as long as its caller likes, so one user holds a bounded number, over
-gRPC and the dashboard's Connect port together; a stream that ends for any reason gives its
-place back."""
+"""Streams per user (auth.streams_per_caller), and per address for callers without a token
+(health watches): each open stream holds the Host's memory and a share of its loop for as
+long as its caller likes, so one user (over gRPC and the dashboard's Connect port together)
+or one address holds a bounded number; a stream that ends for any reason gives its place
+back."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hakuriver_common.limits import MAX_ANONYMOUS_STREAMS
 from hakuriver_common.proto.hakuriver.v1 import (
     node_service_pb2 as npb,
     task_service_pb2 as tpb,
 )
 from tests.fake_runner import eventually
 from tests.unit.conftest import MakeCluster
-from tests.unit.local_cluster import Client
+from tests.unit.local_cluster import Client, LocalCluster
 from tests.unit.test_connect_api import endpoint
 
 LIMIT = 3
@@ -67,4 +70,34 @@ async def test_a_user_holds_at_most_streams_per_caller_streams(
     held.pop().cancel()
     again = await eventually(lambda: _opened(alice), what="alice's stream accepted again")
     for call in [*held, again, bobs]:
+        call.cancel()
+
+
+async def test_an_address_without_a_token_holds_a_bounded_number_of_health_watches(
+    local_cluster: LocalCluster,
+) -> None:
+    """Anybody who reaches the port may watch the Host's health: without a bound, a
+    stranger held any number of watches open for as long as they liked."""
+    health = health_pb2_grpc.HealthStub(local_cluster.channel())
+    request = health_pb2.HealthCheckRequest()
+
+    async def opened() -> Any:
+        call = health.Watch(request)
+        assert (await call.read()).status == health_pb2.HealthCheckResponse.SERVING
+        return call
+
+    held = [await opened() for _ in range(MAX_ANONYMOUS_STREAMS)]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await opened()
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.value.details() == (
+        f"ipv4:127.0.0.1 holds {MAX_ANONYMOUS_STREAMS} streams open without a token, "
+        "the most allowed"
+    )
+    # A signed-in user's own streams are counted apart.
+    assert await _opened(local_cluster.client(local_cluster.admin_token))
+
+    held.pop().cancel()
+    held.append(await eventually(opened, what="a health watch accepted again"))
+    for call in held:
         call.cancel()

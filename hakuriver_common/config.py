@@ -394,7 +394,7 @@ class AuthConfig(Section):
         "wait their turn, so one user's burst does not hold back others (0: no limit).",
     )
     streams_per_caller: int = Field(
-        256,
+        1024,
         ge=0,
         description="Streams (watches, followed logs, terminals) one user may hold open at "
         "once; another is refused RESOURCE_EXHAUSTED (0: no limit).",

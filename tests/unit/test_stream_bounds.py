@@ -7,18 +7,21 @@ back."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hakuriver_cli import direct, task
 from hakuriver_common.limits import MAX_ANONYMOUS_STREAMS
 from hakuriver_common.proto.hakuriver.v1 import (
     node_service_pb2 as npb,
     task_service_pb2 as tpb,
 )
 from tests.fake_runner import eventually
+from tests.unit.cli_threads import exit_code
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import Client, LocalCluster
 from tests.unit.test_connect_api import endpoint
@@ -101,3 +104,32 @@ async def test_an_address_without_a_token_holds_a_bounded_number_of_health_watch
     held.append(await eventually(opened, what="a health watch accepted again"))
     for call in held:
         call.cancel()
+
+
+async def test_submit_wait_waits_for_a_stream_rather_than_failing_its_submitted_task(
+    make_local_cluster: MakeCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`submit --wait` whose WatchTask was refused for the caller's streams ended exit 1
+    with its task submitted: a workflow manager would run the task a second time. It asks
+    again until a stream ends, and says why once."""
+    cluster = await make_local_cluster(auth={"streams_per_caller": 2})
+    await cluster.add_runner("a")
+    admin = cluster.client(cluster.admin_token)
+    held = [await _opened(admin) for _ in range(2)]
+    config = str(cluster.cli_config(tmp_path / "client.toml"))
+    argv = ["submit", "--config", config, "--wait", "--poll-interval", "0.1", "--", "job"]
+    waiting = asyncio.create_task(
+        asyncio.to_thread(exit_code, direct.run, task.app, "hakuriver.task", argv)
+    )
+    err: list[str] = []
+
+    def refused() -> bool:
+        err.append(capsys.readouterr().err)
+        return "streams open, the most auth.streams_per_caller allows" in "".join(err)
+
+    await eventually(refused, what="the refusal said on stderr")
+    assert not waiting.done()
+    held.pop().cancel()
+    assert await asyncio.wait_for(waiting, 10) == 0
+    assert "trying again every 0.1s" in "".join(err)
+    held[0].cancel()

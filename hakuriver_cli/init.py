@@ -73,7 +73,7 @@ def render_default_config(values: Config | None = None) -> str:
         "",
         "# Webhooks: a JSON POST per event, retried with backoff. Repeat the table for more.",
         "# Events: task.completed, task.failed, task.killed, task.killed_oom, task.lost,",
-        "# node.offline, node.online, or * for all.",
+        "# node.offline, node.online, node.drained, node.undrained, or * for all.",
         "# [[webhooks]]",
         '# url = "http://127.0.0.1:9000/hakuriver"',
         '# events = ["task.failed", "task.killed_oom", "task.lost", "node.offline"]',

@@ -283,6 +283,8 @@ WEBHOOK_EVENTS = frozenset(
     {
         "*",
         *(f"node.{s}" for s in NodeStatus),
+        "node.drained",
+        "node.undrained",
         *(f"task.{s}" for s in FINAL_STATUSES),
     }
 )
@@ -432,7 +434,7 @@ class WebhookConfig(Section):
     events: list[str] = Field(
         default_factory=lambda: ["task.failed", "task.killed_oom", "task.lost", "node.offline"],
         description="task.<final status> (completed, failed, killed, killed_oom, lost), "
-        "node.offline, node.online, or * for all.",
+        "node.offline, node.online, node.drained, node.undrained, or * for all.",
     )
     timeout_seconds: float = Field(5.0, gt=0, description="Per-attempt HTTP timeout.")
     max_attempts: int = Field(5, ge=1, description="Attempts before an event is dropped.")

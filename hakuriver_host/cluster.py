@@ -1092,6 +1092,12 @@ class Cluster:
         if before == draining:  # drained (or taking work) already: no change to audit
             return
         self.audit.record(who, "node.drain" if draining else "node.undrain", hostname)
+        self.notifier.notify(
+            "node.drained" if draining else "node.undrained",
+            node=hostname,
+            draining=draining,
+            by=who.actor,
+        )
         log.info("node %s %s", hostname, "draining" if draining else "accepting tasks again")
         if not draining:
             self.kick()

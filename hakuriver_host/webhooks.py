@@ -1,4 +1,5 @@
-"""Webhook notifications: task final statuses and node offline/online, POSTed as JSON.
+"""Webhook notifications: task final statuses, node offline/online and drained/undrained,
+POSTed as JSON.
 
 ``notify`` never blocks: events go to a bounded queue (the oldest is dropped, with a
 warning, if a receiver is down for long). One worker per webhook delivers in order, each

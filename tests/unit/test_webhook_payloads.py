@@ -8,6 +8,7 @@ import re
 
 from hakuriver_common.config import WebhookConfig
 from hakuriver_common.proto.hakuriver.v1 import node_service_pb2 as npb, task_pb2
+from hakuriver_common.roles import Role
 from hakuriver_common.statuses import TaskStatus
 from tests.fake_runner import HOLD, eventually
 from tests.unit.local_cluster import LocalCluster
@@ -102,5 +103,29 @@ async def test_an_event_is_dated_to_the_millisecond_as_documented(
         await eventually(lambda: receiver.bodies, what="the task.completed webhook")
         [body] = receiver.bodies
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", body["at"]), body
+    finally:
+        receiver.close()
+
+
+async def test_an_operator_draining_and_undraining_a_node_is_sent(
+    local_cluster: LocalCluster,
+) -> None:
+    """A node taken out of service by hand was told to nobody on call: only the audit log
+    had it. A repeated drain changes nothing and sends nothing."""
+    receiver = Flaky({})
+    try:
+        local_cluster.config.webhooks = [
+            WebhookConfig(url=receiver.url("/hooks"), events=["node.drained", "node.undrained"])
+        ]
+        await local_cluster.restart_host()
+        await local_cluster.add_runner("a")
+        operator = await local_cluster.add_user("oncall", Role.OPERATOR)
+        await operator.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+        await operator.nodes.DrainNode(npb.DrainNodeRequest(hostname="a"), timeout=5)
+        await operator.nodes.UndrainNode(npb.UndrainNodeRequest(hostname="a"), timeout=5)
+        await eventually(lambda: len(receiver.bodies) == 2, what="the drain and undrain webhooks")
+        assert [
+            (body["event"], body["node"], body["draining"], body["by"]) for body in receiver.bodies
+        ] == [("node.drained", "a", True, "oncall"), ("node.undrained", "a", False, "oncall")]
     finally:
         receiver.close()

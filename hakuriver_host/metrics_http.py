@@ -76,6 +76,32 @@ def _at_metrics_only(app: WsgiApp) -> WsgiApp:
     return routed
 
 
+def _head_as_get(app: WsgiApp) -> WsgiApp:
+    """HEAD answered as GET, with the body's length and no body: prometheus_client answers
+    405 to it, so a load balancer's or monitor's health check by HEAD found the target down
+    while every scrape worked. ``Allow`` names HEAD too."""
+
+    def answered(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        head = environ.get("REQUEST_METHOD") == "HEAD"
+        answer: list[Any] = []
+        body = b"".join(
+            app(
+                {**environ, "REQUEST_METHOD": "GET"} if head else environ,
+                lambda status, headers, *_: answer.extend((status, headers)),
+            )
+        )
+        status, headers = answer
+        headers = [
+            (name, "OPTIONS,GET,HEAD" if name.lower() == "allow" else value)
+            for name, value in headers
+            if name.lower() != "content-length"
+        ]
+        start_response(status, [*headers, ("Content-Length", str(len(body)))])
+        return [] if head else [body]
+
+    return answered
+
+
 def serve_metrics(
     registry: CollectorRegistry,
     host: str,
@@ -111,7 +137,8 @@ def serve_metrics(
         log.warning(
             "/metrics on %s is open to anyone who can reach it: set auth.metrics_token", host
         )
-    server = make_server(host, port, _at_metrics_only(app), _Server, handler_class=_Handler)
+    app = _head_as_get(_at_metrics_only(app))
+    server = make_server(host, port, app, _Server, handler_class=_Handler)
     # shutdown() waits for the serving loop's next poll: a short poll keeps a Host's stop quick.
     threading.Thread(
         target=server.serve_forever, args=(POLL_SECONDS,), name="metrics-http", daemon=True

@@ -21,9 +21,9 @@ TOKEN = "metrics-" + "x" * 40
 
 
 def _get(
-    port: int, authorization: str | None, path: str = "/metrics"
+    port: int, authorization: str | None, path: str = "/metrics", method: str = "GET"
 ) -> tuple[int, dict[str, str], str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
     if authorization is not None:
         request.add_header("Authorization", authorization)
     try:
@@ -34,11 +34,15 @@ def _get(
 
 
 async def scrape(
-    cluster: LocalCluster, authorization: str | None = None, path: str = "/metrics"
+    cluster: LocalCluster,
+    authorization: str | None = None,
+    path: str = "/metrics",
+    method: str = "GET",
 ) -> tuple[int, dict[str, str], str]:
     """GET /metrics from a thread: the Host serving it runs on this event loop's thread."""
     assert cluster.server is not None
-    return await asyncio.to_thread(_get, cluster.server.metrics_port, authorization, path)
+    port = cluster.server.metrics_port
+    return await asyncio.to_thread(_get, port, authorization, path, method)
 
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -113,6 +117,22 @@ async def test_only_the_metrics_path_serves_the_metrics(
         assert headers["Content-Type"] == "text/plain"
     status, _, body = await scrape(cluster, f"Bearer {TOKEN}", "/metrics/")
     assert status == 200 and "hakuriver_" in body
+
+
+async def test_head_is_answered_as_get_without_a_body(
+    make_local_cluster: Callable[..., Awaitable[LocalCluster]],
+) -> None:
+    """Load balancers' and some monitors' health checks send HEAD: it got 405, and the
+    target looked down while every scrape worked."""
+    cluster = await make_local_cluster(auth={"metrics_token": TOKEN})
+    status, headers, body = await scrape(cluster, f"Bearer {TOKEN}", method="HEAD")
+    assert (status, body) == (200, "")
+    assert headers["Content-Type"].startswith("text/plain"), headers
+    assert int(headers["Content-Length"]) > 0, "the length of the GET's body"
+    for path, authorization, refused in (("/metrics", None, 401), ("/", f"Bearer {TOKEN}", 404)):
+        assert (await scrape(cluster, authorization, path, "HEAD"))[::2] == (refused, "")
+    status, headers, _ = await scrape(cluster, f"Bearer {TOKEN}", method="POST")
+    assert (status, headers["Allow"]) == (405, "OPTIONS,GET,HEAD")
 
 
 def _left_open(port: int) -> bytes:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 from hakuriver_common import commands as cli
 from hakuriver_common.config import Config
 from hakuriver_common.service import ConfigOption, VersionOption, config_or_exit, start_daemon
 from hakuriver_host.access import Access
 from hakuriver_host.errors import ApiError
-from hakuriver_host.server import HostServer
-from hakuriver_host.store import Store
+from hakuriver_host.server import HostServer, SecurityConfigError
+from hakuriver_host.store import DatabaseUrlError, Store
 
 app = cli.App(help="Start the HakuRiver Host.")
 
@@ -66,6 +66,14 @@ async def _recover_admin(cfg: Config) -> None:
     )
 
 
+def _stop(exc: OSError) -> NoReturn:
+    """One line, and exit 2 for what only a change of the config fixes (systemd's
+    RestartPreventExitStatus=2 then stops restarting), else 1: a port taken, a database
+    away or busy, a folder that cannot be made (perhaps a mount not there yet) may pass."""
+    cli.echo(f"error: {exc}", err=True)
+    raise cli.Exit(2 if isinstance(exc, SecurityConfigError | DatabaseUrlError) else 1) from None
+
+
 @app.command()
 def main(
     config: ConfigOption = None,
@@ -88,15 +96,13 @@ def main(
             cli.echo(f"error: {exc.message}", err=True)
             raise cli.Exit(1) from None
         except OSError as exc:  # a database it cannot open (store.DatabaseError)
-            cli.echo(f"error: {exc}", err=True)
-            raise cli.Exit(1) from None
+            _stop(exc)
         return
     cfg = start_daemon(config, lambda c: c.paths.host_log_file)
     try:
         asyncio.run(_serve(cfg))
     except OSError as exc:
-        cli.echo(f"error: {exc}", err=True)
-        raise cli.Exit(1) from None
+        _stop(exc)
 
 
 def run() -> None:

@@ -192,6 +192,11 @@ class DatabaseError(OSError):
     prints it and stops), never its password."""
 
 
+class DatabaseUrlError(DatabaseError):
+    """database.url names no database this Host can use (not a URL, an unknown dialect, a
+    driver not installed): only a change of the config fixes it, not a restart."""
+
+
 # The PostgreSQL advisory lock a Host holds on its database ("hkrv" in ASCII).
 HOST_LOCK_KEY = 0x686B7276
 
@@ -223,7 +228,7 @@ def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise DatabaseError(
+        raise DatabaseUrlError(
             "database.url is not a SQLAlchemy URL, e.g. "
             "postgresql+psycopg://USER:PASSWORD@SERVER/DATABASE"
         ) from None
@@ -248,7 +253,7 @@ def make_engine(url: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Engine:
     try:
         return create_engine(url, pool_pre_ping=True, json_serializer=_json_text)
     except (ArgumentError, ImportError) as exc:  # an unknown dialect, a driver not installed
-        raise DatabaseError(f"cannot use the database {_shown(url)}: {exc}") from None
+        raise DatabaseUrlError(f"cannot use the database {_shown(url)}: {exc}") from None
 
 
 def _in_use(shown: str, by: str = "") -> DatabaseError:

@@ -83,19 +83,25 @@ def main(config: ConfigOption = None, version: VersionOption = False) -> None:
     except CredentialsError as exc:  # its state_dir unreadable
         reason = f"cannot join the cluster: {exc}"
         logging.getLogger("hakuriver_runner.session").error("%s", reason)
-        _stop(cfg, reason)
+        _stop(cfg, reason, CONFIG_EXIT)
     try:
         asyncio.run(_serve(session))
     except (CredentialsError, TlsSetupError, RegistrationRefused) as exc:
-        _stop(cfg, str(exc))  # logged by the session
+        _stop(cfg, str(exc), CONFIG_EXIT)  # logged by the session
 
 
-def _stop(cfg: Config, reason: str) -> NoReturn:
-    """Exit 1 for ``reason``, logged already; on the terminal too when the log goes to a
-    file."""
+# What only an admin fixes (a credential, the CA file, a registration the Host refuses as
+# invalid): systemd's RestartPreventExitStatus=2 stops restarting a Runner that exits so. It
+# exited 1, and was restarted every 5 s to be refused again.
+CONFIG_EXIT = 2
+
+
+def _stop(cfg: Config, reason: str, code: int = 1) -> NoReturn:
+    """Exit ``code`` (1: a restart may help) for ``reason``, logged already; on the terminal
+    too when the log goes to a file."""
     if cfg.paths.runner_log_file is not None:
         cli.echo(f"error: {reason}", err=True)
-    raise cli.Exit(1) from None
+    raise cli.Exit(code) from None
 
 
 def run() -> None:

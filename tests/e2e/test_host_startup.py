@@ -1,5 +1,7 @@
-"""A Host that cannot listen on one of its ports exits non-zero with one line naming the
-address, and starts nothing; a second Host on a port in use fails instead of sharing it."""
+"""A Host that cannot listen on one of its ports exits 1 (a restart may find it free) with
+one line naming the address, and starts nothing; a second Host on a port in use fails instead
+of sharing it. A config it refuses exits 2: systemd's RestartPreventExitStatus=2 stops
+restarting what would be refused again."""
 
 from __future__ import annotations
 
@@ -107,15 +109,16 @@ def test_a_second_host_on_the_same_port_fails(tmp_path: Path) -> None:
 def test_plaintext_is_refused_off_loopback_and_missing_certificates_are_named(
     tmp_path: Path,
 ) -> None:
-    """Plaintext only on loopback; a Host without its key says which file and how to make it."""
+    """Plaintext only on loopback; a Host without its key says which file and how to make it.
+    Each exited 1, and systemd restarted it every 5 s to say the same again."""
     result = _run_host(_config(tmp_path, bind="0.0.0.0", plaintext=True))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: tls.plaintext = true is allowed only on a loopback address, not 0.0.0.0: "
         "create certificates with hakuriver.init tls"
     ], result.stderr
     result = _run_host(_config(tmp_path, bind="0.0.0.0", dashboard_plaintext=True))
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: a plain-HTTP dashboard is allowed only on a loopback address, not 0.0.0.0: "
         "set dashboard.plaintext = false (HTTPS with the Host's certificate) or "
@@ -125,12 +128,24 @@ def test_plaintext_is_refused_off_loopback_and_missing_certificates_are_named(
     missing = tmp_path / "nowhere.key"
     config.write_text(config.read_text().replace(str(tls_files().host_key), str(missing)))
     result = _run_host(config)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"error: cannot read tls.key_file {missing}: No such file or directory (create it "
         "with hakuriver.init tls, or set tls.plaintext = true on a loopback address)"
     ], result.stderr
     assert not (tmp_path / "host.db").exists()
+
+
+def test_a_database_url_that_names_no_database_exits_2(tmp_path: Path) -> None:
+    """Only a change of database.url fixes it: it exited 1, and systemd restarted it for ever."""
+    config = _config(tmp_path)
+    config.write_text(config.read_text().replace("[database]\n", '[database]\nurl = "nosuch"\n'))
+    result = _run_host(config)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: database.url is not a SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://USER:PASSWORD@SERVER/DATABASE"
+    ], result.stderr
 
 
 def test_a_lost_admin_token_is_recovered_on_the_hosts_machine(tmp_path: Path) -> None:

@@ -161,10 +161,14 @@ def test_a_second_process_with_a_registered_name_is_refused(
 
 
 def refused_at_start(
-    cluster: ProcessCluster, state: Path, name: str, env: dict[str, str] | None = None
+    cluster: ProcessCluster,
+    state: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+    exits: int = 2,
 ) -> str:
     """Run a Runner whose config has no join token (unless ``env`` gives one): its one
-    error line (it exits 1)."""
+    error line (it exits ``exits``: 2 for what a restart cannot fix)."""
     log = state.parent / f"{name}.log"
     runner = spawn_runner(
         cluster,
@@ -181,7 +185,7 @@ def refused_at_start(
     finally:
         end(runner)
     text = log.read_text()
-    assert code == 1 and "Traceback" not in text, text
+    assert code == exits and "Traceback" not in text, text
     [line] = error_lines(text)
     nodes = cluster.nodes.ListNodes(npb.ListNodesRequest(), timeout=10).nodes
     assert name not in [n.hostname for n in nodes]
@@ -286,7 +290,7 @@ def test_a_runner_whose_state_dir_it_cannot_read_says_so_and_exits(
     NotADirectoryError for .../cluster_id."""
     state = tmp_path / "a-file"
     state.write_text("")
-    assert refused_at_start(cluster, state, "blocked") == (
+    assert refused_at_start(cluster, state, "blocked", exits=1) == (
         f"cannot use runner.state_dir {state}: Not a directory"
     )
 
@@ -300,6 +304,6 @@ def test_a_runner_that_cannot_make_its_scratch_folder_says_so_and_exits(
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     env = {"HAKURIVER_PATHS__LOCAL_TEMP_DIR": str(blocker / "scratch")}
-    assert refused_at_start(cluster, tmp_path / "state", "no-scratch", env) == (
+    assert refused_at_start(cluster, tmp_path / "state", "no-scratch", env, exits=1) == (
         f"cannot create paths.local_temp_dir {blocker / 'scratch'}: Not a directory"
     )

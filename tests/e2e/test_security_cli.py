@@ -277,7 +277,8 @@ def test_init_tls_files_serve_a_host(docker_ready: None, tmp_path: Path) -> None
 def test_a_ca_file_that_is_no_certificate_is_one_line(tmp_path: Path) -> None:
     """A damaged or wrong tls.ca_file (a key, an empty file): the tools said the Host's
     certificate "is not signed by tls.ca_file", and a Runner logged UNAVAILABLE and retried
-    for ever; they now say what is wrong with the file, and the Runner stops (exit 1)."""
+    for ever; they now say what is wrong with the file, and the Runner stops (exit 2: a
+    restart cannot fix it, and systemd's RestartPreventExitStatus=2 does not try)."""
     damaged = tmp_path / "ca.pem"
     damaged.write_text("not a certificate\n")
     config = tmp_path / "config.toml"
@@ -304,5 +305,5 @@ def test_a_ca_file_that_is_no_certificate_is_one_line(tmp_path: Path) -> None:
         env=env,
         timeout=60,
     )
-    assert runner.returncode == 1
+    assert runner.returncode == 2
     assert f"ERROR hakuriver_runner.session: cannot connect to the Host: {said}" in runner.stderr

@@ -68,6 +68,24 @@ def test_new_admin_token_says_so_in_one_line(
     )
 
 
+def test_new_admin_token_with_a_database_url_that_names_no_database_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only a change of the config fixes it, as for the Host's start (exit 2: systemd's
+    RestartPreventExitStatus=2); a database it cannot open may come back (exit 1)."""
+    config = tmp_path / "config.toml"
+    config.write_text('[database]\nurl = "nosuchdb://river:hunter2@server/hakuriver"\n')
+    with pytest.raises(cli.Exit) as stopped:
+        main(config=config, new_admin_token=True)
+    assert stopped.value.exit_code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: cannot use the database nosuchdb://river:***@server/")
+    config.write_text(f'[database]\ndb_file = "{tmp_path}"\n')
+    with pytest.raises(cli.Exit) as stopped:
+        main(config=config, new_admin_token=True)
+    assert stopped.value.exit_code == 1
+
+
 def _host_says(config_dir: Path, capsys: pytest.CaptureFixture[str]) -> str:
     """What ``hakuriver.host --new-admin-token`` prints on stderr for the database
     ``host.db`` in ``config_dir`` (it opens and migrates it as a start does)."""

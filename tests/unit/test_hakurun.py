@@ -19,6 +19,8 @@ BAD_SPANS = ["span:{1..}", "span:{1..5..0}", "span:{1..5..-1}", "span:[]", "span
         ("span:{3..1}", ["3", "2", "1"]),
         ("span:{-1..1}", ["-1", "0", "1"]),
         ("span:{0..10..5}", ["0", "5", "10"]),
+        ("span:{10..1..-3}", ["10", "7", "4", "1"]),
+        ("span:{10..1..-4}", ["10", "6", "2"]),
         ("span:[a,b, c]", ["a", "b", "c"]),
         ("span:[0.1]", ["0.1"]),
         ("plain", ["plain"]),
@@ -33,6 +35,22 @@ def test_span_values(arg: str, values: list[str]) -> None:
 def test_bad_spans_are_refused(arg: str) -> None:
     with pytest.raises(SpanError):
         expand_arg(arg)
+
+
+@pytest.mark.parametrize("arg", ["span:{10..1..3}", "span:{1..10..-3}"])
+def test_a_step_away_from_the_end_is_refused_in_one_line(
+    arg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's range would give no values and bash would count the other way: neither is
+    what was meant for sure, so the span is refused, naming it (exit 2, nothing run)."""
+    with pytest.raises(SystemExit) as refused:
+        main(["--dry-run", "echo", arg])
+    assert refused.value.code == 2
+    start, stop, step = arg[6:-1].split("..")
+    assert capsys.readouterr() == (
+        "",
+        f"error: {arg}: step {step} never reaches {stop} from {start} (see 'hakurun --help')\n",
+    )
 
 
 def test_a_span_the_shell_expanded_says_to_quote_it() -> None:

@@ -241,7 +241,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "user_mount_roots": ("list[str]", [], "absolute_paths"),
         "default_task_network": ("str", "host", "task_network"),
         "calls_per_caller": ("int", 16, ">=0"),
-        "streams_per_caller": ("int", 256, ">=0"),
+        "streams_per_caller": ("int", 1024, ">=0"),
     },
     "dashboard": {
         "enabled": ("bool", True, None),

@@ -316,7 +316,8 @@ class Task(_message.Message):
     status_detail: _builtins.str
     """What is happening now within the status, e.g. "loading environment base"; for a
     queued task, why it waits when that is not just its turn for resources, e.g. "node a
-    is not connected" or "its array's cap: 2 of its tasks hold resources".
+    is not connected", "its array's cap: 2 of its tasks hold resources" or "node a's GPUs
+    0, 1 are in use".
     """
     owner: _builtins.str
     """The user who submitted it; only they (and operators) see it."""

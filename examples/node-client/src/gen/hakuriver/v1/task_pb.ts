@@ -281,7 +281,8 @@ export type Task = Message<"hakuriver.v1.Task"> & {
   /**
    * What is happening now within the status, e.g. "loading environment base"; for a
    * queued task, why it waits when that is not just its turn for resources, e.g. "node a
-   * is not connected" or "its array's cap: 2 of its tasks hold resources".
+   * is not connected", "its array's cap: 2 of its tasks hold resources" or "node a's GPUs
+   * 0, 1 are in use".
    *
    * @generated from field: string status_detail = 29;
    */

@@ -688,12 +688,17 @@ class Cluster:
     ) -> Task:
         task = await self.get_task(task_id, who)
         if TaskStatus(task.status) not in allowed:
-            await self._refused_as_shown(task)
-            names = ", ".join(s.value for s in TaskStatus if s in allowed)
-            raise FailedPrecondition(
-                f"task {task_id} is {task.status}: only {names} tasks can be {action}"
-            )
+            await self._refuse(task, action, allowed)
         return task
+
+    async def _refuse(self, task: Task, action: str, allowed: frozenset[TaskStatus]) -> None:
+        """Refuse ``action`` on a task in none of the ``allowed`` statuses, naming its status
+        once that is stored."""
+        await self._refused_as_shown(task)
+        names = ", ".join(s.value for s in TaskStatus if s in allowed)
+        raise FailedPrecondition(
+            f"task {task.task_id} is {task.status}: only {names} tasks can be {action}"
+        )
 
     async def _refused_as_shown(self, task: Task) -> None:
         """Return once the status a call about ``task`` is refused for is stored, so shown
@@ -765,6 +770,8 @@ class Cluster:
         await self.book.wait_until(
             task_id, lambda t: t.status != allowed, self.config.timing.control_timeout_seconds
         )
+        if TaskStatus(task.status).is_final:  # it ended meanwhile: as if the call came later
+            await self._refuse(task, action, frozenset({allowed}))
         if task.status != goal:
             raise Unavailable(f"runner {task.assigned_node} did not confirm; task is {task.status}")
         await self.book.stored(task)  # watchers hear of it at once; the caller once stored

@@ -135,6 +135,8 @@ class FakeRunner:
     ``heartbeat_interval``: None uses what the Host asks in its RegisterAck.
     ``on_dispatch``/``on_adopt``/``on_release``: called with the task id after the fake
     handled the command (after an adoption it has resent output and the task's state).
+    ``on_command``: called with the kind ("kill", "pause", "resume") and the task id when
+    such a command arrives, before the fake acts on it (a test makes the task end then).
     """
 
     def __init__(
@@ -161,6 +163,7 @@ class FakeRunner:
         on_dispatch: Callable[[int], None] | None = None,
         on_adopt: Callable[[int], None] | None = None,
         on_release: Callable[[int], None] | None = None,
+        on_command: Callable[[str, int], None] | None = None,
         takes_batches: bool = True,
         prepares_ahead: bool = False,
         instance_id: str | None = None,
@@ -189,6 +192,7 @@ class FakeRunner:
         self.on_dispatch = on_dispatch
         self.on_adopt = on_adopt
         self.on_release = on_release
+        self.on_command = on_command
         self._shared_channel = channel
         self.takes_batches = takes_batches
         self.prepares_ahead = prepares_ahead
@@ -525,6 +529,8 @@ class FakeRunner:
             return  # tunnel_close: a fake has no SSH server to reach
         task_id = getattr(message, kind).task_id
         self.commands.append((kind, task_id))
+        if self.on_command is not None and kind != "release":
+            self.on_command(kind, task_id)
         task = self.tasks.get(task_id)
         if kind == "kill":
             self._on_kill(task_id, task)

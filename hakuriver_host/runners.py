@@ -166,10 +166,10 @@ class RunnerGateway:
 
     async def _reconcile(self, link: RunnerLink, reg: rpb.RegisterRunner) -> rpb.RegisterAck:
         """Which of its tasks the Runner keeps (with the output offsets we have) or discards;
-        ours it did not report are dispatched again (assigning), killed (assigning, asked
-        to be killed) or lost, and those it keeps that were asked to be killed are killed
-        again (sent after the answer). Statuses are read afresh after every await: a task
-        may end meanwhile."""
+        ours it did not report are dispatched again (assigning, once its placement is
+        stored), killed (assigning, asked to be killed) or lost, and those it keeps that
+        were asked to be killed are killed again (sent after the answer). Statuses are read
+        afresh after every await: a task may end meanwhile."""
         ack = rpb.RegisterAck(
             heartbeat_interval_seconds=self.config.timing.heartbeat_interval,
             cluster_id=self.cluster_id,
@@ -198,8 +198,10 @@ class RunnerGateway:
                     by = f" by {task.killed_by}" if task.killed_by else ""  # a kill from before
                     detail = f"killed{by} before it started"
                     await self.book.move(task, TaskStatus.KILLED, detail=detail)
-                else:
+                elif self.book.shown_status(task) == task.status:
                     link.dispatch(dispatch_of(task))
+                # Else its placement is not stored yet: dispatched once it is, on the link
+                # its node has then (this one), as every placement is (Cluster._dispatch).
                 continue
             await self.book.move(
                 task,

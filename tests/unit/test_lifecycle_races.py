@@ -4,14 +4,19 @@ while a placement is being stored."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Callable
 
 import grpc
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
 from hakuriver_common.statuses import TaskStatus
-from tests.fake_runner import HOLD, FakeRunner
+from hakuriver_host.store import Store, TaskWrite
+from tests.fake_runner import HOLD, FakeRunner, eventually
+from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster, status_of
 
 
@@ -53,3 +58,57 @@ async def test_a_pause_or_resume_that_meets_the_tasks_end_is_refused_as_for_an_e
         f"task {task.task_id} is completed: only {allowed} tasks can be {action}d"
     )
     assert status_of(await local_cluster.get(task.task_id)) is TaskStatus.COMPLETED
+
+
+async def test_a_runner_registering_while_a_placement_is_stored_gets_it_only_once_stored(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass places a task on a node (in memory) while its Runner's registration is being
+    stored: the reconciliation that follows sent it the task at once, ahead of the
+    placement's write, so a Host crashing in between had the task pending while it ran
+    (placed again after the restart, it ran twice). It is dispatched once its placement is
+    stored, as every placement is."""
+    order: list[tuple[str, int]] = []
+    apply = Store._apply
+
+    def slow_apply(store: Store, writes: list[TaskWrite]) -> None:
+        placed = [
+            u["task_id"]
+            for w in writes
+            for u in w.updates
+            if u.get("status") == TaskStatus.ASSIGNING.value
+        ]
+        if placed:
+            time.sleep(0.5)  # the placement's commit takes a while
+        apply(store, writes)
+        order.extend(("stored placement", task_id) for task_id in placed)
+
+    monkeypatch.setattr(Store, "_apply", slow_apply)
+    cluster = await make_local_cluster()
+    runner = await cluster.add_runner(
+        "a", answer=HOLD, on_dispatch=lambda t: order.append(("dispatched", t))
+    )
+    other = await cluster.add_runner("b", answer=HOLD)
+    assert cluster.server is not None
+    host = cluster.server.cluster
+    await runner.drop()
+    await eventually(lambda: host.nodes.nodes["a"].link is None, what="a's stream closed")
+    queued = await cluster.submit("job", targets=[task_pb2.Target(hostname="a")])
+    assert status_of(queued) is TaskStatus.PENDING
+    held = threading.Event()
+    cluster.server.store.executor.submit(held.wait, 10)  # the store's one thread is busy
+    try:
+        connecting = asyncio.create_task(runner.connect())  # its node's row waits its turn
+        await eventually(lambda: host.nodes.nodes["a"].link is not None, what="a's new link")
+        other.environments = [*other.environments, "another"]  # a heartbeat that kicks a pass
+        await eventually(
+            lambda: host.book.active[queued.task_id].status == TaskStatus.ASSIGNING,
+            what="the placement decided in memory",
+        )
+    finally:
+        held.set()
+    await connecting
+    await cluster.wait_status(queued.task_id, TaskStatus.RUNNING)
+    assert order.index(("stored placement", queued.task_id)) < order.index(
+        ("dispatched", queued.task_id)
+    )

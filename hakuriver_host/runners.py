@@ -221,12 +221,24 @@ class RunnerGateway:
         ended on this node and its end is not stored yet (held while the database was
         away): then released once it is, as its report's would have been, so that a Host
         stopped meanwhile hears it again from the Runner."""
-        ending = self.book.finishing(task_id)
-        if ending is None or ending.assigned_node != link.hostname:
+        ending = self._ending_on(link, task_id)
+        if ending is None:
             ack.discard_task_ids.append(task_id)
             return
         stored = _stored_then([self.book.stored(ending)], link.release, [task_id])
         await self._later(link, 1, stored)
+
+    def _ending_on(self, link: RunnerLink, task_id: int) -> Task | None:
+        """The task, if it ended on this link's node and its end is not stored yet: its
+        Runner is released from it only once it is."""
+        ending = self.book.finishing(task_id)
+        return ending if ending is not None and ending.assigned_node == link.hostname else None
+
+    def _end_stored(self, link: RunnerLink, task_id: int) -> list[Awaitable[None]]:
+        """What a release of a task no longer active waits for: its end being stored, if it
+        ended on this link's node and that is not stored yet (none else)."""
+        ending = self._ending_on(link, task_id)
+        return [] if ending is None else [self.book.stored(ending)]
 
     def _went_silent(self, hostname: str, away: float) -> None:
         """A silent Runner's tasks unknown, or lost (``check_silent_runners``), made so in
@@ -400,10 +412,7 @@ class RunnerGateway:
         now = utcnow()
         try:
             for report in reports:
-                task = self.book.active.get(report.task_id)
-                if task is not None and task.assigned_node != link.hostname:
-                    self._owns(link, report.task_id, "state report")
-                    task = None
+                task = self._reported(link, report.task_id)
                 outcome = on_report(self._facts(task), report)
                 if task is not None:
                     if Effect.NOTE_DETAIL in outcome.effects:
@@ -426,11 +435,22 @@ class RunnerGateway:
                         self._observe_started(link, task)
                 if Effect.RELEASE in outcome.effects:
                     releases.append(report.task_id)
+                    if task is None:  # an end reported again: released once the first is stored
+                        stores.extend(self._end_stored(link, report.task_id))
         finally:  # what was made in memory is stored, whatever stopped the message
             if made:
                 stores.append(self.book.store_changes(made))
             if stores or releases:
                 await self._later(link, len(reports), _stored_then(stores, link.release, releases))
+
+    def _reported(self, link: RunnerLink, task_id: int) -> Task | None:
+        """The active task a report is about, if it is this link's Runner's (a report on
+        another's is audited, ``_owns``)."""
+        task = self.book.active.get(task_id)
+        if task is not None and task.assigned_node != link.hostname:
+            self._owns(link, task_id, "state report")
+            return None
+        return task
 
     def _facts(self, task: Task | None) -> TaskFacts | None:
         """What the state machine reads of a task a report is about (None: not active)."""

@@ -12,7 +12,11 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from hakuriver_common.proto.hakuriver.v1 import task_pb2, task_service_pb2 as tpb
+from hakuriver_common.proto.hakuriver.v1 import (
+    runner_service_pb2 as rpb,
+    task_pb2,
+    task_service_pb2 as tpb,
+)
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host.store import Store, TaskWrite
 from tests.fake_runner import HOLD, FakeRunner, eventually
@@ -112,3 +116,47 @@ async def test_a_runner_registering_while_a_placement_is_stored_gets_it_only_onc
     assert order.index(("stored placement", queued.task_id)) < order.index(
         ("dispatched", queued.task_id)
     )
+
+
+async def test_an_end_reported_twice_is_released_only_once_it_is_stored(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Runner reports a task's end a second time (a kill that finds its container gone)
+    while the first report's end waits to be stored: the second was answered with a release
+    at once, so the Runner dropped the task before the Host had stored its end (a Host
+    crashing then lost it: the Runner no longer had it to report again)."""
+    order: list[tuple[str, int]] = []
+    apply = Store._apply
+    final = {s.value for s in TaskStatus if s.is_final}
+
+    def recording_apply(store: Store, writes: list[TaskWrite]) -> None:
+        apply(store, writes)
+        ended = [u["task_id"] for w in writes for u in w.updates if u.get("status") in final]
+        order.extend(("stored end", task_id) for task_id in ended)
+
+    monkeypatch.setattr(Store, "_apply", recording_apply)
+    cluster = await make_local_cluster()
+    runner = await cluster.add_runner(
+        "a", answer=HOLD, on_release=lambda t: order.append(("released", t))
+    )
+    [task, other] = await cluster.submit_running(2)
+    assert cluster.server is not None
+    book = cluster.server.cluster.book
+    held = threading.Event()
+    cluster.server.store.executor.submit(held.wait, 10)  # the store's one thread is busy
+    try:
+        runner.finish(task.task_id, 0)
+        await eventually(lambda: book.finishing(task.task_id), what="the end made in memory")
+        again = rpb.TaskStateReport(
+            task_id=task.task_id,
+            state=rpb.RUNNER_TASK_STATE_EXITED,
+            error_message="nothing of the task is left on the runner",
+        )
+        runner.send(rpb.ConnectRequest(task_state=again))
+        runner.write(other.task_id, b"after\n")  # read after the report, on the same stream
+        await eventually(lambda: cluster.read_log(other.task_id), what="the chunk after it")
+    finally:
+        held.set()
+    await cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
+    await eventually(lambda: ("released", task.task_id) in order, what="the release")
+    assert order.index(("stored end", task.task_id)) < order.index(("released", task.task_id))

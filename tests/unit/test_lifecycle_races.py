@@ -160,3 +160,32 @@ async def test_an_end_reported_twice_is_released_only_once_it_is_stored(
     await cluster.wait_status(task.task_id, TaskStatus.COMPLETED)
     await eventually(lambda: ("released", task.task_id) in order, what="the release")
     assert order.index(("stored end", task.task_id)) < order.index(("released", task.task_id))
+
+
+async def test_two_kills_at_once_are_both_answered_with_the_one_end(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two kills of a running task, the second asked while the Runner still stops it for
+    the first: both are answered killed, and the task ends once (one final event, one
+    release). Pins the interleaving: the second finds the kill asked for already."""
+    kills: list[int] = []
+    held: list[FakeRunner] = []
+
+    def second_kill_ends_it(kind: str, task_id: int) -> None:
+        if kind == "kill":
+            kills.append(task_id)
+            if len(kills) == 2:
+                held[0].finish(task_id, 143)
+
+    runner = await local_cluster.add_runner(
+        "a", answer=HOLD, answer_kills=False, on_command=second_kill_ends_it
+    )
+    held.append(runner)
+    [task] = await local_cluster.submit_running()
+    first = asyncio.create_task(local_cluster.kill(task.task_id))
+    await eventually(lambda: kills, what="the first kill at the Runner")
+    second = await local_cluster.kill(task.task_id)
+    assert [status_of(t) for t in (await first, second)] == [TaskStatus.KILLED] * 2
+    ends = [s for s, _ in await local_cluster.events(task.task_id) if s.is_final]
+    assert ends == [TaskStatus.KILLED]
+    await eventually(lambda: runner.released == [task.task_id], what="the release")

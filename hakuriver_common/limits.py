@@ -40,6 +40,9 @@ MAX_TOKEN_DESCRIPTION_BYTES = 1 * KIB
 MAX_ACTIVE_TOKENS = 100
 # Streams open at once from one address without a token (grpc.health.v1.Health/Watch).
 MAX_ANONYMOUS_STREAMS = 32
+# Connections to the SSH proxy port from one address (without its port) that have not sent
+# their request line yet (a Runner's: nor its proof): each holds a buffer for up to 10 s.
+MAX_SSH_PROXY_WAITING = 32
 MAX_ARRAY_TASKS = 100_000  # tasks of one job array
 MAX_ARRAY_INDEX = 10_000_000
 # An array's tasks times the bytes each stores (command, arguments, environment, mounts).

@@ -16,7 +16,9 @@ own encrypted stream. Without that connection (a Runner that cannot reach this p
 the bytes ride the Runner's stream, and a client that stops reading is disconnected once it
 is more than TUNNEL_BUFFER chunks behind, so it never stalls that stream. A session is only
 as good as the token its ticket came from: it ends (audited) as soon as that token is
-revoked, expires or its user is deleted.
+revoked, expires or its user is deleted. Until its request line is read, a connection is a
+stranger's: each address may hold MAX_SSH_PROXY_WAITING of them, each at most REQUEST_LIMIT
+bytes for REQUEST_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ import contextlib
 import dataclasses
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any
 
 from hakuriver_common import tunnel_proof
+from hakuriver_common.limits import MAX_SSH_PROXY_WAITING
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.socket_copy import LineSocket, copy, prepared, until_first
@@ -45,12 +48,20 @@ REQUEST_TIMEOUT = 10.0
 OPEN_TIMEOUT = 10.0
 # A read's most on the Runner's stream (a message each).
 CHUNK = 64 * 1024
-# A request line's most (a ticket line is ~60 bytes; what was accepted before).
-REQUEST_LIMIT = 1024 * 1024
+# A request line's most: a ticket line is 51 bytes ("TICKET ", the 43 characters of
+# secrets.token_urlsafe(32), every ticket the Host has issued, and a newline), a Runner's
+# TUNNEL line at most 27 and its proof 65. A stranger's connection holds at most this much
+# while it waits, MAX_SSH_PROXY_WAITING of them per address.
+REQUEST_LIMIT = 1024
 # Pending connections the kernel holds while the loop is busy.
 BACKLOG = 128
 
 Copy = Coroutine[Any, Any, None]
+
+
+class TooManyWaiting(Exception):
+    """The connection's address holds MAX_SSH_PROXY_WAITING connections that have not sent
+    their request line yet: no refusal of a right, so not audited."""
 
 
 async def _first_line(connection: LineSocket) -> bytes:
@@ -144,6 +155,8 @@ class SshProxy:
         self.cluster = cluster
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # Connections in their handshake (request line, a Runner's proof), by address.
+        self._waiting: dict[str, int] = {}
 
     async def start(self, host: str, port: int) -> int:
         self._listeners = _listeners(host, port)
@@ -172,7 +185,7 @@ class SshProxy:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, address = await loop.sock_accept(listener)
             except OSError as exc:
                 # Out of descriptors, say: the connection waits in the backlog meanwhile.
                 log.warning("SSH proxy cannot accept a connection: %s", exc)
@@ -183,7 +196,25 @@ class SshProxy:
             except OSError:  # reset before it was served (macOS says so here)
                 sock.close()
                 continue
-            self._spawn(self._serve(sock))
+            self._spawn(self._serve(sock, peer_name(address[0])))
+
+    @contextlib.contextmanager
+    def _handshake(self, source: str) -> Iterator[None]:
+        """Count a connection from ``source`` while it reads its handshake's lines: a
+        stranger's bytes are buffered then, so each address gets MAX_SSH_PROXY_WAITING."""
+        held = self._waiting.get(source, 0)
+        if held >= MAX_SSH_PROXY_WAITING:
+            raise TooManyWaiting(
+                f"{source} holds {held} connections that have not sent their request line, "
+                f"the most allowed (each waits at most {REQUEST_TIMEOUT:g} s)"
+            )
+        self._waiting[source] = held + 1
+        try:
+            yield
+        finally:
+            left = self._waiting.pop(source) - 1
+            if left:
+                self._waiting[source] = left
 
     def _holder(self, held: Ticket | None) -> Principal:
         """Whom the audit names for a refused ticket: nobody known before it was redeemed
@@ -217,7 +248,7 @@ class SshProxy:
         await connection.send(b"SUCCESS\n")
         return True
 
-    async def _serve(self, sock: socket.socket) -> None:
+    async def _serve(self, sock: socket.socket, source: str) -> None:
         hub = self.cluster.tunnels
         connection = LineSocket(sock)
         tunnel: Tunnel | None = None
@@ -225,14 +256,15 @@ class SshProxy:
         handed_over = False
         try:
             try:
-                word, argument = _request(await _first_line(connection))
-                if word == "TUNNEL":
-                    handed_over = await self._serve_runner(argument, connection)
-                    return
+                with self._handshake(source):
+                    word, argument = _request(await _first_line(connection))
+                    if word == "TUNNEL":
+                        handed_over = await self._serve_runner(argument, connection)
+                        return
                 held = self.cluster.ssh_tickets.redeem(argument)
                 tunnel, who = await self.cluster.open_tunnel(held)
                 dialed = await _opened(tunnel)
-            except (ValueError, ApiError, ConnectionError, TimeoutError) as exc:
+            except (ValueError, ApiError, ConnectionError, TimeoutError, TooManyWaiting) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
                 # A refusal of the caller (no ticket, one not good, or a holder who may no
                 # longer reach the VPS) is audited; a tunnel that could not open is not the

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from hakuriver_common.limits import MAX_SSH_PROXY_WAITING
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
     audit_service_pb2 as aupb,
@@ -148,16 +149,56 @@ async def test_an_over_long_request_line_gets_the_protocols_answer(
 async def test_a_request_line_past_the_limit_is_refused_without_waiting_for_its_end(
     local_cluster: LocalCluster,
 ) -> None:
-    """REQUEST_LIMIT bytes and no newline yet: the Host reads no more of it (it does not
-    buffer a stranger's bytes until REQUEST_TIMEOUT)."""
+    """1 KiB (docs/limits.md; a ticket line is 51 bytes) and no newline yet: the Host reads
+    no more of it (it does not buffer a stranger's bytes until REQUEST_TIMEOUT). It read up
+    to 1 MiB, so a connection that sent 1 KiB was answered only at REQUEST_TIMEOUT."""
     reader, writer = await _to_the_proxy(local_cluster)
     try:
-        writer.write(b"TICKET " + b"x" * (ssh_proxy.REQUEST_LIMIT - len(b"TICKET ")))
+        writer.write(b"TICKET " + b"x" * (1024 - len(b"TICKET ")))
         await writer.drain()
         answer = await asyncio.wait_for(reader.readline(), 2 * ssh_proxy.REQUEST_TIMEOUT)
     finally:
         writer.close()
     assert answer == b"ERROR expected: TICKET <ticket> (get one with SshService.CreateSshTicket)\n"
+
+
+async def test_an_address_holds_a_bounded_number_of_connections_before_their_request(
+    local_cluster: LocalCluster,
+) -> None:
+    """Each connection that has not sent its request line (nor, a Runner's, its proof)
+    holds a buffer for up to REQUEST_TIMEOUT: one address gets MAX_SSH_PROXY_WAITING, one
+    more is refused at once and closed (not audited: no refusal of a right), and one whose
+    lines were read gives its place back."""
+    waiting = [await _to_the_proxy(local_cluster) for _ in range(MAX_SSH_PROXY_WAITING)]
+    first_reader, first_writer = waiting[0]
+    try:
+        first_writer.write(b"TUNNEL 1\n")
+        await first_writer.drain()
+        assert (await asyncio.wait_for(first_reader.readline(), 5)).startswith(b"CHALLENGE ")
+        reader, writer = await _to_the_proxy(local_cluster)
+        try:
+            answer = await asyncio.wait_for(reader.readline(), 5)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        finally:
+            writer.close()
+        assert answer == (
+            b"ERROR ipv4:127.0.0.1 holds 32 connections that have not sent their request "
+            b"line, the most allowed (each waits at most 10 s)\n"
+        )
+        first_writer.write(b"proof\n")
+        await first_writer.drain()
+        refused = "no tunnel 1 waits for that proof"
+        assert await asyncio.wait_for(first_reader.readline(), 5) == f"ERROR {refused}\n".encode()
+        assert await _answer_to(local_cluster, "unknown") == (
+            b"ERROR unknown, used or expired ticket (ask for a new one)\n"
+        )
+    finally:
+        for _, waiting_writer in waiting:
+            waiting_writer.close()
+    # A stranger's refusals of a minute are written once, the first of them.
+    request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
+    events = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    assert [e.detail for e in events] == [refused]
 
 
 async def test_an_open_session_ends_once_its_token_is_revoked(local_cluster: LocalCluster) -> None:

@@ -7,6 +7,13 @@ connections to a host, and each followed log or watch holds one.
 The Host binds the socket itself (a taken port is one clear line, and the Host stops before
 starting anything else) and hands Hypercorn a duplicate of it; Hypercorn never installs
 signal handlers here: the Host owns its process and says when to stop.
+
+Anybody who reaches the port may connect, so no connection waits long for bytes that are not
+a request in progress: its TLS handshake gets HANDSHAKE_SECONDS, and a connection with no
+request open (just accepted, between requests, or still sending a request's headers, however
+slowly) is closed after KEEP_ALIVE_SECONDS. There is no read timeout (Hypercorn's would end a
+stream whose client sends nothing, as a followed log's does for hours): a request's body has
+its own bound in web_app.
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ MAX_WEBSOCKET_MESSAGE = 1024 * 1024
 BACKLOG = 512
 # Beyond the grace, how long stopping may wait for Hypercorn before cancelling it.
 STOP_SECONDS = 2.0
+# A TLS handshake's most (Hypercorn's default, 60 s, let a silent connection stay a minute).
+HANDSHAKE_SECONDS = 10.0
+# A connection with no request open is closed after this: idle between requests, or still
+# sending a request's headers (Hypercorn does not restart it on each byte that arrives).
+KEEP_ALIVE_SECONDS = 5.0
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -63,6 +75,9 @@ class WebServer:
         if self.tls:
             config.certfile, config.keyfile = certfile, keyfile
         config.graceful_timeout = GRACE_SECONDS
+        config.ssl_handshake_timeout = HANDSHAKE_SECONDS
+        config.keep_alive_timeout = KEEP_ALIVE_SECONDS
+        config.read_timeout = None
         config.websocket_max_message_size = MAX_WEBSOCKET_MESSAGE
         config.include_server_header = False
         config.accesslog = None

@@ -52,6 +52,10 @@ BEARER_PROTOCOL_PREFIX = "bearer."
 MAX_REQUEST_BYTES = READ_MAX_BYTES + 5
 # How long a refused call's body is read before it is answered (_drain).
 DRAIN_SECONDS = 1.0
+# How long a call's body may take to arrive after its headers (MAX_REQUEST_BYTES at
+# 4.5 Mbit/s): a client sending a byte every few seconds would hold its connection, and what
+# it sent, for good (Hypercorn bounds only the headers).
+BODY_SECONDS = 30.0
 # Largest ShellRequest frame (keystrokes and pastes).
 MAX_SHELL_FRAME = 1024 * 1024
 # Keystrokes and pastes a terminal's process has not read yet, at most (then it is closed).
@@ -399,24 +403,39 @@ class WebApp:
         )
 
 
+async def _body(receive: Receive) -> bytearray | None:
+    """A request's body, read until it ends or passes MAX_REQUEST_BYTES; None: the client
+    went."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        if len(body) > MAX_REQUEST_BYTES or not message.get("more_body"):
+            return body
+
+
 async def _call(
     service: ConnectASGIApplication[Any], scope: Scope, receive: Receive, send: Send
 ) -> None:
     """One Connect call: its body read first, bounded (the runtime would buffer and
     decompress any size before its own check), and the call cancelled when the client goes
-    (the runtime notices only when it next sends, so a quiet stream would stay)."""
-    body = bytearray()
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-        body += message.get("body", b"")
-        if len(body) > MAX_REQUEST_BYTES:
-            await _connect_error(scope, send, TOO_LARGE, 429)
-            return
-        if not message.get("more_body"):
-            break
-    body = _one_envelope(scope, body)
+    (the runtime notices only when it next sends, so a quiet stream would stay). The body
+    must arrive within BODY_SECONDS; the call, once made, has no such bound."""
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            read = await _body(receive)
+    except TimeoutError:
+        late = f"request: its body did not arrive within {BODY_SECONDS:g} s"
+        await _connect_error(scope, send, {"code": "deadline_exceeded", "message": late}, 504)
+        return
+    if read is None:
+        return
+    if len(read) > MAX_REQUEST_BYTES:
+        await _connect_error(scope, send, TOO_LARGE, 429)
+        return
+    body = _one_envelope(scope, read)
     gone = asyncio.Event()
     delivered = False
 

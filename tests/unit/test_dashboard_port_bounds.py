@@ -1,17 +1,22 @@
 """The dashboard's port answers anybody who connects, so a stranger's connection that is no
-request in progress is not kept: a TLS handshake never finished, headers sent a byte at a
-time. Each bound is shortened here; docs/limits.md gives the real ones."""
+request in progress is not kept: a TLS handshake never finished, headers or a call's body
+sent a byte at a time; while a stream in progress, quiet for longer than each of those
+bounds, is kept. Each bound is shortened here; docs/limits.md gives the real ones."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import ssl
 
 import pytest
 
-from hakuriver_host import web_server
+from hakuriver_host import web_app, web_server
+from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster
+from tests.unit.test_connect_api import TASKS, endpoint
 
 BOUND = 0.5
 # How long a test trickles bytes at most: far past BOUND.
@@ -25,23 +30,31 @@ async def _tls(cluster: LocalCluster) -> tuple[asyncio.StreamReader, asyncio.Str
     return await asyncio.open_connection("127.0.0.1", cluster.server.dashboard_port, ssl=context)
 
 
-async def _closed_while_trickling(
+async def _to_the_end(reader: asyncio.StreamReader) -> bytes:
+    """What the Host sent until it closed the connection (a TLS connection may end with a
+    reset rather than its close_notify)."""
+    got = b""
+    with contextlib.suppress(ConnectionError, ssl.SSLError):
+        while data := await reader.read(65536):
+            got += data
+    return got
+
+
+async def _answer_while_trickling(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> bool:
-    """Send a byte every TRICKLE_EVERY until the Host closes the connection (True) or
-    TRICKLE_SECONDS pass (False)."""
-    ended = asyncio.ensure_future(reader.read())
+) -> bytes | None:
+    """Send a byte every TRICKLE_EVERY until the Host closes the connection: what it sent
+    first; None: it did not close it within TRICKLE_SECONDS."""
+    ended = asyncio.ensure_future(_to_the_end(reader))
     try:
         for _ in range(int(TRICKLE_SECONDS / TRICKLE_EVERY)):
-            try:
+            with contextlib.suppress(ConnectionError):
                 writer.write(b"x")
                 await writer.drain()
-            except ConnectionError:
-                return True
             await asyncio.wait({ended}, timeout=TRICKLE_EVERY)
             if ended.done():
-                return ended.exception() is not None or ended.result() == b""
-        return False
+                return ended.result()
+        return None
     finally:
         ended.cancel()
         writer.close()
@@ -71,4 +84,52 @@ async def test_headers_sent_a_byte_at_a_time_are_cut_off(
     cluster = await make_local_cluster()
     reader, writer = await _tls(cluster)
     writer.write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-    assert await _closed_while_trickling(reader, writer)
+    assert await _answer_while_trickling(reader, writer) == b""
+
+
+async def test_a_calls_body_sent_a_byte_at_a_time_is_cut_off(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its headers came in time, so Hypercorn waits for its body for good: the call answers
+    deadline_exceeded once BODY_SECONDS pass, and the connection closes."""
+    monkeypatch.setattr(web_app, "BODY_SECONDS", BOUND)
+    cluster = await make_local_cluster()
+    reader, writer = await _tls(cluster)
+    writer.write(
+        b"POST /hakuriver.v1.AccessService/WhoAmI HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    answer = await _answer_while_trickling(reader, writer)
+    assert answer is not None and answer.startswith(b"HTTP/1.1 504 "), answer
+    body = answer.split(b"\r\n\r\n", 1)[1]  # one chunk: its JSON between braces
+    message = json.loads(body[body.index(b"{") : body.rindex(b"}") + 1])
+    assert message == {
+        "code": "deadline_exceeded",
+        "message": f"request: its body did not arrive within {BOUND:g} s",
+    }
+
+
+async def test_a_quiet_stream_outlives_every_bound(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch whose client sends nothing after its request (as a followed log's, for
+    hours) is no stranger's idle connection: it still gets the task's end, sent after
+    each bound has passed several times over."""
+    for bound in ("HANDSHAKE_SECONDS", "KEEP_ALIVE_SECONDS"):
+        monkeypatch.setattr(web_server, bound, BOUND)
+    monkeypatch.setattr(web_app, "BODY_SECONDS", BOUND)
+    cluster = await make_local_cluster()
+    runner = await cluster.add_runner(answer=HOLD)
+    [task] = await cluster.submit_running()
+    api = endpoint(cluster)
+    watch = {"taskId": str(task.task_id)}
+    watching = asyncio.create_task(
+        asyncio.to_thread(api.stream, TASKS + "WatchTask", watch, cluster.admin_token, 2)
+    )
+    assert cluster.server is not None
+    gate = cluster.server.gate
+    await eventually(lambda: gate.streams, what="the watch to open")
+    await asyncio.sleep(4 * BOUND)
+    runner.finish(task.task_id, 0)
+    updates, _ = await asyncio.wait_for(watching, 10)
+    assert updates[-1]["task"]["status"] == "TASK_STATUS_COMPLETED"

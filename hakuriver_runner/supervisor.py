@@ -73,6 +73,8 @@ class Supervisor:
         self._shown: dict[int, str] = {}
         # Tasks whose state is being read again after a check (``_show_changed``).
         self._rechecks: dict[int, asyncio.Task[None]] = {}
+        # Starts under way, by task id: one whose stream ended goes on in its thread.
+        self._starts: dict[int, asyncio.Future[Any]] = {}
 
     def set_cluster(self, cluster_id: str) -> None:
         """The cluster whose tasks this Runner runs: only those it lists and touches."""
@@ -95,7 +97,16 @@ class Supervisor:
                 del self._locks[task_id]
 
     async def scan(self) -> list[int]:
-        """Find this runner's tasks again (containers, spooled processes); their ids."""
+        """Find this runner's tasks again (containers, spooled processes); their ids. Starts
+        still under way (their stream ended meanwhile) are waited for: a container listed
+        created would be started by its adoption, and again by its start's thread, after
+        it ran (Docker runs an ended container's command anew)."""
+        if self._starts:
+            log.info(
+                "waiting for the starts of tasks %s, under way when the stream ended",
+                ", ".join(map(str, sorted(self._starts))),
+            )
+            await asyncio.gather(*self._starts.values(), return_exceptions=True)
         self._handles = {
             task_id: (backend, handle)
             for backend in (self.docker, self.processes)
@@ -143,7 +154,7 @@ class Supervisor:
         try:
             if backend is self.docker:
                 await self._ensure_environment(dispatch)
-            handle = await self._pool.run(backend.start, dispatch)
+            handle = await self._start(backend, dispatch)
         except StartError as exc:
             await self._start_failed(task_id, exc)
             return
@@ -161,6 +172,20 @@ class Supervisor:
             return
         self._handles[task_id] = (backend, handle)
         self._watch(task_id, 0, 0, started=True)
+
+    async def _start(self, backend: TaskBackend, dispatch: rpb.DispatchCommand) -> Any:
+        """``backend.start`` in a thread, which a cancel (the stream's end) does not stop:
+        it is kept in ``_starts`` until it returns, for ``scan``."""
+        task_id = dispatch.task_id
+        start = self._pool.run(backend.start, dispatch)
+        self._starts[task_id] = start
+
+        def done(_: asyncio.Future[Any]) -> None:
+            if self._starts.get(task_id) is start:
+                del self._starts[task_id]
+
+        start.add_done_callback(done)
+        return await asyncio.shield(start)
 
     async def prepare(self, dispatch: rpb.DispatchCommand) -> None:
         """Create a queued task's container ahead of its dispatch. A hint: what fails is

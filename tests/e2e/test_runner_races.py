@@ -1,0 +1,114 @@
+"""Races at the Runner, each interleaving forced on its Supervisor and Docker backend against
+the real daemon: what the old stream's threads still do when the next stream registers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
+from hakuriver_runner.docker_backend import DockerBackend
+from hakuriver_runner.outbox import Outbox
+from hakuriver_runner.pool import BlockingPool
+from hakuriver_runner.process_backend import ProcessBackend
+from hakuriver_runner.supervisor import Supervisor
+from tests.e2e.harness import command_dispatch
+from tests.fake_runner import eventually
+
+pytestmark = pytest.mark.docker
+
+
+class _Sent:
+    """What a Supervisor sends the Host on one stream: its outbox's lanes, drained."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.messages: list[rpb.ConnectRequest] = []
+        self._drain = asyncio.create_task(self._take(outbox.open()))
+
+    async def _take(self, lanes: Any) -> None:
+        while True:
+            self.messages.append(await lanes.take())
+
+    def exits(self) -> list[rpb.TaskStateReport]:
+        reports = [m.task_state for m in self.messages if m.HasField("task_state")]
+        reports += [r for m in self.messages for r in m.task_states.reports]
+        return [r for r in reports if r.state == rpb.RUNNER_TASK_STATE_EXITED]
+
+    def close(self) -> None:
+        self._drain.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _supervisor(backend: DockerBackend) -> AsyncIterator[tuple[Supervisor, Outbox]]:
+    outbox = Outbox()
+    pool = BlockingPool()
+    supervisor = Supervisor(backend, ProcessBackend(backend.config), outbox, pool)
+    try:
+        yield supervisor, outbox
+    finally:
+        for watcher in supervisor.stop_watching():
+            watcher.cancel()
+        pool.shutdown()
+
+
+def _set_when(event: threading.Event, check: Callable[[], object]) -> asyncio.Task[None]:
+    async def waiting() -> None:
+        await eventually(check, within=30, what="the moment to let the start go on")
+        event.set()
+
+    return asyncio.create_task(waiting())
+
+
+async def test_a_start_cut_off_by_the_streams_end_is_not_started_again(
+    backend: DockerBackend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream ends while a dispatch's container is created and not yet started (the
+    Host went away; the start's thread goes on). The next registration listed the created
+    container, the Host had it adopted and the Runner started it, it ran and ended; then the
+    old thread started it: Docker ran the command a second time. The registration now waits
+    for starts under way, and lists the container started."""
+    caplog.set_level("INFO", logger="hakuriver_runner.supervisor")
+    created, go, returned = threading.Event(), threading.Event(), threading.Event()
+    start_new = backend._start_new
+
+    def slow_start(dispatch: rpb.DispatchCommand, container: Any) -> Any:
+        created.set()
+        go.wait(30)
+        try:
+            return start_new(dispatch, container)
+        finally:
+            returned.set()
+
+    monkeypatch.setattr(backend, "_start_new", slow_start)
+    async with _supervisor(backend) as (supervisor, outbox):
+        first = _Sent(outbox)
+        dispatching = asyncio.create_task(
+            supervisor.dispatch(command_dispatch(["echo", "ran"], 31))
+        )
+        await eventually(created.is_set, what="the container created")
+        dispatching.cancel()  # the stream ends (Session._end_stream)
+        await asyncio.gather(dispatching, return_exceptions=True)
+        first.close()
+        outbox.close()
+        sent = _Sent(outbox)  # the next stream
+        # The old thread goes on once the task has run (a slow daemon), or once the next
+        # registration is found waiting for it.
+        letting_go = _set_when(go, lambda: sent.exits() or "under way" in caplog.text)
+        known = await supervisor.scan()
+        assert known == [31]
+        await supervisor.reconcile(rpb.RegisterAck(adopt=[rpb.AdoptTask(task_id=31)]))
+        [report] = await eventually(sent.exits, what="the exit report", within=30)
+        await letting_go
+        await eventually(returned.is_set, what="the old thread's start returned")
+        sent.close()
+    [container] = backend.client.containers.list(
+        all=True, filters={"label": f"hakuriver.cluster={backend.cluster_id}"}
+    )
+    container.wait(timeout=30)
+    assert report.exit_code == 0
+    assert container.logs() == b"ran\n"

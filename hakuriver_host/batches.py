@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from hakuriver_common.statuses import FINAL_STATUSES, TaskStatus
@@ -78,10 +78,15 @@ class Batches:
         pending = self._active(batch_id, frozenset({TaskStatus.PENDING}))
         detail = f"killed by {who.name} with its batch"
         stores = [book.apply(t, TaskStatus.KILLED, detail, killed_by=who.name) for t in pending]
-        await asyncio.gather(*stores)
-        await self.cluster.set_held(batch_id, False)  # nothing is left for it to hold
-        placed = self._active(batch_id, PLACED_STATUSES)
-        killed = await self._each(self.cluster.kill, placed, who)
+        # The placed ones' kills begin now too, not once those are stored: one whose
+        # placement is being stored is then not dispatched (``Cluster._dispatch``), as a
+        # task's own kill keeps its command from starting.
+        killing = self._each(self.cluster.kill, self._active(batch_id, PLACED_STATUSES), who)
+        try:
+            await asyncio.gather(*stores)
+            await self.cluster.set_held(batch_id, False)  # nothing is left for it to hold
+        finally:
+            killed = await killing
         return await self.summary(batch_id, who), len(pending) + killed
 
     async def pause(self, batch_id: int, who: Principal) -> tuple[BatchView, int]:
@@ -105,13 +110,16 @@ class Batches:
         return await self.summary(batch_id, who), resumed
 
     @staticmethod
-    async def _each(action: _Action, tasks: list[Task], who: Principal) -> int:
-        """Act on every task at once; how many it succeeded for (a task that changed in the
-        meantime, or whose Runner did not confirm, is left as it is)."""
-        results = await asyncio.gather(
-            *(action(t.task_id, who) for t in tasks), return_exceptions=True
-        )
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, ApiError):
-                raise result
-        return sum(1 for r in results if not isinstance(r, BaseException))
+    def _each(action: _Action, tasks: list[Task], who: Principal) -> asyncio.Future[int]:
+        """Act on every task at once, each begun now; how many it succeeded for (a task that
+        changed in the meantime, or whose Runner did not confirm, is left as it is)."""
+        begun = [asyncio.ensure_future(action(t.task_id, who)) for t in tasks]
+        return asyncio.ensure_future(_succeeded(begun))
+
+
+async def _succeeded(begun: Sequence[Awaitable[Task]]) -> int:
+    results = await asyncio.gather(*begun, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, ApiError):
+            raise result
+    return sum(1 for r in results if not isinstance(r, BaseException))

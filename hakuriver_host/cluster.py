@@ -242,6 +242,7 @@ class Cluster:
         # Submitters waiting for the next placement pass to finish.
         self._pass_waiters: list[asyncio.Future[None]] = []
         self._stopped = False
+        self._adding_deadline: float | None = None
         self._background: list[asyncio.Task[None]] = []
         # Passes whose placements are being stored and dispatched.
         self._storing: set[asyncio.Task[None]] = set()
@@ -253,6 +254,8 @@ class Cluster:
         # Submissions being stored (and queued): finished, not cancelled, when the Host stops;
         # closed once those finished.
         self._adding: set[asyncio.Task[None]] = set()
+        # Submissions under way, from their call to their answer.
+        self._submits: set[asyncio.Future[None]] = set()
         self._request_ids = RequestIds()
         self._closed = False
         # A placement pass is deciding (it yields to the loop every PLACEMENT_SLICE).
@@ -300,14 +303,23 @@ class Cluster:
         await self.tarballs.first_read()
         self.kick()
 
-    async def stop(self) -> None:
+    async def finish_submissions(self) -> None:
+        """Refuse new submissions and let those under way finish (up to ADDING_GRACE_SECONDS
+        from the first call), so their submitters get their answer (their tasks stay
+        pending), also those not yet at their write (one after the grace is refused,
+        ``_submission``). The Host calls it before closing the dashboard's port, which
+        carries the CLI's submissions."""
         self._stopped = True
+        if self._adding_deadline is None:
+            self._adding_deadline = time.monotonic() + ADDING_GRACE_SECONDS
+        while (self._adding or self._submits) and (
+            left := self._adding_deadline - time.monotonic()
+        ) > 0:
+            await asyncio.wait({*self._adding, *self._submits}, timeout=left)
+
+    async def stop(self) -> None:
+        await self.finish_submissions()
         await self.notifier.stop()
-        # Submissions under way finish, and their submitters get their answer (their tasks
-        # stay pending); also those that took their ids just before the stop.
-        deadline = time.monotonic() + ADDING_GRACE_SECONDS
-        while self._adding and (left := deadline - time.monotonic()) > 0:
-            await asyncio.wait(set(self._adding), timeout=left)
         self._closed = True
         for task in [*self._background, *self._storing, *self._adding]:
             task.cancel()
@@ -342,6 +354,16 @@ class Cluster:
         that ``who`` used already is answered with the tasks it created then."""
         if self._stopped:
             raise Unavailable(STOPPING)
+        # A stopping Host waits for it (finish_submissions), also before its write starts.
+        answered = asyncio.get_running_loop().create_future()
+        self._submits.add(answered)
+        try:
+            return await self._submit(req, who)
+        finally:
+            self._submits.discard(answered)
+            answered.set_result(None)
+
+    async def _submit(self, req: tpb.SubmitTaskRequest, who: Principal) -> Submitted:
         if not req.request_id:
             return await self._create(req, who, None)
         key = request_key(req, who.name)
@@ -435,8 +457,6 @@ class Cluster:
     async def _create(
         self, req: tpb.SubmitTaskRequest, who: Principal, turn: Turn | None
     ) -> Submitted:
-        if self._stopped:
-            raise Unavailable(STOPPING)
         wanted = req.container_name or self.config.docker.default_container_name
         if wanted != NULL_CONTAINER and not self._admission.has_environment(wanted):
             await self.tarballs.read_again()  # a tarball copied in since the last reading?

@@ -537,6 +537,8 @@ class HostServer:
         await self.health.enter_graceful_shutdown()
         # Watches and followers learn the Host is going, on either transport, and come back.
         self.gate.end_streams(Unavailable("the Host is stopping: ask again once it is back"))
+        # Before the dashboard's port closes: the CLI submits over it.
+        await self.cluster.finish_submissions()
         if self._web is not None:
             try:
                 await self._web.stop()

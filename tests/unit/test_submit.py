@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import warnings
 import weakref
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,6 +28,8 @@ from hakuriver_common.proto.hakuriver.v1 import (
 )
 from hakuriver_common.statuses import NodeStatus, TaskStatus
 from hakuriver_host.store import DATABASE_LOCKED
+from hakuriver_host.web_server import GRACE_SECONDS as WEB_GRACE_SECONDS
+from tests.connect_http import Endpoint
 from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import BRIEF_LOCK_WAIT, LocalCluster, status_of
@@ -230,6 +233,43 @@ async def test_a_submission_being_stored_when_the_host_stops_is_answered(
     assert len(runner.tasks) == 40
     listed = await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(limit=100))
     assert "late" not in {task.command for task in listed.tasks}
+
+
+async def test_a_submission_over_connect_under_way_when_the_host_stops_is_answered(
+    local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same over the dashboard's port, where the CLI sends its calls (with a
+    request_id), the submission not yet at its write (its request_id being looked up): the
+    stop lets it finish before the web server closes its connections, so its submitter gets
+    the answer rather than an HTTP 500 for tasks stored all the same."""
+    await local_cluster.add_runner("a", cores=64, answer=HOLD)
+    alice = await local_cluster.add_user("alice")
+    server = local_cluster.server
+    assert server is not None
+    dashboard = f"https://127.0.0.1:{server.dashboard_port}"
+    api = Endpoint(dashboard, Path(local_cluster.config.tls.ca_file))
+    looking, held = threading.Event(), threading.Event()
+    find_request = server.store.find_request
+
+    def slow_lookup(*key: Any) -> Any:
+        looking.set()
+        held.wait(10)
+        return find_request(*key)
+
+    monkeypatch.setattr(server.store, "find_request", slow_lookup)
+    request = {"command": "job", "array": {"indices": list(range(40))}, "requestId": "r-1"}
+    call = asyncio.ensure_future(
+        asyncio.to_thread(api.call, "hakuriver.v1.TaskService/SubmitTask", request, alice.token)
+    )
+    await eventually(looking.is_set, what="the submission's request_id being looked up")
+    stopping = asyncio.ensure_future(server.stop())
+    # Past the web server's grace for open responses.
+    await asyncio.sleep(WEB_GRACE_SECONDS + 0.5)
+    held.set()
+    reply = await call
+    await stopping
+    assert reply.status == 200, reply.body
+    assert reply.json()["created"] == 40
 
 
 async def test_a_task_placed_at_once_being_stored_when_the_host_stops_is_answered(

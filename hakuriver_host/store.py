@@ -112,6 +112,13 @@ def _json_text(value: Any) -> str:
 DATABASE_LOCKED = "the Host's database is locked by another program: try again once it is not"
 DATABASE_UNREACHABLE = "the Host's database server cannot be reached: try again once it is back"
 DATABASE_FULL = "the Host's database disk is full: try again once it has room"
+DATABASE_UNWRITABLE = (
+    "the Host's database file cannot be written (read-only, or a disk I/O error): "
+    "try again once it can"
+)
+# SQLite's words for a file it cannot write now: its file system read-only or failing, the
+# file made immutable; the admin's fix (a remount, a new disk) lets the held changes in.
+SQLITE_UNWRITABLE = ("disk I/O error", "attempt to write a readonly database")
 
 
 # PostgreSQL's SQLSTATE for a server whose disk is full.
@@ -121,8 +128,9 @@ PG_DISK_FULL = "53100"
 def database_unavailable(exc: BaseException) -> str | None:
     """Why the database refused ``exc``'s statement for now, not for a bug (None: it did
     not): SQLite locked by another program past the busy timeout, or its disk full (SQLite's
-    or PostgreSQL's); a PostgreSQL server down, restarting, or that dropped the connection
-    (SQLSTATE class 08 or 57P, or none: the driver could not connect)."""
+    or PostgreSQL's), or its file not writable (read-only, an I/O error); a PostgreSQL
+    server down, restarting, or that dropped the connection (SQLSTATE class 08 or 57P, or
+    none: the driver could not connect)."""
     if not isinstance(exc, DBAPIError):
         return None
     if str(exc.orig) == "database is locked":
@@ -130,6 +138,8 @@ def database_unavailable(exc: BaseException) -> str | None:
     state = getattr(exc.orig, "sqlstate", "")  # only PostgreSQL's errors have one
     if str(exc.orig) == "database or disk is full" or state == PG_DISK_FULL:
         return DATABASE_FULL
+    if str(exc.orig) in SQLITE_UNWRITABLE:
+        return DATABASE_UNWRITABLE
     server_gone = state is None or state.startswith(("08", "57P"))
     if exc.connection_invalidated or (isinstance(exc, OperationalError) and server_gone):
         return DATABASE_UNREACHABLE

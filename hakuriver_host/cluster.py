@@ -716,9 +716,13 @@ class Cluster:
         once that is stored."""
         await self._refused_as_shown(task)
         names = ", ".join(s.value for s in TaskStatus if s in allowed)
-        raise FailedPrecondition(
-            f"task {task.task_id} is {task.status}: only {names} tasks can be {action}"
-        )
+        why = f"task {task.task_id} is {task.status}: only {names} tasks can be {action}"
+        if task.status == TaskStatus.UNKNOWN:
+            why += (
+                f"; its Runner {task.assigned_node} is away (the node is offline): "
+                "try again once it is back"
+            )
+        raise FailedPrecondition(why)
 
     async def _refused_as_shown(self, task: Task) -> None:
         """Return once the status a call about ``task`` is refused for is stored, so shown

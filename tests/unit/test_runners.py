@@ -140,6 +140,28 @@ async def test_silent_runner_has_its_tasks_unknown_until_it_returns_with_them(
     ]
 
 
+async def test_pausing_or_resuming_an_unknown_task_says_its_runner_is_away(
+    local_cluster: LocalCluster,
+) -> None:
+    """A user who paused a task finds it unknown while its Runner is away: the refusal of
+    resume says why and when to try again, not only that it is not paused."""
+    runner = await local_cluster.add_runner("a", answer=HOLD)
+    [task] = await local_cluster.submit_running()
+    runner.go_silent()
+    await local_cluster.wait_status(task.task_id, TaskStatus.UNKNOWN)
+    tasks = local_cluster.tasks
+    for call in (
+        tasks.ResumeTask(tpb.ResumeTaskRequest(task_id=task.task_id), timeout=5),
+        tasks.PauseTask(tpb.PauseTaskRequest(task_id=task.task_id), timeout=5),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await call
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.value.details().endswith(
+            "its Runner a is away (the node is offline): try again once it is back"
+        ), refused.value.details()
+
+
 async def test_runner_away_past_the_limit_has_its_tasks_lost(
     make_local_cluster: MakeCluster,
 ) -> None:

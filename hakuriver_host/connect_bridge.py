@@ -35,6 +35,9 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from hakuriver_host.identity import peer_name
 from hakuriver_host.interceptors import ApiInterceptor, Malformed, bearer_secret
 
+CUT_BY_STOP = (
+    "the Host stopped before answering: the call may have been carried out; check once it is back"
+)
 # Largest request body the Connect API reads (the gRPC server's receive limit).
 READ_MAX_BYTES = 16 * 1024 * 1024
 
@@ -122,6 +125,10 @@ def _unary(gate: ApiInterceptor, path: str, behaviour: Callable[..., Any]) -> Ca
                 )
         except TimeoutError:
             raise _passed() from None
+        except asyncio.CancelledError:
+            # The web server ends the calls still open when the Host stops: their callers
+            # get a reason rather than a bare HTTP 500.
+            raise ConnectError(Code.UNAVAILABLE, CUT_BY_STOP) from None
 
     return call
 

@@ -32,8 +32,10 @@ from hakuriver_common.proto.hakuriver.v1 import (
     task_pb2,
     task_service_pb2 as tpb,
 )
+from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import web_app
 from hakuriver_host.authorization import RIGHTS
+from hakuriver_host.connect_bridge import CUT_BY_STOP
 from hakuriver_host.web_app import CONTENT_SECURITY_POLICY, SHELL_PROTOCOL
 from tests.connect_http import Endpoint
 from tests.fake_runner import HOLD, eventually, exit_with
@@ -65,6 +67,27 @@ async def test_a_task_submitted_over_connect_is_the_one_grpc_sees(
     task_id = int(submitted.json()["tasks"][0]["taskId"])
     seen = await local_cluster.get(task_id)
     assert (seen.owner, seen.command, list(seen.arguments)) == ("alice", "echo", ["hi"])
+
+
+async def test_a_call_cut_by_the_host_stopping_says_so(local_cluster: LocalCluster) -> None:
+    """A kill still waiting for its Runner when the Host stops: its caller hears why, as
+    UNAVAILABLE (which the CLI explains), not a bare HTTP 500."""
+    runner = await local_cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    alice = await local_cluster.add_user("alice")
+    submitted = await alice.tasks.SubmitTask(tpb.SubmitTaskRequest(command="job"), timeout=5)
+    task_id = submitted.tasks[0].task_id
+    await local_cluster.wait_status(task_id, TaskStatus.RUNNING)
+    api = endpoint(local_cluster)
+    kill = asyncio.ensure_future(
+        asyncio.to_thread(api.call, TASKS + "KillTask", {"taskId": str(task_id)}, alice.token)
+    )
+    await eventually(lambda: ("kill", task_id) in runner.commands, what="the kill sent")
+    assert local_cluster.server is not None
+    await local_cluster.server.stop()
+    local_cluster.server = None
+    reply = await kill
+    assert reply.status == 503, reply.body
+    assert reply.json() == {"code": "unavailable", "message": CUT_BY_STOP}
 
 
 async def test_refusals_and_errors_are_the_grpc_ones(local_cluster: LocalCluster) -> None:

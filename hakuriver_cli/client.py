@@ -505,17 +505,20 @@ class Action(StrEnum):
     resume = "resume"
 
 
+_DOING = {"kill": "killing", "pause": "pausing", "resume": "resuming"}
+
+
 def control(stub: task_service_pb2_grpc.TaskServiceStub, tid: int, verb: str) -> task_pb2.Task:
+    """Kill, pause or resume one task; past the deadline (its Runner slow to confirm, the
+    Host's database away), one line says the Host may still be at it, and where to look."""
     from hakuriver_common.proto.hakuriver.v1 import task_service_pb2 as tpb
 
+    still = f"{_DOING[verb]} the task: see hakuriver.client status {tid}"
     if verb == Action.pause:
-        return unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid)).task
+        return bulk_unary(stub.PauseTask, tpb.PauseTaskRequest(task_id=tid), 0, still).task
     if verb == Action.resume:
-        return unary(stub.ResumeTask, tpb.ResumeTaskRequest(task_id=tid)).task
-    return unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid)).task
-
-
-_DOING = {"kill": "killing", "pause": "pausing", "resume": "resuming"}
+        return bulk_unary(stub.ResumeTask, tpb.ResumeTaskRequest(task_id=tid), 0, still).task
+    return bulk_unary(stub.KillTask, tpb.KillTaskRequest(task_id=tid), 0, still).task
 
 
 def _control_batch(

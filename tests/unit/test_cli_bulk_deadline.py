@@ -187,6 +187,26 @@ async def test_a_batch_killed_past_its_deadline_says_the_host_may_still_be_at_it
         assert status_of(await local_cluster.wait_status(task_id)) is TaskStatus.KILLED
 
 
+async def test_a_task_killed_past_its_deadline_says_the_host_may_still_be_at_it(
+    local_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One task as a batch: its Runner slow to confirm (or the Host's database away, the
+    kill held), the tool said only that the Host did not answer in time."""
+    runner = await local_cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    [running] = await local_cluster.submit_running()
+    argv = ["kill", "--config", str(local_cluster.cli_config(tmp_path / "c.toml"))]
+    code = await asyncio.to_thread(
+        _tool, client.app, "hakuriver.client", [*argv, str(running.task_id)]
+    )
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "error: the host did not answer within 1 s, but it may still be killing the "
+        f"task: see hakuriver.client status {running.task_id}\n"
+    )
+    runner.finish(running.task_id, KILLED_EXIT_CODE)
+    assert status_of(await local_cluster.wait_status(running.task_id)) is TaskStatus.KILLED
+
+
 async def test_retries_stopped_with_ctrl_c_say_how_to_send_the_submission_again(
     local_cluster: LocalCluster,
     tmp_path: Path,

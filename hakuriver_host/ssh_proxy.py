@@ -264,6 +264,9 @@ class SshProxy:
                 held = self.cluster.ssh_tickets.redeem(argument)
                 tunnel, who = await self.cluster.open_tunnel(held)
                 dialed = await _opened(tunnel)
+                # Its holder may have lost the VPS while the Runner opened the tunnel.
+                if (reason := self._no_longer(who)) is not None:
+                    raise Unauthenticated(reason)
             except (ValueError, ApiError, ConnectionError, TimeoutError, TooManyWaiting) as exc:
                 reason = exc.message if isinstance(exc, ApiError) else str(exc) or "timed out"
                 # A refusal of the caller (no ticket, one not good, or a holder who may no

@@ -421,17 +421,22 @@ async def _make_alice_an_operator(local_cluster: LocalCluster) -> None:
     await local_cluster.access.SetUserRole(request, timeout=5)
 
 
-@pytest.mark.parametrize("busy", [True, False], ids=["copying", "idle"])
-@pytest.mark.parametrize(
+# Each way a ticket's holder may stop reaching the VPS.
+_holder_changes = pytest.mark.parametrize(
     "change",
     [_delete_alice, _revoke_alices_token, _make_alice_an_operator],
     ids=["user-deleted", "token-revoked", "role-changed"],
 )
+HolderChange = Callable[[LocalCluster], Awaitable[None]]
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["copying", "idle"])
+@_holder_changes
 async def test_a_dialled_session_ends_once_its_holder_may_no_longer_use_it(
     local_cluster: LocalCluster,
     sshd: Sshd,
     busy: bool,
-    change: Callable[[LocalCluster], Awaitable[None]],
+    change: HolderChange,
 ) -> None:
     """As on the stream (test_ssh_tickets): copying or idle, the session ends, audited
     under its holder's name."""
@@ -455,6 +460,40 @@ async def test_a_dialled_session_ends_once_its_holder_may_no_longer_use_it(
             typing.cancel()
             await asyncio.gather(typing, return_exceptions=True)
         writer.close()
+    await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
+    request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
+    events = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events
+    assert [(e.actor, e.outcome) for e in events] == [("alice", aupb.AUDIT_OUTCOME_REFUSED)]
+
+
+@pytest.mark.parametrize("path", ["stream", "dialled"])
+@_holder_changes
+async def test_a_holder_changed_while_the_tunnel_opens_is_not_let_in(
+    local_cluster: LocalCluster,
+    sshd: Sshd,
+    path: str,
+    change: HolderChange,
+) -> None:
+    """The ticket was good when redeemed; its holder's token stops vouching for them (or
+    their role changes) while the Runner opens the tunnel: the client is answered ERROR,
+    audited, and nothing it sent reaches the sshd. The proxy said SUCCESS and sent the
+    client's first bytes on unchecked."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    open_tunnel = _on_stream(runner) if path == "stream" else _dialling(tunnels, sshd)
+    reader, writer = await _to_the_proxy(local_cluster)
+    try:
+        writer.write(f"TICKET {issued.ticket}\nSSH-2.0-client\r\n".encode())
+        await writer.drain()
+        [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to be asked")
+        await change(local_cluster)
+        await open_tunnel(opened)
+        answer = await asyncio.wait_for(reader.readline(), 5)
+        assert answer.startswith(b"ERROR "), answer
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+    assert runner.tunnel_bytes == []
     await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
     request = aupb.ListAuditEventsRequest(action="ssh.tunnel")
     events = (await local_cluster.audit.ListAuditEvents(request, timeout=5)).events

@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from hakuriver_common.docker_errors import unreachable
-from hakuriver_common.environments import NULL_CONTAINER
+from hakuriver_common.environments import NULL_CONTAINER, TarballFile
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_runner.backend import Emit, ExitInfo, Gone, LogFollow, StartError, TaskBackend
@@ -62,8 +62,9 @@ class Supervisor:
         self._watchers: dict[int, asyncio.Task[None]] = {}
         # Per task with commands in flight: its lock and how many commands hold or want it.
         self._locks: dict[int, tuple[asyncio.Lock, list[int]]] = {}
-        # One docker load per environment at a time; concurrent tasks wait for the same one.
-        self._loads: dict[str, asyncio.Future[None]] = {}
+        # One docker load per environment at a time, and its tarball; concurrent tasks wait
+        # for the same one.
+        self._loads: dict[str, tuple[TarballFile, asyncio.Future[None]]] = {}
         # Exit reports sent outside a watcher (a failed watcher, a vanished task).
         self._reports: set[asyncio.Task[None]] = set()
         # VPS tasks the Host asked to kill: one stopped before its sshd answered did not fail.
@@ -273,24 +274,27 @@ class Supervisor:
         await self._outbox.send(_state(task_id, report, detail=detail))
 
     async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
-        """Load the environment's newest tarball first if it is newer than the image here."""
+        """Load the environment's newest tarball first if it is newer than the image here. A
+        load of that tarball under way is waited for; one of an older tarball too (one load
+        of an environment at a time), then the newest is loaded after it."""
         name = dispatch.container_name
-        tarball = await self._pool.run(self.docker.tarball_to_load, name)
-        if tarball is None:
-            return
-        await self._outbox.send(
-            _state(
-                dispatch.task_id,
-                rpb.RUNNER_TASK_STATE_PREPARING,
-                detail=f"loading environment {name} from {tarball.path.name}",
+        while (tarball := await self._pool.run(self.docker.tarball_to_load, name)) is not None:
+            await self._outbox.send(
+                _state(
+                    dispatch.task_id,
+                    rpb.RUNNER_TASK_STATE_PREPARING,
+                    detail=f"loading environment {name} from {tarball.path.name}",
+                )
             )
-        )
-        load = self._loads.get(name)
-        if load is None:
-            load = self._pool.run(self.docker.load, tarball)
-            self._loads[name] = load
-            load.add_done_callback(lambda _: self._loads.pop(name, None))
-        await asyncio.shield(load)
+            loading, load = self._loads.get(name) or (tarball, None)
+            if load is None:
+                load = self._pool.run(self.docker.load, tarball)
+                self._loads[name] = (tarball, load)
+                load.add_done_callback(lambda _: self._loads.pop(name, None))
+            if loading == tarball:
+                await asyncio.shield(load)
+            else:  # another tarball's: its failure is its own tasks'; then look again
+                await asyncio.wait([load])
 
     async def _discard(self, task_id: int) -> None:
         """Stop and remove whatever is left of a task the Host is done with."""

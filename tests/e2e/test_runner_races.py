@@ -6,18 +6,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import docker
 import pytest
 
+from hakuriver_common.environments import TIMESTAMP_LABEL, TarballFile, image_for, tarball_path
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb
 from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.process_backend import ProcessBackend
 from hakuriver_runner.supervisor import Supervisor
-from tests.e2e.harness import command_dispatch
+from tests.e2e.harness import BASE_ENV, command_dispatch
 from tests.fake_runner import eventually
 
 pytestmark = pytest.mark.docker
@@ -112,3 +115,79 @@ async def test_a_start_cut_off_by_the_streams_end_is_not_started_again(
     container.wait(timeout=30)
     assert report.exit_code == 0
     assert container.logs() == b"ran\n"
+
+
+def _saved_as(backend: DockerBackend, name: str, timestamp: int) -> str:
+    """Environment ``name``'s tarball of ``timestamp`` in the backend's shared folder, as
+    create-tar saves one (the base image labelled with its time); the image's id. The
+    local tag is removed again: only a load gives it back."""
+    client = backend.client
+    container = client.containers.create(f"hakuriver/{BASE_ENV}:base", "true")
+    try:
+        label = f"LABEL {TIMESTAMP_LABEL}={timestamp}"
+        image = container.commit(repository=f"hakuriver/{name}", tag="base", changes=[label])
+    finally:
+        container.remove()
+    backend.tarball_dir.mkdir(parents=True, exist_ok=True)
+    with tarball_path(backend.tarball_dir, name, timestamp).open("wb") as out:
+        for chunk in image.save(named=True):
+            out.write(chunk)
+    client.images.remove(image_for(name))
+    return str(image.id)
+
+
+async def test_a_dispatch_waiting_for_an_older_load_gets_the_newest_tarball(
+    backend: DockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's dispatch finds its environment's newest tarball newer than the image here
+    while another task's load of an older tarball is under way: it waits for that load,
+    then loads its own. It joined the older load and started on that image."""
+    name = "race-" + uuid.uuid4().hex[:8]
+    older, newer = _saved_as(backend, name, 1000), ""
+    entered, go = threading.Event(), threading.Event()
+    load = backend.load
+
+    def held_load(tarball: TarballFile) -> None:
+        if tarball.timestamp == 1000:
+            entered.set()
+            go.wait(30)
+        load(tarball)
+
+    monkeypatch.setattr(backend, "load", held_load)
+    try:
+        async with _supervisor(backend) as (supervisor, outbox):
+            sent = _Sent(outbox)
+            first = asyncio.create_task(supervisor.dispatch(_in(name, 41)))
+            await eventually(entered.is_set, what="the older tarball's load under way")
+            newer = await asyncio.to_thread(_saved_as, backend, name, 2000)
+            second = asyncio.create_task(supervisor.dispatch(_in(name, 42)))
+            await eventually(
+                lambda: [m for m in sent.messages if m.task_state.task_id == 42],
+                what="the second dispatch to wait for a load",
+            )
+            go.set()
+            await asyncio.gather(first, second)
+            sent.close()
+        images = {
+            task_id: backend.client.containers.get(backend.container_name(task_id)).image.id
+            for task_id in (41, 42)
+        }
+        assert images[42] == newer
+        assert images[41] in (older, newer)
+    finally:
+        go.set()
+        for container in backend.client.containers.list(
+            all=True, filters={"label": f"hakuriver.cluster={backend.cluster_id}"}
+        ):
+            container.remove(force=True)
+        for image in filter(None, (image_for(name), older, newer)):
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                backend.client.images.remove(image, force=True)
+
+
+def _in(name: str, task_id: int) -> rpb.DispatchCommand:
+    """A command task's dispatch in environment ``name``."""
+    dispatch = command_dispatch(["true"], task_id)
+    dispatch.container_name = name
+    dispatch.image = image_for(name)
+    return dispatch

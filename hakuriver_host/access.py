@@ -369,13 +369,36 @@ class Access:
     # ----- API tokens -------------------------------------------------------------------
 
     async def create_token(
-        self, user: str, description: str, expires_at: datetime | None, secret: str = ""
+        self,
+        user: str,
+        description: str,
+        expires_at: datetime | None,
+        secret: str = "",
+        by: Principal | None = None,
     ) -> IssuedToken:
         """A new token of ``user``; ``secret`` when given (written out already), else a new
         one. Made while no user is removed, so one made as its user is deleted is either
-        revoked with the others or refused, never left valid for whoever reclaims the name."""
+        revoked with the others or refused, never left valid for whoever reclaims the name.
+        ``by``: the caller asking (None: the Host itself, held to no limit)."""
         async with self._user_changes:
+            if by is not None:
+                self._may_still_make_token(user, by)
             return await self._create_token(user, description, expires_at, secret)
+
+    def _may_still_make_token(self, user: str, by: Principal) -> None:
+        """A token asked for, checked in its turn as other changes of users are: its caller
+        still holds their token (and, for another user's, is still an admin), and ``user``
+        holds fewer than MAX_ACTIVE_TOKENS (two made at once are counted one after the
+        other)."""
+        if user == by.name:
+            self.again(by)
+        else:
+            self._still_admin(by)
+        if len(self.tokens(user, include_inactive=False)) >= limits.MAX_ACTIVE_TOKENS:
+            raise FailedPrecondition(
+                f"user: {user} holds {limits.MAX_ACTIVE_TOKENS} active tokens, the most one "
+                "may: revoke one first (hakuriver.admin token list, token revoke)"
+            )
 
     async def _create_token(
         self, user: str, description: str, expires_at: datetime | None, secret: str

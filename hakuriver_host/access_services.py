@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import grpc
 
-from hakuriver_common import limits
 from hakuriver_common.proto.hakuriver.v1 import (
     access_pb2,
     access_service_pb2 as apb,
@@ -22,7 +21,7 @@ from hakuriver_common.roles import AuditOutcome, Role
 from hakuriver_common.timestamps import from_timestamp, to_timestamp
 from hakuriver_host.audit import ACTIONS, MAX_LIST, AuditLog, AuditQuery
 from hakuriver_host.cluster import Cluster
-from hakuriver_host.errors import FailedPrecondition, Hidden, InvalidArgument, PermissionDenied
+from hakuriver_host.errors import Hidden, InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Principal, caller, carried
 from hakuriver_host.models import ApiTokenRecord, AuditRecord, RunnerCredentialRecord, UserRecord
 
@@ -151,12 +150,7 @@ class AccessService(access_service_pb2_grpc.AccessServiceServicer):
         who = caller()
         user = self._whose(who, request.user)
         expires = self._lifetime(who, from_timestamp(request, "expires_at", InvalidArgument))
-        if len(self.access.tokens(user, include_inactive=False)) >= limits.MAX_ACTIVE_TOKENS:
-            raise FailedPrecondition(
-                f"user: {user} holds {limits.MAX_ACTIVE_TOKENS} active tokens, the most one "
-                "may: revoke one first (hakuriver.admin token list, token revoke)"
-            )
-        issued = await self.access.create_token(user, request.description, expires)
+        issued = await self.access.create_token(user, request.description, expires, by=who)
         self.audit.record(who, "token.create", issued.record.token_id, detail=f"for {user}")
         return apb.CreateTokenResponse(token=token_to_pb(issued.record), secret=issued.secret)
 

@@ -407,6 +407,30 @@ async def test_a_dialled_session_ends_with_its_runners_stream(
     await eventually(lambda: not sshd.connections, what="the sshd's connection to end")
 
 
+async def test_two_sessions_to_one_vps_outlive_each_others_end(
+    local_cluster: LocalCluster, sshd: Sshd
+) -> None:
+    """Two sessions to one VPS through one Runner: the first client leaves; the second's
+    bytes still go both ways, and only the first's connection to the sshd ends."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    tunnels = Tunnels(cast(Outbox, _Outbox()), lambda task_id: sshd.port, HostDial("127.0.0.1"))
+    first = await _session(local_cluster, runner, issued.ticket, _dialling(tunnels, sshd))
+    [task] = (await local_cluster.tasks.ListTasks(tpb.ListTasksRequest(), timeout=5)).tasks
+    request = spb.CreateSshTicketRequest(task_id=task.task_id)
+    ticket = (await local_cluster.ssh.CreateSshTicket(request, timeout=5)).ticket
+    reader, writer = await _session(local_cluster, runner, ticket, _dialling(tunnels, sshd))
+    try:
+        await eventually(lambda: len(sshd.connections) == 2, what="both sessions at the sshd")
+        first[1].close()
+        await _ended(first[0])
+        await eventually(lambda: len(sshd.connections) == 1, what="the first one's end")
+        writer.write(b"still here")
+        assert await asyncio.wait_for(reader.readexactly(10), 5) == b"still here"
+    finally:
+        writer.close()
+    await eventually(lambda: not sshd.connections, what="the second one's end")
+
+
 async def _delete_alice(local_cluster: LocalCluster) -> None:
     await local_cluster.access.DeleteUser(apb.DeleteUserRequest(name="alice"), timeout=5)
 

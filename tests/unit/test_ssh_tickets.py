@@ -92,6 +92,32 @@ async def test_a_ticket_whose_holder_was_deleted_opens_nothing(
     assert runner.tunnel_opens == []
 
 
+async def test_a_ticket_presented_twice_at_once_opens_one_tunnel(
+    local_cluster: LocalCluster,
+) -> None:
+    """Two connections send one ticket together (a copied ProxyCommand line, or someone
+    racing its holder): one gets its tunnel, the other the answer for a used ticket."""
+    runner, issued = await _alices_vps_ticket(local_cluster)
+    connections = [await _to_the_proxy(local_cluster) for _ in range(2)]
+    try:
+        for _, writer in connections:
+            writer.write(f"TICKET {issued.ticket}\n".encode())
+        await asyncio.gather(*(writer.drain() for _, writer in connections))
+        [opened] = await eventually(lambda: runner.tunnel_opens, what="the tunnel to be asked")
+        runner.send(rpb.ConnectRequest(tunnel_opened=rpb.TunnelOpened(tunnel_id=opened.tunnel_id)))
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(reader.readline(), 5) for reader, _ in connections)
+        )
+    finally:
+        for _, writer in connections:
+            writer.close()
+    assert sorted(answers) == [
+        b"ERROR unknown, used or expired ticket (ask for a new one)\n",
+        b"SUCCESS\n",
+    ]
+    assert len(runner.tunnel_opens) == 1
+
+
 async def test_a_ticket_lives_timing_ssh_ticket_seconds(make_local_cluster: MakeCluster) -> None:
     """Its expires_at says so, and presented past it, unused, the proxy refuses it."""
     cluster = await make_local_cluster(timing={"ssh_ticket_seconds": 1})

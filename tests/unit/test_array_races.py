@@ -21,6 +21,14 @@ from tests.unit.conftest import MakeCluster
 from tests.unit.local_cluster import LocalCluster, status_of
 
 
+@pytest.fixture
+async def local_cluster(make_local_cluster: MakeCluster) -> LocalCluster:
+    """A local cluster whose Runners are not taken for silent within a test: the usual 1 s
+    timeout can pass on a loaded machine (a stalled loop misses heartbeats), and a Runner
+    gone offline changes what these tests count (one failed so in a loaded full run)."""
+    return await make_local_cluster(timing={"heartbeat_timeout_factor": 600})
+
+
 def _array(indices: list[int], max_running: int = 0) -> tpb.SubmitTaskRequest:
     return tpb.SubmitTaskRequest(
         command="job", array=tpb.TaskArray(indices=indices, max_running=max_running)

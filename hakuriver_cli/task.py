@@ -223,7 +223,8 @@ PollIntervalOption = Annotated[
     float,
     cli.Option(
         min=0.1,
-        help="While waiting, seconds between attempts to reach the Host again after losing it.",
+        help="While waiting, seconds between attempts to reach the Host again after losing it, "
+        "or to ask again for a stream it refused (auth.streams_per_caller).",
     ),
 ]
 

@@ -935,9 +935,15 @@ class Cluster:
     def _dispatch(self, task: Task) -> None:
         """Send a stored placement to its Runner, unless it moved on meanwhile, a kill came
         while it was being stored (the kill, sent after, finds nothing to stop: its command
-        never starts), or its Runner is away (it is then dispatched when it comes back)."""
+        never starts), or its Runner is away (it is then dispatched when it comes back); one
+        whose node registered again without its CPUs, GPUs or memory fails instead."""
         link = self.nodes.link_of(task.assigned_node)
-        if link is not None and task.status == TaskStatus.ASSIGNING and not task.kill_requested:
+        if link is None or task.status != TaskStatus.ASSIGNING or task.kill_requested:
+            return
+        if self.runners.cannot_start(task):  # its Runner registered again with less
+            failing = self._storing_task(self.runners.dispatch_placed(link, task))
+            failing.add_done_callback(_failure_logged("failing a placement its node lost"))
+        else:
             link.dispatch(dispatch_of(task))
 
     def _place_at_once(self, records: list[Task]) -> bool:

@@ -36,7 +36,7 @@ from hakuriver_host.runner_checks import (
 )
 from hakuriver_host.runner_link import RunnerLink
 from hakuriver_host.store import WRITE_BATCH, Store, log_refusal
-from hakuriver_host.task_book import Change, TaskBook
+from hakuriver_host.task_book import Change, TaskBook, allocation_of
 from hakuriver_host.task_machine import GOES_UNKNOWN, PLACED_STATUSES, Effect, TaskFacts, on_report
 from hakuriver_host.tunnels import TunnelHub
 
@@ -199,7 +199,7 @@ class RunnerGateway:
                     detail = f"killed{by} before it started"
                     await self.book.move(task, TaskStatus.KILLED, detail=detail)
                 elif self.book.shown_status(task) == task.status:
-                    link.dispatch(dispatch_of(task))
+                    await self.dispatch_placed(link, task)
                 # Else its placement is not stored yet: dispatched once it is, on the link
                 # its node has then (this one), as every placement is (Cluster._dispatch).
                 continue
@@ -213,6 +213,24 @@ class RunnerGateway:
                 ),
             )
         return ack
+
+    def cannot_start(self, task: Task) -> str:
+        """Why a placed task cannot start on its node as the node is now ("" if it can): its
+        Runner registered again with less (a machine reconfigured, a GPU gone) before it
+        started."""
+        lacks = self.nodes.scheduler.lacks(allocation_of(task))
+        if not lacks:
+            return ""
+        return f"its node {task.assigned_node} registered again without {lacks}: submit it again"
+
+    async def dispatch_placed(self, link: RunnerLink, task: Task) -> None:
+        """Send a placed task to its Runner, or fail it if its node no longer has what it
+        was placed on (never dispatched on CPUs or GPUs the node does not have)."""
+        why = self.cannot_start(task)
+        if not why:
+            link.dispatch(dispatch_of(task))
+            return
+        await self.book.move(task, TaskStatus.FAILED, "its node has less now", error_message=why)
 
     async def _discard_when_stored(
         self, link: RunnerLink, task_id: int, ack: rpb.RegisterAck

@@ -229,7 +229,22 @@ def no_such_gpus(hostname: str, wanted: Iterable[int], present: Iterable[int]) -
 
 def _gpu_ids(ids: list[int]) -> str:
     """GPUs by id, in words: "GPU 1", "GPUs 0, 2"."""
-    return f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}"
+    return _ids("GPU", ids)
+
+
+def _ids(kind: str, ids: list[int]) -> str:
+    """CPUs or GPUs by id, in words: "CPU 1", "GPUs 0, 2" (a long list abbreviated)."""
+    return f"{kind}{'s' if len(ids) > 1 else ''} {name_list([str(i) for i in ids])}"
+
+
+def _lacking(kind: str, held: Iterable[int], present: Iterable[int]) -> str:
+    """The ids of ``held`` a node no longer has, in words ("" if it has them all)."""
+    have = sorted(set(present))
+    missing = sorted(set(held) - set(have))
+    if not missing:
+        return ""
+    now = _ids(kind, have) if have else f"no {kind}"
+    return f"{_ids(kind, missing)} it was placed on (it has {now})"
 
 
 def _are(names: list[str], what: str) -> str:
@@ -590,6 +605,24 @@ class Scheduler:
         if node.hostname in excluded or not node.accepts_work or not node.has_room(request):
             return None
         return node.fit(request)
+
+    def lacks(self, allocation: Allocation) -> str:
+        """What of ``allocation`` its node no longer has, in words ("" if it has it all, or
+        the node is unknown): a placement made before its Runner registered again with
+        less cannot start there."""
+        node = self.nodes.get(allocation.hostname)
+        if node is None:
+            return ""
+        lacking = [
+            _lacking("CPU", allocation.cpus, node.cpus),
+            _lacking("GPU", allocation.gpus, node.gpus),
+        ]
+        if allocation.memory_bytes > node.memory_bytes:
+            lacking.append(
+                f"the memory it was placed with ({format_size(allocation.memory_bytes)}; "
+                f"it has {format_size(node.memory_bytes)})"
+            )
+        return "; ".join(part for part in lacking if part)
 
     def is_free(self, allocation: Allocation) -> bool:
         """Whether every part of ``allocation`` is free now on its node."""

@@ -218,7 +218,10 @@ class RunnerGateway:
         """Why a placed task cannot start on its node as the node is now ("" if it can): its
         Runner registered again with less (a machine reconfigured, a GPU gone) before it
         started."""
-        lacks = self.nodes.scheduler.lacks(allocation_of(task))
+        scheduler = self.nodes.scheduler
+        if not scheduler.shrunk(task.assigned_node or ""):
+            return ""
+        lacks = scheduler.lacks(allocation_of(task))
         if not lacks:
             return ""
         return f"its node {task.assigned_node} registered again without {lacks}: submit it again"

@@ -82,6 +82,9 @@ class NodeResources:
     # GPUs of ``gpus`` that dropped out of the node's readings (NVML cannot read them: fallen
     # off the bus): never free, so no new task gets one; a task holding one keeps it.
     unread_gpus: frozenset[int] = frozenset()
+    # Registered again at some time with less than it had (CPU or GPU ids gone, less
+    # memory): only then may a placement name what the node lacks (``Scheduler.lacks``).
+    shrunk: bool = False
 
     @property
     def total_cores(self) -> int:
@@ -400,6 +403,11 @@ class Scheduler:
         if node is None:
             node = NodeResources(hostname, cpus, memory_bytes)
             self.nodes[hostname] = node
+        node.shrunk = node.shrunk or (
+            not set(node.cpus) <= set(cpus)
+            or not set(node.gpus) <= set(gpus)
+            or memory_bytes < node.memory_bytes
+        )
         node.cpus = tuple(cpus)
         node.memory_bytes = memory_bytes
         node.numa = dict(numa or {})
@@ -605,6 +613,12 @@ class Scheduler:
         if node.hostname in excluded or not node.accepts_work or not node.has_room(request):
             return None
         return node.fit(request)
+
+    def shrunk(self, hostname: str) -> bool:
+        """Whether the node registered again at some time with less than it had: only then
+        may a placement on it lack something (``lacks``; asked at every dispatch)."""
+        node = self.nodes.get(hostname)
+        return node is not None and node.shrunk
 
     def lacks(self, allocation: Allocation) -> str:
         """What of ``allocation`` its node no longer has, in words ("" if it has it all, or

@@ -48,12 +48,14 @@ async def _capped_at_two(
     """A Runner of 8 cores and an array of 6 tasks capped at 2 on it: the runner, the tasks'
     ids, and how many of them held resources at each dispatch."""
     seen: list[int] = []
-    batch: list[int] = []
-    runner = await cluster.add_runner(
-        "a", cores=8, answer=answer, on_dispatch=lambda _: seen.append(_holding(cluster, batch[0]))
-    )
+
+    def holding(task_id: int) -> None:
+        # The array's id from the task: its first dispatches may come before SubmitTask answers.
+        assert cluster.server is not None
+        seen.append(_holding(cluster, cluster.server.cluster.book.active[task_id].batch_id))
+
+    runner = await cluster.add_runner("a", cores=8, answer=answer, on_dispatch=holding)
     reply = await cluster.tasks.SubmitTask(_array(list(range(6)), max_running=2), timeout=5)
-    batch.append(reply.batch_id)
     return runner, [t.task_id for t in reply.tasks], seen
 
 

@@ -3,7 +3,9 @@
 Runners tag every chunk with its byte offset, so a chunk sent twice (after a reconnect or a
 restart) is written once. A chunk must continue its file exactly: one that would leave a
 gap is refused (never padded), so what is stored is always a prefix of what the task wrote.
-A write that fails (a full disk) raises OutputError; the file keeps what was written.
+A write that fails (a full disk) raises OutputError; the file keeps what was written, and
+the chunks after it, which cannot continue the file, raise Lost (not Gap: no bytes went
+missing between the Runner and the Host) until a chunk continues the file again.
 Followers get chunks through queues bounded in count and bytes (1 MiB); a follower that
 falls behind is not waited for: it is flagged and catches up from the file, which always
 holds every byte, so a slow reader costs the Host at most that much memory and never slows
@@ -45,6 +47,10 @@ class OutputError(Exception):
 
 class Gap(Exception):
     """A chunk would leave a gap in its file: refused."""
+
+
+class Lost(Exception):
+    """A chunk follows bytes an earlier failed write of its file did not store: refused."""
 
 
 class Follower:
@@ -93,6 +99,8 @@ class LogStore:
                 ) from None
         self._prefixes = (os.path.join(outputs_dir, ""), os.path.join(errors_dir, ""))
         self._sizes: dict[tuple[int, str], int] = {}
+        # Files whose latest write failed, and why: a chunk past their end is Lost, not a Gap.
+        self._failed: dict[tuple[int, str], str] = {}
         self._followers: dict[tuple[int, str], set[Follower]] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hakuriver-logs")
         # Readers (followers catching up, log reads) on threads of their own: many slow
@@ -163,22 +171,28 @@ class LogStore:
 
     async def append(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
         """Store a chunk that continues the file (or repeats part of it: idempotent). Gap
-        if it starts past the end; OutputError if the write fails (what was written stays
-        and counts)."""
+        if it starts past the end (Lost if the file's latest write failed); OutputError if
+        the write fails (what was written stays and counts)."""
+        key = (task_id, stream)
         size = await self.size(task_id, stream)
         if offset + len(data) <= size:
             return
         if offset > size:
+            if key in self._failed:
+                raise Lost(f"chunk at {offset} follows a write that failed: {self._failed[key]}")
             raise Gap(f"chunk at {offset} but {size} bytes stored: {offset - size} missing")
         data = data[size - offset :]
         offset = size
         written, error = await self._io(self._pwrite, self.path(task_id, stream), offset, data)
-        self._sizes[(task_id, stream)] = offset + written
+        self._sizes[key] = offset + written
         self.bytes_written += written
         if written:
             self._tell_followers(task_id, stream, offset, data[:written])
-        if error is not None:
-            raise OutputError(f"{self.path(task_id, stream)}: {error.strerror or error}")
+        if error is None:
+            self._failed.pop(key, None)
+            return
+        self._failed[key] = f"{self.path(task_id, stream)}: {error.strerror or error}"
+        raise OutputError(self._failed[key])
 
     def _tell_followers(self, task_id: int, stream: str, offset: int, data: bytes) -> None:
         for follower in self._followers.get((task_id, stream), ()):
@@ -194,6 +208,7 @@ class LogStore:
                 except asyncio.QueueFull:
                     follower.lagging = True
             self._sizes.pop((task_id, stream), None)
+            self._failed.pop((task_id, stream), None)
 
     def _read(self, path: Path, offset: int, max_lag: int) -> tuple[int, bytes]:
         """The next chunk from ``offset``; with ``max_lag``, from further on if the file's

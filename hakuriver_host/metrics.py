@@ -86,7 +86,8 @@ class HostMetrics:
         )
         self.output_errors = Counter(
             "hakuriver_output_write_errors_total",
-            "Task output chunks that could not be stored (a full disk, an I/O error).",
+            "Task output chunks that could not be stored (a full disk, an I/O error), and those "
+            "after such a chunk, which can no longer continue its file.",
             registry=r,
         )
         self.output_failing = Gauge(

@@ -24,7 +24,7 @@ from hakuriver_host.bulk_lane import SMALL
 from hakuriver_host.convert import dispatch_of
 from hakuriver_host.errors import InvalidArgument, PermissionDenied
 from hakuriver_host.identity import Kind, Principal
-from hakuriver_host.log_store import STDERR, STDOUT, Gap, LogStore, OutputError
+from hakuriver_host.log_store import STDERR, STDOUT, Gap, LogStore, Lost, OutputError
 from hakuriver_host.metrics import HostMetrics
 from hakuriver_host.models import Task, utcnow
 from hakuriver_host.nodes import NodeTable
@@ -368,7 +368,9 @@ class RunnerGateway:
 
     async def _on_chunk(self, link: RunnerLink, chunk: rpb.LogChunk) -> None:
         """Store a chunk of a task's output. A gap or a failed write is about that task
-        alone: logged once per task, counted, and the stream goes on. A task whose output
+        alone: logged once per task, counted, and the stream goes on; the chunks a failed
+        write leaves unable to continue the file count as write errors (logged with the
+        first), not as gaps (a Runner's fault). A task whose output
         could not be stored is not reported completed (see task_machine); its node shows
         the problem until a write of any task's output succeeds with room on the storage
         again (a full file system still takes a few appends)."""
@@ -382,6 +384,9 @@ class RunnerGateway:
             self.metrics.output_gaps.inc()
             if link.first_problem(chunk.task_id):
                 log.warning("task %s %s: chunk refused: %s", chunk.task_id, stream, exc)
+            return
+        except Lost:
+            self.metrics.output_errors.inc()
             return
         except OutputError as exc:
             self.metrics.output_errors.inc()

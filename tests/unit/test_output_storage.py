@@ -7,6 +7,7 @@ every write to it fails with ENOSPC, as on a full filesystem, with no root neede
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -14,11 +15,16 @@ import pytest
 from rich.console import Console
 
 from hakuriver_cli import client
-from hakuriver_common.proto.hakuriver.v1 import node_pb2, node_service_pb2 as npb, task_pb2
+from hakuriver_common.proto.hakuriver.v1 import (
+    node_pb2,
+    node_service_pb2 as npb,
+    runner_service_pb2 as rpb,
+    task_pb2,
+)
 from hakuriver_common.statuses import TaskStatus
 from hakuriver_host import log_store
 from hakuriver_host.server import HostServer
-from tests.fake_runner import HOLD, eventually
+from tests.fake_runner import HOLD, STDOUT, eventually
 from tests.unit.local_cluster import LocalCluster, local_config
 from tests.unit.test_metrics_auth import metric_values
 
@@ -165,3 +171,31 @@ async def test_room_again_clears_the_problem_of_a_node_with_no_more_output(
     healthy.write(on_a.task_id, b"stored\n")
     await eventually(lambda: _node_cleared(local_cluster, "b"), what="b's problem to clear")
     assert await _failing_gauge(local_cluster, "b") == 0
+
+
+async def test_chunks_after_a_failed_write_count_as_write_errors_not_gaps(
+    local_cluster: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chunks after a write that failed cannot continue the file: they were counted and
+    logged as gaps a Runner sent, pointing an operator with a full disk at the network."""
+    caplog.set_level(logging.WARNING, logger="hakuriver_host.runners")
+    runner = await local_cluster.add_runner("a", cores=2, answer=HOLD)
+    full, other = await local_cluster.submit_running(count=2)
+    os.symlink("/dev/full", full.stdout_path)
+    runner.write(full.task_id, b"no room\n")
+    runner.write(full.task_id, b"nor here\n")
+    gap = rpb.LogChunk(task_id=other.task_id, stream=STDOUT, offset=10, data=b"x")
+    runner.send(rpb.ConnectRequest(log_chunk=gap))  # a real gap, handled after the writes
+
+    async def gap_counted() -> bool:
+        return (await metric_values(local_cluster)).get(GAPS, 0) > 0
+
+    await eventually(gap_counted, what="the gap to be counted")
+    values = await metric_values(local_cluster)
+    assert (values[WRITE_ERRORS], values[GAPS]) == (2, 1)
+    refused = [r.getMessage() for r in caplog.records if "chunk refused" in r.getMessage()]
+    assert [str(other.task_id) in message for message in refused] == [True]
+
+
+WRITE_ERRORS = ("hakuriver_output_write_errors_total", ())
+GAPS = ("hakuriver_output_gaps_refused_total", ())

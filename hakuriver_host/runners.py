@@ -375,7 +375,7 @@ class RunnerGateway:
         the problem until a write of any task's output succeeds with room on the storage
         again (a full file system still takes a few appends)."""
         check_chunk(chunk)
-        if not self._owns(link, chunk.task_id, "log chunk"):
+        if not await self._chunk_owned(link, chunk.task_id):
             return
         stream = LOG_STREAMS.get(chunk.stream, STDERR)
         try:
@@ -415,14 +415,44 @@ class RunnerGateway:
         if task is not None and task.assigned_node == link.hostname:
             return True
         if link.first_foreign(task_id):
-            self.audit.record(
-                Principal(Kind.RUNNER, link.hostname),
-                "runner.report",
-                task_id,
-                AuditOutcome.REFUSED,
-                f"{what} for a task not running on {link.hostname}",
-            )
+            self._refuse_report(link, task_id, what)
         return False
+
+    async def _chunk_owned(self, link: RunnerLink, task_id: int) -> bool:
+        """``_owns`` for output, which a Runner still sends of its task that the Host ended
+        (killed while the Runner was away or did not confirm): that is dropped quietly, and
+        only output of tasks never this Runner's is audited (looked up once per task and
+        link, as audited)."""
+        task = self.book.active.get(task_id)
+        if task is not None and task.assigned_node == link.hostname:
+            return True
+        if link.first_foreign(task_id) and (
+            task is not None or not await self._ended_on(link, task_id)
+        ):
+            self._refuse_report(link, task_id, "log chunk")
+        return False
+
+    async def _ended_on(self, link: RunnerLink, task_id: int) -> bool:
+        """Did the task, no longer active, run on this link's node? (A database away for
+        now cannot tell: then no.)"""
+        ending = self.book.finishing(task_id)
+        if ending is not None:
+            return ending.assigned_node == link.hostname
+        try:
+            return await self.store.read(self.store.task_node, task_id) == link.hostname
+        except Exception as exc:
+            why = "runner %s: output of task %s audited as not its own (its node is not read)"
+            log_refusal(log, exc, why, link.hostname, task_id)
+            return False
+
+    def _refuse_report(self, link: RunnerLink, task_id: int, what: str) -> None:
+        self.audit.record(
+            Principal(Kind.RUNNER, link.hostname),
+            "runner.report",
+            task_id,
+            AuditOutcome.REFUSED,
+            f"{what} for a task not running on {link.hostname}",
+        )
 
     async def _on_reports(self, link: RunnerLink, reports: Sequence[rpb.TaskStateReport]) -> None:
         """Apply a message's reports in memory as they are read, each seeing what those

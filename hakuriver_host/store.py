@@ -663,6 +663,12 @@ class Store:
                 found.update(session.exec(query))
         return [task_id for task_id in task_ids if task_id not in found]
 
+    def task_node(self, task_id: int) -> str | None:
+        """The node a stored task was placed on (None: not placed, or no such task)."""
+        with Session(self.reader) as session:
+            query = select(TaskRecord.assigned_node).where(TaskRecord.task_id == task_id)
+            return session.exec(query).first()
+
     def get_task(self, task_id: int) -> tuple[TaskRecord | None, list[TaskEventRecord]]:
         with Session(self.reader, expire_on_commit=False) as session:
             task = session.get(TaskRecord, task_id)

@@ -303,6 +303,24 @@ async def test_a_runner_cannot_report_on_another_nodes_tasks(local_cluster: Loca
     )
 
 
+async def test_output_of_its_own_task_the_host_killed_is_not_audited(
+    make_local_cluster: MakeCluster,
+) -> None:
+    """The Host marks a task killed when its Runner does not confirm; the Runner's output
+    of it that arrives later is dropped, and was audited as a report on a task not its own,
+    as a forgery is (noise that looks like an attack)."""
+    cluster = await make_local_cluster(timing={"control_timeout_seconds": 0.3})
+    runner = await cluster.add_runner("a", answer=HOLD, answer_kills=False)
+    [task] = await cluster.submit_running()
+    runner.write(task.task_id, b"before\n")
+    await eventually(lambda: cluster.read_log(task.task_id), what="the task's output")
+    assert status_of(await cluster.kill(task.task_id)) is TaskStatus.KILLED
+    runner.write(task.task_id, b"after the kill\n")
+    await _handled_by_host(cluster, runner)
+    assert await _refused_reports(cluster, "a") == [str(MARKER_TASK)]
+    assert await cluster.read_log(task.task_id) == b"before\n"
+
+
 async def test_two_joiners_racing_for_one_name_get_one_credential(
     local_cluster: LocalCluster,
 ) -> None:

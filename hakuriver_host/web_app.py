@@ -35,8 +35,8 @@ from google.protobuf.message import DecodeError
 
 from hakuriver_common.proto.hakuriver.v1 import shell_service_pb2 as spb
 from hakuriver_host.connect_bridge import READ_MAX_BYTES, CallContext, grpc_only
-from hakuriver_host.errors import InvalidArgument
-from hakuriver_host.interceptors import ApiInterceptor, status_code
+from hakuriver_host.errors import InvalidArgument, Unauthenticated
+from hakuriver_host.interceptors import ApiInterceptor, bearer_secret, status_code
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ SHELL_PROTOCOL = "hakuriver.shell.v1"
 BEARER_PROTOCOL_PREFIX = "bearer."
 # Largest Connect request body: the largest message plus its envelope's 5 bytes.
 MAX_REQUEST_BYTES = READ_MAX_BYTES + 5
+# Most of a call's body read when its token is refused as unauthenticated (none, unknown,
+# revoked, expired): the refusal does not depend on it, and a stranger's many connections
+# must not each hold MAX_REQUEST_BYTES (WebApp._body_limit).
+STRANGER_BODY_BYTES = 64 * 1024
 # How long a refused call's body is read before it is answered (_drain).
 DRAIN_SECONDS = 1.0
 # How long a call's body may take to arrive after its headers (MAX_REQUEST_BYTES at
@@ -334,11 +338,18 @@ class WebApp:
             await _drain(receive)
             await _plain(send, 415, wrong)
         elif service is not None:
-            await _call(service, scope, receive, send)
+            await _call(service, scope, receive, send, self._body_limit(scope))
         elif path.startswith("/hakuriver.") or path.startswith("/grpc."):
             await _plain(send, 404, b"no such service on the dashboard's API\n")
         else:
             await self._static(scope, send)
+
+    def _body_limit(self, scope: Scope) -> int:
+        """How much of a call's body to read: STRANGER_BODY_BYTES when the gate refuses its
+        token as unauthenticated, which it tells from the headers alone."""
+        bearer = bearer_secret(_header(scope, b"authorization"))
+        _, refused = self.gate.authorise(scope["path"], bearer)
+        return STRANGER_BODY_BYTES if isinstance(refused, Unauthenticated) else MAX_REQUEST_BYTES
 
     def _service(self, scope: Scope) -> ConnectASGIApplication[Any] | None:
         """The Connect application whose method the path names, if any."""
@@ -403,29 +414,30 @@ class WebApp:
         )
 
 
-async def _body(receive: Receive) -> bytearray | None:
-    """A request's body, read until it ends or passes MAX_REQUEST_BYTES; None: the client
-    went."""
+async def _body(receive: Receive, limit: int) -> bytearray | None:
+    """A request's body, read until it ends or passes ``limit``; None: the client went."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
         body += message.get("body", b"")
-        if len(body) > MAX_REQUEST_BYTES or not message.get("more_body"):
+        if len(body) > limit or not message.get("more_body"):
             return body
 
 
 async def _call(
-    service: ConnectASGIApplication[Any], scope: Scope, receive: Receive, send: Send
+    service: ConnectASGIApplication[Any], scope: Scope, receive: Receive, send: Send, limit: int
 ) -> None:
     """One Connect call: its body read first, bounded (the runtime would buffer and
     decompress any size before its own check), and the call cancelled when the client goes
     (the runtime notices only when it next sends, so a quiet stream would stay). The body
-    must arrive within BODY_SECONDS; the call, once made, has no such bound."""
+    must arrive within BODY_SECONDS; the call, once made, has no such bound. A body past
+    ``limit`` (a stranger's) is not read further: the call goes on with one that is no
+    message, so the gate answers it as it answers any refused call, whatever its body."""
     try:
         async with asyncio.timeout(BODY_SECONDS):
-            read = await _body(receive)
+            read = await _body(receive, limit)
     except TimeoutError:
         late = f"request: its body did not arrive within {BODY_SECONDS:g} s"
         await _connect_error(scope, send, {"code": "deadline_exceeded", "message": late}, 504)
@@ -435,7 +447,7 @@ async def _call(
     if len(read) > MAX_REQUEST_BYTES:
         await _connect_error(scope, send, TOO_LARGE, 429)
         return
-    body = _one_envelope(scope, read)
+    body = bytearray(NOT_A_MESSAGE) if len(read) > limit else _one_envelope(scope, read)
     gone = asyncio.Event()
     delivered = False
 

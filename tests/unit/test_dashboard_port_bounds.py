@@ -12,6 +12,10 @@ import ssl
 
 import pytest
 
+from hakuriver_common.proto.hakuriver.v1 import (
+    access_service_pb2 as apb,
+    audit_service_pb2 as aupb,
+)
 from hakuriver_host import web_app, web_server
 from tests.fake_runner import HOLD, eventually
 from tests.unit.conftest import MakeCluster
@@ -133,3 +137,56 @@ async def test_a_quiet_stream_outlives_every_bound(
     runner.finish(task.task_id, 0)
     updates, _ = await asyncio.wait_for(watching, 10)
     assert updates[-1]["task"]["status"] == "TASK_STATUS_COMPLETED"
+
+
+async def _refusal_of_a_large_body(cluster: LocalCluster, authorization: bytes) -> bytes:
+    """What the Host answers a ListTasks call that announces a 16 MiB body and sends just
+    past STRANGER_BODY_BYTES of it, then waits."""
+    reader, writer = await _tls(cluster)
+    try:
+        writer.write(
+            b"POST /hakuriver.v1.TaskService/ListTasks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\n"
+            + authorization
+            + b"Content-Length: "
+            + str(web_app.READ_MAX_BYTES).encode()
+            + b"\r\n\r\n{"
+            + b" " * web_app.STRANGER_BODY_BYTES
+        )
+        await writer.drain()
+        return await asyncio.wait_for(_to_the_end(reader), TRICKLE_SECONDS)
+    finally:
+        writer.close()
+
+
+async def test_a_strangers_large_body_is_refused_before_it_arrives(
+    make_local_cluster: MakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose token is refused as unauthenticated (none, one the Host never issued, a
+    revoked one) is answered after STRANGER_BODY_BYTES of its body, as a small one is, and
+    audited the same (a stranger's refusals are summarised: the revoked token's are rows); a
+    valid token's large body is still read and served. BODY_SECONDS is shortened: were the
+    whole body awaited, the answer would be its deadline_exceeded."""
+    monkeypatch.setattr(web_app, "BODY_SECONDS", BOUND)
+    cluster = await make_local_cluster()
+    api = endpoint(cluster)
+    alice = await cluster.add_user("alice")
+    made = await alice.access.CreateToken(apb.CreateTokenRequest(), timeout=5)
+    await alice.access.RevokeToken(apb.RevokeTokenRequest(token_id=made.token.token_id))
+    for token in (None, "not-a-token", made.secret):
+        header = b"" if token is None else f"Authorization: Bearer {token}\r\n".encode()
+        answer = await _refusal_of_a_large_body(cluster, header)
+        assert answer.startswith(b"HTTP/1.1 401 "), answer
+        body = answer.split(b"\r\n\r\n", 1)[1]
+        small = await asyncio.to_thread(api.call, TASKS + "ListTasks", {}, token)
+        assert json.loads(body[body.index(b"{") : body.rindex(b"}") + 1]) == small.json()
+    events = await cluster.audit.ListAuditEvents(aupb.ListAuditEventsRequest(), timeout=5)
+    revoked = [
+        e.detail for e in events.events if e.target == f"/{TASKS}ListTasks" and e.actor == "alice"
+    ]
+    assert len(revoked) == 2 and revoked[0] == revoked[1], revoked
+
+    token = {"Authorization": f"Bearer {cluster.admin_token}", "Content-Type": "application/json"}
+    large = b"{" + b" " * (4 * web_app.STRANGER_BODY_BYTES) + b"}"
+    served = await asyncio.to_thread(api.request, f"/{TASKS}ListTasks", large, token)
+    assert served.status == 200, served.body

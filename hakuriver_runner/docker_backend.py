@@ -121,6 +121,11 @@ exec /usr/sbin/sshd -D -e -p "$HAKURIVER_SSH_PORT" -o ListenAddress=127.0.0.1 \\
 """
 
 
+class TarballGone(StartError):
+    """The tarball chosen to load was removed before it was opened: create-tar removes the
+    older ones after saving a newer, so the newest is worth looking for again."""
+
+
 def session_environment(variables: dict[str, str]) -> str:
     """~/.ssh/environment for a VPS's sessions: sshd takes each line's text after the first
     ``=`` as it is (no quoting, so spaces, quotes and ``$`` stay literal); the Host refuses a
@@ -299,7 +304,8 @@ class DockerBackend:
                 self.client.images.load(data)
         except (OSError, docker.errors.DockerException) as exc:
             reason = exc.explanation if isinstance(exc, docker.errors.APIError) else exc
-            raise StartError(
+            error = TarballGone if isinstance(exc, FileNotFoundError) else StartError
+            raise error(
                 f"environment {tarball.name!r}: cannot load {tarball.path}: {reason}; the "
                 "previously loaded image is kept"
             ) from None

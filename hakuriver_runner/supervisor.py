@@ -26,7 +26,7 @@ from hakuriver_common.environments import NULL_CONTAINER, TarballFile
 from hakuriver_common.proto.hakuriver.v1 import runner_service_pb2 as rpb, task_pb2
 from hakuriver_common.timestamps import to_timestamp
 from hakuriver_runner.backend import Emit, ExitInfo, Gone, LogFollow, StartError, TaskBackend
-from hakuriver_runner.docker_backend import GONE_MESSAGE, DockerBackend, ssh_port_of
+from hakuriver_runner.docker_backend import GONE_MESSAGE, DockerBackend, TarballGone, ssh_port_of
 from hakuriver_runner.outbox import Outbox, SendCancelled
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.process_backend import ProcessBackend, started_detail
@@ -34,6 +34,9 @@ from hakuriver_runner.process_backend import ProcessBackend, started_detail
 log = logging.getLogger(__name__)
 
 SSHD_READY_SECONDS = 60.0
+# Tarballs of one environment found removed before their load opened them, before a task
+# fails: each was replaced by a newer one, which is looked for again (a create-tar each).
+TARBALL_LOOKS = 3
 NOTHING_LEFT = ExitInfo(None, False, None, None, "nothing of the task is left on the runner")
 
 
@@ -276,8 +279,11 @@ class Supervisor:
     async def _ensure_environment(self, dispatch: rpb.DispatchCommand) -> None:
         """Load the environment's newest tarball first if it is newer than the image here. A
         load of that tarball under way is waited for; one of an older tarball too (one load
-        of an environment at a time), then the newest is loaded after it."""
+        of an environment at a time), then the newest is loaded after it. A tarball removed
+        before its load opened it (replaced by a newer one) makes it look again, up to
+        TARBALL_LOOKS times."""
         name = dispatch.container_name
+        gone = 0
         while (tarball := await self._pool.run(self.docker.tarball_to_load, name)) is not None:
             await self._outbox.send(
                 _state(
@@ -291,10 +297,15 @@ class Supervisor:
                 load = self._pool.run(self.docker.load, tarball)
                 self._loads[name] = (tarball, load)
                 load.add_done_callback(lambda _: self._loads.pop(name, None))
-            if loading == tarball:
-                await asyncio.shield(load)
-            else:  # another tarball's: its failure is its own tasks'; then look again
+            if loading != tarball:  # another tarball's: its failure is its own tasks'
                 await asyncio.wait([load])
+                continue
+            try:
+                await asyncio.shield(load)
+            except TarballGone:
+                gone += 1
+                if gone >= TARBALL_LOOKS:
+                    raise
 
     async def _discard(self, task_id: int) -> None:
         """Stop and remove whatever is left of a task the Host is done with."""

@@ -19,7 +19,7 @@ from hakuriver_runner.docker_backend import DockerBackend
 from hakuriver_runner.outbox import Outbox
 from hakuriver_runner.pool import BlockingPool
 from hakuriver_runner.process_backend import ProcessBackend
-from hakuriver_runner.supervisor import Supervisor
+from hakuriver_runner.supervisor import TARBALL_LOOKS, Supervisor
 from tests.e2e.harness import BASE_ENV, command_dispatch
 from tests.fake_runner import eventually
 
@@ -191,3 +191,71 @@ def _in(name: str, task_id: int) -> rpb.DispatchCommand:
     dispatch.container_name = name
     dispatch.image = image_for(name)
     return dispatch
+
+
+async def test_a_tarball_replaced_before_its_load_opens_it_loads_the_newer_one(
+    backend: DockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create-tar saves a newer tarball and removes the older one between the Runner
+    choosing the older to load and opening it. The task failed with "cannot load"
+    although the newer tarball was there; the Runner now looks again and loads that."""
+    name = "race-" + uuid.uuid4().hex[:8]
+    older, newer = _saved_as(backend, name, 1000), []
+    load = backend.load
+
+    def replaced_first(tarball: TarballFile) -> None:
+        if tarball.timestamp == 1000:
+            newer.append(_saved_as(backend, name, 2000))
+            tarball.path.unlink()
+        load(tarball)
+
+    monkeypatch.setattr(backend, "load", replaced_first)
+    try:
+        async with _supervisor(backend) as (supervisor, _):
+            await supervisor.dispatch(_in(name, 51))
+        started = backend.client.containers.list(
+            all=True, filters={"label": f"hakuriver.cluster={backend.cluster_id}"}
+        )
+        assert [c.image.id for c in started] == newer
+    finally:
+        for image in [image_for(name), older, *newer]:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                backend.client.images.remove(image, force=True)
+
+
+async def test_tarballs_replaced_before_each_load_fail_the_task_after_a_few_looks(
+    backend: DockerBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each tarball is replaced by a newer one before its load opens it: the Runner looks
+    again TARBALL_LOOKS times, not for ever, then fails the task naming the file."""
+    name = "race-" + uuid.uuid4().hex[:8]
+    saved = [_saved_as(backend, name, 1000)]
+    tried: list[str] = []
+    load = backend.load
+
+    def replaced_each_time(tarball: TarballFile) -> None:
+        tried.append(tarball.path.name)
+        saved.append(_saved_as(backend, name, tarball.timestamp + 1000))
+        tarball.path.unlink()
+        load(tarball)
+
+    monkeypatch.setattr(backend, "load", replaced_each_time)
+    try:
+        async with _supervisor(backend) as (supervisor, outbox):
+            sent = _Sent(outbox)
+            await supervisor.dispatch(_in(name, 61))
+            [failed] = await eventually(
+                lambda: [
+                    m.task_state.error_message
+                    for m in sent.messages
+                    if m.task_state.state == rpb.RUNNER_TASK_STATE_START_FAILED
+                ],
+                what="the start failed",
+            )
+            sent.close()
+        assert tried == [f"{name}-{1000 * n}.tar" for n in range(1, TARBALL_LOOKS + 1)]
+        assert f"cannot load {backend.tarball_dir / tried[-1]}: " in failed
+    finally:
+        for image in [image_for(name), *saved]:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                backend.client.images.remove(image, force=True)

@@ -285,14 +285,16 @@ class Supervisor:
         name = dispatch.container_name
         gone = 0
         while (tarball := await self._pool.run(self.docker.tarball_to_load, name)) is not None:
-            await self._outbox.send(
-                _state(
-                    dispatch.task_id,
-                    rpb.RUNNER_TASK_STATE_PREPARING,
-                    detail=f"loading environment {name} from {tarball.path.name}",
-                )
-            )
             loading, load = self._loads.get(name) or (tarball, None)
+            detail = f"loading environment {name} from {tarball.path.name}"
+            if loading != tarball:
+                detail = (
+                    f"waiting for the load of environment {name} from {loading.path.name}, "
+                    f"then loading {tarball.path.name}"
+                )
+            await self._outbox.send(
+                _state(dispatch.task_id, rpb.RUNNER_TASK_STATE_PREPARING, detail=detail)
+            )
             if load is None:
                 load = self._pool.run(self.docker.load, tarball)
                 self._loads[name] = (tarball, load)

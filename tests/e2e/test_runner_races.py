@@ -141,7 +141,8 @@ async def test_a_dispatch_waiting_for_an_older_load_gets_the_newest_tarball(
 ) -> None:
     """A task's dispatch finds its environment's newest tarball newer than the image here
     while another task's load of an older tarball is under way: it waits for that load,
-    then loads its own. It joined the older load and started on that image."""
+    then loads its own. It joined the older load and started on that image. Its status
+    said it was loading the newer tarball while it waited for the older one's load."""
     name = "race-" + uuid.uuid4().hex[:8]
     older, newer = _saved_as(backend, name, 1000), ""
     entered, go = threading.Event(), threading.Event()
@@ -165,9 +166,14 @@ async def test_a_dispatch_waiting_for_an_older_load_gets_the_newest_tarball(
                 lambda: [m for m in sent.messages if m.task_state.task_id == 42],
                 what="the second dispatch to wait for a load",
             )
+            waiting = [m.task_state.detail for m in sent.messages if m.task_state.task_id == 42]
             go.set()
             await asyncio.gather(first, second)
             sent.close()
+        assert waiting == [
+            f"waiting for the load of environment {name} from {name}-1000.tar, "
+            f"then loading {name}-2000.tar"
+        ]
         images = {
             task_id: backend.client.containers.get(backend.container_name(task_id)).image.id
             for task_id in (41, 42)

@@ -285,7 +285,7 @@ class Supervisor:
         name = dispatch.container_name
         gone = 0
         while (tarball := await self._pool.run(self.docker.tarball_to_load, name)) is not None:
-            loading, load = self._loads.get(name) or (tarball, None)
+            loading, _ = self._loads.get(name) or (tarball, None)
             detail = f"loading environment {name} from {tarball.path.name}"
             if loading != tarball:
                 detail = (
@@ -295,6 +295,8 @@ class Supervisor:
             await self._outbox.send(
                 _state(dispatch.task_id, rpb.RUNNER_TASK_STATE_PREPARING, detail=detail)
             )
+            # Read again after the send: a load begun meanwhile is joined, never doubled.
+            loading, load = self._loads.get(name) or (tarball, None)
             if load is None:
                 load = self._pool.run(self.docker.load, tarball)
                 self._loads[name] = (tarball, load)

@@ -55,6 +55,7 @@ from hakuriver_host.errors import (
     Unavailable,
     WatcherBehind,
 )
+from hakuriver_host.holdings import Holdings
 from hakuriver_host.identity import ANONYMOUS, Kind, Principal, role_changed, set_caller
 from hakuriver_host.log_limits import LimitedLog
 from hakuriver_host.metrics import HostMetrics
@@ -218,7 +219,7 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         self.streams: set[_Call] = set()
         # Streams each user holds open, bounded by ``streams_per_caller`` (0: no bound).
         self.streams_per_caller = streams_per_caller
-        self.open_streams: dict[str, int] = {}
+        self.open_streams = Holdings()
         access.on_revoked(self.end_revoked)
         self.malformed_log = LimitedLog(log)
         self.internal_log = LimitedLog(log)
@@ -246,27 +247,22 @@ class ApiInterceptor(grpc.aio.ServerInterceptor):
         ``close_stream`` it by; None: not counted (Runners, the open Host's anyone)."""
         if who is ANONYMOUS:
             key, limit = source_of(peer), MAX_ANONYMOUS_STREAMS
-            why = f"{key} holds {{held}} streams open without a token, the most allowed"
+            why = f"{key} holds {limit} streams open without a token, the most allowed"
         elif who.kind is Kind.USER and self.streams_per_caller and not self.access.open:
             key, limit = who.actor, self.streams_per_caller
             why = (
-                f"{key} holds {{held}} streams open, the most auth.streams_per_caller allows: "
+                f"{key} holds {limit} streams open, the most auth.streams_per_caller allows: "
                 "end one (a watch, a followed log, a terminal, a dashboard tab) first"
             )
         else:
             return None
-        held = self.open_streams.get(key, 0)
-        if held >= limit:
-            raise TooManyStreams(why.format(held=held))
-        self.open_streams[key] = held + 1
+        if not self.open_streams.take(key, limit):
+            raise TooManyStreams(why)
         return key
 
     def close_stream(self, key: str | None) -> None:
-        if key is None:
-            return
-        held = self.open_streams.pop(key) - 1
-        if held:
-            self.open_streams[key] = held
+        if key is not None:
+            self.open_streams.give(key)
 
     def note_malformed(self, method: str, malformed: Malformed) -> None:
         """One log line per method and message type per interval."""

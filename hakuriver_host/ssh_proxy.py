@@ -38,6 +38,7 @@ from hakuriver_common.roles import AuditOutcome
 from hakuriver_common.socket_copy import LineSocket, copy, prepared, until_first
 from hakuriver_host.cluster import Cluster
 from hakuriver_host.errors import ApiError, Hidden, Unauthenticated
+from hakuriver_host.holdings import Holdings
 from hakuriver_host.identity import ANONYMOUS, Principal, peer_name, role_changed
 from hakuriver_host.ssh_tickets import Ticket
 from hakuriver_host.tunnels import Dialed, Tunnel
@@ -156,7 +157,7 @@ class SshProxy:
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         # Connections in their handshake (request line, a Runner's proof), by address.
-        self._waiting: dict[str, int] = {}
+        self._waiting = Holdings()
 
     async def start(self, host: str, port: int) -> int:
         self._listeners = _listeners(host, port)
@@ -202,19 +203,15 @@ class SshProxy:
     def _handshake(self, source: str) -> Iterator[None]:
         """Count a connection from ``source`` while it reads its handshake's lines: a
         stranger's bytes are buffered then, so each address gets MAX_SSH_PROXY_WAITING."""
-        held = self._waiting.get(source, 0)
-        if held >= MAX_SSH_PROXY_WAITING:
+        if not self._waiting.take(source, MAX_SSH_PROXY_WAITING):
             raise TooManyWaiting(
-                f"{source} holds {held} connections that have not sent their request line, "
-                f"the most allowed (each waits at most {REQUEST_TIMEOUT:g} s)"
+                f"{source} holds {MAX_SSH_PROXY_WAITING} connections that have not sent their "
+                f"request line, the most allowed (each waits at most {REQUEST_TIMEOUT:g} s)"
             )
-        self._waiting[source] = held + 1
         try:
             yield
         finally:
-            left = self._waiting.pop(source) - 1
-            if left:
-                self._waiting[source] = left
+            self._waiting.give(source)
 
     def _holder(self, held: Ticket | None) -> Principal:
         """Whom the audit names for a refused ticket: nobody known before it was redeemed

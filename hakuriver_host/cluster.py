@@ -34,7 +34,7 @@ from hakuriver_host.access import Access
 from hakuriver_host.admission import NodeShape, Rights, admit
 from hakuriver_host.audit import AuditLog
 from hakuriver_host.bulk_lane import SMALL, BulkLane
-from hakuriver_host.convert import dispatch_of, records_of
+from hakuriver_host.convert import records_of
 from hakuriver_host.errors import (
     FailedPrecondition,
     Hidden,
@@ -940,11 +940,10 @@ class Cluster:
         link = self.nodes.link_of(task.assigned_node)
         if link is None or task.status != TaskStatus.ASSIGNING or task.kill_requested:
             return
-        if self.runners.cannot_start(task):  # its Runner registered again with less
-            failing = self._storing_task(self.runners.dispatch_placed(link, task))
-            failing.add_done_callback(_failure_logged("failing a placement its node lost"))
-        else:
-            link.dispatch(dispatch_of(task))
+        failing = self.runners.dispatch_placed(link, task)
+        if failing is not None:  # its Runner registered again with less
+            storing = self._storing_task(failing)
+            storing.add_done_callback(_failure_logged("failing a placement its node lost"))
 
     def _place_at_once(self, records: list[Task]) -> bool:
         """Place what ``Scheduler.place_now`` allows of a small submission (a task queued

@@ -198,8 +198,11 @@ class RunnerGateway:
                     by = f" by {task.killed_by}" if task.killed_by else ""  # a kill from before
                     detail = f"killed{by} before it started"
                     await self.book.move(task, TaskStatus.KILLED, detail=detail)
-                elif self.book.shown_status(task) == task.status:
-                    await self.dispatch_placed(link, task)
+                elif (
+                    self.book.shown_status(task) == task.status
+                    and (failing := self.dispatch_placed(link, task)) is not None
+                ):
+                    await failing
                 # Else its placement is not stored yet: dispatched once it is, on the link
                 # its node has then (this one), as every placement is (Cluster._dispatch).
                 continue
@@ -214,7 +217,7 @@ class RunnerGateway:
             )
         return ack
 
-    def cannot_start(self, task: Task) -> str:
+    def _cannot_start(self, task: Task) -> str:
         """Why a placed task cannot start on its node as the node is now ("" if it can): its
         Runner registered again with less (a machine reconfigured, a GPU gone) before it
         started."""
@@ -226,14 +229,15 @@ class RunnerGateway:
             return ""
         return f"its node {task.assigned_node} registered again without {lacks}: submit it again"
 
-    async def dispatch_placed(self, link: RunnerLink, task: Task) -> None:
-        """Send a placed task to its Runner, or fail it if its node no longer has what it
-        was placed on (never dispatched on CPUs or GPUs the node does not have)."""
-        why = self.cannot_start(task)
+    def dispatch_placed(self, link: RunnerLink, task: Task) -> Coroutine[Any, Any, None] | None:
+        """Send a placed task to its Runner; if its node no longer has what it was placed on
+        (never dispatched on CPUs or GPUs the node does not have), the move failing it
+        instead, for the caller to await or store in the background."""
+        why = self._cannot_start(task)
         if not why:
             link.dispatch(dispatch_of(task))
-            return
-        await self.book.move(task, TaskStatus.FAILED, "its node has less now", error_message=why)
+            return None
+        return self.book.move(task, TaskStatus.FAILED, "its node has less now", error_message=why)
 
     async def _discard_when_stored(
         self, link: RunnerLink, task_id: int, ack: rpb.RegisterAck

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from playwright.sync_api import Browser, expect
+from playwright.sync_api import Browser, Route, expect
 
 from hakuriver_common.proto.hakuriver.v1 import (
     access_service_pb2 as apb,
@@ -163,7 +163,9 @@ def test_an_admin_who_makes_themselves_a_user_is_left_no_admin_part(site: Site) 
 def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(refreshing: Site) -> None:
     """The page has no stream to end at the change: it asks who the user is as it reads the
     list again (every dashboard.refresh_seconds), before asking for everybody's tokens,
-    which the Host would now refuse."""
+    which the Host would now refuse. The change is made as the page asks who the user is,
+    at the start of a read: one between its question and the list would be refused whatever
+    their order (and the page would ask again, checkSession)."""
     site = refreshing
     access = site.cluster.access
     access.CreateUser(apb.CreateUserRequest(name="jack", role=Role.ADMIN.pb), timeout=10)
@@ -172,7 +174,15 @@ def test_an_admin_made_a_user_on_the_tokens_page_is_shown_their_own(refreshing: 
     tab.goto("/tokens?user=*")
     expect(tab.page.get_by_role("heading", name="Everybody's tokens")).to_be_visible()
     expect(tab.page.get_by_test_id("token-whose")).to_be_visible()
-    access.SetUserRole(apb.SetUserRoleRequest(name="jack", role=Role.USER.pb), timeout=10)
+    changed: list[bool] = []
+
+    def change_as_asked(route: Route) -> None:
+        if not changed:
+            access.SetUserRole(apb.SetUserRoleRequest(name="jack", role=Role.USER.pb), timeout=10)
+            changed.append(True)
+        route.continue_()
+
+    tab.page.route("**/hakuriver.v1.AccessService/WhoAmI", change_as_asked)
     expect(tab.page.get_by_test_id("who")).to_have_text("jack · user", timeout=REFRESH_WAIT)
     expect(tab.page.get_by_role("heading", name="Your tokens")).to_be_visible()
     expect(tab.page.get_by_test_id("token-whose")).to_have_count(0)

@@ -30,7 +30,7 @@ migration:  ## draft the next schema migration from the models: make migration M
 test:  ## lint, then the unit tier, then the e2e tier (installing what it needs)
 	./scripts/test.sh
 
-test-unit:  ## the unit tier only: in-process, no Docker, a worker per core
+test-unit:  ## the unit tier only: in-process, no Docker, two workers per core
 	bash -c 'set -euo pipefail; source scripts/lib/python-env.sh; \
 		exec "$$PY" -m pytest -p no:cacheprovider -n auto tests/unit'
 

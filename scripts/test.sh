@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: lint and the generated-code drift check, then the two test tiers:
-#   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, a worker per
-#                      core (pytest-xdist);
+#   unit (tests/unit): in-process Host and FakeRunners, no Docker, no subprocess, two workers
+#                      per core (pytest-xdist, tests/unit/conftest.py);
 #   e2e  (tests/e2e):  real Hosts and Runners as processes on real Docker.
 # The unit tier runs first, before anything else is installed but the Node packages the
 # drift check generates TypeScript with; the e2e tier after the installs it needs (Docker,

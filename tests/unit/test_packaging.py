@@ -8,6 +8,7 @@ version the tools print is the package's, and every command that prints a result
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import inspect
 import re
@@ -37,8 +38,10 @@ def _name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", found[0]).lower()
 
 
+@functools.cache
 def _imported_top_levels() -> dict[str, list[str]]:
-    """Third-party top-level modules the packages import, with a file importing each."""
+    """Third-party top-level modules the packages import, with a file importing each (read
+    once: parsing every source file takes a second)."""
     found: dict[str, list[str]] = {}
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -57,8 +60,13 @@ def _imported_top_levels() -> dict[str, list[str]]:
     return found
 
 
+@functools.cache
+def _top_level_distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
 def _distributions(top: str) -> set[str]:
-    return {_name(d) for d in importlib.metadata.packages_distributions().get(top, [])}
+    return {_name(d) for d in _top_level_distributions().get(top, [])}
 
 
 def test_every_imported_distribution_is_declared() -> None:
